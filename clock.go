@@ -1,0 +1,262 @@
+package fasttimeout
+
+import (
+	"context"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// epoch anchors deadlines: they are stored as nanoseconds since epoch on the
+// monotonic clock, so they fit an atomic int64 and need no time.Time.
+var epoch = time.Now()
+
+// noDeadline marks a call or context whose deadline is switched off.
+const noDeadline = math.MaxInt64
+
+// now returns the monotonic time since epoch in nanoseconds.
+func now() int64 { return int64(time.Since(epoch)) }
+
+const (
+	// idleWorkerTimeout is how long an idle worker goroutine is kept for
+	// reuse before it exits.
+	idleWorkerTimeout = time.Second
+	// restPeriod is how often a clock with nothing in flight wakes up to
+	// retire idle workers.
+	restPeriod = 100 * time.Millisecond
+)
+
+// clock is the one goroutine per middleware that checks deadlines. It runs
+// only while the middleware has workers or watched contexts, ticking every
+// precision while something may be in flight and resting otherwise, and
+// exits once everything is idle and retired.
+type clock struct {
+	precision time.Duration
+	stats     *Stats
+	late      *atomic.Int64 // handlers running past their deadline
+
+	idleMu sync.Mutex
+	idle   []*worker // LIFO, so the most recently used (cache-warm) goes first
+
+	// snapshot is a copy of workers that the clock scans without locking;
+	// it changes only when a worker starts or retires.
+	snapshot atomic.Pointer[[]*worker]
+
+	mu       sync.Mutex
+	running  bool              // the clock goroutine exists
+	workers  []*worker         // every live worker, idle or busy
+	contexts []*requestContext // contexts whose deadline or shutdown is watched
+
+	resting atomic.Bool   // the clock ticks slowly; a new call must wake it
+	wake    chan struct{} // cap 1: ends a rest early
+}
+
+func newClock(precision time.Duration, stats *Stats, late *atomic.Int64) *clock {
+	return &clock{precision: precision, stats: stats, late: late, wake: make(chan struct{}, 1)}
+}
+
+// startLocked starts the clock goroutine if it is not running. k.mu is held.
+func (k *clock) startLocked() {
+	if !k.running {
+		k.running = true
+		k.resting.Store(false)
+		go k.run()
+	}
+}
+
+// nudge ends a rest, so a call started now is checked at full precision.
+func (k *clock) nudge() {
+	if k.resting.Load() && k.resting.CompareAndSwap(true, false) {
+		select {
+		case k.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (k *clock) run() {
+	ticker := time.NewTicker(k.precision)
+	defer ticker.Stop()
+	lastRetire := now()
+	for {
+		select {
+		case <-ticker.C:
+		case <-k.wake:
+			ticker.Reset(k.precision)
+		}
+		t := now()
+		busy := k.expireCalls(t)
+		busy = k.expireContexts(t) || busy
+		if t-lastRetire >= int64(restPeriod) {
+			lastRetire = t
+			if !k.retireIdle(t) {
+				return
+			}
+		}
+		if !busy && !k.resting.Load() {
+			// Rest, then look once more: a call that started before the
+			// flag was set did not nudge, and must be seen by this scan.
+			k.resting.Store(true)
+			if k.expireCalls(now()) {
+				k.resting.Store(false)
+				continue
+			}
+			ticker.Reset(restPeriod)
+		}
+	}
+}
+
+// expireCalls times out the racing calls whose deadline has passed at t. It
+// reports whether any call is still running.
+func (k *clock) expireCalls(t int64) (busy bool) {
+	workers := k.snapshot.Load()
+	if workers == nil {
+		return false
+	}
+	for _, w := range *workers {
+		c := &w.call
+		if c.state.Load() != callRunning {
+			continue
+		}
+		if c.deadline.Load() > t || !c.state.CompareAndSwap(callRunning, callTimedOut) {
+			busy = true
+			continue
+		}
+		k.late.Add(1)
+		k.stats.timeouts.Add(1)
+		k.stats.lateRunning.Add(1)
+		w.done <- struct{}{} // the server goroutine answers with the timeout response
+	}
+	return busy
+}
+
+// expireContexts cancels the watched contexts whose deadline has passed or
+// whose server is shutting down. It reports whether any remain watched.
+func (k *clock) expireContexts(t int64) (busy bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var (
+		lastDone <-chan struct{}
+		shutdown bool
+	)
+	for i := 0; i < len(k.contexts); {
+		b := k.contexts[i]
+		// Most contexts share one server's done channel: check it once.
+		if b.serverDone != lastDone {
+			lastDone = b.serverDone
+			select {
+			case <-lastDone:
+				shutdown = true
+			default:
+				shutdown = false
+			}
+		}
+		switch {
+		case b.deadline.Load() <= t:
+			k.unwatchLocked(b)
+			b.cancel(context.DeadlineExceeded, timeoutCause)
+		case shutdown:
+			k.unwatchLocked(b)
+			b.cancel(context.Canceled, shutdownCause)
+		default:
+			i++
+		}
+	}
+	return len(k.contexts) > 0
+}
+
+// retireIdle stops the workers idle for longer than idleWorkerTimeout. It
+// reports whether the clock must keep running.
+func (k *clock) retireIdle(t int64) bool {
+	k.idleMu.Lock()
+	n := 0
+	for n < len(k.idle) && t-k.idle[n].lastUsed > int64(idleWorkerTimeout) {
+		n++
+	}
+	retired := append([]*worker(nil), k.idle[:n]...)
+	k.idle = append(k.idle[:0], k.idle[n:]...)
+	clear(k.idle[len(k.idle):cap(k.idle)]) // drop references for the GC
+	k.idleMu.Unlock()
+
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, w := range retired {
+		close(w.work)
+		k.removeWorkerLocked(w)
+	}
+	if len(k.workers) == 0 && len(k.contexts) == 0 {
+		k.running = false
+		return false
+	}
+	return true
+}
+
+// watch makes the clock cancel b at its deadline or at server shutdown.
+func (k *clock) watch(b *requestContext) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if b.deadline.Load() <= now() {
+		b.cancel(context.DeadlineExceeded, timeoutCause)
+		return
+	}
+	b.slot = len(k.contexts)
+	k.contexts = append(k.contexts, b)
+	k.startLocked()
+	k.nudge()
+}
+
+// unwatch stops watching b, if it is watched.
+func (k *clock) unwatch(b *requestContext) {
+	k.mu.Lock()
+	k.unwatchLocked(b)
+	k.mu.Unlock()
+}
+
+func (k *clock) unwatchLocked(b *requestContext) {
+	i := b.slot
+	if i < 0 {
+		return
+	}
+	last := len(k.contexts) - 1
+	k.contexts[i] = k.contexts[last]
+	k.contexts[i].slot = i
+	k.contexts[last] = nil
+	k.contexts = k.contexts[:last]
+	b.slot = -1
+}
+
+// addWorker registers a new worker so that the clock checks its calls.
+func (k *clock) addWorker(w *worker) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.workers = append(k.workers, w)
+	k.publishLocked()
+	k.startLocked()
+}
+
+// removeWorkerLocked forgets a worker that has exited. k.mu is held.
+func (k *clock) removeWorkerLocked(w *worker) {
+	for i, x := range k.workers {
+		if x == w {
+			last := len(k.workers) - 1
+			k.workers[i] = k.workers[last]
+			k.workers[last] = nil
+			k.workers = k.workers[:last]
+			break
+		}
+	}
+	k.publishLocked()
+}
+
+func (k *clock) publishLocked() {
+	snapshot := append([]*worker(nil), k.workers...)
+	k.snapshot.Store(&snapshot)
+}
+
+// dropWorker forgets a worker whose goroutine is ending.
+func (k *clock) dropWorker(w *worker) {
+	k.mu.Lock()
+	k.removeWorkerLocked(w)
+	k.mu.Unlock()
+}

@@ -1,0 +1,183 @@
+package fasttimeout
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// Defaults used for the zero values of [Config] fields.
+const (
+	// DefaultTimeout bounds a request when Config.Timeout is zero.
+	DefaultTimeout = 5 * time.Second
+	// DefaultStatusCode is the status of the timeout response: 504 Gateway
+	// Timeout, the code a proxy or load balancer uses for the same event.
+	DefaultStatusCode = fasthttp.StatusGatewayTimeout
+	// DefaultContentType is the content type of the timeout response.
+	DefaultContentType = "application/json"
+	// DefaultBody is the body of the timeout response.
+	DefaultBody = `{"detail":"Request processing time exceeded limit"}`
+	// DefaultPrecision is how often the deadline clock ticks.
+	DefaultPrecision = time.Millisecond
+)
+
+// Mode selects how a handler is bounded.
+type Mode int
+
+const (
+	// Racing runs the handler on another goroutine and answers with the
+	// timeout response at the deadline, whether or not the handler has
+	// returned. It is the default.
+	Racing Mode = iota
+	// Cooperative runs the handler on the server goroutine and cancels its
+	// context at the deadline. A handler that returns after the deadline has
+	// its response replaced by the timeout response; a handler that ignores
+	// its context is not bounded.
+	Cooperative
+)
+
+// String returns "racing" or "cooperative".
+func (m Mode) String() string {
+	switch m {
+	case Racing:
+		return "racing"
+	case Cooperative:
+		return "cooperative"
+	}
+	return fmt.Sprintf("Mode(%d)", int(m))
+}
+
+// Config configures [New]. The zero value is a working configuration: racing
+// mode, a 5 s timeout and a 504 JSON timeout response. Configuration is read
+// once, when New is called; changing a Config afterwards has no effect.
+type Config struct {
+	// Timeout bounds each request, measured from the moment the middleware
+	// starts it. Zero means DefaultTimeout (5 s); a negative value panics in
+	// New.
+	Timeout time.Duration
+
+	// StatusCode is the status of the timeout response. Zero means
+	// DefaultStatusCode (504 Gateway Timeout); values outside 100-599 panic
+	// in New.
+	StatusCode int
+
+	// Body is the body of the timeout response. Nil means DefaultBody; an
+	// empty non-nil slice sends an empty body.
+	Body []byte
+
+	// ContentType is the Content-Type of the timeout response. Empty means
+	// DefaultContentType ("application/json").
+	ContentType string
+
+	// Mode chooses racing (the zero value) or cooperative bounding.
+	Mode Mode
+
+	// Precision is the period of the clock that checks deadlines: a timeout
+	// is answered, and a context cancelled, between the deadline and about
+	// one Precision after it. Smaller values answer closer to the deadline
+	// and cost more CPU while requests are in flight. Zero means
+	// DefaultPrecision (1 ms); values below 100 µs panic in New.
+	Precision time.Duration
+
+	// OnTimeout, if set, is called on the server goroutine when a request
+	// times out, just before the timeout response is sent. resp holds the
+	// configured timeout response and may be changed (a request ID header,
+	// say). In racing mode the handler may still be running: OnTimeout may
+	// read ctx's request but must not modify ctx.
+	OnTimeout func(ctx *fasthttp.RequestCtx, resp *fasthttp.Response)
+
+	// OnPanic, if set, receives a panic of a handler that has already timed
+	// out, with its value and stack, on the goroutine that ran the handler.
+	// Nil logs both through the server's logger (ctx.Logger()). A panic
+	// before the deadline is never passed here: it is re-raised on the server
+	// goroutine with its original value, as if the handler had not been
+	// wrapped.
+	OnPanic func(ctx *fasthttp.RequestCtx, value any, stack []byte)
+
+	// OnLateReturn, if set, is called when a handler that timed out finally
+	// returns, with how long after its deadline that was. It runs on the
+	// handler's goroutine, which owns ctx again at that point.
+	OnLateReturn func(ctx *fasthttp.RequestCtx, late time.Duration)
+
+	// Stats, if set, receives the middleware's counters. Several middlewares
+	// may share one Stats. Counting requests costs one atomic add per
+	// request, so it is done only when Stats is set.
+	Stats *Stats
+}
+
+// settings is a Config with its defaults resolved, built once by New.
+type settings struct {
+	timeout      time.Duration
+	statusCode   int
+	body         []byte
+	contentType  string
+	mode         Mode
+	precision    time.Duration
+	onTimeout    func(*fasthttp.RequestCtx, *fasthttp.Response)
+	onPanic      func(*fasthttp.RequestCtx, any, []byte)
+	onLateReturn func(*fasthttp.RequestCtx, time.Duration)
+	stats        *Stats
+
+	countRequests bool
+}
+
+const minPrecision = 100 * time.Microsecond
+
+// resolve checks cfg and fills in its defaults. It panics on a
+// configuration that cannot work, naming the field and the value.
+func (cfg Config) resolve() settings {
+	s := settings{
+		timeout:      cfg.Timeout,
+		statusCode:   cfg.StatusCode,
+		body:         cfg.Body,
+		contentType:  cfg.ContentType,
+		mode:         cfg.Mode,
+		precision:    cfg.Precision,
+		onTimeout:    cfg.OnTimeout,
+		onPanic:      cfg.OnPanic,
+		onLateReturn: cfg.OnLateReturn,
+		stats:        cfg.Stats,
+	}
+	switch {
+	case s.timeout < 0:
+		panic(fmt.Sprintf("fasttimeout: Config.Timeout must not be negative, got %v", s.timeout))
+	case s.timeout == 0:
+		s.timeout = DefaultTimeout
+	}
+	switch {
+	case s.statusCode == 0:
+		s.statusCode = DefaultStatusCode
+	case s.statusCode < 100 || s.statusCode > 599:
+		panic(fmt.Sprintf("fasttimeout: Config.StatusCode must be an HTTP status (100-599), got %d", s.statusCode))
+	}
+	if s.body == nil {
+		s.body = []byte(DefaultBody)
+	} else {
+		s.body = append([]byte{}, s.body...) // the caller may reuse its slice
+	}
+	if s.contentType == "" {
+		s.contentType = DefaultContentType
+	}
+	if s.mode != Racing && s.mode != Cooperative {
+		panic(fmt.Sprintf("fasttimeout: Config.Mode must be Racing or Cooperative, got %v", s.mode))
+	}
+	switch {
+	case s.precision == 0:
+		s.precision = DefaultPrecision
+	case s.precision < minPrecision:
+		panic(fmt.Sprintf("fasttimeout: Config.Precision must be at least %v, got %v", minPrecision, s.precision))
+	}
+	s.countRequests = s.stats != nil
+	if s.stats == nil {
+		s.stats = new(Stats) // timeouts and late handlers are always counted
+	}
+	return s
+}
+
+// writeTimeoutResponse fills resp with the configured timeout response.
+func (s *settings) writeTimeoutResponse(resp *fasthttp.Response) {
+	resp.SetStatusCode(s.statusCode)
+	resp.Header.SetContentType(s.contentType)
+	resp.SetBody(s.body)
+}

@@ -1,0 +1,208 @@
+package fasttimeout
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// Context returns the standard context of a request.
+//
+// Inside a handler wrapped by [New], the context's Deadline is the request's
+// deadline; Done is closed at the deadline with Err
+// [context.DeadlineExceeded] and [context.Cause] [ErrTimeout], or when the
+// server shuts down with Err [context.Canceled] and Cause [ErrShutdown], or
+// when the handler returns with Err context.Canceled. Value looks up the
+// request's user values (ctx.UserValue) while the handler runs. Every call
+// within one request returns the same context; the first one allocates it,
+// so requests that never call Context do not pay for it. No goroutine is
+// started per request, nor per context derived from it.
+//
+// Outside New, Context returns a context without deadline that is cancelled
+// when the server shuts down. It never panics, not even for a zero
+// fasthttp.RequestCtx; for a nil one it returns context.Background().
+func Context(ctx *fasthttp.RequestCtx) context.Context {
+	if ctx == nil {
+		return context.Background()
+	}
+	if c, ok := ctx.UserValue(callKey{}).(*call); ok {
+		return c.context()
+	}
+	b := newRequestContext(ctx, noDeadline)
+	b.outside = true
+	return b
+}
+
+// Shared, already cancelled contexts that carry the causes. context.Cause
+// asks a context for the standard library's cancelCtx through Value; a
+// request context answers the keys it does not know from one of these once it
+// is cancelled, so Cause works without an allocation per request.
+var (
+	timeoutCause  = cancelledWith(ErrTimeout)
+	shutdownCause = cancelledWith(ErrShutdown)
+)
+
+func cancelledWith(cause error) context.Context {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	cancel(cause)
+	return ctx
+}
+
+// closedChan is the Done channel of a context cancelled before Done was
+// first called.
+var closedChan = func() chan struct{} {
+	ch := make(chan struct{})
+	close(ch)
+	return ch
+}()
+
+// requestContext is the context.Context of one request.
+type requestContext struct {
+	request    atomic.Pointer[fasthttp.RequestCtx] // source of Value; nil once the request is over
+	deadline   atomic.Int64                        // nanoseconds since epoch, or noDeadline
+	serverDone <-chan struct{}
+	done       atomic.Value // chan struct{}, made on the first Done call
+	slot       int          // index in clock.contexts while watched, else -1; guarded by clock.mu
+	outside    bool         // made outside New: ends only with the server
+
+	mu         sync.Mutex
+	err        error
+	causes     context.Context // one of the *Cause contexts, or nil
+	afterFuncs []*afterFunc
+}
+
+type afterFunc struct{ f func() }
+
+func newRequestContext(ctx *fasthttp.RequestCtx, deadline int64) *requestContext {
+	b := &requestContext{serverDone: serverDone(ctx), slot: -1}
+	b.request.Store(ctx)
+	b.deadline.Store(deadline)
+	return b
+}
+
+// serverDone returns the channel fasthttp closes when ctx's server shuts
+// down, or nil for a RequestCtx without a server (fasthttp issue #2026:
+// ctx.Done panics on a zero RequestCtx).
+func serverDone(ctx *fasthttp.RequestCtx) (done <-chan struct{}) {
+	defer func() { _ = recover() }()
+	return ctx.Done()
+}
+
+// Deadline returns the request's deadline, if it has one.
+func (b *requestContext) Deadline() (time.Time, bool) {
+	d := b.deadline.Load()
+	if d == noDeadline {
+		return time.Time{}, false
+	}
+	return epoch.Add(time.Duration(d)), true
+}
+
+// Done returns a channel closed when the context is cancelled.
+func (b *requestContext) Done() <-chan struct{} {
+	if d, ok := b.done.Load().(chan struct{}); ok {
+		return d
+	}
+	if b.outside {
+		return b.serverDone // nothing else ends it; nil for a zero RequestCtx
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	d, ok := b.done.Load().(chan struct{})
+	if !ok {
+		d = make(chan struct{})
+		if b.err != nil {
+			d = closedChan
+		}
+		b.done.Store(d)
+	}
+	return d
+}
+
+// Err returns nil until the context is cancelled, then why.
+func (b *requestContext) Err() error {
+	b.mu.Lock()
+	err := b.err
+	b.mu.Unlock()
+	if err == nil && b.outside && b.serverDone != nil {
+		select {
+		case <-b.serverDone:
+			return context.Canceled
+		default:
+		}
+	}
+	return err
+}
+
+// Value returns the request's user value for key while the request runs.
+func (b *requestContext) Value(key any) any {
+	if ctx := b.request.Load(); ctx != nil {
+		if v := ctx.UserValue(key); v != nil {
+			return v
+		}
+	}
+	b.mu.Lock()
+	causes := b.causes
+	b.mu.Unlock()
+	if causes == nil && b.outside && b.Err() != nil {
+		causes = shutdownCause
+	}
+	if causes != nil {
+		return causes.Value(key)
+	}
+	return nil
+}
+
+// AfterFunc calls f in its own goroutine once the context is done. Having
+// it lets context.WithCancel and friends derive from this context without
+// starting a goroutine each.
+func (b *requestContext) AfterFunc(f func()) (stop func() bool) {
+	b.mu.Lock()
+	if b.err != nil {
+		b.mu.Unlock()
+		go f()
+		return func() bool { return false }
+	}
+	a := &afterFunc{f: f}
+	b.afterFuncs = append(b.afterFuncs, a)
+	b.mu.Unlock()
+	return func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		for i, x := range b.afterFuncs {
+			if x == a {
+				b.afterFuncs = append(b.afterFuncs[:i], b.afterFuncs[i+1:]...)
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// cancel ends the context with err; causes, if not nil, answers
+// context.Cause. Only the first cancel counts.
+func (b *requestContext) cancel(err error, causes context.Context) {
+	b.mu.Lock()
+	if b.err != nil {
+		b.mu.Unlock()
+		return
+	}
+	b.err = err
+	b.causes = causes
+	if d, ok := b.done.Load().(chan struct{}); ok {
+		close(d)
+	} else {
+		b.done.Store(closedChan)
+	}
+	funcs := b.afterFuncs
+	b.afterFuncs = nil
+	b.mu.Unlock()
+	for _, a := range funcs {
+		go a.f()
+	}
+}
+
+// String names the context, as the standard library's contexts do.
+func (b *requestContext) String() string { return "fasttimeout.Context" }

@@ -1,0 +1,61 @@
+package fasttimeout_test
+
+import (
+	"net"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttputil"
+)
+
+// testServer is a real fasthttp.Server on an in-memory listener.
+type testServer struct {
+	server *fasthttp.Server
+	client *fasthttp.Client
+	served chan error
+}
+
+// serve starts h on a new server; the test's cleanup shuts it down.
+func serve(t testing.TB, h fasthttp.RequestHandler) *testServer {
+	t.Helper()
+	ln := fasthttputil.NewInmemoryListener()
+	s := &testServer{
+		server: &fasthttp.Server{Handler: h, Logger: testLogger{t}, ReadTimeout: 10 * time.Second},
+		served: make(chan error, 1),
+	}
+	s.client = &fasthttp.Client{
+		Dial:                     func(string) (net.Conn, error) { return ln.Dial() },
+		MaxIdemponentCallAttempts: 1,
+	}
+	go func() { s.served <- s.server.Serve(ln) }()
+	t.Cleanup(func() { s.shutdown(t) })
+	return s
+}
+
+func (s *testServer) shutdown(t testing.TB) {
+	s.client.CloseIdleConnections()
+	require.NoError(t, s.server.Shutdown())
+	select {
+	case err := <-s.served:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Error("server did not stop within 10s of Shutdown")
+	}
+}
+
+// get sends GET path and returns the status, body and content type.
+func (s *testServer) get(t testing.TB, path string) (int, string, string) {
+	t.Helper()
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.SetRequestURI("http://test" + path)
+	require.NoError(t, s.client.DoTimeout(req, resp, 10*time.Second))
+	return resp.StatusCode(), string(resp.Body()), string(resp.Header.ContentType())
+}
+
+type testLogger struct{ t testing.TB }
+
+func (l testLogger) Printf(format string, args ...any) { l.t.Logf(format, args...) }

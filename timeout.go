@@ -1,0 +1,207 @@
+package fasttimeout
+
+import (
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// ErrTimeout is the [context.Cause] of a request context whose deadline
+// passed. Use it with errors.Is.
+var ErrTimeout = errors.New("fasttimeout: request timed out")
+
+// ErrShutdown is the [context.Cause] of a request context cancelled because
+// its server is shutting down.
+var ErrShutdown = errors.New("fasttimeout: server shutting down")
+
+// New returns a handler that runs h with a deadline of cfg.Timeout.
+//
+// If h returns before the deadline, its response goes out exactly as h wrote
+// it. At the deadline the client gets the timeout response (by default 504
+// Gateway Timeout with Content-Type application/json and body
+// {"detail":"Request processing time exceeded limit"}), the context that
+// [Context] returns for the request is cancelled with cause [ErrTimeout],
+// and the connection stays usable for its next request.
+//
+// In [Racing] mode (the default) h runs on a pooled worker goroutine. A
+// handler still running at the deadline keeps its *fasthttp.RequestCtx until
+// it returns; fasthttp gives the connection a fresh one, so nothing the late
+// handler writes reaches any client. A panic in h before the deadline is
+// re-raised on the server goroutine with its original value; after the
+// deadline it is passed to Config.OnPanic and the process goes on.
+//
+// In [Cooperative] mode h runs on the server goroutine; only its context is
+// cancelled at the deadline, and a response written after the deadline is
+// replaced by the timeout response.
+//
+// New panics, with a message starting "fasttimeout: ", if h is nil or cfg is
+// invalid (see [Config]).
+func New(h fasthttp.RequestHandler, cfg Config) fasthttp.RequestHandler {
+	if h == nil {
+		panic("fasttimeout: New needs a handler, got nil")
+	}
+	m := &middleware{settings: cfg.resolve(), handler: h}
+	m.clock = newClock(m.precision, m.stats, &m.late)
+	if m.mode == Cooperative {
+		return m.serveCooperative
+	}
+	return m.serveRacing
+}
+
+// callPool holds the calls of cooperative requests. A call goes back only
+// when its handler has returned; its context, if any, does not point to it.
+var callPool sync.Pool
+
+// middleware is one New's state, shared by all its requests.
+type middleware struct {
+	settings
+	handler fasthttp.RequestHandler
+	clock   *clock
+	late    atomic.Int64 // handlers of this middleware running past their deadline
+}
+
+func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
+	if m.countRequests {
+		m.stats.requests.Add(1)
+	}
+	start := now()
+	w := m.acquireWorker(start)
+	c := &w.call
+	c.ctx = ctx
+	c.deadline.Store(start + int64(m.timeout))
+	c.state.Store(callRunning)
+	m.clock.nudge()
+	ctx.SetUserValue(callKey{}, c)
+
+	w.work <- struct{}{}
+	<-w.done
+
+	if c.state.Load() == callTimedOut {
+		// w belongs to the late handler now; it returns itself to the pool.
+		m.answerTimeout(ctx)
+		return
+	}
+	c.ctx = nil
+	if !c.panicked {
+		m.releaseWorker(w, start)
+		return
+	}
+	v := c.panicValue
+	c.panicked, c.panicValue = false, nil
+	if v != errGoexit { // a worker that called Goexit is gone
+		m.releaseWorker(w, start)
+	}
+	panic(v)
+}
+
+func (m *middleware) serveCooperative(ctx *fasthttp.RequestCtx) {
+	if m.countRequests {
+		m.stats.requests.Add(1)
+	}
+	start := now()
+	c, _ := callPool.Get().(*call)
+	if c == nil {
+		c = new(call)
+	}
+	c.m = m
+	c.ctx = ctx
+	c.deadline.Store(start + int64(m.timeout))
+	c.state.Store(callRunning)
+	ctx.SetUserValue(callKey{}, c)
+	defer m.finishCooperative(c, ctx)
+	m.handler(ctx)
+}
+
+// finishCooperative runs when a cooperative handler returns or panics.
+func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
+	ctx.RemoveUserValue(callKey{})
+	c.end()
+	deadline := c.deadline.Load()
+	c.ctx = nil
+	callPool.Put(c)
+	if t := now(); t > deadline {
+		m.stats.timeouts.Add(1)
+		m.stats.lateFinished.Add(1)
+		if m.onLateReturn != nil {
+			m.onLateReturn(ctx, time.Duration(t-deadline))
+		}
+		ctx.Response.Reset()
+		m.writeTimeoutResponse(&ctx.Response)
+		if m.onTimeout != nil {
+			m.onTimeout(ctx, &ctx.Response)
+		}
+	}
+}
+
+// answerTimeout sends the timeout response in place of the late handler's.
+// TimeoutErrorWithResponse makes fasthttp give the connection a new
+// RequestCtx, so the late handler can keep writing to its own.
+func (m *middleware) answerTimeout(ctx *fasthttp.RequestCtx) {
+	resp := fasthttp.AcquireResponse()
+	m.writeTimeoutResponse(resp)
+	if m.onTimeout != nil {
+		m.onTimeout(ctx, resp)
+	}
+	ctx.TimeoutErrorWithResponse(resp)
+	fasthttp.ReleaseResponse(resp)
+}
+
+// lateReturn runs on a worker whose handler returned after its deadline.
+func (m *middleware) lateReturn(w *worker, stack []byte, goexit bool) {
+	c := &w.call
+	ctx := c.ctx
+	late := time.Duration(now() - c.deadline.Load())
+	c.end()
+	m.late.Add(-1)
+	m.stats.lateRunning.Add(-1)
+	m.stats.lateFinished.Add(1)
+	if c.panicked {
+		m.reportPanic(ctx, c.panicValue, stack)
+	}
+	if m.onLateReturn != nil {
+		m.onLateReturn(ctx, late)
+	}
+	c.ctx = nil
+	c.panicked, c.panicValue = false, nil
+	if !goexit {
+		m.releaseWorker(w, now())
+	}
+}
+
+func (m *middleware) reportPanic(ctx *fasthttp.RequestCtx, v any, stack []byte) {
+	if m.onPanic != nil {
+		m.onPanic(ctx, v, stack)
+		return
+	}
+	ctx.Logger().Printf("fasttimeout: panic in handler after its deadline: %v\n%s", v, stack)
+}
+
+// acquireWorker takes an idle worker, or starts one.
+func (m *middleware) acquireWorker(t int64) *worker {
+	k := m.clock
+	k.idleMu.Lock()
+	if n := len(k.idle); n > 0 {
+		w := k.idle[n-1]
+		k.idle[n-1] = nil
+		k.idle = k.idle[:n-1]
+		k.idleMu.Unlock()
+		return w
+	}
+	k.idleMu.Unlock()
+	w := &worker{work: make(chan struct{}, 1), done: make(chan struct{}, 1), lastUsed: t}
+	w.m = m
+	k.addWorker(w)
+	go w.loop()
+	return w
+}
+
+func (m *middleware) releaseWorker(w *worker, t int64) {
+	w.lastUsed = t
+	k := m.clock
+	k.idleMu.Lock()
+	k.idle = append(k.idle, w)
+	k.idleMu.Unlock()
+}

@@ -1,0 +1,111 @@
+package fasttimeout
+
+import (
+	"context"
+	"errors"
+	"runtime/debug"
+	"sync/atomic"
+
+	"github.com/valyala/fasthttp"
+)
+
+// States of a call. The server goroutine sets callRunning; then exactly one
+// of the worker (callFinished) and the clock (callTimedOut) wins the race
+// with a compare-and-swap, and only the winner signals the server goroutine.
+const (
+	callFinished uint32 = iota
+	callRunning
+	callTimedOut
+)
+
+// errGoexit is re-raised on the server goroutine when a raced handler calls
+// runtime.Goexit, which would otherwise leave the request unanswered.
+var errGoexit = errors.New("fasttimeout: handler called runtime.Goexit")
+
+// callKey is the user-value key under which a request's call is stored.
+type callKey struct{}
+
+// call is the state of one request while the middleware runs it. A call is
+// reused, but only once its handler has returned: a late handler keeps it.
+type call struct {
+	m        *middleware
+	ctx      *fasthttp.RequestCtx
+	deadline atomic.Int64 // nanoseconds since epoch, or noDeadline
+	state    atomic.Uint32
+	bridge   atomic.Pointer[requestContext] // created by Context, lazily
+
+	// Set by the worker before it signals, read by the server goroutine
+	// after: the channel orders them.
+	panicked   bool
+	panicValue any
+}
+
+// context returns the call's context, creating it on first use.
+func (c *call) context() context.Context {
+	if b := c.bridge.Load(); b != nil {
+		return b
+	}
+	b := newRequestContext(c.ctx, c.deadline.Load())
+	if !c.bridge.CompareAndSwap(nil, b) {
+		return c.bridge.Load() // another goroutine of the handler won
+	}
+	c.m.clock.watch(b)
+	return b
+}
+
+// end cancels the call's context, if any, once the handler has returned.
+func (c *call) end() {
+	if b := c.bridge.Swap(nil); b != nil {
+		c.m.clock.unwatch(b)
+		b.cancel(context.Canceled, nil)
+		b.request.Store(nil) // the RequestCtx may be reused from now on
+	}
+}
+
+// worker is a pooled goroutine that runs raced handlers, one at a time.
+type worker struct {
+	call
+	work     chan struct{} // cap 1: run call; closed to retire the worker
+	done     chan struct{} // cap 1: the race of the current call is decided
+	lastUsed int64
+}
+
+func (w *worker) loop() {
+	for range w.work {
+		w.serve()
+	}
+}
+
+// serve runs the current call's handler and settles the race.
+func (w *worker) serve() {
+	c := &w.call
+	m := c.m
+	returned := false
+	defer func() {
+		goexit := false
+		if !returned {
+			c.panicked = true
+			if c.panicValue = recover(); c.panicValue == nil {
+				// Only runtime.Goexit unwinds without a value; it ends
+				// this goroutine once the deferred calls have run.
+				goexit = true
+				c.panicValue = errGoexit
+				m.clock.dropWorker(w)
+			}
+			m.stats.panics.Add(1)
+		}
+		if c.state.CompareAndSwap(callRunning, callFinished) {
+			c.end()
+			c.ctx.RemoveUserValue(callKey{})
+			w.done <- struct{}{}
+			return
+		}
+		var stack []byte
+		if c.panicked && !goexit {
+			stack = debug.Stack() // still the panicking stack: deferred calls run on it
+		}
+		m.lateReturn(w, stack, goexit)
+	}()
+	m.handler(c.ctx)
+	returned = true
+}
