@@ -36,8 +36,7 @@ type clock struct {
 	stats     *Stats
 	late      *atomic.Int64 // handlers running past their deadline
 
-	idleMu sync.Mutex
-	idle   []*worker // LIFO, so the most recently used (cache-warm) goes first
+	idle idleWorkers
 
 	// snapshot is a copy of workers that the clock scans without locking;
 	// it changes only when a worker starts or retires.
@@ -107,13 +106,15 @@ func (k *clock) run() {
 	}
 }
 
-// expireCalls times out the racing calls whose deadline has passed at t. It
+// expireCalls times out the racing calls whose deadline has passed at t,
+// and cancels the contexts of calls whose server is shutting down. It
 // reports whether any call is still running.
 func (k *clock) expireCalls(t int64) (busy bool) {
 	workers := k.snapshot.Load()
 	if workers == nil {
 		return false
 	}
+	var shutdown serverWatch
 	for _, w := range *workers {
 		c := &w.call
 		if c.state.Load() != callRunning {
@@ -121,14 +122,40 @@ func (k *clock) expireCalls(t int64) (busy bool) {
 		}
 		if c.deadline.Load() > t || !c.state.CompareAndSwap(callRunning, callTimedOut) {
 			busy = true
+			if b := c.bridge.Load(); b != nil && shutdown.closed(b.serverDone) {
+				b.cancel(context.Canceled, shutdownCause)
+			}
 			continue
 		}
 		k.late.Add(1)
 		k.stats.timeouts.Add(1)
 		k.stats.lateRunning.Add(1)
+		if b := c.bridge.Load(); b != nil {
+			b.cancel(context.DeadlineExceeded, timeoutCause)
+		}
 		w.done <- struct{}{} // the server goroutine answers with the timeout response
 	}
 	return busy
+}
+
+// serverWatch tells whether a server's done channel is closed, checking each
+// channel once per scan: most requests share one server.
+type serverWatch struct {
+	last   <-chan struct{}
+	isDone bool
+}
+
+func (s *serverWatch) closed(done <-chan struct{}) bool {
+	if done != s.last {
+		s.last = done
+		select {
+		case <-done:
+			s.isDone = true
+		default:
+			s.isDone = false
+		}
+	}
+	return s.isDone
 }
 
 // expireContexts cancels the watched contexts whose deadline has passed or
@@ -136,27 +163,14 @@ func (k *clock) expireCalls(t int64) (busy bool) {
 func (k *clock) expireContexts(t int64) (busy bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	var (
-		lastDone <-chan struct{}
-		shutdown bool
-	)
+	var shutdown serverWatch
 	for i := 0; i < len(k.contexts); {
 		b := k.contexts[i]
-		// Most contexts share one server's done channel: check it once.
-		if b.serverDone != lastDone {
-			lastDone = b.serverDone
-			select {
-			case <-lastDone:
-				shutdown = true
-			default:
-				shutdown = false
-			}
-		}
 		switch {
 		case b.deadline.Load() <= t:
 			k.unwatchLocked(b)
 			b.cancel(context.DeadlineExceeded, timeoutCause)
-		case shutdown:
+		case shutdown.closed(b.serverDone):
 			k.unwatchLocked(b)
 			b.cancel(context.Canceled, shutdownCause)
 		default:
@@ -169,16 +183,7 @@ func (k *clock) expireContexts(t int64) (busy bool) {
 // retireIdle stops the workers idle for longer than idleWorkerTimeout. It
 // reports whether the clock must keep running.
 func (k *clock) retireIdle(t int64) bool {
-	k.idleMu.Lock()
-	n := 0
-	for n < len(k.idle) && t-k.idle[n].lastUsed > int64(idleWorkerTimeout) {
-		n++
-	}
-	retired := append([]*worker(nil), k.idle[:n]...)
-	k.idle = append(k.idle[:0], k.idle[n:]...)
-	clear(k.idle[len(k.idle):cap(k.idle)]) // drop references for the GC
-	k.idleMu.Unlock()
-
+	retired := k.idle.takeStale(t - int64(idleWorkerTimeout))
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	for _, w := range retired {

@@ -26,7 +26,7 @@ func serve(t testing.TB, h fasthttp.RequestHandler) *testServer {
 		served: make(chan error, 1),
 	}
 	s.client = &fasthttp.Client{
-		Dial:                     func(string) (net.Conn, error) { return ln.Dial() },
+		Dial:                      func(string) (net.Conn, error) { return ln.Dial() },
 		MaxIdemponentCallAttempts: 1,
 	}
 	go func() { s.served <- s.server.Serve(ln) }()

@@ -68,7 +68,8 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 		m.stats.requests.Add(1)
 	}
 	start := now()
-	w := m.acquireWorker(start)
+	connID := ctx.ConnID()
+	w := m.acquireWorker(connID, start)
 	c := &w.call
 	c.ctx = ctx
 	c.deadline.Store(start + int64(m.timeout))
@@ -86,13 +87,13 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 	}
 	c.ctx = nil
 	if !c.panicked {
-		m.releaseWorker(w, start)
+		m.releaseWorker(w, connID, start)
 		return
 	}
 	v := c.panicValue
 	c.panicked, c.panicValue = false, nil
 	if v != errGoexit { // a worker that called Goexit is gone
-		m.releaseWorker(w, start)
+		m.releaseWorker(w, connID, start)
 	}
 	panic(v)
 }
@@ -167,7 +168,7 @@ func (m *middleware) lateReturn(w *worker, stack []byte, goexit bool) {
 	c.ctx = nil
 	c.panicked, c.panicValue = false, nil
 	if !goexit {
-		m.releaseWorker(w, now())
+		m.releaseWorker(w, ctx.ConnID(), now())
 	}
 }
 
@@ -180,28 +181,18 @@ func (m *middleware) reportPanic(ctx *fasthttp.RequestCtx, v any, stack []byte) 
 }
 
 // acquireWorker takes an idle worker, or starts one.
-func (m *middleware) acquireWorker(t int64) *worker {
-	k := m.clock
-	k.idleMu.Lock()
-	if n := len(k.idle); n > 0 {
-		w := k.idle[n-1]
-		k.idle[n-1] = nil
-		k.idle = k.idle[:n-1]
-		k.idleMu.Unlock()
+func (m *middleware) acquireWorker(connID uint64, t int64) *worker {
+	if w := m.clock.idle.get(connID); w != nil {
 		return w
 	}
-	k.idleMu.Unlock()
 	w := &worker{work: make(chan struct{}, 1), done: make(chan struct{}, 1), lastUsed: t}
 	w.m = m
-	k.addWorker(w)
+	m.clock.addWorker(w)
 	go w.loop()
 	return w
 }
 
-func (m *middleware) releaseWorker(w *worker, t int64) {
+func (m *middleware) releaseWorker(w *worker, connID uint64, t int64) {
 	w.lastUsed = t
-	k := m.clock
-	k.idleMu.Lock()
-	k.idle = append(k.idle, w)
-	k.idleMu.Unlock()
+	m.clock.idle.put(connID, w)
 }

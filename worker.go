@@ -49,14 +49,24 @@ func (c *call) context() context.Context {
 	if !c.bridge.CompareAndSwap(nil, b) {
 		return c.bridge.Load() // another goroutine of the handler won
 	}
-	c.m.clock.watch(b)
+	switch {
+	case c.m.mode == Cooperative:
+		c.m.clock.watch(b)
+	case c.state.Load() == callTimedOut:
+		// The clock timed the call out before it could see b.
+		b.cancel(context.DeadlineExceeded, timeoutCause)
+	}
+	// A racing call's context needs no watch: the clock cancels it through
+	// the call, which it checks anyway.
 	return b
 }
 
 // end cancels the call's context, if any, once the handler has returned.
 func (c *call) end() {
 	if b := c.bridge.Swap(nil); b != nil {
-		c.m.clock.unwatch(b)
+		if c.m.mode == Cooperative {
+			c.m.clock.unwatch(b)
+		}
 		b.cancel(context.Canceled, nil)
 		b.request.Store(nil) // the RequestCtx may be reused from now on
 	}
