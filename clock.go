@@ -117,7 +117,15 @@ func (k *clock) expireCalls(t int64) (busy bool) {
 	var shutdown serverWatch
 	for _, w := range *workers {
 		c := &w.call
-		if c.state.Load() != callRunning {
+		switch c.state.Load() {
+		case callRunning:
+		case callDisarmed: // still watched for shutdown
+			busy = true
+			if b := c.bridge.Load(); b != nil && shutdown.closed(b.serverDone) {
+				b.cancel(context.Canceled, shutdownCause)
+			}
+			continue
+		default:
 			continue
 		}
 		if c.deadline.Load() > t || !c.state.CompareAndSwap(callRunning, callTimedOut) {
@@ -167,9 +175,8 @@ func (k *clock) expireContexts(t int64) (busy bool) {
 	for i := 0; i < len(k.contexts); {
 		b := k.contexts[i]
 		switch {
-		case b.deadline.Load() <= t:
+		case b.deadline.Load() <= t && b.expire(t):
 			k.unwatchLocked(b)
-			b.cancel(context.DeadlineExceeded, timeoutCause)
 		case shutdown.closed(b.serverDone):
 			k.unwatchLocked(b)
 			b.cancel(context.Canceled, shutdownCause)

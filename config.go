@@ -2,6 +2,7 @@ package fasttimeout
 
 import (
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -20,6 +21,9 @@ const (
 	DefaultBody = `{"detail":"Request processing time exceeded limit"}`
 	// DefaultPrecision is how often the deadline clock ticks.
 	DefaultPrecision = time.Millisecond
+	// ShedBody is the body of the 503 sent while Config.MaxLateHandlers
+	// handlers are running past their deadline.
+	ShedBody = `{"detail":"Server overloaded, retry later"}`
 )
 
 // Mode selects how a handler is bounded.
@@ -100,6 +104,43 @@ type Config struct {
 	// handler's goroutine, which owns ctx again at that point.
 	OnLateReturn func(ctx *fasthttp.RequestCtx, late time.Duration)
 
+	// TimeoutFunc, if set, chooses the timeout of each request (by path,
+	// say). A result of zero or less means Timeout. It runs on the server
+	// goroutine before the handler and must be fast.
+	TimeoutFunc func(ctx *fasthttp.RequestCtx) time.Duration
+
+	// Skip, if set, exempts the requests for which it returns true: their
+	// handler runs directly, without deadline or context.
+	Skip func(ctx *fasthttp.RequestCtx) bool
+
+	// HonorDeadlineHeaders makes the middleware take the caller's own
+	// deadline into account: the first valid one of grpc-timeout (gRPC wire
+	// format, e.g. "250m"), X-Envoy-Expected-Rq-Timeout-Ms and
+	// Request-Timeout (seconds). The request's timeout becomes the smaller
+	// of its own and the caller's budget less DeadlineMargin; a budget
+	// already spent is answered with the timeout response at once, without
+	// running the handler. Malformed or absurd values are ignored and
+	// counted in Stats. Off by default: only trust these headers from
+	// callers you trust.
+	HonorDeadlineHeaders bool
+
+	// DeadlineMargin is taken off a caller's budget (see
+	// HonorDeadlineHeaders) to leave time for the response to travel back.
+	// Zero means no margin; negative values panic in New.
+	DeadlineMargin time.Duration
+
+	// MaxLateHandlers caps the handlers still running after their deadline
+	// (racing mode). While that many are running, new requests are refused
+	// at once with 503 Service Unavailable, a Retry-After header and a JSON
+	// body, so goroutines and memory stay bounded when handlers pile up.
+	// Zero means no cap; negative values panic in New.
+	MaxLateHandlers int
+
+	// RetryAfter is the Retry-After of the 503 sent while MaxLateHandlers
+	// are running, rounded up to whole seconds. Zero means 1 s; negative
+	// values panic in New.
+	RetryAfter time.Duration
+
 	// Stats, if set, receives the middleware's counters. Several middlewares
 	// may share one Stats. Counting requests costs one atomic add per
 	// request, so it is done only when Stats is set.
@@ -118,6 +159,12 @@ type settings struct {
 	onPanic      func(*fasthttp.RequestCtx, any, []byte)
 	onLateReturn func(*fasthttp.RequestCtx, time.Duration)
 	stats        *Stats
+	timeoutFunc  func(*fasthttp.RequestCtx) time.Duration
+	skip         func(*fasthttp.RequestCtx) bool
+	honorHeaders bool
+	margin       time.Duration
+	maxLate      int64
+	retryAfter   string // seconds, as the header wants them
 
 	countRequests bool
 }
@@ -138,6 +185,11 @@ func (cfg Config) resolve() settings {
 		onPanic:      cfg.OnPanic,
 		onLateReturn: cfg.OnLateReturn,
 		stats:        cfg.Stats,
+		timeoutFunc:  cfg.TimeoutFunc,
+		skip:         cfg.Skip,
+		honorHeaders: cfg.HonorDeadlineHeaders,
+		margin:       cfg.DeadlineMargin,
+		maxLate:      int64(cfg.MaxLateHandlers),
 	}
 	switch {
 	case s.timeout < 0:
@@ -168,6 +220,20 @@ func (cfg Config) resolve() settings {
 	case s.precision < minPrecision:
 		panic(fmt.Sprintf("fasttimeout: Config.Precision must be at least %v, got %v", minPrecision, s.precision))
 	}
+	if s.margin < 0 {
+		panic(fmt.Sprintf("fasttimeout: Config.DeadlineMargin must not be negative, got %v", s.margin))
+	}
+	if s.maxLate < 0 {
+		panic(fmt.Sprintf("fasttimeout: Config.MaxLateHandlers must not be negative, got %d", s.maxLate))
+	}
+	switch retryAfter := cfg.RetryAfter; {
+	case retryAfter < 0:
+		panic(fmt.Sprintf("fasttimeout: Config.RetryAfter must not be negative, got %v", retryAfter))
+	case retryAfter == 0:
+		s.retryAfter = "1"
+	default:
+		s.retryAfter = strconv.FormatInt(int64((retryAfter+time.Second-1)/time.Second), 10)
+	}
 	s.countRequests = s.stats != nil
 	if s.stats == nil {
 		s.stats = new(Stats) // timeouts and late handlers are always counted
@@ -180,4 +246,13 @@ func (s *settings) writeTimeoutResponse(resp *fasthttp.Response) {
 	resp.SetStatusCode(s.statusCode)
 	resp.Header.SetContentType(s.contentType)
 	resp.SetBody(s.body)
+}
+
+// writeShedResponse fills resp with the 503 sent while too many handlers run
+// late.
+func (s *settings) writeShedResponse(resp *fasthttp.Response) {
+	resp.SetStatusCode(fasthttp.StatusServiceUnavailable)
+	resp.Header.Set(fasthttp.HeaderRetryAfter, s.retryAfter)
+	resp.Header.SetContentType(DefaultContentType)
+	resp.SetBodyString(ShedBody)
 }

@@ -181,13 +181,46 @@ func (b *requestContext) AfterFunc(f func()) (stop func() bool) {
 	}
 }
 
+// setDeadline moves the deadline of a context that is not cancelled yet.
+func (b *requestContext) setDeadline(deadline int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.err != nil {
+		return false
+	}
+	b.deadline.Store(deadline)
+	return true
+}
+
+// expire cancels the context if its deadline is not after t, and reports
+// whether it is cancelled. Checking under the lock means a deadline moved
+// concurrently (setDeadline) is never missed.
+func (b *requestContext) expire(t int64) bool {
+	b.mu.Lock()
+	var funcs []*afterFunc
+	if b.err == nil && b.deadline.Load() <= t {
+		funcs = b.cancelLocked(context.DeadlineExceeded, timeoutCause)
+	}
+	cancelled := b.err != nil
+	b.mu.Unlock()
+	runAfterFuncs(funcs)
+	return cancelled
+}
+
 // cancel ends the context with err; causes, if not nil, answers
 // context.Cause. Only the first cancel counts.
 func (b *requestContext) cancel(err error, causes context.Context) {
 	b.mu.Lock()
+	funcs := b.cancelLocked(err, causes)
+	b.mu.Unlock()
+	runAfterFuncs(funcs)
+}
+
+// cancelLocked cancels the context, b.mu held, and returns the functions
+// registered with AfterFunc, to be started once b.mu is released.
+func (b *requestContext) cancelLocked(err error, causes context.Context) []*afterFunc {
 	if b.err != nil {
-		b.mu.Unlock()
-		return
+		return nil
 	}
 	b.err = err
 	b.causes = causes
@@ -198,7 +231,10 @@ func (b *requestContext) cancel(err error, causes context.Context) {
 	}
 	funcs := b.afterFuncs
 	b.afterFuncs = nil
-	b.mu.Unlock()
+	return funcs
+}
+
+func runAfterFuncs(funcs []*afterFunc) {
 	for _, a := range funcs {
 		go a.f()
 	}

@@ -15,6 +15,8 @@ type Stats struct {
 	lateRunning  atomic.Int64
 	lateFinished atomic.Int64
 	panics       atomic.Int64
+	shed         atomic.Int64
+	badHeaders   atomic.Int64
 }
 
 // Counters is a snapshot of [Stats].
@@ -32,6 +34,12 @@ type Counters struct {
 	// Panics is the number of handler panics seen, before or after the
 	// deadline.
 	Panics int64 `json:"panics"`
+	// Shed is the number of requests refused with 503 because
+	// Config.MaxLateHandlers handlers were running late.
+	Shed int64 `json:"shed"`
+	// BadDeadlineHeaders is the number of requests whose deadline header
+	// was malformed or absurd, and ignored.
+	BadDeadlineHeaders int64 `json:"bad_deadline_headers"`
 }
 
 // Snapshot returns the current counters. Each counter is read atomically,
@@ -43,6 +51,9 @@ func (s *Stats) Snapshot() Counters {
 		LateRunning:  s.lateRunning.Load(),
 		LateFinished: s.lateFinished.Load(),
 		Panics:       s.panics.Load(),
+		Shed:         s.shed.Load(),
+
+		BadDeadlineHeaders: s.badHeaders.Load(),
 	}
 }
 

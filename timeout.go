@@ -64,15 +64,15 @@ type middleware struct {
 }
 
 func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
-	if m.countRequests {
-		m.stats.requests.Add(1)
+	start, timeout, run := m.admit(ctx)
+	if !run {
+		return
 	}
-	start := now()
 	connID := ctx.ConnID()
 	w := m.acquireWorker(connID, start)
 	c := &w.call
 	c.ctx = ctx
-	c.deadline.Store(start + int64(m.timeout))
+	c.deadline.Store(start + int64(timeout))
 	c.state.Store(callRunning)
 	m.clock.nudge()
 	ctx.SetUserValue(callKey{}, c)
@@ -99,21 +99,64 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 }
 
 func (m *middleware) serveCooperative(ctx *fasthttp.RequestCtx) {
-	if m.countRequests {
-		m.stats.requests.Add(1)
+	start, timeout, run := m.admit(ctx)
+	if !run {
+		return
 	}
-	start := now()
 	c, _ := callPool.Get().(*call)
 	if c == nil {
 		c = new(call)
 	}
 	c.m = m
 	c.ctx = ctx
-	c.deadline.Store(start + int64(m.timeout))
+	c.deadline.Store(start + int64(timeout))
 	c.state.Store(callRunning)
 	ctx.SetUserValue(callKey{}, c)
 	defer m.finishCooperative(c, ctx)
 	m.handler(ctx)
+}
+
+// admit decides what happens to a request before its handler runs: it
+// returns the start time and timeout of a request to bound, or run false
+// for a request already answered (shed, or out of budget) or skipped.
+func (m *middleware) admit(ctx *fasthttp.RequestCtx) (start int64, timeout time.Duration, run bool) {
+	if m.countRequests {
+		m.stats.requests.Add(1)
+	}
+	if m.skip != nil && m.skip(ctx) {
+		m.handler(ctx)
+		return 0, 0, false
+	}
+	if m.maxLate > 0 && m.late.Load() >= m.maxLate {
+		m.stats.shed.Add(1)
+		m.writeShedResponse(&ctx.Response)
+		return 0, 0, false
+	}
+	timeout = m.timeout
+	if m.timeoutFunc != nil {
+		if d := m.timeoutFunc(ctx); d > 0 {
+			timeout = d
+		}
+	}
+	if m.honorHeaders {
+		budget, found, malformed := incomingBudget(&ctx.Request.Header)
+		if malformed {
+			m.stats.badHeaders.Add(1)
+		}
+		if found {
+			budget -= m.margin
+			if budget <= 0 {
+				m.stats.timeouts.Add(1)
+				m.writeTimeoutResponse(&ctx.Response)
+				if m.onTimeout != nil {
+					m.onTimeout(ctx, &ctx.Response)
+				}
+				return 0, 0, false
+			}
+			timeout = min(timeout, budget)
+		}
+	}
+	return now(), timeout, true
 }
 
 // finishCooperative runs when a cooperative handler returns or panics.

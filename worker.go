@@ -16,6 +16,7 @@ const (
 	callFinished uint32 = iota
 	callRunning
 	callTimedOut
+	callDisarmed // no deadline (Disarm), or one being moved (Extend)
 )
 
 // errGoexit is re-raised on the server goroutine when a raced handler calls
@@ -104,7 +105,8 @@ func (w *worker) serve() {
 			}
 			m.stats.panics.Add(1)
 		}
-		if c.state.CompareAndSwap(callRunning, callFinished) {
+		if c.state.CompareAndSwap(callRunning, callFinished) ||
+			c.state.CompareAndSwap(callDisarmed, callFinished) {
 			c.end()
 			c.ctx.RemoveUserValue(callKey{})
 			w.done <- struct{}{}

@@ -1,0 +1,107 @@
+package fasttimeout
+
+import (
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// Disarm switches off the deadline of the request ctx, from inside its
+// handler: the middleware no longer answers it with the timeout response,
+// and its context (see [Context]) loses its deadline but is still cancelled
+// when the server shuts down or the handler returns. Call it before
+// starting a long body stream (ctx.SetBodyStreamWriter) or hijacking the
+// connection (ctx.Hijack), whose work outlives the timeout by design; the
+// connection is then bounded only by the server's own timeouts.
+//
+// Disarm reports whether the deadline is now off: false if ctx is not
+// bounded by New or has already timed out.
+func Disarm(ctx *fasthttp.RequestCtx) bool {
+	c := lookup(ctx)
+	if c == nil {
+		return false
+	}
+	if c.m.mode == Cooperative {
+		return c.moveDeadline(func(int64) int64 { return noDeadline })
+	}
+	if !c.state.CompareAndSwap(callRunning, callDisarmed) && c.state.Load() != callDisarmed {
+		return false
+	}
+	c.deadline.Store(noDeadline)
+	if b := c.bridge.Load(); b != nil {
+		b.deadline.Store(noDeadline)
+	}
+	return true
+}
+
+// Extend moves the deadline of the request ctx d later, from inside its
+// handler; the context's Deadline moves with it. It reports false, and
+// changes nothing, if ctx is not bounded by New, has already timed out, or
+// has been disarmed.
+func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
+	c := lookup(ctx)
+	if c == nil || d < 0 {
+		return false
+	}
+	later := func(deadline int64) int64 {
+		if deadline > noDeadline-int64(d) {
+			return noDeadline - 1 // saturate: still a deadline
+		}
+		return deadline + int64(d)
+	}
+	if c.m.mode == Cooperative {
+		return c.deadline.Load() != noDeadline && c.moveDeadline(later)
+	}
+	// Hold the clock off (callDisarmed) while the deadline moves, so that
+	// it never times the call out against a deadline being replaced.
+	if !c.state.CompareAndSwap(callRunning, callDisarmed) {
+		return false
+	}
+	deadline := later(c.deadline.Load())
+	c.deadline.Store(deadline)
+	if b := c.bridge.Load(); b != nil {
+		b.deadline.Store(deadline)
+	}
+	c.state.CompareAndSwap(callDisarmed, callRunning)
+	return true
+}
+
+// Remaining returns the time left until the deadline of the request ctx,
+// negative once it has passed; ok is false if ctx has no deadline (not
+// bounded by New, or disarmed).
+func Remaining(ctx *fasthttp.RequestCtx) (left time.Duration, ok bool) {
+	c := lookup(ctx)
+	if c == nil {
+		return 0, false
+	}
+	d := c.deadline.Load()
+	if d == noDeadline {
+		return 0, false
+	}
+	return time.Duration(d - now()), true
+}
+
+// lookup returns the call of a request bounded by New, or nil.
+func lookup(ctx *fasthttp.RequestCtx) *call {
+	if ctx == nil {
+		return nil
+	}
+	c, _ := ctx.UserValue(callKey{}).(*call)
+	return c
+}
+
+// moveDeadline changes a cooperative call's deadline, unless it has passed.
+// The context, if any, is updated under its lock, so that the clock either
+// cancels it against the old deadline first (and false is returned) or
+// sees the new one.
+func (c *call) moveDeadline(move func(int64) int64) bool {
+	deadline := move(c.deadline.Load())
+	if c.deadline.Load() <= now() {
+		return false
+	}
+	if b := c.bridge.Load(); b != nil && !b.setDeadline(deadline) {
+		return false
+	}
+	c.deadline.Store(deadline)
+	return true
+}
