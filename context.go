@@ -22,7 +22,7 @@ import (
 // started per request, nor per context derived from it.
 //
 // Outside New, Context returns a context without deadline that is cancelled
-// when the server shuts down. It never panics, not even for a zero
+// when the server shuts down, with cause ErrShutdown. It never panics, not even for a zero
 // fasthttp.RequestCtx; for a nil one it returns context.Background().
 func Context(ctx *fasthttp.RequestCtx) context.Context {
 	if ctx == nil {

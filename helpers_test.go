@@ -2,6 +2,7 @@ package fasttimeout_test
 
 import (
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,14 +16,21 @@ type testServer struct {
 	server *fasthttp.Server
 	client *fasthttp.Client
 	served chan error
+	once   sync.Once
 }
 
 // serve starts h on a new server; the test's cleanup shuts it down.
 func serve(t testing.TB, h fasthttp.RequestHandler) *testServer {
 	t.Helper()
+	return serveLogged(t, h, testLogger{t})
+}
+
+// serveLogged is serve with the server's logger set to logger.
+func serveLogged(t testing.TB, h fasthttp.RequestHandler, logger fasthttp.Logger) *testServer {
+	t.Helper()
 	ln := fasthttputil.NewInmemoryListener()
 	s := &testServer{
-		server: &fasthttp.Server{Handler: h, Logger: testLogger{t}, ReadTimeout: 10 * time.Second},
+		server: &fasthttp.Server{Handler: h, Logger: logger, ReadTimeout: 10 * time.Second},
 		served: make(chan error, 1),
 	}
 	s.client = &fasthttp.Client{
@@ -34,7 +42,13 @@ func serve(t testing.TB, h fasthttp.RequestHandler) *testServer {
 	return s
 }
 
+// shutdown stops the server and waits for Serve to return; calls after the
+// first do nothing.
 func (s *testServer) shutdown(t testing.TB) {
+	s.once.Do(func() { s.stop(t) })
+}
+
+func (s *testServer) stop(t testing.TB) {
 	s.client.CloseIdleConnections()
 	require.NoError(t, s.server.Shutdown())
 	select {

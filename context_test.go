@@ -1,0 +1,206 @@
+package fasttimeout_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/fasttimeout/fasttimeout"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/valyala/fasthttp"
+)
+
+// observed is what a handler saw of its context.
+type observed struct {
+	deadline   time.Time
+	hasDL      bool
+	err        error
+	cause      error
+	value      any
+	same       bool
+	beforeDone error
+}
+
+func TestContext_inside_New(t *testing.T) {
+	t.Parallel()
+	for _, mode := range modes {
+		t.Run(mode.String()+"/done_is_closed_at_the_deadline", func(t *testing.T) {
+			t.Parallel()
+			seen := make(chan observed, 1)
+			h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				ctx.SetUserValue("user", "ada")
+				c := fasttimeout.Context(ctx)
+				var o observed
+				o.deadline, o.hasDL = c.Deadline()
+				o.beforeDone = c.Err()
+				o.value = c.Value("user")
+				o.same = c == fasttimeout.Context(ctx)
+				select {
+				case <-c.Done():
+				case <-time.After(waitTimeout):
+				}
+				o.err, o.cause = c.Err(), context.Cause(c)
+				seen <- o
+			}, fasttimeout.Config{Mode: mode, Timeout: shortTimeout})
+			s := serve(t, h)
+
+			before := time.Now()
+			resp := do(t, s, "GET", "/")
+			o := <-seen
+			assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
+			require.True(t, o.hasDL)
+			assert.WithinRange(t, o.deadline, before.Add(shortTimeout), time.Now().Add(shortTimeout))
+			assert.NoError(t, o.beforeDone)
+			assert.Equal(t, "ada", o.value)
+			assert.True(t, o.same, "one context per request")
+			assert.ErrorIs(t, o.err, context.DeadlineExceeded)
+			assert.ErrorIs(t, o.cause, fasttimeout.ErrTimeout)
+		})
+
+		t.Run(mode.String()+"/cancelled_when_the_handler_returns", func(t *testing.T) {
+			t.Parallel()
+			kept := make(chan context.Context, 1)
+			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				c := fasttimeout.Context(ctx)
+				ctx.SetUserValue("user", "ada")
+				require.Equal(t, "ada", c.Value("user"))
+				kept <- c
+			}, fasttimeout.Config{Mode: mode}))
+			assert.Equal(t, 200, do(t, s, "GET", "/").StatusCode())
+			c := <-kept
+			select {
+			case <-c.Done():
+			case <-time.After(waitTimeout):
+				t.Fatal("context not cancelled after the handler returned")
+			}
+			assert.ErrorIs(t, c.Err(), context.Canceled)
+			assert.ErrorIs(t, context.Cause(c), context.Canceled)
+			assert.Nil(t, c.Value("user"), "the RequestCtx may be reused: values are gone")
+		})
+
+		t.Run(mode.String()+"/cancelled_on_server_shutdown", func(t *testing.T) {
+			t.Parallel()
+			started := make(chan struct{})
+			seen := make(chan observed, 1)
+			h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				c := fasttimeout.Context(ctx)
+				close(started)
+				select {
+				case <-c.Done():
+				case <-time.After(waitTimeout):
+				}
+				seen <- observed{err: c.Err(), cause: context.Cause(c)}
+			}, fasttimeout.Config{Mode: mode, Timeout: time.Hour})
+			s := serve(t, h)
+			go func() {
+				req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+				req.SetRequestURI("http://test/")
+				_ = s.client.DoTimeout(req, resp, waitTimeout) // the answer does not matter
+			}()
+			<-started
+			s.shutdown(t) // returns once the handler has answered
+			o := <-seen
+			assert.ErrorIs(t, o.err, context.Canceled)
+			assert.ErrorIs(t, o.cause, fasttimeout.ErrShutdown)
+		})
+
+		t.Run(mode.String()+"/derived_contexts_inherit_the_cause", func(t *testing.T) {
+			t.Parallel()
+			seen := make(chan observed, 2)
+			afterFunc := make(chan struct{})
+			h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				parent := fasttimeout.Context(ctx)
+				child, cancel := context.WithTimeout(parent, time.Hour)
+				defer cancel()
+				context.AfterFunc(parent, func() { close(afterFunc) })
+				dl, ok := child.Deadline()
+				<-child.Done()
+				seen <- observed{err: child.Err(), cause: context.Cause(child), deadline: dl, hasDL: ok}
+			}, fasttimeout.Config{Mode: mode, Timeout: shortTimeout})
+			s := serve(t, h)
+			before := time.Now()
+			do(t, s, "GET", "/")
+			o := <-seen
+			assert.ErrorIs(t, o.err, context.DeadlineExceeded)
+			assert.ErrorIs(t, o.cause, fasttimeout.ErrTimeout)
+			assert.True(t, o.hasDL)
+			assert.WithinRange(t, o.deadline, before.Add(shortTimeout), time.Now().Add(shortTimeout),
+				"the child keeps the request's earlier deadline")
+			select {
+			case <-afterFunc:
+			case <-time.After(waitTimeout):
+				t.Fatal("context.AfterFunc did not run")
+			}
+		})
+	}
+}
+
+func TestContext_late_handler_sees_its_context_done_already(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	seen := make(chan observed, 1)
+	h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+		ctx.SetUserValue("user", "ada")
+		<-release
+		c := fasttimeout.Context(ctx) // first call after the deadline
+		seen <- observed{err: c.Err(), cause: context.Cause(c), value: c.Value("user")}
+	}, fasttimeout.Config{Timeout: shortTimeout})
+	s := serve(t, h)
+	assert.Equal(t, fasthttp.StatusGatewayTimeout, do(t, s, "GET", "/").StatusCode())
+	close(release)
+	o := <-seen
+	assert.ErrorIs(t, o.err, context.DeadlineExceeded)
+	assert.ErrorIs(t, o.cause, fasttimeout.ErrTimeout)
+	assert.Equal(t, "ada", o.value, "the late handler still owns its RequestCtx")
+}
+
+func TestContext_outside_New(t *testing.T) {
+	t.Parallel()
+	t.Run("no_deadline_and_cancelled_on_shutdown", func(t *testing.T) {
+		t.Parallel()
+		started := make(chan struct{})
+		seen := make(chan observed, 1)
+		s := serve(t, func(ctx *fasthttp.RequestCtx) {
+			ctx.SetUserValue("user", "ada")
+			c := fasttimeout.Context(ctx)
+			var o observed
+			_, o.hasDL = c.Deadline()
+			o.value = c.Value("user")
+			close(started)
+			select {
+			case <-c.Done():
+			case <-time.After(waitTimeout):
+			}
+			o.err = c.Err()
+			o.cause = context.Cause(c)
+			seen <- o
+		})
+		go func() {
+			req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+			req.SetRequestURI("http://test/")
+			_ = s.client.DoTimeout(req, resp, waitTimeout)
+		}()
+		<-started
+		s.shutdown(t)
+		o := <-seen
+		assert.False(t, o.hasDL)
+		assert.Equal(t, "ada", o.value)
+		assert.ErrorIs(t, o.err, context.Canceled)
+		assert.ErrorIs(t, o.cause, fasttimeout.ErrShutdown)
+	})
+	t.Run("zero_RequestCtx_does_not_panic", func(t *testing.T) {
+		t.Parallel()
+		var ctx fasthttp.RequestCtx
+		c := fasttimeout.Context(&ctx)
+		_, ok := c.Deadline()
+		assert.False(t, ok)
+		assert.Nil(t, c.Done(), "never cancelled")
+		assert.NoError(t, c.Err())
+		assert.Nil(t, c.Value("missing"))
+	})
+	t.Run("nil_RequestCtx_gives_Background", func(t *testing.T) {
+		t.Parallel()
+		assert.Equal(t, context.Background(), fasttimeout.Context(nil))
+	})
+}

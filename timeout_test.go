@@ -1,0 +1,485 @@
+package fasttimeout_test
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/fasttimeout/fasttimeout"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttputil"
+)
+
+// waitTimeout bounds every wait of these tests; it is a hang detector, not a
+// speed requirement.
+const waitTimeout = 10 * time.Second
+
+// shortTimeout is the request timeout of tests that time out.
+const shortTimeout = 30 * time.Millisecond
+
+var modes = []fasttimeout.Mode{fasttimeout.Racing, fasttimeout.Cooperative}
+
+// fullResponse is a handler that sets everything a response can carry.
+func fullResponse(ctx *fasthttp.RequestCtx) {
+	ctx.SetStatusCode(fasthttp.StatusCreated)
+	ctx.Response.Header.Set("X-Handler", "yes")
+	var cookie fasthttp.Cookie
+	cookie.SetKey("session")
+	cookie.SetValue("abc")
+	ctx.Response.Header.SetCookie(&cookie)
+	ctx.SetContentType("text/plain; charset=utf-8")
+	ctx.SetBodyString("hello " + string(ctx.Path()))
+}
+
+func do(t testing.TB, s *testServer, method, path string) *fasthttp.Response {
+	t.Helper()
+	req := fasthttp.AcquireRequest()
+	defer fasthttp.ReleaseRequest(req)
+	req.Header.SetMethod(method)
+	req.SetRequestURI("http://test" + path)
+	resp := new(fasthttp.Response)
+	require.NoError(t, s.client.DoTimeout(req, resp, waitTimeout))
+	return resp
+}
+
+func TestTimeout_fast_handler_is_unchanged(t *testing.T) {
+	t.Parallel()
+	bare := serve(t, fullResponse)
+	want := do(t, bare, "GET", "/x")
+	for _, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			s := serve(t, fasttimeout.New(fullResponse, fasttimeout.Config{Mode: mode}))
+			got := do(t, s, "GET", "/x")
+			assert.Equal(t, want.StatusCode(), got.StatusCode())
+			assert.Equal(t, string(want.Body()), string(got.Body()))
+			assert.Equal(t, "yes", string(got.Header.Peek("X-Handler")))
+			assert.Equal(t, string(want.Header.ContentType()), string(got.Header.ContentType()))
+			var cookie fasthttp.Cookie
+			cookie.SetKey("session")
+			require.True(t, got.Header.Cookie(&cookie))
+			assert.Equal(t, "abc", string(cookie.Value()))
+		})
+	}
+}
+
+func TestTimeout_fast_handler_streams_its_body(t *testing.T) {
+	t.Parallel()
+	for _, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			h := func(ctx *fasthttp.RequestCtx) {
+				ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
+					for i := range 100 {
+						fmt.Fprintf(w, "line %d\n", i)
+						require.NoError(t, w.Flush())
+					}
+				})
+			}
+			s := serve(t, fasttimeout.New(h, fasttimeout.Config{Mode: mode}))
+			got := do(t, s, "GET", "/")
+			assert.Equal(t, 200, got.StatusCode())
+			assert.Equal(t, 100, strings.Count(string(got.Body()), "\n"))
+			assert.True(t, strings.HasPrefix(string(got.Body()), "line 0\nline 1\n"))
+		})
+	}
+}
+
+func TestTimeout_racing_answers_at_the_deadline_while_the_handler_still_runs(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	returned := make(chan struct{})
+	h := func(ctx *fasthttp.RequestCtx) {
+		defer close(returned)
+		<-release // ignores its context
+		ctx.SetBodyString("late body")
+		ctx.Response.Header.Set("X-Late", "1")
+	}
+	stats := new(fasttimeout.Stats)
+	s := serve(t, fasttimeout.New(h, fasttimeout.Config{Timeout: shortTimeout, Stats: stats}))
+
+	start := time.Now()
+	resp := do(t, s, "GET", "/")
+	elapsed := time.Since(start)
+
+	select {
+	case <-returned:
+		t.Fatal("the handler returned before the timeout response was sent")
+	default:
+	}
+	assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
+	assert.Equal(t, fasttimeout.DefaultBody, string(resp.Body()))
+	assert.Equal(t, "application/json", string(resp.Header.ContentType()))
+	assert.Empty(t, resp.Header.Peek("X-Late"))
+	assert.GreaterOrEqual(t, elapsed, shortTimeout, "answered before the deadline")
+	c := stats.Snapshot()
+	assert.Equal(t, int64(1), c.Timeouts)
+	assert.Equal(t, int64(1), c.LateRunning)
+
+	close(release)
+	eventually(t, func() bool { return stats.Snapshot().LateRunning == 0 })
+	assert.Equal(t, int64(1), stats.Snapshot().LateFinished)
+}
+
+func TestTimeout_cooperative_replaces_a_late_response(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		handler fasthttp.RequestHandler
+	}{
+		{"handler_honouring_its_context", func(ctx *fasthttp.RequestCtx) {
+			<-fasttimeout.Context(ctx).Done()
+			ctx.SetBodyString("too late")
+		}},
+		{"handler_ignoring_its_context", func(ctx *fasthttp.RequestCtx) {
+			time.Sleep(2 * shortTimeout) // work that ignores the context; the test needs it to end late
+			ctx.SetBodyString("too late")
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			stats := new(fasttimeout.Stats)
+			s := serve(t, fasttimeout.New(tt.handler, fasttimeout.Config{
+				Mode: fasttimeout.Cooperative, Timeout: shortTimeout, Stats: stats,
+			}))
+			resp := do(t, s, "GET", "/")
+			assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
+			assert.Equal(t, fasttimeout.DefaultBody, string(resp.Body()))
+			assert.Equal(t, int64(1), stats.Snapshot().Timeouts)
+		})
+	}
+}
+
+func TestTimeout_configured_response(t *testing.T) {
+	t.Parallel()
+	for _, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			release := make(chan struct{})
+			t.Cleanup(func() { close(release) })
+			h := func(ctx *fasthttp.RequestCtx) {
+				select {
+				case <-release:
+				case <-fasttimeout.Context(ctx).Done():
+				}
+			}
+			s := serve(t, fasttimeout.New(h, fasttimeout.Config{
+				Mode:        mode,
+				Timeout:     shortTimeout,
+				StatusCode:  fasthttp.StatusServiceUnavailable,
+				Body:        []byte("busy"),
+				ContentType: "text/plain",
+				OnTimeout: func(ctx *fasthttp.RequestCtx, resp *fasthttp.Response) {
+					resp.Header.Set("X-Path", string(ctx.Path()))
+				},
+			}))
+			resp := do(t, s, "GET", "/where")
+			assert.Equal(t, fasthttp.StatusServiceUnavailable, resp.StatusCode())
+			assert.Equal(t, "busy", string(resp.Body()))
+			assert.Equal(t, "text/plain", string(resp.Header.ContentType()))
+			assert.Equal(t, "/where", string(resp.Header.Peek("X-Path")))
+		})
+	}
+}
+
+func TestTimeout_head_request_gets_no_body(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	s := serve(t, fasttimeout.New(func(*fasthttp.RequestCtx) { <-release }, fasttimeout.Config{Timeout: shortTimeout}))
+	resp := do(t, s, "HEAD", "/")
+	assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
+	assert.Empty(t, resp.Body())
+}
+
+// acceptCounter counts the connections a server accepts.
+type acceptCounter struct {
+	net.Listener
+	accepted atomic.Int64
+}
+
+func (l *acceptCounter) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.accepted.Add(1)
+	}
+	return c, err
+}
+
+func TestTimeout_keep_alive_connection_is_reused_after_a_timeout(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+		if string(ctx.Path()) == "/slow" {
+			<-release
+		}
+		ctx.SetBodyString("fast " + string(ctx.QueryArgs().Peek("n")))
+	}, fasttimeout.Config{Timeout: shortTimeout})
+
+	mem := fasthttputil.NewInmemoryListener()
+	ln := &acceptCounter{Listener: mem}
+	server := &fasthttp.Server{Handler: h}
+	served := make(chan error, 1)
+	go func() { served <- server.Serve(ln) }()
+	conn, err := mem.Dial()
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		_ = conn.Close()
+		require.NoError(t, server.Shutdown())
+		require.NoError(t, <-served)
+	})
+
+	// One raw connection, so that reuse is certain: three requests in turn.
+	br := bufio.NewReader(conn)
+	for i, path := range []string{"/fast?n=1", "/slow", "/fast?n=2"} {
+		_, err := fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: test\r\n\r\n", path)
+		require.NoError(t, err)
+		var resp fasthttp.Response
+		require.NoError(t, resp.Read(br), "request %d", i)
+		switch path {
+		case "/slow":
+			assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
+			assert.False(t, resp.ConnectionClose())
+		default:
+			assert.Equal(t, 200, resp.StatusCode())
+			assert.Equal(t, "fast "+path[len(path)-1:], string(resp.Body()))
+		}
+	}
+	assert.Equal(t, int64(1), ln.accepted.Load())
+}
+
+// recoverer is the outer recover middleware users put around handlers.
+func recoverer(h fasthttp.RequestHandler, seen chan<- any) fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		defer func() {
+			if v := recover(); v != nil {
+				seen <- v
+				ctx.Error("recovered", fasthttp.StatusInternalServerError)
+			}
+		}()
+		h(ctx)
+	}
+}
+
+func TestTimeout_panic_before_the_deadline_is_re_raised_with_its_value(t *testing.T) {
+	t.Parallel()
+	boom := errors.New("boom")
+	for _, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			stats := new(fasttimeout.Stats)
+			h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				if string(ctx.Path()) == "/panic" {
+					panic(boom)
+				}
+				ctx.SetBodyString("still here")
+			}, fasttimeout.Config{Mode: mode, Stats: stats})
+			seen := make(chan any, 1)
+			s := serve(t, recoverer(h, seen))
+
+			resp := do(t, s, "GET", "/panic")
+			assert.Equal(t, fasthttp.StatusInternalServerError, resp.StatusCode())
+			require.Same(t, boom, (<-seen).(error))
+			resp = do(t, s, "GET", "/ok")
+			assert.Equal(t, "still here", string(resp.Body()))
+			if mode == fasttimeout.Racing {
+				assert.Equal(t, int64(1), stats.Snapshot().Panics)
+			}
+		})
+	}
+}
+
+func TestTimeout_panic_after_the_deadline_goes_to_OnPanic(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	type report struct {
+		value any
+		stack string
+	}
+	reports := make(chan report, 1)
+	h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+		if string(ctx.Path()) == "/late-panic" {
+			<-release
+			panic("late boom")
+		}
+		ctx.SetBodyString("alive")
+	}, fasttimeout.Config{
+		Timeout: shortTimeout,
+		OnPanic: func(_ *fasthttp.RequestCtx, v any, stack []byte) { reports <- report{v, string(stack)} },
+	})
+	s := serve(t, h)
+
+	resp := do(t, s, "GET", "/late-panic")
+	assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
+	close(release)
+	select {
+	case r := <-reports:
+		assert.Equal(t, "late boom", r.value)
+		assert.Contains(t, r.stack, "timeout_test.go", "the stack shows where the handler panicked")
+	case <-time.After(waitTimeout):
+		t.Fatal("OnPanic was not called")
+	}
+	assert.Equal(t, "alive", string(do(t, s, "GET", "/").Body()))
+}
+
+// logBuffer is a fasthttp.Logger that keeps what it is given.
+type logBuffer struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *logBuffer) Printf(format string, args ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, fmt.Sprintf(format, args...))
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.lines, "\n")
+}
+
+func TestTimeout_late_panic_is_logged_by_default(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	stats := new(fasttimeout.Stats)
+	logs := new(logBuffer)
+	h := fasttimeout.New(func(*fasthttp.RequestCtx) {
+		<-release
+		panic("unwatched")
+	}, fasttimeout.Config{Timeout: shortTimeout, Stats: stats})
+	s := serveLogged(t, h, logs)
+
+	assert.Equal(t, fasthttp.StatusGatewayTimeout, do(t, s, "GET", "/").StatusCode())
+	close(release)
+	eventually(t, func() bool { return stats.Snapshot().LateFinished == 1 })
+	assert.Contains(t, logs.String(), "panic in handler after its deadline: unwatched")
+	assert.Contains(t, logs.String(), "goroutine ")
+	assert.Equal(t, int64(1), stats.Snapshot().Panics)
+}
+
+func TestTimeout_OnLateReturn_says_how_late(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	lateBy := make(chan time.Duration, 1)
+	h := fasttimeout.New(func(*fasthttp.RequestCtx) { <-release }, fasttimeout.Config{
+		Timeout:      shortTimeout,
+		OnLateReturn: func(_ *fasthttp.RequestCtx, late time.Duration) { lateBy <- late },
+	})
+	s := serve(t, h)
+	assert.Equal(t, fasthttp.StatusGatewayTimeout, do(t, s, "GET", "/").StatusCode())
+	answered := time.Now()
+	time.Sleep(10 * time.Millisecond) // not a synchronisation: makes the lateness worth measuring
+	released := time.Now()
+	close(release)
+	select {
+	case late := <-lateBy:
+		// The deadline passed before the answer; the handler returned after
+		// its release.
+		assert.GreaterOrEqual(t, late, released.Sub(answered))
+	case <-time.After(waitTimeout):
+		t.Fatal("OnLateReturn was not called")
+	}
+}
+
+func TestTimeout_goexit_in_the_handler_does_not_hang_the_request(t *testing.T) {
+	t.Parallel()
+	seen := make(chan any, 1)
+	h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+		if string(ctx.Path()) == "/goexit" {
+			defer ctx.SetBodyString("unreachable")
+			runtime.Goexit()
+		}
+		ctx.SetBodyString("ok")
+	}, fasttimeout.Config{})
+	s := serve(t, recoverer(h, seen))
+	assert.Equal(t, fasthttp.StatusInternalServerError, do(t, s, "GET", "/goexit").StatusCode())
+	err, _ := (<-seen).(error)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "Goexit")
+	assert.Equal(t, "ok", string(do(t, s, "GET", "/").Body()))
+}
+
+func TestNew_rejects_bad_configuration(t *testing.T) {
+	t.Parallel()
+	ok := func(*fasthttp.RequestCtx) {}
+	tests := []struct {
+		name    string
+		handler fasthttp.RequestHandler
+		cfg     fasttimeout.Config
+		want    string
+	}{
+		{"nil_handler", nil, fasttimeout.Config{}, "handler"},
+		{"negative_timeout", ok, fasttimeout.Config{Timeout: -time.Second}, "Timeout"},
+		{"status_below_100", ok, fasttimeout.Config{StatusCode: 42}, "StatusCode"},
+		{"status_above_599", ok, fasttimeout.Config{StatusCode: 600}, "StatusCode"},
+		{"unknown_mode", ok, fasttimeout.Config{Mode: 7}, "Mode(7)"},
+		{"precision_too_fine", ok, fasttimeout.Config{Precision: time.Microsecond}, "Precision"},
+		{"negative_margin", ok, fasttimeout.Config{DeadlineMargin: -1}, "DeadlineMargin"},
+		{"negative_late_cap", ok, fasttimeout.Config{MaxLateHandlers: -1}, "MaxLateHandlers"},
+		{"negative_retry_after", ok, fasttimeout.Config{RetryAfter: -time.Second}, "RetryAfter"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			defer func() {
+				msg, _ := recover().(string)
+				assert.True(t, strings.HasPrefix(msg, "fasttimeout: "), "panic message %q", msg)
+				assert.Contains(t, msg, tt.want)
+			}()
+			fasttimeout.New(tt.handler, tt.cfg)
+			t.Error("New did not panic")
+		})
+	}
+}
+
+func TestNew_copies_the_configured_body(t *testing.T) {
+	t.Parallel()
+	body := []byte("first")
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	h := fasttimeout.New(func(*fasthttp.RequestCtx) { <-release }, fasttimeout.Config{Timeout: shortTimeout, Body: body})
+	copy(body, "xxxxx")
+	s := serve(t, h)
+	assert.Equal(t, "first", string(do(t, s, "GET", "/").Body()))
+}
+
+func TestMode_String(t *testing.T) {
+	t.Parallel()
+	assert.Equal(t, "racing", fasttimeout.Racing.String())
+	assert.Equal(t, "cooperative", fasttimeout.Cooperative.String())
+	assert.Equal(t, "Mode(9)", fasttimeout.Mode(9).String())
+}
+
+func TestStats_String_is_JSON_for_expvar(t *testing.T) {
+	t.Parallel()
+	stats := new(fasttimeout.Stats)
+	s := serve(t, fasttimeout.New(func(*fasthttp.RequestCtx) {}, fasttimeout.Config{Stats: stats}))
+	do(t, s, "GET", "/")
+	do(t, s, "GET", "/")
+	assert.JSONEq(t, `{"requests":2,"timeouts":0,"late_running":0,"late_finished":0,"panics":0,"shed":0,"bad_deadline_headers":0}`, stats.String())
+}
+
+// eventually polls cond until it holds, failing the test after waitTimeout.
+func eventually(t testing.TB, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached within", waitTimeout)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
