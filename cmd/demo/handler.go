@@ -1,0 +1,120 @@
+package main
+
+import (
+	"encoding/json"
+	"expvar"
+	"fmt"
+	"log"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/fasttimeout/fasttimeout"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
+)
+
+// maxSleep bounds the n of /sleep/{n} and /async_sleep/{n}.
+const maxSleep = time.Hour
+
+// newHandler returns the demo's routes. Everything but /debug/vars is bounded
+// by fasttimeout with timeout and mode, counted in stats; logger gets a line
+// for each handler that returns after its deadline. /debug/vars serves the
+// process's expvar variables (publishing stats there is the caller's job).
+func newHandler(stats *fasttimeout.Stats, timeout time.Duration, mode fasttimeout.Mode, logger *log.Logger) fasthttp.RequestHandler {
+	bounded := fasttimeout.New(route, fasttimeout.Config{
+		Timeout: timeout,
+		Mode:    mode,
+		Stats:   stats,
+		OnLateReturn: func(ctx *fasthttp.RequestCtx, late time.Duration) {
+			logger.Printf("late handler returned %v after its deadline: %s %s",
+				late.Round(time.Millisecond), ctx.Method(), ctx.RequestURI())
+		},
+	})
+	debugVars := fasthttpadaptor.NewFastHTTPHandler(expvar.Handler())
+	return func(ctx *fasthttp.RequestCtx) {
+		if string(ctx.Path()) == "/debug/vars" {
+			debugVars(ctx)
+			return
+		}
+		bounded(ctx)
+	}
+}
+
+// route dispatches a request bounded by the timeout.
+func route(ctx *fasthttp.RequestCtx) {
+	if !ctx.IsGet() && !ctx.IsHead() {
+		ctx.Response.Header.Set(fasthttp.HeaderAllow, "GET, HEAD")
+		writeJSON(ctx, fasthttp.StatusMethodNotAllowed, detail("method not allowed"))
+		return
+	}
+	path := string(ctx.Path())
+	switch {
+	case path == "/":
+		writeJSON(ctx, fasthttp.StatusOK, map[string]string{"message": "Hello, World!"})
+	case strings.HasPrefix(path, "/sleep/"):
+		serveSleep(ctx, strings.TrimPrefix(path, "/sleep/"))
+	case strings.HasPrefix(path, "/async_sleep/"):
+		serveAsyncSleep(ctx, strings.TrimPrefix(path, "/async_sleep/"))
+	default:
+		writeJSON(ctx, fasthttp.StatusNotFound, detail("not found"))
+	}
+}
+
+// serveSleep is blocking work: it sleeps n seconds whatever happens to the
+// request. Only racing mode bounds it.
+func serveSleep(ctx *fasthttp.RequestCtx, n string) {
+	d, ok := parseSeconds(ctx, n)
+	if !ok {
+		return
+	}
+	time.Sleep(d)
+	writeJSON(ctx, fasthttp.StatusOK, slept{Seconds: d.Seconds()})
+}
+
+// serveAsyncSleep is cooperative work: it waits n seconds or until the
+// request's context is done. Past the deadline its answer no longer
+// matters: the client already has, or will get, the timeout response.
+func serveAsyncSleep(ctx *fasthttp.RequestCtx, n string) {
+	d, ok := parseSeconds(ctx, n)
+	if !ok {
+		return
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		writeJSON(ctx, fasthttp.StatusOK, slept{Seconds: d.Seconds()})
+	case <-fasttimeout.Context(ctx).Done():
+	}
+}
+
+type slept struct {
+	Seconds float64 `json:"slept_seconds"`
+}
+
+// parseSeconds parses n, a number of seconds between 0 and maxSleep
+// ("2", "0.5"). On bad input it answers 400 and returns false.
+func parseSeconds(ctx *fasthttp.RequestCtx, n string) (time.Duration, bool) {
+	secs, err := strconv.ParseFloat(n, 64)
+	if err != nil || math.IsNaN(secs) || secs < 0 || secs > maxSleep.Seconds() {
+		writeJSON(ctx, fasthttp.StatusBadRequest, detail(fmt.Sprintf(
+			"n must be a number of seconds from 0 to %v, got %q", maxSleep.Seconds(), n)))
+		return 0, false
+	}
+	return time.Duration(secs * float64(time.Second)), true
+}
+
+func detail(msg string) map[string]string { return map[string]string{"detail": msg} }
+
+// writeJSON answers with status and v encoded as JSON.
+func writeJSON(ctx *fasthttp.RequestCtx, status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil { // cannot happen for the demo's values
+		status, body = fasthttp.StatusInternalServerError, []byte(`{"detail":"internal error"}`)
+	}
+	ctx.SetStatusCode(status)
+	ctx.SetContentType("application/json")
+	ctx.SetBody(body)
+}

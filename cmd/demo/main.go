@@ -1,0 +1,172 @@
+// Command demo is a small fasthttp server that shows what fasttimeout does
+// to slow requests.
+//
+//	GET /                the greeting, {"message":"Hello, World!"}
+//	GET /sleep/{n}       sleeps n seconds, ignoring its context (blocking work)
+//	GET /async_sleep/{n} waits n seconds or until its context is done
+//	                     (cooperative work)
+//	GET /debug/vars      expvar counters, not bounded by the timeout
+//
+// Every route but /debug/vars is bounded by fasttimeout.New with the timeout
+// of REQUEST_TIMEOUT (default 5 s); a request that runs past it is answered
+// with 504 and {"detail":"Request processing time exceeded limit"}.
+//
+// Usage:
+//
+//	REQUEST_TIMEOUT=1 go run ./cmd/demo -addr 127.0.0.1:8080
+package main
+
+import (
+	"context"
+	"errors"
+	"expvar"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/fasttimeout/fasttimeout"
+	"github.com/valyala/fasthttp"
+)
+
+const (
+	// timeoutEnv names the environment variable holding the request timeout.
+	timeoutEnv = "REQUEST_TIMEOUT"
+	// shutdownGrace bounds the wait for open connections on shutdown.
+	shutdownGrace = 10 * time.Second
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// options is the demo's configuration, from flags and environment.
+type options struct {
+	addr    string
+	timeout time.Duration
+	mode    fasttimeout.Mode
+}
+
+// parseOptions reads the flags in args and REQUEST_TIMEOUT. On -h it prints
+// the usage to stderr and returns flag.ErrHelp; on bad input it returns an
+// error whose message fits on one line.
+func parseOptions(args []string, stderr io.Writer) (options, error) {
+	opts := options{addr: ":8080", mode: fasttimeout.Racing}
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are reported by run, on one line
+	fs.StringVar(&opts.addr, "addr", opts.addr, "listen `address`, host:port")
+	fs.Func("mode", "`racing` (default: bounds any handler) or cooperative (cancels the context only)", func(s string) error {
+		switch s {
+		case "racing":
+			opts.mode = fasttimeout.Racing
+		case "cooperative":
+			opts.mode = fasttimeout.Cooperative
+		default:
+			return fmt.Errorf("want racing or cooperative, got %q", s)
+		}
+		return nil
+	})
+	fs.Usage = func() {} // called on every parse error; run prints one line instead
+	usage := func() {
+		fmt.Fprintf(stderr, `Usage: demo [-addr host:port] [-mode racing|cooperative]
+
+Serves GET /, /sleep/{n} (blocking), /async_sleep/{n} (cooperative) and
+/debug/vars, each request bounded by a timeout (504 past it).
+
+Environment:
+  %s  request timeout, seconds (5, 2.5) or a Go duration (500ms, 1m);
+                   unset or empty means %v
+
+Flags:
+`, timeoutEnv, fasttimeout.DefaultTimeout)
+		fs.SetOutput(stderr)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			usage()
+			return opts, err
+		}
+		return opts, fmt.Errorf("%v (see demo -h)", err)
+	}
+	if fs.NArg() > 0 {
+		return opts, fmt.Errorf("unexpected argument %q (see demo -h)", fs.Arg(0))
+	}
+	timeout, err := fasttimeout.TimeoutFromEnv(timeoutEnv, fasttimeout.DefaultTimeout)
+	if err != nil {
+		return opts, err
+	}
+	opts.timeout = timeout
+	return opts, nil
+}
+
+// run serves until ctx is done, then shuts down gracefully. It returns the
+// process's exit code: 0 after a clean shutdown, 2 on bad flags or
+// environment, 1 when the server fails.
+func run(ctx context.Context, args []string, stderr io.Writer) int {
+	opts, err := parseOptions(args, stderr)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case err != nil:
+		fmt.Fprintf(stderr, "demo: %v\n", err)
+		return 2
+	}
+	logger := log.New(stderr, "demo: ", log.LstdFlags)
+
+	stats := new(fasttimeout.Stats)
+	expvar.Publish("fasttimeout", stats)
+
+	ln, err := net.Listen("tcp", opts.addr)
+	if err != nil {
+		logger.Print(err)
+		return 1
+	}
+	server := newServer(newHandler(stats, opts.timeout, opts.mode, logger), logger)
+	logger.Printf("listening on %s, REQUEST_TIMEOUT %v, %v mode", ln.Addr(), opts.timeout, opts.mode)
+
+	served := make(chan error, 1)
+	go func() { served <- server.Serve(ln) }()
+	select {
+	case err := <-served:
+		logger.Printf("server failed: %v", err)
+		return 1
+	case <-ctx.Done():
+	}
+
+	logger.Printf("shutting down, waiting up to %v for open connections", shutdownGrace)
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	if err := server.ShutdownWithContext(shutdownCtx); err != nil {
+		logger.Printf("shutdown: %v", err)
+		return 1
+	}
+	if err := <-served; err != nil {
+		logger.Printf("server failed: %v", err)
+		return 1
+	}
+	logger.Print("stopped")
+	return 0
+}
+
+// newServer returns the demo's server with timeouts that keep idle or stuck
+// connections from piling up.
+func newServer(h fasthttp.RequestHandler, logger *log.Logger) *fasthttp.Server {
+	return &fasthttp.Server{
+		Handler:      h,
+		Name:         "fasttimeout-demo",
+		ReadTimeout:  10 * time.Second, // reading one request
+		WriteTimeout: 10 * time.Second, // writing one response
+		IdleTimeout:  60 * time.Second, // keep-alive between requests
+		Logger:       logger,
+	}
+}

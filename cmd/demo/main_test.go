@@ -1,0 +1,291 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"expvar"
+	"log"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fasttimeout/fasttimeout"
+	"github.com/stretchr/testify/require"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttputil"
+)
+
+// demo is a demo server on an in-memory listener.
+type demo struct {
+	client *fasthttp.Client
+	stats  *fasttimeout.Stats
+	log    *syncBuffer
+}
+
+// startDemo serves newHandler with timeout in racing mode until the test
+// ends.
+func startDemo(t *testing.T, timeout time.Duration) *demo {
+	t.Helper()
+	return startDemoWith(t, new(fasttimeout.Stats), timeout)
+}
+
+func startDemoWith(t *testing.T, stats *fasttimeout.Stats, timeout time.Duration) *demo {
+	t.Helper()
+	logs := new(syncBuffer)
+	logger := log.New(logs, "", 0)
+	ln := fasthttputil.NewInmemoryListener()
+	server := newServer(newHandler(stats, timeout, fasttimeout.Racing, logger), logger)
+	served := make(chan error, 1)
+	go func() { served <- server.Serve(ln) }()
+	t.Cleanup(func() {
+		require.NoError(t, server.Shutdown())
+		require.NoError(t, <-served)
+	})
+	client := &fasthttp.Client{Dial: func(string) (net.Conn, error) { return ln.Dial() }}
+	return &demo{client: client, stats: stats, log: logs}
+}
+
+// get requests path and returns the status, content type and body.
+func (d *demo) get(t *testing.T, path string) (status int, contentType, body string) {
+	t.Helper()
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.SetRequestURI("http://demo" + path)
+	require.NoError(t, d.client.DoTimeout(req, resp, 5*time.Second))
+	return resp.StatusCode(), string(resp.Header.ContentType()), string(resp.Body())
+}
+
+// eventually polls cond until it holds or a deadline passes.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	require.Eventually(t, cond, 5*time.Second, 5*time.Millisecond, what)
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func TestRoutes(t *testing.T) {
+	t.Parallel()
+
+	t.Run("root_answers_the_greeting", func(t *testing.T) {
+		t.Parallel()
+		status, contentType, body := startDemo(t, time.Second).get(t, "/")
+		require.Equal(t, fasthttp.StatusOK, status)
+		require.Equal(t, "application/json", contentType)
+		require.JSONEq(t, `{"message":"Hello, World!"}`, body)
+	})
+
+	t.Run("async_sleep_0_answers_200", func(t *testing.T) {
+		t.Parallel()
+		status, contentType, body := startDemo(t, time.Second).get(t, "/async_sleep/0")
+		require.Equal(t, fasthttp.StatusOK, status)
+		require.Equal(t, "application/json", contentType)
+		require.JSONEq(t, `{"slept_seconds":0}`, body)
+	})
+
+	t.Run("sleep_with_decimals_answers_200", func(t *testing.T) {
+		t.Parallel()
+		status, _, body := startDemo(t, time.Second).get(t, "/sleep/0.01")
+		require.Equal(t, fasthttp.StatusOK, status)
+		require.JSONEq(t, `{"slept_seconds":0.01}`, body)
+	})
+
+	t.Run("unknown_path_answers_404_json", func(t *testing.T) {
+		t.Parallel()
+		for _, path := range []string{"/nope", "/sleep", "/async_sleep"} {
+			status, contentType, body := startDemo(t, time.Second).get(t, path)
+			require.Equal(t, fasthttp.StatusNotFound, status, path)
+			require.Equal(t, "application/json", contentType, path)
+			require.JSONEq(t, `{"detail":"not found"}`, body, path)
+		}
+	})
+
+	t.Run("bad_n_answers_400_json", func(t *testing.T) {
+		t.Parallel()
+		d := startDemo(t, time.Second)
+		for _, path := range []string{
+			"/sleep/abc", "/sleep/-1", "/sleep/1e9", "/sleep/", "/sleep/NaN", "/sleep/Inf", "/sleep/1/2",
+			"/async_sleep/abc", "/async_sleep/-0.5", "/async_sleep/3601",
+		} {
+			status, contentType, body := d.get(t, path)
+			require.Equal(t, fasthttp.StatusBadRequest, status, path)
+			require.Equal(t, "application/json", contentType, path)
+			var answer struct{ Detail string }
+			require.NoError(t, json.Unmarshal([]byte(body), &answer), path)
+			require.Contains(t, answer.Detail, "n must be a number of seconds from 0 to 3600", path)
+		}
+	})
+
+	t.Run("other_methods_answer_405", func(t *testing.T) {
+		t.Parallel()
+		d := startDemo(t, time.Second)
+		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+		defer fasthttp.ReleaseRequest(req)
+		defer fasthttp.ReleaseResponse(resp)
+		req.SetRequestURI("http://demo/")
+		req.Header.SetMethod(fasthttp.MethodPost)
+		require.NoError(t, d.client.DoTimeout(req, resp, 5*time.Second))
+		require.Equal(t, fasthttp.StatusMethodNotAllowed, resp.StatusCode())
+		require.Equal(t, "GET, HEAD", string(resp.Header.Peek(fasthttp.HeaderAllow)))
+	})
+}
+
+func TestTimeouts(t *testing.T) {
+	t.Parallel()
+
+	t.Run("async_sleep_past_the_timeout_answers_504_and_is_cancelled", func(t *testing.T) {
+		t.Parallel()
+		d := startDemo(t, 100*time.Millisecond)
+		start := time.Now()
+		status, contentType, body := d.get(t, "/async_sleep/10")
+		require.Less(t, time.Since(start), 2*time.Second)
+		require.Equal(t, fasthttp.StatusGatewayTimeout, status)
+		require.Equal(t, fasttimeout.DefaultContentType, contentType)
+		require.Equal(t, fasttimeout.DefaultBody, body)
+		// A handler that ignored its context would run 10 s: returning
+		// shortly after the deadline shows it was cancelled.
+		eventually(t, "the cancelled handler returns", func() bool {
+			c := d.stats.Snapshot()
+			return c.LateFinished == 1 && c.LateRunning == 0
+		})
+		require.Less(t, time.Since(start), 5*time.Second)
+		c := d.stats.Snapshot()
+		require.Equal(t, int64(1), c.Requests)
+		require.Equal(t, int64(1), c.Timeouts)
+	})
+
+	t.Run("sleep_past_the_timeout_answers_504_and_logs_the_late_return", func(t *testing.T) {
+		t.Parallel()
+		d := startDemo(t, 50*time.Millisecond)
+		start := time.Now()
+		status, _, body := d.get(t, "/sleep/0.3")
+		require.Less(t, time.Since(start), 250*time.Millisecond, "answered at the deadline, not when the sleep ends")
+		require.Equal(t, fasthttp.StatusGatewayTimeout, status)
+		require.Equal(t, fasttimeout.DefaultBody, body)
+		require.Equal(t, int64(1), d.stats.Snapshot().LateRunning, "the sleeping handler still runs")
+		require.NotContains(t, d.log.String(), "late handler returned")
+
+		eventually(t, "the late-return log line", func() bool {
+			return strings.Contains(d.log.String(), "late handler returned")
+		})
+		line := d.log.String()
+		require.Regexp(t, `^late handler returned \d+(\.\d+)?ms after its deadline: GET /sleep/0\.3\n$`, line)
+		c := d.stats.Snapshot()
+		require.Equal(t, int64(0), c.LateRunning)
+		require.Equal(t, int64(1), c.LateFinished)
+	})
+
+	t.Run("keep_alive_connection_serves_the_next_request", func(t *testing.T) {
+		t.Parallel()
+		d := startDemo(t, 50*time.Millisecond)
+		status, _, _ := d.get(t, "/sleep/0.2")
+		require.Equal(t, fasthttp.StatusGatewayTimeout, status)
+		status, _, body := d.get(t, "/")
+		require.Equal(t, fasthttp.StatusOK, status)
+		require.JSONEq(t, `{"message":"Hello, World!"}`, body)
+	})
+}
+
+// publishedStats is the Stats published as expvar "fasttimeout"; expvar
+// allows one publication per name and process.
+var publishedStats = sync.OnceValue(func() *fasttimeout.Stats {
+	stats := new(fasttimeout.Stats)
+	expvar.Publish("fasttimeout", stats)
+	return stats
+})
+
+func TestDebugVars(t *testing.T) {
+	t.Parallel()
+	d := startDemoWith(t, publishedStats(), 50*time.Millisecond)
+	before := d.stats.Snapshot() // -count=N runs share the published Stats
+	status, _, _ := d.get(t, "/sleep/0.2")
+	require.Equal(t, fasthttp.StatusGatewayTimeout, status)
+
+	status, contentType, body := d.get(t, "/debug/vars")
+	require.Equal(t, fasthttp.StatusOK, status)
+	require.Contains(t, contentType, "application/json")
+	var vars struct {
+		Fasttimeout *fasttimeout.Counters `json:"fasttimeout"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(body), &vars))
+	require.NotNil(t, vars.Fasttimeout, body)
+	want := before
+	want.Requests++
+	want.Timeouts++
+	want.LateRunning++
+	require.Equal(t, want, *vars.Fasttimeout,
+		"/debug/vars is not counted, and the sleeping handler still runs")
+	for _, name := range []string{"requests", "timeouts", "late_running", "late_finished", "panics", "shed", "bad_deadline_headers"} {
+		require.Contains(t, body, `"`+name+`"`)
+	}
+	eventually(t, "the late handler returns", func() bool {
+		return d.stats.Snapshot().LateFinished == before.LateFinished+1
+	})
+}
+
+// TestRun sets REQUEST_TIMEOUT, so it cannot run in parallel.
+func TestRun(t *testing.T) {
+	t.Run("bad_REQUEST_TIMEOUT_exits_2_with_one_line", func(t *testing.T) {
+		for _, value := range []string{"garbage", "-1", "0", "1e99"} {
+			t.Setenv("REQUEST_TIMEOUT", value)
+			var stderr bytes.Buffer
+			code := run(context.Background(), []string{"-addr", "127.0.0.1:0"}, &stderr)
+			require.Equal(t, 2, code, value)
+			msg := stderr.String()
+			require.Equal(t, 1, strings.Count(msg, "\n"), msg)
+			require.True(t, strings.HasPrefix(msg, "demo: "), msg)
+			require.Contains(t, msg, "REQUEST_TIMEOUT", msg)
+		}
+	})
+
+	t.Run("bad_flag_exits_2_with_one_line", func(t *testing.T) {
+		t.Setenv("REQUEST_TIMEOUT", "")
+		for _, args := range [][]string{{"-nope"}, {"-addr"}, {"-mode", "fast"}, {"extra"}} {
+			var stderr bytes.Buffer
+			code := run(context.Background(), args, &stderr)
+			require.Equal(t, 2, code, args)
+			msg := stderr.String()
+			require.Equal(t, 1, strings.Count(msg, "\n"), msg)
+			require.True(t, strings.HasPrefix(msg, "demo: "), msg)
+		}
+	})
+
+	t.Run("help_prints_usage_mentioning_REQUEST_TIMEOUT_and_exits_0", func(t *testing.T) {
+		var stderr bytes.Buffer
+		require.Equal(t, 0, run(context.Background(), []string{"-h"}, &stderr))
+		require.Contains(t, stderr.String(), "REQUEST_TIMEOUT")
+		require.Contains(t, stderr.String(), "-addr")
+		require.Contains(t, stderr.String(), "-mode")
+	})
+
+	t.Run("options_come_from_flags_and_environment", func(t *testing.T) {
+		t.Setenv("REQUEST_TIMEOUT", "2.5")
+		opts, err := parseOptions([]string{"-addr", "127.0.0.1:9", "-mode", "cooperative"}, new(bytes.Buffer))
+		require.NoError(t, err)
+		require.Equal(t, options{addr: "127.0.0.1:9", timeout: 2500 * time.Millisecond, mode: fasttimeout.Cooperative}, opts)
+
+		t.Setenv("REQUEST_TIMEOUT", "")
+		opts, err = parseOptions(nil, new(bytes.Buffer))
+		require.NoError(t, err)
+		require.Equal(t, options{addr: ":8080", timeout: 5 * time.Second, mode: fasttimeout.Racing}, opts)
+	})
+}
