@@ -2,6 +2,7 @@ package fasttimeout_test
 
 import (
 	"net"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -73,3 +74,10 @@ func (s *testServer) get(t testing.TB, path string) (int, string, string) {
 type testLogger struct{ t testing.TB }
 
 func (l testLogger) Printf(format string, args ...any) { l.t.Logf(format, args...) }
+
+// unsetenv removes key for the rest of a test that called t.Setenv(key, ...),
+// which restores it afterwards.
+func unsetenv(t testing.TB, key string) {
+	t.Helper()
+	require.NoError(t, os.Unsetenv(key))
+}

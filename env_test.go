@@ -1,0 +1,69 @@
+package fasttimeout_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/fasttimeout/fasttimeout"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestTimeoutFromEnv(t *testing.T) {
+	const def = 7 * time.Second
+	tests := []struct {
+		value   string
+		unset   bool
+		want    time.Duration
+		wantErr string
+	}{
+		{unset: true, want: def},
+		{value: "", want: def},
+		{value: "   ", want: def},
+		{value: "5", want: 5 * time.Second},
+		{value: "2.5", want: 2500 * time.Millisecond},
+		{value: " 3 ", want: 3 * time.Second},
+		{value: "0.001", want: time.Millisecond},
+		{value: "500ms", want: 500 * time.Millisecond},
+		{value: "1m", want: time.Minute},
+		{value: "1m30s", want: 90 * time.Second},
+		{value: "86400", want: 24 * time.Hour},
+		{value: "0", wantErr: "must be positive"},
+		{value: "0s", wantErr: "must be positive"},
+		{value: "-1", wantErr: "must be positive"},
+		{value: "-500ms", wantErr: "must be positive"},
+		{value: "1e-12", wantErr: "must be positive"},
+		{value: "86401", wantErr: "more than 24h"},
+		{value: "25h", wantErr: "more than 24h"},
+		{value: "1e300", wantErr: "more than 24h"},
+		{value: "9999999999999999999h", wantErr: "want seconds"},
+		{value: "NaN", wantErr: "not a finite"},
+		{value: "Inf", wantErr: "not a finite"},
+		{value: "five", wantErr: "want seconds"},
+		{value: "5 s", wantErr: "want seconds"},
+		{value: "5sec", wantErr: "want seconds"},
+	}
+	for _, tt := range tests {
+		name := tt.value
+		if tt.unset {
+			name = "unset"
+		}
+		t.Run(name, func(t *testing.T) {
+			const key = "FASTTIMEOUT_TEST_TIMEOUT"
+			t.Setenv(key, tt.value)
+			if tt.unset {
+				unsetenv(t, key)
+			}
+			got, err := fasttimeout.TimeoutFromEnv(key, def)
+			if tt.wantErr != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), tt.wantErr)
+				assert.Contains(t, err.Error(), key, "the error names the variable")
+				assert.Contains(t, err.Error(), `"`+tt.value+`"`, "the error quotes the value")
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, got)
+		})
+	}
+}
