@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"expvar"
 	"fmt"
 	"log"
@@ -74,8 +76,9 @@ func serveSleep(ctx *fasthttp.RequestCtx, n string) {
 }
 
 // serveAsyncSleep is cooperative work: it waits n seconds or until the
-// request's context is done. Past the deadline its answer no longer
-// matters: the client already has, or will get, the timeout response.
+// request's context is done. At the deadline its answer no longer matters:
+// the client gets the timeout response whatever it writes. When the server
+// shuts down it answers 503 and closes the connection.
 func serveAsyncSleep(ctx *fasthttp.RequestCtx, n string) {
 	d, ok := parseSeconds(ctx, n)
 	if !ok {
@@ -83,10 +86,15 @@ func serveAsyncSleep(ctx *fasthttp.RequestCtx, n string) {
 	}
 	timer := time.NewTimer(d)
 	defer timer.Stop()
+	reqCtx := fasttimeout.Context(ctx)
 	select {
 	case <-timer.C:
 		writeJSON(ctx, fasthttp.StatusOK, slept{Seconds: d.Seconds()})
-	case <-fasttimeout.Context(ctx).Done():
+	case <-reqCtx.Done():
+		if errors.Is(context.Cause(reqCtx), fasttimeout.ErrShutdown) {
+			ctx.SetConnectionClose()
+			writeJSON(ctx, fasthttp.StatusServiceUnavailable, detail("server shutting down"))
+		}
 	}
 }
 

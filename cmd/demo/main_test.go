@@ -20,9 +20,10 @@ import (
 
 // demo is a demo server on an in-memory listener.
 type demo struct {
-	client *fasthttp.Client
-	stats  *fasttimeout.Stats
-	log    *syncBuffer
+	client   *fasthttp.Client
+	stats    *fasttimeout.Stats
+	log      *syncBuffer
+	shutdown func() error // Server.Shutdown, once
 }
 
 // startDemo serves newHandler with timeout in racing mode until the test
@@ -40,12 +41,15 @@ func startDemoWith(t *testing.T, stats *fasttimeout.Stats, timeout time.Duration
 	server := newServer(newHandler(stats, timeout, fasttimeout.Racing, logger), logger)
 	served := make(chan error, 1)
 	go func() { served <- server.Serve(ln) }()
-	t.Cleanup(func() {
-		require.NoError(t, server.Shutdown())
-		require.NoError(t, <-served)
+	shutdown := sync.OnceValue(func() error {
+		if err := server.Shutdown(); err != nil {
+			return err
+		}
+		return <-served
 	})
+	t.Cleanup(func() { require.NoError(t, shutdown()) })
 	client := &fasthttp.Client{Dial: func(string) (net.Conn, error) { return ln.Dial() }}
-	return &demo{client: client, stats: stats, log: logs}
+	return &demo{client: client, stats: stats, log: logs, shutdown: shutdown}
 }
 
 // get requests path and returns the status, content type and body.
@@ -192,6 +196,31 @@ func TestTimeouts(t *testing.T) {
 		c := d.stats.Snapshot()
 		require.Equal(t, int64(0), c.LateRunning)
 		require.Equal(t, int64(1), c.LateFinished)
+	})
+
+	t.Run("async_sleep_answers_503_when_the_server_shuts_down", func(t *testing.T) {
+		t.Parallel()
+		d := startDemo(t, 10*time.Second)
+		type answer struct {
+			status int
+			body   string
+			took   time.Duration
+		}
+		answered := make(chan answer, 1)
+		go func() {
+			start := time.Now()
+			status, body, err := d.client.GetTimeout(nil, "http://demo/async_sleep/10", 5*time.Second)
+			if err != nil {
+				body = []byte(err.Error())
+			}
+			answered <- answer{status, string(body), time.Since(start)}
+		}()
+		eventually(t, "the request is in flight", func() bool { return d.stats.Snapshot().Requests == 1 })
+		require.NoError(t, d.shutdown())
+		got := <-answered
+		require.Equal(t, fasthttp.StatusServiceUnavailable, got.status, got.body)
+		require.JSONEq(t, `{"detail":"server shutting down"}`, got.body)
+		require.Less(t, got.took, 5*time.Second)
 	})
 
 	t.Run("keep_alive_connection_serves_the_next_request", func(t *testing.T) {
