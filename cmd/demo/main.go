@@ -27,6 +27,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -63,7 +64,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // errors are reported by run, on one line
 	fs.StringVar(&opts.addr, "addr", opts.addr, "listen `address`, host:port")
-	fs.Func("mode", "`racing` (default: bounds any handler) or cooperative (cancels the context only)", func(s string) error {
+	fs.Func("mode", "bounding `mode`: racing (the default; bounds any handler) or cooperative (only cancels the context)", func(s string) error {
 		switch s {
 		case "racing":
 			opts.mode = fasttimeout.Racing
@@ -100,6 +101,11 @@ Flags:
 	}
 	if fs.NArg() > 0 {
 		return opts, fmt.Errorf("unexpected argument %q (see demo -h)", fs.Arg(0))
+	}
+	if _, port, err := net.SplitHostPort(opts.addr); err != nil {
+		return opts, fmt.Errorf("-addr %q: want host:port (see demo -h)", opts.addr)
+	} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return opts, fmt.Errorf("-addr %q: want a port number from 0 to 65535", opts.addr)
 	}
 	timeout, err := fasttimeout.TimeoutFromEnv(timeoutEnv, fasttimeout.DefaultTimeout)
 	if err != nil {

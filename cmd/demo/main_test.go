@@ -288,7 +288,8 @@ func TestRun(t *testing.T) {
 
 	t.Run("bad_flag_exits_2_with_one_line", func(t *testing.T) {
 		t.Setenv("REQUEST_TIMEOUT", "")
-		for _, args := range [][]string{{"-nope"}, {"-addr"}, {"-mode", "fast"}, {"extra"}} {
+		for _, args := range [][]string{{"-nope"}, {"-addr"}, {"-mode", "fast"}, {"extra"},
+			{"-addr", "127.0.0.1"}, {"-addr", "127.0.0.1:99999"}, {"-addr", ":http"}} {
 			var stderr bytes.Buffer
 			code := run(context.Background(), args, &stderr)
 			require.Equal(t, 2, code, args)
