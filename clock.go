@@ -122,7 +122,7 @@ func (k *clock) expireCalls(t int64) (busy bool) {
 		case callDisarmed: // still watched for shutdown
 			busy = true
 			if b := c.bridge.Load(); b != nil && shutdown.closed(b.serverDone) {
-				b.cancel(context.Canceled, shutdownCause)
+				b.cancel(context.Canceled, &shutdownCause)
 			}
 			continue
 		default:
@@ -131,7 +131,7 @@ func (k *clock) expireCalls(t int64) (busy bool) {
 		if c.deadline.Load() > t || !c.state.CompareAndSwap(callRunning, callTimedOut) {
 			busy = true
 			if b := c.bridge.Load(); b != nil && shutdown.closed(b.serverDone) {
-				b.cancel(context.Canceled, shutdownCause)
+				b.cancel(context.Canceled, &shutdownCause)
 			}
 			continue
 		}
@@ -139,7 +139,7 @@ func (k *clock) expireCalls(t int64) (busy bool) {
 		k.stats.timeouts.Add(1)
 		k.stats.lateRunning.Add(1)
 		if b := c.bridge.Load(); b != nil {
-			b.cancel(context.DeadlineExceeded, timeoutCause)
+			b.cancel(context.DeadlineExceeded, &timeoutCause)
 		}
 		w.done <- struct{}{} // the server goroutine answers with the timeout response
 	}
@@ -179,7 +179,7 @@ func (k *clock) expireContexts(t int64) (busy bool) {
 			k.unwatchLocked(b)
 		case shutdown.closed(b.serverDone):
 			k.unwatchLocked(b)
-			b.cancel(context.Canceled, shutdownCause)
+			b.cancel(context.Canceled, &shutdownCause)
 		default:
 			i++
 		}
@@ -209,7 +209,7 @@ func (k *clock) watch(b *requestContext) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if b.deadline.Load() <= now() {
-		b.cancel(context.DeadlineExceeded, timeoutCause)
+		b.cancel(context.DeadlineExceeded, &timeoutCause)
 		return
 	}
 	b.slot = len(k.contexts)

@@ -64,13 +64,13 @@ type requestContext struct {
 	request    atomic.Pointer[fasthttp.RequestCtx] // source of Value; nil once the request is over
 	deadline   atomic.Int64                        // nanoseconds since epoch, or noDeadline
 	serverDone <-chan struct{}
-	done       atomic.Value // chan struct{}, made on the first Done call
-	slot       int          // index in clock.contexts while watched, else -1; guarded by clock.mu
-	outside    bool         // made outside New: ends only with the server
+	done       atomic.Value                    // chan struct{}, made on the first Done call
+	causes     atomic.Pointer[context.Context] // &timeoutCause or &shutdownCause once cancelled with one
+	slot       int                             // index in clock.contexts while watched, else -1; guarded by clock.mu
+	outside    bool                            // made outside New: ends only with the server
 
 	mu         sync.Mutex
 	err        error
-	causes     context.Context // one of the *Cause contexts, or nil
 	afterFuncs []*afterFunc
 }
 
@@ -137,20 +137,21 @@ func (b *requestContext) Err() error {
 }
 
 // Value returns the request's user value for key while the request runs.
+// Once the context is cancelled with a cause, the keys context.Cause asks for
+// are answered first, from the cause's context, so that the goroutines of
+// derived contexts never read the RequestCtx.
 func (b *requestContext) Value(key any) any {
-	if ctx := b.request.Load(); ctx != nil {
-		if v := ctx.UserValue(key); v != nil {
+	causes := b.causes.Load()
+	if causes == nil && b.outside && b.Err() != nil {
+		causes = &shutdownCause
+	}
+	if causes != nil {
+		if v := (*causes).Value(key); v != nil {
 			return v
 		}
 	}
-	b.mu.Lock()
-	causes := b.causes
-	b.mu.Unlock()
-	if causes == nil && b.outside && b.Err() != nil {
-		causes = shutdownCause
-	}
-	if causes != nil {
-		return causes.Value(key)
+	if ctx := b.request.Load(); ctx != nil {
+		return ctx.UserValue(key)
 	}
 	return nil
 }
@@ -199,7 +200,7 @@ func (b *requestContext) expire(t int64) bool {
 	b.mu.Lock()
 	var funcs []*afterFunc
 	if b.err == nil && b.deadline.Load() <= t {
-		funcs = b.cancelLocked(context.DeadlineExceeded, timeoutCause)
+		funcs = b.cancelLocked(context.DeadlineExceeded, &timeoutCause)
 	}
 	cancelled := b.err != nil
 	b.mu.Unlock()
@@ -209,7 +210,7 @@ func (b *requestContext) expire(t int64) bool {
 
 // cancel ends the context with err; causes, if not nil, answers
 // context.Cause. Only the first cancel counts.
-func (b *requestContext) cancel(err error, causes context.Context) {
+func (b *requestContext) cancel(err error, causes *context.Context) {
 	b.mu.Lock()
 	funcs := b.cancelLocked(err, causes)
 	b.mu.Unlock()
@@ -218,12 +219,14 @@ func (b *requestContext) cancel(err error, causes context.Context) {
 
 // cancelLocked cancels the context, b.mu held, and returns the functions
 // registered with AfterFunc, to be started once b.mu is released.
-func (b *requestContext) cancelLocked(err error, causes context.Context) []*afterFunc {
+func (b *requestContext) cancelLocked(err error, causes *context.Context) []*afterFunc {
 	if b.err != nil {
 		return nil
 	}
 	b.err = err
-	b.causes = causes
+	if causes != nil {
+		b.causes.Store(causes)
+	}
 	if d, ok := b.done.Load().(chan struct{}); ok {
 		close(d)
 	} else {

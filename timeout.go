@@ -71,11 +71,8 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 	connID := ctx.ConnID()
 	w := m.acquireWorker(connID, start)
 	c := &w.call
-	c.ctx = ctx
-	c.deadline.Store(start + int64(timeout))
-	c.state.Store(callRunning)
+	c.begin(ctx, start+int64(timeout))
 	m.clock.nudge()
-	ctx.SetUserValue(callKey{}, c)
 
 	w.work <- struct{}{}
 	<-w.done
@@ -108,10 +105,7 @@ func (m *middleware) serveCooperative(ctx *fasthttp.RequestCtx) {
 		c = new(call)
 	}
 	c.m = m
-	c.ctx = ctx
-	c.deadline.Store(start + int64(timeout))
-	c.state.Store(callRunning)
-	ctx.SetUserValue(callKey{}, c)
+	c.begin(ctx, start+int64(timeout))
 	defer m.finishCooperative(c, ctx)
 	m.handler(ctx)
 }
@@ -161,7 +155,6 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx) (start int64, timeout time.
 
 // finishCooperative runs when a cooperative handler returns or panics.
 func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
-	ctx.RemoveUserValue(callKey{})
 	c.end()
 	deadline := c.deadline.Load()
 	c.ctx = nil

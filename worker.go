@@ -31,6 +31,7 @@ type callKey struct{}
 type call struct {
 	m        *middleware
 	ctx      *fasthttp.RequestCtx
+	outer    *call // of an enclosing New, restored when this call ends
 	deadline atomic.Int64 // nanoseconds since epoch, or noDeadline
 	state    atomic.Uint32
 	bridge   atomic.Pointer[requestContext] // created by Context, lazily
@@ -39,6 +40,19 @@ type call struct {
 	// after: the channel orders them.
 	panicked   bool
 	panicValue any
+}
+
+// begin starts the call for ctx and makes Context find it. Inside another
+// New's handler, the call keeps the earlier of the two deadlines.
+func (c *call) begin(ctx *fasthttp.RequestCtx, deadline int64) {
+	c.ctx = ctx
+	if outer := lookup(ctx); outer != nil {
+		c.outer = outer
+		deadline = min(deadline, outer.deadline.Load())
+	}
+	c.deadline.Store(deadline)
+	c.state.Store(callRunning)
+	ctx.SetUserValue(callKey{}, c)
 }
 
 // context returns the call's context, creating it on first use.
@@ -55,21 +69,28 @@ func (c *call) context() context.Context {
 		c.m.clock.watch(b)
 	case c.state.Load() == callTimedOut:
 		// The clock timed the call out before it could see b.
-		b.cancel(context.DeadlineExceeded, timeoutCause)
+		b.cancel(context.DeadlineExceeded, &timeoutCause)
 	}
 	// A racing call's context needs no watch: the clock cancels it through
 	// the call, which it checks anyway.
 	return b
 }
 
-// end cancels the call's context, if any, once the handler has returned.
+// end cancels the call's context, if any, once the handler has returned,
+// and gives Context back to the enclosing New, if any.
 func (c *call) end() {
+	if c.outer != nil {
+		c.ctx.SetUserValue(callKey{}, c.outer)
+		c.outer = nil
+	} else {
+		c.ctx.RemoveUserValue(callKey{})
+	}
 	if b := c.bridge.Swap(nil); b != nil {
 		if c.m.mode == Cooperative {
 			c.m.clock.unwatch(b)
 		}
+		b.request.Store(nil) // first: the RequestCtx may be reused from now on
 		b.cancel(context.Canceled, nil)
-		b.request.Store(nil) // the RequestCtx may be reused from now on
 	}
 }
 
@@ -108,7 +129,6 @@ func (w *worker) serve() {
 		if c.state.CompareAndSwap(callRunning, callFinished) ||
 			c.state.CompareAndSwap(callDisarmed, callFinished) {
 			c.end()
-			c.ctx.RemoveUserValue(callKey{})
 			w.done <- struct{}{}
 			return
 		}
