@@ -1,0 +1,267 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// child is a variant server running in a child process of this binary.
+type child struct {
+	cmd  *exec.Cmd
+	in   io.WriteCloser
+	out  *bufio.Reader
+	addr string
+}
+
+func startChild(scenario, variant string) (*child, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), serveEnv+"="+scenario+"/"+variant)
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	outPipe, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	c := &child{cmd: cmd, in: in, out: bufio.NewReader(outPipe)}
+	line, err := c.out.ReadString('\n')
+	if err != nil {
+		c.stop()
+		return nil, fmt.Errorf("server did not start: %w", err)
+	}
+	c.addr = line[:len(line)-1]
+	return c, nil
+}
+
+// stats asks the server for its counters; reset also restarts its peaks.
+func (c *child) stats(reset bool) (serverStats, error) {
+	cmd := "stats\n"
+	if reset {
+		cmd = "reset\n"
+	}
+	var s serverStats
+	if _, err := io.WriteString(c.in, cmd); err != nil {
+		return s, err
+	}
+	line, err := c.out.ReadBytes('\n')
+	if err != nil {
+		return s, err
+	}
+	return s, json.Unmarshal(line, &s)
+}
+
+// stop closes the server's input, which ends it, and waits; a server that
+// does not end within 5 s is killed.
+func (c *child) stop() {
+	_ = c.in.Close()
+	done := make(chan struct{})
+	go func() { _ = c.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		_ = c.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// loadResult is what the clients of one cell saw while measuring.
+type loadResult struct {
+	elapsed   time.Duration
+	latencies []int64 // ns, one per measured response
+	timeouts  []int64 // ns after the deadline, one per measured timeout response (storm)
+	statuses  map[int]int64
+	errors    int64
+}
+
+func (r loadResult) requests() int64 { return int64(len(r.latencies)) }
+
+// Phases of a load run, read by every client connection.
+const (
+	phaseWarmup int32 = iota
+	phaseMeasure
+	phaseDone
+)
+
+// loadClient is one keep-alive connection and what it measured.
+type loadClient struct {
+	latencies []int64
+	timeouts  []int64
+	statuses  map[int]int64
+	err       error
+}
+
+// drive runs keep-alive load from conns connections against addr: warmup
+// unmeasured, then duration measured. onMeasure and onDone run at the
+// start and end of the measured window (server snapshots). deadline is the
+// request timeout (storm) or 0; responses with status timeoutCode then
+// record how late they came after it.
+func drive(ctx context.Context, addr string, conns int, warmup, duration time.Duration,
+	deadline time.Duration, timeoutCode int, onMeasure, onDone func() error) (loadResult, error) {
+	var phase atomic.Int32
+	clients := make([]*loadClient, conns)
+	var wg sync.WaitGroup
+	for i := range clients {
+		c := &loadClient{statuses: map[int]int64{}}
+		clients[i] = c
+		wg.Go(func() { c.run(addr, &phase, deadline, timeoutCode) })
+	}
+	var res loadResult
+	wait := func(d time.Duration) error {
+		select {
+		case <-time.After(d):
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	err := wait(warmup)
+	if err == nil {
+		err = onMeasure()
+	}
+	start := time.Now()
+	phase.Store(phaseMeasure)
+	if err == nil {
+		err = wait(duration)
+	}
+	phase.Store(phaseDone)
+	res.elapsed = time.Since(start)
+	if err == nil {
+		err = onDone()
+	}
+	wg.Wait()
+	res.statuses = map[int]int64{}
+	for _, c := range clients {
+		res.latencies = append(res.latencies, c.latencies...)
+		res.timeouts = append(res.timeouts, c.timeouts...)
+		for code, n := range c.statuses {
+			res.statuses[code] += n
+		}
+		if c.err != nil {
+			res.errors++
+		}
+	}
+	if err != nil {
+		return res, err
+	}
+	if res.errors == int64(conns) {
+		return res, fmt.Errorf("every connection failed, the first: %w", clients[0].err)
+	}
+	return res, nil
+}
+
+var request = []byte("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: loadtest\r\n\r\n")
+
+// run sends requests one at a time until the phase is done. A connection
+// error ends this client; it is counted, not retried.
+func (c *loadClient) run(addr string, phase *atomic.Int32, deadline time.Duration, timeoutCode int) {
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		c.err = err
+		return
+	}
+	defer conn.Close()
+	br := bufio.NewReader(conn)
+	var resp fasthttp.Response
+	for {
+		p := phase.Load()
+		if p == phaseDone {
+			return
+		}
+		if err := conn.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+			c.err = err
+			return
+		}
+		start := time.Now()
+		if _, err := conn.Write(request); err != nil {
+			c.err = err
+			return
+		}
+		resp.Reset()
+		if err := resp.Read(br); err != nil {
+			if !errors.Is(err, io.EOF) || phase.Load() != phaseDone {
+				c.err = err
+			}
+			return
+		}
+		elapsed := time.Since(start)
+		if p != phaseMeasure || phase.Load() != phaseMeasure {
+			continue // started or ended outside the measured window
+		}
+		code := resp.StatusCode()
+		c.latencies = append(c.latencies, int64(elapsed))
+		c.statuses[code]++
+		if deadline > 0 && code == timeoutCode {
+			c.timeouts = append(c.timeouts, max(int64(elapsed-deadline), 0))
+		}
+	}
+}
+
+// measureThroughput runs one throughput cell.
+func measureThroughput(ctx context.Context, variant string, conns int, warmup, duration time.Duration) (throughputRow, error) {
+	row := throughputRow{Variant: variant, Conns: conns}
+	srv, err := startChild(scenarioThroughput, variant)
+	if err != nil {
+		return row, err
+	}
+	defer srv.stop()
+	var before, after serverStats
+	res, err := drive(ctx, srv.addr, conns, warmup, duration, 0, 0,
+		func() (err error) { before, err = srv.stats(false); return err },
+		func() (err error) { after, err = srv.stats(false); return err })
+	if err != nil {
+		return row, err
+	}
+	row.fill(res, before, after)
+	return row, nil
+}
+
+// measureStorm runs the storm against one variant, then waits for its slow
+// handlers to return (at most stormWork and a margin) before counting them.
+func measureStorm(ctx context.Context, variant string, conns int, warmup, duration time.Duration) (stormRow, error) {
+	row := stormRow{Variant: variant, Conns: conns}
+	srv, err := startChild(scenarioStorm, variant)
+	if err != nil {
+		return row, err
+	}
+	defer srv.stop()
+	var before, after serverStats
+	res, err := drive(ctx, srv.addr, conns, warmup, duration, stormTimeout, timeoutStatus(variant),
+		func() (err error) { before, err = srv.stats(true); return err },
+		func() (err error) { after, err = srv.stats(false); return err })
+	if err != nil {
+		return row, err
+	}
+	settled := after
+	for end := time.Now().Add(stormWork + 2*time.Second); time.Now().Before(end); {
+		if settled, err = srv.stats(false); err != nil {
+			return row, err
+		}
+		if settled.HandlersFinished >= settled.HandlersStarted {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	row.fill(res, before, after, settled)
+	return row, nil
+}

@@ -1,0 +1,223 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+)
+
+// report is the whole result of a run; -json writes it as is.
+type report struct {
+	Machine      machine         `json:"machine"`
+	Duration     string          `json:"duration_per_cell"`
+	Warmup       string          `json:"warmup_per_cell"`
+	TotalSeconds float64         `json:"total_seconds"`
+	Throughput   []throughputRow `json:"throughput,omitempty"`
+	Storm        stormConfig     `json:"storm_config"`
+	StormRows    []stormRow      `json:"storm,omitempty"`
+}
+
+type machine struct {
+	CPU       string `json:"cpu"`
+	CPUs      int    `json:"cpus"`
+	GoVersion string `json:"go"`
+	OS        string `json:"os"`
+}
+
+func (m machine) String() string {
+	return fmt.Sprintf("%s, %d CPUs, %s %s", m.CPU, m.CPUs, m.GoVersion, m.OS)
+}
+
+type stormConfig struct {
+	Conns     int   `json:"conns"`
+	WorkMs    int64 `json:"work_ms"`
+	TimeoutMs int64 `json:"timeout_ms"`
+}
+
+// throughputRow is one cell of the throughput scenario.
+type throughputRow struct {
+	Variant   string  `json:"variant"`
+	Conns     int     `json:"conns"`
+	Requests  int64   `json:"requests"`
+	Errors    int64   `json:"errors"` // connections that failed
+	Non200    int64   `json:"non_200"`
+	ReqPerSec float64 `json:"req_per_sec"`
+	// VsFasthttpBare is ReqPerSec over fasthttp-bare's at the same
+	// connection count, VsNethttpBare over nethttp-bare's (net/http rows
+	// only); 0 when the baseline was not run.
+	VsFasthttpBare float64 `json:"vs_fasthttp_bare,omitempty"`
+	VsNethttpBare  float64 `json:"vs_nethttp_bare,omitempty"`
+	P50Micros      float64 `json:"p50_us"`
+	P99Micros      float64 `json:"p99_us"`
+	P999Micros     float64 `json:"p999_us"`
+	CPUMicrosPerRq float64 `json:"server_cpu_us_per_req"`
+	AllocsPerReq   float64 `json:"server_allocs_per_req"`
+}
+
+// fill computes the row from the clients' result and the server's
+// snapshots at the start and end of the measured window.
+func (r *throughputRow) fill(res loadResult, before, after serverStats) {
+	r.Requests = res.requests()
+	r.Errors = res.errors
+	for code, n := range res.statuses {
+		if code != 200 {
+			r.Non200 += n
+		}
+	}
+	if secs := res.elapsed.Seconds(); secs > 0 {
+		r.ReqPerSec = float64(r.Requests) / secs
+	}
+	p := percentiles(res.latencies, 50, 99, 99.9)
+	r.P50Micros, r.P99Micros, r.P999Micros = p[0]/1e3, p[1]/1e3, p[2]/1e3
+	if r.Requests > 0 {
+		r.CPUMicrosPerRq = float64(after.CPUNanos-before.CPUNanos) / 1e3 / float64(r.Requests)
+		r.AllocsPerReq = float64(after.Mallocs-before.Mallocs) / float64(r.Requests)
+	}
+}
+
+// fillRatios sets each row's throughput relative to the bare servers of the
+// same connection count.
+func fillRatios(rows []throughputRow) {
+	base := map[string]float64{}
+	for _, r := range rows {
+		if r.Variant == fasthttpBare || r.Variant == nethttpBare {
+			base[fmt.Sprint(r.Variant, r.Conns)] = r.ReqPerSec
+		}
+	}
+	for i := range rows {
+		r := &rows[i]
+		if b := base[fmt.Sprint(fasthttpBare, r.Conns)]; b > 0 {
+			r.VsFasthttpBare = r.ReqPerSec / b
+		}
+		if b := base[fmt.Sprint(nethttpBare, r.Conns)]; b > 0 && strings.HasPrefix(r.Variant, "nethttp-") {
+			r.VsNethttpBare = r.ReqPerSec / b
+		}
+	}
+}
+
+// stormRow is the storm against one variant.
+type stormRow struct {
+	Variant   string `json:"variant"`
+	Conns     int    `json:"conns"`
+	Requests  int64  `json:"requests"`
+	Timeouts  int64  `json:"timeout_responses"`
+	OK        int64  `json:"ok_responses"`
+	Other     int64  `json:"other_responses"`
+	Errors    int64  `json:"errors"`
+	ReqPerSec float64
+	// Lateness of the timeout responses after the deadline, as the client
+	// sees it (it includes the loopback round trip).
+	LatenessP50Ms float64 `json:"lateness_p50_ms"`
+	LatenessP99Ms float64 `json:"lateness_p99_ms"`
+	// Handlers that returned, and how many of them more than 1 ms, 10 ms and
+	// 100 ms after their deadline.
+	Handlers       int64    `json:"handlers"`
+	RunningAfter   [3]int64 `json:"running_after_deadline_1ms_10ms_100ms"`
+	PeakGoroutines int64    `json:"peak_goroutines"`
+	PeakHeapMiB    float64  `json:"peak_heap_mib"`
+}
+
+// fill computes the row from the clients' result, the server's snapshots at
+// the start and end of the measured window, and settled, taken once the
+// slow handlers have returned.
+func (r *stormRow) fill(res loadResult, before, after, settled serverStats) {
+	r.Requests = res.requests()
+	r.Errors = res.errors
+	r.Timeouts = int64(len(res.timeouts))
+	for code, n := range res.statuses {
+		if code == 200 {
+			r.OK += n
+		}
+	}
+	r.Other = r.Requests - r.Timeouts - r.OK
+	if secs := res.elapsed.Seconds(); secs > 0 {
+		r.ReqPerSec = float64(r.Requests) / secs
+	}
+	p := percentiles(res.timeouts, 50, 99)
+	r.LatenessP50Ms, r.LatenessP99Ms = p[0]/1e6, p[1]/1e6
+	r.Handlers = settled.HandlersFinished - before.HandlersFinished
+	for i := range r.RunningAfter {
+		r.RunningAfter[i] = settled.Overrun[i] - before.Overrun[i]
+	}
+	r.PeakGoroutines = after.PeakGoroutines
+	r.PeakHeapMiB = float64(after.PeakHeapBytes) / (1 << 20)
+}
+
+// percentiles returns the quantiles qs (in percent) of values (ns), from an
+// HDR histogram with 3 significant digits; zeros when values is empty.
+func percentiles(values []int64, qs ...float64) []float64 {
+	out := make([]float64, len(qs))
+	if len(values) == 0 {
+		return out
+	}
+	h := hdrhistogram.New(1, int64(60e9), 3) // 1 ns to 60 s
+	for _, v := range values {
+		_ = h.RecordValue(max(v, 1)) // beyond 60 s is clamped by the client's 10 s deadline
+	}
+	for i, q := range qs {
+		out[i] = float64(h.ValueAtQuantile(q))
+	}
+	return out
+}
+
+// writeMarkdown writes the report's tables.
+func writeMarkdown(w io.Writer, rep report) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Machine: %s. Each cell: %s of keep-alive load after %s of warm-up; run took %.0f s.\n\n",
+		rep.Machine, rep.Duration, rep.Warmup, rep.TotalSeconds)
+	if len(rep.Throughput) > 0 {
+		b.WriteString("### Throughput (trivial handler)\n\n")
+		b.WriteString("| variant | conns | req/s | × fasthttp-bare | × nethttp-bare | p50 | p99 | p99.9 | server CPU/req | allocs/req | errors |\n")
+		b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		for _, r := range rep.Throughput {
+			errs := fmt.Sprint(r.Errors + r.Non200)
+			fmt.Fprintf(&b, "| %s | %d | %.0f | %s | %s | %s | %s | %s | %.1f µs | %.1f | %s |\n",
+				r.Variant, r.Conns, r.ReqPerSec, ratio(r.VsFasthttpBare), ratio(r.VsNethttpBare),
+				micros(r.P50Micros), micros(r.P99Micros), micros(r.P999Micros),
+				r.CPUMicrosPerRq, r.AllocsPerReq, errs)
+		}
+		b.WriteString("\n")
+	}
+	if len(rep.StormRows) > 0 {
+		fmt.Fprintf(&b, "### Timeout storm (%d connections, handlers wait %d ms, timeout %d ms, every other handler honours its context)\n\n",
+			rep.Storm.Conns, rep.Storm.WorkMs, rep.Storm.TimeoutMs)
+		b.WriteString("| variant | req/s | timeout responses | lateness p50 | lateness p99 | handlers | running > +1 ms | > +10 ms | > +100 ms | peak goroutines | peak heap |\n")
+		b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		for _, r := range rep.StormRows {
+			name := r.Variant
+			if name == fasthttpBare {
+				name = "floor: fasthttp-bare, 504 after 50 ms"
+			}
+			fmt.Fprintf(&b, "| %s | %.0f | %d of %d | %.2f ms | %.2f ms | %d | %s | %s | %s | %d | %.1f MiB |\n",
+				name, r.ReqPerSec, r.Timeouts, r.Requests, r.LatenessP50Ms, r.LatenessP99Ms, r.Handlers,
+				share(r.RunningAfter[0], r.Handlers), share(r.RunningAfter[1], r.Handlers), share(r.RunningAfter[2], r.Handlers),
+				r.PeakGoroutines, r.PeakHeapMiB)
+		}
+		b.WriteString("\n")
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func ratio(x float64) string {
+	if x == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f", x)
+}
+
+func micros(us float64) string {
+	if us >= 1000 {
+		return fmt.Sprintf("%.2f ms", us/1000)
+	}
+	return fmt.Sprintf("%.0f µs", us)
+}
+
+func share(n, of int64) string {
+	if of == 0 {
+		return "0"
+	}
+	return fmt.Sprintf("%d (%.0f%%)", n, 100*float64(n)/float64(of))
+}
