@@ -52,6 +52,28 @@ func (m Mode) String() string {
 	return fmt.Sprintf("Mode(%d)", int(m))
 }
 
+// MarshalText returns the name String returns, so that a Mode can be a flag
+// (flag.TextVar) or a configuration value.
+func (m Mode) MarshalText() ([]byte, error) {
+	if m != Racing && m != Cooperative {
+		return nil, fmt.Errorf("fasttimeout: unknown %v", m)
+	}
+	return []byte(m.String()), nil
+}
+
+// UnmarshalText sets m from "racing" or "cooperative".
+func (m *Mode) UnmarshalText(text []byte) error {
+	switch string(text) {
+	case "racing":
+		*m = Racing
+	case "cooperative":
+		*m = Cooperative
+	default:
+		return fmt.Errorf("fasttimeout: mode must be racing or cooperative, got %q", text)
+	}
+	return nil
+}
+
 // Config configures [New]. The zero value is a working configuration: racing
 // mode, a 5 s timeout and a 504 JSON timeout response. Configuration is read
 // once, when New is called; changing a Config afterwards has no effect.

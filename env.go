@@ -23,15 +23,18 @@ func TimeoutFromEnv(name string, def time.Duration) (time.Duration, error) {
 	if !ok || strings.TrimSpace(raw) == "" {
 		return def, nil
 	}
-	d, err := parseTimeout(strings.TrimSpace(raw))
+	d, err := ParseTimeout(raw)
 	if err != nil {
 		return 0, fmt.Errorf("fasttimeout: %s=%q: %w", name, raw, err)
 	}
 	return d, nil
 }
 
-// parseTimeout parses seconds as a decimal number, or a Go duration.
-func parseTimeout(s string) (time.Duration, error) {
+// ParseTimeout parses a timeout as TimeoutFromEnv does: a number of seconds
+// ("5", "2.5") or a Go duration ("500ms"), surrounded by spaces or not,
+// positive and at most 24 hours.
+func ParseTimeout(s string) (time.Duration, error) {
+	s = strings.TrimSpace(s)
 	var d time.Duration
 	if secs, err := strconv.ParseFloat(s, 64); err == nil {
 		switch {

@@ -67,3 +67,16 @@ func TestTimeoutFromEnv(t *testing.T) {
 		})
 	}
 }
+
+func TestParseTimeout_accepts_what_TimeoutFromEnv_accepts(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]time.Duration{"5": 5 * time.Second, " 250ms ": 250 * time.Millisecond, "0.5": 500 * time.Millisecond} {
+		got, err := fasttimeout.ParseTimeout(in)
+		require.NoError(t, err, in)
+		assert.Equal(t, want, got, in)
+	}
+	for _, in := range []string{"", "0", "-5", "x", "25h"} {
+		_, err := fasttimeout.ParseTimeout(in)
+		assert.Error(t, err, in)
+	}
+}

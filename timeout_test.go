@@ -463,6 +463,21 @@ func TestMode_String(t *testing.T) {
 	assert.Equal(t, "Mode(9)", fasttimeout.Mode(9).String())
 }
 
+func TestMode_text_round_trip(t *testing.T) {
+	t.Parallel()
+	for _, mode := range modes {
+		text, err := mode.MarshalText()
+		require.NoError(t, err)
+		var got fasttimeout.Mode
+		require.NoError(t, got.UnmarshalText(text))
+		assert.Equal(t, mode, got)
+	}
+	var m fasttimeout.Mode
+	assert.ErrorContains(t, m.UnmarshalText([]byte("fast")), `got "fast"`)
+	_, err := fasttimeout.Mode(9).MarshalText()
+	assert.Error(t, err)
+}
+
 func TestStats_String_is_JSON_for_expvar(t *testing.T) {
 	t.Parallel()
 	stats := new(fasttimeout.Stats)
