@@ -1,0 +1,103 @@
+package fasttimeout
+
+import (
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// Doer sends an HTTP request to an upstream. *fasthttp.Client,
+// *fasthttp.HostClient, *fasthttp.LBClient and *fasthttp.PipelineClient
+// implement it.
+type Doer interface {
+	Do(req *fasthttp.Request, resp *fasthttp.Response) error
+	DoDeadline(req *fasthttp.Request, resp *fasthttp.Response, deadline time.Time) error
+}
+
+// minUpstreamBudget is the least time worth an upstream call: the budget
+// headers count whole milliseconds, and less than one is no time at all.
+const minUpstreamBudget = time.Millisecond
+
+// Do sends req with c on behalf of the request ctx, giving the upstream only
+// the time ctx has left (see [Remaining]), and fills resp.
+//
+// If ctx has a deadline, Do calls c.DoDeadline with it and tells the
+// upstream its budget in whole milliseconds (rounded down) in
+// X-Envoy-Expected-Rq-Timeout-Ms, the header Envoy sets for the same
+// purpose, which a server wrapped by [New] with Config.HonorDeadlineHeaders
+// takes into account. If req already carries grpc-timeout or
+// Request-Timeout (copied from the incoming request, typically), they are
+// rewritten to the same budget, since a stale copy would claim the caller's
+// whole time. Other headers of req are left as they are.
+//
+// If less than a millisecond is left, Do returns an error matching
+// [ErrTimeout] (errors.Is) without calling the upstream. An error of c that
+// says the deadline was reached (fasthttp.ErrTimeout), or that comes once
+// it has passed, matches ErrTimeout too, and still matches the original
+// error; other errors are returned unchanged. A gateway can thus answer 504
+// for errors.Is(err, ErrTimeout) and 502 for the rest.
+//
+// If ctx has no deadline (it is not bounded by New, or its deadline was
+// switched off with [Disarm]), Do is c.Do(req, resp), and req is unchanged.
+//
+// Do does not allocate unless it returns an error matching ErrTimeout.
+func Do(ctx *fasthttp.RequestCtx, c Doer, req *fasthttp.Request, resp *fasthttp.Response) error {
+	left, ok := Remaining(ctx)
+	if !ok {
+		return c.Do(req, resp)
+	}
+	if left < minUpstreamBudget {
+		return errBudgetSpent
+	}
+	deadline := time.Now().Add(left)
+	setBudgetHeaders(&req.Header, left)
+	err := c.DoDeadline(req, resp, deadline)
+	if err != nil && (errors.Is(err, fasthttp.ErrTimeout) || !time.Now().Before(deadline)) {
+		return &upstreamTimeoutError{err: err}
+	}
+	return err
+}
+
+// setBudgetHeaders tells the upstream it has budget, rounded down to whole
+// milliseconds.
+func setBudgetHeaders(h *fasthttp.RequestHeader, budget time.Duration) {
+	ms := int64(budget / time.Millisecond)
+	var buf [32]byte
+	h.DelBytes(envoyTimeoutLower)
+	h.SetCanonical(envoyTimeoutKey, strconv.AppendInt(buf[:0], ms, 10))
+	if v := peekEither(h, grpcTimeoutKey, grpcTimeoutLower); v != nil {
+		h.DelBytes(grpcTimeoutLower)
+		h.SetCanonical(grpcTimeoutKey, append(strconv.AppendInt(buf[:0], ms, 10), 'm')) // at most 86,400,000: 8 digits
+	}
+	if v := peekEither(h, requestTimeoutKey, requestTimeoutLower); v != nil {
+		h.DelBytes(requestTimeoutLower)
+		b := strconv.AppendInt(buf[:0], ms/1000, 10)
+		b = append(b, '.', byte('0'+ms/100%10), byte('0'+ms/10%10), byte('0'+ms%10))
+		h.SetCanonical(requestTimeoutKey, b)
+	}
+}
+
+// errBudgetSpent is returned by Do when no time is left for the upstream.
+var errBudgetSpent error = &upstreamTimeoutError{}
+
+// upstreamTimeoutError is an upstream call that ran out of the request's
+// time. It matches ErrTimeout, and the client's own error if there is one.
+type upstreamTimeoutError struct {
+	err error // the client's error, or nil if the upstream was not called
+}
+
+func (e *upstreamTimeoutError) Error() string {
+	if e.err == nil {
+		return "fasttimeout: no time left for the upstream call: request timed out"
+	}
+	return "fasttimeout: upstream call out of time: " + e.err.Error()
+}
+
+func (e *upstreamTimeoutError) Unwrap() []error {
+	if e.err == nil {
+		return []error{ErrTimeout}
+	}
+	return []error{ErrTimeout, e.err}
+}

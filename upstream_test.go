@@ -1,0 +1,220 @@
+package fasttimeout_test
+
+import (
+	"errors"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/valyala/fasthttp"
+
+	"github.com/fasttimeout/fasttimeout"
+)
+
+// echoBudget is an upstream that answers with the deadline headers it got.
+func echoBudget(calls *atomic.Int64) fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		calls.Add(1)
+		for _, name := range []string{fasttimeout.HeaderEnvoyExpectedTimeout, fasttimeout.HeaderGRPCTimeout, fasttimeout.HeaderRequestTimeout} {
+			if v := ctx.Request.Header.Peek(name); v != nil {
+				ctx.Response.Header.SetBytesV("Got-"+name, v)
+			}
+		}
+		ctx.SetBodyString("upstream")
+	}
+}
+
+// proxyTo returns a handler that forwards the incoming request's headers to
+// upstream with fasttimeout.Do and sends the upstream's answer back, or
+// 504/502 on an error, which it also reports on errs if not nil.
+func proxyTo(upstream fasttimeout.Doer, errs chan<- error) fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+		defer fasthttp.ReleaseRequest(req)
+		defer fasthttp.ReleaseResponse(resp)
+		ctx.Request.Header.CopyTo(&req.Header)
+		req.SetRequestURI("http://upstream/")
+		err := fasttimeout.Do(ctx, upstream, req, resp)
+		if errs != nil {
+			errs <- err
+		}
+		switch {
+		case errors.Is(err, fasttimeout.ErrTimeout):
+			ctx.SetStatusCode(fasthttp.StatusGatewayTimeout)
+		case err != nil:
+			ctx.SetStatusCode(fasthttp.StatusBadGateway)
+		default:
+			resp.CopyTo(&ctx.Response)
+		}
+	}
+}
+
+// send sends GET / with the given header pairs and returns the response.
+func send(t testing.TB, s *testServer, kv ...string) *fasthttp.Response {
+	t.Helper()
+	req, resp := fasthttp.AcquireRequest(), new(fasthttp.Response)
+	defer fasthttp.ReleaseRequest(req)
+	req.SetRequestURI("http://test/")
+	for i := 0; i < len(kv); i += 2 {
+		req.Header.Set(kv[i], kv[i+1])
+	}
+	require.NoError(t, s.client.DoTimeout(req, resp, 10*time.Second))
+	return resp
+}
+
+func millis(t testing.TB, v []byte) time.Duration {
+	t.Helper()
+	ms, err := strconv.ParseInt(string(v), 10, 64)
+	require.NoError(t, err, "header value %q", v)
+	return time.Duration(ms) * time.Millisecond
+}
+
+func TestDo(t *testing.T) {
+	t.Parallel()
+
+	t.Run("tells the upstream the time left in X-Envoy-Expected-Rq-Timeout-Ms", func(t *testing.T) {
+		t.Parallel()
+		var calls atomic.Int64
+		upstream := serve(t, echoBudget(&calls))
+		gateway := serve(t, fasttimeout.New(proxyTo(upstream.client, nil), fasttimeout.Config{Timeout: 2 * time.Second}))
+
+		resp := send(t, gateway)
+		require.Equal(t, fasthttp.StatusOK, resp.StatusCode())
+		budget := millis(t, resp.Header.Peek("Got-"+fasttimeout.HeaderEnvoyExpectedTimeout))
+		assert.Greater(t, budget, time.Duration(0))
+		assert.LessOrEqual(t, budget, 2*time.Second)
+		assert.Nil(t, resp.Header.Peek("Got-"+fasttimeout.HeaderGRPCTimeout), "no grpc-timeout is added")
+		assert.Nil(t, resp.Header.Peek("Got-"+fasttimeout.HeaderRequestTimeout), "no Request-Timeout is added")
+	})
+
+	t.Run("passes on the caller's smaller budget and rewrites its stale deadline headers", func(t *testing.T) {
+		t.Parallel()
+		for _, mode := range []fasttimeout.Mode{fasttimeout.Racing, fasttimeout.Cooperative} {
+			var calls atomic.Int64
+			upstream := serve(t, echoBudget(&calls))
+			gateway := serve(t, fasttimeout.New(proxyTo(upstream.client, nil), fasttimeout.Config{
+				Timeout: time.Minute, Mode: mode, HonorDeadlineHeaders: true, DeadlineMargin: 100 * time.Millisecond,
+			}))
+
+			resp := send(t, gateway, "grpc-timeout", "3S", "Request-Timeout", "3")
+			require.Equal(t, fasthttp.StatusOK, resp.StatusCode(), mode)
+			envoy := millis(t, resp.Header.Peek("Got-"+fasttimeout.HeaderEnvoyExpectedTimeout))
+			assert.LessOrEqual(t, envoy, 2900*time.Millisecond, "caller's 3 s less the 100 ms margin")
+			assert.Greater(t, envoy, 2*time.Second)
+
+			grpc := string(resp.Header.Peek("Got-" + fasttimeout.HeaderGRPCTimeout))
+			assert.Equal(t, strconv.FormatInt(envoy.Milliseconds(), 10)+"m", grpc, "grpc-timeout rewritten")
+			seconds, err := strconv.ParseFloat(string(resp.Header.Peek("Got-"+fasttimeout.HeaderRequestTimeout)), 64)
+			require.NoError(t, err)
+			assert.InDelta(t, envoy.Seconds(), seconds, 0.0005, "Request-Timeout rewritten")
+		}
+	})
+
+	t.Run("answers 504 with an ErrTimeout when the upstream is slower than the budget", func(t *testing.T) {
+		t.Parallel()
+		for _, mode := range []fasttimeout.Mode{fasttimeout.Racing, fasttimeout.Cooperative} {
+			release := make(chan struct{})
+			upstream := serve(t, func(ctx *fasthttp.RequestCtx) { <-release })
+			errs := make(chan error, 1)
+			gateway := serve(t, fasttimeout.New(proxyTo(upstream.client, errs), fasttimeout.Config{Timeout: 50 * time.Millisecond, Mode: mode}))
+
+			resp := send(t, gateway)
+			assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode(), mode)
+			select {
+			case err := <-errs:
+				assert.ErrorIs(t, err, fasttimeout.ErrTimeout, mode)
+				assert.ErrorIs(t, err, fasthttp.ErrTimeout, "the client's own error is kept")
+			case <-time.After(5 * time.Second):
+				t.Fatal("the upstream call did not return within 5s of its deadline")
+			}
+			close(release)
+		}
+	})
+
+	t.Run("does not call the upstream once the budget is spent", func(t *testing.T) {
+		t.Parallel()
+		var calls atomic.Int64
+		upstream := serve(t, echoBudget(&calls))
+		errs := make(chan error, 1)
+		proxy := proxyTo(upstream.client, errs)
+		gateway := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+			<-fasttimeout.Context(ctx).Done() // cooperative: wait out the deadline
+			proxy(ctx)
+		}, fasttimeout.Config{Timeout: 20 * time.Millisecond, Mode: fasttimeout.Cooperative}))
+
+		resp := send(t, gateway)
+		assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
+		err := <-errs
+		assert.ErrorIs(t, err, fasttimeout.ErrTimeout)
+		assert.NotErrorIs(t, err, fasthttp.ErrTimeout, "the client was not called")
+		assert.Zero(t, calls.Load(), "upstream calls")
+	})
+
+	t.Run("passes other upstream errors through unchanged", func(t *testing.T) {
+		t.Parallel()
+		errs := make(chan error, 1)
+		broken := doerFunc(func(*fasthttp.Request, *fasthttp.Response, time.Time) error { return errBroken })
+		gateway := serve(t, fasttimeout.New(proxyTo(broken, errs), fasttimeout.Config{Timeout: time.Minute}))
+
+		resp := send(t, gateway)
+		assert.Equal(t, fasthttp.StatusBadGateway, resp.StatusCode())
+		err := <-errs
+		assert.Same(t, errBroken, err)
+	})
+
+	t.Run("is a plain Do outside New and after Disarm", func(t *testing.T) {
+		t.Parallel()
+		var calls atomic.Int64
+		upstream := serve(t, echoBudget(&calls))
+		proxy := proxyTo(upstream.client, nil)
+		bare := serve(t, proxy)
+		disarmed := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+			require.True(t, fasttimeout.Disarm(ctx))
+			proxy(ctx)
+		}, fasttimeout.Config{Timeout: time.Minute}))
+
+		for _, s := range []*testServer{bare, disarmed} {
+			resp := send(t, s, "grpc-timeout", "3S")
+			require.Equal(t, fasthttp.StatusOK, resp.StatusCode())
+			assert.Nil(t, resp.Header.Peek("Got-"+fasttimeout.HeaderEnvoyExpectedTimeout))
+			assert.Equal(t, "3S", string(resp.Header.Peek("Got-"+fasttimeout.HeaderGRPCTimeout)), "headers left as they are")
+		}
+	})
+}
+
+var errBroken = errors.New("connection refused")
+
+// doerFunc is a Doer whose Do never runs.
+type doerFunc func(req *fasthttp.Request, resp *fasthttp.Response, deadline time.Time) error
+
+func (f doerFunc) Do(req *fasthttp.Request, resp *fasthttp.Response) error {
+	return f(req, resp, time.Time{})
+}
+
+func (f doerFunc) DoDeadline(req *fasthttp.Request, resp *fasthttp.Response, deadline time.Time) error {
+	return f(req, resp, deadline)
+}
+
+func TestDoDoesNotAllocate(t *testing.T) {
+	upstream := nopDoer{}
+	handler := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+		var req fasthttp.Request
+		var resp fasthttp.Response
+		req.Header.Set(fasttimeout.HeaderGRPCTimeout, "5S")
+		req.Header.Set(fasttimeout.HeaderRequestTimeout, "5")
+		_ = fasttimeout.Do(ctx, upstream, &req, &resp) // warm up the header's buffers
+		allocs := testing.AllocsPerRun(100, func() { _ = fasttimeout.Do(ctx, upstream, &req, &resp) })
+		assert.Zero(t, allocs)
+	}, fasttimeout.Config{Timeout: time.Minute, Mode: fasttimeout.Cooperative})
+	var ctx fasthttp.RequestCtx
+	ctx.Init(new(fasthttp.Request), nil, nil)
+	handler(&ctx)
+}
+
+type nopDoer struct{}
+
+func (nopDoer) Do(*fasthttp.Request, *fasthttp.Response) error                    { return nil }
+func (nopDoer) DoDeadline(*fasthttp.Request, *fasthttp.Response, time.Time) error { return nil }
