@@ -159,19 +159,16 @@ func TestTimeouts(t *testing.T) {
 	t.Run("async_sleep_past_the_timeout_answers_504_and_is_cancelled", func(t *testing.T) {
 		t.Parallel()
 		d := startDemo(t, 100*time.Millisecond)
-		start := time.Now()
 		status, contentType, body := d.get(t, "/async_sleep/10")
-		require.Less(t, time.Since(start), 2*time.Second)
 		require.Equal(t, fasthttp.StatusGatewayTimeout, status)
 		require.Equal(t, fasttimeout.DefaultContentType, contentType)
 		require.Equal(t, fasttimeout.DefaultBody, body)
-		// A handler that ignored its context would run 10 s: returning
-		// shortly after the deadline shows it was cancelled.
+		// A handler that ignored its context would run 10 s, longer than
+		// eventually waits: returning shows it was cancelled.
 		eventually(t, "the cancelled handler returns", func() bool {
 			c := d.stats.Snapshot()
 			return c.LateFinished == 1 && c.LateRunning == 0
 		})
-		require.Less(t, time.Since(start), 5*time.Second)
 		c := d.stats.Snapshot()
 		require.Equal(t, int64(1), c.Requests)
 		require.Equal(t, int64(1), c.Timeouts)
@@ -180,12 +177,10 @@ func TestTimeouts(t *testing.T) {
 	t.Run("sleep_past_the_timeout_answers_504_and_logs_the_late_return", func(t *testing.T) {
 		t.Parallel()
 		d := startDemo(t, 50*time.Millisecond)
-		start := time.Now()
 		status, _, body := d.get(t, "/sleep/0.3")
-		require.Less(t, time.Since(start), 250*time.Millisecond, "answered at the deadline, not when the sleep ends")
 		require.Equal(t, fasthttp.StatusGatewayTimeout, status)
 		require.Equal(t, fasttimeout.DefaultBody, body)
-		require.Equal(t, int64(1), d.stats.Snapshot().LateRunning, "the sleeping handler still runs")
+		require.Equal(t, int64(1), d.stats.Snapshot().LateRunning, "answered while the sleeping handler still runs")
 		require.NotContains(t, d.log.String(), "late handler returned")
 
 		eventually(t, "the late-return log line", func() bool {
@@ -204,23 +199,20 @@ func TestTimeouts(t *testing.T) {
 		type answer struct {
 			status int
 			body   string
-			took   time.Duration
 		}
 		answered := make(chan answer, 1)
 		go func() {
-			start := time.Now()
 			status, body, err := d.client.GetTimeout(nil, "http://demo/async_sleep/10", 5*time.Second)
 			if err != nil {
 				body = []byte(err.Error())
 			}
-			answered <- answer{status, string(body), time.Since(start)}
+			answered <- answer{status, string(body)}
 		}()
 		eventually(t, "the request is in flight", func() bool { return d.stats.Snapshot().Requests == 1 })
 		require.NoError(t, d.shutdown())
 		got := <-answered
 		require.Equal(t, fasthttp.StatusServiceUnavailable, got.status, got.body)
 		require.JSONEq(t, `{"detail":"server shutting down"}`, got.body)
-		require.Less(t, got.took, 5*time.Second)
 	})
 
 	t.Run("keep_alive_connection_serves_the_next_request", func(t *testing.T) {
