@@ -76,6 +76,9 @@ func throughputChart(rep report) (*plot.Plot, error) {
 	var conns []int
 	value := map[string]float64{}
 	for _, r := range rep.Throughput {
+		if r.Error != "" {
+			continue
+		}
 		if !contains(variants, r.Variant) {
 			variants = append(variants, r.Variant)
 		}

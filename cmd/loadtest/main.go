@@ -197,6 +197,7 @@ func run(ctx context.Context, o options, stdout io.Writer) error {
 	}
 	progress("loadtest: %s, budget about %v", rep.Machine, estimate(o).Round(time.Second))
 	start := time.Now()
+	failed := 0 // cells whose server failed; reported, and the exit code is 1
 	if slices.Contains(o.scenarios, scenarioThroughput) {
 		for _, conns := range o.conns {
 			for _, v := range o.variants {
@@ -205,9 +206,12 @@ func run(ctx context.Context, o options, stdout io.Writer) error {
 				}
 				row, err := measureThroughput(ctx, v, conns, o.warmup, o.duration)
 				if err != nil {
-					return fmt.Errorf("%s, %d connections: %w", v, conns, err)
+					row = throughputRow{Variant: v, Conns: conns, Error: err.Error()}
+					failed++
+					progress("  throughput %-32s %5d conns: FAILED: %v", v, conns, err)
+				} else {
+					progress("  throughput %-32s %5d conns: %8.0f req/s", v, conns, row.ReqPerSec)
 				}
-				progress("  throughput %-32s %5d conns: %8.0f req/s", v, conns, row.ReqPerSec)
 				rep.Throughput = append(rep.Throughput, row)
 			}
 		}
@@ -220,14 +224,18 @@ func run(ctx context.Context, o options, stdout io.Writer) error {
 			}
 			row, err := measureStorm(ctx, v, o.stormConns, o.warmup, o.duration)
 			if err != nil {
-				return fmt.Errorf("storm %s: %w", v, err)
+				row = stormRow{Variant: v, Conns: o.stormConns, Error: err.Error()}
+				failed++
+				progress("  storm      %-32s %5d conns: FAILED: %v", v, o.stormConns, err)
+			} else {
+				progress("  storm      %-32s %5d conns: lateness p99 %.2f ms", v, o.stormConns, row.LatenessP99Ms)
 			}
-			progress("  storm      %-32s %5d conns: lateness p99 %.2f ms", v, o.stormConns, row.LatenessP99Ms)
 			rep.StormRows = append(rep.StormRows, row)
 		}
 	}
 	rep.TotalSeconds = time.Since(start).Seconds()
 	progress("loadtest: done in %v", time.Since(start).Round(time.Millisecond))
+	var err error
 	if o.chart != "" {
 		if err := writeChart(o.chart, rep); err != nil {
 			return fmt.Errorf("chart: %w", err)
@@ -237,9 +245,14 @@ func run(ctx context.Context, o options, stdout io.Writer) error {
 	if o.json {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		err = enc.Encode(rep)
+	} else {
+		err = writeMarkdown(stdout, rep)
 	}
-	return writeMarkdown(stdout, rep)
+	if err == nil && failed > 0 {
+		err = fmt.Errorf("%d cells failed (see the report)", failed)
+	}
+	return err
 }
 
 // estimate is the expected wall time of a run, for the progress line.

@@ -54,6 +54,7 @@ type throughputRow struct {
 	P999Micros     float64 `json:"p999_us"`
 	CPUMicrosPerRq float64 `json:"server_cpu_us_per_req"`
 	AllocsPerReq   float64 `json:"server_allocs_per_req"`
+	Error          string  `json:"error,omitempty"` // the cell failed: nothing else is set
 }
 
 // fill computes the row from the clients' result and the server's
@@ -99,14 +100,14 @@ func fillRatios(rows []throughputRow) {
 
 // stormRow is the storm against one variant.
 type stormRow struct {
-	Variant   string `json:"variant"`
-	Conns     int    `json:"conns"`
-	Requests  int64  `json:"requests"`
-	Timeouts  int64  `json:"timeout_responses"`
-	OK        int64  `json:"ok_responses"`
-	Other     int64  `json:"other_responses"`
-	Errors    int64  `json:"errors"`
-	ReqPerSec float64
+	Variant   string  `json:"variant"`
+	Conns     int     `json:"conns"`
+	Requests  int64   `json:"requests"`
+	Timeouts  int64   `json:"timeout_responses"`
+	OK        int64   `json:"ok_responses"`
+	Other     int64   `json:"other_responses"`
+	Errors    int64   `json:"errors"`
+	ReqPerSec float64 `json:"req_per_sec"`
 	// Lateness of the timeout responses after the deadline, as the client
 	// sees it (it includes the loopback round trip).
 	LatenessP50Ms float64 `json:"lateness_p50_ms"`
@@ -117,6 +118,7 @@ type stormRow struct {
 	RunningAfter   [3]int64 `json:"running_after_deadline_1ms_10ms_100ms"`
 	PeakGoroutines int64    `json:"peak_goroutines"`
 	PeakHeapMiB    float64  `json:"peak_heap_mib"`
+	Error          string   `json:"error,omitempty"` // the cell failed: nothing else is set
 }
 
 // fill computes the row from the clients' result, the server's snapshots at
@@ -172,6 +174,10 @@ func writeMarkdown(w io.Writer, rep report) error {
 		b.WriteString("| variant | conns | req/s | × fasthttp-bare | × nethttp-bare | p50 | p99 | p99.9 | server CPU/req | allocs/req | errors |\n")
 		b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, r := range rep.Throughput {
+			if r.Error != "" {
+				fmt.Fprintf(&b, "| %s | %d | failed: %s |||||||||\n", r.Variant, r.Conns, oneLine(r.Error))
+				continue
+			}
 			errs := fmt.Sprint(r.Errors + r.Non200)
 			fmt.Fprintf(&b, "| %s | %d | %.0f | %s | %s | %s | %s | %s | %.1f µs | %.1f | %s |\n",
 				r.Variant, r.Conns, r.ReqPerSec, ratio(r.VsFasthttpBare), ratio(r.VsNethttpBare),
@@ -190,6 +196,10 @@ func writeMarkdown(w io.Writer, rep report) error {
 			if name == fasthttpBare {
 				name = "floor: fasthttp-bare, 504 after 50 ms"
 			}
+			if r.Error != "" {
+				fmt.Fprintf(&b, "| %s | failed: %s |||||||||\n", name, oneLine(r.Error))
+				continue
+			}
 			fmt.Fprintf(&b, "| %s | %.0f | %d of %d | %.2f ms | %.2f ms | %d | %s | %s | %s | %d | %.1f MiB |\n",
 				name, r.ReqPerSec, r.Timeouts, r.Requests, r.LatenessP50Ms, r.LatenessP99Ms, r.Handlers,
 				share(r.RunningAfter[0], r.Handlers), share(r.RunningAfter[1], r.Handlers), share(r.RunningAfter[2], r.Handlers),
@@ -199,6 +209,11 @@ func writeMarkdown(w io.Writer, rep report) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// oneLine keeps a message from breaking a table row.
+func oneLine(s string) string {
+	return strings.NewReplacer("\n", " ", "|", "/").Replace(s)
 }
 
 func ratio(x float64) string {
