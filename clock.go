@@ -138,6 +138,8 @@ func (k *clock) expireCalls(t int64) (busy bool) {
 		k.late.Add(1)
 		k.stats.timeouts.Add(1)
 		k.stats.lateRunning.Add(1)
+		// Cancel before signalling: once signalled, the worker may be
+		// recycled (see worker.owners) and c.bridge be another request's.
 		if b := c.bridge.Load(); b != nil {
 			b.cancel(context.DeadlineExceeded, &timeoutCause)
 		}

@@ -24,7 +24,7 @@ type observed struct {
 
 func TestContext_inside_New(t *testing.T) {
 	t.Parallel()
-	for _, mode := range modes {
+	for _, mode := range allModes {
 		t.Run(mode.String()+"/done_is_closed_at_the_deadline", func(t *testing.T) {
 			t.Parallel()
 			seen := make(chan observed, 1)
@@ -207,7 +207,7 @@ func TestContext_outside_New(t *testing.T) {
 
 func TestContext_nested_middlewares(t *testing.T) {
 	t.Parallel()
-	for _, mode := range modes {
+	for _, mode := range allModes {
 		t.Run(mode.String(), func(t *testing.T) {
 			t.Parallel()
 			type seenDeadlines struct{ inner, outerAfter, outerBefore time.Time }

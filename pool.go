@@ -55,14 +55,14 @@ func (p *idleWorkers) takeStale(t int64) []*worker {
 	var stale []*worker
 	for i := range p.slots {
 		s := &p.slots[i].w
-		if w := s.Load(); w != nil && w.lastUsed < t && s.CompareAndSwap(w, nil) {
+		if w := s.Load(); w != nil && w.lastUsed.Load() < t && s.CompareAndSwap(w, nil) {
 			stale = append(stale, w)
 		}
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	n := 0 // the stack is LIFO: the stale ones are at the bottom
-	for n < len(p.stack) && p.stack[n].lastUsed < t {
+	for n < len(p.stack) && p.stack[n].lastUsed.Load() < t {
 		n++
 	}
 	stale = append(stale, p.stack[:n]...)

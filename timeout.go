@@ -71,6 +71,7 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 	connID := ctx.ConnID()
 	w := m.acquireWorker(connID, start)
 	c := &w.call
+	w.owners.Store(2)
 	c.begin(ctx, start+int64(timeout))
 	m.clock.nudge()
 
@@ -78,8 +79,8 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 	<-w.done
 
 	if c.state.Load() == callTimedOut {
-		// w belongs to the late handler now; it returns itself to the pool.
 		m.answerTimeout(ctx)
+		m.disown(w, connID)
 		return
 	}
 	c.ctx = nil
@@ -203,8 +204,15 @@ func (m *middleware) lateReturn(w *worker, stack []byte, goexit bool) {
 	}
 	c.ctx = nil
 	c.panicked, c.panicValue = false, nil
-	if !goexit {
-		m.releaseWorker(w, ctx.ConnID(), now())
+	w.dead = goexit
+	m.disown(w, ctx.ConnID())
+}
+
+// disown gives up one hold on a timed-out call's worker (see worker.owners);
+// the last one returns the worker to the pool.
+func (m *middleware) disown(w *worker, connID uint64) {
+	if w.owners.Add(-1) == 0 && !w.dead {
+		m.releaseWorker(w, connID, now())
 	}
 }
 
@@ -221,7 +229,8 @@ func (m *middleware) acquireWorker(connID uint64, t int64) *worker {
 	if w := m.clock.idle.get(connID); w != nil {
 		return w
 	}
-	w := &worker{work: make(chan struct{}, 1), done: make(chan struct{}, 1), lastUsed: t}
+	w := &worker{work: make(chan struct{}, 1), done: make(chan struct{}, 1)}
+	w.lastUsed.Store(t)
 	w.m = m
 	m.clock.addWorker(w)
 	go w.loop()
@@ -229,6 +238,6 @@ func (m *middleware) acquireWorker(connID uint64, t int64) *worker {
 }
 
 func (m *middleware) releaseWorker(w *worker, connID uint64, t int64) {
-	w.lastUsed = t
+	w.lastUsed.Store(t)
 	m.clock.idle.put(connID, w)
 }

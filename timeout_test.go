@@ -26,7 +26,7 @@ const waitTimeout = 10 * time.Second
 // shortTimeout is the request timeout of tests that time out.
 const shortTimeout = 30 * time.Millisecond
 
-var modes = []fasttimeout.Mode{fasttimeout.Racing, fasttimeout.Cooperative}
+var allModes = []fasttimeout.Mode{fasttimeout.Racing, fasttimeout.Cooperative}
 
 // fullResponse is a handler that sets everything a response can carry.
 func fullResponse(ctx *fasthttp.RequestCtx) {
@@ -55,7 +55,7 @@ func TestTimeout_fast_handler_is_unchanged(t *testing.T) {
 	t.Parallel()
 	bare := serve(t, fullResponse)
 	want := do(t, bare, "GET", "/x")
-	for _, mode := range modes {
+	for _, mode := range allModes {
 		t.Run(mode.String(), func(t *testing.T) {
 			t.Parallel()
 			s := serve(t, fasttimeout.New(fullResponse, fasttimeout.Config{Mode: mode}))
@@ -74,7 +74,7 @@ func TestTimeout_fast_handler_is_unchanged(t *testing.T) {
 
 func TestTimeout_fast_handler_streams_its_body(t *testing.T) {
 	t.Parallel()
-	for _, mode := range modes {
+	for _, mode := range allModes {
 		t.Run(mode.String(), func(t *testing.T) {
 			t.Parallel()
 			h := func(ctx *fasthttp.RequestCtx) {
@@ -162,7 +162,7 @@ func TestTimeout_cooperative_replaces_a_late_response(t *testing.T) {
 
 func TestTimeout_configured_response(t *testing.T) {
 	t.Parallel()
-	for _, mode := range modes {
+	for _, mode := range allModes {
 		t.Run(mode.String(), func(t *testing.T) {
 			t.Parallel()
 			release := make(chan struct{})
@@ -275,7 +275,7 @@ func recoverer(h fasthttp.RequestHandler, seen chan<- any) fasthttp.RequestHandl
 func TestTimeout_panic_before_the_deadline_is_re_raised_with_its_value(t *testing.T) {
 	t.Parallel()
 	boom := errors.New("boom")
-	for _, mode := range modes {
+	for _, mode := range allModes {
 		t.Run(mode.String(), func(t *testing.T) {
 			t.Parallel()
 			stats := new(fasttimeout.Stats)
@@ -465,7 +465,7 @@ func TestMode_String(t *testing.T) {
 
 func TestMode_text_round_trip(t *testing.T) {
 	t.Parallel()
-	for _, mode := range modes {
+	for _, mode := range allModes {
 		text, err := mode.MarshalText()
 		require.NoError(t, err)
 		var got fasttimeout.Mode

@@ -31,7 +31,7 @@ type callKey struct{}
 type call struct {
 	m        *middleware
 	ctx      *fasthttp.RequestCtx
-	outer    *call // of an enclosing New, restored when this call ends
+	outer    *call        // of an enclosing New, restored when this call ends
 	deadline atomic.Int64 // nanoseconds since epoch, or noDeadline
 	state    atomic.Uint32
 	bridge   atomic.Pointer[requestContext] // created by Context, lazily
@@ -99,7 +99,14 @@ type worker struct {
 	call
 	work     chan struct{} // cap 1: run call; closed to retire the worker
 	done     chan struct{} // cap 1: the race of the current call is decided
-	lastUsed int64
+	lastUsed atomic.Int64  // when it last went idle; read by the clock to retire it
+
+	// owners counts who still holds a timed-out call: its server goroutine,
+	// until it has taken the clock's signal and answered, and its late
+	// handler, until it returns. The last one returns the worker to the
+	// pool, so that no stale signal or late write can reach the next call.
+	owners atomic.Int32
+	dead   bool // the goroutine called runtime.Goexit; set before owners drops
 }
 
 func (w *worker) loop() {
