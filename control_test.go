@@ -1,0 +1,253 @@
+package fasttimeout_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/valyala/fasthttp"
+
+	"github.com/fasttimeout/fasttimeout"
+)
+
+// streamChunks is what a streaming handler sends.
+const streamChunks = 5
+
+func wantStream() string {
+	var b strings.Builder
+	for i := range streamChunks {
+		fmt.Fprintf(&b, "chunk %d\n", i)
+	}
+	return b.String()
+}
+
+// streamingHandler prepares for longer than timeout, then streams chunks
+// over longer than timeout again. disarm says whether it switches its
+// deadline off first.
+func streamingHandler(timeout time.Duration, disarm bool) fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		if disarm && !fasttimeout.Disarm(ctx) {
+			ctx.Error("Disarm failed", fasthttp.StatusInternalServerError)
+			return
+		}
+		<-time.After(3 * timeout) // slow preparation, past the deadline on purpose
+		ctx.SetContentType("text/plain")
+		ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
+			for i := range streamChunks {
+				fmt.Fprintf(w, "chunk %d\n", i)
+				if w.Flush() != nil {
+					return
+				}
+				<-time.After(timeout / 2) // the whole stream outlives the timeout too
+			}
+		})
+	}
+}
+
+func TestDisarm(t *testing.T) {
+	t.Parallel()
+	const timeout = 30 * time.Millisecond
+
+	for _, mode := range modes {
+		t.Run("a disarmed handler outlives the timeout and streams its whole body, "+mode.String(), func(t *testing.T) {
+			t.Parallel()
+			stats := new(fasttimeout.Stats)
+			s := serve(t, fasttimeout.New(streamingHandler(timeout, true), fasttimeout.Config{Timeout: timeout, Mode: mode, Stats: stats}))
+
+			status, body, contentType := s.get(t, "/events")
+			assert.Equal(t, fasthttp.StatusOK, status)
+			assert.Equal(t, wantStream(), body)
+			assert.Equal(t, "text/plain", contentType)
+			assert.Zero(t, stats.Snapshot().Timeouts)
+		})
+
+		t.Run("without Disarm the same handler is answered with the timeout response, "+mode.String(), func(t *testing.T) {
+			t.Parallel()
+			s := serve(t, fasttimeout.New(streamingHandler(timeout, false), fasttimeout.Config{Timeout: timeout, Mode: mode}))
+
+			status, body, _ := s.get(t, "/events")
+			assert.Equal(t, fasthttp.StatusGatewayTimeout, status)
+			assert.JSONEq(t, fasttimeout.DefaultBody, body)
+		})
+
+		t.Run("switches off Remaining and the context's deadline, not the context, "+mode.String(), func(t *testing.T) {
+			t.Parallel()
+			type seen struct {
+				disarmed, disarmedAgain, remaining, deadline bool
+				err                                          error
+			}
+			seenc := make(chan seen, 1)
+			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				c := fasttimeout.Context(ctx) // made before Disarm: it must follow
+				var v seen
+				v.disarmed = fasttimeout.Disarm(ctx)
+				v.disarmedAgain = fasttimeout.Disarm(ctx)
+				_, v.remaining = fasttimeout.Remaining(ctx)
+				_, v.deadline = c.Deadline()
+				v.err = c.Err()
+				seenc <- v
+			}, fasttimeout.Config{Timeout: time.Minute, Mode: mode}))
+
+			s.get(t, "/")
+			assert.Equal(t, seen{disarmed: true, disarmedAgain: true}, <-seenc)
+		})
+
+		t.Run("reports false once the deadline has passed, "+mode.String(), func(t *testing.T) {
+			t.Parallel()
+			disarmed := make(chan bool, 1)
+			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				<-fasttimeout.Context(ctx).Done()
+				disarmed <- fasttimeout.Disarm(ctx)
+			}, fasttimeout.Config{Timeout: timeout, Mode: mode}))
+
+			status, _, _ := s.get(t, "/")
+			assert.Equal(t, fasthttp.StatusGatewayTimeout, status)
+			assert.False(t, <-disarmed)
+		})
+	}
+
+	t.Run("the context of a disarmed request ends when its handler returns, before the stream", func(t *testing.T) {
+		t.Parallel()
+		errs := make(chan error, 1)
+		s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+			require.True(t, fasttimeout.Disarm(ctx))
+			c := fasttimeout.Context(ctx)
+			ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
+				errs <- c.Err()
+				_, _ = w.WriteString("done")
+			})
+		}, fasttimeout.Config{Timeout: time.Minute}))
+
+		_, body, _ := s.get(t, "/")
+		assert.Equal(t, "done", body)
+		assert.ErrorIs(t, <-errs, context.Canceled, "stream writers must not rely on the request context")
+	})
+
+	t.Run("does nothing outside New", func(t *testing.T) {
+		t.Parallel()
+		type seen struct{ disarmed, extended, remaining bool }
+		seenc := make(chan seen, 1)
+		s := serve(t, func(ctx *fasthttp.RequestCtx) {
+			var v seen
+			v.disarmed = fasttimeout.Disarm(ctx)
+			v.extended = fasttimeout.Extend(ctx, time.Second)
+			_, v.remaining = fasttimeout.Remaining(ctx)
+			seenc <- v
+		})
+		s.get(t, "/")
+		assert.Equal(t, seen{}, <-seenc)
+		assert.False(t, fasttimeout.Disarm(nil))
+		assert.False(t, fasttimeout.Extend(nil, time.Second))
+	})
+}
+
+func TestExtend(t *testing.T) {
+	t.Parallel()
+	const timeout = 50 * time.Millisecond
+
+	for _, mode := range modes {
+		t.Run("moves the deadline and the context's deadline later, "+mode.String(), func(t *testing.T) {
+			t.Parallel()
+			type seen struct {
+				extended           bool
+				before, after      time.Time
+				leftBefore, leftAt time.Duration
+			}
+			seenc := make(chan seen, 1)
+			stats := new(fasttimeout.Stats)
+			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				var v seen
+				c := fasttimeout.Context(ctx)
+				v.before, _ = c.Deadline()
+				v.leftBefore, _ = fasttimeout.Remaining(ctx)
+				v.extended = fasttimeout.Extend(ctx, time.Second)
+				v.after, _ = c.Deadline()
+				v.leftAt, _ = fasttimeout.Remaining(ctx)
+				seenc <- v
+				<-time.After(time.Until(v.before) + 2*timeout) // past the first deadline on purpose
+				ctx.SetBodyString("finished")
+			}, fasttimeout.Config{Timeout: timeout, Mode: mode, Stats: stats}))
+
+			status, body, _ := s.get(t, "/")
+			assert.Equal(t, fasthttp.StatusOK, status)
+			assert.Equal(t, "finished", body)
+			v := <-seenc
+			assert.True(t, v.extended)
+			assert.Equal(t, time.Second, v.after.Sub(v.before), "the context's deadline moved by exactly the extension")
+			assert.Greater(t, v.leftAt, v.leftBefore+900*time.Millisecond)
+			assert.Zero(t, stats.Snapshot().Timeouts)
+		})
+
+		t.Run("an extended handler still times out at its new deadline, "+mode.String(), func(t *testing.T) {
+			t.Parallel()
+			causes := make(chan error, 1)
+			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				c := fasttimeout.Context(ctx)
+				fasttimeout.Extend(ctx, timeout)
+				<-c.Done()
+				causes <- context.Cause(c)
+			}, fasttimeout.Config{Timeout: timeout, Mode: mode}))
+
+			start := time.Now()
+			status, _, _ := s.get(t, "/")
+			assert.Equal(t, fasthttp.StatusGatewayTimeout, status)
+			assert.GreaterOrEqual(t, time.Since(start), 2*timeout)
+			assert.ErrorIs(t, <-causes, fasttimeout.ErrTimeout)
+		})
+
+		t.Run("reports false after Disarm, after the deadline and for a negative extension, "+mode.String(), func(t *testing.T) {
+			t.Parallel()
+			type seen struct{ negative, disarmed, late bool }
+			seenc := make(chan seen, 1)
+			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				var v seen
+				v.negative = fasttimeout.Extend(ctx, -time.Second)
+				if string(ctx.Path()) == "/disarmed" {
+					fasttimeout.Disarm(ctx)
+					v.disarmed = fasttimeout.Extend(ctx, time.Second)
+				} else {
+					<-fasttimeout.Context(ctx).Done()
+					v.late = fasttimeout.Extend(ctx, time.Second)
+				}
+				seenc <- v
+			}, fasttimeout.Config{Timeout: timeout, Mode: mode}))
+
+			s.get(t, "/disarmed")
+			assert.Equal(t, seen{}, <-seenc)
+			s.get(t, "/late")
+			assert.Equal(t, seen{}, <-seenc)
+		})
+	}
+}
+
+func TestRemaining(t *testing.T) {
+	t.Parallel()
+	for _, mode := range modes {
+		t.Run("decreases from the timeout and turns negative at the deadline, "+mode.String(), func(t *testing.T) {
+			t.Parallel()
+			const timeout = 40 * time.Millisecond
+			lefts := make(chan [3]time.Duration, 1)
+			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				var v [3]time.Duration
+				v[0], _ = fasttimeout.Remaining(ctx)
+				<-time.After(5 * time.Millisecond)
+				v[1], _ = fasttimeout.Remaining(ctx)
+				<-fasttimeout.Context(ctx).Done()
+				v[2], _ = fasttimeout.Remaining(ctx)
+				lefts <- v
+			}, fasttimeout.Config{Timeout: timeout, Mode: mode}))
+
+			status, _, _ := s.get(t, "/")
+			assert.Equal(t, fasthttp.StatusGatewayTimeout, status)
+			v := <-lefts
+			assert.LessOrEqual(t, v[0], timeout)
+			assert.LessOrEqual(t, v[1], v[0]-5*time.Millisecond)
+			assert.LessOrEqual(t, v[2], time.Duration(0))
+		})
+	}
+}
