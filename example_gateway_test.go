@@ -1,0 +1,144 @@
+package fasttimeout_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttputil"
+
+	"github.com/fasttimeout/fasttimeout"
+)
+
+// startServer serves h on an in-memory listener and returns a client for it
+// and a function that stops the server.
+func startServer(h fasthttp.RequestHandler) (*fasthttp.Client, func()) {
+	ln := fasthttputil.NewInmemoryListener()
+	server := &fasthttp.Server{Handler: h}
+	go func() { _ = server.Serve(ln) }()
+	client := &fasthttp.Client{Dial: func(string) (net.Conn, error) { return ln.Dial() }}
+	return client, func() { _ = server.Shutdown() }
+}
+
+// get sends GET path with the given header pairs and prints the answer.
+func get(client *fasthttp.Client, path string, kv ...string) {
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.SetRequestURI("http://example.com" + path)
+	for i := 0; i < len(kv); i += 2 {
+		req.Header.Set(kv[i], kv[i+1])
+	}
+	if err := client.DoTimeout(req, resp, 10*time.Second); err != nil {
+		fmt.Println("error:", err)
+		return
+	}
+	fmt.Println(resp.StatusCode(), string(resp.Body()))
+}
+
+// A server behind Envoy or called by gRPC clients takes the caller's
+// deadline into account: the timeout is the smaller of its own and the
+// caller's, less a margin, and a spent budget is answered at once.
+func ExampleConfig_callerDeadline() {
+	handler := func(ctx *fasthttp.RequestCtx) {
+		left, _ := fasttimeout.Remaining(ctx)
+		fmt.Fprintf(ctx, "at most 200ms left: %v", left <= 200*time.Millisecond)
+	}
+	client, stop := startServer(fasttimeout.New(handler, fasttimeout.Config{
+		Timeout:              5 * time.Second,
+		HonorDeadlineHeaders: true,
+		DeadlineMargin:       50 * time.Millisecond,
+	}))
+	defer stop()
+
+	get(client, "/", "grpc-timeout", "250m")                    // 250 ms less the margin
+	get(client, "/", "X-Envoy-Expected-Rq-Timeout-Ms", "30")    // less than the margin: spent
+	get(client, "/", "Request-Timeout", "in a while, whatever") // malformed: ignored
+	// Output:
+	// 200 at most 200ms left: true
+	// 504 {"detail":"Request processing time exceeded limit"}
+	// 200 at most 200ms left: false
+}
+
+// A gateway passes what is left of the request's time on to its upstream.
+func ExampleDo() {
+	upstream, stopUpstream := startServer(func(ctx *fasthttp.RequestCtx) {
+		budget := ctx.Request.Header.Peek(fasttimeout.HeaderEnvoyExpectedTimeout)
+		fmt.Fprintf(ctx, "upstream got a budget: %v", len(budget) > 0)
+	})
+	defer stopUpstream()
+
+	gateway := func(ctx *fasthttp.RequestCtx) {
+		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+		defer fasthttp.ReleaseRequest(req)
+		defer fasthttp.ReleaseResponse(resp)
+		req.SetRequestURI("http://upstream/")
+		err := fasttimeout.Do(ctx, upstream, req, resp)
+		switch {
+		case errors.Is(err, fasttimeout.ErrTimeout):
+			ctx.SetStatusCode(fasthttp.StatusGatewayTimeout)
+		case err != nil:
+			ctx.SetStatusCode(fasthttp.StatusBadGateway)
+		default:
+			ctx.SetBody(resp.Body())
+		}
+	}
+	client, stop := startServer(fasttimeout.New(gateway, fasttimeout.Config{Timeout: time.Second}))
+	defer stop()
+
+	get(client, "/")
+	// Output:
+	// 200 upstream got a budget: true
+}
+
+// A net/http handler converted with NetHTTPHandler sees the request's
+// deadline in r.Context(), and stops when it passes.
+func ExampleNetHTTPHandler() {
+	report := make(chan string, 1)
+	slow := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, hasDeadline := r.Context().Deadline()
+		select {
+		case <-r.Context().Done():
+			report <- fmt.Sprintf("net/http handler had a deadline: %v, stopped: %v", hasDeadline, context.Cause(r.Context()))
+		case <-time.After(10 * time.Second):
+		}
+	})
+	client, stop := startServer(fasttimeout.New(fasttimeout.NetHTTPHandler(slow), fasttimeout.Config{Timeout: 50 * time.Millisecond}))
+	defer stop()
+
+	get(client, "/")
+	fmt.Println(<-report)
+	// Output:
+	// 504 {"detail":"Request processing time exceeded limit"}
+	// net/http handler had a deadline: true, stopped: fasttimeout: request timed out
+}
+
+// A handler that streams for longer than the timeout switches its deadline
+// off first.
+func ExampleDisarm_streaming() {
+	handler := func(ctx *fasthttp.RequestCtx) {
+		if string(ctx.Path()) == "/events" {
+			fasttimeout.Disarm(ctx)
+		}
+		ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
+			for i := range 3 {
+				fmt.Fprintf(w, "event %d;", i)
+				_ = w.Flush()
+			}
+		})
+		<-time.After(100 * time.Millisecond) // slow to start, past the timeout
+	}
+	client, stop := startServer(fasttimeout.New(handler, fasttimeout.Config{Timeout: 20 * time.Millisecond}))
+	defer stop()
+
+	get(client, "/events")
+	get(client, "/other")
+	// Output:
+	// 200 event 0;event 1;event 2;
+	// 504 {"detail":"Request processing time exceeded limit"}
+}
