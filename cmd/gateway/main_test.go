@@ -1,0 +1,203 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/valyala/fasthttp"
+
+	"github.com/fasttimeout/fasttimeout"
+)
+
+// startUpstream serves h on a loopback port and returns its address.
+func startUpstream(t *testing.T, h fasthttp.RequestHandler) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	server := &fasthttp.Server{Handler: h}
+	go func() { _ = server.Serve(ln) }()
+	t.Cleanup(func() { _ = server.Shutdown() })
+	return ln.Addr().String()
+}
+
+// startGateway runs the gateway in-process on a loopback port with args
+// and returns its address; the test's cleanup stops it and checks that it
+// exits with status 0.
+func startGateway(t *testing.T, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	addrs := make(chan string, 1)
+	exited := make(chan int, 1)
+	var stderr bytes.Buffer
+	go func() {
+		exited <- run(ctx, append([]string{"-addr", "127.0.0.1:0"}, args...), &stderr, func(a net.Addr) { addrs <- a.String() })
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case code := <-exited:
+			assert.Zero(t, code, "exit status; stderr: %s", stderr.String())
+		case <-time.After(10 * time.Second):
+			t.Error("gateway did not stop within 10s")
+		}
+	})
+	select {
+	case a := <-addrs:
+		return a
+	case code := <-exited:
+		t.Fatalf("gateway exited with %d: %s", code, stderr.String())
+	case <-time.After(10 * time.Second):
+		t.Fatal("gateway did not listen within 10s")
+	}
+	return ""
+}
+
+// call sends a request to the gateway and returns the response.
+func call(t *testing.T, addr, method, path, body string, kv ...string) *fasthttp.Response {
+	t.Helper()
+	req, resp := fasthttp.AcquireRequest(), new(fasthttp.Response)
+	defer fasthttp.ReleaseRequest(req)
+	req.SetRequestURI("http://" + addr + path)
+	req.Header.SetMethod(method)
+	req.SetBodyString(body)
+	for i := 0; i < len(kv); i += 2 {
+		req.Header.Set(kv[i], kv[i+1])
+	}
+	client := &fasthttp.Client{MaxIdemponentCallAttempts: 1}
+	require.NoError(t, client.DoTimeout(req, resp, 10*time.Second))
+	return resp
+}
+
+func TestGateway(t *testing.T) {
+	t.Run("forwards the request and sends the upstream's answer back", func(t *testing.T) {
+		upstream := startUpstream(t, func(ctx *fasthttp.RequestCtx) {
+			ctx.SetStatusCode(fasthttp.StatusCreated)
+			ctx.Response.Header.Set("X-Upstream", "yes")
+			ctx.Response.Header.SetBytesV("Got-Budget", ctx.Request.Header.Peek(fasttimeout.HeaderEnvoyExpectedTimeout))
+			ctx.Response.Header.SetBytesV("Got-Forwarded-For", ctx.Request.Header.Peek(fasthttp.HeaderXForwardedFor))
+			ctx.SetBodyString(string(ctx.Method()) + " " + string(ctx.RequestURI()) + " " + string(ctx.PostBody()))
+		})
+		t.Setenv("REQUEST_TIMEOUT", "2s")
+		gateway := startGateway(t, "-upstream", upstream)
+
+		resp := call(t, gateway, "POST", "/items?id=7", "hello")
+		assert.Equal(t, fasthttp.StatusCreated, resp.StatusCode())
+		assert.Equal(t, "POST /items?id=7 hello", string(resp.Body()))
+		assert.Equal(t, "yes", string(resp.Header.Peek("X-Upstream")))
+		assert.Equal(t, "127.0.0.1", string(resp.Header.Peek("Got-Forwarded-For")))
+		budget, err := strconv.Atoi(string(resp.Header.Peek("Got-Budget")))
+		require.NoError(t, err)
+		assert.LessOrEqual(t, budget, 2000)
+		assert.Greater(t, budget, 1000)
+	})
+
+	t.Run("passes the caller's deadline less the margin upstream", func(t *testing.T) {
+		upstream := startUpstream(t, func(ctx *fasthttp.RequestCtx) {
+			ctx.SetBody(ctx.Request.Header.Peek(fasttimeout.HeaderGRPCTimeout))
+		})
+		gateway := startGateway(t, "-upstream", upstream, "-margin", "500ms")
+
+		resp := call(t, gateway, "GET", "/", "", "grpc-timeout", "2S")
+		require.Equal(t, fasthttp.StatusOK, resp.StatusCode())
+		got := string(resp.Body())
+		require.True(t, strings.HasSuffix(got, "m"), "grpc-timeout rewritten in milliseconds: %q", got)
+		ms, err := strconv.Atoi(strings.TrimSuffix(got, "m"))
+		require.NoError(t, err)
+		assert.LessOrEqual(t, ms, 1500)
+		assert.Greater(t, ms, 1000)
+	})
+
+	t.Run("answers 504 when the upstream does not answer in time", func(t *testing.T) {
+		release := make(chan struct{})
+		upstream := startUpstream(t, func(ctx *fasthttp.RequestCtx) { <-release })
+		t.Cleanup(func() { close(release) }) // runs before the upstream's shutdown
+		t.Setenv("REQUEST_TIMEOUT", "0.1")
+		gateway := startGateway(t, "-upstream", upstream)
+
+		start := time.Now()
+		resp := call(t, gateway, "GET", "/slow", "")
+		assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
+		assert.Less(t, time.Since(start), 5*time.Second)
+	})
+
+	t.Run("answers 504 at once for a spent budget, without calling the upstream", func(t *testing.T) {
+		var calls atomic.Int64
+		upstream := startUpstream(t, func(ctx *fasthttp.RequestCtx) { calls.Add(1) })
+		gateway := startGateway(t, "-upstream", upstream)
+
+		resp := call(t, gateway, "GET", "/", "", "grpc-timeout", "0S")
+		assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
+		assert.Zero(t, calls.Load())
+	})
+
+	t.Run("answers 502 when the upstream is down", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		down := ln.Addr().String()
+		require.NoError(t, ln.Close())
+		gateway := startGateway(t, "-upstream", down)
+
+		resp := call(t, gateway, "GET", "/", "")
+		assert.Equal(t, fasthttp.StatusBadGateway, resp.StatusCode())
+	})
+
+	t.Run("publishes its counters at /debug/vars", func(t *testing.T) {
+		upstream := startUpstream(t, func(ctx *fasthttp.RequestCtx) {})
+		gateway := startGateway(t, "-upstream", upstream)
+		before := stats.Snapshot()
+		call(t, gateway, "GET", "/", "", "grpc-timeout", "soon")
+
+		resp := call(t, gateway, "GET", "/debug/vars", "")
+		require.Equal(t, fasthttp.StatusOK, resp.StatusCode())
+		var vars struct {
+			Fasttimeout fasttimeout.Counters `json:"fasttimeout"`
+		}
+		require.NoError(t, json.Unmarshal(resp.Body(), &vars), "%s", resp.Body())
+		assert.Equal(t, before.Requests+1, vars.Fasttimeout.Requests, "/debug/vars itself is not counted")
+		assert.Equal(t, before.BadDeadlineHeaders+1, vars.Fasttimeout.BadDeadlineHeaders)
+	})
+}
+
+func TestBadInput(t *testing.T) {
+	for _, tc := range []struct {
+		name, env string
+		args      []string
+		want      string
+	}{
+		{name: "unknown flag", args: []string{"-bogus"}, want: "flag provided but not defined: -bogus"},
+		{name: "negative margin", args: []string{"-margin", "-1s"}, want: "-margin must not be negative"},
+		{name: "margin not a duration", args: []string{"-margin", "soon"}, want: "invalid value"},
+		{name: "negative cap", args: []string{"-max-late", "-1"}, want: "-max-late must not be negative"},
+		{name: "upstream without port", args: []string{"-upstream", "example"}, want: "-upstream wants host:port"},
+		{name: "extra argument", args: []string{"serve"}, want: `unexpected argument "serve"`},
+		{name: "REQUEST_TIMEOUT garbage", env: "abc", want: `REQUEST_TIMEOUT="abc"`},
+		{name: "REQUEST_TIMEOUT negative", env: "-5", want: "must be positive"},
+		{name: "REQUEST_TIMEOUT absurd", env: "48h", want: "more than 24h0m0s"},
+	} {
+		t.Run(tc.name+" exits 2 with one line", func(t *testing.T) {
+			t.Setenv("REQUEST_TIMEOUT", tc.env)
+			var stderr bytes.Buffer
+			code := run(context.Background(), tc.args, &stderr, func(net.Addr) { t.Error("must not listen") })
+			assert.Equal(t, 2, code)
+			assert.Contains(t, stderr.String(), tc.want)
+			assert.True(t, strings.HasPrefix(stderr.String(), "gateway: "), stderr.String())
+			assert.Equal(t, 1, strings.Count(stderr.String(), "\n"), "one line: %q", stderr.String())
+		})
+	}
+
+	t.Run("-h prints the usage and exits 0", func(t *testing.T) {
+		var stderr bytes.Buffer
+		assert.Zero(t, run(context.Background(), []string{"-h"}, &stderr, nil))
+		assert.Contains(t, stderr.String(), "usage: gateway")
+		assert.Contains(t, stderr.String(), "-upstream")
+	})
+}
