@@ -15,9 +15,9 @@ import (
 	"github.com/fasttimeout/fasttimeout"
 )
 
-// startServer serves h on an in-memory listener and returns a client for it
+// startGatewayExample serves h on an in-memory listener and returns a client for it
 // and a function that stops the server.
-func startServer(h fasthttp.RequestHandler) (*fasthttp.Client, func()) {
+func startGatewayExample(h fasthttp.RequestHandler) (*fasthttp.Client, func()) {
 	ln := fasthttputil.NewInmemoryListener()
 	server := &fasthttp.Server{Handler: h}
 	go func() { _ = server.Serve(ln) }()
@@ -25,8 +25,8 @@ func startServer(h fasthttp.RequestHandler) (*fasthttp.Client, func()) {
 	return client, func() { _ = server.Shutdown() }
 }
 
-// get sends GET path with the given header pairs and prints the answer.
-func get(client *fasthttp.Client, path string, kv ...string) {
+// printGatewayGet sends GET path with the given header pairs and prints the answer.
+func printGatewayGet(client *fasthttp.Client, path string, kv ...string) {
 	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
@@ -49,16 +49,16 @@ func ExampleConfig_callerDeadline() {
 		left, _ := fasttimeout.Remaining(ctx)
 		fmt.Fprintf(ctx, "at most 200ms left: %v", left <= 200*time.Millisecond)
 	}
-	client, stop := startServer(fasttimeout.New(handler, fasttimeout.Config{
+	client, stop := startGatewayExample(fasttimeout.New(handler, fasttimeout.Config{
 		Timeout:              5 * time.Second,
 		HonorDeadlineHeaders: true,
 		DeadlineMargin:       50 * time.Millisecond,
 	}))
 	defer stop()
 
-	get(client, "/", "grpc-timeout", "250m")                    // 250 ms less the margin
-	get(client, "/", "X-Envoy-Expected-Rq-Timeout-Ms", "30")    // less than the margin: spent
-	get(client, "/", "Request-Timeout", "in a while, whatever") // malformed: ignored
+	printGatewayGet(client, "/", "grpc-timeout", "250m")                    // 250 ms less the margin
+	printGatewayGet(client, "/", "X-Envoy-Expected-Rq-Timeout-Ms", "30")    // less than the margin: spent
+	printGatewayGet(client, "/", "Request-Timeout", "in a while, whatever") // malformed: ignored
 	// Output:
 	// 200 at most 200ms left: true
 	// 504 {"detail":"Request processing time exceeded limit"}
@@ -67,7 +67,7 @@ func ExampleConfig_callerDeadline() {
 
 // A gateway passes what is left of the request's time on to its upstream.
 func ExampleDo() {
-	upstream, stopUpstream := startServer(func(ctx *fasthttp.RequestCtx) {
+	upstream, stopUpstream := startGatewayExample(func(ctx *fasthttp.RequestCtx) {
 		budget := ctx.Request.Header.Peek(fasttimeout.HeaderEnvoyExpectedTimeout)
 		fmt.Fprintf(ctx, "upstream got a budget: %v", len(budget) > 0)
 	})
@@ -88,10 +88,10 @@ func ExampleDo() {
 			ctx.SetBody(resp.Body())
 		}
 	}
-	client, stop := startServer(fasttimeout.New(gateway, fasttimeout.Config{Timeout: time.Second}))
+	client, stop := startGatewayExample(fasttimeout.New(gateway, fasttimeout.Config{Timeout: time.Second}))
 	defer stop()
 
-	get(client, "/")
+	printGatewayGet(client, "/")
 	// Output:
 	// 200 upstream got a budget: true
 }
@@ -108,10 +108,10 @@ func ExampleNetHTTPHandler() {
 		case <-time.After(10 * time.Second):
 		}
 	})
-	client, stop := startServer(fasttimeout.New(fasttimeout.NetHTTPHandler(slow), fasttimeout.Config{Timeout: 50 * time.Millisecond}))
+	client, stop := startGatewayExample(fasttimeout.New(fasttimeout.NetHTTPHandler(slow), fasttimeout.Config{Timeout: 50 * time.Millisecond}))
 	defer stop()
 
-	get(client, "/")
+	printGatewayGet(client, "/")
 	fmt.Println(<-report)
 	// Output:
 	// 504 {"detail":"Request processing time exceeded limit"}
@@ -133,11 +133,11 @@ func ExampleDisarm_streaming() {
 		})
 		<-time.After(100 * time.Millisecond) // slow to start, past the timeout
 	}
-	client, stop := startServer(fasttimeout.New(handler, fasttimeout.Config{Timeout: 20 * time.Millisecond}))
+	client, stop := startGatewayExample(fasttimeout.New(handler, fasttimeout.Config{Timeout: 20 * time.Millisecond}))
 	defer stop()
 
-	get(client, "/events")
-	get(client, "/other")
+	printGatewayGet(client, "/events")
+	printGatewayGet(client, "/other")
 	// Output:
 	// 200 event 0;event 1;event 2;
 	// 504 {"detail":"Request processing time exceeded limit"}
