@@ -252,10 +252,7 @@ func TestSkip(t *testing.T) {
 		t.Run("skipped requests run without deadline, "+mode.String(), func(t *testing.T) {
 			t.Parallel()
 			stats := new(fasttimeout.Stats)
-			type seen struct {
-				remaining, deadline bool
-				status              int
-			}
+			type seen struct{ remaining, deadline bool }
 			seenc := make(chan seen, 1)
 			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
 				_, remaining := fasttimeout.Remaining(ctx)
