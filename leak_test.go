@@ -1,12 +1,3 @@
-//go:build goleak
-
-// This file needs go.uber.org/goleak in go.mod (go get go.uber.org/goleak@v1.3.0);
-// until then it builds only with -tags goleak and an alternate go.mod:
-//
-//	go test -race -tags goleak -modfile /path/to/go.mod-with-goleak ./...
-//
-// Once the dependency is in go.mod, drop the build constraint above.
-
 package fasttimeout_test
 
 import (

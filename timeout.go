@@ -2,6 +2,7 @@ package fasttimeout
 
 import (
 	"errors"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,7 +36,7 @@ var ErrShutdown = errors.New("fasttimeout: server shutting down")
 //
 // In [Cooperative] mode h runs on the server goroutine; only its context is
 // cancelled at the deadline, and a response written after the deadline is
-// replaced by the timeout response.
+// replaced by the timeout response. Panics are handled as in racing mode.
 //
 // New panics, with a message starting "fasttimeout: ", if h is nil or cfg is
 // invalid (see [Config]).
@@ -154,23 +155,36 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx) (start int64, timeout time.
 	return now(), timeout, true
 }
 
-// finishCooperative runs when a cooperative handler returns or panics.
+// finishCooperative runs, deferred, when a cooperative handler returns or
+// panics. As in racing mode, a panic before the deadline goes on with its
+// value; one after it goes to OnPanic and the client gets the timeout
+// response.
 func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
+	v := recover()
 	c.end()
 	deadline := c.deadline.Load()
 	c.ctx = nil
 	callPool.Put(c)
-	if t := now(); t > deadline {
-		m.stats.timeouts.Add(1)
-		m.stats.lateFinished.Add(1)
-		if m.onLateReturn != nil {
-			m.onLateReturn(ctx, time.Duration(t-deadline))
+	t := now()
+	if v != nil {
+		m.stats.panics.Add(1)
+		if t <= deadline {
+			panic(v)
 		}
-		ctx.Response.Reset()
-		m.writeTimeoutResponse(&ctx.Response)
-		if m.onTimeout != nil {
-			m.onTimeout(ctx, &ctx.Response)
-		}
+		m.reportPanic(ctx, v, debug.Stack())
+	}
+	if t <= deadline {
+		return
+	}
+	m.stats.timeouts.Add(1)
+	m.stats.lateFinished.Add(1)
+	if m.onLateReturn != nil {
+		m.onLateReturn(ctx, time.Duration(t-deadline))
+	}
+	ctx.Response.Reset()
+	m.writeTimeoutResponse(&ctx.Response)
+	if m.onTimeout != nil {
+		m.onTimeout(ctx, &ctx.Response)
 	}
 }
 
@@ -202,6 +216,10 @@ func (m *middleware) lateReturn(w *worker, stack []byte, goexit bool) {
 	if m.onLateReturn != nil {
 		m.onLateReturn(ctx, late)
 	}
+	// fasthttp never resets a timed-out RequestCtx; release what the late
+	// response holds, above all a body stream writer's goroutine, which
+	// would otherwise block forever on a pipe nobody reads.
+	ctx.Response.Reset()
 	c.ctx = nil
 	c.panicked, c.panicValue = false, nil
 	w.dead = goexit

@@ -293,9 +293,7 @@ func TestTimeout_panic_before_the_deadline_is_re_raised_with_its_value(t *testin
 			require.Same(t, boom, (<-seen).(error))
 			resp = do(t, s, "GET", "/ok")
 			assert.Equal(t, "still here", string(resp.Body()))
-			if mode == fasttimeout.Racing {
-				assert.Equal(t, int64(1), stats.Snapshot().Panics)
-			}
+			assert.Equal(t, int64(1), stats.Snapshot().Panics)
 		})
 	}
 }
