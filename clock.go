@@ -38,13 +38,12 @@ type clock struct {
 
 	idle idleWorkers
 
-	// snapshot is a copy of workers that the clock scans without locking;
-	// it changes only when a worker starts or retires.
+	// snapshot holds every live worker, idle or busy, for the clock to scan
+	// without locking; it is replaced, under mu, when workers start or exit.
 	snapshot atomic.Pointer[[]*worker]
 
 	mu       sync.Mutex
 	running  bool              // the clock goroutine exists
-	workers  []*worker         // every live worker, idle or busy
 	contexts []*requestContext // contexts whose deadline or shutdown is watched
 
 	resting atomic.Bool   // the clock ticks slowly; a new call must wake it
@@ -197,9 +196,11 @@ func (k *clock) retireIdle(t int64) bool {
 	defer k.mu.Unlock()
 	for _, w := range retired {
 		close(w.work)
-		k.removeWorkerLocked(w)
 	}
-	if len(k.workers) == 0 && len(k.contexts) == 0 {
+	if len(retired) > 0 {
+		k.removeWorkersLocked(retired...)
+	}
+	if len(k.workersLocked()) == 0 && len(k.contexts) == 0 {
 		k.running = false
 		return false
 	}
@@ -244,33 +245,40 @@ func (k *clock) unwatchLocked(b *requestContext) {
 func (k *clock) addWorker(w *worker) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.workers = append(k.workers, w)
-	k.publishLocked()
+	// Append in place when there is room: a scan of an earlier snapshot
+	// never reads past its own length, so it cannot see the new slot.
+	workers := append(k.workersLocked(), w)
+	k.snapshot.Store(&workers)
 	k.startLocked()
 }
 
-// removeWorkerLocked forgets a worker that has exited. k.mu is held.
-func (k *clock) removeWorkerLocked(w *worker) {
-	for i, x := range k.workers {
-		if x == w {
-			last := len(k.workers) - 1
-			k.workers[i] = k.workers[last]
-			k.workers[last] = nil
-			k.workers = k.workers[:last]
-			break
+// removeWorkersLocked forgets workers that have exited. k.mu is held.
+func (k *clock) removeWorkersLocked(gone ...*worker) {
+	for _, w := range gone {
+		w.removed = true
+	}
+	// A new array: the clock may be scanning the current one.
+	old := k.workersLocked()
+	workers := make([]*worker, 0, len(old))
+	for _, w := range old {
+		if !w.removed {
+			workers = append(workers, w)
 		}
 	}
-	k.publishLocked()
+	k.snapshot.Store(&workers)
 }
 
-func (k *clock) publishLocked() {
-	snapshot := append([]*worker(nil), k.workers...)
-	k.snapshot.Store(&snapshot)
+// workersLocked returns the registered workers. k.mu is held.
+func (k *clock) workersLocked() []*worker {
+	if workers := k.snapshot.Load(); workers != nil {
+		return *workers
+	}
+	return nil
 }
 
 // dropWorker forgets a worker whose goroutine is ending.
 func (k *clock) dropWorker(w *worker) {
 	k.mu.Lock()
-	k.removeWorkerLocked(w)
+	k.removeWorkersLocked(w)
 	k.mu.Unlock()
 }

@@ -107,6 +107,8 @@ type worker struct {
 	// pool, so that no stale signal or late write can reach the next call.
 	owners atomic.Int32
 	dead   bool // the goroutine called runtime.Goexit; set before owners drops
+
+	removed bool // gone from the clock's registry; guarded by clock.mu
 }
 
 func (w *worker) loop() {
