@@ -9,10 +9,14 @@ import (
 // Disarm switches off the deadline of the request ctx, from inside its
 // handler: the middleware no longer answers it with the timeout response,
 // and its context (see [Context]) loses its deadline but is still cancelled
-// when the server shuts down or the handler returns. Call it before
-// starting a long body stream (ctx.SetBodyStreamWriter) or hijacking the
-// connection (ctx.Hijack), whose work outlives the timeout by design; the
-// connection is then bounded only by the server's own timeouts.
+// when the server shuts down or the handler returns. Use it in a handler
+// that works past its timeout on purpose: a long poll, a slow start of an
+// event stream.
+//
+// A body stream writer (ctx.SetBodyStreamWriter) and a hijack handler
+// (ctx.Hijack) run after the handler has returned, so the middleware never
+// bounds them, disarmed or not, and the request's context has ended by then:
+// the server's WriteTimeout and IdleTimeout bound them.
 //
 // Disarm reports whether the deadline is now off: false if ctx is not
 // bounded by New or has already timed out.
