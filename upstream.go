@@ -69,7 +69,12 @@ func setBudgetHeaders(h *fasthttp.RequestHeader, budget time.Duration) {
 	h.SetCanonical(envoyTimeoutKey, strconv.AppendInt(buf[:0], ms, 10))
 	if v := peekEither(h, grpcTimeoutKey, grpcTimeoutLower); v != nil {
 		h.DelBytes(grpcTimeoutLower)
-		h.SetCanonical(grpcTimeoutKey, append(strconv.AppendInt(buf[:0], ms, 10), 'm')) // at most 86,400,000: 8 digits
+		// The wire format allows 8 digits: beyond ~27 hours, count seconds.
+		if ms < 1e8 {
+			h.SetCanonical(grpcTimeoutKey, append(strconv.AppendInt(buf[:0], ms, 10), 'm'))
+		} else {
+			h.SetCanonical(grpcTimeoutKey, append(strconv.AppendInt(buf[:0], min(ms/1000, 99999999), 10), 'S'))
+		}
 	}
 	if v := peekEither(h, requestTimeoutKey, requestTimeoutLower); v != nil {
 		h.DelBytes(requestTimeoutLower)
