@@ -114,7 +114,7 @@ func BenchmarkOverhead(b *testing.B) {
 // the same run to get the overhead.
 func BenchmarkHandler(b *testing.B) {
 	for _, p := range []int{1, 32} {
-		for _, v := range overheadVariants() {
+		for _, v := range append(overheadVariants(), benchVariant{name: "goroutine-handoff", fasthttp: handoff(trivialFast)}) {
 			b.Run(fmt.Sprintf("p=%d/impl=%s", p, v.name), func(b *testing.B) {
 				b.ReportAllocs()
 				b.SetParallelism(p)
@@ -455,3 +455,16 @@ func BenchmarkTimeoutFromEnv(b *testing.B) {
 type benchLogger struct{}
 
 func (benchLogger) Printf(string, ...any) {}
+
+// handoff is the floor of any racing middleware: run the handler on a new
+// goroutine and wait for it, with no deadline, no context and no pooling.
+func handoff(h fasthttp.RequestHandler) fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		done := make(chan struct{})
+		go func() {
+			h(ctx)
+			close(done)
+		}()
+		<-done
+	}
+}
