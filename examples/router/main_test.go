@@ -1,42 +1,18 @@
 package main
 
 import (
-	"net"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
 	"github.com/valyala/fasthttp"
-	"github.com/valyala/fasthttp/fasthttputil"
 
 	"github.com/fasttimeout/fasttimeout"
+	"github.com/fasttimeout/fasttimeout/examples/internal/inmem"
 )
 
 func serveRouter(t *testing.T, stats *fasttimeout.Stats) *fasthttp.Client {
 	t.Helper()
-	ln := fasthttputil.NewInmemoryListener()
-	server := &fasthttp.Server{Handler: newRouter(stats).Handler}
-	served := make(chan error, 1)
-	go func() { served <- server.Serve(ln) }()
-	t.Cleanup(func() {
-		require.NoError(t, server.Shutdown())
-		require.NoError(t, <-served)
-	})
-	return &fasthttp.Client{Dial: func(string) (net.Conn, error) { return ln.Dial() }}
-}
-
-func get(t *testing.T, c *fasthttp.Client, path string, kv ...string) (int, string) {
-	t.Helper()
-	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
-	defer fasthttp.ReleaseRequest(req)
-	defer fasthttp.ReleaseResponse(resp)
-	req.SetRequestURI("http://example.com" + path)
-	for i := 0; i < len(kv); i += 2 {
-		req.Header.Set(kv[i], kv[i+1])
-	}
-	require.NoError(t, c.DoTimeout(req, resp, 10*time.Second))
-	return resp.StatusCode(), string(resp.Body())
+	return inmem.Serve(t, newRouter(stats).Handler)
 }
 
 func TestRouter(t *testing.T) {
@@ -45,31 +21,31 @@ func TestRouter(t *testing.T) {
 	c := serveRouter(t, stats)
 
 	t.Run("a route answers within its bound", func(t *testing.T) {
-		status, body := get(t, c, "/search")
+		status, body := inmem.Get(t, c, "/search")
 		assert.Equal(t, fasthttp.StatusOK, status)
 		assert.Equal(t, "results", body)
 	})
 	t.Run("a route slower than its bound gets 504", func(t *testing.T) {
-		status, body := get(t, c, "/search?slow")
+		status, body := inmem.Get(t, c, "/search?slow")
 		assert.Equal(t, fasthttp.StatusGatewayTimeout, status)
 		assert.JSONEq(t, fasttimeout.DefaultBody, body)
 	})
 	t.Run("each route has its own bound, and route parameters still work", func(t *testing.T) {
-		status, body := get(t, c, "/reports/42")
+		status, body := inmem.Get(t, c, "/reports/42")
 		assert.Equal(t, fasthttp.StatusOK, status)
 		assert.Equal(t, "report 42, within 2s: true", body)
 	})
 	t.Run("the caller's deadline applies per route", func(t *testing.T) {
-		status, _ := get(t, c, "/reports/42", "grpc-timeout", "0S")
+		status, _ := inmem.Get(t, c, "/reports/42", "grpc-timeout", "0S")
 		assert.Equal(t, fasthttp.StatusGatewayTimeout, status)
 	})
 	t.Run("an unbounded streaming route streams", func(t *testing.T) {
-		status, body := get(t, c, "/events")
+		status, body := inmem.Get(t, c, "/events")
 		assert.Equal(t, fasthttp.StatusOK, status)
 		assert.Equal(t, "data: 0\n\ndata: 1\n\ndata: 2\n\n", body)
 	})
 	t.Run("unknown routes are the router's 404", func(t *testing.T) {
-		status, _ := get(t, c, "/nowhere")
+		status, _ := inmem.Get(t, c, "/nowhere")
 		assert.Equal(t, fasthttp.StatusNotFound, status)
 	})
 	t.Run("the routes share their counters", func(t *testing.T) {
