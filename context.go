@@ -64,7 +64,8 @@ type requestContext struct {
 	request    atomic.Pointer[fasthttp.RequestCtx] // source of Value; nil once the request is over
 	deadline   atomic.Int64                        // nanoseconds since epoch, or noDeadline
 	serverDone <-chan struct{}
-	done       atomic.Value                    // chan struct{}, made on the first Done call
+	hasDone    atomic.Bool                     // done is set; it never changes after
+	done       chan struct{}                   // made on the first Done call, under mu
 	causes     atomic.Pointer[context.Context] // &timeoutCause or &shutdownCause once cancelled with one
 	slot       int                             // index in clock.contexts while watched, else -1; guarded by clock.mu
 	outside    bool                            // made outside New: ends only with the server
@@ -102,23 +103,23 @@ func (b *requestContext) Deadline() (time.Time, bool) {
 
 // Done returns a channel closed when the context is cancelled.
 func (b *requestContext) Done() <-chan struct{} {
-	if d, ok := b.done.Load().(chan struct{}); ok {
-		return d
+	if b.hasDone.Load() {
+		return b.done
 	}
 	if b.outside {
 		return b.serverDone // nothing else ends it; nil for a zero RequestCtx
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	d, ok := b.done.Load().(chan struct{})
-	if !ok {
-		d = make(chan struct{})
+	if b.done == nil {
 		if b.err != nil {
-			d = closedChan
+			b.done = closedChan
+		} else {
+			b.done = make(chan struct{})
 		}
-		b.done.Store(d)
+		b.hasDone.Store(true)
 	}
-	return d
+	return b.done
 }
 
 // Err returns nil until the context is cancelled, then why.
@@ -227,10 +228,11 @@ func (b *requestContext) cancelLocked(err error, causes *context.Context) []*aft
 	if causes != nil {
 		b.causes.Store(causes)
 	}
-	if d, ok := b.done.Load().(chan struct{}); ok {
-		close(d)
+	if b.done != nil {
+		close(b.done)
 	} else {
-		b.done.Store(closedChan)
+		b.done = closedChan
+		b.hasDone.Store(true)
 	}
 	funcs := b.afterFuncs
 	b.afterFuncs = nil
