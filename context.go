@@ -21,6 +21,11 @@ import (
 // so requests that never call Context do not pay for it. No goroutine is
 // started per request, nor per context derived from it.
 //
+// A handler that returns without writing when its context ends sends
+// fasthttp's default, an empty 200: at the deadline the middleware replaces
+// it, but on server shutdown (Cause ErrShutdown) the handler should answer
+// itself, with a 503 say.
+//
 // Outside New, Context returns a context without deadline that is cancelled
 // when the server shuts down, with cause ErrShutdown. It never panics, not even for a zero
 // fasthttp.RequestCtx; for a nil one it returns context.Background().

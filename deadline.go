@@ -50,19 +50,20 @@ var (
 // normalizing them again: in canonical form, and in lower case for servers
 // that keep header names as received.
 func incomingBudget(h *fasthttp.RequestHeader) (budget time.Duration, found, malformed bool) {
-	if v := peekEither(h, grpcTimeoutKey, grpcTimeoutLower); v != nil {
+	raw := keepsNames(h)
+	if v := peekEither(h, grpcTimeoutKey, grpcTimeoutLower, raw); v != nil {
 		if budget, ok := parseGRPCTimeout(v); ok {
 			return budget, true, false
 		}
 		malformed = true
 	}
-	if v := peekEither(h, envoyTimeoutKey, envoyTimeoutLower); v != nil {
+	if v := peekEither(h, envoyTimeoutKey, envoyTimeoutLower, raw); v != nil {
 		if budget, ok := parseEnvoyTimeout(v); ok {
 			return budget, true, malformed
 		}
 		malformed = true
 	}
-	if v := peekEither(h, requestTimeoutKey, requestTimeoutLower); v != nil {
+	if v := peekEither(h, requestTimeoutKey, requestTimeoutLower, raw); v != nil {
 		if budget, ok := parseRequestTimeout(v); ok {
 			return budget, true, malformed
 		}
@@ -71,14 +72,27 @@ func incomingBudget(h *fasthttp.RequestHeader) (budget time.Duration, found, mal
 	return 0, false, malformed
 }
 
-// peekEither returns the value of the header named canonical or lower, or
-// nil if it is absent. A header present with an empty value gives a
-// non-nil empty slice.
-func peekEither(h *fasthttp.RequestHeader, canonical, lower []byte) []byte {
-	if v := h.PeekCanonical(canonical); v != nil {
+// peekEither returns the value of the header named canonical, or lower if
+// h keeps header names as received (raw), or nil if it is absent. A header
+// present with an empty value gives a non-nil empty slice.
+func peekEither(h *fasthttp.RequestHeader, canonical, lower []byte, raw bool) []byte {
+	if v := h.PeekCanonical(canonical); v != nil || !raw {
 		return v
 	}
 	return h.PeekCanonical(lower)
+}
+
+// keepsNames reports whether h keeps header names as received
+// (Server.DisableHeaderNamesNormalizing) instead of storing them in canonical
+// form: only then can a lower-case name be stored. RequestHeader has no
+// getter for it, but DisableNormalizing returns the previous setting, which
+// is then restored.
+func keepsNames(h *fasthttp.RequestHeader) bool {
+	if h.DisableNormalizing() {
+		return true
+	}
+	h.EnableNormalizing()
+	return false
 }
 
 // parseGRPCTimeout parses a grpc-timeout value: 1 to 8 ASCII digits and a

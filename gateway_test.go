@@ -2,6 +2,7 @@ package fasttimeout_test
 
 import (
 	"context"
+	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -11,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttputil"
 
 	"github.com/fasttimeout/fasttimeout"
 )
@@ -444,4 +446,34 @@ func TestNetHTTPHandler(t *testing.T) {
 		t.Parallel()
 		assert.PanicsWithValue(t, "fasttimeout: NetHTTPHandler needs a handler, got nil", func() { fasttimeout.NetHTTPHandler(nil) })
 	})
+}
+
+func TestHonorDeadlineHeaders_lower_case_names_on_a_server_that_keeps_names(t *testing.T) {
+	t.Parallel()
+	var called atomic.Bool
+	h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+		called.Store(true)
+		ctx.SetBodyString("ran")
+	}, fasttimeout.Config{HonorDeadlineHeaders: true})
+	ln := fasthttputil.NewInmemoryListener()
+	server := &fasthttp.Server{Handler: h, DisableHeaderNamesNormalizing: true}
+	served := make(chan error, 1)
+	go func() { served <- server.Serve(ln) }()
+	t.Cleanup(func() {
+		require.NoError(t, server.Shutdown())
+		require.NoError(t, <-served)
+	})
+	client := &fasthttp.Client{Dial: func(string) (net.Conn, error) { return ln.Dial() }}
+
+	for _, name := range []string{"grpc-timeout", "Grpc-Timeout"} {
+		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+		req.Header.DisableNormalizing()
+		req.SetRequestURI("http://test/")
+		req.Header.Set(name, "0S") // the caller's time is already spent
+		require.NoError(t, client.DoTimeout(req, resp, waitTimeout))
+		assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode(), name)
+		fasthttp.ReleaseRequest(req)
+		fasthttp.ReleaseResponse(resp)
+	}
+	assert.False(t, called.Load(), "a spent budget is answered without running the handler")
 }

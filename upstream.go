@@ -67,7 +67,8 @@ func setBudgetHeaders(h *fasthttp.RequestHeader, budget time.Duration) {
 	var buf [32]byte
 	h.DelBytes(envoyTimeoutLower)
 	h.SetCanonical(envoyTimeoutKey, strconv.AppendInt(buf[:0], ms, 10))
-	if v := peekEither(h, grpcTimeoutKey, grpcTimeoutLower); v != nil {
+	raw := keepsNames(h)
+	if v := peekEither(h, grpcTimeoutKey, grpcTimeoutLower, raw); v != nil {
 		h.DelBytes(grpcTimeoutLower)
 		// The wire format allows 8 digits: beyond ~27 hours, count seconds.
 		if ms < 1e8 {
@@ -76,7 +77,7 @@ func setBudgetHeaders(h *fasthttp.RequestHeader, budget time.Duration) {
 			h.SetCanonical(grpcTimeoutKey, append(strconv.AppendInt(buf[:0], min(ms/1000, 99999999), 10), 'S'))
 		}
 	}
-	if v := peekEither(h, requestTimeoutKey, requestTimeoutLower); v != nil {
+	if v := peekEither(h, requestTimeoutKey, requestTimeoutLower, raw); v != nil {
 		h.DelBytes(requestTimeoutLower)
 		b := strconv.AppendInt(buf[:0], ms/1000, 10)
 		b = append(b, '.', byte('0'+ms/100%10), byte('0'+ms/10%10), byte('0'+ms%10))
