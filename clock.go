@@ -93,10 +93,10 @@ func (k *clock) run() {
 			}
 		}
 		if !busy && !k.resting.Load() {
-			// Rest, then look once more: a call that started before the
-			// flag was set did not nudge, and must be seen by this scan.
+			// Rest, then look once more: a call or context that started
+			// before the flag was set did not nudge, and must be seen now.
 			k.resting.Store(true)
-			if k.expireCalls(now()) {
+			if t := now(); k.expireCalls(t) || k.expireContexts(t) {
 				k.resting.Store(false)
 				continue
 			}
