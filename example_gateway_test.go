@@ -5,25 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"time"
 
 	"github.com/valyala/fasthttp"
-	"github.com/valyala/fasthttp/fasthttputil"
 
 	"github.com/fasttimeout/fasttimeout"
 )
-
-// startGatewayExample serves h on an in-memory listener and returns a client for it
-// and a function that stops the server.
-func startGatewayExample(h fasthttp.RequestHandler) (*fasthttp.Client, func()) {
-	ln := fasthttputil.NewInmemoryListener()
-	server := &fasthttp.Server{Handler: h}
-	go func() { _ = server.Serve(ln) }()
-	client := &fasthttp.Client{Dial: func(string) (net.Conn, error) { return ln.Dial() }}
-	return client, func() { _ = server.Shutdown() }
-}
 
 // printGatewayGet sends GET path with the given header pairs and prints the answer.
 func printGatewayGet(client *fasthttp.Client, path string, kv ...string) {
@@ -49,7 +37,7 @@ func ExampleConfig_callerDeadline() {
 		left, _ := fasttimeout.Remaining(ctx)
 		fmt.Fprintf(ctx, "at most 200ms left: %v", left <= 200*time.Millisecond)
 	}
-	client, stop := startGatewayExample(fasttimeout.New(handler, fasttimeout.Config{
+	client, stop := startExampleServer(fasttimeout.New(handler, fasttimeout.Config{
 		Timeout:              5 * time.Second,
 		HonorDeadlineHeaders: true,
 		DeadlineMargin:       50 * time.Millisecond,
@@ -67,7 +55,7 @@ func ExampleConfig_callerDeadline() {
 
 // A gateway passes what is left of the request's time on to its upstream.
 func ExampleDo() {
-	upstream, stopUpstream := startGatewayExample(func(ctx *fasthttp.RequestCtx) {
+	upstream, stopUpstream := startExampleServer(func(ctx *fasthttp.RequestCtx) {
 		budget := ctx.Request.Header.Peek(fasttimeout.HeaderEnvoyExpectedTimeout)
 		fmt.Fprintf(ctx, "upstream got a budget: %v", len(budget) > 0)
 	})
@@ -88,7 +76,7 @@ func ExampleDo() {
 			ctx.SetBody(resp.Body())
 		}
 	}
-	client, stop := startGatewayExample(fasttimeout.New(gateway, fasttimeout.Config{Timeout: time.Second}))
+	client, stop := startExampleServer(fasttimeout.New(gateway, fasttimeout.Config{Timeout: time.Second}))
 	defer stop()
 
 	printGatewayGet(client, "/")
@@ -108,7 +96,7 @@ func ExampleNetHTTPHandler() {
 		case <-time.After(10 * time.Second):
 		}
 	})
-	client, stop := startGatewayExample(fasttimeout.New(fasttimeout.NetHTTPHandler(slow), fasttimeout.Config{Timeout: 50 * time.Millisecond}))
+	client, stop := startExampleServer(fasttimeout.New(fasttimeout.NetHTTPHandler(slow), fasttimeout.Config{Timeout: 50 * time.Millisecond}))
 	defer stop()
 
 	printGatewayGet(client, "/")
@@ -118,8 +106,9 @@ func ExampleNetHTTPHandler() {
 	// net/http handler had a deadline: true, stopped: fasttimeout: request timed out
 }
 
-// A handler that streams for longer than the timeout switches its deadline
-// off first.
+// A handler that works past its timeout on purpose, here one slow to start
+// an event stream, switches its deadline off first. The stream writer itself
+// runs after the handler has returned, outside any deadline.
 func ExampleDisarm_streaming() {
 	handler := func(ctx *fasthttp.RequestCtx) {
 		if string(ctx.Path()) == "/events" {
@@ -133,7 +122,7 @@ func ExampleDisarm_streaming() {
 		})
 		<-time.After(100 * time.Millisecond) // slow to start, past the timeout
 	}
-	client, stop := startGatewayExample(fasttimeout.New(handler, fasttimeout.Config{Timeout: 20 * time.Millisecond}))
+	client, stop := startExampleServer(fasttimeout.New(handler, fasttimeout.Config{Timeout: 20 * time.Millisecond}))
 	defer stop()
 
 	printGatewayGet(client, "/events")
