@@ -33,7 +33,7 @@ func Context(ctx *fasthttp.RequestCtx) context.Context {
 	if ctx == nil {
 		return context.Background()
 	}
-	if c, ok := ctx.UserValue(callKey{}).(*call); ok {
+	if c := lookup(ctx); c != nil {
 		return c.context()
 	}
 	b := newRequestContext(ctx, noDeadline)
