@@ -3,33 +3,45 @@ package fasttimeout
 import (
 	"encoding/json"
 	"sync/atomic"
+	"time"
 )
 
-// Stats collects the counters of one or more middlewares (see
-// [Config.Stats]). The zero value is ready to use; all methods are safe for
-// concurrent use. *Stats satisfies expvar.Var, so it can be published with
-// expvar.Publish("fasttimeout", stats).
+// Stats collects the counters and histograms of one or more middlewares
+// (see [Config.Stats]). The zero value is ready to use; all methods are safe
+// for concurrent use. *Stats satisfies expvar.Var, so it can be published
+// with expvar.Publish("fasttimeout", stats).
 type Stats struct {
 	requests     atomic.Int64
+	inFlight     atomic.Int64
 	timeouts     atomic.Int64
 	lateRunning  atomic.Int64
 	lateFinished atomic.Int64
 	panics       atomic.Int64
 	shed         atomic.Int64
 	badHeaders   atomic.Int64
+	spentBudgets atomic.Int64
+	clientGone   atomic.Int64
+
+	answerLateness histogram // deadline to timeout response
+	lateRun        histogram // deadline to a late handler's return
 }
 
-// Counters is a snapshot of [Stats].
+// Counters is a snapshot of the counters of [Stats].
 type Counters struct {
 	// Requests is the number of requests that entered the middleware.
+	// It is counted only when Config.Stats is set.
 	Requests int64 `json:"requests"`
-	// Timeouts is the number of requests answered with the timeout response.
+	// InFlight is the number of handlers running now, late ones included.
+	// It is counted only when Config.Stats is set.
+	InFlight int64 `json:"in_flight"`
+	// Timeouts is the number of requests answered with the timeout
+	// response because their deadline passed, spent budgets included.
 	Timeouts int64 `json:"timeouts"`
 	// LateRunning is the number of handlers still running after their
-	// deadline (racing mode).
+	// deadline, or after their client hung up (racing mode).
 	LateRunning int64 `json:"late_running"`
 	// LateFinished is the number of handlers that returned after their
-	// deadline.
+	// deadline, or after their client hung up.
 	LateFinished int64 `json:"late_finished"`
 	// Panics is the number of handler panics seen, before or after the
 	// deadline.
@@ -38,8 +50,16 @@ type Counters struct {
 	// Config.MaxLateHandlers handlers were running late.
 	Shed int64 `json:"shed"`
 	// BadDeadlineHeaders is the number of requests whose deadline header
-	// was malformed or absurd, and ignored.
+	// was malformed, and ignored.
 	BadDeadlineHeaders int64 `json:"bad_deadline_headers"`
+	// SpentBudgets is the number of requests answered with the timeout
+	// response at once, without running the handler, because the caller's
+	// budget (see Config.HonorDeadlineHeaders) was already spent. They are
+	// counted in Timeouts too.
+	SpentBudgets int64 `json:"spent_budgets"`
+	// ClientGone is the number of requests whose client hung up while
+	// their handler ran (see Config.IgnoreHangups). They are not timeouts.
+	ClientGone int64 `json:"client_gone"`
 }
 
 // Snapshot returns the current counters. Each counter is read atomically,
@@ -47,15 +67,29 @@ type Counters struct {
 func (s *Stats) Snapshot() Counters {
 	return Counters{
 		Requests:     s.requests.Load(),
+		InFlight:     s.inFlight.Load(),
 		Timeouts:     s.timeouts.Load(),
 		LateRunning:  s.lateRunning.Load(),
 		LateFinished: s.lateFinished.Load(),
 		Panics:       s.panics.Load(),
 		Shed:         s.shed.Load(),
+		SpentBudgets: s.spentBudgets.Load(),
+		ClientGone:   s.clientGone.Load(),
 
 		BadDeadlineHeaders: s.badHeaders.Load(),
 	}
 }
+
+// AnswerLateness returns the histogram of how long after its deadline each
+// timeout response was sent: the middleware's own lateness, which grows
+// when the machine is overloaded. Spent budgets are not in it.
+func (s *Stats) AnswerLateness() Histogram { return s.answerLateness.snapshot() }
+
+// LateRun returns the histogram of how long handlers ran past their
+// deadline (or past their client's hang-up) before they returned: the work
+// done for nobody. A handler that honours its context shows up in the first
+// buckets.
+func (s *Stats) LateRun() Histogram { return s.lateRun.snapshot() }
 
 // String returns the counters as a JSON object, as expvar expects.
 func (s *Stats) String() string {
@@ -64,4 +98,64 @@ func (s *Stats) String() string {
 		return "{}"
 	}
 	return string(b)
+}
+
+// histogramBounds are the upper bounds of the buckets of the histograms of
+// Stats, from 100 µs to 10 minutes: a timeout answer a tick late and a
+// handler that ignores its context for minutes both land in a bucket of
+// their own.
+var histogramBounds = [...]time.Duration{
+	100 * time.Microsecond, 250 * time.Microsecond, 500 * time.Microsecond,
+	time.Millisecond, 2500 * time.Microsecond, 5 * time.Millisecond,
+	10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond,
+	100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond,
+	time.Second, 2500 * time.Millisecond, 5 * time.Second,
+	10 * time.Second, 30 * time.Second, time.Minute,
+	2 * time.Minute, 5 * time.Minute, 10 * time.Minute,
+}
+
+// Histogram is a snapshot of a histogram of durations.
+type Histogram struct {
+	// Bounds are the buckets' upper bounds, from 100 µs to 10 minutes, the
+	// same for every histogram of Stats.
+	Bounds []time.Duration
+	// Counts holds the number of observations in each bucket, not
+	// cumulative: Counts[i] counts those above Bounds[i-1] and at most
+	// Bounds[i]; the last one, Counts[len(Bounds)], those above every bound.
+	Counts []int64
+	// Count is the number of observations, the sum of Counts.
+	Count int64
+	// Sum is the sum of the observations.
+	Sum time.Duration
+}
+
+// histogram records durations with one atomic add per bucket hit and one
+// for the sum; only slow paths (timeouts, late returns) record, so requests
+// that finish in time never touch it.
+type histogram struct {
+	counts [len(histogramBounds) + 1]atomic.Int64
+	sum    atomic.Int64
+}
+
+func (h *histogram) observe(d time.Duration) {
+	d = max(d, 0)
+	i := 0
+	for i < len(histogramBounds) && d > histogramBounds[i] {
+		i++
+	}
+	h.counts[i].Add(1)
+	h.sum.Add(int64(d))
+}
+
+func (h *histogram) snapshot() Histogram {
+	s := Histogram{
+		Bounds: append([]time.Duration(nil), histogramBounds[:]...),
+		Counts: make([]int64, len(h.counts)),
+		Sum:    time.Duration(h.sum.Load()),
+	}
+	for i := range h.counts {
+		s.Counts[i] = h.counts[i].Load()
+		s.Count += s.Counts[i]
+	}
+	return s
 }
