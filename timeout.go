@@ -80,6 +80,7 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 	<-w.done
 
 	if c.state.Load() == callTimedOut {
+		m.stats.answerLateness.observe(time.Duration(now() - c.deadline.Load()))
 		m.answerTimeout(ctx)
 		m.disown(w, connID)
 		return
@@ -143,6 +144,7 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx) (start int64, timeout time.
 			budget -= m.margin
 			if budget <= 0 {
 				m.stats.timeouts.Add(1)
+				m.stats.spentBudgets.Add(1)
 				m.writeTimeoutResponse(&ctx.Response)
 				if m.onTimeout != nil {
 					m.onTimeout(ctx, &ctx.Response)
@@ -178,6 +180,8 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 	}
 	m.stats.timeouts.Add(1)
 	m.stats.lateFinished.Add(1)
+	m.stats.answerLateness.observe(time.Duration(t - deadline))
+	m.stats.lateRun.observe(time.Duration(t - deadline))
 	if m.onLateReturn != nil {
 		m.onLateReturn(ctx, time.Duration(t-deadline))
 	}
@@ -210,6 +214,7 @@ func (m *middleware) lateReturn(w *worker, stack []byte, goexit bool) {
 	m.late.Add(-1)
 	m.stats.lateRunning.Add(-1)
 	m.stats.lateFinished.Add(1)
+	m.stats.lateRun.observe(late)
 	if c.panicked {
 		m.reportPanic(ctx, c.panicValue, stack)
 	}
