@@ -33,8 +33,6 @@ const (
 // exits once everything is idle and retired.
 type clock struct {
 	precision time.Duration
-	stats     *Stats
-	late      *atomic.Int64 // handlers running past their deadline
 
 	idle idleWorkers
 
@@ -50,8 +48,8 @@ type clock struct {
 	wake    chan struct{} // cap 1: ends a rest early
 }
 
-func newClock(precision time.Duration, stats *Stats, late *atomic.Int64) *clock {
-	return &clock{precision: precision, stats: stats, late: late, wake: make(chan struct{}, 1)}
+func newClock(precision time.Duration) *clock {
+	return &clock{precision: precision, wake: make(chan struct{}, 1)}
 }
 
 // startLocked starts the clock goroutine if it is not running. k.mu is held.
@@ -84,7 +82,7 @@ func (k *clock) run() {
 			ticker.Reset(k.precision)
 		}
 		t := now()
-		busy := k.expireCalls(t)
+		busy := k.watchCalls()
 		busy = k.expireContexts(t) || busy
 		if t-lastRetire >= int64(restPeriod) {
 			lastRetire = t
@@ -96,7 +94,7 @@ func (k *clock) run() {
 			// Rest, then look once more: a call or context that started
 			// before the flag was set did not nudge, and must be seen now.
 			k.resting.Store(true)
-			if t := now(); k.expireCalls(t) || k.expireContexts(t) {
+			if k.watchCalls() || k.expireContexts(now()) {
 				k.resting.Store(false)
 				continue
 			}
@@ -105,10 +103,10 @@ func (k *clock) run() {
 	}
 }
 
-// expireCalls times out the racing calls whose deadline has passed at t,
-// and cancels the contexts of calls whose server is shutting down. It
-// reports whether any call is still running.
-func (k *clock) expireCalls(t int64) (busy bool) {
+// watchCalls cancels the contexts of racing calls whose server is shutting
+// down, and reports whether any call is still running. Deadlines are not
+// its business: each racing call has its own timer (see call.expire).
+func (k *clock) watchCalls() (busy bool) {
 	workers := k.snapshot.Load()
 	if workers == nil {
 		return false
@@ -116,33 +114,15 @@ func (k *clock) expireCalls(t int64) (busy bool) {
 	var shutdown serverWatch
 	for _, w := range *workers {
 		c := &w.call
-		switch c.state.Load() {
-		case callRunning:
-		case callDisarmed: // still watched for shutdown
-			busy = true
-			if b := c.bridge.Load(); b != nil && shutdown.closed(b.serverDone) {
-				b.cancel(context.Canceled, &shutdownCause)
-			}
-			continue
+		switch c.phase() {
+		case callRunning, callDisarmed:
 		default:
 			continue
 		}
-		if c.deadline.Load() > t || !c.state.CompareAndSwap(callRunning, callTimedOut) {
-			busy = true
-			if b := c.bridge.Load(); b != nil && shutdown.closed(b.serverDone) {
-				b.cancel(context.Canceled, &shutdownCause)
-			}
-			continue
+		busy = true
+		if b := c.bridge.Load(); b != nil && shutdown.closed(b.serverDone) {
+			b.cancel(context.Canceled, &shutdownCause)
 		}
-		k.late.Add(1)
-		k.stats.timeouts.Add(1)
-		k.stats.lateRunning.Add(1)
-		// Cancel before signalling: once signalled, the worker may be
-		// recycled (see worker.owners) and c.bridge be another request's.
-		if b := c.bridge.Load(); b != nil {
-			b.cancel(context.DeadlineExceeded, &timeoutCause)
-		}
-		w.done <- struct{}{} // the server goroutine answers with the timeout response
 	}
 	return busy
 }

@@ -19,7 +19,8 @@ import (
 // the server's WriteTimeout and IdleTimeout bound them.
 //
 // Disarm reports whether the deadline is now off: false if ctx is not
-// bounded by New or has already timed out.
+// bounded by New or its deadline has passed (whether or not the timeout has
+// been answered yet).
 func Disarm(ctx *fasthttp.RequestCtx) bool {
 	c := lookup(ctx)
 	if c == nil {
@@ -28,9 +29,13 @@ func Disarm(ctx *fasthttp.RequestCtx) bool {
 	if c.m.mode == Cooperative {
 		return c.moveDeadline(func(int64) int64 { return noDeadline })
 	}
-	if !c.state.CompareAndSwap(callRunning, callDisarmed) && c.state.Load() != callDisarmed {
-		return false
+	if c.phase() == callDisarmed {
+		return true
 	}
+	if c.deadline.Load() <= now() || !c.transition(callRunning, callDisarmed) {
+		return false // a deadline that has passed is passed, timer or not
+	}
+	c.timer.Stop()
 	c.deadline.Store(noDeadline)
 	if b := c.bridge.Load(); b != nil {
 		b.deadline.Store(noDeadline)
@@ -40,8 +45,8 @@ func Disarm(ctx *fasthttp.RequestCtx) bool {
 
 // Extend moves the deadline of the request ctx d later, from inside its
 // handler; the context's Deadline moves with it. It reports false, and
-// changes nothing, if ctx is not bounded by New, has already timed out, or
-// has been disarmed.
+// changes nothing, if ctx is not bounded by New, its deadline has passed, or
+// it has been disarmed.
 func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
 	c := lookup(ctx)
 	if c == nil || d < 0 {
@@ -56,9 +61,11 @@ func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
 	if c.m.mode == Cooperative {
 		return c.deadline.Load() != noDeadline && c.moveDeadline(later)
 	}
-	// Hold the clock off (callDisarmed) while the deadline moves, so that
-	// it never times the call out against a deadline being replaced.
-	if !c.state.CompareAndSwap(callRunning, callDisarmed) {
+	// A deadline that has passed is passed, even if its timer has not run
+	// yet. Otherwise hold the timer off (callDisarmed) while the deadline
+	// moves, so that it never times the call out against a deadline being
+	// replaced.
+	if c.deadline.Load() <= now() || !c.transition(callRunning, callDisarmed) {
 		return false
 	}
 	deadline := later(c.deadline.Load())
@@ -66,7 +73,8 @@ func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
 	if b := c.bridge.Load(); b != nil {
 		b.deadline.Store(deadline)
 	}
-	c.state.CompareAndSwap(callDisarmed, callRunning)
+	c.timer.Reset(time.Duration(deadline - now()))
+	c.transition(callDisarmed, callRunning)
 	return true
 }
 

@@ -45,7 +45,7 @@ func New(h fasthttp.RequestHandler, cfg Config) fasthttp.RequestHandler {
 		panic("fasttimeout: New needs a handler, got nil")
 	}
 	m := &middleware{settings: cfg.resolve(), handler: h}
-	m.clock = newClock(m.precision, m.stats, &m.late)
+	m.clock = newClock(m.precision)
 	if m.mode == Cooperative {
 		return m.serveCooperative
 	}
@@ -73,13 +73,19 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 	w := m.acquireWorker(connID, start)
 	c := &w.call
 	w.owners.Store(2)
-	c.begin(ctx, start+int64(timeout))
+	deadline := start + int64(timeout)
+	c.begin(ctx, deadline)
+	// Each call has its own runtime timer rather than waiting for a shared
+	// checker: under load a single goroutine that times out every call is
+	// itself late, and so is every answer it owes.
+	w.timer.Reset(time.Duration(c.deadline.Load() - now()))
 	m.clock.nudge()
 
 	w.work <- struct{}{}
 	<-w.done
+	w.timer.Stop()
 
-	if c.state.Load() == callTimedOut {
+	if c.phase() == callTimedOut {
 		m.stats.answerLateness.observe(time.Duration(now() - c.deadline.Load()))
 		m.answerTimeout(ctx)
 		m.disown(w, connID)
@@ -154,31 +160,39 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx) (start int64, timeout time.
 			timeout = min(timeout, budget)
 		}
 	}
+	if m.countRequests {
+		m.stats.inFlight.Add(1)
+	}
 	return now(), timeout, true
 }
 
 // finishCooperative runs, deferred, when a cooperative handler returns or
 // panics. As in racing mode, a panic before the deadline goes on with its
-// value; one after it goes to OnPanic and the client gets the timeout
-// response.
+// value; a handler that returns or panics after it is late: its panic goes
+// to OnPanic and the client gets the timeout response.
 func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 	v := recover()
-	c.end()
+	if m.countRequests {
+		m.stats.inFlight.Add(-1)
+	}
+	t := now()
+	late := c.expire(t)
 	deadline := c.deadline.Load()
+	c.end()
 	c.ctx = nil
 	callPool.Put(c)
-	t := now()
 	if v != nil {
 		m.stats.panics.Add(1)
-		if t <= deadline {
+		if !late {
 			panic(v)
 		}
 		m.reportPanic(ctx, v, debug.Stack())
 	}
-	if t <= deadline {
+	if !late {
 		return
 	}
-	m.stats.timeouts.Add(1)
+	m.late.Add(-1)
+	m.stats.lateRunning.Add(-1)
 	m.stats.lateFinished.Add(1)
 	m.stats.answerLateness.observe(time.Duration(t - deadline))
 	m.stats.lateRun.observe(time.Duration(t - deadline))
@@ -255,6 +269,8 @@ func (m *middleware) acquireWorker(connID uint64, t int64) *worker {
 	w := &worker{work: make(chan struct{}, 1), done: make(chan struct{}, 1)}
 	w.lastUsed.Store(t)
 	w.m = m
+	w.timer = time.AfterFunc(time.Hour, w.fire)
+	w.timer.Stop()
 	m.clock.addWorker(w)
 	go w.loop()
 	return w

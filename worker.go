@@ -5,18 +5,24 @@ import (
 	"errors"
 	"runtime/debug"
 	"sync/atomic"
+	"time"
 
 	"github.com/valyala/fasthttp"
 )
 
-// States of a call. The server goroutine sets callRunning; then exactly one
-// of the worker (callFinished) and the clock (callTimedOut) wins the race
-// with a compare-and-swap, and only the winner signals the server goroutine.
+// States of a call, in the low byte of call.state; the bits above count the
+// calls a worker has run (see call.begin). The server goroutine sets
+// callRunning; then exactly one of the handler's return (callFinished) and
+// the deadline (callTimedOut, see call.expire) wins with a compare-and-swap,
+// and only the winner signals the server goroutine.
 const (
-	callFinished uint32 = iota
+	callFinished uint64 = iota
 	callRunning
 	callTimedOut
 	callDisarmed // no deadline (Disarm), or one being moved (Extend)
+
+	phaseMask  = 0xff
+	generation = phaseMask + 1
 )
 
 // errGoexit is re-raised on the server goroutine when a raced handler calls
@@ -31,9 +37,10 @@ type callKey struct{}
 type call struct {
 	m        *middleware
 	ctx      *fasthttp.RequestCtx
-	outer    *call        // of an enclosing New, restored when this call ends
-	deadline atomic.Int64 // nanoseconds since epoch, or noDeadline
-	state    atomic.Uint32
+	outer    *call                          // of an enclosing New, restored when this call ends
+	deadline atomic.Int64                   // nanoseconds since epoch, or noDeadline
+	state    atomic.Uint64                  // phase (low byte) and generation
+	timer    *time.Timer                    // a racing call's deadline; nil in cooperative mode
 	bridge   atomic.Pointer[requestContext] // created by Context, lazily
 
 	// Set by the worker before it signals, read by the server goroutine
@@ -51,8 +58,45 @@ func (c *call) begin(ctx *fasthttp.RequestCtx, deadline int64) {
 		deadline = min(deadline, outer.deadline.Load())
 	}
 	c.deadline.Store(deadline)
-	c.state.Store(callRunning)
+	// The deadline is stored before the new generation is: whoever sees
+	// this call running sees its deadline, and a compare-and-swap against
+	// a generation seen earlier fails (see expire).
+	c.state.Store(c.state.Load()&^phaseMask + generation | callRunning)
 	ctx.SetUserValue(callKey{}, c)
+}
+
+// phase returns the call's state without its generation.
+func (c *call) phase() uint64 { return c.state.Load() & phaseMask }
+
+// transition moves the call from phase from to phase to, within the same
+// generation, and reports whether it did.
+func (c *call) transition(from, to uint64) bool {
+	s := c.state.Load()
+	return s&phaseMask == from && c.state.CompareAndSwap(s, s&^phaseMask|to)
+}
+
+// expire times the call out if it is running and its deadline is not after
+// t. It is the one place where a call times out: when its timer fires, when
+// its handler returns or panics (late is late, whether or not the timer has
+// run yet), and when a cooperative handler returns. The caller that gets
+// true owns the timeout: in racing mode it signals the server goroutine.
+func (c *call) expire(t int64) bool {
+	s := c.state.Load()
+	if s&phaseMask != callRunning || c.deadline.Load() > t ||
+		!c.state.CompareAndSwap(s, s&^phaseMask|callTimedOut) {
+		return false
+	}
+	m := c.m
+	m.late.Add(1)
+	m.stats.timeouts.Add(1)
+	m.stats.lateRunning.Add(1)
+	// Cancel before the server goroutine is signalled: from then on, the
+	// worker may be recycled (see worker.owners) and c.bridge be another
+	// request's.
+	if b := c.bridge.Load(); b != nil {
+		b.cancel(context.DeadlineExceeded, &timeoutCause)
+	}
+	return true
 }
 
 // context returns the call's context, creating it on first use.
@@ -67,12 +111,12 @@ func (c *call) context() context.Context {
 	switch {
 	case c.m.mode == Cooperative:
 		c.m.clock.watch(b)
-	case c.state.Load() == callTimedOut:
-		// The clock timed the call out before it could see b.
+	case c.phase() == callTimedOut:
+		// The call timed out before expire could see b.
 		b.cancel(context.DeadlineExceeded, &timeoutCause)
 	}
-	// A racing call's context needs no watch: the clock cancels it through
-	// the call, which it checks anyway.
+	// A racing call's context needs no watch: expire cancels it through
+	// the call, and the clock checks running calls for shutdown anyway.
 	return b
 }
 
@@ -117,6 +161,16 @@ func (w *worker) loop() {
 	}
 }
 
+// fire runs when the timer of the worker's call goes off. It may be the
+// timer of an earlier call that finished as it fired: expire then finds the
+// deadline of the current call ahead, or another generation, and does
+// nothing.
+func (w *worker) fire() {
+	if w.call.expire(now()) {
+		w.done <- struct{}{} // the server goroutine answers with the timeout response
+	}
+}
+
 // serve runs the current call's handler and settles the race.
 func (w *worker) serve() {
 	c := &w.call
@@ -135,8 +189,14 @@ func (w *worker) serve() {
 			}
 			m.stats.panics.Add(1)
 		}
-		if c.state.CompareAndSwap(callRunning, callFinished) ||
-			c.state.CompareAndSwap(callDisarmed, callFinished) {
+		if m.countRequests {
+			m.stats.inFlight.Add(-1)
+		}
+		// A handler that returns or panics after its deadline is late,
+		// even if its timer has not run yet (a stalled or starved process).
+		if c.expire(now()) {
+			w.done <- struct{}{}
+		} else if c.transition(callRunning, callFinished) || c.transition(callDisarmed, callFinished) {
 			c.end()
 			w.done <- struct{}{}
 			return

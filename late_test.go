@@ -1,0 +1,198 @@
+// Late is late: a handler that returns or panics after its deadline gets
+// the timeout response, whatever the goroutine that watches the deadline has
+// seen or not seen yet. These tests hold that goroutine back (one P and a
+// spinning handler, a burst of connections, a stopped process) and check
+// that no late handler's response or panic gets through.
+package fasttimeout_test
+
+import (
+	"bufio"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/valyala/fasthttp"
+
+	"github.com/fasttimeout/fasttimeout"
+)
+
+// spinPast burns CPU, without a single blocking call, until the deadline
+// of ctx is past by d: on one P nothing else runs meanwhile, unless the
+// runtime preempts the spinner (after 10 ms).
+func spinPast(ctx *fasthttp.RequestCtx, d time.Duration) {
+	for {
+		if left, ok := fasttimeout.Remaining(ctx); !ok || left < -d {
+			return
+		}
+	}
+}
+
+// On one P, a handler that spins 3 ms past a 5 ms deadline returns before
+// anything else can run: before 2e568c9's clock goroutine could tick, so its
+// own response (or its panic, re-raised on the server goroutine) got through.
+// Not parallel: GOMAXPROCS is the process's.
+func TestLate_handler_on_a_starved_process_gets_the_timeout_response(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	for _, mode := range []fasttimeout.Mode{fasttimeout.Racing, fasttimeout.Cooperative} {
+		for _, panics := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%v/panics=%v", mode, panics), func(t *testing.T) {
+				var stats fasttimeout.Stats
+				reported := make(chan any, 10)
+				recovered := make(chan any, 10)
+				server := panicServer(t, func(ctx *fasthttp.RequestCtx) {
+					secret := string(ctx.Request.Header.Peek("X-Secret"))
+					spinPast(ctx, 3*time.Millisecond)
+					if panics {
+						panic(&secretPanic{secret: secret})
+					}
+					replyWithSecret(ctx, "spin", secret)
+				}, fasttimeout.Config{
+					Timeout: 5 * time.Millisecond, Mode: mode, Stats: &stats,
+					OnPanic: func(_ *fasthttp.RequestCtx, v any, _ []byte) { reported <- v },
+				}, recovered)
+				c, err := dialStress(server.addr)
+				require.NoError(t, err)
+				defer c.close()
+
+				const n = 5
+				for i := range n {
+					secret := fmt.Sprintf("S%016x", i+1)
+					requireTimeoutResponse(t, c.get(t, "/spin", secret))
+					if panics {
+						require.Equal(t, secret, (<-reported).(*secretPanic).secret, "the late panic goes to OnPanic")
+					}
+				}
+				require.Empty(t, recovered, "a late panic is never re-raised")
+				require.True(t, waitUntil(func() bool { return stats.Snapshot().LateRunning == 0 }))
+				got := stats.Snapshot()
+				assert.EqualValues(t, n, got.Timeouts)
+				assert.EqualValues(t, n, got.LateFinished)
+				assert.Zero(t, got.InFlight)
+				assert.EqualValues(t, n, stats.LateRun().Count)
+				assert.EqualValues(t, n, stats.AnswerLateness().Count)
+			})
+		}
+	}
+}
+
+// A burst of keep-alive connections at once, each with a mix of handlers
+// that race their deadline: fast ones, ones that sleep about as long as the
+// timeout, ones that honour their context, ones that panic about at the
+// deadline, and streams. Each handler notes how much time it had left just
+// before it returned or panicked; since the middleware decides after that,
+// by the clock, a client must never get the own response of a handler that
+// had none left, and a panic that came with none left must never be
+// re-raised.
+func TestLate_mixed_burst_never_lets_a_late_handler_through(t *testing.T) {
+	for _, mode := range []fasttimeout.Mode{fasttimeout.Racing, fasttimeout.Cooperative} {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			const (
+				timeout  = 20 * time.Millisecond
+				conns    = 64
+				requests = 8
+			)
+			var (
+				stats              fasttimeout.Stats
+				left               sync.Map // secret -> time left when the handler returned or panicked
+				thrown, reported   atomic.Int64
+				lateOwn, reraised  atomic.Int64
+				timeouts, own, bad atomic.Int64
+			)
+			note := func(ctx *fasthttp.RequestCtx, secret string) {
+				l, _ := fasttimeout.Remaining(ctx)
+				left.Store(secret, l)
+			}
+			recovered := make(chan any, conns*requests)
+			server := panicServer(t, func(ctx *fasthttp.RequestCtx) {
+				secret := string(ctx.Request.Header.Peek("X-Secret"))
+				switch string(ctx.Path()) {
+				case "/sleep":
+					time.Sleep(rand.N(2 * timeout))
+				case "/honour":
+					<-fasttimeout.Context(ctx).Done()
+				case "/panic":
+					time.Sleep(timeout/2 + rand.N(timeout))
+					note(ctx, secret)
+					thrown.Add(1)
+					panic(&secretPanic{secret: secret})
+				case "/stream":
+					note(ctx, secret)
+					ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
+						_, _ = w.WriteString(ownBody("stream", secret))
+					})
+					ctx.Response.Header.Set("X-Secret", secret)
+					return
+				}
+				note(ctx, secret)
+				replyWithSecret(ctx, "mixed", secret)
+			}, fasttimeout.Config{
+				Timeout: timeout, Mode: mode, Stats: &stats,
+				OnPanic: func(*fasthttp.RequestCtx, any, []byte) { reported.Add(1) },
+			}, recovered)
+
+			paths := []string{"/fast", "/sleep", "/sleep", "/honour", "/panic", "/stream"}
+			start := make(chan struct{})
+			var wg sync.WaitGroup
+			for i := range conns {
+				wg.Go(func() {
+					c, err := dialStress(server.addr)
+					if !assert.NoError(t, err) {
+						return
+					}
+					defer c.close()
+					<-start // all connections at once
+					for j := range requests {
+						secret := fmt.Sprintf("S%08x%08x", i, j)
+						path := paths[rand.N(len(paths))]
+						if !assert.NoError(t, c.do(path, secret)) {
+							return
+						}
+						resp := &c.resp
+						status, body := resp.StatusCode(), string(resp.Body())
+						l, noted := left.Load(secret)
+						switch {
+						case status == fasttimeout.DefaultStatusCode && body == fasttimeout.DefaultBody:
+							timeouts.Add(1)
+						case status == fasthttp.StatusInternalServerError && body == "recovered":
+							if noted && l.(time.Duration) < 0 {
+								reraised.Add(1)
+							}
+						case status == fasthttp.StatusOK && string(resp.Header.Peek("X-Secret")) == secret:
+							own.Add(1)
+							if noted && l.(time.Duration) < 0 {
+								lateOwn.Add(1)
+								t.Errorf("%s %s: own response of a handler that returned %v after its deadline", path, secret, -l.(time.Duration))
+							}
+						default:
+							bad.Add(1)
+							t.Errorf("%s %s: unexpected response %d %q", path, secret, status, body)
+						}
+					}
+				})
+			}
+			close(start)
+			wg.Wait()
+
+			assert.Zero(t, lateOwn.Load(), "own responses of late handlers")
+			assert.Zero(t, reraised.Load(), "late panics re-raised")
+			assert.Zero(t, bad.Load())
+			require.True(t, waitUntil(func() bool { return stats.Snapshot().LateRunning == 0 }))
+			got := stats.Snapshot()
+			assert.Equal(t, timeouts.Load(), got.Timeouts, "timeouts counted as answered")
+			assert.Equal(t, thrown.Load(), got.Panics, "panics counted")
+			assert.Equal(t, thrown.Load(), reported.Load()+int64(len(recovered)), "each panic either re-raised or reported")
+			assert.Zero(t, got.InFlight)
+			assert.Positive(t, own.Load())
+			assert.Positive(t, timeouts.Load())
+			t.Logf("%v: %d own, %d timeouts, %d panics (%d re-raised in time), late-run histogram count %d",
+				mode, own.Load(), timeouts.Load(), thrown.Load(), len(recovered), stats.LateRun().Count)
+		})
+	}
+}
