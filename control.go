@@ -14,9 +14,11 @@ import (
 // event stream.
 //
 // A body stream writer (ctx.SetBodyStreamWriter) and a hijack handler
-// (ctx.Hijack) run after the handler has returned, so the middleware never
-// bounds them, disarmed or not, and the request's context has ended by then:
-// the server's WriteTimeout and IdleTimeout bound them.
+// (ctx.Hijack) do their work after the handler has returned (fasthttp
+// starts a stream writer's goroutine at once, but sends what it writes only
+// then), so the middleware never bounds them, disarmed or not, and the
+// request's context ends when the handler returns: the server's
+// WriteTimeout and IdleTimeout bound them.
 //
 // Disarm reports whether the deadline is now off: false if ctx is not
 // bounded by New or its deadline has passed (whether or not the timeout has

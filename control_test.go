@@ -117,7 +117,15 @@ func TestDisarm(t *testing.T) {
 		s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
 			require.True(t, fasttimeout.Disarm(ctx))
 			c := fasttimeout.Context(ctx)
+			// fasthttp starts the stream writer's goroutine at once, while
+			// the handler still runs: wait for the context to end, which
+			// only the handler's return does here (disarmed, and no
+			// shutdown).
 			ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
+				select {
+				case <-c.Done():
+				case <-time.After(10 * time.Second):
+				}
 				errs <- c.Err()
 				_, _ = w.WriteString("done")
 			})

@@ -19,6 +19,9 @@ import (
 // of goleak.VerifyTestMain. The library's own goroutines are never ignored;
 // only fasthttp's date updater, which runs for the life of the process, is.
 func TestMain(m *testing.M) {
+	if mode := os.Getenv(stallServerEnv); mode != "" {
+		runStallServer(mode) // the child of TestLate_process_stall
+	}
 	code := m.Run()
 	if code == 0 {
 		if err := findLeaks(12 * time.Second); err != nil {

@@ -253,6 +253,7 @@ func TestDebugVars(t *testing.T) {
 	want.Requests++
 	want.Timeouts++
 	want.LateRunning++
+	want.InFlight++
 	require.Equal(t, want, *vars.Fasttimeout,
 		"/debug/vars is not counted, and the sleeping handler still runs")
 	for _, name := range []string{"requests", "timeouts", "late_running", "late_finished", "panics", "shed", "bad_deadline_headers"} {
