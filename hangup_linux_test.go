@@ -1,0 +1,460 @@
+package fasttimeout
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"math/big"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttputil"
+	"go.uber.org/goleak"
+)
+
+// hangupWait bounds every wait for a callback; the watcher is expected to
+// take milliseconds, so only a broken one reaches it.
+const hangupWait = 10 * time.Second
+
+// tcpListener listens on 127.0.0.1; the test's cleanup closes it.
+func tcpListener(t testing.TB) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// tcpPair returns the two ends of a new TCP connection through ln; the
+// test's cleanup closes both.
+func tcpPair(t testing.TB, ln net.Listener) (server, client *net.TCPConn) {
+	t.Helper()
+	type accepted struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan accepted, 1)
+	go func() {
+		c, err := ln.Accept()
+		ch <- accepted{c, err}
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	a := <-ch
+	require.NoError(t, a.err)
+	t.Cleanup(func() { c.Close(); a.c.Close() })
+	return a.c.(*net.TCPConn), c.(*net.TCPConn)
+}
+
+// signal returns a callback that closes the returned channel, and counts
+// its calls.
+func signal() (func(), <-chan struct{}, *atomic.Int32) {
+	ch := make(chan struct{})
+	var n atomic.Int32
+	return func() {
+		if n.Add(1) == 1 {
+			close(ch)
+		}
+	}, ch, &n
+}
+
+func waitFired(t testing.TB, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(hangupWait):
+		t.Fatalf("%s: no callback within %v", what, hangupWait)
+	}
+}
+
+// barrier closes a fresh watched connection on w and waits for its
+// callback: the watcher has then returned from an EpollWait issued after
+// everything the caller did before, so an event due from that would have
+// been delivered by now.
+func barrier(t testing.TB, w *hangupWatcher, ln net.Listener) {
+	t.Helper()
+	s, c := tcpPair(t, ln)
+	cb, fired, _ := signal()
+	h, ok := w.add(s, cb)
+	require.True(t, ok)
+	defer w.remove(h)
+	require.NoError(t, c.Close())
+	waitFired(t, fired, "barrier")
+}
+
+func TestHangupFires(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name   string
+		hangUp func(*net.TCPConn) error
+	}{
+		{"FIN", func(c *net.TCPConn) error { return c.Close() }},
+		{"RST", func(c *net.TCPConn) error {
+			if err := c.SetLinger(0); err != nil {
+				return err
+			}
+			return c.Close()
+		}},
+		{"half-close", func(c *net.TCPConn) error { return c.CloseWrite() }},
+	}
+	for _, tc := range cases {
+		for _, before := range []bool{false, true} {
+			name := tc.name
+			if before {
+				name += "/before-add"
+			}
+			t.Run(name, func(t *testing.T) {
+				t.Parallel()
+				var w hangupWatcher
+				s, c := tcpPair(t, tcpListener(t))
+				cb, fired, calls := signal()
+				if before {
+					// A peer gone already is reported at once.
+					require.NoError(t, tc.hangUp(c))
+				}
+				h, ok := w.add(s, cb)
+				require.True(t, ok)
+				if !before {
+					require.NoError(t, tc.hangUp(c))
+				}
+				waitFired(t, fired, name)
+				w.remove(h)
+				w.remove(h) // idempotent
+				require.EqualValues(t, 1, calls.Load())
+			})
+		}
+	}
+}
+
+func TestHangupPipelinedRequestDoesNotFire(t *testing.T) {
+	t.Parallel()
+	var w hangupWatcher
+	ln := tcpListener(t)
+	s, c := tcpPair(t, ln)
+	// The next request of a keep-alive client, sent before this one's
+	// answer, sits unread in the socket while the handler runs.
+	req := []byte("GET /next HTTP/1.1\r\nHost: test\r\n\r\n")
+	_, err := c.Write(req)
+	require.NoError(t, err)
+	waitReadable(t, s, len(req))
+
+	cb, fired, calls := signal()
+	h, ok := w.add(s, cb)
+	require.True(t, ok)
+	barrier(t, &w, ln)
+	require.Zero(t, calls.Load(), "unread data reported as a hang-up")
+
+	// Still watched: the client's close is seen.
+	require.NoError(t, c.Close())
+	waitFired(t, fired, "close after pipelined request")
+	w.remove(h)
+}
+
+// waitReadable waits until n bytes are queued in s, without reading them.
+func waitReadable(t testing.TB, s *net.TCPConn, n int) {
+	t.Helper()
+	rc, err := s.SyscallConn()
+	require.NoError(t, err)
+	buf := make([]byte, n)
+	deadline := time.Now().Add(hangupWait)
+	for {
+		var got int
+		var rerr error
+		require.NoError(t, rc.Control(func(fd uintptr) {
+			got, _, rerr = syscall.Recvfrom(int(fd), buf, syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		}))
+		if rerr == nil && got >= n {
+			return
+		}
+		if rerr != nil && !errors.Is(rerr, syscall.EAGAIN) {
+			t.Fatalf("peek: %v", rerr)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bytes not readable within %v", n, hangupWait)
+		}
+		time.Sleep(time.Millisecond) // bounded poll for a kernel state, not a synchronisation
+	}
+}
+
+func TestHangupTLS(t *testing.T) {
+	t.Parallel()
+	var w hangupWatcher
+	s, c := tcpPair(t, tcpListener(t))
+	srv := tls.Server(s, &tls.Config{Certificates: []tls.Certificate{selfSignedCert(t)}})
+	cli := tls.Client(c, &tls.Config{InsecureSkipVerify: true})
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Handshake() }()
+	require.NoError(t, cli.Handshake())
+	require.NoError(t, <-errc)
+
+	fd, ok := connFD(srv)
+	require.True(t, ok, "no descriptor through tls.Conn.NetConn")
+	sfd, _ := connFD(s)
+	require.Equal(t, sfd, fd)
+
+	cb, fired, _ := signal()
+	h, ok := w.add(srv, cb)
+	require.True(t, ok)
+	require.NoError(t, cli.Close())
+	waitFired(t, fired, "TLS client close")
+	w.remove(h)
+}
+
+func selfSignedCert(t testing.TB) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+func TestHangupRemoveBeforeClose(t *testing.T) {
+	t.Parallel()
+	var w hangupWatcher
+	ln := tcpListener(t)
+	s, c := tcpPair(t, ln)
+	cb, _, calls := signal()
+	h, ok := w.add(s, cb)
+	require.True(t, ok)
+	w.remove(h)
+	require.NoError(t, c.Close())
+	barrier(t, &w, ln)
+	require.Zero(t, calls.Load(), "callback after remove")
+
+	// The connection can be registered again (the DEL really happened).
+	cb2, fired2, _ := signal()
+	h2, ok := w.add(s, cb2)
+	require.True(t, ok, "re-registering after remove")
+	waitFired(t, fired2, "re-registered connection already gone")
+	w.remove(h2)
+}
+
+// A removed registration whose descriptor was closed and reused by a new
+// connection, registered in the same slot, must never see the old event.
+func TestHangupStaleEventAfterReuse(t *testing.T) {
+	t.Parallel()
+	var w hangupWatcher
+	ln := tcpListener(t)
+	s1, c1 := tcpPair(t, ln)
+	fd1, ok := connFD(s1)
+	require.True(t, ok)
+	cbOld, _, oldCalls := signal()
+	h1, ok := w.add(s1, cbOld)
+	require.True(t, ok)
+	w.remove(h1)
+	// The next connection waits in the backlog while s1 closes, so that
+	// accepting it takes the lowest free number: s1's, unless a parallel
+	// test takes it first.
+	c2, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	t.Cleanup(func() { c2.Close() })
+	require.NoError(t, s1.Close())
+	w.remove(h1) // after the close: harmless
+	a, err := ln.Accept()
+	require.NoError(t, err)
+	s2 := a.(*net.TCPConn)
+	t.Cleanup(func() { s2.Close() })
+	fd2, _ := connFD(s2)
+	cbNew, firedNew, newCalls := signal()
+	h2, ok := w.add(s2, cbNew)
+	require.True(t, ok)
+	require.Equal(t, h1.slot, h2.slot, "the free slot is reused")
+	require.NotEqual(t, h1.gen, h2.gen)
+	if fd1 == fd2 {
+		t.Logf("descriptor %d reused", fd2)
+	} else {
+		t.Logf("descriptor not reused (%d, then %d; parallel tests took it)", fd1, fd2)
+	}
+
+	// An event carrying the old token, as one queued before the remove
+	// would, reaches nobody.
+	w.mu.Lock()
+	w.dispatch(h1.slot, h1.gen)
+	w.mu.Unlock()
+	require.NoError(t, c1.Close())
+	barrier(t, &w, ln)
+	require.Zero(t, newCalls.Load(), "new registration got the old connection's event")
+	require.Zero(t, oldCalls.Load())
+
+	// Removing the old handle again must not end the new registration.
+	w.remove(h1)
+	require.NoError(t, c2.Close())
+	waitFired(t, firedNew, "new registration")
+	w.remove(h2)
+	require.EqualValues(t, 1, newCalls.Load())
+}
+
+func TestHangupManyRegistrations(t *testing.T) {
+	t.Parallel()
+	const n = 500
+	var w hangupWatcher
+	ln := tcpListener(t)
+	servers := make([]*net.TCPConn, n)
+	clients := make([]*net.TCPConn, n)
+	for i := range n {
+		servers[i], clients[i] = tcpPair(t, ln)
+	}
+	var wg sync.WaitGroup
+	var calls atomic.Int32
+	handles := make([]hangupHandle, n)
+	// Odd connections are removed before their client closes; only the
+	// even ones may fire.
+	for i := range n {
+		if i%2 == 0 {
+			wg.Add(1)
+		}
+		var once atomic.Bool
+		h, ok := w.add(servers[i], func() {
+			calls.Add(1)
+			if i%2 == 1 {
+				t.Errorf("removed registration %d fired", i)
+			} else if !once.Swap(true) {
+				wg.Done()
+			}
+		})
+		require.True(t, ok)
+		handles[i] = h
+	}
+	for i := 1; i < n; i += 2 {
+		w.remove(handles[i])
+	}
+	for i := range n {
+		require.NoError(t, clients[i].Close())
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	waitFired(t, done, "all registrations")
+	for i := 0; i < n; i += 2 {
+		w.remove(handles[i])
+	}
+	require.EqualValues(t, n/2, calls.Load())
+	w.mu.Lock()
+	require.Zero(t, w.active)
+	require.LessOrEqual(t, len(w.slots), n)
+	w.mu.Unlock()
+}
+
+func TestHangupNoDescriptor(t *testing.T) {
+	t.Parallel()
+	var w hangupWatcher
+	ln := fasthttputil.NewInmemoryListener()
+	defer ln.Close()
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			c.Close()
+		}
+	}()
+	c, err := ln.Dial()
+	require.NoError(t, err)
+	defer c.Close()
+	_, ok := w.add(c, func() {})
+	require.False(t, ok, "in-memory connection watched")
+	_, ok = connFD(c)
+	require.False(t, ok)
+	_, ok = w.add(nil, func() {})
+	require.False(t, ok)
+	w.remove(hangupHandle{}) // the zero handle is no registration
+	w.mu.Lock()
+	require.False(t, w.running, "watcher started for nothing")
+	w.mu.Unlock()
+
+	// A closed connection has no descriptor left.
+	s, _ := tcpPair(t, tcpListener(t))
+	require.NoError(t, s.Close())
+	_, ok = w.add(s, func() {})
+	require.False(t, ok, "closed connection watched")
+}
+
+// Through fasthttp's MaxConnsPerIP wrapper, ctx.Conn() hides the socket;
+// rawConnOf finds it, and the handler's registration fires on the client's
+// close.
+func TestHangupThroughMaxConnsPerIP(t *testing.T) {
+	t.Parallel()
+	ln := tcpListener(t)
+	type reg struct {
+		wrapped bool
+		fired   <-chan struct{}
+		h       hangupHandle
+		ok      bool
+	}
+	regs := make(chan reg, 1)
+	release := make(chan struct{})
+	srv := &fasthttp.Server{
+		MaxConnsPerIP: 10,
+		Handler: func(ctx *fasthttp.RequestCtx) {
+			cb, fired, _ := signal()
+			_, isTCP := ctx.Conn().(*net.TCPConn)
+			h, ok := clientHangups.add(ctx.Conn(), cb)
+			regs <- reg{!isTCP, fired, h, ok}
+			<-release
+			clientHangups.remove(h)
+		},
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	t.Cleanup(func() {
+		require.NoError(t, srv.Shutdown())
+		require.NoError(t, <-served)
+	})
+	c, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = c.Write([]byte("GET / HTTP/1.1\r\nHost: test\r\n\r\n"))
+	require.NoError(t, err)
+	r := <-regs
+	defer close(release)
+	require.True(t, r.wrapped, "MaxConnsPerIP no longer wraps ctx.Conn(); this test checks nothing")
+	require.True(t, r.ok, "connection behind MaxConnsPerIP not watched")
+	require.NoError(t, c.Close())
+	waitFired(t, r.fired, "MaxConnsPerIP client close")
+}
+
+// The goroutine exits once nothing is watched, and a new registration
+// starts it again. Not parallel, so that the goroutines present at the
+// start are the only ones to ignore.
+func TestHangupWatcherGoroutineExits(t *testing.T) {
+	before := goleak.IgnoreCurrent()
+	var w hangupWatcher
+	ln := tcpListener(t)
+	for round := range 2 {
+		s, c := tcpPair(t, ln)
+		cb, fired, _ := signal()
+		h, ok := w.add(s, cb)
+		require.True(t, ok)
+		require.NoError(t, c.Close())
+		waitFired(t, fired, "close")
+		w.remove(h)
+
+		deadline := time.Now().Add(hangupWait)
+		for {
+			err := goleak.Find(before)
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: watcher goroutine still running %v after the last remove: %v", round, hangupWait, err)
+			}
+		}
+		w.mu.Lock()
+		require.False(t, w.running)
+		w.mu.Unlock()
+	}
+}

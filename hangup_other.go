@@ -1,0 +1,25 @@
+//go:build !linux
+
+package fasttimeout
+
+import "net"
+
+// hangupSupported reports whether this system can watch connections for the
+// peer's hang-up. Only Linux can for now (epoll's EPOLLRDHUP); elsewhere
+// nothing is watched and a client's hang-up goes unnoticed, as before.
+const hangupSupported = false
+
+// hangupHandle names one registration; none is ever issued here.
+type hangupHandle struct{}
+
+// hangupWatcher watches nothing on this system.
+type hangupWatcher struct{}
+
+// clientHangups is the process's watcher.
+var clientHangups hangupWatcher
+
+// add reports that conn cannot be watched here.
+func (*hangupWatcher) add(net.Conn, func()) (hangupHandle, bool) { return hangupHandle{}, false }
+
+// remove does nothing: add never registers anything here.
+func (*hangupWatcher) remove(hangupHandle) {}
