@@ -162,6 +162,14 @@ func (k *clock) expireContexts(t int64) (busy bool) {
 			k.unwatchLocked(b)
 			b.cancel(context.Canceled, &shutdownCause)
 		default:
+			if b.watching == contextPending && b.watchAt <= t {
+				var ok bool
+				if b.hangup, ok = clientHangups.add(b.conn, b.hungUp); ok {
+					b.watching = contextRegistered
+				} else {
+					b.watching = contextUnwatched
+				}
+			}
 			i++
 		}
 	}
@@ -209,6 +217,10 @@ func (k *clock) unwatch(b *requestContext) {
 }
 
 func (k *clock) unwatchLocked(b *requestContext) {
+	if b.watching == contextRegistered {
+		clientHangups.remove(b.hangup) // final: no callback runs after it
+	}
+	b.watching = contextUnwatched
 	i := b.slot
 	if i < 0 {
 		return

@@ -163,6 +163,24 @@ type Config struct {
 	// values panic in New.
 	RetryAfter time.Duration
 
+	// IgnoreHangups switches off the watch of clients for hang-ups. By
+	// default, once a request has run HangupDelay (5 ms), its connection is
+	// watched, and if the client closes or resets it while the handler runs
+	// (a load balancer giving up on the request, say), the request's
+	// context is cancelled with cause ErrClientGone and the handler is late
+	// from then on, as after a timeout: counted in Stats.ClientGone and
+	// LateRunning, capped by MaxLateHandlers, reported to OnLateReturn, its
+	// response going nowhere. A client that half-closes its side after
+	// sending the request counts as gone, as with net/http.
+	//
+	// Watching needs the connection's descriptor and epoll, so it works on
+	// Linux only, for TCP and Unix connections, TLS ones and listener
+	// wrappers that expose the connection through a NetConn method (or
+	// embed it, as fasthttp's MaxConnsPerIP does); in-memory connections are
+	// not watched. In cooperative mode only requests whose handler called
+	// Context are watched: the others could not stop anyway.
+	IgnoreHangups bool
+
 	// Stats, if set, receives the middleware's counters. Several middlewares
 	// may share one Stats. Counting requests costs one atomic add per
 	// request, so it is done only when Stats is set.
@@ -189,6 +207,7 @@ type settings struct {
 	retryAfter   string // seconds, as the header wants them
 
 	countRequests bool
+	watchHangups  bool
 }
 
 const minPrecision = 100 * time.Microsecond
@@ -257,6 +276,7 @@ func (cfg Config) resolve() settings {
 		s.retryAfter = strconv.FormatInt(int64((retryAfter+time.Second-1)/time.Second), 10)
 	}
 	s.countRequests = s.stats != nil
+	s.watchHangups = hangupSupported && !cfg.IgnoreHangups
 	if s.stats == nil {
 		s.stats = new(Stats) // timeouts and late handlers are always counted
 	}

@@ -2,6 +2,7 @@ package fasttimeout
 
 import (
 	"context"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,7 +16,9 @@ import (
 // deadline; Done is closed at the deadline with Err
 // [context.DeadlineExceeded] and [context.Cause] [ErrTimeout], or when the
 // server shuts down with Err [context.Canceled] and Cause [ErrShutdown], or
-// when the handler returns with Err context.Canceled. Value looks up the
+// when the client hangs up with Err context.Canceled and Cause
+// [ErrClientGone] (see Config.IgnoreHangups), or when the handler returns
+// with Err context.Canceled. Value looks up the
 // request's user values (ctx.UserValue) while the handler runs. Every call
 // within one request returns the same context; the first one allocates it,
 // so requests that never call Context do not pay for it. No goroutine is
@@ -48,6 +51,7 @@ func Context(ctx *fasthttp.RequestCtx) context.Context {
 var (
 	timeoutCause  = cancelledWith(ErrTimeout)
 	shutdownCause = cancelledWith(ErrShutdown)
+	goneCause     = cancelledWith(ErrClientGone)
 )
 
 func cancelledWith(cause error) context.Context {
@@ -74,6 +78,14 @@ type requestContext struct {
 	causes     atomic.Pointer[context.Context] // &timeoutCause or &shutdownCause once cancelled with one
 	slot       int                             // index in clock.contexts while watched, else -1; guarded by clock.mu
 	outside    bool                            // made outside New: ends only with the server
+
+	// The watch of a cooperative request's client, set before the clock
+	// watches the context, then guarded by clock.mu.
+	call     *call
+	conn     net.Conn
+	watchAt  int64
+	watching uint8 // contextUnwatched, contextPending or contextRegistered
+	hangup   hangupHandle
 
 	mu         sync.Mutex
 	err        error

@@ -37,11 +37,11 @@ func Disarm(ctx *fasthttp.RequestCtx) bool {
 	if c.deadline.Load() <= now() || !c.transition(callRunning, callDisarmed) {
 		return false // a deadline that has passed is passed, timer or not
 	}
-	c.timer.Stop()
 	c.deadline.Store(noDeadline)
 	if b := c.bridge.Load(); b != nil {
 		b.deadline.Store(noDeadline)
 	}
+	c.rearm() // only to watch the client, if that has not started yet
 	return true
 }
 
@@ -75,7 +75,7 @@ func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
 	if b := c.bridge.Load(); b != nil {
 		b.deadline.Store(deadline)
 	}
-	c.timer.Reset(time.Duration(deadline - now()))
+	c.rearm()
 	c.transition(callDisarmed, callRunning)
 	return true
 }

@@ -73,25 +73,31 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 	w := m.acquireWorker(connID, start)
 	c := &w.call
 	w.owners.Store(2)
-	deadline := start + int64(timeout)
-	c.begin(ctx, deadline)
+	c.begin(ctx, start, start+int64(timeout))
 	// Each call has its own runtime timer rather than waiting for a shared
 	// checker: under load a single goroutine that times out every call is
 	// itself late, and so is every answer it owes.
-	w.timer.Reset(time.Duration(c.deadline.Load() - now()))
+	w.timer.Reset(time.Duration(c.nextWake() - now()))
 	m.clock.nudge()
 
 	w.work <- struct{}{}
 	<-w.done
+	c.unwatchClient()
 	w.timer.Stop()
 
-	if c.phase() == callTimedOut {
+	switch c.phase() {
+	case callTimedOut:
 		m.stats.answerLateness.observe(time.Duration(now() - c.deadline.Load()))
 		m.answerTimeout(ctx)
 		m.disown(w, connID)
 		return
+	case callGone:
+		m.answerGone(ctx)
+		m.disown(w, connID)
+		return
 	}
 	c.ctx = nil
+	c.conn = nil
 	if !c.panicked {
 		m.releaseWorker(w, connID, start)
 		return
@@ -114,7 +120,7 @@ func (m *middleware) serveCooperative(ctx *fasthttp.RequestCtx) {
 		c = new(call)
 	}
 	c.m = m
-	c.begin(ctx, start+int64(timeout))
+	c.begin(ctx, start, start+int64(timeout))
 	defer m.finishCooperative(c, ctx)
 	m.handler(ctx)
 }
@@ -168,19 +174,26 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx) (start int64, timeout time.
 
 // finishCooperative runs, deferred, when a cooperative handler returns or
 // panics. As in racing mode, a panic before the deadline goes on with its
-// value; a handler that returns or panics after it is late: its panic goes
-// to OnPanic and the client gets the timeout response.
+// value; a handler that returns or panics after it, or after its client
+// hung up, is late: its panic goes to OnPanic, and the client gets the
+// timeout response (or nothing, if it is gone).
 func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 	v := recover()
 	if m.countRequests {
 		m.stats.inFlight.Add(-1)
 	}
 	t := now()
-	late := c.expire(t)
-	deadline := c.deadline.Load()
+	// Settle the call before its context's watch ends: from then on, a
+	// hang-up no longer changes it.
+	if !c.expire(t) {
+		_ = c.transition(callRunning, callFinished) || c.transition(callDisarmed, callFinished)
+	}
+	over, overAt := c.phase(), c.overAt.Load()
 	c.end()
 	c.ctx = nil
+	c.conn = nil
 	callPool.Put(c)
+	late := over == callTimedOut || over == callGone
 	if v != nil {
 		m.stats.panics.Add(1)
 		if !late {
@@ -194,11 +207,15 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 	m.late.Add(-1)
 	m.stats.lateRunning.Add(-1)
 	m.stats.lateFinished.Add(1)
-	m.stats.answerLateness.observe(time.Duration(t - deadline))
-	m.stats.lateRun.observe(time.Duration(t - deadline))
+	m.stats.lateRun.observe(time.Duration(t - overAt))
 	if m.onLateReturn != nil {
-		m.onLateReturn(ctx, time.Duration(t-deadline))
+		m.onLateReturn(ctx, time.Duration(t-overAt))
 	}
+	if over == callGone {
+		writeGoneResponse(&ctx.Response)
+		return
+	}
+	m.stats.answerLateness.observe(time.Duration(t - overAt))
 	ctx.Response.Reset()
 	m.writeTimeoutResponse(&ctx.Response)
 	if m.onTimeout != nil {
@@ -223,7 +240,7 @@ func (m *middleware) answerTimeout(ctx *fasthttp.RequestCtx) {
 func (m *middleware) lateReturn(w *worker, stack []byte, goexit bool) {
 	c := &w.call
 	ctx := c.ctx
-	late := time.Duration(now() - c.deadline.Load())
+	late := time.Duration(now() - c.overAt.Load())
 	c.end()
 	m.late.Add(-1)
 	m.stats.lateRunning.Add(-1)
@@ -271,6 +288,7 @@ func (m *middleware) acquireWorker(connID uint64, t int64) *worker {
 	w.m = m
 	w.timer = time.AfterFunc(time.Hour, w.fire)
 	w.timer.Stop()
+	w.gone = w.hungUp
 	m.clock.addWorker(w)
 	go w.loop()
 	return w

@@ -3,6 +3,7 @@ package fasttimeout
 import (
 	"context"
 	"errors"
+	"net"
 	"runtime/debug"
 	"sync/atomic"
 	"time"
@@ -20,6 +21,7 @@ const (
 	callRunning
 	callTimedOut
 	callDisarmed // no deadline (Disarm), or one being moved (Extend)
+	callGone     // the client hung up (see call.clientGone)
 
 	phaseMask  = 0xff
 	generation = phaseMask + 1
@@ -42,6 +44,15 @@ type call struct {
 	state    atomic.Uint64                  // phase (low byte) and generation
 	timer    *time.Timer                    // a racing call's deadline; nil in cooperative mode
 	bridge   atomic.Pointer[requestContext] // created by Context, lazily
+	overAt   atomic.Int64                   // when the call timed out (its deadline) or its client left
+
+	// Watching the client for a hang-up (hangup.go). conn is written by
+	// begin before watch is, and read only by whoever moves watch from
+	// watchPending to watchRegistering for its generation.
+	conn    net.Conn
+	watch   atomic.Uint64 // watch phase (low 2 bits) and the call's generation
+	watchAt atomic.Int64  // when watching starts
+	hangup  hangupHandle  // the registration, owned by whoever holds watchRegistering
 
 	// Set by the worker before it signals, read by the server goroutine
 	// after: the channel orders them.
@@ -51,17 +62,19 @@ type call struct {
 
 // begin starts the call for ctx and makes Context find it. Inside another
 // New's handler, the call keeps the earlier of the two deadlines.
-func (c *call) begin(ctx *fasthttp.RequestCtx, deadline int64) {
+func (c *call) begin(ctx *fasthttp.RequestCtx, start, deadline int64) {
 	c.ctx = ctx
 	if outer := lookup(ctx); outer != nil {
 		c.outer = outer
 		deadline = min(deadline, outer.deadline.Load())
 	}
 	c.deadline.Store(deadline)
+	state := c.state.Load()&^phaseMask + generation | callRunning
+	c.beginWatch(ctx, start, state/generation)
 	// The deadline is stored before the new generation is: whoever sees
 	// this call running sees its deadline, and a compare-and-swap against
 	// a generation seen earlier fails (see expire).
-	c.state.Store(c.state.Load()&^phaseMask + generation | callRunning)
+	c.state.Store(state)
 	ctx.SetUserValue(callKey{}, c)
 }
 
@@ -86,6 +99,7 @@ func (c *call) expire(t int64) bool {
 		!c.state.CompareAndSwap(s, s&^phaseMask|callTimedOut) {
 		return false
 	}
+	c.overAt.Store(c.deadline.Load())
 	m := c.m
 	m.late.Add(1)
 	m.stats.timeouts.Add(1)
@@ -110,6 +124,9 @@ func (c *call) context() context.Context {
 	}
 	switch {
 	case c.m.mode == Cooperative:
+		if c.watch.Load()&watchMask == watchPending {
+			b.call, b.conn, b.watchAt, b.watching = c, c.conn, c.watchAt.Load(), contextPending
+		}
 		c.m.clock.watch(b)
 	case c.phase() == callTimedOut:
 		// The call timed out before expire could see b.
@@ -143,6 +160,7 @@ type worker struct {
 	call
 	work     chan struct{} // cap 1: run call; closed to retire the worker
 	done     chan struct{} // cap 1: the race of the current call is decided
+	gone     func()        // w.hungUp, made once: the hang-up callback of its calls
 	lastUsed atomic.Int64  // when it last went idle; read by the clock to retire it
 
 	// owners counts who still holds a timed-out call: its server goroutine,
@@ -166,9 +184,12 @@ func (w *worker) loop() {
 // deadline of the current call ahead, or another generation, and does
 // nothing.
 func (w *worker) fire() {
-	if w.call.expire(now()) {
+	t := now()
+	if w.call.expire(t) {
 		w.done <- struct{}{} // the server goroutine answers with the timeout response
+		return
 	}
+	w.watchClient(t)
 }
 
 // serve runs the current call's handler and settles the race.

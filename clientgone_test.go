@@ -1,0 +1,343 @@
+package fasttimeout_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/valyala/fasthttp"
+
+	"github.com/fasttimeout/fasttimeout"
+)
+
+// requireHangups skips where the system cannot watch connections.
+func requireHangups(t *testing.T) {
+	t.Helper()
+	if runtime.GOOS != "linux" {
+		t.Skip("hang-ups are watched on Linux only")
+	}
+}
+
+// ended is how a request's context ended, as its handler saw it.
+type ended struct {
+	err, cause error
+}
+
+// waitEnd waits, bounded, for the handler to report how its context ended.
+func waitEnd(t *testing.T, ends <-chan ended) ended {
+	t.Helper()
+	select {
+	case e := <-ends:
+		return e
+	case <-time.After(stressBound):
+		t.Fatal("the handler's context did not end")
+		return ended{}
+	}
+}
+
+// rawRequest is a GET of path, as a client writes it.
+func rawRequest(path string) string {
+	return "GET " + path + " HTTP/1.1\r\nHost: hangup.test\r\n\r\n"
+}
+
+// hangupServer serves, over loopback TCP, a handler that reports when it
+// started and how its context ended, then returns: it honours its context.
+func hangupServer(t *testing.T, cfg fasttimeout.Config) (s *stressLoopback, started <-chan struct{}, ends <-chan ended) {
+	startc := make(chan struct{}, 16)
+	endc := make(chan ended, 16)
+	s = startStressLoopback(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+		c := fasttimeout.Context(ctx)
+		startc <- struct{}{}
+		select {
+		case <-c.Done():
+		case <-time.After(stressBound):
+		}
+		endc <- ended{c.Err(), context.Cause(c)}
+		ctx.SetBodyString("own")
+	}, cfg))
+	return s, startc, endc
+}
+
+// The client hangs up while its handler runs: FIN, RST or half-close, in
+// both modes. The context ends with context.Canceled and cause
+// ErrClientGone, the hang-up is counted (not as a timeout), and the late
+// handler is seen returning.
+func TestHangup_client_gone_cancels_the_context(t *testing.T) {
+	requireHangups(t)
+	hangups := map[string]func(*net.TCPConn) error{
+		"close":      (*net.TCPConn).Close,
+		"reset":      func(c *net.TCPConn) error { _ = c.SetLinger(0); return c.Close() },
+		"half-close": (*net.TCPConn).CloseWrite,
+	}
+	for _, mode := range []fasttimeout.Mode{fasttimeout.Racing, fasttimeout.Cooperative} {
+		for name, hangUp := range hangups {
+			t.Run(mode.String()+"/"+name, func(t *testing.T) {
+				t.Parallel()
+				var stats fasttimeout.Stats
+				lates := make(chan time.Duration, 1)
+				s, started, ends := hangupServer(t, fasttimeout.Config{
+					Timeout: time.Minute, Mode: mode, Stats: &stats,
+					OnLateReturn: func(_ *fasthttp.RequestCtx, late time.Duration) { lates <- late },
+				})
+				conn, err := net.Dial("tcp", s.addr)
+				require.NoError(t, err)
+				defer conn.Close()
+				_, err = conn.Write([]byte(rawRequest("/slow")))
+				require.NoError(t, err)
+				<-started
+				require.NoError(t, hangUp(conn.(*net.TCPConn)))
+
+				e := waitEnd(t, ends)
+				assert.ErrorIs(t, e.err, context.Canceled)
+				assert.ErrorIs(t, e.cause, fasttimeout.ErrClientGone)
+				late := <-lates
+				assert.GreaterOrEqual(t, late, time.Duration(0), "lateness is counted from the hang-up")
+				assert.Less(t, late, stressBound)
+				require.True(t, waitUntil(func() bool { return stats.Snapshot().InFlight == 0 }))
+				got := stats.Snapshot()
+				assert.EqualValues(t, 1, got.ClientGone)
+				assert.Zero(t, got.Timeouts)
+				assert.EqualValues(t, 1, got.LateFinished)
+				assert.Zero(t, got.LateRunning)
+				if name == "half-close" {
+					// The client can still read: it gets 499 and the
+					// connection closes.
+					resp := readResponse(t, conn)
+					assert.Equal(t, fasttimeout.StatusClientClosedRequest, resp.StatusCode())
+					assert.True(t, resp.ConnectionClose())
+				}
+			})
+		}
+	}
+}
+
+// readResponse reads one response from conn, bounded.
+func readResponse(t *testing.T, conn net.Conn) *fasthttp.Response {
+	t.Helper()
+	require.NoError(t, conn.SetReadDeadline(time.Now().Add(stressBound)))
+	resp := new(fasthttp.Response)
+	require.NoError(t, resp.Read(bufio.NewReader(conn)))
+	return resp
+}
+
+// A client that stays, a pipelined request waiting unread in the socket, a
+// timeout: none of them is a hang-up.
+func TestHangup_only_a_hang_up_is_a_hang_up(t *testing.T) {
+	requireHangups(t)
+	for _, mode := range []fasttimeout.Mode{fasttimeout.Racing, fasttimeout.Cooperative} {
+		t.Run("pipelined request in the socket/"+mode.String(), func(t *testing.T) {
+			t.Parallel()
+			var stats fasttimeout.Stats
+			release := make(chan struct{})
+			s := startStressLoopback(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				c := fasttimeout.Context(ctx)
+				if string(ctx.Path()) == "/slow" {
+					select {
+					case <-c.Done():
+						ctx.SetBodyString("cancelled: " + fmt.Sprint(context.Cause(c)))
+						return
+					case <-release:
+					}
+				}
+				ctx.SetBodyString("own " + string(ctx.Path()))
+			}, fasttimeout.Config{Timeout: time.Minute, Mode: mode, Stats: &stats}))
+			conn, err := net.Dial("tcp", s.addr)
+			require.NoError(t, err)
+			defer conn.Close()
+			_, err = conn.Write([]byte(rawRequest("/slow") + rawRequest("/next")))
+			require.NoError(t, err)
+			// Long enough past HangupDelay for the watch to have started:
+			// what is checked is that nothing fires, so the wait is
+			// only a chance given to a wrong hang-up.
+			require.True(t, waitUntil(func() bool { return stats.Snapshot().InFlight == 1 }))
+			time.Sleep(10 * fasttimeout.HangupDelay)
+			close(release)
+
+			br := bufio.NewReader(conn)
+			for _, want := range []string{"own /slow", "own /next"} {
+				var resp fasthttp.Response
+				require.NoError(t, conn.SetReadDeadline(time.Now().Add(stressBound)))
+				require.NoError(t, resp.Read(br))
+				assert.Equal(t, want, string(resp.Body()))
+			}
+			assert.Zero(t, stats.Snapshot().ClientGone)
+		})
+
+		t.Run("timeout still says ErrTimeout/"+mode.String(), func(t *testing.T) {
+			t.Parallel()
+			var stats fasttimeout.Stats
+			s, started, ends := hangupServer(t, fasttimeout.Config{Timeout: 30 * time.Millisecond, Mode: mode, Stats: &stats})
+			conn, err := net.Dial("tcp", s.addr)
+			require.NoError(t, err)
+			defer conn.Close()
+			_, err = conn.Write([]byte(rawRequest("/slow")))
+			require.NoError(t, err)
+			<-started
+			e := waitEnd(t, ends)
+			assert.ErrorIs(t, e.err, context.DeadlineExceeded)
+			assert.ErrorIs(t, e.cause, fasttimeout.ErrTimeout)
+			assert.Equal(t, fasttimeout.DefaultStatusCode, readResponse(t, conn).StatusCode())
+			require.True(t, waitUntil(func() bool { return stats.Snapshot().InFlight == 0 }))
+			assert.Zero(t, stats.Snapshot().ClientGone)
+			assert.EqualValues(t, 1, stats.Snapshot().Timeouts)
+		})
+
+		t.Run("IgnoreHangups/"+mode.String(), func(t *testing.T) {
+			t.Parallel()
+			var stats fasttimeout.Stats
+			s, started, ends := hangupServer(t, fasttimeout.Config{Timeout: 50 * time.Millisecond, Mode: mode, Stats: &stats, IgnoreHangups: true})
+			conn, err := net.Dial("tcp", s.addr)
+			require.NoError(t, err)
+			_, err = conn.Write([]byte(rawRequest("/slow")))
+			require.NoError(t, err)
+			<-started
+			require.NoError(t, conn.Close())
+			e := waitEnd(t, ends)
+			assert.ErrorIs(t, e.cause, fasttimeout.ErrTimeout, "only the deadline ends it")
+			assert.Zero(t, stats.Snapshot().ClientGone)
+		})
+	}
+}
+
+// Requests slower than HangupDelay, one after another on new connections
+// that close after their response, so that descriptor numbers and workers
+// are reused: no request is ever taken for gone because of an earlier
+// connection's close.
+func TestHangup_no_stale_watch_reaches_a_later_request(t *testing.T) {
+	requireHangups(t)
+	for _, mode := range []fasttimeout.Mode{fasttimeout.Racing, fasttimeout.Cooperative} {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			var stats fasttimeout.Stats
+			s := startStressLoopback(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				c := fasttimeout.Context(ctx)
+				select {
+				case <-c.Done():
+					ctx.SetBodyString("cancelled")
+				case <-time.After(2 * fasttimeout.HangupDelay):
+					ctx.SetBodyString("own")
+				}
+			}, fasttimeout.Config{Timeout: time.Minute, Mode: mode, Stats: &stats}))
+			for i := range 30 {
+				conn, err := net.Dial("tcp", s.addr)
+				require.NoError(t, err)
+				_, err = conn.Write([]byte(rawRequest("/")))
+				require.NoError(t, err)
+				resp := readResponse(t, conn)
+				require.Equal(t, "own", string(resp.Body()), "request %d", i)
+				require.NoError(t, conn.Close())
+			}
+			assert.Zero(t, stats.Snapshot().ClientGone)
+		})
+	}
+}
+
+// A racing handler that ignores its context runs on after its client hung
+// up: it is late, counts against MaxLateHandlers, and is seen returning.
+func TestHangup_late_handler_after_a_hang_up(t *testing.T) {
+	requireHangups(t)
+	t.Parallel()
+	var stats fasttimeout.Stats
+	started := make(chan struct{}, 1)
+	release := make(chan struct{})
+	lates := make(chan time.Duration, 1)
+	s := startStressLoopback(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+		if string(ctx.Path()) == "/fast" {
+			ctx.SetBodyString("fast")
+			return
+		}
+		started <- struct{}{}
+		<-release // ignores its context
+		ctx.SetBodyString("late")
+	}, fasttimeout.Config{Timeout: time.Minute, Stats: &stats, MaxLateHandlers: 1,
+		OnLateReturn: func(_ *fasthttp.RequestCtx, late time.Duration) { lates <- late }}))
+	conn, err := net.Dial("tcp", s.addr)
+	require.NoError(t, err)
+	_, err = conn.Write([]byte(rawRequest("/ignore")))
+	require.NoError(t, err)
+	<-started
+	require.NoError(t, conn.Close())
+	require.True(t, waitUntil(func() bool { return stats.Snapshot().LateRunning == 1 }))
+	assert.EqualValues(t, 1, stats.Snapshot().ClientGone)
+	assert.EqualValues(t, 1, stats.Snapshot().InFlight, "the late handler still runs")
+
+	other, err := dialStress(s.addr)
+	require.NoError(t, err)
+	defer other.close()
+	shed := other.get(t, "/fast", "S0000000000000001")
+	assert.Equal(t, fasthttp.StatusServiceUnavailable, shed.StatusCode(), "the late handler counts against MaxLateHandlers")
+
+	close(release)
+	assert.GreaterOrEqual(t, <-lates, time.Duration(0))
+	require.True(t, waitUntil(func() bool { return stats.Snapshot().LateRunning == 0 }))
+	assert.EqualValues(t, 1, stats.Snapshot().LateFinished)
+	assert.Zero(t, stats.Snapshot().Timeouts)
+	assert.Equal(t, "fast", string(other.get(t, "/fast", "S0000000000000002").Body()))
+}
+
+// Hang-ups are seen through TLS and through fasthttp's MaxConnsPerIP
+// wrapper, which both hide the socket.
+func TestHangup_through_wrapped_connections(t *testing.T) {
+	requireHangups(t)
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T, s *fasthttp.Server, ln net.Listener) (net.Listener, func(string) (net.Conn, error))
+	}{
+		{"TLS", func(t *testing.T, _ *fasthttp.Server, ln net.Listener) (net.Listener, func(string) (net.Conn, error)) {
+			certPEM, keyPEM, err := fasthttp.GenerateTestCertificate("127.0.0.1")
+			require.NoError(t, err)
+			cert, err := tls.X509KeyPair(certPEM, keyPEM)
+			require.NoError(t, err)
+			return tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}}),
+				func(addr string) (net.Conn, error) {
+					return tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true})
+				}
+		}},
+		{"MaxConnsPerIP", func(_ *testing.T, s *fasthttp.Server, ln net.Listener) (net.Listener, func(string) (net.Conn, error)) {
+			s.MaxConnsPerIP = 10
+			return ln, func(addr string) (net.Conn, error) { return net.Dial("tcp", addr) }
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var stats fasttimeout.Stats
+			started := make(chan struct{}, 1)
+			ends := make(chan ended, 1)
+			s := &fasthttp.Server{Handler: fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				c := fasttimeout.Context(ctx)
+				started <- struct{}{}
+				select {
+				case <-c.Done():
+				case <-time.After(stressBound):
+				}
+				ends <- ended{c.Err(), context.Cause(c)}
+			}, fasttimeout.Config{Timeout: time.Minute, Stats: &stats})}
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			require.NoError(t, err)
+			wrapped, dial := tc.setup(t, s, ln)
+			served := make(chan error, 1)
+			go func() { served <- s.Serve(wrapped) }()
+			t.Cleanup(func() {
+				assert.NoError(t, s.Shutdown())
+				assert.NoError(t, <-served)
+			})
+
+			conn, err := dial(ln.Addr().String())
+			require.NoError(t, err)
+			_, err = conn.Write([]byte(rawRequest("/slow")))
+			require.NoError(t, err)
+			<-started
+			require.NoError(t, conn.Close())
+			e := waitEnd(t, ends)
+			assert.ErrorIs(t, e.cause, fasttimeout.ErrClientGone)
+			assert.EqualValues(t, 1, stats.Snapshot().ClientGone)
+		})
+	}
+}

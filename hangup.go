@@ -1,0 +1,171 @@
+package fasttimeout
+
+import (
+	"context"
+	"errors"
+	"runtime"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// ErrClientGone is the [context.Cause] of a request context cancelled
+// because the client hung up (closed or reset its connection) while the
+// handler ran. Its Err is [context.Canceled], as with net/http. Use it with
+// errors.Is.
+var ErrClientGone = errors.New("fasttimeout: client gone")
+
+// HangupDelay is how long a request runs before its connection is watched
+// for the client's hang-up (see Config.IgnoreHangups). Requests that finish
+// sooner cost nothing more; most requests do.
+const HangupDelay = 5 * time.Millisecond
+
+// StatusClientClosedRequest is the status of the answer to a request whose
+// client hung up: 499, the code nginx logs for the same event. Nobody reads
+// it, unless the client only half-closed its side; the connection is closed
+// after it.
+const StatusClientClosedRequest = 499
+
+// Phases of call.watch. A call starts pending (or ended, when it is not
+// to be watched); its timer's fire moves it to registering, registers the
+// connection and moves it to registered; the server goroutine moves it to
+// ended when the call is over, waiting out a registration in progress, and
+// removes the registration if there is one.
+const (
+	watchPending uint64 = iota
+	watchRegistering
+	watchRegistered
+	watchEnded
+
+	watchMask = 3
+	watchGen  = watchMask + 1
+)
+
+// Watch states of a cooperative request's context (requestContext.watching).
+const (
+	contextUnwatched uint8 = iota
+	contextPending
+	contextRegistered
+)
+
+// beginWatch prepares the watch of the call's client for its generation
+// gen. Requests without a descriptor (ctx.Conn() nil, in-memory
+// connections) are found out at registration, once HangupDelay has passed.
+func (c *call) beginWatch(ctx *fasthttp.RequestCtx, start int64, gen uint64) {
+	c.conn = ctx.Conn()
+	phase := watchEnded
+	if c.m.watchHangups && c.conn != nil {
+		phase = watchPending
+		c.watchAt.Store(start + int64(HangupDelay))
+	}
+	c.watch.Store(gen*watchGen | phase)
+}
+
+// nextWake returns when the call's timer must go off next: at its deadline,
+// or sooner to start watching the client.
+func (c *call) nextWake() int64 {
+	deadline := c.deadline.Load()
+	if c.watch.Load()&watchMask == watchPending {
+		return min(deadline, c.watchAt.Load())
+	}
+	return deadline
+}
+
+// rearm sets a racing call's timer to nextWake, once a registration in
+// progress has finished re-arming it itself (see watchClient): Extend and
+// Disarm, which move the deadline, must have the last word.
+func (c *call) rearm() {
+	for c.watch.Load()&watchMask == watchRegistering {
+		runtime.Gosched()
+	}
+	c.timer.Reset(time.Duration(c.nextWake() - now()))
+}
+
+// watchClient starts watching the client of a racing call that has run
+// HangupDelay, and re-arms the call's timer for its deadline. It runs on
+// the call's timer, which may be the timer of an earlier call: the
+// compare-and-swap on watch, which carries the generation, settles that.
+func (w *worker) watchClient(t int64) {
+	c := &w.call
+	s := c.watch.Load()
+	if s&watchMask != watchPending || t < c.watchAt.Load() ||
+		!c.watch.CompareAndSwap(s, s+watchRegistering) {
+		return
+	}
+	c.hangup, _ = clientHangups.add(c.conn, w.gone)
+	c.timer.Reset(time.Duration(c.deadline.Load() - now()))
+	c.watch.Store(s + watchRegistered)
+}
+
+// unwatchClient ends the watch of a racing call's client, on the server
+// goroutine once the call is decided. A request over before HangupDelay
+// pays one compare-and-swap.
+func (c *call) unwatchClient() {
+	s := c.watch.Load()
+	if s&watchMask == watchPending && c.watch.CompareAndSwap(s, s|watchEnded) {
+		return
+	}
+	for s&watchMask == watchRegistering {
+		runtime.Gosched()
+		s = c.watch.Load()
+	}
+	if s&watchMask == watchRegistered {
+		clientHangups.remove(c.hangup) // final: no callback runs after it
+		c.hangup = hangupHandle{}
+		c.watch.Store(s | watchEnded)
+	}
+}
+
+// clientGone ends a running call whose client hung up: its context is
+// cancelled with cause ErrClientGone, and its handler is late from now on,
+// as after a timeout, but it is not counted as a timeout. It reports
+// whether the call was still running.
+func (c *call) clientGone() bool {
+	for {
+		s := c.state.Load()
+		if p := s & phaseMask; p != callRunning && p != callDisarmed {
+			return false
+		}
+		if c.state.CompareAndSwap(s, s&^phaseMask|callGone) {
+			break
+		}
+	}
+	c.overAt.Store(now())
+	m := c.m
+	m.late.Add(1)
+	m.stats.clientGone.Add(1)
+	m.stats.lateRunning.Add(1)
+	if b := c.bridge.Load(); b != nil {
+		b.cancel(context.Canceled, &goneCause)
+	}
+	return true
+}
+
+// hungUp is the hang-up callback of a worker's calls. It runs on the
+// watcher's goroutine, never after unwatchClient has removed the
+// registration, so the call is the one that was registered.
+func (w *worker) hungUp() {
+	if w.call.clientGone() {
+		w.done <- struct{}{} // nobody to answer: the server goroutine moves on
+	}
+}
+
+// hungUp is the hang-up callback of a cooperative request's context.
+func (b *requestContext) hungUp() { b.call.clientGone() }
+
+// writeGoneResponse fills resp with the answer to a client that is gone.
+func writeGoneResponse(resp *fasthttp.Response) {
+	resp.Reset()
+	resp.SetStatusCode(StatusClientClosedRequest)
+	resp.SetConnectionClose()
+}
+
+// answerGone ends a racing request whose client hung up. As at a timeout,
+// fasthttp gives the connection a new RequestCtx, so the late handler keeps
+// its own.
+func (m *middleware) answerGone(ctx *fasthttp.RequestCtx) {
+	resp := fasthttp.AcquireResponse()
+	writeGoneResponse(resp)
+	ctx.TimeoutErrorWithResponse(resp)
+	fasthttp.ReleaseResponse(resp)
+}
