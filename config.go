@@ -19,7 +19,8 @@ const (
 	DefaultContentType = "application/json"
 	// DefaultBody is the body of the timeout response.
 	DefaultBody = `{"detail":"Request processing time exceeded limit"}`
-	// DefaultPrecision is how often the deadline clock ticks.
+	// DefaultPrecision is how often the clock of a middleware ticks while
+	// requests are in flight (see Config.Precision).
 	DefaultPrecision = time.Millisecond
 	// ShedBody is the body of the 503 sent while Config.MaxLateHandlers
 	// handlers are running past their deadline.
@@ -99,11 +100,13 @@ type Config struct {
 	// Mode chooses racing (the zero value) or cooperative bounding.
 	Mode Mode
 
-	// Precision is the period of the clock that checks deadlines: a timeout
-	// is answered, and a context cancelled, between the deadline and about
-	// one Precision after it. Smaller values answer closer to the deadline
-	// and cost more CPU while requests are in flight. Zero means
-	// DefaultPrecision (1 ms); values below 100 µs panic in New.
+	// Precision is the period of the middleware's clock, which cancels the
+	// contexts of cooperative requests at their deadline (between the
+	// deadline and about one Precision after it) and watches for server
+	// shutdown while requests are in flight. Racing requests do not depend
+	// on it: each has a timer for its deadline. Smaller values cancel closer
+	// to the deadline and cost more CPU. Zero means DefaultPrecision (1 ms);
+	// values below 100 µs panic in New.
 	Precision time.Duration
 
 	// OnTimeout, if set, is called on the server goroutine when a request
@@ -121,9 +124,11 @@ type Config struct {
 	// wrapped.
 	OnPanic func(ctx *fasthttp.RequestCtx, value any, stack []byte)
 
-	// OnLateReturn, if set, is called when a handler that timed out finally
-	// returns, with how long after its deadline that was. It runs on the
-	// handler's goroutine, which owns ctx again at that point.
+	// OnLateReturn, if set, is called when a late handler finally returns:
+	// one that timed out, with how long after its deadline that was, or one
+	// whose client hung up, with how long after the hang-up (never
+	// negative). It runs on the handler's goroutine, which owns ctx again at
+	// that point.
 	OnLateReturn func(ctx *fasthttp.RequestCtx, late time.Duration)
 
 	// TimeoutFunc, if set, chooses the timeout of each request (by path,
@@ -152,7 +157,9 @@ type Config struct {
 	DeadlineMargin time.Duration
 
 	// MaxLateHandlers caps the handlers still running after their deadline
-	// (racing mode). While that many are running, new requests are refused
+	// or their client's hang-up (racing mode; in cooperative mode they are
+	// counted only until the server goroutine they hold is back). While that
+	// many are running, new requests are refused
 	// at once with 503 Service Unavailable, a Retry-After header and a JSON
 	// body, so goroutines and memory stay bounded when handlers pile up.
 	// Zero means no cap; negative values panic in New.

@@ -19,8 +19,12 @@
 //     timeout response. It costs almost nothing, but bounds only handlers that
 //     honour their context.
 //
-// Deadlines are checked by one clock goroutine per middleware that ticks
-// every [Config.Precision] (1 ms by default) while requests are in flight, so
-// no timer is created per request; a timeout is answered between the deadline
-// and one tick after it.
+// A handler that returns or panics after its deadline is late in both modes,
+// whichever goroutine gets to run first: the decision compares times. In
+// racing mode each request's deadline is armed on a runtime timer of its
+// worker, so no goroutine shared by all requests can make every answer late.
+//
+// When the client hangs up while its handler runs (Linux), the context is
+// cancelled with [ErrClientGone] as its cause and the handler is late from
+// then on; see [Config.IgnoreHangups].
 package fasttimeout
