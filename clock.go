@@ -27,10 +27,11 @@ const (
 	restPeriod = 100 * time.Millisecond
 )
 
-// clock is the one goroutine per middleware that checks deadlines. It runs
-// only while the middleware has workers or watched contexts, ticking every
-// precision while something may be in flight and resting otherwise, and
-// exits once everything is idle and retired.
+// clock is the one goroutine per middleware that cancels cooperative
+// contexts at their deadline, watches for server shutdown and retires idle
+// workers. It runs only while the middleware has workers or watched
+// contexts, ticking every precision while contexts are watched and resting
+// otherwise, and exits once everything is idle and retired.
 type clock struct {
 	precision time.Duration
 
@@ -82,8 +83,8 @@ func (k *clock) run() {
 			ticker.Reset(k.precision)
 		}
 		t := now()
-		busy := k.watchCalls()
-		busy = k.expireContexts(t) || busy
+		k.watchCalls()
+		busy := k.expireContexts(t)
 		if t-lastRetire >= int64(restPeriod) {
 			lastRetire = t
 			if !k.retireIdle(t) {
@@ -91,10 +92,10 @@ func (k *clock) run() {
 			}
 		}
 		if !busy && !k.resting.Load() {
-			// Rest, then look once more: a call or context that started
-			// before the flag was set did not nudge, and must be seen now.
+			// Rest, then look once more: a context watched before the
+			// flag was set did not nudge, and must be seen now.
 			k.resting.Store(true)
-			if k.watchCalls() || k.expireContexts(now()) {
+			if k.expireContexts(now()) {
 				k.resting.Store(false)
 				continue
 			}
@@ -104,12 +105,13 @@ func (k *clock) run() {
 }
 
 // watchCalls cancels the contexts of racing calls whose server is shutting
-// down, and reports whether any call is still running. Deadlines are not
-// its business: each racing call has its own timer (see call.expire).
-func (k *clock) watchCalls() (busy bool) {
+// down. Deadlines are not its business: each racing call has its own timer
+// (see call.expire); so racing calls alone never keep the clock from
+// resting, and shutdown reaches their contexts within a rest period.
+func (k *clock) watchCalls() {
 	workers := k.snapshot.Load()
 	if workers == nil {
-		return false
+		return
 	}
 	var shutdown serverWatch
 	for _, w := range *workers {
@@ -119,12 +121,10 @@ func (k *clock) watchCalls() (busy bool) {
 		default:
 			continue
 		}
-		busy = true
 		if b := c.bridge.Load(); b != nil && shutdown.closed(b.serverDone) {
 			b.cancel(context.Canceled, &shutdownCause)
 		}
 	}
-	return busy
 }
 
 // serverWatch tells whether a server's done channel is closed, checking each
