@@ -9,15 +9,22 @@ import (
 	"time"
 )
 
-// maxEnvTimeout bounds what TimeoutFromEnv accepts: beyond a day a request
-// timeout is a typo, and beyond ~292 years it overflows time.Duration.
-const maxEnvTimeout = 24 * time.Hour
+// Bounds of what TimeoutFromEnv accepts. Beyond a day a request timeout is a
+// typo, and beyond ~292 years it overflows time.Duration. Below a
+// millisecond, the clock's default tick, a request times out before a
+// trivial handler can answer (REQUEST_TIMEOUT=1ns timed out 4 of 5 trivial
+// requests): it is a unit mistake, not a timeout.
+const (
+	minEnvTimeout = time.Millisecond
+	maxEnvTimeout = 24 * time.Hour
+)
 
 // TimeoutFromEnv reads a timeout from the environment variable name, such as
 // REQUEST_TIMEOUT. It accepts a number of seconds ("5", "2.5") or a Go
 // duration ("500ms", "1m30s"). An unset or empty (blank) variable gives def.
 // Anything else (text that is neither, a zero, negative or non-finite value,
-// or more than 24 hours) is an error naming the variable and its value.
+// less than 1 ms or more than 24 hours) is an error naming the variable and
+// its value, and the limit for a value out of range.
 func TimeoutFromEnv(name string, def time.Duration) (time.Duration, error) {
 	raw, ok := os.LookupEnv(name)
 	if !ok || strings.TrimSpace(raw) == "" {
@@ -31,8 +38,8 @@ func TimeoutFromEnv(name string, def time.Duration) (time.Duration, error) {
 }
 
 // ParseTimeout parses a timeout as TimeoutFromEnv does: a number of seconds
-// ("5", "2.5") or a Go duration ("500ms"), surrounded by spaces or not,
-// positive and at most 24 hours.
+// ("5", "2.5") or a Go duration ("500ms"), surrounded by spaces or not, from
+// 1 ms to 24 hours.
 func ParseTimeout(s string) (time.Duration, error) {
 	s = strings.TrimSpace(s)
 	var d time.Duration
@@ -40,6 +47,10 @@ func ParseTimeout(s string) (time.Duration, error) {
 		switch {
 		case math.IsNaN(secs) || math.IsInf(secs, 0):
 			return 0, fmt.Errorf("not a finite number of seconds")
+		case secs <= 0:
+			return 0, fmt.Errorf("must be positive")
+		case secs < minEnvTimeout.Seconds(): // before rounding to nanoseconds, which may give 0
+			return 0, fmt.Errorf("less than the minimum of %v", minEnvTimeout)
 		case secs > maxEnvTimeout.Seconds():
 			return 0, fmt.Errorf("more than %v", maxEnvTimeout)
 		}
@@ -50,6 +61,8 @@ func ParseTimeout(s string) (time.Duration, error) {
 	switch {
 	case d <= 0:
 		return 0, fmt.Errorf("must be positive")
+	case d < minEnvTimeout:
+		return 0, fmt.Errorf("less than the minimum of %v", minEnvTimeout)
 	case d > maxEnvTimeout:
 		return 0, fmt.Errorf("more than %v", maxEnvTimeout)
 	}

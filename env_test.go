@@ -32,7 +32,16 @@ func TestTimeoutFromEnv(t *testing.T) {
 		{value: "0s", wantErr: "must be positive"},
 		{value: "-1", wantErr: "must be positive"},
 		{value: "-500ms", wantErr: "must be positive"},
-		{value: "1e-12", wantErr: "must be positive"},
+		{value: "-0", wantErr: "must be positive"},
+		{value: "1e-12", wantErr: "less than the minimum of 1ms"},
+		{value: "1ns", wantErr: "less than the minimum of 1ms"},
+		{value: "999us", wantErr: "less than the minimum of 1ms"},
+		{value: "999999ns", wantErr: "less than the minimum of 1ms"},
+		{value: "0.0009", wantErr: "less than the minimum of 1ms"},
+		{value: "0.000999999", wantErr: "less than the minimum of 1ms"},
+		{value: "1ms", want: time.Millisecond},
+		{value: "1000us", want: time.Millisecond},
+		{value: "1e-3", want: time.Millisecond},
 		{value: "86401", wantErr: "more than 24h"},
 		{value: "25h", wantErr: "more than 24h"},
 		{value: "1e300", wantErr: "more than 24h"},
@@ -68,15 +77,42 @@ func TestTimeoutFromEnv(t *testing.T) {
 	}
 }
 
-func TestParseTimeout_accepts_what_TimeoutFromEnv_accepts(t *testing.T) {
+func TestParseTimeout(t *testing.T) {
 	t.Parallel()
-	for in, want := range map[string]time.Duration{"5": 5 * time.Second, " 250ms ": 250 * time.Millisecond, "0.5": 500 * time.Millisecond} {
-		got, err := fasttimeout.ParseTimeout(in)
-		require.NoError(t, err, in)
-		assert.Equal(t, want, got, in)
+	tests := []struct {
+		in      string
+		want    time.Duration
+		wantErr string
+	}{
+		{in: "5", want: 5 * time.Second},
+		{in: " 250ms ", want: 250 * time.Millisecond},
+		{in: "0.5", want: 500 * time.Millisecond},
+		{in: "0.001", want: time.Millisecond},
+		{in: "1ms", want: time.Millisecond},
+		{in: "1.5ms", want: 1500 * time.Microsecond},
+		{in: "24h", want: 24 * time.Hour},
+		{in: "", wantErr: "want seconds"},
+		{in: "0", wantErr: "must be positive"},
+		{in: "-5", wantErr: "must be positive"},
+		{in: "x", wantErr: "want seconds"},
+		{in: "25h", wantErr: "more than 24h"},
+		{in: "1ns", wantErr: "less than the minimum of 1ms"},
+		{in: "999µs", wantErr: "less than the minimum of 1ms"},
+		{in: "0.0005", wantErr: "less than the minimum of 1ms"},
+		{in: "1e-9", wantErr: "less than the minimum of 1ms"},
 	}
-	for _, in := range []string{"", "0", "-5", "x", "25h"} {
-		_, err := fasttimeout.ParseTimeout(in)
-		assert.Error(t, err, in)
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			t.Parallel()
+			got, err := fasttimeout.ParseTimeout(tt.in)
+			if tt.wantErr != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), tt.wantErr)
+				assert.Zero(t, got)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, got)
+		})
 	}
 }

@@ -13,9 +13,9 @@ import (
 )
 
 // FuzzTimeoutFromEnv checks that any value of the variable either parses to
-// a positive timeout of at most 24 hours, or is an error that names the
-// variable and quotes the value; never a panic, an overflow or a silent
-// fallback. Run it with:
+// a timeout from 1 ms to 24 hours, or is an error that names the variable
+// and quotes the value (and names the minimum for a positive value below
+// it); never a panic, an overflow or a silent fallback. Run it with:
 //
 //	go test -run '^$' -fuzz '^FuzzTimeoutFromEnv$' -fuzztime 20s .
 func FuzzTimeoutFromEnv(f *testing.F) {
@@ -27,6 +27,8 @@ func FuzzTimeoutFromEnv(f *testing.F) {
 		"NaN", "nan", "Inf", "+Inf", "-Inf", "infinity", "1e309", "-1e309", "1e308",
 		"9223372036854775807", "9223372036854775808", "99999999999999999999999999", "9223372036854775807ns",
 		"2562047h", "2562048h", "0.000000000000000000000000001",
+		// around the minimum of 1 ms
+		"1ms", "0.001", "1e-3", "1000us", "999us", "999999ns", "0.000999", "0.0009999999999999999", "1.0000001ms",
 		// garbage, unicode and whitespace
 		"", " ", "\t\n", " 5 ", "5 s", "5s ", "five", "5x", "1µs", "1μs", "٥", "５", "5\u00a0", "\u200b5",
 		"1_000", "1,5", "--5", "+5", ".5", "5.", "e5", "1e", "ms", "\xff\xfe", strings.Repeat("9", 400),
@@ -51,9 +53,12 @@ func FuzzTimeoutFromEnv(f *testing.F) {
 			require.Zero(t, d)
 			require.Contains(t, err.Error(), name, "the error names the variable")
 			require.Contains(t, err.Error(), strconv.Quote(value), "the error quotes the value")
+			if dur, perr := time.ParseDuration(strings.TrimSpace(value)); perr == nil && dur > 0 && dur < time.Millisecond {
+				require.Contains(t, err.Error(), "minimum of 1ms", "a duration below the minimum names it")
+			}
 			return
 		}
-		require.Positive(t, d)
+		require.GreaterOrEqual(t, d, time.Millisecond, "at least the minimum")
 		require.LessOrEqual(t, d, 24*time.Hour)
 		if secs, perr := strconv.ParseFloat(strings.TrimSpace(value), 64); perr == nil {
 			// A number of seconds: the duration is that number, to within

@@ -21,18 +21,16 @@ import (
 const maxSleep = time.Hour
 
 // newHandler returns the demo's routes. Everything but /debug/vars is bounded
-// by fasttimeout with timeout and mode, counted in stats; logger gets a line
-// for each handler that returns after its deadline. /debug/vars serves the
+// by fasttimeout with timeout and mode, counted in stats; logger gets at most
+// one line a second about the handlers that returned after their deadline
+// (see lateLog). /debug/vars serves the
 // process's expvar variables (publishing stats there is the caller's job).
 func newHandler(stats *fasttimeout.Stats, timeout time.Duration, mode fasttimeout.Mode, logger *log.Logger) fasthttp.RequestHandler {
 	bounded := fasttimeout.New(route, fasttimeout.Config{
-		Timeout: timeout,
-		Mode:    mode,
-		Stats:   stats,
-		OnLateReturn: func(ctx *fasthttp.RequestCtx, late time.Duration) {
-			logger.Printf("late handler returned %v after its deadline: %s %s",
-				late.Round(time.Millisecond), ctx.Method(), ctx.RequestURI())
-		},
+		Timeout:      timeout,
+		Mode:         mode,
+		Stats:        stats,
+		OnLateReturn: newLateLog(logger).record,
 	})
 	debugVars := fasthttpadaptor.NewFastHTTPHandler(expvar.Handler())
 	return func(ctx *fasthttp.RequestCtx) {

@@ -46,6 +46,13 @@ func writeChart(path string, rep report) error {
 		}
 		panels = append(panels, p)
 	}
+	if len(rep.BurstRows) > 0 {
+		p, err := burstChart(rep)
+		if err != nil {
+			return err
+		}
+		panels = append(panels, p)
+	}
 	if len(panels) == 0 {
 		return fmt.Errorf("nothing to chart")
 	}
@@ -150,6 +157,52 @@ func stormChart(rep report) (*plot.Plot, error) {
 	p.NominalX(names...)
 	rotateX(p)
 	headroom(p, map[string]float64{"p50": slicesMax(p50), "p99": slicesMax(p99)})
+	return p, nil
+}
+
+// burstChart shows the lateness of the burst's timeout answers per variant:
+// p50, p99 and max, as the client saw them.
+func burstChart(rep report) (*plot.Plot, error) {
+	var names []string
+	series := []struct {
+		label string
+		vals  plotter.Values
+	}{{"p50", nil}, {"p99", nil}, {"max", nil}}
+	for _, r := range rep.BurstRows {
+		if r.Error != "" {
+			continue
+		}
+		names = append(names, r.Variant)
+		series[0].vals = append(series[0].vals, r.LatenessP50Ms)
+		series[1].vals = append(series[1].vals, r.LatenessP99Ms)
+		series[2].vals = append(series[2].vals, r.LatenessMaxMs)
+	}
+	p := plot.New()
+	p.Title.Text = fmt.Sprintf("Burst: %d connections at once × %d requests, mixed handlers, %d ms timeout",
+		rep.Burst.Conns, rep.Burst.PerConn, rep.Burst.TimeoutMs)
+	p.Y.Label.Text = "timeout response after deadline (ms)"
+	p.Y.Min = 0
+	p.Legend.Top = true
+	if len(names) == 0 {
+		return p, nil
+	}
+	width := vg.Points(18)
+	top := map[string]float64{}
+	for i, s := range series {
+		bars, err := plotter.NewBarChart(s.vals, width)
+		if err != nil {
+			return nil, err
+		}
+		bars.Color = palette[(i+2)%len(palette)]
+		bars.LineStyle.Width = 0
+		bars.Offset = width * vg.Length(float64(i)-1)
+		p.Add(bars)
+		p.Legend.Add(s.label, bars)
+		top[s.label] = slicesMax(s.vals)
+	}
+	p.NominalX(names...)
+	rotateX(p)
+	headroom(p, top)
 	return p, nil
 }
 

@@ -17,12 +17,36 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-// child is a variant server running in a child process of this binary.
+// child is a variant server running in a child process of this binary, or
+// in this process (cmd nil, served ends with serveChild's result).
 type child struct {
-	cmd  *exec.Cmd
-	in   io.WriteCloser
-	out  *bufio.Reader
-	addr string
+	cmd    *exec.Cmd
+	served chan error
+	in     io.WriteCloser
+	out    *bufio.Reader
+	addr   string
+}
+
+// startShared runs a variant server in this process, on goroutines that
+// share the Ps with the load generator's, with the same line protocol as a
+// child process.
+func startShared(scenario, variant string) (*child, error) {
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	c := &child{served: make(chan error, 1), in: inW, out: bufio.NewReader(outR)}
+	go func() {
+		err := serveChild(scenario+"/"+variant, inR, outW)
+		_ = outW.CloseWithError(fmt.Errorf("server ended: %v", err))
+		_ = inR.Close()
+		c.served <- err
+	}()
+	line, err := c.out.ReadString('\n')
+	if err != nil {
+		c.stop()
+		return nil, fmt.Errorf("server did not start: %w", err)
+	}
+	c.addr = line[:len(line)-1]
+	return c, nil
 }
 
 func startChild(scenario, variant string) (*child, error) {
@@ -75,6 +99,17 @@ func (c *child) stats(reset bool) (serverStats, error) {
 // does not end within 5 s is killed.
 func (c *child) stop() {
 	_ = c.in.Close()
+	if c.cmd == nil {
+		select {
+		case err := <-c.served:
+			if err != nil {
+				progress("loadtest: in-process server: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			progress("loadtest: in-process server did not stop within 5s")
+		}
+		return
+	}
 	done := make(chan struct{})
 	go func() { _ = c.cmd.Wait(); close(done) }()
 	select {

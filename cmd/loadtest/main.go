@@ -11,6 +11,11 @@
 //   - storm: slow handlers (200 ms of waiting, half of them honouring their
 //     context) behind a 50 ms timeout; how late the timeout responses are,
 //     how long handlers run past their deadline, peak goroutines and heap.
+//   - burst: many keep-alive connections opened at once with mixed handlers
+//     (fast, ignoring or honouring their context, panicking late, body
+//     streams) behind a 40 ms timeout; how late the timeout responses are,
+//     how many handlers returned after their deadline and still had their
+//     own response sent, re-raised panics, crashes, peak goroutines.
 //
 // The report is Markdown on stdout (-json for JSON); progress goes to
 // stderr. See README.md.
@@ -44,6 +49,9 @@ type options struct {
 	variants   []string
 	scenarios  []string
 	stormConns int
+	burstConns int
+	burstReqs  int
+	shared     bool
 	json       bool
 	chart      string
 	smoke      bool
@@ -66,14 +74,17 @@ func parseFlags(args []string) (options, error) {
 		o         options
 		conns     = fs.String("conns", "64,1024", "comma-separated connection counts of the throughput scenario")
 		variants  = fs.String("variants", strings.Join(allVariants, ","), "comma-separated variants")
-		scenarios = fs.String("scenarios", "throughput,storm", "comma-separated scenarios: throughput, storm")
+		scenarios = fs.String("scenarios", "throughput,storm,burst", "comma-separated scenarios: throughput, storm, burst")
 	)
 	fs.DurationVar(&o.duration, "duration", 3*time.Second, "measured time of each cell (variant × connections)")
 	fs.DurationVar(&o.warmup, "warmup", 500*time.Millisecond, "unmeasured load before each cell")
 	fs.IntVar(&o.stormConns, "storm-conns", 1000, "connections (concurrent slow requests) of the storm scenario")
+	fs.IntVar(&o.burstConns, "burst-conns", 512, "connections opened at once by the burst scenario")
+	fs.IntVar(&o.burstReqs, "burst-requests", 50, "requests each burst connection sends, one after the other")
+	fs.BoolVar(&o.shared, "burst-shared", true, "run the burst's server in this process, its goroutines sharing the Ps with the clients' (false: a child process)")
 	fs.BoolVar(&o.json, "json", false, "write the report as JSON instead of Markdown")
 	fs.StringVar(&o.chart, "chart", "", "also write a PNG chart to this file")
-	fs.BoolVar(&o.smoke, "smoke", false, "tiny budget for CI: 150ms cells, 4 and 32 connections, 64 storm connections")
+	fs.BoolVar(&o.smoke, "smoke", false, "tiny budget for CI: 150ms cells, 4 and 32 connections, 64 storm connections, burst of 16 × 5")
 	fs.Usage = func() {} // a bad flag gets one line, from main
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -101,6 +112,12 @@ func parseFlags(args []string) (options, error) {
 		if !set["storm-conns"] {
 			o.stormConns = 64
 		}
+		if !set["burst-conns"] {
+			o.burstConns = 16
+		}
+		if !set["burst-requests"] {
+			o.burstReqs = 5
+		}
 	}
 	var err error
 	if o.conns, err = parseConns(*conns); err != nil {
@@ -109,7 +126,7 @@ func parseFlags(args []string) (options, error) {
 	if o.variants, err = parseList("variant", *variants, allVariants); err != nil {
 		return o, err
 	}
-	if o.scenarios, err = parseList("scenario", *scenarios, []string{scenarioThroughput, scenarioStorm}); err != nil {
+	if o.scenarios, err = parseList("scenario", *scenarios, []string{scenarioThroughput, scenarioStorm, scenarioBurst}); err != nil {
 		return o, err
 	}
 	switch {
@@ -119,9 +136,17 @@ func parseFlags(args []string) (options, error) {
 		return o, fmt.Errorf("-warmup must be between 0 and 1h, got %v", o.warmup)
 	case o.stormConns <= 0 || o.stormConns > maxConns:
 		return o, fmt.Errorf("-storm-conns must be between 1 and %d, got %d", maxConns, o.stormConns)
+	case o.burstConns <= 0 || o.burstConns > maxConns:
+		return o, fmt.Errorf("-burst-conns must be between 1 and %d, got %d", maxConns, o.burstConns)
+	case o.burstReqs <= 0 || o.burstReqs > maxBurstRequests:
+		return o, fmt.Errorf("-burst-requests must be between 1 and %d, got %d", maxBurstRequests, o.burstReqs)
 	}
 	return o, nil
 }
+
+// maxBurstRequests bounds the requests of each burst connection, and so the
+// burst's time: at most about burstWork each.
+const maxBurstRequests = 1000
 
 // maxConns bounds connection counts: each costs two file descriptors here.
 const maxConns = 10000
@@ -194,6 +219,15 @@ func run(ctx context.Context, o options, stdout io.Writer) error {
 			WorkMs:    stormWork.Milliseconds(),
 			TimeoutMs: stormTimeout.Milliseconds(),
 		},
+		Burst: burstConfig{
+			Conns:        o.burstConns,
+			PerConn:      o.burstReqs,
+			TimeoutMs:    burstTimeout.Milliseconds(),
+			WorkMs:       burstWork.Milliseconds(),
+			PanicAfterMs: burstPanicAfter.Milliseconds(),
+			Kinds:        burstKinds,
+			Shared:       o.shared,
+		},
 	}
 	progress("loadtest: %s, budget about %v", rep.Machine, estimate(o).Round(time.Second))
 	start := time.Now()
@@ -233,6 +267,25 @@ func run(ctx context.Context, o options, stdout io.Writer) error {
 			rep.StormRows = append(rep.StormRows, row)
 		}
 	}
+	if slices.Contains(o.scenarios, scenarioBurst) {
+		for _, v := range burstVariants(o.variants) {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			row, err := measureBurst(ctx, v, o.burstConns, o.burstReqs, o.shared)
+			if err != nil {
+				if row.Error == "" {
+					row.Error = err.Error()
+				}
+				failed++
+				progress("  burst      %-32s %5d conns: FAILED: %v", v, o.burstConns, err)
+			} else {
+				progress("  burst      %-32s %5d conns: lateness p99 %.2f ms, max %.2f ms, own 200s after deadline %d, re-raised panics %d",
+					v, o.burstConns, row.LatenessP99Ms, row.LatenessMaxMs, row.OwnAfterDeadline, row.EscapedPanics)
+			}
+			rep.BurstRows = append(rep.BurstRows, row)
+		}
+	}
 	rep.TotalSeconds = time.Since(start).Seconds()
 	progress("loadtest: done in %v", time.Since(start).Round(time.Millisecond))
 	var err error
@@ -266,8 +319,16 @@ func estimate(o options) time.Duration {
 	if slices.Contains(o.scenarios, scenarioStorm) {
 		storm = len(stormVariants(o.variants))
 	}
+	burst := 0
+	if slices.Contains(o.scenarios, scenarioBurst) {
+		burst = len(burstVariants(o.variants))
+	}
+	// A burst connection's requests take about burstTimeout each, more
+	// when the burst saturates the machine.
+	perBurst := perCell + time.Duration(o.burstReqs)*burstTimeout*max(1, time.Duration(o.burstConns)/256)
 	return time.Duration(cells)*(o.warmup+o.duration+perCell) +
-		time.Duration(storm)*(o.warmup+o.duration+perCell+stormWork)
+		time.Duration(storm)*(o.warmup+o.duration+perCell+stormWork) +
+		time.Duration(burst)*perBurst
 }
 
 func progress(format string, args ...any) {

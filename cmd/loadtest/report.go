@@ -17,6 +17,8 @@ type report struct {
 	Throughput   []throughputRow `json:"throughput,omitempty"`
 	Storm        stormConfig     `json:"storm_config"`
 	StormRows    []stormRow      `json:"storm,omitempty"`
+	Burst        burstConfig     `json:"burst_config"`
+	BurstRows    []burstRow      `json:"burst,omitempty"`
 }
 
 type machine struct {
@@ -147,6 +149,75 @@ func (r *stormRow) fill(res loadResult, before, after, settled serverStats) {
 	r.PeakHeapMiB = float64(after.PeakHeapBytes) / (1 << 20)
 }
 
+type burstConfig struct {
+	Conns        int      `json:"conns"`
+	PerConn      int      `json:"requests_per_conn"`
+	TimeoutMs    int64    `json:"timeout_ms"`
+	WorkMs       int64    `json:"work_ms"`
+	PanicAfterMs int64    `json:"panic_after_ms"`
+	Kinds        []string `json:"kinds"`
+	Shared       bool     `json:"shared_process"`
+}
+
+// burstRow is the burst against one variant.
+type burstRow struct {
+	Variant   string  `json:"variant"`
+	Conns     int     `json:"conns"`
+	PerConn   int     `json:"requests_per_conn"`
+	Shared    bool    `json:"shared_process"` // the server ran in the load generator's process
+	Seconds   float64 `json:"seconds"`
+	Responses int64   `json:"responses"`
+	OK        int64   `json:"ok_responses"`
+	Timeouts  int64   `json:"timeout_responses"`
+	Other     int64   `json:"other_responses"`
+	Errors    int64   `json:"errors"` // connections that failed
+	// Lateness of the timeout responses after the deadline, as the client
+	// sees it (from writing the request; it includes the loopback round
+	// trip and the wait to be read under the burst).
+	LatenessP50Ms float64 `json:"lateness_p50_ms"`
+	LatenessP99Ms float64 `json:"lateness_p99_ms"`
+	LatenessMaxMs float64 `json:"lateness_max_ms"`
+	// OwnAfterDeadline counts the 200s the clients got whose handler had
+	// stamped a return after its deadline: handlers that returned late
+	// before the deadline checker saw them, and had their response sent.
+	OwnAfterDeadline int64 `json:"own_responses_after_deadline"`
+	// EscapedPanics counts the panics, all of them after the deadline,
+	// that the middleware re-raised on the server goroutine (recovered
+	// outside it here; a server without that recovery crashes).
+	EscapedPanics int64 `json:"escaped_panics"`
+	// LateReturns counts the handlers that returned or panicked after
+	// their deadline, by their own stamp; MiddlewareLate how many returns
+	// the middleware counted as late (Stats.LateFinished), and
+	// MiddlewareTimeouts its Stats.Timeouts. Zero for
+	// TimeoutWithCodeHandler, which keeps no such counters.
+	LateReturns        int64  `json:"handler_late_returns"`
+	MiddlewareLate     int64  `json:"middleware_late_finished"`
+	MiddlewareTimeouts int64  `json:"middleware_timeouts"`
+	Crashed            bool   `json:"crashed"`
+	PeakGoroutines     int64  `json:"peak_goroutines"`
+	Error              string `json:"error,omitempty"` // the server failed; crashed if it died
+}
+
+// fill computes the row from the clients' result and the server's
+// counters before the burst and once its handlers have returned.
+func (r *burstRow) fill(res burstResult, before, settled serverStats) {
+	r.Seconds = res.elapsed.Seconds()
+	r.Responses = res.responses
+	r.OK = res.ok
+	r.Timeouts = int64(len(res.timeouts))
+	r.Other = res.other
+	r.Errors = res.errors
+	r.OwnAfterDeadline = res.ownLate
+	r.EscapedPanics = res.escaped
+	p := percentiles(res.timeouts, 50, 99, 100)
+	r.LatenessP50Ms, r.LatenessP99Ms, r.LatenessMaxMs = p[0]/1e6, p[1]/1e6, p[2]/1e6
+	b, s := before.Burst, settled.Burst
+	r.LateReturns = s.LateReturns - b.LateReturns
+	r.MiddlewareLate = s.MwLateReturn - b.MwLateReturn
+	r.MiddlewareTimeouts = s.MwTimeouts - b.MwTimeouts
+	r.PeakGoroutines = settled.PeakGoroutines
+}
+
 // percentiles returns the quantiles qs (in percent) of values (ns), from an
 // HDR histogram with 3 significant digits; zeros when values is empty.
 func percentiles(values []int64, qs ...float64) []float64 {
@@ -167,8 +238,12 @@ func percentiles(values []int64, qs ...float64) []float64 {
 // writeMarkdown writes the report's tables.
 func writeMarkdown(w io.Writer, rep report) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Machine: %s. Each cell: %s of keep-alive load after %s of warm-up; run took %.0f s.\n\n",
-		rep.Machine, rep.Duration, rep.Warmup, rep.TotalSeconds)
+	if len(rep.Throughput) > 0 || len(rep.StormRows) > 0 {
+		fmt.Fprintf(&b, "Machine: %s. Each cell: %s of keep-alive load after %s of warm-up; run took %.0f s.\n\n",
+			rep.Machine, rep.Duration, rep.Warmup, rep.TotalSeconds)
+	} else {
+		fmt.Fprintf(&b, "Machine: %s. Run took %.0f s.\n\n", rep.Machine, rep.TotalSeconds)
+	}
 	if len(rep.Throughput) > 0 {
 		b.WriteString("### Throughput (trivial handler)\n\n")
 		b.WriteString("| variant | conns | req/s | × fasthttp-bare | × nethttp-bare | p50 | p99 | p99.9 | server CPU/req | allocs/req | errors |\n")
@@ -207,8 +282,45 @@ func writeMarkdown(w io.Writer, rep report) error {
 		}
 		b.WriteString("\n")
 	}
+	if len(rep.BurstRows) > 0 {
+		writeBurst(&b, rep)
+	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+func writeBurst(b *strings.Builder, rep report) {
+	c := rep.Burst
+	where := "server in a child process"
+	if c.Shared {
+		where = "server in the load generator's process"
+	}
+	fmt.Fprintf(b, "### Burst (%d connections opened at once × %d requests, timeout %d ms, %s; handlers in turn: %s)\n\n",
+		c.Conns, c.PerConn, c.TimeoutMs, where, strings.Join(c.Kinds, ", "))
+	b.WriteString("| variant | responses | timeout responses | lateness p50 | lateness p99 | lateness max | own 200 after deadline | panics re-raised | late returns: handler / middleware | crashed | peak goroutines | time |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|\n")
+	for _, r := range rep.BurstRows {
+		crashed := "no"
+		if r.Crashed {
+			crashed = "**yes**"
+		}
+		if r.Error != "" && !r.Crashed {
+			fmt.Fprintf(b, "| %s | failed: %s |||||||||||\n", r.Variant, oneLine(r.Error))
+			continue
+		}
+		mw := fmt.Sprint(r.MiddlewareLate)
+		if r.Variant == fasthttpTWCH {
+			mw = "–"
+		}
+		responses := fmt.Sprint(r.Responses)
+		if lost := int64(r.Conns*r.PerConn) - r.Responses; lost > 0 {
+			responses += fmt.Sprintf(" (%d missing)", lost)
+		}
+		fmt.Fprintf(b, "| %s | %s | %d | %.2f ms | %.2f ms | %.2f ms | %d | %d | %d / %s | %s | %d | %.1f s |\n",
+			r.Variant, responses, r.Timeouts, r.LatenessP50Ms, r.LatenessP99Ms, r.LatenessMaxMs,
+			r.OwnAfterDeadline, r.EscapedPanics, r.LateReturns, mw, crashed, r.PeakGoroutines, r.Seconds)
+	}
+	b.WriteString("\n")
 }
 
 // oneLine keeps a message from breaking a table row.

@@ -3,9 +3,14 @@ package main
 import (
 	"bytes"
 	"flag"
+	"os"
+	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/valyala/fasthttp"
 )
 
 func TestFillRatios(t *testing.T) {
@@ -127,5 +132,184 @@ func TestParseFlags(t *testing.T) {
 	}
 	if _, err := parseFlags([]string{"-h"}); err != flag.ErrHelp {
 		t.Errorf("-h: %v, want flag.ErrHelp", err)
+	}
+}
+
+func TestBurstResultCount(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		status  int
+		headers map[string]string
+		elapsed time.Duration
+		want    burstResult
+	}{
+		{name: "own 200 in time", status: 200, headers: map[string]string{lateHeader: "-1500"},
+			want: burstResult{responses: 1, ok: 1}},
+		{name: "own 200 after the deadline", status: 200, headers: map[string]string{lateHeader: "30000"},
+			want: burstResult{responses: 1, ok: 1, ownLate: 1}},
+		{name: "own 200 without a stamp", status: 200,
+			want: burstResult{responses: 1, ok: 1}},
+		{name: "timeout answer", status: 504, elapsed: burstTimeout + 3*time.Millisecond,
+			want: burstResult{responses: 1, timeouts: []int64{int64(3 * time.Millisecond)}}},
+		{name: "timeout answer before the client's deadline", status: 504, elapsed: burstTimeout - time.Millisecond,
+			want: burstResult{responses: 1, timeouts: []int64{0}}},
+		{name: "re-raised panic", status: 500, headers: map[string]string{escapedHeader: "1"},
+			want: burstResult{responses: 1, escaped: 1}},
+		{name: "other 500", status: 500,
+			want: burstResult{responses: 1, other: 1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var resp fasthttp.Response
+			resp.SetStatusCode(tt.status)
+			for k, v := range tt.headers {
+				resp.Header.Set(k, v)
+			}
+			var got burstResult
+			got.count(&resp, tt.elapsed)
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("got %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestBurstRowFill(t *testing.T) {
+	t.Parallel()
+	var timeouts []int64
+	for i := int64(1); i <= 100; i++ {
+		timeouts = append(timeouts, i*int64(time.Millisecond))
+	}
+	res := burstResult{elapsed: 1500 * time.Millisecond, responses: 160, ok: 55, ownLate: 4, timeouts: timeouts, escaped: 3, other: 2, errors: 1}
+	before := serverStats{Burst: burstServerStats{LateReturns: 10, MwLateReturn: 9, MwTimeouts: 9}}
+	settled := serverStats{PeakGoroutines: 1200, Burst: burstServerStats{LateReturns: 117, MwLateReturn: 109, MwTimeouts: 109}}
+	r := burstRow{Variant: ftRace, Conns: 32, PerConn: 5}
+	r.fill(res, before, settled)
+	want := burstRow{
+		Variant: ftRace, Conns: 32, PerConn: 5, Seconds: 1.5,
+		Responses: 160, OK: 55, Timeouts: 100, Other: 2, Errors: 1,
+		OwnAfterDeadline: 4, EscapedPanics: 3,
+		LateReturns: 107, MiddlewareLate: 100, MiddlewareTimeouts: 100,
+		PeakGoroutines: 1200,
+	}
+	lat := [3]float64{r.LatenessP50Ms, r.LatenessP99Ms, r.LatenessMaxMs}
+	r.LatenessP50Ms, r.LatenessP99Ms, r.LatenessMaxMs = 0, 0, 0
+	if !reflect.DeepEqual(r, want) {
+		t.Errorf("got  %+v\nwant %+v", r, want)
+	}
+	for i, w := range []float64{50, 99, 100} {
+		if d := lat[i]/w - 1; d < -0.001 || d > 0.001 {
+			t.Errorf("lateness %d: %v ms, want %v within 0.1%%", i, lat[i], w)
+		}
+	}
+}
+
+func TestWriteMarkdownBurst(t *testing.T) {
+	t.Parallel()
+	rep := report{
+		Burst: burstConfig{Conns: 512, PerConn: 50, TimeoutMs: 40, Kinds: burstKinds, Shared: true},
+		BurstRows: []burstRow{
+			{Variant: fasthttpTWCH, Conns: 512, PerConn: 50, Responses: 25600, Timeouts: 15360, LatenessP50Ms: 2.5, LatenessP99Ms: 17.65, LatenessMaxMs: 35.8, LateReturns: 15360, PeakGoroutines: 2066, Seconds: 1.4},
+			{Variant: ftRace, Conns: 512, PerConn: 50, Responses: 25590, Timeouts: 15325, OwnAfterDeadline: 31, EscapedPanics: 4, LateReturns: 15360, MiddlewareLate: 15325},
+			{Variant: ftCooperative, Conns: 512, PerConn: 50, Crashed: true, Error: "server died: EOF"},
+			{Variant: ftRace, Conns: 512, PerConn: 50, Error: "every connection failed"},
+		},
+	}
+	var b bytes.Buffer
+	if err := writeMarkdown(&b, rep); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"### Burst (512 connections opened at once × 50 requests, timeout 40 ms, server in the load generator's process; handlers in turn: fast, ignore, honour, panic, stream)",
+		"| fasthttp-TimeoutWithCodeHandler | 25600 | 15360 | 2.50 ms | 17.65 ms | 35.80 ms | 0 | 0 | 15360 / – | no | 2066 | 1.4 s |",
+		"| fasttimeout-race | 25590 (10 missing) | 15325 |",
+		"| 31 | 4 | 15360 / 15325 | no |",
+		"| fasttimeout-cooperative | 0 (25600 missing) |",
+		"| **yes** |",
+		"| fasttimeout-race | failed: every connection failed |",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("markdown lacks %q:\n%s", want, b.String())
+		}
+	}
+	if strings.Contains(b.String(), "Each cell") {
+		t.Errorf("a burst-only report mentions cells:\n%s", b.String())
+	}
+}
+
+func TestBurstVariants(t *testing.T) {
+	t.Parallel()
+	got := burstVariants(allVariants)
+	want := []string{fasthttpTWCH, ftRace, ftCooperative}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("burstVariants(all) = %v, want %v", got, want)
+	}
+	if got := burstVariants([]string{fasthttpBare, nethttpTimeout}); len(got) != 0 {
+		t.Errorf("burstVariants without burst variants = %v, want none", got)
+	}
+}
+
+func TestParseFlagsBurst(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		args           []string
+		conns, perConn int
+		shared         bool
+		wantErr        string
+	}{
+		{args: nil, conns: 512, perConn: 50, shared: true},
+		{args: []string{"-smoke"}, conns: 16, perConn: 5, shared: true},
+		{args: []string{"-smoke", "-burst-conns", "100"}, conns: 100, perConn: 5, shared: true},
+		{args: []string{"-burst-requests", "7", "-burst-shared=false"}, conns: 512, perConn: 7},
+		{args: []string{"-burst-conns", "0"}, wantErr: "-burst-conns must be between 1 and 10000, got 0"},
+		{args: []string{"-burst-conns", "10001"}, wantErr: "-burst-conns must be between 1 and 10000"},
+		{args: []string{"-burst-requests", "0"}, wantErr: "-burst-requests must be between 1 and 1000, got 0"},
+		{args: []string{"-burst-requests", "1001"}, wantErr: "-burst-requests must be between 1 and 1000"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			t.Parallel()
+			o, err := parseFlags(tt.args)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Errorf("error %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if o.burstConns != tt.conns || o.burstReqs != tt.perConn || o.shared != tt.shared {
+				t.Errorf("burst %d × %d, shared %v; want %d × %d, shared %v", o.burstConns, o.burstReqs, o.shared, tt.conns, tt.perConn, tt.shared)
+			}
+			if !contains(o.scenarios, scenarioBurst) {
+				t.Errorf("scenarios %v lack the burst", o.scenarios)
+			}
+		})
+	}
+}
+
+func TestWriteChartBurst(t *testing.T) {
+	t.Parallel()
+	rep := report{
+		Burst: burstConfig{Conns: 16, PerConn: 5, TimeoutMs: 40},
+		BurstRows: []burstRow{
+			{Variant: fasthttpTWCH, LatenessP50Ms: 1, LatenessP99Ms: 2, LatenessMaxMs: 3},
+			{Variant: ftRace, LatenessP50Ms: 2, LatenessP99Ms: 40, LatenessMaxMs: 70},
+			{Variant: ftCooperative, Error: "failed"},
+		},
+	}
+	path := filepath.Join(t.TempDir(), "burst.png")
+	if err := writeChart(path, rep); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(b, []byte("\x89PNG")) {
+		t.Errorf("%s is not a PNG", path)
 	}
 }

@@ -10,8 +10,11 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/metrics"
+	"runtime/trace"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -83,10 +86,29 @@ type serverStats struct {
 	HandlersStarted  int64    `json:"handlers_started"`
 	HandlersFinished int64    `json:"handlers_finished"`
 	Overrun          [3]int64 `json:"overrun"` // handlers returning more than 1 ms, 10 ms, 100 ms after their deadline
+
+	Burst burstServerStats `json:"burst"` // burst only
 }
 
 // overrunSteps are the thresholds of serverStats.Overrun.
 var overrunSteps = [3]time.Duration{time.Millisecond, 10 * time.Millisecond, 100 * time.Millisecond}
+
+// traceEnv, when set in the environment to a directory, makes each variant
+// server write a runtime execution trace of its whole life there, named
+// scenario-variant.trace (for go tool trace).
+const traceEnv = "FASTTIMEOUT_LOADTEST_TRACE"
+
+func startTrace(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := trace.Start(f); err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	return func() { trace.Stop(); _ = f.Close() }, nil
+}
 
 // serveChild runs one variant server on 127.0.0.1:0. It writes the address
 // as its first line on out, then answers each "stats" or "reset" line read
@@ -97,9 +119,24 @@ func serveChild(spec string, in io.Reader, out io.Writer) error {
 		return fmt.Errorf("bad server spec %q", spec)
 	}
 	var track stormTrack
-	fh, nh, err := variantHandler(scenario, variant, &track)
+	var burst burstTrack
+	var fh fasthttp.RequestHandler
+	var nh http.Handler
+	var err error
+	if scenario == scenarioBurst {
+		fh, err = burstHandler(variant, &burst)
+	} else {
+		fh, nh, err = variantHandler(scenario, variant, &track)
+	}
 	if err != nil {
 		return err
+	}
+	if dir := os.Getenv(traceEnv); dir != "" {
+		stopTrace, err := startTrace(filepath.Join(dir, scenario+"-"+variant+".trace"))
+		if err != nil {
+			return err
+		}
+		defer stopTrace()
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -117,7 +154,7 @@ func serveChild(spec string, in io.Reader, out io.Writer) error {
 		shutdown = s.Close
 	}
 	var peaks peakSampler
-	if scenario == scenarioStorm {
+	if scenario == scenarioStorm || scenario == scenarioBurst {
 		stopSampler := peaks.start(time.Millisecond)
 		defer stopSampler()
 	}
@@ -137,7 +174,9 @@ func serveChild(spec string, in io.Reader, out io.Writer) error {
 		default:
 			return fmt.Errorf("unknown command %q", sc.Text())
 		}
-		if err := enc.Encode(snapshot(&track, &peaks)); err != nil {
+		s := snapshot(&track, &peaks)
+		s.Burst = burst.counters()
+		if err := enc.Encode(s); err != nil {
 			return err
 		}
 		if err := w.Flush(); err != nil {
