@@ -82,9 +82,11 @@ func TestHangup_client_gone_cancels_the_context(t *testing.T) {
 				t.Parallel()
 				var stats fasttimeout.Stats
 				lates := make(chan time.Duration, 1)
+				afters := make(chan time.Duration, 1)
 				s, started, ends := hangupServer(t, fasttimeout.Config{
 					Timeout: time.Minute, Mode: mode, Stats: &stats,
 					OnLateReturn: func(_ *fasthttp.RequestCtx, late time.Duration) { lates <- late },
+					OnHangup:     func(_ *fasthttp.RequestCtx, after time.Duration) { afters <- after },
 				})
 				conn, err := net.Dial("tcp", s.addr)
 				require.NoError(t, err)
@@ -97,6 +99,9 @@ func TestHangup_client_gone_cancels_the_context(t *testing.T) {
 				e := waitEnd(t, ends)
 				assert.ErrorIs(t, e.err, context.Canceled)
 				assert.ErrorIs(t, e.cause, fasttimeout.ErrClientGone)
+				after := <-afters
+				assert.Positive(t, after, "the hang-up came after the request started")
+				assert.Less(t, after, stressBound)
 				late := <-lates
 				assert.GreaterOrEqual(t, late, time.Duration(0), "lateness is counted from the hang-up")
 				assert.Less(t, late, stressBound)

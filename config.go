@@ -188,6 +188,13 @@ type Config struct {
 	// Context are watched: the others could not stop anyway.
 	IgnoreHangups bool
 
+	// OnHangup, if set, is called when a request's client hung up while
+	// its handler ran, with how long after the request's start that was:
+	// in racing mode on the server goroutine as soon as the hang-up is seen
+	// (it may read ctx's request, but must not modify ctx: the handler may
+	// still be running), in cooperative mode when the handler returns.
+	OnHangup func(ctx *fasthttp.RequestCtx, after time.Duration)
+
 	// Stats, if set, receives the middleware's counters. Several middlewares
 	// may share one Stats. Counting requests costs one atomic add per
 	// request, so it is done only when Stats is set.
@@ -205,6 +212,7 @@ type settings struct {
 	onTimeout    func(*fasthttp.RequestCtx, *fasthttp.Response)
 	onPanic      func(*fasthttp.RequestCtx, any, []byte)
 	onLateReturn func(*fasthttp.RequestCtx, time.Duration)
+	onHangup     func(*fasthttp.RequestCtx, time.Duration)
 	stats        *Stats
 	timeoutFunc  func(*fasthttp.RequestCtx) time.Duration
 	skip         func(*fasthttp.RequestCtx) bool
@@ -232,6 +240,7 @@ func (cfg Config) resolve() settings {
 		onTimeout:    cfg.OnTimeout,
 		onPanic:      cfg.OnPanic,
 		onLateReturn: cfg.OnLateReturn,
+		onHangup:     cfg.OnHangup,
 		stats:        cfg.Stats,
 		timeoutFunc:  cfg.TimeoutFunc,
 		skip:         cfg.Skip,

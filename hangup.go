@@ -163,7 +163,10 @@ func writeGoneResponse(resp *fasthttp.Response) {
 // answerGone ends a racing request whose client hung up. As at a timeout,
 // fasthttp gives the connection a new RequestCtx, so the late handler keeps
 // its own.
-func (m *middleware) answerGone(ctx *fasthttp.RequestCtx) {
+func (m *middleware) answerGone(ctx *fasthttp.RequestCtx, c *call) {
+	if m.onHangup != nil {
+		m.onHangup(ctx, time.Duration(c.overAt.Load()-c.start))
+	}
 	resp := fasthttp.AcquireResponse()
 	writeGoneResponse(resp)
 	ctx.TimeoutErrorWithResponse(resp)

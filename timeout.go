@@ -91,7 +91,7 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 		m.disown(w, connID)
 		return
 	case callGone:
-		m.answerGone(ctx)
+		m.answerGone(ctx, c)
 		m.disown(w, connID)
 		return
 	}
@@ -187,7 +187,7 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 	if !c.expire(t) {
 		_ = c.transition(callRunning, callFinished) || c.transition(callDisarmed, callFinished)
 	}
-	over, overAt := c.phase(), c.overAt.Load()
+	over, overAt, start := c.phase(), c.overAt.Load(), c.start
 	c.end()
 	c.ctx = nil
 	c.conn = nil
@@ -211,6 +211,9 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 		m.onLateReturn(ctx, time.Duration(t-overAt))
 	}
 	if over == callGone {
+		if m.onHangup != nil {
+			m.onHangup(ctx, time.Duration(overAt-start))
+		}
 		writeGoneResponse(&ctx.Response)
 		return
 	}

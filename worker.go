@@ -45,6 +45,7 @@ type call struct {
 	timer    *time.Timer                    // a racing call's deadline; nil in cooperative mode
 	bridge   atomic.Pointer[requestContext] // created by Context, lazily
 	overAt   atomic.Int64                   // when the call timed out (its deadline) or its client left
+	start    int64                          // when the middleware started the call; read by the server goroutine
 
 	// Watching the client for a hang-up (hangup.go). conn is written by
 	// begin before watch is, and read only by whoever moves watch from
@@ -63,7 +64,7 @@ type call struct {
 // begin starts the call for ctx and makes Context find it. Inside another
 // New's handler, the call keeps the earlier of the two deadlines.
 func (c *call) begin(ctx *fasthttp.RequestCtx, start, deadline int64) {
-	c.ctx = ctx
+	c.ctx, c.start = ctx, start
 	if outer := lookup(ctx); outer != nil {
 		c.outer = outer
 		deadline = min(deadline, outer.deadline.Load())
