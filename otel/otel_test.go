@@ -25,9 +25,9 @@ import (
 type endSignal struct{ ended chan sdktrace.ReadOnlySpan }
 
 func (s endSignal) OnStart(context.Context, sdktrace.ReadWriteSpan) {}
-func (s endSignal) OnEnd(span sdktrace.ReadOnlySpan)              { s.ended <- span }
-func (s endSignal) Shutdown(context.Context) error                { return nil }
-func (s endSignal) ForceFlush(context.Context) error              { return nil }
+func (s endSignal) OnEnd(span sdktrace.ReadOnlySpan)                { s.ended <- span }
+func (s endSignal) Shutdown(context.Context) error                  { return nil }
+func (s endSignal) ForceFlush(context.Context) error                { return nil }
 
 // traced is a middleware with the adaptor, behind a real server, recording
 // its spans.
