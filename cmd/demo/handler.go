@@ -13,6 +13,10 @@ import (
 	"time"
 
 	"github.com/fasttimeout/fasttimeout"
+	fasttimeoutprom "github.com/fasttimeout/fasttimeout/prometheus"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
 )
@@ -20,11 +24,13 @@ import (
 // maxSleep bounds the n of /sleep/{n} and /async_sleep/{n}.
 const maxSleep = time.Hour
 
-// newHandler returns the demo's routes. Everything but /debug/vars is bounded
-// by fasttimeout with timeout and mode, counted in stats; logger gets at most
-// one line a second about the handlers that returned after their deadline
-// (see lateLog). /debug/vars serves the
-// process's expvar variables (publishing stats there is the caller's job).
+// newHandler returns the demo's routes. Everything but /debug/vars and
+// /metrics is bounded by fasttimeout with timeout and mode, counted in stats;
+// logger gets at most one line a second about the handlers that returned
+// after their deadline (see lateLog).
+// /debug/vars serves the process's expvar variables (publishing stats there
+// is the caller's job); /metrics serves stats and the Go runtime's metrics
+// in Prometheus' text format, from a registry of its own.
 func newHandler(stats *fasttimeout.Stats, timeout time.Duration, mode fasttimeout.Mode, logger *log.Logger) fasthttp.RequestHandler {
 	bounded := fasttimeout.New(route, fasttimeout.Config{
 		Timeout:      timeout,
@@ -33,12 +39,18 @@ func newHandler(stats *fasttimeout.Stats, timeout time.Duration, mode fasttimeou
 		OnLateReturn: newLateLog(logger).record,
 	})
 	debugVars := fasthttpadaptor.NewFastHTTPHandler(expvar.Handler())
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(fasttimeoutprom.NewCollector(stats, nil), collectors.NewGoCollector())
+	metrics := fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
 	return func(ctx *fasthttp.RequestCtx) {
-		if string(ctx.Path()) == "/debug/vars" {
+		switch string(ctx.Path()) {
+		case "/debug/vars":
 			debugVars(ctx)
-			return
+		case "/metrics":
+			metrics(ctx)
+		default:
+			bounded(ctx)
 		}
-		bounded(ctx)
 	}
 }
 

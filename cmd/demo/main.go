@@ -6,14 +6,19 @@
 //	GET /async_sleep/{n} waits n seconds or until its context is done
 //	                     (cooperative work)
 //	GET /debug/vars      expvar counters, not bounded by the timeout
+//	GET /metrics         the same counters and histograms for Prometheus,
+//	                     not bounded by the timeout
 //
-// Every route but /debug/vars is bounded by fasttimeout.New with the timeout
+// Every route but /debug/vars and /metrics is bounded by fasttimeout.New with the timeout
 // of REQUEST_TIMEOUT (default 5 s); a request that runs past it is answered
 // with 504 and {"detail":"Request processing time exceeded limit"}.
 //
 // Usage:
 //
-//	REQUEST_TIMEOUT=1 go run ./cmd/demo -addr 127.0.0.1:8080
+//	cd cmd/demo && REQUEST_TIMEOUT=1 go run . -addr 127.0.0.1:8080
+//
+// The demo is a module of its own (its go.mod), so that the library's
+// go.mod does not depend on the Prometheus client.
 package main
 
 import (
@@ -79,8 +84,9 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	usage := func() {
 		fmt.Fprintf(stderr, `Usage: demo [-addr host:port] [-mode racing|cooperative]
 
-Serves GET /, /sleep/{n} (blocking), /async_sleep/{n} (cooperative) and
-/debug/vars, each request bounded by a timeout (504 past it).
+Serves GET /, /sleep/{n} (blocking), /async_sleep/{n} (cooperative),
+/debug/vars and /metrics (Prometheus), each request but the last two
+bounded by a timeout (504 past it).
 
 Environment:
   %s  request timeout, seconds (5, 2.5) or a Go duration (500ms, 1m);

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/fasttimeout/fasttimeout"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"github.com/stretchr/testify/require"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttputil"
@@ -262,6 +264,48 @@ func TestDebugVars(t *testing.T) {
 	eventually(t, "the late handler returns", func() bool {
 		return d.stats.Snapshot().LateFinished == before.LateFinished+1
 	})
+}
+
+func TestMetrics(t *testing.T) {
+	t.Parallel()
+	d := startDemo(t, 50*time.Millisecond)
+	status, _, _ := d.get(t, "/sleep/0.2")
+	require.Equal(t, fasthttp.StatusGatewayTimeout, status)
+
+	status, contentType, body := d.get(t, "/metrics")
+	require.Equal(t, fasthttp.StatusOK, status)
+	require.Contains(t, contentType, "text/plain")
+	parser := expfmt.NewTextParser(model.LegacyValidation)
+	families, err := parser.TextToMetricFamilies(strings.NewReader(body))
+	require.NoError(t, err, body)
+	value := func(name string) float64 {
+		t.Helper()
+		f := families[name]
+		require.NotNil(t, f, "no %s in /metrics", name)
+		require.Len(t, f.GetMetric(), 1, name)
+		m := f.GetMetric()[0]
+		switch {
+		case m.Counter != nil:
+			return m.GetCounter().GetValue()
+		case m.Gauge != nil:
+			return m.GetGauge().GetValue()
+		default:
+			return float64(m.GetHistogram().GetSampleCount())
+		}
+	}
+	require.Equal(t, 1.0, value("fasttimeout_requests_total"), "/metrics itself is not counted")
+	require.Equal(t, 1.0, value("fasttimeout_timeouts_total"))
+	require.Equal(t, 1.0, value("fasttimeout_answer_lateness_seconds"))
+	require.Equal(t, 1.0, value("fasttimeout_late_running_handlers"), "the sleeping handler still runs")
+	require.Contains(t, families, "go_goroutines")
+
+	eventually(t, "the late handler returns", func() bool { return d.stats.Snapshot().LateFinished == 1 })
+	_, _, body = d.get(t, "/metrics")
+	families, err = parser.TextToMetricFamilies(strings.NewReader(body))
+	require.NoError(t, err, body)
+	require.Equal(t, 0.0, value("fasttimeout_late_running_handlers"))
+	require.Equal(t, 1.0, value("fasttimeout_late_finished_handlers_total"))
+	require.Equal(t, 1.0, value("fasttimeout_late_run_seconds"))
 }
 
 // TestRun sets REQUEST_TIMEOUT, so it cannot run in parallel.

@@ -1,0 +1,233 @@
+// Package fasttimeoutotel records what fasttimeout does to a request on the
+// request's OpenTelemetry span: an event when it times out (or its server
+// shuts down, or its client hangs up), an event when its handler finally
+// returns after that, and the span's status.
+//
+// fasthttp has no standard way to carry a span from middleware to handler,
+// so this package uses a user value: [Attach] (or [Middleware], which starts
+// a server span and calls Attach) stores the context.Context holding the
+// span under a key of this package, on the server goroutine, before
+// fasttimeout.New hands the request to its handler; [Handler], used inside
+// fasttimeout.New, reads it back on the handler's goroutine. No RequestCtx is
+// read from any other goroutine.
+//
+//	handler := fasttimeoutotel.Middleware(
+//		fasttimeout.New(fasttimeoutotel.Handler(app), fasttimeout.Config{}),
+//		tracer)
+//
+// A span must still be open to record that a late handler returned, so the
+// span ends when both the middleware's call and the handler have returned:
+// for a request that times out with a handler that ignores its context,
+// after the timeout response, once the late handler returns. The span's
+// duration is then the work done, and its "fasttimeout.timeout" event marks
+// the answer.
+//
+// It lives in its own module so that the library keeps fasthttp as its only
+// dependency.
+package fasttimeoutotel
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"time"
+
+	"github.com/fasttimeout/fasttimeout"
+	"github.com/valyala/fasthttp"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Names of the span events and of their attributes. Durations are in
+// seconds, as OpenTelemetry's semantic conventions measure them.
+const (
+	// EventTimeout is recorded when the request's deadline passes (cause
+	// fasttimeout.ErrTimeout): the client gets the timeout response.
+	EventTimeout = "fasttimeout.timeout"
+	// EventShutdown is recorded when the server shuts down while the
+	// handler runs (cause fasttimeout.ErrShutdown).
+	EventShutdown = "fasttimeout.shutdown"
+	// EventClientGone is recorded when the client hangs up while the handler
+	// runs (cause fasttimeout.ErrClientGone, once the core has it).
+	EventClientGone = "fasttimeout.client_gone"
+	// EventCancelled is recorded when the request's context ends with any
+	// other cause.
+	EventCancelled = "fasttimeout.cancelled"
+	// EventLateReturn is recorded when a handler returns after its context
+	// ended with one of the causes above.
+	EventLateReturn = "fasttimeout.late_return"
+
+	// AttrCause is the context.Cause of the request's end, as a string.
+	AttrCause = attribute.Key("fasttimeout.cause")
+	// AttrTimeout is the time the handler had when it started, in seconds.
+	AttrTimeout = attribute.Key("fasttimeout.timeout")
+	// AttrLateness is, in seconds, how long after the deadline (for a
+	// timeout; after the context ended for the other causes) the event
+	// happened.
+	AttrLateness = attribute.Key("fasttimeout.lateness")
+)
+
+// contextKey is the user value key under which Attach stores a *request.
+type contextKey struct{}
+
+// request is one request's span, held open by the middleware's call (until
+// its end function) and by Handler (until the handler has returned and its
+// events are recorded); the last one to let go ends the span.
+type request struct {
+	span  trace.Span
+	holds atomic.Int32
+}
+
+// Attach makes the span of c (trace.SpanFromContext) the request's span for
+// [Handler]. Call it on the server goroutine before the request reaches
+// fasttimeout.New, and call the returned end once that call has returned,
+// in place of span.End: the span ends then, or when a late handler returns.
+func Attach(ctx *fasthttp.RequestCtx, c context.Context) (end func()) {
+	r := &request{span: trace.SpanFromContext(c)}
+	r.holds.Store(1)
+	ctx.SetUserValue(contextKey{}, r)
+	return r.release
+}
+
+// hold keeps the span open; it fails once the span has ended.
+func (r *request) hold() bool {
+	for {
+		n := r.holds.Load()
+		if n == 0 {
+			return false
+		}
+		if r.holds.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+func (r *request) release() {
+	if r.holds.Add(-1) == 0 {
+		r.span.End()
+	}
+}
+
+// Middleware starts a server span named after the request's method for each
+// request, with tracer, attaches it (see [Attach]) and ends it as Attach's end
+// does. Use it outside fasttimeout.New, and [Handler] inside. It starts a new
+// trace for each request: a service that propagates traces between services
+// extracts the caller's context in its own middleware and calls Attach.
+func Middleware(next fasthttp.RequestHandler, tracer trace.Tracer) fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		c, _ := tracer.Start(context.Background(), string(ctx.Method()),
+			trace.WithSpanKind(trace.SpanKindServer),
+			trace.WithAttributes(
+				attribute.String("http.request.method", string(ctx.Method())),
+				attribute.String("url.path", string(ctx.Path())),
+			))
+		end := Attach(ctx, c)
+		defer end()
+		next(ctx)
+	}
+}
+
+// Context returns fasttimeout.Context(ctx) carrying the request's span, for
+// the handler's own child spans; without an attached span it returns
+// fasttimeout.Context(ctx). Call it from the handler only.
+func Context(ctx *fasthttp.RequestCtx) context.Context {
+	c := fasttimeout.Context(ctx)
+	if r, _ := ctx.UserValue(contextKey{}).(*request); r != nil {
+		return trace.ContextWithSpan(c, r.span)
+	}
+	return c
+}
+
+// Handler returns next recording on the request's span (see [Attach]) the
+// end of its context and a return after it. Use it inside fasttimeout.New:
+// it runs on the handler's goroutine. A request without an attached,
+// recording span runs next as it is, at no cost.
+//
+// When the request's context ends while next runs, an event named after the
+// cause (EventTimeout, EventShutdown, EventClientGone or EventCancelled)
+// is recorded with AttrCause, AttrTimeout and AttrLateness, and the span's
+// status is set to Error with the cause as description. When next returns
+// after that, EventLateReturn is recorded with the same attributes, its
+// lateness measured at the return.
+func Handler(next fasthttp.RequestHandler) fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		r, _ := ctx.UserValue(contextKey{}).(*request)
+		if r == nil || !r.span.IsRecording() || !r.hold() {
+			next(ctx)
+			return
+		}
+		defer r.release()
+		c := fasttimeout.Context(ctx)
+		timeout, _ := fasttimeout.Remaining(ctx) // the handler has just started
+		var ended endOfContext
+		recorded := make(chan struct{})
+		stop := context.AfterFunc(c, func() {
+			defer close(recorded)
+			ended = r.recordEnd(c, timeout)
+		})
+		defer func() { // after next returns, or panics
+			if stop() {
+				// The function did not start: the context is still running,
+				// or it ended and next returned before the function's
+				// goroutine was scheduled.
+				if c.Err() == nil {
+					return // returned in time
+				}
+				ended = r.recordEnd(c, timeout)
+			} else {
+				<-recorded
+			}
+			r.span.AddEvent(EventLateReturn, trace.WithAttributes(ended.attributes(timeout, time.Now())...))
+		}()
+		next(ctx)
+	}
+}
+
+// recordEnd records on the span the end of c, which is done, and returns
+// it.
+func (r *request) recordEnd(c context.Context, timeout time.Duration) endOfContext {
+	e := endOf(c, time.Now())
+	r.span.AddEvent(e.event, trace.WithAttributes(e.attributes(timeout, e.at)...))
+	r.span.SetStatus(codes.Error, e.cause.Error())
+	return e
+}
+
+// endOfContext is how a request's context ended.
+type endOfContext struct {
+	event string
+	cause error
+	at    time.Time // when the end was recorded
+	since time.Time // lateness is measured from this: the deadline for a timeout
+}
+
+// endOf names why c, done, ended; t is when that was seen.
+func endOf(c context.Context, t time.Time) endOfContext {
+	e := endOfContext{cause: context.Cause(c), at: t, since: t}
+	switch {
+	case errors.Is(e.cause, fasttimeout.ErrTimeout):
+		e.event = EventTimeout
+		if deadline, ok := c.Deadline(); ok {
+			e.since = deadline
+		}
+	case errors.Is(e.cause, fasttimeout.ErrShutdown):
+		e.event = EventShutdown
+	// ErrClientGone: once the core defines fasttimeout.ErrClientGone (the
+	// cause of a context ended by the client's hang-up), add
+	//	case errors.Is(e.cause, fasttimeout.ErrClientGone):
+	//		e.event = EventClientGone
+	// and a test case; until then a hang-up is recorded as EventCancelled.
+	default:
+		e.event = EventCancelled
+	}
+	return e
+}
+
+// attributes returns the attributes of an event at t.
+func (e endOfContext) attributes(timeout time.Duration, t time.Time) []attribute.KeyValue {
+	return []attribute.KeyValue{
+		AttrCause.String(e.cause.Error()),
+		AttrTimeout.Float64(timeout.Seconds()),
+		AttrLateness.Float64(max(t.Sub(e.since), 0).Seconds()),
+	}
+}

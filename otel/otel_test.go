@@ -1,0 +1,270 @@
+package fasttimeoutotel_test
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttputil"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/fasttimeout/fasttimeout"
+	fasttimeoutotel "github.com/fasttimeout/fasttimeout/otel"
+)
+
+// endSignal is a span processor that sends each span when it ends, so that
+// tests wait on a channel instead of polling the recorder.
+type endSignal struct{ ended chan sdktrace.ReadOnlySpan }
+
+func (s endSignal) OnStart(context.Context, sdktrace.ReadWriteSpan) {}
+func (s endSignal) OnEnd(span sdktrace.ReadOnlySpan)                { s.ended <- span }
+func (s endSignal) Shutdown(context.Context) error                  { return nil }
+func (s endSignal) ForceFlush(context.Context) error                { return nil }
+
+// traced is a middleware with the adaptor, behind a real server, recording
+// its spans.
+type traced struct {
+	server   *fasthttp.Server
+	served   chan error
+	client   *fasthttp.Client
+	recorder *tracetest.SpanRecorder
+	ended    chan sdktrace.ReadOnlySpan
+	release  chan struct{} // closing it lets /block return
+	entered  chan struct{} // /wait sends on it when it starts waiting
+}
+
+// serveTraced serves, under fasttimeoutotel.Middleware and with
+// fasttimeoutotel.Handler inside fasttimeout.New: /fast; /block, which
+// ignores its context until release is closed; /wait, which returns when
+// its context ends; /child, which starts a child span from
+// fasttimeoutotel.Context.
+func serveTraced(t *testing.T, cfg fasttimeout.Config, sampler sdktrace.Sampler) *traced {
+	t.Helper()
+	tt := &traced{
+		served:   make(chan error, 1),
+		recorder: tracetest.NewSpanRecorder(),
+		ended:    make(chan sdktrace.ReadOnlySpan, 10),
+		release:  make(chan struct{}),
+		entered:  make(chan struct{}, 10),
+	}
+	provider := sdktrace.NewTracerProvider(
+		sdktrace.WithSampler(sampler),
+		sdktrace.WithSpanProcessor(tt.recorder),
+		sdktrace.WithSpanProcessor(endSignal{tt.ended}),
+	)
+	tracer := provider.Tracer("test")
+	app := func(ctx *fasthttp.RequestCtx) {
+		switch string(ctx.Path()) {
+		case "/block":
+			<-tt.release
+		case "/wait":
+			done := fasttimeout.Context(ctx).Done()
+			tt.entered <- struct{}{}
+			<-done
+		case "/child":
+			_, span := tracer.Start(fasttimeoutotel.Context(ctx), "child")
+			span.End()
+		}
+		ctx.SetBodyString("ok")
+	}
+	handler := fasttimeout.New(fasttimeoutotel.Handler(app), cfg)
+	ln := fasthttputil.NewInmemoryListener()
+	tt.server = &fasthttp.Server{Handler: fasttimeoutotel.Middleware(handler, tracer)}
+	go func() { tt.served <- tt.server.Serve(ln) }()
+	tt.client = &fasthttp.Client{
+		Dial:                      func(string) (net.Conn, error) { return ln.Dial() },
+		MaxIdemponentCallAttempts: 1,
+	}
+	t.Cleanup(func() {
+		tt.client.CloseIdleConnections()
+		select {
+		case <-tt.release:
+		default:
+			close(tt.release)
+		}
+		require.NoError(t, tt.server.Shutdown())
+		require.NoError(t, <-tt.served)
+		require.NoError(t, provider.Shutdown(context.Background()))
+	})
+	return tt
+}
+
+func (tt *traced) get(t *testing.T, path string) int {
+	t.Helper()
+	status, _, err := tt.client.GetTimeout(nil, "http://app"+path, 10*time.Second)
+	require.NoError(t, err)
+	return status
+}
+
+// nextEnded waits for the next span to end.
+func (tt *traced) nextEnded(t *testing.T) sdktrace.ReadOnlySpan {
+	t.Helper()
+	select {
+	case span := <-tt.ended:
+		return span
+	case <-time.After(10 * time.Second):
+		t.Fatal("no span ended within 10 s")
+		return nil
+	}
+}
+
+// eventNames lists the names of the span's events.
+func eventNames(span sdktrace.ReadOnlySpan) []string {
+	names := []string{}
+	for _, e := range span.Events() {
+		names = append(names, e.Name)
+	}
+	return names
+}
+
+// attrs returns the event's attributes by key.
+func attrs(e sdktrace.Event) map[attribute.Key]attribute.Value {
+	m := map[attribute.Key]attribute.Value{}
+	for _, kv := range e.Attributes {
+		m[kv.Key] = kv.Value
+	}
+	return m
+}
+
+// requireTimeoutEvents checks the events of a span whose request timed out
+// and whose handler then returned.
+func requireTimeoutEvents(t *testing.T, span sdktrace.ReadOnlySpan, timeout time.Duration) {
+	t.Helper()
+	require.Equal(t, []string{fasttimeoutotel.EventTimeout, fasttimeoutotel.EventLateReturn}, eventNames(span))
+	assert.Equal(t, codes.Error, span.Status().Code)
+	assert.Equal(t, fasttimeout.ErrTimeout.Error(), span.Status().Description)
+	var lateness []float64
+	for _, e := range span.Events() {
+		a := attrs(e)
+		assert.Equal(t, fasttimeout.ErrTimeout.Error(), a[fasttimeoutotel.AttrCause].AsString(), e.Name)
+		assert.Greater(t, a[fasttimeoutotel.AttrTimeout].AsFloat64(), 0.0, e.Name)
+		assert.LessOrEqual(t, a[fasttimeoutotel.AttrTimeout].AsFloat64(), timeout.Seconds(), e.Name)
+		assert.GreaterOrEqual(t, a[fasttimeoutotel.AttrLateness].AsFloat64(), 0.0, e.Name)
+		lateness = append(lateness, a[fasttimeoutotel.AttrLateness].AsFloat64())
+	}
+	assert.LessOrEqual(t, lateness[0], lateness[1], "the return comes after the timeout")
+}
+
+func TestHandler(t *testing.T) {
+	t.Parallel()
+	const timeout = 20 * time.Millisecond
+	tests := []struct {
+		name string
+		mode fasttimeout.Mode
+		run  func(t *testing.T, tt *traced)
+	}{{
+		name: "a_request_in_time_has_no_event_and_no_status",
+		run: func(t *testing.T, tt *traced) {
+			require.Equal(t, fasthttp.StatusOK, tt.get(t, "/fast"))
+			span := tt.nextEnded(t)
+			assert.Equal(t, "GET", span.Name())
+			assert.Equal(t, trace.SpanKindServer, span.SpanKind())
+			assert.Empty(t, eventNames(span))
+			assert.Equal(t, codes.Unset, span.Status().Code)
+		},
+	}, {
+		name: "a_timeout_honoured_by_the_handler_records_the_timeout_and_the_return",
+		run: func(t *testing.T, tt *traced) {
+			require.Equal(t, fasthttp.StatusGatewayTimeout, tt.get(t, "/wait"))
+			requireTimeoutEvents(t, tt.nextEnded(t), timeout)
+		},
+	}, {
+		name: "a_late_handler_keeps_the_span_open_until_it_returns",
+		run: func(t *testing.T, tt *traced) {
+			require.Equal(t, fasthttp.StatusGatewayTimeout, tt.get(t, "/block"))
+			select {
+			case span := <-tt.ended:
+				t.Fatalf("span %q ended while its handler still runs", span.Name())
+			default:
+			}
+			require.Empty(t, tt.recorder.Ended())
+			close(tt.release)
+			span := tt.nextEnded(t)
+			requireTimeoutEvents(t, span, timeout)
+			late := attrs(span.Events()[1])[fasttimeoutotel.AttrLateness].AsFloat64()
+			assert.Greater(t, late, 0.0)
+		},
+	}, {
+		name: "cooperative_mode_records_the_timeout_and_the_return",
+		mode: fasttimeout.Cooperative,
+		run: func(t *testing.T, tt *traced) {
+			require.Equal(t, fasthttp.StatusGatewayTimeout, tt.get(t, "/wait"))
+			requireTimeoutEvents(t, tt.nextEnded(t), timeout)
+		},
+	}, {
+		name: "the_handler_starts_child_spans_from_Context",
+		run: func(t *testing.T, tt *traced) {
+			require.Equal(t, fasthttp.StatusOK, tt.get(t, "/child"))
+			child, parent := tt.nextEnded(t), tt.nextEnded(t)
+			require.Equal(t, "child", child.Name())
+			assert.Equal(t, parent.SpanContext().SpanID(), child.Parent().SpanID())
+			assert.Equal(t, parent.SpanContext().TraceID(), child.SpanContext().TraceID())
+		},
+	}}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tt := serveTraced(t, fasttimeout.Config{Timeout: timeout, Mode: tc.mode}, sdktrace.AlwaysSample())
+			tc.run(t, tt)
+		})
+	}
+}
+
+func TestHandlerRecordsShutdown(t *testing.T) {
+	t.Parallel()
+	tt := serveTraced(t, fasttimeout.Config{Timeout: time.Minute}, sdktrace.AlwaysSample())
+	answered := make(chan int, 1)
+	go func() {
+		status, _, _ := tt.client.GetTimeout(nil, "http://app/wait", 10*time.Second)
+		answered <- status
+	}()
+	<-tt.entered
+	go func() { _ = tt.server.Shutdown() }() // cancels the running request's context
+	span := tt.nextEnded(t)
+	<-answered
+	require.Equal(t, []string{fasttimeoutotel.EventShutdown, fasttimeoutotel.EventLateReturn}, eventNames(span))
+	assert.Equal(t, codes.Error, span.Status().Code)
+	assert.Equal(t, fasttimeout.ErrShutdown.Error(), attrs(span.Events()[0])[fasttimeoutotel.AttrCause].AsString())
+}
+
+func TestHandlerWithoutRecordingSpan(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		handler func(h fasthttp.RequestHandler, tracer trace.Tracer) fasthttp.RequestHandler
+		sampler sdktrace.Sampler
+	}{
+		{"no_span_attached", func(h fasthttp.RequestHandler, _ trace.Tracer) fasthttp.RequestHandler { return h }, sdktrace.AlwaysSample()},
+		{"span_not_sampled", fasttimeoutotel.Middleware, sdktrace.NeverSample()},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			recorder := tracetest.NewSpanRecorder()
+			provider := sdktrace.NewTracerProvider(sdktrace.WithSampler(tc.sampler), sdktrace.WithSpanProcessor(recorder))
+			wait := func(ctx *fasthttp.RequestCtx) { <-fasttimeout.Context(ctx).Done() }
+			h := tc.handler(fasttimeout.New(fasttimeoutotel.Handler(wait), fasttimeout.Config{Timeout: 10 * time.Millisecond}),
+				provider.Tracer("test"))
+			ln := fasthttputil.NewInmemoryListener()
+			server := &fasthttp.Server{Handler: h}
+			served := make(chan error, 1)
+			go func() { served <- server.Serve(ln) }()
+			client := &fasthttp.Client{Dial: func(string) (net.Conn, error) { return ln.Dial() }}
+			status, _, err := client.GetTimeout(nil, "http://app/", 10*time.Second)
+			require.NoError(t, err)
+			require.Equal(t, fasthttp.StatusGatewayTimeout, status)
+			client.CloseIdleConnections()
+			require.NoError(t, server.Shutdown())
+			require.NoError(t, <-served)
+			require.Empty(t, recorder.Ended())
+		})
+	}
+}

@@ -1,0 +1,137 @@
+// Package fasttimeoutprom exposes the counters and histograms of a
+// [fasttimeout.Stats] to Prometheus.
+//
+// The [Collector] reads the Stats when Prometheus scrapes: requests pay
+// nothing for it, not even the ones that time out, since the middleware
+// counts into Stats with atomic adds whether or not anything reads them.
+//
+//	stats := new(fasttimeout.Stats)
+//	prometheus.MustRegister(fasttimeoutprom.NewCollector(stats, nil))
+//	handler := fasttimeout.New(app, fasttimeout.Config{Stats: stats})
+//
+// It lives in its own module so that the library keeps fasthttp as its only
+// dependency.
+package fasttimeoutprom
+
+import (
+	"fmt"
+
+	"github.com/fasttimeout/fasttimeout"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Collector is a prometheus.Collector for one [fasttimeout.Stats]. Create it
+// with [NewCollector]; it is safe for concurrent scrapes.
+type Collector struct {
+	stats    *fasttimeout.Stats
+	counters []counterMetric
+	lateness *prometheus.Desc
+	lateRun  *prometheus.Desc
+}
+
+// counterMetric is one value of fasttimeout.Counters.
+type counterMetric struct {
+	desc      *prometheus.Desc
+	valueType prometheus.ValueType
+	value     func(fasttimeout.Counters) int64
+}
+
+// The metrics' names.
+const (
+	metricRequestsTotal           = "fasttimeout_requests_total"
+	metricInFlightHandlers        = "fasttimeout_in_flight_handlers"
+	metricTimeoutsTotal           = "fasttimeout_timeouts_total"
+	metricLateRunningHandlers     = "fasttimeout_late_running_handlers"
+	metricLateFinishedTotal       = "fasttimeout_late_finished_handlers_total"
+	metricPanicsTotal             = "fasttimeout_panics_total"
+	metricShedTotal               = "fasttimeout_shed_requests_total"
+	metricBadDeadlineHeadersTotal = "fasttimeout_bad_deadline_headers_total"
+	metricSpentBudgetsTotal       = "fasttimeout_spent_budgets_total"
+	metricClientGoneTotal         = "fasttimeout_client_gone_total"
+	metricAnswerLatenessSeconds   = "fasttimeout_answer_lateness_seconds"
+	metricLateRunSeconds          = "fasttimeout_late_run_seconds"
+)
+
+// NewCollector returns a collector reading stats at each scrape. constLabels
+// are added to every metric (nil for none): give each Stats its own, say
+// {"handler": "api"}, to register several collectors in one registry. It
+// panics if stats is nil.
+func NewCollector(stats *fasttimeout.Stats, constLabels prometheus.Labels) *Collector {
+	if stats == nil {
+		panic("fasttimeoutprom: NewCollector needs a *fasttimeout.Stats, got nil")
+	}
+	desc := func(name, help string) *prometheus.Desc {
+		return prometheus.NewDesc(name, help, nil, constLabels)
+	}
+	counter := func(name, help string, value func(fasttimeout.Counters) int64) counterMetric {
+		return counterMetric{desc(name, help), prometheus.CounterValue, value}
+	}
+	gauge := func(name, help string, value func(fasttimeout.Counters) int64) counterMetric {
+		return counterMetric{desc(name, help), prometheus.GaugeValue, value}
+	}
+	return &Collector{
+		stats: stats,
+		counters: []counterMetric{
+			counter(metricRequestsTotal, "Requests that entered the fasttimeout middleware.",
+				func(c fasttimeout.Counters) int64 { return c.Requests }),
+			gauge(metricInFlightHandlers, "Handlers running now under fasttimeout, late ones included.",
+				func(c fasttimeout.Counters) int64 { return c.InFlight }),
+			counter(metricTimeoutsTotal, "Requests answered with the timeout response because their deadline passed, spent budgets included.",
+				func(c fasttimeout.Counters) int64 { return c.Timeouts }),
+			gauge(metricLateRunningHandlers, "Handlers still running after their deadline or their client's hang-up.",
+				func(c fasttimeout.Counters) int64 { return c.LateRunning }),
+			counter(metricLateFinishedTotal, "Handlers that returned after their deadline or their client's hang-up.",
+				func(c fasttimeout.Counters) int64 { return c.LateFinished }),
+			counter(metricPanicsTotal, "Handler panics, before or after the deadline.",
+				func(c fasttimeout.Counters) int64 { return c.Panics }),
+			counter(metricShedTotal, "Requests refused with 503 because MaxLateHandlers handlers were running late.",
+				func(c fasttimeout.Counters) int64 { return c.Shed }),
+			counter(metricBadDeadlineHeadersTotal, "Requests whose deadline header was malformed, and ignored.",
+				func(c fasttimeout.Counters) int64 { return c.BadDeadlineHeaders }),
+			counter(metricSpentBudgetsTotal, "Requests answered with the timeout response at once because the caller's budget was spent.",
+				func(c fasttimeout.Counters) int64 { return c.SpentBudgets }),
+			counter(metricClientGoneTotal, "Requests whose client hung up while their handler ran.",
+				func(c fasttimeout.Counters) int64 { return c.ClientGone }),
+		},
+		lateness: desc(metricAnswerLatenessSeconds, "How long after its deadline each timeout response was sent."),
+		lateRun:  desc(metricLateRunSeconds, "How long handlers ran past their deadline, or their client's hang-up, before they returned."),
+	}
+}
+
+// Describe sends the descriptions of every metric of c.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, m := range c.counters {
+		ch <- m.desc
+	}
+	ch <- c.lateness
+	ch <- c.lateRun
+}
+
+// Collect reads the Stats and sends their current values.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	counters := c.stats.Snapshot()
+	for _, m := range c.counters {
+		ch <- prometheus.MustNewConstMetric(m.desc, m.valueType, float64(m.value(counters)))
+	}
+	ch <- constHistogram(c.lateness, c.stats.AnswerLateness())
+	ch <- constHistogram(c.lateRun, c.stats.LateRun())
+}
+
+// constHistogram converts h, in seconds, with cumulative buckets as
+// Prometheus wants them; observations above the last bound are in the +Inf
+// bucket, which is the count.
+func constHistogram(desc *prometheus.Desc, h fasttimeout.Histogram) prometheus.Metric {
+	buckets := make(map[float64]uint64, len(h.Bounds))
+	var cumulative int64
+	for i, bound := range h.Bounds {
+		cumulative += h.Counts[i]
+		buckets[bound.Seconds()] = uint64(cumulative)
+	}
+	// The buckets are read one at a time, Count is their sum: the +Inf bucket
+	// is never below the others.
+	m, err := prometheus.NewConstHistogram(desc, uint64(h.Count), h.Sum.Seconds(), buckets)
+	if err != nil {
+		return prometheus.NewInvalidMetric(desc, fmt.Errorf("fasttimeoutprom: %w", err))
+	}
+	return m
+}

@@ -1,0 +1,355 @@
+package fasttimeoutprom_test
+
+import (
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttputil"
+
+	"github.com/fasttimeout/fasttimeout"
+	fasttimeoutprom "github.com/fasttimeout/fasttimeout/prometheus"
+)
+
+// app serves /fast at once; /block and /block-then-panic wait until release
+// is closed, ignoring their context, and the latter then panics; /wait
+// waits for its context to end.
+type app struct {
+	release chan struct{}
+}
+
+func (a *app) serve(ctx *fasthttp.RequestCtx) {
+	switch string(ctx.Path()) {
+	case "/block":
+		<-a.release
+	case "/block-then-panic":
+		<-a.release
+		panic("late and broken")
+	case "/wait":
+		<-fasttimeout.Context(ctx).Done()
+	}
+	ctx.SetBodyString("ok")
+}
+
+// bench is a middleware counting into a Stats, behind a real server, with a
+// registry holding the Stats' collector.
+type bench struct {
+	registry *prometheus.Registry
+	client   *fasthttp.Client
+	app      *app
+	returned chan time.Duration // OnLateReturn, after Stats counted the return
+	panicked chan any           // OnPanic
+}
+
+func start(t *testing.T, cfg fasttimeout.Config) *bench {
+	t.Helper()
+	b := &bench{
+		registry: prometheus.NewRegistry(),
+		app:      &app{release: make(chan struct{})},
+		returned: make(chan time.Duration, 10),
+		panicked: make(chan any, 10),
+	}
+	cfg.Stats = new(fasttimeout.Stats)
+	cfg.OnLateReturn = func(_ *fasthttp.RequestCtx, late time.Duration) { b.returned <- late }
+	cfg.OnPanic = func(_ *fasthttp.RequestCtx, v any, _ []byte) { b.panicked <- v }
+	b.registry.MustRegister(fasttimeoutprom.NewCollector(cfg.Stats, prometheus.Labels{"handler": "app"}))
+
+	ln := fasthttputil.NewInmemoryListener()
+	server := &fasthttp.Server{Handler: fasttimeout.New(b.app.serve, cfg)}
+	served := make(chan error, 1)
+	go func() { served <- server.Serve(ln) }()
+	b.client = &fasthttp.Client{
+		Dial:                      func(string) (net.Conn, error) { return ln.Dial() },
+		MaxIdemponentCallAttempts: 1,
+	}
+	t.Cleanup(func() {
+		b.client.CloseIdleConnections()
+		require.NoError(t, server.Shutdown())
+		require.NoError(t, <-served)
+	})
+	return b
+}
+
+// get sends GET path with the header name-value pairs kv and returns the
+// status.
+func (b *bench) get(t *testing.T, path string, kv ...string) int {
+	t.Helper()
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.SetRequestURI("http://app" + path)
+	for i := 0; i+1 < len(kv); i += 2 {
+		req.Header.Set(kv[i], kv[i+1])
+	}
+	require.NoError(t, b.client.DoTimeout(req, resp, 10*time.Second))
+	return resp.StatusCode()
+}
+
+// lateReturns releases the blocked handlers and waits until n of them have
+// returned and been counted.
+func (b *bench) lateReturns(t *testing.T, n int) {
+	t.Helper()
+	close(b.app.release)
+	for range n {
+		select {
+		case <-b.returned:
+		case <-time.After(10 * time.Second):
+			t.Fatal("no late return within 10 s of the release")
+		}
+	}
+}
+
+// scrape gathers the registry: every metric's value by name (a histogram's
+// count), and the histograms.
+func (b *bench) scrape(t *testing.T) (map[string]float64, map[string]*dto.Histogram) {
+	t.Helper()
+	families, err := b.registry.Gather()
+	require.NoError(t, err)
+	values := map[string]float64{}
+	histograms := map[string]*dto.Histogram{}
+	for _, f := range families {
+		require.Len(t, f.GetMetric(), 1, f.GetName())
+		m := f.GetMetric()[0]
+		require.Equal(t, "handler", m.GetLabel()[0].GetName())
+		require.Equal(t, "app", m.GetLabel()[0].GetValue())
+		switch f.GetType() {
+		case dto.MetricType_COUNTER:
+			values[f.GetName()] = m.GetCounter().GetValue()
+		case dto.MetricType_GAUGE:
+			values[f.GetName()] = m.GetGauge().GetValue()
+		case dto.MetricType_HISTOGRAM:
+			values[f.GetName()] = float64(m.GetHistogram().GetSampleCount())
+			histograms[f.GetName()] = m.GetHistogram()
+		default:
+			t.Fatalf("%s: unexpected type %v", f.GetName(), f.GetType())
+		}
+	}
+	return values, histograms
+}
+
+// metrics is every metric at zero, with the given ones set.
+func metrics(set map[string]float64) map[string]float64 {
+	all := map[string]float64{
+		"fasttimeout_requests_total":               0,
+		"fasttimeout_in_flight_handlers":           0,
+		"fasttimeout_timeouts_total":               0,
+		"fasttimeout_late_running_handlers":        0,
+		"fasttimeout_late_finished_handlers_total": 0,
+		"fasttimeout_panics_total":                 0,
+		"fasttimeout_shed_requests_total":          0,
+		"fasttimeout_bad_deadline_headers_total":   0,
+		"fasttimeout_spent_budgets_total":          0,
+		"fasttimeout_client_gone_total":            0,
+		"fasttimeout_answer_lateness_seconds":      0,
+		"fasttimeout_late_run_seconds":             0,
+	}
+	for name, v := range set {
+		if _, ok := all[name]; !ok {
+			panic("no metric " + name)
+		}
+		all[name] = v
+	}
+	return all
+}
+
+func TestCollector(t *testing.T) {
+	t.Parallel()
+	const timeout = 20 * time.Millisecond
+	tests := []struct {
+		name string
+		cfg  fasttimeout.Config
+		// run sends requests and returns the metrics expected after them.
+		run func(t *testing.T, b *bench) map[string]float64
+	}{{
+		name: "requests_in_time_are_counted_and_nothing_else",
+		run: func(t *testing.T, b *bench) map[string]float64 {
+			for range 3 {
+				require.Equal(t, fasthttp.StatusOK, b.get(t, "/fast"))
+			}
+			return metrics(map[string]float64{"fasttimeout_requests_total": 3})
+		},
+	}, {
+		name: "a_timeout_counts_while_its_handler_runs_late",
+		run: func(t *testing.T, b *bench) map[string]float64 {
+			require.Equal(t, fasthttp.StatusGatewayTimeout, b.get(t, "/block"))
+			want := metrics(map[string]float64{
+				"fasttimeout_requests_total":          1,
+				"fasttimeout_timeouts_total":          1,
+				"fasttimeout_late_running_handlers":   1,
+				"fasttimeout_answer_lateness_seconds": 1,
+			})
+			got, _ := b.scrape(t)
+			require.Equal(t, want, got, "before the late handler returns")
+			b.lateReturns(t, 1) // the cleanup's Shutdown would wait for it
+			return nil
+		},
+	}, {
+		name: "a_late_return_moves_the_handler_from_running_to_finished",
+		run: func(t *testing.T, b *bench) map[string]float64 {
+			require.Equal(t, fasthttp.StatusGatewayTimeout, b.get(t, "/block"))
+			b.lateReturns(t, 1)
+			return metrics(map[string]float64{
+				"fasttimeout_requests_total":               1,
+				"fasttimeout_timeouts_total":               1,
+				"fasttimeout_late_finished_handlers_total": 1,
+				"fasttimeout_answer_lateness_seconds":      1,
+				"fasttimeout_late_run_seconds":             1,
+			})
+		},
+	}, {
+		name: "a_panic_after_the_deadline_is_counted",
+		run: func(t *testing.T, b *bench) map[string]float64 {
+			require.Equal(t, fasthttp.StatusGatewayTimeout, b.get(t, "/block-then-panic"))
+			b.lateReturns(t, 1)
+			require.Equal(t, "late and broken", <-b.panicked)
+			return metrics(map[string]float64{
+				"fasttimeout_requests_total":               1,
+				"fasttimeout_timeouts_total":               1,
+				"fasttimeout_late_finished_handlers_total": 1,
+				"fasttimeout_panics_total":                 1,
+				"fasttimeout_answer_lateness_seconds":      1,
+				"fasttimeout_late_run_seconds":             1,
+			})
+		},
+	}, {
+		name: "requests_shed_while_late_handlers_are_at_the_cap",
+		cfg:  fasttimeout.Config{MaxLateHandlers: 1},
+		run: func(t *testing.T, b *bench) map[string]float64 {
+			require.Equal(t, fasthttp.StatusGatewayTimeout, b.get(t, "/block"))
+			require.Equal(t, fasthttp.StatusServiceUnavailable, b.get(t, "/fast"))
+			require.Equal(t, fasthttp.StatusServiceUnavailable, b.get(t, "/fast"))
+			got, _ := b.scrape(t)
+			require.Equal(t, 2.0, got["fasttimeout_shed_requests_total"])
+			require.Equal(t, 1.0, got["fasttimeout_late_running_handlers"])
+			b.lateReturns(t, 1)
+			require.Equal(t, fasthttp.StatusOK, b.get(t, "/fast"))
+			return metrics(map[string]float64{
+				"fasttimeout_requests_total":               4,
+				"fasttimeout_timeouts_total":               1,
+				"fasttimeout_shed_requests_total":          2,
+				"fasttimeout_late_finished_handlers_total": 1,
+				"fasttimeout_answer_lateness_seconds":      1,
+				"fasttimeout_late_run_seconds":             1,
+			})
+		},
+	}, {
+		name: "spent_budgets_and_bad_deadline_headers",
+		cfg:  fasttimeout.Config{HonorDeadlineHeaders: true},
+		run: func(t *testing.T, b *bench) map[string]float64 {
+			require.Equal(t, fasthttp.StatusGatewayTimeout, b.get(t, "/fast", "grpc-timeout", "0S"))
+			require.Equal(t, fasthttp.StatusOK, b.get(t, "/fast", "grpc-timeout", "nonsense"))
+			return metrics(map[string]float64{
+				"fasttimeout_requests_total":             2,
+				"fasttimeout_timeouts_total":             1,
+				"fasttimeout_spent_budgets_total":        1,
+				"fasttimeout_bad_deadline_headers_total": 1,
+			})
+		},
+	}, {
+		name: "cooperative_mode_counts_a_late_return_as_a_timeout",
+		cfg:  fasttimeout.Config{Mode: fasttimeout.Cooperative},
+		run: func(t *testing.T, b *bench) map[string]float64 {
+			require.Equal(t, fasthttp.StatusGatewayTimeout, b.get(t, "/wait"))
+			return metrics(map[string]float64{
+				"fasttimeout_requests_total":               1,
+				"fasttimeout_timeouts_total":               1,
+				"fasttimeout_late_finished_handlers_total": 1,
+				"fasttimeout_answer_lateness_seconds":      1,
+				"fasttimeout_late_run_seconds":             1,
+			})
+		},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			cfg := tt.cfg
+			cfg.Timeout = timeout
+			b := start(t, cfg)
+			want := tt.run(t, b)
+			if want == nil {
+				return
+			}
+			got, _ := b.scrape(t)
+			require.Equal(t, want, got)
+		})
+	}
+}
+
+func TestCollectorHistograms(t *testing.T) {
+	t.Parallel()
+	b := start(t, fasttimeout.Config{Timeout: 10 * time.Millisecond})
+	require.Equal(t, fasthttp.StatusGatewayTimeout, b.get(t, "/block"))
+	b.lateReturns(t, 1)
+
+	_, histograms := b.scrape(t)
+	for _, name := range []string{"fasttimeout_answer_lateness_seconds", "fasttimeout_late_run_seconds"} {
+		h := histograms[name]
+		require.NotNil(t, h, name)
+		buckets := h.GetBucket()
+		require.Len(t, buckets, 21, name)
+		assert.Equal(t, 0.0001, buckets[0].GetUpperBound(), name)
+		assert.Equal(t, 0.001, buckets[3].GetUpperBound(), name)
+		assert.Equal(t, 1.0, buckets[12].GetUpperBound(), name)
+		assert.Equal(t, 600.0, buckets[20].GetUpperBound(), name)
+		assert.Equal(t, uint64(1), h.GetSampleCount(), name)
+		assert.Equal(t, uint64(1), buckets[20].GetCumulativeCount(), name)
+		for i := 1; i < len(buckets); i++ {
+			assert.LessOrEqual(t, buckets[i-1].GetCumulativeCount(), buckets[i].GetCumulativeCount(), "%s: cumulative", name)
+		}
+		assert.Less(t, h.GetSampleSum(), 600.0, name)
+	}
+	// The late handler ran from the deadline until the test released it,
+	// which was after the timeout response had been received.
+	lateness, lateRun := histograms["fasttimeout_answer_lateness_seconds"], histograms["fasttimeout_late_run_seconds"]
+	assert.GreaterOrEqual(t, lateRun.GetSampleSum(), lateness.GetSampleSum())
+	assert.Greater(t, lateRun.GetSampleSum(), 0.0)
+}
+
+func TestCollectorFollowsPrometheusConventions(t *testing.T) {
+	t.Parallel()
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(fasttimeoutprom.NewCollector(new(fasttimeout.Stats), nil))
+	problems, err := testutil.GatherAndLint(registry)
+	require.NoError(t, err)
+	require.Empty(t, problems)
+
+	count, err := testutil.GatherAndCount(registry)
+	require.NoError(t, err)
+	require.Equal(t, 12, count)
+
+	families, err := registry.Gather()
+	require.NoError(t, err)
+	for _, f := range families {
+		require.True(t, strings.HasPrefix(f.GetName(), "fasttimeout_"), f.GetName())
+		require.NotEmpty(t, f.GetHelp(), f.GetName())
+	}
+}
+
+func TestCollectorSeveralStatsInOneRegistry(t *testing.T) {
+	t.Parallel()
+	api, admin := new(fasttimeout.Stats), new(fasttimeout.Stats)
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(
+		fasttimeoutprom.NewCollector(api, prometheus.Labels{"handler": "api"}),
+		fasttimeoutprom.NewCollector(admin, prometheus.Labels{"handler": "admin"}),
+	)
+	// A second collector with labels already taken is refused.
+	require.Error(t, registry.Register(fasttimeoutprom.NewCollector(api, prometheus.Labels{"handler": "api"})))
+	count, err := testutil.GatherAndCount(registry, "fasttimeout_timeouts_total")
+	require.NoError(t, err)
+	require.Equal(t, 2, count)
+}
+
+func TestNewCollectorPanicsOnNilStats(t *testing.T) {
+	t.Parallel()
+	require.PanicsWithValue(t, "fasttimeoutprom: NewCollector needs a *fasttimeout.Stats, got nil", func() {
+		fasttimeoutprom.NewCollector(nil, nil)
+	})
+}
