@@ -12,14 +12,15 @@ import (
 
 func TestEndOfNamesTheCause(t *testing.T) {
 	t.Parallel()
-	hangUp := errors.New("client hung up") // stands for ErrClientGone until the core has it
+	other := errors.New("some other cause")
 	tests := []struct {
 		cause error
 		event string
 	}{
 		{fasttimeout.ErrTimeout, EventTimeout},
 		{fasttimeout.ErrShutdown, EventShutdown},
-		{hangUp, EventCancelled},
+		{fasttimeout.ErrClientGone, EventClientGone},
+		{other, EventCancelled},
 		{context.Canceled, EventCancelled},
 	}
 	for _, tt := range tests {

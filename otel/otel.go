@@ -49,7 +49,7 @@ const (
 	// handler runs (cause fasttimeout.ErrShutdown).
 	EventShutdown = "fasttimeout.shutdown"
 	// EventClientGone is recorded when the client hangs up while the handler
-	// runs (cause fasttimeout.ErrClientGone, once the core has it).
+	// runs (cause fasttimeout.ErrClientGone).
 	EventClientGone = "fasttimeout.client_gone"
 	// EventCancelled is recorded when the request's context ends with any
 	// other cause.
@@ -212,11 +212,8 @@ func endOf(c context.Context, t time.Time) endOfContext {
 		}
 	case errors.Is(e.cause, fasttimeout.ErrShutdown):
 		e.event = EventShutdown
-	// ErrClientGone: once the core defines fasttimeout.ErrClientGone (the
-	// cause of a context ended by the client's hang-up), add
-	//	case errors.Is(e.cause, fasttimeout.ErrClientGone):
-	//		e.event = EventClientGone
-	// and a test case; until then a hang-up is recorded as EventCancelled.
+	case errors.Is(e.cause, fasttimeout.ErrClientGone):
+		e.event = EventClientGone
 	default:
 		e.event = EventCancelled
 	}

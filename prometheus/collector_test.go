@@ -2,6 +2,7 @@ package fasttimeoutprom_test
 
 import (
 	"net"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -12,7 +13,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/valyala/fasthttp"
-	"github.com/valyala/fasthttp/fasthttputil"
 
 	"github.com/fasttimeout/fasttimeout"
 	fasttimeoutprom "github.com/fasttimeout/fasttimeout/prometheus"
@@ -23,6 +23,7 @@ import (
 // waits for its context to end.
 type app struct {
 	release chan struct{}
+	entered chan struct{} // /wait sends on it when it starts waiting
 }
 
 func (a *app) serve(ctx *fasthttp.RequestCtx) {
@@ -33,7 +34,9 @@ func (a *app) serve(ctx *fasthttp.RequestCtx) {
 		<-a.release
 		panic("late and broken")
 	case "/wait":
-		<-fasttimeout.Context(ctx).Done()
+		done := fasttimeout.Context(ctx).Done()
+		a.entered <- struct{}{}
+		<-done
 	}
 	ctx.SetBodyString("ok")
 }
@@ -41,6 +44,7 @@ func (a *app) serve(ctx *fasthttp.RequestCtx) {
 // bench is a middleware counting into a Stats, behind a real server, with a
 // registry holding the Stats' collector.
 type bench struct {
+	addr     string
 	registry *prometheus.Registry
 	client   *fasthttp.Client
 	app      *app
@@ -52,7 +56,7 @@ func start(t *testing.T, cfg fasttimeout.Config) *bench {
 	t.Helper()
 	b := &bench{
 		registry: prometheus.NewRegistry(),
-		app:      &app{release: make(chan struct{})},
+		app:      &app{release: make(chan struct{}), entered: make(chan struct{}, 10)},
 		returned: make(chan time.Duration, 10),
 		panicked: make(chan any, 10),
 	}
@@ -61,12 +65,16 @@ func start(t *testing.T, cfg fasttimeout.Config) *bench {
 	cfg.OnPanic = func(_ *fasthttp.RequestCtx, v any, _ []byte) { b.panicked <- v }
 	b.registry.MustRegister(fasttimeoutprom.NewCollector(cfg.Stats, prometheus.Labels{"handler": "app"}))
 
-	ln := fasthttputil.NewInmemoryListener()
+	// Loopback TCP, not an in-memory listener: a client's hang-up is seen
+	// only on a connection with a descriptor.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	b.addr = ln.Addr().String()
 	server := &fasthttp.Server{Handler: fasttimeout.New(b.app.serve, cfg)}
 	served := make(chan error, 1)
 	go func() { served <- server.Serve(ln) }()
 	b.client = &fasthttp.Client{
-		Dial:                      func(string) (net.Conn, error) { return ln.Dial() },
+		Dial:                      func(string) (net.Conn, error) { return net.Dial("tcp", b.addr) },
 		MaxIdemponentCallAttempts: 1,
 	}
 	t.Cleanup(func() {
@@ -181,6 +189,7 @@ func TestCollector(t *testing.T) {
 			require.Equal(t, fasthttp.StatusGatewayTimeout, b.get(t, "/block"))
 			want := metrics(map[string]float64{
 				"fasttimeout_requests_total":          1,
+				"fasttimeout_in_flight_handlers":      1,
 				"fasttimeout_timeouts_total":          1,
 				"fasttimeout_late_running_handlers":   1,
 				"fasttimeout_answer_lateness_seconds": 1,
@@ -265,12 +274,39 @@ func TestCollector(t *testing.T) {
 				"fasttimeout_late_run_seconds":             1,
 			})
 		},
+	}, {
+		name: "a_client_hang_up_is_counted_and_is_not_a_timeout",
+		cfg:  fasttimeout.Config{Timeout: time.Minute},
+		run: func(t *testing.T, b *bench) map[string]float64 {
+			if runtime.GOOS != "linux" {
+				t.Skip("hang-ups are watched on Linux only")
+			}
+			conn, err := net.Dial("tcp", b.addr)
+			require.NoError(t, err)
+			_, err = conn.Write([]byte("GET /wait HTTP/1.1\r\nHost: app\r\n\r\n"))
+			require.NoError(t, err)
+			<-b.app.entered
+			require.NoError(t, conn.Close())
+			select {
+			case <-b.returned: // the handler honoured its cancelled context
+			case <-time.After(10 * time.Second):
+				t.Fatal("the handler did not return within 10 s of the hang-up")
+			}
+			return metrics(map[string]float64{
+				"fasttimeout_requests_total":               1,
+				"fasttimeout_client_gone_total":            1,
+				"fasttimeout_late_finished_handlers_total": 1,
+				"fasttimeout_late_run_seconds":             1,
+			})
+		},
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			cfg := tt.cfg
-			cfg.Timeout = timeout
+			if cfg.Timeout == 0 {
+				cfg.Timeout = timeout
+			}
 			b := start(t, cfg)
 			want := tt.run(t, b)
 			if want == nil {
