@@ -37,6 +37,7 @@ func newHandler(stats *fasttimeout.Stats, timeout time.Duration, mode fasttimeou
 		Mode:         mode,
 		Stats:        stats,
 		OnLateReturn: newLateLog(logger).record,
+		OnHangup:     newGoneLog(logger).record,
 	})
 	debugVars := fasthttpadaptor.NewFastHTTPHandler(expvar.Handler())
 	registry := prometheus.NewRegistry()

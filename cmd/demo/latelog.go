@@ -15,8 +15,10 @@ const (
 	lateLogEvery = time.Second
 	// honouredWithin tells a handler that honoured its context from one
 	// that ignored it: one that returned within 2 ms of its deadline
-	// stopped when its context was cancelled (the clock's 1 ms tick, plus
-	// the wake-up of the handler's goroutine); one that returned later ran
+	// stopped when its context was cancelled (at once by the request's
+	// timer in racing mode, within the clock's 1 ms tick in cooperative
+	// mode, plus the wake-up of the handler's goroutine), or when its
+	// client hung up; one that returned later ran
 	// on. On an overloaded machine a honouring handler can take longer to
 	// be scheduled, and is then counted as having run on.
 	honouredWithin = 2 * time.Millisecond
