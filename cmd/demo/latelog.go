@@ -79,7 +79,7 @@ func (l *lateLog) flush() {
 }
 
 func formatLateLine(count, honoured int64, worst time.Duration, worstReq string) string {
-	return fmt.Sprintf("late handlers: %d returned after their deadline in the last %v, the worst %v late (%s); "+
+	return fmt.Sprintf("late handlers: %d returned late (after their deadline or client's hang-up) in the last %v, the worst %v late (%s); "+
 		"%d stopped within %v of it (honoured their context), %d ran on (ignored it)",
 		count, lateLogEvery, roundLate(worst), worstReq, honoured, honouredWithin, count-honoured)
 }

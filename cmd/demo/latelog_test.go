@@ -51,13 +51,13 @@ func TestLateLog_one_line_per_period(t *testing.T) {
 		{
 			name:  "one late return that ran on",
 			lates: []late{{"/sleep/3", 2950 * time.Millisecond}},
-			want: "late handlers: 1 returned after their deadline in the last 1s, the worst 2.95s late (GET /sleep/3); " +
+			want: "late handlers: 1 returned late (after their deadline or client's hang-up) in the last 1s, the worst 2.95s late (GET /sleep/3); " +
 				"0 stopped within 2ms of it (honoured their context), 1 ran on (ignored it)\n",
 		},
 		{
 			name:  "honoured, at the threshold and just past it",
 			lates: []late{{"/async_sleep/9", 300 * time.Microsecond}, {"/async_sleep/9", 2 * time.Millisecond}, {"/async_sleep/8", 2*time.Millisecond + time.Microsecond}},
-			want: "late handlers: 3 returned after their deadline in the last 1s, the worst 2.001ms late (GET /async_sleep/8); " +
+			want: "late handlers: 3 returned late (after their deadline or client's hang-up) in the last 1s, the worst 2.001ms late (GET /async_sleep/8); " +
 				"2 stopped within 2ms of it (honoured their context), 1 ran on (ignored it)\n",
 		},
 		{
@@ -71,7 +71,7 @@ func TestLateLog_one_line_per_period(t *testing.T) {
 				ls[1500] = late{"/sleep/1", 700 * time.Millisecond}
 				return ls
 			}(),
-			want: "late handlers: 2000 returned after their deadline in the last 1s, the worst 6.7s late (GET /sleep/7); " +
+			want: "late handlers: 2000 returned late (after their deadline or client's hang-up) in the last 1s, the worst 6.7s late (GET /sleep/7); " +
 				"1998 stopped within 2ms of it (honoured their context), 2 ran on (ignored it)\n",
 		},
 	}
@@ -102,7 +102,7 @@ func TestLateLog_periods_start_afresh(t *testing.T) {
 	fake.funcs[1]()
 	lines := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
 	require.Len(t, lines, 2)
-	require.Contains(t, lines[1], "late handlers: 1 returned after their deadline in the last 1s, the worst 1ms late (GET /async_sleep/1); 1 stopped")
+	require.Contains(t, lines[1], "late handlers: 1 returned late (after their deadline or client's hang-up) in the last 1s, the worst 1ms late (GET /async_sleep/1); 1 stopped")
 
 	fake.funcs[1]() // a period with nothing late: no line
 	require.Len(t, strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n"), 2)

@@ -189,7 +189,7 @@ func TestTimeouts(t *testing.T) {
 			return strings.Contains(d.log.String(), "late handlers")
 		})
 		line := d.log.String()
-		require.Regexp(t, `^late handlers: 1 returned after their deadline in the last 1s, the worst \d+(\.\d+)?ms late \(GET /sleep/0\.3\); 0 stopped within 2ms of it \(honoured their context\), 1 ran on \(ignored it\)\n$`, line)
+		require.Regexp(t, `^late handlers: 1 returned late \(after their deadline or client's hang-up\) in the last 1s, the worst \d+(\.\d+)?ms late \(GET /sleep/0\.3\); 0 stopped within 2ms of it \(honoured their context\), 1 ran on \(ignored it\)\n$`, line)
 		c := d.stats.Snapshot()
 		require.Equal(t, int64(0), c.LateRunning)
 		require.Equal(t, int64(1), c.LateFinished)
