@@ -346,3 +346,28 @@ func TestHangup_through_wrapped_connections(t *testing.T) {
 		})
 	}
 }
+
+// A racing handler that asks for its context only after its client hung up
+// gets one that is already cancelled, with the hang-up's cause.
+func TestHangup_context_made_after_the_hang_up_is_already_cancelled(t *testing.T) {
+	requireHangups(t)
+	t.Parallel()
+	var stats fasttimeout.Stats
+	started := make(chan struct{}, 1)
+	ends := make(chan ended, 1)
+	s := startStressLoopback(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+		started <- struct{}{}
+		waitUntil(func() bool { return stats.Snapshot().ClientGone == 1 })
+		c := fasttimeout.Context(ctx)
+		ends <- ended{c.Err(), context.Cause(c)}
+	}, fasttimeout.Config{Timeout: time.Minute, Stats: &stats}))
+	conn, err := net.Dial("tcp", s.addr)
+	require.NoError(t, err)
+	_, err = conn.Write([]byte(rawRequest("/")))
+	require.NoError(t, err)
+	<-started
+	require.NoError(t, conn.Close())
+	e := waitEnd(t, ends)
+	assert.ErrorIs(t, e.err, context.Canceled)
+	assert.ErrorIs(t, e.cause, fasttimeout.ErrClientGone)
+}

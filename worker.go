@@ -132,6 +132,8 @@ func (c *call) context() context.Context {
 	case c.phase() == callTimedOut:
 		// The call timed out before expire could see b.
 		b.cancel(context.DeadlineExceeded, &timeoutCause)
+	case c.phase() == callGone:
+		b.cancel(context.Canceled, &goneCause) // as above, for clientGone
 	}
 	// A racing call's context needs no watch: expire cancels it through
 	// the call, and the clock checks running calls for shutdown anyway.
