@@ -145,6 +145,8 @@ func run(ctx context.Context, args []string, stderr io.Writer, listening func(ne
 		IdleTimeout:        time.Minute,
 		MaxRequestBodySize: o.maxBody,
 	}
+	// One line for the operator, and for scripts that start it on port 0.
+	fmt.Fprintf(stderr, "gateway: listening on %s, upstream %s, REQUEST_TIMEOUT %v\n", ln.Addr(), o.upstream, o.timeout)
 	if listening != nil {
 		listening(ln.Addr())
 	}
