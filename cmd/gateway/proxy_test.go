@@ -318,3 +318,35 @@ func TestProxyBurst(t *testing.T) {
 	assert.Equal(t, map[int]int{fasthttp.StatusOK: burst}, counts)
 	assert.LessOrEqual(t, most.Load(), int64(maxConns))
 }
+
+// timingOut is an upstream client whose calls end in fasthttp's timeout at
+// once, as a wait for a connection or a read cut short by the deadline does.
+type timingOut struct{}
+
+func (timingOut) Do(*fasthttp.Request, *fasthttp.Response) error { return fasthttp.ErrTimeout }
+func (timingOut) DoDeadline(*fasthttp.Request, *fasthttp.Response, time.Time) error {
+	return fasthttp.ErrTimeout
+}
+
+func TestProxyTimeoutBody(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		handler fasthttp.RequestHandler
+	}{
+		// The upstream call sees the deadline first: forwardTo answers.
+		{name: "when the upstream call times out", handler: fasttimeout.New(forwardTo(timingOut{}, false), fasttimeout.Config{Timeout: time.Minute})},
+		// The middleware sees it first: it answers.
+		{name: "when the middleware times out", handler: fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+			<-fasttimeout.Context(ctx).Done()
+		}, fasttimeout.Config{Timeout: time.Millisecond})},
+	} {
+		t.Run("the same 504 "+tc.name, func(t *testing.T) {
+			t.Parallel()
+			resp := call(t, startUpstream(t, tc.handler), "GET", "/", "")
+			assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
+			assert.Equal(t, fasttimeout.DefaultBody, string(resp.Body()))
+			assert.Equal(t, fasttimeout.DefaultContentType, string(resp.Header.ContentType()))
+		})
+	}
+}
