@@ -141,14 +141,15 @@ type Config struct {
 	Skip func(ctx *fasthttp.RequestCtx) bool
 
 	// HonorDeadlineHeaders makes the middleware take the caller's own
-	// deadline into account: the first valid one of grpc-timeout (gRPC wire
-	// format, e.g. "250m"), X-Envoy-Expected-Rq-Timeout-Ms and
+	// deadline into account: the smallest valid value among all lines of
+	// grpc-timeout (gRPC wire format, e.g. "250m"),
+	// X-Envoy-Expected-Rq-Timeout-Ms (0 there means no timeout) and
 	// Request-Timeout (seconds). The request's timeout becomes the smaller
 	// of its own and the caller's budget less DeadlineMargin; a budget
 	// already spent is answered with the timeout response at once, without
-	// running the handler. Malformed or absurd values are ignored and
-	// counted in Stats. Off by default: only trust these headers from
-	// callers you trust.
+	// running the handler, and counted in Stats (SpentBudgets). Malformed
+	// values are ignored and counted in Stats. Off by default: only trust
+	// these headers from callers you trust.
 	HonorDeadlineHeaders bool
 
 	// DeadlineMargin is taken off a caller's budget (see

@@ -1,85 +1,93 @@
 package fasttimeout
 
 import (
+	"math"
 	"time"
 
 	"github.com/valyala/fasthttp"
 )
 
-// Deadline headers a caller may send (see Config.HonorDeadlineHeaders), in
-// the order they are considered.
+// Deadline headers a caller may send (see Config.HonorDeadlineHeaders).
+// Their sources are listed in docs/deadline-headers.md.
 const (
-	// HeaderGRPCTimeout carries a gRPC deadline in the gRPC wire format: 1
-	// to 8 ASCII digits and a unit, H (hours), M (minutes), S (seconds), m
-	// (milliseconds), u (microseconds) or n (nanoseconds): "250m", "5S".
+	// HeaderGRPCTimeout carries a gRPC deadline in the gRPC wire format
+	// (gRPC over HTTP/2, "Timeout"): 1 to 8 ASCII digits and a unit, H
+	// (hours), M (minutes), S (seconds), m (milliseconds), u (microseconds)
+	// or n (nanoseconds): "250m", "5S".
 	HeaderGRPCTimeout = "Grpc-Timeout"
 	// HeaderEnvoyExpectedTimeout carries the time in whole milliseconds that
-	// an Envoy proxy gives the request: "1500".
+	// an Envoy proxy gives the request: "1500". Envoy never sends 0 for a
+	// spent budget (it sends 1); 0 means no timeout, and gives no budget.
 	HeaderEnvoyExpectedTimeout = "X-Envoy-Expected-Rq-Timeout-Ms"
-	// HeaderRequestTimeout carries a number of seconds, whole or decimal:
-	// "5", "2.5".
+	// HeaderRequestTimeout carries a number of seconds
+	// (draft-thomson-hybi-http-timeout-00 defines whole seconds; a decimal
+	// "2.5" is accepted on input, and Do writes whole seconds).
 	HeaderRequestTimeout = "Request-Timeout"
 )
 
-// maxBudget bounds the budget a deadline header may give: beyond a day a
-// request deadline is nonsense (or an attack on the arithmetic), and is
-// ignored like any other malformed value.
+// maxBudget is the longest budget a deadline header gives: a longer value
+// is valid (gRPC allows 99999999H, and grpc-go sends 108000S and more), but
+// a request timeout beyond a day is not shorter than any configured one, so
+// it counts as a day and the arithmetic stays far from overflow.
 const maxBudget = 24 * time.Hour
 
-// The header names as fasthttp stores them: canonical when the server
-// normalizes header names (the default), and lower case, as Envoy and gRPC
-// send them, for servers with DisableHeaderNamesNormalizing.
-var (
-	grpcTimeoutKey      = []byte(HeaderGRPCTimeout)
-	envoyTimeoutKey     = []byte(HeaderEnvoyExpectedTimeout)
-	requestTimeoutKey   = []byte(HeaderRequestTimeout)
-	grpcTimeoutLower    = []byte("grpc-timeout")
-	envoyTimeoutLower   = []byte("x-envoy-expected-rq-timeout-ms")
-	requestTimeoutLower = []byte("request-timeout")
-)
+// deadlineHeader is one spelling of a deadline header, as fasthttp stores
+// it: canonical when the server normalizes header names (the default), or
+// lower case, as Envoy and gRPC send them, for servers with
+// DisableHeaderNamesNormalizing.
+type deadlineHeader struct {
+	name       string
+	key        []byte // name, for the cheap look-up of a first line
+	lower      bool   // looked up only in headers that keep names as received
+	zeroIsNone bool   // 0 means no timeout, not a spent budget (Envoy)
+	parse      func([]byte) (time.Duration, bool)
+}
 
-// incomingBudget returns the time the caller gives this request, from the
-// first deadline header present: grpc-timeout, X-Envoy-Expected-Rq-Timeout-Ms,
-// then Request-Timeout. found reports that one was present and valid;
-// malformed that one was present but not valid (and was ignored): a header
-// that is malformed (empty, a sign, spaces, non-ASCII, too many digits) or
-// absurd (more than 24 h) gives way to the next one. A found budget is
-// within [0, 24h]; 0 means the caller's time is already spent.
+var deadlineHeaders = [...]deadlineHeader{
+	{name: HeaderGRPCTimeout, key: []byte(HeaderGRPCTimeout), parse: parseGRPCTimeout},
+	{name: HeaderEnvoyExpectedTimeout, key: []byte(HeaderEnvoyExpectedTimeout), zeroIsNone: true, parse: parseEnvoyTimeout},
+	{name: HeaderRequestTimeout, key: []byte(HeaderRequestTimeout), parse: parseRequestTimeout},
+	{name: "grpc-timeout", key: []byte("grpc-timeout"), lower: true, parse: parseGRPCTimeout},
+	{name: "x-envoy-expected-rq-timeout-ms", key: []byte("x-envoy-expected-rq-timeout-ms"), lower: true, zeroIsNone: true, parse: parseEnvoyTimeout},
+	{name: "request-timeout", key: []byte("request-timeout"), lower: true, parse: parseRequestTimeout},
+}
+
+// incomingBudget returns the time the caller gives this request: the
+// smallest valid value among all lines of grpc-timeout,
+// X-Envoy-Expected-Rq-Timeout-Ms and Request-Timeout. The smallest, not the
+// first, because an outer proxy's shorter budget (Envoy passes a caller's
+// grpc-timeout on untouched) must not be replaced by a longer one a caller
+// sent. found reports that a valid budget was present; malformed that some
+// value was not valid (empty, a sign, spaces, non-ASCII digits, a number
+// that overflows) and was ignored. A found budget is within [0, 24h] (a
+// longer one counts as 24h); 0 means the caller's time is already spent.
+// X-Envoy-Expected-Rq-Timeout-Ms: 0 means "no timeout" to Envoy and gives
+// no budget.
 //
 // It does not allocate. Header names are looked up as stored, without
 // normalizing them again: in canonical form, and in lower case for servers
 // that keep header names as received.
 func incomingBudget(h *fasthttp.RequestHeader) (budget time.Duration, found, malformed bool) {
 	raw := keepsNames(h)
-	if v := peekEither(h, grpcTimeoutKey, grpcTimeoutLower, raw); v != nil {
-		if budget, ok := parseGRPCTimeout(v); ok {
-			return budget, true, false
+	for i := range deadlineHeaders {
+		dh := &deadlineHeaders[i]
+		// PeekCanonical finds a first line without copying the name: most
+		// requests have none, and PeekAll costs about four times as much.
+		if dh.lower && !raw || h.PeekCanonical(dh.key) == nil {
+			continue
 		}
-		malformed = true
-	}
-	if v := peekEither(h, envoyTimeoutKey, envoyTimeoutLower, raw); v != nil {
-		if budget, ok := parseEnvoyTimeout(v); ok {
-			return budget, true, malformed
+		for _, v := range h.PeekAll(dh.name) {
+			d, ok := dh.parse(v)
+			switch {
+			case !ok:
+				malformed = true
+			case d == 0 && dh.zeroIsNone:
+			case !found || d < budget:
+				budget, found = d, true
+			}
 		}
-		malformed = true
 	}
-	if v := peekEither(h, requestTimeoutKey, requestTimeoutLower, raw); v != nil {
-		if budget, ok := parseRequestTimeout(v); ok {
-			return budget, true, malformed
-		}
-		malformed = true
-	}
-	return 0, false, malformed
-}
-
-// peekEither returns the value of the header named canonical, or lower if
-// h keeps header names as received (raw), or nil if it is absent. A header
-// present with an empty value gives a non-nil empty slice.
-func peekEither(h *fasthttp.RequestHeader, canonical, lower []byte, raw bool) []byte {
-	if v := h.PeekCanonical(canonical); v != nil || !raw {
-		return v
-	}
-	return h.PeekCanonical(lower)
+	return budget, found, malformed
 }
 
 // keepsNames reports whether h keeps header names as received
@@ -96,8 +104,8 @@ func keepsNames(h *fasthttp.RequestHeader) bool {
 }
 
 // parseGRPCTimeout parses a grpc-timeout value: 1 to 8 ASCII digits and a
-// unit (H, M, S, m, u, n). ok is false for anything else and for more than
-// maxBudget.
+// unit (H, M, S, m, u, n); ok is false for anything else. More than
+// maxBudget counts as maxBudget.
 func parseGRPCTimeout(v []byte) (d time.Duration, ok bool) {
 	n := len(v) - 1
 	if n < 1 || n > 8 {
@@ -128,33 +136,35 @@ func parseGRPCTimeout(v []byte) (d time.Duration, ok bool) {
 		x = x*10 + int64(c-'0')
 	}
 	if x > int64(maxBudget/unit) {
-		return 0, false
+		return maxBudget, true
 	}
 	return time.Duration(x) * unit, true
 }
 
+// maxWhole bounds the whole numbers of the Envoy and Request-Timeout
+// headers: a longer number is not a value but an overflow, and malformed.
+const maxWhole = (math.MaxInt64 - 9) / 10
+
 // parseEnvoyTimeout parses a whole, non-negative number of milliseconds.
+// More than maxBudget counts as maxBudget.
 func parseEnvoyTimeout(v []byte) (d time.Duration, ok bool) {
-	const maxMillis = int64(maxBudget / time.Millisecond)
 	if len(v) == 0 {
 		return 0, false
 	}
 	var x int64
 	for _, c := range v {
-		if c < '0' || c > '9' {
+		if c < '0' || c > '9' || x > maxWhole { // checked at each digit: x never overflows
 			return 0, false
 		}
 		x = x*10 + int64(c-'0')
-		if x > maxMillis { // checked at each digit, so x never overflows
-			return 0, false
-		}
 	}
-	return time.Duration(x) * time.Millisecond, true
+	return min(time.Duration(x), maxBudget/time.Millisecond) * time.Millisecond, true
 }
 
 // parseRequestTimeout parses a non-negative number of seconds, whole ("5")
 // or decimal ("2.5", ".5", "5."), with at least one digit. Digits beyond
-// the ninth after the point are below a nanosecond and ignored.
+// the ninth after the point are below a nanosecond and ignored. More than
+// maxBudget counts as maxBudget.
 func parseRequestTimeout(v []byte) (d time.Duration, ok bool) {
 	const maxSeconds = int64(maxBudget / time.Second)
 	var secs, nanos int64
@@ -167,10 +177,10 @@ func parseRequestTimeout(v []byte) (d time.Duration, ok bool) {
 		case c < '0' || c > '9':
 			return 0, false
 		case point < 0:
-			secs = secs*10 + int64(c-'0')
-			if secs > maxSeconds {
+			if secs > maxWhole { // x never overflows
 				return 0, false
 			}
+			secs = secs*10 + int64(c-'0')
 			digits++
 		default:
 			if scale > 1 {
@@ -183,9 +193,8 @@ func parseRequestTimeout(v []byte) (d time.Duration, ok bool) {
 	if digits == 0 {
 		return 0, false
 	}
-	d = time.Duration(secs)*time.Second + time.Duration(nanos)
-	if d > maxBudget {
-		return 0, false
+	if secs >= maxSeconds {
+		return maxBudget, true
 	}
-	return d, true
+	return time.Duration(secs)*time.Second + time.Duration(nanos), true
 }

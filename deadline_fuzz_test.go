@@ -46,8 +46,8 @@ func FuzzIncomingBudget(f *testing.F) {
 }
 
 // FuzzParseGRPCTimeout checks the grpc-timeout parser against its grammar:
-// it accepts exactly 1 to 8 ASCII digits and a unit, within 24h, with the
-// value the digits and unit say.
+// it accepts exactly 1 to 8 ASCII digits and a unit, with the value the
+// digits and unit say, or 24h if they say more.
 func FuzzParseGRPCTimeout(f *testing.F) {
 	for _, v := range hostileValues {
 		f.Add(v)
@@ -73,7 +73,11 @@ func FuzzParseGRPCTimeout(f *testing.F) {
 		for _, c := range v[:n] {
 			x = x*10 + int64(c-'0')
 		}
-		if want := time.Duration(x) * unit; d != want {
+		want := maxBudget
+		if x <= int64(maxBudget/unit) { // else x*unit may overflow
+			want = time.Duration(x) * unit
+		}
+		if d != want {
 			t.Fatalf("%q gave %v, want %v", v, d, want)
 		}
 	})
@@ -114,6 +118,36 @@ func FuzzParseRequestTimeout(f *testing.F) {
 		}
 		if strings.Count(v, ".") > 1 || strings.Trim(v, "0123456789.") != "" || strings.Trim(v, ".") == "" {
 			t.Fatalf("accepted %q, which is not a decimal number of seconds", v)
+		}
+	})
+}
+
+// FuzzSetBudgetHeaders rewrites arbitrary deadline headers of an outgoing
+// request to a budget, as Do does: what the upstream can read back is never
+// more than that budget, and Request-Timeout is whole seconds.
+func FuzzSetBudgetHeaders(f *testing.F) {
+	for _, v := range hostileValues {
+		f.Add(v, v, int64(1500*time.Millisecond))
+		f.Add(v, "", int64(694*time.Millisecond))
+	}
+	f.Fuzz(func(t *testing.T, grpc, seconds string, budget int64) {
+		b := time.Duration(budget)
+		if b < minUpstreamBudget || b > maxBudget {
+			return
+		}
+		var h fasthttp.RequestHeader
+		h.SetRequestURI("/")
+		h.Set(HeaderGRPCTimeout, grpc)
+		h.Set(HeaderRequestTimeout, seconds)
+		setBudgetHeaders(&h, b)
+		got, found, malformed := incomingBudget(&h)
+		// Request-Timeout, rounded down to whole seconds, may read back up to
+		// a second less; nothing reads back more.
+		if !found || malformed || got > b || got <= b-time.Second {
+			t.Fatalf("budget %v written, %v read back (found %v, malformed %v): %q", b, got, found, malformed, h.String())
+		}
+		if v := h.Peek(HeaderRequestTimeout); v != nil && strings.Trim(string(v), "0123456789") != "" {
+			t.Fatalf("Request-Timeout %q is not whole seconds", v)
 		}
 	})
 }

@@ -20,24 +20,35 @@ type Doer interface {
 // headers count whole milliseconds, and less than one is no time at all.
 const minUpstreamBudget = time.Millisecond
 
-// Do sends req with c on behalf of the request ctx, giving the upstream only
-// the time ctx has left (see [Remaining]), and fills resp.
+// Do sends req with c on behalf of the request ctx, giving the upstream no
+// more time than ctx has left (see [Remaining]) and no more than req's own
+// deadline headers already claim, and fills resp.
 //
-// If ctx has a deadline, Do calls c.DoDeadline with it and tells the
-// upstream its budget in whole milliseconds (rounded down) in
-// X-Envoy-Expected-Rq-Timeout-Ms, the header Envoy sets for the same
-// purpose, which a server wrapped by [New] with Config.HonorDeadlineHeaders
-// takes into account. If req already carries grpc-timeout or
-// Request-Timeout (copied from the incoming request, typically), they are
-// rewritten to the same budget, since a stale copy would claim the caller's
-// whole time. Other headers of req are left as they are.
+// If ctx has a deadline, the upstream's budget is the smaller of the time
+// left and the smallest valid value of the grpc-timeout,
+// X-Envoy-Expected-Rq-Timeout-Ms and Request-Timeout headers already on req
+// (copied from the incoming request, typically): a copied caller's deadline
+// is never stretched to the server's own. Do calls c.DoDeadline with that
+// budget and tells the upstream of it:
+//
+//   - X-Envoy-Expected-Rq-Timeout-Ms, always: whole milliseconds, rounded
+//     down, the header Envoy sets for the same purpose, which a server
+//     wrapped by [New] with Config.HonorDeadlineHeaders takes into account;
+//   - grpc-timeout, if req has one: rewritten to whole milliseconds ("250m");
+//   - Request-Timeout, if req has one: rewritten to whole seconds, rounded
+//     down (its only definition, draft-thomson-hybi-http-timeout-00, counts
+//     whole seconds), and removed when less than a second is left, since 0
+//     would claim the time is spent.
+//
+// Other headers of req are left as they are.
 //
 // If less than a millisecond is left, Do returns an error matching
 // [ErrTimeout] (errors.Is) without calling the upstream. An error of c that
-// says the deadline was reached (fasthttp.ErrTimeout), or that comes once
-// it has passed, matches ErrTimeout too, and still matches the original
-// error; other errors are returned unchanged. A gateway can thus answer 504
-// for errors.Is(err, ErrTimeout) and 502 for the rest.
+// says the deadline was reached (fasthttp.ErrTimeout, which includes a
+// wait for a free connection cut short by the deadline), or that comes
+// once it has passed, matches ErrTimeout too, and still matches the
+// original error; other errors are returned unchanged. A gateway can thus
+// answer 504 for errors.Is(err, ErrTimeout) and 502 for the rest.
 //
 // If ctx has no deadline (it is not bounded by New, or its deadline was
 // switched off with [Disarm]), Do is c.Do(req, resp), and req is unchanged.
@@ -47,6 +58,9 @@ func Do(ctx *fasthttp.RequestCtx, c Doer, req *fasthttp.Request, resp *fasthttp.
 	left, ok := Remaining(ctx)
 	if !ok {
 		return c.Do(req, resp)
+	}
+	if carried, found, _ := incomingBudget(&req.Header); found {
+		left = min(left, carried)
 	}
 	if left < minUpstreamBudget {
 		return errBudgetSpent
@@ -60,16 +74,20 @@ func Do(ctx *fasthttp.RequestCtx, c Doer, req *fasthttp.Request, resp *fasthttp.
 	return err
 }
 
-// setBudgetHeaders tells the upstream it has budget, rounded down to whole
-// milliseconds.
+// setBudgetHeaders tells the upstream it has budget: in
+// X-Envoy-Expected-Rq-Timeout-Ms, and in grpc-timeout and Request-Timeout
+// if h has them. Every line of each, in either spelling, is replaced by one.
 func setBudgetHeaders(h *fasthttp.RequestHeader, budget time.Duration) {
 	ms := int64(budget / time.Millisecond)
 	var buf [32]byte
-	h.DelBytes(envoyTimeoutLower)
-	h.SetCanonical(envoyTimeoutKey, strconv.AppendInt(buf[:0], ms, 10))
 	raw := keepsNames(h)
-	if v := peekEither(h, grpcTimeoutKey, grpcTimeoutLower, raw); v != nil {
-		h.DelBytes(grpcTimeoutLower)
+	hasGRPC := h.Peek(HeaderGRPCTimeout) != nil || raw && h.Peek("grpc-timeout") != nil
+	hasSeconds := h.Peek(HeaderRequestTimeout) != nil || raw && h.Peek("request-timeout") != nil
+	for i := range deadlineHeaders {
+		h.Del(deadlineHeaders[i].name)
+	}
+	h.SetCanonical(envoyTimeoutKey, strconv.AppendInt(buf[:0], ms, 10))
+	if hasGRPC {
 		// The wire format allows 8 digits: beyond ~27 hours, count seconds.
 		if ms < 1e8 {
 			h.SetCanonical(grpcTimeoutKey, append(strconv.AppendInt(buf[:0], ms, 10), 'm'))
@@ -77,13 +95,17 @@ func setBudgetHeaders(h *fasthttp.RequestHeader, budget time.Duration) {
 			h.SetCanonical(grpcTimeoutKey, append(strconv.AppendInt(buf[:0], min(ms/1000, 99999999), 10), 'S'))
 		}
 	}
-	if v := peekEither(h, requestTimeoutKey, requestTimeoutLower, raw); v != nil {
-		h.DelBytes(requestTimeoutLower)
-		b := strconv.AppendInt(buf[:0], ms/1000, 10)
-		b = append(b, '.', byte('0'+ms/100%10), byte('0'+ms/10%10), byte('0'+ms%10))
-		h.SetCanonical(requestTimeoutKey, b)
+	if hasSeconds && ms >= 1000 {
+		h.SetCanonical(requestTimeoutKey, strconv.AppendInt(buf[:0], ms/1000, 10))
 	}
 }
+
+// Byte forms of the header names, for SetCanonical.
+var (
+	grpcTimeoutKey    = []byte(HeaderGRPCTimeout)
+	envoyTimeoutKey   = []byte(HeaderEnvoyExpectedTimeout)
+	requestTimeoutKey = []byte(HeaderRequestTimeout)
+)
 
 // errBudgetSpent is returned by Do when no time is left for the upstream.
 var errBudgetSpent error = &upstreamTimeoutError{}

@@ -3,6 +3,7 @@ package fasttimeout_test
 import (
 	"errors"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -59,7 +60,7 @@ func send(t testing.TB, s *testServer, kv ...string) *fasthttp.Response {
 	defer fasthttp.ReleaseRequest(req)
 	req.SetRequestURI("http://test/")
 	for i := 0; i < len(kv); i += 2 {
-		req.Header.Set(kv[i], kv[i+1])
+		req.Header.Add(kv[i], kv[i+1]) // Add: a name may come more than once
 	}
 	require.NoError(t, s.client.DoTimeout(req, resp, 10*time.Second))
 	return resp
@@ -107,10 +108,102 @@ func TestDo(t *testing.T) {
 
 			grpc := string(resp.Header.Peek("Got-" + fasttimeout.HeaderGRPCTimeout))
 			assert.Equal(t, strconv.FormatInt(envoy.Milliseconds(), 10)+"m", grpc, "grpc-timeout rewritten")
-			seconds, err := strconv.ParseFloat(string(resp.Header.Peek("Got-"+fasttimeout.HeaderRequestTimeout)), 64)
-			require.NoError(t, err)
-			assert.InDelta(t, envoy.Seconds(), seconds, 0.0005, "Request-Timeout rewritten")
+			assert.Equal(t, strconv.FormatInt(envoy.Milliseconds()/1000, 10), string(resp.Header.Peek("Got-"+fasttimeout.HeaderRequestTimeout)),
+				"Request-Timeout rewritten in whole seconds, rounded down")
 		}
+	})
+
+	t.Run("never raises a deadline the outgoing request already carries", func(t *testing.T) {
+		t.Parallel()
+		for _, tc := range []struct {
+			name    string
+			timeout time.Duration
+			headers []string
+			// want: the headers the upstream gets; "" for absent, "<=N" for
+			// at most N (the time left, which shrinks as the call runs).
+			want map[string]string
+		}{
+			{
+				name: "a caller's grpc-timeout under the server's timeout", timeout: 5 * time.Second,
+				headers: []string{"grpc-timeout", "100m"},
+				want:    map[string]string{fasttimeout.HeaderGRPCTimeout: "100m", fasttimeout.HeaderEnvoyExpectedTimeout: "100", fasttimeout.HeaderRequestTimeout: ""},
+			},
+			{
+				name: "a caller's Request-Timeout under the server's timeout", timeout: 5 * time.Second,
+				headers: []string{"Request-Timeout", "2"},
+				want:    map[string]string{fasttimeout.HeaderRequestTimeout: "2", fasttimeout.HeaderEnvoyExpectedTimeout: "2000", fasttimeout.HeaderGRPCTimeout: ""},
+			},
+			{
+				name: "a caller's Envoy budget under the server's timeout", timeout: 5 * time.Second,
+				headers: []string{"x-envoy-expected-rq-timeout-ms", "300"},
+				want:    map[string]string{fasttimeout.HeaderEnvoyExpectedTimeout: "300"},
+			},
+			{
+				name: "the smallest of several headers and lines", timeout: 5 * time.Second,
+				headers: []string{"grpc-timeout", "3S", "grpc-timeout", "250m", "Request-Timeout", "4", "x-envoy-expected-rq-timeout-ms", "900"},
+				want:    map[string]string{fasttimeout.HeaderGRPCTimeout: "250m", fasttimeout.HeaderEnvoyExpectedTimeout: "250", fasttimeout.HeaderRequestTimeout: ""},
+			},
+			{
+				name: "the server's time left when it is shorter", timeout: 1500 * time.Millisecond,
+				headers: []string{"grpc-timeout", "1H", "Request-Timeout", "3"},
+				want:    map[string]string{fasttimeout.HeaderGRPCTimeout: "<=1500m", fasttimeout.HeaderEnvoyExpectedTimeout: "<=1500", fasttimeout.HeaderRequestTimeout: "1"},
+			},
+			{
+				name: "Request-Timeout in whole seconds, removed under one second", timeout: 5 * time.Second,
+				headers: []string{"Request-Timeout", "0.694"},
+				want:    map[string]string{fasttimeout.HeaderRequestTimeout: "", fasttimeout.HeaderEnvoyExpectedTimeout: "694"},
+			},
+			{
+				name: "Envoy's 0 carries no deadline", timeout: 2 * time.Second,
+				headers: []string{"x-envoy-expected-rq-timeout-ms", "0"},
+				want:    map[string]string{fasttimeout.HeaderEnvoyExpectedTimeout: "<=2000"},
+			},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				t.Parallel()
+				var calls atomic.Int64
+				upstream := serve(t, echoBudget(&calls))
+				// The server does not honour the caller's headers: Do alone
+				// must keep them from growing.
+				gateway := serve(t, fasttimeout.New(proxyTo(upstream.client, nil), fasttimeout.Config{Timeout: tc.timeout}))
+
+				resp := send(t, gateway, tc.headers...)
+				require.Equal(t, fasthttp.StatusOK, resp.StatusCode())
+				for name, want := range tc.want {
+					got := resp.Header.Peek("Got-" + name)
+					switch {
+					case want == "":
+						assert.Nil(t, got, "%s: %q", name, got)
+					case strings.HasPrefix(want, "<="):
+						limit, unit := strings.TrimPrefix(want, "<="), ""
+						if strings.HasSuffix(limit, "m") {
+							limit, unit = strings.TrimSuffix(limit, "m"), "m"
+						}
+						require.True(t, strings.HasSuffix(string(got), unit), "%s: %q", name, got)
+						n, err := strconv.Atoi(strings.TrimSuffix(string(got), unit))
+						require.NoError(t, err, "%s: %q", name, got)
+						most, _ := strconv.Atoi(limit)
+						assert.LessOrEqual(t, n, most, name)
+						assert.Positive(t, n, name)
+					default:
+						assert.Equal(t, want, string(got), name)
+					}
+				}
+			})
+		}
+	})
+
+	t.Run("does not call the upstream when the carried deadline is spent", func(t *testing.T) {
+		t.Parallel()
+		var calls atomic.Int64
+		upstream := serve(t, echoBudget(&calls))
+		errs := make(chan error, 1)
+		gateway := serve(t, fasttimeout.New(proxyTo(upstream.client, errs), fasttimeout.Config{Timeout: time.Minute}))
+
+		resp := send(t, gateway, "grpc-timeout", "0n")
+		assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
+		assert.ErrorIs(t, <-errs, fasttimeout.ErrTimeout)
+		assert.Zero(t, calls.Load(), "upstream calls")
 	})
 
 	t.Run("answers 504 with an ErrTimeout when the upstream is slower than the budget", func(t *testing.T) {

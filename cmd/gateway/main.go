@@ -1,4 +1,4 @@
-// Command gateway is a tiny reverse proxy that shows fasttimeout in front
+// Command gateway is a small reverse proxy that shows fasttimeout in front
 // of an upstream: it takes the caller's deadline (grpc-timeout,
 // X-Envoy-Expected-Rq-Timeout-Ms, Request-Timeout), bounds each request,
 // passes the time left on to the upstream, and answers 504 when the
@@ -7,6 +7,25 @@
 // Usage:
 //
 //	gateway [-addr 127.0.0.1:8081] [-upstream 127.0.0.1:8080] [-margin 5ms] [-max-late 1000]
+//	        [-max-conns 512] [-max-body 4194304] [-trust-envoy-headers]
+//
+// As a proxy it:
+//   - waits for a free upstream connection (at most -max-conns) within the
+//     request's budget, and answers 504 if the budget runs out first;
+//   - answers 504 with one body, {"detail":"Request processing time exceeded
+//     limit"}, whether the deadline is seen by the middleware or by the
+//     upstream call, and 502 only when the upstream fails;
+//   - removes hop-by-hop headers both ways (RFC 9110 §7.6.1): those named in
+//     Connection, Connection itself, Proxy-Connection, Keep-Alive, TE,
+//     Trailer, Transfer-Encoding, Upgrade, Proxy-Authenticate and
+//     Proxy-Authorization;
+//   - removes the caller's X-Envoy-* headers (Envoy's retry and timeout
+//     controls), as Envoy does for external requests, unless
+//     -trust-envoy-headers says the caller is trusted;
+//   - answers 413 to a request body over -max-body bytes;
+//   - streams the upstream's response to the client as it comes; the body
+//     must arrive within the request's deadline, after which the
+//     connection to the client is closed mid-body.
 //
 // The request timeout comes from the environment variable REQUEST_TIMEOUT,
 // in seconds ("5", "2.5") or as a Go duration ("500ms"); 5 s if unset. The
@@ -22,9 +41,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"iter"
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -47,11 +68,14 @@ func main() {
 
 // options are the gateway's settings, from flags and environment.
 type options struct {
-	addr     string
-	upstream string
-	timeout  time.Duration
-	margin   time.Duration
-	maxLate  int
+	addr       string
+	upstream   string
+	timeout    time.Duration
+	margin     time.Duration
+	maxLate    int
+	maxConns   int
+	maxBody    int
+	trustEnvoy bool
 }
 
 // parseOptions reads the flags in args and REQUEST_TIMEOUT.
@@ -63,6 +87,9 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.upstream, "upstream", "127.0.0.1:8080", "forward to this `host:port`")
 	fs.DurationVar(&o.margin, "margin", 5*time.Millisecond, "taken off a caller's deadline to leave time for the answer")
 	fs.IntVar(&o.maxLate, "max-late", 1000, "answer 503 while this many handlers run past their deadline (0: no cap)")
+	fs.IntVar(&o.maxConns, "max-conns", fasthttp.DefaultMaxConnsPerHost, "at most this many upstream connections; requests wait for one within their budget")
+	fs.IntVar(&o.maxBody, "max-body", fasthttp.DefaultMaxRequestBodySize, "answer 413 to request bodies over this many `bytes`")
+	fs.BoolVar(&o.trustEnvoy, "trust-envoy-headers", false, "the caller is trusted (an Envoy of your own): forward its X-Envoy-* headers")
 	fs.Usage = func() {} // flag calls it on every error; -h is handled below
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -79,6 +106,10 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("-margin must not be negative, got %v", o.margin)
 	case o.maxLate < 0:
 		return o, fmt.Errorf("-max-late must not be negative, got %d", o.maxLate)
+	case o.maxConns <= 0:
+		return o, fmt.Errorf("-max-conns must be positive, got %d", o.maxConns)
+	case o.maxBody <= 0:
+		return o, fmt.Errorf("-max-body must be positive, got %d", o.maxBody)
 	}
 	for name, hostport := range map[string]string{"-addr": o.addr, "-upstream": o.upstream} {
 		if _, _, err := net.SplitHostPort(hostport); err != nil {
@@ -107,11 +138,15 @@ func run(ctx context.Context, args []string, stderr io.Writer, listening func(ne
 		return 1
 	}
 	server := &fasthttp.Server{
-		Handler:     newGateway(o, stats),
-		Name:        "fasttimeout-gateway",
-		ReadTimeout: time.Minute,
-		IdleTimeout: time.Minute,
+		Handler:            newGateway(o, stats),
+		ErrorHandler:       answerBadRequest,
+		Name:               "fasttimeout-gateway",
+		ReadTimeout:        time.Minute,
+		IdleTimeout:        time.Minute,
+		MaxRequestBodySize: o.maxBody,
 	}
+	// One line for the operator, and for scripts that start it on port 0.
+	fmt.Fprintf(stderr, "gateway: listening on %s, upstream %s, REQUEST_TIMEOUT %v\n", ln.Addr(), o.upstream, o.timeout)
 	if listening != nil {
 		listening(ln.Addr())
 	}
@@ -129,14 +164,45 @@ func run(ctx context.Context, args []string, stderr io.Writer, listening func(ne
 	return 0
 }
 
+// answerBadRequest answers a request the server could not read, as
+// fasthttp does by default, but with 413 for a body over the limit (RFC
+// 9110 §15.5.14) instead of 400. fasthttp closes the connection afterwards.
+func answerBadRequest(ctx *fasthttp.RequestCtx, err error) {
+	var small *fasthttp.ErrSmallBuffer
+	var netErr net.Error
+	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		answerJSON(ctx, fasthttp.StatusRequestEntityTooLarge, `{"detail":"Request body too large"}`)
+	case errors.As(err, &small):
+		answerJSON(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge, `{"detail":"Request header too large"}`)
+	case errors.As(err, &netErr) && netErr.Timeout():
+		answerJSON(ctx, fasthttp.StatusRequestTimeout, `{"detail":"Request not received in time"}`)
+	default:
+		answerJSON(ctx, fasthttp.StatusBadRequest, `{"detail":"Malformed request"}`)
+	}
+}
+
+func answerJSON(ctx *fasthttp.RequestCtx, status int, body string) {
+	ctx.Response.Reset()
+	ctx.SetStatusCode(status)
+	ctx.SetContentType(fasttimeout.DefaultContentType)
+	ctx.SetBodyString(body)
+}
+
 // newGateway returns the gateway's handler: /debug/vars shows the
 // counters, everything else goes to the upstream, bounded by fasttimeout.
 func newGateway(o options, stats *fasttimeout.Stats) fasthttp.RequestHandler {
 	upstream := &fasthttp.HostClient{
 		Addr:                      o.upstream,
 		MaxIdemponentCallAttempts: 1, // a retry would only eat the caller's budget
+		MaxConns:                  o.maxConns,
+		// Wait for a free connection rather than fail at once (502 would
+		// claim the upstream misbehaved): the request's deadline, never
+		// longer than o.timeout, cuts the wait short with a timeout (504).
+		MaxConnWaitTimeout: o.timeout,
+		StreamResponseBody: true,
 	}
-	proxy := fasttimeout.New(forwardTo(upstream), fasttimeout.Config{
+	proxy := fasttimeout.New(forwardTo(upstream, o.trustEnvoy), fasttimeout.Config{
 		Timeout:              o.timeout,
 		HonorDeadlineHeaders: true,
 		DeadlineMargin:       o.margin,
@@ -152,40 +218,112 @@ func newGateway(o options, stats *fasttimeout.Stats) fasthttp.RequestHandler {
 	}
 }
 
-// hopByHop are the headers that concern one connection, not the request.
+// hopByHop are the headers that concern one connection, not the request
+// (RFC 9110 §7.6.1, and the older Keep-Alive and Proxy-Connection), besides
+// those a Connection header names.
 var hopByHop = []string{
-	fasthttp.HeaderConnection, "Keep-Alive", fasthttp.HeaderProxyAuthenticate,
+	fasthttp.HeaderConnection, "Proxy-Connection", "Keep-Alive", fasthttp.HeaderProxyAuthenticate,
 	fasthttp.HeaderProxyAuthorization, fasthttp.HeaderTE, fasthttp.HeaderTrailer,
 	fasthttp.HeaderTransferEncoding, fasthttp.HeaderUpgrade,
 }
 
+// header is what request and response headers share.
+type header interface {
+	PeekAll(key string) [][]byte
+	Del(key string)
+	All() iter.Seq2[[]byte, []byte]
+}
+
+// removeHopByHop removes the headers named in Connection, then the
+// hop-by-hop ones.
+func removeHopByHop(h header) {
+	var named []string
+	for _, v := range h.PeekAll(fasthttp.HeaderConnection) {
+		for name := range strings.SplitSeq(string(v), ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				named = append(named, name)
+			}
+		}
+	}
+	for _, name := range named {
+		h.Del(name)
+	}
+	for _, name := range hopByHop {
+		h.Del(name)
+	}
+}
+
+// removeEnvoyHeaders removes every X-Envoy-* header: Envoy strips them from
+// external requests, since they steer its retries and timeouts.
+func removeEnvoyHeaders(h header) {
+	var names []string
+	for k := range h.All() {
+		if len(k) >= len(envoyPrefix) && strings.EqualFold(string(k[:len(envoyPrefix)]), envoyPrefix) {
+			names = append(names, string(k))
+		}
+	}
+	for _, name := range names {
+		h.Del(name)
+	}
+}
+
+const envoyPrefix = "X-Envoy-"
+
 // forwardTo sends each request to upstream with the time it has left, and
-// its answer back: 504 if the time ran out, 502 if the upstream failed.
-func forwardTo(upstream fasttimeout.Doer) fasthttp.RequestHandler {
+// streams its answer back; it answers with the timeout response if the
+// time ran out, and 502 if the upstream failed. The caller's X-Envoy-*
+// headers are forwarded only if trustEnvoy.
+func forwardTo(upstream fasttimeout.Doer, trustEnvoy bool) fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
 		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 		defer fasthttp.ReleaseRequest(req)
-		defer fasthttp.ReleaseResponse(resp)
 		ctx.Request.CopyTo(req)
-		for _, h := range hopByHop {
-			req.Header.Del(h)
+		removeHopByHop(&req.Header)
+		req.Header.ResetConnectionClose() // the caller's connection, not ours
+		if !trustEnvoy {
+			removeEnvoyHeaders(&req.Header)
 		}
 		req.Header.Add(fasthttp.HeaderXForwardedFor, ctx.RemoteIP().String())
 
 		err := fasttimeout.Do(ctx, upstream, req, resp)
 		switch {
 		case errors.Is(err, fasttimeout.ErrTimeout):
-			ctx.Error(`{"detail":"Upstream did not answer in time"}`, fasthttp.StatusGatewayTimeout)
-			ctx.SetContentType("application/json")
+			// The middleware's own timeout response: the client cannot tell
+			// which saw the deadline first.
+			answerJSON(ctx, fasthttp.StatusGatewayTimeout, fasttimeout.DefaultBody)
 		case err != nil:
 			ctx.Logger().Printf("upstream: %v", err)
-			ctx.Error(`{"detail":"Upstream unavailable"}`, fasthttp.StatusBadGateway)
-			ctx.SetContentType("application/json")
+			answerJSON(ctx, fasthttp.StatusBadGateway, `{"detail":"Upstream unavailable"}`)
 		default:
-			for _, h := range hopByHop {
-				resp.Header.Del(h)
+			removeHopByHop(&resp.Header)
+			resp.Header.ResetConnectionClose()
+			if resp.BodyStream() == nil {
+				resp.CopyTo(&ctx.Response)
+				break
 			}
-			resp.CopyTo(&ctx.Response)
+			resp.Header.CopyTo(&ctx.Response.Header)
+			size := resp.Header.ContentLength()
+			if size < 0 {
+				size = -1 // chunked, whatever the upstream used
+			}
+			// The server writes the stream after the handler returns, and
+			// closes it then (or when it drops the response), which
+			// releases resp and its upstream connection.
+			ctx.Response.SetBodyStream(upstreamBody{resp}, size)
+			return
 		}
+		fasthttp.ReleaseResponse(resp)
 	}
+}
+
+// upstreamBody is an upstream response's body stream, forwarded to the
+// client; closing it releases the response.
+type upstreamBody struct{ resp *fasthttp.Response }
+
+func (b upstreamBody) Read(p []byte) (int, error) { return b.resp.BodyStream().Read(p) }
+
+func (b upstreamBody) Close() error {
+	err := b.resp.CloseBodyStream()
+	fasthttp.ReleaseResponse(b.resp)
+	return err
 }

@@ -126,6 +126,7 @@ func TestGateway(t *testing.T) {
 		start := time.Now()
 		resp := call(t, gateway, "GET", "/slow", "")
 		assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
+		assert.Equal(t, fasttimeout.DefaultBody, string(resp.Body()), "the middleware's timeout body, whoever saw the deadline")
 		assert.Less(t, time.Since(start), 5*time.Second)
 	})
 
@@ -134,9 +135,12 @@ func TestGateway(t *testing.T) {
 		upstream := startUpstream(t, func(ctx *fasthttp.RequestCtx) { calls.Add(1) })
 		gateway := startGateway(t, "-upstream", upstream)
 
+		before := stats.Snapshot()
 		resp := call(t, gateway, "GET", "/", "", "grpc-timeout", "0S")
 		assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
+		assert.Equal(t, fasttimeout.DefaultBody, string(resp.Body()))
 		assert.Zero(t, calls.Load())
+		assert.Equal(t, before.SpentBudgets+1, stats.Snapshot().SpentBudgets, "spent_budgets at /debug/vars")
 	})
 
 	t.Run("answers 502 when the upstream is down", func(t *testing.T) {
@@ -177,6 +181,8 @@ func TestBadInput(t *testing.T) {
 		{name: "negative margin", args: []string{"-margin", "-1s"}, want: "-margin must not be negative"},
 		{name: "margin not a duration", args: []string{"-margin", "soon"}, want: "invalid value"},
 		{name: "negative cap", args: []string{"-max-late", "-1"}, want: "-max-late must not be negative"},
+		{name: "no upstream connections", args: []string{"-max-conns", "0"}, want: "-max-conns must be positive"},
+		{name: "no request body", args: []string{"-max-body", "0"}, want: "-max-body must be positive"},
 		{name: "upstream without port", args: []string{"-upstream", "example"}, want: "-upstream wants host:port"},
 		{name: "extra argument", args: []string{"serve"}, want: `unexpected argument "serve"`},
 		{name: "REQUEST_TIMEOUT garbage", env: "abc", want: `REQUEST_TIMEOUT="abc"`},

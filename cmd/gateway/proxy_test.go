@@ -1,0 +1,352 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/valyala/fasthttp"
+
+	"github.com/fasttimeout/fasttimeout"
+)
+
+// waitTimeout bounds every wait of these tests for something that should
+// happen at once.
+const waitTimeout = 10 * time.Second
+
+// waitFor polls cond until it holds or waitTimeout passes.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(waitTimeout)
+	for !cond() {
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatalf("%s: not within %v", what, waitTimeout)
+		}
+	}
+}
+
+// startRawUpstream serves each request read on a loopback port with the
+// raw response bytes answer returns for it, so that a test controls the
+// wire; it returns the address.
+func startRawUpstream(t *testing.T, answer func(req *fasthttp.Request) string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var conns sync.WaitGroup
+	t.Cleanup(func() {
+		_ = ln.Close()
+		conns.Wait()
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			go func() {
+				defer conns.Done()
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(waitTimeout))
+				br := bufio.NewReader(c)
+				for {
+					var req fasthttp.Request
+					if req.Read(br) != nil {
+						return
+					}
+					if _, err := c.Write([]byte(answer(&req))); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// rawCall writes request to addr as is and reads the response.
+func rawCall(t *testing.T, addr, request string) *fasthttp.Response {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, c.SetDeadline(time.Now().Add(waitTimeout)))
+	_, err = c.Write([]byte(request))
+	require.NoError(t, err)
+	resp := new(fasthttp.Response)
+	require.NoError(t, resp.Read(bufio.NewReader(c)))
+	return resp
+}
+
+func TestProxyHeaders(t *testing.T) {
+	t.Run("removes the headers named in Connection, and Proxy-Connection, both ways", func(t *testing.T) {
+		got := make(chan string, 1)
+		upstream := startRawUpstream(t, func(req *fasthttp.Request) string {
+			var seen []string
+			for _, name := range []string{"X-Foo", "X-Bar", "Proxy-Connection", "Keep-Alive", "X-Kept"} {
+				if req.Header.Peek(name) != nil {
+					seen = append(seen, name)
+				}
+			}
+			got <- strings.Join(seen, ",")
+			return "HTTP/1.1 200 OK\r\nConnection: X-Resp-Hop\r\nX-Resp-Hop: 1\r\nProxy-Connection: keep-alive\r\n" +
+				"Keep-Alive: timeout=5\r\nX-Resp-Kept: 1\r\nContent-Length: 2\r\n\r\nok"
+		})
+		gateway := startGateway(t, "-upstream", upstream)
+
+		resp := rawCall(t, gateway, "GET / HTTP/1.1\r\nHost: example.com\r\nConnection: keep-alive, X-Foo\r\nConnection: X-Bar\r\n"+
+			"X-Foo: 1\r\nX-Bar: 2\r\nProxy-Connection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-Kept: 3\r\n\r\n")
+		require.Equal(t, fasthttp.StatusOK, resp.StatusCode())
+		assert.Equal(t, "X-Kept", <-got, "request headers the upstream got")
+		assert.Equal(t, "ok", string(resp.Body()))
+		assert.Nil(t, resp.Header.Peek("X-Resp-Hop"), "named in the upstream's Connection")
+		assert.Nil(t, resp.Header.Peek("Proxy-Connection"))
+		assert.Nil(t, resp.Header.Peek("Keep-Alive"))
+		assert.Equal(t, "1", string(resp.Header.Peek("X-Resp-Kept")))
+	})
+
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		forward bool
+	}{
+		{name: "removes the caller's X-Envoy-* control headers", forward: false},
+		{name: "forwards them from a trusted caller", args: []string{"-trust-envoy-headers"}, forward: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := make(chan *fasthttp.RequestHeader, 1)
+			upstream := startUpstream(t, func(ctx *fasthttp.RequestCtx) {
+				h := new(fasthttp.RequestHeader)
+				ctx.Request.Header.CopyTo(h)
+				got <- h
+			})
+			gateway := startGateway(t, append([]string{"-upstream", upstream}, tc.args...)...)
+
+			resp := call(t, gateway, "GET", "/", "",
+				"X-Envoy-Upstream-Rq-Timeout-Ms", "1", "X-Envoy-Max-Retries", "5", "x-envoy-retry-on", "5xx",
+				"X-Envoy-Expected-Rq-Timeout-Ms", "3000")
+			require.Equal(t, fasthttp.StatusOK, resp.StatusCode())
+			h := <-got
+			for _, name := range []string{"X-Envoy-Upstream-Rq-Timeout-Ms", "X-Envoy-Max-Retries", "X-Envoy-Retry-On"} {
+				assert.Equal(t, tc.forward, h.Peek(name) != nil, name)
+			}
+			budget := millis(t, h.Peek(fasttimeout.HeaderEnvoyExpectedTimeout))
+			assert.LessOrEqual(t, budget, 3000*time.Millisecond, "Do's budget, within the caller's either way")
+			assert.Positive(t, budget)
+		})
+	}
+}
+
+func millis(t *testing.T, v []byte) time.Duration {
+	t.Helper()
+	var ms int64
+	_, err := fmt.Sscan(string(v), &ms)
+	require.NoError(t, err, "%q", v)
+	return time.Duration(ms) * time.Millisecond
+}
+
+func TestProxyBodies(t *testing.T) {
+	t.Run("answers 413 to a request body over -max-body", func(t *testing.T) {
+		var calls atomic.Int64
+		upstream := startUpstream(t, func(ctx *fasthttp.RequestCtx) { calls.Add(1) })
+		gateway := startGateway(t, "-upstream", upstream, "-max-body", "1024")
+
+		resp := call(t, gateway, "POST", "/upload", strings.Repeat("x", 4096))
+		assert.Equal(t, fasthttp.StatusRequestEntityTooLarge, resp.StatusCode())
+		assert.Equal(t, "application/json", string(resp.Header.ContentType()))
+		assert.Zero(t, calls.Load(), "the upstream is not called")
+
+		resp = call(t, gateway, "POST", "/upload", strings.Repeat("x", 1024))
+		assert.Equal(t, fasthttp.StatusOK, resp.StatusCode(), "a body at the limit goes through")
+	})
+
+	t.Run("streams the upstream's response to the client as it comes", func(t *testing.T) {
+		const chunks = 6
+		next := make(chan struct{})
+		upstream := startUpstream(t, func(ctx *fasthttp.RequestCtx) {
+			ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
+				for i := range chunks {
+					fmt.Fprintf(w, "chunk-%d;", i)
+					if w.Flush() != nil {
+						return
+					}
+					if i < chunks-1 {
+						select { // the next chunk only once the client has this one
+						case <-next:
+						case <-time.After(waitTimeout):
+							return
+						}
+					}
+				}
+			})
+		})
+		t.Setenv("REQUEST_TIMEOUT", "30s")
+		gateway := startGateway(t, "-upstream", upstream)
+
+		c, err := net.Dial("tcp", gateway)
+		require.NoError(t, err)
+		defer c.Close()
+		require.NoError(t, c.SetDeadline(time.Now().Add(waitTimeout)))
+		_, err = c.Write([]byte("GET /events HTTP/1.1\r\nHost: example.com\r\n\r\n"))
+		require.NoError(t, err)
+		br := bufio.NewReader(c)
+		var h fasthttp.ResponseHeader
+		require.NoError(t, h.Read(br), "the response header arrives before the body is complete")
+		require.Equal(t, fasthttp.StatusOK, h.StatusCode())
+		var got strings.Builder
+		buf := make([]byte, 4096)
+		for i := range chunks {
+			want := fmt.Sprintf("chunk-%d;", i)
+			for !strings.Contains(got.String(), want) {
+				n, err := br.Read(buf)
+				require.NoError(t, err, "waiting for %s, got %q", want, got.String())
+				got.Write(buf[:n])
+			}
+			if i < chunks-1 {
+				next <- struct{}{}
+			}
+		}
+	})
+}
+
+func TestProxyUpstreamConnections(t *testing.T) {
+	t.Run("waits for a free upstream connection", func(t *testing.T) {
+		arrived := make(chan struct{}, 2)
+		release := make(chan struct{})
+		upstream := startUpstream(t, func(ctx *fasthttp.RequestCtx) {
+			arrived <- struct{}{}
+			select {
+			case <-release:
+			case <-time.After(waitTimeout):
+			}
+		})
+		t.Setenv("REQUEST_TIMEOUT", "30s")
+		gateway := startGateway(t, "-upstream", upstream, "-max-conns", "1")
+
+		statuses := make(chan int, 2)
+		get := func() { statuses <- call(t, gateway, "GET", "/", "").StatusCode() }
+		before := stats.Snapshot().Requests
+		go get()
+		<-arrived // the one connection is busy
+		go get()
+		waitFor(t, "the second request in the gateway", func() bool { return stats.Snapshot().Requests == before+2 })
+		close(release)
+		assert.Equal(t, fasthttp.StatusOK, <-statuses)
+		assert.Equal(t, fasthttp.StatusOK, <-statuses, "the second waited for the connection instead of a 502")
+	})
+
+	t.Run("answers 504, not 502, when the budget runs out waiting", func(t *testing.T) {
+		arrived := make(chan struct{}, 1)
+		release := make(chan struct{})
+		upstream := startUpstream(t, func(ctx *fasthttp.RequestCtx) {
+			arrived <- struct{}{}
+			select {
+			case <-release:
+			case <-time.After(waitTimeout):
+			}
+		})
+		t.Cleanup(func() { close(release) })
+		t.Setenv("REQUEST_TIMEOUT", "30s")
+		gateway := startGateway(t, "-upstream", upstream, "-max-conns", "1")
+
+		first := make(chan int, 1)
+		go func() { first <- call(t, gateway, "GET", "/", "").StatusCode() }()
+		<-arrived
+		resp := call(t, gateway, "GET", "/", "", "grpc-timeout", "200m")
+		assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
+		assert.Equal(t, fasttimeout.DefaultBody, string(resp.Body()))
+		release <- struct{}{}
+		assert.Equal(t, fasthttp.StatusOK, <-first)
+	})
+}
+
+// TestProxyBurst sends 600 requests at once through the gateway with the
+// default -max-conns (512): the upstream holds each until 512 are in, so
+// 88 must wait for a connection. All of them are answered 200.
+func TestProxyBurst(t *testing.T) {
+	const burst, maxConns = 600, fasthttp.DefaultMaxConnsPerHost
+	var inUpstream, most atomic.Int64
+	full := make(chan struct{})
+	var fullOnce sync.Once
+	upstream := startUpstream(t, func(ctx *fasthttp.RequestCtx) {
+		n := inUpstream.Add(1)
+		defer inUpstream.Add(-1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		if n >= maxConns {
+			fullOnce.Do(func() { close(full) })
+		}
+		select {
+		case <-full:
+		case <-time.After(waitTimeout):
+		}
+	})
+	t.Setenv("REQUEST_TIMEOUT", "30s")
+	gateway := startGateway(t, "-upstream", upstream)
+
+	client := &fasthttp.Client{MaxConnsPerHost: burst, MaxIdemponentCallAttempts: 1}
+	statuses := make(chan int, burst)
+	for range burst {
+		go func() {
+			req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+			defer fasthttp.ReleaseRequest(req)
+			defer fasthttp.ReleaseResponse(resp)
+			req.SetRequestURI("http://" + gateway + "/")
+			if err := client.DoTimeout(req, resp, 2*waitTimeout); err != nil {
+				statuses <- 0
+				return
+			}
+			statuses <- resp.StatusCode()
+		}()
+	}
+	counts := map[int]int{}
+	for range burst {
+		counts[<-statuses]++
+	}
+	t.Logf("%d concurrent requests through the gateway: statuses %v; at most %d at once in the upstream", burst, counts, most.Load())
+	assert.Equal(t, map[int]int{fasthttp.StatusOK: burst}, counts)
+	assert.LessOrEqual(t, most.Load(), int64(maxConns))
+}
+
+// timingOut is an upstream client whose calls end in fasthttp's timeout at
+// once, as a wait for a connection or a read cut short by the deadline does.
+type timingOut struct{}
+
+func (timingOut) Do(*fasthttp.Request, *fasthttp.Response) error { return fasthttp.ErrTimeout }
+func (timingOut) DoDeadline(*fasthttp.Request, *fasthttp.Response, time.Time) error {
+	return fasthttp.ErrTimeout
+}
+
+func TestProxyTimeoutBody(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		handler fasthttp.RequestHandler
+	}{
+		// The upstream call sees the deadline first: forwardTo answers.
+		{name: "when the upstream call times out", handler: fasttimeout.New(forwardTo(timingOut{}, false), fasttimeout.Config{Timeout: time.Minute})},
+		// The middleware sees it first: it answers.
+		{name: "when the middleware times out", handler: fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+			<-fasttimeout.Context(ctx).Done()
+		}, fasttimeout.Config{Timeout: time.Millisecond})},
+	} {
+		t.Run("the same 504 "+tc.name, func(t *testing.T) {
+			t.Parallel()
+			resp := call(t, startUpstream(t, tc.handler), "GET", "/", "")
+			assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
+			assert.Equal(t, fasttimeout.DefaultBody, string(resp.Body()))
+			assert.Equal(t, fasttimeout.DefaultContentType, string(resp.Header.ContentType()))
+		})
+	}
+}
