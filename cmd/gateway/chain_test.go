@@ -102,10 +102,14 @@ func TestChain(t *testing.T) {
 				return c.Requests == 2 && c.LateRunning == 0
 			})
 		}
-		// Once hang-up detection exists the demo must see its client (the
-		// back gateway's connection, closed at its deadline) gone: assert
-		// then that the demo's client_gone counter is 1 and its handler
-		// has returned (in_flight 0) within waitTimeout of the 504.
+		// The back gateway's client closes its connection to the demo at
+		// its deadline (the tap closes both sides): the demo sees its
+		// client gone, and its handler, which honours its context, stops
+		// then, long before its 20 s sleep would end.
+		waitFor(t, "the demo sees its client gone and its handler stop", func() bool {
+			c := counters(t, client, demo)
+			return c.ClientGone == 1 && c.InFlight == 0
+		})
 	})
 }
 
