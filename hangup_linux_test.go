@@ -26,36 +26,6 @@ import (
 // take milliseconds, so only a broken one reaches it.
 const hangupWait = 10 * time.Second
 
-// tcpListener listens on 127.0.0.1; the test's cleanup closes it.
-func tcpListener(t testing.TB) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	t.Cleanup(func() { ln.Close() })
-	return ln
-}
-
-// tcpPair returns the two ends of a new TCP connection through ln; the
-// test's cleanup closes both.
-func tcpPair(t testing.TB, ln net.Listener) (server, client *net.TCPConn) {
-	t.Helper()
-	type accepted struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan accepted, 1)
-	go func() {
-		c, err := ln.Accept()
-		ch <- accepted{c, err}
-	}()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	require.NoError(t, err)
-	a := <-ch
-	require.NoError(t, a.err)
-	t.Cleanup(func() { c.Close(); a.c.Close() })
-	return a.c.(*net.TCPConn), c.(*net.TCPConn)
-}
-
 // signal returns a callback that closes the returned channel, and counts
 // its calls.
 func signal() (func(), <-chan struct{}, *atomic.Int32) {
