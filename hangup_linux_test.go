@@ -354,15 +354,27 @@ func TestHangupNoDescriptor(t *testing.T) {
 }
 
 // Through fasthttp's MaxConnsPerIP wrapper, ctx.Conn() hides the socket;
-// rawConnOf finds it, and the handler's registration fires on the client's
-// close.
+// rawConnOf finds it (perIPConn through its embedded Conn, perIPTLSConn
+// through the NetConn of the *tls.Conn it embeds), and the handler's
+// registration fires on the client's close.
 func TestHangupThroughMaxConnsPerIP(t *testing.T) {
 	t.Parallel()
-	ln := tcpListener(t)
+	for _, useTLS := range []bool{false, true} {
+		t.Run(map[bool]string{false: "TCP", true: "TLS"}[useTLS], func(t *testing.T) {
+			t.Parallel()
+			testHangupThroughMaxConnsPerIP(t, useTLS)
+		})
+	}
+}
+
+func testHangupThroughMaxConnsPerIP(t *testing.T, useTLS bool) {
+	var ln net.Listener = tcpListener(t)
+	if useTLS {
+		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{selfSignedCert(t)}})
+	}
 	type reg struct {
 		wrapped bool
 		fired   <-chan struct{}
-		h       hangupHandle
 		ok      bool
 	}
 	regs := make(chan reg, 1)
@@ -372,8 +384,9 @@ func TestHangupThroughMaxConnsPerIP(t *testing.T) {
 		Handler: func(ctx *fasthttp.RequestCtx) {
 			cb, fired, _ := signal()
 			_, isTCP := ctx.Conn().(*net.TCPConn)
+			_, isTLS := ctx.Conn().(*tls.Conn)
 			h, ok := clientHangups.add(ctx.Conn(), cb)
-			regs <- reg{!isTCP, fired, h, ok}
+			regs <- reg{!isTCP && !isTLS, fired, ok}
 			<-release
 			clientHangups.remove(h)
 		},
@@ -384,12 +397,23 @@ func TestHangupThroughMaxConnsPerIP(t *testing.T) {
 		require.NoError(t, srv.Shutdown())
 		require.NoError(t, <-served)
 	})
-	c, err := net.Dial("tcp", ln.Addr().String())
+	var c net.Conn
+	var err error
+	if useTLS {
+		c, err = tls.Dial("tcp", ln.Addr().String(), &tls.Config{InsecureSkipVerify: true})
+	} else {
+		c, err = net.Dial("tcp", ln.Addr().String())
+	}
 	require.NoError(t, err)
 	defer c.Close()
 	_, err = c.Write([]byte("GET / HTTP/1.1\r\nHost: test\r\n\r\n"))
 	require.NoError(t, err)
-	r := <-regs
+	var r reg
+	select {
+	case r = <-regs:
+	case <-time.After(hangupWait):
+		t.Fatal("request did not reach the handler")
+	}
 	defer close(release)
 	require.True(t, r.wrapped, "MaxConnsPerIP no longer wraps ctx.Conn(); this test checks nothing")
 	require.True(t, r.ok, "connection behind MaxConnsPerIP not watched")
