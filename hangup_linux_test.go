@@ -452,3 +452,32 @@ func TestHangupWatcherGoroutineExits(t *testing.T) {
 		w.mu.Unlock()
 	}
 }
+
+// remove racing with the hang-up: once remove has returned, the callback
+// has run or never will.
+func TestHangupRemoveRacesEvent(t *testing.T) {
+	t.Parallel()
+	var w hangupWatcher
+	ln := tcpListener(t)
+	const rounds = 200
+	var fired atomic.Int32
+	for range rounds {
+		s, c := tcpPair(t, ln)
+		var removed atomic.Bool
+		h, ok := w.add(s, func() {
+			if removed.Load() {
+				t.Error("callback after remove returned")
+			}
+			fired.Add(1)
+		})
+		require.True(t, ok)
+		closed := make(chan struct{})
+		go func() { c.Close(); close(closed) }()
+		w.remove(h)
+		removed.Store(true)
+		<-closed
+		s.Close()
+	}
+	barrier(t, &w, ln)
+	t.Logf("%d of %d callbacks ran before their remove", fired.Load(), rounds)
+}
