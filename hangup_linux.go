@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // hangupSupported reports whether this system can watch connections for the
@@ -187,7 +188,10 @@ func (w *hangupWatcher) run(epfd int) {
 			if errors.Is(err, syscall.EINTR) {
 				continue
 			}
-			n = 0 // not expected (epfd is ours and valid); treat as a timeout
+			// Not expected (epfd is ours and open): treat it as a
+			// timeout, after a pause so that it cannot spin.
+			n = 0
+			time.Sleep(10 * time.Millisecond)
 		}
 		w.mu.Lock()
 		for i := range events[:n] {

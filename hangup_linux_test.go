@@ -26,36 +26,6 @@ import (
 // take milliseconds, so only a broken one reaches it.
 const hangupWait = 10 * time.Second
 
-// tcpListener listens on 127.0.0.1; the test's cleanup closes it.
-func tcpListener(t testing.TB) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	t.Cleanup(func() { ln.Close() })
-	return ln
-}
-
-// tcpPair returns the two ends of a new TCP connection through ln; the
-// test's cleanup closes both.
-func tcpPair(t testing.TB, ln net.Listener) (server, client *net.TCPConn) {
-	t.Helper()
-	type accepted struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan accepted, 1)
-	go func() {
-		c, err := ln.Accept()
-		ch <- accepted{c, err}
-	}()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	require.NoError(t, err)
-	a := <-ch
-	require.NoError(t, a.err)
-	t.Cleanup(func() { c.Close(); a.c.Close() })
-	return a.c.(*net.TCPConn), c.(*net.TCPConn)
-}
-
 // signal returns a callback that closes the returned channel, and counts
 // its calls.
 func signal() (func(), <-chan struct{}, *atomic.Int32) {
@@ -384,15 +354,27 @@ func TestHangupNoDescriptor(t *testing.T) {
 }
 
 // Through fasthttp's MaxConnsPerIP wrapper, ctx.Conn() hides the socket;
-// rawConnOf finds it, and the handler's registration fires on the client's
-// close.
+// rawConnOf finds it (perIPConn through its embedded Conn, perIPTLSConn
+// through the NetConn of the *tls.Conn it embeds), and the handler's
+// registration fires on the client's close.
 func TestHangupThroughMaxConnsPerIP(t *testing.T) {
 	t.Parallel()
-	ln := tcpListener(t)
+	for _, useTLS := range []bool{false, true} {
+		t.Run(map[bool]string{false: "TCP", true: "TLS"}[useTLS], func(t *testing.T) {
+			t.Parallel()
+			testHangupThroughMaxConnsPerIP(t, useTLS)
+		})
+	}
+}
+
+func testHangupThroughMaxConnsPerIP(t *testing.T, useTLS bool) {
+	var ln net.Listener = tcpListener(t)
+	if useTLS {
+		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{selfSignedCert(t)}})
+	}
 	type reg struct {
 		wrapped bool
 		fired   <-chan struct{}
-		h       hangupHandle
 		ok      bool
 	}
 	regs := make(chan reg, 1)
@@ -402,8 +384,9 @@ func TestHangupThroughMaxConnsPerIP(t *testing.T) {
 		Handler: func(ctx *fasthttp.RequestCtx) {
 			cb, fired, _ := signal()
 			_, isTCP := ctx.Conn().(*net.TCPConn)
+			_, isTLS := ctx.Conn().(*tls.Conn)
 			h, ok := clientHangups.add(ctx.Conn(), cb)
-			regs <- reg{!isTCP, fired, h, ok}
+			regs <- reg{!isTCP && !isTLS, fired, ok}
 			<-release
 			clientHangups.remove(h)
 		},
@@ -414,12 +397,23 @@ func TestHangupThroughMaxConnsPerIP(t *testing.T) {
 		require.NoError(t, srv.Shutdown())
 		require.NoError(t, <-served)
 	})
-	c, err := net.Dial("tcp", ln.Addr().String())
+	var c net.Conn
+	var err error
+	if useTLS {
+		c, err = tls.Dial("tcp", ln.Addr().String(), &tls.Config{InsecureSkipVerify: true})
+	} else {
+		c, err = net.Dial("tcp", ln.Addr().String())
+	}
 	require.NoError(t, err)
 	defer c.Close()
 	_, err = c.Write([]byte("GET / HTTP/1.1\r\nHost: test\r\n\r\n"))
 	require.NoError(t, err)
-	r := <-regs
+	var r reg
+	select {
+	case r = <-regs:
+	case <-time.After(hangupWait):
+		t.Fatal("request did not reach the handler")
+	}
 	defer close(release)
 	require.True(t, r.wrapped, "MaxConnsPerIP no longer wraps ctx.Conn(); this test checks nothing")
 	require.True(t, r.ok, "connection behind MaxConnsPerIP not watched")
@@ -457,4 +451,33 @@ func TestHangupWatcherGoroutineExits(t *testing.T) {
 		require.False(t, w.running)
 		w.mu.Unlock()
 	}
+}
+
+// remove racing with the hang-up: once remove has returned, the callback
+// has run or never will.
+func TestHangupRemoveRacesEvent(t *testing.T) {
+	t.Parallel()
+	var w hangupWatcher
+	ln := tcpListener(t)
+	const rounds = 200
+	var fired atomic.Int32
+	for range rounds {
+		s, c := tcpPair(t, ln)
+		var removed atomic.Bool
+		h, ok := w.add(s, func() {
+			if removed.Load() {
+				t.Error("callback after remove returned")
+			}
+			fired.Add(1)
+		})
+		require.True(t, ok)
+		closed := make(chan struct{})
+		go func() { c.Close(); close(closed) }()
+		w.remove(h)
+		removed.Store(true)
+		<-closed
+		s.Close()
+	}
+	barrier(t, &w, ln)
+	t.Logf("%d of %d callbacks ran before their remove", fired.Load(), rounds)
 }

@@ -1,0 +1,191 @@
+//go:build linux
+
+package fasttimeout
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// nginxOptions shapes the generated configuration.
+type nginxOptions struct {
+	upstream    string        // host:port of the application
+	readTimeout time.Duration // proxy_read_timeout; 0 leaves nginx's 60 s
+	keepalive   int           // idle upstream connections kept per worker; 0: none, HTTP/1.0 upstream
+}
+
+// nginxProc is a running nginx in front of an upstream, on 127.0.0.1.
+type nginxProc struct {
+	addr    string // host:port nginx listens on
+	dir     string // its prefix: configuration, logs, pid, temporary files
+	errPath string
+}
+
+// errorLog returns nginx's error log so far.
+func (n *nginxProc) errorLog(t testing.TB) string {
+	t.Helper()
+	b, err := os.ReadFile(n.errPath)
+	if err != nil {
+		t.Fatalf("reading nginx's error log: %v", err)
+	}
+	return string(b)
+}
+
+// nginxBinary finds nginx; without it the test is skipped, or fails when
+// CI is set (CI installs nginx-light, so a missing nginx there is a bug).
+func nginxBinary(t testing.TB) string {
+	t.Helper()
+	path, err := exec.LookPath("nginx")
+	if err != nil {
+		// Debian installs it in /usr/sbin, not always in a user's PATH.
+		if _, serr := os.Stat("/usr/sbin/nginx"); serr == nil {
+			return "/usr/sbin/nginx"
+		}
+		msg := "nginx not found: these tests run a real nginx in front of the server; install it (Debian: apt-get install -y nginx-light)"
+		if os.Getenv("CI") != "" && os.Getenv("CI") != "false" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	return path
+}
+
+// startNginx starts nginx with a configuration generated in t.TempDir(),
+// waits until it accepts connections, and stops it at the test's cleanup.
+// A port taken between choosing and binding it is retried.
+func startNginx(t testing.TB, opts nginxOptions) *nginxProc {
+	t.Helper()
+	bin := nginxBinary(t)
+	var lastErr error
+	for attempt := range 3 {
+		n, err := tryStartNginx(t, bin, opts, attempt)
+		if err == nil {
+			return n
+		}
+		lastErr = err
+	}
+	t.Fatalf("nginx did not start: %v", lastErr)
+	return nil
+}
+
+func tryStartNginx(t testing.TB, bin string, opts nginxOptions, attempt int) (*nginxProc, error) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "nginx"+strconv.Itoa(attempt))
+	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o755); err != nil {
+		return nil, err
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	n := &nginxProc{
+		addr:    net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
+		dir:     dir,
+		errPath: filepath.Join(dir, "error.log"),
+	}
+	conf := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(conf, []byte(nginxConfig(n, opts)), 0o644); err != nil {
+		return nil, err
+	}
+	// -e: errors before the configuration is read go to the same log,
+	// not to /var/log/nginx.
+	cmd := exec.Command(bin, "-p", dir+"/", "-c", conf, "-e", n.errPath)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	stop := func() {
+		// SIGQUIT: graceful stop; SIGKILL if it takes too long.
+		_ = cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", n.addr, time.Second)
+		if err == nil {
+			c.Close()
+			t.Cleanup(stop)
+			return n, nil
+		}
+		select {
+		case werr := <-exited:
+			log, _ := os.ReadFile(n.errPath)
+			return nil, fmt.Errorf("nginx exited (%v): %s%s", werr, out.String(), log)
+		case <-time.After(10 * time.Millisecond): // bounded poll until it listens
+		}
+		if time.Now().After(deadline) {
+			stop()
+			return nil, fmt.Errorf("nginx not accepting on %s within 10s", n.addr)
+		}
+	}
+}
+
+// freePort returns a port free on 127.0.0.1 a moment ago.
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// nginxConfig is a single-process nginx (master_process off: no worker
+// switching to an unprivileged user that could not write the temporary
+// directory) proxying everything to opts.upstream. The error log is at
+// info level, where nginx reports clients that close early.
+func nginxConfig(n *nginxProc, opts nginxOptions) string {
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
+	p("daemon off;")
+	p("master_process off;")
+	p("worker_processes 1;")
+	p("pid %s;", filepath.Join(n.dir, "nginx.pid"))
+	p("error_log %s info;", n.errPath)
+	p("events { worker_connections 1024; }")
+	p("http {")
+	p("  access_log %s;", filepath.Join(n.dir, "access.log"))
+	// Debian's build puts these in /var/lib/nginx, which only root may
+	// write; nginx checks every one of them at start.
+	for _, d := range []string{"client_body", "proxy", "fastcgi", "uwsgi", "scgi"} {
+		p("  %s_temp_path %s;", d, filepath.Join(n.dir, "tmp", d))
+	}
+	p("  upstream app {")
+	p("    server %s;", opts.upstream)
+	if opts.keepalive > 0 {
+		p("    keepalive %d;", opts.keepalive)
+	}
+	p("  }")
+	p("  server {")
+	p("    listen %s;", n.addr)
+	p("    location / {")
+	p("      proxy_pass http://app;")
+	if opts.keepalive > 0 {
+		p("      proxy_http_version 1.1;")
+		p(`      proxy_set_header Connection "";`)
+	}
+	if opts.readTimeout > 0 {
+		p("      proxy_read_timeout %dms;", opts.readTimeout.Milliseconds())
+	}
+	p("    }")
+	p("  }")
+	p("}")
+	return b.String()
+}
