@@ -1,0 +1,224 @@
+//go:build linux
+
+package fasttimeout
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/valyala/fasthttp"
+)
+
+// The same real nginx as nginx_test.go, in front of a server wrapped by New:
+// what a user sees when the load balancer gives up or its client leaves.
+
+// contextEnd is how and when a request's context ended, as its handler saw
+// it.
+type contextEnd struct {
+	at    time.Time
+	err   error
+	cause error
+}
+
+// honouring is a handler that says when it starts and how its context
+// ended, then returns: it honours its context.
+type honouring struct {
+	started chan struct{}
+	ends    chan contextEnd
+}
+
+func newHonouring() *honouring {
+	return &honouring{started: make(chan struct{}, 16), ends: make(chan contextEnd, 16)}
+}
+
+func (h *honouring) handle(ctx *fasthttp.RequestCtx) {
+	c := Context(ctx)
+	h.started <- struct{}{}
+	select {
+	case <-c.Done():
+	case <-time.After(hangupWait):
+	}
+	h.ends <- contextEnd{time.Now(), c.Err(), context.Cause(c)}
+}
+
+func (h *honouring) waitEnd(t *testing.T) contextEnd {
+	t.Helper()
+	select {
+	case e := <-h.ends:
+		return e
+	case <-time.After(2 * hangupWait):
+		t.Fatal("the handler's context did not end")
+		return contextEnd{}
+	}
+}
+
+// nginxErrors returns the lines of nginx's error log at level error or
+// worse.
+func nginxErrors(t testing.TB, n *nginxProc) []string {
+	t.Helper()
+	var errs []string
+	for _, line := range strings.Split(n.errorLog(t), "\n") {
+		if regexp.MustCompile(`\[(error|crit|alert|emerg)\]`).MatchString(line) {
+			errs = append(errs, line)
+		}
+	}
+	return errs
+}
+
+// (1) The client aborts through nginx, which closes its upstream
+// connection: the handler's context ends with ErrClientGone, in both modes.
+func TestNginx_client_abort_cancels_the_request_context(t *testing.T) {
+	for _, mode := range []Mode{Racing, Cooperative} {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			var stats Stats
+			h := newHonouring()
+			n := startNginx(t, nginxOptions{upstream: serveTCP(t, New(h.handle, Config{Timeout: time.Minute, Mode: mode, Stats: &stats}))})
+			// Half the clients give up at once, before the watch starts
+			// (HangupDelay), half once it has started.
+			const rounds = 20
+			var early, later []time.Duration
+			for i := range rounds {
+				c, err := net.Dial("tcp", n.addr)
+				require.NoError(t, err)
+				_, err = io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
+				require.NoError(t, err)
+				<-h.started
+				if i%2 == 1 {
+					time.Sleep(4 * HangupDelay) // the client's patience, not synchronisation
+				}
+				abort := time.Now()
+				require.NoError(t, c.Close())
+				e := h.waitEnd(t)
+				require.ErrorIs(t, e.err, context.Canceled)
+				require.ErrorIs(t, e.cause, ErrClientGone)
+				if i%2 == 1 {
+					later = append(later, e.at.Sub(abort))
+				} else {
+					early = append(early, e.at.Sub(abort))
+				}
+			}
+			waitLog(t, n, `client prematurely closed connection`)
+			slices.Sort(early)
+			slices.Sort(later)
+			t.Logf("%v: client abort through nginx -> context done: at once p50 %v, max %v; after %v p50 %v, max %v (%d each)",
+				mode, early[len(early)/2], early[len(early)-1], 4*HangupDelay, later[len(later)/2], later[len(later)-1], rounds/2)
+			assert.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, hangupWait, time.Millisecond)
+			got := stats.Snapshot()
+			assert.EqualValues(t, rounds, got.ClientGone)
+			assert.Zero(t, got.Timeouts)
+		})
+	}
+}
+
+// (2) nginx's proxy_read_timeout is shorter than the application's timeout:
+// nginx answers 504 itself and closes its upstream connection, and the
+// handler's context ends then, not 60 s later.
+func TestNginx_proxy_read_timeout_shorter_than_the_apps_ends_the_context(t *testing.T) {
+	for _, mode := range []Mode{Racing, Cooperative} {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			const readTimeout = 300 * time.Millisecond
+			h := newHonouring()
+			n := startNginx(t, nginxOptions{
+				upstream:    serveTCP(t, New(h.handle, Config{Timeout: time.Minute, Mode: mode})),
+				readTimeout: readTimeout, keepalive: 4,
+			})
+			tr := &http.Transport{}
+			defer tr.CloseIdleConnections()
+			resp, err := (&http.Client{Transport: tr, Timeout: 2 * hangupWait}).Get("http://" + n.addr + "/slow")
+			require.NoError(t, err)
+			answered := time.Now()
+			_, _ = io.Copy(io.Discard, resp.Body)
+			require.NoError(t, resp.Body.Close())
+			require.Equal(t, http.StatusGatewayTimeout, resp.StatusCode, "nginx's own 504")
+			e := h.waitEnd(t)
+			require.ErrorIs(t, e.cause, ErrClientGone)
+			waitLog(t, n, `upstream timed out`)
+			t.Logf("%v: proxy_read_timeout %v; the handler's context ended %v after the client got nginx's 504",
+				mode, readTimeout, e.at.Sub(answered))
+		})
+	}
+}
+
+// (3) A mixed burst through nginx's keep-alive upstream pool, with requests
+// slow enough to be watched: no upstream error in nginx's log, and no
+// request taken for gone.
+func TestNginx_keep_alive_burst_has_no_false_hang_up(t *testing.T) {
+	for _, mode := range []Mode{Racing, Cooperative} {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			var stats Stats
+			app := New(func(ctx *fasthttp.RequestCtx) {
+				c := Context(ctx)
+				switch string(ctx.Path()) {
+				case "/slow":
+					select {
+					case <-c.Done():
+						ctx.Error(fmt.Sprint(context.Cause(c)), fasthttp.StatusServiceUnavailable)
+						return
+					case <-time.After(3 * HangupDelay): // past the start of the watch
+					}
+				case "/post":
+					if len(ctx.PostBody()) != 4096 {
+						ctx.Error("short body", fasthttp.StatusBadRequest)
+						return
+					}
+				}
+				ctx.SetBodyString(strings.Repeat("x", int(ctx.ConnRequestNum()%3)*1000))
+			}, Config{Timeout: time.Minute, Mode: mode, Stats: &stats})
+			n := startNginx(t, nginxOptions{upstream: serveTCP(t, app), keepalive: 8, readTimeout: 30 * time.Second})
+
+			tr := &http.Transport{MaxIdleConnsPerHost: 16}
+			defer tr.CloseIdleConnections()
+			client := &http.Client{Transport: tr, Timeout: 2 * hangupWait}
+			const workers, perWorker = 16, 20
+			paths := []string{"/fast", "/slow", "/post"}
+			errs := make(chan error, workers*perWorker)
+			var wg sync.WaitGroup
+			for i := range workers {
+				wg.Go(func() {
+					for j := range perWorker {
+						path := paths[(i+j)%len(paths)]
+						var resp *http.Response
+						var err error
+						if path == "/post" {
+							resp, err = client.Post("http://"+n.addr+path, "application/octet-stream", strings.NewReader(strings.Repeat("y", 4096)))
+						} else {
+							resp, err = client.Get("http://" + n.addr + path)
+						}
+						if err != nil {
+							errs <- err
+							continue
+						}
+						body, _ := io.ReadAll(resp.Body)
+						_ = resp.Body.Close()
+						if resp.StatusCode != http.StatusOK {
+							errs <- fmt.Errorf("%s: status %d %s", path, resp.StatusCode, body)
+						}
+					}
+				})
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Error(err)
+			}
+			assert.Empty(t, nginxErrors(t, n), "nginx's error log")
+			got := stats.Snapshot()
+			assert.Zero(t, got.ClientGone, "requests taken for gone")
+			assert.EqualValues(t, workers*perWorker, got.Requests)
+		})
+	}
+}
