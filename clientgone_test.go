@@ -42,6 +42,18 @@ func waitEnd(t *testing.T, ends <-chan ended) ended {
 	}
 }
 
+// sendRaw dials addr over TCP and writes requests as they are; the test's
+// cleanup closes the connection if the test has not.
+func sendRaw(t *testing.T, addr, requests string) *net.TCPConn {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	_, err = conn.Write([]byte(requests))
+	require.NoError(t, err)
+	return conn.(*net.TCPConn)
+}
+
 // rawRequest is a GET of path, as a client writes it.
 func rawRequest(path string) string {
 	return "GET " + path + " HTTP/1.1\r\nHost: hangup.test\r\n\r\n"
@@ -88,13 +100,9 @@ func TestHangup_client_gone_cancels_the_context(t *testing.T) {
 					OnLateReturn: func(_ *fasthttp.RequestCtx, late time.Duration) { lates <- late },
 					OnHangup:     func(_ *fasthttp.RequestCtx, after time.Duration) { afters <- after },
 				})
-				conn, err := net.Dial("tcp", s.addr)
-				require.NoError(t, err)
-				defer conn.Close()
-				_, err = conn.Write([]byte(rawRequest("/slow")))
-				require.NoError(t, err)
+				conn := sendRaw(t, s.addr, rawRequest("/slow"))
 				<-started
-				require.NoError(t, hangUp(conn.(*net.TCPConn)))
+				require.NoError(t, hangUp(conn))
 
 				e := waitEnd(t, ends)
 				assert.ErrorIs(t, e.err, context.Canceled)
@@ -153,11 +161,7 @@ func TestHangup_only_a_hang_up_is_a_hang_up(t *testing.T) {
 				}
 				ctx.SetBodyString("own " + string(ctx.Path()))
 			}, fasttimeout.Config{Timeout: time.Minute, Mode: mode, Stats: &stats}))
-			conn, err := net.Dial("tcp", s.addr)
-			require.NoError(t, err)
-			defer conn.Close()
-			_, err = conn.Write([]byte(rawRequest("/slow") + rawRequest("/next")))
-			require.NoError(t, err)
+			conn := sendRaw(t, s.addr, rawRequest("/slow")+rawRequest("/next"))
 			// Long enough past HangupDelay for the watch to have started:
 			// what is checked is that nothing fires, so the wait is
 			// only a chance given to a wrong hang-up.
@@ -179,11 +183,7 @@ func TestHangup_only_a_hang_up_is_a_hang_up(t *testing.T) {
 			t.Parallel()
 			var stats fasttimeout.Stats
 			s, started, ends := hangupServer(t, fasttimeout.Config{Timeout: 30 * time.Millisecond, Mode: mode, Stats: &stats})
-			conn, err := net.Dial("tcp", s.addr)
-			require.NoError(t, err)
-			defer conn.Close()
-			_, err = conn.Write([]byte(rawRequest("/slow")))
-			require.NoError(t, err)
+			conn := sendRaw(t, s.addr, rawRequest("/slow"))
 			<-started
 			e := waitEnd(t, ends)
 			assert.ErrorIs(t, e.err, context.DeadlineExceeded)
@@ -198,10 +198,7 @@ func TestHangup_only_a_hang_up_is_a_hang_up(t *testing.T) {
 			t.Parallel()
 			var stats fasttimeout.Stats
 			s, started, ends := hangupServer(t, fasttimeout.Config{Timeout: 50 * time.Millisecond, Mode: mode, Stats: &stats, IgnoreHangups: true})
-			conn, err := net.Dial("tcp", s.addr)
-			require.NoError(t, err)
-			_, err = conn.Write([]byte(rawRequest("/slow")))
-			require.NoError(t, err)
+			conn := sendRaw(t, s.addr, rawRequest("/slow"))
 			<-started
 			require.NoError(t, conn.Close())
 			e := waitEnd(t, ends)
@@ -231,10 +228,7 @@ func TestHangup_no_stale_watch_reaches_a_later_request(t *testing.T) {
 				}
 			}, fasttimeout.Config{Timeout: time.Minute, Mode: mode, Stats: &stats}))
 			for i := range 30 {
-				conn, err := net.Dial("tcp", s.addr)
-				require.NoError(t, err)
-				_, err = conn.Write([]byte(rawRequest("/")))
-				require.NoError(t, err)
+				conn := sendRaw(t, s.addr, rawRequest("/"))
 				resp := readResponse(t, conn)
 				require.Equal(t, "own", string(resp.Body()), "request %d", i)
 				require.NoError(t, conn.Close())
@@ -263,10 +257,7 @@ func TestHangup_late_handler_after_a_hang_up(t *testing.T) {
 		ctx.SetBodyString("late")
 	}, fasttimeout.Config{Timeout: time.Minute, Stats: &stats, MaxLateHandlers: 1,
 		OnLateReturn: func(_ *fasthttp.RequestCtx, late time.Duration) { lates <- late }}))
-	conn, err := net.Dial("tcp", s.addr)
-	require.NoError(t, err)
-	_, err = conn.Write([]byte(rawRequest("/ignore")))
-	require.NoError(t, err)
+	conn := sendRaw(t, s.addr, rawRequest("/ignore"))
 	<-started
 	require.NoError(t, conn.Close())
 	require.True(t, waitUntil(func() bool { return stats.Snapshot().LateRunning == 1 }))
@@ -361,10 +352,7 @@ func TestHangup_context_made_after_the_hang_up_is_already_cancelled(t *testing.T
 		c := fasttimeout.Context(ctx)
 		ends <- ended{c.Err(), context.Cause(c)}
 	}, fasttimeout.Config{Timeout: time.Minute, Stats: &stats}))
-	conn, err := net.Dial("tcp", s.addr)
-	require.NoError(t, err)
-	_, err = conn.Write([]byte(rawRequest("/")))
-	require.NoError(t, err)
+	conn := sendRaw(t, s.addr, rawRequest("/"))
 	<-started
 	require.NoError(t, conn.Close())
 	e := waitEnd(t, ends)

@@ -130,14 +130,8 @@ func (c *call) clientGone() bool {
 			break
 		}
 	}
-	c.overAt.Store(now())
-	m := c.m
-	m.late.Add(1)
-	m.stats.clientGone.Add(1)
-	m.stats.lateRunning.Add(1)
-	if b := c.bridge.Load(); b != nil {
-		b.cancel(context.Canceled, &goneCause)
-	}
+	c.m.stats.clientGone.Add(1)
+	c.becomeLate(now(), context.Canceled, &goneCause)
 	return true
 }
 

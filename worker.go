@@ -100,18 +100,23 @@ func (c *call) expire(t int64) bool {
 		!c.state.CompareAndSwap(s, s&^phaseMask|callTimedOut) {
 		return false
 	}
-	c.overAt.Store(c.deadline.Load())
-	m := c.m
-	m.late.Add(1)
-	m.stats.timeouts.Add(1)
-	m.stats.lateRunning.Add(1)
-	// Cancel before the server goroutine is signalled: from then on, the
-	// worker may be recycled (see worker.owners) and c.bridge be another
-	// request's.
-	if b := c.bridge.Load(); b != nil {
-		b.cancel(context.DeadlineExceeded, &timeoutCause)
-	}
+	c.m.stats.timeouts.Add(1)
+	c.becomeLate(c.deadline.Load(), context.DeadlineExceeded, &timeoutCause)
 	return true
+}
+
+// becomeLate does what a call that has just timed out (or lost its client)
+// at overAt needs: its handler counts as late from then on, and its context
+// is cancelled with err and causes. The context is cancelled before the
+// server goroutine is signalled: from then on, the worker may be recycled
+// (see worker.owners) and c.bridge be another request's.
+func (c *call) becomeLate(overAt int64, err error, causes *context.Context) {
+	c.overAt.Store(overAt)
+	c.m.late.Add(1)
+	c.m.stats.lateRunning.Add(1)
+	if b := c.bridge.Load(); b != nil {
+		b.cancel(err, causes)
+	}
 }
 
 // context returns the call's context, creating it on first use.
