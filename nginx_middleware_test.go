@@ -82,6 +82,7 @@ func TestNginx_client_abort_cancels_the_request_context(t *testing.T) {
 	for _, mode := range []Mode{Racing, Cooperative} {
 		t.Run(mode.String(), func(t *testing.T) {
 			t.Parallel()
+			nginxBinary(t) // skip before starting anything
 			var stats Stats
 			h := newHonouring()
 			n := startNginx(t, nginxOptions{upstream: serveTCP(t, New(h.handle, Config{Timeout: time.Minute, Mode: mode, Stats: &stats}))})
@@ -129,6 +130,7 @@ func TestNginx_proxy_read_timeout_shorter_than_the_apps_ends_the_context(t *test
 	for _, mode := range []Mode{Racing, Cooperative} {
 		t.Run(mode.String(), func(t *testing.T) {
 			t.Parallel()
+			nginxBinary(t) // skip before starting anything
 			const readTimeout = 300 * time.Millisecond
 			h := newHonouring()
 			n := startNginx(t, nginxOptions{
@@ -159,6 +161,7 @@ func TestNginx_keep_alive_burst_has_no_false_hang_up(t *testing.T) {
 	for _, mode := range []Mode{Racing, Cooperative} {
 		t.Run(mode.String(), func(t *testing.T) {
 			t.Parallel()
+			nginxBinary(t) // skip before starting anything
 			var stats Stats
 			app := New(func(ctx *fasthttp.RequestCtx) {
 				c := Context(ctx)
