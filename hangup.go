@@ -71,20 +71,33 @@ func (c *call) nextWake() int64 {
 	return deadline
 }
 
-// rearm sets a racing call's timer to nextWake, once a registration in
-// progress has finished re-arming it itself (see watchClient): Extend and
-// Disarm, which move the deadline, must have the last word.
+// rearm sets the timer that holds a racing call's next wake to it, once a
+// registration in progress has finished arming c.later itself (see
+// watchClient): Extend and Disarm, which move the deadline, must have the
+// last word.
 func (c *call) rearm() {
-	for c.watch.Load()&watchMask == watchRegistering {
+	s := c.watch.Load()
+	for s&watchMask == watchRegistering {
 		runtime.Gosched()
+		s = c.watch.Load()
+	}
+	if s&watchMask == watchRegistered {
+		c.later.Reset(time.Duration(c.deadline.Load() - now()))
+		return
 	}
 	c.timer.Reset(time.Duration(c.nextWake() - now()))
 }
 
 // watchClient starts watching the client of a racing call that has run
-// HangupDelay, and re-arms the call's timer for its deadline. It runs on
-// the call's timer, which may be the timer of an earlier call: the
-// compare-and-swap on watch, which carries the generation, settles that.
+// HangupDelay, and arms c.later for its deadline. It runs on the call's
+// timer, which may be the timer of an earlier call: the compare-and-swap on
+// watch, which carries the generation, settles that.
+//
+// The deadline goes to a second timer rather than back to c.timer: moving a
+// runtime timer earlier than where it stands makes the runtime sort its
+// whole heap again, and c.timer, stopped at a long deadline by the previous
+// call, would be moved to HangupDelay by the next. So each timer of a
+// worker only moves later from call to call.
 func (w *worker) watchClient(t int64) {
 	c := &w.call
 	s := c.watch.Load()
@@ -93,7 +106,7 @@ func (w *worker) watchClient(t int64) {
 		return
 	}
 	c.hangup, _ = clientHangups.add(c.conn, w.gone)
-	c.timer.Reset(time.Duration(c.deadline.Load() - now()))
+	c.later.Reset(time.Duration(c.deadline.Load() - now()))
 	c.watch.Store(s + watchRegistered)
 }
 
@@ -112,6 +125,7 @@ func (c *call) unwatchClient() {
 	if s&watchMask == watchRegistered {
 		clientHangups.remove(c.hangup) // final: no callback runs after it
 		c.hangup = hangupHandle{}
+		c.later.Stop()
 		c.watch.Store(s | watchEnded)
 	}
 }

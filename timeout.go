@@ -290,6 +290,8 @@ func (m *middleware) acquireWorker(connID uint64, t int64) *worker {
 	w.m = m
 	w.timer = time.AfterFunc(time.Hour, w.fire)
 	w.timer.Stop()
+	w.later = time.AfterFunc(time.Hour, w.fire)
+	w.later.Stop()
 	w.gone = w.hungUp
 	m.clock.addWorker(w)
 	go w.loop()

@@ -42,7 +42,8 @@ type call struct {
 	outer    *call                          // of an enclosing New, restored when this call ends
 	deadline atomic.Int64                   // nanoseconds since epoch, or noDeadline
 	state    atomic.Uint64                  // phase (low byte) and generation
-	timer    *time.Timer                    // a racing call's deadline; nil in cooperative mode
+	timer    *time.Timer                    // a racing call's first wake: its deadline, or the start of the watch if sooner; nil in cooperative mode
+	later    *time.Timer                    // a watched racing call's deadline, once timer has started the watch
 	bridge   atomic.Pointer[requestContext] // created by Context, lazily
 	overAt   atomic.Int64                   // when the call timed out (its deadline) or its client left
 	start    int64                          // when the middleware started the call; read by the server goroutine
