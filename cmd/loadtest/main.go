@@ -38,15 +38,17 @@ const serveEnv = "FASTTIMEOUT_LOADTEST_SERVE"
 
 // options are the parsed command-line flags.
 type options struct {
-	duration   time.Duration
-	warmup     time.Duration
-	conns      []int
-	variants   []string
-	scenarios  []string
-	stormConns int
-	json       bool
-	chart      string
-	smoke      bool
+	duration     time.Duration
+	warmup       time.Duration
+	conns        []int
+	variants     []string
+	scenarios    []string
+	stormConns   int
+	hangupConns  int
+	hangupRounds int
+	json         bool
+	chart        string
+	smoke        bool
 }
 
 const usage = `usage: loadtest [flags]
@@ -66,11 +68,13 @@ func parseFlags(args []string) (options, error) {
 		o         options
 		conns     = fs.String("conns", "64,1024", "comma-separated connection counts of the throughput scenario")
 		variants  = fs.String("variants", strings.Join(allVariants, ","), "comma-separated variants")
-		scenarios = fs.String("scenarios", "throughput,storm", "comma-separated scenarios: throughput, storm")
+		scenarios = fs.String("scenarios", "throughput,storm,hangup", "comma-separated scenarios: throughput, storm, hangup")
 	)
 	fs.DurationVar(&o.duration, "duration", 3*time.Second, "measured time of each cell (variant × connections)")
 	fs.DurationVar(&o.warmup, "warmup", 500*time.Millisecond, "unmeasured load before each cell")
 	fs.IntVar(&o.stormConns, "storm-conns", 1000, "connections (concurrent slow requests) of the storm scenario")
+	fs.IntVar(&o.hangupConns, "hangup-conns", 10000, "connections (concurrent slow requests) of the hangup scenario")
+	fs.IntVar(&o.hangupRounds, "hangup-rounds", 2, "pairs of CPU windows, watch on and off, per variant of the hangup scenario")
 	fs.BoolVar(&o.json, "json", false, "write the report as JSON instead of Markdown")
 	fs.StringVar(&o.chart, "chart", "", "also write a PNG chart to this file")
 	fs.BoolVar(&o.smoke, "smoke", false, "tiny budget for CI: 150ms cells, 4 and 32 connections, 64 storm connections")
@@ -101,6 +105,12 @@ func parseFlags(args []string) (options, error) {
 		if !set["storm-conns"] {
 			o.stormConns = 64
 		}
+		if !set["hangup-conns"] {
+			o.hangupConns = 64
+		}
+		if !set["hangup-rounds"] {
+			o.hangupRounds = 1
+		}
 	}
 	var err error
 	if o.conns, err = parseConns(*conns); err != nil {
@@ -109,7 +119,7 @@ func parseFlags(args []string) (options, error) {
 	if o.variants, err = parseList("variant", *variants, allVariants); err != nil {
 		return o, err
 	}
-	if o.scenarios, err = parseList("scenario", *scenarios, []string{scenarioThroughput, scenarioStorm}); err != nil {
+	if o.scenarios, err = parseList("scenario", *scenarios, []string{scenarioThroughput, scenarioStorm, scenarioHangup}); err != nil {
 		return o, err
 	}
 	switch {
@@ -119,6 +129,10 @@ func parseFlags(args []string) (options, error) {
 		return o, fmt.Errorf("-warmup must be between 0 and 1h, got %v", o.warmup)
 	case o.stormConns <= 0 || o.stormConns > maxConns:
 		return o, fmt.Errorf("-storm-conns must be between 1 and %d, got %d", maxConns, o.stormConns)
+	case o.hangupConns <= 0 || o.hangupConns > maxConns:
+		return o, fmt.Errorf("-hangup-conns must be between 1 and %d, got %d", maxConns, o.hangupConns)
+	case o.hangupRounds <= 0 || o.hangupRounds > 100:
+		return o, fmt.Errorf("-hangup-rounds must be between 1 and 100, got %d", o.hangupRounds)
 	}
 	return o, nil
 }
@@ -233,6 +247,13 @@ func run(ctx context.Context, o options, stdout io.Writer) error {
 			rep.StormRows = append(rep.StormRows, row)
 		}
 	}
+	if slices.Contains(o.scenarios, scenarioHangup) {
+		n, err := runHangup(ctx, o, &rep)
+		if err != nil {
+			return err
+		}
+		failed += n
+	}
 	rep.TotalSeconds = time.Since(start).Seconds()
 	progress("loadtest: done in %v", time.Since(start).Round(time.Millisecond))
 	var err error
@@ -267,7 +288,8 @@ func estimate(o options) time.Duration {
 		storm = len(stormVariants(o.variants))
 	}
 	return time.Duration(cells)*(o.warmup+o.duration+perCell) +
-		time.Duration(storm)*(o.warmup+o.duration+perCell+stormWork)
+		time.Duration(storm)*(o.warmup+o.duration+perCell+stormWork) +
+		hangupEstimate(o)
 }
 
 func progress(format string, args ...any) {

@@ -17,6 +17,7 @@ type report struct {
 	Throughput   []throughputRow `json:"throughput,omitempty"`
 	Storm        stormConfig     `json:"storm_config"`
 	StormRows    []stormRow      `json:"storm,omitempty"`
+	Hangup       *hangupReport   `json:"hangup,omitempty"`
 }
 
 type machine struct {
@@ -207,6 +208,7 @@ func writeMarkdown(w io.Writer, rep report) error {
 		}
 		b.WriteString("\n")
 	}
+	writeHangupMarkdown(&b, rep.Hangup)
 	_, err := io.WriteString(w, b.String())
 	return err
 }

@@ -96,6 +96,9 @@ func serveChild(spec string, in io.Reader, out io.Writer) error {
 	if !ok {
 		return fmt.Errorf("bad server spec %q", spec)
 	}
+	if scenario == scenarioHangup {
+		return serveHangup(variant, in, out)
+	}
 	var track stormTrack
 	fh, nh, err := variantHandler(scenario, variant, &track)
 	if err != nil {
