@@ -24,8 +24,12 @@ func writeHangupMarkdown(b *strings.Builder, h *hangupReport) {
 			fmt.Fprintf(b, "| %s | %s | failed: %s ||||||\n", r.Variant, watch, oneLine(r.Error))
 			continue
 		}
-		fmt.Fprintf(b, "| %s | %s | %d | %.0f | %.1f %% | %s | %d | %d |\n",
-			r.Variant, watch, r.InFlight, r.ReqPerSec, r.CPUPercent, pctList(r.WindowsPct, false), r.ClientGone, r.Errors)
+		inFlight := fmt.Sprint(r.InFlight)
+		if r.InFlight*10 < int64(c.Conns)*9 {
+			inFlight += " (load not held)"
+		}
+		fmt.Fprintf(b, "| %s | %s | %s | %.0f | %.1f %% | %s | %d | %d |\n",
+			r.Variant, watch, inFlight, r.ReqPerSec, r.CPUPercent, pctList(r.WindowsPct, false), r.ClientGone, r.Errors)
 	}
 	b.WriteString("\n")
 	if len(h.Diffs) > 0 {
