@@ -3,7 +3,7 @@
 //
 // Each variant server runs in a child process of this binary, so that the
 // server's CPU time and allocations per request are measured apart from the
-// load generator's. Two scenarios:
+// load generator's. Three scenarios:
 //
 //   - throughput: a trivial handler under keep-alive load from N
 //     connections; requests/s, latency percentiles, server CPU and
@@ -11,6 +11,9 @@
 //   - storm: slow handlers (200 ms of waiting, half of them honouring their
 //     context) behind a 50 ms timeout; how late the timeout responses are,
 //     how long handlers run past their deadline, peak goroutines and heap.
+//   - hangup: 10 000 slow requests in flight; the server's CPU with
+//     fasttimeout's hang-up watch on and off, and how soon a client's
+//     hang-up is seen, idle and under that load.
 //
 // The report is Markdown on stdout (-json for JSON); progress goes to
 // stderr. See README.md.
