@@ -192,6 +192,10 @@ type noticeRow struct {
 	Watched      int     `json:"watched"`
 	WatchedP99Ms float64 `json:"watched_p99_ms"`
 	WatchedMaxMs float64 `json:"watched_max_ms"`
+	// The longest a goroutine of the server was woken late meanwhile
+	// (a 1 ms sleep's overshoot): what the machine and the load add to
+	// any wake-up, hang-up or not.
+	ServerLagMs float64 `json:"server_lag_max_ms"`
 }
 
 func summarizeProbes(probes []probeResult) noticeRow {
@@ -293,7 +297,7 @@ func measureHangup(ctx context.Context, variant string, cfg hangupConfig, warmup
 		return on, off, diff, err
 	}
 	defer srv.stop()
-	idle, err := probeHangups(ctx, srv, cfg, 0)
+	idle, idleLag, err := probeHangups(ctx, srv, cfg, 0)
 	if err != nil {
 		return on, off, diff, fmt.Errorf("hang-ups without load: %w", err)
 	}
@@ -330,12 +334,13 @@ func measureHangup(ctx context.Context, variant string, cfg hangupConfig, warmup
 			return on, off, diff, err
 		}
 	}
-	loaded, err := probeHangups(ctx, srv, cfg, cfg.Probes)
+	loaded, loadedLag, err := probeHangups(ctx, srv, cfg, cfg.Probes)
 	if err != nil {
 		return on, off, diff, fmt.Errorf("hang-ups under load: %w", err)
 	}
 	on, off, diff = hangupRows(variant, windows)
 	idleRow, loadedRow := summarizeProbes(idle), summarizeProbes(loaded)
+	idleRow.ServerLagMs, loadedRow.ServerLagMs = idleLag, loadedLag
 	on.Idle, on.Loaded = &idleRow, &loadedRow
 	on.Errors = load.errors.Load()
 	off.Errors = on.Errors
@@ -516,8 +521,13 @@ const probeParallel = 16
 // (SetLinger(0)) instead of closed. The delays spread the closes over the
 // time before and after the watch starts (HangupDelay). It then collects
 // what the server saw of each, waiting until every handler has returned:
-// noticed or not, within a handler's wait.
-func probeHangups(ctx context.Context, srv *child, cfg hangupConfig, seq int) ([]probeResult, error) {
+// noticed or not, within a handler's wait. Meanwhile the server samples
+// its own wake-up lag (lagSampler), returned in ms.
+func probeHangups(ctx context.Context, srv *child, cfg hangupConfig, seq int) (_ []probeResult, lagMs float64, _ error) {
+	var lag lagStats
+	if err := srv.ask("lag-start", &lag); err != nil {
+		return nil, 0, err
+	}
 	n := cfg.Probes
 	out := make([]probeResult, n)
 	errs := make([]error, n)
@@ -537,10 +547,10 @@ func probeHangups(ctx context.Context, srv *child, cfg hangupConfig, seq int) ([
 	}
 	wg.Wait()
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if err := errors.Join(errs...); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	// A request that never reached its handler is waited for as long.
 	deadline := time.Now().Add(cfg.work() + time.Second)
@@ -548,7 +558,7 @@ func probeHangups(ctx context.Context, srv *child, cfg hangupConfig, seq int) ([
 	for {
 		var batch []probeSeen
 		if err := srv.ask("probes", &batch); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		for _, s := range batch {
 			seen[s.ID] = s
@@ -563,14 +573,17 @@ func probeHangups(ctx context.Context, srv *child, cfg hangupConfig, seq int) ([
 			break
 		}
 		if err := sleepCtx(ctx, 10*time.Millisecond); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 	}
 	for i := range out {
 		s := seen[seq+i]
 		out[i].Started, out[i].Noticed = s.Started, s.Noticed
 	}
-	return out, nil
+	if err := srv.ask("lag-stop", &lag); err != nil {
+		return nil, 0, err
+	}
+	return out, float64(lag.MaxNs) / 1e6, nil
 }
 
 // hangUp sends one probe request and closes its connection after delay,

@@ -96,7 +96,8 @@ func parseHangupSpec(spec string) (variant string, work time.Duration, err error
 // handler waits for its context or the work time, then answers; for probe
 // requests it logs when it started and when its context ended with
 // ErrClientGone. Each command line gets a JSON line: hangupStats for
-// "stats", "on" and "off", the changed probeSeen for "probes". The child
+// "stats", "on" and "off", the changed probeSeen for "probes", lagStats
+// for "lag-start" and "lag-stop" (see lagSampler). The child
 // ends when its input is closed.
 func serveHangup(spec string, in io.Reader, out io.Writer) error {
 	variant, work, err := parseHangupSpec(spec)
@@ -107,6 +108,7 @@ func serveHangup(spec string, in io.Reader, out io.Writer) error {
 	var (
 		stats  fasttimeout.Stats
 		probes probeLog
+		lag    lagSampler
 		watch  atomic.Bool
 	)
 	handler := func(ctx *fasthttp.RequestCtx) {
@@ -182,6 +184,11 @@ func serveHangup(spec string, in io.Reader, out io.Writer) error {
 				ClientGone: c.ClientGone, Goroutines: runtime.NumGoroutine()}
 		case "probes":
 			answer = probes.take()
+		case "lag-start":
+			lag.start()
+			answer = lagStats{}
+		case "lag-stop":
+			answer = lagStats{MaxNs: lag.stop()}
 		default:
 			return fmt.Errorf("unknown command %q", cmd)
 		}
@@ -192,6 +199,7 @@ func serveHangup(spec string, in io.Reader, out io.Writer) error {
 			return err
 		}
 	}
+	lag.stop()
 	if err := s.Shutdown(); err != nil {
 		return err
 	}
@@ -219,4 +227,48 @@ func raiseFileLimit() {
 		l.Cur = l.Max
 		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
 	}
+}
+
+// lagStats is the answer to "lag-start" and "lag-stop".
+type lagStats struct {
+	MaxNs int64 `json:"max_ns"` // the longest overshoot of a 1 ms sleep since lag-start
+}
+
+// lagSampler tells how late the server's goroutines can be woken, apart
+// from any hang-up: while it runs, one goroutine sleeps 1 ms after 1 ms
+// and keeps the longest overshoot. It runs only while hang-ups are timed,
+// not in the CPU windows.
+type lagSampler struct {
+	max  atomic.Int64
+	done chan struct{}
+	over chan struct{}
+}
+
+func (l *lagSampler) start() {
+	l.stop()
+	l.max.Store(0)
+	l.done, l.over = make(chan struct{}), make(chan struct{})
+	go func(done, over chan struct{}) {
+		defer close(over)
+		for {
+			t := time.Now()
+			time.Sleep(time.Millisecond)
+			raise(&l.max, int64(time.Since(t)-time.Millisecond))
+			select {
+			case <-done:
+				return
+			default:
+			}
+		}
+	}(l.done, l.over)
+}
+
+// stop ends the sampling, if it runs, and returns the longest overshoot.
+func (l *lagSampler) stop() int64 {
+	if l.done != nil {
+		close(l.done)
+		<-l.over
+		l.done, l.over = nil, nil
+	}
+	return l.max.Load()
 }

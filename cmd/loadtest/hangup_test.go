@@ -130,7 +130,7 @@ func TestWriteHangupMarkdown(t *testing.T) {
 		Config: hangupConfig{Conns: 10000, WorkMs: 2000, TimeoutMs: 4000, WindowMs: 3000, Rounds: 2},
 		Rows: []hangupRow{
 			{Variant: ftRace, Watch: true, InFlight: 9990, ReqPerSec: 4990, CPUPercent: 41.26, WindowsPct: []float64{41, 41.5},
-				Idle:   &noticeRow{Probes: 300, Resets: 100, Noticed: 300, P50Ms: 0.2, P99Ms: 4.5, MaxMs: 5.1, Watched: 240, WatchedP99Ms: 0.9, WatchedMaxMs: 1.2},
+				Idle:   &noticeRow{Probes: 300, Resets: 100, Noticed: 300, P50Ms: 0.2, P99Ms: 4.5, MaxMs: 5.1, Watched: 240, WatchedP99Ms: 0.9, WatchedMaxMs: 1.2, ServerLagMs: 0.3},
 				Loaded: &noticeRow{Probes: 300, Resets: 100, Noticed: 299, NotStarted: 1, P50Ms: 0.5, P99Ms: 7, MaxMs: 9.5}},
 			{Variant: ftRace, InFlight: 10000, ReqPerSec: 5000, CPUPercent: 40, WindowsPct: []float64{40.5, 39.5}},
 			{Variant: ftRaceContext, InFlight: 8000, WindowsPct: []float64{1}},
@@ -148,7 +148,7 @@ func TestWriteHangupMarkdown(t *testing.T) {
 		"| fasttimeout-race-context | off (IgnoreHangups) | 8000 (load not held) |",
 		"| fasttimeout-cooperative | on | failed: server died badly |",
 		"| fasttimeout-race | 41.3 % | 40.0 % | +1.3 | +0.5, +2.0 |",
-		"| fasttimeout-race | idle | 300 | 100 | 300 | 0 | 0.20 ms | 4.50 ms | 5.10 ms | 240 | 0.90 ms | 1.20 ms |",
+		"| fasttimeout-race | idle | 300 | 100 | 300 | 0 | 0.20 ms | 4.50 ms | 5.10 ms | 240 | 0.90 ms | 1.20 ms | 0.30 ms |",
 		"| fasttimeout-race | 10000 slow requests | 300 | 100 | 299 | 1 | 0.50 ms | 7.00 ms | 9.50 ms |",
 	} {
 		if !strings.Contains(b.String(), want) {
