@@ -41,17 +41,19 @@ const serveEnv = "FASTTIMEOUT_LOADTEST_SERVE"
 
 // options are the parsed command-line flags.
 type options struct {
-	duration     time.Duration
-	warmup       time.Duration
-	conns        []int
-	variants     []string
-	scenarios    []string
-	stormConns   int
+	duration   time.Duration
+	warmup     time.Duration
+	conns      []int
+	variants   []string
+	scenarios  []string
+	stormConns int
+	json       bool
+	chart      string
+	smoke      bool
+
+	// The hangup scenario (hangup.go).
 	hangupConns  int
 	hangupRounds int
-	json         bool
-	chart        string
-	smoke        bool
 }
 
 const usage = `usage: loadtest [flags]
