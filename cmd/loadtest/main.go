@@ -3,7 +3,7 @@
 //
 // Each variant server runs in a child process of this binary, so that the
 // server's CPU time and allocations per request are measured apart from the
-// load generator's. Two scenarios:
+// load generator's. Three scenarios:
 //
 //   - throughput: a trivial handler under keep-alive load from N
 //     connections; requests/s, latency percentiles, server CPU and
@@ -16,6 +16,9 @@
 //     streams) behind a 40 ms timeout; how late the timeout responses are,
 //     how many handlers returned after their deadline and still had their
 //     own response sent, re-raised panics, crashes, peak goroutines.
+//   - hangup: 10 000 slow requests in flight; the server's CPU with
+//     fasttimeout's hang-up watch on and off, and how soon a client's
+//     hang-up is seen, idle and under that load.
 //
 // The report is Markdown on stdout (-json for JSON); progress goes to
 // stderr. See README.md.
@@ -55,6 +58,10 @@ type options struct {
 	json       bool
 	chart      string
 	smoke      bool
+
+	// The hangup scenario (hangup.go).
+	hangupConns  int
+	hangupRounds int
 }
 
 const usage = `usage: loadtest [flags]
@@ -74,7 +81,7 @@ func parseFlags(args []string) (options, error) {
 		o         options
 		conns     = fs.String("conns", "64,1024", "comma-separated connection counts of the throughput scenario")
 		variants  = fs.String("variants", strings.Join(allVariants, ","), "comma-separated variants")
-		scenarios = fs.String("scenarios", "throughput,storm,burst", "comma-separated scenarios: throughput, storm, burst")
+		scenarios = fs.String("scenarios", "throughput,storm,burst,hangup", "comma-separated scenarios: throughput, storm, burst, hangup")
 	)
 	fs.DurationVar(&o.duration, "duration", 3*time.Second, "measured time of each cell (variant × connections)")
 	fs.DurationVar(&o.warmup, "warmup", 500*time.Millisecond, "unmeasured load before each cell")
@@ -82,6 +89,8 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.burstConns, "burst-conns", 512, "connections opened at once by the burst scenario")
 	fs.IntVar(&o.burstReqs, "burst-requests", 50, "requests each burst connection sends, one after the other")
 	fs.BoolVar(&o.shared, "burst-shared", true, "run the burst's server in this process, its goroutines sharing the Ps with the clients' (false: a child process)")
+	fs.IntVar(&o.hangupConns, "hangup-conns", 10000, "connections (concurrent slow requests) of the hangup scenario")
+	fs.IntVar(&o.hangupRounds, "hangup-rounds", 2, "pairs of CPU windows, watch on and off, per variant of the hangup scenario")
 	fs.BoolVar(&o.json, "json", false, "write the report as JSON instead of Markdown")
 	fs.StringVar(&o.chart, "chart", "", "also write a PNG chart to this file")
 	fs.BoolVar(&o.smoke, "smoke", false, "tiny budget for CI: 150ms cells, 4 and 32 connections, 64 storm connections, burst of 16 × 5")
@@ -118,6 +127,12 @@ func parseFlags(args []string) (options, error) {
 		if !set["burst-requests"] {
 			o.burstReqs = 5
 		}
+		if !set["hangup-conns"] {
+			o.hangupConns = 64
+		}
+		if !set["hangup-rounds"] {
+			o.hangupRounds = 1
+		}
 	}
 	var err error
 	if o.conns, err = parseConns(*conns); err != nil {
@@ -126,7 +141,7 @@ func parseFlags(args []string) (options, error) {
 	if o.variants, err = parseList("variant", *variants, allVariants); err != nil {
 		return o, err
 	}
-	if o.scenarios, err = parseList("scenario", *scenarios, []string{scenarioThroughput, scenarioStorm, scenarioBurst}); err != nil {
+	if o.scenarios, err = parseList("scenario", *scenarios, []string{scenarioThroughput, scenarioStorm, scenarioBurst, scenarioHangup}); err != nil {
 		return o, err
 	}
 	switch {
@@ -140,6 +155,10 @@ func parseFlags(args []string) (options, error) {
 		return o, fmt.Errorf("-burst-conns must be between 1 and %d, got %d", maxConns, o.burstConns)
 	case o.burstReqs <= 0 || o.burstReqs > maxBurstRequests:
 		return o, fmt.Errorf("-burst-requests must be between 1 and %d, got %d", maxBurstRequests, o.burstReqs)
+	case o.hangupConns <= 0 || o.hangupConns > maxConns:
+		return o, fmt.Errorf("-hangup-conns must be between 1 and %d, got %d", maxConns, o.hangupConns)
+	case o.hangupRounds <= 0 || o.hangupRounds > 100:
+		return o, fmt.Errorf("-hangup-rounds must be between 1 and 100, got %d", o.hangupRounds)
 	}
 	return o, nil
 }
@@ -286,6 +305,13 @@ func run(ctx context.Context, o options, stdout io.Writer) error {
 			rep.BurstRows = append(rep.BurstRows, row)
 		}
 	}
+	if slices.Contains(o.scenarios, scenarioHangup) {
+		n, err := runHangup(ctx, o, &rep)
+		if err != nil {
+			return err
+		}
+		failed += n
+	}
 	rep.TotalSeconds = time.Since(start).Seconds()
 	progress("loadtest: done in %v", time.Since(start).Round(time.Millisecond))
 	var err error
@@ -328,7 +354,8 @@ func estimate(o options) time.Duration {
 	perBurst := perCell + time.Duration(o.burstReqs)*burstTimeout*max(1, time.Duration(o.burstConns)/256)
 	return time.Duration(cells)*(o.warmup+o.duration+perCell) +
 		time.Duration(storm)*(o.warmup+o.duration+perCell+stormWork) +
-		time.Duration(burst)*perBurst
+		time.Duration(burst)*perBurst +
+		hangupEstimate(o)
 }
 
 func progress(format string, args ...any) {

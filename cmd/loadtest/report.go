@@ -19,6 +19,7 @@ type report struct {
 	StormRows    []stormRow      `json:"storm,omitempty"`
 	Burst        burstConfig     `json:"burst_config"`
 	BurstRows    []burstRow      `json:"burst,omitempty"`
+	Hangup       *hangupReport   `json:"hangup,omitempty"`
 }
 
 type machine struct {
@@ -285,6 +286,7 @@ func writeMarkdown(w io.Writer, rep report) error {
 	if len(rep.BurstRows) > 0 {
 		writeBurst(&b, rep)
 	}
+	writeHangupMarkdown(&b, rep.Hangup)
 	_, err := io.WriteString(w, b.String())
 	return err
 }

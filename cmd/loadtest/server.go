@@ -118,6 +118,9 @@ func serveChild(spec string, in io.Reader, out io.Writer) error {
 	if !ok {
 		return fmt.Errorf("bad server spec %q", spec)
 	}
+	if scenario == scenarioHangup {
+		return serveHangup(variant, in, out)
+	}
 	var track stormTrack
 	var burst burstTrack
 	var fh fasthttp.RequestHandler
