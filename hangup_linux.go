@@ -97,11 +97,20 @@ func (w *hangupWatcher) add(conn net.Conn, onGone func()) (hangupHandle, bool) {
 	}
 	idx := w.allocSlot()
 	s := w.slots[idx]
-	s.op = syscall.EPOLL_CTL_ADD
 	s.ev = syscall.EpollEvent{Events: hangupEvents, Fd: int32(idx), Pad: int32(s.gen)}
 	// Inside Control the descriptor cannot be closed, so the number that
-	// is registered is this connection's and no one else's.
-	if err := rc.Control(s.ctlFn); err != nil || s.err != nil {
+	// is registered is this connection's and no one else's. The
+	// connection's previous request may have left its registration in the
+	// set (remove does not delete it): re-arm that one with
+	// EPOLL_CTL_MOD, one system call per watched keep-alive request; a new
+	// connection has none, and gets EPOLL_CTL_ADD.
+	s.op = syscall.EPOLL_CTL_MOD
+	err := rc.Control(s.ctlFn)
+	if err == nil && errors.Is(s.err, syscall.ENOENT) {
+		s.op, s.err = syscall.EPOLL_CTL_ADD, nil
+		err = rc.Control(s.ctlFn)
+	}
+	if err != nil || s.err != nil {
 		s.err = nil
 		w.freeSlot(idx)
 		return hangupHandle{}, false
@@ -127,13 +136,12 @@ func (w *hangupWatcher) remove(h hangupHandle) {
 	if h.gen == 0 || s.gen != h.gen || s.rc == nil {
 		return // never issued, or removed already
 	}
-	// Control fails once the connection is closing; then the kernel
-	// removes the registration with the last reference to the socket.
-	// EPOLL_CTL_DEL is needed otherwise, if only so that the connection's
-	// next request can register again.
-	s.op = syscall.EPOLL_CTL_DEL
-	_ = s.rc.Control(s.ctlFn)
-	s.err = nil
+	// No EPOLL_CTL_DEL, which would be a second system call per watched
+	// request: the registration stays in the set, but its slot's
+	// generation moves on (freeSlot, allocSlot), so an event it still
+	// reports is dropped by dispatch. The connection's next registration
+	// re-arms it (add), and the kernel removes it when the connection is
+	// closed, or with the set when the watcher stops.
 	w.freeSlot(h.slot)
 	w.active--
 }
