@@ -182,7 +182,7 @@ func TestHangup_only_a_hang_up_is_a_hang_up(t *testing.T) {
 		t.Run("timeout still says ErrTimeout/"+mode.String(), func(t *testing.T) {
 			t.Parallel()
 			var stats fasttimeout.Stats
-			s, started, ends := hangupServer(t, fasttimeout.Config{Timeout: 30 * time.Millisecond, Mode: mode, Stats: &stats})
+			s, started, ends := hangupServer(t, fasttimeout.Config{Timeout: 100 * time.Millisecond, Mode: mode, Stats: &stats})
 			conn := sendRaw(t, s.addr, rawRequest("/slow"))
 			<-started
 			e := waitEnd(t, ends)
@@ -192,6 +192,18 @@ func TestHangup_only_a_hang_up_is_a_hang_up(t *testing.T) {
 			require.True(t, waitUntil(func() bool { return stats.Snapshot().InFlight == 0 }))
 			assert.Zero(t, stats.Snapshot().ClientGone)
 			assert.EqualValues(t, 1, stats.Snapshot().Timeouts)
+		})
+
+		t.Run("a timeout under 50 ms is not watched/"+mode.String(), func(t *testing.T) {
+			t.Parallel()
+			var stats fasttimeout.Stats
+			s, started, ends := hangupServer(t, fasttimeout.Config{Timeout: 40 * time.Millisecond, Mode: mode, Stats: &stats})
+			conn := sendRaw(t, s.addr, rawRequest("/slow"))
+			<-started
+			require.NoError(t, conn.Close())
+			e := waitEnd(t, ends)
+			assert.ErrorIs(t, e.cause, fasttimeout.ErrTimeout, "the deadline ends it soon anyway")
+			assert.Zero(t, stats.Snapshot().ClientGone)
 		})
 
 		t.Run("IgnoreHangups/"+mode.String(), func(t *testing.T) {

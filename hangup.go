@@ -20,6 +20,12 @@ var ErrClientGone = errors.New("fasttimeout: client gone")
 // sooner cost nothing more; most requests do.
 const HangupDelay = 5 * time.Millisecond
 
+// minWatchedTimeout is the shortest timeout whose requests are watched: a
+// hang-up can save a request with less time to go only a few milliseconds
+// of work, while a burst of such requests, all watched at once, costs the
+// CPU the timeout answers need.
+const minWatchedTimeout = 50 * time.Millisecond
+
 // StatusClientClosedRequest is the status of the answer to a request whose
 // client hung up: 499, the code nginx logs for the same event. Nobody reads
 // it, unless the client only half-closed its side; the connection is closed
@@ -54,7 +60,7 @@ const (
 func (c *call) beginWatch(ctx *fasthttp.RequestCtx, start int64, gen uint64) {
 	c.conn = ctx.Conn()
 	phase := watchEnded
-	if c.m.watchHangups && c.conn != nil {
+	if c.m.watchHangups && c.conn != nil && c.deadline.Load()-start >= int64(minWatchedTimeout) {
 		phase = watchPending
 		c.watchAt.Store(start + int64(HangupDelay))
 	}
