@@ -182,7 +182,7 @@ func TestHangup_only_a_hang_up_is_a_hang_up(t *testing.T) {
 		t.Run("timeout still says ErrTimeout/"+mode.String(), func(t *testing.T) {
 			t.Parallel()
 			var stats fasttimeout.Stats
-			s, started, ends := hangupServer(t, fasttimeout.Config{Timeout: 100 * time.Millisecond, Mode: mode, Stats: &stats})
+			s, started, ends := hangupServer(t, fasttimeout.Config{Timeout: 200 * time.Millisecond, Mode: mode, Stats: &stats})
 			conn := sendRaw(t, s.addr, rawRequest("/slow"))
 			<-started
 			e := waitEnd(t, ends)
@@ -194,10 +194,10 @@ func TestHangup_only_a_hang_up_is_a_hang_up(t *testing.T) {
 			assert.EqualValues(t, 1, stats.Snapshot().Timeouts)
 		})
 
-		t.Run("a timeout under 50 ms is not watched/"+mode.String(), func(t *testing.T) {
+		t.Run("a timeout under 100 ms is not watched/"+mode.String(), func(t *testing.T) {
 			t.Parallel()
 			var stats fasttimeout.Stats
-			s, started, ends := hangupServer(t, fasttimeout.Config{Timeout: 40 * time.Millisecond, Mode: mode, Stats: &stats})
+			s, started, ends := hangupServer(t, fasttimeout.Config{Timeout: 90 * time.Millisecond, Mode: mode, Stats: &stats})
 			conn := sendRaw(t, s.addr, rawRequest("/slow"))
 			<-started
 			require.NoError(t, conn.Close())
@@ -209,7 +209,7 @@ func TestHangup_only_a_hang_up_is_a_hang_up(t *testing.T) {
 		t.Run("IgnoreHangups/"+mode.String(), func(t *testing.T) {
 			t.Parallel()
 			var stats fasttimeout.Stats
-			s, started, ends := hangupServer(t, fasttimeout.Config{Timeout: 50 * time.Millisecond, Mode: mode, Stats: &stats, IgnoreHangups: true})
+			s, started, ends := hangupServer(t, fasttimeout.Config{Timeout: 150 * time.Millisecond, Mode: mode, Stats: &stats, IgnoreHangups: true})
 			conn := sendRaw(t, s.addr, rawRequest("/slow"))
 			<-started
 			require.NoError(t, conn.Close())

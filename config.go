@@ -173,8 +173,8 @@ type Config struct {
 
 	// IgnoreHangups switches off the watch of clients for hang-ups. By
 	// default, once a request has run HangupDelay (5 ms), its connection is
-	// watched (unless its timeout is under 50 ms: the deadline ends such a
-	// request soon anyway, and a burst of them watched at once would cost
+	// watched (unless its timeout is under 100 ms: the deadline ends such a
+	// request soon anyway, and a storm of them watched at once would cost
 	// the CPU their timeout answers need), and if the client closes or resets it while the handler runs
 	// (a load balancer giving up on the request, say), the request's
 	// context is cancelled with cause ErrClientGone and the handler is late
