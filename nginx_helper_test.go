@@ -5,12 +5,15 @@ package fasttimeout
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -188,4 +191,46 @@ func nginxConfig(n *nginxProc, opts nginxOptions) string {
 	p("  }")
 	p("}")
 	return b.String()
+}
+
+// mixedBurst sends workers × perWorker requests through nginx, each worker
+// one after the other over a keep-alive client, in turn GET /fast, GET
+// /slow and POST /post with a 4 KiB body, and reports every transport
+// error and every status other than 200.
+func mixedBurst(t testing.TB, n *nginxProc, workers, perWorker int) {
+	t.Helper()
+	tr := &http.Transport{MaxIdleConnsPerHost: 16}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 2 * hangupWait}
+	paths := []string{"/fast", "/slow", "/post"}
+	errs := make(chan error, workers*perWorker)
+	var wg sync.WaitGroup
+	for i := range workers {
+		wg.Go(func() {
+			for j := range perWorker {
+				path := paths[(i+j)%len(paths)]
+				var resp *http.Response
+				var err error
+				if path == "/post" {
+					resp, err = client.Post("http://"+n.addr+path, "application/octet-stream", strings.NewReader(strings.Repeat("y", 4096)))
+				} else {
+					resp, err = client.Get("http://" + n.addr + path)
+				}
+				if err != nil {
+					errs <- err
+					continue
+				}
+				body, _ := io.ReadAll(resp.Body)
+				_ = resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					errs <- fmt.Errorf("%s: status %d %s", path, resp.StatusCode, body)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
 }

@@ -11,7 +11,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -183,41 +182,8 @@ func TestNginx_keep_alive_burst_has_no_false_hang_up(t *testing.T) {
 			}, Config{Timeout: time.Minute, Mode: mode, Stats: &stats})
 			n := startNginx(t, nginxOptions{upstream: serveTCP(t, app), keepalive: 8, readTimeout: 30 * time.Second})
 
-			tr := &http.Transport{MaxIdleConnsPerHost: 16}
-			defer tr.CloseIdleConnections()
-			client := &http.Client{Transport: tr, Timeout: 2 * hangupWait}
 			const workers, perWorker = 16, 20
-			paths := []string{"/fast", "/slow", "/post"}
-			errs := make(chan error, workers*perWorker)
-			var wg sync.WaitGroup
-			for i := range workers {
-				wg.Go(func() {
-					for j := range perWorker {
-						path := paths[(i+j)%len(paths)]
-						var resp *http.Response
-						var err error
-						if path == "/post" {
-							resp, err = client.Post("http://"+n.addr+path, "application/octet-stream", strings.NewReader(strings.Repeat("y", 4096)))
-						} else {
-							resp, err = client.Get("http://" + n.addr + path)
-						}
-						if err != nil {
-							errs <- err
-							continue
-						}
-						body, _ := io.ReadAll(resp.Body)
-						_ = resp.Body.Close()
-						if resp.StatusCode != http.StatusOK {
-							errs <- fmt.Errorf("%s: status %d %s", path, resp.StatusCode, body)
-						}
-					}
-				})
-			}
-			wg.Wait()
-			close(errs)
-			for err := range errs {
-				t.Error(err)
-			}
+			mixedBurst(t, n, workers, perWorker)
 			assert.Empty(t, nginxErrors(t, n), "nginx's error log")
 			got := stats.Snapshot()
 			assert.Zero(t, got.ClientGone, "requests taken for gone")

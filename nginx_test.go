@@ -5,7 +5,6 @@ package fasttimeout
 import (
 	"bufio"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -201,41 +200,8 @@ func TestNginxKeepAliveBurst(t *testing.T) {
 	})
 	n := startNginx(t, nginxOptions{upstream: app, keepalive: 8, readTimeout: 30 * time.Second})
 
-	tr := &http.Transport{MaxIdleConnsPerHost: 16}
-	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr, Timeout: 2 * hangupWait}
 	const workers, perWorker = 16, 25
-	paths := []string{"/fast", "/slow", "/post"}
-	errs := make(chan error, workers*perWorker)
-	var wg sync.WaitGroup
-	for i := range workers {
-		wg.Go(func() {
-			for j := range perWorker {
-				path := paths[(i+j)%len(paths)]
-				var resp *http.Response
-				var err error
-				if path == "/post" {
-					resp, err = client.Post("http://"+n.addr+path, "application/octet-stream", strings.NewReader(strings.Repeat("y", 4096)))
-				} else {
-					resp, err = client.Get("http://" + n.addr + path)
-				}
-				if err != nil {
-					errs <- err
-					continue
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusOK {
-					errs <- fmt.Errorf("%s: status %d", path, resp.StatusCode)
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+	mixedBurst(t, n, workers, perWorker)
 	require.EqualValues(t, workers*perWorker, served.Load())
 	connsMu.Lock()
 	upstreamConns := len(conns)
