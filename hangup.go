@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"runtime"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -123,9 +124,15 @@ func (w *worker) watchClient(t int64) {
 // pays one compare-and-swap.
 func (c *call) unwatchClient() {
 	s := c.watch.Load()
+	if hook := testHookUnwatch.Load(); hook != nil {
+		(*hook)(c)
+	}
 	if s&watchMask == watchPending && c.watch.CompareAndSwap(s, s|watchEnded) {
 		return
 	}
+	// The compare-and-swap failed because the timer has just started the
+	// watch: look again, or a registration would outlive its call.
+	s = c.watch.Load()
 	for s&watchMask == watchRegistering {
 		runtime.Gosched()
 		s = c.watch.Load()
@@ -137,6 +144,11 @@ func (c *call) unwatchClient() {
 		c.watch.Store(s | watchEnded)
 	}
 }
+
+// testHookUnwatch, set only by tests, runs in unwatchClient between its
+// first look at the watch and its compare-and-swap, where the call's timer
+// may start the watch.
+var testHookUnwatch atomic.Pointer[func(*call)]
 
 // clientGone ends a running call whose client hung up: its context is
 // cancelled with cause ErrClientGone, and its handler is late from now on,

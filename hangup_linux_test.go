@@ -484,3 +484,42 @@ func TestHangupRemoveRacesEvent(t *testing.T) {
 	barrier(t, &w, ln)
 	t.Logf("%d of %d callbacks ran before their remove", fired.Load(), rounds)
 }
+
+// The call's end looks at its watch (pending), then the call's timer
+// starts the watch, then the end's compare-and-swap fails: the end must
+// look again and remove the registration, or it outlives its call (and
+// its callback can reach the worker's next call). Before the fix the
+// registration stayed. Not parallel: it sets the process's test hook.
+func TestUnwatchClient_removes_a_registration_made_as_it_looks(t *testing.T) {
+	ln := tcpListener(t)
+	server, _ := tcpPair(t, ln)
+	m := &middleware{settings: Config{Timeout: time.Minute}.resolve()}
+	w := &worker{}
+	w.m, w.gone = m, func() {}
+	w.later = time.AfterFunc(time.Hour, func() {})
+	w.later.Stop()
+	c := &w.call
+	c.m, c.conn = m, server
+	c.deadline.Store(now() + int64(time.Minute))
+	c.watchAt.Store(now())
+	c.watch.Store(7 * watchGen) // generation 7, watchPending
+
+	registered := false
+	hook := func(hc *call) {
+		if hc == c {
+			w.watchClient(now())
+			registered = c.watch.Load()&watchMask == watchRegistered
+		}
+	}
+	testHookUnwatch.Store(&hook)
+	defer testHookUnwatch.Store(nil)
+	c.unwatchClient()
+
+	require.True(t, registered, "the hook started the watch")
+	require.Equal(t, 7*watchGen|watchEnded, c.watch.Load())
+	clientHangups.mu.Lock()
+	s := clientHangups.slots[c.hangup.slot]
+	clientHangups.mu.Unlock()
+	require.Equal(t, hangupHandle{}, c.hangup, "the handle is given up")
+	require.Nil(t, s.onGone, "the registration is removed")
+}
