@@ -85,12 +85,7 @@ func (c *call) nextWake() int64 {
 // watchClient): Extend and Disarm, which move the deadline, must have the
 // last word.
 func (c *call) rearm() {
-	s := c.watch.Load()
-	for s&watchMask == watchRegistering {
-		runtime.Gosched()
-		s = c.watch.Load()
-	}
-	if s&watchMask == watchRegistered {
+	if c.settledWatch()&watchMask == watchRegistered {
 		c.later.Reset(time.Duration(c.deadline.Load() - now()))
 		return
 	}
@@ -132,17 +127,23 @@ func (c *call) unwatchClient() {
 	}
 	// The compare-and-swap failed because the timer has just started the
 	// watch: look again, or a registration would outlive its call.
-	s = c.watch.Load()
-	for s&watchMask == watchRegistering {
-		runtime.Gosched()
-		s = c.watch.Load()
-	}
-	if s&watchMask == watchRegistered {
+	if s = c.settledWatch(); s&watchMask == watchRegistered {
 		clientHangups.remove(c.hangup) // final: no callback runs after it
 		c.hangup = hangupHandle{}
 		c.later.Stop()
 		c.watch.Store(s | watchEnded)
 	}
+}
+
+// settledWatch returns the call's watch word once no registration is in
+// progress: a registration takes one system call, so waiting is short.
+func (c *call) settledWatch() uint64 {
+	s := c.watch.Load()
+	for s&watchMask == watchRegistering {
+		runtime.Gosched()
+		s = c.watch.Load()
+	}
+	return s
 }
 
 // testHookUnwatch, set only by tests, runs in unwatchClient between its
@@ -155,14 +156,8 @@ var testHookUnwatch atomic.Pointer[func(*call)]
 // as after a timeout, but it is not counted as a timeout. It reports
 // whether the call was still running.
 func (c *call) clientGone() bool {
-	for {
-		s := c.state.Load()
-		if p := s & phaseMask; p != callRunning && p != callDisarmed {
-			return false
-		}
-		if c.state.CompareAndSwap(s, s&^phaseMask|callGone) {
-			break
-		}
+	if !c.leave(callGone) {
+		return false
 	}
 	c.m.stats.clientGone.Add(1)
 	c.becomeLate(now(), context.Canceled, &goneCause)

@@ -185,7 +185,7 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 	// Settle the call before its context's watch ends: from then on, a
 	// hang-up no longer changes it.
 	if !c.expire(t) {
-		_ = c.transition(callRunning, callFinished) || c.transition(callDisarmed, callFinished)
+		c.leave(callFinished)
 	}
 	over, overAt, start := c.phase(), c.overAt.Load(), c.start
 	c.end()

@@ -90,6 +90,23 @@ func (c *call) transition(from, to uint64) bool {
 	return s&phaseMask == from && c.state.CompareAndSwap(s, s&^phaseMask|to)
 }
 
+// leave moves a call that is still undecided (running, or disarmed) to
+// phase to, and reports whether it did; the handler's return (callFinished)
+// and the client's hang-up (callGone) race for it. It tries again when the
+// phase moved only between running and disarmed (Extend), which decides
+// nothing.
+func (c *call) leave(to uint64) bool {
+	for {
+		s := c.state.Load()
+		if p := s & phaseMask; p != callRunning && p != callDisarmed {
+			return false
+		}
+		if c.state.CompareAndSwap(s, s&^phaseMask|to) {
+			return true
+		}
+	}
+}
+
 // expire times the call out if it is running and its deadline is not after
 // t. It is the one place where a call times out: when its timer fires, when
 // its handler returns or panics (late is late, whether or not the timer has
@@ -226,7 +243,7 @@ func (w *worker) serve() {
 		// even if its timer has not run yet (a stalled or starved process).
 		if c.expire(now()) {
 			w.done <- struct{}{}
-		} else if c.transition(callRunning, callFinished) || c.transition(callDisarmed, callFinished) {
+		} else if c.leave(callFinished) {
 			c.end()
 			w.done <- struct{}{}
 			return
