@@ -11,7 +11,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -203,27 +202,8 @@ type tap struct {
 
 func startTap(t *testing.T, server string) *tap {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	tp := &tap{addr: ln.Addr().String(), seen: make(chan seen, 16)}
-	var relays sync.WaitGroup
-	t.Cleanup(func() {
-		_ = ln.Close()
-		relays.Wait()
-	})
-	go func() {
-		for {
-			in, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			relays.Add(1)
-			go func() {
-				defer relays.Done()
-				tp.relay(in, server)
-			}()
-		}
-	}()
+	tp := &tap{seen: make(chan seen, 16)}
+	tp.addr = serveLoopback(t, func(in net.Conn) { tp.relay(in, server) })
 	return tp
 }
 

@@ -41,6 +41,27 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // wire; it returns the address.
 func startRawUpstream(t *testing.T, answer func(req *fasthttp.Request) string) string {
 	t.Helper()
+	return serveLoopback(t, func(c net.Conn) {
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(waitTimeout))
+		br := bufio.NewReader(c)
+		for {
+			var req fasthttp.Request
+			if req.Read(br) != nil {
+				return
+			}
+			if _, err := c.Write([]byte(answer(&req))); err != nil {
+				return
+			}
+		}
+	})
+}
+
+// serveLoopback listens on 127.0.0.1 and runs serve on each connection in
+// a goroutine of its own; the test's cleanup closes the listener and waits
+// for every serve to return. It returns the address.
+func serveLoopback(t *testing.T, serve func(net.Conn)) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	var conns sync.WaitGroup
@@ -54,22 +75,7 @@ func startRawUpstream(t *testing.T, answer func(req *fasthttp.Request) string) s
 			if err != nil {
 				return
 			}
-			conns.Add(1)
-			go func() {
-				defer conns.Done()
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(waitTimeout))
-				br := bufio.NewReader(c)
-				for {
-					var req fasthttp.Request
-					if req.Read(br) != nil {
-						return
-					}
-					if _, err := c.Write([]byte(answer(&req))); err != nil {
-						return
-					}
-				}
-			}()
+			conns.Go(func() { serve(c) })
 		}
 	}()
 	return ln.Addr().String()
