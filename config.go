@@ -25,6 +25,9 @@ const (
 	// ShedBody is the body of the 503 sent while Config.MaxLateHandlers
 	// handlers are running past their deadline.
 	ShedBody = `{"detail":"Server overloaded, retry later"}`
+	// DefaultMaxConcurrency is the ceiling of the adaptive concurrency limit
+	// when Config.MaxConcurrency is zero.
+	DefaultMaxConcurrency = 1000
 )
 
 // Mode selects how a handler is bounded.
@@ -79,9 +82,11 @@ func (m *Mode) UnmarshalText(text []byte) error {
 // mode, a 5 s timeout and a 504 JSON timeout response. Configuration is read
 // once, when New is called; changing a Config afterwards has no effect.
 type Config struct {
-	// Timeout bounds each request, measured from the moment the middleware
-	// starts it. Zero means DefaultTimeout (5 s); a negative value panics in
-	// New.
+	// Timeout bounds each request, measured from its arrival: fasthttp's
+	// ctx.Time(), when the server had read the request, or, with
+	// HonorQueueHeaders, the time the proxy in front first saw it. Time spent
+	// waiting for a concurrency slot (see AdaptiveConcurrency) counts. Zero
+	// means DefaultTimeout (5 s); a negative value panics in New.
 	Timeout time.Duration
 
 	// StatusCode is the status of the timeout response. Zero means
@@ -167,7 +172,8 @@ type Config struct {
 	MaxLateHandlers int
 
 	// RetryAfter is the Retry-After of the 503 sent while MaxLateHandlers
-	// are running, rounded up to whole seconds. Zero means 1 s; negative
+	// are running or to a request refused by the concurrency limit (see
+	// AdaptiveConcurrency), rounded up to whole seconds. Zero means 1 s; negative
 	// values panic in New.
 	RetryAfter time.Duration
 
@@ -198,6 +204,48 @@ type Config struct {
 	// still be running), in cooperative mode when the handler returns.
 	OnHangup func(ctx *fasthttp.RequestCtx, after time.Duration)
 
+	// AdaptiveConcurrency switches on admission by an adaptive concurrency
+	// limit, so that a server sent more than it can do keeps answering at
+	// its capacity instead of giving every request a thin slice of CPU
+	// until all of them time out. The limit counts every handler still
+	// running, late ones included, and adapts from what the middleware
+	// measures: it falls when the handlers' latency grows well past their
+	// unloaded latency (or when requests time out while none finishes in
+	// time), and grows while latency stays near it. A request beyond the
+	// limit waits for a slot for at most a tenth of its remaining budget;
+	// under overload the newest waiter is served first, since the oldest's
+	// caller has probably given up. A request that cannot start in time is
+	// refused at once with 503 Service Unavailable, Retry-After and ShedBody,
+	// without running its handler, and counted in Stats (Rejected). Below
+	// the limit admission costs a few atomic operations and no allocation.
+	// Off by default; MaxConcurrency is its ceiling.
+	AdaptiveConcurrency bool
+
+	// MaxConcurrency caps the handlers running at once, late ones included.
+	// Without AdaptiveConcurrency it is a fixed limit (zero: no limit); with
+	// it, the ceiling of the adaptive limit (zero: DefaultMaxConcurrency).
+	// Requests beyond the limit wait and are refused as described under
+	// AdaptiveConcurrency. Negative values panic in New.
+	MaxConcurrency int
+
+	// HonorQueueHeaders counts a request's age from the time the proxy in
+	// front first saw it, read from X-Request-Start or X-Queue-Start (nginx's
+	// "t=<seconds>.<millis>", Heroku's milliseconds, Apache's
+	// "t=<microseconds>", the unit told by its magnitude) or from the epoch
+	// seconds in AWS ALB's X-Amzn-Trace-Id Root. A start in the future (clock
+	// skew) counts as now; values more than an hour away, or malformed, are
+	// ignored and counted in Stats (BadQueueHeaders). Off by default: only
+	// trust these headers from proxies you run.
+	HonorQueueHeaders bool
+
+	// MaxQueueAge, if set, is how long a caller waits for its answer, counted
+	// from the request's arrival (see HonorQueueHeaders): a request older than
+	// that when it reaches the middleware gets the timeout response at once,
+	// without running, and counts in Stats as a spent budget, as Ruby's
+	// rack-timeout does with its wait_timeout. Zero means no such bound;
+	// negative values panic in New.
+	MaxQueueAge time.Duration
+
 	// Stats, if set, receives the middleware's counters. Several middlewares
 	// may share one Stats. Counting requests costs one atomic add per
 	// request, so it is done only when Stats is set.
@@ -223,6 +271,11 @@ type settings struct {
 	margin       time.Duration
 	maxLate      int64
 	retryAfter   string // seconds, as the header wants them
+
+	adaptive       bool
+	maxConcurrency int64 // 0: no limiter
+	honorQueue     bool
+	maxQueueAge    time.Duration
 
 	countRequests bool
 	watchHangups  bool
@@ -250,6 +303,11 @@ func (cfg Config) resolve() settings {
 		honorHeaders: cfg.HonorDeadlineHeaders,
 		margin:       cfg.DeadlineMargin,
 		maxLate:      int64(cfg.MaxLateHandlers),
+
+		adaptive:       cfg.AdaptiveConcurrency,
+		maxConcurrency: int64(cfg.MaxConcurrency),
+		honorQueue:     cfg.HonorQueueHeaders,
+		maxQueueAge:    cfg.MaxQueueAge,
 	}
 	switch {
 	case s.timeout < 0:
@@ -286,6 +344,15 @@ func (cfg Config) resolve() settings {
 	if s.maxLate < 0 {
 		panic(fmt.Sprintf("fasttimeout: Config.MaxLateHandlers must not be negative, got %d", s.maxLate))
 	}
+	switch {
+	case s.maxConcurrency < 0:
+		panic(fmt.Sprintf("fasttimeout: Config.MaxConcurrency must not be negative, got %d", s.maxConcurrency))
+	case s.maxConcurrency == 0 && s.adaptive:
+		s.maxConcurrency = DefaultMaxConcurrency
+	}
+	if s.maxQueueAge < 0 {
+		panic(fmt.Sprintf("fasttimeout: Config.MaxQueueAge must not be negative, got %v", s.maxQueueAge))
+	}
 	switch retryAfter := cfg.RetryAfter; {
 	case retryAfter < 0:
 		panic(fmt.Sprintf("fasttimeout: Config.RetryAfter must not be negative, got %v", retryAfter))
@@ -310,7 +377,7 @@ func (s *settings) writeTimeoutResponse(resp *fasthttp.Response) {
 }
 
 // writeShedResponse fills resp with the 503 sent while too many handlers run
-// late.
+// late, or to a request refused by the concurrency limit.
 func (s *settings) writeShedResponse(resp *fasthttp.Response) {
 	resp.SetStatusCode(fasthttp.StatusServiceUnavailable)
 	resp.Header.Set(fasthttp.HeaderRetryAfter, s.retryAfter)

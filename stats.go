@@ -22,8 +22,17 @@ type Stats struct {
 	spentBudgets atomic.Int64
 	clientGone   atomic.Int64
 
+	admitted        atomic.Int64
+	queued          atomic.Int64
+	rejectedFull    atomic.Int64
+	rejectedTimeout atomic.Int64
+	badQueueHeaders atomic.Int64
+	limit           atomic.Int64 // the sum of the limits of the middlewares sharing it
+	waiting         atomic.Int64
+
 	answerLateness histogram // deadline to timeout response
 	lateRun        histogram // deadline to a late handler's return
+	queueWait      histogram // time waited for a concurrency slot
 }
 
 // Counters is a snapshot of the counters of [Stats].
@@ -54,12 +63,40 @@ type Counters struct {
 	BadDeadlineHeaders int64 `json:"bad_deadline_headers"`
 	// SpentBudgets is the number of requests answered with the timeout
 	// response at once, without running the handler, because the caller's
-	// budget (see Config.HonorDeadlineHeaders) was already spent. They are
-	// counted in Timeouts too.
+	// budget (see Config.HonorDeadlineHeaders) was already spent, or the
+	// request was older than Config.MaxQueueAge, or its deadline had passed
+	// before it could start. They are counted in Timeouts too.
 	SpentBudgets int64 `json:"spent_budgets"`
 	// ClientGone is the number of requests whose client hung up while
 	// their handler ran (see Config.IgnoreHangups). They are not timeouts.
 	ClientGone int64 `json:"client_gone"`
+
+	// Admitted is the number of requests that got a slot under the
+	// concurrency limit (see Config.AdaptiveConcurrency and
+	// Config.MaxConcurrency), at once or after waiting.
+	Admitted int64 `json:"admitted"`
+	// Queued is the number of requests that waited for a slot, whether
+	// they got one or not.
+	Queued int64 `json:"queued"`
+	// Rejected is the number of requests refused with 503 by the
+	// concurrency limit, without running: RejectedFull plus
+	// RejectedQueueTimeout.
+	Rejected int64 `json:"rejected"`
+	// RejectedFull counts the requests refused because the queue was full,
+	// or because their budget left no time to wait.
+	RejectedFull int64 `json:"rejected_full"`
+	// RejectedQueueTimeout counts the requests refused because they waited
+	// their share of their budget without getting a slot.
+	RejectedQueueTimeout int64 `json:"rejected_queue_timeout"`
+	// ConcurrencyLimit is the current concurrency limit, summed over the
+	// middlewares sharing this Stats; zero without a limit.
+	ConcurrencyLimit int64 `json:"concurrency_limit"`
+	// Waiting is the number of requests waiting for a slot now.
+	Waiting int64 `json:"waiting"`
+	// BadQueueHeaders is the number of requests whose X-Request-Start,
+	// X-Queue-Start or X-Amzn-Trace-Id was malformed or absurd, and ignored
+	// (see Config.HonorQueueHeaders).
+	BadQueueHeaders int64 `json:"bad_queue_headers"`
 }
 
 // Snapshot returns the current counters. Each counter is read atomically,
@@ -77,6 +114,15 @@ func (s *Stats) Snapshot() Counters {
 		ClientGone:   s.clientGone.Load(),
 
 		BadDeadlineHeaders: s.badHeaders.Load(),
+
+		Admitted:             s.admitted.Load(),
+		Queued:               s.queued.Load(),
+		Rejected:             s.rejectedFull.Load() + s.rejectedTimeout.Load(),
+		RejectedFull:         s.rejectedFull.Load(),
+		RejectedQueueTimeout: s.rejectedTimeout.Load(),
+		ConcurrencyLimit:     s.limit.Load(),
+		Waiting:              s.waiting.Load(),
+		BadQueueHeaders:      s.badQueueHeaders.Load(),
 	}
 }
 
@@ -90,6 +136,10 @@ func (s *Stats) AnswerLateness() Histogram { return s.answerLateness.snapshot() 
 // done for nobody. A handler that honours its context shows up in the first
 // buckets.
 func (s *Stats) LateRun() Histogram { return s.lateRun.snapshot() }
+
+// QueueWait returns the histogram of how long requests waited for a slot
+// under the concurrency limit, whether they got one or were refused.
+func (s *Stats) QueueWait() Histogram { return s.queueWait.snapshot() }
 
 // String returns the counters as a JSON object, as expvar expects.
 func (s *Stats) String() string {
