@@ -74,29 +74,29 @@ type Counters struct {
 	// Admitted is the number of requests that got a slot under the
 	// concurrency limit (see Config.AdaptiveConcurrency and
 	// Config.MaxConcurrency), at once or after waiting.
-	Admitted int64 `json:"admitted"`
+	Admitted int64 `json:"admitted,omitempty"`
 	// Queued is the number of requests that waited for a slot, whether
 	// they got one or not.
-	Queued int64 `json:"queued"`
+	Queued int64 `json:"queued,omitempty"`
 	// Rejected is the number of requests refused with 503 by the
 	// concurrency limit, without running: RejectedFull plus
 	// RejectedQueueTimeout.
-	Rejected int64 `json:"rejected"`
+	Rejected int64 `json:"rejected,omitempty"`
 	// RejectedFull counts the requests refused because the queue was full,
 	// or because their budget left no time to wait.
-	RejectedFull int64 `json:"rejected_full"`
+	RejectedFull int64 `json:"rejected_full,omitempty"`
 	// RejectedQueueTimeout counts the requests refused because they waited
 	// their share of their budget without getting a slot.
-	RejectedQueueTimeout int64 `json:"rejected_queue_timeout"`
+	RejectedQueueTimeout int64 `json:"rejected_queue_timeout,omitempty"`
 	// ConcurrencyLimit is the current concurrency limit, summed over the
 	// middlewares sharing this Stats; zero without a limit.
-	ConcurrencyLimit int64 `json:"concurrency_limit"`
+	ConcurrencyLimit int64 `json:"concurrency_limit,omitempty"`
 	// Waiting is the number of requests waiting for a slot now.
-	Waiting int64 `json:"waiting"`
+	Waiting int64 `json:"waiting,omitempty"`
 	// BadQueueHeaders is the number of requests whose X-Request-Start,
 	// X-Queue-Start or X-Amzn-Trace-Id was malformed or absurd, and ignored
 	// (see Config.HonorQueueHeaders).
-	BadQueueHeaders int64 `json:"bad_queue_headers"`
+	BadQueueHeaders int64 `json:"bad_queue_headers,omitempty"`
 }
 
 // Snapshot returns the current counters. Each counter is read atomically,
@@ -141,7 +141,10 @@ func (s *Stats) LateRun() Histogram { return s.lateRun.snapshot() }
 // under the concurrency limit, whether they got one or were refused.
 func (s *Stats) QueueWait() Histogram { return s.queueWait.snapshot() }
 
-// String returns the counters as a JSON object, as expvar expects.
+// String returns the counters as a JSON object, as expvar expects. The
+// counters of admission (Admitted to BadQueueHeaders) are left out while
+// they are zero, so a middleware without a concurrency limit prints what it
+// always did.
 func (s *Stats) String() string {
 	b, err := json.Marshal(s.Snapshot())
 	if err != nil { // cannot happen: Counters holds only integers

@@ -137,7 +137,7 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx) (start int64, timeout time.
 	}
 	if m.maxLate > 0 && m.late.Load() >= m.maxLate {
 		m.stats.shed.Add(1)
-		m.writeShedResponse(&ctx.Response)
+		m.reject(ctx, RejectedLateHandlers)
 		return 0, 0, false
 	}
 	timeout = m.timeout
@@ -169,6 +169,44 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx) (start int64, timeout time.
 		m.stats.inFlight.Add(1)
 	}
 	return now(), timeout, true
+}
+
+// Reasons given by [RejectReason] for a request refused with 503 without
+// running its handler. They are also the values of the "reason" label of the
+// Prometheus adaptor's rejected-requests counter.
+const (
+	// RejectedLateHandlers: Config.MaxLateHandlers handlers were running
+	// late.
+	RejectedLateHandlers = "late_handlers"
+	// RejectedQueueFull: the concurrency limit was reached and the queue was
+	// full, or the request's budget left no time to wait.
+	RejectedQueueFull = "queue_full"
+	// RejectedQueueTimeout: the request waited its share of its budget for
+	// a slot under the concurrency limit without getting one.
+	RejectedQueueTimeout = "queue_timeout"
+)
+
+// rejectKey is the user-value key under which the reason of a refusal is
+// stored.
+type rejectKey struct{}
+
+// RejectReason returns why the middleware refused the request ctx with 503
+// Service Unavailable without running its handler (one of RejectedLateHandlers,
+// RejectedQueueFull and RejectedQueueTimeout), or "" if it did not. Call it
+// after the handler returned by New has returned, from a middleware around it
+// (to log or trace refusals, say).
+func RejectReason(ctx *fasthttp.RequestCtx) string {
+	if ctx == nil {
+		return ""
+	}
+	reason, _ := ctx.UserValue(rejectKey{}).(string)
+	return reason
+}
+
+// reject answers ctx with the 503 of a refused request.
+func (m *middleware) reject(ctx *fasthttp.RequestCtx, reason string) {
+	m.writeShedResponse(&ctx.Response)
+	ctx.SetUserValue(rejectKey{}, reason)
 }
 
 // finishCooperative runs, deferred, when a cooperative handler returns or
