@@ -53,6 +53,11 @@ func writeChart(path string, rep report) error {
 		}
 		panels = append(panels, p)
 	}
+	more, err := overloadCharts(rep.Overload)
+	if err != nil {
+		return err
+	}
+	panels = append(panels, more...)
 	if len(panels) == 0 {
 		return fmt.Errorf("nothing to chart")
 	}

@@ -50,6 +50,12 @@ func startShared(scenario, variant string) (*child, error) {
 }
 
 func startChild(scenario, variant string) (*child, error) {
+	return startChildFiles(scenario, variant, nil)
+}
+
+// startChildFiles starts a child process with extra open files, the first
+// at descriptor 3.
+func startChildFiles(scenario, variant string, extra []*os.File) (*child, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -57,6 +63,7 @@ func startChild(scenario, variant string) (*child, error) {
 	cmd := exec.Command(exe)
 	cmd.Env = append(os.Environ(), serveEnv+"="+scenario+"/"+variant)
 	cmd.Stderr = os.Stderr
+	cmd.ExtraFiles = extra
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err

@@ -40,6 +40,9 @@ import (
 	"time"
 )
 
+// allScenarios are the scenarios, in the order they run.
+var allScenarios = []string{scenarioThroughput, scenarioStorm, scenarioBurst, scenarioHangup, scenarioOverload}
+
 // serveEnv, when set in the environment, makes the binary a variant server:
 // its value is "scenario/variant".
 const serveEnv = "FASTTIMEOUT_LOADTEST_SERVE"
@@ -62,6 +65,19 @@ type options struct {
 	// The hangup scenario (hangup.go).
 	hangupConns  int
 	hangupRounds int
+
+	// The overload scenario (overload.go).
+	olVariants  []string
+	olWorkloads []string
+	olLoads     []float64
+	olSweep     []int
+	olCell      time.Duration
+	olWarmup    time.Duration
+	olTimeout   time.Duration
+	olSoak      time.Duration
+	olMaxConns  int
+	olArrivals  string
+	olQueries   int
 }
 
 const usage = `usage: loadtest [flags]
@@ -78,10 +94,14 @@ func parseFlags(args []string) (options, error) {
 	fs := flag.NewFlagSet("loadtest", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	var (
-		o         options
-		conns     = fs.String("conns", "64,1024", "comma-separated connection counts of the throughput scenario")
-		variants  = fs.String("variants", strings.Join(allVariants, ","), "comma-separated variants")
-		scenarios = fs.String("scenarios", "throughput,storm,burst,hangup", "comma-separated scenarios: throughput, storm, burst, hangup")
+		o           options
+		conns       = fs.String("conns", "64,1024", "comma-separated connection counts of the throughput scenario")
+		variants    = fs.String("variants", strings.Join(allVariants, ","), "comma-separated variants")
+		scenarios   = fs.String("scenarios", strings.Join(allScenarios, ","), "comma-separated scenarios: "+strings.Join(allScenarios, ", "))
+		olVariants  = fs.String("overload-variants", strings.Join(overloadVariantNames(false), ","), "comma-separated variants of the overload scenario: "+strings.Join(overloadVariantNames(true), ", "))
+		olWorkloads = fs.String("overload-workloads", strings.Join(allWorkloads, ","), "comma-separated workloads of the overload scenario: "+strings.Join(allWorkloads, ", "))
+		olLoads     = fs.String("overload-loads", "0.5,1,2,4,10", "comma-separated offered loads of the overload scenario, × capacity")
+		olSweep     = fs.String("overload-sweep", "8,16,32,64,128", "comma-separated fasthttp Server.Concurrency values swept to find the capacity")
 	)
 	fs.DurationVar(&o.duration, "duration", 3*time.Second, "measured time of each cell (variant × connections)")
 	fs.DurationVar(&o.warmup, "warmup", 500*time.Millisecond, "unmeasured load before each cell")
@@ -91,6 +111,13 @@ func parseFlags(args []string) (options, error) {
 	fs.BoolVar(&o.shared, "burst-shared", true, "run the burst's server in this process, its goroutines sharing the Ps with the clients' (false: a child process)")
 	fs.IntVar(&o.hangupConns, "hangup-conns", 10000, "connections (concurrent slow requests) of the hangup scenario")
 	fs.IntVar(&o.hangupRounds, "hangup-rounds", 2, "pairs of CPU windows, watch on and off, per variant of the hangup scenario")
+	fs.DurationVar(&o.olCell, "cell", 3*time.Second, "measured time of each overload cell")
+	fs.DurationVar(&o.olWarmup, "cell-warmup", 2*time.Second, "unmeasured load before each overload cell")
+	fs.DurationVar(&o.olTimeout, "overload-timeout", time.Second, "the overload servers' timeout and their clients' deadline")
+	fs.DurationVar(&o.olSoak, "soak", 0, "also run each overload variant this long at 10x capacity (e.g. 60s), for memory, goroutines and answers given twice")
+	fs.IntVar(&o.olMaxConns, "max-conns", 10000, "connections the overload generator opens at most (one request out on each)")
+	fs.StringVar(&o.olArrivals, "arrivals", "poisson", "arrivals of the overload scenario: poisson or uniform")
+	fs.IntVar(&o.olQueries, "db-queries", 4, "queries each request of the downstream workload makes, one after the other")
 	fs.BoolVar(&o.json, "json", false, "write the report as JSON instead of Markdown")
 	fs.StringVar(&o.chart, "chart", "", "also write a PNG chart to this file")
 	fs.BoolVar(&o.smoke, "smoke", false, "tiny budget for CI: 150ms cells, 4 and 32 connections, 64 storm connections, burst of 16 × 5")
@@ -133,6 +160,21 @@ func parseFlags(args []string) (options, error) {
 		if !set["hangup-rounds"] {
 			o.hangupRounds = 1
 		}
+		if !set["cell"] {
+			o.olCell = 100 * time.Millisecond
+		}
+		if !set["cell-warmup"] {
+			o.olWarmup = 50 * time.Millisecond
+		}
+		if !set["overload-timeout"] {
+			o.olTimeout = 100 * time.Millisecond
+		}
+		if !set["overload-loads"] {
+			*olLoads = "4"
+		}
+		if !set["overload-sweep"] {
+			*olSweep = "16"
+		}
 	}
 	var err error
 	if o.conns, err = parseConns(*conns); err != nil {
@@ -141,7 +183,19 @@ func parseFlags(args []string) (options, error) {
 	if o.variants, err = parseList("variant", *variants, allVariants); err != nil {
 		return o, err
 	}
-	if o.scenarios, err = parseList("scenario", *scenarios, []string{scenarioThroughput, scenarioStorm, scenarioBurst, scenarioHangup}); err != nil {
+	if o.scenarios, err = parseList("scenario", *scenarios, allScenarios); err != nil {
+		return o, err
+	}
+	if o.olVariants, err = parseList("overload variant", *olVariants, overloadVariantNames(true)); err != nil {
+		return o, err
+	}
+	if o.olWorkloads, err = parseList("workload", *olWorkloads, allWorkloads); err != nil {
+		return o, err
+	}
+	if o.olLoads, err = parseLoads(*olLoads); err != nil {
+		return o, err
+	}
+	if o.olSweep, err = parseCounts("-overload-sweep", *olSweep, 1, 100000); err != nil {
 		return o, err
 	}
 	switch {
@@ -159,6 +213,20 @@ func parseFlags(args []string) (options, error) {
 		return o, fmt.Errorf("-hangup-conns must be between 1 and %d, got %d", maxConns, o.hangupConns)
 	case o.hangupRounds <= 0 || o.hangupRounds > 100:
 		return o, fmt.Errorf("-hangup-rounds must be between 1 and 100, got %d", o.hangupRounds)
+	case o.olCell <= 0 || o.olCell > time.Hour:
+		return o, fmt.Errorf("-cell must be between 0 and 1h, got %v", o.olCell)
+	case o.olWarmup < 0 || o.olWarmup > time.Hour:
+		return o, fmt.Errorf("-cell-warmup must be between 0 and 1h, got %v", o.olWarmup)
+	case o.olTimeout < 10*time.Millisecond || o.olTimeout > time.Minute:
+		return o, fmt.Errorf("-overload-timeout must be between 10ms and 1m, got %v", o.olTimeout)
+	case o.olSoak < 0 || o.olSoak > time.Hour:
+		return o, fmt.Errorf("-soak must be between 0 and 1h, got %v", o.olSoak)
+	case o.olMaxConns <= 0 || o.olMaxConns > maxConns:
+		return o, fmt.Errorf("-max-conns must be between 1 and %d, got %d", maxConns, o.olMaxConns)
+	case o.olArrivals != "poisson" && o.olArrivals != "uniform":
+		return o, fmt.Errorf("-arrivals must be poisson or uniform, got %q", o.olArrivals)
+	case o.olQueries <= 0 || o.olQueries > 1000:
+		return o, fmt.Errorf("-db-queries must be between 1 and 1000, got %d", o.olQueries)
 	}
 	return o, nil
 }
@@ -170,17 +238,38 @@ const maxBurstRequests = 1000
 // maxConns bounds connection counts: each costs two file descriptors here.
 const maxConns = 10000
 
-func parseConns(s string) ([]int, error) {
+func parseConns(s string) ([]int, error) { return parseCounts("-conns", s, 1, maxConns) }
+
+// parseCounts parses a comma-separated list of distinct counts between lo
+// and hi, kept in its order.
+func parseCounts(flag, s string, lo, hi int) ([]int, error) {
 	var out []int
 	for f := range strings.SplitSeq(s, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n <= 0 || n > maxConns {
-			return nil, fmt.Errorf("-conns wants a comma-separated list of counts between 1 and %d, got %q", maxConns, s)
+		if err != nil || n < lo || n > hi {
+			return nil, fmt.Errorf("%s wants a comma-separated list of counts between %d and %d, got %q", flag, lo, hi, s)
 		}
 		if !slices.Contains(out, n) {
 			out = append(out, n)
 		}
 	}
+	return out, nil
+}
+
+// parseLoads parses the offered loads of the overload scenario: distinct
+// multiples of the capacity between 0.01 and 100, in increasing order.
+func parseLoads(s string) ([]float64, error) {
+	var out []float64
+	for f := range strings.SplitSeq(s, ",") {
+		x, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+		if err != nil || !(x >= 0.01 && x <= 100) {
+			return nil, fmt.Errorf("-overload-loads wants a comma-separated list of multiples of the capacity between 0.01 and 100, got %q", s)
+		}
+		if !slices.Contains(out, x) {
+			out = append(out, x)
+		}
+	}
+	slices.Sort(out)
 	return out, nil
 }
 
@@ -312,6 +401,13 @@ func run(ctx context.Context, o options, stdout io.Writer) error {
 		}
 		failed += n
 	}
+	if slices.Contains(o.scenarios, scenarioOverload) {
+		n, err := runOverload(ctx, o, &rep)
+		if err != nil {
+			return err
+		}
+		failed += n
+	}
 	rep.TotalSeconds = time.Since(start).Seconds()
 	progress("loadtest: done in %v", time.Since(start).Round(time.Millisecond))
 	var err error
@@ -355,7 +451,7 @@ func estimate(o options) time.Duration {
 	return time.Duration(cells)*(o.warmup+o.duration+perCell) +
 		time.Duration(storm)*(o.warmup+o.duration+perCell+stormWork) +
 		time.Duration(burst)*perBurst +
-		hangupEstimate(o)
+		hangupEstimate(o) + overloadEstimate(o)
 }
 
 func progress(format string, args ...any) {

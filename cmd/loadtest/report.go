@@ -20,6 +20,7 @@ type report struct {
 	Burst        burstConfig     `json:"burst_config"`
 	BurstRows    []burstRow      `json:"burst,omitempty"`
 	Hangup       *hangupReport   `json:"hangup,omitempty"`
+	Overload     *overloadReport `json:"overload,omitempty"`
 }
 
 type machine struct {
@@ -287,6 +288,7 @@ func writeMarkdown(w io.Writer, rep report) error {
 		writeBurst(&b, rep)
 	}
 	writeHangupMarkdown(&b, rep.Hangup)
+	writeOverloadMarkdown(&b, rep.Overload)
 	_, err := io.WriteString(w, b.String())
 	return err
 }

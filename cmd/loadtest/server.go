@@ -118,8 +118,11 @@ func serveChild(spec string, in io.Reader, out io.Writer) error {
 	if !ok {
 		return fmt.Errorf("bad server spec %q", spec)
 	}
-	if scenario == scenarioHangup {
+	switch scenario {
+	case scenarioHangup:
 		return serveHangup(variant, in, out)
+	case scenarioOverload:
+		return serveOverload(variant, in, out)
 	}
 	var track stormTrack
 	var burst burstTrack

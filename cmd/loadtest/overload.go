@@ -1,0 +1,537 @@
+package main
+
+// The overload scenario: open-loop arrivals at 0.5 to 10 times a server's
+// capacity, clients that give up at their deadline, and what each variant
+// still delivers. The server child is in overload_server.go, the generator
+// in overload_load.go, the tables, goals and chart in overload_report.go.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/fasttimeout/fasttimeout"
+)
+
+const scenarioOverload = "overload"
+
+// The workloads.
+const (
+	// workloadCPU burns cpuWork of CPU per request, in units of
+	// cpuChunk.
+	workloadCPU = "cpu"
+	// workloadDB makes queries to a simulated database of dbSlots slots,
+	// each query holding one for dbQuery.
+	workloadDB = "downstream"
+)
+
+var allWorkloads = []string{workloadCPU, workloadDB}
+
+const (
+	cpuWork  = 1500 * time.Microsecond
+	cpuChunk = 50 * time.Microsecond // how often an honouring handler looks at its context
+	dbSlots  = 20
+	dbQuery  = 5 * time.Millisecond
+	// overloadTailMargin is added to the deadline after the measured
+	// window: the load goes on while the last measured requests are
+	// answered or given up.
+	overloadTailMargin = 100 * time.Millisecond
+	// sweepLoad is the offered load of the Concurrency sweep, as a
+	// multiple of the first estimate of the capacity.
+	sweepLoad = 4
+)
+
+// The variants of the overload scenario, in report order.
+const (
+	olBare         = "fasthttp-bare"
+	olConcurrency  = "fasthttp-Concurrency"
+	olTWCH         = "fasthttp-TimeoutWithCodeHandler"
+	olRace         = "fasttimeout-race"
+	olRaceAdaptive = "fasttimeout-race-adaptive"
+	olCoop         = "fasttimeout-cooperative"
+	olCoopAdaptive = "fasttimeout-cooperative-adaptive"
+)
+
+// overloadVariant is a server of the overload scenario.
+type overloadVariant struct {
+	name string
+	// context: the handler has a context that ends at its deadline, so it
+	// comes in two kinds, honouring and ignoring it. Outside fasttimeout a
+	// fasthttp handler has none.
+	context bool
+	// fasttimeout: wrapped by fasttimeout.New in mode, with admission by
+	// AdaptiveConcurrency if admission.
+	fasttimeout bool
+	mode        fasttimeout.Mode
+	admission   bool
+	// without is the same variant without admission, for the goal at
+	// half the capacity.
+	without   string
+	byDefault bool
+	about     string
+}
+
+// overloadVariants is the one table of the scenario's variants.
+var overloadVariants = []overloadVariant{
+	{name: olBare, byDefault: true, about: "fasthttp, no timeout"},
+	{name: olConcurrency, byDefault: true, about: "fasthttp with Server.Concurrency, the best of the sweep"},
+	{name: olTWCH, byDefault: true, about: "fasthttp.TimeoutWithCodeHandler"},
+	{name: olRace, context: true, fasttimeout: true, byDefault: true, about: "fasttimeout racing, no admission"},
+	{name: olRaceAdaptive, context: true, fasttimeout: true, admission: true, without: olRace, byDefault: true,
+		about: "fasttimeout racing, AdaptiveConcurrency"},
+	{name: olCoop, context: true, fasttimeout: true, mode: fasttimeout.Cooperative, about: "fasttimeout cooperative, no admission"},
+	{name: olCoopAdaptive, context: true, fasttimeout: true, mode: fasttimeout.Cooperative, admission: true, without: olCoop, byDefault: true,
+		about: "fasttimeout cooperative, AdaptiveConcurrency"},
+}
+
+func findOverloadVariant(name string) (overloadVariant, bool) {
+	for _, v := range overloadVariants {
+		if v.name == name {
+			return v, true
+		}
+	}
+	return overloadVariant{}, false
+}
+
+func overloadVariantNames(all bool) []string {
+	var out []string
+	for _, v := range overloadVariants {
+		if all || v.byDefault {
+			out = append(out, v.name)
+		}
+	}
+	return out
+}
+
+// handlerKinds are the handlers a variant runs: honouring and ignoring
+// its context if it has one, else ignoring only.
+func (v overloadVariant) handlerKinds(smoke bool) []bool {
+	switch {
+	case !v.context:
+		return []bool{false}
+	case smoke:
+		return []bool{true}
+	}
+	return []bool{true, false}
+}
+
+func handlerName(honour bool) string {
+	if honour {
+		return "honours"
+	}
+	return "ignores"
+}
+
+// overloadConfig sizes the scenario; the report carries it.
+type overloadConfig struct {
+	TimeoutMs  int64     `json:"timeout_ms"` // the server's timeout and the client's deadline
+	WarmupMs   int64     `json:"warmup_ms"`
+	CellMs     int64     `json:"cell_ms"`
+	SoakMs     int64     `json:"soak_ms,omitempty"`
+	Arrivals   string    `json:"arrivals"`
+	MaxConns   int       `json:"max_conns"`
+	Loads      []float64 `json:"loads"`
+	Sweep      []int     `json:"concurrency_sweep"`
+	ChunkIters int       `json:"chunk_iters"`
+	ChunkUs    float64   `json:"chunk_us"` // measured, best of several
+	Chunks     int       `json:"chunks"`
+	DBSlots    int       `json:"db_slots"`
+	DBQueryMs  float64   `json:"db_query_ms"`
+	DBQueries  int       `json:"db_queries"`
+	Workloads  []string  `json:"workloads"`
+	Variants   []string  `json:"variants"`
+	Smoke      bool      `json:"smoke,omitempty"`
+}
+
+func (c overloadConfig) timeout() time.Duration { return time.Duration(c.TimeoutMs) * time.Millisecond }
+func (c overloadConfig) warmup() time.Duration  { return time.Duration(c.WarmupMs) * time.Millisecond }
+func (c overloadConfig) cell() time.Duration    { return time.Duration(c.CellMs) * time.Millisecond }
+func (c overloadConfig) tail() time.Duration    { return c.timeout() + overloadTailMargin }
+
+func newOverloadConfig(o options) overloadConfig {
+	return overloadConfig{
+		TimeoutMs: o.olTimeout.Milliseconds(), WarmupMs: o.olWarmup.Milliseconds(), CellMs: o.olCell.Milliseconds(),
+		SoakMs: o.olSoak.Milliseconds(), Arrivals: o.olArrivals, MaxConns: o.olMaxConns,
+		Loads: o.olLoads, Sweep: o.olSweep, Chunks: int(cpuWork / cpuChunk),
+		DBSlots: dbSlots, DBQueryMs: float64(dbQuery) / 1e6, DBQueries: o.olQueries,
+		Workloads: o.olWorkloads, Variants: o.olVariants, Smoke: o.smoke,
+	}
+}
+
+// serverConfig is what the child of a cell is told.
+func (c overloadConfig) serverConfig(cell overloadCell) overloadServerConfig {
+	return overloadServerConfig{
+		Variant: cell.variant, Workload: cell.workload, Honour: cell.honour, Concurrency: cell.concurrency,
+		TimeoutMs: c.TimeoutMs, ChunkIters: c.ChunkIters, Chunks: c.Chunks,
+		DBSlots: c.DBSlots, DBQueryUs: int64(c.DBQueryMs * 1000), DBQueries: c.DBQueries,
+	}
+}
+
+// nominalCapacity is what a workload's capacity would be on a core of
+// its own: one core's worth of CPU work (and some 25 µs of HTTP per
+// request), or the database's slots.
+func (c overloadConfig) nominalCapacity(workload string) float64 {
+	if workload == workloadCPU {
+		perRequest := float64(c.Chunks)*c.ChunkUs + 25
+		return 1e6 / perRequest
+	}
+	return float64(c.DBSlots) * 1000 / (c.DBQueryMs * float64(c.DBQueries))
+}
+
+// closedLoopConns is how many connections the first estimate of the
+// capacity uses: more than the database's slots, and few enough that the
+// server is not overloaded.
+const closedLoopConns = 32
+
+// estimateCapacity is the first guess of a workload's capacity, before the
+// sweep measures it: the requests per second of fasthttp-bare under
+// closed-loop load from closedLoopConns connections (each sends its next
+// request when the previous answer has come), which cannot overload it.
+// On a shared machine it is less than the nominal capacity.
+func estimateCapacity(ctx context.Context, cfg overloadConfig, workload string) (float64, error) {
+	f, err := os.CreateTemp("", "loadtest-overload-*")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	_ = os.Remove(f.Name())
+	if err := f.Truncate(sharedSize(0)); err != nil {
+		return 0, err
+	}
+	spec, err := json.Marshal(cfg.serverConfig(overloadCell{workload: workload, variant: olBare}))
+	if err != nil {
+		return 0, err
+	}
+	srv, err := startChildFiles(scenarioOverload, string(spec), []*os.File{f})
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = srv.cmd.Process.Kill(); _ = srv.cmd.Wait() }()
+	nop := func() error { return nil }
+	res, err := drive(ctx, srv.addr, closedLoopConns, cfg.warmup()/2, cfg.cell()/2, 0, 0, nop, nop)
+	if err != nil {
+		return 0, err
+	}
+	if res.elapsed <= 0 || res.requests() == 0 {
+		return 0, errors.New("no answer")
+	}
+	return float64(res.requests()) / res.elapsed.Seconds(), nil
+}
+
+// calibrateBurn finds how many iterations of burn take about target on
+// this machine: the best of several tries, so that a busy moment does not
+// count. It returns the iterations and how long they took at best.
+func calibrateBurn(target time.Duration) (iters int, took time.Duration) {
+	best := func(n int) time.Duration {
+		b := time.Duration(math.MaxInt64)
+		for range 30 {
+			start := time.Now()
+			burn(n)
+			b = min(b, time.Since(start))
+		}
+		return max(b, time.Microsecond)
+	}
+	const probe = 1 << 16
+	iters = max(1, int(float64(probe)*float64(target)/float64(best(probe))))
+	return iters, best(iters)
+}
+
+// overloadCell is one measurement: a variant and handler kind under one
+// workload and offered load, in a fresh server child.
+type overloadCell struct {
+	workload    string
+	variant     string
+	honour      bool
+	concurrency int     // fasthttp-Concurrency
+	load        float64 // offered load × capacity; 0 in the sweep
+	rate        float64 // arrivals per second
+	measure     time.Duration
+	seed        uint64
+}
+
+// runOverload measures the scenario into rep and returns how many cells
+// failed.
+func runOverload(ctx context.Context, o options, rep *report) (failed int, err error) {
+	raiseFileLimit()
+	cfg := newOverloadConfig(o)
+	iters, took := calibrateBurn(cpuChunk)
+	cfg.ChunkIters, cfg.ChunkUs = iters, float64(took)/1e3
+	progress("  overload: a unit of CPU work is %d iterations, %.1f µs at best", iters, cfg.ChunkUs)
+	rep.Overload = &overloadReport{Config: cfg}
+	measure := func(c overloadCell) overloadRow {
+		row := measureOverloadCell(ctx, cfg, c)
+		if row.Error != "" {
+			failed++
+		}
+		progress("  overload   %s", row.progressLine())
+		return row
+	}
+	for _, wl := range cfg.Workloads {
+		w := overloadWorkload{Name: wl, Nominal: cfg.nominalCapacity(wl)}
+		est, err := estimateCapacity(ctx, cfg, wl)
+		if err != nil {
+			if ctx.Err() != nil {
+				return failed, ctx.Err()
+			}
+			progress("  overload   %s: the closed-loop estimate failed (%v), the nominal capacity is used", wl, err)
+			est = w.Nominal
+		}
+		w.Estimate = est
+		for _, n := range cfg.Sweep {
+			if err := ctx.Err(); err != nil {
+				return failed, err
+			}
+			w.Sweep = append(w.Sweep, measure(overloadCell{workload: wl, variant: olConcurrency, concurrency: n,
+				rate: sweepLoad * w.Estimate, measure: cfg.cell(), seed: uint64(n)}))
+		}
+		w.pickCapacity()
+		progress("  overload   %s: capacity %.0f/s (Concurrency=%d; first estimate %.0f/s closed-loop, nominal %.0f/s)",
+			wl, w.Capacity, w.BestConcurrency, w.Estimate, w.Nominal)
+		for li, load := range cfg.Loads {
+			for _, name := range cfg.Variants {
+				v, _ := findOverloadVariant(name)
+				for _, honour := range v.handlerKinds(cfg.Smoke) {
+					if err := ctx.Err(); err != nil {
+						return failed, err
+					}
+					w.Rows = append(w.Rows, measure(overloadCell{workload: wl, variant: name, honour: honour,
+						concurrency: w.BestConcurrency, load: load, rate: load * w.Capacity, measure: cfg.cell(), seed: uint64(li + 1)}))
+				}
+			}
+		}
+		w.fillShares()
+		rep.Overload.Workloads = append(rep.Overload.Workloads, w)
+	}
+	rep.Overload.Goals = overloadGoals(rep.Overload.Workloads, cfg.timeout())
+	if cfg.SoakMs > 0 {
+		for _, w := range rep.Overload.Workloads {
+			for _, name := range cfg.Variants {
+				v, _ := findOverloadVariant(name)
+				for _, honour := range v.handlerKinds(false) {
+					if err := ctx.Err(); err != nil {
+						return failed, err
+					}
+					row := measure(overloadCell{workload: w.Name, variant: name, honour: honour, concurrency: w.BestConcurrency,
+						load: 10, rate: 10 * w.Capacity, measure: time.Duration(cfg.SoakMs) * time.Millisecond, seed: 10})
+					row.GoodputShare = share0(row.GoodputPerSec, w.Capacity)
+					rep.Overload.Soak = append(rep.Overload.Soak, row)
+				}
+			}
+		}
+	}
+	return failed, nil
+}
+
+func share0(x, of float64) float64 {
+	if of <= 0 {
+		return 0
+	}
+	return x / of
+}
+
+// overloadEstimate is the expected wall time of the scenario.
+func overloadEstimate(o options) time.Duration {
+	if !slices.Contains(o.scenarios, scenarioOverload) {
+		return 0
+	}
+	const perCell = 150 * time.Millisecond // child start, reading, killing
+	cell := perCell + o.olWarmup + o.olCell + o.olTimeout + overloadTailMargin
+	kinds, soakKinds := 0, 0
+	for _, name := range o.olVariants {
+		v, _ := findOverloadVariant(name)
+		kinds += len(v.handlerKinds(o.smoke))
+		soakKinds += len(v.handlerKinds(false))
+	}
+	cells := 1 + len(o.olSweep) + len(o.olLoads)*kinds // 1: the closed-loop estimate
+	soak := time.Duration(soakKinds) * (perCell + o.olWarmup + o.olSoak + o.olTimeout + overloadTailMargin)
+	if o.olSoak == 0 {
+		soak = 0
+	}
+	return time.Duration(len(o.olWorkloads)) * (time.Duration(cells)*cell + soak)
+}
+
+// cellSnapshot is what the parent reads at the start and end of a cell's
+// measured window and at its end.
+type cellSnapshot struct {
+	at           time.Time
+	serverCPU    time.Duration // user + system time of the child, from /proc
+	generatorCPU time.Duration // of this process
+	slots        [sharedSlots]uint64
+	work         []uint32 // units done so far for each request id
+}
+
+func takeSnapshot(pid int, sh *shared, withWork bool) cellSnapshot {
+	s := cellSnapshot{at: time.Now(), serverCPU: procCPU(pid), generatorCPU: time.Duration(cpuTime())}
+	for i := range s.slots {
+		s.slots[i] = sh.slots[i].Load()
+	}
+	if withWork {
+		s.work = make([]uint32, len(sh.work))
+		for i := range s.work {
+			s.work[i] = sh.work[i].Load()
+		}
+	}
+	return s
+}
+
+// clockTick is the unit of the CPU times in /proc/PID/stat (USER_HZ,
+// 100 on Linux).
+const clockTick = 10 * time.Millisecond
+
+// procCPU returns the user and system time of process pid, from
+// /proc/PID/stat; 0 if it cannot be read.
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// The command name, in parentheses, may hold spaces: count fields
+	// after it. utime and stime are the 14th and 15th fields.
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[i+1:]))
+	if i < 0 || len(f) < 13 {
+		return 0
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0
+	}
+	return time.Duration(ut+st) * clockTick
+}
+
+// procPeakRSS returns the peak resident set size of process pid in bytes
+// (VmHWM); 0 if it cannot be read.
+func procPeakRSS(pid int) int64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			if err == nil {
+				return kb << 10
+			}
+		}
+	}
+	return 0
+}
+
+// measureOverloadCell runs one cell in a fresh server child. A cell that
+// fails has its Error set.
+func measureOverloadCell(ctx context.Context, cfg overloadConfig, c overloadCell) overloadRow {
+	row := c.row()
+	if err := c.measureInto(ctx, cfg, &row); err != nil {
+		row.Error = err.Error()
+	}
+	return row
+}
+
+func (c overloadCell) row() overloadRow {
+	return overloadRow{Workload: c.workload, Variant: c.variant, Handler: handlerName(c.honour),
+		Concurrency: c.concurrency, Load: c.load, OfferedPerSec: c.rate, Seconds: c.measure.Seconds()}
+}
+
+func (c overloadCell) measureInto(ctx context.Context, cfg overloadConfig, row *overloadRow) error {
+	if c.variant != olConcurrency {
+		row.Concurrency = 0
+	}
+	if c.rate <= 0 {
+		return fmt.Errorf("no rate to offer")
+	}
+	warmup, tail := cfg.warmup(), cfg.tail()
+	total := warmup + c.measure + tail
+	ids := int(c.rate*total.Seconds()*1.5) + 4096
+	f, err := os.CreateTemp("", "loadtest-overload-*")
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_ = os.Remove(f.Name()) // the descriptors keep it
+	if err := f.Truncate(sharedSize(ids)); err != nil {
+		return err
+	}
+	sh, err := mapShared(f)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = sh.unmap() }()
+	spec, err := json.Marshal(cfg.serverConfig(c))
+	if err != nil {
+		return err
+	}
+	srv, err := startChildFiles(scenarioOverload, string(spec), []*os.File{f})
+	if err != nil {
+		return err
+	}
+	exited := make(chan struct{})
+	go func() { _ = srv.cmd.Wait(); close(exited) }()
+	defer func() {
+		_ = srv.cmd.Process.Kill()
+		<-exited
+	}()
+	pid := srv.cmd.Process.Pid
+
+	gen := newOpenLoop(srv.addr, cfg.timeout(), cfg.MaxConns)
+	sched := newArrivalSchedule(c.rate, cfg.Arrivals == "poisson", c.seed)
+	start := time.Now()
+	done := make(chan openLoopRun, 1)
+	go func() { done <- gen.run(ctx, start, sched, warmup, c.measure, tail) }()
+	wait := func(until time.Time) {
+		select {
+		case <-time.After(time.Until(until)):
+		case <-ctx.Done():
+		}
+	}
+	wait(start.Add(warmup))
+	before := takeSnapshot(pid, sh, true)
+	wait(start.Add(warmup + c.measure))
+	after := takeSnapshot(pid, sh, true)
+	run := <-done
+	end := takeSnapshot(pid, sh, false)
+	select {
+	case <-exited:
+		row.Crashed = true
+	default:
+	}
+	row.PeakRSSMiB = float64(procPeakRSS(pid)) / (1 << 20)
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	row.fill(cellData{measure: c.measure, first: run.first, end: run.end, results: run.results,
+		workBefore: before.work, workAfter: after.work, sendLag: run.sendLag, workers: run.maxWorker})
+	row.fillServer(before, after, end)
+	if row.Crashed {
+		return errors.New("the server died")
+	}
+	if row.Good == 0 && row.ConnectErrors == row.Arrivals && row.Arrivals > 0 {
+		return errors.New("no connection could be opened")
+	}
+	return nil
+}
+
+// fillServer sets what the server and the generator did in the measured
+// window, and what was left running at the end.
+func (r *overloadRow) fillServer(before, after, end cellSnapshot) {
+	if wall := after.at.Sub(before.at); wall > 0 {
+		r.ServerCPUPct = 100 * float64(after.serverCPU-before.serverCPU) / float64(wall)
+		r.GeneratorCPUPct = 100 * float64(after.generatorCPU-before.generatorCPU) / float64(wall)
+	}
+	r.StillRunning = int64(end.slots[slotStarted] - end.slots[slotFinished])
+	r.PeakInFlight = int64(end.slots[slotPeakInFlight])
+	r.PeakGoroutines = int64(end.slots[slotPeakGoroutines])
+	r.PeakHeapMiB = float64(end.slots[slotPeakHeap]) / (1 << 20)
+	r.Limit = int64(after.slots[slotLimit])
+	r.NoID = int64(end.slots[slotNoID])
+	if s := end.slots[slotSampled]; s > 0 {
+		r.SampleAgeMs = float64(end.at.UnixNano()-int64(s)) / 1e6
+	}
+}
