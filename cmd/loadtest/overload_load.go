@@ -98,6 +98,9 @@ type openLoop struct {
 	conns   map[net.Conn]struct{}
 	stopped bool
 	results []result
+
+	// observe, if set, sees each result as it comes (tests).
+	observe func(result)
 }
 
 type arrival struct {
@@ -270,46 +273,55 @@ func (w *loadWorker) send(a arrival) {
 		err = w.resp.Read(w.br)
 	}
 	latency := time.Since(a.at)
-	if err != nil {
-		switch {
-		case w.g.isStopped():
-			w.record(a, outCut, 0)
-		case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, fasthttp.ErrTimeout):
-			w.record(a, outGiveUp, 0)
-			w.drop(true)
-			return
-		default:
-			w.record(a, outConnError, 0)
-		}
-		w.drop(false)
-		return
+	o := classify(err, w.g.isStopped(), &w.resp, a.id, latency, w.g.deadline)
+	if o >= outGiveUp {
+		latency = 0
 	}
-	echo := w.resp.Header.Peek(requestIDHeader)
-	status := w.resp.StatusCode()
+	w.record(a, o, latency)
 	switch {
-	case len(echo) > 0 && !sameID(echo, a.id),
-		len(echo) == 0 && status == fasthttp.StatusOK: // every 200 echoes its id
-		w.record(a, outMismatch, latency)
-		w.drop(false)
-		return
-	case status == fasthttp.StatusOK && latency <= w.g.deadline:
-		w.record(a, outGood, latency)
-	case status == fasthttp.StatusOK:
-		w.record(a, outLate, latency)
-	case status == fasthttp.StatusServiceUnavailable:
-		w.record(a, outRejected, latency)
-	case status == fasthttp.StatusGatewayTimeout:
-		w.record(a, outTimeout, latency)
-	default:
-		w.record(a, outOther, latency)
-	}
-	if w.resp.ConnectionClose() {
+	case o == outGiveUp:
+		w.drop(true)
+	case err != nil, o == outMismatch, w.resp.ConnectionClose():
 		w.drop(false)
 	}
 }
 
+// classify tells what became of a request from the error of its exchange
+// (after stopped: the run ended) or its response, and its latency.
+func classify(err error, stopped bool, resp *fasthttp.Response, id uint32, latency, deadline time.Duration) outcome {
+	if err != nil {
+		switch {
+		case stopped:
+			return outCut
+		case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, fasthttp.ErrTimeout):
+			return outGiveUp
+		}
+		return outConnError
+	}
+	echo := resp.Header.Peek(requestIDHeader)
+	status := resp.StatusCode()
+	switch {
+	case len(echo) > 0 && !sameID(echo, id),
+		len(echo) == 0 && status == fasthttp.StatusOK: // every 200 echoes its id
+		return outMismatch
+	case status == fasthttp.StatusOK && latency <= deadline:
+		return outGood
+	case status == fasthttp.StatusOK:
+		return outLate
+	case status == fasthttp.StatusServiceUnavailable:
+		return outRejected
+	case status == fasthttp.StatusGatewayTimeout:
+		return outTimeout
+	}
+	return outOther
+}
+
 func (w *loadWorker) record(a arrival, o outcome, latency time.Duration) {
-	w.results = append(w.results, result{id: a.id, outcome: o, latency: latency})
+	r := result{id: a.id, outcome: o, latency: latency}
+	w.results = append(w.results, r)
+	if w.g.observe != nil {
+		w.g.observe(r)
+	}
 }
 
 // drop closes the worker's connection, resetting it if reset.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"image/color"
 	"math"
+	"slices"
 	"strings"
 	"time"
 
@@ -454,12 +455,10 @@ func overloadCharts(rep *overloadReport) ([]*plot.Plot, error) {
 		p.Title.Text = fmt.Sprintf("Overload, %s workload: goodput against offered load (capacity %.0f/s)", w.Name, w.Capacity)
 		p.X.Label.Text = "offered load (× capacity)"
 		p.Y.Label.Text = "goodput (× capacity)"
-		p.X.Scale = plot.LogScale{}
-		p.X.Tick.Marker = plot.ConstantTicks(loadTicks(rep.Config.Loads))
-		p.Y.Min, p.Y.Max = 0, 1.2
+		p.Y.Min, p.Y.Max = 0, 2 // room above the curves for the legend
 		p.Legend.Top = true
-		p.Legend.Left = false
 		var keys []string
+		var loads []float64
 		points := map[string]plotter.XYs{}
 		for _, r := range w.Rows {
 			if r.Error != "" || r.Load <= 0 {
@@ -469,9 +468,27 @@ func overloadCharts(rep *overloadReport) ([]*plot.Plot, error) {
 			if _, ok := points[key]; !ok {
 				keys = append(keys, key)
 			}
+			if !slices.Contains(loads, r.Load) {
+				loads = append(loads, r.Load)
+			}
 			points[key] = append(points[key], plotter.XY{X: r.Load, Y: r.GoodputShare})
-			p.Y.Max = math.Max(p.Y.Max, r.GoodputShare*1.1)
+			p.Y.Max = math.Max(p.Y.Max, r.GoodputShare*1.8)
 		}
+		panels = append(panels, p)
+		if len(loads) == 0 {
+			continue
+		}
+		slices.Sort(loads)
+		p.X.Scale = plot.LogScale{}
+		p.X.Tick.Marker = plot.ConstantTicks(loadTicks(loads))
+		goal, err := plotter.NewLine(plotter.XYs{{X: loads[0], Y: goalShare}, {X: loads[len(loads)-1], Y: goalShare}})
+		if err != nil {
+			return nil, err
+		}
+		goal.Color = color.Gray{Y: 0x99}
+		goal.Dashes = []vg.Length{vg.Points(1), vg.Points(3)}
+		p.Add(goal)
+		p.Legend.Add(fmt.Sprintf("goal with admission: %gx", goalShare), goal)
 		for i, key := range keys {
 			line, dots, err := plotter.NewLinePoints(points[key])
 			if err != nil {
@@ -487,7 +504,6 @@ func overloadCharts(rep *overloadReport) ([]*plot.Plot, error) {
 			p.Add(line, dots)
 			p.Legend.Add(key, line, dots)
 		}
-		panels = append(panels, p)
 	}
 	return panels, nil
 }

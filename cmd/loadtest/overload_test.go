@@ -1,0 +1,485 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttputil"
+)
+
+func TestArrivalSchedule(t *testing.T) {
+	t.Parallel()
+	t.Run("uniform arrivals are evenly spaced", func(t *testing.T) {
+		t.Parallel()
+		s := newArrivalSchedule(4, false, 1)
+		for i, want := range []time.Duration{0, 250 * time.Millisecond, 500 * time.Millisecond, 750 * time.Millisecond, time.Second} {
+			if got := s.next(); got != want {
+				t.Errorf("arrival %d at %v, want %v", i, got, want)
+			}
+		}
+	})
+	t.Run("poisson arrivals come at the rate, the same ones for a seed", func(t *testing.T) {
+		t.Parallel()
+		a, b, other := newArrivalSchedule(1000, true, 7), newArrivalSchedule(1000, true, 7), newArrivalSchedule(1000, true, 8)
+		var last time.Duration
+		for i := range 100000 {
+			x := a.next()
+			if y := b.next(); x != y {
+				t.Fatalf("arrival %d: %v and %v from the same seed", i, x, y)
+			}
+			if x < last {
+				t.Fatalf("arrival %d at %v, before the previous one at %v", i, x, last)
+			}
+			last = x
+		}
+		// 100 000 arrivals at 1000/s span 100 s; the standard deviation
+		// of that sum is 0.3 %.
+		if d := last.Seconds()/100 - 1; math.Abs(d) > 0.01 {
+			t.Errorf("100000 arrivals span %v, want 100 s within 1 %%", last)
+		}
+		if first, again := other.next(), newArrivalSchedule(1000, true, 7).next(); first == again {
+			t.Errorf("seeds 7 and 8 both start at %v", first)
+		}
+	})
+}
+
+func TestClassify(t *testing.T) {
+	t.Parallel()
+	const deadline = time.Second
+	tests := []struct {
+		name    string
+		err     error
+		stopped bool
+		status  int
+		echo    string
+		latency time.Duration
+		want    outcome
+	}{
+		{name: "200 with its id in time", status: 200, echo: "7", latency: 10 * time.Millisecond, want: outGood},
+		{name: "200 with its id after the deadline", status: 200, echo: "7", latency: deadline + time.Millisecond, want: outLate},
+		{name: "200 with another id", status: 200, echo: "6", want: outMismatch},
+		{name: "200 without an id", status: 200, want: outMismatch},
+		{name: "503 without an id", status: 503, want: outRejected},
+		{name: "504 with its id", status: 504, echo: "7", want: outTimeout},
+		{name: "504 with another id", status: 504, echo: "8", want: outMismatch},
+		{name: "500", status: 500, want: outOther},
+		{name: "deadline of the connection", err: fmt.Errorf("read: %w", os.ErrDeadlineExceeded), want: outGiveUp},
+		{name: "fasthttp's timeout", err: fasthttp.ErrTimeout, want: outGiveUp},
+		{name: "closed by the server", err: io.EOF, want: outConnError},
+		{name: "any error once the run ended", err: fasthttp.ErrTimeout, stopped: true, want: outCut},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var resp fasthttp.Response
+			resp.SetStatusCode(tt.status)
+			if tt.echo != "" {
+				resp.Header.Set(requestIDHeader, tt.echo)
+			}
+			if got := classify(tt.err, tt.stopped, &resp, 7, tt.latency, deadline); got != tt.want {
+				t.Errorf("outcome %d, want %d", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestOverloadRowFill(t *testing.T) {
+	t.Parallel()
+	ms := time.Millisecond
+	d := cellData{
+		measure: time.Second,
+		first:   2, end: 7, // ids 2 to 6 arrived in the window; 6 has no result
+		results: []result{
+			{id: 0, outcome: outGood, latency: 5 * ms}, // warm-up
+			{id: 1, outcome: outGiveUp},                // warm-up, worked on in the window
+			{id: 2, outcome: outGood, latency: 10 * ms},
+			{id: 3, outcome: outGood, latency: 30 * ms},
+			{id: 4, outcome: outRejected, latency: ms},
+			{id: 5, outcome: outGiveUp},
+			{id: 7, outcome: outGood, latency: 20 * ms}, // tail
+		},
+		workBefore: []uint32{30, 10, 0, 0, 0, 0, 0, 0},
+		workAfter:  []uint32{30, 30, 30, 30, 0, 12, 0, 5},
+		sendLag:    []int64{int64(ms), int64(2 * ms)},
+		workers:    3,
+	}
+	var r overloadRow
+	r.fill(d)
+	lat := [3]float64{r.P50Ms, r.P99Ms, r.SendLagP99Ms}
+	r.P50Ms, r.P99Ms, r.SendLagP99Ms = 0, 0, 0
+	want := overloadRow{Arrivals: 5, Connections: 3, Good: 2, Rejected: 1, GiveUps: 1, Cut: 1,
+		GoodputPerSec: 2, SentPerSec: 5,
+		// In the window: 20 units for id 1 and 12 for id 5, given up; 30
+		// each for ids 2 and 3, and 5 for id 7, answered.
+		Work: 97, Wasted: 32, WastedShare: 32.0 / 97}
+	if !reflect.DeepEqual(r, want) {
+		t.Errorf("got  %+v\nwant %+v", r, want)
+	}
+	for i, w := range []float64{10, 30, 2} {
+		if dev := lat[i]/w - 1; math.Abs(dev) > 0.001 {
+			t.Errorf("latency %d: %v ms, want %v within 0.1%%", i, lat[i], w)
+		}
+	}
+}
+
+func TestPickCapacity(t *testing.T) {
+	t.Parallel()
+	w := overloadWorkload{Estimate: 400, Sweep: []overloadRow{
+		{Concurrency: 8, GoodputPerSec: 300},
+		{Concurrency: 16, GoodputPerSec: 550},
+		{Concurrency: 32, GoodputPerSec: 900, Error: "failed"},
+		{Concurrency: 64, GoodputPerSec: 500},
+	}}
+	w.pickCapacity()
+	if w.Capacity != 550 || w.BestConcurrency != 16 || w.Sweep[1].GoodputShare != 1 || w.Sweep[3].GoodputShare != 500.0/550 {
+		t.Errorf("capacity %v at %d, shares %v and %v; want 550 at 16, 1 and 0.91",
+			w.Capacity, w.BestConcurrency, w.Sweep[1].GoodputShare, w.Sweep[3].GoodputShare)
+	}
+	failed := overloadWorkload{Estimate: 400, Sweep: []overloadRow{{Concurrency: 8, Error: "failed"}}}
+	failed.pickCapacity()
+	if failed.Capacity != 400 || failed.BestConcurrency != 64 {
+		t.Errorf("without a sweep: capacity %v at %d; want the estimate, 400, at 64", failed.Capacity, failed.BestConcurrency)
+	}
+}
+
+func TestOverloadGoals(t *testing.T) {
+	t.Parallel()
+	row := func(variant, handler string, load, share, wasted, p99 float64) overloadRow {
+		return overloadRow{Variant: variant, Handler: handler, Load: load, GoodputShare: share,
+			GoodputPerSec: 100 * share, WastedShare: wasted, P99Ms: p99}
+	}
+	w := overloadWorkload{Name: workloadCPU, Capacity: 100, Rows: []overloadRow{
+		row(olTWCH, "ignores", 4, 0.25, 0.8, 900),
+		row(olRace, "honours", 0.5, 0.5, 0, 10),
+		row(olRaceAdaptive, "honours", 0.5, 0.5, 0, 10.5),
+		row(olRaceAdaptive, "honours", 2, 0.95, 0.02, 120),
+		row(olRaceAdaptive, "honours", 4, 0.85, 0.05, 200),
+		row(olRaceAdaptive, "honours", 10, 0.92, 0.12, 150),
+		row(olRaceAdaptive, "ignores", 4, 0.91, 0.01, 300),
+		{Variant: olRaceAdaptive, Handler: "ignores", Load: 10, GoodputShare: 1, Error: "failed"},
+	}}
+	w.Rows[2].Rejected = 0
+	got := overloadGoals([]overloadWorkload{w}, time.Second)
+	want := []goalRow{
+		{Workload: workloadCPU, Variant: olRaceAdaptive, Handler: "honours", Checks: []string{
+			"PASS 0.95x", "FAIL 0.85x", "PASS 0.92x", "PASS 3.4x", "FAIL 12 %", "PASS 200 ms", "PASS 0", "PASS 1.05x"}},
+		{Workload: workloadCPU, Variant: olRaceAdaptive, Handler: "ignores", Checks: []string{
+			"–", "PASS 0.91x", "–", "PASS 3.6x", "PASS 1 %", "FAIL 300 ms", "–", "–"}},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got  %q\nwant %q", got, want)
+	}
+	if len(want[0].Checks) != len(goalNames) {
+		t.Errorf("%d checks, %d names", len(want[0].Checks), len(goalNames))
+	}
+}
+
+func TestParseFlagsOverload(t *testing.T) {
+	t.Parallel()
+	o, err := parseFlags(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(o.olLoads, []float64{0.5, 1, 2, 4, 10}) || !slices.Equal(o.olSweep, []int{8, 16, 32, 64, 128}) ||
+		o.olCell != 3*time.Second || o.olWarmup != 2*time.Second || o.olTimeout != time.Second || o.olSoak != 0 ||
+		!slices.Equal(o.olWorkloads, allWorkloads) || slices.Contains(o.olVariants, olCoop) || !slices.Contains(o.olVariants, olCoopAdaptive) ||
+		!slices.Contains(o.scenarios, scenarioOverload) {
+		t.Errorf("defaults: %+v", o)
+	}
+	o, err = parseFlags([]string{"-smoke", "-overload-loads", "10,0.5,2", "-overload-variants", "fasttimeout-cooperative,fasthttp-bare"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(o.olLoads, []float64{0.5, 2, 10}) || !slices.Equal(o.olSweep, []int{16}) || o.olCell != 100*time.Millisecond ||
+		o.olTimeout != 100*time.Millisecond || !slices.Equal(o.olVariants, []string{olBare, olCoop}) {
+		t.Errorf("smoke with loads and variants: %v, %v, %v, %v, %v", o.olLoads, o.olSweep, o.olCell, o.olTimeout, o.olVariants)
+	}
+	for _, bad := range [][]string{
+		{"-overload-loads", "0"}, {"-overload-loads", "2,x"}, {"-overload-loads", "101"}, {"-overload-sweep", "0"},
+		{"-overload-variants", "fasttimeout-race-context"}, {"-overload-workloads", "gpu"}, {"-arrivals", "burst"},
+		{"-max-conns", "0"}, {"-cell", "0s"}, {"-overload-timeout", "1ms"}, {"-db-queries", "0"}, {"-soak", "-1s"},
+	} {
+		if _, err := parseFlags(bad); err == nil || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%q: error %v, want a one-line error", bad, err)
+		}
+	}
+}
+
+// overloadTestReport is a small report of the overload scenario.
+func overloadTestReport() report {
+	return report{Overload: &overloadReport{
+		Config: overloadConfig{TimeoutMs: 1000, WarmupMs: 2000, CellMs: 3000, SoakMs: 60000, Arrivals: "poisson",
+			ChunkIters: 25000, ChunkUs: 50, Chunks: 30, DBSlots: 20, DBQueryMs: 5, DBQueries: 4, Loads: []float64{0.5, 4}},
+		Workloads: []overloadWorkload{{
+			Name: workloadCPU, Nominal: 650, Estimate: 600, Capacity: 580, BestConcurrency: 32,
+			Sweep: []overloadRow{{Variant: olConcurrency, Handler: "ignores", Concurrency: 32, OfferedPerSec: 2400, GoodputPerSec: 580, GoodputShare: 1}},
+			Rows: []overloadRow{
+				{Variant: olBare, Handler: "ignores", Load: 0.5, OfferedPerSec: 290, SentPerSec: 288, GoodputPerSec: 288, GoodputShare: 0.5, P50Ms: 4.5, P99Ms: 15, Work: 10},
+				{Variant: olBare, Handler: "ignores", Load: 4, OfferedPerSec: 2320, SentPerSec: 2300, GoodputPerSec: 6, GoodputShare: 0.01,
+					WastedShare: 0.97, P50Ms: 900, P99Ms: 990, GiveUps: 4000, ConnectErrors: 12, Work: 100},
+				{Variant: olConcurrency, Handler: "ignores", Concurrency: 32, Load: 4, OfferedPerSec: 2320, GoodputPerSec: 590, GoodputShare: 1.02, Rejected: 3000},
+				{Variant: olRaceAdaptive, Handler: "honours", Load: 4, Error: "the server died", Crashed: true},
+			},
+		}},
+		Goals: []goalRow{{Workload: workloadCPU, Variant: olRaceAdaptive, Handler: "honours", Checks: []string{"–", "PASS 0.95x"}}},
+		Soak:  []overloadRow{{Workload: workloadCPU, Variant: olRaceAdaptive, Handler: "ignores", Load: 10, GoodputPerSec: 560, GoodputShare: 0.97, PeakRSSMiB: 40, PeakHeapMiB: 12, PeakGoroutines: 300, PeakInFlight: 20}},
+	}}
+}
+
+func TestWriteMarkdownOverload(t *testing.T) {
+	t.Parallel()
+	var b bytes.Buffer
+	if err := writeMarkdown(&b, overloadTestReport()); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"### Overload (open-loop poisson arrivals; server on one P with a 1000 ms timeout; clients give up after 1000 ms; each cell 3000 ms measured after 2000 ms of warm-up",
+		"**cpu**, 30 units of 25000 iterations of work (50 µs each at best here), 1.50 ms a request",
+		"#### cpu: capacity 580/s (fasthttp Server.Concurrency=32, the best of the sweep at 4× the first estimate: 600/s closed-loop from 32 connections; on a core of its own 650/s)",
+		"| 32 | fasthttp-Concurrency=32 | ignores | 2400 | 0 | 580 | 1.00 |",
+		"| 0.5x | fasthttp-bare | ignores | 290 | 288 | 288 | 0.50 | 0 % | 4.50 ms | 15 ms | 0 | 0 | 0 | 0 | 0 |",
+		"| 4x | fasthttp-bare | ignores | 2320 | 2300 | 6 | 0.01 | 97 % | 900 ms | 990 ms | 0 | 0 | 4000 | 12 | 0 |",
+		"| 4x | fasthttp-Concurrency=32 | ignores | 2320 | 0 | 590 | 1.02 | – | – | – | 3000 |",
+		"| 4x | fasttimeout-race-adaptive | honours | failed: the server died |",
+		"| cpu | fasttimeout-race-adaptive | honours | – | PASS 0.95x |",
+		"#### Soak: 60000 ms at 10x",
+		"| cpu | fasttimeout-race-adaptive | ignores | 560/s | 0.97 | 0 | 40 MiB | 12 MiB | 300 | 20 | 0 | no |",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("markdown lacks %q:\n%s", want, b.String())
+		}
+	}
+}
+
+func TestWriteChartOverload(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "overload.png")
+	if err := writeChart(path, overloadTestReport()); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(b, []byte("\x89PNG")) {
+		t.Errorf("%s is not a PNG", path)
+	}
+}
+
+// sharedForTest maps a fresh file of shared counters for request ids 0 to
+// ids-1.
+func sharedForTest(t *testing.T, ids int) *shared {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "shared")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(sharedSize(ids)); err != nil {
+		t.Fatal(err)
+	}
+	sh, err := mapShared(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sh.unmap() })
+	return sh
+}
+
+// serveInMemory serves s over an in-memory listener and returns a function
+// that sends one GET with the request id (none if empty) and returns the
+// response.
+func serveInMemory(t *testing.T, s *fasthttp.Server) func(id string) *fasthttp.Response {
+	t.Helper()
+	ln := fasthttputil.NewInmemoryListener()
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ln) }()
+	t.Cleanup(func() {
+		if err := s.Shutdown(); err != nil {
+			t.Error(err)
+		}
+		if err := <-served; err != nil {
+			t.Error(err)
+		}
+	})
+	return func(id string) *fasthttp.Response {
+		t.Helper()
+		conn, err := ln.Dial()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		req := "GET /work HTTP/1.1\r\nHost: x\r\n"
+		if id != "" {
+			req += requestIDHeader + ": " + id + "\r\n"
+		}
+		if _, err := io.WriteString(conn, req+"\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		var resp fasthttp.Response
+		if err := resp.Read(bufio.NewReader(conn)); err != nil {
+			t.Fatal(err)
+		}
+		return &resp
+	}
+}
+
+func TestOverloadServer(t *testing.T) {
+	t.Parallel()
+	t.Run("cpu handler ignoring its context does every unit, for its id", func(t *testing.T) {
+		t.Parallel()
+		sh := sharedForTest(t, 16)
+		s, err := overloadServer(overloadServerConfig{Variant: olBare, Workload: workloadCPU, Chunks: 3, ChunkIters: 100, TimeoutMs: 1000}, sh, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		get := serveInMemory(t, s)
+		resp := get("5")
+		if resp.StatusCode() != 200 || string(resp.Header.Peek(requestIDHeader)) != "5" {
+			t.Errorf("status %d, id %q; want 200, 5", resp.StatusCode(), resp.Header.Peek(requestIDHeader))
+		}
+		if w, total := sh.work[5].Load(), sh.slots[slotWork].Load(); w != 3 || total != 3 {
+			t.Errorf("work for id 5: %d, in all %d; want 3, 3", w, total)
+		}
+		get("")
+		if n, started := sh.slots[slotNoID].Load(), sh.slots[slotStarted].Load(); n != 1 || started != 2 {
+			t.Errorf("%d requests without id, %d started; want 1, 2", n, started)
+		}
+		if over := sh.slots[slotOverflow].Load(); over != 3 {
+			t.Errorf("%d units beyond the ids; want the 3 of the request without id", over)
+		}
+	})
+	t.Run("downstream handler honouring its context gives up at its deadline", func(t *testing.T) {
+		t.Parallel()
+		sh := sharedForTest(t, 16)
+		const queries = 1000 // of 1 ms each, on one slot: a second at least
+		s, err := overloadServer(overloadServerConfig{Variant: olRace, Workload: workloadDB, Honour: true,
+			DBSlots: 1, DBQueries: queries, DBQueryUs: 1000, TimeoutMs: 20}, sh, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		get := serveInMemory(t, s)
+		resp := get("9")
+		if resp.StatusCode() != 504 || string(resp.Header.Peek(requestIDHeader)) != "9" {
+			t.Errorf("status %d, id %q; want the timeout answer, 504, with id 9", resp.StatusCode(), resp.Header.Peek(requestIDHeader))
+		}
+		for end := time.Now().Add(10 * time.Second); sh.slots[slotFinished].Load() < 1; {
+			if time.Now().After(end) {
+				t.Fatal("the handler did not return within 10 s")
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if w := sh.work[9].Load(); w >= queries {
+			t.Errorf("%d queries done; want fewer than %d: the handler gives up", w, queries)
+		}
+	})
+	t.Run("a handler without a context cannot honour it", func(t *testing.T) {
+		t.Parallel()
+		_, err := overloadServer(overloadServerConfig{Variant: olTWCH, Workload: workloadCPU, Honour: true, Chunks: 1, ChunkIters: 1, TimeoutMs: 1000}, sharedForTest(t, 1), nil)
+		if err == nil || !strings.Contains(err.Error(), "no context") {
+			t.Errorf("error %v, want one saying there is no context", err)
+		}
+	})
+}
+
+func TestOpenLoop(t *testing.T) {
+	t.Parallel()
+	// Request i is answered 200 with its id if i%3 == 0, 503 if 1, and
+	// 200 with the next id if 2: an answer meant for another request.
+	s := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+		id, err := fasthttp.ParseUint(ctx.Request.Header.Peek(requestIDHeader))
+		if err != nil {
+			ctx.SetStatusCode(400)
+			return
+		}
+		switch id % 3 {
+		case 0:
+			ctx.Response.Header.Set(requestIDHeader, strconv.Itoa(id))
+		case 1:
+			ctx.Response.Header.Set(requestIDHeader, strconv.Itoa(id))
+			ctx.SetStatusCode(503)
+		case 2:
+			ctx.Response.Header.Set(requestIDHeader, strconv.Itoa(id+1))
+		}
+	}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ln) }()
+	defer func() {
+		if err := s.Shutdown(); err != nil {
+			t.Error(err)
+		}
+		if err := <-served; err != nil {
+			t.Error(err)
+		}
+	}()
+
+	// Uniform arrivals at 200/s with no warm-up and a window of 100 ms:
+	// ids 0 to 19 are measured. The run ends once they are all answered.
+	const measured = 20
+	gen := newOpenLoop(ln.Addr().String(), 30*time.Second, 64)
+	var mu sync.Mutex
+	seen := map[uint32]bool{}
+	all := make(chan struct{})
+	gen.observe = func(r result) {
+		mu.Lock()
+		defer mu.Unlock()
+		if r.id < measured && !seen[r.id] {
+			seen[r.id] = true
+			if len(seen) == measured {
+				close(all)
+			}
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan openLoopRun, 1)
+	go func() {
+		done <- gen.run(ctx, time.Now(), newArrivalSchedule(200, false, 0), 0, 100*time.Millisecond, time.Minute)
+	}()
+	select {
+	case <-all:
+	case <-time.After(30 * time.Second):
+		t.Error("the measured requests were not all answered within 30 s")
+	}
+	cancel()
+	run := <-done
+	if run.first != 0 || run.end != measured {
+		t.Fatalf("measured ids %d to %d, want 0 to %d", run.first, run.end, measured)
+	}
+	got := map[uint32][]outcome{}
+	for _, r := range run.results {
+		if r.id < measured {
+			got[r.id] = append(got[r.id], r.outcome)
+			if r.outcome == outGood && r.latency <= 0 {
+				t.Errorf("id %d: good, with latency %v", r.id, r.latency)
+			}
+		}
+	}
+	for id := range uint32(measured) {
+		want := []outcome{[]outcome{outGood, outRejected, outMismatch}[id%3]}
+		if !slices.Equal(got[id], want) {
+			t.Errorf("id %d: outcomes %v, want %v", id, got[id], want)
+		}
+	}
+	if run.arrivals < measured {
+		t.Errorf("%d arrivals, want at least %d", run.arrivals, measured)
+	}
+}
