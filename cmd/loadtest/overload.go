@@ -267,7 +267,9 @@ func runOverload(ctx context.Context, o options, rep *report) (failed int, err e
 	rep.Overload = &overloadReport{Config: cfg}
 	measure := func(c overloadCell) overloadRow {
 		row := measureOverloadCell(ctx, cfg, c)
-		if row.Error != "" {
+		// A baseline server that dies under overload is a result; the
+		// run fails if anything else goes wrong, or if fasttimeout dies.
+		if v, _ := findOverloadVariant(c.variant); row.Error != "" && (!row.Crashed || v.fasttimeout) {
 			failed++
 		}
 		progress("  overload   %s", row.progressLine())
@@ -312,7 +314,7 @@ func runOverload(ctx context.Context, o options, rep *report) (failed int, err e
 	rep.Overload.Goals = overloadGoals(rep.Overload.Workloads, cfg.timeout())
 	if cfg.SoakMs > 0 {
 		for _, w := range rep.Overload.Workloads {
-			for _, name := range cfg.Variants {
+			for _, name := range soakVariants(cfg.Variants) {
 				v, _ := findOverloadVariant(name)
 				for _, honour := range v.handlerKinds(false) {
 					if err := ctx.Err(); err != nil {
@@ -327,6 +329,23 @@ func runOverload(ctx context.Context, o options, rep *report) (failed int, err e
 		}
 	}
 	return failed, nil
+}
+
+// soakVariants are the selected variants with admission, which the soak
+// is for; if there is none, all the selected ones. Without admission a
+// server under 10x its capacity piles up handlers until it runs out of
+// memory, which is no news.
+func soakVariants(selected []string) []string {
+	var out []string
+	for _, name := range selected {
+		if v, _ := findOverloadVariant(name); v.admission {
+			out = append(out, name)
+		}
+	}
+	if len(out) == 0 {
+		return selected
+	}
+	return out
 }
 
 func share0(x, of float64) float64 {
@@ -347,6 +366,9 @@ func overloadEstimate(o options) time.Duration {
 	for _, name := range o.olVariants {
 		v, _ := findOverloadVariant(name)
 		kinds += len(v.handlerKinds(o.smoke))
+	}
+	for _, name := range soakVariants(o.olVariants) {
+		v, _ := findOverloadVariant(name)
 		soakKinds += len(v.handlerKinds(false))
 	}
 	cells := 1 + len(o.olSweep) + len(o.olLoads)*kinds // 1: the closed-loop estimate
@@ -506,10 +528,13 @@ func (c overloadCell) measureInto(ctx context.Context, cfg overloadConfig, row *
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	row.fill(cellData{measure: c.measure, first: run.first, end: run.end, results: run.results,
+	row.fill(cellData{measure: c.measure, deadline: cfg.timeout(), first: run.first, end: run.end, results: run.results,
 		workBefore: before.work, workAfter: after.work, sendLag: run.sendLag, workers: run.maxWorker})
 	row.fillServer(before, after, end)
 	if row.Crashed {
+		if why := sh.failure(); why != "" {
+			return errors.New("the server died: " + why)
+		}
 		return errors.New("the server died")
 	}
 	if row.Good == 0 && row.ConnectErrors == row.Arrivals && row.Arrivals > 0 {

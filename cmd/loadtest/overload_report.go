@@ -80,7 +80,10 @@ type overloadRow struct {
 	Arrivals      int64   `json:"arrivals"`
 	SentPerSec    float64 `json:"sent_per_sec"`
 	SendLagP99Ms  float64 `json:"send_lag_p99_ms"` // scheduled to handed to a connection
-	Connections   int     `json:"connections"`     // the generator's, at most, over the whole cell
+	// GeneratorBehind: the generator could not keep to its schedule (see
+	// generatorDropped).
+	GeneratorBehind bool `json:"generator_behind,omitempty"`
+	Connections     int  `json:"connections"` // the generator's, at most, over the whole cell
 
 	// What became of the window's arrivals.
 	Good          int64 `json:"good"` // 200 within the deadline
@@ -124,6 +127,7 @@ type overloadRow struct {
 // cellData is what a cell's generator and server child left.
 type cellData struct {
 	measure    time.Duration
+	deadline   time.Duration
 	first, end int      // the window's request ids
 	results    []result // of every request of the cell
 	// The units of work done for each request id by the start and the
@@ -183,7 +187,18 @@ func (r *overloadRow) fill(d cellData) {
 	p := percentiles(latencies, 50, 99)
 	r.P50Ms, r.P99Ms = p[0]/1e6, p[1]/1e6
 	r.SendLagP99Ms = percentiles(d.sendLag, 99)[0] / 1e6
+	r.GeneratorBehind = float64(r.Dropped) > generatorDropped*float64(r.Arrivals) ||
+		r.SendLagP99Ms > generatorLag*float64(d.deadline)/1e6
 }
+
+// The generator is behind its schedule, and the cell measures it as much
+// as the server, when it drops more than generatorDropped of the window's
+// arrivals for want of a connection, or sends them later than
+// generatorLag of the deadline (p99).
+const (
+	generatorDropped = 0.01
+	generatorLag     = 0.1
+)
 
 func (r *overloadRow) counter(o outcome) *int64 {
 	switch o {
@@ -219,17 +234,25 @@ func (r overloadRow) name() string {
 	return r.Variant
 }
 
+// measured tells whether the row holds a measurement: it did not fail,
+// or its server crashed, which is a result too.
+func (r overloadRow) measured() bool { return r.Error == "" || r.Crashed }
+
 func (r overloadRow) progressLine() string {
 	load := "sweep"
 	if r.Load > 0 {
 		load = fmt.Sprintf("%gx", r.Load)
 	}
-	if r.Error != "" {
+	if !r.measured() {
 		return fmt.Sprintf("%-10s %-5s %-36s %-7s: FAILED: %s", r.Workload, load, r.name(), r.Handler, r.Error)
+	}
+	crashed := ""
+	if r.Crashed {
+		crashed = "; CRASHED: " + r.Error
 	}
 	return fmt.Sprintf("%-10s %-5s %-36s %-7s: offered %5.0f/s, sent %5.0f/s, goodput %5.0f/s, wasted %3.0f%%, p99 %6.1f ms, 503 %d, 504 %d, gave up %d, connect errors %d",
 		r.Workload, load, r.name(), r.Handler, r.OfferedPerSec, r.SentPerSec, r.GoodputPerSec, 100*r.WastedShare, r.P99Ms,
-		r.Rejected, r.Timeouts, r.GiveUps, r.ConnectErrors)
+		r.Rejected, r.Timeouts, r.GiveUps, r.ConnectErrors) + crashed
 }
 
 // The goals, checked for each variant with admission, workload and
@@ -273,7 +296,7 @@ func overloadGoals(workloads []overloadWorkload, deadline time.Duration) []goalR
 		find := func(variant, handler string, load float64) *overloadRow {
 			for i := range w.Rows {
 				r := &w.Rows[i]
-				if r.Variant == variant && r.Handler == handler && r.Load == load && r.Error == "" {
+				if r.Variant == variant && r.Handler == handler && r.Load == load && r.measured() {
 					return r
 				}
 			}
@@ -308,7 +331,7 @@ func overloadGoals(workloads []overloadWorkload, deadline time.Duration) []goalR
 			}
 			worstWaste, worstP99, cells := 0.0, 0.0, 0
 			for _, c := range w.Rows {
-				if c.Variant == r.Variant && c.Handler == r.Handler && c.Error == "" {
+				if c.Variant == r.Variant && c.Handler == r.Handler && c.measured() {
 					worstWaste, worstP99 = math.Max(worstWaste, c.WastedShare), math.Max(worstP99, c.P99Ms)
 					cells++
 				}
@@ -363,8 +386,11 @@ func writeOverloadMarkdown(b *strings.Builder, rep *overloadReport) {
 		"**downstream**, %d queries one after the other to a database of %d slots, each query holding a slot %.0f ms. "+
 		"A handler that honours its context looks at it between units and while it waits for a slot; "+
 		"fasthttp's handlers have no context, so those variants run the ignoring handler only. "+
-		"Wasted: the share of the handlers' work in the window (CPU units or queries) done for requests that got no good answer (200 within the deadline).\n\n",
-		c.Chunks, c.ChunkIters, c.ChunkUs, float64(c.Chunks)*c.ChunkUs/1e3, c.DBQueries, c.DBSlots, c.DBQueryMs)
+		"Wasted: the share of the handlers' work in the window (CPU units or queries) done for requests that got no good answer (200 within the deadline). "+
+		"Sent: the arrivals the generator sent, per second; \"behind\" when it dropped more than %.0f %% of them for want of a connection or sent them more than %.0f ms late (p99), so that the cell measures the generator too. "+
+		"Other: 200s after the deadline, other statuses, broken connections, arrivals dropped, answers with another request's id, requests cut at the end.\n\n",
+		c.Chunks, c.ChunkIters, c.ChunkUs, float64(c.Chunks)*c.ChunkUs/1e3, c.DBQueries, c.DBSlots, c.DBQueryMs,
+		100*generatorDropped, generatorLag*float64(c.TimeoutMs))
 	for _, w := range rep.Workloads {
 		fmt.Fprintf(b, "#### %s: capacity %.0f/s (fasthttp Server.Concurrency=%d, the best of the sweep at %d× the first estimate: %.0f/s closed-loop from %d connections; on a core of its own %.0f/s)\n\n",
 			w.Name, w.Capacity, w.BestConcurrency, sweepLoad, w.Estimate, closedLoopConns, w.Nominal)
@@ -411,26 +437,42 @@ func writeOverloadTable(b *strings.Builder, rows []overloadRow, sweep bool) {
 	}
 	b.WriteString("| " + first + " | variant | handler | offered/s | sent/s | goodput/s | × capacity | wasted | p50 | p99 | 503 | 504 | gave up | connect errors | other | server CPU | generator CPU | peak handlers | peak RSS |\n")
 	b.WriteString("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	var crashes []string
 	for _, r := range rows {
 		load := fmt.Sprintf("%gx", r.Load)
 		if sweep {
 			load = fmt.Sprintf("%d", r.Concurrency)
 		}
-		if r.Error != "" {
+		if !r.measured() {
 			fmt.Fprintf(b, "| %s | %s | %s | failed: %s ||||||||||||||||\n", load, r.name(), r.Handler, oneLine(r.Error))
 			continue
+		}
+		name := r.name()
+		if r.Crashed {
+			crashes = append(crashes, fmt.Sprintf("%s (%s) at %s: %s.", name, r.Handler, load, oneLine(r.Error)))
+			name += " (**crashed**)"
 		}
 		wasted := fmt.Sprintf("%.0f %%", 100*r.WastedShare)
 		if r.Work == 0 {
 			wasted = "–"
 		}
 		other := r.Late + r.Other + r.ConnErrors + r.Dropped + r.Mismatched + r.Cut
-		fmt.Fprintf(b, "| %s | %s | %s | %.0f | %.0f | %.0f | %.2f | %s | %s | %s | %d | %d | %d | %d | %d | %.0f %% | %.0f %% | %d | %.0f MiB |\n",
-			load, r.name(), r.Handler, r.OfferedPerSec, r.SentPerSec, r.GoodputPerSec, r.GoodputShare, wasted,
+		sent := fmt.Sprintf("%.0f", r.SentPerSec)
+		if r.GeneratorBehind {
+			sent += " (behind)"
+		}
+		fmt.Fprintf(b, "| %s | %s | %s | %.0f | %s | %.0f | %.2f | %s | %s | %s | %d | %d | %d | %d | %d | %.0f %% | %.0f %% | %d | %.0f MiB |\n",
+			load, name, r.Handler, r.OfferedPerSec, sent, r.GoodputPerSec, r.GoodputShare, wasted,
 			millis(r.P50Ms), millis(r.P99Ms), r.Rejected, r.Timeouts, r.GiveUps, r.ConnectErrors, other,
 			r.ServerCPUPct, r.GeneratorCPUPct, r.PeakInFlight, r.PeakRSSMiB)
 	}
 	b.WriteString("\n")
+	for _, c := range crashes {
+		b.WriteString("Crashed: " + c + "\n")
+	}
+	if len(crashes) > 0 {
+		b.WriteString("\n")
+	}
 }
 
 func millis(ms float64) string {
@@ -461,7 +503,7 @@ func overloadCharts(rep *overloadReport) ([]*plot.Plot, error) {
 		var loads []float64
 		points := map[string]plotter.XYs{}
 		for _, r := range w.Rows {
-			if r.Error != "" || r.Load <= 0 {
+			if !r.measured() || r.Load <= 0 {
 				continue
 			}
 			key := r.Variant + " (" + r.Handler + ")"

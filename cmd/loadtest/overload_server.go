@@ -64,8 +64,13 @@ const (
 	slotPeakGoroutines        // sampled every overloadSample
 	slotLimit                 // the middleware's concurrency limit at the last sample
 	slotSampled               // Unix ns of the last sample: a starved sampler shows here
+	slotFailure               // the length of the failure's text at sharedFailure
 	sharedSlots
 )
+
+// sharedFailure is where in the header the child leaves why it ended, if
+// it failed (fasthttp's Serve returning, say), for the report.
+const sharedFailure = 2048
 
 // sharedHeader is the size of the header: a page.
 const sharedHeader = 4096
@@ -103,6 +108,18 @@ func mapShared(f *os.File) (*shared, error) {
 }
 
 func (s *shared) unmap() error { return syscall.Munmap(s.mem) }
+
+// fail leaves why the child ends.
+func (s *shared) fail(err error) {
+	n := copy(s.mem[sharedFailure:sharedHeader], err.Error())
+	s.slots[slotFailure].Store(uint64(n))
+}
+
+// failure returns what fail left, or "".
+func (s *shared) failure() string {
+	n := min(int(s.slots[slotFailure].Load()), sharedHeader-sharedFailure)
+	return string(s.mem[sharedFailure : sharedFailure+n])
+}
 
 // sharedSize is the size of the file for requests 0 to ids-1.
 func sharedSize(ids int) int64 { return sharedHeader + 4*int64(ids) }
@@ -315,7 +332,9 @@ func serveOverload(spec string, in io.Reader, out io.Writer) error {
 	case err := <-eof:
 		return err
 	case err := <-served:
-		return fmt.Errorf("serve: %w", err)
+		err = fmt.Errorf("serve: %w", err)
+		sh.fail(err)
+		return err
 	}
 }
 

@@ -102,8 +102,8 @@ func TestOverloadRowFill(t *testing.T) {
 	t.Parallel()
 	ms := time.Millisecond
 	d := cellData{
-		measure: time.Second,
-		first:   2, end: 7, // ids 2 to 6 arrived in the window; 6 has no result
+		measure: time.Second, deadline: time.Second,
+		first: 2, end: 7, // ids 2 to 6 arrived in the window; 6 has no result
 		results: []result{
 			{id: 0, outcome: outGood, latency: 5 * ms}, // warm-up
 			{id: 1, outcome: outGiveUp},                // warm-up, worked on in the window
@@ -134,6 +134,35 @@ func TestOverloadRowFill(t *testing.T) {
 		if dev := lat[i]/w - 1; math.Abs(dev) > 0.001 {
 			t.Errorf("latency %d: %v ms, want %v within 0.1%%", i, lat[i], w)
 		}
+	}
+}
+
+func TestGeneratorBehind(t *testing.T) {
+	t.Parallel()
+	ms := int64(time.Millisecond)
+	tests := []struct {
+		name    string
+		dropped int // of 200 arrivals
+		lag     int64
+		want    bool
+	}{
+		{name: "on time", dropped: 2, lag: 99 * ms},
+		{name: "dropping", dropped: 3, lag: ms, want: true},
+		{name: "late", lag: 102 * ms, want: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			d := cellData{measure: time.Second, deadline: time.Second, first: 0, end: 200, sendLag: []int64{tt.lag}}
+			for id := range tt.dropped {
+				d.results = append(d.results, result{id: uint32(id), outcome: outDropped})
+			}
+			var r overloadRow
+			r.fill(d)
+			if r.GeneratorBehind != tt.want {
+				t.Errorf("behind %v, want %v (dropped %d, lag p99 %v ms)", r.GeneratorBehind, tt.want, r.Dropped, r.SendLagP99Ms)
+			}
+		})
 	}
 }
 
@@ -233,7 +262,8 @@ func overloadTestReport() report {
 				{Variant: olBare, Handler: "ignores", Load: 4, OfferedPerSec: 2320, SentPerSec: 2300, GoodputPerSec: 6, GoodputShare: 0.01,
 					WastedShare: 0.97, P50Ms: 900, P99Ms: 990, GiveUps: 4000, ConnectErrors: 12, Work: 100},
 				{Variant: olConcurrency, Handler: "ignores", Concurrency: 32, Load: 4, OfferedPerSec: 2320, GoodputPerSec: 590, GoodputShare: 1.02, Rejected: 3000},
-				{Variant: olRaceAdaptive, Handler: "honours", Load: 4, Error: "the server died", Crashed: true},
+				{Variant: olRaceAdaptive, Handler: "honours", Load: 4, Error: "the server died: serve: accept4: too many open files", Crashed: true, GoodputPerSec: 100},
+				{Variant: olCoopAdaptive, Handler: "honours", Load: 4, Error: "no connection could be opened"},
 			},
 		}},
 		Goals: []goalRow{{Workload: workloadCPU, Variant: olRaceAdaptive, Handler: "honours", Checks: []string{"–", "PASS 0.95x"}}},
@@ -255,7 +285,9 @@ func TestWriteMarkdownOverload(t *testing.T) {
 		"| 0.5x | fasthttp-bare | ignores | 290 | 288 | 288 | 0.50 | 0 % | 4.50 ms | 15 ms | 0 | 0 | 0 | 0 | 0 |",
 		"| 4x | fasthttp-bare | ignores | 2320 | 2300 | 6 | 0.01 | 97 % | 900 ms | 990 ms | 0 | 0 | 4000 | 12 | 0 |",
 		"| 4x | fasthttp-Concurrency=32 | ignores | 2320 | 0 | 590 | 1.02 | – | – | – | 3000 |",
-		"| 4x | fasttimeout-race-adaptive | honours | failed: the server died |",
+		"| 4x | fasttimeout-race-adaptive (**crashed**) | honours | 0 | 0 | 100 |",
+		"Crashed: fasttimeout-race-adaptive (honours) at 4x: the server died: serve: accept4: too many open files.",
+		"| 4x | fasttimeout-cooperative-adaptive | honours | failed: no connection could be opened |",
 		"| cpu | fasttimeout-race-adaptive | honours | – | PASS 0.95x |",
 		"#### Soak: 60000 ms at 10x",
 		"| cpu | fasttimeout-race-adaptive | ignores | 560/s | 0.97 | 0 | 40 MiB | 12 MiB | 300 | 20 | 0 | no |",
