@@ -24,40 +24,21 @@ var palette = []color.Color{
 	color.RGBA{R: 0x94, G: 0x67, B: 0xbd, A: 0xff},
 }
 
-// writeChart writes a PNG with one panel per scenario that has rows:
-// requests/s per variant and connection count, and the storm's timeout
-// lateness.
+// writeChart writes a PNG with the panels of every scenario that has
+// rows: requests/s per variant and connection count, the storm's and the
+// burst's timeout lateness, the overload's goodput against offered load.
 func writeChart(path string, rep report) error {
 	if !strings.EqualFold(filepath.Ext(path), ".png") {
 		return fmt.Errorf("%s: only PNG charts are written (name the file *.png)", path)
 	}
 	var panels []*plot.Plot
-	if len(rep.Throughput) > 0 {
-		p, err := throughputChart(rep)
+	for _, s := range scenarios {
+		more, err := s.charts(rep)
 		if err != nil {
 			return err
 		}
-		panels = append(panels, p)
+		panels = append(panels, more...)
 	}
-	if len(rep.StormRows) > 0 {
-		p, err := stormChart(rep)
-		if err != nil {
-			return err
-		}
-		panels = append(panels, p)
-	}
-	if len(rep.BurstRows) > 0 {
-		p, err := burstChart(rep)
-		if err != nil {
-			return err
-		}
-		panels = append(panels, p)
-	}
-	more, err := overloadCharts(rep.Overload)
-	if err != nil {
-		return err
-	}
-	panels = append(panels, more...)
 	if len(panels) == 0 {
 		return fmt.Errorf("nothing to chart")
 	}

@@ -19,6 +19,11 @@
 //   - hangup: 10 000 slow requests in flight; the server's CPU with
 //     fasttimeout's hang-up watch on and off, and how soon a client's
 //     hang-up is seen, idle and under that load.
+//   - overload: open-loop arrivals at 0.5 to 10 times a server's capacity
+//     (the best of a fasthttp Server.Concurrency sweep), clients that give
+//     up at 1 s, CPU-bound and downstream-bound handlers that honour or
+//     ignore their context; goodput, wasted work, latency of the good
+//     answers and rejections per variant, and the goals of admission.
 //
 // The report is Markdown on stdout (-json for JSON); progress goes to
 // stderr. See README.md.
@@ -39,9 +44,6 @@ import (
 	"strings"
 	"time"
 )
-
-// allScenarios are the scenarios, in the order they run.
-var allScenarios = []string{scenarioThroughput, scenarioStorm, scenarioBurst, scenarioHangup, scenarioOverload}
 
 // serveEnv, when set in the environment, makes the binary a variant server:
 // its value is "scenario/variant".
@@ -120,7 +122,7 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.olQueries, "db-queries", 8, "queries each request of the downstream workload makes, one after the other")
 	fs.BoolVar(&o.json, "json", false, "write the report as JSON instead of Markdown")
 	fs.StringVar(&o.chart, "chart", "", "also write a PNG chart to this file")
-	fs.BoolVar(&o.smoke, "smoke", false, "tiny budget for CI: 150ms cells, 4 and 32 connections, 64 storm connections, burst of 16 × 5")
+	fs.BoolVar(&o.smoke, "smoke", false, "tiny budget for CI: 150ms cells, 4 and 32 connections, 64 storm connections, burst of 16 × 5, overload cells of 100ms at 4x with a 100ms timeout")
 	fs.Usage = func() {} // a bad flag gets one line, from main
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -340,69 +342,11 @@ func run(ctx context.Context, o options, stdout io.Writer) error {
 	progress("loadtest: %s, budget about %v", rep.Machine, estimate(o).Round(time.Second))
 	start := time.Now()
 	failed := 0 // cells whose server failed; reported, and the exit code is 1
-	if slices.Contains(o.scenarios, scenarioThroughput) {
-		for _, conns := range o.conns {
-			for _, v := range o.variants {
-				if err := ctx.Err(); err != nil {
-					return err
-				}
-				row, err := measureThroughput(ctx, v, conns, o.warmup, o.duration)
-				if err != nil {
-					row = throughputRow{Variant: v, Conns: conns, Error: err.Error()}
-					failed++
-					progress("  throughput %-32s %5d conns: FAILED: %v", v, conns, err)
-				} else {
-					progress("  throughput %-32s %5d conns: %8.0f req/s", v, conns, row.ReqPerSec)
-				}
-				rep.Throughput = append(rep.Throughput, row)
-			}
+	for _, s := range scenarios {
+		if !slices.Contains(o.scenarios, s.name()) {
+			continue
 		}
-		fillRatios(rep.Throughput)
-	}
-	if slices.Contains(o.scenarios, scenarioStorm) {
-		for _, v := range stormVariants(o.variants) {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			row, err := measureStorm(ctx, v, o.stormConns, o.warmup, o.duration)
-			if err != nil {
-				row = stormRow{Variant: v, Conns: o.stormConns, Error: err.Error()}
-				failed++
-				progress("  storm      %-32s %5d conns: FAILED: %v", v, o.stormConns, err)
-			} else {
-				progress("  storm      %-32s %5d conns: lateness p99 %.2f ms", v, o.stormConns, row.LatenessP99Ms)
-			}
-			rep.StormRows = append(rep.StormRows, row)
-		}
-	}
-	if slices.Contains(o.scenarios, scenarioBurst) {
-		for _, v := range burstVariants(o.variants) {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			row, err := measureBurst(ctx, v, o.burstConns, o.burstReqs, o.shared)
-			if err != nil {
-				if row.Error == "" {
-					row.Error = err.Error()
-				}
-				failed++
-				progress("  burst      %-32s %5d conns: FAILED: %v", v, o.burstConns, err)
-			} else {
-				progress("  burst      %-32s %5d conns: lateness p99 %.2f ms, max %.2f ms, own 200s after deadline %d, re-raised panics %d",
-					v, o.burstConns, row.LatenessP99Ms, row.LatenessMaxMs, row.OwnAfterDeadline, row.EscapedPanics)
-			}
-			rep.BurstRows = append(rep.BurstRows, row)
-		}
-	}
-	if slices.Contains(o.scenarios, scenarioHangup) {
-		n, err := runHangup(ctx, o, &rep)
-		if err != nil {
-			return err
-		}
-		failed += n
-	}
-	if slices.Contains(o.scenarios, scenarioOverload) {
-		n, err := runOverload(ctx, o, &rep)
+		n, err := s.run(ctx, o, &rep)
 		if err != nil {
 			return err
 		}
@@ -432,26 +376,13 @@ func run(ctx context.Context, o options, stdout io.Writer) error {
 
 // estimate is the expected wall time of a run, for the progress line.
 func estimate(o options) time.Duration {
-	const perCell = 250 * time.Millisecond // child start, dialling, snapshots
-	cells := 0
-	if slices.Contains(o.scenarios, scenarioThroughput) {
-		cells += len(o.conns) * len(o.variants)
+	var d time.Duration
+	for _, s := range scenarios {
+		if slices.Contains(o.scenarios, s.name()) {
+			d += s.estimate(o)
+		}
 	}
-	storm := 0
-	if slices.Contains(o.scenarios, scenarioStorm) {
-		storm = len(stormVariants(o.variants))
-	}
-	burst := 0
-	if slices.Contains(o.scenarios, scenarioBurst) {
-		burst = len(burstVariants(o.variants))
-	}
-	// A burst connection's requests take about burstTimeout each, more
-	// when the burst saturates the machine.
-	perBurst := perCell + time.Duration(o.burstReqs)*burstTimeout*max(1, time.Duration(o.burstConns)/256)
-	return time.Duration(cells)*(o.warmup+o.duration+perCell) +
-		time.Duration(storm)*(o.warmup+o.duration+perCell+stormWork) +
-		time.Duration(burst)*perBurst +
-		hangupEstimate(o) + overloadEstimate(o)
+	return d
 }
 
 func progress(format string, args ...any) {

@@ -237,7 +237,7 @@ func percentiles(values []int64, qs ...float64) []float64 {
 	return out
 }
 
-// writeMarkdown writes the report's tables.
+// writeMarkdown writes the report's tables, scenario by scenario.
 func writeMarkdown(w io.Writer, rep report) error {
 	var b strings.Builder
 	if len(rep.Throughput) > 0 || len(rep.StormRows) > 0 {
@@ -246,54 +246,63 @@ func writeMarkdown(w io.Writer, rep report) error {
 	} else {
 		fmt.Fprintf(&b, "Machine: %s. Run took %.0f s.\n\n", rep.Machine, rep.TotalSeconds)
 	}
-	if len(rep.Throughput) > 0 {
-		b.WriteString("### Throughput (trivial handler)\n\n")
-		b.WriteString("| variant | conns | req/s | × fasthttp-bare | × nethttp-bare | p50 | p99 | p99.9 | server CPU/req | allocs/req | errors |\n")
-		b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-		for _, r := range rep.Throughput {
-			if r.Error != "" {
-				fmt.Fprintf(&b, "| %s | %d | failed: %s |||||||||\n", r.Variant, r.Conns, oneLine(r.Error))
-				continue
-			}
-			errs := fmt.Sprint(r.Errors + r.Non200)
-			fmt.Fprintf(&b, "| %s | %d | %.0f | %s | %s | %s | %s | %s | %.1f µs | %.1f | %s |\n",
-				r.Variant, r.Conns, r.ReqPerSec, ratio(r.VsFasthttpBare), ratio(r.VsNethttpBare),
-				micros(r.P50Micros), micros(r.P99Micros), micros(r.P999Micros),
-				r.CPUMicrosPerRq, r.AllocsPerReq, errs)
-		}
-		b.WriteString("\n")
+	for _, s := range scenarios {
+		s.markdown(&b, rep)
 	}
-	if len(rep.StormRows) > 0 {
-		fmt.Fprintf(&b, "### Timeout storm (%d connections, handlers wait %d ms, timeout %d ms, every other handler honours its context)\n\n",
-			rep.Storm.Conns, rep.Storm.WorkMs, rep.Storm.TimeoutMs)
-		b.WriteString("| variant | req/s | timeout responses | lateness p50 | lateness p99 | handlers | running > +1 ms | > +10 ms | > +100 ms | peak goroutines | peak heap |\n")
-		b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-		for _, r := range rep.StormRows {
-			name := r.Variant
-			if name == fasthttpBare {
-				name = "floor: fasthttp-bare, 504 after 50 ms"
-			}
-			if r.Error != "" {
-				fmt.Fprintf(&b, "| %s | failed: %s |||||||||\n", name, oneLine(r.Error))
-				continue
-			}
-			fmt.Fprintf(&b, "| %s | %.0f | %d of %d | %.2f ms | %.2f ms | %d | %s | %s | %s | %d | %.1f MiB |\n",
-				name, r.ReqPerSec, r.Timeouts, r.Requests, r.LatenessP50Ms, r.LatenessP99Ms, r.Handlers,
-				share(r.RunningAfter[0], r.Handlers), share(r.RunningAfter[1], r.Handlers), share(r.RunningAfter[2], r.Handlers),
-				r.PeakGoroutines, r.PeakHeapMiB)
-		}
-		b.WriteString("\n")
-	}
-	if len(rep.BurstRows) > 0 {
-		writeBurst(&b, rep)
-	}
-	writeHangupMarkdown(&b, rep.Hangup)
-	writeOverloadMarkdown(&b, rep.Overload)
 	_, err := io.WriteString(w, b.String())
 	return err
 }
 
+func writeThroughput(b *strings.Builder, rep report) {
+	if len(rep.Throughput) == 0 {
+		return
+	}
+	b.WriteString("### Throughput (trivial handler)\n\n")
+	b.WriteString("| variant | conns | req/s | × fasthttp-bare | × nethttp-bare | p50 | p99 | p99.9 | server CPU/req | allocs/req | errors |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, r := range rep.Throughput {
+		if r.Error != "" {
+			fmt.Fprintf(b, "| %s | %d | failed: %s |||||||||\n", r.Variant, r.Conns, oneLine(r.Error))
+			continue
+		}
+		errs := fmt.Sprint(r.Errors + r.Non200)
+		fmt.Fprintf(b, "| %s | %d | %.0f | %s | %s | %s | %s | %s | %.1f µs | %.1f | %s |\n",
+			r.Variant, r.Conns, r.ReqPerSec, ratio(r.VsFasthttpBare), ratio(r.VsNethttpBare),
+			micros(r.P50Micros), micros(r.P99Micros), micros(r.P999Micros),
+			r.CPUMicrosPerRq, r.AllocsPerReq, errs)
+	}
+	b.WriteString("\n")
+}
+
+func writeStorm(b *strings.Builder, rep report) {
+	if len(rep.StormRows) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "### Timeout storm (%d connections, handlers wait %d ms, timeout %d ms, every other handler honours its context)\n\n",
+		rep.Storm.Conns, rep.Storm.WorkMs, rep.Storm.TimeoutMs)
+	b.WriteString("| variant | req/s | timeout responses | lateness p50 | lateness p99 | handlers | running > +1 ms | > +10 ms | > +100 ms | peak goroutines | peak heap |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, r := range rep.StormRows {
+		name := r.Variant
+		if name == fasthttpBare {
+			name = "floor: fasthttp-bare, 504 after 50 ms"
+		}
+		if r.Error != "" {
+			fmt.Fprintf(b, "| %s | failed: %s |||||||||\n", name, oneLine(r.Error))
+			continue
+		}
+		fmt.Fprintf(b, "| %s | %.0f | %d of %d | %.2f ms | %.2f ms | %d | %s | %s | %s | %d | %.1f MiB |\n",
+			name, r.ReqPerSec, r.Timeouts, r.Requests, r.LatenessP50Ms, r.LatenessP99Ms, r.Handlers,
+			share(r.RunningAfter[0], r.Handlers), share(r.RunningAfter[1], r.Handlers), share(r.RunningAfter[2], r.Handlers),
+			r.PeakGoroutines, r.PeakHeapMiB)
+	}
+	b.WriteString("\n")
+}
+
 func writeBurst(b *strings.Builder, rep report) {
+	if len(rep.BurstRows) == 0 {
+		return
+	}
 	c := rep.Burst
 	where := "server in a child process"
 	if c.Shared {
