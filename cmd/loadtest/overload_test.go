@@ -166,6 +166,16 @@ func TestGeneratorBehind(t *testing.T) {
 	}
 }
 
+func TestSoakVariants(t *testing.T) {
+	t.Parallel()
+	if got := soakVariants(overloadVariantNames(true)); !slices.Equal(got, []string{olRaceAdaptive, olCoopAdaptive}) {
+		t.Errorf("soak of all variants: %v, want those with admission", got)
+	}
+	if got := soakVariants([]string{olBare, olRace}); !slices.Equal(got, []string{olBare, olRace}) {
+		t.Errorf("soak without a variant with admission: %v, want the selected ones", got)
+	}
+}
+
 func TestPickCapacity(t *testing.T) {
 	t.Parallel()
 	w := overloadWorkload{Estimate: 400, Sweep: []overloadRow{
