@@ -233,10 +233,12 @@ type Config struct {
 	// front first saw it, read from X-Request-Start or X-Queue-Start (nginx's
 	// "t=<seconds>.<millis>", Heroku's milliseconds, Apache's
 	// "t=<microseconds>", the unit told by its magnitude) or from the epoch
-	// seconds in AWS ALB's X-Amzn-Trace-Id Root. A start in the future (clock
-	// skew) counts as now; values more than an hour away, or malformed, are
-	// ignored and counted in Stats (BadQueueHeaders). Off by default: only
-	// trust these headers from proxies you run.
+	// seconds in AWS ALB's X-Amzn-Trace-Id (its Self field, which the ALB
+	// sets, else Root; the end of that second, as the field has no finer
+	// unit). The earliest valid start of all wins. A start in the future
+	// (clock skew) counts as now; values more than an hour away, or
+	// malformed, are ignored and counted in Stats (BadQueueHeaders). Off by
+	// default: only trust these headers from proxies you run.
 	HonorQueueHeaders bool
 
 	// MaxQueueAge, if set, is how long a caller waits for its answer, counted
