@@ -57,6 +57,7 @@ const (
 	olRaceAdaptive = "fasttimeout-race-adaptive"
 	olCoop         = "fasttimeout-cooperative"
 	olCoopAdaptive = "fasttimeout-cooperative-adaptive"
+	olRaceQueue    = "fasttimeout-race-adaptive-queuestart"
 )
 
 // overloadVariant is a server of the overload scenario.
@@ -71,6 +72,10 @@ type overloadVariant struct {
 	fasttimeout bool
 	mode        fasttimeout.Mode
 	admission   bool
+	// queueStart: HonorQueueHeaders, so that the request's age counts
+	// from the X-Request-Start the generator stamps as a load balancer
+	// would, and MaxQueueAge a quarter of the timeout.
+	queueStart bool
 	// without is the same variant without admission, for the goal at
 	// half the capacity.
 	without   string
@@ -86,6 +91,8 @@ var overloadVariants = []overloadVariant{
 	{name: olRace, context: true, fasttimeout: true, byDefault: true, about: "fasttimeout racing, no admission"},
 	{name: olRaceAdaptive, context: true, fasttimeout: true, admission: true, without: olRace, byDefault: true,
 		about: "fasttimeout racing, AdaptiveConcurrency"},
+	{name: olRaceQueue, context: true, fasttimeout: true, admission: true, queueStart: true, without: olRace, byDefault: true,
+		about: "fasttimeout racing, AdaptiveConcurrency, HonorQueueHeaders and MaxQueueAge of a quarter of the timeout"},
 	{name: olCoop, context: true, fasttimeout: true, mode: fasttimeout.Cooperative, about: "fasttimeout cooperative, no admission"},
 	{name: olCoopAdaptive, context: true, fasttimeout: true, mode: fasttimeout.Cooperative, admission: true, without: olCoop, byDefault: true,
 		about: "fasttimeout cooperative, AdaptiveConcurrency"},

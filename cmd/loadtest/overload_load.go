@@ -261,9 +261,7 @@ func (w *loadWorker) send(a arrival) {
 			w.br.Reset(conn)
 		}
 	}
-	w.req = append(w.req[:0], "GET /work HTTP/1.1\r\nHost: 127.0.0.1\r\n"+requestIDHeader+": "...)
-	w.req = strconv.AppendUint(w.req, uint64(a.id), 10)
-	w.req = append(w.req, "\r\n\r\n"...)
+	w.req = appendRequest(w.req[:0], a)
 	err := w.conn.SetDeadline(deadline)
 	if err == nil {
 		_, err = w.conn.Write(w.req)
@@ -361,4 +359,16 @@ func (g *openLoop) isStopped() bool {
 func sameID(echo []byte, id uint32) bool {
 	n, err := fasthttp.ParseUint(echo)
 	return err == nil && n == int(id)
+}
+
+// appendRequest appends the request of arrival a: its id, and its
+// scheduled arrival as a load balancer in front stamps it, in Apache's
+// X-Request-Start format (microseconds since the epoch), which only the
+// variants that honour queue headers read.
+func appendRequest(b []byte, a arrival) []byte {
+	b = append(b, "GET /work HTTP/1.1\r\nHost: 127.0.0.1\r\n"+requestIDHeader+": "...)
+	b = strconv.AppendUint(b, uint64(a.id), 10)
+	b = append(b, "\r\nX-Request-Start: t="...)
+	b = strconv.AppendInt(b, a.at.UnixMicro(), 10)
+	return append(b, "\r\n\r\n"...)
 }

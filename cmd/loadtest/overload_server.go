@@ -271,7 +271,7 @@ func overloadServer(c overloadServerConfig, sh *shared, stats *fasttimeout.Stats
 	case v.name == olTWCH:
 		h = fasthttp.TimeoutWithCodeHandler(h, c.timeout(), timeoutMessage, fasthttp.StatusGatewayTimeout)
 	case v.fasttimeout:
-		h = fasttimeout.New(h, fasttimeout.Config{
+		cfg := fasttimeout.Config{
 			Timeout:             c.timeout(),
 			Mode:                v.mode,
 			AdaptiveConcurrency: v.admission,
@@ -280,7 +280,11 @@ func overloadServer(c overloadServerConfig, sh *shared, stats *fasttimeout.Stats
 			OnTimeout: func(ctx *fasthttp.RequestCtx, resp *fasthttp.Response) {
 				resp.Header.SetBytesV(requestIDHeader, ctx.Request.Header.Peek(requestIDHeader))
 			},
-		})
+		}
+		if v.queueStart {
+			cfg.HonorQueueHeaders, cfg.MaxQueueAge = true, c.timeout()/4
+		}
+		h = fasttimeout.New(h, cfg)
 	}
 	s.Handler = h
 	return s, nil

@@ -168,7 +168,7 @@ func TestGeneratorBehind(t *testing.T) {
 
 func TestSoakVariants(t *testing.T) {
 	t.Parallel()
-	if got := soakVariants(overloadVariantNames(true)); !slices.Equal(got, []string{olRaceAdaptive, olCoopAdaptive}) {
+	if got := soakVariants(overloadVariantNames(true)); !slices.Equal(got, []string{olRaceAdaptive, olRaceQueue, olCoopAdaptive}) {
 		t.Errorf("soak of all variants: %v, want those with admission", got)
 	}
 	if got := soakVariants([]string{olBare, olRace}); !slices.Equal(got, []string{olBare, olRace}) {
