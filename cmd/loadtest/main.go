@@ -62,6 +62,7 @@ type options struct {
 	shared     bool
 	json       bool
 	chart      string
+	render     string // a report saved with -json, written again instead of measuring
 	smoke      bool
 
 	// The hangup scenario (hangup.go).
@@ -122,6 +123,7 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.olQueries, "db-queries", 8, "queries each request of the downstream workload makes, one after the other")
 	fs.BoolVar(&o.json, "json", false, "write the report as JSON instead of Markdown")
 	fs.StringVar(&o.chart, "chart", "", "also write a PNG chart to this file")
+	fs.StringVar(&o.render, "render", "", "measure nothing: write the report saved by -json in this file again (as Markdown, or JSON with -json, and its -chart)")
 	fs.BoolVar(&o.smoke, "smoke", false, "tiny budget for CI: 150ms cells, 4 and 32 connections, 64 storm connections, burst of 16 × 5, overload cells of 100ms at 4x with a 100ms timeout")
 	fs.Usage = func() {} // a bad flag gets one line, from main
 	if err := fs.Parse(args); err != nil {
@@ -320,6 +322,17 @@ func main() {
 
 // run measures every selected cell and writes the report.
 func run(ctx context.Context, o options, stdout io.Writer) error {
+	if o.render != "" {
+		b, err := os.ReadFile(o.render)
+		if err != nil {
+			return err
+		}
+		var rep report
+		if err := json.Unmarshal(b, &rep); err != nil {
+			return fmt.Errorf("%s: %w", o.render, err)
+		}
+		return writeReport(o, rep, stdout)
+	}
 	rep := report{
 		Machine:  currentMachine(),
 		Duration: o.duration.String(),
@@ -354,7 +367,16 @@ func run(ctx context.Context, o options, stdout io.Writer) error {
 	}
 	rep.TotalSeconds = time.Since(start).Seconds()
 	progress("loadtest: done in %v", time.Since(start).Round(time.Millisecond))
-	var err error
+	err := writeReport(o, rep, stdout)
+	if err == nil && failed > 0 {
+		err = fmt.Errorf("%d cells failed (see the report)", failed)
+	}
+	return err
+}
+
+// writeReport writes rep on stdout, as JSON with -json, else as Markdown,
+// and its chart with -chart.
+func writeReport(o options, rep report, stdout io.Writer) error {
 	if o.chart != "" {
 		if err := writeChart(o.chart, rep); err != nil {
 			return fmt.Errorf("chart: %w", err)
@@ -364,14 +386,9 @@ func run(ctx context.Context, o options, stdout io.Writer) error {
 	if o.json {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		err = enc.Encode(rep)
-	} else {
-		err = writeMarkdown(stdout, rep)
+		return enc.Encode(rep)
 	}
-	if err == nil && failed > 0 {
-		err = fmt.Errorf("%d cells failed (see the report)", failed)
-	}
-	return err
+	return writeMarkdown(stdout, rep)
 }
 
 // estimate is the expected wall time of a run, for the progress line.

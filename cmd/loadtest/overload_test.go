@@ -525,3 +525,28 @@ func TestOpenLoop(t *testing.T) {
 		t.Errorf("%d arrivals, want at least %d", run.arrivals, measured)
 	}
 }
+
+func TestRender(t *testing.T) {
+	t.Parallel()
+	var saved bytes.Buffer
+	if err := writeReport(options{json: true}, overloadTestReport(), &saved); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "report.json")
+	if err := os.WriteFile(path, saved.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var direct, rendered bytes.Buffer
+	if err := writeMarkdown(&direct, overloadTestReport()); err != nil {
+		t.Fatal(err)
+	}
+	if err := run(context.Background(), options{render: path}, &rendered); err != nil {
+		t.Fatal(err)
+	}
+	if rendered.String() != direct.String() {
+		t.Errorf("rendered from JSON:\n%s\nwant as written directly:\n%s", rendered.String(), direct.String())
+	}
+	if err := run(context.Background(), options{render: filepath.Join(t.TempDir(), "none.json")}, io.Discard); err == nil {
+		t.Error("rendering a missing file: no error")
+	}
+}
