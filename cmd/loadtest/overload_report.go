@@ -419,9 +419,9 @@ func writeOverloadMarkdown(b *strings.Builder, rep *overloadReport) {
 			if r.Crashed {
 				crashed = "**yes**"
 			}
-			fmt.Fprintf(b, "| %s | %s | %s | %.0f/s | %.2f | %d | %.0f MiB | %.0f MiB | %d | %d | %d | %s |\n",
+			fmt.Fprintf(b, "| %s | %s | %s | %.0f/s | %.2f | %d | %s | %s | %d | %d | %d | %s |\n",
 				r.Workload, r.name(), r.Handler, r.GoodputPerSec, r.GoodputShare, r.Mismatched,
-				r.PeakRSSMiB, r.PeakHeapMiB, r.PeakGoroutines, r.PeakInFlight, r.StillRunning, crashed)
+				mib(r.PeakRSSMiB), mib(r.PeakHeapMiB), r.PeakGoroutines, r.PeakInFlight, r.StillRunning, crashed)
 		}
 		b.WriteString("\n")
 	}
@@ -461,10 +461,10 @@ func writeOverloadTable(b *strings.Builder, rows []overloadRow, sweep bool) {
 		if r.GeneratorBehind {
 			sent += " (behind)"
 		}
-		fmt.Fprintf(b, "| %s | %s | %s | %.0f | %s | %.0f | %.2f | %s | %s | %s | %d | %d | %d | %d | %d | %.0f %% | %.0f %% | %d | %.0f MiB |\n",
+		fmt.Fprintf(b, "| %s | %s | %s | %.0f | %s | %.0f | %.2f | %s | %s | %s | %d | %d | %d | %d | %d | %.0f %% | %.0f %% | %d | %s |\n",
 			load, name, r.Handler, r.OfferedPerSec, sent, r.GoodputPerSec, r.GoodputShare, wasted,
 			millis(r.P50Ms), millis(r.P99Ms), r.Rejected, r.Timeouts, r.GiveUps, r.ConnectErrors, other,
-			r.ServerCPUPct, r.GeneratorCPUPct, r.PeakInFlight, r.PeakRSSMiB)
+			r.ServerCPUPct, r.GeneratorCPUPct, r.PeakInFlight, mib(r.PeakRSSMiB))
 	}
 	b.WriteString("\n")
 	for _, c := range crashes {
@@ -473,6 +473,14 @@ func writeOverloadTable(b *strings.Builder, rows []overloadRow, sweep bool) {
 	if len(crashes) > 0 {
 		b.WriteString("\n")
 	}
+}
+
+// mib shows a size; a dead server's is not known.
+func mib(x float64) string {
+	if x == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.0f MiB", x)
 }
 
 func millis(ms float64) string {
@@ -557,6 +565,8 @@ var chartColours = append(append([]color.Color{}, palette...),
 	color.RGBA{R: 0x7f, G: 0x7f, B: 0x7f, A: 0xff},
 	color.RGBA{R: 0xbc, G: 0xbd, B: 0x22, A: 0xff},
 	color.RGBA{R: 0x17, G: 0xbe, B: 0xcf, A: 0xff},
+	color.RGBA{R: 0x39, G: 0x3b, B: 0x79, A: 0xff},
+	color.RGBA{R: 0x63, G: 0x79, B: 0x39, A: 0xff},
 )
 
 func loadTicks(loads []float64) []plot.Tick {
