@@ -391,6 +391,15 @@ func writeOverloadMarkdown(b *strings.Builder, rep *overloadReport) {
 		"Other: 200s after the deadline, other statuses, broken connections, arrivals dropped, answers with another request's id, requests cut at the end.\n\n",
 		c.Chunks, c.ChunkIters, c.ChunkUs, float64(c.Chunks)*c.ChunkUs/1e3, c.DBQueries, c.DBSlots, c.DBQueryMs,
 		100*generatorDropped, generatorLag*float64(c.TimeoutMs))
+	var about []string
+	for _, name := range c.Variants {
+		if v, ok := findOverloadVariant(name); ok {
+			about = append(about, fmt.Sprintf("**%s**: %s", v.name, v.about))
+		}
+	}
+	if len(about) > 0 {
+		b.WriteString("Variants: " + strings.Join(about, "; ") + ".\n\n")
+	}
 	for _, w := range rep.Workloads {
 		fmt.Fprintf(b, "#### %s: capacity %.0f/s (fasthttp Server.Concurrency=%d, the best of the sweep at %d× the first estimate: %.0f/s closed-loop from %d connections; on a core of its own %.0f/s)\n\n",
 			w.Name, w.Capacity, w.BestConcurrency, sweepLoad, w.Estimate, closedLoopConns, w.Nominal)

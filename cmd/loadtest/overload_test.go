@@ -263,7 +263,8 @@ func TestParseFlagsOverload(t *testing.T) {
 func overloadTestReport() report {
 	return report{Overload: &overloadReport{
 		Config: overloadConfig{TimeoutMs: 1000, WarmupMs: 2000, CellMs: 3000, SoakMs: 60000, Arrivals: "poisson",
-			ChunkIters: 25000, ChunkUs: 50, Chunks: 30, DBSlots: 20, DBQueryMs: 5, DBQueries: 4, Loads: []float64{0.5, 4}},
+			ChunkIters: 25000, ChunkUs: 50, Chunks: 30, DBSlots: 20, DBQueryMs: 5, DBQueries: 4, Loads: []float64{0.5, 4},
+			Variants: []string{olBare, olRaceAdaptive}},
 		Workloads: []overloadWorkload{{
 			Name: workloadCPU, Nominal: 650, Estimate: 600, Capacity: 580, BestConcurrency: 32,
 			Sweep: []overloadRow{{Variant: olConcurrency, Handler: "ignores", Concurrency: 32, OfferedPerSec: 2400, GoodputPerSec: 580, GoodputShare: 1}},
@@ -290,6 +291,7 @@ func TestWriteMarkdownOverload(t *testing.T) {
 	for _, want := range []string{
 		"### Overload (open-loop poisson arrivals; server on one P with a 1000 ms timeout; clients give up after 1000 ms; each cell 3000 ms measured after 2000 ms of warm-up",
 		"**cpu**, 30 units of 25000 iterations of work (50 µs each at best here), 1.50 ms a request",
+		"Variants: **fasthttp-bare**: fasthttp, no timeout; **fasttimeout-race-adaptive**: fasttimeout racing, AdaptiveConcurrency.",
 		"#### cpu: capacity 580/s (fasthttp Server.Concurrency=32, the best of the sweep at 4× the first estimate: 600/s closed-loop from 32 connections; on a core of its own 650/s)",
 		"| 32 | fasthttp-Concurrency=32 | ignores | 2400 | 0 | 580 | 1.00 |",
 		"| 0.5x | fasthttp-bare | ignores | 290 | 288 | 288 | 0.50 | 0 % | 4.50 ms | 15 ms | 0 | 0 | 0 | 0 | 0 |",
