@@ -192,7 +192,7 @@ func (c *call) context() context.Context {
 		if c.watch.Load()&watchMask == watchPending {
 			b.call, b.conn, b.watchAt, b.watching = c, c.conn, c.watchAt.Load(), contextPending
 		}
-		c.m.clock.watch(b)
+		c.m.housekeeper.watch(b)
 	case c.phase() == callTimedOut:
 		// The call timed out before expire could see b.
 		b.cancel(context.DeadlineExceeded, &timeoutCause)
@@ -200,7 +200,7 @@ func (c *call) context() context.Context {
 		b.cancel(context.Canceled, &goneCause) // as above, for clientGone
 	}
 	// A racing call's context needs no watch: expire cancels it through
-	// the call, and the clock checks running calls for shutdown anyway.
+	// the call, and the housekeeper checks running calls for shutdown anyway.
 	return b
 }
 
@@ -215,7 +215,7 @@ func (c *call) end() {
 	}
 	if b := c.bridge.Swap(nil); b != nil {
 		if c.m.mode == Cooperative {
-			c.m.clock.unwatch(b)
+			c.m.housekeeper.unwatch(b)
 		}
 		b.request.Store(nil) // first: the RequestCtx may be reused from now on
 		b.cancel(context.Canceled, nil)

@@ -76,16 +76,17 @@ type worker struct {
 	work     chan struct{} // cap 1: run call; closed to retire the worker
 	done     chan struct{} // cap 1: the race of the current call is decided
 	gone     func()        // w.hungUp, made once: the hang-up callback of its calls
-	lastUsed atomic.Int64  // when it last went idle; read by the clock to retire it
+	lastUsed atomic.Int64  // when it last went idle; read by the housekeeper to retire it
 
-	// owners counts who still holds a timed-out call: its server goroutine,
-	// until it has taken the clock's signal and answered, and its late
-	// handler, until it returns. The last one returns the worker to the
+	// owners counts who still holds a timed-out call (or one whose client
+	// hung up): its server goroutine, until it has taken the signal on done
+	// (from the call's timer, its handler's late return or the hang-up
+	// callback) and answered, and its late handler, until it returns. The last one returns the worker to the
 	// pool, so that no stale signal or late write can reach the next call.
 	owners atomic.Int32
 	dead   bool // the goroutine called runtime.Goexit; set before owners drops
 
-	removed bool // gone from the clock's registry; guarded by clock.mu
+	removed bool // gone from the housekeeper's registry; guarded by housekeeper.mu
 }
 
 func (w *worker) loop() {
@@ -121,7 +122,7 @@ func (w *worker) serve() {
 				// this goroutine once the deferred calls have run.
 				goexit = true
 				c.panicValue = errGoexit
-				m.clock.dropWorker(w)
+				m.housekeeper.dropWorker(w)
 			}
 			m.stats.panics.Add(1)
 		}
@@ -190,7 +191,7 @@ func (m *middleware) disown(w *worker, connID uint64) {
 
 // acquireWorker takes an idle worker, or starts one.
 func (m *middleware) acquireWorker(connID uint64, t int64) *worker {
-	if w := m.clock.idle.get(connID); w != nil {
+	if w := m.housekeeper.idle.get(connID); w != nil {
 		return w
 	}
 	w := &worker{work: make(chan struct{}, 1), done: make(chan struct{}, 1)}
@@ -201,7 +202,7 @@ func (m *middleware) acquireWorker(connID uint64, t int64) *worker {
 	w.later = time.AfterFunc(time.Hour, w.fire)
 	w.later.Stop()
 	w.gone = w.hungUp
-	m.clock.addWorker(w)
+	m.housekeeper.addWorker(w)
 	go w.loop()
 	return w
 }
@@ -210,7 +211,7 @@ func (m *middleware) acquireWorker(connID uint64, t int64) *worker {
 // connection connID.
 func (m *middleware) releaseWorker(w *worker, connID uint64, t int64) {
 	w.lastUsed.Store(t)
-	m.clock.idle.put(connID, w)
+	m.housekeeper.idle.put(connID, w)
 }
 
 // idleSlots is the number of per-connection slots of an idleWorkers.

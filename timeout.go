@@ -43,7 +43,7 @@ func New(h fasthttp.RequestHandler, cfg Config) fasthttp.RequestHandler {
 		panic("fasttimeout: New needs a handler, got nil")
 	}
 	m := &middleware{settings: cfg.resolve(), handler: h}
-	m.clock = newClock(m.precision)
+	m.housekeeper = newHousekeeper(m.precision)
 	if m.maxConcurrency > 0 {
 		m.limiter = newLimiter(m.maxConcurrency, m.adaptive, m.stats)
 	}
@@ -56,10 +56,10 @@ func New(h fasthttp.RequestHandler, cfg Config) fasthttp.RequestHandler {
 // middleware is one New's state, shared by all its requests.
 type middleware struct {
 	settings
-	handler fasthttp.RequestHandler
-	clock   *clock
-	limiter *limiter     // nil without a concurrency limit
-	late    atomic.Int64 // handlers of this middleware running past their deadline
+	handler     fasthttp.RequestHandler
+	housekeeper *housekeeper
+	limiter     *limiter     // nil without a concurrency limit
+	late        atomic.Int64 // handlers of this middleware running past their deadline
 }
 
 // admit decides what happens to a request before its handler runs. For a
