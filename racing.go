@@ -78,17 +78,19 @@ type worker struct {
 	gone     func()        // w.hungUp, made once: the hang-up callback of its calls
 	lastUsed atomic.Int64  // when it last went idle; read by the housekeeper to retire it
 
-	// owners counts who still holds a timed-out call (or one whose client
-	// hung up): its server goroutine, until it has taken the signal on done
-	// (from the call's timer, its handler's late return or the hang-up
-	// callback) and answered, and its late handler, until it returns. The last one returns the worker to the
-	// pool, so that no stale signal or late write can reach the next call.
+	// owners counts who still holds a timed-out call (or one whose client hung
+	// up): its server goroutine, until it has taken the signal on done (from
+	// the call's timer, its handler's late return or the hang-up callback) and
+	// answered, and its late handler, until it returns. The last one returns
+	// the worker to the pool, so that no stale signal or late write can reach
+	// the next call.
 	owners atomic.Int32
 	dead   bool // the goroutine called runtime.Goexit; set before owners drops
 
 	removed bool // gone from the housekeeper's registry; guarded by housekeeper.mu
 }
 
+// loop serves the worker's calls until work is closed.
 func (w *worker) loop() {
 	for range w.work {
 		w.serve()
