@@ -262,6 +262,7 @@ func TestDebugVars(t *testing.T) {
 	want.Timeouts++
 	want.LateRunning++
 	want.InFlight++
+	want.Admitted++ // by the adaptive limit, on by default
 	require.Equal(t, want, *vars.Fasttimeout,
 		"/debug/vars is not counted, and the sleeping handler still runs")
 	for _, name := range []string{"requests", "timeouts", "late_running", "late_finished", "panics", "shed", "bad_deadline_headers"} {
