@@ -31,7 +31,9 @@ import (
 // as headroom, so the limit settles where latency is about twice the
 // unloaded one. It grows only while it binds (handlers running reached half
 // of it, or requests queued): a limit that an idle server never reaches
-// says nothing. Timeouts are drops, as in Netflix's limits, but only count
+// says nothing. While latency is at or under the target and requests
+// queue, the limit doubles instead (a slow start, as TCP's), so that a burst
+// or a cold start is served rather than refused. Timeouts are drops, as in Netflix's limits, but only count
 // when no handler returned in time in a window (maxWindow): then the latency
 // that steers the limit is out of sight, and the limit halves. While some
 // return in time, their latency says whether the timeouts cost the others
@@ -97,7 +99,9 @@ const (
 	// noise doubles the latency without any congestion worth a refusal.
 	latencySlack = time.Millisecond
 	// minQueue is the least number of waiters the queue holds; otherwise
-	// twice the limit.
+	// twice the ceiling of the limit. Waiters cost little (their
+	// connection's goroutine exists anyway), and their wait is bounded by
+	// their budget, so a burst waits rather than being refused.
 	minQueue = 32
 )
 
@@ -171,7 +175,7 @@ func (l *limiter) acquire(t, deadline int64) (waited time.Duration, reason strin
 		l.mu.Unlock()
 		return 0, RejectedQueueFull
 	}
-	if l.queued >= max(2*int(l.limit.Load()), minQueue) {
+	if l.queued >= max(2*int(l.ceiling), minQueue) {
 		if !l.lifo(t) {
 			l.waiting.Add(-1)
 			l.mu.Unlock()
@@ -349,7 +353,14 @@ func (l *limiter) adapt(t int64) {
 		target := max(2*l.minRTT, l.minRTT+int64(latencySlack))
 		gradient := min(max(float64(target)/float64(median), 0.5), 1)
 		next *= gradient
-		if binding {
+		switch {
+		case gradient == 1 && queued:
+			// Latency is fine and requests wait: a burst, or a limit
+			// that starts cold. Double, as TCP's slow start does,
+			// rather than refuse most of the burst while the limit
+			// creeps up by its square root.
+			next *= 2
+		case binding:
 			next += math.Sqrt(float64(limit))
 		}
 	case drops > 0:

@@ -280,8 +280,10 @@ func TestProxyUpstreamConnections(t *testing.T) {
 // TestProxyBurst sends 600 requests at once through the gateway with the
 // default -max-conns (512): the upstream holds each until 512 are in, so
 // 88 must wait for a connection. All of them are answered 200. Admission is
-// off (-adaptive=false): from a cold start the adaptive limit would refuse
-// most of a burst, and the wait for a connection is what is tested here.
+// off (-adaptive=false): this upstream answers nothing until 512 requests
+// are in at once, and an adaptive limit grows only as requests come back,
+// so it would refuse most of them; the wait for a connection is what is
+// tested here.
 func TestProxyBurst(t *testing.T) {
 	const burst, maxConns = 600, fasthttp.DefaultMaxConnsPerHost
 	var inUpstream, most atomic.Int64
