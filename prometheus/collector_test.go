@@ -1,6 +1,7 @@
 package fasttimeoutprom_test
 
 import (
+	"fmt"
 	"net"
 	"runtime"
 	"strings"
@@ -114,8 +115,9 @@ func (b *bench) lateReturns(t *testing.T, n int) {
 	}
 }
 
-// scrape gathers the registry: every metric's value by name (a histogram's
-// count), and the histograms.
+// scrape gathers the registry: every series' value (a histogram's count),
+// keyed by its name and its labels other than handler, as in
+// fasttimeout_rejected_total{reason="queue_full"}; and the histograms.
 func (b *bench) scrape(t *testing.T) (map[string]float64, map[string]*dto.Histogram) {
 	t.Helper()
 	families, err := b.registry.Gather()
@@ -123,23 +125,35 @@ func (b *bench) scrape(t *testing.T) (map[string]float64, map[string]*dto.Histog
 	values := map[string]float64{}
 	histograms := map[string]*dto.Histogram{}
 	for _, f := range families {
-		require.Len(t, f.GetMetric(), 1, f.GetName())
-		m := f.GetMetric()[0]
-		require.Equal(t, "handler", m.GetLabel()[0].GetName())
-		require.Equal(t, "app", m.GetLabel()[0].GetValue())
-		switch f.GetType() {
-		case dto.MetricType_COUNTER:
-			values[f.GetName()] = m.GetCounter().GetValue()
-		case dto.MetricType_GAUGE:
-			values[f.GetName()] = m.GetGauge().GetValue()
-		case dto.MetricType_HISTOGRAM:
-			values[f.GetName()] = float64(m.GetHistogram().GetSampleCount())
-			histograms[f.GetName()] = m.GetHistogram()
-		default:
-			t.Fatalf("%s: unexpected type %v", f.GetName(), f.GetType())
+		for _, m := range f.GetMetric() {
+			labels := m.GetLabel() // sorted by name
+			require.Equal(t, "handler", labels[0].GetName())
+			require.Equal(t, "app", labels[0].GetValue())
+			name := f.GetName()
+			for _, l := range labels[1:] {
+				name += fmt.Sprintf("{%s=%q}", l.GetName(), l.GetValue())
+			}
+			_, seen := values[name]
+			require.False(t, seen, "two series %s", name)
+			switch f.GetType() {
+			case dto.MetricType_COUNTER:
+				values[name] = m.GetCounter().GetValue()
+			case dto.MetricType_GAUGE:
+				values[name] = m.GetGauge().GetValue()
+			case dto.MetricType_HISTOGRAM:
+				values[name] = float64(m.GetHistogram().GetSampleCount())
+				histograms[name] = m.GetHistogram()
+			default:
+				t.Fatalf("%s: unexpected type %v", name, f.GetType())
+			}
 		}
 	}
 	return values, histograms
+}
+
+// rejected is the series of fasttimeout_rejected_total for reason.
+func rejected(reason string) string {
+	return fmt.Sprintf("fasttimeout_rejected_total{reason=%q}", reason)
 }
 
 // metrics is every metric at zero, with the given ones set.
@@ -157,6 +171,16 @@ func metrics(set map[string]float64) map[string]float64 {
 		"fasttimeout_client_gone_total":            0,
 		"fasttimeout_answer_lateness_seconds":      0,
 		"fasttimeout_late_run_seconds":             0,
+
+		"fasttimeout_admitted_total":               0,
+		"fasttimeout_queued_total":                 0,
+		rejected(fasttimeout.RejectedQueueFull):    0,
+		rejected(fasttimeout.RejectedQueueTimeout): 0,
+		rejected(fasttimeout.RejectedLateHandlers): 0,
+		"fasttimeout_concurrency_limit":            0,
+		"fasttimeout_waiting":                      0,
+		"fasttimeout_bad_queue_headers_total":      0,
+		"fasttimeout_queue_wait_seconds":           0,
 	}
 	for name, v := range set {
 		if _, ok := all[name]; !ok {
@@ -236,6 +260,7 @@ func TestCollector(t *testing.T) {
 			require.Equal(t, fasthttp.StatusServiceUnavailable, b.get(t, "/fast"))
 			got, _ := b.scrape(t)
 			require.Equal(t, 2.0, got["fasttimeout_shed_requests_total"])
+			require.Equal(t, 2.0, got[rejected(fasttimeout.RejectedLateHandlers)])
 			require.Equal(t, 1.0, got["fasttimeout_late_running_handlers"])
 			b.lateReturns(t, 1)
 			require.Equal(t, fasthttp.StatusOK, b.get(t, "/fast"))
@@ -243,6 +268,7 @@ func TestCollector(t *testing.T) {
 				"fasttimeout_requests_total":               4,
 				"fasttimeout_timeouts_total":               1,
 				"fasttimeout_shed_requests_total":          2,
+				rejected(fasttimeout.RejectedLateHandlers): 2,
 				"fasttimeout_late_finished_handlers_total": 1,
 				"fasttimeout_answer_lateness_seconds":      1,
 				"fasttimeout_late_run_seconds":             1,
@@ -356,9 +382,10 @@ func TestCollectorFollowsPrometheusConventions(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, problems)
 
+	// 18 series of their own and the 3 reasons of fasttimeout_rejected_total.
 	count, err := testutil.GatherAndCount(registry)
 	require.NoError(t, err)
-	require.Equal(t, 12, count)
+	require.Equal(t, 21, count)
 
 	families, err := registry.Gather()
 	require.NoError(t, err)
