@@ -268,3 +268,44 @@ func TestHandlerWithoutRecordingSpan(t *testing.T) {
 		})
 	}
 }
+
+// A request refused with 503 never reaches Handler; Middleware records the
+// refusal on its span when fasttimeout.New's call returns.
+func TestMiddlewareRecordsRejection(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		cfg    fasttimeout.Config
+		reason string
+		// fill brings the server to refusing the next request, with a
+		// handler blocked until release is closed.
+		fill func(t *testing.T, tt *traced)
+	}{{
+		name:   "late_handlers_at_MaxLateHandlers",
+		cfg:    fasttimeout.Config{Timeout: 20 * time.Millisecond, MaxLateHandlers: 1},
+		reason: fasttimeout.RejectedLateHandlers,
+		fill: func(t *testing.T, tt *traced) {
+			require.Equal(t, fasthttp.StatusGatewayTimeout, tt.get(t, "/block"))
+		},
+	}}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tt := serveTraced(t, tc.cfg, sdktrace.AlwaysSample())
+			tc.fill(t, tt)
+			require.Equal(t, fasthttp.StatusServiceUnavailable, tt.get(t, "/fast"))
+
+			// The blocked handler holds its span open: the refused
+			// request's span ends first.
+			span := tt.nextEnded(t)
+			require.Equal(t, []string{fasttimeoutotel.EventRejected}, eventNames(span))
+			assert.Equal(t, tc.reason, attrs(span.Events()[0])[fasttimeoutotel.AttrRejectReason].AsString())
+			assert.Equal(t, codes.Error, span.Status().Code)
+			assert.Contains(t, span.Status().Description, tc.reason)
+
+			close(tt.release)
+			blocked := tt.nextEnded(t)
+			assert.NotContains(t, eventNames(blocked), fasttimeoutotel.EventRejected)
+		})
+	}
+}
