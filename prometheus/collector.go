@@ -45,8 +45,8 @@ type counterMetric struct {
 }
 
 // rejectedBy maps each value of the reason label of metricRejectedTotal to
-// its counter. A refusal because of late handlers is also exported, as it
-// always was, as metricShedTotal.
+// its counter. Refusals because of late handlers are in metricShedTotal
+// too, which dashboards already read.
 var rejectedBy = [...]struct {
 	reason string
 	value  func(fasttimeout.Counters) int64
