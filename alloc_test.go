@@ -25,6 +25,8 @@ func TestAllocs(t *testing.T) {
 	}{
 		{"racing_fast_path_allocates_nothing", fasttimeout.New(trivialFast, fasttimeout.Config{Timeout: time.Minute}), 0},
 		{"cooperative_fast_path_allocates_nothing", fasttimeout.New(trivialFast, fasttimeout.Config{Timeout: time.Minute, Mode: fasttimeout.Cooperative}), 0},
+		{"racing_with_adaptive_admission_allocates_nothing", fasttimeout.New(trivialFast, fasttimeout.Config{Timeout: time.Minute, AdaptiveConcurrency: true}), 0},
+		{"cooperative_with_adaptive_admission_allocates_nothing", fasttimeout.New(trivialFast, fasttimeout.Config{Timeout: time.Minute, Mode: fasttimeout.Cooperative, AdaptiveConcurrency: true}), 0},
 		{"racing_with_Context_allocates_at_most_2", fasttimeout.New(contextFast, fasttimeout.Config{Timeout: time.Minute}), 2},
 		{"cooperative_with_Context_allocates_at_most_2", fasttimeout.New(contextFast, fasttimeout.Config{Timeout: time.Minute, Mode: fasttimeout.Cooperative}), 2},
 	}

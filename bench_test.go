@@ -84,6 +84,8 @@ func overheadVariants() []benchVariant {
 		{name: "fasttimeout-race", fasthttp: fasttimeout.New(trivialFast, fasttimeout.Config{Timeout: benchTimeout})},
 		{name: "fasttimeout-race-context", fasthttp: fasttimeout.New(contextFast, fasttimeout.Config{Timeout: benchTimeout})},
 		{name: "fasttimeout-cooperative", fasthttp: fasttimeout.New(trivialFast, fasttimeout.Config{Timeout: benchTimeout, Mode: fasttimeout.Cooperative})},
+		{name: "fasttimeout-race-adaptive", fasthttp: fasttimeout.New(trivialFast, fasttimeout.Config{Timeout: benchTimeout, AdaptiveConcurrency: true})},
+		{name: "fasttimeout-cooperative-adaptive", fasthttp: fasttimeout.New(trivialFast, fasttimeout.Config{Timeout: benchTimeout, Mode: fasttimeout.Cooperative, AdaptiveConcurrency: true})},
 		{name: "nethttp-bare", nethttp: trivialNet},
 		{name: "nethttp-TimeoutHandler", nethttp: http.TimeoutHandler(trivialNet, benchTimeout, timeoutBody)},
 		{name: "nethttp-context-WithTimeout", nethttp: contextWithTimeout(trivialNet, benchTimeout)},

@@ -19,8 +19,8 @@ const (
 	DefaultContentType = "application/json"
 	// DefaultBody is the body of the timeout response.
 	DefaultBody = `{"detail":"Request processing time exceeded limit"}`
-	// DefaultPrecision is how often the clock of a middleware ticks while
-	// requests are in flight (see Config.Precision).
+	// DefaultPrecision is how often the clock of a middleware ticks while it
+	// watches the contexts of cooperative requests (see Config.Precision).
 	DefaultPrecision = time.Millisecond
 	// ShedBody is the body of the 503 sent while Config.MaxLateHandlers
 	// handlers are running past their deadline.
@@ -105,13 +105,14 @@ type Config struct {
 	// Mode chooses racing (the zero value) or cooperative bounding.
 	Mode Mode
 
-	// Precision is the period of the middleware's clock, which cancels the
-	// contexts of cooperative requests at their deadline (between the
-	// deadline and about one Precision after it) and watches for server
-	// shutdown while requests are in flight. Racing requests do not depend
-	// on it: each has a timer for its deadline. Smaller values cancel closer
-	// to the deadline and cost more CPU. Zero means DefaultPrecision (1 ms);
-	// values below 100 µs panic in New.
+	// Precision is the period of the middleware's clock while it watches the
+	// contexts of cooperative requests, which it cancels at their deadline
+	// (between the deadline and about one Precision after it) or at server
+	// shutdown. Racing requests do not depend on it: each has a timer for its
+	// deadline, and with only racing requests in flight the clock rests,
+	// waking every 100 ms to watch for shutdown and retire idle workers.
+	// Smaller values cancel closer to the deadline and cost more CPU. Zero
+	// means DefaultPrecision (1 ms); values below 100 µs panic in New.
 	Precision time.Duration
 
 	// OnTimeout, if set, is called on the server goroutine when a request
@@ -232,10 +233,12 @@ type Config struct {
 	// front first saw it, read from X-Request-Start or X-Queue-Start (nginx's
 	// "t=<seconds>.<millis>", Heroku's milliseconds, Apache's
 	// "t=<microseconds>", the unit told by its magnitude) or from the epoch
-	// seconds in AWS ALB's X-Amzn-Trace-Id Root. A start in the future (clock
-	// skew) counts as now; values more than an hour away, or malformed, are
-	// ignored and counted in Stats (BadQueueHeaders). Off by default: only
-	// trust these headers from proxies you run.
+	// seconds in AWS ALB's X-Amzn-Trace-Id (its Self field, which the ALB
+	// sets, else Root; the end of that second, as the field has no finer
+	// unit). The earliest valid start of all wins. A start in the future
+	// (clock skew) counts as now; values more than an hour away, or
+	// malformed, are ignored and counted in Stats (BadQueueHeaders). Off by
+	// default: only trust these headers from proxies you run.
 	HonorQueueHeaders bool
 
 	// MaxQueueAge, if set, is how long a caller waits for its answer, counted

@@ -27,4 +27,27 @@
 // When the client hangs up while its handler runs (Linux), the context is
 // cancelled with [ErrClientGone] as its cause and the handler is late from
 // then on; see [Config.IgnoreHangups].
+//
+// Under overload, when clients send more than the server can do, bounding
+// each request is not enough: every request gets a thin slice of the
+// machine and most of them time out. [Config.AdaptiveConcurrency] admits
+// only as many handlers as keep latency near its unloaded level, lets the
+// others wait briefly (newest first once a queue persists) and refuses the
+// rest at once with 503 and Retry-After, without running them. A request's
+// age counts against its budget: from the time the server read it, or, with
+// [Config.HonorQueueHeaders], from the time the proxy in front saw it.
+//
+// The API at a glance:
+//
+//   - [New] and [Config]: the middleware and its settings; [Mode].
+//   - [Context], [Remaining], [Disarm], [Extend]: what a handler may ask or
+//     change about its own deadline.
+//   - [Do] and [Doer]: an upstream call bounded by the request's deadline.
+//   - [NetHTTPHandler]: a net/http handler under the middleware, with the
+//     request's context.
+//   - [TimeoutFromEnv] and [ParseTimeout]: a timeout from the environment.
+//   - [Stats], [Counters], [Histogram]: counters for expvar, Prometheus or
+//     OpenTelemetry; [RejectReason]: why a request was refused.
+//   - [ErrTimeout], [ErrShutdown], [ErrClientGone]: the causes of a
+//     cancelled request context.
 package fasttimeout

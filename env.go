@@ -11,9 +11,9 @@ import (
 
 // Bounds of what TimeoutFromEnv accepts. Beyond a day a request timeout is a
 // typo, and beyond ~292 years it overflows time.Duration. Below a
-// millisecond, the clock's default tick, a request times out before a
-// trivial handler can answer (REQUEST_TIMEOUT=1ns timed out 4 of 5 trivial
-// requests): it is a unit mistake, not a timeout.
+// millisecond a request times out before a trivial handler can answer
+// (REQUEST_TIMEOUT=1ns timed out 4 of 5 trivial requests): it is a unit
+// mistake, not a timeout.
 const (
 	minEnvTimeout = time.Millisecond
 	maxEnvTimeout = 24 * time.Hour

@@ -46,6 +46,9 @@ func New(h fasthttp.RequestHandler, cfg Config) fasthttp.RequestHandler {
 	}
 	m := &middleware{settings: cfg.resolve(), handler: h}
 	m.clock = newClock(m.precision)
+	if m.maxConcurrency > 0 {
+		m.limiter = newLimiter(m.maxConcurrency, m.adaptive, m.stats)
+	}
 	if m.mode == Cooperative {
 		return m.serveCooperative
 	}
@@ -61,19 +64,21 @@ type middleware struct {
 	settings
 	handler fasthttp.RequestHandler
 	clock   *clock
+	limiter *limiter     // nil without a concurrency limit
 	late    atomic.Int64 // handlers of this middleware running past their deadline
 }
 
 func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
-	start, timeout, run := m.admit(ctx)
+	start, deadline, admitted, run := m.admit(ctx)
 	if !run {
 		return
 	}
 	connID := ctx.ConnID()
-	w := m.acquireWorker(connID, start)
+	w := m.acquireWorker(connID, admitted)
 	c := &w.call
 	w.owners.Store(2)
-	c.begin(ctx, start, start+int64(timeout))
+	c.admitted = admitted
+	c.begin(ctx, start, deadline)
 	// Each call has its own runtime timer rather than waiting for a shared
 	// checker: under load a single goroutine that times out every call is
 	// itself late, and so is every answer it owes.
@@ -110,7 +115,7 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 }
 
 func (m *middleware) serveCooperative(ctx *fasthttp.RequestCtx) {
-	start, timeout, run := m.admit(ctx)
+	start, deadline, admitted, run := m.admit(ctx)
 	if !run {
 		return
 	}
@@ -119,56 +124,104 @@ func (m *middleware) serveCooperative(ctx *fasthttp.RequestCtx) {
 		c = new(call)
 	}
 	c.m = m
-	c.begin(ctx, start, start+int64(timeout))
+	c.admitted = admitted
+	c.begin(ctx, start, deadline)
 	defer m.finishCooperative(c, ctx)
 	m.handler(ctx)
 }
 
-// admit decides what happens to a request before its handler runs: it
-// returns the start time and timeout of a request to bound, or run false
-// for a request already answered (shed, or out of budget) or skipped.
-func (m *middleware) admit(ctx *fasthttp.RequestCtx) (start int64, timeout time.Duration, run bool) {
+// admit decides what happens to a request before its handler runs. For a
+// request to bound, it returns when the request arrived (start), its
+// deadline, and when it got its slot under the concurrency limit
+// (admitted, now if there is no limit); run is false for a request already
+// answered (refused, or out of budget) or skipped.
+func (m *middleware) admit(ctx *fasthttp.RequestCtx) (start, deadline, admitted int64, run bool) {
 	if m.countRequests {
 		m.stats.requests.Add(1)
 	}
 	if m.skip != nil && m.skip(ctx) {
 		m.handler(ctx)
-		return 0, 0, false
+		return 0, 0, 0, false
 	}
 	if m.maxLate > 0 && m.late.Load() >= m.maxLate {
 		m.stats.shed.Add(1)
 		m.reject(ctx, RejectedLateHandlers)
-		return 0, 0, false
+		return 0, 0, 0, false
 	}
-	timeout = m.timeout
+	t := now()
+	start = t
+	// The server read the request at ctx.Time(); under load its goroutine
+	// may have run much later, and that wait counts against the budget. A
+	// RequestCtx set up by hand (Init) has no such time: it equals its
+	// ConnTime, and may be old.
+	if arrived := ctx.Time(); arrived.After(ctx.ConnTime()) {
+		start = min(start, int64(arrived.Sub(epoch)))
+	}
+	if m.honorQueue {
+		wall := time.Now()
+		first, found, malformed := requestStart(&ctx.Request.Header, wall)
+		if malformed {
+			m.stats.badQueueHeaders.Add(1)
+		}
+		if found {
+			start = min(start, t-int64(wall.Sub(first)))
+		}
+	}
+	timeout := m.timeout
 	if m.timeoutFunc != nil {
 		if d := m.timeoutFunc(ctx); d > 0 {
 			timeout = d
 		}
 	}
+	deadline = start + int64(timeout)
 	if m.honorHeaders {
 		budget, found, malformed := incomingBudget(&ctx.Request.Header)
 		if malformed {
 			m.stats.badHeaders.Add(1)
 		}
 		if found {
-			budget -= m.margin
-			if budget <= 0 {
-				m.stats.timeouts.Add(1)
-				m.stats.spentBudgets.Add(1)
-				m.writeTimeoutResponse(&ctx.Response)
-				if m.onTimeout != nil {
-					m.onTimeout(ctx, &ctx.Response)
-				}
-				return 0, 0, false
-			}
-			timeout = min(timeout, budget)
+			deadline = min(deadline, t+int64(budget-m.margin))
 		}
+	}
+	if deadline <= t || m.maxQueueAge > 0 && t-start > int64(m.maxQueueAge) {
+		// The caller's budget is spent before the handler could start.
+		m.stats.timeouts.Add(1)
+		m.stats.spentBudgets.Add(1)
+		m.writeTimeoutResponse(&ctx.Response)
+		if m.onTimeout != nil {
+			m.onTimeout(ctx, &ctx.Response)
+		}
+		return 0, 0, 0, false
+	}
+	admitted = t
+	if m.limiter != nil {
+		waited, reason := m.limiter.acquire(t, deadline)
+		switch reason {
+		case "":
+			m.stats.admitted.Add(1)
+		case RejectedQueueTimeout:
+			m.stats.rejectedTimeout.Add(1)
+		default:
+			m.stats.rejectedFull.Add(1)
+		}
+		if reason != "" {
+			m.reject(ctx, reason)
+			return 0, 0, 0, false
+		}
+		admitted += int64(waited)
 	}
 	if m.countRequests {
 		m.stats.inFlight.Add(1)
 	}
-	return now(), timeout, true
+	return start, deadline, admitted, true
+}
+
+// release gives back the concurrency slot of call c, whose handler returned
+// at t, in time or not.
+func (m *middleware) release(c *call, t int64, inTime bool) {
+	if m.limiter != nil {
+		m.limiter.release(t, time.Duration(t-c.admitted), inTime)
+	}
 }
 
 // Reasons given by [RejectReason] for a request refused with 503 without
@@ -226,6 +279,7 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 		c.leave(callFinished)
 	}
 	over, overAt, start := c.phase(), c.overAt.Load(), c.start
+	m.release(c, t, over == callFinished)
 	c.end()
 	c.ctx = nil
 	c.conn = nil

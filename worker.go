@@ -46,7 +46,8 @@ type call struct {
 	later    *time.Timer                    // a watched racing call's deadline, once timer has started the watch
 	bridge   atomic.Pointer[requestContext] // created by Context, lazily
 	overAt   atomic.Int64                   // when the call timed out (its deadline) or its client left
-	start    int64                          // when the middleware started the call; read by the server goroutine
+	start    int64                          // when the request arrived; read by the server goroutine
+	admitted int64                          // when it got its concurrency slot, or started without a limit
 
 	// Watching the client for a hang-up (hangup.go). conn is written by
 	// begin before watch is, and read only by whoever moves watch from
@@ -119,6 +120,9 @@ func (c *call) expire(t int64) bool {
 		return false
 	}
 	c.m.stats.timeouts.Add(1)
+	if l := c.m.limiter; l != nil && l.adaptive {
+		l.drop(t)
+	}
 	c.becomeLate(c.deadline.Load(), context.DeadlineExceeded, &timeoutCause)
 	return true
 }
@@ -241,12 +245,19 @@ func (w *worker) serve() {
 		}
 		// A handler that returns or panics after its deadline is late,
 		// even if its timer has not run yet (a stalled or starved process).
-		if c.expire(now()) {
+		// The slot goes back before the server goroutine is signalled:
+		// from then on the call may be another request's.
+		t := now()
+		if c.expire(t) {
+			m.release(c, t, false)
 			w.done <- struct{}{}
 		} else if c.leave(callFinished) {
+			m.release(c, t, true)
 			c.end()
 			w.done <- struct{}{}
 			return
+		} else {
+			m.release(c, t, false)
 		}
 		var stack []byte
 		if c.panicked && !goexit {

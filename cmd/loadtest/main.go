@@ -3,7 +3,7 @@
 //
 // Each variant server runs in a child process of this binary, so that the
 // server's CPU time and allocations per request are measured apart from the
-// load generator's. Three scenarios:
+// load generator's. The scenarios:
 //
 //   - throughput: a trivial handler under keep-alive load from N
 //     connections; requests/s, latency percentiles, server CPU and

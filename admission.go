@@ -1,0 +1,383 @@
+package fasttimeout
+
+import (
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Admission by a concurrency limit (Config.AdaptiveConcurrency and
+// Config.MaxConcurrency).
+//
+// The limit counts handlers that hold a slot: from admission until the
+// handler returns, late or not, since a late handler that ignores its
+// context still burns CPU. Below the limit a request takes a slot with a
+// compare-and-swap and no lock. Beyond it, it waits in a queue for at most a
+// tenth of its remaining budget; a slot freed by a returning handler goes to
+// the oldest waiter while the queue is short-lived, and to the newest once
+// the queue has stayed non-empty for lifoAfter (adaptive LIFO, as in
+// Facebook's "Fail at Scale"): under overload the oldest waiters' callers are
+// the likeliest to have given up, and serving them first would make every
+// answer late.
+//
+// The adaptive limit follows Netflix's Gradient2, with what a timeout
+// middleware knows that a generic limiter does not. Every window (at least
+// minWindow and minWindowSamples handlers returned in time, or
+// windowSamples of them), it compares the median latency of the handlers
+// that returned in time with the unloaded latency (minRTT): the gradient
+// target/median, between 0.5 and 1, where the target is twice minRTT (or
+// minRTT plus latencySlack, if more), scales the limit, and √limit is added
+// as headroom, so the limit settles where latency is about twice the
+// unloaded one. It grows only while it binds (handlers running reached half
+// of it, or requests queued): a limit that an idle server never reaches
+// says nothing. Timeouts are drops, as in Netflix's limits, but only count
+// when no handler returned in time in a window (maxWindow): then the latency
+// that steers the limit is out of sight, and the limit halves. While some
+// return in time, their latency says whether the timeouts cost the others
+// anything. Hang-ups are neither: the client's patience says nothing about
+// the server. Late handlers hold their slots, but their latency is not a
+// sample, so a hundred sleeping late handlers beside fast traffic make the
+// limit grow past them instead of refusing that traffic.
+//
+// minRTT is the least window median seen while the server was loaded, and
+// is reset to the median of any window where it was not (handlers running
+// stayed under half the limit, nothing queued), so it follows a workload
+// that gets slower.
+type limiter struct {
+	running atomic.Int64 // handlers holding a slot
+	limit   atomic.Int64
+	waiting atomic.Int64 // requests in the queue; read on the fast path
+
+	stats    *Stats
+	adaptive bool
+	floor    int64
+	ceiling  int64
+
+	mu        sync.Mutex
+	head      *waiter // oldest
+	tail      *waiter // newest
+	queued    int
+	busySince int64 // when the queue last became non-empty; 0 while empty
+
+	// The current window, closed by adapt.
+	samples     [windowSamples]atomic.Int64 // in-time latencies, nanoseconds
+	count       atomic.Int64                // samples taken; may exceed windowSamples
+	drops       atomic.Int64                // timeouts
+	peak        atomic.Int64                // most handlers running at once
+	queuedInWin atomic.Bool                 // a request waited
+	windowStart atomic.Int64
+	adapting    sync.Mutex // held by the goroutine closing a window
+	minRTT      int64      // guarded by adapting
+}
+
+const (
+	// initialLimit is where an adaptive limit starts, below its ceiling.
+	initialLimit = 20
+	// limitFloor is the least an adaptive limit falls to, so that it can
+	// still measure latency and grow again.
+	limitFloor = 4
+	// minWindow, minWindowSamples and windowSamples bound an adaptive
+	// window: long enough for a median, short enough to follow a surge.
+	minWindow        = 50 * time.Millisecond
+	minWindowSamples = 8
+	windowSamples    = 64
+	// maxWindow closes a window with fewer samples, or only timeouts.
+	maxWindow = 4 * minWindow
+	// waitShare: a request waits for a slot for at most 1/waitShare of its
+	// remaining budget, leaving the rest to its handler.
+	waitShare = 10
+	// minWait: a request whose share is shorter is refused at once.
+	minWait = 100 * time.Microsecond
+	// lifoAfter is how long the queue must have stayed non-empty for the
+	// newest waiter to be served first.
+	lifoAfter = 10 * time.Millisecond
+	// latencySlack is the least latency above the unloaded one that the
+	// adaptive limit tolerates: for handlers of microseconds, scheduling
+	// noise doubles the latency without any congestion worth a refusal.
+	latencySlack = time.Millisecond
+	// minQueue is the least number of waiters the queue holds; otherwise
+	// twice the limit.
+	minQueue = 32
+)
+
+// waiter is a request waiting for a slot. Waiters are pooled with their
+// channel and timer, so a request that waits allocates nothing.
+type waiter struct {
+	prev, next *waiter
+	ready      chan bool // cap 1: true, a slot was handed over; false, evicted
+	timer      *time.Timer
+	inQueue    bool // guarded by limiter.mu
+}
+
+var waiterPool = sync.Pool{New: func() any {
+	w := &waiter{ready: make(chan bool, 1), timer: time.NewTimer(time.Hour)}
+	w.timer.Stop()
+	return w
+}}
+
+func newLimiter(max int64, adaptive bool, stats *Stats) *limiter {
+	l := &limiter{stats: stats, adaptive: adaptive, floor: max, ceiling: max}
+	if adaptive {
+		l.floor = min(limitFloor, max)
+	}
+	limit := max
+	if adaptive {
+		limit = min(initialLimit, max)
+	}
+	l.limit.Store(limit)
+	stats.limit.Add(limit)
+	return l
+}
+
+// tryAcquire takes a slot if one is free.
+func (l *limiter) tryAcquire() bool {
+	for {
+		r := l.running.Load()
+		if r >= l.limit.Load() {
+			return false
+		}
+		if l.running.CompareAndSwap(r, r+1) {
+			if l.adaptive && r+1 > l.peak.Load() {
+				l.peak.Store(r + 1) // a lost update only understates one window's peak
+			}
+			return true
+		}
+	}
+}
+
+// acquire takes a slot for a request whose deadline is deadline, at t,
+// waiting for one if needed. It returns how long the request waited, and
+// the reason it was refused, or "" once it holds a slot.
+func (l *limiter) acquire(t, deadline int64) (waited time.Duration, reason string) {
+	// Waiters come first: a newcomer takes a free slot only when nobody
+	// waits for one.
+	if l.waiting.Load() == 0 && l.tryAcquire() {
+		return 0, ""
+	}
+	maxWait := time.Duration(deadline-t) / waitShare
+	l.mu.Lock()
+	// Counted before the slot is looked at again: a handler returning now
+	// either frees the slot before that look, or sees the waiter and
+	// dispatches (release).
+	l.waiting.Add(1)
+	if l.head == nil && l.tryAcquire() {
+		l.waiting.Add(-1)
+		l.mu.Unlock()
+		return 0, ""
+	}
+	if maxWait < minWait {
+		l.waiting.Add(-1)
+		l.mu.Unlock()
+		return 0, RejectedQueueFull
+	}
+	if l.queued >= max(2*int(l.limit.Load()), minQueue) {
+		if !l.lifo(t) {
+			l.waiting.Add(-1)
+			l.mu.Unlock()
+			return 0, RejectedQueueFull
+		}
+		// Newest first: the oldest waiter gives way to the newcomer.
+		oldest := l.head
+		l.remove(oldest)
+		oldest.ready <- false
+	}
+	w := waiterPool.Get().(*waiter)
+	l.push(w, t)
+	l.stats.queued.Add(1)
+	l.queuedInWin.Store(true)
+	l.dispatchLocked(t)
+	l.mu.Unlock()
+
+	w.timer.Reset(maxWait)
+	var granted bool
+	select {
+	case granted = <-w.ready:
+	case <-w.timer.C:
+		l.mu.Lock()
+		if w.inQueue {
+			l.remove(w)
+			l.mu.Unlock()
+		} else { // handed a slot or evicted as the timer fired
+			l.mu.Unlock()
+			granted = <-w.ready
+		}
+	}
+	w.timer.Stop()
+	waiterPool.Put(w)
+	waited = time.Duration(now() - t)
+	l.stats.queueWait.observe(waited)
+	switch {
+	case granted:
+		return waited, ""
+	case waited >= maxWait:
+		return waited, RejectedQueueTimeout
+	default:
+		return waited, RejectedQueueFull
+	}
+}
+
+// release gives back the slot of a handler that returned at t. rtt is its
+// latency from admission, a sample if the handler returned in time.
+func (l *limiter) release(t int64, rtt time.Duration, inTime bool) {
+	l.running.Add(-1)
+	if l.waiting.Load() > 0 {
+		l.mu.Lock()
+		l.dispatchLocked(t)
+		l.mu.Unlock()
+	}
+	if l.adaptive && inTime {
+		l.sample(t, rtt)
+	}
+}
+
+// dispatchLocked hands free slots to waiters. l.mu is held.
+func (l *limiter) dispatchLocked(t int64) {
+	for l.head != nil && l.tryAcquire() {
+		w := l.head
+		if l.lifo(t) {
+			w = l.tail
+		}
+		l.remove(w)
+		w.ready <- true
+	}
+}
+
+// lifo reports whether the queue has stayed non-empty long enough to serve
+// the newest waiter first. l.mu is held.
+func (l *limiter) lifo(t int64) bool {
+	return l.busySince != 0 && t-l.busySince > int64(lifoAfter)
+}
+
+// push appends w as the newest waiter. l.mu is held, and l.waiting already
+// counts w.
+func (l *limiter) push(w *waiter, t int64) {
+	w.prev, w.next, w.inQueue = l.tail, nil, true
+	if l.tail != nil {
+		l.tail.next = w
+	} else {
+		l.head = w
+		l.busySince = t
+	}
+	l.tail = w
+	l.queued++
+	l.stats.waiting.Add(1)
+}
+
+// remove takes w out of the queue. l.mu is held.
+func (l *limiter) remove(w *waiter) {
+	if w.prev != nil {
+		w.prev.next = w.next
+	} else {
+		l.head = w.next
+	}
+	if w.next != nil {
+		w.next.prev = w.prev
+	} else {
+		l.tail = w.prev
+	}
+	w.prev, w.next, w.inQueue = nil, nil, false
+	l.queued--
+	if l.queued == 0 {
+		l.busySince = 0
+	}
+	l.waiting.Add(-1)
+	l.stats.waiting.Add(-1)
+}
+
+// sample records the latency of a handler that returned in time.
+func (l *limiter) sample(t int64, rtt time.Duration) {
+	i := l.count.Add(1) - 1
+	if i == 0 && l.drops.Load() == 0 {
+		l.windowStart.Store(t) // the window starts with its first event, not after an idle spell
+	}
+	if i < windowSamples {
+		l.samples[i].Store(int64(max(rtt, 1)))
+	}
+	if l.windowDone(i+1, t) {
+		l.adapt(t)
+	}
+}
+
+// drop records a timeout at t.
+func (l *limiter) drop(t int64) {
+	if l.drops.Add(1) == 1 && l.count.Load() == 0 {
+		l.windowStart.Store(t)
+	}
+	if l.windowDone(l.count.Load(), t) {
+		l.adapt(t)
+	}
+}
+
+// windowDone reports whether a window with n samples is complete at t: full,
+// or long enough for a median, or so long that what it has must do.
+func (l *limiter) windowDone(n, t int64) bool {
+	elapsed := time.Duration(t - l.windowStart.Load())
+	return n >= windowSamples || n >= minWindowSamples && elapsed >= minWindow || elapsed >= maxWindow
+}
+
+// adapt closes the window if it is complete and sets the next limit.
+func (l *limiter) adapt(t int64) {
+	if !l.adapting.TryLock() {
+		return // another goroutine is closing it
+	}
+	defer l.adapting.Unlock()
+	n, drops := l.count.Load(), l.drops.Load()
+	if !l.windowDone(n, t) || n == 0 && drops == 0 {
+		return // closed by another goroutine in the meantime, or empty
+	}
+	var rtts [windowSamples]int64
+	k := int(min(n, windowSamples))
+	for i := range k {
+		rtts[i] = l.samples[i].Load()
+	}
+	l.count.Store(0)
+	l.drops.Store(0)
+	l.windowStart.Store(t)
+	peak := l.peak.Swap(l.running.Load())
+	queued := l.queuedInWin.Swap(false)
+
+	limit := l.limit.Load()
+	binding := 2*peak >= limit || queued
+	next := float64(limit)
+	switch {
+	case n > 0:
+		median := medianOf(rtts[:k])
+		if l.minRTT == 0 || !binding || median < l.minRTT {
+			l.minRTT = median
+		}
+		target := max(2*l.minRTT, l.minRTT+int64(latencySlack))
+		gradient := min(max(float64(target)/float64(median), 0.5), 1)
+		next *= gradient
+		if binding {
+			next += math.Sqrt(float64(limit))
+		}
+	case drops > 0:
+		// Requests time out and none returns in time: the latency that
+		// would steer the limit is out of sight, so back off.
+		next /= 2
+	}
+	l.setLimit(min(max(int64(next), l.floor), l.ceiling), t)
+}
+
+// setLimit moves the limit, and hands the slots it frees to waiters.
+func (l *limiter) setLimit(limit, t int64) {
+	old := l.limit.Swap(limit)
+	l.stats.limit.Add(limit - old)
+	if limit > old && l.waiting.Load() > 0 {
+		l.mu.Lock()
+		l.dispatchLocked(t)
+		l.mu.Unlock()
+	}
+}
+
+// medianOf returns the median of s, reordering it. s is short: insertion
+// sort is enough.
+func medianOf(s []int64) int64 {
+	for i := 1; i < len(s); i++ {
+		for j := i; j > 0 && s[j] < s[j-1]; j-- {
+			s[j], s[j-1] = s[j-1], s[j]
+		}
+	}
+	return s[len(s)/2]
+}

@@ -1,0 +1,257 @@
+package fasttimeout
+
+import (
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// The adaptive limit's logic, on a fake clock: the times given to the
+// limiter are made up, so the windows close where the test says.
+
+// cpuBound simulates a handler of 1 ms of CPU on one core, demand requests
+// wanting to run at once: the n admitted share the core, so each takes n ms.
+// It returns the fake time after rounds rounds.
+func simulate(l *limiter, t int64, rounds, demand int, latency func(n int) time.Duration) int64 {
+	for range rounds {
+		n := 0
+		for n < demand && l.tryAcquire() {
+			n++
+		}
+		rtt := latency(n)
+		t += int64(rtt)
+		for range n {
+			l.release(t, rtt, true)
+		}
+	}
+	return t
+}
+
+func cpuBound(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+
+func TestLimiter_falls_under_overload_and_recovers(t *testing.T) {
+	t.Parallel()
+	stats := new(Stats)
+	l := newLimiter(1000, true, stats)
+	clock := int64(time.Hour)
+
+	// Light load first: two requests at a time, 2 ms each.
+	clock = simulate(l, clock, 500, 2, cpuBound)
+	assert.Equal(t, int64(initialLimit), l.limit.Load(), "a limit that does not bind does not move")
+
+	// Overload: far more requests than the limit, sharing the core.
+	clock = simulate(l, clock, 2000, 10000, cpuBound)
+	overloaded := l.limit.Load()
+	assert.LessOrEqual(t, overloaded, int64(8), "the limit falls to where latency is about twice the unloaded one")
+	assert.GreaterOrEqual(t, overloaded, int64(limitFloor))
+	assert.Equal(t, overloaded, stats.Snapshot().ConcurrencyLimit)
+
+	// After it: 300 requests at once whose latency does not grow with
+	// concurrency (they wait on a downstream with room to spare).
+	simulate(l, clock, 2000, 300, func(int) time.Duration { return 2 * time.Millisecond })
+	assert.GreaterOrEqual(t, l.limit.Load(), int64(300), "the limit grows back once latency is fine")
+	assert.LessOrEqual(t, l.limit.Load(), int64(1000), "and stays under its ceiling")
+	assert.Equal(t, l.limit.Load(), stats.Snapshot().ConcurrencyLimit)
+	assert.Zero(t, l.running.Load())
+}
+
+func TestLimiter_timeouts(t *testing.T) {
+	t.Parallel()
+	t.Run("with no in-time return in a window the limit halves", func(t *testing.T) {
+		t.Parallel()
+		l := newLimiter(1000, true, new(Stats))
+		clock := int64(time.Hour)
+		for range 10 {
+			l.drop(clock)
+			clock += int64(maxWindow)
+		}
+		assert.Equal(t, int64(limitFloor), l.limit.Load(), "halved down to the floor")
+	})
+	t.Run("beside in-time returns of normal latency they do not shrink it", func(t *testing.T) {
+		t.Parallel()
+		l := newLimiter(1000, true, new(Stats))
+		clock := int64(time.Hour)
+		// Late handlers hold half the slots and time out one per
+		// return in time; the others keep their unloaded 1 ms.
+		for range l.limit.Load() / 2 {
+			require.True(t, l.tryAcquire())
+		}
+		for range 1000 {
+			n := 0
+			for n < 4 && l.tryAcquire() {
+				n++
+			}
+			clock += int64(time.Millisecond)
+			for range n {
+				l.drop(clock)
+				l.release(clock, time.Millisecond, true)
+			}
+		}
+		assert.Greater(t, l.limit.Load(), int64(initialLimit), "the held slots bind the limit, and latency is fine: it grows")
+	})
+}
+
+func TestLimiter_fixed_limit_does_not_adapt(t *testing.T) {
+	t.Parallel()
+	stats := new(Stats)
+	l := newLimiter(3, false, stats)
+	simulate(l, int64(time.Hour), 1000, 100, cpuBound)
+	assert.Equal(t, int64(3), l.limit.Load())
+	assert.Equal(t, int64(3), stats.Snapshot().ConcurrencyLimit)
+}
+
+// TestLimiter_queue checks who gets a freed slot: the oldest waiter while
+// the queue is new, the newest once it has stayed non-empty for lifoAfter.
+func TestLimiter_queue(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name      string
+		releaseAt time.Duration // after the first waiter came
+		first     string
+	}{
+		{"oldest first while the queue is new", lifoAfter / 2, "old"},
+		{"newest first once it has stayed non-empty", 2 * lifoAfter, "new"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			stats := new(Stats)
+			l := newLimiter(1, false, stats)
+			require.True(t, l.tryAcquire())
+			t0 := int64(time.Hour)
+			far := t0 + int64(time.Hour)
+			order := make(chan string, 2)
+			var wg sync.WaitGroup
+			wait := func(name string, at int64) {
+				defer wg.Done()
+				if _, reason := l.acquire(at, far); reason == "" {
+					order <- name
+				} else {
+					order <- reason
+				}
+			}
+			wg.Add(2)
+			go wait("old", t0)
+			require.Eventually(t, func() bool { return l.waiting.Load() == 1 }, 10*time.Second, time.Millisecond)
+			go wait("new", t0+1)
+			require.Eventually(t, func() bool { return l.waiting.Load() == 2 }, 10*time.Second, time.Millisecond)
+			assert.Equal(t, int64(2), stats.Snapshot().Waiting)
+
+			l.release(t0+int64(c.releaseAt), 0, false)
+			assert.Equal(t, c.first, <-order)
+			l.release(t0+int64(c.releaseAt), 0, false)
+			<-order
+			wg.Wait()
+			l.release(t0+int64(c.releaseAt), 0, false)
+			assert.Zero(t, l.running.Load())
+			assert.Zero(t, l.waiting.Load())
+			assert.Equal(t, int64(2), stats.Snapshot().Queued)
+			assert.Zero(t, stats.Snapshot().Waiting)
+		})
+	}
+}
+
+func TestLimiter_refusals(t *testing.T) {
+	t.Parallel()
+	t.Run("a waiter gives up after a tenth of its budget", func(t *testing.T) {
+		t.Parallel()
+		l := newLimiter(1, false, new(Stats))
+		require.True(t, l.tryAcquire())
+		t0 := now()
+		waited, reason := l.acquire(t0, t0+int64(20*time.Millisecond))
+		assert.Equal(t, RejectedQueueTimeout, reason)
+		assert.GreaterOrEqual(t, waited, 2*time.Millisecond)
+		assert.Zero(t, l.waiting.Load())
+	})
+	t.Run("no budget to wait is refused at once", func(t *testing.T) {
+		t.Parallel()
+		l := newLimiter(1, false, new(Stats))
+		require.True(t, l.tryAcquire())
+		t0 := now()
+		waited, reason := l.acquire(t0, t0+int64(waitShare*minWait)-1)
+		assert.Equal(t, RejectedQueueFull, reason)
+		assert.Zero(t, waited)
+	})
+	t.Run("a full queue refuses the newcomer, or evicts the oldest once it has stayed full", func(t *testing.T) {
+		t.Parallel()
+		l := newLimiter(1, false, new(Stats))
+		require.True(t, l.tryAcquire())
+		t0 := int64(time.Hour)
+		far := t0 + int64(time.Hour)
+		reasons := make(chan string, minQueue+1)
+		for i := range minQueue {
+			go func() {
+				_, reason := l.acquire(t0+int64(i), far)
+				reasons <- reason
+			}()
+			require.Eventually(t, func() bool { return l.waiting.Load() == int64(i+1) }, 10*time.Second, time.Millisecond)
+		}
+		_, reason := l.acquire(t0+int64(minQueue), far)
+		assert.Equal(t, RejectedQueueFull, reason, "the queue is young: the newcomer is refused")
+
+		go func() {
+			_, reason := l.acquire(t0+int64(2*lifoAfter), far)
+			reasons <- reason
+		}()
+		assert.Equal(t, RejectedQueueFull, <-reasons, "the queue has stayed full: the oldest waiter makes room")
+		for range minQueue {
+			l.release(t0+int64(2*lifoAfter), 0, false)
+			assert.Empty(t, <-reasons)
+		}
+		l.release(t0, 0, false)
+		assert.Zero(t, l.running.Load())
+		assert.Zero(t, l.waiting.Load())
+	})
+}
+
+func TestMedianOf(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		in   []int64
+		want int64
+	}{
+		{[]int64{5}, 5},
+		{[]int64{3, 1, 2}, 2},
+		{[]int64{9, 1, 8, 2}, 8},
+		{[]int64{4, 4, 4, 1, 9}, 4},
+	} {
+		assert.Equal(t, c.want, medianOf(append([]int64(nil), c.in...)), "%v", c.in)
+	}
+}
+
+// BenchmarkAdmission measures what admission adds to a request below the
+// limit: taking a slot and giving it back (with a latency sample, for the
+// adaptive limit). The goal is at most 50 ns and no allocation; compare
+// with BenchmarkHandler's cooperative and cooperative-adaptive variants for
+// the whole request.
+func BenchmarkAdmission(b *testing.B) {
+	for _, c := range []struct {
+		name     string
+		adaptive bool
+		p        int
+	}{
+		{"fixed/p=1", false, 1},
+		{"adaptive/p=1", true, 1},
+		{"adaptive/p=32", true, 32},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			l := newLimiter(1<<20, c.adaptive, new(Stats))
+			l.limit.Store(1 << 20) // below the limit, whatever the parallelism
+			b.ReportAllocs()
+			b.SetParallelism(c.p)
+			b.RunParallel(func(pb *testing.PB) {
+				t := now()
+				for pb.Next() {
+					t += int64(time.Microsecond)
+					if _, reason := l.acquire(t, t+int64(time.Second)); reason != "" {
+						b.Error(reason)
+						return
+					}
+					l.release(t, time.Microsecond, true)
+				}
+			})
+		})
+	}
+}

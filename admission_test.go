@@ -1,0 +1,311 @@
+package fasttimeout_test
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/fasttimeout/fasttimeout"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/valyala/fasthttp"
+)
+
+// blocker is a handler whose requests to /block wait for release (in
+// racing mode whatever their context says; in cooperative mode until
+// release or their context is done) and whose other requests answer 200 at
+// once. It counts the requests it ran.
+type blocker struct {
+	ran     atomic.Int64
+	entered chan struct{}
+	release chan struct{}
+}
+
+func newBlocker() *blocker {
+	return &blocker{entered: make(chan struct{}, 1000), release: make(chan struct{})}
+}
+
+func (b *blocker) handle(ctx *fasthttp.RequestCtx) {
+	b.ran.Add(1)
+	if string(ctx.Path()) == "/block" {
+		b.entered <- struct{}{}
+		<-b.release
+	}
+	ctx.SetBodyString("ok")
+}
+
+// rejectRecorder wraps h to note the reason of each refusal, as a user's
+// logging middleware would.
+func rejectRecorder(h fasthttp.RequestHandler, reasons chan<- string) fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		h(ctx)
+		if reason := fasttimeout.RejectReason(ctx); reason != "" {
+			reasons <- reason
+		}
+	}
+}
+
+// async sends GET path and delivers the response later.
+func async(t *testing.T, s *testServer, path string) <-chan *fasthttp.Response {
+	t.Helper()
+	out := make(chan *fasthttp.Response, 1)
+	go func() {
+		req := fasthttp.AcquireRequest()
+		defer fasthttp.ReleaseRequest(req)
+		req.SetRequestURI("http://test" + path)
+		resp := new(fasthttp.Response)
+		if err := s.client.DoTimeout(req, resp, waitTimeout); err != nil {
+			resp.SetStatusCode(599)
+			resp.SetBodyString(err.Error())
+		}
+		out <- resp
+	}()
+	return out
+}
+
+func TestAdmission_refusal_does_not_run_the_handler(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			b := newBlocker()
+			stats := new(fasttimeout.Stats)
+			reasons := make(chan string, 10)
+			h := fasttimeout.New(b.handle, fasttimeout.Config{
+				Mode:           mode,
+				Timeout:        waitTimeout,
+				MaxConcurrency: 1,
+				RetryAfter:     3 * time.Second,
+				Stats:          stats,
+				// A short budget for /short: it may wait 2 ms for a slot.
+				TimeoutFunc: func(ctx *fasthttp.RequestCtx) time.Duration {
+					if string(ctx.Path()) == "/short" {
+						return 20 * time.Millisecond
+					}
+					return 0
+				},
+			})
+			s := serve(t, rejectRecorder(h, reasons))
+			held := async(t, s, "/block")
+			<-b.entered
+
+			resp := do(t, s, "GET", "/short")
+			assert.Equal(t, fasthttp.StatusServiceUnavailable, resp.StatusCode())
+			assert.Equal(t, "3", string(resp.Header.Peek(fasthttp.HeaderRetryAfter)))
+			assert.Equal(t, fasttimeout.ShedBody, string(resp.Body()))
+			assert.Equal(t, fasttimeout.RejectedQueueTimeout, <-reasons)
+			assert.Equal(t, int64(1), b.ran.Load(), "the refused request did not run")
+
+			close(b.release)
+			assert.Equal(t, fasthttp.StatusOK, (<-held).StatusCode())
+			assert.Equal(t, fasthttp.StatusOK, do(t, s, "GET", "/short").StatusCode(), "the slot is free again")
+			got := stats.Snapshot()
+			assert.Equal(t, int64(2), got.Admitted)
+			assert.Equal(t, int64(1), got.Queued)
+			assert.Equal(t, int64(1), got.Rejected)
+			assert.Equal(t, int64(1), got.RejectedQueueTimeout)
+			assert.Equal(t, int64(1), got.ConcurrencyLimit)
+			assert.Zero(t, got.Waiting)
+			assert.Equal(t, int64(1), stats.QueueWait().Count)
+			assert.Empty(t, reasons)
+		})
+	}
+}
+
+func TestAdmission_a_waiting_request_takes_the_freed_slot(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			b := newBlocker()
+			stats := new(fasttimeout.Stats)
+			s := serve(t, fasttimeout.New(b.handle, fasttimeout.Config{
+				Mode: mode, Timeout: waitTimeout, MaxConcurrency: 1, Stats: stats,
+			}))
+			held := async(t, s, "/block")
+			<-b.entered
+			queued := async(t, s, "/")
+			require.Eventually(t, func() bool { return stats.Snapshot().Waiting == 1 }, waitTimeout, time.Millisecond)
+			assert.Equal(t, int64(1), b.ran.Load(), "it waits without running")
+			close(b.release)
+			assert.Equal(t, fasthttp.StatusOK, (<-held).StatusCode())
+			assert.Equal(t, fasthttp.StatusOK, (<-queued).StatusCode())
+			got := stats.Snapshot()
+			assert.Equal(t, int64(2), got.Admitted)
+			assert.Equal(t, int64(1), got.Queued)
+			assert.Zero(t, got.Rejected)
+		})
+	}
+}
+
+// TestAdmission_late_handlers_hold_their_slots: a racing handler that
+// ignores its context still burns what it burns after its timeout answer,
+// so it keeps its slot until it returns.
+func TestAdmission_late_handlers_hold_their_slots(t *testing.T) {
+	t.Parallel()
+	b := newBlocker()
+	stats := new(fasttimeout.Stats)
+	s := serve(t, fasttimeout.New(b.handle, fasttimeout.Config{
+		Timeout: 20 * time.Millisecond, MaxConcurrency: 1, Stats: stats,
+	}))
+	assert.Equal(t, fasthttp.StatusGatewayTimeout, do(t, s, "GET", "/block").StatusCode())
+	<-b.entered
+	assert.Equal(t, fasthttp.StatusServiceUnavailable, do(t, s, "GET", "/").StatusCode(), "the late handler holds the only slot")
+	close(b.release)
+	require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == 0 }, waitTimeout, time.Millisecond)
+	assert.Equal(t, fasthttp.StatusOK, do(t, s, "GET", "/").StatusCode())
+	assert.Equal(t, int64(2), b.ran.Load())
+}
+
+// TestAdmission_sleeping_late_handlers_do_not_refuse_traffic: a hundred
+// late handlers that only sleep hold their slots but no CPU. Beside steady
+// fast traffic, whose latency stays at its unloaded level, the adaptive
+// limit grows past them, and nothing is refused.
+func TestAdmission_sleeping_late_handlers_do_not_refuse_traffic(t *testing.T) {
+	t.Parallel()
+	const sleepers = 100
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			b := newBlocker()
+			stats := new(fasttimeout.Stats)
+			s := serve(t, fasttimeout.New(b.handle, fasttimeout.Config{
+				Mode: mode, Timeout: 200 * time.Millisecond, AdaptiveConcurrency: true, Stats: stats,
+			}))
+
+			var fast sync.WaitGroup
+			var statuses sync.Map
+			stop := make(chan struct{})
+			for range 4 { // steady fast traffic, one request at a time per client
+				fast.Add(1)
+				go func() {
+					defer fast.Done()
+					for {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						code := (<-async(t, s, "/")).StatusCode()
+						n, _ := statuses.LoadOrStore(code, new(atomic.Int64))
+						n.(*atomic.Int64).Add(1)
+					}
+				}()
+			}
+			// The sleepers come one by one, each once the limit has room
+			// for it: the limit must grow past them.
+			held := make([]<-chan *fasthttp.Response, 0, sleepers)
+			for range sleepers {
+				require.Eventually(t, func() bool {
+					c := stats.Snapshot()
+					return c.ConcurrencyLimit > c.InFlight+1
+				}, waitTimeout, time.Millisecond, "the limit does not grow past the late handlers")
+				held = append(held, async(t, s, "/block"))
+				<-b.entered
+			}
+			// All hundred late and running; the fast traffic goes on.
+			require.Eventually(t, func() bool { return stats.Snapshot().LateRunning >= sleepers || mode == fasttimeout.Cooperative }, waitTimeout, time.Millisecond)
+			before := stats.Snapshot().Requests
+			require.Eventually(t, func() bool { return stats.Snapshot().Requests > before+500 }, waitTimeout, time.Millisecond)
+			close(stop)
+			fast.Wait()
+			close(b.release)
+			for _, r := range held {
+				<-r
+			}
+			got := stats.Snapshot()
+			assert.Zero(t, got.Rejected, "refused: %+v", got)
+			statuses.Range(func(code, n any) bool {
+				assert.Equal(t, fasthttp.StatusOK, code, "%d fast requests answered %d", n.(*atomic.Int64).Load(), code)
+				return true
+			})
+			t.Logf("limit %d with %d sleepers; %d requests, %d queued", got.ConcurrencyLimit, sleepers, got.Requests, got.Queued)
+		})
+	}
+}
+
+// TestAdmission_queue_headers: with HonorQueueHeaders the age a proxy
+// reports counts against the budget, and MaxQueueAge refuses to run a
+// request its caller has given up on.
+func TestAdmission_queue_headers(t *testing.T) {
+	t.Parallel()
+	// The values are made when each request is sent: parallel subtests
+	// may start seconds after the test.
+	ago := func(d time.Duration) func() time.Time { return func() time.Time { return time.Now().Add(-d) } }
+	nginx := func(at func() time.Time) func() string {
+		return func() string { t := at(); return fmt.Sprintf("t=%d.%03d", t.Unix(), t.Nanosecond()/1e6) }
+	}
+	heroku := func(at func() time.Time) func() string { return func() string { return fmt.Sprint(at().UnixMilli()) } }
+	apache := func(at func() time.Time) func() string {
+		return func() string { return fmt.Sprintf("t=%d", at().UnixMicro()) }
+	}
+	alb := func(at func() time.Time) func() string {
+		return func() string { return fmt.Sprintf("Root=1-%08x-abcdef012345678912345678", at().Unix()) }
+	}
+	literal := func(s string) func() string { return func() string { return s } }
+	cases := []struct {
+		name    string
+		header  string
+		value   func() string
+		runs    bool
+		maxLeft time.Duration // of the handler's budget, if it runs
+		minLeft time.Duration
+		bad     int64
+		spent   int64
+	}{
+		{"nginx: waited past MaxQueueAge, not run", "X-Request-Start", nginx(ago(3 * time.Second)), false, 0, 0, 0, 1},
+		{"Heroku milliseconds: waited past MaxQueueAge, not run", "X-Request-Start", heroku(ago(3 * time.Second)), false, 0, 0, 0, 1},
+		{"Apache microseconds in X-Queue-Start: not run", "X-Queue-Start", apache(ago(3 * time.Second)), false, 0, 0, 0, 1},
+		{"ALB trace id: not run", "X-Amzn-Trace-Id", alb(ago(5 * time.Second)), false, 0, 0, 0, 1},
+		{"nginx: the wait shortens the budget", "X-Request-Start", nginx(ago(1500 * time.Millisecond)), true, 1600 * time.Millisecond, 0, 0, 0},
+		{"a start in the future counts as now", "X-Request-Start", heroku(ago(-time.Minute)), true, 3 * time.Second, 2 * time.Second, 0, 0},
+		{"malformed: ignored and counted", "X-Request-Start", literal("t=soon"), true, 3 * time.Second, 2 * time.Second, 1, 0},
+		{"absurd: ignored and counted", "X-Request-Start", heroku(ago(48 * time.Hour)), true, 3 * time.Second, 2 * time.Second, 1, 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			stats := new(fasttimeout.Stats)
+			var ran atomic.Int64
+			left := make(chan time.Duration, 1)
+			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				ran.Add(1)
+				deadline, _ := fasttimeout.Context(ctx).Deadline()
+				left <- time.Until(deadline)
+			}, fasttimeout.Config{
+				Timeout: 3 * time.Second, HonorQueueHeaders: true, MaxQueueAge: 2 * time.Second, Stats: stats,
+			}))
+			req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+			defer fasthttp.ReleaseRequest(req)
+			defer fasthttp.ReleaseResponse(resp)
+			req.SetRequestURI("http://test/")
+			req.Header.Set(c.header, c.value())
+			require.NoError(t, s.client.DoTimeout(req, resp, waitTimeout))
+			got := stats.Snapshot()
+			assert.Equal(t, c.bad, got.BadQueueHeaders)
+			assert.Equal(t, c.spent, got.SpentBudgets)
+			if !c.runs {
+				assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
+				assert.Zero(t, ran.Load(), "a request its caller gave up on does not run")
+				return
+			}
+			require.Equal(t, fasthttp.StatusOK, resp.StatusCode())
+			d := <-left // sent before the handler returned
+			assert.LessOrEqual(t, d, c.maxLeft)
+			assert.GreaterOrEqual(t, d, c.minLeft)
+		})
+	}
+	t.Run("ignored unless enabled", func(t *testing.T) {
+		t.Parallel()
+		s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {}, fasttimeout.Config{MaxQueueAge: time.Second}))
+		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+		defer fasthttp.ReleaseRequest(req)
+		defer fasthttp.ReleaseResponse(resp)
+		req.SetRequestURI("http://test/")
+		req.Header.Set("X-Request-Start", nginx(ago(time.Hour/2))())
+		require.NoError(t, s.client.DoTimeout(req, resp, waitTimeout))
+		assert.Equal(t, fasthttp.StatusOK, resp.StatusCode())
+	})
+}
