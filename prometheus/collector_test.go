@@ -20,16 +20,20 @@ import (
 )
 
 // app serves /fast at once; /block and /block-then-panic wait until release
-// is closed, ignoring their context, and the latter then panics; /wait
-// waits for its context to end.
+// is closed, ignoring their context, and the latter then panics; /hold does
+// the same as /block once it has said so on entered; /wait waits for its
+// context to end.
 type app struct {
 	release chan struct{}
-	entered chan struct{} // /wait sends on it when it starts waiting
+	entered chan struct{} // /hold and /wait send on it when they start waiting
 }
 
 func (a *app) serve(ctx *fasthttp.RequestCtx) {
 	switch string(ctx.Path()) {
 	case "/block":
+		<-a.release
+	case "/hold":
+		a.entered <- struct{}{}
 		<-a.release
 	case "/block-then-panic":
 		<-a.release
@@ -46,6 +50,7 @@ func (a *app) serve(ctx *fasthttp.RequestCtx) {
 // registry holding the Stats' collector.
 type bench struct {
 	addr     string
+	stats    *fasttimeout.Stats
 	registry *prometheus.Registry
 	client   *fasthttp.Client
 	app      *app
@@ -62,6 +67,7 @@ func start(t *testing.T, cfg fasttimeout.Config) *bench {
 		panicked: make(chan any, 10),
 	}
 	cfg.Stats = new(fasttimeout.Stats)
+	b.stats = cfg.Stats
 	cfg.OnLateReturn = func(_ *fasthttp.RequestCtx, late time.Duration) { b.returned <- late }
 	cfg.OnPanic = func(_ *fasthttp.RequestCtx, v any, _ []byte) { b.panicked <- v }
 	b.registry.MustRegister(fasttimeoutprom.NewCollector(cfg.Stats, prometheus.Labels{"handler": "app"}))
@@ -79,6 +85,11 @@ func start(t *testing.T, cfg fasttimeout.Config) *bench {
 		MaxIdemponentCallAttempts: 1,
 	}
 	t.Cleanup(func() {
+		select {
+		case <-b.app.release:
+		default: // the test failed before it released its handlers
+			close(b.app.release)
+		}
 		b.client.CloseIdleConnections()
 		require.NoError(t, server.Shutdown())
 		require.NoError(t, <-served)
@@ -99,6 +110,47 @@ func (b *bench) get(t *testing.T, path string, kv ...string) int {
 	}
 	require.NoError(t, b.client.DoTimeout(req, resp, 10*time.Second))
 	return resp.StatusCode()
+}
+
+// getAsync sends GET path from a goroutine, and sends its status (0 if it
+// failed) on the channel it returns.
+func (b *bench) getAsync(path string) <-chan int {
+	answered := make(chan int, 1)
+	go func() {
+		status, _, err := b.client.GetTimeout(nil, "http://app"+path, time.Minute)
+		if err != nil {
+			status = 0
+		}
+		answered <- status
+	}()
+	return answered
+}
+
+// hold sends GET /hold from a goroutine and waits until its handler runs,
+// holding a slot under the concurrency limit until release is closed.
+func (b *bench) hold(t *testing.T) <-chan int {
+	t.Helper()
+	answered := b.getAsync("/hold")
+	select {
+	case <-b.app.entered:
+	case status := <-answered:
+		t.Fatalf("GET /hold answered %d before its handler ran", status)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the handler of /hold did not start within 10 s")
+	}
+	return answered
+}
+
+// waitFor waits for a request's answer and returns its status.
+func waitFor(t *testing.T, answered <-chan int) int {
+	t.Helper()
+	select {
+	case status := <-answered:
+		return status
+	case <-time.After(30 * time.Second):
+		t.Fatal("no answer within 30 s")
+		return 0
+	}
 }
 
 // lateReturns releases the blocked handlers and waits until n of them have
@@ -191,6 +243,15 @@ func metrics(set map[string]float64) map[string]float64 {
 	return all
 }
 
+// holdLonger gives /hold a minute, so that it holds its slot, in time,
+// until the test releases it, whatever the test's timeout.
+func holdLonger(ctx *fasthttp.RequestCtx) time.Duration {
+	if string(ctx.Path()) == "/hold" {
+		return time.Minute
+	}
+	return 0
+}
+
 func TestCollector(t *testing.T) {
 	t.Parallel()
 	const timeout = 20 * time.Millisecond
@@ -272,6 +333,93 @@ func TestCollector(t *testing.T) {
 				"fasttimeout_late_finished_handlers_total": 1,
 				"fasttimeout_answer_lateness_seconds":      1,
 				"fasttimeout_late_run_seconds":             1,
+			})
+		},
+	}, {
+		name: "a_request_beyond_the_limit_waits_then_is_admitted",
+		cfg:  fasttimeout.Config{MaxConcurrency: 1, Timeout: 5 * time.Minute},
+		run: func(t *testing.T, b *bench) map[string]float64 {
+			held := b.hold(t)
+			waiter := b.getAsync("/fast")
+			require.Eventually(t, func() bool { return b.stats.Snapshot().Waiting == 1 }, 10*time.Second, time.Millisecond)
+			got, _ := b.scrape(t)
+			require.Equal(t, metrics(map[string]float64{
+				"fasttimeout_requests_total":     2,
+				"fasttimeout_in_flight_handlers": 1,
+				"fasttimeout_admitted_total":     1,
+				"fasttimeout_queued_total":       1,
+				"fasttimeout_concurrency_limit":  1,
+				"fasttimeout_waiting":            1,
+			}), got, "while /fast waits")
+			close(b.app.release)
+			require.Equal(t, fasthttp.StatusOK, waitFor(t, held))
+			require.Equal(t, fasthttp.StatusOK, waitFor(t, waiter))
+			return metrics(map[string]float64{
+				"fasttimeout_requests_total":     2,
+				"fasttimeout_admitted_total":     2,
+				"fasttimeout_queued_total":       1,
+				"fasttimeout_concurrency_limit":  1,
+				"fasttimeout_queue_wait_seconds": 1,
+			})
+		},
+	}, {
+		name: "a_request_that_waits_its_share_of_its_budget_is_refused",
+		// /fast waits for a tenth of its second.
+		cfg: fasttimeout.Config{MaxConcurrency: 1, TimeoutFunc: holdLonger, Timeout: time.Second},
+		run: func(t *testing.T, b *bench) map[string]float64 {
+			held := b.hold(t)
+			require.Equal(t, fasthttp.StatusServiceUnavailable, b.get(t, "/fast"))
+			close(b.app.release)
+			require.Equal(t, fasthttp.StatusOK, waitFor(t, held))
+			return metrics(map[string]float64{
+				"fasttimeout_requests_total":               2,
+				"fasttimeout_admitted_total":               1,
+				"fasttimeout_queued_total":                 1,
+				rejected(fasttimeout.RejectedQueueTimeout): 1,
+				"fasttimeout_concurrency_limit":            1,
+				"fasttimeout_queue_wait_seconds":           1,
+			})
+		},
+	}, {
+		name: "a_request_beyond_a_full_queue_is_refused",
+		// Long enough that no waiter reaches its share of its budget.
+		cfg: fasttimeout.Config{MaxConcurrency: 1, Timeout: 5 * time.Minute},
+		run: func(t *testing.T, b *bench) map[string]float64 {
+			held := b.hold(t)
+			// Requests join the queue one at a time until one is refused:
+			// the newcomer, or the oldest waiter once the queue serves the
+			// newest first.
+			var waiters []<-chan int
+			for b.stats.Snapshot().Rejected == 0 {
+				require.Less(t, len(waiters), 10000, "the queue never fills")
+				waiters = append(waiters, b.getAsync("/fast"))
+				n := int64(len(waiters))
+				require.Eventually(t, func() bool {
+					c := b.stats.Snapshot()
+					return c.Waiting == n || c.Rejected > 0
+				}, 10*time.Second, time.Millisecond)
+			}
+			got, _ := b.scrape(t)
+			require.Equal(t, 1.0, got[rejected(fasttimeout.RejectedQueueFull)])
+			require.Equal(t, float64(len(waiters)-1), got["fasttimeout_waiting"])
+			close(b.app.release)
+			require.Equal(t, fasthttp.StatusOK, waitFor(t, held))
+			statuses := map[int]int{}
+			for _, answered := range waiters {
+				statuses[waitFor(t, answered)]++
+			}
+			require.Equal(t, map[int]int{fasthttp.StatusOK: len(waiters) - 1, fasthttp.StatusServiceUnavailable: 1}, statuses)
+			// An evicted waiter was queued, and its wait observed; a
+			// newcomer refused at once was neither.
+			queued := b.stats.Snapshot().Queued
+			require.Contains(t, []int64{int64(len(waiters) - 1), int64(len(waiters))}, queued)
+			return metrics(map[string]float64{
+				"fasttimeout_requests_total":            float64(1 + len(waiters)),
+				"fasttimeout_admitted_total":            float64(len(waiters)),
+				"fasttimeout_queued_total":              float64(queued),
+				rejected(fasttimeout.RejectedQueueFull): 1,
+				"fasttimeout_concurrency_limit":         1,
+				"fasttimeout_queue_wait_seconds":        float64(queued),
 			})
 		},
 	}, {
