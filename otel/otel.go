@@ -108,7 +108,10 @@ func Attach(ctx *fasthttp.RequestCtx, c context.Context) (end func()) {
 // refused it, with the span's status set to Error as for a timeout: the
 // client got a 503.
 func (r *request) recordRejection(ctx *fasthttp.RequestCtx) {
-	if !r.span.IsRecording() {
+	// A request answered with a timeout response (its deadline passed, or
+	// its client left) was not refused, and its RequestCtx now belongs to
+	// its late handler, which may still change it: it must not be read.
+	if !r.span.IsRecording() || ctx.LastTimeoutErrorResponse() != nil {
 		return
 	}
 	reason := fasttimeout.RejectReason(ctx)

@@ -309,3 +309,22 @@ func TestMiddlewareRecordsRejection(t *testing.T) {
 		})
 	}
 }
+
+// After a timeout the RequestCtx belongs to the late handler, which changes
+// it when it returns (fasttimeout gives Context back then): Middleware must
+// not read it to look for a refusal. Handlers that return at their deadline
+// make the two meet often; the race detector tells.
+func TestMiddlewareLeavesATimedOutRequestAlone(t *testing.T) {
+	t.Parallel()
+	tt := serveTraced(t, fasttimeout.Config{Timeout: 10 * time.Millisecond}, sdktrace.AlwaysSample())
+	for range 100 {
+		require.Equal(t, fasthttp.StatusGatewayTimeout, tt.get(t, "/wait"))
+		select {
+		case <-tt.entered:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the handler of /wait did not run within 10 s")
+		}
+		span := tt.nextEnded(t)
+		require.Equal(t, []string{fasttimeoutotel.EventTimeout, fasttimeoutotel.EventLateReturn}, eventNames(span))
+	}
+}
