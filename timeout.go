@@ -180,8 +180,12 @@ type rejectKey struct{}
 // RejectedQueueFull and RejectedQueueTimeout), or "" if it did not. Call it
 // after the handler returned by New has returned, from a middleware around it
 // (to log or trace refusals, say).
+//
+// A request answered with the timeout response was not refused: after a
+// racing timeout its RequestCtx belongs to the late handler, which may
+// still write it, so RejectReason does not look at its user values then.
 func RejectReason(ctx *fasthttp.RequestCtx) string {
-	if ctx == nil {
+	if ctx == nil || ctx.LastTimeoutErrorResponse() != nil {
 		return ""
 	}
 	reason, _ := ctx.UserValue(rejectKey{}).(string)
