@@ -31,7 +31,9 @@ import (
 // as headroom, so the limit settles where latency is about twice the
 // unloaded one. It grows only while it binds (handlers running reached half
 // of it, or requests queued): a limit that an idle server never reaches
-// says nothing. Timeouts are drops, as in Netflix's limits, but only count
+// says nothing. While latency is at or under the target and requests
+// queue, the limit doubles instead (a slow start, as TCP's), so that a burst
+// or a cold start is served rather than refused. Timeouts are drops, as in Netflix's limits, but only count
 // when no handler returned in time in a window (maxWindow): then the latency
 // that steers the limit is out of sight, and the limit halves. While some
 // return in time, their latency says whether the timeouts cost the others
@@ -40,10 +42,15 @@ import (
 // sample, so a hundred sleeping late handlers beside fast traffic make the
 // limit grow past them instead of refusing that traffic.
 //
-// minRTT is the least window median seen while the server was loaded, and
-// is reset to the median of any window where it was not (handlers running
-// stayed under half the limit, nothing queued), so it follows a workload
-// that gets slower.
+// minRTT, the unloaded latency, is measured by a probe, as Envoy's adaptive
+// concurrency does: the limit starts at its floor for one window, and under
+// sustained load drops to it for one window every probeEvery; samples of
+// handlers admitted before the probe began are left out. Between probes it
+// is the least window median seen while the server was loaded, and is reset
+// to the median of any window where it was not (handlers running stayed
+// under half the limit, nothing queued), so it follows a workload that gets
+// slower. Without probes, a server started straight into overload would
+// take its loaded latency for the unloaded one.
 type limiter struct {
 	running atomic.Int64 // handlers holding a slot
 	limit   atomic.Int64
@@ -69,6 +76,12 @@ type limiter struct {
 	windowStart atomic.Int64
 	adapting    sync.Mutex // held by the goroutine closing a window
 	minRTT      int64      // guarded by adapting
+
+	// A probe holds the limit at its floor for a window to measure the
+	// unloaded latency (see adapt).
+	probeFrom atomic.Int64 // when the current probe began; 0: none
+	restore   int64        // the limit after the probe; guarded by adapting
+	nextProbe int64        // guarded by adapting
 }
 
 const (
@@ -84,6 +97,11 @@ const (
 	windowSamples    = 64
 	// maxWindow closes a window with fewer samples, or only timeouts.
 	maxWindow = 4 * minWindow
+	// probeEvery is how often, under sustained load, the limit drops to its
+	// floor for a window to measure the unloaded latency again (plus up to
+	// a quarter more, so that servers started together do not probe
+	// together).
+	probeEvery = 30 * time.Second
 	// waitShare: a request waits for a slot for at most 1/waitShare of its
 	// remaining budget, leaving the rest to its handler.
 	waitShare = 10
@@ -97,7 +115,9 @@ const (
 	// noise doubles the latency without any congestion worth a refusal.
 	latencySlack = time.Millisecond
 	// minQueue is the least number of waiters the queue holds; otherwise
-	// twice the limit.
+	// twice the ceiling of the limit. Waiters cost little (their
+	// connection's goroutine exists anyway), and their wait is bounded by
+	// their budget, so a burst waits rather than being refused.
 	minQueue = 32
 )
 
@@ -123,7 +143,11 @@ func newLimiter(max int64, adaptive bool, stats *Stats) *limiter {
 	}
 	limit := max
 	if adaptive {
-		limit = min(initialLimit, max)
+		// Start with a probe: the unloaded latency measured under
+		// load would be the loaded one.
+		limit = l.floor
+		l.restore = min(initialLimit, max)
+		l.probeFrom.Store(1)
 	}
 	l.limit.Store(limit)
 	stats.limit.Add(limit)
@@ -171,7 +195,7 @@ func (l *limiter) acquire(t, deadline int64) (waited time.Duration, reason strin
 		l.mu.Unlock()
 		return 0, RejectedQueueFull
 	}
-	if l.queued >= max(2*int(l.limit.Load()), minQueue) {
+	if l.queued >= max(2*int(l.ceiling), minQueue) {
 		if !l.lifo(t) {
 			l.waiting.Add(-1)
 			l.mu.Unlock()
@@ -287,6 +311,9 @@ func (l *limiter) remove(w *waiter) {
 
 // sample records the latency of a handler that returned in time.
 func (l *limiter) sample(t int64, rtt time.Duration) {
+	if p := l.probeFrom.Load(); p != 0 && t-int64(rtt) < p {
+		return // admitted before the probe: its latency is the load's
+	}
 	i := l.count.Add(1) - 1
 	if i == 0 && l.drops.Load() == 0 {
 		l.windowStart.Store(t) // the window starts with its first event, not after an idle spell
@@ -337,6 +364,18 @@ func (l *limiter) adapt(t int64) {
 	peak := l.peak.Swap(l.running.Load())
 	queued := l.queuedInWin.Swap(false)
 
+	if l.probeFrom.Load() != 0 {
+		if n > 0 {
+			// The lower quartile: the first samples of a probe may
+			// still have waited behind the load before it.
+			medianOf(rtts[:k])
+			l.minRTT = rtts[k/4]
+			l.probeFrom.Store(0)
+			l.nextProbe = t + int64(probeEvery) + t%int64(probeEvery/4)
+			l.setLimit(l.restore, t)
+		}
+		return
+	}
 	limit := l.limit.Load()
 	binding := 2*peak >= limit || queued
 	next := float64(limit)
@@ -349,7 +388,14 @@ func (l *limiter) adapt(t int64) {
 		target := max(2*l.minRTT, l.minRTT+int64(latencySlack))
 		gradient := min(max(float64(target)/float64(median), 0.5), 1)
 		next *= gradient
-		if binding {
+		switch {
+		case gradient == 1 && queued:
+			// Latency is fine and requests wait: a burst, or a limit
+			// that starts cold. Double, as TCP's slow start does,
+			// rather than refuse most of the burst while the limit
+			// creeps up by its square root.
+			next *= 2
+		case binding:
 			next += math.Sqrt(float64(limit))
 		}
 	case drops > 0:
@@ -357,7 +403,15 @@ func (l *limiter) adapt(t int64) {
 		// would steer the limit is out of sight, so back off.
 		next /= 2
 	}
-	l.setLimit(min(max(int64(next), l.floor), l.ceiling), t)
+	nextLimit := min(max(int64(next), l.floor), l.ceiling)
+	if binding && t >= l.nextProbe {
+		// Under sustained load the unloaded latency is never seen:
+		// measure it again at the floor, then come back.
+		l.restore = nextLimit
+		l.probeFrom.Store(t)
+		nextLimit = l.floor
+	}
+	l.setLimit(nextLimit, t)
 }
 
 // setLimit moves the limit, and hands the slots it frees to waiters.

@@ -32,6 +32,17 @@ func simulate(l *limiter, t int64, rounds, demand int, latency func(n int) time.
 
 func cpuBound(n int) time.Duration { return time.Duration(n) * time.Millisecond }
 
+// warm runs light load on l until its first probe is over, and returns the
+// fake time after it.
+func warm(t *testing.T, l *limiter, clock int64) int64 {
+	t.Helper()
+	assert.Equal(t, int64(limitFloor), l.limit.Load(), "an adaptive limit starts with a probe at its floor")
+	clock = simulate(l, clock, 100, 2, cpuBound)
+	require.Zero(t, l.probeFrom.Load(), "the probe is over")
+	assert.Equal(t, int64(2*time.Millisecond), l.minRTT, "it measured the unloaded latency")
+	return clock
+}
+
 func TestLimiter_falls_under_overload_and_recovers(t *testing.T) {
 	t.Parallel()
 	stats := new(Stats)
@@ -39,6 +50,7 @@ func TestLimiter_falls_under_overload_and_recovers(t *testing.T) {
 	clock := int64(time.Hour)
 
 	// Light load first: two requests at a time, 2 ms each.
+	clock = warm(t, l, clock)
 	clock = simulate(l, clock, 500, 2, cpuBound)
 	assert.Equal(t, int64(initialLimit), l.limit.Load(), "a limit that does not bind does not move")
 
@@ -63,7 +75,7 @@ func TestLimiter_timeouts(t *testing.T) {
 	t.Run("with no in-time return in a window the limit halves", func(t *testing.T) {
 		t.Parallel()
 		l := newLimiter(1000, true, new(Stats))
-		clock := int64(time.Hour)
+		clock := warm(t, l, int64(time.Hour))
 		for range 10 {
 			l.drop(clock)
 			clock += int64(maxWindow)
@@ -73,7 +85,7 @@ func TestLimiter_timeouts(t *testing.T) {
 	t.Run("beside in-time returns of normal latency they do not shrink it", func(t *testing.T) {
 		t.Parallel()
 		l := newLimiter(1000, true, new(Stats))
-		clock := int64(time.Hour)
+		clock := warm(t, l, int64(time.Hour))
 		// Late handlers hold half the slots and time out one per
 		// return in time; the others keep their unloaded 1 ms.
 		for range l.limit.Load() / 2 {
@@ -92,6 +104,34 @@ func TestLimiter_timeouts(t *testing.T) {
 		}
 		assert.Greater(t, l.limit.Load(), int64(initialLimit), "the held slots bind the limit, and latency is fine: it grows")
 	})
+}
+
+// TestLimiter_probes: under sustained overload the unloaded latency is
+// never seen, so the limit drops to its floor now and then to measure it.
+// A server started straight into overload learns it from its first probe.
+func TestLimiter_probes(t *testing.T) {
+	t.Parallel()
+	l := newLimiter(1000, true, new(Stats))
+	clock := int64(time.Hour)
+	clock = simulate(l, clock, 200, 10000, cpuBound)
+	assert.Equal(t, int64(limitFloor)*int64(time.Millisecond), l.minRTT, "measured at the floor, not at the load's concurrency")
+	cold := l.limit.Load()
+	assert.LessOrEqual(t, cold, int64(12), "latency about twice the floor's")
+
+	// The workload gets slower: 10 ms of CPU a request. Until the next
+	// probe, latency looks like congestion and the limit stays low; the
+	// probe finds the new unloaded latency.
+	slow := func(n int) time.Duration { return time.Duration(10*n) * time.Millisecond }
+	probed := false
+	for range 20000 {
+		clock = simulate(l, clock, 1, 10000, slow)
+		if l.probeFrom.Load() != 0 {
+			probed = true
+		}
+	}
+	assert.True(t, probed, "it probed again under sustained load")
+	assert.Equal(t, int64(limitFloor*10)*int64(time.Millisecond), l.minRTT, "the probe found the slower unloaded latency")
+	assert.LessOrEqual(t, l.limit.Load(), int64(12))
 }
 
 func TestLimiter_fixed_limit_does_not_adapt(t *testing.T) {

@@ -309,3 +309,33 @@ func TestAdmission_queue_headers(t *testing.T) {
 		assert.Equal(t, fasthttp.StatusOK, resp.StatusCode())
 	})
 }
+
+// TestAdmission_a_burst_on_a_cold_limit_is_served: three hundred requests
+// at once on a new adaptive limit (it starts at 20) wait while the limit
+// doubles, since their latency stays at its unloaded level, and all of
+// them are served.
+func TestAdmission_a_burst_on_a_cold_limit_is_served(t *testing.T) {
+	t.Parallel()
+	const burst = 300
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			stats := new(fasttimeout.Stats)
+			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				time.Sleep(5 * time.Millisecond) // a downstream call
+			}, fasttimeout.Config{Mode: mode, Timeout: 20 * time.Second, AdaptiveConcurrency: true, Stats: stats}))
+			answers := make([]<-chan *fasthttp.Response, burst)
+			for i := range answers {
+				answers[i] = async(t, s, "/")
+			}
+			codes := map[int]int{}
+			for _, a := range answers {
+				codes[(<-a).StatusCode()]++
+			}
+			got := stats.Snapshot()
+			assert.Equal(t, map[int]int{fasthttp.StatusOK: burst}, codes, "%+v", got)
+			assert.Greater(t, got.ConcurrencyLimit, int64(20), "the limit grew")
+			t.Logf("limit %d; %d of %d queued", got.ConcurrencyLimit, got.Queued, burst)
+		})
+	}
+}

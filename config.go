@@ -19,8 +19,9 @@ const (
 	DefaultContentType = "application/json"
 	// DefaultBody is the body of the timeout response.
 	DefaultBody = `{"detail":"Request processing time exceeded limit"}`
-	// DefaultPrecision is how often the clock of a middleware ticks while it
-	// watches the contexts of cooperative requests (see Config.Precision).
+	// DefaultPrecision is how often a middleware's housekeeping goroutine
+	// ticks while it watches the contexts of cooperative requests (see
+	// Config.Precision).
 	DefaultPrecision = time.Millisecond
 	// ShedBody is the body of the 503 sent while Config.MaxLateHandlers
 	// handlers are running past their deadline.
@@ -105,12 +106,13 @@ type Config struct {
 	// Mode chooses racing (the zero value) or cooperative bounding.
 	Mode Mode
 
-	// Precision is the period of the middleware's clock while it watches the
-	// contexts of cooperative requests, which it cancels at their deadline
-	// (between the deadline and about one Precision after it) or at server
-	// shutdown. Racing requests do not depend on it: each has a timer for its
-	// deadline, and with only racing requests in flight the clock rests,
-	// waking every 100 ms to watch for shutdown and retire idle workers.
+	// Precision is the period of the middleware's housekeeping goroutine
+	// while it watches the contexts of cooperative requests, which it
+	// cancels at their deadline (between the deadline and about one
+	// Precision after it) or at server shutdown. Racing requests do not
+	// depend on it: each has a timer for its deadline, and with only racing
+	// requests in flight the housekeeping goroutine rests, waking every
+	// 100 ms to watch for shutdown and retire idle workers.
 	// Smaller values cancel closer to the deadline and cost more CPU. Zero
 	// means DefaultPrecision (1 ms); values below 100 µs panic in New.
 	Precision time.Duration

@@ -76,11 +76,11 @@ type requestContext struct {
 	hasDone    atomic.Bool                     // done is set; it never changes after
 	done       chan struct{}                   // made on the first Done call, under mu
 	causes     atomic.Pointer[context.Context] // &timeoutCause or &shutdownCause once cancelled with one
-	slot       int                             // index in clock.contexts while watched, else -1; guarded by clock.mu
+	slot       int                             // index in housekeeper.contexts while watched, else -1; guarded by housekeeper.mu
 	outside    bool                            // made outside New: ends only with the server
 
-	// The watch of a cooperative request's client, set before the clock
-	// watches the context, then guarded by clock.mu.
+	// The watch of a cooperative request's client, set before the
+	// housekeeper watches the context, then guarded by housekeeper.mu.
 	call     *call
 	conn     net.Conn
 	watchAt  int64

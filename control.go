@@ -105,9 +105,9 @@ func lookup(ctx *fasthttp.RequestCtx) *call {
 }
 
 // moveDeadline changes a cooperative call's deadline, unless it has passed.
-// The context, if any, is updated under its lock, so that the clock either
-// cancels it against the old deadline first (and false is returned) or
-// sees the new one.
+// The context, if any, is updated under its lock, so that the housekeeper
+// either cancels it against the old deadline first (and false is returned)
+// or sees the new one.
 func (c *call) moveDeadline(move func(int64) int64) bool {
 	deadline := move(c.deadline.Load())
 	if c.deadline.Load() <= now() {

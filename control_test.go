@@ -53,7 +53,7 @@ func TestDisarm(t *testing.T) {
 	t.Parallel()
 	const timeout = 30 * time.Millisecond
 
-	for _, mode := range modes {
+	for _, mode := range allModes {
 		t.Run("a disarmed handler outlives the timeout and streams its whole body, "+mode.String(), func(t *testing.T) {
 			t.Parallel()
 			stats := new(fasttimeout.Stats)
@@ -158,7 +158,7 @@ func TestExtend(t *testing.T) {
 	t.Parallel()
 	const timeout = 50 * time.Millisecond
 
-	for _, mode := range modes {
+	for _, mode := range allModes {
 		t.Run("moves the deadline and the context's deadline later, "+mode.String(), func(t *testing.T) {
 			t.Parallel()
 			type seen struct {
@@ -235,7 +235,7 @@ func TestExtend(t *testing.T) {
 
 func TestRemaining(t *testing.T) {
 	t.Parallel()
-	for _, mode := range modes {
+	for _, mode := range allModes {
 		t.Run("decreases from the timeout and turns negative at the deadline, "+mode.String(), func(t *testing.T) {
 			t.Parallel()
 			const timeout = 40 * time.Millisecond

@@ -46,6 +46,8 @@
 //   - [NetHTTPHandler]: a net/http handler under the middleware, with the
 //     request's context.
 //   - [TimeoutFromEnv] and [ParseTimeout]: a timeout from the environment.
+//   - [RetryListener]: a listener for Serve that rides out EMFILE and other
+//     accept errors of a connection flood instead of ending the server.
 //   - [Stats], [Counters], [Histogram]: counters for expvar, Prometheus or
 //     OpenTelemetry; [RejectReason]: why a request was refused.
 //   - [ErrTimeout], [ErrShutdown], [ErrClientGone]: the causes of a

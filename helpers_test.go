@@ -11,6 +11,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttputil"
+
+	"github.com/fasttimeout/fasttimeout"
 )
 
 // testServer is a real fasthttp.Server on an in-memory listener.
@@ -86,4 +88,47 @@ func (l testLogger) Printf(format string, args ...any) { l.t.Logf(format, args..
 func unsetenv(t testing.TB, key string) {
 	t.Helper()
 	require.NoError(t, os.Unsetenv(key))
+}
+
+// waitTimeout bounds every wait of these tests; it is a hang detector, not a
+// speed requirement.
+const waitTimeout = 10 * time.Second
+
+// shortTimeout is the request timeout of tests that time out.
+const shortTimeout = 30 * time.Millisecond
+
+var allModes = []fasttimeout.Mode{fasttimeout.Racing, fasttimeout.Cooperative}
+
+func do(t testing.TB, s *testServer, method, path string) *fasthttp.Response {
+	t.Helper()
+	req := fasthttp.AcquireRequest()
+	defer fasthttp.ReleaseRequest(req)
+	req.Header.SetMethod(method)
+	req.SetRequestURI("http://test" + path)
+	resp := new(fasthttp.Response)
+	require.NoError(t, s.client.DoTimeout(req, resp, waitTimeout))
+	return resp
+}
+
+// eventually polls cond until it holds, failing the test after waitTimeout.
+func eventually(t testing.TB, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached within", waitTimeout)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// waitDone is a handler that blocks until its request context is done (the
+// deadline, in a cooperative handler) or release is closed.
+func waitDone(release <-chan struct{}) fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		select {
+		case <-fasttimeout.Context(ctx).Done():
+		case <-release:
+		}
+	}
 }

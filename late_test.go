@@ -34,8 +34,9 @@ func spinPast(ctx *fasthttp.RequestCtx, d time.Duration) {
 }
 
 // On one P, a handler that spins 3 ms past a 5 ms deadline returns before
-// anything else can run: before 2e568c9's clock goroutine could tick, so its
-// own response (or its panic, re-raised on the server goroutine) got through.
+// anything else can run: before a goroutine watching the deadline could
+// tick, which once let its own response (or its panic, re-raised on the
+// server goroutine) through.
 // Not parallel: GOMAXPROCS is the process's.
 func TestLate_handler_on_a_starved_process_gets_the_timeout_response(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))

@@ -599,8 +599,8 @@ func goroutineStacks() map[string]string {
 // taken (with goroutineStacks) that run code of this library or of fasthttp
 // (except its date updater, which runs for the life of the process), once
 // none are left or stressBound passes. The idle workers of a middleware retire
-// about 1.1 s after their last request and its clock goroutine after that,
-// hence the wait.
+// about 1.1 s after their last request and its housekeeper goroutine after
+// that, hence the wait.
 func goroutinesSince(base map[string]string) []string {
 	var found []string
 	waitUntil(func() bool {
@@ -747,13 +747,13 @@ func TestStress(t *testing.T) {
 	})
 }
 
-// A handler that honours its context returns as soon as the clock cancels
-// it, which the clock did before signalling the server goroutine. The late
-// handler could then hand its worker back to the pool, another request take
-// it, and that request's server goroutine receive the stale timeout signal:
-// it treated its own call as finished while the worker ran it (a data race
-// on call.ctx, a timed-out request answered with the late handler's
-// response, a crash). Regression test for that bug.
+// A handler that honours its context returns as soon as its context is
+// cancelled at the deadline, which happens before the server goroutine is
+// signalled. The late handler could then hand its worker back to the pool,
+// another request take it, and that request's server goroutine receive the
+// stale timeout signal: it treated its own call as finished while the worker
+// ran it (a data race on call.ctx, a timed-out request answered with the late
+// handler's response, a crash). Regression test for that bug.
 func TestTimeout_stale_signal_never_reaches_a_recycled_worker(t *testing.T) {
 	var wrong atomic.Int64
 	h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {

@@ -2,8 +2,6 @@ package fasttimeout
 
 import (
 	"errors"
-	"runtime/debug"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -45,7 +43,7 @@ func New(h fasthttp.RequestHandler, cfg Config) fasthttp.RequestHandler {
 		panic("fasttimeout: New needs a handler, got nil")
 	}
 	m := &middleware{settings: cfg.resolve(), handler: h}
-	m.clock = newClock(m.precision)
+	m.housekeeper = newHousekeeper(m.precision)
 	if m.maxConcurrency > 0 {
 		m.limiter = newLimiter(m.maxConcurrency, m.adaptive, m.stats)
 	}
@@ -55,79 +53,13 @@ func New(h fasthttp.RequestHandler, cfg Config) fasthttp.RequestHandler {
 	return m.serveRacing
 }
 
-// callPool holds the calls of cooperative requests. A call goes back only
-// when its handler has returned; its context, if any, does not point to it.
-var callPool sync.Pool
-
 // middleware is one New's state, shared by all its requests.
 type middleware struct {
 	settings
-	handler fasthttp.RequestHandler
-	clock   *clock
-	limiter *limiter     // nil without a concurrency limit
-	late    atomic.Int64 // handlers of this middleware running past their deadline
-}
-
-func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
-	start, deadline, admitted, run := m.admit(ctx)
-	if !run {
-		return
-	}
-	connID := ctx.ConnID()
-	w := m.acquireWorker(connID, admitted)
-	c := &w.call
-	w.owners.Store(2)
-	c.admitted = admitted
-	c.begin(ctx, start, deadline)
-	// Each call has its own runtime timer rather than waiting for a shared
-	// checker: under load a single goroutine that times out every call is
-	// itself late, and so is every answer it owes.
-	w.timer.Reset(time.Duration(c.nextWake() - now()))
-
-	w.work <- struct{}{}
-	<-w.done
-	c.unwatchClient()
-	w.timer.Stop()
-
-	switch c.phase() {
-	case callTimedOut:
-		m.stats.answerLateness.observe(time.Duration(now() - c.deadline.Load()))
-		m.answerTimeout(ctx)
-		m.disown(w, connID)
-		return
-	case callGone:
-		m.answerGone(ctx, c)
-		m.disown(w, connID)
-		return
-	}
-	c.ctx = nil
-	c.conn = nil
-	if !c.panicked {
-		m.releaseWorker(w, connID, start)
-		return
-	}
-	v := c.panicValue
-	c.panicked, c.panicValue = false, nil
-	if v != errGoexit { // a worker that called Goexit is gone
-		m.releaseWorker(w, connID, start)
-	}
-	panic(v)
-}
-
-func (m *middleware) serveCooperative(ctx *fasthttp.RequestCtx) {
-	start, deadline, admitted, run := m.admit(ctx)
-	if !run {
-		return
-	}
-	c, _ := callPool.Get().(*call)
-	if c == nil {
-		c = new(call)
-	}
-	c.m = m
-	c.admitted = admitted
-	c.begin(ctx, start, deadline)
-	defer m.finishCooperative(c, ctx)
-	m.handler(ctx)
+	handler     fasthttp.RequestHandler
+	housekeeper *housekeeper
+	limiter     *limiter     // nil without a concurrency limit
+	late        atomic.Int64 // handlers of this middleware running past their deadline
 }
 
 // admit decides what happens to a request before its handler runs. For a
@@ -248,8 +180,12 @@ type rejectKey struct{}
 // RejectedQueueFull and RejectedQueueTimeout), or "" if it did not. Call it
 // after the handler returned by New has returned, from a middleware around it
 // (to log or trace refusals, say).
+//
+// A request answered with the timeout response was not refused: after a
+// racing timeout its RequestCtx belongs to the late handler, which may
+// still write it, so RejectReason does not look at its user values then.
 func RejectReason(ctx *fasthttp.RequestCtx) string {
-	if ctx == nil {
+	if ctx == nil || ctx.LastTimeoutErrorResponse() != nil {
 		return ""
 	}
 	reason, _ := ctx.UserValue(rejectKey{}).(string)
@@ -262,135 +198,12 @@ func (m *middleware) reject(ctx *fasthttp.RequestCtx, reason string) {
 	ctx.SetUserValue(rejectKey{}, reason)
 }
 
-// finishCooperative runs, deferred, when a cooperative handler returns or
-// panics. As in racing mode, a panic before the deadline goes on with its
-// value; a handler that returns or panics after it, or after its client
-// hung up, is late: its panic goes to OnPanic, and the client gets the
-// timeout response (or nothing, if it is gone).
-func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
-	v := recover()
-	if m.countRequests {
-		m.stats.inFlight.Add(-1)
-	}
-	t := now()
-	// Settle the call before its context's watch ends: from then on, a
-	// hang-up no longer changes it.
-	if !c.expire(t) {
-		c.leave(callFinished)
-	}
-	over, overAt, start := c.phase(), c.overAt.Load(), c.start
-	m.release(c, t, over == callFinished)
-	c.end()
-	c.ctx = nil
-	c.conn = nil
-	callPool.Put(c)
-	late := over == callTimedOut || over == callGone
-	if v != nil {
-		m.stats.panics.Add(1)
-		if !late {
-			panic(v)
-		}
-		m.reportPanic(ctx, v, debug.Stack())
-	}
-	if !late {
-		return
-	}
-	m.late.Add(-1)
-	m.stats.lateRunning.Add(-1)
-	m.stats.lateFinished.Add(1)
-	m.stats.lateRun.observe(time.Duration(t - overAt))
-	if m.onLateReturn != nil {
-		m.onLateReturn(ctx, time.Duration(t-overAt))
-	}
-	if over == callGone {
-		if m.onHangup != nil {
-			m.onHangup(ctx, time.Duration(overAt-start))
-		}
-		writeGoneResponse(&ctx.Response)
-		return
-	}
-	m.stats.answerLateness.observe(time.Duration(t - overAt))
-	ctx.Response.Reset()
-	m.writeTimeoutResponse(&ctx.Response)
-	if m.onTimeout != nil {
-		m.onTimeout(ctx, &ctx.Response)
-	}
-}
-
-// answerTimeout sends the timeout response in place of the late handler's.
-// TimeoutErrorWithResponse makes fasthttp give the connection a new
-// RequestCtx, so the late handler can keep writing to its own.
-func (m *middleware) answerTimeout(ctx *fasthttp.RequestCtx) {
-	resp := fasthttp.AcquireResponse()
-	m.writeTimeoutResponse(resp)
-	if m.onTimeout != nil {
-		m.onTimeout(ctx, resp)
-	}
-	ctx.TimeoutErrorWithResponse(resp)
-	fasthttp.ReleaseResponse(resp)
-}
-
-// lateReturn runs on a worker whose handler returned after its deadline.
-func (m *middleware) lateReturn(w *worker, stack []byte, goexit bool) {
-	c := &w.call
-	ctx := c.ctx
-	late := time.Duration(now() - c.overAt.Load())
-	c.end()
-	m.late.Add(-1)
-	m.stats.lateRunning.Add(-1)
-	m.stats.lateFinished.Add(1)
-	m.stats.lateRun.observe(late)
-	if c.panicked {
-		m.reportPanic(ctx, c.panicValue, stack)
-	}
-	if m.onLateReturn != nil {
-		m.onLateReturn(ctx, late)
-	}
-	// fasthttp never resets a timed-out RequestCtx; release what the late
-	// response holds, above all a body stream writer's goroutine, which
-	// would otherwise block forever on a pipe nobody reads.
-	ctx.Response.Reset()
-	c.ctx = nil
-	c.panicked, c.panicValue = false, nil
-	w.dead = goexit
-	m.disown(w, ctx.ConnID())
-}
-
-// disown gives up one hold on a timed-out call's worker (see worker.owners);
-// the last one returns the worker to the pool.
-func (m *middleware) disown(w *worker, connID uint64) {
-	if w.owners.Add(-1) == 0 && !w.dead {
-		m.releaseWorker(w, connID, now())
-	}
-}
-
+// reportPanic hands the panic of a handler past its deadline to OnPanic, or
+// logs it.
 func (m *middleware) reportPanic(ctx *fasthttp.RequestCtx, v any, stack []byte) {
 	if m.onPanic != nil {
 		m.onPanic(ctx, v, stack)
 		return
 	}
 	ctx.Logger().Printf("fasttimeout: panic in handler after its deadline: %v\n%s", v, stack)
-}
-
-// acquireWorker takes an idle worker, or starts one.
-func (m *middleware) acquireWorker(connID uint64, t int64) *worker {
-	if w := m.clock.idle.get(connID); w != nil {
-		return w
-	}
-	w := &worker{work: make(chan struct{}, 1), done: make(chan struct{}, 1)}
-	w.lastUsed.Store(t)
-	w.m = m
-	w.timer = time.AfterFunc(time.Hour, w.fire)
-	w.timer.Stop()
-	w.later = time.AfterFunc(time.Hour, w.fire)
-	w.later.Stop()
-	w.gone = w.hungUp
-	m.clock.addWorker(w)
-	go w.loop()
-	return w
-}
-
-func (m *middleware) releaseWorker(w *worker, connID uint64, t int64) {
-	w.lastUsed.Store(t)
-	m.clock.idle.put(connID, w)
 }

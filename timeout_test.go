@@ -12,21 +12,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fasttimeout/fasttimeout"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttputil"
+
+	"github.com/fasttimeout/fasttimeout"
 )
-
-// waitTimeout bounds every wait of these tests; it is a hang detector, not a
-// speed requirement.
-const waitTimeout = 10 * time.Second
-
-// shortTimeout is the request timeout of tests that time out.
-const shortTimeout = 30 * time.Millisecond
-
-var allModes = []fasttimeout.Mode{fasttimeout.Racing, fasttimeout.Cooperative}
 
 // fullResponse is a handler that sets everything a response can carry.
 func fullResponse(ctx *fasthttp.RequestCtx) {
@@ -38,17 +30,6 @@ func fullResponse(ctx *fasthttp.RequestCtx) {
 	ctx.Response.Header.SetCookie(&cookie)
 	ctx.SetContentType("text/plain; charset=utf-8")
 	ctx.SetBodyString("hello " + string(ctx.Path()))
-}
-
-func do(t testing.TB, s *testServer, method, path string) *fasthttp.Response {
-	t.Helper()
-	req := fasthttp.AcquireRequest()
-	defer fasthttp.ReleaseRequest(req)
-	req.Header.SetMethod(method)
-	req.SetRequestURI("http://test" + path)
-	resp := new(fasthttp.Response)
-	require.NoError(t, s.client.DoTimeout(req, resp, waitTimeout))
-	return resp
 }
 
 func TestTimeout_fast_handler_is_unchanged(t *testing.T) {
@@ -410,39 +391,6 @@ func TestTimeout_goexit_in_the_handler_does_not_hang_the_request(t *testing.T) {
 	assert.Equal(t, "ok", string(do(t, s, "GET", "/").Body()))
 }
 
-func TestNew_rejects_bad_configuration(t *testing.T) {
-	t.Parallel()
-	ok := func(*fasthttp.RequestCtx) {}
-	tests := []struct {
-		name    string
-		handler fasthttp.RequestHandler
-		cfg     fasttimeout.Config
-		want    string
-	}{
-		{"nil_handler", nil, fasttimeout.Config{}, "handler"},
-		{"negative_timeout", ok, fasttimeout.Config{Timeout: -time.Second}, "Timeout"},
-		{"status_below_100", ok, fasttimeout.Config{StatusCode: 42}, "StatusCode"},
-		{"status_above_599", ok, fasttimeout.Config{StatusCode: 600}, "StatusCode"},
-		{"unknown_mode", ok, fasttimeout.Config{Mode: 7}, "Mode(7)"},
-		{"precision_too_fine", ok, fasttimeout.Config{Precision: time.Microsecond}, "Precision"},
-		{"negative_margin", ok, fasttimeout.Config{DeadlineMargin: -1}, "DeadlineMargin"},
-		{"negative_late_cap", ok, fasttimeout.Config{MaxLateHandlers: -1}, "MaxLateHandlers"},
-		{"negative_retry_after", ok, fasttimeout.Config{RetryAfter: -time.Second}, "RetryAfter"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			defer func() {
-				msg, _ := recover().(string)
-				assert.True(t, strings.HasPrefix(msg, "fasttimeout: "), "panic message %q", msg)
-				assert.Contains(t, msg, tt.want)
-			}()
-			fasttimeout.New(tt.handler, tt.cfg)
-			t.Error("New did not panic")
-		})
-	}
-}
-
 func TestNew_copies_the_configured_body(t *testing.T) {
 	t.Parallel()
 	body := []byte("first")
@@ -452,47 +400,4 @@ func TestNew_copies_the_configured_body(t *testing.T) {
 	copy(body, "xxxxx")
 	s := serve(t, h)
 	assert.Equal(t, "first", string(do(t, s, "GET", "/").Body()))
-}
-
-func TestMode_String(t *testing.T) {
-	t.Parallel()
-	assert.Equal(t, "racing", fasttimeout.Racing.String())
-	assert.Equal(t, "cooperative", fasttimeout.Cooperative.String())
-	assert.Equal(t, "Mode(9)", fasttimeout.Mode(9).String())
-}
-
-func TestMode_text_round_trip(t *testing.T) {
-	t.Parallel()
-	for _, mode := range allModes {
-		text, err := mode.MarshalText()
-		require.NoError(t, err)
-		var got fasttimeout.Mode
-		require.NoError(t, got.UnmarshalText(text))
-		assert.Equal(t, mode, got)
-	}
-	var m fasttimeout.Mode
-	assert.ErrorContains(t, m.UnmarshalText([]byte("fast")), `got "fast"`)
-	_, err := fasttimeout.Mode(9).MarshalText()
-	assert.Error(t, err)
-}
-
-func TestStats_String_is_JSON_for_expvar(t *testing.T) {
-	t.Parallel()
-	stats := new(fasttimeout.Stats)
-	s := serve(t, fasttimeout.New(func(*fasthttp.RequestCtx) {}, fasttimeout.Config{Stats: stats}))
-	do(t, s, "GET", "/")
-	do(t, s, "GET", "/")
-	assert.JSONEq(t, `{"requests":2,"in_flight":0,"timeouts":0,"late_running":0,"late_finished":0,"panics":0,"shed":0,"bad_deadline_headers":0,"spent_budgets":0,"client_gone":0}`, stats.String())
-}
-
-// eventually polls cond until it holds, failing the test after waitTimeout.
-func eventually(t testing.TB, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached within", waitTimeout)
-		}
-		time.Sleep(time.Millisecond)
-	}
 }

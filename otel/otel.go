@@ -1,7 +1,8 @@
 // Package fasttimeoutotel records what fasttimeout does to a request on the
 // request's OpenTelemetry span: an event when it times out (or its server
 // shuts down, or its client hangs up), an event when its handler finally
-// returns after that, and the span's status.
+// returns after that, an event when it is refused with 503 without running,
+// and the span's status.
 //
 // fasthttp has no standard way to carry a span from middleware to handler,
 // so this package uses a user value: [Attach] (or [Middleware], which starts
@@ -57,6 +58,10 @@ const (
 	// EventLateReturn is recorded when a handler returns after its context
 	// ended with one of the causes above.
 	EventLateReturn = "fasttimeout.late_return"
+	// EventRejected is recorded when the middleware refuses the request
+	// with 503 Service Unavailable without running its handler (see
+	// fasttimeout.RejectReason), with AttrRejectReason.
+	EventRejected = "fasttimeout.rejected"
 
 	// AttrCause is the context.Cause of the request's end, as a string.
 	AttrCause = attribute.Key("fasttimeout.cause")
@@ -66,6 +71,10 @@ const (
 	// timeout; after the context ended for the other causes) the event
 	// happened.
 	AttrLateness = attribute.Key("fasttimeout.lateness")
+	// AttrRejectReason is why the request was refused:
+	// fasttimeout.RejectedQueueFull, RejectedQueueTimeout or
+	// RejectedLateHandlers.
+	AttrRejectReason = attribute.Key("fasttimeout.reject_reason")
 )
 
 // contextKey is the user value key under which Attach stores a *request.
@@ -81,13 +90,36 @@ type request struct {
 
 // Attach makes the span of c (trace.SpanFromContext) the request's span for
 // [Handler]. Call it on the server goroutine before the request reaches
-// fasttimeout.New, and call the returned end once that call has returned,
-// in place of span.End: the span ends then, or when a late handler returns.
+// fasttimeout.New, and call the returned end on the same goroutine once that
+// call has returned, in place of span.End: it records EventRejected if the
+// middleware refused the request (the handler, and so [Handler], never ran),
+// and the span ends then, or when a late handler returns.
 func Attach(ctx *fasthttp.RequestCtx, c context.Context) (end func()) {
 	r := &request{span: trace.SpanFromContext(c)}
 	r.holds.Store(1)
 	ctx.SetUserValue(contextKey{}, r)
-	return r.release
+	return func() {
+		r.recordRejection(ctx)
+		r.release()
+	}
+}
+
+// recordRejection records on the span the refusal of ctx, if the middleware
+// refused it, with the span's status set to Error as for a timeout: the
+// client got a 503.
+func (r *request) recordRejection(ctx *fasthttp.RequestCtx) {
+	// A request answered with a timeout response (its deadline passed, or
+	// its client left) was not refused, and its RequestCtx now belongs to
+	// its late handler, which may still change it: it must not be read.
+	if !r.span.IsRecording() || ctx.LastTimeoutErrorResponse() != nil {
+		return
+	}
+	reason := fasttimeout.RejectReason(ctx)
+	if reason == "" {
+		return
+	}
+	r.span.AddEvent(EventRejected, trace.WithAttributes(AttrRejectReason.String(reason)))
+	r.span.SetStatus(codes.Error, "fasttimeout: request refused: "+reason)
 }
 
 // hold keeps the span open; it fails once the span has ended.

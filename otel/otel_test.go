@@ -38,20 +38,20 @@ type traced struct {
 	recorder *tracetest.SpanRecorder
 	ended    chan sdktrace.ReadOnlySpan
 	release  chan struct{} // closing it lets /block return
-	entered  chan struct{} // /wait sends on it when it starts waiting
+	entered  chan struct{} // /hold and /wait send on it when they start waiting
 }
 
 // serveTraced serves, under fasttimeoutotel.Middleware and with
 // fasttimeoutotel.Handler inside fasttimeout.New: /fast; /block, which
-// ignores its context until release is closed; /wait, which returns when
-// its context ends; /child, which starts a child span from
-// fasttimeoutotel.Context.
+// ignores its context until release is closed; /hold, which does the same
+// once it has said so on entered; /wait, which returns when its context
+// ends; /child, which starts a child span from fasttimeoutotel.Context.
 func serveTraced(t *testing.T, cfg fasttimeout.Config, sampler sdktrace.Sampler) *traced {
 	t.Helper()
 	tt := &traced{
 		served:   make(chan error, 1),
 		recorder: tracetest.NewSpanRecorder(),
-		ended:    make(chan sdktrace.ReadOnlySpan, 10),
+		ended:    make(chan sdktrace.ReadOnlySpan, 100), // room for every span of a test that fails before reading them
 		release:  make(chan struct{}),
 		entered:  make(chan struct{}, 10),
 	}
@@ -64,6 +64,9 @@ func serveTraced(t *testing.T, cfg fasttimeout.Config, sampler sdktrace.Sampler)
 	app := func(ctx *fasthttp.RequestCtx) {
 		switch string(ctx.Path()) {
 		case "/block":
+			<-tt.release
+		case "/hold":
+			tt.entered <- struct{}{}
 			<-tt.release
 		case "/wait":
 			done := fasttimeout.Context(ctx).Done()
@@ -102,6 +105,35 @@ func (tt *traced) get(t *testing.T, path string) int {
 	status, _, err := tt.client.GetTimeout(nil, "http://app"+path, 10*time.Second)
 	require.NoError(t, err)
 	return status
+}
+
+// getAsync sends GET path from a goroutine, and sends its status (0 if it
+// failed) on the channel it returns.
+func (tt *traced) getAsync(path string) <-chan int {
+	answered := make(chan int, 1)
+	go func() {
+		status, _, err := tt.client.GetTimeout(nil, "http://app"+path, time.Minute)
+		if err != nil {
+			status = 0
+		}
+		answered <- status
+	}()
+	return answered
+}
+
+// hold sends GET /hold from a goroutine and waits until its handler runs,
+// holding a slot under the concurrency limit until release is closed.
+func (tt *traced) hold(t *testing.T) <-chan int {
+	t.Helper()
+	answered := tt.getAsync("/hold")
+	select {
+	case <-tt.entered:
+	case status := <-answered:
+		t.Fatalf("GET /hold answered %d before its handler ran", status)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the handler of /hold did not start within 10 s")
+	}
+	return answered
 }
 
 // nextEnded waits for the next span to end.
@@ -266,5 +298,110 @@ func TestHandlerWithoutRecordingSpan(t *testing.T) {
 			require.NoError(t, <-served)
 			require.Empty(t, recorder.Ended())
 		})
+	}
+}
+
+// A request refused with 503 never reaches Handler; Middleware records the
+// refusal on its span when fasttimeout.New's call returns.
+func TestMiddlewareRecordsRejection(t *testing.T) {
+	t.Parallel()
+	// holdLonger gives /hold a minute, so that it holds its slot, in time,
+	// until the test releases it.
+	holdLonger := func(ctx *fasthttp.RequestCtx) time.Duration {
+		if string(ctx.Path()) == "/hold" {
+			return time.Minute
+		}
+		return 0
+	}
+	fullQueue := new(fasttimeout.Stats)
+	tests := []struct {
+		name   string
+		cfg    fasttimeout.Config
+		reason string
+		// refuse has one request refused, with other requests' handlers
+		// blocked until release is closed; it returns how many spans they
+		// hold open.
+		refuse func(t *testing.T, tt *traced) (open int)
+	}{{
+		name:   "late_handlers_at_MaxLateHandlers",
+		cfg:    fasttimeout.Config{Timeout: 20 * time.Millisecond, MaxLateHandlers: 1},
+		reason: fasttimeout.RejectedLateHandlers,
+		refuse: func(t *testing.T, tt *traced) int {
+			require.Equal(t, fasthttp.StatusGatewayTimeout, tt.get(t, "/block"))
+			require.Equal(t, fasthttp.StatusServiceUnavailable, tt.get(t, "/fast"))
+			return 1
+		},
+	}, {
+		name: "queue_timeout_after_waiting_a_tenth_of_the_budget",
+		cfg: fasttimeout.Config{MaxConcurrency: 1, Timeout: time.Second,
+			TimeoutFunc: holdLonger},
+		reason: fasttimeout.RejectedQueueTimeout,
+		refuse: func(t *testing.T, tt *traced) int {
+			tt.hold(t)
+			require.Equal(t, fasthttp.StatusServiceUnavailable, tt.get(t, "/fast"))
+			return 1
+		},
+	}, {
+		name: "queue_full_beyond_the_queue",
+		// Long enough that no waiter reaches its share of its budget.
+		cfg:    fasttimeout.Config{MaxConcurrency: 1, Timeout: 5 * time.Minute, Stats: fullQueue},
+		reason: fasttimeout.RejectedQueueFull,
+		refuse: func(t *testing.T, tt *traced) int {
+			tt.hold(t)
+			// Requests join the queue one at a time until one is refused:
+			// the newcomer, or the oldest waiter once the queue serves the
+			// newest first.
+			var n int64
+			for fullQueue.Snapshot().Rejected == 0 {
+				require.Less(t, n, int64(10000), "the queue never fills")
+				tt.getAsync("/fast")
+				n++
+				require.Eventually(t, func() bool {
+					c := fullQueue.Snapshot()
+					return c.Waiting == n || c.Rejected > 0
+				}, 10*time.Second, time.Millisecond)
+			}
+			require.Equal(t, int64(1), fullQueue.Snapshot().RejectedFull)
+			return int(n) // the held one, and the waiters but one
+		},
+	}}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tt := serveTraced(t, tc.cfg, sdktrace.AlwaysSample())
+			open := tc.refuse(t, tt)
+
+			// The other requests hold their spans open: the refused
+			// request's span ends first.
+			span := tt.nextEnded(t)
+			require.Equal(t, []string{fasttimeoutotel.EventRejected}, eventNames(span))
+			assert.Equal(t, tc.reason, attrs(span.Events()[0])[fasttimeoutotel.AttrRejectReason].AsString())
+			assert.Equal(t, codes.Error, span.Status().Code)
+			assert.Contains(t, span.Status().Description, tc.reason)
+
+			close(tt.release)
+			for range open {
+				assert.NotContains(t, eventNames(tt.nextEnded(t)), fasttimeoutotel.EventRejected)
+			}
+		})
+	}
+}
+
+// After a timeout the RequestCtx belongs to the late handler, which changes
+// it when it returns (fasttimeout gives Context back then): Middleware must
+// not read it to look for a refusal. Handlers that return at their deadline
+// make the two meet often; the race detector tells.
+func TestMiddlewareLeavesATimedOutRequestAlone(t *testing.T) {
+	t.Parallel()
+	tt := serveTraced(t, fasttimeout.Config{Timeout: 10 * time.Millisecond}, sdktrace.AlwaysSample())
+	for range 100 {
+		require.Equal(t, fasthttp.StatusGatewayTimeout, tt.get(t, "/wait"))
+		select {
+		case <-tt.entered:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the handler of /wait did not run within 10 s")
+		}
+		span := tt.nextEnded(t)
+		require.Equal(t, []string{fasttimeoutotel.EventTimeout, fasttimeoutotel.EventLateReturn}, eventNames(span))
 	}
 }

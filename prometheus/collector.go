@@ -9,6 +9,12 @@
 //	prometheus.MustRegister(fasttimeoutprom.NewCollector(stats, nil))
 //	handler := fasttimeout.New(app, fasttimeout.Config{Stats: stats})
 //
+// Requests refused with 503 without running are counted in
+// fasttimeout_rejected_total, whose reason label takes the values of
+// [fasttimeout.RejectReason]: queue_full and queue_timeout for the
+// concurrency limit, late_handlers for MaxLateHandlers, which
+// fasttimeout_shed_requests_total counts as well.
+//
 // It lives in its own module so that the library keeps fasthttp as its only
 // dependency.
 package fasttimeoutprom
@@ -23,10 +29,12 @@ import (
 // Collector is a prometheus.Collector for one [fasttimeout.Stats]. Create it
 // with [NewCollector]; it is safe for concurrent scrapes.
 type Collector struct {
-	stats    *fasttimeout.Stats
-	counters []counterMetric
-	lateness *prometheus.Desc
-	lateRun  *prometheus.Desc
+	stats     *fasttimeout.Stats
+	counters  []counterMetric
+	rejected  *prometheus.Desc
+	lateness  *prometheus.Desc
+	lateRun   *prometheus.Desc
+	queueWait *prometheus.Desc
 }
 
 // counterMetric is one value of fasttimeout.Counters.
@@ -34,6 +42,18 @@ type counterMetric struct {
 	desc      *prometheus.Desc
 	valueType prometheus.ValueType
 	value     func(fasttimeout.Counters) int64
+}
+
+// rejectedBy maps each value of the reason label of metricRejectedTotal to
+// its counter. Refusals because of late handlers are in metricShedTotal
+// too, which dashboards already read.
+var rejectedBy = [...]struct {
+	reason string
+	value  func(fasttimeout.Counters) int64
+}{
+	{fasttimeout.RejectedQueueFull, func(c fasttimeout.Counters) int64 { return c.RejectedFull }},
+	{fasttimeout.RejectedQueueTimeout, func(c fasttimeout.Counters) int64 { return c.RejectedQueueTimeout }},
+	{fasttimeout.RejectedLateHandlers, func(c fasttimeout.Counters) int64 { return c.Shed }},
 }
 
 // The metrics' names.
@@ -50,6 +70,14 @@ const (
 	metricClientGoneTotal         = "fasttimeout_client_gone_total"
 	metricAnswerLatenessSeconds   = "fasttimeout_answer_lateness_seconds"
 	metricLateRunSeconds          = "fasttimeout_late_run_seconds"
+
+	metricAdmittedTotal        = "fasttimeout_admitted_total"
+	metricQueuedTotal          = "fasttimeout_queued_total"
+	metricRejectedTotal        = "fasttimeout_rejected_total"
+	metricConcurrencyLimit     = "fasttimeout_concurrency_limit"
+	metricWaiting              = "fasttimeout_waiting"
+	metricBadQueueHeadersTotal = "fasttimeout_bad_queue_headers_total"
+	metricQueueWaitSeconds     = "fasttimeout_queue_wait_seconds"
 )
 
 // NewCollector returns a collector reading stats at each scrape. constLabels
@@ -92,9 +120,27 @@ func NewCollector(stats *fasttimeout.Stats, constLabels prometheus.Labels) *Coll
 				func(c fasttimeout.Counters) int64 { return c.SpentBudgets }),
 			counter(metricClientGoneTotal, "Requests whose client hung up while their handler ran.",
 				func(c fasttimeout.Counters) int64 { return c.ClientGone }),
+
+			counter(metricAdmittedTotal, "Requests that got a slot under the concurrency limit, at once or after waiting.",
+				func(c fasttimeout.Counters) int64 { return c.Admitted }),
+			counter(metricQueuedTotal, "Requests that waited for a slot under the concurrency limit, whether they got one or not.",
+				func(c fasttimeout.Counters) int64 { return c.Queued }),
+			gauge(metricConcurrencyLimit, "The current concurrency limit, summed over the middlewares sharing the Stats; 0 without a limit.",
+				func(c fasttimeout.Counters) int64 { return c.ConcurrencyLimit }),
+			gauge(metricWaiting, "Requests waiting for a slot under the concurrency limit now.",
+				func(c fasttimeout.Counters) int64 { return c.Waiting }),
+			counter(metricBadQueueHeadersTotal, "Requests whose X-Request-Start, X-Queue-Start or X-Amzn-Trace-Id was malformed or absurd, and ignored.",
+				func(c fasttimeout.Counters) int64 { return c.BadQueueHeaders }),
 		},
-		lateness: desc(metricAnswerLatenessSeconds, "How long after its deadline each timeout response was sent."),
-		lateRun:  desc(metricLateRunSeconds, "How long handlers ran past their deadline, or their client's hang-up, before they returned."),
+		rejected: prometheus.NewDesc(metricRejectedTotal,
+			"Requests refused with 503 without running their handler, by reason: "+
+				fasttimeout.RejectedQueueFull+" (the concurrency limit was reached and the queue was full, or the budget left no time to wait), "+
+				fasttimeout.RejectedQueueTimeout+" (waited their share of their budget without a slot), "+
+				fasttimeout.RejectedLateHandlers+" (MaxLateHandlers handlers were running late; also in "+metricShedTotal+").",
+			[]string{"reason"}, constLabels),
+		lateness:  desc(metricAnswerLatenessSeconds, "How long after its deadline each timeout response was sent."),
+		lateRun:   desc(metricLateRunSeconds, "How long handlers ran past their deadline, or their client's hang-up, before they returned."),
+		queueWait: desc(metricQueueWaitSeconds, "How long requests waited for a slot under the concurrency limit, whether they got one or were refused."),
 	}
 }
 
@@ -103,8 +149,10 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, m := range c.counters {
 		ch <- m.desc
 	}
+	ch <- c.rejected
 	ch <- c.lateness
 	ch <- c.lateRun
+	ch <- c.queueWait
 }
 
 // Collect reads the Stats and sends their current values.
@@ -113,8 +161,12 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for _, m := range c.counters {
 		ch <- prometheus.MustNewConstMetric(m.desc, m.valueType, float64(m.value(counters)))
 	}
+	for _, r := range rejectedBy {
+		ch <- prometheus.MustNewConstMetric(c.rejected, prometheus.CounterValue, float64(r.value(counters)), r.reason)
+	}
 	ch <- constHistogram(c.lateness, c.stats.AnswerLateness())
 	ch <- constHistogram(c.lateRun, c.stats.LateRun())
+	ch <- constHistogram(c.queueWait, c.stats.QueueWait())
 }
 
 // constHistogram converts h, in seconds, with cumulative buckets as

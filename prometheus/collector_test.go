@@ -1,6 +1,7 @@
 package fasttimeoutprom_test
 
 import (
+	"fmt"
 	"net"
 	"runtime"
 	"strings"
@@ -19,16 +20,20 @@ import (
 )
 
 // app serves /fast at once; /block and /block-then-panic wait until release
-// is closed, ignoring their context, and the latter then panics; /wait
-// waits for its context to end.
+// is closed, ignoring their context, and the latter then panics; /hold does
+// the same as /block once it has said so on entered; /wait waits for its
+// context to end.
 type app struct {
 	release chan struct{}
-	entered chan struct{} // /wait sends on it when it starts waiting
+	entered chan struct{} // /hold and /wait send on it when they start waiting
 }
 
 func (a *app) serve(ctx *fasthttp.RequestCtx) {
 	switch string(ctx.Path()) {
 	case "/block":
+		<-a.release
+	case "/hold":
+		a.entered <- struct{}{}
 		<-a.release
 	case "/block-then-panic":
 		<-a.release
@@ -45,6 +50,7 @@ func (a *app) serve(ctx *fasthttp.RequestCtx) {
 // registry holding the Stats' collector.
 type bench struct {
 	addr     string
+	stats    *fasttimeout.Stats
 	registry *prometheus.Registry
 	client   *fasthttp.Client
 	app      *app
@@ -61,6 +67,7 @@ func start(t *testing.T, cfg fasttimeout.Config) *bench {
 		panicked: make(chan any, 10),
 	}
 	cfg.Stats = new(fasttimeout.Stats)
+	b.stats = cfg.Stats
 	cfg.OnLateReturn = func(_ *fasthttp.RequestCtx, late time.Duration) { b.returned <- late }
 	cfg.OnPanic = func(_ *fasthttp.RequestCtx, v any, _ []byte) { b.panicked <- v }
 	b.registry.MustRegister(fasttimeoutprom.NewCollector(cfg.Stats, prometheus.Labels{"handler": "app"}))
@@ -78,6 +85,11 @@ func start(t *testing.T, cfg fasttimeout.Config) *bench {
 		MaxIdemponentCallAttempts: 1,
 	}
 	t.Cleanup(func() {
+		select {
+		case <-b.app.release:
+		default: // the test failed before it released its handlers
+			close(b.app.release)
+		}
 		b.client.CloseIdleConnections()
 		require.NoError(t, server.Shutdown())
 		require.NoError(t, <-served)
@@ -100,6 +112,47 @@ func (b *bench) get(t *testing.T, path string, kv ...string) int {
 	return resp.StatusCode()
 }
 
+// getAsync sends GET path from a goroutine, and sends its status (0 if it
+// failed) on the channel it returns.
+func (b *bench) getAsync(path string) <-chan int {
+	answered := make(chan int, 1)
+	go func() {
+		status, _, err := b.client.GetTimeout(nil, "http://app"+path, time.Minute)
+		if err != nil {
+			status = 0
+		}
+		answered <- status
+	}()
+	return answered
+}
+
+// hold sends GET /hold from a goroutine and waits until its handler runs,
+// holding a slot under the concurrency limit until release is closed.
+func (b *bench) hold(t *testing.T) <-chan int {
+	t.Helper()
+	answered := b.getAsync("/hold")
+	select {
+	case <-b.app.entered:
+	case status := <-answered:
+		t.Fatalf("GET /hold answered %d before its handler ran", status)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the handler of /hold did not start within 10 s")
+	}
+	return answered
+}
+
+// waitFor waits for a request's answer and returns its status.
+func waitFor(t *testing.T, answered <-chan int) int {
+	t.Helper()
+	select {
+	case status := <-answered:
+		return status
+	case <-time.After(30 * time.Second):
+		t.Fatal("no answer within 30 s")
+		return 0
+	}
+}
+
 // lateReturns releases the blocked handlers and waits until n of them have
 // returned and been counted.
 func (b *bench) lateReturns(t *testing.T, n int) {
@@ -114,8 +167,9 @@ func (b *bench) lateReturns(t *testing.T, n int) {
 	}
 }
 
-// scrape gathers the registry: every metric's value by name (a histogram's
-// count), and the histograms.
+// scrape gathers the registry: every series' value (a histogram's count),
+// keyed by its name and its labels other than handler, as in
+// fasttimeout_rejected_total{reason="queue_full"}; and the histograms.
 func (b *bench) scrape(t *testing.T) (map[string]float64, map[string]*dto.Histogram) {
 	t.Helper()
 	families, err := b.registry.Gather()
@@ -123,23 +177,35 @@ func (b *bench) scrape(t *testing.T) (map[string]float64, map[string]*dto.Histog
 	values := map[string]float64{}
 	histograms := map[string]*dto.Histogram{}
 	for _, f := range families {
-		require.Len(t, f.GetMetric(), 1, f.GetName())
-		m := f.GetMetric()[0]
-		require.Equal(t, "handler", m.GetLabel()[0].GetName())
-		require.Equal(t, "app", m.GetLabel()[0].GetValue())
-		switch f.GetType() {
-		case dto.MetricType_COUNTER:
-			values[f.GetName()] = m.GetCounter().GetValue()
-		case dto.MetricType_GAUGE:
-			values[f.GetName()] = m.GetGauge().GetValue()
-		case dto.MetricType_HISTOGRAM:
-			values[f.GetName()] = float64(m.GetHistogram().GetSampleCount())
-			histograms[f.GetName()] = m.GetHistogram()
-		default:
-			t.Fatalf("%s: unexpected type %v", f.GetName(), f.GetType())
+		for _, m := range f.GetMetric() {
+			labels := m.GetLabel() // sorted by name
+			require.Equal(t, "handler", labels[0].GetName())
+			require.Equal(t, "app", labels[0].GetValue())
+			name := f.GetName()
+			for _, l := range labels[1:] {
+				name += fmt.Sprintf("{%s=%q}", l.GetName(), l.GetValue())
+			}
+			_, seen := values[name]
+			require.False(t, seen, "two series %s", name)
+			switch f.GetType() {
+			case dto.MetricType_COUNTER:
+				values[name] = m.GetCounter().GetValue()
+			case dto.MetricType_GAUGE:
+				values[name] = m.GetGauge().GetValue()
+			case dto.MetricType_HISTOGRAM:
+				values[name] = float64(m.GetHistogram().GetSampleCount())
+				histograms[name] = m.GetHistogram()
+			default:
+				t.Fatalf("%s: unexpected type %v", name, f.GetType())
+			}
 		}
 	}
 	return values, histograms
+}
+
+// rejected is the series of fasttimeout_rejected_total for reason.
+func rejected(reason string) string {
+	return fmt.Sprintf("fasttimeout_rejected_total{reason=%q}", reason)
 }
 
 // metrics is every metric at zero, with the given ones set.
@@ -157,6 +223,16 @@ func metrics(set map[string]float64) map[string]float64 {
 		"fasttimeout_client_gone_total":            0,
 		"fasttimeout_answer_lateness_seconds":      0,
 		"fasttimeout_late_run_seconds":             0,
+
+		"fasttimeout_admitted_total":               0,
+		"fasttimeout_queued_total":                 0,
+		rejected(fasttimeout.RejectedQueueFull):    0,
+		rejected(fasttimeout.RejectedQueueTimeout): 0,
+		rejected(fasttimeout.RejectedLateHandlers): 0,
+		"fasttimeout_concurrency_limit":            0,
+		"fasttimeout_waiting":                      0,
+		"fasttimeout_bad_queue_headers_total":      0,
+		"fasttimeout_queue_wait_seconds":           0,
 	}
 	for name, v := range set {
 		if _, ok := all[name]; !ok {
@@ -165,6 +241,15 @@ func metrics(set map[string]float64) map[string]float64 {
 		all[name] = v
 	}
 	return all
+}
+
+// holdLonger gives /hold a minute, so that it holds its slot, in time,
+// until the test releases it, whatever the test's timeout.
+func holdLonger(ctx *fasthttp.RequestCtx) time.Duration {
+	if string(ctx.Path()) == "/hold" {
+		return time.Minute
+	}
+	return 0
 }
 
 func TestCollector(t *testing.T) {
@@ -236,6 +321,7 @@ func TestCollector(t *testing.T) {
 			require.Equal(t, fasthttp.StatusServiceUnavailable, b.get(t, "/fast"))
 			got, _ := b.scrape(t)
 			require.Equal(t, 2.0, got["fasttimeout_shed_requests_total"])
+			require.Equal(t, 2.0, got[rejected(fasttimeout.RejectedLateHandlers)])
 			require.Equal(t, 1.0, got["fasttimeout_late_running_handlers"])
 			b.lateReturns(t, 1)
 			require.Equal(t, fasthttp.StatusOK, b.get(t, "/fast"))
@@ -243,9 +329,97 @@ func TestCollector(t *testing.T) {
 				"fasttimeout_requests_total":               4,
 				"fasttimeout_timeouts_total":               1,
 				"fasttimeout_shed_requests_total":          2,
+				rejected(fasttimeout.RejectedLateHandlers): 2,
 				"fasttimeout_late_finished_handlers_total": 1,
 				"fasttimeout_answer_lateness_seconds":      1,
 				"fasttimeout_late_run_seconds":             1,
+			})
+		},
+	}, {
+		name: "a_request_beyond_the_limit_waits_then_is_admitted",
+		cfg:  fasttimeout.Config{MaxConcurrency: 1, Timeout: 5 * time.Minute},
+		run: func(t *testing.T, b *bench) map[string]float64 {
+			held := b.hold(t)
+			waiter := b.getAsync("/fast")
+			require.Eventually(t, func() bool { return b.stats.Snapshot().Waiting == 1 }, 10*time.Second, time.Millisecond)
+			got, _ := b.scrape(t)
+			require.Equal(t, metrics(map[string]float64{
+				"fasttimeout_requests_total":     2,
+				"fasttimeout_in_flight_handlers": 1,
+				"fasttimeout_admitted_total":     1,
+				"fasttimeout_queued_total":       1,
+				"fasttimeout_concurrency_limit":  1,
+				"fasttimeout_waiting":            1,
+			}), got, "while /fast waits")
+			close(b.app.release)
+			require.Equal(t, fasthttp.StatusOK, waitFor(t, held))
+			require.Equal(t, fasthttp.StatusOK, waitFor(t, waiter))
+			return metrics(map[string]float64{
+				"fasttimeout_requests_total":     2,
+				"fasttimeout_admitted_total":     2,
+				"fasttimeout_queued_total":       1,
+				"fasttimeout_concurrency_limit":  1,
+				"fasttimeout_queue_wait_seconds": 1,
+			})
+		},
+	}, {
+		name: "a_request_that_waits_its_share_of_its_budget_is_refused",
+		// /fast waits for a tenth of its second.
+		cfg: fasttimeout.Config{MaxConcurrency: 1, TimeoutFunc: holdLonger, Timeout: time.Second},
+		run: func(t *testing.T, b *bench) map[string]float64 {
+			held := b.hold(t)
+			require.Equal(t, fasthttp.StatusServiceUnavailable, b.get(t, "/fast"))
+			close(b.app.release)
+			require.Equal(t, fasthttp.StatusOK, waitFor(t, held))
+			return metrics(map[string]float64{
+				"fasttimeout_requests_total":               2,
+				"fasttimeout_admitted_total":               1,
+				"fasttimeout_queued_total":                 1,
+				rejected(fasttimeout.RejectedQueueTimeout): 1,
+				"fasttimeout_concurrency_limit":            1,
+				"fasttimeout_queue_wait_seconds":           1,
+			})
+		},
+	}, {
+		name: "a_request_beyond_a_full_queue_is_refused",
+		// Long enough that no waiter reaches its share of its budget.
+		cfg: fasttimeout.Config{MaxConcurrency: 1, Timeout: 5 * time.Minute},
+		run: func(t *testing.T, b *bench) map[string]float64 {
+			held := b.hold(t)
+			// Requests join the queue one at a time until one is refused:
+			// the newcomer, or the oldest waiter once the queue serves the
+			// newest first.
+			var waiters []<-chan int
+			for b.stats.Snapshot().Rejected == 0 {
+				require.Less(t, len(waiters), 10000, "the queue never fills")
+				waiters = append(waiters, b.getAsync("/fast"))
+				n := int64(len(waiters))
+				require.Eventually(t, func() bool {
+					c := b.stats.Snapshot()
+					return c.Waiting == n || c.Rejected > 0
+				}, 10*time.Second, time.Millisecond)
+			}
+			got, _ := b.scrape(t)
+			require.Equal(t, 1.0, got[rejected(fasttimeout.RejectedQueueFull)])
+			require.Equal(t, float64(len(waiters)-1), got["fasttimeout_waiting"])
+			close(b.app.release)
+			require.Equal(t, fasthttp.StatusOK, waitFor(t, held))
+			statuses := map[int]int{}
+			for _, answered := range waiters {
+				statuses[waitFor(t, answered)]++
+			}
+			require.Equal(t, map[int]int{fasthttp.StatusOK: len(waiters) - 1, fasthttp.StatusServiceUnavailable: 1}, statuses)
+			// An evicted waiter was queued, and its wait observed; a
+			// newcomer refused at once was neither.
+			queued := b.stats.Snapshot().Queued
+			require.Contains(t, []int64{int64(len(waiters) - 1), int64(len(waiters))}, queued)
+			return metrics(map[string]float64{
+				"fasttimeout_requests_total":            float64(1 + len(waiters)),
+				"fasttimeout_admitted_total":            float64(len(waiters)),
+				"fasttimeout_queued_total":              float64(queued),
+				rejected(fasttimeout.RejectedQueueFull): 1,
+				"fasttimeout_concurrency_limit":         1,
+				"fasttimeout_queue_wait_seconds":        float64(queued),
 			})
 		},
 	}, {
@@ -356,9 +530,10 @@ func TestCollectorFollowsPrometheusConventions(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, problems)
 
+	// 18 series of their own and the 3 reasons of fasttimeout_rejected_total.
 	count, err := testutil.GatherAndCount(registry)
 	require.NoError(t, err)
-	require.Equal(t, 12, count)
+	require.Equal(t, 21, count)
 
 	families, err := registry.Gather()
 	require.NoError(t, err)

@@ -25,19 +25,22 @@ import (
 const maxSleep = time.Hour
 
 // newHandler returns the demo's routes. Everything but /debug/vars and
-// /metrics is bounded by fasttimeout with timeout and mode, counted in stats;
+// /metrics is bounded by fasttimeout as opts say, counted in stats;
 // logger gets at most one line a second about the handlers that returned
 // after their deadline (see lateLog).
 // /debug/vars serves the process's expvar variables (publishing stats there
 // is the caller's job); /metrics serves stats and the Go runtime's metrics
 // in Prometheus' text format, from a registry of its own.
-func newHandler(stats *fasttimeout.Stats, timeout time.Duration, mode fasttimeout.Mode, logger *log.Logger) fasthttp.RequestHandler {
+func newHandler(stats *fasttimeout.Stats, opts options, logger *log.Logger) fasthttp.RequestHandler {
+	hashesPerChunk() // measured now rather than in the first /work request
 	bounded := fasttimeout.New(route, fasttimeout.Config{
-		Timeout:      timeout,
-		Mode:         mode,
-		Stats:        stats,
-		OnLateReturn: newLateLog(logger).record,
-		OnHangup:     newGoneLog(logger).record,
+		Timeout:             opts.timeout,
+		Mode:                opts.mode,
+		AdaptiveConcurrency: opts.adaptive,
+		MaxConcurrency:      opts.maxConcurrency,
+		Stats:               stats,
+		OnLateReturn:        newLateLog(logger).record,
+		OnHangup:            newGoneLog(logger).record,
 	})
 	debugVars := fasthttpadaptor.NewFastHTTPHandler(expvar.Handler())
 	registry := prometheus.NewRegistry()
@@ -70,6 +73,8 @@ func route(ctx *fasthttp.RequestCtx) {
 		serveSleep(ctx, strings.TrimPrefix(path, "/sleep/"))
 	case strings.HasPrefix(path, "/async_sleep/"):
 		serveAsyncSleep(ctx, strings.TrimPrefix(path, "/async_sleep/"))
+	case strings.HasPrefix(path, "/work/"):
+		serveWork(ctx, strings.TrimPrefix(path, "/work/"))
 	default:
 		writeJSON(ctx, fasthttp.StatusNotFound, detail("not found"))
 	}
@@ -87,9 +92,7 @@ func serveSleep(ctx *fasthttp.RequestCtx, n string) {
 }
 
 // serveAsyncSleep is cooperative work: it waits n seconds or until the
-// request's context is done. At the deadline its answer no longer matters:
-// the client gets the timeout response whatever it writes. When the server
-// shuts down it answers 503 and closes the connection.
+// request's context is done (see answerCancelled).
 func serveAsyncSleep(ctx *fasthttp.RequestCtx, n string) {
 	d, ok := parseSeconds(ctx, n)
 	if !ok {
@@ -102,10 +105,19 @@ func serveAsyncSleep(ctx *fasthttp.RequestCtx, n string) {
 	case <-timer.C:
 		writeJSON(ctx, fasthttp.StatusOK, slept{Seconds: d.Seconds()})
 	case <-reqCtx.Done():
-		if errors.Is(context.Cause(reqCtx), fasttimeout.ErrShutdown) {
-			ctx.SetConnectionClose()
-			writeJSON(ctx, fasthttp.StatusServiceUnavailable, detail("server shutting down"))
-		}
+		answerCancelled(ctx, reqCtx)
+	}
+}
+
+// answerCancelled answers a request whose context, reqCtx, ended before
+// its work did. At the deadline, or when the client has hung up, the
+// answer no longer matters: the client gets the middleware's response
+// whatever is written. When the server shuts down it answers 503 and
+// closes the connection.
+func answerCancelled(ctx *fasthttp.RequestCtx, reqCtx context.Context) {
+	if errors.Is(context.Cause(reqCtx), fasttimeout.ErrShutdown) {
+		ctx.SetConnectionClose()
+		writeJSON(ctx, fasthttp.StatusServiceUnavailable, detail("server shutting down"))
 	}
 }
 

@@ -14,13 +14,14 @@ const (
 	// per period, for all the handlers that returned late in it.
 	lateLogEvery = time.Second
 	// honouredWithin tells a handler that honoured its context from one
-	// that ignored it: one that returned within 2 ms of its deadline
-	// stopped when its context was cancelled (at once by the request's
-	// timer in racing mode, within the clock's 1 ms tick in cooperative
-	// mode, plus the wake-up of the handler's goroutine), or when its
-	// client hung up; one that returned later ran
-	// on. On an overloaded machine a honouring handler can take longer to
-	// be scheduled, and is then counted as having run on.
+	// that ignored it: one that returned within 2 ms of its deadline, or of
+	// its client's hang-up, stopped when its context was cancelled (at the
+	// deadline: at once by the request's timer in racing mode, within a
+	// tick of the housekeeping goroutine, Config.Precision, 1 ms here, in
+	// cooperative mode; at a hang-up: as soon as it is seen), plus the
+	// wake-up of its goroutine; one that returned later ran on. On an
+	// overloaded machine a honouring handler can take longer to be
+	// scheduled, and is then counted as having run on.
 	honouredWithin = 2 * time.Millisecond
 )
 

@@ -5,6 +5,10 @@
 //	GET /sleep/{n}       sleeps n seconds, ignoring its context (blocking work)
 //	GET /async_sleep/{n} waits n seconds or until its context is done
 //	                     (cooperative work)
+//	GET /work/{ms}       hashes for about ms milliseconds of CPU ("1.6"),
+//	                     stopping when its context is done (CPU-bound work
+//	                     that honours its context); answers
+//	                     {"cpu_ms":1.6,"hashes":...,"digest":"..."}
 //	GET /debug/vars      expvar counters, not bounded by the timeout
 //	GET /metrics         the same counters and histograms for Prometheus,
 //	                     not bounded by the timeout
@@ -13,9 +17,22 @@
 // of REQUEST_TIMEOUT (default 5 s); a request that runs past it is answered
 // with 504 and {"detail":"Request processing time exceeded limit"}.
 //
+// Admission by an adaptive concurrency limit (Config.AdaptiveConcurrency) is
+// on by default, so that sent more /work than its CPU can do, the demo keeps
+// answering at its capacity and refuses the excess with 503 and
+// Retry-After; -adaptive=false turns it off. -max-concurrency sets
+// Config.MaxConcurrency: the ceiling of the adaptive limit, or with
+// -adaptive=false a fixed limit (0: the library's default ceiling, or no
+// limit).
+//
+// The listener is wrapped in fasttimeout.RetryListener: a flood of
+// connections that exhausts the process's descriptors makes accept wait
+// and retry, instead of ending the server.
+//
 // Usage:
 //
-//	cd cmd/demo && REQUEST_TIMEOUT=1 go run . -addr 127.0.0.1:8080
+//	cd cmd/demo && REQUEST_TIMEOUT=1 go run . -addr 127.0.0.1:8080 [-mode racing|cooperative]
+//	        [-adaptive=true|false] [-max-concurrency n]
 //
 // The demo is a module of its own (its go.mod), so that the library's
 // go.mod does not depend on the Prometheus client.
@@ -56,16 +73,18 @@ func main() {
 
 // options is the demo's configuration, from flags and environment.
 type options struct {
-	addr    string
-	timeout time.Duration
-	mode    fasttimeout.Mode
+	addr           string
+	timeout        time.Duration
+	mode           fasttimeout.Mode
+	adaptive       bool // Config.AdaptiveConcurrency
+	maxConcurrency int  // Config.MaxConcurrency
 }
 
 // parseOptions reads the flags in args and REQUEST_TIMEOUT. On -h it prints
 // the usage to stderr and returns flag.ErrHelp; on bad input it returns an
 // error whose message fits on one line.
 func parseOptions(args []string, stderr io.Writer) (options, error) {
-	opts := options{addr: ":8080", mode: fasttimeout.Racing}
+	opts := options{addr: ":8080", mode: fasttimeout.Racing, adaptive: true}
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // errors are reported by run, on one line
 	fs.StringVar(&opts.addr, "addr", opts.addr, "listen `address`, host:port")
@@ -80,13 +99,17 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 		}
 		return nil
 	})
+	fs.BoolVar(&opts.adaptive, "adaptive", opts.adaptive, "admission by an adaptive concurrency limit: 503 and Retry-After for what the server cannot do in time (-adaptive=false: off)")
+	fs.IntVar(&opts.maxConcurrency, "max-concurrency", 0, "handlers running at once, late ones included: the ceiling of the adaptive limit, or with -adaptive=false a fixed limit (0: the default ceiling, or no limit)")
 	fs.Usage = func() {} // called on every parse error; run prints one line instead
 	usage := func() {
-		fmt.Fprintf(stderr, `Usage: demo [-addr host:port] [-mode racing|cooperative]
+		fmt.Fprintf(stderr, `Usage: demo [-addr host:port] [-mode racing|cooperative] [-adaptive=true|false] [-max-concurrency n]
 
 Serves GET /, /sleep/{n} (blocking), /async_sleep/{n} (cooperative),
-/debug/vars and /metrics (Prometheus), each request but the last two
-bounded by a timeout (504 past it).
+/work/{ms} (CPU-bound, cooperative), /debug/vars and /metrics
+(Prometheus), each request but the last two bounded by a timeout (504 past
+it) and, unless -adaptive=false, admitted by an adaptive concurrency limit
+(503 beyond it).
 
 Environment:
   %s  request timeout, seconds (5, 2.5) or a Go duration (500ms, 1m);
@@ -108,6 +131,9 @@ Flags:
 	if fs.NArg() > 0 {
 		return opts, fmt.Errorf("unexpected argument %q (see demo -h)", fs.Arg(0))
 	}
+	if opts.maxConcurrency < 0 {
+		return opts, fmt.Errorf("-max-concurrency must not be negative, got %d", opts.maxConcurrency)
+	}
 	if _, port, err := net.SplitHostPort(opts.addr); err != nil {
 		return opts, fmt.Errorf("-addr %q: want host:port (see demo -h)", opts.addr)
 	} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
@@ -119,6 +145,20 @@ Flags:
 	}
 	opts.timeout = timeout
 	return opts, nil
+}
+
+// admission describes the admission of requests that opts configure.
+func (o options) admission() string {
+	switch {
+	case o.adaptive && o.maxConcurrency > 0:
+		return fmt.Sprintf("adaptive concurrency limit up to %d", o.maxConcurrency)
+	case o.adaptive:
+		return fmt.Sprintf("adaptive concurrency limit up to %d", fasttimeout.DefaultMaxConcurrency)
+	case o.maxConcurrency > 0:
+		return fmt.Sprintf("concurrency limit %d", o.maxConcurrency)
+	default:
+		return "no concurrency limit"
+	}
 }
 
 // run serves until ctx is done, then shuts down gracefully. It returns the
@@ -143,11 +183,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		logger.Print(err)
 		return 1
 	}
-	server := newServer(newHandler(stats, opts.timeout, opts.mode, logger), logger)
-	logger.Printf("listening on %s, REQUEST_TIMEOUT %v, %v mode", ln.Addr(), opts.timeout, opts.mode)
+	server := newServer(newHandler(stats, opts, logger), logger)
+	logger.Printf("listening on %s, REQUEST_TIMEOUT %v, %v mode, %s", ln.Addr(), opts.timeout, opts.mode, opts.admission())
 
 	served := make(chan error, 1)
-	go func() { served <- server.Serve(ln) }()
+	go func() { served <- server.Serve(fasttimeout.RetryListener(ln, logger)) }()
 	select {
 	case err := <-served:
 		logger.Printf("server failed: %v", err)

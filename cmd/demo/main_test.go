@@ -28,19 +28,25 @@ type demo struct {
 	shutdown func() error // Server.Shutdown, once
 }
 
-// startDemo serves newHandler with timeout in racing mode until the test
-// ends.
+// startDemo serves newHandler with timeout and the other options at their
+// defaults (racing mode, adaptive admission) until the test ends.
 func startDemo(t *testing.T, timeout time.Duration) *demo {
 	t.Helper()
-	return startDemoWith(t, new(fasttimeout.Stats), timeout)
+	return startDemoWith(t, new(fasttimeout.Stats), defaultOptions(timeout))
 }
 
-func startDemoWith(t *testing.T, stats *fasttimeout.Stats, timeout time.Duration) *demo {
+// defaultOptions are the demo's options when run without flags, with
+// timeout.
+func defaultOptions(timeout time.Duration) options {
+	return options{addr: ":8080", timeout: timeout, mode: fasttimeout.Racing, adaptive: true}
+}
+
+func startDemoWith(t *testing.T, stats *fasttimeout.Stats, opts options) *demo {
 	t.Helper()
 	logs := new(syncBuffer)
 	logger := log.New(logs, "", 0)
 	ln := fasthttputil.NewInmemoryListener()
-	server := newServer(newHandler(stats, timeout, fasttimeout.Racing, logger), logger)
+	server := newServer(newHandler(stats, opts, logger), logger)
 	served := make(chan error, 1)
 	go func() { served <- server.Serve(ln) }()
 	shutdown := sync.OnceValue(func() error {
@@ -238,7 +244,7 @@ var publishedStats = sync.OnceValue(func() *fasttimeout.Stats {
 
 func TestDebugVars(t *testing.T) {
 	t.Parallel()
-	d := startDemoWith(t, publishedStats(), 50*time.Millisecond)
+	d := startDemoWith(t, publishedStats(), defaultOptions(50*time.Millisecond))
 	before := d.stats.Snapshot() // -count=N runs share the published Stats
 	status, _, _ := d.get(t, "/sleep/0.2")
 	require.Equal(t, fasthttp.StatusGatewayTimeout, status)
@@ -256,6 +262,7 @@ func TestDebugVars(t *testing.T) {
 	want.Timeouts++
 	want.LateRunning++
 	want.InFlight++
+	want.Admitted++ // by the adaptive limit, on by default
 	require.Equal(t, want, *vars.Fasttimeout,
 		"/debug/vars is not counted, and the sleeping handler still runs")
 	for _, name := range []string{"requests", "timeouts", "late_running", "late_finished", "panics", "shed", "bad_deadline_headers"} {
@@ -326,7 +333,8 @@ func TestRun(t *testing.T) {
 	t.Run("bad_flag_exits_2_with_one_line", func(t *testing.T) {
 		t.Setenv("REQUEST_TIMEOUT", "")
 		for _, args := range [][]string{{"-nope"}, {"-addr"}, {"-mode", "fast"}, {"extra"},
-			{"-addr", "127.0.0.1"}, {"-addr", "127.0.0.1:99999"}, {"-addr", ":http"}} {
+			{"-addr", "127.0.0.1"}, {"-addr", "127.0.0.1:99999"}, {"-addr", ":http"},
+			{"-adaptive=maybe"}, {"-max-concurrency", "-1"}, {"-max-concurrency", "many"}} {
 			var stderr bytes.Buffer
 			code := run(context.Background(), args, &stderr)
 			require.Equal(t, 2, code, args)
@@ -342,17 +350,48 @@ func TestRun(t *testing.T) {
 		require.Contains(t, stderr.String(), "REQUEST_TIMEOUT")
 		require.Contains(t, stderr.String(), "-addr")
 		require.Contains(t, stderr.String(), "-mode")
+		require.Contains(t, stderr.String(), "-adaptive")
+		require.Contains(t, stderr.String(), "-max-concurrency")
 	})
 
 	t.Run("options_come_from_flags_and_environment", func(t *testing.T) {
 		t.Setenv("REQUEST_TIMEOUT", "2.5")
-		opts, err := parseOptions([]string{"-addr", "127.0.0.1:9", "-mode", "cooperative"}, new(bytes.Buffer))
-		require.NoError(t, err)
-		require.Equal(t, options{addr: "127.0.0.1:9", timeout: 2500 * time.Millisecond, mode: fasttimeout.Cooperative}, opts)
+		for _, tc := range []struct {
+			args []string
+			want options
+		}{
+			{[]string{"-addr", "127.0.0.1:9", "-mode", "cooperative"},
+				options{addr: "127.0.0.1:9", timeout: 2500 * time.Millisecond, mode: fasttimeout.Cooperative, adaptive: true}},
+			{[]string{"-adaptive=false"},
+				options{addr: ":8080", timeout: 2500 * time.Millisecond, mode: fasttimeout.Racing}},
+			{[]string{"-adaptive", "-max-concurrency", "64"},
+				options{addr: ":8080", timeout: 2500 * time.Millisecond, mode: fasttimeout.Racing, adaptive: true, maxConcurrency: 64}},
+			{[]string{"-adaptive=false", "-max-concurrency=32"},
+				options{addr: ":8080", timeout: 2500 * time.Millisecond, mode: fasttimeout.Racing, maxConcurrency: 32}},
+		} {
+			opts, err := parseOptions(tc.args, new(bytes.Buffer))
+			require.NoError(t, err, tc.args)
+			require.Equal(t, tc.want, opts, tc.args)
+		}
 
 		t.Setenv("REQUEST_TIMEOUT", "")
-		opts, err = parseOptions(nil, new(bytes.Buffer))
+		opts, err := parseOptions(nil, new(bytes.Buffer))
 		require.NoError(t, err)
-		require.Equal(t, options{addr: ":8080", timeout: 5 * time.Second, mode: fasttimeout.Racing}, opts)
+		require.Equal(t, defaultOptions(5*time.Second), opts)
+	})
+
+	t.Run("the_start_line_names_the_admission", func(t *testing.T) {
+		for _, tc := range []struct {
+			adaptive bool
+			max      int
+			want     string
+		}{
+			{true, 0, "adaptive concurrency limit up to 1000"},
+			{true, 64, "adaptive concurrency limit up to 64"},
+			{false, 32, "concurrency limit 32"},
+			{false, 0, "no concurrency limit"},
+		} {
+			require.Equal(t, tc.want, options{adaptive: tc.adaptive, maxConcurrency: tc.max}.admission())
+		}
 	})
 }

@@ -7,7 +7,7 @@
 // Usage:
 //
 //	gateway [-addr 127.0.0.1:8081] [-upstream 127.0.0.1:8080] [-margin 5ms] [-max-late 1000]
-//	        [-max-conns 512] [-max-body 4194304] [-trust-envoy-headers]
+//	        [-max-conns 512] [-max-body 4194304] [-trust-envoy-headers] [-adaptive=true|false]
 //
 // As a proxy it:
 //   - waits for a free upstream connection (at most -max-conns) within the
@@ -25,7 +25,13 @@
 //   - answers 413 to a request body over -max-body bytes;
 //   - streams the upstream's response to the client as it comes; the body
 //     must arrive within the request's deadline, after which the
-//     connection to the client is closed mid-body.
+//     connection to the client is closed mid-body;
+//   - admits requests by an adaptive concurrency limit
+//     (Config.AdaptiveConcurrency), so that sent more than the upstream can
+//     answer in time it keeps answering at that rate and refuses the excess
+//     at once with 503 and Retry-After; -adaptive=false turns it off;
+//   - keeps accepting through a flood of connections that exhausts its
+//     descriptors (fasttimeout.RetryListener waits and retries accept).
 //
 // The request timeout comes from the environment variable REQUEST_TIMEOUT,
 // in seconds ("5", "2.5") or as a Go duration ("500ms"); 5 s if unset. The
@@ -42,6 +48,7 @@ import (
 	"fmt"
 	"io"
 	"iter"
+	"log"
 	"net"
 	"os"
 	"os/signal"
@@ -76,6 +83,7 @@ type options struct {
 	maxConns   int
 	maxBody    int
 	trustEnvoy bool
+	adaptive   bool // Config.AdaptiveConcurrency
 }
 
 // parseOptions reads the flags in args and REQUEST_TIMEOUT.
@@ -90,6 +98,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.maxConns, "max-conns", fasthttp.DefaultMaxConnsPerHost, "at most this many upstream connections; requests wait for one within their budget")
 	fs.IntVar(&o.maxBody, "max-body", fasthttp.DefaultMaxRequestBodySize, "answer 413 to request bodies over this many `bytes`")
 	fs.BoolVar(&o.trustEnvoy, "trust-envoy-headers", false, "the caller is trusted (an Envoy of your own): forward its X-Envoy-* headers")
+	fs.BoolVar(&o.adaptive, "adaptive", true, "admission by an adaptive concurrency limit: 503 and Retry-After for what cannot be answered in time (-adaptive=false: off)")
 	fs.Usage = func() {} // flag calls it on every error; -h is handled below
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -146,12 +155,17 @@ func run(ctx context.Context, args []string, stderr io.Writer, listening func(ne
 		MaxRequestBodySize: o.maxBody,
 	}
 	// One line for the operator, and for scripts that start it on port 0.
-	fmt.Fprintf(stderr, "gateway: listening on %s, upstream %s, REQUEST_TIMEOUT %v\n", ln.Addr(), o.upstream, o.timeout)
+	admission := "adaptive concurrency limit"
+	if !o.adaptive {
+		admission = "no concurrency limit"
+	}
+	fmt.Fprintf(stderr, "gateway: listening on %s, upstream %s, REQUEST_TIMEOUT %v, %s\n", ln.Addr(), o.upstream, o.timeout, admission)
 	if listening != nil {
 		listening(ln.Addr())
 	}
 	served := make(chan error, 1)
-	go func() { served <- server.Serve(ln) }()
+	retrying := fasttimeout.RetryListener(ln, log.New(stderr, "gateway: ", log.LstdFlags))
+	go func() { served <- server.Serve(retrying) }()
 	select {
 	case err = <-served:
 	case <-ctx.Done():
@@ -207,6 +221,7 @@ func newGateway(o options, stats *fasttimeout.Stats) fasthttp.RequestHandler {
 		HonorDeadlineHeaders: true,
 		DeadlineMargin:       o.margin,
 		MaxLateHandlers:      o.maxLate,
+		AdaptiveConcurrency:  o.adaptive,
 		Stats:                stats,
 	})
 	return func(ctx *fasthttp.RequestCtx) {

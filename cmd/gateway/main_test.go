@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -183,6 +184,7 @@ func TestBadInput(t *testing.T) {
 		{name: "negative cap", args: []string{"-max-late", "-1"}, want: "-max-late must not be negative"},
 		{name: "no upstream connections", args: []string{"-max-conns", "0"}, want: "-max-conns must be positive"},
 		{name: "no request body", args: []string{"-max-body", "0"}, want: "-max-body must be positive"},
+		{name: "adaptive not a boolean", args: []string{"-adaptive=maybe"}, want: "invalid boolean value"},
 		{name: "upstream without port", args: []string{"-upstream", "example"}, want: "-upstream wants host:port"},
 		{name: "extra argument", args: []string{"serve"}, want: `unexpected argument "serve"`},
 		{name: "REQUEST_TIMEOUT garbage", env: "abc", want: `REQUEST_TIMEOUT="abc"`},
@@ -205,5 +207,31 @@ func TestBadInput(t *testing.T) {
 		assert.Zero(t, run(context.Background(), []string{"-h"}, &stderr, nil))
 		assert.Contains(t, stderr.String(), "usage: gateway")
 		assert.Contains(t, stderr.String(), "-upstream")
+		assert.Contains(t, stderr.String(), "-adaptive")
+	})
+}
+
+func TestOptions(t *testing.T) {
+	t.Setenv("REQUEST_TIMEOUT", "")
+	for _, tc := range []struct {
+		args         []string
+		wantAdaptive bool
+	}{
+		{nil, true},
+		{[]string{"-adaptive"}, true},
+		{[]string{"-adaptive=true"}, true},
+		{[]string{"-adaptive=false"}, false},
+	} {
+		o, err := parseOptions(tc.args, io.Discard)
+		require.NoError(t, err, tc.args)
+		assert.Equal(t, tc.wantAdaptive, o.adaptive, tc.args)
+	}
+
+	t.Run("-adaptive=false serves", func(t *testing.T) {
+		upstream := startUpstream(t, func(ctx *fasthttp.RequestCtx) { ctx.SetBodyString("up") })
+		gateway := startGateway(t, "-upstream", upstream, "-adaptive=false")
+		resp := call(t, gateway, "GET", "/", "")
+		assert.Equal(t, fasthttp.StatusOK, resp.StatusCode())
+		assert.Equal(t, "up", string(resp.Body()))
 	})
 }

@@ -4,18 +4,55 @@ import (
 	"context"
 	"errors"
 	"net"
-	"runtime/debug"
 	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
 )
 
-// States of a call, in the low byte of call.state; the bits above count the
-// calls a worker has run (see call.begin). The server goroutine sets
-// callRunning; then exactly one of the handler's return (callFinished) and
-// the deadline (callTimedOut, see call.expire) wins with a compare-and-swap,
-// and only the winner signals the server goroutine.
+// States of a call, in the low byte of call.state; the bits above are its
+// generation, which counts the requests the call has served (see
+// call.begin), so that a compare-and-swap against an earlier request's
+// state fails. Every transition is a compare-and-swap within one
+// generation:
+//
+//	begin (server goroutine)
+//	  |
+//	  v
+//	+------------------------------+
+//	|            Disarm, Extend    |  expire: the deadline has    +----------+
+//	|  running  ---------------->  |----------------------------->| timedOut |
+//	|           <----------------  |  passed (running only)       +----------+
+//	|            Extend  disarmed  |                              +----------+
+//	|                              |----------------------------->| finished |
+//	+------------------------------+  leave(callFinished): the    +----------+
+//	               |                  handler returned in time
+//	               |                                              +----------+
+//	               +--------------------------------------------->|   gone   |
+//	                  leave(callGone): the client hung up         +----------+
+//
+// The server goroutine starts each request at callRunning (begin). Then:
+//
+//   - running -> timedOut (expire): the deadline has passed, as seen by the
+//     call's timer (worker.fire), by its handler returning or panicking late
+//     (worker.serve), or by a cooperative handler's return
+//     (finishCooperative). A disarmed call never times out.
+//   - running or disarmed -> finished (leave): the handler returned or
+//     panicked in time (worker.serve, finishCooperative).
+//   - running or disarmed -> gone (leave, see call.clientGone): the
+//     hang-up watch saw the client leave.
+//   - running -> disarmed (Disarm), for good; running -> disarmed -> running
+//     (Extend), holding the timer off while the deadline moves. Only in
+//     racing mode: a cooperative call keeps running, and its deadline moves
+//     under its context's lock (see call.moveDeadline).
+//
+// finished, timedOut and gone are final until begin starts the call's next
+// request: exactly one path gets there, and in racing mode only that one
+// signals the server goroutine, on worker.done: the timer (timedOut), the
+// handler's return (finished or timedOut) or the hang-up callback (gone,
+// worker.hungUp). A cooperative handler runs on the server goroutine, so
+// nobody signals it: finishCooperative settles the call itself, and finds
+// it gone if the hang-up came first.
 const (
 	callFinished uint64 = iota
 	callRunning
@@ -155,7 +192,7 @@ func (c *call) context() context.Context {
 		if c.watch.Load()&watchMask == watchPending {
 			b.call, b.conn, b.watchAt, b.watching = c, c.conn, c.watchAt.Load(), contextPending
 		}
-		c.m.clock.watch(b)
+		c.m.housekeeper.watch(b)
 	case c.phase() == callTimedOut:
 		// The call timed out before expire could see b.
 		b.cancel(context.DeadlineExceeded, &timeoutCause)
@@ -163,7 +200,7 @@ func (c *call) context() context.Context {
 		b.cancel(context.Canceled, &goneCause) // as above, for clientGone
 	}
 	// A racing call's context needs no watch: expire cancels it through
-	// the call, and the clock checks running calls for shutdown anyway.
+	// the call, and the housekeeper checks running calls for shutdown anyway.
 	return b
 }
 
@@ -178,93 +215,9 @@ func (c *call) end() {
 	}
 	if b := c.bridge.Swap(nil); b != nil {
 		if c.m.mode == Cooperative {
-			c.m.clock.unwatch(b)
+			c.m.housekeeper.unwatch(b)
 		}
 		b.request.Store(nil) // first: the RequestCtx may be reused from now on
 		b.cancel(context.Canceled, nil)
 	}
-}
-
-// worker is a pooled goroutine that runs raced handlers, one at a time.
-type worker struct {
-	call
-	work     chan struct{} // cap 1: run call; closed to retire the worker
-	done     chan struct{} // cap 1: the race of the current call is decided
-	gone     func()        // w.hungUp, made once: the hang-up callback of its calls
-	lastUsed atomic.Int64  // when it last went idle; read by the clock to retire it
-
-	// owners counts who still holds a timed-out call: its server goroutine,
-	// until it has taken the clock's signal and answered, and its late
-	// handler, until it returns. The last one returns the worker to the
-	// pool, so that no stale signal or late write can reach the next call.
-	owners atomic.Int32
-	dead   bool // the goroutine called runtime.Goexit; set before owners drops
-
-	removed bool // gone from the clock's registry; guarded by clock.mu
-}
-
-func (w *worker) loop() {
-	for range w.work {
-		w.serve()
-	}
-}
-
-// fire runs when the timer of the worker's call goes off. It may be the
-// timer of an earlier call that finished as it fired: expire then finds the
-// deadline of the current call ahead, or another generation, and does
-// nothing.
-func (w *worker) fire() {
-	t := now()
-	if w.call.expire(t) {
-		w.done <- struct{}{} // the server goroutine answers with the timeout response
-		return
-	}
-	w.watchClient(t)
-}
-
-// serve runs the current call's handler and settles the race.
-func (w *worker) serve() {
-	c := &w.call
-	m := c.m
-	returned := false
-	defer func() {
-		goexit := false
-		if !returned {
-			c.panicked = true
-			if c.panicValue = recover(); c.panicValue == nil {
-				// Only runtime.Goexit unwinds without a value; it ends
-				// this goroutine once the deferred calls have run.
-				goexit = true
-				c.panicValue = errGoexit
-				m.clock.dropWorker(w)
-			}
-			m.stats.panics.Add(1)
-		}
-		if m.countRequests {
-			m.stats.inFlight.Add(-1)
-		}
-		// A handler that returns or panics after its deadline is late,
-		// even if its timer has not run yet (a stalled or starved process).
-		// The slot goes back before the server goroutine is signalled:
-		// from then on the call may be another request's.
-		t := now()
-		if c.expire(t) {
-			m.release(c, t, false)
-			w.done <- struct{}{}
-		} else if c.leave(callFinished) {
-			m.release(c, t, true)
-			c.end()
-			w.done <- struct{}{}
-			return
-		} else {
-			m.release(c, t, false)
-		}
-		var stack []byte
-		if c.panicked && !goexit {
-			stack = debug.Stack() // still the panicking stack: deferred calls run on it
-		}
-		m.lateReturn(w, stack, goexit)
-	}()
-	m.handler(c.ctx)
-	returned = true
 }

@@ -1,0 +1,164 @@
+package fasttimeout_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/valyala/fasthttp"
+
+	"github.com/fasttimeout/fasttimeout"
+)
+
+func TestNew_rejects_bad_configuration(t *testing.T) {
+	t.Parallel()
+	ok := func(*fasthttp.RequestCtx) {}
+	tests := []struct {
+		name    string
+		handler fasthttp.RequestHandler
+		cfg     fasttimeout.Config
+		want    string
+	}{
+		{"nil_handler", nil, fasttimeout.Config{}, "handler"},
+		{"negative_timeout", ok, fasttimeout.Config{Timeout: -time.Second}, "Timeout"},
+		{"status_below_100", ok, fasttimeout.Config{StatusCode: 42}, "StatusCode"},
+		{"status_above_599", ok, fasttimeout.Config{StatusCode: 600}, "StatusCode"},
+		{"unknown_mode", ok, fasttimeout.Config{Mode: 7}, "Mode(7)"},
+		{"precision_too_fine", ok, fasttimeout.Config{Precision: time.Microsecond}, "Precision"},
+		{"negative_margin", ok, fasttimeout.Config{DeadlineMargin: -1}, "DeadlineMargin"},
+		{"negative_late_cap", ok, fasttimeout.Config{MaxLateHandlers: -1}, "MaxLateHandlers"},
+		{"negative_retry_after", ok, fasttimeout.Config{RetryAfter: -time.Second}, "RetryAfter"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			defer func() {
+				msg, _ := recover().(string)
+				assert.True(t, strings.HasPrefix(msg, "fasttimeout: "), "panic message %q", msg)
+				assert.Contains(t, msg, tt.want)
+			}()
+			fasttimeout.New(tt.handler, tt.cfg)
+			t.Error("New did not panic")
+		})
+	}
+}
+
+func TestMode_String(t *testing.T) {
+	t.Parallel()
+	assert.Equal(t, "racing", fasttimeout.Racing.String())
+	assert.Equal(t, "cooperative", fasttimeout.Cooperative.String())
+	assert.Equal(t, "Mode(9)", fasttimeout.Mode(9).String())
+}
+
+func TestMode_text_round_trip(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		text, err := mode.MarshalText()
+		require.NoError(t, err)
+		var got fasttimeout.Mode
+		require.NoError(t, got.UnmarshalText(text))
+		assert.Equal(t, mode, got)
+	}
+	var m fasttimeout.Mode
+	assert.ErrorContains(t, m.UnmarshalText([]byte("fast")), `got "fast"`)
+	_, err := fasttimeout.Mode(9).MarshalText()
+	assert.Error(t, err)
+}
+
+func TestTimeoutFunc(t *testing.T) {
+	t.Parallel()
+
+	t.Run("chooses the timeout per path", func(t *testing.T) {
+		t.Parallel()
+		for _, mode := range allModes {
+			release := make(chan struct{})
+			s := serve(t, fasttimeout.New(waitDone(release), fasttimeout.Config{
+				Timeout: time.Minute,
+				Mode:    mode,
+				TimeoutFunc: func(ctx *fasthttp.RequestCtx) time.Duration {
+					if string(ctx.Path()) == "/quick" {
+						return 20 * time.Millisecond
+					}
+					return 0 // the configured minute
+				},
+			}))
+			status, _, _ := s.get(t, "/quick")
+			assert.Equal(t, fasthttp.StatusGatewayTimeout, status, mode)
+			close(release)
+		}
+	})
+
+	t.Run("zero or negative means the configured timeout", func(t *testing.T) {
+		t.Parallel()
+		for _, d := range []time.Duration{0, -time.Second} {
+			left := make(chan time.Duration, 1)
+			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				r, _ := fasttimeout.Remaining(ctx)
+				left <- r
+			}, fasttimeout.Config{Timeout: 3 * time.Second, TimeoutFunc: func(*fasthttp.RequestCtx) time.Duration { return d }}))
+			s.get(t, "/")
+			r := <-left
+			assert.LessOrEqual(t, r, 3*time.Second)
+			assert.Greater(t, r, 2*time.Second)
+		}
+	})
+
+	t.Run("the caller's budget still applies to a chosen timeout", func(t *testing.T) {
+		t.Parallel()
+		left := make(chan time.Duration, 1)
+		s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+			r, _ := fasttimeout.Remaining(ctx)
+			left <- r
+		}, fasttimeout.Config{
+			HonorDeadlineHeaders: true,
+			TimeoutFunc:          func(*fasthttp.RequestCtx) time.Duration { return time.Hour },
+		}))
+		send(t, s, "grpc-timeout", "2S")
+		assert.LessOrEqual(t, <-left, 2*time.Second)
+	})
+}
+
+func TestSkip(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		t.Run("skipped requests run without deadline, "+mode.String(), func(t *testing.T) {
+			t.Parallel()
+			stats := new(fasttimeout.Stats)
+			type seen struct{ remaining, deadline bool }
+			seenc := make(chan seen, 1)
+			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				_, remaining := fasttimeout.Remaining(ctx)
+				_, deadline := fasttimeout.Context(ctx).Deadline()
+				seenc <- seen{remaining: remaining, deadline: deadline}
+				if string(ctx.Path()) == "/health" {
+					// Outlive the timeout: a skipped request is never answered 504.
+					<-time.After(60 * time.Millisecond)
+				}
+			}, fasttimeout.Config{
+				Timeout: 20 * time.Millisecond, Mode: mode, Stats: stats, HonorDeadlineHeaders: true,
+				Skip: func(ctx *fasthttp.RequestCtx) bool { return string(ctx.Path()) == "/health" },
+			}))
+
+			status, _, _ := s.get(t, "/health")
+			assert.Equal(t, fasthttp.StatusOK, status)
+			assert.Equal(t, seen{}, <-seenc, "no deadline for a skipped request")
+			s.get(t, "/api")
+			assert.Equal(t, seen{remaining: true, deadline: true}, <-seenc)
+
+			req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+			req.SetRequestURI("http://test/health")
+			req.Header.Set("grpc-timeout", "0S")
+			require.NoError(t, s.client.DoTimeout(req, resp, 10*time.Second))
+			assert.Equal(t, fasthttp.StatusOK, resp.StatusCode(), "deadline headers do not apply to skipped requests")
+			<-seenc
+			fasthttp.ReleaseRequest(req)
+			fasthttp.ReleaseResponse(resp)
+
+			c := stats.Snapshot()
+			assert.Equal(t, int64(3), c.Requests)
+			assert.Zero(t, c.Timeouts)
+		})
+	}
+}

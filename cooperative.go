@@ -1,0 +1,87 @@
+package fasttimeout
+
+import (
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// callPool holds the calls of cooperative requests. A call goes back only
+// when its handler has returned; its context, if any, does not point to it.
+var callPool sync.Pool
+
+// serveCooperative is the handler New returns in cooperative mode: the
+// handler runs on the server goroutine, and finishCooperative settles the
+// call when it returns.
+func (m *middleware) serveCooperative(ctx *fasthttp.RequestCtx) {
+	start, deadline, admitted, run := m.admit(ctx)
+	if !run {
+		return
+	}
+	c, _ := callPool.Get().(*call)
+	if c == nil {
+		c = new(call)
+	}
+	c.m = m
+	c.admitted = admitted
+	c.begin(ctx, start, deadline)
+	defer m.finishCooperative(c, ctx)
+	m.handler(ctx)
+}
+
+// finishCooperative runs, deferred, when a cooperative handler returns or
+// panics. As in racing mode, a panic before the deadline goes on with its
+// value; a handler that returns or panics after it, or after its client
+// hung up, is late: its panic goes to OnPanic, and the client gets the
+// timeout response (or nothing, if it is gone).
+func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
+	v := recover()
+	if m.countRequests {
+		m.stats.inFlight.Add(-1)
+	}
+	t := now()
+	// Settle the call before its context's watch ends: from then on, a
+	// hang-up no longer changes it.
+	if !c.expire(t) {
+		c.leave(callFinished)
+	}
+	over, overAt, start := c.phase(), c.overAt.Load(), c.start
+	m.release(c, t, over == callFinished)
+	c.end()
+	c.ctx = nil
+	c.conn = nil
+	callPool.Put(c)
+	late := over == callTimedOut || over == callGone
+	if v != nil {
+		m.stats.panics.Add(1)
+		if !late {
+			panic(v)
+		}
+		m.reportPanic(ctx, v, debug.Stack())
+	}
+	if !late {
+		return
+	}
+	m.late.Add(-1)
+	m.stats.lateRunning.Add(-1)
+	m.stats.lateFinished.Add(1)
+	m.stats.lateRun.observe(time.Duration(t - overAt))
+	if m.onLateReturn != nil {
+		m.onLateReturn(ctx, time.Duration(t-overAt))
+	}
+	if over == callGone {
+		if m.onHangup != nil {
+			m.onHangup(ctx, time.Duration(overAt-start))
+		}
+		writeGoneResponse(&ctx.Response)
+		return
+	}
+	m.stats.answerLateness.observe(time.Duration(t - overAt))
+	ctx.Response.Reset()
+	m.writeTimeoutResponse(&ctx.Response)
+	if m.onTimeout != nil {
+		m.onTimeout(ctx, &ctx.Response)
+	}
+}

@@ -1,0 +1,272 @@
+package fasttimeout
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+const (
+	// idleWorkerTimeout is how long an idle worker goroutine is kept for
+	// reuse before it exits.
+	idleWorkerTimeout = time.Second
+	// restPeriod is how often a housekeeper with no context to watch wakes
+	// up to watch for shutdown and retire idle workers.
+	restPeriod = 100 * time.Millisecond
+)
+
+// housekeeper is the one goroutine per middleware that cancels cooperative
+// contexts at their deadline and starts the hang-up watch of their clients,
+// cancels contexts at server shutdown, and retires idle workers. It keeps no
+// time for racing requests: each has its own timer (see call.expire). It
+// runs only while the middleware has workers or watched contexts, ticking
+// every precision while contexts are watched and resting otherwise, and
+// exits once everything is idle and retired.
+type housekeeper struct {
+	precision time.Duration
+
+	idle idleWorkers
+
+	// snapshot holds every live worker, idle or busy, for the housekeeper to scan
+	// without locking; it is replaced, under mu, when workers start or exit.
+	snapshot atomic.Pointer[[]*worker]
+
+	mu       sync.Mutex
+	running  bool              // the housekeeper goroutine exists
+	contexts []*requestContext // contexts whose deadline or shutdown is watched
+
+	resting atomic.Bool   // it ticks slowly; a newly watched context must wake it
+	wake    chan struct{} // cap 1: ends a rest early
+}
+
+// newHousekeeper returns a housekeeper that ticks every precision while it
+// watches contexts. It starts its goroutine only when needed.
+func newHousekeeper(precision time.Duration) *housekeeper {
+	return &housekeeper{precision: precision, wake: make(chan struct{}, 1)}
+}
+
+// startLocked starts the housekeeper goroutine if it is not running. h.mu
+// is held.
+func (h *housekeeper) startLocked() {
+	if !h.running {
+		h.running = true
+		h.resting.Store(false)
+		go h.run()
+	}
+}
+
+// nudge ends a rest, so a context watched now is checked at full
+// precision.
+func (h *housekeeper) nudge() {
+	if h.resting.Load() && h.resting.CompareAndSwap(true, false) {
+		select {
+		case h.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (h *housekeeper) run() {
+	ticker := time.NewTicker(h.precision)
+	defer ticker.Stop()
+	lastRetire := now()
+	for {
+		select {
+		case <-ticker.C:
+		case <-h.wake:
+			ticker.Reset(h.precision)
+		}
+		t := now()
+		h.watchCalls()
+		busy := h.expireContexts(t)
+		if t-lastRetire >= int64(restPeriod) {
+			lastRetire = t
+			if !h.retireIdle(t) {
+				return
+			}
+		}
+		if !busy && !h.resting.Load() {
+			// Rest, then look once more: a context watched before the
+			// flag was set did not nudge, and must be seen now.
+			h.resting.Store(true)
+			if h.expireContexts(now()) {
+				h.resting.Store(false)
+				continue
+			}
+			ticker.Reset(restPeriod)
+		}
+	}
+}
+
+// watchCalls cancels the contexts of racing calls whose server is shutting
+// down. Deadlines are not its business: each racing call has its own timer
+// (see call.expire); so racing calls alone never keep the housekeeper from
+// resting, and shutdown reaches their contexts within a rest period.
+func (h *housekeeper) watchCalls() {
+	workers := h.snapshot.Load()
+	if workers == nil {
+		return
+	}
+	var shutdown serverWatch
+	for _, w := range *workers {
+		c := &w.call
+		switch c.phase() {
+		case callRunning, callDisarmed:
+		default:
+			continue
+		}
+		if b := c.bridge.Load(); b != nil && shutdown.closed(b.serverDone) {
+			b.cancel(context.Canceled, &shutdownCause)
+		}
+	}
+}
+
+// serverWatch tells whether a server's done channel is closed, checking each
+// channel once per scan: most requests share one server.
+type serverWatch struct {
+	last   <-chan struct{}
+	isDone bool
+}
+
+func (s *serverWatch) closed(done <-chan struct{}) bool {
+	if done != s.last {
+		s.last = done
+		select {
+		case <-done:
+			s.isDone = true
+		default:
+			s.isDone = false
+		}
+	}
+	return s.isDone
+}
+
+// expireContexts cancels the watched contexts whose deadline has passed or
+// whose server is shutting down. It reports whether any remain watched.
+func (h *housekeeper) expireContexts(t int64) (busy bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var shutdown serverWatch
+	for i := 0; i < len(h.contexts); {
+		b := h.contexts[i]
+		switch {
+		case b.deadline.Load() <= t && b.expire(t):
+			h.unwatchLocked(b)
+		case shutdown.closed(b.serverDone):
+			h.unwatchLocked(b)
+			b.cancel(context.Canceled, &shutdownCause)
+		default:
+			if b.watching == contextPending && b.watchAt <= t {
+				var ok bool
+				if b.hangup, ok = clientHangups.add(b.conn, b.hungUp); ok {
+					b.watching = contextRegistered
+				} else {
+					b.watching = contextUnwatched
+				}
+			}
+			i++
+		}
+	}
+	return len(h.contexts) > 0
+}
+
+// retireIdle stops the workers idle for longer than idleWorkerTimeout. It
+// reports whether the housekeeper must keep running.
+func (h *housekeeper) retireIdle(t int64) bool {
+	retired := h.idle.takeStale(t - int64(idleWorkerTimeout))
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, w := range retired {
+		close(w.work)
+	}
+	if len(retired) > 0 {
+		h.removeWorkersLocked(retired...)
+	}
+	if len(h.workersLocked()) == 0 && len(h.contexts) == 0 {
+		h.running = false
+		return false
+	}
+	return true
+}
+
+// watch makes the housekeeper cancel b at its deadline or at server shutdown.
+func (h *housekeeper) watch(b *requestContext) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if b.deadline.Load() <= now() {
+		b.cancel(context.DeadlineExceeded, &timeoutCause)
+		return
+	}
+	b.slot = len(h.contexts)
+	h.contexts = append(h.contexts, b)
+	h.startLocked()
+	h.nudge()
+}
+
+// unwatch stops watching b, if it is watched.
+func (h *housekeeper) unwatch(b *requestContext) {
+	h.mu.Lock()
+	h.unwatchLocked(b)
+	h.mu.Unlock()
+}
+
+func (h *housekeeper) unwatchLocked(b *requestContext) {
+	if b.watching == contextRegistered {
+		clientHangups.remove(b.hangup) // final: no callback runs after it
+	}
+	b.watching = contextUnwatched
+	i := b.slot
+	if i < 0 {
+		return
+	}
+	last := len(h.contexts) - 1
+	h.contexts[i] = h.contexts[last]
+	h.contexts[i].slot = i
+	h.contexts[last] = nil
+	h.contexts = h.contexts[:last]
+	b.slot = -1
+}
+
+// addWorker registers a new worker so that the housekeeper checks its calls
+// and retires it when idle.
+func (h *housekeeper) addWorker(w *worker) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	// Append in place when there is room: a scan of an earlier snapshot
+	// never reads past its own length, so it cannot see the new slot.
+	workers := append(h.workersLocked(), w)
+	h.snapshot.Store(&workers)
+	h.startLocked()
+}
+
+// removeWorkersLocked forgets workers that have exited. h.mu is held.
+func (h *housekeeper) removeWorkersLocked(gone ...*worker) {
+	for _, w := range gone {
+		w.removed = true
+	}
+	// A new array: the housekeeper may be scanning the current one.
+	old := h.workersLocked()
+	workers := make([]*worker, 0, len(old))
+	for _, w := range old {
+		if !w.removed {
+			workers = append(workers, w)
+		}
+	}
+	h.snapshot.Store(&workers)
+}
+
+// workersLocked returns the registered workers. h.mu is held.
+func (h *housekeeper) workersLocked() []*worker {
+	if workers := h.snapshot.Load(); workers != nil {
+		return *workers
+	}
+	return nil
+}
+
+// dropWorker forgets a worker whose goroutine is ending.
+func (h *housekeeper) dropWorker(w *worker) {
+	h.mu.Lock()
+	h.removeWorkersLocked(w)
+	h.mu.Unlock()
+}

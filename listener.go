@@ -1,0 +1,162 @@
+package fasttimeout
+
+import (
+	"errors"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+const (
+	// retryFirstDelay and retryMaxDelay bound the backoff between accepts
+	// that failed for lack of resources: net/http's Server.Serve uses the
+	// same, 5 ms doubling up to 1 s.
+	retryFirstDelay = 5 * time.Millisecond
+	retryMaxDelay   = time.Second
+	// retryLogEvery is the least time between two log lines about failed
+	// accepts: a flood of connections fails an accept every few
+	// milliseconds, and a line for each would flood the log too.
+	retryLogEvery = time.Second
+)
+
+// RetryListener returns a listener whose Accept rides out a lack of
+// resources instead of failing, so that a flood of connections cannot end
+// [fasthttp.Server.Serve]. fasthttp takes every accept error but a timeout
+// for a permanent one: a single EMFILE ("too many open files") makes Serve
+// return, and usually the process exit, while the descriptors it lacked
+// come free as soon as some connections close. Wrap the listener given to
+// Serve:
+//
+//	ln, err := net.Listen("tcp", ":8080")
+//	...
+//	err = server.Serve(fasttimeout.RetryListener(ln, logger))
+//
+// When the wrapped listener's Accept fails with EMFILE, ENFILE, ENOBUFS,
+// ENOMEM or ECONNABORTED, Accept waits and tries again, with a delay that
+// starts at 5 ms and doubles up to 1 s, as net/http's Server.Serve does;
+// each call to Accept starts again at 5 ms. The errors are matched with
+// errors.Is on syscall's errnos, as the net package returns them on Unix;
+// neither Winsock's own codes nor Plan 9's error strings are matched. Any
+// other error is returned as is. A connection is returned as the wrapped
+// listener returned it, not wrapped, so the watch of clients for hang-ups,
+// which needs its descriptor, works as without RetryListener.
+//
+// Each failure is reported through logger, unless it is nil (pass the
+// server's Logger, if it has one): the first at once, then at most one line
+// a second, which counts the failures since the line before.
+//
+// Close closes the wrapped listener and ends a wait at once: the waiting
+// Accept returns a *net.OpError wrapping [net.ErrClosed], which Serve takes
+// for the listener's end (it returns nil, as after Shutdown). Addr is the
+// wrapped listener's. RetryListener panics if ln is nil.
+func RetryListener(ln net.Listener, logger fasthttp.Logger) net.Listener {
+	if ln == nil {
+		panic("fasttimeout: RetryListener: nil listener")
+	}
+	return &retryListener{
+		Listener:   ln,
+		logger:     logger,
+		closed:     make(chan struct{}),
+		firstDelay: retryFirstDelay,
+		maxDelay:   retryMaxDelay,
+		now:        time.Now,
+	}
+}
+
+// retryListener is the listener RetryListener returns.
+type retryListener struct {
+	net.Listener
+	logger    fasthttp.Logger
+	closed    chan struct{} // closed by Close, ends a wait between accepts
+	closeOnce sync.Once
+
+	// The backoff between retries, and the clock of the log's rate
+	// limit: constants and time.Now but in tests.
+	firstDelay, maxDelay time.Duration
+	now                  func() time.Time
+
+	mu       sync.Mutex // guards the log's rate limit
+	lastLog  time.Time  // when the last line was written; zero before the first
+	unlogged int        // failures since then not reported
+}
+
+// Accept waits for the next connection, retrying the errors that pass.
+func (l *retryListener) Accept() (net.Conn, error) {
+	var delay time.Duration
+	for {
+		conn, err := l.Listener.Accept()
+		if err == nil || !retriedAcceptError(err) {
+			return conn, err
+		}
+		delay = l.nextDelay(delay)
+		l.report(err, delay)
+		timer := time.NewTimer(delay)
+		select {
+		case <-timer.C:
+		case <-l.closed:
+			timer.Stop()
+			return nil, l.closedError()
+		}
+	}
+}
+
+// Close closes the wrapped listener and ends a wait in Accept.
+func (l *retryListener) Close() error {
+	l.closeOnce.Do(func() { close(l.closed) })
+	return l.Listener.Close()
+}
+
+// nextDelay returns the delay before the next try, after one of prev (zero
+// before the first retry).
+func (l *retryListener) nextDelay(prev time.Duration) time.Duration {
+	if prev <= 0 {
+		return l.firstDelay
+	}
+	return min(2*prev, l.maxDelay)
+}
+
+// report logs err, to be retried after delay, unless a line was written
+// less than retryLogEvery ago: then it only counts it for the next line.
+func (l *retryListener) report(err error, delay time.Duration) {
+	if l.logger == nil {
+		return
+	}
+	l.mu.Lock()
+	now := l.now()
+	if !l.lastLog.IsZero() && now.Sub(l.lastLog) < retryLogEvery {
+		l.unlogged++
+		l.mu.Unlock()
+		return
+	}
+	unlogged := l.unlogged
+	l.lastLog, l.unlogged = now, 0
+	l.mu.Unlock()
+	if unlogged == 0 {
+		l.logger.Printf("fasttimeout: accept: %v; retrying in %v", err, delay)
+		return
+	}
+	l.logger.Printf("fasttimeout: accept: %v; retrying in %v (%d failures since the last line)", err, delay, unlogged+1)
+}
+
+// closedError is what Accept returns when Close ends its wait: what the net
+// package returns from a closed listener, so that fasthttp, which looks
+// for the message of net.ErrClosed, and errors.Is both see the end.
+func (l *retryListener) closedError() error {
+	e := &net.OpError{Op: "accept", Err: net.ErrClosed}
+	if addr := l.Listener.Addr(); addr != nil {
+		e.Net, e.Addr = addr.Network(), addr
+	}
+	return e
+}
+
+// retriedAcceptError reports whether Accept retries after err.
+func retriedAcceptError(err error) bool {
+	for _, target := range retriedAcceptErrors {
+		if errors.Is(err, target) {
+			return true
+		}
+	}
+	return false
+}

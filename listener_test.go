@@ -1,0 +1,345 @@
+//go:build !plan9
+
+package fasttimeout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"github.com/valyala/fasthttp"
+)
+
+// listenerBound bounds every wait of the listener's tests: far longer than
+// anything takes on a loaded machine, far shorter than a wait that never
+// ends.
+const listenerBound = 30 * time.Second
+
+// fakeAddr is the address of every fakeListener.
+var fakeAddr = &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8080}
+
+// fakeListener is a listener whose Accept follows a script: the errors in
+// errs, one a call, then conn (if not nil), then err forever (if not nil);
+// after that it waits for Close. Once closed, Accept returns what a closed
+// net listener returns. Accept must be called by one goroutine at a time.
+type fakeListener struct {
+	errs []error
+	conn net.Conn
+	err  error
+
+	calls     atomic.Int64
+	called    chan struct{} // a token per call, if not nil; dropped when full
+	closed    chan struct{}
+	closeOnce sync.Once
+}
+
+func newFakeListener(errs []error, conn net.Conn, err error) *fakeListener {
+	return &fakeListener{errs: errs, conn: conn, err: err, called: make(chan struct{}, 1), closed: make(chan struct{})}
+}
+
+func (l *fakeListener) Accept() (net.Conn, error) {
+	n := int(l.calls.Add(1)) - 1
+	select {
+	case l.called <- struct{}{}:
+	default:
+	}
+	select {
+	case <-l.closed:
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: fakeAddr, Err: net.ErrClosed}
+	default:
+	}
+	switch {
+	case n < len(l.errs):
+		return nil, l.errs[n]
+	case n == len(l.errs) && l.conn != nil:
+		return l.conn, nil
+	case l.err != nil:
+		return nil, l.err
+	}
+	<-l.closed
+	return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: fakeAddr, Err: net.ErrClosed}
+}
+
+func (l *fakeListener) Close() error {
+	l.closeOnce.Do(func() { close(l.closed) })
+	return nil
+}
+
+func (l *fakeListener) Addr() net.Addr { return fakeAddr }
+
+// acceptErr is err as the net package returns it from Accept on Linux.
+func acceptErr(err error) error {
+	return &net.OpError{Op: "accept", Net: "tcp", Addr: fakeAddr, Err: os.NewSyscallError("accept4", err)}
+}
+
+// lineLogger keeps the lines logged through it.
+type lineLogger struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *lineLogger) Printf(format string, args ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, fmt.Sprintf(format, args...))
+}
+
+func (l *lineLogger) logged() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.lines...)
+}
+
+// newQuickRetryListener is RetryListener around inner with delays of a
+// nanosecond, so that retries take no time.
+func newQuickRetryListener(inner net.Listener, logger fasthttp.Logger) *retryListener {
+	l := RetryListener(inner, logger).(*retryListener)
+	l.firstDelay, l.maxDelay = time.Nanosecond, time.Nanosecond
+	return l
+}
+
+func TestRetryListener_accept(t *testing.T) {
+	t.Parallel()
+	emfile := acceptErr(syscall.EMFILE)
+	for _, tc := range []struct {
+		name    string
+		errs    []error
+		wantErr error // nil: the connection after errs
+	}{
+		{name: "EMFILE_is_retried", errs: []error{emfile, emfile, emfile}},
+		{name: "ENFILE_is_retried", errs: []error{acceptErr(syscall.ENFILE)}},
+		{name: "ENOBUFS_is_retried", errs: []error{acceptErr(syscall.ENOBUFS)}},
+		{name: "ENOMEM_is_retried", errs: []error{acceptErr(syscall.ENOMEM)}},
+		{name: "ECONNABORTED_is_retried", errs: []error{acceptErr(syscall.ECONNABORTED)}},
+		{name: "a_bare_errno_is_retried", errs: []error{syscall.EMFILE}},
+		{name: "a_mix_is_retried", errs: []error{emfile, acceptErr(syscall.ENOBUFS), acceptErr(syscall.ECONNABORTED), emfile}},
+		{name: "no_error_returns_the_connection", errs: nil},
+		{name: "EINVAL_is_returned", errs: []error{acceptErr(syscall.EINVAL)}, wantErr: acceptErr(syscall.EINVAL)},
+		{name: "ECONNRESET_is_returned", errs: []error{acceptErr(syscall.ECONNRESET)}, wantErr: acceptErr(syscall.ECONNRESET)},
+		{name: "a_timeout_is_returned", errs: []error{acceptErr(os.ErrDeadlineExceeded)}, wantErr: acceptErr(os.ErrDeadlineExceeded)},
+		{name: "a_closed_listener_is_returned", errs: []error{acceptErr(net.ErrClosed)}, wantErr: acceptErr(net.ErrClosed)},
+		{name: "io.EOF_is_returned", errs: []error{io.EOF}, wantErr: io.EOF},
+		{name: "any_other_error_is_returned", errs: []error{errors.New("boom")}, wantErr: errors.New("boom")},
+		{name: "an_error_after_retries_is_returned", errs: []error{emfile, emfile, acceptErr(syscall.EINVAL)}, wantErr: acceptErr(syscall.EINVAL)},
+	} {
+		for _, logger := range []*lineLogger{new(lineLogger), nil} {
+			name := tc.name + "/logged"
+			var asLogger fasthttp.Logger = logger
+			if logger == nil {
+				name, asLogger = tc.name+"/nil_logger", nil
+			}
+			t.Run(name, func(t *testing.T) {
+				t.Parallel()
+				client, server := net.Pipe()
+				t.Cleanup(func() { _ = client.Close(); _ = server.Close() })
+				inner := newFakeListener(tc.errs, server, nil)
+				l := newQuickRetryListener(inner, asLogger)
+
+				conn, err := l.Accept()
+				if tc.wantErr != nil {
+					require.Equal(t, tc.wantErr, err, "returned as is")
+					require.Nil(t, conn)
+					require.EqualValues(t, len(tc.errs), inner.calls.Load(), "no retry after the error")
+				} else {
+					require.NoError(t, err)
+					require.Same(t, server, conn, "the connection, not wrapped")
+					require.EqualValues(t, len(tc.errs)+1, inner.calls.Load(), "a try per retried error")
+				}
+				if logger == nil {
+					return
+				}
+				retried := len(tc.errs)
+				if tc.wantErr != nil {
+					retried--
+				}
+				lines := logger.logged()
+				if retried == 0 {
+					require.Empty(t, lines)
+					return
+				}
+				require.Len(t, lines, 1, "the failures within a second make one line")
+				require.Equal(t, fmt.Sprintf("fasttimeout: accept: %v; retrying in 1ns", tc.errs[0]), lines[0])
+			})
+		}
+	}
+}
+
+func TestRetryListener_backoff_doubles_from_5ms_to_1s(t *testing.T) {
+	t.Parallel()
+	l := RetryListener(newFakeListener(nil, nil, nil), nil).(*retryListener)
+	var got []time.Duration
+	var d time.Duration
+	for range 11 {
+		d = l.nextDelay(d)
+		got = append(got, d)
+	}
+	ms := time.Millisecond
+	require.Equal(t, []time.Duration{5 * ms, 10 * ms, 20 * ms, 40 * ms, 80 * ms, 160 * ms, 320 * ms, 640 * ms, time.Second, time.Second, time.Second}, got)
+}
+
+// The log gets the first failure at once, then one line a second at most,
+// counting the failures since the line before: at the clock's steps of
+// 600 ms, failures 1, 3 and 5 are written.
+func TestRetryListener_log_is_rate_limited(t *testing.T) {
+	t.Parallel()
+	emfile := acceptErr(syscall.EMFILE)
+	client, server := net.Pipe()
+	t.Cleanup(func() { _ = client.Close(); _ = server.Close() })
+	logger := new(lineLogger)
+	l := RetryListener(newFakeListener([]error{emfile, emfile, emfile, emfile, emfile}, server, nil), logger).(*retryListener)
+	clock := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	l.now = func() time.Time { // called with l.mu held
+		now := clock
+		clock = clock.Add(600 * time.Millisecond)
+		return now
+	}
+
+	conn, err := l.Accept()
+	require.NoError(t, err)
+	require.Same(t, server, conn)
+	prefix := "fasttimeout: accept: accept tcp 127.0.0.1:8080: accept4: too many open files; retrying in "
+	require.Equal(t, []string{
+		prefix + "5ms",
+		prefix + "20ms (2 failures since the last line)",
+		prefix + "80ms (2 failures since the last line)",
+	}, logger.logged())
+}
+
+// Close ends a wait between tries at once (the delay here is an hour), and
+// the waiting Accept says the listener is closed, as a closed net listener
+// does.
+func TestRetryListener_Close_ends_the_wait(t *testing.T) {
+	t.Parallel()
+	inner := newFakeListener(nil, nil, acceptErr(syscall.EMFILE))
+	l := RetryListener(inner, nil).(*retryListener)
+	l.firstDelay, l.maxDelay = time.Hour, time.Hour
+	type accepted struct {
+		conn net.Conn
+		err  error
+	}
+	done := make(chan accepted, 1)
+	go func() {
+		conn, err := l.Accept()
+		done <- accepted{conn, err}
+	}()
+	select {
+	case <-inner.called:
+	case <-time.After(listenerBound):
+		t.Fatal("Accept did not call the wrapped listener")
+	}
+
+	require.NoError(t, l.Close())
+	var got accepted
+	select {
+	case got = <-done:
+	case <-time.After(listenerBound):
+		t.Fatal("Accept still waits after Close")
+	}
+	require.Nil(t, got.conn)
+	require.ErrorIs(t, got.err, net.ErrClosed)
+	var opErr *net.OpError
+	require.ErrorAs(t, got.err, &opErr)
+	require.Equal(t, "accept", opErr.Op)
+	require.Equal(t, fakeAddr, opErr.Addr)
+	require.Contains(t, got.err.Error(), "use of closed network connection", "what fasthttp looks for")
+	select {
+	case <-inner.closed:
+	default:
+		t.Error("the wrapped listener is not closed")
+	}
+	require.Equal(t, fakeAddr, l.Addr())
+}
+
+// fasthttp's Shutdown closes the listener: Serve returns nil, as after any
+// shutdown, even while Accept waits out a failure.
+func TestRetryListener_Shutdown_during_a_wait(t *testing.T) {
+	t.Parallel()
+	inner := newFakeListener(nil, nil, acceptErr(syscall.EMFILE))
+	l := RetryListener(inner, nil).(*retryListener)
+	l.firstDelay, l.maxDelay = time.Hour, time.Hour
+	logger := new(lineLogger)
+	server := &fasthttp.Server{Handler: func(*fasthttp.RequestCtx) {}, Logger: logger}
+	served := make(chan error, 1)
+	go func() { served <- server.Serve(l) }()
+	select {
+	case <-inner.called:
+	case <-time.After(listenerBound):
+		t.Fatal("Serve did not accept")
+	}
+
+	shutdownWithin(t, server, served)
+	require.Empty(t, logger.logged(), "no permanent error reported")
+}
+
+// shutdownWithin shuts server down and checks that Serve, which reports to
+// served, returns nil, both within listenerBound.
+func shutdownWithin(t *testing.T, server *fasthttp.Server, served <-chan error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), listenerBound)
+	defer cancel()
+	require.NoError(t, server.ShutdownWithContext(ctx))
+	select {
+	case err := <-served:
+		require.NoError(t, err)
+	case <-ctx.Done():
+		t.Fatal("Serve did not return after Shutdown")
+	}
+}
+
+func TestRetryListener_nil_listener_panics(t *testing.T) {
+	t.Parallel()
+	require.PanicsWithValue(t, "fasttimeout: RetryListener: nil listener", func() { RetryListener(nil, nil) })
+}
+
+// The connections Accept returns are the wrapped listener's, so a client's
+// hang-up is seen through the wrapper as without it.
+func TestRetryListener_keeps_hangup_detection(t *testing.T) {
+	if !hangupSupported {
+		t.Skip("hang-ups are watched on Linux only")
+	}
+	t.Parallel()
+	var stats Stats
+	started := make(chan struct{}, 1)
+	causes := make(chan error, 1)
+	server := &fasthttp.Server{Handler: New(func(ctx *fasthttp.RequestCtx) {
+		c := Context(ctx)
+		started <- struct{}{}
+		select {
+		case <-c.Done():
+		case <-time.After(listenerBound):
+		}
+		causes <- context.Cause(c)
+	}, Config{Timeout: time.Minute, Stats: &stats})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	served := make(chan error, 1)
+	go func() { served <- server.Serve(RetryListener(ln, nil)) }()
+	t.Cleanup(func() { shutdownWithin(t, server, served) })
+
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	_, err = conn.Write([]byte("GET /slow HTTP/1.1\r\nHost: retry.test\r\n\r\n"))
+	require.NoError(t, err)
+	select {
+	case <-started:
+	case <-time.After(listenerBound):
+		t.Fatal("the handler did not start")
+	}
+	require.NoError(t, conn.Close())
+	select {
+	case cause := <-causes:
+		require.ErrorIs(t, cause, ErrClientGone)
+	case <-time.After(listenerBound):
+		t.Fatal("the handler's context did not end")
+	}
+	require.EqualValues(t, 1, stats.Snapshot().ClientGone)
+}

@@ -1,0 +1,283 @@
+package fasttimeout
+
+import (
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// serveRacing is the handler New returns in racing mode: it runs the handler
+// on a worker and answers with what settles the call first (see callRunning).
+func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
+	start, deadline, admitted, run := m.admit(ctx)
+	if !run {
+		return
+	}
+	connID := ctx.ConnID()
+	w := m.acquireWorker(connID, admitted)
+	c := &w.call
+	w.owners.Store(2)
+	c.admitted = admitted
+	c.begin(ctx, start, deadline)
+	// Each call has its own runtime timer rather than waiting for a shared
+	// checker: under load a single goroutine that times out every call is
+	// itself late, and so is every answer it owes.
+	w.timer.Reset(time.Duration(c.nextWake() - now()))
+
+	w.work <- struct{}{}
+	<-w.done
+	c.unwatchClient()
+	w.timer.Stop()
+
+	switch c.phase() {
+	case callTimedOut:
+		m.stats.answerLateness.observe(time.Duration(now() - c.deadline.Load()))
+		m.answerTimeout(ctx)
+		m.disown(w, connID)
+		return
+	case callGone:
+		m.answerGone(ctx, c)
+		m.disown(w, connID)
+		return
+	}
+	c.ctx = nil
+	c.conn = nil
+	if !c.panicked {
+		m.releaseWorker(w, connID, start)
+		return
+	}
+	v := c.panicValue
+	c.panicked, c.panicValue = false, nil
+	if v != errGoexit { // a worker that called Goexit is gone
+		m.releaseWorker(w, connID, start)
+	}
+	panic(v)
+}
+
+// answerTimeout sends the timeout response in place of the late handler's.
+// TimeoutErrorWithResponse makes fasthttp give the connection a new
+// RequestCtx, so the late handler can keep writing to its own.
+func (m *middleware) answerTimeout(ctx *fasthttp.RequestCtx) {
+	resp := fasthttp.AcquireResponse()
+	m.writeTimeoutResponse(resp)
+	if m.onTimeout != nil {
+		m.onTimeout(ctx, resp)
+	}
+	ctx.TimeoutErrorWithResponse(resp)
+	fasthttp.ReleaseResponse(resp)
+}
+
+// worker is a pooled goroutine that runs raced handlers, one at a time.
+type worker struct {
+	call
+	work     chan struct{} // cap 1: run call; closed to retire the worker
+	done     chan struct{} // cap 1: the race of the current call is decided
+	gone     func()        // w.hungUp, made once: the hang-up callback of its calls
+	lastUsed atomic.Int64  // when it last went idle; read by the housekeeper to retire it
+
+	// owners counts who still holds a timed-out call (or one whose client hung
+	// up): its server goroutine, until it has taken the signal on done (from
+	// the call's timer, its handler's late return or the hang-up callback) and
+	// answered, and its late handler, until it returns. The last one returns
+	// the worker to the pool, so that no stale signal or late write can reach
+	// the next call.
+	owners atomic.Int32
+	dead   bool // the goroutine called runtime.Goexit; set before owners drops
+
+	removed bool // gone from the housekeeper's registry; guarded by housekeeper.mu
+}
+
+// loop serves the worker's calls until work is closed.
+func (w *worker) loop() {
+	for range w.work {
+		w.serve()
+	}
+}
+
+// fire runs when the timer of the worker's call goes off. It may be the
+// timer of an earlier call that finished as it fired: expire then finds the
+// deadline of the current call ahead, or another generation, and does
+// nothing.
+func (w *worker) fire() {
+	t := now()
+	if w.call.expire(t) {
+		w.done <- struct{}{} // the server goroutine answers with the timeout response
+		return
+	}
+	w.watchClient(t)
+}
+
+// serve runs the current call's handler and settles the race.
+func (w *worker) serve() {
+	c := &w.call
+	m := c.m
+	returned := false
+	defer func() {
+		goexit := false
+		if !returned {
+			c.panicked = true
+			if c.panicValue = recover(); c.panicValue == nil {
+				// Only runtime.Goexit unwinds without a value; it ends
+				// this goroutine once the deferred calls have run.
+				goexit = true
+				c.panicValue = errGoexit
+				m.housekeeper.dropWorker(w)
+			}
+			m.stats.panics.Add(1)
+		}
+		if m.countRequests {
+			m.stats.inFlight.Add(-1)
+		}
+		// A handler that returns or panics after its deadline is late,
+		// even if its timer has not run yet (a stalled or starved process).
+		// The slot goes back before the server goroutine is signalled:
+		// from then on the call may be another request's.
+		t := now()
+		if c.expire(t) {
+			m.release(c, t, false)
+			w.done <- struct{}{}
+		} else if c.leave(callFinished) {
+			m.release(c, t, true)
+			c.end()
+			w.done <- struct{}{}
+			return
+		} else {
+			m.release(c, t, false)
+		}
+		var stack []byte
+		if c.panicked && !goexit {
+			stack = debug.Stack() // still the panicking stack: deferred calls run on it
+		}
+		m.lateReturn(w, stack, goexit)
+	}()
+	m.handler(c.ctx)
+	returned = true
+}
+
+// lateReturn runs on a worker whose handler returned after its deadline.
+func (m *middleware) lateReturn(w *worker, stack []byte, goexit bool) {
+	c := &w.call
+	ctx := c.ctx
+	late := time.Duration(now() - c.overAt.Load())
+	c.end()
+	m.late.Add(-1)
+	m.stats.lateRunning.Add(-1)
+	m.stats.lateFinished.Add(1)
+	m.stats.lateRun.observe(late)
+	if c.panicked {
+		m.reportPanic(ctx, c.panicValue, stack)
+	}
+	if m.onLateReturn != nil {
+		m.onLateReturn(ctx, late)
+	}
+	// fasthttp never resets a timed-out RequestCtx; release what the late
+	// response holds, above all a body stream writer's goroutine, which
+	// would otherwise block forever on a pipe nobody reads.
+	ctx.Response.Reset()
+	c.ctx = nil
+	c.panicked, c.panicValue = false, nil
+	w.dead = goexit
+	m.disown(w, ctx.ConnID())
+}
+
+// disown gives up one hold on a timed-out call's worker (see worker.owners);
+// the last one returns the worker to the pool.
+func (m *middleware) disown(w *worker, connID uint64) {
+	if w.owners.Add(-1) == 0 && !w.dead {
+		m.releaseWorker(w, connID, now())
+	}
+}
+
+// acquireWorker takes an idle worker, or starts one.
+func (m *middleware) acquireWorker(connID uint64, t int64) *worker {
+	if w := m.housekeeper.idle.get(connID); w != nil {
+		return w
+	}
+	w := &worker{work: make(chan struct{}, 1), done: make(chan struct{}, 1)}
+	w.lastUsed.Store(t)
+	w.m = m
+	w.timer = time.AfterFunc(time.Hour, w.fire)
+	w.timer.Stop()
+	w.later = time.AfterFunc(time.Hour, w.fire)
+	w.later.Stop()
+	w.gone = w.hungUp
+	m.housekeeper.addWorker(w)
+	go w.loop()
+	return w
+}
+
+// releaseWorker makes w idle, last used at t, for the next request of
+// connection connID.
+func (m *middleware) releaseWorker(w *worker, connID uint64, t int64) {
+	w.lastUsed.Store(t)
+	m.housekeeper.idle.put(connID, w)
+}
+
+// idleSlots is the number of per-connection slots of an idleWorkers.
+const idleSlots = 256
+
+// idleWorkers keeps the workers waiting for a call. A connection's requests
+// go to the slot of its connection ID, so the fast path takes and returns a
+// worker with one atomic swap each and no lock, mostly reusing the worker of
+// the connection's previous request. Workers that do not fit a slot wait in
+// a shared LIFO stack.
+type idleWorkers struct {
+	slots [idleSlots]struct {
+		w atomic.Pointer[worker]
+		_ [56]byte // one cache line per slot: neighbours are busy on other cores
+	}
+
+	mu    sync.Mutex
+	stack []*worker
+}
+
+// get returns an idle worker for connection connID, or nil.
+func (p *idleWorkers) get(connID uint64) *worker {
+	if w := p.slots[connID%idleSlots].w.Swap(nil); w != nil {
+		return w
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := len(p.stack)
+	if n == 0 {
+		return nil
+	}
+	w := p.stack[n-1]
+	p.stack[n-1] = nil
+	p.stack = p.stack[:n-1]
+	return w
+}
+
+// put makes w available to the next request of connection connID.
+func (p *idleWorkers) put(connID uint64, w *worker) {
+	if p.slots[connID%idleSlots].w.CompareAndSwap(nil, w) {
+		return
+	}
+	p.mu.Lock()
+	p.stack = append(p.stack, w)
+	p.mu.Unlock()
+}
+
+// takeStale removes and returns the workers last used before t.
+func (p *idleWorkers) takeStale(t int64) []*worker {
+	var stale []*worker
+	for i := range p.slots {
+		s := &p.slots[i].w
+		if w := s.Load(); w != nil && w.lastUsed.Load() < t && s.CompareAndSwap(w, nil) {
+			stale = append(stale, w)
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0 // the stack is LIFO: the stale ones are at the bottom
+	for n < len(p.stack) && p.stack[n].lastUsed.Load() < t {
+		n++
+	}
+	stale = append(stale, p.stack[:n]...)
+	p.stack = append(p.stack[:0], p.stack[n:]...)
+	clear(p.stack[len(p.stack):cap(p.stack)]) // drop references for the GC
+	return stale
+}

@@ -1,0 +1,112 @@
+package fasttimeout_test
+
+import (
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/valyala/fasthttp"
+
+	"github.com/fasttimeout/fasttimeout"
+)
+
+func TestMaxLateHandlers(t *testing.T) {
+	t.Parallel()
+
+	t.Run("a flood of late handlers sheds new requests with 503 until they finish", func(t *testing.T) {
+		t.Parallel()
+		const maxLate = 4
+		release := make(chan struct{})
+		returned := make(chan time.Duration, maxLate)
+		var handled atomic.Int64
+		stats := new(fasttimeout.Stats)
+		s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+			handled.Add(1)
+			if string(ctx.Path()) == "/stuck" {
+				<-release // ignores its context
+			}
+		}, fasttimeout.Config{
+			Timeout:         20 * time.Millisecond,
+			MaxLateHandlers: maxLate,
+			RetryAfter:      1500 * time.Millisecond,
+			Stats:           stats,
+			OnLateReturn:    func(_ *fasthttp.RequestCtx, late time.Duration) { returned <- late },
+		}))
+		releaseOnce := func() {
+			select {
+			case <-release:
+			default:
+				close(release)
+			}
+		}
+		t.Cleanup(releaseOnce)
+
+		// Fill the cap: each stuck handler times out and keeps running.
+		flood := make(chan int, maxLate)
+		for range maxLate {
+			go func() {
+				status, _, _ := s.get(t, "/stuck")
+				flood <- status
+			}()
+		}
+		for range maxLate {
+			assert.Equal(t, fasthttp.StatusGatewayTimeout, <-flood)
+		}
+		require.Equal(t, int64(maxLate), stats.Snapshot().LateRunning)
+
+		// Full: new requests are refused at once, without running.
+		handledBefore := handled.Load()
+		for range 3 {
+			req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+			req.SetRequestURI("http://test/ok")
+			require.NoError(t, s.client.DoTimeout(req, resp, 10*time.Second))
+			assert.Equal(t, fasthttp.StatusServiceUnavailable, resp.StatusCode())
+			assert.Equal(t, "2", string(resp.Header.Peek(fasthttp.HeaderRetryAfter)), "1.5 s rounded up")
+			assert.Equal(t, fasttimeout.ShedBody, string(resp.Body()))
+			assert.Equal(t, "application/json", string(resp.Header.ContentType()))
+			fasthttp.ReleaseRequest(req)
+			fasthttp.ReleaseResponse(resp)
+		}
+		assert.Equal(t, handledBefore, handled.Load(), "shed requests do not run the handler")
+		assert.Equal(t, int64(3), stats.Snapshot().Shed)
+
+		// The late handlers finish: the server serves normally again.
+		releaseOnce()
+		for range maxLate {
+			select {
+			case late := <-returned:
+				assert.Greater(t, late, time.Duration(0))
+			case <-time.After(10 * time.Second):
+				t.Fatal("late handlers did not return within 10s of their release")
+			}
+		}
+		status, _, _ := s.get(t, "/ok")
+		assert.Equal(t, fasthttp.StatusOK, status)
+		c := stats.Snapshot()
+		assert.Zero(t, c.LateRunning)
+		assert.Equal(t, int64(maxLate), c.LateFinished)
+		assert.Equal(t, int64(maxLate), c.Timeouts)
+		assert.Equal(t, int64(3), c.Shed)
+		assert.Equal(t, int64(maxLate+3+1), c.Requests)
+	})
+
+	t.Run("below the cap requests are served", func(t *testing.T) {
+		t.Parallel()
+		release := make(chan struct{})
+		defer close(release)
+		stats := new(fasttimeout.Stats)
+		s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+			if string(ctx.Path()) == "/stuck" {
+				<-release
+			}
+		}, fasttimeout.Config{Timeout: 20 * time.Millisecond, MaxLateHandlers: 2, Stats: stats}))
+
+		status, _, _ := s.get(t, "/stuck")
+		require.Equal(t, fasthttp.StatusGatewayTimeout, status)
+		status, _, _ = s.get(t, "/ok")
+		assert.Equal(t, fasthttp.StatusOK, status)
+		assert.Zero(t, stats.Snapshot().Shed)
+	})
+}

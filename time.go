@@ -1,0 +1,16 @@
+package fasttimeout
+
+import (
+	"math"
+	"time"
+)
+
+// epoch anchors deadlines: they are stored as nanoseconds since epoch on the
+// monotonic clock, so they fit an atomic int64 and need no time.Time.
+var epoch = time.Now()
+
+// noDeadline marks a call or context whose deadline is switched off.
+const noDeadline = math.MaxInt64
+
+// now returns the monotonic time since epoch in nanoseconds.
+func now() int64 { return int64(time.Since(epoch)) }
