@@ -2,6 +2,7 @@ package fasttimeout
 
 import (
 	"math"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -82,6 +83,12 @@ type limiter struct {
 	probeFrom atomic.Int64 // when the current probe began; 0: none
 	restore   int64        // the limit after the probe; guarded by adapting
 	nextProbe int64        // guarded by adapting
+
+	// Refusals for the backlog in front of the middleware (backlog.go).
+	shed       atomic.Uint32 // probability of refusing a request at once, in 1/2³² units
+	shedAt     atomic.Int64  // when shed was last moved
+	shedMu     sync.Mutex
+	shedTarget int64
 }
 
 const (
@@ -136,8 +143,8 @@ var waiterPool = sync.Pool{New: func() any {
 	return w
 }}
 
-func newLimiter(max int64, adaptive bool, stats *Stats) *limiter {
-	l := &limiter{stats: stats, adaptive: adaptive, floor: max, ceiling: max}
+func newLimiter(max int64, adaptive bool, timeout time.Duration, stats *Stats) *limiter {
+	l := &limiter{stats: stats, adaptive: adaptive, floor: max, ceiling: max, shedTarget: backlogTarget(timeout)}
 	if adaptive {
 		l.floor = min(limitFloor, max)
 	}
@@ -174,6 +181,14 @@ func (l *limiter) tryAcquire() bool {
 // waiting for one if needed. It returns how long the request waited, and
 // the reason it was refused, or "" once it holds a slot.
 func (l *limiter) acquire(t, deadline int64) (waited time.Duration, reason string) {
+	if l.adaptive {
+		if t-l.shedAt.Load() >= int64(backlogInterval) {
+			l.updateShed(t)
+		}
+		if p := l.shed.Load(); p != 0 && rand.Uint32() < p {
+			return 0, RejectedQueueFull // the run queue is backed up
+		}
+	}
 	// Waiters come first: a newcomer takes a free slot only when nobody
 	// waits for one.
 	if l.waiting.Load() == 0 && l.tryAcquire() {

@@ -46,7 +46,7 @@ func warm(t *testing.T, l *limiter, clock int64) int64 {
 func TestLimiter_falls_under_overload_and_recovers(t *testing.T) {
 	t.Parallel()
 	stats := new(Stats)
-	l := newLimiter(1000, true, stats)
+	l := newLimiter(1000, true, time.Second, stats)
 	clock := int64(time.Hour)
 
 	// Light load first: two requests at a time, 2 ms each.
@@ -74,7 +74,7 @@ func TestLimiter_timeouts(t *testing.T) {
 	t.Parallel()
 	t.Run("with no in-time return in a window the limit halves", func(t *testing.T) {
 		t.Parallel()
-		l := newLimiter(1000, true, new(Stats))
+		l := newLimiter(1000, true, time.Second, new(Stats))
 		clock := warm(t, l, int64(time.Hour))
 		for range 10 {
 			l.drop(clock)
@@ -84,7 +84,7 @@ func TestLimiter_timeouts(t *testing.T) {
 	})
 	t.Run("beside in-time returns of normal latency they do not shrink it", func(t *testing.T) {
 		t.Parallel()
-		l := newLimiter(1000, true, new(Stats))
+		l := newLimiter(1000, true, time.Second, new(Stats))
 		clock := warm(t, l, int64(time.Hour))
 		// Late handlers hold half the slots and time out one per
 		// return in time; the others keep their unloaded 1 ms.
@@ -111,7 +111,7 @@ func TestLimiter_timeouts(t *testing.T) {
 // A server started straight into overload learns it from its first probe.
 func TestLimiter_probes(t *testing.T) {
 	t.Parallel()
-	l := newLimiter(1000, true, new(Stats))
+	l := newLimiter(1000, true, time.Second, new(Stats))
 	clock := int64(time.Hour)
 	clock = simulate(l, clock, 200, 10000, cpuBound)
 	assert.Equal(t, int64(limitFloor)*int64(time.Millisecond), l.minRTT, "measured at the floor, not at the load's concurrency")
@@ -137,7 +137,7 @@ func TestLimiter_probes(t *testing.T) {
 func TestLimiter_fixed_limit_does_not_adapt(t *testing.T) {
 	t.Parallel()
 	stats := new(Stats)
-	l := newLimiter(3, false, stats)
+	l := newLimiter(3, false, time.Second, stats)
 	simulate(l, int64(time.Hour), 1000, 100, cpuBound)
 	assert.Equal(t, int64(3), l.limit.Load())
 	assert.Equal(t, int64(3), stats.Snapshot().ConcurrencyLimit)
@@ -158,7 +158,7 @@ func TestLimiter_queue(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			stats := new(Stats)
-			l := newLimiter(1, false, stats)
+			l := newLimiter(1, false, time.Second, stats)
 			require.True(t, l.tryAcquire())
 			t0 := int64(time.Hour)
 			far := t0 + int64(time.Hour)
@@ -197,7 +197,7 @@ func TestLimiter_refusals(t *testing.T) {
 	t.Parallel()
 	t.Run("a waiter gives up after a tenth of its budget", func(t *testing.T) {
 		t.Parallel()
-		l := newLimiter(1, false, new(Stats))
+		l := newLimiter(1, false, time.Second, new(Stats))
 		require.True(t, l.tryAcquire())
 		t0 := now()
 		waited, reason := l.acquire(t0, t0+int64(20*time.Millisecond))
@@ -207,7 +207,7 @@ func TestLimiter_refusals(t *testing.T) {
 	})
 	t.Run("no budget to wait is refused at once", func(t *testing.T) {
 		t.Parallel()
-		l := newLimiter(1, false, new(Stats))
+		l := newLimiter(1, false, time.Second, new(Stats))
 		require.True(t, l.tryAcquire())
 		t0 := now()
 		waited, reason := l.acquire(t0, t0+int64(waitShare*minWait)-1)
@@ -216,7 +216,7 @@ func TestLimiter_refusals(t *testing.T) {
 	})
 	t.Run("a full queue refuses the newcomer, or evicts the oldest once it has stayed full", func(t *testing.T) {
 		t.Parallel()
-		l := newLimiter(1, false, new(Stats))
+		l := newLimiter(1, false, time.Second, new(Stats))
 		require.True(t, l.tryAcquire())
 		t0 := int64(time.Hour)
 		far := t0 + int64(time.Hour)
@@ -277,7 +277,7 @@ func BenchmarkAdmission(b *testing.B) {
 		{"adaptive/p=32", true, 32},
 	} {
 		b.Run(c.name, func(b *testing.B) {
-			l := newLimiter(1<<20, c.adaptive, new(Stats))
+			l := newLimiter(1<<20, c.adaptive, time.Second, new(Stats))
 			l.limit.Store(1 << 20) // below the limit, whatever the parallelism
 			b.ReportAllocs()
 			b.SetParallelism(c.p)

@@ -172,7 +172,9 @@ func TestAdmission_sleeping_late_handlers_do_not_refuse_traffic(t *testing.T) {
 			b := newBlocker()
 			stats := new(fasttimeout.Stats)
 			s := serve(t, fasttimeout.New(b.handle, fasttimeout.Config{
-				Mode: mode, Timeout: 200 * time.Millisecond, AdaptiveConcurrency: true, Stats: stats,
+				// A long timeout: on a loaded machine a short one would
+				// let the run queue's wait refuse requests (backlog.go).
+				Mode: mode, Timeout: 5 * time.Second, AdaptiveConcurrency: true, Stats: stats,
 			}))
 
 			var fast sync.WaitGroup
@@ -202,8 +204,13 @@ func TestAdmission_sleeping_late_handlers_do_not_refuse_traffic(t *testing.T) {
 					c := stats.Snapshot()
 					return c.ConcurrencyLimit > c.InFlight+1
 				}, waitTimeout, time.Millisecond, "the limit does not grow past the late handlers")
-				held = append(held, async(t, s, "/block"))
-				<-b.entered
+				sleeper := async(t, s, "/block")
+				select {
+				case <-b.entered:
+				case r := <-sleeper:
+					require.FailNow(t, "a sleeper was answered without running", "status %d", r.StatusCode())
+				}
+				held = append(held, sleeper)
 			}
 			// All hundred late and running; the fast traffic goes on.
 			require.Eventually(t, func() bool { return stats.Snapshot().LateRunning >= sleepers || mode == fasttimeout.Cooperative }, waitTimeout, time.Millisecond)

@@ -45,7 +45,7 @@ func New(h fasthttp.RequestHandler, cfg Config) fasthttp.RequestHandler {
 	m := &middleware{settings: cfg.resolve(), handler: h}
 	m.housekeeper = newHousekeeper(m.precision)
 	if m.maxConcurrency > 0 {
-		m.limiter = newLimiter(m.maxConcurrency, m.adaptive, m.stats)
+		m.limiter = newLimiter(m.maxConcurrency, m.adaptive, m.timeout, m.stats)
 	}
 	if m.mode == Cooperative {
 		return m.serveCooperative
@@ -164,7 +164,9 @@ const (
 	// late.
 	RejectedLateHandlers = "late_handlers"
 	// RejectedQueueFull: the concurrency limit was reached and the queue was
-	// full, or the request's budget left no time to wait.
+	// full, or the request's budget left no time to wait; or, with
+	// Config.AdaptiveConcurrency, the process's CPU is so saturated that
+	// requests wait too long to be read at all.
 	RejectedQueueFull = "queue_full"
 	// RejectedQueueTimeout: the request waited its share of its budget for
 	// a slot under the concurrency limit without getting one.

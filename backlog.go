@@ -1,0 +1,130 @@
+package fasttimeout
+
+import (
+	"math"
+	"runtime/metrics"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// The backlog in front of the middleware.
+//
+// On a process whose CPU is saturated, requests wait before the middleware
+// sees them: the goroutine of their connection waits in the Go scheduler's
+// run queue before it can read them, and fasthttp stamps ctx.Time only once
+// it has. Handing an admitted request to its worker is immediate (the
+// worker runs next), so the handlers themselves do not wait, and the
+// adaptive limit sees a fine latency while every request arrives stale: on
+// one P, a CPU-bound server sent twice its capacity answered almost nothing
+// in time, its limit never binding.
+//
+// That wait is what the runtime reports as /sched/latencies:seconds. When
+// the 90th percentile of it stays above a target (a twentieth of the
+// timeout, between 20 and 250 ms) for two intervals of backlogInterval, new
+// requests are refused at once with a probability that grows while the wait
+// stays above the target and falls while it is below, in proportion to the
+// gap: a proportional controller, as PIE (RFC 8033) is for a router's
+// queue. Refusing costs microseconds, a handler milliseconds, so the CPU
+// goes back to requests that can still be answered in time, and the run
+// queue drains.
+const (
+	backlogInterval = 50 * time.Millisecond
+	// shedStep is how much the probability of refusal moves per interval
+	// for a wait one target away from the target.
+	shedStep = 0.05
+	// maxShed leaves some requests through, to keep measuring.
+	maxShed = 0.95
+)
+
+// runQueue reads the scheduler's latency for all the limiters of the
+// process, at most once per backlogInterval.
+var runQueue struct {
+	mu      sync.Mutex
+	at      atomic.Int64 // when last read
+	latency atomic.Int64 // the 90th percentile over the interval before, ns
+	lasting atomic.Int64 // the lesser of the two
+	sample  [1]metrics.Sample
+	prev    []uint64 // the histogram's counts at the last read
+}
+
+// runQueueLatency returns the 90th percentile of the time goroutines waited
+// to run, the lesser of the last two intervals': as CoDel, it looks at a wait
+// that lasts, not at a burst that the queue absorbs.
+func runQueueLatency(t int64) int64 {
+	if t-runQueue.at.Load() >= int64(backlogInterval) && runQueue.mu.TryLock() {
+		if t-runQueue.at.Load() >= int64(backlogInterval) {
+			latency := readRunQueue()
+			runQueue.lasting.Store(min(latency, runQueue.latency.Load()))
+			runQueue.latency.Store(latency)
+			runQueue.at.Store(t)
+		}
+		runQueue.mu.Unlock()
+	}
+	return runQueue.lasting.Load()
+}
+
+// readRunQueue reads the histogram of scheduling latencies and returns the
+// 90th percentile of what was added to it since the last read (the upper
+// bound of its bucket). runQueue.mu is held. It allocates only the first
+// time.
+func readRunQueue() int64 {
+	s := &runQueue.sample[0]
+	s.Name = "/sched/latencies:seconds"
+	metrics.Read(runQueue.sample[:])
+	if s.Value.Kind() != metrics.KindFloat64Histogram {
+		return 0
+	}
+	h := s.Value.Float64Histogram()
+	prev := runQueue.prev
+	if len(prev) != len(h.Counts) {
+		runQueue.prev = append([]uint64(nil), h.Counts...)
+		return 0 // the first read is the baseline
+	}
+	var total uint64
+	for i, c := range h.Counts {
+		total += c - prev[i]
+	}
+	var p90 float64
+	if total > 0 {
+		want, seen := total-total/10, uint64(0)
+		for i, c := range h.Counts {
+			if seen += c - prev[i]; seen >= want {
+				p90 = h.Buckets[i+1]
+				if math.IsInf(p90, 1) {
+					p90 = h.Buckets[i]
+				}
+				break
+			}
+		}
+	}
+	copy(prev, h.Counts)
+	return int64(p90 * float64(time.Second))
+}
+
+// backlogTarget is the run queue's wait above which requests are refused,
+// for a middleware whose timeout is timeout.
+func backlogTarget(timeout time.Duration) int64 {
+	return int64(min(max(timeout/20, 20*time.Millisecond), 250*time.Millisecond))
+}
+
+// nextShed returns the probability of refusal (in 1/2³² units) after an
+// interval in which the run queue's wait was latency, against target.
+func nextShed(p uint32, latency, target int64) uint32 {
+	gap := min(float64(latency-target)/float64(target), 4)
+	f := min(max(float64(p)/(1<<32)+shedStep*gap, 0), maxShed)
+	return uint32(f * (1 << 32))
+}
+
+// updateShed moves the limiter's probability of refusal once per interval.
+func (l *limiter) updateShed(t int64) {
+	if !l.shedMu.TryLock() {
+		return
+	}
+	defer l.shedMu.Unlock()
+	if t-l.shedAt.Load() < int64(backlogInterval) {
+		return
+	}
+	l.shedAt.Store(t)
+	l.shed.Store(nextShed(l.shed.Load(), runQueueLatency(t), l.shedTarget))
+}
