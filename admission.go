@@ -27,10 +27,11 @@ import (
 // minWindow and minWindowSamples handlers returned in time, or
 // windowSamples of them), it compares the median latency of the handlers
 // that returned in time with the unloaded latency (minRTT): the gradient
-// target/median, between 0.5 and 1, where the target is twice minRTT (or
-// minRTT plus latencySlack, if more), scales the limit, and √limit is added
-// as headroom, so the limit settles where latency is about twice the
-// unloaded one. It grows only while it binds (handlers running reached half
+// target/median, between 0.5 and 1, where the target is 1.5 times minRTT
+// (or minRTT plus latencySlack, if more), scales the limit, and √limit is
+// added as headroom, so the limit settles where latency is about one and a
+// half to twice the unloaded one: enough to keep a downstream's slots busy,
+// little enough to leave most of the budget. It grows only while it binds (handlers running reached half
 // of it, or requests queued): a limit that an idle server never reaches
 // says nothing. While latency is at or under the target and requests
 // queue, the limit doubles instead (a slow start, as TCP's), so that a burst
@@ -400,7 +401,7 @@ func (l *limiter) adapt(t int64) {
 		if l.minRTT == 0 || !binding || median < l.minRTT {
 			l.minRTT = median
 		}
-		target := max(2*l.minRTT, l.minRTT+int64(latencySlack))
+		target := max(l.minRTT+l.minRTT/2, l.minRTT+int64(latencySlack))
 		gradient := min(max(float64(target)/float64(median), 0.5), 1)
 		next *= gradient
 		switch {

@@ -57,7 +57,7 @@ func TestLimiter_falls_under_overload_and_recovers(t *testing.T) {
 	// Overload: far more requests than the limit, sharing the core.
 	clock = simulate(l, clock, 2000, 10000, cpuBound)
 	overloaded := l.limit.Load()
-	assert.LessOrEqual(t, overloaded, int64(8), "the limit falls to where latency is about twice the unloaded one")
+	assert.LessOrEqual(t, overloaded, int64(8), "the limit falls to where latency is near its target")
 	assert.GreaterOrEqual(t, overloaded, int64(limitFloor))
 	assert.Equal(t, overloaded, stats.Snapshot().ConcurrencyLimit)
 
@@ -116,7 +116,7 @@ func TestLimiter_probes(t *testing.T) {
 	clock = simulate(l, clock, 200, 10000, cpuBound)
 	assert.Equal(t, int64(limitFloor)*int64(time.Millisecond), l.minRTT, "measured at the floor, not at the load's concurrency")
 	cold := l.limit.Load()
-	assert.LessOrEqual(t, cold, int64(12), "latency about twice the floor's")
+	assert.LessOrEqual(t, cold, int64(12), "latency near its target, from the floor's")
 
 	// The workload gets slower: 10 ms of CPU a request. Until the next
 	// probe, latency looks like congestion and the limit stays low; the
