@@ -54,9 +54,15 @@ import (
 // slower. Without probes, a server started straight into overload would
 // take its loaded latency for the unloaded one.
 type limiter struct {
+	// running is written by every request; the fields read on the fast
+	// path, written rarely, are kept off its cache line, as are the
+	// window's, so that cores do not take the line from each other more
+	// than they must.
 	running atomic.Int64 // handlers holding a slot
+	_       [56]byte
 	limit   atomic.Int64
-	waiting atomic.Int64 // requests in the queue; read on the fast path
+	waiting atomic.Int64  // requests in the queue; read on the fast path
+	every   atomic.Uint32 // a returning handler is a sample with probability 1/(every+1)
 
 	stats    *Stats
 	adaptive bool
@@ -70,6 +76,7 @@ type limiter struct {
 	busySince int64 // when the queue last became non-empty; 0 while empty
 
 	// The current window, closed by adapt.
+	_           [64]byte
 	samples     [windowSamples]atomic.Int64 // in-time latencies, nanoseconds
 	count       atomic.Int64                // samples taken; may exceed windowSamples
 	drops       atomic.Int64                // timeouts
@@ -103,6 +110,8 @@ const (
 	minWindow        = 50 * time.Millisecond
 	minWindowSamples = 8
 	windowSamples    = 64
+	// maxSampleEvery bounds the sampling: one return in 64 at most.
+	maxSampleEvery = 63
 	// maxWindow closes a window with fewer samples, or only timeouts.
 	maxWindow = 4 * minWindow
 	// probeEvery is how often, under sustained load, the limit drops to its
@@ -267,7 +276,11 @@ func (l *limiter) release(t int64, rtt time.Duration, inTime bool) {
 		l.mu.Unlock()
 	}
 	if l.adaptive && inTime {
-		l.sample(t, rtt)
+		// At high rates a share of the returns is enough for a median,
+		// and fewer writes to the window's counters keep cores apart.
+		if every := l.every.Load(); every == 0 || rand.Uint32()&every == 0 {
+			l.sample(t, rtt)
+		}
 	}
 }
 
@@ -373,6 +386,15 @@ func (l *limiter) adapt(t int64) {
 	k := int(min(n, windowSamples))
 	for i := range k {
 		rtts[i] = l.samples[i].Load()
+	}
+	// Sample less when a window fills before minWindow, more when it
+	// takes longer: about one full window per minWindow.
+	every := l.every.Load()
+	switch elapsed := time.Duration(t - l.windowStart.Load()); {
+	case n >= windowSamples && elapsed < minWindow/2:
+		l.every.Store(min(every<<1|1, maxSampleEvery))
+	case elapsed > minWindow:
+		l.every.Store(every >> 1)
 	}
 	l.count.Store(0)
 	l.drops.Store(0)
