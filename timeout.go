@@ -130,7 +130,9 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx) (start, deadline, admitted 
 		waited, reason := m.limiter.acquire(t, deadline)
 		switch reason {
 		case "":
-			m.stats.admitted.Add(1)
+			if m.countRequests { // one contended add less per request without Stats
+				m.stats.admitted.Add(1)
+			}
 		case RejectedQueueTimeout:
 			m.stats.rejectedTimeout.Add(1)
 		default:
