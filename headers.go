@@ -167,34 +167,42 @@ func parseEnvoyTimeout(v []byte) (d time.Duration, ok bool) {
 // maxBudget counts as maxBudget.
 func parseRequestTimeout(v []byte) (d time.Duration, ok bool) {
 	const maxSeconds = int64(maxBudget / time.Second)
-	var secs, nanos int64
-	digits, point := 0, -1
-	scale := int64(time.Second)
-	for i, c := range v {
-		switch {
-		case c == '.' && point < 0:
-			point = i
-		case c < '0' || c > '9':
-			return 0, false
-		case point < 0:
-			if secs > maxWhole { // x never overflows
-				return 0, false
-			}
-			secs = secs*10 + int64(c-'0')
-			digits++
-		default:
-			if scale > 1 {
-				scale /= 10
-				nanos += int64(c-'0') * scale
-			}
-			digits++
-		}
-	}
-	if digits == 0 {
+	secs, nanos, ok := parseDecimal(v)
+	if !ok {
 		return 0, false
 	}
 	if secs >= maxSeconds {
 		return maxBudget, true
 	}
 	return time.Duration(secs)*time.Second + time.Duration(nanos), true
+}
+
+// parseDecimal parses a non-negative decimal, whole ("5") or with a point
+// ("2.5", ".5", "5."), with at least one digit, into its whole part and its
+// fraction in billionths. Digits beyond the ninth after the point are
+// ignored; a whole part that could overflow is not valid.
+func parseDecimal(v []byte) (whole, billionths int64, ok bool) {
+	digits, point := 0, -1
+	scale := int64(1e9)
+	for i, c := range v {
+		switch {
+		case c == '.' && point < 0:
+			point = i
+		case c < '0' || c > '9':
+			return 0, 0, false
+		case point < 0:
+			if whole > maxWhole { // whole never overflows
+				return 0, 0, false
+			}
+			whole = whole*10 + int64(c-'0')
+			digits++
+		default:
+			if scale > 1 {
+				scale /= 10
+				billionths += int64(c-'0') * scale
+			}
+			digits++
+		}
+	}
+	return whole, billionths, digits > 0
 }

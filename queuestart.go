@@ -102,30 +102,8 @@ func parseRequestStart(v []byte, now int64) (t int64, ok bool) {
 	if len(v) >= 2 && v[0] == 't' && v[1] == '=' {
 		v = v[2:]
 	}
-	var whole, frac int64 // frac: nanoseconds of one unit, in 1e9ths
-	digits, point := 0, -1
-	scale := int64(1e9)
-	for i, c := range v {
-		switch {
-		case c == '.' && point < 0:
-			point = i
-		case c < '0' || c > '9':
-			return 0, false
-		case point < 0:
-			if whole > maxWhole { // whole never overflows
-				return 0, false
-			}
-			whole = whole*10 + int64(c-'0')
-			digits++
-		default:
-			if scale > 1 {
-				scale /= 10
-				frac += int64(c-'0') * scale
-			}
-			digits++
-		}
-	}
-	if digits == 0 {
+	whole, frac, ok := parseDecimal(v) // frac: of one unit, in billionths
+	if !ok {
 		return 0, false
 	}
 	for _, unit := range requestStartUnits {
