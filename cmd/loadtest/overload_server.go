@@ -16,7 +16,6 @@ import (
 	"net"
 	"os"
 	"runtime"
-	"runtime/metrics"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -345,31 +344,11 @@ func serveOverload(spec string, in io.Reader, out io.Writer) error {
 // sampleOverload keeps the peaks of heap and goroutines, and the
 // middleware's limit, in the shared header, every overloadSample.
 func sampleOverload(sh *shared, stats *fasttimeout.Stats) (stop func()) {
-	done := make(chan struct{})
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
-		samples := []metrics.Sample{
-			{Name: "/sched/goroutines:goroutines"},
-			{Name: "/memory/classes/heap/objects:bytes"},
-		}
-		t := time.NewTicker(overloadSample)
-		defer t.Stop()
-		var goroutines, heap atomic.Int64
-		for {
-			metrics.Read(samples)
-			raise(&goroutines, int64(samples[0].Value.Uint64()))
-			raise(&heap, int64(samples[1].Value.Uint64()))
-			sh.slots[slotPeakGoroutines].Store(uint64(goroutines.Load()))
-			sh.slots[slotPeakHeap].Store(uint64(heap.Load()))
-			sh.slots[slotLimit].Store(uint64(max(stats.Snapshot().ConcurrencyLimit, 0)))
-			sh.slots[slotSampled].Store(uint64(time.Now().UnixNano()))
-			select {
-			case <-done:
-				return
-			case <-t.C:
-			}
-		}
-	}()
-	return func() { close(done); <-finished }
+	var peaks peakSampler
+	return peaks.start(overloadSample, func() {
+		sh.slots[slotPeakGoroutines].Store(uint64(peaks.goroutines.Load()))
+		sh.slots[slotPeakHeap].Store(uint64(peaks.heap.Load()))
+		sh.slots[slotLimit].Store(uint64(max(stats.Snapshot().ConcurrencyLimit, 0)))
+		sh.slots[slotSampled].Store(uint64(time.Now().UnixNano()))
+	})
 }

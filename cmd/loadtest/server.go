@@ -161,7 +161,7 @@ func serveChild(spec string, in io.Reader, out io.Writer) error {
 	}
 	var peaks peakSampler
 	if scenario == scenarioStorm || scenario == scenarioBurst {
-		stopSampler := peaks.start(time.Millisecond)
+		stopSampler := peaks.start(time.Millisecond, nil)
 		defer stopSampler()
 	}
 
@@ -230,7 +230,9 @@ type peakSampler struct {
 	goroutines, heap atomic.Int64
 }
 
-func (p *peakSampler) start(every time.Duration) (stop func()) {
+// start samples every every until stop is called; after, if not nil, runs
+// after each sample.
+func (p *peakSampler) start(every time.Duration, after func()) (stop func()) {
 	done := make(chan struct{})
 	finished := make(chan struct{})
 	go func() {
@@ -245,6 +247,9 @@ func (p *peakSampler) start(every time.Duration) (stop func()) {
 			metrics.Read(samples)
 			raise(&p.goroutines, int64(samples[0].Value.Uint64()))
 			raise(&p.heap, int64(samples[1].Value.Uint64()))
+			if after != nil {
+				after()
+			}
 			select {
 			case <-done:
 				return
