@@ -20,34 +20,35 @@ import (
 //	  |
 //	  v
 //	+------------------------------+
-//	|            Disarm, Extend    |  expire: the deadline has    +----------+
+//	|            Disarm, Extend    |  settle(callTimedOut): the   +----------+
 //	|  running  ---------------->  |----------------------------->| timedOut |
-//	|           <----------------  |  passed (running only)       +----------+
-//	|            Extend  disarmed  |                              +----------+
+//	|           <----------------  |  deadline passed (running    +----------+
+//	|            Extend  disarmed  |  only)                       +----------+
 //	|                              |----------------------------->| finished |
-//	+------------------------------+  leave(callFinished): the    +----------+
+//	+------------------------------+  settle(callFinished): the   +----------+
 //	               |                  handler returned in time
 //	               |                                              +----------+
 //	               +--------------------------------------------->|   gone   |
-//	                  leave(callGone): the client hung up         +----------+
+//	                  settle(callGone): the client hung up        +----------+
 //
 // The server goroutine starts each request at callRunning (begin). Then:
 //
-//   - running -> timedOut (expire): the deadline has passed, as seen by the
-//     call's timer (worker.fire), by its handler returning or panicking late
+//   - running -> timedOut: the deadline has passed, as seen by the call's
+//     timer (worker.fire), by its handler returning or panicking late
 //     (worker.serve), or by a cooperative handler's return
 //     (finishCooperative). A disarmed call never times out.
-//   - running or disarmed -> finished (leave): the handler returned or
-//     panicked in time (worker.serve, finishCooperative).
-//   - running or disarmed -> gone (leave, see call.clientGone): the
-//     hang-up watch saw the client leave.
+//   - running or disarmed -> finished: the handler returned or panicked in
+//     time (worker.serve, finishCooperative).
+//   - running or disarmed -> gone: the hang-up watch saw the client leave
+//     (worker.hungUp, requestContext.hungUp).
 //   - running -> disarmed (Disarm), for good; running -> disarmed -> running
 //     (Extend), holding the timer off while the deadline moves. Only in
 //     racing mode: a cooperative call keeps running, and its deadline moves
 //     under its context's lock (see call.moveDeadline).
 //
 // finished, timedOut and gone are final until begin starts the call's next
-// request: exactly one path gets there, and in racing mode only that one
+// request: exactly one path gets there, through call.settle, and in racing
+// mode only that one
 // signals the server goroutine, on worker.done: the timer (timedOut), the
 // handler's return (finished or timedOut) or the hang-up callback (gone,
 // worker.hungUp). A cooperative handler runs on the server goroutine, so
@@ -58,7 +59,7 @@ const (
 	callRunning
 	callTimedOut
 	callDisarmed // no deadline (Disarm), or one being moved (Extend)
-	callGone     // the client hung up (see call.clientGone)
+	callGone     // the client hung up (see worker.hungUp)
 
 	phaseMask  = 0xff
 	generation = phaseMask + 1
@@ -113,7 +114,7 @@ func (c *call) begin(ctx *fasthttp.RequestCtx, start, deadline int64) {
 	c.beginWatch(ctx, start, state/generation)
 	// The deadline is stored before the new generation is: whoever sees
 	// this call running sees its deadline, and a compare-and-swap against
-	// a generation seen earlier fails (see expire).
+	// a generation seen earlier fails (see settle).
 	c.state.Store(state)
 	ctx.SetUserValue(callKey{}, c)
 }
@@ -128,39 +129,47 @@ func (c *call) transition(from, to uint64) bool {
 	return s&phaseMask == from && c.state.CompareAndSwap(s, s&^phaseMask|to)
 }
 
-// leave moves a call that is still undecided (running, or disarmed) to
-// phase to, and reports whether it did; the handler's return (callFinished)
-// and the client's hang-up (callGone) race for it. It tries again when the
-// phase moved only between running and disarmed (Extend), which decides
-// nothing.
-func (c *call) leave(to uint64) bool {
+// settle decides the request's race at t with outcome: callTimedOut (its
+// deadline has passed), callFinished (its handler returned or panicked in
+// time) or callGone (its client hung up). It is the one place where a
+// request's fate is decided, whoever gets there first: the call's timer, its
+// handler's return, the hang-up watch or, in cooperative mode, the handler's
+// deferred finish. It reports whether this caller decided it; exactly one
+// does per request.
+//
+// Deciding does what follows from the outcome: a timeout is counted (and is
+// a drop for the adaptive limit), and after a timeout or a hang-up the
+// handler is late and its context cancelled with the cause. Signalling the
+// server goroutine, in racing mode, is left to the winner: a returning
+// handler gives its concurrency slot back first.
+//
+// Only a running call times out, and only if its deadline is not after t (a
+// timer of an earlier call, another generation, sees a later deadline); a
+// running or disarmed one can finish or lose its client. A phase that only
+// moved between running and disarmed (Extend) decides nothing: look again.
+func (c *call) settle(outcome uint64, t int64) bool {
 	for {
 		s := c.state.Load()
-		if p := s & phaseMask; p != callRunning && p != callDisarmed {
+		p := s & phaseMask
+		if p != callRunning && (p != callDisarmed || outcome == callTimedOut) ||
+			outcome == callTimedOut && c.deadline.Load() > t {
 			return false
 		}
-		if c.state.CompareAndSwap(s, s&^phaseMask|to) {
-			return true
+		if c.state.CompareAndSwap(s, s&^phaseMask|outcome) {
+			break
 		}
 	}
-}
-
-// expire times the call out if it is running and its deadline is not after
-// t. It is the one place where a call times out: when its timer fires, when
-// its handler returns or panics (late is late, whether or not the timer has
-// run yet), and when a cooperative handler returns. The caller that gets
-// true owns the timeout: in racing mode it signals the server goroutine.
-func (c *call) expire(t int64) bool {
-	s := c.state.Load()
-	if s&phaseMask != callRunning || c.deadline.Load() > t ||
-		!c.state.CompareAndSwap(s, s&^phaseMask|callTimedOut) {
-		return false
+	switch outcome {
+	case callTimedOut:
+		c.m.stats.timeouts.Add(1)
+		if l := c.m.limiter; l != nil && l.adaptive {
+			l.drop(t)
+		}
+		c.becomeLate(c.deadline.Load(), context.DeadlineExceeded, &timeoutCause)
+	case callGone:
+		c.m.stats.clientGone.Add(1)
+		c.becomeLate(t, context.Canceled, &goneCause)
 	}
-	c.m.stats.timeouts.Add(1)
-	if l := c.m.limiter; l != nil && l.adaptive {
-		l.drop(t)
-	}
-	c.becomeLate(c.deadline.Load(), context.DeadlineExceeded, &timeoutCause)
 	return true
 }
 
@@ -194,12 +203,12 @@ func (c *call) context() context.Context {
 		}
 		c.m.housekeeper.watch(b)
 	case c.phase() == callTimedOut:
-		// The call timed out before expire could see b.
+		// The call timed out before settle could see b.
 		b.cancel(context.DeadlineExceeded, &timeoutCause)
 	case c.phase() == callGone:
-		b.cancel(context.Canceled, &goneCause) // as above, for clientGone
+		b.cancel(context.Canceled, &goneCause) // as above, for a hang-up
 	}
-	// A racing call's context needs no watch: expire cancels it through
+	// A racing call's context needs no watch: settle cancels it through
 	// the call, and the housekeeper checks running calls for shutdown anyway.
 	return b
 }

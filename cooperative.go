@@ -44,8 +44,8 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 	t := now()
 	// Settle the call before its context's watch ends: from then on, a
 	// hang-up no longer changes it.
-	if !c.expire(t) {
-		c.leave(callFinished)
+	if !c.settle(callTimedOut, t) {
+		c.settle(callFinished, t)
 	}
 	over, overAt, start := c.phase(), c.overAt.Load(), c.start
 	m.release(c, t, over == callFinished)

@@ -1,7 +1,6 @@
 package fasttimeout
 
 import (
-	"context"
 	"errors"
 	"runtime"
 	"sync/atomic"
@@ -151,30 +150,19 @@ func (c *call) settledWatch() uint64 {
 // may start the watch.
 var testHookUnwatch atomic.Pointer[func(*call)]
 
-// clientGone ends a running call whose client hung up: its context is
+// hungUp is the hang-up callback of a worker's calls: the call's context is
 // cancelled with cause ErrClientGone, and its handler is late from now on,
-// as after a timeout, but it is not counted as a timeout. It reports
-// whether the call was still running.
-func (c *call) clientGone() bool {
-	if !c.leave(callGone) {
-		return false
-	}
-	c.m.stats.clientGone.Add(1)
-	c.becomeLate(now(), context.Canceled, &goneCause)
-	return true
-}
-
-// hungUp is the hang-up callback of a worker's calls. It runs on the
-// watcher's goroutine, never after unwatchClient has removed the
+// as after a timeout, but the request is not counted as a timeout. It runs
+// on the watcher's goroutine, never after unwatchClient has removed the
 // registration, so the call is the one that was registered.
 func (w *worker) hungUp() {
-	if w.call.clientGone() {
+	if w.call.settle(callGone, now()) {
 		w.done <- struct{}{} // nobody to answer: the server goroutine moves on
 	}
 }
 
 // hungUp is the hang-up callback of a cooperative request's context.
-func (b *requestContext) hungUp() { b.call.clientGone() }
+func (b *requestContext) hungUp() { b.call.settle(callGone, now()) }
 
 // writeGoneResponse fills resp with the answer to a client that is gone.
 func writeGoneResponse(resp *fasthttp.Response) {

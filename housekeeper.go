@@ -19,7 +19,7 @@ const (
 // housekeeper is the one goroutine per middleware that cancels cooperative
 // contexts at their deadline and starts the hang-up watch of their clients,
 // cancels contexts at server shutdown, and retires idle workers. It keeps no
-// time for racing requests: each has its own timer (see call.expire). It
+// time for racing requests: each has its own timer (see worker.fire). It
 // runs only while the middleware has workers or watched contexts, ticking
 // every precision while contexts are watched and resting otherwise, and
 // exits once everything is idle and retired.
@@ -101,7 +101,7 @@ func (h *housekeeper) run() {
 
 // watchCalls cancels the contexts of racing calls whose server is shutting
 // down. Deadlines are not its business: each racing call has its own timer
-// (see call.expire); so racing calls alone never keep the housekeeper from
+// (see call.settle); so racing calls alone never keep the housekeeper from
 // resting, and shutdown reaches their contexts within a rest period.
 func (h *housekeeper) watchCalls() {
 	workers := h.snapshot.Load()

@@ -98,12 +98,12 @@ func (w *worker) loop() {
 }
 
 // fire runs when the timer of the worker's call goes off. It may be the
-// timer of an earlier call that finished as it fired: expire then finds the
+// timer of an earlier call that finished as it fired: settle then finds the
 // deadline of the current call ahead, or another generation, and does
 // nothing.
 func (w *worker) fire() {
 	t := now()
-	if w.call.expire(t) {
+	if w.call.settle(callTimedOut, t) {
 		w.done <- struct{}{} // the server goroutine answers with the timeout response
 		return
 	}
@@ -136,10 +136,10 @@ func (w *worker) serve() {
 		// The slot goes back before the server goroutine is signalled:
 		// from then on the call may be another request's.
 		t := now()
-		if c.expire(t) {
+		if c.settle(callTimedOut, t) {
 			m.release(c, t, false)
 			w.done <- struct{}{}
-		} else if c.leave(callFinished) {
+		} else if c.settle(callFinished, t) {
 			m.release(c, t, true)
 			c.end()
 			w.done <- struct{}{}
