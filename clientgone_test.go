@@ -113,7 +113,7 @@ func TestHangup_client_gone_cancels_the_context(t *testing.T) {
 				late := <-lates
 				assert.GreaterOrEqual(t, late, time.Duration(0), "lateness is counted from the hang-up")
 				assert.Less(t, late, stressBound)
-				require.True(t, waitUntil(func() bool { return stats.Snapshot().InFlight == 0 }))
+				require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, stressBound, 5*time.Millisecond)
 				got := stats.Snapshot()
 				assert.EqualValues(t, 1, got.ClientGone)
 				assert.Zero(t, got.Timeouts)
@@ -165,7 +165,7 @@ func TestHangup_only_a_hang_up_is_a_hang_up(t *testing.T) {
 			// Long enough past HangupDelay for the watch to have started:
 			// what is checked is that nothing fires, so the wait is
 			// only a chance given to a wrong hang-up.
-			require.True(t, waitUntil(func() bool { return stats.Snapshot().InFlight == 1 }))
+			require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 1 }, stressBound, 5*time.Millisecond)
 			time.Sleep(10 * fasttimeout.HangupDelay)
 			close(release)
 
@@ -189,7 +189,7 @@ func TestHangup_only_a_hang_up_is_a_hang_up(t *testing.T) {
 			assert.ErrorIs(t, e.err, context.DeadlineExceeded)
 			assert.ErrorIs(t, e.cause, fasttimeout.ErrTimeout)
 			assert.Equal(t, fasttimeout.DefaultStatusCode, readResponse(t, conn).StatusCode())
-			require.True(t, waitUntil(func() bool { return stats.Snapshot().InFlight == 0 }))
+			require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, stressBound, 5*time.Millisecond)
 			assert.Zero(t, stats.Snapshot().ClientGone)
 			assert.EqualValues(t, 1, stats.Snapshot().Timeouts)
 		})
@@ -272,7 +272,7 @@ func TestHangup_late_handler_after_a_hang_up(t *testing.T) {
 	conn := sendRaw(t, s.addr, rawRequest("/ignore"))
 	<-started
 	require.NoError(t, conn.Close())
-	require.True(t, waitUntil(func() bool { return stats.Snapshot().LateRunning == 1 }))
+	require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == 1 }, stressBound, 5*time.Millisecond)
 	assert.EqualValues(t, 1, stats.Snapshot().ClientGone)
 	assert.EqualValues(t, 1, stats.Snapshot().InFlight, "the late handler still runs")
 
@@ -284,7 +284,7 @@ func TestHangup_late_handler_after_a_hang_up(t *testing.T) {
 
 	close(release)
 	assert.GreaterOrEqual(t, <-lates, time.Duration(0))
-	require.True(t, waitUntil(func() bool { return stats.Snapshot().LateRunning == 0 }))
+	require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == 0 }, stressBound, 5*time.Millisecond)
 	assert.EqualValues(t, 1, stats.Snapshot().LateFinished)
 	assert.Zero(t, stats.Snapshot().Timeouts)
 	assert.Equal(t, "fast", string(other.get(t, "/fast", "S0000000000000002").Body()))

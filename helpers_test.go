@@ -110,18 +110,6 @@ func do(t testing.TB, s *testServer, method, path string) *fasthttp.Response {
 	return resp
 }
 
-// eventually polls cond until it holds, failing the test after waitTimeout.
-func eventually(t testing.TB, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached within", waitTimeout)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 // waitDone is a handler that blocks until its request context is done (the
 // deadline, in a cooperative handler) or release is closed.
 func waitDone(release <-chan struct{}) fasthttp.RequestHandler {

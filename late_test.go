@@ -70,7 +70,7 @@ func TestLate_handler_on_a_starved_process_gets_the_timeout_response(t *testing.
 					}
 				}
 				require.Empty(t, recovered, "a late panic is never re-raised")
-				require.True(t, waitUntil(func() bool { return stats.Snapshot().LateRunning == 0 }))
+				require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == 0 }, stressBound, 5*time.Millisecond)
 				got := stats.Snapshot()
 				assert.EqualValues(t, n, got.Timeouts)
 				assert.EqualValues(t, n, got.LateFinished)
@@ -184,7 +184,7 @@ func TestLate_mixed_burst_never_lets_a_late_handler_through(t *testing.T) {
 			assert.Zero(t, lateOwn.Load(), "own responses of late handlers")
 			assert.Zero(t, reraised.Load(), "late panics re-raised")
 			assert.Zero(t, bad.Load())
-			require.True(t, waitUntil(func() bool { return stats.Snapshot().LateRunning == 0 }))
+			require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == 0 }, stressBound, 5*time.Millisecond)
 			got := stats.Snapshot()
 			assert.Equal(t, timeouts.Load(), got.Timeouts, "timeouts counted as answered")
 			assert.Equal(t, thrown.Load(), got.Panics, "panics counted")

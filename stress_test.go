@@ -554,8 +554,10 @@ func (c *stressConn) do(path, secret string) error {
 
 func (c *stressConn) close() { _ = c.conn.Close() }
 
-// waitFor polls cond until it holds or stressBound passes, and reports whether
-// it held. Used only to wait for an end state, never to guess an order.
+// waitUntil polls cond until it holds or stressBound passes, and reports
+// whether it held. Used only to wait for an end state, never to guess an
+// order, where require.Eventually cannot be: in a handler's goroutine, and in
+// the stress report, which gathers every finding before it fails.
 func waitUntil(cond func() bool) bool {
 	deadline := time.Now().Add(stressBound)
 	for !cond() {
@@ -853,7 +855,7 @@ func TestKeepAlive(t *testing.T) {
 			}
 			requireOwnResponse(t, c.get(t, "/fast", "S0000000000000003"), "fast", "S0000000000000003")
 			require.EqualValues(t, 1, server.ln.accepted.Load(), "one connection for all requests")
-			require.True(t, waitUntil(func() bool { return stats.Snapshot().LateRunning == 0 }))
+			require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == 0 }, stressBound, 5*time.Millisecond)
 		})
 	}
 }
@@ -932,7 +934,7 @@ func TestPanics(t *testing.T) {
 		require.Same(t, thrown, r.value.(*secretPanic))
 		require.Contains(t, string(r.stack), "panicAfterTheDeadline", "the stack of the panic")
 		requireOwnResponse(t, c.get(t, "/fast", "S0000000000000002"), "fast", "S0000000000000002")
-		require.True(t, waitUntil(func() bool { return stats.Snapshot().LateRunning == 0 }))
+		require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == 0 }, stressBound, 5*time.Millisecond)
 		require.EqualValues(t, 1, stats.Snapshot().Panics)
 		require.Empty(t, recovered, "nothing re-raised on the server goroutine")
 	})
@@ -969,7 +971,7 @@ func TestPanics(t *testing.T) {
 
 		requireTimeoutResponse(t, c.get(t, "/goexit", "S0000000000000001"))
 		require.ErrorContains(t, (<-reports).(error), "Goexit")
-		require.True(t, waitUntil(func() bool { return stats.Snapshot().LateRunning == 0 }))
+		require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == 0 }, stressBound, 5*time.Millisecond)
 		requireOwnResponse(t, c.get(t, "/fast", "S0000000000000002"), "fast", "S0000000000000002")
 	})
 }
@@ -1074,7 +1076,7 @@ func TestShutdown(t *testing.T) {
 		require.EqualValues(t, 1, stats.Snapshot().LateRunning, "the late handler outlives the server")
 		close(release)
 		require.ErrorIs(t, <-causes, fasttimeout.ErrTimeout, "a late handler's context ended with its deadline")
-		require.True(t, waitUntil(func() bool { return stats.Snapshot().LateRunning == 0 }))
+		require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == 0 }, stressBound, 5*time.Millisecond)
 	})
 }
 
@@ -1142,8 +1144,8 @@ func TestLateHandlerFlood(t *testing.T) {
 	require.LessOrEqual(t, peak-goroutineBase, int(late)+4*connections+50)
 
 	close(release)
-	require.True(t, waitUntil(func() bool { return stats.Snapshot().LateRunning == 0 }))
+	require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == 0 }, stressBound, 5*time.Millisecond)
 	require.NoError(t, server.shutdown())
-	require.True(t, waitUntil(func() bool { return runtime.NumGoroutine() <= goroutineBase+10 }),
+	require.Eventually(t, func() bool { return runtime.NumGoroutine() <= goroutineBase+10 }, stressBound, 5*time.Millisecond,
 		"goroutines fall back once the late handlers are released: %d, base %d", runtime.NumGoroutine(), goroutineBase)
 }

@@ -107,7 +107,7 @@ func TestTimeout_racing_answers_at_the_deadline_while_the_handler_still_runs(t *
 	assert.Equal(t, int64(1), c.LateRunning)
 
 	close(release)
-	eventually(t, func() bool { return stats.Snapshot().LateRunning == 0 })
+	require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == 0 }, waitTimeout, time.Millisecond)
 	assert.Equal(t, int64(1), stats.Snapshot().LateFinished)
 }
 
@@ -343,7 +343,7 @@ func TestTimeout_late_panic_is_logged_by_default(t *testing.T) {
 
 	assert.Equal(t, fasthttp.StatusGatewayTimeout, do(t, s, "GET", "/").StatusCode())
 	close(release)
-	eventually(t, func() bool { return stats.Snapshot().LateFinished == 1 })
+	require.Eventually(t, func() bool { return stats.Snapshot().LateFinished == 1 }, waitTimeout, time.Millisecond)
 	assert.Contains(t, logs.String(), "panic in handler after its deadline: unwatched")
 	assert.Contains(t, logs.String(), "goroutine ")
 	assert.Equal(t, int64(1), stats.Snapshot().Panics)
