@@ -2,7 +2,9 @@
 // the timeout response, whatever the goroutine that watches the deadline has
 // seen or not seen yet. These tests hold that goroutine back (one P and a
 // spinning handler, a burst of connections, a stopped process) and check
-// that no late handler's response or panic gets through.
+// that no late handler's response or panic gets through, and that a flood of
+// late handlers that ignore their context leaves the fast requests beside
+// them their own answers.
 package fasttimeout_test
 
 import (
@@ -196,4 +198,78 @@ func TestLate_mixed_burst_never_lets_a_late_handler_through(t *testing.T) {
 				mode, own.Load(), timeouts.Load(), thrown.Load(), len(recovered), stats.LateRun().Count)
 		})
 	}
+}
+
+// Two thousand handlers that never look at their context time out beside
+// fast requests on the same connections: every fast request gets its own
+// answer, each late handler costs one goroutine and nothing more, and those
+// goroutines end once released.
+func TestLateHandlerFlood(t *testing.T) {
+	const connections, perConnection = 40, 50 // 2 000 late handlers
+	release := make(chan struct{})
+	var stats fasttimeout.Stats
+	h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+		secret := string(ctx.Request.Header.Peek("X-Secret"))
+		if string(ctx.Path()) == "/late" {
+			<-release // never looks at its context
+			replyWithSecret(ctx, "late", secret)
+			return
+		}
+		replyWithSecret(ctx, "fast", secret)
+	}, fasttimeout.Config{
+		// The late ones time out at once; the fast ones get all the time
+		// they need on a loaded machine, so a wrong answer is never timing.
+		TimeoutFunc: func(ctx *fasthttp.RequestCtx) time.Duration {
+			if string(ctx.Path()) == "/late" {
+				return 5 * time.Millisecond
+			}
+			return time.Minute
+		},
+		Stats: &stats,
+	})
+	goroutineBase := runtime.NumGoroutine()
+	server := startStressLoopback(t, h)
+
+	var clients sync.WaitGroup
+	var wrong atomic.Int64
+	for i := range connections {
+		clients.Go(func() {
+			c, err := dialStress(server.addr)
+			if !assert.NoError(t, err) {
+				return
+			}
+			defer c.close()
+			for j := range perConnection {
+				secret := fmt.Sprintf("S%08x%08x", i, j)
+				if !assert.NoError(t, c.do("/late", secret)) {
+					return
+				}
+				if c.resp.StatusCode() != fasttimeout.DefaultStatusCode || string(c.resp.Body()) != fasttimeout.DefaultBody {
+					wrong.Add(1)
+				}
+				// Fast requests keep being answered, correctly, meanwhile.
+				if !assert.NoError(t, c.do("/fast", secret)) {
+					return
+				}
+				if string(c.resp.Body()) != ownBody("fast", secret) {
+					wrong.Add(1)
+				}
+			}
+		})
+	}
+	clients.Wait()
+	late := stats.Snapshot().LateRunning
+	peak := runtime.NumGoroutine()
+	t.Logf("%d late handlers running, goroutines %d before, %d with them", late, goroutineBase, peak)
+	require.Zero(t, wrong.Load())
+	require.EqualValues(t, connections*perConnection, late)
+	// One goroutine per late handler, plus a few per connection and the
+	// server's own: nothing else grows with the late handlers.
+	require.LessOrEqual(t, peak-goroutineBase, int(late)+4*connections+50)
+
+	close(release)
+	require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == 0 }, stressBound, 5*time.Millisecond)
+	require.NoError(t, server.shutdown())
+	require.Eventually(t, func() bool { return runtime.NumGoroutine() <= goroutineBase+10 }, stressBound, 5*time.Millisecond,
+		"goroutines fall back once the late handlers are released: %d, base %d", runtime.NumGoroutine(), goroutineBase)
 }

@@ -2,10 +2,8 @@ package fasttimeout_test
 
 import (
 	"bufio"
-	"errors"
 	"fmt"
 	"net"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,7 +13,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/valyala/fasthttp"
-	"github.com/valyala/fasthttp/fasthttputil"
 
 	"github.com/fasttimeout/fasttimeout"
 )
@@ -197,49 +194,6 @@ func (l *acceptCounter) Accept() (net.Conn, error) {
 	return c, err
 }
 
-func TestTimeout_keep_alive_connection_is_reused_after_a_timeout(t *testing.T) {
-	t.Parallel()
-	release := make(chan struct{})
-	t.Cleanup(func() { close(release) })
-	h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
-		if string(ctx.Path()) == "/slow" {
-			<-release
-		}
-		ctx.SetBodyString("fast " + string(ctx.QueryArgs().Peek("n")))
-	}, fasttimeout.Config{Timeout: shortTimeout})
-
-	mem := fasthttputil.NewInmemoryListener()
-	ln := &acceptCounter{Listener: mem}
-	server := &fasthttp.Server{Handler: h}
-	served := make(chan error, 1)
-	go func() { served <- server.Serve(ln) }()
-	conn, err := mem.Dial()
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		_ = conn.Close()
-		require.NoError(t, server.Shutdown())
-		require.NoError(t, <-served)
-	})
-
-	// One raw connection, so that reuse is certain: three requests in turn.
-	br := bufio.NewReader(conn)
-	for i, path := range []string{"/fast?n=1", "/slow", "/fast?n=2"} {
-		_, err := fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: test\r\n\r\n", path)
-		require.NoError(t, err)
-		var resp fasthttp.Response
-		require.NoError(t, resp.Read(br), "request %d", i)
-		switch path {
-		case "/slow":
-			assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
-			assert.False(t, resp.ConnectionClose())
-		default:
-			assert.Equal(t, 200, resp.StatusCode())
-			assert.Equal(t, "fast "+path[len(path)-1:], string(resp.Body()))
-		}
-	}
-	assert.Equal(t, int64(1), ln.accepted.Load())
-}
-
 // recoverer is the outer recover middleware users put around handlers.
 func recoverer(h fasthttp.RequestHandler, seen chan<- any) fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
@@ -251,65 +205,6 @@ func recoverer(h fasthttp.RequestHandler, seen chan<- any) fasthttp.RequestHandl
 		}()
 		h(ctx)
 	}
-}
-
-func TestTimeout_panic_before_the_deadline_is_re_raised_with_its_value(t *testing.T) {
-	t.Parallel()
-	boom := errors.New("boom")
-	for _, mode := range allModes {
-		t.Run(mode.String(), func(t *testing.T) {
-			t.Parallel()
-			stats := new(fasttimeout.Stats)
-			h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
-				if string(ctx.Path()) == "/panic" {
-					panic(boom)
-				}
-				ctx.SetBodyString("still here")
-			}, fasttimeout.Config{Mode: mode, Stats: stats})
-			seen := make(chan any, 1)
-			s := serve(t, recoverer(h, seen))
-
-			resp := do(t, s, "GET", "/panic")
-			assert.Equal(t, fasthttp.StatusInternalServerError, resp.StatusCode())
-			require.Same(t, boom, (<-seen).(error))
-			resp = do(t, s, "GET", "/ok")
-			assert.Equal(t, "still here", string(resp.Body()))
-			assert.Equal(t, int64(1), stats.Snapshot().Panics)
-		})
-	}
-}
-
-func TestTimeout_panic_after_the_deadline_goes_to_OnPanic(t *testing.T) {
-	t.Parallel()
-	release := make(chan struct{})
-	type report struct {
-		value any
-		stack string
-	}
-	reports := make(chan report, 1)
-	h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
-		if string(ctx.Path()) == "/late-panic" {
-			<-release
-			panic("late boom")
-		}
-		ctx.SetBodyString("alive")
-	}, fasttimeout.Config{
-		Timeout: shortTimeout,
-		OnPanic: func(_ *fasthttp.RequestCtx, v any, stack []byte) { reports <- report{v, string(stack)} },
-	})
-	s := serve(t, h)
-
-	resp := do(t, s, "GET", "/late-panic")
-	assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
-	close(release)
-	select {
-	case r := <-reports:
-		assert.Equal(t, "late boom", r.value)
-		assert.Contains(t, r.stack, "timeout_test.go", "the stack shows where the handler panicked")
-	case <-time.After(waitTimeout):
-		t.Fatal("OnPanic was not called")
-	}
-	assert.Equal(t, "alive", string(do(t, s, "GET", "/").Body()))
 }
 
 // logBuffer is a fasthttp.Logger that keeps what it is given.
@@ -328,25 +223,6 @@ func (l *logBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return strings.Join(l.lines, "\n")
-}
-
-func TestTimeout_late_panic_is_logged_by_default(t *testing.T) {
-	t.Parallel()
-	release := make(chan struct{})
-	stats := new(fasttimeout.Stats)
-	logs := new(logBuffer)
-	h := fasttimeout.New(func(*fasthttp.RequestCtx) {
-		<-release
-		panic("unwatched")
-	}, fasttimeout.Config{Timeout: shortTimeout, Stats: stats})
-	s := serveLogged(t, h, logs)
-
-	assert.Equal(t, fasthttp.StatusGatewayTimeout, do(t, s, "GET", "/").StatusCode())
-	close(release)
-	require.Eventually(t, func() bool { return stats.Snapshot().LateFinished == 1 }, waitTimeout, time.Millisecond)
-	assert.Contains(t, logs.String(), "panic in handler after its deadline: unwatched")
-	assert.Contains(t, logs.String(), "goroutine ")
-	assert.Equal(t, int64(1), stats.Snapshot().Panics)
 }
 
 func TestTimeout_OnLateReturn_says_how_late(t *testing.T) {
@@ -371,24 +247,6 @@ func TestTimeout_OnLateReturn_says_how_late(t *testing.T) {
 	case <-time.After(waitTimeout):
 		t.Fatal("OnLateReturn was not called")
 	}
-}
-
-func TestTimeout_goexit_in_the_handler_does_not_hang_the_request(t *testing.T) {
-	t.Parallel()
-	seen := make(chan any, 1)
-	h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
-		if string(ctx.Path()) == "/goexit" {
-			defer ctx.SetBodyString("unreachable")
-			runtime.Goexit()
-		}
-		ctx.SetBodyString("ok")
-	}, fasttimeout.Config{})
-	s := serve(t, recoverer(h, seen))
-	assert.Equal(t, fasthttp.StatusInternalServerError, do(t, s, "GET", "/goexit").StatusCode())
-	err, _ := (<-seen).(error)
-	require.Error(t, err)
-	assert.Contains(t, err.Error(), "Goexit")
-	assert.Equal(t, "ok", string(do(t, s, "GET", "/").Body()))
 }
 
 func TestNew_copies_the_configured_body(t *testing.T) {

@@ -1,0 +1,255 @@
+// Panics and runtime.Goexit in a handler, before and after its deadline, in
+// both modes.
+package fasttimeout_test
+
+import (
+	"errors"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/valyala/fasthttp"
+
+	"github.com/fasttimeout/fasttimeout"
+)
+
+// panicServer serves a racing or cooperative middleware behind an outer
+// recover that hands what it caught to recovered.
+func panicServer(t *testing.T, h fasthttp.RequestHandler, cfg fasttimeout.Config, recovered chan<- any) *stressLoopback {
+	wrapped := fasttimeout.New(h, cfg)
+	return startStressLoopback(t, func(ctx *fasthttp.RequestCtx) {
+		defer func() {
+			if v := recover(); v != nil {
+				recovered <- v
+				ctx.Response.Reset()
+				ctx.SetStatusCode(fasthttp.StatusInternalServerError)
+				ctx.SetBodyString("recovered")
+			}
+		}()
+		if string(ctx.Path()) == "/fast" {
+			replyWithSecret(ctx, "fast", string(ctx.Request.Header.Peek("X-Secret")))
+			return
+		}
+		wrapped(ctx)
+	})
+}
+
+func TestPanics(t *testing.T) {
+	for _, mode := range []fasttimeout.Mode{fasttimeout.Racing, fasttimeout.Cooperative} {
+		t.Run("before_the_deadline_reaches_the_outer_recover_with_its_original_value/"+mode.String(), func(t *testing.T) {
+			t.Parallel()
+			thrown := &secretPanic{secret: "S00000000000000aa"}
+			recovered := make(chan any, 1)
+			var stats fasttimeout.Stats
+			server := panicServer(t, func(*fasthttp.RequestCtx) { panic(thrown) },
+				fasttimeout.Config{Timeout: 10 * time.Second, Mode: mode, Stats: &stats}, recovered)
+			c, err := dialStress(server.addr)
+			require.NoError(t, err)
+			defer c.close()
+
+			resp := c.get(t, "/panic", "S0000000000000001")
+			require.Equal(t, fasthttp.StatusInternalServerError, resp.StatusCode())
+			require.Same(t, thrown, (<-recovered).(*secretPanic))
+			requireOwnResponse(t, c.get(t, "/fast", "S0000000000000002"), "fast", "S0000000000000002")
+			require.EqualValues(t, 1, server.ln.accepted.Load())
+		})
+	}
+
+	t.Run("after_the_deadline_goes_to_OnPanic_with_value_and_stack", func(t *testing.T) {
+		t.Parallel()
+		thrown := &secretPanic{secret: "S00000000000000bb"}
+		answered := make(chan struct{})
+		type report struct {
+			value any
+			stack []byte
+		}
+		reports := make(chan report, 1)
+		recovered := make(chan any, 1)
+		var stats fasttimeout.Stats
+		server := panicServer(t, func(*fasthttp.RequestCtx) {
+			<-answered
+			panicAfterTheDeadline(thrown)
+		}, fasttimeout.Config{Timeout: 20 * time.Millisecond, Stats: &stats,
+			OnTimeout: func(*fasthttp.RequestCtx, *fasthttp.Response) { close(answered) },
+			OnPanic:   func(_ *fasthttp.RequestCtx, v any, stack []byte) { reports <- report{v, stack} },
+		}, recovered)
+		c, err := dialStress(server.addr)
+		require.NoError(t, err)
+		defer c.close()
+
+		requireTimeoutResponse(t, c.get(t, "/panic", "S0000000000000001"))
+		var r report
+		select {
+		case r = <-reports:
+		case <-time.After(stressBound):
+			t.Fatal("OnPanic was not called")
+		}
+		require.Same(t, thrown, r.value.(*secretPanic))
+		require.Contains(t, string(r.stack), "panicAfterTheDeadline", "the stack of the panic")
+		requireOwnResponse(t, c.get(t, "/fast", "S0000000000000002"), "fast", "S0000000000000002")
+		require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == 0 }, stressBound, 5*time.Millisecond)
+		require.EqualValues(t, 1, stats.Snapshot().Panics)
+		require.Empty(t, recovered, "nothing re-raised on the server goroutine")
+	})
+
+	t.Run("Goexit_in_a_raced_handler_does_not_hang_the_request", func(t *testing.T) {
+		t.Parallel()
+		recovered := make(chan any, 1)
+		server := panicServer(t, func(*fasthttp.RequestCtx) { runtime.Goexit() },
+			fasttimeout.Config{Timeout: 10 * time.Second}, recovered)
+		c, err := dialStress(server.addr)
+		require.NoError(t, err)
+		defer c.close()
+
+		require.Equal(t, fasthttp.StatusInternalServerError, c.get(t, "/goexit", "S0000000000000001").StatusCode())
+		require.ErrorContains(t, (<-recovered).(error), "Goexit")
+		requireOwnResponse(t, c.get(t, "/fast", "S0000000000000002"), "fast", "S0000000000000002")
+	})
+
+	t.Run("Goexit_after_the_deadline_goes_to_OnPanic", func(t *testing.T) {
+		t.Parallel()
+		answered := make(chan struct{})
+		reports := make(chan any, 1)
+		var stats fasttimeout.Stats
+		server := panicServer(t, func(*fasthttp.RequestCtx) {
+			<-answered
+			runtime.Goexit()
+		}, fasttimeout.Config{Timeout: 20 * time.Millisecond, Stats: &stats,
+			OnTimeout: func(*fasthttp.RequestCtx, *fasthttp.Response) { close(answered) },
+			OnPanic:   func(_ *fasthttp.RequestCtx, v any, _ []byte) { reports <- v },
+		}, make(chan any, 1))
+		c, err := dialStress(server.addr)
+		require.NoError(t, err)
+		defer c.close()
+
+		requireTimeoutResponse(t, c.get(t, "/goexit", "S0000000000000001"))
+		require.ErrorContains(t, (<-reports).(error), "Goexit")
+		require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == 0 }, stressBound, 5*time.Millisecond)
+		requireOwnResponse(t, c.get(t, "/fast", "S0000000000000002"), "fast", "S0000000000000002")
+	})
+}
+
+// panicAfterTheDeadline is a named frame for the stack OnPanic must get.
+//
+//go:noinline
+func panicAfterTheDeadline(v any) { panic(v) }
+
+// In cooperative mode a panic after the deadline was re-raised (a 500, or a
+// crash without an outer recover) instead of going to OnPanic with the
+// timeout response. Regression test for that bug.
+func TestPanics_cooperative_after_the_deadline_goes_to_OnPanic(t *testing.T) {
+	recovered := make(chan any, 1)
+	reports := make(chan any, 1)
+	var stats fasttimeout.Stats
+	server := panicServer(t, func(ctx *fasthttp.RequestCtx) {
+		<-fasttimeout.Context(ctx).Done()
+		panic("after the deadline")
+	}, fasttimeout.Config{Timeout: 20 * time.Millisecond, Mode: fasttimeout.Cooperative, Stats: &stats,
+		OnPanic: func(_ *fasthttp.RequestCtx, v any, _ []byte) { reports <- v }}, recovered)
+	c, err := dialStress(server.addr)
+	require.NoError(t, err)
+	defer c.close()
+
+	requireTimeoutResponse(t, c.get(t, "/panic", "S0000000000000001"))
+	assert.Empty(t, recovered, "re-raised on the server goroutine")
+	assert.Len(t, reports, 1, "reported to OnPanic")
+	assert.EqualValues(t, 1, stats.Snapshot().Panics)
+}
+
+func TestTimeout_panic_before_the_deadline_is_re_raised_with_its_value(t *testing.T) {
+	t.Parallel()
+	boom := errors.New("boom")
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			stats := new(fasttimeout.Stats)
+			h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				if string(ctx.Path()) == "/panic" {
+					panic(boom)
+				}
+				ctx.SetBodyString("still here")
+			}, fasttimeout.Config{Mode: mode, Stats: stats})
+			seen := make(chan any, 1)
+			s := serve(t, recoverer(h, seen))
+
+			resp := do(t, s, "GET", "/panic")
+			assert.Equal(t, fasthttp.StatusInternalServerError, resp.StatusCode())
+			require.Same(t, boom, (<-seen).(error))
+			resp = do(t, s, "GET", "/ok")
+			assert.Equal(t, "still here", string(resp.Body()))
+			assert.Equal(t, int64(1), stats.Snapshot().Panics)
+		})
+	}
+}
+
+func TestTimeout_panic_after_the_deadline_goes_to_OnPanic(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	type report struct {
+		value any
+		stack string
+	}
+	reports := make(chan report, 1)
+	h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+		if string(ctx.Path()) == "/late-panic" {
+			<-release
+			panic("late boom")
+		}
+		ctx.SetBodyString("alive")
+	}, fasttimeout.Config{
+		Timeout: shortTimeout,
+		OnPanic: func(_ *fasthttp.RequestCtx, v any, stack []byte) { reports <- report{v, string(stack)} },
+	})
+	s := serve(t, h)
+
+	resp := do(t, s, "GET", "/late-panic")
+	assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
+	close(release)
+	select {
+	case r := <-reports:
+		assert.Equal(t, "late boom", r.value)
+		assert.Contains(t, r.stack, "panics_test.go", "the stack shows where the handler panicked")
+	case <-time.After(waitTimeout):
+		t.Fatal("OnPanic was not called")
+	}
+	assert.Equal(t, "alive", string(do(t, s, "GET", "/").Body()))
+}
+
+func TestTimeout_late_panic_is_logged_by_default(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	stats := new(fasttimeout.Stats)
+	logs := new(logBuffer)
+	h := fasttimeout.New(func(*fasthttp.RequestCtx) {
+		<-release
+		panic("unwatched")
+	}, fasttimeout.Config{Timeout: shortTimeout, Stats: stats})
+	s := serveLogged(t, h, logs)
+
+	assert.Equal(t, fasthttp.StatusGatewayTimeout, do(t, s, "GET", "/").StatusCode())
+	close(release)
+	require.Eventually(t, func() bool { return stats.Snapshot().LateFinished == 1 }, waitTimeout, time.Millisecond)
+	assert.Contains(t, logs.String(), "panic in handler after its deadline: unwatched")
+	assert.Contains(t, logs.String(), "goroutine ")
+	assert.Equal(t, int64(1), stats.Snapshot().Panics)
+}
+
+func TestTimeout_goexit_in_the_handler_does_not_hang_the_request(t *testing.T) {
+	t.Parallel()
+	seen := make(chan any, 1)
+	h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+		if string(ctx.Path()) == "/goexit" {
+			defer ctx.SetBodyString("unreachable")
+			runtime.Goexit()
+		}
+		ctx.SetBodyString("ok")
+	}, fasttimeout.Config{})
+	s := serve(t, recoverer(h, seen))
+	assert.Equal(t, fasthttp.StatusInternalServerError, do(t, s, "GET", "/goexit").StatusCode())
+	err, _ := (<-seen).(error)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "Goexit")
+	assert.Equal(t, "ok", string(do(t, s, "GET", "/").Body()))
+}
