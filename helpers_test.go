@@ -1,13 +1,23 @@
+// The harness of the tests that run the middleware in a real fasthttp.Server,
+// as users do: serve, over an in-memory listener, and startStressLoopback,
+// over TCP on 127.0.0.1, with their clients and the waits they share. (The
+// tests inside the package, which cannot reach these, have theirs in
+// hangup_test.go and nginx_test.go.)
 package fasttimeout_test
 
 import (
+	"bufio"
+	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttputil"
@@ -119,4 +129,176 @@ func waitDone(release <-chan struct{}) fasthttp.RequestHandler {
 		case <-release:
 		}
 	}
+}
+
+// stressBound is how long any wait of the real-server tests may take before it counts as a
+// hang. Nothing is expected to come close: it only turns a hang into a
+// failure with a message.
+const stressBound = 30 * time.Second
+
+// ownBody is the body a handler of kind k writes for secret s.
+func ownBody(kind, s string) string {
+	if kind == "stream" {
+		return "stream:" + s + "|" + s + "|" + s
+	}
+	return kind + ":" + s
+}
+
+func replyWithSecret(ctx *fasthttp.RequestCtx, kind, secret string) {
+	ctx.Response.Header.Set("X-Secret", secret)
+	ctx.SetContentType("text/plain")
+	ctx.SetBodyString(ownBody(kind, secret))
+}
+
+// stressListener counts the connections it accepts.
+type stressListener struct {
+	net.Listener
+	accepted atomic.Int64
+}
+
+func (l *stressListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.accepted.Add(1)
+	}
+	return c, err
+}
+
+// stressLog keeps what the server logs, for the report.
+type stressLog struct {
+	mu    sync.Mutex
+	lines []string
+	n     int
+}
+
+func (l *stressLog) Printf(format string, args ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.n++
+	if len(l.lines) < 10 {
+		l.lines = append(l.lines, fmt.Sprintf(format, args...))
+	}
+}
+
+func (l *stressLog) report() (int, []string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.n, append([]string(nil), l.lines...)
+}
+
+// stressLoopback is a fasthttp.Server on 127.0.0.1 that counts accepted
+// connections.
+type stressLoopback struct {
+	server   *fasthttp.Server
+	ln       *stressListener
+	addr     string
+	served   chan error
+	logs     *stressLog
+	shutOnce sync.Once
+	shutErr  error
+}
+
+func startStressLoopback(t testing.TB, h fasthttp.RequestHandler) *stressLoopback {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	s := &stressLoopback{ln: &stressListener{Listener: ln}, addr: ln.Addr().String(), served: make(chan error, 1), logs: &stressLog{}}
+	s.server = &fasthttp.Server{Handler: h, Logger: s.logs, ReadTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute}
+	go func() { s.served <- s.server.Serve(s.ln) }()
+	t.Cleanup(func() { assert.NoError(t, s.shutdown()) })
+	return s
+}
+
+// shutdown shuts the server down and waits for Serve to return, bounded.
+func (s *stressLoopback) shutdown() error {
+	s.shutOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), stressBound)
+		defer cancel()
+		if err := s.server.ShutdownWithContext(ctx); err != nil {
+			s.shutErr = fmt.Errorf("shutdown: %w", err)
+			return
+		}
+		select {
+		case err := <-s.served:
+			s.shutErr = err
+		case <-ctx.Done():
+			s.shutErr = errors.New("Serve did not return after Shutdown")
+		}
+	})
+	return s.shutErr
+}
+
+// stressConn is one keep-alive client connection, used by one goroutine.
+type stressConn struct {
+	conn net.Conn
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	req  fasthttp.Request
+	resp fasthttp.Response
+}
+
+func dialStress(addr string) (*stressConn, error) {
+	conn, err := net.DialTimeout("tcp", addr, stressBound)
+	if err != nil {
+		return nil, err
+	}
+	return &stressConn{conn: conn, br: bufio.NewReader(conn), bw: bufio.NewWriter(conn)}, nil
+}
+
+// do sends GET path with secret in a header and the query, and reads the
+// response into c.resp.
+func (c *stressConn) do(path, secret string) error {
+	c.req.Reset()
+	c.resp.Reset()
+	c.req.SetRequestURI(path + "?secret=" + secret)
+	c.req.Header.SetHost("stress.test")
+	c.req.Header.Set("X-Secret", secret)
+	if err := c.conn.SetDeadline(time.Now().Add(stressBound)); err != nil {
+		return err
+	}
+	if err := c.req.Write(c.bw); err != nil {
+		return err
+	}
+	if err := c.bw.Flush(); err != nil {
+		return err
+	}
+	return c.resp.Read(c.br)
+}
+
+func (c *stressConn) close() { _ = c.conn.Close() }
+
+// waitUntil polls cond until it holds or stressBound passes, and reports
+// whether it held. Used only to wait for an end state, never to guess an
+// order, where require.Eventually cannot be: in a handler's goroutine, and in
+// the stress report, which gathers every finding before it fails.
+func waitUntil(cond func() bool) bool {
+	deadline := time.Now().Add(stressBound)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return true
+}
+
+// get sends one request on c and fails the test on a transport error.
+func (c *stressConn) get(t *testing.T, path, secret string) *fasthttp.Response {
+	t.Helper()
+	require.NoError(t, c.do(path, secret), "request %s on a connection that should live", path)
+	return &c.resp
+}
+
+func requireTimeoutResponse(t *testing.T, resp *fasthttp.Response) {
+	t.Helper()
+	require.Equal(t, fasttimeout.DefaultStatusCode, resp.StatusCode())
+	require.Equal(t, fasttimeout.DefaultBody, string(resp.Body()))
+	require.Empty(t, resp.Header.Peek("X-Secret"), "no header of the late handler")
+}
+
+func requireOwnResponse(t *testing.T, resp *fasthttp.Response, kind, secret string) {
+	t.Helper()
+	require.Equal(t, fasthttp.StatusOK, resp.StatusCode())
+	require.Equal(t, ownBody(kind, secret), string(resp.Body()))
+	require.Equal(t, secret, string(resp.Header.Peek("X-Secret")))
 }
