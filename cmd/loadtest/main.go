@@ -92,39 +92,26 @@ flags:
 `
 
 // parseFlags parses args (without the program name). It returns flag.ErrHelp
-// for -h, and a one-line error for anything invalid.
+// for -h, and a one-line error for anything invalid. The flags of each
+// scenario are its own (scenario.flags); these are the ones they share.
 func parseFlags(args []string) (options, error) {
 	fs := flag.NewFlagSet("loadtest", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	var (
-		o           options
-		conns       = fs.String("conns", "64,1024", "comma-separated connection counts of the throughput scenario")
-		variants    = fs.String("variants", strings.Join(allVariants, ","), "comma-separated variants")
-		scenarios   = fs.String("scenarios", strings.Join(allScenarios, ","), "comma-separated scenarios: "+strings.Join(allScenarios, ", "))
-		olVariants  = fs.String("overload-variants", strings.Join(overloadVariantNames(false), ","), "comma-separated variants of the overload scenario: "+strings.Join(overloadVariantNames(true), ", "))
-		olWorkloads = fs.String("overload-workloads", strings.Join(allWorkloads, ","), "comma-separated workloads of the overload scenario: "+strings.Join(allWorkloads, ", "))
-		olLoads     = fs.String("overload-loads", "0.5,1,2,4,10", "comma-separated offered loads of the overload scenario, × capacity")
-		olSweep     = fs.String("overload-sweep", "8,16,32,64,128", "comma-separated fasthttp Server.Concurrency values swept to find the capacity")
+		o         options
+		variants  = fs.String("variants", strings.Join(allVariants, ","), "comma-separated variants")
+		scenarioz = fs.String("scenarios", strings.Join(allScenarios, ","), "comma-separated scenarios: "+strings.Join(allScenarios, ", "))
 	)
 	fs.DurationVar(&o.duration, "duration", 3*time.Second, "measured time of each cell (variant × connections)")
 	fs.DurationVar(&o.warmup, "warmup", 500*time.Millisecond, "unmeasured load before each cell")
-	fs.IntVar(&o.stormConns, "storm-conns", 1000, "connections (concurrent slow requests) of the storm scenario")
-	fs.IntVar(&o.burstConns, "burst-conns", 512, "connections opened at once by the burst scenario")
-	fs.IntVar(&o.burstReqs, "burst-requests", 50, "requests each burst connection sends, one after the other")
-	fs.BoolVar(&o.shared, "burst-shared", true, "run the burst's server in this process, its goroutines sharing the Ps with the clients' (false: a child process)")
-	fs.IntVar(&o.hangupConns, "hangup-conns", 10000, "connections (concurrent slow requests) of the hangup scenario")
-	fs.IntVar(&o.hangupRounds, "hangup-rounds", 2, "pairs of CPU windows, watch on and off, per variant of the hangup scenario")
-	fs.DurationVar(&o.olCell, "cell", 3*time.Second, "measured time of each overload cell")
-	fs.DurationVar(&o.olWarmup, "cell-warmup", 2*time.Second, "unmeasured load before each overload cell")
-	fs.DurationVar(&o.olTimeout, "overload-timeout", time.Second, "the overload servers' timeout and their clients' deadline")
-	fs.DurationVar(&o.olSoak, "soak", 0, "also run each overload variant with admission (or, if none is selected, each selected one) this long at 10x capacity (e.g. 60s), for memory, goroutines and answers given twice")
-	fs.IntVar(&o.olMaxConns, "max-conns", 10000, "connections the overload generator opens at most (one request out on each)")
-	fs.StringVar(&o.olArrivals, "arrivals", "poisson", "arrivals of the overload scenario: poisson or uniform")
-	fs.IntVar(&o.olQueries, "db-queries", 8, "queries each request of the downstream workload makes, one after the other")
 	fs.BoolVar(&o.json, "json", false, "write the report as JSON instead of Markdown")
 	fs.StringVar(&o.chart, "chart", "", "also write a PNG chart to this file")
 	fs.StringVar(&o.render, "render", "", "measure nothing: write the report saved by -json in this file again (as Markdown, or JSON with -json, and its -chart)")
 	fs.BoolVar(&o.smoke, "smoke", false, "tiny budget for CI: 150ms cells, 4 and 32 connections, 64 storm connections, burst of 16 × 5, overload cells of 100ms at 4x with a 100ms timeout")
+	var finish []func(smokeDefault) error
+	for _, sc := range scenarios {
+		finish = append(finish, sc.flags(fs, &o))
+	}
 	fs.Usage = func() {} // a bad flag gets one line, from main
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -139,67 +126,18 @@ func parseFlags(args []string) (options, error) {
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	if o.smoke {
-		if !set["duration"] {
-			o.duration = 150 * time.Millisecond
-		}
-		if !set["warmup"] {
-			o.warmup = 50 * time.Millisecond
-		}
-		if !set["conns"] {
-			*conns = "4,32"
-		}
-		if !set["storm-conns"] {
-			o.stormConns = 64
-		}
-		if !set["burst-conns"] {
-			o.burstConns = 16
-		}
-		if !set["burst-requests"] {
-			o.burstReqs = 5
-		}
-		if !set["hangup-conns"] {
-			o.hangupConns = 64
-		}
-		if !set["hangup-rounds"] {
-			o.hangupRounds = 1
-		}
-		if !set["cell"] {
-			o.olCell = 100 * time.Millisecond
-		}
-		if !set["cell-warmup"] {
-			o.olWarmup = 50 * time.Millisecond
-		}
-		if !set["overload-timeout"] {
-			o.olTimeout = 100 * time.Millisecond
-		}
-		if !set["overload-loads"] {
-			*olLoads = "4"
-		}
-		if !set["overload-sweep"] {
-			*olSweep = "16"
+	smoke := func(name string, apply func()) {
+		if o.smoke && !set[name] {
+			apply()
 		}
 	}
+	smoke("duration", func() { o.duration = 150 * time.Millisecond })
+	smoke("warmup", func() { o.warmup = 50 * time.Millisecond })
 	var err error
-	if o.conns, err = parseConns(*conns); err != nil {
-		return o, err
-	}
 	if o.variants, err = parseList("variant", *variants, allVariants); err != nil {
 		return o, err
 	}
-	if o.scenarios, err = parseList("scenario", *scenarios, allScenarios); err != nil {
-		return o, err
-	}
-	if o.olVariants, err = parseList("overload variant", *olVariants, overloadVariantNames(true)); err != nil {
-		return o, err
-	}
-	if o.olWorkloads, err = parseList("workload", *olWorkloads, allWorkloads); err != nil {
-		return o, err
-	}
-	if o.olLoads, err = parseLoads(*olLoads); err != nil {
-		return o, err
-	}
-	if o.olSweep, err = parseCounts("-overload-sweep", *olSweep, 1, 100000); err != nil {
+	if o.scenarios, err = parseList("scenario", *scenarioz, allScenarios); err != nil {
 		return o, err
 	}
 	switch {
@@ -207,33 +145,18 @@ func parseFlags(args []string) (options, error) {
 		return o, fmt.Errorf("-duration must be between 0 and 1h, got %v", o.duration)
 	case o.warmup < 0 || o.warmup > time.Hour:
 		return o, fmt.Errorf("-warmup must be between 0 and 1h, got %v", o.warmup)
-	case o.stormConns <= 0 || o.stormConns > maxConns:
-		return o, fmt.Errorf("-storm-conns must be between 1 and %d, got %d", maxConns, o.stormConns)
-	case o.burstConns <= 0 || o.burstConns > maxConns:
-		return o, fmt.Errorf("-burst-conns must be between 1 and %d, got %d", maxConns, o.burstConns)
-	case o.burstReqs <= 0 || o.burstReqs > maxBurstRequests:
-		return o, fmt.Errorf("-burst-requests must be between 1 and %d, got %d", maxBurstRequests, o.burstReqs)
-	case o.hangupConns <= 0 || o.hangupConns > maxConns:
-		return o, fmt.Errorf("-hangup-conns must be between 1 and %d, got %d", maxConns, o.hangupConns)
-	case o.hangupRounds <= 0 || o.hangupRounds > 100:
-		return o, fmt.Errorf("-hangup-rounds must be between 1 and 100, got %d", o.hangupRounds)
-	case o.olCell <= 0 || o.olCell > time.Hour:
-		return o, fmt.Errorf("-cell must be between 0 and 1h, got %v", o.olCell)
-	case o.olWarmup < 0 || o.olWarmup > time.Hour:
-		return o, fmt.Errorf("-cell-warmup must be between 0 and 1h, got %v", o.olWarmup)
-	case o.olTimeout < 10*time.Millisecond || o.olTimeout > time.Minute:
-		return o, fmt.Errorf("-overload-timeout must be between 10ms and 1m, got %v", o.olTimeout)
-	case o.olSoak < 0 || o.olSoak > time.Hour:
-		return o, fmt.Errorf("-soak must be between 0 and 1h, got %v", o.olSoak)
-	case o.olMaxConns <= 0 || o.olMaxConns > maxConns:
-		return o, fmt.Errorf("-max-conns must be between 1 and %d, got %d", maxConns, o.olMaxConns)
-	case o.olArrivals != "poisson" && o.olArrivals != "uniform":
-		return o, fmt.Errorf("-arrivals must be poisson or uniform, got %q", o.olArrivals)
-	case o.olQueries <= 0 || o.olQueries > 1000:
-		return o, fmt.Errorf("-db-queries must be between 1 and 1000, got %d", o.olQueries)
+	}
+	for _, f := range finish {
+		if err := f(smoke); err != nil {
+			return o, err
+		}
 	}
 	return o, nil
 }
+
+// smokeDefault applies apply, a -smoke default, to the flag named name,
+// with -smoke and unless the flag was given.
+type smokeDefault func(name string, apply func())
 
 // maxBurstRequests bounds the requests of each burst connection, and so the
 // burst's time: at most about burstWork each.

@@ -2,19 +2,25 @@ package main
 
 import (
 	"context"
+	"flag"
+	"fmt"
 	"strings"
 	"time"
 
 	"gonum.org/v1/plot"
 )
 
-// scenario is one thing the load test measures. Its flags are fields of
-// options, its variants a selection of allVariants (the overload
-// scenario's, of overloadVariants); run fills its part of the report,
-// markdown writes its tables and charts draws its panels, each nothing when
-// its part is empty.
+// scenario is one thing the load test measures. It defines its own flags,
+// into fields of options; its variants are a selection of allVariants (the
+// overload scenario's, of overloadVariants); run fills its part of the
+// report, markdown writes its tables and charts draws its panels, each
+// nothing when its part is empty.
 type scenario interface {
 	name() string
+	// flags defines the scenario's flags on fs, into o, and returns what
+	// runs once they are parsed: it applies the scenario's -smoke
+	// defaults, and parses and checks its values.
+	flags(fs *flag.FlagSet, o *options) func(smoke smokeDefault) error
 	// estimate is the expected wall time of its run with o.
 	estimate(o options) time.Duration
 	// run measures every cell into rep and returns how many failed; an
@@ -43,6 +49,15 @@ const perCell = 250 * time.Millisecond
 type throughputScenario struct{}
 
 func (throughputScenario) name() string { return scenarioThroughput }
+
+func (throughputScenario) flags(fs *flag.FlagSet, o *options) func(smokeDefault) error {
+	conns := fs.String("conns", "64,1024", "comma-separated connection counts of the throughput scenario")
+	return func(smoke smokeDefault) (err error) {
+		smoke("conns", func() { *conns = "4,32" })
+		o.conns, err = parseConns(*conns)
+		return err
+	}
+}
 
 func (throughputScenario) estimate(o options) time.Duration {
 	return time.Duration(len(o.conns)*len(o.variants)) * (o.warmup + o.duration + perCell)
@@ -83,6 +98,17 @@ type stormScenario struct{}
 
 func (stormScenario) name() string { return scenarioStorm }
 
+func (stormScenario) flags(fs *flag.FlagSet, o *options) func(smokeDefault) error {
+	fs.IntVar(&o.stormConns, "storm-conns", 1000, "connections (concurrent slow requests) of the storm scenario")
+	return func(smoke smokeDefault) error {
+		smoke("storm-conns", func() { o.stormConns = 64 })
+		if o.stormConns <= 0 || o.stormConns > maxConns {
+			return fmt.Errorf("-storm-conns must be between 1 and %d, got %d", maxConns, o.stormConns)
+		}
+		return nil
+	}
+}
+
 func (stormScenario) estimate(o options) time.Duration {
 	return time.Duration(len(stormVariants(o.variants))) * (o.warmup + o.duration + perCell + stormWork)
 }
@@ -118,6 +144,23 @@ func (stormScenario) charts(rep report) ([]*plot.Plot, error) {
 type burstScenario struct{}
 
 func (burstScenario) name() string { return scenarioBurst }
+
+func (burstScenario) flags(fs *flag.FlagSet, o *options) func(smokeDefault) error {
+	fs.IntVar(&o.burstConns, "burst-conns", 512, "connections opened at once by the burst scenario")
+	fs.IntVar(&o.burstReqs, "burst-requests", 50, "requests each burst connection sends, one after the other")
+	fs.BoolVar(&o.shared, "burst-shared", true, "run the burst's server in this process, its goroutines sharing the Ps with the clients' (false: a child process)")
+	return func(smoke smokeDefault) error {
+		smoke("burst-conns", func() { o.burstConns = 16 })
+		smoke("burst-requests", func() { o.burstReqs = 5 })
+		switch {
+		case o.burstConns <= 0 || o.burstConns > maxConns:
+			return fmt.Errorf("-burst-conns must be between 1 and %d, got %d", maxConns, o.burstConns)
+		case o.burstReqs <= 0 || o.burstReqs > maxBurstRequests:
+			return fmt.Errorf("-burst-requests must be between 1 and %d, got %d", maxBurstRequests, o.burstReqs)
+		}
+		return nil
+	}
+}
 
 // estimate: a burst connection's requests take about burstTimeout each,
 // more when the burst saturates the machine.
@@ -159,7 +202,23 @@ func (burstScenario) charts(rep report) ([]*plot.Plot, error) {
 
 type hangupScenario struct{}
 
-func (hangupScenario) name() string                     { return scenarioHangup }
+func (hangupScenario) name() string { return scenarioHangup }
+
+func (hangupScenario) flags(fs *flag.FlagSet, o *options) func(smokeDefault) error {
+	fs.IntVar(&o.hangupConns, "hangup-conns", 10000, "connections (concurrent slow requests) of the hangup scenario")
+	fs.IntVar(&o.hangupRounds, "hangup-rounds", 2, "pairs of CPU windows, watch on and off, per variant of the hangup scenario")
+	return func(smoke smokeDefault) error {
+		smoke("hangup-conns", func() { o.hangupConns = 64 })
+		smoke("hangup-rounds", func() { o.hangupRounds = 1 })
+		switch {
+		case o.hangupConns <= 0 || o.hangupConns > maxConns:
+			return fmt.Errorf("-hangup-conns must be between 1 and %d, got %d", maxConns, o.hangupConns)
+		case o.hangupRounds <= 0 || o.hangupRounds > 100:
+			return fmt.Errorf("-hangup-rounds must be between 1 and 100, got %d", o.hangupRounds)
+		}
+		return nil
+	}
+}
 func (hangupScenario) estimate(o options) time.Duration { return hangupEstimate(o) }
 func (hangupScenario) run(ctx context.Context, o options, rep *report) (int, error) {
 	return runHangup(ctx, o, rep)
@@ -169,7 +228,57 @@ func (hangupScenario) charts(report) ([]*plot.Plot, error)     { return nil, nil
 
 type overloadScenario struct{}
 
-func (overloadScenario) name() string                     { return scenarioOverload }
+func (overloadScenario) name() string { return scenarioOverload }
+
+func (overloadScenario) flags(fs *flag.FlagSet, o *options) func(smokeDefault) error {
+	variants := fs.String("overload-variants", strings.Join(overloadVariantNames(false), ","), "comma-separated variants of the overload scenario: "+strings.Join(overloadVariantNames(true), ", "))
+	workloads := fs.String("overload-workloads", strings.Join(allWorkloads, ","), "comma-separated workloads of the overload scenario: "+strings.Join(allWorkloads, ", "))
+	loads := fs.String("overload-loads", "0.5,1,2,4,10", "comma-separated offered loads of the overload scenario, × capacity")
+	sweep := fs.String("overload-sweep", "8,16,32,64,128", "comma-separated fasthttp Server.Concurrency values swept to find the capacity")
+	fs.DurationVar(&o.olCell, "cell", 3*time.Second, "measured time of each overload cell")
+	fs.DurationVar(&o.olWarmup, "cell-warmup", 2*time.Second, "unmeasured load before each overload cell")
+	fs.DurationVar(&o.olTimeout, "overload-timeout", time.Second, "the overload servers' timeout and their clients' deadline")
+	fs.DurationVar(&o.olSoak, "soak", 0, "also run each overload variant with admission (or, if none is selected, each selected one) this long at 10x capacity (e.g. 60s), for memory, goroutines and answers given twice")
+	fs.IntVar(&o.olMaxConns, "max-conns", 10000, "connections the overload generator opens at most (one request out on each)")
+	fs.StringVar(&o.olArrivals, "arrivals", "poisson", "arrivals of the overload scenario: poisson or uniform")
+	fs.IntVar(&o.olQueries, "db-queries", 8, "queries each request of the downstream workload makes, one after the other")
+	return func(smoke smokeDefault) (err error) {
+		smoke("cell", func() { o.olCell = 100 * time.Millisecond })
+		smoke("cell-warmup", func() { o.olWarmup = 50 * time.Millisecond })
+		smoke("overload-timeout", func() { o.olTimeout = 100 * time.Millisecond })
+		smoke("overload-loads", func() { *loads = "4" })
+		smoke("overload-sweep", func() { *sweep = "16" })
+		if o.olVariants, err = parseList("overload variant", *variants, overloadVariantNames(true)); err != nil {
+			return err
+		}
+		if o.olWorkloads, err = parseList("workload", *workloads, allWorkloads); err != nil {
+			return err
+		}
+		if o.olLoads, err = parseLoads(*loads); err != nil {
+			return err
+		}
+		if o.olSweep, err = parseCounts("-overload-sweep", *sweep, 1, 100000); err != nil {
+			return err
+		}
+		switch {
+		case o.olCell <= 0 || o.olCell > time.Hour:
+			return fmt.Errorf("-cell must be between 0 and 1h, got %v", o.olCell)
+		case o.olWarmup < 0 || o.olWarmup > time.Hour:
+			return fmt.Errorf("-cell-warmup must be between 0 and 1h, got %v", o.olWarmup)
+		case o.olTimeout < 10*time.Millisecond || o.olTimeout > time.Minute:
+			return fmt.Errorf("-overload-timeout must be between 10ms and 1m, got %v", o.olTimeout)
+		case o.olSoak < 0 || o.olSoak > time.Hour:
+			return fmt.Errorf("-soak must be between 0 and 1h, got %v", o.olSoak)
+		case o.olMaxConns <= 0 || o.olMaxConns > maxConns:
+			return fmt.Errorf("-max-conns must be between 1 and %d, got %d", maxConns, o.olMaxConns)
+		case o.olArrivals != "poisson" && o.olArrivals != "uniform":
+			return fmt.Errorf("-arrivals must be poisson or uniform, got %q", o.olArrivals)
+		case o.olQueries <= 0 || o.olQueries > 1000:
+			return fmt.Errorf("-db-queries must be between 1 and 1000, got %d", o.olQueries)
+		}
+		return nil
+	}
+}
 func (overloadScenario) estimate(o options) time.Duration { return overloadEstimate(o) }
 func (overloadScenario) run(ctx context.Context, o options, rep *report) (int, error) {
 	return runOverload(ctx, o, rep)
