@@ -12,12 +12,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fasttimeout/fasttimeout"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"github.com/stretchr/testify/require"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttputil"
+
+	"github.com/fasttimeout/fasttimeout"
 )
 
 // demo is a demo server on an in-memory listener.
@@ -69,6 +70,18 @@ func (d *demo) get(t *testing.T, path string) (status int, contentType, body str
 	req.SetRequestURI("http://demo" + path)
 	require.NoError(t, d.client.DoTimeout(req, resp, 5*time.Second))
 	return resp.StatusCode(), string(resp.Header.ContentType()), string(resp.Body())
+}
+
+// requireBadRequest requests path and checks the answer: 400, with a JSON
+// body whose detail contains want.
+func (d *demo) requireBadRequest(t *testing.T, path, want string) {
+	t.Helper()
+	status, contentType, body := d.get(t, path)
+	require.Equal(t, fasthttp.StatusBadRequest, status, path)
+	require.Equal(t, "application/json", contentType, path)
+	var answer struct{ Detail string }
+	require.NoError(t, json.Unmarshal([]byte(body), &answer), path)
+	require.Contains(t, answer.Detail, want, path)
 }
 
 // eventually polls cond until it holds or a deadline passes.
@@ -138,12 +151,7 @@ func TestRoutes(t *testing.T) {
 			"/sleep/abc", "/sleep/-1", "/sleep/1e9", "/sleep/", "/sleep/NaN", "/sleep/Inf", "/sleep/1/2",
 			"/async_sleep/abc", "/async_sleep/-0.5", "/async_sleep/3601",
 		} {
-			status, contentType, body := d.get(t, path)
-			require.Equal(t, fasthttp.StatusBadRequest, status, path)
-			require.Equal(t, "application/json", contentType, path)
-			var answer struct{ Detail string }
-			require.NoError(t, json.Unmarshal([]byte(body), &answer), path)
-			require.Contains(t, answer.Detail, "n must be a number of seconds from 0 to 3600", path)
+			d.requireBadRequest(t, path, "n must be a number of seconds from 0 to 3600")
 		}
 	})
 

@@ -5,9 +5,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fasttimeout/fasttimeout"
 	"github.com/stretchr/testify/require"
 	"github.com/valyala/fasthttp"
+
+	"github.com/fasttimeout/fasttimeout"
 )
 
 func TestWork(t *testing.T) {
@@ -41,12 +42,7 @@ func TestWork(t *testing.T) {
 		t.Parallel()
 		d := startDemo(t, time.Second)
 		for _, path := range []string{"/work/abc", "/work/-1", "/work/60001", "/work/", "/work/NaN", "/work/Inf", "/work/1/2"} {
-			status, contentType, body := d.get(t, path)
-			require.Equal(t, fasthttp.StatusBadRequest, status, path)
-			require.Equal(t, "application/json", contentType, path)
-			var answer struct{ Detail string }
-			require.NoError(t, json.Unmarshal([]byte(body), &answer), path)
-			require.Contains(t, answer.Detail, "ms must be a number of milliseconds from 0 to 60000", path)
+			d.requireBadRequest(t, path, "ms must be a number of milliseconds from 0 to 60000")
 		}
 	})
 
