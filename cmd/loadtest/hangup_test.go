@@ -176,11 +176,7 @@ func TestParseHangupFlags(t *testing.T) {
 			t.Errorf("%q: %d conns, %d rounds, %v; want %d, %d", tc.args, o.hangupConns, o.hangupRounds, err, tc.conns, tc.rounds)
 		}
 	}
-	for _, bad := range [][]string{
+	requireFlagErrors(t, [][]string{
 		{"-hangup-conns", "0"}, {"-hangup-conns", "10001"}, {"-hangup-rounds", "0"}, {"-hangup-rounds", "101"},
-	} {
-		if _, err := parseFlags(bad); err == nil || strings.Contains(err.Error(), "\n") {
-			t.Errorf("%q: error %v, want a one-line error", bad, err)
-		}
-	}
+	})
 }

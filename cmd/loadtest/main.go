@@ -98,9 +98,9 @@ func parseFlags(args []string) (options, error) {
 	fs := flag.NewFlagSet("loadtest", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	var (
-		o         options
-		variants  = fs.String("variants", strings.Join(allVariants, ","), "comma-separated variants")
-		scenarioz = fs.String("scenarios", strings.Join(allScenarios, ","), "comma-separated scenarios: "+strings.Join(allScenarios, ", "))
+		o             options
+		variants      = fs.String("variants", strings.Join(allVariants, ","), "comma-separated variants")
+		scenarioNames = fs.String("scenarios", strings.Join(allScenarios, ","), "comma-separated scenarios: "+strings.Join(allScenarios, ", "))
 	)
 	fs.DurationVar(&o.duration, "duration", 3*time.Second, "measured time of each cell (variant × connections)")
 	fs.DurationVar(&o.warmup, "warmup", 500*time.Millisecond, "unmeasured load before each cell")
@@ -137,7 +137,7 @@ func parseFlags(args []string) (options, error) {
 	if o.variants, err = parseList("variant", *variants, allVariants); err != nil {
 		return o, err
 	}
-	if o.scenarios, err = parseList("scenario", *scenarioz, allScenarios); err != nil {
+	if o.scenarios, err = parseList("scenario", *scenarioNames, allScenarios); err != nil {
 		return o, err
 	}
 	switch {

@@ -248,15 +248,11 @@ func TestParseFlagsOverload(t *testing.T) {
 		o.olTimeout != 100*time.Millisecond || !slices.Equal(o.olVariants, []string{olBare, olCoop}) {
 		t.Errorf("smoke with loads and variants: %v, %v, %v, %v, %v", o.olLoads, o.olSweep, o.olCell, o.olTimeout, o.olVariants)
 	}
-	for _, bad := range [][]string{
+	requireFlagErrors(t, [][]string{
 		{"-overload-loads", "0"}, {"-overload-loads", "2,x"}, {"-overload-loads", "101"}, {"-overload-sweep", "0"},
 		{"-overload-variants", "fasttimeout-race-context"}, {"-overload-workloads", "gpu"}, {"-arrivals", "burst"},
 		{"-max-conns", "0"}, {"-cell", "0s"}, {"-overload-timeout", "1ms"}, {"-db-queries", "0"}, {"-soak", "-1s"},
-	} {
-		if _, err := parseFlags(bad); err == nil || strings.Contains(err.Error(), "\n") {
-			t.Errorf("%q: error %v, want a one-line error", bad, err)
-		}
-	}
+	})
 }
 
 // overloadTestReport is a small report of the overload scenario.

@@ -107,6 +107,17 @@ func TestWriteMarkdown(t *testing.T) {
 	}
 }
 
+// requireFlagErrors checks that each of bads is refused by parseFlags with a
+// one-line error.
+func requireFlagErrors(t *testing.T, bads [][]string) {
+	t.Helper()
+	for _, bad := range bads {
+		if _, err := parseFlags(bad); err == nil || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%q: error %v, want a one-line error", bad, err)
+		}
+	}
+}
+
 func TestParseFlags(t *testing.T) {
 	o, err := parseFlags([]string{"-smoke", "-variants", "nethttp-bare, fasthttp-bare"})
 	if err != nil {
@@ -122,14 +133,10 @@ func TestParseFlags(t *testing.T) {
 	if err != nil || o.duration != time.Second {
 		t.Errorf("an explicit -duration wins over -smoke: %v, %v", o.duration, err)
 	}
-	for _, bad := range [][]string{
+	requireFlagErrors(t, [][]string{
 		{"-conns", "64,x"}, {"-conns", "0"}, {"-variants", "gin"}, {"-scenarios", "soak"},
 		{"-duration", "-1s"}, {"-storm-conns", "0"}, {"-nope"}, {"extra"},
-	} {
-		if _, err := parseFlags(bad); err == nil || strings.Contains(err.Error(), "\n") {
-			t.Errorf("%q: error %v, want a one-line error", bad, err)
-		}
-	}
+	})
 	if _, err := parseFlags([]string{"-h"}); err != flag.ErrHelp {
 		t.Errorf("-h: %v, want flag.ErrHelp", err)
 	}
