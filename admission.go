@@ -24,25 +24,26 @@ import (
 //
 // The adaptive limit follows Netflix's Gradient2, with what a timeout
 // middleware knows that a generic limiter does not. Every window (at least
-// minWindow and minWindowSamples handlers returned in time, or
-// windowSamples of them), it compares the median latency of the handlers
-// that returned in time with the unloaded latency (minRTT): the gradient
-// target/median, between 0.5 and 1, where the target is 1.5 times minRTT
-// (or minRTT plus latencySlack, if more), scales the limit, and √limit is
-// added as headroom, so the limit settles where latency is about one and a
-// half to twice the unloaded one: enough to keep a downstream's slots busy,
-// little enough to leave most of the budget. It grows only while it binds (handlers running reached half
-// of it, or requests queued): a limit that an idle server never reaches
-// says nothing. While latency is at or under the target and requests
+// minWindow and minWindowSamples handlers returned in time, or windowSamples
+// of them), it compares the median latency of the handlers that returned in
+// time with the unloaded latency (minRTT): the gradient target/median,
+// between 0.5 and 1, where the target is 1.5 times minRTT (or minRTT plus
+// latencySlack, if more), scales the limit, and √limit is added as headroom,
+// so the limit settles where latency is about one and a half to twice the
+// unloaded one: enough to keep a downstream's slots busy, little enough to
+// leave most of the budget. It grows only while it binds (handlers running
+// reached half of it, or requests queued): a limit that an idle server never
+// reaches says nothing. While latency is at or under the target and requests
 // queue, the limit doubles instead (a slow start, as TCP's), so that a burst
-// or a cold start is served rather than refused. Timeouts are drops, as in Netflix's limits, but only count
-// when no handler returned in time in a window (maxWindow): then the latency
-// that steers the limit is out of sight, and the limit halves. While some
-// return in time, their latency says whether the timeouts cost the others
-// anything. Hang-ups are neither: the client's patience says nothing about
-// the server. Late handlers hold their slots, but their latency is not a
-// sample, so a hundred sleeping late handlers beside fast traffic make the
-// limit grow past them instead of refusing that traffic.
+// or a cold start is served rather than refused. Timeouts are drops, as in
+// Netflix's limits, but only count when no handler returned in time in a
+// window (maxWindow): then the latency that steers the limit is out of
+// sight, and the limit halves. While some return in time, their latency says
+// whether the timeouts cost the others anything. Hang-ups are neither: the
+// client's patience says nothing about the server. Late handlers hold their
+// slots, but their latency is not a sample, so a hundred sleeping late
+// handlers beside fast traffic make the limit grow past them instead of
+// refusing that traffic.
 //
 // minRTT, the unloaded latency, is measured by a probe, as Envoy's adaptive
 // concurrency does: the limit starts at its floor for one window, and under

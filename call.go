@@ -48,11 +48,11 @@ import (
 //
 // finished, timedOut and gone are final until begin starts the call's next
 // request: exactly one path gets there, through call.settle, and in racing
-// mode only that one signals the server goroutine, on worker.done: the
-// timer (timedOut), the handler's return (finished or timedOut) or the
-// hang-up callback (gone, worker.hungUp). A cooperative handler runs on the server goroutine, so
-// nobody signals it: finishCooperative settles the call itself, and finds
-// it gone if the hang-up came first.
+// mode only that one signals the server goroutine, on worker.done: the timer
+// (timedOut), the handler's return (finished or timedOut) or the hang-up
+// callback (gone, worker.hungUp). A cooperative handler runs on the server
+// goroutine, so nobody signals it: finishCooperative settles the call
+// itself, and finds it gone if the hang-up came first.
 const (
 	callFinished uint64 = iota
 	callRunning
