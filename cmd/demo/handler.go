@@ -12,13 +12,14 @@ import (
 	"strings"
 	"time"
 
-	"github.com/fasttimeout/fasttimeout"
-	fasttimeoutprom "github.com/fasttimeout/fasttimeout/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
+
+	"github.com/fasttimeout/fasttimeout"
+	fasttimeoutprom "github.com/fasttimeout/fasttimeout/prometheus"
 )
 
 // maxSleep bounds the n of /sleep/{n} and /async_sleep/{n}.
@@ -128,13 +129,21 @@ type slept struct {
 // parseSeconds parses n, a number of seconds between 0 and maxSleep
 // ("2", "0.5"). On bad input it answers 400 and returns false.
 func parseSeconds(ctx *fasthttp.RequestCtx, n string) (time.Duration, bool) {
-	secs, err := strconv.ParseFloat(n, 64)
-	if err != nil || math.IsNaN(secs) || secs < 0 || secs > maxSleep.Seconds() {
+	return parseAmount(ctx, "n", n, time.Second, "seconds", maxSleep)
+}
+
+// parseAmount parses v, the path parameter name: a number of units (named
+// unitName) between 0 and limit. On bad input it answers 400 and returns
+// false.
+func parseAmount(ctx *fasthttp.RequestCtx, name, v string, unit time.Duration, unitName string, limit time.Duration) (time.Duration, bool) {
+	n, err := strconv.ParseFloat(v, 64)
+	most := float64(limit) / float64(unit)
+	if err != nil || math.IsNaN(n) || n < 0 || n > most {
 		writeJSON(ctx, fasthttp.StatusBadRequest, detail(fmt.Sprintf(
-			"n must be a number of seconds from 0 to %v, got %q", maxSleep.Seconds(), n)))
+			"%s must be a number of %s from 0 to %v, got %q", name, unitName, most, v)))
 		return 0, false
 	}
-	return time.Duration(secs * float64(time.Second)), true
+	return time.Duration(n * float64(unit)), true
 }
 
 func detail(msg string) map[string]string { return map[string]string{"detail": msg} }

@@ -3,14 +3,13 @@ package main
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"fmt"
 	"math"
-	"strconv"
 	"sync"
 	"time"
 
-	"github.com/fasttimeout/fasttimeout"
 	"github.com/valyala/fasthttp"
+
+	"github.com/fasttimeout/fasttimeout"
 )
 
 const (
@@ -98,12 +97,5 @@ func hashesFor(d time.Duration) int {
 // parseMillis parses ms, a number of milliseconds between 0 and maxWork
 // ("20", "1.6"). On bad input it answers 400 and returns false.
 func parseMillis(ctx *fasthttp.RequestCtx, ms string) (time.Duration, bool) {
-	n, err := strconv.ParseFloat(ms, 64)
-	limit := float64(maxWork / time.Millisecond)
-	if err != nil || math.IsNaN(n) || n < 0 || n > limit {
-		writeJSON(ctx, fasthttp.StatusBadRequest, detail(fmt.Sprintf(
-			"ms must be a number of milliseconds from 0 to %v, got %q", limit, ms)))
-		return 0, false
-	}
-	return time.Duration(n * float64(time.Millisecond)), true
+	return parseAmount(ctx, "ms", ms, time.Millisecond, "milliseconds", maxWork)
 }
