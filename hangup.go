@@ -135,7 +135,8 @@ func (c *call) unwatchClient() {
 }
 
 // settledWatch returns the call's watch word once no registration is in
-// progress: a registration takes one system call, so waiting is short.
+// progress: a registration takes a map look-up, or one system call for a
+// connection's first, so waiting is short.
 func (c *call) settledWatch() uint64 {
 	s := c.watch.Load()
 	for s&watchMask == watchRegistering {

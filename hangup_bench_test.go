@@ -20,7 +20,7 @@ import (
 //
 //	go test -run '^$' -bench 'Hangup' -benchtime 300x
 //
-// AddRemove is one registration and its removal on a live connection.
+// AddRemove is one watch and its removal on a live, registered connection.
 // Notice is the delay from a client's close to the callback (p50 and max
 // over b.N closes). Idle10k holds 10 000 registrations (the clients in a
 // child process: one process may not have 20 000 descriptors) and reports

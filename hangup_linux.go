@@ -7,67 +7,73 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
+	"weak"
 )
 
 // hangupSupported reports whether this system can watch connections for the
 // peer's hang-up.
 const hangupSupported = true
 
-// hangupEvents is what a registration asks for. Never EPOLLIN: a pipelined
-// request waiting unread in the socket must not look like a hang-up.
-// EPOLLRDHUP is the peer's FIN (a half-close counts as gone, as in net/http);
-// EPOLLHUP and EPOLLERR, reported by the kernel anyway, are the RST.
-// One-shot, so a connection reports at most once per registration.
-const hangupEvents = syscall.EPOLLRDHUP | syscall.EPOLLHUP | syscall.EPOLLERR | syscall.EPOLLONESHOT
+// hangupEvents is what a connection's registration asks for. Never EPOLLIN:
+// a pipelined request waiting unread in the socket must not look like a
+// hang-up. EPOLLRDHUP is the peer's FIN (a half-close counts as gone, as in
+// net/http); EPOLLHUP and EPOLLERR, reported by the kernel anyway, are the
+// RST. Edge-triggered (EPOLLET, negative in package syscall), and
+// registered once per connection: the later requests of a keep-alive
+// connection are watched without a system call.
+const hangupEvents uint32 = syscall.EPOLLRDHUP | syscall.EPOLLHUP | syscall.EPOLLERR | 1<<31
 
 // hangupIdleWait bounds each EpollWait: when nothing has been watched for a
-// whole wait, the watcher goroutine closes the epoll set and exits, so an
-// idle process keeps neither (and goleak sees nothing left). A wake-up per
-// wait while busy costs nothing measurable; no eventfd is needed.
+// whole wait, the watcher goroutine exits, so an idle process keeps none
+// (and goleak sees nothing left). A wake-up per wait while busy costs
+// nothing measurable; no eventfd is needed.
 const hangupIdleWait = 250 // milliseconds
 
-// hangupHandle names one registration: a slot index and the slot's
-// generation at registration time. Both travel in the 64-bit epoll data, so
-// an event is delivered only if its slot still holds that generation: a
-// stale event (a closed descriptor whose number is reused, a registration
-// removed while its event was queued) can never reach a newer registration.
-// The zero handle is never issued (generations start at 1), so removing it
-// does nothing.
+// minSweep is the number of registered connections below which the
+// watcher does not look for collected ones.
+const minSweep = 1024
+
+// hangupHandle names one watch: a slot index and the number of the watch on
+// that slot. The zero handle is never issued (numbers start at 1), so
+// removing it does nothing.
 type hangupHandle struct {
 	slot uint32
-	gen  uint32
+	seq  uint32
 }
 
-// hangupSlot is one registration. Slots are allocated once and reused
-// through a free list; each keeps one pre-built Control function, so that
-// registering and removing do not allocate a closure.
+// hangupSlot is one connection's registration in the epoll set, kept from
+// the connection's first watch until the connection is garbage (see sweep)
+// or the watcher stops. Its events carry its index and gen, and are
+// dropped once the slot serves another connection: a closed descriptor
+// whose number is reused can never reach a newer registration.
 type hangupSlot struct {
-	gen    uint32
-	armed  bool // registered and not yet fired
-	rc     syscall.RawConn
-	onGone func()
-
-	// Arguments and result of ctl, which runs inside rc.Control with the
-	// watcher's lock held.
-	epfd  int
-	op    int
-	ev    syscall.EpollEvent
-	err   error
-	ctlFn func(fd uintptr)
+	conn   weak.Pointer[byte] // the connection served; conns has its address
+	gen    uint32             // advanced each time the slot serves a new connection
+	seq    uint32             // the number of the slot's latest watch
+	onGone func()             // the watch's callback; nil when no watch is on
+	armed  bool               // a watch is on and its callback has not run
+	gone   bool               // the peer hung up: the state stays, its edge came once
+	ev     syscall.EpollEvent
 }
 
 // hangupWatcher watches connections for their peer's hang-up with one epoll
-// set and one goroutine blocked in EpollWait, started by the first
-// registration and gone about hangupIdleWait after the last one is removed.
-// The zero value is ready to use. All state is guarded by mu, held also
-// while a callback runs: that is what makes remove final.
+// set and one goroutine blocked in EpollWait, started by the first watch
+// and gone about hangupIdleWait after the last one is removed. The set
+// stays, with the registrations of live connections: events that come
+// meanwhile wait in it for the goroutine's next start. The zero value is
+// ready to use. All state is guarded by mu, held also while a callback
+// runs: that is what makes remove final.
 type hangupWatcher struct {
 	mu      sync.Mutex
-	running bool // the goroutine is alive and epfd is open
-	epfd    int
+	running bool // the goroutine is alive
+	epfd    int  // the epoll set, once haveSet
+	haveSet bool
 	slots   []*hangupSlot
 	free    []uint32
-	active  int // registrations not yet removed
+	conns   map[uintptr]uint32 // registered connections, by address, and their slots
+	sweepAt int                // len(conns) at which to sweep
+	active  int                // watches not yet removed
 }
 
 // clientHangups is the process's watcher.
@@ -78,15 +84,18 @@ var clientHangups hangupWatcher
 // watcher's goroutine, with the watcher's lock held: it must be quick, must
 // not block and must not call add or remove (it would deadlock). Pass a
 // func value built once (per pooled call, say), not a new closure per
-// request, to keep add free of allocations beyond the one net makes for
-// SyscallConn.
+// request.
 //
-// A peer already gone when add is called is reported at once. A connection
-// must have at most one registration at a time. The result is false, and
-// nothing is watched, when conn has no descriptor (in-memory connections),
-// is already closed, or the system refuses.
+// A connection's first watch registers it with one system call; later
+// watches of the same connection cost a map look-up. A peer already gone
+// when add is called is reported at once. A connection has at most one
+// watch at a time: a second add replaces the first. The result is false,
+// and nothing is watched, when conn has no descriptor (in-memory
+// connections), a first watch finds it closed, or the system refuses. A
+// registered connection closed by this process is taken out of the epoll
+// set by the kernel; a watch of it then never fires.
 func (w *hangupWatcher) add(conn net.Conn, onGone func()) (hangupHandle, bool) {
-	rc, ok := rawConnOf(conn)
+	sock, p, ok := socketOf(conn)
 	if !ok || onGone == nil {
 		return hangupHandle{}, false
 	}
@@ -95,37 +104,78 @@ func (w *hangupWatcher) add(conn net.Conn, onGone func()) (hangupHandle, bool) {
 	if !w.running && !w.start() {
 		return hangupHandle{}, false
 	}
+	idx, known := w.conns[uintptr(unsafe.Pointer(p))]
+	if known && w.slots[idx].conn.Value() != p {
+		// A connection that is garbage had this address.
+		delete(w.conns, uintptr(unsafe.Pointer(p)))
+		w.freeSlot(idx)
+		known = false
+	}
+	if !known {
+		if idx, ok = w.register(sock, p); !ok {
+			return hangupHandle{}, false
+		}
+	}
+	s := w.slots[idx]
+	// The edge of a hang-up came while no watch was on, or fired an
+	// earlier one: EPOLL_CTL_MOD makes the kernel report it again.
+	if s.gone && ctl(sock, w.epfd, syscall.EPOLL_CTL_MOD, &s.ev) != nil {
+		return hangupHandle{}, false
+	}
+	if s.onGone == nil {
+		w.active++
+	}
+	if s.seq++; s.seq == 0 {
+		s.seq = 1 // 0 stays the never-issued handle's
+	}
+	s.onGone, s.armed = onGone, true
+	return hangupHandle{slot: idx, seq: s.seq}, true
+}
+
+// register adds a connection seen for the first time to the epoll set and
+// gives it a slot; w.mu is held.
+func (w *hangupWatcher) register(sock syscall.Conn, p *byte) (uint32, bool) {
+	if len(w.conns) >= w.sweepAt {
+		w.sweep()
+	}
 	idx := w.allocSlot()
 	s := w.slots[idx]
 	s.ev = syscall.EpollEvent{Events: hangupEvents, Fd: int32(idx), Pad: int32(s.gen)}
-	// Inside Control the descriptor cannot be closed, so the number that
-	// is registered is this connection's and no one else's. The
-	// connection's previous request may have left its registration in the
-	// set (remove does not delete it): re-arm that one with
-	// EPOLL_CTL_MOD, one system call per watched keep-alive request; a new
-	// connection has none, and gets EPOLL_CTL_ADD.
-	s.op = syscall.EPOLL_CTL_MOD
-	err := rc.Control(s.ctlFn)
-	if err == nil && errors.Is(s.err, syscall.ENOENT) {
-		s.op, s.err = syscall.EPOLL_CTL_ADD, nil
-		err = rc.Control(s.ctlFn)
+	err := ctl(sock, w.epfd, syscall.EPOLL_CTL_ADD, &s.ev)
+	if errors.Is(err, syscall.EEXIST) {
+		// Registered under another key (a wrapper that is not the same
+		// object each time): this slot takes the events over.
+		err = ctl(sock, w.epfd, syscall.EPOLL_CTL_MOD, &s.ev)
 	}
-	if err != nil || s.err != nil {
-		s.err = nil
+	if err != nil {
 		w.freeSlot(idx)
-		return hangupHandle{}, false
+		return 0, false
 	}
-	s.rc, s.onGone, s.armed = rc, onGone, true
-	w.active++
-	return hangupHandle{slot: idx, gen: s.gen}, true
+	s.conn = weak.Make(p)
+	w.conns[uintptr(unsafe.Pointer(p))] = idx
+	return idx, true
 }
 
-// remove ends the registration h. When it returns, onGone has either
+// ctl runs epoll_ctl for sock's descriptor. Inside Control the descriptor
+// cannot be closed, so the number given is this connection's and no one
+// else's.
+func ctl(sock syscall.Conn, epfd, op int, ev *syscall.EpollEvent) error {
+	rc, err := sock.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ctlErr error
+	if err := rc.Control(func(fd uintptr) { ctlErr = syscall.EpollCtl(epfd, op, int(fd), ev) }); err != nil {
+		return err
+	}
+	return ctlErr
+}
+
+// remove ends the watch h. When it returns, its callback has either
 // completed or will never be called, even if the hang-up was being reported
-// at that moment. It is idempotent, does nothing for the zero handle, and is
-// safe after the connection was closed (closing the descriptor took it out
-// of the epoll set already; the descriptor number, maybe reused since, is
-// not touched then).
+// at that moment. It is idempotent, does nothing for the zero handle or a
+// watch replaced since, and is safe after the connection was closed. The
+// connection stays registered, for its next watch.
 func (w *hangupWatcher) remove(h hangupHandle) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -133,32 +183,45 @@ func (w *hangupWatcher) remove(h hangupHandle) {
 		return
 	}
 	s := w.slots[h.slot]
-	if h.gen == 0 || s.gen != h.gen || s.rc == nil {
-		return // never issued, or removed already
+	if h.seq == 0 || s.seq != h.seq || s.onGone == nil {
+		return // never issued, removed already, or replaced
 	}
-	// No EPOLL_CTL_DEL, which would be a second system call per watched
-	// request: the registration stays in the set, but its slot's
-	// generation moves on (freeSlot, allocSlot), so an event it still
-	// reports is dropped by dispatch. The connection's next registration
-	// re-arms it (add), and the kernel removes it when the connection is
-	// closed, or with the set when the watcher stops.
-	w.freeSlot(h.slot)
+	s.onGone, s.armed = nil, false
 	w.active--
 }
 
-// start creates the epoll set and the goroutine; w.mu is held.
-func (w *hangupWatcher) start() bool {
-	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
-	if err != nil {
-		return false
+// sweep frees the slots of connections that are garbage: their descriptor
+// was closed, which took them out of the epoll set. It runs when the number
+// of registered connections has doubled since the last sweep, so its cost
+// per registration is constant. w.mu is held.
+func (w *hangupWatcher) sweep() {
+	for addr, idx := range w.conns {
+		if w.slots[idx].conn.Value() == nil {
+			delete(w.conns, addr)
+			w.freeSlot(idx)
+		}
 	}
-	w.epfd, w.running = epfd, true
-	go w.run(epfd)
+	w.sweepAt = max(2*len(w.conns), minSweep)
+}
+
+// start starts the goroutine, and creates the epoll set the first time;
+// w.mu is held.
+func (w *hangupWatcher) start() bool {
+	if !w.haveSet {
+		epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+		if err != nil {
+			return false
+		}
+		w.epfd, w.haveSet = epfd, true
+		w.conns = make(map[uintptr]uint32)
+	}
+	w.running = true
+	go w.run(w.epfd)
 	return true
 }
 
 // allocSlot returns a free slot's index, its generation already advanced
-// past every handle issued for it; w.mu is held.
+// past every event issued for it; w.mu is held.
 func (w *hangupWatcher) allocSlot() uint32 {
 	var idx uint32
 	if n := len(w.free); n > 0 {
@@ -166,28 +229,26 @@ func (w *hangupWatcher) allocSlot() uint32 {
 		w.free = w.free[:n-1]
 	} else {
 		idx = uint32(len(w.slots))
-		s := &hangupSlot{}
-		s.ctlFn = func(fd uintptr) { s.err = syscall.EpollCtl(s.epfd, s.op, int(fd), &s.ev) }
-		w.slots = append(w.slots, s)
+		w.slots = append(w.slots, &hangupSlot{})
 	}
 	s := w.slots[idx]
-	s.epfd = w.epfd
 	if s.gen++; s.gen == 0 {
-		s.gen = 1 // 0 stays the never-issued handle's
+		s.gen = 1 // an event carrying 0 is never issued
 	}
 	return idx
 }
 
 // freeSlot makes the slot reusable; its generation moves on at the next
-// allocation, so its old handle and events stay dead. w.mu is held.
+// allocation, so its old events stay dead. Its watch number runs on, so
+// that old handles do too. w.mu is held.
 func (w *hangupWatcher) freeSlot(idx uint32) {
 	s := w.slots[idx]
-	s.rc, s.onGone, s.armed = nil, nil, false
+	s.conn, s.onGone, s.armed, s.gone = weak.Pointer[byte]{}, nil, false, false
 	w.free = append(w.free, idx)
 }
 
 // run waits for hang-ups on epfd until a whole wait passes with nothing
-// watched, then closes epfd and exits.
+// watched, then frees the slots of connections that are garbage and exits.
 func (w *hangupWatcher) run(epfd int) {
 	var events [128]syscall.EpollEvent
 	for {
@@ -207,7 +268,7 @@ func (w *hangupWatcher) run(epfd int) {
 		}
 		if n == 0 && w.active == 0 {
 			w.running = false
-			syscall.Close(epfd)
+			w.sweep()
 			w.mu.Unlock()
 			return
 		}
@@ -215,34 +276,42 @@ func (w *hangupWatcher) run(epfd int) {
 	}
 }
 
-// dispatch calls the callback of the registration an event names, if it is
-// still registered and has not fired; w.mu is held.
+// dispatch notes the hang-up an event reports, if its slot still serves the
+// connection it was registered for, and calls the callback of the watch
+// that is on, unless it has run already; w.mu is held.
 func (w *hangupWatcher) dispatch(idx, gen uint32) {
 	if int(idx) >= len(w.slots) {
 		return
 	}
 	s := w.slots[idx]
-	if s.gen != gen || !s.armed {
-		return // stale: removed, or the slot serves a newer registration
+	if s.gen != gen || s.conn == (weak.Pointer[byte]{}) {
+		return // stale: the slot was freed, or serves a newer connection
 	}
-	s.armed = false
-	s.onGone()
+	s.gone = true
+	if s.armed {
+		s.armed = false
+		s.onGone()
+	}
 }
 
 var netConnType = reflect.TypeFor[net.Conn]()
 
-// rawConnOf finds the socket under conn: it unwraps NetConn() (tls.Conn,
-// listener wrappers) and fasthttp's MaxConnsPerIP wrapper (see
-// embeddedConn) as long as it can, then asks for the syscall.RawConn.
-// The depth is bounded in case a wrapper returns itself.
-func rawConnOf(conn net.Conn) (syscall.RawConn, bool) {
+// socketOf finds the socket under conn and the first byte of the object
+// that holds it, which names the connection while it lives: it unwraps NetConn() (tls.Conn, listener wrappers) and fasthttp's
+// MaxConnsPerIP wrapper (see embeddedConn) as long as it can, down to a
+// pointer that implements syscall.Conn. The depth is bounded in case a
+// wrapper returns itself.
+func socketOf(conn net.Conn) (syscall.Conn, *byte, bool) {
 	for range 16 {
 		if conn == nil {
-			return nil, false
+			break
 		}
 		if sc, ok := conn.(syscall.Conn); ok {
-			rc, err := sc.SyscallConn()
-			return rc, err == nil && rc != nil
+			v := reflect.ValueOf(sc)
+			if v.Kind() != reflect.Pointer || v.IsNil() {
+				break
+			}
+			return sc, (*byte)(v.UnsafePointer()), true
 		}
 		if nc, ok := conn.(interface{ NetConn() net.Conn }); ok {
 			conn = nc.NetConn()
@@ -250,11 +319,11 @@ func rawConnOf(conn net.Conn) (syscall.RawConn, bool) {
 		}
 		inner, ok := embeddedConn(conn)
 		if !ok {
-			return nil, false
+			break
 		}
 		conn = inner
 	}
-	return nil, false
+	return nil, nil, false
 }
 
 // embeddedConn returns the net.Conn that conn, a pointer to a struct, embeds
@@ -280,8 +349,12 @@ func embeddedConn(conn net.Conn) (net.Conn, bool) {
 // connFD returns the descriptor of the socket under conn, for tests and
 // diagnostics: the number may be stale as soon as it is returned.
 func connFD(conn net.Conn) (int, bool) {
-	rc, ok := rawConnOf(conn)
+	sock, _, ok := socketOf(conn)
 	if !ok {
+		return 0, false
+	}
+	rc, err := sock.SyscallConn()
+	if err != nil {
 		return 0, false
 	}
 	fd := -1

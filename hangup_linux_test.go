@@ -8,8 +8,11 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"math/big"
 	"net"
+	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -217,18 +220,28 @@ func TestHangupRemoveBeforeClose(t *testing.T) {
 	w.remove(h2)
 }
 
-// A removed registration whose descriptor was closed and reused by a new
-// connection, registered in the same slot, must never see the old event.
+// A connection's registration whose descriptor was closed and reused by a
+// new connection, registered in the same slot once the old connection is
+// garbage, must never see the old event.
 func TestHangupStaleEventAfterReuse(t *testing.T) {
 	t.Parallel()
 	var w hangupWatcher
 	ln := tcpListener(t)
-	s1, c1 := tcpPair(t, ln)
-	fd1, ok := connFD(s1)
+	// s1 is accepted here rather than by tcpPair, whose cleanup would keep
+	// it from becoming garbage.
+	c1, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	t.Cleanup(func() { c1.Close() })
+	a1, err := ln.Accept()
+	require.NoError(t, err)
+	fd1, ok := connFD(a1)
 	require.True(t, ok)
 	cbOld, _, oldCalls := signal()
-	h1, ok := w.add(s1, cbOld)
+	h1, ok := w.add(a1, cbOld)
 	require.True(t, ok)
+	w.mu.Lock()
+	gen1 := w.slots[h1.slot].gen
+	w.mu.Unlock()
 	w.remove(h1)
 	// The next connection waits in the backlog while s1 closes, so that
 	// accepting it takes the lowest free number: s1's, unless a parallel
@@ -236,8 +249,11 @@ func TestHangupStaleEventAfterReuse(t *testing.T) {
 	c2, err := net.Dial("tcp", ln.Addr().String())
 	require.NoError(t, err)
 	t.Cleanup(func() { c2.Close() })
-	require.NoError(t, s1.Close())
+	require.NoError(t, a1.Close())
 	w.remove(h1) // after the close: harmless
+	a1 = nil
+	requireSwept(t, &w, h1.slot)
+
 	a, err := ln.Accept()
 	require.NoError(t, err)
 	s2 := a.(*net.TCPConn)
@@ -247,29 +263,122 @@ func TestHangupStaleEventAfterReuse(t *testing.T) {
 	h2, ok := w.add(s2, cbNew)
 	require.True(t, ok)
 	require.Equal(t, h1.slot, h2.slot, "the free slot is reused")
-	require.NotEqual(t, h1.gen, h2.gen)
+	w.mu.Lock()
+	require.NotEqual(t, gen1, w.slots[h2.slot].gen)
+	w.mu.Unlock()
 	if fd1 == fd2 {
 		t.Logf("descriptor %d reused", fd2)
 	} else {
 		t.Logf("descriptor not reused (%d, then %d; parallel tests took it)", fd1, fd2)
 	}
 
-	// An event carrying the old token, as one queued before the remove
+	// An event carrying the old token, as one queued before the close
 	// would, reaches nobody.
 	w.mu.Lock()
-	w.dispatch(h1.slot, h1.gen)
+	w.dispatch(h1.slot, gen1)
 	w.mu.Unlock()
 	require.NoError(t, c1.Close())
 	barrier(t, &w, ln)
 	require.Zero(t, newCalls.Load(), "new registration got the old connection's event")
 	require.Zero(t, oldCalls.Load())
 
-	// Removing the old handle again must not end the new registration.
+	// Removing the old handle again must not end the new watch.
 	w.remove(h1)
 	require.NoError(t, c2.Close())
 	waitFired(t, firedNew, "new registration")
 	w.remove(h2)
 	require.EqualValues(t, 1, newCalls.Load())
+}
+
+// requireSwept collects garbage until the watcher's sweep has freed the
+// slot of a connection that is no longer referenced.
+func requireSwept(t testing.TB, w *hangupWatcher, slot uint32) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		runtime.GC()
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		w.sweep()
+		return slices.Contains(w.free, slot)
+	}, hangupWait, time.Millisecond, "the slot of a collected connection is not freed")
+}
+
+// A keep-alive connection keeps its registration from one watch to the
+// next, and a hang-up while none is on reaches the next one.
+func TestHangupKeepAliveWatches(t *testing.T) {
+	t.Parallel()
+	for _, closeBetween := range []bool{false, true} {
+		t.Run(fmt.Sprintf("close-between=%v", closeBetween), func(t *testing.T) {
+			t.Parallel()
+			var w hangupWatcher
+			ln := tcpListener(t)
+			s, c := tcpPair(t, ln)
+			for range 3 {
+				cb, _, calls := signal()
+				h, ok := w.add(s, cb)
+				require.True(t, ok)
+				w.remove(h)
+				require.Zero(t, calls.Load())
+			}
+			if closeBetween {
+				require.NoError(t, c.Close())
+				barrier(t, &w, ln)
+			}
+			cb, fired, calls := signal()
+			h, ok := w.add(s, cb)
+			require.True(t, ok)
+			w.mu.Lock()
+			require.Len(t, w.conns, 1+btoi(closeBetween), "one registration per connection")
+			w.mu.Unlock()
+			if !closeBetween {
+				require.NoError(t, c.Close())
+			}
+			waitFired(t, fired, "hang-up of a connection watched before")
+			w.remove(h)
+			require.EqualValues(t, 1, calls.Load())
+
+			// Gone stays gone: a further watch is told at once.
+			cb, fired, _ = signal()
+			h, ok = w.add(s, cb)
+			require.True(t, ok)
+			waitFired(t, fired, "watch of a connection gone already")
+			w.remove(h)
+		})
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Connections that are closed and dropped without a hang-up (the server
+// closed them) give their slots back once they are garbage.
+func TestHangupSweepsCollectedConnections(t *testing.T) {
+	t.Parallel()
+	var w hangupWatcher
+	ln := tcpListener(t)
+	var slots []uint32
+	for range 8 {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Close() })
+		s, err := ln.Accept()
+		require.NoError(t, err)
+		h, ok := w.add(s, func() {})
+		require.True(t, ok)
+		w.remove(h)
+		require.NoError(t, s.Close())
+		slots = append(slots, h.slot)
+	}
+	for _, slot := range slots {
+		requireSwept(t, &w, slot)
+	}
+	w.mu.Lock()
+	require.Empty(t, w.conns)
+	w.mu.Unlock()
 }
 
 func TestHangupManyRegistrations(t *testing.T) {
@@ -354,7 +463,7 @@ func TestHangupNoDescriptor(t *testing.T) {
 }
 
 // Through fasthttp's MaxConnsPerIP wrapper, ctx.Conn() hides the socket;
-// rawConnOf finds it (perIPConn through its embedded Conn, perIPTLSConn
+// socketOf finds it (perIPConn through its embedded Conn, perIPTLSConn
 // through the NetConn of the *tls.Conn it embeds), and the handler's
 // registration fires on the client's close.
 func TestHangupThroughMaxConnsPerIP(t *testing.T) {
