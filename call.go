@@ -40,7 +40,7 @@ import (
 //   - running or disarmed -> finished: the handler returned or panicked in
 //     time (worker.serve, finishCooperative).
 //   - running or disarmed -> gone: the hang-up watch saw the client leave
-//     (worker.hungUp, requestContext.hungUp).
+//     (call.onGone).
 //   - running -> disarmed (Disarm), for good; running -> disarmed -> running
 //     (Extend), holding the timer off while the deadline moves. Only in
 //     racing mode: a cooperative call keeps running, and its deadline moves
@@ -93,6 +93,7 @@ type call struct {
 	watch   atomic.Uint64 // watch phase (low 2 bits) and the call's generation
 	watchAt atomic.Int64  // when watching starts
 	hangup  hangupHandle  // the registration, owned by whoever holds watchRegistering
+	onGone  func()        // the hang-up callback, made once per call
 
 	// Set by the worker before it signals, read by the server goroutine
 	// after: the channel orders them.
@@ -198,7 +199,7 @@ func (c *call) context() context.Context {
 	switch {
 	case c.m.mode == Cooperative:
 		if c.watch.Load()&watchMask == watchPending {
-			b.call, b.conn, b.watchAt, b.watching = c, c.conn, c.watchAt.Load(), contextPending
+			b.call = c // the housekeeper starts the call's watch
 		}
 		c.m.housekeeper.watch(b)
 	case c.phase() == callTimedOut:

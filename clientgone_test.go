@@ -371,3 +371,38 @@ func TestHangup_context_made_after_the_hang_up_is_already_cancelled(t *testing.T
 	assert.ErrorIs(t, e.err, context.Canceled)
 	assert.ErrorIs(t, e.cause, fasttimeout.ErrClientGone)
 }
+
+// In cooperative mode nothing settles a request at its deadline but its
+// handler's return: a client that hangs up after the deadline, while the
+// handler still runs, finds the request timed out, as in racing mode, and
+// it is not counted as a hang-up.
+func TestHangup_after_the_deadline_is_a_timeout(t *testing.T) {
+	requireHangups(t)
+	t.Parallel()
+	var stats fasttimeout.Stats
+	expired := make(chan error, 1)
+	release := make(chan struct{})
+	s := startStressLoopback(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+		c := fasttimeout.Context(ctx) // watched from HangupDelay on
+		<-c.Done()
+		expired <- c.Err()
+		<-release // late, and ignoring that
+	}, fasttimeout.Config{Timeout: 150 * time.Millisecond, Mode: fasttimeout.Cooperative, Stats: &stats}))
+	conn := sendRaw(t, s.addr, rawRequest("/slow"))
+	select {
+	case err := <-expired:
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+	case <-time.After(stressBound):
+		t.Fatal("the context did not end at the deadline")
+	}
+	require.NoError(t, conn.Close())
+	require.Eventually(t, func() bool { return stats.Snapshot().Timeouts == 1 }, stressBound, time.Millisecond,
+		"the hang-up after the deadline settles the timeout")
+	assert.EqualValues(t, 1, stats.Snapshot().LateRunning)
+	close(release)
+	require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, stressBound, 5*time.Millisecond)
+	got := stats.Snapshot()
+	assert.Zero(t, got.ClientGone)
+	assert.EqualValues(t, 1, got.Timeouts)
+	assert.EqualValues(t, 1, got.LateFinished)
+}

@@ -2,7 +2,6 @@ package fasttimeout
 
 import (
 	"context"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -79,13 +78,10 @@ type requestContext struct {
 	slot       int                             // index in housekeeper.contexts while watched, else -1; guarded by housekeeper.mu
 	outside    bool                            // made outside New: ends only with the server
 
-	// The watch of a cooperative request's client, set before the
-	// housekeeper watches the context, then guarded by housekeeper.mu.
-	call     *call
-	conn     net.Conn
-	watchAt  int64
-	watching uint8 // contextUnwatched, contextPending or contextRegistered
-	hangup   hangupHandle
+	// A cooperative call whose hang-up watch the housekeeper is to start:
+	// set before the housekeeper watches the context, then guarded by
+	// housekeeper.mu, and nil once the watch has started or never will.
+	call *call
 
 	mu         sync.Mutex
 	err        error

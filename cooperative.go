@@ -23,6 +23,7 @@ func (m *middleware) serveCooperative(ctx *fasthttp.RequestCtx) {
 	c, _ := callPool.Get().(*call)
 	if c == nil {
 		c = new(call)
+		c.onGone = c.hungUp
 	}
 	c.m = m
 	c.admitted = admitted
@@ -42,11 +43,12 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 		m.stats.inFlight.Add(-1)
 	}
 	t := now()
-	// Settle the call before its context's watch ends: from then on, a
-	// hang-up no longer changes it.
+	// Settle the call before its watch ends: from then on, a hang-up no
+	// longer changes it.
 	if !c.settle(callTimedOut, t) {
 		c.settle(callFinished, t)
 	}
+	c.unwatchClient()
 	over, overAt, start := c.phase(), c.overAt.Load(), c.start
 	m.release(c, t, over == callFinished)
 	c.end()
@@ -83,5 +85,17 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 	m.writeTimeoutResponse(&ctx.Response)
 	if m.onTimeout != nil {
 		m.onTimeout(ctx, &ctx.Response)
+	}
+}
+
+// hungUp is the hang-up callback (call.onGone) of a cooperative call. Its
+// handler runs on the server goroutine, which finds the call settled when it
+// returns. Past the deadline the request has timed out, whatever the client
+// does: nothing settles a cooperative call at its deadline but its return,
+// so the hang-up settles that first.
+func (c *call) hungUp() {
+	t := now()
+	if !c.settle(callTimedOut, t) {
+		c.settle(callGone, t)
 	}
 }

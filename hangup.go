@@ -34,11 +34,14 @@ const minWatchedTimeout = 100 * time.Millisecond
 // after it.
 const StatusClientClosedRequest = 499
 
-// Phases of call.watch. A call starts pending (or ended, when it is not
-// to be watched); its timer's fire moves it to registering, registers the
-// connection and moves it to registered; the server goroutine moves it to
-// ended when the call is over, waiting out a registration in progress, and
-// removes the registration if there is one.
+// Phases of call.watch, the one hang-up watch of both modes. A call starts
+// pending (or ended, when it is not to be watched). Once HangupDelay has
+// passed, startWatch moves it to registering, registers the connection and
+// moves it to registered: in racing mode on the call's timer, in
+// cooperative mode on the housekeeper's tick, for a request that asked for
+// its context (nothing else could stop its handler). The server goroutine
+// moves it to ended when the call is over, waiting out a registration in
+// progress, and removes the registration if there is one.
 const (
 	watchPending uint64 = iota
 	watchRegistering
@@ -47,13 +50,6 @@ const (
 
 	watchMask = 3
 	watchGen  = watchMask + 1
-)
-
-// Watch states of a cooperative request's context (requestContext.watching).
-const (
-	contextUnwatched uint8 = iota
-	contextPending
-	contextRegistered
 )
 
 // beginWatch prepares the watch of the call's client for its generation
@@ -81,7 +77,7 @@ func (c *call) nextWake() int64 {
 
 // rearm sets the timer that holds a racing call's next wake to it, once a
 // registration in progress has finished arming c.later itself (see
-// watchClient): Extend and Disarm, which move the deadline, must have the
+// startWatch): Extend and Disarm, which move the deadline, must have the
 // last word.
 func (c *call) rearm() {
 	if c.settledWatch()&watchMask == watchRegistered {
@@ -91,31 +87,33 @@ func (c *call) rearm() {
 	c.timer.Reset(time.Duration(c.nextWake() - now()))
 }
 
-// watchClient starts watching the client of a racing call that has run
-// HangupDelay, and arms c.later for its deadline. It runs on the call's
-// timer, which may be the timer of an earlier call: the compare-and-swap on
-// watch, which carries the generation, settles that.
+// startWatch starts watching the client of a call that has run
+// HangupDelay at t, and reports whether it did. It may run for an earlier
+// call (a racing call's timer may be an earlier call's): the
+// compare-and-swap on watch, which carries the generation, settles that.
 //
-// The deadline goes to a second timer rather than back to c.timer: moving a
-// runtime timer earlier than where it stands makes the runtime sort its
-// whole heap again, and c.timer, stopped at a long deadline by the previous
-// call, would be moved to HangupDelay by the next. So each timer of a
-// worker only moves later from call to call.
-func (w *worker) watchClient(t int64) {
-	c := &w.call
+// A racing call's deadline then goes to a second timer, c.later, rather
+// than back to c.timer: moving a runtime timer earlier than where it stands
+// makes the runtime sort its whole heap again, and c.timer, stopped at a
+// long deadline by the previous call, would be moved to HangupDelay by the
+// next. So each timer of a worker only moves later from call to call.
+func (c *call) startWatch(t int64) bool {
 	s := c.watch.Load()
 	if s&watchMask != watchPending || t < c.watchAt.Load() ||
 		!c.watch.CompareAndSwap(s, s+watchRegistering) {
-		return
+		return false
 	}
-	c.hangup, _ = clientHangups.add(c.conn, w.gone)
-	c.later.Reset(time.Duration(c.deadline.Load() - now()))
+	c.hangup, _ = clientHangups.add(c.conn, c.onGone)
+	if c.later != nil {
+		c.later.Reset(time.Duration(c.deadline.Load() - now()))
+	}
 	c.watch.Store(s + watchRegistered)
+	return true
 }
 
-// unwatchClient ends the watch of a racing call's client, on the server
-// goroutine once the call is decided. A request over before HangupDelay
-// pays one compare-and-swap.
+// unwatchClient ends the watch of a call's client, on the server goroutine
+// once the call is decided. A request over before HangupDelay pays one
+// compare-and-swap.
 func (c *call) unwatchClient() {
 	s := c.watch.Load()
 	if hook := testHookUnwatch.Load(); hook != nil {
@@ -129,7 +127,9 @@ func (c *call) unwatchClient() {
 	if s = c.settledWatch(); s&watchMask == watchRegistered {
 		clientHangups.remove(c.hangup) // final: no callback runs after it
 		c.hangup = hangupHandle{}
-		c.later.Stop()
+		if c.later != nil {
+			c.later.Stop()
+		}
 		c.watch.Store(s | watchEnded)
 	}
 }
@@ -151,19 +151,18 @@ func (c *call) settledWatch() uint64 {
 // may start the watch.
 var testHookUnwatch atomic.Pointer[func(*call)]
 
-// hungUp is the hang-up callback of a worker's calls: the call's context is
-// cancelled with cause ErrClientGone, and its handler is late from now on,
-// as after a timeout, but the request is not counted as a timeout. It runs
-// on the watcher's goroutine, never after unwatchClient has removed the
-// registration, so the call is the one that was registered.
+// hungUp is the hang-up callback (call.onGone) of a worker's calls: the
+// call's context is cancelled with cause ErrClientGone, and its handler is
+// late from now on, as after a timeout, but the request is not counted as a
+// timeout. It runs on the watcher's goroutine, never after unwatchClient
+// has removed the registration, so the call is the one that was registered.
+// A cooperative call's onGone only settles it: its handler runs on the
+// server goroutine, which finds the call gone when it returns.
 func (w *worker) hungUp() {
 	if w.call.settle(callGone, now()) {
 		w.done <- struct{}{} // nobody to answer: the server goroutine moves on
 	}
 }
-
-// hungUp is the hang-up callback of a cooperative request's context.
-func (b *requestContext) hungUp() { b.call.settle(callGone, now()) }
 
 // writeGoneResponse fills resp with the answer to a client that is gone.
 func writeGoneResponse(resp *fasthttp.Response) {

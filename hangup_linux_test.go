@@ -604,7 +604,7 @@ func TestUnwatchClient_removes_a_registration_made_as_it_looks(t *testing.T) {
 	server, _ := tcpPair(t, ln)
 	m := &middleware{settings: Config{Timeout: time.Minute}.resolve()}
 	w := &worker{}
-	w.m, w.gone = m, func() {}
+	w.m, w.onGone = m, func() {}
 	w.later = time.AfterFunc(time.Hour, func() {})
 	w.later.Stop()
 	c := &w.call
@@ -616,7 +616,7 @@ func TestUnwatchClient_removes_a_registration_made_as_it_looks(t *testing.T) {
 	registered := false
 	hook := func(hc *call) {
 		if hc == c {
-			w.watchClient(now())
+			c.startWatch(now())
 			registered = c.watch.Load()&watchMask == watchRegistered
 		}
 	}

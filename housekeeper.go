@@ -157,13 +157,8 @@ func (h *housekeeper) expireContexts(t int64) (busy bool) {
 			h.unwatchLocked(b)
 			b.cancel(context.Canceled, &shutdownCause)
 		default:
-			if b.watching == contextPending && b.watchAt <= t {
-				var ok bool
-				if b.hangup, ok = clientHangups.add(b.conn, b.hungUp); ok {
-					b.watching = contextRegistered
-				} else {
-					b.watching = contextUnwatched
-				}
+			if b.call != nil && (b.call.startWatch(t) || b.call.watch.Load()&watchMask != watchPending) {
+				b.call = nil
 			}
 			i++
 		}
@@ -212,10 +207,7 @@ func (h *housekeeper) unwatch(b *requestContext) {
 }
 
 func (h *housekeeper) unwatchLocked(b *requestContext) {
-	if b.watching == contextRegistered {
-		clientHangups.remove(b.hangup) // final: no callback runs after it
-	}
-	b.watching = contextUnwatched
+	b.call = nil
 	i := b.slot
 	if i < 0 {
 		return

@@ -75,7 +75,6 @@ type worker struct {
 	call
 	work     chan struct{} // cap 1: run call; closed to retire the worker
 	done     chan struct{} // cap 1: the race of the current call is decided
-	gone     func()        // w.hungUp, made once: the hang-up callback of its calls
 	lastUsed atomic.Int64  // when it last went idle; read by the housekeeper to retire it
 
 	// owners counts who still holds a timed-out call (or one whose client hung
@@ -107,7 +106,7 @@ func (w *worker) fire() {
 		w.done <- struct{}{} // the server goroutine answers with the timeout response
 		return
 	}
-	w.watchClient(t)
+	w.startWatch(t)
 }
 
 // serve runs the current call's handler and settles the race.
@@ -203,7 +202,7 @@ func (m *middleware) acquireWorker(connID uint64, t int64) *worker {
 	w.timer.Stop()
 	w.later = time.AfterFunc(time.Hour, w.fire)
 	w.later.Stop()
-	w.gone = w.hungUp
+	w.onGone = w.hungUp
 	m.housekeeper.addWorker(w)
 	go w.loop()
 	return w
