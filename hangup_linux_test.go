@@ -614,10 +614,12 @@ func TestUnwatchClient_removes_a_registration_made_as_it_looks(t *testing.T) {
 	c.watch.Store(7 * watchGen) // generation 7, watchPending
 
 	registered := false
+	var h hangupHandle
 	hook := func(hc *call) {
 		if hc == c {
 			c.startWatch(now())
 			registered = c.watch.Load()&watchMask == watchRegistered
+			h = c.hangup
 		}
 	}
 	testHookUnwatch.Store(&hook)
@@ -626,9 +628,10 @@ func TestUnwatchClient_removes_a_registration_made_as_it_looks(t *testing.T) {
 
 	require.True(t, registered, "the hook started the watch")
 	require.Equal(t, 7*watchGen|watchEnded, c.watch.Load())
-	clientHangups.mu.Lock()
-	s := clientHangups.slots[c.hangup.slot]
-	clientHangups.mu.Unlock()
 	require.Equal(t, hangupHandle{}, c.hangup, "the handle is given up")
-	require.Nil(t, s.onGone, "the registration is removed")
+	require.NotZero(t, h.seq, "the watch was registered")
+	clientHangups.mu.Lock()
+	onGone := clientHangups.slots[h.slot].onGone // the connection's slot, while it lives
+	clientHangups.mu.Unlock()
+	require.Nil(t, onGone, "the registration is removed")
 }
