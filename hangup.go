@@ -88,8 +88,8 @@ func (c *call) rearm() {
 }
 
 // startWatch starts watching the client of a call that has run
-// HangupDelay at t, and reports whether it did. It may run for an earlier
-// call (a racing call's timer may be an earlier call's): the
+// HangupDelay at t, if its watch is still pending. It may run for an
+// earlier call (a racing call's timer may be an earlier call's): the
 // compare-and-swap on watch, which carries the generation, settles that.
 //
 // A racing call's deadline then goes to a second timer, c.later, rather
@@ -97,18 +97,17 @@ func (c *call) rearm() {
 // makes the runtime sort its whole heap again, and c.timer, stopped at a
 // long deadline by the previous call, would be moved to HangupDelay by the
 // next. So each timer of a worker only moves later from call to call.
-func (c *call) startWatch(t int64) bool {
+func (c *call) startWatch(t int64) {
 	s := c.watch.Load()
 	if s&watchMask != watchPending || t < c.watchAt.Load() ||
 		!c.watch.CompareAndSwap(s, s+watchRegistering) {
-		return false
+		return
 	}
 	c.hangup, _ = clientHangups.add(c.conn, c.onGone)
 	if c.later != nil {
 		c.later.Reset(time.Duration(c.deadline.Load() - now()))
 	}
 	c.watch.Store(s + watchRegistered)
-	return true
 }
 
 // unwatchClient ends the watch of a call's client, on the server goroutine

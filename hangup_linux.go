@@ -67,13 +67,14 @@ type hangupSlot struct {
 type hangupWatcher struct {
 	mu      sync.Mutex
 	running bool // the goroutine is alive
-	epfd    int  // the epoll set, once haveSet
-	haveSet bool
+	epfd    int  // the epoll set, once conns is made
 	slots   []*hangupSlot
 	free    []uint32
-	conns   map[uintptr]uint32 // registered connections, by address, and their slots
-	sweepAt int                // len(conns) at which to sweep
-	active  int                // watches not yet removed
+	// Registered connections, by address, and their slots; nil until
+	// the epoll set exists.
+	conns   map[uintptr]uint32
+	sweepAt int // len(conns) at which to sweep
+	active  int // watches not yet removed
 }
 
 // clientHangups is the process's watcher.
@@ -104,15 +105,16 @@ func (w *hangupWatcher) add(conn net.Conn, onGone func()) (hangupHandle, bool) {
 	if !w.running && !w.start() {
 		return hangupHandle{}, false
 	}
-	idx, known := w.conns[uintptr(unsafe.Pointer(p))]
+	addr := uintptr(unsafe.Pointer(p))
+	idx, known := w.conns[addr]
 	if known && w.slots[idx].conn.Value() != p {
 		// A connection that is garbage had this address.
-		delete(w.conns, uintptr(unsafe.Pointer(p)))
+		delete(w.conns, addr)
 		w.freeSlot(idx)
 		known = false
 	}
 	if !known {
-		if idx, ok = w.register(sock, p); !ok {
+		if idx, ok = w.register(sock, p, addr); !ok {
 			return hangupHandle{}, false
 		}
 	}
@@ -134,7 +136,7 @@ func (w *hangupWatcher) add(conn net.Conn, onGone func()) (hangupHandle, bool) {
 
 // register adds a connection seen for the first time to the epoll set and
 // gives it a slot; w.mu is held.
-func (w *hangupWatcher) register(sock syscall.Conn, p *byte) (uint32, bool) {
+func (w *hangupWatcher) register(sock syscall.Conn, p *byte, addr uintptr) (uint32, bool) {
 	if len(w.conns) >= w.sweepAt {
 		w.sweep()
 	}
@@ -152,7 +154,7 @@ func (w *hangupWatcher) register(sock syscall.Conn, p *byte) (uint32, bool) {
 		return 0, false
 	}
 	s.conn = weak.Make(p)
-	w.conns[uintptr(unsafe.Pointer(p))] = idx
+	w.conns[addr] = idx
 	return idx, true
 }
 
@@ -165,7 +167,8 @@ func ctl(sock syscall.Conn, epfd, op int, ev *syscall.EpollEvent) error {
 		return err
 	}
 	var ctlErr error
-	if err := rc.Control(func(fd uintptr) { ctlErr = syscall.EpollCtl(epfd, op, int(fd), ev) }); err != nil {
+	err = rc.Control(func(fd uintptr) { ctlErr = syscall.EpollCtl(epfd, op, int(fd), ev) })
+	if err != nil {
 		return err
 	}
 	return ctlErr
@@ -207,13 +210,12 @@ func (w *hangupWatcher) sweep() {
 // start starts the goroutine, and creates the epoll set the first time;
 // w.mu is held.
 func (w *hangupWatcher) start() bool {
-	if !w.haveSet {
+	if w.conns == nil {
 		epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 		if err != nil {
 			return false
 		}
-		w.epfd, w.haveSet = epfd, true
-		w.conns = make(map[uintptr]uint32)
+		w.epfd, w.conns = epfd, make(map[uintptr]uint32)
 	}
 	w.running = true
 	go w.run(w.epfd)
@@ -297,10 +299,11 @@ func (w *hangupWatcher) dispatch(idx, gen uint32) {
 var netConnType = reflect.TypeFor[net.Conn]()
 
 // socketOf finds the socket under conn and the first byte of the object
-// that holds it, which names the connection while it lives: it unwraps NetConn() (tls.Conn, listener wrappers) and fasthttp's
-// MaxConnsPerIP wrapper (see embeddedConn) as long as it can, down to a
-// pointer that implements syscall.Conn. The depth is bounded in case a
-// wrapper returns itself.
+// that holds it, which names the connection while it lives: it unwraps
+// NetConn() (tls.Conn, listener wrappers) and fasthttp's MaxConnsPerIP
+// wrapper (see embeddedConn) as long as it can, down to a pointer that
+// implements syscall.Conn. The depth is bounded in case a wrapper returns
+// itself.
 func socketOf(conn net.Conn) (syscall.Conn, *byte, bool) {
 	for range 16 {
 		if conn == nil {

@@ -157,8 +157,11 @@ func (h *housekeeper) expireContexts(t int64) (busy bool) {
 			h.unwatchLocked(b)
 			b.cancel(context.Canceled, &shutdownCause)
 		default:
-			if b.call != nil && (b.call.startWatch(t) || b.call.watch.Load()&watchMask != watchPending) {
-				b.call = nil
+			if c := b.call; c != nil {
+				c.startWatch(t)
+				if c.watch.Load()&watchMask != watchPending {
+					b.call = nil // started, or never will be
+				}
 			}
 			i++
 		}
