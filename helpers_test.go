@@ -150,13 +150,13 @@ func replyWithSecret(ctx *fasthttp.RequestCtx, kind, secret string) {
 	ctx.SetBodyString(ownBody(kind, secret))
 }
 
-// stressListener counts the connections it accepts.
-type stressListener struct {
+// countingListener counts the connections it accepts.
+type countingListener struct {
 	net.Listener
 	accepted atomic.Int64
 }
 
-func (l *stressListener) Accept() (net.Conn, error) {
+func (l *countingListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err == nil {
 		l.accepted.Add(1)
@@ -190,7 +190,7 @@ func (l *stressLog) report() (int, []string) {
 // connections.
 type stressLoopback struct {
 	server   *fasthttp.Server
-	ln       *stressListener
+	ln       *countingListener
 	addr     string
 	served   chan error
 	logs     *stressLog
@@ -202,7 +202,7 @@ func startStressLoopback(t testing.TB, h fasthttp.RequestHandler) *stressLoopbac
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	s := &stressLoopback{ln: &stressListener{Listener: ln}, addr: ln.Addr().String(), served: make(chan error, 1), logs: &stressLog{}}
+	s := &stressLoopback{ln: &countingListener{Listener: ln}, addr: ln.Addr().String(), served: make(chan error, 1), logs: &stressLog{}}
 	s.server = &fasthttp.Server{Handler: h, Logger: s.logs, ReadTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute}
 	go func() { s.served <- s.server.Serve(s.ln) }()
 	t.Cleanup(func() { assert.NoError(t, s.shutdown()) })

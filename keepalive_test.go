@@ -83,7 +83,7 @@ func TestTimeout_keep_alive_connection_is_reused_after_a_timeout(t *testing.T) {
 	}, fasttimeout.Config{Timeout: shortTimeout})
 
 	mem := fasthttputil.NewInmemoryListener()
-	ln := &acceptCounter{Listener: mem}
+	ln := &countingListener{Listener: mem}
 	server := &fasthttp.Server{Handler: h}
 	served := make(chan error, 1)
 	go func() { served <- server.Serve(ln) }()

@@ -3,10 +3,8 @@ package fasttimeout_test
 import (
 	"bufio"
 	"fmt"
-	"net"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -178,20 +176,6 @@ func TestTimeout_head_request_gets_no_body(t *testing.T) {
 	resp := do(t, s, "HEAD", "/")
 	assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
 	assert.Empty(t, resp.Body())
-}
-
-// acceptCounter counts the connections a server accepts.
-type acceptCounter struct {
-	net.Listener
-	accepted atomic.Int64
-}
-
-func (l *acceptCounter) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err == nil {
-		l.accepted.Add(1)
-	}
-	return c, err
 }
 
 // recoverer is the outer recover middleware users put around handlers.
