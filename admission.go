@@ -55,11 +55,14 @@ import (
 // slower. Without probes, a server started straight into overload would
 // take its loaded latency for the unloaded one.
 type limiter struct {
-	// running is written by every request; the fields read on the fast
+	// slots is written by every request; the fields read on the fast
 	// path, written rarely, are kept off its cache line, as are the
 	// window's, so that cores do not take the line from each other more
-	// than they must.
-	running atomic.Int64 // handlers holding a slot
+	// than they must. It packs two counters, so that taking a slot is one
+	// atomic operation: the handlers holding a slot (the low 32 bits, see
+	// holding) and the slots taken so far (the high 32 bits, wrapping),
+	// with which the backlog's refusals count arrivals (backlog.go).
+	slots   atomic.Int64
 	_       [56]byte
 	limit   atomic.Int64
 	waiting atomic.Int64  // requests in the queue; read on the fast path
@@ -98,6 +101,15 @@ type limiter struct {
 	shedAt     atomic.Int64  // when shed was last moved
 	shedMu     sync.Mutex
 	shedTarget int64
+	// refused and served count the requests refused and, by the samples
+	// weighted by the sampling rate, the handlers that returned in time,
+	// for the capacity estimate. Guarded by shedMu: the capacity in answers
+	// in time per nanosecond, and the counts at the last update.
+	refused      atomic.Int64
+	served       atomic.Int64
+	capacity     float64
+	lastArrivals int64
+	lastServed   int64
 }
 
 const (
@@ -172,14 +184,26 @@ func newLimiter(max int64, adaptive bool, timeout time.Duration, stats *Stats) *
 	return l
 }
 
+// A slot taken adds oneSlot to limiter.slots, and one given back subtracts
+// one: the handlers holding a slot never go below zero, so nothing borrows
+// from the count of slots taken.
+const oneSlot = 1<<32 + 1
+
+// holding returns the number of handlers holding a slot.
+func (l *limiter) holding() int64 { return int64(uint32(l.slots.Load())) }
+
+// taken returns the number of slots taken so far, modulo 2³².
+func (l *limiter) taken() uint32 { return uint32(l.slots.Load() >> 32) }
+
 // tryAcquire takes a slot if one is free.
 func (l *limiter) tryAcquire() bool {
 	for {
-		r := l.running.Load()
+		s := l.slots.Load()
+		r := int64(uint32(s))
 		if r >= l.limit.Load() {
 			return false
 		}
-		if l.running.CompareAndSwap(r, r+1) {
+		if l.slots.CompareAndSwap(s, s+oneSlot) {
 			if l.adaptive && r+1 > l.peak.Load() {
 				l.peak.Store(r + 1) // a lost update only understates one window's peak
 			}
@@ -197,7 +221,7 @@ func (l *limiter) acquire(t, deadline int64) (waited time.Duration, reason strin
 			l.updateShed(t)
 		}
 		if p := l.shed.Load(); p != 0 && rand.Uint32() < p {
-			return 0, RejectedQueueFull // the run queue is backed up
+			return 0, l.refuse(RejectedQueueFull) // the run queue is backed up
 		}
 	}
 	// Waiters come first: a newcomer takes a free slot only when nobody
@@ -219,13 +243,13 @@ func (l *limiter) acquire(t, deadline int64) (waited time.Duration, reason strin
 	if maxWait < minWait {
 		l.waiting.Add(-1)
 		l.mu.Unlock()
-		return 0, RejectedQueueFull
+		return 0, l.refuse(RejectedQueueFull)
 	}
 	if l.queued >= max(2*int(l.ceiling), minQueue) {
 		if !l.lifo(t) {
 			l.waiting.Add(-1)
 			l.mu.Unlock()
-			return 0, RejectedQueueFull
+			return 0, l.refuse(RejectedQueueFull)
 		}
 		// Newest first: the oldest waiter gives way to the newcomer.
 		oldest := l.head
@@ -261,16 +285,22 @@ func (l *limiter) acquire(t, deadline int64) (waited time.Duration, reason strin
 	case granted:
 		return waited, ""
 	case waited >= maxWait:
-		return waited, RejectedQueueTimeout
+		return waited, l.refuse(RejectedQueueTimeout)
 	default:
-		return waited, RejectedQueueFull
+		return waited, l.refuse(RejectedQueueFull)
 	}
+}
+
+// refuse counts a refusal for reason, and returns reason.
+func (l *limiter) refuse(reason string) string {
+	l.refused.Add(1)
+	return reason
 }
 
 // release gives back the slot of a handler that returned at t. rtt is its
 // latency from admission, a sample if the handler returned in time.
 func (l *limiter) release(t int64, rtt time.Duration, inTime bool) {
-	l.running.Add(-1)
+	l.slots.Add(-1)
 	if l.waiting.Load() > 0 {
 		l.mu.Lock()
 		l.dispatchLocked(t)
@@ -280,6 +310,7 @@ func (l *limiter) release(t int64, rtt time.Duration, inTime bool) {
 		// At high rates a share of the returns is enough for a median,
 		// and fewer writes to the window's counters keep cores apart.
 		if every := l.every.Load(); every == 0 || rand.Uint32()&every == 0 {
+			l.served.Add(int64(every) + 1)
 			l.sample(t, rtt)
 		}
 	}
@@ -400,7 +431,7 @@ func (l *limiter) adapt(t int64) {
 	l.count.Store(0)
 	l.drops.Store(0)
 	l.windowStart.Store(t)
-	peak := l.peak.Swap(l.running.Load())
+	peak := l.peak.Swap(l.holding())
 	queued := l.queuedInWin.Swap(false)
 
 	if l.probeFrom.Load() != 0 {

@@ -1,6 +1,7 @@
 package fasttimeout
 
 import (
+	"math"
 	"sync"
 	"testing"
 	"time"
@@ -67,7 +68,7 @@ func TestLimiter_falls_under_overload_and_recovers(t *testing.T) {
 	assert.GreaterOrEqual(t, l.limit.Load(), int64(300), "the limit grows back once latency is fine")
 	assert.LessOrEqual(t, l.limit.Load(), int64(1000), "and stays under its ceiling")
 	assert.Equal(t, l.limit.Load(), stats.Snapshot().ConcurrencyLimit)
-	assert.Zero(t, l.running.Load())
+	assert.Zero(t, l.holding())
 }
 
 func TestLimiter_timeouts(t *testing.T) {
@@ -185,7 +186,7 @@ func TestLimiter_queue(t *testing.T) {
 			<-order
 			wg.Wait()
 			l.release(t0+int64(c.releaseAt), 0, false)
-			assert.Zero(t, l.running.Load())
+			assert.Zero(t, l.holding())
 			assert.Zero(t, l.waiting.Load())
 			assert.Equal(t, int64(2), stats.Snapshot().Queued)
 			assert.Zero(t, stats.Snapshot().Waiting)
@@ -241,9 +242,32 @@ func TestLimiter_refusals(t *testing.T) {
 			assert.Empty(t, <-reasons)
 		}
 		l.release(t0, 0, false)
-		assert.Zero(t, l.running.Load())
+		assert.Zero(t, l.holding())
 		assert.Zero(t, l.waiting.Load())
 	})
+}
+
+// TestLimiter_counts_arrivals: the slots word counts the handlers holding a
+// slot and the slots taken, across the wrap of the latter; refusals are
+// counted beside it.
+func TestLimiter_counts_arrivals(t *testing.T) {
+	t.Parallel()
+	l := newLimiter(2, false, time.Second, new(Stats))
+	l.slots.Store(math.MinInt64 | math.MaxInt32<<32) // taken: one short of the wrap
+	at := now()
+	for range 2 {
+		_, reason := l.acquire(at, at+int64(time.Second))
+		require.Empty(t, reason)
+	}
+	assert.Equal(t, int64(2), l.holding())
+	assert.Equal(t, uint32(1), l.taken(), "wrapped")
+	_, reason := l.acquire(at, at+int64(minWait)) // no time to wait
+	assert.Equal(t, RejectedQueueFull, reason)
+	assert.Equal(t, int64(1), l.refused.Load())
+	l.release(at, 0, false)
+	l.release(at, 0, false)
+	assert.Zero(t, l.holding())
+	assert.Equal(t, uint32(1), l.taken(), "giving a slot back takes nothing from the count")
 }
 
 func TestMedianOf(t *testing.T) {

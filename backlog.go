@@ -28,6 +28,15 @@ import (
 // queue. Refusing costs microseconds, a handler milliseconds, so the CPU
 // goes back to requests that can still be answered in time, and the run
 // queue drains.
+//
+// A proportional controller lags: once the run queue has drained, the
+// probability it reached while draining it refuses more than the machine
+// needs for as long as it takes to come down. So while the run queue is
+// empty and its wait under the target, the probability is capped by what
+// the rates say must be refused:
+// 1 - capacity/arrivals, where capacity is the rate of answers in time
+// measured while the run queue was long (the CPU saturated, so that rate is
+// what the machine can do).
 const (
 	backlogInterval = 50 * time.Millisecond
 	// shedStep is how much the probability of refusal moves per interval
@@ -35,6 +44,14 @@ const (
 	shedStep = 0.05
 	// maxShed leaves some requests through, to keep measuring.
 	maxShed = 0.95
+	// saturatedRunnable is the run queue's length from which an interval's
+	// rate of answers in time is taken as the capacity; idleRunnable the
+	// length at or under which the run queue counts as drained.
+	saturatedRunnable = 16
+	idleRunnable      = 1
+	// capacityWeight is the weight of a new interval in the capacity's
+	// moving average.
+	capacityWeight = 0.3
 )
 
 // runQueue reads the scheduler's latency for all the limiters of the
@@ -44,14 +61,17 @@ var runQueue struct {
 	at      atomic.Int64 // when last read
 	latency atomic.Int64 // the 90th percentile over the interval before, ns
 	lasting atomic.Int64 // the lesser of the two
-	sample  [1]metrics.Sample
-	prev    []uint64 // the histogram's counts at the last read
+	// runnable is the number of goroutines waiting to run at the last read.
+	runnable atomic.Int64
+	sample   [2]metrics.Sample
+	prev     []uint64 // the histogram's counts at the last read
 }
 
-// runQueueLatency returns the 90th percentile of the time goroutines waited
-// to run, the lesser of the last two intervals': as CoDel, it looks at a wait
-// that lasts, not at a burst that the queue absorbs.
-func runQueueLatency(t int64) int64 {
+// readBacklog returns the 90th percentile of the time goroutines waited to
+// run, the lesser of the last two intervals' (as CoDel, it looks at a wait
+// that lasts, not at a burst that the queue absorbs), and the number of
+// goroutines waiting to run.
+func readBacklog(t int64) (latency, runnable int64) {
 	if t-runQueue.at.Load() >= int64(backlogInterval) && runQueue.mu.TryLock() {
 		if t-runQueue.at.Load() >= int64(backlogInterval) {
 			latency := readRunQueue()
@@ -61,17 +81,21 @@ func runQueueLatency(t int64) int64 {
 		}
 		runQueue.mu.Unlock()
 	}
-	return runQueue.lasting.Load()
+	return runQueue.lasting.Load(), runQueue.runnable.Load()
 }
 
 // readRunQueue reads the histogram of scheduling latencies and returns the
 // 90th percentile of what was added to it since the last read (the upper
-// bound of its bucket). runQueue.mu is held. It allocates only the first
-// time.
+// bound of its bucket), and stores the run queue's length. runQueue.mu is
+// held. It allocates only the first time.
 func readRunQueue() int64 {
 	s := &runQueue.sample[0]
 	s.Name = "/sched/latencies:seconds"
+	runQueue.sample[1].Name = "/sched/goroutines/runnable:goroutines"
 	metrics.Read(runQueue.sample[:])
+	if r := runQueue.sample[1].Value; r.Kind() == metrics.KindUint64 {
+		runQueue.runnable.Store(int64(r.Uint64()))
+	}
 	if s.Value.Kind() != metrics.KindFloat64Histogram {
 		return 0
 	}
@@ -122,9 +146,40 @@ func (l *limiter) updateShed(t int64) {
 		return
 	}
 	defer l.shedMu.Unlock()
-	if t-l.shedAt.Load() < int64(backlogInterval) {
+	dt := t - l.shedAt.Load()
+	if dt < int64(backlogInterval) {
 		return
 	}
 	l.shedAt.Store(t)
-	l.shed.Store(nextShed(l.shed.Load(), runQueueLatency(t), l.shedTarget))
+	latency, runnable := readBacklog(t)
+	// Taken slots wrap at 2³²: only their difference over an interval
+	// counts.
+	arrivals, served := int64(l.taken())+l.refused.Load(), l.served.Load()
+	arrived := int64(uint32(arrivals - l.lastArrivals))
+	l.shed.Store(l.nextShedLocked(latency, runnable, dt, arrived, served-l.lastServed))
+	l.lastArrivals, l.lastServed = arrivals, served
+}
+
+// nextShedLocked returns the next probability of refusal after an interval
+// of dt nanoseconds in which the run queue's wait was latency, its length at
+// the end runnable, and arrived requests arrived and served were answered in
+// time. l.shedMu is held.
+func (l *limiter) nextShedLocked(latency, runnable, dt, arrived, served int64) uint32 {
+	p := nextShed(l.shed.Load(), latency, l.shedTarget)
+	if dt > 4*int64(backlogInterval) {
+		return p // no request for a while: the counts say nothing of now
+	}
+	switch {
+	case runnable >= saturatedRunnable:
+		rate := float64(served) / float64(dt)
+		if l.capacity == 0 {
+			l.capacity = rate
+		} else {
+			l.capacity += capacityWeight * (rate - l.capacity)
+		}
+	case runnable <= idleRunnable && latency < l.shedTarget && l.capacity > 0 && arrived > 0:
+		need := max(1-l.capacity*float64(dt)/float64(arrived), 0)
+		p = min(p, uint32(min(need, maxShed)*(1<<32)))
+	}
+	return p
 }

@@ -1,7 +1,9 @@
 package fasttimeout
 
 import (
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,6 +29,85 @@ func TestNextShed(t *testing.T) {
 	} {
 		got := float64(nextShed(c.p, c.latency, target)) / (1 << 32)
 		assert.InDelta(t, c.want, got, 1e-6, c.name)
+	}
+}
+
+// TestLimiter_nextShedLocked: the capacity is learnt while the run queue is
+// long, and caps the refusals once it has drained.
+func TestLimiter_nextShedLocked(t *testing.T) {
+	t.Parallel()
+	const dt = int64(backlogInterval)
+	const target = int64(50 * time.Millisecond)
+	share := func(f float64) uint32 { return uint32(f * (1 << 32)) }
+	perInterval := func(n int64) float64 { return float64(n) / float64(dt) }
+	for _, c := range []struct {
+		name         string
+		p            uint32
+		capacity     float64 // before
+		latency      int64
+		runnable, dt int64
+		arrived      int64
+		served       int64
+		want         float64
+		wantCapacity float64
+	}{
+		{
+			name: "a long run queue: the first rate is the capacity",
+			p:    share(0.5), latency: target, runnable: saturatedRunnable, dt: dt, arrived: 400, served: 100,
+			want: 0.5, wantCapacity: perInterval(100),
+		},
+		{
+			name: "a long run queue: the capacity moves by its weight",
+			p:    share(0.5), capacity: perInterval(100), latency: target, runnable: 100, dt: dt, arrived: 400, served: 200,
+			want: 0.5, wantCapacity: perInterval(130),
+		},
+		{
+			name: "a drained run queue: refuse no more than the rates need",
+			p:    share(0.9), capacity: perInterval(100), latency: target / 2, runnable: idleRunnable, dt: dt, arrived: 400,
+			want: 0.75, wantCapacity: perInterval(100),
+		},
+		{
+			name: "a drained run queue: a lower probability stays",
+			p:    share(0.5), capacity: perInterval(100), latency: target / 2, runnable: 0, dt: dt, arrived: 400,
+			want: 0.5 - shedStep/2, wantCapacity: perInterval(100),
+		},
+		{
+			name: "a drained run queue with fewer arrivals than the capacity: refuse none",
+			p:    share(0.9), capacity: perInterval(100), latency: target / 2, runnable: 0, dt: dt, arrived: 50,
+			want: 0, wantCapacity: perInterval(100),
+		},
+		{
+			name: "a drained run queue whose wait is still above the target: the controller alone",
+			p:    share(0.9), capacity: perInterval(100), latency: 2 * target, runnable: 0, dt: dt, arrived: 400,
+			want: 0.9 + shedStep, wantCapacity: perInterval(100),
+		},
+		{
+			name: "a drained run queue, capacity unknown: the controller alone",
+			p:    share(0.9), latency: target / 2, runnable: 0, dt: dt, arrived: 400,
+			want: 0.9 - shedStep/2,
+		},
+		{
+			name: "a run queue neither long nor drained: the controller alone",
+			p:    share(0.9), capacity: perInterval(100), latency: target, runnable: saturatedRunnable - 1, dt: dt, arrived: 400, served: 10,
+			want: 0.9, wantCapacity: perInterval(100),
+		},
+		{
+			name: "after a long gap the counts are not rates",
+			p:    share(0.9), capacity: perInterval(100), latency: target / 2, runnable: 0, dt: 5 * dt, arrived: 4000, served: 10,
+			want: 0.9 - shedStep/2, wantCapacity: perInterval(100),
+		},
+		{
+			name: "the controller still moves first",
+			p:    share(0.9), capacity: perInterval(100), latency: 0, runnable: 0, dt: dt, arrived: 1000,
+			want: 0.9 - shedStep, wantCapacity: perInterval(100),
+		},
+	} {
+		l := newLimiter(100, true, time.Second, new(Stats))
+		l.shed.Store(c.p)
+		l.capacity = c.capacity
+		got := float64(l.nextShedLocked(c.latency, c.runnable, c.dt, c.arrived, c.served)) / (1 << 32)
+		assert.InDelta(t, c.want, got, 1e-6, c.name)
+		assert.InDelta(t, c.wantCapacity, l.capacity, 1e-12, c.name)
 	}
 }
 
@@ -88,4 +169,31 @@ func TestRunQueueLatency(t *testing.T) {
 	close(start)
 	wg.Wait()
 	assert.GreaterOrEqual(t, readRunQueue(), int64(time.Millisecond), "300 goroutines of 3 ms of CPU each, on at most a few Ps")
+}
+
+// TestReadRunQueue_runnable: goroutines waiting for a P are counted. Not
+// parallel: it measures the whole process.
+func TestReadRunQueue_runnable(t *testing.T) {
+	runQueue.mu.Lock()
+	defer runQueue.mu.Unlock()
+	// They spin until the count is read, so that however late this
+	// goroutine runs, all but GOMAXPROCS of them wait in the run queue.
+	n := runtime.GOMAXPROCS(0) + 2*saturatedRunnable
+	var stop atomic.Bool
+	var spinning, wg sync.WaitGroup
+	spinning.Add(n)
+	for range n {
+		wg.Go(func() {
+			spinning.Done()
+			for !stop.Load() {
+			}
+		})
+	}
+	spinning.Wait()
+	readRunQueue()
+	stop.Store(true)
+	wg.Wait()
+	assert.GreaterOrEqual(t, runQueue.runnable.Load(), int64(saturatedRunnable), "%d goroutines spinning on %d Ps", n, runtime.GOMAXPROCS(0))
+	readRunQueue()
+	assert.Less(t, runQueue.runnable.Load(), int64(saturatedRunnable), "once they have returned")
 }
