@@ -108,6 +108,7 @@ type limiter struct {
 	refused      atomic.Int64
 	served       atomic.Int64
 	capacity     float64
+	arrivalRate  float64
 	lastArrivals int64
 	lastServed   int64
 }

@@ -29,14 +29,14 @@ import (
 // goes back to requests that can still be answered in time, and the run
 // queue drains.
 //
-// A proportional controller lags: once the run queue has drained, the
-// probability it reached while draining it refuses more than the machine
-// needs for as long as it takes to come down. So while the run queue is
-// empty and its wait under the target, the probability is capped by what
-// the rates say must be refused:
-// 1 - capacity/arrivals, where capacity is the rate of answers in time
-// measured while the run queue was long (the CPU saturated, so that rate is
-// what the machine can do).
+// A proportional controller lags, and overshoots both ways: the run queue
+// fills while the probability climbs, drains at once when it is high, and
+// the core idles while it comes down. So it is steered around what the rates
+// say must be refused, 1 - capacity/arrivals: at least that while the run
+// queue is long and its wait above the target, at most that once it has
+// drained. The capacity is the rate of answers in time measured while the
+// run queue was so backed up (the CPU saturated, so that rate is what the
+// machine can do); the arrivals, their rate averaged over a second.
 const (
 	backlogInterval = 50 * time.Millisecond
 	// shedStep is how much the probability of refusal moves per interval
@@ -44,14 +44,18 @@ const (
 	shedStep = 0.05
 	// maxShed leaves some requests through, to keep measuring.
 	maxShed = 0.95
-	// saturatedRunnable is the run queue's length from which an interval's
-	// rate of answers in time is taken as the capacity; idleRunnable the
-	// length at or under which the run queue counts as drained.
+	// saturatedRunnable is the run queue's length from which, with a wait
+	// above the target, an interval's rate of answers in time is taken as
+	// the capacity; idleRunnable the length at or under which the run
+	// queue counts as drained.
 	saturatedRunnable = 16
 	idleRunnable      = 1
-	// capacityWeight is the weight of a new interval in the capacity's
-	// moving average.
+	// capacityWeight and arrivalWeight are the weights of a new interval
+	// in the moving averages of the capacity and of the arrival rate: the
+	// latter spans a second, longer than the run queue takes to fill and
+	// drain.
 	capacityWeight = 0.3
+	arrivalWeight  = 0.05
 )
 
 // runQueue reads the scheduler's latency for all the limiters of the
@@ -169,17 +173,36 @@ func (l *limiter) nextShedLocked(latency, runnable, dt, arrived, served int64) u
 	if dt > 4*int64(backlogInterval) {
 		return p // no request for a while: the counts say nothing of now
 	}
+	// Requests reach the middleware when the run queue lets their
+	// connection's goroutine run: few while it fills, a burst as it
+	// drains. Over a second they come at the rate they were sent.
+	average(&l.arrivalRate, float64(arrived)/float64(dt), arrivalWeight)
+	// Backed up: a long run queue, and a long wait in it. Many arrivals
+	// make the run queue long at any instant; the rate served then is not
+	// the capacity, and refusing by it would keep it where it is.
+	backedUp := runnable >= saturatedRunnable && latency >= l.shedTarget
+	if backedUp {
+		average(&l.capacity, float64(served)/float64(dt), capacityWeight)
+	}
+	if l.capacity == 0 || l.arrivalRate == 0 {
+		return p
+	}
+	need := uint32(min(max(1-l.capacity/l.arrivalRate, 0), maxShed) * (1 << 32))
 	switch {
-	case runnable >= saturatedRunnable:
-		rate := float64(served) / float64(dt)
-		if l.capacity == 0 {
-			l.capacity = rate
-		} else {
-			l.capacity += capacityWeight * (rate - l.capacity)
-		}
-	case runnable <= idleRunnable && latency < l.shedTarget && l.capacity > 0 && arrived > 0:
-		need := max(1-l.capacity*float64(dt)/float64(arrived), 0)
-		p = min(p, uint32(min(need, maxShed)*(1<<32)))
+	case backedUp:
+		p = max(p, need) // refuse at least what the rates say
+	case runnable <= idleRunnable:
+		p = min(p, need) // drained: refuse no more
 	}
 	return p
+}
+
+// average moves the moving average *avg towards sample by weight; the first
+// sample is taken as it is.
+func average(avg *float64, sample, weight float64) {
+	if *avg == 0 {
+		*avg = sample
+	} else {
+		*avg += weight * (sample - *avg)
+	}
 }

@@ -33,81 +33,89 @@ func TestNextShed(t *testing.T) {
 }
 
 // TestLimiter_nextShedLocked: the capacity is learnt while the run queue is
-// long, and caps the refusals once it has drained.
+// backed up (long, with a wait above the target), the arrival rate always;
+// the probability is at least what they say must be refused while the run
+// queue is backed up, and at most that once it has drained.
 func TestLimiter_nextShedLocked(t *testing.T) {
 	t.Parallel()
 	const dt = int64(backlogInterval)
 	const target = int64(50 * time.Millisecond)
 	share := func(f float64) uint32 { return uint32(f * (1 << 32)) }
-	perInterval := func(n int64) float64 { return float64(n) / float64(dt) }
+	per := func(n float64) float64 { return n / float64(dt) } // n in an interval, as a rate
 	for _, c := range []struct {
-		name         string
-		p            uint32
-		capacity     float64 // before
-		latency      int64
-		runnable, dt int64
-		arrived      int64
-		served       int64
-		want         float64
-		wantCapacity float64
+		name                  string
+		p                     uint32
+		capacity, arrivalRate float64 // before
+		latency               int64
+		runnable, dt          int64
+		arrived, served       int64
+		want                  float64
+		wantCapacity          float64
+		wantArrivalRate       float64
 	}{
 		{
-			name: "a long run queue: the first rate is the capacity",
+			name: "a long run queue: the first rates are taken as they are",
 			p:    share(0.5), latency: target, runnable: saturatedRunnable, dt: dt, arrived: 400, served: 100,
-			want: 0.5, wantCapacity: perInterval(100),
+			want: 0.75, wantCapacity: per(100), wantArrivalRate: per(400),
 		},
 		{
-			name: "a long run queue: the capacity moves by its weight",
-			p:    share(0.5), capacity: perInterval(100), latency: target, runnable: 100, dt: dt, arrived: 400, served: 200,
-			want: 0.5, wantCapacity: perInterval(130),
+			name: "a long run queue: the averages move by their weights",
+			p:    share(0.9), capacity: per(100), arrivalRate: per(400), latency: target, runnable: 100, dt: dt, arrived: 600, served: 200,
+			want: 0.9, wantCapacity: per(130), wantArrivalRate: per(410),
+		},
+		{
+			name: "a long run queue: refuse at least what the rates need",
+			p:    share(0.3), capacity: per(100), arrivalRate: per(400), latency: target, runnable: saturatedRunnable, dt: dt, arrived: 400, served: 100,
+			want: 0.75, wantCapacity: per(100), wantArrivalRate: per(400),
 		},
 		{
 			name: "a drained run queue: refuse no more than the rates need",
-			p:    share(0.9), capacity: perInterval(100), latency: target / 2, runnable: idleRunnable, dt: dt, arrived: 400,
-			want: 0.75, wantCapacity: perInterval(100),
+			p:    share(0.9), capacity: per(100), arrivalRate: per(400), latency: target / 2, runnable: idleRunnable, dt: dt, arrived: 400,
+			want: 0.75, wantCapacity: per(100), wantArrivalRate: per(400),
 		},
 		{
 			name: "a drained run queue: a lower probability stays",
-			p:    share(0.5), capacity: perInterval(100), latency: target / 2, runnable: 0, dt: dt, arrived: 400,
-			want: 0.5 - shedStep/2, wantCapacity: perInterval(100),
+			p:    share(0.5), capacity: per(100), arrivalRate: per(400), latency: target / 2, runnable: 0, dt: dt, arrived: 400,
+			want: 0.5 - shedStep/2, wantCapacity: per(100), wantArrivalRate: per(400),
 		},
 		{
-			name: "a drained run queue with fewer arrivals than the capacity: refuse none",
-			p:    share(0.9), capacity: perInterval(100), latency: target / 2, runnable: 0, dt: dt, arrived: 50,
-			want: 0, wantCapacity: perInterval(100),
+			name: "a drained run queue, fewer arrivals than the capacity: refuse none",
+			p:    share(0.9), capacity: per(100), arrivalRate: per(50), latency: target / 2, runnable: 0, dt: dt, arrived: 50,
+			want: 0, wantCapacity: per(100), wantArrivalRate: per(50),
 		},
 		{
-			name: "a drained run queue whose wait is still above the target: the controller alone",
-			p:    share(0.9), capacity: perInterval(100), latency: 2 * target, runnable: 0, dt: dt, arrived: 400,
-			want: 0.9 + shedStep, wantCapacity: perInterval(100),
+			name: "a drained run queue: the burst it lets through moves the average little, whatever the wait",
+			p:    share(0.9), capacity: per(100), arrivalRate: per(400), latency: 2 * target, runnable: 0, dt: dt, arrived: 2400,
+			want: 0.8, wantCapacity: per(100), wantArrivalRate: per(500),
 		},
 		{
-			name: "a drained run queue, capacity unknown: the controller alone",
+			name: "capacity unknown: the controller alone",
 			p:    share(0.9), latency: target / 2, runnable: 0, dt: dt, arrived: 400,
-			want: 0.9 - shedStep/2,
+			want: 0.9 - shedStep/2, wantArrivalRate: per(400),
+		},
+		{
+			name: "a long run queue with a short wait: the controller alone, and the rate served is not the capacity",
+			p:    share(0.3), capacity: per(100), arrivalRate: per(400), latency: target - 1, runnable: 10 * saturatedRunnable, dt: dt, arrived: 400, served: 50,
+			want: 0.3 - shedStep/float64(target), wantCapacity: per(100), wantArrivalRate: per(400),
 		},
 		{
 			name: "a run queue neither long nor drained: the controller alone",
-			p:    share(0.9), capacity: perInterval(100), latency: target, runnable: saturatedRunnable - 1, dt: dt, arrived: 400, served: 10,
-			want: 0.9, wantCapacity: perInterval(100),
+			p:    share(0.3), capacity: per(100), arrivalRate: per(400), latency: target, runnable: saturatedRunnable - 1, dt: dt, arrived: 400, served: 10,
+			want: 0.3, wantCapacity: per(100), wantArrivalRate: per(400),
 		},
 		{
 			name: "after a long gap the counts are not rates",
-			p:    share(0.9), capacity: perInterval(100), latency: target / 2, runnable: 0, dt: 5 * dt, arrived: 4000, served: 10,
-			want: 0.9 - shedStep/2, wantCapacity: perInterval(100),
-		},
-		{
-			name: "the controller still moves first",
-			p:    share(0.9), capacity: perInterval(100), latency: 0, runnable: 0, dt: dt, arrived: 1000,
-			want: 0.9 - shedStep, wantCapacity: perInterval(100),
+			p:    share(0.9), capacity: per(100), arrivalRate: per(400), latency: target / 2, runnable: 0, dt: 5 * dt, arrived: 4000, served: 10,
+			want: 0.9 - shedStep/2, wantCapacity: per(100), wantArrivalRate: per(400),
 		},
 	} {
 		l := newLimiter(100, true, time.Second, new(Stats))
 		l.shed.Store(c.p)
-		l.capacity = c.capacity
+		l.capacity, l.arrivalRate = c.capacity, c.arrivalRate
 		got := float64(l.nextShedLocked(c.latency, c.runnable, c.dt, c.arrived, c.served)) / (1 << 32)
 		assert.InDelta(t, c.want, got, 1e-6, c.name)
 		assert.InDelta(t, c.wantCapacity, l.capacity, 1e-12, c.name)
+		assert.InDelta(t, c.wantArrivalRate, l.arrivalRate, 1e-12, c.name)
 	}
 }
 
