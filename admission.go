@@ -292,9 +292,15 @@ func (l *limiter) acquire(t, deadline int64) (waited time.Duration, reason strin
 	}
 }
 
-// refuse counts a refusal for reason, and returns reason.
+// refuse counts a refusal for reason, for the backlog's arrivals and in
+// Stats, and returns reason.
 func (l *limiter) refuse(reason string) string {
 	l.refused.Add(1)
+	if reason == RejectedQueueTimeout {
+		l.stats.rejectedTimeout.Add(1)
+	} else {
+		l.stats.rejectedFull.Add(1)
+	}
 	return reason
 }
 

@@ -78,7 +78,8 @@ var runQueue struct {
 func readBacklog(t int64) (latency, runnable int64) {
 	if t-runQueue.at.Load() >= int64(backlogInterval) && runQueue.mu.TryLock() {
 		if t-runQueue.at.Load() >= int64(backlogInterval) {
-			latency := readRunQueue()
+			latency, runnable := readRunQueue()
+			runQueue.runnable.Store(runnable)
 			runQueue.lasting.Store(min(latency, runQueue.latency.Load()))
 			runQueue.latency.Store(latency)
 			runQueue.at.Store(t)
@@ -90,24 +91,24 @@ func readBacklog(t int64) (latency, runnable int64) {
 
 // readRunQueue reads the histogram of scheduling latencies and returns the
 // 90th percentile of what was added to it since the last read (the upper
-// bound of its bucket), and stores the run queue's length. runQueue.mu is
-// held. It allocates only the first time.
-func readRunQueue() int64 {
+// bound of its bucket), and the number of goroutines waiting to run now.
+// runQueue.mu is held. It allocates only the first time.
+func readRunQueue() (p90ns, runnable int64) {
 	s := &runQueue.sample[0]
 	s.Name = "/sched/latencies:seconds"
 	runQueue.sample[1].Name = "/sched/goroutines/runnable:goroutines"
 	metrics.Read(runQueue.sample[:])
 	if r := runQueue.sample[1].Value; r.Kind() == metrics.KindUint64 {
-		runQueue.runnable.Store(int64(r.Uint64()))
+		runnable = int64(r.Uint64())
 	}
 	if s.Value.Kind() != metrics.KindFloat64Histogram {
-		return 0
+		return 0, runnable
 	}
 	h := s.Value.Float64Histogram()
 	prev := runQueue.prev
 	if len(prev) != len(h.Counts) {
 		runQueue.prev = append([]uint64(nil), h.Counts...)
-		return 0 // the first read is the baseline
+		return 0, runnable // the first read is the baseline
 	}
 	var total uint64
 	for i, c := range h.Counts {
@@ -127,7 +128,7 @@ func readRunQueue() int64 {
 		}
 	}
 	copy(prev, h.Counts)
-	return int64(p90 * float64(time.Second))
+	return int64(p90 * float64(time.Second)), runnable
 }
 
 // backlogTarget is the run queue's wait above which requests are refused,

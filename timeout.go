@@ -127,20 +127,13 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx) (start, deadline, admitted 
 	}
 	admitted = t
 	if m.limiter != nil {
-		waited, reason := m.limiter.acquire(t, deadline)
-		switch reason {
-		case "":
-			if m.countRequests { // one contended add less per request without Stats
-				m.stats.admitted.Add(1)
-			}
-		case RejectedQueueTimeout:
-			m.stats.rejectedTimeout.Add(1)
-		default:
-			m.stats.rejectedFull.Add(1)
-		}
+		waited, reason := m.limiter.acquire(t, deadline) // counts its refusals
 		if reason != "" {
 			m.reject(ctx, reason)
 			return 0, 0, 0, false
+		}
+		if m.countRequests { // one contended add less per request without Stats
+			m.stats.admitted.Add(1)
 		}
 		admitted += int64(waited)
 	}
