@@ -320,13 +320,13 @@ func TestAdmission_queue_headers(t *testing.T) {
 // TestAdmission_a_burst_on_a_cold_limit_is_served: three hundred requests
 // at once on a new adaptive limit (it starts at 20) wait while the limit
 // doubles, since their latency stays at its unloaded level, and all of
-// them are served.
+// them are served. Not parallel, nor are its modes: other requests' work
+// on the same Ps would raise the latency, and the limit would rightly
+// shrink.
 func TestAdmission_a_burst_on_a_cold_limit_is_served(t *testing.T) {
-	t.Parallel()
 	const burst = 300
 	for _, mode := range allModes {
 		t.Run(mode.String(), func(t *testing.T) {
-			t.Parallel()
 			stats := new(fasttimeout.Stats)
 			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
 				time.Sleep(5 * time.Millisecond) // a downstream call
