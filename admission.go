@@ -35,7 +35,11 @@ import (
 // reached half of it, or requests queued): a limit that an idle server never
 // reaches says nothing. While latency is at or under the target and requests
 // queue, the limit doubles instead (a slow start, as TCP's), so that a burst
-// or a cold start is served rather than refused. Timeouts are drops, as in
+// or a cold start is served rather than refused; as TCP's, the slow start
+// stops at the last limit that latency over the target brought it back to
+// (ssthresh), since doubling past the level where latency was too high
+// doubles the latency of every request admitted in that window, which is
+// most of a downstream-bound server's p99. Timeouts are drops, as in
 // Netflix's limits, but only count when no handler returned in time in a
 // window (maxWindow): then the latency that steers the limit is out of
 // sight, and the limit halves. While some return in time, their latency says
@@ -89,6 +93,10 @@ type limiter struct {
 	windowStart atomic.Int64
 	adapting    sync.Mutex // held by the goroutine closing a window
 	minRTT      int64      // guarded by adapting
+	// ssthresh is the limit that latency over the target, or timeouts,
+	// last brought the limit back to: the slow start stops there. 0: none
+	// yet. Guarded by adapting.
+	ssthresh int64
 
 	// A probe holds the limit at its floor for a window to measure the
 	// unloaded latency (see adapt).
@@ -466,12 +474,15 @@ func (l *limiter) adapt(t int64) {
 		gradient := min(max(float64(target)/float64(median), 0.5), 1)
 		next *= gradient
 		switch {
-		case gradient == 1 && queued:
+		case gradient == 1 && queued && (l.ssthresh == 0 || limit < l.ssthresh):
 			// Latency is fine and requests wait: a burst, or a limit
 			// that starts cold. Double, as TCP's slow start does,
 			// rather than refuse most of the burst while the limit
-			// creeps up by its square root.
+			// creeps up by its square root, but not past ssthresh.
 			next *= 2
+			if l.ssthresh != 0 {
+				next = min(next, float64(l.ssthresh))
+			}
 		case binding:
 			next += math.Sqrt(float64(limit))
 		}
@@ -481,6 +492,9 @@ func (l *limiter) adapt(t int64) {
 		next /= 2
 	}
 	nextLimit := min(max(int64(next), l.floor), l.ceiling)
+	if nextLimit < limit {
+		l.ssthresh = nextLimit
+	}
 	if binding && t >= l.nextProbe {
 		// Under sustained load the unloaded latency is never seen:
 		// measure it again at the floor, then come back.
