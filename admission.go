@@ -37,9 +37,11 @@ import (
 // queue, the limit doubles instead (a slow start, as TCP's), so that a burst
 // or a cold start is served rather than refused; as TCP's, the slow start
 // stops at the last limit that latency over the target brought it back to
-// (ssthresh), since doubling past the level where latency was too high
-// doubles the latency of every request admitted in that window, which is
-// most of a downstream-bound server's p99. Timeouts are drops, as in
+// (ssthresh). Handlers slower than a window return after the window that
+// admitted them has closed, so the window after a doubling still sees the
+// latency from before it and would double again; the limit then swings
+// between half and several times its level, and so does every admitted
+// request's latency. Timeouts are drops, as in
 // Netflix's limits, but only count when no handler returned in time in a
 // window (maxWindow): then the latency that steers the limit is out of
 // sight, and the limit halves. While some return in time, their latency says
