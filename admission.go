@@ -37,7 +37,8 @@ import (
 // queue, the limit doubles instead (a slow start, as TCP's), so that a burst
 // or a cold start is served rather than refused; as TCP's, the slow start
 // stops at the last limit that latency over the target brought it back to
-// (ssthresh). Handlers slower than a window return after the window that
+// (ssthresh), and doubles at most once per latency, as TCP's once per round
+// trip. Handlers slower than a window return after the window that
 // admitted them has closed, so the window after a doubling still sees the
 // latency from before it and would double again; the limit then swings
 // between half and several times its level, and so does every admitted
@@ -99,6 +100,9 @@ type limiter struct {
 	// last brought the limit back to: the slow start stops there. 0: none
 	// yet. Guarded by adapting.
 	ssthresh int64
+	// doubledAt is when the slow start last doubled the limit. Guarded by
+	// adapting.
+	doubledAt int64
 
 	// A probe holds the limit at its floor for a window to measure the
 	// unloaded latency (see adapt).
@@ -439,7 +443,8 @@ func (l *limiter) adapt(t int64) {
 	// Sample less when a window fills before minWindow, more when it
 	// takes longer: about one full window per minWindow.
 	every := l.every.Load()
-	switch elapsed := time.Duration(t - l.windowStart.Load()); {
+	start := l.windowStart.Load()
+	switch elapsed := time.Duration(t - start); {
 	case n >= windowSamples && elapsed < minWindow/2:
 		l.every.Store(min(every<<1|1, maxSampleEvery))
 	case elapsed > minWindow:
@@ -476,15 +481,19 @@ func (l *limiter) adapt(t int64) {
 		gradient := min(max(float64(target)/float64(median), 0.5), 1)
 		next *= gradient
 		switch {
-		case gradient == 1 && queued && (l.ssthresh == 0 || limit < l.ssthresh):
+		case gradient == 1 && queued && (l.ssthresh == 0 || limit < l.ssthresh) && start-l.doubledAt >= median:
 			// Latency is fine and requests wait: a burst, or a limit
 			// that starts cold. Double, as TCP's slow start does,
 			// rather than refuse most of the burst while the limit
-			// creeps up by its square root, but not past ssthresh.
+			// creeps up by its square root, but not past ssthresh,
+			// and once per latency, as TCP's once per round trip: a
+			// window that began sooner after the last doubling holds
+			// the latency from before it.
 			next *= 2
 			if l.ssthresh != 0 {
 				next = min(next, float64(l.ssthresh))
 			}
+			l.doubledAt = t
 		case binding:
 			next += math.Sqrt(float64(limit))
 		}

@@ -78,13 +78,14 @@ func TestLimiter_falls_under_overload_and_recovers(t *testing.T) {
 // limit doubles still sees the latency from before, and a slow start would
 // double it again: the limit swung between 17 and 72 in the load test, and
 // with it the latency, most of the p99. Once latency over the target has
-// brought the limit back, the slow start stops there.
+// brought the limit back, the slow start stops there; before that, on a
+// cold start, it doubles once per latency.
 func TestLimiter_slow_start_stops_where_latency_was_too_high(t *testing.T) {
 	t.Parallel()
 	l := newLimiter(1000, true, time.Second, new(Stats))
 	type handler struct{ admitted, returns int64 }
 	var running []handler
-	highest := int64(0)
+	highest, peak := int64(0), int64(0)
 	for clock := int64(time.Hour); clock < int64(time.Hour+10*time.Second); clock += int64(time.Millisecond) {
 		kept := running[:0]
 		for _, h := range running {
@@ -100,14 +101,16 @@ func TestLimiter_slow_start_stops_where_latency_was_too_high(t *testing.T) {
 			rtt := 40 * time.Millisecond * time.Duration(max(len(running)+1, 20)) / 20
 			running = append(running, handler{clock, clock + int64(rtt)})
 		}
+		peak = max(peak, l.limit.Load())
 		if clock > int64(time.Hour+2*time.Second) { // settled
 			highest = max(highest, l.limit.Load())
 		}
 	}
-	t.Logf("limit %d, at most %d once settled", l.limit.Load(), highest)
+	t.Logf("limit %d, at most %d once settled, %d in all", l.limit.Load(), highest, peak)
 	assert.Equal(t, int64(40*time.Millisecond), l.minRTT, "the probe measured the unloaded latency")
 	assert.GreaterOrEqual(t, l.limit.Load(), int64(20), "enough to keep the downstream busy")
 	assert.LessOrEqual(t, highest, int64(45), "latency never far over its target, 60 ms at 30 handlers")
+	assert.LessOrEqual(t, peak, int64(60), "the cold start doubles once per latency, and overshoots little")
 }
 
 func TestLimiter_timeouts(t *testing.T) {
