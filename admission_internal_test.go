@@ -76,7 +76,7 @@ func TestLimiter_falls_under_overload_and_recovers(t *testing.T) {
 // latency grows with the handlers running beside it past 20. They return
 // after the window that admitted them has closed, so the window after the
 // limit doubles still sees the latency from before, and a slow start would
-// double it again: the limit swung between 17 and 72 in the load test, and
+// double it again: the limit swung between 16 and 96 in the load test, and
 // with it the latency, most of the p99. Once latency over the target has
 // brought the limit back, the slow start stops there; before that, on a
 // cold start, it doubles once per latency.
