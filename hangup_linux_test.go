@@ -13,12 +13,14 @@ import (
 	"net"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttputil"
@@ -563,6 +565,52 @@ func TestHangupWatcherGoroutineExits(t *testing.T) {
 		require.False(t, w.running)
 		w.mu.Unlock()
 	}
+}
+
+// The watcher's goroutine waits parked in the network poller, not in a
+// system call: a goroutine in epoll_wait keeps its P until the runtime's
+// monitor takes it back, and on a server with one P every request waits
+// meanwhile.
+func TestHangupWatcher_waits_parked_in_the_network_poller(t *testing.T) {
+	t.Parallel()
+	var w hangupWatcher
+	s, _ := tcpPair(t, tcpListener(t))
+	cb, _, _ := signal()
+	h, ok := w.add(s, cb)
+	require.True(t, ok)
+	defer w.remove(h)
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		states := watcherStates()
+		assert.NotEmpty(c, states, "no watcher goroutine")
+		for _, s := range states {
+			assert.True(c, strings.HasPrefix(s, "IO wait"), "a watcher's goroutine is in state %q", s)
+		}
+	}, hangupWait, time.Millisecond)
+}
+
+// watcherStates returns the state of every hangupWatcher goroutine, as
+// runtime.Stack writes it: "IO wait", "syscall", "runnable" and so on.
+func watcherStates() []string {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	var states []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if !strings.Contains(g, "(*hangupWatcher).run(") {
+			continue
+		}
+		header, _, _ := strings.Cut(g, "\n") // goroutine 7 [IO wait]:
+		_, state, _ := strings.Cut(header, "[")
+		state, _, _ = strings.Cut(state, "]")
+		states = append(states, state)
+	}
+	return states
 }
 
 // remove racing with the hang-up: once remove has returned, the callback
