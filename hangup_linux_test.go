@@ -12,6 +12,7 @@ import (
 	"math/big"
 	"net"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -591,17 +592,10 @@ func TestHangupWatcher_waits_parked_in_the_network_poller(t *testing.T) {
 // watcherStates returns the state of every hangupWatcher goroutine, as
 // runtime.Stack writes it: "IO wait", "syscall", "runnable" and so on.
 func watcherStates() []string {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
+	var buf strings.Builder
+	_ = pprof.Lookup("goroutine").WriteTo(&buf, 2) // as runtime.Stack for all
 	var states []string
-	for _, g := range strings.Split(string(buf), "\n\n") {
+	for _, g := range strings.Split(buf.String(), "\n\n") {
 		if !strings.Contains(g, "(*hangupWatcher).run(") {
 			continue
 		}
