@@ -56,11 +56,16 @@ import (
 // concurrency does: the limit starts at its floor for one window, and under
 // sustained load drops to it for one window every probeEvery; samples of
 // handlers admitted before the probe began are left out. Between probes it
-// is the least window median seen while the server was loaded, and is reset
-// to the median of any window where it was not (handlers running stayed
-// under half the limit, nothing queued), so it follows a workload that gets
-// slower. Without probes, a server started straight into overload would
-// take its loaded latency for the unloaded one.
+// only falls, to the least window median. A window whose median is over the
+// target while the limit does not bind (handlers running stayed under half
+// of it, nothing queued) calls a probe at once, at most every
+// earlyProbeEvery: the workload got slower, or a downstream is saturated by
+// fewer handlers than half the limit. Taking that median for the unloaded
+// latency, as this limiter once did, let a downstream-bound server at its
+// capacity raise its target with its own queueing, window after window, and
+// its limit with it, until the median latency was six times the unloaded
+// one. Without probes, a server started straight into overload would take
+// its loaded latency for the unloaded one.
 type limiter struct {
 	// slots is written by every request; the fields read on the fast
 	// path, written rarely, are kept off its cache line, as are the
@@ -109,6 +114,7 @@ type limiter struct {
 	probeFrom atomic.Int64 // when the current probe began; 0: none
 	restore   int64        // the limit after the probe; guarded by adapting
 	nextProbe int64        // guarded by adapting
+	probedAt  int64        // when the last probe ended; guarded by adapting
 
 	// Refusals for the backlog in front of the middleware (backlog.go).
 	shed       atomic.Uint32 // probability of refusing a request at once, in 1/2³² units
@@ -147,6 +153,9 @@ const (
 	// a quarter more, so that servers started together do not probe
 	// together).
 	probeEvery = 30 * time.Second
+	// earlyProbeEvery bounds the probes called by latency that rose while
+	// the limit did not bind.
+	earlyProbeEvery = 5 * time.Second
 	// waitShare: a request waits for a slot for at most 1/waitShare of its
 	// remaining budget, leaving the rest to its handler.
 	waitShare = 10
@@ -463,6 +472,7 @@ func (l *limiter) adapt(t int64) {
 			medianOf(rtts[:k])
 			l.minRTT = rtts[k/4]
 			l.probeFrom.Store(0)
+			l.probedAt = t
 			l.nextProbe = t + int64(probeEvery) + t%int64(probeEvery/4)
 			l.setLimit(l.restore, t)
 		}
@@ -470,14 +480,18 @@ func (l *limiter) adapt(t int64) {
 	}
 	limit := l.limit.Load()
 	binding := 2*peak >= limit || queued
+	probe := binding && t >= l.nextProbe
 	next := float64(limit)
 	switch {
 	case n > 0:
 		median := medianOf(rtts[:k])
-		if l.minRTT == 0 || !binding || median < l.minRTT {
+		if l.minRTT == 0 || median < l.minRTT {
 			l.minRTT = median
 		}
 		target := max(l.minRTT+l.minRTT/2, l.minRTT+int64(latencySlack))
+		if !binding && median > target && t-l.probedAt >= int64(earlyProbeEvery) {
+			probe = true // slower, or loaded below the limit: measure again
+		}
 		gradient := min(max(float64(target)/float64(median), 0.5), 1)
 		next *= gradient
 		switch {
@@ -506,7 +520,7 @@ func (l *limiter) adapt(t int64) {
 	if nextLimit < limit {
 		l.ssthresh = nextLimit
 	}
-	if binding && t >= l.nextProbe {
+	if probe {
 		// Under sustained load the unloaded latency is never seen:
 		// measure it again at the floor, then come back.
 		l.restore = nextLimit

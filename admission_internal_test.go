@@ -2,6 +2,7 @@ package fasttimeout
 
 import (
 	"math"
+	"math/rand/v2"
 	"sync"
 	"testing"
 	"time"
@@ -111,6 +112,49 @@ func TestLimiter_slow_start_stops_where_latency_was_too_high(t *testing.T) {
 	assert.GreaterOrEqual(t, l.limit.Load(), int64(20), "enough to keep the downstream busy")
 	assert.LessOrEqual(t, highest, int64(45), "latency never far over its target, 60 ms at 30 handlers")
 	assert.LessOrEqual(t, peak, int64(60), "the cold start doubles once per latency, and overshoots little")
+}
+
+// TestLimiter_at_capacity_the_unloaded_latency_stays_unloaded: Poisson
+// arrivals at a downstream's capacity (20 slots, 40 ms handlers: 500 a
+// second), so that the handlers running wander above 20 and their latency
+// with them, often while the limit does not bind. Such a window's median is
+// the downstream's queueing, not the unloaded latency: taken for it, it
+// raised the target and the limit window after window, and in the load
+// test the median latency reached six times the unloaded one.
+func TestLimiter_at_capacity_the_unloaded_latency_stays_unloaded(t *testing.T) {
+	t.Parallel()
+	l := newLimiter(1000, true, time.Second, new(Stats))
+	rng := rand.New(rand.NewPCG(1, 2))
+	type handler struct{ admitted, returns int64 }
+	var running []handler
+	var latencies []int64
+	arrival := int64(time.Hour)
+	for clock := int64(time.Hour); clock < int64(time.Hour+30*time.Second); clock += int64(100 * time.Microsecond) {
+		kept := running[:0]
+		for _, h := range running {
+			if h.returns <= clock {
+				l.release(clock, time.Duration(clock-h.admitted), true)
+				if clock > int64(time.Hour+5*time.Second) {
+					latencies = append(latencies, clock-h.admitted)
+				}
+			} else {
+				kept = append(kept, h)
+			}
+		}
+		running = kept
+		for ; arrival <= clock; arrival += int64(rng.ExpFloat64() * float64(2*time.Millisecond)) {
+			if !l.tryAcquire() {
+				l.queuedInWin.Store(true) // refused
+				continue
+			}
+			rtt := 40 * time.Millisecond * time.Duration(max(len(running)+1, 20)) / 20
+			running = append(running, handler{clock, clock + int64(rtt)})
+		}
+	}
+	median := medianOf(latencies)
+	t.Logf("limit %d, unloaded latency %v, median latency %v", l.limit.Load(), time.Duration(l.minRTT), time.Duration(median))
+	assert.LessOrEqual(t, l.minRTT, int64(50*time.Millisecond), "the unloaded latency is still about 40 ms")
+	assert.LessOrEqual(t, median, int64(100*time.Millisecond), "latency stays within reach of its target, 60 ms")
 }
 
 func TestLimiter_timeouts(t *testing.T) {
