@@ -216,12 +216,11 @@ func (w *hangupWatcher) sweep() {
 // w.mu is held.
 func (w *hangupWatcher) start() bool {
 	if w.conns == nil {
-		epoll, rc, err := newEpoll()
+		epoll, rc, epfd, err := newEpoll()
 		if err != nil {
 			return false
 		}
-		w.epoll, w.rc, w.conns = epoll, rc, make(map[uintptr]uint32)
-		w.epfd = int(epoll.Fd())
+		w.epoll, w.rc, w.epfd, w.conns = epoll, rc, epfd, make(map[uintptr]uint32)
 	}
 	w.running = true
 	go w.run(w.epoll, w.rc)
@@ -235,15 +234,16 @@ func (w *hangupWatcher) start() bool {
 // back, which under load can be 10 ms: on a server with one P, every
 // request waits meanwhile. Measured at ten times the capacity of a
 // CPU-bound server on one P, the process had the CPU 92 % of the time with
-// the watcher in epoll_wait, 97 % without it.
-func newEpoll() (*os.File, syscall.RawConn, error) {
+// the watcher in epoll_wait, 97 % without it. The descriptor is returned
+// too: the file's Fd method would put it back in blocking mode.
+func newEpoll() (*os.File, syscall.RawConn, int, error) {
 	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
 	if err := syscall.SetNonblock(epfd, true); err != nil {
 		syscall.Close(epfd)
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
 	// A non-blocking descriptor goes to the network poller.
 	f := os.NewFile(uintptr(epfd), "epoll")
@@ -253,9 +253,9 @@ func newEpoll() (*os.File, syscall.RawConn, error) {
 	}
 	if err != nil {
 		f.Close()
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
-	return f, rc, nil
+	return f, rc, epfd, nil
 }
 
 // allocSlot returns a free slot's index, its generation already advanced
