@@ -72,6 +72,42 @@ func TestLimiter_falls_under_overload_and_recovers(t *testing.T) {
 	assert.Zero(t, l.holding())
 }
 
+// downstreamSim simulates handlers of 40 ms on a downstream of 20 slots,
+// admitted by l: the slots are shared, so a handler that starts beside n
+// others takes 40 ms × max(n+1, 20)/20.
+type downstreamSim struct {
+	l       *limiter
+	running []struct{ admitted, returns int64 }
+}
+
+// start admits a handler at clock if a slot is free; otherwise the request
+// counts as queued in the window, and start returns false.
+func (d *downstreamSim) start(clock int64) bool {
+	if !d.l.tryAcquire() {
+		d.l.queuedInWin.Store(true)
+		return false
+	}
+	rtt := 40 * time.Millisecond * time.Duration(max(len(d.running)+1, 20)) / 20
+	d.running = append(d.running, struct{ admitted, returns int64 }{clock, clock + int64(rtt)})
+	return true
+}
+
+// finish returns the handlers done by clock, in time, and gives each one's
+// latency to done.
+func (d *downstreamSim) finish(clock int64, done func(rtt time.Duration)) {
+	kept := d.running[:0]
+	for _, h := range d.running {
+		if h.returns > clock {
+			kept = append(kept, h)
+			continue
+		}
+		rtt := time.Duration(clock - h.admitted)
+		d.l.release(clock, rtt, true)
+		done(rtt)
+	}
+	d.running = kept
+}
+
 // TestLimiter_slow_start_stops_where_latency_was_too_high: handlers of
 // 40 ms on a downstream of 20 slots, under overload, so that a handler's
 // latency grows with the handlers running beside it past 20. They return
@@ -84,23 +120,11 @@ func TestLimiter_falls_under_overload_and_recovers(t *testing.T) {
 func TestLimiter_slow_start_stops_where_latency_was_too_high(t *testing.T) {
 	t.Parallel()
 	l := newLimiter(1000, true, time.Second, new(Stats))
-	type handler struct{ admitted, returns int64 }
-	var running []handler
+	d := &downstreamSim{l: l}
 	highest, peak := int64(0), int64(0)
 	for clock := int64(time.Hour); clock < int64(time.Hour+10*time.Second); clock += int64(time.Millisecond) {
-		kept := running[:0]
-		for _, h := range running {
-			if h.returns <= clock {
-				l.release(clock, time.Duration(clock-h.admitted), true)
-			} else {
-				kept = append(kept, h)
-			}
-		}
-		running = kept
-		for l.tryAcquire() { // far more requests than the limit
-			l.queuedInWin.Store(true)
-			rtt := 40 * time.Millisecond * time.Duration(max(len(running)+1, 20)) / 20
-			running = append(running, handler{clock, clock + int64(rtt)})
+		d.finish(clock, func(time.Duration) {})
+		for d.start(clock) { // far more requests than the limit
 		}
 		peak = max(peak, l.limit.Load())
 		if clock > int64(time.Hour+2*time.Second) { // settled
@@ -124,31 +148,18 @@ func TestLimiter_slow_start_stops_where_latency_was_too_high(t *testing.T) {
 func TestLimiter_at_capacity_the_unloaded_latency_stays_unloaded(t *testing.T) {
 	t.Parallel()
 	l := newLimiter(1000, true, time.Second, new(Stats))
+	d := &downstreamSim{l: l}
 	rng := rand.New(rand.NewPCG(1, 2))
-	type handler struct{ admitted, returns int64 }
-	var running []handler
 	var latencies []int64
 	arrival := int64(time.Hour)
 	for clock := int64(time.Hour); clock < int64(time.Hour+30*time.Second); clock += int64(100 * time.Microsecond) {
-		kept := running[:0]
-		for _, h := range running {
-			if h.returns <= clock {
-				l.release(clock, time.Duration(clock-h.admitted), true)
-				if clock > int64(time.Hour+5*time.Second) {
-					latencies = append(latencies, clock-h.admitted)
-				}
-			} else {
-				kept = append(kept, h)
+		d.finish(clock, func(rtt time.Duration) {
+			if clock > int64(time.Hour+5*time.Second) {
+				latencies = append(latencies, int64(rtt))
 			}
-		}
-		running = kept
+		})
 		for ; arrival <= clock; arrival += int64(rng.ExpFloat64() * float64(2*time.Millisecond)) {
-			if !l.tryAcquire() {
-				l.queuedInWin.Store(true) // refused
-				continue
-			}
-			rtt := 40 * time.Millisecond * time.Duration(max(len(running)+1, 20)) / 20
-			running = append(running, handler{clock, clock + int64(rtt)})
+			d.start(clock) // refused when no slot is free
 		}
 	}
 	median := medianOf(latencies)
