@@ -39,9 +39,7 @@ func (m *middleware) serveCooperative(ctx *fasthttp.RequestCtx) {
 // timeout response (or nothing, if it is gone).
 func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 	v := recover()
-	if m.countRequests {
-		m.stats.inFlight.Add(-1)
-	}
+	defer m.leaveFlight() // last, even when the panic goes on
 	t := now()
 	// Settle the call before its watch ends: from then on, a hang-up no
 	// longer changes it.
@@ -66,10 +64,7 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 	if !late {
 		return
 	}
-	m.late.Add(-1)
-	m.stats.lateRunning.Add(-1)
-	m.stats.lateFinished.Add(1)
-	m.stats.lateRun.observe(time.Duration(t - overAt))
+	m.countLateReturn(time.Duration(t - overAt))
 	if m.onLateReturn != nil {
 		m.onLateReturn(ctx, time.Duration(t-overAt))
 	}

@@ -127,9 +127,6 @@ func (w *worker) serve() {
 			}
 			m.stats.panics.Add(1)
 		}
-		if m.countRequests {
-			m.stats.inFlight.Add(-1)
-		}
 		// A handler that returns or panics after its deadline is late,
 		// even if its timer has not run yet (a stalled or starved process).
 		// The slot goes back before the server goroutine is signalled:
@@ -141,6 +138,7 @@ func (w *worker) serve() {
 		} else if c.settle(callFinished, t) {
 			m.release(c, t, true)
 			c.end()
+			m.leaveFlight()
 			w.done <- struct{}{}
 			return
 		} else {
@@ -162,16 +160,14 @@ func (m *middleware) lateReturn(w *worker, stack []byte, goexit bool) {
 	ctx := c.ctx
 	late := time.Duration(now() - c.overAt.Load())
 	c.end()
-	m.late.Add(-1)
-	m.stats.lateRunning.Add(-1)
-	m.stats.lateFinished.Add(1)
-	m.stats.lateRun.observe(late)
+	m.countLateReturn(late)
 	if c.panicked {
 		m.reportPanic(ctx, c.panicValue, stack)
 	}
 	if m.onLateReturn != nil {
 		m.onLateReturn(ctx, late)
 	}
+	m.leaveFlight()
 	// fasthttp never resets a timed-out RequestCtx; release what the late
 	// response holds, above all a body stream writer's goroutine, which
 	// would otherwise block forever on a pipe nobody reads.

@@ -100,7 +100,10 @@ type Counters struct {
 }
 
 // Snapshot returns the current counters. Each counter is read atomically,
-// but not all of them at the same instant.
+// but not all of them at the same instant. InFlight is read first, and a
+// handler leaves it only once everything about it is counted: in a
+// snapshot whose InFlight is zero, every handler that ran before it is
+// counted in full (LateFinished, Panics, ClientGone and the rest).
 func (s *Stats) Snapshot() Counters {
 	return Counters{
 		Requests:     s.requests.Load(),

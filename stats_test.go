@@ -2,8 +2,10 @@ package fasttimeout_test
 
 import (
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"github.com/valyala/fasthttp"
 
 	"github.com/fasttimeout/fasttimeout"
@@ -16,4 +18,59 @@ func TestStats_String_is_JSON_for_expvar(t *testing.T) {
 	do(t, s, "GET", "/")
 	do(t, s, "GET", "/")
 	assert.JSONEq(t, `{"requests":2,"in_flight":0,"timeouts":0,"late_running":0,"late_finished":0,"panics":0,"shed":0,"bad_deadline_headers":0,"spent_budgets":0,"client_gone":0}`, stats.String())
+}
+
+// A snapshot whose InFlight has fallen to zero counts the handlers that
+// ran in full: a late handler, here one that panics (the slowest way to
+// return), leaves InFlight last.
+func TestStats_InFlight_falls_last(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []fasttimeout.Mode{fasttimeout.Racing, fasttimeout.Cooperative} {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			stats := new(fasttimeout.Stats)
+			release, pastDeadline := make(chan struct{}), make(chan struct{})
+			h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				<-fasttimeout.Context(ctx).Done()
+				close(pastDeadline)
+				<-release
+				panic("late")
+			}, fasttimeout.Config{
+				Timeout: 20 * time.Millisecond, Mode: mode, Stats: stats,
+				OnPanic: func(*fasthttp.RequestCtx, any, []byte) {},
+			})
+			s := serve(t, h)
+			answered := make(chan int, 1)
+			go func() {
+				code, _, _ := s.get(t, "/")
+				answered <- code
+			}()
+			<-pastDeadline
+			require.EqualValues(t, 1, stats.Snapshot().InFlight)
+
+			// Spin on snapshots while the handler returns, as a scraper
+			// might, and keep the first one without it in flight.
+			seen, spinning := make(chan fasttimeout.Counters, 1), make(chan struct{})
+			go func() {
+				close(spinning)
+				giveUp := time.Now().Add(10 * time.Second)
+				for {
+					c := stats.Snapshot()
+					if c.InFlight == 0 || time.Now().After(giveUp) {
+						seen <- c
+						return
+					}
+				}
+			}()
+			<-spinning
+			close(release)
+			c := <-seen
+			require.Zero(t, c.InFlight, "the handler did not return within 10 s")
+			assert.EqualValues(t, 1, c.LateFinished)
+			assert.Zero(t, c.LateRunning)
+			assert.EqualValues(t, 1, c.Panics)
+			assert.EqualValues(t, 1, c.Timeouts)
+			assert.Equal(t, fasthttp.StatusGatewayTimeout, <-answered)
+		})
+	}
 }

@@ -143,6 +143,25 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx) (start, deadline, admitted 
 	return start, deadline, admitted, true
 }
 
+// countLateReturn counts the return of a handler late by late: after its
+// deadline, or after its client hung up.
+func (m *middleware) countLateReturn(late time.Duration) {
+	m.late.Add(-1)
+	m.stats.lateRunning.Add(-1)
+	m.stats.lateFinished.Add(1)
+	m.stats.lateRun.observe(late)
+}
+
+// leaveFlight counts a handler out of Stats.InFlight, the last thing done
+// for it once it has returned (after counting it late, and after the
+// callbacks about it): Snapshot reads InFlight first, so a snapshot in
+// which it has fallen to zero has every earlier request fully counted.
+func (m *middleware) leaveFlight() {
+	if m.countRequests {
+		m.stats.inFlight.Add(-1)
+	}
+}
+
 // release gives back the concurrency slot of call c, whose handler returned
 // at t, in time or not.
 func (m *middleware) release(c *call, t int64, inTime bool) {
