@@ -677,3 +677,41 @@ func TestUnwatchClient_removes_a_registration_made_as_it_looks(t *testing.T) {
 	clientHangups.mu.Unlock()
 	require.Nil(t, onGone, "the registration is removed")
 }
+
+// The watch of the client starts HangupDelay after the handler does, in
+// both modes, even for a request that a proxy's X-Request-Start makes
+// seconds old: most such requests still finish within the delay.
+func TestHangupWatch_counts_its_delay_from_the_handlers_start(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []Mode{Racing, Cooperative} {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			type seen struct {
+				watch             uint64
+				watchAt, admitted int64
+				left              time.Duration
+			}
+			got := make(chan seen, 1)
+			addr := serveTCP(t, New(func(ctx *fasthttp.RequestCtx) {
+				c := lookup(ctx)
+				left, _ := Remaining(ctx)
+				got <- seen{c.watch.Load() & watchMask, c.watchAt.Load(), c.admitted, left}
+			}, Config{Timeout: 10 * time.Second, Mode: mode, HonorQueueHeaders: true}))
+
+			req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+			defer fasthttp.ReleaseRequest(req)
+			defer fasthttp.ReleaseResponse(resp)
+			req.SetRequestURI("http://" + addr + "/")
+			req.SetConnectionClose()
+			sent := time.Now().Add(-2 * time.Second)
+			req.Header.Set("X-Request-Start", fmt.Sprintf("t=%d", sent.UnixMicro()))
+			client := &fasthttp.Client{Dial: func(addr string) (net.Conn, error) { return net.Dial("tcp", addr) }}
+			require.NoError(t, client.DoTimeout(req, resp, hangupWait))
+			s := <-got
+
+			require.Less(t, s.left, 8500*time.Millisecond, "the header's two seconds count against the budget")
+			require.Equal(t, watchPending, s.watch, "the handler returned before the watch was due")
+			require.Equal(t, s.admitted+int64(HangupDelay), s.watchAt)
+		})
+	}
+}

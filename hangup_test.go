@@ -1,14 +1,10 @@
 package fasttimeout
 
 import (
-	"fmt"
 	"net"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
-	"github.com/valyala/fasthttp"
-	"github.com/valyala/fasthttp/fasthttputil"
 )
 
 // On every system, add watches a TCP connection exactly when the system
@@ -50,53 +46,4 @@ func tcpPair(t testing.TB, ln net.Listener) (server, client *net.TCPConn) {
 	require.NoError(t, a.err)
 	t.Cleanup(func() { c.Close(); a.c.Close() })
 	return a.c.(*net.TCPConn), c.(*net.TCPConn)
-}
-
-// The watch of the client starts HangupDelay after the handler does, in
-// both modes, even for a request that a proxy's X-Request-Start makes
-// seconds old: most such requests still finish within the delay.
-func TestHangupWatch_counts_its_delay_from_the_handlers_start(t *testing.T) {
-	t.Parallel()
-	for _, mode := range []Mode{Racing, Cooperative} {
-		t.Run(mode.String(), func(t *testing.T) {
-			t.Parallel()
-			type seen struct {
-				watch             uint64
-				watchAt, admitted int64
-				left              time.Duration
-			}
-			got := make(chan seen, 1)
-			h := New(func(ctx *fasthttp.RequestCtx) {
-				c := lookup(ctx)
-				left, _ := Remaining(ctx)
-				got <- seen{c.watch.Load() & watchMask, c.watchAt.Load(), c.admitted, left}
-			}, Config{Timeout: 10 * time.Second, Mode: mode, HonorQueueHeaders: true})
-			ln := fasthttputil.NewInmemoryListener()
-			srv := &fasthttp.Server{Handler: h}
-			served := make(chan error, 1)
-			go func() { served <- srv.Serve(ln) }()
-			t.Cleanup(func() {
-				require.NoError(t, srv.Shutdown())
-				require.NoError(t, <-served)
-			})
-			client := &fasthttp.Client{Dial: func(string) (net.Conn, error) { return ln.Dial() }}
-
-			req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
-			defer fasthttp.ReleaseRequest(req)
-			defer fasthttp.ReleaseResponse(resp)
-			req.SetRequestURI("http://test/")
-			sent := time.Now().Add(-2 * time.Second)
-			req.Header.Set("X-Request-Start", fmt.Sprintf("t=%d", sent.UnixMicro()))
-			require.NoError(t, client.DoTimeout(req, resp, 10*time.Second))
-			s := <-got
-
-			require.Less(t, s.left, 8500*time.Millisecond, "the header's two seconds count against the budget")
-			if !hangupSupported {
-				require.Equal(t, watchEnded, s.watch)
-				return
-			}
-			require.Equal(t, watchPending, s.watch, "the handler returned before the watch was due")
-			require.Equal(t, s.admitted+int64(HangupDelay), s.watchAt)
-		})
-	}
 }
