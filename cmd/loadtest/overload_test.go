@@ -228,6 +228,30 @@ func TestOverloadGoals(t *testing.T) {
 	}
 }
 
+func TestCellAt(t *testing.T) {
+	t.Parallel()
+	cfg := overloadConfig{CellMs: 3000}
+	for _, tt := range []struct {
+		load float64
+		want time.Duration
+	}{
+		{0.25, 48 * time.Second}, {0.5, 12 * time.Second}, {0.8, 4687 * time.Millisecond},
+		{1, 3 * time.Second}, {4, 3 * time.Second}, {10, 3 * time.Second},
+	} {
+		if got := cfg.cellAt(tt.load); got != tt.want {
+			t.Errorf("cellAt(%v) = %v, want %v", tt.load, got, tt.want)
+		}
+	}
+	// The estimate counts the light cells' longer time: two loads, one
+	// variant with one kind of handler, one workload, a sweep of one.
+	o := options{scenarios: []string{scenarioOverload}, olVariants: []string{olBare}, olWorkloads: []string{workloadCPU},
+		olLoads: []float64{0.5, 2}, olSweep: []int{16}, olCell: 3 * time.Second, olWarmup: 2 * time.Second, olTimeout: time.Second}
+	perCell := 150*time.Millisecond + 2*time.Second + time.Second + overloadTailMargin
+	if got, want := overloadEstimate(o), 4*perCell+2*3*time.Second+12*time.Second+3*time.Second; got != want {
+		t.Errorf("overloadEstimate = %v, want %v", got, want)
+	}
+}
+
 func TestParseFlagsOverload(t *testing.T) {
 	t.Parallel()
 	o, err := parseFlags(nil)
