@@ -375,13 +375,33 @@ func check(pass bool, format string, args ...any) string {
 }
 
 // writeOverloadMarkdown writes the scenario's tables.
+// longerCells names the loads whose cells measured longer than -cell (the
+// light ones, see overloadConfig.cellAt), as read from the rows: a report
+// of an older run has none.
+func longerCells(rep *overloadReport) string {
+	var parts []string
+	seen := map[float64]bool{}
+	for _, w := range rep.Workloads {
+		for _, r := range w.Rows {
+			if r.Seconds*1000 > float64(rep.Config.CellMs) && !seen[r.Load] {
+				seen[r.Load] = true
+				parts = append(parts, fmt.Sprintf("%g ms at %gx", r.Seconds*1000, r.Load))
+			}
+		}
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(parts, ", ") + ")"
+}
+
 func writeOverloadMarkdown(b *strings.Builder, rep *overloadReport) {
 	if rep == nil {
 		return
 	}
 	c := rep.Config
-	fmt.Fprintf(b, "### Overload (open-loop %s arrivals; server on one P with a %d ms timeout; clients give up after %d ms; each cell %d ms measured after %d ms of warm-up, a fresh server each)\n\n",
-		c.Arrivals, c.TimeoutMs, c.TimeoutMs, c.CellMs, c.WarmupMs)
+	fmt.Fprintf(b, "### Overload (open-loop %s arrivals; server on one P with a %d ms timeout; clients give up after %d ms; each cell %d ms measured%s after %d ms of warm-up, a fresh server each)\n\n",
+		c.Arrivals, c.TimeoutMs, c.TimeoutMs, c.CellMs, longerCells(rep), c.WarmupMs)
 	fmt.Fprintf(b, "Workloads: **cpu**, %d units of %d iterations of work (%.0f µs each at best here), %.2f ms a request; "+
 		"**downstream**, %d queries one after the other to a database of %d slots, each query holding a slot %.0f ms. "+
 		"A handler that honours its context looks at it between units and while it waits for a slot; "+

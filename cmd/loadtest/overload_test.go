@@ -289,7 +289,7 @@ func overloadTestReport() report {
 			Name: workloadCPU, Nominal: 650, Estimate: 600, Capacity: 580, BestConcurrency: 32,
 			Sweep: []overloadRow{{Variant: olConcurrency, Handler: "ignores", Concurrency: 32, OfferedPerSec: 2400, GoodputPerSec: 580, GoodputShare: 1}},
 			Rows: []overloadRow{
-				{Variant: olBare, Handler: "ignores", Load: 0.5, OfferedPerSec: 290, SentPerSec: 288, GoodputPerSec: 288, GoodputShare: 0.5, P50Ms: 4.5, P99Ms: 15, Work: 10},
+				{Variant: olBare, Handler: "ignores", Load: 0.5, Seconds: 12, OfferedPerSec: 290, SentPerSec: 288, GoodputPerSec: 288, GoodputShare: 0.5, P50Ms: 4.5, P99Ms: 15, Work: 10},
 				{Variant: olBare, Handler: "ignores", Load: 4, OfferedPerSec: 2320, SentPerSec: 2300, GoodputPerSec: 6, GoodputShare: 0.01,
 					WastedShare: 0.97, P50Ms: 900, P99Ms: 990, GiveUps: 4000, ConnectErrors: 12, Work: 100},
 				{Variant: olConcurrency, Handler: "ignores", Concurrency: 32, Load: 4, OfferedPerSec: 2320, GoodputPerSec: 590, GoodputShare: 1.02, Rejected: 3000},
@@ -309,7 +309,7 @@ func TestWriteMarkdownOverload(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		"### Overload (open-loop poisson arrivals; server on one P with a 1000 ms timeout; clients give up after 1000 ms; each cell 3000 ms measured after 2000 ms of warm-up",
+		"### Overload (open-loop poisson arrivals; server on one P with a 1000 ms timeout; clients give up after 1000 ms; each cell 3000 ms measured (12000 ms at 0.5x) after 2000 ms of warm-up",
 		"**cpu**, 30 units of 25000 iterations of work (50 µs each at best here), 1.50 ms a request",
 		"Variants: **fasthttp-bare**: fasthttp, no timeout; **fasttimeout-race-adaptive**: fasttimeout racing, AdaptiveConcurrency.",
 		"#### cpu: capacity 580/s (fasthttp Server.Concurrency=32, the best of the sweep at 4× the first estimate: 600/s closed-loop from 32 connections; on a core of its own 650/s)",

@@ -235,7 +235,7 @@ func (overloadScenario) flags(fs *flag.FlagSet, o *options) func(smokeDefault) e
 	workloads := fs.String("overload-workloads", strings.Join(allWorkloads, ","), "comma-separated workloads of the overload scenario: "+strings.Join(allWorkloads, ", "))
 	loads := fs.String("overload-loads", "0.5,1,2,4,10", "comma-separated offered loads of the overload scenario, × capacity")
 	sweep := fs.String("overload-sweep", "8,16,32,64,128", "comma-separated fasthttp Server.Concurrency values swept to find the capacity")
-	fs.DurationVar(&o.olCell, "cell", 3*time.Second, "measured time of each overload cell")
+	fs.DurationVar(&o.olCell, "cell", 3*time.Second, "measured time of each overload cell; below 1x capacity, this ÷ load²")
 	fs.DurationVar(&o.olWarmup, "cell-warmup", 2*time.Second, "unmeasured load before each overload cell")
 	fs.DurationVar(&o.olTimeout, "overload-timeout", time.Second, "the overload servers' timeout and their clients' deadline")
 	fs.DurationVar(&o.olSoak, "soak", 0, "also run each overload variant with admission (or, if none is selected, each selected one) this long at 10x capacity (e.g. 60s), for memory, goroutines and answers given twice")
