@@ -136,6 +136,20 @@ func waitDone(release <-chan struct{}) fasthttp.RequestHandler {
 // failure with a message.
 const stressBound = 30 * time.Second
 
+// receive returns the next value on ch, failing the test if none comes
+// within stressBound: a value that never comes is a failure with a message,
+// not a hang until the test binary's timeout.
+func receive[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(stressBound):
+		t.Fatalf("no %s within %v", what, stressBound)
+		panic("unreachable")
+	}
+}
+
 // ownBody is the body a handler of kind k writes for secret s.
 func ownBody(kind, s string) string {
 	if kind == "stream" {

@@ -39,6 +39,12 @@ func spinPast(ctx *fasthttp.RequestCtx, d time.Duration) {
 // anything else can run: before a goroutine watching the deadline could
 // tick, which once let its own response (or its panic, re-raised on the
 // server goroutine) through.
+//
+// On a machine this busy, the server goroutine may also run 5 ms after
+// fasthttp read the request, and the middleware then answers it at once
+// with the timeout response, without running the handler (its budget is
+// spent, see Stats.SpentBudgets). That is right, but it is not what this
+// test is about: such a request is sent again.
 // Not parallel: GOMAXPROCS is the process's.
 func TestLate_handler_on_a_starved_process_gets_the_timeout_response(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
@@ -63,18 +69,30 @@ func TestLate_handler_on_a_starved_process_gets_the_timeout_response(t *testing.
 				require.NoError(t, err)
 				defer c.close()
 
-				const n = 5
+				const n, maxTries = 5, 20
+				spent := int64(0)
 				for i := range n {
 					secret := fmt.Sprintf("S%016x", i+1)
-					requireTimeoutResponse(t, c.get(t, "/spin", secret))
-					if panics {
-						require.Equal(t, secret, (<-reported).(*secretPanic).secret, "the late panic goes to OnPanic")
+					for try := 1; ; try++ {
+						requireTimeoutResponse(t, c.get(t, "/spin", secret))
+						s := stats.Snapshot().SpentBudgets
+						if s == spent {
+							break
+						}
+						spent = s
+						require.Less(t, try, maxTries, "the budget of every request was spent before its handler could run")
 					}
+					if panics {
+						require.Equal(t, secret, receive(t, reported, "late panic for OnPanic").(*secretPanic).secret, "the late panic goes to OnPanic")
+					}
+				}
+				if spent > 0 {
+					t.Logf("%d requests were answered before their handler ran, their budget spent", spent)
 				}
 				require.Empty(t, recovered, "a late panic is never re-raised")
 				require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == 0 }, stressBound, 5*time.Millisecond)
 				got := stats.Snapshot()
-				assert.EqualValues(t, n, got.Timeouts)
+				assert.EqualValues(t, n+spent, got.Timeouts)
 				assert.EqualValues(t, n, got.LateFinished)
 				assert.Zero(t, got.InFlight)
 				assert.EqualValues(t, n, stats.LateRun().Count)

@@ -125,7 +125,7 @@ func TestPanics(t *testing.T) {
 		defer c.close()
 
 		requireTimeoutResponse(t, c.get(t, "/goexit", "S0000000000000001"))
-		require.ErrorContains(t, (<-reports).(error), "Goexit")
+		require.ErrorContains(t, receive(t, reports, "late Goexit for OnPanic").(error), "Goexit")
 		require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == 0 }, stressBound, 5*time.Millisecond)
 		requireOwnResponse(t, c.get(t, "/fast", "S0000000000000002"), "fast", "S0000000000000002")
 	})
