@@ -166,7 +166,7 @@ func (c overloadConfig) tail() time.Duration    { return c.timeout() + overloadT
 // -cell ÷ load² below 1x (12 s at 0.5x). A light cell's p99 is held within
 // 10 % of another variant's, and the p99 of n answers is about their
 // n/100-th slowest, a rank that moves by some √(n/100) from run to run:
-// in a 3 s cell at 0.5x (about 900 answers) that moved the p99 by 8-10 %,
+// in a 3 s cell at 0.5x (about 850 answers) that moved the p99 by 8-10 %,
 // as much as the margin. Four times as long halves that.
 func (c overloadConfig) cellAt(load float64) time.Duration {
 	if load >= 1 {

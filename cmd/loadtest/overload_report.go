@@ -374,7 +374,6 @@ func check(pass bool, format string, args ...any) string {
 	return verdict + " " + fmt.Sprintf(format, args...)
 }
 
-// writeOverloadMarkdown writes the scenario's tables.
 // longerCells names the loads whose cells measured longer than -cell (the
 // light ones, see overloadConfig.cellAt), as read from the rows: a report
 // of an older run has none.
@@ -395,6 +394,7 @@ func longerCells(rep *overloadReport) string {
 	return " (" + strings.Join(parts, ", ") + ")"
 }
 
+// writeOverloadMarkdown writes the scenario's tables.
 func writeOverloadMarkdown(b *strings.Builder, rep *overloadReport) {
 	if rep == nil {
 		return
