@@ -101,7 +101,7 @@ func TestHangup_client_gone_cancels_the_context(t *testing.T) {
 					OnHangup:     func(_ *fasthttp.RequestCtx, after time.Duration) { afters <- after },
 				})
 				conn := sendRaw(t, s.addr, rawRequest("/slow"))
-				<-started
+				receive(t, started, "the handler's start")
 				require.NoError(t, hangUp(conn))
 
 				e := waitEnd(t, ends)
@@ -184,7 +184,7 @@ func TestHangup_only_a_hang_up_is_a_hang_up(t *testing.T) {
 			var stats fasttimeout.Stats
 			s, started, ends := hangupServer(t, fasttimeout.Config{Timeout: 200 * time.Millisecond, Mode: mode, Stats: &stats})
 			conn := sendRaw(t, s.addr, rawRequest("/slow"))
-			<-started
+			receive(t, started, "the handler's start")
 			e := waitEnd(t, ends)
 			assert.ErrorIs(t, e.err, context.DeadlineExceeded)
 			assert.ErrorIs(t, e.cause, fasttimeout.ErrTimeout)
@@ -199,7 +199,7 @@ func TestHangup_only_a_hang_up_is_a_hang_up(t *testing.T) {
 			var stats fasttimeout.Stats
 			s, started, ends := hangupServer(t, fasttimeout.Config{Timeout: 90 * time.Millisecond, Mode: mode, Stats: &stats})
 			conn := sendRaw(t, s.addr, rawRequest("/slow"))
-			<-started
+			receive(t, started, "the handler's start")
 			require.NoError(t, conn.Close())
 			e := waitEnd(t, ends)
 			assert.ErrorIs(t, e.cause, fasttimeout.ErrTimeout, "the deadline ends it soon anyway")
@@ -211,7 +211,7 @@ func TestHangup_only_a_hang_up_is_a_hang_up(t *testing.T) {
 			var stats fasttimeout.Stats
 			s, started, ends := hangupServer(t, fasttimeout.Config{Timeout: 150 * time.Millisecond, Mode: mode, Stats: &stats, IgnoreHangups: true})
 			conn := sendRaw(t, s.addr, rawRequest("/slow"))
-			<-started
+			receive(t, started, "the handler's start")
 			require.NoError(t, conn.Close())
 			e := waitEnd(t, ends)
 			assert.ErrorIs(t, e.cause, fasttimeout.ErrTimeout, "only the deadline ends it")
@@ -270,7 +270,7 @@ func TestHangup_late_handler_after_a_hang_up(t *testing.T) {
 	}, fasttimeout.Config{Timeout: time.Minute, Stats: &stats, MaxLateHandlers: 1,
 		OnLateReturn: func(_ *fasthttp.RequestCtx, late time.Duration) { lates <- late }}))
 	conn := sendRaw(t, s.addr, rawRequest("/ignore"))
-	<-started
+	receive(t, started, "the handler's start")
 	require.NoError(t, conn.Close())
 	require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == 1 }, stressBound, 5*time.Millisecond)
 	assert.EqualValues(t, 1, stats.Snapshot().ClientGone)
@@ -341,7 +341,7 @@ func TestHangup_through_wrapped_connections(t *testing.T) {
 			require.NoError(t, err)
 			_, err = conn.Write([]byte(rawRequest("/slow")))
 			require.NoError(t, err)
-			<-started
+			receive(t, started, "the handler's start")
 			require.NoError(t, conn.Close())
 			e := waitEnd(t, ends)
 			assert.ErrorIs(t, e.cause, fasttimeout.ErrClientGone)
@@ -365,7 +365,7 @@ func TestHangup_context_made_after_the_hang_up_is_already_cancelled(t *testing.T
 		ends <- ended{c.Err(), context.Cause(c)}
 	}, fasttimeout.Config{Timeout: time.Minute, Stats: &stats}))
 	conn := sendRaw(t, s.addr, rawRequest("/"))
-	<-started
+	receive(t, started, "the handler's start")
 	require.NoError(t, conn.Close())
 	e := waitEnd(t, ends)
 	assert.ErrorIs(t, e.err, context.Canceled)

@@ -98,7 +98,7 @@ func TestContext_inside_New(t *testing.T) {
 				req.SetRequestURI("http://test/")
 				_ = s.client.DoTimeout(req, resp, waitTimeout) // the answer does not matter
 			}()
-			<-started
+			receive(t, started, "the handler's start")
 			s.shutdown(t) // returns once the handler has answered
 			o := <-seen
 			assert.ErrorIs(t, o.err, context.Canceled)
@@ -181,7 +181,7 @@ func TestContext_outside_New(t *testing.T) {
 			req.SetRequestURI("http://test/")
 			_ = s.client.DoTimeout(req, resp, waitTimeout)
 		}()
-		<-started
+		receive(t, started, "the handler's start")
 		s.shutdown(t)
 		o := <-seen
 		assert.False(t, o.hasDL)

@@ -57,7 +57,7 @@ func TestShutdown(t *testing.T) {
 				})
 			}
 			for range running {
-				<-started
+				receive(t, started, "the handler's start")
 			}
 			require.NoError(t, server.shutdown(), "shutdown completes")
 			clients.Wait()
