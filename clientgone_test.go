@@ -33,13 +33,7 @@ type ended struct {
 // waitEnd waits, bounded, for the handler to report how its context ended.
 func waitEnd(t *testing.T, ends <-chan ended) ended {
 	t.Helper()
-	select {
-	case e := <-ends:
-		return e
-	case <-time.After(stressBound):
-		t.Fatal("the handler's context did not end")
-		return ended{}
-	}
+	return receive(t, ends, "end of the handler's context")
 }
 
 // sendRaw dials addr over TCP and writes requests as they are; the test's

@@ -48,7 +48,7 @@ func TestStats_InFlight_falls_last(t *testing.T) {
 				}
 				answered <- code
 			}()
-			<-pastDeadline
+			receive(t, pastDeadline, "handler past its deadline")
 			require.EqualValues(t, 1, stats.Snapshot().InFlight)
 
 			// Spin on snapshots while the handler returns, as a scraper
