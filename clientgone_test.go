@@ -383,12 +383,7 @@ func TestHangup_after_the_deadline_is_a_timeout(t *testing.T) {
 		<-release // late, and ignoring that
 	}, fasttimeout.Config{Timeout: 150 * time.Millisecond, Mode: fasttimeout.Cooperative, Stats: &stats}))
 	conn := sendRaw(t, s.addr, rawRequest("/slow"))
-	select {
-	case err := <-expired:
-		require.ErrorIs(t, err, context.DeadlineExceeded)
-	case <-time.After(stressBound):
-		t.Fatal("the context did not end at the deadline")
-	}
+	require.ErrorIs(t, receive(t, expired, "end of the context at the deadline"), context.DeadlineExceeded)
 	require.NoError(t, conn.Close())
 	require.Eventually(t, func() bool { return stats.Snapshot().Timeouts == 1 }, stressBound, time.Millisecond,
 		"the hang-up after the deadline settles the timeout")

@@ -69,11 +69,7 @@ func TestContext_inside_New(t *testing.T) {
 			}, fasttimeout.Config{Mode: mode}))
 			assert.Equal(t, 200, do(t, s, "GET", "/").StatusCode())
 			c := <-kept
-			select {
-			case <-c.Done():
-			case <-time.After(waitTimeout):
-				t.Fatal("context not cancelled after the handler returned")
-			}
+			receive(t, c.Done(), "cancellation of the context after the handler returned")
 			assert.ErrorIs(t, c.Err(), context.Canceled)
 			assert.ErrorIs(t, context.Cause(c), context.Canceled)
 			assert.Nil(t, c.Value("user"), "the RequestCtx may be reused: values are gone")
@@ -127,11 +123,7 @@ func TestContext_inside_New(t *testing.T) {
 			assert.True(t, o.hasDL)
 			assert.WithinRange(t, o.deadline, before.Add(shortTimeout), time.Now().Add(shortTimeout),
 				"the child keeps the request's earlier deadline")
-			select {
-			case <-afterFunc:
-			case <-time.After(waitTimeout):
-				t.Fatal("context.AfterFunc did not run")
-			}
+			receive(t, afterFunc, "run of context.AfterFunc's function")
 		})
 	}
 }

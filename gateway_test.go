@@ -1,6 +1,7 @@
 package fasttimeout_test
 
 import (
+	"fmt"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -98,12 +99,8 @@ func TestHonorDeadlineHeaders(t *testing.T) {
 				assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode(), "%v %s: %s", mode, tc.header, tc.value)
 				assert.JSONEq(t, fasttimeout.DefaultBody, string(resp.Body()))
 				assert.False(t, called.Load(), "handler called for %s: %s", tc.header, tc.value)
-				select {
-				case status := <-timeouts:
-					assert.Equal(t, fasthttp.StatusGatewayTimeout, status, "OnTimeout sees the response")
-				case <-time.After(waitTimeout):
-					t.Fatalf("OnTimeout not called for %s: %s", tc.header, tc.value)
-				}
+				status := receive(t, timeouts, fmt.Sprintf("OnTimeout call for %s: %s", tc.header, tc.value))
+				assert.Equal(t, fasthttp.StatusGatewayTimeout, status, "OnTimeout sees the response")
 				c := stats.Snapshot()
 				assert.Equal(t, int64(1), c.Timeouts)
 				assert.Equal(t, int64(1), c.SpentBudgets, "counted apart from real timeouts")

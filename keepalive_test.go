@@ -59,11 +59,7 @@ func TestKeepAlive(t *testing.T) {
 
 			requireTimeoutResponse(t, c.get(t, "/slow", "S0000000000000001"))
 			requireOwnResponse(t, c.get(t, "/fast", "S0000000000000002"), "fast", "S0000000000000002")
-			select {
-			case <-lateDone:
-			case <-time.After(stressBound):
-				t.Fatal("the late handler did not finish")
-			}
+			receive(t, lateDone, "end of the late handler")
 			requireOwnResponse(t, c.get(t, "/fast", "S0000000000000003"), "fast", "S0000000000000003")
 			require.EqualValues(t, 1, server.ln.accepted.Load(), "one connection for all requests")
 			require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == 0 }, stressBound, 5*time.Millisecond)
