@@ -75,13 +75,14 @@ type requestContext struct {
 	hasDone    atomic.Bool                     // done is set; it never changes after
 	done       chan struct{}                   // made on the first Done call, under mu
 	causes     atomic.Pointer[context.Context] // &timeoutCause or &shutdownCause once cancelled with one
-	slot       int                             // index in housekeeper.contexts while watched, else -1; guarded by housekeeper.mu
 	outside    bool                            // made outside New: ends only with the server
 
-	// A cooperative call whose hang-up watch the housekeeper is to start:
-	// set before the housekeeper watches the context, then guarded by
-	// housekeeper.mu, and nil once the watch has started or never will.
-	call *call
+	// Watched by the housekeeper (cooperative mode): in the shard of the
+	// housekeeper's contexts chosen by its connection, set before the
+	// context is shared; the rest is guarded by that shard's lock.
+	shard uint8
+	slot  int   // index in the shard's contexts while watched, else -1
+	call  *call // whose hang-up watch the housekeeper is to start; nil once started, or never will be
 
 	mu         sync.Mutex
 	err        error

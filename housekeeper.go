@@ -14,6 +14,11 @@ const (
 	// restPeriod is how often a housekeeper with no context to watch wakes
 	// up to watch for shutdown and retire idle workers.
 	restPeriod = 100 * time.Millisecond
+	// contextShards is the number of locks the watched contexts are spread
+	// over, by connection: with one lock, the two registrations of every
+	// cooperative request that calls Context contend across cores (on two
+	// cores they tripled the CPU such a request costs).
+	contextShards = 64
 )
 
 // housekeeper is the one goroutine per middleware that cancels cooperative
@@ -32,12 +37,22 @@ type housekeeper struct {
 	// without locking; it is replaced, under mu, when workers start or exit.
 	snapshot atomic.Pointer[[]*worker]
 
-	mu       sync.Mutex
-	running  bool              // the housekeeper goroutine exists
-	contexts []*requestContext // contexts whose deadline or shutdown is watched
+	// The contexts whose deadline or shutdown is watched, spread over
+	// shards by connection.
+	shards [contextShards]contextShard
+
+	mu      sync.Mutex  // guards starting and stopping the goroutine, and the worker registry
+	running atomic.Bool // the housekeeper goroutine exists; written under mu
 
 	resting atomic.Bool   // it ticks slowly; a newly watched context must wake it
 	wake    chan struct{} // cap 1: ends a rest early
+}
+
+// contextShard is one lock's share of the watched contexts.
+type contextShard struct {
+	mu       sync.Mutex
+	contexts []*requestContext
+	_        [64]byte // the fields above never share a cache line with a neighbour's, locked from another core
 }
 
 // newHousekeeper returns a housekeeper that ticks every precision while it
@@ -49,8 +64,8 @@ func newHousekeeper(precision time.Duration) *housekeeper {
 // startLocked starts the housekeeper goroutine if it is not running. h.mu
 // is held.
 func (h *housekeeper) startLocked() {
-	if !h.running {
-		h.running = true
+	if !h.running.Load() {
+		h.running.Store(true)
 		h.resting.Store(false)
 		go h.run()
 	}
@@ -145,28 +160,32 @@ func (s *serverWatch) closed(done <-chan struct{}) bool {
 // expireContexts cancels the watched contexts whose deadline has passed or
 // whose server is shutting down. It reports whether any remain watched.
 func (h *housekeeper) expireContexts(t int64) (busy bool) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
 	var shutdown serverWatch
-	for i := 0; i < len(h.contexts); {
-		b := h.contexts[i]
-		switch {
-		case b.deadline.Load() <= t && b.expire(t):
-			h.unwatchLocked(b)
-		case shutdown.closed(b.serverDone):
-			h.unwatchLocked(b)
-			b.cancel(context.Canceled, &shutdownCause)
-		default:
-			if c := b.call; c != nil {
-				c.startWatch(t)
-				if c.watch.Load()&watchMask != watchPending {
-					b.call = nil // started, or never will be
+	for i := range h.shards {
+		s := &h.shards[i]
+		s.mu.Lock()
+		for j := 0; j < len(s.contexts); {
+			b := s.contexts[j]
+			switch {
+			case b.deadline.Load() <= t && b.expire(t):
+				h.unwatchLocked(s, b)
+			case shutdown.closed(b.serverDone):
+				h.unwatchLocked(s, b)
+				b.cancel(context.Canceled, &shutdownCause)
+			default:
+				if c := b.call; c != nil {
+					c.startWatch(t)
+					if c.watch.Load()&watchMask != watchPending {
+						b.call = nil // started, or never will be
+					}
 				}
+				j++
 			}
-			i++
 		}
+		busy = busy || len(s.contexts) > 0
+		s.mu.Unlock()
 	}
-	return len(h.contexts) > 0
+	return busy
 }
 
 // retireIdle stops the workers idle for longer than idleWorkerTimeout. It
@@ -181,45 +200,70 @@ func (h *housekeeper) retireIdle(t int64) bool {
 	if len(retired) > 0 {
 		h.removeWorkersLocked(retired...)
 	}
-	if len(h.workersLocked()) == 0 && len(h.contexts) == 0 {
-		h.running = false
-		return false
+	if len(h.workersLocked()) > 0 {
+		return true
 	}
-	return true
+	// Stop, then look at every shard: a context watched meanwhile either
+	// is seen here, or its watch finds the goroutine stopped and starts
+	// another.
+	h.running.Store(false)
+	for i := range h.shards {
+		s := &h.shards[i]
+		s.mu.Lock()
+		n := len(s.contexts)
+		s.mu.Unlock()
+		if n > 0 {
+			h.running.Store(true)
+			return true
+		}
+	}
+	return false
 }
 
-// watch makes the housekeeper cancel b at its deadline or at server shutdown.
+// watch makes the housekeeper cancel b at its deadline or at server
+// shutdown. b.shard is set before b is shared.
 func (h *housekeeper) watch(b *requestContext) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
 	if b.deadline.Load() <= now() {
 		b.cancel(context.DeadlineExceeded, &timeoutCause)
 		return
 	}
-	b.slot = len(h.contexts)
-	h.contexts = append(h.contexts, b)
-	h.startLocked()
+	s := &h.shards[b.shard]
+	s.mu.Lock()
+	b.slot = len(s.contexts)
+	s.contexts = append(s.contexts, b)
+	s.mu.Unlock()
+	// Only now look for the goroutine: one about to stop or to rest locks
+	// this shard after flagging it (see retireIdle and run), so either it
+	// sees b or this sees the flag.
+	if !h.running.Load() {
+		h.mu.Lock()
+		h.startLocked()
+		h.mu.Unlock()
+	}
 	h.nudge()
 }
 
 // unwatch stops watching b, if it is watched.
 func (h *housekeeper) unwatch(b *requestContext) {
-	h.mu.Lock()
-	h.unwatchLocked(b)
-	h.mu.Unlock()
+	s := &h.shards[b.shard]
+	s.mu.Lock()
+	h.unwatchLocked(s, b)
+	s.mu.Unlock()
 }
 
-func (h *housekeeper) unwatchLocked(b *requestContext) {
+// unwatchLocked stops watching b, if it is watched in shard s, whose lock
+// is held.
+func (h *housekeeper) unwatchLocked(s *contextShard, b *requestContext) {
 	b.call = nil
 	i := b.slot
 	if i < 0 {
 		return
 	}
-	last := len(h.contexts) - 1
-	h.contexts[i] = h.contexts[last]
-	h.contexts[i].slot = i
-	h.contexts[last] = nil
-	h.contexts = h.contexts[:last]
+	last := len(s.contexts) - 1
+	s.contexts[i] = s.contexts[last]
+	s.contexts[i].slot = i
+	s.contexts[last] = nil
+	s.contexts = s.contexts[:last]
 	b.slot = -1
 }
 

@@ -17,11 +17,13 @@ func BenchmarkHousekeeperScan(b *testing.B) {
 		b.Run(fmt.Sprintf("contexts=%d", n), func(b *testing.B) {
 			h := newHousekeeper(DefaultPrecision)
 			deadline := now() + int64(time.Hour)
-			for range n {
+			for i := range n { // as many connections, without starting the goroutine
 				ctx := new(fasthttp.RequestCtx)
 				c := newRequestContext(ctx, deadline)
-				c.slot = len(h.contexts)
-				h.contexts = append(h.contexts, c)
+				c.shard = uint8(i % contextShards)
+				s := &h.shards[c.shard]
+				c.slot = len(s.contexts)
+				s.contexts = append(s.contexts, c)
 			}
 			t := now()
 			for b.Loop() {
