@@ -54,7 +54,7 @@ type bench struct {
 	registry *prometheus.Registry
 	client   *fasthttp.Client
 	app      *app
-	returned chan time.Duration // OnLateReturn, after Stats counted the return
+	returned chan time.Duration // OnLateReturn, after Stats counted the return, before InFlight
 	panicked chan any           // OnPanic
 }
 
@@ -154,9 +154,11 @@ func waitFor(t *testing.T, answered <-chan int) int {
 }
 
 // lateReturns releases the blocked handlers and waits until n of them have
-// returned and been counted.
+// returned and been counted. OnLateReturn comes before a handler leaves
+// InFlight, which falls last, so that is waited for too.
 func (b *bench) lateReturns(t *testing.T, n int) {
 	t.Helper()
+	inFlight := b.stats.Snapshot().InFlight
 	close(b.app.release)
 	for range n {
 		select {
@@ -165,6 +167,8 @@ func (b *bench) lateReturns(t *testing.T, n int) {
 			t.Fatal("no late return within 10 s of the release")
 		}
 	}
+	require.Eventually(t, func() bool { return b.stats.Snapshot().InFlight <= inFlight-int64(n) },
+		10*time.Second, time.Millisecond, "the late handlers out of InFlight")
 }
 
 // scrape gathers the registry: every series' value (a histogram's count),
@@ -466,6 +470,8 @@ func TestCollector(t *testing.T) {
 			case <-time.After(10 * time.Second):
 				t.Fatal("the handler did not return within 10 s of the hang-up")
 			}
+			// OnLateReturn comes before the handler leaves InFlight.
+			require.Eventually(t, func() bool { return b.stats.Snapshot().InFlight == 0 }, 10*time.Second, time.Millisecond)
 			return metrics(map[string]float64{
 				"fasttimeout_requests_total":               1,
 				"fasttimeout_client_gone_total":            1,
