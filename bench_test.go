@@ -183,6 +183,26 @@ func (w *discardResponseWriter) Header() http.Header         { return w.header }
 func (w *discardResponseWriter) Write(p []byte) (int, error) { return len(p), nil }
 func (w *discardResponseWriter) WriteHeader(status int)      { w.status = status }
 
+// BenchmarkStats measures what Config.Stats adds to a request that
+// finishes in time: the counters every request updates (Requests, InFlight).
+// Run it with -cpu 1,2: what the counters cost grows with the cores adding
+// to them.
+func BenchmarkStats(b *testing.B) {
+	ok := func(ctx *fasthttp.RequestCtx) { ctx.SetStatusCode(fasthttp.StatusOK) }
+	for _, mode := range allModes {
+		for _, stats := range []bool{false, true} {
+			cfg := fasttimeout.Config{Timeout: benchTimeout, Mode: mode}
+			if stats {
+				cfg.Stats = new(fasttimeout.Stats)
+			}
+			b.Run(fmt.Sprintf("mode=%v/stats=%v", mode, stats), func(b *testing.B) {
+				b.ReportAllocs()
+				benchFastHandler(b, fasttimeout.New(ok, cfg))
+			})
+		}
+	}
+}
+
 // BenchmarkTimeoutPath measures requests that do time out: a 1 ms timeout
 // (fasttimeout at its finest Precision, 100 µs) in front of a handler that
 // blocks until the benchmark ends (racing variants) or until its context is

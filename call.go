@@ -76,6 +76,7 @@ type callKey struct{}
 type call struct {
 	m        *middleware
 	ctx      *fasthttp.RequestCtx
+	connID   uint64                         // ctx's connection, kept for a late handler: the stripe of its Stats counters
 	outer    *call                          // of an enclosing New, restored when this call ends
 	deadline atomic.Int64                   // nanoseconds since epoch, or noDeadline
 	state    atomic.Uint64                  // phase (low byte) and generation
@@ -104,7 +105,7 @@ type call struct {
 // begin starts the call for ctx and makes Context find it. Inside another
 // New's handler, the call keeps the earlier of the two deadlines.
 func (c *call) begin(ctx *fasthttp.RequestCtx, start, deadline int64) {
-	c.ctx, c.start = ctx, start
+	c.ctx, c.connID, c.start = ctx, ctx.ConnID(), start
 	if outer := lookup(ctx); outer != nil {
 		c.outer = outer
 		deadline = min(deadline, outer.deadline.Load())

@@ -257,7 +257,7 @@ type Config struct {
 	MaxQueueAge time.Duration
 
 	// Stats, if set, receives the middleware's counters. Several middlewares
-	// may share one Stats. Counting requests costs one atomic add per
+	// may share one Stats. Counting requests costs a few atomic adds per
 	// request, so it is done only when Stats is set.
 	Stats *Stats
 }

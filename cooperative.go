@@ -39,7 +39,7 @@ func (m *middleware) serveCooperative(ctx *fasthttp.RequestCtx) {
 // timeout response (or nothing, if it is gone).
 func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 	v := recover()
-	defer m.leaveFlight() // last, even when the panic goes on
+	defer m.leaveFlight(c.connID) // last, even when the panic goes on
 	t := now()
 	// Settle the call before its watch ends: from then on, a hang-up no
 	// longer changes it.

@@ -141,7 +141,7 @@ func (w *worker) serve() {
 		} else if c.settle(callFinished, t) {
 			m.release(c, t, true)
 			c.end()
-			m.leaveFlight()
+			m.leaveFlight(c.connID)
 			w.done <- struct{}{}
 			return
 		} else {
@@ -170,7 +170,7 @@ func (m *middleware) lateReturn(w *worker, stack []byte, goexit bool) {
 	if m.onLateReturn != nil {
 		m.onLateReturn(ctx, late)
 	}
-	m.leaveFlight()
+	m.leaveFlight(c.connID)
 	// fasthttp never resets a timed-out RequestCtx; release what the late
 	// response holds, above all a body stream writer's goroutine, which
 	// would otherwise block forever on a pipe nobody reads.

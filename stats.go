@@ -11,8 +11,12 @@ import (
 // for concurrent use. *Stats satisfies expvar.Var, so it can be published
 // with expvar.Publish("fasttimeout", stats).
 type Stats struct {
-	requests     atomic.Int64
-	inFlight     atomic.Int64
+	// Counted for every request, so spread over cache lines (see
+	// stripedCounter); the rest only on slow paths.
+	requests stripedCounter
+	inFlight stripedCounter
+	admitted stripedCounter
+
 	timeouts     atomic.Int64
 	lateRunning  atomic.Int64
 	lateFinished atomic.Int64
@@ -22,7 +26,6 @@ type Stats struct {
 	spentBudgets atomic.Int64
 	clientGone   atomic.Int64
 
-	admitted        atomic.Int64
 	queued          atomic.Int64
 	rejectedFull    atomic.Int64
 	rejectedTimeout atomic.Int64
@@ -105,9 +108,10 @@ type Counters struct {
 // snapshot whose InFlight is zero, every handler that ran before it is
 // counted in full (LateFinished, Panics, ClientGone and the rest).
 func (s *Stats) Snapshot() Counters {
+	inFlight := s.inFlight.load()
 	return Counters{
-		Requests:     s.requests.Load(),
-		InFlight:     s.inFlight.Load(),
+		Requests:     s.requests.load(),
+		InFlight:     inFlight,
 		Timeouts:     s.timeouts.Load(),
 		LateRunning:  s.lateRunning.Load(),
 		LateFinished: s.lateFinished.Load(),
@@ -118,7 +122,7 @@ func (s *Stats) Snapshot() Counters {
 
 		BadDeadlineHeaders: s.badHeaders.Load(),
 
-		Admitted:             s.admitted.Load(),
+		Admitted:             s.admitted.load(),
 		Queued:               s.queued.Load(),
 		Rejected:             s.rejectedFull.Load() + s.rejectedTimeout.Load(),
 		RejectedFull:         s.rejectedFull.Load(),
@@ -143,6 +147,36 @@ func (s *Stats) LateRun() Histogram { return s.lateRun.snapshot() }
 // QueueWait returns the histogram of how long requests waited for a slot
 // under the concurrency limit, whether they got one or were refused.
 func (s *Stats) QueueWait() Histogram { return s.queueWait.snapshot() }
+
+// counterStripes is the number of cache lines a counter of every request
+// is spread over.
+const counterStripes = 16
+
+// stripedCounter is a counter that every request updates, spread over
+// cache lines by connection: one shared line, added to by every core, costs
+// each request more the more cores there are (on two cores, 30 ns of a
+// cooperative request's 115). A request adds to and takes from the same
+// stripe, so no stripe ever counts below zero, and a read that finds every
+// stripe at zero saw each request that had started by then also end.
+type stripedCounter struct {
+	stripes [counterStripes]struct {
+		n atomic.Int64
+		_ [56]byte // one cache line each
+	}
+}
+
+// add adds d to the stripe of connection connID.
+func (c *stripedCounter) add(connID uint64, d int64) {
+	c.stripes[connID%counterStripes].n.Add(d)
+}
+
+// load returns the sum of the stripes.
+func (c *stripedCounter) load() (n int64) {
+	for i := range c.stripes {
+		n += c.stripes[i].n.Load()
+	}
+	return n
+}
 
 // String returns the counters as a JSON object, as expvar expects. The
 // counters of admission (Admitted to BadQueueHeaders) are left out while

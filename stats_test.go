@@ -1,6 +1,8 @@
 package fasttimeout_test
 
 import (
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -74,6 +76,72 @@ func TestStats_InFlight_falls_last(t *testing.T) {
 			assert.EqualValues(t, 1, c.Panics)
 			assert.EqualValues(t, 1, c.Timeouts)
 			assert.Equal(t, fasthttp.StatusGatewayTimeout, <-answered)
+		})
+	}
+}
+
+// The counters every request updates are spread over stripes by
+// connection: over many connections, both while handlers run and once
+// they have returned, they must add up to what was served.
+func TestStats_counts_the_requests_of_many_connections(t *testing.T) {
+	t.Parallel()
+	const conns, more = 40, 10 // more connections than stripes
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			stats := new(fasttimeout.Stats)
+			release := make(chan struct{})
+			server := startStressLoopback(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				if string(ctx.Path()) == "/block" {
+					<-release
+				}
+				replyWithSecret(ctx, "fast", string(ctx.Request.Header.Peek("X-Secret")))
+			}, fasttimeout.Config{Timeout: time.Minute, Mode: mode, Stats: stats, MaxConcurrency: 10 * conns}))
+			releaseAll := sync.OnceFunc(func() { close(release) })
+			t.Cleanup(releaseAll) // before the server's shutdown, if the test fails early
+
+			errs := make(chan error, conns)
+			for i := range conns {
+				go func() {
+					c, err := dialStress(server.addr)
+					if err != nil {
+						errs <- err
+						return
+					}
+					defer c.close()
+					for j := range 1 + more {
+						path := "/fast"
+						if j == 0 {
+							path = "/block"
+						}
+						secret := fmt.Sprintf("S%08x%08x", i, j)
+						if err := c.do(path, secret); err != nil {
+							errs <- err
+							return
+						}
+						if got := string(c.resp.Body()); got != ownBody("fast", secret) {
+							errs <- fmt.Errorf("%s: got %q", path, got)
+							return
+						}
+					}
+					errs <- nil
+				}()
+			}
+
+			require.Eventually(t, func() bool { return stats.Snapshot().InFlight == conns }, stressBound, time.Millisecond,
+				"every connection's blocked handler in flight")
+			got := stats.Snapshot()
+			assert.EqualValues(t, conns, got.Requests)
+			assert.EqualValues(t, conns, got.Admitted)
+
+			releaseAll()
+			for range conns {
+				require.NoError(t, receive(t, errs, "a connection's last answer"))
+			}
+			got = stats.Snapshot()
+			assert.Zero(t, got.InFlight, "every handler has returned before its answer")
+			assert.EqualValues(t, conns*(1+more), got.Requests)
+			assert.EqualValues(t, conns*(1+more), got.Admitted)
 		})
 	}
 }

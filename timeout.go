@@ -69,7 +69,7 @@ type middleware struct {
 // answered (refused, or out of budget) or skipped.
 func (m *middleware) admit(ctx *fasthttp.RequestCtx) (start, deadline, admitted int64, run bool) {
 	if m.countRequests {
-		m.stats.requests.Add(1)
+		m.stats.requests.add(ctx.ConnID(), 1)
 	}
 	if m.skip != nil && m.skip(ctx) {
 		m.handler(ctx)
@@ -132,13 +132,13 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx) (start, deadline, admitted 
 			m.reject(ctx, reason)
 			return 0, 0, 0, false
 		}
-		if m.countRequests { // one contended add less per request without Stats
-			m.stats.admitted.Add(1)
+		if m.countRequests {
+			m.stats.admitted.add(ctx.ConnID(), 1)
 		}
 		admitted += int64(waited)
 	}
 	if m.countRequests {
-		m.stats.inFlight.Add(1)
+		m.stats.inFlight.add(ctx.ConnID(), 1)
 	}
 	return start, deadline, admitted, true
 }
@@ -156,9 +156,10 @@ func (m *middleware) countLateReturn(late time.Duration) {
 // for it once it has returned (after counting it late, and after the
 // callbacks about it): Snapshot reads InFlight first, so a snapshot in
 // which it has fallen to zero has every earlier request fully counted.
-func (m *middleware) leaveFlight() {
+// connID is the request's connection, whose stripe admit added to.
+func (m *middleware) leaveFlight(connID uint64) {
 	if m.countRequests {
-		m.stats.inFlight.Add(-1)
+		m.stats.inFlight.add(connID, -1)
 	}
 }
 
