@@ -194,7 +194,7 @@ func (c *call) context() context.Context {
 		return b
 	}
 	b := newRequestContext(c.ctx, c.deadline.Load())
-	b.shard = uint8(c.ctx.ConnID() % contextShards)
+	b.shard = uint8(c.connID % contextShards)
 	if !c.bridge.CompareAndSwap(nil, b) {
 		return c.bridge.Load() // another goroutine of the handler won
 	}
