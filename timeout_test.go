@@ -3,8 +3,10 @@ package fasttimeout_test
 import (
 	"bufio"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -104,6 +106,50 @@ func TestTimeout_racing_answers_at_the_deadline_while_the_handler_still_runs(t *
 	close(release)
 	require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == 0 }, waitTimeout, time.Millisecond)
 	assert.Equal(t, int64(1), stats.Snapshot().LateFinished)
+}
+
+// fasthttp.CompressHandler around the middleware compresses what the
+// handler returned by New leaves in ctx.Response. After a racing timeout that
+// is the late handler's response, still being written: fasthttp 1.79 leaves
+// a timed-out RequestCtx alone there, and the race detector catches the
+// compression of an earlier fasthttp racing the late handler's writes.
+func TestTimeout_under_CompressHandler(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			var stop atomic.Bool
+			returned := make(chan struct{})
+			body := strings.Repeat("a late body that compresses well ", 64)
+			h := func(ctx *fasthttp.RequestCtx) {
+				defer close(returned)
+				ctx.SetContentType("text/plain")
+				done := fasttimeout.Context(ctx).Done()
+				for !stop.Load() { // ignores its context, writing until told to stop
+					ctx.SetBodyString(body)
+					if mode == fasttimeout.Cooperative {
+						<-done // only a returning handler can be timed out
+						break
+					}
+					runtime.Gosched()
+				}
+			}
+			s := serve(t, fasthttp.CompressHandler(fasttimeout.New(h, fasttimeout.Config{Mode: mode, Timeout: shortTimeout})))
+			req := fasthttp.AcquireRequest()
+			defer fasthttp.ReleaseRequest(req)
+			req.SetRequestURI("http://test/")
+			req.Header.Set(fasthttp.HeaderAcceptEncoding, "gzip")
+			var resp fasthttp.Response
+			require.NoError(t, s.client.DoTimeout(req, &resp, waitTimeout))
+			stop.Store(true)
+			receive(t, returned, "return of the handler")
+
+			got, err := resp.BodyUncompressed()
+			require.NoError(t, err)
+			assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
+			assert.Equal(t, fasttimeout.DefaultBody, string(got))
+		})
+	}
 }
 
 func TestTimeout_cooperative_replaces_a_late_response(t *testing.T) {
