@@ -195,8 +195,16 @@ func (c *call) context() context.Context {
 	}
 	b := newRequestContext(c.ctx, c.deadline.Load())
 	b.shard = uint8(c.connID % contextShards)
+	if hook := testHookContext.Load(); hook != nil {
+		(*hook)(c)
+	}
 	if !c.bridge.CompareAndSwap(nil, b) {
 		return c.bridge.Load() // another goroutine of the handler won
+	}
+	// Disarm and Extend store the deadline, then look for b: if they came
+	// between the two lines above, they missed b, and b must see theirs.
+	if d := c.deadline.Load(); d != b.deadline.Load() {
+		b.setDeadline(d)
 	}
 	switch {
 	case c.m.mode == Cooperative:
@@ -214,6 +222,11 @@ func (c *call) context() context.Context {
 	// the call, and the housekeeper checks running calls for shutdown anyway.
 	return b
 }
+
+// testHookContext, set only by tests, runs in call.context between making
+// the context and publishing it, where Disarm or Extend may move the
+// deadline.
+var testHookContext atomic.Pointer[func(*call)]
 
 // end cancels the call's context, if any, once the handler has returned,
 // and gives Context back to the enclosing New, if any.

@@ -106,16 +106,19 @@ func lookup(ctx *fasthttp.RequestCtx) *call {
 
 // moveDeadline changes a cooperative call's deadline, unless it has passed.
 // The context, if any, is updated under its lock, so that the housekeeper
-// either cancels it against the old deadline first (and false is returned)
-// or sees the new one.
+// either cancels it against the old deadline first (and the deadline stays
+// as it was) or sees the new one. The call's deadline is stored before the
+// context is looked for, as call.context expects.
 func (c *call) moveDeadline(move func(int64) int64) bool {
-	deadline := move(c.deadline.Load())
-	if c.deadline.Load() <= now() {
+	old := c.deadline.Load()
+	if old <= now() {
 		return false
 	}
-	if b := c.bridge.Load(); b != nil && !b.setDeadline(deadline) {
-		return false
-	}
+	deadline := move(old)
 	c.deadline.Store(deadline)
+	if b := c.bridge.Load(); b != nil && !b.setDeadline(deadline) {
+		c.deadline.Store(old)
+		return false
+	}
 	return true
 }

@@ -1,0 +1,77 @@
+package fasttimeout
+
+import (
+	"net"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/valyala/fasthttp"
+)
+
+// One goroutine of a handler makes the request's context while another
+// moves its deadline: Disarm or Extend runs after the context was made with
+// the old deadline and before it was published, so it cannot find it. The
+// context must still end up with the new deadline: before the fix it kept
+// the old one, and in cooperative mode the housekeeper cancelled it at that
+// deadline with ErrTimeout while the request, extended, went on and
+// answered 200. Not parallel: it sets the process's test hook.
+func TestContext_made_while_the_deadline_moves_gets_the_new_one(t *testing.T) {
+	const timeout = 2 * time.Second
+	for _, mode := range []Mode{Racing, Cooperative} {
+		for _, move := range []string{"Disarm", "Extend"} {
+			t.Run(mode.String()+"/"+move, func(t *testing.T) {
+				type seen struct {
+					moved        bool
+					callDeadline int64 // the call's deadline once moved
+					oldDeadline  int64
+					ctxDeadline  time.Time
+					hasDeadline  bool
+					expiredAtOld bool // the housekeeper's decision at the old deadline
+				}
+				got := make(chan seen, 1)
+				addr := serveTCP(t, New(func(ctx *fasthttp.RequestCtx) {
+					var s seen
+					hook := func(c *call) {
+						if c.ctx != ctx {
+							return // another test's request
+						}
+						s.oldDeadline = c.deadline.Load()
+						if move == "Disarm" {
+							s.moved = Disarm(ctx)
+						} else {
+							s.moved = Extend(ctx, time.Hour)
+						}
+					}
+					testHookContext.Store(&hook)
+					cx := Context(ctx)
+					testHookContext.Store(nil)
+					s.callDeadline = lookup(ctx).deadline.Load()
+					s.ctxDeadline, s.hasDeadline = cx.Deadline()
+					s.expiredAtOld = cx.(*requestContext).expire(s.oldDeadline)
+					got <- s
+					ctx.SetBodyString("ok")
+				}, Config{Timeout: timeout, Mode: mode}))
+
+				conn, err := net.Dial("tcp", addr)
+				require.NoError(t, err)
+				defer conn.Close()
+				_, err = conn.Write([]byte("GET / HTTP/1.1\r\nHost: test\r\n\r\n"))
+				require.NoError(t, err)
+				s := <-got
+
+				require.True(t, s.moved, "%s before the deadline", move)
+				if move == "Disarm" {
+					assert.Equal(t, int64(noDeadline), s.callDeadline)
+					assert.False(t, s.hasDeadline, "the context has no deadline once the call is disarmed")
+				} else {
+					assert.Equal(t, s.oldDeadline+int64(time.Hour), s.callDeadline)
+					assert.True(t, s.hasDeadline)
+					assert.Equal(t, epoch.Add(time.Duration(s.callDeadline)), s.ctxDeadline, "the context has the extended deadline")
+				}
+				assert.False(t, s.expiredAtOld, "the context outlives the deadline it was made with")
+			})
+		}
+	}
+}
