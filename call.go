@@ -207,7 +207,7 @@ func (c *call) context() context.Context {
 		b.setDeadline(d)
 	}
 	switch {
-	case c.m.mode == Cooperative:
+	case c.m.Mode == Cooperative:
 		if c.watch.Load()&watchMask == watchPending {
 			b.call = c // the housekeeper starts the call's watch
 		}
@@ -238,7 +238,7 @@ func (c *call) end() {
 		c.ctx.RemoveUserValue(callKey{})
 	}
 	if b := c.bridge.Swap(nil); b != nil {
-		if c.m.mode == Cooperative {
+		if c.m.Mode == Cooperative {
 			c.m.housekeeper.unwatch(b)
 		}
 		b.request.Store(nil) // first: the RequestCtx may be reused from now on

@@ -262,33 +262,14 @@ type Config struct {
 	Stats *Stats
 }
 
-// settings is a Config with its defaults resolved, built once by New.
+// settings is a Config with its defaults filled in, built once by New, and
+// what follows from it.
 type settings struct {
-	timeout      time.Duration
-	statusCode   int
-	body         []byte
-	contentType  string
-	mode         Mode
-	precision    time.Duration
-	onTimeout    func(*fasthttp.RequestCtx, *fasthttp.Response)
-	onPanic      func(*fasthttp.RequestCtx, any, []byte)
-	onLateReturn func(*fasthttp.RequestCtx, time.Duration)
-	onHangup     func(*fasthttp.RequestCtx, time.Duration)
-	stats        *Stats
-	timeoutFunc  func(*fasthttp.RequestCtx) time.Duration
-	skip         func(*fasthttp.RequestCtx) bool
-	honorHeaders bool
-	margin       time.Duration
-	maxLate      int64
-	retryAfter   string // seconds, as the header wants them
-
-	adaptive       bool
-	maxConcurrency int64 // 0: no limiter
-	honorQueue     bool
-	maxQueueAge    time.Duration
-
-	countRequests bool
-	watchHangups  bool
+	Config
+	stats            *Stats // Config.Stats, or a private one: timeouts and late handlers are always counted
+	retryAfterHeader string // RetryAfter in whole seconds, as the header wants it
+	countRequests    bool   // Config.Stats is set
+	watchHangups     bool
 }
 
 const minPrecision = 100 * time.Microsecond
@@ -296,101 +277,81 @@ const minPrecision = 100 * time.Microsecond
 // resolve checks cfg and fills in its defaults. It panics on a
 // configuration that cannot work, naming the field and the value.
 func (cfg Config) resolve() settings {
-	s := settings{
-		timeout:      cfg.Timeout,
-		statusCode:   cfg.StatusCode,
-		body:         cfg.Body,
-		contentType:  cfg.ContentType,
-		mode:         cfg.Mode,
-		precision:    cfg.Precision,
-		onTimeout:    cfg.OnTimeout,
-		onPanic:      cfg.OnPanic,
-		onLateReturn: cfg.OnLateReturn,
-		onHangup:     cfg.OnHangup,
-		stats:        cfg.Stats,
-		timeoutFunc:  cfg.TimeoutFunc,
-		skip:         cfg.Skip,
-		honorHeaders: cfg.HonorDeadlineHeaders,
-		margin:       cfg.DeadlineMargin,
-		maxLate:      int64(cfg.MaxLateHandlers),
-
-		adaptive:       cfg.AdaptiveConcurrency,
-		maxConcurrency: int64(cfg.MaxConcurrency),
-		honorQueue:     cfg.HonorQueueHeaders,
-		maxQueueAge:    cfg.MaxQueueAge,
+	switch {
+	case cfg.Timeout < 0:
+		panic(fmt.Sprintf("fasttimeout: Config.Timeout must not be negative, got %v", cfg.Timeout))
+	case cfg.Timeout == 0:
+		cfg.Timeout = DefaultTimeout
 	}
 	switch {
-	case s.timeout < 0:
-		panic(fmt.Sprintf("fasttimeout: Config.Timeout must not be negative, got %v", s.timeout))
-	case s.timeout == 0:
-		s.timeout = DefaultTimeout
+	case cfg.StatusCode == 0:
+		cfg.StatusCode = DefaultStatusCode
+	case cfg.StatusCode < 100 || cfg.StatusCode > 599:
+		panic(fmt.Sprintf("fasttimeout: Config.StatusCode must be an HTTP status (100-599), got %d", cfg.StatusCode))
 	}
-	switch {
-	case s.statusCode == 0:
-		s.statusCode = DefaultStatusCode
-	case s.statusCode < 100 || s.statusCode > 599:
-		panic(fmt.Sprintf("fasttimeout: Config.StatusCode must be an HTTP status (100-599), got %d", s.statusCode))
-	}
-	if s.body == nil {
-		s.body = []byte(DefaultBody)
+	if cfg.Body == nil {
+		cfg.Body = []byte(DefaultBody)
 	} else {
-		s.body = append([]byte{}, s.body...) // the caller may reuse its slice
+		cfg.Body = append([]byte{}, cfg.Body...) // the caller may reuse its slice
 	}
-	if s.contentType == "" {
-		s.contentType = DefaultContentType
+	if cfg.ContentType == "" {
+		cfg.ContentType = DefaultContentType
 	}
-	if s.mode != Racing && s.mode != Cooperative {
-		panic(fmt.Sprintf("fasttimeout: Config.Mode must be Racing or Cooperative, got %v", s.mode))
-	}
-	switch {
-	case s.precision == 0:
-		s.precision = DefaultPrecision
-	case s.precision < minPrecision:
-		panic(fmt.Sprintf("fasttimeout: Config.Precision must be at least %v, got %v", minPrecision, s.precision))
-	}
-	if s.margin < 0 {
-		panic(fmt.Sprintf("fasttimeout: Config.DeadlineMargin must not be negative, got %v", s.margin))
-	}
-	if s.maxLate < 0 {
-		panic(fmt.Sprintf("fasttimeout: Config.MaxLateHandlers must not be negative, got %d", s.maxLate))
+	if cfg.Mode != Racing && cfg.Mode != Cooperative {
+		panic(fmt.Sprintf("fasttimeout: Config.Mode must be Racing or Cooperative, got %v", cfg.Mode))
 	}
 	switch {
-	case s.maxConcurrency < 0:
-		panic(fmt.Sprintf("fasttimeout: Config.MaxConcurrency must not be negative, got %d", s.maxConcurrency))
-	case s.maxConcurrency == 0 && s.adaptive:
-		s.maxConcurrency = DefaultMaxConcurrency
+	case cfg.Precision == 0:
+		cfg.Precision = DefaultPrecision
+	case cfg.Precision < minPrecision:
+		panic(fmt.Sprintf("fasttimeout: Config.Precision must be at least %v, got %v", minPrecision, cfg.Precision))
 	}
-	if s.maxQueueAge < 0 {
-		panic(fmt.Sprintf("fasttimeout: Config.MaxQueueAge must not be negative, got %v", s.maxQueueAge))
+	if cfg.DeadlineMargin < 0 {
+		panic(fmt.Sprintf("fasttimeout: Config.DeadlineMargin must not be negative, got %v", cfg.DeadlineMargin))
 	}
-	switch retryAfter := cfg.RetryAfter; {
-	case retryAfter < 0:
-		panic(fmt.Sprintf("fasttimeout: Config.RetryAfter must not be negative, got %v", retryAfter))
-	case retryAfter == 0:
-		s.retryAfter = "1"
-	default:
-		s.retryAfter = strconv.FormatInt(int64((retryAfter+time.Second-1)/time.Second), 10)
+	if cfg.MaxLateHandlers < 0 {
+		panic(fmt.Sprintf("fasttimeout: Config.MaxLateHandlers must not be negative, got %d", cfg.MaxLateHandlers))
 	}
-	s.countRequests = s.stats != nil
-	s.watchHangups = hangupSupported && !cfg.IgnoreHangups
+	switch {
+	case cfg.MaxConcurrency < 0:
+		panic(fmt.Sprintf("fasttimeout: Config.MaxConcurrency must not be negative, got %d", cfg.MaxConcurrency))
+	case cfg.MaxConcurrency == 0 && cfg.AdaptiveConcurrency:
+		cfg.MaxConcurrency = DefaultMaxConcurrency
+	}
+	if cfg.MaxQueueAge < 0 {
+		panic(fmt.Sprintf("fasttimeout: Config.MaxQueueAge must not be negative, got %v", cfg.MaxQueueAge))
+	}
+	switch {
+	case cfg.RetryAfter < 0:
+		panic(fmt.Sprintf("fasttimeout: Config.RetryAfter must not be negative, got %v", cfg.RetryAfter))
+	case cfg.RetryAfter == 0:
+		cfg.RetryAfter = time.Second
+	}
+	s := settings{
+		Config:           cfg,
+		stats:            cfg.Stats,
+		retryAfterHeader: strconv.FormatInt(int64((cfg.RetryAfter+time.Second-1)/time.Second), 10),
+		countRequests:    cfg.Stats != nil,
+		watchHangups:     hangupSupported && !cfg.IgnoreHangups,
+	}
 	if s.stats == nil {
-		s.stats = new(Stats) // timeouts and late handlers are always counted
+		s.stats = new(Stats)
 	}
 	return s
 }
 
 // writeTimeoutResponse fills resp with the configured timeout response.
 func (s *settings) writeTimeoutResponse(resp *fasthttp.Response) {
-	resp.SetStatusCode(s.statusCode)
-	resp.Header.SetContentType(s.contentType)
-	resp.SetBody(s.body)
+	resp.SetStatusCode(s.StatusCode)
+	resp.Header.SetContentType(s.ContentType)
+	resp.SetBody(s.Body)
 }
 
 // writeShedResponse fills resp with the 503 sent while too many handlers run
 // late, or to a request refused by the concurrency limit.
 func (s *settings) writeShedResponse(resp *fasthttp.Response) {
 	resp.SetStatusCode(fasthttp.StatusServiceUnavailable)
-	resp.Header.Set(fasthttp.HeaderRetryAfter, s.retryAfter)
+	resp.Header.Set(fasthttp.HeaderRetryAfter, s.retryAfterHeader)
 	resp.Header.SetContentType(DefaultContentType)
 	resp.SetBodyString(ShedBody)
 }

@@ -28,7 +28,7 @@ func Disarm(ctx *fasthttp.RequestCtx) bool {
 	if c == nil {
 		return false
 	}
-	if c.m.mode == Cooperative {
+	if c.m.Mode == Cooperative {
 		return c.moveDeadline(func(int64) int64 { return noDeadline })
 	}
 	if c.phase() == callDisarmed {
@@ -60,7 +60,7 @@ func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
 		}
 		return deadline + int64(d)
 	}
-	if c.m.mode == Cooperative {
+	if c.m.Mode == Cooperative {
 		return c.deadline.Load() != noDeadline && c.moveDeadline(later)
 	}
 	// A deadline that has passed is passed, even if its timer has not run

@@ -65,12 +65,12 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 		return
 	}
 	m.countLateReturn(time.Duration(t - overAt))
-	if m.onLateReturn != nil {
-		m.onLateReturn(ctx, time.Duration(t-overAt))
+	if m.OnLateReturn != nil {
+		m.OnLateReturn(ctx, time.Duration(t-overAt))
 	}
 	if over == callGone {
-		if m.onHangup != nil {
-			m.onHangup(ctx, time.Duration(overAt-start))
+		if m.OnHangup != nil {
+			m.OnHangup(ctx, time.Duration(overAt-start))
 		}
 		writeGoneResponse(&ctx.Response)
 		return
@@ -78,8 +78,8 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 	m.stats.answerLateness.observe(time.Duration(t - overAt))
 	ctx.Response.Reset()
 	m.writeTimeoutResponse(&ctx.Response)
-	if m.onTimeout != nil {
-		m.onTimeout(ctx, &ctx.Response)
+	if m.OnTimeout != nil {
+		m.OnTimeout(ctx, &ctx.Response)
 	}
 }
 

@@ -181,8 +181,8 @@ func writeGoneResponse(resp *fasthttp.Response) {
 // fasthttp gives the connection a new RequestCtx, so the late handler keeps
 // its own.
 func (m *middleware) answerGone(ctx *fasthttp.RequestCtx, c *call) {
-	if m.onHangup != nil {
-		m.onHangup(ctx, time.Duration(c.overAt.Load()-c.start))
+	if m.OnHangup != nil {
+		m.OnHangup(ctx, time.Duration(c.overAt.Load()-c.start))
 	}
 	resp := fasthttp.AcquireResponse()
 	writeGoneResponse(resp)

@@ -66,8 +66,8 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 func (m *middleware) answerTimeout(ctx *fasthttp.RequestCtx) {
 	resp := fasthttp.AcquireResponse()
 	m.writeTimeoutResponse(resp)
-	if m.onTimeout != nil {
-		m.onTimeout(ctx, resp)
+	if m.OnTimeout != nil {
+		m.OnTimeout(ctx, resp)
 	}
 	ctx.TimeoutErrorWithResponse(resp)
 	fasthttp.ReleaseResponse(resp)
@@ -167,8 +167,8 @@ func (m *middleware) lateReturn(w *worker, stack []byte, goexit bool) {
 	if c.panicked {
 		m.reportPanic(ctx, c.panicValue, stack)
 	}
-	if m.onLateReturn != nil {
-		m.onLateReturn(ctx, late)
+	if m.OnLateReturn != nil {
+		m.OnLateReturn(ctx, late)
 	}
 	m.leaveFlight(c.connID)
 	// fasthttp never resets a timed-out RequestCtx; release what the late

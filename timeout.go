@@ -46,11 +46,11 @@ func New(h fasthttp.RequestHandler, cfg Config) fasthttp.RequestHandler {
 		panic("fasttimeout: New needs a handler, got nil")
 	}
 	m := &middleware{settings: cfg.resolve(), handler: h}
-	m.housekeeper = newHousekeeper(m.precision)
-	if m.maxConcurrency > 0 {
-		m.limiter = newLimiter(m.maxConcurrency, m.adaptive, m.timeout, m.stats)
+	m.housekeeper = newHousekeeper(m.Precision)
+	if m.MaxConcurrency > 0 {
+		m.limiter = newLimiter(int64(m.MaxConcurrency), m.AdaptiveConcurrency, m.Timeout, m.stats)
 	}
-	if m.mode == Cooperative {
+	if m.Mode == Cooperative {
 		return m.serveCooperative
 	}
 	return m.serveRacing
@@ -74,11 +74,11 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx) (start, deadline, admitted 
 	if m.countRequests {
 		m.stats.requests.add(ctx.ConnID(), 1)
 	}
-	if m.skip != nil && m.skip(ctx) {
+	if m.Skip != nil && m.Skip(ctx) {
 		m.handler(ctx)
 		return 0, 0, 0, false
 	}
-	if m.maxLate > 0 && m.late.Load() >= m.maxLate {
+	if m.MaxLateHandlers > 0 && m.late.Load() >= int64(m.MaxLateHandlers) {
 		m.stats.shed.Add(1)
 		m.reject(ctx, RejectedLateHandlers)
 		return 0, 0, 0, false
@@ -92,7 +92,7 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx) (start, deadline, admitted 
 	if arrived := ctx.Time(); arrived.After(ctx.ConnTime()) {
 		start = min(start, int64(arrived.Sub(epoch)))
 	}
-	if m.honorQueue {
+	if m.HonorQueueHeaders {
 		wall := time.Now()
 		first, found, malformed := requestStart(&ctx.Request.Header, wall)
 		if malformed {
@@ -102,29 +102,29 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx) (start, deadline, admitted 
 			start = min(start, t-int64(wall.Sub(first)))
 		}
 	}
-	timeout := m.timeout
-	if m.timeoutFunc != nil {
-		if d := m.timeoutFunc(ctx); d > 0 {
+	timeout := m.Timeout
+	if m.TimeoutFunc != nil {
+		if d := m.TimeoutFunc(ctx); d > 0 {
 			timeout = d
 		}
 	}
 	deadline = start + int64(timeout)
-	if m.honorHeaders {
+	if m.HonorDeadlineHeaders {
 		budget, found, malformed := incomingBudget(&ctx.Request.Header)
 		if malformed {
 			m.stats.badHeaders.Add(1)
 		}
 		if found {
-			deadline = min(deadline, t+int64(budget-m.margin))
+			deadline = min(deadline, t+int64(budget-m.DeadlineMargin))
 		}
 	}
-	if deadline <= t || m.maxQueueAge > 0 && t-start > int64(m.maxQueueAge) {
+	if deadline <= t || m.MaxQueueAge > 0 && t-start > int64(m.MaxQueueAge) {
 		// The caller's budget is spent before the handler could start.
 		m.stats.timeouts.Add(1)
 		m.stats.spentBudgets.Add(1)
 		m.writeTimeoutResponse(&ctx.Response)
-		if m.onTimeout != nil {
-			m.onTimeout(ctx, &ctx.Response)
+		if m.OnTimeout != nil {
+			m.OnTimeout(ctx, &ctx.Response)
 		}
 		return 0, 0, 0, false
 	}
@@ -221,8 +221,8 @@ func (m *middleware) reject(ctx *fasthttp.RequestCtx, reason string) {
 // reportPanic hands the panic of a handler past its deadline to OnPanic, or
 // logs it.
 func (m *middleware) reportPanic(ctx *fasthttp.RequestCtx, v any, stack []byte) {
-	if m.onPanic != nil {
-		m.onPanic(ctx, v, stack)
+	if m.OnPanic != nil {
+		m.OnPanic(ctx, v, stack)
 		return
 	}
 	ctx.Logger().Printf("fasttimeout: panic in handler after its deadline: %v\n%s", v, stack)
