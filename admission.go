@@ -50,7 +50,10 @@ import (
 // client's patience says nothing about the server. Late handlers hold their
 // slots, but their latency is not a sample, so a hundred sleeping late
 // handlers beside fast traffic make the limit grow past them instead of
-// refusing that traffic.
+// refusing that traffic. Nor does the limit ever fall below limitFloor slots
+// beyond those late handlers hold (see lateFloor): at or under their number
+// nothing would be admitted, so nothing would return in time or time out,
+// and the limit would never move again.
 //
 // minRTT, the unloaded latency, is measured by a probe, as Envoy's adaptive
 // concurrency does: the limit starts at its floor for one window, and under
@@ -84,6 +87,7 @@ type limiter struct {
 	adaptive bool
 	floor    int64
 	ceiling  int64
+	late     *atomic.Int64 // the middleware's late handlers, which hold slots
 
 	mu        sync.Mutex
 	head      *waiter // oldest
@@ -190,8 +194,10 @@ var waiterPool = sync.Pool{New: func() any {
 	return w
 }}
 
-func newLimiter(max int64, adaptive bool, timeout time.Duration, stats *Stats) *limiter {
-	l := &limiter{stats: stats, adaptive: adaptive, floor: max, ceiling: max, shedTarget: backlogTarget(timeout)}
+// newLimiter returns a limiter of max slots (with adaptive, the ceiling of
+// its limit) for a middleware whose handlers running late late counts.
+func newLimiter(max int64, adaptive bool, timeout time.Duration, stats *Stats, late *atomic.Int64) *limiter {
+	l := &limiter{stats: stats, adaptive: adaptive, floor: max, ceiling: max, late: late, shedTarget: backlogTarget(timeout)}
 	if adaptive {
 		l.floor = min(limitFloor, max)
 	}
@@ -252,6 +258,9 @@ func (l *limiter) acquire(t, deadline int64) (waited time.Duration, reason strin
 	// waits for one.
 	if l.waiting.Load() == 0 && l.tryAcquire() {
 		return 0, ""
+	}
+	if l.adaptive && t-l.windowStart.Load() >= int64(maxWindow) {
+		l.adapt(t) // no window closed for long: late handlers may hold every slot
 	}
 	maxWait := time.Duration(deadline-t) / waitShare
 	l.mu.Lock()
@@ -441,8 +450,15 @@ func (l *limiter) adapt(t int64) {
 	}
 	defer l.adapting.Unlock()
 	n, drops := l.count.Load(), l.drops.Load()
-	if !l.windowDone(n, t) || n == 0 && drops == 0 {
-		return // closed by another goroutine in the meantime, or empty
+	if !l.windowDone(n, t) {
+		return // closed by another goroutine in the meantime
+	}
+	if n == 0 && drops == 0 {
+		// Nothing returned or timed out for a whole window while
+		// requests came: handlers that hang may hold every slot.
+		l.windowStart.Store(t)
+		l.setLimit(max(l.limit.Load(), l.lateFloor()), t)
+		return
 	}
 	var rtts [windowSamples]int64
 	k := int(min(n, windowSamples))
@@ -475,6 +491,8 @@ func (l *limiter) adapt(t int64) {
 			l.probedAt = t
 			l.nextProbe = t + int64(probeEvery) + t%int64(probeEvery/4)
 			l.setLimit(l.restore, t)
+		} else {
+			l.setLimit(max(l.limit.Load(), l.lateFloor()), t) // probe beside the late handlers
 		}
 		return
 	}
@@ -516,7 +534,7 @@ func (l *limiter) adapt(t int64) {
 		// would steer the limit is out of sight, so back off.
 		next /= 2
 	}
-	nextLimit := min(max(int64(next), l.floor), l.ceiling)
+	nextLimit := min(max(int64(next), l.lateFloor()), l.ceiling)
 	if nextLimit < limit {
 		l.ssthresh = nextLimit
 	}
@@ -525,9 +543,15 @@ func (l *limiter) adapt(t int64) {
 		// measure it again at the floor, then come back.
 		l.restore = nextLimit
 		l.probeFrom.Store(t)
-		nextLimit = l.floor
+		nextLimit = l.lateFloor()
 	}
 	l.setLimit(nextLimit, t)
+}
+
+// lateFloor is the least the adaptive limit falls to: limitFloor slots
+// beyond those late handlers hold, within the ceiling.
+func (l *limiter) lateFloor() int64 {
+	return min(l.floor+l.late.Load(), l.ceiling)
 }
 
 // setLimit moves the limit, and hands the slots it frees to waiters.

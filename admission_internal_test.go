@@ -4,6 +4,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -48,7 +49,7 @@ func warm(t *testing.T, l *limiter, clock int64) int64 {
 func TestLimiter_falls_under_overload_and_recovers(t *testing.T) {
 	t.Parallel()
 	stats := new(Stats)
-	l := newLimiter(1000, true, time.Second, stats)
+	l := newLimiter(1000, true, time.Second, stats, new(atomic.Int64))
 	clock := int64(time.Hour)
 
 	// Light load first: two requests at a time, 2 ms each.
@@ -119,7 +120,7 @@ func (d *downstreamSim) finish(clock int64, done func(rtt time.Duration)) {
 // cold start, it doubles once per latency.
 func TestLimiter_slow_start_stops_where_latency_was_too_high(t *testing.T) {
 	t.Parallel()
-	l := newLimiter(1000, true, time.Second, new(Stats))
+	l := newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64))
 	d := &downstreamSim{l: l}
 	highest, peak := int64(0), int64(0)
 	for clock := int64(time.Hour); clock < int64(time.Hour+10*time.Second); clock += int64(time.Millisecond) {
@@ -147,7 +148,7 @@ func TestLimiter_slow_start_stops_where_latency_was_too_high(t *testing.T) {
 // test the median latency reached six times the unloaded one.
 func TestLimiter_at_capacity_the_unloaded_latency_stays_unloaded(t *testing.T) {
 	t.Parallel()
-	l := newLimiter(1000, true, time.Second, new(Stats))
+	l := newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64))
 	d := &downstreamSim{l: l}
 	rng := rand.New(rand.NewPCG(1, 2))
 	var latencies []int64
@@ -172,7 +173,7 @@ func TestLimiter_timeouts(t *testing.T) {
 	t.Parallel()
 	t.Run("with no in-time return in a window the limit halves", func(t *testing.T) {
 		t.Parallel()
-		l := newLimiter(1000, true, time.Second, new(Stats))
+		l := newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64))
 		clock := warm(t, l, int64(time.Hour))
 		for range 10 {
 			l.drop(clock)
@@ -182,7 +183,7 @@ func TestLimiter_timeouts(t *testing.T) {
 	})
 	t.Run("beside in-time returns of normal latency they do not shrink it", func(t *testing.T) {
 		t.Parallel()
-		l := newLimiter(1000, true, time.Second, new(Stats))
+		l := newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64))
 		clock := warm(t, l, int64(time.Hour))
 		// Late handlers hold half the slots and time out one per
 		// return in time; the others keep their unloaded 1 ms.
@@ -209,7 +210,7 @@ func TestLimiter_timeouts(t *testing.T) {
 // A server started straight into overload learns it from its first probe.
 func TestLimiter_probes(t *testing.T) {
 	t.Parallel()
-	l := newLimiter(1000, true, time.Second, new(Stats))
+	l := newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64))
 	clock := int64(time.Hour)
 	clock = simulate(l, clock, 200, 10000, cpuBound)
 	assert.Equal(t, int64(limitFloor)*int64(time.Millisecond), l.minRTT, "measured at the floor, not at the load's concurrency")
@@ -235,7 +236,7 @@ func TestLimiter_probes(t *testing.T) {
 func TestLimiter_fixed_limit_does_not_adapt(t *testing.T) {
 	t.Parallel()
 	stats := new(Stats)
-	l := newLimiter(3, false, time.Second, stats)
+	l := newLimiter(3, false, time.Second, stats, new(atomic.Int64))
 	simulate(l, int64(time.Hour), 1000, 100, cpuBound)
 	assert.Equal(t, int64(3), l.limit.Load())
 	assert.Equal(t, int64(3), stats.Snapshot().ConcurrencyLimit)
@@ -256,7 +257,7 @@ func TestLimiter_queue(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			stats := new(Stats)
-			l := newLimiter(1, false, time.Second, stats)
+			l := newLimiter(1, false, time.Second, stats, new(atomic.Int64))
 			require.True(t, l.tryAcquire())
 			t0 := int64(time.Hour)
 			far := t0 + int64(time.Hour)
@@ -295,7 +296,7 @@ func TestLimiter_refusals(t *testing.T) {
 	t.Parallel()
 	t.Run("a waiter gives up after a tenth of its budget", func(t *testing.T) {
 		t.Parallel()
-		l := newLimiter(1, false, time.Second, new(Stats))
+		l := newLimiter(1, false, time.Second, new(Stats), new(atomic.Int64))
 		require.True(t, l.tryAcquire())
 		t0 := now()
 		waited, reason := l.acquire(t0, t0+int64(20*time.Millisecond))
@@ -305,7 +306,7 @@ func TestLimiter_refusals(t *testing.T) {
 	})
 	t.Run("no budget to wait is refused at once", func(t *testing.T) {
 		t.Parallel()
-		l := newLimiter(1, false, time.Second, new(Stats))
+		l := newLimiter(1, false, time.Second, new(Stats), new(atomic.Int64))
 		require.True(t, l.tryAcquire())
 		t0 := now()
 		waited, reason := l.acquire(t0, t0+int64(waitShare*minWait)-1)
@@ -314,7 +315,7 @@ func TestLimiter_refusals(t *testing.T) {
 	})
 	t.Run("a full queue refuses the newcomer, or evicts the oldest once it has stayed full", func(t *testing.T) {
 		t.Parallel()
-		l := newLimiter(1, false, time.Second, new(Stats))
+		l := newLimiter(1, false, time.Second, new(Stats), new(atomic.Int64))
 		require.True(t, l.tryAcquire())
 		t0 := int64(time.Hour)
 		far := t0 + int64(time.Hour)
@@ -349,7 +350,7 @@ func TestLimiter_refusals(t *testing.T) {
 // counted beside it.
 func TestLimiter_counts_arrivals(t *testing.T) {
 	t.Parallel()
-	l := newLimiter(2, false, time.Second, new(Stats))
+	l := newLimiter(2, false, time.Second, new(Stats), new(atomic.Int64))
 	l.slots.Store(math.MinInt64 | math.MaxInt32<<32) // taken: one short of the wrap
 	at := now()
 	for range 2 {
@@ -398,7 +399,7 @@ func BenchmarkAdmission(b *testing.B) {
 		{"adaptive/p=32", true, 32},
 	} {
 		b.Run(c.name, func(b *testing.B) {
-			l := newLimiter(1<<20, c.adaptive, time.Second, new(Stats))
+			l := newLimiter(1<<20, c.adaptive, time.Second, new(Stats), new(atomic.Int64))
 			l.limit.Store(1 << 20) // below the limit, whatever the parallelism
 			b.ReportAllocs()
 			b.SetParallelism(c.p)
@@ -415,4 +416,94 @@ func BenchmarkAdmission(b *testing.B) {
 			})
 		})
 	}
+}
+
+// Late handlers keep their slots until they return. Once they held the
+// whole adaptive limit, nothing was admitted, so nothing returned in time
+// or timed out, and the limit, which moves only on those, stayed where it
+// was: handlers that hang refused every request for good. The limit now
+// keeps limitFloor slots beyond them. Each case failed before: nothing was
+// admitted for the rest of its fake minutes.
+func TestLimiter_late_handlers_never_hold_every_slot(t *testing.T) {
+	t.Parallel()
+	t.Run("hung at a cold start", func(t *testing.T) {
+		t.Parallel()
+		l := newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64))
+		clock := int64(time.Hour)
+		for range limitFloor { // the initial probe's slots, taken by handlers that hang
+			require.True(t, l.tryAcquire())
+		}
+		clock += int64(time.Second)
+		for range limitFloor { // they time out, and run on late
+			l.late.Add(1)
+			l.drop(clock)
+		}
+		clock += int64(maxWindow)
+		l.drop(clock) // a later timeout closes the window of drops
+		admitted := 0
+		for range 1000 {
+			clock += int64(time.Millisecond)
+			if l.tryAcquire() {
+				admitted++
+				l.release(clock, time.Millisecond, true)
+			}
+		}
+		assert.Positive(t, admitted, "limit %d, %d slots held", l.limit.Load(), l.holding())
+		assert.Zero(t, l.probeFrom.Load(), "the probe ends, measured beside the hung handlers")
+	})
+	t.Run("overload beside sleeping late handlers", func(t *testing.T) {
+		t.Parallel()
+		l := newLimiter(1000, true, 5*time.Second, new(Stats), new(atomic.Int64))
+		clock := warm(t, l, int64(time.Hour))
+		// Four clients of 2 ms, and a handler that sleeps past its
+		// deadline whenever the limit has room, up to 100.
+		sleepers := int64(0)
+		for range 20000 {
+			if sleepers < 100 && l.limit.Load() > l.holding()+5 && l.tryAcquire() {
+				sleepers++
+				l.late.Add(1)
+			}
+			clock = simulate(l, clock, 1, 4, func(int) time.Duration { return 2 * time.Millisecond })
+		}
+		require.Equal(t, int64(100), sleepers, "the limit grew past the sleepers")
+		// Then CPU-bound overload for two minutes, probes included: the
+		// gradient and the probes pull the limit down.
+		stalled := 0
+		for end := clock + int64(2*time.Minute); clock < end; {
+			n := 0
+			for n < 10000 && l.tryAcquire() {
+				n++
+			}
+			l.queuedInWin.Store(true)
+			if n == 0 {
+				stalled++
+				clock += int64(time.Millisecond)
+				continue
+			}
+			rtt := cpuBound(n)
+			clock += int64(rtt)
+			for range n {
+				l.release(clock, rtt, true)
+			}
+		}
+		assert.Zero(t, stalled, "rounds in which nothing was admitted")
+		assert.GreaterOrEqual(t, l.limit.Load(), sleepers+limitFloor)
+	})
+	t.Run("clients gone", func(t *testing.T) {
+		t.Parallel()
+		// No timeouts at all: the handlers holding the limit are late
+		// because their clients hung up. A request refused a slot then
+		// closes the window that nothing else would.
+		l := newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64))
+		clock := warm(t, l, int64(time.Hour))
+		limit := l.limit.Load()
+		for range limit {
+			require.True(t, l.tryAcquire())
+			l.late.Add(1)
+		}
+		clock += int64(maxWindow)
+		_, reason := l.acquire(clock, clock+int64(time.Second))
+		assert.Empty(t, reason, "a request finds the slots beyond the late handlers")
+		assert.Equal(t, limit+limitFloor, l.limit.Load())
+	})
 }

@@ -109,7 +109,7 @@ func TestLimiter_nextShedLocked(t *testing.T) {
 			want: 0.9 - shedStep/2, wantCapacity: per(100), wantArrivalRate: per(400),
 		},
 	} {
-		l := newLimiter(100, true, time.Second, new(Stats))
+		l := newLimiter(100, true, time.Second, new(Stats), new(atomic.Int64))
 		l.shed.Store(c.p)
 		l.capacity, l.arrivalRate = c.capacity, c.arrivalRate
 		got := float64(l.nextShedLocked(c.latency, c.runnable, c.dt, c.arrived, c.served)) / (1 << 32)
@@ -132,7 +132,7 @@ func TestBacklogTarget(t *testing.T) {
 func TestLimiter_refuses_for_a_backlog(t *testing.T) {
 	t.Parallel()
 	for _, adaptive := range []bool{true, false} {
-		l := newLimiter(1000, adaptive, time.Second, new(Stats))
+		l := newLimiter(1000, adaptive, time.Second, new(Stats), new(atomic.Int64))
 		l.limit.Store(1000)
 		at := now()
 		l.shedAt.Store(at) // no update during the test

@@ -48,7 +48,7 @@ func New(h fasthttp.RequestHandler, cfg Config) fasthttp.RequestHandler {
 	m := &middleware{settings: cfg.resolve(), handler: h}
 	m.housekeeper = newHousekeeper(m.Precision)
 	if m.MaxConcurrency > 0 {
-		m.limiter = newLimiter(int64(m.MaxConcurrency), m.AdaptiveConcurrency, m.Timeout, m.stats)
+		m.limiter = newLimiter(int64(m.MaxConcurrency), m.AdaptiveConcurrency, m.Timeout, m.stats, &m.late)
 	}
 	if m.Mode == Cooperative {
 		return m.serveCooperative
