@@ -313,7 +313,7 @@ func TestLimiter_refusals(t *testing.T) {
 		assert.Equal(t, RejectedQueueFull, reason)
 		assert.Zero(t, waited)
 	})
-	t.Run("a full queue refuses the newcomer, or evicts the oldest once it has stayed full", func(t *testing.T) {
+	t.Run("a full queue refuses the newcomer, or evicts the oldest once it has stayed non-empty", func(t *testing.T) {
 		t.Parallel()
 		l := newLimiter(1, false, time.Second, new(Stats), new(atomic.Int64))
 		require.True(t, l.tryAcquire())

@@ -330,12 +330,22 @@ func (cfg Config) resolve() settings {
 	s := settings{
 		Config:           cfg,
 		stats:            cfg.Stats,
-		retryAfterHeader: strconv.FormatInt(int64((cfg.RetryAfter+time.Second-1)/time.Second), 10),
+		retryAfterHeader: strconv.FormatInt(ceilSeconds(cfg.RetryAfter), 10),
 		countRequests:    cfg.Stats != nil,
 		watchHangups:     hangupSupported && !cfg.IgnoreHangups,
 	}
 	if s.stats == nil {
 		s.stats = new(Stats)
+	}
+	return s
+}
+
+// ceilSeconds returns d in whole seconds, rounded up, without the overflow
+// of adding a second less a nanosecond first.
+func ceilSeconds(d time.Duration) int64 {
+	s := int64(d / time.Second)
+	if d%time.Second > 0 {
+		s++
 	}
 	return s
 }

@@ -1,6 +1,7 @@
 package fasttimeout_test
 
 import (
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -102,6 +103,31 @@ func TestTimeoutFunc(t *testing.T) {
 			r := <-left
 			assert.LessOrEqual(t, r, 3*time.Second)
 			assert.Greater(t, r, 2*time.Second)
+		}
+	})
+
+	// math.MaxInt64 is a common way to say "no timeout": the deadline
+	// start+timeout overflowed, and every request got the timeout response
+	// at once without running.
+	t.Run("the longest timeouts do not overflow", func(t *testing.T) {
+		t.Parallel()
+		for _, mode := range allModes {
+			for _, cfg := range []fasttimeout.Config{
+				{Timeout: math.MaxInt64},
+				{TimeoutFunc: func(*fasthttp.RequestCtx) time.Duration { return math.MaxInt64 }},
+			} {
+				cfg.Mode = mode
+				left := make(chan time.Duration, 1)
+				s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+					r, _ := fasttimeout.Remaining(ctx)
+					left <- r
+					ctx.SetBodyString("ran")
+				}, cfg))
+				status, body, _ := s.get(t, "/")
+				assert.Equal(t, fasthttp.StatusOK, status, mode)
+				assert.Equal(t, "ran", body)
+				assert.Greater(t, receive(t, left, "the handler's Remaining"), 100*365*24*time.Hour)
+			}
 		}
 	})
 

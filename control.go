@@ -54,12 +54,7 @@ func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
 	if c == nil || d < 0 {
 		return false
 	}
-	later := func(deadline int64) int64 {
-		if deadline > noDeadline-int64(d) {
-			return noDeadline - 1 // saturate: still a deadline
-		}
-		return deadline + int64(d)
-	}
+	later := func(deadline int64) int64 { return deadlineAfter(deadline, d) }
 	if c.m.Mode == Cooperative {
 		return c.deadline.Load() != noDeadline && c.moveDeadline(later)
 	}

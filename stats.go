@@ -109,6 +109,7 @@ type Counters struct {
 // counted in full (LateFinished, Panics, ClientGone and the rest).
 func (s *Stats) Snapshot() Counters {
 	inFlight := s.inFlight.load()
+	full, timedOut := s.rejectedFull.Load(), s.rejectedTimeout.Load() // Rejected is their sum in every snapshot
 	return Counters{
 		Requests:     s.requests.load(),
 		InFlight:     inFlight,
@@ -124,9 +125,9 @@ func (s *Stats) Snapshot() Counters {
 
 		Admitted:             s.admitted.load(),
 		Queued:               s.queued.Load(),
-		Rejected:             s.rejectedFull.Load() + s.rejectedTimeout.Load(),
-		RejectedFull:         s.rejectedFull.Load(),
-		RejectedQueueTimeout: s.rejectedTimeout.Load(),
+		Rejected:             full + timedOut,
+		RejectedFull:         full,
+		RejectedQueueTimeout: timedOut,
 		ConcurrencyLimit:     s.limit.Load(),
 		Waiting:              s.waiting.Load(),
 		BadQueueHeaders:      s.badQueueHeaders.Load(),

@@ -108,7 +108,7 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx) (start, deadline, admitted 
 			timeout = d
 		}
 	}
-	deadline = start + int64(timeout)
+	deadline = deadlineAfter(start, timeout) // math.MaxInt64 is a common "no timeout"
 	if m.HonorDeadlineHeaders {
 		budget, found, malformed := incomingBudget(&ctx.Request.Header)
 		if malformed {
