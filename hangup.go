@@ -160,13 +160,16 @@ var testHookUnwatch atomic.Pointer[func(*call)]
 // hungUp is the hang-up callback (call.onGone) of a worker's calls: the
 // call's context is cancelled with cause ErrClientGone, and its handler is
 // late from now on, as after a timeout, but the request is not counted as a
-// timeout. It runs on the watcher's goroutine, never after unwatchClient
-// has removed the registration, so the call is the one that was registered.
-// A cooperative call's onGone only settles it: its handler runs on the
-// server goroutine, which finds the call gone when it returns.
+// timeout. Past the deadline, though, the request has timed out, even if
+// its timer has not run yet (a loaded or stalled process): late is late.
+// It runs on the watcher's goroutine, never after unwatchClient has removed
+// the registration, so the call is the one that was registered. A
+// cooperative call's onGone only settles it: its handler runs on the server
+// goroutine, which finds the call settled when it returns.
 func (w *worker) hungUp() {
-	if w.call.settle(callGone, now()) {
-		w.done <- struct{}{} // nobody to answer: the server goroutine moves on
+	t := now()
+	if w.call.settle(callTimedOut, t) || w.call.settle(callGone, t) {
+		w.done <- struct{}{} // the server goroutine answers the timeout, or moves on
 	}
 }
 

@@ -1,6 +1,7 @@
 package fasttimeout
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -714,4 +715,65 @@ func TestHangupWatch_counts_its_delay_from_the_handlers_start(t *testing.T) {
 			require.Equal(t, s.admitted+int64(HangupDelay), s.watchAt)
 		})
 	}
+}
+
+// A client that hangs up after its request's deadline, before the
+// deadline's timer has run (a loaded or stalled process), finds the request
+// timed out: late is late, whichever goroutine runs first. Racing mode's
+// hang-up callback settled the call as gone instead (cause ErrClientGone,
+// counted as a hang-up, not a timeout). The handler stops its call's timer
+// to stand for the late one. Cooperative mode: see
+// TestHangup_after_the_deadline_is_a_timeout.
+func TestHangup_after_the_deadline_before_its_timer_is_a_timeout(t *testing.T) {
+	t.Parallel()
+	stats := new(Stats)
+	watched := make(chan struct{})
+	causes := make(chan error, 1)
+	addr := serveTCP(t, New(func(ctx *fasthttp.RequestCtx) {
+		cx := Context(ctx)
+		c := lookup(ctx)
+		if !waitFor(func() bool { return c.watch.Load()&watchMask == watchRegistered }) {
+			causes <- errors.New("the watch never started")
+			return
+		}
+		c.later.Stop() // the deadline's timer, armed when the watch started, runs late
+		if !waitFor(func() bool { return now() > c.deadline.Load() }) {
+			causes <- errors.New("the deadline never passed")
+			return
+		}
+		close(watched)
+		select {
+		case <-cx.Done():
+			causes <- context.Cause(cx)
+		case <-time.After(hangupWait):
+			causes <- nil
+		}
+	}, Config{Timeout: 150 * time.Millisecond, Stats: stats}))
+
+	conn, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	_, err = conn.Write([]byte("GET / HTTP/1.1\r\nHost: test\r\n\r\n"))
+	require.NoError(t, err)
+	select {
+	case <-watched:
+	case err := <-causes:
+		t.Fatal(err)
+	}
+	require.NoError(t, conn.Close())
+
+	require.ErrorIs(t, <-causes, ErrTimeout)
+	got := stats.Snapshot() // settle counts before it cancels the context
+	assert.EqualValues(t, 1, got.Timeouts)
+	assert.Zero(t, got.ClientGone)
+}
+
+// waitFor polls cond every millisecond until it holds, for at most
+// hangupWait, and reports whether it did.
+func waitFor(cond func() bool) bool {
+	for end := time.Now().Add(hangupWait); time.Now().Before(end); time.Sleep(time.Millisecond) {
+		if cond() {
+			return true
+		}
+	}
+	return false
 }
