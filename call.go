@@ -10,8 +10,9 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-// States of a call, in the low byte of call.state; the bits above are its
-// generation, which counts the requests the call has served (see
+// States of a call, in the low 4 bits of call.state; the 4 bits above
+// count the moves of its deadline (Extend), and the bits above those are
+// its generation, which counts the requests the call has served (see
 // call.begin), so that a compare-and-swap against an earlier request's
 // state fails. Every transition is a compare-and-swap within one
 // generation:
@@ -19,17 +20,17 @@ import (
 //	begin (server goroutine)
 //	  |
 //	  v
-//	+------------------------------+
-//	|            Disarm, Extend    |  settle(callTimedOut): the   +----------+
-//	|  running  ---------------->  |----------------------------->| timedOut |
-//	|           <----------------  |  deadline passed (running    +----------+
-//	|            Extend  disarmed  |  only)                       +----------+
-//	|                              |----------------------------->| finished |
-//	+------------------------------+  settle(callFinished): the   +----------+
-//	               |                  handler returned in time
-//	               |                                              +----------+
-//	               +--------------------------------------------->|   gone   |
-//	                  settle(callGone): the client hung up        +----------+
+//	+---------------------------------+
+//	|  Disarm                         |  settle(callTimedOut): the   +----------+
+//	|  running ------------> disarmed |----------------------------->| timedOut |
+//	|   |   ^                         |  deadline passed (running    +----------+
+//	|   |   | Extend                  |  only)                       +----------+
+//	|   v   |                         |----------------------------->| finished |
+//	|  moving                         |  settle(callFinished): the   +----------+
+//	+---------------------------------+  handler returned in time
+//	               |                                                 +----------+
+//	               +------------------------------------------------>|   gone   |
+//	                  settle(callGone): the client hung up           +----------+
 //
 // The server goroutine starts each request at callRunning (begin). Then:
 //
@@ -37,14 +38,16 @@ import (
 //     timer (worker.fire), by its handler returning or panicking late
 //     (worker.serve), or by a cooperative handler's return
 //     (finishCooperative). A disarmed call never times out.
-//   - running or disarmed -> finished: the handler returned or panicked in
-//     time (worker.serve, finishCooperative).
-//   - running or disarmed -> gone: the hang-up watch saw the client leave
-//     (call.onGone).
-//   - running -> disarmed (Disarm), for good; running -> disarmed -> running
-//     (Extend), holding the timer off while the deadline moves. Only in
-//     racing mode: a cooperative call keeps running, and its deadline moves
-//     under its context's lock (see call.moveDeadline).
+//   - running, disarmed or moving -> finished: the handler returned or
+//     panicked in time (worker.serve, finishCooperative).
+//   - running, disarmed or moving -> gone: the hang-up watch saw the client
+//     leave (call.onGone).
+//   - running -> disarmed (Disarm), for good; running -> moving -> running
+//     (Extend), holding the timer off while the deadline moves, and
+//     counting the move, so that a timer that saw the old deadline before
+//     the move cannot time the call out after it. Only in racing mode: a
+//     cooperative call keeps running, and its deadline moves by
+//     compare-and-swap (see call.moveDeadline).
 //
 // finished, timedOut and gone are final until begin starts the call's next
 // request: exactly one path gets there, through call.settle, and in racing
@@ -57,11 +60,14 @@ const (
 	callFinished uint64 = iota
 	callRunning
 	callTimedOut
-	callDisarmed // no deadline (Disarm), or one being moved (Extend)
+	callDisarmed // no deadline (Disarm)
 	callGone     // the client hung up (see worker.hungUp)
+	callMoving   // the deadline being moved (Extend)
 
-	phaseMask  = 0xff
-	generation = phaseMask + 1
+	phaseMask  = 0x0f
+	moveStep   = phaseMask + 1 // one move of the deadline
+	movesMask  = 0xf0
+	generation = 0x100
 )
 
 // errGoexit is re-raised on the server goroutine when a raced handler calls
@@ -79,7 +85,7 @@ type call struct {
 	connID   uint64                         // ctx's connection, kept for a late handler: the stripe of its Stats counters
 	outer    *call                          // of an enclosing New, restored when this call ends
 	deadline atomic.Int64                   // nanoseconds since epoch, or noDeadline
-	state    atomic.Uint64                  // phase (low byte) and generation
+	state    atomic.Uint64                  // phase (low 4 bits), moves and generation
 	timer    *time.Timer                    // a racing call's first wake: its deadline, or the start of the watch if sooner; nil in cooperative mode
 	later    *time.Timer                    // a watched racing call's deadline, once timer has started the watch
 	bridge   atomic.Pointer[requestContext] // created by Context, lazily
@@ -111,7 +117,7 @@ func (c *call) begin(ctx *fasthttp.RequestCtx, start, deadline int64) {
 		deadline = min(deadline, outer.deadline.Load())
 	}
 	c.deadline.Store(deadline)
-	state := c.state.Load()&^phaseMask + generation | callRunning
+	state := c.state.Load()&^(generation-1) + generation | callRunning
 	c.beginWatch(ctx, start, state/generation)
 	// The deadline is stored before the new generation is: whoever sees
 	// this call running sees its deadline, and a compare-and-swap against
@@ -146,13 +152,14 @@ func (c *call) transition(from, to uint64) bool {
 //
 // Only a running call times out, and only if its deadline is not after t (a
 // timer of an earlier call, another generation, sees a later deadline); a
-// running or disarmed one can finish or lose its client. A phase that only
-// moved between running and disarmed (Extend) decides nothing: look again.
+// running, disarmed or moving one can finish or lose its client. A state
+// that only changed between running and moving (Extend) decides nothing:
+// look again.
 func (c *call) settle(outcome uint64, t int64) bool {
 	for {
 		s := c.state.Load()
 		p := s & phaseMask
-		if p != callRunning && (p != callDisarmed || outcome == callTimedOut) ||
+		if p != callRunning && (p != callDisarmed && p != callMoving || outcome == callTimedOut) ||
 			outcome == callTimedOut && c.deadline.Load() > t {
 			return false
 		}
@@ -203,8 +210,8 @@ func (c *call) context() context.Context {
 	}
 	// Disarm and Extend store the deadline, then look for b: if they came
 	// between the two lines above, they missed b, and b must see theirs.
-	if d := c.deadline.Load(); d != b.deadline.Load() {
-		b.setDeadline(d)
+	if c.deadline.Load() != b.deadline.Load() {
+		b.syncDeadline(&c.deadline)
 	}
 	switch {
 	case c.m.Mode == Cooperative:

@@ -197,14 +197,16 @@ func (b *requestContext) AfterFunc(f func()) (stop func() bool) {
 	}
 }
 
-// setDeadline moves the deadline of a context that is not cancelled yet.
-func (b *requestContext) setDeadline(deadline int64) bool {
+// syncDeadline gives a context that is not cancelled yet the deadline its
+// call has now, and reports whether it did. Reading it under the lock means
+// that of two moves, the last to sync leaves the latest deadline.
+func (b *requestContext) syncDeadline(deadline *atomic.Int64) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.err != nil {
 		return false
 	}
-	b.deadline.Store(deadline)
+	b.deadline.Store(deadline.Load())
 	return true
 }
 

@@ -1,6 +1,7 @@
 package fasttimeout
 
 import (
+	"runtime"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -29,20 +30,25 @@ func Disarm(ctx *fasthttp.RequestCtx) bool {
 		return false
 	}
 	if c.m.Mode == Cooperative {
-		return c.moveDeadline(func(int64) int64 { return noDeadline })
+		return c.moveDeadline(func(int64) (int64, bool) { return noDeadline, true })
 	}
-	if c.phase() == callDisarmed {
-		return true
+	for {
+		switch p := c.phase(); {
+		case p == callDisarmed:
+			return true
+		case p == callMoving:
+			runtime.Gosched() // an Extend on another goroutine of the handler
+		case p != callRunning || c.deadline.Load() <= now():
+			return false // a deadline that has passed is passed, timer or not
+		case c.transition(callRunning, callDisarmed):
+			c.deadline.Store(noDeadline)
+			if b := c.bridge.Load(); b != nil {
+				b.syncDeadline(&c.deadline)
+			}
+			c.rearm() // only to watch the client, if that has not started yet
+			return true
+		}
 	}
-	if c.deadline.Load() <= now() || !c.transition(callRunning, callDisarmed) {
-		return false // a deadline that has passed is passed, timer or not
-	}
-	c.deadline.Store(noDeadline)
-	if b := c.bridge.Load(); b != nil {
-		b.deadline.Store(noDeadline)
-	}
-	c.rearm() // only to watch the client, if that has not started yet
-	return true
 }
 
 // Extend moves the deadline of the request ctx d later, from inside its
@@ -54,25 +60,40 @@ func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
 	if c == nil || d < 0 {
 		return false
 	}
-	later := func(deadline int64) int64 { return deadlineAfter(deadline, d) }
 	if c.m.Mode == Cooperative {
-		return c.deadline.Load() != noDeadline && c.moveDeadline(later)
+		return c.moveDeadline(func(deadline int64) (int64, bool) {
+			return deadlineAfter(deadline, d), deadline != noDeadline
+		})
 	}
-	// A deadline that has passed is passed, even if its timer has not run
-	// yet. Otherwise hold the timer off (callDisarmed) while the deadline
-	// moves, so that it never times the call out against a deadline being
-	// replaced.
-	if c.deadline.Load() <= now() || !c.transition(callRunning, callDisarmed) {
-		return false
+	for {
+		// A deadline that has passed is passed, even if its timer has not
+		// run yet. Otherwise hold the timer off (callMoving) while the
+		// deadline moves, so that it never times the call out against a
+		// deadline being replaced.
+		s := c.state.Load()
+		switch p := s & phaseMask; {
+		case p == callMoving:
+			runtime.Gosched() // another Extend on another goroutine of the handler
+			continue
+		case p != callRunning || c.deadline.Load() <= now():
+			return false
+		}
+		if !c.state.CompareAndSwap(s, s&^phaseMask|callMoving) {
+			continue
+		}
+		c.deadline.Store(deadlineAfter(c.deadline.Load(), d))
+		if b := c.bridge.Load(); b != nil {
+			b.syncDeadline(&c.deadline)
+		}
+		c.rearm()
+		// Running again, one move on: a timer that read the state and the
+		// old deadline before the move fails its compare-and-swap. The
+		// call may have finished or lost its client meanwhile; then it
+		// stays so.
+		moved := s&^(movesMask|phaseMask) | (s+moveStep)&movesMask | callRunning
+		c.state.CompareAndSwap(s&^phaseMask|callMoving, moved)
+		return true
 	}
-	deadline := later(c.deadline.Load())
-	c.deadline.Store(deadline)
-	if b := c.bridge.Load(); b != nil {
-		b.deadline.Store(deadline)
-	}
-	c.rearm()
-	c.transition(callDisarmed, callRunning)
-	return true
 }
 
 // Remaining returns the time left until the deadline of the request ctx,
@@ -99,21 +120,30 @@ func lookup(ctx *fasthttp.RequestCtx) *call {
 	return c
 }
 
-// moveDeadline changes a cooperative call's deadline, unless it has passed.
-// The context, if any, is updated under its lock, so that the housekeeper
-// either cancels it against the old deadline first (and the deadline stays
-// as it was) or sees the new one. The call's deadline is stored before the
-// context is looked for, as call.context expects.
-func (c *call) moveDeadline(move func(int64) int64) bool {
-	old := c.deadline.Load()
-	if old <= now() {
-		return false
+// moveDeadline changes a cooperative call's deadline to move(deadline),
+// unless it has passed or move says no. Moves on several goroutines of the
+// handler each compare-and-swap the call's deadline, then give the context,
+// if any, the call's latest, under its lock: the housekeeper either cancels
+// it against the old deadline first (and the deadline goes back, if no
+// other move came since) or sees the new one. The call's deadline is stored
+// before the context is looked for, as call.context expects.
+func (c *call) moveDeadline(move func(int64) (int64, bool)) bool {
+	for {
+		old := c.deadline.Load()
+		if old <= now() {
+			return false
+		}
+		deadline, ok := move(old)
+		if !ok {
+			return false
+		}
+		if !c.deadline.CompareAndSwap(old, deadline) {
+			continue
+		}
+		if b := c.bridge.Load(); b != nil && !b.syncDeadline(&c.deadline) {
+			c.deadline.CompareAndSwap(deadline, old)
+			return false
+		}
+		return true
 	}
-	deadline := move(old)
-	c.deadline.Store(deadline)
-	if b := c.bridge.Load(); b != nil && !b.setDeadline(deadline) {
-		c.deadline.Store(old)
-		return false
-	}
-	return true
 }

@@ -75,3 +75,39 @@ func TestContext_made_while_the_deadline_moves_gets_the_new_one(t *testing.T) {
 		}
 	}
 }
+
+// A racing call's timer reads the state and the deadline, then
+// compare-and-swaps the state to timedOut. An Extend that ran entirely in
+// between used to leave the state word as it was (running -> moving ->
+// running), so the timer timed the call out against the deadline from
+// before the move. Each move now changes the word, within the generation.
+func TestExtend_changes_the_state_word(t *testing.T) {
+	t.Parallel()
+	type seen struct {
+		before, after uint64
+		moved         bool
+	}
+	got := make(chan seen, 1)
+	addr := serveTCP(t, New(func(ctx *fasthttp.RequestCtx) {
+		c := lookup(ctx)
+		var s seen
+		s.before = c.state.Load()
+		for range 20 { // past the 16 moves the word counts: they wrap
+			s.moved = Extend(ctx, time.Millisecond)
+		}
+		s.after = c.state.Load()
+		got <- s
+	}, Config{Timeout: time.Minute}))
+
+	conn, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = conn.Write([]byte("GET / HTTP/1.1\r\nHost: test\r\n\r\n"))
+	require.NoError(t, err)
+	s := <-got
+
+	require.True(t, s.moved)
+	assert.Equal(t, callRunning, s.after&phaseMask, "running again")
+	assert.Equal(t, s.before/generation, s.after/generation, "the same generation")
+	assert.Equal(t, uint64(20*moveStep)&movesMask, (s.after-s.before)&movesMask, "twenty moves counted")
+}

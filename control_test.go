@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -152,6 +153,48 @@ func TestDisarm(t *testing.T) {
 		assert.False(t, fasttimeout.Disarm(nil))
 		assert.False(t, fasttimeout.Extend(nil, time.Second))
 	})
+}
+
+// A handler's goroutine extends the deadline again and again (a heartbeat)
+// while the handler disarms it. Disarm used to take an Extend in progress
+// for a disarmed call and report true while the Extend then put a deadline
+// back (racing mode, in most of 2 000 requests), or lose its store to the
+// Extend's (cooperative mode): a handler that disarmed to work past its
+// timeout then got the timeout response.
+func TestDisarm_beside_a_heartbeat_Extend(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			type result struct{ disarmed, hasDeadline bool }
+			results := make(chan result, 1)
+			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				var stop atomic.Bool
+				beating := make(chan struct{})
+				heartbeat := make(chan struct{})
+				go func() {
+					defer close(heartbeat)
+					fasttimeout.Extend(ctx, time.Millisecond)
+					close(beating)
+					for !stop.Load() {
+						fasttimeout.Extend(ctx, time.Millisecond)
+					}
+				}()
+				<-beating
+				disarmed := fasttimeout.Disarm(ctx)
+				stop.Store(true)
+				<-heartbeat
+				_, hasDeadline := fasttimeout.Remaining(ctx)
+				results <- result{disarmed, hasDeadline}
+			}, fasttimeout.Config{Timeout: time.Minute, Mode: mode, IgnoreHangups: true}))
+			for range 300 {
+				assert.Equal(t, fasthttp.StatusOK, do(t, s, "GET", "/").StatusCode())
+				r := receive(t, results, "the handler's result")
+				require.True(t, r.disarmed, "Disarm before the deadline")
+				require.False(t, r.hasDeadline, "a deadline after Disarm reported true")
+			}
+		})
+	}
 }
 
 func TestExtend(t *testing.T) {

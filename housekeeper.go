@@ -127,7 +127,7 @@ func (h *housekeeper) watchCalls() {
 	for _, w := range *workers {
 		c := &w.call
 		switch c.phase() {
-		case callRunning, callDisarmed:
+		case callRunning, callDisarmed, callMoving:
 		default:
 			continue
 		}
