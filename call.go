@@ -86,6 +86,7 @@ type call struct {
 	outer    *call                          // of an enclosing New, restored when this call ends
 	deadline atomic.Int64                   // nanoseconds since epoch, or noDeadline
 	state    atomic.Uint64                  // phase (low 4 bits), moves and generation
+	coop     bool                           // the handler runs on the server goroutine (cooperative mode, or inside another New)
 	timer    *time.Timer                    // a racing call's first wake: its deadline, or the start of the watch if sooner; nil in cooperative mode
 	later    *time.Timer                    // a watched racing call's deadline, once timer has started the watch
 	bridge   atomic.Pointer[requestContext] // created by Context, lazily
@@ -109,10 +110,11 @@ type call struct {
 }
 
 // begin starts the call for ctx and makes Context find it. Inside another
-// New's handler, the call keeps the earlier of the two deadlines.
-func (c *call) begin(ctx *fasthttp.RequestCtx, start, deadline int64) {
+// New's handler (outer not nil), the call keeps the earlier of the two
+// deadlines.
+func (c *call) begin(ctx *fasthttp.RequestCtx, outer *call, start, deadline int64) {
 	c.ctx, c.connID, c.start = ctx, ctx.ConnID(), start
-	if outer := lookup(ctx); outer != nil {
+	if outer != nil {
 		c.outer = outer
 		deadline = min(deadline, outer.deadline.Load())
 	}
@@ -214,7 +216,7 @@ func (c *call) context() context.Context {
 		b.syncDeadline(&c.deadline)
 	}
 	switch {
-	case c.m.Mode == Cooperative:
+	case c.coop:
 		if c.watch.Load()&watchMask == watchPending {
 			b.call = c // the housekeeper starts the call's watch
 		}
@@ -245,7 +247,7 @@ func (c *call) end() {
 		c.ctx.RemoveUserValue(callKey{})
 	}
 	if b := c.bridge.Swap(nil); b != nil {
-		if c.m.Mode == Cooperative {
+		if c.coop {
 			c.m.housekeeper.unwatch(b)
 		}
 		b.request.Store(nil) // first: the RequestCtx may be reused from now on

@@ -29,7 +29,7 @@ func Disarm(ctx *fasthttp.RequestCtx) bool {
 	if c == nil {
 		return false
 	}
-	if c.m.Mode == Cooperative {
+	if c.coop {
 		return c.moveDeadline(func(int64) (int64, bool) { return noDeadline, true })
 	}
 	for {
@@ -60,7 +60,7 @@ func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
 	if c == nil || d < 0 {
 		return false
 	}
-	if c.m.Mode == Cooperative {
+	if c.coop {
 		return c.moveDeadline(func(deadline int64) (int64, bool) {
 			return deadlineAfter(deadline, d), deadline != noDeadline
 		})

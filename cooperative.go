@@ -20,14 +20,20 @@ func (m *middleware) serveCooperative(ctx *fasthttp.RequestCtx) {
 	if !run {
 		return
 	}
+	m.serveInline(ctx, lookup(ctx), start, deadline, admitted)
+}
+
+// serveInline runs the handler on this goroutine, as a cooperative call
+// inside the call outer of an enclosing New, if not nil.
+func (m *middleware) serveInline(ctx *fasthttp.RequestCtx, outer *call, start, deadline, admitted int64) {
 	c, _ := callPool.Get().(*call)
 	if c == nil {
-		c = new(call)
+		c = &call{coop: true}
 		c.onGone = c.hungUp
 	}
 	c.m = m
 	c.admitted = admitted
-	c.begin(ctx, start, deadline)
+	c.begin(ctx, outer, start, deadline)
 	defer m.finishCooperative(c, ctx)
 	m.handler(ctx)
 }

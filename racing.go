@@ -11,9 +11,20 @@ import (
 
 // serveRacing is the handler New returns in racing mode: it runs the handler
 // on a worker and answers with what settles the call first (see callRunning).
+//
+// Inside another New's handler it runs the handler as cooperative mode
+// does: only the outermost New races, so that one request's RequestCtx is
+// answered by one of them and, once it is, left to the late handler alone.
+// Two racing on it, the inner one's timeout answer and its late handler's
+// writes raced with the outer one's answer and its end of the request.
 func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 	start, deadline, admitted, run := m.admit(ctx)
 	if !run {
+		return
+	}
+	outer := lookup(ctx)
+	if outer != nil {
+		m.serveInline(ctx, outer, start, deadline, admitted)
 		return
 	}
 	connID := ctx.ConnID()
@@ -21,7 +32,7 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 	c := &w.call
 	w.owners.Store(2)
 	c.admitted = admitted
-	c.begin(ctx, start, deadline)
+	c.begin(ctx, nil, start, deadline)
 	// Each call has its own runtime timer rather than waiting for a shared
 	// checker: under load a single goroutine that times out every call is
 	// itself late, and so is every answer it owes. The timer is set from

@@ -39,6 +39,10 @@ var ErrShutdown = errors.New("fasttimeout: server shutting down")
 // cancelled at the deadline, and a response written after the deadline is
 // replaced by the timeout response. Panics are handled as in racing mode.
 //
+// Inside the handler of another New, h keeps the earlier of the two
+// deadlines and, whatever the mode, runs as in cooperative mode on the
+// goroutine it is called on: only the outermost New races.
+//
 // New panics, with a message starting "fasttimeout: ", if h is nil or cfg is
 // invalid (see [Config]).
 func New(h fasthttp.RequestHandler, cfg Config) fasthttp.RequestHandler {
