@@ -9,66 +9,45 @@ import (
 )
 
 // Admission by a concurrency limit (Config.AdaptiveConcurrency and
-// Config.MaxConcurrency).
+// Config.MaxConcurrency); docs/overload.md gives the measurements behind
+// each choice.
 //
-// The limit counts handlers that hold a slot: from admission until the
-// handler returns, late or not, since a late handler that ignores its
-// context still burns CPU. Below the limit a request takes a slot with a
-// compare-and-swap and no lock. Beyond it, it waits in a queue for at most a
-// tenth of its remaining budget; a slot freed by a returning handler goes to
-// the oldest waiter while the queue is short-lived, and to the newest once
-// the queue has stayed non-empty for lifoAfter (adaptive LIFO, as in
-// Facebook's "Fail at Scale"): under overload the oldest waiters' callers are
-// the likeliest to have given up, and serving them first would make every
-// answer late.
+// The limit counts handlers that hold a slot, from admission until they
+// return, late or not: a late handler that ignores its context still burns
+// CPU. Below the limit a slot costs one compare-and-swap. Beyond it a
+// request waits at most a tenth of its remaining budget; a freed slot goes
+// to the oldest waiter, or to the newest once the queue has stayed
+// non-empty for lifoAfter (adaptive LIFO, as in Facebook's "Fail at
+// Scale"): the oldest waiters' callers are the likeliest to have given up.
 //
 // The adaptive limit follows Netflix's Gradient2, with what a timeout
-// middleware knows that a generic limiter does not. Every window (at least
-// minWindow and minWindowSamples handlers returned in time, or windowSamples
-// of them), it compares the median latency of the handlers that returned in
-// time with the unloaded latency (minRTT): the gradient target/median,
-// between 0.5 and 1, where the target is 1.5 times minRTT (or minRTT plus
-// latencySlack, if more), scales the limit, and √limit is added as headroom,
-// so the limit settles where latency is about one and a half to twice the
-// unloaded one: enough to keep a downstream's slots busy, little enough to
-// leave most of the budget. It grows only while it binds (handlers running
-// reached half of it, or requests queued): a limit that an idle server never
-// reaches says nothing. While latency is at or under the target and requests
-// queue, the limit doubles instead (a slow start, as TCP's), so that a burst
-// or a cold start is served rather than refused; as TCP's, the slow start
-// stops at the last limit that latency over the target brought it back to
-// (ssthresh), and doubles at most once per latency, as TCP's once per round
-// trip. Handlers slower than a window return after the window that
-// admitted them has closed, so the window after a doubling still sees the
-// latency from before it and would double again; the limit then swings
-// between half and several times its level, and so does every admitted
-// request's latency. Timeouts are drops, as in
-// Netflix's limits, but only count when no handler returned in time in a
-// window (maxWindow): then the latency that steers the limit is out of
-// sight, and the limit halves. While some return in time, their latency says
-// whether the timeouts cost the others anything. Hang-ups are neither: the
-// client's patience says nothing about the server. Late handlers hold their
-// slots, but their latency is not a sample, so a hundred sleeping late
-// handlers beside fast traffic make the limit grow past them instead of
-// refusing that traffic. Nor does the limit ever fall below limitFloor slots
-// beyond those late handlers hold (see lateFloor): at or under their number
-// nothing would be admitted, so nothing would return in time or time out,
-// and the limit would never move again.
+// middleware knows besides. Each window (see windowDone) it compares the
+// median latency of handlers that returned in time with the unloaded
+// latency, minRTT:
 //
-// minRTT, the unloaded latency, is measured by a probe, as Envoy's adaptive
-// concurrency does: the limit starts at its floor for one window, and under
-// sustained load drops to it for one window every probeEvery; samples of
-// handlers admitted before the probe began are left out. Between probes it
-// only falls, to the least window median. A window whose median is over the
-// target while the limit does not bind (handlers running stayed under half
-// of it, nothing queued) calls a probe at once, at most every
-// earlyProbeEvery: the workload got slower, or a downstream is saturated by
-// fewer handlers than half the limit. Taking that median for the unloaded
-// latency, as this limiter once did, let a downstream-bound server at its
-// capacity raise its target with its own queueing, window after window, and
-// its limit with it, until the median latency was six times the unloaded
-// one. Without probes, a server started straight into overload would take
-// its loaded latency for the unloaded one.
+//   - The gradient target/median, between 0.5 and 1 (the target is 1.5
+//     minRTT, or minRTT plus latencySlack), scales the limit, and √limit is
+//     added while the limit binds (handlers running reached half of it, or
+//     requests queued): a limit an idle server never reaches says nothing.
+//   - With latency on target and requests queued, the limit doubles (a slow
+//     start, as TCP's), at most once per latency and not past ssthresh, the
+//     last limit that latency over the target brought it back to: handlers
+//     slower than a window would otherwise double it again and again.
+//   - Timeouts are drops, as in Netflix's limits, but only in a window with
+//     no return in time: then the latency is out of sight, and the limit
+//     halves. Hang-ups are neither: the client's patience says nothing
+//     about the server.
+//   - Late handlers hold slots but give no samples, and the limit never
+//     falls below limitFloor slots beyond those they hold (lateFloor): at
+//     or under their number nothing would be admitted, so nothing would
+//     return or time out, and the limit would never move again.
+//   - minRTT is measured by a probe, as Envoy's adaptive concurrency does:
+//     the limit sits at its floor for one window at start and every
+//     probeEvery under sustained load (samples admitted before the probe
+//     are left out); between probes it only falls. A median over the target
+//     while the limit does not bind calls a probe early: taking that median
+//     for the unloaded latency let a downstream-bound server raise its
+//     target with its own queueing, window after window.
 type limiter struct {
 	// slots is written by every request; the fields read on the fast
 	// path, written rarely, are kept off its cache line, as are the

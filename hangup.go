@@ -23,9 +23,7 @@ const HangupDelay = 5 * time.Millisecond
 // minWatchedTimeout is the shortest timeout whose requests are watched. A
 // hang-up can save a request with a shorter timeout little work, while a
 // storm of such requests, all watched at once, costs the CPU their timeout
-// answers need: 1 000 connections of requests timing out at 50 ms spent a
-// tenth of the server's CPU on the watch, and their timeout answers went
-// out twice as late as without it (cmd/loadtest, storm scenario).
+// answers need (docs/hangups.md).
 const minWatchedTimeout = 100 * time.Millisecond
 
 // StatusClientClosedRequest is the status of the answer to a request whose
@@ -58,10 +56,9 @@ const (
 //
 // The delay counts from when the handler starts (c.admitted), not from
 // when the request arrived: a request that waited in a queue, or that a
-// proxy's X-Request-Start makes old, still mostly finishes within it.
-// Counting from its arrival watched every such request at once, and at
-// four times the capacity of a CPU-bound server that honoured queue
-// headers, the watch nearly doubled the latency of the answers.
+// proxy's X-Request-Start makes old, still mostly finishes within it, and
+// under overload watching all of them at once would cost the CPU their
+// answers need.
 func (c *call) beginWatch(ctx *fasthttp.RequestCtx, start int64, gen uint64) {
 	c.conn = ctx.Conn()
 	phase := watchEnded

@@ -232,10 +232,8 @@ func (w *hangupWatcher) start() bool {
 // them parked, as for a socket, instead of in epoll_wait. A goroutine in a
 // blocking system call keeps its P until the runtime's monitor takes it
 // back, which under load can be 10 ms: on a server with one P, every
-// request waits meanwhile. Measured at ten times the capacity of a
-// CPU-bound server on one P, the process had the CPU 92 % of the time with
-// the watcher in epoll_wait, 97 % without it. The descriptor is returned
-// too: the file's Fd method would put it back in blocking mode.
+// request waits meanwhile. The descriptor is returned too: the file's Fd
+// method would put it back in blocking mode.
 func newEpoll() (*os.File, syscall.RawConn, int, error) {
 	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 	if err != nil {

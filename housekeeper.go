@@ -16,8 +16,7 @@ const (
 	restPeriod = 100 * time.Millisecond
 	// contextShards is the number of locks the watched contexts are spread
 	// over, by connection: with one lock, the two registrations of every
-	// cooperative request that calls Context contend across cores (on two
-	// cores they tripled the CPU such a request costs).
+	// cooperative request that calls Context contend across cores.
 	contextShards = 64
 )
 

@@ -155,11 +155,10 @@ const counterStripes = 16
 
 // stripedCounter is a counter that every request updates, spread over
 // cache lines by connection: one shared line, added to by every core, costs
-// each request more the more cores there are (on two cores, Stats cost a
-// cooperative request 50 ns with one line a counter, 15 striped; see
-// BenchmarkStats). A request adds to and takes from the same
-// stripe, so no stripe ever counts below zero, and a read that finds every
-// stripe at zero saw each request that had started by then also end.
+// each request more the more cores there are (BenchmarkStats). A request
+// adds to and takes from the same stripe, so no stripe ever counts below
+// zero, and a read that finds every stripe at zero saw each request that
+// had started by then also end.
 type stripedCounter struct {
 	stripes [counterStripes]struct {
 		n atomic.Int64
