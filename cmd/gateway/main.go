@@ -25,7 +25,9 @@
 //   - answers 413 to a request body over -max-body bytes;
 //   - streams the upstream's response to the client as it comes; the body
 //     must arrive within the request's deadline, after which the
-//     connection to the client is closed mid-body;
+//     connection to the client is closed mid-body, and the client must take
+//     it within REQUEST_TIMEOUT (the server's WriteTimeout): one that stops
+//     reading would otherwise hold an upstream connection for good;
 //   - admits requests by an adaptive concurrency limit
 //     (Config.AdaptiveConcurrency), so that sent more than the upstream can
 //     answer in time it keeps answering at that rate and refuses the excess
@@ -130,6 +132,10 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	return o, err
 }
 
+// shutdownGrace bounds how long the gateway waits, once told to stop, for
+// the connections that are answering.
+const shutdownGrace = 10 * time.Second
+
 // run serves the gateway until ctx is done and returns the exit status.
 // listening, if not nil, is told the address once the gateway listens.
 func run(ctx context.Context, args []string, stderr io.Writer, listening func(net.Addr)) int {
@@ -151,6 +157,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, listening func(ne
 		ErrorHandler:       answerBadRequest,
 		Name:               "fasttimeout-gateway",
 		ReadTimeout:        time.Minute,
+		WriteTimeout:       o.timeout, // a client that stops reading gives the upstream connection back
 		IdleTimeout:        time.Minute,
 		MaxRequestBodySize: o.maxBody,
 	}
@@ -169,7 +176,11 @@ func run(ctx context.Context, args []string, stderr io.Writer, listening func(ne
 	select {
 	case err = <-served:
 	case <-ctx.Done():
-		err = server.Shutdown()
+		// Responses being written end within WriteTimeout; the grace
+		// bounds the wait whatever happens.
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+		defer cancel()
+		err = server.ShutdownWithContext(shutdownCtx)
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, "gateway:", err)

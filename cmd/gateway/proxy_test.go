@@ -277,6 +277,47 @@ func TestProxyUpstreamConnections(t *testing.T) {
 	})
 }
 
+// A client that asks for a large streamed response and stops reading it.
+// The server's write blocked with no deadline, so the stream was never
+// closed and its upstream connection never given back: with -max-conns 1,
+// every later request waited for that connection and got 504, and
+// shutdown waited for the stalled write for good. The server's
+// WriteTimeout (REQUEST_TIMEOUT) now ends the write.
+func TestProxyClientThatStopsReading(t *testing.T) {
+	chunk := make([]byte, 1<<20)
+	upstream := startUpstream(t, func(ctx *fasthttp.RequestCtx) {
+		if string(ctx.Path()) != "/big" {
+			ctx.SetBodyString("small")
+			return
+		}
+		ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
+			for range 64 { // far more than the sockets' buffers hold
+				if _, err := w.Write(chunk); err != nil || w.Flush() != nil {
+					return
+				}
+			}
+		})
+	})
+	t.Setenv("REQUEST_TIMEOUT", "300ms")
+	// The gateway's cleanup requires it to stop within 10 s, stalled
+	// client and all.
+	gateway := startGateway(t, "-upstream", upstream, "-max-conns", "1", "-adaptive=false")
+
+	stalled, err := net.Dial("tcp", gateway)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = stalled.Close() }) // after the gateway's cleanup: still stalled at shutdown
+	_, err = stalled.Write([]byte("GET /big HTTP/1.1\r\nHost: example.com\r\n\r\n"))
+	require.NoError(t, err)
+	var h fasthttp.ResponseHeader
+	require.NoError(t, h.Read(bufio.NewReader(stalled)))
+	require.Equal(t, fasthttp.StatusOK, h.StatusCode())
+	// Reads nothing more.
+
+	waitFor(t, "a request served beside the stalled client", func() bool {
+		return call(t, gateway, "GET", "/small", "").StatusCode() == fasthttp.StatusOK
+	})
+}
+
 // TestProxyBurst sends 600 requests at once through the gateway with the
 // default -max-conns (512): the upstream holds each until 512 are in, so
 // 88 must wait for a connection. All of them are answered 200. Admission is
