@@ -49,7 +49,8 @@
 //   - [RetryListener]: a listener for Serve that rides out EMFILE and other
 //     accept errors of a connection flood instead of ending the server.
 //   - [Stats], [Counters], [Histogram]: counters for expvar, Prometheus or
-//     OpenTelemetry; [RejectReason]: why a request was refused.
+//     OpenTelemetry; [RejectReason]: why a request was refused;
+//     [SpentBudget]: whether it was answered without running, out of time.
 //   - [ErrTimeout], [ErrShutdown], [ErrClientGone]: the causes of a
 //     cancelled request context.
 package fasttimeout

@@ -90,10 +90,19 @@ func TestHonorDeadlineHeaders(t *testing.T) {
 				var called atomic.Bool
 				stats := new(fasttimeout.Stats)
 				timeouts := make(chan int, 1)
-				s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) { called.Store(true) }, fasttimeout.Config{
+				type seen struct {
+					spent  bool
+					reason string
+				}
+				outside := make(chan seen, 1)
+				h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) { called.Store(true) }, fasttimeout.Config{
 					Timeout: time.Minute, Mode: mode, HonorDeadlineHeaders: true, DeadlineMargin: tc.margin, Stats: stats,
 					OnTimeout: func(_ *fasthttp.RequestCtx, resp *fasthttp.Response) { timeouts <- resp.StatusCode() },
-				}))
+				})
+				s := serve(t, func(ctx *fasthttp.RequestCtx) {
+					h(ctx)
+					outside <- seen{fasttimeout.SpentBudget(ctx), fasttimeout.RejectReason(ctx)}
+				})
 
 				resp := send(t, s, tc.header, tc.value)
 				assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode(), "%v %s: %s", mode, tc.header, tc.value)
@@ -105,6 +114,9 @@ func TestHonorDeadlineHeaders(t *testing.T) {
 				assert.Equal(t, int64(1), c.Timeouts)
 				assert.Equal(t, int64(1), c.SpentBudgets, "counted apart from real timeouts")
 				assert.Zero(t, c.BadDeadlineHeaders)
+				o := receive(t, outside, "the middleware around")
+				assert.True(t, o.spent, "SpentBudget")
+				assert.Empty(t, o.reason, "not a refusal")
 			}
 		}
 	})

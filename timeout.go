@@ -126,6 +126,7 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx) (start, deadline, admitted 
 		// The caller's budget is spent before the handler could start.
 		m.stats.timeouts.Add(1)
 		m.stats.spentBudgets.Add(1)
+		ctx.SetUserValue(rejectKey{}, spentBudget)
 		m.writeTimeoutResponse(&ctx.Response)
 		if m.OnTimeout != nil {
 			m.OnTimeout(ctx, &ctx.Response)
@@ -195,9 +196,13 @@ const (
 	RejectedQueueTimeout = "queue_timeout"
 )
 
-// rejectKey is the user-value key under which the reason of a refusal is
-// stored.
+// rejectKey is the user-value key under which the reason of a refusal, or
+// spentBudget, is stored.
 type rejectKey struct{}
+
+// spentBudget marks under rejectKey a request answered with the timeout
+// response without running (see SpentBudget).
+const spentBudget = "spent_budget"
 
 // RejectReason returns why the middleware refused the request ctx with 503
 // Service Unavailable without running its handler (one of RejectedLateHandlers,
@@ -213,7 +218,25 @@ func RejectReason(ctx *fasthttp.RequestCtx) string {
 		return ""
 	}
 	reason, _ := ctx.UserValue(rejectKey{}).(string)
+	if reason == spentBudget {
+		return ""
+	}
 	return reason
+}
+
+// SpentBudget reports whether the middleware answered the request ctx with
+// the timeout response at once, without running its handler, because the
+// request's budget was spent when it arrived: the caller's deadline header
+// (Config.HonorDeadlineHeaders), its age (Config.MaxQueueAge), or a
+// deadline that passed before the handler could start. Such requests count
+// in Stats.SpentBudgets and Timeouts. Call it where you would call
+// RejectReason.
+func SpentBudget(ctx *fasthttp.RequestCtx) bool {
+	if ctx == nil || ctx.LastTimeoutErrorResponse() != nil {
+		return false
+	}
+	mark, _ := ctx.UserValue(rejectKey{}).(string)
+	return mark == spentBudget
 }
 
 // reject answers ctx with the 503 of a refused request.

@@ -104,14 +104,22 @@ func Attach(ctx *fasthttp.RequestCtx, c context.Context) (end func()) {
 	}
 }
 
-// recordRejection records on the span the refusal of ctx, if the middleware
-// refused it, with the span's status set to Error as for a timeout: the
-// client got a 503.
+// recordRejection records on the span what the middleware answered without
+// running the handler (so that Handler never saw it): a refusal, with the
+// span's status set to Error as for a timeout (the client got a 503), or a
+// budget spent on arrival, as a timeout at once.
 func (r *request) recordRejection(ctx *fasthttp.RequestCtx) {
 	// A request answered with a timeout response (its deadline passed, or
 	// its client left) was not refused, and its RequestCtx now belongs to
 	// its late handler, which may still change it: it must not be read.
 	if !r.span.IsRecording() || ctx.LastTimeoutErrorResponse() != nil {
+		return
+	}
+	if fasttimeout.SpentBudget(ctx) {
+		now := time.Now()
+		e := endOfContext{event: EventTimeout, cause: fasttimeout.ErrTimeout, at: now, since: now}
+		r.span.AddEvent(e.event, trace.WithAttributes(e.attributes(0, now)...))
+		r.span.SetStatus(codes.Error, e.cause.Error())
 		return
 	}
 	reason := fasttimeout.RejectReason(ctx)
@@ -204,9 +212,17 @@ func Handler(next fasthttp.RequestHandler) fasthttp.RequestHandler {
 				// or it ended and next returned before the function's
 				// goroutine was scheduled.
 				if c.Err() == nil {
-					return // returned in time
+					left, bounded := fasttimeout.Remaining(ctx)
+					if !bounded || left > 0 {
+						return // returned in time
+					}
+					// Returned past the deadline, before the context
+					// was cancelled: the middleware finds it late and
+					// answers with the timeout response all the same.
+					ended = r.recordTimeout(c, timeout)
+				} else {
+					ended = r.recordEnd(c, timeout)
 				}
-				ended = r.recordEnd(c, timeout)
 			} else {
 				<-recorded
 			}
@@ -214,6 +230,20 @@ func Handler(next fasthttp.RequestHandler) fasthttp.RequestHandler {
 		}()
 		next(ctx)
 	}
+}
+
+// recordTimeout records on the span the timeout of a request whose handler
+// returned past its deadline before its context c was cancelled, and
+// returns it.
+func (r *request) recordTimeout(c context.Context, timeout time.Duration) endOfContext {
+	e := endOfContext{event: EventTimeout, cause: fasttimeout.ErrTimeout, at: time.Now()}
+	e.since = e.at
+	if deadline, ok := c.Deadline(); ok {
+		e.since = deadline
+	}
+	r.span.AddEvent(e.event, trace.WithAttributes(e.attributes(timeout, e.at)...))
+	r.span.SetStatus(codes.Error, e.cause.Error())
+	return e
 }
 
 // recordEnd records on the span the end of c, which is done, and returns

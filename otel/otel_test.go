@@ -75,6 +75,10 @@ func serveTraced(t *testing.T, cfg fasttimeout.Config, sampler sdktrace.Sampler)
 		case "/child":
 			_, span := tracer.Start(fasttimeoutotel.Context(ctx), "child")
 			span.End()
+		case "/past": // returns just past its deadline, whatever its context says
+			for left, _ := fasttimeout.Remaining(ctx); left > 0; left, _ = fasttimeout.Remaining(ctx) {
+				time.Sleep(left)
+			}
 		}
 		ctx.SetBodyString("ok")
 	}
@@ -385,6 +389,42 @@ func TestMiddlewareRecordsRejection(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A request whose budget is spent on arrival gets the timeout response
+// without running, so Handler never sees it; Middleware records it as a
+// timeout at once. Its span had no event and status Unset.
+func TestMiddlewareRecordsSpentBudget(t *testing.T) {
+	t.Parallel()
+	tt := serveTraced(t, fasttimeout.Config{Timeout: time.Second, HonorDeadlineHeaders: true}, sdktrace.AlwaysSample())
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.SetRequestURI("http://app/fast")
+	req.Header.Set("grpc-timeout", "0S")
+	require.NoError(t, tt.client.DoTimeout(req, resp, 10*time.Second))
+	require.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
+
+	span := tt.nextEnded(t)
+	require.Equal(t, []string{fasttimeoutotel.EventTimeout}, eventNames(span))
+	assert.Equal(t, fasttimeout.ErrTimeout.Error(), attrs(span.Events()[0])[fasttimeoutotel.AttrCause].AsString())
+	assert.Equal(t, codes.Error, span.Status().Code)
+}
+
+// A handler that returns just past its deadline, before its context is
+// cancelled (here a cooperative context, cancelled by a housekeeper that
+// ticks every second), is late: the client gets the timeout response. Its
+// span had no event, since the context had not ended.
+func TestHandlerRecordsAReturnPastTheDeadlineBeforeTheContextEnds(t *testing.T) {
+	t.Parallel()
+	tt := serveTraced(t, fasttimeout.Config{Timeout: 20 * time.Millisecond, Mode: fasttimeout.Cooperative, Precision: time.Second},
+		sdktrace.AlwaysSample())
+	require.Equal(t, fasthttp.StatusGatewayTimeout, tt.get(t, "/past"))
+
+	span := tt.nextEnded(t)
+	require.Equal(t, []string{fasttimeoutotel.EventTimeout, fasttimeoutotel.EventLateReturn}, eventNames(span))
+	assert.Equal(t, fasttimeout.ErrTimeout.Error(), attrs(span.Events()[0])[fasttimeoutotel.AttrCause].AsString())
+	assert.Equal(t, codes.Error, span.Status().Code)
 }
 
 // After a timeout the RequestCtx belongs to the late handler, which changes
