@@ -28,7 +28,10 @@ const minUpstreamBudget = time.Millisecond
 // left and the smallest valid value of the grpc-timeout,
 // X-Envoy-Expected-Rq-Timeout-Ms and Request-Timeout headers already on req
 // (copied from the incoming request, typically): a copied caller's deadline
-// is never stretched to the server's own. Do calls c.DoDeadline with that
+// is never stretched to the server's own. A carried header is taken as it
+// is, not less the time the handler has taken: with
+// Config.HonorDeadlineHeaders the request's deadline already counts that
+// time, and bounds the upstream's budget. Do calls c.DoDeadline with that
 // budget and tells the upstream of it:
 //
 //   - X-Envoy-Expected-Rq-Timeout-Ms, always: whole milliseconds, rounded
