@@ -1,13 +1,13 @@
 package fasttimeout
 
 import (
-	"net"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttputil"
 )
 
 // One goroutine of a handler makes the request's context while another
@@ -31,7 +31,7 @@ func TestContext_made_while_the_deadline_moves_gets_the_new_one(t *testing.T) {
 					expiredAtOld bool // the housekeeper's decision at the old deadline
 				}
 				got := make(chan seen, 1)
-				addr := serveTCP(t, New(func(ctx *fasthttp.RequestCtx) {
+				getOnce(t, New(func(ctx *fasthttp.RequestCtx) {
 					var s seen
 					hook := func(c *call) {
 						if c.ctx != ctx {
@@ -53,12 +53,6 @@ func TestContext_made_while_the_deadline_moves_gets_the_new_one(t *testing.T) {
 					got <- s
 					ctx.SetBodyString("ok")
 				}, Config{Timeout: timeout, Mode: mode}))
-
-				conn, err := net.Dial("tcp", addr)
-				require.NoError(t, err)
-				defer conn.Close()
-				_, err = conn.Write([]byte("GET / HTTP/1.1\r\nHost: test\r\n\r\n"))
-				require.NoError(t, err)
 				s := <-got
 
 				require.True(t, s.moved, "%s before the deadline", move)
@@ -88,7 +82,7 @@ func TestExtend_changes_the_state_word(t *testing.T) {
 		moved         bool
 	}
 	got := make(chan seen, 1)
-	addr := serveTCP(t, New(func(ctx *fasthttp.RequestCtx) {
+	getOnce(t, New(func(ctx *fasthttp.RequestCtx) {
 		c := lookup(ctx)
 		var s seen
 		s.before = c.state.Load()
@@ -98,16 +92,31 @@ func TestExtend_changes_the_state_word(t *testing.T) {
 		s.after = c.state.Load()
 		got <- s
 	}, Config{Timeout: time.Minute}))
-
-	conn, err := net.Dial("tcp", addr)
-	require.NoError(t, err)
-	defer conn.Close()
-	_, err = conn.Write([]byte("GET / HTTP/1.1\r\nHost: test\r\n\r\n"))
-	require.NoError(t, err)
 	s := <-got
 
 	require.True(t, s.moved)
 	assert.Equal(t, callRunning, s.after&phaseMask, "running again")
 	assert.Equal(t, s.before/generation, s.after/generation, "the same generation")
 	assert.Equal(t, uint64(20*moveStep)&movesMask, (s.after-s.before)&movesMask, "twenty moves counted")
+}
+
+// getOnce sends one GET to h on a fasthttp server over an in-memory
+// listener; h reports what it saw on its own channel. The test's cleanup
+// stops the server.
+func getOnce(t *testing.T, h fasthttp.RequestHandler) {
+	t.Helper()
+	ln := fasthttputil.NewInmemoryListener()
+	srv := &fasthttp.Server{Handler: h}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	conn, err := ln.Dial()
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		_ = conn.Close()
+		require.NoError(t, srv.Shutdown())
+		_ = ln.Close()
+		<-served
+	})
+	_, err = conn.Write([]byte("GET / HTTP/1.1\r\nHost: test\r\n\r\n"))
+	require.NoError(t, err)
 }
