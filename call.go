@@ -36,8 +36,9 @@ import (
 //
 //   - running -> timedOut: the deadline has passed, as seen by the call's
 //     timer (worker.fire), by its handler returning or panicking late
-//     (worker.serve), or by a cooperative handler's return
-//     (finishCooperative). A disarmed call never times out.
+//     (worker.serve), by a cooperative handler's return
+//     (finishCooperative), or by a hang-up after it (worker.hungUp,
+//     call.hungUp). A disarmed call never times out.
 //   - running, disarmed or moving -> finished: the handler returned or
 //     panicked in time (worker.serve, finishCooperative).
 //   - running, disarmed or moving -> gone: the hang-up watch saw the client
@@ -53,7 +54,7 @@ import (
 // request: exactly one path gets there, through call.settle, and in racing
 // mode only that one signals the server goroutine, on worker.done: the timer
 // (timedOut), the handler's return (finished or timedOut) or the hang-up
-// callback (gone, worker.hungUp). A cooperative handler runs on the server
+// callback (gone, or timedOut past the deadline: worker.hungUp). A cooperative handler runs on the server
 // goroutine, so nobody signals it: finishCooperative settles the call
 // itself, and finds it gone if the hang-up came first.
 const (
