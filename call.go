@@ -54,9 +54,10 @@ import (
 // request: exactly one path gets there, through call.settle, and in racing
 // mode only that one signals the server goroutine, on worker.done: the timer
 // (timedOut), the handler's return (finished or timedOut) or the hang-up
-// callback (gone, or timedOut past the deadline: worker.hungUp). A cooperative handler runs on the server
-// goroutine, so nobody signals it: finishCooperative settles the call
-// itself, and finds it gone if the hang-up came first.
+// callback (gone, or timedOut past the deadline: worker.hungUp). A
+// cooperative handler runs on the server goroutine, so nobody signals it:
+// finishCooperative settles the call itself, and finds it gone if the
+// hang-up came first.
 const (
 	callFinished uint64 = iota
 	callRunning
@@ -87,8 +88,7 @@ type call struct {
 	outer    *call                          // of an enclosing New, restored when this call ends
 	deadline atomic.Int64                   // nanoseconds since epoch, or noDeadline
 	state    atomic.Uint64                  // phase (low 4 bits), moves and generation
-	coop     bool                           // the handler runs on the server goroutine (cooperative mode, or inside another New)
-	timer    *time.Timer                    // a racing call's first wake: its deadline, or the start of the watch if sooner; nil in cooperative mode
+	timer    *time.Timer                    // a racing call's first wake: its deadline, or the start of the watch if sooner; nil for an inline call
 	later    *time.Timer                    // a watched racing call's deadline, once timer has started the watch
 	bridge   atomic.Pointer[requestContext] // created by Context, lazily
 	overAt   atomic.Int64                   // when the call timed out (its deadline) or its client left
@@ -127,6 +127,18 @@ func (c *call) begin(ctx *fasthttp.RequestCtx, outer *call, start, deadline int6
 	// a generation seen earlier fails (see settle).
 	c.state.Store(state)
 	ctx.SetUserValue(callKey{}, c)
+}
+
+// inline reports whether the call's handler runs on the goroutine that
+// called the middleware (cooperative mode, or inside another New): such
+// calls are pooled without timers, a worker's are made with them.
+func (c *call) inline() bool { return c.timer == nil }
+
+// syncContext gives the call's context, if any, the call's deadline, and
+// reports false if that context has already been cancelled.
+func (c *call) syncContext() bool {
+	b := c.bridge.Load()
+	return b == nil || b.syncDeadline(&c.deadline)
 }
 
 // phase returns the call's state without its generation.
@@ -217,7 +229,7 @@ func (c *call) context() context.Context {
 		b.syncDeadline(&c.deadline)
 	}
 	switch {
-	case c.coop:
+	case c.inline():
 		if c.watch.Load()&watchMask == watchPending {
 			b.call = c // the housekeeper starts the call's watch
 		}
@@ -248,7 +260,7 @@ func (c *call) end() {
 		c.ctx.RemoveUserValue(callKey{})
 	}
 	if b := c.bridge.Swap(nil); b != nil {
-		if c.coop {
+		if c.inline() {
 			c.m.housekeeper.unwatch(b)
 		}
 		b.request.Store(nil) // first: the RequestCtx may be reused from now on

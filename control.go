@@ -29,7 +29,7 @@ func Disarm(ctx *fasthttp.RequestCtx) bool {
 	if c == nil {
 		return false
 	}
-	if c.coop {
+	if c.inline() {
 		return c.moveDeadline(func(int64) (int64, bool) { return noDeadline, true })
 	}
 	for {
@@ -42,9 +42,7 @@ func Disarm(ctx *fasthttp.RequestCtx) bool {
 			return false // a deadline that has passed is passed, timer or not
 		case c.transition(callRunning, callDisarmed):
 			c.deadline.Store(noDeadline)
-			if b := c.bridge.Load(); b != nil {
-				b.syncDeadline(&c.deadline)
-			}
+			c.syncContext()
 			c.rearm() // only to watch the client, if that has not started yet
 			return true
 		}
@@ -60,7 +58,7 @@ func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
 	if c == nil || d < 0 {
 		return false
 	}
-	if c.coop {
+	if c.inline() {
 		return c.moveDeadline(func(deadline int64) (int64, bool) {
 			return deadlineAfter(deadline, d), deadline != noDeadline
 		})
@@ -82,9 +80,7 @@ func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
 			continue
 		}
 		c.deadline.Store(deadlineAfter(c.deadline.Load(), d))
-		if b := c.bridge.Load(); b != nil {
-			b.syncDeadline(&c.deadline)
-		}
+		c.syncContext()
 		c.rearm()
 		// Running again, one move on: a timer that read the state and the
 		// old deadline before the move fails its compare-and-swap. The
@@ -140,7 +136,7 @@ func (c *call) moveDeadline(move func(int64) (int64, bool)) bool {
 		if !c.deadline.CompareAndSwap(old, deadline) {
 			continue
 		}
-		if b := c.bridge.Load(); b != nil && !b.syncDeadline(&c.deadline) {
+		if !c.syncContext() {
 			c.deadline.CompareAndSwap(deadline, old)
 			return false
 		}

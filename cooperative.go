@@ -28,7 +28,7 @@ func (m *middleware) serveCooperative(ctx *fasthttp.RequestCtx) {
 func (m *middleware) serveInline(ctx *fasthttp.RequestCtx, outer *call, start, deadline, admitted int64) {
 	c, _ := callPool.Get().(*call)
 	if c == nil {
-		c = &call{coop: true}
+		c = new(call)
 		c.onGone = c.hungUp
 	}
 	c.m = m
