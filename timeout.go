@@ -214,14 +214,10 @@ const spentBudget = "spent_budget"
 // racing timeout its RequestCtx belongs to the late handler, which may
 // still write it, so RejectReason does not look at its user values then.
 func RejectReason(ctx *fasthttp.RequestCtx) string {
-	if ctx == nil || ctx.LastTimeoutErrorResponse() != nil {
-		return ""
+	if reason := answeredUnrun(ctx); reason != spentBudget {
+		return reason
 	}
-	reason, _ := ctx.UserValue(rejectKey{}).(string)
-	if reason == spentBudget {
-		return ""
-	}
-	return reason
+	return ""
 }
 
 // SpentBudget reports whether the middleware answered the request ctx with
@@ -232,11 +228,18 @@ func RejectReason(ctx *fasthttp.RequestCtx) string {
 // in Stats.SpentBudgets and Timeouts. Call it where you would call
 // RejectReason.
 func SpentBudget(ctx *fasthttp.RequestCtx) bool {
+	return answeredUnrun(ctx) == spentBudget
+}
+
+// answeredUnrun returns why the middleware answered ctx without running its
+// handler (a RejectReason, or spentBudget), or "", reading no user value
+// of a timed-out RequestCtx (see RejectReason).
+func answeredUnrun(ctx *fasthttp.RequestCtx) string {
 	if ctx == nil || ctx.LastTimeoutErrorResponse() != nil {
-		return false
+		return ""
 	}
 	mark, _ := ctx.UserValue(rejectKey{}).(string)
-	return mark == spentBudget
+	return mark
 }
 
 // reject answers ctx with the 503 of a refused request.
