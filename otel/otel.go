@@ -116,10 +116,7 @@ func (r *request) recordRejection(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	if fasttimeout.SpentBudget(ctx) {
-		now := time.Now()
-		e := endOfContext{event: EventTimeout, cause: fasttimeout.ErrTimeout, at: now, since: now}
-		r.span.AddEvent(e.event, trace.WithAttributes(e.attributes(0, now)...))
-		r.span.SetStatus(codes.Error, e.cause.Error())
+		r.record(timedOut(context.Background(), time.Now()), 0)
 		return
 	}
 	reason := fasttimeout.RejectReason(ctx)
@@ -204,7 +201,7 @@ func Handler(next fasthttp.RequestHandler) fasthttp.RequestHandler {
 		recorded := make(chan struct{})
 		stop := context.AfterFunc(c, func() {
 			defer close(recorded)
-			ended = r.recordEnd(c, timeout)
+			ended = r.record(endOf(c, time.Now()), timeout)
 		})
 		defer func() { // after next returns, or panics
 			if stop() {
@@ -219,9 +216,9 @@ func Handler(next fasthttp.RequestHandler) fasthttp.RequestHandler {
 					// Returned past the deadline, before the context
 					// was cancelled: the middleware finds it late and
 					// answers with the timeout response all the same.
-					ended = r.recordTimeout(c, timeout)
+					ended = r.record(timedOut(c, time.Now()), timeout)
 				} else {
-					ended = r.recordEnd(c, timeout)
+					ended = r.record(endOf(c, time.Now()), timeout)
 				}
 			} else {
 				<-recorded
@@ -232,26 +229,22 @@ func Handler(next fasthttp.RequestHandler) fasthttp.RequestHandler {
 	}
 }
 
-// recordTimeout records on the span the timeout of a request whose handler
-// returned past its deadline before its context c was cancelled, and
-// returns it.
-func (r *request) recordTimeout(c context.Context, timeout time.Duration) endOfContext {
-	e := endOfContext{event: EventTimeout, cause: fasttimeout.ErrTimeout, at: time.Now()}
-	e.since = e.at
-	if deadline, ok := c.Deadline(); ok {
-		e.since = deadline
-	}
+// record records on the span the end e of a request's context, for a
+// handler that had timeout when it started, and returns e.
+func (r *request) record(e endOfContext, timeout time.Duration) endOfContext {
 	r.span.AddEvent(e.event, trace.WithAttributes(e.attributes(timeout, e.at)...))
 	r.span.SetStatus(codes.Error, e.cause.Error())
 	return e
 }
 
-// recordEnd records on the span the end of c, which is done, and returns
-// it.
-func (r *request) recordEnd(c context.Context, timeout time.Duration) endOfContext {
-	e := endOf(c, time.Now())
-	r.span.AddEvent(e.event, trace.WithAttributes(e.attributes(timeout, e.at)...))
-	r.span.SetStatus(codes.Error, e.cause.Error())
+// timedOut is the end of a request that timed out, seen at t, whether or
+// not its context c has ended yet: its lateness counts from c's deadline,
+// if it has one.
+func timedOut(c context.Context, t time.Time) endOfContext {
+	e := endOfContext{event: EventTimeout, cause: fasttimeout.ErrTimeout, at: t, since: t}
+	if deadline, ok := c.Deadline(); ok {
+		e.since = deadline
+	}
 	return e
 }
 
@@ -268,10 +261,9 @@ func endOf(c context.Context, t time.Time) endOfContext {
 	e := endOfContext{cause: context.Cause(c), at: t, since: t}
 	switch {
 	case errors.Is(e.cause, fasttimeout.ErrTimeout):
-		e.event = EventTimeout
-		if deadline, ok := c.Deadline(); ok {
-			e.since = deadline
-		}
+		cause := e.cause
+		e = timedOut(c, t)
+		e.cause = cause
 	case errors.Is(e.cause, fasttimeout.ErrShutdown):
 		e.event = EventShutdown
 	case errors.Is(e.cause, fasttimeout.ErrClientGone):
