@@ -253,6 +253,9 @@ var testHookContext atomic.Pointer[func(*call)]
 // end cancels the call's context, if any, once the handler has returned,
 // and gives Context back to the enclosing New, if any.
 func (c *call) end() {
+	if b := c.bridge.Load(); b != nil {
+		b.detach() // first: no Value reads the RequestCtx from now on
+	}
 	if c.outer != nil {
 		c.ctx.SetUserValue(callKey{}, c.outer)
 		c.outer = nil
@@ -263,7 +266,6 @@ func (c *call) end() {
 		if c.inline() {
 			c.m.housekeeper.unwatch(b)
 		}
-		b.request.Store(nil) // first: the RequestCtx may be reused from now on
 		b.cancel(context.Canceled, nil)
 	}
 }

@@ -17,11 +17,14 @@ import (
 // server shuts down with Err [context.Canceled] and Cause [ErrShutdown], or
 // when the client hangs up with Err context.Canceled and Cause
 // [ErrClientGone] (see Config.IgnoreHangups), or when the handler returns
-// with Err context.Canceled. Value looks up the
-// request's user values (ctx.UserValue) while the handler runs. Every call
-// within one request returns the same context; the first one allocates it,
-// so requests that never call Context do not pay for it. No goroutine is
-// started per request, nor per context derived from it.
+// with Err context.Canceled. Value looks up the request's user values
+// (ctx.UserValue) while the handler runs, and nil once it has returned.
+// Every call within one request returns the same context; the first one
+// allocates it, so requests that never call Context do not pay for it. No
+// goroutine is started per request, nor per context derived directly from
+// it (context.WithCancel, WithTimeout, AfterFunc); one derived under a
+// layer of the standard library's own, such as context.WithValue, takes a
+// goroutine, as under any context that is not the standard library's.
 //
 // A handler that returns without writing when its context ends sends
 // fasthttp's default, an empty 200: at the deadline the middleware replaces
@@ -29,7 +32,8 @@ import (
 // itself, with a 503 say.
 //
 // Outside New, Context returns a context without deadline that is cancelled
-// when the server shuts down, with cause ErrShutdown. It never panics, not even for a zero
+// when the server shuts down, with cause ErrShutdown; each context derived
+// from it then takes a goroutine. It never panics, not even for a zero
 // fasthttp.RequestCtx; for a nil one it returns context.Background().
 func Context(ctx *fasthttp.RequestCtx) context.Context {
 	if ctx == nil {
@@ -84,6 +88,7 @@ type requestContext struct {
 	slot  int   // index in the shard's contexts while watched, else -1
 	call  *call // whose hang-up watch the housekeeper is to start; nil once started, or never will be
 
+	valueMu    sync.RWMutex // held for reading while Value reads the RequestCtx
 	mu         sync.Mutex
 	err        error
 	afterFuncs []*afterFunc
@@ -165,16 +170,29 @@ func (b *requestContext) Value(key any) any {
 			return v
 		}
 	}
+	b.valueMu.RLock()
+	defer b.valueMu.RUnlock()
 	if ctx := b.request.Load(); ctx != nil {
 		return ctx.UserValue(key)
 	}
 	return nil
 }
 
+// detach stops Value from reading the RequestCtx; once it returns, no
+// Value call is reading it.
+func (b *requestContext) detach() {
+	b.valueMu.Lock()
+	b.request.Store(nil)
+	b.valueMu.Unlock()
+}
+
 // AfterFunc calls f in its own goroutine once the context is done. Having
 // it lets context.WithCancel and friends derive from this context without
 // starting a goroutine each.
 func (b *requestContext) AfterFunc(f func()) (stop func() bool) {
+	if b.outside {
+		return b.afterShutdown(f)
+	}
 	b.mu.Lock()
 	if b.err != nil {
 		b.mu.Unlock()
@@ -194,6 +212,33 @@ func (b *requestContext) AfterFunc(f func()) (stop func() bool) {
 			}
 		}
 		return false
+	}
+}
+
+// afterShutdown is AfterFunc for a context made outside New: nothing
+// cancels it but its server's shutdown, which closes serverDone without
+// going through cancel, so a goroutine waits for that, as the standard
+// library's would for a context without AfterFunc.
+func (b *requestContext) afterShutdown(f func()) (stop func() bool) {
+	var decided atomic.Bool
+	stopped := make(chan struct{})
+	if b.serverDone != nil {
+		go func() {
+			select {
+			case <-b.serverDone:
+				if decided.CompareAndSwap(false, true) {
+					f()
+				}
+			case <-stopped:
+			}
+		}()
+	}
+	return func() bool {
+		if !decided.CompareAndSwap(false, true) {
+			return false
+		}
+		close(stopped)
+		return true
 	}
 }
 

@@ -2,6 +2,7 @@ package fasttimeout_test
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +21,9 @@ type observed struct {
 	value      any
 	same       bool
 	beforeDone error
+
+	childCause   error // of a context derived from it
+	afterFuncRan bool  // a context.AfterFunc on it ran
 }
 
 func TestContext_inside_New(t *testing.T) {
@@ -156,6 +160,13 @@ func TestContext_outside_New(t *testing.T) {
 		s := serve(t, func(ctx *fasthttp.RequestCtx) {
 			ctx.SetUserValue("user", "ada")
 			c := fasttimeout.Context(ctx)
+			// Contexts derived from it end with it: the standard
+			// library relies on its AfterFunc.
+			child, cancel := context.WithCancel(c)
+			defer cancel()
+			ran := make(chan struct{})
+			stop := context.AfterFunc(c, func() { close(ran) })
+			defer stop()
 			var o observed
 			_, o.hasDL = c.Deadline()
 			o.value = c.Value("user")
@@ -166,6 +177,16 @@ func TestContext_outside_New(t *testing.T) {
 			}
 			o.err = c.Err()
 			o.cause = context.Cause(c)
+			select {
+			case <-child.Done():
+				o.childCause = context.Cause(child)
+			case <-time.After(waitTimeout):
+			}
+			select {
+			case <-ran:
+				o.afterFuncRan = true
+			case <-time.After(waitTimeout):
+			}
 			seen <- o
 		})
 		go func() {
@@ -180,6 +201,8 @@ func TestContext_outside_New(t *testing.T) {
 		assert.Equal(t, "ada", o.value)
 		assert.ErrorIs(t, o.err, context.Canceled)
 		assert.ErrorIs(t, o.cause, fasttimeout.ErrShutdown)
+		assert.ErrorIs(t, o.childCause, fasttimeout.ErrShutdown, "a derived context ends with it")
+		assert.True(t, o.afterFuncRan, "context.AfterFunc runs at shutdown")
 	})
 	t.Run("zero_RequestCtx_does_not_panic", func(t *testing.T) {
 		t.Parallel()
@@ -190,6 +213,9 @@ func TestContext_outside_New(t *testing.T) {
 		assert.Nil(t, c.Done(), "never cancelled")
 		assert.NoError(t, c.Err())
 		assert.Nil(t, c.Value("missing"))
+		stop := context.AfterFunc(c, func() { t.Error("a context that is never cancelled ran its AfterFunc") })
+		assert.True(t, stop(), "stop prevents the call")
+		assert.False(t, stop(), "only once")
 	})
 	t.Run("nil_RequestCtx_gives_Background", func(t *testing.T) {
 		t.Parallel()
@@ -223,6 +249,44 @@ func TestContext_nested_middlewares(t *testing.T) {
 			got := <-seen
 			assert.Equal(t, got.outerBefore, got.inner, "the inner middleware keeps the outer, earlier deadline")
 			assert.Equal(t, got.outerBefore, got.outerAfter, "Context returns the outer context again after the inner handler")
+		})
+	}
+}
+
+// A goroutine of the handler may read its context's values while the
+// handler returns: the middleware then changes the RequestCtx's user values,
+// and fasthttp reuses it, so Value must stop reading it first.
+func TestContext_Value_while_the_request_ends(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			var wg sync.WaitGroup
+			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				ctx.SetUserValue("user", "ada")
+				c := fasttimeout.Context(ctx)
+				started := make(chan struct{})
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					close(started)
+					for {
+						v := c.Value("user") // a logger or a tracer, say
+						select {
+						case <-c.Done():
+							assert.Nil(t, c.Value("user"), "no value once the request is over")
+							return
+						default: // the request may be ending
+							assert.Contains(t, []any{"ada", nil}, v)
+						}
+					}
+				}()
+				<-started
+			}, fasttimeout.Config{Mode: mode}))
+			for range 50 {
+				assert.Equal(t, fasthttp.StatusOK, do(t, s, "GET", "/").StatusCode())
+			}
+			wg.Wait()
 		})
 	}
 }
