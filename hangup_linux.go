@@ -53,6 +53,7 @@ type hangupSlot struct {
 	gen    uint32             // advanced each time the slot serves a new connection
 	seq    uint32             // the number of the slot's latest watch
 	onGone func()             // the watch's callback; nil when no watch is on
+	pin    *byte              // conn, held while a watch is on, so that a sweep never frees a watched slot
 	armed  bool               // a watch is on and its callback has not run
 	gone   bool               // the peer hung up: the state stays, its edge came once
 	ev     syscall.EpollEvent
@@ -135,7 +136,7 @@ func (w *hangupWatcher) add(conn net.Conn, onGone func()) (hangupHandle, bool) {
 	if s.seq++; s.seq == 0 {
 		s.seq = 1 // 0 stays the never-issued handle's
 	}
-	s.onGone, s.armed = onGone, true
+	s.onGone, s.armed, s.pin = onGone, true, p
 	return hangupHandle{slot: idx, seq: s.seq}, true
 }
 
@@ -194,7 +195,7 @@ func (w *hangupWatcher) remove(h hangupHandle) {
 	if h.seq == 0 || s.seq != h.seq || s.onGone == nil {
 		return // never issued, removed already, or replaced
 	}
-	s.onGone, s.armed = nil, false
+	s.onGone, s.armed, s.pin = nil, false, nil
 	w.active--
 }
 
@@ -279,7 +280,7 @@ func (w *hangupWatcher) allocSlot() uint32 {
 // that old handles do too. w.mu is held.
 func (w *hangupWatcher) freeSlot(idx uint32) {
 	s := w.slots[idx]
-	s.conn, s.onGone, s.armed, s.gone = weak.Pointer[byte]{}, nil, false, false
+	s.conn, s.onGone, s.pin, s.armed, s.gone = weak.Pointer[byte]{}, nil, nil, false, false
 	w.free = append(w.free, idx)
 }
 

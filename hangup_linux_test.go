@@ -385,6 +385,39 @@ func TestHangupSweepsCollectedConnections(t *testing.T) {
 	w.mu.Unlock()
 }
 
+// freshConn is a connection wrapper whose NetConn is a new object each
+// time, so that nothing but the watch holds the object its slot is keyed by.
+type freshConn struct{ *net.TCPConn }
+
+func (c *freshConn) NetConn() net.Conn { return &freshSock{c.TCPConn} }
+
+type freshSock struct{ *net.TCPConn }
+
+// A watched connection's slot is never swept, even if nothing else holds
+// the object it is keyed by: its hang-up used to be lost, and its watch
+// counted forever, so the watcher goroutine never exited.
+func TestHangupSweepKeepsAWatchedConnection(t *testing.T) {
+	t.Parallel()
+	var w hangupWatcher
+	ln := tcpListener(t)
+	s, c := tcpPair(t, ln)
+	cb, fired, _ := signal()
+	h, ok := w.add(&freshConn{s}, cb)
+	require.True(t, ok)
+	for range 3 {
+		runtime.GC()
+	}
+	w.mu.Lock()
+	w.sweep()
+	w.mu.Unlock()
+	require.NoError(t, c.Close())
+	waitFired(t, fired, "the hang-up of a watched connection")
+	w.remove(h)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	require.Zero(t, w.active, "no watch left")
+}
+
 func TestHangupManyRegistrations(t *testing.T) {
 	t.Parallel()
 	const n = 500
