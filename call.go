@@ -220,7 +220,13 @@ func (c *call) context() context.Context {
 	if hook := testHookContext.Load(); hook != nil {
 		(*hook)(c)
 	}
+	if c.outer != nil {
+		// Inside another New, whose hang-up watch is the request's only
+		// one (see beginWatch), its context's end is this one's too.
+		b.follow(c.outer.context().(*requestContext))
+	}
 	if !c.bridge.CompareAndSwap(nil, b) {
+		b.unfollow()
 		return c.bridge.Load() // another goroutine of the handler won
 	}
 	// Disarm and Extend store the deadline, then look for b: if they came
@@ -266,6 +272,7 @@ func (c *call) end() {
 		if c.inline() {
 			c.m.housekeeper.unwatch(b)
 		}
+		b.unfollow()
 		b.cancel(context.Canceled, nil)
 	}
 }

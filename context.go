@@ -88,6 +88,8 @@ type requestContext struct {
 	slot  int   // index in the shard's contexts while watched, else -1
 	call  *call // whose hang-up watch the housekeeper is to start; nil once started, or never will be
 
+	stopFollow func() bool // ends follow, if it was called
+
 	valueMu    sync.RWMutex // held for reading while Value reads the RequestCtx
 	mu         sync.Mutex
 	err        error
@@ -212,6 +214,24 @@ func (b *requestContext) AfterFunc(f func()) (stop func() bool) {
 			}
 		}
 		return false
+	}
+}
+
+// follow makes b end when outer ends, with outer's error and cause, until
+// unfollow. It is called before b is shared.
+func (b *requestContext) follow(outer *requestContext) {
+	b.stopFollow = outer.AfterFunc(func() {
+		outer.mu.Lock()
+		err, causes := outer.err, outer.causes.Load()
+		outer.mu.Unlock()
+		b.cancel(err, causes)
+	})
+}
+
+// unfollow undoes follow, if it was called.
+func (b *requestContext) unfollow() {
+	if b.stopFollow != nil {
+		b.stopFollow()
 	}
 }
 

@@ -223,36 +223,6 @@ func TestContext_outside_New(t *testing.T) {
 	})
 }
 
-func TestContext_nested_middlewares(t *testing.T) {
-	t.Parallel()
-	for _, mode := range allModes {
-		t.Run(mode.String(), func(t *testing.T) {
-			t.Parallel()
-			type seenDeadlines struct{ inner, outerAfter, outerBefore time.Time }
-			seen := make(chan seenDeadlines, 1)
-			var outerBefore time.Time
-			inner := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
-				d, _ := fasttimeout.Context(ctx).Deadline()
-				outerAfter, _ := time.Time{}, false
-				seen <- seenDeadlines{inner: d, outerAfter: outerAfter}
-			}, fasttimeout.Config{Mode: mode, Timeout: time.Hour})
-			outer := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
-				outerBefore, _ = fasttimeout.Context(ctx).Deadline()
-				inner(ctx)
-				got := <-seen
-				got.outerBefore = outerBefore
-				got.outerAfter, _ = fasttimeout.Context(ctx).Deadline()
-				seen <- got
-			}, fasttimeout.Config{Mode: mode, Timeout: time.Minute})
-			s := serve(t, outer)
-			assert.Equal(t, 200, do(t, s, "GET", "/").StatusCode())
-			got := <-seen
-			assert.Equal(t, got.outerBefore, got.inner, "the inner middleware keeps the outer, earlier deadline")
-			assert.Equal(t, got.outerBefore, got.outerAfter, "Context returns the outer context again after the inner handler")
-		})
-	}
-}
-
 // A goroutine of the handler may read its context's values while the
 // handler returns: the middleware then changes the RequestCtx's user values,
 // and fasthttp reuses it, so Value must stop reading it first.

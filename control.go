@@ -23,12 +23,39 @@ import (
 //
 // Disarm reports whether the deadline is now off: false if ctx is not
 // bounded by New or its deadline has passed (whether or not the timeout has
-// been answered yet).
+// been answered yet). Inside nested News it switches off each one's
+// deadline, innermost first, until one has passed.
 func Disarm(ctx *fasthttp.RequestCtx) bool {
 	c := lookup(ctx)
-	if c == nil {
+	ok := c != nil
+	for ; ok && c != nil; c = c.outer { // nested News each bound the request
+		ok = c.disarm()
+	}
+	return ok
+}
+
+// Extend moves the deadline of the request ctx d later, from inside its
+// handler; the context's Deadline moves with it. It reports false, and
+// changes nothing, if ctx is not bounded by New, its deadline has passed, or
+// it has been disarmed. Inside nested News each one's deadline moves,
+// innermost first, until one cannot.
+func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
+	c := lookup(ctx)
+	if c == nil || d < 0 || !c.extend(d) {
 		return false
 	}
+	for c = c.outer; c != nil; c = c.outer {
+		// An enclosing New disarmed before this one began has no
+		// deadline to move.
+		if c.deadline.Load() != noDeadline && !c.extend(d) {
+			return false
+		}
+	}
+	return true
+}
+
+// disarm switches the call's deadline off (see Disarm).
+func (c *call) disarm() bool {
 	if c.inline() {
 		return c.moveDeadline(func(int64) (int64, bool) { return noDeadline, true })
 	}
@@ -49,15 +76,8 @@ func Disarm(ctx *fasthttp.RequestCtx) bool {
 	}
 }
 
-// Extend moves the deadline of the request ctx d later, from inside its
-// handler; the context's Deadline moves with it. It reports false, and
-// changes nothing, if ctx is not bounded by New, its deadline has passed, or
-// it has been disarmed.
-func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
-	c := lookup(ctx)
-	if c == nil || d < 0 {
-		return false
-	}
+// extend moves the call's deadline d later (see Extend).
+func (c *call) extend(d time.Duration) bool {
 	if c.inline() {
 		return c.moveDeadline(func(deadline int64) (int64, bool) {
 			return deadlineAfter(deadline, d), deadline != noDeadline

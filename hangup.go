@@ -62,7 +62,10 @@ const (
 func (c *call) beginWatch(ctx *fasthttp.RequestCtx, start int64, gen uint64) {
 	c.conn = ctx.Conn()
 	phase := watchEnded
-	if c.m.watchHangups && c.conn != nil && c.deadline.Load()-start >= int64(minWatchedTimeout) {
+	// Inside another New only the outermost watches: a connection has one
+	// watch, and its hang-up reaches the inner context through the outer's
+	// (call.context).
+	if c.m.watchHangups && c.outer == nil && c.conn != nil && c.deadline.Load()-start >= int64(minWatchedTimeout) {
 		phase = watchPending
 		c.watchAt.Store(c.admitted + int64(HangupDelay))
 	}

@@ -41,7 +41,9 @@ var ErrShutdown = errors.New("fasttimeout: server shutting down")
 //
 // Inside the handler of another New, h keeps the earlier of the two
 // deadlines and, whatever the mode, runs as in cooperative mode on the
-// goroutine it is called on: only the outermost New races.
+// goroutine it is called on: only the outermost New races, and only it
+// watches for the client's hang-up, which ends the inner contexts too.
+// [Disarm] and [Extend] move the deadlines of all of them.
 //
 // New panics, with a message starting "fasttimeout: ", if h is nil or cfg is
 // invalid (see [Config]).

@@ -152,45 +152,6 @@ func TestTimeout_under_CompressHandler(t *testing.T) {
 	}
 }
 
-// A New inside another New's handler, its handler ignoring its context
-// and writing past both deadlines. Both used to race on the RequestCtx: the
-// inner one answered with its timeout response and returned, and the outer
-// one then ended the request (its user values, and Response.Reset in its
-// late return) while the inner late handler still wrote: data races under
-// -race, and a pooled body buffer shared with the late handler. Only the
-// outermost New races now; an inner one bounds its handler as cooperative
-// mode does. Either way the client gets one timeout response.
-func TestTimeout_nested_middlewares_answer_once(t *testing.T) {
-	t.Parallel()
-	for _, outerMode := range allModes {
-		for _, tc := range []struct {
-			name         string
-			inner, outer time.Duration
-		}{
-			{"inner deadline first", shortTimeout, time.Hour},
-			{"same deadline", time.Hour, shortTimeout},
-		} {
-			t.Run(outerMode.String()+"/"+tc.name, func(t *testing.T) {
-				t.Parallel()
-				returned := make(chan struct{})
-				inner := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
-					defer close(returned)
-					for end := time.Now().Add(3 * shortTimeout); time.Now().Before(end); time.Sleep(100 * time.Microsecond) {
-						ctx.WriteString("the late handler's own body ")
-						ctx.SetUserValue("k", 1)
-						_ = fasttimeout.Context(ctx)
-					}
-				}, fasttimeout.Config{Timeout: tc.inner})
-				s := serve(t, fasttimeout.New(inner, fasttimeout.Config{Timeout: tc.outer, Mode: outerMode}))
-				resp := do(t, s, "GET", "/")
-				receive(t, returned, "return of the handler")
-				assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
-				assert.Equal(t, fasttimeout.DefaultBody, string(resp.Body()))
-			})
-		}
-	}
-}
-
 func TestTimeout_cooperative_replaces_a_late_response(t *testing.T) {
 	t.Parallel()
 	tests := []struct {

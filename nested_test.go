@@ -1,0 +1,187 @@
+package fasttimeout_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/fasttimeout/fasttimeout"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/valyala/fasthttp"
+)
+
+// A New inside another New's handler: only the outermost races, the inner
+// one keeps the earlier deadline, and whatever the handler does (Disarm,
+// Extend, its client hanging up) applies to the request as a whole.
+
+// A New inside another New's handler, its handler ignoring its context
+// and writing past both deadlines. Both used to race on the RequestCtx: the
+// inner one answered with its timeout response and returned, and the outer
+// one then ended the request (its user values, and Response.Reset in its
+// late return) while the inner late handler still wrote: data races under
+// -race, and a pooled body buffer shared with the late handler. Only the
+// outermost New races now; an inner one bounds its handler as cooperative
+// mode does. Either way the client gets one timeout response.
+func TestNested_answers_once(t *testing.T) {
+	t.Parallel()
+	for _, outerMode := range allModes {
+		for _, tc := range []struct {
+			name         string
+			inner, outer time.Duration
+		}{
+			{"inner deadline first", shortTimeout, time.Hour},
+			{"same deadline", time.Hour, shortTimeout},
+		} {
+			t.Run(outerMode.String()+"/"+tc.name, func(t *testing.T) {
+				t.Parallel()
+				returned := make(chan struct{})
+				inner := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+					defer close(returned)
+					for end := time.Now().Add(3 * shortTimeout); time.Now().Before(end); time.Sleep(100 * time.Microsecond) {
+						ctx.WriteString("the late handler's own body ")
+						ctx.SetUserValue("k", 1)
+						_ = fasttimeout.Context(ctx)
+					}
+				}, fasttimeout.Config{Timeout: tc.inner})
+				s := serve(t, fasttimeout.New(inner, fasttimeout.Config{Timeout: tc.outer, Mode: outerMode}))
+				resp := do(t, s, "GET", "/")
+				receive(t, returned, "return of the handler")
+				assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
+				assert.Equal(t, fasttimeout.DefaultBody, string(resp.Body()))
+			})
+		}
+	}
+}
+
+func TestNested_keeps_the_earlier_deadline(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			type seenDeadlines struct{ inner, outerAfter, outerBefore time.Time }
+			seen := make(chan seenDeadlines, 1)
+			var outerBefore time.Time
+			inner := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				d, _ := fasttimeout.Context(ctx).Deadline()
+				outerAfter, _ := time.Time{}, false
+				seen <- seenDeadlines{inner: d, outerAfter: outerAfter}
+			}, fasttimeout.Config{Mode: mode, Timeout: time.Hour})
+			outer := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				outerBefore, _ = fasttimeout.Context(ctx).Deadline()
+				inner(ctx)
+				got := <-seen
+				got.outerBefore = outerBefore
+				got.outerAfter, _ = fasttimeout.Context(ctx).Deadline()
+				seen <- got
+			}, fasttimeout.Config{Mode: mode, Timeout: time.Minute})
+			s := serve(t, outer)
+			assert.Equal(t, 200, do(t, s, "GET", "/").StatusCode())
+			got := <-seen
+			assert.Equal(t, got.outerBefore, got.inner, "the inner middleware keeps the outer, earlier deadline")
+			assert.Equal(t, got.outerBefore, got.outerAfter, "Context returns the outer context again after the inner handler")
+		})
+	}
+}
+
+// Disarm and Extend inside nested News move every deadline that bounds the
+// request: they used to move only the inner one and report true, and the
+// outer New then answered with its timeout response at its own deadline
+// while the handler's context stayed live.
+func TestNested_Disarm_and_Extend_move_every_deadline(t *testing.T) {
+	t.Parallel()
+	for _, outerMode := range allModes {
+		for _, tc := range []struct {
+			name string
+			move func(*fasthttp.RequestCtx) bool
+		}{
+			{"Disarm", fasttimeout.Disarm},
+			{"Extend", func(ctx *fasthttp.RequestCtx) bool { return fasttimeout.Extend(ctx, time.Hour) }},
+		} {
+			t.Run(outerMode.String()+"/"+tc.name, func(t *testing.T) {
+				t.Parallel()
+				type seen struct {
+					moved  bool
+					err    error
+					leftOK bool
+				}
+				out := make(chan seen, 1)
+				inner := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+					var o seen
+					o.moved = tc.move(ctx)
+					c := fasttimeout.Context(ctx)
+					select {
+					case <-c.Done():
+					case <-time.After(4 * shortTimeout): // past the outer deadline
+					}
+					o.err = c.Err()
+					left, ok := fasttimeout.Remaining(ctx)
+					o.leftOK = !ok || left > time.Minute
+					out <- o
+				}, fasttimeout.Config{Timeout: time.Hour})
+				s := serve(t, fasttimeout.New(inner, fasttimeout.Config{Timeout: shortTimeout, Mode: outerMode}))
+				resp := do(t, s, "GET", "/")
+				o := receive(t, out, "the handler's report")
+				assert.True(t, o.moved)
+				assert.NoError(t, o.err, "the context outlives the outer deadline")
+				assert.True(t, o.leftOK, "Remaining follows the move")
+				assert.Equal(t, fasthttp.StatusOK, resp.StatusCode(), "no timeout response")
+			})
+		}
+	}
+}
+
+// A hang-up is watched by the outermost New alone, and ends the contexts
+// of the inner ones too. The inner one's watch used to replace the
+// outer's (a connection has one), and its end left the outer request
+// unwatched.
+func TestNested_hangup_reaches_every_context(t *testing.T) {
+	requireHangups(t)
+	t.Parallel()
+	for _, mode := range allModes {
+		for _, when := range []string{"after the inner handler", "during the inner handler"} {
+			t.Run(mode.String()+"/"+when, func(t *testing.T) {
+				t.Parallel()
+				ready := make(chan struct{}) // the moment to hang up
+				innerCause := make(chan error, 1)
+				outerCause := make(chan error, 1)
+				during := when == "during the inner handler"
+				inner := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+					c := fasttimeout.Context(ctx)
+					if !during {
+						time.Sleep(4 * fasttimeout.HangupDelay) // long enough to be watched
+						return
+					}
+					close(ready)
+					select {
+					case <-c.Done():
+						innerCause <- context.Cause(c)
+					case <-time.After(waitTimeout):
+						innerCause <- nil
+					}
+				}, fasttimeout.Config{Timeout: time.Minute, Mode: fasttimeout.Cooperative})
+				s := startStressLoopback(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+					c := fasttimeout.Context(ctx)
+					time.Sleep(2 * fasttimeout.HangupDelay) // the outer watch starts
+					inner(ctx)
+					if !during {
+						close(ready)
+					}
+					select {
+					case <-c.Done():
+						outerCause <- context.Cause(c)
+					case <-time.After(waitTimeout):
+						outerCause <- nil
+					}
+				}, fasttimeout.Config{Timeout: time.Minute, Mode: mode}))
+				conn := sendRaw(t, s.addr, rawRequest("/nested"))
+				receive(t, ready, "the moment to hang up")
+				require.NoError(t, conn.Close())
+				if during {
+					assert.ErrorIs(t, receive(t, innerCause, "the inner context's end"), fasttimeout.ErrClientGone)
+				}
+				assert.ErrorIs(t, receive(t, outerCause, "the outer context's end"), fasttimeout.ErrClientGone)
+			})
+		}
+	}
+}
