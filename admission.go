@@ -94,10 +94,11 @@ type limiter struct {
 
 	// A probe holds the limit at its floor for a window to measure the
 	// unloaded latency (see adapt).
-	probeFrom atomic.Int64 // when the current probe began; 0: none
-	restore   int64        // the limit after the probe; guarded by adapting
-	nextProbe int64        // guarded by adapting
-	probedAt  int64        // when the last probe ended; guarded by adapting
+	probeFrom   atomic.Int64 // when the current probe began; 0: none
+	probeYields atomic.Bool  // the probe began without load, and ends for a request it would refuse (see yieldProbe)
+	restore     int64        // the limit after the probe; guarded by adapting
+	nextProbe   int64        // guarded by adapting
+	probedAt    int64        // when the last probe ended; guarded by adapting
 
 	// Refusals for the backlog in front of the middleware (backlog.go).
 	shed       atomic.Uint32 // probability of refusing a request at once, in 1/2³² units
@@ -187,6 +188,7 @@ func newLimiter(max int64, adaptive bool, timeout time.Duration, stats *Stats, l
 		limit = l.floor
 		l.restore = min(initialLimit, max)
 		l.probeFrom.Store(1)
+		l.probeYields.Store(true)
 	}
 	l.limit.Store(limit)
 	stats.limit.Add(limit)
@@ -297,6 +299,9 @@ func (l *limiter) acquire(t, deadline int64) (waited time.Duration, reason strin
 	case granted:
 		return waited, ""
 	case waited >= maxWait:
+		if l.yieldProbe(t+int64(waited)) && l.tryAcquire() {
+			return waited, ""
+		}
 		return waited, l.refuse(RejectedQueueTimeout)
 	default:
 		return waited, l.refuse(RejectedQueueFull)
@@ -467,6 +472,7 @@ func (l *limiter) adapt(t int64) {
 			medianOf(rtts[:k])
 			l.minRTT = rtts[k/4]
 			l.probeFrom.Store(0)
+			l.probeYields.Store(false)
 			l.probedAt = t
 			l.nextProbe = t + int64(probeEvery) + t%int64(probeEvery/4)
 			l.setLimit(l.restore, t)
@@ -522,9 +528,33 @@ func (l *limiter) adapt(t int64) {
 		// measure it again at the floor, then come back.
 		l.restore = nextLimit
 		l.probeFrom.Store(t)
+		l.probeYields.Store(!binding) // called early, without load
 		nextLimit = l.lateFloor()
 	}
 	l.setLimit(nextLimit, t)
+}
+
+// yieldProbe ends a probe that began without load (at start, or called
+// early while the limit did not bind) for a request it would otherwise
+// refuse, and reports whether there is such a probe no longer: a probe that
+// finds the server loaded after all stops measuring rather than cost it
+// requests. A probe under load (see adapt) does not yield: the server
+// refuses requests then anyway. minRTT stays as it was, to fall with the
+// windows to come.
+func (l *limiter) yieldProbe(t int64) bool {
+	if !l.probeYields.Load() {
+		return false
+	}
+	l.adapting.Lock()
+	defer l.adapting.Unlock()
+	if l.probeYields.Load() && l.probeFrom.Load() != 0 {
+		l.probeFrom.Store(0)
+		l.probedAt = t
+		l.nextProbe = t + int64(probeEvery) + t%int64(probeEvery/4)
+		l.setLimit(max(l.restore, l.lateFloor()), t)
+	}
+	l.probeYields.Store(false)
+	return true
 }
 
 // lateFloor is the least the adaptive limit falls to: limitFloor slots

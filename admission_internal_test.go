@@ -507,3 +507,33 @@ func TestLimiter_late_handlers_never_hold_every_slot(t *testing.T) {
 		assert.Equal(t, limit+limitFloor, l.limit.Load())
 	})
 }
+
+// TestLimiter_a_probe_without_load_yields: a probe that began without load
+// (at start, or called early while the limit did not bind) ends for the
+// first request it would refuse, which then runs; a probe under load does
+// not, and the request is refused as any other beyond the limit.
+func TestLimiter_a_probe_without_load_yields(t *testing.T) {
+	t.Parallel()
+	for _, yields := range []bool{true, false} {
+		// A new limit starts with a probe without load: the limit at its
+		// floor, every slot held here.
+		l := newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64))
+		l.probeYields.Store(yields) // false: as if adapt had started it under load
+		for range limitFloor {
+			require.True(t, l.tryAcquire())
+		}
+		// It may wait a tenth of 20 ms of budget: 2 ms.
+		clock := now()
+		_, reason := l.acquire(clock, clock+int64(20*time.Millisecond))
+		if yields {
+			assert.Empty(t, reason, "the probe gave way")
+			assert.Zero(t, l.probeFrom.Load(), "the probe is over")
+			assert.Equal(t, int64(initialLimit), l.limit.Load(), "the limit is back")
+			assert.Equal(t, int64(limitFloor+1), l.holding())
+		} else {
+			assert.Equal(t, RejectedQueueTimeout, reason, "a probe under load refuses as the limit does")
+			assert.NotZero(t, l.probeFrom.Load(), "the probe goes on")
+			assert.Equal(t, int64(limitFloor), l.limit.Load())
+		}
+	}
+}

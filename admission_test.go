@@ -346,3 +346,41 @@ func TestAdmission_a_burst_on_a_cold_limit_is_served(t *testing.T) {
 		})
 	}
 }
+
+// TestAdmission_a_new_limit_refuses_nothing_at_light_load: a server started
+// under light but steady load, a dozen requests of 300 ms at a time with a
+// 1 s timeout. A new adaptive limit starts with a probe at 4 slots to
+// measure the unloaded latency, which takes two rounds of handlers here,
+// longer than the tenth of its budget a request waits for a slot: the
+// probe used to refuse the requests that waited longest. It now gives way
+// to the first request it would refuse. Not parallel, nor are its modes, as
+// above.
+func TestAdmission_a_new_limit_refuses_nothing_at_light_load(t *testing.T) {
+	const clients, rounds = 12, 3
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			stats := new(fasttimeout.Stats)
+			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				time.Sleep(300 * time.Millisecond) // a downstream call
+			}, fasttimeout.Config{Mode: mode, Timeout: time.Second, AdaptiveConcurrency: true, Stats: stats}))
+			codes := make(chan int, clients*rounds)
+			var wg sync.WaitGroup
+			for range clients {
+				wg.Go(func() {
+					for range rounds {
+						codes <- do(t, s, "GET", "/").StatusCode()
+					}
+				})
+			}
+			wg.Wait()
+			close(codes)
+			got := map[int]int{}
+			for c := range codes {
+				got[c]++
+			}
+			snap := stats.Snapshot()
+			assert.Equal(t, map[int]int{fasthttp.StatusOK: clients * rounds}, got, "%+v", snap)
+			assert.Positive(t, snap.Queued, "the probe held requests back")
+		})
+	}
+}
