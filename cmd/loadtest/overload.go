@@ -579,6 +579,8 @@ func (r *overloadRow) fillServer(before, after, end cellSnapshot) {
 	r.PeakGoroutines = int64(end.slots[slotPeakGoroutines])
 	r.PeakHeapMiB = float64(end.slots[slotPeakHeap]) / (1 << 20)
 	r.Limit = int64(after.slots[slotLimit])
+	r.RefusedFull = int64(after.slots[slotRefusedFull] - before.slots[slotRefusedFull])
+	r.RefusedTimeout = int64(after.slots[slotRefusedTimeout] - before.slots[slotRefusedTimeout])
 	r.NoID = int64(end.slots[slotNoID])
 	if s := end.slots[slotSampled]; s > 0 {
 		r.SampleAgeMs = float64(end.at.UnixNano()-int64(s)) / 1e6

@@ -119,9 +119,13 @@ type overloadRow struct {
 	PeakRSSMiB      float64 `json:"peak_rss_mib"`
 	SampleAgeMs     float64 `json:"sample_age_ms"` // how stale the child's last sample of goroutines and heap was
 	Limit           int64   `json:"concurrency_limit,omitempty"`
-	NoID            int64   `json:"requests_without_id,omitempty"`
-	Crashed         bool    `json:"crashed,omitempty"`
-	Error           string  `json:"error,omitempty"`
+	// The middleware's refusals in the window, by reason, as its Stats
+	// counted them at the samples nearest the window's ends.
+	RefusedFull    int64  `json:"refused_queue_full,omitempty"`
+	RefusedTimeout int64  `json:"refused_queue_timeout,omitempty"`
+	NoID           int64  `json:"requests_without_id,omitempty"`
+	Crashed        bool   `json:"crashed,omitempty"`
+	Error          string `json:"error,omitempty"`
 }
 
 // cellData is what a cell's generator and server child left.
@@ -347,7 +351,7 @@ func overloadGoals(workloads []overloadWorkload, deadline time.Duration) []goalR
 			if half == nil {
 				g.Checks = append(g.Checks, "–", "–")
 			} else {
-				g.Checks = append(g.Checks, check(half.Rejected == 0, "%d", half.Rejected))
+				g.Checks = append(g.Checks, check(half.Rejected == 0, "%s", refusals(half)))
 				v, _ := findOverloadVariant(r.Variant)
 				base := find(v.without, r.Handler, goalHalfLoad)
 				switch {
@@ -604,4 +608,13 @@ func loadTicks(loads []float64) []plot.Tick {
 		ticks = append(ticks, plot.Tick{Value: l, Label: fmt.Sprintf("%gx", l)})
 	}
 	return ticks
+}
+
+// refusals gives a cell's 503s, and the middleware's reasons for them when
+// it refused any: what a failed "none rejected" goal needs to be read.
+func refusals(r *overloadRow) string {
+	if r.Rejected == 0 || r.RefusedFull+r.RefusedTimeout == 0 {
+		return fmt.Sprint(r.Rejected)
+	}
+	return fmt.Sprintf("%d (queue full %d, queue timeout %d)", r.Rejected, r.RefusedFull, r.RefusedTimeout)
 }

@@ -63,6 +63,8 @@ const (
 	slotPeakGoroutines        // sampled every overloadSample
 	slotLimit                 // the middleware's concurrency limit at the last sample
 	slotSampled               // Unix ns of the last sample: a starved sampler shows here
+	slotRefusedFull           // the middleware's refusals, queue full, at the last sample
+	slotRefusedTimeout        // its refusals after waiting their share, at the last sample
 	slotFailure               // the length of the failure's text at sharedFailure
 	sharedSlots
 )
@@ -348,7 +350,10 @@ func sampleOverload(sh *shared, stats *fasttimeout.Stats) (stop func()) {
 	return peaks.start(overloadSample, func() {
 		sh.slots[slotPeakGoroutines].Store(uint64(peaks.goroutines.Load()))
 		sh.slots[slotPeakHeap].Store(uint64(peaks.heap.Load()))
-		sh.slots[slotLimit].Store(uint64(max(stats.Snapshot().ConcurrencyLimit, 0)))
+		snap := stats.Snapshot()
+		sh.slots[slotLimit].Store(uint64(max(snap.ConcurrencyLimit, 0)))
+		sh.slots[slotRefusedFull].Store(uint64(snap.RejectedFull))
+		sh.slots[slotRefusedTimeout].Store(uint64(snap.RejectedQueueTimeout))
 		sh.slots[slotSampled].Store(uint64(time.Now().UnixNano()))
 	})
 }

@@ -572,3 +572,18 @@ func TestRender(t *testing.T) {
 		t.Error("rendering a missing file: no error")
 	}
 }
+
+func TestRefusals(t *testing.T) {
+	for _, tc := range []struct {
+		row  overloadRow
+		want string
+	}{
+		{overloadRow{}, "0"},
+		{overloadRow{Rejected: 11}, "11"}, // an older report, without reasons
+		{overloadRow{Rejected: 11, RefusedFull: 2, RefusedTimeout: 9}, "11 (queue full 2, queue timeout 9)"},
+	} {
+		if got := refusals(&tc.row); got != tc.want {
+			t.Errorf("refusals(%+v) = %q, want %q", tc.row, got, tc.want)
+		}
+	}
+}
