@@ -99,6 +99,12 @@ type limiter struct {
 	restore     int64        // the limit after the probe; guarded by adapting
 	nextProbe   int64        // guarded by adapting
 	probedAt    int64        // when the last probe ended; guarded by adapting
+	// probeOwed: a probe gave way (yieldProbe), and the next window in
+	// which requests queue probes again, this time under load: a server
+	// started straight into overload would otherwise take its loaded
+	// latency for the unloaded one until the next regular probe. Guarded
+	// by adapting.
+	probeOwed bool
 
 	// Refusals for the backlog in front of the middleware (backlog.go).
 	shed       atomic.Uint32 // probability of refusing a request at once, in 1/2³² units
@@ -483,7 +489,7 @@ func (l *limiter) adapt(t int64) {
 	}
 	limit := l.limit.Load()
 	binding := 2*peak >= limit || queued
-	probe := binding && t >= l.nextProbe
+	probe := binding && t >= l.nextProbe || l.probeOwed && queued
 	next := float64(limit)
 	switch {
 	case n > 0:
@@ -529,6 +535,7 @@ func (l *limiter) adapt(t int64) {
 		l.restore = nextLimit
 		l.probeFrom.Store(t)
 		l.probeYields.Store(!binding) // called early, without load
+		l.probeOwed = false
 		nextLimit = l.lateFloor()
 	}
 	l.setLimit(nextLimit, t)
@@ -539,8 +546,8 @@ func (l *limiter) adapt(t int64) {
 // refuse, and reports whether there is such a probe no longer: a probe that
 // finds the server loaded after all stops measuring rather than cost it
 // requests. A probe under load (see adapt) does not yield: the server
-// refuses requests then anyway. minRTT stays as it was, to fall with the
-// windows to come.
+// refuses requests then anyway. So the first window after a yield in which
+// requests queue probes again (probeOwed), under load.
 func (l *limiter) yieldProbe(t int64) bool {
 	if !l.probeYields.Load() {
 		return false
@@ -551,6 +558,8 @@ func (l *limiter) yieldProbe(t int64) bool {
 		l.probeFrom.Store(0)
 		l.probedAt = t
 		l.nextProbe = t + int64(probeEvery) + t%int64(probeEvery/4)
+		l.probeOwed = true
+		l.queuedInWin.Store(false) // only what queues from now on
 		l.setLimit(max(l.restore, l.lateFloor()), t)
 	}
 	l.probeYields.Store(false)

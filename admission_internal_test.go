@@ -529,6 +529,7 @@ func TestLimiter_a_probe_without_load_yields(t *testing.T) {
 			assert.Empty(t, reason, "the probe gave way")
 			assert.Zero(t, l.probeFrom.Load(), "the probe is over")
 			assert.Equal(t, int64(initialLimit), l.limit.Load(), "the limit is back")
+			assert.True(t, l.probeOwed, "a probe under load is owed")
 			assert.Equal(t, int64(limitFloor+1), l.holding())
 		} else {
 			assert.Equal(t, RejectedQueueTimeout, reason, "a probe under load refuses as the limit does")
