@@ -477,11 +477,7 @@ func (l *limiter) adapt(t int64) {
 			// still have waited behind the load before it.
 			medianOf(rtts[:k])
 			l.minRTT = rtts[k/4]
-			l.probeFrom.Store(0)
-			l.probeYields.Store(false)
-			l.probedAt = t
-			l.nextProbe = t + int64(probeEvery) + t%int64(probeEvery/4)
-			l.setLimit(l.restore, t)
+			l.endProbe(t, l.restore)
 		} else {
 			l.setLimit(max(l.limit.Load(), l.lateFloor()), t) // probe beside the late handlers
 		}
@@ -555,15 +551,22 @@ func (l *limiter) yieldProbe(t int64) bool {
 	l.adapting.Lock()
 	defer l.adapting.Unlock()
 	if l.probeYields.Load() && l.probeFrom.Load() != 0 {
-		l.probeFrom.Store(0)
-		l.probedAt = t
-		l.nextProbe = t + int64(probeEvery) + t%int64(probeEvery/4)
 		l.probeOwed = true
 		l.queuedInWin.Store(false) // only what queues from now on
-		l.setLimit(max(l.restore, l.lateFloor()), t)
+		l.endProbe(t, max(l.restore, l.lateFloor()))
 	}
 	l.probeYields.Store(false)
 	return true
+}
+
+// endProbe ends the current probe at t, the limit going to limit, and
+// schedules the next one. l.adapting is held.
+func (l *limiter) endProbe(t, limit int64) {
+	l.probeFrom.Store(0)
+	l.probeYields.Store(false)
+	l.probedAt = t
+	l.nextProbe = t + int64(probeEvery) + t%int64(probeEvery/4)
+	l.setLimit(limit, t)
 }
 
 // lateFloor is the least the adaptive limit falls to: limitFloor slots
