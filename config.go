@@ -91,8 +91,9 @@ type Config struct {
 	Timeout time.Duration
 
 	// StatusCode is the status of the timeout response. Zero means
-	// DefaultStatusCode (504 Gateway Timeout); values outside 100-599 panic
-	// in New.
+	// DefaultStatusCode (504 Gateway Timeout); values outside 200-599 panic
+	// in New: a 1xx status is informational, and a client given one as the
+	// answer would wait on for another.
 	StatusCode int
 
 	// Body is the body of the timeout response. Nil means DefaultBody; an
@@ -286,8 +287,8 @@ func (cfg Config) resolve() settings {
 	switch {
 	case cfg.StatusCode == 0:
 		cfg.StatusCode = DefaultStatusCode
-	case cfg.StatusCode < 100 || cfg.StatusCode > 599:
-		panic(fmt.Sprintf("fasttimeout: Config.StatusCode must be an HTTP status (100-599), got %d", cfg.StatusCode))
+	case cfg.StatusCode < 200 || cfg.StatusCode > 599:
+		panic(fmt.Sprintf("fasttimeout: Config.StatusCode must be a final HTTP status (200-599), got %d", cfg.StatusCode))
 	}
 	if cfg.Body == nil {
 		cfg.Body = []byte(DefaultBody)

@@ -25,6 +25,8 @@ func TestNew_rejects_bad_configuration(t *testing.T) {
 		{"nil_handler", nil, fasttimeout.Config{}, "handler"},
 		{"negative_timeout", ok, fasttimeout.Config{Timeout: -time.Second}, "Timeout"},
 		{"status_below_100", ok, fasttimeout.Config{StatusCode: 42}, "StatusCode"},
+		{"status_informational", ok, fasttimeout.Config{StatusCode: fasthttp.StatusContinue}, "StatusCode"},
+		{"status_199", ok, fasttimeout.Config{StatusCode: 199}, "StatusCode"},
 		{"status_above_599", ok, fasttimeout.Config{StatusCode: 600}, "StatusCode"},
 		{"unknown_mode", ok, fasttimeout.Config{Mode: 7}, "Mode(7)"},
 		{"precision_too_fine", ok, fasttimeout.Config{Precision: time.Microsecond}, "Precision"},
