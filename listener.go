@@ -3,6 +3,7 @@ package fasttimeout
 import (
 	"errors"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -34,7 +35,10 @@ const (
 //	err = server.Serve(fasttimeout.RetryListener(ln, logger))
 //
 // When the wrapped listener's Accept fails with EMFILE, ENFILE, ENOBUFS,
-// ENOMEM or ECONNABORTED, Accept waits and tries again, with a delay that
+// ENOMEM or ECONNABORTED, or on Linux with a network error of a connection
+// that failed in the listen queue (ENETDOWN, EPROTO, ENOPROTOOPT,
+// EHOSTDOWN, ENONET, EHOSTUNREACH, EOPNOTSUPP or ENETUNREACH, which
+// accept(2) says to retry), Accept waits and tries again, with a delay that
 // starts at 5 ms and doubles up to 1 s, as net/http's Server.Serve does;
 // each call to Accept starts again at 5 ms. The errors are matched with
 // errors.Is on syscall's errnos, as the net package returns them on Unix;
@@ -153,10 +157,6 @@ func (l *retryListener) closedError() error {
 
 // retriedAcceptError reports whether Accept retries after err.
 func retriedAcceptError(err error) bool {
-	for _, target := range retriedAcceptErrors {
-		if errors.Is(err, target) {
-			return true
-		}
-	}
-	return false
+	is := func(target error) bool { return errors.Is(err, target) }
+	return slices.ContainsFunc(retriedAcceptErrors[:], is) || slices.ContainsFunc(pendingAcceptErrors[:], is)
 }

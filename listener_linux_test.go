@@ -264,3 +264,24 @@ func runEMFILEChild(mode string) {
 	}
 	os.Exit(0)
 }
+
+// On Linux, accept returns the network error of a connection that failed
+// in the listen queue; the listener is fine, and the next accept is served.
+func TestRetryListener_retries_a_queued_connection_s_network_error(t *testing.T) {
+	t.Parallel()
+	for _, errno := range []syscall.Errno{
+		syscall.ENETDOWN, syscall.EPROTO, syscall.ENOPROTOOPT, syscall.EHOSTDOWN,
+		syscall.ENONET, syscall.EHOSTUNREACH, syscall.EOPNOTSUPP, syscall.ENETUNREACH,
+	} {
+		t.Run(errno.Error(), func(t *testing.T) {
+			t.Parallel()
+			client, server := net.Pipe()
+			t.Cleanup(func() { _ = client.Close(); _ = server.Close() })
+			inner := newFakeListener([]error{acceptErr(errno)}, server, nil)
+			conn, err := newQuickRetryListener(inner, nil).Accept()
+			require.NoError(t, err)
+			require.Same(t, server, conn)
+			require.EqualValues(t, 2, inner.calls.Load(), "one retry")
+		})
+	}
+}
