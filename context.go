@@ -33,7 +33,11 @@ import (
 //
 // Outside New, Context returns a context without deadline that is cancelled
 // when the server shuts down, with cause ErrShutdown; each context derived
-// from it then takes a goroutine. It never panics, not even for a zero
+// from it then takes a goroutine. Its Value, too, returns nil once fasthttp
+// has reset the request for the next one. Every call within one request
+// returns the same context; the first one stores it in the request's user
+// values, so, as for any RequestCtx method that writes, call it on one
+// goroutine at a time. Context never panics, not even for a zero
 // fasthttp.RequestCtx; for a nil one it returns context.Background().
 func Context(ctx *fasthttp.RequestCtx) context.Context {
 	if ctx == nil {
@@ -42,9 +46,29 @@ func Context(ctx *fasthttp.RequestCtx) context.Context {
 	if c := lookup(ctx); c != nil {
 		return c.context()
 	}
+	if e, ok := ctx.UserValue(outsideKey{}).(*outsideEnd); ok {
+		return (*requestContext)(e)
+	}
 	b := newRequestContext(ctx, noDeadline)
 	b.outside = true
+	ctx.SetUserValue(outsideKey{}, (*outsideEnd)(b))
 	return b
+}
+
+// outsideKey is the user value that holds the context Context made outside
+// New, as an *outsideEnd.
+type outsideKey struct{}
+
+// outsideEnd is a context made outside New, as a user value that fasthttp
+// closes: resetting a request, before the RequestCtx serves the next one,
+// closes the user values that are io.Closers. That is the only word of the
+// request's end a handler outside New gets.
+type outsideEnd requestContext
+
+// Close stops the context's Value from reading the RequestCtx.
+func (e *outsideEnd) Close() error {
+	(*requestContext)(e).detach()
+	return nil
 }
 
 // Shared, already cancelled contexts that carry the causes. context.Cause

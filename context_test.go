@@ -217,6 +217,40 @@ func TestContext_outside_New(t *testing.T) {
 		assert.True(t, stop(), "stop prevents the call")
 		assert.False(t, stop(), "only once")
 	})
+	// fasthttp serves a connection's next request with the same RequestCtx:
+	// a goroutine that kept the first request's context must not read the
+	// second's values.
+	t.Run("Value_ends_with_the_request", func(t *testing.T) {
+		t.Parallel()
+		type seen struct {
+			ctx   *fasthttp.RequestCtx
+			value any  // the first request's context's Value("user")
+			same  bool // the first request's calls of Context agreed
+		}
+		var kept context.Context // the first request's, kept past its end
+		seens := make(chan seen, 1)
+		s := serve(t, func(ctx *fasthttp.RequestCtx) {
+			if string(ctx.Path()) == "/first" {
+				ctx.SetUserValue("user", "ada")
+				kept = fasttimeout.Context(ctx)
+				seens <- seen{ctx, kept.Value("user"), kept == fasttimeout.Context(ctx)}
+				return
+			}
+			ctx.SetUserValue("user", "bob")
+			seens <- seen{ctx: ctx, value: kept.Value("user")}
+		})
+		status, _, _ := s.get(t, "/first")
+		require.Equal(t, fasthttp.StatusOK, status)
+		first := receive(t, seens, "the first request")
+		assert.Equal(t, "ada", first.value, "while the request runs")
+		assert.True(t, first.same, "every call within the request returns the same context")
+		status, _, _ = s.get(t, "/second")
+		require.Equal(t, fasthttp.StatusOK, status)
+		second := receive(t, seens, "the second request")
+		require.Same(t, first.ctx, second.ctx, "fasthttp reused the RequestCtx")
+		assert.Nil(t, second.value, "the first request's context reads nothing of the second")
+		assert.NoError(t, kept.Err(), "cancelled only by shutdown")
+	})
 	t.Run("nil_RequestCtx_gives_Background", func(t *testing.T) {
 		t.Parallel()
 		assert.Equal(t, context.Background(), fasttimeout.Context(nil))
