@@ -84,8 +84,9 @@ type contextKey struct{}
 // its end function) and by Handler (until the handler has returned and its
 // events are recorded); the last one to let go ends the span.
 type request struct {
-	span  trace.Span
-	holds atomic.Int32
+	span    trace.Span
+	holds   atomic.Int32
+	handled atomic.Bool // Handler held the span: the end of the context is its to record
 }
 
 // Attach makes the span of c (trace.SpanFromContext) the request's span for
@@ -94,14 +95,48 @@ type request struct {
 // call has returned, in place of span.End: it records EventRejected if the
 // middleware refused the request (the handler, and so [Handler], never ran),
 // and the span ends then, or when a late handler returns.
+//
+// On a starved process a racing handler may start only after the
+// middleware has answered at its deadline or at its client's hang-up. End
+// then records that answer itself (EventTimeout, or EventClientGone for a
+// StatusClientClosedRequest answer), with AttrTimeout and AttrLateness 0 as
+// the handler's deadline is its RequestCtx's to read, and ends the span:
+// the handler, when it starts, runs without recording.
 func Attach(ctx *fasthttp.RequestCtx, c context.Context) (end func()) {
 	r := &request{span: trace.SpanFromContext(c)}
 	r.holds.Store(1)
 	ctx.SetUserValue(contextKey{}, r)
 	return func() {
+		// A request answered with a timeout response now belongs to its
+		// late handler, which may still change its RequestCtx: only the
+		// response the middleware sent is read.
+		if resp := ctx.LastTimeoutErrorResponse(); resp != nil {
+			r.endAnswered(resp.StatusCode())
+			return
+		}
 		r.recordRejection(ctx)
 		r.release()
 	}
+}
+
+// endAnswered lets go of the span of a request the middleware answered with
+// status at its deadline or its client's hang-up. Unless Handler holds the
+// span or has held it (and so records why), it records the answer and ends
+// the span, which Handler can no longer hold.
+func (r *request) endAnswered(status int) {
+	if !r.holds.CompareAndSwap(1, 0) {
+		r.release() // Handler holds it, and records the end when it can
+		return
+	}
+	if !r.handled.Load() && r.span.IsRecording() {
+		t := time.Now()
+		e := timedOut(context.Background(), t)
+		if status == fasttimeout.StatusClientClosedRequest {
+			e = endOfContext{event: EventClientGone, cause: fasttimeout.ErrClientGone, at: t, since: t}
+		}
+		r.record(e, 0)
+	}
+	r.span.End()
 }
 
 // recordRejection records on the span what the middleware answered without
@@ -109,10 +144,7 @@ func Attach(ctx *fasthttp.RequestCtx, c context.Context) (end func()) {
 // span's status set to Error as for a timeout (the client got a 503), or a
 // budget spent on arrival, as a timeout at once.
 func (r *request) recordRejection(ctx *fasthttp.RequestCtx) {
-	// A request answered with a timeout response (its deadline passed, or
-	// its client left) was not refused, and its RequestCtx now belongs to
-	// its late handler, which may still change it: it must not be read.
-	if !r.span.IsRecording() || ctx.LastTimeoutErrorResponse() != nil {
+	if !r.span.IsRecording() {
 		return
 	}
 	if fasttimeout.SpentBudget(ctx) {
@@ -194,6 +226,7 @@ func Handler(next fasthttp.RequestHandler) fasthttp.RequestHandler {
 			next(ctx)
 			return
 		}
+		r.handled.Store(true)
 		defer r.release()
 		c := fasttimeout.Context(ctx)
 		timeout, _ := fasttimeout.Remaining(ctx) // the handler has just started

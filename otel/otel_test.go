@@ -45,7 +45,9 @@ type traced struct {
 // fasttimeoutotel.Handler inside fasttimeout.New: /fast; /block, which
 // ignores its context until release is closed; /hold, which does the same
 // once it has said so on entered; /wait, which returns when its context
-// ends; /child, which starts a child span from fasttimeoutotel.Context.
+// ends; /child, which starts a child span from fasttimeoutotel.Context;
+// /starved, whose Handler starts only once release is closed, as on a
+// starved process, and which then says on entered that it has returned.
 func serveTraced(t *testing.T, cfg fasttimeout.Config, sampler sdktrace.Sampler) *traced {
 	t.Helper()
 	tt := &traced{
@@ -82,7 +84,16 @@ func serveTraced(t *testing.T, cfg fasttimeout.Config, sampler sdktrace.Sampler)
 		}
 		ctx.SetBodyString("ok")
 	}
-	handler := fasttimeout.New(fasttimeoutotel.Handler(app), cfg)
+	inner := fasttimeoutotel.Handler(app)
+	handler := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+		if string(ctx.Path()) != "/starved" {
+			inner(ctx)
+			return
+		}
+		<-tt.release
+		inner(ctx)
+		tt.entered <- struct{}{}
+	}, cfg)
 	ln := fasthttputil.NewInmemoryListener()
 	tt.server = &fasthttp.Server{Handler: fasttimeoutotel.Middleware(handler, tracer)}
 	go func() { tt.served <- tt.server.Serve(ln) }()
@@ -227,6 +238,18 @@ func TestHandler(t *testing.T) {
 			requireTimeoutEvents(t, span, timeout)
 			late := attrs(span.Events()[1])[fasttimeoutotel.AttrLateness].AsFloat64()
 			assert.Greater(t, late, 0.0)
+		},
+	}, {
+		name: "a_handler_that_starts_after_the_timeout_answer_leaves_the_timeout_on_the_span",
+		run: func(t *testing.T, tt *traced) {
+			require.Equal(t, fasthttp.StatusGatewayTimeout, tt.get(t, "/starved"))
+			span := tt.nextEnded(t) // before the handler starts
+			require.Equal(t, []string{fasttimeoutotel.EventTimeout}, eventNames(span))
+			assert.Equal(t, codes.Error, span.Status().Code)
+			assert.Equal(t, fasttimeout.ErrTimeout.Error(), attrs(span.Events()[0])[fasttimeoutotel.AttrCause].AsString())
+			close(tt.release)
+			<-tt.entered
+			assert.Len(t, tt.recorder.Ended(), 1, "the handler, started late, records nothing more")
 		},
 	}, {
 		name: "cooperative_mode_records_the_timeout_and_the_return",
