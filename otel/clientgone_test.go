@@ -17,8 +17,47 @@ import (
 	fasttimeoutotel "github.com/fasttimeout/fasttimeout/otel"
 )
 
-// A client that hangs up over a real TCP connection (the only kind whose
-// hang-up can be seen) gives the span a client-gone event, then the late
+// serveTCP serves handler over a real TCP connection (the only kind whose
+// hang-up can be seen), and returns its address and a function that shuts it
+// down and waits for Serve.
+func serveTCP(t *testing.T, handler fasthttp.RequestHandler) (addr string, shutdown func()) {
+	t.Helper()
+	server := &fasthttp.Server{Handler: handler}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	served := make(chan error, 1)
+	go func() { served <- server.Serve(ln) }()
+	return ln.Addr().String(), func() {
+		require.NoError(t, server.Shutdown())
+		require.NoError(t, <-served)
+	}
+}
+
+// hangUp sends a request to addr and closes the connection once entered
+// says that its handler runs.
+func hangUp(t *testing.T, addr string, entered <-chan struct{}) {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	_, err = conn.Write([]byte("GET /wait HTTP/1.1\r\nHost: app\r\n\r\n"))
+	require.NoError(t, err)
+	<-entered
+	require.NoError(t, conn.Close())
+}
+
+// endedSpan waits for the span sent on ended.
+func endedSpan(t *testing.T, ended <-chan sdktrace.ReadOnlySpan, what string) sdktrace.ReadOnlySpan {
+	t.Helper()
+	select {
+	case span := <-ended:
+		return span
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no span ended within 10 s of the hang-up: %s", what)
+		return nil
+	}
+}
+
+// A client that hangs up gives the span a client-gone event, then the late
 // return of the handler, which honours its context.
 func TestHandlerRecordsClientGone(t *testing.T) {
 	if runtime.GOOS != "linux" {
@@ -34,32 +73,15 @@ func TestHandlerRecordsClientGone(t *testing.T) {
 		<-done
 	}
 	for _, mode := range []fasttimeout.Mode{fasttimeout.Racing, fasttimeout.Cooperative} {
-		server := &fasthttp.Server{Handler: fasttimeoutotel.Middleware(
+		addr, shutdown := serveTCP(t, fasttimeoutotel.Middleware(
 			fasttimeout.New(fasttimeoutotel.Handler(app), fasttimeout.Config{Timeout: time.Minute, Mode: mode}),
-			provider.Tracer("test"))}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		served := make(chan error, 1)
-		go func() { served <- server.Serve(ln) }()
-
-		conn, err := net.Dial("tcp", ln.Addr().String())
-		require.NoError(t, err)
-		_, err = conn.Write([]byte("GET /wait HTTP/1.1\r\nHost: app\r\n\r\n"))
-		require.NoError(t, err)
-		<-entered
-		require.NoError(t, conn.Close())
-
-		var span sdktrace.ReadOnlySpan
-		select {
-		case span = <-ended:
-		case <-time.After(10 * time.Second):
-			t.Fatalf("%v: no span ended within 10 s of the hang-up", mode)
-		}
+			provider.Tracer("test")))
+		hangUp(t, addr, entered)
+		span := endedSpan(t, ended, mode.String())
 		assert.Equal(t, []string{fasttimeoutotel.EventClientGone, fasttimeoutotel.EventLateReturn}, eventNames(span), mode)
 		assert.Equal(t, codes.Error, span.Status().Code)
 		assert.Equal(t, fasttimeout.ErrClientGone.Error(), attrs(span.Events()[0])[fasttimeoutotel.AttrCause].AsString())
-		require.NoError(t, server.Shutdown())
-		require.NoError(t, <-served)
+		shutdown()
 	}
 	require.NoError(t, provider.Shutdown(context.Background()))
 }
@@ -75,34 +97,17 @@ func TestAttachRecordsClientGoneBeforeTheHandlerStarts(t *testing.T) {
 	ended := make(chan sdktrace.ReadOnlySpan, 1)
 	provider := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(endSignal{ended}))
 	inner := fasttimeoutotel.Handler(func(*fasthttp.RequestCtx) {})
-	entered, start := make(chan struct{}), make(chan struct{})
-	returned := make(chan struct{})
-	server := &fasthttp.Server{Handler: fasttimeoutotel.Middleware(
+	entered, start, returned := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	addr, shutdown := serveTCP(t, fasttimeoutotel.Middleware(
 		fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
 			close(entered)
 			<-start // the worker starts the traced handler only now
 			inner(ctx)
 			close(returned)
 		}, fasttimeout.Config{Timeout: time.Minute}),
-		provider.Tracer("test"))}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	served := make(chan error, 1)
-	go func() { served <- server.Serve(ln) }()
-
-	conn, err := net.Dial("tcp", ln.Addr().String())
-	require.NoError(t, err)
-	_, err = conn.Write([]byte("GET / HTTP/1.1\r\nHost: app\r\n\r\n"))
-	require.NoError(t, err)
-	<-entered
-	require.NoError(t, conn.Close())
-
-	var span sdktrace.ReadOnlySpan
-	select {
-	case span = <-ended:
-	case <-time.After(10 * time.Second):
-		t.Fatal("no span ended within 10 s of the hang-up")
-	}
+		provider.Tracer("test")))
+	hangUp(t, addr, entered)
+	span := endedSpan(t, ended, "racing")
 	assert.Equal(t, []string{fasttimeoutotel.EventClientGone}, eventNames(span))
 	assert.Equal(t, codes.Error, span.Status().Code)
 	assert.Equal(t, fasttimeout.ErrClientGone.Error(), attrs(span.Events()[0])[fasttimeoutotel.AttrCause].AsString())
@@ -113,7 +118,6 @@ func TestAttachRecordsClientGoneBeforeTheHandlerStarts(t *testing.T) {
 		t.Fatalf("span %q ended twice", span.Name())
 	default:
 	}
-	require.NoError(t, server.Shutdown())
-	require.NoError(t, <-served)
+	shutdown()
 	require.NoError(t, provider.Shutdown(context.Background()))
 }
