@@ -129,12 +129,11 @@ func (r *request) endAnswered(status int) {
 		return
 	}
 	if !r.handled.Load() && r.span.IsRecording() {
-		t := time.Now()
-		e := timedOut(context.Background(), t)
+		cause := fasttimeout.ErrTimeout
 		if status == fasttimeout.StatusClientClosedRequest {
-			e = endOfContext{event: EventClientGone, cause: fasttimeout.ErrClientGone, at: t, since: t}
+			cause = fasttimeout.ErrClientGone
 		}
-		r.record(e, 0)
+		r.record(endBy(context.Background(), cause, time.Now()), 0)
 	}
 	r.span.End()
 }
@@ -291,7 +290,13 @@ type endOfContext struct {
 
 // endOf names why c, done, ended; t is when that was seen.
 func endOf(c context.Context, t time.Time) endOfContext {
-	e := endOfContext{cause: context.Cause(c), at: t, since: t}
+	return endBy(c, context.Cause(c), t)
+}
+
+// endBy is the end of c with cause, seen at t; a timeout's lateness counts
+// from c's deadline, if it has one.
+func endBy(c context.Context, cause error, t time.Time) endOfContext {
+	e := endOfContext{cause: cause, at: t, since: t}
 	switch {
 	case errors.Is(e.cause, fasttimeout.ErrTimeout):
 		cause := e.cause
