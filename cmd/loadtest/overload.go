@@ -521,8 +521,15 @@ func (c overloadCell) measureInto(ctx context.Context, cfg overloadConfig, row *
 	exited := make(chan struct{})
 	go func() { _ = srv.cmd.Wait(); close(exited) }()
 	defer func() {
-		_ = srv.cmd.Process.Kill()
-		<-exited
+		// Closing its input ends the server (and writes its CPU
+		// profile, if asked); one that lingers is killed.
+		_ = srv.in.Close()
+		select {
+		case <-exited:
+		case <-time.After(time.Second):
+			_ = srv.cmd.Process.Kill()
+			<-exited
+		}
 	}()
 	pid := srv.cmd.Process.Pid
 

@@ -311,6 +311,17 @@ func serveOverload(spec string, in io.Reader, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if dir := os.Getenv(profileEnv); dir != "" {
+		handler := "ignores"
+		if c.Honour {
+			handler = "honours"
+		}
+		stop, err := startProfile(dir, fmt.Sprintf("%s-%s-%s-*.pprof", c.Workload, c.Variant, handler))
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	var stats fasttimeout.Stats
 	s, err := overloadServer(c, sh, &stats)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/metrics"
+	"runtime/pprof"
 	"runtime/trace"
 	"strings"
 	"sync/atomic"
@@ -97,6 +98,24 @@ var overrunSteps = [3]time.Duration{time.Millisecond, 10 * time.Millisecond, 100
 // server write a runtime execution trace of its whole life there, named
 // scenario-variant.trace (for go tool trace).
 const traceEnv = "FASTTIMEOUT_LOADTEST_TRACE"
+
+// profileEnv, when set in the environment to a directory, makes each
+// overload server write a CPU profile of its whole life there, named
+// workload-variant-handler-*.pprof, one per cell in the order of the cells
+// (for go tool pprof).
+const profileEnv = "FASTTIMEOUT_LOADTEST_CPUPROFILE"
+
+func startProfile(dir, pattern string) (stop func(), err error) {
+	f, err := os.CreateTemp(dir, pattern)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); _ = f.Close() }, nil
+}
 
 func startTrace(path string) (stop func(), err error) {
 	f, err := os.Create(path)
