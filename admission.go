@@ -265,7 +265,9 @@ func (l *limiter) acquire(t, deadline int64) (waited time.Duration, reason strin
 		l.mu.Unlock()
 		return 0, l.refuse(RejectedQueueFull)
 	}
-	if l.queued >= max(2*int(l.ceiling), minQueue) {
+	// Twice the ceiling, which saturates: math.MaxInt, "no ceiling", would
+	// overflow to a negative and leave minQueue.
+	if l.queued >= max(2*int(min(l.ceiling, math.MaxInt/2)), minQueue) {
 		if !l.lifo(t) {
 			l.waiting.Add(-1)
 			l.mu.Unlock()

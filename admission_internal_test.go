@@ -272,10 +272,12 @@ func TestLimiter_queue(t *testing.T) {
 				}
 			}
 			wg.Add(2)
+			// Waiting in Stats counts a waiter once it is in the queue;
+			// l.waiting counts it before, while it may still take a slot.
 			go wait("old", t0)
-			require.Eventually(t, func() bool { return l.waiting.Load() == 1 }, 10*time.Second, time.Millisecond)
+			require.Eventually(t, func() bool { return stats.Snapshot().Waiting == 1 }, 10*time.Second, time.Millisecond)
 			go wait("new", t0+1)
-			require.Eventually(t, func() bool { return l.waiting.Load() == 2 }, 10*time.Second, time.Millisecond)
+			require.Eventually(t, func() bool { return stats.Snapshot().Waiting == 2 }, 10*time.Second, time.Millisecond)
 			assert.Equal(t, int64(2), stats.Snapshot().Waiting)
 
 			l.release(t0+int64(c.releaseAt), 0, false)
@@ -325,7 +327,8 @@ func TestLimiter_refusals(t *testing.T) {
 				_, reason := l.acquire(t0+int64(i), far)
 				reasons <- reason
 			}()
-			require.Eventually(t, func() bool { return l.waiting.Load() == int64(i+1) }, 10*time.Second, time.Millisecond)
+			// In the queue, not only counted in l.waiting: see TestLimiter_queue.
+			require.Eventually(t, func() bool { return l.stats.waiting.Load() == int64(i+1) }, 10*time.Second, time.Millisecond)
 		}
 		_, reason := l.acquire(t0+int64(minQueue), far)
 		assert.Equal(t, RejectedQueueFull, reason, "the queue is young: the newcomer is refused")
@@ -343,6 +346,36 @@ func TestLimiter_refusals(t *testing.T) {
 		assert.Zero(t, l.holding())
 		assert.Zero(t, l.waiting.Load())
 	})
+}
+
+// TestLimiter_queue_of_a_huge_ceiling: a ceiling of math.MaxInt ("no ceiling")
+// must not shrink the queue to minQueue: 2*ceiling overflowed.
+func TestLimiter_queue_of_a_huge_ceiling(t *testing.T) {
+	t.Parallel()
+	for _, ceiling := range []int64{1000, math.MaxInt64/2 + 1, math.MaxInt64} {
+		l := newLimiter(ceiling, true, time.Second, new(Stats), new(atomic.Int64))
+		for l.tryAcquire() {
+		}
+		t0 := int64(time.Hour)
+		far := t0 + int64(time.Hour)
+		const waiters = minQueue + 8
+		reasons := make(chan string, waiters)
+		for range waiters {
+			go func() {
+				_, reason := l.acquire(t0, far)
+				reasons <- reason
+			}()
+		}
+		require.Eventually(t, func() bool { return l.stats.waiting.Load()+int64(len(reasons)) == waiters }, 10*time.Second, time.Millisecond)
+		assert.Zero(t, len(reasons), "ceiling %d: nobody refused while the queue holds 2*ceiling", ceiling)
+		// Let every waiter through, one slot at a time, and give the slots back.
+		require.Eventually(t, func() bool {
+			if l.holding() > 0 {
+				l.release(t0, 0, false)
+			}
+			return l.waiting.Load() == 0 && l.holding() == 0 && len(reasons) == waiters
+		}, 10*time.Second, time.Millisecond)
+	}
 }
 
 // TestLimiter_counts_arrivals: the slots word counts the handlers holding a
