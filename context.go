@@ -51,8 +51,26 @@ func Context(ctx *fasthttp.RequestCtx) context.Context {
 	}
 	b := newRequestContext(ctx, noDeadline)
 	b.outside = true
-	ctx.SetUserValue(outsideKey{}, (*outsideEnd)(b))
+	setFirstUserValue(ctx, outsideKey{}, (*outsideEnd)(b))
 	return b
+}
+
+// setFirstUserValue stores value under key ahead of ctx's other user
+// values. Resetting a request closes and clears them in order: the context's
+// Close must come first, or a Value call meanwhile reads values being
+// cleared (a data race). Only the first call of a request pays for it.
+func setFirstUserValue(ctx *fasthttp.RequestCtx, key, value any) {
+	var keys, values []any
+	ctx.VisitUserValuesAll(func(k, v any) {
+		keys, values = append(keys, k), append(values, v)
+	})
+	for _, k := range keys {
+		ctx.RemoveUserValue(k) // Remove closes nothing
+	}
+	ctx.SetUserValue(key, value)
+	for i, k := range keys {
+		ctx.SetUserValue(k, values[i])
+	}
 }
 
 // outsideKey is the user value that holds the context Context made outside

@@ -2,6 +2,7 @@ package fasttimeout_test
 
 import (
 	"context"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -293,4 +294,36 @@ func TestContext_Value_while_the_request_ends(t *testing.T) {
 			wg.Wait()
 		})
 	}
+}
+
+// A goroutine that keeps the context Context made outside New may read its
+// Value while fasthttp resets the request for the next one: Value must stop
+// reading the RequestCtx before fasthttp clears any user value, including
+// those set before the context was made (a router's, say).
+func TestContext_outside_Value_while_fasthttp_resets_the_request(t *testing.T) {
+	t.Parallel()
+	var wg sync.WaitGroup
+	s := serve(t, func(ctx *fasthttp.RequestCtx) {
+		ctx.SetUserValue("user", "ada") // before the context
+		c := fasttimeout.Context(ctx)
+		started := make(chan struct{})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			close(started)
+			for {
+				v := c.Value("user") // a logger or a tracer, after the handler has returned
+				if v == nil {
+					return
+				}
+				assert.Equal(t, "ada", v)
+				runtime.Gosched()
+			}
+		}()
+		<-started
+	})
+	for range 50 {
+		assert.Equal(t, fasthttp.StatusOK, do(t, s, "GET", "/").StatusCode())
+	}
+	wg.Wait()
 }
