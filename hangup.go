@@ -184,11 +184,10 @@ func writeGoneResponse(resp *fasthttp.Response) {
 // fasthttp gives the connection a new RequestCtx, so the late handler keeps
 // its own.
 func (m *middleware) answerGone(ctx *fasthttp.RequestCtx, c *call) {
+	resp := fasthttp.AcquireResponse()
+	writeGoneResponse(resp)
+	defer answerWith(ctx, resp) // even if OnHangup panics (see answerTimeout)
 	if m.OnHangup != nil {
 		m.OnHangup(ctx, time.Duration(c.overAt.Load()-c.start))
 	}
-	resp := fasthttp.AcquireResponse()
-	writeGoneResponse(resp)
-	ctx.TimeoutErrorWithResponse(resp)
-	fasthttp.ReleaseResponse(resp)
 }

@@ -253,3 +253,48 @@ func TestTimeout_goexit_in_the_handler_does_not_hang_the_request(t *testing.T) {
 	assert.Contains(t, err.Error(), "Goexit")
 	assert.Equal(t, "ok", string(do(t, s, "GET", "/").Body()))
 }
+
+// A panicking OnTimeout reaches a recover around the middleware, as any
+// panic on the server goroutine does. The late handler still holds its
+// RequestCtx, so the ctx must be marked timed out all the same (only then
+// does fasthttp give the connection a new one), and the worker must go
+// back to the pool once the late handler returns.
+func TestTimeout_OnTimeout_panic_leaves_the_late_handler_its_ctx(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	lateDone := make(chan struct{})
+	marked := make(chan bool, 1)
+	var stats fasttimeout.Stats
+	wrapped := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+		<-release
+		replyWithSecret(ctx, "late", "S0000000000000001")
+		close(lateDone)
+	}, fasttimeout.Config{
+		Timeout: shortTimeout, Stats: &stats,
+		OnTimeout: func(*fasthttp.RequestCtx, *fasthttp.Response) { panic("OnTimeout bug") },
+	})
+	server := startStressLoopback(t, func(ctx *fasthttp.RequestCtx) {
+		defer func() {
+			if v := recover(); v != nil {
+				timedOut := ctx.LastTimeoutErrorResponse() != nil
+				marked <- timedOut
+				if !timedOut { // a well-behaved recover leaves a timed-out ctx alone
+					ctx.Response.Reset()
+					ctx.SetStatusCode(fasthttp.StatusInternalServerError)
+				}
+			}
+		}()
+		wrapped(ctx)
+	})
+	c, err := dialStress(server.addr)
+	require.NoError(t, err)
+	defer c.close()
+
+	c.get(t, "/slow", "S0000000000000001")
+	timedOut := receive(t, marked, "the recovered OnTimeout panic")
+	close(release)
+	receive(t, lateDone, "the late handler's return")
+	require.True(t, timedOut, "the late handler's RequestCtx was left for fasthttp to reuse")
+	require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, 10*time.Second, time.Millisecond,
+		"the worker of the late handler never went back to the pool")
+}

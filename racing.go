@@ -48,13 +48,15 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 
 	switch c.phase() {
 	case callTimedOut:
+		// Deferred: OnTimeout may panic, and the worker must still go back
+		// to the pool once its late handler returns.
+		defer m.disown(w, connID)
 		m.stats.answerLateness.observe(time.Duration(now() - c.deadline.Load()))
 		m.answerTimeout(ctx)
-		m.disown(w, connID)
 		return
 	case callGone:
+		defer m.disown(w, connID) // as above, for OnHangup
 		m.answerGone(ctx, c)
-		m.disown(w, connID)
 		return
 	}
 	c.ctx = nil
@@ -76,10 +78,18 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 // RequestCtx, so the late handler can keep writing to its own.
 func (m *middleware) answerTimeout(ctx *fasthttp.RequestCtx) {
 	resp := fasthttp.AcquireResponse()
+	// Deferred: if OnTimeout panics, a recover around the middleware must
+	// still find ctx timed out, or fasthttp reuses it under the late handler.
+	defer answerWith(ctx, resp)
 	m.writeTimeoutResponse(resp)
 	if m.OnTimeout != nil {
 		m.OnTimeout(ctx, resp)
 	}
+}
+
+// answerWith makes resp the answer to ctx in place of the late handler's
+// response, and releases resp.
+func answerWith(ctx *fasthttp.RequestCtx, resp *fasthttp.Response) {
 	ctx.TimeoutErrorWithResponse(resp)
 	fasthttp.ReleaseResponse(resp)
 }
