@@ -74,6 +74,9 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 	if m.OnLateReturn != nil {
 		m.OnLateReturn(ctx, time.Duration(t-overAt))
 	}
+	// A late handler's hijack handler would take the connection once the
+	// answer below is sent, as its response would have: drop it too.
+	ctx.Hijack(nil)
 	if over == callGone {
 		if m.OnHangup != nil {
 			m.OnHangup(ctx, time.Duration(overAt-start))

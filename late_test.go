@@ -11,6 +11,7 @@ import (
 	"bufio"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -296,4 +297,29 @@ func TestLateHandlerFlood(t *testing.T) {
 	require.NoError(t, server.shutdown())
 	require.Eventually(t, func() bool { return runtime.NumGoroutine() <= goroutineBase+10 }, stressBound, 5*time.Millisecond,
 		"goroutines fall back once the late handlers are released: %d, base %d", runtime.NumGoroutine(), goroutineBase)
+}
+
+// A cooperative handler that sets a hijack handler and returns after its
+// deadline is late: its response is replaced by the timeout response, and
+// its hijack handler must not take the connection after that answer (the
+// client's next request on it would read the hijacker's bytes, or nothing).
+func TestLate_cooperative_hijack_does_not_take_the_connection(t *testing.T) {
+	t.Parallel()
+	server := startStressLoopback(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+		if string(ctx.Path()) == "/fast" {
+			replyWithSecret(ctx, "fast", string(ctx.Request.Header.Peek("X-Secret")))
+			return
+		}
+		<-fasttimeout.Context(ctx).Done()
+		for left, _ := fasttimeout.Remaining(ctx); left >= 0; left, _ = fasttimeout.Remaining(ctx) {
+			runtime.Gosched() // until the return is past the deadline
+		}
+		ctx.Hijack(func(c net.Conn) { _, _ = c.Write([]byte("HIJACKED")) })
+	}, fasttimeout.Config{Timeout: shortTimeout, Mode: fasttimeout.Cooperative}))
+	c, err := dialStress(server.addr)
+	require.NoError(t, err)
+	defer c.close()
+
+	requireTimeoutResponse(t, c.get(t, "/slow", "S0000000000000001"))
+	requireOwnResponse(t, c.get(t, "/fast", "S0000000000000002"), "fast", "S0000000000000002")
 }
