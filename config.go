@@ -122,7 +122,10 @@ type Config struct {
 	// times out, just before the timeout response is sent. resp holds the
 	// configured timeout response and may be changed (a request ID header,
 	// say). In racing mode the handler may still be running: OnTimeout may
-	// read ctx's request but must not modify ctx.
+	// read ctx's request but must not modify ctx. If it panics, the panic
+	// goes up the server goroutine as a handler's would; in racing mode the
+	// request is still answered with resp as it stands, since the late
+	// handler keeps ctx.
 	OnTimeout func(ctx *fasthttp.RequestCtx, resp *fasthttp.Response)
 
 	// OnPanic, if set, receives a panic of a handler that has already timed
