@@ -65,29 +65,34 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 		if !late {
 			panic(v)
 		}
-		m.reportPanic(ctx, v, debug.Stack())
 	}
 	if !late {
 		return
 	}
+	// Counted and answered before any callback runs, as in racing mode: one
+	// that panics must not leave the handler late for good (LateRunning,
+	// and MaxLateHandlers shedding every later request), nor its response
+	// or its hijack handler, which would take the connection after the
+	// answer, to the client.
 	m.countLateReturn(time.Duration(t - overAt))
+	ctx.Hijack(nil)
+	if over == callGone {
+		writeGoneResponse(&ctx.Response)
+	} else {
+		m.stats.answerLateness.observe(time.Duration(t - overAt))
+		ctx.Response.Reset()
+		m.writeTimeoutResponse(&ctx.Response)
+	}
+	if v != nil {
+		m.reportPanic(ctx, v, debug.Stack())
+	}
 	if m.OnLateReturn != nil {
 		m.OnLateReturn(ctx, time.Duration(t-overAt))
 	}
-	// A late handler's hijack handler would take the connection once the
-	// answer below is sent, as its response would have: drop it too.
-	ctx.Hijack(nil)
-	if over == callGone {
-		if m.OnHangup != nil {
-			m.OnHangup(ctx, time.Duration(overAt-start))
-		}
-		writeGoneResponse(&ctx.Response)
-		return
-	}
-	m.stats.answerLateness.observe(time.Duration(t - overAt))
-	ctx.Response.Reset()
-	m.writeTimeoutResponse(&ctx.Response)
-	if m.OnTimeout != nil {
+	switch {
+	case over == callGone && m.OnHangup != nil:
+		m.OnHangup(ctx, time.Duration(overAt-start))
+	case over == callTimedOut && m.OnTimeout != nil:
 		m.OnTimeout(ctx, &ctx.Response)
 	}
 }

@@ -298,3 +298,36 @@ func TestTimeout_OnTimeout_panic_leaves_the_late_handler_its_ctx(t *testing.T) {
 	require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, 10*time.Second, time.Millisecond,
 		"the worker of the late handler never went back to the pool")
 }
+
+// A panicking OnPanic reaches a recover around a cooperative middleware, as
+// a panicking OnTimeout does; the late return it reports is counted all the
+// same. It was counted only after OnPanic: LateRunning stayed up for good
+// and, with MaxLateHandlers, every later request was shed.
+func TestPanics_cooperative_OnPanic_panic_still_counts_the_late_return(t *testing.T) {
+	t.Parallel()
+	recovered := make(chan any, 1)
+	var stats fasttimeout.Stats
+	server := panicServer(t, func(ctx *fasthttp.RequestCtx) {
+		if string(ctx.Path()) == "/panic" {
+			<-fasttimeout.Context(ctx).Done()
+			panic("after the deadline")
+		}
+		replyWithSecret(ctx, "served", string(ctx.Request.Header.Peek("X-Secret")))
+	}, fasttimeout.Config{Timeout: 20 * time.Millisecond, Mode: fasttimeout.Cooperative, Stats: &stats, MaxLateHandlers: 1,
+		OnPanic: func(*fasthttp.RequestCtx, any, []byte) { panic("OnPanic bug") }}, recovered)
+	c, err := dialStress(server.addr)
+	require.NoError(t, err)
+	defer c.close()
+
+	require.Equal(t, fasthttp.StatusInternalServerError, c.get(t, "/panic", "S0000000000000001").StatusCode())
+	require.Equal(t, "OnPanic bug", receive(t, recovered, "the OnPanic panic"))
+	got := stats.Snapshot() // all counted on the server goroutine before the answer
+	assert.Zero(t, got.InFlight)
+	assert.Zero(t, got.LateRunning, "the late handler has returned")
+	assert.EqualValues(t, 1, got.LateFinished)
+	assert.EqualValues(t, 1, got.Panics)
+	assert.EqualValues(t, 1, got.Timeouts)
+	assert.EqualValues(t, 1, stats.AnswerLateness().Count, "the timeout's lateness")
+	requireOwnResponse(t, c.get(t, "/served", "S0000000000000002"), "served", "S0000000000000002")
+	assert.Zero(t, stats.Snapshot().Shed)
+}
