@@ -2,6 +2,7 @@ package fasttimeout
 
 import (
 	"runtime"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -140,9 +141,10 @@ func lookup(ctx *fasthttp.RequestCtx) *call {
 // unless it has passed or move says no. Moves on several goroutines of the
 // handler each compare-and-swap the call's deadline, then give the context,
 // if any, the call's latest, under its lock: the housekeeper either cancels
-// it against the old deadline first (and the deadline goes back, if no
-// other move came since) or sees the new one. The call's deadline is stored
-// before the context is looked for, as call.context expects.
+// it against the old deadline first (and the call's deadline goes back to
+// the context's, which no longer changes) or sees the new one. The call's
+// deadline is stored before the context is looked for, as call.context
+// expects.
 func (c *call) moveDeadline(move func(int64) (int64, bool)) bool {
 	for {
 		old := c.deadline.Load()
@@ -156,10 +158,23 @@ func (c *call) moveDeadline(move func(int64) (int64, bool)) bool {
 		if !c.deadline.CompareAndSwap(old, deadline) {
 			continue
 		}
-		if !c.syncContext() {
-			c.deadline.CompareAndSwap(deadline, old)
+		if hook := testHookMove.Load(); hook != nil {
+			(*hook)(c)
+		}
+		if b := c.bridge.Load(); b != nil && !b.syncDeadline(&c.deadline) {
+			// The context has ended, and its deadline stays the one it
+			// ended with: go back to that rather than to old. Another move
+			// may have swapped in between, and then the last failed move
+			// to go back left its own old, a deadline later than the one
+			// the housekeeper expired the context at.
+			c.deadline.Store(b.deadline.Load())
 			return false
 		}
 		return true
 	}
 }
+
+// testHookMove, set only by tests, runs in moveDeadline between its swap of
+// the call's deadline and its sync of the context, where other moves and
+// the housekeeper's expiry may come.
+var testHookMove atomic.Pointer[func(*call)]

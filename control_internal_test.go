@@ -1,6 +1,9 @@
 package fasttimeout
 
 import (
+	"bufio"
+	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -119,4 +122,113 @@ func getOnce(t *testing.T, h fasthttp.RequestHandler) {
 	})
 	_, err = conn.Write([]byte("GET / HTTP/1.1\r\nHost: test\r\n\r\n"))
 	require.NoError(t, err)
+}
+
+// Two moves of a cooperative call's deadline, on two goroutines of its
+// handler, each swap the call's deadline (D0 -> D1, then D1 -> D2) before
+// giving it to the context, and the housekeeper expires the context at D0
+// in between. Both moves fail; the first one's way back (D1 -> D0) fails,
+// the deadline being D2 by then, and the second one's (D2 -> D1) used to
+// succeed: the call was left at D1 while its context said ErrTimeout, so
+// the handler, returning before D1, was not timed out, its response went
+// out and no timeout was counted. A failed move now leaves the deadline the
+// context ended at. Not parallel: it sets the process's test hook.
+func TestExtend_beside_another_move_as_the_context_expires_times_out(t *testing.T) {
+	const timeout = 100 * time.Millisecond
+	for _, second := range []string{"Extend", "Disarm"} {
+		t.Run(second, func(t *testing.T) {
+			type seen struct {
+				ready         bool // the interleaving was set up: Extend#1 started before D0
+				first, second bool
+				cause         error
+				atD0          bool // the call's deadline is the one its context expired at
+			}
+			stats := new(Stats)
+			got := make(chan seen, 1)
+			h := New(func(ctx *fasthttp.RequestCtx) {
+				var s seen
+				cx := Context(ctx) // watched by the housekeeper, at D0
+				c := lookup(ctx)
+				d0 := c.deadline.Load()
+				var moves atomic.Int32
+				swapped, resume, firstDone := make(chan struct{}), make(chan struct{}), make(chan struct{})
+				hook := func(mc *call) {
+					if mc.ctx != ctx {
+						return // another test's request
+					}
+					switch moves.Add(1) {
+					case 1: // Extend#1, swapped D0 -> D1
+						close(swapped)
+						<-resume
+					case 2: // the second move, swapped D1 -> D2
+						<-cx.Done() // the housekeeper expires the context at D0
+						close(resume)
+						<-firstDone // Extend#1 fails and goes back first
+					}
+				}
+				testHookMove.Store(&hook)
+				defer testHookMove.Store(nil)
+				go func() {
+					defer close(firstDone)
+					s.first = Extend(ctx, time.Hour)
+				}()
+				select {
+				case <-swapped:
+				case <-firstDone: // Extend#1 came after D0: try another request
+					got <- s
+					return
+				}
+				s.ready = true
+				if second == "Disarm" {
+					s.second = Disarm(ctx)
+				} else {
+					s.second = Extend(ctx, time.Hour)
+				}
+				s.cause = context.Cause(cx)
+				s.atD0 = c.deadline.Load() == d0
+				got <- s
+				ctx.SetBodyString("after ErrTimeout")
+			}, Config{Timeout: timeout, Mode: Cooperative, Stats: stats})
+
+			for range 20 {
+				resp := getResponse(t, h)
+				s := <-got
+				if !s.ready {
+					continue
+				}
+				assert.False(t, s.first, "Extend#1 failed")
+				assert.False(t, s.second, "the second move failed")
+				assert.ErrorIs(t, s.cause, ErrTimeout)
+				assert.True(t, s.atD0, "the call keeps the deadline its context expired at")
+				assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode(), "body %q", resp.Body())
+				assert.Equal(t, int64(1), stats.Snapshot().Timeouts, "the timeout is counted")
+				return
+			}
+			t.Fatal("no handler started before its deadline")
+		})
+	}
+}
+
+// getResponse sends one GET to h on a fasthttp server over an in-memory
+// listener and returns the response. The server is stopped before it
+// returns.
+func getResponse(t *testing.T, h fasthttp.RequestHandler) *fasthttp.Response {
+	t.Helper()
+	ln := fasthttputil.NewInmemoryListener()
+	srv := &fasthttp.Server{Handler: h}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	defer func() {
+		require.NoError(t, srv.Shutdown())
+		_ = ln.Close()
+		<-served
+	}()
+	conn, err := ln.Dial()
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = conn.Write([]byte("GET / HTTP/1.1\r\nHost: test\r\n\r\n"))
+	require.NoError(t, err)
+	resp := new(fasthttp.Response)
+	require.NoError(t, resp.Read(bufio.NewReader(conn)))
+	return resp
 }
