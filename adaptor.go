@@ -1,6 +1,8 @@
 package fasttimeout
 
 import (
+	"bufio"
+	"net"
 	"net/http"
 
 	"github.com/valyala/fasthttp"
@@ -25,7 +27,9 @@ import (
 // context.Canceled) while the handler goes on writing the stream, bounded
 // only by the server's timeouts. So the deadline bounds the time to the
 // first Flush, and a streaming handler must not rely on r.Context() after
-// it.
+// it. The same goes for Hijack, which disarms the request (see [Disarm]) and
+// fails with ErrTimeout once the deadline has passed: the connection then
+// carries the timeout response and the next request.
 //
 // NetHTTPHandler panics if h is nil.
 func NetHTTPHandler(h http.Handler) fasthttp.RequestHandler {
@@ -34,8 +38,36 @@ func NetHTTPHandler(h http.Handler) fasthttp.RequestHandler {
 	}
 	return fasthttpadaptor.NewFastHTTPHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if ctx, ok := r.Context().(*fasthttp.RequestCtx); ok {
+			if lookup(ctx) != nil {
+				w = &boundWriter{ResponseWriter: w, ctx: ctx}
+			}
 			r = r.WithContext(Context(ctx))
 		}
 		h.ServeHTTP(w, r)
 	}))
 }
+
+// boundWriter is the ResponseWriter of a net/http handler bounded by New.
+// It has fasthttpadaptor's Flush and Hijack, and its deadline methods
+// through Unwrap (http.ResponseController).
+type boundWriter struct {
+	http.ResponseWriter
+	ctx *fasthttp.RequestCtx
+}
+
+func (w *boundWriter) Flush() { w.ResponseWriter.(http.Flusher).Flush() }
+
+// Hijack fails with ErrTimeout once the deadline has passed (or the client
+// is gone). fasthttpadaptor hands over the connection at once, not when the
+// server would run the hijack handler: a late handler would write to a
+// connection that has had the timeout response and carries the next
+// request. Disarmed, the request can no longer time out, so no New answers
+// it once the connection is the handler's.
+func (w *boundWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if !Disarm(w.ctx) {
+		return nil, nil, ErrTimeout
+	}
+	return w.ResponseWriter.(http.Hijacker).Hijack()
+}
+
+func (w *boundWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

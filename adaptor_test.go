@@ -2,6 +2,7 @@ package fasttimeout_test
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"testing"
 	"time"
@@ -69,4 +70,73 @@ func TestNetHTTPHandler(t *testing.T) {
 		t.Parallel()
 		assert.PanicsWithValue(t, "fasttimeout: NetHTTPHandler needs a handler, got nil", func() { fasttimeout.NetHTTPHandler(nil) })
 	})
+}
+
+// A net/http handler that hijacks its connection after its deadline (a
+// WebSocket upgrade, or httputil.ReverseProxy passing on a backend's 101,
+// after a slow start) must not get it: fasthttpadaptor hands the handler
+// the connection at once, and the server has answered the request with the
+// timeout response and reads the next one from that connection. What the
+// handler wrote there used to reach the client as the answer to its next
+// request.
+func TestNetHTTPHandler_a_late_Hijack_does_not_take_the_connection(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			answered := make(chan struct{})
+			hijacked := make(chan error, 1)
+			s := startStressLoopback(t, fasttimeout.New(fasttimeout.NetHTTPHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path != "/upgrade" {
+					_, _ = io.WriteString(w, "second")
+					return
+				}
+				<-r.Context().Done() // past the deadline
+				conn, _, err := http.NewResponseController(w).Hijack()
+				if err == nil {
+					<-answered // the client has the timeout response
+					_, err = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nleak")
+				}
+				hijacked <- err
+			})), fasttimeout.Config{Timeout: shortTimeout, Mode: mode}))
+
+			c, err := dialStress(s.addr)
+			require.NoError(t, err)
+			defer c.close()
+			requireTimeoutResponse(t, c.get(t, "/upgrade", "a"))
+			close(answered)
+			err = receive(t, hijacked, "the late handler's hijack")
+			assert.ErrorIs(t, err, fasttimeout.ErrTimeout, "a hijack after the deadline fails")
+			resp := c.get(t, "/second", "b")
+			assert.Equal(t, "second", string(resp.Body()), "the answer to the next request is its own")
+		})
+	}
+}
+
+// A net/http handler that hijacks in time keeps the connection past the
+// deadline, through http.ResponseController as through http.Hijacker.
+func TestNetHTTPHandler_a_Hijack_in_time_keeps_the_connection(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			s := startStressLoopback(t, fasttimeout.New(fasttimeout.NetHTTPHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				conn, _, err := http.NewResponseController(w).Hijack()
+				if err != nil {
+					http.Error(w, err.Error(), http.StatusInternalServerError)
+					return
+				}
+				defer conn.Close()
+				<-r.Context().Done() // the handler's return, after the hijack
+				_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nhijacked")
+			})), fasttimeout.Config{Timeout: shortTimeout, Mode: mode}))
+
+			c, err := dialStress(s.addr)
+			require.NoError(t, err)
+			defer c.close()
+			resp := c.get(t, "/", "a")
+			assert.Equal(t, fasthttp.StatusOK, resp.StatusCode())
+			assert.Equal(t, "hijacked", string(resp.Body()))
+		})
+	}
 }
