@@ -107,26 +107,25 @@ const profileEnv = "FASTTIMEOUT_LOADTEST_CPUPROFILE"
 
 func startProfile(dir, pattern string) (stop func(), err error) {
 	f, err := os.CreateTemp(dir, pattern)
-	if err != nil {
-		return nil, err
-	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		_ = f.Close()
-		return nil, err
-	}
-	return func() { pprof.StopCPUProfile(); _ = f.Close() }, nil
+	return record(f, err, pprof.StartCPUProfile, pprof.StopCPUProfile)
 }
 
 func startTrace(path string) (stop func(), err error) {
 	f, err := os.Create(path)
+	return record(f, err, trace.Start, trace.Stop)
+}
+
+// record starts a recording (a CPU profile or an execution trace) into f,
+// just created with err; stop ends it and closes f.
+func record(f *os.File, err error, start func(io.Writer) error, end func()) (stop func(), _ error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := trace.Start(f); err != nil {
+	if err := start(f); err != nil {
 		_ = f.Close()
 		return nil, err
 	}
-	return func() { trace.Stop(); _ = f.Close() }, nil
+	return func() { end(); _ = f.Close() }, nil
 }
 
 // serveChild runs one variant server on 127.0.0.1:0. It writes the address
