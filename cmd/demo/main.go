@@ -50,6 +50,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -175,8 +176,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	}
 	logger := log.New(stderr, "demo: ", log.LstdFlags)
 
-	stats := new(fasttimeout.Stats)
-	expvar.Publish("fasttimeout", stats)
+	stats := publishedStats()
 
 	ln, err := net.Listen("tcp", opts.addr)
 	if err != nil {
@@ -187,7 +187,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	logger.Printf("listening on %s, REQUEST_TIMEOUT %v, %v mode, %s", ln.Addr(), opts.timeout, opts.mode, opts.admission())
 
 	served := make(chan error, 1)
-	go func() { served <- server.Serve(fasttimeout.RetryListener(ln, logger)) }()
+	retrying := fasttimeout.RetryListener(ln, logger)
+	go func() { served <- server.Serve(retrying) }()
 	select {
 	case err := <-served:
 		logger.Printf("server failed: %v", err)
@@ -198,7 +199,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	logger.Printf("shutting down, waiting up to %v for open connections", shutdownGrace)
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
-	if err := server.ShutdownWithContext(shutdownCtx); err != nil {
+	err = server.ShutdownWithContext(shutdownCtx)
+	// Shutdown closes only the listeners Serve has registered: after a
+	// signal that came before the Serve goroutine ran, Serve would start
+	// then and serve on, and the wait below would never end. Closing the
+	// listener ourselves makes that Serve return nil too.
+	_ = retrying.Close()
+	if err != nil {
 		logger.Printf("shutdown: %v", err)
 		return 1
 	}
@@ -209,6 +216,15 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	logger.Print("stopped")
 	return 0
 }
+
+// publishedStats is the Stats published as expvar "fasttimeout"; expvar
+// allows one publication per name and process, and tests call run more
+// than once.
+var publishedStats = sync.OnceValue(func() *fasttimeout.Stats {
+	stats := new(fasttimeout.Stats)
+	expvar.Publish("fasttimeout", stats)
+	return stats
+})
 
 // newServer returns the demo's server with timeouts that keep idle or stuck
 // connections from piling up.

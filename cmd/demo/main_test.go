@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"expvar"
 	"log"
 	"net"
 	"strings"
@@ -242,14 +241,6 @@ func TestTimeouts(t *testing.T) {
 	})
 }
 
-// publishedStats is the Stats published as expvar "fasttimeout"; expvar
-// allows one publication per name and process.
-var publishedStats = sync.OnceValue(func() *fasttimeout.Stats {
-	stats := new(fasttimeout.Stats)
-	expvar.Publish("fasttimeout", stats)
-	return stats
-})
-
 func TestDebugVars(t *testing.T) {
 	t.Parallel()
 	d := startDemoWith(t, publishedStats(), defaultOptions(50*time.Millisecond))
@@ -386,6 +377,28 @@ func TestRun(t *testing.T) {
 		opts, err := parseOptions(nil, new(bytes.Buffer))
 		require.NoError(t, err)
 		require.Equal(t, defaultOptions(5*time.Second), opts)
+	})
+
+	t.Run("a_signal_at_start_still_stops_it", func(t *testing.T) {
+		// ctx is done before the Serve goroutine runs, as when SIGTERM
+		// comes while the demo starts: fasthttp's Shutdown closes only the
+		// listeners Serve has registered, so Serve must not serve on after
+		// it, nor run wait for it.
+		t.Setenv("REQUEST_TIMEOUT", "")
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		for range 20 {
+			stderr := new(syncBuffer)
+			code := make(chan int, 1)
+			go func() { code <- run(ctx, []string{"-addr", "127.0.0.1:0"}, stderr) }()
+			select {
+			case c := <-code:
+				require.Equal(t, 0, c, stderr.String())
+				require.Contains(t, stderr.String(), "stopped")
+			case <-time.After(30 * time.Second): // a hang, not a slow machine
+				t.Fatalf("run did not return after its context ended: %s", stderr.String())
+			}
+		}
 	})
 
 	t.Run("the_start_line_names_the_admission", func(t *testing.T) {
