@@ -54,6 +54,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -123,8 +124,19 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("-max-body must be positive, got %d", o.maxBody)
 	}
 	for name, hostport := range map[string]string{"-addr": o.addr, "-upstream": o.upstream} {
-		if _, _, err := net.SplitHostPort(hostport); err != nil {
+		_, port, err := net.SplitHostPort(hostport)
+		if err != nil {
 			return o, fmt.Errorf("%s wants host:port, got %q", name, hostport)
+		}
+		// A bad port must fail here, with status 2: fasthttp dials numeric
+		// ports only, so the upstream's would make every request a 502,
+		// and the listener's would fail only at listen, with status 1.
+		lowest := uint64(0) // -addr: any free port
+		if name == "-upstream" {
+			lowest = 1
+		}
+		if n, err := strconv.ParseUint(port, 10, 16); err != nil || n < lowest {
+			return o, fmt.Errorf("%s wants a port number from %d to 65535, got %q", name, lowest, hostport)
 		}
 	}
 	var err error
@@ -181,6 +193,10 @@ func run(ctx context.Context, args []string, stderr io.Writer, listening func(ne
 		shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 		defer cancel()
 		err = server.ShutdownWithContext(shutdownCtx)
+		// Shutdown closes only the listeners Serve has registered: after a
+		// signal that came before the Serve goroutine ran, Serve would start
+		// then and serve on. Closing the listener ourselves ends it too.
+		_ = retrying.Close()
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, "gateway:", err)

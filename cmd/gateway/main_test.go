@@ -186,6 +186,12 @@ func TestBadInput(t *testing.T) {
 		{name: "no request body", args: []string{"-max-body", "0"}, want: "-max-body must be positive"},
 		{name: "adaptive not a boolean", args: []string{"-adaptive=maybe"}, want: "invalid boolean value"},
 		{name: "upstream without port", args: []string{"-upstream", "example"}, want: "-upstream wants host:port"},
+		// fasthttp dials numeric ports only: a service name, or a port out
+		// of range, would make every request a 502.
+		{name: "upstream port not a number", args: []string{"-upstream", "localhost:http"}, want: "-upstream wants a port number"},
+		{name: "upstream port out of range", args: []string{"-upstream", "127.0.0.1:99999"}, want: "-upstream wants a port number"},
+		{name: "upstream port 0", args: []string{"-upstream", "127.0.0.1:0"}, want: "-upstream wants a port number"},
+		{name: "addr port out of range", args: []string{"-addr", "127.0.0.1:99999"}, want: "-addr wants a port number"},
 		{name: "extra argument", args: []string{"serve"}, want: `unexpected argument "serve"`},
 		{name: "REQUEST_TIMEOUT garbage", env: "abc", want: `REQUEST_TIMEOUT="abc"`},
 		{name: "REQUEST_TIMEOUT negative", env: "-5", want: "must be positive"},
@@ -194,7 +200,11 @@ func TestBadInput(t *testing.T) {
 		t.Run(tc.name+" exits 2 with one line", func(t *testing.T) {
 			t.Setenv("REQUEST_TIMEOUT", tc.env)
 			var stderr bytes.Buffer
-			code := run(context.Background(), tc.args, &stderr, func(net.Addr) { t.Error("must not listen") })
+			// Cancelled: a gateway that wrongly starts stops at once rather
+			// than serving until the test times out.
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			code := run(ctx, tc.args, &stderr, func(net.Addr) { t.Error("must not listen") })
 			assert.Equal(t, 2, code)
 			assert.Contains(t, stderr.String(), tc.want)
 			assert.True(t, strings.HasPrefix(stderr.String(), "gateway: "), stderr.String())
@@ -209,6 +219,27 @@ func TestBadInput(t *testing.T) {
 		assert.Contains(t, stderr.String(), "-upstream")
 		assert.Contains(t, stderr.String(), "-adaptive")
 	})
+}
+
+// TestStopAtStart ends the context before the Serve goroutine runs, as a
+// SIGTERM while the gateway starts does: fasthttp's Shutdown closes only the
+// listeners Serve has registered, so the gateway must not go on accepting
+// once run has returned.
+func TestStopAtStart(t *testing.T) {
+	t.Setenv("REQUEST_TIMEOUT", "")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for range 20 {
+		var addr string
+		var stderr bytes.Buffer
+		code := run(ctx, []string{"-addr", "127.0.0.1:0"}, &stderr, func(a net.Addr) { addr = a.String() })
+		require.Zero(t, code, stderr.String())
+		conn, err := net.Dial("tcp", addr)
+		if err == nil {
+			_ = conn.Close()
+			t.Fatalf("%s still accepts connections after run returned", addr)
+		}
+	}
 }
 
 func TestOptions(t *testing.T) {
