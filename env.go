@@ -1,6 +1,7 @@
 package fasttimeout
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -43,9 +44,11 @@ func TimeoutFromEnv(name string, def time.Duration) (time.Duration, error) {
 func ParseTimeout(s string) (time.Duration, error) {
 	s = strings.TrimSpace(s)
 	var d time.Duration
-	if secs, err := strconv.ParseFloat(s, 64); err == nil {
+	// A number beyond float64 ("1e400") is ±Inf with ErrRange: out of
+	// range, not malformed.
+	if secs, err := strconv.ParseFloat(s, 64); err == nil || errors.Is(err, strconv.ErrRange) {
 		switch {
-		case math.IsNaN(secs) || math.IsInf(secs, 0):
+		case math.IsNaN(secs) || math.IsInf(secs, 0) && err == nil:
 			return 0, fmt.Errorf("not a finite number of seconds")
 		case secs <= 0:
 			return 0, fmt.Errorf("must be positive")
@@ -54,7 +57,9 @@ func ParseTimeout(s string) (time.Duration, error) {
 		case secs > maxEnvTimeout.Seconds():
 			return 0, fmt.Errorf("more than %v", maxEnvTimeout)
 		}
-		d = time.Duration(secs * float64(time.Second))
+		// Rounded, not truncated: 8.2*1e9 falls just short of 8.2e9 in
+		// floating point, and "8.2" must be 8.2s, as "8.2s" is.
+		d = time.Duration(math.Round(secs * float64(time.Second)))
 	} else if d, err = time.ParseDuration(s); err != nil {
 		return 0, fmt.Errorf("want seconds (5, 2.5) or a Go duration (500ms, 1m)")
 	}

@@ -88,6 +88,8 @@ func TestParseTimeout(t *testing.T) {
 		{in: " 250ms ", want: 250 * time.Millisecond},
 		{in: "0.5", want: 500 * time.Millisecond},
 		{in: "0.001", want: time.Millisecond},
+		{in: "8.2", want: 8200 * time.Millisecond},   // 8.2 * 1e9 is just under 8.2e9 in floating point
+		{in: "1.001", want: 1001 * time.Millisecond}, // and 1.001 * 1e9 just under 1.001e9
 		{in: "1ms", want: time.Millisecond},
 		{in: "1.5ms", want: 1500 * time.Microsecond},
 		{in: "24h", want: 24 * time.Hour},
@@ -96,6 +98,9 @@ func TestParseTimeout(t *testing.T) {
 		{in: "-5", wantErr: "must be positive"},
 		{in: "x", wantErr: "want seconds"},
 		{in: "25h", wantErr: "more than 24h"},
+		{in: "1e400", wantErr: "more than 24h"}, // beyond float64
+		{in: "-1e400", wantErr: "must be positive"},
+		{in: "Inf", wantErr: "not a finite number"},
 		{in: "1ns", wantErr: "less than the minimum of 1ms"},
 		{in: "999µs", wantErr: "less than the minimum of 1ms"},
 		{in: "0.0005", wantErr: "less than the minimum of 1ms"},
