@@ -53,6 +53,11 @@ const minUpstreamBudget = time.Millisecond
 // original error; other errors are returned unchanged. A gateway can thus
 // answer 504 for errors.Is(err, ErrTimeout) and 502 for the rest.
 //
+// A client whose RetryIfErr or RetryIfErrUpstream asks for the timeout to
+// be reset restarts the whole budget on each retry (fasthttp's
+// HostClient), so the call can outlast ctx's deadline; leave resetTimeout
+// false for such clients.
+//
 // If ctx has no deadline (it is not bounded by New, or its deadline was
 // switched off with [Disarm]), Do is c.Do(req, resp), and req is unchanged.
 //
