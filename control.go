@@ -161,7 +161,9 @@ func (c *call) moveDeadline(move func(int64) (int64, bool)) bool {
 		if hook := testHookMove.Load(); hook != nil {
 			(*hook)(c)
 		}
-		if b := c.bridge.Load(); b != nil && !b.syncDeadline(&c.deadline) {
+		// A context ended by the server's shutdown leaves the deadline
+		// alone: the move stands, as in racing mode.
+		if b := c.bridge.Load(); b != nil && !b.syncDeadline(&c.deadline) && b.causes.Load() != &shutdownCause {
 			// The context has ended, and its deadline stays the one it
 			// ended with: go back to that rather than to old. Another move
 			// may have swapped in between, and then the last failed move

@@ -92,3 +92,60 @@ func TestShutdown(t *testing.T) {
 		require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == 0 }, stressBound, 5*time.Millisecond)
 	})
 }
+
+// TestShutdown_disarm_and_extend_after_shutdown: a server shutting down
+// ends the contexts of running requests, not their deadlines. A handler
+// that learns of the shutdown and then disarms its deadline, to finish its
+// work, answers itself in both modes; cooperative mode took the context's
+// end for a deadline that had passed, refused the Disarm and answered 504.
+func TestShutdown_disarm_and_extend_after_shutdown(t *testing.T) {
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			type result struct {
+				cause            error
+				extended, disarm bool
+				remainingOK      bool
+			}
+			started := make(chan struct{}, 1)
+			results := make(chan result, 1)
+			h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				c := fasttimeout.Context(ctx)
+				deadline, _ := c.Deadline()
+				started <- struct{}{}
+				<-c.Done()
+				var r result
+				r.cause = context.Cause(c)
+				r.extended = fasttimeout.Extend(ctx, time.Millisecond)
+				r.disarm = fasttimeout.Disarm(ctx)
+				_, r.remainingOK = fasttimeout.Remaining(ctx)
+				results <- r
+				// Finish past the original deadline, on purpose.
+				for time.Now().Before(deadline) {
+					<-time.After(time.Until(deadline))
+				}
+				replyWithSecret(ctx, "bye", string(ctx.Request.Header.Peek("X-Secret")))
+				// 3 s: time enough for the shutdown to reach the context
+				// first on a loaded machine.
+			}, fasttimeout.Config{Timeout: 3 * time.Second, Mode: mode})
+			server := startStressLoopback(t, h)
+			c, err := dialStress(server.addr)
+			require.NoError(t, err)
+			defer c.close()
+			answered := make(chan error, 1)
+			go func() { answered <- c.do("/", "S0000000000000001") }()
+			receive(t, started, "the handler's start")
+			shutdown := make(chan error, 1)
+			go func() { shutdown <- server.shutdown() }()
+
+			r := receive(t, results, "the handler's look at its deadline")
+			require.ErrorIs(t, r.cause, fasttimeout.ErrShutdown)
+			assert.True(t, r.extended, "Extend after shutdown, before the deadline")
+			assert.True(t, r.disarm, "Disarm after shutdown, before the deadline")
+			assert.False(t, r.remainingOK, "no deadline once disarmed")
+			require.NoError(t, receive(t, answered, "the answer"))
+			requireOwnResponse(t, &c.resp, "bye", "S0000000000000001")
+			require.NoError(t, receive(t, shutdown, "the shutdown"))
+		})
+	}
+}
