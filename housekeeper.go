@@ -92,7 +92,7 @@ func (h *housekeeper) run() {
 			ticker.Reset(h.precision)
 		}
 		t := now()
-		h.watchCalls()
+		h.watchCalls(t)
 		busy := h.expireContexts(t)
 		if t-lastRetire >= int64(restPeriod) {
 			lastRetire = t
@@ -117,7 +117,7 @@ func (h *housekeeper) run() {
 // down. Deadlines are not its business: each racing call has its own timer
 // (see call.settle); so racing calls alone never keep the housekeeper from
 // resting, and shutdown reaches their contexts within a rest period.
-func (h *housekeeper) watchCalls() {
+func (h *housekeeper) watchCalls(t int64) {
 	workers := h.snapshot.Load()
 	if workers == nil {
 		return
@@ -129,6 +129,9 @@ func (h *housekeeper) watchCalls() {
 		case callRunning, callDisarmed, callMoving:
 		default:
 			continue
+		}
+		if c.deadline.Load() <= t {
+			continue // timed out, even if its timer has not run yet: the timer's cause
 		}
 		if b := c.bridge.Load(); b != nil && shutdown.closed(b.serverDone) {
 			b.cancel(context.Canceled, &shutdownCause)

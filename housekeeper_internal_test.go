@@ -1,12 +1,16 @@
 package fasttimeout
 
 import (
+	"context"
+	"net"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttputil"
 )
 
 // TestHousekeeper_watch_racing_its_stop races a context's watch against
@@ -48,4 +52,54 @@ func TestHousekeeper_watch_racing_its_stop(t *testing.T) {
 		require.Eventually(t, func() bool { return !h.running.Load() }, 30*time.Second, time.Millisecond)
 	}
 	t.Logf("%d of %d rounds stopped the housekeeper before the watch", len(started), rounds)
+}
+
+// TestHousekeeper_shutdown_after_a_racing_deadline: a racing request whose
+// deadline has passed has timed out, even if its timer has not run yet (a
+// starved or stopped process: here the test stops it). A shutdown seen
+// meanwhile must not end its context with ErrShutdown: the client gets the
+// timeout response, and the context's cause says so, as in cooperative
+// mode, whose housekeeper looks at the deadline first.
+func TestHousekeeper_shutdown_after_a_racing_deadline(t *testing.T) {
+	t.Parallel()
+	past := make(chan struct{})
+	causes := make(chan error, 1)
+	var stats Stats
+	h := New(func(ctx *fasthttp.RequestCtx) {
+		call := lookup(ctx)
+		call.timer.Stop() // the timer is late
+		c := Context(ctx)
+		deadline, _ := c.Deadline()
+		for time.Now().Before(deadline) {
+			<-time.After(time.Until(deadline))
+		}
+		close(past)
+		<-ctx.Done()                         // the server is shutting down
+		call.m.housekeeper.watchCalls(now()) // a scan sees it before the timer runs
+		call.timer.Reset(0)
+		<-c.Done()
+		causes <- context.Cause(c)
+	}, Config{Timeout: 100 * time.Millisecond, IgnoreHangups: true, Stats: &stats})
+
+	ln := fasthttputil.NewInmemoryListener()
+	server := &fasthttp.Server{Handler: h}
+	served := make(chan error, 1)
+	go func() { served <- server.Serve(ln) }()
+	client := &fasthttp.Client{Dial: func(string) (net.Conn, error) { return ln.Dial() }}
+	answered := make(chan int, 1)
+	go func() {
+		status, _, err := client.Get(nil, "http://test/")
+		assert.NoError(t, err)
+		answered <- status
+	}()
+	<-past
+	shutdown := make(chan error, 1)
+	go func() { shutdown <- server.Shutdown() }()
+
+	require.ErrorIs(t, <-causes, ErrTimeout)
+	require.Equal(t, DefaultStatusCode, <-answered)
+	require.EqualValues(t, 1, stats.Snapshot().Timeouts)
+	client.CloseIdleConnections()
+	require.NoError(t, <-shutdown)
+	require.NoError(t, <-served)
 }
