@@ -260,14 +260,22 @@ func (b *requestContext) AfterFunc(f func()) (stop func() bool) {
 }
 
 // follow makes b end when outer ends, with outer's error and cause, until
-// unfollow. It is called before b is shared.
+// unfollow. It is called before b is shared: if outer has ended, b starts
+// done, as a standard library context derived from a done parent does,
+// rather than a goroutine later.
 func (b *requestContext) follow(outer *requestContext) {
-	b.stopFollow = outer.AfterFunc(func() {
+	end := func() {
 		outer.mu.Lock()
 		err, causes := outer.err, outer.causes.Load()
 		outer.mu.Unlock()
-		b.cancel(err, causes)
-	})
+		if err != nil {
+			b.cancel(err, causes)
+		}
+	}
+	end()
+	if b.Err() == nil {
+		b.stopFollow = outer.AfterFunc(end)
+	}
 }
 
 // unfollow undoes follow, if it was called.

@@ -2,6 +2,7 @@ package fasttimeout_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -183,5 +184,49 @@ func TestNested_hangup_reaches_every_context(t *testing.T) {
 				assert.ErrorIs(t, receive(t, outerCause, "the outer context's end"), fasttimeout.ErrClientGone)
 			})
 		}
+	}
+}
+
+// TestNested_context_of_an_ended_request_starts_done: an inner handler that
+// asks for its context only after the outer one has ended (here by the
+// server's shutdown) gets a context already done, with the outer one's
+// cause, as a standard library context derived from a done parent is. It
+// used to learn of the end a goroutine later, and could start work for a
+// request that had ended.
+func TestNested_context_of_an_ended_request_starts_done(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			started := make(chan struct{})
+			type seen struct{ err, cause error }
+			seenInner := make(chan seen, 1)
+			inner := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				c := fasttimeout.Context(ctx)
+				seenInner <- seen{c.Err(), context.Cause(c)} // at once, no wait
+			}, fasttimeout.Config{Timeout: time.Hour, Mode: fasttimeout.Cooperative})
+			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				outer := fasttimeout.Context(ctx)
+				close(started)
+				<-outer.Done()
+				inner(ctx)
+			}, fasttimeout.Config{Timeout: time.Hour, Mode: mode}))
+			answered := make(chan error, 1)
+			go func() {
+				status, _, err := s.client.GetTimeout(nil, "http://test/", waitTimeout)
+				if err == nil && status != fasthttp.StatusOK {
+					err = fmt.Errorf("status %d, want 200", status)
+				}
+				answered <- err
+			}()
+			receive(t, started, "the outer handler's start")
+			shutdown := make(chan error, 1)
+			go func() { shutdown <- s.server.Shutdown() }() // ends the outer context
+			got := receive(t, seenInner, "the inner handler's look at its context")
+			assert.ErrorIs(t, got.err, context.Canceled, "the inner context's Err at its creation")
+			assert.ErrorIs(t, got.cause, fasttimeout.ErrShutdown)
+			assert.NoError(t, receive(t, answered, "the answer"))
+			require.NoError(t, receive(t, shutdown, "the shutdown"))
+		})
 	}
 }
