@@ -5,6 +5,7 @@ package fasttimeout_test
 import (
 	"errors"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -230,8 +231,11 @@ func TestTimeout_late_panic_is_logged_by_default(t *testing.T) {
 
 	assert.Equal(t, fasthttp.StatusGatewayTimeout, do(t, s, "GET", "/").StatusCode())
 	close(release)
-	require.Eventually(t, func() bool { return stats.Snapshot().LateFinished == 1 }, waitTimeout, time.Millisecond)
-	assert.Contains(t, logs.String(), "panic in handler after its deadline: unwatched")
+	// The late return is counted before the panic is logged: wait for the log.
+	require.Eventually(t, func() bool {
+		return strings.Contains(logs.String(), "panic in handler after its deadline: unwatched")
+	}, waitTimeout, time.Millisecond)
+	assert.EqualValues(t, 1, stats.Snapshot().LateFinished)
 	assert.Contains(t, logs.String(), "goroutine ")
 	assert.Equal(t, int64(1), stats.Snapshot().Panics)
 }
