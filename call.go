@@ -259,15 +259,30 @@ var testHookContext atomic.Pointer[func(*call)]
 // end cancels the call's context, if any, once the handler has returned,
 // and gives Context back to the enclosing New, if any.
 func (c *call) end() {
-	if b := c.bridge.Load(); b != nil {
-		b.detach() // first: no Value reads the RequestCtx from now on
-	}
+	c.detachContext() // first: no Value reads the RequestCtx from now on
 	if c.outer != nil {
 		c.ctx.SetUserValue(callKey{}, c.outer)
 		c.outer = nil
 	} else {
 		c.ctx.RemoveUserValue(callKey{})
 	}
+	c.closeContext()
+}
+
+// detachContext makes the call's context, if any, stop reading ctx's user
+// values (Value), before they change.
+func (c *call) detachContext() {
+	if b := c.bridge.Load(); b != nil {
+		b.detach()
+	}
+}
+
+// closeContext cancels the call's context, if any, and forgets it, leaving
+// ctx's user values as they are. A late racing handler's return ends the
+// call with detachContext and closeContext alone: the server goroutine may
+// still be reading ctx in OnTimeout or OnHangup, so the last of the two to
+// let go removes the call from ctx (see middleware.disown).
+func (c *call) closeContext() {
 	if b := c.bridge.Swap(nil); b != nil {
 		if c.inline() {
 			c.m.housekeeper.unwatch(b)

@@ -9,6 +9,7 @@ package fasttimeout_test
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -322,4 +323,49 @@ func TestLate_cooperative_hijack_does_not_take_the_connection(t *testing.T) {
 
 	requireTimeoutResponse(t, c.get(t, "/slow", "S0000000000000001"))
 	requireOwnResponse(t, c.get(t, "/fast", "S0000000000000002"), "fast", "S0000000000000002")
+}
+
+// In racing mode OnTimeout runs beside the late handler, whose return must
+// leave ctx as OnTimeout sees it: the late return used to remove the call
+// from ctx's user values, a data race with OnTimeout reading them, after
+// which Context in OnTimeout gave a new context that never ends. The next
+// request on the connection, likely on the same worker, must not inherit
+// the context OnTimeout asked for.
+func TestLate_return_leaves_ctx_to_OnTimeout(t *testing.T) {
+	t.Parallel()
+	type seen struct {
+		id    any
+		cause error
+	}
+	returned := make(chan struct{})
+	seenByOnTimeout := make(chan seen, 1)
+	h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+		if string(ctx.Path()) == "/slow" {
+			<-fasttimeout.Context(ctx).Done() // returns late, unordered with OnTimeout
+			return
+		}
+		fmt.Fprint(ctx, fasttimeout.Context(ctx).Err())
+	}, fasttimeout.Config{
+		Timeout:      shortTimeout,
+		OnLateReturn: func(*fasthttp.RequestCtx, time.Duration) { close(returned) },
+		OnTimeout: func(ctx *fasthttp.RequestCtx, _ *fasthttp.Response) {
+			id := ctx.UserValue("id")
+			select {
+			case <-returned:
+			case <-time.After(waitTimeout):
+			}
+			seenByOnTimeout <- seen{id, context.Cause(fasttimeout.Context(ctx))}
+		},
+	})
+	s := serve(t, func(ctx *fasthttp.RequestCtx) {
+		ctx.SetUserValue("id", "r1") // an outer middleware's request ID
+		h(ctx)
+	})
+	assert.Equal(t, fasthttp.StatusGatewayTimeout, do(t, s, "GET", "/slow").StatusCode())
+	got := receive(t, seenByOnTimeout, "OnTimeout")
+	assert.Equal(t, "r1", got.id)
+	assert.ErrorIs(t, got.cause, fasttimeout.ErrTimeout)
+	for range 3 {
+		assert.Equal(t, "<nil>", string(do(t, s, "GET", "/fast").Body()))
+	}
 }

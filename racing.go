@@ -183,7 +183,8 @@ func (m *middleware) lateReturn(w *worker, stack []byte, goexit bool) {
 	c := &w.call
 	ctx := c.ctx
 	late := time.Duration(now() - c.overAt.Load())
-	c.end()
+	c.detachContext()
+	c.closeContext()
 	m.countLateReturn(late)
 	if c.panicked {
 		m.reportPanic(ctx, c.panicValue, stack)
@@ -196,16 +197,27 @@ func (m *middleware) lateReturn(w *worker, stack []byte, goexit bool) {
 	// response holds, above all a body stream writer's goroutine, which
 	// would otherwise block forever on a pipe nobody reads.
 	ctx.Response.Reset()
-	c.ctx = nil
 	c.panicked, c.panicValue = false, nil
 	w.dead = goexit
 	m.disown(w, ctx.ConnID())
 }
 
-// disown gives up one hold on a timed-out call's worker (see worker.owners);
-// the last one returns the worker to the pool.
+// disown gives up one hold on a timed-out call's worker (see worker.owners).
+// The last one removes the call from its RequestCtx, which both may read
+// until then, and returns the worker to the pool.
 func (m *middleware) disown(w *worker, connID uint64) {
-	if w.owners.Add(-1) == 0 && !w.dead {
+	if w.owners.Add(-1) != 0 {
+		return
+	}
+	c := &w.call
+	c.ctx.RemoveUserValue(callKey{})
+	// A goroutine the handler left behind may have asked Context for the
+	// call's context after the handler returned: it must not stay on the
+	// worker for its next request.
+	c.detachContext()
+	c.closeContext()
+	c.ctx, c.conn = nil, nil
+	if !w.dead {
 		m.releaseWorker(w, connID, now())
 	}
 }
