@@ -385,9 +385,13 @@ func TestHangup_after_the_deadline_is_a_timeout(t *testing.T) {
 	conn := sendRaw(t, s.addr, rawRequest("/slow"))
 	require.ErrorIs(t, receive(t, expired, "end of the context at the deadline"), context.DeadlineExceeded)
 	require.NoError(t, conn.Close())
-	require.Eventually(t, func() bool { return stats.Snapshot().Timeouts == 1 }, stressBound, time.Millisecond,
-		"the hang-up after the deadline settles the timeout")
-	assert.EqualValues(t, 1, stats.Snapshot().LateRunning)
+	// settle counts the timeout before it counts the handler late
+	// (call.settle, call.becomeLate), on the watcher's goroutine: wait for
+	// both.
+	require.Eventually(t, func() bool {
+		c := stats.Snapshot()
+		return c.Timeouts == 1 && c.LateRunning == 1
+	}, stressBound, time.Millisecond, "the hang-up after the deadline settles the timeout")
 	close(release)
 	// A handler leaves InFlight last: once it is 0, the late return is
 	// counted (see Stats.Snapshot).

@@ -92,8 +92,12 @@ func TestLate_handler_on_a_starved_process_gets_the_timeout_response(t *testing.
 					t.Logf("%d requests were answered before their handler ran, their budget spent", spent)
 				}
 				require.Empty(t, recovered, "a late panic is never re-raised")
-				require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == 0 }, stressBound, 5*time.Millisecond)
+				// A late return leaves LateRunning before it is counted in
+				// LateFinished and LateRun (countLateReturn); it leaves
+				// InFlight last (see Stats.Snapshot).
+				require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, stressBound, 5*time.Millisecond)
 				got := stats.Snapshot()
+				assert.Zero(t, got.LateRunning)
 				assert.EqualValues(t, n+spent, got.Timeouts)
 				assert.EqualValues(t, n, got.LateFinished)
 				assert.Zero(t, got.InFlight)
@@ -206,8 +210,12 @@ func TestLate_mixed_burst_never_lets_a_late_handler_through(t *testing.T) {
 			assert.Zero(t, lateOwn.Load(), "own responses of late handlers")
 			assert.Zero(t, reraised.Load(), "late panics re-raised")
 			assert.Zero(t, bad.Load())
-			require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == 0 }, stressBound, 5*time.Millisecond)
+			// A late return leaves LateRunning before its panic goes to
+			// OnPanic and before it leaves InFlight, last (see
+			// Stats.Snapshot): wait for InFlight.
+			require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, stressBound, 5*time.Millisecond)
 			got := stats.Snapshot()
+			assert.Zero(t, got.LateRunning)
 			assert.Equal(t, timeouts.Load(), got.Timeouts, "timeouts counted as answered")
 			assert.Equal(t, thrown.Load(), got.Panics, "panics counted")
 			assert.Equal(t, thrown.Load(), reported.Load()+int64(len(recovered)), "each panic either re-raised or reported")

@@ -305,7 +305,12 @@ func TestMetrics(t *testing.T) {
 	require.Equal(t, 1.0, value("fasttimeout_late_running_handlers"), "the sleeping handler still runs")
 	require.Contains(t, families, "go_goroutines")
 
-	eventually(t, "the late handler returns", func() bool { return d.stats.Snapshot().LateFinished == 1 })
+	// A late return is counted in LateFinished before its LateRun
+	// observation; it leaves InFlight last (see Stats.Snapshot).
+	eventually(t, "the late handler returns", func() bool {
+		c := d.stats.Snapshot()
+		return c.LateFinished == 1 && c.InFlight == 0
+	})
 	_, _, body = d.get(t, "/metrics")
 	families, err = parser.TextToMetricFamilies(strings.NewReader(body))
 	require.NoError(t, err, body)
