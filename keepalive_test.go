@@ -45,7 +45,7 @@ func TestKeepAlive(t *testing.T) {
 					return
 				}
 				replyWithSecret(ctx, "fast", secret)
-			}, fasttimeout.Config{Timeout: 20 * time.Millisecond, Mode: tc.mode, Stats: &stats,
+			}, fasttimeout.Config{Timeout: 20 * time.Millisecond, TimeoutFunc: onlyTimingOut("/slow"), Mode: tc.mode, Stats: &stats,
 				OnTimeout: func(*fasthttp.RequestCtx, *fasthttp.Response) {
 					select {
 					case answered <- struct{}{}:
@@ -76,7 +76,7 @@ func TestTimeout_keep_alive_connection_is_reused_after_a_timeout(t *testing.T) {
 			<-release
 		}
 		ctx.SetBodyString("fast " + string(ctx.QueryArgs().Peek("n")))
-	}, fasttimeout.Config{Timeout: shortTimeout})
+	}, fasttimeout.Config{Timeout: shortTimeout, TimeoutFunc: onlyTimingOut("/slow")})
 
 	mem := fasthttputil.NewInmemoryListener()
 	ln := &countingListener{Listener: mem}

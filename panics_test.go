@@ -200,8 +200,9 @@ func TestTimeout_panic_after_the_deadline_goes_to_OnPanic(t *testing.T) {
 		}
 		ctx.SetBodyString("alive")
 	}, fasttimeout.Config{
-		Timeout: shortTimeout,
-		OnPanic: func(_ *fasthttp.RequestCtx, v any, stack []byte) { reports <- report{v, string(stack)} },
+		Timeout:     shortTimeout,
+		TimeoutFunc: onlyTimingOut("/late-panic"),
+		OnPanic:     func(_ *fasthttp.RequestCtx, v any, stack []byte) { reports <- report{v, string(stack)} },
 	})
 	s := serve(t, h)
 
