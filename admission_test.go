@@ -79,10 +79,12 @@ func TestAdmission_refusal_does_not_run_the_handler(t *testing.T) {
 				MaxConcurrency: 1,
 				RetryAfter:     3 * time.Second,
 				Stats:          stats,
-				// A short budget for /short: it may wait 2 ms for a slot.
+				// A short budget for /short: it may wait 20 ms for a slot
+				// (a tenth). Much shorter, and a loaded machine stalling
+				// the test for it would refuse /short for another reason.
 				TimeoutFunc: func(ctx *fasthttp.RequestCtx) time.Duration {
 					if string(ctx.Path()) == "/short" {
-						return 20 * time.Millisecond
+						return 200 * time.Millisecond
 					}
 					return 0
 				},
@@ -149,6 +151,14 @@ func TestAdmission_late_handlers_hold_their_slots(t *testing.T) {
 	stats := new(fasttimeout.Stats)
 	s := serve(t, fasttimeout.New(b.handle, fasttimeout.Config{
 		Timeout: 20 * time.Millisecond, MaxConcurrency: 1, Stats: stats,
+		// The other requests must not time out on a stalled machine: they
+		// wait 100 ms for the slot (a tenth), then are refused.
+		TimeoutFunc: func(ctx *fasthttp.RequestCtx) time.Duration {
+			if string(ctx.Path()) == "/block" {
+				return 0
+			}
+			return time.Second
+		},
 	}))
 	assert.Equal(t, fasthttp.StatusGatewayTimeout, do(t, s, "GET", "/block").StatusCode())
 	<-b.entered
