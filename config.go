@@ -122,10 +122,10 @@ type Config struct {
 	// times out, just before the timeout response is sent. resp holds the
 	// configured timeout response and may be changed (a request ID header,
 	// say). In racing mode the handler may still be running: OnTimeout may
-	// read ctx's request but must not modify ctx. If it panics, the panic
-	// goes up the server goroutine as a handler's would; in racing mode the
-	// request is still answered with resp as it stands, since the late
-	// handler keeps ctx.
+	// read ctx's request and user values but must not modify ctx. If it
+	// panics, the panic goes up the server goroutine as a handler's would;
+	// in racing mode the request is still answered with resp as it stands,
+	// since the late handler keeps ctx.
 	OnTimeout func(ctx *fasthttp.RequestCtx, resp *fasthttp.Response)
 
 	// OnPanic, if set, receives a panic of a handler that has already timed
@@ -207,8 +207,9 @@ type Config struct {
 	// OnHangup, if set, is called when a request's client hung up while
 	// its handler ran, with how long after the request's start that was:
 	// in racing mode on the server goroutine as soon as the hang-up is seen
-	// (it may read ctx's request, but must not modify ctx: the handler may
-	// still be running), in cooperative mode when the handler returns.
+	// (it may read ctx's request and user values, but must not modify ctx:
+	// the handler may still be running), in cooperative mode when the
+	// handler returns.
 	OnHangup func(ctx *fasthttp.RequestCtx, after time.Duration)
 
 	// AdaptiveConcurrency switches on admission by an adaptive concurrency
