@@ -394,3 +394,87 @@ func TestAdmission_a_new_limit_refuses_nothing_at_light_load(t *testing.T) {
 		})
 	}
 }
+
+// TestAdmission_inner_wait_is_bounded_by_the_outer_deadline: a New with a
+// concurrency limit inside another New's handler. The request's budget is
+// the earlier of the two deadlines, so it waits for the inner slot at most
+// a tenth of what is left of that, and is refused with 503 in time. It used
+// to wait a tenth of the inner timeout alone (here six minutes): in racing
+// mode the outer answered 504 while the waiter, still queued, would run the
+// handler later for nobody; in cooperative mode the server goroutine stayed
+// in the queue long after the request's deadline, and the client got
+// nothing.
+func TestAdmission_inner_wait_is_bounded_by_the_outer_deadline(t *testing.T) {
+	t.Parallel()
+	for _, outerMode := range allModes {
+		t.Run(outerMode.String(), func(t *testing.T) {
+			t.Parallel()
+			b := newBlocker()
+			stats := new(fasttimeout.Stats)
+			reasons := make(chan string, 10)
+			inner := fasttimeout.New(b.handle, fasttimeout.Config{
+				Mode: fasttimeout.Cooperative, Timeout: time.Hour, MaxConcurrency: 1, Stats: stats,
+			})
+			outer := fasttimeout.New(rejectRecorder(inner, reasons), fasttimeout.Config{
+				Mode: outerMode,
+				// /block holds the inner slot without timing out; / has
+				// a second, of which it may wait a tenth for the slot.
+				Timeout: time.Second,
+				TimeoutFunc: func(ctx *fasthttp.RequestCtx) time.Duration {
+					if string(ctx.Path()) == "/block" {
+						return time.Hour
+					}
+					return 0
+				},
+			})
+			s := serve(t, outer)
+			var once sync.Once
+			release := func() { once.Do(func() { close(b.release) }) }
+			t.Cleanup(release) // before the server's shutdown, should the test fail
+			held := async(t, s, "/block")
+			receive(t, b.entered, "the start of /block")
+
+			resp := receive(t, async(t, s, "/"), "the answer to /")
+			require.Equal(t, fasthttp.StatusServiceUnavailable, resp.StatusCode(), "refused within the outer budget: %s", resp.Body())
+			assert.Equal(t, fasttimeout.RejectedQueueTimeout, receive(t, reasons, "the refusal"))
+			assert.Equal(t, int64(1), b.ran.Load(), "the refused request did not run")
+
+			release()
+			assert.Equal(t, fasthttp.StatusOK, receive(t, held, "the answer to /block").StatusCode())
+			assert.Zero(t, stats.Snapshot().Waiting)
+		})
+	}
+}
+
+// TestAdmission_inner_New_after_the_outer_deadline_does_not_run: an outer
+// handler that calls an inner New once the outer deadline has passed. The
+// budget is spent before the inner handler could start: it is answered
+// without running, as a spent budget, rather than taking a slot and
+// running for nobody.
+func TestAdmission_inner_New_after_the_outer_deadline_does_not_run(t *testing.T) {
+	t.Parallel()
+	for _, outerMode := range allModes {
+		t.Run(outerMode.String(), func(t *testing.T) {
+			t.Parallel()
+			b := newBlocker()
+			stats := new(fasttimeout.Stats)
+			inner := fasttimeout.New(b.handle, fasttimeout.Config{
+				Mode: fasttimeout.Cooperative, Timeout: time.Hour, MaxConcurrency: 1, Stats: stats,
+			})
+			returned := make(chan struct{})
+			outer := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				defer close(returned)
+				<-fasttimeout.Context(ctx).Done() // the outer deadline
+				inner(ctx)
+			}, fasttimeout.Config{Mode: outerMode, Timeout: shortTimeout})
+			s := serve(t, outer)
+			resp := do(t, s, "GET", "/")
+			assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
+			receive(t, returned, "the outer handler's return")
+			assert.Zero(t, b.ran.Load(), "the inner handler did not run")
+			got := stats.Snapshot()
+			assert.Zero(t, got.Admitted, "no slot taken")
+			assert.Equal(t, int64(1), got.SpentBudgets)
+		})
+	}
+}

@@ -124,6 +124,12 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx) (start, deadline, admitted 
 			deadline = min(deadline, t+int64(budget-m.DeadlineMargin))
 		}
 	}
+	if outer := lookup(ctx); outer != nil {
+		// Inside another New the request keeps the earlier deadline (see
+		// call.begin): its wait for a slot is a share of what is left of
+		// that, and a budget already spent there is spent here too.
+		deadline = min(deadline, outer.deadline.Load())
+	}
 	if deadline <= t || m.MaxQueueAge > 0 && t-start > int64(m.MaxQueueAge) {
 		// The caller's budget is spent before the handler could start.
 		m.stats.timeouts.Add(1)
