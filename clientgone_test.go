@@ -401,3 +401,44 @@ func TestHangup_after_the_deadline_is_a_timeout(t *testing.T) {
 	assert.EqualValues(t, 1, got.Timeouts)
 	assert.EqualValues(t, 1, got.LateFinished)
 }
+
+// A request whose timeout is under 100 ms is not watched, since its
+// deadline ends it soon anyway; but a handler that disarms its deadline (a
+// long poll) or extends it far runs on, and its client's hang-up must still
+// end it. Before the fix the watch was decided at the request's start and
+// never started: the handler waited for nobody until the server shut down.
+func TestHangup_short_timeout_disarmed_or_extended_is_watched(t *testing.T) {
+	requireHangups(t)
+	moves := map[string]func(*fasthttp.RequestCtx) bool{
+		"Disarm": fasttimeout.Disarm,
+		"Extend": func(ctx *fasthttp.RequestCtx) bool { return fasttimeout.Extend(ctx, time.Minute) },
+	}
+	for _, mode := range []fasttimeout.Mode{fasttimeout.Racing, fasttimeout.Cooperative} {
+		for name, move := range moves {
+			t.Run(mode.String()+"/"+name, func(t *testing.T) {
+				t.Parallel()
+				var stats fasttimeout.Stats
+				started := make(chan bool, 1)
+				ends := make(chan ended, 1)
+				s := startStressLoopback(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+					c := fasttimeout.Context(ctx)
+					started <- move(ctx)
+					select {
+					case <-c.Done():
+					case <-time.After(stressBound):
+					}
+					ends <- ended{c.Err(), context.Cause(c)}
+				}, fasttimeout.Config{Timeout: 99 * time.Millisecond, Mode: mode, Stats: &stats}))
+				conn := sendRaw(t, s.addr, rawRequest("/poll"))
+				require.True(t, receive(t, started, "the handler's start"), "the deadline passed before the handler moved it")
+				require.NoError(t, conn.Close())
+				e := waitEnd(t, ends)
+				assert.ErrorIs(t, e.err, context.Canceled)
+				assert.ErrorIs(t, e.cause, fasttimeout.ErrClientGone)
+				require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, stressBound, 5*time.Millisecond)
+				assert.EqualValues(t, 1, stats.Snapshot().ClientGone)
+				assert.Zero(t, stats.Snapshot().Timeouts)
+			})
+		}
+	}
+}

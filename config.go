@@ -188,7 +188,9 @@ type Config struct {
 	// default, once a request has run HangupDelay (5 ms), its connection is
 	// watched (unless its timeout is under 100 ms: the deadline ends such a
 	// request soon anyway, and a storm of them watched at once would cost
-	// the CPU their timeout answers need), and if the client closes or resets it while the handler runs
+	// the CPU their timeout answers need; one that Disarm or Extend keeps
+	// running past that deadline is watched from then on), and if the
+	// client closes or resets it while the handler runs
 	// (a load balancer giving up on the request, say), the request's
 	// context is cancelled with cause ErrClientGone and the handler is late
 	// from then on, as after a timeout: counted in Stats.ClientGone and

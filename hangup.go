@@ -20,10 +20,12 @@ var ErrClientGone = errors.New("fasttimeout: client gone")
 // that finish sooner cost nothing more; most requests do.
 const HangupDelay = 5 * time.Millisecond
 
-// minWatchedTimeout is the shortest timeout whose requests are watched. A
-// hang-up can save a request with a shorter timeout little work, while a
-// storm of such requests, all watched at once, costs the CPU their timeout
-// answers need (docs/hangups.md).
+// minWatchedTimeout is the shortest timeout whose requests are watched
+// from HangupDelay on. A hang-up can save a request with a shorter timeout
+// little work, while a storm of such requests, all watched at once, costs
+// the CPU their timeout answers need (docs/hangups.md). Such a request is
+// watched only if it runs past its original deadline, which it can only
+// after Disarm or Extend.
 const minWatchedTimeout = 100 * time.Millisecond
 
 // StatusClientClosedRequest is the status of the answer to a request whose
@@ -65,9 +67,17 @@ func (c *call) beginWatch(ctx *fasthttp.RequestCtx, start int64, gen uint64) {
 	// Inside another New only the outermost watches: a connection has one
 	// watch, and its hang-up reaches the inner context through the outer's
 	// (call.context).
-	if c.m.watchHangups && c.outer == nil && c.conn != nil && c.deadline.Load()-start >= int64(minWatchedTimeout) {
+	if c.m.watchHangups && c.outer == nil && c.conn != nil {
 		phase = watchPending
-		c.watchAt.Store(c.admitted + int64(HangupDelay))
+		at := c.admitted + int64(HangupDelay)
+		if deadline := c.deadline.Load(); deadline-start < int64(minWatchedTimeout) {
+			// A short timeout: its deadline comes first and ends the
+			// request, unwatched. Only a handler that moved its deadline
+			// (Disarm, Extend: a long poll) gets there, and then it runs
+			// on, and its client must be watched like any other's.
+			at = max(at, deadline)
+		}
+		c.watchAt.Store(at)
 	}
 	c.watch.Store(gen*watchGen | phase)
 }
