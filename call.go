@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -92,6 +93,7 @@ type call struct {
 	later    *time.Timer                    // a watched racing call's deadline, once timer has started the watch
 	bridge   atomic.Pointer[requestContext] // created by Context, lazily
 	overAt   atomic.Int64                   // when the call timed out (its deadline) or its client left
+	counted  atomic.Uint64                  // the generation (state bits) whose timeout or hang-up settle has counted
 	start    int64                          // when the request arrived; read by the server goroutine
 	admitted int64                          // when it got its concurrency slot, or started without a limit
 
@@ -171,6 +173,7 @@ func (c *call) transition(from, to uint64) bool {
 // that only changed between running and moving (Extend) decides nothing:
 // look again.
 func (c *call) settle(outcome uint64, t int64) bool {
+	var gen uint64
 	for {
 		s := c.state.Load()
 		p := s & phaseMask
@@ -179,8 +182,12 @@ func (c *call) settle(outcome uint64, t int64) bool {
 			return false
 		}
 		if c.state.CompareAndSwap(s, s&^phaseMask|outcome) {
+			gen = s &^ (generation - 1)
 			break
 		}
+	}
+	if hook := testHookSettled.Load(); outcome != callFinished && hook != nil {
+		(*hook)(c, outcome)
 	}
 	switch outcome {
 	case callTimedOut:
@@ -189,12 +196,38 @@ func (c *call) settle(outcome uint64, t int64) bool {
 			l.drop(t)
 		}
 		c.becomeLate(c.deadline.Load(), context.DeadlineExceeded, &timeoutCause)
+		c.counted.Store(gen)
 	case callGone:
 		c.m.stats.clientGone.Add(1)
 		c.becomeLate(t, context.Canceled, &goneCause)
+		c.counted.Store(gen)
 	}
 	return true
 }
+
+// awaitCounted waits, on a late handler's return, until whoever settled its
+// call late (the call's timer or the hang-up callback, on their own
+// goroutines) has counted the timeout or hang-up and marked the handler
+// late: their compare-and-swap comes first, and a handler returning right
+// after it would read an overAt not yet stored, take LateRunning below zero
+// and leave InFlight before the timeout is counted. The wait is as short
+// as those few atomic operations.
+func (c *call) awaitCounted() {
+	gen := c.state.Load() &^ (generation - 1)
+	hooked := false
+	for c.counted.Load() != gen {
+		if hook := testHookAwaitCounted.Load(); hook != nil && !hooked {
+			(*hook)(c)
+			hooked = true
+		}
+		runtime.Gosched()
+	}
+}
+
+// testHookSettled, set only by tests, runs in settle between the
+// compare-and-swap that times a call out (or loses its client) and what
+// follows from it.
+var testHookSettled atomic.Pointer[func(c *call, outcome uint64)]
 
 // becomeLate does what a call that has just timed out (or lost its client)
 // at overAt needs: its handler counts as late from then on, and its context

@@ -181,6 +181,7 @@ func (w *worker) serve() {
 // lateReturn runs on a worker whose handler returned after its deadline.
 func (m *middleware) lateReturn(w *worker, stack []byte, goexit bool) {
 	c := &w.call
+	c.awaitCounted()
 	ctx := c.ctx
 	late := time.Duration(now() - c.overAt.Load())
 	c.detachContext()
@@ -312,3 +313,8 @@ func (p *idleWorkers) takeStale(t int64) []*worker {
 	clear(p.stack[len(p.stack):cap(p.stack)]) // drop references for the GC
 	return stale
 }
+
+// testHookAwaitCounted, set only by tests, runs on a late handler's return
+// when it finds that the goroutine that settled its call (the timer, or the
+// hang-up callback) has not yet counted it.
+var testHookAwaitCounted atomic.Pointer[func(*call)]
