@@ -86,7 +86,7 @@ type contextKey struct{}
 type request struct {
 	span    trace.Span
 	holds   atomic.Int32
-	handled atomic.Bool // Handler held the span: the end of the context is its to record
+	handled atomic.Bool // Handler holds the span, or let go of it having seen the request end: the end is its to record
 }
 
 // Attach makes the span of c (trace.SpanFromContext) the request's span for
@@ -243,7 +243,12 @@ func Handler(next fasthttp.RequestHandler) fasthttp.RequestHandler {
 				if c.Err() == nil {
 					left, bounded := fasttimeout.Remaining(ctx)
 					if !bounded || left > 0 {
-						return // returned in time
+						// Returned in time, recording nothing: if what
+						// runs after it inside fasttimeout.New takes the
+						// request past its deadline, Attach's end records
+						// the timeout answer.
+						r.handled.Store(false)
+						return
 					}
 					// Returned past the deadline, before the context
 					// was cancelled: the middleware finds it late and
