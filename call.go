@@ -186,8 +186,10 @@ func (c *call) settle(outcome uint64, t int64) bool {
 			break
 		}
 	}
-	if hook := testHookSettled.Load(); outcome != callFinished && hook != nil {
-		(*hook)(c, outcome)
+	if outcome != callFinished {
+		if hook := testHookSettled.Load(); hook != nil {
+			(*hook)(c, outcome)
+		}
 	}
 	switch outcome {
 	case callTimedOut:
@@ -291,31 +293,21 @@ var testHookContext atomic.Pointer[func(*call)]
 
 // end cancels the call's context, if any, once the handler has returned,
 // and gives Context back to the enclosing New, if any.
+//
+// A racing call that timed out or lost its client ends only when both its
+// server goroutine and its late handler are done with ctx (see
+// middleware.disown): until then OnTimeout or OnHangup may read ctx's user
+// values, and Context find the call.
 func (c *call) end() {
-	c.detachContext() // first: no Value reads the RequestCtx from now on
+	if b := c.bridge.Load(); b != nil {
+		b.detach() // first: no Value reads the RequestCtx from now on
+	}
 	if c.outer != nil {
 		c.ctx.SetUserValue(callKey{}, c.outer)
 		c.outer = nil
 	} else {
 		c.ctx.RemoveUserValue(callKey{})
 	}
-	c.closeContext()
-}
-
-// detachContext makes the call's context, if any, stop reading ctx's user
-// values (Value), before they change.
-func (c *call) detachContext() {
-	if b := c.bridge.Load(); b != nil {
-		b.detach()
-	}
-}
-
-// closeContext cancels the call's context, if any, and forgets it, leaving
-// ctx's user values as they are. A late racing handler's return ends the
-// call with detachContext and closeContext alone: the server goroutine may
-// still be reading ctx in OnTimeout or OnHangup, so the last of the two to
-// let go removes the call from ctx (see middleware.disown).
-func (c *call) closeContext() {
 	if b := c.bridge.Swap(nil); b != nil {
 		if c.inline() {
 			c.m.housekeeper.unwatch(b)

@@ -16,11 +16,12 @@ var callPool sync.Pool
 // handler runs on the server goroutine, and finishCooperative settles the
 // call when it returns.
 func (m *middleware) serveCooperative(ctx *fasthttp.RequestCtx) {
-	start, deadline, admitted, run := m.admit(ctx)
+	outer := lookup(ctx)
+	start, deadline, admitted, run := m.admit(ctx, outer)
 	if !run {
 		return
 	}
-	m.serveInline(ctx, lookup(ctx), start, deadline, admitted)
+	m.serveInline(ctx, outer, start, deadline, admitted)
 }
 
 // serveInline runs the handler on this goroutine, as a cooperative call

@@ -18,11 +18,11 @@ import (
 // Two racing on it, the inner one's timeout answer and its late handler's
 // writes raced with the outer one's answer and its end of the request.
 func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
-	start, deadline, admitted, run := m.admit(ctx)
+	outer := lookup(ctx)
+	start, deadline, admitted, run := m.admit(ctx, outer)
 	if !run {
 		return
 	}
-	outer := lookup(ctx)
 	if outer != nil {
 		m.serveInline(ctx, outer, start, deadline, admitted)
 		return
@@ -184,8 +184,6 @@ func (m *middleware) lateReturn(w *worker, stack []byte, goexit bool) {
 	c.awaitCounted()
 	ctx := c.ctx
 	late := time.Duration(now() - c.overAt.Load())
-	c.detachContext()
-	c.closeContext()
 	m.countLateReturn(late)
 	if c.panicked {
 		m.reportPanic(ctx, c.panicValue, stack)
@@ -204,19 +202,15 @@ func (m *middleware) lateReturn(w *worker, stack []byte, goexit bool) {
 }
 
 // disown gives up one hold on a timed-out call's worker (see worker.owners).
-// The last one removes the call from its RequestCtx, which both may read
-// until then, and returns the worker to the pool.
+// The last one ends the call, which both may read until then (its context,
+// already cancelled, is dropped from the worker with it), and returns the
+// worker to the pool.
 func (m *middleware) disown(w *worker, connID uint64) {
 	if w.owners.Add(-1) != 0 {
 		return
 	}
 	c := &w.call
-	c.ctx.RemoveUserValue(callKey{})
-	// A goroutine the handler left behind may have asked Context for the
-	// call's context after the handler returned: it must not stay on the
-	// worker for its next request.
-	c.detachContext()
-	c.closeContext()
+	c.end()
 	c.ctx, c.conn = nil, nil
 	if !w.dead {
 		m.releaseWorker(w, connID, now())

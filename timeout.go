@@ -75,8 +75,9 @@ type middleware struct {
 // request to bound, it returns when the request arrived (start), its
 // deadline, and when it got its slot under the concurrency limit
 // (admitted, now if there is no limit); run is false for a request already
-// answered (refused, or out of budget) or skipped.
-func (m *middleware) admit(ctx *fasthttp.RequestCtx) (start, deadline, admitted int64, run bool) {
+// answered (refused, or out of budget) or skipped. outer is the call of an
+// enclosing New, if any, whose deadline bounds this request's.
+func (m *middleware) admit(ctx *fasthttp.RequestCtx, outer *call) (start, deadline, admitted int64, run bool) {
 	if m.countRequests {
 		m.stats.requests.add(ctx.ConnID(), 1)
 	}
@@ -124,7 +125,7 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx) (start, deadline, admitted 
 			deadline = min(deadline, t+int64(budget-m.DeadlineMargin))
 		}
 	}
-	if outer := lookup(ctx); outer != nil {
+	if outer != nil {
 		// Inside another New the request keeps the earlier deadline (see
 		// call.begin): its wait for a slot is a share of what is left of
 		// that, and a budget already spent there is spent here too.
