@@ -21,7 +21,12 @@ type blocker struct {
 	ran     atomic.Int64
 	entered chan struct{}
 	release chan struct{}
+	once    sync.Once
 }
+
+// free closes release; calls after the first do nothing, so that a test
+// can also free its blocker in a cleanup, should it fail first.
+func (b *blocker) free() { b.once.Do(func() { close(b.release) }) }
 
 func newBlocker() *blocker {
 	return &blocker{entered: make(chan struct{}, 1000), release: make(chan struct{})}
@@ -428,9 +433,7 @@ func TestAdmission_inner_wait_is_bounded_by_the_outer_deadline(t *testing.T) {
 				},
 			})
 			s := serve(t, outer)
-			var once sync.Once
-			release := func() { once.Do(func() { close(b.release) }) }
-			t.Cleanup(release) // before the server's shutdown, should the test fail
+			t.Cleanup(b.free) // before the server's shutdown, should the test fail
 			held := async(t, s, "/block")
 			receive(t, b.entered, "the start of /block")
 
@@ -439,7 +442,7 @@ func TestAdmission_inner_wait_is_bounded_by_the_outer_deadline(t *testing.T) {
 			assert.Equal(t, fasttimeout.RejectedQueueTimeout, receive(t, reasons, "the refusal"))
 			assert.Equal(t, int64(1), b.ran.Load(), "the refused request did not run")
 
-			release()
+			b.free()
 			assert.Equal(t, fasthttp.StatusOK, receive(t, held, "the answer to /block").StatusCode())
 			assert.Zero(t, stats.Snapshot().Waiting)
 		})
