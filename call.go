@@ -269,17 +269,20 @@ func (c *call) context() context.Context {
 	if c.deadline.Load() != b.deadline.Load() {
 		b.syncDeadline(&c.deadline)
 	}
-	switch {
-	case c.inline():
-		if c.watch.Load()&watchMask == watchPending {
-			b.call = c // the housekeeper starts the call's watch
-		}
-		c.m.housekeeper.watch(b)
-	case c.phase() == callTimedOut:
-		// The call timed out before settle could see b.
+	switch c.phase() {
+	case callTimedOut:
+		// The call timed out before settle could see b (or, in OnTimeout,
+		// long before).
 		b.cancel(context.DeadlineExceeded, &timeoutCause)
-	case c.phase() == callGone:
+	case callGone:
 		b.cancel(context.Canceled, &goneCause) // as above, for a hang-up
+	default:
+		if c.inline() {
+			if c.watch.Load()&watchMask == watchPending {
+				b.call = c // the housekeeper starts the call's watch
+			}
+			c.m.housekeeper.watch(b)
+		}
 	}
 	// A racing call's context needs no watch: settle cancels it through
 	// the call, and the housekeeper checks running calls for shutdown anyway.

@@ -89,10 +89,14 @@ func TestHangup_client_gone_cancels_the_context(t *testing.T) {
 				var stats fasttimeout.Stats
 				lates := make(chan time.Duration, 1)
 				afters := make(chan time.Duration, 1)
+				causes := make(chan error, 1) // of the context OnHangup sees
 				s, started, ends := hangupServer(t, fasttimeout.Config{
 					Timeout: time.Minute, Mode: mode, Stats: &stats,
 					OnLateReturn: func(_ *fasthttp.RequestCtx, late time.Duration) { lates <- late },
-					OnHangup:     func(_ *fasthttp.RequestCtx, after time.Duration) { afters <- after },
+					OnHangup: func(ctx *fasthttp.RequestCtx, after time.Duration) {
+						causes <- context.Cause(fasttimeout.Context(ctx))
+						afters <- after
+					},
 				})
 				conn := sendRaw(t, s.addr, rawRequest("/slow"))
 				receive(t, started, "the handler's start")
@@ -101,6 +105,7 @@ func TestHangup_client_gone_cancels_the_context(t *testing.T) {
 				e := waitEnd(t, ends)
 				assert.ErrorIs(t, e.err, context.Canceled)
 				assert.ErrorIs(t, e.cause, fasttimeout.ErrClientGone)
+				assert.ErrorIs(t, <-causes, fasttimeout.ErrClientGone)
 				after := <-afters
 				assert.Positive(t, after, "the hang-up came after the request started")
 				assert.Less(t, after, stressBound)

@@ -122,8 +122,9 @@ type Config struct {
 	// times out, just before the timeout response is sent. resp holds the
 	// configured timeout response and may be changed (a request ID header,
 	// say). In racing mode the handler may still be running: OnTimeout may
-	// read ctx's request and user values but must not modify ctx. If it
-	// panics, the panic goes up the server goroutine as a handler's would;
+	// read ctx's request and user values but must not modify ctx. In both
+	// modes Context(ctx) is the request's context, done with cause
+	// ErrTimeout. If it panics, the panic goes up the server goroutine as a handler's would;
 	// in racing mode the request is still answered with resp as it stands,
 	// since the late handler keeps ctx.
 	OnTimeout func(ctx *fasthttp.RequestCtx, resp *fasthttp.Response)
@@ -211,7 +212,8 @@ type Config struct {
 	// in racing mode on the server goroutine as soon as the hang-up is seen
 	// (it may read ctx's request and user values, but must not modify ctx:
 	// the handler may still be running), in cooperative mode when the
-	// handler returns.
+	// handler returns. Context(ctx) is the request's context, done with
+	// cause ErrClientGone.
 	OnHangup func(ctx *fasthttp.RequestCtx, after time.Duration)
 
 	// AdaptiveConcurrency switches on admission by an adaptive concurrency

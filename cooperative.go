@@ -56,10 +56,9 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 	c.unwatchClient()
 	over, overAt, start := c.phase(), c.overAt.Load(), c.start
 	m.release(c, t, over == callFinished)
-	c.end()
-	c.ctx = nil
-	c.conn = nil
-	callPool.Put(c)
+	// Ended after the callbacks below, as in racing mode: Context in
+	// OnTimeout or OnHangup is the request's, ended with its cause.
+	defer c.recycle()
 	late := over == callTimedOut || over == callGone
 	if v != nil {
 		m.stats.panics.Add(1)
@@ -96,6 +95,15 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 	case over == callTimedOut && m.OnTimeout != nil:
 		m.OnTimeout(ctx, &ctx.Response)
 	}
+}
+
+// recycle ends a cooperative call whose handler has returned and puts it
+// back in the pool.
+func (c *call) recycle() {
+	c.end()
+	c.ctx = nil
+	c.conn = nil
+	callPool.Put(c)
 }
 
 // hungUp is the hang-up callback (call.onGone) of a cooperative call. Its

@@ -378,3 +378,41 @@ func TestLate_return_leaves_ctx_to_OnTimeout(t *testing.T) {
 		assert.Equal(t, "<nil>", string(do(t, s, "GET", "/fast").Body()))
 	}
 }
+
+// OnTimeout gets the request's own context from Context, ended with
+// ErrTimeout, in both modes, whether or not the handler asked for it
+// first: a callback that logs or traces with it must not find a context
+// that never ends.
+func TestLate_OnTimeout_sees_the_request_context_ended(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		for _, asked := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%v/handler-asked=%v", mode, asked), func(t *testing.T) {
+				t.Parallel()
+				type seen struct {
+					err, cause error
+				}
+				seenByOnTimeout := make(chan seen, 1)
+				h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+					if asked {
+						<-fasttimeout.Context(ctx).Done()
+						return
+					}
+					spinPast(ctx, time.Millisecond) // ends in both modes: Remaining needs no context
+				}, fasttimeout.Config{
+					Timeout: shortTimeout,
+					Mode:    mode,
+					OnTimeout: func(ctx *fasthttp.RequestCtx, _ *fasthttp.Response) {
+						c := fasttimeout.Context(ctx)
+						seenByOnTimeout <- seen{c.Err(), context.Cause(c)}
+					},
+				})
+				s := serve(t, h)
+				assert.Equal(t, fasthttp.StatusGatewayTimeout, do(t, s, "GET", "/").StatusCode())
+				got := receive(t, seenByOnTimeout, "OnTimeout")
+				assert.ErrorIs(t, got.err, context.DeadlineExceeded)
+				assert.ErrorIs(t, got.cause, fasttimeout.ErrTimeout)
+			})
+		}
+	}
+}
