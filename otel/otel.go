@@ -99,7 +99,8 @@ type request struct {
 // On a starved process a racing handler may start only after the
 // middleware has answered at its deadline or at its client's hang-up. End
 // then records that answer itself (EventTimeout, or EventClientGone for a
-// StatusClientClosedRequest answer), with AttrTimeout and AttrLateness 0 as
+// StatusClientClosedRequest answer, which is why Config.StatusCode should
+// not be 499), with AttrTimeout and AttrLateness 0 as
 // the handler's deadline is its RequestCtx's to read, and ends the span:
 // the handler, when it starts, runs without recording.
 func Attach(ctx *fasthttp.RequestCtx, c context.Context) (end func()) {
