@@ -171,8 +171,9 @@ type Config struct {
 	DeadlineMargin time.Duration
 
 	// MaxLateHandlers caps the handlers still running after their deadline
-	// or their client's hang-up (racing mode; in cooperative mode they are
-	// counted only until the server goroutine they hold is back). While that
+	// or their client's hang-up. In cooperative mode a handler past its
+	// deadline is found late only when it returns, so only those whose
+	// client hung up count while they run. While that
 	// many are running, new requests are refused
 	// at once with 503 Service Unavailable, a Retry-After header and a JSON
 	// body, so goroutines and memory stay bounded when handlers pile up.

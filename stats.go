@@ -50,7 +50,8 @@ type Counters struct {
 	// response because their deadline passed, spent budgets included.
 	Timeouts int64 `json:"timeouts"`
 	// LateRunning is the number of handlers still running after their
-	// deadline, or after their client hung up (racing mode).
+	// deadline (racing mode: in cooperative mode such a handler is found
+	// late only when it returns), or after their client hung up.
 	LateRunning int64 `json:"late_running"`
 	// LateFinished is the number of handlers that returned after their
 	// deadline, or after their client hung up.
