@@ -171,12 +171,12 @@ type Config struct {
 	DeadlineMargin time.Duration
 
 	// MaxLateHandlers caps the handlers still running after their deadline
-	// or their client's hang-up. In cooperative mode a handler past its
-	// deadline is found late only when it returns, so only those whose
-	// client hung up count while they run. While that
-	// many are running, new requests are refused
-	// at once with 503 Service Unavailable, a Retry-After header and a JSON
-	// body, so goroutines and memory stay bounded when handlers pile up.
+	// or their client's hang-up. While that many are running, new requests
+	// are refused at once with 503 Service Unavailable, a Retry-After header
+	// and a JSON body, so goroutines and memory stay bounded when handlers
+	// pile up. In cooperative mode a handler past its deadline is found late
+	// only when it returns, so only those whose client hung up count while
+	// they run.
 	// Zero means no cap; negative values panic in New.
 	MaxLateHandlers int
 
