@@ -121,12 +121,14 @@ type Config struct {
 	// OnTimeout, if set, is called on the server goroutine when a request
 	// times out, just before the timeout response is sent. resp holds the
 	// configured timeout response and may be changed (a request ID header,
-	// say). In racing mode the handler may still be running: OnTimeout may
-	// read ctx's request and user values but must not modify ctx. In both
-	// modes Context(ctx) is the request's context, done with cause
-	// ErrTimeout. If it panics, the panic goes up the server goroutine as a handler's would;
-	// in racing mode the request is still answered with resp as it stands,
-	// since the late handler keeps ctx.
+	// say). Context(ctx) is the request's context, done with cause
+	// ErrTimeout. In racing mode the handler may still be running and owns
+	// ctx: OnTimeout must not modify ctx, and may read its request and user
+	// values (directly, or through Context(ctx) and its Value) only if the
+	// handler does not change them after its deadline. If OnTimeout panics,
+	// the panic goes up the server goroutine as a handler's would; in racing
+	// mode the request is still answered with resp as it stands, since the
+	// late handler keeps ctx.
 	OnTimeout func(ctx *fasthttp.RequestCtx, resp *fasthttp.Response)
 
 	// OnPanic, if set, receives a panic of a handler that has already timed
@@ -211,10 +213,10 @@ type Config struct {
 	// OnHangup, if set, is called when a request's client hung up while
 	// its handler ran, with how long after the request's start that was:
 	// in racing mode on the server goroutine as soon as the hang-up is seen
-	// (it may read ctx's request and user values, but must not modify ctx:
-	// the handler may still be running), in cooperative mode when the
-	// handler returns. Context(ctx) is the request's context, done with
-	// cause ErrClientGone.
+	// (the handler may still be running: as for OnTimeout, it must not
+	// modify ctx, and reads it only if the handler leaves it alone), in
+	// cooperative mode when the handler returns. Context(ctx) is the
+	// request's context, done with cause ErrClientGone.
 	OnHangup func(ctx *fasthttp.RequestCtx, after time.Duration)
 
 	// AdaptiveConcurrency switches on admission by an adaptive concurrency
