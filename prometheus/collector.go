@@ -80,10 +80,14 @@ const (
 	metricQueueWaitSeconds     = "fasttimeout_queue_wait_seconds"
 )
 
+// bucketLabel is the label of a histogram's bucket bounds.
+const bucketLabel = "le"
+
 // NewCollector returns a collector reading stats at each scrape. constLabels
 // are added to every metric (nil for none): give each Stats its own, say
-// {"handler": "api"}, to register several collectors in one registry. It
-// panics if stats is nil.
+// {"handler": "api"}, to register several collectors in one registry. A
+// constant label the metrics use themselves ("reason", "le") makes
+// Register fail, as an invalid label name does. It panics if stats is nil.
 func NewCollector(stats *fasttimeout.Stats, constLabels prometheus.Labels) *Collector {
 	if stats == nil {
 		panic("fasttimeoutprom: NewCollector needs a *fasttimeout.Stats, got nil")
@@ -96,6 +100,15 @@ func NewCollector(stats *fasttimeout.Stats, constLabels prometheus.Labels) *Coll
 	}
 	gauge := func(name, help string, value func(fasttimeout.Counters) int64) counterMetric {
 		return counterMetric{desc(name, help), prometheus.GaugeValue, value}
+	}
+	histogram := func(name, help string) *prometheus.Desc {
+		// client_golang refuses "le" on its own histograms but not on const
+		// ones: each bucket line would carry it twice, which fails the
+		// parse of the whole scrape. An invalid Desc makes Register say so.
+		if _, ok := constLabels[bucketLabel]; ok {
+			return prometheus.NewInvalidDesc(fmt.Errorf("fasttimeoutprom: %q is not allowed as a constant label: histogram %s uses it for its buckets", bucketLabel, name))
+		}
+		return desc(name, help)
 	}
 	return &Collector{
 		stats: stats,
@@ -138,9 +151,9 @@ func NewCollector(stats *fasttimeout.Stats, constLabels prometheus.Labels) *Coll
 				fasttimeout.RejectedQueueTimeout+" (waited their share of their budget without a slot), "+
 				fasttimeout.RejectedLateHandlers+" (MaxLateHandlers handlers were running late; also in "+metricShedTotal+").",
 			[]string{"reason"}, constLabels),
-		lateness:  desc(metricAnswerLatenessSeconds, "How long after its deadline each timeout response was sent."),
-		lateRun:   desc(metricLateRunSeconds, "How long handlers ran past their deadline, or their client's hang-up, before they returned."),
-		queueWait: desc(metricQueueWaitSeconds, "How long requests waited for a slot under the concurrency limit, whether they got one or were refused."),
+		lateness:  histogram(metricAnswerLatenessSeconds, "How long after its deadline each timeout response was sent."),
+		lateRun:   histogram(metricLateRunSeconds, "How long handlers ran past their deadline, or their client's hang-up, before they returned."),
+		queueWait: histogram(metricQueueWaitSeconds, "How long requests waited for a slot under the concurrency limit, whether they got one or were refused."),
 	}
 }
 

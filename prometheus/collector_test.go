@@ -570,3 +570,20 @@ func TestNewCollectorPanicsOnNilStats(t *testing.T) {
 		fasttimeoutprom.NewCollector(nil, nil)
 	})
 }
+
+// A constant label named like a label of the metrics themselves would
+// repeat it on their lines; Register refuses it rather than let a scrape
+// fail to parse. "le" is the one client_golang does not check for const
+// histograms: it registered, and the exposition read
+// fasttimeout_answer_lateness_seconds_bucket{le="x",le="0.0001"}.
+func TestNewCollectorRefusesConstLabelsTheMetricsUse(t *testing.T) {
+	t.Parallel()
+	for _, name := range []string{"le", "reason"} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			registry := prometheus.NewRegistry()
+			err := registry.Register(fasttimeoutprom.NewCollector(new(fasttimeout.Stats), prometheus.Labels{name: "x"}))
+			require.Error(t, err, "registered with a constant label %q", name)
+		})
+	}
+}
