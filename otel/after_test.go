@@ -24,6 +24,12 @@ import (
 // left the span to it: the span of a 504 ended with no event and status
 // Unset.
 func TestMiddlewareRecordsATimeoutAfterHandlerReturned(t *testing.T) {
+	for _, mode := range []fasttimeout.Mode{fasttimeout.Racing, fasttimeout.Cooperative} {
+		t.Run(mode.String(), func(t *testing.T) { testTimeoutAfterHandlerReturned(t, mode) })
+	}
+}
+
+func testTimeoutAfterHandlerReturned(t *testing.T, mode fasttimeout.Mode) {
 	t.Parallel()
 	ended := make(chan sdktrace.ReadOnlySpan, 1)
 	provider := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(endSignal{ended}))
@@ -31,7 +37,7 @@ func TestMiddlewareRecordsATimeoutAfterHandlerReturned(t *testing.T) {
 	handler := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
 		inner(ctx)
 		<-fasttimeout.Context(ctx).Done() // work after Handler, past the deadline
-	}, fasttimeout.Config{Timeout: 20 * time.Millisecond})
+	}, fasttimeout.Config{Timeout: 20 * time.Millisecond, Mode: mode})
 	ln := fasthttputil.NewInmemoryListener()
 	server := &fasthttp.Server{Handler: fasttimeoutotel.Middleware(handler, provider.Tracer("test"))}
 	served := make(chan error, 1)

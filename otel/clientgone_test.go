@@ -121,3 +121,34 @@ func TestAttachRecordsClientGoneBeforeTheHandlerStarts(t *testing.T) {
 	shutdown()
 	require.NoError(t, provider.Shutdown(context.Background()))
 }
+
+// Handler's next returns in time, and the client hangs up while what runs
+// after it inside fasttimeout.New still works: the span gets the hang-up,
+// whichever mode answered it. In cooperative mode, which answers in the
+// response rather than with a timeout response, it ended with no event.
+func TestMiddlewareRecordsClientGoneAfterHandlerReturned(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("hang-ups are watched on Linux only")
+	}
+	t.Parallel()
+	ended := make(chan sdktrace.ReadOnlySpan, 1)
+	provider := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(endSignal{ended}))
+	inner := fasttimeoutotel.Handler(func(ctx *fasthttp.RequestCtx) { ctx.SetBodyString("ok") })
+	entered := make(chan struct{}, 1)
+	for _, mode := range []fasttimeout.Mode{fasttimeout.Racing, fasttimeout.Cooperative} {
+		addr, shutdown := serveTCP(t, fasttimeoutotel.Middleware(
+			fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				inner(ctx)
+				done := fasttimeout.Context(ctx).Done()
+				entered <- struct{}{}
+				<-done // work after Handler, until the client leaves
+			}, fasttimeout.Config{Timeout: time.Minute, Mode: mode}),
+			provider.Tracer("test")))
+		hangUp(t, addr, entered)
+		span := endedSpan(t, ended, mode.String())
+		assert.Equal(t, []string{fasttimeoutotel.EventClientGone}, eventNames(span), mode)
+		assert.Equal(t, codes.Error, span.Status().Code, mode)
+		shutdown()
+	}
+	require.NoError(t, provider.Shutdown(context.Background()))
+}

@@ -87,6 +87,16 @@ type request struct {
 	span    trace.Span
 	holds   atomic.Int32
 	handled atomic.Bool // Handler holds the span, or let go of it having seen the request end: the end is its to record
+
+	// The context of a handler that returned in time, and the time it
+	// had, set by Handler before it lets go and read by Attach's end once
+	// the middleware's call has returned. It ends with ErrTimeout or
+	// ErrClientGone if what ran after Handler inside fasttimeout.New took
+	// the request past its deadline or outlived its client: in cooperative
+	// mode the middleware then answers in the response itself, with no
+	// timeout response for end to find.
+	inTime  context.Context
+	timeout time.Duration
 }
 
 // Attach makes the span of c (trace.SpanFromContext) the request's span for
@@ -94,7 +104,10 @@ type request struct {
 // fasttimeout.New, and call the returned end on the same goroutine once that
 // call has returned, in place of span.End: it records EventRejected if the
 // middleware refused the request (the handler, and so [Handler], never ran),
-// and the span ends then, or when a late handler returns.
+// EventTimeout or EventClientGone if it answered so after Handler's next
+// had returned in time (what ran after it inside fasttimeout.New took the
+// request past its deadline, or outlived its client), and the span ends
+// then, or when a late handler returns.
 //
 // On a starved process a racing handler may start only after the
 // middleware has answered at its deadline or at its client's hang-up. End
@@ -116,7 +129,21 @@ func Attach(ctx *fasthttp.RequestCtx, c context.Context) (end func()) {
 			return
 		}
 		r.recordRejection(ctx)
+		r.recordEndAfterReturn()
 		r.release()
+	}
+}
+
+// recordEndAfterReturn records the timeout, or the client's hang-up, that
+// the middleware answered after Handler's next returned in time, seen in
+// the context Handler had (see request.inTime).
+func (r *request) recordEndAfterReturn() {
+	c := r.inTime
+	if c == nil || !r.span.IsRecording() {
+		return
+	}
+	if cause := context.Cause(c); errors.Is(cause, fasttimeout.ErrTimeout) || errors.Is(cause, fasttimeout.ErrClientGone) {
+		r.record(endOf(c, time.Now()), r.timeout)
 	}
 }
 
@@ -248,6 +275,7 @@ func Handler(next fasthttp.RequestHandler) fasthttp.RequestHandler {
 						// runs after it inside fasttimeout.New takes the
 						// request past its deadline, Attach's end records
 						// the timeout answer.
+						r.inTime, r.timeout = c, timeout
 						r.handled.Store(false)
 						return
 					}
