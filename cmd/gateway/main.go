@@ -19,6 +19,7 @@
 //     Connection, Connection itself, Proxy-Connection, Keep-Alive, TE,
 //     Trailer, Transfer-Encoding, Upgrade, Proxy-Authenticate and
 //     Proxy-Authorization;
+//   - adds no Content-Type to an upstream response that has none;
 //   - removes the caller's X-Envoy-* headers (Envoy's retry and timeout
 //     controls), as Envoy does for external requests, unless
 //     -trust-envoy-headers says the caller is trusted;
@@ -341,9 +342,14 @@ func forwardTo(upstream fasttimeout.Doer, trustEnvoy bool) fasthttp.RequestHandl
 			resp.Header.ResetConnectionClose()
 			if resp.BodyStream() == nil {
 				resp.CopyTo(&ctx.Response)
+				// After the copy, which copies the flag: fasthttp would
+				// otherwise add text/plain to a response the upstream sent
+				// without Content-Type, and clients would take it for text.
+				ctx.Response.Header.SetNoDefaultContentType(true)
 				break
 			}
 			resp.Header.CopyTo(&ctx.Response.Header)
+			ctx.Response.Header.SetNoDefaultContentType(true) // as above
 			size := resp.Header.ContentLength()
 			if size < 0 {
 				size = -1 // chunked, whatever the upstream used

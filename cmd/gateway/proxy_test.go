@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -120,6 +121,30 @@ func TestProxyHeaders(t *testing.T) {
 		assert.Nil(t, resp.Header.Peek("Proxy-Connection"))
 		assert.Nil(t, resp.Header.Peek("Keep-Alive"))
 		assert.Equal(t, "1", string(resp.Header.Peek("X-Resp-Kept")))
+	})
+
+	t.Run("adds no Content-Type the upstream did not send", func(t *testing.T) {
+		upstream := startRawUpstream(t, func(*fasthttp.Request) string {
+			return "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 4\r\n\r\n\x89PNG"
+		})
+		gateway := startGateway(t, "-upstream", upstream)
+
+		// HEAD is copied whole, GET's body streamed: both ways. Read raw, as
+		// fasthttp's Peek reports text/plain for a missing Content-Type.
+		for _, method := range []string{"HEAD", "GET"} {
+			c, err := net.Dial("tcp", gateway)
+			require.NoError(t, err)
+			require.NoError(t, c.SetDeadline(time.Now().Add(waitTimeout)))
+			_, err = c.Write([]byte(method + " / HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n"))
+			require.NoError(t, err)
+			raw, err := io.ReadAll(c)
+			_ = c.Close()
+			require.NoError(t, err)
+			head, _, found := strings.Cut(string(raw), "\r\n\r\n")
+			require.True(t, found, "%s: %q", method, raw)
+			require.True(t, strings.HasPrefix(head, "HTTP/1.1 200 OK"), "%s: %q", method, head)
+			assert.NotContains(t, strings.ToLower(head), "content-type", "%s: a client would take the body for text", method)
+		}
 	})
 
 	for _, tc := range []struct {
