@@ -40,7 +40,9 @@ import (
 //   - Late handlers hold slots but give no samples, and the limit never
 //     falls below limitFloor slots beyond those they hold (lateFloor): at
 //     or under their number nothing would be admitted, so nothing would
-//     return or time out, and the limit would never move again.
+//     return or time out, and the limit would never move again. Disarmed
+//     handlers (a long poll, an event stream) count with them: they never
+//     time out, and their latency is what they chose, not congestion.
 //   - minRTT is measured by a probe, as Envoy's adaptive concurrency does:
 //     the limit sits at its floor for one window at start and every
 //     probeEvery under sustained load (samples admitted before the probe
@@ -67,6 +69,7 @@ type limiter struct {
 	floor    int64
 	ceiling  int64
 	late     *atomic.Int64 // the middleware's late handlers, which hold slots
+	disarmed atomic.Int64  // handlers holding a slot that Disarm switched the deadline of (see call.countDisarmed)
 
 	mu        sync.Mutex
 	head      *waiter // oldest
@@ -572,9 +575,9 @@ func (l *limiter) endProbe(t, limit int64) {
 }
 
 // lateFloor is the least the adaptive limit falls to: limitFloor slots
-// beyond those late handlers hold, within the ceiling.
+// beyond those late and disarmed handlers hold, within the ceiling.
 func (l *limiter) lateFloor() int64 {
-	return min(l.floor+l.late.Load(), l.ceiling)
+	return min(l.floor+l.late.Load()+l.disarmed.Load(), l.ceiling)
 }
 
 // setLimit moves the limit, and hands the slots it frees to waiters.

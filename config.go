@@ -223,7 +223,8 @@ type Config struct {
 	// limit, so that a server sent more than it can do keeps answering at
 	// its capacity instead of giving every request a thin slice of CPU
 	// until all of them time out. The limit counts every handler still
-	// running, late ones included, and adapts from what the middleware
+	// running, late ones included, keeps a few slots beyond those late or
+	// disarmed (see Disarm) handlers hold, and adapts from what the middleware
 	// measures: it falls when the handlers' latency grows well past their
 	// unloaded latency (or when requests time out while none finishes in
 	// time), and grows while latency stays near it. A request beyond the

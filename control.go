@@ -22,6 +22,11 @@ import (
 // request's context ends when the handler returns: the server's
 // WriteTimeout and IdleTimeout bound them.
 //
+// A disarmed handler keeps its concurrency slot (Config.MaxConcurrency)
+// until it returns. The adaptive limit (Config.AdaptiveConcurrency) keeps
+// room beyond such handlers, as beyond late ones, and takes no latency
+// sample from their return.
+//
 // Disarm reports whether the deadline is now off: false if ctx is not
 // bounded by New or its deadline has passed (whether or not the timeout has
 // been answered yet). Inside nested News it switches off each one's
@@ -58,7 +63,11 @@ func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
 // disarm switches the call's deadline off (see Disarm).
 func (c *call) disarm() bool {
 	if c.inline() {
-		return c.moveDeadline(func(int64) (int64, bool) { return noDeadline, true })
+		if !c.moveDeadline(func(int64) (int64, bool) { return noDeadline, true }) {
+			return false
+		}
+		c.countDisarmed()
+		return true
 	}
 	for {
 		switch p := c.phase(); {
@@ -69,6 +78,7 @@ func (c *call) disarm() bool {
 		case p != callRunning || c.deadline.Load() <= now():
 			return false // a deadline that has passed is passed, timer or not
 		case c.transition(callRunning, callDisarmed):
+			c.countDisarmed()
 			c.deadline.Store(noDeadline)
 			c.syncContext()
 			c.rearm() // only to watch the client, if that has not started yet

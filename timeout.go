@@ -184,7 +184,31 @@ func (m *middleware) leaveFlight(connID uint64) {
 // at t, in time or not.
 func (m *middleware) release(c *call, t int64, inTime bool) {
 	if m.limiter != nil {
+		if c.slot.Swap(slotReleased) == slotDisarmed {
+			m.limiter.disarmed.Add(-1)
+			inTime = false // its latency is what it chose, not congestion
+		}
 		m.limiter.release(t, time.Duration(t-c.admitted), inTime)
+	}
+}
+
+// States of call.slot. A disarmed handler holds its slot as a late one
+// does, never timing out: the adaptive limit keeps room beyond both (see
+// limiter.lateFloor), or a few long polls would refuse every request for
+// as long as they ran.
+const (
+	slotHeld     uint32 = iota // admitted (or no limit), deadline on
+	slotDisarmed               // counted in limiter.disarmed
+	slotReleased               // given back: a Disarm from now on counts nothing
+)
+
+// countDisarmed counts call c, whose deadline Disarm has just switched
+// off, among the disarmed handlers until release. The compare-and-swap
+// keeps a Disarm from another goroutine of the handler, racing its return,
+// from counting a slot already given back.
+func (c *call) countDisarmed() {
+	if l := c.m.limiter; l != nil && l.adaptive && c.slot.CompareAndSwap(slotHeld, slotDisarmed) {
+		l.disarmed.Add(1)
 	}
 }
 
