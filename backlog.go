@@ -23,9 +23,9 @@ import (
 // the 90th percentile of it stays above a target (a twentieth of the
 // timeout, between 20 and 250 ms) for two intervals of backlogInterval, new
 // requests are refused at once with a probability that grows while the wait
-// stays above the target and falls while it is below, in proportion to the
-// gap: a proportional controller, as PIE (RFC 8033) is for a router's
-// queue. Refusing costs microseconds, a handler milliseconds, so the CPU
+// stays above the target and falls while it is below (an interval without
+// requests included), in proportion to the gap: a proportional controller,
+// as PIE (RFC 8033) is for a router's queue. Refusing costs microseconds, a handler milliseconds, so the CPU
 // goes back to requests that can still be answered in time, and the run
 // queue drains.
 //
@@ -137,10 +137,18 @@ func backlogTarget(timeout time.Duration) int64 {
 	return int64(min(max(timeout/20, 20*time.Millisecond), 250*time.Millisecond))
 }
 
-// nextShed returns the probability of refusal (in 1/2³² units) after an
-// interval in which the run queue's wait was latency, against target.
-func nextShed(p uint32, latency, target int64) uint32 {
+// nextShed returns the probability of refusal (in 1/2³² units) after dt
+// nanoseconds, at least an interval, in which the run queue's wait was
+// latency, against target. Under the target it falls by as many steps as
+// intervals passed: requests that did not come to move it would have, and
+// a server idle since an overload must not refuse its next requests for
+// it. Over the target, by one step: requests that did not come needed no
+// refusing.
+func nextShed(p uint32, latency, target, dt int64) uint32 {
 	gap := min(float64(latency-target)/float64(target), 4)
+	if gap < 0 {
+		gap *= max(float64(dt)/float64(backlogInterval), 1)
+	}
 	f := min(max(float64(p)/(1<<32)+shedStep*gap, 0), maxShed)
 	return uint32(f * (1 << 32))
 }
@@ -170,7 +178,7 @@ func (l *limiter) updateShed(t int64) {
 // the end runnable, and arrived requests arrived and served were answered in
 // time. l.shedMu is held.
 func (l *limiter) nextShedLocked(latency, runnable, dt, arrived, served int64) uint32 {
-	p := nextShed(l.shed.Load(), latency, l.shedTarget)
+	p := nextShed(l.shed.Load(), latency, l.shedTarget, dt)
 	if dt > 4*int64(backlogInterval) {
 		return p // no request for a while: the counts say nothing of now
 	}

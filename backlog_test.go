@@ -27,9 +27,30 @@ func TestNextShed(t *testing.T) {
 		{"never below zero", 0, 0, 0},
 		{"never above its ceiling", share(maxShed), 100 * target, maxShed},
 	} {
-		got := float64(nextShed(c.p, c.latency, target)) / (1 << 32)
+		got := float64(nextShed(c.p, c.latency, target, int64(backlogInterval))) / (1 << 32)
 		assert.InDelta(t, c.want, got, 1e-6, c.name)
 	}
+}
+
+// TestNextShed_after_an_idle_spell: the probability moves only when a
+// request comes. It fell by one step per request, however long the wait
+// had stayed under the target since: a server left idle for an hour after
+// an overload refused nine in ten of its next requests, and kept refusing
+// some for its next twenty (for minutes, at a request every few seconds).
+// Under the target it falls by a step per interval passed; over it, by one
+// step still.
+func TestNextShed_after_an_idle_spell(t *testing.T) {
+	t.Parallel()
+	const target = int64(50 * time.Millisecond)
+	share := func(f float64) uint32 { return uint32(f * (1 << 32)) }
+	interval := int64(backlogInterval)
+	got := func(p uint32, latency, dt int64) float64 {
+		return float64(nextShed(p, latency, target, dt)) / (1 << 32)
+	}
+	assert.Zero(t, got(share(maxShed), 0, int64(time.Hour)), "an idle hour: nothing left to refuse")
+	assert.InDelta(t, 0.9-3*shedStep/2, got(share(0.9), target/2, 3*interval), 1e-6, "three intervals at half the target")
+	assert.InDelta(t, 0.9-shedStep, got(share(0.9), 0, interval/2), 1e-6, "a short interval counts as one")
+	assert.InDelta(t, 0.3+shedStep, got(share(0.3), 2*target, 10*interval), 1e-6, "over the target: one step")
 }
 
 // TestLimiter_nextShedLocked: the capacity is learnt while the run queue is
@@ -106,7 +127,7 @@ func TestLimiter_nextShedLocked(t *testing.T) {
 		{
 			name: "after a long gap the counts are not rates",
 			p:    share(0.9), capacity: per(100), arrivalRate: per(400), latency: target / 2, runnable: 0, dt: 5 * dt, arrived: 4000, served: 10,
-			want: 0.9 - shedStep/2, wantCapacity: per(100), wantArrivalRate: per(400),
+			want: 0.9 - 5*shedStep/2, wantCapacity: per(100), wantArrivalRate: per(400),
 		},
 	} {
 		l := newLimiter(100, true, time.Second, new(Stats), new(atomic.Int64))
