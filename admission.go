@@ -186,6 +186,10 @@ var waiterPool = sync.Pool{New: func() any {
 // newLimiter returns a limiter of max slots (with adaptive, the ceiling of
 // its limit) for a middleware whose handlers running late late counts.
 func newLimiter(max int64, adaptive bool, timeout time.Duration, stats *Stats, late *atomic.Int64) *limiter {
+	// No more handlers than slots can count (32 bits) ever hold a slot, so
+	// a greater limit says no more; and Stats sums the limits of the
+	// middlewares sharing it, which two of math.MaxInt overflowed.
+	max = min(max, maxLimit)
 	l := &limiter{stats: stats, adaptive: adaptive, floor: max, ceiling: max, late: late, shedTarget: backlogTarget(timeout)}
 	if adaptive {
 		l.floor = min(limitFloor, max)
@@ -203,6 +207,10 @@ func newLimiter(max int64, adaptive bool, timeout time.Duration, stats *Stats, l
 	stats.limit.Add(limit)
 	return l
 }
+
+// maxLimit is the greatest limit: the handlers holding a slot are counted
+// in 32 bits.
+const maxLimit = math.MaxUint32
 
 // A slot taken adds oneSlot to limiter.slots, and one given back subtracts
 // one: the handlers holding a slot never go below zero, so nothing borrows

@@ -2,6 +2,7 @@ package fasttimeout_test
 
 import (
 	"fmt"
+	"math"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -529,4 +530,20 @@ func TestAdmission_disarmed_handlers_never_hold_every_slot(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestAdmission_huge_limits_sum_in_stats: Stats sums the limits of the
+// middlewares sharing it. Two fixed limits of math.MaxInt ("no limit", in
+// effect) overflowed the sum to -2.
+func TestAdmission_huge_limits_sum_in_stats(t *testing.T) {
+	t.Parallel()
+	stats := new(fasttimeout.Stats)
+	cfg := fasttimeout.Config{MaxConcurrency: math.MaxInt, Stats: stats}
+	ok := func(ctx *fasthttp.RequestCtx) { ctx.SetBodyString("ok") }
+	for _, h := range []fasthttp.RequestHandler{fasttimeout.New(ok, cfg), fasttimeout.New(ok, cfg)} {
+		assert.Equal(t, fasthttp.StatusOK, do(t, serve(t, h), "GET", "/").StatusCode())
+	}
+	got := stats.Snapshot()
+	assert.Positive(t, got.ConcurrencyLimit)
+	assert.Equal(t, int64(2), got.Admitted)
 }

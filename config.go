@@ -246,7 +246,8 @@ type Config struct {
 	// Without AdaptiveConcurrency it is a fixed limit (zero: no limit); with
 	// it, the ceiling of the adaptive limit (zero: DefaultMaxConcurrency).
 	// Requests beyond the limit wait and are refused as described under
-	// AdaptiveConcurrency. Negative values panic in New.
+	// AdaptiveConcurrency. Values above 2³²−1 count as 2³²−1 (in Stats
+	// too); negative values panic in New.
 	MaxConcurrency int
 
 	// HonorQueueHeaders counts a request's age from the time the proxy in
