@@ -566,7 +566,7 @@ func (l *limiter) yieldProbe(t int64) bool {
 	if l.probeYields.Load() && l.probeFrom.Load() != 0 {
 		l.probeOwed = true
 		l.queuedInWin.Store(false) // only what queues from now on
-		l.endProbe(t, max(l.restore, l.lateFloor()))
+		l.endProbe(t, l.restore)
 	}
 	l.probeYields.Store(false)
 	return true
@@ -579,7 +579,9 @@ func (l *limiter) endProbe(t, limit int64) {
 	l.probeYields.Store(false)
 	l.probedAt = t
 	l.nextProbe = t + int64(probeEvery) + t%int64(probeEvery/4)
-	l.setLimit(limit, t)
+	// Not under the handlers that went late (or were disarmed) during
+	// the probe: limit was set before it began.
+	l.setLimit(max(limit, l.lateFloor()), t)
 }
 
 // lateFloor is the least the adaptive limit falls to: limitFloor slots

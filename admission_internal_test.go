@@ -571,3 +571,38 @@ func TestLimiter_a_probe_without_load_yields(t *testing.T) {
 		}
 	}
 }
+
+// TestLimiter_a_probe_ends_above_the_late_handlers: a probe called under
+// load restores the limit it computed before it began, but handlers that
+// were running then may have timed out during the probe, late, and hold
+// more slots than that limit. The limit fell under them when the probe
+// ended: nothing was admitted until a window with no event at all raised
+// it again. As everywhere else, it keeps limitFloor slots beyond them.
+func TestLimiter_a_probe_ends_above_the_late_handlers(t *testing.T) {
+	t.Parallel()
+	l := newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64))
+	clock := warm(t, l, int64(time.Hour))
+	require.Equal(t, int64(initialLimit), l.limit.Load())
+	// A probe under load, to come back to the limit of now.
+	l.restore = l.limit.Load()
+	l.probeFrom.Store(clock)
+	l.count.Store(0)
+	l.windowStart.Store(clock)
+	l.setLimit(l.lateFloor(), clock)
+	// Thirty handlers admitted before it time out during it, and hold
+	// their slots.
+	const late = 30
+	l.slots.Add(late * oneSlot)
+	l.late.Add(late)
+	clock += int64(maxWindow)
+	l.adapt(clock) // a window without events: room beside them
+	require.Equal(t, int64(late+limitFloor), l.limit.Load())
+	// Handlers admitted in the probe return in time: it ends.
+	for l.probeFrom.Load() != 0 {
+		require.True(t, l.tryAcquire(), "in the probe")
+		clock += int64(time.Millisecond)
+		l.release(clock, time.Millisecond, true)
+	}
+	assert.GreaterOrEqual(t, l.limit.Load(), int64(late+limitFloor))
+	assert.True(t, l.tryAcquire(), "limit %d, %d slots held", l.limit.Load(), l.holding())
+}
