@@ -25,9 +25,9 @@ import (
 // requests are refused at once with a probability that grows while the wait
 // stays above the target and falls while it is below (an interval without
 // requests included), in proportion to the gap: a proportional controller,
-// as PIE (RFC 8033) is for a router's queue. Refusing costs microseconds, a handler milliseconds, so the CPU
-// goes back to requests that can still be answered in time, and the run
-// queue drains.
+// as PIE (RFC 8033) is for a router's queue. Refusing costs microseconds, a
+// handler milliseconds, so the CPU goes back to requests that can still be
+// answered in time, and the run queue drains.
 //
 // A proportional controller lags, and overshoots both ways: the run queue
 // fills while the probability climbs, drains at once when it is high, and
