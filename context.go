@@ -32,7 +32,9 @@ import (
 // itself, with a 503 say.
 //
 // Outside New, Context returns a context without deadline that is cancelled
-// when the server shuts down, with cause ErrShutdown; each context derived
+// when the server shuts down, with cause ErrShutdown (first asked for
+// after New answered the request at once, its budget spent on arrival, see
+// SpentBudget: one already done with cause ErrTimeout); each context derived
 // from it then takes a goroutine. Its Value, too, returns nil once fasthttp
 // has reset the request for the next one. Every call within one request
 // returns the same context; the first one stores it in the request's user
@@ -50,7 +52,14 @@ func Context(ctx *fasthttp.RequestCtx) context.Context {
 		return (*requestContext)(e)
 	}
 	b := newRequestContext(ctx, noDeadline)
-	b.outside = true
+	if SpentBudget(ctx) {
+		// New answered at admission, the budget spent: for OnTimeout and
+		// the middlewares around New, the request has timed out, as one
+		// answered at its deadline has.
+		b.cancel(context.DeadlineExceeded, &timeoutCause)
+	} else {
+		b.outside = true
+	}
 	setFirstUserValue(ctx, outsideKey{}, (*outsideEnd)(b))
 	return b
 }

@@ -1,6 +1,7 @@
 package fasttimeout_test
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"strings"
@@ -89,7 +90,11 @@ func TestHonorDeadlineHeaders(t *testing.T) {
 			} {
 				var called atomic.Bool
 				stats := new(fasttimeout.Stats)
-				timeouts := make(chan int, 1)
+				type answered struct {
+					status int
+					cause  error // of Context(ctx) in OnTimeout
+				}
+				timeouts := make(chan answered, 1)
 				type seen struct {
 					spent  bool
 					reason string
@@ -97,7 +102,9 @@ func TestHonorDeadlineHeaders(t *testing.T) {
 				outside := make(chan seen, 1)
 				h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) { called.Store(true) }, fasttimeout.Config{
 					Timeout: time.Minute, Mode: mode, HonorDeadlineHeaders: true, DeadlineMargin: tc.margin, Stats: stats,
-					OnTimeout: func(_ *fasthttp.RequestCtx, resp *fasthttp.Response) { timeouts <- resp.StatusCode() },
+					OnTimeout: func(ctx *fasthttp.RequestCtx, resp *fasthttp.Response) {
+						timeouts <- answered{resp.StatusCode(), context.Cause(fasttimeout.Context(ctx))}
+					},
 				})
 				s := serve(t, func(ctx *fasthttp.RequestCtx) {
 					h(ctx)
@@ -108,8 +115,9 @@ func TestHonorDeadlineHeaders(t *testing.T) {
 				assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode(), "%v %s: %s", mode, tc.header, tc.value)
 				assert.JSONEq(t, fasttimeout.DefaultBody, string(resp.Body()))
 				assert.False(t, called.Load(), "handler called for %s: %s", tc.header, tc.value)
-				status := receive(t, timeouts, fmt.Sprintf("OnTimeout call for %s: %s", tc.header, tc.value))
-				assert.Equal(t, fasthttp.StatusGatewayTimeout, status, "OnTimeout sees the response")
+				a := receive(t, timeouts, fmt.Sprintf("OnTimeout call for %s: %s", tc.header, tc.value))
+				assert.Equal(t, fasthttp.StatusGatewayTimeout, a.status, "OnTimeout sees the response")
+				assert.ErrorIs(t, a.cause, fasttimeout.ErrTimeout, "OnTimeout's Context")
 				c := stats.Snapshot()
 				assert.Equal(t, int64(1), c.Timeouts)
 				assert.Equal(t, int64(1), c.SpentBudgets, "counted apart from real timeouts")
