@@ -318,8 +318,8 @@ func TestPanics_cooperative_OnPanic_panic_still_counts_the_late_return(t *testin
 			panic("after the deadline")
 		}
 		replyWithSecret(ctx, "served", string(ctx.Request.Header.Peek("X-Secret")))
-	}, fasttimeout.Config{Timeout: 20 * time.Millisecond, Mode: fasttimeout.Cooperative, Stats: &stats, MaxLateHandlers: 1,
-		OnPanic: func(*fasthttp.RequestCtx, any, []byte) { panic("OnPanic bug") }}, recovered)
+	}, fasttimeout.Config{Timeout: 20 * time.Millisecond, TimeoutFunc: onlyTimingOut("/panic"), Mode: fasttimeout.Cooperative,
+		Stats: &stats, MaxLateHandlers: 1, OnPanic: func(*fasthttp.RequestCtx, any, []byte) { panic("OnPanic bug") }}, recovered)
 	c, err := dialStress(server.addr)
 	require.NoError(t, err)
 	defer c.close()
