@@ -202,7 +202,17 @@ func requireTimeoutEvents(t *testing.T, span sdktrace.ReadOnlySpan, timeout time
 
 func TestHandler(t *testing.T) {
 	t.Parallel()
-	const timeout = 20 * time.Millisecond
+	// Time enough, on a loaded machine, for a handler meant to time out to
+	// start before its deadline: its events record the time it had left
+	// then (AttrTimeout), which must be positive.
+	const timeout = time.Second
+	// /fast and /child must be answered by their handler: a minute.
+	inTime := func(ctx *fasthttp.RequestCtx) time.Duration {
+		if p := string(ctx.Path()); p == "/fast" || p == "/child" {
+			return time.Minute
+		}
+		return 0
+	}
 	tests := []struct {
 		name string
 		mode fasttimeout.Mode
@@ -271,7 +281,7 @@ func TestHandler(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			tt := serveTraced(t, fasttimeout.Config{Timeout: timeout, Mode: tc.mode}, sdktrace.AlwaysSample())
+			tt := serveTraced(t, fasttimeout.Config{Timeout: timeout, TimeoutFunc: inTime, Mode: tc.mode}, sdktrace.AlwaysSample())
 			tc.run(t, tt)
 		})
 	}
