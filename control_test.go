@@ -27,16 +27,17 @@ func wantStream() string {
 	return b.String()
 }
 
-// streamingHandler prepares for longer than timeout, then streams chunks
-// over longer than timeout again. disarm says whether it switches its
-// deadline off first.
+// streamingHandler prepares until past its deadline, the request's timeout
+// after its arrival, then streams chunks over longer than timeout again.
+// disarm says whether it switches its deadline off first.
 func streamingHandler(timeout time.Duration, disarm bool) fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
+		left, _ := fasttimeout.Remaining(ctx)
 		if disarm && !fasttimeout.Disarm(ctx) {
 			ctx.Error("Disarm failed", fasthttp.StatusInternalServerError)
 			return
 		}
-		<-time.After(3 * timeout) // slow preparation, past the deadline on purpose
+		<-time.After(left + timeout/2) // slow preparation, past the deadline on purpose
 		ctx.SetContentType("text/plain")
 		ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
 			for i := range streamChunks {
@@ -44,7 +45,7 @@ func streamingHandler(timeout time.Duration, disarm bool) fasthttp.RequestHandle
 				if w.Flush() != nil {
 					return
 				}
-				<-time.After(timeout / 2) // the whole stream outlives the timeout too
+				<-time.After(timeout / 4) // the whole stream outlives the timeout too
 			}
 		})
 	}
@@ -58,7 +59,7 @@ func TestDisarm(t *testing.T) {
 		t.Run("a disarmed handler outlives the timeout and streams its whole body, "+mode.String(), func(t *testing.T) {
 			t.Parallel()
 			stats := new(fasttimeout.Stats)
-			s := serve(t, fasttimeout.New(streamingHandler(timeout, true), fasttimeout.Config{Timeout: timeout, Mode: mode, Stats: stats}))
+			s := serve(t, fasttimeout.New(streamingHandler(actInTime, true), fasttimeout.Config{Timeout: actInTime, Mode: mode, Stats: stats}))
 
 			status, body, contentType := s.get(t, "/events")
 			assert.Equal(t, fasthttp.StatusOK, status)
@@ -213,43 +214,46 @@ func TestExtend(t *testing.T) {
 			}
 			seenc := make(chan seen, 1)
 			stats := new(fasttimeout.Stats)
+			const extension = time.Minute
 			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
 				var v seen
 				c := fasttimeout.Context(ctx)
 				v.before, _ = c.Deadline()
 				v.leftBefore, _ = fasttimeout.Remaining(ctx)
-				v.extended = fasttimeout.Extend(ctx, time.Second)
+				v.extended = fasttimeout.Extend(ctx, extension)
 				v.after, _ = c.Deadline()
 				v.leftAt, _ = fasttimeout.Remaining(ctx)
 				seenc <- v
 				<-time.After(time.Until(v.before) + 2*timeout) // past the first deadline on purpose
 				ctx.SetBodyString("finished")
-			}, fasttimeout.Config{Timeout: timeout, Mode: mode, Stats: stats}))
+			}, fasttimeout.Config{Timeout: actInTime, Mode: mode, Stats: stats}))
 
 			status, body, _ := s.get(t, "/")
 			assert.Equal(t, fasthttp.StatusOK, status)
 			assert.Equal(t, "finished", body)
 			v := <-seenc
 			assert.True(t, v.extended)
-			assert.Equal(t, time.Second, v.after.Sub(v.before), "the context's deadline moved by exactly the extension")
-			assert.Greater(t, v.leftAt, v.leftBefore+900*time.Millisecond)
+			assert.Equal(t, extension, v.after.Sub(v.before), "the context's deadline moved by exactly the extension")
+			assert.Greater(t, v.leftAt, v.leftBefore+extension-100*time.Millisecond)
 			assert.Zero(t, stats.Snapshot().Timeouts)
 		})
 
 		t.Run("an extended handler still times out at its new deadline, "+mode.String(), func(t *testing.T) {
 			t.Parallel()
 			causes := make(chan error, 1)
+			extended := make(chan bool, 1)
 			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
 				c := fasttimeout.Context(ctx)
-				fasttimeout.Extend(ctx, timeout)
+				extended <- fasttimeout.Extend(ctx, timeout)
 				<-c.Done()
 				causes <- context.Cause(c)
-			}, fasttimeout.Config{Timeout: timeout, Mode: mode}))
+			}, fasttimeout.Config{Timeout: actInTime, Mode: mode}))
 
 			start := time.Now()
 			status, _, _ := s.get(t, "/")
 			assert.Equal(t, fasthttp.StatusGatewayTimeout, status)
-			assert.GreaterOrEqual(t, time.Since(start), 2*timeout)
+			assert.True(t, <-extended)
+			assert.GreaterOrEqual(t, time.Since(start), actInTime+timeout)
 			assert.ErrorIs(t, <-causes, fasttimeout.ErrTimeout)
 		})
 

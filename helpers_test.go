@@ -108,6 +108,13 @@ const waitTimeout = 10 * time.Second
 // shortTimeout is the request timeout of tests that time out.
 const shortTimeout = 30 * time.Millisecond
 
+// actInTime is the timeout of a request whose handler must act before its
+// deadline (move it with Disarm or Extend, hijack the connection, look at a
+// context that has not ended yet) and then outlive it: long enough that a
+// loaded machine stalling the request before its handler runs does not
+// spend it, short enough for the test to wait it out.
+const actInTime = time.Second
+
 // onlyTimingOut is a Config.TimeoutFunc that keeps the configured timeout
 // for the paths given, the requests meant to time out, and gives the others
 // waitTimeout: a request that must be answered by its handler must not get

@@ -31,15 +31,18 @@ func TestNested_answers_once(t *testing.T) {
 			name         string
 			inner, outer time.Duration
 		}{
-			{"inner deadline first", shortTimeout, time.Hour},
-			{"same deadline", time.Hour, shortTimeout},
+			// The handler must start before the deadline, for its late
+			// writes to race with the answer: actInTime.
+			{"inner deadline first", actInTime, time.Hour},
+			{"same deadline", time.Hour, actInTime},
 		} {
 			t.Run(outerMode.String()+"/"+tc.name, func(t *testing.T) {
 				t.Parallel()
 				returned := make(chan struct{})
 				inner := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
 					defer close(returned)
-					for end := time.Now().Add(3 * shortTimeout); time.Now().Before(end); time.Sleep(100 * time.Microsecond) {
+					past := func() bool { left, _ := fasttimeout.Remaining(ctx); return left < -2*shortTimeout }
+					for ; !past(); time.Sleep(100 * time.Microsecond) {
 						ctx.WriteString("the late handler's own body ")
 						ctx.SetUserValue("k", 1)
 						_ = fasttimeout.Context(ctx)
@@ -109,18 +112,19 @@ func TestNested_Disarm_and_Extend_move_every_deadline(t *testing.T) {
 				out := make(chan seen, 1)
 				inner := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
 					var o seen
+					left, _ := fasttimeout.Remaining(ctx) // the outer deadline's
 					o.moved = tc.move(ctx)
 					c := fasttimeout.Context(ctx)
 					select {
 					case <-c.Done():
-					case <-time.After(4 * shortTimeout): // past the outer deadline
+					case <-time.After(left + shortTimeout): // past the outer deadline
 					}
 					o.err = c.Err()
 					left, ok := fasttimeout.Remaining(ctx)
 					o.leftOK = !ok || left > time.Minute
 					out <- o
 				}, fasttimeout.Config{Timeout: time.Hour})
-				s := serve(t, fasttimeout.New(inner, fasttimeout.Config{Timeout: shortTimeout, Mode: outerMode}))
+				s := serve(t, fasttimeout.New(inner, fasttimeout.Config{Timeout: actInTime, Mode: outerMode}))
 				resp := do(t, s, "GET", "/")
 				o := receive(t, out, "the handler's report")
 				assert.True(t, o.moved)
