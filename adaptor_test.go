@@ -129,7 +129,7 @@ func TestNetHTTPHandler_a_Hijack_in_time_keeps_the_connection(t *testing.T) {
 				defer conn.Close()
 				<-r.Context().Done() // the handler's return, after the hijack
 				_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nhijacked")
-			})), fasttimeout.Config{Timeout: shortTimeout, Mode: mode}))
+			})), fasttimeout.Config{Timeout: actInTime, Mode: mode})) // the hijack must come in time
 
 			c, err := dialStress(s.addr)
 			require.NoError(t, err)

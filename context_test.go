@@ -47,7 +47,7 @@ func TestContext_inside_New(t *testing.T) {
 				}
 				o.err, o.cause = c.Err(), context.Cause(c)
 				seen <- o
-			}, fasttimeout.Config{Mode: mode, Timeout: shortTimeout})
+			}, fasttimeout.Config{Mode: mode, Timeout: actInTime}) // a context looked at before the deadline
 			s := serve(t, h)
 
 			before := time.Now()
@@ -55,7 +55,7 @@ func TestContext_inside_New(t *testing.T) {
 			o := <-seen
 			assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
 			require.True(t, o.hasDL)
-			assert.WithinRange(t, o.deadline, before.Add(shortTimeout), time.Now().Add(shortTimeout))
+			assert.WithinRange(t, o.deadline, before.Add(actInTime), time.Now().Add(actInTime))
 			assert.NoError(t, o.beforeDone)
 			assert.Equal(t, "ada", o.value)
 			assert.True(t, o.same, "one context per request")

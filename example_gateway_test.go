@@ -120,9 +120,10 @@ func ExampleDisarm_streaming() {
 				_ = w.Flush()
 			}
 		})
-		<-time.After(100 * time.Millisecond) // slow to start, past the timeout
+		<-time.After(1200 * time.Millisecond) // slow to start, past the timeout
 	}
-	client, stop := startExampleServer(fasttimeout.New(handler, fasttimeout.Config{Timeout: 20 * time.Millisecond}))
+	// A second: Disarm must come before the deadline, even on a busy machine.
+	client, stop := startExampleServer(fasttimeout.New(handler, fasttimeout.Config{Timeout: time.Second}))
 	defer stop()
 
 	printGatewayGet(client, "/events")

@@ -212,7 +212,9 @@ func TestDo(t *testing.T) {
 			release := make(chan struct{})
 			upstream := serve(t, func(ctx *fasthttp.RequestCtx) { <-release })
 			errs := make(chan error, 1)
-			gateway := serve(t, fasttimeout.New(proxyTo(upstream.client, errs), fasttimeout.Config{Timeout: 50 * time.Millisecond, Mode: mode}))
+			// actInTime: the upstream call must start before the deadline,
+			// for the client's own timeout error to be kept.
+			gateway := serve(t, fasttimeout.New(proxyTo(upstream.client, errs), fasttimeout.Config{Timeout: actInTime, Mode: mode}))
 
 			resp := send(t, gateway)
 			assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode(), mode)
