@@ -83,10 +83,15 @@ func (d *demo) requireBadRequest(t *testing.T, path, want string) {
 	require.Contains(t, answer.Detail, want, path)
 }
 
-// eventually polls cond until it holds or a deadline passes.
+// eventuallyBound is how long eventually waits: it only turns a hang into a
+// failure with a message, and is shorter than a minute, which tests use as
+// the run time of a handler that ignores its context.
+const eventuallyBound = 30 * time.Second
+
+// eventually polls cond until it holds or eventuallyBound passes.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	require.Eventually(t, cond, 5*time.Second, 5*time.Millisecond, what)
+	require.Eventually(t, cond, eventuallyBound, 5*time.Millisecond, what)
 }
 
 // syncBuffer is a bytes.Buffer safe for a logger and a test to share.
@@ -174,12 +179,12 @@ func TestTimeouts(t *testing.T) {
 	t.Run("async_sleep_past_the_timeout_answers_504_and_is_cancelled", func(t *testing.T) {
 		t.Parallel()
 		d := startDemo(t, 100*time.Millisecond)
-		status, contentType, body := d.get(t, "/async_sleep/10")
+		status, contentType, body := d.get(t, "/async_sleep/60")
 		require.Equal(t, fasthttp.StatusGatewayTimeout, status)
 		require.Equal(t, fasttimeout.DefaultContentType, contentType)
 		require.Equal(t, fasttimeout.DefaultBody, body)
-		// A handler that ignored its context would run 10 s, longer than
-		// eventually waits: returning shows it was cancelled.
+		// A handler that ignored its context would run a minute, longer
+		// than eventually waits: returning shows it was cancelled.
 		eventually(t, "the cancelled handler returns", func() bool {
 			c := d.stats.Snapshot()
 			return c.LateFinished == 1 && c.LateRunning == 0
@@ -192,7 +197,9 @@ func TestTimeouts(t *testing.T) {
 	t.Run("sleep_past_the_timeout_answers_504_and_logs_the_late_return", func(t *testing.T) {
 		t.Parallel()
 		d := startDemo(t, 50*time.Millisecond)
-		status, _, body := d.get(t, "/sleep/0.3")
+		// Two seconds of sleep: the handler still runs when the checks
+		// below look, even if the machine stalls between them.
+		status, _, body := d.get(t, "/sleep/2")
 		require.Equal(t, fasthttp.StatusGatewayTimeout, status)
 		require.Equal(t, fasttimeout.DefaultBody, body)
 		require.Equal(t, int64(1), d.stats.Snapshot().LateRunning, "answered while the sleeping handler still runs")
@@ -202,7 +209,7 @@ func TestTimeouts(t *testing.T) {
 			return strings.Contains(d.log.String(), "late handlers")
 		})
 		line := d.log.String()
-		require.Regexp(t, `^late handlers: 1 returned late \(after their deadline or client's hang-up\) in the last 1s, the worst \d+(\.\d+)?ms late \(GET /sleep/0\.3\); 0 stopped within 2ms of it \(honoured their context\), 1 ran on \(ignored it\)\n$`, line)
+		require.Regexp(t, `^late handlers: 1 returned late \(after their deadline or client's hang-up\) in the last 1s, the worst \d+(\.\d+)?m?s late \(GET /sleep/2\); 0 stopped within 2ms of it \(honoured their context\), 1 ran on \(ignored it\)\n$`, line)
 		c := d.stats.Snapshot()
 		require.Equal(t, int64(0), c.LateRunning)
 		require.Equal(t, int64(1), c.LateFinished)
@@ -232,8 +239,10 @@ func TestTimeouts(t *testing.T) {
 
 	t.Run("keep_alive_connection_serves_the_next_request", func(t *testing.T) {
 		t.Parallel()
-		d := startDemo(t, 50*time.Millisecond)
-		status, _, _ := d.get(t, "/sleep/0.2")
+		// A second: time enough for / to be answered by its handler on a
+		// loaded machine.
+		d := startDemo(t, time.Second)
+		status, _, _ := d.get(t, "/sleep/1.2")
 		require.Equal(t, fasthttp.StatusGatewayTimeout, status)
 		status, _, body := d.get(t, "/")
 		require.Equal(t, fasthttp.StatusOK, status)
@@ -245,7 +254,9 @@ func TestDebugVars(t *testing.T) {
 	t.Parallel()
 	d := startDemoWith(t, publishedStats(), defaultOptions(50*time.Millisecond))
 	before := d.stats.Snapshot() // -count=N runs share the published Stats
-	status, _, _ := d.get(t, "/sleep/0.2")
+	// Two seconds: the handler still runs when /debug/vars is read, even on
+	// a machine that stalls between the two requests.
+	status, _, _ := d.get(t, "/sleep/2")
 	require.Equal(t, fasthttp.StatusGatewayTimeout, status)
 
 	status, contentType, body := d.get(t, "/debug/vars")
@@ -275,7 +286,9 @@ func TestDebugVars(t *testing.T) {
 func TestMetrics(t *testing.T) {
 	t.Parallel()
 	d := startDemo(t, 50*time.Millisecond)
-	status, _, _ := d.get(t, "/sleep/0.2")
+	// Two seconds: the handler still runs when /metrics is read, even on a
+	// machine that stalls between the two requests.
+	status, _, _ := d.get(t, "/sleep/2")
 	require.Equal(t, fasthttp.StatusGatewayTimeout, status)
 
 	status, contentType, body := d.get(t, "/metrics")
