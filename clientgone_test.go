@@ -434,15 +434,28 @@ func TestHangup_short_timeout_disarmed_or_extended_is_watched(t *testing.T) {
 					}
 					ends <- ended{c.Err(), context.Cause(c)}
 				}, fasttimeout.Config{Timeout: 99 * time.Millisecond, Mode: mode, Stats: &stats}))
-				conn := sendRaw(t, s.addr, rawRequest("/poll"))
-				require.True(t, receive(t, started, "the handler's start"), "the deadline passed before the handler moved it")
-				require.NoError(t, conn.Close())
+				// A loaded machine can run the handler after its 99 ms
+				// deadline: the move is refused and the request times
+				// out, which is right but not what this test is about;
+				// such a request is sent again.
+				const maxTries = 20
+				timedOut := int64(0)
+				for try := 1; ; try++ {
+					conn := sendRaw(t, s.addr, rawRequest("/poll"))
+					if receive(t, started, "the handler's start") {
+						require.NoError(t, conn.Close())
+						break
+					}
+					timedOut++
+					assert.ErrorIs(t, waitEnd(t, ends).cause, fasttimeout.ErrTimeout, "a refused move")
+					require.Less(t, try, maxTries, "the deadline of every request passed before its handler moved it")
+				}
 				e := waitEnd(t, ends)
 				assert.ErrorIs(t, e.err, context.Canceled)
 				assert.ErrorIs(t, e.cause, fasttimeout.ErrClientGone)
 				require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, stressBound, 5*time.Millisecond)
 				assert.EqualValues(t, 1, stats.Snapshot().ClientGone)
-				assert.Zero(t, stats.Snapshot().Timeouts)
+				assert.Equal(t, timedOut, stats.Snapshot().Timeouts, "only the requests whose move was refused")
 			})
 		}
 	}
