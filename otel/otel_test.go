@@ -360,8 +360,10 @@ func TestMiddlewareRecordsRejection(t *testing.T) {
 		// hold open.
 		refuse func(t *testing.T, tt *traced) (open int)
 	}{{
-		name:   "late_handlers_at_MaxLateHandlers",
-		cfg:    fasttimeout.Config{Timeout: 20 * time.Millisecond, MaxLateHandlers: 1},
+		name: "late_handlers_at_MaxLateHandlers",
+		// A second: /block must run to be late, its budget not spent on
+		// arrival by a stall.
+		cfg:    fasttimeout.Config{Timeout: time.Second, MaxLateHandlers: 1},
 		reason: fasttimeout.RejectedLateHandlers,
 		refuse: func(t *testing.T, tt *traced) int {
 			require.Equal(t, fasthttp.StatusGatewayTimeout, tt.get(t, "/block"))
