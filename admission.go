@@ -40,9 +40,10 @@ import (
 //   - Late handlers hold slots but give no samples, and the limit never
 //     falls below limitFloor slots beyond those they hold (lateFloor): at
 //     or under their number nothing would be admitted, so nothing would
-//     return or time out, and the limit would never move again. Disarmed
-//     handlers (a long poll, an event stream) count with them: they never
-//     time out, and their latency is what they chose, not congestion.
+//     return or time out, and the limit would never move again. Handlers
+//     that moved their deadline with Disarm or Extend (a long poll, an
+//     event stream) count with them: they hold their slots for as long as
+//     they chose, and their latency is that choice, not congestion.
 //   - minRTT is measured by a probe, as Envoy's adaptive concurrency does:
 //     the limit sits at its floor for one window at start and every
 //     probeEvery under sustained load (samples admitted before the probe
@@ -69,7 +70,7 @@ type limiter struct {
 	floor    int64
 	ceiling  int64
 	late     *atomic.Int64 // the middleware's late handlers, which hold slots
-	disarmed atomic.Int64  // handlers holding a slot that Disarm switched the deadline of (see call.countDisarmed)
+	moved    atomic.Int64  // handlers holding a slot whose deadline Disarm or Extend moved, and not late (see call.countMoved)
 
 	mu        sync.Mutex
 	head      *waiter // oldest
@@ -579,15 +580,16 @@ func (l *limiter) endProbe(t, limit int64) {
 	l.probeYields.Store(false)
 	l.probedAt = t
 	l.nextProbe = t + int64(probeEvery) + t%int64(probeEvery/4)
-	// Not under the handlers that went late (or were disarmed) during
+	// Not under the handlers that went late (or moved their deadline) during
 	// the probe: limit was set before it began.
 	l.setLimit(max(limit, l.lateFloor()), t)
 }
 
 // lateFloor is the least the adaptive limit falls to: limitFloor slots
-// beyond those late and disarmed handlers hold, within the ceiling.
+// beyond those that late handlers, and handlers that moved their deadline,
+// hold, within the ceiling.
 func (l *limiter) lateFloor() int64 {
-	return min(l.floor+l.late.Load()+l.disarmed.Load(), l.ceiling)
+	return min(l.floor+l.late.Load()+l.moved.Load(), l.ceiling)
 }
 
 // setLimit moves the limit, and hands the slots it frees to waiters.

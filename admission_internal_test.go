@@ -3,6 +3,7 @@ package fasttimeout
 import (
 	"math"
 	"math/rand/v2"
+	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -10,6 +11,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttputil"
 )
 
 // The adaptive limit's logic, on a fake clock: the times given to the
@@ -605,4 +608,50 @@ func TestLimiter_a_probe_ends_above_the_late_handlers(t *testing.T) {
 	}
 	assert.GreaterOrEqual(t, l.limit.Load(), int64(late+limitFloor))
 	assert.True(t, l.tryAcquire(), "limit %d, %d slots held", l.limit.Load(), l.holding())
+}
+
+// A long poll that moved its deadline (Extend, Disarm) and then went late
+// (its new deadline passed, or its client left) holds one slot: it counts
+// among the late handlers from then on, not among the moved ones too, or
+// the adaptive limit would keep twice the room beyond it.
+func TestLimiter_a_moved_handler_gone_late_counts_once(t *testing.T) {
+	t.Parallel()
+	stats := new(Stats)
+	type counts struct{ moved, late int64 }
+	seen := make(chan counts, 1)
+	release := make(chan struct{})
+	h := New(func(ctx *fasthttp.RequestCtx) {
+		m := lookup(ctx).m
+		if !Extend(ctx, time.Millisecond) {
+			seen <- counts{-1, -1}
+			return
+		}
+		c := Context(ctx)
+		<-c.Done() // the racing call has timed out: its timer settled it
+		seen <- counts{m.limiter.moved.Load(), m.late.Load()}
+		<-release
+	}, Config{Timeout: time.Second, AdaptiveConcurrency: true, Stats: stats, IgnoreHangups: true})
+	ln := fasthttputil.NewInmemoryListener()
+	server := &fasthttp.Server{Handler: h}
+	served := make(chan error, 1)
+	go func() { served <- server.Serve(ln) }()
+	client := &fasthttp.Client{Dial: func(string) (net.Conn, error) { return ln.Dial() }, MaxIdemponentCallAttempts: 1}
+	defer func() {
+		client.CloseIdleConnections()
+		require.NoError(t, server.Shutdown())
+		require.NoError(t, <-served)
+	}()
+
+	status, _, err := client.GetTimeout(nil, "http://test/", time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, fasthttp.StatusGatewayTimeout, status)
+	var got counts
+	select {
+	case got = <-seen:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the handler never saw its context end")
+	}
+	close(release)
+	assert.Equal(t, counts{moved: 0, late: 1}, got)
+	require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, 30*time.Second, time.Millisecond)
 }

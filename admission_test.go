@@ -483,52 +483,60 @@ func TestAdmission_inner_New_after_the_outer_deadline_does_not_run(t *testing.T)
 	}
 }
 
-// TestAdmission_disarmed_handlers_never_hold_every_slot: long polls that
-// Disarm their deadline hold their slots for as long as they run, never
-// timing out. They held the whole adaptive limit (20, after the first
-// probe): nothing else was admitted, so nothing returned or timed out, and
-// the limit never moved; every other request was refused until a poll
-// ended. As beside late handlers, the limit keeps room beyond them.
-func TestAdmission_disarmed_handlers_never_hold_every_slot(t *testing.T) {
+// TestAdmission_long_polls_never_hold_every_slot: long polls that Disarm
+// their deadline, or Extend it far, hold their slots for as long as they
+// run, without timing out. They held the whole adaptive limit (20, after
+// the first probe): nothing else was admitted, so nothing returned or timed
+// out, and the limit never moved; every other request was refused until a
+// poll ended. As beside late handlers, the limit keeps room beyond them.
+func TestAdmission_long_polls_never_hold_every_slot(t *testing.T) {
 	t.Parallel()
+	moves := map[string]func(*fasthttp.RequestCtx) bool{
+		"Disarm": fasttimeout.Disarm,
+		"Extend": func(ctx *fasthttp.RequestCtx) bool { return fasttimeout.Extend(ctx, time.Hour) },
+	}
 	for _, mode := range allModes {
-		t.Run(mode.String(), func(t *testing.T) {
-			t.Parallel()
-			b := newBlocker()
-			stats := new(fasttimeout.Stats)
-			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
-				if string(ctx.Path()) == "/block" {
-					fasttimeout.Disarm(ctx)
-				}
-				b.handle(ctx)
-			}, fasttimeout.Config{Mode: mode, Timeout: time.Second, AdaptiveConcurrency: true, Stats: stats}))
-			t.Cleanup(b.free) // after serve's, which waits for the handlers: cleanups run last first
-			const polls = 30
-			held := make([]<-chan *fasthttp.Response, 0, polls)
-			for range polls {
-				// A poll may be refused while the limit has not yet
-				// made room (it moves once per window); one is let in
-				// soon after.
-				require.Eventually(t, func() bool {
-					poll := async(t, s, "/block")
-					select {
-					case <-b.entered:
-						held = append(held, poll)
-						return true
-					case r := <-poll:
-						return r.StatusCode() != fasthttp.StatusServiceUnavailable // any other answer fails below
+		for name, move := range moves {
+			t.Run(mode.String()+"/"+name, func(t *testing.T) {
+				t.Parallel()
+				b := newBlocker()
+				stats := new(fasttimeout.Stats)
+				moved := make(chan bool, 64)
+				s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+					if string(ctx.Path()) == "/block" {
+						moved <- move(ctx)
 					}
-				}, waitTimeout, time.Millisecond, "limit %d, %d running", stats.Snapshot().ConcurrencyLimit, len(held))
-			}
-			require.Len(t, held, polls)
-			require.Eventually(t, func() bool {
-				return do(t, s, "GET", "/").StatusCode() == fasthttp.StatusOK
-			}, waitTimeout, time.Millisecond, "a request beside the polls")
-			b.free()
-			for _, r := range held {
-				assert.Equal(t, fasthttp.StatusOK, (<-r).StatusCode())
-			}
-		})
+					b.handle(ctx)
+				}, fasttimeout.Config{Mode: mode, Timeout: actInTime, AdaptiveConcurrency: true, Stats: stats}))
+				t.Cleanup(b.free) // after serve's, which waits for the handlers: cleanups run last first
+				const polls = 30
+				held := make([]<-chan *fasthttp.Response, 0, polls)
+				for range polls {
+					// A poll may be refused while the limit has not yet
+					// made room (it moves once per window); one is let in
+					// soon after.
+					require.Eventually(t, func() bool {
+						poll := async(t, s, "/block")
+						select {
+						case <-b.entered:
+							held = append(held, poll)
+							return true
+						case r := <-poll:
+							return r.StatusCode() != fasthttp.StatusServiceUnavailable // any other answer fails below
+						}
+					}, waitTimeout, time.Millisecond, "limit %d, %d running", stats.Snapshot().ConcurrencyLimit, len(held))
+					require.True(t, receive(t, moved, name), "the poll moved its deadline in time")
+				}
+				require.Len(t, held, polls)
+				require.Eventually(t, func() bool {
+					return do(t, s, "GET", "/").StatusCode() == fasthttp.StatusOK
+				}, waitTimeout, time.Millisecond, "a request beside the polls")
+				b.free()
+				for _, r := range held {
+					assert.Equal(t, fasthttp.StatusOK, (<-r).StatusCode())
+				}
+			})
+		}
 	}
 }
 

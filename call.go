@@ -96,7 +96,7 @@ type call struct {
 	counted  atomic.Uint64                  // the generation (state bits) whose timeout or hang-up settle has counted
 	start    int64                          // when the request arrived; read by the server goroutine
 	admitted int64                          // when it got its concurrency slot, or started without a limit
-	slot     atomic.Uint32                  // slotHeld, slotDisarmed or slotReleased: the slot's part in the adaptive limit's count of disarmed handlers
+	slot     atomic.Uint32                  // slotHeld, slotMoved or slotReleased: the slot's part in the adaptive limit's count of moved handlers
 
 	// Watching the client for a hang-up (hangup.go). conn is written by
 	// begin before watch is, and read only by whoever moves watch from
@@ -241,6 +241,9 @@ func (c *call) becomeLate(overAt int64, err error, causes *context.Context) {
 	c.overAt.Store(overAt)
 	c.m.late.Add(1)
 	c.m.stats.lateRunning.Add(1)
+	if c.m.limiter != nil {
+		c.uncountMoved() // counted as late from now on, not twice
+	}
 	if b := c.bridge.Load(); b != nil {
 		b.cancel(err, causes)
 	}

@@ -221,25 +221,25 @@ type Config struct {
 
 	// AdaptiveConcurrency switches on admission by an adaptive concurrency
 	// limit, so that a server sent more than it can do keeps answering at
-	// its capacity instead of giving every request a thin slice of CPU
-	// until all of them time out. The limit counts every handler still
-	// running, late ones included, keeps a few slots beyond those late or
-	// disarmed (see Disarm) handlers hold, and adapts from what the middleware
+	// its capacity instead of giving every request a thin slice of CPU until
+	// all of them time out. The limit counts every handler still running,
+	// late ones included, keeps a few slots beyond those late handlers and
+	// long polls (see Disarm) hold, and adapts from what the middleware
 	// measures: it falls when the handlers' latency grows well past their
 	// unloaded latency (or when requests time out while none finishes in
 	// time), and grows while latency stays near it. A request beyond the
 	// limit waits for a slot for at most a tenth of its remaining budget;
 	// under overload the newest waiter is served first, since the oldest's
 	// caller has probably given up. A request that cannot start in time is
-	// refused at once with 503 Service Unavailable, Retry-After and ShedBody,
-	// without running its handler, and counted in Stats (Rejected). When
-	// the process's CPU is so saturated that requests wait in the Go
-	// scheduler's run queue before they are even read (a wait that no limit
-	// on running handlers can see), a share of new requests is refused the
-	// same way, steered by the scheduler's latency against a twentieth of
-	// Timeout. Below the limit admission costs a few atomic operations and
-	// no allocation. Off by default; MaxConcurrency is its ceiling. See
-	// docs/overload.md.
+	// refused at once with 503 Service Unavailable, Retry-After and
+	// ShedBody, without running its handler, and counted in Stats
+	// (Rejected). When the process's CPU is so saturated that requests wait
+	// in the Go scheduler's run queue before they are even read (a wait that
+	// no limit on running handlers can see), a share of new requests is
+	// refused the same way, steered by the scheduler's latency against a
+	// twentieth of Timeout. Below the limit admission costs a few atomic
+	// operations and no allocation. Off by default; MaxConcurrency is its
+	// ceiling. See docs/overload.md.
 	AdaptiveConcurrency bool
 
 	// MaxConcurrency caps the handlers running at once, late ones included.

@@ -25,7 +25,8 @@ import (
 // A disarmed handler keeps its concurrency slot (Config.MaxConcurrency)
 // until it returns. The adaptive limit (Config.AdaptiveConcurrency) keeps
 // room beyond such handlers, as beyond late ones, and takes no latency
-// sample from their return.
+// sample from their return; the same goes for a handler that called
+// Extend.
 //
 // Disarm reports whether the deadline is now off: false if ctx is not
 // bounded by New or its deadline has passed (whether or not the timeout has
@@ -44,7 +45,8 @@ func Disarm(ctx *fasthttp.RequestCtx) bool {
 // handler; the context's Deadline moves with it. It reports false, and
 // changes nothing, if ctx is not bounded by New, its deadline has passed, or
 // it has been disarmed. Inside nested News each one's deadline moves,
-// innermost first, until one cannot.
+// innermost first, until one cannot. A handler whose deadline moved later
+// counts, for the adaptive limit, as a disarmed one does (see Disarm).
 func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
 	c := lookup(ctx)
 	if c == nil || d < 0 || !c.extend(d) {
@@ -66,7 +68,7 @@ func (c *call) disarm() bool {
 		if !c.moveDeadline(func(int64) (int64, bool) { return noDeadline, true }) {
 			return false
 		}
-		c.countDisarmed()
+		c.countMoved()
 		return true
 	}
 	for {
@@ -78,7 +80,7 @@ func (c *call) disarm() bool {
 		case p != callRunning || c.deadline.Load() <= now():
 			return false // a deadline that has passed is passed, timer or not
 		case c.transition(callRunning, callDisarmed):
-			c.countDisarmed()
+			c.countMoved()
 			c.deadline.Store(noDeadline)
 			c.syncContext()
 			c.rearm() // only to watch the client, if that has not started yet
@@ -90,9 +92,15 @@ func (c *call) disarm() bool {
 // extend moves the call's deadline d later (see Extend).
 func (c *call) extend(d time.Duration) bool {
 	if c.inline() {
-		return c.moveDeadline(func(deadline int64) (int64, bool) {
+		if !c.moveDeadline(func(deadline int64) (int64, bool) {
 			return deadlineAfter(deadline, d), deadline != noDeadline
-		})
+		}) {
+			return false
+		}
+		if d > 0 {
+			c.countMoved()
+		}
+		return true
 	}
 	for {
 		// A deadline that has passed is passed, even if its timer has not
@@ -119,6 +127,9 @@ func (c *call) extend(d time.Duration) bool {
 		// stays so.
 		moved := s&^(movesMask|phaseMask) | (s+moveStep)&movesMask | callRunning
 		c.state.CompareAndSwap(s&^phaseMask|callMoving, moved)
+		if d > 0 {
+			c.countMoved()
+		}
 		return true
 	}
 }

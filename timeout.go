@@ -184,31 +184,48 @@ func (m *middleware) leaveFlight(connID uint64) {
 // at t, in time or not.
 func (m *middleware) release(c *call, t int64, inTime bool) {
 	if m.limiter != nil {
-		if c.slot.Swap(slotReleased) == slotDisarmed {
-			m.limiter.disarmed.Add(-1)
+		if c.slot.Swap(slotReleased) == slotMoved {
+			m.limiter.moved.Add(-1)
 			inTime = false // its latency is what it chose, not congestion
 		}
 		m.limiter.release(t, time.Duration(t-c.admitted), inTime)
 	}
 }
 
-// States of call.slot. A disarmed handler holds its slot as a late one
-// does, never timing out: the adaptive limit keeps room beyond both (see
+// States of call.slot. A handler whose deadline Disarm or Extend moved (a
+// long poll, an event stream) holds its slot as a late one does, for as
+// long as it chose: the adaptive limit keeps room beyond both (see
 // limiter.lateFloor), or a few long polls would refuse every request for
 // as long as they ran.
 const (
-	slotHeld     uint32 = iota // admitted (or no limit), deadline on
-	slotDisarmed               // counted in limiter.disarmed
-	slotReleased               // given back: a Disarm from now on counts nothing
+	slotHeld     uint32 = iota // admitted (or no limit), deadline as set
+	slotMoved                  // counted in limiter.moved
+	slotReleased               // given back: a move from now on counts nothing
 )
 
-// countDisarmed counts call c, whose deadline Disarm has just switched
-// off, among the disarmed handlers until release. The compare-and-swap
-// keeps a Disarm from another goroutine of the handler, racing its return,
-// from counting a slot already given back.
-func (c *call) countDisarmed() {
-	if l := c.m.limiter; l != nil && l.adaptive && c.slot.CompareAndSwap(slotHeld, slotDisarmed) {
-		l.disarmed.Add(1)
+// countMoved counts call c, whose deadline Disarm or Extend has just moved,
+// among the moved handlers until release, or until it is late. The
+// compare-and-swap keeps a move from another goroutine of the handler,
+// racing its return, from counting a slot already given back.
+func (c *call) countMoved() {
+	l := c.m.limiter
+	if l == nil || !l.adaptive || !c.slot.CompareAndSwap(slotHeld, slotMoved) {
+		return
+	}
+	l.moved.Add(1)
+	// A hang-up (or, after a short Extend, the deadline) that made the
+	// call late meanwhile may have looked for it before it was counted:
+	// either that look or this one sees the other's write.
+	if p := c.phase(); p == callTimedOut || p == callGone {
+		c.uncountMoved()
+	}
+}
+
+// uncountMoved takes a call that has become late out of the moved
+// handlers: it counts among the late ones from now on.
+func (c *call) uncountMoved() {
+	if c.slot.Load() == slotMoved && c.slot.CompareAndSwap(slotMoved, slotHeld) {
+		c.m.limiter.moved.Add(-1)
 	}
 }
 
