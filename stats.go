@@ -87,7 +87,9 @@ type Counters struct {
 	// RejectedQueueTimeout.
 	Rejected int64 `json:"rejected,omitempty"`
 	// RejectedFull counts the requests refused because the queue was full,
-	// or because their budget left no time to wait.
+	// because their budget left no time to wait, or, with
+	// AdaptiveConcurrency, because the process's CPU was so saturated that
+	// requests waited too long to be read (see RejectedQueueFull).
 	RejectedFull int64 `json:"rejected_full,omitempty"`
 	// RejectedQueueTimeout counts the requests refused because they waited
 	// their share of their budget without getting a slot.
