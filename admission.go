@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/valyala/fasthttp"
 )
 
 // Admission by a concurrency limit (Config.AdaptiveConcurrency and
@@ -241,10 +243,12 @@ func (l *limiter) tryAcquire() bool {
 	}
 }
 
-// acquire takes a slot for a request whose deadline is deadline, at t,
+// acquire takes a slot for request ctx, whose deadline is deadline, at t,
 // waiting for one if needed. It returns how long the request waited, and
-// the reason it was refused, or "" once it holds a slot.
-func (l *limiter) acquire(t, deadline int64) (waited time.Duration, reason string) {
+// the reason it was refused, or "" once it holds a slot. A request still
+// waiting when its server shuts down is refused then: its handler would
+// only start to be cancelled, and the shutdown waits for its answer.
+func (l *limiter) acquire(ctx *fasthttp.RequestCtx, t, deadline int64) (waited time.Duration, reason string) {
 	if l.adaptive {
 		if t-l.shedAt.Load() >= int64(backlogInterval) {
 			l.updateShed(t)
@@ -299,17 +303,16 @@ func (l *limiter) acquire(t, deadline int64) (waited time.Duration, reason strin
 
 	w.timer.Reset(maxWait)
 	var granted bool
+	var shutdown <-chan struct{}
+	if ctx != nil {
+		shutdown = serverDone(ctx) // nil without a server: never ready
+	}
 	select {
 	case granted = <-w.ready:
+	case <-shutdown:
+		granted = l.leave(w)
 	case <-w.timer.C:
-		l.mu.Lock()
-		if w.inQueue {
-			l.remove(w)
-			l.mu.Unlock()
-		} else { // handed a slot or evicted as the timer fired
-			l.mu.Unlock()
-			granted = <-w.ready
-		}
+		granted = l.leave(w)
 	}
 	w.timer.Stop()
 	waiterPool.Put(w)
@@ -326,6 +329,19 @@ func (l *limiter) acquire(t, deadline int64) (waited time.Duration, reason strin
 	default:
 		return waited, l.refuse(RejectedQueueFull)
 	}
+}
+
+// leave takes waiter w out of the queue, unless it was handed a slot or
+// evicted meanwhile; it reports whether it was handed a slot.
+func (l *limiter) leave(w *waiter) (granted bool) {
+	l.mu.Lock()
+	if w.inQueue {
+		l.remove(w)
+		l.mu.Unlock()
+		return false
+	}
+	l.mu.Unlock()
+	return <-w.ready // handed a slot or evicted as it gave up
 }
 
 // refuse counts a refusal for reason, for the backlog's arrivals and in

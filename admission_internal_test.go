@@ -268,7 +268,7 @@ func TestLimiter_queue(t *testing.T) {
 			var wg sync.WaitGroup
 			wait := func(name string, at int64) {
 				defer wg.Done()
-				if _, reason := l.acquire(at, far); reason == "" {
+				if _, reason := l.acquire(nil, at, far); reason == "" {
 					order <- name
 				} else {
 					order <- reason
@@ -304,7 +304,7 @@ func TestLimiter_refusals(t *testing.T) {
 		l := newLimiter(1, false, time.Second, new(Stats), new(atomic.Int64))
 		require.True(t, l.tryAcquire())
 		t0 := now()
-		waited, reason := l.acquire(t0, t0+int64(20*time.Millisecond))
+		waited, reason := l.acquire(nil, t0, t0+int64(20*time.Millisecond))
 		assert.Equal(t, RejectedQueueTimeout, reason)
 		assert.GreaterOrEqual(t, waited, 2*time.Millisecond)
 		assert.Zero(t, l.waiting.Load())
@@ -314,7 +314,7 @@ func TestLimiter_refusals(t *testing.T) {
 		l := newLimiter(1, false, time.Second, new(Stats), new(atomic.Int64))
 		require.True(t, l.tryAcquire())
 		t0 := now()
-		waited, reason := l.acquire(t0, t0+int64(waitShare*minWait)-1)
+		waited, reason := l.acquire(nil, t0, t0+int64(waitShare*minWait)-1)
 		assert.Equal(t, RejectedQueueFull, reason)
 		assert.Zero(t, waited)
 	})
@@ -327,17 +327,17 @@ func TestLimiter_refusals(t *testing.T) {
 		reasons := make(chan string, minQueue+1)
 		for i := range minQueue {
 			go func() {
-				_, reason := l.acquire(t0+int64(i), far)
+				_, reason := l.acquire(nil, t0+int64(i), far)
 				reasons <- reason
 			}()
 			// In the queue, not only counted in l.waiting: see TestLimiter_queue.
 			require.Eventually(t, func() bool { return l.stats.waiting.Load() == int64(i+1) }, 10*time.Second, time.Millisecond)
 		}
-		_, reason := l.acquire(t0+int64(minQueue), far)
+		_, reason := l.acquire(nil, t0+int64(minQueue), far)
 		assert.Equal(t, RejectedQueueFull, reason, "the queue is young: the newcomer is refused")
 
 		go func() {
-			_, reason := l.acquire(t0+int64(2*lifoAfter), far)
+			_, reason := l.acquire(nil, t0+int64(2*lifoAfter), far)
 			reasons <- reason
 		}()
 		assert.Equal(t, RejectedQueueFull, <-reasons, "the queue has stayed full: the oldest waiter makes room")
@@ -365,7 +365,7 @@ func TestLimiter_queue_of_a_huge_ceiling(t *testing.T) {
 		reasons := make(chan string, waiters)
 		for range waiters {
 			go func() {
-				_, reason := l.acquire(t0, far)
+				_, reason := l.acquire(nil, t0, far)
 				reasons <- reason
 			}()
 		}
@@ -390,12 +390,12 @@ func TestLimiter_counts_arrivals(t *testing.T) {
 	l.slots.Store(math.MinInt64 | math.MaxInt32<<32) // taken: one short of the wrap
 	at := now()
 	for range 2 {
-		_, reason := l.acquire(at, at+int64(time.Second))
+		_, reason := l.acquire(nil, at, at+int64(time.Second))
 		require.Empty(t, reason)
 	}
 	assert.Equal(t, int64(2), l.holding())
 	assert.Equal(t, uint32(1), l.taken(), "wrapped")
-	_, reason := l.acquire(at, at+int64(minWait)) // no time to wait
+	_, reason := l.acquire(nil, at, at+int64(minWait)) // no time to wait
 	assert.Equal(t, RejectedQueueFull, reason)
 	assert.Equal(t, int64(1), l.refused.Load())
 	l.release(at, 0, false)
@@ -443,7 +443,7 @@ func BenchmarkAdmission(b *testing.B) {
 				t := now()
 				for pb.Next() {
 					t += int64(time.Microsecond)
-					if _, reason := l.acquire(t, t+int64(time.Second)); reason != "" {
+					if _, reason := l.acquire(nil, t, t+int64(time.Second)); reason != "" {
 						b.Error(reason)
 						return
 					}
@@ -538,7 +538,7 @@ func TestLimiter_late_handlers_never_hold_every_slot(t *testing.T) {
 			l.late.Add(1)
 		}
 		clock += int64(maxWindow)
-		_, reason := l.acquire(clock, clock+int64(time.Second))
+		_, reason := l.acquire(nil, clock, clock+int64(time.Second))
 		assert.Empty(t, reason, "a request finds the slots beyond the late handlers")
 		assert.Equal(t, limit+limitFloor, l.limit.Load())
 	})
@@ -560,7 +560,7 @@ func TestLimiter_a_probe_without_load_yields(t *testing.T) {
 		}
 		// It may wait a tenth of 20 ms of budget: 2 ms.
 		clock := now()
-		_, reason := l.acquire(clock, clock+int64(20*time.Millisecond))
+		_, reason := l.acquire(nil, clock, clock+int64(20*time.Millisecond))
 		if yields {
 			assert.Empty(t, reason, "the probe gave way")
 			assert.Zero(t, l.probeFrom.Load(), "the probe is over")

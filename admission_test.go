@@ -148,6 +148,46 @@ func TestAdmission_a_waiting_request_takes_the_freed_slot(t *testing.T) {
 	}
 }
 
+// TestAdmission_a_waiting_request_is_refused_at_shutdown: a request that
+// waits for a slot when its server shuts down is refused then, not after
+// its wait (a tenth of its budget: a minute here, which the client's 10 s
+// would not see the end of): its handler would only start to be
+// cancelled, and the shutdown waits for its answer.
+func TestAdmission_a_waiting_request_is_refused_at_shutdown(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			b := newBlocker()
+			stats := new(fasttimeout.Stats)
+			reasons := make(chan string, 1)
+			s := serve(t, rejectRecorder(fasttimeout.New(b.handle, fasttimeout.Config{
+				Mode: mode, Timeout: 10 * time.Minute, MaxConcurrency: 1, Stats: stats,
+			}), reasons))
+			t.Cleanup(b.free)
+			held := async(t, s, "/block")
+			<-b.entered
+			queued := async(t, s, "/")
+			require.Eventually(t, func() bool { return stats.Snapshot().Waiting == 1 }, waitTimeout, time.Millisecond)
+			stopped := make(chan struct{})
+			go func() {
+				defer close(stopped)
+				s.shutdown(t) // waits for /block
+			}()
+			resp := <-queued
+			assert.Equal(t, fasthttp.StatusServiceUnavailable, resp.StatusCode(), "%s", resp.Body())
+			assert.Equal(t, fasttimeout.RejectedQueueFull, receive(t, reasons, "the refusal"))
+			assert.Equal(t, int64(1), b.ran.Load(), "the handler of the waiting request never ran")
+			b.free()
+			assert.Equal(t, fasthttp.StatusOK, (<-held).StatusCode())
+			receive(t, stopped, "the end of the shutdown")
+			got := stats.Snapshot()
+			assert.Equal(t, int64(1), got.RejectedFull)
+			assert.Zero(t, got.Waiting)
+		})
+	}
+}
+
 // TestAdmission_late_handlers_hold_their_slots: a racing handler that
 // ignores its context still burns what it burns after its timeout answer,
 // so it keeps its slot until it returns.

@@ -144,7 +144,7 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx, outer *call) (start, deadli
 	}
 	admitted = t
 	if m.limiter != nil {
-		waited, reason := m.limiter.acquire(t, deadline) // counts its refusals
+		waited, reason := m.limiter.acquire(ctx, t, deadline) // counts its refusals
 		if reason != "" {
 			m.reject(ctx, reason)
 			return 0, 0, 0, false
@@ -237,9 +237,10 @@ const (
 	// late.
 	RejectedLateHandlers = "late_handlers"
 	// RejectedQueueFull: the concurrency limit was reached and the queue was
-	// full, or the request's budget left no time to wait; or, with
-	// Config.AdaptiveConcurrency, the process's CPU is so saturated that
-	// requests wait too long to be read at all.
+	// full, the request's budget left no time to wait, or the server shut
+	// down while it waited; or, with Config.AdaptiveConcurrency, the
+	// process's CPU is so saturated that requests wait too long to be read
+	// at all.
 	RejectedQueueFull = "queue_full"
 	// RejectedQueueTimeout: the request waited its share of its budget for
 	// a slot under the concurrency limit without getting one.
