@@ -3,7 +3,6 @@ package fasttimeout
 import (
 	"math"
 	"math/rand/v2"
-	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,7 +11,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/valyala/fasthttp"
-	"github.com/valyala/fasthttp/fasthttputil"
 )
 
 // The adaptive limit's logic, on a fake clock: the times given to the
@@ -631,16 +629,7 @@ func TestLimiter_a_moved_handler_gone_late_counts_once(t *testing.T) {
 		seen <- counts{m.limiter.moved.Load(), m.late.Load()}
 		<-release
 	}, Config{Timeout: time.Second, AdaptiveConcurrency: true, Stats: stats, IgnoreHangups: true})
-	ln := fasthttputil.NewInmemoryListener()
-	server := &fasthttp.Server{Handler: h}
-	served := make(chan error, 1)
-	go func() { served <- server.Serve(ln) }()
-	client := &fasthttp.Client{Dial: func(string) (net.Conn, error) { return ln.Dial() }, MaxIdemponentCallAttempts: 1}
-	defer func() {
-		client.CloseIdleConnections()
-		require.NoError(t, server.Shutdown())
-		require.NoError(t, <-served)
-	}()
+	client := serveInMemory(t, h)
 
 	status, _, err := client.GetTimeout(nil, "http://test/", time.Minute)
 	require.NoError(t, err)

@@ -1,7 +1,6 @@
 package fasttimeout
 
 import (
-	"net"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -9,7 +8,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/valyala/fasthttp"
-	"github.com/valyala/fasthttp/fasthttputil"
 )
 
 // The timer that times a racing call out wins the call's compare-and-swap
@@ -58,16 +56,7 @@ func TestStats_a_late_return_waits_for_its_timeout_to_be_counted(t *testing.T) {
 			reports <- report{late, stats.Snapshot()}
 		},
 	})
-	ln := fasthttputil.NewInmemoryListener()
-	server := &fasthttp.Server{Handler: h}
-	served := make(chan error, 1)
-	go func() { served <- server.Serve(ln) }()
-	client := &fasthttp.Client{Dial: func(string) (net.Conn, error) { return ln.Dial() }, MaxIdemponentCallAttempts: 1}
-	defer func() {
-		client.CloseIdleConnections()
-		require.NoError(t, server.Shutdown())
-		require.NoError(t, <-served)
-	}()
+	client := serveInMemory(t, h)
 
 	sent := time.Now()
 	answered := make(chan int, 1)
