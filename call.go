@@ -123,6 +123,9 @@ func (c *call) begin(ctx *fasthttp.RequestCtx, outer *call, start, deadline int6
 		deadline = min(deadline, outer.deadline.Load())
 	}
 	c.deadline.Store(deadline)
+	if l := c.m.limiter; l != nil && l.adaptive {
+		c.slot.Store(slotHeld) // a pooled call's may be an earlier request's
+	}
 	state := c.state.Load()&^(generation-1) + generation | callRunning
 	c.beginWatch(ctx, start, state/generation)
 	// The deadline is stored before the new generation is: whoever sees
@@ -241,9 +244,7 @@ func (c *call) becomeLate(overAt int64, err error, causes *context.Context) {
 	c.overAt.Store(overAt)
 	c.m.late.Add(1)
 	c.m.stats.lateRunning.Add(1)
-	if c.m.limiter != nil {
-		c.uncountMoved() // counted as late from now on, not twice
-	}
+	c.uncountMoved() // counted as late from now on, not twice
 	if b := c.bridge.Load(); b != nil {
 		b.cancel(err, causes)
 	}

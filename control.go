@@ -65,11 +65,7 @@ func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
 // disarm switches the call's deadline off (see Disarm).
 func (c *call) disarm() bool {
 	if c.inline() {
-		if !c.moveDeadline(func(int64) (int64, bool) { return noDeadline, true }) {
-			return false
-		}
-		c.countMoved()
-		return true
+		return c.moveDeadline(func(int64) (int64, bool) { return noDeadline, true })
 	}
 	for {
 		switch p := c.phase(); {
@@ -92,15 +88,9 @@ func (c *call) disarm() bool {
 // extend moves the call's deadline d later (see Extend).
 func (c *call) extend(d time.Duration) bool {
 	if c.inline() {
-		if !c.moveDeadline(func(deadline int64) (int64, bool) {
+		return c.moveDeadline(func(deadline int64) (int64, bool) {
 			return deadlineAfter(deadline, d), deadline != noDeadline
-		}) {
-			return false
-		}
-		if d > 0 {
-			c.countMoved()
-		}
-		return true
+		})
 	}
 	for {
 		// A deadline that has passed is passed, even if its timer has not
@@ -165,7 +155,8 @@ func lookup(ctx *fasthttp.RequestCtx) *call {
 // it against the old deadline first (and the call's deadline goes back to
 // the context's, which no longer changes) or sees the new one. The call's
 // deadline is stored before the context is looked for, as call.context
-// expects.
+// expects. A move later counts the handler among the moved ones (see
+// countMoved), as the racing paths of disarm and extend do.
 func (c *call) moveDeadline(move func(int64) (int64, bool)) bool {
 	for {
 		old := c.deadline.Load()
@@ -192,6 +183,9 @@ func (c *call) moveDeadline(move func(int64) (int64, bool)) bool {
 			// the housekeeper expired the context at.
 			c.deadline.Store(b.deadline.Load())
 			return false
+		}
+		if deadline > old {
+			c.countMoved()
 		}
 		return true
 	}

@@ -34,7 +34,6 @@ func (m *middleware) serveInline(ctx *fasthttp.RequestCtx, outer *call, start, d
 	}
 	c.m = m
 	c.admitted = admitted
-	c.slot.Store(slotHeld)
 	c.begin(ctx, outer, start, deadline)
 	defer m.finishCooperative(c, ctx)
 	m.handler(ctx)

@@ -32,7 +32,6 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 	c := &w.call
 	w.owners.Store(2)
 	c.admitted = admitted
-	c.slot.Store(slotHeld)
 	c.begin(ctx, nil, start, deadline)
 	// Each call has its own runtime timer rather than waiting for a shared
 	// checker: under load a single goroutine that times out every call is

@@ -184,7 +184,7 @@ func (m *middleware) leaveFlight(connID uint64) {
 // at t, in time or not.
 func (m *middleware) release(c *call, t int64, inTime bool) {
 	if m.limiter != nil {
-		if c.slot.Swap(slotReleased) == slotMoved {
+		if m.limiter.adaptive && c.slot.Swap(slotReleased) == slotMoved {
 			m.limiter.moved.Add(-1)
 			inTime = false // its latency is what it chose, not congestion
 		}
