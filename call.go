@@ -111,6 +111,8 @@ type call struct {
 	// after: the channel orders them.
 	panicked   bool
 	panicValue any
+
+	returned bool // an inline call's handler returned, rather than panicked or called runtime.Goexit
 }
 
 // begin starts the call for ctx and makes Context find it. Inside another

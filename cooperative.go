@@ -34,9 +34,11 @@ func (m *middleware) serveInline(ctx *fasthttp.RequestCtx, outer *call, start, d
 	}
 	c.m = m
 	c.admitted = admitted
+	c.returned = false
 	c.begin(ctx, outer, start, deadline)
 	defer m.finishCooperative(c, ctx)
 	m.handler(ctx)
+	c.returned = true
 }
 
 // finishCooperative runs, deferred, when a cooperative handler returns or
@@ -44,8 +46,22 @@ func (m *middleware) serveInline(ctx *fasthttp.RequestCtx, outer *call, start, d
 // value; a handler that returns or panics after it, or after its client
 // hung up, is late: its panic goes to OnPanic, and the client gets the
 // timeout response (or nothing, if it is gone).
+//
+// A handler that calls runtime.Goexit ends the server goroutine, and
+// fasthttp then never answers the request nor closes its connection: it is
+// counted as a panic, and the outermost New closes the connection, so that
+// the client learns at once and the descriptor is not lost. (Racing mode
+// re-raises it as a panic on the server goroutine instead; here that would
+// crash the process where fasthttp alone would not.)
 func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 	v := recover()
+	goexit := v == nil && !c.returned
+	if goexit {
+		v = errGoexit
+		if c.outer == nil {
+			defer closeConn(ctx) // after the callbacks, which may read ctx
+		}
+	}
 	defer m.leaveFlight(c.connID) // last, even when the panic goes on
 	t := now()
 	// Settle the call before its watch ends: from then on, a hang-up no
@@ -62,7 +78,7 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 	late := over == callTimedOut || over == callGone
 	if v != nil {
 		m.stats.panics.Add(1)
-		if !late {
+		if !late && !goexit {
 			panic(v)
 		}
 	}
@@ -84,7 +100,11 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 		m.writeTimeoutResponse(&ctx.Response)
 	}
 	if v != nil {
-		m.reportPanic(ctx, v, debug.Stack())
+		var stack []byte
+		if !goexit { // Goexit has no panicking stack
+			stack = debug.Stack()
+		}
+		m.reportPanic(ctx, v, stack)
 	}
 	if m.OnLateReturn != nil {
 		m.OnLateReturn(ctx, time.Duration(t-overAt))
@@ -94,6 +114,14 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 		m.OnHangup(ctx, time.Duration(overAt-start))
 	case over == callTimedOut && m.OnTimeout != nil:
 		m.OnTimeout(ctx, &ctx.Response)
+	}
+}
+
+// closeConn closes the connection of a request whose server goroutine is
+// ending (see finishCooperative).
+func closeConn(ctx *fasthttp.RequestCtx) {
+	if conn := ctx.Conn(); conn != nil {
+		_ = conn.Close()
 	}
 }
 

@@ -4,6 +4,8 @@ package fasttimeout_test
 
 import (
 	"errors"
+	"net"
+	"os"
 	"runtime"
 	"strings"
 	"testing"
@@ -107,6 +109,48 @@ func TestPanics(t *testing.T) {
 		require.Equal(t, fasthttp.StatusInternalServerError, c.get(t, "/goexit", "S0000000000000001").StatusCode())
 		require.ErrorContains(t, (<-recovered).(error), "Goexit")
 		requireOwnResponse(t, c.get(t, "/fast", "S0000000000000002"), "fast", "S0000000000000002")
+	})
+
+	// fasthttp never closes a connection whose server goroutine called
+	// Goexit: its client would wait for an answer until its own timeout,
+	// and the server would hold the descriptor.
+	t.Run("Goexit_in_a_cooperative_handler_closes_the_connection", func(t *testing.T) {
+		t.Parallel()
+		var stats fasttimeout.Stats
+		recovered := make(chan any, 1)
+		server := panicServer(t, func(*fasthttp.RequestCtx) { runtime.Goexit() },
+			fasttimeout.Config{Timeout: 10 * time.Second, Mode: fasttimeout.Cooperative, Stats: &stats}, recovered)
+		conn, err := net.DialTimeout("tcp", server.addr, stressBound)
+		require.NoError(t, err)
+		defer conn.Close()
+		require.NoError(t, conn.SetDeadline(time.Now().Add(stressBound)))
+		_, err = conn.Write([]byte("GET /goexit HTTP/1.1\r\nHost: x\r\n\r\n"))
+		require.NoError(t, err)
+		n, err := conn.Read(make([]byte, 512))
+		require.Zero(t, n, "no answer")
+		require.False(t, errors.Is(err, os.ErrDeadlineExceeded), "the connection left open: %v", err)
+		require.Error(t, err)
+		require.EqualValues(t, 1, stats.Snapshot().Panics)
+		require.Empty(t, recovered, "nothing raised: Goexit ends the server goroutine")
+	})
+
+	// Only the outermost New closes: under a racing one, whose worker
+	// took the Goexit, the request is answered as in racing mode.
+	t.Run("Goexit_in_a_nested_cooperative_handler_under_a_racing_one", func(t *testing.T) {
+		t.Parallel()
+		var stats fasttimeout.Stats
+		recovered := make(chan any, 1)
+		inner := fasttimeout.New(func(*fasthttp.RequestCtx) { runtime.Goexit() },
+			fasttimeout.Config{Timeout: 10 * time.Second, Mode: fasttimeout.Cooperative, Stats: &stats})
+		server := panicServer(t, inner, fasttimeout.Config{Timeout: 10 * time.Second}, recovered)
+		c, err := dialStress(server.addr)
+		require.NoError(t, err)
+		defer c.close()
+
+		require.Equal(t, fasthttp.StatusInternalServerError, c.get(t, "/goexit", "S0000000000000001").StatusCode())
+		require.ErrorContains(t, receive(t, recovered, "the Goexit re-raised").(error), "Goexit")
+		requireOwnResponse(t, c.get(t, "/fast", "S0000000000000002"), "fast", "S0000000000000002")
+		require.EqualValues(t, 1, stats.Snapshot().Panics)
 	})
 
 	t.Run("Goexit_after_the_deadline_goes_to_OnPanic", func(t *testing.T) {

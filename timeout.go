@@ -37,7 +37,10 @@ var ErrShutdown = errors.New("fasttimeout: server shutting down")
 //
 // In [Cooperative] mode h runs on the server goroutine; only its context is
 // cancelled at the deadline, and a response written after the deadline is
-// replaced by the timeout response. Panics are handled as in racing mode.
+// replaced by the timeout response. Panics are handled as in racing mode. A
+// handler that calls runtime.Goexit ends the server goroutine, after which
+// fasthttp would neither answer nor close the connection: the middleware
+// closes it (racing mode answers it as a panic).
 //
 // Inside the handler of another New, h keeps the earlier of the two
 // deadlines and, whatever the mode, runs as in cooperative mode on the
