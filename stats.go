@@ -57,7 +57,7 @@ type Counters struct {
 	// deadline, or after their client hung up.
 	LateFinished int64 `json:"late_finished"`
 	// Panics is the number of handler panics seen, before or after the
-	// deadline.
+	// deadline, calls of runtime.Goexit included.
 	Panics int64 `json:"panics"`
 	// Shed is the number of requests refused with 503 because
 	// Config.MaxLateHandlers handlers were running late.
