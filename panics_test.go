@@ -285,24 +285,6 @@ func TestTimeout_late_panic_is_logged_by_default(t *testing.T) {
 	assert.Equal(t, int64(1), stats.Snapshot().Panics)
 }
 
-func TestTimeout_goexit_in_the_handler_does_not_hang_the_request(t *testing.T) {
-	t.Parallel()
-	seen := make(chan any, 1)
-	h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
-		if string(ctx.Path()) == "/goexit" {
-			defer ctx.SetBodyString("unreachable")
-			runtime.Goexit()
-		}
-		ctx.SetBodyString("ok")
-	}, fasttimeout.Config{})
-	s := serve(t, recoverer(h, seen))
-	assert.Equal(t, fasthttp.StatusInternalServerError, do(t, s, "GET", "/goexit").StatusCode())
-	err, _ := (<-seen).(error)
-	require.Error(t, err)
-	assert.Contains(t, err.Error(), "Goexit")
-	assert.Equal(t, "ok", string(do(t, s, "GET", "/").Body()))
-}
-
 // A panicking OnTimeout reaches a recover around the middleware, as any
 // panic on the server goroutine does. The late handler still holds its
 // RequestCtx, so the ctx must be marked timed out all the same (only then
