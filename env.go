@@ -50,6 +50,9 @@ func ParseTimeout(s string) (time.Duration, error) {
 		switch {
 		case math.IsNaN(secs) || math.IsInf(secs, 0) && err == nil:
 			return 0, fmt.Errorf("not a finite number of seconds")
+		case secs == 0 && underflows(s):
+			// A positive number below float64's least ("1e-400") reads as 0.
+			return 0, fmt.Errorf("less than the minimum of %v", minEnvTimeout)
 		case secs <= 0:
 			return 0, fmt.Errorf("must be positive")
 		case secs < minEnvTimeout.Seconds(): // before rounding to nanoseconds, which may give 0
@@ -61,7 +64,15 @@ func ParseTimeout(s string) (time.Duration, error) {
 		// floating point, and "8.2" must be 8.2s, as "8.2s" is.
 		d = time.Duration(math.Round(secs * float64(time.Second)))
 	} else if d, err = time.ParseDuration(s); err != nil {
-		return 0, fmt.Errorf("want seconds (5, 2.5) or a Go duration (500ms, 1m)")
+		if !isDuration(s) {
+			return 0, fmt.Errorf("want seconds (5, 2.5) or a Go duration (500ms, 1m)")
+		}
+		// Well formed, so beyond time.Duration's ~292 years ("2562048h"),
+		// which ParseDuration calls an invalid duration.
+		if s[0] == '-' {
+			return 0, fmt.Errorf("must be positive")
+		}
+		return 0, fmt.Errorf("more than %v", maxEnvTimeout)
 	}
 	switch {
 	case d <= 0:
@@ -72,4 +83,61 @@ func ParseTimeout(s string) (time.Duration, error) {
 		return 0, fmt.Errorf("more than %v", maxEnvTimeout)
 	}
 	return d, nil
+}
+
+// underflows reports whether s, a number that strconv.ParseFloat read as
+// +0, has a digit other than 0 before its exponent: a positive value too
+// small for a float64, not a zero.
+func underflows(s string) bool {
+	if strings.HasPrefix(s, "-") {
+		return false
+	}
+	s, exponent := strings.ToLower(strings.TrimPrefix(s, "+")), "e"
+	if strings.HasPrefix(s, "0x") {
+		s, exponent = s[2:], "p"
+	}
+	mantissa, _, _ := strings.Cut(s, exponent)
+	return strings.ContainsAny(mantissa, "123456789abcdef")
+}
+
+// isDuration reports whether s has the syntax time.ParseDuration accepts:
+// an optional sign, then "0" or a sequence of decimal numbers, each with a
+// unit (ns, us, µs, μs, ms, s, m, h). ParseDuration rejects such a string
+// only when its value overflows time.Duration.
+func isDuration(s string) bool {
+	if s != "" && (s[0] == '-' || s[0] == '+') {
+		s = s[1:]
+	}
+	if s == "0" {
+		return true
+	}
+	if s == "" {
+		return false
+	}
+	for s != "" {
+		digits := 0
+		for s != "" && '0' <= s[0] && s[0] <= '9' {
+			s, digits = s[1:], digits+1
+		}
+		if s != "" && s[0] == '.' {
+			s = s[1:]
+			for s != "" && '0' <= s[0] && s[0] <= '9' {
+				s, digits = s[1:], digits+1
+			}
+		}
+		if digits == 0 {
+			return false
+		}
+		i := 0
+		for i < len(s) && s[i] != '.' && (s[i] < '0' || s[i] > '9') {
+			i++
+		}
+		switch s[:i] {
+		case "ns", "us", "\u00b5s", "\u03bcs", "ms", "s", "m", "h":
+		default:
+			return false
+		}
+		s = s[i:]
+	}
+	return true
 }

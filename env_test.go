@@ -45,7 +45,7 @@ func TestTimeoutFromEnv(t *testing.T) {
 		{value: "86401", wantErr: "more than 24h"},
 		{value: "25h", wantErr: "more than 24h"},
 		{value: "1e300", wantErr: "more than 24h"},
-		{value: "9999999999999999999h", wantErr: "want seconds"},
+		{value: "9999999999999999999h", wantErr: "more than 24h"},
 		{value: "NaN", wantErr: "not a finite"},
 		{value: "Inf", wantErr: "not a finite"},
 		{value: "five", wantErr: "want seconds"},
@@ -105,6 +105,24 @@ func TestParseTimeout(t *testing.T) {
 		{in: "999µs", wantErr: "less than the minimum of 1ms"},
 		{in: "0.0005", wantErr: "less than the minimum of 1ms"},
 		{in: "1e-9", wantErr: "less than the minimum of 1ms"},
+		// Below float64's least positive value the number reads as 0: it is
+		// still positive, and below the minimum.
+		{in: "1e-400", wantErr: "less than the minimum of 1ms"},
+		{in: "+1e-400", wantErr: "less than the minimum of 1ms"},
+		{in: "0x1p-2000", wantErr: "less than the minimum of 1ms"},
+		{in: "-1e-400", wantErr: "must be positive"},
+		{in: "0e-400", wantErr: "must be positive"},
+		// Beyond time.Duration (~292 years) a well-formed duration is out
+		// of range, not malformed.
+		{in: "2562048h", wantErr: "more than 24h"},
+		{in: "+2562048h", wantErr: "more than 24h"},
+		{in: "2562047h47m16.854775808s", wantErr: "more than 24h"},
+		{in: "1h99999999999999999999ns", wantErr: "more than 24h"},
+		{in: "-2562048h", wantErr: "must be positive"},
+		{in: "2562048hours", wantErr: "want seconds"},
+		{in: "99999999999999999999x", wantErr: "want seconds"},
+		{in: "1.2.3s", wantErr: "want seconds"},
+		{in: "-", wantErr: "want seconds"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
