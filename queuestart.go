@@ -127,8 +127,9 @@ var (
 // parseTraceStart parses an X-Amzn-Trace-Id value into Unix nanoseconds at
 // the end of the second of its Self field, or of its Root field if it has
 // no Self, no later than now; ok is false if that field is missing, not
-// valid, or more than an hour away from now. Fields are separated by ';';
-// spaces around them are ignored.
+// valid (an empty Self included), or more than an hour away from now. Of
+// repeated fields, the first counts. Fields are separated by ';'; spaces
+// around them are ignored.
 func parseTraceStart(v []byte, now int64) (t int64, ok bool) {
 	var self, root []byte
 	for len(v) > 0 {
@@ -138,7 +139,11 @@ func parseTraceStart(v []byte, now int64) (t int64, ok bool) {
 		switch string(name) { // does not allocate
 		case "Self":
 			if self == nil {
-				self = value
+				// A bare "Self" is a Self field, and not a valid one:
+				// left nil, it would let the older Root count.
+				if self = value; self == nil {
+					self = name[:0]
+				}
 			}
 		case "Root":
 			if root == nil {
