@@ -163,8 +163,11 @@ type Config struct {
 	// of its own and the caller's budget less DeadlineMargin; a budget
 	// already spent is answered with the timeout response at once, without
 	// running the handler, and counted in Stats (SpentBudgets). Malformed
-	// values are ignored and counted in Stats. Off by default: only trust
-	// these headers from callers you trust.
+	// values are ignored and counted in Stats. Names are matched in any
+	// case, except on a server with DisableHeaderNamesNormalizing, which
+	// keeps them as received: there only the canonical form
+	// ("Grpc-Timeout") and lower case ("grpc-timeout") are found. Off by
+	// default: only trust these headers from callers you trust.
 	HonorDeadlineHeaders bool
 
 	// DeadlineMargin is taken off a caller's budget (see
@@ -258,8 +261,10 @@ type Config struct {
 	// sets, else Root; the end of that second, as the field has no finer
 	// unit). The earliest valid start of all wins. A start in the future
 	// (clock skew) counts as now; values more than an hour away, or
-	// malformed, are ignored and counted in Stats (BadQueueHeaders). Off by
-	// default: only trust these headers from proxies you run.
+	// malformed, are ignored and counted in Stats (BadQueueHeaders). Names
+	// are matched as for HonorDeadlineHeaders: in any case, or on a server
+	// with DisableHeaderNamesNormalizing in canonical form or lower case
+	// only. Off by default: only trust these headers from proxies you run.
 	HonorQueueHeaders bool
 
 	// MaxQueueAge, if set, is how long a caller waits for its answer, counted
