@@ -3,6 +3,7 @@ package fasttimeout
 import (
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -101,7 +102,9 @@ type Config struct {
 	Body []byte
 
 	// ContentType is the Content-Type of the timeout response. Empty means
-	// DefaultContentType ("application/json").
+	// DefaultContentType ("application/json"); a value with a control
+	// character other than a tab (a line break, say), which no header value
+	// may hold, panics in New.
 	ContentType string
 
 	// Mode chooses racing (the zero value) or cooperative bounding.
@@ -315,6 +318,11 @@ func (cfg Config) resolve() settings {
 	}
 	if cfg.ContentType == "" {
 		cfg.ContentType = DefaultContentType
+	} else if i := strings.IndexFunc(cfg.ContentType, isControl); i >= 0 {
+		// fasthttp would send it with its line breaks turned to spaces, or
+		// the other control characters as they are, which clients reject.
+		panic(fmt.Sprintf("fasttimeout: Config.ContentType must not hold a control character (%q at byte %d), got %q",
+			cfg.ContentType[i], i, cfg.ContentType))
 	}
 	if cfg.Mode != Racing && cfg.Mode != Cooperative {
 		panic(fmt.Sprintf("fasttimeout: Config.Mode must be Racing or Cooperative, got %v", cfg.Mode))
@@ -358,6 +366,10 @@ func (cfg Config) resolve() settings {
 	}
 	return s
 }
+
+// isControl reports whether r is a control character that a header value
+// must not hold (RFC 9110 §5.5: a tab is allowed).
+func isControl(r rune) bool { return r < ' ' && r != '\t' || r == 0x7f }
 
 // ceilSeconds returns d in whole seconds, rounded up, without the overflow
 // of adding a second less a nanosecond first.

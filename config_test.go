@@ -33,6 +33,9 @@ func TestNew_rejects_bad_configuration(t *testing.T) {
 		{"negative_margin", ok, fasttimeout.Config{DeadlineMargin: -1}, "DeadlineMargin"},
 		{"negative_late_cap", ok, fasttimeout.Config{MaxLateHandlers: -1}, "MaxLateHandlers"},
 		{"negative_retry_after", ok, fasttimeout.Config{RetryAfter: -time.Second}, "RetryAfter"},
+		{"content_type_with_a_line_break", ok, fasttimeout.Config{ContentType: "text/plain\r\nX-Injected: yes"}, "ContentType"},
+		{"content_type_with_a_nul", ok, fasttimeout.Config{ContentType: "text/plain\x00"}, "ContentType"},
+		{"content_type_with_a_del", ok, fasttimeout.Config{ContentType: "text/plain\x7f"}, "ContentType"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
