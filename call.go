@@ -263,8 +263,9 @@ func (c *call) context() context.Context {
 		(*hook)(c)
 	}
 	if c.outer != nil {
-		// Inside another New, whose hang-up watch is the request's only
-		// one (see beginWatch), its context's end is this one's too.
+		// Inside another New, whose hang-up watch, if it watches, is the
+		// request's only one (see beginWatch), its context's end is this
+		// one's too.
 		b.follow(c.outer.context().(*requestContext))
 	}
 	if !c.bridge.CompareAndSwap(nil, b) {

@@ -213,7 +213,10 @@ type Config struct {
 	// wrappers that expose the connection through a NetConn method (or
 	// embed it, as fasthttp's MaxConnsPerIP does); in-memory connections are
 	// not watched. In cooperative mode only requests whose handler called
-	// Context are watched: the others could not stop anyway.
+	// Context are watched: the others could not stop anyway. Of nested
+	// News (one inside another's handler), the outermost one that watches
+	// does so for the request; one inside a New that ignores hang-ups
+	// watches as cooperative mode does.
 	IgnoreHangups bool
 
 	// OnHangup, if set, is called when a request's client hung up while

@@ -64,10 +64,10 @@ const (
 func (c *call) beginWatch(ctx *fasthttp.RequestCtx, start int64, gen uint64) {
 	c.conn = ctx.Conn()
 	phase := watchEnded
-	// Inside another New only the outermost watches: a connection has one
-	// watch, and its hang-up reaches the inner context through the outer's
-	// (call.context).
-	if c.m.watchHangups && c.outer == nil && c.conn != nil {
+	// Inside another New only the outermost that watches does: a
+	// connection has one watch, and its hang-up reaches the inner context
+	// through the outer's (call.context).
+	if c.m.watchHangups && c.conn != nil && !c.watchedOutside() {
 		phase = watchPending
 		at := c.admitted + int64(HangupDelay)
 		if deadline := c.deadline.Load(); deadline-start < int64(minWatchedTimeout) {
@@ -80,6 +80,18 @@ func (c *call) beginWatch(ctx *fasthttp.RequestCtx, start int64, gen uint64) {
 		c.watchAt.Store(at)
 	}
 	c.watch.Store(gen*watchGen | phase)
+}
+
+// watchedOutside reports whether an enclosing New watches the call's
+// client: one whose Config.IgnoreHangups is set leaves that to the New
+// inside it.
+func (c *call) watchedOutside() bool {
+	for o := c.outer; o != nil; o = o.outer {
+		if o.m.watchHangups {
+			return true
+		}
+	}
+	return false
 }
 
 // nextWake returns when the call's timer must go off next: at its deadline,

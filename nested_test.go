@@ -191,6 +191,45 @@ func TestNested_hangup_reaches_every_context(t *testing.T) {
 	}
 }
 
+// An outer New that ignores hang-ups (IgnoreHangups) leaves the watch to
+// an inner one that does not: its client's hang-up ends the inner context
+// and counts in the inner New's Stats only. The inner watch used to be
+// skipped because an outer New existed, whether it watched or not: the
+// inner handler waited for nobody.
+func TestNested_inner_watches_when_the_outer_ignores_hangups(t *testing.T) {
+	requireHangups(t)
+	t.Parallel()
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			var innerStats, outerStats fasttimeout.Stats
+			started := make(chan struct{})
+			innerCause := make(chan error, 1)
+			inner := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				c := fasttimeout.Context(ctx)
+				close(started)
+				select {
+				case <-c.Done():
+					innerCause <- context.Cause(c)
+				case <-time.After(waitTimeout):
+					innerCause <- nil
+				}
+			}, fasttimeout.Config{Timeout: time.Minute, Mode: fasttimeout.Cooperative, Stats: &innerStats})
+			s := startStressLoopback(t, fasttimeout.New(inner, fasttimeout.Config{
+				Timeout: time.Minute, Mode: mode, IgnoreHangups: true, Stats: &outerStats,
+			}))
+			conn := sendRaw(t, s.addr, rawRequest("/nested"))
+			receive(t, started, "the inner handler's start")
+			require.NoError(t, conn.Close())
+			assert.ErrorIs(t, receive(t, innerCause, "the inner context's end"), fasttimeout.ErrClientGone)
+			require.Eventually(t, func() bool { return innerStats.Snapshot().InFlight == 0 }, stressBound, 5*time.Millisecond)
+			assert.EqualValues(t, 1, innerStats.Snapshot().ClientGone)
+			require.Eventually(t, func() bool { return outerStats.Snapshot().InFlight == 0 }, stressBound, 5*time.Millisecond)
+			assert.Zero(t, outerStats.Snapshot().ClientGone, "the outer New ignores hang-ups")
+		})
+	}
+}
+
 // TestNested_context_of_an_ended_request_starts_done: an inner handler that
 // asks for its context only after the outer one has ended (here by the
 // server's shutdown) gets a context already done, with the outer one's
