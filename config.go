@@ -210,8 +210,9 @@ type Config struct {
 	//
 	// Watching needs the connection's descriptor and epoll, so it works on
 	// Linux only, for TCP and Unix connections, TLS ones and listener
-	// wrappers that expose the connection through a NetConn method (or
-	// embed it, as fasthttp's MaxConnsPerIP does); in-memory connections are
+	// wrappers that expose the connection through a NetConn method, or a Raw
+	// one as go-proxyproto's does (or embed it, as fasthttp's MaxConnsPerIP
+	// does); in-memory connections are
 	// not watched. In cooperative mode only requests whose handler called
 	// Context are watched: the others could not stop anyway. Of nested
 	// News (one inside another's handler), the outermost one that watches

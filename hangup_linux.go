@@ -349,7 +349,9 @@ var netConnType = reflect.TypeFor[net.Conn]()
 
 // socketOf finds the socket under conn and the first byte of the object
 // that holds it, which names the connection while it lives: it unwraps
-// NetConn() (tls.Conn, listener wrappers) and fasthttp's MaxConnsPerIP
+// NetConn() (tls.Conn, listener wrappers), Raw() (github.com/pires/
+// go-proxyproto's Conn, for servers behind a load balancer speaking the
+// PROXY protocol) and fasthttp's MaxConnsPerIP
 // wrapper (see embeddedConn) as long as it can, down to a pointer that
 // implements syscall.Conn. The depth is bounded in case a wrapper returns
 // itself.
@@ -367,6 +369,10 @@ func socketOf(conn net.Conn) (syscall.Conn, *byte, bool) {
 		}
 		if nc, ok := conn.(interface{ NetConn() net.Conn }); ok {
 			conn = nc.NetConn()
+			continue
+		}
+		if rc, ok := conn.(interface{ Raw() net.Conn }); ok { // PROXY protocol (go-proxyproto)
+			conn = rc.Raw()
 			continue
 		}
 		inner, ok := embeddedConn(conn)

@@ -385,6 +385,41 @@ func TestHangupSweepsCollectedConnections(t *testing.T) {
 	w.mu.Unlock()
 }
 
+// proxyConn has the shape of github.com/pires/go-proxyproto's Conn, which
+// hides the socket behind a Raw method only.
+type proxyConn struct{ raw net.Conn }
+
+func (c *proxyConn) Raw() net.Conn                      { return c.raw }
+func (c *proxyConn) Read(b []byte) (int, error)         { return c.raw.Read(b) }
+func (c *proxyConn) Write(b []byte) (int, error)        { return c.raw.Write(b) }
+func (c *proxyConn) Close() error                       { return c.raw.Close() }
+func (c *proxyConn) LocalAddr() net.Addr                { return c.raw.LocalAddr() }
+func (c *proxyConn) RemoteAddr() net.Addr               { return c.raw.RemoteAddr() }
+func (c *proxyConn) SetDeadline(t time.Time) error      { return c.raw.SetDeadline(t) }
+func (c *proxyConn) SetReadDeadline(t time.Time) error  { return c.raw.SetReadDeadline(t) }
+func (c *proxyConn) SetWriteDeadline(t time.Time) error { return c.raw.SetWriteDeadline(t) }
+
+// Behind a load balancer speaking the PROXY protocol (an AWS NLB), the
+// server's connections are go-proxyproto's, whose socket only its Raw
+// method gives: they were never watched.
+func TestHangupThroughProxyProtocolConn(t *testing.T) {
+	t.Parallel()
+	var w hangupWatcher
+	s, c := tcpPair(t, tcpListener(t))
+	wrapped := &proxyConn{raw: s}
+	fd, ok := connFD(wrapped)
+	require.True(t, ok, "no descriptor through Raw")
+	sfd, _ := connFD(s)
+	require.Equal(t, sfd, fd)
+
+	cb, fired, _ := signal()
+	h, ok := w.add(wrapped, cb)
+	require.True(t, ok, "not watched")
+	require.NoError(t, c.Close())
+	waitFired(t, fired, "close behind a PROXY protocol wrapper")
+	w.remove(h)
+}
+
 // freshConn is a connection wrapper whose NetConn is a new object each
 // time, so that nothing but the watch holds the object its slot is keyed by.
 type freshConn struct{ *net.TCPConn }
