@@ -16,9 +16,9 @@
 //     limit"}, whether the deadline is seen by the middleware or by the
 //     upstream call, and 502 only when the upstream fails;
 //   - removes hop-by-hop headers both ways (RFC 9110 §7.6.1): those named in
-//     Connection, Connection itself, Proxy-Connection, Keep-Alive, TE,
-//     Trailer, Transfer-Encoding, Upgrade, Proxy-Authenticate and
-//     Proxy-Authorization;
+//     Connection (but Content-Length, which frames the body), Connection
+//     itself, Proxy-Connection, Keep-Alive, TE, Trailer, Transfer-Encoding,
+//     Upgrade, Proxy-Authenticate and Proxy-Authorization;
 //   - adds no Content-Type to an upstream response that has none;
 //   - removes the caller's X-Envoy-* headers (Envoy's retry and timeout
 //     controls), as Envoy does for external requests, unless
@@ -278,12 +278,15 @@ type header interface {
 }
 
 // removeHopByHop removes the headers named in Connection, then the
-// hop-by-hop ones.
+// hop-by-hop ones. Content-Length stays even if named: it frames the body
+// the gateway forwards (fasthttp would take its removal for a length of
+// 0), and the gateway's server and client write it afresh for the message
+// they send.
 func removeHopByHop(h header) {
 	var named []string
 	for _, v := range h.PeekAll(fasthttp.HeaderConnection) {
 		for name := range strings.SplitSeq(string(v), ",") {
-			if name = strings.TrimSpace(name); name != "" {
+			if name = strings.TrimSpace(name); name != "" && !strings.EqualFold(name, fasthttp.HeaderContentLength) {
 				named = append(named, name)
 			}
 		}

@@ -96,6 +96,21 @@ func rawCall(t *testing.T, addr, request string) *fasthttp.Response {
 	return resp
 }
 
+// rawExchange writes request to addr as is and returns all it reads until
+// the gateway closes the connection.
+func rawExchange(t *testing.T, addr, request string) string {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, c.SetDeadline(time.Now().Add(waitTimeout)))
+	_, err = c.Write([]byte(request))
+	require.NoError(t, err)
+	raw, err := io.ReadAll(c)
+	require.NoError(t, err)
+	return string(raw)
+}
+
 func TestProxyHeaders(t *testing.T) {
 	t.Run("removes the headers named in Connection, and Proxy-Connection, both ways", func(t *testing.T) {
 		got := make(chan string, 1)
@@ -121,6 +136,25 @@ func TestProxyHeaders(t *testing.T) {
 		assert.Nil(t, resp.Header.Peek("Proxy-Connection"))
 		assert.Nil(t, resp.Header.Peek("Keep-Alive"))
 		assert.Equal(t, "1", string(resp.Header.Peek("X-Resp-Kept")))
+	})
+
+	t.Run("keeps the framing of a response whose Connection names Content-Length", func(t *testing.T) {
+		upstream := startRawUpstream(t, func(*fasthttp.Request) string {
+			return "HTTP/1.1 200 OK\r\nConnection: Content-Length, X-Hop\r\nX-Hop: 1\r\nContent-Length: 5\r\n\r\nhello"
+		})
+		gateway := startGateway(t, "-upstream", upstream)
+
+		// GET's body is streamed, HEAD's answer copied whole: both keep the
+		// length, which frames the body the client is sent.
+		for method, want := range map[string]string{"GET": "hello", "HEAD": ""} {
+			raw := rawExchange(t, gateway, method+" / HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+			head, body, found := strings.Cut(raw, "\r\n\r\n")
+			require.True(t, found, "%s: the gateway answered %q", method, raw)
+			assert.True(t, strings.HasPrefix(head, "HTTP/1.1 200 OK"), "%s: %q", method, head)
+			assert.Contains(t, head, "\r\nContent-Length: 5\r\n", method)
+			assert.NotContains(t, head, "X-Hop", method)
+			assert.Equal(t, want, body, method)
+		}
 	})
 
 	t.Run("adds no Content-Type the upstream did not send", func(t *testing.T) {
