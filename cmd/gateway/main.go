@@ -17,8 +17,10 @@
 //     upstream call, and 502 only when the upstream fails;
 //   - removes hop-by-hop headers both ways (RFC 9110 §7.6.1): those named in
 //     Connection (but Content-Length, which frames the body), Connection
-//     itself, Proxy-Connection, Keep-Alive, TE, Trailer, Transfer-Encoding,
-//     Upgrade, Proxy-Authenticate and Proxy-Authorization;
+//     itself, Proxy-Connection, Keep-Alive, TE, Transfer-Encoding, Upgrade,
+//     Proxy-Authenticate and Proxy-Authorization;
+//   - forwards trailer fields both ways (a response's when the upstream
+//     sends its body chunked, as the gateway then does too);
 //   - adds no Content-Type to an upstream response that has none;
 //   - removes the caller's X-Envoy-* headers (Envoy's retry and timeout
 //     controls), as Envoy does for external requests, unless
@@ -263,11 +265,13 @@ func newGateway(o options, stats *fasttimeout.Stats) fasthttp.RequestHandler {
 
 // hopByHop are the headers that concern one connection, not the request
 // (RFC 9110 §7.6.1, and the older Keep-Alive and Proxy-Connection), besides
-// those a Connection header names.
+// those a Connection header names. Trailer is not one of them: it announces
+// the trailer fields, which the gateway forwards, and makes fasthttp's
+// client send a request that has them chunked.
 var hopByHop = []string{
 	fasthttp.HeaderConnection, "Proxy-Connection", "Keep-Alive", fasthttp.HeaderProxyAuthenticate,
-	fasthttp.HeaderProxyAuthorization, fasthttp.HeaderTE, fasthttp.HeaderTrailer,
-	fasthttp.HeaderTransferEncoding, fasthttp.HeaderUpgrade,
+	fasthttp.HeaderProxyAuthorization, fasthttp.HeaderTE, fasthttp.HeaderTransferEncoding,
+	fasthttp.HeaderUpgrade,
 }
 
 // header is what request and response headers share.
@@ -360,7 +364,7 @@ func forwardTo(upstream fasttimeout.Doer, trustEnvoy bool) fasthttp.RequestHandl
 			// The server writes the stream after the handler returns, and
 			// closes it then (or when it drops the response), which
 			// releases resp and its upstream connection.
-			ctx.Response.SetBodyStream(upstreamBody{resp}, size)
+			ctx.Response.SetBodyStream(&upstreamBody{resp: resp, trailer: &ctx.Response.Header}, size)
 			return
 		}
 		fasthttp.ReleaseResponse(resp)
@@ -369,11 +373,37 @@ func forwardTo(upstream fasttimeout.Doer, trustEnvoy bool) fasthttp.RequestHandl
 
 // upstreamBody is an upstream response's body stream, forwarded to the
 // client; closing it releases the response.
-type upstreamBody struct{ resp *fasthttp.Response }
+type upstreamBody struct {
+	resp *fasthttp.Response
+	// trailer is the client's response header, which gets the upstream's
+	// trailer fields at the end of the body: fasthttp reads them then, and
+	// its server writes them after the last chunk it reads from here.
+	trailer *fasthttp.ResponseHeader
+}
 
-func (b upstreamBody) Read(p []byte) (int, error) { return b.resp.BodyStream().Read(p) }
+func (b *upstreamBody) Read(p []byte) (int, error) {
+	n, err := b.resp.BodyStream().Read(p)
+	if err == io.EOF {
+		copyTrailer(&b.resp.Header, b.trailer)
+	}
+	return n, err
+}
 
-func (b upstreamBody) Close() error {
+// copyTrailer sets dst's trailer fields to src's, announcing in dst those
+// src received without announcing. It replaces rather than adds, so that a
+// second call (a second read at the end of the body) changes nothing.
+func copyTrailer(src, dst *fasthttp.ResponseHeader) {
+	for _, key := range src.PeekTrailerKeys() {
+		name := string(key)
+		_ = dst.AddTrailer(name) // src's parse has refused the forbidden names
+		dst.Del(name)
+		for _, v := range src.PeekAllTrailer(name) {
+			dst.AddBytesV(name, v)
+		}
+	}
+}
+
+func (b *upstreamBody) Close() error {
 	err := b.resp.CloseBodyStream()
 	fasthttp.ReleaseResponse(b.resp)
 	return err

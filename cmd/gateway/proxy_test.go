@@ -157,6 +157,24 @@ func TestProxyHeaders(t *testing.T) {
 		}
 	})
 
+	t.Run("forwards trailers both ways", func(t *testing.T) {
+		got := make(chan string, 1)
+		upstream := startRawUpstream(t, func(req *fasthttp.Request) string {
+			got <- string(req.Header.PeekTrailer("X-Checksum")) + " " + string(req.Body())
+			return "HTTP/1.1 200 OK\r\nTrailer: X-Sum\r\nTransfer-Encoding: chunked\r\n\r\n" +
+				"5\r\nhello\r\n0\r\nX-Sum: 42\r\nX-Unannounced: yes\r\n\r\n"
+		})
+		gateway := startGateway(t, "-upstream", upstream)
+
+		resp := rawCall(t, gateway, "POST / HTTP/1.1\r\nHost: example.com\r\nTrailer: X-Checksum\r\n"+
+			"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Checksum: abc\r\n\r\n")
+		require.Equal(t, fasthttp.StatusOK, resp.StatusCode())
+		assert.Equal(t, "abc hello", <-got, "the upstream's request trailer and body")
+		assert.Equal(t, "hello", string(resp.Body()))
+		assert.Equal(t, "42", string(resp.Header.PeekTrailer("X-Sum")), "response trailer")
+		assert.Equal(t, "yes", string(resp.Header.PeekTrailer("X-Unannounced")), "response trailer")
+	})
+
 	t.Run("adds no Content-Type the upstream did not send", func(t *testing.T) {
 		upstream := startRawUpstream(t, func(*fasthttp.Request) string {
 			return "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 4\r\n\r\n\x89PNG"
