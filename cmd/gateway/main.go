@@ -21,6 +21,7 @@
 //     Proxy-Authenticate and Proxy-Authorization;
 //   - forwards trailer fields both ways (a response's when the upstream
 //     sends its body chunked, as the gateway then does too);
+//   - appends the caller's address to X-Forwarded-For, in one line;
 //   - adds no Content-Type to an upstream response that has none;
 //   - removes the caller's X-Envoy-* headers (Envoy's retry and timeout
 //     controls), as Envoy does for external requests, unless
@@ -46,6 +47,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"expvar"
@@ -333,7 +335,7 @@ func forwardTo(upstream fasttimeout.Doer, trustEnvoy bool) fasthttp.RequestHandl
 		if !trustEnvoy {
 			removeEnvoyHeaders(&req.Header)
 		}
-		req.Header.Add(fasthttp.HeaderXForwardedFor, ctx.RemoteIP().String())
+		setForwardedFor(&req.Header, ctx.RemoteIP())
 
 		err := fasttimeout.Do(ctx, upstream, req, resp)
 		switch {
@@ -369,6 +371,20 @@ func forwardTo(upstream fasttimeout.Doer, trustEnvoy bool) fasthttp.RequestHandl
 		}
 		fasthttp.ReleaseResponse(resp)
 	}
+}
+
+// setForwardedFor appends ip to h's X-Forwarded-For chain, joining the
+// caller's lines into one as net/http's ReverseProxy and nginx do: most
+// readers (fasthttp's Peek among them) see only the first line, and would
+// miss the gateway's entry, the one a trusted hop adds, for the caller's.
+func setForwardedFor(h *fasthttp.RequestHeader, ip net.IP) {
+	var chain []byte
+	for _, v := range h.PeekAll(fasthttp.HeaderXForwardedFor) {
+		if v = bytes.TrimSpace(v); len(v) > 0 {
+			chain = append(append(chain, v...), ", "...)
+		}
+	}
+	h.SetBytesV(fasthttp.HeaderXForwardedFor, append(chain, ip.String()...))
 }
 
 // upstreamBody is an upstream response's body stream, forwarded to the

@@ -175,6 +175,24 @@ func TestProxyHeaders(t *testing.T) {
 		assert.Equal(t, "yes", string(resp.Header.PeekTrailer("X-Unannounced")), "response trailer")
 	})
 
+	t.Run("adds the caller's address to its X-Forwarded-For in one line", func(t *testing.T) {
+		got := make(chan []string, 1)
+		upstream := startUpstream(t, func(ctx *fasthttp.RequestCtx) {
+			var lines []string
+			for _, v := range ctx.Request.Header.PeekAll(fasthttp.HeaderXForwardedFor) {
+				lines = append(lines, string(v))
+			}
+			got <- lines
+		})
+		gateway := startGateway(t, "-upstream", upstream)
+
+		resp := rawCall(t, gateway, "GET / HTTP/1.1\r\nHost: example.com\r\n"+
+			"X-Forwarded-For: 192.0.2.1, 192.0.2.2\r\nX-Forwarded-For: 192.0.2.3\r\n\r\n")
+		require.Equal(t, fasthttp.StatusOK, resp.StatusCode())
+		assert.Equal(t, []string{"192.0.2.1, 192.0.2.2, 192.0.2.3, 127.0.0.1"}, <-got,
+			"a reader of the first line (Peek) sees the whole chain, the gateway's entry last")
+	})
+
 	t.Run("adds no Content-Type the upstream did not send", func(t *testing.T) {
 		upstream := startRawUpstream(t, func(*fasthttp.Request) string {
 			return "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 4\r\n\r\n\x89PNG"
