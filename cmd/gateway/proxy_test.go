@@ -59,16 +59,28 @@ func startRawUpstream(t *testing.T, answer func(req *fasthttp.Request) string) s
 }
 
 // serveLoopback listens on 127.0.0.1 and runs serve on each connection in
-// a goroutine of its own; the test's cleanup closes the listener and waits
-// for every serve to return. It returns the address.
+// a goroutine of its own; the test's cleanup closes the listener and the
+// connections still open (the gateway keeps its idle upstream connections
+// past its own stop), and waits for every serve to return. It returns the
+// address.
 func serveLoopback(t *testing.T, serve func(net.Conn)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	var conns sync.WaitGroup
+	var (
+		serving sync.WaitGroup
+		mu      sync.Mutex
+		open    = map[net.Conn]struct{}{}
+	)
 	t.Cleanup(func() {
 		_ = ln.Close()
-		conns.Wait()
+		mu.Lock()
+		for c := range open {
+			_ = c.Close()
+		}
+		open = nil
+		mu.Unlock()
+		serving.Wait()
 	})
 	go func() {
 		for {
@@ -76,7 +88,20 @@ func serveLoopback(t *testing.T, serve func(net.Conn)) string {
 			if err != nil {
 				return
 			}
-			conns.Go(func() { serve(c) })
+			mu.Lock()
+			if open == nil { // accepted as the cleanup ran
+				mu.Unlock()
+				_ = c.Close()
+				return
+			}
+			open[c] = struct{}{}
+			mu.Unlock()
+			serving.Go(func() {
+				serve(c)
+				mu.Lock()
+				delete(open, c)
+				mu.Unlock()
+			})
 		}
 	}()
 	return ln.Addr().String()
