@@ -12,6 +12,11 @@
 // As a proxy it:
 //   - waits for a free upstream connection (at most -max-conns) within the
 //     request's budget, and answers 504 if the budget runs out first;
+//   - sends an idempotent request (GET, HEAD, OPTIONS, TRACE, PUT, DELETE)
+//     once more, on a new connection, when the upstream closed its
+//     connection without answering (one it had closed while idle: a
+//     keep-alive timeout shorter than the gateway's 10 s, or a restart);
+//     any other request gets 502 then, and no request is retried otherwise;
 //   - answers 504 with one body, {"detail":"Request processing time exceeded
 //     limit"}, whether the deadline is seen by the middleware or by the
 //     upstream call, and 502 only when the upstream fails;
@@ -239,8 +244,10 @@ func answerJSON(ctx *fasthttp.RequestCtx, status int, body string) {
 // counters, everything else goes to the upstream, bounded by fasttimeout.
 func newGateway(o options, stats *fasttimeout.Stats) fasthttp.RequestHandler {
 	upstream := &fasthttp.HostClient{
-		Addr:                      o.upstream,
-		MaxIdemponentCallAttempts: 1, // a retry would only eat the caller's budget
+		Addr: o.upstream,
+		// No retry, which would only eat the caller's budget, but the one
+		// of resendIfClosedIdle.
+		MaxIdemponentCallAttempts: 2,
 		MaxConns:                  o.maxConns,
 		// Wait for a free connection rather than fail at once (502 would
 		// claim the upstream misbehaved): the request's deadline, never
@@ -248,6 +255,7 @@ func newGateway(o options, stats *fasttimeout.Stats) fasthttp.RequestHandler {
 		MaxConnWaitTimeout: o.timeout,
 		StreamResponseBody: true,
 	}
+	upstream.RetryIfErr = resendIfClosedIdle(upstream)
 	proxy := fasttimeout.New(forwardTo(upstream, o.trustEnvoy), fasttimeout.Config{
 		Timeout:              o.timeout,
 		HonorDeadlineHeaders: true,
@@ -262,6 +270,35 @@ func newGateway(o options, stats *fasttimeout.Stats) fasthttp.RequestHandler {
 			return
 		}
 		proxy(ctx)
+	}
+}
+
+// resendIfClosedIdle is upstream's RetryIfErr: a request that found its
+// connection closed by the upstream (no answer, or a reset) is sent once
+// more, on a new connection, if its method is idempotent (RFC 9110 §9.2.2
+// allows that after a connection failure). The connection was most likely
+// one the upstream closed while it sat idle in the pool, its keep-alive
+// timeout being shorter than the client's 10 s (Node's is 5 s), or the
+// upstream having restarted; the other idle ones may be closed as well, so
+// they are dropped and the retry dials. A request that is not idempotent
+// gets 502: the upstream may have acted on it. The retry keeps the
+// request's deadline.
+func resendIfClosedIdle(upstream *fasthttp.HostClient) fasthttp.RetryIfErrFunc {
+	return func(req *fasthttp.Request, _ int, err error) (resetTimeout, retry bool) {
+		// fasthttp reports a connection closed before any answer as io.EOF
+		// here, and as ErrConnectionClosed once it gives up.
+		closed := err == io.EOF || errors.Is(err, fasthttp.ErrConnectionClosed) ||
+			errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+		if !closed {
+			return false, false
+		}
+		upstream.CloseIdleConnections()
+		switch string(req.Header.Method()) {
+		case fasthttp.MethodGet, fasthttp.MethodHead, fasthttp.MethodOptions, fasthttp.MethodTrace,
+			fasthttp.MethodPut, fasthttp.MethodDelete:
+			return false, true
+		}
+		return false, false
 	}
 }
 

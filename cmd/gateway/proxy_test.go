@@ -372,6 +372,41 @@ func TestProxyUpstreamConnections(t *testing.T) {
 		assert.Equal(t, fasthttp.StatusOK, <-statuses, "the second waited for the connection instead of a 502")
 	})
 
+	// An upstream whose keep-alive timeout is shorter than the gateway's
+	// idle one (Node's is 5 s, fasthttp's client keeps 10 s), or that
+	// restarted, has closed connections the gateway still holds idle.
+	for _, tc := range []struct {
+		method string
+		want   int
+	}{
+		{method: "GET", want: fasthttp.StatusOK},          // idempotent: sent again on a new connection
+		{method: "DELETE", want: fasthttp.StatusOK},       // as is every idempotent method
+		{method: "POST", want: fasthttp.StatusBadGateway}, // the upstream may have acted on it: never sent twice
+	} {
+		t.Run("a "+tc.method+" on a connection the upstream closed while idle", func(t *testing.T) {
+			var accepted atomic.Int64
+			upstream := serveLoopback(t, func(c net.Conn) {
+				defer c.Close() // after one answer, without saying so
+				accepted.Add(1)
+				_ = c.SetDeadline(time.Now().Add(waitTimeout))
+				var req fasthttp.Request
+				if req.Read(bufio.NewReader(c)) == nil {
+					_, _ = c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+				}
+			})
+			t.Setenv("REQUEST_TIMEOUT", "30s")
+			gateway := startGateway(t, "-upstream", upstream)
+
+			require.Equal(t, fasthttp.StatusOK, call(t, gateway, "GET", "/", "").StatusCode())
+			resp := call(t, gateway, tc.method, "/", "")
+			assert.Equal(t, tc.want, resp.StatusCode(), "%s", resp.Body())
+			if tc.want == fasthttp.StatusOK {
+				assert.Equal(t, "ok", string(resp.Body()))
+				assert.Equal(t, int64(2), accepted.Load(), "one new connection")
+			}
+		})
+	}
+
 	t.Run("answers 504, not 502, when the budget runs out waiting", func(t *testing.T) {
 		arrived := make(chan struct{}, 1)
 		release := make(chan struct{})
