@@ -27,6 +27,8 @@
 //   - forwards trailer fields both ways (a response's when the upstream
 //     sends its body chunked, as the gateway then does too);
 //   - appends the caller's address to X-Forwarded-For, in one line;
+//   - speaks HTTP/1.1 to the upstream, and gives a request without a host
+//     (HTTP/1.0) the upstream's address as Host;
 //   - adds no Content-Type to an upstream response that has none;
 //   - removes the caller's X-Envoy-* headers (Envoy's retry and timeout
 //     controls), as Envoy does for external requests, unless
@@ -256,7 +258,7 @@ func newGateway(o options, stats *fasttimeout.Stats) fasthttp.RequestHandler {
 		StreamResponseBody: true,
 	}
 	upstream.RetryIfErr = resendIfClosedIdle(upstream)
-	proxy := fasttimeout.New(forwardTo(upstream, o.trustEnvoy), fasttimeout.Config{
+	proxy := fasttimeout.New(forwardTo(upstream, o.upstream, o.trustEnvoy), fasttimeout.Config{
 		Timeout:              o.timeout,
 		HonorDeadlineHeaders: true,
 		DeadlineMargin:       o.margin,
@@ -360,15 +362,23 @@ const envoyPrefix = "X-Envoy-"
 
 // forwardTo sends each request to upstream with the time it has left, and
 // streams its answer back; it answers with the timeout response if the
-// time ran out, and 502 if the upstream failed. The caller's X-Envoy-*
-// headers are forwarded only if trustEnvoy.
-func forwardTo(upstream fasttimeout.Doer, trustEnvoy bool) fasthttp.RequestHandler {
+// time ran out, and 502 if the upstream failed. A request without a host
+// (HTTP/1.0 allows that) is sent with host, the upstream's address. The
+// caller's X-Envoy-* headers are forwarded only if trustEnvoy.
+func forwardTo(upstream fasttimeout.Doer, host string, trustEnvoy bool) fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
 		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 		defer fasthttp.ReleaseRequest(req)
 		ctx.Request.CopyTo(req)
 		removeHopByHop(&req.Header)
+		// HTTP/1.1 upstream whatever the caller spoke, as net/http's
+		// ReverseProxy does: an HTTP/1.0 request would close its upstream
+		// connection after each answer.
+		req.Header.SetProtocol("HTTP/1.1")
 		req.Header.ResetConnectionClose() // the caller's connection, not ours
+		if len(req.URI().Host()) == 0 {
+			req.URI().SetHost(host) // fasthttp's client refuses a request without one
+		}
 		if !trustEnvoy {
 			removeEnvoyHeaders(&req.Header)
 		}

@@ -218,6 +218,37 @@ func TestProxyHeaders(t *testing.T) {
 			"a reader of the first line (Peek) sees the whole chain, the gateway's entry last")
 	})
 
+	t.Run("forwards an HTTP/1.0 request as HTTP/1.1, with a Host if it had none", func(t *testing.T) {
+		var accepted atomic.Int64
+		got := make(chan string, 2)
+		upstream := serveLoopback(t, func(c net.Conn) {
+			defer c.Close()
+			accepted.Add(1)
+			_ = c.SetDeadline(time.Now().Add(waitTimeout))
+			br := bufio.NewReader(c)
+			for {
+				var req fasthttp.Request
+				if req.Read(br) != nil {
+					return
+				}
+				got <- string(req.Header.Protocol()) + " " + string(req.Header.Host())
+				if _, err := c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")); err != nil {
+					return
+				}
+			}
+		})
+		gateway := startGateway(t, "-upstream", upstream)
+
+		// An old health checker (HAProxy's httpchk) sends no Host.
+		for _, request := range []string{"GET / HTTP/1.0\r\n\r\n", "GET / HTTP/1.0\r\nHost: example.com\r\n\r\n"} {
+			resp := rawCall(t, gateway, request)
+			require.Equal(t, fasthttp.StatusOK, resp.StatusCode(), "%q: %s", request, resp.Body())
+		}
+		assert.Equal(t, "HTTP/1.1 "+upstream, <-got, "the upstream's address, when the caller sent no Host")
+		assert.Equal(t, "HTTP/1.1 example.com", <-got)
+		assert.Equal(t, int64(1), accepted.Load(), "one upstream connection, kept alive")
+	})
+
 	t.Run("adds no Content-Type the upstream did not send", func(t *testing.T) {
 		upstream := startRawUpstream(t, func(*fasthttp.Request) string {
 			return "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 4\r\n\r\n\x89PNG"
@@ -541,7 +572,7 @@ func TestProxyTimeoutBody(t *testing.T) {
 		handler fasthttp.RequestHandler
 	}{
 		// The upstream call sees the deadline first: forwardTo answers.
-		{name: "when the upstream call times out", handler: fasttimeout.New(forwardTo(timingOut{}, false), fasttimeout.Config{Timeout: time.Minute})},
+		{name: "when the upstream call times out", handler: fasttimeout.New(forwardTo(timingOut{}, "upstream.invalid", false), fasttimeout.Config{Timeout: time.Minute})},
 		// The middleware sees it first: it answers.
 		{name: "when the middleware times out", handler: fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
 			<-fasttimeout.Context(ctx).Done()
