@@ -2,6 +2,7 @@ package fasttimeout
 
 import (
 	"encoding/json"
+	"math"
 	"sync/atomic"
 	"time"
 )
@@ -219,7 +220,8 @@ type Histogram struct {
 	Counts []int64
 	// Count is the number of observations, the sum of Counts.
 	Count int64
-	// Sum is the sum of the observations.
+	// Sum is the sum of the observations; it stays at the largest
+	// Duration (about 292 years) rather than wrap past it.
 	Sum time.Duration
 }
 
@@ -238,7 +240,14 @@ func (h *histogram) observe(d time.Duration) {
 		i++
 	}
 	h.counts[i].Add(1)
-	h.sum.Add(int64(d))
+	// The sum of non-negative durations goes below zero only past the ~292
+	// years a Duration holds, which a server with thirty late handlers a
+	// second, each 10 s late, reaches within a year of uptime: it stays at
+	// the most a Duration holds rather than wrap, so that a Prometheus _sum
+	// never falls (see snapshot, for an add in between).
+	if h.sum.Add(int64(d)) < 0 {
+		h.sum.Store(math.MaxInt64)
+	}
 }
 
 func (h *histogram) snapshot() Histogram {
@@ -246,6 +255,9 @@ func (h *histogram) snapshot() Histogram {
 		Bounds: append([]time.Duration(nil), histogramBounds[:]...),
 		Counts: make([]int64, len(h.counts)),
 		Sum:    time.Duration(h.sum.Load()),
+	}
+	if s.Sum < 0 { // wrapped, not yet stored back (see observe)
+		s.Sum = math.MaxInt64
 	}
 	for i := range h.counts {
 		s.Counts[i] = h.counts[i].Load()

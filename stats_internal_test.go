@@ -1,6 +1,7 @@
 package fasttimeout
 
 import (
+	"math"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -94,4 +95,18 @@ func TestStats_a_late_return_waits_for_its_timeout_to_be_counted(t *testing.T) {
 	c := stats.Snapshot()
 	assert.EqualValues(t, 1, c.Timeouts)
 	assert.Zero(t, c.LateRunning)
+}
+
+// The sum of a histogram stays at the largest Duration rather than wrap
+// below zero, which a Prometheus _sum would read as a counter reset.
+func TestHistogramSumSaturates(t *testing.T) {
+	t.Parallel()
+	var h histogram
+	half := time.Duration(math.MaxInt64/2 + 1)
+	for range 3 {
+		h.observe(half)
+	}
+	s := h.snapshot()
+	require.EqualValues(t, 3, s.Count)
+	require.Equal(t, time.Duration(math.MaxInt64), s.Sum)
 }
