@@ -334,6 +334,18 @@ func (b *requestContext) syncDeadline(deadline *atomic.Int64) bool {
 	return true
 }
 
+// moveBack gives the context back the deadline old, which an undone move
+// (see call.moveBack) changed to moved, even if it has ended since: a
+// context that ended with the request is not left saying its deadline
+// was later.
+func (b *requestContext) moveBack(moved, old int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.deadline.Load() == moved {
+		b.deadline.Store(old)
+	}
+}
+
 // expire cancels the context if its deadline is not after t, and reports
 // whether it is cancelled. Checking under the lock means a deadline moved
 // concurrently (setDeadline) is never missed.

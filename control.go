@@ -29,9 +29,9 @@ import (
 // Extend.
 //
 // Disarm reports whether the deadline is now off: false if ctx is not
-// bounded by New or its deadline has passed (whether or not the timeout has
-// been answered yet). Inside nested News it switches off each one's
-// deadline, innermost first, until one has passed.
+// bounded by New, its deadline has passed (whether or not the timeout has
+// been answered yet) or its client has hung up. Inside nested News it
+// switches off each one's deadline, innermost first, until one has passed.
 func Disarm(ctx *fasthttp.RequestCtx) bool {
 	c := lookup(ctx)
 	ok := c != nil
@@ -43,10 +43,11 @@ func Disarm(ctx *fasthttp.RequestCtx) bool {
 
 // Extend moves the deadline of the request ctx d later, from inside its
 // handler; the context's Deadline moves with it. It reports false, and
-// changes nothing, if ctx is not bounded by New, its deadline has passed, or
-// it has been disarmed. Inside nested News each one's deadline moves,
-// innermost first, until one cannot. A handler whose deadline moved later
-// counts, for the adaptive limit, as a disarmed one does (see Disarm).
+// changes nothing, if ctx is not bounded by New, its deadline has passed,
+// its client has hung up, or it has been disarmed. Inside nested News each
+// one's deadline moves, innermost first, until one cannot. A handler whose
+// deadline moved later counts, for the adaptive limit, as a disarmed one
+// does (see Disarm).
 func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
 	c := lookup(ctx)
 	if c == nil || d < 0 || !c.extend(d) {
@@ -60,6 +61,18 @@ func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
 		}
 	}
 	return true
+}
+
+// moveBack gives the call the deadline old it had before a move that is
+// being undone (see extend), and its context too, even if that has ended
+// since: the deadline goes back, never later, so a handler that returns
+// after its context's end is still late. No other move can come meanwhile:
+// the call is gone.
+func (c *call) moveBack(old int64) {
+	moved := c.deadline.Swap(old)
+	if b := c.bridge.Load(); b != nil && moved != old {
+		b.moveBack(moved, old)
+	}
 }
 
 // disarm switches the call's deadline off (see Disarm).
@@ -108,15 +121,28 @@ func (c *call) extend(d time.Duration) bool {
 		if !c.state.CompareAndSwap(s, s&^phaseMask|callMoving) {
 			continue
 		}
-		c.deadline.Store(deadlineAfter(c.deadline.Load(), d))
+		old := c.deadline.Load()
+		c.deadline.Store(deadlineAfter(old, d))
+		if hook := testHookMove.Load(); hook != nil {
+			(*hook)(c)
+		}
 		c.syncContext()
 		c.rearm()
 		// Running again, one move on: a timer that read the state and the
-		// old deadline before the move fails its compare-and-swap. The
-		// call may have finished or lost its client meanwhile; then it
-		// stays so.
+		// old deadline before the move fails its compare-and-swap.
 		moved := s&^(movesMask|phaseMask) | (s+moveStep)&movesMask | callRunning
-		c.state.CompareAndSwap(s&^phaseMask|callMoving, moved)
+		if !c.state.CompareAndSwap(s&^phaseMask|callMoving, moved) {
+			// The client hung up meanwhile (or the handler returned, on
+			// another goroutine): the request is over, and the move did
+			// not happen, as in cooperative mode, whose move fails on the
+			// context the hang-up ended. A gone call stays its late
+			// handler's until it returns, so its deadline can go back; a
+			// finished one may already serve the next request.
+			if c.phase() == callGone {
+				c.moveBack(old)
+			}
+			return false
+		}
 		if d > 0 {
 			c.countMoved()
 		}
@@ -191,7 +217,8 @@ func (c *call) moveDeadline(move func(int64) (int64, bool)) bool {
 	}
 }
 
-// testHookMove, set only by tests, runs in moveDeadline between its swap of
-// the call's deadline and its sync of the context, where other moves and
-// the housekeeper's expiry may come.
+// testHookMove, set only by tests, runs in moveDeadline and in a racing
+// call's extend between their store of the call's deadline and their sync
+// of the context, where other moves, the housekeeper's expiry and the
+// client's hang-up may come.
 var testHookMove atomic.Pointer[func(*call)]
