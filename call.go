@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -97,6 +98,12 @@ type call struct {
 	start    int64                          // when the request arrived; read by the server goroutine
 	admitted int64                          // when it got its concurrency slot, or started without a limit
 	slot     atomic.Uint32                  // slotHeld, slotMoved or slotReleased: the slot's part in the adaptive limit's count of moved handlers
+
+	// Inside nested News (see moveNested): the outermost call's moves
+	// serialises their Disarm and Extend, and under it each call's
+	// movedFrom keeps its deadline from before the move in progress.
+	moves     sync.Mutex
+	movedFrom int64
 
 	// Watching the client for a hang-up (hangup.go). conn is written by
 	// begin before watch is, and read only by whoever moves watch from

@@ -28,35 +28,70 @@ import (
 // sample from their return; the same goes for a handler that called
 // Extend.
 //
-// Disarm reports whether the deadline is now off: false if ctx is not
-// bounded by New, its deadline has passed (whether or not the timeout has
-// been answered yet) or its client has hung up. Inside nested News it
-// switches off each one's deadline, innermost first, until one has passed.
+// Disarm reports whether the deadline is now off: false, and nothing
+// changes, if ctx is not bounded by New, its deadline has passed (whether or
+// not the timeout has been answered yet) or its client has hung up. Inside
+// nested News it switches off every one's deadline, or, if one of them
+// cannot be, none.
 func Disarm(ctx *fasthttp.RequestCtx) bool {
 	c := lookup(ctx)
-	ok := c != nil
-	for ; ok && c != nil; c = c.outer { // nested News each bound the request
-		ok = c.disarm()
+	switch {
+	case c == nil:
+		return false
+	case c.outer != nil:
+		return c.moveNested(false, (*call).disarm)
 	}
-	return ok
+	return c.disarm()
 }
 
 // Extend moves the deadline of the request ctx d later, from inside its
 // handler; the context's Deadline moves with it. It reports false, and
-// changes nothing, if ctx is not bounded by New, its deadline has passed,
-// its client has hung up, or it has been disarmed. Inside nested News each
-// one's deadline moves, innermost first, until one cannot. A handler whose
-// deadline moved later counts, for the adaptive limit, as a disarmed one
-// does (see Disarm).
+// changes nothing, if ctx is not bounded by New, d is negative, its
+// deadline has passed, its client has hung up, or it has been disarmed.
+// Inside nested News every one's deadline moves, or, if one of them cannot,
+// none does (an enclosing New disarmed before the inner one began has no
+// deadline to move, and is left so). A handler whose deadline moved later
+// counts, for the adaptive limit, as a disarmed one does (see Disarm).
 func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
 	c := lookup(ctx)
-	if c == nil || d < 0 || !c.extend(d) {
+	switch {
+	case c == nil || d < 0:
 		return false
+	case c.outer != nil:
+		return c.moveNested(true, func(c *call) bool { return c.extend(d) })
 	}
-	for c = c.outer; c != nil; c = c.outer {
-		// An enclosing New disarmed before this one began has no
-		// deadline to move.
-		if c.deadline.Load() != noDeadline && !c.extend(d) {
+	return c.extend(d)
+}
+
+// moveNested moves the deadline of call c, inside nested News, and of each
+// enclosing call with move, innermost first, and reports whether every one
+// moved. Enclosing calls disarmed before c began are skipped if skipDisarmed
+// (Extend: no deadline to move). If one cannot move (its deadline passed,
+// or its client hung up, since the one inside it moved), those already
+// moved are moved back, so that a handler told false does not find a
+// deadline moved inside (Remaining, its context's Deadline) while the
+// request times out outside. They are all inline calls: only the outermost
+// can race, and it moves last.
+//
+// The moves of one request are serialised on its outermost call's lock:
+// between a move and its undoing, no other Disarm or Extend can move the
+// same deadlines, so moving back is restoring the deadline each had.
+func (c *call) moveNested(skipDisarmed bool, move func(*call) bool) bool {
+	root := c
+	for root.outer != nil {
+		root = root.outer
+	}
+	root.moves.Lock()
+	defer root.moves.Unlock()
+	for l := c; l != nil; l = l.outer {
+		l.movedFrom = l.deadline.Load()
+		if skipDisarmed && l != c && l.movedFrom == noDeadline {
+			continue
+		}
+		if !move(l) {
+			for m := c; m != l; m = m.outer {
+				m.moveBack(m.movedFrom)
+			}
 			return false
 		}
 	}
@@ -64,10 +99,10 @@ func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
 }
 
 // moveBack gives the call the deadline old it had before a move that is
-// being undone (see extend), and its context too, even if that has ended
-// since: the deadline goes back, never later, so a handler that returns
-// after its context's end is still late. No other move can come meanwhile:
-// the call is gone.
+// being undone (see extend and moveNested), and its context too, even if
+// that has ended since: the deadline goes back, never later, so a handler
+// that returns after its context's end is still late. No other move can
+// come meanwhile: the call is gone, or the nested moves' lock is held.
 func (c *call) moveBack(old int64) {
 	moved := c.deadline.Swap(old)
 	if b := c.bridge.Load(); b != nil && moved != old {

@@ -232,3 +232,75 @@ func getResponse(t *testing.T, h fasthttp.RequestHandler) *fasthttp.Response {
 	require.NoError(t, resp.Read(bufio.NewReader(conn)))
 	return resp
 }
+
+// Inside nested News, Extend and Disarm move the inner deadline, then the
+// outer one. When the outer one could not move, its deadline having passed
+// in between (here: the test hook holds the inner move until the outer
+// request has timed out), they reported false but left the inner deadline
+// moved: Remaining and the inner context said an hour was left (or no
+// deadline) while the request timed out, and the inner New, its handler
+// returning "in time", counted no timeout. A move that fails at any level
+// now moves none. Not parallel: it sets the process's test hook.
+func TestNested_move_that_fails_outside_moves_nothing_inside(t *testing.T) {
+	const hookWait = 10 * time.Second // a hang detector, not a speed requirement
+	for _, mode := range []Mode{Racing, Cooperative} {
+		for _, move := range []string{"Extend", "Disarm"} {
+			t.Run(mode.String()+"/"+move, func(t *testing.T) {
+				type seen struct {
+					hooked, outerEnded bool // the interleaving was set up
+					moved              bool
+					left               time.Duration
+					hasLeft            bool
+					deadline           time.Time // of the inner context, made after the move
+					hasDeadline        bool
+					outerDeadline      int64
+				}
+				innerStats := new(Stats)
+				var s seen
+				inner := New(func(ctx *fasthttp.RequestCtx) {
+					s = seen{}
+					c := lookup(ctx)
+					hook := func(mc *call) {
+						if mc != c || s.hooked {
+							return // another test's request, or the outer move
+						}
+						s.hooked = true
+						select { // the outer deadline passes, and its request times out
+						case <-c.outer.context().Done():
+							s.outerEnded = true
+						case <-time.After(hookWait):
+						}
+					}
+					testHookMove.Store(&hook)
+					defer testHookMove.Store(nil)
+					if move == "Disarm" {
+						s.moved = Disarm(ctx)
+					} else {
+						s.moved = Extend(ctx, time.Hour)
+					}
+					s.left, s.hasLeft = Remaining(ctx)
+					s.deadline, s.hasDeadline = Context(ctx).Deadline()
+					s.outerDeadline = c.outer.deadline.Load()
+				}, Config{Timeout: time.Hour, Stats: innerStats})
+				got := make(chan seen, 1)
+				outer := New(func(ctx *fasthttp.RequestCtx) {
+					_ = Context(ctx) // the outer request's context, ended at its deadline
+					inner(ctx)
+					got <- s
+				}, Config{Timeout: time.Second, Mode: mode})
+
+				resp := getResponse(t, outer)
+				r := <-got
+				require.True(t, r.hooked, "the inner move started before the deadline")
+				require.True(t, r.outerEnded, "the outer request timed out while the inner deadline moved")
+				assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
+				assert.False(t, r.moved, "%s reports false", move)
+				assert.True(t, r.hasLeft, "the inner deadline is still on")
+				assert.LessOrEqual(t, r.left, time.Duration(0), "the inner deadline has passed: it did not move")
+				require.True(t, r.hasDeadline, "the inner context has a deadline")
+				assert.Equal(t, epoch.Add(time.Duration(r.outerDeadline)), r.deadline, "the inner context's deadline is the outer one, unmoved")
+				assert.Equal(t, int64(1), innerStats.Snapshot().Timeouts, "the inner New timed its handler out")
+			})
+		}
+	}
+}
