@@ -172,8 +172,9 @@ func (c *call) extend(d time.Duration) bool {
 			// not happen, as in cooperative mode, whose move fails on the
 			// context the hang-up ended. A gone call stays its late
 			// handler's until it returns, so its deadline can go back; a
-			// finished one may already serve the next request.
-			if c.phase() == callGone {
+			// finished one may already serve the next request, gone in its
+			// turn: only this generation's is moved back.
+			if cur := c.state.Load(); cur&phaseMask == callGone && cur&^(generation-1) == s&^(generation-1) {
 				c.moveBack(old)
 			}
 			return false
