@@ -129,7 +129,7 @@ type requestContext struct {
 	serverDone <-chan struct{}
 	hasDone    atomic.Bool                     // done is set; it never changes after
 	done       chan struct{}                   // made on the first Done call, under mu
-	causes     atomic.Pointer[context.Context] // &timeoutCause or &shutdownCause once cancelled with one
+	causes     atomic.Pointer[context.Context] // &timeoutCause, &shutdownCause or &goneCause once cancelled with one
 	outside    bool                            // made outside New: ends only with the server
 
 	// Watched by the housekeeper (cooperative mode): in the shard of the
@@ -348,7 +348,7 @@ func (b *requestContext) moveBack(moved, old int64) {
 
 // expire cancels the context if its deadline is not after t, and reports
 // whether it is cancelled. Checking under the lock means a deadline moved
-// concurrently (setDeadline) is never missed.
+// concurrently (syncDeadline) is never missed.
 func (b *requestContext) expire(t int64) bool {
 	b.mu.Lock()
 	var funcs []*afterFunc
