@@ -81,6 +81,9 @@ func (h *housekeeper) nudge() {
 	}
 }
 
+// run is the housekeeper's goroutine: each tick it cancels what is due,
+// every restPeriod it retires idle workers, and it returns once it has
+// none left and no context to watch.
 func (h *housekeeper) run() {
 	ticker := time.NewTicker(h.precision)
 	defer ticker.Stop()
@@ -92,7 +95,7 @@ func (h *housekeeper) run() {
 			ticker.Reset(h.precision)
 		}
 		t := now()
-		h.watchCalls(t)
+		h.cancelRacingAtShutdown(t)
 		busy := h.expireContexts(t)
 		if t-lastRetire >= int64(restPeriod) {
 			lastRetire = t
@@ -113,11 +116,12 @@ func (h *housekeeper) run() {
 	}
 }
 
-// watchCalls cancels the contexts of racing calls whose server is shutting
-// down. Deadlines are not its business: each racing call has its own timer
-// (see call.settle); so racing calls alone never keep the housekeeper from
-// resting, and shutdown reaches their contexts within a rest period.
-func (h *housekeeper) watchCalls(t int64) {
+// cancelRacingAtShutdown cancels the contexts of racing calls whose server
+// is shutting down. Deadlines are not its business: each racing call has its
+// own timer (see worker.fire); so racing calls alone never keep the
+// housekeeper from resting, and shutdown reaches their contexts within a
+// rest period.
+func (h *housekeeper) cancelRacingAtShutdown(t int64) {
 	workers := h.snapshot.Load()
 	if workers == nil {
 		return
@@ -146,6 +150,7 @@ type serverWatch struct {
 	isDone bool
 }
 
+// closed reports whether done is closed.
 func (s *serverWatch) closed(done <-chan struct{}) bool {
 	if done != s.last {
 		s.last = done

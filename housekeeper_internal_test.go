@@ -74,8 +74,8 @@ func TestHousekeeper_shutdown_after_a_racing_deadline(t *testing.T) {
 			<-time.After(time.Until(deadline))
 		}
 		close(past)
-		<-ctx.Done()                         // the server is shutting down
-		call.m.housekeeper.watchCalls(now()) // a scan sees it before the timer runs
+		<-ctx.Done()                                     // the server is shutting down
+		call.m.housekeeper.cancelRacingAtShutdown(now()) // a scan sees it before the timer runs
 		call.timer.Reset(0)
 		<-c.Done()
 		causes <- context.Cause(c)
