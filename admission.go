@@ -115,14 +115,15 @@ type limiter struct {
 	// Refusals for the backlog in front of the middleware (backlog.go).
 	shed       atomic.Uint32 // probability of refusing a request at once, in 1/2³² units
 	shedAt     atomic.Int64  // when shed was last moved
-	shedMu     sync.Mutex
-	shedTarget int64
-	// refused and served count the requests refused and, by the samples
-	// weighted by the sampling rate, the handlers that returned in time,
-	// for the capacity estimate. Guarded by shedMu: the capacity in answers
-	// in time per nanosecond, and the counts at the last update.
-	refused      atomic.Int64
-	served       atomic.Int64
+	shedMu     sync.Mutex    // held by the goroutine moving shed (updateShed)
+	shedTarget int64         // the run queue's wait above which shed rises (backlogTarget)
+	// The counts behind the capacity estimate: the requests refused, and
+	// the handlers that returned in time (the samples, weighted by the
+	// sampling rate).
+	refused atomic.Int64
+	served  atomic.Int64
+	// Guarded by shedMu: the capacity in answers in time per nanosecond,
+	// the arrivals per nanosecond, and the counts at the last update.
 	capacity     float64
 	arrivalRate  float64
 	lastArrivals int64
@@ -187,7 +188,8 @@ var waiterPool = sync.Pool{New: func() any {
 }}
 
 // newLimiter returns a limiter of max slots (with adaptive, the ceiling of
-// its limit) for a middleware whose handlers running late late counts.
+// its limit) for a middleware with timeout, counting in stats; late counts
+// the middleware's handlers running late.
 func newLimiter(max int64, adaptive bool, timeout time.Duration, stats *Stats, late *atomic.Int64) *limiter {
 	// No more handlers than slots can count (32 bits) ever hold a slot, so
 	// a greater limit says no more; and Stats sums the limits of the
@@ -503,8 +505,9 @@ func (l *limiter) adapt(t int64) {
 
 	if l.probeFrom.Load() != 0 {
 		if n > 0 {
-			// The lower quartile: the first samples of a probe may
-			// still have waited behind the load before it.
+			// The lower quartile (medianOf sorts the samples): the first
+			// samples of a probe may still have waited behind the load
+			// before it.
 			medianOf(rtts[:k])
 			l.minRTT = rtts[k/4]
 			l.endProbe(t, l.restore)
