@@ -403,21 +403,3 @@ func embeddedConn(conn net.Conn) (net.Conn, bool) {
 	inner, _ := v.Elem().Field(f.Index[0]).Interface().(net.Conn)
 	return inner, inner != nil
 }
-
-// connFD returns the descriptor of the socket under conn, for tests and
-// diagnostics: the number may be stale as soon as it is returned.
-func connFD(conn net.Conn) (int, bool) {
-	sock, _, ok := socketOf(conn)
-	if !ok {
-		return 0, false
-	}
-	rc, err := sock.SyscallConn()
-	if err != nil {
-		return 0, false
-	}
-	fd := -1
-	if err := rc.Control(func(d uintptr) { fd = int(d) }); err != nil || fd < 0 {
-		return 0, false
-	}
-	return fd, true
-}

@@ -845,3 +845,21 @@ func waitFor(cond func() bool) bool {
 	}
 	return false
 }
+
+// connFD returns the descriptor of the socket under conn: the number may be
+// stale as soon as it is returned.
+func connFD(conn net.Conn) (int, bool) {
+	sock, _, ok := socketOf(conn)
+	if !ok {
+		return 0, false
+	}
+	rc, err := sock.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	fd := -1
+	if err := rc.Control(func(d uintptr) { fd = int(d) }); err != nil || fd < 0 {
+		return 0, false
+	}
+	return fd, true
+}
