@@ -220,6 +220,15 @@ func (c *call) settle(outcome uint64, t int64) bool {
 	return true
 }
 
+// settleOrTimeOut settles the call at t with outcome (callFinished or
+// callGone), unless its deadline has passed by then: late is late, even if
+// its timer has not run yet (a loaded or stalled process), and then the
+// call times out. It reports whether this caller settled the call, either
+// way.
+func (c *call) settleOrTimeOut(outcome uint64, t int64) bool {
+	return c.settle(callTimedOut, t) || c.settle(outcome, t)
+}
+
 // awaitCounted waits, on a late handler's return, until whoever settled its
 // call late (the call's timer or the hang-up callback, on their own
 // goroutines) has counted the timeout or hang-up and marked the handler

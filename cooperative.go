@@ -66,9 +66,7 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 	t := now()
 	// Settle the call before its watch ends: from then on, a hang-up no
 	// longer changes it.
-	if !c.settle(callTimedOut, t) {
-		c.settle(callFinished, t)
-	}
+	c.settleOrTimeOut(callFinished, t)
 	c.unwatchClient()
 	over, overAt, start := c.phase(), c.overAt.Load(), c.start
 	m.release(c, t, over == callFinished)
@@ -140,8 +138,5 @@ func (c *call) recycle() {
 // does: nothing settles a cooperative call at its deadline but its return,
 // so the hang-up settles that first.
 func (c *call) hungUp() {
-	t := now()
-	if !c.settle(callTimedOut, t) {
-		c.settle(callGone, t)
-	}
+	c.settleOrTimeOut(callGone, now())
 }

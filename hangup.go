@@ -189,8 +189,7 @@ var testHookUnwatch atomic.Pointer[func(*call)]
 // cooperative call's onGone only settles it: its handler runs on the server
 // goroutine, which finds the call settled when it returns.
 func (w *worker) hungUp() {
-	t := now()
-	if w.call.settle(callTimedOut, t) || w.call.settle(callGone, t) {
+	if w.call.settleOrTimeOut(callGone, now()) {
 		w.done <- struct{}{} // the server goroutine answers the timeout, or moves on
 	}
 }
