@@ -88,12 +88,13 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 	// and MaxLateHandlers shedding every later request), nor its response
 	// or its hijack handler, which would take the connection after the
 	// answer, to the client.
-	m.countLateReturn(time.Duration(t - overAt))
+	lateBy := time.Duration(t - overAt)
+	m.countLateReturn(lateBy)
 	ctx.Hijack(nil)
 	if over == callGone {
 		writeGoneResponse(&ctx.Response)
 	} else {
-		m.stats.answerLateness.observe(time.Duration(t - overAt))
+		m.stats.answerLateness.observe(lateBy)
 		ctx.Response.Reset()
 		m.writeTimeoutResponse(&ctx.Response)
 	}
@@ -105,7 +106,7 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 		m.reportPanic(ctx, v, stack)
 	}
 	if m.OnLateReturn != nil {
-		m.OnLateReturn(ctx, time.Duration(t-overAt))
+		m.OnLateReturn(ctx, lateBy)
 	}
 	switch {
 	case over == callGone && m.OnHangup != nil:
