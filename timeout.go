@@ -94,55 +94,10 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx, outer *call) (start, deadli
 		return 0, 0, 0, false
 	}
 	t := now()
-	start = t
-	// The server read the request at ctx.Time(); under load its goroutine
-	// may have run much later, and that wait counts against the budget. A
-	// RequestCtx set up by hand (Init) has no such time: it equals its
-	// ConnTime, and may be old.
-	if arrived := ctx.Time(); arrived.After(ctx.ConnTime()) {
-		start = min(start, int64(arrived.Sub(epoch)))
-	}
-	if m.HonorQueueHeaders {
-		wall := time.Now()
-		first, found, malformed := requestStart(&ctx.Request.Header, wall)
-		if malformed {
-			m.stats.badQueueHeaders.Add(1)
-		}
-		if found {
-			start = min(start, t-int64(wall.Sub(first)))
-		}
-	}
-	timeout := m.Timeout
-	if m.TimeoutFunc != nil {
-		if d := m.TimeoutFunc(ctx); d > 0 {
-			timeout = d
-		}
-	}
-	deadline = deadlineAfter(start, timeout) // math.MaxInt64 is a common "no timeout"
-	if m.HonorDeadlineHeaders {
-		budget, found, malformed := incomingBudget(&ctx.Request.Header)
-		if malformed {
-			m.stats.badHeaders.Add(1)
-		}
-		if found {
-			deadline = min(deadline, t+int64(budget-m.DeadlineMargin))
-		}
-	}
-	if outer != nil {
-		// Inside another New the request keeps the earlier deadline (see
-		// call.begin): its wait for a slot is a share of what is left of
-		// that, and a budget already spent there is spent here too.
-		deadline = min(deadline, outer.deadline.Load())
-	}
+	start = m.arrival(ctx, t)
+	deadline = m.requestDeadline(ctx, start, t, outer)
 	if deadline <= t || m.MaxQueueAge > 0 && t-start > int64(m.MaxQueueAge) {
-		// The caller's budget is spent before the handler could start.
-		m.stats.timeouts.Add(1)
-		m.stats.spentBudgets.Add(1)
-		ctx.SetUserValue(rejectKey{}, spentBudget)
-		m.writeTimeoutResponse(&ctx.Response)
-		if m.OnTimeout != nil {
-			m.OnTimeout(ctx, &ctx.Response)
-		}
+		m.answerSpent(ctx) // the caller's budget is spent before the handler could start
 		return 0, 0, 0, false
 	}
 	admitted = t
@@ -161,6 +116,75 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx, outer *call) (start, deadli
 		m.stats.inFlight.add(ctx.ConnID(), 1)
 	}
 	return start, deadline, admitted, true
+}
+
+// arrival returns when the request ctx, reaching the middleware at t,
+// arrived: when the server read it or, with HonorQueueHeaders, when the
+// proxy in front saw it, whichever is earlier.
+func (m *middleware) arrival(ctx *fasthttp.RequestCtx, t int64) int64 {
+	start := t
+	// The server read the request at ctx.Time(); under load its goroutine
+	// may have run much later, and that wait counts against the budget. A
+	// RequestCtx set up by hand (Init) has no such time: it equals its
+	// ConnTime, and may be old.
+	if arrived := ctx.Time(); arrived.After(ctx.ConnTime()) {
+		start = min(start, int64(arrived.Sub(epoch)))
+	}
+	if m.HonorQueueHeaders {
+		wall := time.Now()
+		first, found, malformed := requestStart(&ctx.Request.Header, wall)
+		if malformed {
+			m.stats.badQueueHeaders.Add(1)
+		}
+		if found {
+			start = min(start, t-int64(wall.Sub(first)))
+		}
+	}
+	return start
+}
+
+// requestDeadline returns the deadline of the request ctx, which arrived
+// at start and reaches the middleware at t: its timeout (TimeoutFunc's, or
+// Timeout) after start, or sooner for a caller's budget
+// (HonorDeadlineHeaders) or the deadline of outer, the call of an
+// enclosing New.
+func (m *middleware) requestDeadline(ctx *fasthttp.RequestCtx, start, t int64, outer *call) int64 {
+	timeout := m.Timeout
+	if m.TimeoutFunc != nil {
+		if d := m.TimeoutFunc(ctx); d > 0 {
+			timeout = d
+		}
+	}
+	deadline := deadlineAfter(start, timeout) // math.MaxInt64 is a common "no timeout"
+	if m.HonorDeadlineHeaders {
+		budget, found, malformed := incomingBudget(&ctx.Request.Header)
+		if malformed {
+			m.stats.badHeaders.Add(1)
+		}
+		if found {
+			deadline = min(deadline, t+int64(budget-m.DeadlineMargin))
+		}
+	}
+	if outer != nil {
+		// Inside another New the request keeps the earlier deadline (see
+		// call.begin): its wait for a slot is a share of what is left of
+		// that, and a budget already spent there is spent here too.
+		deadline = min(deadline, outer.deadline.Load())
+	}
+	return deadline
+}
+
+// answerSpent answers the request ctx with the timeout response without
+// running its handler: its budget was spent when it arrived (see
+// SpentBudget).
+func (m *middleware) answerSpent(ctx *fasthttp.RequestCtx) {
+	m.stats.timeouts.Add(1)
+	m.stats.spentBudgets.Add(1)
+	ctx.SetUserValue(rejectKey{}, spentBudget)
+	m.writeTimeoutResponse(&ctx.Response)
+	if m.OnTimeout != nil {
+		m.OnTimeout(ctx, &ctx.Response)
+	}
 }
 
 // countLateReturn counts the return of a handler late by late: after its
