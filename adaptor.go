@@ -55,6 +55,7 @@ type boundWriter struct {
 	ctx *fasthttp.RequestCtx
 }
 
+// Flush sends what the handler wrote so far (fasthttpadaptor's Flush).
 func (w *boundWriter) Flush() { w.ResponseWriter.(http.Flusher).Flush() }
 
 // Hijack fails with ErrTimeout once the deadline has passed (or the client
@@ -70,4 +71,5 @@ func (w *boundWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return w.ResponseWriter.(http.Hijacker).Hijack()
 }
 
+// Unwrap returns fasthttpadaptor's writer, for http.ResponseController.
 func (w *boundWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

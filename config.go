@@ -295,9 +295,10 @@ type settings struct {
 	stats            *Stats // Config.Stats, or a private one: timeouts and late handlers are always counted
 	retryAfterHeader string // RetryAfter in whole seconds, as the header wants it
 	countRequests    bool   // Config.Stats is set
-	watchHangups     bool
+	watchHangups     bool   // the platform can watch for hang-ups and Config.IgnoreHangups is off
 }
 
+// minPrecision is the least Config.Precision that New accepts.
 const minPrecision = 100 * time.Microsecond
 
 // resolve checks cfg and fills in its defaults. It panics on a

@@ -108,6 +108,7 @@ var (
 	goneCause     = cancelledWith(ErrClientGone)
 )
 
+// cancelledWith returns a context already cancelled with cause.
 func cancelledWith(cause error) context.Context {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	cancel(cause)
@@ -147,8 +148,12 @@ type requestContext struct {
 	afterFuncs []*afterFunc
 }
 
+// afterFunc is a function registered with AfterFunc; stop finds it by its
+// address.
 type afterFunc struct{ f func() }
 
+// newRequestContext returns the context of request ctx, with deadline, not
+// yet watched by any housekeeper.
 func newRequestContext(ctx *fasthttp.RequestCtx, deadline int64) *requestContext {
 	b := &requestContext{serverDone: serverDone(ctx), slot: -1}
 	b.request.Store(ctx)
@@ -391,6 +396,7 @@ func (b *requestContext) cancelLocked(err error, causes *context.Context) []*aft
 	return funcs
 }
 
+// runAfterFuncs starts each of funcs on a goroutine of its own.
 func runAfterFuncs(funcs []*afterFunc) {
 	for _, a := range funcs {
 		go a.f()

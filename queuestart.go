@@ -190,6 +190,7 @@ func traceSeconds(id []byte) (secs int64, ok bool) {
 	return secs, true
 }
 
+// hexDigit returns the value of the hexadecimal digit c.
 func hexDigit(c byte) (int64, bool) {
 	switch {
 	case c >= '0' && c <= '9':

@@ -233,6 +233,7 @@ type histogram struct {
 	sum    atomic.Int64
 }
 
+// observe records d, a negative one as zero.
 func (h *histogram) observe(d time.Duration) {
 	d = max(d, 0)
 	i := 0
@@ -250,6 +251,7 @@ func (h *histogram) observe(d time.Duration) {
 	}
 }
 
+// snapshot returns a copy of the histogram's counts and sum.
 func (h *histogram) snapshot() Histogram {
 	s := Histogram{
 		Bounds: append([]time.Duration(nil), histogramBounds[:]...),

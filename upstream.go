@@ -124,6 +124,7 @@ type upstreamTimeoutError struct {
 	err error // the client's error, or nil if the upstream was not called
 }
 
+// Error says that the upstream call ran out of time, and why.
 func (e *upstreamTimeoutError) Error() string {
 	if e.err == nil {
 		return "fasttimeout: no time left for the upstream call: request timed out"
@@ -131,6 +132,7 @@ func (e *upstreamTimeoutError) Error() string {
 	return "fasttimeout: upstream call out of time: " + e.err.Error()
 }
 
+// Unwrap returns ErrTimeout and the client's error, if any.
 func (e *upstreamTimeoutError) Unwrap() []error {
 	if e.err == nil {
 		return []error{ErrTimeout}
