@@ -42,7 +42,10 @@
 //   - [New] and [Config]: the middleware and its settings; [Mode].
 //   - [Context], [Remaining], [Disarm], [Extend]: what a handler may ask or
 //     change about its own deadline.
-//   - [Do] and [Doer]: an upstream call bounded by the request's deadline.
+//   - [Do] and [Doer]: an upstream call bounded by the request's deadline;
+//     [HeaderGRPCTimeout], [HeaderEnvoyExpectedTimeout] and
+//     [HeaderRequestTimeout]: the deadline headers it writes and, with
+//     [Config.HonorDeadlineHeaders], New reads.
 //   - [NetHTTPHandler]: a net/http handler under the middleware, with the
 //     request's context.
 //   - [TimeoutFromEnv] and [ParseTimeout]: a timeout from the environment.
@@ -52,5 +55,7 @@
 //     OpenTelemetry; [RejectReason]: why a request was refused;
 //     [SpentBudget]: whether it was answered without running, out of time.
 //   - [ErrTimeout], [ErrShutdown], [ErrClientGone]: the causes of a
-//     cancelled request context.
+//     cancelled request context; [HangupDelay] and
+//     [StatusClientClosedRequest]: when a client is watched, and the status
+//     of a request whose client left.
 package fasttimeout
