@@ -264,6 +264,14 @@ func (l *limiter) acquire(ctx *fasthttp.RequestCtx, t, deadline int64) (waited t
 	if l.waiting.Load() == 0 && l.tryAcquire() {
 		return 0, ""
 	}
+	return l.wait(ctx, t, deadline)
+}
+
+// wait is acquire's slow path, for request ctx that could not take a slot
+// at once at t (none free, or others waiting): unless a slot is free by the
+// time it holds the queue's lock, it queues the request for at most its
+// share of the time left until deadline, and returns as acquire does.
+func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline int64) (waited time.Duration, reason string) {
 	if l.adaptive && t-l.windowStart.Load() >= int64(maxWindow) {
 		l.adapt(t) // no window closed for long: late handlers may hold every slot
 	}
