@@ -18,14 +18,14 @@ type Stats struct {
 	inFlight stripedCounter
 	admitted stripedCounter
 
-	timeouts     atomic.Int64
-	lateRunning  atomic.Int64
-	lateFinished atomic.Int64
-	panics       atomic.Int64
-	shed         atomic.Int64
-	badHeaders   atomic.Int64
-	spentBudgets atomic.Int64
-	clientGone   atomic.Int64
+	timeouts           atomic.Int64
+	lateRunning        atomic.Int64
+	lateFinished       atomic.Int64
+	panics             atomic.Int64
+	shed               atomic.Int64
+	badDeadlineHeaders atomic.Int64
+	spentBudgets       atomic.Int64
+	clientGone         atomic.Int64
 
 	queued          atomic.Int64
 	rejectedFull    atomic.Int64
@@ -125,7 +125,7 @@ func (s *Stats) Snapshot() Counters {
 		SpentBudgets: s.spentBudgets.Load(),
 		ClientGone:   s.clientGone.Load(),
 
-		BadDeadlineHeaders: s.badHeaders.Load(),
+		BadDeadlineHeaders: s.badDeadlineHeaders.Load(),
 
 		Admitted:             s.admitted.load(),
 		Queued:               s.queued.Load(),

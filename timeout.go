@@ -159,7 +159,7 @@ func (m *middleware) requestDeadline(ctx *fasthttp.RequestCtx, start, t int64, o
 	if m.HonorDeadlineHeaders {
 		budget, found, malformed := incomingBudget(&ctx.Request.Header)
 		if malformed {
-			m.stats.badHeaders.Add(1)
+			m.stats.badDeadlineHeaders.Add(1)
 		}
 		if found {
 			deadline = min(deadline, t+int64(budget-m.DeadlineMargin))
