@@ -10,7 +10,8 @@ import (
 )
 
 // serveRacing is the handler New returns in racing mode: it runs the handler
-// on a worker and answers with what settles the call first (see callRunning).
+// on a worker and answers with what settles the call first (see the states
+// of a call in call.go).
 //
 // Inside another New's handler it runs the handler as cooperative mode
 // does: only the outermost New races, so that one request's RequestCtx is
@@ -61,6 +62,8 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 	}
 	c.ctx = nil
 	c.conn = nil
+	// The worker counts as last used at the request's start, which saves the
+	// fast path a reading of the clock: it is retired at most that much early.
 	if !c.panicked {
 		m.releaseWorker(w, connID, start)
 		return
