@@ -530,33 +530,9 @@ func (l *limiter) adapt(t int64) {
 	next := float64(limit)
 	switch {
 	case n > 0:
-		median := medianOf(rtts[:k])
-		if l.minRTT == 0 || median < l.minRTT {
-			l.minRTT = median
-		}
-		target := max(l.minRTT+l.minRTT/2, l.minRTT+int64(latencySlack))
-		if !binding && median > target && t-l.probedAt >= int64(earlyProbeEvery) {
-			probe = true // slower, or loaded below the limit: measure again
-		}
-		gradient := min(max(float64(target)/float64(median), 0.5), 1)
-		next *= gradient
-		switch {
-		case gradient == 1 && queued && (l.ssthresh == 0 || limit < l.ssthresh) && start-l.doubledAt >= median:
-			// Latency is fine and requests wait: a burst, or a limit
-			// that starts cold. Double, as TCP's slow start does,
-			// rather than refuse most of the burst while the limit
-			// creeps up by its square root, but not past ssthresh,
-			// and once per latency, as TCP's once per round trip: a
-			// window that began sooner after the last doubling holds
-			// the latency from before it.
-			next *= 2
-			if l.ssthresh != 0 {
-				next = min(next, float64(l.ssthresh))
-			}
-			l.doubledAt = t
-		case binding:
-			next += math.Sqrt(float64(limit))
-		}
+		var early bool
+		next, early = l.byLatency(limit, rtts[:k], start, t, binding, queued)
+		probe = probe || early
 	case drops > 0:
 		// Requests time out and none returns in time: the latency that
 		// would steer the limit is out of sight, so back off.
@@ -576,6 +552,42 @@ func (l *limiter) adapt(t int64) {
 		nextLimit = l.lateFloor()
 	}
 	l.setLimit(nextLimit, t)
+}
+
+// byLatency returns the next limit after limit, unbounded yet, for a window
+// that began at start and closes at t with the latencies rtts (reordered):
+// the gradient of the target over their median, the slow start, or √limit
+// while the limit binds (see limiter). It also reports whether the latency
+// calls a probe early. binding and queued are as adapt found them.
+// l.adapting is held.
+func (l *limiter) byLatency(limit int64, rtts []int64, start, t int64, binding, queued bool) (next float64, probe bool) {
+	median := medianOf(rtts)
+	if l.minRTT == 0 || median < l.minRTT {
+		l.minRTT = median
+	}
+	target := max(l.minRTT+l.minRTT/2, l.minRTT+int64(latencySlack))
+	if !binding && median > target && t-l.probedAt >= int64(earlyProbeEvery) {
+		probe = true // slower, or loaded below the limit: measure again
+	}
+	gradient := min(max(float64(target)/float64(median), 0.5), 1)
+	next = float64(limit) * gradient
+	switch {
+	case gradient == 1 && queued && (l.ssthresh == 0 || limit < l.ssthresh) && start-l.doubledAt >= median:
+		// Latency is fine and requests wait: a burst, or a limit that
+		// starts cold. Double, as TCP's slow start does, rather than
+		// refuse most of the burst while the limit creeps up by its
+		// square root, but not past ssthresh, and once per latency, as
+		// TCP's once per round trip: a window that began sooner after the
+		// last doubling holds the latency from before it.
+		next *= 2
+		if l.ssthresh != 0 {
+			next = min(next, float64(l.ssthresh))
+		}
+		l.doubledAt = t
+	case binding:
+		next += math.Sqrt(float64(limit))
+	}
+	return next, probe
 }
 
 // yieldProbe ends a probe that began without load (at start, or called
