@@ -276,6 +276,11 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline int64) (waited time
 		l.adapt(t) // no window closed for long: late handlers may hold every slot
 	}
 	maxWait := time.Duration(deadline-t) / waitShare
+	// A probe without load holds the limit at its floor: it gives way to
+	// the first request it would refuse (yieldProbe), and a request it held
+	// back that gave up its place at the same time must not be refused for
+	// coming second.
+	heldByProbe := l.probeYields.Load()
 	l.mu.Lock()
 	// Counted before the slot is looked at again: a handler returning now
 	// either frees the slot before that look, or sees the waiter and
@@ -332,7 +337,10 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline int64) (waited time
 	case granted:
 		return waited, ""
 	case waited >= maxWait:
-		if l.yieldProbe(t+int64(waited)) && l.tryAcquire() {
+		if hook := testHookQueueTimedOut.Load(); hook != nil {
+			(*hook)(l)
+		}
+		if (l.yieldProbe(t+int64(waited)) || heldByProbe) && l.tryAcquire() {
 			return waited, ""
 		}
 		return waited, l.refuse(RejectedQueueTimeout)
@@ -340,6 +348,11 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline int64) (waited time
 		return waited, l.refuse(RejectedQueueFull)
 	}
 }
+
+// testHookQueueTimedOut, set only by tests, runs in wait once a request has
+// left the queue at the end of its wait, before it looks for a probe that
+// would give way to it.
+var testHookQueueTimedOut atomic.Pointer[func(*limiter)]
 
 // leave takes waiter w out of the queue, unless it was handed a slot or
 // evicted meanwhile; it reports whether it was handed a slot.

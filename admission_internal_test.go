@@ -573,6 +573,46 @@ func TestLimiter_a_probe_without_load_yields(t *testing.T) {
 	}
 }
 
+// TestLimiter_a_yielding_probe_refuses_none_of_its_waiters: two requests
+// wait behind a probe without load and reach the end of their wait
+// together. The first to look ends the probe and takes a slot; the other
+// had left the queue before the probe ended, so nothing handed it a slot,
+// and it was refused (queue_timeout) although the limit was back and slots
+// were free: a new limit under light load refused a request now and then.
+// Not parallel: the hook is the process's.
+func TestLimiter_a_yielding_probe_refuses_none_of_its_waiters(t *testing.T) {
+	l := newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64))
+	for range limitFloor {
+		require.True(t, l.tryAcquire()) // the probe's slots, all held
+	}
+	release := make(chan struct{})
+	var timedOut atomic.Int32
+	hook := func(hooked *limiter) {
+		// The first waiter to give up waits here, out of the queue, until
+		// the other has ended the probe.
+		if hooked == l && timedOut.Add(1) == 1 {
+			<-release
+		}
+	}
+	testHookQueueTimedOut.Store(&hook)
+	t.Cleanup(func() { testHookQueueTimedOut.Store(nil) })
+
+	reasons := make(chan string, 2)
+	for range 2 {
+		go func() {
+			// Each may wait a tenth of 20 ms of budget: 2 ms.
+			clock := now()
+			_, reason := l.acquire(nil, clock, clock+int64(20*time.Millisecond))
+			reasons <- reason
+		}()
+	}
+	assert.Empty(t, <-reasons, "the probe gave way")
+	require.Zero(t, l.probeFrom.Load(), "the probe is over")
+	close(release)
+	assert.Empty(t, <-reasons, "a slot is free: the request the probe held back runs")
+	assert.Equal(t, int64(limitFloor+2), l.holding())
+}
+
 // TestLimiter_a_probe_ends_above_the_late_handlers: a probe called under
 // load restores the limit it computed before it began, but handlers that
 // were running then may have timed out during the probe, late, and hold
