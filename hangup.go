@@ -53,8 +53,9 @@ const (
 )
 
 // beginWatch prepares the watch of the call's client for its generation
-// gen. Requests without a descriptor (ctx.Conn() nil, in-memory
-// connections) are found out at registration, once HangupDelay has passed.
+// gen. A request without a connection (ctx.Conn() nil) is not watched; one
+// whose connection has no descriptor (an in-memory one) is found out at
+// registration, once HangupDelay has passed.
 //
 // The delay counts from when the handler starts (c.admitted), not from
 // when the request arrived: a request that waited in a queue, or that a
