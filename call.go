@@ -122,11 +122,11 @@ type call struct {
 	returned bool // an inline call's handler returned, rather than panicked or called runtime.Goexit
 }
 
-// begin starts the call for ctx and makes Context find it. Inside another
-// New's handler (outer not nil), the call keeps the earlier of the two
-// deadlines.
-func (c *call) begin(ctx *fasthttp.RequestCtx, outer *call, start, deadline int64) {
-	c.ctx, c.connID, c.start = ctx, ctx.ConnID(), start
+// begin starts the call for ctx, as admit let it (see middleware.admit),
+// and makes Context find it. Inside another New's handler (outer not nil),
+// the call keeps the earlier of the two deadlines.
+func (c *call) begin(ctx *fasthttp.RequestCtx, outer *call, start, deadline, admitted int64) {
+	c.ctx, c.connID, c.start, c.admitted = ctx, ctx.ConnID(), start, admitted
 	if outer != nil {
 		c.outer = outer
 		deadline = min(deadline, outer.deadline.Load())

@@ -33,9 +33,8 @@ func (m *middleware) serveInline(ctx *fasthttp.RequestCtx, outer *call, start, d
 		c.onGone = c.hungUp
 	}
 	c.m = m
-	c.admitted = admitted
 	c.returned = false
-	c.begin(ctx, outer, start, deadline)
+	c.begin(ctx, outer, start, deadline, admitted)
 	defer m.finishCooperative(c, ctx)
 	m.handler(ctx)
 	c.returned = true

@@ -32,8 +32,7 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 	w := m.acquireWorker(connID, admitted)
 	c := &w.call
 	w.owners.Store(2)
-	c.admitted = admitted
-	c.begin(ctx, nil, start, deadline)
+	c.begin(ctx, nil, start, deadline, admitted)
 	// Each call has its own runtime timer rather than waiting for a shared
 	// checker: under load a single goroutine that times out every call is
 	// itself late, and so is every answer it owes. The timer is set from
