@@ -605,9 +605,9 @@ func (l *limiter) byLatency(limit int64, rtts []int64, start, t int64, binding, 
 
 // yieldProbe ends a probe that began without load (at start, or called
 // early while the limit did not bind) for a request it would otherwise
-// refuse, and reports whether there is such a probe no longer: a probe that
-// finds the server loaded after all stops measuring rather than cost it
-// requests. A probe under load (see adapt) does not yield: the server
+// refuse, and reports whether it found one on (which is over now): a probe
+// that finds the server loaded after all stops measuring rather than cost
+// it requests. A probe under load (see adapt) does not yield: the server
 // refuses requests then anyway. So the first window after a yield in which
 // requests queue probes again (probeOwed), under load.
 func (l *limiter) yieldProbe(t int64) bool {

@@ -185,8 +185,8 @@ func (c *stripedCounter) load() (n int64) {
 
 // String returns the counters as a JSON object, as expvar expects. The
 // counters of admission (Admitted to BadQueueHeaders) are left out while
-// they are zero, so a middleware without a concurrency limit prints what it
-// always did.
+// they are zero, as they stay without a concurrency limit and queue
+// headers.
 func (s *Stats) String() string {
 	b, err := json.Marshal(s.Snapshot())
 	if err != nil { // cannot happen: Counters holds only integers
