@@ -168,7 +168,7 @@ func (w *worker) serve() {
 			w.done <- struct{}{}
 			return
 		} else {
-			m.release(c, t, false)
+			m.release(c, t, false) // settled already: by the timer, or the hang-up callback
 		}
 		var stack []byte
 		if c.panicked && !goexit {
