@@ -193,7 +193,6 @@ func (m *middleware) lateReturn(w *worker, stack []byte, goexit bool) {
 	if m.OnLateReturn != nil {
 		m.OnLateReturn(ctx, late)
 	}
-	m.leaveFlight(c.connID)
 	// fasthttp never resets a timed-out RequestCtx; release what the late
 	// response holds, above all a body stream writer's goroutine, which
 	// would otherwise block forever on a pipe nobody reads.
@@ -205,8 +204,11 @@ func (m *middleware) lateReturn(w *worker, stack []byte, goexit bool) {
 
 // disown gives up one hold on a timed-out call's worker (see worker.owners).
 // The last one ends the call, which both may read until then (its context,
-// already cancelled, is dropped from the worker with it), and returns the
-// worker to the pool.
+// already cancelled, is dropped from the worker with it), returns the
+// worker to the pool and counts the request out of InFlight: only then is
+// everything about it counted, the server goroutine's part (AnswerLateness,
+// OnTimeout or OnHangup) as well as its late handler's, whichever ends
+// last.
 func (m *middleware) disown(w *worker, connID uint64) {
 	if w.owners.Add(-1) != 0 {
 		return
@@ -217,6 +219,7 @@ func (m *middleware) disown(w *worker, connID uint64) {
 	if !w.dead {
 		m.releaseWorker(w, connID, now())
 	}
+	m.leaveFlight(connID)
 }
 
 // acquireWorker takes an idle worker, or starts one.

@@ -2,6 +2,8 @@ package fasttimeout_test
 
 import (
 	"fmt"
+	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -142,6 +144,81 @@ func TestStats_counts_the_requests_of_many_connections(t *testing.T) {
 			assert.Zero(t, got.InFlight, "every handler has returned before its answer")
 			assert.EqualValues(t, conns*(1+more), got.Requests)
 			assert.EqualValues(t, conns*(1+more), got.Admitted)
+		})
+	}
+}
+
+// goroutineID returns the ID of the calling goroutine, as goroutineStacks
+// keys it.
+func goroutineID() string {
+	buf := make([]byte, 64)
+	buf = buf[:runtime.Stack(buf, false)]
+	id, _, _ := strings.Cut(strings.TrimPrefix(string(buf), "goroutine "), " ")
+	return id
+}
+
+// In racing mode, a request that timed out (or whose client hung up) is
+// answered on the server goroutine, which observes AnswerLateness and calls
+// OnTimeout (or OnHangup), while its late handler returns on its worker:
+// the request leaves InFlight only once both are done, so that a snapshot
+// whose InFlight is zero has it counted in full, whichever finishes first.
+// Here the late handler returns while OnTimeout (OnHangup) still runs. Its
+// return used to take InFlight to zero at once.
+func TestStats_InFlight_falls_after_the_racing_answer(t *testing.T) {
+	t.Parallel()
+	for _, over := range []string{"timeout", "hang-up"} {
+		t.Run(over, func(t *testing.T) {
+			t.Parallel()
+			if over == "hang-up" {
+				requireHangups(t)
+			}
+			stats := new(fasttimeout.Stats)
+			worker, answering, release := make(chan string, 1), make(chan struct{}), make(chan struct{})
+			releaseOnce := sync.OnceFunc(func() { close(release) })
+			t.Cleanup(releaseOnce) // before the server's shutdown, if the test fails early
+			cfg := fasttimeout.Config{
+				Timeout: actInTime, // the handler must run, its budget not spent on arrival
+				Stats:   stats,
+				OnTimeout: func(*fasthttp.RequestCtx, *fasthttp.Response) {
+					close(answering)
+					<-release
+				},
+				OnHangup: func(*fasthttp.RequestCtx, time.Duration) {
+					close(answering)
+					<-release
+				},
+			}
+			if over == "hang-up" {
+				cfg.Timeout = time.Minute
+			}
+			server := startStressLoopback(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				done := fasttimeout.Context(ctx).Done()
+				worker <- goroutineID()
+				<-done
+			}, cfg))
+			conn := sendRaw(t, server.addr, rawRequest("/"))
+			id := receive(t, worker, "the handler's start")
+			if over == "hang-up" {
+				require.NoError(t, conn.Close())
+			}
+			receive(t, answering, "the "+over+" callback")
+
+			require.Eventually(t, func() bool {
+				return !strings.Contains(goroutineStacks()[id], "(*worker).serve")
+			}, stressBound, time.Millisecond, "the late handler returns, its worker done with it")
+			got := stats.Snapshot()
+			assert.EqualValues(t, 1, got.LateFinished, "the late handler has returned")
+			assert.EqualValues(t, 1, got.InFlight, "the request is answered only once the callback returns")
+
+			releaseOnce()
+			require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, stressBound, time.Millisecond)
+			got = stats.Snapshot()
+			assert.EqualValues(t, 1, got.Timeouts+got.ClientGone)
+			assert.EqualValues(t, got.Timeouts, stats.AnswerLateness().Count)
+			if over == "timeout" {
+				resp := readResponse(t, conn)
+				assert.Equal(t, fasttimeout.DefaultStatusCode, resp.StatusCode())
+			}
 		})
 	}
 }

@@ -198,9 +198,11 @@ func (m *middleware) countLateReturn(late time.Duration) {
 
 // leaveFlight counts a handler out of Stats.InFlight, the last thing done
 // for it once it has returned (after counting it late, and after the
-// callbacks about it): Snapshot reads InFlight first, so a snapshot in
-// which it has fallen to zero has every earlier request fully counted.
-// connID is the request's connection, whose stripe admit added to.
+// callbacks about it; for a racing call that timed out or lost its client,
+// once its server goroutine has answered too: see disown): Snapshot reads
+// InFlight first, so a snapshot in which it has fallen to zero has every
+// earlier request fully counted. connID is the request's connection, whose
+// stripe admit added to.
 func (m *middleware) leaveFlight(connID uint64) {
 	if m.countRequests {
 		m.stats.inFlight.add(connID, -1)
