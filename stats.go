@@ -87,10 +87,12 @@ type Counters struct {
 	// concurrency limit, without running: RejectedFull plus
 	// RejectedQueueTimeout.
 	Rejected int64 `json:"rejected,omitempty"`
-	// RejectedFull counts the requests refused because the queue was full,
-	// because their budget left no time to wait, or, with
-	// AdaptiveConcurrency, because the process's CPU was so saturated that
-	// requests waited too long to be read (see RejectedQueueFull).
+	// RejectedFull counts the requests refused because the queue was full
+	// (the newcomer, or the oldest waiter giving way to it once the queue
+	// has stayed busy), because their budget left no time to wait, because
+	// the server shut down while they waited, or, with AdaptiveConcurrency,
+	// because the process's CPU was so saturated that requests waited too
+	// long to be read (see RejectedQueueFull).
 	RejectedFull int64 `json:"rejected_full,omitempty"`
 	// RejectedQueueTimeout counts the requests refused because they waited
 	// their share of their budget without getting a slot.

@@ -266,10 +266,11 @@ const (
 	// late.
 	RejectedLateHandlers = "late_handlers"
 	// RejectedQueueFull: the concurrency limit was reached and the queue was
-	// full, the request's budget left no time to wait, or the server shut
-	// down while it waited; or, with Config.AdaptiveConcurrency, the
-	// process's CPU is so saturated that requests wait too long to be read
-	// at all.
+	// full (the request came to a full queue, or, waiting in one that had
+	// stayed busy, gave way to a newer request), the request's budget left
+	// no time to wait, or the server shut down while it waited; or, with
+	// Config.AdaptiveConcurrency, the process's CPU is so saturated that
+	// requests wait too long to be read at all.
 	RejectedQueueFull = "queue_full"
 	// RejectedQueueTimeout: the request waited its share of its budget for
 	// a slot under the concurrency limit without getting one.

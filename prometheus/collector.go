@@ -147,7 +147,7 @@ func NewCollector(stats *fasttimeout.Stats, constLabels prometheus.Labels) *Coll
 		},
 		rejected: prometheus.NewDesc(metricRejectedTotal,
 			"Requests refused with 503 without running their handler, by reason: "+
-				fasttimeout.RejectedQueueFull+" (the concurrency limit was reached and the queue was full, or the budget left no time to wait), "+
+				fasttimeout.RejectedQueueFull+" (the concurrency limit was reached and the queue was full, the budget left no time to wait, or the server shut down during the wait; or the CPU was saturated), "+
 				fasttimeout.RejectedQueueTimeout+" (waited their share of their budget without a slot), "+
 				fasttimeout.RejectedLateHandlers+" (MaxLateHandlers handlers were running late; also in "+metricShedTotal+").",
 			[]string{"reason"}, constLabels),
