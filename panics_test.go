@@ -40,62 +40,80 @@ func panicServer(t *testing.T, h fasthttp.RequestHandler, cfg fasttimeout.Config
 }
 
 func TestPanics(t *testing.T) {
-	for _, mode := range []fasttimeout.Mode{fasttimeout.Racing, fasttimeout.Cooperative} {
+	for _, mode := range allModes {
 		t.Run("before_the_deadline_reaches_the_outer_recover_with_its_original_value/"+mode.String(), func(t *testing.T) {
 			t.Parallel()
 			thrown := &secretPanic{secret: "S00000000000000aa"}
 			recovered := make(chan any, 1)
 			var stats fasttimeout.Stats
-			server := panicServer(t, func(*fasthttp.RequestCtx) { panic(thrown) },
-				fasttimeout.Config{Timeout: 10 * time.Second, Mode: mode, Stats: &stats}, recovered)
+			server := panicServer(t, func(ctx *fasthttp.RequestCtx) {
+				if string(ctx.Path()) == "/panic" {
+					panic(thrown)
+				}
+				replyWithSecret(ctx, "served", string(ctx.Request.Header.Peek("X-Secret")))
+			}, fasttimeout.Config{Timeout: 10 * time.Second, Mode: mode, Stats: &stats}, recovered)
 			c, err := dialStress(server.addr)
 			require.NoError(t, err)
 			defer c.close()
 
 			resp := c.get(t, "/panic", "S0000000000000001")
 			require.Equal(t, fasthttp.StatusInternalServerError, resp.StatusCode())
-			require.Same(t, thrown, (<-recovered).(*secretPanic))
-			requireOwnResponse(t, c.get(t, "/fast", "S0000000000000002"), "fast", "S0000000000000002")
+			require.Same(t, thrown, receive(t, recovered, "the re-raised panic").(*secretPanic))
+			// Counted before it is raised again, so before the answer.
+			require.EqualValues(t, 1, stats.Snapshot().Panics)
+			requireOwnResponse(t, c.get(t, "/served", "S0000000000000002"), "served", "S0000000000000002")
+			requireOwnResponse(t, c.get(t, "/fast", "S0000000000000003"), "fast", "S0000000000000003")
+			require.EqualValues(t, 1, server.ln.accepted.Load())
+		})
+
+		// A racing handler panics once the timeout response is out; a
+		// cooperative one once its context has ended, and its answer
+		// waits for it.
+		t.Run("after_the_deadline_goes_to_OnPanic_with_value_and_stack/"+mode.String(), func(t *testing.T) {
+			t.Parallel()
+			thrown := &secretPanic{secret: "S00000000000000bb"}
+			answered := make(chan struct{})
+			type report struct {
+				value any
+				stack []byte
+			}
+			reports := make(chan report, 1)
+			recovered := make(chan any, 1)
+			var stats fasttimeout.Stats
+			server := panicServer(t, func(ctx *fasthttp.RequestCtx) {
+				if string(ctx.Path()) != "/panic" {
+					replyWithSecret(ctx, "served", string(ctx.Request.Header.Peek("X-Secret")))
+					return
+				}
+				if mode == fasttimeout.Racing {
+					<-answered
+				} else {
+					<-fasttimeout.Context(ctx).Done()
+				}
+				panicAfterTheDeadline(thrown)
+			}, fasttimeout.Config{Timeout: 20 * time.Millisecond, TimeoutFunc: onlyTimingOut("/panic"), Mode: mode, Stats: &stats,
+				OnTimeout: func(*fasthttp.RequestCtx, *fasthttp.Response) { close(answered) },
+				OnPanic:   func(_ *fasthttp.RequestCtx, v any, stack []byte) { reports <- report{v, stack} },
+			}, recovered)
+			c, err := dialStress(server.addr)
+			require.NoError(t, err)
+			defer c.close()
+
+			requireTimeoutResponse(t, c.get(t, "/panic", "S0000000000000001"))
+			r := receive(t, reports, "the late panic for OnPanic")
+			require.Same(t, thrown, r.value.(*secretPanic))
+			require.Contains(t, string(r.stack), "panicAfterTheDeadline", "the stack of the panic")
+			requireOwnResponse(t, c.get(t, "/served", "S0000000000000002"), "served", "S0000000000000002")
+			requireOwnResponse(t, c.get(t, "/fast", "S0000000000000003"), "fast", "S0000000000000003")
+			require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, stressBound, 5*time.Millisecond)
+			got := stats.Snapshot() // InFlight 0: the late return is counted in full
+			require.Zero(t, got.LateRunning)
+			require.EqualValues(t, 1, got.LateFinished)
+			require.EqualValues(t, 1, got.Panics)
+			require.Empty(t, recovered, "nothing re-raised on the server goroutine")
 			require.EqualValues(t, 1, server.ln.accepted.Load())
 		})
 	}
-
-	t.Run("after_the_deadline_goes_to_OnPanic_with_value_and_stack", func(t *testing.T) {
-		t.Parallel()
-		thrown := &secretPanic{secret: "S00000000000000bb"}
-		answered := make(chan struct{})
-		type report struct {
-			value any
-			stack []byte
-		}
-		reports := make(chan report, 1)
-		recovered := make(chan any, 1)
-		var stats fasttimeout.Stats
-		server := panicServer(t, func(*fasthttp.RequestCtx) {
-			<-answered
-			panicAfterTheDeadline(thrown)
-		}, fasttimeout.Config{Timeout: 20 * time.Millisecond, Stats: &stats,
-			OnTimeout: func(*fasthttp.RequestCtx, *fasthttp.Response) { close(answered) },
-			OnPanic:   func(_ *fasthttp.RequestCtx, v any, stack []byte) { reports <- report{v, stack} },
-		}, recovered)
-		c, err := dialStress(server.addr)
-		require.NoError(t, err)
-		defer c.close()
-
-		requireTimeoutResponse(t, c.get(t, "/panic", "S0000000000000001"))
-		var r report
-		select {
-		case r = <-reports:
-		case <-time.After(stressBound):
-			t.Fatal("OnPanic was not called")
-		}
-		require.Same(t, thrown, r.value.(*secretPanic))
-		require.Contains(t, string(r.stack), "panicAfterTheDeadline", "the stack of the panic")
-		requireOwnResponse(t, c.get(t, "/fast", "S0000000000000002"), "fast", "S0000000000000002")
-		require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == 0 }, stressBound, 5*time.Millisecond)
-		require.EqualValues(t, 1, stats.Snapshot().Panics)
-		require.Empty(t, recovered, "nothing re-raised on the server goroutine")
-	})
 
 	t.Run("Goexit_in_a_raced_handler_does_not_hang_the_request", func(t *testing.T) {
 		t.Parallel()
@@ -180,88 +198,6 @@ func TestPanics(t *testing.T) {
 //
 //go:noinline
 func panicAfterTheDeadline(v any) { panic(v) }
-
-// In cooperative mode a panic after the deadline was re-raised (a 500, or a
-// crash without an outer recover) instead of going to OnPanic with the
-// timeout response. Regression test for that bug.
-func TestPanics_cooperative_after_the_deadline_goes_to_OnPanic(t *testing.T) {
-	recovered := make(chan any, 1)
-	reports := make(chan any, 1)
-	var stats fasttimeout.Stats
-	server := panicServer(t, func(ctx *fasthttp.RequestCtx) {
-		<-fasttimeout.Context(ctx).Done()
-		panic("after the deadline")
-	}, fasttimeout.Config{Timeout: 20 * time.Millisecond, Mode: fasttimeout.Cooperative, Stats: &stats,
-		OnPanic: func(_ *fasthttp.RequestCtx, v any, _ []byte) { reports <- v }}, recovered)
-	c, err := dialStress(server.addr)
-	require.NoError(t, err)
-	defer c.close()
-
-	requireTimeoutResponse(t, c.get(t, "/panic", "S0000000000000001"))
-	assert.Empty(t, recovered, "re-raised on the server goroutine")
-	assert.Len(t, reports, 1, "reported to OnPanic")
-	assert.EqualValues(t, 1, stats.Snapshot().Panics)
-}
-
-func TestTimeout_panic_before_the_deadline_is_re_raised_with_its_value(t *testing.T) {
-	t.Parallel()
-	boom := errors.New("boom")
-	for _, mode := range allModes {
-		t.Run(mode.String(), func(t *testing.T) {
-			t.Parallel()
-			stats := new(fasttimeout.Stats)
-			h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
-				if string(ctx.Path()) == "/panic" {
-					panic(boom)
-				}
-				ctx.SetBodyString("still here")
-			}, fasttimeout.Config{Mode: mode, Stats: stats})
-			seen := make(chan any, 1)
-			s := serve(t, recoverer(h, seen))
-
-			resp := do(t, s, "GET", "/panic")
-			assert.Equal(t, fasthttp.StatusInternalServerError, resp.StatusCode())
-			require.Same(t, boom, (<-seen).(error))
-			resp = do(t, s, "GET", "/ok")
-			assert.Equal(t, "still here", string(resp.Body()))
-			assert.Equal(t, int64(1), stats.Snapshot().Panics)
-		})
-	}
-}
-
-func TestTimeout_panic_after_the_deadline_goes_to_OnPanic(t *testing.T) {
-	t.Parallel()
-	release := make(chan struct{})
-	type report struct {
-		value any
-		stack string
-	}
-	reports := make(chan report, 1)
-	h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
-		if string(ctx.Path()) == "/late-panic" {
-			<-release
-			panic("late boom")
-		}
-		ctx.SetBodyString("alive")
-	}, fasttimeout.Config{
-		Timeout:     shortTimeout,
-		TimeoutFunc: onlyTimingOut("/late-panic"),
-		OnPanic:     func(_ *fasthttp.RequestCtx, v any, stack []byte) { reports <- report{v, string(stack)} },
-	})
-	s := serve(t, h)
-
-	resp := do(t, s, "GET", "/late-panic")
-	assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
-	close(release)
-	select {
-	case r := <-reports:
-		assert.Equal(t, "late boom", r.value)
-		assert.Contains(t, r.stack, "panics_test.go", "the stack shows where the handler panicked")
-	case <-time.After(waitTimeout):
-		t.Fatal("OnPanic was not called")
-	}
-	assert.Equal(t, "alive", string(do(t, s, "GET", "/").Body()))
-}
 
 func TestTimeout_late_panic_is_logged_by_default(t *testing.T) {
 	t.Parallel()

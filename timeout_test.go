@@ -241,19 +241,6 @@ func TestTimeout_head_request_gets_no_body(t *testing.T) {
 	assert.Empty(t, resp.Body())
 }
 
-// recoverer is the outer recover middleware users put around handlers.
-func recoverer(h fasthttp.RequestHandler, seen chan<- any) fasthttp.RequestHandler {
-	return func(ctx *fasthttp.RequestCtx) {
-		defer func() {
-			if v := recover(); v != nil {
-				seen <- v
-				ctx.Error("recovered", fasthttp.StatusInternalServerError)
-			}
-		}()
-		h(ctx)
-	}
-}
-
 // logBuffer is a fasthttp.Logger that keeps what it is given.
 type logBuffer struct {
 	mu    sync.Mutex
