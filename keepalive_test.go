@@ -3,15 +3,11 @@
 package fasttimeout_test
 
 import (
-	"bufio"
-	"fmt"
 	"testing"
 	"time"
 
-	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/valyala/fasthttp"
-	"github.com/valyala/fasthttp/fasthttputil"
 
 	"github.com/fasttimeout/fasttimeout"
 )
@@ -57,7 +53,9 @@ func TestKeepAlive(t *testing.T) {
 			require.NoError(t, err)
 			defer c.close()
 
-			requireTimeoutResponse(t, c.get(t, "/slow", "S0000000000000001"))
+			resp := c.get(t, "/slow", "S0000000000000001")
+			requireTimeoutResponse(t, resp)
+			require.False(t, resp.ConnectionClose(), "the timeout response keeps the connection")
 			requireOwnResponse(t, c.get(t, "/fast", "S0000000000000002"), "fast", "S0000000000000002")
 			receive(t, lateDone, "end of the late handler")
 			requireOwnResponse(t, c.get(t, "/fast", "S0000000000000003"), "fast", "S0000000000000003")
@@ -65,47 +63,4 @@ func TestKeepAlive(t *testing.T) {
 			require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == 0 }, stressBound, 5*time.Millisecond)
 		})
 	}
-}
-
-func TestTimeout_keep_alive_connection_is_reused_after_a_timeout(t *testing.T) {
-	t.Parallel()
-	release := make(chan struct{})
-	t.Cleanup(func() { close(release) })
-	h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
-		if string(ctx.Path()) == "/slow" {
-			<-release
-		}
-		ctx.SetBodyString("fast " + string(ctx.QueryArgs().Peek("n")))
-	}, fasttimeout.Config{Timeout: shortTimeout, TimeoutFunc: onlyTimingOut("/slow")})
-
-	mem := fasthttputil.NewInmemoryListener()
-	ln := &countingListener{Listener: mem}
-	server := &fasthttp.Server{Handler: h}
-	served := make(chan error, 1)
-	go func() { served <- server.Serve(ln) }()
-	conn, err := mem.Dial()
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		_ = conn.Close()
-		require.NoError(t, server.Shutdown())
-		require.NoError(t, <-served)
-	})
-
-	// One raw connection, so that reuse is certain: three requests in turn.
-	br := bufio.NewReader(conn)
-	for i, path := range []string{"/fast?n=1", "/slow", "/fast?n=2"} {
-		_, err := fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: test\r\n\r\n", path)
-		require.NoError(t, err)
-		var resp fasthttp.Response
-		require.NoError(t, resp.Read(br), "request %d", i)
-		switch path {
-		case "/slow":
-			assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
-			assert.False(t, resp.ConnectionClose())
-		default:
-			assert.Equal(t, 200, resp.StatusCode())
-			assert.Equal(t, "fast "+path[len(path)-1:], string(resp.Body()))
-		}
-	}
-	assert.Equal(t, int64(1), ln.accepted.Load())
 }
