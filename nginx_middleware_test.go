@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,7 +20,7 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-// The same real nginx as nginx_test.go, in front of a server wrapped by New:
+// A real nginx (nginx_helper_test.go) in front of a server wrapped by New:
 // what a user sees when the load balancer gives up or its client leaves.
 
 // contextEnd is how and when a request's context ended, as its handler saw
@@ -154,15 +155,20 @@ func TestNginx_proxy_read_timeout_shorter_than_the_apps_ends_the_context(t *test
 }
 
 // (3) A mixed burst through nginx's keep-alive upstream pool, with requests
-// slow enough to be watched: no upstream error in nginx's log, and no
-// request taken for gone.
+// slow enough to be watched: connections are reused, no upstream error in
+// nginx's log, and no request taken for gone.
 func TestNginx_keep_alive_burst_has_no_false_hang_up(t *testing.T) {
 	for _, mode := range []Mode{Racing, Cooperative} {
 		t.Run(mode.String(), func(t *testing.T) {
 			t.Parallel()
 			nginxBinary(t) // skip before starting anything
 			var stats Stats
+			var connsMu sync.Mutex
+			conns := map[uint64]bool{} // the upstream connections nginx used
 			app := New(func(ctx *fasthttp.RequestCtx) {
+				connsMu.Lock()
+				conns[ctx.ConnID()] = true
+				connsMu.Unlock()
 				c := Context(ctx)
 				switch string(ctx.Path()) {
 				case "/slow":
@@ -188,6 +194,11 @@ func TestNginx_keep_alive_burst_has_no_false_hang_up(t *testing.T) {
 			got := stats.Snapshot()
 			assert.Zero(t, got.ClientGone, "requests taken for gone")
 			assert.EqualValues(t, workers*perWorker, got.Requests)
+			connsMu.Lock()
+			defer connsMu.Unlock()
+			// Connections reused, so each was watched again after a
+			// request's watch ended.
+			assert.Less(t, len(conns), workers*perWorker/2, "nginx's keep-alive pool was not used")
 		})
 	}
 }
