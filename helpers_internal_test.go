@@ -1,8 +1,10 @@
 package fasttimeout
 
 import (
+	"errors"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"github.com/valyala/fasthttp"
@@ -25,4 +27,23 @@ func serveInMemory(t *testing.T, h fasthttp.RequestHandler) *fasthttp.Client {
 		require.NoError(t, <-served)
 	})
 	return client
+}
+
+// serveTCP runs h on a fasthttp server on 127.0.0.1 and returns its
+// address; the test's cleanup shuts it down.
+func serveTCP(t testing.TB, h fasthttp.RequestHandler) string {
+	t.Helper()
+	ln := tcpListener(t)
+	srv := &fasthttp.Server{Handler: h, ReadTimeout: 30 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	t.Cleanup(func() {
+		require.NoError(t, srv.Shutdown())
+		// Shutdown before Serve has taken the listener does not close it.
+		ln.Close()
+		if err := <-served; err != nil && !errors.Is(err, net.ErrClosed) {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return ln.Addr().String()
 }

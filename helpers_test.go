@@ -2,7 +2,7 @@
 // as users do: serve, over an in-memory listener, and startStressLoopback,
 // over TCP on 127.0.0.1, with their clients and the waits they share. (The
 // tests inside the package, which cannot reach these, have theirs in
-// hangup_test.go and nginx_test.go.)
+// helpers_internal_test.go.)
 package fasttimeout_test
 
 import (

@@ -11,12 +11,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
 )
 
 // nginxOptions shapes the generated configuration.
@@ -41,6 +44,19 @@ func (n *nginxProc) errorLog(t testing.TB) string {
 		t.Fatalf("reading nginx's error log: %v", err)
 	}
 	return string(b)
+}
+
+// waitLog waits until nginx's error log matches re.
+func waitLog(t testing.TB, n *nginxProc, re string) {
+	t.Helper()
+	rx := regexp.MustCompile(re)
+	matches := func() bool {
+		b, err := os.ReadFile(n.errPath)
+		return err == nil && rx.Match(b)
+	}
+	if !assert.Eventually(t, matches, hangupWait, 10*time.Millisecond) {
+		t.Fatalf("nginx's error log has no %q:\n%s", re, n.errorLog(t))
+	}
 }
 
 // nginxBinary finds nginx; without it the test is skipped, or fails when
