@@ -1,3 +1,6 @@
+// Config.HonorDeadlineHeaders through a real server: the deadline a caller
+// sends (grpc-timeout, x-envoy-expected-rq-timeout-ms, Request-Timeout)
+// bounds the handler. Their parsing alone is tested in headers_test.go.
 package fasttimeout_test
 
 import (
