@@ -602,38 +602,3 @@ func TestStress(t *testing.T) {
 		assert.Less(t, heapAfter, heapBase+64<<20, "heap after the stress, bytes")
 	})
 }
-
-// A handler that honours its context returns as soon as its context is
-// cancelled at the deadline, which happens before the server goroutine is
-// signalled. The late handler could then hand its worker back to the pool,
-// another request take it, and that request's server goroutine receive the
-// stale timeout signal: it treated its own call as finished while the worker
-// ran it (a data race on call.ctx, a timed-out request answered with the late
-// handler's response, a crash). Regression test for that bug.
-func TestTimeout_stale_signal_never_reaches_a_recycled_worker(t *testing.T) {
-	var wrong atomic.Int64
-	h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
-		<-fasttimeout.Context(ctx).Done()
-		ctx.SetBodyString("late")
-	}, fasttimeout.Config{Timeout: 2 * time.Millisecond})
-	server := startStressLoopback(t, h)
-	var wg sync.WaitGroup
-	for range 320 { // more than the pool's 256 per-connection slots: IDs share slots
-		wg.Go(func() {
-			c, err := dialStress(server.addr)
-			require.NoError(t, err)
-			defer c.close()
-			for range 50 {
-				if err := c.do("/", "S0000000000000000"); err != nil {
-					wrong.Add(1)
-					return
-				}
-				if c.resp.StatusCode() != fasttimeout.DefaultStatusCode {
-					wrong.Add(1)
-				}
-			}
-		})
-	}
-	wg.Wait()
-	assert.Zero(t, wrong.Load(), "requests not answered with the timeout response")
-}
