@@ -424,7 +424,7 @@ func TestAdmission_a_new_limit_refuses_nothing_at_light_load(t *testing.T) {
 			for range clients {
 				wg.Go(func() {
 					for range rounds {
-						codes <- do(t, s, "GET", "/").StatusCode()
+						codes <- s.status(t, "/")
 					}
 				})
 			}

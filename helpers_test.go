@@ -90,6 +90,16 @@ func (s *testServer) get(t testing.TB, path string) (int, string, string) {
 	return resp.StatusCode(), string(resp.Body()), string(resp.Header.ContentType())
 }
 
+// status sends GET path and returns the status. Unlike get it may run on
+// a goroutine other than the test's, where require cannot stop the test: a
+// transport error fails the test and gives 0.
+func (s *testServer) status(t testing.TB, path string) int {
+	t.Helper()
+	code, _, err := s.client.GetTimeout(nil, "http://test"+path, waitTimeout)
+	assert.NoError(t, err, "GET %s", path)
+	return code
+}
+
 type testLogger struct{ t testing.TB }
 
 func (l testLogger) Printf(format string, args ...any) { l.t.Logf(format, args...) }

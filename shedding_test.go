@@ -50,12 +50,11 @@ func TestMaxLateHandlers(t *testing.T) {
 		flood := make(chan int, maxLate)
 		for range maxLate {
 			go func() {
-				status, _, _ := s.get(t, "/stuck")
-				flood <- status
+				flood <- s.status(t, "/stuck")
 			}()
 		}
 		for range maxLate {
-			assert.Equal(t, fasthttp.StatusGatewayTimeout, <-flood)
+			assert.Equal(t, fasthttp.StatusGatewayTimeout, receive(t, flood, "the answer to a stuck request"))
 		}
 		require.Equal(t, int64(maxLate), stats.Snapshot().LateRunning)
 
