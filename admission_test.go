@@ -196,7 +196,8 @@ func TestAdmission_late_handlers_hold_their_slots(t *testing.T) {
 	b := newBlocker()
 	stats := new(fasttimeout.Stats)
 	s := serve(t, fasttimeout.New(b.handle, fasttimeout.Config{
-		Timeout: 20 * time.Millisecond, MaxConcurrency: 1, Stats: stats,
+		// /block must run to hold the slot, its budget not spent on arrival.
+		Timeout: actInTime, MaxConcurrency: 1, Stats: stats,
 		// The other requests must not time out on a stalled machine: they
 		// wait 100 ms for the slot (a tenth), then are refused.
 		TimeoutFunc: func(ctx *fasthttp.RequestCtx) time.Duration {
@@ -207,7 +208,7 @@ func TestAdmission_late_handlers_hold_their_slots(t *testing.T) {
 		},
 	}))
 	assert.Equal(t, fasthttp.StatusGatewayTimeout, do(t, s, "GET", "/block").StatusCode())
-	<-b.entered
+	receive(t, b.entered, "the start of /block")
 	assert.Equal(t, fasthttp.StatusServiceUnavailable, do(t, s, "GET", "/").StatusCode(), "the late handler holds the only slot")
 	close(b.release)
 	require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == 0 }, waitTimeout, time.Millisecond)

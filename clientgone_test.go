@@ -181,7 +181,7 @@ func TestHangup_only_a_hang_up_is_a_hang_up(t *testing.T) {
 		t.Run("timeout still says ErrTimeout/"+mode.String(), func(t *testing.T) {
 			t.Parallel()
 			var stats fasttimeout.Stats
-			s, started, ends := hangupServer(t, fasttimeout.Config{Timeout: 200 * time.Millisecond, Mode: mode, Stats: &stats})
+			s, started, ends := hangupServer(t, fasttimeout.Config{Timeout: actInTime, Mode: mode, Stats: &stats}) // the handler must run
 			conn := sendRaw(t, s.addr, rawRequest("/slow"))
 			receive(t, started, "the handler's start")
 			e := waitEnd(t, ends)
@@ -208,7 +208,7 @@ func TestHangup_only_a_hang_up_is_a_hang_up(t *testing.T) {
 		t.Run("IgnoreHangups/"+mode.String(), func(t *testing.T) {
 			t.Parallel()
 			var stats fasttimeout.Stats
-			s, started, ends := hangupServer(t, fasttimeout.Config{Timeout: 150 * time.Millisecond, Mode: mode, Stats: &stats, IgnoreHangups: true})
+			s, started, ends := hangupServer(t, fasttimeout.Config{Timeout: actInTime, Mode: mode, Stats: &stats, IgnoreHangups: true}) // the handler must run
 			conn := sendRaw(t, s.addr, rawRequest("/slow"))
 			receive(t, started, "the handler's start")
 			require.NoError(t, conn.Close())
@@ -386,7 +386,7 @@ func TestHangup_after_the_deadline_is_a_timeout(t *testing.T) {
 		<-c.Done()
 		expired <- c.Err()
 		<-release // late, and ignoring that
-	}, fasttimeout.Config{Timeout: 150 * time.Millisecond, Mode: fasttimeout.Cooperative, Stats: &stats}))
+	}, fasttimeout.Config{Timeout: actInTime, Mode: fasttimeout.Cooperative, Stats: &stats})) // the handler must run
 	conn := sendRaw(t, s.addr, rawRequest("/slow"))
 	require.ErrorIs(t, receive(t, expired, "end of the context at the deadline"), context.DeadlineExceeded)
 	require.NoError(t, conn.Close())

@@ -118,15 +118,15 @@ func TestContext_inside_New(t *testing.T) {
 				dl, ok := child.Deadline()
 				<-child.Done()
 				seen <- observed{err: child.Err(), cause: context.Cause(child), deadline: dl, hasDL: ok}
-			}, fasttimeout.Config{Mode: mode, Timeout: shortTimeout})
+			}, fasttimeout.Config{Mode: mode, Timeout: actInTime}) // the handler must run
 			s := serve(t, h)
 			before := time.Now()
 			do(t, s, "GET", "/")
-			o := <-seen
+			o := receive(t, seen, "the handler's look at its derived context")
 			assert.ErrorIs(t, o.err, context.DeadlineExceeded)
 			assert.ErrorIs(t, o.cause, fasttimeout.ErrTimeout)
 			assert.True(t, o.hasDL)
-			assert.WithinRange(t, o.deadline, before.Add(shortTimeout), time.Now().Add(shortTimeout),
+			assert.WithinRange(t, o.deadline, before.Add(actInTime), time.Now().Add(actInTime),
 				"the child keeps the request's earlier deadline")
 			receive(t, afterFunc, "run of context.AfterFunc's function")
 		})
@@ -142,11 +142,11 @@ func TestContext_late_handler_sees_its_context_done_already(t *testing.T) {
 		<-release
 		c := fasttimeout.Context(ctx) // first call after the deadline
 		seen <- observed{err: c.Err(), cause: context.Cause(c), value: c.Value("user")}
-	}, fasttimeout.Config{Timeout: shortTimeout})
+	}, fasttimeout.Config{Timeout: actInTime}) // the handler must run
 	s := serve(t, h)
 	assert.Equal(t, fasthttp.StatusGatewayTimeout, do(t, s, "GET", "/").StatusCode())
 	close(release)
-	o := <-seen
+	o := receive(t, seen, "the late handler's look at its context")
 	assert.ErrorIs(t, o.err, context.DeadlineExceeded)
 	assert.ErrorIs(t, o.cause, fasttimeout.ErrTimeout)
 	assert.Equal(t, "ada", o.value, "the late handler still owns its RequestCtx")

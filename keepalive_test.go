@@ -41,7 +41,7 @@ func TestKeepAlive(t *testing.T) {
 					return
 				}
 				replyWithSecret(ctx, "fast", secret)
-			}, fasttimeout.Config{Timeout: 20 * time.Millisecond, TimeoutFunc: onlyTimingOut("/slow"), Mode: tc.mode, Stats: &stats,
+			}, fasttimeout.Config{Timeout: actInTime, TimeoutFunc: onlyTimingOut("/slow"), Mode: tc.mode, Stats: &stats, // /slow must run
 				OnTimeout: func(*fasthttp.RequestCtx, *fasthttp.Response) {
 					select {
 					case answered <- struct{}{}:

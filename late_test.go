@@ -354,7 +354,7 @@ func TestLate_return_leaves_ctx_to_OnTimeout(t *testing.T) {
 		}
 		fmt.Fprint(ctx, fasttimeout.Context(ctx).Err())
 	}, fasttimeout.Config{
-		Timeout:      shortTimeout,
+		Timeout:      actInTime, // /slow must run to race with OnTimeout
 		TimeoutFunc:  onlyTimingOut("/slow"),
 		OnLateReturn: func(*fasthttp.RequestCtx, time.Duration) { close(returned) },
 		OnTimeout: func(ctx *fasthttp.RequestCtx, _ *fasthttp.Response) {

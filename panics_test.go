@@ -91,7 +91,7 @@ func TestPanics(t *testing.T) {
 					<-fasttimeout.Context(ctx).Done()
 				}
 				panicAfterTheDeadline(thrown)
-			}, fasttimeout.Config{Timeout: 20 * time.Millisecond, TimeoutFunc: onlyTimingOut("/panic"), Mode: mode, Stats: &stats,
+			}, fasttimeout.Config{Timeout: actInTime, TimeoutFunc: onlyTimingOut("/panic"), Mode: mode, Stats: &stats, // /panic must run
 				OnTimeout: func(*fasthttp.RequestCtx, *fasthttp.Response) { close(answered) },
 				OnPanic:   func(_ *fasthttp.RequestCtx, v any, stack []byte) { reports <- report{v, stack} },
 			}, recovered)
@@ -179,7 +179,7 @@ func TestPanics(t *testing.T) {
 		server := panicServer(t, func(*fasthttp.RequestCtx) {
 			<-answered
 			runtime.Goexit()
-		}, fasttimeout.Config{Timeout: 20 * time.Millisecond, Stats: &stats,
+		}, fasttimeout.Config{Timeout: actInTime, Stats: &stats, // the handler must run
 			OnTimeout: func(*fasthttp.RequestCtx, *fasthttp.Response) { close(answered) },
 			OnPanic:   func(_ *fasthttp.RequestCtx, v any, _ []byte) { reports <- v },
 		}, make(chan any, 1))
@@ -207,7 +207,7 @@ func TestTimeout_late_panic_is_logged_by_default(t *testing.T) {
 	h := fasttimeout.New(func(*fasthttp.RequestCtx) {
 		<-release
 		panic("unwatched")
-	}, fasttimeout.Config{Timeout: shortTimeout, Stats: stats})
+	}, fasttimeout.Config{Timeout: actInTime, Stats: stats}) // the handler must run
 	s := serveLogged(t, h, logs)
 
 	assert.Equal(t, fasthttp.StatusGatewayTimeout, do(t, s, "GET", "/").StatusCode())
@@ -237,7 +237,7 @@ func TestTimeout_OnTimeout_panic_leaves_the_late_handler_its_ctx(t *testing.T) {
 		replyWithSecret(ctx, "late", "S0000000000000001")
 		close(lateDone)
 	}, fasttimeout.Config{
-		Timeout: shortTimeout, Stats: &stats,
+		Timeout: actInTime, Stats: &stats, // the handler must run
 		OnTimeout: func(*fasthttp.RequestCtx, *fasthttp.Response) { panic("OnTimeout bug") },
 	})
 	server := startStressLoopback(t, func(ctx *fasthttp.RequestCtx) {
@@ -280,7 +280,7 @@ func TestPanics_cooperative_OnPanic_panic_still_counts_the_late_return(t *testin
 			panic("after the deadline")
 		}
 		replyWithSecret(ctx, "served", string(ctx.Request.Header.Peek("X-Secret")))
-	}, fasttimeout.Config{Timeout: 20 * time.Millisecond, TimeoutFunc: onlyTimingOut("/panic"), Mode: fasttimeout.Cooperative,
+	}, fasttimeout.Config{Timeout: actInTime, TimeoutFunc: onlyTimingOut("/panic"), Mode: fasttimeout.Cooperative, // /panic must run
 		Stats: &stats, MaxLateHandlers: 1, OnPanic: func(*fasthttp.RequestCtx, any, []byte) { panic("OnPanic bug") }}, recovered)
 	c, err := dialStress(server.addr)
 	require.NoError(t, err)
