@@ -80,32 +80,6 @@ func TestContext_inside_New(t *testing.T) {
 			assert.Nil(t, c.Value("user"), "the RequestCtx may be reused: values are gone")
 		})
 
-		t.Run(mode.String()+"/cancelled_on_server_shutdown", func(t *testing.T) {
-			t.Parallel()
-			started := make(chan struct{})
-			seen := make(chan observed, 1)
-			h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
-				c := fasttimeout.Context(ctx)
-				close(started)
-				select {
-				case <-c.Done():
-				case <-time.After(waitTimeout):
-				}
-				seen <- observed{err: c.Err(), cause: context.Cause(c)}
-			}, fasttimeout.Config{Mode: mode, Timeout: time.Hour})
-			s := serve(t, h)
-			go func() {
-				req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
-				req.SetRequestURI("http://test/")
-				_ = s.client.DoTimeout(req, resp, waitTimeout) // the answer does not matter
-			}()
-			receive(t, started, "the handler's start")
-			s.shutdown(t) // returns once the handler has answered
-			o := <-seen
-			assert.ErrorIs(t, o.err, context.Canceled)
-			assert.ErrorIs(t, o.cause, fasttimeout.ErrShutdown)
-		})
-
 		t.Run(mode.String()+"/derived_contexts_inherit_the_cause", func(t *testing.T) {
 			t.Parallel()
 			seen := make(chan observed, 2)
