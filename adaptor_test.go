@@ -64,7 +64,7 @@ func TestNetHTTPHandler(t *testing.T) {
 		})))
 		status, _, _ := s.get(t, "/")
 		assert.Equal(t, fasthttp.StatusOK, status)
-		assert.False(t, <-deadlines)
+		assert.False(t, receive(t, deadlines, "the handler's look at its deadline"))
 	})
 
 	t.Run("panics on a nil handler", func(t *testing.T) {

@@ -103,7 +103,7 @@ func TestAdmission_refusal_does_not_run_the_handler(t *testing.T) {
 			assert.Equal(t, fasthttp.StatusServiceUnavailable, resp.StatusCode())
 			assert.Equal(t, "3", string(resp.Header.Peek(fasthttp.HeaderRetryAfter)))
 			assert.Equal(t, fasttimeout.ShedBody, string(resp.Body()))
-			assert.Equal(t, fasttimeout.RejectedQueueTimeout, <-reasons)
+			assert.Equal(t, fasttimeout.RejectedQueueTimeout, receive(t, reasons, "the refusal's reason"))
 			assert.Equal(t, int64(1), b.ran.Load(), "the refused request did not run")
 
 			close(b.release)
@@ -356,7 +356,7 @@ func TestAdmission_queue_headers(t *testing.T) {
 				return
 			}
 			require.Equal(t, fasthttp.StatusOK, resp.StatusCode())
-			d := <-left // sent before the handler returned
+			d := receive(t, left, "the handler's Remaining") // sent before the handler returned
 			assert.LessOrEqual(t, d, c.maxLeft)
 			assert.GreaterOrEqual(t, d, c.minLeft)
 		})

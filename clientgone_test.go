@@ -105,11 +105,11 @@ func TestHangup_client_gone_cancels_the_context(t *testing.T) {
 				e := waitEnd(t, ends)
 				assert.ErrorIs(t, e.err, context.Canceled)
 				assert.ErrorIs(t, e.cause, fasttimeout.ErrClientGone)
-				assert.ErrorIs(t, <-causes, fasttimeout.ErrClientGone)
-				after := <-afters
+				assert.ErrorIs(t, receive(t, causes, "the context's cause"), fasttimeout.ErrClientGone)
+				after := receive(t, afters, "the handler's return")
 				assert.Positive(t, after, "the hang-up came after the request started")
 				assert.Less(t, after, stressBound)
-				late := <-lates
+				late := receive(t, lates, "OnLateReturn's lateness")
 				assert.GreaterOrEqual(t, late, time.Duration(0), "lateness is counted from the hang-up")
 				assert.Less(t, late, stressBound)
 				require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, stressBound, 5*time.Millisecond)
@@ -282,7 +282,7 @@ func TestHangup_late_handler_after_a_hang_up(t *testing.T) {
 	assert.Equal(t, fasthttp.StatusServiceUnavailable, shed.StatusCode(), "the late handler counts against MaxLateHandlers")
 
 	close(release)
-	assert.GreaterOrEqual(t, <-lates, time.Duration(0))
+	assert.GreaterOrEqual(t, receive(t, lates, "OnLateReturn's lateness"), time.Duration(0))
 	require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == 0 }, stressBound, 5*time.Millisecond)
 	assert.EqualValues(t, 1, stats.Snapshot().LateFinished)
 	assert.Zero(t, stats.Snapshot().Timeouts)

@@ -52,7 +52,7 @@ func TestContext_inside_New(t *testing.T) {
 
 			before := time.Now()
 			resp := do(t, s, "GET", "/")
-			o := <-seen
+			o := receive(t, seen, "the handler's report")
 			assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
 			require.True(t, o.hasDL)
 			assert.WithinRange(t, o.deadline, before.Add(actInTime), time.Now().Add(actInTime))
@@ -73,7 +73,7 @@ func TestContext_inside_New(t *testing.T) {
 				kept <- c
 			}, fasttimeout.Config{Mode: mode}))
 			assert.Equal(t, 200, do(t, s, "GET", "/").StatusCode())
-			c := <-kept
+			c := receive(t, kept, "the handler's context")
 			receive(t, c.Done(), "cancellation of the context after the handler returned")
 			assert.ErrorIs(t, c.Err(), context.Canceled)
 			assert.ErrorIs(t, context.Cause(c), context.Canceled)
@@ -171,7 +171,7 @@ func TestContext_outside_New(t *testing.T) {
 		}()
 		receive(t, started, "the handler's start")
 		s.shutdown(t)
-		o := <-seen
+		o := receive(t, seen, "the handler's report")
 		assert.False(t, o.hasDL)
 		assert.Equal(t, "ada", o.value)
 		assert.ErrorIs(t, o.err, context.Canceled)

@@ -96,7 +96,7 @@ func TestDisarm(t *testing.T) {
 			}, fasttimeout.Config{Timeout: time.Minute, Mode: mode}))
 
 			s.get(t, "/")
-			assert.Equal(t, seen{disarmed: true, disarmedAgain: true}, <-seenc)
+			assert.Equal(t, seen{disarmed: true, disarmedAgain: true}, receive(t, seenc, "the handler's report"))
 		})
 
 		t.Run("reports false once the deadline has passed, "+mode.String(), func(t *testing.T) {
@@ -109,7 +109,7 @@ func TestDisarm(t *testing.T) {
 
 			status, _, _ := s.get(t, "/")
 			assert.Equal(t, fasthttp.StatusGatewayTimeout, status)
-			assert.False(t, <-disarmed)
+			assert.False(t, receive(t, disarmed, "the handler's Disarm"))
 		})
 	}
 
@@ -135,7 +135,7 @@ func TestDisarm(t *testing.T) {
 
 		_, body, _ := s.get(t, "/")
 		assert.Equal(t, "done", body)
-		assert.ErrorIs(t, <-errs, context.Canceled, "stream writers must not rely on the request context")
+		assert.ErrorIs(t, receive(t, errs, "the error"), context.Canceled, "stream writers must not rely on the request context")
 	})
 
 	t.Run("does nothing outside New", func(t *testing.T) {
@@ -150,7 +150,7 @@ func TestDisarm(t *testing.T) {
 			seenc <- v
 		})
 		s.get(t, "/")
-		assert.Equal(t, seen{}, <-seenc)
+		assert.Equal(t, seen{}, receive(t, seenc, "the handler's report"))
 		assert.False(t, fasttimeout.Disarm(nil))
 		assert.False(t, fasttimeout.Extend(nil, time.Second))
 	})
@@ -231,7 +231,7 @@ func TestExtend(t *testing.T) {
 			status, body, _ := s.get(t, "/")
 			assert.Equal(t, fasthttp.StatusOK, status)
 			assert.Equal(t, "finished", body)
-			v := <-seenc
+			v := receive(t, seenc, "the handler's report")
 			assert.True(t, v.extended)
 			assert.Equal(t, extension, v.after.Sub(v.before), "the context's deadline moved by exactly the extension")
 			assert.Greater(t, v.leftAt, v.leftBefore+extension-100*time.Millisecond)
@@ -252,9 +252,9 @@ func TestExtend(t *testing.T) {
 			start := time.Now()
 			status, _, _ := s.get(t, "/")
 			assert.Equal(t, fasthttp.StatusGatewayTimeout, status)
-			assert.True(t, <-extended)
+			assert.True(t, receive(t, extended, "the handler's Extend"))
 			assert.GreaterOrEqual(t, time.Since(start), actInTime+timeout)
-			assert.ErrorIs(t, <-causes, fasttimeout.ErrTimeout)
+			assert.ErrorIs(t, receive(t, causes, "the context's cause"), fasttimeout.ErrTimeout)
 		})
 
 		t.Run("reports false after Disarm, after the deadline and for a negative extension, "+mode.String(), func(t *testing.T) {
@@ -275,9 +275,9 @@ func TestExtend(t *testing.T) {
 			}, fasttimeout.Config{Timeout: timeout, Mode: mode}))
 
 			s.get(t, "/disarmed")
-			assert.Equal(t, seen{}, <-seenc)
+			assert.Equal(t, seen{}, receive(t, seenc, "the handler's report"))
 			s.get(t, "/late")
-			assert.Equal(t, seen{}, <-seenc)
+			assert.Equal(t, seen{}, receive(t, seenc, "the handler's report"))
 		})
 	}
 }

@@ -74,14 +74,14 @@ func TestNested_keeps_the_earlier_deadline(t *testing.T) {
 			outer := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
 				outerBefore, _ = fasttimeout.Context(ctx).Deadline()
 				inner(ctx)
-				got := <-seen
+				got := receive(t, seen, "the handler's report")
 				got.outerBefore = outerBefore
 				got.outerAfter, _ = fasttimeout.Context(ctx).Deadline()
 				seen <- got
 			}, fasttimeout.Config{Mode: mode, Timeout: time.Minute})
 			s := serve(t, outer)
 			assert.Equal(t, 200, do(t, s, "GET", "/").StatusCode())
-			got := <-seen
+			got := receive(t, seen, "the handler's report")
 			assert.Equal(t, got.outerBefore, got.inner, "the inner middleware keeps the outer, earlier deadline")
 			assert.Equal(t, got.outerBefore, got.outerAfter, "Context returns the outer context again after the inner handler")
 		})

@@ -125,7 +125,7 @@ func TestPanics(t *testing.T) {
 		defer c.close()
 
 		require.Equal(t, fasthttp.StatusInternalServerError, c.get(t, "/goexit", "S0000000000000001").StatusCode())
-		require.ErrorContains(t, (<-recovered).(error), "Goexit")
+		require.ErrorContains(t, receive(t, recovered, "the re-raised Goexit").(error), "Goexit")
 		requireOwnResponse(t, c.get(t, "/fast", "S0000000000000002"), "fast", "S0000000000000002")
 	})
 

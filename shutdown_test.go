@@ -62,7 +62,7 @@ func TestShutdown(t *testing.T) {
 			require.NoError(t, server.shutdown(), "shutdown completes")
 			clients.Wait()
 			for range running {
-				e := <-endings
+				e := receive(t, endings, "the end of a handler's context")
 				assert.ErrorIs(t, e.err, context.Canceled)
 				assert.ErrorIs(t, e.cause, fasttimeout.ErrShutdown)
 				assert.ErrorIs(t, e.derivedCause, fasttimeout.ErrShutdown)
@@ -88,7 +88,7 @@ func TestShutdown(t *testing.T) {
 		require.NoError(t, server.shutdown())
 		require.EqualValues(t, 1, stats.Snapshot().LateRunning, "the late handler outlives the server")
 		close(release)
-		require.ErrorIs(t, <-causes, fasttimeout.ErrTimeout, "a late handler's context ended with its deadline")
+		require.ErrorIs(t, receive(t, causes, "the context's cause"), fasttimeout.ErrTimeout, "a late handler's context ended with its deadline")
 		require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == 0 }, stressBound, 5*time.Millisecond)
 	})
 }

@@ -71,13 +71,13 @@ func TestStats_InFlight_falls_last(t *testing.T) {
 			}()
 			<-spinning
 			close(release)
-			c := <-seen
+			c := receive(t, seen, "the handler's report")
 			require.Zero(t, c.InFlight, "the handler did not return within 10 s")
 			assert.EqualValues(t, 1, c.LateFinished)
 			assert.Zero(t, c.LateRunning)
 			assert.EqualValues(t, 1, c.Panics)
 			assert.EqualValues(t, 1, c.Timeouts)
-			assert.Equal(t, fasthttp.StatusGatewayTimeout, <-answered)
+			assert.Equal(t, fasthttp.StatusGatewayTimeout, receive(t, answered, "the answer"))
 		})
 	}
 }

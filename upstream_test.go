@@ -202,7 +202,7 @@ func TestDo(t *testing.T) {
 
 		resp := send(t, gateway, "grpc-timeout", "0n")
 		assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
-		assert.ErrorIs(t, <-errs, fasttimeout.ErrTimeout)
+		assert.ErrorIs(t, receive(t, errs, "the error"), fasttimeout.ErrTimeout)
 		assert.Zero(t, calls.Load(), "upstream calls")
 	})
 
@@ -256,7 +256,7 @@ func TestDo(t *testing.T) {
 
 		resp := send(t, gateway)
 		assert.Equal(t, fasthttp.StatusBadGateway, resp.StatusCode())
-		err := <-errs
+		err := receive(t, errs, "the error")
 		assert.Same(t, errBroken, err)
 	})
 
