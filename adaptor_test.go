@@ -99,7 +99,7 @@ func TestNetHTTPHandler_a_late_Hijack_does_not_take_the_connection(t *testing.T)
 					_, err = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nleak")
 				}
 				hijacked <- err
-			})), fasttimeout.Config{Timeout: shortTimeout, TimeoutFunc: onlyTimingOut("/upgrade"), Mode: mode}))
+			})), fasttimeout.Config{Timeout: actInTime, TimeoutFunc: onlyTimingOut("/upgrade"), Mode: mode})) // /upgrade must run
 
 			c, err := dialStress(s.addr)
 			require.NoError(t, err)

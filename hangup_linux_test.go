@@ -816,7 +816,7 @@ func TestHangup_after_the_deadline_before_its_timer_is_a_timeout(t *testing.T) {
 		case <-time.After(hangupWait):
 			causes <- nil
 		}
-	}, Config{Timeout: time.Second, Stats: stats})) // the handler must run, its budget not spent on arrival
+	}, Config{Timeout: actInTime, Stats: stats})) // the handler must run
 
 	conn, err := net.Dial("tcp", addr)
 	require.NoError(t, err)

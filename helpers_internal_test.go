@@ -11,6 +11,13 @@ import (
 	"github.com/valyala/fasthttp/fasthttputil"
 )
 
+// actInTime is the timeout of a request whose handler must run: long
+// enough that a loaded machine stalling the request before the middleware
+// does not spend its budget on arrival (the middleware would answer it
+// without running the handler), short enough for a test to wait it out. As
+// in the external tests (helpers_test.go).
+const actInTime = time.Second
+
 // serveInMemory serves h on a real fasthttp.Server over an in-memory
 // listener until the test's cleanup, which shuts it down, and returns a
 // client of it that sends each request once.

@@ -79,7 +79,7 @@ func TestHousekeeper_shutdown_after_a_racing_deadline(t *testing.T) {
 		call.timer.Reset(0)
 		<-c.Done()
 		causes <- context.Cause(c)
-	}, Config{Timeout: 100 * time.Millisecond, IgnoreHangups: true, Stats: &stats})
+	}, Config{Timeout: actInTime, IgnoreHangups: true, Stats: &stats}) // the handler must run
 
 	ln := fasthttputil.NewInmemoryListener()
 	server := &fasthttp.Server{Handler: h}
