@@ -282,9 +282,9 @@ func TestLimiter_queue(t *testing.T) {
 			assert.Equal(t, int64(2), stats.Snapshot().Waiting)
 
 			l.release(t0+int64(c.releaseAt), 0, false)
-			assert.Equal(t, c.first, <-order)
+			assert.Equal(t, c.first, receive(t, order, "a waiter's turn"))
 			l.release(t0+int64(c.releaseAt), 0, false)
-			<-order
+			receive(t, order, "a waiter's turn")
 			wg.Wait()
 			l.release(t0+int64(c.releaseAt), 0, false)
 			assert.Zero(t, l.holding())
@@ -338,10 +338,10 @@ func TestLimiter_refusals(t *testing.T) {
 			_, reason := l.acquire(nil, t0+int64(2*lifoAfter), far)
 			reasons <- reason
 		}()
-		assert.Equal(t, RejectedQueueFull, <-reasons, "the queue has stayed full: the oldest waiter makes room")
+		assert.Equal(t, RejectedQueueFull, receive(t, reasons, "the newcomer's refusal"), "the queue has stayed full: the oldest waiter makes room")
 		for range minQueue {
 			l.release(t0+int64(2*lifoAfter), 0, false)
-			assert.Empty(t, <-reasons)
+			assert.Empty(t, receive(t, reasons, "a waiter's admission"))
 		}
 		l.release(t0, 0, false)
 		assert.Zero(t, l.holding())

@@ -56,7 +56,7 @@ func TestContext_made_while_the_deadline_moves_gets_the_new_one(t *testing.T) {
 					got <- s
 					ctx.SetBodyString("ok")
 				}, Config{Timeout: timeout, Mode: mode}))
-				s := <-got
+				s := receive(t, got, "the handler's report")
 
 				require.True(t, s.moved, "%s before the deadline", move)
 				if move == "Disarm" {
@@ -95,7 +95,7 @@ func TestExtend_changes_the_state_word(t *testing.T) {
 		s.after = c.state.Load()
 		got <- s
 	}, Config{Timeout: time.Minute}))
-	s := <-got
+	s := receive(t, got, "the handler's report")
 
 	require.True(t, s.moved)
 	assert.Equal(t, callRunning, s.after&phaseMask, "running again")
@@ -192,7 +192,7 @@ func TestExtend_beside_another_move_as_the_context_expires_times_out(t *testing.
 
 			for range 20 {
 				resp := getResponse(t, h)
-				s := <-got
+				s := receive(t, got, "the handler's report")
 				if !s.ready {
 					continue
 				}

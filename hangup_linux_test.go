@@ -776,7 +776,7 @@ func TestHangupWatch_counts_its_delay_from_the_handlers_start(t *testing.T) {
 			req.Header.Set("X-Request-Start", fmt.Sprintf("t=%d", sent.UnixMicro()))
 			client := &fasthttp.Client{Dial: func(addr string) (net.Conn, error) { return net.Dial("tcp", addr) }}
 			require.NoError(t, client.DoTimeout(req, resp, hangupWait))
-			s := <-got
+			s := receive(t, got, "the handler's report")
 
 			require.Less(t, s.left, 8500*time.Millisecond, "the header's two seconds count against the budget")
 			require.Equal(t, watchPending, s.watch, "the handler returned before the watch was due")
@@ -831,12 +831,7 @@ func TestHangup_after_the_deadline_before_its_timer_is_a_timeout(t *testing.T) {
 	}
 	require.NoError(t, conn.Close())
 
-	select {
-	case cause := <-causes:
-		require.ErrorIs(t, cause, ErrTimeout)
-	case <-time.After(2 * hangupWait):
-		t.Fatal("the handler's context did not end")
-	}
+	require.ErrorIs(t, receive(t, causes, "the end of the handler's context"), ErrTimeout)
 	got := stats.Snapshot() // settle counts before it cancels the context
 	assert.EqualValues(t, 1, got.Timeouts)
 	assert.Zero(t, got.ClientGone)

@@ -18,6 +18,20 @@ import (
 // in the external tests (helpers_test.go).
 const actInTime = time.Second
 
+// receive returns the next value on ch, failing the test if none comes
+// within 30 s: a value that never comes (a handler that never ran) is a
+// failure with a message, not a hang until the test binary's timeout.
+func receive[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(30 * time.Second):
+		t.Fatalf("no %s within 30s", what)
+		panic("unreachable")
+	}
+}
+
 // serveInMemory serves h on a real fasthttp.Server over an in-memory
 // listener until the test's cleanup, which shuts it down, and returns a
 // client of it that sends each request once.

@@ -92,14 +92,14 @@ func TestHousekeeper_shutdown_after_a_racing_deadline(t *testing.T) {
 		assert.NoError(t, err)
 		answered <- status
 	}()
-	<-past
+	receive(t, past, "the handler past its deadline")
 	shutdown := make(chan error, 1)
 	go func() { shutdown <- server.Shutdown() }()
 
-	require.ErrorIs(t, <-causes, ErrTimeout)
-	require.Equal(t, DefaultStatusCode, <-answered)
+	require.ErrorIs(t, receive(t, causes, "the context's cause"), ErrTimeout)
+	require.Equal(t, DefaultStatusCode, receive(t, answered, "the answer"))
 	require.EqualValues(t, 1, stats.Snapshot().Timeouts)
 	client.CloseIdleConnections()
-	require.NoError(t, <-shutdown)
+	require.NoError(t, receive(t, shutdown, "the shutdown"))
 	require.NoError(t, <-served)
 }

@@ -68,8 +68,8 @@ func TestStats_a_late_return_waits_for_its_timeout_to_be_counted(t *testing.T) {
 		}
 		answered <- status
 	}()
-	<-settled        // the timer has decided the call, and not counted it yet
-	close(returnNow) // the handler returns now
+	receive(t, settled, "the timer's settling of the call") // the timer has decided the call, and not counted it yet
+	close(returnNow)                                        // the handler returns now
 	var got report
 	returned := false
 	select {
@@ -79,9 +79,9 @@ func TestStats_a_late_return_waits_for_its_timeout_to_be_counted(t *testing.T) {
 	}
 	close(resume)
 	if !returned {
-		got = <-reports
+		got = receive(t, reports, "OnLateReturn's report")
 	}
-	require.Equal(t, fasthttp.StatusGatewayTimeout, <-answered)
+	require.Equal(t, fasthttp.StatusGatewayTimeout, receive(t, answered, "the answer"))
 
 	assert.EqualValues(t, 1, got.seen.Timeouts, "the timeout counted before the late return")
 	assert.EqualValues(t, 0, got.seen.LateRunning, "LateRunning never below zero")
