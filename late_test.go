@@ -324,7 +324,7 @@ func TestLate_cooperative_hijack_does_not_take_the_connection(t *testing.T) {
 			runtime.Gosched() // until the return is past the deadline
 		}
 		ctx.Hijack(func(c net.Conn) { _, _ = c.Write([]byte("HIJACKED")) })
-	}, fasttimeout.Config{Timeout: shortTimeout, TimeoutFunc: onlyTimingOut("/slow"), Mode: fasttimeout.Cooperative}))
+	}, fasttimeout.Config{Timeout: actInTime, TimeoutFunc: onlyTimingOut("/slow"), Mode: fasttimeout.Cooperative})) // /slow must run
 	c, err := dialStress(server.addr)
 	require.NoError(t, err)
 	defer c.close()
