@@ -69,7 +69,7 @@ func TestContext_inside_New(t *testing.T) {
 			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
 				c := fasttimeout.Context(ctx)
 				ctx.SetUserValue("user", "ada")
-				require.Equal(t, "ada", c.Value("user"))
+				assert.Equal(t, "ada", c.Value("user"))
 				kept <- c
 			}, fasttimeout.Config{Mode: mode}))
 			assert.Equal(t, 200, do(t, s, "GET", "/").StatusCode())

@@ -52,7 +52,7 @@ func TestHonorDeadlineHeaders(t *testing.T) {
 			left := make(chan time.Duration, 1)
 			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
 				deadline, ok := fasttimeout.Context(ctx).Deadline()
-				require.True(t, ok)
+				assert.True(t, ok)
 				left <- time.Until(deadline)
 			}, fasttimeout.Config{Timeout: time.Hour, Mode: mode, HonorDeadlineHeaders: true, DeadlineMargin: time.Second}))
 
@@ -70,7 +70,7 @@ func TestHonorDeadlineHeaders(t *testing.T) {
 		left := make(chan time.Duration, 1)
 		s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
 			d, ok := fasttimeout.Remaining(ctx)
-			require.True(t, ok)
+			assert.True(t, ok)
 			left <- d
 		}, fasttimeout.Config{Timeout: 2 * time.Second, HonorDeadlineHeaders: true}))
 
@@ -225,7 +225,7 @@ func TestHonorDeadlineHeaders(t *testing.T) {
 			left := make(chan time.Duration, 1)
 			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
 				d, ok := fasttimeout.Remaining(ctx)
-				require.True(t, ok)
+				assert.True(t, ok)
 				left <- d
 			}, fasttimeout.Config{Timeout: time.Minute, Mode: mode, HonorDeadlineHeaders: true, Stats: stats}))
 
