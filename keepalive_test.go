@@ -60,7 +60,11 @@ func TestKeepAlive(t *testing.T) {
 			receive(t, lateDone, "end of the late handler")
 			requireOwnResponse(t, c.get(t, "/fast", "S0000000000000003"), "fast", "S0000000000000003")
 			require.EqualValues(t, 1, server.ln.accepted.Load(), "one connection for all requests")
-			require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == 0 }, stressBound, 5*time.Millisecond)
+			require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, stressBound, 5*time.Millisecond)
+			got := stats.Snapshot() // InFlight 0: the late return is counted in full
+			require.Zero(t, got.LateRunning)
+			require.EqualValues(t, 1, got.Timeouts)
+			require.EqualValues(t, 1, got.LateFinished)
 		})
 	}
 }
