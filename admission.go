@@ -28,9 +28,10 @@ import (
 // latency, minRTT:
 //
 //   - The gradient target/median, between 0.5 and 1 (the target is 1.5
-//     minRTT, or minRTT plus latencySlack if greater), scales the limit, and √limit is
-//     added while the limit binds (handlers running reached half of it, or
-//     requests queued): a limit an idle server never reaches says nothing.
+//     minRTT, or minRTT plus latencySlack if greater), scales the limit,
+//     and √limit is added while the limit binds (handlers running reached
+//     half of it, or requests queued): a limit an idle server never
+//     reaches says nothing.
 //   - With latency on target and requests queued, the limit doubles (a slow
 //     start, as TCP's), at most once per latency and not past ssthresh, the
 //     last limit that latency over the target brought it back to: handlers
