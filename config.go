@@ -94,11 +94,15 @@ type Config struct {
 	// StatusCode is the status of the timeout response. Zero means
 	// DefaultStatusCode (504 Gateway Timeout); values outside 200-599 panic
 	// in New: a 1xx status is informational, and a client given one as the
-	// answer would wait on for another.
+	// answer would wait on for another. A 204, 205 or 304 response has no
+	// body: with one of these, Body defaults to none, and a non-empty Body
+	// panics in New (fasthttp would drop it, or for 205 send it, which RFC
+	// 9110 forbids).
 	StatusCode int
 
-	// Body is the body of the timeout response. Nil means DefaultBody; an
-	// empty non-nil slice sends an empty body.
+	// Body is the body of the timeout response. Nil means DefaultBody, or
+	// none with a StatusCode of 204, 205 or 304; an empty non-nil slice
+	// sends an empty body.
 	Body []byte
 
 	// ContentType is the Content-Type of the timeout response. Empty means
@@ -316,9 +320,15 @@ func (cfg Config) resolve() settings {
 	case cfg.StatusCode < 200 || cfg.StatusCode > 599:
 		panic(fmt.Sprintf("fasttimeout: Config.StatusCode must be a final HTTP status (200-599), got %d", cfg.StatusCode))
 	}
-	if cfg.Body == nil {
+	switch {
+	case cfg.Body == nil && hasNoBody(cfg.StatusCode):
+		cfg.Body = []byte{}
+	case cfg.Body == nil:
 		cfg.Body = []byte(DefaultBody)
-	} else {
+	case len(cfg.Body) > 0 && hasNoBody(cfg.StatusCode):
+		panic(fmt.Sprintf("fasttimeout: Config.StatusCode %d has no body, so Config.Body must be empty, got %d bytes",
+			cfg.StatusCode, len(cfg.Body)))
+	default:
 		cfg.Body = append([]byte{}, cfg.Body...) // the caller may reuse its slice
 	}
 	if cfg.ContentType == "" {
@@ -370,6 +380,13 @@ func (cfg Config) resolve() settings {
 		s.stats = new(Stats)
 	}
 	return s
+}
+
+// hasNoBody reports whether a response of status code has no body: fasthttp
+// drops the body of a 204 or a 304, and RFC 9110 §15.3.6 forbids one in a
+// 205, which fasthttp would send.
+func hasNoBody(code int) bool {
+	return code == fasthttp.StatusNoContent || code == fasthttp.StatusResetContent || code == fasthttp.StatusNotModified
 }
 
 // isControl reports whether r is a control character that a header value

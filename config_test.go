@@ -1,6 +1,8 @@
 package fasttimeout_test
 
 import (
+	"fmt"
+	"io"
 	"math"
 	"strings"
 	"testing"
@@ -9,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttputil"
 
 	"github.com/fasttimeout/fasttimeout"
 )
@@ -33,6 +36,11 @@ func TestNew_rejects_bad_configuration(t *testing.T) {
 		{"negative_margin", ok, fasttimeout.Config{DeadlineMargin: -1}, "DeadlineMargin"},
 		{"negative_late_cap", ok, fasttimeout.Config{MaxLateHandlers: -1}, "MaxLateHandlers"},
 		{"negative_retry_after", ok, fasttimeout.Config{RetryAfter: -time.Second}, "RetryAfter"},
+		// fasthttp drops the body of a 204 or 304, and sends a 205's
+		// against RFC 9110 §15.3.6.
+		{"body_with_status_204", ok, fasttimeout.Config{StatusCode: fasthttp.StatusNoContent, Body: []byte("busy")}, "Config.StatusCode 204 has no body, so Config.Body must be empty, got 4 bytes"},
+		{"body_with_status_205", ok, fasttimeout.Config{StatusCode: fasthttp.StatusResetContent, Body: []byte("busy")}, "Config.StatusCode 205"},
+		{"body_with_status_304", ok, fasttimeout.Config{StatusCode: fasthttp.StatusNotModified, Body: []byte("busy")}, "Config.StatusCode 304"},
 		{"content_type_with_a_line_break", ok, fasttimeout.Config{ContentType: "text/plain\r\nX-Injected: yes"}, "ContentType"},
 		{"content_type_with_a_nul", ok, fasttimeout.Config{ContentType: "text/plain\x00"}, "ContentType"},
 		{"content_type_with_a_del", ok, fasttimeout.Config{ContentType: "text/plain\x7f"}, "ContentType"},
@@ -48,6 +56,45 @@ func TestNew_rejects_bad_configuration(t *testing.T) {
 			fasttimeout.New(tt.handler, tt.cfg)
 			t.Error("New did not panic")
 		})
+	}
+}
+
+// TestNew_status_without_a_body reads off the wire what a client gets for
+// a timeout answered with a status that has no body: none, and what
+// OnTimeout sees is what goes out.
+func TestNew_status_without_a_body(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		for _, code := range []int{fasthttp.StatusNoContent, fasthttp.StatusResetContent, fasthttp.StatusNotModified} {
+			t.Run(fmt.Sprintf("%s_%d", mode, code), func(t *testing.T) {
+				t.Parallel()
+				release := make(chan struct{})
+				t.Cleanup(func() { close(release) })
+				seen := make(chan string, 1)
+				s := serve(t, fasttimeout.New(waitDone(release), fasttimeout.Config{
+					Mode: mode, Timeout: shortTimeout, StatusCode: code,
+					OnTimeout: func(_ *fasthttp.RequestCtx, resp *fasthttp.Response) { seen <- string(resp.Body()) },
+				}))
+				conn, err := s.ln.(*fasthttputil.InmemoryListener).Dial()
+				require.NoError(t, err)
+				defer conn.Close()
+				_, err = io.WriteString(conn, "GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+				require.NoError(t, err)
+				require.NoError(t, conn.SetReadDeadline(time.Now().Add(waitTimeout)))
+				raw, err := io.ReadAll(conn) // to the close the server answers with
+				require.NoError(t, err)
+
+				head, body, found := strings.Cut(string(raw), "\r\n\r\n")
+				require.True(t, found, "a whole response: %q", raw)
+				assert.True(t, strings.HasPrefix(head, fmt.Sprintf("HTTP/1.1 %d ", code)), "status line of %q", head)
+				assert.Empty(t, body)
+				if code == fasthttp.StatusResetContent {
+					// RFC 9110 §15.3.6: a 205 says its content is empty.
+					assert.Contains(t, head, "\r\nContent-Length: 0\r\n")
+				}
+				assert.Empty(t, receive(t, seen, "OnTimeout's body"), "OnTimeout sees what is sent")
+			})
+		}
 	}
 }
 
