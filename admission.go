@@ -317,6 +317,9 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline int64) (waited time
 	l.dispatchLocked(t)
 	l.mu.Unlock()
 
+	if hook := testHookQueued.Load(); hook != nil {
+		(*hook)(l, w.ready, deadline)
+	}
 	w.timer.Reset(maxWait)
 	var granted bool
 	var shutdown <-chan struct{}
@@ -354,6 +357,11 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline int64) (waited time
 // left the queue at the end of its wait, before it looks for a probe that
 // would give way to it.
 var testHookQueueTimedOut atomic.Pointer[func(*limiter)]
+
+// testHookQueued, set only by tests, runs in wait once a request with the
+// given deadline is queued, before its wait is timed; ready is where its
+// slot is handed over.
+var testHookQueued atomic.Pointer[func(l *limiter, ready chan bool, deadline int64)]
 
 // leave takes waiter w out of the queue, unless it was handed a slot or
 // evicted meanwhile; it reports whether it was handed a slot.

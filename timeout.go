@@ -107,10 +107,17 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx, outer *call) (start, deadli
 			m.reject(ctx, reason)
 			return 0, 0, 0, false
 		}
+		admitted += int64(waited)
+		if admitted >= deadline {
+			// Handed a slot as its budget ran out, or its goroutine ran
+			// that late: the handler would start cancelled.
+			m.limiter.release(admitted, 0, false)
+			m.answerSpent(ctx)
+			return 0, 0, 0, false
+		}
 		if m.countRequests {
 			m.stats.admitted.add(ctx.ConnID(), 1)
 		}
-		admitted += int64(waited)
 	}
 	if m.countRequests {
 		m.stats.inFlight.add(ctx.ConnID(), 1)
