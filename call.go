@@ -101,9 +101,11 @@ type call struct {
 
 	// Inside nested News (see moveNested): the outermost call's moves
 	// serialises their Disarm and Extend, and under it each call's
-	// movedFrom keeps its deadline from before the move in progress.
+	// movedFrom keeps its deadline from before the move in progress, and
+	// slotFrom its slot's part in the adaptive limit.
 	moves     sync.Mutex
 	movedFrom int64
+	slotFrom  uint32
 
 	// Watching the client for a hang-up (hangup.go). conn is written by
 	// begin before watch is, and read only by whoever moves watch from

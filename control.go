@@ -68,7 +68,8 @@ func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
 // moved. Enclosing calls disarmed before c began are skipped if skipDisarmed
 // (Extend: no deadline to move). If one cannot move (its deadline passed,
 // or its client hung up, since the one inside it moved), those already
-// moved are moved back, so that a handler told false does not find a
+// moved are moved back, and counted among the moved handlers no more, so
+// that a handler told false does not find a
 // deadline moved inside (Remaining, its context's Deadline) while the
 // request times out outside. They are all inline calls: only the outermost
 // can race, and it moves last.
@@ -85,12 +86,16 @@ func (c *call) moveNested(skipDisarmed bool, move func(*call) bool) bool {
 	defer root.moves.Unlock()
 	for l := c; l != nil; l = l.outer {
 		l.movedFrom = l.deadline.Load()
+		l.slotFrom = l.slot.Load()
 		if skipDisarmed && l != c && l.movedFrom == noDeadline {
 			continue
 		}
 		if !move(l) {
 			for m := c; m != l; m = m.outer {
 				m.moveBack(m.movedFrom)
+				if m.slotFrom == slotHeld {
+					m.uncountMoved() // the adaptive limit's room for it goes too
+				}
 			}
 			return false
 		}

@@ -254,6 +254,7 @@ func TestNested_move_that_fails_outside_moves_nothing_inside(t *testing.T) {
 					deadline           time.Time // of the inner context, made after the move
 					hasDeadline        bool
 					outerDeadline      int64
+					innerMoved         int64 // handlers counted as moved by the inner limit
 				}
 				innerStats := new(Stats)
 				var s seen
@@ -281,7 +282,8 @@ func TestNested_move_that_fails_outside_moves_nothing_inside(t *testing.T) {
 					s.left, s.hasLeft = Remaining(ctx)
 					s.deadline, s.hasDeadline = Context(ctx).Deadline()
 					s.outerDeadline = c.outer.deadline.Load()
-				}, Config{Timeout: time.Hour, Stats: innerStats})
+					s.innerMoved = c.m.limiter.moved.Load()
+				}, Config{Timeout: time.Hour, Stats: innerStats, AdaptiveConcurrency: true})
 				got := make(chan seen, 1)
 				outer := New(func(ctx *fasthttp.RequestCtx) {
 					_ = Context(ctx) // the outer request's context, ended at its deadline
@@ -300,6 +302,7 @@ func TestNested_move_that_fails_outside_moves_nothing_inside(t *testing.T) {
 				require.True(t, r.hasDeadline, "the inner context has a deadline")
 				assert.Equal(t, epoch.Add(time.Duration(r.outerDeadline)), r.deadline, "the inner context's deadline is the outer one, unmoved")
 				assert.Equal(t, int64(1), innerStats.Snapshot().Timeouts, "the inner New timed its handler out")
+				assert.Zero(t, r.innerMoved, "the inner limit keeps no room for a move undone")
 			})
 		}
 	}
