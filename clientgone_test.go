@@ -115,6 +115,7 @@ func TestHangup_client_gone_cancels_the_context(t *testing.T) {
 				require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, stressBound, 5*time.Millisecond)
 				got := stats.Snapshot()
 				assert.EqualValues(t, 1, got.ClientGone)
+				assert.Zero(t, got.UnwatchedClients, "the socket was watched")
 				assert.Zero(t, got.Timeouts)
 				assert.EqualValues(t, 1, got.LateFinished)
 				assert.Zero(t, got.LateRunning)
@@ -358,6 +359,30 @@ func TestHangup_through_wrapped_connections(t *testing.T) {
 			e := waitEnd(t, ends)
 			assert.ErrorIs(t, e.cause, fasttimeout.ErrClientGone)
 			assert.EqualValues(t, 1, stats.Snapshot().ClientGone)
+			assert.Zero(t, stats.Snapshot().UnwatchedClients, "the socket was found")
+		})
+	}
+}
+
+// A connection that cannot be watched for a hang-up (here an in-memory
+// one, which has no socket) is counted when its request's watch would have
+// begun, so that an operator sees hang-ups go unnoticed.
+func TestHangup_an_unwatched_client_is_counted(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			var stats fasttimeout.Stats
+			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				_ = fasttimeout.Context(ctx) // a cooperative request is watched once it asks for its context
+				if !assert.Eventually(t, func() bool { return stats.Snapshot().UnwatchedClients == 1 }, stressBound, time.Millisecond) {
+					ctx.SetStatusCode(fasthttp.StatusInternalServerError)
+				}
+			}, fasttimeout.Config{Timeout: time.Minute, Mode: mode, Stats: &stats}))
+			assert.Equal(t, fasthttp.StatusOK, s.status(t, "/slow"))
+			got := stats.Snapshot()
+			assert.EqualValues(t, 1, got.UnwatchedClients)
+			assert.Zero(t, got.ClientGone)
 		})
 	}
 }

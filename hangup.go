@@ -133,7 +133,10 @@ func (c *call) startWatch(t int64) {
 		!c.watch.CompareAndSwap(s, s+watchRegistering) {
 		return
 	}
-	c.hangup, _ = clientHangups.add(c.conn, c.onGone)
+	var watched bool
+	if c.hangup, watched = clientHangups.add(c.conn, c.onGone); !watched {
+		c.m.stats.unwatchedClients.Add(1)
+	}
 	if c.later != nil {
 		c.later.Reset(time.Duration(c.deadline.Load() - now()))
 	}

@@ -26,6 +26,7 @@ type Stats struct {
 	badDeadlineHeaders atomic.Int64
 	spentBudgets       atomic.Int64
 	clientGone         atomic.Int64
+	unwatchedClients   atomic.Int64
 
 	queued          atomic.Int64
 	rejectedFull    atomic.Int64
@@ -75,6 +76,12 @@ type Counters struct {
 	// ClientGone is the number of requests whose client hung up while
 	// their handler ran (see Config.IgnoreHangups). They are not timeouts.
 	ClientGone int64 `json:"client_gone"`
+	// UnwatchedClients is the number of requests whose connection was to
+	// be watched for a hang-up (their handler ran past HangupDelay) but
+	// could not be: it has no socket (an in-memory connection, or a
+	// wrapper that hides it), the system is not Linux, or the kernel
+	// refused. Their client's hang-up goes unnoticed.
+	UnwatchedClients int64 `json:"unwatched_clients,omitempty"`
 
 	// Admitted is the number of requests that got a slot under the
 	// concurrency limit (see Config.AdaptiveConcurrency and
@@ -126,6 +133,8 @@ func (s *Stats) Snapshot() Counters {
 		Shed:         s.shed.Load(),
 		SpentBudgets: s.spentBudgets.Load(),
 		ClientGone:   s.clientGone.Load(),
+
+		UnwatchedClients: s.unwatchedClients.Load(),
 
 		BadDeadlineHeaders: s.badDeadlineHeaders.Load(),
 

@@ -68,6 +68,7 @@ const (
 	metricBadDeadlineHeadersTotal = "fasttimeout_bad_deadline_headers_total"
 	metricSpentBudgetsTotal       = "fasttimeout_spent_budgets_total"
 	metricClientGoneTotal         = "fasttimeout_client_gone_total"
+	metricUnwatchedClientsTotal   = "fasttimeout_unwatched_clients_total"
 	metricAnswerLatenessSeconds   = "fasttimeout_answer_lateness_seconds"
 	metricLateRunSeconds          = "fasttimeout_late_run_seconds"
 
@@ -133,6 +134,8 @@ func NewCollector(stats *fasttimeout.Stats, constLabels prometheus.Labels) *Coll
 				func(c fasttimeout.Counters) int64 { return c.SpentBudgets }),
 			counter(metricClientGoneTotal, "Requests whose client hung up while their handler ran.",
 				func(c fasttimeout.Counters) int64 { return c.ClientGone }),
+			counter(metricUnwatchedClientsTotal, "Requests whose connection could not be watched for a hang-up (no socket, not Linux, or refused by the kernel).",
+				func(c fasttimeout.Counters) int64 { return c.UnwatchedClients }),
 
 			counter(metricAdmittedTotal, "Requests that got a slot under the concurrency limit, at once or after waiting.",
 				func(c fasttimeout.Counters) int64 { return c.Admitted }),

@@ -225,6 +225,7 @@ func metrics(set map[string]float64) map[string]float64 {
 		"fasttimeout_bad_deadline_headers_total":   0,
 		"fasttimeout_spent_budgets_total":          0,
 		"fasttimeout_client_gone_total":            0,
+		"fasttimeout_unwatched_clients_total":      0,
 		"fasttimeout_answer_lateness_seconds":      0,
 		"fasttimeout_late_run_seconds":             0,
 
@@ -550,10 +551,10 @@ func TestCollectorFollowsPrometheusConventions(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, problems)
 
-	// 18 series of their own and the 3 reasons of fasttimeout_rejected_total.
+	// 19 series of their own and the 3 reasons of fasttimeout_rejected_total.
 	count, err := testutil.GatherAndCount(registry)
 	require.NoError(t, err)
-	require.Equal(t, 21, count)
+	require.Equal(t, 22, count)
 
 	families, err := registry.Gather()
 	require.NoError(t, err)
