@@ -178,8 +178,9 @@ type Config struct {
 	HonorDeadlineHeaders bool
 
 	// DeadlineMargin is taken off a caller's budget (see
-	// HonorDeadlineHeaders) to leave time for the response to travel back.
-	// Zero means no margin; negative values panic in New.
+	// HonorDeadlineHeaders) to leave time for the response to travel back;
+	// without HonorDeadlineHeaders it is ignored. Zero means no margin;
+	// negative values panic in New.
 	DeadlineMargin time.Duration
 
 	// MaxLateHandlers caps the handlers still running after their deadline
@@ -216,8 +217,8 @@ type Config struct {
 	// Linux only, for TCP and Unix connections, TLS ones and listener
 	// wrappers that expose the connection through a NetConn method, or a Raw
 	// one as go-proxyproto's does (or embed it, as fasthttp's MaxConnsPerIP
-	// does); in-memory connections are
-	// not watched. In cooperative mode only requests whose handler called
+	// does); in-memory connections are not watched (and counted in
+	// Stats.UnwatchedClients). In cooperative mode only requests whose handler called
 	// Context are watched: the others could not stop anyway. Of nested
 	// News (one inside another's handler), the outermost one that watches
 	// does so for the request; one inside a New that ignores hang-ups
@@ -230,7 +231,8 @@ type Config struct {
 	// (the handler may still be running: as for OnTimeout, it must not
 	// modify ctx, and reads it only if the handler leaves it alone), in
 	// cooperative mode when the handler returns. Context(ctx) is the
-	// request's context, done with cause ErrClientGone.
+	// request's context, done with cause ErrClientGone. With IgnoreHangups
+	// it is never called.
 	OnHangup func(ctx *fasthttp.RequestCtx, after time.Duration)
 
 	// AdaptiveConcurrency switches on admission by an adaptive concurrency
@@ -287,7 +289,8 @@ type Config struct {
 	MaxQueueAge time.Duration
 
 	// Stats, if set, receives the middleware's counters. Several middlewares
-	// may share one Stats. Counting requests costs a few atomic adds per
+	// may share one Stats; nested News (one inside another's handler)
+	// sharing one each count the request they both see. Counting requests costs a few atomic adds per
 	// request, so it is done only when Stats is set.
 	Stats *Stats
 }
