@@ -38,11 +38,20 @@ func TimeoutFromEnv(name string, def time.Duration) (time.Duration, error) {
 	return d, nil
 }
 
-// ParseTimeout parses a timeout as TimeoutFromEnv does: a number of seconds
-// ("5", "2.5") or a Go duration ("500ms"), surrounded by spaces or not, from
-// 1 ms to 24 hours.
+// errNotATimeout is ParseTimeout's error for text that is neither a number
+// of seconds nor a Go duration.
+var errNotATimeout = errors.New("want seconds (5, 2.5) or a Go duration (500ms, 1m)")
+
+// ParseTimeout parses a timeout as TimeoutFromEnv does: a decimal number of
+// seconds ("5", "2.5", "1e-3") or a Go duration ("500ms"), surrounded by
+// spaces or not, from 1 ms to 24 hours.
 func ParseTimeout(s string) (time.Duration, error) {
 	s = strings.TrimSpace(s)
+	// strconv.ParseFloat also reads Go's literal forms, "1_000" and hex
+	// ("0x1p4"): a timeout written so is a typo more likely than meant.
+	if strings.ContainsAny(s, "_xX") {
+		return 0, errNotATimeout
+	}
 	var d time.Duration
 	// A number beyond float64 ("1e400") is ±Inf with ErrRange: out of
 	// range, not malformed.
@@ -65,7 +74,7 @@ func ParseTimeout(s string) (time.Duration, error) {
 		d = time.Duration(math.Round(secs * float64(time.Second)))
 	} else if d, err = time.ParseDuration(s); err != nil {
 		if !isDuration(s) {
-			return 0, fmt.Errorf("want seconds (5, 2.5) or a Go duration (500ms, 1m)")
+			return 0, errNotATimeout
 		}
 		// Well formed, so beyond time.Duration's ~292 years ("2562048h"),
 		// which ParseDuration calls an invalid duration.
@@ -89,55 +98,19 @@ func ParseTimeout(s string) (time.Duration, error) {
 // +0, has a digit other than 0 before its exponent: a positive value too
 // small for a float64, not a zero.
 func underflows(s string) bool {
-	if strings.HasPrefix(s, "-") {
-		return false
-	}
-	s, exponent := strings.ToLower(strings.TrimPrefix(s, "+")), "e"
-	if strings.HasPrefix(s, "0x") {
-		s, exponent = s[2:], "p"
-	}
-	mantissa, _, _ := strings.Cut(s, exponent)
-	return strings.ContainsAny(mantissa, "123456789abcdef")
+	mantissa, _, _ := strings.Cut(strings.ToLower(s), "e")
+	return !strings.HasPrefix(s, "-") && strings.ContainsAny(mantissa, "123456789")
 }
 
-// isDuration reports whether s has the syntax time.ParseDuration accepts:
-// an optional sign, then "0" or a sequence of decimal numbers, each with a
-// unit (ns, us, µs, μs, ms, s, m, h). ParseDuration rejects such a string
-// only when its value overflows time.Duration.
+// isDuration reports whether s has the syntax time.ParseDuration accepts,
+// which rejects such a string only when its value overflows time.Duration:
+// with every digit a 0 it cannot.
 func isDuration(s string) bool {
-	if s != "" && (s[0] == '-' || s[0] == '+') {
-		s = s[1:]
-	}
-	if s == "0" {
-		return true
-	}
-	if s == "" {
-		return false
-	}
-	for s != "" {
-		digits := 0
-		for s != "" && '0' <= s[0] && s[0] <= '9' {
-			s, digits = s[1:], digits+1
+	_, err := time.ParseDuration(strings.Map(func(r rune) rune {
+		if '0' <= r && r <= '9' {
+			return '0'
 		}
-		if s != "" && s[0] == '.' {
-			s = s[1:]
-			for s != "" && '0' <= s[0] && s[0] <= '9' {
-				s, digits = s[1:], digits+1
-			}
-		}
-		if digits == 0 {
-			return false
-		}
-		i := 0
-		for i < len(s) && s[i] != '.' && (s[i] < '0' || s[i] > '9') {
-			i++
-		}
-		switch s[:i] {
-		case "ns", "us", "\u00b5s", "\u03bcs", "ms", "s", "m", "h":
-		default:
-			return false
-		}
-		s = s[i:]
-	}
-	return true
+		return r
+	}, s))
+	return err == nil
 }

@@ -59,6 +59,7 @@ func FuzzTimeoutFromEnv(f *testing.F) {
 			}
 			return
 		}
+		require.False(t, strings.ContainsAny(value, "_xX"), "Go's literal forms (1_000, 0x1p4) are refused")
 		require.GreaterOrEqual(t, d, time.Millisecond, "at least the minimum")
 		require.LessOrEqual(t, d, 24*time.Hour)
 		if secs, perr := strconv.ParseFloat(strings.TrimSpace(value), 64); perr == nil {
