@@ -129,7 +129,8 @@ var (
 // no Self, no later than now; ok is false if that field is missing, not
 // valid (an empty Self included), or more than an hour away from now. Of
 // repeated fields, the first counts. Fields are separated by ';'; spaces
-// around them are ignored.
+// around them are ignored, but not around a field's '=', which AWS never
+// writes ("Root = 1-…" is no Root).
 func parseTraceStart(v []byte, now int64) (t int64, ok bool) {
 	var self, root []byte
 	for len(v) > 0 {

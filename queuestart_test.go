@@ -115,6 +115,7 @@ var requestStartCases = []struct {
 	{name: "ALB lower-case root", headers: []string{"X-Amzn-Trace-Id", "root=1-6553f0fb-abcdef012345678912345678"}, malformed: true},
 	{name: "ALB empty", headers: []string{"X-Amzn-Trace-Id", ""}, malformed: true},
 	{name: "ALB empty Root", headers: []string{"X-Amzn-Trace-Id", "Root="}, malformed: true},
+	{name: "ALB spaces around =", headers: []string{"X-Amzn-Trace-Id", "Root = 1-6553f0fb-abcdef012345678912345678"}, malformed: true},
 	{name: "ALB bad Self, no fallback to an older Root", headers: []string{"X-Amzn-Trace-Id", "Self=1-zzzzzzzz-12456789abcdef0123456789;Root=1-6553f0fb-abcdef012345678912345678"}, malformed: true},
 	{name: "ALB empty Self, no fallback to an older Root", headers: []string{"X-Amzn-Trace-Id", "Self=;Root=1-6553f0fb-abcdef012345678912345678"}, malformed: true},
 	{name: "ALB Self without a value, no fallback to an older Root", headers: []string{"X-Amzn-Trace-Id", "Root=1-6553f0fb-abcdef012345678912345678;Self"}, malformed: true},
