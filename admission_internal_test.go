@@ -688,53 +688,63 @@ func TestLimiter_a_moved_handler_gone_late_counts_once(t *testing.T) {
 // TestAdmission_a_slot_granted_past_the_deadline_runs_nothing: a queued
 // request handed its slot once its deadline has passed (its goroutine ran
 // that late) is answered with the timeout response without running: its
-// handler would only start cancelled. Its slot is given back.
+// handler would only start cancelled. Its slot is given back, and the
+// adaptive limit counts a timeout, as if it had run.
 func TestAdmission_a_slot_granted_past_the_deadline_runs_nothing(t *testing.T) {
 	// Not parallel: testHookQueued is global.
-	stats := new(Stats)
-	var l atomic.Pointer[limiter]
-	release := make(chan struct{})
-	var runs atomic.Int32
-	h := New(func(ctx *fasthttp.RequestCtx) {
-		runs.Add(1)
-		l.Store(lookup(ctx).m.limiter)
-		<-release
-	}, Config{Timeout: time.Second, MaxConcurrency: 1, Stats: stats, IgnoreHangups: true})
-	var once sync.Once
-	hook := func(hooked *limiter, ready chan bool, deadline int64) {
-		if hooked != l.Load() {
-			return
-		}
-		once.Do(func() {
-			close(release) // the running handler returns and hands its slot over
-			assert.Eventually(t, func() bool { return len(ready) == 1 }, 30*time.Second, time.Millisecond, "the slot handed over")
-			for d := deadline - now(); d > 0; d = deadline - now() {
-				time.Sleep(time.Duration(d)) // the queued request's goroutine runs past its deadline
+	for _, adaptive := range []bool{false, true} {
+		t.Run(map[bool]string{false: "fixed", true: "adaptive"}[adaptive], func(t *testing.T) {
+			stats := new(Stats)
+			var l atomic.Pointer[limiter]
+			release := make(chan struct{})
+			var runs atomic.Int32
+			h := New(func(ctx *fasthttp.RequestCtx) {
+				runs.Add(1)
+				l.Store(lookup(ctx).m.limiter)
+				<-release
+			}, Config{Timeout: time.Second, MaxConcurrency: 1, AdaptiveConcurrency: adaptive, Stats: stats, IgnoreHangups: true})
+			var once sync.Once
+			hook := func(hooked *limiter, ready chan bool, deadline int64) {
+				if hooked != l.Load() {
+					return
+				}
+				once.Do(func() {
+					close(release) // the running handler returns and hands its slot over
+					assert.Eventually(t, func() bool { return len(ready) == 1 }, 30*time.Second, time.Millisecond, "the slot handed over")
+					for d := deadline - now(); d > 0; d = deadline - now() {
+						time.Sleep(time.Duration(d)) // the queued request's goroutine runs past its deadline
+					}
+					// No window closes, and clears its drops, before the test reads them.
+					hooked.windowStart.Store(now() + int64(time.Hour))
+				})
+			}
+			testHookQueued.Store(&hook)
+			t.Cleanup(func() { testHookQueued.Store(nil) })
+			client := serveInMemory(t, h)
+
+			first := make(chan int, 1)
+			go func() {
+				status, _, err := client.GetTimeout(nil, "http://test/first", time.Minute)
+				assert.NoError(t, err)
+				first <- status
+			}()
+			require.Eventually(t, func() bool { return l.Load() != nil }, 30*time.Second, time.Millisecond, "the first handler runs")
+			status, body, err := client.GetTimeout(nil, "http://test/second", time.Minute)
+			require.NoError(t, err)
+			assert.Equal(t, fasthttp.StatusGatewayTimeout, status)
+			assert.Equal(t, DefaultBody, string(body))
+			assert.Equal(t, fasthttp.StatusOK, receive(t, first, "first answer"))
+
+			assert.Equal(t, int32(1), runs.Load(), "only the first handler ran")
+			got := stats.Snapshot()
+			assert.Equal(t, int64(1), got.SpentBudgets)
+			assert.Equal(t, int64(1), got.Timeouts)
+			assert.Equal(t, int64(1), got.Admitted, "the late grant is not an admission")
+			assert.Equal(t, int64(1), got.Queued)
+			require.Eventually(t, func() bool { return l.Load().holding() == 0 }, 30*time.Second, time.Millisecond, "every slot given back")
+			if adaptive {
+				assert.Equal(t, int64(1), l.Load().drops.Load(), "a timeout to the limit")
 			}
 		})
 	}
-	testHookQueued.Store(&hook)
-	t.Cleanup(func() { testHookQueued.Store(nil) })
-	client := serveInMemory(t, h)
-
-	first := make(chan int, 1)
-	go func() {
-		status, _, err := client.GetTimeout(nil, "http://test/first", time.Minute)
-		assert.NoError(t, err)
-		first <- status
-	}()
-	require.Eventually(t, func() bool { return l.Load() != nil }, 30*time.Second, time.Millisecond, "the first handler runs")
-	status, body, err := client.GetTimeout(nil, "http://test/second", time.Minute)
-	require.NoError(t, err)
-	assert.Equal(t, fasthttp.StatusGatewayTimeout, status)
-	assert.Equal(t, DefaultBody, string(body))
-	assert.Equal(t, fasthttp.StatusOK, receive(t, first, "first answer"))
-
-	assert.Equal(t, int32(1), runs.Load(), "only the first handler ran")
-	got := stats.Snapshot()
-	assert.Equal(t, int64(1), got.SpentBudgets)
-	assert.Equal(t, int64(1), got.Timeouts)
-	assert.Equal(t, int64(1), got.Admitted, "the late grant is not an admission")
-	assert.Equal(t, int64(1), got.Queued)
-	require.Eventually(t, func() bool { return l.Load().holding() == 0 }, 30*time.Second, time.Millisecond, "every slot given back")
 }

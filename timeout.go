@@ -110,8 +110,12 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx, outer *call) (start, deadli
 		admitted += int64(waited)
 		if admitted >= deadline {
 			// Handed a slot as its budget ran out, or its goroutine ran
-			// that late: the handler would start cancelled.
+			// that late: the handler would start cancelled. It is a
+			// timeout to the adaptive limit, as if it had run.
 			m.limiter.release(admitted, 0, false)
+			if m.limiter.adaptive {
+				m.limiter.drop(admitted)
+			}
 			m.answerSpent(ctx)
 			return 0, 0, 0, false
 		}
