@@ -188,6 +188,19 @@ var waiterPool = sync.Pool{New: func() any {
 	return w
 }}
 
+// stopTimer stops w's timer and empties its channel. With Go's timers
+// before 1.23 (GODEBUG=asynctimerchan=1) a tick that came while the slot was
+// handed over stays in the channel, and the next request to take w from the
+// pool would find its wait over at once and be refused.
+func (w *waiter) stopTimer() {
+	if !w.timer.Stop() {
+		select {
+		case <-w.timer.C:
+		default:
+		}
+	}
+}
+
 // newLimiter returns a limiter of max slots (with adaptive, the ceiling of
 // its limit) for a middleware with timeout, counting in stats; late counts
 // the middleware's handlers running late.
@@ -333,7 +346,7 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline int64) (waited time
 	case <-w.timer.C:
 		granted = l.leave(w)
 	}
-	w.timer.Stop()
+	w.stopTimer()
 	waiterPool.Put(w)
 	waited = time.Duration(now() - t)
 	l.stats.queueWait.observe(waited)

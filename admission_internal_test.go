@@ -3,6 +3,9 @@ package fasttimeout
 import (
 	"math"
 	"math/rand/v2"
+	"os"
+	"os/exec"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -747,4 +750,27 @@ func TestAdmission_a_slot_granted_past_the_deadline_runs_nothing(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestWaiter_no_stale_tick_in_the_pool runs itself again in a child process
+// with Go's timers before 1.23 (GODEBUG=asynctimerchan=1), where a timer's
+// tick waits in its channel: a waiter's tick that came as its slot was
+// handed over must not stay there for the next request that takes the
+// waiter from the pool, or that request's wait ends at once, refused.
+func TestWaiter_no_stale_tick_in_the_pool(t *testing.T) {
+	t.Parallel()
+	if !strings.Contains(os.Getenv("GODEBUG"), "asynctimerchan=1") {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestWaiter_no_stale_tick_in_the_pool$", "-test.count=1", "-test.v")
+		cmd.Env = append(os.Environ(), "GODEBUG=asynctimerchan=1")
+		out, err := cmd.CombinedOutput()
+		require.NoError(t, err, "the child:\n%s", out)
+		require.Contains(t, string(out), "--- PASS: TestWaiter_no_stale_tick_in_the_pool")
+		return
+	}
+	w := waiterPool.New().(*waiter)
+	w.timer.Reset(time.Nanosecond) // fires while the waiter takes its slot
+	require.Eventually(t, func() bool { return len(w.timer.C) == 1 }, 10*time.Second, time.Millisecond,
+		"the tick never waited in the channel: GODEBUG=asynctimerchan=1 is not in effect")
+	w.stopTimer()
+	require.Zero(t, len(w.timer.C), "a tick stayed in the timer's channel")
 }
