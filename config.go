@@ -24,8 +24,10 @@ const (
 	// ticks while it watches the contexts of cooperative requests (see
 	// Config.Precision).
 	DefaultPrecision = time.Millisecond
-	// ShedBody is the body of the 503 sent while Config.MaxLateHandlers
-	// handlers are running past their deadline.
+	// ShedBody is the body of the 503 sent to a request refused without
+	// running: while Config.MaxLateHandlers handlers are running past their
+	// deadline, or by the concurrency limit (see Config.AdaptiveConcurrency
+	// and Config.MaxConcurrency).
 	ShedBody = `{"detail":"Server overloaded, retry later"}`
 	// DefaultMaxConcurrency is the ceiling of the adaptive concurrency limit
 	// when Config.MaxConcurrency is zero.
