@@ -194,10 +194,10 @@ func (c *stripedCounter) load() (n int64) {
 	return n
 }
 
-// String returns the counters as a JSON object, as expvar expects. The
-// counters of admission (Admitted to BadQueueHeaders) are left out while
-// they are zero, as they stay without a concurrency limit and queue
-// headers.
+// String returns the counters as a JSON object, as expvar expects.
+// UnwatchedClients and the counters of admission (Admitted to
+// BadQueueHeaders) are left out while they are zero, as they stay on Linux
+// over TCP, and without a concurrency limit and queue headers.
 func (s *Stats) String() string {
 	b, err := json.Marshal(s.Snapshot())
 	if err != nil { // cannot happen: Counters holds only integers
