@@ -220,11 +220,11 @@ type Config struct {
 	// wrappers that expose the connection through a NetConn method, or a Raw
 	// one as go-proxyproto's does (or embed it, as fasthttp's MaxConnsPerIP
 	// does); in-memory connections are not watched (and counted in
-	// Stats.UnwatchedClients). In cooperative mode only requests whose handler called
-	// Context are watched: the others could not stop anyway. Of nested
-	// News (one inside another's handler), the outermost one that watches
-	// does so for the request; one inside a New that ignores hang-ups
-	// watches as cooperative mode does.
+	// Stats.UnwatchedClients). In cooperative mode only requests whose
+	// handler called Context are watched: the others could not stop anyway.
+	// Of nested News (one inside another's handler), the outermost one that
+	// watches does so for the request; one inside a New that ignores
+	// hang-ups watches as cooperative mode does.
 	IgnoreHangups bool
 
 	// OnHangup, if set, is called when a request's client hung up while
@@ -292,8 +292,9 @@ type Config struct {
 
 	// Stats, if set, receives the middleware's counters. Several middlewares
 	// may share one Stats; nested News (one inside another's handler)
-	// sharing one each count the request they both see. Counting requests costs a few atomic adds per
-	// request, so it is done only when Stats is set.
+	// sharing one each count the request they both see. Counting requests
+	// costs a few atomic adds per request, so it is done only when Stats is
+	// set.
 	Stats *Stats
 }
 
