@@ -16,6 +16,8 @@ import (
 	"github.com/fasttimeout/fasttimeout"
 )
 
+// TestNew_rejects_bad_configuration checks that New panics on every invalid
+// field, with a message that names the field and quotes the bad value.
 func TestNew_rejects_bad_configuration(t *testing.T) {
 	t.Parallel()
 	ok := func(*fasthttp.RequestCtx) {}
@@ -25,25 +27,27 @@ func TestNew_rejects_bad_configuration(t *testing.T) {
 		cfg     fasttimeout.Config
 		want    string
 	}{
-		{"nil_handler", nil, fasttimeout.Config{}, "handler"},
-		{"negative_timeout", ok, fasttimeout.Config{Timeout: -time.Second}, "Timeout"},
-		{"status_below_100", ok, fasttimeout.Config{StatusCode: 42}, "StatusCode"},
-		{"status_informational", ok, fasttimeout.Config{StatusCode: fasthttp.StatusContinue}, "StatusCode"},
-		{"status_199", ok, fasttimeout.Config{StatusCode: 199}, "StatusCode"},
-		{"status_above_599", ok, fasttimeout.Config{StatusCode: 600}, "StatusCode"},
-		{"unknown_mode", ok, fasttimeout.Config{Mode: 7}, "Mode(7)"},
-		{"precision_too_fine", ok, fasttimeout.Config{Precision: time.Microsecond}, "Precision"},
-		{"negative_margin", ok, fasttimeout.Config{DeadlineMargin: -1}, "DeadlineMargin"},
-		{"negative_late_cap", ok, fasttimeout.Config{MaxLateHandlers: -1}, "MaxLateHandlers"},
-		{"negative_retry_after", ok, fasttimeout.Config{RetryAfter: -time.Second}, "RetryAfter"},
+		{"nil_handler", nil, fasttimeout.Config{}, "New needs a handler, got nil"},
+		{"negative_timeout", ok, fasttimeout.Config{Timeout: -time.Second}, "Config.Timeout must not be negative, got -1s"},
+		{"status_below_100", ok, fasttimeout.Config{StatusCode: 42}, "Config.StatusCode must be a final HTTP status (200-599), got 42"},
+		{"status_informational", ok, fasttimeout.Config{StatusCode: fasthttp.StatusContinue}, "Config.StatusCode must be a final HTTP status (200-599), got 100"},
+		{"status_199", ok, fasttimeout.Config{StatusCode: 199}, "got 199"},
+		{"status_above_599", ok, fasttimeout.Config{StatusCode: 600}, "got 600"},
+		{"unknown_mode", ok, fasttimeout.Config{Mode: 7}, "Config.Mode must be Racing or Cooperative, got Mode(7)"},
+		{"precision_too_fine", ok, fasttimeout.Config{Precision: time.Microsecond}, "Config.Precision must be at least 100µs, got 1µs"},
+		{"negative_margin", ok, fasttimeout.Config{DeadlineMargin: -1}, "Config.DeadlineMargin must not be negative, got -1ns"},
+		{"negative_late_cap", ok, fasttimeout.Config{MaxLateHandlers: -1}, "Config.MaxLateHandlers must not be negative, got -1"},
+		{"negative_concurrency", ok, fasttimeout.Config{MaxConcurrency: -3}, "Config.MaxConcurrency must not be negative, got -3"},
+		{"negative_queue_age", ok, fasttimeout.Config{MaxQueueAge: -time.Minute}, "Config.MaxQueueAge must not be negative, got -1m0s"},
+		{"negative_retry_after", ok, fasttimeout.Config{RetryAfter: -time.Second}, "Config.RetryAfter must not be negative, got -1s"},
 		// fasthttp drops the body of a 204 or 304, and sends a 205's
 		// against RFC 9110 §15.3.6.
 		{"body_with_status_204", ok, fasttimeout.Config{StatusCode: fasthttp.StatusNoContent, Body: []byte("busy")}, "Config.StatusCode 204 has no body, so Config.Body must be empty, got 4 bytes"},
 		{"body_with_status_205", ok, fasttimeout.Config{StatusCode: fasthttp.StatusResetContent, Body: []byte("busy")}, "Config.StatusCode 205"},
 		{"body_with_status_304", ok, fasttimeout.Config{StatusCode: fasthttp.StatusNotModified, Body: []byte("busy")}, "Config.StatusCode 304"},
-		{"content_type_with_a_line_break", ok, fasttimeout.Config{ContentType: "text/plain\r\nX-Injected: yes"}, "ContentType"},
-		{"content_type_with_a_nul", ok, fasttimeout.Config{ContentType: "text/plain\x00"}, "ContentType"},
-		{"content_type_with_a_del", ok, fasttimeout.Config{ContentType: "text/plain\x7f"}, "ContentType"},
+		{"content_type_with_a_line_break", ok, fasttimeout.Config{ContentType: "text/plain\r\nX-Injected: yes"}, `Config.ContentType must not hold a control character ('\r' at byte 10), got "text/plain\r\nX-Injected: yes"`},
+		{"content_type_with_a_nul", ok, fasttimeout.Config{ContentType: "text/plain\x00"}, `('\x00' at byte 10), got "text/plain\x00"`},
+		{"content_type_with_a_del", ok, fasttimeout.Config{ContentType: "text/plain\x7f"}, `('\x7f' at byte 10), got "text/plain\x7f"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
