@@ -136,9 +136,15 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("-max-body must be positive, got %d", o.maxBody)
 	}
 	for name, hostport := range map[string]string{"-addr": o.addr, "-upstream": o.upstream} {
-		_, port, err := net.SplitHostPort(hostport)
+		host, port, err := net.SplitHostPort(hostport)
 		if err != nil {
 			return o, fmt.Errorf("%s wants host:port, got %q", name, hostport)
+		}
+		// fasthttp's client takes an upstream without a host (":8080") for
+		// one without a port, dials ":8080:80", and fails every request
+		// with 502; net.Dial would have dialled the local system.
+		if name == "-upstream" && host == "" {
+			return o, fmt.Errorf("-upstream wants a host before its port (127.0.0.1%s, say), got %q", hostport, hostport)
 		}
 		// A bad port must fail here, with status 2: fasthttp dials numeric
 		// ports only, so the upstream's would make every request a 502,

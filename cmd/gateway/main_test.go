@@ -191,6 +191,9 @@ func TestBadInput(t *testing.T) {
 		{name: "upstream port not a number", args: []string{"-upstream", "localhost:http"}, want: "-upstream wants a port number"},
 		{name: "upstream port out of range", args: []string{"-upstream", "127.0.0.1:99999"}, want: "-upstream wants a port number"},
 		{name: "upstream port 0", args: []string{"-upstream", "127.0.0.1:0"}, want: "-upstream wants a port number"},
+		// fasthttp's client takes ":8080" for a host without a port, dials
+		// ":8080:80", and every request would be a 502.
+		{name: "upstream without host", args: []string{"-upstream", ":8080"}, want: `-upstream wants a host before its port (127.0.0.1:8080, say), got ":8080"`},
 		{name: "addr port out of range", args: []string{"-addr", "127.0.0.1:99999"}, want: "-addr wants a port number"},
 		{name: "extra argument", args: []string{"serve"}, want: `unexpected argument "serve"`},
 		{name: "REQUEST_TIMEOUT garbage", env: "abc", want: `REQUEST_TIMEOUT="abc"`},
