@@ -49,7 +49,8 @@ const (
 	Cooperative
 )
 
-// String returns "racing" or "cooperative".
+// String returns "racing" or "cooperative", or "Mode(n)" for a value that
+// is neither.
 func (m Mode) String() string {
 	switch m {
 	case Racing:
@@ -61,7 +62,8 @@ func (m Mode) String() string {
 }
 
 // MarshalText returns the name String returns, so that a Mode can be a flag
-// (flag.TextVar) or a configuration value.
+// (flag.TextVar) or a configuration value; for a Mode that is neither
+// Racing nor Cooperative it returns an error.
 func (m Mode) MarshalText() ([]byte, error) {
 	if m != Racing && m != Cooperative {
 		return nil, fmt.Errorf("fasttimeout: unknown %v", m)
