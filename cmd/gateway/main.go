@@ -135,7 +135,10 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	case o.maxBody <= 0:
 		return o, fmt.Errorf("-max-body must be positive, got %d", o.maxBody)
 	}
-	for name, hostport := range map[string]string{"-addr": o.addr, "-upstream": o.upstream} {
+	// In the order of the flags, so that with both wrong the error is the
+	// same from run to run (a map's order is random).
+	for _, f := range [...]struct{ name, hostport string }{{"-addr", o.addr}, {"-upstream", o.upstream}} {
+		name, hostport := f.name, f.hostport
 		host, port, err := net.SplitHostPort(hostport)
 		if err != nil {
 			return o, fmt.Errorf("%s wants host:port, got %q", name, hostport)

@@ -194,6 +194,7 @@ func TestBadInput(t *testing.T) {
 		// fasthttp's client takes ":8080" for a host without a port, dials
 		// ":8080:80", and every request would be a 502.
 		{name: "upstream without host", args: []string{"-upstream", ":8080"}, want: `-upstream wants a host before its port (127.0.0.1:8080, say), got ":8080"`},
+		{name: "addr and upstream both bad: the first flag's error", args: []string{"-addr", "nope", "-upstream", "nope"}, want: `-addr wants host:port, got "nope"`},
 		{name: "addr port out of range", args: []string{"-addr", "127.0.0.1:99999"}, want: "-addr wants a port number"},
 		{name: "extra argument", args: []string{"serve"}, want: `unexpected argument "serve"`},
 		{name: "REQUEST_TIMEOUT garbage", env: "abc", want: `REQUEST_TIMEOUT="abc"`},
