@@ -215,6 +215,11 @@ func TestSkip(t *testing.T) {
 			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
 				_, remaining := fasttimeout.Remaining(ctx)
 				_, deadline := fasttimeout.Context(ctx).Deadline()
+				if string(ctx.Path()) == "/health" {
+					assert.Zero(t, stats.Snapshot().InFlight, "a skipped request is not in flight")
+				} else {
+					assert.EqualValues(t, 1, stats.Snapshot().InFlight)
+				}
 				seenc <- seen{remaining: remaining, deadline: deadline}
 				if string(ctx.Path()) == "/health" {
 					// Outlive the timeout: a skipped request is never answered 504.

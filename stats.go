@@ -42,11 +42,13 @@ type Stats struct {
 
 // Counters is a snapshot of the counters of [Stats].
 type Counters struct {
-	// Requests is the number of requests that entered the middleware.
-	// It is counted only when Config.Stats is set.
+	// Requests is the number of requests that entered the middleware,
+	// those exempted by Config.Skip included. It is counted only when
+	// Config.Stats is set.
 	Requests int64 `json:"requests"`
-	// InFlight is the number of handlers running now, late ones included.
-	// It is counted only when Config.Stats is set.
+	// InFlight is the number of handlers running now, late ones included,
+	// but not those exempted by Config.Skip. It is counted only when
+	// Config.Stats is set.
 	InFlight int64 `json:"in_flight"`
 	// Timeouts is the number of requests answered with the timeout
 	// response because their deadline passed, spent budgets included.
