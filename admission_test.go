@@ -330,6 +330,7 @@ func TestAdmission_queue_headers(t *testing.T) {
 		{"a start in the future counts as now", "X-Request-Start", heroku(ago(-time.Minute)), true, 10 * time.Second, 5 * time.Second, 0, 0},
 		{"malformed: ignored and counted", "X-Request-Start", literal("t=soon"), true, 10 * time.Second, 5 * time.Second, 1, 0},
 		{"absurd: ignored and counted", "X-Request-Start", heroku(ago(48 * time.Hour)), true, 10 * time.Second, 5 * time.Second, 1, 0},
+		{"ALB Root without a value before an old one: ignored and counted", "X-Amzn-Trace-Id", func() string { return "Root;" + alb(ago(10*time.Second))() }, true, 10 * time.Second, 5 * time.Second, 1, 0},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

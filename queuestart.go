@@ -127,24 +127,25 @@ var (
 // parseTraceStart parses an X-Amzn-Trace-Id value into Unix nanoseconds at
 // the end of the second of its Self field, or of its Root field if it has
 // no Self, no later than now; ok is false if that field is missing, not
-// valid (an empty Self included), or more than an hour away from now. Of
-// repeated fields, the first counts. Fields are separated by ';'; spaces
-// around them are ignored, but not around a field's '=', which AWS never
-// writes ("Root = 1-…" is no Root).
+// valid (an empty or bare one, "Self=" or "Self", included), or more than
+// an hour away from now. Of repeated fields, the first counts. Fields are
+// separated by ';'; spaces around them are ignored, but not around a
+// field's '=', which AWS never writes ("Root = 1-…" is no Root).
 func parseTraceStart(v []byte, now int64) (t int64, ok bool) {
 	var self, root []byte
 	for len(v) > 0 {
 		var field []byte
 		field, v, _ = bytes.Cut(v, semicolon)
 		name, value, _ := bytes.Cut(bytes.TrimSpace(field), equals)
+		if value == nil {
+			// A bare "Self" or "Root" is that field, and not a valid one:
+			// left nil, it would let the older Root, or a later Root, count.
+			value = name[:0]
+		}
 		switch string(name) { // does not allocate
 		case "Self":
 			if self == nil {
-				// A bare "Self" is a Self field, and not a valid one:
-				// left nil, it would let the older Root count.
-				if self = value; self == nil {
-					self = name[:0]
-				}
+				self = value
 			}
 		case "Root":
 			if root == nil {

@@ -119,6 +119,8 @@ var requestStartCases = []struct {
 	{name: "ALB bad Self, no fallback to an older Root", headers: []string{"X-Amzn-Trace-Id", "Self=1-zzzzzzzz-12456789abcdef0123456789;Root=1-6553f0fb-abcdef012345678912345678"}, malformed: true},
 	{name: "ALB empty Self, no fallback to an older Root", headers: []string{"X-Amzn-Trace-Id", "Self=;Root=1-6553f0fb-abcdef012345678912345678"}, malformed: true},
 	{name: "ALB Self without a value, no fallback to an older Root", headers: []string{"X-Amzn-Trace-Id", "Root=1-6553f0fb-abcdef012345678912345678;Self"}, malformed: true},
+	{name: "ALB Root without a value, no later Root", headers: []string{"X-Amzn-Trace-Id", "Root;Root=1-6553f0fb-abcdef012345678912345678"}, malformed: true},
+	{name: "ALB empty Root, no later Root", headers: []string{"X-Amzn-Trace-Id", "Root=;Root=1-6553f0fb-abcdef012345678912345678"}, malformed: true},
 	{name: "ALB several Roots: the first", headers: []string{"X-Amzn-Trace-Id", "Root=1-6553f0ff-abcdef012345678912345678;Root=1-6553f0fb-abcdef012345678912345678"}, age: 250 * time.Millisecond, found: true},
 	{name: "ALB several Selfs: the first", headers: []string{"X-Amzn-Trace-Id", "Self=1-6553f0ff-12456789abcdef0123456789;Root=1-6553f000-abcdef012345678912345678;Self=1-6553f0fb-12456789abcdef0123456789"}, age: 250 * time.Millisecond, found: true},
 
