@@ -1,6 +1,9 @@
 package fasttimeout
 
 import (
+	"math"
+	"math/rand/v2"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -136,6 +139,109 @@ func hasUpperCaseName(kv []string) bool {
 		}
 	}
 	return false
+}
+
+// TestSetBudgetHeaders_round_trip writes budgets of every magnitude as Do
+// does and reads each header back on its own, as an upstream that knows
+// only that one would: each holds the budget rounded down to its unit
+// (grpc-timeout milliseconds, or seconds from ~27.8 h, where 8 digits of
+// milliseconds end, up to 99999999S; Request-Timeout seconds, absent under
+// one), which incomingBudget reads as that at most 24 h, and the three
+// together as their smallest. FuzzSetBudgetHeaders checks only that
+// smallest, which hides a wrong grpc-timeout behind
+// X-Envoy-Expected-Rq-Timeout-Ms, and never writes grpc-timeout's seconds.
+func TestSetBudgetHeaders_round_trip(t *testing.T) {
+	t.Parallel()
+	budgets := []time.Duration{
+		minUpstreamBudget, minUpstreamBudget + 1, 1500 * time.Microsecond,
+		time.Second - 1, time.Second, time.Second + 1, 2500 * time.Millisecond,
+		maxBudget - 1, maxBudget, maxBudget + time.Millisecond,
+		99999999*time.Millisecond + 999999, 100000000 * time.Millisecond, 100000000*time.Millisecond + 999*time.Millisecond,
+		99999999*time.Second + 999*time.Millisecond, 100000000 * time.Second, math.MaxInt64,
+	}
+	rng := rand.New(rand.NewPCG(1, 2)) // deterministic: CI runs it as it is
+	for range 2000 {
+		// Log-uniform from 1 ms to ~292 years.
+		secs := minUpstreamBudget.Seconds() * math.Pow(float64(math.MaxInt64)/float64(minUpstreamBudget), rng.Float64())
+		budgets = append(budgets, max(minUpstreamBudget, time.Duration(secs*float64(time.Second))))
+	}
+	grpcUnits := map[byte]time.Duration{'H': time.Hour, 'M': time.Minute, 'S': time.Second, 'm': time.Millisecond, 'u': time.Microsecond, 'n': time.Nanosecond}
+	// Stale lines, each name's to be replaced by one: in both spellings,
+	// and in lower case only (as they are on a server that keeps names).
+	stale := [][][2]string{{
+		{HeaderGRPCTimeout, "1H"}, {HeaderRequestTimeout, "3600"}, {HeaderEnvoyExpectedTimeout, "3600000"},
+		{"grpc-timeout", "1n"}, {"request-timeout", "0"}, {"x-envoy-expected-rq-timeout-ms", "1"},
+	}, {
+		{"grpc-timeout", "1n"}, {"request-timeout", "0"}, {"x-envoy-expected-rq-timeout-ms", "1"},
+	}}
+	for i := range 4 {
+		raw, lines := i%2 == 1, stale[i/2]
+		for _, b := range budgets {
+			var h fasthttp.RequestHeader
+			if raw {
+				h.DisableNormalizing()
+			}
+			h.SetRequestURI("/")
+			for _, kv := range lines {
+				h.Add(kv[0], kv[1])
+			}
+			setBudgetHeaders(&h, b)
+
+			// read returns the value of the one line of dh as written, in
+			// full, and as incomingBudget reads it.
+			read := func(dh *deadlineHeader, unit time.Duration) (written, d time.Duration, ok bool) {
+				vals := h.PeekAll(dh.name)
+				if len(vals) == 0 {
+					return 0, 0, false
+				}
+				require.Len(t, vals, 1, "%s for %v (names kept: %v): %q", dh.name, b, raw, h.String())
+				v := string(vals[0])
+				if dh.name == HeaderGRPCTimeout && v != "" {
+					v, unit = v[:len(v)-1], grpcUnits[v[len(v)-1]]
+				}
+				n, err := strconv.ParseInt(v, 10, 64)
+				require.NoError(t, err, "%s %q for %v", dh.name, vals[0], b)
+				d, ok = dh.parse(vals[0])
+				require.True(t, ok, "%s %q for %v is not valid", dh.name, vals[0], b)
+				return time.Duration(n) * unit, d, true
+			}
+			check := func(name string, written, d, want time.Duration) {
+				assert.Equal(t, want, written, "%s for %v", name, b)
+				assert.Equal(t, min(want, maxBudget), d, "%s for %v, read", name, b)
+			}
+			envoy, envoyRead, ok := read(&deadlineHeaders[1], time.Millisecond)
+			require.True(t, ok, "%v: no %s", b, HeaderEnvoyExpectedTimeout)
+			check(HeaderEnvoyExpectedTimeout, envoy, envoyRead, b.Truncate(time.Millisecond))
+			grpc, grpcRead, ok := read(&deadlineHeaders[0], 0)
+			require.True(t, ok, "%v: no %s", b, HeaderGRPCTimeout)
+			wantGRPC := b.Truncate(time.Millisecond)
+			if b >= 100000000*time.Millisecond {
+				wantGRPC = min(b.Truncate(time.Second), 99999999*time.Second)
+			}
+			check(HeaderGRPCTimeout, grpc, grpcRead, wantGRPC)
+			seconds, secondsRead, ok := read(&deadlineHeaders[2], time.Second)
+			if b < time.Second {
+				assert.False(t, ok, "%s %q for %v, under a second", HeaderRequestTimeout, h.Peek(HeaderRequestTimeout), b)
+				secondsRead = maxBudget
+			} else {
+				require.True(t, ok, "%v: no %s", b, HeaderRequestTimeout)
+				check(HeaderRequestTimeout, seconds, secondsRead, b.Truncate(time.Second))
+			}
+			if raw {
+				for _, name := range []string{"grpc-timeout", "request-timeout", "x-envoy-expected-rq-timeout-ms"} {
+					assert.Nil(t, h.Peek(name), "stale %s line left for %v", name, b)
+				}
+			}
+
+			got, found, malformed := incomingBudget(&h)
+			assert.True(t, found && !malformed, "%v: found %v, malformed %v", b, found, malformed)
+			assert.Equal(t, min(envoyRead, grpcRead, secondsRead), got, "the smallest of the three for %v", b)
+			assert.LessOrEqual(t, got, b, "never more than written")
+			if t.Failed() {
+				return // the first budget that fails says enough
+			}
+		}
+	}
 }
 
 func TestIncomingBudgetDoesNotAllocate(t *testing.T) {
