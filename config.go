@@ -170,15 +170,17 @@ type Config struct {
 	// deadline into account: the smallest valid value among all lines of
 	// grpc-timeout (gRPC wire format, e.g. "250m"),
 	// X-Envoy-Expected-Rq-Timeout-Ms (0 there means no timeout) and
-	// Request-Timeout (seconds). The request's timeout becomes the smaller
-	// of its own and the caller's budget less DeadlineMargin; a budget
-	// already spent is answered with the timeout response at once, without
-	// running the handler, and counted in Stats (SpentBudgets). Malformed
-	// values are ignored and counted in Stats. Names are matched in any
-	// case, except on a server with DisableHeaderNamesNormalizing, which
-	// keeps them as received: there only the canonical form
-	// ("Grpc-Timeout") and lower case ("grpc-timeout") are found. Off by
-	// default: only trust these headers from callers you trust.
+	// Request-Timeout (seconds; whole seconds are taken as rounded down, so
+	// a finer header within the second above gives the budget). The
+	// request's timeout becomes the smaller of its own and the caller's
+	// budget less DeadlineMargin; a budget already spent is answered with
+	// the timeout response at once, without running the handler, and
+	// counted in Stats (SpentBudgets). Malformed values are ignored and
+	// counted in Stats. Names are matched in any case, except on a server
+	// with DisableHeaderNamesNormalizing, which keeps them as received:
+	// there only the canonical form ("Grpc-Timeout") and lower case
+	// ("grpc-timeout") are found. Off by default: only trust these headers
+	// from callers you trust.
 	HonorDeadlineHeaders bool
 
 	// DeadlineMargin is taken off a caller's budget (see

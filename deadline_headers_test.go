@@ -65,6 +65,34 @@ func TestHonorDeadlineHeaders(t *testing.T) {
 		}
 	})
 
+	// Do writes Request-Timeout in whole seconds, rounded down, beside the
+	// milliseconds of X-Envoy-Expected-Rq-Timeout-Ms: the next hop must not
+	// lose the fraction, a second a hop down a chain of proxies.
+	t.Run("a whole-second Request-Timeout gives way to the finer header within its second", func(t *testing.T) {
+		t.Parallel()
+		for _, mode := range allModes {
+			deadlines := make(chan time.Time, 1)
+			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				deadline, ok := fasttimeout.Context(ctx).Deadline()
+				assert.True(t, ok)
+				deadlines <- deadline
+			}, fasttimeout.Config{Timeout: time.Hour, Mode: mode, HonorDeadlineHeaders: true}))
+
+			req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+			req.SetRequestURI("http://test/api")
+			req.Header.Set(fasttimeout.HeaderRequestTimeout, "60")
+			req.Header.Set(fasttimeout.HeaderEnvoyExpectedTimeout, "60900")
+			sent := time.Now()
+			require.NoError(t, s.client.DoTimeout(req, resp, 10*time.Second))
+			assert.Equal(t, fasthttp.StatusOK, resp.StatusCode())
+			fasthttp.ReleaseRequest(req)
+			fasthttp.ReleaseResponse(resp)
+			// The budget counts from when the middleware saw the request,
+			// after sent: 60.9 s from then at least, whatever the stall.
+			assert.GreaterOrEqual(t, receive(t, deadlines, "the handler's deadline").Sub(sent), 60900*time.Millisecond, mode)
+		}
+	})
+
 	t.Run("the configured timeout wins when it is smaller", func(t *testing.T) {
 		t.Parallel()
 		left := make(chan time.Duration, 1)

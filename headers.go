@@ -1,6 +1,7 @@
 package fasttimeout
 
 import (
+	"bytes"
 	"math"
 	"time"
 
@@ -40,16 +41,17 @@ type deadlineHeader struct {
 	key        []byte // name, for the cheap look-up of a first line
 	lower      bool   // looked up only in headers that keep names as received
 	zeroIsNone bool   // 0 means no timeout, not a spent budget (Envoy)
+	seconds    bool   // a whole number is whole seconds, likely rounded down (Request-Timeout)
 	parse      func([]byte) (time.Duration, bool)
 }
 
 var deadlineHeaders = [...]deadlineHeader{
 	{name: HeaderGRPCTimeout, key: []byte(HeaderGRPCTimeout), parse: parseGRPCTimeout},
 	{name: HeaderEnvoyExpectedTimeout, key: []byte(HeaderEnvoyExpectedTimeout), zeroIsNone: true, parse: parseEnvoyTimeout},
-	{name: HeaderRequestTimeout, key: []byte(HeaderRequestTimeout), parse: parseRequestTimeout},
+	{name: HeaderRequestTimeout, key: []byte(HeaderRequestTimeout), seconds: true, parse: parseRequestTimeout},
 	{name: "grpc-timeout", key: []byte("grpc-timeout"), lower: true, parse: parseGRPCTimeout},
 	{name: "x-envoy-expected-rq-timeout-ms", key: []byte("x-envoy-expected-rq-timeout-ms"), lower: true, zeroIsNone: true, parse: parseEnvoyTimeout},
-	{name: "request-timeout", key: []byte("request-timeout"), lower: true, parse: parseRequestTimeout},
+	{name: "request-timeout", key: []byte("request-timeout"), lower: true, seconds: true, parse: parseRequestTimeout},
 }
 
 // incomingBudget returns the time the caller gives this request: the
@@ -64,11 +66,19 @@ var deadlineHeaders = [...]deadlineHeader{
 // X-Envoy-Expected-Rq-Timeout-Ms: 0 means "no timeout" to Envoy and gives
 // no budget.
 //
+// A Request-Timeout of whole seconds is taken as rounded down, as Do and the
+// draft that defines it write it: a finer header within the second above it
+// ("2" beside 2999 ms) gives the budget, so that each hop of a chain of
+// proxies does not lose up to a second; a finer header beyond that second
+// is not the same budget, and the whole seconds, the smaller, win.
+//
 // It does not allocate. Header names are looked up as stored, without
 // normalizing them again: in canonical form, and in lower case for servers
 // that keep header names as received.
 func incomingBudget(h *fasthttp.RequestHeader) (budget time.Duration, found, malformed bool) {
 	raw := keepsNames(h)
+	var whole time.Duration // the least whole-seconds Request-Timeout
+	foundWhole := false
 	for i := range deadlineHeaders {
 		dh := &deadlineHeaders[i]
 		// PeekCanonical finds a first line without copying the name: most
@@ -82,10 +92,17 @@ func incomingBudget(h *fasthttp.RequestHeader) (budget time.Duration, found, mal
 			case !ok:
 				malformed = true
 			case d == 0 && dh.zeroIsNone:
+			case dh.seconds && bytes.IndexByte(v, '.') < 0:
+				if !foundWhole || d < whole {
+					whole, foundWhole = d, true
+				}
 			case !found || d < budget:
 				budget, found = d, true
 			}
 		}
+	}
+	if foundWhole && (!found || budget >= whole+time.Second) {
+		budget, found = whole, true
 	}
 	return budget, found, malformed
 }

@@ -70,6 +70,14 @@ func TestIncomingBudget(t *testing.T) {
 		{name: "the smallest of repeated grpc-timeout lines", headers: []string{"grpc-timeout", "5S", "grpc-timeout", "100m", "grpc-timeout", "2S"}, budget: 100 * time.Millisecond, found: true},
 		{name: "the smallest of repeated envoy lines", headers: []string{"x-envoy-expected-rq-timeout-ms", "900", "x-envoy-expected-rq-timeout-ms", "300"}, budget: 300 * time.Millisecond, found: true},
 		{name: "the smallest of repeated request-timeout lines", headers: []string{"Request-Timeout", "4", "Request-Timeout", "2"}, budget: 2 * time.Second, found: true},
+		{name: "whole-second request-timeout rounded down beside envoy", headers: []string{"Request-Timeout", "2", "x-envoy-expected-rq-timeout-ms", "2999"}, budget: 2999 * time.Millisecond, found: true},
+		{name: "whole-second request-timeout rounded down beside grpc-timeout", headers: []string{"grpc-timeout", "2500m", "Request-Timeout", "2"}, budget: 2500 * time.Millisecond, found: true},
+		{name: "whole-second request-timeout beside an equal envoy", headers: []string{"Request-Timeout", "2", "x-envoy-expected-rq-timeout-ms", "2000"}, budget: 2 * time.Second, found: true},
+		{name: "whole-second request-timeout under envoy by a second or more", headers: []string{"Request-Timeout", "2", "x-envoy-expected-rq-timeout-ms", "3000"}, budget: 2 * time.Second, found: true},
+		{name: "whole-second request-timeout over envoy", headers: []string{"Request-Timeout", "2", "x-envoy-expected-rq-timeout-ms", "1500"}, budget: 1500 * time.Millisecond, found: true},
+		{name: "decimal request-timeout is exact beside envoy", headers: []string{"Request-Timeout", "2.0", "x-envoy-expected-rq-timeout-ms", "2999"}, budget: 2 * time.Second, found: true},
+		{name: "the least whole request-timeout line beside envoy", headers: []string{"Request-Timeout", "3", "Request-Timeout", "2", "x-envoy-expected-rq-timeout-ms", "2500"}, budget: 2500 * time.Millisecond, found: true},
+		{name: "whole request-timeout 24h beside envoy 24h", headers: []string{"Request-Timeout", "90000", "x-envoy-expected-rq-timeout-ms", "90000000"}, budget: 24 * time.Hour, found: true},
 		{name: "a spent grpc-timeout among longer ones", headers: []string{"grpc-timeout", "5S", "x-envoy-expected-rq-timeout-ms", "900", "grpc-timeout", "0n"}, budget: 0, found: true},
 		{name: "envoy zero gives way to grpc-timeout", headers: []string{"x-envoy-expected-rq-timeout-ms", "0", "grpc-timeout", "5S"}, budget: 5 * time.Second, found: true},
 		{name: "envoy over 24h, request-timeout decides", headers: []string{"x-envoy-expected-rq-timeout-ms", "90000000", "Request-Timeout", "2"}, budget: 2 * time.Second, found: true},
@@ -235,7 +243,12 @@ func TestSetBudgetHeaders_round_trip(t *testing.T) {
 
 			got, found, malformed := incomingBudget(&h)
 			assert.True(t, found && !malformed, "%v: found %v, malformed %v", b, found, malformed)
-			assert.Equal(t, min(envoyRead, grpcRead, secondsRead), got, "the smallest of the three for %v", b)
+			// Request-Timeout's whole seconds are rounded down: the two
+			// finer headers, within the second above, give the budget.
+			assert.Equal(t, min(envoyRead, grpcRead), got, "the smaller of the two finer headers for %v", b)
+			if b >= time.Second {
+				assert.GreaterOrEqual(t, got, secondsRead, "Request-Timeout is rounded down")
+			}
 			assert.LessOrEqual(t, got, b, "never more than written")
 			if t.Failed() {
 				return // the first budget that fails says enough
