@@ -42,6 +42,19 @@ func FuzzIncomingBudget(f *testing.F) {
 		if !found && budget != 0 {
 			t.Fatalf("budget %v without a header found", budget)
 		}
+		// At least the smallest valid value, and less than a second above
+		// it: only a whole-second Request-Timeout gives way, to a finer
+		// header within its second.
+		least, any := maxBudget, false
+		for i := range 3 {
+			dh := &deadlineHeaders[i]
+			if d, ok := dh.parse(h.Peek(dh.name)); ok && !(d == 0 && dh.zeroIsNone) {
+				least, any = min(least, d), true
+			}
+		}
+		if any != found || found && (budget < least || budget >= least+time.Second) {
+			t.Fatalf("budget %v (found %v) against the smallest value %v (found %v) for %q, %q, %q", budget, found, least, any, grpc, envoy, seconds)
+		}
 	})
 }
 
