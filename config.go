@@ -125,8 +125,9 @@ type Config struct {
 	// depend on it: each has a timer for its deadline, and with only racing
 	// requests in flight the housekeeping goroutine rests, waking every
 	// 100 ms to watch for shutdown and retire idle workers.
-	// Smaller values cancel closer to the deadline and cost more CPU. Zero
-	// means DefaultPrecision (1 ms); values below 100 µs panic in New.
+	// Smaller values cancel closer to the deadline and cost more CPU; values
+	// above 100 ms tick every 100 ms, as a rest does. Zero means
+	// DefaultPrecision (1 ms); values below 100 µs panic in New.
 	Precision time.Duration
 
 	// OnTimeout, if set, is called on the server goroutine when a request

@@ -56,8 +56,13 @@ type contextShard struct {
 
 // newHousekeeper returns a housekeeper that ticks every precision while it
 // watches contexts. It starts its goroutine only when needed.
+//
+// It never ticks less often than when it rests: its first tick, and the
+// ticks while it watches contexts, are also when it looks at racing calls
+// for shutdown and retires idle workers, which must not wait for a
+// Precision of minutes.
 func newHousekeeper(precision time.Duration) *housekeeper {
-	return &housekeeper{precision: precision, wake: make(chan struct{}, 1)}
+	return &housekeeper{precision: min(precision, restPeriod), wake: make(chan struct{}, 1)}
 }
 
 // startLocked starts the housekeeper goroutine if it is not running. h.mu

@@ -149,3 +149,43 @@ func TestShutdown_disarm_and_extend_after_shutdown(t *testing.T) {
 		})
 	}
 }
+
+// TestShutdown_reaches_racing_contexts_whatever_the_Precision: racing
+// requests do not depend on Config.Precision (see its doc): with only
+// racing requests in flight the housekeeping goroutine rests, waking every
+// 100 ms to watch for shutdown. A Precision above that made it wait a whole
+// Precision before its first look, so a racing context learnt of the
+// shutdown only then (here an hour later), and idle workers outlived it too.
+func TestShutdown_reaches_racing_contexts_whatever_the_Precision(t *testing.T) {
+	for _, precision := range []time.Duration{fasttimeout.DefaultPrecision, time.Hour} {
+		t.Run(precision.String(), func(t *testing.T) {
+			t.Parallel()
+			started := make(chan struct{}, 1)
+			causes := make(chan error, 1)
+			h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				c := fasttimeout.Context(ctx)
+				started <- struct{}{}
+				select {
+				case <-c.Done():
+				case <-time.After(stressBound):
+				}
+				causes <- context.Cause(c)
+				replyWithSecret(ctx, "bye", string(ctx.Request.Header.Peek("X-Secret")))
+			}, fasttimeout.Config{Timeout: time.Hour, Precision: precision})
+			server := startStressLoopback(t, h)
+			c, err := dialStress(server.addr)
+			require.NoError(t, err)
+			defer c.close()
+			answered := make(chan error, 1)
+			go func() { answered <- c.do("/", "S0000000000000001") }()
+			receive(t, started, "the handler's start")
+			shutdown := make(chan error, 1)
+			go func() { shutdown <- server.shutdown() }()
+
+			require.ErrorIs(t, receive(t, causes, "the context's end"), fasttimeout.ErrShutdown)
+			require.NoError(t, receive(t, answered, "the answer"))
+			requireOwnResponse(t, &c.resp, "bye", "S0000000000000001")
+			require.NoError(t, receive(t, shutdown, "the shutdown"))
+		})
+	}
+}

@@ -448,8 +448,9 @@ func TestMiddlewareRecordsSpentBudget(t *testing.T) {
 
 // A handler that returns just past its deadline, before its context is
 // cancelled (here a cooperative context, cancelled by a housekeeper that
-// ticks every second), is late: the client gets the timeout response. Its
-// span had no event, since the context had not ended.
+// ticks every 100 ms, the longest tick a Precision of a second gets), is
+// late: the client gets the timeout response. Its span had no event, since
+// the context had not ended.
 func TestHandlerRecordsAReturnPastTheDeadlineBeforeTheContextEnds(t *testing.T) {
 	t.Parallel()
 	tt := serveTraced(t, fasttimeout.Config{Timeout: 20 * time.Millisecond, Mode: fasttimeout.Cooperative, Precision: time.Second},
