@@ -774,3 +774,40 @@ func TestWaiter_no_stale_tick_in_the_pool(t *testing.T) {
 	w.stopTimer()
 	require.Zero(t, len(w.timer.C), "a tick stayed in the timer's channel")
 }
+
+// TestLimiter_a_timeout_that_closes_a_window_keeps_room_beside_its_handler:
+// the timeout of a handler is a drop to the adaptive limit, and the drop
+// may close a window; the handler runs on, late, holding its slot. The
+// window closed before the handler was counted late, so the limit kept
+// limitFloor slots beyond the other late handlers only: one fewer than the
+// rule, beside every handler that went late that way.
+func TestLimiter_a_timeout_that_closes_a_window_keeps_room_beside_its_handler(t *testing.T) {
+	t.Parallel()
+	m := &middleware{settings: Config{Timeout: time.Second, AdaptiveConcurrency: true, IgnoreHangups: true}.resolve()}
+	m.limiter = newLimiter(int64(m.MaxConcurrency), true, m.Timeout, m.stats, &m.late)
+	l := m.limiter
+	clock := warm(t, l, int64(time.Hour))
+	require.Equal(t, int64(initialLimit), l.limit.Load())
+	// Twelve handlers hold slots, and time out: the first eleven in a new
+	// window, the last as it closes, with no return in time (the limit
+	// halves, to 10, under the room beside them).
+	l.count.Store(0)
+	l.drops.Store(0)
+	l.windowStart.Store(clock)
+	const hung = 12
+	for i := range hung {
+		require.True(t, l.tryAcquire())
+		c := &call{m: m, admitted: clock}
+		c.state.Store(generation | callRunning)
+		c.deadline.Store(clock)
+		c.slot.Store(slotHeld)
+		at := clock
+		if i == hung-1 {
+			at += int64(maxWindow)
+		}
+		require.True(t, c.settle(callTimedOut, at))
+	}
+	require.Zero(t, l.drops.Load(), "the last timeout closed the window")
+	require.Equal(t, int64(hung), m.late.Load())
+	assert.Equal(t, int64(hung+limitFloor), l.limit.Load(), "limitFloor slots beyond the %d late handlers", hung)
+}

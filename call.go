@@ -209,10 +209,13 @@ func (c *call) settle(outcome uint64, t int64) bool {
 	switch outcome {
 	case callTimedOut:
 		c.m.stats.timeouts.Add(1)
-		if l := c.m.limiter; l != nil && l.adaptive {
+		l := c.m.limiter // read first: once becomeLate has cancelled the context, the call may be another request's
+		c.becomeLate(c.deadline.Load(), context.DeadlineExceeded, &timeoutCause)
+		// The drop after becomeLate: a window it closes counts this handler
+		// among the late ones, beyond which the limit keeps room.
+		if l != nil && l.adaptive {
 			l.drop(t)
 		}
-		c.becomeLate(c.deadline.Load(), context.DeadlineExceeded, &timeoutCause)
 		c.counted.Store(gen)
 	case callGone:
 		c.m.stats.clientGone.Add(1)
