@@ -353,7 +353,9 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline int64) (waited time
 	switch {
 	case granted:
 		return waited, ""
-	case waited >= maxWait:
+	// Out of the queue as its server shuts down, a request is refused
+	// however long it waited: a probe giving way would admit it.
+	case waited >= maxWait && !closed(shutdown):
 		if hook := testHookQueueTimedOut.Load(); hook != nil {
 			(*hook)(l)
 		}
@@ -363,6 +365,16 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline int64) (waited time
 		return waited, l.refuse(RejectedQueueTimeout)
 	default:
 		return waited, l.refuse(RejectedQueueFull)
+	}
+}
+
+// closed reports whether ch, nil or a channel only ever closed, is closed.
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
 	}
 }
 

@@ -811,3 +811,38 @@ func TestLimiter_a_timeout_that_closes_a_window_keeps_room_beside_its_handler(t 
 	require.Equal(t, int64(hung), m.late.Load())
 	assert.Equal(t, int64(hung+limitFloor), l.limit.Load(), "limitFloor slots beyond the %d late handlers", hung)
 }
+
+// TestLimiter_a_waiter_is_refused_at_shutdown_even_as_its_wait_runs_out: a
+// request that leaves the queue as its server shuts down is refused, as
+// docs/overload.md says. One whose share of its budget had run out by then
+// (a loaded machine ran its goroutine late) was taken for a request that
+// waited out its share, and a probe without load gave way to it: it was
+// admitted, and its handler ran during the shutdown, in the probe's place.
+// Not parallel: testHookQueued is the process's.
+func TestLimiter_a_waiter_is_refused_at_shutdown_even_as_its_wait_runs_out(t *testing.T) {
+	ctx, shutdown := heldRequest(t)
+	shutdown()
+	receive(t, serverDone(ctx), "the server's Done")
+	l := newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64))
+	l.shedAt.Store(math.MaxInt64) // no refusal for the process's run queue
+	for range limitFloor {
+		require.True(t, l.tryAcquire()) // the probe's slots, all held
+	}
+	at := now()
+	deadline := at + int64(20*time.Millisecond)
+	share := at + (deadline-at)/waitShare
+	hook := func(hooked *limiter, _ chan bool, _ int64) {
+		if hooked != l {
+			return
+		}
+		for d := share - now(); d > 0; d = share - now() {
+			time.Sleep(time.Duration(d)) // queued, its goroutine runs again only once its share has run out
+		}
+	}
+	testHookQueued.Store(&hook)
+	t.Cleanup(func() { testHookQueued.Store(nil) })
+	_, reason := l.acquire(ctx, at, deadline)
+	assert.Equal(t, RejectedQueueFull, reason)
+	assert.Equal(t, int64(limitFloor), l.holding(), "nothing admitted")
+	assert.NotZero(t, l.probeFrom.Load(), "the probe goes on")
+}

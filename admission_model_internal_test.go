@@ -39,13 +39,19 @@ import (
 //   - the counts add up: arrivals are slots taken plus refusals, refusals
 //     are Stats' by reason, Stats' waiting and queued are the queue's, and
 //     Stats' limit the limiter's;
-//   - the limit stays within [floor, ceiling], and whenever a window closes,
-//     at limitFloor slots or more beyond the late and moved handlers.
+//   - the limit stays within [floor, ceiling] (a fixed one does not move),
+//     and whenever a window closes, at limitFloor slots or more beyond the
+//     late and moved handlers.
 //
-// The waits are bounded by budgets of hours, so no timer ends one: the
-// waiter's timer runs on the real clock, which the fake one is hours ahead
-// of. Not parallel: testHookQueued is the process's, and is set until every
-// seed has run.
+// A waiter's timer, and the wait it measures, run on the real clock: on the
+// fake clock, hours ahead of it, waits have budgets of hours, and no timer
+// ends one. A third of the seeds run on the real clock instead, without the
+// clock moving on, and there some requests wait out their share (100 to
+// 300 µs) before the next operation: a probe without load gives way to the
+// first it would refuse, and a waiter so refused found no slot free. Each
+// seed is deterministic but for the real clock's readings; a failure names
+// its seed and step. Not parallel: testHookQueued is the process's, and is
+// set until every seed has run.
 func TestLimiter_invariants_hold_under_random_operations(t *testing.T) {
 	var models sync.Map // *limiter -> chan chan bool
 	hook := func(l *limiter, ready chan bool, _ int64) {
@@ -63,9 +69,10 @@ func TestLimiter_invariants_hold_under_random_operations(t *testing.T) {
 	for seed := range uint64(seeds) {
 		max := []int64{1, 2, 3, 5, 8, 20, 1000}[seed%7]
 		adaptive := seed%2 == 0
-		t.Run(fmt.Sprintf("seed=%d/max=%d/adaptive=%v", seed, max, adaptive), func(t *testing.T) {
+		realClock := seed%3 == 2
+		t.Run(fmt.Sprintf("seed=%d/max=%d/adaptive=%v/real=%v", seed, max, adaptive, realClock), func(t *testing.T) {
 			t.Parallel() // with one another only: each has its limiter, and the hook tells them apart
-			m := newLimiterModel(t, seed, max, adaptive)
+			m := newLimiterModel(t, seed, max, adaptive, realClock)
 			models.Store(m.l, m.queuedHook)
 			defer models.Delete(m.l)
 			for step := range steps {
@@ -82,16 +89,20 @@ func TestLimiter_invariants_hold_under_random_operations(t *testing.T) {
 // limiterModel is what TestLimiter_invariants_hold_under_random_operations
 // expects of a limiter.
 type limiterModel struct {
-	t        *testing.T
-	rng      *rand.Rand
-	mw       *middleware
-	l        *limiter
-	stats    *Stats
-	late     *atomic.Int64
-	clock    int64
-	ctx      *fasthttp.RequestCtx // a request held on a server, whose shutdown ends the waits
-	shutdown func()
-	down     bool
+	t     *testing.T
+	rng   *rand.Rand
+	mw    *middleware
+	l     *limiter
+	stats *Stats
+	late  *atomic.Int64
+	clock int64
+	// realClock: the clock is the real one, and some requests wait out
+	// their share of the budget (the waiter's timer is on the real clock).
+	realClock bool
+	waitedOut bool                 // the last operation was a request waiting out its share
+	ctx       *fasthttp.RequestCtx // a request held on a server, whose shutdown ends the waits
+	shutdown  func()
+	down      bool
 
 	queuedHook chan chan bool // the ready channel of each request queued (testHookQueued)
 	queue      []*modelWaiter // oldest first
@@ -99,10 +110,10 @@ type limiterModel struct {
 	handlers   []*modelHandler
 	moved      int64
 
-	arrivals, admissions, refusedFull, queuedCount int64
-	refusedNewcomer                                bool // the last arrival, with budget to wait, was refused without waiting
-	lastOp                                         string
-	nextID                                         int
+	arrivals, admissions, refusedFull, refusedTimeout, queuedCount int64
+	refusedNewcomer                                                bool // the last arrival, with budget to wait, was refused without waiting
+	lastOp                                                         string
+	nextID                                                         int
 }
 
 type modelWaiter struct {
@@ -122,7 +133,7 @@ const (
 	handlerLate
 )
 
-func newLimiterModel(t *testing.T, seed uint64, max int64, adaptive bool) *limiterModel {
+func newLimiterModel(t *testing.T, seed uint64, max int64, adaptive, realClock bool) *limiterModel {
 	stats := new(Stats)
 	mw := &middleware{settings: Config{Timeout: time.Second, MaxConcurrency: int(max), AdaptiveConcurrency: adaptive, Stats: stats, IgnoreHangups: true}.resolve()}
 	mw.limiter = newLimiter(max, adaptive, mw.Timeout, stats, &mw.late)
@@ -132,7 +143,7 @@ func newLimiterModel(t *testing.T, seed uint64, max int64, adaptive bool) *limit
 	ctx, shutdown := heldRequest(t)
 	return &limiterModel{
 		t: t, rng: rand.New(rand.NewPCG(seed, 0x5eed)), mw: mw, l: l, stats: stats, late: &mw.late,
-		clock: int64(time.Hour), ctx: ctx, shutdown: shutdown, queuedHook: make(chan chan bool, 1),
+		clock: int64(time.Hour), realClock: realClock, ctx: ctx, shutdown: shutdown, queuedHook: make(chan chan bool, 1),
 	}
 }
 
@@ -165,7 +176,7 @@ func heldRequest(t *testing.T) (*fasthttp.RequestCtx, func()) {
 		assert.NoError(t, receive(t, shutDown, "the server's shutdown"))
 		receive(t, served, "the end of Serve")
 		client.CloseIdleConnections()
-		<-answered
+		receive(t, (<-chan struct{})(answered), "the held request's end")
 	})
 	return ctx, shutdown
 }
@@ -178,6 +189,10 @@ func (m *limiterModel) step(step int) {
 	busyBefore := m.busySince
 	var newcomer *modelWaiter
 	arrival := false
+	m.waitedOut = false
+	if m.realClock {
+		m.clock = now()
+	}
 
 	switch r := m.rng.IntN(100); {
 	case r < 35:
@@ -199,6 +214,13 @@ func (m *limiterModel) step(step int) {
 			m.returnHandler(handlerLate)
 		} else {
 			m.returnHandler(handlerMoved)
+		}
+	case r < 99 && m.realClock:
+		if m.rng.IntN(2) == 0 {
+			arrival = true
+			newcomer = m.waitOut()
+		} else {
+			m.lastOp = "time passes"
 		}
 	case r < 99:
 		d := []time.Duration{0, time.Microsecond, time.Millisecond, lifoAfter / 2, lifoAfter + 1, minWindow, maxWindow, earlyProbeEvery, probeEvery + probeEvery/4}[m.rng.IntN(9)]
@@ -265,6 +287,29 @@ func (m *limiterModel) arrive(budget int64) *modelWaiter {
 	return w
 }
 
+// waitOut runs a request whose share of its budget to wait is short (on the
+// real clock), and waits for its answer. It returns the request if it
+// queued.
+func (m *limiterModel) waitOut() *modelWaiter {
+	yields := m.l.probeYields.Load()
+	budget := int64(waitShare*minWait) * (1 + m.rng.Int64N(3))
+	w := m.arrive(budget)
+	m.lastOp += ", waited out"
+	if w == nil {
+		return nil
+	}
+	m.queue = slices.DeleteFunc(m.queue, func(q *modelWaiter) bool { return q == w })
+	reason := receive(m.t, w.result, "the answer to a request that waits out its share")
+	m.outcome(w, reason)
+	m.waitedOut = true
+	if reason == RejectedQueueTimeout && yields {
+		// A probe without load gives way to the first request it would
+		// refuse (yieldProbe): this one was refused for want of a slot.
+		assert.GreaterOrEqual(m.t, m.l.holding(), m.l.limit.Load(), "request %d refused by a probe without load", w.id)
+	}
+	return w
+}
+
 // outcome counts the answer to request w.
 func (m *limiterModel) outcome(w *modelWaiter, reason string) {
 	switch reason {
@@ -277,6 +322,8 @@ func (m *limiterModel) outcome(w *modelWaiter, reason string) {
 		m.handlers = append(m.handlers, &modelHandler{c: c})
 	case RejectedQueueFull:
 		m.refusedFull++
+	case RejectedQueueTimeout:
+		m.refusedTimeout++
 	default:
 		m.t.Errorf("request %d refused for %q", w.id, reason)
 	}
@@ -446,6 +493,23 @@ func (m *limiterModel) settle(before []*modelWaiter, busySince int64, newcomer *
 	}
 	slices.Sort(wantGranted)
 	slices.Sort(gotGranted)
+	if m.waitedOut && len(granted) > 0 && len(granted) <= len(before) {
+		// The probe that gave way handed its slots over at the end of a
+		// wait on the real clock, which the model does not know: the
+		// oldest or the newest, then.
+		var oldest, newest []int
+		for _, w := range before[:len(granted)] {
+			oldest = append(oldest, w.id)
+		}
+		for _, w := range before[len(before)-len(granted):] {
+			newest = append(newest, w.id)
+		}
+		slices.Sort(oldest)
+		slices.Sort(newest)
+		if slices.Equal(gotGranted, oldest) || slices.Equal(gotGranted, newest) {
+			wantGranted = gotGranted
+		}
+	}
 	assert.Equal(m.t, wantGranted, gotGranted, "the waiters given a slot")
 	assert.NotContains(m.t, granted, newcomer, "a newcomer served before those waiting")
 
@@ -456,7 +520,9 @@ func (m *limiterModel) settle(before []*modelWaiter, busySince int64, newcomer *
 		assert.Equal(m.t, rest[0].id, evicted[0].id, "the oldest waiter gives way")
 		assert.True(m.t, busySince != 0 && m.clock-busySince > int64(lifoAfter), "evicted from a young queue")
 	} else {
-		assert.Empty(m.t, evicted, "waiters refused without a full queue")
+		for _, w := range evicted {
+			m.t.Errorf("waiter %d refused without a full queue", w.id)
+		}
 	}
 	if arrival && m.refusedNewcomer && len(rest) >= capacity {
 		assert.False(m.t, busySince != 0 && m.clock-busySince > int64(lifoAfter), "a newcomer refused by a full queue that had turned LIFO")
@@ -489,10 +555,10 @@ func (m *limiterModel) check(limitBefore, holdingBefore, windowBefore int64) {
 	assert.Equal(t, len(m.queue), l.queued)
 	assert.Equal(t, m.queuedCount, m.stats.queued.Load(), "queued, in Stats")
 	assert.Equal(t, uint32(m.admissions), l.taken(), "slots taken")
-	assert.Equal(t, m.arrivals, m.admissions+m.refusedFull+int64(len(m.queue)), "every arrival admitted, refused or waiting")
-	assert.Equal(t, m.refusedFull, l.refused.Load(), "refusals")
+	assert.Equal(t, m.arrivals, m.admissions+m.refusedFull+m.refusedTimeout+int64(len(m.queue)), "every arrival admitted, refused or waiting")
+	assert.Equal(t, m.refusedFull+m.refusedTimeout, l.refused.Load(), "refusals")
 	assert.Equal(t, m.refusedFull, m.stats.rejectedFull.Load(), "refusals for a full queue, in Stats")
-	assert.Zero(t, m.stats.rejectedTimeout.Load(), "refusals for a wait out")
+	assert.Equal(t, m.refusedTimeout, m.stats.rejectedTimeout.Load(), "refusals for a wait out, in Stats")
 	assert.Equal(t, limit, m.stats.limit.Load(), "the limit, in Stats")
 	assert.GreaterOrEqual(t, limit, l.floor, "the limit, above its floor")
 	assert.LessOrEqual(t, limit, l.ceiling, "the limit, under its ceiling")
