@@ -76,8 +76,8 @@ var runQueue struct {
 // that lasts, not at a burst that the queue absorbs), and the number of
 // goroutines waiting to run.
 func readBacklog(t int64) (latency, runnable int64) {
-	if t-runQueue.at.Load() >= int64(backlogInterval) && runQueue.mu.TryLock() {
-		if t-runQueue.at.Load() >= int64(backlogInterval) {
+	if stale(t) && runQueue.mu.TryLock() {
+		if stale(t) {
 			latency, runnable := readRunQueue()
 			runQueue.runnable.Store(runnable)
 			runQueue.lasting.Store(min(latency, runQueue.latency.Load()))
@@ -87,6 +87,15 @@ func readBacklog(t int64) (latency, runnable int64) {
 		runQueue.mu.Unlock()
 	}
 	return runQueue.lasting.Load(), runQueue.runnable.Load()
+}
+
+// stale reports whether the run queue's last reading is due again at t:
+// backlogInterval old, or stamped later than t, which only a limiter on a
+// made-up clock (a test's) can do, and which would otherwise stop every
+// other limiter of the process from reading it again.
+func stale(t int64) bool {
+	d := t - runQueue.at.Load()
+	return d >= int64(backlogInterval) || d < 0
 }
 
 // readRunQueue reads the histogram of scheduling latencies and returns the

@@ -177,6 +177,20 @@ func TestLimiter_refuses_for_a_backlog(t *testing.T) {
 	}
 }
 
+// TestReadBacklog_after_a_reading_from_a_later_clock: a limiter on a
+// made-up clock hours ahead (a test's) must not stop the others from
+// reading the run queue. Not parallel: the reading is the process's.
+func TestReadBacklog_after_a_reading_from_a_later_clock(t *testing.T) {
+	t.Cleanup(func() { runQueue.at.Store(0) })
+	runQueue.at.Store(now() + int64(time.Hour))
+	// Eventually: a limiter elsewhere in the process may hold the lock.
+	assert.Eventually(t, func() bool {
+		t0 := now()
+		readBacklog(t0)
+		return runQueue.at.Load() <= t0
+	}, 5*time.Second, time.Millisecond, "the run queue was not read again")
+}
+
 // TestRunQueueLatency: goroutines that wait for a P are seen. Not parallel:
 // it measures the whole process.
 func TestRunQueueLatency(t *testing.T) {
