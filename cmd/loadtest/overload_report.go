@@ -333,16 +333,26 @@ func overloadGoals(workloads []overloadWorkload, deadline time.Duration) []goalR
 				x := c.GoodputPerSec / twch.GoodputPerSec
 				g.Checks = append(g.Checks, check(x >= goalVsTWCH, "%.1fx", x))
 			}
-			worstWaste, worstP99, cells := 0.0, 0.0, 0
+			// A cell without a good answer has no p99 (P99Ms 0): it
+			// fails the p99 goal rather than passing unseen.
+			worstWaste, worstP99, cells, noGood := 0.0, 0.0, 0, ""
 			for _, c := range w.Rows {
 				if c.Variant == r.Variant && c.Handler == r.Handler && c.measured() {
 					worstWaste, worstP99 = math.Max(worstWaste, c.WastedShare), math.Max(worstP99, c.P99Ms)
+					if c.Good == 0 && noGood == "" {
+						noGood = fmt.Sprintf("%gx", c.Load)
+					}
 					cells++
 				}
 			}
-			if cells == 0 {
+			switch {
+			case cells == 0:
 				g.Checks = append(g.Checks, "–", "–")
-			} else {
+			case noGood != "":
+				g.Checks = append(g.Checks,
+					check(worstWaste <= goalWaste, "%.0f %%", 100*worstWaste),
+					check(false, "no good answer at %s", noGood))
+			default:
 				g.Checks = append(g.Checks,
 					check(worstWaste <= goalWaste, "%.0f %%", 100*worstWaste),
 					check(worstP99 <= goalP99*float64(deadline)/1e6, "%.0f ms", worstP99))
@@ -355,6 +365,8 @@ func overloadGoals(workloads []overloadWorkload, deadline time.Duration) []goalR
 				v, _ := findOverloadVariant(r.Variant)
 				base := find(v.without, r.Handler, goalHalfLoad)
 				switch {
+				case half.Good == 0:
+					g.Checks = append(g.Checks, check(false, "no good answer"))
 				case base == nil:
 					g.Checks = append(g.Checks, "–")
 				case base.P99Ms == 0:

@@ -200,7 +200,7 @@ func TestOverloadGoals(t *testing.T) {
 	t.Parallel()
 	row := func(variant, handler string, load, share, wasted, p99 float64) overloadRow {
 		return overloadRow{Variant: variant, Handler: handler, Load: load, GoodputShare: share,
-			GoodputPerSec: 100 * share, WastedShare: wasted, P99Ms: p99}
+			GoodputPerSec: 100 * share, Good: int64(300 * share), WastedShare: wasted, P99Ms: p99}
 	}
 	w := overloadWorkload{Name: workloadCPU, Capacity: 100, Rows: []overloadRow{
 		row(olTWCH, "ignores", 4, 0.25, 0.8, 900),
@@ -585,5 +585,28 @@ func TestRefusals(t *testing.T) {
 		if got := refusals(&tc.row); got != tc.want {
 			t.Errorf("refusals(%+v) = %q, want %q", tc.row, got, tc.want)
 		}
+	}
+}
+
+// A cell without a good answer has no p99 (its P99Ms is 0): the p99 goals
+// must not pass on it.
+func TestOverloadGoals_no_good_answer(t *testing.T) {
+	t.Parallel()
+	row := func(variant string, load float64, good int64, p99 float64) overloadRow {
+		return overloadRow{Variant: variant, Handler: "honours", Load: load, Arrivals: 100, Good: good,
+			Timeouts: 100 - good, GoodputShare: float64(good) / 100, GoodputPerSec: float64(good), P99Ms: p99}
+	}
+	w := overloadWorkload{Name: workloadCPU, Capacity: 100, Rows: []overloadRow{
+		row(olRace, 0.5, 100, 10),
+		row(olRaceAdaptive, 0.5, 0, 0), // every answer a 504
+		row(olRaceAdaptive, 1, 95, 120),
+	}}
+	got := overloadGoals([]overloadWorkload{w}, time.Second)
+	if len(got) != 1 {
+		t.Fatalf("%d goal rows, want 1", len(got))
+	}
+	c := got[0].Checks
+	if p99, half := c[5], c[7]; p99 != "FAIL no good answer at 0.5x" || half != "FAIL no good answer" {
+		t.Errorf("p99 checks with no good answer at 0.5x: worst load %q, 0.5x against no admission %q; want both FAIL", p99, half)
 	}
 }
