@@ -85,6 +85,9 @@ func throughputChart(rep report) (*plot.Plot, error) {
 	p.Y.Label.Text = "thousand requests/s"
 	p.Y.Min = 0
 	p.Legend.Top = true
+	if len(variants) == 0 {
+		return p, nil // every cell failed
+	}
 	width := vg.Points(float64(60) / float64(len(conns)))
 	for i, n := range conns {
 		vals := make(plotter.Values, len(variants))

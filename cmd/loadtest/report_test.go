@@ -320,3 +320,26 @@ func TestWriteChartBurst(t *testing.T) {
 		t.Errorf("%s is not a PNG", path)
 	}
 }
+
+// A run whose throughput cells all failed still gets its chart, and so
+// its report, which is written after the chart.
+func TestWriteChart_throughput_all_failed(t *testing.T) {
+	t.Parallel()
+	rep := report{
+		Throughput: []throughputRow{{Variant: fasthttpBare, Conns: 64, Error: "server did not start"}},
+		StormRows:  []stormRow{{Variant: fasthttpBare, LatenessP50Ms: 1, LatenessP99Ms: 2}},
+	}
+	path := filepath.Join(t.TempDir(), "chart.png")
+	var err error
+	func() {
+		defer func() {
+			if v := recover(); v != nil {
+				t.Fatalf("writeChart panicked: %v", v)
+			}
+		}()
+		err = writeChart(path, rep)
+	}()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
