@@ -112,15 +112,17 @@ func throughputChart(rep report) (*plot.Plot, error) {
 
 func stormChart(rep report) (*plot.Plot, error) {
 	var names []string
-	p50 := make(plotter.Values, len(rep.StormRows))
-	p99 := make(plotter.Values, len(rep.StormRows))
-	for i, r := range rep.StormRows {
+	var p50, p99 plotter.Values
+	for _, r := range rep.StormRows {
+		if r.Error != "" {
+			continue // no lateness, not 0 ms
+		}
 		name := r.Variant
 		if name == fasthttpBare {
 			name = "floor (fasthttp-bare)"
 		}
 		names = append(names, name)
-		p50[i], p99[i] = r.LatenessP50Ms, r.LatenessP99Ms
+		p50, p99 = append(p50, r.LatenessP50Ms), append(p99, r.LatenessP99Ms)
 	}
 	p := plot.New()
 	p.Title.Text = fmt.Sprintf("Timeout storm: %d connections, %d ms handlers, %d ms timeout",
@@ -128,6 +130,9 @@ func stormChart(rep report) (*plot.Plot, error) {
 	p.Y.Label.Text = "timeout response after deadline (ms)"
 	p.Y.Min = 0
 	p.Legend.Top = true
+	if len(names) == 0 {
+		return p, nil
+	}
 	width := vg.Points(24)
 	for i, s := range []struct {
 		label string

@@ -343,3 +343,28 @@ func TestWriteChart_throughput_all_failed(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A failed storm cell has no lateness: the chart leaves it out rather than
+// drawing it as 0 ms, the best result.
+func TestStormChart_failed_cell(t *testing.T) {
+	t.Parallel()
+	rep := report{StormRows: []stormRow{
+		{Variant: fasthttpBare, LatenessP50Ms: 1, LatenessP99Ms: 2},
+		{Variant: ftRace, Error: "server did not start"},
+	}}
+	p, err := stormChart(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, tick := range p.X.Tick.Marker.Ticks(p.X.Min, p.X.Max) {
+		names = append(names, tick.Label)
+	}
+	if !reflect.DeepEqual(names, []string{"floor (fasthttp-bare)"}) {
+		t.Errorf("storm chart bars %q, want the floor's only", names)
+	}
+	rep.StormRows = rep.StormRows[1:]
+	if _, err := stormChart(rep); err != nil {
+		t.Errorf("storm chart of failed cells only: %v", err)
+	}
+}
