@@ -134,6 +134,11 @@ type loadResult struct {
 	timeouts  []int64 // ns after the deadline, one per measured timeout response (storm)
 	statuses  map[int]int64
 	errors    int64
+	// answered counts every response read in the window, whether its
+	// request was sent in it or before: the rate counts these. The
+	// measured responses above are those whose request was sent in the
+	// window too, which leaves out each connection's first answer in it.
+	answered int64
 }
 
 func (r loadResult) requests() int64 { return int64(len(r.latencies)) }
@@ -150,6 +155,7 @@ type loadClient struct {
 	latencies []int64
 	timeouts  []int64
 	statuses  map[int]int64
+	answered  int64 // responses read in the window
 	err       error
 }
 
@@ -196,6 +202,7 @@ func drive(ctx context.Context, addr string, conns int, warmup, duration time.Du
 	for _, c := range clients {
 		res.latencies = append(res.latencies, c.latencies...)
 		res.timeouts = append(res.timeouts, c.timeouts...)
+		res.answered += c.answered
 		for code, n := range c.statuses {
 			res.statuses[code] += n
 		}
@@ -247,7 +254,11 @@ func (c *loadClient) run(addr string, phase *atomic.Int32, deadline time.Duratio
 			return
 		}
 		elapsed := time.Since(start)
-		if p != phaseMeasure || phase.Load() != phaseMeasure {
+		now := phase.Load()
+		if now == phaseMeasure {
+			c.answered++
+		}
+		if p != phaseMeasure || now != phaseMeasure {
 			continue // started or ended outside the measured window
 		}
 		code := resp.StatusCode()

@@ -239,10 +239,10 @@ func estimateCapacity(ctx context.Context, cfg overloadConfig, workload string) 
 	if err != nil {
 		return 0, err
 	}
-	if res.elapsed <= 0 || res.requests() == 0 {
+	if res.elapsed <= 0 || res.answered == 0 {
 		return 0, errors.New("no answer")
 	}
-	return float64(res.requests()) / res.elapsed.Seconds(), nil
+	return float64(res.answered) / res.elapsed.Seconds(), nil
 }
 
 // calibrateBurn finds how many iterations of burn take about target on

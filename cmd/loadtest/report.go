@@ -72,13 +72,13 @@ func (r *throughputRow) fill(res loadResult, before, after serverStats) {
 		}
 	}
 	if secs := res.elapsed.Seconds(); secs > 0 {
-		r.ReqPerSec = float64(r.Requests) / secs
+		r.ReqPerSec = float64(res.answered) / secs
 	}
 	p := percentiles(res.latencies, 50, 99, 99.9)
 	r.P50Micros, r.P99Micros, r.P999Micros = p[0]/1e3, p[1]/1e3, p[2]/1e3
-	if r.Requests > 0 {
-		r.CPUMicrosPerRq = float64(after.CPUNanos-before.CPUNanos) / 1e3 / float64(r.Requests)
-		r.AllocsPerReq = float64(after.Mallocs-before.Mallocs) / float64(r.Requests)
+	if res.answered > 0 {
+		r.CPUMicrosPerRq = float64(after.CPUNanos-before.CPUNanos) / 1e3 / float64(res.answered)
+		r.AllocsPerReq = float64(after.Mallocs-before.Mallocs) / float64(res.answered)
 	}
 }
 
@@ -139,7 +139,7 @@ func (r *stormRow) fill(res loadResult, before, after, settled serverStats) {
 	}
 	r.Other = r.Requests - r.Timeouts - r.OK
 	if secs := res.elapsed.Seconds(); secs > 0 {
-		r.ReqPerSec = float64(r.Requests) / secs
+		r.ReqPerSec = float64(res.answered) / secs
 	}
 	p := percentiles(res.timeouts, 50, 99)
 	r.LatenessP50Ms, r.LatenessP99Ms = p[0]/1e6, p[1]/1e6

@@ -1,12 +1,16 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"flag"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -52,6 +56,7 @@ func TestThroughputRowFill(t *testing.T) {
 		elapsed:   2 * time.Second,
 		latencies: []int64{1e3, 2e3, 3e3, 4e3},
 		statuses:  map[int]int64{200: 3, 503: 1},
+		answered:  4,
 	}
 	var r throughputRow
 	r.fill(res, serverStats{CPUNanos: 1e6, Mallocs: 10}, serverStats{CPUNanos: 1e6 + 40e3, Mallocs: 18})
@@ -366,5 +371,86 @@ func TestStormChart_failed_cell(t *testing.T) {
 	rep.StormRows = rep.StormRows[1:]
 	if _, err := stormChart(rep); err != nil {
 		t.Errorf("storm chart of failed cells only: %v", err)
+	}
+}
+
+// The rate counts every answer read in the window, and the server's CPU
+// in the window is shared by all of them: the measured responses (for the
+// latencies) leave out each connection's first answer in the window, whose
+// request was sent before it, so with one connection that answers in
+// 500 ms, a 1 s window holds 2 answers and 1 measured response.
+func TestRowFill_rate_counts_every_answer_in_the_window(t *testing.T) {
+	t.Parallel()
+	res := loadResult{elapsed: time.Second, latencies: []int64{500e6}, timeouts: []int64{450e6},
+		statuses: map[int]int64{504: 1}, answered: 2}
+	var tr throughputRow
+	tr.fill(res, serverStats{CPUNanos: 0}, serverStats{CPUNanos: 2e6})
+	if tr.ReqPerSec != 2 || tr.CPUMicrosPerRq != 1000 || tr.Requests != 1 {
+		t.Errorf("throughput: %v req/s, %v µs of CPU per request, %d measured; want 2, 1000, 1", tr.ReqPerSec, tr.CPUMicrosPerRq, tr.Requests)
+	}
+	var sr stormRow
+	sr.fill(res, serverStats{}, serverStats{}, serverStats{})
+	if sr.ReqPerSec != 2 || sr.Requests != 1 || sr.Timeouts != 1 {
+		t.Errorf("storm: %v req/s, %d measured, %d timeouts; want 2, 1, 1", sr.ReqPerSec, sr.Requests, sr.Timeouts)
+	}
+}
+
+// loadClient counts every answer it reads in the window, and measures
+// those whose request it also sent in the window. The server here answers
+// each request when the test says, and the test moves the phase between
+// answers: the first request is sent in the warm-up and answered in the
+// window, the second sent and answered in it, the third answered after.
+func TestLoadClient_window(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got, answer := make(chan struct{}), make(chan struct{})
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		br := bufio.NewReader(conn)
+		for {
+			var req fasthttp.Request
+			if err := req.Read(br); err != nil {
+				return
+			}
+			got <- struct{}{}
+			<-answer
+			if _, err := io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"); err != nil {
+				return
+			}
+		}
+	}()
+	var phase atomic.Int32 // phaseWarmup
+	c := &loadClient{statuses: map[int]int64{}}
+	done := make(chan struct{})
+	go func() { c.run(ln.Addr().String(), &phase, 0, 0); close(done) }()
+	next := func() {
+		select {
+		case <-got:
+		case <-done:
+			t.Fatalf("the client ended early: %v", c.err)
+		}
+	}
+	next() // the first request, sent in the warm-up
+	phase.Store(phaseMeasure)
+	answer <- struct{}{}
+	next() // the second, sent in the window
+	answer <- struct{}{}
+	next() // the third
+	phase.Store(phaseDone)
+	answer <- struct{}{}
+	<-done
+	if c.err != nil {
+		t.Fatal(c.err)
+	}
+	if c.answered != 2 || len(c.latencies) != 1 || c.statuses[200] != 1 {
+		t.Errorf("%d answered in the window, %d measured, statuses %v; want 2, 1, 200: 1", c.answered, len(c.latencies), c.statuses)
 	}
 }
