@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
@@ -211,8 +212,13 @@ func (r *burstRow) fill(res burstResult, before, settled serverStats) {
 	r.Errors = res.errors
 	r.OwnAfterDeadline = res.ownLate
 	r.EscapedPanics = res.escaped
-	p := percentiles(res.timeouts, 50, 99, 100)
-	r.LatenessP50Ms, r.LatenessP99Ms, r.LatenessMaxMs = p[0]/1e6, p[1]/1e6, p[2]/1e6
+	// The histogram rounds up within 0.1 %: the max is read from the
+	// values, and no percentile is shown past it.
+	p := percentiles(res.timeouts, 50, 99)
+	if len(res.timeouts) > 0 {
+		r.LatenessMaxMs = float64(slices.Max(res.timeouts)) / 1e6
+	}
+	r.LatenessP50Ms, r.LatenessP99Ms = min(p[0]/1e6, r.LatenessMaxMs), min(p[1]/1e6, r.LatenessMaxMs)
 	b, s := before.Burst, settled.Burst
 	r.LateReturns = s.LateReturns - b.LateReturns
 	r.MiddlewareLate = s.MwLateReturn - b.MwLateReturn

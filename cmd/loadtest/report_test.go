@@ -454,3 +454,17 @@ func TestLoadClient_window(t *testing.T) {
 		t.Errorf("%d answered in the window, %d measured, statuses %v; want 2, 1, 200: 1", c.answered, len(c.latencies), c.statuses)
 	}
 }
+
+// The burst's lateness max is the slowest timeout answer's, not the top of
+// its histogram bucket (up to 0.1 % above it), and no percentile is shown
+// past it.
+func TestBurstRowFill_max_is_exact(t *testing.T) {
+	t.Parallel()
+	res := burstResult{timeouts: []int64{int64(time.Millisecond), 34_540_000}}
+	var r burstRow
+	r.fill(res, serverStats{}, serverStats{})
+	if r.LatenessMaxMs != 34.54 || r.LatenessP99Ms > r.LatenessMaxMs || r.LatenessP50Ms > r.LatenessMaxMs {
+		t.Errorf("lateness p50 %v, p99 %v, max %v ms; want max 34.54 and neither percentile above it",
+			r.LatenessP50Ms, r.LatenessP99Ms, r.LatenessMaxMs)
+	}
+}
