@@ -99,6 +99,10 @@ type call struct {
 	admitted int64                          // when it got its concurrency slot, or started without a limit
 	slot     atomic.Uint32                  // slotHeld, slotMoved or slotReleased: the slot's part in the adaptive limit's count of moved handlers
 
+	// What a racing call's timers run (worker.fire), which extend runs
+	// itself for a deadline that passed while it moved.
+	onDeadline func()
+
 	// Inside nested News (see moveNested): the outermost call's moves
 	// serialises their Disarm and Extend, and under it each call's
 	// movedFrom keeps its deadline from before the move in progress, and

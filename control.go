@@ -168,6 +168,9 @@ func (c *call) extend(d time.Duration) bool {
 		}
 		c.syncContext()
 		c.rearm()
+		if hook := testHookMoved.Load(); hook != nil {
+			(*hook)(c)
+		}
 		// Running again, one move on: a timer that read the state and the
 		// old deadline before the move fails its compare-and-swap.
 		moved := s&^(movesMask|phaseMask) | (s+moveStep)&movesMask | callRunning
@@ -186,6 +189,12 @@ func (c *call) extend(d time.Duration) bool {
 		}
 		if d > 0 {
 			c.countMoved()
+		}
+		// The timer armed above may have gone off before the call was
+		// running again, found it moving and settled nothing: if the new
+		// deadline has passed by now, do what it would have.
+		if c.deadline.Load() <= now() {
+			c.onDeadline()
 		}
 		return true
 	}
@@ -263,3 +272,8 @@ func (c *call) moveDeadline(move func(int64) (int64, bool)) bool {
 // of the context, where other moves, the housekeeper's expiry and the
 // client's hang-up may come.
 var testHookMove atomic.Pointer[func(*call)]
+
+// testHookMoved, set only by tests, runs in a racing call's extend once the
+// timer is armed for the new deadline and before the call is running again,
+// where that timer may go off.
+var testHookMoved atomic.Pointer[func(*call)]

@@ -307,3 +307,62 @@ func TestNested_move_that_fails_outside_moves_nothing_inside(t *testing.T) {
 		}
 	}
 }
+
+// A racing call's Extend arms the timer for the new deadline while the call
+// is moving, then makes it running again. A process that runs the timer
+// before that (the extending goroutine stalled, or a short Extend close to
+// the deadline) found the call moving and settled nothing, and nothing
+// armed the timer again: the request was never timed out, its context never
+// ended, and the client waited for as long as the handler ran. Here the test
+// hook holds the move until the new deadline has passed and runs the timer's
+// function then, as the runtime would. Not parallel: it sets the process's
+// test hook.
+func TestExtend_timer_during_the_move_still_times_out(t *testing.T) {
+	const hangWait = 10 * time.Second // a hang detector, not a speed requirement
+	type seen struct {
+		hooked, extended, ended bool
+		cause                   error
+	}
+	got := make(chan seen, 1)
+	h := New(func(ctx *fasthttp.RequestCtx) {
+		var s seen
+		cx := Context(ctx)
+		c := lookup(ctx)
+		var w *worker
+		for _, x := range *c.m.housekeeper.snapshot.Load() {
+			if &x.call == c {
+				w = x
+			}
+		}
+		hook := func(mc *call) {
+			if mc != c {
+				return // another test's request
+			}
+			s.hooked = true
+			c.timer.Stop() // it goes off below, once the new deadline has passed
+			for d := c.deadline.Load() - now(); d > 0; d = c.deadline.Load() - now() {
+				<-time.After(time.Duration(d))
+			}
+			w.fire()
+		}
+		testHookMoved.Store(&hook)
+		s.extended = Extend(ctx, time.Millisecond)
+		testHookMoved.Store(nil)
+		select {
+		case <-cx.Done():
+			s.ended = true
+		case <-time.After(hangWait):
+		}
+		s.cause = context.Cause(cx)
+		got <- s
+		ctx.SetBodyString("own")
+	}, Config{Timeout: actInTime, IgnoreHangups: true})
+
+	resp := getResponse(t, h)
+	s := receive(t, got, "the handler's report")
+	require.True(t, s.hooked, "the deadline moved")
+	require.True(t, s.extended, "Extend before the deadline")
+	assert.True(t, s.ended, "the context ends once the new deadline has passed")
+	assert.ErrorIs(t, s.cause, ErrTimeout)
+	assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode(), "body %q", resp.Body())
+}

@@ -235,6 +235,7 @@ func (m *middleware) acquireWorker(connID uint64, t int64) *worker {
 	w.later = time.AfterFunc(time.Hour, w.fire)
 	w.later.Stop()
 	w.onGone = w.hungUp
+	w.onDeadline = w.fire
 	m.housekeeper.addWorker(w)
 	go w.loop()
 	return w
