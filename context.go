@@ -149,8 +149,11 @@ type requestContext struct {
 }
 
 // afterFunc is a function registered with AfterFunc; stop finds it by its
-// address.
-type afterFunc struct{ f func() }
+// address. An inline one is run by cancel itself (see follow).
+type afterFunc struct {
+	f      func()
+	inline bool
+}
 
 // newRequestContext returns the context of request ctx, with deadline, not
 // yet watched by any housekeeper.
@@ -251,13 +254,23 @@ func (b *requestContext) AfterFunc(f func()) (stop func() bool) {
 	if b.outside {
 		return b.afterShutdown(f)
 	}
+	return b.afterFunc(f, false)
+}
+
+// afterFunc is AfterFunc for a context made inside New; f runs on the
+// goroutine that cancels the context if inline, else on its own.
+func (b *requestContext) afterFunc(f func(), inline bool) (stop func() bool) {
 	b.mu.Lock()
 	if b.err != nil {
 		b.mu.Unlock()
-		go f()
+		if inline {
+			f()
+		} else {
+			go f()
+		}
 		return func() bool { return false }
 	}
-	a := &afterFunc{f: f}
+	a := &afterFunc{f: f, inline: inline}
 	b.afterFuncs = append(b.afterFuncs, a)
 	b.mu.Unlock()
 	return func() bool {
@@ -276,7 +289,10 @@ func (b *requestContext) AfterFunc(f func()) (stop func() bool) {
 // follow makes b end when outer ends, with outer's error and cause, until
 // unfollow. It is called before b is shared: if outer has ended, b starts
 // done, as a standard library context derived from a done parent does,
-// rather than a goroutine later.
+// rather than a goroutine later. Later, b ends within outer's cancel, not
+// on a goroutine of its own: a racing outer call cancels its context before
+// its server goroutine answers, and OnTimeout or OnHangup, whose Context
+// is the innermost call's, must find b ended too.
 func (b *requestContext) follow(outer *requestContext) {
 	end := func() {
 		outer.mu.Lock()
@@ -288,7 +304,7 @@ func (b *requestContext) follow(outer *requestContext) {
 	}
 	end()
 	if b.Err() == nil {
-		b.stopFollow = outer.AfterFunc(end)
+		b.stopFollow = outer.afterFunc(end, true)
 	}
 }
 
@@ -396,10 +412,15 @@ func (b *requestContext) cancelLocked(err error, causes *context.Context) []*aft
 	return funcs
 }
 
-// runAfterFuncs starts each of funcs on a goroutine of its own.
+// runAfterFuncs starts each of funcs on a goroutine of its own, but for
+// the inline ones, which it runs.
 func runAfterFuncs(funcs []*afterFunc) {
 	for _, a := range funcs {
-		go a.f()
+		if a.inline {
+			a.f()
+		} else {
+			go a.f()
+		}
 	}
 }
 
