@@ -148,7 +148,10 @@ type Config struct {
 	// Nil logs both through the server's logger (ctx.Logger()). A panic
 	// before the deadline is never passed here: it is re-raised on the server
 	// goroutine with its original value, as if the handler had not been
-	// wrapped.
+	// wrapped. OnPanic and OnLateReturn must not panic: in racing mode they
+	// run on a worker goroutine of the middleware, where no recover of the
+	// server's can catch it, and the process ends; in cooperative mode the
+	// panic goes up the server goroutine.
 	OnPanic func(ctx *fasthttp.RequestCtx, value any, stack []byte)
 
 	// OnLateReturn, if set, is called when a late handler finally returns:
