@@ -97,6 +97,10 @@ type request struct {
 	// timeout response for end to find.
 	inTime  context.Context
 	timeout time.Duration
+
+	// answered is the status the middleware answered with at the deadline
+	// or the client's hang-up, set by Attach's end; 0 if it did not.
+	answered atomic.Int64
 }
 
 // Attach makes the span of c (trace.SpanFromContext) the request's span for
@@ -148,22 +152,11 @@ func (r *request) recordEndAfterReturn() {
 }
 
 // endAnswered lets go of the span of a request the middleware answered with
-// status at its deadline or its client's hang-up. Unless Handler holds the
-// span or has held it (and so records why), it records the answer and ends
-// the span, which Handler can no longer hold.
+// status at its deadline or its client's hang-up. Whoever lets go last
+// records the answer, unless Handler recorded why (see release).
 func (r *request) endAnswered(status int) {
-	if !r.holds.CompareAndSwap(1, 0) {
-		r.release() // Handler holds it, and records the end when it can
-		return
-	}
-	if !r.handled.Load() && r.span.IsRecording() {
-		cause := fasttimeout.ErrTimeout
-		if status == fasttimeout.StatusClientClosedRequest {
-			cause = fasttimeout.ErrClientGone
-		}
-		r.record(endBy(context.Background(), cause, time.Now()), 0)
-	}
-	r.span.End()
+	r.answered.Store(int64(status))
+	r.release()
 }
 
 // recordRejection records on the span what the middleware answered without
@@ -199,10 +192,22 @@ func (r *request) hold() bool {
 	}
 }
 
+// release lets go of the span, and ends it if it was the last hold. The
+// answer at the deadline or the hang-up is recorded then, not by end as it
+// lets go: Handler, having found next back in time just before the timer
+// went off, may still hold the span, and then records nothing itself.
 func (r *request) release() {
-	if r.holds.Add(-1) == 0 {
-		r.span.End()
+	if r.holds.Add(-1) != 0 {
+		return
 	}
+	if status := r.answered.Load(); status != 0 && !r.handled.Load() && r.span.IsRecording() {
+		cause := fasttimeout.ErrTimeout
+		if status == fasttimeout.StatusClientClosedRequest {
+			cause = fasttimeout.ErrClientGone
+		}
+		r.record(endBy(context.Background(), cause, time.Now()), 0)
+	}
+	r.span.End()
 }
 
 // Middleware starts a server span named after the request's method for each
@@ -277,6 +282,9 @@ func Handler(next fasthttp.RequestHandler) fasthttp.RequestHandler {
 						// the timeout answer.
 						r.inTime, r.timeout = c, timeout
 						r.handled.Store(false)
+						if hook := testHookInTime.Load(); hook != nil {
+							(*hook)(ctx)
+						}
 						return
 					}
 					// Returned past the deadline, before the context
@@ -294,6 +302,10 @@ func Handler(next fasthttp.RequestHandler) fasthttp.RequestHandler {
 		next(ctx)
 	}
 }
+
+// testHookInTime, set only by tests, runs in Handler once next has
+// returned in time, before Handler lets go of the span.
+var testHookInTime atomic.Pointer[func(*fasthttp.RequestCtx)]
 
 // record records on the span the end e of a request's context, for a
 // handler that had timeout when it started, and returns e.
