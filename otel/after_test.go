@@ -52,8 +52,13 @@ func testTimeoutAfterHandlerReturned(t *testing.T, mode fasttimeout.Mode) {
 	require.NoError(t, err)
 	require.Equal(t, fasthttp.StatusGatewayTimeout, status)
 	span := endedSpan(t, ended, "a timeout after Handler returned")
-	assert.Equal(t, []string{fasttimeoutotel.EventTimeout}, eventNames(span))
+	require.Equal(t, []string{fasttimeoutotel.EventTimeout}, eventNames(span))
 	assert.Equal(t, codes.Error, span.Status().Code)
+	// The time Handler's next had when it started, as Handler records it:
+	// racing mode recorded 0, as for a handler that never started.
+	timeout := attrs(span.Events()[0])[fasttimeoutotel.AttrTimeout].AsFloat64()
+	assert.Greater(t, timeout, 0.0)
+	assert.LessOrEqual(t, timeout, time.Second.Seconds())
 
 	client.CloseIdleConnections()
 	require.NoError(t, server.Shutdown())

@@ -146,8 +146,13 @@ func TestMiddlewareRecordsClientGoneAfterHandlerReturned(t *testing.T) {
 			provider.Tracer("test")))
 		hangUp(t, addr, entered)
 		span := endedSpan(t, ended, mode.String())
-		assert.Equal(t, []string{fasttimeoutotel.EventClientGone}, eventNames(span), mode)
+		require.Equal(t, []string{fasttimeoutotel.EventClientGone}, eventNames(span), mode)
 		assert.Equal(t, codes.Error, span.Status().Code, mode)
+		// The minute Handler's next had when it started (racing mode
+		// recorded 0, as for a handler that never started).
+		timeout := attrs(span.Events()[0])[fasttimeoutotel.AttrTimeout].AsFloat64()
+		assert.Greater(t, timeout, 0.0, mode)
+		assert.LessOrEqual(t, timeout, time.Minute.Seconds(), mode)
 		shutdown()
 	}
 	require.NoError(t, provider.Shutdown(context.Background()))

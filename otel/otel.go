@@ -90,7 +90,8 @@ type request struct {
 
 	// The context of a handler that returned in time, and the time it
 	// had, set by Handler before it lets go and read by Attach's end once
-	// the middleware's call has returned. It ends with ErrTimeout or
+	// the middleware's call has returned, or by whoever lets go of a span
+	// answered at the deadline or the hang-up last. It ends with ErrTimeout or
 	// ErrClientGone if what ran after Handler inside fasttimeout.New took
 	// the request past its deadline or outlived its client: in cooperative
 	// mode the middleware then answers in the response itself, with no
@@ -205,7 +206,14 @@ func (r *request) release() {
 		if status == fasttimeout.StatusClientClosedRequest {
 			cause = fasttimeout.ErrClientGone
 		}
-		r.record(endBy(context.Background(), cause, time.Now()), 0)
+		// A Handler whose next returned in time left its context and the
+		// time it had, as cooperative mode records them (see
+		// recordEndAfterReturn); one that never started, nothing.
+		c, timeout := context.Background(), time.Duration(0)
+		if r.inTime != nil {
+			c, timeout = r.inTime, r.timeout
+		}
+		r.record(endBy(c, cause, time.Now()), timeout)
 	}
 	r.span.End()
 }
