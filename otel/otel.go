@@ -56,7 +56,8 @@ const (
 	// other cause.
 	EventCancelled = "fasttimeout.cancelled"
 	// EventLateReturn is recorded when a handler returns after its context
-	// ended with one of the causes above.
+	// ended with one of the causes above, or past its deadline before its
+	// context ended (after EventTimeout, recorded then).
 	EventLateReturn = "fasttimeout.late_return"
 	// EventRejected is recorded when the middleware refuses the request
 	// with 503 Service Unavailable without running its handler (see
@@ -258,7 +259,10 @@ func Context(ctx *fasthttp.RequestCtx) context.Context {
 // is recorded with AttrCause, AttrTimeout and AttrLateness, and the span's
 // status is set to Error with the cause as description. When next returns
 // after that, EventLateReturn is recorded with the same attributes, its
-// lateness measured at the return.
+// lateness measured at the return. A next that returns past its deadline
+// before the context has ended (a timer or a cooperative tick not run yet)
+// gets EventTimeout and EventLateReturn at its return, as the middleware
+// answers it with the timeout response.
 func Handler(next fasthttp.RequestHandler) fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
 		r, _ := ctx.UserValue(contextKey{}).(*request)
