@@ -96,7 +96,7 @@ func ExampleNetHTTPHandler() {
 		case <-time.After(10 * time.Second):
 		}
 	})
-	client, stop := startExampleServer(fasttimeout.New(fasttimeout.NetHTTPHandler(slow), fasttimeout.Config{Timeout: 50 * time.Millisecond}))
+	client, stop := startExampleServer(fasttimeout.New(fasttimeout.NetHTTPHandler(slow), fasttimeout.Config{Timeout: 250 * time.Millisecond}))
 	defer stop()
 
 	printGatewayGet(client, "/")

@@ -90,7 +90,7 @@ func ExampleContext() {
 			why <- "server shutting down"
 		}
 	}
-	client, stop := startExampleServer(fasttimeout.New(h, fasttimeout.Config{Timeout: 20 * time.Millisecond}))
+	client, stop := startExampleServer(fasttimeout.New(h, fasttimeout.Config{Timeout: 250 * time.Millisecond}))
 	defer stop()
 
 	status, _ := get(client, "http://example/")

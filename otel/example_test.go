@@ -30,7 +30,7 @@ func ExampleHandler() {
 		<-fasttimeout.Context(ctx).Done() // gives up at the deadline
 	}
 	handler := fasttimeoutotel.Middleware(
-		fasttimeout.New(fasttimeoutotel.Handler(slow), fasttimeout.Config{Timeout: 10 * time.Millisecond}),
+		fasttimeout.New(fasttimeoutotel.Handler(slow), fasttimeout.Config{Timeout: 250 * time.Millisecond}),
 		provider.Tracer("example"))
 
 	ln := fasthttputil.NewInmemoryListener()
