@@ -216,7 +216,8 @@ func TestHangupRemoveBeforeClose(t *testing.T) {
 	barrier(t, &w, ln)
 	require.Zero(t, calls.Load(), "callback after remove")
 
-	// The connection can be registered again (the DEL really happened).
+	// The connection can be watched again after remove, and its hang-up,
+	// which came with no watch on, is reported at once.
 	cb2, fired2, _ := signal()
 	h2, ok := w.add(s, cb2)
 	require.True(t, ok, "re-registering after remove")
