@@ -42,9 +42,20 @@ func NetHTTPHandler(h http.Handler) fasthttp.RequestHandler {
 				w = &boundWriter{ResponseWriter: w, ctx: ctx}
 			}
 			r = r.WithContext(Context(ctx))
+			// fasthttpadaptor removes the temporary files of its request's
+			// multipart form, not of this copy, which the handler parses.
+			defer removeMultipartFiles(r)
 		}
 		h.ServeHTTP(w, r)
 	}))
+}
+
+// removeMultipartFiles removes the temporary files of r's multipart form,
+// once its handler has returned, as net/http does.
+func removeMultipartFiles(r *http.Request) {
+	if r.MultipartForm != nil {
+		_ = r.MultipartForm.RemoveAll()
+	}
 }
 
 // boundWriter is the ResponseWriter of a net/http handler bounded by New.

@@ -1,9 +1,13 @@
 package fasttimeout_test
 
 import (
+	"bytes"
 	"context"
 	"io"
+	"io/fs"
+	"mime/multipart"
 	"net/http"
+	"os"
 	"testing"
 	"time"
 
@@ -138,6 +142,55 @@ func TestNetHTTPHandler_a_Hijack_in_time_keeps_the_connection(t *testing.T) {
 			resp := c.get(t, "/", "a")
 			assert.Equal(t, fasthttp.StatusOK, resp.StatusCode())
 			assert.Equal(t, "hijacked", string(resp.Body()))
+		})
+	}
+}
+
+// The temporary files of a multipart form the handler parsed are removed
+// when it returns, as net/http and fasthttpadaptor remove them: the handler
+// parses its own copy of the request (the one with the request's context),
+// whose form fasthttpadaptor never sees.
+func TestNetHTTPHandler_removes_the_files_of_a_parsed_multipart_form(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			files := make(chan string, 1)
+			s := serve(t, fasttimeout.New(fasttimeout.NetHTTPHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				name := ""
+				if assert.NoError(t, r.ParseMultipartForm(1)) { // the file part goes to disk
+					if f, err := r.MultipartForm.File["upload"][0].Open(); assert.NoError(t, err) {
+						if file, ok := f.(*os.File); assert.True(t, ok, "the upload is on disk") {
+							name = file.Name()
+						}
+						_ = f.Close()
+					}
+				}
+				files <- name
+			})), fasttimeout.Config{Timeout: waitTimeout, Mode: mode}))
+
+			var body bytes.Buffer
+			form := multipart.NewWriter(&body)
+			part, err := form.CreateFormFile("upload", "upload.txt")
+			require.NoError(t, err)
+			_, err = part.Write(bytes.Repeat([]byte("x"), 1000))
+			require.NoError(t, err)
+			require.NoError(t, form.Close())
+			req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+			defer fasthttp.ReleaseRequest(req)
+			defer fasthttp.ReleaseResponse(resp)
+			req.SetRequestURI("http://test/upload")
+			req.Header.SetMethod(fasthttp.MethodPost)
+			req.Header.SetContentType(form.FormDataContentType())
+			req.SetBody(body.Bytes())
+			require.NoError(t, s.client.DoTimeout(req, resp, waitTimeout))
+			assert.Equal(t, fasthttp.StatusOK, resp.StatusCode())
+
+			name := receive(t, files, "the name of the uploaded file")
+			require.NotEmpty(t, name)
+			t.Cleanup(func() { _ = os.Remove(name) })
+			_, err = os.Stat(name)
+			assert.ErrorIs(t, err, fs.ErrNotExist, "the upload's temporary file is removed once the response is out")
 		})
 	}
 }
