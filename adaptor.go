@@ -2,8 +2,11 @@ package fasttimeout
 
 import (
 	"bufio"
+	"context"
+	"errors"
 	"net"
 	"net/http"
+	"time"
 
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
@@ -29,7 +32,9 @@ import (
 // first Flush, and a streaming handler must not rely on r.Context() after
 // it. The same goes for Hijack, which disarms the request (see [Disarm]) and
 // fails with ErrTimeout once the deadline has passed: the connection then
-// carries the timeout response and the next request.
+// carries the timeout response and the next request. SetWriteDeadline
+// (http.ResponseController) fails with the cause of r.Context() once the
+// request has timed out or its client is gone.
 //
 // NetHTTPHandler panics if h is nil.
 func NetHTTPHandler(h http.Handler) fasthttp.RequestHandler {
@@ -38,10 +43,11 @@ func NetHTTPHandler(h http.Handler) fasthttp.RequestHandler {
 	}
 	return fasthttpadaptor.NewFastHTTPHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if ctx, ok := r.Context().(*fasthttp.RequestCtx); ok {
+			reqCtx := Context(ctx)
 			if lookup(ctx) != nil {
-				w = &boundWriter{ResponseWriter: w, ctx: ctx}
+				w = &boundWriter{ResponseWriter: w, ctx: ctx, reqCtx: reqCtx}
 			}
-			r = r.WithContext(Context(ctx))
+			r = r.WithContext(reqCtx)
 			// fasthttpadaptor removes the temporary files of its request's
 			// multipart form, not of this copy, which the handler parses.
 			defer removeMultipartFiles(r)
@@ -59,11 +65,12 @@ func removeMultipartFiles(r *http.Request) {
 }
 
 // boundWriter is the ResponseWriter of a net/http handler bounded by New.
-// It has fasthttpadaptor's Flush and Hijack, and its deadline methods
-// through Unwrap (http.ResponseController).
+// It has fasthttpadaptor's Flush, Hijack and SetWriteDeadline, and its
+// SetReadDeadline through Unwrap (http.ResponseController).
 type boundWriter struct {
 	http.ResponseWriter
-	ctx *fasthttp.RequestCtx
+	ctx    *fasthttp.RequestCtx
+	reqCtx context.Context // the handler's r.Context()
 }
 
 // Flush sends what the handler wrote so far (fasthttpadaptor's Flush).
@@ -80,6 +87,19 @@ func (w *boundWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, ErrTimeout
 	}
 	return w.ResponseWriter.(http.Hijacker).Hijack()
+}
+
+// SetWriteDeadline fails with the cause of r.Context() once the deadline has
+// passed (ErrTimeout) or the client is gone (ErrClientGone): the connection
+// is then the timeout response's, and in racing mode fasthttp refuses a
+// late handler's deadline only once the middleware has handed it that
+// response, after OnTimeout. A deadline set just before the request timed
+// out still holds for the timeout response, as it would for the handler's.
+func (w *boundWriter) SetWriteDeadline(deadline time.Time) error {
+	if cause := context.Cause(w.reqCtx); errors.Is(cause, ErrTimeout) || errors.Is(cause, ErrClientGone) {
+		return cause
+	}
+	return http.NewResponseController(w.ResponseWriter).SetWriteDeadline(deadline)
 }
 
 // Unwrap returns fasthttpadaptor's writer, for http.ResponseController.

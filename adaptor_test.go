@@ -194,3 +194,47 @@ func TestNetHTTPHandler_removes_the_files_of_a_parsed_multipart_form(t *testing.
 		})
 	}
 }
+
+// A net/http handler past its deadline that sets a write deadline on its
+// connection (http.ResponseController) must not cut the timeout response
+// short: in racing mode the connection writes it under the late handler's
+// deadline when the handler sets it before fasthttp takes the answer
+// (here while OnTimeout runs), in cooperative mode whenever it does.
+func TestNetHTTPHandler_a_late_SetWriteDeadline_does_not_reach_the_timeout_response(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			set := make(chan error, 1)
+			s := startStressLoopback(t, fasttimeout.New(fasttimeout.NetHTTPHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path != "/late" {
+					_, _ = io.WriteString(w, "second")
+					return
+				}
+				<-r.Context().Done() // past the deadline
+				set <- http.NewResponseController(w).SetWriteDeadline(time.Now().Add(-time.Second))
+			})), fasttimeout.Config{
+				Timeout:     actInTime, // /late must run
+				TimeoutFunc: onlyTimingOut("/late"),
+				Mode:        mode,
+				// Racing: the timeout response waits for the late handler's
+				// SetWriteDeadline; cooperative: it has already come.
+				OnTimeout: func(*fasthttp.RequestCtx, *fasthttp.Response) {
+					select {
+					case err := <-set:
+						assert.ErrorIs(t, err, fasttimeout.ErrTimeout, "a write deadline after the deadline fails")
+					case <-time.After(stressBound):
+						assert.Fail(t, "no SetWriteDeadline from the late handler")
+					}
+				},
+			}))
+
+			c, err := dialStress(s.addr)
+			require.NoError(t, err)
+			defer c.close()
+			requireTimeoutResponse(t, c.get(t, "/late", "a"))
+			resp := c.get(t, "/second", "b")
+			assert.Equal(t, "second", string(resp.Body()), "the connection lives on")
+		})
+	}
+}
