@@ -32,9 +32,10 @@ import (
 // first Flush, and a streaming handler must not rely on r.Context() after
 // it. The same goes for Hijack, which disarms the request (see [Disarm]) and
 // fails with ErrTimeout once the deadline has passed: the connection then
-// carries the timeout response and the next request. SetWriteDeadline
-// (http.ResponseController) fails with the cause of r.Context() once the
-// request has timed out or its client is gone.
+// carries the timeout response and the next request. After a Flush, Hijack
+// fails with http.ErrNotSupported: the connection carries the stream.
+// SetWriteDeadline (http.ResponseController) fails with the cause of
+// r.Context() once the request has timed out or its client is gone.
 //
 // NetHTTPHandler panics if h is nil.
 func NetHTTPHandler(h http.Handler) fasthttp.RequestHandler {
@@ -71,10 +72,18 @@ type boundWriter struct {
 	http.ResponseWriter
 	ctx    *fasthttp.RequestCtx
 	reqCtx context.Context // the handler's r.Context()
+
+	// The response has left the middleware, which then ends the request
+	// and no longer lets its handler look into ctx: a Flush made it a
+	// stream, or a Hijack took the connection.
+	flushed, hijacked bool
 }
 
 // Flush sends what the handler wrote so far (fasthttpadaptor's Flush).
-func (w *boundWriter) Flush() { w.ResponseWriter.(http.Flusher).Flush() }
+func (w *boundWriter) Flush() {
+	w.flushed = true
+	w.ResponseWriter.(http.Flusher).Flush()
+}
 
 // Hijack fails with ErrTimeout once the deadline has passed (or the client
 // is gone). fasthttpadaptor hands over the connection at once, not when the
@@ -82,11 +91,21 @@ func (w *boundWriter) Flush() { w.ResponseWriter.(http.Flusher).Flush() }
 // connection that has had the timeout response and carries the next
 // request. Disarmed, the request can no longer time out, so no New answers
 // it once the connection is the handler's.
+//
+// After a Hijack it fails with http.ErrHijacked, and after a Flush with
+// http.ErrNotSupported: the server is writing the stream on the connection.
 func (w *boundWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	if !Disarm(w.ctx) {
+	switch {
+	case w.hijacked:
+		return nil, nil, http.ErrHijacked
+	case w.flushed:
+		return nil, nil, http.ErrNotSupported
+	case !Disarm(w.ctx):
 		return nil, nil, ErrTimeout
 	}
-	return w.ResponseWriter.(http.Hijacker).Hijack()
+	conn, rw, err := w.ResponseWriter.(http.Hijacker).Hijack()
+	w.hijacked = err == nil
+	return conn, rw, err
 }
 
 // SetWriteDeadline fails with the cause of r.Context() once the deadline has

@@ -238,3 +238,57 @@ func TestNetHTTPHandler_a_late_SetWriteDeadline_does_not_reach_the_timeout_respo
 		})
 	}
 }
+
+// Once a Flush has made the response a stream, or a Hijack has taken the
+// connection, the middleware has let go of the request: a later Hijack must
+// fail as net/http's would after a Hijack, or with http.ErrNotSupported
+// after a Flush (the server is writing the stream on that connection), and
+// not look the request up in a RequestCtx the middleware is ending (a data
+// race), nor report that it timed out.
+func TestNetHTTPHandler_a_Hijack_after_the_response_left_fails_cleanly(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		t.Run("after a Flush, "+mode.String(), func(t *testing.T) {
+			t.Parallel()
+			hijacked := make(chan error, 1)
+			s := serve(t, fasttimeout.New(fasttimeout.NetHTTPHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				rc := http.NewResponseController(w)
+				_, _ = io.WriteString(w, "streamed")
+				assert.NoError(t, rc.Flush())
+				conn, _, err := rc.Hijack()
+				if conn != nil {
+					_ = conn.Close()
+				}
+				hijacked <- err
+			})), fasttimeout.Config{Timeout: waitTimeout, Mode: mode}))
+
+			status, body, _ := s.get(t, "/")
+			assert.Equal(t, fasthttp.StatusOK, status)
+			assert.Equal(t, "streamed", body)
+			assert.ErrorIs(t, receive(t, hijacked, "the Hijack after the Flush"), http.ErrNotSupported)
+		})
+
+		t.Run("a second time, "+mode.String(), func(t *testing.T) {
+			t.Parallel()
+			hijacked := make(chan error, 1)
+			s := startStressLoopback(t, fasttimeout.New(fasttimeout.NetHTTPHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				rc := http.NewResponseController(w)
+				conn, _, err := rc.Hijack()
+				if !assert.NoError(t, err) {
+					return
+				}
+				defer conn.Close()
+				_, _, err = rc.Hijack()
+				hijacked <- err
+				_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nhijacked")
+			})), fasttimeout.Config{Timeout: waitTimeout, Mode: mode}))
+
+			c, err := dialStress(s.addr)
+			require.NoError(t, err)
+			defer c.close()
+			resp := c.get(t, "/", "a")
+			assert.Equal(t, "hijacked", string(resp.Body()))
+			assert.ErrorIs(t, receive(t, hijacked, "the second Hijack"), http.ErrHijacked)
+		})
+	}
+}
