@@ -24,9 +24,15 @@ import (
 //
 //	server.Handler = fasttimeout.New(fasttimeout.NetHTTPHandler(mux), cfg)
 //
-// The net/http handler runs on its own goroutine, as with fasthttpadaptor.
-// Its first Flush turns the response into a stream: fasthttpadaptor then
-// returns to the middleware, which ends r.Context() (with
+// The net/http handler runs on its own goroutine, as with fasthttpadaptor,
+// whose ResponseWriter holds the whole response in memory until the
+// handler returns or flushes, and sends the status and headers it holds
+// then: unlike net/http's, it streams no large response without a Flush,
+// and a WriteHeader after a Write, or most headers set after either, still
+// count.
+//
+// The handler's first Flush turns the response into a stream:
+// fasthttpadaptor then returns to the middleware, which ends r.Context() (with
 // context.Canceled) while the handler goes on writing the stream, bounded
 // only by the server's timeouts. So the deadline bounds the time to the
 // first Flush, and a streaming handler must not rely on r.Context() after
