@@ -2,6 +2,7 @@ package fasttimeout
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"sync"
 	"testing"
@@ -102,4 +103,46 @@ func TestHousekeeper_shutdown_after_a_racing_deadline(t *testing.T) {
 	client.CloseIdleConnections()
 	require.NoError(t, receive(t, shutdown, "the shutdown"))
 	require.NoError(t, <-served)
+}
+
+// TestHousekeeper_a_worker_is_last_used_when_its_request_ran: with
+// HonorQueueHeaders a request's start is when the proxy saw it, minutes ago
+// for one that queued there (or behind a proxy whose clock is late). The
+// racing worker that served it goes idle last used then, and the
+// housekeeper's next pass, which retires workers idle for a second,
+// retires it at once: behind such a proxy every request started a new
+// goroutine and two timers. It is last used no earlier than its request's
+// admission.
+func TestHousekeeper_a_worker_is_last_used_when_its_request_ran(t *testing.T) {
+	t.Parallel()
+	type seen struct {
+		m      *middleware
+		connID uint64
+	}
+	seenc := make(chan seen, 1)
+	h := New(func(ctx *fasthttp.RequestCtx) {
+		seenc <- seen{lookup(ctx).m, ctx.ConnID()}
+	}, Config{Timeout: 10 * time.Minute, HonorQueueHeaders: true})
+	client := serveInMemory(t, h)
+
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.SetRequestURI("http://test/")
+	before := now()
+	req.Header.Set("X-Request-Start", fmt.Sprint(time.Now().Add(-5*time.Minute).UnixMilli()))
+	require.NoError(t, client.DoTimeout(req, resp, 30*time.Second))
+	require.Equal(t, fasthttp.StatusOK, resp.StatusCode())
+
+	s := receive(t, seenc, "the handler's middleware")
+	// Released before the server goroutine returned, so before the answer.
+	w := s.m.housekeeper.idle.slots[s.connID%idleSlots].w.Load()
+	if w == nil {
+		// Retired meanwhile: rightly only if it has been idle for
+		// idleWorkerTimeout since (a stalled test).
+		assert.GreaterOrEqual(t, now()-before, int64(idleWorkerTimeout), "retired as idle for long")
+		return
+	}
+	assert.GreaterOrEqual(t, w.lastUsed.Load(), before,
+		"last used %v before the request was sent", time.Duration(before-w.lastUsed.Load()))
 }

@@ -61,16 +61,19 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 	}
 	c.ctx = nil
 	c.conn = nil
-	// The worker counts as last used at the request's start, which saves the
-	// fast path a reading of the clock: it is retired at most that much early.
+	// The worker counts as last used at the request's admission, which saves
+	// the fast path a reading of the clock: it is retired at most the
+	// handler's run early. Not at its start: with HonorQueueHeaders that is
+	// when the proxy saw it, minutes ago maybe, and the worker would be
+	// retired at the housekeeper's next pass.
 	if !c.panicked {
-		m.releaseWorker(w, connID, start)
+		m.releaseWorker(w, connID, admitted)
 		return
 	}
 	v := c.panicValue
 	c.panicked, c.panicValue = false, nil
 	if v != errGoexit { // a worker that called Goexit is gone
-		m.releaseWorker(w, connID, start)
+		m.releaseWorker(w, connID, admitted)
 	}
 	panic(v)
 }
