@@ -600,3 +600,67 @@ func TestAdmission_huge_limits_sum_in_stats(t *testing.T) {
 	assert.Positive(t, got.ConcurrencyLimit)
 	assert.Equal(t, int64(2), got.Admitted)
 }
+
+// TestAdmission_a_request_its_caller_gave_up_on_while_it_waited_does_not_run:
+// a request young enough for MaxQueueAge when it reaches the middleware,
+// but past it by the time a slot under the concurrency limit frees up, is
+// one its caller has given up on (docs/overload.md): it gets the timeout
+// response without running, as a spent budget, as one that came that old
+// does. It used to be admitted and run, for nobody.
+func TestAdmission_a_request_its_caller_gave_up_on_while_it_waited_does_not_run(t *testing.T) {
+	t.Parallel()
+	const maxAge = 5 * time.Minute
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			b := newBlocker()
+			stats := new(fasttimeout.Stats)
+			var onTimeout atomic.Int64
+			s := serve(t, fasttimeout.New(b.handle, fasttimeout.Config{
+				// Minutes of budget: the wait for the slot (a tenth of
+				// what is left) does not run out before the test frees it.
+				Mode: mode, Timeout: 10 * time.Minute, MaxConcurrency: 1, Stats: stats,
+				HonorQueueHeaders: true, MaxQueueAge: maxAge,
+				OnTimeout: func(*fasthttp.RequestCtx, *fasthttp.Response) { onTimeout.Add(1) },
+			}))
+			t.Cleanup(b.free) // before the server's shutdown, should the test fail
+			held := async(t, s, "/block")
+			receive(t, b.entered, "the start of /block")
+
+			// Half a second short of MaxQueueAge when sent; past it when
+			// the slot frees. (Should a stalled machine bring it to the
+			// middleware only after that, it is answered the same way.)
+			sentAt := time.Now().Add(-maxAge + 500*time.Millisecond)
+			answer := make(chan *fasthttp.Response, 1)
+			go func() {
+				req, resp := fasthttp.AcquireRequest(), new(fasthttp.Response)
+				defer fasthttp.ReleaseRequest(req)
+				req.SetRequestURI("http://test/")
+				req.Header.Set("X-Request-Start", fmt.Sprint(sentAt.UnixMilli()))
+				if err := s.client.DoTimeout(req, resp, waitTimeout); err != nil {
+					resp.SetStatusCode(599)
+					resp.SetBodyString(err.Error())
+				}
+				answer <- resp
+			}()
+			for gaveUp := sentAt.Add(maxAge); time.Now().Before(gaveUp.Add(time.Millisecond)); {
+				time.Sleep(time.Until(gaveUp.Add(time.Millisecond))) // until the caller has given up, not a guess
+			}
+			b.free()
+
+			resp := receive(t, answer, "the answer to the request")
+			assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode(), "%s", resp.Body())
+			assert.Equal(t, fasttimeout.DefaultBody, string(resp.Body()))
+			assert.Equal(t, int64(1), b.ran.Load(), "only /block ran")
+			assert.Equal(t, fasthttp.StatusOK, receive(t, held, "the answer to /block").StatusCode())
+			got := stats.Snapshot()
+			assert.Equal(t, int64(1), got.SpentBudgets)
+			assert.Equal(t, int64(1), got.Timeouts)
+			assert.Equal(t, int64(1), got.Admitted, "/block only")
+			assert.Zero(t, got.Rejected)
+			assert.Equal(t, int64(1), onTimeout.Load())
+			assert.Zero(t, got.Waiting)
+			assert.Zero(t, got.InFlight)
+		})
+	}
+}

@@ -296,8 +296,9 @@ type Config struct {
 	// from the request's arrival (see HonorQueueHeaders): a request older than
 	// that when it reaches the middleware gets the timeout response at once,
 	// without running, and counts in Stats as a spent budget, as Ruby's
-	// rack-timeout does with its wait_timeout. Zero means no such bound;
-	// negative values panic in New.
+	// rack-timeout does with its wait_timeout; so does one that grew older
+	// than that waiting for a slot under the concurrency limit. Zero means
+	// no such bound; negative values panic in New.
 	MaxQueueAge time.Duration
 
 	// Stats, if set, receives the middleware's counters. Several middlewares

@@ -108,10 +108,11 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx, outer *call) (start, deadli
 			return 0, 0, 0, false
 		}
 		admitted += int64(waited)
-		if admitted >= deadline {
+		if admitted >= deadline || m.MaxQueueAge > 0 && admitted-start > int64(m.MaxQueueAge) {
 			// Handed a slot as its budget ran out, or its goroutine ran
-			// that late: the handler would start cancelled. It is a
-			// timeout to the adaptive limit, as if it had run.
+			// that late: the handler would start cancelled. Or it waited
+			// past MaxQueueAge: it would run for a caller that has given
+			// up. It is a timeout to the adaptive limit, as if it had run.
 			m.limiter.release(admitted, 0, false)
 			if m.limiter.adaptive {
 				m.limiter.drop(admitted)
