@@ -43,7 +43,10 @@ const minUpstreamBudget = time.Millisecond
 //     whole seconds), and removed when less than a second is left, since 0
 //     would claim the time is spent.
 //
-// Other headers of req are left as they are.
+// Other headers of req are left as they are. On a req that keeps header
+// names as received (DisableNormalizing), a deadline header is found, read
+// and rewritten in its canonical form or in lower case only: a
+// "GRPC-Timeout" goes upstream as it is, and bounds nothing.
 //
 // If less than a millisecond is left, Do returns an error matching
 // [ErrTimeout] (errors.Is) without calling the upstream. An error of c that

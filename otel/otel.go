@@ -240,7 +240,10 @@ func Middleware(next fasthttp.RequestHandler, tracer trace.Tracer) fasthttp.Requ
 
 // Context returns fasttimeout.Context(ctx) carrying the request's span, for
 // the handler's own child spans; without an attached span it returns
-// fasttimeout.Context(ctx). Call it from the handler only.
+// fasttimeout.Context(ctx). Call it from the handler only. The span rides
+// on a context.WithValue, which hides fasttimeout's AfterFunc: each context
+// derived from it with a cancel (WithCancel, WithTimeout) takes a goroutine
+// until it ends, where one derived from fasttimeout.Context(ctx) takes none.
 func Context(ctx *fasthttp.RequestCtx) context.Context {
 	c := fasttimeout.Context(ctx)
 	if r, _ := ctx.UserValue(contextKey{}).(*request); r != nil {
