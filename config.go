@@ -136,13 +136,13 @@ type Config struct {
 	// say). Context(ctx) is the request's context, done with cause
 	// ErrTimeout, but for a request that a New inside another answers at
 	// once, its budget spent on arrival (see SpentBudget): there it is the
-	// enclosing New's, which runs on. In racing mode the handler may still be running and owns
-	// ctx: OnTimeout must not modify ctx, and may read its request and user
-	// values (directly, or through Context(ctx) and its Value) only if the
-	// handler does not change them after its deadline. If OnTimeout panics,
-	// the panic goes up the server goroutine as a handler's would; in racing
-	// mode the request is still answered with resp as it stands, since the
-	// late handler keeps ctx.
+	// enclosing New's, which runs on. In racing mode the handler may still
+	// be running and owns ctx: OnTimeout must not modify ctx, and may read
+	// its request and user values (directly, or through Context(ctx) and its
+	// Value) only if the handler does not change them after its deadline.
+	// If OnTimeout panics, the panic goes up the server goroutine as a
+	// handler's would; in racing mode the request is still answered with
+	// resp as it stands, since the late handler keeps ctx.
 	OnTimeout func(ctx *fasthttp.RequestCtx, resp *fasthttp.Response)
 
 	// OnPanic, if set, receives a panic of a handler that has already timed

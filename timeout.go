@@ -96,7 +96,7 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx, outer *call) (start, deadli
 	t := now()
 	start = m.arrival(ctx, t)
 	deadline = m.requestDeadline(ctx, start, t, outer)
-	if deadline <= t || m.MaxQueueAge > 0 && t-start > int64(m.MaxQueueAge) {
+	if m.spent(start, deadline, t) {
 		m.answerSpent(ctx) // the caller's budget is spent before the handler could start
 		return 0, 0, 0, false
 	}
@@ -108,7 +108,7 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx, outer *call) (start, deadli
 			return 0, 0, 0, false
 		}
 		admitted += int64(waited)
-		if admitted >= deadline || m.MaxQueueAge > 0 && admitted-start > int64(m.MaxQueueAge) {
+		if m.spent(start, deadline, admitted) {
 			// Handed a slot as its budget ran out, or its goroutine ran
 			// that late: the handler would start cancelled. Or it waited
 			// past MaxQueueAge: it would run for a caller that has given
@@ -128,6 +128,13 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx, outer *call) (start, deadli
 		m.stats.inFlight.add(ctx.ConnID(), 1)
 	}
 	return start, deadline, admitted, true
+}
+
+// spent reports whether a request that arrived at start, with deadline, is
+// over at t, before its handler starts: its deadline has passed, or it is
+// older than MaxQueueAge, its caller's patience.
+func (m *middleware) spent(start, deadline, t int64) bool {
+	return deadline <= t || m.MaxQueueAge > 0 && t-start > int64(m.MaxQueueAge)
 }
 
 // arrival returns when the request ctx, reaching the middleware at t,
