@@ -28,7 +28,8 @@
 //     sends its body chunked, as the gateway then does too);
 //   - appends the caller's address to X-Forwarded-For, in one line;
 //   - speaks HTTP/1.1 to the upstream, and gives a request without a host
-//     (HTTP/1.0) the upstream's address as Host;
+//     (HTTP/1.0) the upstream's address as Host; it answers in its own
+//     HTTP version, not an HTTP/1.0 upstream's (RFC 9110 §6.2);
 //   - adds no Content-Type to an upstream response that has none;
 //   - removes the caller's X-Envoy-* headers (Envoy's retry and timeout
 //     controls), as Envoy does for external requests, unless
@@ -405,6 +406,10 @@ func forwardTo(upstream fasttimeout.Doer, host string, trustEnvoy bool) fasthttp
 		default:
 			removeHopByHop(&resp.Header)
 			resp.Header.ResetConnectionClose()
+			// The gateway's own HTTP version, not the upstream's (RFC 9110
+			// §6.2): an HTTP/1.0 one on a body the server sends chunked
+			// made an HTTP/1.1 client read the chunks as the body.
+			resp.Header.SetProtocol(nil)
 			if resp.BodyStream() == nil {
 				resp.CopyTo(&ctx.Response)
 				// After the copy, which copies the flag: fasthttp would

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -247,6 +248,38 @@ func TestProxyHeaders(t *testing.T) {
 		assert.Equal(t, "HTTP/1.1 "+upstream, <-got, "the upstream's address, when the caller sent no Host")
 		assert.Equal(t, "HTTP/1.1 example.com", <-got)
 		assert.Equal(t, int64(1), accepted.Load(), "one upstream connection, kept alive")
+	})
+
+	// RFC 9110 §6.2: an intermediary sends its own HTTP version. An
+	// HTTP/1.0 upstream's version on the gateway's answer made an HTTP/1.1
+	// client read a chunked body as raw bytes until the connection closed.
+	t.Run("answers in its own HTTP version, whatever the upstream's", func(t *testing.T) {
+		for _, tc := range []struct{ name, method, answer, body string }{
+			{name: "a body read until the upstream closes", method: "GET", answer: "HTTP/1.0 200 OK\r\n\r\nuntil-close", body: "until-close"},
+			{name: "a body of known length", method: "GET", answer: "HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello", body: "hello"},
+			{name: "an answer copied whole", method: "HEAD", answer: "HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				upstream := serveLoopback(t, func(c net.Conn) {
+					defer c.Close() // after one answer: HTTP/1.0
+					_ = c.SetDeadline(time.Now().Add(waitTimeout))
+					var req fasthttp.Request
+					if req.Read(bufio.NewReader(c)) == nil {
+						_, _ = c.Write([]byte(tc.answer))
+					}
+				})
+				gateway := startGateway(t, "-upstream", upstream)
+
+				raw := rawExchange(t, gateway, tc.method+" / HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+				assert.True(t, strings.HasPrefix(raw, "HTTP/1.1 200 OK\r\n"), "%q", raw)
+				// Read as net/http's client does.
+				resp, err := http.ReadResponse(bufio.NewReader(strings.NewReader(raw)), &http.Request{Method: tc.method})
+				require.NoError(t, err, "%q", raw)
+				body, err := io.ReadAll(resp.Body)
+				require.NoError(t, err, "%q", raw)
+				assert.Equal(t, tc.body, string(body), "%q", raw)
+			})
+		}
 	})
 
 	t.Run("adds no Content-Type the upstream did not send", func(t *testing.T) {
