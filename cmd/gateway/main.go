@@ -26,6 +26,8 @@
 //     Proxy-Authenticate and Proxy-Authorization;
 //   - forwards trailer fields both ways (a response's when the upstream
 //     sends its body chunked, as the gateway then does too);
+//   - forwards the path and query as received, not normalized (an encoded
+//     slash, %2F, stays one);
 //   - appends the caller's address to X-Forwarded-For, in one line;
 //   - speaks HTTP/1.1 to the upstream, and gives a request without a host
 //     (HTTP/1.0) the upstream's address as Host; it answers in its own
@@ -266,6 +268,9 @@ func newGateway(o options, stats *fasttimeout.Stats) fasthttp.RequestHandler {
 		// longer than o.timeout, cuts the wait short with a timeout (504).
 		MaxConnWaitTimeout: o.timeout,
 		StreamResponseBody: true,
+		// The path as received (RFC 9110 §7.7): normalized, an encoded
+		// slash (%2F) reached the upstream as a separator, "//" as "/".
+		DisablePathNormalizing: true,
 	}
 	upstream.RetryIfErr = resendIfClosedIdle(upstream)
 	proxy := fasttimeout.New(forwardTo(upstream, o.upstream, o.trustEnvoy), fasttimeout.Config{

@@ -282,6 +282,27 @@ func TestProxyHeaders(t *testing.T) {
 		}
 	})
 
+	// RFC 9110 §7.7: a proxy does not change the path or query it forwards.
+	// fasthttp's client normalizes them by default: an ID with an encoded
+	// slash (GitLab's /projects/group%2Fname) reached the upstream as two
+	// path segments.
+	t.Run("forwards the request target as received", func(t *testing.T) {
+		got := make(chan string, 1)
+		upstream := startRawUpstream(t, func(req *fasthttp.Request) string {
+			got <- string(req.Header.RequestURI())
+			return "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+		})
+		gateway := startGateway(t, "-upstream", upstream)
+
+		for _, target := range []string{
+			"/projects/group%2Fname", "/a//b", "/a/./b/../c", "/%7Euser", "/caf%C3%A9", "/a%25b?q=a%20b&r=1+2",
+		} {
+			resp := rawCall(t, gateway, "GET "+target+" HTTP/1.1\r\nHost: example.com\r\n\r\n")
+			require.Equal(t, fasthttp.StatusOK, resp.StatusCode(), target)
+			assert.Equal(t, target, <-got)
+		}
+	})
+
 	t.Run("adds no Content-Type the upstream did not send", func(t *testing.T) {
 		upstream := startRawUpstream(t, func(*fasthttp.Request) string {
 			return "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 4\r\n\r\n\x89PNG"
