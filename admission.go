@@ -260,11 +260,14 @@ func (l *limiter) tryAcquire() bool {
 }
 
 // acquire takes a slot for request ctx, whose deadline is deadline, at t,
-// waiting for one if needed. It returns how long the request waited, and
-// the reason it was refused, or "" once it holds a slot. A request still
-// waiting when its server shuts down is refused then: its handler would
-// only start to be cancelled, and the shutdown waits for its answer.
-func (l *limiter) acquire(ctx *fasthttp.RequestCtx, t, deadline int64) (waited time.Duration, reason string) {
+// waiting for one if needed, but not past giveUp, when its caller gives up
+// (Config.MaxQueueAge; noDeadline without it). It returns how long the
+// request waited, and the reason it was refused, or "" once it holds a
+// slot, or spentBudget if it stopped waiting at giveUp, for the timeout
+// response. A request still waiting when its server shuts down is refused
+// then: its handler would only start to be cancelled, and the shutdown
+// waits for its answer.
+func (l *limiter) acquire(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (waited time.Duration, reason string) {
 	if l.adaptive {
 		if t-l.shedAt.Load() >= int64(backlogInterval) {
 			l.updateShed(t)
@@ -278,14 +281,15 @@ func (l *limiter) acquire(ctx *fasthttp.RequestCtx, t, deadline int64) (waited t
 	if l.waiting.Load() == 0 && l.tryAcquire() {
 		return 0, ""
 	}
-	return l.wait(ctx, t, deadline)
+	return l.wait(ctx, t, deadline, giveUp)
 }
 
 // wait is acquire's slow path, for request ctx that could not take a slot
 // at once at t (none free, or others waiting): unless a slot is free by the
 // time it holds the queue's lock, it queues the request for at most its
-// share of the time left until deadline, and returns as acquire does.
-func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline int64) (waited time.Duration, reason string) {
+// share of the time left until deadline, or until giveUp if sooner, and
+// returns as acquire does.
+func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (waited time.Duration, reason string) {
 	if l.adaptive && t-l.windowStart.Load() >= int64(maxWindow) {
 		l.adapt(t) // no window closed for long: late handlers may hold every slot
 	}
@@ -333,7 +337,9 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline int64) (waited time
 	if hook := testHookQueued.Load(); hook != nil {
 		(*hook)(l, w.ready, deadline)
 	}
-	w.timer.Reset(maxWait)
+	// Not past its caller's patience: beyond it the request would only get
+	// the timeout response, and hold its place in the queue until then.
+	w.timer.Reset(min(maxWait, time.Duration(giveUp-t)))
 	var granted bool
 	var shutdown <-chan struct{}
 	if ctx != nil {
@@ -353,6 +359,9 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline int64) (waited time
 	switch {
 	case granted:
 		return waited, ""
+	case t+int64(waited) >= giveUp && !closed(shutdown):
+		l.refused.Add(1) // an arrival turned away, for the backlog; not a 503
+		return waited, spentBudget
 	// Out of the queue as its server shuts down, a request is refused
 	// however long it waited: a probe giving way would admit it.
 	case waited >= maxWait && !closed(shutdown):

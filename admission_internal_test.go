@@ -269,7 +269,7 @@ func TestLimiter_queue(t *testing.T) {
 			var wg sync.WaitGroup
 			wait := func(name string, at int64) {
 				defer wg.Done()
-				if _, reason := l.acquire(nil, at, far); reason == "" {
+				if _, reason := l.acquire(nil, at, far, noDeadline); reason == "" {
 					order <- name
 				} else {
 					order <- reason
@@ -305,7 +305,7 @@ func TestLimiter_refusals(t *testing.T) {
 		l := newLimiter(1, false, time.Second, new(Stats), new(atomic.Int64))
 		require.True(t, l.tryAcquire())
 		t0 := now()
-		waited, reason := l.acquire(nil, t0, t0+int64(20*time.Millisecond))
+		waited, reason := l.acquire(nil, t0, t0+int64(20*time.Millisecond), noDeadline)
 		assert.Equal(t, RejectedQueueTimeout, reason)
 		assert.GreaterOrEqual(t, waited, 2*time.Millisecond)
 		assert.Zero(t, l.waiting.Load())
@@ -315,7 +315,7 @@ func TestLimiter_refusals(t *testing.T) {
 		l := newLimiter(1, false, time.Second, new(Stats), new(atomic.Int64))
 		require.True(t, l.tryAcquire())
 		t0 := now()
-		waited, reason := l.acquire(nil, t0, t0+int64(waitShare*minWait)-1)
+		waited, reason := l.acquire(nil, t0, t0+int64(waitShare*minWait)-1, noDeadline)
 		assert.Equal(t, RejectedQueueFull, reason)
 		assert.Zero(t, waited)
 	})
@@ -328,17 +328,17 @@ func TestLimiter_refusals(t *testing.T) {
 		reasons := make(chan string, minQueue+1)
 		for i := range minQueue {
 			go func() {
-				_, reason := l.acquire(nil, t0+int64(i), far)
+				_, reason := l.acquire(nil, t0+int64(i), far, noDeadline)
 				reasons <- reason
 			}()
 			// In the queue, not only counted in l.waiting: see TestLimiter_queue.
 			require.Eventually(t, func() bool { return l.stats.waiting.Load() == int64(i+1) }, 10*time.Second, time.Millisecond)
 		}
-		_, reason := l.acquire(nil, t0+int64(minQueue), far)
+		_, reason := l.acquire(nil, t0+int64(minQueue), far, noDeadline)
 		assert.Equal(t, RejectedQueueFull, reason, "the queue is young: the newcomer is refused")
 
 		go func() {
-			_, reason := l.acquire(nil, t0+int64(2*lifoAfter), far)
+			_, reason := l.acquire(nil, t0+int64(2*lifoAfter), far, noDeadline)
 			reasons <- reason
 		}()
 		assert.Equal(t, RejectedQueueFull, receive(t, reasons, "the newcomer's refusal"), "the queue has stayed full: the oldest waiter makes room")
@@ -366,7 +366,7 @@ func TestLimiter_queue_of_a_huge_ceiling(t *testing.T) {
 		reasons := make(chan string, waiters)
 		for range waiters {
 			go func() {
-				_, reason := l.acquire(nil, t0, far)
+				_, reason := l.acquire(nil, t0, far, noDeadline)
 				reasons <- reason
 			}()
 		}
@@ -391,12 +391,12 @@ func TestLimiter_counts_arrivals(t *testing.T) {
 	l.slots.Store(math.MinInt64 | math.MaxInt32<<32) // taken: one short of the wrap
 	at := now()
 	for range 2 {
-		_, reason := l.acquire(nil, at, at+int64(time.Second))
+		_, reason := l.acquire(nil, at, at+int64(time.Second), noDeadline)
 		require.Empty(t, reason)
 	}
 	assert.Equal(t, int64(2), l.holding())
 	assert.Equal(t, uint32(1), l.taken(), "wrapped")
-	_, reason := l.acquire(nil, at, at+int64(minWait)) // no time to wait
+	_, reason := l.acquire(nil, at, at+int64(minWait), noDeadline) // no time to wait
 	assert.Equal(t, RejectedQueueFull, reason)
 	assert.Equal(t, int64(1), l.refused.Load())
 	l.release(at, 0, false)
@@ -444,7 +444,7 @@ func BenchmarkAdmission(b *testing.B) {
 				t := now()
 				for pb.Next() {
 					t += int64(time.Microsecond)
-					if _, reason := l.acquire(nil, t, t+int64(time.Second)); reason != "" {
+					if _, reason := l.acquire(nil, t, t+int64(time.Second), noDeadline); reason != "" {
 						b.Error(reason)
 						return
 					}
@@ -539,7 +539,7 @@ func TestLimiter_late_handlers_never_hold_every_slot(t *testing.T) {
 			l.late.Add(1)
 		}
 		clock += int64(maxWindow)
-		_, reason := l.acquire(nil, clock, clock+int64(time.Second))
+		_, reason := l.acquire(nil, clock, clock+int64(time.Second), noDeadline)
 		assert.Empty(t, reason, "a request finds the slots beyond the late handlers")
 		assert.Equal(t, limit+limitFloor, l.limit.Load())
 	})
@@ -561,7 +561,7 @@ func TestLimiter_a_probe_without_load_yields(t *testing.T) {
 		}
 		// It may wait a tenth of 20 ms of budget: 2 ms.
 		clock := now()
-		_, reason := l.acquire(nil, clock, clock+int64(20*time.Millisecond))
+		_, reason := l.acquire(nil, clock, clock+int64(20*time.Millisecond), noDeadline)
 		if yields {
 			assert.Empty(t, reason, "the probe gave way")
 			assert.Zero(t, l.probeFrom.Load(), "the probe is over")
@@ -605,7 +605,7 @@ func TestLimiter_a_yielding_probe_refuses_none_of_its_waiters(t *testing.T) {
 		go func() {
 			// Each may wait a tenth of 20 ms of budget: 2 ms.
 			clock := now()
-			_, reason := l.acquire(nil, clock, clock+int64(20*time.Millisecond))
+			_, reason := l.acquire(nil, clock, clock+int64(20*time.Millisecond), noDeadline)
 			reasons <- reason
 		}()
 	}
@@ -841,7 +841,7 @@ func TestLimiter_a_waiter_is_refused_at_shutdown_even_as_its_wait_runs_out(t *te
 	}
 	testHookQueued.Store(&hook)
 	t.Cleanup(func() { testHookQueued.Store(nil) })
-	_, reason := l.acquire(ctx, at, deadline)
+	_, reason := l.acquire(ctx, at, deadline, noDeadline)
 	assert.Equal(t, RejectedQueueFull, reason)
 	assert.Equal(t, int64(limitFloor), l.holding(), "nothing admitted")
 	assert.NotZero(t, l.probeFrom.Load(), "the probe goes on")

@@ -246,7 +246,7 @@ func (m *limiterModel) arrive(budget int64) *modelWaiter {
 	free := len(m.queue) == 0 && m.l.holding() < m.l.limit.Load()
 	at, deadline := m.clock, m.clock+budget
 	go func() {
-		_, reason := m.l.acquire(m.ctx, at, deadline)
+		_, reason := m.l.acquire(m.ctx, at, deadline, noDeadline)
 		w.result <- reason
 	}()
 	var queued bool

@@ -664,3 +664,61 @@ func TestAdmission_a_request_its_caller_gave_up_on_while_it_waited_does_not_run(
 		})
 	}
 }
+
+// TestAdmission_a_waiter_whose_caller_gave_up_leaves_the_queue: a request
+// queued for a slot under the concurrency limit stops waiting when it grows
+// older than MaxQueueAge, its caller's patience, and gets the timeout
+// response without running, counted as a spent budget (docs/overload.md),
+// even though its share of a long budget would let it wait on. It used to
+// wait out that share, a minute here, holding its place in the queue for
+// nobody, and then be refused with 503 queue_timeout.
+func TestAdmission_a_waiter_whose_caller_gave_up_leaves_the_queue(t *testing.T) {
+	t.Parallel()
+	const maxAge = 5 * time.Minute
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			b := newBlocker()
+			stats := new(fasttimeout.Stats)
+			var onTimeout atomic.Int64
+			reasons := make(chan string, 2)
+			s := serve(t, rejectRecorder(fasttimeout.New(b.handle, fasttimeout.Config{
+				// Its share of ten minutes, less what it is old, is a
+				// minute: far beyond the test's wait for its answer.
+				Mode: mode, Timeout: 15 * time.Minute, MaxConcurrency: 1, Stats: stats,
+				HonorQueueHeaders: true, MaxQueueAge: maxAge,
+				OnTimeout: func(*fasthttp.RequestCtx, *fasthttp.Response) { onTimeout.Add(1) },
+			}), reasons))
+			t.Cleanup(b.free) // before the server's shutdown
+			held := async(t, s, "/block")
+			receive(t, b.entered, "the start of /block")
+
+			// Young enough to queue when sent, its caller gives up while
+			// it waits, the slot still held.
+			// Whole milliseconds, as the header says it.
+			sentAt := time.UnixMilli(time.Now().Add(-maxAge + 200*time.Millisecond).UnixMilli())
+			req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+			defer fasthttp.ReleaseRequest(req)
+			defer fasthttp.ReleaseResponse(resp)
+			req.SetRequestURI("http://test/")
+			req.Header.Set("X-Request-Start", fmt.Sprint(sentAt.UnixMilli()))
+			require.NoError(t, s.client.DoTimeout(req, resp, waitTimeout))
+			answeredAt := time.Now()
+
+			assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode(), "%s", resp.Body())
+			assert.Equal(t, fasttimeout.DefaultBody, string(resp.Body()))
+			assert.False(t, answeredAt.Before(sentAt.Add(maxAge)), "answered before its caller gave up")
+			got := stats.Snapshot()
+			assert.Equal(t, int64(1), got.SpentBudgets)
+			assert.Equal(t, int64(1), got.Timeouts)
+			assert.Zero(t, got.Rejected)
+			assert.Zero(t, got.Waiting)
+			assert.Equal(t, int64(1), onTimeout.Load())
+			assert.Empty(t, reasons, "no refusal")
+
+			b.free()
+			assert.Equal(t, fasthttp.StatusOK, receive(t, held, "the answer to /block").StatusCode())
+			assert.Equal(t, int64(1), b.ran.Load(), "only /block ran")
+		})
+	}
+}

@@ -160,7 +160,7 @@ func TestLimiter_refuses_for_a_backlog(t *testing.T) {
 		l.shed.Store(1 << 32 / 10 * 9)
 		refused := 0
 		for range 200 {
-			_, reason := l.acquire(nil, at, at+int64(time.Second))
+			_, reason := l.acquire(nil, at, at+int64(time.Second), noDeadline)
 			if reason != "" {
 				assert.Equal(t, RejectedQueueFull, reason)
 				refused++

@@ -257,17 +257,17 @@ type Config struct {
 	// unloaded latency (or when requests time out while none finishes in
 	// time), and grows while latency stays near it and the limit is reached.
 	// A request beyond the limit waits for a slot for at most a tenth of its
-	// remaining budget; under overload the newest waiter is served first,
-	// since the oldest's caller has probably given up. A request that cannot
-	// start in time is refused at once with 503 Service Unavailable,
-	// Retry-After and ShedBody, without running its handler, and counted in
-	// Stats (Rejected). When the process's CPU is so saturated that requests
-	// wait in the Go scheduler's run queue before they are even read (a wait
-	// that no limit on running handlers can see), a share of new requests is
-	// refused the same way, steered by the scheduler's latency against a
-	// twentieth of Timeout. Below the limit admission costs a few atomic
-	// operations and no allocation. Off by default; MaxConcurrency is its
-	// ceiling. See docs/overload.md.
+	// remaining budget, and not past MaxQueueAge; under overload the newest
+	// waiter is served first, since the oldest's caller has probably given
+	// up. A request that cannot start in time is refused at once with 503
+	// Service Unavailable, Retry-After and ShedBody, without running its
+	// handler, and counted in Stats (Rejected). When the process's CPU is
+	// so saturated that requests wait in the Go scheduler's run queue
+	// before they are even read (a wait that no limit on running handlers
+	// can see), a share of new requests is refused the same way, steered by
+	// the scheduler's latency against a twentieth of Timeout. Below the
+	// limit admission costs a few atomic operations and no allocation. Off
+	// by default; MaxConcurrency is its ceiling. See docs/overload.md.
 	AdaptiveConcurrency bool
 
 	// MaxConcurrency caps the handlers running at once, late ones included.

@@ -102,8 +102,18 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx, outer *call) (start, deadli
 	}
 	admitted = t
 	if m.limiter != nil {
-		waited, reason := m.limiter.acquire(ctx, t, deadline) // counts its refusals
-		if reason != "" {
+		giveUp := int64(noDeadline)
+		if m.MaxQueueAge > 0 {
+			giveUp = deadlineAfter(start, m.MaxQueueAge)
+		}
+		waited, reason := m.limiter.acquire(ctx, t, deadline, giveUp) // counts its refusals
+		switch reason {
+		case "":
+		case spentBudget:
+			// It grew older than MaxQueueAge waiting: its caller gave up.
+			m.answerSpent(ctx)
+			return 0, 0, 0, false
+		default:
 			m.reject(ctx, reason)
 			return 0, 0, 0, false
 		}
