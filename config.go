@@ -134,9 +134,10 @@ type Config struct {
 	// times out, just before the timeout response is sent. resp holds the
 	// configured timeout response and may be changed (a request ID header,
 	// say). Context(ctx) is the request's context, done with cause
-	// ErrTimeout, but for a request that a New inside another answers at
-	// once, its budget spent on arrival (see SpentBudget): there it is the
-	// enclosing New's, which runs on. In racing mode the handler may still
+	// ErrTimeout (or ErrShutdown, if the server's shutdown ended it first:
+	// a context ends once), but for a request that a New inside another
+	// answers at once, its budget spent on arrival (see SpentBudget): there
+	// it is the enclosing New's, which runs on. In racing mode the handler may still
 	// be running and owns ctx: OnTimeout must not modify ctx, and may read
 	// its request and user values (directly, or through Context(ctx) and its
 	// Value) only if the handler does not change them after its deadline.

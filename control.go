@@ -45,7 +45,8 @@ func Disarm(ctx *fasthttp.RequestCtx) bool {
 }
 
 // Extend moves the deadline of the request ctx d later, from inside its
-// handler; the context's Deadline moves with it. It reports false, and
+// handler; the context's Deadline moves with it, unless the context has
+// ended already (at the server's shutdown). It reports false, and
 // changes nothing, if ctx is not bounded by New, d is negative, its
 // deadline has passed, its client has hung up, or it has been disarmed.
 // Inside nested News every one's deadline moves, or, if one of them cannot,
