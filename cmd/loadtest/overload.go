@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"slices"
@@ -233,7 +234,7 @@ func estimateCapacity(ctx context.Context, cfg overloadConfig, workload string) 
 	if err != nil {
 		return 0, err
 	}
-	defer func() { _ = srv.cmd.Process.Kill(); _ = srv.cmd.Wait() }()
+	defer stopOverloadChild(srv.in, childExited(srv), srv.cmd.Process.Kill)
 	nop := func() error { return nil }
 	res, err := drive(ctx, srv.addr, closedLoopConns, cfg.warmup()/2, cfg.cell()/2, 0, 0, nop, nop)
 	if err != nil {
@@ -518,19 +519,8 @@ func (c overloadCell) measureInto(ctx context.Context, cfg overloadConfig, row *
 	if err != nil {
 		return err
 	}
-	exited := make(chan struct{})
-	go func() { _ = srv.cmd.Wait(); close(exited) }()
-	defer func() {
-		// Closing its input ends the server (and writes its CPU
-		// profile, if asked); one that lingers is killed.
-		_ = srv.in.Close()
-		select {
-		case <-exited:
-		case <-time.After(time.Second):
-			_ = srv.cmd.Process.Kill()
-			<-exited
-		}
-	}()
+	exited := childExited(srv)
+	defer stopOverloadChild(srv.in, exited, srv.cmd.Process.Kill)
 	pid := srv.cmd.Process.Pid
 
 	gen := newOpenLoop(srv.addr, cfg.timeout(), cfg.MaxConns)
@@ -572,6 +562,28 @@ func (c overloadCell) measureInto(ctx context.Context, cfg overloadConfig, row *
 		return errors.New("no connection could be opened")
 	}
 	return nil
+}
+
+// childExited returns a channel closed once the child process srv has
+// exited.
+func childExited(srv *child) <-chan struct{} {
+	exited := make(chan struct{})
+	go func() { _ = srv.cmd.Wait(); close(exited) }()
+	return exited
+}
+
+// stopOverloadChild ends a server child of the overload scenario: closing
+// its input ends it (and makes it write its CPU profile, if asked); one
+// that has not exited a second later is killed. It returns once the child
+// has exited.
+func stopOverloadChild(in io.Closer, exited <-chan struct{}, kill func() error) {
+	_ = in.Close()
+	select {
+	case <-exited:
+	case <-time.After(time.Second):
+		_ = kill()
+		<-exited
+	}
 }
 
 // fillServer sets what the server and the generator did in the measured

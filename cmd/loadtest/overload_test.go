@@ -610,3 +610,26 @@ func TestOverloadGoals_no_good_answer(t *testing.T) {
 		t.Errorf("p99 checks with no good answer at 0.5x: worst load %q, 0.5x against no admission %q; want both FAIL", p99, half)
 	}
 }
+
+// The closed-loop estimate's server writes its CPU profile when asked, as
+// every overload server does: the estimate ends it by closing its input,
+// not by killing it before the profile is written.
+func TestEstimateCapacity_leaves_the_servers_CPU_profile(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv(profileEnv, dir) // the child inherits it
+	cfg := overloadConfig{WarmupMs: 20, CellMs: 100, Chunks: 2, ChunkIters: 100, ChunkUs: 1}
+	if _, err := estimateCapacity(context.Background(), cfg, workloadCPU); err != nil {
+		t.Fatal(err)
+	}
+	files, err := filepath.Glob(filepath.Join(dir, "*.pprof"))
+	if err != nil || len(files) != 1 {
+		t.Fatalf("profiles %v (%v), want one", files, err)
+	}
+	b, err := os.ReadFile(files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(b, []byte{0x1f, 0x8b}) { // a profile is gzipped
+		t.Errorf("%s: %d bytes, not a profile", files[0], len(b))
+	}
+}
