@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -631,5 +632,52 @@ func TestEstimateCapacity_leaves_the_servers_CPU_profile(t *testing.T) {
 	}
 	if !bytes.HasPrefix(b, []byte{0x1f, 0x8b}) { // a profile is gzipped
 		t.Errorf("%s: %d bytes, not a profile", files[0], len(b))
+	}
+}
+
+// closerFunc is an io.Closer.
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
+
+// A server in collapse runs seconds of queued handlers on its one P before
+// the goroutine that reads its input sees it closed (2.4 to 3.1 s after a
+// 1 s cell at 10x): one writing a CPU profile is given the time to end, a
+// bounded one.
+func TestStopOverloadChild_waits_for_a_server_writing_its_profile(t *testing.T) {
+	t.Setenv(profileEnv, t.TempDir())
+	for _, tt := range []struct {
+		name   string
+		drain  time.Duration // from its input closed to its exit
+		killed bool
+	}{
+		{name: "a collapsed server ends by itself", drain: 3 * time.Second},
+		{name: "one that does not end is killed", drain: time.Hour, killed: true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				closed, killed, exited := make(chan struct{}), make(chan struct{}), make(chan struct{})
+				go func() {
+					<-closed
+					select {
+					case <-time.After(tt.drain):
+					case <-killed:
+					}
+					close(exited)
+				}()
+				stopOverloadChild(closerFunc(func() error { close(closed); return nil }), exited,
+					func() error { close(killed); return nil })
+				select {
+				case <-killed:
+					if !tt.killed {
+						t.Errorf("killed while it drained its %v of handlers", tt.drain)
+					}
+				default:
+					if tt.killed {
+						t.Error("not killed")
+					}
+				}
+			})
+		})
 	}
 }
