@@ -414,8 +414,8 @@ type cellSnapshot struct {
 	work         []uint32 // units done so far for each request id
 }
 
-func takeSnapshot(pid int, sh *shared, withWork bool) cellSnapshot {
-	s := cellSnapshot{at: time.Now(), serverCPU: procCPU(pid), generatorCPU: time.Duration(cpuTime())}
+func takeSnapshot(srv *child, exited <-chan struct{}, sh *shared, withWork bool) cellSnapshot {
+	s := cellSnapshot{at: time.Now(), serverCPU: childCPU(srv, exited), generatorCPU: time.Duration(cpuTime())}
 	for i := range s.slots {
 		s.slots[i] = sh.slots[i].Load()
 	}
@@ -432,26 +432,42 @@ func takeSnapshot(pid int, sh *shared, withWork bool) cellSnapshot {
 // 100 on Linux).
 const clockTick = 10 * time.Millisecond
 
+// childCPU returns the user and system time of the child srv: from /proc
+// while it runs; once it has exited (a server that died in the cell) and
+// /proc has forgotten it, from its rusage, what it used until it died.
+// 0 if neither can be read.
+func childCPU(srv *child, exited <-chan struct{}) time.Duration {
+	if cpu, ok := procCPU(srv.cmd.Process.Pid); ok {
+		return cpu
+	}
+	select {
+	case <-exited:
+		return srv.cmd.ProcessState.UserTime() + srv.cmd.ProcessState.SystemTime()
+	default:
+		return 0
+	}
+}
+
 // procCPU returns the user and system time of process pid, from
-// /proc/PID/stat; 0 if it cannot be read.
-func procCPU(pid int) time.Duration {
+// /proc/PID/stat, and whether it could be read.
+func procCPU(pid int) (time.Duration, bool) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return 0
+		return 0, false
 	}
 	// The command name, in parentheses, may hold spaces: count fields
 	// after it. utime and stime are the 14th and 15th fields.
 	i := strings.LastIndexByte(string(b), ')')
 	f := strings.Fields(string(b[i+1:]))
 	if i < 0 || len(f) < 13 {
-		return 0
+		return 0, false
 	}
 	ut, err1 := strconv.ParseInt(f[11], 10, 64)
 	st, err2 := strconv.ParseInt(f[12], 10, 64)
 	if err1 != nil || err2 != nil {
-		return 0
+		return 0, false
 	}
-	return time.Duration(ut+st) * clockTick
+	return time.Duration(ut+st) * clockTick, true
 }
 
 // procPeakRSS returns the peak resident set size of process pid in bytes
@@ -535,11 +551,11 @@ func (c overloadCell) measureInto(ctx context.Context, cfg overloadConfig, row *
 		}
 	}
 	wait(start.Add(warmup))
-	before := takeSnapshot(pid, sh, true)
+	before := takeSnapshot(srv, exited, sh, true)
 	wait(start.Add(warmup + c.measure))
-	after := takeSnapshot(pid, sh, true)
+	after := takeSnapshot(srv, exited, sh, true)
 	run := <-done
-	end := takeSnapshot(pid, sh, false)
+	end := takeSnapshot(srv, exited, sh, false)
 	select {
 	case <-exited:
 		row.Crashed = true

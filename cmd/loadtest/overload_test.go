@@ -681,3 +681,52 @@ func TestStopOverloadChild_waits_for_a_server_writing_its_profile(t *testing.T) 
 		})
 	}
 }
+
+// A server that dies in the middle of a cell (fasthttp's Serve failing,
+// or killed for its memory) used CPU until then: its CPU read after it
+// died is not less than what it had used before.
+func TestTakeSnapshot_a_dead_servers_CPU_stays(t *testing.T) {
+	t.Parallel()
+	f, err := os.CreateTemp(t.TempDir(), "shared")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(sharedSize(16)); err != nil {
+		t.Fatal(err)
+	}
+	sh, err := mapShared(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sh.unmap() }()
+	// One request of 200 units of 10⁶ iterations: some 0.3 s of CPU.
+	spec := `{"variant":"fasthttp-bare","workload":"cpu","timeout_ms":60000,"chunks":200,"chunk_iters":1000000}`
+	srv, err := startChildFiles(scenarioOverload, spec, []*os.File{f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	exited := childExited(srv)
+	defer stopOverloadChild(srv.in, exited, srv.cmd.Process.Kill)
+	conn, err := net.Dial("tcp", srv.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, "GET /work HTTP/1.1\r\nHost: 127.0.0.1\r\n"+requestIDHeader+": 1\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	var resp fasthttp.Response
+	if err := resp.Read(bufio.NewReader(conn)); err != nil || resp.StatusCode() != 200 {
+		t.Fatalf("status %d, error %v", resp.StatusCode(), err)
+	}
+	before := takeSnapshot(srv, exited, sh, false)
+	if before.serverCPU <= 0 {
+		t.Fatalf("the server used %v of CPU for 200 units of work", before.serverCPU)
+	}
+	_ = srv.cmd.Process.Kill()
+	<-exited
+	if after := takeSnapshot(srv, exited, sh, false); after.serverCPU < before.serverCPU {
+		t.Errorf("the server's CPU: %v, then %v once it died", before.serverCPU, after.serverCPU)
+	}
+}
