@@ -277,6 +277,11 @@ type overloadCell struct {
 	seed        uint64
 }
 
+// sweepSeed seeds the arrivals of every cell of the Concurrency sweep, so
+// that each value is tried on the same arrivals, as every variant is at a
+// given load.
+const sweepSeed = 100
+
 // runOverload measures the scenario into rep and returns how many cells
 // failed.
 func runOverload(ctx context.Context, o options, rep *report) (failed int, err error) {
@@ -312,7 +317,7 @@ func runOverload(ctx context.Context, o options, rep *report) (failed int, err e
 				return failed, err
 			}
 			w.Sweep = append(w.Sweep, measure(overloadCell{workload: wl, variant: olConcurrency, concurrency: n,
-				rate: sweepLoad * w.Estimate, measure: cfg.cell(), seed: uint64(n)}))
+				rate: sweepLoad * w.Estimate, measure: cfg.cell(), seed: sweepSeed}))
 		}
 		w.pickCapacity()
 		progress("  overload   %s: capacity %.0f/s (Concurrency=%d; first estimate %.0f/s closed-loop, nominal %.0f/s)",
