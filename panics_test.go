@@ -298,3 +298,55 @@ func TestPanics_cooperative_OnPanic_panic_still_counts_the_late_return(t *testin
 	requireOwnResponse(t, c.get(t, "/served", "S0000000000000002"), "served", "S0000000000000002")
 	assert.Zero(t, stats.Snapshot().Shed)
 }
+
+// OnLateReturn and OnPanic run on the worker of a racing handler. One that
+// calls runtime.Goexit (t.FailNow in a test's callback, say) ends that
+// goroutine: the request must still be counted out and the worker
+// forgotten, or InFlight stays up for good and the middleware's
+// housekeeping goroutine, which waits for its workers, never exits.
+func TestPanics_Goexit_in_a_late_callback_on_a_worker(t *testing.T) {
+	for _, callback := range []string{"OnLateReturn", "OnPanic"} {
+		t.Run(callback, func(t *testing.T) {
+			t.Parallel()
+			answered := make(chan struct{})
+			called := make(chan struct{})
+			var stats fasttimeout.Stats
+			cfg := fasttimeout.Config{Timeout: actInTime, TimeoutFunc: onlyTimingOut("/late"), Stats: &stats, // /late must run
+				OnTimeout: func(*fasthttp.RequestCtx, *fasthttp.Response) { close(answered) },
+			}
+			goexit := func() {
+				close(called)
+				runtime.Goexit()
+			}
+			if callback == "OnLateReturn" {
+				cfg.OnLateReturn = func(*fasthttp.RequestCtx, time.Duration) { goexit() }
+			} else {
+				cfg.OnPanic = func(*fasthttp.RequestCtx, any, []byte) { goexit() }
+			}
+			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				if string(ctx.Path()) != "/late" {
+					ctx.SetBodyString("served")
+					return
+				}
+				<-answered
+				if callback == "OnPanic" {
+					panic("late")
+				}
+			}, cfg))
+
+			require.Equal(t, fasttimeout.DefaultStatusCode, do(t, s, "GET", "/late").StatusCode())
+			receive(t, called, callback)
+			require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, stressBound, 5*time.Millisecond,
+				"the late request was never counted out")
+			got := stats.Snapshot()
+			assert.Zero(t, got.LateRunning)
+			assert.EqualValues(t, 1, got.LateFinished)
+			for range 3 { // the pool still hands out working workers
+				resp := do(t, s, "GET", "/served")
+				require.Equal(t, fasthttp.StatusOK, resp.StatusCode())
+				require.Equal(t, "served", string(resp.Body()))
+			}
+			require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, stressBound, 5*time.Millisecond)
+		})
+	}
+}

@@ -190,19 +190,30 @@ func (m *middleware) lateReturn(w *worker, stack []byte, goexit bool) {
 	ctx := c.ctx
 	late := time.Duration(now() - c.overAt.Load())
 	m.countLateReturn(late)
+	reported := false
+	// Deferred: a callback that calls runtime.Goexit ends this goroutine
+	// (one that panics ends the process), and the call must still end.
+	defer func() {
+		if !reported && !goexit {
+			goexit = true
+			m.housekeeper.dropWorker(w)
+		}
+		// fasthttp never resets a timed-out RequestCtx; release what the
+		// late response holds, above all a body stream writer's
+		// goroutine, which would otherwise block forever on a pipe nobody
+		// reads.
+		ctx.Response.Reset()
+		c.panicked, c.panicValue = false, nil
+		w.dead = goexit
+		m.disown(w, ctx.ConnID())
+	}()
 	if c.panicked {
 		m.reportPanic(ctx, c.panicValue, stack)
 	}
 	if m.OnLateReturn != nil {
 		m.OnLateReturn(ctx, late)
 	}
-	// fasthttp never resets a timed-out RequestCtx; release what the late
-	// response holds, above all a body stream writer's goroutine, which
-	// would otherwise block forever on a pipe nobody reads.
-	ctx.Response.Reset()
-	c.panicked, c.panicValue = false, nil
-	w.dead = goexit
-	m.disown(w, ctx.ConnID())
+	reported = true
 }
 
 // disown gives up one hold on a timed-out call's worker (see worker.owners).
