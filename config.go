@@ -140,7 +140,8 @@ type Config struct {
 	// it is the enclosing New's, which runs on. In racing mode the handler may still
 	// be running and owns ctx: OnTimeout must not modify ctx, and may read
 	// its request and user values (directly, or through Context(ctx) and its
-	// Value) only if the handler does not change them after its deadline.
+	// Value) only if the handler (and OnLateReturn, which may run
+	// meanwhile) does not change them after its deadline.
 	// If OnTimeout panics, the panic goes up the server goroutine as a
 	// handler's would; in racing mode the request is still answered with
 	// resp as it stands, since the late handler keeps ctx.
@@ -161,7 +162,9 @@ type Config struct {
 	// one that timed out, with how long after its deadline that was, or one
 	// whose client hung up, with how long after the hang-up (never
 	// negative). It runs on the handler's goroutine, which owns ctx again at
-	// that point.
+	// that point, but in racing mode not alone: OnTimeout or OnHangup for
+	// the same request may still be running on the server goroutine, and
+	// OnLateReturn must not change what they read of ctx.
 	OnLateReturn func(ctx *fasthttp.RequestCtx, late time.Duration)
 
 	// TimeoutFunc, if set, chooses the timeout of each request (by path,
@@ -242,7 +245,8 @@ type Config struct {
 	// its handler ran, with how long after the request's start that was:
 	// in racing mode on the server goroutine as soon as the hang-up is seen
 	// (the handler may still be running: as for OnTimeout, it must not
-	// modify ctx, and reads it only if the handler leaves it alone), in
+	// modify ctx, and reads it only if the handler and OnLateReturn leave
+	// it alone), in
 	// cooperative mode when the handler returns. Context(ctx) is the
 	// request's context, done with cause ErrClientGone. With IgnoreHangups
 	// it is never called.
