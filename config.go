@@ -148,11 +148,12 @@ type Config struct {
 	OnTimeout func(ctx *fasthttp.RequestCtx, resp *fasthttp.Response)
 
 	// OnPanic, if set, receives a panic of a handler that has already timed
-	// out, with its value and stack, on the goroutine that ran the handler.
-	// Nil logs both through the server's logger (ctx.Logger()). A panic
-	// before the deadline is never passed here: it is re-raised on the server
-	// goroutine with its original value, as if the handler had not been
-	// wrapped. OnPanic and OnLateReturn must not panic: in racing mode they
+	// out, or whose client has hung up (see IgnoreHangups), with its value
+	// and stack, on the goroutine that ran the handler. Nil logs both
+	// through the server's logger (ctx.Logger()). A panic in time, before
+	// the deadline and any hang-up, is never passed here: it is re-raised on
+	// the server goroutine with its original value, as if the handler had
+	// not been wrapped. OnPanic and OnLateReturn must not panic: in racing mode they
 	// run on a worker goroutine of the middleware, where no recover of the
 	// server's can catch it, and the process ends; in cooperative mode the
 	// panic goes up the server goroutine.

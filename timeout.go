@@ -30,7 +30,8 @@ var ErrShutdown = errors.New("fasttimeout: server shutting down")
 // it returns; fasthttp gives the connection a fresh one, so nothing the late
 // handler writes reaches any client. A panic in h before the deadline is
 // re-raised on the server goroutine with its original value; after the
-// deadline it is passed to Config.OnPanic and the process goes on. A
+// deadline (or the client's hang-up) it is passed to Config.OnPanic and the
+// process goes on. A
 // middleware around the returned handler must leave a timed-out ctx alone
 // (ctx.LastTimeoutErrorResponse() != nil), as fasthttp.CompressHandler does:
 // the late handler may still be using it.
