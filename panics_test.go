@@ -221,6 +221,32 @@ func TestTimeout_late_panic_is_logged_by_default(t *testing.T) {
 	assert.Equal(t, int64(1), stats.Snapshot().Panics)
 }
 
+// OnTimeout may log through ctx.Logger() while the late handler's panic is
+// logged on its worker, by default through ctx.Logger() too: fasthttp fills
+// in a RequestCtx's logger on the first call, so the two must not both be
+// first (go test -race flagged them).
+func TestTimeout_late_panic_is_logged_while_OnTimeout_logs(t *testing.T) {
+	t.Parallel()
+	answering := make(chan struct{})
+	logs := new(logBuffer)
+	h := fasttimeout.New(func(*fasthttp.RequestCtx) {
+		<-answering
+		panic("unwatched")
+	}, fasttimeout.Config{Timeout: actInTime, // the handler must run
+		OnTimeout: func(ctx *fasthttp.RequestCtx, _ *fasthttp.Response) {
+			close(answering)
+			ctx.Logger().Printf("timed out")
+		},
+	})
+	s := serveLogged(t, h, logs)
+
+	assert.Equal(t, fasthttp.StatusGatewayTimeout, do(t, s, "GET", "/").StatusCode())
+	require.Eventually(t, func() bool {
+		return strings.Contains(logs.String(), "panic in handler after its deadline: unwatched")
+	}, waitTimeout, time.Millisecond)
+	assert.Contains(t, logs.String(), "timed out")
+}
+
 // A panicking OnTimeout reaches a recover around the middleware, as any
 // panic on the server goroutine does. The late handler still holds its
 // RequestCtx, so the ctx must be marked timed out all the same (only then

@@ -40,6 +40,11 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 	// fast path on some machines): only the deadline headers, TimeoutFunc
 	// and taking a worker ran since, and the timer fires that much later.
 	w.timer.Reset(time.Duration(c.nextWake() - admitted))
+	// fasthttp fills in ctx's logger on the first call of ctx.Logger():
+	// filled in here, before the handoff, it is only read afterwards, when
+	// OnTimeout or OnHangup on this goroutine and the late handler, or the
+	// log of its panic, on the worker call it at once.
+	ctx.Logger()
 
 	w.work <- struct{}{}
 	<-w.done
