@@ -137,12 +137,12 @@ type Config struct {
 	// ErrTimeout (or ErrShutdown, if the server's shutdown ended it first:
 	// a context ends once), but for a request that a New inside another
 	// answers at once, its budget spent on arrival (see SpentBudget): there
-	// it is the enclosing New's, which runs on. In racing mode the handler may still
-	// be running and owns ctx: OnTimeout must not modify ctx, and may read
-	// its request and user values (directly, or through Context(ctx) and its
-	// Value) only if the handler (and OnLateReturn, which may run
-	// meanwhile) does not change them after its deadline.
-	// If OnTimeout panics, the panic goes up the server goroutine as a
+	// it is the enclosing New's, which runs on. In racing mode the handler
+	// may still be running and owns ctx: OnTimeout must not modify ctx, and
+	// may read its request and user values (directly, or through
+	// Context(ctx) and its Value) only if the handler (and OnLateReturn,
+	// which may run meanwhile) does not change them after its deadline. If
+	// OnTimeout panics, the panic goes up the server goroutine as a
 	// handler's would; in racing mode the request is still answered with
 	// resp as it stands, since the late handler keeps ctx.
 	OnTimeout func(ctx *fasthttp.RequestCtx, resp *fasthttp.Response)
@@ -153,10 +153,10 @@ type Config struct {
 	// through the server's logger (ctx.Logger()). A panic in time, before
 	// the deadline and any hang-up, is never passed here: it is re-raised on
 	// the server goroutine with its original value, as if the handler had
-	// not been wrapped. OnPanic and OnLateReturn must not panic: in racing mode they
-	// run on a worker goroutine of the middleware, where no recover of the
-	// server's can catch it, and the process ends; in cooperative mode the
-	// panic goes up the server goroutine.
+	// not been wrapped. OnPanic and OnLateReturn must not panic: in racing
+	// mode they run on a worker goroutine of the middleware, where no
+	// recover of the server's can catch it, and the process ends; in
+	// cooperative mode the panic goes up the server goroutine.
 	OnPanic func(ctx *fasthttp.RequestCtx, value any, stack []byte)
 
 	// OnLateReturn, if set, is called when a late handler finally returns:
@@ -247,10 +247,9 @@ type Config struct {
 	// in racing mode on the server goroutine as soon as the hang-up is seen
 	// (the handler may still be running: as for OnTimeout, it must not
 	// modify ctx, and reads it only if the handler and OnLateReturn leave
-	// it alone), in
-	// cooperative mode when the handler returns. Context(ctx) is the
-	// request's context, done with cause ErrClientGone. With IgnoreHangups
-	// it is never called.
+	// it alone), in cooperative mode when the handler returns. Context(ctx)
+	// is the request's context, done with cause ErrClientGone. With
+	// IgnoreHangups it is never called.
 	OnHangup func(ctx *fasthttp.RequestCtx, after time.Duration)
 
 	// AdaptiveConcurrency switches on admission by an adaptive concurrency

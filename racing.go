@@ -43,8 +43,13 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 	// fasthttp fills in ctx's logger on the first call of ctx.Logger():
 	// filled in here, before the handoff, it is only read afterwards, when
 	// OnTimeout or OnHangup on this goroutine and the late handler, or the
-	// log of its panic, on the worker call it at once.
-	ctx.Logger()
+	// log of its panic, on the worker call it at once. Not on a RequestCtx
+	// no server nor Init has set up (ConnID 0, as in a unit test's
+	// &fasthttp.RequestCtx{}): it has no server to take a logger from, and
+	// Logger would dereference nil.
+	if connID != 0 {
+		ctx.Logger()
+	}
 
 	w.work <- struct{}{}
 	<-w.done

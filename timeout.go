@@ -31,10 +31,9 @@ var ErrShutdown = errors.New("fasttimeout: server shutting down")
 // handler writes reaches any client. A panic in h before the deadline is
 // re-raised on the server goroutine with its original value; after the
 // deadline (or the client's hang-up) it is passed to Config.OnPanic and the
-// process goes on. A
-// middleware around the returned handler must leave a timed-out ctx alone
-// (ctx.LastTimeoutErrorResponse() != nil), as fasthttp.CompressHandler does:
-// the late handler may still be using it.
+// process goes on. A middleware around the returned handler must leave a
+// timed-out ctx alone (ctx.LastTimeoutErrorResponse() != nil), as
+// fasthttp.CompressHandler does: the late handler may still be using it.
 //
 // In [Cooperative] mode h runs on the server goroutine; only its context is
 // cancelled at the deadline, and a response written after the deadline is

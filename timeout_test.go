@@ -50,6 +50,45 @@ func TestTimeout_fast_handler_is_unchanged(t *testing.T) {
 	}
 }
 
+// A unit test of a user's handler often calls it on a bare RequestCtx, one
+// that no server nor Init has set up. New must serve it as it serves a
+// server's, in time and timed out, in both modes.
+func TestTimeout_a_bare_RequestCtx_is_served(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				if string(ctx.Path()) == "/slow" {
+					<-fasttimeout.Context(ctx).Done() // cooperative mode answers once it returns
+					if mode == fasttimeout.Racing {
+						<-release
+					}
+				}
+				ctx.SetBodyString("own")
+			}, fasttimeout.Config{Mode: mode, Timeout: 10 * time.Millisecond})
+
+			var ctx fasthttp.RequestCtx
+			h(&ctx)
+			assert.Equal(t, fasthttp.StatusOK, ctx.Response.StatusCode())
+			assert.Equal(t, "own", string(ctx.Response.Body()))
+
+			var slow fasthttp.RequestCtx
+			slow.Request.SetRequestURI("/slow")
+			h(&slow)
+			resp := slow.LastTimeoutErrorResponse()
+			if mode == fasttimeout.Cooperative {
+				resp = &slow.Response
+			}
+			require.NotNil(t, resp, "a timeout response")
+			assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
+			assert.Equal(t, fasttimeout.DefaultBody, string(resp.Body()))
+		})
+	}
+}
+
 func TestTimeout_fast_handler_streams_its_body(t *testing.T) {
 	t.Parallel()
 	for _, mode := range allModes {
