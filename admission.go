@@ -179,7 +179,8 @@ type waiter struct {
 	prev, next *waiter
 	ready      chan bool // cap 1: true, a slot was handed over; false, evicted
 	timer      *time.Timer
-	inQueue    bool // guarded by limiter.mu
+	until      int64 // when its wait runs out: its share of the budget spent
+	inQueue    bool  // guarded by limiter.mu
 }
 
 var waiterPool = sync.Pool{New: func() any {
@@ -328,6 +329,10 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (wai
 		oldest.ready <- false
 	}
 	w := waiterPool.Get().(*waiter)
+	// Not past its caller's patience: beyond it the request would only get
+	// the timeout response, and hold its place in the queue until then.
+	waitFor := min(maxWait, time.Duration(giveUp-t))
+	w.until = t + int64(waitFor)
 	l.push(w, t)
 	l.stats.queued.Add(1)
 	l.queuedInWin.Store(true)
@@ -337,9 +342,7 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (wai
 	if hook := testHookQueued.Load(); hook != nil {
 		(*hook)(l, w.ready, deadline)
 	}
-	// Not past its caller's patience: beyond it the request would only get
-	// the timeout response, and hold its place in the queue until then.
-	w.timer.Reset(min(maxWait, time.Duration(giveUp-t)))
+	w.timer.Reset(waitFor)
 	var granted bool
 	var shutdown <-chan struct{}
 	if ctx != nil {
@@ -441,12 +444,24 @@ func (l *limiter) release(t int64, rtt time.Duration, inTime bool) {
 	}
 }
 
-// dispatchLocked hands free slots to waiters. l.mu is held.
+// dispatchLocked hands free slots to waiters at t. A waiter whose wait has
+// run out by t gets none: it leaves the queue refused, as its timer, due as
+// well, would have it leave (after a stall, or on a starved process, both
+// are due at once, and which goroutine runs first must not decide). l.mu is
+// held.
 func (l *limiter) dispatchLocked(t int64) {
-	for l.head != nil && l.tryAcquire() {
+	for l.head != nil {
 		w := l.head
 		if l.lifo(t) {
 			w = l.tail
+		}
+		if t >= w.until {
+			l.remove(w)
+			w.ready <- false
+			continue
+		}
+		if !l.tryAcquire() {
+			return
 		}
 		l.remove(w)
 		w.ready <- true

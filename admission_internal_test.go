@@ -1,6 +1,7 @@
 package fasttimeout
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -749,6 +750,81 @@ func TestAdmission_a_slot_granted_past_the_deadline_runs_nothing(t *testing.T) {
 				assert.Equal(t, int64(1), l.Load().drops.Load(), "a timeout to the limit")
 			}
 		})
+	}
+}
+
+// TestAdmission_a_slot_freed_after_a_waiters_share_ran_out_is_not_its: a
+// queued request whose share of its budget has run out, and a handler
+// returning, are due at the same moment after a stall (or on a starved
+// process). The return handed the slot over without looking at the
+// waiter's time, so the request ran, with a good part of its budget gone,
+// whenever the returning goroutine ran before the waiter's timer, and was
+// refused (queue_timeout) otherwise. By the clock its wait is over: it is
+// refused, whichever goroutine runs first. Not parallel: testHookQueued is
+// the process's.
+func TestAdmission_a_slot_freed_after_a_waiters_share_ran_out_is_not_its(t *testing.T) {
+	for _, mode := range []Mode{Racing, Cooperative} {
+		for _, adaptive := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%v/adaptive=%v", mode, adaptive), func(t *testing.T) {
+				stats := new(Stats)
+				var l atomic.Pointer[limiter]
+				release := make(chan struct{})
+				var runs atomic.Int32
+				h := New(func(ctx *fasthttp.RequestCtx) {
+					runs.Add(1)
+					hooked := lookup(ctx).m.limiter
+					// The limit's probe at start gives way to the first
+					// request it would refuse, which is its design; a
+					// probe under load does not.
+					hooked.probeYields.Store(false)
+					l.Store(hooked)
+					<-release
+				}, Config{Timeout: time.Second, Mode: mode, MaxConcurrency: 1, AdaptiveConcurrency: adaptive, Stats: stats, IgnoreHangups: true})
+				var once sync.Once
+				hook := func(hooked *limiter, ready chan bool, deadline int64) {
+					if hooked != l.Load() {
+						return
+					}
+					once.Do(func() {
+						// The request was queued at or before now: its share
+						// of the budget ends by shareEnd.
+						at := now()
+						shareEnd := at + (deadline-at)/waitShare
+						for d := shareEnd - now(); d >= 0; d = shareEnd - now() {
+							time.Sleep(time.Duration(d) + 1) // its goroutine runs again only once its share has run out
+						}
+						close(release) // the running handler returns, its slot free
+						assert.Eventually(t, func() bool { return len(ready) == 1 }, 30*time.Second, time.Millisecond, "the waiter handed the slot or refused")
+					})
+				}
+				testHookQueued.Store(&hook)
+				t.Cleanup(func() { testHookQueued.Store(nil) })
+				client := serveInMemory(t, h)
+
+				first := make(chan int, 1)
+				go func() {
+					status, _, err := client.GetTimeout(nil, "http://test/first", time.Minute)
+					assert.NoError(t, err)
+					first <- status
+				}()
+				require.Eventually(t, func() bool { return l.Load() != nil }, 30*time.Second, time.Millisecond, "the first handler runs")
+				status, _, err := client.GetTimeout(nil, "http://test/second", time.Minute)
+				require.NoError(t, err)
+				assert.Equal(t, fasthttp.StatusServiceUnavailable, status)
+				assert.Equal(t, fasthttp.StatusOK, receive(t, first, "first answer"))
+
+				assert.Equal(t, int32(1), runs.Load(), "only the first handler ran")
+				require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, 30*time.Second, time.Millisecond)
+				got := stats.Snapshot()
+				assert.Equal(t, int64(1), got.Admitted)
+				assert.Equal(t, int64(1), got.Queued)
+				assert.Equal(t, int64(1), got.RejectedQueueTimeout)
+				assert.Equal(t, int64(1), got.Rejected)
+				assert.Zero(t, got.SpentBudgets)
+				assert.Zero(t, got.Waiting)
+				assert.Zero(t, l.Load().holding(), "every slot given back")
+			})
+		}
 	}
 }
 
