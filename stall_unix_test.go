@@ -4,6 +4,7 @@ package fasttimeout_test
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -36,6 +38,9 @@ const (
 // 127.0.0.1, prints the address, then "started" for each request, and stops
 // when its standard input closes.
 func runStallServer(mode string) {
+	if admission, ok := strings.CutPrefix(mode, "admission/"); ok {
+		runAdmissionStallServer(admission)
+	}
 	var m fasttimeout.Mode
 	if err := m.UnmarshalText([]byte(mode)); err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -130,6 +135,291 @@ func TestLate_process_stall(t *testing.T) {
 				assert.Equal(t, fasttimeout.DefaultBody, r.body)
 			}
 			assert.Zero(t, own, "own responses of handlers that returned %v after their deadline", stallSleep-stallTimeout)
+		})
+	}
+}
+
+// The child of TestAdmission_process_stall: a limit of admissionStallLimit
+// slots, and its timeouts by path.
+const (
+	admissionStallLimit = 4
+	runnerTimeout       = time.Second      // /ignore, /honour: past before the stall ends
+	queuedShortTimeout  = time.Second      // /short: its deadline passes in the stall
+	queuedLongTimeout   = 10 * time.Second // /long: its share (a tenth) ends in the stall, not its deadline
+	holdTimeout         = time.Minute      // /hold
+	admissionStall      = runnerTimeout + runnerTimeout/2
+)
+
+// runAdmissionStallServer serves, on 127.0.0.1 in the mode it is given and
+// under a fixed limit of admissionStallLimit slots, handlers that hold
+// their slot until the test says "mark" on standard input: /ignore then
+// sleeps past its deadline, /honour waits for its context to end. /short
+// and /long return at once. /hold returns once admissionStallLimit of them
+// run at once. Each of those prints "started" and its secret. /ping
+// answers with its secret and /stats with Stats, outside the middleware
+// (Config.Skip). It prints its address, then "marked" once every held
+// handler has been let go, with "late" if one of them had less than half its
+// time left by then, and stops when its standard input closes.
+func runAdmissionStallServer(mode string) {
+	var m fasttimeout.Mode
+	if err := m.UnmarshalText([]byte(mode)); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	var mu sync.Mutex
+	say := func(s string) {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Println(s)
+	}
+	var stats fasttimeout.Stats
+	mark := make(chan struct{})
+	var held sync.WaitGroup // the handlers holding a slot until the mark
+	var late atomic.Bool    // one of them had little time left at the mark
+	var holding atomic.Int32
+	allHolding := make(chan struct{})
+	hold := func(ctx *fasthttp.RequestCtx) {
+		<-mark
+		// Half its time left at least: its deadline passes in the stall,
+		// not as the test stops the process.
+		if left, _ := fasttimeout.Remaining(ctx); left < runnerTimeout/2 {
+			late.Store(true)
+		}
+		held.Done()
+	}
+	h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+		secret := string(ctx.Request.Header.Peek("X-Secret"))
+		switch string(ctx.Path()) {
+		case "/ignore":
+			held.Add(1)
+			say("started " + secret)
+			hold(ctx)
+			time.Sleep(runnerTimeout) // ignores its context: returns in the stall, past its deadline
+		case "/honour":
+			held.Add(1)
+			say("started " + secret)
+			hold(ctx)
+			<-fasttimeout.Context(ctx).Done()
+		case "/hold":
+			say("started " + secret)
+			if holding.Add(1) == admissionStallLimit {
+				close(allHolding)
+			}
+			<-allHolding
+		case "/ping":
+			replyWithSecret(ctx, "ping", secret)
+			return
+		case "/stats":
+			ctx.SetBodyString(stats.String())
+			return
+		default:
+			say("started " + secret)
+		}
+		replyWithSecret(ctx, "own", secret)
+	}, fasttimeout.Config{
+		Timeout: queuedShortTimeout, Mode: m, MaxConcurrency: admissionStallLimit, Stats: &stats,
+		TimeoutFunc: func(ctx *fasthttp.RequestCtx) time.Duration {
+			switch string(ctx.Path()) {
+			case "/ignore", "/honour":
+				return runnerTimeout
+			case "/long":
+				return queuedLongTimeout
+			case "/hold":
+				return holdTimeout
+			}
+			return queuedShortTimeout
+		},
+		Skip: func(ctx *fasthttp.RequestCtx) bool {
+			path := string(ctx.Path())
+			return path == "/ping" || path == "/stats"
+		},
+	})
+	go func() { _ = fasthttp.Serve(ln, h) }()
+	say("addr " + ln.Addr().String())
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		if in.Text() == "mark" {
+			close(mark)
+			held.Wait()
+			if late.Load() {
+				say("marked late")
+			} else {
+				say("marked")
+			}
+		}
+	}
+	os.Exit(0)
+}
+
+// TestAdmission_process_stall stops a server for longer than its timeout
+// while admissionStallLimit handlers hold its slots and requests wait for
+// one, and checks what happens when it wakes, every timer due at once: the
+// held handlers return (one kind ignoring its context, the other honouring
+// it), their deadlines, and the waits of the queued requests. No queued
+// request runs: each waited past its deadline (/short) or past its share of
+// it (/long) by the time a slot came free. Each request gets one answer,
+// its own on its connection, the slots all come back (admissionStallLimit
+// requests run at once afterwards), and Stats add up. Before a freed slot
+// was handed over by comparing the waiter's end of wait with the clock,
+// /long requests ran after the stall whenever a held handler's return ran
+// before their timers (14 of 20 runs).
+func TestAdmission_process_stall(t *testing.T) {
+	for _, mode := range []string{"racing", "cooperative"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			cmd := exec.Command(os.Args[0], "-test.run=^$")
+			cmd.Env = append(os.Environ(), stallServerEnv+"=admission/"+mode)
+			stdin, err := cmd.StdinPipe()
+			require.NoError(t, err)
+			stdout, err := cmd.StdoutPipe()
+			require.NoError(t, err)
+			cmd.Stderr = os.Stderr
+			require.NoError(t, cmd.Start())
+			t.Cleanup(func() {
+				_ = cmd.Process.Signal(syscall.SIGCONT)
+				_ = stdin.Close()
+				assert.NoError(t, cmd.Wait())
+			})
+			lines := bufio.NewScanner(stdout)
+			require.True(t, lines.Scan(), "the child prints its address")
+			addr, ok := strings.CutPrefix(lines.Text(), "addr ")
+			require.True(t, ok, "got %q", lines.Text())
+			started := make(chan string, 64)
+			marked := make(chan string, 1)
+			go func() {
+				defer close(started)
+				for lines.Scan() {
+					if secret, ok := strings.CutPrefix(lines.Text(), "started "); ok {
+						started <- secret
+					} else {
+						marked <- lines.Text()
+					}
+				}
+			}()
+			control, err := dialStress(addr)
+			require.NoError(t, err)
+			defer control.close()
+			statsCalls := int64(0)
+			snapshot := func() fasttimeout.Counters {
+				statsCalls++
+				var c fasttimeout.Counters
+				resp := control.get(t, "/stats", "stats")
+				require.NoError(t, json.Unmarshal(resp.Body(), &c))
+				return c
+			}
+
+			type answer struct {
+				path, secret string
+				status       int
+				body         string
+				own          bool // the next request on the connection got its own answer
+				err          error
+			}
+			answers := make(chan answer, 32)
+			send := func(path string, i int) {
+				go func() {
+					a := answer{path: path, secret: fmt.Sprintf("S%s%02d", path[1:], i)}
+					c, err := dialStress(addr)
+					if err != nil {
+						a.err = err
+						answers <- a
+						return
+					}
+					defer c.close()
+					if a.err = c.do(path, a.secret); a.err == nil {
+						a.status, a.body = c.resp.StatusCode(), string(c.resp.Body())
+						if a.err = c.do("/ping", a.secret+"p"); a.err == nil {
+							a.own = string(c.resp.Body()) == "ping:"+a.secret+"p"
+						}
+					}
+					answers <- a
+				}()
+			}
+			// The slots, held.
+			runners := map[string]bool{}
+			for i := range admissionStallLimit {
+				path := []string{"/ignore", "/honour"}[i%2]
+				send(path, i)
+				runners[fmt.Sprintf("S%s%02d", path[1:], i)] = true
+			}
+			for range admissionStallLimit {
+				secret := receive(t, started, "a handler holding a slot")
+				require.True(t, runners[secret], "%s ran", secret)
+			}
+			// The queue.
+			const queued = 8
+			for i := range queued {
+				send([]string{"/short", "/long"}[i%2], i)
+			}
+			require.True(t, waitUntil(func() bool { return snapshot().Queued == queued }), "the requests queued")
+			// Let the held handlers go, then stop the process past every
+			// deadline of theirs and of /short, and every share of /long.
+			_, err = io.WriteString(stdin, "mark\n")
+			require.NoError(t, err)
+			if receive(t, marked, "the child's mark") != "marked" {
+				t.Skip("a held handler had less than half its time left before the stall: the machine is too slow for this test")
+			}
+			require.NoError(t, cmd.Process.Signal(syscall.SIGSTOP))
+			time.Sleep(admissionStall)
+			require.NoError(t, cmd.Process.Signal(syscall.SIGCONT))
+
+			refused, spent := int64(0), int64(0)
+			for range admissionStallLimit + queued {
+				a := receive(t, answers, "an answer")
+				require.NoError(t, a.err, "%s %s", a.path, a.secret)
+				assert.True(t, a.own, "%s %s: the next request on its connection got another answer", a.path, a.secret)
+				switch {
+				case runners[a.secret]:
+					assert.Equal(t, fasttimeout.DefaultStatusCode, a.status, "%s %s: %q", a.path, a.secret, a.body)
+				case a.status == fasthttp.StatusServiceUnavailable:
+					refused++
+				case a.status == fasttimeout.DefaultStatusCode && a.path == "/short":
+					spent++ // handed a slot past its deadline
+				default:
+					t.Errorf("%s %s, queued: %d %q", a.path, a.secret, a.status, a.body)
+				}
+			}
+			// The late handlers return; then every slot is free again.
+			require.True(t, waitUntil(func() bool { return snapshot().InFlight == 0 }), "the handlers returned")
+			for i := range admissionStallLimit {
+				send("/hold", i)
+			}
+			for range admissionStallLimit {
+				a := receive(t, answers, "the answer to a request beside the others at the limit")
+				require.NoError(t, a.err)
+				assert.Equal(t, fasthttp.StatusOK, a.status, "%s %s: %q", a.path, a.secret, a.body)
+				assert.True(t, a.own)
+			}
+			// Printed before their answers, as any queued request's would
+			// have been.
+			for holds := 0; holds < admissionStallLimit; {
+				secret := receive(t, started, "a handler that ran")
+				if strings.HasPrefix(secret, "Shold") {
+					holds++
+				} else {
+					t.Errorf("%s ran, after the stall", secret)
+				}
+			}
+
+			require.True(t, waitUntil(func() bool { return snapshot().InFlight == 0 }), "the handlers returned")
+			got := snapshot()
+			pings := int64(2*admissionStallLimit + queued)
+			assert.Equal(t, pings+statsCalls+2*admissionStallLimit+queued, got.Requests, "requests: %+v", got)
+			assert.Equal(t, int64(2*admissionStallLimit), got.Admitted)
+			assert.Equal(t, int64(queued), got.Queued)
+			assert.Equal(t, refused, got.Rejected)
+			assert.Equal(t, spent, got.SpentBudgets)
+			assert.Equal(t, admissionStallLimit+spent, got.Timeouts)
+			assert.Equal(t, int64(admissionStallLimit), got.LateFinished)
+			assert.Zero(t, got.LateRunning)
+			assert.Zero(t, got.Waiting)
+			assert.Equal(t, int64(admissionStallLimit), got.ConcurrencyLimit)
+			t.Logf("queued: %d refused, %d handed a slot past their deadline", refused, spent)
 		})
 	}
 }
