@@ -247,6 +247,122 @@ func TestLimiter_fixed_limit_does_not_adapt(t *testing.T) {
 	assert.Equal(t, int64(3), stats.Snapshot().ConcurrencyLimit)
 }
 
+// stalledLoad runs a closed-loop load through middleware m's adaptive limit
+// on a fake clock, each request through a call as the middleware makes it
+// (see finish), so that timeouts are drops and late handlers hold slots.
+type stalledLoad struct {
+	m       *middleware
+	l       *limiter
+	clock   int64
+	running []*call
+	windows int // windows closed
+}
+
+// admit admits up to demand handlers at the clock; the rest of the demand
+// waits, in the window's record.
+func (s *stalledLoad) admit(demand int) int {
+	for len(s.running) < demand && s.l.tryAcquire() {
+		c := &call{m: s.m, admitted: s.clock}
+		c.state.Store(generation | callRunning)
+		c.deadline.Store(s.clock + int64(s.m.Timeout))
+		c.slot.Store(slotHeld)
+		s.running = append(s.running, c)
+	}
+	if len(s.running) < demand {
+		s.l.queuedInWin.Store(true)
+	}
+	return len(s.running)
+}
+
+// finish returns every running handler at the clock, as finishCooperative
+// does: in time, or late once its deadline has passed.
+func (s *stalledLoad) finish() {
+	for _, c := range s.running {
+		before := s.l.windowStart.Load()
+		c.settleOrTimeOut(callFinished, s.clock)
+		inTime := c.phase() == callFinished
+		s.m.release(c, s.clock, inTime)
+		if !inTime {
+			s.m.countLateReturn(time.Duration(s.clock - c.overAt.Load()))
+		}
+		if s.l.windowStart.Load() != before && s.l.count.Load() == 0 && s.l.drops.Load() == 0 {
+			s.windows++
+		}
+	}
+	s.running = s.running[:0]
+}
+
+// TestLimiter_after_a_process_stall_serves_its_load_again: a process stopped
+// while its handlers run wakes with all of them returning at once, late if
+// the stall outlasted their timeout, or else in time with the stall in
+// their latency; to the adaptive limit a stall looks like a burst of drops,
+// or like latency many times the unloaded one. Neither may leave the limit
+// down for long: the drops share their window with the returns in time
+// that follow the stall, and are not counted; the stalled latencies close
+// one window, which halves the limit (and, while the limit does not bind,
+// calls a probe, one window at the floor); it then grows by √limit a window
+// while it binds, back within 2+√limit windows, where it had taken twice that
+// from its floor. The loads sample every return (a window of 64 returns
+// takes longer than minWindow/2), so the windows are the same in every run.
+func TestLimiter_after_a_process_stall_serves_its_load_again(t *testing.T) {
+	t.Parallel()
+	latency := func(d time.Duration) func(int) time.Duration { return func(int) time.Duration { return d } }
+	for _, load := range []struct {
+		name    string
+		ceiling int
+		demand  int
+		latency func(n int) time.Duration
+	}{
+		{"a downstream with room, below the limit", 1000, 60, latency(100 * time.Millisecond)},
+		{"a downstream with room, at the ceiling", 60, 200, latency(100 * time.Millisecond)},
+		{"cpu-bound, overloaded", 1000, 10000, cpuBound},
+	} {
+		for _, stall := range []time.Duration{300 * time.Millisecond, 2 * time.Second, probeEvery + probeEvery/4} {
+			t.Run(fmt.Sprintf("%s/stall=%v", load.name, stall), func(t *testing.T) {
+				t.Parallel()
+				m := &middleware{settings: Config{Timeout: time.Second, MaxConcurrency: load.ceiling, AdaptiveConcurrency: true, IgnoreHangups: true}.resolve()}
+				m.limiter = newLimiter(int64(m.MaxConcurrency), true, m.Timeout, m.stats, &m.late)
+				s := &stalledLoad{m: m, l: m.limiter, clock: int64(time.Hour)}
+				for range 100 {
+					s.admit(load.demand)
+					s.clock += int64(load.latency(len(s.running)))
+					s.finish()
+				}
+				require.Zero(t, s.l.every.Load(), "every return a sample")
+				before := s.l.limit.Load()
+				served := s.admit(load.demand)
+				s.clock += int64(stall) // the process stops, then every timer is due
+				s.finish()
+				woke := s.windows
+
+				// back: the windows closed after the stall by the end of the
+				// last round that admitted fewer than before it.
+				back, short := 0, 0
+				probed := false
+				lowest := s.l.limit.Load()
+				for range 100 { // 10 s at most: no regular probe comes
+					n := s.admit(load.demand)
+					probed = probed || s.l.probeFrom.Load() != 0
+					lowest = min(lowest, s.l.limit.Load())
+					s.clock += int64(load.latency(n))
+					s.finish()
+					if n < served {
+						back, short = s.windows-woke, short+1
+					}
+				}
+				t.Logf("limit %d before, lowest %d after (probe: %v), %d rounds short, back after %d windows", before, lowest, probed, short, back)
+				assert.LessOrEqual(t, back, 2+int(math.Ceil(math.Sqrt(float64(before)))), "windows until the load before the stall is served again")
+				if stall > m.Timeout && !probed {
+					assert.GreaterOrEqual(t, lowest, before, "the drops of a stall are not counted beside returns in time")
+				}
+				assert.Zero(t, m.late.Load(), "every late handler returned")
+				assert.Zero(t, s.l.holding())
+				assert.Equal(t, s.l.limit.Load(), m.stats.Snapshot().ConcurrencyLimit)
+			})
+		}
+	}
+}
+
 // TestLimiter_queue checks who gets a freed slot: the oldest waiter while
 // the queue is new, the newest once it has stayed non-empty for lifoAfter.
 func TestLimiter_queue(t *testing.T) {
