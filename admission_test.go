@@ -3,6 +3,7 @@ package fasttimeout_test
 import (
 	"fmt"
 	"math"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -720,5 +721,150 @@ func TestAdmission_a_waiter_whose_caller_gave_up_leaves_the_queue(t *testing.T) 
 			assert.Equal(t, fasthttp.StatusOK, receive(t, held, "the answer to /block").StatusCode())
 			assert.Equal(t, int64(1), b.ran.Load(), "only /block ran")
 		})
+	}
+}
+
+// TestAdmission_on_one_P_refuses_rather_than_runs_late: on one P, handlers
+// that spin past their deadline (ignoring their context) hold the slots of
+// a small limit beside handlers that honour theirs, on many connections at
+// once, so that the goroutines waiting for a slot, their timers and the
+// returns that free slots all run late and in no set order. A request gets
+// exactly one answer, its own on its connection; one refused (503) or
+// answered at once with the timeout response never ran its handler, and a
+// handler that ran was admitted; Stats add up; and once it is over the
+// limit's slots are all free: as many requests as the limit run at once.
+// Not parallel: GOMAXPROCS is the process's.
+func TestAdmission_on_one_P_refuses_rather_than_runs_late(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	const (
+		limit    = 2
+		timeout  = 20 * time.Millisecond
+		conns    = 16
+		requests = 12
+	)
+	for _, mode := range []fasttimeout.Mode{fasttimeout.Racing, fasttimeout.Cooperative} {
+		for _, adaptive := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%v/adaptive=%v", mode, adaptive), func(t *testing.T) {
+				var stats fasttimeout.Stats
+				var ran sync.Map // secret -> struct{}
+				var holding atomic.Int32
+				allHolding := make(chan struct{})
+				server := startStressLoopback(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+					secret := string(ctx.Request.Header.Peek("X-Secret"))
+					if _, again := ran.LoadOrStore(secret, struct{}{}); again {
+						t.Errorf("%s ran twice", secret)
+					}
+					switch string(ctx.Path()) {
+					case "/spin":
+						spinPast(ctx, 5*time.Millisecond)
+					case "/honour":
+						select {
+						case <-fasttimeout.Context(ctx).Done():
+						case <-time.After(time.Millisecond):
+						}
+					case "/hold":
+						if holding.Add(1) == limit {
+							close(allHolding)
+						}
+						<-allHolding
+					}
+					replyWithSecret(ctx, "own", secret)
+				}, fasttimeout.Config{
+					Timeout: timeout, Mode: mode, MaxConcurrency: limit, AdaptiveConcurrency: adaptive, Stats: &stats,
+					TimeoutFunc: func(ctx *fasthttp.RequestCtx) time.Duration {
+						if string(ctx.Path()) == "/hold" {
+							return time.Minute
+						}
+						return timeout
+					},
+				}))
+
+				var own, refused, timedOut, unrun atomic.Int64
+				var wg sync.WaitGroup
+				start := make(chan struct{})
+				for i := range conns {
+					wg.Go(func() {
+						c, err := dialStress(server.addr)
+						if !assert.NoError(t, err) {
+							return
+						}
+						defer c.close()
+						<-start
+						for j := range requests {
+							secret := fmt.Sprintf("S%08x%08x", i, j)
+							path := "/honour"
+							if (i+j)%4 == 0 {
+								path = "/spin"
+							}
+							if !assert.NoError(t, c.do(path, secret)) {
+								return
+							}
+							_, didRun := ran.Load(secret)
+							status, body := c.resp.StatusCode(), string(c.resp.Body())
+							switch {
+							case status == fasthttp.StatusOK && body == ownBody("own", secret):
+								own.Add(1)
+								assert.True(t, didRun, "%s: its own answer, and its handler never ran", secret)
+							case status == fasthttp.StatusServiceUnavailable:
+								refused.Add(1)
+								assert.False(t, didRun, "%s: refused, and its handler ran", secret)
+							case status == fasttimeout.DefaultStatusCode && body == fasttimeout.DefaultBody:
+								timedOut.Add(1)
+								if !didRun {
+									unrun.Add(1)
+								}
+							default:
+								t.Errorf("%s %s: %d %q", path, secret, status, body)
+							}
+						}
+					})
+				}
+				close(start)
+				wg.Wait()
+				require.True(t, waitUntil(func() bool { return stats.Snapshot().InFlight == 0 }), "the handlers returned")
+				got := stats.Snapshot()
+				t.Logf("%d own, %d refused, %d timeouts (%d without running)", own.Load(), refused.Load(), timedOut.Load(), unrun.Load())
+				ranCount := int64(0)
+				ran.Range(func(any, any) bool { ranCount++; return true })
+				assert.Equal(t, int64(conns*requests), own.Load()+refused.Load()+timedOut.Load(), "one answer each")
+				assert.Equal(t, int64(conns*requests), got.Requests)
+				assert.Equal(t, ranCount, got.Admitted, "every handler that ran was admitted")
+				assert.Equal(t, refused.Load(), got.Rejected)
+				assert.Equal(t, unrun.Load(), got.SpentBudgets, "answered without running")
+				assert.Equal(t, timedOut.Load(), got.Timeouts)
+				assert.Equal(t, timedOut.Load()-unrun.Load(), got.LateFinished, "every handler that timed out returned late")
+				assert.Zero(t, got.LateRunning)
+				assert.Zero(t, got.Waiting)
+
+				// Every slot is free again. With AdaptiveConcurrency the
+				// backlog in front of the middleware may still refuse some
+				// requests at once (503), for the run queue the spinners
+				// left: such a request is sent again.
+				holds := make(chan int, limit)
+				for i := range limit {
+					go func() {
+						c, err := dialStress(server.addr)
+						if !assert.NoError(t, err) {
+							holds <- 0
+							return
+						}
+						defer c.close()
+						for try := 0; ; try++ {
+							if !assert.NoError(t, c.do("/hold", fmt.Sprintf("H%07x%08x", i, try))) {
+								holds <- 0
+								return
+							}
+							if status := c.resp.StatusCode(); status != fasthttp.StatusServiceUnavailable || !adaptive {
+								holds <- status
+								return
+							}
+						}
+					}()
+				}
+				for range limit {
+					assert.Equal(t, fasthttp.StatusOK, receive(t, holds, "the answer to a request beside others at the limit"))
+				}
+			})
+		}
 	}
 }
