@@ -143,7 +143,7 @@ func TestLate_process_stall(t *testing.T) {
 // slots, and its timeouts by path.
 const (
 	admissionStallLimit = 4
-	runnerTimeout       = time.Second      // /ignore, /honour: past before the stall ends
+	runnerTimeout       = 3 * time.Second  // /ignore, /honour: past before the stall ends
 	queuedShortTimeout  = time.Second      // /short: its deadline passes in the stall
 	queuedLongTimeout   = 10 * time.Second // /long: its share (a tenth) ends in the stall, not its deadline
 	holdTimeout         = time.Minute      // /hold
