@@ -384,7 +384,10 @@ func TestAdmission_queue_headers(t *testing.T) {
 // doubles, since their latency stays at its unloaded level, and all of
 // them are served. Not parallel, nor are its modes: other requests' work
 // on the same Ps would raise the latency, and the limit would rightly
-// shrink.
+// shrink. Whether it grows depends on that latency, which other processes
+// on a loaded machine raise too (once in 20 runs beside other test runs:
+// limit 20, all served): the doubling itself is tested on a fake clock
+// (TestLimiter_slow_start_stops_where_latency_was_too_high).
 func TestAdmission_a_burst_on_a_cold_limit_is_served(t *testing.T) {
 	const burst = 300
 	for _, mode := range allModes {
@@ -403,7 +406,7 @@ func TestAdmission_a_burst_on_a_cold_limit_is_served(t *testing.T) {
 			}
 			got := stats.Snapshot()
 			assert.Equal(t, map[int]int{fasthttp.StatusOK: burst}, codes, "%+v", got)
-			assert.Greater(t, got.ConcurrencyLimit, int64(20), "the limit grew")
+			assert.Zero(t, got.Rejected, "%+v", got)
 			t.Logf("limit %d; %d of %d queued", got.ConcurrencyLimit, got.Queued, burst)
 		})
 	}
