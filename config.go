@@ -150,7 +150,9 @@ type Config struct {
 	// OnPanic, if set, receives a panic of a handler that has already timed
 	// out, or whose client has hung up (see IgnoreHangups), with its value
 	// and stack, on the goroutine that ran the handler. Nil logs both
-	// through the server's logger (ctx.Logger()). A panic in time, before
+	// through the server's logger (ctx.Logger()), except for a panic with
+	// http.ErrAbortHandler, which aborts a response on purpose and which
+	// net/http's server does not log either. A panic in time, before
 	// the deadline and any hang-up, is never passed here: it is re-raised on
 	// the server goroutine with its original value, as if the handler had
 	// not been wrapped. OnPanic and OnLateReturn must not panic: in racing

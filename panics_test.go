@@ -5,6 +5,7 @@ package fasttimeout_test
 import (
 	"errors"
 	"net"
+	"net/http"
 	"os"
 	"runtime"
 	"strings"
@@ -219,6 +220,45 @@ func TestTimeout_late_panic_is_logged_by_default(t *testing.T) {
 	assert.EqualValues(t, 1, stats.Snapshot().LateFinished)
 	assert.Contains(t, logs.String(), "goroutine ")
 	assert.Equal(t, int64(1), stats.Snapshot().Panics)
+}
+
+// A late panic with http.ErrAbortHandler, a response aborted on purpose (as
+// httputil.ReverseProxy does behind NetHTTPHandler), is not logged by
+// default, as net/http's server does not log it; any other late panic is.
+func TestTimeout_late_ErrAbortHandler_is_not_logged(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			stats := new(fasttimeout.Stats)
+			logs := new(logBuffer)
+			h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				<-fasttimeout.Context(ctx).Done()
+				panic(ctx.UserValue("value"))
+			}, fasttimeout.Config{Mode: mode, Timeout: 10 * time.Millisecond, Stats: stats})
+			s := serveLogged(t, func(ctx *fasthttp.RequestCtx) {
+				if string(ctx.Path()) == "/abort" {
+					ctx.SetUserValue("value", http.ErrAbortHandler)
+				} else {
+					ctx.SetUserValue("value", "unwatched")
+				}
+				h(ctx)
+			}, logs)
+
+			for i, path := range []string{"/abort", "/other"} {
+				assert.Equal(t, fasthttp.StatusGatewayTimeout, do(t, s, "GET", path).StatusCode())
+				// InFlight counts the request out once its panic is reported.
+				require.Eventually(t, func() bool {
+					c := stats.Snapshot()
+					return c.InFlight == 0 && c.Panics == int64(i+1)
+				}, waitTimeout, time.Millisecond)
+				if path == "/abort" {
+					assert.NotContains(t, logs.String(), "panic in handler", "ErrAbortHandler logged")
+				}
+			}
+			assert.Contains(t, logs.String(), "panic in handler after its deadline: unwatched")
+		})
+	}
 }
 
 // OnTimeout may log through ctx.Logger() while the late handler's panic is

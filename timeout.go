@@ -2,6 +2,7 @@ package fasttimeout
 
 import (
 	"errors"
+	"net/http"
 	"sync/atomic"
 	"time"
 
@@ -363,6 +364,12 @@ func (m *middleware) reject(ctx *fasthttp.RequestCtx, reason string) {
 func (m *middleware) reportPanic(ctx *fasthttp.RequestCtx, v any, stack []byte) {
 	if m.OnPanic != nil {
 		m.OnPanic(ctx, v, stack)
+		return
+	}
+	// As net/http's server does: http.ErrAbortHandler aborts a response on
+	// purpose (httputil.ReverseProxy panics with it when its copy fails),
+	// and logging its stack would only make noise.
+	if v == http.ErrAbortHandler {
 		return
 	}
 	ctx.Logger().Printf("fasttimeout: panic in handler after its deadline: %v\n%s", v, stack)
