@@ -68,6 +68,48 @@ func runStallServer(mode string) {
 	os.Exit(0)
 }
 
+// stallChild is a child server of the stall tests: the test binary run as
+// the server that stallServerEnv names.
+type stallChild struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	lines *bufio.Scanner // its standard output, after the address
+	addr  string
+}
+
+// startStallChild starts the child server kind and reads its address. The
+// test's cleanup resumes it, if stopped, and ends it.
+func startStallChild(t *testing.T, kind string) *stallChild {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), stallServerEnv+"="+kind)
+	stdin, err := cmd.StdinPipe()
+	require.NoError(t, err)
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	cmd.Stderr = os.Stderr
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGCONT)
+		_ = stdin.Close()
+		assert.NoError(t, cmd.Wait())
+	})
+	lines := bufio.NewScanner(stdout)
+	require.True(t, lines.Scan(), "the child prints its address")
+	addr, ok := strings.CutPrefix(lines.Text(), "addr ")
+	require.True(t, ok, "got %q", lines.Text())
+	return &stallChild{cmd: cmd, stdin: stdin, lines: lines, addr: addr}
+}
+
+// stall stops the whole child process for d: every timer in it, the
+// runtime's and the handlers', is due at once when it resumes.
+func (c *stallChild) stall(t *testing.T, d time.Duration) {
+	t.Helper()
+	require.NoError(t, c.cmd.Process.Signal(syscall.SIGSTOP))
+	time.Sleep(d) // the stall itself, not a wait for something to happen
+	require.NoError(t, c.cmd.Process.Signal(syscall.SIGCONT))
+}
+
 // A process stopped while its handlers sleep past their deadline wakes up
 // with every timer due at once: the handlers' sleeps and the deadlines. The
 // handlers' own responses must not get through, whichever runs first. On
@@ -77,23 +119,8 @@ func TestLate_process_stall(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
 			const n = 20
-			cmd := exec.Command(os.Args[0], "-test.run=^$")
-			cmd.Env = append(os.Environ(), stallServerEnv+"="+mode)
-			stdin, err := cmd.StdinPipe()
-			require.NoError(t, err)
-			stdout, err := cmd.StdoutPipe()
-			require.NoError(t, err)
-			cmd.Stderr = os.Stderr
-			require.NoError(t, cmd.Start())
-			t.Cleanup(func() {
-				_ = cmd.Process.Signal(syscall.SIGCONT)
-				_ = stdin.Close()
-				assert.NoError(t, cmd.Wait())
-			})
-			lines := bufio.NewScanner(stdout)
-			require.True(t, lines.Scan(), "the child prints its address")
-			addr, ok := strings.CutPrefix(lines.Text(), "addr ")
-			require.True(t, ok, "got %q", lines.Text())
+			child := startStallChild(t, mode)
+			addr, lines := child.addr, child.lines
 
 			type result struct {
 				status int
@@ -119,9 +146,7 @@ func TestLate_process_stall(t *testing.T) {
 			}
 			// Every handler is asleep now: stop the whole process past
 			// both their deadlines and their sleeps.
-			require.NoError(t, cmd.Process.Signal(syscall.SIGSTOP))
-			time.Sleep(stallPause)
-			require.NoError(t, cmd.Process.Signal(syscall.SIGCONT))
+			child.stall(t, stallPause)
 
 			own := 0
 			for range n {
@@ -272,23 +297,8 @@ func TestAdmission_process_stall(t *testing.T) {
 	for _, mode := range []string{"racing", "cooperative"} {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
-			cmd := exec.Command(os.Args[0], "-test.run=^$")
-			cmd.Env = append(os.Environ(), stallServerEnv+"=admission/"+mode)
-			stdin, err := cmd.StdinPipe()
-			require.NoError(t, err)
-			stdout, err := cmd.StdoutPipe()
-			require.NoError(t, err)
-			cmd.Stderr = os.Stderr
-			require.NoError(t, cmd.Start())
-			t.Cleanup(func() {
-				_ = cmd.Process.Signal(syscall.SIGCONT)
-				_ = stdin.Close()
-				assert.NoError(t, cmd.Wait())
-			})
-			lines := bufio.NewScanner(stdout)
-			require.True(t, lines.Scan(), "the child prints its address")
-			addr, ok := strings.CutPrefix(lines.Text(), "addr ")
-			require.True(t, ok, "got %q", lines.Text())
+			child := startStallChild(t, "admission/"+mode)
+			addr, lines := child.addr, child.lines
 			started := make(chan string, 64)
 			marked := make(chan string, 1)
 			go func() {
@@ -359,14 +369,12 @@ func TestAdmission_process_stall(t *testing.T) {
 			require.True(t, waitUntil(func() bool { return snapshot().Queued == queued }), "the requests queued")
 			// Let the held handlers go, then stop the process past every
 			// deadline of theirs and of /short, and every share of /long.
-			_, err = io.WriteString(stdin, "mark\n")
+			_, err = io.WriteString(child.stdin, "mark\n")
 			require.NoError(t, err)
 			if receive(t, marked, "the child's mark") != "marked" {
 				t.Skip("a held handler had less than half its time left before the stall: the machine is too slow for this test")
 			}
-			require.NoError(t, cmd.Process.Signal(syscall.SIGSTOP))
-			time.Sleep(admissionStall)
-			require.NoError(t, cmd.Process.Signal(syscall.SIGCONT))
+			child.stall(t, admissionStall)
 
 			refused, spent := int64(0), int64(0)
 			for range admissionStallLimit + queued {
