@@ -13,7 +13,10 @@ import (
 // and its context (see [Context]) loses its deadline but is still cancelled
 // when the server shuts down or the handler returns. Use it in a handler
 // that works past its timeout on purpose: a long poll, a slow start of an
-// event stream.
+// event stream. In cooperative mode a disarmed request no longer keeps
+// the middleware's housekeeping goroutine ticking every Config.Precision:
+// its context, as a racing request's, learns of the server's shutdown at
+// the goroutine's look every 100 ms.
 //
 // A body stream writer (ctx.SetBodyStreamWriter) and a hijack handler
 // (ctx.Hijack) do their work after the handler has returned (fasthttp
@@ -109,10 +112,17 @@ func (c *call) moveNested(skipDisarmed bool, move func(*call) bool) bool {
 // that has ended since: the deadline goes back, never later, so a handler
 // that returns after its context's end is still late. No other move can
 // come meanwhile: the call is gone, or the nested moves' lock is held.
+//
+// An inline call's context is watched by the housekeeper, which may have
+// gone to rest while the move had switched its deadline off (Disarm): it
+// is woken to tick at full precision for the deadline back.
 func (c *call) moveBack(old int64) {
 	moved := c.deadline.Swap(old)
 	if b := c.bridge.Load(); b != nil && moved != old {
 		b.moveBack(moved, old)
+		if c.inline() {
+			c.m.housekeeper.nudge()
+		}
 	}
 }
 

@@ -366,3 +366,64 @@ func TestExtend_timer_during_the_move_still_times_out(t *testing.T) {
 	assert.ErrorIs(t, s.cause, ErrTimeout)
 	assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode(), "body %q", resp.Body())
 }
+
+// TestNested_undone_Disarm_wakes_the_housekeeper: inside nested News,
+// Disarm switches the inner deadline off, then the outer one; if the outer
+// one cannot (its deadline passed, or its client hung up, since the inner
+// one moved), the inner deadline comes back, in the inner context too. The
+// inner New's housekeeper, with that context alone to watch, may have gone
+// to rest meanwhile, since a disarmed context needs no tick: it must tick
+// every Precision again, or it would see the deadline back up to 100 ms
+// late. Here the outer move fails by the test's hand, once the housekeeper
+// rests.
+func TestNested_undone_Disarm_wakes_the_housekeeper(t *testing.T) {
+	t.Parallel()
+	housekeepers := make(chan *housekeeper, 1)
+	rested, checked := make(chan struct{}), make(chan struct{})
+	type seen struct {
+		disarmed, hasDeadline bool
+		left                  time.Duration
+	}
+	seenc := make(chan seen, 1)
+	inner := New(func(ctx *fasthttp.RequestCtx) {
+		c := lookup(ctx)
+		b := Context(ctx) // watched by the inner New's housekeeper
+		var s seen
+		s.disarmed = c.moveNested(false, func(l *call) bool {
+			if l == c {
+				return l.disarm()
+			}
+			housekeepers <- c.m.housekeeper
+			select {
+			case <-rested:
+			case <-b.Done(): // the test failed, and its server shuts down
+			}
+			return false // the outer deadline passed, say
+		})
+		deadline, ok := b.Deadline()
+		s.hasDeadline, s.left = ok, time.Until(deadline)
+		seenc <- s
+		select {
+		case <-checked:
+		case <-b.Done(): // the test failed, and its server shuts down
+		}
+	}, Config{Timeout: time.Hour, Mode: Cooperative, IgnoreHangups: true})
+	client := serveInMemory(t, New(inner, Config{Timeout: time.Hour, Mode: Cooperative}))
+	answered := make(chan int, 1)
+	go func() {
+		status, _, err := client.Get(nil, "http://test/")
+		assert.NoError(t, err)
+		answered <- status
+	}()
+
+	h := receive(t, housekeepers, "the outer move")
+	require.Eventually(t, h.resting.Load, 10*time.Second, time.Millisecond, "the housekeeper rests while the inner context has no deadline")
+	close(rested)
+	s := receive(t, seenc, "the inner handler's look at its deadline")
+	require.False(t, s.disarmed, "Disarm reports false")
+	require.True(t, s.hasDeadline, "the inner context's deadline is back")
+	require.Greater(t, s.left, 59*time.Minute, "back to the inner timeout")
+	require.Eventually(t, func() bool { return !h.resting.Load() }, 10*time.Second, time.Millisecond, "the deadline back wakes the housekeeper")
+	close(checked)
+	require.Equal(t, fasthttp.StatusOK, receive(t, answered, "the answer"))
+}

@@ -25,8 +25,11 @@ const (
 // cancels contexts at server shutdown, and retires idle workers. It keeps no
 // time for racing requests: each has its own timer (see worker.fire). It
 // runs only while the middleware has workers or watched contexts, ticking
-// every precision while contexts are watched and resting otherwise, and
-// exits once everything is idle and retired.
+// every precision while a watched context has a deadline or a hang-up watch
+// to start and resting otherwise, and exits once everything is idle and
+// retired. A disarmed context (no deadline) needs only the rest's look for
+// shutdown: whatever gives a watched context a deadline again, or watches
+// a new one, ends the rest (nudge).
 type housekeeper struct {
 	precision time.Duration
 
@@ -43,7 +46,7 @@ type housekeeper struct {
 	mu      sync.Mutex  // guards starting and stopping the goroutine, and the worker registry
 	running atomic.Bool // the housekeeper goroutine exists; written under mu
 
-	resting atomic.Bool   // it ticks slowly; a newly watched context must wake it
+	resting atomic.Bool   // it ticks slowly; a context watched, or given a deadline again, must wake it
 	wake    chan struct{} // cap 1: ends a rest early
 }
 
@@ -75,8 +78,10 @@ func (h *housekeeper) startLocked() {
 	}
 }
 
-// nudge ends a rest, so a context watched now is checked at full
-// precision.
+// nudge ends a rest, so a context watched now, or whose deadline has come
+// back (see call.moveBack), is checked at full precision. Call it after the
+// context's deadline is stored: a housekeeper about to rest looks at the
+// contexts once more after flagging it (see run).
 func (h *housekeeper) nudge() {
 	if h.resting.Load() && h.resting.CompareAndSwap(true, false) {
 		select {
@@ -109,8 +114,9 @@ func (h *housekeeper) run() {
 			}
 		}
 		if !busy && !h.resting.Load() {
-			// Rest, then look once more: a context watched before the
-			// flag was set did not nudge, and must be seen now.
+			// Rest, then look once more: a context watched, or given its
+			// deadline back, before the flag was set did not nudge, and
+			// must be seen now.
 			h.resting.Store(true)
 			if h.expireContexts(now()) {
 				h.resting.Store(false)
@@ -170,7 +176,10 @@ func (s *serverWatch) closed(done <-chan struct{}) bool {
 }
 
 // expireContexts cancels the watched contexts whose deadline has passed or
-// whose server is shutting down. It reports whether any remain watched.
+// whose server is shutting down, and starts the hang-up watch of those
+// whose time has come. It reports whether any that remain watched has a
+// deadline or a hang-up watch still to start, and so needs a tick every
+// precision; disarmed ones need only a look for shutdown every rest.
 func (h *housekeeper) expireContexts(t int64) (busy bool) {
 	var shutdown serverWatch
 	for i := range h.shards {
@@ -194,10 +203,22 @@ func (h *housekeeper) expireContexts(t int64) (busy bool) {
 				j++
 			}
 		}
-		busy = busy || len(s.contexts) > 0
+		busy = busy || s.needsTicksLocked()
 		s.mu.Unlock()
 	}
 	return busy
+}
+
+// needsTicksLocked reports whether any context of the shard, whose lock is
+// held, has a deadline or a hang-up watch still to start. It stops at the
+// first: with requests in flight that is mostly the first of the shard.
+func (s *contextShard) needsTicksLocked() bool {
+	for _, b := range s.contexts {
+		if b.deadline.Load() != noDeadline || b.call != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // retireIdle stops the workers idle for longer than idleWorkerTimeout. It

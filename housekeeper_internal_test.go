@@ -146,3 +146,122 @@ func TestHousekeeper_a_worker_is_last_used_when_its_request_ran(t *testing.T) {
 	assert.GreaterOrEqual(t, w.lastUsed.Load(), before,
 		"last used %v before the request was sent", time.Duration(before-w.lastUsed.Load()))
 }
+
+// watched reports whether the housekeeper watches b.
+func (h *housekeeper) watched(b *requestContext) bool {
+	s := &h.shards[b.shard]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return b.slot >= 0
+}
+
+// TestHousekeeper_rests_while_only_disarmed_contexts_are_watched: a
+// cooperative request that disarmed its deadline (a long poll, a stream)
+// has its context watched, for shutdown, which a rest's look every 100 ms
+// reaches as it does racing calls; yet the housekeeper ticked every
+// Precision, a thousand wake-ups a second, for as long as the handler ran.
+// It rests now, once the request's hang-up watch has started, and a
+// request whose context has a deadline wakes it until that request is
+// over.
+func TestHousekeeper_rests_while_only_disarmed_contexts_are_watched(t *testing.T) {
+	t.Parallel()
+	type started struct {
+		h *housekeeper
+		b *requestContext
+	}
+	startedc := make(chan started, 2)
+	releasePoll, releaseWork := make(chan struct{}), make(chan struct{})
+	h := New(func(ctx *fasthttp.RequestCtx) {
+		b := Context(ctx).(*requestContext)
+		release := releaseWork
+		if string(ctx.Path()) == "/poll" {
+			release = releasePoll
+			if !Disarm(ctx) {
+				ctx.Error("Disarm failed", fasthttp.StatusInternalServerError)
+				return
+			}
+		}
+		startedc <- started{lookup(ctx).m.housekeeper, b}
+		select {
+		case <-release:
+		case <-b.Done(): // the test failed, and its server shuts down
+		}
+	}, Config{Timeout: time.Hour, Mode: Cooperative})
+	client := serveInMemory(t, h)
+	get := func(path string) <-chan int {
+		status := make(chan int, 1)
+		go func() {
+			code, _, err := client.Get(nil, "http://test"+path)
+			assert.NoError(t, err)
+			status <- code
+		}()
+		return status
+	}
+	poll := get("/poll")
+	p := receive(t, startedc, "the long poll's start")
+	idle := p.h.resting.Load
+	require.Eventually(t, idle, 10*time.Second, time.Millisecond, "the housekeeper rests with only a disarmed context watched")
+	require.True(t, p.h.watched(p.b), "the disarmed context is still watched, for shutdown")
+
+	work := get("/work")
+	w := receive(t, startedc, "the request with a deadline's start")
+	require.Same(t, p.h, w.h)
+	require.Eventually(t, func() bool { return !idle() }, 10*time.Second, time.Millisecond, "a context with a deadline wakes it")
+	close(releaseWork)
+	require.Equal(t, fasthttp.StatusOK, receive(t, work, "the answer with a deadline"))
+	require.False(t, p.h.watched(w.b), "the context of a request over is not watched")
+	require.Eventually(t, idle, 10*time.Second, time.Millisecond, "it rests again once that request is over")
+
+	close(releasePoll)
+	require.Equal(t, fasthttp.StatusOK, receive(t, poll, "the long poll's answer"))
+}
+
+// TestHousekeeper_shutdown_ends_a_disarmed_context_while_it_rests: with
+// only disarmed cooperative contexts watched the housekeeper rests, and its
+// look every rest still ends them at server shutdown, with cause
+// ErrShutdown, as it does racing calls' contexts.
+func TestHousekeeper_shutdown_ends_a_disarmed_context_while_it_rests(t *testing.T) {
+	t.Parallel()
+	housekeepers := make(chan *housekeeper, 1)
+	type ending struct{ err, cause error }
+	endings := make(chan ending, 1)
+	h := New(func(ctx *fasthttp.RequestCtx) {
+		c := Context(ctx)
+		if !Disarm(ctx) {
+			ctx.Error("Disarm failed", fasthttp.StatusInternalServerError)
+			return
+		}
+		housekeepers <- lookup(ctx).m.housekeeper
+		<-c.Done() // nothing else ends it: no deadline, and the client stays
+		endings <- ending{c.Err(), context.Cause(c)}
+		ctx.Error("shutting down", fasthttp.StatusServiceUnavailable)
+	}, Config{Timeout: time.Hour, Mode: Cooperative})
+
+	ln := fasthttputil.NewInmemoryListener()
+	server := &fasthttp.Server{Handler: h}
+	served := make(chan error, 1)
+	go func() { served <- server.Serve(ln) }()
+	client := &fasthttp.Client{Dial: func(string) (net.Conn, error) { return ln.Dial() }, MaxIdemponentCallAttempts: 1}
+	answered := make(chan int, 1)
+	go func() {
+		status, _, err := client.Get(nil, "http://test/")
+		assert.NoError(t, err)
+		answered <- status
+	}()
+	shutdown := make(chan error, 1)
+	shut := sync.OnceFunc(func() { go func() { shutdown <- server.Shutdown() }() })
+	t.Cleanup(func() { // also when the test fails before the shutdown
+		shut()
+		assert.Equal(t, fasthttp.StatusServiceUnavailable, receive(t, answered, "the answer"))
+		client.CloseIdleConnections()
+		assert.NoError(t, receive(t, shutdown, "the shutdown"))
+		assert.NoError(t, receive(t, served, "the end of Serve"))
+	})
+	hk := receive(t, housekeepers, "the handler's start")
+	require.Eventually(t, hk.resting.Load, 10*time.Second, time.Millisecond, "the housekeeper rests with only a disarmed context watched")
+	shut()
+
+	e := receive(t, endings, "the end of the disarmed context")
+	require.ErrorIs(t, e.err, context.Canceled)
+	require.ErrorIs(t, e.cause, ErrShutdown)
+}
