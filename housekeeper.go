@@ -113,7 +113,13 @@ func (h *housekeeper) run() {
 				return
 			}
 		}
-		if !busy && !h.resting.Load() {
+		switch {
+		case busy && h.resting.CompareAndSwap(true, false):
+			// A rest's look found a context that needs ticks and did not
+			// nudge: tick at full precision all the same, rather than
+			// cancel it up to a rest late.
+			ticker.Reset(h.precision)
+		case !busy && !h.resting.Load():
 			// Rest, then look once more: a context watched, or given its
 			// deadline back, before the flag was set did not nudge, and
 			// must be seen now.

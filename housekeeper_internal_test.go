@@ -265,3 +265,46 @@ func TestHousekeeper_shutdown_ends_a_disarmed_context_while_it_rests(t *testing.
 	require.ErrorIs(t, e.err, context.Canceled)
 	require.ErrorIs(t, e.cause, ErrShutdown)
 }
+
+// TestHousekeeper_a_rest_ends_for_a_deadline_that_did_not_nudge: whatever
+// gives a watched context a deadline is to end the housekeeper's rest
+// (nudge), but one that forgot would have its context cancelled up to a
+// rest late. A rest's look that finds a context needing ticks ends the rest
+// by itself.
+func TestHousekeeper_a_rest_ends_for_a_deadline_that_did_not_nudge(t *testing.T) {
+	t.Parallel()
+	type started struct {
+		h *housekeeper
+		b *requestContext
+	}
+	startedc := make(chan started, 1)
+	h := New(func(ctx *fasthttp.RequestCtx) {
+		b := Context(ctx).(*requestContext)
+		if !Disarm(ctx) {
+			ctx.Error("Disarm failed", fasthttp.StatusInternalServerError)
+			return
+		}
+		startedc <- started{lookup(ctx).m.housekeeper, b}
+		<-b.Done()
+	}, Config{Timeout: time.Hour, Mode: Cooperative})
+	client := serveInMemory(t, h)
+	status := make(chan int, 1)
+	go func() {
+		code, _, err := client.Get(nil, "http://test/")
+		assert.NoError(t, err)
+		status <- code
+	}()
+	p := receive(t, startedc, "the handler's start")
+	require.Eventually(t, p.h.resting.Load, 10*time.Second, time.Millisecond, "the housekeeper rests with only a disarmed context watched")
+
+	// A deadline back without a nudge, soon: the context must end at it.
+	p.b.mu.Lock()
+	p.b.deadline.Store(now() + int64(200*time.Millisecond))
+	p.b.mu.Unlock()
+	require.Eventually(t, func() bool { return !p.h.resting.Load() }, 10*time.Second, time.Millisecond, "a rest's look ends the rest")
+	receive(t, p.b.Done(), "the context's end at its deadline")
+	assert.ErrorIs(t, context.Cause(p.b), ErrTimeout)
+	// The call itself has no deadline (only its context was given one): the
+	// handler's own answer.
+	assert.Equal(t, fasthttp.StatusOK, receive(t, status, "the answer"))
+}
