@@ -199,6 +199,11 @@ func (h *housekeeper) expireContexts(t int64) (busy bool) {
 			case shutdown.closed(b.serverDone):
 				h.unwatchLocked(s, b)
 				b.cancel(context.Canceled, &shutdownCause)
+			case b.causes.Load() == &goneCause && b.call == nil:
+				// Ended by its client's hang-up while its handler runs on:
+				// no deadline nor shutdown can change it, and it would keep
+				// the housekeeper ticking until its deadline.
+				h.unwatchLocked(s, b)
 			default:
 				if c := b.call; c != nil {
 					c.startWatch(t)
