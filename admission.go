@@ -50,10 +50,11 @@ import (
 //   - minRTT is measured by a probe, as Envoy's adaptive concurrency does:
 //     the limit sits at its floor for one window at start and every
 //     probeEvery under sustained load (samples admitted before the probe
-//     are left out); between probes it only falls. A median over the target
-//     while the limit does not bind calls a probe early: taking that median
-//     for the unloaded latency let a downstream-bound server raise its
-//     target with its own queueing, window after window.
+//     are left out, and every return in it is a sample); between probes
+//     it only falls. A median over the target while the limit does not
+//     bind calls a probe early: taking that median for the unloaded
+//     latency let a downstream-bound server raise its target with its own
+//     queueing, window after window.
 type limiter struct {
 	// slots is written by every request; the fields read on the fast
 	// path, written rarely, are kept off its cache line, as are the
@@ -106,6 +107,9 @@ type limiter struct {
 	restore     int64        // the limit after the probe; guarded by adapting
 	nextProbe   int64        // guarded by adapting
 	probedAt    int64        // when the last probe ended; guarded by adapting
+	// restoreEvery is the sampling rate after the probe, which samples
+	// every return (see adapt). Guarded by adapting.
+	restoreEvery uint32
 	// probeOwed: a probe gave way (yieldProbe), and the next window in
 	// which requests queue probes again, this time under load: a server
 	// started straight into overload would otherwise take its loaded
@@ -567,10 +571,13 @@ func (l *limiter) adapt(t int64) {
 		rtts[i] = l.samples[i].Load()
 	}
 	// Sample less when a window fills before minWindow, more when it
-	// takes longer: about one full window per minWindow.
+	// takes longer: about one full window per minWindow. A probe samples
+	// every return, and its windows say nothing of the load's rate.
+	probing := l.probeFrom.Load() != 0
 	every := l.every.Load()
 	start := l.windowStart.Load()
 	switch elapsed := time.Duration(t - start); {
+	case probing:
 	case n >= windowSamples && elapsed < minWindow/2:
 		l.every.Store(min(every<<1|1, maxSampleEvery))
 	case elapsed > minWindow:
@@ -582,7 +589,7 @@ func (l *limiter) adapt(t int64) {
 	peak := l.peak.Swap(l.holding())
 	queued := l.queuedInWin.Swap(false)
 
-	if l.probeFrom.Load() != 0 {
+	if probing {
 		if n > 0 {
 			// The lower quartile (medianOf sorts the samples): the first
 			// samples of a probe may still have waited behind the load
@@ -618,6 +625,11 @@ func (l *limiter) adapt(t int64) {
 		// measure it again at the floor, then come back.
 		l.restore = nextLimit
 		l.probeFrom.Store(t)
+		// Every return a sample: at the floor few handlers return, and
+		// at the load's rate (as few as one in 64) the probe would wait
+		// for its samples latency after latency, refusing most requests
+		// meanwhile.
+		l.restoreEvery = l.every.Swap(0)
 		l.probeYields.Store(!binding) // called early, without load
 		l.probeOwed = false
 		nextLimit = l.lateFloor()
@@ -688,6 +700,7 @@ func (l *limiter) yieldProbe(t int64) bool {
 func (l *limiter) endProbe(t, limit int64) {
 	l.probeFrom.Store(0)
 	l.probeYields.Store(false)
+	l.every.Store(l.restoreEvery)
 	l.probedAt = t
 	l.nextProbe = t + int64(probeEvery) + t%int64(probeEvery/4)
 	// Not under the handlers that went late (or moved their deadline) during

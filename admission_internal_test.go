@@ -238,6 +238,75 @@ func TestLimiter_probes(t *testing.T) {
 	assert.LessOrEqual(t, l.limit.Load(), int64(12))
 }
 
+// TestLimiter_a_probe_under_load_lasts_three_latencies: handlers of
+// 200 ms under sustained overload (50 requests a millisecond against a
+// ceiling of 8000, which they fill), sampled one return in 16 or fewer, and
+// probes that drop the limit to its floor of 4. A probe waits one latency
+// for the handlers admitted before it to return and one for the first it
+// admits, then for a window (here one more latency): its handlers return 4
+// a latency, so it samples every return. At the load's rate it waited
+// latency after latency for a sampled return, refusing nearly every
+// request meanwhile: in five runs, 5 to 8 latencies on average, up to 16.
+// The clock is fake, so the bound is exact.
+func TestLimiter_a_probe_under_load_lasts_three_latencies(t *testing.T) {
+	t.Parallel()
+	const (
+		latency = 200 * time.Millisecond
+		arrive  = 50 // requests a millisecond
+		probes  = 8
+	)
+	start := int64(time.Hour)
+	l := newLimiter(8000, true, time.Second, new(Stats), new(atomic.Int64))
+	var running []int64 // when each running handler was admitted, oldest first
+	var probeFrom, refused int64
+	var every uint32 // the sampling rate before the probe
+	var longest, lasted time.Duration
+	var mostRefused, allRefused int64
+	seen := 0
+	for clock := start; seen < probes; clock += int64(time.Millisecond) {
+		i := 0
+		for ; i < len(running) && running[i]+int64(latency) <= clock; i++ {
+			l.release(clock, time.Duration(clock-running[i]), true)
+		}
+		running = running[i:]
+		for range arrive {
+			if l.tryAcquire() {
+				running = append(running, clock)
+				continue
+			}
+			// As wait does before it queues a request.
+			if clock-l.windowStart.Load() >= int64(maxWindow) {
+				l.adapt(clock)
+			}
+			refused++ // or queued for a floor that admits 4 a latency
+		}
+		switch p := l.probeFrom.Load(); {
+		case p > start && probeFrom == 0: // not the probe at start
+			require.Equal(t, int64(8000), l.restore, "the load filled the ceiling")
+			require.GreaterOrEqual(t, every, uint32(15), "one return in 16 or fewer was a sample before it")
+			probeFrom, refused = p, 0
+		case p == 0 && probeFrom != 0:
+			probe := time.Duration(clock - probeFrom)
+			t.Logf("a probe lasted %v and refused %d requests", probe, refused)
+			assert.Equal(t, int64(latency), l.minRTT, "it measured the unloaded latency")
+			longest, mostRefused = max(longest, probe), max(mostRefused, refused)
+			lasted, allRefused = lasted+probe, allRefused+refused
+			probeFrom = 0
+			seen++
+			// The next one in 3 s rather than 30, to keep the test short.
+			l.adapting.Lock()
+			l.nextProbe = clock + int64(3*time.Second)
+			l.adapting.Unlock()
+		}
+		if probeFrom == 0 {
+			every = l.every.Load()
+		}
+	}
+	t.Logf("%d probes lasted %.1f latencies on average and refused %d requests, the longest %.1f and %d",
+		probes, float64(lasted)/probes/float64(latency), allRefused/probes, float64(longest)/float64(latency), mostRefused)
+	assert.LessOrEqual(t, longest, 3*latency, "a probe lasts one latency for the handlers before it to return, one for its own, and a window")
+}
+
 func TestLimiter_fixed_limit_does_not_adapt(t *testing.T) {
 	t.Parallel()
 	stats := new(Stats)
