@@ -375,7 +375,7 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (wai
 		if hook := testHookQueueTimedOut.Load(); hook != nil {
 			(*hook)(l)
 		}
-		if (l.yieldProbe(t+int64(waited)) || heldByProbe) && l.tryAcquire() {
+		if l.yieldProbe(t+int64(waited), heldByProbe) && l.tryAcquire() {
 			return waited, ""
 		}
 		return waited, l.refuse(RejectedQueueTimeout)
@@ -398,6 +398,10 @@ func closed(ch <-chan struct{}) bool {
 // left the queue at the end of its wait, before it looks for a probe that
 // would give way to it.
 var testHookQueueTimedOut atomic.Pointer[func(*limiter)]
+
+// testHookProbeEnding, set only by tests, runs in endProbe once the probe
+// no longer gives way, before the limit is restored.
+var testHookProbeEnding atomic.Pointer[func(*limiter)]
 
 // testHookQueued, set only by tests, runs in wait once a request with the
 // given deadline is queued, before its wait is timed; ready is where its
@@ -680,8 +684,15 @@ func (l *limiter) byLatency(limit int64, rtts []int64, start, t int64, binding, 
 // it requests. A probe under load (see adapt) does not yield: the server
 // refuses requests then anyway. So the first window after a yield in which
 // requests queue probes again (probeOwed), under load.
-func (l *limiter) yieldProbe(t int64) bool {
-	if !l.probeYields.Load() {
+//
+// held: the request queued behind such a probe, and is let through as well
+// (it reports true) once the probe is over, whoever ended it; it waits for
+// an end under way (the adapting lock), which has stopped the probe giving
+// way before it lifts the floor: looking in between, the request would
+// find no slot, and which of two requests was refused would depend on
+// goroutine order.
+func (l *limiter) yieldProbe(t int64, held bool) bool {
+	if !held && !l.probeYields.Load() {
 		return false
 	}
 	l.adapting.Lock()
@@ -700,6 +711,9 @@ func (l *limiter) yieldProbe(t int64) bool {
 func (l *limiter) endProbe(t, limit int64) {
 	l.probeFrom.Store(0)
 	l.probeYields.Store(false)
+	if hook := testHookProbeEnding.Load(); hook != nil {
+		(*hook)(l)
+	}
 	l.every.Store(l.restoreEvery)
 	l.probedAt = t
 	l.nextProbe = t + int64(probeEvery) + t%int64(probeEvery/4)

@@ -802,6 +802,54 @@ func TestLimiter_a_yielding_probe_refuses_none_of_its_waiters(t *testing.T) {
 	assert.Equal(t, int64(limitFloor+2), l.holding())
 }
 
+// TestLimiter_a_request_held_by_a_probe_waits_for_its_end: two requests
+// wait behind a probe without load and reach the end of their wait
+// together. The first to look ends the probe; the other, looking while the
+// probe was ending (no longer giving way, its floor not yet lifted), found
+// no slot under the floor and was refused (queue_timeout), although the
+// limit was coming back: which of them was refused depended on goroutine
+// order (a new limit under light load refused a request now and then, in
+// TestAdmission_a_new_limit_refuses_nothing_at_light_load). A request the
+// probe held back now waits for the probe's end before it looks for a
+// slot. Not parallel: the hooks are the process's.
+func TestLimiter_a_request_held_by_a_probe_waits_for_its_end(t *testing.T) {
+	l := newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64))
+	for range limitFloor {
+		require.True(t, l.tryAcquire()) // the probe's slots, all held
+	}
+	reasons := make(chan string, 2)
+	looked := make(chan struct{}) // the other request has its answer
+	var ending atomic.Int32
+	hook := func(hooked *limiter) {
+		// The first to end the probe stops halfway, until the other has
+		// its answer, or for a while if it waits for the probe's end.
+		if hooked == l && ending.Add(1) == 1 {
+			select {
+			case <-looked:
+			case <-time.After(300 * time.Millisecond):
+			}
+		}
+	}
+	testHookProbeEnding.Store(&hook)
+	t.Cleanup(func() { testHookProbeEnding.Store(nil) })
+
+	for range 2 {
+		go func() {
+			// Each may wait a tenth of 20 ms of budget: 2 ms.
+			clock := now()
+			_, reason := l.acquire(nil, clock, clock+int64(20*time.Millisecond), noDeadline)
+			reasons <- reason
+		}()
+	}
+	first := <-reasons
+	close(looked)
+	second := <-reasons
+	assert.Empty(t, first, "the first answer")
+	assert.Empty(t, second, "the second answer")
+	assert.Zero(t, l.probeFrom.Load(), "the probe is over")
+	assert.Equal(t, int64(limitFloor+2), l.holding())
+}
+
 // TestLimiter_a_probe_ends_above_the_late_handlers: a probe called under
 // load restores the limit it computed before it began, but handlers that
 // were running then may have timed out during the probe, late, and hold
