@@ -211,25 +211,14 @@ func (h *housekeeper) expireContexts(t int64) (busy bool) {
 						b.call = nil // started, or never will be
 					}
 				}
+				// A disarmed context needs only the rest's look for shutdown.
+				busy = busy || b.deadline.Load() != noDeadline || b.call != nil
 				j++
 			}
 		}
-		busy = busy || s.needsTicksLocked()
 		s.mu.Unlock()
 	}
 	return busy
-}
-
-// needsTicksLocked reports whether any context of the shard, whose lock is
-// held, has a deadline or a hang-up watch still to start. It stops at the
-// first: with requests in flight that is mostly the first of the shard.
-func (s *contextShard) needsTicksLocked() bool {
-	for _, b := range s.contexts {
-		if b.deadline.Load() != noDeadline || b.call != nil {
-			return true
-		}
-	}
-	return false
 }
 
 // retireIdle stops the workers idle for longer than idleWorkerTimeout. It
