@@ -260,17 +260,13 @@ func (b *requestContext) AfterFunc(f func()) (stop func() bool) {
 // afterFunc is AfterFunc for a context made inside New; f runs on the
 // goroutine that cancels the context if inline, else on its own.
 func (b *requestContext) afterFunc(f func(), inline bool) (stop func() bool) {
+	a := &afterFunc{f: f, inline: inline}
 	b.mu.Lock()
 	if b.err != nil {
 		b.mu.Unlock()
-		if inline {
-			f()
-		} else {
-			go f()
-		}
+		a.start()
 		return func() bool { return false }
 	}
-	a := &afterFunc{f: f, inline: inline}
 	b.afterFuncs = append(b.afterFuncs, a)
 	b.mu.Unlock()
 	return func() bool {
@@ -412,15 +408,20 @@ func (b *requestContext) cancelLocked(err error, causes *context.Context) []*aft
 	return funcs
 }
 
-// runAfterFuncs starts each of funcs on a goroutine of its own, but for
-// the inline ones, which it runs.
+// runAfterFuncs starts each of funcs.
 func runAfterFuncs(funcs []*afterFunc) {
 	for _, a := range funcs {
-		if a.inline {
-			a.f()
-		} else {
-			go a.f()
-		}
+		a.start()
+	}
+}
+
+// start runs a's function: on a goroutine of its own, or, inline, on this
+// one.
+func (a *afterFunc) start() {
+	if a.inline {
+		a.f()
+	} else {
+		go a.f()
 	}
 }
 
