@@ -103,11 +103,7 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx, outer *call) (start, deadli
 	}
 	admitted = t
 	if m.limiter != nil {
-		giveUp := int64(noDeadline)
-		if m.MaxQueueAge > 0 {
-			giveUp = deadlineAfter(start, m.MaxQueueAge)
-		}
-		waited, reason := m.limiter.acquire(ctx, t, deadline, giveUp) // counts its refusals
+		waited, reason := m.limiter.acquire(ctx, t, deadline, m.giveUp(start)) // counts its refusals
 		switch reason {
 		case "":
 		case spentBudget:
@@ -145,7 +141,16 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx, outer *call) (start, deadli
 // over at t, before its handler starts: its deadline has passed, or it is
 // older than MaxQueueAge, its caller's patience.
 func (m *middleware) spent(start, deadline, t int64) bool {
-	return deadline <= t || m.MaxQueueAge > 0 && t-start > int64(m.MaxQueueAge)
+	return deadline <= t || t > m.giveUp(start)
+}
+
+// giveUp returns when the caller of a request that arrived at start gives
+// up: MaxQueueAge later, or never (noDeadline) without MaxQueueAge.
+func (m *middleware) giveUp(start int64) int64 {
+	if m.MaxQueueAge <= 0 {
+		return noDeadline
+	}
+	return deadlineAfter(start, m.MaxQueueAge)
 }
 
 // arrival returns when the request ctx, reaching the middleware at t,
