@@ -21,6 +21,7 @@ import (
 // in this process (cmd nil, served ends with serveChild's result).
 type child struct {
 	cmd    *exec.Cmd
+	exited chan struct{} // closed once the child process has exited; nil in this process
 	served chan error
 	in     io.WriteCloser
 	out    *bufio.Reader
@@ -75,7 +76,8 @@ func startChildFiles(scenario, variant string, extra []*os.File) (*child, error)
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	c := &child{cmd: cmd, in: in, out: bufio.NewReader(outPipe)}
+	c := &child{cmd: cmd, exited: make(chan struct{}), in: in, out: bufio.NewReader(outPipe)}
+	go func() { _ = cmd.Wait(); close(c.exited) }()
 	line, err := c.out.ReadString('\n')
 	if err != nil {
 		c.stop()
@@ -105,25 +107,30 @@ func (c *child) stats(reset bool) (serverStats, error) {
 // stop closes the server's input, which ends it, and waits; a server that
 // does not end within 5 s is killed.
 func (c *child) stop() {
-	_ = c.in.Close()
-	if c.cmd == nil {
-		select {
-		case err := <-c.served:
-			if err != nil {
-				progress("loadtest: in-process server: %v", err)
-			}
-		case <-time.After(5 * time.Second):
-			progress("loadtest: in-process server did not stop within 5s")
-		}
+	if c.cmd != nil {
+		stopProcess(c.in, c.exited, 5*time.Second, c.cmd.Process.Kill)
 		return
 	}
-	done := make(chan struct{})
-	go func() { _ = c.cmd.Wait(); close(done) }()
+	_ = c.in.Close()
 	select {
-	case <-done:
+	case err := <-c.served:
+		if err != nil {
+			progress("loadtest: in-process server: %v", err)
+		}
 	case <-time.After(5 * time.Second):
-		_ = c.cmd.Process.Kill()
-		<-done
+		progress("loadtest: in-process server did not stop within 5s")
+	}
+}
+
+// stopProcess closes in, which ends a child process, and returns once it
+// has exited (exited is closed); one still running after wait is killed.
+func stopProcess(in io.Closer, exited <-chan struct{}, wait time.Duration, kill func() error) {
+	_ = in.Close()
+	select {
+	case <-exited:
+	case <-time.After(wait):
+		_ = kill()
+		<-exited
 	}
 }
 

@@ -234,7 +234,7 @@ func estimateCapacity(ctx context.Context, cfg overloadConfig, workload string) 
 	if err != nil {
 		return 0, err
 	}
-	defer stopOverloadChild(srv.in, childExited(srv), srv.cmd.Process.Kill)
+	defer stopOverloadChild(srv.in, srv.exited, srv.cmd.Process.Kill)
 	nop := func() error { return nil }
 	res, err := drive(ctx, srv.addr, closedLoopConns, cfg.warmup()/2, cfg.cell()/2, 0, 0, nop, nop)
 	if err != nil {
@@ -419,8 +419,8 @@ type cellSnapshot struct {
 	work         []uint32 // units done so far for each request id
 }
 
-func takeSnapshot(srv *child, exited <-chan struct{}, sh *shared, withWork bool) cellSnapshot {
-	s := cellSnapshot{at: time.Now(), serverCPU: childCPU(srv, exited), generatorCPU: time.Duration(cpuTime())}
+func takeSnapshot(srv *child, sh *shared, withWork bool) cellSnapshot {
+	s := cellSnapshot{at: time.Now(), serverCPU: childCPU(srv), generatorCPU: time.Duration(cpuTime())}
 	for i := range s.slots {
 		s.slots[i] = sh.slots[i].Load()
 	}
@@ -441,12 +441,12 @@ const clockTick = 10 * time.Millisecond
 // while it runs; once it has exited (a server that died in the cell) and
 // /proc has forgotten it, from its rusage, what it used until it died.
 // 0 if neither can be read.
-func childCPU(srv *child, exited <-chan struct{}) time.Duration {
+func childCPU(srv *child) time.Duration {
 	if cpu, ok := procCPU(srv.cmd.Process.Pid); ok {
 		return cpu
 	}
 	select {
-	case <-exited:
+	case <-srv.exited:
 		return srv.cmd.ProcessState.UserTime() + srv.cmd.ProcessState.SystemTime()
 	default:
 		return 0
@@ -540,8 +540,7 @@ func (c overloadCell) measureInto(ctx context.Context, cfg overloadConfig, row *
 	if err != nil {
 		return err
 	}
-	exited := childExited(srv)
-	defer stopOverloadChild(srv.in, exited, srv.cmd.Process.Kill)
+	defer stopOverloadChild(srv.in, srv.exited, srv.cmd.Process.Kill)
 	pid := srv.cmd.Process.Pid
 
 	gen := newOpenLoop(srv.addr, cfg.timeout(), cfg.MaxConns)
@@ -556,13 +555,13 @@ func (c overloadCell) measureInto(ctx context.Context, cfg overloadConfig, row *
 		}
 	}
 	wait(start.Add(warmup))
-	before := takeSnapshot(srv, exited, sh, true)
+	before := takeSnapshot(srv, sh, true)
 	wait(start.Add(warmup + c.measure))
-	after := takeSnapshot(srv, exited, sh, true)
+	after := takeSnapshot(srv, sh, true)
 	run := <-done
-	end := takeSnapshot(srv, exited, sh, false)
+	end := takeSnapshot(srv, sh, false)
 	select {
-	case <-exited:
+	case <-srv.exited:
 		row.Crashed = true
 	default:
 	}
@@ -585,14 +584,6 @@ func (c overloadCell) measureInto(ctx context.Context, cfg overloadConfig, row *
 	return nil
 }
 
-// childExited returns a channel closed once the child process srv has
-// exited.
-func childExited(srv *child) <-chan struct{} {
-	exited := make(chan struct{})
-	go func() { _ = srv.cmd.Wait(); close(exited) }()
-	return exited
-}
-
 // How long a server child may take to exit once its input is closed, before
 // it is killed: profileExitWait when it writes a CPU profile. A server in
 // collapse runs the handlers it has queued on its one P before the
@@ -609,17 +600,11 @@ const (
 // that has not exited within childExitWait (profileExitWait) is killed.
 // It returns once the child has exited.
 func stopOverloadChild(in io.Closer, exited <-chan struct{}, kill func() error) {
-	_ = in.Close()
 	wait := childExitWait
 	if os.Getenv(profileEnv) != "" {
 		wait = profileExitWait
 	}
-	select {
-	case <-exited:
-	case <-time.After(wait):
-		_ = kill()
-		<-exited
-	}
+	stopProcess(in, exited, wait, kill)
 }
 
 // fillServer sets what the server and the generator did in the measured

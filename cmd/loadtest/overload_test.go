@@ -706,8 +706,7 @@ func TestTakeSnapshot_a_dead_servers_CPU_stays(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	exited := childExited(srv)
-	defer stopOverloadChild(srv.in, exited, srv.cmd.Process.Kill)
+	defer stopOverloadChild(srv.in, srv.exited, srv.cmd.Process.Kill)
 	conn, err := net.Dial("tcp", srv.addr)
 	if err != nil {
 		t.Fatal(err)
@@ -720,13 +719,13 @@ func TestTakeSnapshot_a_dead_servers_CPU_stays(t *testing.T) {
 	if err := resp.Read(bufio.NewReader(conn)); err != nil || resp.StatusCode() != 200 {
 		t.Fatalf("status %d, error %v", resp.StatusCode(), err)
 	}
-	before := takeSnapshot(srv, exited, sh, false)
+	before := takeSnapshot(srv, sh, false)
 	if before.serverCPU <= 0 {
 		t.Fatalf("the server used %v of CPU for 200 units of work", before.serverCPU)
 	}
 	_ = srv.cmd.Process.Kill()
-	<-exited
-	if after := takeSnapshot(srv, exited, sh, false); after.serverCPU < before.serverCPU {
+	<-srv.exited
+	if after := takeSnapshot(srv, sh, false); after.serverCPU < before.serverCPU {
 		t.Errorf("the server's CPU: %v, then %v once it died", before.serverCPU, after.serverCPU)
 	}
 }
