@@ -61,6 +61,7 @@ const (
 	outConnect                  // the connection could not be opened by the deadline
 	outConnError                // the connection failed while the request was out
 	outDropped                  // not sent: every connection of the generator was busy
+	outUnsent                   // not sent: picked up by a worker only after its deadline
 	outMismatch                 // the answer carried another request's id: answered twice, or crossed
 	outCut                      // still out when the run ended
 	outcomes
@@ -239,9 +240,16 @@ func (g *openLoop) worker(a arrival) {
 	}
 }
 
-// send sends one request and waits for its answer or its deadline.
+// send sends one request and waits for its answer or its deadline. A
+// request picked up after its deadline is not sent: its client has given
+// up before the server could see it, through the generator's fault (its
+// ticks or this worker ran late), not the server's.
 func (w *loadWorker) send(a arrival) {
 	deadline := a.at.Add(w.g.deadline)
+	if !time.Now().Before(deadline) {
+		w.record(a, outUnsent, 0)
+		return
+	}
 	if w.conn == nil {
 		d := net.Dialer{Deadline: deadline}
 		conn, err := d.DialContext(w.g.ctx, "tcp", w.g.addr)

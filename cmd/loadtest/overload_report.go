@@ -75,7 +75,7 @@ type overloadRow struct {
 	Seconds     float64 `json:"seconds"`               // the measured window
 
 	// Arrivals scheduled in the window, at OfferedPerSec; SentPerSec
-	// those the generator sent (not Dropped) per second.
+	// those the generator sent (neither Dropped nor Unsent) per second.
 	OfferedPerSec float64 `json:"offered_per_sec"`
 	Arrivals      int64   `json:"arrivals"`
 	SentPerSec    float64 `json:"sent_per_sec"`
@@ -94,9 +94,10 @@ type overloadRow struct {
 	GiveUps       int64 `json:"give_ups"` // no answer by the deadline
 	ConnectErrors int64 `json:"connect_errors"`
 	ConnErrors    int64 `json:"conn_errors"`
-	Dropped       int64 `json:"dropped"`    // not sent: all connections busy
-	Mismatched    int64 `json:"mismatched"` // an answer with another request's id
-	Cut           int64 `json:"cut"`        // still out when the cell ended
+	Dropped       int64 `json:"dropped"`          // not sent: all connections busy
+	Unsent        int64 `json:"unsent,omitempty"` // not sent: picked up only after the deadline
+	Mismatched    int64 `json:"mismatched"`       // an answer with another request's id
+	Cut           int64 `json:"cut"`              // still out when the cell ended
 
 	GoodputPerSec float64 `json:"goodput_per_sec"`
 	GoodputShare  float64 `json:"goodput_share"` // of the capacity
@@ -183,7 +184,7 @@ func (r *overloadRow) fill(d cellData) {
 	}
 	if secs := d.measure.Seconds(); secs > 0 {
 		r.GoodputPerSec = float64(r.Good) / secs
-		r.SentPerSec = float64(r.Arrivals-r.Dropped) / secs
+		r.SentPerSec = float64(r.Arrivals-r.notSent()) / secs
 	}
 	if r.Work > 0 {
 		r.WastedShare = float64(r.Wasted) / float64(r.Work)
@@ -191,16 +192,21 @@ func (r *overloadRow) fill(d cellData) {
 	p := percentiles(latencies, 50, 99)
 	r.P50Ms, r.P99Ms = p[0]/1e6, p[1]/1e6
 	r.SendLagP99Ms = percentiles(d.sendLag, 99)[0] / 1e6
-	r.GeneratorBehind = float64(r.Dropped) > generatorDropped*float64(r.Arrivals) ||
+	r.GeneratorBehind = float64(r.notSent()) > generatorNotSent*float64(r.Arrivals) ||
 		r.SendLagP99Ms > generatorLag*float64(d.deadline)/1e6
 }
 
+// notSent is the window's arrivals that the generator failed to send:
+// dropped for want of a connection, or picked up after their deadline.
+// They are the load test's failures, not the server's.
+func (r overloadRow) notSent() int64 { return r.Dropped + r.Unsent }
+
 // The generator is behind its schedule, and the cell measures it as much
-// as the server, when it drops more than generatorDropped of the window's
-// arrivals for want of a connection, or sends them later than
-// generatorLag of the deadline (p99).
+// as the server, when it fails to send more than generatorNotSent of the
+// window's arrivals (notSent), or sends them later than generatorLag of
+// the deadline (p99).
 const (
-	generatorDropped = 0.01
+	generatorNotSent = 0.01
 	generatorLag     = 0.1
 )
 
@@ -224,6 +230,8 @@ func (r *overloadRow) counter(o outcome) *int64 {
 		return &r.ConnErrors
 	case outDropped:
 		return &r.Dropped
+	case outUnsent:
+		return &r.Unsent
 	case outMismatch:
 		return &r.Mismatched
 	}
@@ -254,9 +262,9 @@ func (r overloadRow) progressLine() string {
 	if r.Crashed {
 		crashed = "; CRASHED: " + r.Error
 	}
-	return fmt.Sprintf("%-10s %-5s %-36s %-7s: offered %5.0f/s, sent %5.0f/s, goodput %5.0f/s, wasted %3.0f%%, p99 %6.1f ms, 503 %d, 504 %d, gave up %d, connect errors %d",
+	return fmt.Sprintf("%-10s %-5s %-36s %-7s: offered %5.0f/s, sent %5.0f/s, goodput %5.0f/s, wasted %3.0f%%, p99 %6.1f ms, 503 %d, 504 %d, gave up %d, connect errors %d, not sent %d",
 		r.Workload, load, r.name(), r.Handler, r.OfferedPerSec, r.SentPerSec, r.GoodputPerSec, 100*r.WastedShare, r.P99Ms,
-		r.Rejected, r.Timeouts, r.GiveUps, r.ConnectErrors) + crashed
+		r.Rejected, r.Timeouts, r.GiveUps, r.ConnectErrors, r.notSent()) + crashed
 }
 
 // The goals, checked for each variant with admission, workload and
@@ -423,10 +431,13 @@ func writeOverloadMarkdown(b *strings.Builder, rep *overloadReport) {
 		"A handler that honours its context looks at it between units and while it waits for a slot; "+
 		"fasthttp's handlers have no context, so those variants run the ignoring handler only. "+
 		"Wasted: the share of the handlers' work in the window (CPU units or queries) done for requests that got no good answer (200 within the deadline). "+
-		"Sent: the arrivals the generator sent, per second; \"behind\" when it dropped more than %.0f %% of them for want of a connection or sent them more than %.0f ms late (p99), so that the cell measures the generator too. "+
-		"Other: 200s after the deadline, other statuses, broken connections, arrivals dropped, answers with another request's id, requests cut at the end.\n\n",
+		"Sent: the arrivals the generator sent, per second. Not sent: the arrivals it failed to send, the load test's failures and not the server's: "+
+		"dropped for want of a connection, or picked up by its worker only after their deadline (the generator ran late); "+
+		"\"behind\" when that is more than %.0f %% of them or it sent them more than %.0f ms late (p99), so that the cell measures the generator too. "+
+		"Gave up: sent, and not answered by the deadline. "+
+		"Other: 200s after the deadline, other statuses, broken connections, answers with another request's id, requests cut at the end.\n\n",
 		c.Chunks, c.ChunkIters, c.ChunkUs, float64(c.Chunks)*c.ChunkUs/1e3, c.DBQueries, c.DBSlots, c.DBQueryMs,
-		100*generatorDropped, generatorLag*float64(c.TimeoutMs))
+		100*generatorNotSent, generatorLag*float64(c.TimeoutMs))
 	var about []string
 	for _, name := range c.Variants {
 		if v, ok := findOverloadVariant(name); ok {
@@ -480,8 +491,8 @@ func writeOverloadTable(b *strings.Builder, rows []overloadRow, sweep bool) {
 	if sweep {
 		first = "sweep"
 	}
-	b.WriteString("| " + first + " | variant | handler | offered/s | sent/s | goodput/s | × capacity | wasted | p50 | p99 | 503 | 504 | gave up | connect errors | other | server CPU | generator CPU | peak handlers | peak RSS |\n")
-	b.WriteString("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| " + first + " | variant | handler | offered/s | sent/s | goodput/s | × capacity | wasted | p50 | p99 | 503 | 504 | gave up | connect errors | not sent | other | server CPU | generator CPU | peak handlers | peak RSS |\n")
+	b.WriteString("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	var crashes []string
 	for _, r := range rows {
 		load := fmt.Sprintf("%gx", r.Load)
@@ -489,7 +500,7 @@ func writeOverloadTable(b *strings.Builder, rows []overloadRow, sweep bool) {
 			load = fmt.Sprintf("%d", r.Concurrency)
 		}
 		if !r.measured() {
-			fmt.Fprintf(b, "| %s | %s | %s | failed: %s ||||||||||||||||\n", load, r.name(), r.Handler, oneLine(r.Error))
+			fmt.Fprintf(b, "| %s | %s | %s | failed: %s |||||||||||||||||\n", load, r.name(), r.Handler, oneLine(r.Error))
 			continue
 		}
 		name := r.name()
@@ -501,14 +512,14 @@ func writeOverloadTable(b *strings.Builder, rows []overloadRow, sweep bool) {
 		if r.Work == 0 {
 			wasted = "–"
 		}
-		other := r.Late + r.Other + r.ConnErrors + r.Dropped + r.Mismatched + r.Cut
+		other := r.Late + r.Other + r.ConnErrors + r.Mismatched + r.Cut
 		sent := fmt.Sprintf("%.0f", r.SentPerSec)
 		if r.GeneratorBehind {
 			sent += " (behind)"
 		}
-		fmt.Fprintf(b, "| %s | %s | %s | %.0f | %s | %.0f | %.2f | %s | %s | %s | %d | %d | %d | %d | %d | %.0f %% | %.0f %% | %d | %s |\n",
+		fmt.Fprintf(b, "| %s | %s | %s | %.0f | %s | %.0f | %.2f | %s | %s | %s | %d | %d | %d | %d | %d | %d | %.0f %% | %.0f %% | %d | %s |\n",
 			load, name, r.Handler, r.OfferedPerSec, sent, r.GoodputPerSec, r.GoodputShare, wasted,
-			millis(r.P50Ms), millis(r.P99Ms), r.Rejected, r.Timeouts, r.GiveUps, r.ConnectErrors, other,
+			millis(r.P50Ms), millis(r.P99Ms), r.Rejected, r.Timeouts, r.GiveUps, r.ConnectErrors, r.notSent(), other,
 			r.ServerCPUPct, r.GeneratorCPUPct, r.PeakInFlight, mib(r.PeakRSSMiB))
 	}
 	b.WriteString("\n")

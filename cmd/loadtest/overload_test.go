@@ -142,26 +142,42 @@ func TestGeneratorBehind(t *testing.T) {
 	t.Parallel()
 	ms := int64(time.Millisecond)
 	tests := []struct {
-		name    string
-		dropped int // of 200 arrivals
-		lag     int64
-		want    bool
+		name            string
+		dropped, unsent int // of 200 arrivals
+		lag             int64
+		want            bool
 	}{
-		{name: "on time", dropped: 2, lag: 99 * ms},
+		{name: "on time", dropped: 1, unsent: 1, lag: 99 * ms},
 		{name: "dropping", dropped: 3, lag: ms, want: true},
+		{name: "picking up after the deadline", unsent: 3, lag: ms, want: true},
+		{name: "dropping and picking up late", dropped: 2, unsent: 1, lag: ms, want: true},
 		{name: "late", lag: 102 * ms, want: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			d := cellData{measure: time.Second, deadline: time.Second, first: 0, end: 200, sendLag: []int64{tt.lag}}
-			for id := range tt.dropped {
-				d.results = append(d.results, result{id: uint32(id), outcome: outDropped})
+			for id := range 200 {
+				o := outGood
+				switch {
+				case id < tt.dropped:
+					o = outDropped
+				case id < tt.dropped+tt.unsent:
+					o = outUnsent
+				}
+				d.results = append(d.results, result{id: uint32(id), outcome: o, latency: time.Millisecond})
 			}
 			var r overloadRow
 			r.fill(d)
 			if r.GeneratorBehind != tt.want {
-				t.Errorf("behind %v, want %v (dropped %d, lag p99 %v ms)", r.GeneratorBehind, tt.want, r.Dropped, r.SendLagP99Ms)
+				t.Errorf("behind %v, want %v (dropped %d, unsent %d, lag p99 %v ms)", r.GeneratorBehind, tt.want, r.Dropped, r.Unsent, r.SendLagP99Ms)
+			}
+			// The generator's failures are not the server's: not given
+			// up, not sent.
+			if r.Dropped != int64(tt.dropped) || r.Unsent != int64(tt.unsent) || r.GiveUps != 0 ||
+				r.SentPerSec != float64(200-tt.dropped-tt.unsent) {
+				t.Errorf("dropped %d, unsent %d, given up %d, sent %v/s; want %d, %d, 0, %d/s",
+					r.Dropped, r.Unsent, r.GiveUps, r.SentPerSec, tt.dropped, tt.unsent, 200-tt.dropped-tt.unsent)
 			}
 		})
 	}
@@ -292,7 +308,7 @@ func overloadTestReport() report {
 			Rows: []overloadRow{
 				{Variant: olBare, Handler: "ignores", Load: 0.5, Seconds: 12, OfferedPerSec: 290, SentPerSec: 288, GoodputPerSec: 288, GoodputShare: 0.5, P50Ms: 4.5, P99Ms: 15, Work: 10},
 				{Variant: olBare, Handler: "ignores", Load: 4, OfferedPerSec: 2320, SentPerSec: 2300, GoodputPerSec: 6, GoodputShare: 0.01,
-					WastedShare: 0.97, P50Ms: 900, P99Ms: 990, GiveUps: 4000, ConnectErrors: 12, Work: 100},
+					WastedShare: 0.97, P50Ms: 900, P99Ms: 990, GiveUps: 4000, ConnectErrors: 12, Dropped: 3, Unsent: 4, Cut: 1, Work: 100},
 				{Variant: olConcurrency, Handler: "ignores", Concurrency: 32, Load: 4, OfferedPerSec: 2320, GoodputPerSec: 590, GoodputShare: 1.02, Rejected: 3000},
 				{Variant: olRaceAdaptive, Handler: "honours", Load: 4, Error: "the server died: serve: accept4: too many open files", Crashed: true, GoodputPerSec: 100},
 				{Variant: olCoopAdaptive, Handler: "honours", Load: 4, Error: "no connection could be opened"},
@@ -316,7 +332,8 @@ func TestWriteMarkdownOverload(t *testing.T) {
 		"#### cpu: capacity 580/s (fasthttp Server.Concurrency=32, the best of the sweep at 4× the first estimate: 600/s closed-loop from 32 connections; on a core of its own 650/s)",
 		"| 32 | fasthttp-Concurrency=32 | ignores | 2400 | 0 | 580 | 1.00 |",
 		"| 0.5x | fasthttp-bare | ignores | 290 | 288 | 288 | 0.50 | 0 % | 4.50 ms | 15 ms | 0 | 0 | 0 | 0 | 0 |",
-		"| 4x | fasthttp-bare | ignores | 2320 | 2300 | 6 | 0.01 | 97 % | 900 ms | 990 ms | 0 | 0 | 4000 | 12 | 0 |",
+		"| 503 | 504 | gave up | connect errors | not sent | other |",
+		"| 4x | fasthttp-bare | ignores | 2320 | 2300 | 6 | 0.01 | 97 % | 900 ms | 990 ms | 0 | 0 | 4000 | 12 | 7 | 1 |",
 		"| 4x | fasthttp-Concurrency=32 | ignores | 2320 | 0 | 590 | 1.02 | – | – | – | 3000 |",
 		"| 4x | fasttimeout-race-adaptive (**crashed**) | honours | 0 | 0 | 100 |",
 		"Crashed: fasttimeout-race-adaptive (honours) at 4x: the server died: serve: accept4: too many open files.",
@@ -462,11 +479,75 @@ func TestOverloadServer(t *testing.T) {
 	})
 }
 
+// serveLoopback serves h on 127.0.0.1 until the test ends and returns
+// its address.
+func serveLoopback(t *testing.T, h fasthttp.RequestHandler) string {
+	t.Helper()
+	s := &fasthttp.Server{Handler: h}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ln) }()
+	t.Cleanup(func() {
+		if err := s.Shutdown(); err != nil {
+			t.Error(err)
+		}
+		if err := <-served; err != nil {
+			t.Error(err)
+		}
+	})
+	return ln.Addr().String()
+}
+
+// echoID answers 200 with the request's id, as the overload servers do.
+func echoID(ctx *fasthttp.RequestCtx) {
+	ctx.Response.Header.SetBytesV(requestIDHeader, ctx.Request.Header.Peek(requestIDHeader))
+}
+
+// A request that a worker of the generator picks up only after its
+// deadline (the generator's ticks ran late, or the worker did) is never
+// sent: its client would have given up before the server could see it.
+// That is the load test's failure, not a give-up or a connect error of the
+// server's.
+func TestLoadWorker_a_request_picked_up_after_its_deadline_is_unsent(t *testing.T) {
+	t.Parallel()
+	addr := serveLoopback(t, echoID)
+	const deadline = 30 * time.Second // the on-time request has all the time it needs
+	for _, tt := range []struct {
+		name string
+		open bool // the worker's connection is open: it has sent an on-time request
+	}{
+		{name: "on an open connection", open: true},
+		{name: "needing a new connection"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			g := newOpenLoop(addr, deadline, 1)
+			w := &loadWorker{g: g}
+			defer g.shutdown()
+			defer w.drop(false)
+			if tt.open {
+				w.send(arrival{id: 1, at: time.Now()})
+				if got := w.results[0].outcome; got != outGood || w.conn == nil {
+					t.Fatalf("on-time request: outcome %d, connection %v; want good, open", got, w.conn)
+				}
+			}
+			w.send(arrival{id: 2, at: time.Now().Add(-2 * deadline)})
+			if got := w.results[len(w.results)-1]; got.id != 2 || got.outcome != outUnsent {
+				t.Errorf("request picked up %v after its deadline: id %d, outcome %d; want id 2, unsent (%d)",
+					deadline, got.id, got.outcome, outUnsent)
+			}
+		})
+	}
+}
+
 func TestOpenLoop(t *testing.T) {
 	t.Parallel()
 	// Request i is answered 200 with its id if i%3 == 0, 503 if 1, and
 	// 200 with the next id if 2: an answer meant for another request.
-	s := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+	addr := serveLoopback(t, func(ctx *fasthttp.RequestCtx) {
 		id, err := fasthttp.ParseUint(ctx.Request.Header.Peek(requestIDHeader))
 		if err != nil {
 			ctx.SetStatusCode(400)
@@ -481,26 +562,12 @@ func TestOpenLoop(t *testing.T) {
 		case 2:
 			ctx.Response.Header.Set(requestIDHeader, strconv.Itoa(id+1))
 		}
-	}}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(ln) }()
-	defer func() {
-		if err := s.Shutdown(); err != nil {
-			t.Error(err)
-		}
-		if err := <-served; err != nil {
-			t.Error(err)
-		}
-	}()
+	})
 
 	// Uniform arrivals at 200/s with no warm-up and a window of 100 ms:
 	// ids 0 to 19 are measured. The run ends once they are all answered.
 	const measured = 20
-	gen := newOpenLoop(ln.Addr().String(), 30*time.Second, 64)
+	gen := newOpenLoop(addr, 30*time.Second, 64)
 	var mu sync.Mutex
 	seen := map[uint32]bool{}
 	all := make(chan struct{})
