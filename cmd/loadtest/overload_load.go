@@ -73,6 +73,10 @@ type result struct {
 	id      uint32
 	outcome outcome
 	latency time.Duration
+	// lag is how late a worker picked the request up, after its
+	// scheduled arrival: the generator's lateness handing it over and the
+	// worker's own. 0 if dropped.
+	lag time.Duration
 }
 
 // openLoop sends requests to addr at the times of a schedule, each on a
@@ -246,20 +250,21 @@ func (g *openLoop) worker(a arrival) {
 // ticks or this worker ran late), not the server's.
 func (w *loadWorker) send(a arrival) {
 	deadline := a.at.Add(w.g.deadline)
-	if !time.Now().Before(deadline) {
-		w.record(a, outUnsent, 0)
+	lag := time.Since(a.at)
+	if lag >= w.g.deadline {
+		w.record(a, outUnsent, 0, lag)
 		return
 	}
 	if w.conn == nil {
 		d := net.Dialer{Deadline: deadline}
 		conn, err := d.DialContext(w.g.ctx, "tcp", w.g.addr)
 		if err != nil {
-			w.record(a, outConnect, 0)
+			w.record(a, outConnect, 0, lag)
 			return
 		}
 		if !w.g.register(conn) {
 			conn.Close()
-			w.record(a, outCut, 0)
+			w.record(a, outCut, 0, lag)
 			return
 		}
 		w.conn = conn
@@ -283,7 +288,7 @@ func (w *loadWorker) send(a arrival) {
 	if o >= outGiveUp {
 		latency = 0
 	}
-	w.record(a, o, latency)
+	w.record(a, o, latency, lag)
 	switch {
 	case o == outGiveUp:
 		w.drop(true)
@@ -322,8 +327,8 @@ func classify(err error, stopped bool, resp *fasthttp.Response, id uint32, laten
 	return outOther
 }
 
-func (w *loadWorker) record(a arrival, o outcome, latency time.Duration) {
-	r := result{id: a.id, outcome: o, latency: latency}
+func (w *loadWorker) record(a arrival, o outcome, latency, lag time.Duration) {
+	r := result{id: a.id, outcome: o, latency: latency, lag: lag}
 	w.results = append(w.results, r)
 	if w.g.observe != nil {
 		w.g.observe(r)

@@ -79,9 +79,14 @@ type overloadRow struct {
 	OfferedPerSec float64 `json:"offered_per_sec"`
 	Arrivals      int64   `json:"arrivals"`
 	SentPerSec    float64 `json:"sent_per_sec"`
-	SendLagP99Ms  float64 `json:"send_lag_p99_ms"` // scheduled to handed to a connection
+	// How late the window's requests were, after their scheduled
+	// arrival (p99): SendLagP99Ms handed to a worker by the generator,
+	// PickupLagP99Ms picked up by that worker to be sent (the generator's
+	// lateness and the worker's).
+	SendLagP99Ms   float64 `json:"send_lag_p99_ms"`
+	PickupLagP99Ms float64 `json:"worker_lag_p99_ms"`
 	// GeneratorBehind: the generator could not keep to its schedule (see
-	// generatorDropped).
+	// generatorNotSent).
 	GeneratorBehind bool `json:"generator_behind,omitempty"`
 	Connections     int  `json:"connections"` // the generator's, at most, over the whole cell
 
@@ -154,7 +159,7 @@ func (r *overloadRow) fill(d cellData) {
 	r.Arrivals = int64(n)
 	r.Connections = d.workers
 	good := map[int]bool{} // every request of the cell that got a good answer
-	var latencies []int64
+	var latencies, lags []int64
 	got := make([]outcome, n)
 	for i := range got {
 		got[i] = outCut // no result: still out when the run ended
@@ -170,6 +175,9 @@ func (r *overloadRow) fill(d cellData) {
 		got[i] = res.outcome
 		if res.outcome == outGood {
 			latencies = append(latencies, int64(res.latency))
+		}
+		if res.outcome != outDropped { // picked up by a worker
+			lags = append(lags, int64(res.lag))
 		}
 	}
 	for _, o := range got {
@@ -192,8 +200,10 @@ func (r *overloadRow) fill(d cellData) {
 	p := percentiles(latencies, 50, 99)
 	r.P50Ms, r.P99Ms = p[0]/1e6, p[1]/1e6
 	r.SendLagP99Ms = percentiles(d.sendLag, 99)[0] / 1e6
+	r.PickupLagP99Ms = percentiles(lags, 99)[0] / 1e6
+	lagBound := generatorLag * float64(d.deadline) / 1e6
 	r.GeneratorBehind = float64(r.notSent()) > generatorNotSent*float64(r.Arrivals) ||
-		r.SendLagP99Ms > generatorLag*float64(d.deadline)/1e6
+		r.SendLagP99Ms > lagBound || r.PickupLagP99Ms > lagBound
 }
 
 // notSent is the window's arrivals that the generator failed to send:
@@ -203,8 +213,8 @@ func (r overloadRow) notSent() int64 { return r.Dropped + r.Unsent }
 
 // The generator is behind its schedule, and the cell measures it as much
 // as the server, when it fails to send more than generatorNotSent of the
-// window's arrivals (notSent), or sends them later than generatorLag of
-// the deadline (p99).
+// window's arrivals (notSent), or hands them to its workers, or its
+// workers pick them up, later than generatorLag of the deadline (p99).
 const (
 	generatorNotSent = 0.01
 	generatorLag     = 0.1
@@ -433,7 +443,7 @@ func writeOverloadMarkdown(b *strings.Builder, rep *overloadReport) {
 		"Wasted: the share of the handlers' work in the window (CPU units or queries) done for requests that got no good answer (200 within the deadline). "+
 		"Sent: the arrivals the generator sent, per second. Not sent: the arrivals it failed to send, the load test's failures and not the server's: "+
 		"dropped for want of a connection, or picked up by its worker only after their deadline (the generator ran late); "+
-		"\"behind\" when that is more than %.0f %% of them or it sent them more than %.0f ms late (p99), so that the cell measures the generator too. "+
+		"\"behind\" when that is more than %.0f %% of them, or the generator handed them to its workers or its workers picked them up more than %.0f ms late (p99), so that the cell measures the generator too. "+
 		"Gave up: sent, and not answered by the deadline. "+
 		"Other: 200s after the deadline, other statuses, broken connections, answers with another request's id, requests cut at the end.\n\n",
 		c.Chunks, c.ChunkIters, c.ChunkUs, float64(c.Chunks)*c.ChunkUs/1e3, c.DBQueries, c.DBSlots, c.DBQueryMs,

@@ -108,11 +108,11 @@ func TestOverloadRowFill(t *testing.T) {
 		results: []result{
 			{id: 0, outcome: outGood, latency: 5 * ms}, // warm-up
 			{id: 1, outcome: outGiveUp},                // warm-up, worked on in the window
-			{id: 2, outcome: outGood, latency: 10 * ms},
-			{id: 3, outcome: outGood, latency: 30 * ms},
-			{id: 4, outcome: outRejected, latency: ms},
-			{id: 5, outcome: outGiveUp},
-			{id: 7, outcome: outGood, latency: 20 * ms}, // tail
+			{id: 2, outcome: outGood, latency: 10 * ms, lag: ms},
+			{id: 3, outcome: outGood, latency: 30 * ms, lag: 4 * ms},
+			{id: 4, outcome: outRejected, latency: ms, lag: 2 * ms},
+			{id: 5, outcome: outGiveUp, lag: 3 * ms},
+			{id: 7, outcome: outGood, latency: 20 * ms, lag: 50 * ms}, // tail
 		},
 		workBefore: []uint32{30, 10, 0, 0, 0, 0, 0, 0},
 		workAfter:  []uint32{30, 30, 30, 30, 0, 12, 0, 5},
@@ -121,8 +121,8 @@ func TestOverloadRowFill(t *testing.T) {
 	}
 	var r overloadRow
 	r.fill(d)
-	lat := [3]float64{r.P50Ms, r.P99Ms, r.SendLagP99Ms}
-	r.P50Ms, r.P99Ms, r.SendLagP99Ms = 0, 0, 0
+	lat := [4]float64{r.P50Ms, r.P99Ms, r.SendLagP99Ms, r.PickupLagP99Ms}
+	r.P50Ms, r.P99Ms, r.SendLagP99Ms, r.PickupLagP99Ms = 0, 0, 0, 0
 	want := overloadRow{Arrivals: 5, Connections: 3, Good: 2, Rejected: 1, GiveUps: 1, Cut: 1,
 		GoodputPerSec: 2, SentPerSec: 5,
 		// In the window: 20 units for id 1 and 12 for id 5, given up; 30
@@ -131,7 +131,7 @@ func TestOverloadRowFill(t *testing.T) {
 	if !reflect.DeepEqual(r, want) {
 		t.Errorf("got  %+v\nwant %+v", r, want)
 	}
-	for i, w := range []float64{10, 30, 2} {
+	for i, w := range []float64{10, 30, 2, 4} {
 		if dev := lat[i]/w - 1; math.Abs(dev) > 0.001 {
 			t.Errorf("latency %d: %v ms, want %v within 0.1%%", i, lat[i], w)
 		}
@@ -143,15 +143,17 @@ func TestGeneratorBehind(t *testing.T) {
 	ms := int64(time.Millisecond)
 	tests := []struct {
 		name            string
-		dropped, unsent int // of 200 arrivals
-		lag             int64
+		dropped, unsent int   // of 200 arrivals
+		lag             int64 // the generator's, handing requests to workers
+		pickup          int64 // the workers', picking them up
 		want            bool
 	}{
-		{name: "on time", dropped: 1, unsent: 1, lag: 99 * ms},
+		{name: "on time", dropped: 1, unsent: 1, lag: 99 * ms, pickup: 99 * ms},
 		{name: "dropping", dropped: 3, lag: ms, want: true},
 		{name: "picking up after the deadline", unsent: 3, lag: ms, want: true},
 		{name: "dropping and picking up late", dropped: 2, unsent: 1, lag: ms, want: true},
 		{name: "late", lag: 102 * ms, want: true},
+		{name: "workers late", lag: ms, pickup: 102 * ms, want: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -165,12 +167,20 @@ func TestGeneratorBehind(t *testing.T) {
 				case id < tt.dropped+tt.unsent:
 					o = outUnsent
 				}
-				d.results = append(d.results, result{id: uint32(id), outcome: o, latency: time.Millisecond})
+				res := result{id: uint32(id), outcome: o, latency: time.Millisecond, lag: time.Duration(tt.pickup)}
+				if o == outDropped {
+					res.lag = 0 // never picked up
+				}
+				d.results = append(d.results, res)
 			}
 			var r overloadRow
 			r.fill(d)
 			if r.GeneratorBehind != tt.want {
-				t.Errorf("behind %v, want %v (dropped %d, unsent %d, lag p99 %v ms)", r.GeneratorBehind, tt.want, r.Dropped, r.Unsent, r.SendLagP99Ms)
+				t.Errorf("behind %v, want %v (dropped %d, unsent %d, lag p99 %v ms, workers' %v ms)",
+					r.GeneratorBehind, tt.want, r.Dropped, r.Unsent, r.SendLagP99Ms, r.PickupLagP99Ms)
+			}
+			if dev := r.PickupLagP99Ms - float64(tt.pickup)/1e6; math.Abs(dev) > 0.001*float64(tt.pickup)/1e6+1e-5 {
+				t.Errorf("workers' lag p99 %v ms, want %v ms", r.PickupLagP99Ms, float64(tt.pickup)/1e6)
 			}
 			// The generator's failures are not the server's: not given
 			// up, not sent.
@@ -535,9 +545,9 @@ func TestLoadWorker_a_request_picked_up_after_its_deadline_is_unsent(t *testing.
 				}
 			}
 			w.send(arrival{id: 2, at: time.Now().Add(-2 * deadline)})
-			if got := w.results[len(w.results)-1]; got.id != 2 || got.outcome != outUnsent {
-				t.Errorf("request picked up %v after its deadline: id %d, outcome %d; want id 2, unsent (%d)",
-					deadline, got.id, got.outcome, outUnsent)
+			if got := w.results[len(w.results)-1]; got.id != 2 || got.outcome != outUnsent || got.lag < 2*deadline {
+				t.Errorf("request picked up %v after its deadline: id %d, outcome %d, picked up %v late; want id 2, unsent (%d), %v late at least",
+					deadline, got.id, got.outcome, got.lag, outUnsent, 2*deadline)
 			}
 		})
 	}
