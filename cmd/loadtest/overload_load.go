@@ -259,7 +259,14 @@ func (w *loadWorker) send(a arrival) {
 		d := net.Dialer{Deadline: deadline}
 		conn, err := d.DialContext(w.g.ctx, "tcp", w.g.addr)
 		if err != nil {
-			w.record(a, outConnect, 0, lag)
+			// A dial that the end of the run cancelled was still out,
+			// as an unanswered request then is: not the server's
+			// failure to accept.
+			o := outConnect
+			if w.g.isStopped() {
+				o = outCut
+			}
+			w.record(a, o, 0, lag)
 			return
 		}
 		if !w.g.register(conn) {

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -550,6 +551,58 @@ func TestLoadWorker_a_request_picked_up_after_its_deadline_is_unsent(t *testing.
 					deadline, got.id, got.outcome, got.lag, outUnsent, 2*deadline)
 			}
 		})
+	}
+}
+
+// unacceptingAddr returns the address of a listener on 127.0.0.1 that
+// never accepts, its queue of one connection full: a dial to it hangs
+// until it is given up.
+func unacceptingAddr(t *testing.T) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil { // one connection queued at most
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
+	queued, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = queued.Close() })
+	return addr
+}
+
+// A dial that the end of the run cancels was still out, as a request
+// waiting for its answer then is: cut, not a connection the server failed
+// to accept.
+func TestLoadWorker_a_dial_cancelled_at_the_end_is_cut(t *testing.T) {
+	t.Parallel()
+	g := newOpenLoop(unacceptingAddr(t), 30*time.Second, 1)
+	w := &loadWorker{g: g}
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		w.send(arrival{id: 1, at: time.Now()})
+	}()
+	g.shutdown() // before the dial or during it: either way the end cancels it
+	select {
+	case <-sent:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the dial was not cancelled within 30 s")
+	}
+	if len(w.results) != 1 || w.results[0].outcome != outCut {
+		t.Errorf("results %+v, want one, cut (%d)", w.results, outCut)
 	}
 }
 
