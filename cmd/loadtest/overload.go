@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/fasttimeout/fasttimeout"
@@ -412,15 +413,16 @@ func overloadEstimate(o options) time.Duration {
 // cellSnapshot is what the parent reads at the start and end of a cell's
 // measured window and at its end.
 type cellSnapshot struct {
-	at           time.Time
-	serverCPU    time.Duration // user + system time of the child, from /proc
-	generatorCPU time.Duration // of this process
-	slots        [sharedSlots]uint64
-	work         []uint32 // units done so far for each request id
+	at            time.Time
+	serverCPU     time.Duration // user + system time of the child, from /proc
+	serverPeakRSS int64         // the child's peak RSS so far, bytes
+	generatorCPU  time.Duration // of this process
+	slots         [sharedSlots]uint64
+	work          []uint32 // units done so far for each request id
 }
 
 func takeSnapshot(srv *child, sh *shared, withWork bool) cellSnapshot {
-	s := cellSnapshot{at: time.Now(), serverCPU: childCPU(srv), generatorCPU: time.Duration(cpuTime())}
+	s := cellSnapshot{at: time.Now(), serverCPU: childCPU(srv), serverPeakRSS: childPeakRSS(srv), generatorCPU: time.Duration(cpuTime())}
 	for i := range s.slots {
 		s.slots[i] = sh.slots[i].Load()
 	}
@@ -473,6 +475,24 @@ func procCPU(pid int) (time.Duration, bool) {
 		return 0, false
 	}
 	return time.Duration(ut+st) * clockTick, true
+}
+
+// childPeakRSS returns the peak resident set size of the child srv in
+// bytes: from /proc while it runs; once it has exited (a server that died
+// in the cell) and /proc has forgotten it, from its rusage (Maxrss, in
+// KiB on Linux), its peak until it died. 0 if neither can be read.
+func childPeakRSS(srv *child) int64 {
+	if peak := procPeakRSS(srv.cmd.Process.Pid); peak > 0 {
+		return peak
+	}
+	select {
+	case <-srv.exited:
+		if ru, ok := srv.cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+			return ru.Maxrss << 10
+		}
+	default:
+	}
+	return 0
 }
 
 // procPeakRSS returns the peak resident set size of process pid in bytes
@@ -541,7 +561,6 @@ func (c overloadCell) measureInto(ctx context.Context, cfg overloadConfig, row *
 		return err
 	}
 	defer stopOverloadChild(srv.in, srv.exited, srv.cmd.Process.Kill)
-	pid := srv.cmd.Process.Pid
 
 	gen := newOpenLoop(srv.addr, cfg.timeout(), cfg.MaxConns)
 	sched := newArrivalSchedule(c.rate, cfg.Arrivals == "poisson", c.seed)
@@ -565,7 +584,6 @@ func (c overloadCell) measureInto(ctx context.Context, cfg overloadConfig, row *
 		row.Crashed = true
 	default:
 	}
-	row.PeakRSSMiB = float64(procPeakRSS(pid)) / (1 << 20)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -618,6 +636,7 @@ func (r *overloadRow) fillServer(before, after, end cellSnapshot) {
 	r.PeakInFlight = int64(end.slots[slotPeakInFlight])
 	r.PeakGoroutines = int64(end.slots[slotPeakGoroutines])
 	r.PeakHeapMiB = float64(end.slots[slotPeakHeap]) / (1 << 20)
+	r.PeakRSSMiB = float64(end.serverPeakRSS) / (1 << 20)
 	r.Limit = int64(after.slots[slotLimit])
 	r.RefusedFull = int64(after.slots[slotRefusedFull] - before.slots[slotRefusedFull])
 	r.RefusedTimeout = int64(after.slots[slotRefusedTimeout] - before.slots[slotRefusedTimeout])

@@ -541,7 +541,8 @@ func writeOverloadTable(b *strings.Builder, rows []overloadRow, sweep bool) {
 	}
 }
 
-// mib shows a size; a dead server's is not known.
+// mib shows a size; 0 is not known (a dead server's, in a report from
+// before its peak RSS was read from its rusage).
 func mib(x float64) string {
 	if x == 0 {
 		return "–"

@@ -813,9 +813,11 @@ func TestStopOverloadChild_waits_for_a_server_writing_its_profile(t *testing.T) 
 }
 
 // A server that dies in the middle of a cell (fasthttp's Serve failing,
-// or killed for its memory) used CPU until then: its CPU read after it
-// died is not less than what it had used before.
-func TestTakeSnapshot_a_dead_servers_CPU_stays(t *testing.T) {
+// or killed for its memory) used CPU and memory until then: its CPU read
+// after it died is not less than before, and its peak RSS is still known.
+// That comes from its rusage then, which the kernel keeps apart from
+// /proc's VmHWM: they differ by a fraction of a per cent.
+func TestTakeSnapshot_a_dead_servers_CPU_and_peak_RSS_stay(t *testing.T) {
 	t.Parallel()
 	f, err := os.CreateTemp(t.TempDir(), "shared")
 	if err != nil {
@@ -850,12 +852,16 @@ func TestTakeSnapshot_a_dead_servers_CPU_stays(t *testing.T) {
 		t.Fatalf("status %d, error %v", resp.StatusCode(), err)
 	}
 	before := takeSnapshot(srv, sh, false)
-	if before.serverCPU <= 0 {
-		t.Fatalf("the server used %v of CPU for 200 units of work", before.serverCPU)
+	if before.serverCPU <= 0 || before.serverPeakRSS <= 0 {
+		t.Fatalf("the server used %v of CPU for 200 units of work, and %d bytes at most", before.serverCPU, before.serverPeakRSS)
 	}
 	_ = srv.cmd.Process.Kill()
 	<-srv.exited
-	if after := takeSnapshot(srv, sh, false); after.serverCPU < before.serverCPU {
+	after := takeSnapshot(srv, sh, false)
+	if after.serverCPU < before.serverCPU {
 		t.Errorf("the server's CPU: %v, then %v once it died", before.serverCPU, after.serverCPU)
+	}
+	if after.serverPeakRSS < before.serverPeakRSS*9/10 {
+		t.Errorf("the server's peak RSS: %d bytes, then %d once it died", before.serverPeakRSS, after.serverPeakRSS)
 	}
 }
