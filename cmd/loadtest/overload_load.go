@@ -133,8 +133,9 @@ func newOpenLoop(addr string, deadline time.Duration, maxConns int) *openLoop {
 
 // run sends the arrivals of sched from start on: warmup unmeasured,
 // measure measured, tail unmeasured (long enough for the measured requests
-// to be answered or given up under the same load). Then it closes every
-// connection and returns what became of each request.
+// to be answered or given up under the same load). At the tail's end (or
+// when ctx is done) it closes every connection and returns what became of
+// each request.
 func (g *openLoop) run(ctx context.Context, start time.Time, sched *arrivalSchedule, warmup, measure, tail time.Duration) openLoopRun {
 	r := openLoopRun{start: start, first: -1, end: -1}
 	from, to, end := warmup, warmup+measure, warmup+measure+tail
@@ -177,6 +178,17 @@ loop:
 			} else {
 				dropped = append(dropped, result{id: a.id, outcome: outDropped})
 			}
+		}
+	}
+	// The run lasts until end, however long before it the last arrival
+	// came: below 10 arrivals a second that can be more than the tail's
+	// margin, and the window's last requests, still out, would be cut
+	// rather than answered or given up.
+	if wait := time.Until(start.Add(end)); wait > 0 && ctx.Err() == nil {
+		timer.Reset(wait)
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
 		}
 	}
 	r.arrivals = id

@@ -606,6 +606,32 @@ func TestLoadWorker_a_dial_cancelled_at_the_end_is_cut(t *testing.T) {
 	}
 }
 
+// A run lasts until the end of its tail, whenever its last arrival came.
+// Below 10 arrivals a second the last one before the end can come more
+// than the tail's margin (100 ms) before it, and the window's last
+// requests, still out then, were cut rather than answered or given up.
+func TestOpenLoop_a_slow_schedule_runs_to_its_end(t *testing.T) {
+	t.Parallel()
+	addr := serveLoopback(t, echoID)
+	// One arrival a minute: id 0 at 0, in the window; id 1 at 60 s, after
+	// the end at 31 s. The test ends the run once id 0 has its result.
+	gen := newOpenLoop(addr, 30*time.Second, 64)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	gen.observe = func(r result) {
+		if r.id == 0 {
+			cancel()
+		}
+	}
+	run := gen.run(ctx, time.Now(), newArrivalSchedule(1.0/60, false, 0), 0, time.Second, 30*time.Second)
+	if run.first != 0 || run.end != 1 || len(run.results) != 1 {
+		t.Fatalf("measured ids %d to %d, results %+v; want id 0 and its result", run.first, run.end, run.results)
+	}
+	if got := run.results[0].outcome; got != outGood {
+		t.Errorf("the window's request: outcome %d, want good (%d)", got, outGood)
+	}
+}
+
 func TestOpenLoop(t *testing.T) {
 	t.Parallel()
 	// Request i is answered 200 with its id if i%3 == 0, 503 if 1, and
