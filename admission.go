@@ -161,7 +161,9 @@ const (
 	// waitShare: a request waits for a slot for at most 1/waitShare of its
 	// remaining budget, leaving the rest to its handler.
 	waitShare = 10
-	// minWait: a request whose share is shorter is refused at once.
+	// minWait: a request whose share is shorter is refused at once, and
+	// one whose caller gives up sooner (MaxQueueAge) gets the timeout
+	// response at once.
 	minWait = 100 * time.Microsecond
 	// lifoAfter is how long the queue must have stayed non-empty for the
 	// newest waiter to be served first.
@@ -268,10 +270,10 @@ func (l *limiter) tryAcquire() bool {
 // waiting for one if needed, but not past giveUp, when its caller gives up
 // (Config.MaxQueueAge; noDeadline without it). It returns how long the
 // request waited, and the reason it was refused, or "" once it holds a
-// slot, or spentBudget if it stopped waiting at giveUp, for the timeout
-// response. A request still waiting when its server shuts down is refused
-// then: its handler would only start to be cancelled, and the shutdown
-// waits for its answer.
+// slot, or spentBudget, for the timeout response, if it stopped waiting at
+// giveUp or giveUp left it no time to wait (less than minWait). A request
+// still waiting when its server shuts down is refused then: its handler
+// would only start to be cancelled, and the shutdown waits for its answer.
 func (l *limiter) acquire(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (waited time.Duration, reason string) {
 	if l.adaptive {
 		if t-l.shedAt.Load() >= int64(backlogInterval) {
@@ -293,7 +295,9 @@ func (l *limiter) acquire(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (
 // at once at t (none free, or others waiting): unless a slot is free by the
 // time it holds the queue's lock, it queues the request for at most its
 // share of the time left until deadline, or until giveUp if sooner, and
-// returns as acquire does.
+// returns as acquire does. A request that cannot wait minWait is not
+// queued (nor counted in Stats.Queued): it is refused, or, if giveUp is
+// that close, answered as acquire does at giveUp.
 func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (waited time.Duration, reason string) {
 	if l.adaptive && t-l.windowStart.Load() >= int64(maxWindow) {
 		l.adapt(t) // no window closed for long: late handlers may hold every slot
@@ -318,6 +322,14 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (wai
 		l.waiting.Add(-1)
 		l.mu.Unlock()
 		return 0, l.refuse(RejectedQueueFull)
+	}
+	if giveUp-t < int64(minWait) {
+		// Its caller gives up before it could wait: it would leave the
+		// queue at once with the timeout response, counted as queued.
+		l.waiting.Add(-1)
+		l.mu.Unlock()
+		l.refused.Add(1) // an arrival turned away, for the backlog; not a 503
+		return 0, spentBudget
 	}
 	// Twice the ceiling, which saturates: math.MaxInt, "no ceiling", would
 	// overflow to a negative and leave minQueue.

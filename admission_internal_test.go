@@ -1155,3 +1155,47 @@ func TestLimiter_a_waiter_is_refused_at_shutdown_even_as_its_wait_runs_out(t *te
 	assert.Equal(t, int64(limitFloor), l.holding(), "nothing admitted")
 	assert.NotZero(t, l.probeFrom.Load(), "the probe goes on")
 }
+
+// TestLimiter_a_request_with_no_time_to_wait_before_its_caller_gives_up_is_not_queued:
+// a request that finds no slot free when its caller gives up
+// (Config.MaxQueueAge) in less than minWait, or at once, gets the timeout
+// response without queueing, as one whose share of its budget is that short
+// is refused without queueing: it cannot wait, so it is not counted in
+// Stats.Queued, nor in QueueWait. It was queued with a wait of zero (or a
+// few microseconds), counted as queued, and answered on leaving the queue.
+func TestLimiter_a_request_with_no_time_to_wait_before_its_caller_gives_up_is_not_queued(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name   string
+		left   time.Duration // at its arrival, until its caller gives up
+		queued bool
+	}{
+		{"its caller gives up as it arrives", 0, false},
+		{"its caller gives up within minWait", minWait - 1, false},
+		{"its caller gives up after minWait: it waits", minWait, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			stats := new(Stats)
+			l := newLimiter(1, false, time.Second, stats, new(atomic.Int64))
+			require.True(t, l.tryAcquire()) // no slot free, and none freed
+			at := now()
+			waited, reason := l.acquire(nil, at, at+int64(time.Minute), at+int64(c.left))
+			assert.Equal(t, spentBudget, reason, "the timeout response: its caller gives up before a slot is free")
+			got := stats.Snapshot()
+			if c.queued {
+				assert.Equal(t, int64(1), got.Queued)
+				assert.Equal(t, int64(1), stats.QueueWait().Count)
+			} else {
+				assert.Zero(t, waited)
+				assert.Zero(t, got.Queued, "a request that cannot wait is not queued")
+				assert.Zero(t, stats.QueueWait().Count)
+			}
+			assert.Zero(t, got.Rejected, "not a 503")
+			assert.Zero(t, got.Waiting)
+			assert.Zero(t, l.waiting.Load())
+			assert.Equal(t, int64(1), l.refused.Load(), "an arrival turned away, for the backlog")
+			assert.Equal(t, int64(1), l.holding(), "no slot taken")
+		})
+	}
+}

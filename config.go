@@ -306,8 +306,9 @@ type Config struct {
 	// that when it reaches the middleware gets the timeout response at once,
 	// without running, and counts in Stats as a spent budget, as Ruby's
 	// rack-timeout does with its wait_timeout; so does one that grew older
-	// than that waiting for a slot under the concurrency limit. Zero means
-	// no such bound; negative values panic in New.
+	// than that waiting for a slot under the concurrency limit, and one that
+	// finds no slot free less than 100 µs before it would, which is not
+	// queued. Zero means no such bound; negative values panic in New.
 	MaxQueueAge time.Duration
 
 	// Stats, if set, receives the middleware's counters. Several middlewares

@@ -72,8 +72,9 @@ type Counters struct {
 	// SpentBudgets is the number of requests answered with the timeout
 	// response at once, without running the handler, because the caller's
 	// budget (see Config.HonorDeadlineHeaders) was already spent, or the
-	// request was older than Config.MaxQueueAge, or its deadline had passed
-	// before it could start. They are counted in Timeouts too.
+	// request was older than Config.MaxQueueAge (or would have been before
+	// it could get a slot), or its deadline had passed before it could
+	// start. They are counted in Timeouts too.
 	SpentBudgets int64 `json:"spent_budgets"`
 	// ClientGone is the number of requests whose client hung up while
 	// their handler ran (see Config.IgnoreHangups). They are not timeouts.
@@ -90,7 +91,9 @@ type Counters struct {
 	// Config.MaxConcurrency), at once or after waiting.
 	Admitted int64 `json:"admitted,omitempty"`
 	// Queued is the number of requests that waited for a slot, whether
-	// they got one or not.
+	// they got one or not. A request whose budget, or MaxQueueAge, left it
+	// no time to wait (under 100 µs) is not queued: it is refused, or
+	// answered with the timeout response, at once.
 	Queued int64 `json:"queued,omitempty"`
 	// Rejected is the number of requests refused with 503 by the
 	// concurrency limit, without running: RejectedFull plus
