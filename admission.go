@@ -415,6 +415,10 @@ var testHookQueueTimedOut atomic.Pointer[func(*limiter)]
 // no longer gives way, before the limit is restored.
 var testHookProbeEnding atomic.Pointer[func(*limiter)]
 
+// testHookDispatching, set only by tests, runs in dispatchLocked, with l.mu
+// held, before the slots are handed over.
+var testHookDispatching atomic.Pointer[func(*limiter)]
+
 // testHookQueued, set only by tests, runs in wait once a request with the
 // given deadline is queued, before its wait is timed; ready is where its
 // slot is handed over.
@@ -464,12 +468,19 @@ func (l *limiter) release(t int64, rtt time.Duration, inTime bool) {
 	}
 }
 
-// dispatchLocked hands free slots to waiters at t. A waiter whose wait has
-// run out by t gets none: it leaves the queue refused, as its timer, due as
-// well, would have it leave (after a stall, or on a starved process, both
-// are due at once, and which goroutine runs first must not decide). l.mu is
-// held.
+// dispatchLocked hands free slots to waiters. A waiter whose wait has run
+// out gets none: it leaves the queue refused, as its timer, due as well,
+// would have it leave (after a stall, or on a starved process, both are due
+// at once, and which goroutine runs first must not decide). That goes by
+// the clock as the queue's lock is held: t, the caller's reading, was
+// taken before, and a stall in between (or the wait for the lock) would
+// hand a slot to a waiter whose wait is over; the later of the two counts
+// (the tests' fake clocks run ahead of the real one). l.mu is held.
 func (l *limiter) dispatchLocked(t int64) {
+	if hook := testHookDispatching.Load(); hook != nil {
+		(*hook)(l)
+	}
+	t = max(t, now())
 	for l.head != nil {
 		w := l.head
 		if l.lifo(t) {

@@ -1199,3 +1199,84 @@ func TestLimiter_a_request_with_no_time_to_wait_before_its_caller_gives_up_is_no
 		})
 	}
 }
+
+// TestAdmission_a_slot_handed_over_after_a_stall_goes_by_the_clock: a
+// handler returns and its slot is to go to a queued request, but the
+// goroutine handing it over stalls (a wait for the queue's lock, or a
+// stopped process) until the waiter's share of its budget has run out.
+// Dispatch went by the returning handler's reading of the clock, taken
+// before the stall, and handed the slot over: the request ran, where its
+// wait was over by the clock, and which it got depended on whether its
+// own timer's goroutine took the lock first. By the clock of the hand-over
+// it is refused (queue_timeout). Not parallel: testHookDispatching is the
+// process's.
+func TestAdmission_a_slot_handed_over_after_a_stall_goes_by_the_clock(t *testing.T) {
+	for _, mode := range []Mode{Racing, Cooperative} {
+		for _, adaptive := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%v/adaptive=%v", mode, adaptive), func(t *testing.T) {
+				stats := new(Stats)
+				var l atomic.Pointer[limiter]
+				release := make(chan struct{})
+				var runs atomic.Int32
+				h := New(func(ctx *fasthttp.RequestCtx) {
+					runs.Add(1)
+					hooked := lookup(ctx).m.limiter
+					// The limit's probe at start gives way to the first
+					// request it would refuse, which is its design; a
+					// probe under load does not.
+					hooked.probeYields.Store(false)
+					l.Store(hooked)
+					<-release
+				}, Config{Timeout: time.Second, Mode: mode, MaxConcurrency: 1, AdaptiveConcurrency: adaptive, Stats: stats, IgnoreHangups: true})
+				var armed atomic.Bool
+				hook := func(hooked *limiter) {
+					if hooked != l.Load() || !armed.CompareAndSwap(true, false) {
+						return
+					}
+					// The returning handler's hand-over, the queue's lock
+					// held: it stalls until the waiter's wait is over.
+					if !assert.NotNil(t, hooked.head, "a waiter") {
+						return
+					}
+					until := hooked.head.until
+					for d := until - now(); d >= 0; d = until - now() {
+						time.Sleep(time.Duration(d) + 1)
+					}
+				}
+				testHookDispatching.Store(&hook)
+				t.Cleanup(func() { testHookDispatching.Store(nil) })
+				client := serveInMemory(t, h)
+
+				first := make(chan int, 1)
+				go func() {
+					status, _, err := client.GetTimeout(nil, "http://test/first", time.Minute)
+					assert.NoError(t, err)
+					first <- status
+				}()
+				require.Eventually(t, func() bool { return l.Load() != nil }, 30*time.Second, time.Millisecond, "the first handler runs")
+				second := make(chan int, 1)
+				go func() {
+					status, _, err := client.GetTimeout(nil, "http://test/second", time.Minute)
+					assert.NoError(t, err)
+					second <- status
+				}()
+				require.Eventually(t, func() bool { return stats.Snapshot().Waiting == 1 }, 30*time.Second, time.Millisecond, "the second request waits")
+				armed.Store(true)
+				close(release) // the first handler returns, its slot to be handed over
+				assert.Equal(t, fasthttp.StatusOK, receive(t, first, "first answer"))
+				assert.Equal(t, fasthttp.StatusServiceUnavailable, receive(t, second, "second answer"))
+
+				assert.False(t, armed.Load(), "the hand-over stalled")
+				assert.Equal(t, int32(1), runs.Load(), "only the first handler ran")
+				require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, 30*time.Second, time.Millisecond)
+				got := stats.Snapshot()
+				assert.Equal(t, int64(1), got.Admitted)
+				assert.Equal(t, int64(1), got.Queued)
+				assert.Equal(t, int64(1), got.RejectedQueueTimeout)
+				assert.Equal(t, int64(1), got.Rejected)
+				assert.Zero(t, got.Waiting)
+				assert.Zero(t, l.Load().holding(), "every slot given back")
+			})
+		}
+	}
+}
