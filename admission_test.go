@@ -293,7 +293,7 @@ func TestAdmission_sleeping_late_handlers_do_not_refuse_traffic(t *testing.T) {
 
 // TestAdmission_queue_headers: with HonorQueueHeaders the age a proxy
 // reports counts against the budget, and MaxQueueAge refuses to run a
-// request its caller has given up on.
+// request its caller has given up on, but does not bound one that started.
 func TestAdmission_queue_headers(t *testing.T) {
 	t.Parallel()
 	// The values are made when each request is sent: parallel subtests
@@ -328,6 +328,8 @@ func TestAdmission_queue_headers(t *testing.T) {
 		{"Apache microseconds in X-Queue-Start: not run", "X-Queue-Start", apache(ago(10 * time.Second)), false, 0, 0, 0, 1},
 		{"ALB trace id: not run", "X-Amzn-Trace-Id", alb(ago(10 * time.Second)), false, 0, 0, 0, 1},
 		{"nginx: the wait shortens the budget", "X-Request-Start", nginx(ago(5 * time.Second)), true, 5100 * time.Millisecond, 0, 0, 0},
+		// MaxQueueAge would leave it under 3 s: it bounds only the start.
+		{"started in time, a handler runs to its deadline, past MaxQueueAge", "X-Request-Start", heroku(ago(5 * time.Second)), true, 5100 * time.Millisecond, 3 * time.Second, 0, 0},
 		{"a start in the future counts as now", "X-Request-Start", heroku(ago(-time.Minute)), true, 10 * time.Second, 5 * time.Second, 0, 0},
 		{"malformed: ignored and counted", "X-Request-Start", literal("t=soon"), true, 10 * time.Second, 5 * time.Second, 1, 0},
 		{"absurd: ignored and counted", "X-Request-Start", heroku(ago(48 * time.Hour)), true, 10 * time.Second, 5 * time.Second, 1, 0},

@@ -301,14 +301,20 @@ type Config struct {
 	// only. Off by default: only trust these headers from proxies you run.
 	HonorQueueHeaders bool
 
-	// MaxQueueAge, if set, is how long a caller waits for its answer, counted
-	// from the request's arrival (see HonorQueueHeaders): a request older than
-	// that when it reaches the middleware gets the timeout response at once,
-	// without running, and counts in Stats as a spent budget, as Ruby's
-	// rack-timeout does with its wait_timeout; so does one that grew older
-	// than that waiting for a slot under the concurrency limit, and one that
-	// finds no slot free less than 100 µs before it would, which is not
-	// queued. Zero means no such bound; negative values panic in New.
+	// MaxQueueAge, if set, is the oldest a request may be when its handler
+	// starts, counted from its arrival (see HonorQueueHeaders): its caller's
+	// patience (a load balancer's timeout, say), past which running the
+	// handler is work for nobody. A request older than that when it reaches
+	// the middleware gets the timeout response at once, without running,
+	// and counts in Stats as a spent budget, as Ruby's rack-timeout does
+	// with its wait_timeout; so does one that grew older than that waiting
+	// for a slot under the concurrency limit, and one that finds no slot
+	// free less than 100 µs before it would, which is not queued. It bounds
+	// only the time before the handler starts: from then on the request's
+	// deadline bounds it (Timeout, or TimeoutFunc's, counted from the
+	// arrival too), however long past MaxQueueAge that is; with a Timeout
+	// no greater than MaxQueueAge, the deadline comes no later. Zero means
+	// no such bound; negative values panic in New.
 	MaxQueueAge time.Duration
 
 	// Stats, if set, receives the middleware's counters. Several middlewares
