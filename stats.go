@@ -110,7 +110,11 @@ type Counters struct {
 	// their share of their budget without getting a slot.
 	RejectedQueueTimeout int64 `json:"rejected_queue_timeout,omitempty"`
 	// ConcurrencyLimit is the current concurrency limit, summed over the
-	// middlewares sharing this Stats; zero without a limit.
+	// middlewares sharing this Stats (nested ones too: each has its own
+	// limit); zero without a limit. A middleware counts from New on, also
+	// once nothing serves its handler any more: a handler built again with
+	// New on the same Stats (on a configuration reload, say) adds its limit
+	// to the old one's.
 	ConcurrencyLimit int64 `json:"concurrency_limit,omitempty"`
 	// Waiting is the number of requests waiting for a slot now.
 	Waiting int64 `json:"waiting,omitempty"`
