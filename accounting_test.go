@@ -91,6 +91,12 @@ var accountingKinds = []accountingKind{
 	{name: "old", weight: 3, timeout: waitTimeout, headers: hourOld, handler: func(_ *accounting, ctx *fasthttp.RequestCtx) {
 		ctx.SetBodyString("old")
 	}},
+	// Its age is a little under MaxQueueAge: it runs, or, as the machine
+	// runs it, is spent on arrival, waits past MaxQueueAge for a slot, or
+	// has no time left to wait for one.
+	{name: "aging", weight: 4, timeout: waitTimeout, headers: nearlyOld, handler: func(_ *accounting, ctx *fasthttp.RequestCtx) {
+		ctx.SetBodyString("aging")
+	}},
 	{name: "bad-headers", weight: 4, timeout: waitTimeout, badHdrs: true, headers: func(h *fasthttp.RequestHeader) {
 		h.Set("Grpc-Timeout", "soon")
 		h.Set("X-Request-Start", "yesterday")
@@ -122,6 +128,13 @@ func setHeader(name, value string) func(*fasthttp.RequestHeader) {
 // minute: a start still believed, and past MaxQueueAge.
 func hourOld(h *fasthttp.RequestHeader) {
 	old := time.Now().Add(-time.Hour + time.Minute)
+	h.Set("X-Request-Start", fmt.Sprintf("t=%d.%03d", old.Unix(), old.Nanosecond()/1e6))
+}
+
+// nearlyOld sets X-Request-Start, as nginx does, to MaxQueueAge (a minute;
+// see accounting.config) ago, less twice accountingLate.
+func nearlyOld(h *fasthttp.RequestHeader) {
+	old := time.Now().Add(-time.Minute + 2*accountingLate)
 	h.Set("X-Request-Start", fmt.Sprintf("t=%d.%03d", old.Unix(), old.Nanosecond()/1e6))
 }
 
