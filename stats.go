@@ -70,11 +70,11 @@ type Counters struct {
 	// was malformed, and ignored.
 	BadDeadlineHeaders int64 `json:"bad_deadline_headers"`
 	// SpentBudgets is the number of requests answered with the timeout
-	// response at once, without running the handler, because the caller's
-	// budget (see Config.HonorDeadlineHeaders) was already spent, or the
-	// request was older than Config.MaxQueueAge (or would have been before
-	// it could get a slot), or its deadline had passed before it could
-	// start. They are counted in Timeouts too.
+	// response without running the handler, because the caller's budget
+	// (see Config.HonorDeadlineHeaders) was already spent, or the request
+	// was older than Config.MaxQueueAge (or grew older than it while it
+	// waited for a slot), or its deadline had passed before it could start.
+	// They are counted in Timeouts too.
 	SpentBudgets int64 `json:"spent_budgets"`
 	// ClientGone is the number of requests whose client hung up while
 	// their handler ran (see Config.IgnoreHangups). They are not timeouts.

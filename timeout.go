@@ -337,10 +337,10 @@ func RejectReason(ctx *fasthttp.RequestCtx) string {
 }
 
 // SpentBudget reports whether the middleware answered the request ctx with
-// the timeout response at once, without running its handler, because the
-// request's budget was spent when it arrived: the caller's deadline header
-// (Config.HonorDeadlineHeaders), its age (Config.MaxQueueAge), or a
-// deadline that passed before the handler could start. Such requests count
+// the timeout response without running its handler, because the request's
+// budget was spent before it could start: by the caller's deadline header
+// (Config.HonorDeadlineHeaders), by its age (Config.MaxQueueAge, on arrival
+// or while it waited for a slot), or by a deadline that passed first. Such requests count
 // in Stats.SpentBudgets and Timeouts. Call it where you would call
 // RejectReason.
 func SpentBudget(ctx *fasthttp.RequestCtx) bool {

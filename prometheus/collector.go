@@ -130,7 +130,7 @@ func NewCollector(stats *fasttimeout.Stats, constLabels prometheus.Labels) *Coll
 				func(c fasttimeout.Counters) int64 { return c.Shed }),
 			counter(metricBadDeadlineHeadersTotal, "Requests whose deadline header was malformed, and ignored.",
 				func(c fasttimeout.Counters) int64 { return c.BadDeadlineHeaders }),
-			counter(metricSpentBudgetsTotal, "Requests answered with the timeout response at once, without running: the caller's budget was spent, the request was older than MaxQueueAge, or its deadline passed before it could start.",
+			counter(metricSpentBudgetsTotal, "Requests answered with the timeout response without running: the caller's budget was spent, the request was (or grew, waiting for a slot) older than MaxQueueAge, or its deadline passed before it could start.",
 				func(c fasttimeout.Counters) int64 { return c.SpentBudgets }),
 			counter(metricClientGoneTotal, "Requests whose client hung up while their handler ran.",
 				func(c fasttimeout.Counters) int64 { return c.ClientGone }),
