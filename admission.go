@@ -36,6 +36,11 @@ import (
 //     start, as TCP's), at most once per latency and not past ssthresh, the
 //     last limit that latency over the target brought it back to: handlers
 //     slower than a window would otherwise double it again and again.
+//   - A window lowers the limit only by the latency of handlers admitted
+//     since it last fell (with none, it holds), as TCP lowers its window at
+//     most once a round trip: the latency of the others is what the last
+//     fall answered. After a stall, the handlers it caught return at once,
+//     more than a window holds, and each window of them lowered it again.
 //   - Timeouts are drops, as in Netflix's limits, but only in a window with
 //     no return in time: then the latency is out of sight, and the limit
 //     halves. Hang-ups are neither: the client's patience says nothing
@@ -85,6 +90,7 @@ type limiter struct {
 	// The current window, closed by adapt.
 	_           [64]byte
 	samples     [windowSamples]atomic.Int64 // in-time latencies, nanoseconds
+	admittedAt  [windowSamples]atomic.Int64 // when each sample's handler was admitted
 	count       atomic.Int64                // samples taken; may exceed windowSamples
 	drops       atomic.Int64                // timeouts
 	peak        atomic.Int64                // most handlers running at once
@@ -99,6 +105,10 @@ type limiter struct {
 	// doubledAt is when the slow start last doubled the limit. Guarded by
 	// adapting.
 	doubledAt int64
+	// loweredAt is when a window last lowered the limit: only handlers
+	// admitted since may lower it again (see byLatency). Guarded by
+	// adapting.
+	loweredAt int64
 
 	// A probe holds the limit at its floor for a window to measure the
 	// unloaded latency (see adapt).
@@ -551,6 +561,7 @@ func (l *limiter) sample(t int64, rtt time.Duration) {
 		l.windowStart.Store(t) // the window starts with its first event, not after an idle spell
 	}
 	if i < windowSamples {
+		l.admittedAt[i].Store(t - int64(rtt))
 		l.samples[i].Store(int64(max(rtt, 1)))
 	}
 	if l.windowDone(i+1, t) {
@@ -592,10 +603,17 @@ func (l *limiter) adapt(t int64) {
 		l.setLimit(max(l.limit.Load(), l.lateFloor()), t)
 		return
 	}
-	var rtts [windowSamples]int64
+	// rtts, and among them fresh: those of handlers admitted since the
+	// limit was last lowered.
+	var rtts, fresh [windowSamples]int64
 	k := int(min(n, windowSamples))
+	nFresh := 0
 	for i := range k {
 		rtts[i] = l.samples[i].Load()
+		if l.admittedAt[i].Load() >= l.loweredAt {
+			fresh[nFresh] = rtts[i]
+			nFresh++
+		}
 	}
 	// Sample less when a window fills before minWindow, more when it
 	// takes longer: about one full window per minWindow. A probe samples
@@ -636,7 +654,7 @@ func (l *limiter) adapt(t int64) {
 	switch {
 	case n > 0:
 		var early bool
-		next, early = l.byLatency(limit, rtts[:k], start, t, binding, queued)
+		next, early = l.byLatency(limit, rtts[:k], fresh[:nFresh], start, t, binding, queued)
 		probe = probe || early
 	case drops > 0:
 		// Requests time out and none returns in time: the latency that
@@ -646,6 +664,7 @@ func (l *limiter) adapt(t int64) {
 	nextLimit := min(max(int64(next), l.lateFloor()), l.ceiling)
 	if nextLimit < limit {
 		l.ssthresh = nextLimit
+		l.loweredAt = t
 	}
 	if probe {
 		// Under sustained load the unloaded latency is never seen:
@@ -665,12 +684,13 @@ func (l *limiter) adapt(t int64) {
 }
 
 // byLatency returns the next limit after limit, unbounded yet, for a window
-// that began at start and closes at t with the latencies rtts (reordered):
+// that began at start and closes at t with the latencies rtts, fresh those
+// of handlers admitted since the limit was last lowered (both reordered):
 // the gradient of the target over their median, the slow start, or √limit
 // while the limit binds (see limiter). It also reports whether the latency
 // calls a probe early. binding and queued are as adapt found them.
 // l.adapting is held.
-func (l *limiter) byLatency(limit int64, rtts []int64, start, t int64, binding, queued bool) (next float64, probe bool) {
+func (l *limiter) byLatency(limit int64, rtts, fresh []int64, start, t int64, binding, queued bool) (next float64, probe bool) {
 	median := medianOf(rtts)
 	if l.minRTT == 0 || median < l.minRTT {
 		l.minRTT = median
@@ -680,6 +700,17 @@ func (l *limiter) byLatency(limit int64, rtts []int64, start, t int64, binding, 
 		probe = true // slower, or loaded below the limit: measure again
 	}
 	gradient := min(max(float64(target)/float64(median), 0.5), 1)
+	if gradient < 1 && len(fresh) < len(rtts) {
+		// Handlers admitted before the limit was last lowered: it answered
+		// their latency already. After a stall those it caught return at
+		// once, more than a window holds, and lowered it again and again.
+		// Only the others may lower it, as TCP lowers its window at most
+		// once a round trip; with none, it holds.
+		if len(fresh) == 0 {
+			return float64(limit), probe
+		}
+		gradient = min(max(float64(target)/float64(medianOf(fresh)), 0.5), 1)
+	}
 	next = float64(limit) * gradient
 	switch {
 	case gradient == 1 && queued && (l.ssthresh == 0 || limit < l.ssthresh) && start-l.doubledAt >= median:

@@ -432,6 +432,92 @@ func TestLimiter_after_a_process_stall_serves_its_load_again(t *testing.T) {
 	}
 }
 
+// TestLimiter_a_stall_lowers_the_limit_once: handlers of a fixed latency (a
+// downstream with room), two arriving a millisecond, more than the ceiling
+// admits: the limit binds at its ceiling, with more handlers running than a
+// window holds samples. The process stops for 300 ms, and every handler it
+// caught returns at once with the stall in its latency. Those latencies
+// fill a window, which lowers the limit, and spill into the next ones,
+// which lowered it again, at 200 ms twice in the same instant, though every
+// handler admitted since returned in its unloaded latency: a cut answered
+// latency that the one before had answered already. As TCP lowers its
+// window at most once a round trip, a cut counts only the handlers
+// admitted after the last one. Every return after the stall's is either
+// one it caught or of the unloaded latency, so the count holds whatever
+// returns are sampled (one in two or four for a few windows after the
+// stall: its returns come all at once).
+func TestLimiter_a_stall_lowers_the_limit_once(t *testing.T) {
+	t.Parallel()
+	for _, load := range []struct {
+		latency time.Duration
+		ceiling int64
+	}{
+		{100 * time.Millisecond, 150},
+		{200 * time.Millisecond, 300},
+	} {
+		t.Run(fmt.Sprintf("latency=%v/ceiling=%d", load.latency, load.ceiling), func(t *testing.T) {
+			t.Parallel()
+			const (
+				arrive = 2 // requests a millisecond
+				stall  = 300 * time.Millisecond
+			)
+			l := newLimiter(load.ceiling, true, time.Second, new(Stats), new(atomic.Int64))
+			var running []int64 // when each running handler was admitted, oldest first
+			var cuts []string   // each cut of the limit: from, to, and when after the stall
+			var woke int64
+			refused := 0
+			// step returns the handlers due at clock, then admits the
+			// arrivals it can; the others are refused, as wait does once
+			// their share of the budget is spent.
+			step := func(clock int64, arrivals int) {
+				i := 0
+				for ; i < len(running) && running[i]+int64(load.latency) <= clock; i++ {
+					before := l.limit.Load()
+					l.release(clock, time.Duration(clock-running[i]), true)
+					if l.limit.Load() < before {
+						require.Zero(t, l.probeFrom.Load(), "no probe: the limit binds")
+						cuts = append(cuts, fmt.Sprintf("%d to %d at +%v", before, l.limit.Load(), time.Duration(clock-woke)))
+					}
+				}
+				running = running[i:]
+				for range arrivals {
+					if !l.tryAcquire() {
+						l.queuedInWin.Store(true)
+						refused++
+						continue
+					}
+					running = append(running, clock)
+				}
+			}
+			clock := int64(time.Hour)
+			for ; clock < int64(time.Hour+6*time.Second); clock += int64(time.Millisecond) {
+				step(clock, arrive)
+			}
+			require.Equal(t, load.ceiling, l.limit.Load(), "the limit binds at its ceiling")
+			require.Zero(t, l.every.Load(), "every return a sample")
+			require.Greater(t, len(running), windowSamples, "more handlers running than a window holds")
+			require.Empty(t, cuts, "latency on target: no cut before the stall")
+
+			caught := len(running)
+			clock += int64(stall) // the process stops, and reads no request meanwhile
+			woke, refused = clock, 0
+			lowest, back := l.limit.Load(), time.Duration(0)
+			for ; clock < woke+int64(3*time.Second); clock += int64(time.Millisecond) {
+				step(clock, arrive)
+				lowest = min(lowest, l.limit.Load())
+				if back == 0 && lowest < load.ceiling && l.limit.Load() == load.ceiling {
+					back = time.Duration(clock - woke)
+				}
+			}
+			t.Logf("%d handlers caught by the stall; cuts of the limit: %d (%s), lowest %d, back at %d after %v; %d of %d arrivals refused in 3 s",
+				caught, len(cuts), strings.Join(cuts, ", "), lowest, load.ceiling, back, refused, 3000*arrive)
+			assert.Len(t, cuts, 1, "cuts of the limit after the stall")
+			assert.Equal(t, load.ceiling, l.limit.Load(), "back at the ceiling")
+			assert.Zero(t, l.probeFrom.Load())
+		})
+	}
+}
+
 // TestLimiter_queue checks who gets a freed slot: the oldest waiter while
 // the queue is new, the newest once it has stayed non-empty for lifoAfter.
 func TestLimiter_queue(t *testing.T) {
