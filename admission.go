@@ -89,7 +89,7 @@ type limiter struct {
 
 	// The current window, closed by adapt.
 	_           [64]byte
-	samples     [windowSamples]atomic.Int64 // in-time latencies, nanoseconds
+	samples     [windowSamples]atomic.Int64 // in-time latencies, nanoseconds; 0: not written yet (see adapt)
 	admittedAt  [windowSamples]atomic.Int64 // when each sample's handler was admitted
 	count       atomic.Int64                // samples taken; may exceed windowSamples
 	drops       atomic.Int64                // timeouts
@@ -603,15 +603,22 @@ func (l *limiter) adapt(t int64) {
 		l.setLimit(max(l.limit.Load(), l.lateFloor()), t)
 		return
 	}
-	// rtts, and among them fresh: those of handlers admitted since the
-	// limit was last lowered.
+	// The k latencies written, rtts, and among them fresh: those of
+	// handlers admitted since the limit was last lowered. A return counts
+	// itself before it writes its latency: a slot it has not written yet
+	// would give a latency of an earlier window, or 0 in the first. So
+	// adapt empties every slot it reads, and leaves out the empty ones.
 	var rtts, fresh [windowSamples]int64
-	k := int(min(n, windowSamples))
-	nFresh := 0
-	for i := range k {
-		rtts[i] = l.samples[i].Load()
+	k, nFresh := 0, 0
+	for i := range windowSamples {
+		rtt := l.samples[i].Swap(0)
+		if rtt == 0 || int64(i) >= n {
+			continue
+		}
+		rtts[k] = rtt
+		k++
 		if l.admittedAt[i].Load() >= l.loweredAt {
-			fresh[nFresh] = rtts[i]
+			fresh[nFresh] = rtt
 			nFresh++
 		}
 	}
@@ -635,7 +642,7 @@ func (l *limiter) adapt(t int64) {
 	queued := l.queuedInWin.Swap(false)
 
 	if probing {
-		if n > 0 {
+		if k > 0 {
 			// The lower quartile (medianOf sorts the samples): the first
 			// samples of a probe may still have waited behind the load
 			// before it.
@@ -652,10 +659,13 @@ func (l *limiter) adapt(t int64) {
 	probe := binding && t >= l.nextProbe || l.probeOwed && queued
 	next := float64(limit)
 	switch {
-	case n > 0:
+	case k > 0:
 		var early bool
 		next, early = l.byLatency(limit, rtts[:k], fresh[:nFresh], start, t, binding, queued)
 		probe = probe || early
+	case n > 0:
+		// Handlers returned in time, but none has written its latency
+		// yet: nothing to go by.
 	case drops > 0:
 		// Requests time out and none returns in time: the latency that
 		// would steer the limit is out of sight, so back off.

@@ -518,6 +518,63 @@ func TestLimiter_a_stall_lowers_the_limit_once(t *testing.T) {
 	}
 }
 
+// TestLimiter_a_window_reads_only_the_latencies_written: a return counts
+// itself in its window (limiter.count) before it writes its latency, and
+// another return or a timeout may close the window in between (two
+// handlers returning at once, on two cores). The window read the slot not
+// written yet: 0 in a limiter's first window, which its probe at start
+// took for the unloaded latency, or the latency the slot held in an earlier
+// window, which cut the limit. Here the first of two returns stops where it
+// has counted itself (the first thing sample does), and the second closes
+// the window: its first event was at least maxWindow ago.
+func TestLimiter_a_window_reads_only_the_latencies_written(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name string
+		// prepare brings a limiter to the window, and returns the clock.
+		prepare func(t *testing.T, l *limiter) int64
+	}{
+		{"the first window, the probe at start", func(*testing.T, *limiter) int64 { return int64(time.Hour) }},
+		{"a window after one whose first return was slow", func(t *testing.T, l *limiter) int64 {
+			clock := warm(t, l, int64(time.Hour)) + int64(maxWindow)
+			returns := func(n int, rtt time.Duration) {
+				for range n {
+					require.True(t, l.tryAcquire())
+					l.release(clock, rtt, true)
+				}
+			}
+			returns(1, 2*time.Millisecond) // closes the window in progress
+			require.Zero(t, l.count.Load())
+			// The next window's first return took 300 ms, the others
+			// 2 ms: latency on target.
+			returns(1, 300*time.Millisecond)
+			returns(minWindowSamples, 2*time.Millisecond)
+			clock += int64(minWindow)
+			returns(1, 2*time.Millisecond)
+			require.Equal(t, int64(initialLimit), l.limit.Load(), "latency on target: the limit holds")
+			return clock + int64(maxWindow)
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			l := newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64))
+			clock := c.prepare(t, l)
+			require.Zero(t, l.count.Load(), "a window closed just before")
+			require.True(t, l.tryAcquire())
+			require.True(t, l.tryAcquire())
+			// The first handler returns: sample counts it in the window,
+			// and stops before writing its latency.
+			l.slots.Add(-1)
+			l.count.Add(1)
+			l.release(clock, 2*time.Millisecond, true) // the second returns and closes the window
+			require.Zero(t, l.count.Load(), "the window closed")
+			assert.Zero(t, l.probeFrom.Load(), "no probe")
+			assert.Equal(t, int64(2*time.Millisecond), l.minRTT, "the unloaded latency")
+			assert.Equal(t, int64(initialLimit), l.limit.Load(), "latency on target: the limit after the probe at start, held")
+		})
+	}
+}
+
 // TestLimiter_queue checks who gets a freed slot: the oldest waiter while
 // the queue is new, the newest once it has stayed non-empty for lifoAfter.
 func TestLimiter_queue(t *testing.T) {
