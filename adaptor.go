@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
+	"reflect"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -43,10 +45,19 @@ import (
 // SetWriteDeadline (http.ResponseController) fails with the cause of
 // r.Context() once the request has timed out or its client is gone.
 //
-// NetHTTPHandler panics if h is nil.
+// NetHTTPHandler panics, as [New] does for a nil handler, if h is nil or
+// cannot serve at all: a nil function (http.HandlerFunc(nil)), or a nil
+// pointer whose ServeHTTP has a value receiver (or is promoted from a field).
+// A nil pointer with a pointer method is served: the method may work with
+// a nil receiver.
 func NetHTTPHandler(h http.Handler) fasthttp.RequestHandler {
-	if h == nil {
+	switch {
+	case h == nil:
 		panic("fasttimeout: NetHTTPHandler needs a handler, got nil")
+	case cannotServe(h):
+		// It would panic on every request, and fasthttpadaptor panics again
+		// on the server goroutine, which ends the process at the first one.
+		panic(fmt.Sprintf("fasttimeout: NetHTTPHandler needs a handler, got a nil %T", h))
 	}
 	return fasthttpadaptor.NewFastHTTPHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if ctx, ok := r.Context().(*fasthttp.RequestCtx); ok {
@@ -62,6 +73,23 @@ func NetHTTPHandler(h http.Handler) fasthttp.RequestHandler {
 		h.ServeHTTP(w, r)
 	}))
 }
+
+// cannotServe reports whether h, not nil, panics whenever it is called, on
+// a nil value, before any of its code runs: a nil function, or a nil
+// pointer whose method dereferences it to call the value method of its
+// element type.
+func cannotServe(h http.Handler) bool {
+	v := reflect.ValueOf(h)
+	switch v.Kind() {
+	case reflect.Func:
+		return v.IsNil()
+	case reflect.Pointer:
+		return v.IsNil() && v.Type().Elem().Implements(handlerType)
+	}
+	return false
+}
+
+var handlerType = reflect.TypeFor[http.Handler]()
 
 // removeMultipartFiles removes the temporary files of r's multipart form,
 // once its handler has returned, as net/http does.

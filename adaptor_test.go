@@ -73,8 +73,48 @@ func TestNetHTTPHandler(t *testing.T) {
 
 	t.Run("panics on a nil handler", func(t *testing.T) {
 		t.Parallel()
-		assert.PanicsWithValue(t, "fasttimeout: NetHTTPHandler needs a handler, got nil", func() { fasttimeout.NetHTTPHandler(nil) })
+		// Each of these would panic on every request, before a line of
+		// the handler ran, and the panic, re-raised on the server
+		// goroutine, ends the process at the first request.
+		for _, tc := range []struct {
+			name string
+			h    http.Handler
+			want string
+		}{
+			{"nil interface", nil, "fasttimeout: NetHTTPHandler needs a handler, got nil"},
+			{"nil http.HandlerFunc", http.HandlerFunc(nil), "fasttimeout: NetHTTPHandler needs a handler, got a nil http.HandlerFunc"},
+			{"nil pointer to a value method", (*valueHandler)(nil), "fasttimeout: NetHTTPHandler needs a handler, got a nil *fasttimeout_test.valueHandler"},
+			{"nil pointer to a struct embedding a handler", (*embeddingHandler)(nil), "fasttimeout: NetHTTPHandler needs a handler, got a nil *fasttimeout_test.embeddingHandler"},
+		} {
+			assert.PanicsWithValue(t, tc.want, func() { fasttimeout.NetHTTPHandler(tc.h) }, tc.name)
+		}
 	})
+
+	t.Run("serves a nil pointer whose pointer method does not dereference it", func(t *testing.T) {
+		t.Parallel()
+		s := serve(t, fasttimeout.New(fasttimeout.NetHTTPHandler((*nilSafeHandler)(nil)), fasttimeout.Config{Timeout: time.Minute}))
+		status, body, _ := s.get(t, "/")
+		assert.Equal(t, fasthttp.StatusOK, status)
+		assert.Equal(t, "nil-safe", body)
+	})
+}
+
+// valueHandler has a value receiver: a nil *valueHandler cannot serve.
+type valueHandler struct{ body string }
+
+func (h valueHandler) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+	_, _ = io.WriteString(w, h.body)
+}
+
+// embeddingHandler serves through the handler it embeds: a nil
+// *embeddingHandler cannot serve.
+type embeddingHandler struct{ http.Handler }
+
+// nilSafeHandler's pointer method works on a nil receiver, as a method may.
+type nilSafeHandler struct{}
+
+func (h *nilSafeHandler) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+	_, _ = io.WriteString(w, "nil-safe")
 }
 
 // A net/http handler that hijacks its connection after its deadline (a
