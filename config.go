@@ -16,7 +16,8 @@ const (
 	// DefaultStatusCode is the status of the timeout response: 504 Gateway
 	// Timeout, the code a proxy or load balancer uses for the same event.
 	DefaultStatusCode = fasthttp.StatusGatewayTimeout
-	// DefaultContentType is the content type of the timeout response.
+	// DefaultContentType is the content type of the timeout response,
+	// when it has a body.
 	DefaultContentType = "application/json"
 	// DefaultBody is the body of the timeout response.
 	DefaultBody = `{"detail":"Request processing time exceeded limit"}`
@@ -110,9 +111,11 @@ type Config struct {
 	Body []byte
 
 	// ContentType is the Content-Type of the timeout response. Empty means
-	// DefaultContentType ("application/json"); a value with a control
-	// character other than a tab (a line break, say), which no header value
-	// may hold, panics in New.
+	// DefaultContentType ("application/json"), or none for a response with
+	// no body (an empty Body, or a StatusCode of 204, 205 or 304); an
+	// OnTimeout that gives such a response a body sets its type too. A value
+	// with a control character other than a tab (a line break, say), which no
+	// header value may hold, panics in New.
 	ContentType string
 
 	// Mode chooses racing (the zero value) or cooperative bounding.
@@ -365,7 +368,11 @@ func (cfg Config) resolve() settings {
 		cfg.Body = append([]byte{}, cfg.Body...) // the caller may reuse its slice
 	}
 	if cfg.ContentType == "" {
-		cfg.ContentType = DefaultContentType
+		// A response with no body has no type to claim: writeTimeoutResponse
+		// then clears the Content-Type, and fasthttp sends none.
+		if len(cfg.Body) > 0 {
+			cfg.ContentType = DefaultContentType
+		}
 	} else if i := strings.IndexFunc(cfg.ContentType, isControl); i >= 0 {
 		// fasthttp would send it with its line breaks turned to spaces, or
 		// the other control characters as they are, which clients reject.
@@ -436,7 +443,8 @@ func ceilSeconds(d time.Duration) int64 {
 	return s
 }
 
-// writeTimeoutResponse fills resp with the configured timeout response.
+// writeTimeoutResponse fills resp with the configured timeout response. An
+// empty ContentType clears any that resp had.
 func (s *settings) writeTimeoutResponse(resp *fasthttp.Response) {
 	resp.SetStatusCode(s.StatusCode)
 	resp.Header.SetContentType(s.ContentType)

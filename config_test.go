@@ -72,24 +72,11 @@ func TestNew_status_without_a_body(t *testing.T) {
 		for _, code := range []int{fasthttp.StatusNoContent, fasthttp.StatusResetContent, fasthttp.StatusNotModified} {
 			t.Run(fmt.Sprintf("%s_%d", mode, code), func(t *testing.T) {
 				t.Parallel()
-				release := make(chan struct{})
-				t.Cleanup(func() { close(release) })
 				seen := make(chan string, 1)
-				s := serve(t, fasttimeout.New(waitDone(release), fasttimeout.Config{
-					Mode: mode, Timeout: shortTimeout, StatusCode: code,
+				head, body := rawTimeoutResponse(t, fasttimeout.Config{
+					Mode: mode, StatusCode: code,
 					OnTimeout: func(_ *fasthttp.RequestCtx, resp *fasthttp.Response) { seen <- string(resp.Body()) },
-				}))
-				conn, err := s.ln.(*fasthttputil.InmemoryListener).Dial()
-				require.NoError(t, err)
-				defer conn.Close()
-				_, err = io.WriteString(conn, "GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-				require.NoError(t, err)
-				require.NoError(t, conn.SetReadDeadline(time.Now().Add(waitTimeout)))
-				raw, err := io.ReadAll(conn) // to the close the server answers with
-				require.NoError(t, err)
-
-				head, body, found := strings.Cut(string(raw), "\r\n\r\n")
-				require.True(t, found, "a whole response: %q", raw)
+				})
 				assert.True(t, strings.HasPrefix(head, fmt.Sprintf("HTTP/1.1 %d ", code)), "status line of %q", head)
 				assert.Empty(t, body)
 				if code == fasthttp.StatusResetContent {
@@ -100,6 +87,62 @@ func TestNew_status_without_a_body(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestNew_timeout_response_without_a_body_has_no_content_type reads the
+// Content-Type of timeout responses off the wire: a response with no body
+// claims no type of its own, unless the configuration names one.
+func TestNew_timeout_response_without_a_body_has_no_content_type(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name     string
+		cfg      fasttimeout.Config
+		wantType string // "": no Content-Type line
+	}{
+		{"empty body", fasttimeout.Config{Body: []byte{}}, ""},
+		{"status 204", fasttimeout.Config{StatusCode: fasthttp.StatusNoContent}, ""},
+		{"status 205", fasttimeout.Config{StatusCode: fasthttp.StatusResetContent}, ""},
+		{"status 304", fasttimeout.Config{StatusCode: fasthttp.StatusNotModified}, ""},
+		{"empty body with a content type set", fasttimeout.Config{Body: []byte{}, ContentType: "text/plain"}, "text/plain"},
+		{"the default body", fasttimeout.Config{}, fasttimeout.DefaultContentType},
+	}
+	for _, mode := range allModes {
+		for _, tt := range tests {
+			t.Run(fmt.Sprintf("%s, %s", tt.name, mode), func(t *testing.T) {
+				t.Parallel()
+				cfg := tt.cfg
+				cfg.Mode = mode
+				head, _ := rawTimeoutResponse(t, cfg)
+				if tt.wantType == "" {
+					assert.NotContains(t, head, "\r\nContent-Type:")
+				} else {
+					assert.Contains(t, head, "\r\nContent-Type: "+tt.wantType+"\r\n")
+				}
+			})
+		}
+	}
+}
+
+// rawTimeoutResponse serves a handler that waits for its context's end
+// with New(cfg) and a short timeout, and returns the head and body of the
+// timeout response as they come off the wire.
+func rawTimeoutResponse(t *testing.T, cfg fasttimeout.Config) (head, body string) {
+	t.Helper()
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	cfg.Timeout = shortTimeout
+	s := serve(t, fasttimeout.New(waitDone(release), cfg))
+	conn, err := s.ln.(*fasthttputil.InmemoryListener).Dial()
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = io.WriteString(conn, "GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+	require.NoError(t, err)
+	require.NoError(t, conn.SetReadDeadline(time.Now().Add(waitTimeout)))
+	raw, err := io.ReadAll(conn) // to the close the server answers with
+	require.NoError(t, err)
+	head, body, found := strings.Cut(string(raw), "\r\n\r\n")
+	require.True(t, found, "a whole response: %q", raw)
+	return head, body
 }
 
 func TestMode_String(t *testing.T) {
