@@ -127,6 +127,13 @@ func TestParseTimeout(t *testing.T) {
 		{in: "0x1p4", wantErr: "want seconds"},
 		{in: "0X1P4", wantErr: "want seconds"},
 		{in: "0x1p-2000", wantErr: "want seconds"},
+		// Decimal only: a leading zero is no octal, and Go's prefixes are
+		// not numbers here.
+		{in: "010", want: 10 * time.Second},
+		{in: "010ms", want: 10 * time.Millisecond},
+		{in: "0x10", wantErr: "want seconds"},
+		{in: "0o10", wantErr: "want seconds"},
+		{in: "0b10", wantErr: "want seconds"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {

@@ -101,7 +101,10 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 		return nil
 	})
 	fs.BoolVar(&opts.adaptive, "adaptive", opts.adaptive, "admission by an adaptive concurrency limit: 503 and Retry-After for what the server cannot do in time (-adaptive=false: off)")
-	fs.IntVar(&opts.maxConcurrency, "max-concurrency", 0, "handlers running at once, late ones included: the ceiling of the adaptive limit, or with -adaptive=false a fixed limit (0: the default ceiling, or no limit)")
+	fs.Func("max-concurrency", "`n` handlers running at once, late ones included: the ceiling of the adaptive limit, or with -adaptive=false a fixed limit (0, the default: the default ceiling, or no limit)", func(s string) (err error) {
+		opts.maxConcurrency, err = parseDecimal(s)
+		return err
+	})
 	fs.Usage = func() {} // called on every parse error; run prints one line instead
 	usage := func() {
 		fmt.Fprintf(stderr, `Usage: demo [-addr host:port] [-mode racing|cooperative] [-adaptive=true|false] [-max-concurrency n]
@@ -146,6 +149,20 @@ Flags:
 	}
 	opts.timeout = timeout
 	return opts, nil
+}
+
+// parseDecimal parses a count given as a flag: decimal digits only, unlike
+// flag.Int, which reads Go's literals and takes "010" for 8, "0x10" for
+// 16, "1_000" for 1000.
+func parseDecimal(s string) (int, error) {
+	n, err := strconv.ParseInt(s, 10, strconv.IntSize)
+	switch {
+	case errors.Is(err, strconv.ErrRange):
+		return 0, errors.New("out of range")
+	case err != nil:
+		return 0, errors.New("want a decimal number")
+	}
+	return int(n), nil
 }
 
 // admission describes the admission of requests that opts configure.

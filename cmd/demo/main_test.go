@@ -349,11 +349,21 @@ func TestRun(t *testing.T) {
 
 	t.Run("bad_flag_exits_2_with_one_line", func(t *testing.T) {
 		t.Setenv("REQUEST_TIMEOUT", "")
+		// Done already: a flag wrongly accepted makes run start and stop
+		// at once (exit 0), not serve until the test binary times out.
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
 		for _, args := range [][]string{{"-nope"}, {"-addr"}, {"-mode", "fast"}, {"extra"},
 			{"-addr", "127.0.0.1"}, {"-addr", "127.0.0.1:99999"}, {"-addr", ":http"},
-			{"-adaptive=maybe"}, {"-max-concurrency", "-1"}, {"-max-concurrency", "many"}} {
+			{"-adaptive=maybe"}, {"-max-concurrency", "-1"}, {"-max-concurrency", "many"},
+			// Go's literal forms, which flag.Int reads: a count is decimal.
+			{"-addr", "127.0.0.1:0", "-max-concurrency", "0x10"},
+			{"-addr", "127.0.0.1:0", "-max-concurrency", "1_000"},
+			{"-addr", "127.0.0.1:0", "-max-concurrency", "0o17"},
+			{"-addr", "127.0.0.1:0", "-max-concurrency", "0b11"},
+			{"-addr", "127.0.0.1:0", "-max-concurrency", "99999999999999999999"}} {
 			var stderr bytes.Buffer
-			code := run(context.Background(), args, &stderr)
+			code := run(ctx, args, &stderr)
 			require.Equal(t, 2, code, args)
 			msg := stderr.String()
 			require.Equal(t, 1, strings.Count(msg, "\n"), msg)
@@ -385,6 +395,9 @@ func TestRun(t *testing.T) {
 				options{addr: ":8080", timeout: 2500 * time.Millisecond, mode: fasttimeout.Racing, adaptive: true, maxConcurrency: 64}},
 			{[]string{"-adaptive=false", "-max-concurrency=32"},
 				options{addr: ":8080", timeout: 2500 * time.Millisecond, mode: fasttimeout.Racing, maxConcurrency: 32}},
+			// Decimal, leading zero or not: flag.Int read "010" as octal 8.
+			{[]string{"-max-concurrency", "010"},
+				options{addr: ":8080", timeout: 2500 * time.Millisecond, mode: fasttimeout.Racing, adaptive: true, maxConcurrency: 10}},
 		} {
 			opts, err := parseOptions(tc.args, new(bytes.Buffer))
 			require.NoError(t, err, tc.args)
