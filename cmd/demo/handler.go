@@ -28,26 +28,32 @@ const maxSleep = time.Hour
 // newHandler returns the demo's routes. Everything but /debug/vars and
 // /metrics is bounded by fasttimeout as opts say, counted in stats;
 // logger gets at most one line a second about the handlers that returned
-// after their deadline (see lateLog).
+// after their deadline (see lateLog), and about the clients that hung up
+// (see goneLog).
 // /debug/vars serves the process's expvar variables (publishing stats there
 // is the caller's job); /metrics serves stats and the Go runtime's metrics
 // in Prometheus' text format, from a registry of its own.
-func newHandler(stats *fasttimeout.Stats, opts options, logger *log.Logger) fasthttp.RequestHandler {
+//
+// flushLogs writes at once what those two logs hold for the period under
+// way, which they would write at its end: at shutdown, the process ends
+// first.
+func newHandler(stats *fasttimeout.Stats, opts options, logger *log.Logger) (h fasthttp.RequestHandler, flushLogs func()) {
 	hashesPerChunk() // measured now rather than in the first /work request
+	late, gone := newLateLog(logger), newGoneLog(logger)
 	bounded := fasttimeout.New(route, fasttimeout.Config{
 		Timeout:             opts.timeout,
 		Mode:                opts.mode,
 		AdaptiveConcurrency: opts.adaptive,
 		MaxConcurrency:      opts.maxConcurrency,
 		Stats:               stats,
-		OnLateReturn:        newLateLog(logger).record,
-		OnHangup:            newGoneLog(logger).record,
+		OnLateReturn:        late.record,
+		OnHangup:            gone.record,
 	})
 	debugVars := fasthttpadaptor.NewFastHTTPHandler(expvar.Handler())
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(fasttimeoutprom.NewCollector(stats, nil), collectors.NewGoCollector())
 	metrics := fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
-	return func(ctx *fasthttp.RequestCtx) {
+	h = func(ctx *fasthttp.RequestCtx) {
 		switch string(ctx.Path()) {
 		case "/debug/vars":
 			debugVars(ctx)
@@ -57,6 +63,7 @@ func newHandler(stats *fasttimeout.Stats, opts options, logger *log.Logger) fast
 			bounded(ctx)
 		}
 	}
+	return h, func() { late.flush(); gone.flush() }
 }
 
 // route dispatches a request bounded by the timeout.

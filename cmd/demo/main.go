@@ -200,7 +200,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		logger.Print(err)
 		return 1
 	}
-	server := newServer(newHandler(stats, opts, logger), logger)
+	handler, flushLogs := newHandler(stats, opts, logger)
+	server := newServer(handler, logger)
 	logger.Printf("listening on %s, REQUEST_TIMEOUT %v, %v mode, %s", ln.Addr(), opts.timeout, opts.mode, opts.admission())
 
 	served := make(chan error, 1)
@@ -208,6 +209,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	go func() { served <- server.Serve(retrying) }()
 	select {
 	case err := <-served:
+		flushLogs()
 		logger.Printf("server failed: %v", err)
 		return 1
 	case <-ctx.Done():
@@ -222,6 +224,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	// then and serve on, and the wait below would never end. Closing the
 	// listener ourselves makes that Serve return nil too.
 	_ = retrying.Close()
+	// The handlers that returned late, and the clients that hung up, in
+	// the last period: its lines would come after the process has ended.
+	flushLogs()
 	if err != nil {
 		logger.Printf("shutdown: %v", err)
 		return 1

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"log"
 	"net"
+	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -46,7 +48,8 @@ func startDemoWith(t *testing.T, stats *fasttimeout.Stats, opts options) *demo {
 	logs := new(syncBuffer)
 	logger := log.New(logs, "", 0)
 	ln := fasthttputil.NewInmemoryListener()
-	server := newServer(newHandler(stats, opts, logger), logger)
+	handler, _ := newHandler(stats, opts, logger)
+	server := newServer(handler, logger)
 	served := make(chan error, 1)
 	go func() { served <- server.Serve(ln) }()
 	shutdown := sync.OnceValue(func() error {
@@ -93,6 +96,9 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	require.Eventually(t, cond, eventuallyBound, 5*time.Millisecond, what)
 }
+
+// listeningOn finds the address in run's start line.
+var listeningOn = regexp.MustCompile(`listening on (\S+),`)
 
 // syncBuffer is a bytes.Buffer safe for a logger and a test to share.
 type syncBuffer struct {
@@ -429,6 +435,85 @@ func TestRun(t *testing.T) {
 			case <-time.After(30 * time.Second): // a hang, not a slow machine
 				t.Fatalf("run did not return after its context ended: %s", stderr.String())
 			}
+		}
+	})
+
+	t.Run("the_last_period_is_logged_at_shutdown", func(t *testing.T) {
+		// The late-return and hang-up logs write a period's lines at its
+		// end, a second after its first event: those of the period in
+		// which the demo stops must come out before run returns.
+		for _, tc := range []struct {
+			name, timeout string
+			provoke       func(t *testing.T, addr string)
+			done          func(before, now fasttimeout.Counters) bool
+			want          string
+		}{
+			{
+				name: "late returns", timeout: "0.05",
+				provoke: func(t *testing.T, addr string) {
+					for range 2 {
+						status, _, err := fasthttp.GetTimeout(nil, "http://"+addr+"/sleep/0.2", eventuallyBound)
+						require.NoError(t, err)
+						require.Equal(t, fasthttp.StatusGatewayTimeout, status)
+					}
+				},
+				done: func(before, now fasttimeout.Counters) bool { return now.LateFinished == before.LateFinished+2 },
+				want: "late handlers: 2 returned late",
+			},
+			{
+				name: "hang-ups", timeout: "60",
+				provoke: func(t *testing.T, addr string) {
+					stats := publishedStats()
+					before := stats.Snapshot()
+					var conns []net.Conn
+					for range 2 {
+						conn, err := net.Dial("tcp", addr)
+						require.NoError(t, err)
+						defer conn.Close()
+						_, err = conn.Write([]byte("GET /async_sleep/60 HTTP/1.1\r\nHost: demo\r\n\r\n"))
+						require.NoError(t, err)
+						conns = append(conns, conn)
+					}
+					eventually(t, "both requests run", func() bool { return stats.Snapshot().InFlight == before.InFlight+2 })
+					for _, conn := range conns {
+						require.NoError(t, conn.Close())
+					}
+				},
+				done: func(before, now fasttimeout.Counters) bool { return now.ClientGone == before.ClientGone+2 },
+				want: "clients gone: 1 more in the last 1s",
+			},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				if runtime.GOOS != "linux" && tc.name == "hang-ups" {
+					t.Skip("hang-ups are watched on Linux only")
+				}
+				t.Setenv("REQUEST_TIMEOUT", tc.timeout)
+				stats := publishedStats() // run's, shared by the runs of one process
+				before := stats.Snapshot()
+				ctx, cancel := context.WithCancel(context.Background())
+				defer cancel()
+				stderr := new(syncBuffer)
+				code := make(chan int, 1)
+				go func() { code <- run(ctx, []string{"-addr", "127.0.0.1:0"}, stderr) }()
+				var addr string
+				eventually(t, "the start line", func() bool {
+					m := listeningOn.FindStringSubmatch(stderr.String())
+					if m != nil {
+						addr = m[1]
+					}
+					return m != nil
+				})
+				tc.provoke(t, addr)
+				eventually(t, "the events counted", func() bool { return tc.done(before, stats.Snapshot()) })
+				cancel()
+				select {
+				case c := <-code:
+					require.Equal(t, 0, c, stderr.String())
+				case <-time.After(eventuallyBound):
+					t.Fatalf("run did not return after its context ended: %s", stderr.String())
+				}
+				require.Contains(t, stderr.String(), tc.want)
+			})
 		}
 	})
 
