@@ -293,15 +293,16 @@ type Config struct {
 	// HonorQueueHeaders counts a request's age from the time the proxy in
 	// front first saw it, read from X-Request-Start or X-Queue-Start (nginx's
 	// "t=<seconds>.<millis>", Heroku's milliseconds, Apache's
-	// "t=<microseconds>", the unit told by its magnitude) or from the epoch
-	// seconds in AWS ALB's X-Amzn-Trace-Id (its Self field, which the ALB
-	// sets, else Root; the end of that second, as the field has no finer
-	// unit). The earliest valid start of all wins. A start in the future
-	// (clock skew) counts as now; values more than an hour away, or
-	// malformed, are ignored and counted in Stats (BadQueueHeaders). Names
-	// are matched as for HonorDeadlineHeaders: in any case, or on a server
-	// with DisableHeaderNamesNormalizing in canonical form or lower case
-	// only. Off by default: only trust these headers from proxies you run.
+	// "t=<microseconds>", the unit told by its magnitude; whole seconds
+	// count from the end of their second) or from the epoch seconds in AWS
+	// ALB's X-Amzn-Trace-Id (its Self field, which the ALB sets, else Root;
+	// the end of that second, as the field has no finer unit). The earliest
+	// valid start of all wins. A start in the future (clock skew) counts as
+	// now; values more than an hour away, or malformed, are ignored and
+	// counted in Stats (BadQueueHeaders). Names are matched as for
+	// HonorDeadlineHeaders: in any case, or on a server with
+	// DisableHeaderNamesNormalizing in canonical form or lower case only.
+	// Off by default: only trust these headers from proxies you run.
 	HonorQueueHeaders bool
 
 	// MaxQueueAge, if set, is the oldest a request may be when its handler

@@ -41,7 +41,8 @@ var queueHeaders = [...]queueHeader{
 // "t=", of digits with an optional fraction after a point: nginx's
 // "t=1700000000.123" (seconds), Heroku's "1700000000123" (milliseconds),
 // Apache's "t=1700000000123456" (microseconds), or nanoseconds. The unit is
-// the one that puts the value within an hour of now.
+// the one that puts the value within an hour of now. Whole seconds
+// ("t=1700000000") count from the end of their second, as a trace id's do.
 //
 // X-Amzn-Trace-Id holds the epoch seconds at which an AWS load balancer saw
 // the request: in its Self field, which the load balancer adds or updates
@@ -97,7 +98,12 @@ var requestStartUnits = [...]int64{
 // parseRequestStart parses an X-Request-Start or X-Queue-Start value into
 // Unix nanoseconds, no later than now; ok is false if it is not valid or is
 // more than an hour away from now in every unit. Digits beyond the ninth
-// after the point are below a nanosecond of a second and ignored.
+// after the point are below a nanosecond of a second and ignored. A whole
+// number of seconds, with no digit after the point, is taken at the end of
+// its second, as a trace id's seconds are (see requestStart): the proxy saw
+// the request somewhere in that second, and taking its beginning would age
+// the request by up to a second more than it waited. A finer unit's whole
+// number is off by less than a millisecond, and taken as it is.
 func parseRequestStart(v []byte, now int64) (t int64, ok bool) {
 	if len(v) >= 2 && v[0] == 't' && v[1] == '=' {
 		v = v[2:]
@@ -106,11 +112,16 @@ func parseRequestStart(v []byte, now int64) (t int64, ok bool) {
 	if !ok {
 		return 0, false
 	}
+	point := bytes.IndexByte(v, '.')
+	wholeSeconds := point < 0 || point == len(v)-1
 	for _, unit := range requestStartUnits {
 		if whole > (math.MaxInt64-int64(time.Second))/unit {
 			continue // beyond 2262 in this unit
 		}
 		t = whole*unit + frac/(int64(time.Second)/unit)
+		if wholeSeconds && unit == int64(time.Second) {
+			t += int64(time.Second) // the end of that second
+		}
 		if nearNow(t, now) {
 			return min(t, now), true
 		}

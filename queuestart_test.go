@@ -29,7 +29,16 @@ var requestStartCases = []struct {
 	// The formats and their units.
 	{name: "nginx seconds with milliseconds", headers: []string{"X-Request-Start", "t=1700000000.123"}, age: 127 * time.Millisecond, found: true},
 	{name: "nginx seconds without t=", headers: []string{"X-Request-Start", "1700000000.123"}, age: 127 * time.Millisecond, found: true},
-	{name: "whole seconds", headers: []string{"X-Request-Start", "t=1699999990"}, age: 10250 * time.Millisecond, found: true},
+	// Whole seconds, with no finer digit, count from the end of their
+	// second, as an ALB's trace id does: the start is somewhere in it, and
+	// its beginning would make the request up to a second older.
+	{name: "whole seconds: the end of the second", headers: []string{"X-Request-Start", "t=1699999990"}, age: 9250 * time.Millisecond, found: true},
+	{name: "whole seconds, 10 digits without t=", headers: []string{"X-Request-Start", "1699999990"}, age: 9250 * time.Millisecond, found: true},
+	{name: "whole seconds of the last second", headers: []string{"X-Request-Start", "t=1699999999"}, age: 250 * time.Millisecond, found: true},
+	{name: "whole seconds of this second are now", headers: []string{"X-Request-Start", "t=1700000000"}, age: 0, found: true},
+	{name: "X-Queue-Start whole seconds", headers: []string{"X-Queue-Start", "1699999990"}, age: 9250 * time.Millisecond, found: true},
+	{name: "seconds with a zero fraction are as written", headers: []string{"X-Request-Start", "t=1699999990.0"}, age: 10250 * time.Millisecond, found: true},
+	{name: "whole milliseconds are as written", headers: []string{"X-Request-Start", "1699999990000"}, age: 10250 * time.Millisecond, found: true},
 	{name: "Heroku milliseconds", headers: []string{"X-Request-Start", "1700000000123"}, age: 127 * time.Millisecond, found: true},
 	{name: "milliseconds with t=", headers: []string{"X-Request-Start", "t=1700000000123"}, age: 127 * time.Millisecond, found: true},
 	{name: "Apache microseconds", headers: []string{"X-Request-Start", "t=1700000000123456"}, age: 126544 * time.Microsecond, found: true},
@@ -44,11 +53,11 @@ var requestStartCases = []struct {
 	{name: "one fractional digit", headers: []string{"X-Request-Start", "1699999999.1"}, age: 1150 * time.Millisecond, found: true},
 	{name: "nine fractional digits", headers: []string{"X-Request-Start", "1700000000.123456789"}, age: 126543211, found: true},
 	{name: "digits below a nanosecond are ignored", headers: []string{"X-Request-Start", "1700000000.1234567891"}, age: 126543211, found: true},
-	{name: "trailing point", headers: []string{"X-Request-Start", "t=1699999990."}, age: 10250 * time.Millisecond, found: true},
+	{name: "trailing point: whole seconds", headers: []string{"X-Request-Start", "t=1699999990."}, age: 9250 * time.Millisecond, found: true},
 	{name: "milliseconds with a fraction", headers: []string{"X-Request-Start", "1700000000123.5"}, age: 126500 * time.Microsecond, found: true},
 	{name: "microseconds with a fraction", headers: []string{"X-Request-Start", "t=1700000000123456.5"}, age: 126543500, found: true},
 	{name: "nanoseconds with a fraction below a nanosecond", headers: []string{"X-Request-Start", "1700000000123456789.9"}, age: 126543211, found: true},
-	{name: "leading zeros", headers: []string{"X-Request-Start", "0001699999990"}, age: 10250 * time.Millisecond, found: true},
+	{name: "leading zeros", headers: []string{"X-Request-Start", "0001699999990"}, age: 9250 * time.Millisecond, found: true},
 
 	// Skew and absurd values.
 	{name: "future by 5 s is now", headers: []string{"X-Request-Start", "t=1700000005"}, age: 0, found: true},
@@ -59,6 +68,9 @@ var requestStartCases = []struct {
 	{name: "exactly an hour ahead is now", headers: []string{"X-Request-Start", "t=1700003600.25"}, age: 0, found: true},
 	{name: "an hour and a millisecond ahead", headers: []string{"X-Request-Start", "t=1700003600.251"}, malformed: true},
 	{name: "a day ago", headers: []string{"X-Request-Start", "1699913600"}, malformed: true},
+	{name: "whole seconds ending an hour ago", headers: []string{"X-Request-Start", "t=1699996400"}, age: time.Hour - 750*time.Millisecond, found: true},
+	{name: "whole seconds ending more than an hour ago", headers: []string{"X-Request-Start", "t=1699996399"}, malformed: true},
+	{name: "whole seconds ending more than an hour ahead", headers: []string{"X-Request-Start", "t=1700003600"}, malformed: true},
 	{name: "zero", headers: []string{"X-Request-Start", "0"}, malformed: true},
 	{name: "12 digits: no unit is near now", headers: []string{"X-Request-Start", "170000000000"}, malformed: true},
 	{name: "milliseconds a day ago", headers: []string{"X-Request-Start", "1699913600000"}, malformed: true},
@@ -125,14 +137,15 @@ var requestStartCases = []struct {
 	{name: "ALB several Selfs: the first", headers: []string{"X-Amzn-Trace-Id", "Self=1-6553f0ff-12456789abcdef0123456789;Root=1-6553f000-abcdef012345678912345678;Self=1-6553f0fb-12456789abcdef0123456789"}, age: 250 * time.Millisecond, found: true},
 
 	// Several headers: the earliest valid start wins.
-	{name: "the earliest of X-Request-Start and X-Queue-Start", headers: []string{"X-Request-Start", "t=1699999995", "X-Queue-Start", "t=1699999990"}, age: 10250 * time.Millisecond, found: true},
-	{name: "the earliest of X-Queue-Start and X-Request-Start", headers: []string{"X-Request-Start", "t=1699999990", "X-Queue-Start", "1699999995000"}, age: 10250 * time.Millisecond, found: true},
-	{name: "the earliest of repeated lines", headers: []string{"X-Request-Start", "t=1699999999", "X-Request-Start", "t=1699999990", "X-Request-Start", "t=1699999995"}, age: 10250 * time.Millisecond, found: true},
+	{name: "the earliest of X-Request-Start and X-Queue-Start", headers: []string{"X-Request-Start", "t=1699999995", "X-Queue-Start", "t=1699999990"}, age: 9250 * time.Millisecond, found: true},
+	{name: "the earliest of X-Queue-Start and X-Request-Start", headers: []string{"X-Request-Start", "t=1699999990", "X-Queue-Start", "1699999995000"}, age: 9250 * time.Millisecond, found: true},
+	{name: "the earliest of repeated lines", headers: []string{"X-Request-Start", "t=1699999999", "X-Request-Start", "t=1699999990", "X-Request-Start", "t=1699999995"}, age: 9250 * time.Millisecond, found: true},
+	{name: "whole seconds against milliseconds within their second", headers: []string{"X-Request-Start", "t=1699999990", "X-Queue-Start", "1699999990500"}, age: 9750 * time.Millisecond, found: true},
 	{name: "the earliest of a time stamp and a trace id", headers: []string{"X-Request-Start", "t=1699999999.5", "X-Amzn-Trace-Id", "Root=1-6553f0fb-abcdef012345678912345678"}, age: 4250 * time.Millisecond, found: true},
-	{name: "a past start wins over a future one", headers: []string{"X-Request-Start", "t=1700000009", "X-Queue-Start", "t=1699999999"}, age: 1250 * time.Millisecond, found: true},
-	{name: "a malformed header gives way to a valid one", headers: []string{"X-Request-Start", "soon", "X-Queue-Start", "t=1699999990"}, age: 10250 * time.Millisecond, found: true, malformed: true},
+	{name: "a past start wins over a future one", headers: []string{"X-Request-Start", "t=1700000009", "X-Queue-Start", "t=1699999999.5"}, age: 750 * time.Millisecond, found: true},
+	{name: "a malformed header gives way to a valid one", headers: []string{"X-Request-Start", "soon", "X-Queue-Start", "t=1699999990"}, age: 9250 * time.Millisecond, found: true, malformed: true},
 	{name: "an absurd header gives way to a valid one", headers: []string{"X-Request-Start", "t=1600000000", "X-Amzn-Trace-Id", "Root=1-6553f0fb-abcdef012345678912345678"}, age: 4250 * time.Millisecond, found: true, malformed: true},
-	{name: "a malformed line among valid ones", headers: []string{"X-Queue-Start", "t=1699999990", "X-Queue-Start", "t=", "X-Queue-Start", "t=1699999995"}, age: 10250 * time.Millisecond, found: true, malformed: true},
+	{name: "a malformed line among valid ones", headers: []string{"X-Queue-Start", "t=1699999990", "X-Queue-Start", "t=", "X-Queue-Start", "t=1699999995"}, age: 9250 * time.Millisecond, found: true, malformed: true},
 	{name: "all malformed", headers: []string{"X-Request-Start", "t=", "X-Queue-Start", "-1", "X-Amzn-Trace-Id", "Sampled=1"}, malformed: true},
 }
 
