@@ -51,11 +51,19 @@ func Disarm(ctx *fasthttp.RequestCtx) bool {
 // handler; the context's Deadline moves with it, unless the context has
 // ended already (at the server's shutdown). It reports false, and
 // changes nothing, if ctx is not bounded by New, d is negative, its
-// deadline has passed, its client has hung up, or it has been disarmed.
+// deadline has passed (whether or not the timeout has been answered yet),
+// its client has hung up, or it has been disarmed. A d of zero moves
+// nothing and reports whether the deadline could still move.
 // Inside nested News every one's deadline moves, or, if one of them cannot,
 // none does (an enclosing New disarmed before the inner one began has no
 // deadline to move, and is left so). A handler whose deadline moved later
 // counts, for the adaptive limit, as a disarmed one does (see Disarm).
+//
+// Call it, as Disarm, while the handler runs: from the handler, or from a
+// goroutine that the handler waits for. A late handler's goroutines may
+// call it too (it reports false). Once the handler has returned, ctx is
+// fasthttp's again, as for any use of it, and may already carry the
+// connection's next request, whose deadline Extend would move.
 func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
 	c := lookup(ctx)
 	switch {

@@ -285,6 +285,37 @@ func TestExtend(t *testing.T) {
 			s.get(t, "/late")
 			assert.Equal(t, seen{}, receive(t, seenc, "the handler's report"))
 		})
+
+		t.Run("a zero extension moves nothing and reports whether the deadline can move, "+mode.String(), func(t *testing.T) {
+			t.Parallel()
+			type seen struct {
+				running, disarmed, late bool
+				moved                   time.Duration // of the context's deadline, by the first Extend
+			}
+			seenc := make(chan seen, 1)
+			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				var v seen
+				c := fasttimeout.Context(ctx)
+				before, _ := c.Deadline()
+				v.running = fasttimeout.Extend(ctx, 0)
+				after, _ := c.Deadline()
+				v.moved = after.Sub(before)
+				if string(ctx.Path()) == "/disarmed" {
+					fasttimeout.Disarm(ctx)
+					v.disarmed = fasttimeout.Extend(ctx, 0)
+				} else {
+					<-c.Done()
+					v.late = fasttimeout.Extend(ctx, 0)
+				}
+				seenc <- v
+			}, fasttimeout.Config{Timeout: actInTime, Mode: mode})) // the handler must run
+
+			s.get(t, "/disarmed")
+			assert.Equal(t, seen{running: true}, receive(t, seenc, "the handler's report"))
+			status, _, _ := s.get(t, "/late")
+			assert.Equal(t, fasthttp.StatusGatewayTimeout, status, "the zero extension kept the deadline")
+			assert.Equal(t, seen{running: true}, receive(t, seenc, "the handler's report"))
+		})
 	}
 }
 
