@@ -228,14 +228,22 @@ func (r *burstRow) fill(res burstResult, before, settled serverStats) {
 
 // percentiles returns the quantiles qs (in percent) of values (ns), from an
 // HDR histogram with 3 significant digits; zeros when values is empty.
+// Values below 1 ns count as 1 ns.
 func percentiles(values []int64, qs ...float64) []float64 {
 	out := make([]float64, len(qs))
 	if len(values) == 0 {
 		return out
 	}
-	h := hdrhistogram.New(1, int64(60e9), 3) // 1 ns to 60 s
+	// The histogram reaches the largest value, so that none is refused
+	// (RecordValue refuses what is past its range, and a refused value
+	// would pull every quantile down): latencies end at a deadline, but
+	// the generator's lags do not. Its buckets double, so an hour takes
+	// six more than a minute (48 KiB).
+	h := hdrhistogram.New(1, max(slices.Max(values), 60e9), 3)
 	for _, v := range values {
-		_ = h.RecordValue(max(v, 1)) // beyond 60 s is clamped by the client's 10 s deadline
+		if err := h.RecordValue(max(v, 1)); err != nil {
+			panic(err) // within the range by construction
+		}
 	}
 	for i, q := range qs {
 		out[i] = float64(h.ValueAtQuantile(q))

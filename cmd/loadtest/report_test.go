@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"flag"
 	"io"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -48,6 +49,31 @@ func TestPercentiles(t *testing.T) {
 	}
 	if got := percentiles(nil, 50); got[0] != 0 {
 		t.Errorf("empty: %v, want 0", got)
+	}
+}
+
+// A value past the histogram's first range (60 s) still counts, with its
+// value: the generator's send lag of a long cell, say.
+func TestPercentiles_values_past_a_minute_count(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name   string
+		values []int64
+		q      float64
+		want   float64
+	}{
+		{"the slowest of three", []int64{1e9, 2e9, 120e9}, 99, 120e9},
+		{"all past a minute", []int64{90e9, 3600e9}, 50, 90e9},
+		{"the longest an int64 holds", []int64{1, math.MaxInt64}, 100, math.MaxInt64},
+		{"negative as 1 ns", []int64{-5, 1e6}, 50, 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got := percentiles(tt.values, tt.q)[0]
+			if diff := got/tt.want - 1; diff < -0.001 || diff > 0.001 {
+				t.Errorf("p%v of %v = %v, want %v within 0.1%%", tt.q, tt.values, got, tt.want)
+			}
+		})
 	}
 }
 
