@@ -141,9 +141,9 @@ func parseFlags(args []string) (options, error) {
 		return o, err
 	}
 	switch {
-	case o.duration <= 0 || o.duration > time.Hour:
+	case o.duration <= 0 || o.duration > maxWindow:
 		return o, fmt.Errorf("-duration must be between 0 and 1h, got %v", o.duration)
-	case o.warmup < 0 || o.warmup > time.Hour:
+	case o.warmup < 0 || o.warmup > maxWindow:
 		return o, fmt.Errorf("-warmup must be between 0 and 1h, got %v", o.warmup)
 	}
 	for _, f := range finish {
@@ -157,6 +157,11 @@ func parseFlags(args []string) (options, error) {
 // smokeDefault applies apply, a -smoke default, to the flag named name,
 // with -smoke and unless the flag was given.
 type smokeDefault func(name string, apply func())
+
+// maxWindow bounds every measured window and warm-up (-duration, -warmup,
+// -cell, -cell-warmup, -soak, and a light overload cell's -cell ÷ load²),
+// so that a run stops by itself in a time its flags show.
+const maxWindow = time.Hour
 
 // maxBurstRequests bounds the requests of each burst connection, and so the
 // burst's time: at most about burstWork each.

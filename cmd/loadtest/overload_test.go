@@ -307,6 +307,48 @@ func TestParseFlagsOverload(t *testing.T) {
 	})
 }
 
+// A light cell measures -cell ÷ load², and none may take longer than
+// maxWindow: a load that would is refused before anything runs, with the
+// least load and the longest -cell that fit.
+func TestParseFlagsOverload_light_cells_are_bounded(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		args    []string
+		longest time.Duration // the lightest cell's measured time
+		wantErr string
+	}{
+		{args: nil, longest: 12 * time.Second},
+		{args: []string{"-overload-loads", "0.03"}, longest: 3333333 * time.Millisecond},
+		{args: []string{"-overload-loads", "0.02,4", "-cell", "1s"}, longest: 2500 * time.Second},
+		{args: []string{"-overload-loads", "0.01", "-cell", "360ms"}, longest: time.Hour},
+		{args: []string{"-overload-loads", "1", "-cell", "1h"}, longest: time.Hour},
+		{args: []string{"-overload-loads", "0.01"},
+			wantErr: "-overload-loads 0.01 with -cell 3s measures a cell for 8h20m0s (-cell ÷ load² below 1x), more than 1h: offer at least 0.03, or a -cell of at most 360ms"},
+		{args: []string{"-overload-loads", "4,0.02,10"},
+			wantErr: "-overload-loads 0.02 with -cell 3s measures a cell for 2h5m0s"},
+		{args: []string{"-overload-loads", "0.99", "-cell", "1h"},
+			wantErr: "offer at least 1, or a -cell of at most 58m48.36s"},
+		{args: []string{"-smoke", "-overload-loads", "0.005"}, wantErr: "-overload-loads wants a comma-separated list of multiples of the capacity between 0.01 and 100"},
+	} {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			t.Parallel()
+			o, err := parseFlags(tt.args)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Errorf("error %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := newOverloadConfig(o).cellAt(o.olLoads[0]); got != tt.longest {
+				t.Errorf("the lightest cell measures %v, want %v", got, tt.longest)
+			}
+		})
+	}
+}
+
 // overloadTestReport is a small report of the overload scenario.
 func overloadTestReport() report {
 	return report{Overload: &overloadReport{

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -235,7 +236,7 @@ func (overloadScenario) flags(fs *flag.FlagSet, o *options) func(smokeDefault) e
 	workloads := fs.String("overload-workloads", strings.Join(allWorkloads, ","), "comma-separated workloads of the overload scenario: "+strings.Join(allWorkloads, ", "))
 	loads := fs.String("overload-loads", "0.5,1,2,4,10", "comma-separated offered loads of the overload scenario, × capacity")
 	sweep := fs.String("overload-sweep", "8,16,32,64,128", "comma-separated fasthttp Server.Concurrency values swept to find the capacity")
-	fs.DurationVar(&o.olCell, "cell", 3*time.Second, "measured time of each overload cell; below 1x capacity, this ÷ load²")
+	fs.DurationVar(&o.olCell, "cell", 3*time.Second, "measured time of each overload cell; below 1x capacity, this ÷ load², which may not pass 1h")
 	fs.DurationVar(&o.olWarmup, "cell-warmup", 2*time.Second, "unmeasured load before each overload cell")
 	fs.DurationVar(&o.olTimeout, "overload-timeout", time.Second, "the overload servers' timeout and their clients' deadline")
 	fs.DurationVar(&o.olSoak, "soak", 0, "also run each overload variant with admission (or, if none is selected, each selected one) this long at 10x capacity (e.g. 60s), for memory, goroutines and answers given twice")
@@ -261,13 +262,13 @@ func (overloadScenario) flags(fs *flag.FlagSet, o *options) func(smokeDefault) e
 			return err
 		}
 		switch {
-		case o.olCell <= 0 || o.olCell > time.Hour:
+		case o.olCell <= 0 || o.olCell > maxWindow:
 			return fmt.Errorf("-cell must be between 0 and 1h, got %v", o.olCell)
-		case o.olWarmup < 0 || o.olWarmup > time.Hour:
+		case o.olWarmup < 0 || o.olWarmup > maxWindow:
 			return fmt.Errorf("-cell-warmup must be between 0 and 1h, got %v", o.olWarmup)
 		case o.olTimeout < 10*time.Millisecond || o.olTimeout > time.Minute:
 			return fmt.Errorf("-overload-timeout must be between 10ms and 1m, got %v", o.olTimeout)
-		case o.olSoak < 0 || o.olSoak > time.Hour:
+		case o.olSoak < 0 || o.olSoak > maxWindow:
 			return fmt.Errorf("-soak must be between 0 and 1h, got %v", o.olSoak)
 		case o.olMaxConns <= 0 || o.olMaxConns > maxConns:
 			return fmt.Errorf("-max-conns must be between 1 and %d, got %d", maxConns, o.olMaxConns)
@@ -276,8 +277,24 @@ func (overloadScenario) flags(fs *flag.FlagSet, o *options) func(smokeDefault) e
 		case o.olQueries <= 0 || o.olQueries > 1000:
 			return fmt.Errorf("-db-queries must be between 1 and 1000, got %d", o.olQueries)
 		}
+		return checkLightCells(o.olLoads[0], o.olCell)
+	}
+}
+
+// checkLightCells refuses a lightest load whose cell would measure longer
+// than maxWindow (-cell ÷ load²), rather than cut the cell short: its
+// length is what holds a light cell's p99 to the precision its goal needs,
+// and a cut cell would be judged on noise, where the report says it was
+// not.
+func checkLightCells(lightest float64, cell time.Duration) error {
+	d := overloadConfig{CellMs: cell.Milliseconds()}.cellAt(lightest)
+	if d <= maxWindow {
 		return nil
 	}
+	least := math.Ceil(100*math.Sqrt(float64(cell)/float64(maxWindow))) / 100
+	longest := time.Duration(float64(maxWindow) * lightest * lightest).Round(time.Millisecond)
+	return fmt.Errorf("-overload-loads %v with -cell %v measures a cell for %v (-cell ÷ load² below 1x), more than 1h: offer at least %v, or a -cell of at most %v",
+		lightest, cell, d, least, longest)
 }
 func (overloadScenario) estimate(o options) time.Duration { return overloadEstimate(o) }
 func (overloadScenario) run(ctx context.Context, o options, rep *report) (int, error) {
