@@ -38,6 +38,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -151,7 +152,34 @@ func parseFlags(args []string) (options, error) {
 			return o, err
 		}
 	}
+	if err := checkChart(o); err != nil {
+		return o, err
+	}
 	return o, nil
+}
+
+// checkChart refuses a -chart that could not be written, which writeChart
+// would find only once every cell has been measured: a name other than
+// *.png, a directory that is not there, or a run whose only scenario draws
+// none (the hangup scenario; a report to -render may have any).
+func checkChart(o options) error {
+	if o.chart == "" {
+		return nil
+	}
+	if !strings.EqualFold(filepath.Ext(o.chart), ".png") {
+		return fmt.Errorf("-chart %s: only PNG charts are written (name the file *.png)", o.chart)
+	}
+	dir := filepath.Dir(o.chart)
+	fi, err := os.Stat(dir)
+	switch {
+	case err != nil:
+		return fmt.Errorf("-chart %s: %w", o.chart, err)
+	case !fi.IsDir():
+		return fmt.Errorf("-chart %s: %s is not a directory", o.chart, dir)
+	case o.render == "" && !slices.ContainsFunc(o.scenarios, func(s string) bool { return s != scenarioHangup }):
+		return fmt.Errorf("-chart: the hangup scenario draws no chart; select another scenario too")
+	}
+	return nil
 }
 
 // smokeDefault applies apply, a -smoke default, to the flag named name,

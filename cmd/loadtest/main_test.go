@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -17,4 +19,47 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
+}
+
+// Every flag that cannot run, or would measure nothing, is refused by
+// parseFlags with a one-line error, before any load: not found at the end
+// of a run, nor run as an empty report.
+func TestParseFlags_refuses_what_cannot_run(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	chart := filepath.Join(dir, "out.png")
+	if err := os.WriteFile(chart+".d", nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name    string
+		args    []string
+		wantErr string // "" for flags that run
+	}{
+		{name: "a chart that is not a PNG", args: []string{"-chart", filepath.Join(dir, "out.svg")},
+			wantErr: "-chart " + filepath.Join(dir, "out.svg") + ": only PNG charts are written (name the file *.png)"},
+		{name: "a chart in no directory", args: []string{"-chart", filepath.Join(dir, "none", "out.png")},
+			wantErr: "-chart " + filepath.Join(dir, "none", "out.png") + ": stat " + filepath.Join(dir, "none") + ": no such file or directory"},
+		{name: "a chart in a file", args: []string{"-chart", filepath.Join(chart+".d", "out.png")}, // chart+".d" is a file, made above
+			wantErr: "is not a directory"},
+		{name: "a chart of the hangup scenario alone", args: []string{"-scenarios", "hangup", "-chart", chart},
+			wantErr: "-chart: the hangup scenario draws no chart; select another scenario too"},
+		{name: "a chart of PNG in capitals", args: []string{"-chart", filepath.Join(dir, "OUT.PNG")}},
+		{name: "a chart of hangup and storm", args: []string{"-scenarios", "hangup,storm", "-chart", chart}},
+		{name: "a render to a chart that is not a PNG", args: []string{"-render", "r.json", "-chart", "out.jpg"},
+			wantErr: "only PNG charts are written"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := parseFlags(tt.args)
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Fatalf("%q: %v, want it to run", tt.args, err)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Fatalf("%q: error %v, want one containing %q", tt.args, err, tt.wantErr)
+			case err != nil && strings.Contains(err.Error(), "\n"):
+				t.Fatalf("%q: error %q, want one line", tt.args, err)
+			}
+		})
+	}
 }
