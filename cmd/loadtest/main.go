@@ -155,6 +155,14 @@ func parseFlags(args []string) (options, error) {
 	if err := checkChart(o); err != nil {
 		return o, err
 	}
+	// A scenario named in -scenarios that has none of -variants would
+	// measure nothing and report nothing; by default, those are skipped.
+	for _, s := range scenarios {
+		if set["scenarios"] && slices.Contains(o.scenarios, s.name()) && len(s.variants(o)) == 0 {
+			return o, fmt.Errorf("-scenarios %s runs none of -variants %s (its variants: %s)",
+				s.name(), strings.Join(o.variants, ","), strings.Join(s.variants(options{variants: allVariants}), ", "))
+		}
+	}
 	return o, nil
 }
 

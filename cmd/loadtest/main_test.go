@@ -48,6 +48,14 @@ func TestParseFlags_refuses_what_cannot_run(t *testing.T) {
 		{name: "a chart of hangup and storm", args: []string{"-scenarios", "hangup,storm", "-chart", chart}},
 		{name: "a render to a chart that is not a PNG", args: []string{"-render", "r.json", "-chart", "out.jpg"},
 			wantErr: "only PNG charts are written"},
+		{name: "the burst without its variants", args: []string{"-scenarios", "burst", "-variants", "nethttp-bare"},
+			wantErr: "-scenarios burst runs none of -variants nethttp-bare (its variants: fasthttp-TimeoutWithCodeHandler, fasttimeout-race, fasttimeout-cooperative)"},
+		{name: "the storm without its variants", args: []string{"-scenarios", "throughput,storm", "-variants", "fasttimeout-race-context"},
+			wantErr: "-scenarios storm runs none of -variants"},
+		{name: "the hangup without its variants", args: []string{"-scenarios", "hangup", "-variants", "fasthttp-bare,nethttp-bare"},
+			wantErr: "-scenarios hangup runs none of -variants fasthttp-bare,nethttp-bare (its variants: fasttimeout-race, fasttimeout-cooperative)"},
+		{name: "every scenario, variants of some", args: []string{"-variants", "nethttp-bare"}},
+		{name: "the overload with any variants", args: []string{"-scenarios", "overload", "-variants", "nethttp-bare"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()

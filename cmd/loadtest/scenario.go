@@ -22,6 +22,8 @@ type scenario interface {
 	// runs once they are parsed: it applies the scenario's -smoke
 	// defaults, and parses and checks its values.
 	flags(fs *flag.FlagSet, o *options) func(smoke smokeDefault) error
+	// variants are the variants it runs with o.
+	variants(o options) []string
 	// estimate is the expected wall time of its run with o.
 	estimate(o options) time.Duration
 	// run measures every cell into rep and returns how many failed; an
@@ -59,6 +61,8 @@ func (throughputScenario) flags(fs *flag.FlagSet, o *options) func(smokeDefault)
 		return err
 	}
 }
+
+func (throughputScenario) variants(o options) []string { return o.variants }
 
 func (throughputScenario) estimate(o options) time.Duration {
 	return time.Duration(len(o.conns)*len(o.variants)) * (o.warmup + o.duration + perCell)
@@ -109,6 +113,8 @@ func (stormScenario) flags(fs *flag.FlagSet, o *options) func(smokeDefault) erro
 		return nil
 	}
 }
+
+func (stormScenario) variants(o options) []string { return stormVariants(o.variants) }
 
 func (stormScenario) estimate(o options) time.Duration {
 	return time.Duration(len(stormVariants(o.variants))) * (o.warmup + o.duration + perCell + stormWork)
@@ -162,6 +168,8 @@ func (burstScenario) flags(fs *flag.FlagSet, o *options) func(smokeDefault) erro
 		return nil
 	}
 }
+
+func (burstScenario) variants(o options) []string { return burstVariants(o.variants) }
 
 // estimate: a burst connection's requests take about burstTimeout each,
 // more when the burst saturates the machine.
@@ -220,6 +228,7 @@ func (hangupScenario) flags(fs *flag.FlagSet, o *options) func(smokeDefault) err
 		return nil
 	}
 }
+func (hangupScenario) variants(o options) []string      { return hangupVariants(o.variants) }
 func (hangupScenario) estimate(o options) time.Duration { return hangupEstimate(o) }
 func (hangupScenario) run(ctx context.Context, o options, rep *report) (int, error) {
 	return runHangup(ctx, o, rep)
@@ -296,6 +305,7 @@ func checkLightCells(lightest float64, cell time.Duration) error {
 	return fmt.Errorf("-overload-loads %v with -cell %v measures a cell for %v (-cell ÷ load² below 1x), more than 1h: offer at least %v, or a -cell of at most %v",
 		lightest, cell, d, least, longest)
 }
+func (overloadScenario) variants(o options) []string      { return o.olVariants }
 func (overloadScenario) estimate(o options) time.Duration { return overloadEstimate(o) }
 func (overloadScenario) run(ctx context.Context, o options, rep *report) (int, error) {
 	return runOverload(ctx, o, rep)
