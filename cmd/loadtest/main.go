@@ -142,8 +142,8 @@ func parseFlags(args []string) (options, error) {
 		return o, err
 	}
 	switch {
-	case o.duration <= 0 || o.duration > maxWindow:
-		return o, fmt.Errorf("-duration must be between 0 and 1h, got %v", o.duration)
+	case o.duration < minWindow || o.duration > maxWindow:
+		return o, fmt.Errorf("-duration must be between 10ms and 1h, got %v", o.duration)
 	case o.warmup < 0 || o.warmup > maxWindow:
 		return o, fmt.Errorf("-warmup must be between 0 and 1h, got %v", o.warmup)
 	}
@@ -198,6 +198,13 @@ type smokeDefault func(name string, apply func())
 // -cell, -cell-warmup, -soak, and a light overload cell's -cell ÷ load²),
 // so that a run stops by itself in a time its flags show.
 const maxWindow = time.Hour
+
+// minWindow is the shortest measured window (-duration, -cell, -soak).
+// Shorter ones measure nothing: the hangup and overload scenarios keep
+// whole milliseconds (a -duration of 500µs made CPU windows of 0 ms,
+// reported at 1600 % of a core; a -soak under 1 ms, none at all), and a
+// throughput cell of 1 ns read 0 requests/s.
+const minWindow = 10 * time.Millisecond
 
 // maxBurstRequests bounds the requests of each burst connection, and so the
 // burst's time: at most about burstWork each.

@@ -56,6 +56,14 @@ func TestParseFlags_refuses_what_cannot_run(t *testing.T) {
 			wantErr: "-scenarios hangup runs none of -variants fasthttp-bare,nethttp-bare (its variants: fasttimeout-race, fasttimeout-cooperative)"},
 		{name: "every scenario, variants of some", args: []string{"-variants", "nethttp-bare"}},
 		{name: "the overload with any variants", args: []string{"-scenarios", "overload", "-variants", "nethttp-bare"}},
+		{name: "a window of a nanosecond", args: []string{"-duration", "1ns"}, wantErr: "-duration must be between 10ms and 1h, got 1ns"},
+		{name: "a window under a millisecond", args: []string{"-duration", "999us"}, wantErr: "-duration must be between 10ms and 1h"},
+		{name: "a window of 10ms", args: []string{"-duration", "10ms"}},
+		{name: "an overload cell under a millisecond", args: []string{"-cell", "500us"}, wantErr: "-cell must be between 10ms and 1h, got 500µs"},
+		{name: "an overload cell of 10ms", args: []string{"-cell", "10ms"}},
+		{name: "a soak under a millisecond", args: []string{"-soak", "1ns"}, wantErr: "-soak must be 0 or between 10ms and 1h, got 1ns"},
+		{name: "a soak past an hour", args: []string{"-soak", "61m"}, wantErr: "-soak must be 0 or between 10ms and 1h"},
+		{name: "no soak", args: []string{"-soak", "0"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()

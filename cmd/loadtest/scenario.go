@@ -271,14 +271,14 @@ func (overloadScenario) flags(fs *flag.FlagSet, o *options) func(smokeDefault) e
 			return err
 		}
 		switch {
-		case o.olCell <= 0 || o.olCell > maxWindow:
-			return fmt.Errorf("-cell must be between 0 and 1h, got %v", o.olCell)
+		case o.olCell < minWindow || o.olCell > maxWindow:
+			return fmt.Errorf("-cell must be between 10ms and 1h, got %v", o.olCell)
 		case o.olWarmup < 0 || o.olWarmup > maxWindow:
 			return fmt.Errorf("-cell-warmup must be between 0 and 1h, got %v", o.olWarmup)
 		case o.olTimeout < 10*time.Millisecond || o.olTimeout > time.Minute:
 			return fmt.Errorf("-overload-timeout must be between 10ms and 1m, got %v", o.olTimeout)
-		case o.olSoak < 0 || o.olSoak > maxWindow:
-			return fmt.Errorf("-soak must be between 0 and 1h, got %v", o.olSoak)
+		case o.olSoak != 0 && (o.olSoak < minWindow || o.olSoak > maxWindow):
+			return fmt.Errorf("-soak must be 0 or between 10ms and 1h, got %v", o.olSoak)
 		case o.olMaxConns <= 0 || o.olMaxConns > maxConns:
 			return fmt.Errorf("-max-conns must be between 1 and %d, got %d", maxConns, o.olMaxConns)
 		case o.olArrivals != "poisson" && o.olArrivals != "uniform":
