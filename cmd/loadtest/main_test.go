@@ -64,6 +64,13 @@ func TestParseFlags_refuses_what_cannot_run(t *testing.T) {
 		{name: "a soak under a millisecond", args: []string{"-soak", "1ns"}, wantErr: "-soak must be 0 or between 10ms and 1h, got 1ns"},
 		{name: "a soak past an hour", args: []string{"-soak", "61m"}, wantErr: "-soak must be 0 or between 10ms and 1h"},
 		{name: "no soak", args: []string{"-soak", "0"}},
+
+		{name: "queries that outlast the deadline", args: []string{"-db-queries", "200"},
+			wantErr: "-db-queries 200 take 1s a request (5ms each), not less than -overload-timeout 1s: no request of the downstream workload could be answered in time"},
+		{name: "queries that outlast the smoke's deadline", args: []string{"-smoke", "-db-queries", "20"},
+			wantErr: "-db-queries 20 take 100ms a request (5ms each), not less than -overload-timeout 100ms"},
+		{name: "queries within the deadline", args: []string{"-db-queries", "199"}},
+		{name: "queries without the downstream workload", args: []string{"-overload-workloads", "cpu", "-db-queries", "200"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"time"
 
@@ -285,6 +286,13 @@ func (overloadScenario) flags(fs *flag.FlagSet, o *options) func(smokeDefault) e
 			return fmt.Errorf("-arrivals must be poisson or uniform, got %q", o.olArrivals)
 		case o.olQueries <= 0 || o.olQueries > 1000:
 			return fmt.Errorf("-db-queries must be between 1 and 1000, got %d", o.olQueries)
+		}
+		// A downstream request holds a slot for each query in turn: if
+		// that alone takes the deadline, no answer is good, and every
+		// cell of the workload measures nothing but its collapse.
+		if q := time.Duration(o.olQueries) * dbQuery; slices.Contains(o.olWorkloads, workloadDB) && q >= o.olTimeout {
+			return fmt.Errorf("-db-queries %d take %v a request (%v each), not less than -overload-timeout %v: no request of the downstream workload could be answered in time",
+				o.olQueries, q, dbQuery, o.olTimeout)
 		}
 		return checkLightCells(o.olLoads[0], o.olCell)
 	}
