@@ -36,6 +36,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -127,6 +128,15 @@ func parseFlags(args []string) (options, error) {
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if o.render != "" {
+		// A saved report is written as it is: a flag of the measurement
+		// would be ignored, and its report would not be what it asked.
+		for _, name := range slices.Sorted(maps.Keys(set)) {
+			if name != "render" && name != "json" && name != "chart" {
+				return o, fmt.Errorf("-render writes a saved report again and measures nothing: -%s does not apply", name)
+			}
+		}
+	}
 	smoke := func(name string, apply func()) {
 		if o.smoke && !set[name] {
 			apply()
