@@ -212,7 +212,7 @@ const maxWindow = time.Hour
 // minWindow is the shortest measured window (-duration, -cell, -soak).
 // Shorter ones measure nothing: the hangup and overload scenarios keep
 // whole milliseconds (a -duration of 500µs made CPU windows of 0 ms,
-// reported at 1600 % of a core; a -soak under 1 ms, none at all), and a
+// reported at over 1600 % of a core; a -soak under 1 ms, none at all), and a
 // throughput cell of 1 ns read 0 requests/s.
 const minWindow = 10 * time.Millisecond
 

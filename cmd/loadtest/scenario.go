@@ -298,6 +298,16 @@ func (overloadScenario) flags(fs *flag.FlagSet, o *options) func(smokeDefault) e
 	}
 }
 
+func (overloadScenario) variants(o options) []string      { return o.olVariants }
+func (overloadScenario) estimate(o options) time.Duration { return overloadEstimate(o) }
+func (overloadScenario) run(ctx context.Context, o options, rep *report) (int, error) {
+	return runOverload(ctx, o, rep)
+}
+func (overloadScenario) markdown(b *strings.Builder, rep report) {
+	writeOverloadMarkdown(b, rep.Overload)
+}
+func (overloadScenario) charts(rep report) ([]*plot.Plot, error) { return overloadCharts(rep.Overload) }
+
 // checkLightCells refuses a lightest load whose cell would measure longer
 // than maxWindow (-cell ÷ load²), rather than cut the cell short: its
 // length is what holds a light cell's p99 to the precision its goal needs,
@@ -313,12 +323,3 @@ func checkLightCells(lightest float64, cell time.Duration) error {
 	return fmt.Errorf("-overload-loads %v with -cell %v measures a cell for %v (-cell ÷ load² below 1x), more than 1h: offer at least %v, or a -cell of at most %v",
 		lightest, cell, d, least, longest)
 }
-func (overloadScenario) variants(o options) []string      { return o.olVariants }
-func (overloadScenario) estimate(o options) time.Duration { return overloadEstimate(o) }
-func (overloadScenario) run(ctx context.Context, o options, rep *report) (int, error) {
-	return runOverload(ctx, o, rep)
-}
-func (overloadScenario) markdown(b *strings.Builder, rep report) {
-	writeOverloadMarkdown(b, rep.Overload)
-}
-func (overloadScenario) charts(rep report) ([]*plot.Plot, error) { return overloadCharts(rep.Overload) }
