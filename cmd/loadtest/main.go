@@ -356,20 +356,25 @@ func run(ctx context.Context, o options, stdout io.Writer) error {
 }
 
 // writeReport writes rep on stdout, as JSON with -json, else as Markdown,
-// and its chart with -chart.
+// and then its chart with -chart: a chart that fails does not take the
+// measurements with it.
 func writeReport(o options, rep report, stdout io.Writer) error {
-	if o.chart != "" {
-		if err := writeChart(o.chart, rep); err != nil {
-			return fmt.Errorf("chart: %w", err)
-		}
-		progress("loadtest: chart written to %s", o.chart)
-	}
+	var err error
 	if o.json {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		err = enc.Encode(rep)
+	} else {
+		err = writeMarkdown(stdout, rep)
 	}
-	return writeMarkdown(stdout, rep)
+	if err != nil || o.chart == "" {
+		return err
+	}
+	if err := writeChart(o.chart, rep); err != nil {
+		return fmt.Errorf("chart: %w", err)
+	}
+	progress("loadtest: chart written to %s", o.chart)
+	return nil
 }
 
 // estimate is the expected wall time of a run, for the progress line.

@@ -91,3 +91,23 @@ func TestParseFlags_refuses_what_cannot_run(t *testing.T) {
 		})
 	}
 }
+
+// A chart that cannot be written (its directory went away during the run)
+// fails the run, but the report, the run's measurements, is still written.
+func TestWriteReport_a_chart_that_fails_keeps_the_report(t *testing.T) {
+	t.Parallel()
+	for _, asJSON := range []bool{false, true} {
+		t.Run(fmt.Sprint("json=", asJSON), func(t *testing.T) {
+			t.Parallel()
+			var out strings.Builder
+			chart := filepath.Join(t.TempDir(), "gone", "out.png")
+			err := writeReport(options{json: asJSON, chart: chart}, overloadTestReport(), &out)
+			if err == nil || !strings.Contains(err.Error(), "chart: ") {
+				t.Errorf("error %v, want the chart's", err)
+			}
+			if !strings.Contains(out.String(), "fasttimeout-race-adaptive") {
+				t.Errorf("report %q, want it written whole", out.String())
+			}
+		})
+	}
+}
