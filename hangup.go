@@ -216,3 +216,14 @@ func (m *middleware) answerGone(ctx *fasthttp.RequestCtx, c *call) {
 		m.OnHangup(ctx, time.Duration(c.overAt.Load()-c.start))
 	}
 }
+
+// clientGone reports whether the call's client has hung up, as seen by its
+// watch or, inside nested News, by an enclosing call's.
+func (c *call) clientGone() bool {
+	for o := c; o != nil; o = o.outer {
+		if o.phase() == callGone {
+			return true
+		}
+	}
+	return false
+}

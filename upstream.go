@@ -1,6 +1,7 @@
 package fasttimeout
 
 import (
+	"context"
 	"errors"
 	"strconv"
 	"time"
@@ -53,28 +54,59 @@ const minUpstreamBudget = time.Millisecond
 // says the deadline was reached (fasthttp.ErrTimeout, which includes a
 // wait for a free connection cut short by the deadline), or that comes
 // once it has passed, matches ErrTimeout too, and still matches the
-// original error; other errors are returned unchanged. A gateway can thus
-// answer 504 for errors.Is(err, ErrTimeout) and 502 for the rest.
+// original error; other errors of c are returned unchanged. A gateway can
+// thus answer 504 for errors.Is(err, ErrTimeout) and 502 for the errors of
+// c.
 //
 // A client whose RetryIfErr or RetryIfErrUpstream asks for the timeout to
 // be reset restarts the whole budget on each retry (fasthttp's
 // HostClient), so the call can outlast ctx's deadline; leave resetTimeout
 // false for such clients.
 //
+// Inside New, Do does not call the upstream either once the client has
+// hung up or the server is shutting down, the events besides the deadline
+// that end the request's context (see [Context]), whether or not the
+// handler has asked for it: after a hang-up Do returns an error matching
+// [ErrClientGone] and [context.Canceled], during a shutdown one matching
+// [ErrShutdown] and context.Canceled, as the context's Cause and Err do;
+// neither matches ErrTimeout. A handler that calls several upstreams, or
+// retries, thus stops calling them for nobody. (After a hang-up nobody
+// reads the answer; during a shutdown, 503 fits.) A call already in
+// progress is not ended: fasthttp's clients take no context.
+//
 // If ctx has no deadline (it is not bounded by New, or its deadline was
-// switched off with [Disarm]), Do is c.Do(req, resp), and req is unchanged.
+// switched off with [Disarm]), Do is c.Do(req, resp), and req is unchanged;
+// after Disarm, a hang-up or shutdown still stops it as above.
 //
 // Do does not allocate unless it returns an error matching ErrTimeout.
 func Do(ctx *fasthttp.RequestCtx, c Doer, req *fasthttp.Request, resp *fasthttp.Response) error {
-	left, ok := Remaining(ctx)
-	if !ok {
+	call := lookup(ctx)
+	if call == nil {
 		return c.Do(req, resp)
 	}
+	// Checked in the order in which the context would have ended: a
+	// hang-up comes before the deadline or not at all (past it, the call
+	// has timed out), and a shutdown after a passed deadline leaves the
+	// context's cause the timeout.
+	if call.clientGone() {
+		return errClientLeft
+	}
+	d := call.deadline.Load()
+	if d == noDeadline {
+		if closed(serverDone(ctx)) {
+			return errShuttingDown
+		}
+		return c.Do(req, resp)
+	}
+	left := time.Duration(d - now())
 	if carried, found, _ := incomingBudget(&req.Header); found {
 		left = min(left, carried)
 	}
 	if left < minUpstreamBudget {
 		return errBudgetSpent
+	}
+	if closed(serverDone(ctx)) {
+		return errShuttingDown
 	}
 	deadline := time.Now().Add(left)
 	setBudgetHeaders(&req.Header, left)
@@ -120,6 +152,30 @@ var (
 
 // errBudgetSpent is returned by Do when no time is left for the upstream.
 var errBudgetSpent error = &upstreamTimeoutError{}
+
+// Returned by Do, without calling the upstream, for a request whose context
+// has ended otherwise than by its deadline.
+var (
+	errClientLeft   error = &upstreamCancelledError{cause: ErrClientGone}
+	errShuttingDown error = &upstreamCancelledError{cause: ErrShutdown}
+)
+
+// upstreamCancelledError is an upstream call not made because the request's
+// context was cancelled with cause. It matches context.Canceled and cause, as
+// the context's Err and Cause do.
+type upstreamCancelledError struct {
+	cause error
+}
+
+// Error says that the upstream was not called, and why.
+func (e *upstreamCancelledError) Error() string {
+	return "fasttimeout: upstream not called: " + e.cause.Error()
+}
+
+// Unwrap returns context.Canceled and the cause.
+func (e *upstreamCancelledError) Unwrap() []error {
+	return []error{context.Canceled, e.cause}
+}
 
 // upstreamTimeoutError is an upstream call that ran out of the request's
 // time. It matches ErrTimeout, and the client's own error if there is one.

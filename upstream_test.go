@@ -1,6 +1,7 @@
 package fasttimeout_test
 
 import (
+	"context"
 	"errors"
 	"strconv"
 	"strings"
@@ -246,6 +247,85 @@ func TestDo(t *testing.T) {
 		assert.ErrorIs(t, err, fasttimeout.ErrTimeout)
 		assert.NotErrorIs(t, err, fasthttp.ErrTimeout, "the client was not called")
 		assert.Zero(t, calls.Load(), "upstream calls")
+	})
+
+	t.Run("does not call the upstream once the client has hung up", func(t *testing.T) {
+		requireHangups(t)
+		t.Parallel()
+		for _, tc := range []struct {
+			name   string
+			mode   fasttimeout.Mode
+			disarm bool
+			nested bool // the handler's New inside another, which watches the client
+		}{
+			{name: "racing", mode: fasttimeout.Racing},
+			{name: "cooperative", mode: fasttimeout.Cooperative},
+			{name: "disarmed", mode: fasttimeout.Racing, disarm: true},
+			{name: "inside another New", mode: fasttimeout.Racing, nested: true},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				t.Parallel()
+				var calls atomic.Int64
+				upstream := serve(t, echoBudget(&calls))
+				errs := make(chan error, 1)
+				proxy := proxyTo(upstream.client, errs)
+				started := make(chan struct{}, 1)
+				handler := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+					if tc.disarm {
+						fasttimeout.Disarm(ctx)
+					}
+					c := fasttimeout.Context(ctx)
+					started <- struct{}{}
+					select {
+					case <-c.Done(): // the hang-up
+					case <-time.After(stressBound):
+					}
+					proxy(ctx) // a second upstream call, or a retry
+				}, fasttimeout.Config{Timeout: time.Minute, Mode: tc.mode})
+				if tc.nested {
+					handler = fasttimeout.New(handler, fasttimeout.Config{Timeout: time.Minute})
+				}
+				gateway := startStressLoopback(t, handler)
+
+				conn := sendRaw(t, gateway.addr, rawRequest("/"))
+				receive(t, started, "the handler's start")
+				require.NoError(t, conn.Close())
+				err := receive(t, errs, "the proxy's error")
+				assert.ErrorIs(t, err, fasttimeout.ErrClientGone)
+				assert.ErrorIs(t, err, context.Canceled, "as the context's Err")
+				assert.NotErrorIs(t, err, fasttimeout.ErrTimeout, "not a timeout: no 504")
+				assert.Zero(t, calls.Load(), "upstream calls")
+			})
+		}
+	})
+
+	t.Run("does not call the upstream once the server is shutting down", func(t *testing.T) {
+		t.Parallel()
+		var calls atomic.Int64
+		upstream := serve(t, echoBudget(&calls))
+		errs := make(chan error, 1)
+		proxy := proxyTo(upstream.client, errs)
+		started := make(chan struct{}, 1)
+		gateway := startStressLoopback(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+			c := fasttimeout.Context(ctx)
+			started <- struct{}{}
+			select {
+			case <-c.Done(): // the shutdown
+			case <-time.After(stressBound):
+			}
+			proxy(ctx)
+		}, fasttimeout.Config{Timeout: time.Minute}))
+
+		sendRaw(t, gateway.addr, rawRequest("/"))
+		receive(t, started, "the handler's start")
+		shutdown := make(chan error, 1)
+		go func() { shutdown <- gateway.shutdown() }()
+		err := receive(t, errs, "the proxy's error")
+		assert.ErrorIs(t, err, fasttimeout.ErrShutdown)
+		assert.ErrorIs(t, err, context.Canceled, "as the context's Err")
+		assert.NotErrorIs(t, err, fasttimeout.ErrTimeout)
+		assert.Zero(t, calls.Load(), "upstream calls")
+		assert.NoError(t, receive(t, shutdown, "the end of the shutdown"))
 	})
 
 	t.Run("passes other upstream errors through unchanged", func(t *testing.T) {
