@@ -24,6 +24,10 @@
 //     Connection (but Content-Length, which frames the body), Connection
 //     itself, Proxy-Connection, Keep-Alive, TE, Transfer-Encoding, Upgrade,
 //     Proxy-Authenticate and Proxy-Authorization;
+//   - answers with its own Server header ("fasttimeout-gateway") and Date,
+//     not the upstream's, as nginx and Envoy do by default; the upstream's
+//     other headers pass as they are (X-Accel-* too, which concern an nginx
+//     in front, if any);
 //   - forwards trailer fields both ways (a response's when the upstream
 //     sends its body chunked, as the gateway then does too);
 //   - forwards the path and query as received, not normalized (an encoded
@@ -411,6 +415,12 @@ func forwardTo(upstream fasttimeout.Doer, host string, trustEnvoy bool) fasthttp
 		default:
 			removeHopByHop(&resp.Header)
 			resp.Header.ResetConnectionClose()
+			// The gateway's own Server, as nginx (proxy_hide_header's
+			// default) and Envoy (server_header_transformation) answer: the
+			// client talks to the gateway, and its 504s say so already; the
+			// upstream's software and version are not the client's business.
+			// Date is the gateway's anyway: fasthttp's server writes its own.
+			resp.Header.Del(fasthttp.HeaderServer)
 			// The gateway's own HTTP version, not the upstream's (RFC 9110
 			// §6.2): an HTTP/1.0 one on a body the server sends chunked
 			// made an HTTP/1.1 client read the chunks as the body.

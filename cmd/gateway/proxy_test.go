@@ -303,6 +303,30 @@ func TestProxyHeaders(t *testing.T) {
 		}
 	})
 
+	t.Run("answers with its own Server and Date, as nginx and Envoy do", func(t *testing.T) {
+		upstream := startRawUpstream(t, func(req *fasthttp.Request) string {
+			if string(req.URI().Path()) == "/chunked" {
+				return "HTTP/1.1 200 OK\r\nServer: upstream/1.2.3\r\nDate: Mon, 01 Jan 2001 00:00:00 GMT\r\n" +
+					"Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+			}
+			return "HTTP/1.1 200 OK\r\nServer: upstream/1.2.3\r\nDate: Mon, 01 Jan 2001 00:00:00 GMT\r\nContent-Length: 2\r\n\r\nok"
+		})
+		gateway := startGateway(t, "-upstream", upstream)
+
+		// A body of known length and a chunked one; HEAD's answer is
+		// copied whole, GET's streamed.
+		for _, target := range []string{"GET /", "HEAD /", "GET /chunked"} {
+			raw := rawExchange(t, gateway, target+" HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+			head, _, found := strings.Cut(raw, "\r\n\r\n")
+			require.True(t, found, "%s: the gateway answered %q", target, raw)
+			require.True(t, strings.HasPrefix(head, "HTTP/1.1 200 OK"), "%s: %q", target, head)
+			assert.Equal(t, 1, strings.Count(head, "\r\nServer: "), "%s: one Server line: %q", target, head)
+			assert.Contains(t, head, "\r\nServer: fasttimeout-gateway\r\n", target)
+			assert.NotContains(t, head, "upstream/1.2.3", target)
+			assert.NotContains(t, head, "2001", "%s: the gateway's Date", target)
+		}
+	})
+
 	t.Run("adds no Content-Type the upstream did not send", func(t *testing.T) {
 		upstream := startRawUpstream(t, func(*fasthttp.Request) string {
 			return "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 4\r\n\r\n\x89PNG"
