@@ -19,7 +19,9 @@
 //     any other request gets 502 then, and no request is retried otherwise;
 //   - answers 504 with one body, {"detail":"Request processing time exceeded
 //     limit"}, whether the deadline is seen by the middleware or by the
-//     upstream call, and 502 only when the upstream fails;
+//     upstream call, 503 with Retry-After to a request that finds the
+//     gateway shutting down before its upstream call, and 502 only when the
+//     upstream fails;
 //   - removes hop-by-hop headers both ways (RFC 9110 §7.6.1): those named in
 //     Connection (but Content-Length, which frames the body), Connection
 //     itself, Proxy-Connection, Keep-Alive, TE, Transfer-Encoding, Upgrade,
@@ -409,6 +411,15 @@ func forwardTo(upstream fasttimeout.Doer, host string, trustEnvoy bool) fasthttp
 			// The middleware's own timeout response: the client cannot tell
 			// which saw the deadline first.
 			answerJSON(ctx, fasthttp.StatusGatewayTimeout, fasttimeout.DefaultBody)
+		case errors.Is(err, fasttimeout.ErrClientGone):
+			// Do did not call the upstream: nobody is left to answer (the
+			// middleware has answered 499), and the upstream did no wrong.
+			ctx.SetStatusCode(fasttimeout.StatusClientClosedRequest)
+		case errors.Is(err, fasttimeout.ErrShutdown):
+			// Do did not call the upstream: the gateway is stopping, as the
+			// middleware refuses a request still waiting for a slot then.
+			answerJSON(ctx, fasthttp.StatusServiceUnavailable, `{"detail":"Server shutting down, retry later"}`)
+			ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, "1")
 		case err != nil:
 			ctx.Logger().Printf("upstream: %v", err)
 			answerJSON(ctx, fasthttp.StatusBadGateway, `{"detail":"Upstream unavailable"}`)

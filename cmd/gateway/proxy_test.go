@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -662,6 +663,106 @@ func TestProxyTimeoutBody(t *testing.T) {
 			assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
 			assert.Equal(t, fasttimeout.DefaultBody, string(resp.Body()))
 			assert.Equal(t, fasttimeout.DefaultContentType, string(resp.Header.ContentType()))
+		})
+	}
+}
+
+// loggedLines keeps what a server logs.
+type loggedLines struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *loggedLines) Printf(format string, args ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, fmt.Sprintf(format, args...))
+}
+
+func (l *loggedLines) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.lines, "\n")
+}
+
+// A request whose context ends before its upstream call (Do does not call
+// the upstream then) is not a failure of the upstream: no 502, and nothing
+// logged about the upstream. At shutdown it gets 503 and Retry-After; after a
+// hang-up nobody reads the answer.
+func TestProxyContextEndsBeforeTheUpstreamCall(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		end  func(server *fasthttp.Server, client net.Conn) // ends the request's context
+		want int                                            // the status the client reads; 0: none
+	}{
+		{
+			name: "shutdown",
+			end:  func(server *fasthttp.Server, _ net.Conn) { go func() { _ = server.Shutdown() }() },
+			want: fasthttp.StatusServiceUnavailable,
+		},
+		{
+			name: "hang-up",
+			end:  func(_ *fasthttp.Server, client net.Conn) { _ = client.Close() },
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.want == 0 && runtime.GOOS != "linux" {
+				t.Skip("hang-ups are watched on Linux only")
+			}
+			var calls atomic.Int64
+			upstream := startUpstream(t, func(*fasthttp.RequestCtx) { calls.Add(1) })
+			forward := forwardTo(&fasthttp.HostClient{Addr: upstream}, upstream, false)
+			started, returned := make(chan struct{}, 1), make(chan struct{}, 1)
+			logged := new(loggedLines)
+			server := &fasthttp.Server{Logger: logged, Handler: fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				defer func() { returned <- struct{}{} }()
+				started <- struct{}{}
+				select {
+				case <-fasttimeout.Context(ctx).Done():
+				case <-time.After(waitTimeout):
+				}
+				forward(ctx)
+			}, fasttimeout.Config{Timeout: time.Minute})}
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			require.NoError(t, err)
+			served := make(chan error, 1)
+			go func() { served <- server.Serve(ln) }()
+			t.Cleanup(func() {
+				assert.NoError(t, server.Shutdown())
+				select {
+				case err := <-served:
+					assert.NoError(t, err, "Serve")
+				case <-time.After(waitTimeout):
+					t.Error("Serve did not return")
+				}
+			})
+
+			client, err := net.Dial("tcp", ln.Addr().String())
+			require.NoError(t, err)
+			defer client.Close()
+			require.NoError(t, client.SetDeadline(time.Now().Add(waitTimeout)))
+			_, err = client.Write([]byte("GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"))
+			require.NoError(t, err)
+			select {
+			case <-started:
+			case <-time.After(waitTimeout):
+				t.Fatal("the handler did not start")
+			}
+			tc.end(server, client)
+			if tc.want != 0 {
+				var resp fasthttp.Response
+				require.NoError(t, resp.Read(bufio.NewReader(client)))
+				assert.Equal(t, tc.want, resp.StatusCode(), "%s", resp.Body())
+				assert.Equal(t, "1", string(resp.Header.Peek(fasthttp.HeaderRetryAfter)))
+				assert.Equal(t, `{"detail":"Server shutting down, retry later"}`, string(resp.Body()))
+			}
+			select {
+			case <-returned:
+			case <-time.After(waitTimeout):
+				t.Fatal("the handler did not return")
+			}
+			assert.Zero(t, calls.Load(), "upstream calls")
+			assert.NotContains(t, logged.String(), "upstream:", "logged as a failure of the upstream")
 		})
 	}
 }
