@@ -6,8 +6,12 @@
 //
 // Usage:
 //
-//	gateway [-addr 127.0.0.1:8081] [-upstream 127.0.0.1:8080] [-margin 5ms] [-max-late 1000]
-//	        [-max-conns 512] [-max-body 4194304] [-trust-envoy-headers] [-adaptive=true|false]
+//	gateway [-addr host:port] [-upstream host:port] [-margin duration] [-max-late n]
+//	        [-max-conns n] [-max-body bytes] [-trust-envoy-headers] [-adaptive=true|false]
+//
+// gateway -h lists the flags with their defaults: -addr 127.0.0.1:8081,
+// -upstream 127.0.0.1:8080, -margin 5ms, -max-late 1000, -max-conns 512,
+// -max-body 4194304 (4 MiB), -adaptive=true.
 //
 // As a proxy it:
 //   - waits for a free upstream connection (at most -max-conns) within the
@@ -110,23 +114,41 @@ type options struct {
 	adaptive   bool // Config.AdaptiveConcurrency
 }
 
-// parseOptions reads the flags in args and REQUEST_TIMEOUT.
+// timeoutEnv names the environment variable of the request timeout.
+const timeoutEnv = "REQUEST_TIMEOUT"
+
+// parseOptions reads the flags in args and REQUEST_TIMEOUT. On -h it prints
+// the usage to stderr and returns flag.ErrHelp.
 func parseOptions(args []string, stderr io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // errors are reported in one line by run
-	fs.StringVar(&o.addr, "addr", "127.0.0.1:8081", "listen on this `host:port`")
-	fs.StringVar(&o.upstream, "upstream", "127.0.0.1:8080", "forward to this `host:port`")
-	fs.DurationVar(&o.margin, "margin", 5*time.Millisecond, "taken off a caller's deadline to leave time for the answer")
-	fs.IntVar(&o.maxLate, "max-late", 1000, "answer 503 while this many handlers run past their deadline (0: no cap)")
-	fs.IntVar(&o.maxConns, "max-conns", fasthttp.DefaultMaxConnsPerHost, "at most this many upstream connections; requests wait for one within their budget")
-	fs.IntVar(&o.maxBody, "max-body", fasthttp.DefaultMaxRequestBodySize, "answer 413 to request bodies over this many `bytes`")
+	fs.StringVar(&o.addr, "addr", "127.0.0.1:8081", "listen on this `host:port` (port 0: any free one)")
+	fs.StringVar(&o.upstream, "upstream", "127.0.0.1:8080", "forward to this `host:port` (a numeric port)")
+	fs.DurationVar(&o.margin, "margin", 5*time.Millisecond, "taken off a caller's deadline to leave time for the answer, a Go `duration` (5ms, 0.5s)")
+	fs.IntVar(&o.maxLate, "max-late", 1000, "answer 503 while `n` handlers run past their deadline (0: no cap)")
+	fs.IntVar(&o.maxConns, "max-conns", fasthttp.DefaultMaxConnsPerHost, "at most `n` upstream connections; a request waits for one within its budget (504 if none comes in time)")
+	fs.IntVar(&o.maxBody, "max-body", fasthttp.DefaultMaxRequestBodySize, "answer 413 to a request body over this many `bytes` (4194304: 4 MiB)")
 	fs.BoolVar(&o.trustEnvoy, "trust-envoy-headers", false, "the caller is trusted (an Envoy of your own): forward its X-Envoy-* headers")
 	fs.BoolVar(&o.adaptive, "adaptive", true, "admission by an adaptive concurrency limit: 503 and Retry-After for what cannot be answered in time (-adaptive=false: off)")
 	fs.Usage = func() {} // flag calls it on every error; -h is handled below
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(stderr, "usage: gateway [flags]   (REQUEST_TIMEOUT=5s: the request timeout)")
+			fmt.Fprintf(stderr, `Usage: gateway [-addr host:port] [-upstream host:port] [-margin duration] [-max-late n]
+               [-max-conns n] [-max-body bytes] [-trust-envoy-headers] [-adaptive=true|false]
+
+Forwards each request to the upstream with the time it has left, taking
+the caller's deadline from grpc-timeout, X-Envoy-Expected-Rq-Timeout-Ms or
+Request-Timeout (less -margin): 504 past it, 502 if the upstream fails,
+and, unless -adaptive=false, 503 beyond an adaptive concurrency limit.
+Counters at /debug/vars.
+
+Environment:
+  %s  request timeout, seconds (5, 2.5) or a Go duration (500ms, 1m);
+                   unset or empty means %v; a client has as long to read its answer
+
+Flags:
+`, timeoutEnv, fasttimeout.DefaultTimeout)
 			fs.SetOutput(stderr)
 			fs.PrintDefaults()
 		}
@@ -170,7 +192,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 		}
 	}
 	var err error
-	o.timeout, err = fasttimeout.TimeoutFromEnv("REQUEST_TIMEOUT", fasttimeout.DefaultTimeout)
+	o.timeout, err = fasttimeout.TimeoutFromEnv(timeoutEnv, fasttimeout.DefaultTimeout)
 	return o, err
 }
 

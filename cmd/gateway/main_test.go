@@ -216,12 +216,25 @@ func TestBadInput(t *testing.T) {
 		})
 	}
 
-	t.Run("-h prints the usage and exits 0", func(t *testing.T) {
+	t.Run("-h prints the usage, with each default and unit, and exits 0", func(t *testing.T) {
 		var stderr bytes.Buffer
 		assert.Zero(t, run(context.Background(), []string{"-h"}, &stderr, nil))
-		assert.Contains(t, stderr.String(), "usage: gateway")
-		assert.Contains(t, stderr.String(), "-upstream")
-		assert.Contains(t, stderr.String(), "-adaptive")
+		help := stderr.String()
+		for _, want := range []string{
+			"Usage: gateway [-addr host:port] [-upstream host:port]",
+			"REQUEST_TIMEOUT  request timeout, seconds (5, 2.5) or a Go duration (500ms, 1m)",
+			"unset or empty means 5s",
+			"-addr host:port", `(default "127.0.0.1:8081")`,
+			"-upstream host:port", `(default "127.0.0.1:8080")`,
+			"-margin duration", "a Go duration", "(default 5ms)",
+			"-max-late n", "(default 1000)",
+			"-max-conns n", "(default 512)",
+			"-max-body bytes", "4 MiB", "(default 4194304)",
+			"-trust-envoy-headers",
+			"-adaptive", "(default true)",
+		} {
+			assert.Contains(t, help, want)
+		}
 	})
 }
 
