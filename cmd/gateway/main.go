@@ -68,6 +68,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"expvar"
@@ -200,7 +201,8 @@ Flags:
 // the connections that are answering.
 const shutdownGrace = 10 * time.Second
 
-// run serves the gateway until ctx is done and returns the exit status.
+// run serves the gateway until ctx is done and returns the exit status,
+// once Serve has returned (within shutdownGrace).
 // listening, if not nil, is told the address once the gateway listens.
 func run(ctx context.Context, args []string, stderr io.Writer, listening func(net.Addr)) int {
 	o, err := parseOptions(args, stderr)
@@ -249,6 +251,15 @@ func run(ctx context.Context, args []string, stderr io.Writer, listening func(ne
 		// signal that came before the Serve goroutine ran, Serve would start
 		// then and serve on. Closing the listener ourselves ends it too.
 		_ = retrying.Close()
+		// Wait for Serve, which returns once its listener is closed: the
+		// gateway has stopped when run returns (a Serve that started after
+		// the signal ran on past it), and an error of Serve's is not lost.
+		select {
+		case serveErr := <-served:
+			err = cmp.Or(err, serveErr)
+		case <-shutdownCtx.Done():
+			err = cmp.Or(err, shutdownCtx.Err())
+		}
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, "gateway:", err)

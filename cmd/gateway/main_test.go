@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"net"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -47,6 +48,7 @@ func startGateway(t *testing.T, args ...string) string {
 		select {
 		case code := <-exited:
 			assert.Zero(t, code, "exit status; stderr: %s", stderr.String())
+			assert.Zero(t, serving(), "goroutines that run started, still running after it returned")
 		case <-time.After(10 * time.Second):
 			t.Error("gateway did not stop within 10s")
 		}
@@ -241,7 +243,7 @@ func TestBadInput(t *testing.T) {
 // TestStopAtStart ends the context before the Serve goroutine runs, as a
 // SIGTERM while the gateway starts does: fasthttp's Shutdown closes only the
 // listeners Serve has registered, so the gateway must not go on accepting
-// once run has returned.
+// once run has returned, nor still be starting to serve.
 func TestStopAtStart(t *testing.T) {
 	t.Setenv("REQUEST_TIMEOUT", "")
 	ctx, cancel := context.WithCancel(context.Background())
@@ -256,7 +258,29 @@ func TestStopAtStart(t *testing.T) {
 			_ = conn.Close()
 			t.Fatalf("%s still accepts connections after run returned", addr)
 		}
+		require.Zero(t, serving(), "goroutines that run started, still running after it returned")
 	}
+}
+
+// serving counts the goroutines that run started (Serve's) and that are
+// still running, not merely exiting once their work is done. Only one test
+// at a time calls run: those that do are not parallel.
+func serving() int {
+	buf := make([]byte, 1<<20)
+	n := runtime.Stack(buf, true)
+	for n == len(buf) {
+		buf = make([]byte, 2*len(buf))
+		n = runtime.Stack(buf, true)
+	}
+	count := 0
+	for g := range strings.SplitSeq(string(buf[:n]), "\n\n") {
+		_, frames, _ := strings.Cut(g, "\n")
+		if strings.Contains(g, "\ncreated by github.com/fasttimeout/fasttimeout/cmd/gateway.run in ") &&
+			!strings.HasPrefix(frames, "runtime.goexit1(") {
+			count++
+		}
+	}
+	return count
 }
 
 func TestOptions(t *testing.T) {
