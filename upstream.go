@@ -64,15 +64,15 @@ const minUpstreamBudget = time.Millisecond
 // false for such clients.
 //
 // Inside New, Do does not call the upstream either once the client has
-// hung up or the server is shutting down, the events besides the deadline
-// that end the request's context (see [Context]), whether or not the
-// handler has asked for it: after a hang-up Do returns an error matching
-// [ErrClientGone] and [context.Canceled], during a shutdown one matching
-// [ErrShutdown] and context.Canceled, as the context's Cause and Err do;
-// neither matches ErrTimeout. A handler that calls several upstreams, or
-// retries, thus stops calling them for nobody. (After a hang-up nobody
-// reads the answer; during a shutdown, 503 fits.) A call already in
-// progress is not ended: fasthttp's clients take no context.
+// hung up (as the hang-up watch sees it: see Config.IgnoreHangups) or the
+// server is shutting down, the events besides the deadline that end the
+// request's context (see [Context]): after a hang-up Do returns an error
+// matching [ErrClientGone] and [context.Canceled], during a shutdown one
+// matching [ErrShutdown] and context.Canceled, as the context's Cause and
+// Err do; neither matches ErrTimeout. A handler that calls several
+// upstreams, or retries, thus stops calling them for nobody. (After a
+// hang-up nobody reads the answer; during a shutdown, 503 fits.) A call
+// already in progress is not ended: fasthttp's clients take no context.
 //
 // If ctx has no deadline (it is not bounded by New, or its deadline was
 // switched off with [Disarm]), Do is c.Do(req, resp), and req is unchanged;
