@@ -341,10 +341,17 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (wai
 		l.refused.Add(1) // an arrival turned away, for the backlog; not a 503
 		return 0, spentBudget
 	}
+	// The queue goes by the clock as its lock is held, as dispatchLocked
+	// does (the later of the two readings): t was read on arrival, and
+	// after a stall since (a wait for the lock, a slow TimeoutFunc) a full
+	// queue that had stayed busy for lifoAfter would refuse the newcomer
+	// rather than evict its oldest waiter, and a queue the newcomer starts
+	// would count as busy from before it came.
+	clock := max(t, now())
 	// Twice the ceiling, which saturates: math.MaxInt, "no ceiling", would
 	// overflow to a negative and leave minQueue.
 	if l.queued >= max(2*int(min(l.ceiling, math.MaxInt/2)), minQueue) {
-		if !l.lifo(t) {
+		if !l.lifo(clock) {
 			l.waiting.Add(-1)
 			l.mu.Unlock()
 			return 0, l.refuse(RejectedQueueFull)
@@ -359,10 +366,10 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (wai
 	// the timeout response, and hold its place in the queue until then.
 	waitFor := min(maxWait, time.Duration(giveUp-t))
 	w.until = t + int64(waitFor)
-	l.push(w, t)
+	l.push(w, clock)
 	l.stats.queued.Add(1)
 	l.queuedInWin.Store(true)
-	l.dispatchLocked(t)
+	l.dispatchLocked(clock)
 	l.mu.Unlock()
 
 	if hook := testHookQueued.Load(); hook != nil {

@@ -1423,3 +1423,123 @@ func TestAdmission_a_slot_handed_over_after_a_stall_goes_by_the_clock(t *testing
 		}
 	}
 }
+
+// TestAdmission_a_newcomer_stalled_on_its_way_to_the_queue_goes_by_the_clock:
+// a request reads the clock as it reaches the middleware, and stalls before
+// it takes the queue's lock (here in its TimeoutFunc; a wait for the lock
+// or a stopped process does the same). Meanwhile the queue fills, or stays
+// busy, for longer than lifoAfter. The queue's decisions went by the
+// newcomer's reading: a full queue that had stayed busy refused the
+// newcomer rather than evict its oldest waiter, and a queue the newcomer
+// started counted as busy from before the newcomer reached it, so it served
+// the newest first sooner. By the clock under the lock the newcomer is
+// queued, the oldest waiter giving way (queue_full), and the queue is busy
+// from when it became so. Not parallel: the stall is timed by the clock.
+func TestAdmission_a_newcomer_stalled_on_its_way_to_the_queue_goes_by_the_clock(t *testing.T) {
+	for _, mode := range []Mode{Racing, Cooperative} {
+		for _, adaptive := range []bool{false, true} {
+			for _, full := range []bool{true, false} {
+				name := map[bool]string{true: "a full queue that stayed busy evicts its oldest waiter", false: "a queue is busy from when it became so"}[full]
+				t.Run(fmt.Sprintf("%v/adaptive=%v/%s", mode, adaptive, name), func(t *testing.T) {
+					stats := new(Stats)
+					var l atomic.Pointer[limiter]
+					release := make(chan struct{})
+					var runs atomic.Int32
+					stalled, resume := make(chan int64, 1), make(chan struct{})
+					var resumedAt atomic.Int64
+					h := New(func(ctx *fasthttp.RequestCtx) {
+						runs.Add(1)
+						hooked := lookup(ctx).m.limiter
+						// The limit's probe at start gives way to the first
+						// request it would refuse, which is its design; a
+						// probe under load does not.
+						hooked.probeYields.Store(false)
+						l.Store(hooked)
+						if string(ctx.Path()) == "/first" {
+							<-release
+						}
+					}, Config{
+						Timeout: time.Minute, Mode: mode, MaxConcurrency: 1, AdaptiveConcurrency: adaptive, Stats: stats, IgnoreHangups: true,
+						TimeoutFunc: func(ctx *fasthttp.RequestCtx) time.Duration {
+							if string(ctx.Path()) == "/newcomer" {
+								stalled <- now() // after the middleware's reading
+								<-resume
+								resumedAt.Store(now())
+							}
+							return 0 // Timeout
+						},
+					})
+					client := serveInMemory(t, h)
+					get := func(path string) chan int {
+						status := make(chan int, 1)
+						go func() {
+							s, _, err := client.GetTimeout(nil, "http://test"+path, 2*time.Minute)
+							assert.NoError(t, err)
+							status <- s
+						}()
+						return status
+					}
+					busyFor := func() time.Duration {
+						l := l.Load()
+						l.mu.Lock()
+						defer l.mu.Unlock()
+						if l.busySince == 0 {
+							return 0
+						}
+						return time.Duration(now() - l.busySince)
+					}
+
+					first := get("/first")
+					require.Eventually(t, func() bool { return l.Load() != nil }, 30*time.Second, time.Millisecond, "the first handler runs")
+					newcomer := get("/newcomer")
+					stalledAt := receive(t, stalled, "the newcomer's stall")
+					var waiters []chan int
+					if full {
+						for i := range minQueue {
+							waiters = append(waiters, get(fmt.Sprintf("/waiter/%d", i)))
+							require.Eventually(t, func() bool { return stats.Snapshot().Waiting == int64(i+1) }, 30*time.Second, time.Millisecond, "waiter %d queued", i)
+						}
+						require.Eventually(t, func() bool { return busyFor() > lifoAfter }, 30*time.Second, time.Millisecond, "the queue stays busy")
+					} else {
+						require.Eventually(t, func() bool { return time.Duration(now()-stalledAt) > lifoAfter }, 30*time.Second, time.Millisecond, "the newcomer stalls")
+					}
+					close(resume)
+					if full {
+						select {
+						case status := <-newcomer:
+							// Refused at once; the waiters would wait out their share.
+							t.Errorf("the newcomer answered %d before the oldest waiter gave way", status)
+							close(release)
+							return
+						case status := <-waiters[0]:
+							assert.Equal(t, fasthttp.StatusServiceUnavailable, status, "the oldest waiter gives way")
+						case <-time.After(30 * time.Second):
+							t.Fatal("neither the newcomer nor the oldest waiter answered within 30s")
+						}
+						waiters = waiters[1:]
+					} else {
+						require.Eventually(t, func() bool { return stats.Snapshot().Waiting == 1 }, 30*time.Second, time.Millisecond, "the newcomer queued")
+						l := l.Load()
+						l.mu.Lock()
+						busySince := l.busySince
+						l.mu.Unlock()
+						assert.GreaterOrEqual(t, busySince, resumedAt.Load(), "the queue busy from before the newcomer reached it, %v early", time.Duration(resumedAt.Load()-busySince))
+					}
+					close(release)
+					assert.Equal(t, fasthttp.StatusOK, receive(t, first, "the first answer"))
+					assert.Equal(t, fasthttp.StatusOK, receive(t, newcomer, "the newcomer's answer"), "the newcomer queued and ran")
+					for i, w := range waiters {
+						assert.Equal(t, fasthttp.StatusOK, receive(t, w, "a waiter's answer"), "waiter %d", i+1)
+					}
+					assert.Equal(t, int32(2+len(waiters)), runs.Load())
+					require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, 30*time.Second, time.Millisecond)
+					got := stats.Snapshot()
+					assert.Equal(t, map[bool]int64{true: 1, false: 0}[full], got.RejectedFull)
+					assert.Equal(t, got.RejectedFull, got.Rejected)
+					assert.Equal(t, int64(1+len(waiters)+map[bool]int{true: 1, false: 0}[full]), got.Queued)
+					assert.Zero(t, got.Waiting)
+				})
+			}
+		}
+	}
+}
