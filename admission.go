@@ -197,6 +197,10 @@ type waiter struct {
 	timer      *time.Timer
 	until      int64 // when its wait runs out: its share of the budget spent
 	inQueue    bool  // guarded by limiter.mu
+	// evicted: it gave way to a newcomer in a full queue before its wait
+	// was over. Written under limiter.mu before ready is sent, read once
+	// ready is received.
+	evicted bool
 }
 
 var waiterPool = sync.Pool{New: func() any {
@@ -356,9 +360,13 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (wai
 			l.mu.Unlock()
 			return 0, l.refuse(RejectedQueueFull)
 		}
-		// Newest first: the oldest waiter gives way to the newcomer.
+		// Newest first: the oldest waiter gives way to the newcomer. One
+		// whose wait is over by the clock is refused as its timer, due as
+		// well, would have it refused (queue_timeout, or the timeout
+		// response at giveUp): the eviction only came first.
 		oldest := l.head
 		l.remove(oldest)
+		oldest.evicted = clock < oldest.until
 		oldest.ready <- false
 	}
 	w := waiterPool.Get().(*waiter)
@@ -388,6 +396,8 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (wai
 	case <-w.timer.C:
 		granted = l.leave(w)
 	}
+	evicted := w.evicted
+	w.evicted = false
 	w.stopTimer()
 	waiterPool.Put(w)
 	waited = time.Duration(now() - t)
@@ -395,6 +405,11 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (wai
 	switch {
 	case granted:
 		return waited, ""
+	case evicted:
+		// Refused for a full queue with time left to wait: its goroutine
+		// running late since (past its share, or past giveUp) does not
+		// make that a timeout.
+		return waited, l.refuse(RejectedQueueFull)
 	case t+int64(waited) >= giveUp && !closed(shutdown):
 		l.refused.Add(1) // an arrival turned away, for the backlog; not a 503
 		return waited, spentBudget

@@ -1543,3 +1543,131 @@ func TestAdmission_a_newcomer_stalled_on_its_way_to_the_queue_goes_by_the_clock(
 		}
 	}
 }
+
+// TestAdmission_a_waiter_that_gives_way_is_refused_by_the_clock: the oldest
+// waiter of a full queue that has stayed busy gives way to a newcomer, and
+// its goroutine runs again only once its share of its budget has run out
+// (after a stall, or on a starved process). Its refusal went by when its
+// goroutine ran: a waiter pushed out with time left to wait was counted as
+// a timeout (queue_timeout), as if it had waited its share. By the clock
+// as it gave way, it is refused for the full queue (queue_full), however
+// late its goroutine runs; one whose wait was already over then is refused
+// as its timer would have it, queue_timeout (RejectedFull and
+// RejectedQueueTimeout in Stats). So with MaxQueueAge, where its wait ends
+// as its caller gives up: a waiter pushed out before then was answered with
+// the timeout response (a spent budget) if its goroutine ran after. Not
+// parallel: testHookQueued is the process's.
+func TestAdmission_a_waiter_that_gives_way_is_refused_by_the_clock(t *testing.T) {
+	for _, c := range []struct {
+		name        string
+		maxQueueAge time.Duration // its wait ends then rather than at its share
+		waitOver    bool          // the oldest waiter's wait is over when it gives way
+		want        string
+	}{
+		{"with time left to wait it is refused for the full queue", 0, false, RejectedQueueFull},
+		{"with its wait over it is refused as waited out", 0, true, RejectedQueueTimeout},
+		{"with time left before its caller gives up it is refused for the full queue", time.Second, false, RejectedQueueFull},
+		{"with its caller given up it gets the timeout response", time.Second, true, spentBudget},
+	} {
+		for _, adaptive := range []bool{false, true} {
+			t.Run(fmt.Sprintf("adaptive=%v/%s", adaptive, c.name), func(t *testing.T) {
+				stats := new(Stats)
+				var l atomic.Pointer[limiter]
+				release, wake := make(chan struct{}), make(chan struct{})
+				var runs atomic.Int32
+				h := New(func(ctx *fasthttp.RequestCtx) {
+					runs.Add(1)
+					hooked := lookup(ctx).m.limiter
+					// The limit's probe at start gives way to the first
+					// request it would refuse, which is its design; a
+					// probe under load does not.
+					hooked.probeYields.Store(false)
+					l.Store(hooked)
+					if string(ctx.Path()) == "/first" {
+						<-release
+					}
+				}, Config{
+					Timeout: time.Minute, MaxQueueAge: c.maxQueueAge, MaxConcurrency: 1, AdaptiveConcurrency: adaptive, Stats: stats, IgnoreHangups: true,
+					TimeoutFunc: func(ctx *fasthttp.RequestCtx) time.Duration {
+						if string(ctx.Path()) == "/oldest" && c.maxQueueAge == 0 {
+							return 10 * time.Second // a share of 1 s: the rest of the queue comes well within it
+						}
+						return 0 // Timeout
+					},
+				})
+				oldestReady := make(chan chan bool, 1)
+				var hooked atomic.Bool
+				hook := func(hl *limiter, ready chan bool, _ int64) {
+					if hl != l.Load() || !hooked.CompareAndSwap(false, true) {
+						return
+					}
+					oldestReady <- ready
+					<-wake // the oldest waiter's goroutine stalls
+				}
+				testHookQueued.Store(&hook)
+				t.Cleanup(func() { testHookQueued.Store(nil) })
+				client := serveInMemory(t, h)
+				get := func(path string) chan int {
+					status := make(chan int, 1)
+					go func() {
+						s, _, err := client.GetTimeout(nil, "http://test"+path, 2*time.Minute)
+						assert.NoError(t, err)
+						status <- s
+					}()
+					return status
+				}
+				queue := func() (busySince, oldestUntil int64) {
+					l := l.Load()
+					l.mu.Lock()
+					defer l.mu.Unlock()
+					return l.busySince, l.head.until
+				}
+				sleepUntil := func(at int64) {
+					for d := at - now(); d >= 0; d = at - now() {
+						time.Sleep(time.Duration(d) + 1)
+					}
+				}
+
+				first := get("/first")
+				require.Eventually(t, func() bool { return l.Load() != nil }, 30*time.Second, time.Millisecond, "the first handler runs")
+				oldest := get("/oldest")
+				ready := receive(t, oldestReady, "the oldest waiter queued")
+				busySince, until := queue()
+				// Past lifoAfter the queue hands slots, and looks for waiters
+				// whose wait is over, at its newest end: nothing but the
+				// newcomer takes the oldest out.
+				sleepUntil(busySince + int64(lifoAfter))
+				if c.waitOver {
+					sleepUntil(until)
+				}
+				var waiters []chan int
+				for i := range minQueue - 1 {
+					waiters = append(waiters, get(fmt.Sprintf("/waiter/%d", i)))
+					require.Eventually(t, func() bool { return stats.Snapshot().Waiting == int64(i+2) }, 30*time.Second, time.Millisecond, "waiter %d queued", i)
+				}
+				newcomer := get("/newcomer")
+				require.Eventually(t, func() bool { return len(ready) == 1 }, 30*time.Second, time.Millisecond, "the oldest waiter gives way")
+				if !c.waitOver {
+					require.Less(t, now(), until, "the rest of the queue came within the oldest waiter's share")
+				}
+				sleepUntil(until) // its goroutine runs again past its share
+				close(wake)
+				assert.Equal(t, map[bool]int{true: fasthttp.StatusGatewayTimeout, false: fasthttp.StatusServiceUnavailable}[c.want == spentBudget], receive(t, oldest, "the oldest waiter's answer"))
+				close(release)
+				assert.Equal(t, fasthttp.StatusOK, receive(t, first, "the first answer"))
+				assert.Equal(t, fasthttp.StatusOK, receive(t, newcomer, "the newcomer's answer"))
+				for i, w := range waiters {
+					assert.Equal(t, fasthttp.StatusOK, receive(t, w, "a waiter's answer"), "waiter %d", i)
+				}
+				assert.Equal(t, int32(minQueue+1), runs.Load(), "all but the oldest waiter ran")
+				require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, 30*time.Second, time.Millisecond)
+				got := stats.Snapshot()
+				assert.Equal(t, map[bool]int64{true: 1}[c.want == RejectedQueueFull], got.RejectedFull, "RejectedFull")
+				assert.Equal(t, map[bool]int64{true: 1}[c.want == RejectedQueueTimeout], got.RejectedQueueTimeout, "RejectedQueueTimeout")
+				assert.Equal(t, map[bool]int64{true: 1}[c.want == spentBudget], got.SpentBudgets, "SpentBudgets")
+				assert.Equal(t, got.RejectedFull+got.RejectedQueueTimeout, got.Rejected)
+				assert.Zero(t, got.Waiting)
+			})
+		}
+	}
+}

@@ -101,10 +101,11 @@ type Counters struct {
 	Rejected int64 `json:"rejected,omitempty"`
 	// RejectedFull counts the requests refused because the queue was full
 	// (the newcomer, or the oldest waiter giving way to it once the queue
-	// has stayed busy), because their budget left no time to wait, because
-	// the server shut down while they waited, or, with AdaptiveConcurrency,
-	// because the process's CPU was so saturated that requests waited too
-	// long to be read (see RejectedQueueFull).
+	// has stayed busy, if its wait was not over by then), because their
+	// budget left no time to wait, because the server shut down while they
+	// waited, or, with AdaptiveConcurrency, because the process's CPU was
+	// so saturated that requests waited too long to be read (see
+	// RejectedQueueFull).
 	RejectedFull int64 `json:"rejected_full,omitempty"`
 	// RejectedQueueTimeout counts the requests refused because they waited
 	// their share of their budget without getting a slot.

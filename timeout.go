@@ -302,10 +302,10 @@ const (
 	RejectedLateHandlers = "late_handlers"
 	// RejectedQueueFull: the concurrency limit was reached and the queue was
 	// full (the request came to a full queue, or, waiting in one that had
-	// stayed busy, gave way to a newer request), the request's budget left
-	// no time to wait, or the server shut down while it waited; or, with
-	// Config.AdaptiveConcurrency, the process's CPU is so saturated that
-	// requests wait too long to be read at all.
+	// stayed busy, gave way to a newer request before its wait was over),
+	// the request's budget left no time to wait, or the server shut down
+	// while it waited; or, with Config.AdaptiveConcurrency, the process's
+	// CPU is so saturated that requests wait too long to be read at all.
 	RejectedQueueFull = "queue_full"
 	// RejectedQueueTimeout: the request waited its share of its budget for
 	// a slot under the concurrency limit without getting one.
