@@ -174,8 +174,11 @@ func (l *limiter) updateShed(t int64) {
 	}
 	l.shedAt.Store(t)
 	latency, runnable := readBacklog(t)
-	// Taken slots wrap at 2³²: only their difference over an interval
-	// counts.
+	// The arrivals are the requests that came to acquire, where the
+	// refusals apply: slots taken and refusals. Those answered before it
+	// (spent on arrival, MaxLateHandlers) use no handler, and counted they
+	// would have the rest refused for them. Taken slots wrap at 2³²: only
+	// their difference over an interval counts.
 	arrivals, served := int64(l.taken())+l.refused.Load(), l.served.Load()
 	arrived := int64(uint32(arrivals - l.lastArrivals))
 	l.shed.Store(l.nextShedLocked(latency, runnable, dt, arrived, served-l.lastServed))
