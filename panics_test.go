@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"runtime"
 	"strings"
 	"testing"
@@ -415,4 +416,34 @@ func TestPanics_Goexit_in_a_late_callback_on_a_worker(t *testing.T) {
 			require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, stressBound, 5*time.Millisecond)
 		})
 	}
+}
+
+// TestPanics_panic_nil_under_panicnil runs itself again in a child process
+// with GODEBUG=panicnil=1, where a handler's panic(nil) recovers as nil,
+// as a runtime.Goexit does. The raced handler's worker took it for a Goexit
+// and forgot itself, but its goroutine lived on, waiting for work that
+// never came: one goroutine leaked per such panic. The server goroutine
+// re-raises it as a Goexit, the only value it can tell apart. The child's
+// TestMain fails it if a goroutine outlives its test.
+func TestPanics_panic_nil_under_panicnil(t *testing.T) {
+	t.Parallel()
+	if !strings.Contains(os.Getenv("GODEBUG"), "panicnil=1") {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestPanics_panic_nil_under_panicnil$", "-test.count=1", "-test.v")
+		cmd.Env = append(os.Environ(), "GODEBUG=panicnil=1")
+		out, err := cmd.CombinedOutput()
+		require.NoError(t, err, "the child:\n%s", out)
+		require.Contains(t, string(out), "--- PASS: TestPanics_panic_nil_under_panicnil")
+		return
+	}
+	h := fasttimeout.New(func(*fasthttp.RequestCtx) { panic(nil) }, fasttimeout.Config{Timeout: 10 * time.Second})
+	var req fasthttp.Request
+	req.SetRequestURI("http://panicnil/")
+	var ctx fasthttp.RequestCtx
+	ctx.Init(&req, nil, testLogger{t})
+	recovered := func() (v any) {
+		defer func() { v = recover() }()
+		h(&ctx)
+		return nil
+	}()
+	require.ErrorContains(t, recovered.(error), "Goexit")
 }

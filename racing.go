@@ -128,10 +128,13 @@ type worker struct {
 	removed bool // gone from the housekeeper's registry; guarded by housekeeper.mu
 }
 
-// loop serves the worker's calls until work is closed.
+// loop serves the worker's calls until work is closed, or a handler ends
+// the worker (see serve).
 func (w *worker) loop() {
 	for range w.work {
-		w.serve()
+		if !w.serve() {
+			return
+		}
 	}
 }
 
@@ -148,8 +151,9 @@ func (w *worker) fire() {
 	w.startWatch(t)
 }
 
-// serve runs the current call's handler and settles the race.
-func (w *worker) serve() {
+// serve runs the current call's handler and settles the race. It reports
+// whether the worker lives on: not after what it took for a Goexit.
+func (w *worker) serve() (alive bool) {
 	c := &w.call
 	m := c.m
 	returned := false
@@ -159,13 +163,17 @@ func (w *worker) serve() {
 			c.panicked = true
 			if c.panicValue = recover(); c.panicValue == nil {
 				// Only runtime.Goexit unwinds without a value; it ends
-				// this goroutine once the deferred calls have run.
+				// this goroutine once the deferred calls have run. Or,
+				// with GODEBUG=panicnil=1, a panic(nil), which recover
+				// has just stopped: the worker is forgotten all the
+				// same, and ends when serve returns.
 				goexit = true
 				c.panicValue = errGoexit
 				m.housekeeper.dropWorker(w)
 			}
 			m.stats.panics.Add(1)
 		}
+		alive = !goexit
 		// A handler that returns or panics after its deadline is late,
 		// even if its timer has not run yet (a stalled or starved process).
 		// The slot goes back before the server goroutine is signalled:
@@ -191,6 +199,7 @@ func (w *worker) serve() {
 	}()
 	m.handler(c.ctx)
 	returned = true
+	return true
 }
 
 // lateReturn runs on a worker whose handler returned after its deadline.
