@@ -97,6 +97,11 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 		ctx.Response.Reset()
 		m.writeTimeoutResponse(&ctx.Response)
 	}
+	// A callback's Goexit ends the server goroutine as the handler's does,
+	// and the outermost New closes the connection then too (see
+	// endCallback); after the handler's, it is closed already.
+	returned := goexit
+	defer endCallback(ctx, c.outer == nil, &returned)
 	if v != nil {
 		var stack []byte
 		if !goexit { // Goexit has no panicking stack
@@ -113,6 +118,7 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 	case over == callTimedOut && m.OnTimeout != nil:
 		m.OnTimeout(ctx, &ctx.Response)
 	}
+	returned = true
 }
 
 // closeConn closes the connection of a request whose server goroutine is

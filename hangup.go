@@ -213,7 +213,10 @@ func (m *middleware) answerGone(ctx *fasthttp.RequestCtx, c *call) {
 	writeGoneResponse(resp)
 	defer answerWith(ctx, resp) // even if OnHangup panics (see answerTimeout)
 	if m.OnHangup != nil {
+		returned := false
+		defer endCallback(ctx, true, &returned) // a Goexit closes the connection, as the 499 would
 		m.OnHangup(ctx, time.Duration(c.overAt.Load()-c.start))
+		returned = true
 	}
 }
 

@@ -418,6 +418,94 @@ func TestPanics_Goexit_in_a_late_callback_on_a_worker(t *testing.T) {
 	}
 }
 
+// A Config callback that calls runtime.Goexit (t.FailNow in a test's
+// callback, say) on the server goroutine ends it, after which fasthttp
+// neither answers the request nor closes its connection: its client
+// waited for an answer until its own timeout (one that had hung up, for
+// good), and the server held the descriptor. The connection is closed, as
+// after a cooperative handler's Goexit, and the request is counted out.
+func TestPanics_Goexit_in_a_callback_on_the_server_goroutine_closes_the_connection(t *testing.T) {
+	type goexitCase struct {
+		callback string
+		mode     fasttimeout.Mode
+		request  string // as the client writes it
+		hangUp   bool   // the client half-closes once the handler has started
+		panics   int64  // Stats.Panics
+	}
+	spent := "GET /late HTTP/1.1\r\nHost: goexit.test\r\nGrpc-Timeout: 0m\r\n\r\n"
+	var cases []goexitCase
+	for _, mode := range allModes {
+		cases = append(cases,
+			goexitCase{callback: "Skip", mode: mode, request: rawRequest("/late")},
+			goexitCase{callback: "TimeoutFunc", mode: mode, request: rawRequest("/late")},
+			goexitCase{callback: "OnTimeout", mode: mode, request: rawRequest("/late")},
+			goexitCase{callback: "OnTimeout-spent", mode: mode, request: spent},
+			goexitCase{callback: "OnHangup", mode: mode, request: rawRequest("/late"), hangUp: true},
+		)
+	}
+	// In racing mode they run on the worker (TestPanics_Goexit_in_a_late_callback_on_a_worker).
+	cases = append(cases,
+		goexitCase{callback: "OnLateReturn", mode: fasttimeout.Cooperative, request: rawRequest("/late")},
+		goexitCase{callback: "OnPanic", mode: fasttimeout.Cooperative, request: rawRequest("/late"), panics: 1}, // the handler's
+	)
+	for _, tc := range cases {
+		t.Run(tc.callback+"/"+tc.mode.String(), func(t *testing.T) {
+			if tc.hangUp {
+				requireHangups(t)
+			}
+			t.Parallel()
+			called := make(chan struct{})
+			goexit := func() {
+				close(called)
+				runtime.Goexit()
+			}
+			started := make(chan struct{}, 1)
+			var stats fasttimeout.Stats
+			cfg := fasttimeout.Config{Mode: tc.mode, Stats: &stats, HonorDeadlineHeaders: true}
+			switch tc.callback {
+			case "Skip":
+				cfg.Skip = func(*fasthttp.RequestCtx) bool { goexit(); return false }
+			case "TimeoutFunc":
+				cfg.TimeoutFunc = func(*fasthttp.RequestCtx) time.Duration { goexit(); return 0 }
+			case "OnTimeout", "OnTimeout-spent":
+				cfg.Timeout = 10 * time.Millisecond // the handler waits for its context
+				cfg.OnTimeout = func(*fasthttp.RequestCtx, *fasthttp.Response) { goexit() }
+			case "OnHangup":
+				cfg.Timeout = time.Minute
+				cfg.OnHangup = func(*fasthttp.RequestCtx, time.Duration) { goexit() }
+			case "OnLateReturn":
+				cfg.Timeout = 10 * time.Millisecond
+				cfg.OnLateReturn = func(*fasthttp.RequestCtx, time.Duration) { goexit() }
+			case "OnPanic":
+				cfg.Timeout = 10 * time.Millisecond
+				cfg.OnPanic = func(*fasthttp.RequestCtx, any, []byte) { goexit() }
+			}
+			server := startStressLoopback(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				started <- struct{}{}
+				<-fasttimeout.Context(ctx).Done()
+				if tc.callback == "OnPanic" {
+					panic("late")
+				}
+			}, cfg))
+			conn := sendRaw(t, server.addr, tc.request)
+			if tc.hangUp {
+				receive(t, started, "the handler's start")
+				require.NoError(t, conn.CloseWrite())
+			}
+			receive(t, called, tc.callback)
+
+			require.NoError(t, conn.SetReadDeadline(time.Now().Add(stressBound)))
+			n, err := conn.Read(make([]byte, 512))
+			require.Zero(t, n, "no answer")
+			require.False(t, errors.Is(err, os.ErrDeadlineExceeded), "the connection left open: %v", err)
+			require.Error(t, err)
+			require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, stressBound, 5*time.Millisecond,
+				"the request was never counted out")
+			assert.Equal(t, tc.panics, stats.Snapshot().Panics)
+		})
+	}
+}
+
 // TestPanics_panic_nil_under_panicnil runs itself again in a child process
 // with GODEBUG=panicnil=1, where a handler's panic(nil) recovers as nil,
 // as a runtime.Goexit does. The raced handler's worker took it for a Goexit

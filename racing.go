@@ -98,7 +98,10 @@ func (m *middleware) answerTimeout(ctx *fasthttp.RequestCtx) {
 	defer answerWith(ctx, resp)
 	m.writeTimeoutResponse(resp)
 	if m.OnTimeout != nil {
+		returned := false
+		defer endCallback(ctx, true, &returned)
 		m.OnTimeout(ctx, resp)
+		returned = true
 	}
 }
 

@@ -41,7 +41,10 @@ var ErrShutdown = errors.New("fasttimeout: server shutting down")
 // replaced by the timeout response. Panics are handled as in racing mode. A
 // handler that calls runtime.Goexit ends the server goroutine, after which
 // fasthttp would neither answer nor close the connection: the middleware
-// closes it (racing mode answers it as a panic).
+// closes it (racing mode answers it as a panic). So it does, in both
+// modes, when a Config callback that runs on the server goroutine calls
+// runtime.Goexit (t.FailNow in a test's callback, say): all of them but,
+// in racing mode, OnPanic and OnLateReturn, which run on the worker.
 //
 // Inside the handler of another New, h keeps the earlier of the two
 // deadlines and, whatever the mode, runs as in cooperative mode on the
@@ -85,7 +88,7 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx, outer *call) (start, deadli
 	if m.countRequests {
 		m.stats.requests.add(ctx.ConnID(), 1)
 	}
-	if m.Skip != nil && m.Skip(ctx) {
+	if m.Skip != nil && m.skips(ctx, outer) {
 		m.handler(ctx)
 		return 0, 0, 0, false
 	}
@@ -98,7 +101,7 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx, outer *call) (start, deadli
 	start = m.arrival(ctx, t)
 	deadline = m.requestDeadline(ctx, start, t, outer)
 	if m.spent(start, deadline, t) {
-		m.answerSpent(ctx) // the caller's budget is spent before the handler could start
+		m.answerSpent(ctx, outer) // the caller's budget is spent before the handler could start
 		return 0, 0, 0, false
 	}
 	admitted = t
@@ -108,7 +111,7 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx, outer *call) (start, deadli
 		case "":
 		case spentBudget:
 			// It grew older than MaxQueueAge waiting: its caller gave up.
-			m.answerSpent(ctx)
+			m.answerSpent(ctx, outer)
 			return 0, 0, 0, false
 		default:
 			m.reject(ctx, reason)
@@ -124,7 +127,7 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx, outer *call) (start, deadli
 			if m.limiter.adaptive {
 				m.limiter.drop(admitted)
 			}
-			m.answerSpent(ctx)
+			m.answerSpent(ctx, outer)
 			return 0, 0, 0, false
 		}
 		if m.countRequests {
@@ -186,7 +189,7 @@ func (m *middleware) arrival(ctx *fasthttp.RequestCtx, t int64) int64 {
 func (m *middleware) requestDeadline(ctx *fasthttp.RequestCtx, start, t int64, outer *call) int64 {
 	timeout := m.Timeout
 	if m.TimeoutFunc != nil {
-		if d := m.TimeoutFunc(ctx); d > 0 {
+		if d := m.timeoutOf(ctx, outer); d > 0 {
 			timeout = d
 		}
 	}
@@ -211,14 +214,64 @@ func (m *middleware) requestDeadline(ctx *fasthttp.RequestCtx, start, t int64, o
 
 // answerSpent answers the request ctx with the timeout response without
 // running its handler: its budget was spent when it arrived (see
-// SpentBudget).
-func (m *middleware) answerSpent(ctx *fasthttp.RequestCtx) {
+// SpentBudget). outer is the call of an enclosing New, if any.
+func (m *middleware) answerSpent(ctx *fasthttp.RequestCtx, outer *call) {
 	m.stats.timeouts.Add(1)
 	m.stats.spentBudgets.Add(1)
 	ctx.SetUserValue(rejectKey{}, spentBudget)
 	m.writeTimeoutResponse(&ctx.Response)
 	if m.OnTimeout != nil {
+		returned := false
+		defer endCallback(ctx, outer == nil, &returned)
 		m.OnTimeout(ctx, &ctx.Response)
+		returned = true
+	}
+}
+
+// skips reports whether Config.Skip exempts the request ctx; outer is the
+// call of an enclosing New, if any.
+func (m *middleware) skips(ctx *fasthttp.RequestCtx, outer *call) bool {
+	returned := false
+	defer endCallback(ctx, outer == nil, &returned)
+	skip := m.Skip(ctx)
+	returned = true
+	return skip
+}
+
+// timeoutOf returns Config.TimeoutFunc's timeout for the request ctx, as
+// skips calls Skip.
+func (m *middleware) timeoutOf(ctx *fasthttp.RequestCtx, outer *call) time.Duration {
+	returned := false
+	defer endCallback(ctx, outer == nil, &returned)
+	d := m.TimeoutFunc(ctx)
+	returned = true
+	return d
+}
+
+// endCallback runs, deferred, after a Config callback that ran on the
+// server goroutine of the request ctx; returned reports whether the
+// callback returned. A panic goes on with its value, as a handler's in
+// time does. A call of runtime.Goexit (t.FailNow in a test's callback,
+// say) ends the server goroutine, after which fasthttp would neither
+// answer the request nor close its connection, and the client would wait
+// for an answer until its own timeout: the outermost New closes it, as
+// for a cooperative handler's Goexit (see finishCooperative). Inside
+// another New the Goexit goes on to the enclosing one, which takes it for
+// its handler's.
+//
+// With GODEBUG=panicnil=1, a panic(nil) looks like a Goexit here: the
+// connection is closed, and since recover has stopped that panic, the
+// server goroutine goes on as if the callback had returned its zero
+// values.
+func endCallback(ctx *fasthttp.RequestCtx, outermost bool, returned *bool) {
+	if *returned {
+		return
+	}
+	if v := recover(); v != nil {
+		panic(v)
+	}
+	if outermost {
+		closeConn(ctx)
 	}
 }
 
