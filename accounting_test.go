@@ -83,6 +83,10 @@ var accountingKinds = []accountingKind{
 	{name: "skip", weight: 5, timeout: waitTimeout, handler: func(_ *accounting, ctx *fasthttp.RequestCtx) {
 		ctx.SetBodyString("skip")
 	}},
+	// Config.Skip, or TimeoutFunc, panics for them (see accounting.config):
+	// their handler never runs.
+	{name: "bad-skip", weight: 2, timeout: waitTimeout, handler: func(*accounting, *fasthttp.RequestCtx) {}},
+	{name: "bad-timeout-func", weight: 2, timeout: waitTimeout, handler: func(*accounting, *fasthttp.RequestCtx) {}},
 	// Budgets spent on arrival: the caller's, and the age a proxy in front
 	// gives the request.
 	{name: "spent", weight: 5, timeout: waitTimeout, headers: setHeader("Grpc-Timeout", "0m"), handler: func(_ *accounting, ctx *fasthttp.RequestCtx) {
@@ -148,7 +152,8 @@ type accounting struct {
 	entered, left atomic.Int64 // calls of the middlewares (the server's handler)
 	ran           atomic.Int64 // handlers run under a deadline
 	skipped       atomic.Int64 // requests Config.Skip exempted
-	thrown        atomic.Int64 // panics and runtime.Goexit calls of handlers
+	thrown        atomic.Int64 // panics and runtime.Goexit calls of handlers, Skip and TimeoutFunc
+	unrun         atomic.Int64 // panics of Skip and TimeoutFunc: the handler never ran
 	badDeadline   atomic.Int64 // malformed deadline headers that reached the middleware's check
 	badQueue      atomic.Int64 // malformed queue headers, likewise
 
@@ -183,14 +188,23 @@ func (a *accounting) config(mode fasttimeout.Mode, stats *fasttimeout.Stats) fas
 	return fasttimeout.Config{
 		Mode:                 mode,
 		Stats:                stats,
-		TimeoutFunc:          func(ctx *fasthttp.RequestCtx) time.Duration { return a.kindOf(ctx).timeout },
 		HonorDeadlineHeaders: true,
 		HonorQueueHeaders:    true,
 		MaxQueueAge:          time.Minute, // the "old" requests are an hour old, less a minute
+		TimeoutFunc: func(ctx *fasthttp.RequestCtx) time.Duration {
+			k := a.kindOf(ctx)
+			if k.name == "bad-timeout-func" {
+				a.throwUnrun()
+			}
+			return k.timeout
+		},
 		Skip: func(ctx *fasthttp.RequestCtx) bool {
-			if a.kindOf(ctx).name == "skip" {
+			switch a.kindOf(ctx).name {
+			case "skip":
 				a.skipped.Add(1)
 				return true
+			case "bad-skip":
+				a.throwUnrun()
 			}
 			return false
 		},
@@ -199,6 +213,13 @@ func (a *accounting) config(mode fasttimeout.Mode, stats *fasttimeout.Stats) fas
 		OnLateReturn: func(*fasthttp.RequestCtx, time.Duration) { a.onLateReturn.Add(1) },
 		OnPanic:      func(*fasthttp.RequestCtx, any, []byte) { a.onPanic.Add(1) },
 	}
+}
+
+// throwUnrun panics in Skip or TimeoutFunc, counting it.
+func (a *accounting) throwUnrun() {
+	a.thrown.Add(1)
+	a.unrun.Add(1)
+	panic("a bug in Config")
 }
 
 // handler is the handler every middleware of a case runs.
@@ -323,10 +344,11 @@ type accountingCase struct {
 
 // TestStats_nothing_lost drives a seeded mix of requests (in time, late,
 // honouring their context or not, panicking, calling runtime.Goexit, Disarm
-// or Extend, skipped, spent on arrival, with malformed headers, refused by a
-// limit, shed, and clients hanging up) concurrently through a real server,
-// then, once it is quiet, checks that Stats accounts for every request once:
-// every request that entered ends in exactly one of handler run, skipped,
+// or Extend, skipped, failing in Skip or TimeoutFunc, spent on arrival, with
+// malformed headers, refused by a limit, shed, and clients hanging up)
+// concurrently through a real server, then, once it is quiet, checks that
+// Stats accounts for every request once: every request that entered ends
+// in exactly one of handler run, skipped, failed in Skip or TimeoutFunc,
 // shed, refused and spent, and each counter agrees with the answers the
 // clients got, the callbacks, the histograms that shadow it and the other
 // counters. Which outcome each request has depends on the machine's timing;
@@ -506,8 +528,8 @@ func runAccountingCase(t *testing.T, tc accountingCase, seed uint64, connections
 
 	// Where every request ended.
 	assert.Equal(t, a.entered.Load(), s.Requests, "Requests: every call of a middleware")
-	assert.Equal(t, s.Requests, a.ran.Load()+a.skipped.Load()+s.Shed+s.Rejected+s.SpentBudgets,
-		"Requests = handlers run + skipped + shed + rejected + spent budgets")
+	assert.Equal(t, s.Requests, a.ran.Load()+a.skipped.Load()+a.unrun.Load()+s.Shed+s.Rejected+s.SpentBudgets,
+		"Requests = handlers run + skipped + Skip or TimeoutFunc panicked + shed + rejected + spent budgets")
 	assert.Equal(t, s.RejectedFull+s.RejectedQueueTimeout, s.Rejected, "Rejected = RejectedFull + RejectedQueueTimeout")
 	assert.Equal(t, a.shed.Load(), s.Shed, "Shed: RejectReason late_handlers")
 	assert.Equal(t, a.full.Load(), s.RejectedFull, "RejectedFull: RejectReason queue_full")
@@ -539,7 +561,7 @@ func runAccountingCase(t *testing.T, tc accountingCase, seed uint64, connections
 		"LateFinished: every handler timed out while running, or whose client left")
 	assert.Equal(t, s.LateFinished, lateRun.Count, "LateRun: one observation per late return")
 	assert.Equal(t, s.LateFinished, a.onLateReturn.Load(), "LateFinished: OnLateReturn calls")
-	assert.Equal(t, a.thrown.Load(), s.Panics, "Panics: every panic and runtime.Goexit of a handler")
+	assert.Equal(t, a.thrown.Load(), s.Panics, "Panics: every panic and runtime.Goexit of a handler, Skip or TimeoutFunc")
 	assert.LessOrEqual(t, a.onPanic.Load(), s.Panics, "OnPanic gets the late ones")
 
 	// Headers.

@@ -177,11 +177,14 @@ type Config struct {
 
 	// TimeoutFunc, if set, chooses the timeout of each request (by path,
 	// say). A result of zero or less means Timeout. It runs on the server
-	// goroutine before the handler and must be fast.
+	// goroutine before the handler and must be fast. If it panics, the
+	// panic goes up the server goroutine as a handler's would, and counts
+	// in Stats.Panics.
 	TimeoutFunc func(ctx *fasthttp.RequestCtx) time.Duration
 
 	// Skip, if set, exempts the requests for which it returns true: their
-	// handler runs directly, without deadline or context.
+	// handler runs directly, without deadline or context. It runs on the
+	// server goroutine first, and panics as TimeoutFunc does.
 	Skip func(ctx *fasthttp.RequestCtx) bool
 
 	// HonorDeadlineHeaders makes the middleware take the caller's own

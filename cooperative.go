@@ -101,7 +101,7 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 	// and the outermost New closes the connection then too (see
 	// endCallback); after the handler's, it is closed already.
 	returned := goexit
-	defer endCallback(ctx, c.outer == nil, &returned)
+	defer endCallback(ctx, c.outer == nil, &returned, nil)
 	if v != nil {
 		var stack []byte
 		if !goexit { // Goexit has no panicking stack

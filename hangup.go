@@ -214,7 +214,7 @@ func (m *middleware) answerGone(ctx *fasthttp.RequestCtx, c *call) {
 	defer answerWith(ctx, resp) // even if OnHangup panics (see answerTimeout)
 	if m.OnHangup != nil {
 		returned := false
-		defer endCallback(ctx, true, &returned) // a Goexit closes the connection, as the 499 would
+		defer endCallback(ctx, true, &returned, nil) // a Goexit closes the connection, as the 499 would
 		m.OnHangup(ctx, time.Duration(c.overAt.Load()-c.start))
 		returned = true
 	}

@@ -418,6 +418,48 @@ func TestPanics_Goexit_in_a_late_callback_on_a_worker(t *testing.T) {
 	}
 }
 
+// Skip and TimeoutFunc run before the request has any outcome in Stats. One
+// that panics is counted as a panic, and its panic goes up the server
+// goroutine as a handler's in time does; the request was counted in
+// Requests and nowhere else, a failure that Stats showed as a success.
+func TestPanics_in_Skip_or_TimeoutFunc_count_as_panics(t *testing.T) {
+	for _, mode := range allModes {
+		for _, callback := range []string{"Skip", "TimeoutFunc"} {
+			t.Run(callback+"/"+mode.String(), func(t *testing.T) {
+				t.Parallel()
+				var stats fasttimeout.Stats
+				cfg := fasttimeout.Config{Timeout: 10 * time.Second, Mode: mode, Stats: &stats}
+				bug := func(ctx *fasthttp.RequestCtx) {
+					if string(ctx.Path()) == "/bug" {
+						panic(callback + " bug")
+					}
+				}
+				if callback == "Skip" {
+					cfg.Skip = func(ctx *fasthttp.RequestCtx) bool { bug(ctx); return false }
+				} else {
+					cfg.TimeoutFunc = func(ctx *fasthttp.RequestCtx) time.Duration { bug(ctx); return 0 }
+				}
+				recovered := make(chan any, 1)
+				server := panicServer(t, func(ctx *fasthttp.RequestCtx) {
+					replyWithSecret(ctx, "served", string(ctx.Request.Header.Peek("X-Secret")))
+				}, cfg, recovered)
+				c, err := dialStress(server.addr)
+				require.NoError(t, err)
+				defer c.close()
+
+				require.Equal(t, fasthttp.StatusInternalServerError, c.get(t, "/bug", "S0000000000000001").StatusCode())
+				require.Equal(t, callback+" bug", receive(t, recovered, "the panic"))
+				got := stats.Snapshot()
+				assert.EqualValues(t, 1, got.Requests)
+				assert.EqualValues(t, 1, got.Panics, "the request's only outcome")
+				assert.Zero(t, got.InFlight)
+				requireOwnResponse(t, c.get(t, "/served", "S0000000000000002"), "served", "S0000000000000002")
+				assert.EqualValues(t, 1, stats.Snapshot().Panics)
+			})
+		}
+	}
+}
+
 // A Config callback that calls runtime.Goexit (t.FailNow in a test's
 // callback, say) on the server goroutine ends it, after which fasthttp
 // neither answers the request nor closes its connection: its client
@@ -430,14 +472,14 @@ func TestPanics_Goexit_in_a_callback_on_the_server_goroutine_closes_the_connecti
 		mode     fasttimeout.Mode
 		request  string // as the client writes it
 		hangUp   bool   // the client half-closes once the handler has started
-		panics   int64  // Stats.Panics
+		panics   int64  // Stats.Panics: Skip and TimeoutFunc have no other outcome
 	}
 	spent := "GET /late HTTP/1.1\r\nHost: goexit.test\r\nGrpc-Timeout: 0m\r\n\r\n"
 	var cases []goexitCase
 	for _, mode := range allModes {
 		cases = append(cases,
-			goexitCase{callback: "Skip", mode: mode, request: rawRequest("/late")},
-			goexitCase{callback: "TimeoutFunc", mode: mode, request: rawRequest("/late")},
+			goexitCase{callback: "Skip", mode: mode, request: rawRequest("/late"), panics: 1},
+			goexitCase{callback: "TimeoutFunc", mode: mode, request: rawRequest("/late"), panics: 1},
 			goexitCase{callback: "OnTimeout", mode: mode, request: rawRequest("/late")},
 			goexitCase{callback: "OnTimeout-spent", mode: mode, request: spent},
 			goexitCase{callback: "OnHangup", mode: mode, request: rawRequest("/late"), hangUp: true},

@@ -99,7 +99,7 @@ func (m *middleware) answerTimeout(ctx *fasthttp.RequestCtx) {
 	m.writeTimeoutResponse(resp)
 	if m.OnTimeout != nil {
 		returned := false
-		defer endCallback(ctx, true, &returned)
+		defer endCallback(ctx, true, &returned, nil)
 		m.OnTimeout(ctx, resp)
 		returned = true
 	}

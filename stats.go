@@ -61,7 +61,9 @@ type Counters struct {
 	// deadline, or after their client hung up.
 	LateFinished int64 `json:"late_finished"`
 	// Panics is the number of handler panics seen, before or after the
-	// deadline, calls of runtime.Goexit included.
+	// deadline (calls of runtime.Goexit included), and of panics of
+	// Config.Skip and Config.TimeoutFunc, which leave their request no
+	// other outcome.
 	Panics int64 `json:"panics"`
 	// Shed is the number of requests refused with 503 because
 	// Config.MaxLateHandlers handlers were running late.

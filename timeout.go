@@ -222,27 +222,29 @@ func (m *middleware) answerSpent(ctx *fasthttp.RequestCtx, outer *call) {
 	m.writeTimeoutResponse(&ctx.Response)
 	if m.OnTimeout != nil {
 		returned := false
-		defer endCallback(ctx, outer == nil, &returned)
+		defer endCallback(ctx, outer == nil, &returned, nil)
 		m.OnTimeout(ctx, &ctx.Response)
 		returned = true
 	}
 }
 
 // skips reports whether Config.Skip exempts the request ctx; outer is the
-// call of an enclosing New, if any.
+// call of an enclosing New, if any. A Skip that panics or calls
+// runtime.Goexit leaves the request no other outcome in Stats: it is
+// counted in Panics, as a handler's panic would be.
 func (m *middleware) skips(ctx *fasthttp.RequestCtx, outer *call) bool {
 	returned := false
-	defer endCallback(ctx, outer == nil, &returned)
+	defer endCallback(ctx, outer == nil, &returned, &m.stats.panics)
 	skip := m.Skip(ctx)
 	returned = true
 	return skip
 }
 
-// timeoutOf returns Config.TimeoutFunc's timeout for the request ctx, as
-// skips calls Skip.
+// timeoutOf returns Config.TimeoutFunc's timeout for the request ctx,
+// whose panic or runtime.Goexit is counted as Skip's is (see skips).
 func (m *middleware) timeoutOf(ctx *fasthttp.RequestCtx, outer *call) time.Duration {
 	returned := false
-	defer endCallback(ctx, outer == nil, &returned)
+	defer endCallback(ctx, outer == nil, &returned, &m.stats.panics)
 	d := m.TimeoutFunc(ctx)
 	returned = true
 	return d
@@ -250,25 +252,29 @@ func (m *middleware) timeoutOf(ctx *fasthttp.RequestCtx, outer *call) time.Durat
 
 // endCallback runs, deferred, after a Config callback that ran on the
 // server goroutine of the request ctx; returned reports whether the
-// callback returned. A panic goes on with its value, as a handler's in
-// time does. A call of runtime.Goexit (t.FailNow in a test's callback,
-// say) ends the server goroutine, after which fasthttp would neither
-// answer the request nor close its connection, and the client would wait
-// for an answer until its own timeout: the outermost New closes it, as
-// for a cooperative handler's Goexit (see finishCooperative). Inside
-// another New the Goexit goes on to the enclosing one, which takes it for
-// its handler's.
+// callback returned. One that did not is counted in panics, if not nil:
+// Skip and TimeoutFunc run before the request has any other outcome in
+// Stats. A panic goes on with its value, as a handler's in time does. A
+// call of runtime.Goexit (t.FailNow in a test's callback, say) ends the
+// server goroutine, after which fasthttp would neither answer the request
+// nor close its connection, and the client would wait for an answer until
+// its own timeout: the outermost New closes it, as for a cooperative
+// handler's Goexit (see finishCooperative). Inside another New the Goexit
+// goes on to the enclosing one, which takes it for its handler's.
 //
 // With GODEBUG=panicnil=1, a panic(nil) looks like a Goexit here: the
 // connection is closed, and since recover has stopped that panic, the
 // server goroutine goes on as if the callback had returned its zero
 // values.
-func endCallback(ctx *fasthttp.RequestCtx, outermost bool, returned *bool) {
+func endCallback(ctx *fasthttp.RequestCtx, outermost bool, returned *bool, panics *atomic.Int64) {
 	if *returned {
 		return
 	}
+	if panics != nil {
+		panics.Add(1)
+	}
 	if v := recover(); v != nil {
-		panic(v)
+		panic(v) // deferred calls run on the panicking stack: its trace is kept
 	}
 	if outermost {
 		closeConn(ctx)

@@ -124,7 +124,7 @@ func NewCollector(stats *fasttimeout.Stats, constLabels prometheus.Labels) *Coll
 				func(c fasttimeout.Counters) int64 { return c.LateRunning }),
 			counter(metricLateFinishedTotal, "Handlers that returned after their deadline or their client's hang-up.",
 				func(c fasttimeout.Counters) int64 { return c.LateFinished }),
-			counter(metricPanicsTotal, "Handler panics, before or after the deadline.",
+			counter(metricPanicsTotal, "Handler panics, before or after the deadline, and panics of Skip and TimeoutFunc.",
 				func(c fasttimeout.Counters) int64 { return c.Panics }),
 			counter(metricShedTotal, "Requests refused with 503 because MaxLateHandlers handlers were running late.",
 				func(c fasttimeout.Counters) int64 { return c.Shed }),
