@@ -440,6 +440,14 @@ func (m *limiterModel) inQueue() []chan bool {
 // arrived and queued, if any.
 func (m *limiterModel) settle(before []*modelWaiter, busySince int64, newcomer *modelWaiter, arrival bool) {
 	in := m.inQueue()
+	// The limiter decides whether its queue serves the newest first by the
+	// clock under its lock: the model's reading, or on the real clock any
+	// time from then until now. Near lifoAfter either decision is right.
+	latest := m.clock
+	if m.realClock {
+		latest = now()
+	}
+	lifoAt := func(clock int64) bool { return busySince != 0 && clock-busySince > int64(lifoAfter) }
 	var granted, evicted []*modelWaiter
 	var kept []*modelWaiter
 	for _, w := range m.queue {
@@ -475,28 +483,36 @@ func (m *limiterModel) settle(before []*modelWaiter, busySince int64, newcomer *
 	// Slots go to the oldest waiters while the queue is young, to the
 	// newest once it has stayed non-empty for lifoAfter: as many as were
 	// granted, from the queue before the operation.
-	rest := slices.Clone(before)
-	var wantGranted []int
-	for range granted {
-		if len(rest) == 0 {
-			break
+	// grant returns the ids given a slot, sorted, and the queue left, had
+	// the limiter served the newest first (lifo) or not.
+	grant := func(lifo bool) (ids []int, rest []*modelWaiter) {
+		rest = slices.Clone(before)
+		for range granted {
+			if len(rest) == 0 {
+				break
+			}
+			i := 0
+			if lifo {
+				i = len(rest) - 1
+			}
+			ids = append(ids, rest[i].id)
+			rest = slices.Delete(rest, i, i+1)
 		}
-		i := 0
-		if busySince != 0 && m.clock-busySince > int64(lifoAfter) {
-			i = len(rest) - 1
-		}
-		wantGranted = append(wantGranted, rest[i].id)
-		rest = slices.Delete(rest, i, i+1)
-		if len(rest) == 0 {
-			busySince = 0
-		}
+		slices.Sort(ids)
+		return ids, rest
 	}
+	wantGranted, rest := grant(lifoAt(m.clock))
 	var gotGranted []int
 	for _, w := range granted {
 		gotGranted = append(gotGranted, w.id)
 	}
-	slices.Sort(wantGranted)
 	slices.Sort(gotGranted)
+	if ids, left := grant(true); lifoAt(latest) && slices.Equal(ids, gotGranted) {
+		wantGranted, rest = ids, left
+	}
+	if len(rest) == 0 {
+		busySince = 0
+	}
 	if m.waitedOut && len(granted) > 0 && len(granted) <= len(before) {
 		// The probe that gave way handed its slots over at the end of a
 		// wait on the real clock, which the model does not know: the
@@ -522,14 +538,14 @@ func (m *limiterModel) settle(before []*modelWaiter, busySince int64, newcomer *
 	if arrival && newcomer != nil && len(rest) >= capacity {
 		require.Len(m.t, evicted, 1, "a full queue made room for a newcomer")
 		assert.Equal(m.t, rest[0].id, evicted[0].id, "the oldest waiter gives way")
-		assert.True(m.t, busySince != 0 && m.clock-busySince > int64(lifoAfter), "evicted from a young queue")
+		assert.True(m.t, lifoAt(latest), "evicted from a young queue")
 	} else {
 		for _, w := range evicted {
 			m.t.Errorf("waiter %d refused without a full queue", w.id)
 		}
 	}
 	if arrival && m.refusedNewcomer && len(rest) >= capacity {
-		assert.False(m.t, busySince != 0 && m.clock-busySince > int64(lifoAfter), "a newcomer refused by a full queue that had turned LIFO")
+		assert.False(m.t, lifoAt(m.clock), "a newcomer refused by a full queue that had turned LIFO")
 	}
 	m.queue = kept
 	switch {
