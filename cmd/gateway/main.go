@@ -127,9 +127,10 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.addr, "addr", "127.0.0.1:8081", "listen on this `host:port` (port 0: any free one)")
 	fs.StringVar(&o.upstream, "upstream", "127.0.0.1:8080", "forward to this `host:port` (a numeric port)")
 	fs.DurationVar(&o.margin, "margin", 5*time.Millisecond, "taken off a caller's deadline to leave time for the answer, a Go `duration` (5ms, 0.5s)")
-	fs.IntVar(&o.maxLate, "max-late", 1000, "answer 503 while `n` handlers run past their deadline (0: no cap)")
-	fs.IntVar(&o.maxConns, "max-conns", fasthttp.DefaultMaxConnsPerHost, "at most `n` upstream connections; a request waits for one within its budget (504 if none comes in time)")
-	fs.IntVar(&o.maxBody, "max-body", fasthttp.DefaultMaxRequestBodySize, "answer 413 to a request body over this many `bytes` (4194304: 4 MiB)")
+	o.maxLate, o.maxConns, o.maxBody = 1000, fasthttp.DefaultMaxConnsPerHost, fasthttp.DefaultMaxRequestBodySize
+	fs.Var((*decimal)(&o.maxLate), "max-late", "answer 503 while `n` handlers run past their deadline (0: no cap)")
+	fs.Var((*decimal)(&o.maxConns), "max-conns", "at most `n` upstream connections; a request waits for one within its budget (504 if none comes in time)")
+	fs.Var((*decimal)(&o.maxBody), "max-body", "answer 413 to a request body over this many `bytes` (4194304: 4 MiB)")
 	fs.BoolVar(&o.trustEnvoy, "trust-envoy-headers", false, "the caller is trusted (an Envoy of your own): forward its X-Envoy-* headers")
 	fs.BoolVar(&o.adaptive, "adaptive", true, "admission by an adaptive concurrency limit: 503 and Retry-After for what cannot be answered in time (-adaptive=false: off)")
 	fs.Usage = func() {} // flag calls it on every error; -h is handled below
@@ -196,6 +197,25 @@ Flags:
 	o.timeout, err = fasttimeout.TimeoutFromEnv(timeoutEnv, fasttimeout.DefaultTimeout)
 	return o, err
 }
+
+// decimal is a count given as a flag: decimal digits only, unlike
+// flag.Int, which reads Go's literals and takes "010" for 8, "0x10" for
+// 16, "1_000" for 1000. (The demo, a module of its own, has its own copy.)
+type decimal int
+
+func (d *decimal) Set(s string) error {
+	n, err := strconv.ParseInt(s, 10, strconv.IntSize)
+	switch {
+	case errors.Is(err, strconv.ErrRange):
+		return errors.New("out of range")
+	case err != nil:
+		return errors.New("want a decimal number")
+	}
+	*d = decimal(n)
+	return nil
+}
+
+func (d *decimal) String() string { return strconv.Itoa(int(*d)) }
 
 // shutdownGrace bounds how long the gateway waits, once told to stop, for
 // the connections that are answering.

@@ -187,6 +187,15 @@ func TestBadInput(t *testing.T) {
 		{name: "no upstream connections", args: []string{"-max-conns", "0"}, want: "-max-conns must be positive"},
 		{name: "no request body", args: []string{"-max-body", "0"}, want: "-max-body must be positive"},
 		{name: "adaptive not a boolean", args: []string{"-adaptive=maybe"}, want: "invalid boolean value"},
+		// Go's literal forms, which flag.Int reads ("0x10" as 16): a count
+		// is decimal. The free port: a gateway that wrongly starts must not
+		// fail for want of 8081.
+		{name: "max-late in hex", args: []string{"-addr", "127.0.0.1:0", "-max-late", "0x10"}, want: `invalid value "0x10" for flag -max-late: want a decimal number`},
+		{name: "max-conns with underscores", args: []string{"-addr", "127.0.0.1:0", "-max-conns", "1_000"}, want: `invalid value "1_000" for flag -max-conns: want a decimal number`},
+		{name: "max-body in octal", args: []string{"-addr", "127.0.0.1:0", "-max-body", "0o17"}, want: `invalid value "0o17" for flag -max-body: want a decimal number`},
+		{name: "max-body in binary", args: []string{"-addr", "127.0.0.1:0", "-max-body", "0b11"}, want: `invalid value "0b11" for flag -max-body: want a decimal number`},
+		{name: "max-conns out of range", args: []string{"-addr", "127.0.0.1:0", "-max-conns", "99999999999999999999"}, want: `invalid value "99999999999999999999" for flag -max-conns: out of range`},
+		{name: "max-late not a number", args: []string{"-max-late", "many"}, want: `invalid value "many" for flag -max-late: want a decimal number`},
 		{name: "upstream without port", args: []string{"-upstream", "example"}, want: "-upstream wants host:port"},
 		// fasthttp dials numeric ports only: a service name, or a port out
 		// of range, would make every request a 502.
@@ -298,6 +307,21 @@ func TestOptions(t *testing.T) {
 		require.NoError(t, err, tc.args)
 		assert.Equal(t, tc.wantAdaptive, o.adaptive, tc.args)
 	}
+
+	t.Run("counts are decimal, a leading zero too", func(t *testing.T) {
+		// flag.Int read "010" as octal 8.
+		o, err := parseOptions([]string{"-max-late", "010", "-max-conns", "010", "-max-body", "0100"}, io.Discard)
+		require.NoError(t, err)
+		assert.Equal(t, 10, o.maxLate)
+		assert.Equal(t, 10, o.maxConns)
+		assert.Equal(t, 100, o.maxBody)
+
+		o, err = parseOptions(nil, io.Discard)
+		require.NoError(t, err)
+		assert.Equal(t, 1000, o.maxLate, "the default")
+		assert.Equal(t, fasthttp.DefaultMaxConnsPerHost, o.maxConns, "the default")
+		assert.Equal(t, fasthttp.DefaultMaxRequestBodySize, o.maxBody, "the default")
+	})
 
 	t.Run("-adaptive=false serves", func(t *testing.T) {
 		upstream := startUpstream(t, func(ctx *fasthttp.RequestCtx) { ctx.SetBodyString("up") })
