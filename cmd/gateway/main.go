@@ -238,8 +238,13 @@ func run(ctx context.Context, args []string, stderr io.Writer, listening func(ne
 		fmt.Fprintln(stderr, "gateway:", err)
 		return 1
 	}
+	// One logger for the server (its own lines, and the handler's through
+	// ctx.Logger(), "upstream: ..." among them) and the listener: fasthttp's
+	// default one writes to os.Stderr without the prefix.
+	logger := log.New(stderr, "gateway: ", log.LstdFlags)
 	server := &fasthttp.Server{
 		Handler:            newGateway(o, stats),
+		Logger:             logger,
 		ErrorHandler:       answerBadRequest,
 		Name:               "fasttimeout-gateway",
 		ReadTimeout:        time.Minute,
@@ -257,7 +262,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, listening func(ne
 		listening(ln.Addr())
 	}
 	served := make(chan error, 1)
-	retrying := fasttimeout.RetryListener(ln, log.New(stderr, "gateway: ", log.LstdFlags))
+	retrying := fasttimeout.RetryListener(ln, logger)
 	go func() { served <- server.Serve(retrying) }()
 	select {
 	case err = <-served:

@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"io"
 	"net"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -36,12 +38,20 @@ func startUpstream(t *testing.T, h fasthttp.RequestHandler) string {
 // exits with status 0.
 func startGateway(t *testing.T, args ...string) string {
 	t.Helper()
+	addr, _ := startGatewayLogged(t, args...)
+	return addr
+}
+
+// startGatewayLogged is startGateway that also returns what the gateway
+// writes to its stderr.
+func startGatewayLogged(t *testing.T, args ...string) (addr string, stderr *syncBuffer) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	addrs := make(chan string, 1)
 	exited := make(chan int, 1)
-	var stderr bytes.Buffer
+	stderr = new(syncBuffer) // the server's goroutines write to it
 	go func() {
-		exited <- run(ctx, append([]string{"-addr", "127.0.0.1:0"}, args...), &stderr, func(a net.Addr) { addrs <- a.String() })
+		exited <- run(ctx, append([]string{"-addr", "127.0.0.1:0"}, args...), stderr, func(a net.Addr) { addrs <- a.String() })
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -55,13 +65,31 @@ func startGateway(t *testing.T, args ...string) string {
 	})
 	select {
 	case a := <-addrs:
-		return a
+		return a, stderr
 	case code := <-exited:
 		t.Fatalf("gateway exited with %d: %s", code, stderr.String())
 	case <-time.After(10 * time.Second):
 		t.Fatal("gateway did not listen within 10s")
 	}
-	return ""
+	return "", stderr
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // call sends a request to the gateway and returns the response.
@@ -146,15 +174,18 @@ func TestGateway(t *testing.T) {
 		assert.Equal(t, before.SpentBudgets+1, stats.Snapshot().SpentBudgets, "spent_budgets at /debug/vars")
 	})
 
-	t.Run("answers 502 when the upstream is down", func(t *testing.T) {
+	t.Run("answers 502 when the upstream is down, and logs why to its stderr", func(t *testing.T) {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		require.NoError(t, err)
 		down := ln.Addr().String()
 		require.NoError(t, ln.Close())
-		gateway := startGateway(t, "-upstream", down)
+		gateway, stderr := startGatewayLogged(t, "-upstream", down)
 
 		resp := call(t, gateway, "GET", "/", "")
 		assert.Equal(t, fasthttp.StatusBadGateway, resp.StatusCode())
+		// Logged before the answer is written; through the server's
+		// logger, which has run's stderr and prefix as its other lines do.
+		assert.Regexp(t, `(?m)^gateway: .* - GET http://`+regexp.QuoteMeta(gateway)+`/ - upstream: .*`+regexp.QuoteMeta(down), stderr.String())
 	})
 
 	t.Run("publishes its counters at /debug/vars", func(t *testing.T) {
