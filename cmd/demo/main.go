@@ -128,18 +128,17 @@ Flags:
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			usage()
-			return opts, err
 		}
-		return opts, fmt.Errorf("%v (see demo -h)", err)
+		return opts, err
 	}
 	if fs.NArg() > 0 {
-		return opts, fmt.Errorf("unexpected argument %q (see demo -h)", fs.Arg(0))
+		return opts, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	if opts.maxConcurrency < 0 {
 		return opts, fmt.Errorf("-max-concurrency must not be negative, got %d", opts.maxConcurrency)
 	}
 	if _, port, err := net.SplitHostPort(opts.addr); err != nil {
-		return opts, fmt.Errorf("-addr %q: want host:port (see demo -h)", opts.addr)
+		return opts, fmt.Errorf("-addr %q: want host:port", opts.addr)
 	} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
 		return opts, fmt.Errorf("-addr %q: want a port number from 0 to 65535", opts.addr)
 	}
@@ -188,7 +187,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	case errors.Is(err, flag.ErrHelp):
 		return 0
 	case err != nil:
-		fmt.Fprintf(stderr, "demo: %v\n", err)
+		// Every bad flag or environment value: -h tells the forms taken.
+		fmt.Fprintf(stderr, "demo: %v (see demo -h)\n", err)
 		return 2
 	}
 	logger := log.New(stderr, "demo: ", log.LstdFlags)

@@ -349,6 +349,7 @@ func TestRun(t *testing.T) {
 			msg := stderr.String()
 			require.Equal(t, 1, strings.Count(msg, "\n"), msg)
 			require.True(t, strings.HasPrefix(msg, "demo: "), msg)
+			require.True(t, strings.HasSuffix(msg, " (see demo -h)\n"), "points to the usage: %q", msg)
 			require.Contains(t, msg, "REQUEST_TIMEOUT", msg)
 		}
 	})
@@ -374,6 +375,7 @@ func TestRun(t *testing.T) {
 			msg := stderr.String()
 			require.Equal(t, 1, strings.Count(msg, "\n"), msg)
 			require.True(t, strings.HasPrefix(msg, "demo: "), msg)
+			require.True(t, strings.HasSuffix(msg, " (see demo -h)\n"), "points to the usage: %q", msg)
 		}
 	})
 

@@ -230,7 +230,8 @@ func run(ctx context.Context, args []string, stderr io.Writer, listening func(ne
 	case errors.Is(err, flag.ErrHelp):
 		return 0
 	case err != nil:
-		fmt.Fprintln(stderr, "gateway:", err)
+		// Every bad flag or environment value: -h tells the forms taken.
+		fmt.Fprintf(stderr, "gateway: %v (see gateway -h)\n", err)
 		return 2
 	}
 	ln, err := net.Listen("tcp", o.addr)

@@ -254,6 +254,7 @@ func TestBadInput(t *testing.T) {
 			assert.Equal(t, 2, code)
 			assert.Contains(t, stderr.String(), tc.want)
 			assert.True(t, strings.HasPrefix(stderr.String(), "gateway: "), stderr.String())
+			assert.True(t, strings.HasSuffix(stderr.String(), " (see gateway -h)\n"), "points to the usage: %q", stderr.String())
 			assert.Equal(t, 1, strings.Count(stderr.String(), "\n"), "one line: %q", stderr.String())
 		})
 	}
