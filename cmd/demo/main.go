@@ -201,6 +201,18 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		return 1
 	}
 	handler, flushLogs := newHandler(stats, opts, logger)
+	// atExit writes what the logs hold for the period under way, and how
+	// many handlers still run past their deadline (racing mode's blocking
+	// ones, which ignore their context): they end with the process, which
+	// would otherwise say nothing of them. Counted before the flush, so
+	// that one returning meanwhile is in one line or both, never in none.
+	atExit := func() {
+		running := stats.Snapshot().LateRunning
+		flushLogs()
+		if running > 0 {
+			logger.Printf("late handlers: %d still running at exit (after their deadline or client's hang-up), their work abandoned", running)
+		}
+	}
 	server := newServer(handler, logger)
 	logger.Printf("listening on %s, REQUEST_TIMEOUT %v, %v mode, %s", ln.Addr(), opts.timeout, opts.mode, opts.admission())
 
@@ -209,7 +221,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	go func() { served <- server.Serve(retrying) }()
 	select {
 	case err := <-served:
-		flushLogs()
+		atExit()
 		logger.Printf("server failed: %v", err)
 		return 1
 	case <-ctx.Done():
@@ -226,7 +238,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	_ = retrying.Close()
 	// The handlers that returned late, and the clients that hung up, in
 	// the last period: its lines would come after the process has ended.
-	flushLogs()
+	// And the handlers that have not returned.
+	atExit()
 	if err != nil {
 		logger.Printf("shutdown: %v", err)
 		return 1

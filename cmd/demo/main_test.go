@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"log"
 	"net"
 	"regexp"
@@ -517,6 +518,43 @@ func TestRun(t *testing.T) {
 				require.Contains(t, stderr.String(), tc.want)
 			})
 		}
+	})
+
+	t.Run("late_handlers_still_running_are_counted_at_exit", func(t *testing.T) {
+		// A blocking handler in racing mode runs on after its 504, and after
+		// the server has stopped: its work ends with the process, which the
+		// last lines must say. It sleeps an hour, so that it surely runs
+		// when run returns; it is left to end with the test binary, and
+		// the tests that read the published Stats compare with a snapshot.
+		t.Setenv("REQUEST_TIMEOUT", "0.05")
+		stats := publishedStats() // run's, shared by the runs of one process
+		before := stats.Snapshot()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		stderr := new(syncBuffer)
+		code := make(chan int, 1)
+		go func() { code <- run(ctx, []string{"-addr", "127.0.0.1:0"}, stderr) }()
+		var addr string
+		eventually(t, "the start line", func() bool {
+			m := listeningOn.FindStringSubmatch(stderr.String())
+			if m != nil {
+				addr = m[1]
+			}
+			return m != nil
+		})
+		status, _, err := fasthttp.GetTimeout(nil, "http://"+addr+"/sleep/3600", eventuallyBound)
+		require.NoError(t, err)
+		require.Equal(t, fasthttp.StatusGatewayTimeout, status)
+		require.Equal(t, before.LateRunning+1, stats.Snapshot().LateRunning, "answered while the sleeping handler still runs")
+		cancel()
+		select {
+		case c := <-code:
+			require.Equal(t, 0, c, stderr.String())
+		case <-time.After(eventuallyBound):
+			t.Fatalf("run did not return after its context ended: %s", stderr.String())
+		}
+		require.Regexp(t, fmt.Sprintf(`(?m)^demo: .*late handlers: %d still running at exit \(after their deadline or client's hang-up\), their work abandoned\ndemo: .* stopped\n$`,
+			before.LateRunning+1), stderr.String())
 	})
 
 	t.Run("the_start_line_names_the_admission", func(t *testing.T) {
