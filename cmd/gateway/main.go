@@ -62,8 +62,8 @@
 // The request timeout comes from the environment variable REQUEST_TIMEOUT,
 // in seconds ("5", "2.5") or as a Go duration ("500ms"); 5 s if unset. The
 // middleware's counters are published with expvar at /debug/vars, under
-// "fasttimeout". Bad flags or environment print one line and exit with
-// status 2.
+// "fasttimeout". Counts are read in decimal ("010" is 10). Bad flags or
+// environment print one line, pointing to -h, and exit with status 2.
 package main
 
 import (
