@@ -1129,6 +1129,29 @@ func TestAdmission_a_slot_granted_past_the_deadline_runs_nothing(t *testing.T) {
 	}
 }
 
+// slotHolder is the handler of tests of a limit of one slot: the request
+// to /first holds its slot until release is closed. It counts the handlers
+// run and keeps the limiter they ran under, whose probe at start it stops
+// from giving way to the first request it would refuse (its design, which
+// a probe under load does not share).
+type slotHolder struct {
+	runs    atomic.Int32
+	limiter atomic.Pointer[limiter]
+	release chan struct{}
+}
+
+func newSlotHolder() *slotHolder { return &slotHolder{release: make(chan struct{})} }
+
+func (s *slotHolder) serve(ctx *fasthttp.RequestCtx) {
+	s.runs.Add(1)
+	l := lookup(ctx).m.limiter
+	l.probeYields.Store(false)
+	s.limiter.Store(l)
+	if string(ctx.Path()) == "/first" {
+		<-s.release
+	}
+}
+
 // TestAdmission_a_slot_freed_after_a_waiters_share_ran_out_is_not_its: a
 // queued request whose share of its budget has run out, and a handler
 // returning, are due at the same moment after a stall (or on a starved
@@ -1143,19 +1166,9 @@ func TestAdmission_a_slot_freed_after_a_waiters_share_ran_out_is_not_its(t *test
 		for _, adaptive := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%v/adaptive=%v", mode, adaptive), func(t *testing.T) {
 				stats := new(Stats)
-				var l atomic.Pointer[limiter]
-				release := make(chan struct{})
-				var runs atomic.Int32
-				h := New(func(ctx *fasthttp.RequestCtx) {
-					runs.Add(1)
-					hooked := lookup(ctx).m.limiter
-					// The limit's probe at start gives way to the first
-					// request it would refuse, which is its design; a
-					// probe under load does not.
-					hooked.probeYields.Store(false)
-					l.Store(hooked)
-					<-release
-				}, Config{Timeout: time.Second, Mode: mode, MaxConcurrency: 1, AdaptiveConcurrency: adaptive, Stats: stats, IgnoreHangups: true})
+				holder := newSlotHolder()
+				l, release, runs := &holder.limiter, holder.release, &holder.runs
+				h := New(holder.serve, Config{Timeout: time.Second, Mode: mode, MaxConcurrency: 1, AdaptiveConcurrency: adaptive, Stats: stats, IgnoreHangups: true})
 				var once sync.Once
 				hook := func(hooked *limiter, ready chan bool, deadline int64) {
 					if hooked != l.Load() {
@@ -1358,19 +1371,9 @@ func TestAdmission_a_slot_handed_over_after_a_stall_goes_by_the_clock(t *testing
 		for _, adaptive := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%v/adaptive=%v", mode, adaptive), func(t *testing.T) {
 				stats := new(Stats)
-				var l atomic.Pointer[limiter]
-				release := make(chan struct{})
-				var runs atomic.Int32
-				h := New(func(ctx *fasthttp.RequestCtx) {
-					runs.Add(1)
-					hooked := lookup(ctx).m.limiter
-					// The limit's probe at start gives way to the first
-					// request it would refuse, which is its design; a
-					// probe under load does not.
-					hooked.probeYields.Store(false)
-					l.Store(hooked)
-					<-release
-				}, Config{Timeout: time.Second, Mode: mode, MaxConcurrency: 1, AdaptiveConcurrency: adaptive, Stats: stats, IgnoreHangups: true})
+				holder := newSlotHolder()
+				l, release, runs := &holder.limiter, holder.release, &holder.runs
+				h := New(holder.serve, Config{Timeout: time.Second, Mode: mode, MaxConcurrency: 1, AdaptiveConcurrency: adaptive, Stats: stats, IgnoreHangups: true})
 				var armed atomic.Bool
 				hook := func(hooked *limiter) {
 					if hooked != l.Load() || !armed.CompareAndSwap(true, false) {
@@ -1442,23 +1445,11 @@ func TestAdmission_a_newcomer_stalled_on_its_way_to_the_queue_goes_by_the_clock(
 				name := map[bool]string{true: "a full queue that stayed busy evicts its oldest waiter", false: "a queue is busy from when it became so"}[full]
 				t.Run(fmt.Sprintf("%v/adaptive=%v/%s", mode, adaptive, name), func(t *testing.T) {
 					stats := new(Stats)
-					var l atomic.Pointer[limiter]
-					release := make(chan struct{})
-					var runs atomic.Int32
+					holder := newSlotHolder()
+					l, release, runs := &holder.limiter, holder.release, &holder.runs
 					stalled, resume := make(chan int64, 1), make(chan struct{})
 					var resumedAt atomic.Int64
-					h := New(func(ctx *fasthttp.RequestCtx) {
-						runs.Add(1)
-						hooked := lookup(ctx).m.limiter
-						// The limit's probe at start gives way to the first
-						// request it would refuse, which is its design; a
-						// probe under load does not.
-						hooked.probeYields.Store(false)
-						l.Store(hooked)
-						if string(ctx.Path()) == "/first" {
-							<-release
-						}
-					}, Config{
+					h := New(holder.serve, Config{
 						Timeout: time.Minute, Mode: mode, MaxConcurrency: 1, AdaptiveConcurrency: adaptive, Stats: stats, IgnoreHangups: true,
 						TimeoutFunc: func(ctx *fasthttp.RequestCtx) time.Duration {
 							if string(ctx.Path()) == "/newcomer" {
@@ -1572,21 +1563,10 @@ func TestAdmission_a_waiter_that_gives_way_is_refused_by_the_clock(t *testing.T)
 		for _, adaptive := range []bool{false, true} {
 			t.Run(fmt.Sprintf("adaptive=%v/%s", adaptive, c.name), func(t *testing.T) {
 				stats := new(Stats)
-				var l atomic.Pointer[limiter]
-				release, wake := make(chan struct{}), make(chan struct{})
-				var runs atomic.Int32
-				h := New(func(ctx *fasthttp.RequestCtx) {
-					runs.Add(1)
-					hooked := lookup(ctx).m.limiter
-					// The limit's probe at start gives way to the first
-					// request it would refuse, which is its design; a
-					// probe under load does not.
-					hooked.probeYields.Store(false)
-					l.Store(hooked)
-					if string(ctx.Path()) == "/first" {
-						<-release
-					}
-				}, Config{
+				holder := newSlotHolder()
+				l, release, runs := &holder.limiter, holder.release, &holder.runs
+				wake := make(chan struct{})
+				h := New(holder.serve, Config{
 					Timeout: time.Minute, MaxQueueAge: c.maxQueueAge, MaxConcurrency: 1, AdaptiveConcurrency: adaptive, Stats: stats, IgnoreHangups: true,
 					TimeoutFunc: func(ctx *fasthttp.RequestCtx) time.Duration {
 						if string(ctx.Path()) == "/oldest" && c.maxQueueAge == 0 {
