@@ -1102,12 +1102,7 @@ func TestAdmission_a_slot_granted_past_the_deadline_runs_nothing(t *testing.T) {
 			t.Cleanup(func() { testHookQueued.Store(nil) })
 			client := serveInMemory(t, h)
 
-			first := make(chan int, 1)
-			go func() {
-				status, _, err := client.GetTimeout(nil, "http://test/first", time.Minute)
-				assert.NoError(t, err)
-				first <- status
-			}()
+			first := getAsync(t, client, "/first")
 			require.Eventually(t, func() bool { return l.Load() != nil }, 30*time.Second, time.Millisecond, "the first handler runs")
 			status, body, err := client.GetTimeout(nil, "http://test/second", time.Minute)
 			require.NoError(t, err)
@@ -1190,12 +1185,7 @@ func TestAdmission_a_slot_freed_after_a_waiters_share_ran_out_is_not_its(t *test
 				t.Cleanup(func() { testHookQueued.Store(nil) })
 				client := serveInMemory(t, h)
 
-				first := make(chan int, 1)
-				go func() {
-					status, _, err := client.GetTimeout(nil, "http://test/first", time.Minute)
-					assert.NoError(t, err)
-					first <- status
-				}()
+				first := getAsync(t, client, "/first")
 				require.Eventually(t, func() bool { return l.Load() != nil }, 30*time.Second, time.Millisecond, "the first handler runs")
 				status, _, err := client.GetTimeout(nil, "http://test/second", time.Minute)
 				require.NoError(t, err)
@@ -1393,19 +1383,9 @@ func TestAdmission_a_slot_handed_over_after_a_stall_goes_by_the_clock(t *testing
 				t.Cleanup(func() { testHookDispatching.Store(nil) })
 				client := serveInMemory(t, h)
 
-				first := make(chan int, 1)
-				go func() {
-					status, _, err := client.GetTimeout(nil, "http://test/first", time.Minute)
-					assert.NoError(t, err)
-					first <- status
-				}()
+				first := getAsync(t, client, "/first")
 				require.Eventually(t, func() bool { return l.Load() != nil }, 30*time.Second, time.Millisecond, "the first handler runs")
-				second := make(chan int, 1)
-				go func() {
-					status, _, err := client.GetTimeout(nil, "http://test/second", time.Minute)
-					assert.NoError(t, err)
-					second <- status
-				}()
+				second := getAsync(t, client, "/second")
 				require.Eventually(t, func() bool { return stats.Snapshot().Waiting == 1 }, 30*time.Second, time.Millisecond, "the second request waits")
 				armed.Store(true)
 				close(release) // the first handler returns, its slot to be handed over
@@ -1461,15 +1441,7 @@ func TestAdmission_a_newcomer_stalled_on_its_way_to_the_queue_goes_by_the_clock(
 						},
 					})
 					client := serveInMemory(t, h)
-					get := func(path string) chan int {
-						status := make(chan int, 1)
-						go func() {
-							s, _, err := client.GetTimeout(nil, "http://test"+path, 2*time.Minute)
-							assert.NoError(t, err)
-							status <- s
-						}()
-						return status
-					}
+					get := func(path string) <-chan int { return getAsync(t, client, path) }
 					busyFor := func() time.Duration {
 						l := l.Load()
 						l.mu.Lock()
@@ -1484,7 +1456,7 @@ func TestAdmission_a_newcomer_stalled_on_its_way_to_the_queue_goes_by_the_clock(
 					require.Eventually(t, func() bool { return l.Load() != nil }, 30*time.Second, time.Millisecond, "the first handler runs")
 					newcomer := get("/newcomer")
 					stalledAt := receive(t, stalled, "the newcomer's stall")
-					var waiters []chan int
+					var waiters []<-chan int
 					if full {
 						for i := range minQueue {
 							waiters = append(waiters, get(fmt.Sprintf("/waiter/%d", i)))
@@ -1587,15 +1559,7 @@ func TestAdmission_a_waiter_that_gives_way_is_refused_by_the_clock(t *testing.T)
 				testHookQueued.Store(&hook)
 				t.Cleanup(func() { testHookQueued.Store(nil) })
 				client := serveInMemory(t, h)
-				get := func(path string) chan int {
-					status := make(chan int, 1)
-					go func() {
-						s, _, err := client.GetTimeout(nil, "http://test"+path, 2*time.Minute)
-						assert.NoError(t, err)
-						status <- s
-					}()
-					return status
-				}
+				get := func(path string) <-chan int { return getAsync(t, client, path) }
 				queue := func() (busySince, oldestUntil int64) {
 					l := l.Load()
 					l.mu.Lock()
@@ -1620,7 +1584,7 @@ func TestAdmission_a_waiter_that_gives_way_is_refused_by_the_clock(t *testing.T)
 				if c.waitOver {
 					sleepUntil(until)
 				}
-				var waiters []chan int
+				var waiters []<-chan int
 				for i := range minQueue - 1 {
 					waiters = append(waiters, get(fmt.Sprintf("/waiter/%d", i)))
 					require.Eventually(t, func() bool { return stats.Snapshot().Waiting == int64(i+2) }, 30*time.Second, time.Millisecond, "waiter %d queued", i)

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttputil"
@@ -48,6 +49,18 @@ func serveInMemory(t *testing.T, h fasthttp.RequestHandler) *fasthttp.Client {
 		require.NoError(t, <-served)
 	})
 	return client
+}
+
+// getAsync sends GET path with client on a goroutine of its own and
+// returns where its status comes.
+func getAsync(t *testing.T, client *fasthttp.Client, path string) <-chan int {
+	status := make(chan int, 1)
+	go func() {
+		s, _, err := client.GetTimeout(nil, "http://test"+path, 2*time.Minute)
+		assert.NoError(t, err)
+		status <- s
+	}()
+	return status
 }
 
 // serveTCP runs h on a fasthttp server on 127.0.0.1 and returns its
