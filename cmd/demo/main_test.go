@@ -101,6 +101,35 @@ func eventually(t *testing.T, what string, cond func() bool) {
 // listeningOn finds the address in run's start line.
 var listeningOn = regexp.MustCompile(`listening on (\S+),`)
 
+// startRun runs the demo on a free port of 127.0.0.1 until stop, which
+// requires it to return 0 within eventuallyBound. It returns the demo's
+// address and its stderr.
+func startRun(t *testing.T) (addr string, stderr *syncBuffer, stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	stderr = new(syncBuffer)
+	code := make(chan int, 1)
+	go func() { code <- run(ctx, []string{"-addr", "127.0.0.1:0"}, stderr) }()
+	eventually(t, "the start line", func() bool {
+		m := listeningOn.FindStringSubmatch(stderr.String())
+		if m != nil {
+			addr = m[1]
+		}
+		return m != nil
+	})
+	return addr, stderr, func() {
+		t.Helper()
+		cancel()
+		select {
+		case c := <-code:
+			require.Equal(t, 0, c, stderr.String())
+		case <-time.After(eventuallyBound):
+			t.Fatalf("run did not return after its context ended: %s", stderr.String())
+		}
+	}
+}
+
 // syncBuffer is a bytes.Buffer safe for a logger and a test to share.
 type syncBuffer struct {
 	mu  sync.Mutex
@@ -493,28 +522,10 @@ func TestRun(t *testing.T) {
 				t.Setenv("REQUEST_TIMEOUT", tc.timeout)
 				stats := publishedStats() // run's, shared by the runs of one process
 				before := stats.Snapshot()
-				ctx, cancel := context.WithCancel(context.Background())
-				defer cancel()
-				stderr := new(syncBuffer)
-				code := make(chan int, 1)
-				go func() { code <- run(ctx, []string{"-addr", "127.0.0.1:0"}, stderr) }()
-				var addr string
-				eventually(t, "the start line", func() bool {
-					m := listeningOn.FindStringSubmatch(stderr.String())
-					if m != nil {
-						addr = m[1]
-					}
-					return m != nil
-				})
+				addr, stderr, stop := startRun(t)
 				tc.provoke(t, addr)
 				eventually(t, "the events counted", func() bool { return tc.done(before, stats.Snapshot()) })
-				cancel()
-				select {
-				case c := <-code:
-					require.Equal(t, 0, c, stderr.String())
-				case <-time.After(eventuallyBound):
-					t.Fatalf("run did not return after its context ended: %s", stderr.String())
-				}
+				stop()
 				require.Contains(t, stderr.String(), tc.want)
 			})
 		}
@@ -529,30 +540,12 @@ func TestRun(t *testing.T) {
 		t.Setenv("REQUEST_TIMEOUT", "0.05")
 		stats := publishedStats() // run's, shared by the runs of one process
 		before := stats.Snapshot()
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		stderr := new(syncBuffer)
-		code := make(chan int, 1)
-		go func() { code <- run(ctx, []string{"-addr", "127.0.0.1:0"}, stderr) }()
-		var addr string
-		eventually(t, "the start line", func() bool {
-			m := listeningOn.FindStringSubmatch(stderr.String())
-			if m != nil {
-				addr = m[1]
-			}
-			return m != nil
-		})
+		addr, stderr, stop := startRun(t)
 		status, _, err := fasthttp.GetTimeout(nil, "http://"+addr+"/sleep/3600", eventuallyBound)
 		require.NoError(t, err)
 		require.Equal(t, fasthttp.StatusGatewayTimeout, status)
 		require.Equal(t, before.LateRunning+1, stats.Snapshot().LateRunning, "answered while the sleeping handler still runs")
-		cancel()
-		select {
-		case c := <-code:
-			require.Equal(t, 0, c, stderr.String())
-		case <-time.After(eventuallyBound):
-			t.Fatalf("run did not return after its context ended: %s", stderr.String())
-		}
+		stop()
 		require.Regexp(t, fmt.Sprintf(`(?m)^demo: .*late handlers: %d still running at exit \(after their deadline or client's hang-up\), their work abandoned\ndemo: .* stopped\n$`,
 			before.LateRunning+1), stderr.String())
 	})
