@@ -124,7 +124,7 @@ func NewCollector(stats *fasttimeout.Stats, constLabels prometheus.Labels) *Coll
 				func(c fasttimeout.Counters) int64 { return c.LateRunning }),
 			counter(metricLateFinishedTotal, "Handlers that returned after their deadline or their client's hang-up.",
 				func(c fasttimeout.Counters) int64 { return c.LateFinished }),
-			counter(metricPanicsTotal, "Handler panics, before or after the deadline, and panics of Skip and TimeoutFunc.",
+			counter(metricPanicsTotal, "Handler panics (runtime.Goexit calls included), before or after the deadline, and panics of Skip and TimeoutFunc.",
 				func(c fasttimeout.Counters) int64 { return c.Panics }),
 			counter(metricShedTotal, "Requests refused with 503 because MaxLateHandlers handlers were running late.",
 				func(c fasttimeout.Counters) int64 { return c.Shed }),
@@ -139,9 +139,9 @@ func NewCollector(stats *fasttimeout.Stats, constLabels prometheus.Labels) *Coll
 
 			counter(metricAdmittedTotal, "Requests that got a slot under the concurrency limit, at once or after waiting.",
 				func(c fasttimeout.Counters) int64 { return c.Admitted }),
-			counter(metricQueuedTotal, "Requests that waited for a slot under the concurrency limit, whether they got one or not.",
+			counter(metricQueuedTotal, "Requests that waited for a slot under the concurrency limit, whether they got one or not; not those left no time to wait.",
 				func(c fasttimeout.Counters) int64 { return c.Queued }),
-			gauge(metricConcurrencyLimit, "The current concurrency limit, summed over the middlewares sharing the Stats; 0 without a limit.",
+			gauge(metricConcurrencyLimit, "The current concurrency limit, summed over the middlewares sharing the Stats (nested ones too, each counted from New on); 0 without a limit.",
 				func(c fasttimeout.Counters) int64 { return c.ConcurrencyLimit }),
 			gauge(metricWaiting, "Requests waiting for a slot under the concurrency limit now.",
 				func(c fasttimeout.Counters) int64 { return c.Waiting }),
@@ -150,7 +150,7 @@ func NewCollector(stats *fasttimeout.Stats, constLabels prometheus.Labels) *Coll
 		},
 		rejected: prometheus.NewDesc(metricRejectedTotal,
 			"Requests refused with 503 without running their handler, by reason: "+
-				fasttimeout.RejectedQueueFull+" (the concurrency limit was reached and the queue was full, the budget left no time to wait, or the server shut down during the wait; or the CPU was saturated), "+
+				fasttimeout.RejectedQueueFull+" (the concurrency limit was reached and the queue was full, on arrival or for a waiter giving way to a newer request, the budget left no time to wait, or the server shut down during the wait; or the CPU was saturated), "+
 				fasttimeout.RejectedQueueTimeout+" (waited their share of their budget without a slot), "+
 				fasttimeout.RejectedLateHandlers+" (MaxLateHandlers handlers were running late; also in "+metricShedTotal+").",
 			[]string{"reason"}, constLabels),
