@@ -102,13 +102,13 @@ func parseFlags(args []string) (options, error) {
 	var (
 		o             options
 		variants      = fs.String("variants", strings.Join(allVariants, ","), "comma-separated variants")
-		scenarioNames = fs.String("scenarios", strings.Join(allScenarios, ","), "comma-separated scenarios: "+strings.Join(allScenarios, ", "))
+		scenarioNames = fs.String("scenarios", strings.Join(allScenarios, ","), "comma-separated scenarios: "+strings.Join(allScenarios, ", ")+"; each named must run one of -variants")
 	)
-	fs.DurationVar(&o.duration, "duration", 3*time.Second, "measured time of each cell (variant × connections)")
+	fs.DurationVar(&o.duration, "duration", 3*time.Second, "measured time of each cell (variant × connections), 10ms to 1h")
 	fs.DurationVar(&o.warmup, "warmup", 500*time.Millisecond, "unmeasured load before each cell")
 	fs.BoolVar(&o.json, "json", false, "write the report as JSON instead of Markdown")
-	fs.StringVar(&o.chart, "chart", "", "also write a PNG chart to this file")
-	fs.StringVar(&o.render, "render", "", "measure nothing: write the report saved by -json in this file again (as Markdown, or JSON with -json, and its -chart)")
+	fs.StringVar(&o.chart, "chart", "", "also write a PNG chart to this file (*.png, in a directory that exists)")
+	fs.StringVar(&o.render, "render", "", "measure nothing: write the report saved by -json in this file again (as Markdown, or JSON with -json, and its -chart); no other flag applies")
 	fs.BoolVar(&o.smoke, "smoke", false, "tiny budget for CI: 150ms cells, 4 and 32 connections, 64 storm connections, burst of 16 × 5, overload cells of 100ms at 4x with a 100ms timeout")
 	var finish []func(smokeDefault) error
 	for _, sc := range scenarios {
