@@ -309,9 +309,10 @@ func (l *limiter) acquire(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (
 // at once at t (none free, or others waiting): unless a slot is free by the
 // time it holds the queue's lock, it queues the request for at most its
 // share of the time left until deadline, or until giveUp if sooner, and
-// returns as acquire does. A request that cannot wait minWait is not
-// queued (nor counted in Stats.Queued): it is refused, or, if giveUp is
-// that close, answered as acquire does at giveUp.
+// returns as acquire does. A request that cannot wait minWait by the clock
+// as it holds the queue's lock is not queued (nor counted in Stats.Queued):
+// it is refused, or, if giveUp is that close, answered as acquire does at
+// giveUp.
 func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (waited time.Duration, reason string) {
 	if l.adaptive && t-l.windowStart.Load() >= int64(maxWindow) {
 		l.adapt(t) // no window closed for long: late handlers may hold every slot
@@ -332,26 +333,29 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (wai
 		l.mu.Unlock()
 		return 0, ""
 	}
-	if maxWait < minWait {
-		l.waiting.Add(-1)
-		l.mu.Unlock()
-		return 0, l.refuse(RejectedQueueFull)
-	}
-	if giveUp-t < int64(minWait) {
+	// The queue goes by the clock as its lock is held, as dispatchLocked
+	// does (the later of the two readings): t was read on arrival, and
+	// after a stall since (a wait for the lock, a slow TimeoutFunc) a
+	// request whose wait had run out would be queued, only to be refused
+	// as it was, a full queue that had stayed busy for lifoAfter would
+	// refuse the newcomer rather than evict its oldest waiter, and a queue
+	// the newcomer starts would count as busy from before it came.
+	clock := max(t, now())
+	if giveUp-clock < int64(minWait) {
 		// Its caller gives up before it could wait: it would leave the
 		// queue at once with the timeout response, counted as queued.
+		// First, as admit answers a request past MaxQueueAge before it
+		// asks the limit, and as a wait ends at giveUp.
 		l.waiting.Add(-1)
 		l.mu.Unlock()
 		l.refused.Add(1) // an arrival turned away, for the backlog; not a 503
 		return 0, spentBudget
 	}
-	// The queue goes by the clock as its lock is held, as dispatchLocked
-	// does (the later of the two readings): t was read on arrival, and
-	// after a stall since (a wait for the lock, a slow TimeoutFunc) a full
-	// queue that had stayed busy for lifoAfter would refuse the newcomer
-	// rather than evict its oldest waiter, and a queue the newcomer starts
-	// would count as busy from before it came.
-	clock := max(t, now())
+	if t+int64(maxWait)-clock < int64(minWait) {
+		l.waiting.Add(-1)
+		l.mu.Unlock()
+		return 0, l.refuse(RejectedQueueFull)
+	}
 	// Twice the ceiling, which saturates: math.MaxInt, "no ceiling", would
 	// overflow to a negative and leave minQueue.
 	if l.queued >= max(2*int(min(l.ceiling, math.MaxInt/2)), minQueue) {

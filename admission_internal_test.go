@@ -1318,7 +1318,9 @@ func TestLimiter_a_request_with_no_time_to_wait_before_its_caller_gives_up_is_no
 	}{
 		{"its caller gives up as it arrives", 0, false},
 		{"its caller gives up within minWait", minWait - 1, false},
-		{"its caller gives up after minWait: it waits", minWait, true},
+		// Not exactly at minWait: that counts from the clock as the
+		// limiter takes the queue's lock, after the reading at.
+		{"its caller gives up well after minWait: it waits", 100 * minWait, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
@@ -1611,6 +1613,75 @@ func TestAdmission_a_waiter_that_gives_way_is_refused_by_the_clock(t *testing.T)
 				assert.Equal(t, map[bool]int64{true: 1}[c.want == spentBudget], got.SpentBudgets, "SpentBudgets")
 				assert.Equal(t, got.RejectedFull+got.RejectedQueueTimeout, got.Rejected)
 				assert.Zero(t, got.Waiting)
+			})
+		}
+	}
+}
+
+// TestAdmission_a_newcomer_stalled_until_it_cannot_wait_is_not_queued: a
+// request reads the clock as it reaches the middleware, and stalls before
+// it takes the queue's lock (here in its TimeoutFunc; a wait for the lock
+// or a stopped process does the same) until its share of its budget, or
+// its MaxQueueAge, has run out. Whether it had time to wait went by its
+// reading: it was queued, counted in Queued and QueueWait, and refused at
+// once by the hand-over as a wait run out (queue_timeout). By the clock
+// under the lock it cannot wait at all, and is answered as a request whose
+// budget leaves it no time to wait: refused (queue_full) for its share, the
+// timeout response if its caller has given up, without queueing.
+func TestAdmission_a_newcomer_stalled_until_it_cannot_wait_is_not_queued(t *testing.T) {
+	t.Parallel()
+	const stall = 10 * time.Millisecond // from the middleware's reading of the clock
+	for _, c := range []struct {
+		name        string
+		timeout     time.Duration // the newcomer's budget, a tenth of it its share
+		maxQueueAge time.Duration
+		want        string
+	}{
+		{"its share run out it is refused", waitShare * stall, 0, RejectedQueueFull},
+		{"its caller given up it gets the timeout response", time.Minute, stall, spentBudget},
+		{"its share run out and its caller given up it gets the timeout response", waitShare * stall, stall / 2, spentBudget},
+	} {
+		for _, adaptive := range []bool{false, true} {
+			t.Run(fmt.Sprintf("adaptive=%v/%s", adaptive, c.name), func(t *testing.T) {
+				t.Parallel()
+				stats := new(Stats)
+				holder := newSlotHolder()
+				l, release := &holder.limiter, holder.release
+				h := New(holder.serve, Config{
+					Timeout: time.Minute, MaxQueueAge: c.maxQueueAge, MaxConcurrency: 1, AdaptiveConcurrency: adaptive, Stats: stats, IgnoreHangups: true,
+					TimeoutFunc: func(ctx *fasthttp.RequestCtx) time.Duration {
+						if string(ctx.Path()) != "/newcomer" {
+							return 0 // Timeout
+						}
+						// After the middleware's reading: the share, or
+						// MaxQueueAge, counted from it is over after the
+						// stall.
+						until := now() + int64(stall)
+						for d := until - now(); d >= 0; d = until - now() {
+							time.Sleep(time.Duration(d) + 1)
+						}
+						return c.timeout
+					},
+				})
+				client := serveInMemory(t, h)
+
+				first := getAsync(t, client, "/first")
+				require.Eventually(t, func() bool { return l.Load() != nil }, 30*time.Second, time.Millisecond, "the first handler runs")
+				newcomer := getAsync(t, client, "/newcomer")
+				assert.Equal(t, map[bool]int{true: fasthttp.StatusGatewayTimeout, false: fasthttp.StatusServiceUnavailable}[c.want == spentBudget], receive(t, newcomer, "the newcomer's answer"))
+				close(release)
+				assert.Equal(t, fasthttp.StatusOK, receive(t, first, "the first answer"))
+				assert.Equal(t, int32(1), holder.runs.Load(), "only the first handler ran")
+
+				require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, 30*time.Second, time.Millisecond)
+				got := stats.Snapshot()
+				assert.Zero(t, got.Queued, "a request that cannot wait is not queued")
+				assert.Zero(t, stats.QueueWait().Count, "nor counted in QueueWait")
+				assert.Equal(t, map[bool]int64{true: 1}[c.want == RejectedQueueFull], got.RejectedFull, "RejectedFull")
+				assert.Zero(t, got.RejectedQueueTimeout, "it did not wait its share out")
+				assert.Equal(t, map[bool]int64{true: 1}[c.want == spentBudget], got.SpentBudgets, "SpentBudgets")
+				assert.Zero(t, got.Waiting)
+				assert.Zero(t, l.Load().holding(), "every slot given back")
 			})
 		}
 	}

@@ -258,7 +258,12 @@ func (m *limiterModel) arrive(budget int64) *modelWaiter {
 		default:
 		}
 		m.outcome(w, reason)
-		m.refusedNewcomer = reason != "" && !queued && budget >= int64(waitShare*minWait)
+		// On the real clock the limiter reads the clock again under its
+		// lock, some time after the model's reading: a short share may
+		// have had less than minWait left by then, and the request could
+		// not wait at all, whatever the queue.
+		noTimeLeft := m.realClock && now()-at > budget/waitShare-int64(minWait)
+		m.refusedNewcomer = reason != "" && !queued && budget >= int64(waitShare*minWait) && !noTimeLeft
 		// On the real clock a short share can run out before this
 		// goroutine looks: the request queued and waited it out.
 		waitedOut := queued && m.realClock && budget <= 3*int64(waitShare*minWait) && reason != RejectedQueueFull

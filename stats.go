@@ -94,8 +94,9 @@ type Counters struct {
 	Admitted int64 `json:"admitted,omitempty"`
 	// Queued is the number of requests that waited for a slot, whether
 	// they got one or not. A request whose budget, or MaxQueueAge, left it
-	// no time to wait (under 100 µs) is not queued: it is refused, or
-	// answered with the timeout response, at once.
+	// no time to wait (under 100 µs) by the time it reached the queue is
+	// not queued: it is refused, or answered with the timeout response, at
+	// once.
 	Queued int64 `json:"queued,omitempty"`
 	// Rejected is the number of requests refused with 503 by the
 	// concurrency limit, without running: RejectedFull plus
