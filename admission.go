@@ -73,6 +73,12 @@ type limiter struct {
 	limit   atomic.Int64
 	waiting atomic.Int64  // requests in the queue; read on the fast path
 	every   atomic.Uint32 // a returning handler is a sample with probability 1/(every+1)
+	// rng, if set, draws the samples and the backlog's refusals (see
+	// random): tests on a fake clock seed it, so that they give the same
+	// figures on every run. Set before the limiter is used, and then only
+	// by tests whose limiter one goroutine drives: a rand.Rand is not safe
+	// for concurrent use.
+	rng *rand.Rand
 
 	stats    *Stats
 	adaptive bool
@@ -293,7 +299,7 @@ func (l *limiter) acquire(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (
 		if t-l.shedAt.Load() >= int64(backlogInterval) {
 			l.updateShed(t)
 		}
-		if p := l.shed.Load(); p != 0 && rand.Uint32() < p {
+		if p := l.shed.Load(); p != 0 && l.random() < p {
 			return 0, l.refuse(RejectedQueueFull) // the run queue is backed up
 		}
 	}
@@ -497,11 +503,32 @@ func (l *limiter) release(t int64, rtt time.Duration, inTime bool) {
 	if l.adaptive && inTime {
 		// At high rates a share of the returns is enough for a median,
 		// and fewer writes to the window's counters keep cores apart.
-		if every := l.every.Load(); every == 0 || rand.Uint32()&every == 0 {
+		every := l.every.Load()
+		var sampled bool
+		switch {
+		case every == 0:
+			sampled = true
+		case l.rng == nil:
+			// random, written out: as a call (too big to inline) it
+			// cost the fast path a nanosecond in BenchmarkAdmission.
+			sampled = rand.Uint32()&every == 0
+		default:
+			sampled = l.random()&every == 0
+		}
+		if sampled {
 			l.served.Add(int64(every) + 1)
 			l.sample(t, rtt)
 		}
 	}
+}
+
+// random returns a random uint32 from l.rng, or without it from the
+// process's generator, which takes no lock and allocates nothing.
+func (l *limiter) random() uint32 {
+	if l.rng != nil {
+		return l.rng.Uint32()
+	}
+	return rand.Uint32()
 }
 
 // dispatchLocked hands free slots to waiters. A waiter whose wait has run

@@ -40,6 +40,14 @@ func simulate(l *limiter, t int64, rounds, demand int, latency func(n int) time.
 
 func cpuBound(n int) time.Duration { return time.Duration(n) * time.Millisecond }
 
+// seeded gives l a seeded random generator, the same for every test, so
+// that a test on a fake clock samples the same returns, and logs the same
+// figures, on every run. Only for a limiter that one goroutine drives.
+func seeded(l *limiter) *limiter {
+	l.rng = rand.New(rand.NewPCG(1, 2))
+	return l
+}
+
 // warm runs light load on l until its first probe is over, and returns the
 // fake time after it.
 func warm(t *testing.T, l *limiter, clock int64) int64 {
@@ -54,7 +62,7 @@ func warm(t *testing.T, l *limiter, clock int64) int64 {
 func TestLimiter_falls_under_overload_and_recovers(t *testing.T) {
 	t.Parallel()
 	stats := new(Stats)
-	l := newLimiter(1000, true, time.Second, stats, new(atomic.Int64))
+	l := seeded(newLimiter(1000, true, time.Second, stats, new(atomic.Int64)))
 	clock := int64(time.Hour)
 
 	// Light load first: two requests at a time, 2 ms each.
@@ -114,6 +122,29 @@ func (d *downstreamSim) finish(clock int64, done func(rtt time.Duration)) {
 	d.running = kept
 }
 
+// TestLimiter_limiters_seeded_alike_sample_alike: at high rates a limiter
+// takes a share of the returns for samples, at random, and the backlog
+// refuses at random too. Both drew from the process's generator, which no
+// test can seed: a test on a fake clock gave different figures from run to
+// run (TestLimiter_a_probe_under_load_lasts_three_latencies: 2.8 or 2.9
+// latencies, 28142 to 29142 refused). Two limiters seeded alike, driven
+// alike, take the same samples.
+func TestLimiter_limiters_seeded_alike_sample_alike(t *testing.T) {
+	t.Parallel()
+	samples := func() (served []int64) {
+		l := seeded(newLimiter(8000, true, time.Second, new(Stats), new(atomic.Int64)))
+		clock := simulate(l, int64(time.Hour), 100, 2, cpuBound) // the probe at start
+		downstream := func(int) time.Duration { return time.Millisecond }
+		for range 100 {
+			clock = simulate(l, clock, 1, 2000, downstream)
+			served = append(served, l.served.Load())
+		}
+		require.NotZero(t, l.every.Load(), "a share of the returns a sample, at random")
+		return served
+	}
+	assert.Equal(t, samples(), samples(), "the returns sampled, round after round")
+}
+
 // TestLimiter_slow_start_stops_where_latency_was_too_high: handlers of
 // 40 ms on a downstream of 20 slots, under overload, so that a handler's
 // latency grows with the handlers running beside it past 20. They return
@@ -125,7 +156,7 @@ func (d *downstreamSim) finish(clock int64, done func(rtt time.Duration)) {
 // cold start, it doubles once per latency.
 func TestLimiter_slow_start_stops_where_latency_was_too_high(t *testing.T) {
 	t.Parallel()
-	l := newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64))
+	l := seeded(newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64)))
 	d := &downstreamSim{l: l}
 	highest, peak := int64(0), int64(0)
 	for clock := int64(time.Hour); clock < int64(time.Hour+10*time.Second); clock += int64(time.Millisecond) {
@@ -153,7 +184,7 @@ func TestLimiter_slow_start_stops_where_latency_was_too_high(t *testing.T) {
 // test the median latency reached six times the unloaded one.
 func TestLimiter_at_capacity_the_unloaded_latency_stays_unloaded(t *testing.T) {
 	t.Parallel()
-	l := newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64))
+	l := seeded(newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64)))
 	d := &downstreamSim{l: l}
 	rng := rand.New(rand.NewPCG(1, 2))
 	var latencies []int64
@@ -178,7 +209,7 @@ func TestLimiter_timeouts(t *testing.T) {
 	t.Parallel()
 	t.Run("with no in-time return in a window the limit halves", func(t *testing.T) {
 		t.Parallel()
-		l := newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64))
+		l := seeded(newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64)))
 		clock := warm(t, l, int64(time.Hour))
 		for range 10 {
 			l.drop(clock)
@@ -188,7 +219,7 @@ func TestLimiter_timeouts(t *testing.T) {
 	})
 	t.Run("beside in-time returns of normal latency they do not shrink it", func(t *testing.T) {
 		t.Parallel()
-		l := newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64))
+		l := seeded(newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64)))
 		clock := warm(t, l, int64(time.Hour))
 		// Late handlers hold half the slots and time out one per
 		// return in time; the others keep their unloaded 1 ms.
@@ -215,7 +246,7 @@ func TestLimiter_timeouts(t *testing.T) {
 // A server started straight into overload learns it from its first probe.
 func TestLimiter_probes(t *testing.T) {
 	t.Parallel()
-	l := newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64))
+	l := seeded(newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64)))
 	clock := int64(time.Hour)
 	clock = simulate(l, clock, 200, 10000, cpuBound)
 	assert.Equal(t, int64(limitFloor)*int64(time.Millisecond), l.minRTT, "measured at the floor, not at the load's concurrency")
@@ -256,7 +287,7 @@ func TestLimiter_a_probe_under_load_lasts_three_latencies(t *testing.T) {
 		probes  = 8
 	)
 	start := int64(time.Hour)
-	l := newLimiter(8000, true, time.Second, new(Stats), new(atomic.Int64))
+	l := seeded(newLimiter(8000, true, time.Second, new(Stats), new(atomic.Int64)))
 	var running []int64 // when each running handler was admitted, oldest first
 	var probeFrom, refused int64
 	var every uint32 // the sampling rate before the probe
@@ -310,7 +341,7 @@ func TestLimiter_a_probe_under_load_lasts_three_latencies(t *testing.T) {
 func TestLimiter_fixed_limit_does_not_adapt(t *testing.T) {
 	t.Parallel()
 	stats := new(Stats)
-	l := newLimiter(3, false, time.Second, stats, new(atomic.Int64))
+	l := seeded(newLimiter(3, false, time.Second, stats, new(atomic.Int64)))
 	simulate(l, int64(time.Hour), 1000, 100, cpuBound)
 	assert.Equal(t, int64(3), l.limit.Load())
 	assert.Equal(t, int64(3), stats.Snapshot().ConcurrencyLimit)
@@ -390,7 +421,7 @@ func TestLimiter_after_a_process_stall_serves_its_load_again(t *testing.T) {
 			t.Run(fmt.Sprintf("%s/stall=%v", load.name, stall), func(t *testing.T) {
 				t.Parallel()
 				m := &middleware{settings: Config{Timeout: time.Second, MaxConcurrency: load.ceiling, AdaptiveConcurrency: true, IgnoreHangups: true}.resolve()}
-				m.limiter = newLimiter(int64(m.MaxConcurrency), true, m.Timeout, m.stats, &m.late)
+				m.limiter = seeded(newLimiter(int64(m.MaxConcurrency), true, m.Timeout, m.stats, &m.late))
 				s := &stalledLoad{m: m, l: m.limiter, clock: int64(time.Hour)}
 				for range 100 {
 					s.admit(load.demand)
@@ -461,7 +492,7 @@ func TestLimiter_a_stall_lowers_the_limit_once(t *testing.T) {
 				arrive = 2 // requests a millisecond
 				stall  = 300 * time.Millisecond
 			)
-			l := newLimiter(load.ceiling, true, time.Second, new(Stats), new(atomic.Int64))
+			l := seeded(newLimiter(load.ceiling, true, time.Second, new(Stats), new(atomic.Int64)))
 			var running []int64 // when each running handler was admitted, oldest first
 			var cuts []string   // each cut of the limit: from, to, and when after the stall
 			var woke int64
@@ -557,7 +588,7 @@ func TestLimiter_a_window_reads_only_the_latencies_written(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			l := newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64))
+			l := seeded(newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64)))
 			clock := c.prepare(t, l)
 			require.Zero(t, l.count.Load(), "a window closed just before")
 			require.True(t, l.tryAcquire())
@@ -794,7 +825,7 @@ func TestLimiter_late_handlers_never_hold_every_slot(t *testing.T) {
 	t.Parallel()
 	t.Run("hung at a cold start", func(t *testing.T) {
 		t.Parallel()
-		l := newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64))
+		l := seeded(newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64)))
 		clock := int64(time.Hour)
 		for range limitFloor { // the initial probe's slots, taken by handlers that hang
 			require.True(t, l.tryAcquire())
@@ -819,7 +850,7 @@ func TestLimiter_late_handlers_never_hold_every_slot(t *testing.T) {
 	})
 	t.Run("overload beside sleeping late handlers", func(t *testing.T) {
 		t.Parallel()
-		l := newLimiter(1000, true, 5*time.Second, new(Stats), new(atomic.Int64))
+		l := seeded(newLimiter(1000, true, 5*time.Second, new(Stats), new(atomic.Int64)))
 		clock := warm(t, l, int64(time.Hour))
 		// Four clients of 2 ms, and a handler that sleeps past its
 		// deadline whenever the limit has room, up to 100.
@@ -860,7 +891,7 @@ func TestLimiter_late_handlers_never_hold_every_slot(t *testing.T) {
 		// No timeouts at all: the handlers holding the limit are late
 		// because their clients hung up. A request refused a slot then
 		// closes the window that nothing else would.
-		l := newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64))
+		l := seeded(newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64)))
 		clock := warm(t, l, int64(time.Hour))
 		limit := l.limit.Load()
 		for range limit {
@@ -1001,7 +1032,7 @@ func TestLimiter_a_request_held_by_a_probe_waits_for_its_end(t *testing.T) {
 // it again. As everywhere else, it keeps limitFloor slots beyond them.
 func TestLimiter_a_probe_ends_above_the_late_handlers(t *testing.T) {
 	t.Parallel()
-	l := newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64))
+	l := seeded(newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64)))
 	clock := warm(t, l, int64(time.Hour))
 	require.Equal(t, int64(initialLimit), l.limit.Load())
 	// A probe under load, to come back to the limit of now.

@@ -140,6 +140,9 @@ func newLimiterModel(t *testing.T, seed uint64, max int64, adaptive, realClock b
 	l := mw.limiter
 	// The backlog reads the process's run queue: never here.
 	l.shedAt.Store(math.MaxInt64)
+	// The sampled returns, from the seed too. Only the model's goroutine
+	// returns handlers, and, the backlog off, draws.
+	l.rng = rand.New(rand.NewPCG(seed, 0x5a3b1e))
 	ctx, shutdown := heldRequest(t)
 	return &limiterModel{
 		t: t, rng: rand.New(rand.NewPCG(seed, 0x5eed)), mw: mw, l: l, stats: stats, late: &mw.late,
