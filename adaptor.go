@@ -46,10 +46,10 @@ import (
 // r.Context() once the request has timed out or its client is gone.
 //
 // NetHTTPHandler panics, as [New] does for a nil handler, if h is nil or
-// cannot serve at all: a nil function (http.HandlerFunc(nil)), or a nil
-// pointer whose ServeHTTP has a value receiver (or is promoted from a field).
-// A nil pointer with a pointer method is served: the method may work with
-// a nil receiver.
+// cannot serve at all: a nil http.HandlerFunc, or a nil pointer whose
+// ServeHTTP has a value receiver (or is promoted from a field). A nil
+// pointer with a pointer method, or a nil function of a type of your own,
+// is served: its method may work with a nil receiver.
 func NetHTTPHandler(h http.Handler) fasthttp.RequestHandler {
 	switch {
 	case h == nil:
@@ -75,18 +75,17 @@ func NetHTTPHandler(h http.Handler) fasthttp.RequestHandler {
 }
 
 // cannotServe reports whether h, not nil, panics whenever it is called, on
-// a nil value, before any of its code runs: a nil function, or a nil
-// pointer whose method dereferences it to call the value method of its
-// element type.
+// a nil value, before any of its code runs: a nil http.HandlerFunc, whose
+// ServeHTTP calls it, or a nil pointer whose method dereferences it to call
+// the value method of its element type. Another function type has a
+// ServeHTTP of its own, which may work with a nil function, as a method of
+// a nil map, slice or channel type may.
 func cannotServe(h http.Handler) bool {
-	v := reflect.ValueOf(h)
-	switch v.Kind() {
-	case reflect.Func:
-		return v.IsNil()
-	case reflect.Pointer:
-		return v.IsNil() && v.Type().Elem().Implements(handlerType)
+	if f, ok := h.(http.HandlerFunc); ok {
+		return f == nil
 	}
-	return false
+	v := reflect.ValueOf(h)
+	return v.Kind() == reflect.Pointer && v.IsNil() && v.Type().Elem().Implements(handlerType)
 }
 
 var handlerType = reflect.TypeFor[http.Handler]()

@@ -97,6 +97,14 @@ func TestNetHTTPHandler(t *testing.T) {
 		assert.Equal(t, fasthttp.StatusOK, status)
 		assert.Equal(t, "nil-safe", body)
 	})
+
+	t.Run("serves a nil function whose own ServeHTTP does not call it", func(t *testing.T) {
+		t.Parallel()
+		s := serve(t, fasttimeout.New(fasttimeout.NetHTTPHandler(nilSafeFunc(nil)), fasttimeout.Config{Timeout: time.Minute}))
+		status, body, _ := s.get(t, "/")
+		assert.Equal(t, fasthttp.StatusOK, status)
+		assert.Equal(t, "nil-safe func", body)
+	})
 }
 
 // valueHandler has a value receiver: a nil *valueHandler cannot serve.
@@ -115,6 +123,18 @@ type nilSafeHandler struct{}
 
 func (h *nilSafeHandler) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 	_, _ = io.WriteString(w, "nil-safe")
+}
+
+// nilSafeFunc is a function type whose ServeHTTP, unlike
+// http.HandlerFunc's, works with a nil function, as a method may.
+type nilSafeFunc func(w http.ResponseWriter)
+
+func (f nilSafeFunc) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+	if f == nil {
+		_, _ = io.WriteString(w, "nil-safe func")
+		return
+	}
+	f(w)
 }
 
 // A net/http handler that hijacks its connection after its deadline (a
