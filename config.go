@@ -179,7 +179,7 @@ type Config struct {
 	// say). A result of zero or less means Timeout. It runs on the server
 	// goroutine before the handler and must be fast. If it panics, the
 	// panic goes up the server goroutine as a handler's would, and counts
-	// in Stats.Panics.
+	// in Stats.Panics, as a call of runtime.Goexit does (see New).
 	TimeoutFunc func(ctx *fasthttp.RequestCtx) time.Duration
 
 	// Skip, if set, exempts the requests for which it returns true: their

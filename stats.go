@@ -60,8 +60,8 @@ type Counters struct {
 	// LateFinished is the number of handlers that returned after their
 	// deadline, or after their client hung up.
 	LateFinished int64 `json:"late_finished"`
-	// Panics is the number of handler panics seen, before or after the
-	// deadline (calls of runtime.Goexit included), and of panics of
+	// Panics is the number of panics seen, calls of runtime.Goexit
+	// included: of handlers, before or after the deadline, and of
 	// Config.Skip and Config.TimeoutFunc, which leave their request no
 	// other outcome.
 	Panics int64 `json:"panics"`
