@@ -1721,3 +1721,86 @@ func TestAdmission_a_newcomer_stalled_until_it_cannot_wait_is_not_queued(t *test
 		}
 	}
 }
+
+// TestAdmission_a_newcomer_whose_wait_is_over_by_the_clock_evicts_nobody:
+// a request stalls on its way to the queue (in its TimeoutFunc, as above)
+// until its own wait is over: its share of its budget, or its MaxQueueAge.
+// Meanwhile a full queue stays busy past lifoAfter. The queue went by the
+// clock for its own decisions, but by the newcomer's earlier reading for
+// the newcomer's wait: the newcomer, with no time left to wait, pushed the
+// oldest waiter out (503 queue_full, with most of its share left) and was
+// then refused itself by the dispatch that followed. By the clock it has
+// no time to wait: it is answered at once, as one whose budget leaves less
+// than minWait is (queue_full; the timeout response at MaxQueueAge), and
+// queued nowhere. Not parallel: the stall is timed by the clock.
+func TestAdmission_a_newcomer_whose_wait_is_over_by_the_clock_evicts_nobody(t *testing.T) {
+	for _, c := range []struct {
+		name        string
+		maxQueueAge time.Duration // its wait ends then rather than at its share
+		timeout     time.Duration // the newcomer's (TimeoutFunc); Timeout a minute for the others
+		want        int
+	}{
+		{"its share of its budget spent", 0, time.Second, fasthttp.StatusServiceUnavailable},
+		{"its caller given up", time.Second, 0, fasthttp.StatusGatewayTimeout},
+	} {
+		for _, adaptive := range []bool{false, true} {
+			t.Run(fmt.Sprintf("adaptive=%v/%s", adaptive, c.name), func(t *testing.T) {
+				stats := new(Stats)
+				holder := newSlotHolder()
+				l, release, runs := &holder.limiter, holder.release, &holder.runs
+				stalled, resume := make(chan int64, 1), make(chan struct{})
+				h := New(holder.serve, Config{
+					Timeout: time.Minute, MaxConcurrency: 1, AdaptiveConcurrency: adaptive, MaxQueueAge: c.maxQueueAge,
+					Stats: stats, IgnoreHangups: true,
+					TimeoutFunc: func(ctx *fasthttp.RequestCtx) time.Duration {
+						if string(ctx.Path()) == "/newcomer" {
+							stalled <- now() // after the middleware's reading
+							<-resume
+							return c.timeout
+						}
+						return 0 // Timeout
+					},
+				})
+				client := serveInMemory(t, h)
+				get := func(path string) <-chan int { return getAsync(t, client, path) }
+
+				first := get("/first")
+				require.Eventually(t, func() bool { return l.Load() != nil }, 30*time.Second, time.Millisecond, "the first handler runs")
+				newcomer := get("/newcomer")
+				stalledAt := receive(t, stalled, "the newcomer's stall")
+				// Its wait ends by stalledAt plus its share (a tenth of its
+				// timeout) or its MaxQueueAge; the waiters come after that,
+				// with a minute's share and a MaxQueueAge from their own
+				// arrival, and wait long past the newcomer's return.
+				over := stalledAt + int64(max(c.timeout/waitShare, c.maxQueueAge))
+				require.Eventually(t, func() bool { return now() > over }, 30*time.Second, time.Millisecond, "the newcomer's wait runs out")
+				var waiters []<-chan int
+				for i := range minQueue {
+					waiters = append(waiters, get(fmt.Sprintf("/waiter/%d", i)))
+					require.Eventually(t, func() bool { return stats.Snapshot().Waiting == int64(i+1) }, 30*time.Second, time.Millisecond, "waiter %d queued", i)
+				}
+				require.Eventually(t, func() bool {
+					l := l.Load()
+					l.mu.Lock()
+					defer l.mu.Unlock()
+					return l.lifo(now())
+				}, 30*time.Second, time.Millisecond, "the queue stays busy")
+				close(resume)
+				assert.Equal(t, c.want, receive(t, newcomer, "the newcomer's answer"))
+				close(release)
+				assert.Equal(t, fasthttp.StatusOK, receive(t, first, "the first answer"))
+				for i, w := range waiters {
+					assert.Equal(t, fasthttp.StatusOK, receive(t, w, "a waiter's answer"), "waiter %d", i)
+				}
+				assert.Equal(t, int32(1+minQueue), runs.Load())
+				require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, 30*time.Second, time.Millisecond)
+				got := stats.Snapshot()
+				assert.Equal(t, int64(minQueue), got.Queued, "the waiters only")
+				assert.Equal(t, map[bool]int64{true: 1, false: 0}[c.want == fasthttp.StatusServiceUnavailable], got.RejectedFull, "the newcomer's refusal, if any")
+				assert.Zero(t, got.RejectedQueueTimeout)
+				assert.Equal(t, map[bool]int64{true: 1, false: 0}[c.want == fasthttp.StatusGatewayTimeout], got.SpentBudgets)
+				assert.Zero(t, got.Waiting)
+			})
+		}
+	}
+}
