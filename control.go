@@ -223,10 +223,14 @@ func (c *call) extend(d time.Duration) bool {
 // negative once it has passed; ok is false if ctx has no deadline (not
 // bounded by New, or disarmed).
 func Remaining(ctx *fasthttp.RequestCtx) (left time.Duration, ok bool) {
-	c := lookup(ctx)
-	if c == nil {
-		return 0, false
+	if c := lookup(ctx); c != nil {
+		return c.remaining()
 	}
+	return 0, false
+}
+
+// remaining is Remaining for the request of call c.
+func (c *call) remaining() (left time.Duration, ok bool) {
 	d := c.deadline.Load()
 	if d == noDeadline {
 		return 0, false

@@ -91,14 +91,13 @@ func Do(ctx *fasthttp.RequestCtx, c Doer, req *fasthttp.Request, resp *fasthttp.
 	if call.clientGone() {
 		return errClientLeft
 	}
-	d := call.deadline.Load()
-	if d == noDeadline {
+	left, ok := call.remaining()
+	if !ok {
 		if closed(serverDone(ctx)) {
 			return errShuttingDown
 		}
 		return c.Do(req, resp)
 	}
-	left := time.Duration(d - now())
 	if carried, found, _ := incomingBudget(&req.Header); found {
 		left = min(left, carried)
 	}
