@@ -14,6 +14,9 @@ import (
 // and the connection's slot are reused from the previous request.
 // AllocsPerRun counts every goroutine's allocations, so this test must not
 // run in parallel with others.
+func neverSkip(*fasthttp.RequestCtx) bool               { return false }
+func defaultTimeout(*fasthttp.RequestCtx) time.Duration { return 0 }
+
 func TestAllocs(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector allocates on its own")
@@ -27,6 +30,10 @@ func TestAllocs(t *testing.T) {
 		{"cooperative_fast_path_allocates_nothing", fasttimeout.New(trivialFast, fasttimeout.Config{Timeout: time.Minute, Mode: fasttimeout.Cooperative}), 0},
 		{"racing_with_adaptive_admission_allocates_nothing", fasttimeout.New(trivialFast, fasttimeout.Config{Timeout: time.Minute, AdaptiveConcurrency: true}), 0},
 		{"cooperative_with_adaptive_admission_allocates_nothing", fasttimeout.New(trivialFast, fasttimeout.Config{Timeout: time.Minute, Mode: fasttimeout.Cooperative, AdaptiveConcurrency: true}), 0},
+		// Skip and TimeoutFunc are called through a closure that must not
+		// escape to the heap.
+		{"racing_with_Skip_and_TimeoutFunc_allocates_nothing", fasttimeout.New(trivialFast, fasttimeout.Config{Timeout: time.Minute, Skip: neverSkip, TimeoutFunc: defaultTimeout}), 0},
+		{"cooperative_with_Skip_and_TimeoutFunc_allocates_nothing", fasttimeout.New(trivialFast, fasttimeout.Config{Timeout: time.Minute, Mode: fasttimeout.Cooperative, Skip: neverSkip, TimeoutFunc: defaultTimeout}), 0},
 		{"racing_with_Context_allocates_at_most_2", fasttimeout.New(contextFast, fasttimeout.Config{Timeout: time.Minute}), 2},
 		{"cooperative_with_Context_allocates_at_most_2", fasttimeout.New(contextFast, fasttimeout.Config{Timeout: time.Minute, Mode: fasttimeout.Cooperative}), 2},
 	}

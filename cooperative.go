@@ -99,26 +99,26 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 	}
 	// A callback's Goexit ends the server goroutine as the handler's does,
 	// and the outermost New closes the connection then too (see
-	// endCallback); after the handler's, it is closed already.
-	returned := goexit
-	defer endCallback(ctx, c.outer == nil, &returned, nil)
-	if v != nil {
-		var stack []byte
-		if !goexit { // Goexit has no panicking stack
-			stack = debug.Stack()
+	// endCallback); after the handler's, finishCooperative closes it on
+	// its way out (above).
+	runCallback(ctx, c.outer == nil && !goexit, nil, func() {
+		if v != nil {
+			var stack []byte
+			if !goexit { // Goexit has no panicking stack
+				stack = debug.Stack()
+			}
+			m.reportPanic(ctx, v, stack)
 		}
-		m.reportPanic(ctx, v, stack)
-	}
-	if m.OnLateReturn != nil {
-		m.OnLateReturn(ctx, lateBy)
-	}
-	switch {
-	case over == callGone && m.OnHangup != nil:
-		m.OnHangup(ctx, time.Duration(overAt-start))
-	case over == callTimedOut && m.OnTimeout != nil:
-		m.OnTimeout(ctx, &ctx.Response)
-	}
-	returned = true
+		if m.OnLateReturn != nil {
+			m.OnLateReturn(ctx, lateBy)
+		}
+		switch {
+		case over == callGone && m.OnHangup != nil:
+			m.OnHangup(ctx, time.Duration(overAt-start))
+		case over == callTimedOut && m.OnTimeout != nil:
+			m.OnTimeout(ctx, &ctx.Response)
+		}
+	})
 }
 
 // closeConn closes the connection of a request whose server goroutine is

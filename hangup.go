@@ -213,10 +213,8 @@ func (m *middleware) answerGone(ctx *fasthttp.RequestCtx, c *call) {
 	writeGoneResponse(resp)
 	defer answerWith(ctx, resp) // even if OnHangup panics (see answerTimeout)
 	if m.OnHangup != nil {
-		returned := false
-		defer endCallback(ctx, true, &returned, nil) // a Goexit closes the connection, as the 499 would
-		m.OnHangup(ctx, time.Duration(c.overAt.Load()-c.start))
-		returned = true
+		// A Goexit closes the connection, as the 499 would.
+		runCallback(ctx, true, nil, func() { m.OnHangup(ctx, time.Duration(c.overAt.Load()-c.start)) })
 	}
 }
 

@@ -98,10 +98,7 @@ func (m *middleware) answerTimeout(ctx *fasthttp.RequestCtx) {
 	defer answerWith(ctx, resp)
 	m.writeTimeoutResponse(resp)
 	if m.OnTimeout != nil {
-		returned := false
-		defer endCallback(ctx, true, &returned, nil)
-		m.OnTimeout(ctx, resp)
-		returned = true
+		runCallback(ctx, true, nil, func() { m.OnTimeout(ctx, resp) })
 	}
 }
 

@@ -221,10 +221,7 @@ func (m *middleware) answerSpent(ctx *fasthttp.RequestCtx, outer *call) {
 	ctx.SetUserValue(rejectKey{}, spentBudget)
 	m.writeTimeoutResponse(&ctx.Response)
 	if m.OnTimeout != nil {
-		returned := false
-		defer endCallback(ctx, outer == nil, &returned, nil)
-		m.OnTimeout(ctx, &ctx.Response)
-		returned = true
+		runCallback(ctx, outer == nil, nil, func() { m.OnTimeout(ctx, &ctx.Response) })
 	}
 }
 
@@ -232,29 +229,34 @@ func (m *middleware) answerSpent(ctx *fasthttp.RequestCtx, outer *call) {
 // call of an enclosing New, if any. A Skip that panics or calls
 // runtime.Goexit leaves the request no other outcome in Stats: it is
 // counted in Panics, as a handler's panic would be.
-func (m *middleware) skips(ctx *fasthttp.RequestCtx, outer *call) bool {
-	returned := false
-	defer endCallback(ctx, outer == nil, &returned, &m.stats.panics)
-	skip := m.Skip(ctx)
-	returned = true
+func (m *middleware) skips(ctx *fasthttp.RequestCtx, outer *call) (skip bool) {
+	runCallback(ctx, outer == nil, &m.stats.panics, func() { skip = m.Skip(ctx) })
 	return skip
 }
 
 // timeoutOf returns Config.TimeoutFunc's timeout for the request ctx,
 // whose panic or runtime.Goexit is counted as Skip's is (see skips).
-func (m *middleware) timeoutOf(ctx *fasthttp.RequestCtx, outer *call) time.Duration {
-	returned := false
-	defer endCallback(ctx, outer == nil, &returned, &m.stats.panics)
-	d := m.TimeoutFunc(ctx)
-	returned = true
+func (m *middleware) timeoutOf(ctx *fasthttp.RequestCtx, outer *call) (d time.Duration) {
+	runCallback(ctx, outer == nil, &m.stats.panics, func() { d = m.TimeoutFunc(ctx) })
 	return d
 }
 
+// runCallback runs f, which calls a Config callback on the server goroutine
+// of the request ctx, and sees to the request if the callback does not
+// return (see endCallback). f does not escape: calling it allocates
+// nothing.
+func runCallback(ctx *fasthttp.RequestCtx, outermost bool, panics *atomic.Int64, f func()) {
+	returned := false
+	defer endCallback(ctx, outermost, &returned, panics)
+	f()
+	returned = true
+}
+
 // endCallback runs, deferred, after a Config callback that ran on the
-// server goroutine of the request ctx; returned reports whether the
-// callback returned. One that did not is counted in panics, if not nil:
-// Skip and TimeoutFunc run before the request has any other outcome in
-// Stats. A panic goes on with its value, as a handler's in time does. A
+// server goroutine of the request ctx (see runCallback); returned reports
+// whether the callback returned. One that did not is counted in panics, if
+// not nil: Skip and TimeoutFunc run before the request has any other
+// outcome in Stats. A panic goes on with its value, as a handler's in time does. A
 // call of runtime.Goexit (t.FailNow in a test's callback, say) ends the
 // server goroutine, after which fasthttp would neither answer the request
 // nor close its connection, and the client would wait for an answer until
