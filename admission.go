@@ -513,7 +513,7 @@ func (l *limiter) release(t int64, rtt time.Duration, inTime bool) {
 			// cost the fast path a nanosecond in BenchmarkAdmission.
 			sampled = rand.Uint32()&every == 0
 		default:
-			sampled = l.random()&every == 0
+			sampled = l.rng.Uint32()&every == 0
 		}
 		if sampled {
 			l.served.Add(int64(every) + 1)
