@@ -41,7 +41,22 @@ func runStallServer(mode string) {
 	if admission, ok := strings.CutPrefix(mode, "admission/"); ok {
 		runAdmissionStallServer(admission)
 	}
-	var m fasttimeout.Mode
+	m, ln, say := stallChildListen(mode)
+	h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+		say("started")
+		time.Sleep(stallSleep) // ignores its context
+		ctx.SetBodyString("own")
+	}, fasttimeout.Config{Timeout: stallTimeout, Mode: m})
+	go func() { _ = fasthttp.Serve(ln, h) }()
+	say("addr " + ln.Addr().String())
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	os.Exit(0)
+}
+
+// stallChildListen reads a child server's mode and listens on 127.0.0.1,
+// exiting with status 2 if either fails. say prints a line for the test,
+// one at a time.
+func stallChildListen(mode string) (m fasttimeout.Mode, ln net.Listener, say func(string)) {
 	if err := m.UnmarshalText([]byte(mode)); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
@@ -52,20 +67,11 @@ func runStallServer(mode string) {
 		os.Exit(2)
 	}
 	var mu sync.Mutex
-	say := func(s string) {
+	return m, ln, func(s string) {
 		mu.Lock()
 		defer mu.Unlock()
 		fmt.Println(s)
 	}
-	h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
-		say("started")
-		time.Sleep(stallSleep) // ignores its context
-		ctx.SetBodyString("own")
-	}, fasttimeout.Config{Timeout: stallTimeout, Mode: m})
-	go func() { _ = fasthttp.Serve(ln, h) }()
-	say("addr " + ln.Addr().String())
-	_, _ = io.Copy(io.Discard, os.Stdin)
-	os.Exit(0)
 }
 
 // stallChild is a child server of the stall tests: the test binary run as
@@ -186,22 +192,7 @@ const (
 // handler has been let go, with "late" if one of them had less than half its
 // time left by then, and stops when its standard input closes.
 func runAdmissionStallServer(mode string) {
-	var m fasttimeout.Mode
-	if err := m.UnmarshalText([]byte(mode)); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
-	}
-	var mu sync.Mutex
-	say := func(s string) {
-		mu.Lock()
-		defer mu.Unlock()
-		fmt.Println(s)
-	}
+	m, ln, say := stallChildListen(mode)
 	var stats fasttimeout.Stats
 	mark := make(chan struct{})
 	var held sync.WaitGroup // the handlers holding a slot until the mark
