@@ -89,6 +89,7 @@ const usage = `usage: loadtest [flags]
 
 Compares fasttimeout with fasthttp.TimeoutWithCodeHandler, http.TimeoutHandler
 and bare servers over 127.0.0.1. Markdown report on stdout, progress on stderr.
+Counts and loads are read in decimal ("010" is 10).
 
 flags:
 `
@@ -114,7 +115,7 @@ func parseFlags(args []string) (options, error) {
 	for _, sc := range scenarios {
 		finish = append(finish, sc.flags(fs, &o))
 	}
-	fs.Usage = func() {} // a bad flag gets one line, from main
+	fs.Usage = func() {} // a bad flag gets one line, from command
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(os.Stderr, usage)
@@ -225,14 +226,14 @@ const maxConns = 10000
 
 func parseConns(s string) ([]int, error) { return parseCounts("-conns", s, 1, maxConns) }
 
-// parseCounts parses a comma-separated list of distinct counts between lo
-// and hi, kept in its order.
+// parseCounts parses a comma-separated list of distinct decimal counts
+// between lo and hi, kept in its order.
 func parseCounts(flag, s string, lo, hi int) ([]int, error) {
 	var out []int
 	for f := range strings.SplitSeq(s, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
+		n, err := parseDecimal(strings.TrimSpace(f))
 		if err != nil || n < lo || n > hi {
-			return nil, fmt.Errorf("%s wants a comma-separated list of counts between %d and %d, got %q", flag, lo, hi, s)
+			return nil, fmt.Errorf("%s wants a comma-separated list of decimal counts between %d and %d, got %q", flag, lo, hi, s)
 		}
 		if !slices.Contains(out, n) {
 			out = append(out, n)
@@ -242,13 +243,17 @@ func parseCounts(flag, s string, lo, hi int) ([]int, error) {
 }
 
 // parseLoads parses the offered loads of the overload scenario: distinct
-// multiples of the capacity between 0.01 and 100, in increasing order.
+// decimal multiples of the capacity between 0.01 and 100, in increasing
+// order.
 func parseLoads(s string) ([]float64, error) {
 	var out []float64
 	for f := range strings.SplitSeq(s, ",") {
-		x, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
-		if err != nil || !(x >= 0.01 && x <= 100) {
-			return nil, fmt.Errorf("-overload-loads wants a comma-separated list of multiples of the capacity between 0.01 and 100, got %q", s)
+		f = strings.TrimSpace(f)
+		// Digits and a point only: strconv.ParseFloat also reads Go's
+		// literals ("0x1p2" is 4, "1_0" is 10), a sign and an exponent.
+		x, err := strconv.ParseFloat(f, 64)
+		if strings.Trim(f, "0123456789.") != "" || err != nil || !(x >= 0.01 && x <= 100) {
+			return nil, fmt.Errorf("-overload-loads wants a comma-separated list of decimal multiples of the capacity between 0.01 and 100, got %q", s)
 		}
 		if !slices.Contains(out, x) {
 			out = append(out, x)
@@ -256,6 +261,43 @@ func parseLoads(s string) ([]float64, error) {
 	}
 	slices.Sort(out)
 	return out, nil
+}
+
+// decimal is a count given as a flag: decimal digits only, unlike
+// flag.Int, which reads Go's literals and takes "010" for 8, "0x10" for
+// 16, "1_000" for 1000. (cmd/gateway and cmd/demo, modules of their own,
+// read their counts alike.)
+type decimal int
+
+// decimalVar defines a count flag, as fs.IntVar does, read by decimal.
+func decimalVar(fs *flag.FlagSet, p *int, name string, value int, usage string) {
+	*p = value
+	fs.Var((*decimal)(p), name, usage)
+}
+
+func (d *decimal) Set(s string) error {
+	n, err := parseDecimal(s)
+	if err != nil {
+		return err
+	}
+	*d = decimal(n)
+	return nil
+}
+
+func (d *decimal) String() string { return strconv.Itoa(int(*d)) }
+
+// parseDecimal parses a count: decimal digits, after a minus sign (so that
+// a negative count is told its range), but not a plus, which
+// strconv.ParseInt takes.
+func parseDecimal(s string) (int, error) {
+	n, err := strconv.ParseInt(s, 10, strconv.IntSize)
+	switch {
+	case errors.Is(err, strconv.ErrRange):
+		return 0, errors.New("out of range")
+	case err != nil || strings.HasPrefix(s, "+"):
+		return 0, errors.New("want a decimal number")
+	}
+	return int(n), nil
 }
 
 // parseList parses a comma-separated subset of known, kept in known's order.
@@ -285,20 +327,30 @@ func main() {
 		}
 		return
 	}
-	o, err := parseFlags(os.Args[1:])
-	if errors.Is(err, flag.ErrHelp) {
-		os.Exit(0)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "loadtest:", err)
-		os.Exit(2)
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
-	if err := run(ctx, o, os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, "loadtest:", err)
-		os.Exit(1)
+	code := command(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// command runs the load test that args (without the program name) ask
+// for, and returns the exit status: 2 with one line on stderr for a bad
+// command line, 1 if the run failed.
+func command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	o, err := parseFlags(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case err != nil:
+		// Every bad flag: -h tells the forms and ranges taken.
+		fmt.Fprintf(stderr, "loadtest: %v (see loadtest -h)\n", err)
+		return 2
 	}
+	if err := run(ctx, o, stdout); err != nil {
+		fmt.Fprintln(stderr, "loadtest:", err)
+		return 1
+	}
+	return 0
 }
 
 // run measures every selected cell and writes the report.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -76,6 +77,34 @@ func TestParseFlags_refuses_what_cannot_run(t *testing.T) {
 			wantErr: "-db-queries 20 take 100ms a request (5ms each), not less than -overload-timeout 100ms"},
 		{name: "queries within the deadline", args: []string{"-db-queries", "199"}},
 		{name: "queries without the downstream workload", args: []string{"-overload-workloads", "cpu", "-db-queries", "200"}},
+
+		// Go's literal forms, which flag.Int reads ("0x10" as 16, "010"
+		// as 8), and strconv's leading "+": a count is decimal.
+		{name: "storm connections in hex", args: []string{"-storm-conns", "0x10"},
+			wantErr: `invalid value "0x10" for flag -storm-conns: want a decimal number`},
+		{name: "burst connections with underscores", args: []string{"-burst-conns", "1_000"},
+			wantErr: `invalid value "1_000" for flag -burst-conns: want a decimal number`},
+		{name: "burst requests in octal", args: []string{"-burst-requests", "0o17"},
+			wantErr: `invalid value "0o17" for flag -burst-requests: want a decimal number`},
+		{name: "hangup connections in binary", args: []string{"-hangup-conns", "0b11"},
+			wantErr: `invalid value "0b11" for flag -hangup-conns: want a decimal number`},
+		{name: "hangup rounds with a plus", args: []string{"-hangup-rounds", "+2"},
+			wantErr: `invalid value "+2" for flag -hangup-rounds: want a decimal number`},
+		{name: "generator connections in hex", args: []string{"-max-conns", "0X10"},
+			wantErr: `invalid value "0X10" for flag -max-conns: want a decimal number`},
+		{name: "queries out of range", args: []string{"-db-queries", "99999999999999999999"},
+			wantErr: `invalid value "99999999999999999999" for flag -db-queries: out of range`},
+		{name: "negative queries", args: []string{"-db-queries", "-1"}, wantErr: "-db-queries must be between 1 and 1000, got -1"},
+		{name: "throughput connections with a plus", args: []string{"-conns", "+4,32"},
+			wantErr: `-conns wants a comma-separated list of decimal counts between 1 and 10000, got "+4,32"`},
+		{name: "a sweep in hex", args: []string{"-overload-sweep", "0x10"},
+			wantErr: `-overload-sweep wants a comma-separated list of decimal counts between 1 and 100000, got "0x10"`},
+		{name: "a load as a hex float", args: []string{"-overload-loads", "0x1p2"},
+			wantErr: `-overload-loads wants a comma-separated list of decimal multiples of the capacity between 0.01 and 100, got "0x1p2"`},
+		{name: "a load with underscores", args: []string{"-overload-loads", "1_0"}, wantErr: "-overload-loads wants"},
+		{name: "a load with a plus", args: []string{"-overload-loads", "+4"}, wantErr: "-overload-loads wants"},
+		{name: "a load with an exponent", args: []string{"-overload-loads", "4e0"}, wantErr: "-overload-loads wants"},
+		{name: "loads with a point", args: []string{"-overload-loads", "0.5, 2,.25,10."}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
@@ -107,6 +136,72 @@ func TestWriteReport_a_chart_that_fails_keeps_the_report(t *testing.T) {
 			}
 			if !strings.Contains(out.String(), "fasttimeout-race-adaptive") {
 				t.Errorf("report %q, want it written whole", out.String())
+			}
+		})
+	}
+}
+
+// Counts are read in decimal, a leading zero too: flag.Int took "010" for
+// 8.
+func TestParseFlags_counts_are_decimal(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		flag, value string
+		got         func(options) int
+		want        int
+	}{
+		{"storm-conns", "010", func(o options) int { return o.stormConns }, 10},
+		{"burst-conns", "010", func(o options) int { return o.burstConns }, 10},
+		{"burst-requests", "010", func(o options) int { return o.burstReqs }, 10},
+		{"hangup-conns", "0100", func(o options) int { return o.hangupConns }, 100},
+		{"hangup-rounds", "010", func(o options) int { return o.hangupRounds }, 10},
+		{"max-conns", "010", func(o options) int { return o.olMaxConns }, 10},
+		{"db-queries", "010", func(o options) int { return o.olQueries }, 10},
+		{"conns", "010", func(o options) int { return o.conns[0] }, 10},
+		{"overload-sweep", "010", func(o options) int { return o.olSweep[0] }, 10},
+		{"storm-conns", "", func(o options) int { return o.stormConns }, 1000}, // the default
+		{"db-queries", "", func(o options) int { return o.olQueries }, 8},
+	} {
+		t.Run(tt.flag+"="+tt.value, func(t *testing.T) {
+			t.Parallel()
+			var args []string
+			if tt.value != "" {
+				args = []string{"-" + tt.flag, tt.value}
+			}
+			o, err := parseFlags(args)
+			if err != nil {
+				t.Fatalf("%q: %v", args, err)
+			}
+			if got := tt.got(o); got != tt.want {
+				t.Errorf("%q: %d, want %d", args, got, tt.want)
+			}
+		})
+	}
+}
+
+// A bad command line exits 2 with one line that points to -h, before any
+// load: the context is done, so a command line wrongly taken ends at once
+// (exit 1) rather than measuring.
+func TestCommand_a_bad_flag_exits_2_with_one_line(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, args := range [][]string{
+		{"-nope"}, {"extra"}, {"-storm-conns", "0x10"}, {"-db-queries", "1_000"}, {"-conns", "+4"},
+		{"-storm-conns", "0"}, {"-scenarios", "gin"}, {"-render", "r.json", "-smoke"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			t.Parallel()
+			var stdout, stderr strings.Builder
+			if code := command(ctx, args, &stdout, &stderr); code != 2 {
+				t.Errorf("exit %d, want 2; stderr %q", code, stderr.String())
+			}
+			msg := stderr.String()
+			if !strings.HasPrefix(msg, "loadtest: ") || !strings.HasSuffix(msg, " (see loadtest -h)\n") || strings.Count(msg, "\n") != 1 {
+				t.Errorf("stderr %q, want one line that starts with loadtest: and points to -h", msg)
+			}
+			if stdout.Len() > 0 {
+				t.Errorf("stdout %q, want nothing", stdout.String())
 			}
 		})
 	}

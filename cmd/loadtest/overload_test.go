@@ -328,7 +328,7 @@ func TestParseFlagsOverload_light_cells_are_bounded(t *testing.T) {
 			wantErr: "-overload-loads 0.02 with -cell 3s measures a cell for 2h5m0s"},
 		{args: []string{"-overload-loads", "0.99", "-cell", "1h"},
 			wantErr: "offer at least 1, or a -cell of at most 58m48.36s"},
-		{args: []string{"-smoke", "-overload-loads", "0.005"}, wantErr: "-overload-loads wants a comma-separated list of multiples of the capacity between 0.01 and 100"},
+		{args: []string{"-smoke", "-overload-loads", "0.005"}, wantErr: "-overload-loads wants a comma-separated list of decimal multiples of the capacity between 0.01 and 100"},
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			t.Parallel()

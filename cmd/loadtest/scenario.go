@@ -105,7 +105,7 @@ type stormScenario struct{}
 func (stormScenario) name() string { return scenarioStorm }
 
 func (stormScenario) flags(fs *flag.FlagSet, o *options) func(smokeDefault) error {
-	fs.IntVar(&o.stormConns, "storm-conns", 1000, "connections (concurrent slow requests) of the storm scenario")
+	decimalVar(fs, &o.stormConns, "storm-conns", 1000, "`n` connections (concurrent slow requests) of the storm scenario")
 	return func(smoke smokeDefault) error {
 		smoke("storm-conns", func() { o.stormConns = 64 })
 		if o.stormConns <= 0 || o.stormConns > maxConns {
@@ -154,8 +154,8 @@ type burstScenario struct{}
 func (burstScenario) name() string { return scenarioBurst }
 
 func (burstScenario) flags(fs *flag.FlagSet, o *options) func(smokeDefault) error {
-	fs.IntVar(&o.burstConns, "burst-conns", 512, "connections opened at once by the burst scenario")
-	fs.IntVar(&o.burstReqs, "burst-requests", 50, "requests each burst connection sends, one after the other")
+	decimalVar(fs, &o.burstConns, "burst-conns", 512, "`n` connections opened at once by the burst scenario")
+	decimalVar(fs, &o.burstReqs, "burst-requests", 50, "`n` requests each burst connection sends, one after the other")
 	fs.BoolVar(&o.shared, "burst-shared", true, "run the burst's server in this process, its goroutines sharing the Ps with the clients' (false: a child process)")
 	return func(smoke smokeDefault) error {
 		smoke("burst-conns", func() { o.burstConns = 16 })
@@ -215,8 +215,8 @@ type hangupScenario struct{}
 func (hangupScenario) name() string { return scenarioHangup }
 
 func (hangupScenario) flags(fs *flag.FlagSet, o *options) func(smokeDefault) error {
-	fs.IntVar(&o.hangupConns, "hangup-conns", 10000, "connections (concurrent slow requests) of the hangup scenario")
-	fs.IntVar(&o.hangupRounds, "hangup-rounds", 2, "pairs of CPU windows, watch on and off, per variant of the hangup scenario")
+	decimalVar(fs, &o.hangupConns, "hangup-conns", 10000, "`n` connections (concurrent slow requests) of the hangup scenario")
+	decimalVar(fs, &o.hangupRounds, "hangup-rounds", 2, "`n` pairs of CPU windows, watch on and off, per variant of the hangup scenario")
 	return func(smoke smokeDefault) error {
 		smoke("hangup-conns", func() { o.hangupConns = 64 })
 		smoke("hangup-rounds", func() { o.hangupRounds = 1 })
@@ -250,9 +250,9 @@ func (overloadScenario) flags(fs *flag.FlagSet, o *options) func(smokeDefault) e
 	fs.DurationVar(&o.olWarmup, "cell-warmup", 2*time.Second, "unmeasured load before each overload cell")
 	fs.DurationVar(&o.olTimeout, "overload-timeout", time.Second, "the overload servers' timeout and their clients' deadline")
 	fs.DurationVar(&o.olSoak, "soak", 0, "also run each overload variant with admission (or, if none is selected, each selected one) this long at 10x capacity (e.g. 60s; 0: none, else 10ms to 1h), for memory, goroutines and answers given twice")
-	fs.IntVar(&o.olMaxConns, "max-conns", 10000, "connections the overload generator opens at most (one request out on each)")
+	decimalVar(fs, &o.olMaxConns, "max-conns", 10000, "at most `n` connections opened by the overload generator (one request out on each)")
 	fs.StringVar(&o.olArrivals, "arrivals", "poisson", "arrivals of the overload scenario: poisson or uniform")
-	fs.IntVar(&o.olQueries, "db-queries", 8, "queries each request of the downstream workload makes, one after the other (1 to 1000, taking less than -overload-timeout)")
+	decimalVar(fs, &o.olQueries, "db-queries", 8, "`n` queries each request of the downstream workload makes, one after the other (1 to 1000, taking less than -overload-timeout)")
 	return func(smoke smokeDefault) (err error) {
 		smoke("cell", func() { o.olCell = 100 * time.Millisecond })
 		smoke("cell-warmup", func() { o.olWarmup = 50 * time.Millisecond })
