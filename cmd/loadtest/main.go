@@ -112,8 +112,16 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.render, "render", "", "measure nothing: write the report saved by -json in this file again (as Markdown, or JSON with -json, and its -chart); no other flag applies")
 	fs.BoolVar(&o.smoke, "smoke", false, "tiny budget for CI: 150ms cells, 4 and 32 connections, 64 storm connections, burst of 16 × 5, overload cells of 100ms at 4x with a 100ms timeout")
 	var finish []func(smokeDefault) error
+	owner := map[string]string{} // a scenario's flag → its scenario
 	for _, sc := range scenarios {
+		shared := map[string]bool{}
+		fs.VisitAll(func(f *flag.Flag) { shared[f.Name] = true })
 		finish = append(finish, sc.flags(fs, &o))
+		fs.VisitAll(func(f *flag.Flag) {
+			if !shared[f.Name] {
+				owner[f.Name] = sc.name()
+			}
+		})
 	}
 	fs.Usage = func() {} // a bad flag gets one line, from command
 	if err := fs.Parse(args); err != nil {
@@ -151,6 +159,13 @@ func parseFlags(args []string) (options, error) {
 	}
 	if o.scenarios, err = parseList("scenario", *scenarioNames, allScenarios); err != nil {
 		return o, err
+	}
+	// A flag set for a scenario that does not run would be ignored, and
+	// the report would not be what it asked for.
+	for _, name := range slices.Sorted(maps.Keys(set)) { // the same error from run to run
+		if sc, ok := owner[name]; ok && !slices.Contains(o.scenarios, sc) {
+			return o, fmt.Errorf("-%s is a flag of the %s scenario, which -scenarios %s does not select", name, sc, strings.Join(o.scenarios, ","))
+		}
 	}
 	switch {
 	case o.duration < minWindow || o.duration > maxWindow:

@@ -105,6 +105,26 @@ func TestParseFlags_refuses_what_cannot_run(t *testing.T) {
 		{name: "a load with a plus", args: []string{"-overload-loads", "+4"}, wantErr: "-overload-loads wants"},
 		{name: "a load with an exponent", args: []string{"-overload-loads", "4e0"}, wantErr: "-overload-loads wants"},
 		{name: "loads with a point", args: []string{"-overload-loads", "0.5, 2,.25,10."}},
+
+		// A scenario's flag matters only if the scenario runs: one set for
+		// a scenario left out would be ignored.
+		{name: "the overload's loads with the storm alone", args: []string{"-overload-loads", "2,4", "-scenarios", "storm"},
+			wantErr: "-overload-loads is a flag of the overload scenario, which -scenarios storm does not select"},
+		{name: "a bad value of a scenario left out", args: []string{"-scenarios", "storm", "-overload-loads", "x"},
+			wantErr: "-overload-loads is a flag of the overload scenario, which -scenarios storm does not select"},
+		{name: "the throughput's connections without it", args: []string{"-scenarios", "storm,burst", "-conns", "8"},
+			wantErr: "-conns is a flag of the throughput scenario, which -scenarios storm,burst does not select"},
+		{name: "the storm's connections without it", args: []string{"-scenarios", "throughput", "-storm-conns", "8"},
+			wantErr: "-storm-conns is a flag of the storm scenario"},
+		{name: "the burst's server without the burst", args: []string{"-scenarios", "hangup", "-burst-shared=false"},
+			wantErr: "-burst-shared is a flag of the burst scenario, which -scenarios hangup does not select"},
+		{name: "the hangup's rounds without it", args: []string{"-scenarios", "overload", "-hangup-rounds", "3"},
+			wantErr: "-hangup-rounds is a flag of the hangup scenario"},
+		{name: "a soak without the overload", args: []string{"-scenarios", "throughput,storm,burst,hangup", "-soak", "60s"},
+			wantErr: "-soak is a flag of the overload scenario, which -scenarios throughput,storm,burst,hangup does not select"},
+		{name: "flags of two scenarios, both selected", args: []string{"-scenarios", "hangup,storm", "-hangup-rounds", "3", "-storm-conns", "8"}},
+		{name: "a scenario's flag, every scenario selected", args: []string{"-overload-loads", "2", "-burst-conns", "8"}},
+		{name: "a smoke run of one scenario", args: []string{"-smoke", "-scenarios", "burst"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
@@ -202,6 +222,50 @@ func TestCommand_a_bad_flag_exits_2_with_one_line(t *testing.T) {
 			}
 			if stdout.Len() > 0 {
 				t.Errorf("stdout %q, want nothing", stdout.String())
+			}
+		})
+	}
+}
+
+// The command lines that the README, docs/ and .ci/run give (redirections
+// left out) pass parseFlags as they are.
+func TestParseFlags_documented_command_lines_run(t *testing.T) {
+	t.Parallel()
+	for _, line := range []string{
+		// README.md
+		"-chart loadtest.png",
+		"-smoke",
+		"-json -scenarios storm",
+		"-scenarios burst",
+		"-scenarios hangup",
+		"-scenarios overload -chart overload.png",
+		"-scenarios overload -cell 1s -cell-warmup 1s",
+		"-scenarios overload -overload-variants fasttimeout-race-adaptive -soak 60s",
+		"-scenarios hangup -hangup-rounds 16",
+		"-scenarios overload -json",
+		"-render testdata/overload.json -chart ../../docs/loadtest-overload.png",
+		"-scenarios overload -overload-variants fasttimeout-race-adaptive -overload-sweep 8,64 -overload-loads 10 -soak 60s",
+		// docs/benchmarks.md
+		"-scenarios throughput,storm,burst -chart ../../docs/loadtest.png",
+		"-scenarios storm -variants fasthttp-bare,fasthttp-TimeoutWithCodeHandler,fasttimeout-race",
+		// docs/overload.md
+		"-scenarios overload",
+		"-scenarios overload -overload-variants fasthttp-Concurrency,fasttimeout-race-adaptive,fasttimeout-cooperative-adaptive -overload-loads 2,4,10",
+		"-scenarios overload -overload-workloads cpu -overload-loads 0.5,4,10",
+		"-scenarios overload -overload-loads 4 -overload-workloads cpu -cell-warmup 1ms -cell 1s -overload-variants fasthttp-Concurrency,fasttimeout-race-adaptive,fasttimeout-cooperative-adaptive",
+		"-scenarios overload -overload-workloads downstream -overload-loads 1,2,4 -overload-sweep 64 -overload-variants fasthttp-Concurrency,fasttimeout-race-adaptive,fasttimeout-cooperative-adaptive",
+		"-scenarios overload -overload-workloads downstream -overload-loads 1,2,4 -overload-sweep 32 -overload-variants fasthttp-Concurrency,fasttimeout-race-adaptive,fasttimeout-cooperative-adaptive",
+		"-scenarios overload -overload-workloads cpu -overload-loads 2,4,10 -overload-sweep 128 -overload-variants fasthttp-Concurrency,fasttimeout-race-adaptive,fasttimeout-cooperative-adaptive",
+		"-scenarios overload -overload-workloads cpu -overload-loads 4,10 -overload-sweep 128 -overload-variants fasthttp-Concurrency,fasttimeout-race-adaptive,fasttimeout-cooperative-adaptive",
+		// docs/hangups.md
+		"-scenarios hangup -hangup-rounds 16",
+		// .ci/run
+		"-smoke",
+	} {
+		t.Run(line, func(t *testing.T) {
+			t.Parallel()
+			if _, err := parseFlags(strings.Fields(line)); err != nil {
+				t.Errorf("%s: %v", line, err)
 			}
 		})
 	}
