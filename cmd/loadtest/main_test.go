@@ -125,6 +125,19 @@ func TestParseFlags_refuses_what_cannot_run(t *testing.T) {
 		{name: "flags of two scenarios, both selected", args: []string{"-scenarios", "hangup,storm", "-hangup-rounds", "3", "-storm-conns", "8"}},
 		{name: "a scenario's flag, every scenario selected", args: []string{"-overload-loads", "2", "-burst-conns", "8"}},
 		{name: "a smoke run of one scenario", args: []string{"-smoke", "-scenarios", "burst"}},
+
+		// Every arrival of a cell costs the generator memory until the
+		// cell is reported, and request ids are 32 bits: a cell may
+		// schedule 30 million at most, at the most each workload's
+		// capacity can be (cpu 667/s, downstream 4000/s ÷ -db-queries).
+		{name: "loads of 100x for an hour", args: []string{"-overload-loads", "100", "-cell", "1h"},
+			wantErr: "-overload-loads 100 with -cell 1h0m0s on the cpu workload: up to 66667 arrivals a second for 1h0m3.1s (with -cell-warmup and -overload-timeout) schedules 240.2 million in a cell, more than 30 million: offer less or measure shorter"},
+		{name: "a soak of an hour with one query a request", args: []string{"-overload-workloads", "downstream", "-db-queries", "1", "-soak", "1h"},
+			wantErr: "-soak 1h0m0s at 10x on the downstream workload: up to 40000 arrivals a second for 1h0m3.1s"},
+		{name: "a sweep of an hour with one query a request", args: []string{"-overload-workloads", "downstream", "-db-queries", "1", "-overload-loads", "1", "-cell", "1h"},
+			wantErr: "the sweep (4x the first estimate) with -cell 1h0m0s on the downstream workload: up to 16000 arrivals a second"},
+		{name: "a soak of an hour at 10x", args: []string{"-soak", "1h"}},
+		{name: "cells of an hour from 1x to 10x", args: []string{"-overload-loads", "1,2,4,10", "-cell", "1h"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()

@@ -48,7 +48,64 @@ const (
 	// sweepLoad is the offered load of the Concurrency sweep, as a
 	// multiple of the first estimate of the capacity.
 	sweepLoad = 4
+	// maxCellArrivals bounds the arrivals a cell schedules over its
+	// warm-up, window and tail: the generator keeps a result of each
+	// (24 bytes, and more to report the cell) until the cell is reported,
+	// the server child a counter for each, and request ids are 32 bits.
+	// An hour's soak at 10x schedules about 24 million with the cpu
+	// workload and 18 million with the downstream one (8 queries).
+	maxCellArrivals = 30_000_000
 )
+
+// mostCapacity is the most a workload's capacity can be, on the server's
+// one P: a core's worth of cpuWork, or what the database's slots let
+// through.
+func mostCapacity(workload string, queries int) float64 {
+	if workload == workloadCPU {
+		return float64(time.Second) / float64(cpuWork)
+	}
+	return dbSlots * float64(time.Second) / float64(time.Duration(queries)*dbQuery)
+}
+
+// checkArrivals refuses a cell of what (the flags that make it) that
+// would schedule more than maxCellArrivals: rate arrivals a second over
+// total, warm-up and tail included.
+func checkArrivals(what string, rate float64, total time.Duration) error {
+	if n := rate * total.Seconds(); n > maxCellArrivals {
+		return fmt.Errorf("%s: up to %.0f arrivals a second for %v (with -cell-warmup and -overload-timeout) schedules %.1f million in a cell, more than %d million: offer less or measure shorter",
+			what, rate, total, n/1e6, maxCellArrivals/1_000_000)
+	}
+	return nil
+}
+
+// checkOverloadArrivals applies checkArrivals to every cell that o asks
+// for, at the most each workload's capacity can be (the capacity itself
+// is measured only once the run has started): the sweep's, each load's
+// and the soak's.
+func checkOverloadArrivals(o options) error {
+	cfg := newOverloadConfig(o)
+	type cell struct {
+		what    string
+		load    float64
+		measure time.Duration
+	}
+	cells := []cell{{fmt.Sprintf("the sweep (%dx the first estimate) with -cell %v", sweepLoad, o.olCell), sweepLoad, o.olCell}}
+	for _, load := range o.olLoads {
+		cells = append(cells, cell{fmt.Sprintf("-overload-loads %v with -cell %v", load, o.olCell), load, cfg.cellAt(load)})
+	}
+	if o.olSoak > 0 {
+		cells = append(cells, cell{fmt.Sprintf("-soak %v at 10x", o.olSoak), 10, o.olSoak})
+	}
+	for _, wl := range o.olWorkloads {
+		for _, c := range cells {
+			what := fmt.Sprintf("%s on the %s workload", c.what, wl)
+			if err := checkArrivals(what, c.load*mostCapacity(wl, o.olQueries), o.olWarmup+c.measure+cfg.tail()); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
 
 // The variants of the overload scenario, in report order.
 const (
@@ -537,6 +594,15 @@ func (c overloadCell) measureInto(ctx context.Context, cfg overloadConfig, row *
 	}
 	warmup, tail := cfg.warmup(), cfg.tail()
 	total := warmup + c.measure + tail
+	// parseFlags checked the cells at the most the capacity can be; this
+	// is the capacity measured.
+	what := fmt.Sprintf("the %s cell at %vx", c.workload, c.load)
+	if c.load == 0 {
+		what = fmt.Sprintf("the %s sweep's cell", c.workload)
+	}
+	if err := checkArrivals(what, c.rate, total); err != nil {
+		return err
+	}
 	ids := int(c.rate*total.Seconds()*1.5) + 4096
 	f, err := os.CreateTemp("", "loadtest-overload-*")
 	if err != nil {

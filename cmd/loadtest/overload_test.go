@@ -349,6 +349,31 @@ func TestParseFlagsOverload_light_cells_are_bounded(t *testing.T) {
 	}
 }
 
+// A cell may schedule maxCellArrivals, and not one more. (parseFlags checks
+// each cell at the most its workload's capacity can be, measureInto again
+// at the capacity measured.)
+func TestCheckArrivals(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		rate    float64
+		total   time.Duration
+		wantErr string
+	}{
+		{rate: 10000, total: 3000 * time.Second},
+		{rate: 10000, total: 3000*time.Second + time.Millisecond,
+			wantErr: "the cpu cell at 10x: up to 10000 arrivals a second for 50m0.001s (with -cell-warmup and -overload-timeout) schedules 30.0 million in a cell, more than 30 million: offer less or measure shorter"},
+		{rate: 1e9, total: time.Second, wantErr: "schedules 1000.0 million in a cell"},
+	} {
+		err := checkArrivals("the cpu cell at 10x", tt.rate, tt.total)
+		switch {
+		case tt.wantErr == "" && err != nil:
+			t.Errorf("%v/s for %v: %v, want it to run", tt.rate, tt.total, err)
+		case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+			t.Errorf("%v/s for %v: error %v, want one containing %q", tt.rate, tt.total, err, tt.wantErr)
+		}
+	}
+}
+
 // overloadTestReport is a small report of the overload scenario.
 func overloadTestReport() report {
 	return report{Overload: &overloadReport{

@@ -294,7 +294,10 @@ func (overloadScenario) flags(fs *flag.FlagSet, o *options) func(smokeDefault) e
 			return fmt.Errorf("-db-queries %d take %v a request (%v each), not less than -overload-timeout %v: no request of the downstream workload could be answered in time",
 				o.olQueries, q, dbQuery, o.olTimeout)
 		}
-		return checkLightCells(o.olLoads[0], o.olCell)
+		if err := checkLightCells(o.olLoads[0], o.olCell); err != nil {
+			return err
+		}
+		return checkOverloadArrivals(*o)
 	}
 }
 
