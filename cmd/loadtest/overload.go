@@ -214,6 +214,11 @@ type overloadConfig struct {
 	Workloads  []string  `json:"workloads"`
 	Variants   []string  `json:"variants"`
 	Smoke      bool      `json:"smoke,omitempty"`
+	// CountsNotSent: the generator counted the arrivals it failed to send
+	// (Dropped, Unsent). A report from before then lacks it: its generator
+	// sent the arrivals it picked up after their deadline, and they are
+	// among its give-ups and connect errors.
+	CountsNotSent bool `json:"counts_not_sent,omitempty"`
 }
 
 func (c overloadConfig) timeout() time.Duration { return time.Duration(c.TimeoutMs) * time.Millisecond }
@@ -240,7 +245,7 @@ func newOverloadConfig(o options) overloadConfig {
 		SoakMs: o.olSoak.Milliseconds(), Arrivals: o.olArrivals, MaxConns: o.olMaxConns,
 		Loads: o.olLoads, Sweep: o.olSweep, Chunks: int(cpuWork / cpuChunk),
 		DBSlots: dbSlots, DBQueryMs: float64(dbQuery) / 1e6, DBQueries: o.olQueries,
-		Workloads: o.olWorkloads, Variants: o.olVariants, Smoke: o.smoke,
+		Workloads: o.olWorkloads, Variants: o.olVariants, Smoke: o.smoke, CountsNotSent: true,
 	}
 }
 

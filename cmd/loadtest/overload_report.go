@@ -7,6 +7,7 @@ import (
 	"image/color"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -440,14 +441,23 @@ func writeOverloadMarkdown(b *strings.Builder, rep *overloadReport) {
 		"**downstream**, %d queries one after the other to a database of %d slots, each query holding a slot %.0f ms. "+
 		"A handler that honours its context looks at it between units and while it waits for a slot; "+
 		"fasthttp's handlers have no context, so those variants run the ignoring handler only. "+
-		"Wasted: the share of the handlers' work in the window (CPU units or queries) done for requests that got no good answer (200 within the deadline). "+
-		"Sent: the arrivals the generator sent, per second. Not sent: the arrivals it failed to send, the load test's failures and not the server's: "+
-		"dropped for want of a connection, or picked up by its worker only after their deadline (the generator ran late); "+
-		"\"behind\" when that is more than %.0f %% of them, or the generator handed them to its workers or its workers picked them up more than %.0f ms late (p99), so that the cell measures the generator too. "+
-		"Gave up: sent, and not answered by the deadline. "+
-		"Other: 200s after the deadline, other statuses, broken connections, answers with another request's id, requests cut at the end.\n\n",
-		c.Chunks, c.ChunkIters, c.ChunkUs, float64(c.Chunks)*c.ChunkUs/1e3, c.DBQueries, c.DBSlots, c.DBQueryMs,
-		100*generatorNotSent, generatorLag*float64(c.TimeoutMs))
+		"Wasted: the share of the handlers' work in the window (CPU units or queries) done for requests that got no good answer (200 within the deadline). ",
+		c.Chunks, c.ChunkIters, c.ChunkUs, float64(c.Chunks)*c.ChunkUs/1e3, c.DBQueries, c.DBSlots, c.DBQueryMs)
+	if c.CountsNotSent {
+		fmt.Fprintf(b, "Sent: the arrivals the generator sent, per second. Not sent: the arrivals it failed to send, the load test's failures and not the server's: "+
+			"dropped for want of a connection, or picked up by its worker only after their deadline (the generator ran late); "+
+			"\"behind\" when that is more than %.0f %% of them, or the generator handed them to its workers or its workers picked them up more than %.0f ms late (p99), so that the cell measures the generator too. "+
+			"Gave up: sent, and not answered by the deadline. "+
+			"Other: 200s after the deadline, other statuses, broken connections, answers with another request's id, requests cut at the end.\n\n",
+			100*generatorNotSent, generatorLag*float64(c.TimeoutMs))
+	} else {
+		// A report from before the count: what its cells were judged by.
+		fmt.Fprintf(b, "Sent: the arrivals the generator sent, per second; \"behind\" when it dropped more than %.0f %% of them for want of a connection or sent them more than %.0f ms late (p99), so that the cell measures the generator too. "+
+			"Not sent: not counted by this run's generator, which sent the arrivals it picked up after their deadline (among gave up and connect errors) and counted those it dropped for want of a connection in other; – in its column. "+
+			"Gave up: sent, and not answered by the deadline. "+
+			"Other: 200s after the deadline, other statuses, broken connections, arrivals dropped, answers with another request's id, requests cut at the end.\n\n",
+			100*generatorNotSent, generatorLag*float64(c.TimeoutMs))
+	}
 	var about []string
 	for _, name := range c.Variants {
 		if v, ok := findOverloadVariant(name); ok {
@@ -460,8 +470,8 @@ func writeOverloadMarkdown(b *strings.Builder, rep *overloadReport) {
 	for _, w := range rep.Workloads {
 		fmt.Fprintf(b, "#### %s: capacity %.0f/s (fasthttp Server.Concurrency=%d, the best of the sweep at %d× the first estimate: %.0f/s closed-loop from %d connections; on a core of its own %.0f/s)\n\n",
 			w.Name, w.Capacity, w.BestConcurrency, sweepLoad, w.Estimate, closedLoopConns, w.Nominal)
-		writeOverloadTable(b, w.Sweep, true)
-		writeOverloadTable(b, w.Rows, false)
+		writeOverloadTable(b, w.Sweep, true, c.CountsNotSent)
+		writeOverloadTable(b, w.Rows, false, c.CountsNotSent)
 	}
 	if len(rep.Goals) > 0 {
 		b.WriteString("#### Goals (variants with admission)\n\n")
@@ -493,7 +503,10 @@ func writeOverloadMarkdown(b *strings.Builder, rep *overloadReport) {
 	}
 }
 
-func writeOverloadTable(b *strings.Builder, rows []overloadRow, sweep bool) {
+// writeOverloadTable writes rows, those of the sweep or of the loads. A
+// report whose generator did not count the arrivals it failed to send
+// (countsNotSent false) has – for them, and its dropped ones in other.
+func writeOverloadTable(b *strings.Builder, rows []overloadRow, sweep, countsNotSent bool) {
 	if len(rows) == 0 {
 		return
 	}
@@ -523,13 +536,18 @@ func writeOverloadTable(b *strings.Builder, rows []overloadRow, sweep bool) {
 			wasted = "–"
 		}
 		other := r.Late + r.Other + r.ConnErrors + r.Mismatched + r.Cut
+		notSent := strconv.FormatInt(r.notSent(), 10)
+		if !countsNotSent {
+			other += r.Dropped
+			notSent = "–"
+		}
 		sent := fmt.Sprintf("%.0f", r.SentPerSec)
 		if r.GeneratorBehind {
 			sent += " (behind)"
 		}
-		fmt.Fprintf(b, "| %s | %s | %s | %.0f | %s | %.0f | %.2f | %s | %s | %s | %d | %d | %d | %d | %d | %d | %.0f %% | %.0f %% | %d | %s |\n",
+		fmt.Fprintf(b, "| %s | %s | %s | %.0f | %s | %.0f | %.2f | %s | %s | %s | %d | %d | %d | %d | %s | %d | %.0f %% | %.0f %% | %d | %s |\n",
 			load, name, r.Handler, r.OfferedPerSec, sent, r.GoodputPerSec, r.GoodputShare, wasted,
-			millis(r.P50Ms), millis(r.P99Ms), r.Rejected, r.Timeouts, r.GiveUps, r.ConnectErrors, r.notSent(), other,
+			millis(r.P50Ms), millis(r.P99Ms), r.Rejected, r.Timeouts, r.GiveUps, r.ConnectErrors, notSent, other,
 			r.ServerCPUPct, r.GeneratorCPUPct, r.PeakInFlight, mib(r.PeakRSSMiB))
 	}
 	b.WriteString("\n")

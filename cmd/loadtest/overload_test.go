@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math"
@@ -379,7 +380,7 @@ func overloadTestReport() report {
 	return report{Overload: &overloadReport{
 		Config: overloadConfig{TimeoutMs: 1000, WarmupMs: 2000, CellMs: 3000, SoakMs: 60000, Arrivals: "poisson",
 			ChunkIters: 25000, ChunkUs: 50, Chunks: 30, DBSlots: 20, DBQueryMs: 5, DBQueries: 4, Loads: []float64{0.5, 4},
-			Variants: []string{olBare, olRaceAdaptive}},
+			Variants: []string{olBare, olRaceAdaptive}, CountsNotSent: true},
 		Workloads: []overloadWorkload{{
 			Name: workloadCPU, Nominal: 650, Estimate: 600, Capacity: 580, BestConcurrency: 32,
 			Sweep: []overloadRow{{Variant: olConcurrency, Handler: "ignores", Concurrency: 32, OfferedPerSec: 2400, GoodputPerSec: 580, GoodputShare: 1}},
@@ -794,6 +795,89 @@ func TestRender(t *testing.T) {
 	}
 	if err := run(context.Background(), options{render: filepath.Join(t.TempDir(), "none.json")}, io.Discard); err == nil {
 		t.Error("rendering a missing file: no error")
+	}
+}
+
+// The saved reports in testdata are what -render writes from their JSON,
+// as the README says (go run . -render testdata/overload.json >
+// testdata/overload.md): a change to the report's format is made to them
+// too.
+func TestRender_the_saved_reports(t *testing.T) {
+	t.Parallel()
+	for _, name := range []string{"overload", "overload-soak-queuestart"} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			want, err := os.ReadFile(filepath.Join("testdata", name+".md"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got bytes.Buffer
+			if err := run(context.Background(), options{render: filepath.Join("testdata", name+".json")}, &got); err != nil {
+				t.Fatal(err)
+			}
+			if got.String() != string(want) {
+				t.Errorf("-render testdata/%s.json writes:\n%s\nwant testdata/%s.md:\n%s", name, got.String(), name, want)
+			}
+		})
+	}
+}
+
+// A report from before the generator counted the arrivals it did not send
+// (its JSON has no "unsent") shows none as not counted, rather than as
+// zero: its generator sent the arrivals it picked up after their
+// deadline, and they are among its give-ups and connect errors.
+func TestWriteMarkdownOverload_a_report_from_before_not_sent(t *testing.T) {
+	t.Parallel()
+	var saved bytes.Buffer
+	if err := writeReport(options{json: true}, overloadTestReport(), &saved); err != nil {
+		t.Fatal(err)
+	}
+	var doc any
+	if err := json.Unmarshal(saved.Bytes(), &doc); err != nil {
+		t.Fatal(err)
+	}
+	var drop func(any)
+	drop = func(v any) { // the keys the old generator did not write
+		switch v := v.(type) {
+		case map[string]any:
+			delete(v, "unsent")
+			delete(v, "worker_lag_p99_ms")
+			delete(v, "counts_not_sent")
+			for _, x := range v {
+				drop(x)
+			}
+		case []any:
+			for _, x := range v {
+				drop(x)
+			}
+		}
+	}
+	drop(doc)
+	old, err := json.Marshal(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(old, []byte(`"unsent"`)) || !bytes.Contains(old, []byte(`"dropped":3`)) {
+		t.Fatalf("the report without unsent:\n%s", old)
+	}
+	path := filepath.Join(t.TempDir(), "old.json")
+	if err := os.WriteFile(path, old, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	if err := run(context.Background(), options{render: path}, &b); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"Not sent: not counted by this run's generator, which sent the arrivals it picked up after their deadline (among gave up and connect errors) and counted those it dropped for want of a connection in other;",
+		"| 503 | 504 | gave up | connect errors | not sent | other |",
+		// Dropped 3, Unsent 4 in the new report: the 3 dropped in other.
+		"| 4x | fasthttp-bare | ignores | 2320 | 2300 | 6 | 0.01 | 97 % | 900 ms | 990 ms | 0 | 0 | 4000 | 12 | – | 4 |",
+		"| 0.5x | fasthttp-bare | ignores | 290 | 288 | 288 | 0.50 | 0 % | 4.50 ms | 15 ms | 0 | 0 | 0 | 0 | – | 0 |",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("markdown lacks %q:\n%s", want, b.String())
+		}
 	}
 }
 
