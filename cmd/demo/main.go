@@ -50,6 +50,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -158,7 +159,7 @@ func parseDecimal(s string) (int, error) {
 	switch {
 	case errors.Is(err, strconv.ErrRange):
 		return 0, errors.New("out of range")
-	case err != nil:
+	case err != nil || strings.HasPrefix(s, "+"): // ParseInt takes a sign
 		return 0, errors.New("want a decimal number")
 	}
 	return int(n), nil

@@ -398,6 +398,7 @@ func TestRun(t *testing.T) {
 			{"-addr", "127.0.0.1:0", "-max-concurrency", "1_000"},
 			{"-addr", "127.0.0.1:0", "-max-concurrency", "0o17"},
 			{"-addr", "127.0.0.1:0", "-max-concurrency", "0b11"},
+			{"-addr", "127.0.0.1:0", "-max-concurrency", "+16"}, // strconv takes a sign; a count has none
 			{"-addr", "127.0.0.1:0", "-max-concurrency", "99999999999999999999"}} {
 			var stderr bytes.Buffer
 			code := run(ctx, args, &stderr)
