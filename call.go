@@ -34,7 +34,7 @@ import (
 //	               +------------------------------------------------>|   gone   |
 //	                  settle(callGone): the client hung up           +----------+
 //
-// The server goroutine starts each request at callRunning (begin). Then:
+// Who makes each transition:
 //
 //   - running -> timedOut: the deadline has passed, as seen by the call's
 //     timer (worker.fire), by its handler returning or panicking late
@@ -53,10 +53,8 @@ import (
 //     compare-and-swap (see call.moveDeadline).
 //
 // finished, timedOut and gone are final until begin starts the call's next
-// request: exactly one path gets there, through call.settle, and in racing
-// mode only that one signals the server goroutine, on worker.done: the timer
-// (timedOut), the handler's return (finished or timedOut) or the hang-up
-// callback (gone, or timedOut past the deadline: worker.hungUp). A
+// request. Exactly one path gets there, through call.settle, and in racing
+// mode only that one signals the server goroutine, on worker.done. A
 // cooperative handler runs on the server goroutine, so nobody signals it:
 // finishCooperative settles the call itself, and finds it gone if the
 // hang-up came first.
@@ -174,23 +172,21 @@ func (c *call) transition(from, to uint64) bool {
 
 // settle decides the request's race at t with outcome: callTimedOut (its
 // deadline has passed), callFinished (its handler returned or panicked in
-// time) or callGone (its client hung up). It is the one place where a
-// request's fate is decided, whoever gets there first: the call's timer, its
-// handler's return, the hang-up watch or, in cooperative mode, the handler's
-// deferred finish. It reports whether this caller decided it; exactly one
-// does per request.
+// time) or callGone (its client hung up). It is the one place that decides
+// a request's fate, whoever gets there first (see the states above), and
+// reports whether this caller decided it; exactly one does per request.
 //
 // Deciding does what follows from the outcome: a timeout is counted (and is
 // a drop for the adaptive limit), and after a timeout or a hang-up the
-// handler is late and its context cancelled with the cause. Signalling the
-// server goroutine, in racing mode, is left to the winner: a returning
-// handler gives its concurrency slot back first.
+// handler is late and its context cancelled with the cause. In racing mode
+// the winner signals the server goroutine after settle: a returning handler
+// gives its concurrency slot back first.
 //
 // Only a running call times out, and only if its deadline is not after t (a
-// timer of an earlier call, another generation, sees a later deadline); a
-// running, disarmed or moving one can finish or lose its client. A state
-// that only changed between running and moving (Extend) decides nothing:
-// look again.
+// timer armed for an earlier request sees this one's later deadline); a
+// disarmed or moving one can still finish or lose its client. A state that
+// only changed between running and moving (Extend) decides nothing: look
+// again.
 func (c *call) settle(outcome uint64, t int64) bool {
 	var gen uint64
 	for {
@@ -231,20 +227,18 @@ func (c *call) settle(outcome uint64, t int64) bool {
 
 // settleOrTimeOut settles the call at t with outcome (callFinished or
 // callGone), unless its deadline has passed by then: late is late, even if
-// its timer has not run yet (a loaded or stalled process), and then the
-// call times out. It reports whether this caller settled the call, either
-// way.
+// its timer has not run yet (a loaded or stalled process), and the call
+// times out. It reports whether this caller settled the call, either way.
 func (c *call) settleOrTimeOut(outcome uint64, t int64) bool {
 	return c.settle(callTimedOut, t) || c.settle(outcome, t)
 }
 
 // awaitCounted waits, on a late handler's return, until whoever settled its
-// call late (the call's timer or the hang-up callback, on their own
-// goroutines) has counted the timeout or hang-up and marked the handler
-// late: their compare-and-swap comes first, and a handler returning right
+// call late (its timer or the hang-up callback, on their own goroutines) has
+// done what settle does after its compare-and-swap: a handler returning right
 // after it would read an overAt not yet stored, take LateRunning below zero
-// and leave InFlight before the timeout is counted. The wait is as short
-// as those few atomic operations.
+// and leave InFlight before the timeout is counted. The wait is a few atomic
+// operations long.
 func (c *call) awaitCounted() {
 	gen := c.state.Load() &^ (generation - 1)
 	hooked := false
@@ -304,8 +298,7 @@ func (c *call) context() context.Context {
 	}
 	switch c.phase() {
 	case callTimedOut:
-		// The call timed out before settle could see b (or, in OnTimeout,
-		// long before).
+		// Timed out before settle could see b (or, in OnTimeout, long before).
 		b.cancel(context.DeadlineExceeded, &timeoutCause)
 	case callGone:
 		b.cancel(context.Canceled, &goneCause) // as above, for a hang-up

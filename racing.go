@@ -13,11 +13,10 @@ import (
 // on a worker and answers with what settles the call first (see the states
 // of a call in call.go).
 //
-// Inside another New's handler it runs the handler as cooperative mode
-// does: only the outermost New races, so that one request's RequestCtx is
-// answered by one of them and, once it is, left to the late handler alone.
-// Two racing on it, the inner one's timeout answer and its late handler's
-// writes raced with the outer one's answer and its end of the request.
+// Inside another New's handler it runs the handler inline, as cooperative
+// mode does: only the outermost New races, so that the request's RequestCtx
+// is answered once and then left to the late handler alone, with no inner
+// timeout answer or late writes racing the outer answer.
 func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 	outer := lookup(ctx)
 	start, deadline, admitted, run := m.admit(ctx, outer)
@@ -33,20 +32,18 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 	c := &w.call
 	w.owners.Store(2)
 	c.begin(ctx, nil, start, deadline, admitted)
-	// Each call has its own runtime timer rather than waiting for a shared
-	// checker: under load a single goroutine that times out every call is
-	// itself late, and so is every answer it owes. The timer is set from
-	// admit's reading of the clock rather than a new one (a tenth of the
-	// fast path on some machines): only the deadline headers, TimeoutFunc
-	// and taking a worker ran since, and the timer fires that much later.
+	// A runtime timer per call, not a shared checker, which under load is
+	// late for every answer it owes. It is set from admit's reading of the
+	// clock (a new one costs a tenth of the fast path on some machines), so
+	// it fires as much later as the deadline headers, TimeoutFunc and
+	// taking a worker took.
 	w.timer.Reset(time.Duration(c.nextWake() - admitted))
-	// fasthttp fills in ctx's logger on the first call of ctx.Logger():
-	// filled in here, before the handoff, it is only read afterwards, when
-	// OnTimeout or OnHangup on this goroutine and the late handler, or the
-	// log of its panic, on the worker call it at once. Not on a RequestCtx
-	// no server nor Init has set up (ConnID 0, as in a unit test's
-	// &fasthttp.RequestCtx{}): it has no server to take a logger from, and
-	// Logger would dereference nil.
+	// ctx.Logger() fills in ctx's logger on its first call: here, before
+	// the handoff, so that OnTimeout or OnHangup here and the late handler
+	// (or the log of its panic) on the worker, which may call it at once,
+	// only read it. Not on a RequestCtx that no server nor Init set up
+	// (ConnID 0, a unit test's &fasthttp.RequestCtx{}): Logger would
+	// dereference nil.
 	if connID != 0 {
 		ctx.Logger()
 	}
@@ -71,11 +68,10 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 	}
 	c.ctx = nil
 	c.conn = nil
-	// The worker counts as last used at the request's admission, which saves
-	// the fast path a reading of the clock: it is retired at most the
-	// handler's run early. Not at its start: with HonorQueueHeaders that is
-	// when the proxy saw it, minutes ago maybe, and the worker would be
-	// retired at the housekeeper's next pass.
+	// Last used at the request's admission, which saves a clock reading:
+	// the worker is retired at most the handler's run early. Not at its
+	// start, which with HonorQueueHeaders may be minutes ago, when the proxy
+	// saw it: the housekeeper's next pass would retire it.
 	if !c.panicked {
 		m.releaseWorker(w, connID, admitted)
 		return
@@ -116,12 +112,11 @@ type worker struct {
 	done     chan struct{} // cap 1: the race of the current call is decided
 	lastUsed atomic.Int64  // when it last went idle; read by the housekeeper to retire it
 
-	// owners counts who still holds a timed-out call (or one whose client hung
-	// up): its server goroutine, until it has taken the signal on done (from
-	// the call's timer, its handler's late return or the hang-up callback) and
-	// answered, and its late handler, until it returns. The last one returns
-	// the worker to the pool, so that no stale signal or late write can reach
-	// the next call.
+	// owners counts who still holds a timed-out call (or one whose client
+	// hung up): its server goroutine, until it has taken the signal on done
+	// and answered, and its late handler, until it returns. The last one
+	// returns the worker to the pool, so that no stale signal or late write
+	// can reach the next call.
 	owners atomic.Int32
 	dead   bool // the goroutine called runtime.Goexit; set before owners drops
 
@@ -138,10 +133,10 @@ func (w *worker) loop() {
 	}
 }
 
-// fire runs when the timer of the worker's call goes off. It may be the
-// timer of an earlier call that finished as it fired: settle then finds the
-// deadline of the current call ahead, or another generation, and does
-// nothing.
+// fire runs when a timer of the worker's call goes off: at the deadline it
+// times the call out, before it starts the hang-up watch (see startWatch).
+// It may be an earlier call's timer, fired as that call finished: settle
+// then finds the current call's deadline ahead, or another generation.
 func (w *worker) fire() {
 	t := now()
 	if w.call.settle(callTimedOut, t) {
@@ -174,10 +169,9 @@ func (w *worker) serve() (alive bool) {
 			m.stats.panics.Add(1)
 		}
 		alive = !goexit
-		// A handler that returns or panics after its deadline is late,
-		// even if its timer has not run yet (a stalled or starved process).
-		// The slot goes back before the server goroutine is signalled:
-		// from then on the call may be another request's.
+		// Late is late, timer or not (see call.settleOrTimeOut). The slot
+		// goes back before the server goroutine is signalled: from then on
+		// the call may be another request's.
 		t := now()
 		if c.settle(callTimedOut, t) {
 			m.release(c, t, false)
@@ -236,12 +230,10 @@ func (m *middleware) lateReturn(w *worker, stack []byte, goexit bool) {
 }
 
 // disown gives up one hold on a timed-out call's worker (see worker.owners).
-// The last one ends the call, which both may read until then (its context,
-// already cancelled, is dropped from the worker with it), returns the
-// worker to the pool and counts the request out of InFlight: only then is
-// everything about it counted, the server goroutine's part (AnswerLateness,
-// OnTimeout or OnHangup) as well as its late handler's, whichever ends
-// last.
+// The last one ends the call, which both may read until then, returns the
+// worker to the pool and counts the request out of InFlight, once both the
+// server goroutine's part (AnswerLateness, OnTimeout or OnHangup) and the
+// late handler's are counted (see leaveFlight).
 func (m *middleware) disown(w *worker, connID uint64) {
 	if w.owners.Add(-1) != 0 {
 		return
