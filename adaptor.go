@@ -16,32 +16,30 @@ import (
 
 // NetHTTPHandler converts a net/http handler to a fasthttp handler to be
 // wrapped by [New], as fasthttpadaptor.NewFastHTTPHandler does, except that
-// the handler's r.Context() is the request's standard context (see
-// [Context]): it has the request's deadline, is cancelled at the deadline
-// with cause [ErrTimeout], and follows [Disarm] and [Extend].
-//
-// fasthttpadaptor alone sets r.Context() to the *fasthttp.RequestCtx, whose
-// Deadline is never set and whose Done only closes when the server shuts
-// down, so a net/http handler never learns that its request timed out.
+// r.Context() is the request's context (see [Context]): it has the
+// request's deadline, is cancelled at the deadline with cause [ErrTimeout],
+// and follows [Disarm] and [Extend]. With fasthttpadaptor alone,
+// r.Context() is the *fasthttp.RequestCtx, which has no deadline and is
+// done only at server shutdown: the handler never learns that its request
+// timed out.
 //
 //	server.Handler = fasttimeout.New(fasttimeout.NetHTTPHandler(mux), cfg)
 //
-// The net/http handler runs on its own goroutine, as with fasthttpadaptor,
-// whose ResponseWriter holds the whole response in memory until the
-// handler returns or flushes, and sends the status and headers it holds
-// then: unlike net/http's, it streams no large response without a Flush,
-// and a WriteHeader after a Write, or most headers set after either, still
-// count.
+// As with fasthttpadaptor, the handler runs on its own goroutine, and its
+// ResponseWriter holds the whole response in memory until the handler
+// returns or flushes, then sends the status and headers it holds: unlike
+// net/http's, it streams no large response without a Flush, and a
+// WriteHeader after a Write, or most headers set after either, still count.
 //
-// The handler's first Flush turns the response into a stream:
-// fasthttpadaptor then returns to the middleware, which ends r.Context() (with
-// context.Canceled) while the handler goes on writing the stream, bounded
-// only by the server's timeouts. So the deadline bounds the time to the
-// first Flush, and a streaming handler must not rely on r.Context() after
-// it. The same goes for Hijack, which disarms the request (see [Disarm]) and
-// fails with ErrTimeout once the deadline has passed: the connection then
-// carries the timeout response and the next request. After a Flush, Hijack
-// fails with http.ErrNotSupported: the connection carries the stream.
+// The first Flush turns the response into a stream: fasthttpadaptor then
+// returns to the middleware, which ends r.Context() (context.Canceled)
+// while the handler goes on writing, bounded only by the server's
+// timeouts. So the deadline bounds the time to the first Flush, and a
+// streaming handler must not rely on r.Context() after it. The same goes
+// for Hijack, which disarms the request (see [Disarm]) and fails with
+// ErrTimeout once the deadline has passed: the connection then carries the
+// timeout response and the next request. After a Flush, Hijack fails with
+// http.ErrNotSupported: the connection carries the stream.
 // SetWriteDeadline (http.ResponseController) fails with the cause of
 // r.Context() once the request has timed out or its client is gone.
 //
@@ -74,12 +72,10 @@ func NetHTTPHandler(h http.Handler) fasthttp.RequestHandler {
 	}))
 }
 
-// cannotServe reports whether h, not nil, panics whenever it is called, on
-// a nil value, before any of its code runs: a nil http.HandlerFunc, whose
-// ServeHTTP calls it, or a nil pointer whose method dereferences it to call
-// the value method of its element type. Another function type has a
-// ServeHTTP of its own, which may work with a nil function, as a method of
-// a nil map, slice or channel type may.
+// cannotServe reports whether h, not nil, panics on every call before any
+// of its code runs (see NetHTTPHandler): a nil http.HandlerFunc, whose
+// ServeHTTP calls it, or a nil pointer whose method dereferences it for the
+// value method of its element type.
 func cannotServe(h http.Handler) bool {
 	if f, ok := h.(http.HandlerFunc); ok {
 		return f == nil
@@ -118,15 +114,14 @@ func (w *boundWriter) Flush() {
 	w.ResponseWriter.(http.Flusher).Flush()
 }
 
-// Hijack fails with ErrTimeout once the deadline has passed (or the client
-// is gone). fasthttpadaptor hands over the connection at once, not when the
-// server would run the hijack handler: a late handler would write to a
-// connection that has had the timeout response and carries the next
-// request. Disarmed, the request can no longer time out, so no New answers
-// it once the connection is the handler's.
-//
-// After a Hijack it fails with http.ErrHijacked, and after a Flush with
-// http.ErrNotSupported: the server is writing the stream on the connection.
+// Hijack disarms the request, so that no New answers it once the
+// connection is the handler's, and fails with ErrTimeout if the deadline
+// has passed (or the client is gone): fasthttpadaptor hands over the
+// connection at once, not when the server would run the hijack handler, so
+// a late handler would write to a connection that has had the timeout
+// response and carries the next request. After a Hijack it fails with
+// http.ErrHijacked, and after a Flush with http.ErrNotSupported: the server
+// is writing the stream on the connection.
 func (w *boundWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	switch {
 	case w.hijacked:

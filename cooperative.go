@@ -41,9 +41,9 @@ func (m *middleware) serveInline(ctx *fasthttp.RequestCtx, outer *call, start, d
 }
 
 // finishCooperative runs, deferred, when a cooperative handler returns or
-// panics. As in racing mode, a panic before the deadline goes on with its
-// value; a handler that returns or panics after it, or after its client
-// hung up, is late: its panic goes to OnPanic, and the client gets the
+// panics. As in racing mode, a panic in time goes on with its value; a
+// handler that returns or panics after its deadline, or its client's
+// hang-up, is late: its panic goes to OnPanic, and the client gets the
 // timeout response (or nothing, if it is gone).
 //
 // A handler that calls runtime.Goexit ends the server goroutine, and
@@ -84,9 +84,8 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 	}
 	// Counted and answered before any callback runs, as in racing mode: one
 	// that panics must not leave the handler late for good (LateRunning,
-	// and MaxLateHandlers shedding every later request), nor its response
-	// or its hijack handler, which would take the connection after the
-	// answer, to the client.
+	// and MaxLateHandlers shedding every later request), nor let its
+	// response or its hijack handler reach the client.
 	lateBy := time.Duration(t - overAt)
 	m.countLateReturn(lateBy)
 	ctx.Hijack(nil)
@@ -97,10 +96,8 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 		ctx.Response.Reset()
 		m.writeTimeoutResponse(&ctx.Response)
 	}
-	// A callback's Goexit ends the server goroutine as the handler's does,
-	// and the outermost New closes the connection then too (see
-	// endCallback); after the handler's, finishCooperative closes it on
-	// its way out (above).
+	// The outermost New closes the connection after a callback's Goexit
+	// too (see endCallback), unless the handler's has it closed already.
 	runCallback(ctx, c.outer == nil && !goexit, nil, func() {
 		if v != nil {
 			var stack []byte
@@ -138,11 +135,10 @@ func (c *call) recycle() {
 	callPool.Put(c)
 }
 
-// hungUp is the hang-up callback (call.onGone) of a cooperative call. Its
-// handler runs on the server goroutine, which finds the call settled when it
-// returns. Past the deadline the request has timed out, whatever the client
-// does: nothing settles a cooperative call at its deadline but its return,
-// so the hang-up settles that first.
+// hungUp is the hang-up callback (call.onGone) of a cooperative call, whose
+// handler finds the call settled when it returns. Nothing settles a
+// cooperative call at its deadline but its return, so past the deadline the
+// hang-up times it out.
 func (c *call) hungUp() {
 	c.settleOrTimeOut(callGone, now())
 }
