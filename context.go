@@ -9,21 +9,22 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-// Context returns the standard context of a request.
+// Context returns the standard context of a request. Every call within one
+// request returns the same context. Context never panics, not even for a
+// zero fasthttp.RequestCtx; for a nil one it returns context.Background().
 //
 // Inside a handler wrapped by [New], the context's Deadline is the request's
-// deadline; Done is closed at the deadline with Err
-// [context.DeadlineExceeded] and [context.Cause] [ErrTimeout], or when the
-// server shuts down with Err [context.Canceled] and Cause [ErrShutdown], or
-// when the client hangs up with Err context.Canceled and Cause
-// [ErrClientGone] (see Config.IgnoreHangups), or when the handler returns
-// with Err context.Canceled. Value looks up the request's user values
-// (ctx.UserValue) while the handler runs, and nil once it has returned.
-// Every call within one request returns the same context; the first one
-// allocates it, so requests that never call Context do not pay for it. No
-// goroutine is started per request, nor per context derived directly from
-// it (context.WithCancel, WithTimeout, AfterFunc); one derived under a
-// layer of the standard library's own, such as context.WithValue, takes a
+// deadline. Done is closed at the deadline (Err [context.DeadlineExceeded],
+// [context.Cause] [ErrTimeout]), when the server shuts down (Err
+// [context.Canceled], Cause [ErrShutdown]), when the client hangs up (Err
+// context.Canceled, Cause [ErrClientGone]; see Config.IgnoreHangups), or
+// when the handler returns (Err context.Canceled). Value looks up the
+// request's user values (ctx.UserValue) while the handler runs, and returns
+// nil once it has returned. The first call allocates the context, so
+// requests that never call Context do not pay for it. No goroutine is
+// started per request, nor per context derived directly from it
+// (context.WithCancel, WithTimeout, AfterFunc); one derived under a layer
+// of the standard library's own, such as context.WithValue, takes a
 // goroutine, as under any context that is not the standard library's.
 //
 // A handler that returns without writing when its context ends sends
@@ -31,16 +32,14 @@ import (
 // it, but on server shutdown (Cause ErrShutdown) the handler should answer
 // itself, with a 503 say.
 //
-// Outside New, Context returns a context without deadline that is cancelled
-// when the server shuts down, with cause ErrShutdown (first asked for
-// after New answered the request at once, its budget spent on arrival, see
-// SpentBudget: one already done with cause ErrTimeout); each context derived
-// from it then takes a goroutine. Its Value, too, returns nil once fasthttp
-// has reset the request for the next one. Every call within one request
-// returns the same context; the first one stores it in the request's user
-// values, so, as for any RequestCtx method that writes, call it on one
-// goroutine at a time. Context never panics, not even for a zero
-// fasthttp.RequestCtx; for a nil one it returns context.Background().
+// Outside New, the context has no deadline and is cancelled when the server
+// shuts down, with cause ErrShutdown; each context derived from it takes a
+// goroutine. Asked for after New answered the request without running it,
+// its budget spent (see SpentBudget), it is already done, with cause
+// ErrTimeout. Its Value returns nil once fasthttp has reset the request for
+// the next one. The first call stores it in the request's user values, so,
+// as for any RequestCtx method that writes, call it on one goroutine at a
+// time.
 func Context(ctx *fasthttp.RequestCtx) context.Context {
 	if ctx == nil {
 		return context.Background()
@@ -53,9 +52,8 @@ func Context(ctx *fasthttp.RequestCtx) context.Context {
 	}
 	b := newRequestContext(ctx, noDeadline)
 	if SpentBudget(ctx) {
-		// New answered at admission, the budget spent: for OnTimeout and
-		// the middlewares around New, the request has timed out, as one
-		// answered at its deadline has.
+		// For OnTimeout and the middlewares around New, the request has
+		// timed out, as one answered at its deadline has.
 		b.cancel(context.DeadlineExceeded, &timeoutCause)
 	} else {
 		b.outside = true
@@ -86,10 +84,9 @@ func setFirstUserValue(ctx *fasthttp.RequestCtx, key, value any) {
 // New, as an *outsideEnd.
 type outsideKey struct{}
 
-// outsideEnd is a context made outside New, as a user value that fasthttp
-// closes: resetting a request, before the RequestCtx serves the next one,
-// closes the user values that are io.Closers. That is the only word of the
-// request's end a handler outside New gets.
+// outsideEnd is a context made outside New, as a user value: fasthttp
+// closes the user values that are io.Closers when it resets the request,
+// the only word of the request's end that a context outside New gets.
 type outsideEnd requestContext
 
 // Close stops the context's Value from reading the RequestCtx.
@@ -284,11 +281,11 @@ func (b *requestContext) afterFunc(f func(), inline bool) (stop func() bool) {
 
 // follow makes b end when outer ends, with outer's error and cause, until
 // unfollow. It is called before b is shared: if outer has ended, b starts
-// done, as a standard library context derived from a done parent does,
-// rather than a goroutine later. Later, b ends within outer's cancel, not
-// on a goroutine of its own: a racing outer call cancels its context before
-// its server goroutine answers, and OnTimeout or OnHangup, whose Context
-// is the innermost call's, must find b ended too.
+// done, as a standard library context with a done parent does. Later, b
+// ends within outer's cancel, not on a goroutine of its own: a racing outer
+// call cancels its context before its server goroutine answers, and
+// OnTimeout or OnHangup, whose Context is the innermost call's, must find b
+// ended too.
 func (b *requestContext) follow(outer *requestContext) {
 	end := func() {
 		outer.mu.Lock()
