@@ -15,8 +15,8 @@ import (
 // that works past its timeout on purpose: a long poll, a slow start of an
 // event stream. In cooperative mode a disarmed request no longer keeps
 // the middleware's housekeeping goroutine ticking every Config.Precision:
-// its context, as a racing request's, learns of the server's shutdown at
-// the goroutine's look every 100 ms.
+// its context, as a racing request's, learns of the server's shutdown
+// within 100 ms.
 //
 // A body stream writer (ctx.SetBodyStreamWriter) and a hijack handler
 // (ctx.Hijack) do their work after the handler has returned (fasthttp
@@ -80,11 +80,10 @@ func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
 // moved. Enclosing calls disarmed before c began are skipped if skipDisarmed
 // (Extend: no deadline to move). If one cannot move (its deadline passed,
 // or its client hung up, since the one inside it moved), those already
-// moved are moved back, and counted among the moved handlers no more, so
-// that a handler told false does not find a
-// deadline moved inside (Remaining, its context's Deadline) while the
-// request times out outside. They are all inline calls: only the outermost
-// can race, and it moves last.
+// moved are moved back and no longer counted among the moved handlers, so
+// that a handler told false does not find a deadline moved inside
+// (Remaining, its context's Deadline) while the request times out outside.
+// They are all inline calls: only the outermost can race, and it moves last.
 //
 // The moves of one request are serialised on its outermost call's lock:
 // between a move and its undoing, no other Disarm or Extend can move the
@@ -121,9 +120,9 @@ func (c *call) moveNested(skipDisarmed bool, move func(*call) bool) bool {
 // that returns after its context's end is still late. No other move can
 // come meanwhile: the call is gone, or the nested moves' lock is held.
 //
-// An inline call's context is watched by the housekeeper, which may have
-// gone to rest while the move had switched its deadline off (Disarm): it
-// is woken to tick at full precision for the deadline back.
+// The housekeeper, which watches an inline call's context, may have gone to
+// rest while the deadline was off (Disarm): it is woken for the deadline
+// back.
 func (c *call) moveBack(old int64) {
 	moved := c.deadline.Swap(old)
 	if b := c.bridge.Load(); b != nil && moved != old {
@@ -146,7 +145,7 @@ func (c *call) disarm() bool {
 		case p == callMoving:
 			runtime.Gosched() // an Extend on another goroutine of the handler
 		case p != callRunning || c.deadline.Load() <= now():
-			return false // a deadline that has passed is passed, timer or not
+			return false // late is late, timer or not
 		case c.transition(callRunning, callDisarmed):
 			c.countMoved()
 			c.deadline.Store(noDeadline)
@@ -165,10 +164,9 @@ func (c *call) extend(d time.Duration) bool {
 		})
 	}
 	for {
-		// A deadline that has passed is passed, even if its timer has not
-		// run yet. Otherwise hold the timer off (callMoving) while the
-		// deadline moves, so that it never times the call out against a
-		// deadline being replaced.
+		// Late is late, timer or not (see settleOrTimeOut). Otherwise hold
+		// the timer off (callMoving) while the deadline moves, so that it
+		// never times the call out against a deadline being replaced.
 		s := c.state.Load()
 		switch p := s & phaseMask; {
 		case p == callMoving:
@@ -275,11 +273,10 @@ func (c *call) moveDeadline(move func(int64) (int64, bool)) bool {
 		// A context ended by the server's shutdown leaves the deadline
 		// alone: the move stands, as in racing mode.
 		if b := c.bridge.Load(); b != nil && !b.syncDeadline(&c.deadline) && b.causes.Load() != &shutdownCause {
-			// The context has ended, and its deadline stays the one it
-			// ended with: go back to that rather than to old. Another move
-			// may have swapped in between, and then the last failed move
-			// to go back left its own old, a deadline later than the one
-			// the housekeeper expired the context at.
+			// The context has ended with its deadline: go back to that,
+			// not to old; of several failed moves, the last to go back
+			// would leave its own old, later than the deadline the
+			// housekeeper expired the context at.
 			c.deadline.Store(b.deadline.Load())
 			return false
 		}
