@@ -101,7 +101,7 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx, outer *call) (start, deadli
 	start = m.arrival(ctx, t)
 	deadline = m.requestDeadline(ctx, start, t, outer)
 	if m.spent(start, deadline, t) {
-		m.answerSpent(ctx, outer) // the caller's budget is spent before the handler could start
+		m.answerSpent(ctx, outer)
 		return 0, 0, 0, false
 	}
 	admitted = t
@@ -255,19 +255,15 @@ func runCallback(ctx *fasthttp.RequestCtx, outermost bool, panics *atomic.Int64,
 // endCallback runs, deferred, after a Config callback that ran on the
 // server goroutine of the request ctx (see runCallback); returned reports
 // whether the callback returned. One that did not is counted in panics, if
-// not nil: Skip and TimeoutFunc run before the request has any other
-// outcome in Stats. A panic goes on with its value, as a handler's in time does. A
-// call of runtime.Goexit (t.FailNow in a test's callback, say) ends the
-// server goroutine, after which fasthttp would neither answer the request
-// nor close its connection, and the client would wait for an answer until
-// its own timeout: the outermost New closes it, as for a cooperative
-// handler's Goexit (see finishCooperative). Inside another New the Goexit
-// goes on to the enclosing one, which takes it for its handler's.
+// not nil (see skips). A panic goes on with its value, as a handler's in
+// time does. After a runtime.Goexit the outermost New closes the
+// connection, as for a cooperative handler's (see finishCooperative);
+// inside another New the Goexit goes on to the enclosing one, which takes
+// it for its handler's.
 //
 // With GODEBUG=panicnil=1, a panic(nil) looks like a Goexit here: the
 // connection is closed, and since recover has stopped that panic, the
-// server goroutine goes on as if the callback had returned its zero
-// values.
+// server goroutine goes on as if the callback had returned its zero values.
 func endCallback(ctx *fasthttp.RequestCtx, outermost bool, returned *bool, panics *atomic.Int64) {
 	if *returned {
 		return
@@ -293,12 +289,11 @@ func (m *middleware) countLateReturn(late time.Duration) {
 }
 
 // leaveFlight counts a handler out of Stats.InFlight, the last thing done
-// for it once it has returned (after counting it late, and after the
-// callbacks about it; for a racing call that timed out or lost its client,
-// once its server goroutine has answered too: see disown): Snapshot reads
-// InFlight first, so a snapshot in which it has fallen to zero has every
-// earlier request fully counted. connID is the request's connection, whose
-// stripe admit added to.
+// for it: after counting it late and the callbacks about it and, for a
+// racing call that timed out or lost its client, after its server
+// goroutine has answered too (see disown). So a snapshot whose InFlight is
+// zero has every earlier request fully counted (see Stats.Snapshot).
+// connID is the request's connection, whose stripe admit added to.
 func (m *middleware) leaveFlight(connID uint64) {
 	if m.countRequests {
 		m.stats.inFlight.add(connID, -1)
@@ -401,9 +396,9 @@ func RejectReason(ctx *fasthttp.RequestCtx) string {
 // the timeout response without running its handler, because the request's
 // budget was spent before it could start: by the caller's deadline header
 // (Config.HonorDeadlineHeaders), by its age (Config.MaxQueueAge, on arrival
-// or while it waited for a slot), or by a deadline that passed first. Such requests count
-// in Stats.SpentBudgets and Timeouts. Call it where you would call
-// RejectReason.
+// or while it waited for a slot), or by a deadline that passed first. Such
+// requests count in Stats.SpentBudgets and Timeouts. Call it where you
+// would call RejectReason.
 func SpentBudget(ctx *fasthttp.RequestCtx) bool {
 	return answeredUnrun(ctx) == spentBudget
 }
