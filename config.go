@@ -129,10 +129,10 @@ type Config struct {
 	// requests in flight, and cooperative ones whose deadline is off
 	// (Disarm) and whose hang-up watch has started (see HangupDelay), the
 	// housekeeping goroutine rests, waking every 100 ms to end their
-	// contexts at server shutdown and retire idle workers.
-	// Smaller values cancel closer to the deadline and cost more CPU; values
-	// above 100 ms tick every 100 ms, as a rest does. Zero means
-	// DefaultPrecision (1 ms); values below 100 µs panic in New.
+	// contexts at server shutdown and retire idle workers. Smaller values
+	// cancel closer to the deadline and cost more CPU; values above 100 ms
+	// tick every 100 ms, as a rest does. Zero means DefaultPrecision (1 ms);
+	// values below 100 µs panic in New.
 	Precision time.Duration
 
 	// OnTimeout, if set, is called on the server goroutine when a request
@@ -141,8 +141,8 @@ type Config struct {
 	// say). Context(ctx) is the request's context, done with cause
 	// ErrTimeout (or ErrShutdown, if the server's shutdown ended it first:
 	// a context ends once), but for a request that a New inside another
-	// answers at once, its budget spent on arrival (see SpentBudget): there
-	// it is the enclosing New's, which runs on. In racing mode the handler
+	// answers without running, its budget spent (see SpentBudget): there it
+	// is the enclosing New's, which runs on. In racing mode the handler
 	// may still be running and owns ctx: OnTimeout must not modify ctx, and
 	// may read its request and user values (directly, or through
 	// Context(ctx) and its Value) only if the handler (and OnLateReturn,
@@ -157,10 +157,10 @@ type Config struct {
 	// and stack, on the goroutine that ran the handler. Nil logs both
 	// through the server's logger (ctx.Logger()), except for a panic with
 	// http.ErrAbortHandler, which aborts a response on purpose and which
-	// net/http's server does not log either. A panic in time, before
-	// the deadline and any hang-up, is never passed here: it is re-raised on
-	// the server goroutine with its original value, as if the handler had
-	// not been wrapped. OnPanic and OnLateReturn must not panic: in racing
+	// net/http's server does not log either. A panic in time, before the
+	// deadline and any hang-up, is never passed here: it is re-raised on the
+	// server goroutine with its original value, as if the handler had not
+	// been wrapped. OnPanic and OnLateReturn must not panic: in racing
 	// mode they run on a worker goroutine of the middleware, where no
 	// recover of the server's can catch it, and the process ends; in
 	// cooperative mode the panic goes up the server goroutine.
@@ -216,14 +216,13 @@ type Config struct {
 	// and a JSON body, so goroutines and memory stay bounded when handlers
 	// pile up. In cooperative mode a handler past its deadline is found late
 	// only when it returns, so only those whose client hung up count while
-	// they run.
-	// Zero means no cap; negative values panic in New.
+	// they run. Zero means no cap; negative values panic in New.
 	MaxLateHandlers int
 
 	// RetryAfter is the Retry-After of the 503 sent while MaxLateHandlers
 	// are running or to a request refused by the concurrency limit (see
-	// AdaptiveConcurrency), rounded up to whole seconds. Zero means 1 s; negative
-	// values panic in New.
+	// AdaptiveConcurrency), rounded up to whole seconds. Zero means 1 s;
+	// negative values panic in New.
 	RetryAfter time.Duration
 
 	// IgnoreHangups switches off the watch of clients for hang-ups. By
@@ -232,12 +231,12 @@ type Config struct {
 	// request soon anyway, and a storm of them watched at once would cost
 	// the CPU their timeout answers need; one that Disarm or Extend keeps
 	// running past that deadline is watched from then on), and if the
-	// client closes or resets it while the handler runs
-	// (a load balancer giving up on the request, say), the request's
-	// context is cancelled with cause ErrClientGone and the handler is late
-	// from then on, as after a timeout: counted in Stats.ClientGone and
-	// LateRunning, capped by MaxLateHandlers, reported to OnLateReturn, its
-	// response going nowhere. A client that half-closes its side after
+	// client closes or resets it while the handler runs (a load balancer
+	// giving up on the request, say), the request's context is cancelled
+	// with cause ErrClientGone and the handler is late from then on, as
+	// after a timeout: counted in Stats.ClientGone and LateRunning, capped
+	// by MaxLateHandlers, reported to OnLateReturn, its response going
+	// nowhere. A client that half-closes its side after
 	// sending the request counts as gone, as with net/http.
 	//
 	// Watching needs the connection's descriptor and epoll, so it works on
