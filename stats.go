@@ -265,11 +265,10 @@ func (h *histogram) observe(d time.Duration) {
 		i++
 	}
 	h.counts[i].Add(1)
-	// The sum of non-negative durations goes below zero only past the ~292
-	// years a Duration holds, which a server with thirty late handlers a
-	// second, each 10 s late, reaches within a year of uptime: it stays at
-	// the most a Duration holds rather than wrap, so that a Prometheus _sum
-	// never falls (see snapshot, for an add in between).
+	// Past the ~292 years a Duration holds (a year of thirty late handlers
+	// a second, each 10 s late), the sum stays at its most rather than
+	// wrap, so that a Prometheus _sum never falls (see snapshot, for an add
+	// in between).
 	if h.sum.Add(int64(d)) < 0 {
 		h.sum.Store(math.MaxInt64)
 	}
