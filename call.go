@@ -163,13 +163,6 @@ func (c *call) syncContext() bool {
 // phase returns the call's state without its generation.
 func (c *call) phase() uint64 { return c.state.Load() & phaseMask }
 
-// transition moves the call from phase from to phase to, within the same
-// generation, and reports whether it did.
-func (c *call) transition(from, to uint64) bool {
-	s := c.state.Load()
-	return s&phaseMask == from && c.state.CompareAndSwap(s, s&^phaseMask|to)
-}
-
 // settle decides the request's race at t with outcome: callTimedOut (its
 // deadline has passed), callFinished (its handler returned or panicked in
 // time) or callGone (its client hung up). It is the one place that decides

@@ -139,14 +139,15 @@ func (c *call) disarm() bool {
 		return c.moveDeadline(func(int64) (int64, bool) { return noDeadline, true })
 	}
 	for {
-		switch p := c.phase(); {
+		s := c.state.Load()
+		switch p := s & phaseMask; {
 		case p == callDisarmed:
 			return true
 		case p == callMoving:
 			runtime.Gosched() // an Extend on another goroutine of the handler
 		case p != callRunning || c.deadline.Load() <= now():
 			return false // late is late, timer or not
-		case c.transition(callRunning, callDisarmed):
+		case c.state.CompareAndSwap(s, s&^phaseMask|callDisarmed):
 			c.countMoved()
 			c.deadline.Store(noDeadline)
 			c.syncContext()

@@ -130,8 +130,7 @@ func closeConn(ctx *fasthttp.RequestCtx) {
 // back in the pool.
 func (c *call) recycle() {
 	c.end()
-	c.ctx = nil
-	c.conn = nil
+	c.ctx, c.conn = nil, nil
 	callPool.Put(c)
 }
 
