@@ -261,7 +261,7 @@ func (b *requestContext) afterFunc(f func(), inline bool) (stop func() bool) {
 	b.mu.Lock()
 	if b.err != nil {
 		b.mu.Unlock()
-		a.start()
+		runAfterFuncs(a)
 		return func() bool { return false }
 	}
 	b.afterFuncs = append(b.afterFuncs, a)
@@ -371,7 +371,7 @@ func (b *requestContext) expire(t int64) bool {
 	}
 	cancelled := b.err != nil
 	b.mu.Unlock()
-	runAfterFuncs(funcs)
+	runAfterFuncs(funcs...)
 	return cancelled
 }
 
@@ -381,7 +381,7 @@ func (b *requestContext) cancel(err error, causes *context.Context) {
 	b.mu.Lock()
 	funcs := b.cancelLocked(err, causes)
 	b.mu.Unlock()
-	runAfterFuncs(funcs)
+	runAfterFuncs(funcs...)
 }
 
 // cancelLocked cancels the context, b.mu held, and returns the functions
@@ -405,20 +405,15 @@ func (b *requestContext) cancelLocked(err error, causes *context.Context) []*aft
 	return funcs
 }
 
-// runAfterFuncs starts each of funcs.
-func runAfterFuncs(funcs []*afterFunc) {
+// runAfterFuncs runs each of funcs: on a goroutine of its own or, inline,
+// on this one.
+func runAfterFuncs(funcs ...*afterFunc) {
 	for _, a := range funcs {
-		a.start()
-	}
-}
-
-// start runs a's function: on a goroutine of its own, or, inline, on this
-// one.
-func (a *afterFunc) start() {
-	if a.inline {
-		a.f()
-	} else {
-		go a.f()
+		if a.inline {
+			a.f()
+		} else {
+			go a.f()
+		}
 	}
 }
 

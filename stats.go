@@ -137,19 +137,17 @@ func (s *Stats) Snapshot() Counters {
 	inFlight := s.inFlight.load()
 	full, timedOut := s.rejectedFull.Load(), s.rejectedTimeout.Load() // Rejected is their sum in every snapshot
 	return Counters{
-		Requests:     s.requests.load(),
-		InFlight:     inFlight,
-		Timeouts:     s.timeouts.Load(),
-		LateRunning:  s.lateRunning.Load(),
-		LateFinished: s.lateFinished.Load(),
-		Panics:       s.panics.Load(),
-		Shed:         s.shed.Load(),
-		SpentBudgets: s.spentBudgets.Load(),
-		ClientGone:   s.clientGone.Load(),
-
-		UnwatchedClients: s.unwatchedClients.Load(),
-
+		Requests:           s.requests.load(),
+		InFlight:           inFlight,
+		Timeouts:           s.timeouts.Load(),
+		LateRunning:        s.lateRunning.Load(),
+		LateFinished:       s.lateFinished.Load(),
+		Panics:             s.panics.Load(),
+		Shed:               s.shed.Load(),
 		BadDeadlineHeaders: s.badDeadlineHeaders.Load(),
+		SpentBudgets:       s.spentBudgets.Load(),
+		ClientGone:         s.clientGone.Load(),
+		UnwatchedClients:   s.unwatchedClients.Load(),
 
 		Admitted:             s.admitted.load(),
 		Queued:               s.queued.Load(),
