@@ -72,11 +72,9 @@ type Counters struct {
 	// was malformed, and ignored.
 	BadDeadlineHeaders int64 `json:"bad_deadline_headers"`
 	// SpentBudgets is the number of requests answered with the timeout
-	// response without running the handler, because the caller's budget
-	// (see Config.HonorDeadlineHeaders) was already spent, or the request
-	// was older than Config.MaxQueueAge (or grew older than it while it
-	// waited for a slot), or its deadline had passed before it could start.
-	// They are counted in Timeouts too.
+	// response without running the handler, their budget spent before it
+	// could start (see SpentBudget for how). They are counted in Timeouts
+	// too.
 	SpentBudgets int64 `json:"spent_budgets"`
 	// ClientGone is the number of requests whose client hung up while
 	// their handler ran (see Config.IgnoreHangups). They are not timeouts.
@@ -102,16 +100,14 @@ type Counters struct {
 	// concurrency limit, without running: RejectedFull plus
 	// RejectedQueueTimeout.
 	Rejected int64 `json:"rejected,omitempty"`
-	// RejectedFull counts the requests refused because the queue was full
-	// (the newcomer, or the oldest waiter giving way to it once the queue
-	// has stayed busy, if its wait was not over by then), because their
-	// budget left no time to wait, because the server shut down while they
-	// waited, or, with AdaptiveConcurrency, because the process's CPU was
-	// so saturated that requests waited too long to be read (see
-	// RejectedQueueFull).
+	// RejectedFull counts the requests refused with reason
+	// RejectedQueueFull: a full queue, a budget that left no time to wait,
+	// the server's shutdown while they waited, or a saturated CPU (see
+	// RejectedQueueFull for each).
 	RejectedFull int64 `json:"rejected_full,omitempty"`
-	// RejectedQueueTimeout counts the requests refused because they waited
-	// their share of their budget without getting a slot.
+	// RejectedQueueTimeout counts the requests refused with reason
+	// RejectedQueueTimeout: they waited their share of their budget
+	// without getting a slot.
 	RejectedQueueTimeout int64 `json:"rejected_queue_timeout,omitempty"`
 	// ConcurrencyLimit is the current concurrency limit, summed over the
 	// middlewares sharing this Stats (nested ones too: each has its own

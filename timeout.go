@@ -41,10 +41,10 @@ var ErrShutdown = errors.New("fasttimeout: server shutting down")
 // replaced by the timeout response. Panics are handled as in racing mode. A
 // handler that calls runtime.Goexit ends the server goroutine, after which
 // fasthttp would neither answer nor close the connection: the middleware
-// closes it (racing mode answers it as a panic). So it does, in both
-// modes, when a Config callback that runs on the server goroutine calls
-// runtime.Goexit (t.FailNow in a test's callback, say): all of them but,
-// in racing mode, OnPanic and OnLateReturn, which run on the worker.
+// closes it (racing mode re-raises it as a panic). It does the same in both
+// modes when a Config callback on the server goroutine calls
+// runtime.Goexit (t.FailNow in a test's callback, say): any but OnPanic and
+// OnLateReturn, which in racing mode run on the worker.
 //
 // Inside the handler of another New, h keeps the earlier of the two
 // deadlines and, whatever the mode, runs as in cooperative mode on the
