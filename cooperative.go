@@ -97,7 +97,8 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 		m.writeTimeoutResponse(&ctx.Response)
 	}
 	// The outermost New closes the connection after a callback's Goexit
-	// too (see endCallback), unless the handler's has it closed already.
+	// too (see endCallback); after the handler's, the deferred closeConn
+	// above does.
 	runCallback(ctx, c.outer == nil && !goexit, nil, func() {
 		if v != nil {
 			var stack []byte

@@ -134,7 +134,7 @@ func (w *worker) loop() {
 }
 
 // fire runs when a timer of the worker's call goes off: at the deadline it
-// times the call out, before it starts the hang-up watch (see startWatch).
+// times the call out; sooner, it starts the hang-up watch (see startWatch).
 // It may be an earlier call's timer, fired as that call finished: settle
 // then finds the current call's deadline ahead, or another generation.
 func (w *worker) fire() {
