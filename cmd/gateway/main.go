@@ -39,6 +39,10 @@
 //   - forwards the path and query as received, not normalized (an encoded
 //     slash, %2F, stays one);
 //   - appends the caller's address to X-Forwarded-For, in one line;
+//   - adds itself to Via, as a gateway must (RFC 9110 §7.6.3): the HTTP
+//     version the caller spoke ("1.0" for an HTTP/1.0 request) and its
+//     name, "1.1 fasttimeout-gateway", after the caller's entries, in one
+//     line; its responses carry no Via of their own (a may);
 //   - speaks HTTP/1.1 to the upstream, and gives a request without a host
 //     (HTTP/1.0) the upstream's address as Host; it answers in its own
 //     HTTP version, not an HTTP/1.0 upstream's (RFC 9110 §6.2);
@@ -247,7 +251,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, listening func(ne
 		Handler:            newGateway(o, stats),
 		Logger:             logger,
 		ErrorHandler:       answerBadRequest,
-		Name:               "fasttimeout-gateway",
+		Name:               serverName,
 		ReadTimeout:        time.Minute,
 		WriteTimeout:       o.timeout, // a client that stops reading gives the upstream connection back
 		IdleTimeout:        time.Minute,
@@ -463,6 +467,7 @@ func forwardTo(upstream fasttimeout.Doer, host string, trustEnvoy bool) fasthttp
 			removeEnvoyHeaders(&req.Header)
 		}
 		setForwardedFor(&req.Header, ctx.RemoteIP())
+		addVia(&req.Header, ctx.Request.Header.Protocol())
 
 		err := fasttimeout.Do(ctx, upstream, req, resp)
 		switch {
@@ -524,13 +529,36 @@ func forwardTo(upstream fasttimeout.Doer, host string, trustEnvoy bool) fasthttp
 // readers (fasthttp's Peek among them) see only the first line, and would
 // miss the gateway's entry, the one a trusted hop adds, for the caller's.
 func setForwardedFor(h *fasthttp.RequestHeader, ip net.IP) {
-	var chain []byte
-	for _, v := range h.PeekAll(fasthttp.HeaderXForwardedFor) {
+	appendToList(h, fasthttp.HeaderXForwardedFor, ip.String())
+}
+
+// serverName is the gateway's name in its Server header and its pseudonym
+// in Via.
+const serverName = "fasttimeout-gateway"
+
+// addVia appends the gateway's entry to h's Via (RFC 9110 §7.6.3, a MUST
+// for a gateway's inbound requests): the version of the protocol the
+// caller's request came in (proto, "HTTP/1.0" say; HTTP is left unnamed),
+// not HTTP/1.1, in which it goes on, and the gateway's pseudonym, after the
+// entries of the hops before it, in one line as X-Forwarded-For.
+func addVia(h *fasthttp.RequestHeader, proto []byte) {
+	version, found := strings.CutPrefix(string(proto), "HTTP/")
+	if !found || version == "" {
+		version = "1.1" // fasthttp's server reads HTTP/d.d only
+	}
+	appendToList(h, fasthttp.HeaderVia, version+" "+serverName)
+}
+
+// appendToList appends member to h's comma-separated list key, joining the
+// caller's lines into one (RFC 9110 §5.3 makes them one list, in order).
+func appendToList(h *fasthttp.RequestHeader, key, member string) {
+	var list []byte
+	for _, v := range h.PeekAll(key) {
 		if v = bytes.TrimSpace(v); len(v) > 0 {
-			chain = append(append(chain, v...), ", "...)
+			list = append(append(list, v...), ", "...)
 		}
 	}
-	h.SetBytesV(fasthttp.HeaderXForwardedFor, append(chain, ip.String()...))
+	h.SetBytesV(key, append(list, member...))
 }
 
 // upstreamBody is an upstream response's body stream, forwarded to the

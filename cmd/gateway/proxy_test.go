@@ -220,6 +220,42 @@ func TestProxyHeaders(t *testing.T) {
 			"a reader of the first line (Peek) sees the whole chain, the gateway's entry last")
 	})
 
+	// RFC 9110 §7.6.3: a gateway MUST send Via in each request it forwards,
+	// with the protocol version it received the request in, after the
+	// entries of the hops before it.
+	t.Run("adds itself to Via, with the caller's HTTP version, in one line", func(t *testing.T) {
+		got := make(chan []string, 1)
+		upstream := startUpstream(t, func(ctx *fasthttp.RequestCtx) {
+			var lines []string
+			for _, v := range ctx.Request.Header.PeekAll(fasthttp.HeaderVia) {
+				lines = append(lines, string(v))
+			}
+			got <- lines
+		})
+		gateway := startGateway(t, "-upstream", upstream)
+
+		for _, tc := range []struct{ name, request, want string }{
+			{name: "HTTP/1.1", request: "GET / HTTP/1.1\r\nHost: example.com\r\n\r\n", want: "1.1 fasttimeout-gateway"},
+			{name: "HTTP/1.0", request: "GET / HTTP/1.0\r\nHost: example.com\r\n\r\n", want: "1.0 fasttimeout-gateway"},
+			{
+				name:    "after the caller's entries",
+				request: "GET / HTTP/1.1\r\nHost: example.com\r\nVia: 1.0 fred, 1.1 p.example.net\r\nVia: HTTP/2.0 edge\r\n\r\n",
+				want:    "1.0 fred, 1.1 p.example.net, HTTP/2.0 edge, 1.1 fasttimeout-gateway",
+			},
+			{
+				// Named in Connection, the caller's Via is hop-by-hop: it goes.
+				name:    "a Via named in Connection",
+				request: "GET / HTTP/1.1\r\nHost: example.com\r\nConnection: Via\r\nVia: 1.1 hop\r\n\r\n",
+				want:    "1.1 fasttimeout-gateway",
+			},
+		} {
+			resp := rawCall(t, gateway, tc.request)
+			require.Equal(t, fasthttp.StatusOK, resp.StatusCode(), tc.name)
+			assert.Equal(t, []string{tc.want}, <-got, tc.name)
+			assert.Nil(t, resp.Header.Peek(fasthttp.HeaderVia), "%s: none on the response (a MAY, which nginx and Envoy do not by default)", tc.name)
+		}
+	})
+
 	t.Run("forwards an HTTP/1.0 request as HTTP/1.1, with a Host if it had none", func(t *testing.T) {
 		var accepted atomic.Int64
 		got := make(chan string, 2)
