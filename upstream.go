@@ -2,7 +2,6 @@ package fasttimeout
 
 import (
 	"context"
-	"errors"
 	"strconv"
 	"time"
 
@@ -51,12 +50,17 @@ const minUpstreamBudget = time.Millisecond
 //
 // If less than a millisecond is left, Do returns an error matching
 // [ErrTimeout] (errors.Is) without calling the upstream. An error of c that
-// says the deadline was reached (fasthttp.ErrTimeout, which includes a
-// wait for a free connection cut short by the deadline), or that comes
-// once it has passed, matches ErrTimeout too, and still matches the
-// original error; other errors of c are returned unchanged. A gateway can
-// thus answer 504 for errors.Is(err, ErrTimeout) and 502 for the errors of
-// c.
+// comes once the upstream's budget has run out (fasthttp.ErrTimeout at the
+// deadline, a wait for a free connection or a dial cut short by it)
+// matches ErrTimeout too, and still matches the original error. Other
+// errors of c are returned unchanged, a timeout of c's own that ends the
+// call before the budget does among them (a HostClient's ReadTimeout or
+// WriteTimeout shorter than the time left): that is fasthttp.ErrTimeout,
+// but not ErrTimeout, since the request's time has not run out (its
+// context has not ended); the upstream was slow by c's measure only. A
+// gateway can thus answer 504 for errors.Is(err, ErrTimeout), as the
+// middleware does at the deadline, and choose for c's errors (nginx answers
+// 504 for its own proxy_read_timeout, 502 for an upstream's other failures).
 //
 // A client whose RetryIfErr or RetryIfErrUpstream asks for the timeout to
 // be reset restarts the whole budget on each retry (fasthttp's
@@ -110,7 +114,11 @@ func Do(ctx *fasthttp.RequestCtx, c Doer, req *fasthttp.Request, resp *fasthttp.
 	deadline := time.Now().Add(left)
 	setBudgetHeaders(&req.Header, left)
 	err := c.DoDeadline(req, resp, deadline)
-	if err != nil && (errors.Is(err, fasthttp.ErrTimeout) || !time.Now().Before(deadline)) {
+	// By the clock, not by the error: fasthttp.ErrTimeout is also c's own
+	// timeouts, which may end the call with time left. fasthttp's clients
+	// derive their deadlines from this one, never earlier, so one that
+	// fires has this one passed.
+	if err != nil && !time.Now().Before(deadline) {
 		return &upstreamTimeoutError{err: err}
 	}
 	return err

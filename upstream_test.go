@@ -230,6 +230,33 @@ func TestDo(t *testing.T) {
 		}
 	})
 
+	// The client's own ReadTimeout, shorter than the request's budget, is
+	// not the request's deadline: the request has time left, and its
+	// context has not ended. ErrTimeout is the request's timeout, the
+	// context's cause; the client's error stays as it is, for the caller to
+	// answer as it sees fit (nginx answers 504 for proxy_read_timeout).
+	t.Run("keeps a timeout of the client's own, before the budget's end, apart from ErrTimeout", func(t *testing.T) {
+		t.Parallel()
+		for _, mode := range []fasttimeout.Mode{fasttimeout.Racing, fasttimeout.Cooperative} {
+			release := make(chan struct{})
+			upstream := serve(t, func(ctx *fasthttp.RequestCtx) { <-release })
+			t.Cleanup(func() { close(release) }) // before the upstream's shutdown
+			slow := &fasthttp.Client{
+				Dial:                      upstream.client.Dial,
+				ReadTimeout:               50 * time.Millisecond, // the budget is a minute
+				MaxIdemponentCallAttempts: 1,
+			}
+			errs := make(chan error, 1)
+			gateway := serve(t, fasttimeout.New(proxyTo(slow, errs), fasttimeout.Config{Timeout: time.Minute, Mode: mode}))
+
+			resp := send(t, gateway)
+			err := receive(t, errs, "the proxy's error")
+			assert.ErrorIs(t, err, fasthttp.ErrTimeout, "%v: the client's own error", mode)
+			assert.NotErrorIs(t, err, fasttimeout.ErrTimeout, "%v: the request has time left", mode)
+			assert.Equal(t, fasthttp.StatusBadGateway, resp.StatusCode(), "%v: the test's proxy answers 502 for other errors", mode)
+		}
+	})
+
 	t.Run("does not call the upstream once the budget is spent", func(t *testing.T) {
 		t.Parallel()
 		var calls atomic.Int64

@@ -326,6 +326,8 @@ func answerJSON(ctx *fasthttp.RequestCtx, status int, body string) {
 // newGateway returns the gateway's handler: /debug/vars shows the
 // counters, everything else goes to the upstream, bounded by fasttimeout.
 func newGateway(o options, stats *fasttimeout.Stats) fasthttp.RequestHandler {
+	// No ReadTimeout or WriteTimeout: each call's deadline is the
+	// request's (Do), so that a 504 says the request's time ran out.
 	upstream := &fasthttp.HostClient{
 		Addr: o.upstream,
 		// No retry, which would only eat the caller's budget, but the one

@@ -672,11 +672,12 @@ func TestProxyBurst(t *testing.T) {
 }
 
 // timingOut is an upstream client whose calls end in fasthttp's timeout at
-// once, as a wait for a connection or a read cut short by the deadline does.
+// their deadline, as a wait for a connection or a read cut short by it does.
 type timingOut struct{}
 
 func (timingOut) Do(*fasthttp.Request, *fasthttp.Response) error { return fasthttp.ErrTimeout }
-func (timingOut) DoDeadline(*fasthttp.Request, *fasthttp.Response, time.Time) error {
+func (timingOut) DoDeadline(_ *fasthttp.Request, _ *fasthttp.Response, deadline time.Time) error {
+	time.Sleep(time.Until(deadline))
 	return fasthttp.ErrTimeout
 }
 
@@ -685,9 +686,15 @@ func TestProxyTimeoutBody(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		handler fasthttp.RequestHandler
+		header  []string
 	}{
-		// The upstream call sees the deadline first: forwardTo answers.
-		{name: "when the upstream call times out", handler: fasttimeout.New(forwardTo(timingOut{}, "upstream.invalid", false), fasttimeout.Config{Timeout: time.Minute})},
+		// The upstream call sees the deadline first: forwardTo answers. The
+		// caller's 20 ms are the call's budget (Do), not the request's.
+		{
+			name:    "when the upstream call times out",
+			handler: fasttimeout.New(forwardTo(timingOut{}, "upstream.invalid", false), fasttimeout.Config{Timeout: time.Minute}),
+			header:  []string{fasttimeout.HeaderGRPCTimeout, "20m"},
+		},
 		// The middleware sees it first: it answers.
 		{name: "when the middleware times out", handler: fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
 			<-fasttimeout.Context(ctx).Done()
@@ -695,7 +702,7 @@ func TestProxyTimeoutBody(t *testing.T) {
 	} {
 		t.Run("the same 504 "+tc.name, func(t *testing.T) {
 			t.Parallel()
-			resp := call(t, startUpstream(t, tc.handler), "GET", "/", "")
+			resp := call(t, startUpstream(t, tc.handler), "GET", "/", "", tc.header...)
 			assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
 			assert.Equal(t, fasttimeout.DefaultBody, string(resp.Body()))
 			assert.Equal(t, fasttimeout.DefaultContentType, string(resp.Header.ContentType()))
