@@ -73,7 +73,9 @@ const minUpstreamBudget = time.Millisecond
 // request's context (see [Context]): after a hang-up Do returns an error
 // matching [ErrClientGone] and [context.Canceled], during a shutdown one
 // matching [ErrShutdown] and context.Canceled, as the context's Cause and
-// Err do; neither matches ErrTimeout. A handler that calls several
+// Err do; neither matches ErrTimeout. A shutdown before the request's
+// deadline is reported so even with less than a millisecond left, or a
+// carried deadline already spent. A handler that calls several
 // upstreams, or retries, thus stops calling them for nobody. (After a
 // hang-up nobody reads the answer; during a shutdown, 503 fits.) A call
 // already in progress is not ended: fasthttp's clients take no context.
@@ -91,15 +93,16 @@ func Do(ctx *fasthttp.RequestCtx, c Doer, req *fasthttp.Request, resp *fasthttp.
 	// Checked in the order in which the context would have ended: a
 	// hang-up comes before the deadline or not at all (past it, the call
 	// has timed out), and a shutdown after a passed deadline leaves the
-	// context's cause the timeout.
+	// context's cause the timeout, but one before it, however close, is the
+	// context's end, as it is with a carried budget too short to call.
 	if call.clientGone() {
 		return errClientLeft
 	}
 	left, ok := call.remaining()
+	if (!ok || left > 0) && closed(serverDone(ctx)) {
+		return errShuttingDown
+	}
 	if !ok {
-		if closed(serverDone(ctx)) {
-			return errShuttingDown
-		}
 		return c.Do(req, resp)
 	}
 	if carried, found, _ := incomingBudget(&req.Header); found {
@@ -107,9 +110,6 @@ func Do(ctx *fasthttp.RequestCtx, c Doer, req *fasthttp.Request, resp *fasthttp.
 	}
 	if left < minUpstreamBudget {
 		return errBudgetSpent
-	}
-	if closed(serverDone(ctx)) {
-		return errShuttingDown
 	}
 	deadline := time.Now().Add(left)
 	setBudgetHeaders(&req.Header, left)

@@ -328,31 +328,48 @@ func TestDo(t *testing.T) {
 
 	t.Run("does not call the upstream once the server is shutting down", func(t *testing.T) {
 		t.Parallel()
-		var calls atomic.Int64
-		upstream := serve(t, echoBudget(&calls))
-		errs := make(chan error, 1)
-		proxy := proxyTo(upstream.client, errs)
-		started := make(chan struct{}, 1)
-		gateway := startStressLoopback(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
-			c := fasttimeout.Context(ctx)
-			started <- struct{}{}
-			select {
-			case <-c.Done(): // the shutdown
-			case <-time.After(stressBound):
-			}
-			proxy(ctx)
-		}, fasttimeout.Config{Timeout: time.Minute}))
+		for _, tc := range []struct {
+			name    string
+			request string
+		}{
+			{name: "with time left", request: rawRequest("/")},
+			// The request's deadline is a minute away: the shutdown, not a
+			// timeout, ends its context, however little of the caller's
+			// budget the outgoing request carries.
+			{
+				name:    "with under a millisecond left for the upstream",
+				request: "GET / HTTP/1.1\r\nHost: hangup.test\r\ngrpc-timeout: 500u\r\n\r\n",
+			},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				t.Parallel()
+				var calls atomic.Int64
+				upstream := serve(t, echoBudget(&calls))
+				errs := make(chan error, 1)
+				proxy := proxyTo(upstream.client, errs)
+				started := make(chan struct{}, 1)
+				gateway := startStressLoopback(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+					c := fasttimeout.Context(ctx)
+					started <- struct{}{}
+					select {
+					case <-c.Done(): // the shutdown
+					case <-time.After(stressBound):
+					}
+					proxy(ctx)
+				}, fasttimeout.Config{Timeout: time.Minute}))
 
-		sendRaw(t, gateway.addr, rawRequest("/"))
-		receive(t, started, "the handler's start")
-		shutdown := make(chan error, 1)
-		go func() { shutdown <- gateway.shutdown() }()
-		err := receive(t, errs, "the proxy's error")
-		assert.ErrorIs(t, err, fasttimeout.ErrShutdown)
-		assert.ErrorIs(t, err, context.Canceled, "as the context's Err")
-		assert.NotErrorIs(t, err, fasttimeout.ErrTimeout)
-		assert.Zero(t, calls.Load(), "upstream calls")
-		assert.NoError(t, receive(t, shutdown, "the end of the shutdown"))
+				sendRaw(t, gateway.addr, tc.request)
+				receive(t, started, "the handler's start")
+				shutdown := make(chan error, 1)
+				go func() { shutdown <- gateway.shutdown() }()
+				err := receive(t, errs, "the proxy's error")
+				assert.ErrorIs(t, err, fasttimeout.ErrShutdown)
+				assert.ErrorIs(t, err, context.Canceled, "as the context's Err")
+				assert.NotErrorIs(t, err, fasttimeout.ErrTimeout)
+				assert.Zero(t, calls.Load(), "upstream calls")
+				assert.NoError(t, receive(t, shutdown, "the end of the shutdown"))
+			})
+		}
 	})
 
 	t.Run("passes other upstream errors through unchanged", func(t *testing.T) {
