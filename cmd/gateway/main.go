@@ -68,6 +68,9 @@
 // middleware's counters are published with expvar at /debug/vars, under
 // "fasttimeout". Counts are read in decimal ("010" is 10). Bad flags or
 // environment print one line, pointing to -h, and exit with status 2.
+// Once they are read, every line on stderr carries the time
+// ("gateway: 2006/01/02 15:04:05 listening on ..."), those of a failure
+// to listen or to serve too, which exit with status 1.
 package main
 
 import (
@@ -238,15 +241,17 @@ func run(ctx context.Context, args []string, stderr io.Writer, listening func(ne
 		fmt.Fprintf(stderr, "gateway: %v (see gateway -h)\n", err)
 		return 2
 	}
+	// One logger for every line from here on, with the time, the fatal
+	// ones too: the gateway's, the server's (its own lines, and the
+	// handler's through ctx.Logger(), "upstream: ..." among them) and the
+	// listener's; fasthttp's default one writes to os.Stderr without the
+	// prefix. A bad flag's line, above, is a command's usage error.
+	logger := log.New(stderr, "gateway: ", log.LstdFlags)
 	ln, err := net.Listen("tcp", o.addr)
 	if err != nil {
-		fmt.Fprintln(stderr, "gateway:", err)
+		logger.Print(err)
 		return 1
 	}
-	// One logger for the server (its own lines, and the handler's through
-	// ctx.Logger(), "upstream: ..." among them) and the listener: fasthttp's
-	// default one writes to os.Stderr without the prefix.
-	logger := log.New(stderr, "gateway: ", log.LstdFlags)
 	server := &fasthttp.Server{
 		Handler:            newGateway(o, stats),
 		Logger:             logger,
@@ -262,7 +267,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, listening func(ne
 	if !o.adaptive {
 		admission = "no concurrency limit"
 	}
-	fmt.Fprintf(stderr, "gateway: listening on %s, upstream %s, REQUEST_TIMEOUT %v, %s\n", ln.Addr(), o.upstream, o.timeout, admission)
+	logger.Printf("listening on %s, upstream %s, REQUEST_TIMEOUT %v, %s", ln.Addr(), o.upstream, o.timeout, admission)
 	if listening != nil {
 		listening(ln.Addr())
 	}
@@ -292,7 +297,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, listening func(ne
 		}
 	}
 	if err != nil {
-		fmt.Fprintln(stderr, "gateway:", err)
+		logger.Print(err)
 		return 1
 	}
 	return 0

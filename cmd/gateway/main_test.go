@@ -281,6 +281,41 @@ func TestBadInput(t *testing.T) {
 	})
 }
 
+// TestLogLines checks that the lines the gateway writes once its options
+// are read, the fatal ones too, carry the prefix and the time its
+// logger's lines do; only a bad flag's line, before it starts, has none.
+func TestLogLines(t *testing.T) {
+	t.Setenv("REQUEST_TIMEOUT", "")
+	logLine := regexp.MustCompile(`^gateway: \d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2} `)
+
+	t.Run("a listen failure exits 1 with one logged line", func(t *testing.T) {
+		taken, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		defer taken.Close()
+		var stderr bytes.Buffer
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel() // a gateway that wrongly listens stops at once
+		code := run(ctx, []string{"-addr", taken.Addr().String()}, &stderr, func(net.Addr) { t.Error("must not listen") })
+		assert.Equal(t, 1, code)
+		assert.Equal(t, 1, strings.Count(stderr.String(), "\n"), "one line: %q", stderr.String())
+		assert.Regexp(t, logLine, stderr.String())
+		assert.Contains(t, stderr.String(), "listen tcp "+taken.Addr().String())
+	})
+
+	t.Run("every line from start to stop", func(t *testing.T) {
+		var stderr bytes.Buffer
+		ctx, cancel := context.WithCancel(context.Background())
+		code := run(ctx, []string{"-addr", "127.0.0.1:0"}, &stderr, func(net.Addr) { cancel() })
+		require.Zero(t, code, stderr.String())
+		lines := strings.Split(strings.TrimSuffix(stderr.String(), "\n"), "\n")
+		require.NotEmpty(t, lines)
+		assert.Contains(t, lines[0], "listening on 127.0.0.1:")
+		for _, line := range lines {
+			assert.Regexp(t, logLine, line)
+		}
+	})
+}
+
 // TestStopAtStart ends the context before the Serve goroutine runs, as a
 // SIGTERM while the gateway starts does: fasthttp's Shutdown closes only the
 // listeners Serve has registered, so the gateway must not go on accepting
