@@ -7,11 +7,12 @@
 // Usage:
 //
 //	gateway [-addr host:port] [-upstream host:port] [-margin duration] [-max-late n]
-//	        [-max-conns n] [-max-body bytes] [-trust-envoy-headers] [-adaptive=true|false]
+//	        [-max-conns n] [-max-body bytes] [-max-header-bytes bytes]
+//	        [-trust-envoy-headers] [-adaptive=true|false]
 //
 // gateway -h lists the flags with their defaults: -addr 127.0.0.1:8081,
 // -upstream 127.0.0.1:8080, -margin 5ms, -max-late 1000, -max-conns 512,
-// -max-body 4194304 (4 MiB), -adaptive=true.
+// -max-body 4194304 (4 MiB), -max-header-bytes 4096, -adaptive=true.
 //
 // As a proxy it:
 //   - waits for a free upstream connection (at most -max-conns) within the
@@ -50,7 +51,11 @@
 //   - removes the caller's X-Envoy-* headers (Envoy's retry and timeout
 //     controls), as Envoy does for external requests, unless
 //     -trust-envoy-headers says the caller is trusted;
-//   - answers 413 to a request body over -max-body bytes;
+//   - answers 413 to a request body over -max-body bytes, 431 to a request
+//     head (its first line and header fields) over -max-header-bytes, and
+//     502 to an upstream response's head over it, as nginx does past
+//     proxy_buffer_size (4 KiB by default, as this one's; each connection
+//     holds a buffer of this size);
 //   - streams the upstream's response to the client as it comes; the body
 //     must arrive within the request's deadline, after which the
 //     connection to the client is closed mid-body, and the client must take
@@ -118,9 +123,20 @@ type options struct {
 	maxLate    int
 	maxConns   int
 	maxBody    int
+	maxHeader  int // the server's and the upstream client's ReadBufferSize
 	trustEnvoy bool
 	adaptive   bool // Config.AdaptiveConcurrency
 }
+
+// Bounds of -max-header-bytes. fasthttp reads a head whole into a buffer
+// of that size, allocated for each connection: its default, 4 KiB, is
+// nginx's proxy_buffer_size on most systems; 1 KiB is Envoy's least for
+// max_request_headers_kb; 1 MiB is net/http's DefaultMaxHeaderBytes.
+const (
+	defaultMaxHeader = 4096
+	minMaxHeader     = 1024
+	maxMaxHeader     = 1 << 20
+)
 
 // timeoutEnv names the environment variable of the request timeout.
 const timeoutEnv = "REQUEST_TIMEOUT"
@@ -134,17 +150,19 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.addr, "addr", "127.0.0.1:8081", "listen on this `host:port` (port 0: any free one)")
 	fs.StringVar(&o.upstream, "upstream", "127.0.0.1:8080", "forward to this `host:port` (a numeric port)")
 	fs.DurationVar(&o.margin, "margin", 5*time.Millisecond, "taken off a caller's deadline to leave time for the answer, a Go `duration` (5ms, 0.5s)")
-	o.maxLate, o.maxConns, o.maxBody = 1000, fasthttp.DefaultMaxConnsPerHost, fasthttp.DefaultMaxRequestBodySize
+	o.maxLate, o.maxConns, o.maxBody, o.maxHeader = 1000, fasthttp.DefaultMaxConnsPerHost, fasthttp.DefaultMaxRequestBodySize, defaultMaxHeader
 	fs.Var((*decimal)(&o.maxLate), "max-late", "answer 503 while `n` handlers run past their deadline (0: no cap)")
 	fs.Var((*decimal)(&o.maxConns), "max-conns", "at most `n` upstream connections; a request waits for one within its budget (504 if none comes in time)")
 	fs.Var((*decimal)(&o.maxBody), "max-body", "answer 413 to a request body over this many `bytes` (4194304: 4 MiB)")
+	fs.Var((*decimal)(&o.maxHeader), "max-header-bytes", "answer 431 to a request head over this many `bytes`, 502 to an upstream response's, first line included; each open connection holds a buffer this size (1024 to 1048576)")
 	fs.BoolVar(&o.trustEnvoy, "trust-envoy-headers", false, "the caller is trusted (an Envoy of your own): forward its X-Envoy-* headers")
 	fs.BoolVar(&o.adaptive, "adaptive", true, "admission by an adaptive concurrency limit: 503 and Retry-After for what cannot be answered in time (-adaptive=false: off)")
 	fs.Usage = func() {} // flag calls it on every error; -h is handled below
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintf(stderr, `Usage: gateway [-addr host:port] [-upstream host:port] [-margin duration] [-max-late n]
-               [-max-conns n] [-max-body bytes] [-trust-envoy-headers] [-adaptive=true|false]
+               [-max-conns n] [-max-body bytes] [-max-header-bytes bytes]
+               [-trust-envoy-headers] [-adaptive=true|false]
 
 Forwards each request to the upstream with the time it has left, taking
 the caller's deadline from grpc-timeout, X-Envoy-Expected-Rq-Timeout-Ms or
@@ -174,6 +192,8 @@ Flags:
 		return o, fmt.Errorf("-max-conns must be positive, got %d", o.maxConns)
 	case o.maxBody <= 0:
 		return o, fmt.Errorf("-max-body must be positive, got %d", o.maxBody)
+	case o.maxHeader < minMaxHeader || o.maxHeader > maxMaxHeader:
+		return o, fmt.Errorf("-max-header-bytes must be from %d to %d, got %d", minMaxHeader, maxMaxHeader, o.maxHeader)
 	}
 	// In the order of the flags, so that with both wrong the error is the
 	// same from run to run (a map's order is random).
@@ -261,6 +281,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, listening func(ne
 		WriteTimeout:       o.timeout, // a client that stops reading gives the upstream connection back
 		IdleTimeout:        time.Minute,
 		MaxRequestBodySize: o.maxBody,
+		ReadBufferSize:     o.maxHeader, // the most of a request's head: 431 beyond
 	}
 	// One line for the operator, and for scripts that start it on port 0.
 	admission := "adaptive concurrency limit"
@@ -347,6 +368,9 @@ func newGateway(o options, stats *fasttimeout.Stats) fasthttp.RequestHandler {
 		// The path as received (RFC 9110 §7.7): normalized, an encoded
 		// slash (%2F) reached the upstream as a separator, "//" as "/".
 		DisablePathNormalizing: true,
+		// The most of a response's head: 502 beyond, as from nginx past
+		// proxy_buffer_size.
+		ReadBufferSize: o.maxHeader,
 	}
 	upstream.RetryIfErr = resendIfClosedIdle(upstream)
 	proxy := fasttimeout.New(forwardTo(upstream, o.upstream, o.trustEnvoy), fasttimeout.Config{

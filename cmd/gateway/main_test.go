@@ -217,6 +217,9 @@ func TestBadInput(t *testing.T) {
 		{name: "negative cap", args: []string{"-max-late", "-1"}, want: "-max-late must not be negative"},
 		{name: "no upstream connections", args: []string{"-max-conns", "0"}, want: "-max-conns must be positive"},
 		{name: "no request body", args: []string{"-max-body", "0"}, want: "-max-body must be positive"},
+		{name: "header buffer too small", args: []string{"-max-header-bytes", "1023"}, want: "-max-header-bytes must be from 1024 to 1048576, got 1023"},
+		{name: "header buffer too large", args: []string{"-max-header-bytes", "1048577"}, want: "-max-header-bytes must be from 1024 to 1048576, got 1048577"},
+		{name: "max-header-bytes in hex", args: []string{"-addr", "127.0.0.1:0", "-max-header-bytes", "0x2000"}, want: `invalid value "0x2000" for flag -max-header-bytes: want a decimal number`},
 		{name: "adaptive not a boolean", args: []string{"-adaptive=maybe"}, want: "invalid boolean value"},
 		// Go's literal forms, which flag.Int reads ("0x10" as 16): a count
 		// is decimal. The free port: a gateway that wrongly starts must not
@@ -273,6 +276,7 @@ func TestBadInput(t *testing.T) {
 			"-max-late n", "(default 1000)",
 			"-max-conns n", "(default 512)",
 			"-max-body bytes", "4 MiB", "(default 4194304)",
+			"[-max-header-bytes bytes]", "-max-header-bytes bytes", "431", "502", "(default 4096)",
 			"-trust-envoy-headers",
 			"-adaptive", "(default true)",
 		} {
@@ -377,17 +381,19 @@ func TestOptions(t *testing.T) {
 
 	t.Run("counts are decimal, a leading zero too", func(t *testing.T) {
 		// flag.Int read "010" as octal 8.
-		o, err := parseOptions([]string{"-max-late", "010", "-max-conns", "010", "-max-body", "0100"}, io.Discard)
+		o, err := parseOptions([]string{"-max-late", "010", "-max-conns", "010", "-max-body", "0100", "-max-header-bytes", "08192"}, io.Discard)
 		require.NoError(t, err)
 		assert.Equal(t, 10, o.maxLate)
 		assert.Equal(t, 10, o.maxConns)
 		assert.Equal(t, 100, o.maxBody)
+		assert.Equal(t, 8192, o.maxHeader)
 
 		o, err = parseOptions(nil, io.Discard)
 		require.NoError(t, err)
 		assert.Equal(t, 1000, o.maxLate, "the default")
 		assert.Equal(t, fasthttp.DefaultMaxConnsPerHost, o.maxConns, "the default")
 		assert.Equal(t, fasthttp.DefaultMaxRequestBodySize, o.maxBody, "the default")
+		assert.Equal(t, 4096, o.maxHeader, "the default, fasthttp's ReadBufferSize")
 	})
 
 	t.Run("-adaptive=false serves", func(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -119,7 +120,8 @@ func rawCall(t *testing.T, addr, request string) *fasthttp.Response {
 	_, err = c.Write([]byte(request))
 	require.NoError(t, err)
 	resp := new(fasthttp.Response)
-	require.NoError(t, resp.Read(bufio.NewReader(c)))
+	// Room for heads over bufio's 4 KiB (TestProxyHeaderSize).
+	require.NoError(t, resp.Read(bufio.NewReaderSize(c, 64<<10)))
 	return resp
 }
 
@@ -426,6 +428,72 @@ func millis(t *testing.T, v []byte) time.Duration {
 	_, err := fmt.Sscan(string(v), &ms)
 	require.NoError(t, err, "%q", v)
 	return time.Duration(ms) * time.Millisecond
+}
+
+// paddedHead returns a message head of exactly size bytes, its final CRLF
+// included: firstLine, the lines in fields, and an X-Pad line that fills it.
+func paddedHead(size int, firstLine string, fields ...string) string {
+	h := firstLine + "\r\n" + strings.Join(fields, "") + "X-Pad: "
+	return h + strings.Repeat("a", size-len(h)-len("\r\n\r\n")) + "\r\n\r\n"
+}
+
+// The server's and the upstream client's read buffers bound the heads the
+// gateway reads: a request's (431 beyond) and an upstream response's (502
+// beyond, as nginx answers past proxy_buffer_size), first line included.
+func TestProxyHeaderSize(t *testing.T) {
+	// An upstream that reads heads of any size the gateway may forward, and
+	// answers with a head of the size asked for in X-Answer-Size.
+	upstream := serveLoopback(t, func(c net.Conn) {
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(waitTimeout))
+		br := bufio.NewReaderSize(c, 64<<10)
+		for {
+			var req fasthttp.Request
+			if req.Read(br) != nil {
+				return
+			}
+			size, _ := strconv.Atoi(string(req.Header.Peek("X-Answer-Size")))
+			answer := "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+			if size > 0 {
+				answer = paddedHead(size, "HTTP/1.1 200 OK", "Content-Length: 2\r\n") + "ok"
+			}
+			if _, err := c.Write([]byte(answer)); err != nil {
+				return
+			}
+		}
+	})
+	for _, tc := range []struct {
+		name string
+		args []string
+		max  int
+	}{
+		{name: "by default, fasthttp's 4 KiB", max: 4096},
+		{name: "with -max-header-bytes 16384", args: []string{"-max-header-bytes", "16384"}, max: 16384},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			gateway := startGateway(t, append([]string{"-upstream", upstream}, tc.args...)...)
+			for _, c := range []struct {
+				what            string
+				request, answer int
+				want            int
+			}{
+				{what: "an upstream response's head at the limit", answer: tc.max, want: fasthttp.StatusOK},
+				{what: "an upstream response's head over it", answer: tc.max + 1, want: fasthttp.StatusBadGateway},
+				{what: "a request's head at the limit", request: tc.max, want: fasthttp.StatusOK},
+				{what: "a request's head over it", request: tc.max + 1, want: fasthttp.StatusRequestHeaderFieldsTooLarge},
+			} {
+				request := "GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"
+				if c.answer > 0 {
+					request = "GET / HTTP/1.1\r\nHost: example.com\r\nX-Answer-Size: " + strconv.Itoa(c.answer) + "\r\n\r\n"
+				}
+				if c.request > 0 {
+					request = paddedHead(c.request, "GET / HTTP/1.1", "Host: example.com\r\n")
+				}
+				resp := rawCall(t, gateway, request)
+				assert.Equal(t, c.want, resp.StatusCode(), "%s: %s", c.what, resp.Body())
+			}
+		})
+	}
 }
 
 func TestProxyBodies(t *testing.T) {
