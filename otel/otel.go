@@ -103,6 +103,10 @@ type request struct {
 	// answered is the status the middleware answered with at the deadline
 	// or the client's hang-up, set by Attach's end; 0 if it did not.
 	answered atomic.Int64
+
+	// failed is set once the span's status is Error with fasttimeout's
+	// cause, which Middleware must not overwrite.
+	failed atomic.Bool
 }
 
 // Attach makes the span of c (trace.SpanFromContext) the request's span for
@@ -123,10 +127,16 @@ type request struct {
 // the handler's deadline is its RequestCtx's to read, and ends the span:
 // the handler, when it starts, runs without recording.
 func Attach(ctx *fasthttp.RequestCtx, c context.Context) (end func()) {
+	_, end = attach(ctx, c)
+	return end
+}
+
+// attach is Attach, returning the request it attached as well.
+func attach(ctx *fasthttp.RequestCtx, c context.Context) (*request, func()) {
 	r := &request{span: trace.SpanFromContext(c)}
 	r.holds.Store(1)
 	ctx.SetUserValue(contextKey{}, r)
-	return func() {
+	return r, func() {
 		// A request answered with a timeout response now belongs to its
 		// late handler, which may still change its RequestCtx: only the
 		// response the middleware sent is read.
@@ -219,22 +229,71 @@ func (r *request) release() {
 	r.span.End()
 }
 
-// Middleware starts a server span named after the request's method for each
-// request, with tracer, attaches it (see [Attach]) and ends it as Attach's end
-// does. Use it outside fasttimeout.New, and [Handler] inside. It starts a new
-// trace for each request: a service that propagates traces between services
-// extracts the caller's context in its own middleware and calls Attach.
+// Middleware starts a server span for each request, with tracer, attaches
+// it (see [Attach]) and ends it as Attach's end does. Use it outside
+// fasttimeout.New, and [Handler] inside. It starts a new trace for each
+// request: a service that propagates traces between services extracts the
+// caller's context in its own middleware and calls Attach.
+//
+// The span follows OpenTelemetry's HTTP semantic conventions: it is named
+// after the request's method, or "HTTP" for a method other than the nine of
+// HTTP (GET to TRACE, in capitals), whose http.request.method is then _OTHER
+// and http.request.method_original the method sent, so that clients cannot
+// make up span names; it has url.path, and http.response.status_code, that
+// of the timeout response for a request answered at its deadline. A 5xx
+// answer sets the status to Error, with fasttimeout's cause as description
+// when the answer is fasttimeout's.
 func Middleware(next fasthttp.RequestHandler, tracer trace.Tracer) fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
-		c, _ := tracer.Start(context.Background(), string(ctx.Method()),
-			trace.WithSpanKind(trace.SpanKindServer),
-			trace.WithAttributes(
-				attribute.String("http.request.method", string(ctx.Method())),
-				attribute.String("url.path", string(ctx.Path())),
-			))
-		end := Attach(ctx, c)
+		name, attrs := methodAttributes(ctx.Method())
+		attrs = append(attrs, attribute.String("url.path", string(ctx.Path())))
+		c, _ := tracer.Start(context.Background(), name,
+			trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(attrs...))
+		r, end := attach(ctx, c)
 		defer end()
 		next(ctx)
+		r.recordStatusCode(ctx)
+	}
+}
+
+// methodAttributes returns the span name and method attributes of a
+// request with method: the method itself if it is one of HTTP's, "HTTP"
+// and _OTHER otherwise (the conventions' http.request.method).
+func methodAttributes(method []byte) (name string, attrs []attribute.KeyValue) {
+	attrs = make([]attribute.KeyValue, 0, 4)
+	switch string(method) {
+	case fasthttp.MethodGet, fasthttp.MethodHead, fasthttp.MethodPost, fasthttp.MethodPut,
+		fasthttp.MethodPatch, fasthttp.MethodDelete, fasthttp.MethodConnect,
+		fasthttp.MethodOptions, fasthttp.MethodTrace:
+		name = string(method)
+		return name, append(attrs, attribute.String("http.request.method", name))
+	}
+	return "HTTP", append(attrs,
+		attribute.String("http.request.method", "_OTHER"),
+		attribute.String("http.request.method_original", string(method)))
+}
+
+// recordStatusCode records the status the request was answered with, once
+// the call of fasttimeout.New has returned, and sets the span's status to
+// Error for a 5xx: unless fasttimeout set it with its cause, or will.
+func (r *request) recordStatusCode(ctx *fasthttp.RequestCtx) {
+	if !r.span.IsRecording() {
+		return
+	}
+	// A request answered at its deadline or its client's hang-up belongs
+	// to its late handler: only the response the middleware sent is read,
+	// and whoever lets go of the span last records the cause.
+	if resp := ctx.LastTimeoutErrorResponse(); resp != nil {
+		r.span.SetAttributes(attribute.Int("http.response.status_code", resp.StatusCode()))
+		return
+	}
+	status := ctx.Response.StatusCode()
+	r.span.SetAttributes(attribute.Int("http.response.status_code", status))
+	// A refusal or a spent budget is recorded by end, after this, with its
+	// description; a cause Handler saw (a cooperative timeout, a shutdown)
+	// was recorded before next returned.
+	if status >= fasthttp.StatusInternalServerError && !r.failed.Load() {
+		r.span.SetStatus(codes.Error, "")
 	}
 }
 
@@ -327,6 +386,7 @@ var testHookInTime atomic.Pointer[func(*fasthttp.RequestCtx)]
 func (r *request) record(e endOfContext, timeout time.Duration) endOfContext {
 	r.span.AddEvent(e.event, trace.WithAttributes(e.attributes(timeout, e.at)...))
 	r.span.SetStatus(codes.Error, e.cause.Error())
+	r.failed.Store(true)
 	return e
 }
 

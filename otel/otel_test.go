@@ -42,7 +42,8 @@ type traced struct {
 }
 
 // serveTraced serves, under fasttimeoutotel.Middleware and with
-// fasttimeoutotel.Handler inside fasttimeout.New: /fast; /block, which
+// fasttimeoutotel.Handler inside fasttimeout.New: /fast; /fail, which
+// answers 500 in time; /block, which
 // ignores its context until release is closed; /hold, which does the same
 // once it has said so on entered; /wait, which returns when its context
 // ends; /child, which starts a child span from fasttimeoutotel.Context;
@@ -77,6 +78,8 @@ func serveTraced(t *testing.T, cfg fasttimeout.Config, sampler sdktrace.Sampler)
 		case "/child":
 			_, span := tracer.Start(fasttimeoutotel.Context(ctx), "child")
 			span.End()
+		case "/fail":
+			ctx.SetStatusCode(fasthttp.StatusInternalServerError)
 		case "/past": // returns just past its deadline, whatever its context says
 			for left, _ := fasttimeout.Remaining(ctx); left > 0; left, _ = fasttimeout.Remaining(ctx) {
 				time.Sleep(left)
@@ -493,5 +496,78 @@ func TestMiddlewareLeavesATimedOutRequestAlone(t *testing.T) {
 		}
 		span := tt.nextEnded(t)
 		require.Equal(t, []string{fasttimeoutotel.EventTimeout, fasttimeoutotel.EventLateReturn}, eventNames(span))
+	}
+}
+
+// Middleware's server span follows OpenTelemetry's HTTP semantic
+// conventions: the status code sent (for a timeout, the timeout response's,
+// not the late handler's), the status Error for a 5xx answer without
+// overwriting the cause fasttimeout recorded, and a method it does not know
+// as _OTHER, so that a client cannot make up span names.
+func TestMiddlewareFollowsHTTPConventions(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name       string
+		mode       fasttimeout.Mode
+		method     string
+		path       string
+		header     []string // name, value
+		wantStatus int
+		wantName   string
+		wantMethod string // http.request.method
+		wantOrig   string // http.request.method_original, "" for none
+		wantCode   codes.Code
+		wantDesc   string
+	}{
+		{name: "in_time", method: "GET", path: "/fast", wantStatus: 200, wantName: "GET", wantMethod: "GET", wantCode: codes.Unset},
+		{name: "POST", method: "POST", path: "/fast", wantStatus: 200, wantName: "POST", wantMethod: "POST", wantCode: codes.Unset},
+		{name: "a_500_of_the_app", method: "GET", path: "/fail", wantStatus: 500, wantName: "GET", wantMethod: "GET", wantCode: codes.Error},
+		{name: "a_racing_timeout", method: "GET", path: "/wait", wantStatus: 504, wantName: "GET", wantMethod: "GET",
+			wantCode: codes.Error, wantDesc: fasttimeout.ErrTimeout.Error()},
+		{name: "a_cooperative_timeout", mode: fasttimeout.Cooperative, method: "GET", path: "/wait", wantStatus: 504, wantName: "GET", wantMethod: "GET",
+			wantCode: codes.Error, wantDesc: fasttimeout.ErrTimeout.Error()},
+		{name: "a_spent_budget", method: "GET", path: "/fast", header: []string{"grpc-timeout", "0S"}, wantStatus: 504, wantName: "GET", wantMethod: "GET",
+			wantCode: codes.Error, wantDesc: fasttimeout.ErrTimeout.Error()},
+		{name: "an_unknown_method", method: "FOO", path: "/fast", wantStatus: 200, wantName: "HTTP", wantMethod: "_OTHER", wantOrig: "FOO", wantCode: codes.Unset},
+		{name: "a_method_in_lower_case", method: "get", path: "/fast", wantStatus: 200, wantName: "HTTP", wantMethod: "_OTHER", wantOrig: "get", wantCode: codes.Unset},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			// /fast and /fail get a minute, to answer in time on a loaded
+			// machine; /wait a second (a stall that spends it on arrival
+			// gets the same 504 and status).
+			inTime := func(ctx *fasthttp.RequestCtx) time.Duration {
+				if p := string(ctx.Path()); p == "/fast" || p == "/fail" {
+					return time.Minute
+				}
+				return 0
+			}
+			tt := serveTraced(t, fasttimeout.Config{Timeout: time.Second, TimeoutFunc: inTime, Mode: tc.mode, HonorDeadlineHeaders: true},
+				sdktrace.AlwaysSample())
+			req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+			defer fasthttp.ReleaseRequest(req)
+			defer fasthttp.ReleaseResponse(resp)
+			req.Header.SetMethod(tc.method)
+			req.SetRequestURI("http://app" + tc.path)
+			for i := 0; i+1 < len(tc.header); i += 2 {
+				req.Header.Set(tc.header[i], tc.header[i+1])
+			}
+			require.NoError(t, tt.client.DoTimeout(req, resp, 10*time.Second))
+			require.Equal(t, tc.wantStatus, resp.StatusCode())
+
+			span := tt.nextEnded(t)
+			got := map[attribute.Key]attribute.Value{}
+			for _, kv := range span.Attributes() {
+				got[kv.Key] = kv.Value
+			}
+			assert.Equal(t, tc.wantName, span.Name())
+			assert.Equal(t, tc.wantMethod, got["http.request.method"].AsString())
+			assert.Equal(t, tc.wantOrig, got["http.request.method_original"].AsString())
+			assert.Equal(t, tc.path, got["url.path"].AsString())
+			assert.Equal(t, int64(tc.wantStatus), got["http.response.status_code"].AsInt64())
+			assert.Equal(t, tc.wantCode, span.Status().Code)
+			assert.Equal(t, tc.wantDesc, span.Status().Description)
+		})
 	}
 }
