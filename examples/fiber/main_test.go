@@ -48,3 +48,12 @@ func TestFiberApp(t *testing.T) {
 		assert.Equal(t, fasthttp.StatusNotFound, status)
 	})
 }
+
+// At shutdown the handler's own answer goes out (fasttimeout answers only
+// at the deadline): a slow route gives 503, so that the client may retry
+// elsewhere, not Fiber's 500 for an error nor an empty 200.
+func TestFiberAppAtShutdown(t *testing.T) {
+	t.Parallel()
+	status := inmem.ShutdownDuring(t, newHandler(time.Minute), "/slow")
+	assert.Equal(t, fasthttp.StatusServiceUnavailable, status)
+}

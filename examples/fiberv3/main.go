@@ -48,8 +48,12 @@ func newHandler(timeout time.Duration) fasthttp.RequestHandler {
 	})
 	slow := func(c fiber.Ctx) error {
 		select {
-		case <-c.Context().Done(): // the middleware answers 504
-			return c.Context().Err()
+		case <-c.Context().Done():
+			// At the deadline the middleware has answered 504 and this
+			// answer goes nowhere; when the server shuts down it is the
+			// client's: 503, so that it may retry elsewhere (an error
+			// returned here would be Fiber's 500).
+			return fiber.ErrServiceUnavailable
 		case <-time.After(10 * timeout):
 			return c.SendString("too late")
 		}

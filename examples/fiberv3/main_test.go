@@ -53,3 +53,12 @@ func TestFiberV3App(t *testing.T) {
 		}
 	})
 }
+
+// At shutdown the handler's own answer goes out (fasttimeout answers only
+// at the deadline): a slow route gives 503, so that the client may retry
+// elsewhere, not Fiber's 500 for an error nor an empty 200.
+func TestFiberV3AppAtShutdown(t *testing.T) {
+	t.Parallel()
+	status := inmem.ShutdownDuring(t, newHandler(time.Minute), "/slow")
+	assert.Equal(t, fasthttp.StatusServiceUnavailable, status)
+}

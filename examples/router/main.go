@@ -34,7 +34,12 @@ func newRouter(stats *fasttimeout.Stats) *router.Router {
 // search answers when its context's deadline allows it.
 func search(ctx *fasthttp.RequestCtx) {
 	select {
-	case <-fasttimeout.Context(ctx).Done(): // the middleware answers 504
+	case <-fasttimeout.Context(ctx).Done():
+		// At the deadline the middleware has answered 504 and this answer
+		// goes nowhere; when the server shuts down it is the client's: 503,
+		// so that it may retry elsewhere, where an empty 200 would pass
+		// for a success.
+		ctx.Error("server shutting down", fasthttp.StatusServiceUnavailable)
 	case <-time.After(searchTime(ctx)):
 		ctx.SetBodyString("results")
 	}

@@ -54,3 +54,12 @@ func TestRouter(t *testing.T) {
 		assert.Equal(t, int64(2), c.Timeouts)
 	})
 }
+
+// At shutdown the handler's own answer goes out (fasttimeout answers only
+// at the deadline): a slow search gives 503, so that the client may retry
+// elsewhere, not an empty 200.
+func TestRouterAtShutdown(t *testing.T) {
+	t.Parallel()
+	status := inmem.ShutdownDuring(t, newRouter(new(fasttimeout.Stats)).Handler, "/search?slow")
+	assert.Equal(t, fasthttp.StatusServiceUnavailable, status)
+}

@@ -16,6 +16,49 @@ import (
 // when the test ends, and returns a client for it.
 func Serve(t testing.TB, h fasthttp.RequestHandler) *fasthttp.Client {
 	t.Helper()
+	_, c := start(t, h)
+	return c
+}
+
+// ShutdownDuring serves h as Serve does, sends it GET path, shuts the
+// server down once the request has reached h, and returns the status the
+// request got.
+func ShutdownDuring(t testing.TB, h fasthttp.RequestHandler, path string) int {
+	t.Helper()
+	entered := make(chan struct{}, 1)
+	server, c := start(t, func(ctx *fasthttp.RequestCtx) {
+		entered <- struct{}{}
+		h(ctx)
+	})
+	answered := make(chan int, 1)
+	go func() {
+		status, _, err := c.GetTimeout(nil, "http://example.com"+path, time.Minute)
+		if err != nil {
+			status = 0
+		}
+		answered <- status
+	}()
+	select {
+	case <-entered:
+	case status := <-answered:
+		t.Fatalf("GET %s answered %d before it reached the handler", path, status)
+	case <-time.After(10 * time.Second):
+		t.Fatalf("GET %s did not reach the handler within 10 s", path)
+	}
+	require.NoError(t, server.Shutdown()) // waits for the request's answer
+	select {
+	case status := <-answered:
+		return status
+	case <-time.After(10 * time.Second):
+		t.Fatalf("GET %s had no answer within 10 s of the shutdown", path)
+		return 0
+	}
+}
+
+// start is Serve, returning the server too (a second Shutdown, when the
+// test ends, does nothing).
+func start(t testing.TB, h fasthttp.RequestHandler) (*fasthttp.Server, *fasthttp.Client) {
+	t.Helper()
 	ln := fasthttputil.NewInmemoryListener()
 	server := &fasthttp.Server{Handler: h}
 	served := make(chan error, 1)
@@ -24,7 +67,7 @@ func Serve(t testing.TB, h fasthttp.RequestHandler) *fasthttp.Client {
 		require.NoError(t, server.Shutdown())
 		require.NoError(t, <-served)
 	})
-	return &fasthttp.Client{Dial: func(string) (net.Conn, error) { return ln.Dial() }}
+	return server, &fasthttp.Client{Dial: func(string) (net.Conn, error) { return ln.Dial() }}
 }
 
 // Get sends GET path with the header name-value pairs kv and returns the
