@@ -49,5 +49,7 @@ func newHandler(timeout time.Duration) fasthttp.RequestHandler {
 		}
 		return c.SendString("has a deadline")
 	})
+	// HonorDeadlineHeaders believes the caller's grpc-timeout and the like:
+	// only behind a proxy you run, where no client can send a spent budget.
 	return fasttimeout.New(app.Handler(), fasttimeout.Config{Timeout: timeout, HonorDeadlineHeaders: true})
 }

@@ -19,7 +19,9 @@ func main() {
 }
 
 // newRouter bounds each route on its own: a search gets 200 ms, a report
-// 2 s, and the event stream none. The routes share one Stats.
+// 2 s, and the event stream none. The routes share one Stats. They honour
+// the caller's deadline headers, which is for a server behind a proxy you
+// run: a client could send a spent budget and get 504 at once.
 func newRouter(stats *fasttimeout.Stats) *router.Router {
 	bound := func(d time.Duration, h fasthttp.RequestHandler) fasthttp.RequestHandler {
 		return fasttimeout.New(h, fasttimeout.Config{Timeout: d, HonorDeadlineHeaders: true, Stats: stats})
