@@ -20,7 +20,8 @@ import (
 // own tracing middleware calling Attach) puts it there on the server
 // goroutine, and Handler, inside fasttimeout.New, reads it on the handler's
 // goroutine. A handler that runs past its deadline leaves a timeout event
-// and, when it returns, a late-return event on the request's span.
+// and, when it returns, a late-return event on the request's span, which
+// ends then.
 func ExampleHandler() {
 	recorder := tracetest.NewSpanRecorder()
 	provider := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(recorder))
@@ -29,8 +30,9 @@ func ExampleHandler() {
 	slow := func(ctx *fasthttp.RequestCtx) {
 		<-fasttimeout.Context(ctx).Done() // gives up at the deadline
 	}
+	stats := new(fasttimeout.Stats)
 	handler := fasttimeoutotel.Middleware(
-		fasttimeout.New(fasttimeoutotel.Handler(slow), fasttimeout.Config{Timeout: 250 * time.Millisecond}),
+		fasttimeout.New(fasttimeoutotel.Handler(slow), fasttimeout.Config{Timeout: 250 * time.Millisecond, Stats: stats}),
 		provider.Tracer("example"))
 
 	ln := fasthttputil.NewInmemoryListener()
@@ -42,7 +44,12 @@ func ExampleHandler() {
 		log.Fatal(err)
 	}
 	client.CloseIdleConnections()
-	_ = server.Shutdown() // waits for the handler, which ends the span
+	_ = server.Shutdown()
+	// Shutdown does not wait for a handler that outlived its request's
+	// answer: its span ends when it returns, and InFlight falls after that.
+	for stats.Snapshot().InFlight > 0 {
+		time.Sleep(time.Millisecond)
+	}
 
 	fmt.Println("status", status)
 	for _, span := range recorder.Ended() {
