@@ -239,14 +239,19 @@ func (r *request) release() {
 // after the request's method, or "HTTP" for a method other than the nine of
 // HTTP (GET to TRACE, in capitals), whose http.request.method is then _OTHER
 // and http.request.method_original the method sent, so that clients cannot
-// make up span names; it has url.path, and http.response.status_code, that
-// of the timeout response for a request answered at its deadline. A 5xx
-// answer sets the status to Error, with fasttimeout's cause as description
-// when the answer is fasttimeout's.
+// make up span names; it has url.path, url.scheme (as the server received
+// the request) and http.response.status_code, that of the timeout response
+// for a request answered at its deadline. A 5xx answer sets the status to
+// Error, with fasttimeout's cause as description when the answer is
+// fasttimeout's.
 func Middleware(next fasthttp.RequestHandler, tracer trace.Tracer) fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
 		name, attrs := methodAttributes(ctx.Method())
-		attrs = append(attrs, attribute.String("url.path", string(ctx.Path())))
+		scheme := "http"
+		if ctx.IsTLS() {
+			scheme = "https"
+		}
+		attrs = append(attrs, attribute.String("url.path", string(ctx.Path())), attribute.String("url.scheme", scheme))
 		c, _ := tracer.Start(context.Background(), name,
 			trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(attrs...))
 		r, end := attach(ctx, c)
@@ -260,7 +265,7 @@ func Middleware(next fasthttp.RequestHandler, tracer trace.Tracer) fasthttp.Requ
 // request with method: the method itself if it is one of HTTP's, "HTTP"
 // and _OTHER otherwise (the conventions' http.request.method).
 func methodAttributes(method []byte) (name string, attrs []attribute.KeyValue) {
-	attrs = make([]attribute.KeyValue, 0, 4)
+	attrs = make([]attribute.KeyValue, 0, 5) // room for the caller's url.path and url.scheme
 	switch string(method) {
 	case fasthttp.MethodGet, fasthttp.MethodHead, fasthttp.MethodPost, fasthttp.MethodPut,
 		fasthttp.MethodPatch, fasthttp.MethodDelete, fasthttp.MethodConnect,

@@ -565,6 +565,7 @@ func TestMiddlewareFollowsHTTPConventions(t *testing.T) {
 			assert.Equal(t, tc.wantMethod, got["http.request.method"].AsString())
 			assert.Equal(t, tc.wantOrig, got["http.request.method_original"].AsString())
 			assert.Equal(t, tc.path, got["url.path"].AsString())
+			assert.Equal(t, "http", got["url.scheme"].AsString())
 			assert.Equal(t, int64(tc.wantStatus), got["http.response.status_code"].AsInt64())
 			assert.Equal(t, tc.wantCode, span.Status().Code)
 			assert.Equal(t, tc.wantDesc, span.Status().Description)
