@@ -303,14 +303,17 @@ func (r *request) recordStatusCode(ctx *fasthttp.RequestCtx) {
 }
 
 // Context returns fasttimeout.Context(ctx) carrying the request's span, for
-// the handler's own child spans; without an attached span it returns
+// the handler's own child spans; without an attached span of a trace (a
+// tracer without an SDK starts spans of none) it returns
 // fasttimeout.Context(ctx). Call it from the handler only. The span rides
 // on a context.WithValue, which hides fasttimeout's AfterFunc: each context
 // derived from it with a cancel (WithCancel, WithTimeout) takes a goroutine
 // until it ends, where one derived from fasttimeout.Context(ctx) takes none.
 func Context(ctx *fasthttp.RequestCtx) context.Context {
 	c := fasttimeout.Context(ctx)
-	if r, _ := ctx.UserValue(contextKey{}).(*request); r != nil {
+	// A span sampled out still carries its trace, for child spans to be
+	// sampled out with it; a span of no trace carries nothing.
+	if r, _ := ctx.UserValue(contextKey{}).(*request); r != nil && r.span.SpanContext().IsValid() {
 		return trace.ContextWithSpan(c, r.span)
 	}
 	return c

@@ -15,6 +15,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/fasttimeout/fasttimeout"
 	fasttimeoutotel "github.com/fasttimeout/fasttimeout/otel"
@@ -569,6 +570,51 @@ func TestMiddlewareFollowsHTTPConventions(t *testing.T) {
 			assert.Equal(t, int64(tc.wantStatus), got["http.response.status_code"].AsInt64())
 			assert.Equal(t, tc.wantCode, span.Status().Code)
 			assert.Equal(t, tc.wantDesc, span.Status().Description)
+		})
+	}
+}
+
+// Context wraps the request's context only to carry a span worth carrying:
+// under a layer of its own, every context a handler derives with a cancel
+// takes a goroutine (see fasttimeout.Context). A span with no trace, as a
+// tracer without an SDK starts, is not; one sampled out is, so that child
+// spans are sampled out with it.
+func TestContextCarriesOnlyASpanOfATrace(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name     string
+		tracer   trace.Tracer
+		wantSame bool // Context returns fasttimeout.Context itself
+	}{
+		{"no_SDK", noop.NewTracerProvider().Tracer("test"), true},
+		{"sampled_out", sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.NeverSample())).Tracer("test"), false},
+		{"sampled", sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample())).Tracer("test"), false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			same := make(chan bool, 1)
+			app := func(ctx *fasthttp.RequestCtx) {
+				c := fasttimeoutotel.Context(ctx)
+				same <- c == fasttimeout.Context(ctx)
+				if trace.SpanContextFromContext(c).IsValid() {
+					ctx.SetBodyString("traced")
+				}
+			}
+			ln := fasthttputil.NewInmemoryListener()
+			server := &fasthttp.Server{Handler: fasttimeoutotel.Middleware(
+				fasttimeout.New(fasttimeoutotel.Handler(app), fasttimeout.Config{Timeout: time.Minute}), tc.tracer)}
+			served := make(chan error, 1)
+			go func() { served <- server.Serve(ln) }()
+			client := &fasthttp.Client{Dial: func(string) (net.Conn, error) { return ln.Dial() }}
+			status, body, err := client.GetTimeout(nil, "http://app/", 10*time.Second)
+			require.NoError(t, err)
+			require.Equal(t, fasthttp.StatusOK, status)
+			client.CloseIdleConnections()
+			require.NoError(t, server.Shutdown())
+			require.NoError(t, <-served)
+			assert.Equal(t, tc.wantSame, <-same)
+			assert.Equal(t, !tc.wantSame, string(body) == "traced", "the span's trace reaches the handler")
 		})
 	}
 }
