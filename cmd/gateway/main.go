@@ -235,7 +235,7 @@ func (d *decimal) Set(s string) error {
 	switch {
 	case errors.Is(err, strconv.ErrRange):
 		return errors.New("out of range")
-	case err != nil:
+	case err != nil || strings.HasPrefix(s, "+"): // ParseInt takes a sign
 		return errors.New("want a decimal number")
 	}
 	*d = decimal(n)

@@ -228,6 +228,7 @@ func TestBadInput(t *testing.T) {
 		{name: "max-conns with underscores", args: []string{"-addr", "127.0.0.1:0", "-max-conns", "1_000"}, want: `invalid value "1_000" for flag -max-conns: want a decimal number`},
 		{name: "max-body in octal", args: []string{"-addr", "127.0.0.1:0", "-max-body", "0o17"}, want: `invalid value "0o17" for flag -max-body: want a decimal number`},
 		{name: "max-body in binary", args: []string{"-addr", "127.0.0.1:0", "-max-body", "0b11"}, want: `invalid value "0b11" for flag -max-body: want a decimal number`},
+		{name: "max-late with a plus sign", args: []string{"-addr", "127.0.0.1:0", "-max-late", "+16"}, want: `invalid value "+16" for flag -max-late: want a decimal number`},
 		{name: "max-conns out of range", args: []string{"-addr", "127.0.0.1:0", "-max-conns", "99999999999999999999"}, want: `invalid value "99999999999999999999" for flag -max-conns: out of range`},
 		{name: "max-late not a number", args: []string{"-max-late", "many"}, want: `invalid value "many" for flag -max-late: want a decimal number`},
 		{name: "upstream without port", args: []string{"-upstream", "example"}, want: "-upstream wants host:port"},
