@@ -82,8 +82,9 @@ type Counters struct {
 	// UnwatchedClients is the number of requests whose connection was to
 	// be watched for a hang-up (their handler ran past HangupDelay) but
 	// could not be: it has no socket (an in-memory connection, or a
-	// wrapper that hides it), the system is not Linux, or the kernel
-	// refused. Their client's hang-up goes unnoticed.
+	// wrapper that hides it), or the kernel refused. Their client's
+	// hang-up goes unnoticed. Elsewhere than on Linux nothing is watched
+	// and this stays zero.
 	UnwatchedClients int64 `json:"unwatched_clients,omitempty"`
 
 	// Admitted is the number of requests that got a slot under the
