@@ -6,6 +6,8 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"runtime"
 	"testing"
 	"time"
@@ -361,6 +363,69 @@ func TestHangup_through_wrapped_connections(t *testing.T) {
 			assert.EqualValues(t, 1, stats.Snapshot().ClientGone)
 			assert.Zero(t, stats.Snapshot().UnwatchedClients, "the socket was found")
 		})
+	}
+}
+
+// Hang-ups are seen on Unix sockets too (a server behind a proxy on the same
+// host, say), as Config.IgnoreHangups says: a close, and a half-close,
+// whose client still reads the 499.
+func TestHangup_over_a_Unix_socket(t *testing.T) {
+	requireHangups(t)
+	hangups := map[string]func(*net.UnixConn) error{
+		"close":      (*net.UnixConn).Close,
+		"half-close": (*net.UnixConn).CloseWrite,
+	}
+	for _, mode := range allModes {
+		for name, hangUp := range hangups {
+			t.Run(mode.String()+"/"+name, func(t *testing.T) {
+				t.Parallel()
+				var stats fasttimeout.Stats
+				started := make(chan struct{}, 1)
+				ends := make(chan ended, 1)
+				s := &fasthttp.Server{Handler: fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+					c := fasttimeout.Context(ctx)
+					started <- struct{}{}
+					select {
+					case <-c.Done():
+					case <-time.After(stressBound):
+					}
+					ends <- ended{c.Err(), context.Cause(c)}
+				}, fasttimeout.Config{Timeout: time.Minute, Mode: mode, Stats: &stats})}
+				// Not t.TempDir: a socket's path must fit in 108 bytes.
+				dir, err := os.MkdirTemp("", "fasttimeout")
+				require.NoError(t, err)
+				t.Cleanup(func() { _ = os.RemoveAll(dir) })
+				path := filepath.Join(dir, "s")
+				ln, err := net.Listen("unix", path)
+				require.NoError(t, err)
+				served := make(chan error, 1)
+				go func() { served <- s.Serve(ln) }()
+				t.Cleanup(func() {
+					assert.NoError(t, s.Shutdown())
+					assert.NoError(t, <-served)
+				})
+
+				c, err := net.Dial("unix", path)
+				require.NoError(t, err)
+				conn := c.(*net.UnixConn)
+				t.Cleanup(func() { _ = conn.Close() })
+				_, err = conn.Write([]byte(rawRequest("/slow")))
+				require.NoError(t, err)
+				receive(t, started, "the handler's start")
+				require.NoError(t, hangUp(conn))
+
+				e := waitEnd(t, ends)
+				assert.ErrorIs(t, e.err, context.Canceled)
+				assert.ErrorIs(t, e.cause, fasttimeout.ErrClientGone)
+				if name == "half-close" {
+					resp := readResponse(t, conn)
+					assert.Equal(t, fasttimeout.StatusClientClosedRequest, resp.StatusCode())
+				}
+				require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, stressBound, 5*time.Millisecond)
+				assert.EqualValues(t, 1, stats.Snapshot().ClientGone)
+				assert.Zero(t, stats.Snapshot().UnwatchedClients, "the socket was watched")
+			})
+		}
 	}
 }
 
