@@ -68,9 +68,10 @@ const minUpstreamBudget = time.Millisecond
 // false for such clients.
 //
 // Inside New, Do does not call the upstream either once the client has
-// hung up (as the hang-up watch sees it: see Config.IgnoreHangups) or the
-// server is shutting down, the events besides the deadline that end the
-// request's context (see [Context]): after a hang-up Do returns an error
+// hung up (as the hang-up watch sees it, which in cooperative mode watches
+// only a request whose handler called [Context]: see Config.IgnoreHangups)
+// or the server is shutting down, the events besides the deadline that end
+// the request's context (see [Context]): after a hang-up Do returns an error
 // matching [ErrClientGone] and [context.Canceled], during a shutdown one
 // matching [ErrShutdown] and context.Canceled, as the context's Cause and
 // Err do; neither matches ErrTimeout. A shutdown before the request's
