@@ -167,6 +167,18 @@ func parseFlags(args []string) (options, error) {
 			return o, fmt.Errorf("-%s is a flag of the %s scenario, which -scenarios %s does not select", name, sc, strings.Join(o.scenarios, ","))
 		}
 	}
+	// The cells of the closed-loop scenarios last -duration after -warmup;
+	// the burst runs to its end, and the overload has cells of its own.
+	if set["duration"] || set["warmup"] {
+		timed := []string{scenarioThroughput, scenarioStorm, scenarioHangup}
+		if !slices.ContainsFunc(o.scenarios, func(sc string) bool { return slices.Contains(timed, sc) }) {
+			name := "duration"
+			if !set[name] {
+				name = "warmup"
+			}
+			return o, fmt.Errorf("-%s is a flag of the throughput, storm and hangup scenarios, which -scenarios %s does not select", name, strings.Join(o.scenarios, ","))
+		}
+	}
 	switch {
 	case o.duration < minWindow || o.duration > maxWindow:
 		return o, fmt.Errorf("-duration must be between 10ms and 1h, got %v", o.duration)
