@@ -17,7 +17,7 @@ import (
 // and quotes the value (and names the minimum for a positive value below
 // it); never a panic, an overflow or a silent fallback. Run it with:
 //
-//	go test -run '^$' -fuzz '^FuzzTimeoutFromEnv$' -fuzztime 20s .
+//	go test -run '^$' -fuzz '^FuzzTimeoutFromEnv$' -fuzztime 20000x .
 func FuzzTimeoutFromEnv(f *testing.F) {
 	for _, seed := range []string{
 		// real values
