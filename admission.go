@@ -393,7 +393,17 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (wai
 	if hook := testHookQueued.Load(); hook != nil {
 		(*hook)(l, w.ready, deadline)
 	}
-	w.timer.Reset(waitFor)
+	// The wait ends at until by the clock, as dispatchLocked has it: set
+	// for waitFor from now, the timer would count from after a stall since
+	// the clock was read (the goroutine descheduled as it released the
+	// lock, a stopped process), and answer that much late a request that
+	// dispatch already refuses. Due already, it fires at once. The later
+	// of the two readings, as in dispatchLocked.
+	armFor := time.Duration(w.until - max(t, now()))
+	if hook := testHookWaitArmed.Load(); hook != nil {
+		(*hook)(l, w.until, armFor)
+	}
+	w.timer.Reset(armFor)
 	var granted bool
 	var shutdown <-chan struct{}
 	if ctx != nil {
@@ -465,6 +475,11 @@ var testHookDispatching atomic.Pointer[func(*limiter)]
 // given deadline is queued, before its wait is timed; ready is where its
 // slot is handed over.
 var testHookQueued atomic.Pointer[func(l *limiter, ready chan bool, deadline int64)]
+
+// testHookWaitArmed, set only by tests, runs in wait as a queued request's
+// timer is set: until is when its wait ends, and d the duration the timer
+// is set for.
+var testHookWaitArmed atomic.Pointer[func(l *limiter, until int64, d time.Duration)]
 
 // leave takes waiter w out of the queue, unless it was handed a slot or
 // evicted meanwhile; it reports whether it was handed a slot.

@@ -1444,6 +1444,81 @@ func TestAdmission_a_slot_handed_over_after_a_stall_goes_by_the_clock(t *testing
 	}
 }
 
+// TestAdmission_a_waiter_stalled_before_its_timer_is_set_waits_until_its_end:
+// a request is queued, and its goroutine stalls once it has released the
+// queue's lock, before it sets the timer of its wait (descheduled, or a
+// stopped process). The timer was set for the whole wait from then, so it
+// ran the stall's length past the wait's end by the clock, where dispatch
+// already refuses the request: with nothing freed, its 503 came that much
+// late. It is set for the time left until the wait's end (none, past it:
+// due at once), and the request is refused (queue_timeout) as before. Not
+// parallel: testHookQueued and testHookWaitArmed are the process's.
+func TestAdmission_a_waiter_stalled_before_its_timer_is_set_waits_until_its_end(t *testing.T) {
+	for _, stallPast := range []bool{false, true} {
+		for _, adaptive := range []bool{false, true} {
+			name := map[bool]string{false: "a stall within the wait", true: "a stall past the wait's end"}[stallPast]
+			t.Run(fmt.Sprintf("adaptive=%v/%s", adaptive, name), func(t *testing.T) {
+				stats := new(Stats)
+				holder := newSlotHolder()
+				l, release := &holder.limiter, holder.release
+				h := New(holder.serve, Config{Timeout: time.Second, MaxConcurrency: 1, AdaptiveConcurrency: adaptive, Stats: stats, IgnoreHangups: true})
+				var resumedAt, until atomic.Int64
+				stalled := func(hooked *limiter, _ chan bool, _ int64) {
+					if hooked != l.Load() {
+						return
+					}
+					hooked.mu.Lock()
+					end := hooked.head.until // the only waiter: nothing is freed
+					hooked.mu.Unlock()
+					at := end // past the wait's end, or half way from now to it
+					if !stallPast {
+						at = now() + (end-now())/2
+					}
+					for d := at - now(); d >= 0; d = at - now() {
+						time.Sleep(time.Duration(d) + 1)
+					}
+					resumedAt.Store(now())
+				}
+				armed := make(chan time.Duration, 1)
+				arm := func(hooked *limiter, end int64, d time.Duration) {
+					if hooked == l.Load() {
+						until.Store(end)
+						armed <- d
+					}
+				}
+				testHookQueued.Store(&stalled)
+				testHookWaitArmed.Store(&arm)
+				t.Cleanup(func() {
+					testHookQueued.Store(nil)
+					testHookWaitArmed.Store(nil)
+				})
+				client := serveInMemory(t, h)
+
+				first := getAsync(t, client, "/first")
+				require.Eventually(t, func() bool { return l.Load() != nil }, 30*time.Second, time.Millisecond, "the first handler runs")
+				second := getAsync(t, client, "/second")
+				d := receive(t, armed, "the second request's timer set")
+				if stallPast {
+					assert.LessOrEqual(t, d, time.Duration(0), "the wait is over by the clock: the timer is due at once")
+				}
+				assert.LessOrEqual(t, resumedAt.Load()+int64(d), until.Load(), "the timer runs %v past the wait's end", time.Duration(resumedAt.Load()+int64(d)-until.Load()))
+				assert.Equal(t, fasthttp.StatusServiceUnavailable, receive(t, second, "second answer"))
+				close(release)
+				assert.Equal(t, fasthttp.StatusOK, receive(t, first, "first answer"))
+
+				assert.Equal(t, int32(1), holder.runs.Load(), "only the first handler ran")
+				require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, 30*time.Second, time.Millisecond)
+				got := stats.Snapshot()
+				assert.Equal(t, int64(1), got.Queued)
+				assert.Equal(t, int64(1), got.RejectedQueueTimeout)
+				assert.Equal(t, int64(1), got.Rejected)
+				assert.Zero(t, got.Waiting)
+				assert.Zero(t, l.Load().holding(), "every slot given back")
+			})
+		}
+	}
+}
+
 // TestAdmission_a_newcomer_stalled_on_its_way_to_the_queue_goes_by_the_clock:
 // a request reads the clock as it reaches the middleware, and stalls before
 // it takes the queue's lock (here in its TimeoutFunc; a wait for the lock
