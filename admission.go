@@ -320,8 +320,17 @@ func (l *limiter) acquire(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (
 // it is refused, or, if giveUp is that close, answered as acquire does at
 // giveUp.
 func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (waited time.Duration, reason string) {
-	if l.adaptive && t-l.windowStart.Load() >= int64(maxWindow) {
-		l.adapt(t) // no window closed for long: late handlers may hold every slot
+	if l.adaptive {
+		// No window closed for long: late handlers may hold every slot.
+		// By the clock, not t: after a stall since the arrival (a slow
+		// TimeoutFunc), a window that fell due meanwhile stayed open, and
+		// the request queued behind the late handlers where closing it
+		// keeps room beside them; and one closed at t started the next
+		// window (a probe, the once-per-latency count) before handlers
+		// admitted during the stall.
+		if clock := max(t, now()); clock-l.windowStart.Load() >= int64(maxWindow) {
+			l.adapt(clock)
+		}
 	}
 	maxWait := time.Duration(deadline-t) / waitShare
 	// A probe without load holds the limit at its floor: it gives way to

@@ -908,6 +908,54 @@ func TestLimiter_late_handlers_never_hold_every_slot(t *testing.T) {
 	})
 }
 
+// TestLimiter_a_newcomer_stalled_past_a_windows_end_closes_it_by_the_clock:
+// late handlers hold every slot of the adaptive limit, and nothing returns
+// or times out: only a request refused a slot closes the window that keeps
+// room beside them (see TestLimiter_late_handlers_never_hold_every_slot).
+// The request read the clock on arrival and stalled (a slow TimeoutFunc)
+// until after the window fell due. It went by its reading: the window was
+// not due, so it queued behind the late handlers and, nothing else coming,
+// was refused once its share had run out (queue_timeout). By the clock the
+// window is over: it closes, and the request takes a slot beside them. A
+// window due before the stall was closed at the reading, so the next
+// started before the handlers admitted during the stall.
+func TestLimiter_a_newcomer_stalled_past_a_windows_end_closes_it_by_the_clock(t *testing.T) {
+	t.Parallel()
+	const stall = time.Millisecond // after the arrival reading
+	for _, c := range []struct {
+		name string
+		due  time.Duration // after the arrival reading, when the window falls due
+	}{
+		{"a window due during the stall", stall / 2},
+		{"a window due before the stall", -stall},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			l := seeded(newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64)))
+			warm(t, l, int64(time.Hour))
+			// From here on the real clock: the stall is the test's.
+			l.shedAt.Store(math.MaxInt64) // no refusal for the process's run queue
+			limit := l.limit.Load()
+			for range limit {
+				require.True(t, l.tryAcquire())
+				l.late.Add(1)
+			}
+			l.count.Store(0)
+			l.drops.Store(0)
+			at := now()
+			l.windowStart.Store(at + int64(c.due) - int64(maxWindow))
+			for d := at + int64(stall) - now(); d >= 0; d = at + int64(stall) - now() {
+				time.Sleep(time.Duration(d) + 1)
+			}
+			resumed := now()
+			_, reason := l.acquire(nil, at, at+int64(time.Second), noDeadline)
+			assert.Empty(t, reason, "a request finds the slots beyond the late handlers")
+			assert.Equal(t, limit+limitFloor, l.limit.Load())
+			assert.GreaterOrEqual(t, l.windowStart.Load(), resumed, "the next window starts by the clock, %v early", time.Duration(resumed-l.windowStart.Load()))
+		})
+	}
+}
+
 // TestLimiter_a_probe_without_load_yields: a probe that began without load
 // (at start, or called early while the limit did not bind) ends for the
 // first request it would refuse, which then runs; a probe under load does
