@@ -43,8 +43,12 @@ import (
 //     more than a window holds, and each window of them lowered it again.
 //   - Timeouts are drops, as in Netflix's limits, but only in a window with
 //     no return in time: then the latency is out of sight, and the limit
-//     halves. Hang-ups are neither: the client's patience says nothing
-//     about the server.
+//     halves. As with latency, only timeouts of handlers admitted since the
+//     limit last fell count (with none, it holds): a handler times out a
+//     whole timeout after its admission, and during an outage each window
+//     of timeouts of handlers admitted before the last fall halved it
+//     again, to its floor within a second or two. Hang-ups are neither:
+//     the client's patience says nothing about the server.
 //   - Late handlers hold slots but give no samples, and the limit never
 //     falls below limitFloor slots beyond those they hold (lateFloor): at
 //     or under their number nothing would be admitted, so nothing would
@@ -99,6 +103,7 @@ type limiter struct {
 	admittedAt  [windowSamples]atomic.Int64 // when each sample's handler was admitted
 	count       atomic.Int64                // samples taken; may exceed windowSamples
 	drops       atomic.Int64                // timeouts
+	freshDrops  atomic.Int64                // timeouts of handlers admitted at or after loweredAt
 	peak        atomic.Int64                // most handlers running at once
 	queuedInWin atomic.Bool                 // a request waited
 	windowStart atomic.Int64
@@ -112,9 +117,9 @@ type limiter struct {
 	// adapting.
 	doubledAt int64
 	// loweredAt is when a window last lowered the limit: only handlers
-	// admitted since may lower it again (see byLatency). Guarded by
-	// adapting.
-	loweredAt int64
+	// admitted since may lower it again (see byLatency and drop). Written
+	// with adapting held.
+	loweredAt atomic.Int64
 
 	// A probe holds the limit at its floor for a window to measure the
 	// unloaded latency (see adapt).
@@ -646,8 +651,16 @@ func (l *limiter) sample(t int64, rtt time.Duration) {
 	}
 }
 
-// drop records a timeout at t.
-func (l *limiter) drop(t int64) {
+// drop records a timeout at t of a handler admitted at admitted. Only the
+// timeouts of handlers admitted since the limit last fell count towards
+// halving it, as only such handlers' latency lowers it (see byLatency):
+// those of handlers admitted before come a timeout after their admission,
+// are what the fall answered, and during an outage each window of them
+// halved the limit again.
+func (l *limiter) drop(t, admitted int64) {
+	if admitted >= l.loweredAt.Load() {
+		l.freshDrops.Add(1)
+	}
 	if l.drops.Add(1) == 1 && l.count.Load() == 0 {
 		l.windowStart.Store(t)
 	}
@@ -669,7 +682,7 @@ func (l *limiter) adapt(t int64) {
 		return // another goroutine is closing it
 	}
 	defer l.adapting.Unlock()
-	n, drops := l.count.Load(), l.drops.Load()
+	n, drops, freshDrops := l.count.Load(), l.drops.Load(), l.freshDrops.Load()
 	if !l.windowDone(n, t) {
 		return // closed by another goroutine in the meantime
 	}
@@ -686,6 +699,7 @@ func (l *limiter) adapt(t int64) {
 	// would give a latency of an earlier window, or 0 in the first. So
 	// adapt empties every slot it reads, and leaves out the empty ones.
 	var rtts, fresh [windowSamples]int64
+	lowered := l.loweredAt.Load()
 	k, nFresh := 0, 0
 	for i := range windowSamples {
 		rtt := l.samples[i].Swap(0)
@@ -694,7 +708,7 @@ func (l *limiter) adapt(t int64) {
 		}
 		rtts[k] = rtt
 		k++
-		if l.admittedAt[i].Load() >= l.loweredAt {
+		if l.admittedAt[i].Load() >= lowered {
 			fresh[nFresh] = rtt
 			nFresh++
 		}
@@ -714,6 +728,7 @@ func (l *limiter) adapt(t int64) {
 	}
 	l.count.Store(0)
 	l.drops.Store(0)
+	l.freshDrops.Store(0)
 	l.windowStart.Store(t)
 	peak := l.peak.Swap(l.holding())
 	queued := l.queuedInWin.Swap(false)
@@ -743,15 +758,17 @@ func (l *limiter) adapt(t int64) {
 	case n > 0:
 		// Handlers returned in time, but none has written its latency
 		// yet: nothing to go by.
-	case drops > 0:
+	case freshDrops > 0:
 		// Requests time out and none returns in time: the latency that
-		// would steer the limit is out of sight, so back off.
+		// would steer the limit is out of sight, so back off. Only for
+		// handlers admitted since the limit last fell: the others'
+		// timeouts are what that fall answered (see drop).
 		next /= 2
 	}
 	nextLimit := min(max(int64(next), l.lateFloor()), l.ceiling)
 	if nextLimit < limit {
 		l.ssthresh = nextLimit
-		l.loweredAt = t
+		l.loweredAt.Store(t)
 	}
 	if probe {
 		// Under sustained load the unloaded latency is never seen:

@@ -207,15 +207,24 @@ func TestLimiter_at_capacity_the_unloaded_latency_stays_unloaded(t *testing.T) {
 
 func TestLimiter_timeouts(t *testing.T) {
 	t.Parallel()
-	t.Run("with no in-time return in a window the limit halves", func(t *testing.T) {
+	t.Run("with no in-time return in a window the limit halves, once a timeout", func(t *testing.T) {
 		t.Parallel()
-		l := seeded(newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64)))
+		const timeout = time.Second
+		l := seeded(newLimiter(1000, true, timeout, new(Stats), new(atomic.Int64)))
 		clock := warm(t, l, int64(time.Hour))
-		for range 10 {
-			l.drop(clock)
+		var cuts []int64
+		for range 30 { // a window of timeouts, of handlers admitted a timeout before
+			before := l.limit.Load()
+			l.drop(clock, clock-int64(timeout))
+			if l.limit.Load() < before {
+				cuts = append(cuts, clock)
+			}
 			clock += int64(maxWindow)
 		}
 		assert.Equal(t, int64(limitFloor), l.limit.Load(), "halved down to the floor")
+		for i := 1; i < len(cuts); i++ {
+			assert.GreaterOrEqual(t, time.Duration(cuts[i]-cuts[i-1]), timeout, "cut %d a timeout after the one before", i)
+		}
 	})
 	t.Run("beside in-time returns of normal latency they do not shrink it", func(t *testing.T) {
 		t.Parallel()
@@ -233,7 +242,7 @@ func TestLimiter_timeouts(t *testing.T) {
 			}
 			clock += int64(time.Millisecond)
 			for range n {
-				l.drop(clock)
+				l.drop(clock, clock-int64(time.Second))
 				l.release(clock, time.Millisecond, true)
 			}
 		}
@@ -549,6 +558,148 @@ func TestLimiter_a_stall_lowers_the_limit_once(t *testing.T) {
 	}
 }
 
+// openLoad runs an open-loop load through middleware m's adaptive limit on
+// a fake clock, each handler through a call as the middleware makes it, so
+// that a handler past its deadline times out (a drop) and holds its slot,
+// late, until it returns.
+type openLoad struct {
+	m       *middleware
+	l       *limiter
+	running []openHandler
+	refused int
+	cuts    []int64 // when the limit fell
+}
+
+type openHandler struct {
+	c       *call
+	returns int64
+}
+
+// step times out the handlers past their deadline at clock, as their timers
+// do, returns those due, and admits what arrives while a slot is free; the
+// rest is refused, as wait does once its share of the budget is spent, and
+// closes an overdue window as wait does. returns gives a handler admitted
+// at a the time it returns.
+func (o *openLoad) step(clock int64, arrivals int, returns func(a int64) int64) {
+	before := o.l.limit.Load()
+	kept := o.running[:0]
+	for _, h := range o.running {
+		if h.c.phase() == callRunning && h.c.deadline.Load() <= clock {
+			h.c.settle(callTimedOut, clock)
+		}
+		if h.returns > clock {
+			kept = append(kept, h)
+			continue
+		}
+		h.c.settleOrTimeOut(callFinished, clock)
+		inTime := h.c.phase() == callFinished
+		o.m.release(h.c, clock, inTime)
+		if !inTime {
+			o.m.countLateReturn(time.Duration(clock - h.c.overAt.Load()))
+		}
+	}
+	o.running = kept
+	for range arrivals {
+		if !o.l.tryAcquire() {
+			o.l.queuedInWin.Store(true)
+			if clock-o.l.windowStart.Load() >= int64(maxWindow) {
+				o.l.adapt(clock)
+			}
+			o.refused++
+			continue
+		}
+		c := &call{m: o.m, admitted: clock}
+		c.state.Store(generation | callRunning)
+		c.deadline.Store(clock + int64(o.m.Timeout))
+		c.slot.Store(slotHeld)
+		o.running = append(o.running, openHandler{c, returns(clock)})
+	}
+	if o.l.limit.Load() < before {
+		o.cuts = append(o.cuts, clock)
+	}
+}
+
+// TestLimiter_timeouts_halve_the_limit_once_a_timeout: handlers of 300 ms on
+// a downstream, two arriving a millisecond, a timeout of 1 s: the limit
+// binds at its ceiling of 300. The downstream stops answering for a while
+// (an outage; the handlers return, cancelled, at their deadline), or the
+// process stops for longer than the timeout. Timeouts with no return in
+// time halve the limit, and during the outage each window of them halved
+// it again, every 200 ms, though they were of handlers admitted before the
+// last fall, which it had answered: at the floor within 2.3 s of the first
+// timeout, and 4.6 s back to the ceiling once the downstream answered
+// again. As latency lowers it only by handlers admitted since it last
+// fell, timeouts do: the limit halves at most once a timeout. A stall
+// times every handler out at once: the limit falls once, either way.
+func TestLimiter_timeouts_halve_the_limit_once_a_timeout(t *testing.T) {
+	t.Parallel()
+	const (
+		latency = 300 * time.Millisecond
+		timeout = time.Second
+		ceiling = 300
+		arrive  = 2 // requests a millisecond
+	)
+	for _, c := range []struct {
+		name   string
+		outage time.Duration // the downstream answers nothing
+		stall  time.Duration // the process stops
+	}{
+		{"an outage of a timeout", timeout, 0},
+		{"an outage of three timeouts", 3 * timeout, 0},
+		{"a stall past the timeout", 0, 3 * timeout / 2},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			m := &middleware{settings: Config{Timeout: timeout, MaxConcurrency: ceiling, AdaptiveConcurrency: true, IgnoreHangups: true}.resolve()}
+			m.limiter = seeded(newLimiter(ceiling, true, timeout, m.stats, &m.late))
+			o := &openLoad{m: m, l: m.limiter}
+			from := int64(time.Hour + 6*time.Second)
+			to := from + int64(c.outage)
+			returns := func(a int64) int64 {
+				r := a + int64(latency)
+				if r >= from && a < to { // sent or due during the outage: answered after it
+					r = max(a, to) + int64(latency)
+				}
+				return min(r, a+int64(timeout)) // cancelled at its deadline
+			}
+			clock := int64(time.Hour)
+			for ; clock < from; clock += int64(time.Millisecond) {
+				o.step(clock, arrive, returns)
+			}
+			require.Equal(t, int64(ceiling), o.l.limit.Load(), "the limit binds at its ceiling")
+			require.Empty(t, o.cuts, "latency on target: no cut before")
+			clock += int64(c.stall) // the process stops, and reads no request meanwhile
+			start, over := clock, clock+int64(c.outage)
+			refused := 0
+			lowest, back := int64(ceiling), time.Duration(0)
+			for ; clock < over+int64(6*time.Second); clock += int64(time.Millisecond) {
+				if clock == over {
+					refused = o.refused
+				}
+				o.step(clock, arrive, returns)
+				lowest = min(lowest, o.l.limit.Load())
+				if back == 0 && clock >= over && lowest < ceiling && o.l.limit.Load() == ceiling {
+					back = time.Duration(clock - over)
+				}
+			}
+			var cuts []string
+			for i, at := range o.cuts {
+				cuts = append(cuts, fmt.Sprintf("+%v", time.Duration(at-start)))
+				// In time again, from the first return after the outage, the
+				// limit goes by latency.
+				if i > 0 && at < over+int64(latency) {
+					assert.GreaterOrEqual(t, time.Duration(at-o.cuts[i-1]), timeout, "cut %d of the limit, at +%v, a timeout after the one before", i, time.Duration(at-start))
+				}
+			}
+			t.Logf("cuts of the limit: %d (%s from its start), lowest %d, back at %d %v after its end; %d of %d arrivals refused in the 6 s after",
+				len(cuts), strings.Join(cuts, " "), lowest, ceiling, back, o.refused-refused, 6000*arrive)
+			assert.LessOrEqual(t, len(cuts), 1+int((c.outage+c.stall)/timeout), "cuts of the limit")
+			assert.Equal(t, int64(ceiling), o.l.limit.Load(), "back at the ceiling")
+			assert.Zero(t, m.late.Load())
+		})
+	}
+}
+
 // TestLimiter_a_window_reads_only_the_latencies_written: a return counts
 // itself in its window (limiter.count) before it writes its latency, and
 // another return or a timeout may close the window in between (two
@@ -836,10 +987,10 @@ func TestLimiter_late_handlers_never_hold_every_slot(t *testing.T) {
 		clock += int64(time.Second)
 		for range limitFloor { // they time out, and run on late
 			l.late.Add(1)
-			l.drop(clock)
+			l.drop(clock, clock-int64(time.Second))
 		}
 		clock += int64(maxWindow)
-		l.drop(clock) // a later timeout closes the window of drops
+		l.drop(clock, clock-int64(time.Second)) // a later timeout closes the window of drops
 		admitted := 0
 		for range 1000 {
 			clock += int64(time.Millisecond)

@@ -202,12 +202,14 @@ func (c *call) settle(outcome uint64, t int64) bool {
 	switch outcome {
 	case callTimedOut:
 		c.m.stats.timeouts.Add(1)
-		l := c.m.limiter // read first: once becomeLate has cancelled the context, the call may be another request's
+		// Read first: once becomeLate has cancelled the context, the call
+		// may be another request's.
+		l, admitted := c.m.limiter, c.admitted
 		c.becomeLate(c.deadline.Load(), context.DeadlineExceeded, &timeoutCause)
 		// The drop after becomeLate: a window it closes counts this handler
 		// among the late ones, beyond which the limit keeps room.
 		if l != nil && l.adaptive {
-			l.drop(t)
+			l.drop(t, admitted)
 		}
 		c.counted.Store(gen)
 	case callGone:

@@ -125,7 +125,7 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx, outer *call) (start, deadli
 			// up. It is a timeout to the adaptive limit, as if it had run.
 			m.limiter.release(admitted, 0, false)
 			if m.limiter.adaptive {
-				m.limiter.drop(admitted)
+				m.limiter.drop(admitted, admitted)
 			}
 			m.answerSpent(ctx, outer)
 			return 0, 0, 0, false
