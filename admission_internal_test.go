@@ -1117,13 +1117,16 @@ func TestLimiter_a_probe_without_load_yields(t *testing.T) {
 		// A new limit starts with a probe without load: the limit at its
 		// floor, every slot held here.
 		l := newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64))
-		l.probeYields.Store(yields) // false: as if adapt had started it under load
+		l.probeYields.Store(yields)   // false: as if adapt had started it under load
+		l.shedAt.Store(math.MaxInt64) // no refusal for the process's run queue, which parallel tests back up
 		for range limitFloor {
 			require.True(t, l.tryAcquire())
 		}
-		// It may wait a tenth of 20 ms of budget: 2 ms.
+		// It may wait a tenth of 1 s of budget: 100 ms. Of 2 ms, a stall
+		// of its goroutine on a loaded machine left it no time to wait
+		// (queue_full, without queueing).
 		clock := now()
-		_, reason := l.acquire(nil, clock, clock+int64(20*time.Millisecond), noDeadline)
+		_, reason := l.acquire(nil, clock, clock+int64(time.Second), noDeadline)
 		if yields {
 			assert.Empty(t, reason, "the probe gave way")
 			assert.Zero(t, l.probeFrom.Load(), "the probe is over")
