@@ -1150,6 +1150,7 @@ func TestLimiter_a_probe_without_load_yields(t *testing.T) {
 // Not parallel: the hook is the process's.
 func TestLimiter_a_yielding_probe_refuses_none_of_its_waiters(t *testing.T) {
 	l := newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64))
+	l.shedAt.Store(math.MaxInt64) // no refusal for the process's run queue, which parallel tests back up
 	for range limitFloor {
 		require.True(t, l.tryAcquire()) // the probe's slots, all held
 	}
@@ -1168,9 +1169,10 @@ func TestLimiter_a_yielding_probe_refuses_none_of_its_waiters(t *testing.T) {
 	reasons := make(chan string, 2)
 	for range 2 {
 		go func() {
-			// Each may wait a tenth of 20 ms of budget: 2 ms.
+			// Each may wait a tenth of 1 s of budget: 100 ms. Of 2 ms, a
+			// stall on a loaded machine could leave it no time to wait.
 			clock := now()
-			_, reason := l.acquire(nil, clock, clock+int64(20*time.Millisecond), noDeadline)
+			_, reason := l.acquire(nil, clock, clock+int64(time.Second), noDeadline)
 			reasons <- reason
 		}()
 	}
@@ -1193,6 +1195,7 @@ func TestLimiter_a_yielding_probe_refuses_none_of_its_waiters(t *testing.T) {
 // slot. Not parallel: the hooks are the process's.
 func TestLimiter_a_request_held_by_a_probe_waits_for_its_end(t *testing.T) {
 	l := newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64))
+	l.shedAt.Store(math.MaxInt64) // no refusal for the process's run queue, which parallel tests back up
 	for range limitFloor {
 		require.True(t, l.tryAcquire()) // the probe's slots, all held
 	}
@@ -1214,9 +1217,10 @@ func TestLimiter_a_request_held_by_a_probe_waits_for_its_end(t *testing.T) {
 
 	for range 2 {
 		go func() {
-			// Each may wait a tenth of 20 ms of budget: 2 ms.
+			// Each may wait a tenth of 1 s of budget: 100 ms. Of 2 ms, a
+			// stall on a loaded machine could leave it no time to wait.
 			clock := now()
-			_, reason := l.acquire(nil, clock, clock+int64(20*time.Millisecond), noDeadline)
+			_, reason := l.acquire(nil, clock, clock+int64(time.Second), noDeadline)
 			reasons <- reason
 		}()
 	}
