@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -561,5 +562,83 @@ func TestHangup_short_timeout_disarmed_or_extended_is_watched(t *testing.T) {
 				assert.Equal(t, timedOut, stats.Snapshot().Timeouts, "only the requests whose move was refused")
 			})
 		}
+	}
+}
+
+// countingUpstream is an upstream that counts its calls and reports each on
+// called; it answers at once.
+func countingUpstream(calls *atomic.Int64, called chan<- struct{}) fasttimeout.Doer {
+	return doerFunc(func(*fasthttp.Request, *fasthttp.Response, time.Time) error {
+		calls.Add(1)
+		called <- struct{}{}
+		return nil
+	})
+}
+
+// A handler that never asks for its context but calls an upstream with Do,
+// then calls one again (a retry, a second upstream) after its client hung
+// up, gets ErrClientGone from the second Do, which calls no upstream: in
+// cooperative mode too, where only Context started the watch, and the
+// upstream was called twice for nobody. Inside nested News, the New that
+// watches is the outermost that does.
+func TestHangup_Do_calls_no_upstream_after_the_client_left(t *testing.T) {
+	requireHangups(t)
+	const minute = time.Minute
+	// Each wraps h in one New or two, which count in stats[0] (outer) and
+	// stats[1] (inner).
+	cases := map[string]func(h fasthttp.RequestHandler, stats *[2]fasttimeout.Stats) fasthttp.RequestHandler{
+		"racing": func(h fasthttp.RequestHandler, stats *[2]fasttimeout.Stats) fasthttp.RequestHandler {
+			return fasttimeout.New(h, fasttimeout.Config{Timeout: minute, Stats: &stats[0]})
+		},
+		"cooperative": func(h fasthttp.RequestHandler, stats *[2]fasttimeout.Stats) fasthttp.RequestHandler {
+			return fasttimeout.New(h, fasttimeout.Config{Timeout: minute, Mode: fasttimeout.Cooperative, Stats: &stats[0]})
+		},
+		"cooperative inside cooperative": func(h fasthttp.RequestHandler, stats *[2]fasttimeout.Stats) fasthttp.RequestHandler {
+			inner := fasttimeout.New(h, fasttimeout.Config{Timeout: minute, Mode: fasttimeout.Cooperative, Stats: &stats[1]})
+			return fasttimeout.New(inner, fasttimeout.Config{Timeout: minute, Mode: fasttimeout.Cooperative, Stats: &stats[0]})
+		},
+		"cooperative inside racing": func(h fasthttp.RequestHandler, stats *[2]fasttimeout.Stats) fasthttp.RequestHandler {
+			inner := fasttimeout.New(h, fasttimeout.Config{Timeout: minute, Mode: fasttimeout.Cooperative, Stats: &stats[1]})
+			return fasttimeout.New(inner, fasttimeout.Config{Timeout: minute, Stats: &stats[0]})
+		},
+		"cooperative inside racing that ignores hang-ups": func(h fasthttp.RequestHandler, stats *[2]fasttimeout.Stats) fasthttp.RequestHandler {
+			inner := fasttimeout.New(h, fasttimeout.Config{Timeout: minute, Mode: fasttimeout.Cooperative, Stats: &stats[1]})
+			return fasttimeout.New(inner, fasttimeout.Config{Timeout: minute, IgnoreHangups: true, Stats: &stats[0]})
+		},
+	}
+	for name, wrap := range cases {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			var stats [2]fasttimeout.Stats
+			var calls atomic.Int64
+			called := make(chan struct{}, 2)
+			upstream := countingUpstream(&calls, called)
+			firsts, seconds := make(chan error, 1), make(chan error, 1)
+			again := make(chan struct{})
+			s := startStressLoopback(t, wrap(func(ctx *fasthttp.RequestCtx) {
+				var req fasthttp.Request
+				var resp fasthttp.Response
+				firsts <- fasttimeout.Do(ctx, upstream, &req, &resp)
+				select {
+				case <-again:
+				case <-time.After(stressBound):
+				}
+				seconds <- fasttimeout.Do(ctx, upstream, &req, &resp)
+			}, &stats))
+
+			conn := sendRaw(t, s.addr, rawRequest("/twice"))
+			receive(t, called, "the first upstream call")
+			require.NoError(t, receive(t, firsts, "the first Do's result"))
+			require.NoError(t, conn.Close())
+			assert.Eventually(t, func() bool {
+				return stats[0].Snapshot().ClientGone+stats[1].Snapshot().ClientGone == 1
+			}, stressBound, time.Millisecond, "the middleware never saw the client leave")
+			close(again)
+
+			err := receive(t, seconds, "the second Do's result")
+			assert.ErrorIs(t, err, fasttimeout.ErrClientGone)
+			assert.ErrorIs(t, err, context.Canceled)
+			assert.EqualValues(t, 1, calls.Load(), "the upstream was called for nobody")
+		})
 	}
 }

@@ -245,10 +245,8 @@ type Config struct {
 	// one as go-proxyproto's does (or embed it, as fasthttp's MaxConnsPerIP
 	// does); in-memory connections are not watched (and counted in
 	// Stats.UnwatchedClients). In cooperative mode only requests whose
-	// handler called Context are watched: the others could not stop anyway,
-	// but for Do, which alone does not start the watch (a handler that
-	// counts on Do to stop calling upstreams for a client that left must
-	// call Context once).
+	// handler called Context or Do are watched: the others could not stop
+	// anyway.
 	// Of nested News (one inside another's handler), the outermost one that
 	// watches does so for the request; one inside a New that ignores
 	// hang-ups watches as cooperative mode does.

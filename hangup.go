@@ -143,6 +143,23 @@ func (c *call) startWatch(t int64) {
 	c.watch.Store(s + watchRegistered)
 }
 
+// watchForUpstream has the client of a cooperative request watched when
+// its handler calls Do without having asked for its context: only a
+// context's request is watched in cooperative mode (see call.context),
+// and Do stops calling upstreams for a client that is gone only if a watch
+// sees it go. It makes the context Context would make, once per request;
+// a racing call's timer starts its watch itself.
+func (c *call) watchForUpstream() {
+	for o := c; o != nil; o = o.outer {
+		if o.watch.Load()&watchMask == watchPending { // o is the call that watches
+			if o.inline() && o.bridge.Load() == nil {
+				c.context()
+			}
+			return
+		}
+	}
+}
+
 // unwatchClient ends the watch of a call's client, on the server goroutine
 // once the call is decided. A request over before HangupDelay pays one
 // compare-and-swap.

@@ -69,8 +69,8 @@ const minUpstreamBudget = time.Millisecond
 //
 // Inside New, Do does not call the upstream either once the client has
 // hung up (as the hang-up watch sees it, which in cooperative mode watches
-// only a request whose handler called [Context]: see Config.IgnoreHangups)
-// or the server is shutting down, the events besides the deadline that end
+// a request from its handler's first call of Do or [Context] on: see
+// Config.IgnoreHangups) or the server is shutting down, the events besides the deadline that end
 // the request's context (see [Context]): after a hang-up Do returns an error
 // matching [ErrClientGone] and [context.Canceled], during a shutdown one
 // matching [ErrShutdown] and context.Canceled, as the context's Cause and
@@ -85,12 +85,16 @@ const minUpstreamBudget = time.Millisecond
 // switched off with [Disarm]), Do is c.Do(req, resp), and req is unchanged;
 // after Disarm, a hang-up or shutdown still stops it as above.
 //
-// Do does not allocate unless it returns an error matching ErrTimeout.
+// Do does not allocate unless it returns an error matching ErrTimeout, or,
+// in cooperative mode, it is the first call of Do or Context for a watched
+// request: it then makes the request's context, as Context would, for the
+// watch.
 func Do(ctx *fasthttp.RequestCtx, c Doer, req *fasthttp.Request, resp *fasthttp.Response) error {
 	call := lookup(ctx)
 	if call == nil {
 		return c.Do(req, resp)
 	}
+	call.watchForUpstream()
 	// Checked in the order in which the context would have ended: a
 	// hang-up comes before the deadline or not at all (past it, the call
 	// has timed out), and a shutdown after a passed deadline leaves the
