@@ -3,6 +3,7 @@ package fasttimeout
 import (
 	"math"
 	"math/rand/v2"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -85,6 +86,7 @@ type limiter struct {
 	rng *rand.Rand
 
 	stats    *Stats
+	share    *limitShare // what the limit adds to stats, withdrawn once the limiter is unreachable
 	adaptive bool
 	floor    int64
 	ceiling  int64
@@ -255,8 +257,37 @@ func newLimiter(max int64, adaptive bool, timeout time.Duration, stats *Stats, l
 		l.probeYields.Store(true)
 	}
 	l.limit.Store(limit)
-	stats.limit.Add(limit)
+	l.share = &limitShare{stats: stats}
+	l.share.add(limit)
+	// Once nothing can reach the limiter (its middleware's handler dropped,
+	// say on a configuration reload, its requests over and its workers
+	// retired), its limit no longer counts in Stats; the handler built
+	// again in its place counts its own. The cleanup's argument, the share,
+	// points to neither the limiter nor its middleware (which late points
+	// into): either would keep the limiter reachable, and the cleanup
+	// would never run.
+	runtime.AddCleanup(l, (*limitShare).withdraw, l.share)
 	return l
+}
+
+// limitShare is what a limiter's limit adds to Stats.limit, kept apart
+// from the limiter so that the cleanup that withdraws it once the limiter
+// is unreachable does not keep the limiter alive (see newLimiter).
+type limitShare struct {
+	stats *Stats
+	added atomic.Int64
+}
+
+// add adds d to the limit counted in Stats, as the limiter's.
+func (s *limitShare) add(d int64) {
+	s.added.Add(d)
+	s.stats.limit.Add(d)
+}
+
+// withdraw takes out of Stats what the limiter's limit added, once the
+// limiter is unreachable: then no setLimit runs or ever will.
+func (s *limitShare) withdraw() {
+	s.stats.limit.Add(-s.added.Load())
 }
 
 // maxLimit is the greatest limit: the handlers holding a slot are counted
@@ -890,7 +921,7 @@ func (l *limiter) lateFloor() int64 {
 // setLimit moves the limit, and hands the slots it frees to waiters.
 func (l *limiter) setLimit(limit, t int64) {
 	old := l.limit.Swap(limit)
-	l.stats.limit.Add(limit - old)
+	l.share.add(limit - old)
 	if limit > old && l.waiting.Load() > 0 {
 		l.mu.Lock()
 		l.dispatchLocked(t)

@@ -112,10 +112,16 @@ type Counters struct {
 	RejectedQueueTimeout int64 `json:"rejected_queue_timeout,omitempty"`
 	// ConcurrencyLimit is the current concurrency limit, summed over the
 	// middlewares sharing this Stats (nested ones too: each has its own
-	// limit); zero without a limit. A middleware counts from New on, also
-	// once nothing serves its handler any more: a handler built again with
-	// New on the same Stats (on a configuration reload, say) adds its limit
-	// to the old one's.
+	// limit); zero without a limit. A middleware counts from New on, for
+	// as long as anything can reach it: a handler built again with New on
+	// the same Stats (on a configuration reload, say) adds its limit to the
+	// old one's until the old one is garbage collected. That is once its
+	// handler is dropped by whatever held it (a stopped fasthttp.Server
+	// holds it until its worker pool next looks, MaxIdleWorkerDuration
+	// later), its requests are over, late handlers included, and its idle
+	// workers have retired (about a second after their last request): the
+	// next few garbage collections find it, which on an idle process the
+	// runtime forces every two minutes.
 	ConcurrencyLimit int64 `json:"concurrency_limit,omitempty"`
 	// Waiting is the number of requests waiting for a slot now.
 	Waiting int64 `json:"waiting,omitempty"`

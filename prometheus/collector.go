@@ -141,7 +141,7 @@ func NewCollector(stats *fasttimeout.Stats, constLabels prometheus.Labels) *Coll
 				func(c fasttimeout.Counters) int64 { return c.Admitted }),
 			counter(metricQueuedTotal, "Requests that waited for a slot under the concurrency limit, whether they got one or not; not those left no time to wait.",
 				func(c fasttimeout.Counters) int64 { return c.Queued }),
-			gauge(metricConcurrencyLimit, "The current concurrency limit, summed over the middlewares sharing the Stats (nested ones too, each counted from New on); 0 without a limit.",
+			gauge(metricConcurrencyLimit, "The current concurrency limit, summed over the middlewares sharing the Stats (nested ones too, each counted from New on until it is garbage collected); 0 without a limit.",
 				func(c fasttimeout.Counters) int64 { return c.ConcurrencyLimit }),
 			gauge(metricWaiting, "Requests waiting for a slot under the concurrency limit now.",
 				func(c fasttimeout.Counters) int64 { return c.Waiting }),
