@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"runtime"
 	"os"
 	"os/exec"
 	"strings"
@@ -354,6 +355,7 @@ func TestLimiter_fixed_limit_does_not_adapt(t *testing.T) {
 	simulate(l, int64(time.Hour), 1000, 100, cpuBound)
 	assert.Equal(t, int64(3), l.limit.Load())
 	assert.Equal(t, int64(3), stats.Snapshot().ConcurrencyLimit)
+	runtime.KeepAlive(l) // an unreachable limiter's limit leaves Stats (see newLimiter)
 }
 
 // stalledLoad runs a closed-loop load through middleware m's adaptive limit
@@ -467,6 +469,7 @@ func TestLimiter_after_a_process_stall_serves_its_load_again(t *testing.T) {
 				assert.Zero(t, m.late.Load(), "every late handler returned")
 				assert.Zero(t, s.l.holding())
 				assert.Equal(t, s.l.limit.Load(), m.stats.Snapshot().ConcurrencyLimit)
+				runtime.KeepAlive(m) // an unreachable limiter's limit leaves Stats (see newLimiter)
 			})
 		}
 	}
