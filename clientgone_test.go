@@ -33,6 +33,23 @@ type ended struct {
 	err, cause error
 }
 
+// reportEnd returns a handler bounded by New with cfg that reports its
+// start on started and then, once its context ends (or after stressBound),
+// how it ended on ends.
+func reportEnd(cfg fasttimeout.Config) (h fasthttp.RequestHandler, started <-chan struct{}, ends <-chan ended) {
+	startedC, endsC := make(chan struct{}, 1), make(chan ended, 1)
+	h = fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+		c := fasttimeout.Context(ctx)
+		startedC <- struct{}{}
+		select {
+		case <-c.Done():
+		case <-time.After(stressBound):
+		}
+		endsC <- ended{c.Err(), context.Cause(c)}
+	}, cfg)
+	return h, startedC, endsC
+}
+
 // waitEnd waits, bounded, for the handler to report how its context ended.
 func waitEnd(t *testing.T, ends <-chan ended) ended {
 	t.Helper()
@@ -332,17 +349,8 @@ func TestHangup_through_wrapped_connections(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			var stats fasttimeout.Stats
-			started := make(chan struct{}, 1)
-			ends := make(chan ended, 1)
-			s := &fasthttp.Server{Handler: fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
-				c := fasttimeout.Context(ctx)
-				started <- struct{}{}
-				select {
-				case <-c.Done():
-				case <-time.After(stressBound):
-				}
-				ends <- ended{c.Err(), context.Cause(c)}
-			}, fasttimeout.Config{Timeout: time.Minute, Stats: &stats})}
+			h, started, ends := reportEnd(fasttimeout.Config{Timeout: time.Minute, Stats: &stats})
+			s := &fasthttp.Server{Handler: h}
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
 			require.NoError(t, err)
 			wrapped, dial := tc.setup(t, s, ln)
@@ -381,17 +389,8 @@ func TestHangup_over_a_Unix_socket(t *testing.T) {
 			t.Run(mode.String()+"/"+name, func(t *testing.T) {
 				t.Parallel()
 				var stats fasttimeout.Stats
-				started := make(chan struct{}, 1)
-				ends := make(chan ended, 1)
-				s := &fasthttp.Server{Handler: fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
-					c := fasttimeout.Context(ctx)
-					started <- struct{}{}
-					select {
-					case <-c.Done():
-					case <-time.After(stressBound):
-					}
-					ends <- ended{c.Err(), context.Cause(c)}
-				}, fasttimeout.Config{Timeout: time.Minute, Mode: mode, Stats: &stats})}
+				h, started, ends := reportEnd(fasttimeout.Config{Timeout: time.Minute, Mode: mode, Stats: &stats})
+				s := &fasthttp.Server{Handler: h}
 				// Not t.TempDir: a socket's path must fit in 108 bytes.
 				dir, err := os.MkdirTemp("", "fasttimeout")
 				require.NoError(t, err)
