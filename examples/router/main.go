@@ -4,6 +4,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"log"
 	"time"
@@ -19,7 +20,8 @@ func main() {
 }
 
 // newRouter bounds each route on its own: a search gets 200 ms, a report
-// 2 s, and the event stream none. The routes share one Stats. They honour
+// 2 s, and the event stream none. The routes share one Stats, which /stats
+// shows (in production, an expvar or a Prometheus collector). They honour
 // the caller's deadline headers, which is for a server behind a proxy you
 // run: a client could send a spent budget and get 504 at once.
 func newRouter(stats *fasttimeout.Stats) *router.Router {
@@ -30,6 +32,10 @@ func newRouter(stats *fasttimeout.Stats) *router.Router {
 	r.GET("/search", bound(200*time.Millisecond, search))
 	r.GET("/reports/{id}", bound(2*time.Second, report))
 	r.GET("/events", events) // a stream: not wrapped at all
+	r.GET("/stats", func(ctx *fasthttp.RequestCtx) {
+		ctx.SetContentType("application/json")
+		_ = json.NewEncoder(ctx).Encode(stats.Snapshot())
+	})
 	return r
 }
 

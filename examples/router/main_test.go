@@ -1,9 +1,11 @@
 package main
 
 import (
+	"encoding/json"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"github.com/valyala/fasthttp"
 
 	"github.com/fasttimeout/fasttimeout"
@@ -48,10 +50,16 @@ func TestRouter(t *testing.T) {
 		status, _ := inmem.Get(t, c, "/nowhere")
 		assert.Equal(t, fasthttp.StatusNotFound, status)
 	})
-	t.Run("the routes share their counters", func(t *testing.T) {
+	t.Run("the routes share their counters, which /stats shows", func(t *testing.T) {
 		c := stats.Snapshot()
 		assert.Equal(t, int64(4), c.Requests) // the stream and the 404 are not bounded
 		assert.Equal(t, int64(2), c.Timeouts)
+		status, body := inmem.Get(t, serveRouter(t, stats), "/stats")
+		assert.Equal(t, fasthttp.StatusOK, status)
+		var shown fasttimeout.Counters
+		require.NoError(t, json.Unmarshal([]byte(body), &shown))
+		assert.Equal(t, c.Requests, shown.Requests)
+		assert.Equal(t, c.Timeouts, shown.Timeouts)
 	})
 }
 
