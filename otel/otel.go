@@ -174,7 +174,8 @@ func (r *request) endAnswered(status int) {
 // recordRejection records on the span what the middleware answered without
 // running the handler (so that Handler never saw it): a refusal, with the
 // span's status set to Error as for a timeout (the client got a 503), or a
-// budget spent on arrival, as a timeout at once.
+// budget spent before the handler could start (fasttimeout.SpentBudget: on
+// arrival, or waiting for a slot), as a timeout at once.
 func (r *request) recordRejection(ctx *fasthttp.RequestCtx) {
 	if !r.span.IsRecording() {
 		return
