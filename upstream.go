@@ -70,16 +70,17 @@ const minUpstreamBudget = time.Millisecond
 // Inside New, Do does not call the upstream either once the client has
 // hung up (as the hang-up watch sees it, which in cooperative mode watches
 // a request from its handler's first call of Do or [Context] on: see
-// Config.IgnoreHangups) or the server is shutting down, the events besides the deadline that end
-// the request's context (see [Context]): after a hang-up Do returns an error
-// matching [ErrClientGone] and [context.Canceled], during a shutdown one
-// matching [ErrShutdown] and context.Canceled, as the context's Cause and
-// Err do; neither matches ErrTimeout. A shutdown before the request's
-// deadline is reported so even with less than a millisecond left, or a
-// carried deadline already spent. A handler that calls several
-// upstreams, or retries, thus stops calling them for nobody. (After a
-// hang-up nobody reads the answer; during a shutdown, 503 fits.) A call
-// already in progress is not ended: fasthttp's clients take no context.
+// Config.IgnoreHangups) or the server is shutting down, the events besides
+// the deadline that end the request's context (see [Context]): after a
+// hang-up Do returns an error matching [ErrClientGone] and
+// [context.Canceled], during a shutdown one matching [ErrShutdown] and
+// context.Canceled, as the context's Cause and Err do; neither matches
+// ErrTimeout. A shutdown before the request's deadline is reported so even
+// with less than a millisecond left, or a carried deadline already spent.
+// A handler that calls several upstreams, or retries, thus stops calling
+// them for nobody. (After a hang-up nobody reads the answer; during a
+// shutdown, 503 fits.) A call already in progress is not ended: fasthttp's
+// clients take no context.
 //
 // If ctx has no deadline (it is not bounded by New, or its deadline was
 // switched off with [Disarm]), Do is c.Do(req, resp), and req is unchanged;
