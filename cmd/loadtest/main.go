@@ -103,7 +103,7 @@ func parseFlags(args []string) (options, error) {
 	var (
 		o             options
 		variants      = fs.String("variants", strings.Join(allVariants, ","), "comma-separated variants")
-		scenarioNames = fs.String("scenarios", strings.Join(allScenarios, ","), "comma-separated scenarios: "+strings.Join(allScenarios, ", ")+"; each named must run one of -variants")
+		scenarioNames = fs.String("scenarios", strings.Join(allScenarios, ","), "comma-separated scenarios: "+strings.Join(allScenarios, ", ")+"; each named must run one of -variants (overload: of -overload-variants)")
 	)
 	fs.DurationVar(&o.duration, "duration", 3*time.Second, "measured time of each cell (variant × connections), 10ms to 1h")
 	fs.DurationVar(&o.warmup, "warmup", 500*time.Millisecond, "unmeasured load before each cell")
@@ -167,16 +167,21 @@ func parseFlags(args []string) (options, error) {
 			return o, fmt.Errorf("-%s is a flag of the %s scenario, which -scenarios %s does not select", name, sc, strings.Join(o.scenarios, ","))
 		}
 	}
-	// The cells of the closed-loop scenarios last -duration after -warmup;
-	// the burst runs to its end, and the overload has cells of its own.
-	if set["duration"] || set["warmup"] {
-		timed := []string{scenarioThroughput, scenarioStorm, scenarioHangup}
-		if !slices.ContainsFunc(o.scenarios, func(sc string) bool { return slices.Contains(timed, sc) }) {
-			name := "duration"
-			if !set[name] {
-				name = "warmup"
+	// Flags that several scenarios share, but not every one: the cells of
+	// the closed-loop scenarios last -duration after -warmup (the burst
+	// runs to its end), and the overload has variants and cells of its own.
+	for _, shared := range [...]struct {
+		flags     []string
+		scenarios []string
+		names     string
+	}{
+		{[]string{"duration", "warmup"}, []string{scenarioThroughput, scenarioStorm, scenarioHangup}, "throughput, storm and hangup"},
+		{[]string{"variants"}, []string{scenarioThroughput, scenarioStorm, scenarioBurst, scenarioHangup}, "throughput, storm, burst and hangup"},
+	} {
+		for _, name := range shared.flags {
+			if set[name] && !slices.ContainsFunc(o.scenarios, func(sc string) bool { return slices.Contains(shared.scenarios, sc) }) {
+				return o, fmt.Errorf("-%s is a flag of the %s scenarios, which -scenarios %s does not select", name, shared.names, strings.Join(o.scenarios, ","))
 			}
-			return o, fmt.Errorf("-%s is a flag of the throughput, storm and hangup scenarios, which -scenarios %s does not select", name, strings.Join(o.scenarios, ","))
 		}
 	}
 	switch {

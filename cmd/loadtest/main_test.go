@@ -61,7 +61,10 @@ func TestParseFlags_refuses_what_cannot_run(t *testing.T) {
 		{name: "the hangup without its variants", args: []string{"-scenarios", "hangup", "-variants", "fasthttp-bare,nethttp-bare"},
 			wantErr: "-scenarios hangup runs none of -variants fasthttp-bare,nethttp-bare (its variants: fasttimeout-race, fasttimeout-cooperative)"},
 		{name: "every scenario, variants of some", args: []string{"-variants", "nethttp-bare"}},
-		{name: "the overload with any variants", args: []string{"-scenarios", "overload", "-variants", "nethttp-bare"}},
+		// The overload's variants are -overload-variants: -variants would be ignored.
+		{name: "the overload with variants", args: []string{"-scenarios", "overload", "-variants", "nethttp-bare"},
+			wantErr: "-variants is a flag of the throughput, storm, burst and hangup scenarios, which -scenarios overload does not select"},
+		{name: "the burst and the overload with variants", args: []string{"-scenarios", "burst,overload", "-variants", "fasttimeout-race"}},
 		{name: "a window of a nanosecond", args: []string{"-duration", "1ns"}, wantErr: "-duration must be between 10ms and 1h, got 1ns"},
 		{name: "a window under a millisecond", args: []string{"-duration", "999us"}, wantErr: "-duration must be between 10ms and 1h"},
 		{name: "a window of 10ms", args: []string{"-duration", "10ms"}},
