@@ -270,7 +270,8 @@ type Config struct {
 	// long polls (see Disarm) hold, and adapts from what the middleware
 	// measures: it falls when the handlers' latency grows well past their
 	// unloaded latency (or when requests time out while none finishes in
-	// time), and grows while latency stays near it and the limit is reached.
+	// time, at most once a timeout), and grows while latency stays near it
+	// and the limit is reached.
 	// A request beyond the limit waits for a slot for at most a tenth of its
 	// remaining budget, and not past MaxQueueAge; under overload the newest
 	// waiter is served first, since the oldest's caller has probably given

@@ -86,10 +86,11 @@ const minUpstreamBudget = time.Millisecond
 // switched off with [Disarm]), Do is c.Do(req, resp), and req is unchanged;
 // after Disarm, a hang-up or shutdown still stops it as above.
 //
-// Do does not allocate unless it returns an error matching ErrTimeout, or,
-// in cooperative mode, it is the first call of Do or Context for a watched
-// request: it then makes the request's context, as Context would, for the
-// watch.
+// Do does not allocate unless it returns an error matching ErrTimeout, or
+// it is the first call of Do or Context for a request watched by a New
+// that runs its handler inline (in cooperative mode, or inside a New that
+// ignores hang-ups): it then makes the request's context, as Context
+// would, for the watch.
 func Do(ctx *fasthttp.RequestCtx, c Doer, req *fasthttp.Request, resp *fasthttp.Response) error {
 	call := lookup(ctx)
 	if call == nil {
