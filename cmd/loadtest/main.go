@@ -199,11 +199,22 @@ func parseFlags(args []string) (options, error) {
 		return o, err
 	}
 	// A scenario named in -scenarios that has none of -variants would
-	// measure nothing and report nothing; by default, those are skipped.
+	// measure nothing and report nothing; by default, those are skipped,
+	// and a flag of their own would be ignored.
 	for _, s := range scenarios {
-		if set["scenarios"] && slices.Contains(o.scenarios, s.name()) && len(s.variants(o)) == 0 {
+		if !slices.Contains(o.scenarios, s.name()) || len(s.variants(o)) > 0 {
+			continue
+		}
+		its := strings.Join(s.variants(options{variants: allVariants}), ", ")
+		if set["scenarios"] {
 			return o, fmt.Errorf("-scenarios %s runs none of -variants %s (its variants: %s)",
-				s.name(), strings.Join(o.variants, ","), strings.Join(s.variants(options{variants: allVariants}), ", "))
+				s.name(), strings.Join(o.variants, ","), its)
+		}
+		for _, name := range slices.Sorted(maps.Keys(set)) {
+			if owner[name] == s.name() {
+				return o, fmt.Errorf("-%s is a flag of the %s scenario, which runs none of -variants %s (its variants: %s)",
+					name, s.name(), strings.Join(o.variants, ","), its)
+			}
 		}
 	}
 	return o, nil

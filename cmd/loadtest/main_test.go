@@ -133,6 +133,16 @@ func TestParseFlags_refuses_what_cannot_run(t *testing.T) {
 		{name: "flags of two scenarios, both selected", args: []string{"-scenarios", "hangup,storm", "-hangup-rounds", "3", "-storm-conns", "8"}},
 		{name: "a scenario's flag, every scenario selected", args: []string{"-overload-loads", "2", "-burst-conns", "8"}},
 		{name: "a smoke run of one scenario", args: []string{"-smoke", "-scenarios", "burst"}},
+		// By default a scenario that runs none of -variants is skipped:
+		// a flag of its own would be ignored as well.
+		{name: "the hangup's connections, -variants leaving it out", args: []string{"-variants", "fasthttp-bare,nethttp-bare", "-hangup-conns", "100"},
+			wantErr: "-hangup-conns is a flag of the hangup scenario, which runs none of -variants fasthttp-bare,nethttp-bare (its variants: fasttimeout-race, fasttimeout-cooperative)"},
+		{name: "the burst's server, -variants leaving it out", args: []string{"-variants", "fasthttp-bare", "-burst-shared=false"},
+			wantErr: "-burst-shared is a flag of the burst scenario, which runs none of -variants fasthttp-bare"},
+		{name: "the storm's connections, -variants leaving it out", args: []string{"-variants", "fasttimeout-race-context", "-storm-conns", "8"},
+			wantErr: "-storm-conns is a flag of the storm scenario, which runs none of -variants fasttimeout-race-context"},
+		{name: "the hangup's connections, one of its variants", args: []string{"-variants", "fasthttp-bare,fasttimeout-race", "-hangup-conns", "100"}},
+		{name: "the overload's loads, any variants", args: []string{"-variants", "nethttp-bare", "-overload-loads", "2"}},
 
 		// Every arrival of a cell costs the generator memory until the
 		// cell is reported, and request ids are 32 bits: a cell may
