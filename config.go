@@ -236,8 +236,8 @@ type Config struct {
 	// with cause ErrClientGone and the handler is late from then on, as
 	// after a timeout: counted in Stats.ClientGone and LateRunning, capped
 	// by MaxLateHandlers, reported to OnLateReturn, its response going
-	// nowhere. A client that half-closes its side after
-	// sending the request counts as gone, as with net/http.
+	// nowhere. A client that half-closes its side after sending the
+	// request counts as gone, as with net/http.
 	//
 	// Watching needs the connection's descriptor and epoll, so it works on
 	// Linux only, for TCP and Unix connections, TLS ones and listener
@@ -245,11 +245,11 @@ type Config struct {
 	// one as go-proxyproto's does (or embed it, as fasthttp's MaxConnsPerIP
 	// does); in-memory connections are not watched (and counted in
 	// Stats.UnwatchedClients). In cooperative mode only requests whose
-	// handler called Context or Do are watched: the others could not stop
-	// anyway.
-	// Of nested News (one inside another's handler), the outermost one that
-	// watches does so for the request; one inside a New that ignores
-	// hang-ups watches as cooperative mode does.
+	// handler called Context or Do are watched: the others could neither
+	// stop nor be kept from calling an upstream. Of nested News (one inside
+	// another's handler), the outermost one that watches does so for the
+	// request; one inside a New that ignores hang-ups watches as
+	// cooperative mode does.
 	IgnoreHangups bool
 
 	// OnHangup, if set, is called when a request's client hung up while

@@ -38,10 +38,11 @@ const StatusClientClosedRequest = 499
 // pending (or ended, when it is not to be watched). Once HangupDelay has
 // passed, startWatch moves it to registering, registers the connection and
 // moves it to registered: in racing mode on the call's timer, in
-// cooperative mode on the housekeeper's tick, for a request that asked for
-// its context (nothing else could stop its handler). The server goroutine
-// moves it to ended when the call is over, waiting out a registration in
-// progress, and removes the registration if there is one.
+// cooperative mode on the housekeeper's tick, for a request that has a
+// context: its handler asked for it, or called Do (see watchForUpstream);
+// nothing else could stop its handler or its upstream calls. The server
+// goroutine moves it to ended when the call is over, waiting out a
+// registration in progress, and removes the registration if there is one.
 const (
 	watchPending uint64 = iota
 	watchRegistering
