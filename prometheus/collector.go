@@ -134,7 +134,7 @@ func NewCollector(stats *fasttimeout.Stats, constLabels prometheus.Labels) *Coll
 				func(c fasttimeout.Counters) int64 { return c.SpentBudgets }),
 			counter(metricClientGoneTotal, "Requests whose client hung up while their handler ran.",
 				func(c fasttimeout.Counters) int64 { return c.ClientGone }),
-			counter(metricUnwatchedClientsTotal, "Requests whose connection could not be watched for a hang-up (no socket, or refused by the kernel); zero elsewhere than on Linux, where nothing is watched.",
+			counter(metricUnwatchedClientsTotal, "Requests whose connection could not be watched for a hang-up (no socket, or refused by the kernel); always zero on systems other than Linux, which watch nothing.",
 				func(c fasttimeout.Counters) int64 { return c.UnwatchedClients }),
 
 			counter(metricAdmittedTotal, "Requests that got a slot under the concurrency limit, at once or after waiting.",
