@@ -153,7 +153,9 @@ func (c *call) startWatch(t int64) {
 func (c *call) watchForUpstream() {
 	for o := c; o != nil; o = o.outer {
 		if o.watch.Load()&watchMask == watchPending { // o is the call that watches
-			if o.inline() && o.bridge.Load() == nil {
+			// Not for a timeout too short to be watched (see beginWatch),
+			// unless the handler moved its deadline past the watch's start.
+			if o.inline() && o.bridge.Load() == nil && o.watchAt.Load() < o.deadline.Load() {
 				c.context()
 			}
 			return
