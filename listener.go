@@ -34,13 +34,15 @@ const (
 //	...
 //	err = server.Serve(fasttimeout.RetryListener(ln, logger))
 //
-// When the wrapped listener's Accept fails with EMFILE, ENFILE, ENOBUFS,
-// ENOMEM or ECONNABORTED, or on Linux with a network error of a connection
+// When the wrapped listener's Accept fails with EMFILE, ENFILE, ENOBUFS or
+// ENOMEM, Accept waits and tries again, with a delay that starts at 5 ms
+// and doubles up to 1 s, as net/http's Server.Serve does; each call to
+// Accept starts again at 5 ms. When it fails for the connection it was
+// taking, with ECONNABORTED or, on Linux, a network error of a connection
 // that failed in the listen queue (ENETDOWN, EPROTO, ENOPROTOOPT,
-// EHOSTDOWN, ENONET, EHOSTUNREACH, EOPNOTSUPP or ENETUNREACH, which
-// accept(2) says to retry), Accept waits and tries again, with a delay that
-// starts at 5 ms and doubles up to 1 s, as net/http's Server.Serve does;
-// each call to Accept starts again at 5 ms. The errors are matched with
+// EHOSTDOWN, ENONET, EHOSTUNREACH, EOPNOTSUPP or ENETUNREACH), Accept tries
+// again at once, as accept(2) says: the next connection may be fine, and
+// waiting would hold it up. The errors are matched with
 // errors.Is on syscall's errnos, as the net package returns them on Unix;
 // neither Winsock's own codes nor Plan 9's error strings are matched. Any
 // other error is returned as is. A connection is returned as the wrapped
@@ -91,7 +93,17 @@ func (l *retryListener) Accept() (net.Conn, error) {
 	var delay time.Duration
 	for {
 		conn, err := l.Listener.Accept()
-		if err == nil || !retriedAcceptError(err) {
+		switch {
+		case err == nil:
+			return conn, nil
+		case connectionAcceptError(err):
+			// That connection's failure, not the listener's, and that
+			// connection is gone from the queue: the next one may be
+			// fine, so try again at once, as accept(2) says. Waiting would
+			// hold up the good connections behind it.
+			l.report(err, 0)
+			continue
+		case !resourceAcceptError(err):
 			return conn, err
 		}
 		delay = l.nextDelay(delay)
@@ -121,8 +133,9 @@ func (l *retryListener) nextDelay(prev time.Duration) time.Duration {
 	return min(2*prev, l.maxDelay)
 }
 
-// report logs err, to be retried after delay, unless a line was written
-// less than retryLogEvery ago: then it only counts it for the next line.
+// report logs err, to be retried after delay (0: at once), unless a line
+// was written less than retryLogEvery ago: then it only counts it for the
+// next line.
 func (l *retryListener) report(err error, delay time.Duration) {
 	if l.logger == nil {
 		return
@@ -137,11 +150,15 @@ func (l *retryListener) report(err error, delay time.Duration) {
 	unlogged := l.unlogged
 	l.lastLog, l.unlogged = now, 0
 	l.mu.Unlock()
+	when := "at once"
+	if delay > 0 {
+		when = "in " + delay.String()
+	}
 	if unlogged == 0 {
-		l.logger.Printf("fasttimeout: accept: %v; retrying in %v", err, delay)
+		l.logger.Printf("fasttimeout: accept: %v; retrying %s", err, when)
 		return
 	}
-	l.logger.Printf("fasttimeout: accept: %v; retrying in %v (%d failures since the last line)", err, delay, unlogged+1)
+	l.logger.Printf("fasttimeout: accept: %v; retrying %s (%d failures since the last line)", err, when, unlogged+1)
 }
 
 // closedError is what Accept returns when Close ends its wait: what the net
@@ -155,8 +172,14 @@ func (l *retryListener) closedError() error {
 	return e
 }
 
-// retriedAcceptError reports whether Accept retries after err.
-func retriedAcceptError(err error) bool {
+// resourceAcceptError reports whether Accept waits and retries after err.
+func resourceAcceptError(err error) bool {
+	return slices.ContainsFunc(retriedAcceptErrors[:], func(target error) bool { return errors.Is(err, target) })
+}
+
+// connectionAcceptError reports whether err is the failure of the
+// connection accept was taking, after which Accept retries at once.
+func connectionAcceptError(err error) bool {
 	is := func(target error) bool { return errors.Is(err, target) }
-	return slices.ContainsFunc(retriedAcceptErrors[:], is) || slices.ContainsFunc(pendingAcceptErrors[:], is)
+	return slices.ContainsFunc(abortedAcceptErrors[:], is) || slices.ContainsFunc(pendingAcceptErrors[:], is)
 }

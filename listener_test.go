@@ -167,9 +167,48 @@ func TestRetryListener_accept(t *testing.T) {
 					return
 				}
 				require.Len(t, lines, 1, "the failures within a second make one line")
-				require.Equal(t, fmt.Sprintf("fasttimeout: accept: %v; retrying in 1ns", tc.errs[0]), lines[0])
+				when := "in 1ns"
+				if connectionAcceptError(tc.errs[0]) {
+					when = "at once"
+				}
+				require.Equal(t, fmt.Sprintf("fasttimeout: accept: %v; retrying %s", tc.errs[0], when), lines[0])
 			})
 		}
+	}
+}
+
+// The failure of the connection accept was taking (ECONNABORTED, or on
+// Linux a queued connection's network error) is that connection's: Accept
+// tries again at once, as accept(2) says, where it waited the backoff, and
+// held up the good connections behind it. A lack of resources still waits.
+func TestRetryListener_retries_a_connection_s_failure_at_once(t *testing.T) {
+	t.Parallel()
+	errs := []error{acceptErr(syscall.ECONNABORTED)}
+	for _, errno := range pendingAcceptErrors {
+		errs = append(errs, acceptErr(errno))
+	}
+	client, server := net.Pipe()
+	t.Cleanup(func() { _ = client.Close(); _ = server.Close() })
+	inner := newFakeListener(errs, server, nil)
+	l := RetryListener(inner, nil).(*retryListener)
+	l.firstDelay, l.maxDelay = time.Hour, time.Hour // a wait would outlast the test
+	type result struct {
+		conn net.Conn
+		err  error
+	}
+	accepted := make(chan result, 1)
+	go func() {
+		conn, err := l.Accept()
+		accepted <- result{conn, err}
+	}()
+	select {
+	case r := <-accepted:
+		require.NoError(t, r.err)
+		require.Same(t, server, r.conn)
+		require.EqualValues(t, len(errs)+1, inner.calls.Load(), "a try per failure, and the connection")
+	case <-time.After(listenerBound):
+		_ = l.Close() // ends the wait, and the goroutine
+		t.Fatalf("Accept waited after a connection's failure (%d tries)", inner.calls.Load())
 	}
 }
 
