@@ -333,15 +333,9 @@ func TestParseFlagsOverload_light_cells_are_bounded(t *testing.T) {
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			t.Parallel()
-			o, err := parseFlags(tt.args)
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Errorf("error %v, want one containing %q", err, tt.wantErr)
-				}
+			o, ok := parseRow(t, tt.args, tt.wantErr)
+			if !ok {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if got := newOverloadConfig(o).cellAt(o.olLoads[0]); got != tt.longest {
 				t.Errorf("the lightest cell measures %v, want %v", got, tt.longest)

@@ -149,6 +149,24 @@ func requireFlagErrors(t *testing.T, bads [][]string) {
 	}
 }
 
+// parseRow parses a table row's args: with wantErr, it checks that the
+// command line is refused with an error containing it, and reports false;
+// without, it fails the test on any error.
+func parseRow(t *testing.T, args []string, wantErr string) (options, bool) {
+	t.Helper()
+	o, err := parseFlags(args)
+	if wantErr != "" {
+		if err == nil || !strings.Contains(err.Error(), wantErr) {
+			t.Errorf("error %v, want one containing %q", err, wantErr)
+		}
+		return o, false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o, true
+}
+
 func TestParseFlags(t *testing.T) {
 	o, err := parseFlags([]string{"-smoke", "-variants", "nethttp-bare, fasthttp-bare"})
 	if err != nil {
@@ -309,15 +327,9 @@ func TestParseFlagsBurst(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			t.Parallel()
-			o, err := parseFlags(tt.args)
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Errorf("error %v, want one containing %q", err, tt.wantErr)
-				}
+			o, ok := parseRow(t, tt.args, tt.wantErr)
+			if !ok {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if o.burstConns != tt.conns || o.burstReqs != tt.perConn || o.shared != tt.shared {
 				t.Errorf("burst %d × %d, shared %v; want %d × %d, shared %v", o.burstConns, o.burstReqs, o.shared, tt.conns, tt.perConn, tt.shared)
