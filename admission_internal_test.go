@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"os"
-	"os/exec"
 	"runtime"
 	"strings"
 	"sync"
@@ -16,6 +14,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/valyala/fasthttp"
+
+	"github.com/fasttimeout/fasttimeout/internal/godebugtest"
 )
 
 // The adaptive limit's logic, on a fake clock: the times given to the
@@ -1457,12 +1457,7 @@ func TestAdmission_a_slot_freed_after_a_waiters_share_ran_out_is_not_its(t *test
 // waiter from the pool, or that request's wait ends at once, refused.
 func TestWaiter_no_stale_tick_in_the_pool(t *testing.T) {
 	t.Parallel()
-	if !strings.Contains(os.Getenv("GODEBUG"), "asynctimerchan=1") {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestWaiter_no_stale_tick_in_the_pool$", "-test.count=1", "-test.v")
-		cmd.Env = append(os.Environ(), "GODEBUG=asynctimerchan=1")
-		out, err := cmd.CombinedOutput()
-		require.NoError(t, err, "the child:\n%s", out)
-		require.Contains(t, string(out), "--- PASS: TestWaiter_no_stale_tick_in_the_pool")
+	if !godebugtest.Child(t, "asynctimerchan=1") {
 		return
 	}
 	w := waiterPool.New().(*waiter)

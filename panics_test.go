@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"runtime"
 	"strings"
 	"testing"
@@ -18,6 +17,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/fasttimeout/fasttimeout"
+	"github.com/fasttimeout/fasttimeout/internal/godebugtest"
 )
 
 // panicServer serves a racing or cooperative middleware behind an outer
@@ -557,12 +557,7 @@ func TestPanics_Goexit_in_a_callback_on_the_server_goroutine_closes_the_connecti
 // TestMain fails it if a goroutine outlives its test.
 func TestPanics_panic_nil_under_panicnil(t *testing.T) {
 	t.Parallel()
-	if !strings.Contains(os.Getenv("GODEBUG"), "panicnil=1") {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestPanics_panic_nil_under_panicnil$", "-test.count=1", "-test.v")
-		cmd.Env = append(os.Environ(), "GODEBUG=panicnil=1")
-		out, err := cmd.CombinedOutput()
-		require.NoError(t, err, "the child:\n%s", out)
-		require.Contains(t, string(out), "--- PASS: TestPanics_panic_nil_under_panicnil")
+	if !godebugtest.Child(t, "panicnil=1") {
 		return
 	}
 	h := fasttimeout.New(func(*fasthttp.RequestCtx) { panic(nil) }, fasttimeout.Config{Timeout: 10 * time.Second})
