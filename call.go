@@ -90,6 +90,7 @@ type call struct {
 	state    atomic.Uint64                  // phase (low 4 bits), moves and generation
 	timer    *time.Timer                    // a racing call's first wake: its deadline, or the start of the watch if sooner; nil for an inline call
 	later    *time.Timer                    // a watched racing call's deadline, once timer has started the watch
+	timerAt  atomic.Int64                   // when timer goes off, as worker.arm set it for a busy connection; 0 or less if unknown
 	bridge   atomic.Pointer[requestContext] // created by Context, lazily
 	overAt   atomic.Int64                   // when the call timed out (its deadline) or its client left
 	counted  atomic.Uint64                  // the generation (state bits) whose timeout or hang-up settle has counted
@@ -162,6 +163,13 @@ func (c *call) syncContext() bool {
 
 // phase returns the call's state without its generation.
 func (c *call) phase() uint64 { return c.state.Load() & phaseMask }
+
+// decided reports whether the call's race is over: finished, timed out or
+// gone.
+func (c *call) decided() bool {
+	p := c.phase()
+	return p == callFinished || p == callTimedOut || p == callGone
+}
 
 // settle decides the request's race at t with outcome: callTimedOut (its
 // deadline has passed), callFinished (its handler returned or panicked in

@@ -115,7 +115,29 @@ func (c *call) rearm() {
 		c.later.Reset(time.Duration(c.deadline.Load() - now()))
 		return
 	}
+	c.timerAt.Store(0) // no longer as the fast path armed it
 	c.timer.Reset(time.Duration(c.nextWake() - now()))
+}
+
+// rearmRunning arms the timer of a racing call that has not been decided
+// for its next wake (see worker.await). A move of its deadline (Extend,
+// Disarm) has the last word: rearm again if one came meanwhile, and leave
+// one in progress to arm the timer itself.
+func (c *call) rearmRunning() {
+	for {
+		s := c.state.Load()
+		switch s & phaseMask {
+		case callMoving:
+			runtime.Gosched() // Extend arms the timer itself once it is done
+			continue
+		case callFinished, callTimedOut, callGone:
+			return // the signal of the decision follows
+		}
+		c.rearm()
+		if c.state.Load() == s {
+			return
+		}
+	}
 }
 
 // startWatch starts watching the client of a call that has run
@@ -128,11 +150,13 @@ func (c *call) rearm() {
 // makes the runtime sort its whole heap again, and c.timer, stopped at a
 // long deadline by the previous call, would be moved to HangupDelay by the
 // next. So each timer of a worker only moves later from call to call.
-func (c *call) startWatch(t int64) {
+//
+// It reports whether it started the watch.
+func (c *call) startWatch(t int64) bool {
 	s := c.watch.Load()
 	if s&watchMask != watchPending || t < c.watchAt.Load() ||
 		!c.watch.CompareAndSwap(s, s+watchRegistering) {
-		return
+		return false
 	}
 	var watched bool
 	if c.hangup, watched = clientHangups.add(c.conn, c.onGone); !watched {
@@ -142,6 +166,7 @@ func (c *call) startWatch(t int64) {
 		c.later.Reset(time.Duration(c.deadline.Load() - now()))
 	}
 	c.watch.Store(s + watchRegistered)
+	return true
 }
 
 // watchForUpstream has the client of a cooperative request watched when
@@ -214,7 +239,7 @@ var testHookUnwatch atomic.Pointer[func(*call)]
 // goroutine, which finds the call settled when it returns.
 func (w *worker) hungUp() {
 	if w.call.settleOrTimeOut(callGone, now()) {
-		w.done <- struct{}{} // the server goroutine answers the timeout, or moves on
+		w.done <- false // the server goroutine answers the timeout, or moves on
 	}
 }
 

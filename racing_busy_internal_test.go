@@ -1,0 +1,138 @@
+package fasttimeout
+
+import (
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/valyala/fasthttp"
+)
+
+// allBusyEnv, set to 1, runs the package's tests with every connection
+// busy (see worker.arm), as most requests of a loaded server are; on a
+// quiet one many tests' requests are too far apart.
+const allBusyEnv = "FASTTIMEOUT_TEST_ALL_BUSY"
+
+func init() {
+	if os.Getenv(allBusyEnv) == "1" {
+		testAllBusy.Store(true)
+	}
+}
+
+// allBusy makes every connection busy for the rest of the test: the tests
+// that set it do not run in parallel, and the others are right either way.
+func allBusy(t *testing.T) {
+	was := testAllBusy.Swap(true)
+	t.Cleanup(func() { testAllBusy.Store(was) })
+}
+
+// TestRacing_a_busy_connections_kept_timer_still_ends_its_request: on a
+// busy connection a request keeps the timer an earlier request armed, which
+// goes off before this one needs it to. The server goroutine then arms it
+// again, and the request still gets its timeout answer: at its deadline,
+// with the hang-up watch started on the way (a watched timeout) or not (a
+// short one).
+func TestRacing_a_busy_connections_kept_timer_still_ends_its_request(t *testing.T) {
+	allBusy(t)
+	rearmed := make(chan uint64, 100) // the generation of each call armed again
+	hook := func(c *call) { rearmed <- c.state.Load() / generation }
+	testHookRearmed.Store(&hook)
+	t.Cleanup(func() { testHookRearmed.Store(nil) })
+
+	for _, tc := range []struct {
+		timeout time.Duration
+		spacing time.Duration // after the request that arms the timer, before the probe
+	}{
+		{actInTime, HangupDelay / 2},                   // first wake: the watch's start
+		{minWatchedTimeout / 2, 20 * time.Millisecond}, // first wake: the deadline
+	} {
+		t.Run(fmt.Sprint(tc.timeout), func(t *testing.T) {
+			stats := &Stats{}
+			probes := make(chan uint64, 1) // a probe's generation, or 0
+			release := make(chan struct{})
+			h := New(func(ctx *fasthttp.RequestCtx) {
+				c := lookup(ctx)
+				if string(ctx.Path()) != "/probe" {
+					time.Sleep(tc.spacing) // spacing only: nothing depends on its length
+					return
+				}
+				// Armed by an earlier request: earlier than this one's first
+				// wake, which its own arming would have passed.
+				if at := c.timerAt.Load(); at <= 0 || at >= c.nextWake() {
+					probes <- 0
+					return
+				}
+				probes <- c.state.Load() / generation
+				<-release
+			}, Config{Timeout: tc.timeout, Stats: stats})
+			client := serveInMemory(t, h)
+			t.Cleanup(func() { close(release) })
+
+			// Until a probe keeps the timer of the request before it, and
+			// that timer goes off early for it: on a loaded machine it may
+			// go off late enough to end the probe itself.
+			kept := 0
+			for attempt, early := 0, false; !early; attempt++ {
+				require.Less(t, attempt, 100, "no probe kept an earlier request's timer that went off early")
+				status, _, err := client.Get(nil, "http://test/")
+				require.NoError(t, err)
+				require.Equal(t, fasthttp.StatusOK, status)
+				answer := getAsync(t, client, "/probe")
+				probe := receive(t, probes, "the probe")
+				status = receive(t, answer, "the probe's answer")
+				if probe == 0 {
+					require.Equal(t, fasthttp.StatusOK, status)
+					continue
+				}
+				assert.Equal(t, DefaultStatusCode, status)
+				kept++
+				for len(rearmed) > 0 {
+					early = early || <-rearmed == probe
+				}
+			}
+			assert.EqualValues(t, kept, stats.Snapshot().Timeouts)
+		})
+	}
+}
+
+// TestRacing_a_busy_connections_timer_gone_off_while_armed_holds_nothing:
+// a server goroutine stalled between resetting a busy connection's timer
+// and noting when it goes off finds it gone off by then (here to start the
+// hang-up watch), and must not note it armed: the connection's next request
+// would keep a timer that is no longer there, and never get its timeout
+// answer.
+func TestRacing_a_busy_connections_timer_gone_off_while_armed_holds_nothing(t *testing.T) {
+	allBusy(t)
+	stalled := false
+	hook := func(c *call) {
+		if stalled {
+			return
+		}
+		stalled = true
+		require.Eventually(t, func() bool { return c.timerAt.Load() < 0 }, 30*time.Second, time.Millisecond,
+			"the timer never went off")
+	}
+	testHookArmed.Store(&hook)
+	t.Cleanup(func() { testHookArmed.Store(nil) })
+
+	stats := &Stats{}
+	release := make(chan struct{})
+	h := New(func(ctx *fasthttp.RequestCtx) {
+		if string(ctx.Path()) == "/slow" {
+			<-release
+		}
+	}, Config{Timeout: actInTime, Stats: stats})
+	client := serveInMemory(t, h)
+	t.Cleanup(func() { close(release) })
+
+	// Stalled past the start of its watch before its handler ran.
+	status, _, err := client.Get(nil, "http://test/")
+	require.NoError(t, err)
+	require.Equal(t, fasthttp.StatusOK, status)
+	// The next request arms a timer of its own, and times out.
+	assert.Equal(t, DefaultStatusCode, receive(t, getAsync(t, client, "/slow"), "the answer"))
+	assert.EqualValues(t, 1, stats.Snapshot().Timeouts)
+}
