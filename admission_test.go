@@ -381,6 +381,105 @@ func TestAdmission_queue_headers(t *testing.T) {
 	})
 }
 
+// TestAdmission_queue_headers_a_time_stamp_wins_over_a_trace_id: with
+// HonorQueueHeaders a proxy's X-Request-Start or X-Queue-Start gives the
+// request's age even beside an older X-Amzn-Trace-Id, which may be the
+// caller's (its Root the start of a trace half an hour ago); a trace id
+// gives it only when no time stamp is valid. A budget of an hour and a
+// MaxQueueAge of ten minutes: a request half an hour old is not run, and
+// one that runs has its deadline an hour after the time stamp, checked
+// against the clock readings around the request, not a tolerance.
+func TestAdmission_queue_headers_a_time_stamp_wins_over_a_trace_id(t *testing.T) {
+	t.Parallel()
+	const (
+		timeout     = time.Hour
+		maxQueueAge = 10 * time.Minute
+		stampAge    = 200 * time.Millisecond
+		traceAge    = 30 * time.Minute
+	)
+	type header struct {
+		name  string
+		value func(now time.Time) string
+	}
+	nginx := func(age time.Duration) header {
+		return header{"X-Request-Start", func(now time.Time) string {
+			at := now.Add(-age)
+			return fmt.Sprintf("t=%d.%03d", at.Unix(), at.Nanosecond()/1e6)
+		}}
+	}
+	heroku := func(age time.Duration) header {
+		return header{"X-Queue-Start", func(now time.Time) string { return fmt.Sprint(now.Add(-age).UnixMilli()) }}
+	}
+	trace := func(format string, ages ...time.Duration) header {
+		return header{"X-Amzn-Trace-Id", func(now time.Time) string {
+			secs := make([]any, len(ages))
+			for i, age := range ages {
+				secs[i] = now.Add(-age).Unix()
+			}
+			return fmt.Sprintf(format, secs...)
+		}}
+	}
+	root := func(age time.Duration) header { return trace("Root=1-%08x-abcdef012345678912345678", age) }
+	literal := func(name, value string) header { return header{name, func(time.Time) string { return value }} }
+	cases := []struct {
+		name    string
+		headers []header
+		runs    bool // with the time stamp's age; else not run, its budget spent
+		bad     int64
+	}{
+		{"a time stamp wins over an older trace Root", []header{nginx(stampAge), root(traceAge)}, true, 0},
+		{"a time stamp wins over an older trace Self", []header{heroku(stampAge), trace("Self=1-%08x-12456789abcdef0123456789;Root=1-%08x-abcdef012345678912345678", traceAge, traceAge+10*time.Minute)}, true, 0},
+		{"a trace id before the time stamp", []header{root(traceAge), nginx(stampAge)}, true, 0},
+		{"a malformed trace id beside a time stamp is counted", []header{nginx(stampAge), literal("X-Amzn-Trace-Id", "Sampled=1")}, true, 1},
+		{"a trace Root alone counts", []header{root(traceAge)}, false, 0},
+		{"a trace Self alone counts", []header{trace("Self=1-%08x-12456789abcdef0123456789;Root=1-%08x-abcdef012345678912345678", traceAge, traceAge+10*time.Minute)}, false, 0},
+		{"a malformed time stamp gives way to a trace id", []header{literal("X-Request-Start", "t=soon"), root(traceAge)}, false, 1},
+		{"an absurd time stamp gives way to a trace id", []header{nginx(2 * time.Hour), root(traceAge)}, false, 1},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			stats := new(fasttimeout.Stats)
+			var ran atomic.Int64
+			deadlines := make(chan time.Time, 1)
+			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				ran.Add(1)
+				deadline, _ := fasttimeout.Context(ctx).Deadline()
+				deadlines <- deadline
+			}, fasttimeout.Config{
+				Timeout: timeout, HonorQueueHeaders: true, MaxQueueAge: maxQueueAge, Stats: stats,
+			}))
+			req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+			defer fasthttp.ReleaseRequest(req)
+			defer fasthttp.ReleaseResponse(resp)
+			req.SetRequestURI("http://test/")
+			sent := time.Now()
+			for _, h := range c.headers {
+				req.Header.Add(h.name, h.value(sent))
+			}
+			require.NoError(t, s.client.DoTimeout(req, resp, waitTimeout))
+			done := time.Now()
+			got := stats.Snapshot()
+			assert.Equal(t, c.bad, got.BadQueueHeaders, "BadQueueHeaders")
+			if !c.runs {
+				assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
+				assert.Equal(t, int64(1), got.SpentBudgets, "SpentBudgets")
+				assert.Zero(t, ran.Load(), "a request the trace id makes half an hour old does not run")
+				return
+			}
+			require.Equal(t, fasthttp.StatusOK, resp.StatusCode(), "a request the time stamp makes %v old runs", stampAge)
+			assert.Zero(t, got.SpentBudgets, "SpentBudgets")
+			deadline := receive(t, deadlines, "the handler's deadline")
+			// The time stamp, in milliseconds, is at most 1 ms before
+			// sent-stampAge; the middleware reads the wall clock (for the
+			// header) after its own, at most done-sent later.
+			want := sent.Add(-stampAge + timeout)
+			assert.False(t, deadline.After(want), "deadline %v after the time stamp's", deadline.Sub(want))
+			assert.False(t, deadline.Before(want.Add(-done.Sub(sent)-time.Millisecond)), "deadline %v before the time stamp's", deadline.Sub(want))
+		})
+	}
+}
+
 // TestAdmission_a_burst_on_a_cold_limit_is_served: three hundred requests
 // at once on a new adaptive limit (it starts at 20) wait while the limit
 // doubles, since their latency stays at its unloaded level, and all of

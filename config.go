@@ -300,10 +300,14 @@ type Config struct {
 	// "t=<microseconds>", the unit told by its magnitude; whole seconds
 	// count from the end of their second) or from the epoch seconds in AWS
 	// ALB's X-Amzn-Trace-Id (its Self field, which the ALB sets, else Root;
-	// the end of that second, as the field has no finer unit). The earliest
-	// valid start of all wins. A start in the future (clock skew) counts as
-	// now; values more than an hour away, or malformed, are ignored and
-	// counted in Stats (BadQueueHeaders). Names are matched as for
+	// the end of that second, as the field has no finer unit). A valid
+	// X-Request-Start or X-Queue-Start wins, the earliest of them if there
+	// are several; X-Amzn-Trace-Id is used only without one, as it may be
+	// the caller's, passed on through the proxy, with a Root that began its
+	// whole trace (the earliest of several trace ids wins). A start in the
+	// future (clock skew) counts as now; values more than an hour away, or
+	// malformed, are ignored and counted in Stats (BadQueueHeaders), even
+	// beside a valid one. Names are matched as for
 	// HonorDeadlineHeaders: in any case, or on a server with
 	// DisableHeaderNamesNormalizing in canonical form or lower case only.
 	// Off by default: only trust these headers from proxies you run.

@@ -32,10 +32,15 @@ var queueHeaders = [...]queueHeader{
 }
 
 // requestStart returns when the proxy in front first saw the request, read from
-// all lines of X-Request-Start, X-Queue-Start and X-Amzn-Trace-Id; the
-// earliest valid one wins. found reports that a valid start was present;
-// malformed that some value was not valid, or more than an hour away from
-// now, and was ignored.
+// all lines of X-Request-Start, X-Queue-Start and X-Amzn-Trace-Id. The
+// earliest valid time stamp (X-Request-Start or X-Queue-Start) wins; the
+// earliest valid trace id counts only when there is none. A time stamp is
+// set by a proxy the operator runs, to the millisecond; a trace id may be
+// the caller's, passed on through such a proxy, and its Root the start of
+// a whole trace that would make the request look up to an hour old. found
+// reports that a valid start was present; malformed that some value, of
+// either kind and even beside a valid one, was not valid, or more than an
+// hour away from now, and was ignored.
 //
 // X-Request-Start and X-Queue-Start hold a time stamp, optionally after
 // "t=", of digits with an optional fraction after a point: nginx's
@@ -57,7 +62,10 @@ var queueHeaders = [...]queueHeader{
 // allocate.
 func requestStart(h *fasthttp.RequestHeader, now time.Time) (start time.Time, found, malformed bool) {
 	nowNs := now.UnixNano()
-	var earliest int64
+	// The earliest valid start of the time stamps, and of the trace ids:
+	// every value is read, so that a malformed one is counted either way.
+	var stamp, trace int64
+	var stampFound, traceFound bool
 	raw := keepsNames(h)
 	for i := range queueHeaders {
 		qh := &queueHeaders[i]
@@ -76,15 +84,22 @@ func requestStart(h *fasthttp.RequestHeader, now time.Time) (start time.Time, fo
 			switch {
 			case !ok:
 				malformed = true
-			case !found || t < earliest:
-				earliest, found = t, true
+			case qh.trace:
+				if !traceFound || t < trace {
+					trace, traceFound = t, true
+				}
+			case !stampFound || t < stamp:
+				stamp, stampFound = t, true
 			}
 		}
 	}
-	if !found {
-		return time.Time{}, false, malformed
+	switch {
+	case stampFound:
+		return now.Add(-time.Duration(nowNs - stamp)), true, malformed
+	case traceFound:
+		return now.Add(-time.Duration(nowNs - trace)), true, malformed
 	}
-	return now.Add(-time.Duration(nowNs - earliest)), true, malformed
+	return time.Time{}, false, malformed
 }
 
 // requestStartUnits are the units a request start may be written in, tried

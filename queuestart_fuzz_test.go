@@ -11,7 +11,9 @@ import (
 // FuzzRequestStart feeds arbitrary values to the three queue-time headers
 // of a request read at an arbitrary time from 1970 to 2200: the parser
 // never panics, a found start is never after now nor more than an hour
-// before it, and nothing is found without a value of the headers' grammar.
+// before it, nothing is found without a value of the headers' grammar, and
+// the start is the time stamps' if they give one, else the trace id's, with
+// a malformed value of either counted.
 // Run it with:
 //
 //	go test -run '^$' -fuzz '^FuzzRequestStart$' -fuzztime 20000x .
@@ -38,14 +40,28 @@ func FuzzRequestStart(f *testing.F) {
 			nowNs = -(nowNs + 1)
 		}
 		now := time.Unix(0, nowNs%latest)
-		var h fasthttp.RequestHeader
-		h.SetRequestURI("/")
-		for _, kv := range [...][2]string{{"X-Request-Start", reqStart}, {"X-Queue-Start", queueStart}, {"X-Amzn-Trace-Id", trace}} {
-			if kv[1] != "" {
-				h.Set(kv[0], kv[1])
+		header := func(reqStart, queueStart, trace string) *fasthttp.RequestHeader {
+			h := new(fasthttp.RequestHeader)
+			h.SetRequestURI("/")
+			for _, kv := range [...][2]string{{"X-Request-Start", reqStart}, {"X-Queue-Start", queueStart}, {"X-Amzn-Trace-Id", trace}} {
+				if kv[1] != "" {
+					h.Set(kv[0], kv[1])
+				}
 			}
+			return h
 		}
-		start, found, _ := requestStart(&h, now)
+		start, found, malformed := requestStart(header(reqStart, queueStart, trace), now)
+		stampStart, stampFound, stampMalformed := requestStart(header(reqStart, queueStart, ""), now)
+		traceStart, traceFound, traceMalformed := requestStart(header("", "", trace), now)
+		if malformed != (stampMalformed || traceMalformed) {
+			t.Fatalf("malformed %v, %v for the time stamps and %v for the trace id: %q, %q, %q", malformed, stampMalformed, traceMalformed, reqStart, queueStart, trace)
+		}
+		switch {
+		case stampFound && (!found || !start.Equal(stampStart)):
+			t.Fatalf("start %v (found %v), not the time stamps' %v: %q, %q, %q", start, found, stampStart, reqStart, queueStart, trace)
+		case !stampFound && (found != traceFound || !start.Equal(traceStart)):
+			t.Fatalf("start %v (found %v), not the trace id's %v (found %v): %q, %q, %q", start, found, traceStart, traceFound, reqStart, queueStart, trace)
+		}
 		if !found {
 			if !start.IsZero() {
 				t.Fatalf("start %v without a header found", start)

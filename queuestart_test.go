@@ -136,16 +136,30 @@ var requestStartCases = []struct {
 	{name: "ALB several Roots: the first", headers: []string{"X-Amzn-Trace-Id", "Root=1-6553f0ff-abcdef012345678912345678;Root=1-6553f0fb-abcdef012345678912345678"}, age: 250 * time.Millisecond, found: true},
 	{name: "ALB several Selfs: the first", headers: []string{"X-Amzn-Trace-Id", "Self=1-6553f0ff-12456789abcdef0123456789;Root=1-6553f000-abcdef012345678912345678;Self=1-6553f0fb-12456789abcdef0123456789"}, age: 250 * time.Millisecond, found: true},
 
-	// Several headers: the earliest valid start wins.
+	// Several time stamps: the earliest valid one wins.
 	{name: "the earliest of X-Request-Start and X-Queue-Start", headers: []string{"X-Request-Start", "t=1699999995", "X-Queue-Start", "t=1699999990"}, age: 9250 * time.Millisecond, found: true},
 	{name: "the earliest of X-Queue-Start and X-Request-Start", headers: []string{"X-Request-Start", "t=1699999990", "X-Queue-Start", "1699999995000"}, age: 9250 * time.Millisecond, found: true},
 	{name: "the earliest of repeated lines", headers: []string{"X-Request-Start", "t=1699999999", "X-Request-Start", "t=1699999990", "X-Request-Start", "t=1699999995"}, age: 9250 * time.Millisecond, found: true},
 	{name: "whole seconds against milliseconds within their second", headers: []string{"X-Request-Start", "t=1699999990", "X-Queue-Start", "1699999990500"}, age: 9750 * time.Millisecond, found: true},
-	{name: "the earliest of a time stamp and a trace id", headers: []string{"X-Request-Start", "t=1699999999.5", "X-Amzn-Trace-Id", "Root=1-6553f0fb-abcdef012345678912345678"}, age: 4250 * time.Millisecond, found: true},
 	{name: "a past start wins over a future one", headers: []string{"X-Request-Start", "t=1700000009", "X-Queue-Start", "t=1699999999.5"}, age: 750 * time.Millisecond, found: true},
 	{name: "a malformed header gives way to a valid one", headers: []string{"X-Request-Start", "soon", "X-Queue-Start", "t=1699999990"}, age: 9250 * time.Millisecond, found: true, malformed: true},
-	{name: "an absurd header gives way to a valid one", headers: []string{"X-Request-Start", "t=1600000000", "X-Amzn-Trace-Id", "Root=1-6553f0fb-abcdef012345678912345678"}, age: 4250 * time.Millisecond, found: true, malformed: true},
 	{name: "a malformed line among valid ones", headers: []string{"X-Queue-Start", "t=1699999990", "X-Queue-Start", "t=", "X-Queue-Start", "t=1699999995"}, age: 9250 * time.Millisecond, found: true, malformed: true},
+	{name: "the earliest of several trace ids", headers: []string{"X-Amzn-Trace-Id", "Root=1-6553f0ff-abcdef012345678912345678", "X-Amzn-Trace-Id", "Root=1-6553f0fb-abcdef012345678912345678"}, age: 4250 * time.Millisecond, found: true},
+
+	// A valid time stamp wins over any trace id, which may be the caller's
+	// (a Root begun half an hour ago); a trace id counts only without one.
+	{name: "a time stamp wins over a trace Root half an hour older", headers: []string{"X-Request-Start", "t=1700000000.050", "X-Amzn-Trace-Id", "Root=1-6553e9f7-abcdef012345678912345678"}, age: 200 * time.Millisecond, found: true},
+	{name: "a time stamp wins over a trace Self half an hour older", headers: []string{"X-Queue-Start", "1700000000050", "X-Amzn-Trace-Id", "Self=1-6553e9f7-12456789abcdef0123456789;Root=1-6553e2f0-abcdef012345678912345678"}, age: 200 * time.Millisecond, found: true},
+	{name: "a trace id before the time stamp", headers: []string{"X-Amzn-Trace-Id", "Root=1-6553f0fb-abcdef012345678912345678", "X-Request-Start", "t=1699999999.5"}, age: 750 * time.Millisecond, found: true},
+	{name: "a time stamp wins over a later trace id", headers: []string{"X-Request-Start", "t=1699999990", "X-Amzn-Trace-Id", "Root=1-6553f0ff-abcdef012345678912345678"}, age: 9250 * time.Millisecond, found: true},
+	{name: "a future time stamp wins over a trace id: now", headers: []string{"X-Request-Start", "t=1700000005", "X-Amzn-Trace-Id", "Root=1-6553f0fb-abcdef012345678912345678"}, age: 0, found: true},
+	{name: "the earliest time stamp wins over trace ids", headers: []string{"X-Request-Start", "t=1699999999.5", "X-Amzn-Trace-Id", "Root=1-6553f0fb-abcdef012345678912345678", "X-Queue-Start", "t=1699999998.5", "X-Amzn-Trace-Id", "Root=1-6553e9f7-abcdef012345678912345678"}, age: 1750 * time.Millisecond, found: true},
+	{name: "a lower-case time stamp wins over a trace id", headers: []string{"x-request-start", "t=1700000000.050", "X-Amzn-Trace-Id", "Root=1-6553e9f7-abcdef012345678912345678"}, age: 200 * time.Millisecond, found: true},
+	{name: "a time stamp wins over a lower-case trace id", headers: []string{"X-Request-Start", "t=1700000000.050", "x-amzn-trace-id", "Root=1-6553e9f7-abcdef012345678912345678"}, age: 200 * time.Millisecond, found: true},
+	{name: "a malformed time stamp gives way to a trace id", headers: []string{"X-Request-Start", "t=soon", "X-Amzn-Trace-Id", "Root=1-6553f0fb-abcdef012345678912345678"}, age: 4250 * time.Millisecond, found: true, malformed: true},
+	{name: "an absurd time stamp gives way to a trace id", headers: []string{"X-Request-Start", "t=1600000000", "X-Amzn-Trace-Id", "Root=1-6553f0fb-abcdef012345678912345678"}, age: 4250 * time.Millisecond, found: true, malformed: true},
+	{name: "a malformed trace id beside a time stamp is counted", headers: []string{"X-Request-Start", "t=1700000000.050", "X-Amzn-Trace-Id", "Sampled=1"}, age: 200 * time.Millisecond, found: true, malformed: true},
+	{name: "an absurd trace id beside a time stamp is counted", headers: []string{"X-Request-Start", "t=1700000000.050", "X-Amzn-Trace-Id", "Root=1-00000000-abcdef012345678912345678"}, age: 200 * time.Millisecond, found: true, malformed: true},
 	{name: "all malformed", headers: []string{"X-Request-Start", "t=", "X-Queue-Start", "-1", "X-Amzn-Trace-Id", "Sampled=1"}, malformed: true},
 }
 
