@@ -94,8 +94,8 @@ Counts and loads are read in decimal ("010" is 10).
 flags:
 `
 
-// parseFlags parses args (without the program name). It returns flag.ErrHelp
-// for -h, and a one-line error for anything invalid. The flags of each
+// parseFlags parses args (without the program name). It writes nothing: it
+// returns a helpError for -h, and a one-line error for anything invalid. The flags of each
 // scenario are its own (scenario.flags); these are the ones they share.
 func parseFlags(args []string) (options, error) {
 	fs := flag.NewFlagSet("loadtest", flag.ContinueOnError)
@@ -126,9 +126,11 @@ func parseFlags(args []string) (options, error) {
 	fs.Usage = func() {} // a bad flag gets one line, from command
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(os.Stderr, usage)
-			fs.SetOutput(os.Stderr)
+			var b strings.Builder
+			b.WriteString(usage)
+			fs.SetOutput(&b)
 			fs.PrintDefaults()
+			return o, helpError{usage: b.String()}
 		}
 		return o, err
 	}
@@ -219,6 +221,14 @@ func parseFlags(args []string) (options, error) {
 	}
 	return o, nil
 }
+
+// helpError is parseFlags's answer to -h: flag.ErrHelp, with the usage
+// text, which command writes to its stderr (not the process's, which a
+// caller of command may not be reading).
+type helpError struct{ usage string }
+
+func (e helpError) Error() string { return flag.ErrHelp.Error() }
+func (e helpError) Unwrap() error { return flag.ErrHelp }
 
 // checkChart refuses a -chart that could not be written, which writeChart
 // would find only once every cell has been measured: a name other than
@@ -377,12 +387,15 @@ func main() {
 }
 
 // command runs the load test that args (without the program name) ask
-// for, and returns the exit status: 2 with one line on stderr for a bad
-// command line, 1 if the run failed.
+// for, and returns the exit status: 0 with the usage on stderr for -h, 2
+// with one line on stderr for a bad command line, 1 if the run failed.
 func command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	o, err := parseFlags(args)
+	var help helpError
 	switch {
-	case errors.Is(err, flag.ErrHelp):
+	case errors.As(err, &help):
+		// Asked for: exit 0, on stderr as the flag package does.
+		_, _ = io.WriteString(stderr, help.usage)
 		return 0
 	case err != nil:
 		// Every bad flag: -h tells the forms and ranges taken.

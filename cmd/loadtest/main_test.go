@@ -258,6 +258,32 @@ func TestCommand_a_bad_flag_exits_2_with_one_line(t *testing.T) {
 	}
 }
 
+// -h writes the usage, every flag with its default, to the stderr that
+// command is given, and nothing to the process's: a caller reading what
+// command writes gets it, with exit 0 and no report.
+func TestCommand_h_writes_the_usage_to_its_stderr(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, args := range [][]string{{"-h"}, {"-help"}, {"--h"}, {"-smoke", "-h"}, {"-h", "-nope"}} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			t.Parallel()
+			var stdout, stderr strings.Builder
+			if code := command(ctx, args, &stdout, &stderr); code != 0 {
+				t.Errorf("exit %d, want 0; stderr %q", code, stderr.String())
+			}
+			for _, want := range []string{"usage: loadtest [flags]", "\n  -overload-loads string\n", "\n  -duration duration\n"} {
+				if !strings.Contains(stderr.String(), want) {
+					t.Errorf("stderr %q, want the usage, with %q", stderr.String(), want)
+				}
+			}
+			if stdout.Len() > 0 {
+				t.Errorf("stdout %q, want nothing", stdout.String())
+			}
+		})
+	}
+}
+
 // The command lines that the README, docs/ and .ci/run give (redirections
 // left out) pass parseFlags as they are.
 func TestParseFlags_documented_command_lines_run(t *testing.T) {

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"flag"
 	"io"
 	"math"
@@ -186,7 +187,7 @@ func TestParseFlags(t *testing.T) {
 		{"-conns", "64,x"}, {"-conns", "0"}, {"-variants", "gin"}, {"-scenarios", "soak"},
 		{"-duration", "-1s"}, {"-storm-conns", "0"}, {"-nope"}, {"extra"},
 	})
-	if _, err := parseFlags([]string{"-h"}); err != flag.ErrHelp {
+	if _, err := parseFlags([]string{"-h"}); !errors.Is(err, flag.ErrHelp) {
 		t.Errorf("-h: %v, want flag.ErrHelp", err)
 	}
 }
