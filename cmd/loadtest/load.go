@@ -137,8 +137,8 @@ func stopProcess(in io.Closer, exited <-chan struct{}, wait time.Duration, kill 
 // loadResult is what the clients of one cell saw while measuring.
 type loadResult struct {
 	elapsed   time.Duration
-	latencies []int64 // ns, one per measured response
-	timeouts  []int64 // ns after the deadline, one per measured timeout response (storm)
+	latencies histogram // ns, one per measured response
+	timeouts  histogram // ns after the deadline, one per measured timeout response (storm)
 	statuses  map[int]int64
 	errors    int64
 	// answered counts every response read in the window, whether its
@@ -148,7 +148,7 @@ type loadResult struct {
 	answered int64
 }
 
-func (r loadResult) requests() int64 { return int64(len(r.latencies)) }
+func (r loadResult) requests() int64 { return r.latencies.count() }
 
 // Phases of a load run, read by every client connection.
 const (
@@ -159,8 +159,8 @@ const (
 
 // loadClient is one keep-alive connection and what it measured.
 type loadClient struct {
-	latencies []int64
-	timeouts  []int64
+	latencies latencyBatch
+	timeouts  latencyBatch
 	statuses  map[int]int64
 	answered  int64 // responses read in the window
 	err       error
@@ -175,9 +175,10 @@ func drive(ctx context.Context, addr string, conns int, warmup, duration time.Du
 	deadline time.Duration, timeoutCode int, onMeasure, onDone func() error) (loadResult, error) {
 	var phase atomic.Int32
 	clients := make([]*loadClient, conns)
+	var latencies, timeouts sharedHistogram
 	var wg sync.WaitGroup
 	for i := range clients {
-		c := &loadClient{statuses: map[int]int64{}}
+		c := &loadClient{statuses: map[int]int64{}, latencies: latencyBatch{into: &latencies}, timeouts: latencyBatch{into: &timeouts}}
 		clients[i] = c
 		wg.Go(func() { c.run(addr, &phase, deadline, timeoutCode) })
 	}
@@ -206,9 +207,8 @@ func drive(ctx context.Context, addr string, conns int, warmup, duration time.Du
 	}
 	wg.Wait()
 	res.statuses = map[int]int64{}
+	res.latencies, res.timeouts = latencies.h, timeouts.h // every client has returned, and flushed
 	for _, c := range clients {
-		res.latencies = append(res.latencies, c.latencies...)
-		res.timeouts = append(res.timeouts, c.timeouts...)
 		res.answered += c.answered
 		for code, n := range c.statuses {
 			res.statuses[code] += n
@@ -231,6 +231,8 @@ var request = []byte("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: loadtest\
 // run sends requests one at a time until the phase is done. A connection
 // error ends this client; it is counted, not retried.
 func (c *loadClient) run(addr string, phase *atomic.Int32, deadline time.Duration, timeoutCode int) {
+	defer c.latencies.flush()
+	defer c.timeouts.flush()
 	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		c.err = err
@@ -268,12 +270,17 @@ func (c *loadClient) run(addr string, phase *atomic.Int32, deadline time.Duratio
 		if p != phaseMeasure || now != phaseMeasure {
 			continue // started or ended outside the measured window
 		}
-		code := resp.StatusCode()
-		c.latencies = append(c.latencies, int64(elapsed))
-		c.statuses[code]++
-		if deadline > 0 && code == timeoutCode {
-			c.timeouts = append(c.timeouts, max(int64(elapsed-deadline), 0))
-		}
+		c.measure(elapsed, resp.StatusCode(), deadline, timeoutCode)
+	}
+}
+
+// measure records a measured response: its latency, its status, and how
+// late it came after deadline (when set) if its status is timeoutCode.
+func (c *loadClient) measure(elapsed time.Duration, code int, deadline time.Duration, timeoutCode int) {
+	c.latencies.add(int64(elapsed))
+	c.statuses[code]++
+	if deadline > 0 && code == timeoutCode {
+		c.timeouts.add(max(int64(elapsed-deadline), 0))
 	}
 }
 

@@ -5,8 +5,6 @@ import (
 	"io"
 	"slices"
 	"strings"
-
-	"github.com/HdrHistogram/hdrhistogram-go"
 )
 
 // report is the whole result of a run; -json writes it as is.
@@ -75,7 +73,7 @@ func (r *throughputRow) fill(res loadResult, before, after serverStats) {
 	if secs := res.elapsed.Seconds(); secs > 0 {
 		r.ReqPerSec = float64(res.answered) / secs
 	}
-	p := percentiles(res.latencies, 50, 99, 99.9)
+	p := res.latencies.quantiles(50, 99, 99.9)
 	r.P50Micros, r.P99Micros, r.P999Micros = p[0]/1e3, p[1]/1e3, p[2]/1e3
 	if res.answered > 0 {
 		r.CPUMicrosPerRq = float64(after.CPUNanos-before.CPUNanos) / 1e3 / float64(res.answered)
@@ -132,7 +130,7 @@ type stormRow struct {
 func (r *stormRow) fill(res loadResult, before, after, settled serverStats) {
 	r.Requests = res.requests()
 	r.Errors = res.errors
-	r.Timeouts = int64(len(res.timeouts))
+	r.Timeouts = res.timeouts.count()
 	for code, n := range res.statuses {
 		if code == 200 {
 			r.OK += n
@@ -142,7 +140,7 @@ func (r *stormRow) fill(res loadResult, before, after, settled serverStats) {
 	if secs := res.elapsed.Seconds(); secs > 0 {
 		r.ReqPerSec = float64(res.answered) / secs
 	}
-	p := percentiles(res.timeouts, 50, 99)
+	p := res.timeouts.quantiles(50, 99)
 	r.LatenessP50Ms, r.LatenessP99Ms = p[0]/1e6, p[1]/1e6
 	r.Handlers = settled.HandlersFinished - before.HandlersFinished
 	for i := range r.RunningAfter {
@@ -227,28 +225,10 @@ func (r *burstRow) fill(res burstResult, before, settled serverStats) {
 }
 
 // percentiles returns the quantiles qs (in percent) of values (ns), from an
-// HDR histogram with 3 significant digits; zeros when values is empty.
-// Values below 1 ns count as 1 ns.
+// HDR histogram with 3 significant digits (histogram); zeros when values is
+// empty. Values below 1 ns count as 1 ns.
 func percentiles(values []int64, qs ...float64) []float64 {
-	out := make([]float64, len(qs))
-	if len(values) == 0 {
-		return out
-	}
-	// The histogram reaches the largest value, so that none is refused
-	// (RecordValue refuses what is past its range, and a refused value
-	// would pull every quantile down): latencies end at a deadline, but
-	// the generator's lags do not. Its buckets double, so an hour takes
-	// six more than a minute (48 KiB).
-	h := hdrhistogram.New(1, max(slices.Max(values), 60e9), 3)
-	for _, v := range values {
-		if err := h.RecordValue(max(v, 1)); err != nil {
-			panic(err) // within the range by construction
-		}
-	}
-	for i, q := range qs {
-		out[i] = float64(h.ValueAtQuantile(q))
-	}
-	return out
+	return histogramOf(values...).quantiles(qs...)
 }
 
 // writeMarkdown writes the report's tables, scenario by scenario.

@@ -81,7 +81,7 @@ func TestPercentiles_values_past_a_minute_count(t *testing.T) {
 func TestThroughputRowFill(t *testing.T) {
 	res := loadResult{
 		elapsed:   2 * time.Second,
-		latencies: []int64{1e3, 2e3, 3e3, 4e3},
+		latencies: histogramOf(1e3, 2e3, 3e3, 4e3),
 		statuses:  map[int]int64{200: 3, 503: 1},
 		answered:  4,
 	}
@@ -98,8 +98,8 @@ func TestThroughputRowFill(t *testing.T) {
 func TestStormRowFill(t *testing.T) {
 	res := loadResult{
 		elapsed:   time.Second,
-		latencies: []int64{51e6, 52e6, 10e6},
-		timeouts:  []int64{1e6, 2e6},
+		latencies: histogramOf(51e6, 52e6, 10e6),
+		timeouts:  histogramOf(1e6, 2e6),
 		statuses:  map[int]int64{504: 2, 200: 1},
 	}
 	before := serverStats{HandlersFinished: 10, Overrun: [3]int64{5, 4, 3}}
@@ -420,7 +420,7 @@ func TestStormChart_failed_cell(t *testing.T) {
 // 500 ms, a 1 s window holds 2 answers and 1 measured response.
 func TestRowFill_rate_counts_every_answer_in_the_window(t *testing.T) {
 	t.Parallel()
-	res := loadResult{elapsed: time.Second, latencies: []int64{500e6}, timeouts: []int64{450e6},
+	res := loadResult{elapsed: time.Second, latencies: histogramOf(500e6), timeouts: histogramOf(450e6),
 		statuses: map[int]int64{504: 1}, answered: 2}
 	var tr throughputRow
 	tr.fill(res, serverStats{CPUNanos: 0}, serverStats{CPUNanos: 2e6})
@@ -467,7 +467,8 @@ func TestLoadClient_window(t *testing.T) {
 		}
 	}()
 	var phase atomic.Int32 // phaseWarmup
-	c := &loadClient{statuses: map[int]int64{}}
+	var latencies sharedHistogram
+	c := &loadClient{statuses: map[int]int64{}, latencies: latencyBatch{into: &latencies}}
 	done := make(chan struct{})
 	go func() { c.run(ln.Addr().String(), &phase, 0, 0); close(done) }()
 	next := func() {
@@ -489,8 +490,8 @@ func TestLoadClient_window(t *testing.T) {
 	if c.err != nil {
 		t.Fatal(c.err)
 	}
-	if c.answered != 2 || len(c.latencies) != 1 || c.statuses[200] != 1 {
-		t.Errorf("%d answered in the window, %d measured, statuses %v; want 2, 1, 200: 1", c.answered, len(c.latencies), c.statuses)
+	if c.answered != 2 || latencies.h.count() != 1 || c.statuses[200] != 1 {
+		t.Errorf("%d answered in the window, %d measured, statuses %v; want 2, 1, 200: 1", c.answered, latencies.h.count(), c.statuses)
 	}
 }
 
