@@ -325,13 +325,13 @@ func (r *burstResult) count(resp *fasthttp.Response, elapsed time.Duration) {
 // the clients saw. shared runs the server in this process, where its
 // goroutines compete for the Ps with the clients' (a crash there would end
 // the load test too; the recovery outside the middleware prevents it).
-func measureBurst(ctx context.Context, variant string, conns, perConn int, shared bool) (burstRow, error) {
+func measureBurst(ctx context.Context, variant string, conns, perConn int, shared bool, stderr io.Writer) (burstRow, error) {
 	row := burstRow{Variant: variant, Conns: conns, PerConn: perConn, Shared: shared}
 	start := startChild
 	if shared {
 		start = startShared
 	}
-	srv, err := start(scenarioBurst, variant)
+	srv, err := start(scenarioBurst, variant, stderr)
 	if err != nil {
 		return row, err
 	}

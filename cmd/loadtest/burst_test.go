@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"os"
 	"testing"
 )
 
@@ -14,7 +15,7 @@ func TestMeasureBurst(t *testing.T) {
 	const conns, perConn = 4, 5
 	for _, v := range burstVariants(allVariants) {
 		t.Run(v, func(t *testing.T) {
-			row, err := measureBurst(context.Background(), v, conns, perConn, true)
+			row, err := measureBurst(context.Background(), v, conns, perConn, true, os.Stderr)
 			if err != nil {
 				t.Fatal(err)
 			}

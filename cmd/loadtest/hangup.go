@@ -236,15 +236,15 @@ func runHangup(ctx context.Context, o options, rep *report) (failed int, err err
 		if err := ctx.Err(); err != nil {
 			return failed, err
 		}
-		on, off, diff, err := measureHangup(ctx, v, cfg, o.warmup)
+		on, off, diff, err := measureHangup(ctx, v, cfg, o.warmup, o.stderr)
 		if err != nil {
 			failed++
-			progress("  hangup     %-32s: FAILED: %v", v, err)
+			o.progress("  hangup     %-32s: FAILED: %v", v, err)
 			on = hangupRow{Variant: v, Watch: true, Error: err.Error()}
 			off = hangupRow{Variant: v, Error: err.Error()}
 		} else {
 			rep.Hangup.Diffs = append(rep.Hangup.Diffs, diff)
-			progress("  hangup     %-32s: server CPU %.1f%% of a core watching, %.1f%% not, %d in flight",
+			o.progress("  hangup     %-32s: server CPU %.1f%% of a core watching, %.1f%% not, %d in flight",
 				v, on.CPUPercent, off.CPUPercent, min(on.InFlight, off.InFlight))
 		}
 		rep.Hangup.Rows = append(rep.Hangup.Rows, on, off)
@@ -291,8 +291,8 @@ func onOff(watch bool) string {
 // every connection is in its cycle, and warmup more), the CPU windows in
 // the order of hangupSchedule, each switch followed by a handler's wait,
 // and a second batch of hang-ups under that load, watching.
-func measureHangup(ctx context.Context, variant string, cfg hangupConfig, warmup time.Duration) (on, off hangupRow, diff hangupDiff, err error) {
-	srv, err := startChild(scenarioHangup, hangupSpec(variant, cfg))
+func measureHangup(ctx context.Context, variant string, cfg hangupConfig, warmup time.Duration, stderr io.Writer) (on, off hangupRow, diff hangupDiff, err error) {
+	srv, err := startChild(scenarioHangup, hangupSpec(variant, cfg), stderr)
 	if err != nil {
 		return on, off, diff, err
 	}

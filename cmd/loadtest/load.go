@@ -26,15 +26,16 @@ type child struct {
 	in     io.WriteCloser
 	out    *bufio.Reader
 	addr   string
+	stderr io.Writer // where its messages go
 }
 
 // startShared runs a variant server in this process, on goroutines that
 // share the Ps with the load generator's, with the same line protocol as a
-// child process.
-func startShared(scenario, variant string) (*child, error) {
+// child process. What it has to say goes to stderr.
+func startShared(scenario, variant string, stderr io.Writer) (*child, error) {
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()
-	c := &child{served: make(chan error, 1), in: inW, out: bufio.NewReader(outR)}
+	c := &child{served: make(chan error, 1), in: inW, out: bufio.NewReader(outR), stderr: stderr}
 	go func() {
 		err := serveChild(scenario+"/"+variant, inR, outW)
 		_ = outW.CloseWithError(fmt.Errorf("server ended: %v", err))
@@ -50,20 +51,22 @@ func startShared(scenario, variant string) (*child, error) {
 	return c, nil
 }
 
-func startChild(scenario, variant string) (*child, error) {
-	return startChildFiles(scenario, variant, nil)
+// startChild starts a variant server in a child process, its stderr
+// written to stderr.
+func startChild(scenario, variant string, stderr io.Writer) (*child, error) {
+	return startChildFiles(scenario, variant, nil, stderr)
 }
 
 // startChildFiles starts a child process with extra open files, the first
-// at descriptor 3.
-func startChildFiles(scenario, variant string, extra []*os.File) (*child, error) {
+// at descriptor 3, its stderr written to stderr.
+func startChildFiles(scenario, variant string, extra []*os.File, stderr io.Writer) (*child, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(exe)
 	cmd.Env = append(os.Environ(), serveEnv+"="+scenario+"/"+variant)
-	cmd.Stderr = os.Stderr
+	cmd.Stderr = stderr
 	cmd.ExtraFiles = extra
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -76,7 +79,7 @@ func startChildFiles(scenario, variant string, extra []*os.File) (*child, error)
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	c := &child{cmd: cmd, exited: make(chan struct{}), in: in, out: bufio.NewReader(outPipe)}
+	c := &child{cmd: cmd, exited: make(chan struct{}), in: in, out: bufio.NewReader(outPipe), stderr: stderr}
 	go func() { _ = cmd.Wait(); close(c.exited) }()
 	line, err := c.out.ReadString('\n')
 	if err != nil {
@@ -115,10 +118,10 @@ func (c *child) stop() {
 	select {
 	case err := <-c.served:
 		if err != nil {
-			progress("loadtest: in-process server: %v", err)
+			progressTo(c.stderr, "loadtest: in-process server: %v", err)
 		}
 	case <-time.After(5 * time.Second):
-		progress("loadtest: in-process server did not stop within 5s")
+		progressTo(c.stderr, "loadtest: in-process server did not stop within 5s")
 	}
 }
 
@@ -285,9 +288,9 @@ func (c *loadClient) measure(elapsed time.Duration, code int, deadline time.Dura
 }
 
 // measureThroughput runs one throughput cell.
-func measureThroughput(ctx context.Context, variant string, conns int, warmup, duration time.Duration) (throughputRow, error) {
+func measureThroughput(ctx context.Context, variant string, conns int, warmup, duration time.Duration, stderr io.Writer) (throughputRow, error) {
 	row := throughputRow{Variant: variant, Conns: conns}
-	srv, err := startChild(scenarioThroughput, variant)
+	srv, err := startChild(scenarioThroughput, variant, stderr)
 	if err != nil {
 		return row, err
 	}
@@ -305,9 +308,9 @@ func measureThroughput(ctx context.Context, variant string, conns int, warmup, d
 
 // measureStorm runs the storm against one variant, then waits for its slow
 // handlers to return (at most stormWork and a margin) before counting them.
-func measureStorm(ctx context.Context, variant string, conns int, warmup, duration time.Duration) (stormRow, error) {
+func measureStorm(ctx context.Context, variant string, conns int, warmup, duration time.Duration, stderr io.Writer) (stormRow, error) {
 	row := stormRow{Variant: variant, Conns: conns}
-	srv, err := startChild(scenarioStorm, variant)
+	srv, err := startChild(scenarioStorm, variant, stderr)
 	if err != nil {
 		return row, err
 	}

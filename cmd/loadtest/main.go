@@ -44,6 +44,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -83,6 +84,10 @@ type options struct {
 	olMaxConns  int
 	olArrivals  string
 	olQueries   int
+
+	// stderr is where the progress lines and the server children's own
+	// messages go: command's stderr (not a flag; nil writes nowhere).
+	stderr io.Writer
 }
 
 const usage = `usage: loadtest [flags]
@@ -390,7 +395,14 @@ func main() {
 // for, and returns the exit status: 0 with the usage on stderr for -h, 2
 // with one line on stderr for a bad command line, 1 if the run failed.
 func command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if _, ok := stderr.(*os.File); !ok {
+		// The progress lines and the children's messages come from
+		// several goroutines; an *os.File (the process's) takes them as
+		// they are, and is handed to the children as it is.
+		stderr = &syncWriter{w: stderr}
+	}
 	o, err := parseFlags(args)
+	o.stderr = stderr
 	var help helpError
 	switch {
 	case errors.As(err, &help):
@@ -441,7 +453,7 @@ func run(ctx context.Context, o options, stdout io.Writer) error {
 			Shared:       o.shared,
 		},
 	}
-	progress("loadtest: %s, budget about %v", rep.Machine, estimate(o).Round(time.Second))
+	o.progress("loadtest: %s, budget about %v", rep.Machine, estimate(o).Round(time.Second))
 	start := time.Now()
 	failed := 0 // cells whose server failed; reported, and the exit code is 1
 	for _, s := range scenarios {
@@ -455,7 +467,7 @@ func run(ctx context.Context, o options, stdout io.Writer) error {
 		failed += n
 	}
 	rep.TotalSeconds = time.Since(start).Seconds()
-	progress("loadtest: done in %v", time.Since(start).Round(time.Millisecond))
+	o.progress("loadtest: done in %v", time.Since(start).Round(time.Millisecond))
 	err := writeReport(o, rep, stdout)
 	if err == nil && failed > 0 {
 		err = fmt.Errorf("%d cells failed (see the report)", failed)
@@ -481,7 +493,7 @@ func writeReport(o options, rep report, stdout io.Writer) error {
 	if err := writeChart(o.chart, rep); err != nil {
 		return fmt.Errorf("chart: %w", err)
 	}
-	progress("loadtest: chart written to %s", o.chart)
+	o.progress("loadtest: chart written to %s", o.chart)
 	return nil
 }
 
@@ -496,8 +508,28 @@ func estimate(o options) time.Duration {
 	return d
 }
 
-func progress(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, format+"\n", args...)
+// progress writes a line of progress on o.stderr.
+func (o options) progress(format string, args ...any) {
+	progressTo(o.stderr, format, args...)
+}
+
+// progressTo writes a line of progress on w; nil writes nowhere.
+func progressTo(w io.Writer, format string, args ...any) {
+	if w != nil {
+		fmt.Fprintf(w, format+"\n", args...)
+	}
+}
+
+// syncWriter serialises the writes to w.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
 }
 
 // currentMachine describes this machine for the report.

@@ -284,6 +284,41 @@ func TestCommand_h_writes_the_usage_to_its_stderr(t *testing.T) {
 	}
 }
 
+// A run writes its progress, from the first line to the last, to the
+// stderr that command is given, and its report to the stdout: a caller
+// reading what command writes gets both. One throughput cell of 10 ms.
+func TestCommand_writes_its_progress_to_its_stderr(t *testing.T) {
+	t.Parallel()
+	var stdout, stderr strings.Builder
+	args := []string{"-scenarios", "throughput", "-variants", "fasthttp-bare", "-conns", "1", "-duration", "10ms", "-warmup", "0"}
+	if code := command(context.Background(), args, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d; stderr %q", code, stderr.String())
+	}
+	lines := strings.Split(strings.TrimSuffix(stderr.String(), "\n"), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "loadtest: ") || !strings.Contains(lines[0], "budget about") ||
+		!strings.HasPrefix(lines[1], "  throughput fasthttp-bare ") || !strings.HasPrefix(lines[2], "loadtest: done in ") {
+		t.Errorf("stderr %q, want the budget, the cell and the end, one line each", stderr.String())
+	}
+	if !strings.Contains(stdout.String(), "| fasthttp-bare | 1 |") {
+		t.Errorf("stdout %q, want the report's row", stdout.String())
+	}
+}
+
+// A server child's own messages (here why it did not start) go to the
+// stderr it was started with, as the progress lines do.
+func TestStartChild_its_messages_go_to_the_given_stderr(t *testing.T) {
+	t.Parallel()
+	var stderr strings.Builder
+	srv, err := startChild(scenarioThroughput, "no-such-variant", &stderr)
+	if err == nil {
+		srv.stop()
+		t.Fatal("a server of no variant started")
+	}
+	if msg := stderr.String(); !strings.HasPrefix(msg, "loadtest server: ") || !strings.Contains(msg, "no-such-variant") {
+		t.Errorf("stderr %q, want the child's message", msg)
+	}
+}
+
 // The command lines that the README, docs/ and .ci/run give (redirections
 // left out) pass parseFlags as they are.
 func TestParseFlags_documented_command_lines_run(t *testing.T) {

@@ -279,7 +279,7 @@ const closedLoopConns = 32
 // closed-loop load from closedLoopConns connections (each sends its next
 // request when the previous answer has come), which cannot overload it.
 // On a shared machine it is less than the nominal capacity.
-func estimateCapacity(ctx context.Context, cfg overloadConfig, workload string) (float64, error) {
+func estimateCapacity(ctx context.Context, cfg overloadConfig, workload string, stderr io.Writer) (float64, error) {
 	f, err := os.CreateTemp("", "loadtest-overload-*")
 	if err != nil {
 		return 0, err
@@ -293,7 +293,7 @@ func estimateCapacity(ctx context.Context, cfg overloadConfig, workload string) 
 	if err != nil {
 		return 0, err
 	}
-	srv, err := startChildFiles(scenarioOverload, string(spec), []*os.File{f})
+	srv, err := startChildFiles(scenarioOverload, string(spec), []*os.File{f}, stderr)
 	if err != nil {
 		return 0, err
 	}
@@ -352,26 +352,26 @@ func runOverload(ctx context.Context, o options, rep *report) (failed int, err e
 	cfg := newOverloadConfig(o)
 	iters, took := calibrateBurn(cpuChunk)
 	cfg.ChunkIters, cfg.ChunkUs = iters, float64(took)/1e3
-	progress("  overload: a unit of CPU work is %d iterations, %.1f µs at best", iters, cfg.ChunkUs)
+	o.progress("  overload: a unit of CPU work is %d iterations, %.1f µs at best", iters, cfg.ChunkUs)
 	rep.Overload = &overloadReport{Config: cfg}
 	measure := func(c overloadCell) overloadRow {
-		row := measureOverloadCell(ctx, cfg, c)
+		row := measureOverloadCell(ctx, cfg, c, o.stderr)
 		// A baseline server that dies under overload is a result; the
 		// run fails if anything else goes wrong, or if fasttimeout dies.
 		if v, _ := findOverloadVariant(c.variant); row.Error != "" && (!row.Crashed || v.fasttimeout) {
 			failed++
 		}
-		progress("  overload   %s", row.progressLine())
+		o.progress("  overload   %s", row.progressLine())
 		return row
 	}
 	for _, wl := range cfg.Workloads {
 		w := overloadWorkload{Name: wl, Nominal: cfg.nominalCapacity(wl)}
-		est, err := estimateCapacity(ctx, cfg, wl)
+		est, err := estimateCapacity(ctx, cfg, wl, o.stderr)
 		if err != nil {
 			if ctx.Err() != nil {
 				return failed, ctx.Err()
 			}
-			progress("  overload   %s: the closed-loop estimate failed (%v), the nominal capacity is used", wl, err)
+			o.progress("  overload   %s: the closed-loop estimate failed (%v), the nominal capacity is used", wl, err)
 			est = w.Nominal
 		}
 		w.Estimate = est
@@ -383,7 +383,7 @@ func runOverload(ctx context.Context, o options, rep *report) (failed int, err e
 				rate: sweepLoad * w.Estimate, measure: cfg.cell(), seed: sweepSeed}))
 		}
 		w.pickCapacity()
-		progress("  overload   %s: capacity %.0f/s (Concurrency=%d; first estimate %.0f/s closed-loop, nominal %.0f/s)",
+		o.progress("  overload   %s: capacity %.0f/s (Concurrency=%d; first estimate %.0f/s closed-loop, nominal %.0f/s)",
 			wl, w.Capacity, w.BestConcurrency, w.Estimate, w.Nominal)
 		for li, load := range cfg.Loads {
 			for _, name := range cfg.Variants {
@@ -577,9 +577,9 @@ func procPeakRSS(pid int) int64 {
 
 // measureOverloadCell runs one cell in a fresh server child. A cell that
 // fails has its Error set.
-func measureOverloadCell(ctx context.Context, cfg overloadConfig, c overloadCell) overloadRow {
+func measureOverloadCell(ctx context.Context, cfg overloadConfig, c overloadCell, stderr io.Writer) overloadRow {
 	row := c.row()
-	if err := c.measureInto(ctx, cfg, &row); err != nil {
+	if err := c.measureInto(ctx, cfg, &row, stderr); err != nil {
 		row.Error = err.Error()
 	}
 	return row
@@ -590,7 +590,7 @@ func (c overloadCell) row() overloadRow {
 		Concurrency: c.concurrency, Load: c.load, OfferedPerSec: c.rate, Seconds: c.measure.Seconds()}
 }
 
-func (c overloadCell) measureInto(ctx context.Context, cfg overloadConfig, row *overloadRow) error {
+func (c overloadCell) measureInto(ctx context.Context, cfg overloadConfig, row *overloadRow, stderr io.Writer) error {
 	if c.variant != olConcurrency {
 		row.Concurrency = 0
 	}
@@ -627,7 +627,7 @@ func (c overloadCell) measureInto(ctx context.Context, cfg overloadConfig, row *
 	if err != nil {
 		return err
 	}
-	srv, err := startChildFiles(scenarioOverload, string(spec), []*os.File{f})
+	srv, err := startChildFiles(scenarioOverload, string(spec), []*os.File{f}, stderr)
 	if err != nil {
 		return err
 	}

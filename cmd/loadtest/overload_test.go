@@ -920,7 +920,7 @@ func TestEstimateCapacity_leaves_the_servers_CPU_profile(t *testing.T) {
 	dir := t.TempDir()
 	t.Setenv(profileEnv, dir) // the child inherits it
 	cfg := overloadConfig{WarmupMs: 20, CellMs: 100, Chunks: 2, ChunkIters: 100, ChunkUs: 1}
-	if _, err := estimateCapacity(context.Background(), cfg, workloadCPU); err != nil {
+	if _, err := estimateCapacity(context.Background(), cfg, workloadCPU, os.Stderr); err != nil {
 		t.Fatal(err)
 	}
 	files, err := filepath.Glob(filepath.Join(dir, "*.pprof"))
@@ -1005,7 +1005,7 @@ func TestTakeSnapshot_a_dead_servers_CPU_and_peak_RSS_stay(t *testing.T) {
 	defer func() { _ = sh.unmap() }()
 	// One request of 200 units of 10⁶ iterations: some 0.3 s of CPU.
 	spec := `{"variant":"fasthttp-bare","workload":"cpu","timeout_ms":60000,"chunks":200,"chunk_iters":1000000}`
-	srv, err := startChildFiles(scenarioOverload, spec, []*os.File{f})
+	srv, err := startChildFiles(scenarioOverload, spec, []*os.File{f}, os.Stderr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -76,13 +76,13 @@ func (throughputScenario) run(ctx context.Context, o options, rep *report) (fail
 			if err := ctx.Err(); err != nil {
 				return failed, err
 			}
-			row, err := measureThroughput(ctx, v, conns, o.warmup, o.duration)
+			row, err := measureThroughput(ctx, v, conns, o.warmup, o.duration, o.stderr)
 			if err != nil {
 				row = throughputRow{Variant: v, Conns: conns, Error: err.Error()}
 				failed++
-				progress("  throughput %-32s %5d conns: FAILED: %v", v, conns, err)
+				o.progress("  throughput %-32s %5d conns: FAILED: %v", v, conns, err)
 			} else {
-				progress("  throughput %-32s %5d conns: %8.0f req/s", v, conns, row.ReqPerSec)
+				o.progress("  throughput %-32s %5d conns: %8.0f req/s", v, conns, row.ReqPerSec)
 			}
 			rep.Throughput = append(rep.Throughput, row)
 		}
@@ -126,13 +126,13 @@ func (stormScenario) run(ctx context.Context, o options, rep *report) (failed in
 		if err := ctx.Err(); err != nil {
 			return failed, err
 		}
-		row, err := measureStorm(ctx, v, o.stormConns, o.warmup, o.duration)
+		row, err := measureStorm(ctx, v, o.stormConns, o.warmup, o.duration, o.stderr)
 		if err != nil {
 			row = stormRow{Variant: v, Conns: o.stormConns, Error: err.Error()}
 			failed++
-			progress("  storm      %-32s %5d conns: FAILED: %v", v, o.stormConns, err)
+			o.progress("  storm      %-32s %5d conns: FAILED: %v", v, o.stormConns, err)
 		} else {
-			progress("  storm      %-32s %5d conns: lateness p99 %.2f ms", v, o.stormConns, row.LatenessP99Ms)
+			o.progress("  storm      %-32s %5d conns: lateness p99 %.2f ms", v, o.stormConns, row.LatenessP99Ms)
 		}
 		rep.StormRows = append(rep.StormRows, row)
 	}
@@ -184,15 +184,15 @@ func (burstScenario) run(ctx context.Context, o options, rep *report) (failed in
 		if err := ctx.Err(); err != nil {
 			return failed, err
 		}
-		row, err := measureBurst(ctx, v, o.burstConns, o.burstReqs, o.shared)
+		row, err := measureBurst(ctx, v, o.burstConns, o.burstReqs, o.shared, o.stderr)
 		if err != nil {
 			if row.Error == "" {
 				row.Error = err.Error()
 			}
 			failed++
-			progress("  burst      %-32s %5d conns: FAILED: %v", v, o.burstConns, err)
+			o.progress("  burst      %-32s %5d conns: FAILED: %v", v, o.burstConns, err)
 		} else {
-			progress("  burst      %-32s %5d conns: lateness p99 %.2f ms, max %.2f ms, own 200s after deadline %d, re-raised panics %d",
+			o.progress("  burst      %-32s %5d conns: lateness p99 %.2f ms, max %.2f ms, own 200s after deadline %d, re-raised panics %d",
 				v, o.burstConns, row.LatenessP99Ms, row.LatenessMaxMs, row.OwnAfterDeadline, row.EscapedPanics)
 		}
 		rep.BurstRows = append(rep.BurstRows, row)
