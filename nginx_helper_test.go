@@ -83,10 +83,16 @@ func nginxBinary(t testing.TB) string {
 // A port taken between choosing and binding it is retried.
 func startNginx(t testing.TB, opts nginxOptions) *nginxProc {
 	t.Helper()
+	return startNginxOn(t, opts, freePort)
+}
+
+// startNginxOn is startNginx with the ports to try chosen by port.
+func startNginxOn(t testing.TB, opts nginxOptions, port func() (int, error)) *nginxProc {
+	t.Helper()
 	bin := nginxBinary(t)
 	var lastErr error
 	for attempt := range 3 {
-		n, err := tryStartNginx(t, bin, opts, attempt)
+		n, err := tryStartNginx(t, bin, opts, attempt, port)
 		if err == nil {
 			return n
 		}
@@ -96,13 +102,13 @@ func startNginx(t testing.TB, opts nginxOptions) *nginxProc {
 	return nil
 }
 
-func tryStartNginx(t testing.TB, bin string, opts nginxOptions, attempt int) (*nginxProc, error) {
+func tryStartNginx(t testing.TB, bin string, opts nginxOptions, attempt int, choosePort func() (int, error)) (*nginxProc, error) {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "nginx"+strconv.Itoa(attempt))
 	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o755); err != nil {
 		return nil, err
 	}
-	port, err := freePort()
+	port, err := choosePort()
 	if err != nil {
 		return nil, err
 	}
@@ -135,11 +141,26 @@ func tryStartNginx(t testing.TB, bin string, opts nginxOptions, attempt int) (*n
 			<-exited
 		}
 	}
+	// nginx writes its pid file once it has bound its listening socket.
+	// Until then a connection to the port may reach another process that
+	// took the port meanwhile, while nginx retries its bind() for 2.5 s
+	// and exits.
+	pidPath := filepath.Join(dir, "nginx.pid")
+	listening := func() bool {
+		b, err := os.ReadFile(pidPath)
+		if err != nil || strings.TrimSpace(string(b)) != strconv.Itoa(cmd.Process.Pid) {
+			return false
+		}
+		c, err := net.DialTimeout("tcp", n.addr, time.Second)
+		if err != nil {
+			return false
+		}
+		c.Close()
+		return true
+	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		c, err := net.DialTimeout("tcp", n.addr, time.Second)
-		if err == nil {
-			c.Close()
+		if listening() {
 			t.Cleanup(stop)
 			return n, nil
 		}
@@ -176,7 +197,7 @@ func nginxConfig(n *nginxProc, opts nginxOptions) string {
 	p("daemon off;")
 	p("master_process off;")
 	p("worker_processes 1;")
-	p("pid %s;", filepath.Join(n.dir, "nginx.pid"))
+	p("pid %s;", filepath.Join(n.dir, "nginx.pid")) // tryStartNginx waits for it
 	p("error_log %s info;", n.errPath)
 	p("events { worker_connections 1024; }")
 	p("http {")

@@ -202,3 +202,39 @@ func TestNginx_keep_alive_burst_has_no_false_hang_up(t *testing.T) {
 		})
 	}
 }
+
+// (4) The harness itself: a port chosen free that another process listens
+// on by the time nginx starts (freePort's race, on a machine shared with
+// other tests). nginx retries its bind() for 2.5 s, then exits; meanwhile
+// a connection to the port reaches the other process, which must not be
+// taken for nginx.
+func TestStartNginx_retries_a_port_another_process_listens_on(t *testing.T) {
+	t.Parallel()
+	nginxBinary(t) // skip before starting anything
+	squatter, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer squatter.Close()
+	taken := squatter.Addr().(*net.TCPAddr).Port
+	tried := 0
+	port := func() (int, error) {
+		tried++
+		if tried == 1 {
+			return taken, nil
+		}
+		return freePort()
+	}
+	upstream := serveTCP(t, func(ctx *fasthttp.RequestCtx) { ctx.SetBodyString("from the app") })
+	n := startNginxOn(t, nginxOptions{upstream: upstream}, port)
+	require.NotEqual(t, squatter.Addr().String(), n.addr, "the other process's port taken for nginx's")
+
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, Timeout: 2 * hangupWait}).Get("http://" + n.addr + "/")
+	require.NoError(t, err)
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, resp.Body.Close())
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Equal(t, "from the app", string(body))
+	require.Equal(t, 2, tried, "nginx started on the second port")
+}
