@@ -52,6 +52,17 @@ func (h *honouring) handle(ctx *fasthttp.RequestCtx) {
 	h.ends <- contextEnd{time.Now(), c.Err(), context.Cause(c)}
 }
 
+// waitStart waits for the handler to start; a request that does not
+// reach it (nginx answered 502 say) fails the test instead of hanging it.
+func (h *honouring) waitStart(t *testing.T) {
+	t.Helper()
+	select {
+	case <-h.started:
+	case <-time.After(hangupWait):
+		t.Fatal("the request did not reach the handler")
+	}
+}
+
 func (h *honouring) waitEnd(t *testing.T) contextEnd {
 	t.Helper()
 	select {
@@ -93,9 +104,10 @@ func TestNginx_client_abort_cancels_the_request_context(t *testing.T) {
 			for i := range rounds {
 				c, err := net.Dial("tcp", n.addr)
 				require.NoError(t, err)
+				t.Cleanup(func() { _ = c.Close() }) // if the test fails before its close
 				_, err = io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
 				require.NoError(t, err)
-				<-h.started
+				h.waitStart(t)
 				if i%2 == 1 {
 					time.Sleep(4 * HangupDelay) // the client's patience, not synchronisation
 				}
