@@ -139,13 +139,15 @@ func parseSeconds(ctx *fasthttp.RequestCtx, n string) (time.Duration, bool) {
 	return parseAmount(ctx, "n", n, time.Second, "seconds", maxSleep)
 }
 
-// parseAmount parses v, the path parameter name: a number of units (named
-// unitName) between 0 and limit. On bad input it answers 400 and returns
-// false.
+// parseAmount parses v, the path parameter name: a decimal number of units
+// (named unitName) between 0 and limit. On bad input it answers 400 and
+// returns false.
 func parseAmount(ctx *fasthttp.RequestCtx, name, v string, unit time.Duration, unitName string, limit time.Duration) (time.Duration, bool) {
 	n, err := strconv.ParseFloat(v, 64)
 	most := float64(limit) / float64(unit)
-	if err != nil || math.IsNaN(n) || n < 0 || n > most {
+	// strconv.ParseFloat also reads Go's literal forms, "1_0" for 10 and
+	// hex ("0x1p-2"), as fasttimeout.ParseTimeout and the flags do not.
+	if err != nil || strings.ContainsAny(v, "_xX") || math.IsNaN(n) || n < 0 || n > most {
 		writeJSON(ctx, fasthttp.StatusBadRequest, detail(fmt.Sprintf(
 			"%s must be a number of %s from 0 to %v, got %q", name, unitName, most, v)))
 		return 0, false

@@ -190,6 +190,9 @@ func TestRoutes(t *testing.T) {
 		for _, path := range []string{
 			"/sleep/abc", "/sleep/-1", "/sleep/1e9", "/sleep/", "/sleep/NaN", "/sleep/Inf", "/sleep/1/2",
 			"/async_sleep/abc", "/async_sleep/-0.5", "/async_sleep/3601",
+			// Go's literal forms, which strconv.ParseFloat reads: "1_0" is
+			// 10, "0x1p-2" a quarter.
+			"/async_sleep/1_0", "/sleep/0x1p-2", "/sleep/0X1P-2",
 		} {
 			d.requireBadRequest(t, path, "n must be a number of seconds from 0 to 3600")
 		}

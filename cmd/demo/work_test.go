@@ -41,7 +41,8 @@ func TestWork(t *testing.T) {
 	t.Run("bad_ms_answers_400_json", func(t *testing.T) {
 		t.Parallel()
 		d := startDemo(t, time.Second)
-		for _, path := range []string{"/work/abc", "/work/-1", "/work/60001", "/work/", "/work/NaN", "/work/Inf", "/work/1/2"} {
+		for _, path := range []string{"/work/abc", "/work/-1", "/work/60001", "/work/", "/work/NaN", "/work/Inf", "/work/1/2",
+			"/work/1_000", "/work/0x1p4"} { // Go's literal forms: 1000 and 16 to strconv.ParseFloat
 			d.requireBadRequest(t, path, "ms must be a number of milliseconds from 0 to 60000")
 		}
 	})
