@@ -39,6 +39,25 @@ func TestQuickStart(t *testing.T) {
 		assert.Equal(t, fasthttp.StatusGatewayTimeout, status)
 		assert.JSONEq(t, fasttimeout.DefaultBody, body)
 	})
+	t.Run("the handler stops at the deadline, its context done", func(t *testing.T) {
+		t.Parallel()
+		// What the handler left in its own response says which way it
+		// went: 503 when its context ended first, 200 and "done" when it
+		// ran its two seconds of work for nobody.
+		left := make(chan int, 1)
+		recording := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+			handler(ctx)
+			left <- ctx.Response.StatusCode()
+		}, fasttimeout.Config{Timeout: 50 * time.Millisecond})
+		status, _ := inmem.Get(t, inmem.Serve(t, recording), "/")
+		assert.Equal(t, fasthttp.StatusGatewayTimeout, status)
+		select {
+		case got := <-left:
+			assert.Equal(t, fasthttp.StatusServiceUnavailable, got, "the handler's own status: it did not stop at the deadline")
+		case <-time.After(10 * time.Second):
+			t.Fatal("the handler did not return")
+		}
+	})
 	t.Run("a request cut short by a shutdown gets 503", func(t *testing.T) {
 		t.Parallel()
 		unbounded := fasttimeout.New(handler, fasttimeout.Config{Timeout: time.Minute})
