@@ -126,6 +126,12 @@ func tryStartNginx(t testing.TB, bin string, opts nginxOptions, attempt int, cho
 	cmd := exec.Command(bin, "-p", dir+"/", "-c", conf, "-e", n.errPath)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
+	// Killed with the test process, whose cleanups do not run when it
+	// dies (go test's timeout panics): nginx would run on, holding its
+	// port. The signal comes when the thread that started nginx ends,
+	// which only a goroutine that locks its thread and exits does; these
+	// tests lock none.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}

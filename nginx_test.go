@@ -8,10 +8,15 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -249,4 +254,46 @@ func TestStartNginx_retries_a_port_another_process_listens_on(t *testing.T) {
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	require.Equal(t, "from the app", string(body))
 	require.Equal(t, 2, tried, "nginx started on the second port")
+}
+
+// nginxOrphanEnv makes TestStartNginx_nginx_ends_with_its_test_process the
+// child that starts nginx and dies.
+const nginxOrphanEnv = "FASTTIMEOUT_NGINX_ORPHAN_CHILD"
+
+// (5) The harness itself: a test process that dies without running its
+// cleanups (go test's -timeout panic, a crash) takes its nginx with it,
+// instead of leaving it running, on its port, for good.
+func TestStartNginx_nginx_ends_with_its_test_process(t *testing.T) {
+	if os.Getenv(nginxOrphanEnv) != "" {
+		n := startNginx(t, nginxOptions{upstream: "127.0.0.1:1"})
+		pid, err := os.ReadFile(filepath.Join(n.dir, "nginx.pid"))
+		require.NoError(t, err)
+		fmt.Printf("nginx pid %s\n", strings.TrimSpace(string(pid)))
+		os.Exit(3) // as the timeout's panic does: no cleanup runs
+	}
+	t.Parallel()
+	nginxBinary(t)     // skip before starting anything
+	tmp := t.TempDir() // the child's t.TempDir, which it leaves behind
+	cmd := exec.Command(os.Args[0], "-test.run=^"+t.Name()+"$", "-test.count=1")
+	cmd.Env = append(os.Environ(), nginxOrphanEnv+"=1", "TMPDIR="+tmp)
+	out, _ := cmd.CombinedOutput() // exit status 3
+	m := regexp.MustCompile(`nginx pid (\d+)`).FindSubmatch(out)
+	require.NotNil(t, m, "the child's output:\n%s", out)
+	pid, err := strconv.Atoi(string(m[1]))
+	require.NoError(t, err)
+	// Dead once gone or a zombie (init reaps orphans when it will).
+	alive := func() bool {
+		stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		if err != nil {
+			return false
+		}
+		_, state, _ := strings.Cut(string(stat), ") ")
+		return !strings.HasPrefix(state, "Z")
+	}
+	t.Cleanup(func() {
+		if alive() {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	assert.Eventually(t, func() bool { return !alive() }, hangupWait, 10*time.Millisecond, "nginx outlived its test process")
 }
