@@ -36,6 +36,13 @@ import (
 // not the timeout has been answered yet) or its client has hung up. Inside
 // nested News it switches off every one's deadline, or, if one of them
 // cannot be, none.
+//
+// A context derived from the request's with a deadline of its own later
+// than the request's (context.WithTimeout, WithDeadline), before Disarm or
+// [Extend], loses that deadline: the standard library makes it a plain
+// cancel context, which takes its parent's deadline, since a parent's
+// deadline never moves there. After Disarm it has none, after Extend the
+// request's new one. Derive such contexts after moving the deadline.
 func Disarm(ctx *fasthttp.RequestCtx) bool {
 	c := lookup(ctx)
 	switch {
@@ -57,7 +64,9 @@ func Disarm(ctx *fasthttp.RequestCtx) bool {
 // Inside nested News every one's deadline moves, or, if one of them cannot,
 // none does (an enclosing New disarmed before the inner one began has no
 // deadline to move, and is left so). A handler whose deadline moved later
-// counts, for the adaptive limit, as a disarmed one does (see Disarm).
+// counts, for the adaptive limit, as a disarmed one does (see Disarm). A
+// context derived earlier with a later deadline of its own loses it (see
+// Disarm).
 //
 // Call it, as Disarm, while the handler runs: from the handler, or from a
 // goroutine that the handler waits for. A late handler's goroutines may

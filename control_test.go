@@ -286,6 +286,39 @@ func TestExtend(t *testing.T) {
 			assert.Equal(t, seen{}, receive(t, seenc, "the handler's report"))
 		})
 
+		// The caveat of Disarm's doc and the README: the standard library
+		// turns a WithTimeout later than its parent's deadline into a plain
+		// child, which follows the parent's deadline when it moves. If a Go
+		// release keeps the child's own, this fails, and the doc is wrong.
+		t.Run("a context derived earlier with a later deadline follows the moved one, "+mode.String(), func(t *testing.T) {
+			t.Parallel()
+			type seen struct {
+				own, extended, disarmed bool
+				moved                   time.Duration // of the child's deadline, by Extend
+			}
+			seenc := make(chan seen, 1)
+			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				var v seen
+				c := fasttimeout.Context(ctx)
+				child, cancel := context.WithTimeout(c, 2*actInTime) // later than the request's
+				defer cancel()
+				before, _ := child.Deadline()
+				request, _ := c.Deadline()
+				v.own = !before.Equal(request)
+				v.extended = fasttimeout.Extend(ctx, time.Hour)
+				after, _ := child.Deadline()
+				v.moved = after.Sub(before)
+				fasttimeout.Disarm(ctx)
+				_, has := child.Deadline()
+				v.disarmed = !has
+				seenc <- v
+			}, fasttimeout.Config{Timeout: actInTime, Mode: mode})) // the handler must run
+
+			s.get(t, "/")
+			assert.Equal(t, seen{extended: true, moved: time.Hour, disarmed: true}, receive(t, seenc, "the handler's report"),
+				"the child had the request's deadline, not its own, and lost it with the request's")
+		})
+
 		t.Run("a zero extension moves nothing and reports whether the deadline can move, "+mode.String(), func(t *testing.T) {
 			t.Parallel()
 			type seen struct {
