@@ -102,10 +102,14 @@ type call struct {
 	// itself for a deadline that passed while it moved.
 	onDeadline func()
 
-	// Inside nested News (see moveNested): the outermost call's moves
-	// serialises their Disarm and Extend, and under it each call's
-	// movedFrom keeps its deadline from before the move in progress, and
-	// slotFrom its slot's part in the adaptive limit.
+	// The outermost call of a request is the one in its user values, for
+	// the whole request: current is the innermost call, inside nested News,
+	// or itself. Its moves serialises Disarm and Extend, the start and end
+	// of the inner calls, and the look-ups of an inner call from other
+	// goroutines of the handler (see hold). Under it each call's movedFrom
+	// keeps its deadline from before the move in progress, and slotFrom
+	// its slot's part in the adaptive limit (see moveNested).
+	current   atomic.Pointer[call]
 	moves     sync.Mutex
 	movedFrom int64
 	slotFrom  uint32
@@ -130,9 +134,21 @@ type call struct {
 // begin starts the call for ctx, as admit let it (see middleware.admit),
 // and makes Context find it. Inside another New's handler (outer not nil),
 // the call keeps the earlier of the two deadlines.
+//
+// The request's user values keep its outermost call throughout: an inner
+// call is found through that call's current, which begin and end change
+// under its moves. Changing a user value would race with another
+// goroutine of the handler looking up the call (a heartbeat's Extend), and
+// that goroutine could go on with an inner call ended meanwhile, back in
+// the pool for another request.
 func (c *call) begin(ctx *fasthttp.RequestCtx, outer *call, start, deadline, admitted int64) {
 	c.ctx, c.connID, c.start, c.admitted = ctx, ctx.ConnID(), start, admitted
+	var root *call
 	if outer != nil {
+		// Locked first: a move of the enclosing deadlines on another
+		// goroutine is not halfway (see moveNested) when this one is read.
+		root = outer.root()
+		root.moves.Lock()
 		c.outer = outer
 		deadline = min(deadline, outer.deadline.Load())
 	}
@@ -146,7 +162,23 @@ func (c *call) begin(ctx *fasthttp.RequestCtx, outer *call, start, deadline, adm
 	// this call running sees its deadline, and a compare-and-swap against
 	// a generation seen earlier fails (see settle).
 	c.state.Store(state)
+	if root != nil {
+		root.current.Store(c)
+		root.moves.Unlock()
+		return
+	}
+	c.current.Store(c)
 	ctx.SetUserValue(callKey{}, c)
+}
+
+// root returns the outermost call of c's request: c, or the call of the
+// outermost New around it. Only the goroutine running c's handler, or one
+// holding the root's moves, may call it.
+func (c *call) root() *call {
+	for c.outer != nil {
+		c = c.outer
+	}
+	return c
 }
 
 // inline reports whether the call's handler runs on the goroutine that
@@ -331,16 +363,26 @@ var testHookContext atomic.Pointer[func(*call)]
 // middleware.disown): until then OnTimeout or OnHangup may read ctx's user
 // values, and Context find the call.
 func (c *call) end() {
-	if b := c.bridge.Load(); b != nil {
-		b.detach() // first: no Value reads the RequestCtx from now on
-	}
-	if c.outer != nil {
-		c.ctx.SetUserValue(callKey{}, c.outer)
+	inner := c.outer != nil
+	if inner {
+		// Under the moves' lock: a goroutine holding it (see hold) may be
+		// using c, which goes back to the pool once it has ended. From
+		// then on no other goroutine finds c, nor makes its context.
+		root := c.root()
+		root.moves.Lock()
+		root.current.Store(c.outer)
 		c.outer = nil
+		root.moves.Unlock()
 	} else {
+		if b := c.bridge.Load(); b != nil {
+			b.detach() // first: no Value reads the RequestCtx from now on
+		}
 		c.ctx.RemoveUserValue(callKey{})
 	}
 	if b := c.bridge.Swap(nil); b != nil {
+		if inner {
+			b.detach() // made before the switch above, on any goroutine
+		}
 		if c.inline() {
 			c.m.housekeeper.unwatch(b)
 		}

@@ -26,6 +26,9 @@ import (
 // (context.WithCancel, WithTimeout, AfterFunc); one derived under a layer
 // of the standard library's own, such as context.WithValue, takes a
 // goroutine, as under any context that is not the standard library's.
+// Inside nested News it is the innermost one's while that New's handler
+// runs, for every goroutine of the request (one of an enclosing handler
+// too), and ends when that handler returns.
 //
 // A handler that returns without writing when its context ends sends
 // fasthttp's default, an empty 200: at the deadline the middleware replaces
@@ -44,7 +47,10 @@ func Context(ctx *fasthttp.RequestCtx) context.Context {
 	if ctx == nil {
 		return context.Background()
 	}
-	if c := lookup(ctx); c != nil {
+	if c, held := hold(ctx); c != nil {
+		if held != nil {
+			defer held.moves.Unlock()
+		}
 		return c.context()
 	}
 	if e, ok := ctx.UserValue(outsideKey{}).(*outsideEnd); ok {

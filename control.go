@@ -44,11 +44,12 @@ import (
 // deadline never moves there. After Disarm it has none, after Extend the
 // request's new one. Derive such contexts after moving the deadline.
 func Disarm(ctx *fasthttp.RequestCtx) bool {
-	c := lookup(ctx)
-	switch {
-	case c == nil:
+	c, held := hold(ctx)
+	if c == nil {
 		return false
-	case c.outer != nil:
+	}
+	if held != nil {
+		defer held.moves.Unlock()
 		return c.moveNested(false, (*call).disarm)
 	}
 	return c.disarm()
@@ -74,11 +75,15 @@ func Disarm(ctx *fasthttp.RequestCtx) bool {
 // fasthttp's again, as for any use of it, and may already carry the
 // connection's next request, whose deadline Extend would move.
 func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
-	c := lookup(ctx)
-	switch {
-	case c == nil || d < 0:
+	if d < 0 {
 		return false
-	case c.outer != nil:
+	}
+	c, held := hold(ctx)
+	if c == nil {
+		return false
+	}
+	if held != nil {
+		defer held.moves.Unlock()
 		return c.moveNested(true, func(c *call) bool { return c.extend(d) })
 	}
 	return c.extend(d)
@@ -94,16 +99,12 @@ func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
 // (Remaining, its context's Deadline) while the request times out outside.
 // They are all inline calls: only the outermost can race, and it moves last.
 //
-// The moves of one request are serialised on its outermost call's lock:
-// between a move and its undoing, no other Disarm or Extend can move the
-// same deadlines, so moving back is restoring the deadline each had.
+// The nested moves of one request are serialised on its outermost call's
+// lock, which the caller holds (see hold): between a move and its undoing,
+// no other nested Disarm or Extend can move the same deadlines, nor an
+// inner call start with one of them, so moving back is restoring the
+// deadline each had.
 func (c *call) moveNested(skipDisarmed bool, move func(*call) bool) bool {
-	root := c
-	for root.outer != nil {
-		root = root.outer
-	}
-	root.moves.Lock()
-	defer root.moves.Unlock()
 	for l := c; l != nil; l = l.outer {
 		l.movedFrom = l.deadline.Load()
 		l.slotFrom = l.slot.Load()
@@ -231,10 +232,14 @@ func (c *call) extend(d time.Duration) bool {
 // negative once it has passed; ok is false if ctx has no deadline (not
 // bounded by New, or disarmed).
 func Remaining(ctx *fasthttp.RequestCtx) (left time.Duration, ok bool) {
-	if c := lookup(ctx); c != nil {
-		return c.remaining()
+	c, held := hold(ctx)
+	if c == nil {
+		return 0, false
 	}
-	return 0, false
+	if held != nil {
+		defer held.moves.Unlock()
+	}
+	return c.remaining()
 }
 
 // remaining is Remaining for the request of call c.
@@ -246,14 +251,52 @@ func (c *call) remaining() (left time.Duration, ok bool) {
 	return time.Duration(d - now()), true
 }
 
-// lookup returns the call of a request bounded by New, or nil.
+// lookup returns the call of a request bounded by New (inside nested News,
+// the innermost one's), or nil. Only for the goroutine running the
+// handler, which starts and ends the inner calls; others use hold.
 func lookup(ctx *fasthttp.RequestCtx) *call {
+	if root := rootCall(ctx); root != nil {
+		return root.current.Load()
+	}
+	return nil
+}
+
+// rootCall returns the outermost call of a request bounded by New, or nil.
+func rootCall(ctx *fasthttp.RequestCtx) *call {
 	if ctx == nil {
 		return nil
 	}
 	c, _ := ctx.UserValue(callKey{}).(*call)
 	return c
 }
+
+// hold returns the call of the request ctx, as lookup does, for any
+// goroutine of its handler. Inside nested News it returns the innermost
+// call with held, the outermost one, whose moves it has locked: until the
+// caller unlocks it, that call cannot end (and go back to the pool, to
+// serve another request). Outside them held is nil: the outermost call
+// lasts as long as the handler, and an inner call that starts meanwhile
+// only narrows its deadline.
+func hold(ctx *fasthttp.RequestCtx) (c, held *call) {
+	root := rootCall(ctx)
+	if root == nil {
+		return nil, nil
+	}
+	c = root.current.Load()
+	if hook := testHookLookup.Load(); hook != nil {
+		(*hook)(ctx)
+	}
+	if c == root {
+		return c, nil
+	}
+	root.moves.Lock()
+	return root.current.Load(), root
+}
+
+// testHookLookup, set only by tests, runs in hold once it has read the
+// innermost call without the lock: where, inside nested News, that call
+// may end meanwhile.
+var testHookLookup atomic.Pointer[func(*fasthttp.RequestCtx)]
 
 // moveDeadline changes a cooperative call's deadline to move(deadline),
 // unless it has passed or move says no. Moves on several goroutines of the

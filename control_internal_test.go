@@ -389,6 +389,8 @@ func TestNested_undone_Disarm_wakes_the_housekeeper(t *testing.T) {
 		c := lookup(ctx)
 		b := Context(ctx) // watched by the inner New's housekeeper
 		var s seen
+		c.outer.moves.Lock() // as Disarm holds it
+		defer c.outer.moves.Unlock()
 		s.disarmed = c.moveNested(false, func(l *call) bool {
 			if l == c {
 				return l.disarm()
@@ -426,4 +428,60 @@ func TestNested_undone_Disarm_wakes_the_housekeeper(t *testing.T) {
 	require.Eventually(t, func() bool { return !h.resting.Load() }, 10*time.Second, time.Millisecond, "the deadline back wakes the housekeeper")
 	close(checked)
 	require.Equal(t, fasthttp.StatusOK, receive(t, answered, "the answer"))
+}
+
+// Inside nested News, a goroutine that the outer handler waits for (a
+// heartbeat, say) calls Extend while the outer handler calls an inner New,
+// whose call ends between the goroutine's look-up and its move. The move
+// used to act on the inner call, ended and back in the pool (where another
+// connection's request may take it): Extend reported true while the
+// request's deadline, the outer one, had not moved, and the request timed
+// out at it. Now the move finds the call the request has then, the outer
+// one. Not parallel: it sets the process's test hook.
+func TestNested_Extend_from_a_goroutine_as_the_inner_New_ends(t *testing.T) {
+	const timeout = 2 * time.Second
+	for _, mode := range []Mode{Racing, Cooperative} {
+		t.Run(mode.String(), func(t *testing.T) {
+			type seen struct {
+				extended bool
+				left     time.Duration // of the outer deadline, once the inner New has returned
+			}
+			got := make(chan seen, 1)
+			innerRunning, paused, resume := make(chan struct{}), make(chan struct{}), make(chan struct{})
+			inner := New(func(ctx *fasthttp.RequestCtx) {
+				close(innerRunning)
+				select {
+				case <-paused: // the goroutine has looked up this call
+				case <-time.After(30 * time.Second): // a hang detector: the test fails below
+				}
+			}, Config{Timeout: time.Hour, Mode: Cooperative})
+			getOnce(t, New(func(ctx *fasthttp.RequestCtx) {
+				var armed atomic.Bool
+				hook := func(looked *fasthttp.RequestCtx) {
+					if looked == ctx && armed.CompareAndSwap(true, false) {
+						close(paused)
+						<-resume
+					}
+				}
+				testHookLookup.Store(&hook)
+				defer testHookLookup.Store(nil)
+				extended := make(chan bool, 1)
+				go func() {
+					<-innerRunning
+					armed.Store(true)
+					extended <- Extend(ctx, time.Hour)
+				}()
+				inner(ctx)
+				close(resume)
+				var s seen
+				s.extended = <-extended
+				s.left, _ = Remaining(ctx)
+				got <- s
+			}, Config{Timeout: timeout, Mode: mode}))
+			s := receive(t, got, "the handler's report")
+
+			require.True(t, s.extended)
+			assert.Greater(t, s.left, time.Hour, "the request's deadline moved")
+		})
+	}
 }

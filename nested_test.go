@@ -3,6 +3,7 @@ package fasttimeout_test
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
@@ -344,4 +345,59 @@ func TestNested_OnHangup_sees_the_request_context_ended(t *testing.T) {
 	close(release)
 	assert.ErrorIs(t, got.err, context.Canceled)
 	assert.ErrorIs(t, got.cause, fasttimeout.ErrClientGone)
+}
+
+// A goroutine that the outer handler waits for (a heartbeat that extends
+// the deadline, say) calls Extend, Remaining and Context while the outer
+// handler calls an inner New over and over. Each start and end of the inner
+// call used to change the request's user value that these look the call up
+// in: a data race under -race, and a look-up could go on with an inner call
+// already ended, back in the pool for another request. The user value now
+// keeps the outermost call, and an inner call is found through it.
+func TestNested_goroutine_of_the_outer_handler_beside_inner_News(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			inner := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				runtime.Gosched()
+			}, fasttimeout.Config{Timeout: waitTimeout, Mode: mode})
+			type seen struct{ looks, failed int }
+			seenc := make(chan seen, 1)
+			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				started, stop, done := make(chan struct{}), make(chan struct{}), make(chan seen)
+				go func() {
+					var v seen
+					defer func() { done <- v }()
+					for {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						if v.looks++; v.looks == 2 {
+							close(started)
+						}
+						_, bounded := fasttimeout.Remaining(ctx)
+						// The inner call's context, if it runs: it ends
+						// (context.Canceled) when the inner handler returns.
+						c := fasttimeout.Context(ctx)
+						if !fasttimeout.Extend(ctx, 0) || !bounded || c == nil {
+							v.failed++
+						}
+					}
+				}()
+				<-started
+				for range 50 {
+					inner(ctx)
+				}
+				close(stop)
+				seenc <- <-done
+			}, fasttimeout.Config{Timeout: waitTimeout, Mode: mode}))
+
+			assert.Equal(t, fasthttp.StatusOK, do(t, s, "GET", "/").StatusCode())
+			v := receive(t, seenc, "the goroutine's report")
+			assert.Zero(t, v.failed, "every look found a running call with its deadline")
+		})
+	}
 }

@@ -92,35 +92,16 @@ const minUpstreamBudget = time.Millisecond
 // ignores hang-ups): it then makes the request's context, as Context
 // would, for the watch.
 func Do(ctx *fasthttp.RequestCtx, c Doer, req *fasthttp.Request, resp *fasthttp.Response) error {
-	call := lookup(ctx)
-	if call == nil {
+	left, bounded, err := upstreamBudget(ctx, &req.Header)
+	if err != nil {
+		return err
+	}
+	if !bounded {
 		return c.Do(req, resp)
-	}
-	call.watchForUpstream()
-	// Checked in the order in which the context would have ended: a
-	// hang-up comes before the deadline or not at all (past it, the call
-	// has timed out), and a shutdown after a passed deadline leaves the
-	// context's cause the timeout, but one before it, however close, is the
-	// context's end, as it is with a carried budget too short to call.
-	if call.clientGone() {
-		return errClientLeft
-	}
-	left, ok := call.remaining()
-	if (!ok || left > 0) && closed(serverDone(ctx)) {
-		return errShuttingDown
-	}
-	if !ok {
-		return c.Do(req, resp)
-	}
-	if carried, found, _ := incomingBudget(&req.Header); found {
-		left = min(left, carried)
-	}
-	if left < minUpstreamBudget {
-		return errBudgetSpent
 	}
 	deadline := time.Now().Add(left)
 	setBudgetHeaders(&req.Header, left)
-	err := c.DoDeadline(req, resp, deadline)
+	err = c.DoDeadline(req, resp, deadline)
 	// By the clock, not by the error: fasthttp.ErrTimeout is also c's own
 	// timeouts, which may end the call with time left. fasthttp's clients
 	// derive their deadlines from this one, never earlier, so one that
@@ -129,6 +110,44 @@ func Do(ctx *fasthttp.RequestCtx, c Doer, req *fasthttp.Request, resp *fasthttp.
 		return &upstreamTimeoutError{err: err}
 	}
 	return err
+}
+
+// upstreamBudget returns the time Do gives the upstream for the request
+// ctx whose outgoing request has headers h, and bounded true; bounded
+// false if the upstream is to be called without a deadline; or the error
+// Do returns without calling it. It looks at the request's call while
+// holding it (see hold), not during the upstream call.
+func upstreamBudget(ctx *fasthttp.RequestCtx, h *fasthttp.RequestHeader) (left time.Duration, bounded bool, err error) {
+	call, held := hold(ctx)
+	if call == nil {
+		return 0, false, nil
+	}
+	if held != nil {
+		defer held.moves.Unlock()
+	}
+	call.watchForUpstream()
+	// Checked in the order in which the context would have ended: a
+	// hang-up comes before the deadline or not at all (past it, the call
+	// has timed out), and a shutdown after a passed deadline leaves the
+	// context's cause the timeout, but one before it, however close, is the
+	// context's end, as it is with a carried budget too short to call.
+	if call.clientGone() {
+		return 0, false, errClientLeft
+	}
+	left, ok := call.remaining()
+	if (!ok || left > 0) && closed(serverDone(ctx)) {
+		return 0, false, errShuttingDown
+	}
+	if !ok {
+		return 0, false, nil
+	}
+	if carried, found, _ := incomingBudget(h); found {
+		left = min(left, carried)
+	}
+	if left < minUpstreamBudget {
+		return 0, false, errBudgetSpent
+	}
+	return left, true, nil
 }
 
 // setBudgetHeaders tells the upstream it has budget: in
