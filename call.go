@@ -167,7 +167,9 @@ func (c *call) begin(ctx *fasthttp.RequestCtx, outer *call, start, deadline, adm
 		root.moves.Unlock()
 		return
 	}
-	c.current.Store(c)
+	if c.current.Load() != c { // a pooled call's is itself, once it has been outermost
+		c.current.Store(c)
+	}
 	ctx.SetUserValue(callKey{}, c)
 }
 
