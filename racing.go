@@ -154,8 +154,9 @@ const busyGap = time.Millisecond
 // next call keeps it if it goes off no later than that call needs: each
 // call's wake is later than the one before. The timer then goes off early
 // for a later call, which sends the server goroutine a signal to arm it
-// again (see fire and await): once per HangupDelay a busy connection, in
-// place of a reset and a stop per request. A connection that pauses longer
+// again (see fire and await): about once per HangupDelay on a busy
+// connection whose client is watched, once per timeout on one that is not,
+// in place of a reset and a stop per request. A connection that pauses longer
 // costs one timer that goes off for nothing per pause, so a quiet one has
 // its timer reset and stopped per request, as before.
 func (w *worker) arm(d int64, busy bool) {
