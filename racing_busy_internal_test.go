@@ -136,3 +136,52 @@ func TestRacing_a_busy_connections_timer_gone_off_while_armed_holds_nothing(t *t
 	assert.Equal(t, DefaultStatusCode, receive(t, getAsync(t, client, "/slow"), "the answer"))
 	assert.EqualValues(t, 1, stats.Snapshot().Timeouts)
 }
+
+// TestRacing_a_deadline_moved_while_a_busy_connection_arms_its_timer_is_not_kept:
+// a goroutine that a connection's earlier handler left running may call
+// Extend or Disarm on the connection's RequestCtx, which by then carries
+// the next request (see Extend), while the server goroutine arms that
+// request's timer. The move arms the timer for the moved deadline; the
+// server goroutine must not then note it armed for the deadline it had
+// read, or the connection's later requests keep a timer that goes off an
+// hour late, or never, and get no timeout answer.
+func TestRacing_a_deadline_moved_while_a_busy_connection_arms_its_timer_is_not_kept(t *testing.T) {
+	allBusy(t)
+	for _, tc := range []struct {
+		name string
+		move func(*fasthttp.RequestCtx) bool
+	}{
+		{"Extend", func(ctx *fasthttp.RequestCtx) bool { return Extend(ctx, time.Hour) }},
+		{"Disarm", Disarm},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			moved := make(chan bool, 1)
+			hook := func(c *call) {
+				if string(c.ctx.Path()) == "/moved" {
+					moved <- tc.move(c.ctx) // as the stray goroutine would, right then
+				}
+			}
+			testHookArmed.Store(&hook)
+			t.Cleanup(func() { testHookArmed.Store(nil) })
+
+			stats := &Stats{}
+			release := make(chan struct{})
+			// No hang-up watch: each request's one wake is its deadline.
+			h := New(func(ctx *fasthttp.RequestCtx) {
+				if string(ctx.Path()) == "/slow" {
+					<-release
+				}
+			}, Config{Timeout: actInTime, IgnoreHangups: true, Stats: stats})
+			client := serveInMemory(t, h)
+			t.Cleanup(func() { close(release) })
+
+			status, _, err := client.Get(nil, "http://test/moved")
+			require.NoError(t, err)
+			require.Equal(t, fasthttp.StatusOK, status)
+			require.True(t, receive(t, moved, "the move"))
+			// The next request on the connection still times out.
+			assert.Equal(t, DefaultStatusCode, receive(t, getAsync(t, client, "/slow"), "the answer"))
+			assert.EqualValues(t, 1, stats.Snapshot().Timeouts)
+		})
+	}
+}
