@@ -185,3 +185,57 @@ func TestRacing_a_deadline_moved_while_a_busy_connection_arms_its_timer_is_not_k
 		})
 	}
 }
+
+// TestRacing_a_busy_connections_shorter_timeout_does_not_keep_a_later_timer:
+// a request whose timeout (TimeoutFunc, or the caller's deadline header)
+// is shorter than the one before it on a busy connection needs the timer
+// sooner than that one armed it, and must arm it again rather than keep it.
+func TestRacing_a_busy_connections_shorter_timeout_does_not_keep_a_later_timer(t *testing.T) {
+	allBusy(t)
+	for _, tc := range []struct {
+		name   string
+		config Config
+		header string // sent with the short request, if any
+	}{
+		{"TimeoutFunc", Config{TimeoutFunc: func(ctx *fasthttp.RequestCtx) time.Duration {
+			if string(ctx.Path()) == "/slow" {
+				return actInTime
+			}
+			return time.Hour
+		}}, ""},
+		{"deadline header", Config{Timeout: time.Hour, HonorDeadlineHeaders: true}, "1S"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			stats := &Stats{}
+			release := make(chan struct{})
+			config := tc.config
+			config.IgnoreHangups = true // each request's one wake is its deadline
+			config.Stats = stats
+			h := New(func(ctx *fasthttp.RequestCtx) {
+				if string(ctx.Path()) == "/slow" {
+					<-release
+				}
+			}, config)
+			client := serveInMemory(t, h)
+			t.Cleanup(func() { close(release) })
+
+			status, _, err := client.Get(nil, "http://test/")
+			require.NoError(t, err)
+			require.Equal(t, fasthttp.StatusOK, status)
+			answer := make(chan int, 1)
+			go func() {
+				req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+				defer fasthttp.ReleaseRequest(req)
+				defer fasthttp.ReleaseResponse(resp)
+				req.SetRequestURI("http://test/slow")
+				if tc.header != "" {
+					req.Header.Set(HeaderGRPCTimeout, tc.header)
+				}
+				assert.NoError(t, client.DoTimeout(req, resp, 2*time.Minute))
+				answer <- resp.StatusCode()
+			}()
+			assert.Equal(t, DefaultStatusCode, receive(t, answer, "the answer"))
+			assert.EqualValues(t, 1, stats.Snapshot().Timeouts)
+		})
+	}
+}
