@@ -107,7 +107,8 @@ func answerWith(ctx *fasthttp.RequestCtx, resp *fasthttp.Response) {
 type worker struct {
 	call
 	work     chan struct{} // cap 1: run call; closed to retire the worker
-	done     chan bool     // cap 1: false once the race of the current call is decided; true to arm its timer again (see await)
+	done     chan bool     // cap 2: false once the race of the current call is decided; true to arm its timer again (see await)
+	poked    atomic.Bool   // a true waits on done
 	lastUsed atomic.Int64  // when it last went idle; read by the housekeeper to retire it
 
 	// owners counts who still holds a timed-out call (or one whose client
@@ -202,6 +203,7 @@ func (w *worker) disarmTimer() {
 func (w *worker) await() {
 	c := &w.call
 	for <-w.done {
+		w.poked.Store(false) // before looking: a signal from now on is sent
 		c.rearmRunning()
 		if hook := testHookRearmed.Load(); hook != nil {
 			(*hook)(c)
@@ -231,9 +233,11 @@ func (w *worker) fire() {
 	if c.startWatch(t) || c.decided() {
 		return
 	}
-	select {
-	case w.done <- true:
-	default: // a signal is already there
+	// At most one such signal waits on done, beside at most one decision,
+	// so that no send on done blocks: not the hang-up callback's, which
+	// runs under the watcher's lock, for every connection.
+	if w.poked.CompareAndSwap(false, true) {
+		w.done <- true
 	}
 }
 
@@ -344,7 +348,7 @@ func (m *middleware) acquireWorker(connID uint64, t int64) *worker {
 	if w := m.housekeeper.idle.get(connID); w != nil {
 		return w
 	}
-	w := &worker{work: make(chan struct{}, 1), done: make(chan bool, 1)}
+	w := &worker{work: make(chan struct{}, 1), done: make(chan bool, 2)}
 	w.lastUsed.Store(t)
 	w.m = m
 	w.timer = time.AfterFunc(time.Hour, w.fire)

@@ -239,3 +239,31 @@ func TestRacing_a_busy_connections_shorter_timeout_does_not_keep_a_later_timer(t
 		})
 	}
 }
+
+// TestRacing_a_signal_on_done_never_blocks_its_sender: the timer of a busy
+// connection's call that goes off early, twice, leaves one signal to look
+// again on done, and the hang-up callback's decision still goes through at
+// once, though nobody takes them yet: it runs under the watcher's lock,
+// and would hold up every connection's watch.
+func TestRacing_a_signal_on_done_never_blocks_its_sender(t *testing.T) {
+	t.Parallel()
+	m := &middleware{settings: Config{Timeout: time.Minute}.resolve()}
+	m.housekeeper = newHousekeeper(m.Precision)
+	w := m.acquireWorker(1, now())
+	defer m.releaseWorker(w, 1, 0) // idle since long ago: the housekeeper retires it
+	c := &w.call
+	t0 := now()
+	c.begin(new(fasthttp.RequestCtx), nil, t0, t0+int64(time.Hour), t0)
+
+	w.fire()
+	w.fire()
+	sent := make(chan struct{})
+	go func() {
+		w.hungUp()
+		close(sent)
+	}()
+	receive(t, sent, "the hang-up's decision sent")
+	assert.True(t, <-w.done, "a signal to look again")
+	assert.False(t, <-w.done, "the decision")
+	assert.Equal(t, callGone, c.phase())
+}
