@@ -29,6 +29,22 @@ func allBusy(t *testing.T) {
 	t.Cleanup(func() { testAllBusy.Store(was) })
 }
 
+// serveBlocking serves, on a real server, a handler configured by cfg
+// (with a Stats of its own) that blocks on the path /slow until the test
+// ends and returns at once on any other.
+func serveBlocking(t *testing.T, cfg Config) (*fasthttp.Client, *Stats) {
+	t.Helper()
+	cfg.Stats = &Stats{}
+	release := make(chan struct{})
+	client := serveInMemory(t, New(func(ctx *fasthttp.RequestCtx) {
+		if string(ctx.Path()) == "/slow" {
+			<-release
+		}
+	}, cfg))
+	t.Cleanup(func() { close(release) }) // before the server's shutdown
+	return client, cfg.Stats
+}
+
 // TestRacing_a_busy_connections_kept_timer_still_ends_its_request: on a
 // busy connection a request keeps the timer an earlier request armed, which
 // goes off before this one needs it to. The server goroutine then arms it
@@ -118,15 +134,7 @@ func TestRacing_a_busy_connections_timer_gone_off_while_armed_holds_nothing(t *t
 	testHookArmed.Store(&hook)
 	t.Cleanup(func() { testHookArmed.Store(nil) })
 
-	stats := &Stats{}
-	release := make(chan struct{})
-	h := New(func(ctx *fasthttp.RequestCtx) {
-		if string(ctx.Path()) == "/slow" {
-			<-release
-		}
-	}, Config{Timeout: actInTime, Stats: stats})
-	client := serveInMemory(t, h)
-	t.Cleanup(func() { close(release) })
+	client, stats := serveBlocking(t, Config{Timeout: actInTime})
 
 	// Stalled past the start of its watch before its handler ran.
 	status, _, err := client.Get(nil, "http://test/")
@@ -164,16 +172,8 @@ func TestRacing_a_deadline_moved_while_a_busy_connection_arms_its_timer_is_not_k
 			testHookArmed.Store(&hook)
 			t.Cleanup(func() { testHookArmed.Store(nil) })
 
-			stats := &Stats{}
-			release := make(chan struct{})
 			// No hang-up watch: each request's one wake is its deadline.
-			h := New(func(ctx *fasthttp.RequestCtx) {
-				if string(ctx.Path()) == "/slow" {
-					<-release
-				}
-			}, Config{Timeout: actInTime, IgnoreHangups: true, Stats: stats})
-			client := serveInMemory(t, h)
-			t.Cleanup(func() { close(release) })
+			client, stats := serveBlocking(t, Config{Timeout: actInTime, IgnoreHangups: true})
 
 			status, _, err := client.Get(nil, "http://test/moved")
 			require.NoError(t, err)
@@ -206,18 +206,9 @@ func TestRacing_a_busy_connections_shorter_timeout_does_not_keep_a_later_timer(t
 		{"deadline header", Config{Timeout: time.Hour, HonorDeadlineHeaders: true}, "1S"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			stats := &Stats{}
-			release := make(chan struct{})
 			config := tc.config
 			config.IgnoreHangups = true // each request's one wake is its deadline
-			config.Stats = stats
-			h := New(func(ctx *fasthttp.RequestCtx) {
-				if string(ctx.Path()) == "/slow" {
-					<-release
-				}
-			}, config)
-			client := serveInMemory(t, h)
-			t.Cleanup(func() { close(release) })
+			client, stats := serveBlocking(t, config)
 
 			status, _, err := client.Get(nil, "http://test/")
 			require.NoError(t, err)
