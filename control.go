@@ -44,12 +44,12 @@ import (
 // deadline never moves there. After Disarm it has none, after Extend the
 // request's new one. Derive such contexts after moving the deadline.
 func Disarm(ctx *fasthttp.RequestCtx) bool {
-	c, held := hold(ctx)
+	c, held, shared := holdToMove(ctx)
 	if c == nil {
 		return false
 	}
-	if held != nil {
-		defer held.moves.Unlock()
+	defer held.unlockMoves(shared)
+	if c.outer != nil {
 		return c.moveNested(false, (*call).disarm)
 	}
 	return c.disarm()
@@ -78,12 +78,12 @@ func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
 	if d < 0 {
 		return false
 	}
-	c, held := hold(ctx)
+	c, held, shared := holdToMove(ctx)
 	if c == nil {
 		return false
 	}
-	if held != nil {
-		defer held.moves.Unlock()
+	defer held.unlockMoves(shared)
+	if c.outer != nil {
 		return c.moveNested(true, func(c *call) bool { return c.extend(d) })
 	}
 	return c.extend(d)
@@ -100,8 +100,8 @@ func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
 // They are all inline calls: only the outermost can race, and it moves last.
 //
 // The nested moves of one request are serialised on its outermost call's
-// lock, which the caller holds (see hold): between a move and its undoing,
-// no other nested Disarm or Extend can move the same deadlines, nor an
+// lock, which the caller holds (see holdToMove): between a move and its
+// undoing, no other Disarm or Extend can move the same deadlines, nor an
 // inner call start with one of them, so moving back is restoring the
 // deadline each had.
 func (c *call) moveNested(skipDisarmed bool, move func(*call) bool) bool {
@@ -276,7 +276,8 @@ func rootCall(ctx *fasthttp.RequestCtx) *call {
 // caller unlocks it, that call cannot end (and go back to the pool, to
 // serve another request). Outside them held is nil: the outermost call
 // lasts as long as the handler, and an inner call that starts meanwhile
-// only narrows its deadline.
+// only narrows its deadline, which a look (Remaining, Context) may miss but
+// a move may not (see holdToMove).
 func hold(ctx *fasthttp.RequestCtx) (c, held *call) {
 	root := rootCall(ctx)
 	if root == nil {
@@ -293,9 +294,44 @@ func hold(ctx *fasthttp.RequestCtx) (c, held *call) {
 	return root.current.Load(), root
 }
 
+// holdToMove is hold for Disarm and Extend, which hold the outermost
+// call's moves even outside nested News, where held is c: shared (read
+// locked), so that moves on several goroutines of the handler still run
+// side by side, but never beside an inner call's start. An inner New that
+// starts takes the enclosing deadline as it stands: a move of the
+// outermost call alone, looked up before that start, would report true
+// and leave the inner call the old deadline, at which the request would
+// still time out. Inside nested News it locks them, as hold does.
+func holdToMove(ctx *fasthttp.RequestCtx) (c, held *call, shared bool) {
+	root := rootCall(ctx)
+	if root == nil {
+		return nil, nil, false
+	}
+	if hook := testHookLookup.Load(); hook != nil {
+		(*hook)(ctx)
+	}
+	root.moves.RLock()
+	if c = root.current.Load(); c == root {
+		return c, root, true
+	}
+	root.moves.RUnlock()
+	root.moves.Lock()
+	return root.current.Load(), root, false
+}
+
+// unlockMoves gives up the hold of holdToMove on c.moves.
+func (c *call) unlockMoves(shared bool) {
+	if shared {
+		c.moves.RUnlock()
+	} else {
+		c.moves.Unlock()
+	}
+}
+
 // testHookLookup, set only by tests, runs in hold once it has read the
-// innermost call without the lock: where, inside nested News, that call
-// may end meanwhile.
+// innermost call without the lock, where, inside nested News, that call
+// may end meanwhile; and in holdToMove before it locks, where an inner
+// call may start or end.
 var testHookLookup atomic.Pointer[func(*fasthttp.RequestCtx)]
 
 // moveDeadline changes a cooperative call's deadline to move(deadline),

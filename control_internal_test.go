@@ -485,3 +485,70 @@ func TestNested_Extend_from_a_goroutine_as_the_inner_New_ends(t *testing.T) {
 		})
 	}
 }
+
+// Inside nested News, a goroutine that the outer handler waits for moves
+// the deadline (Disarm, Extend) while the outer handler calls an inner New,
+// which starts between the goroutine's look-up of the call, the outer one
+// then, and its move. The move used to act on the outer call alone, and
+// report true, while the inner call had already taken the outer's old
+// deadline as its own: the request still timed out at that deadline, in
+// the inner New. Now the move finds the call the request has then, the
+// inner one, and moves every deadline. Not parallel: it sets the process's
+// test hook.
+func TestNested_move_from_a_goroutine_as_an_inner_New_starts(t *testing.T) {
+	for _, mode := range []Mode{Racing, Cooperative} {
+		for _, tc := range []struct {
+			name  string
+			move  func(*fasthttp.RequestCtx) bool
+			moved func(left time.Duration, bounded bool) bool // as the inner handler sees its deadline
+		}{
+			{"Disarm", Disarm, func(_ time.Duration, bounded bool) bool { return !bounded }},
+			{"Extend", func(ctx *fasthttp.RequestCtx) bool { return Extend(ctx, time.Hour) },
+				func(left time.Duration, bounded bool) bool { return bounded && left > time.Hour }},
+		} {
+			t.Run(tc.name+" "+mode.String(), func(t *testing.T) {
+				type seen struct {
+					moved   bool // what the move reported
+					left    time.Duration
+					bounded bool
+				}
+				got := make(chan seen, 1)
+				looked, resume := make(chan struct{}), make(chan struct{})
+				movedc := make(chan bool, 1)
+				inner := New(func(ctx *fasthttp.RequestCtx) {
+					close(resume) // begun: the goroutine's move goes on
+					var s seen
+					select {
+					case s.moved = <-movedc:
+					case <-time.After(30 * time.Second): // a hang detector: the test fails below
+					}
+					s.left, s.bounded = Remaining(ctx)
+					got <- s
+				}, Config{Timeout: 10 * time.Hour, Mode: Cooperative})
+				getOnce(t, New(func(ctx *fasthttp.RequestCtx) {
+					var armed atomic.Bool
+					armed.Store(true)
+					hook := func(at *fasthttp.RequestCtx) {
+						if at == ctx && armed.CompareAndSwap(true, false) {
+							close(looked)
+							<-resume
+						}
+					}
+					testHookLookup.Store(&hook)
+					defer testHookLookup.Store(nil)
+					go func() { movedc <- tc.move(ctx) }()
+					select {
+					case <-looked: // the goroutine has looked up the outer call
+					case <-time.After(30 * time.Second):
+						close(resume)
+					}
+					inner(ctx)
+				}, Config{Timeout: time.Minute, Mode: mode}))
+				s := receive(t, got, "the inner handler's report")
+
+				require.True(t, s.moved)
+				assert.True(t, tc.moved(s.left, s.bounded), "the inner call's deadline moved too: %v left (bounded %v)", s.left, s.bounded)
+			})
+		}
+	}
+}
