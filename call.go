@@ -106,11 +106,10 @@ type call struct {
 	// the whole request: current is the innermost call, inside nested News,
 	// or itself. Its moves serialises Disarm and Extend, the start and end
 	// of the inner calls, and the look-ups of an inner call from other
-	// goroutines of the handler (see hold); Disarm and Extend of the
-	// outermost call alone only read-lock it, beside each other (see
-	// holdToMove). Under it each call's movedFrom
-	// keeps its deadline from before the move in progress, and slotFrom
-	// its slot's part in the adaptive limit (see moveNested).
+	// goroutines of the handler; Disarm and Extend of the outermost call
+	// alone only read-lock it, beside each other (see hold). Under it each
+	// call's movedFrom keeps its deadline from before the move in progress,
+	// and slotFrom its slot's part in the adaptive limit (see moveNested).
 	current   atomic.Pointer[call]
 	moves     sync.RWMutex
 	movedFrom int64

@@ -47,10 +47,8 @@ func Context(ctx *fasthttp.RequestCtx) context.Context {
 	if ctx == nil {
 		return context.Background()
 	}
-	if c, held := hold(ctx); c != nil {
-		if held != nil {
-			defer held.moves.Unlock()
-		}
+	if c, root, h := hold(ctx, false); c != nil {
+		defer root.unhold(h)
 		return c.context()
 	}
 	if e, ok := ctx.UserValue(outsideKey{}).(*outsideEnd); ok {

@@ -44,11 +44,11 @@ import (
 // deadline never moves there. After Disarm it has none, after Extend the
 // request's new one. Derive such contexts after moving the deadline.
 func Disarm(ctx *fasthttp.RequestCtx) bool {
-	c, held, shared := holdToMove(ctx)
+	c, root, h := hold(ctx, true)
 	if c == nil {
 		return false
 	}
-	defer held.unlockMoves(shared)
+	defer root.unhold(h)
 	if c.outer != nil {
 		return c.moveNested(false, (*call).disarm)
 	}
@@ -78,11 +78,11 @@ func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
 	if d < 0 {
 		return false
 	}
-	c, held, shared := holdToMove(ctx)
+	c, root, h := hold(ctx, true)
 	if c == nil {
 		return false
 	}
-	defer held.unlockMoves(shared)
+	defer root.unhold(h)
 	if c.outer != nil {
 		return c.moveNested(true, func(c *call) bool { return c.extend(d) })
 	}
@@ -100,7 +100,7 @@ func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
 // They are all inline calls: only the outermost can race, and it moves last.
 //
 // The nested moves of one request are serialised on its outermost call's
-// lock, which the caller holds (see holdToMove): between a move and its
+// lock, which the caller holds (see hold): between a move and its
 // undoing, no other Disarm or Extend can move the same deadlines, nor an
 // inner call start with one of them, so moving back is restoring the
 // deadline each had.
@@ -232,13 +232,11 @@ func (c *call) extend(d time.Duration) bool {
 // negative once it has passed; ok is false if ctx has no deadline (not
 // bounded by New, or disarmed).
 func Remaining(ctx *fasthttp.RequestCtx) (left time.Duration, ok bool) {
-	c, held := hold(ctx)
+	c, root, h := hold(ctx, false)
 	if c == nil {
 		return 0, false
 	}
-	if held != nil {
-		defer held.moves.Unlock()
-	}
+	defer root.unhold(h)
 	return c.remaining()
 }
 
@@ -270,68 +268,65 @@ func rootCall(ctx *fasthttp.RequestCtx) *call {
 	return c
 }
 
+// holding says how hold holds the outermost call's moves: not at all, read
+// locked, or locked.
+type holding uint8
+
+const (
+	heldNot holding = iota
+	heldShared
+	heldAll
+)
+
 // hold returns the call of the request ctx, as lookup does, for any
-// goroutine of its handler. Inside nested News it returns the innermost
-// call with held, the outermost one, whose moves it has locked: until the
-// caller unlocks it, that call cannot end (and go back to the pool, to
-// serve another request). Outside them held is nil: the outermost call
-// lasts as long as the handler, and an inner call that starts meanwhile
-// only narrows its deadline, which a look (Remaining, Context) may miss but
-// a move may not (see holdToMove).
-func hold(ctx *fasthttp.RequestCtx) (c, held *call) {
-	root := rootCall(ctx)
-	if root == nil {
-		return nil, nil
-	}
-	c = root.current.Load()
-	if hook := testHookLookup.Load(); hook != nil {
-		(*hook)(ctx)
-	}
-	if c == root {
-		return c, nil
-	}
-	root.moves.Lock()
-	return root.current.Load(), root
-}
-
-// holdToMove is hold for Disarm and Extend, which hold the outermost
-// call's moves even outside nested News, where held is c: shared (read
-// locked), so that moves on several goroutines of the handler still run
-// side by side, but never beside an inner call's start. An inner New that
-// starts takes the enclosing deadline as it stands: a move of the
-// outermost call alone, looked up before that start, would report true
-// and leave the inner call the old deadline, at which the request would
-// still time out. Inside nested News it locks them, as hold does.
-func holdToMove(ctx *fasthttp.RequestCtx) (c, held *call, shared bool) {
-	root := rootCall(ctx)
-	if root == nil {
-		return nil, nil, false
+// goroutine of its handler, with root, the request's outermost call, and
+// how it holds root's moves until the caller gives them back with
+// root.unhold(h).
+//
+// Inside nested News it locks them and returns the innermost call: until
+// then that call cannot end (and go back to the pool, to serve another
+// request). Outside them a look (Remaining, Context, Do) holds nothing: the
+// outermost call lasts as long as the handler, and an inner call that
+// starts meanwhile only narrows its deadline, which a look may miss. A move
+// (Disarm, Extend: toMove) may not: an inner New that starts takes the
+// enclosing deadline as it stands, and a move of the outermost call alone,
+// looked up before that start, would report true and leave the inner call
+// the old deadline, at which the request would still time out. So a move
+// read-locks them even there: moves on several goroutines of the handler
+// still run side by side, but never beside an inner call's start.
+func hold(ctx *fasthttp.RequestCtx, toMove bool) (c, root *call, h holding) {
+	if root = rootCall(ctx); root == nil {
+		return nil, nil, heldNot
 	}
 	if hook := testHookLookup.Load(); hook != nil {
 		(*hook)(ctx)
 	}
-	root.moves.RLock()
-	if c = root.current.Load(); c == root {
-		return c, root, true
+	if toMove {
+		root.moves.RLock()
+		if c = root.current.Load(); c == root {
+			return c, root, heldShared
+		}
+		root.moves.RUnlock()
+	} else if c = root.current.Load(); c == root {
+		return c, root, heldNot
 	}
-	root.moves.RUnlock()
 	root.moves.Lock()
-	return root.current.Load(), root, false
+	return root.current.Load(), root, heldAll
 }
 
-// unlockMoves gives up the hold of holdToMove on c.moves.
-func (c *call) unlockMoves(shared bool) {
-	if shared {
+// unhold gives back the hold h of hold on c.moves.
+func (c *call) unhold(h holding) {
+	switch h {
+	case heldShared:
 		c.moves.RUnlock()
-	} else {
+	case heldAll:
 		c.moves.Unlock()
 	}
 }
 
-// testHookLookup, set only by tests, runs in hold once it has read the
-// innermost call without the lock, where, inside nested News, that call
-// may end meanwhile; and in holdToMove before it locks, where an inner
-// call may start or end.
+// testHookLookup, set only by tests, runs in hold once it has found the
+// request's outermost call, before it looks at the innermost one: where,
+// inside nested News, an inner call may start or end.
 var testHookLookup atomic.Pointer[func(*fasthttp.RequestCtx)]
 
 // moveDeadline changes a cooperative call's deadline to move(deadline),

@@ -118,13 +118,11 @@ func Do(ctx *fasthttp.RequestCtx, c Doer, req *fasthttp.Request, resp *fasthttp.
 // Do returns without calling it. It looks at the request's call while
 // holding it (see hold), not during the upstream call.
 func upstreamBudget(ctx *fasthttp.RequestCtx, h *fasthttp.RequestHeader) (left time.Duration, bounded bool, err error) {
-	call, held := hold(ctx)
+	call, root, held := hold(ctx, false)
 	if call == nil {
 		return 0, false, nil
 	}
-	if held != nil {
-		defer held.moves.Unlock()
-	}
+	defer root.unhold(held)
 	call.watchForUpstream()
 	// Checked in the order in which the context would have ended: a
 	// hang-up comes before the deadline or not at all (past it, the call
