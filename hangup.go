@@ -115,12 +115,12 @@ func (c *call) rearm() {
 		c.later.Reset(time.Duration(c.deadline.Load() - now()))
 		return
 	}
-	c.timerAt.Store(0) // no longer as the fast path armed it
 	c.timer.Reset(time.Duration(c.nextWake() - now()))
-	// Again after the reset, and not 0: an arm in progress on the server
-	// goroutine (Extend or Disarm from a goroutine an earlier request left
-	// holding the RequestCtx, see Extend) must not note the timer armed for
-	// the deadline it read when this reset came after its own.
+	// No longer as the fast path armed it. After the reset, and not 0: an
+	// arm in progress on the server goroutine (Extend or Disarm from a
+	// goroutine an earlier request left holding the RequestCtx, see Extend)
+	// must not note the timer armed for the deadline it read when this
+	// reset came after its own.
 	c.timerAt.Store(-1)
 }
 
