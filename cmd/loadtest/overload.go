@@ -49,9 +49,9 @@ const (
 	// multiple of the first estimate of the capacity.
 	sweepLoad = 4
 	// maxCellArrivals bounds the arrivals a cell schedules over its
-	// warm-up, window and tail: the generator keeps a result of each
-	// (24 bytes, and more to report the cell) until the cell is reported,
-	// the server child a counter for each, and request ids are 32 bits.
+	// warm-up, window and tail: the file the server child shares with
+	// the generator holds a counter of work for each (4 bytes, and half
+	// as many again for a margin), and request ids are 32 bits.
 	// An hour's soak at 10x schedules about 24 million with the cpu
 	// workload and 18 million with the downstream one (8 queries).
 	maxCellArrivals = 30_000_000
@@ -480,19 +480,12 @@ type cellSnapshot struct {
 	serverPeakRSS int64         // the child's peak RSS so far, bytes
 	generatorCPU  time.Duration // of this process
 	slots         [sharedSlots]uint64
-	work          []uint32 // units done so far for each request id
 }
 
-func takeSnapshot(srv *child, sh *shared, withWork bool) cellSnapshot {
+func takeSnapshot(srv *child, sh *shared) cellSnapshot {
 	s := cellSnapshot{at: time.Now(), serverCPU: childCPU(srv), serverPeakRSS: childPeakRSS(srv), generatorCPU: time.Duration(cpuTime())}
 	for i := range s.slots {
 		s.slots[i] = sh.slots[i].Load()
-	}
-	if withWork {
-		s.work = make([]uint32, len(sh.work))
-		for i := range s.work {
-			s.work[i] = sh.work[i].Load()
-		}
 	}
 	return s
 }
@@ -634,6 +627,7 @@ func (c overloadCell) measureInto(ctx context.Context, cfg overloadConfig, row *
 	defer stopOverloadChild(srv.in, srv.exited, srv.cmd.Process.Kill)
 
 	gen := newOpenLoop(srv.addr, cfg.timeout(), cfg.MaxConns)
+	gen.work = newWindowWork(sh)
 	sched := newArrivalSchedule(c.rate, cfg.Arrivals == "poisson", c.seed)
 	start := time.Now()
 	done := make(chan openLoopRun, 1)
@@ -645,11 +639,13 @@ func (c overloadCell) measureInto(ctx context.Context, cfg overloadConfig, row *
 		}
 	}
 	wait(start.Add(warmup))
-	before := takeSnapshot(srv, sh, true)
+	gen.work.mark()
+	before := takeSnapshot(srv, sh)
 	wait(start.Add(warmup + c.measure))
-	after := takeSnapshot(srv, sh, true)
+	gen.work.mark()
+	after := takeSnapshot(srv, sh)
 	run := <-done
-	end := takeSnapshot(srv, sh, false)
+	end := takeSnapshot(srv, sh)
 	select {
 	case <-srv.exited:
 		row.Crashed = true
@@ -658,8 +654,9 @@ func (c overloadCell) measureInto(ctx context.Context, cfg overloadConfig, row *
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	row.fill(cellData{measure: c.measure, deadline: cfg.timeout(), first: run.first, end: run.end, results: run.results,
-		workBefore: before.work, workAfter: after.work, sendLag: run.sendLag, workers: run.maxWorker})
+	work, good := gen.work.window()
+	row.fill(cellData{measure: c.measure, deadline: cfg.timeout(), arrivals: int64(max(run.end-run.first, 0)), tally: run.tally,
+		sendLag: run.sendLag, work: work, goodWork: good, workers: run.maxWorker})
 	row.fillServer(before, after, end)
 	if row.Crashed {
 		if why := sh.failure(); why != "" {

@@ -137,15 +137,15 @@ type overloadRow struct {
 
 // cellData is what a cell's generator and server child left.
 type cellData struct {
-	measure    time.Duration
-	deadline   time.Duration
-	first, end int      // the window's request ids
-	results    []result // of every request of the cell
-	// The units of work done for each request id by the start and the
-	// end of the window.
-	workBefore, workAfter []uint32
-	sendLag               []int64
-	workers               int
+	measure  time.Duration
+	deadline time.Duration
+	arrivals int64 // scheduled in the window
+	tally    tally // what became of them
+	sendLag  histogram
+	// The units of work done in the window, by the handlers of every
+	// request and of those answered good (windowWork).
+	work, goodWork int64
+	workers        int
 }
 
 // fill computes the client's side of the row, and the work done.
@@ -156,41 +156,17 @@ type cellData struct {
 // it, and gets through none of the window's own. Wasted is the part of it
 // done for requests that got no good answer.
 func (r *overloadRow) fill(d cellData) {
-	n := max(d.end-d.first, 0)
-	r.Arrivals = int64(n)
+	r.Arrivals = d.arrivals
 	r.Connections = d.workers
-	good := map[int]bool{} // every request of the cell that got a good answer
-	var latencies, lags []int64
-	got := make([]outcome, n)
-	for i := range got {
-		got[i] = outCut // no result: still out when the run ended
+	for o, n := range d.tally.counts {
+		*r.counter(outcome(o)) += n
 	}
-	for _, res := range d.results {
-		if res.outcome == outGood {
-			good[int(res.id)] = true
-		}
-		i := int(res.id) - d.first
-		if i < 0 || i >= n {
-			continue
-		}
-		got[i] = res.outcome
-		if res.outcome == outGood {
-			latencies = append(latencies, int64(res.latency))
-		}
-		if res.outcome != outDropped { // picked up by a worker
-			lags = append(lags, int64(res.lag))
-		}
-	}
-	for _, o := range got {
-		*r.counter(o)++
-	}
-	for id := range min(len(d.workBefore), len(d.workAfter)) {
-		units := int64(d.workAfter[id]) - int64(d.workBefore[id])
-		r.Work += units
-		if !good[id] {
-			r.Wasted += units
-		}
-	}
+	r.Cut += max(r.Arrivals-d.tally.recorded(), 0) // no result: still out when the run ended
+	r.Work = d.work
+	// The units are read while the server works, request by request and
+	// in all: a unit read for a request and not in all must not make the
+	// waste negative.
+	r.Wasted = min(max(d.work-d.goodWork, 0), d.work)
 	if secs := d.measure.Seconds(); secs > 0 {
 		r.GoodputPerSec = float64(r.Good) / secs
 		r.SentPerSec = float64(r.Arrivals-r.notSent()) / secs
@@ -198,10 +174,10 @@ func (r *overloadRow) fill(d cellData) {
 	if r.Work > 0 {
 		r.WastedShare = float64(r.Wasted) / float64(r.Work)
 	}
-	p := percentiles(latencies, 50, 99)
+	p := d.tally.latencies.quantiles(50, 99)
 	r.P50Ms, r.P99Ms = p[0]/1e6, p[1]/1e6
-	r.SendLagP99Ms = percentiles(d.sendLag, 99)[0] / 1e6
-	r.PickupLagP99Ms = percentiles(lags, 99)[0] / 1e6
+	r.SendLagP99Ms = d.sendLag.quantiles(99)[0] / 1e6
+	r.PickupLagP99Ms = d.tally.lags.quantiles(99)[0] / 1e6
 	lagBound := generatorLag * float64(d.deadline) / 1e6
 	r.GeneratorBehind = float64(r.notSent()) > generatorNotSent*float64(r.Arrivals) ||
 		r.SendLagP99Ms > lagBound || r.PickupLagP99Ms > lagBound

@@ -135,6 +135,23 @@ func (s *shared) addWork(id int, n uint32) {
 	s.slots[slotOverflow].Add(uint64(n))
 }
 
+// units returns the units of work done so far for request id; 0 beyond
+// the file's end, whose units count in slotOverflow only.
+func (s *shared) units(id uint32) uint32 {
+	if int(id) < len(s.work) {
+		return s.work[id].Load()
+	}
+	return 0
+}
+
+// unitsInAll returns the units of work done so far for the requests
+// within the file's ids: all units but the overflow. The overflow is read
+// first: addWork counts a unit in all before it counts it there.
+func (s *shared) unitsInAll() int64 {
+	over := s.slots[slotOverflow].Load()
+	return int64(s.slots[slotWork].Load()) - int64(over)
+}
+
 func (s *shared) start() {
 	n := s.slots[slotStarted].Add(1) - s.slots[slotFinished].Load()
 	for {

@@ -106,8 +106,8 @@ func TestOverloadRowFill(t *testing.T) {
 	ms := time.Millisecond
 	d := cellData{
 		measure: time.Second, deadline: time.Second,
-		first: 2, end: 7, // ids 2 to 6 arrived in the window; 6 has no result
-		results: []result{
+		arrivals: 5, // ids 2 to 6 arrived in the window; 6 has no result
+		tally: tallyOf(2, 7, []result{
 			{id: 0, outcome: outGood, latency: 5 * ms}, // warm-up
 			{id: 1, outcome: outGiveUp},                // warm-up, worked on in the window
 			{id: 2, outcome: outGood, latency: 10 * ms, lag: ms},
@@ -115,11 +115,12 @@ func TestOverloadRowFill(t *testing.T) {
 			{id: 4, outcome: outRejected, latency: ms, lag: 2 * ms},
 			{id: 5, outcome: outGiveUp, lag: 3 * ms},
 			{id: 7, outcome: outGood, latency: 20 * ms, lag: 50 * ms}, // tail
-		},
-		workBefore: []uint32{30, 10, 0, 0, 0, 0, 0, 0},
-		workAfter:  []uint32{30, 30, 30, 30, 0, 12, 0, 5},
-		sendLag:    []int64{int64(ms), int64(2 * ms)},
-		workers:    3,
+		}),
+		// In the window: 20 units for id 1 and 12 for id 5, given up; 30
+		// each for ids 2 and 3, and 5 for id 7, answered.
+		work: 97, goodWork: 65,
+		sendLag: histogramOf(int64(ms), int64(2*ms)),
+		workers: 3,
 	}
 	var r overloadRow
 	r.fill(d)
@@ -127,8 +128,6 @@ func TestOverloadRowFill(t *testing.T) {
 	r.P50Ms, r.P99Ms, r.SendLagP99Ms, r.PickupLagP99Ms = 0, 0, 0, 0
 	want := overloadRow{Arrivals: 5, Connections: 3, Good: 2, Rejected: 1, GiveUps: 1, Cut: 1,
 		GoodputPerSec: 2, SentPerSec: 5,
-		// In the window: 20 units for id 1 and 12 for id 5, given up; 30
-		// each for ids 2 and 3, and 5 for id 7, answered.
 		Work: 97, Wasted: 32, WastedShare: 32.0 / 97}
 	if !reflect.DeepEqual(r, want) {
 		t.Errorf("got  %+v\nwant %+v", r, want)
@@ -138,6 +137,18 @@ func TestOverloadRowFill(t *testing.T) {
 			t.Errorf("latency %d: %v ms, want %v within 0.1%%", i, lat[i], w)
 		}
 	}
+}
+
+// tallyOf counts the results of ids first to end-1, as the generator
+// does those of the measured arrivals.
+func tallyOf(first, end int, results []result) tally {
+	var t tally
+	for _, r := range results {
+		if int(r.id) >= first && int(r.id) < end {
+			t.add(r)
+		}
+	}
+	return t
 }
 
 func TestGeneratorBehind(t *testing.T) {
@@ -160,7 +171,8 @@ func TestGeneratorBehind(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			d := cellData{measure: time.Second, deadline: time.Second, first: 0, end: 200, sendLag: []int64{tt.lag}}
+			d := cellData{measure: time.Second, deadline: time.Second, arrivals: 200, sendLag: histogramOf(tt.lag)}
+			var results []result
 			for id := range 200 {
 				o := outGood
 				switch {
@@ -173,8 +185,9 @@ func TestGeneratorBehind(t *testing.T) {
 				if o == outDropped {
 					res.lag = 0 // never picked up
 				}
-				d.results = append(d.results, res)
+				results = append(results, res)
 			}
+			d.tally = tallyOf(0, 200, results)
 			var r overloadRow
 			r.fill(d)
 			if r.GeneratorBehind != tt.want {
@@ -598,17 +611,19 @@ func TestLoadWorker_a_request_picked_up_after_its_deadline_is_unsent(t *testing.
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			g := newOpenLoop(addr, deadline, 1)
+			var results []result
+			g.observe = func(r result) { results = append(results, r) }
 			w := &loadWorker{g: g}
 			defer g.shutdown()
 			defer w.drop(false)
 			if tt.open {
 				w.send(arrival{id: 1, at: time.Now()})
-				if got := w.results[0].outcome; got != outGood || w.conn == nil {
+				if got := results[0].outcome; got != outGood || w.conn == nil {
 					t.Fatalf("on-time request: outcome %d, connection %v; want good, open", got, w.conn)
 				}
 			}
 			w.send(arrival{id: 2, at: time.Now().Add(-2 * deadline)})
-			if got := w.results[len(w.results)-1]; got.id != 2 || got.outcome != outUnsent || got.lag < 2*deadline {
+			if got := results[len(results)-1]; got.id != 2 || got.outcome != outUnsent || got.lag < 2*deadline {
 				t.Errorf("request picked up %v after its deadline: id %d, outcome %d, picked up %v late; want id 2, unsent (%d), %v late at least",
 					deadline, got.id, got.outcome, got.lag, outUnsent, 2*deadline)
 			}
@@ -651,6 +666,8 @@ func unacceptingAddr(t *testing.T) string {
 func TestLoadWorker_a_dial_cancelled_at_the_end_is_cut(t *testing.T) {
 	t.Parallel()
 	g := newOpenLoop(unacceptingAddr(t), 30*time.Second, 1)
+	var results []result
+	g.observe = func(r result) { results = append(results, r) } // before sent is closed
 	w := &loadWorker{g: g}
 	sent := make(chan struct{})
 	go func() {
@@ -663,8 +680,8 @@ func TestLoadWorker_a_dial_cancelled_at_the_end_is_cut(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the dial was not cancelled within 30 s")
 	}
-	if len(w.results) != 1 || w.results[0].outcome != outCut {
-		t.Errorf("results %+v, want one, cut (%d)", w.results, outCut)
+	if len(results) != 1 || results[0].outcome != outCut {
+		t.Errorf("results %+v, want one, cut (%d)", results, outCut)
 	}
 }
 
@@ -686,11 +703,11 @@ func TestOpenLoop_a_slow_schedule_runs_to_its_end(t *testing.T) {
 		}
 	}
 	run := gen.run(ctx, time.Now(), newArrivalSchedule(1.0/60, false, 0), 0, time.Second, 30*time.Second)
-	if run.first != 0 || run.end != 1 || len(run.results) != 1 {
-		t.Fatalf("measured ids %d to %d, results %+v; want id 0 and its result", run.first, run.end, run.results)
+	if run.first != 0 || run.end != 1 || run.tally.recorded() != 1 {
+		t.Fatalf("measured ids %d to %d, %d results; want id 0 and its result", run.first, run.end, run.tally.recorded())
 	}
-	if got := run.results[0].outcome; got != outGood {
-		t.Errorf("the window's request: outcome %d, want good (%d)", got, outGood)
+	if got := run.tally.counts[outGood]; got != 1 {
+		t.Errorf("the window's request: outcomes %v, want good (%d)", run.tally.counts, outGood)
 	}
 }
 
@@ -721,10 +738,12 @@ func TestOpenLoop(t *testing.T) {
 	gen := newOpenLoop(addr, 30*time.Second, 64)
 	var mu sync.Mutex
 	seen := map[uint32]bool{}
+	var results []result
 	all := make(chan struct{})
 	gen.observe = func(r result) {
 		mu.Lock()
 		defer mu.Unlock()
+		results = append(results, r)
 		if r.id < measured && !seen[r.id] {
 			seen[r.id] = true
 			if len(seen) == measured {
@@ -748,7 +767,9 @@ func TestOpenLoop(t *testing.T) {
 		t.Fatalf("measured ids %d to %d, want 0 to %d", run.first, run.end, measured)
 	}
 	got := map[uint32][]outcome{}
-	for _, r := range run.results {
+	mu.Lock()
+	defer mu.Unlock()
+	for _, r := range results {
 		if r.id < measured {
 			got[r.id] = append(got[r.id], r.outcome)
 			if r.outcome == outGood && r.latency <= 0 {
@@ -764,6 +785,12 @@ func TestOpenLoop(t *testing.T) {
 	}
 	if run.arrivals < measured {
 		t.Errorf("%d arrivals, want at least %d", run.arrivals, measured)
+	}
+	// The tally counts the measured ones only: 7 good (ids 0, 3, ... 18),
+	// 7 rejected, 6 crossed.
+	c := run.tally.counts
+	if c[outGood] != 7 || c[outRejected] != 7 || c[outMismatch] != 6 || run.tally.recorded() != measured || run.tally.latencies.count() != 7 {
+		t.Errorf("tally %v with %d latencies; want 7 good, 7 rejected, 6 mismatched, nothing else, 7 latencies", c, run.tally.latencies.count())
 	}
 }
 
@@ -1022,13 +1049,13 @@ func TestTakeSnapshot_a_dead_servers_CPU_and_peak_RSS_stay(t *testing.T) {
 	if err := resp.Read(bufio.NewReader(conn)); err != nil || resp.StatusCode() != 200 {
 		t.Fatalf("status %d, error %v", resp.StatusCode(), err)
 	}
-	before := takeSnapshot(srv, sh, false)
+	before := takeSnapshot(srv, sh)
 	if before.serverCPU <= 0 || before.serverPeakRSS <= 0 {
 		t.Fatalf("the server used %v of CPU for 200 units of work, and %d bytes at most", before.serverCPU, before.serverPeakRSS)
 	}
 	_ = srv.cmd.Process.Kill()
 	<-srv.exited
-	after := takeSnapshot(srv, sh, false)
+	after := takeSnapshot(srv, sh)
 	if after.serverCPU < before.serverCPU {
 		t.Errorf("the server's CPU: %v, then %v once it died", before.serverCPU, after.serverCPU)
 	}
