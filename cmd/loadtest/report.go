@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 )
 
@@ -205,16 +204,16 @@ func (r *burstRow) fill(res burstResult, before, settled serverStats) {
 	r.Seconds = res.elapsed.Seconds()
 	r.Responses = res.responses
 	r.OK = res.ok
-	r.Timeouts = int64(len(res.timeouts))
+	r.Timeouts = res.timeouts
 	r.Other = res.other
 	r.Errors = res.errors
 	r.OwnAfterDeadline = res.ownLate
 	r.EscapedPanics = res.escaped
-	// The histogram rounds up within 0.1 %: the max is read from the
-	// values, and no percentile is shown past it.
-	p := percentiles(res.timeouts, 50, 99)
-	if len(res.timeouts) > 0 {
-		r.LatenessMaxMs = float64(slices.Max(res.timeouts)) / 1e6
+	// The histogram rounds up within 0.1 %: the max is the values', and
+	// no percentile is shown past it.
+	p := res.lateness.quantiles(50, 99)
+	if res.timeouts > 0 {
+		r.LatenessMaxMs = float64(res.latenessMax) / 1e6
 	}
 	r.LatenessP50Ms, r.LatenessP99Ms = min(p[0]/1e6, r.LatenessMaxMs), min(p[1]/1e6, r.LatenessMaxMs)
 	b, s := before.Burst, settled.Burst

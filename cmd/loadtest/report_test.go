@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -200,6 +201,7 @@ func TestBurstResultCount(t *testing.T) {
 		headers map[string]string
 		elapsed time.Duration
 		want    burstResult
+		late    int64 // recorded, for a timeout answer
 	}{
 		{name: "own 200 in time", status: 200, headers: map[string]string{lateHeader: "-1500"},
 			want: burstResult{responses: 1, ok: 1}},
@@ -208,9 +210,9 @@ func TestBurstResultCount(t *testing.T) {
 		{name: "own 200 without a stamp", status: 200,
 			want: burstResult{responses: 1, ok: 1}},
 		{name: "timeout answer", status: 504, elapsed: burstTimeout + 3*time.Millisecond,
-			want: burstResult{responses: 1, timeouts: []int64{int64(3 * time.Millisecond)}}},
+			want: burstResult{responses: 1, timeouts: 1, latenessMax: int64(3 * time.Millisecond)}, late: int64(3 * time.Millisecond)},
 		{name: "timeout answer before the client's deadline", status: 504, elapsed: burstTimeout - time.Millisecond,
-			want: burstResult{responses: 1, timeouts: []int64{0}}},
+			want: burstResult{responses: 1, timeouts: 1}},
 		{name: "re-raised panic", status: 500, headers: map[string]string{escapedHeader: "1"},
 			want: burstResult{responses: 1, escaped: 1}},
 		{name: "other 500", status: 500,
@@ -224,10 +226,18 @@ func TestBurstResultCount(t *testing.T) {
 			for k, v := range tt.headers {
 				resp.Header.Set(k, v)
 			}
-			var got burstResult
-			got.count(&resp, tt.elapsed)
-			if !reflect.DeepEqual(got, tt.want) {
-				t.Errorf("got %+v, want %+v", got, tt.want)
+			var lateness sharedHistogram
+			c := burstClient{late: latencyBatch{into: &lateness}}
+			c.count(&resp, tt.elapsed)
+			c.late.flush()
+			if !reflect.DeepEqual(c.res, tt.want) {
+				t.Errorf("got %+v, want %+v", c.res, tt.want)
+			}
+			switch n := lateness.h.count(); {
+			case n != tt.want.timeouts:
+				t.Errorf("%d latenesses recorded, want %d", n, tt.want.timeouts)
+			case n == 1 && math.Abs(lateness.h.quantiles(100)[0]/float64(max(tt.late, 1))-1) > 0.001:
+				t.Errorf("lateness %v recorded, want %d within 0.1%%", lateness.h.quantiles(100)[0], tt.late)
 			}
 		})
 	}
@@ -239,7 +249,8 @@ func TestBurstRowFill(t *testing.T) {
 	for i := int64(1); i <= 100; i++ {
 		timeouts = append(timeouts, i*int64(time.Millisecond))
 	}
-	res := burstResult{elapsed: 1500 * time.Millisecond, responses: 160, ok: 55, ownLate: 4, timeouts: timeouts, escaped: 3, other: 2, errors: 1}
+	res := burstResult{elapsed: 1500 * time.Millisecond, responses: 160, ok: 55, ownLate: 4,
+		timeouts: int64(len(timeouts)), lateness: histogramOf(timeouts...), latenessMax: slices.Max(timeouts), escaped: 3, other: 2, errors: 1}
 	before := serverStats{Burst: burstServerStats{LateReturns: 10, MwLateReturn: 9, MwTimeouts: 9}}
 	settled := serverStats{PeakGoroutines: 1200, Burst: burstServerStats{LateReturns: 117, MwLateReturn: 109, MwTimeouts: 109}}
 	r := burstRow{Variant: ftRace, Conns: 32, PerConn: 5}
@@ -500,7 +511,7 @@ func TestLoadClient_window(t *testing.T) {
 // past it.
 func TestBurstRowFill_max_is_exact(t *testing.T) {
 	t.Parallel()
-	res := burstResult{timeouts: []int64{int64(time.Millisecond), 34_540_000}}
+	res := burstResult{timeouts: 2, lateness: histogramOf(int64(time.Millisecond), 34_540_000), latenessMax: 34_540_000}
 	var r burstRow
 	r.fill(res, serverStats{}, serverStats{})
 	if r.LatenessMaxMs != 34.54 || r.LatenessP99Ms > r.LatenessMaxMs || r.LatenessP50Ms > r.LatenessMaxMs {
