@@ -482,11 +482,19 @@ type cellSnapshot struct {
 	slots         [sharedSlots]uint64
 }
 
+// takeSnapshot reads the counters and the CPU times, then the clock: at is
+// when they had been read, so that the child's last sample (slotSampled)
+// is never after it, and its age never short. The peak RSS, no rate, comes
+// last.
 func takeSnapshot(srv *child, sh *shared) cellSnapshot {
-	s := cellSnapshot{at: time.Now(), serverCPU: childCPU(srv), serverPeakRSS: childPeakRSS(srv), generatorCPU: time.Duration(cpuTime())}
+	var s cellSnapshot
 	for i := range s.slots {
 		s.slots[i] = sh.slots[i].Load()
 	}
+	s.serverCPU = childCPU(srv)
+	s.generatorCPU = time.Duration(cpuTime())
+	s.at = time.Now()
+	s.serverPeakRSS = childPeakRSS(srv) // a peak, not a rate
 	return s
 }
 

@@ -10,12 +10,15 @@ import (
 	"math"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"testing/synctest"
@@ -1061,5 +1064,41 @@ func TestTakeSnapshot_a_dead_servers_CPU_and_peak_RSS_stay(t *testing.T) {
 	}
 	if after.serverPeakRSS < before.serverPeakRSS*9/10 {
 		t.Errorf("the server's peak RSS: %d bytes, then %d once it died", before.serverPeakRSS, after.serverPeakRSS)
+	}
+}
+
+// A snapshot reads its time after its counters: the child's last sample
+// (its Unix time in slotSampled) is never after the snapshot's time, so
+// SampleAgeMs is never negative nor short, and a rate over two snapshots
+// is over the interval between their readings. Here a sampler stores the
+// time as fast as it can while snapshots are taken.
+func TestTakeSnapshot_reads_the_time_after_the_counters(t *testing.T) {
+	t.Parallel()
+	sh := sharedForTest(t, 1)
+	self, err := os.FindProcess(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &child{cmd: &exec.Cmd{Process: self}, exited: make(chan struct{})} // this process: /proc has it
+	var stop atomic.Bool
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for !stop.Load() {
+			sh.slots[slotSampled].Store(uint64(time.Now().UnixNano()))
+			runtime.Gosched()
+		}
+	}()
+	var late int
+	for range 500 {
+		s := takeSnapshot(srv, sh)
+		if int64(s.slots[slotSampled]) > s.at.UnixNano() {
+			late++
+		}
+	}
+	stop.Store(true)
+	<-sampled
+	if late > 0 {
+		t.Errorf("%d snapshots of 500 read a sample taken after their time", late)
 	}
 }
