@@ -56,6 +56,7 @@ const (
 	outLate                     // 200 after the deadline (read just too late)
 	outRejected                 // 503: refused by a concurrency limit
 	outTimeout                  // 504: the timeout answer
+	outNotRun                   // 504 without running the handler: its budget spent before it could start
 	outOther                    // any other status
 	outGiveUp                   // no answer by the deadline: the client closed its connection
 	outConnect                  // the connection could not be opened by the deadline
@@ -467,6 +468,8 @@ func classify(err error, stopped bool, resp *fasthttp.Response, id uint32, laten
 		return outLate
 	case status == fasthttp.StatusServiceUnavailable:
 		return outRejected
+	case status == fasthttp.StatusGatewayTimeout && len(resp.Header.Peek(notRunHeader)) > 0:
+		return outNotRun
 	case status == fasthttp.StatusGatewayTimeout:
 		return outTimeout
 	}

@@ -92,10 +92,14 @@ type overloadRow struct {
 	Connections     int  `json:"connections"` // the generator's, at most, over the whole cell
 
 	// What became of the window's arrivals.
-	Good          int64 `json:"good"` // 200 within the deadline
-	Late          int64 `json:"late_200"`
-	Rejected      int64 `json:"rejected_503"`
-	Timeouts      int64 `json:"timeouts_504"`
+	Good     int64 `json:"good"` // 200 within the deadline
+	Late     int64 `json:"late_200"`
+	Rejected int64 `json:"rejected_503"`
+	Timeouts int64 `json:"timeouts_504"`
+	// NotRun is the 504s given without running the handler, its budget
+	// spent before it could start (MaxQueueAge, or a slot that came too
+	// late): turned away, as a 503 is. They count in Timeouts too.
+	NotRun        int64 `json:"timeouts_504_not_run,omitempty"`
 	Other         int64 `json:"other_status"`
 	GiveUps       int64 `json:"give_ups"` // no answer by the deadline
 	ConnectErrors int64 `json:"connect_errors"`
@@ -161,6 +165,7 @@ func (r *overloadRow) fill(d cellData) {
 	for o, n := range d.tally.counts {
 		*r.counter(outcome(o)) += n
 	}
+	r.NotRun = d.tally.counts[outNotRun]
 	r.Cut += max(r.Arrivals-d.tally.recorded(), 0) // no result: still out when the run ended
 	r.Work = d.work
 	// The units are read while the server works, request by request and
@@ -205,7 +210,7 @@ func (r *overloadRow) counter(o outcome) *int64 {
 		return &r.Late
 	case outRejected:
 		return &r.Rejected
-	case outTimeout:
+	case outTimeout, outNotRun:
 		return &r.Timeouts
 	case outOther:
 		return &r.Other
@@ -356,7 +361,7 @@ func overloadGoals(workloads []overloadWorkload, deadline time.Duration) []goalR
 			if half == nil {
 				g.Checks = append(g.Checks, "–", "–")
 			} else {
-				g.Checks = append(g.Checks, check(half.Rejected == 0, "%s", refusals(half)))
+				g.Checks = append(g.Checks, check(half.rejected() == 0, "%s", refusals(half)))
 				v, _ := findOverloadVariant(r.Variant)
 				base := find(v.without, r.Handler, goalHalfLoad)
 				switch {
@@ -638,11 +643,24 @@ func loadTicks(loads []float64) []plot.Tick {
 	return ticks
 }
 
-// refusals gives a cell's 503s, and the middleware's reasons for them when
-// it refused any: what a failed "none rejected" goal needs to be read.
+// rejected is the window's requests that the server turned away without
+// running their handler: refused with 503, or answered 504 unrun (NotRun).
+// Admission does both, as a request finds no slot in time or outlives its
+// caller's patience waiting; connection failures and give-ups are not the
+// server's refusals (the middleware never saw the former, and ran the
+// latter), and are counted in their own columns.
+func (r overloadRow) rejected() int64 { return r.Rejected + r.NotRun }
+
+// refusals gives a cell's refusals (rejected): its 503s, with the
+// middleware's reasons for them when it refused any, and its 504s given
+// without running: what a failed "none rejected" goal needs to be read.
 func refusals(r *overloadRow) string {
-	if r.Rejected == 0 || r.RefusedFull+r.RefusedTimeout == 0 {
-		return fmt.Sprint(r.Rejected)
+	refused := fmt.Sprint(r.Rejected)
+	if r.Rejected > 0 && r.RefusedFull+r.RefusedTimeout > 0 {
+		refused = fmt.Sprintf("%d (queue full %d, queue timeout %d)", r.Rejected, r.RefusedFull, r.RefusedTimeout)
 	}
-	return fmt.Sprintf("%d (queue full %d, queue timeout %d)", r.Rejected, r.RefusedFull, r.RefusedTimeout)
+	if r.NotRun == 0 {
+		return refused
+	}
+	return fmt.Sprintf("%d: 503 %s, 504 not run %d", r.rejected(), refused, r.NotRun)
 }

@@ -30,6 +30,12 @@ import (
 // meant for an earlier request on the same connection.
 const requestIDHeader = "X-Request-Id"
 
+// notRunHeader marks fasttimeout's timeout answer to a request it did not
+// run, its budget spent before its handler could start (SpentBudget): a
+// request turned away, as a 503 is, which the client cannot otherwise
+// tell from a handler that ran out of time.
+const notRunHeader = "X-Not-Run"
+
 // overloadServerConfig is what the parent tells a server child, as JSON in
 // its spec.
 type overloadServerConfig struct {
@@ -302,7 +308,16 @@ func overloadServer(c overloadServerConfig, sh *shared, stats *fasttimeout.Stats
 		if v.queueStart {
 			cfg.HonorQueueHeaders, cfg.MaxQueueAge = true, c.timeout()/4
 		}
-		h = fasttimeout.New(h, cfg)
+		wrapped := fasttimeout.New(h, cfg)
+		h = func(ctx *fasthttp.RequestCtx) {
+			wrapped(ctx)
+			// No handler ran, so the response is this goroutine's to
+			// write (SpentBudget is false after a racing timeout, whose
+			// RequestCtx the late handler owns).
+			if fasttimeout.SpentBudget(ctx) {
+				ctx.Response.Header.Set(notRunHeader, "1")
+			}
+		}
 	}
 	s.Handler = h
 	return s, nil

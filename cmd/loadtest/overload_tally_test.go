@@ -52,6 +52,9 @@ func fillPerArrival(r *overloadRow, d perArrivalCell) {
 	}
 	for _, o := range got {
 		*r.counter(o)++
+		if o == outNotRun {
+			r.NotRun++
+		}
 	}
 	for id := range min(len(d.workBefore), len(d.workAfter)) {
 		units := int64(d.workAfter[id]) - int64(d.workBefore[id])

@@ -73,6 +73,7 @@ func TestClassify(t *testing.T) {
 		stopped bool
 		status  int
 		echo    string
+		notRun  bool // the server says it did not run the handler
 		latency time.Duration
 		want    outcome
 	}{
@@ -82,7 +83,9 @@ func TestClassify(t *testing.T) {
 		{name: "200 without an id", status: 200, want: outMismatch},
 		{name: "503 without an id", status: 503, want: outRejected},
 		{name: "504 with its id", status: 504, echo: "7", want: outTimeout},
+		{name: "504 with its id, not run", status: 504, echo: "7", notRun: true, want: outNotRun},
 		{name: "504 with another id", status: 504, echo: "8", want: outMismatch},
+		{name: "504 with another id, not run", status: 504, echo: "8", notRun: true, want: outMismatch},
 		{name: "500", status: 500, want: outOther},
 		{name: "deadline of the connection", err: fmt.Errorf("read: %w", os.ErrDeadlineExceeded), want: outGiveUp},
 		{name: "fasthttp's timeout", err: fasthttp.ErrTimeout, want: outGiveUp},
@@ -96,6 +99,9 @@ func TestClassify(t *testing.T) {
 			resp.SetStatusCode(tt.status)
 			if tt.echo != "" {
 				resp.Header.Set(requestIDHeader, tt.echo)
+			}
+			if tt.notRun {
+				resp.Header.Set(notRunHeader, "1")
 			}
 			if got := classify(tt.err, tt.stopped, &resp, 7, tt.latency, deadline); got != tt.want {
 				t.Errorf("outcome %d, want %d", got, tt.want)
@@ -913,10 +919,96 @@ func TestRefusals(t *testing.T) {
 		{overloadRow{}, "0"},
 		{overloadRow{Rejected: 11}, "11"}, // an older report, without reasons
 		{overloadRow{Rejected: 11, RefusedFull: 2, RefusedTimeout: 9}, "11 (queue full 2, queue timeout 9)"},
+		{overloadRow{Timeouts: 5, NotRun: 3}, "3: 503 0, 504 not run 3"},
+		{overloadRow{Rejected: 11, RefusedFull: 2, RefusedTimeout: 9, Timeouts: 3, NotRun: 3}, "14: 503 11 (queue full 2, queue timeout 9), 504 not run 3"},
 	} {
 		if got := refusals(&tc.row); got != tc.want {
 			t.Errorf("refusals(%+v) = %q, want %q", tc.row, got, tc.want)
 		}
+	}
+}
+
+// "None rejected" at half the capacity counts every request the server
+// turned away without running it: a 503, or a 504 given unrun (its budget
+// spent waiting, or past MaxQueueAge). It counted the 503s only, and
+// passed a variant with admission that turned requests away with 504s.
+// A 504 from a handler that ran out of time, a give-up or a connection
+// failure is no refusal of the server's: the p99 and goodput goals see
+// those.
+func TestOverloadGoals_none_rejected_counts_what_was_not_run(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name string
+		half overloadRow
+		want string
+	}{
+		{name: "none", want: "PASS 0"},
+		{name: "503s", half: overloadRow{Rejected: 2, RefusedFull: 2}, want: "FAIL 2 (queue full 2, queue timeout 0)"},
+		{name: "504s not run", half: overloadRow{Timeouts: 3, NotRun: 3}, want: "FAIL 3: 503 0, 504 not run 3"},
+		{name: "504s of handlers that ran", half: overloadRow{Timeouts: 3}, want: "PASS 0"},
+		{name: "give-ups and connection failures", half: overloadRow{GiveUps: 2, ConnectErrors: 1, ConnErrors: 1}, want: "PASS 0"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			half := tt.half
+			half.Variant, half.Handler, half.Load, half.Good, half.P99Ms = olRaceQueue, "honours", 0.5, 100, 10
+			w := overloadWorkload{Name: workloadCPU, Capacity: 100, Rows: []overloadRow{half}}
+			got := overloadGoals([]overloadWorkload{w}, time.Second)
+			if len(got) != 1 || got[0].Checks[6] != tt.want {
+				t.Errorf("goals %q; want %q for %q", got, tt.want, goalNames[6])
+			}
+		})
+	}
+}
+
+// The queue-start variant turns away a request older than MaxQueueAge
+// with a 504 it does not run, through a real server and the generator's
+// worker: the client tells it from a timeout, and the cell fails "none
+// rejected" at half the capacity. A racing timeout's 504, the handler run,
+// is not marked.
+func TestOverloadServer_a_504_not_run_is_a_refusal(t *testing.T) {
+	t.Parallel()
+	sh := sharedForTest(t, 16)
+	// Timeout 1 s, MaxQueueAge 250 ms; a handler of a second at least.
+	s, err := overloadServer(overloadServerConfig{Variant: olRaceQueue, Workload: workloadDB, Honour: true,
+		DBSlots: 1, DBQueries: 1000, DBQueryUs: 1000, TimeoutMs: 1000}, sh, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := serveLoopback(t, s.Handler)
+	g := newOpenLoop(addr, time.Minute, 1)
+	var outcomes []outcome
+	g.observe = func(r result) { outcomes = append(outcomes, r.outcome) }
+	w := &loadWorker{g: g}
+	defer g.shutdown()
+	defer w.drop(false)
+	// Stamped by the load balancer 10 s ago: past MaxQueueAge, unrun.
+	w.send(arrival{id: 1, at: time.Now().Add(-10 * time.Second), measured: true})
+	// Stamped now: run, and timed out after a second (or turned away, if
+	// this test was held up past MaxQueueAge before sending it).
+	w.send(arrival{id: 2, at: time.Now()})
+	if len(outcomes) != 2 || outcomes[0] != outNotRun || (outcomes[1] != outTimeout && outcomes[1] != outNotRun) {
+		t.Fatalf("outcomes %v; want not run (%d), then a timeout (%d)", outcomes, outNotRun, outTimeout)
+	}
+	// The timed-out handler returns soon after its answer, honouring its
+	// context: wait for it, before the shared file is unmapped under it.
+	for end := time.Now().Add(10 * time.Second); sh.slots[slotFinished].Load() < sh.slots[slotStarted].Load(); {
+		if time.Now().After(end) {
+			t.Fatal("the timed-out handler did not return within 10 s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if started := sh.slots[slotStarted].Load(); outcomes[1] == outTimeout && started != 1 {
+		t.Errorf("%d handlers started, want the timed-out request's only", started)
+	}
+	row := overloadRow{Variant: olRaceQueue, Handler: "honours", Load: 0.5}
+	row.fill(cellData{measure: time.Second, deadline: time.Minute, arrivals: 1, tally: g.tally})
+	if row.Timeouts != 1 || row.NotRun != 1 || row.Rejected != 0 {
+		t.Errorf("504s %d, not run %d, 503s %d; want 1, 1, 0", row.Timeouts, row.NotRun, row.Rejected)
+	}
+	goals := overloadGoals([]overloadWorkload{{Name: workloadDB, Capacity: 100, Rows: []overloadRow{row}}}, time.Second)
+	if len(goals) != 1 || !strings.HasPrefix(goals[0].Checks[6], "FAIL 1") {
+		t.Errorf("goals %q; want %q to fail with 1", goals, goalNames[6])
 	}
 }
 
