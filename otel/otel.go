@@ -104,8 +104,9 @@ type request struct {
 	// or the client's hang-up, set by Attach's end; 0 if it did not.
 	answered atomic.Int64
 
-	// failed is set once the span's status is Error with fasttimeout's
-	// cause, which Middleware must not overwrite.
+	// failed is set by the record of the request's end, which sets the
+	// span's status to Error with fasttimeout's cause: Middleware must not
+	// overwrite it, and no second end is recorded (see record).
 	failed atomic.Bool
 }
 
@@ -333,7 +334,9 @@ func Context(ctx *fasthttp.RequestCtx) context.Context {
 // lateness measured at the return. A next that returns past its deadline
 // before the context has ended (a timer or a cooperative tick not run yet)
 // gets EventTimeout and EventLateReturn at its return, as the middleware
-// answers it with the timeout response.
+// answers it with the timeout response. Inside nested fasttimeout.News,
+// each with its Handler, the request's end and the return after it are
+// recorded once, by the first Handler whose context ended.
 func Handler(next fasthttp.RequestHandler) fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
 		r, _ := ctx.UserValue(contextKey{}).(*request)
@@ -345,11 +348,14 @@ func Handler(next fasthttp.RequestHandler) fasthttp.RequestHandler {
 		defer r.release()
 		c := fasttimeout.Context(ctx)
 		timeout, _ := fasttimeout.Remaining(ctx) // the handler has just started
-		var ended endOfContext
+		var (
+			ended endOfContext
+			first bool // this Handler recorded the end, and records the return
+		)
 		recorded := make(chan struct{})
 		stop := context.AfterFunc(c, func() {
 			defer close(recorded)
-			ended = r.record(endOf(c, time.Now()), timeout)
+			ended, first = r.record(endOf(c, time.Now()), timeout)
 		})
 		defer func() { // after next returns, or panics
 			if stop() {
@@ -373,14 +379,16 @@ func Handler(next fasthttp.RequestHandler) fasthttp.RequestHandler {
 					// Returned past the deadline, before the context
 					// was cancelled: the middleware finds it late and
 					// answers with the timeout response all the same.
-					ended = r.record(timedOut(c, time.Now()), timeout)
+					ended, first = r.record(timedOut(c, time.Now()), timeout)
 				} else {
-					ended = r.record(endOf(c, time.Now()), timeout)
+					ended, first = r.record(endOf(c, time.Now()), timeout)
 				}
 			} else {
 				<-recorded
 			}
-			r.span.AddEvent(EventLateReturn, trace.WithAttributes(ended.attributes(timeout, time.Now())...))
+			if first {
+				r.span.AddEvent(EventLateReturn, trace.WithAttributes(ended.attributes(timeout, time.Now())...))
+			}
 		}()
 		next(ctx)
 	}
@@ -391,12 +399,18 @@ func Handler(next fasthttp.RequestHandler) fasthttp.RequestHandler {
 var testHookInTime atomic.Pointer[func(*fasthttp.RequestCtx)]
 
 // record records on the span the end e of a request's context, for a
-// handler that had timeout when it started, and returns e.
-func (r *request) record(e endOfContext, timeout time.Duration) endOfContext {
+// handler that had timeout when it started, and returns e and true; or
+// false, recording nothing, if the request's end is on the span already.
+// A request ends once, but the Handlers inside nested fasttimeout.News each
+// see that end in their own context (an outer deadline, a hang-up): the
+// first to see it records it, and its return.
+func (r *request) record(e endOfContext, timeout time.Duration) (endOfContext, bool) {
+	if !r.failed.CompareAndSwap(false, true) {
+		return e, false
+	}
 	r.span.AddEvent(e.event, trace.WithAttributes(e.attributes(timeout, e.at)...))
 	r.span.SetStatus(codes.Error, e.cause.Error())
-	r.failed.Store(true)
-	return e
+	return e, true
 }
 
 // timedOut is the end of a request that timed out, seen at t, whether or
