@@ -30,6 +30,7 @@ package fasttimeoutotel
 import (
 	"context"
 	"errors"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -243,9 +244,9 @@ func (r *request) release() {
 // and http.request.method_original the method sent, so that clients cannot
 // make up span names; it has url.path, url.scheme (as the server received
 // the request) and http.response.status_code, that of the timeout response
-// for a request answered at its deadline. A 5xx answer sets the status to
-// Error, with fasttimeout's cause as description when the answer is
-// fasttimeout's.
+// for a request answered at its deadline. A 5xx answer sets error.type to
+// its status code ("504") and the status to Error, with fasttimeout's cause
+// as description when the answer is fasttimeout's.
 func Middleware(next fasthttp.RequestHandler, tracer trace.Tracer) fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
 		name, attrs := methodAttributes(ctx.Method())
@@ -291,17 +292,30 @@ func (r *request) recordStatusCode(ctx *fasthttp.RequestCtx) {
 	// to its late handler: only the response the middleware sent is read,
 	// and whoever lets go of the span last records the cause.
 	if resp := ctx.LastTimeoutErrorResponse(); resp != nil {
-		r.span.SetAttributes(attribute.Int("http.response.status_code", resp.StatusCode()))
+		r.setStatusCode(resp.StatusCode())
 		return
 	}
 	status := ctx.Response.StatusCode()
-	r.span.SetAttributes(attribute.Int("http.response.status_code", status))
+	r.setStatusCode(status)
 	// A refusal or a spent budget is recorded by end, after this, with its
 	// description; a cause Handler saw (a cooperative timeout, a shutdown)
 	// was recorded before next returned.
 	if status >= fasthttp.StatusInternalServerError && !r.failed.Load() {
 		r.span.SetStatus(codes.Error, "")
 	}
+}
+
+// setStatusCode sets http.response.status_code to status and, for a 5xx,
+// error.type to status as a string: the conventions require error.type of
+// a request that ended with an error, which a 5xx answer is on the server
+// side, and name the status code as its value then.
+func (r *request) setStatusCode(status int) {
+	if status < fasthttp.StatusInternalServerError {
+		r.span.SetAttributes(attribute.Int("http.response.status_code", status))
+		return
+	}
+	r.span.SetAttributes(attribute.Int("http.response.status_code", status),
+		attribute.String("error.type", strconv.Itoa(status)))
 }
 
 // Context returns fasttimeout.Context(ctx) carrying the request's span, for

@@ -3,6 +3,7 @@ package fasttimeoutotel_test
 import (
 	"context"
 	"net"
+	"strconv"
 	"testing"
 	"time"
 
@@ -503,7 +504,9 @@ func TestMiddlewareLeavesATimedOutRequestAlone(t *testing.T) {
 // Middleware's server span follows OpenTelemetry's HTTP semantic
 // conventions: the status code sent (for a timeout, the timeout response's,
 // not the late handler's), the status Error for a 5xx answer without
-// overwriting the cause fasttimeout recorded, and a method it does not know
+// overwriting the cause fasttimeout recorded, with error.type (which was
+// left out: the conventions require it of a request that ended with an
+// error, and a 5xx answer is one), and a method it does not know
 // as _OTHER, so that a client cannot make up span names.
 func TestMiddlewareFollowsHTTPConventions(t *testing.T) {
 	t.Parallel()
@@ -570,6 +573,15 @@ func TestMiddlewareFollowsHTTPConventions(t *testing.T) {
 			assert.Equal(t, int64(tc.wantStatus), got["http.response.status_code"].AsInt64())
 			assert.Equal(t, tc.wantCode, span.Status().Code)
 			assert.Equal(t, tc.wantDesc, span.Status().Description)
+			// Conditionally required for a request that ended with an
+			// error, as a 5xx answer is: its status code.
+			wantErrorType := ""
+			if tc.wantStatus >= fasthttp.StatusInternalServerError {
+				wantErrorType = strconv.Itoa(tc.wantStatus)
+			}
+			errorType, ok := got["error.type"]
+			assert.Equal(t, wantErrorType != "", ok, "error.type set")
+			assert.Equal(t, wantErrorType, errorType.AsString())
 		})
 	}
 }
