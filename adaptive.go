@@ -43,11 +43,17 @@ import (
 //   - minRTT is measured by a probe, as Envoy's adaptive concurrency does:
 //     the limit sits at its floor for one window at start and every
 //     probeEvery under sustained load (samples admitted before the probe
-//     are left out, and every return in it is a sample); between probes
-//     it only falls. A median over the target while the limit does not
-//     bind calls a probe early: taking that median for the unloaded
-//     latency let a downstream-bound server raise its target with its own
-//     queueing, window after window.
+//     are left out, and every return in it is a sample). It is the
+//     median of the probe's returns, as a window goes by its median, and
+//     it stays until the next probe. A lower quartile, or the least of
+//     the window medians since, is a fast request's in a mix where a
+//     quarter are fast (cache hits, errors), or whose latency varies
+//     widely: the median of the whole mix, unloaded, was then over the
+//     target, and the limit fell to its floor and stayed there. A
+//     median over the target while the limit does not bind calls a probe
+//     early: taking that median for the unloaded latency let a
+//     downstream-bound server raise its target with its own queueing,
+//     window after window.
 
 // testHookProbeEnding, set only by tests, runs in endProbe once the probe
 // no longer gives way, before the limit is restored.
@@ -155,11 +161,8 @@ func (l *limiter) adapt(t int64) {
 
 	if probing {
 		if k > 0 {
-			// The lower quartile (medianOf sorts the samples): the first
-			// samples of a probe may still have waited behind the load
-			// before it.
-			medianOf(rtts[:k])
-			l.minRTT = rtts[k/4]
+			l.minRTT = medianOf(rtts[:k])
+			l.probed = true
 			l.endProbe(t, l.restore)
 		} else {
 			l.setLimit(max(l.limit.Load(), l.lateFloor()), t) // probe beside the late handlers
@@ -216,7 +219,9 @@ func (l *limiter) adapt(t int64) {
 // l.adapting is held.
 func (l *limiter) byLatency(limit int64, rtts, fresh []int64, start, t int64, binding, queued bool) (next float64, probe bool) {
 	median := medianOf(rtts)
-	if l.minRTT == 0 || median < l.minRTT {
+	if !l.probed && (l.minRTT == 0 || median < l.minRTT) {
+		// No probe has measured it yet (the one at start gave way): the
+		// least window median until one does.
 		l.minRTT = median
 	}
 	target := max(l.minRTT+l.minRTT/2, l.minRTT+int64(latencySlack))

@@ -71,6 +71,7 @@ type limiter struct {
 	windowStart atomic.Int64
 	adapting    sync.Mutex // held by the goroutine closing a window
 	minRTT      int64      // guarded by adapting
+	probed      bool       // minRTT is a probe's median, kept until the next probe; guarded by adapting
 	// ssthresh is the limit that latency over the target, or timeouts,
 	// last brought the limit back to: the slow start stops there. 0: none
 	// yet. Guarded by adapting.

@@ -703,6 +703,70 @@ func TestLimiter_timeouts_halve_the_limit_once_a_timeout(t *testing.T) {
 	}
 }
 
+// TestLimiter_a_minority_of_fast_requests_is_not_the_unloaded_latency: a
+// mix of requests, most of 20 ms (a downstream with room to spare, so
+// latency does not grow with concurrency) and some of 1 ms (cache hits,
+// errors), two arriving a millisecond, about 30 running at once: no
+// overload. A probe took its lower quartile for the unloaded latency, and
+// between probes the least window median: with fast requests a quarter of
+// the mix or more, both are theirs, and every window's median, a slow
+// request's, was ten times the target. The limit fell to its floor and
+// stayed there, refusing most requests. So with latencies drawn from an
+// exponential distribution of mean 20 ms. The unloaded latency is the
+// probe's median now, kept until the next probe.
+func TestLimiter_a_minority_of_fast_requests_is_not_the_unloaded_latency(t *testing.T) {
+	t.Parallel()
+	const (
+		slow    = 20 * time.Millisecond
+		fast    = time.Millisecond
+		timeout = time.Second
+		arrive  = 2 // requests a millisecond
+		seconds = 20
+	)
+	mix := func(share float64) func(*rand.Rand) time.Duration { // of fast requests
+		return func(rng *rand.Rand) time.Duration {
+			if rng.Float64() < share {
+				return fast
+			}
+			return slow
+		}
+	}
+	for _, c := range []struct {
+		name    string
+		latency func(*rand.Rand) time.Duration
+	}{
+		{"all slow", mix(0)},
+		{"10% fast", mix(0.1)},
+		{"30% fast", mix(0.3)},
+		{"35% fast", mix(0.35)},
+		// Widely spread: the lower quartile is 29 % of the median.
+		{"exponential", func(rng *rand.Rand) time.Duration { return time.Duration(rng.ExpFloat64() * float64(slow)) }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			m := &middleware{settings: Config{Timeout: timeout, AdaptiveConcurrency: true, IgnoreHangups: true}.resolve()}
+			m.limiter = seeded(newLimiter(DefaultMaxConcurrency, true, timeout, m.stats, &m.late))
+			o := &openLoad{m: m, l: m.limiter}
+			rng := rand.New(rand.NewPCG(3, 4))
+			returns := func(a int64) int64 { return a + int64(c.latency(rng)) }
+			clock := int64(time.Hour)
+			for ; clock < int64(time.Hour+time.Second); clock += int64(time.Millisecond) {
+				o.step(clock, arrive, returns) // the probe at start, and the limit's climb
+			}
+			refused := o.refused
+			for ; clock < int64(time.Hour+seconds*time.Second); clock += int64(time.Millisecond) {
+				o.step(clock, arrive, returns)
+			}
+			refused = o.refused - refused
+			arrived := (seconds - 1) * 1000 * arrive
+			t.Logf("%d of %d arrivals refused after the first second; limit %d, unloaded latency %v",
+				refused, arrived, o.l.limit.Load(), time.Duration(o.l.minRTT))
+			assert.Less(t, refused, arrived/50, "refused under no overload")
+			assert.GreaterOrEqual(t, o.l.minRTT, int64(slow)/2, "the unloaded latency of most requests")
+		})
+	}
+}
+
 // TestLimiter_a_window_reads_only_the_latencies_written: a return counts
 // itself in its window (limiter.count) before it writes its latency, and
 // another return or a timeout may close the window in between (two
