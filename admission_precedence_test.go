@@ -221,7 +221,7 @@ func TestAdmission_combined_checks_answer_and_count_each_request_once(t *testing
 	for _, tc := range cases {
 		for _, mode := range allModes {
 			if tc.setup == lateFull && mode == fasttimeout.Cooperative {
-				continue // a cooperative handler is found late only when it returns, or its client hangs up
+				continue // a cooperative handler that never asked for its context is found late only when it returns
 			}
 			t.Run(tc.name+"/"+mode.String(), func(t *testing.T) {
 				t.Parallel()

@@ -39,8 +39,9 @@ import (
 //   - running -> timedOut: the deadline has passed, as seen by the call's
 //     timer (worker.fire), by its handler returning or panicking late
 //     (worker.serve), by a cooperative handler's return
-//     (finishCooperative), or by a hang-up after it (worker.hungUp,
-//     call.hungUp). A disarmed call never times out.
+//     (finishCooperative), by the housekeeper's tick, for a cooperative
+//     call whose context it watches (call.expire), or by a hang-up after
+//     it (worker.hungUp, call.hungUp). A disarmed call never times out.
 //   - running, disarmed or moving -> finished: the handler returned or
 //     panicked in time (worker.serve, finishCooperative).
 //   - running, disarmed or moving -> gone: the hang-up watch saw the client
@@ -53,11 +54,13 @@ import (
 //     compare-and-swap (see call.moveDeadline).
 //
 // finished, timedOut and gone are final until begin starts the call's next
-// request. Exactly one path gets there, through call.settle, and in racing
-// mode only that one signals the server goroutine, on worker.done. A
-// cooperative handler runs on the server goroutine, so nobody signals it:
-// finishCooperative settles the call itself, and finds it gone if the
-// hang-up came first.
+// request. Exactly one path gets there, through call.settle (call.expire
+// for the housekeeper), and in racing mode only that one signals the server
+// goroutine, on worker.done. A cooperative handler runs on the server
+// goroutine, so nobody signals it: finishCooperative settles the call
+// itself, and finds it gone or timed out if the hang-up or the housekeeper
+// came first. Whoever decides ends the call's context with the decision's
+// cause, so the two always agree.
 const (
 	callFinished uint64 = iota
 	callRunning
@@ -224,7 +227,6 @@ func (c *call) decided() bool {
 // only changed between running and moving (Extend) decides nothing: look
 // again.
 func (c *call) settle(outcome uint64, t int64) bool {
-	var gen uint64
 	for {
 		s := c.state.Load()
 		p := s & phaseMask
@@ -233,10 +235,56 @@ func (c *call) settle(outcome uint64, t int64) bool {
 			return false
 		}
 		if c.state.CompareAndSwap(s, s&^phaseMask|outcome) {
-			gen = s &^ (generation - 1)
-			break
+			overAt := t
+			if outcome == callTimedOut {
+				overAt = c.deadline.Load()
+			}
+			c.settled(outcome, t, overAt, s&^(generation-1))
+			return true
 		}
 	}
+}
+
+// expire is settle(callTimedOut, t) for the housekeeper, which watches the
+// context b of a cooperative call and finds its deadline not after t (see
+// housekeeper.expireContexts). It decides under b's lock, against b's
+// deadline: a move of a cooperative call's deadline gives it to b under
+// that lock (see moveDeadline), so the move and the timeout come one after
+// the other, whichever goroutine runs late. Only a running call times out;
+// one already decided (its handler returned, its client hung up) is left
+// to whoever decided it, which ends b with its own cause. It reports
+// whether b has ended.
+//
+// The housekeeper holds the lock of b's shard: until the call's end has
+// taken b out of it (call.end), the call is b's request's, not back in the
+// pool. A context made after that end (Context on a goroutine the handler
+// left running) is another generation's, and times nothing out.
+func (c *call) expire(b *requestContext, t int64) bool {
+	b.mu.Lock()
+	deadline := b.deadline.Load()
+	if b.err != nil || deadline > t {
+		ended := b.err != nil
+		b.mu.Unlock()
+		return ended
+	}
+	for {
+		s := c.state.Load()
+		if s&phaseMask != callRunning || s&^(generation-1) != b.gen {
+			b.mu.Unlock()
+			return false
+		}
+		if c.state.CompareAndSwap(s, s&^phaseMask|callTimedOut) {
+			b.mu.Unlock()
+			c.settled(callTimedOut, t, deadline, s&^(generation-1))
+			return true
+		}
+	}
+}
+
+// settled does what follows from settle's decision of the call's race at t,
+// for generation gen (see settle): the call timed out (at its deadline,
+// overAt) or lost its client (at overAt, which is t).
+func (c *call) settled(outcome uint64, t, overAt int64, gen uint64) {
 	if outcome != callFinished {
 		if hook := testHookSettled.Load(); hook != nil {
 			(*hook)(c, outcome)
@@ -248,7 +296,7 @@ func (c *call) settle(outcome uint64, t int64) bool {
 		// Read first: once becomeLate has cancelled the context, the call
 		// may be another request's.
 		l, admitted := c.m.limiter, c.admitted
-		c.becomeLate(c.deadline.Load(), context.DeadlineExceeded, &timeoutCause)
+		c.becomeLate(overAt, context.DeadlineExceeded, &timeoutCause)
 		// The drop after becomeLate: a window it closes counts this handler
 		// among the late ones, beyond which the limit keeps room.
 		if l != nil && l.adaptive {
@@ -257,10 +305,9 @@ func (c *call) settle(outcome uint64, t int64) bool {
 		c.counted.Store(gen)
 	case callGone:
 		c.m.stats.clientGone.Add(1)
-		c.becomeLate(t, context.Canceled, &goneCause)
+		c.becomeLate(overAt, context.Canceled, &goneCause)
 		c.counted.Store(gen)
 	}
-	return true
 }
 
 // settleOrTimeOut settles the call at t with outcome (callFinished or
@@ -268,15 +315,24 @@ func (c *call) settle(outcome uint64, t int64) bool {
 // its timer has not run yet (a loaded or stalled process), and the call
 // times out. It reports whether this caller settled the call, either way.
 func (c *call) settleOrTimeOut(outcome uint64, t int64) bool {
+	if hook := testHookSettling.Load(); hook != nil {
+		(*hook)(c, outcome, t)
+	}
 	return c.settle(callTimedOut, t) || c.settle(outcome, t)
 }
 
+// testHookSettling, set only by tests, runs in settleOrTimeOut before it
+// settles the call with outcome at t: where the goroutine that read t (a
+// cooperative handler's return, a hang-up) may stall while the deadline
+// passes.
+var testHookSettling atomic.Pointer[func(c *call, outcome uint64, t int64)]
+
 // awaitCounted waits, on a late handler's return, until whoever settled its
-// call late (its timer or the hang-up callback, on their own goroutines) has
-// done what settle does after its compare-and-swap: a handler returning right
-// after it would read an overAt not yet stored, take LateRunning below zero
-// and leave InFlight before the timeout is counted. The wait is a few atomic
-// operations long.
+// call late (its timer, the housekeeper or the hang-up callback, on their
+// own goroutines) has done what settle does after its compare-and-swap: a
+// handler returning right after it would read an overAt not yet stored,
+// take LateRunning below zero and leave InFlight before the timeout is
+// counted. The wait is a few atomic operations long.
 func (c *call) awaitCounted() {
 	gen := c.state.Load() &^ (generation - 1)
 	hooked := false
@@ -342,6 +398,9 @@ func (c *call) context() context.Context {
 		b.cancel(context.Canceled, &goneCause) // as above, for a hang-up
 	default:
 		if c.inline() {
+			// The housekeeper times the call out at the deadline (see
+			// call.expire).
+			b.owner, b.gen = c, c.state.Load()&^(generation-1)
 			if c.watch.Load()&watchMask == watchPending {
 				b.call = c // the housekeeper starts the call's watch
 			}

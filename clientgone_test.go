@@ -474,10 +474,10 @@ func TestHangup_context_made_after_the_hang_up_is_already_cancelled(t *testing.T
 	assert.ErrorIs(t, e.cause, fasttimeout.ErrClientGone)
 }
 
-// In cooperative mode nothing settles a request at its deadline but its
-// handler's return: a client that hangs up after the deadline, while the
-// handler still runs, finds the request timed out, as in racing mode, and
-// it is not counted as a hang-up.
+// In cooperative mode a client that hangs up after the deadline, while the
+// handler still runs, finds the request timed out (by the housekeeper's
+// tick, or by the hang-up itself should that come first), as in racing
+// mode, and it is not counted as a hang-up.
 func TestHangup_after_the_deadline_is_a_timeout(t *testing.T) {
 	requireHangups(t)
 	t.Parallel()
@@ -493,9 +493,9 @@ func TestHangup_after_the_deadline_is_a_timeout(t *testing.T) {
 	conn := sendRaw(t, s.addr, rawRequest("/slow"))
 	require.ErrorIs(t, receive(t, expired, "end of the context at the deadline"), context.DeadlineExceeded)
 	require.NoError(t, conn.Close())
-	// settle counts the timeout before it counts the handler late
-	// (call.settle, call.becomeLate), on the watcher's goroutine: wait for
-	// both.
+	// The housekeeper's tick counted the timeout and the late handler
+	// before it ended the context (call.expire, call.settled); the hang-up
+	// after it changes nothing.
 	require.Eventually(t, func() bool {
 		c := stats.Snapshot()
 		return c.Timeouts == 1 && c.LateRunning == 1

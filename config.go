@@ -214,9 +214,11 @@ type Config struct {
 	// or their client's hang-up. While that many are running, new requests
 	// are refused at once with 503 Service Unavailable, a Retry-After header
 	// and a JSON body, so goroutines and memory stay bounded when handlers
-	// pile up. In cooperative mode a handler past its deadline is found late
-	// only when it returns, so only those whose client hung up count while
-	// they run. Zero means no cap; negative values panic in New.
+	// pile up. In cooperative mode a handler that never asked for its
+	// context (Context, Do) is found late only when it returns, so it counts
+	// while it runs only if its client hung up; one that did counts from its
+	// context's end at the deadline. Zero means no cap; negative values
+	// panic in New.
 	MaxLateHandlers int
 
 	// RetryAfter is the Retry-After of the 503 sent while MaxLateHandlers

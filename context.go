@@ -138,8 +138,10 @@ type requestContext struct {
 	// housekeeper's contexts chosen by its connection, set before the
 	// context is shared; the rest is guarded by that shard's lock.
 	shard uint8
-	slot  int   // index in the shard's contexts while watched, else -1
-	call  *call // whose hang-up watch the housekeeper is to start; nil once started, or never will be
+	slot  int    // index in the shard's contexts while watched, else -1
+	owner *call  // whose context it is, which the housekeeper times out at the deadline; nil once unwatched
+	gen   uint64 // owner's generation (see call.begin): a context made after its request ended times out no other
+	call  *call  // whose hang-up watch the housekeeper is to start; nil once started, or never will be
 
 	stopFollow func() bool // ends follow, if it was called
 
@@ -364,10 +366,15 @@ func (b *requestContext) moveBack(moved, old int64) {
 	}
 }
 
-// expire cancels the context if its deadline is not after t, and reports
-// whether it is cancelled. Checking under the lock means a deadline moved
-// concurrently (syncDeadline) is never missed.
+// expire ends the context if its deadline is not after t, and reports
+// whether it has ended. A context of a cooperative call (owner) ends
+// through the call's timeout (see call.expire), so that its cause and the
+// call's outcome agree; one without a call is cancelled. Checking under the
+// lock means a deadline moved concurrently (syncDeadline) is never missed.
 func (b *requestContext) expire(t int64) bool {
+	if c := b.owner; c != nil {
+		return c.expire(b, t)
+	}
 	b.mu.Lock()
 	var funcs []*afterFunc
 	if b.err == nil && b.deadline.Load() <= t {

@@ -332,11 +332,11 @@ var testHookLookup atomic.Pointer[func(*fasthttp.RequestCtx)]
 // moveDeadline changes a cooperative call's deadline to move(deadline),
 // unless it has passed or move says no. Moves on several goroutines of the
 // handler each compare-and-swap the call's deadline, then give the context,
-// if any, the call's latest, under its lock: the housekeeper either cancels
-// it against the old deadline first (and the call's deadline goes back to
-// the context's, which no longer changes) or sees the new one. The call's
-// deadline is stored before the context is looked for, as call.context
-// expects. A move later counts the handler among the moved ones (see
+// if any, the call's latest, under its lock: the housekeeper either sees
+// the new one, or first times the call out against the context's old one
+// (see call.expire), and the move fails, the call's deadline going back to
+// the context's, which no longer changes. The call's deadline is stored
+// before the context is looked for, as call.context expects. A move later counts the handler among the moved ones (see
 // countMoved), as the racing paths of disarm and extend do.
 func (c *call) moveDeadline(move func(int64) (int64, bool)) bool {
 	for {
@@ -362,6 +362,14 @@ func (c *call) moveDeadline(move func(int64) (int64, bool)) bool {
 			// would leave its own old, later than the deadline the
 			// housekeeper expired the context at.
 			c.deadline.Store(b.deadline.Load())
+			return false
+		}
+		if p := c.phase(); p == callTimedOut || p == callGone {
+			// Decided meanwhile, the context not ended yet: the
+			// housekeeper timed the call out against the old deadline
+			// (see call.expire), or the client hung up. The move did not
+			// happen.
+			c.moveBack(old)
 			return false
 		}
 		if deadline > old {

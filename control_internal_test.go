@@ -552,3 +552,83 @@ func TestNested_move_from_a_goroutine_as_an_inner_New_starts(t *testing.T) {
 		}
 	}
 }
+
+// A cooperative handler's Extend swaps the call's deadline before the
+// deadline, then stalls; the housekeeper, at the deadline, finds the
+// context's deadline (the old one: the move has not given it the new one
+// yet) passed and times the call out; the move then gives the context its
+// new deadline before the timeout has ended it. The move must fail, as it
+// does when it finds the context ended: the request timed out. Without the
+// move's look at the call's state, Extend reported true and left the call
+// and its context an hour more while the request was answered 504. Not
+// parallel: it sets the process's test hooks.
+func TestExtend_as_the_housekeeper_times_the_call_out_fails(t *testing.T) {
+	const hookWait = 10 * time.Second // a hang detector, not a speed requirement
+	type seen struct {
+		ready, moved bool
+		cause        error
+		deadline     time.Time // the context's, once the move is over
+		old          int64
+	}
+	stats := new(Stats)
+	got := make(chan seen, 1)
+	h := New(func(ctx *fasthttp.RequestCtx) {
+		var s seen
+		cx := Context(ctx) // watched by the housekeeper
+		c := lookup(ctx)
+		s.old = c.deadline.Load()
+		swapped, timedOut, moved := make(chan struct{}), make(chan struct{}), make(chan struct{})
+		move := func(mc *call) {
+			if mc == c {
+				close(swapped)
+				select { // the housekeeper times the call out
+				case <-timedOut:
+				case <-time.After(hookWait):
+				}
+			}
+		}
+		settled := func(sc *call, outcome uint64) {
+			if sc == c && outcome == callTimedOut {
+				close(timedOut)
+				select { // the move is over before the timeout ends the context
+				case <-moved:
+				case <-time.After(hookWait):
+				}
+			}
+		}
+		testHookMove.Store(&move)
+		testHookSettled.Store(&settled)
+		defer testHookMove.Store(nil)
+		defer testHookSettled.Store(nil)
+		go func() {
+			defer close(moved)
+			s.moved = Extend(ctx, time.Hour)
+		}()
+		select {
+		case <-swapped:
+			s.ready = true
+		case <-moved: // Extend came after the deadline: try another request
+		}
+		<-moved
+		<-cx.Done()
+		s.cause = context.Cause(cx)
+		s.deadline, _ = cx.Deadline()
+		got <- s
+		ctx.SetBodyString("after ErrTimeout")
+	}, Config{Timeout: 100 * time.Millisecond, Mode: Cooperative, Stats: stats})
+
+	for range 20 {
+		resp := getResponse(t, h)
+		s := receive(t, got, "the handler's report")
+		if !s.ready {
+			continue
+		}
+		assert.False(t, s.moved, "Extend failed: the request timed out")
+		assert.ErrorIs(t, s.cause, ErrTimeout)
+		assert.Equal(t, epoch.Add(time.Duration(s.old)), s.deadline, "the context keeps the deadline it timed out at")
+		assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode(), "body %q", resp.Body())
+		assert.Equal(t, int64(1), stats.Snapshot().Timeouts)
+		return
+	}
+	t.Fatal("no handler started before its deadline")
+}

@@ -64,8 +64,11 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 	defer m.leaveFlight(c.connID) // last, even when the panic goes on
 	t := now()
 	// Settle the call before its watch ends: from then on, a hang-up no
-	// longer changes it.
-	c.settleOrTimeOut(callFinished, t)
+	// longer changes it. If the housekeeper timed it out, or its client
+	// hung up, wait until that is counted, as a racing late handler does.
+	if !c.settleOrTimeOut(callFinished, t) {
+		c.awaitCounted()
+	}
 	c.unwatchClient()
 	over, overAt, start := c.phase(), c.overAt.Load(), c.start
 	m.release(c, t, over == callFinished)
@@ -136,9 +139,10 @@ func (c *call) recycle() {
 }
 
 // hungUp is the hang-up callback (call.onGone) of a cooperative call, whose
-// handler finds the call settled when it returns. Nothing settles a
-// cooperative call at its deadline but its return, so past the deadline the
-// hang-up times it out.
+// handler finds the call settled when it returns. Past the deadline the
+// hang-up times the call out, unless its return or, for a call with a
+// context, the housekeeper's tick (call.expire) has already: the call has
+// no timer of its own.
 func (c *call) hungUp() {
 	c.settleOrTimeOut(callGone, now())
 }

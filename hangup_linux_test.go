@@ -866,3 +866,84 @@ func connFD(conn net.Conn) (int, bool) {
 	}
 	return fd, true
 }
+
+// A client that hangs up before the deadline of a cooperative request whose
+// hang-up callback then stalls past the deadline (a loaded or stalled
+// process) meets the housekeeper's expiry of the request's context: one of
+// the two decides the request, and its context ends with that decision's
+// cause. Before the fix the housekeeper cancelled the context as timed out
+// outside call.settle, and the callback then settled the call as gone:
+// OnHangup ran, and a hang-up was counted, while the context said
+// ErrTimeout. Not parallel: it sets the process's test hook.
+func TestCooperative_expiry_and_a_stalled_hang_up_agree(t *testing.T) {
+	type report struct {
+		callback string
+		cause    error
+	}
+	stats := new(Stats)
+	reports := make(chan report, 2)
+	var mine atomic.Pointer[call]
+	watched, release := make(chan struct{}), make(chan struct{})
+	addr := serveTCP(t, New(func(ctx *fasthttp.RequestCtx) {
+		Context(ctx) // watched by the housekeeper
+		c := lookup(ctx)
+		mine.Store(c)
+		if waitFor(func() bool { return c.watch.Load()&watchMask == watchRegistered }) {
+			close(watched)
+		}
+		<-release // late, ignoring its context
+	}, Config{
+		Timeout: actInTime, Mode: Cooperative, Stats: stats, // the handler must run
+		OnTimeout: func(ctx *fasthttp.RequestCtx, _ *fasthttp.Response) {
+			reports <- report{"OnTimeout", context.Cause(Context(ctx))}
+		},
+		OnHangup: func(ctx *fasthttp.RequestCtx, _ time.Duration) {
+			reports <- report{"OnHangup", context.Cause(Context(ctx))}
+		},
+	}))
+
+	type stall struct{ inTime, expired bool }
+	stalled := make(chan stall, 1)
+	var once atomic.Bool
+	hook := func(c *call, outcome uint64, at int64) {
+		if c != mine.Load() || outcome != callGone || !once.CompareAndSwap(false, true) {
+			return // another request's, or not the hang-up
+		}
+		s := stall{inTime: at < c.deadline.Load()}
+		select {
+		case <-c.bridge.Load().Done(): // the housekeeper expires it at the deadline
+			s.expired = true
+		case <-time.After(hangupWait):
+		}
+		stalled <- s
+	}
+	testHookSettling.Store(&hook)
+	defer testHookSettling.Store(nil)
+
+	conn, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	_, err = conn.Write([]byte("GET / HTTP/1.1\r\nHost: test\r\n\r\n"))
+	require.NoError(t, err)
+	receive(t, watched, "the watch of the client")
+	require.NoError(t, conn.Close())
+	s := receive(t, stalled, "the hang-up callback")
+	if !s.inTime {
+		close(release)
+		t.Skip("the hang-up came after the deadline: nothing to race")
+	}
+	require.True(t, s.expired, "the housekeeper ended the context at the deadline")
+	// The hang-up callback settles now, if it can: wait for whoever
+	// decided to count it before the handler returns.
+	require.Eventually(t, func() bool {
+		got := stats.Snapshot()
+		return got.Timeouts+got.ClientGone == 1
+	}, hangupWait, time.Millisecond)
+	close(release)
+
+	r := receive(t, reports, "the callback")
+	assert.Equal(t, report{"OnTimeout", ErrTimeout}, r, "the context ended at the deadline, so the request timed out")
+	require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, hangupWait, time.Millisecond)
+	got := stats.Snapshot()
+	assert.EqualValues(t, 1, got.Timeouts)
+	assert.Zero(t, got.ClientGone)
+}

@@ -20,8 +20,9 @@ const (
 	contextShards = 64
 )
 
-// housekeeper is the one goroutine per middleware that cancels cooperative
-// contexts at their deadline and starts the hang-up watch of their clients,
+// housekeeper is the one goroutine per middleware that times out
+// cooperative calls with a context at their deadline, which ends the
+// context (see call.expire), and starts the hang-up watch of their clients,
 // cancels contexts at server shutdown, and retires idle workers. It keeps no
 // time for racing requests: each has its own timer (see worker.fire). It
 // runs only while the middleware has workers or watched contexts, ticking
@@ -253,11 +254,11 @@ func (h *housekeeper) retireIdle(t int64) bool {
 	return false
 }
 
-// watch makes the housekeeper cancel b at its deadline or at server
-// shutdown. b.shard is set before b is shared.
+// watch makes the housekeeper end b at its deadline (through its call's
+// timeout, see requestContext.expire) or at server shutdown. b.shard is set
+// before b is shared.
 func (h *housekeeper) watch(b *requestContext) {
-	if b.deadline.Load() <= now() {
-		b.cancel(context.DeadlineExceeded, &timeoutCause)
+	if t := now(); b.deadline.Load() <= t && b.expire(t) {
 		return
 	}
 	s := &h.shards[b.shard]
@@ -287,7 +288,7 @@ func (h *housekeeper) unwatch(b *requestContext) {
 // unwatchLocked stops watching b, if it is watched in shard s, whose lock
 // is held.
 func (h *housekeeper) unwatchLocked(s *contextShard, b *requestContext) {
-	b.call = nil
+	b.owner, b.call = nil, nil
 	i := b.slot
 	if i < 0 {
 		return

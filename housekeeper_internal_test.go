@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -304,7 +305,56 @@ func TestHousekeeper_a_rest_ends_for_a_deadline_that_did_not_nudge(t *testing.T)
 	require.Eventually(t, func() bool { return !p.h.resting.Load() }, 10*time.Second, time.Millisecond, "a rest's look ends the rest")
 	receive(t, p.b.Done(), "the context's end at its deadline")
 	assert.ErrorIs(t, context.Cause(p.b), ErrTimeout)
-	// The call itself has no deadline (only its context was given one): the
-	// handler's own answer.
-	assert.Equal(t, fasthttp.StatusOK, receive(t, status, "the answer"))
+	// The housekeeper's expiry of a cooperative call's context is the
+	// call's timeout (see call.expire), even here, where only the context
+	// was given the deadline.
+	assert.Equal(t, fasthttp.StatusGatewayTimeout, receive(t, status, "the answer"))
+}
+
+// A cooperative handler that returns before its deadline, on a server
+// goroutine that then stalls past it (a loaded or stalled process), meets
+// the housekeeper's expiry of its context: one of the two decides the
+// request, and the context ends with that decision's cause. Before the fix
+// the housekeeper cancelled the context as timed out outside call.settle,
+// and the return then settled the call as finished: the handler's 200 went
+// out, no timeout was counted, and the context said ErrTimeout. Not
+// parallel: it sets the process's test hook.
+func TestCooperative_expiry_and_a_stalled_return_agree(t *testing.T) {
+	stats := new(Stats)
+	contexts := make(chan context.Context, 1)
+	var mine atomic.Pointer[call]
+	h := New(func(ctx *fasthttp.RequestCtx) {
+		contexts <- Context(ctx) // watched by the housekeeper
+		mine.Store(lookup(ctx))
+		ctx.SetBodyString("in time")
+	}, Config{Timeout: actInTime, Mode: Cooperative, Stats: stats, IgnoreHangups: true})
+
+	type stall struct{ inTime, expired bool }
+	stalled := make(chan stall, 1)
+	var once atomic.Bool
+	hook := func(c *call, outcome uint64, at int64) {
+		if c != mine.Load() || outcome != callFinished || !once.CompareAndSwap(false, true) {
+			return // another request's
+		}
+		s := stall{inTime: at < c.deadline.Load()}
+		select {
+		case <-c.bridge.Load().Done(): // the housekeeper expires it at the deadline
+			s.expired = true
+		case <-time.After(10 * time.Second): // a hang detector
+		}
+		stalled <- s
+	}
+	testHookSettling.Store(&hook)
+	defer testHookSettling.Store(nil)
+
+	resp := getResponse(t, h)
+	cx := receive(t, contexts, "the handler's context")
+	s := receive(t, stalled, "the handler's return")
+	if !s.inTime {
+		t.Skip("the handler returned after its deadline: nothing to race")
+	}
+	require.True(t, s.expired, "the housekeeper ended the context at the deadline")
+	assert.ErrorIs(t, context.Cause(cx), ErrTimeout)
+	assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode(), "the context ended at the deadline, so the request timed out; body %q", resp.Body())
+	assert.EqualValues(t, 1, stats.Snapshot().Timeouts)
 }

@@ -54,8 +54,10 @@ type Counters struct {
 	// response because their deadline passed, spent budgets included.
 	Timeouts int64 `json:"timeouts"`
 	// LateRunning is the number of handlers still running after their
-	// deadline (racing mode: in cooperative mode such a handler is found
-	// late only when it returns), or after their client hung up.
+	// deadline, or after their client hung up. In cooperative mode a
+	// handler that never asked for its context (Context, Do) is found late
+	// only when it returns; one that did is late from its context's end at
+	// the deadline.
 	LateRunning int64 `json:"late_running"`
 	// LateFinished is the number of handlers that returned after their
 	// deadline, or after their client hung up.

@@ -120,7 +120,7 @@ func NewCollector(stats *fasttimeout.Stats, constLabels prometheus.Labels) *Coll
 				func(c fasttimeout.Counters) int64 { return c.InFlight }),
 			counter(metricTimeoutsTotal, "Requests answered with the timeout response because their deadline passed, spent budgets included.",
 				func(c fasttimeout.Counters) int64 { return c.Timeouts }),
-			gauge(metricLateRunningHandlers, "Handlers still running after their deadline (racing mode only: a cooperative one is found late when it returns) or after their client's hang-up.",
+			gauge(metricLateRunningHandlers, "Handlers still running after their deadline (a cooperative one that never asked for its context is found late when it returns) or after their client's hang-up.",
 				func(c fasttimeout.Counters) int64 { return c.LateRunning }),
 			counter(metricLateFinishedTotal, "Handlers that returned after their deadline or their client's hang-up.",
 				func(c fasttimeout.Counters) int64 { return c.LateFinished }),
