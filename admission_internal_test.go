@@ -1918,15 +1918,30 @@ func TestAdmission_a_waiter_that_gives_way_is_refused_by_the_clock(t *testing.T)
 				holder := newSlotHolder()
 				l, release, runs := &holder.limiter, holder.release, &holder.runs
 				wake := make(chan struct{})
-				h := New(holder.serve, Config{
-					Timeout: time.Minute, MaxQueueAge: c.maxQueueAge, MaxConcurrency: 1, AdaptiveConcurrency: adaptive, Stats: stats, IgnoreHangups: true,
+				// With c.maxQueueAge, only the oldest waiter's caller gives up
+				// that soon: its proxy stamped it queueAge-c.maxQueueAge ago.
+				// The others' MaxQueueAge is queueAge, which no wait here
+				// comes near: with c.maxQueueAge for all, the waiters, served
+				// newest first after the oldest's end, had a few
+				// milliseconds left, and a loaded machine ran them late.
+				const queueAge = 10 * time.Minute
+				cfg := Config{
+					Timeout: time.Minute, MaxConcurrency: 1, AdaptiveConcurrency: adaptive, Stats: stats, IgnoreHangups: true,
 					TimeoutFunc: func(ctx *fasthttp.RequestCtx) time.Duration {
-						if string(ctx.Path()) == "/oldest" && c.maxQueueAge == 0 {
+						switch {
+						case string(ctx.Path()) != "/oldest":
+							return 0 // Timeout
+						case c.maxQueueAge == 0:
 							return 10 * time.Second // a share of 1 s: the rest of the queue comes well within it
+						default:
+							return time.Hour // a share far beyond its caller's patience
 						}
-						return 0 // Timeout
 					},
-				})
+				}
+				if c.maxQueueAge > 0 {
+					cfg.MaxQueueAge, cfg.HonorQueueHeaders = queueAge, true
+				}
+				h := New(holder.serve, cfg)
 				oldestReady := make(chan chan bool, 1)
 				var hooked atomic.Bool
 				hook := func(hl *limiter, ready chan bool, _ int64) {
@@ -1938,7 +1953,13 @@ func TestAdmission_a_waiter_that_gives_way_is_refused_by_the_clock(t *testing.T)
 				}
 				testHookQueued.Store(&hook)
 				t.Cleanup(func() { testHookQueued.Store(nil) })
-				client := serveInMemory(t, h)
+				client := serveInMemory(t, func(ctx *fasthttp.RequestCtx) {
+					if string(ctx.Path()) == "/oldest" && c.maxQueueAge > 0 {
+						stamp := time.Now().Add(c.maxQueueAge - queueAge).UnixMilli()
+						ctx.Request.Header.Set("X-Request-Start", fmt.Sprintf("t=%d.%03d", stamp/1000, stamp%1000))
+					}
+					h(ctx)
+				})
 				get := func(path string) <-chan int { return getAsync(t, client, path) }
 				queue := func() (busySince, oldestUntil int64) {
 					l := l.Load()
