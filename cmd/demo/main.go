@@ -25,6 +25,13 @@
 // -adaptive=false a fixed limit (0: the library's default ceiling, or no
 // limit).
 //
+// SIGINT or SIGTERM shuts the demo down gracefully, waiting up to 10 s for
+// open connections; a second one during that wait stops it at once. The
+// exit status is 0 after a clean stop, 1 when the server failed or
+// connections were still open when the wait ended, 2 on bad flags or
+// environment, and 128 plus the number of the second signal (130 for
+// SIGINT, 143 for SIGTERM) when it stopped at once.
+//
 // The listener is wrapped in fasttimeout.RetryListener: a flood of
 // connections that exhausts the process's descriptors makes accept wait
 // and retry, instead of ending the server.
@@ -67,9 +74,30 @@ const (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stderr)
-	stop()
+	// Room for both signals, should they come before stopOnSignals reads
+	// the first: Notify drops what does not fit.
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancel(context.Background())
+	go stopOnSignals(signals, cancel, log.New(os.Stderr, "demo: ", log.LstdFlags))
+	os.Exit(run(ctx, os.Args[1:], os.Stderr))
+}
+
+// stopOnSignals cancels the run at the first signal, which shuts the demo
+// down gracefully, and ends the process at the second, without waiting
+// for open connections: the grace period can last 10 s, and a second
+// Ctrl-C means the user wants out now. The exit status is 128 plus the
+// signal's number (130 for SIGINT, 143 for SIGTERM), what a shell reports
+// for a process that signal killed.
+func stopOnSignals(signals <-chan os.Signal, cancel context.CancelFunc, logger *log.Logger) {
+	<-signals
+	cancel()
+	sig := <-signals
+	logger.Printf("%v again: stopping at once, open connections abandoned", sig)
+	code := 1
+	if s, ok := sig.(syscall.Signal); ok {
+		code = 128 + int(s)
+	}
 	os.Exit(code)
 }
 
@@ -116,12 +144,22 @@ Serves GET /, /sleep/{n} (blocking), /async_sleep/{n} (cooperative),
 it) and, unless -adaptive=false, admitted by an adaptive concurrency limit
 (503 beyond it).
 
+SIGINT or SIGTERM shuts it down, waiting up to %v for open connections;
+a second one during that wait stops it at once.
+
 Environment:
   %s  request timeout, seconds (5, 2.5) or a Go duration (500ms, 1m);
                    unset or empty means %v
 
+Exit status:
+  0        stopped, every connection closed within the wait (or -h)
+  1        the server failed (could not listen, say), or connections were
+           still open when the wait ended
+  2        bad flag or environment
+  130, 143 a second SIGINT (130) or SIGTERM (143) stopped it at once
+
 Flags:
-`, timeoutEnv, fasttimeout.DefaultTimeout)
+`, shutdownGrace, timeoutEnv, fasttimeout.DefaultTimeout)
 		fs.SetOutput(stderr)
 		fs.PrintDefaults()
 		fs.SetOutput(io.Discard)
@@ -181,7 +219,8 @@ func (o options) admission() string {
 
 // run serves until ctx is done, then shuts down gracefully. It returns the
 // process's exit code: 0 after a clean shutdown, 2 on bad flags or
-// environment, 1 when the server fails.
+// environment, 1 when the server fails or connections are still open when
+// the shutdown's grace ends.
 func run(ctx context.Context, args []string, stderr io.Writer) int {
 	opts, err := parseOptions(args, stderr)
 	switch {

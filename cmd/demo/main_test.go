@@ -426,6 +426,8 @@ func TestRun(t *testing.T) {
 		require.Contains(t, stderr.String(), "-mode")
 		require.Contains(t, stderr.String(), "-adaptive")
 		require.Contains(t, stderr.String(), "-max-concurrency")
+		require.Contains(t, stderr.String(), "Exit status:")
+		require.Contains(t, stderr.String(), "a second SIGINT (130) or SIGTERM (143)")
 	})
 
 	t.Run("options_come_from_flags_and_environment", func(t *testing.T) {
