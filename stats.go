@@ -127,9 +127,16 @@ type Counters struct {
 	ConcurrencyLimit int64 `json:"concurrency_limit,omitempty"`
 	// Waiting is the number of requests waiting for a slot now.
 	Waiting int64 `json:"waiting,omitempty"`
-	// BadQueueHeaders is the number of requests whose X-Request-Start,
-	// X-Queue-Start or X-Amzn-Trace-Id was malformed or absurd, and ignored
-	// (see Config.HonorQueueHeaders).
+	// BadQueueHeaders is the number of requests read with
+	// Config.HonorQueueHeaders of which at least one value (any line) of
+	// X-Request-Start, X-Queue-Start or X-Amzn-Trace-Id was malformed or
+	// more than an hour from now, and ignored; once per request, however
+	// many. A bad value counts even beside a valid one that gave the
+	// request's start, a bad trace id beside a valid time stamp included,
+	// although that trace id would not have been used: the counter tells
+	// that something sends such values, not that a request's age went
+	// unread. Requests skipped (Skip) or shed (MaxLateHandlers) are not
+	// read, so never counted.
 	BadQueueHeaders int64 `json:"bad_queue_headers,omitempty"`
 }
 
