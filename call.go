@@ -118,6 +118,13 @@ type call struct {
 	movedFrom int64
 	slotFrom  uint32
 
+	// unrun, on the outermost call, is why an inner New last answered the
+	// request without running its handler (an index in unrunReasons; 0:
+	// none), kept here rather than in the user values, which other
+	// goroutines of the handler read meanwhile (see markUnrun). end stores
+	// it there.
+	unrun atomic.Uint32
+
 	// Watching the client for a hang-up (hangup.go). conn is written by
 	// begin before watch is, and read only by whoever moves watch from
 	// watchPending to watchRegistering for its generation.
@@ -173,6 +180,9 @@ func (c *call) begin(ctx *fasthttp.RequestCtx, outer *call, start, deadline, adm
 	}
 	if c.current.Load() != c { // a pooled call's is itself, once it has been outermost
 		c.current.Store(c)
+	}
+	if c.unrun.Load() != 0 { // a pooled call's may be an earlier request's
+		c.unrun.Store(0)
 	}
 	ctx.SetUserValue(callKey{}, c)
 }
@@ -418,7 +428,11 @@ func (c *call) context() context.Context {
 var testHookContext atomic.Pointer[func(*call)]
 
 // end cancels the call's context, if any, once the handler has returned,
-// and gives Context back to the enclosing New, if any.
+// and gives Context back to the enclosing New, if any. The outermost call
+// leaves in the user values why an inner New refused the request, if one
+// did, for RejectReason and SpentBudget after the middleware has returned;
+// not for a racing call that timed out or lost its client, whose
+// RequestCtx they do not read (see answeredUnrun).
 //
 // A racing call that timed out or lost its client ends only when both its
 // server goroutine and its late handler are done with ctx (see
@@ -440,6 +454,9 @@ func (c *call) end() {
 			b.detach() // first: no Value reads the RequestCtx from now on
 		}
 		c.ctx.RemoveUserValue(callKey{})
+		if r := c.unrun.Load(); r != 0 && (c.inline() || c.phase() == callFinished) {
+			c.ctx.SetUserValue(rejectKey{}, unrunReasons[r])
+		}
 	}
 	if b := c.bridge.Swap(nil); b != nil {
 		if inner {

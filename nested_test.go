@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -399,5 +400,145 @@ func TestNested_goroutine_of_the_outer_handler_beside_inner_News(t *testing.T) {
 			v := receive(t, seenc, "the goroutine's report")
 			assert.Zero(t, v.failed, "every look found a running call with its deadline")
 		})
+	}
+}
+
+// An inner New that refuses the request (its admission's 503, or the
+// timeout response of a spent budget) while a goroutine of the outer
+// handler looks up the request's call (a heartbeat calling Remaining and
+// Extend). Writing the refusal into the request's user values, as it was,
+// raced with that goroutine's reading them (a data race under -race). A
+// middleware around the inner New and one around the outermost both see
+// the refusal, which is the request's answer.
+func TestNested_inner_refusal_beside_a_goroutine_of_the_outer_handler(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		for _, tc := range []struct {
+			name string
+			// inner refuses the request when the outer handler calls it,
+			// and calls afterRefusal right after the refusing New returns.
+			inner  func(afterRefusal func()) fasthttp.RequestHandler
+			header string // a Grpc-Timeout for the request, if not empty
+			status int
+			spent  bool
+		}{
+			{
+				// A New with one slot inside itself: the nested call waits
+				// for the slot its enclosing call holds (a tenth of its
+				// budget), and is refused.
+				name: "admission",
+				inner: func(afterRefusal func()) fasthttp.RequestHandler {
+					var depth atomic.Int32
+					var limited fasthttp.RequestHandler
+					limited = fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+						if depth.Add(1) == 1 {
+							limited(ctx)
+							afterRefusal()
+						}
+						depth.Add(-1)
+					}, fasttimeout.Config{Mode: mode, MaxConcurrency: 1, Timeout: waitTimeout})
+					return limited
+				},
+				status: fasthttp.StatusServiceUnavailable,
+			},
+			{
+				// The caller's minute, less a margin of a minute.
+				name: "spent budget",
+				inner: func(afterRefusal func()) fasthttp.RequestHandler {
+					spending := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+						ctx.SetStatusCode(fasthttp.StatusTeapot) // never runs
+					}, fasttimeout.Config{Mode: mode, HonorDeadlineHeaders: true, DeadlineMargin: time.Minute})
+					return func(ctx *fasthttp.RequestCtx) {
+						spending(ctx)
+						afterRefusal()
+					}
+				},
+				header: "60S",
+				status: fasthttp.StatusGatewayTimeout,
+				spent:  true,
+			},
+		} {
+			t.Run(mode.String()+"/"+tc.name, func(t *testing.T) {
+				t.Parallel()
+				type seen struct {
+					reason string
+					spent  bool
+					status int
+				}
+				look := func(ctx *fasthttp.RequestCtx) seen {
+					return seen{fasttimeout.RejectReason(ctx), fasttimeout.SpentBudget(ctx), ctx.Response.StatusCode()}
+				}
+				// The goroutine's looks so far. After the refusal the
+				// handler waits for two more, one whole, before anything
+				// of it could order the refusal before them (a load orders
+				// nothing the other way): the race detector sees a look
+				// unordered with the refusal, however the goroutines ran.
+				var looks atomic.Int64
+				inner := tc.inner(func() {
+					for n := looks.Load() + 2; looks.Load() < n; {
+						runtime.Gosched()
+					}
+				})
+				insidec, aroundc := make(chan seen, 1), make(chan seen, 1)
+				outer := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+					started, stop, done := make(chan struct{}), make(chan struct{}), make(chan struct{})
+					go func() {
+						defer close(done)
+						for mine := 1; ; mine++ {
+							select {
+							case <-stop:
+								return
+							default:
+							}
+							fasttimeout.Remaining(ctx)
+							fasttimeout.Extend(ctx, 0)
+							looks.Add(1)
+							if mine == 2 {
+								close(started)
+							}
+							// Paced: each look releases locks, and a
+							// goroutine that spins through thousands of
+							// them makes the race detector start its
+							// history afresh, forgetting the refusal's
+							// write before the look it races with.
+							time.Sleep(100 * time.Microsecond)
+						}
+					}()
+					<-started
+					inner(ctx)
+					insidec <- look(ctx)
+					close(stop)
+					<-done
+				}, fasttimeout.Config{Mode: mode, Timeout: waitTimeout})
+				s := serve(t, func(ctx *fasthttp.RequestCtx) {
+					outer(ctx)
+					aroundc <- look(ctx)
+				})
+
+				req := fasthttp.AcquireRequest()
+				defer fasthttp.ReleaseRequest(req)
+				req.SetRequestURI("http://test/")
+				if tc.header != "" {
+					req.Header.Set(fasttimeout.HeaderGRPCTimeout, tc.header)
+				}
+				// A few requests: the race detector may still start afresh
+				// between a refusal and the look after it, now and then.
+				for range 3 {
+					resp := new(fasthttp.Response)
+					require.NoError(t, s.client.DoTimeout(req, resp, waitTimeout))
+					assert.Equal(t, tc.status, resp.StatusCode())
+					inside := receive(t, insidec, "the look around the inner New")
+					around := receive(t, aroundc, "the look around the outer New")
+					assert.Equal(t, tc.status, inside.status)
+					assert.Equal(t, tc.spent, inside.spent, "SpentBudget around the inner New")
+					if tc.spent {
+						assert.Empty(t, inside.reason, "a spent budget is no refusal")
+					} else {
+						assert.NotEmpty(t, inside.reason, "RejectReason around the inner New")
+					}
+					assert.Equal(t, inside, around, "around the outer New as around the inner one")
+				}
+			})
+		}
 	}
 }

@@ -94,7 +94,7 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx, outer *call) (start, deadli
 	}
 	if m.MaxLateHandlers > 0 && m.late.Load() >= int64(m.MaxLateHandlers) {
 		m.stats.shed.Add(1)
-		m.reject(ctx, RejectedLateHandlers)
+		m.reject(ctx, outer, RejectedLateHandlers)
 		return 0, 0, 0, false
 	}
 	t := now()
@@ -114,7 +114,7 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx, outer *call) (start, deadli
 			m.answerSpent(ctx, outer)
 			return 0, 0, 0, false
 		default:
-			m.reject(ctx, reason)
+			m.reject(ctx, outer, reason)
 			return 0, 0, 0, false
 		}
 		admitted += int64(waited)
@@ -218,7 +218,7 @@ func (m *middleware) requestDeadline(ctx *fasthttp.RequestCtx, start, t int64, o
 func (m *middleware) answerSpent(ctx *fasthttp.RequestCtx, outer *call) {
 	m.stats.timeouts.Add(1)
 	m.stats.spentBudgets.Add(1)
-	ctx.SetUserValue(rejectKey{}, spentBudget)
+	markUnrun(ctx, outer, spentBudget)
 	m.writeTimeoutResponse(&ctx.Response)
 	if m.OnTimeout != nil {
 		runCallback(ctx, outer == nil, nil, func() { m.OnTimeout(ctx, &ctx.Response) })
@@ -385,6 +385,20 @@ const spentBudget = "spent_budget"
 // A request answered with the timeout response was not refused: after a
 // racing timeout its RequestCtx belongs to the late handler, which may
 // still write it, so RejectReason does not look at its user values then.
+//
+// Inside nested News a refusal by an inner New is the request's, although
+// the News around it ran their handlers: RejectReason returns its reason
+// in a middleware around that inner New, in the handlers around it once it
+// has returned, and in a middleware around any enclosing New, unless the
+// outermost New answered the request at its deadline or its client's
+// hang-up in racing mode (as above). The client gets the inner New's 503
+// unless a handler around it writes over it. If several News refused the
+// request (a handler that calls an inner New more than once), RejectReason
+// returns the last one's reason. Until the outermost New's handler returns
+// the reason is kept on that New's state, not in the user values, so that
+// the refusal does not race with another goroutine of an enclosing handler
+// calling Extend or Remaining (see Extend); the outermost New stores it in
+// the user values as it ends.
 func RejectReason(ctx *fasthttp.RequestCtx) string {
 	if reason := answeredUnrun(ctx); reason != spentBudget {
 		return reason
@@ -398,26 +412,59 @@ func RejectReason(ctx *fasthttp.RequestCtx) string {
 // (Config.HonorDeadlineHeaders), by its age (Config.MaxQueueAge, on arrival
 // or while it waited for a slot), or by a deadline that passed first. Such
 // requests count in Stats.SpentBudgets and Timeouts. Call it where you
-// would call RejectReason.
+// would call RejectReason; inside nested News an inner New's spent budget
+// is seen around the enclosing ones too, as RejectReason's refusals are.
 func SpentBudget(ctx *fasthttp.RequestCtx) bool {
 	return answeredUnrun(ctx) == spentBudget
 }
 
 // answeredUnrun returns why the middleware answered ctx without running its
 // handler (a RejectReason, or spentBudget), or "", reading no user value
-// of a timed-out RequestCtx (see RejectReason).
+// of a timed-out RequestCtx (see RejectReason). While an outermost New's
+// handler runs, an inner New's refusal is on that New's call (see
+// markUnrun).
 func answeredUnrun(ctx *fasthttp.RequestCtx) string {
 	if ctx == nil || ctx.LastTimeoutErrorResponse() != nil {
 		return ""
+	}
+	if root := rootCall(ctx); root != nil {
+		if r := root.unrun.Load(); r != 0 {
+			return unrunReasons[r]
+		}
 	}
 	mark, _ := ctx.UserValue(rejectKey{}).(string)
 	return mark
 }
 
-// reject answers ctx with the 503 of a refused request.
-func (m *middleware) reject(ctx *fasthttp.RequestCtx, reason string) {
+// unrunReasons are the values of call.unrun.
+var unrunReasons = [...]string{"", RejectedLateHandlers, RejectedQueueFull, RejectedQueueTimeout, spentBudget}
+
+// markUnrun records that ctx was answered without running its handler,
+// and why: reason, a RejectReason or spentBudget. Inside another New
+// (outer not nil) it records it on the request's outermost call, which
+// leaves it in the user values when it ends (see call.end): meanwhile a
+// goroutine of an enclosing handler may be reading them, looking up the
+// call (see call.begin), and a write there would race with it. An inner
+// New runs on the goroutine of the handler around it, so outer.root is
+// its to call.
+func markUnrun(ctx *fasthttp.RequestCtx, outer *call, reason string) {
+	if outer == nil {
+		ctx.SetUserValue(rejectKey{}, reason)
+		return
+	}
+	for i, r := range unrunReasons {
+		if r == reason && i != 0 {
+			outer.root().unrun.Store(uint32(i))
+			return
+		}
+	}
+}
+
+// reject answers ctx with the 503 of a refused request; outer is the call
+// of an enclosing New, if any.
+func (m *middleware) reject(ctx *fasthttp.RequestCtx, outer *call, reason string) {
 	m.writeShedResponse(&ctx.Response)
-	ctx.SetUserValue(rejectKey{}, reason)
+	markUnrun(ctx, outer, reason)
 }
 
 // reportPanic hands the panic of a handler past its deadline to OnPanic, or
