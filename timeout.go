@@ -394,11 +394,7 @@ const spentBudget = "spent_budget"
 // hang-up in racing mode (as above). The client gets the inner New's 503
 // unless a handler around it writes over it. If several News refused the
 // request (a handler that calls an inner New more than once), RejectReason
-// returns the last one's reason. Until the outermost New's handler returns
-// the reason is kept on that New's state, not in the user values, so that
-// the refusal does not race with another goroutine of an enclosing handler
-// calling Extend or Remaining (see Extend); the outermost New stores it in
-// the user values as it ends.
+// returns the last one's reason.
 func RejectReason(ctx *fasthttp.RequestCtx) string {
 	if reason := answeredUnrun(ctx); reason != spentBudget {
 		return reason
