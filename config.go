@@ -269,7 +269,9 @@ type Config struct {
 	// its capacity instead of giving every request a thin slice of CPU until
 	// all of them time out. The limit counts every handler still running,
 	// late ones included, keeps a few slots beyond those late handlers and
-	// long polls (see Disarm) hold, and adapts from what the middleware
+	// long polls (see Disarm) hold (a handler on its caller's goroutine, in
+	// cooperative mode or inside another New, is late from its deadline only
+	// if it asked for its Context), and adapts from what the middleware
 	// measures: it falls when the handlers' latency grows well past their
 	// unloaded latency (or when requests time out while none finishes in
 	// time, at most once a timeout), and grows while latency stays near it
