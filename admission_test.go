@@ -690,6 +690,56 @@ func TestAdmission_long_polls_never_hold_every_slot(t *testing.T) {
 	}
 }
 
+// TestAdmission_hung_handlers_with_a_context_never_hold_every_slot: handlers
+// that took their context and hang, ignoring it, are late from their
+// deadline, in every mode and inside another New, so the adaptive limit
+// keeps room beyond them for the traffic beside. An inner New's context
+// ends with the outer call's timeout (its deadline is no later), and the
+// housekeeper left such a context's call running: it held its slot until
+// it returned, and every other request was refused.
+func TestAdmission_hung_handlers_with_a_context_never_hold_every_slot(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		for _, outer := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%v/outer New=%v", mode, outer), func(t *testing.T) {
+				t.Parallel()
+				b := newBlocker()
+				stats := new(fasttimeout.Stats)
+				cfg := fasttimeout.Config{Mode: mode, Timeout: actInTime, TimeoutFunc: onlyTimingOut("/block")}
+				h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+					fasttimeout.Context(ctx) // and ignores it
+					b.handle(ctx)
+				}, fasttimeout.Config{Mode: mode, Timeout: cfg.Timeout, TimeoutFunc: cfg.TimeoutFunc, AdaptiveConcurrency: true, Stats: stats})
+				if outer {
+					h = fasttimeout.New(h, cfg)
+				}
+				s := serve(t, h)
+				t.Cleanup(b.free) // after serve's, which waits for the handlers: cleanups run last first
+				const hung = 20
+				held := make([]<-chan *fasthttp.Response, 0, hung)
+				for len(held) < hung {
+					hang := async(t, s, "/block")
+					select {
+					case <-b.entered:
+						held = append(held, hang)
+					case r := <-hang:
+						require.Equal(t, fasthttp.StatusServiceUnavailable, r.StatusCode(), "a hung request's answer before it ran")
+					}
+				}
+				require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == hung }, waitTimeout, time.Millisecond,
+					"the hung handlers are late from their deadline: %+v", stats.Snapshot())
+				require.Eventually(t, func() bool {
+					return do(t, s, "GET", "/").StatusCode() == fasthttp.StatusOK
+				}, waitTimeout, time.Millisecond, "a request beside the hung handlers: %+v", stats.Snapshot())
+				b.free()
+				for _, r := range held {
+					assert.NotEqual(t, fasthttp.StatusServiceUnavailable, (<-r).StatusCode())
+				}
+			})
+		}
+	}
+}
+
 // TestAdmission_huge_limits_sum_in_stats: Stats sums the limits of the
 // middlewares sharing it. Two fixed limits of math.MaxInt ("no limit", in
 // effect) overflowed the sum to -2.

@@ -272,16 +272,19 @@ func (c *call) settle(outcome uint64, t int64) bool {
 func (c *call) expire(b *requestContext, t int64) bool {
 	b.mu.Lock()
 	deadline := b.deadline.Load()
-	if b.err != nil || deadline > t {
-		ended := b.err != nil
+	ended := b.err != nil
+	if deadline > t {
 		b.mu.Unlock()
 		return ended
 	}
+	// An ended context's call may still be running: an inner New's
+	// context ends with the outer call's timeout (see follow), which comes
+	// no earlier than the inner call's own deadline, passed too.
 	for {
 		s := c.state.Load()
 		if s&phaseMask != callRunning || s&^(generation-1) != b.gen {
 			b.mu.Unlock()
-			return false
+			return ended
 		}
 		if c.state.CompareAndSwap(s, s&^phaseMask|callTimedOut) {
 			b.mu.Unlock()
