@@ -15,6 +15,8 @@
 // -max-body 4194304 (4 MiB), -max-header-bytes 4096, -adaptive=true.
 //
 // As a proxy it:
+//   - dials the upstream at any of its addresses, IPv6 too ([::1]:8080),
+//     as net.Dial does (fasthttp's client dials IPv4 only by default);
 //   - waits for a free upstream connection (at most -max-conns) within the
 //     request's budget, and answers 504 if the budget runs out first;
 //   - sends an idempotent request (GET, HEAD, OPTIONS, TRACE, PUT, DELETE)
@@ -356,6 +358,10 @@ func newGateway(o options, stats *fasttimeout.Stats) fasthttp.RequestHandler {
 	// request's (Do), so that a 504 says the request's time ran out.
 	upstream := &fasthttp.HostClient{
 		Addr: o.upstream,
+		// Every address of the host, IPv6 too, as net.Dial would: fasthttp
+		// dials IPv4 only by default, which made an upstream at [::1]:8080,
+		// or a name that resolves to IPv6 only, a 502 for every request.
+		DialDualStack: true,
 		// No retry, which would only eat the caller's budget, but the one
 		// of resendIfClosedIdle.
 		MaxIdemponentCallAttempts: 2,

@@ -621,6 +621,27 @@ func TestProxyUpstreamConnections(t *testing.T) {
 		})
 	}
 
+	// fasthttp's client dials IPv4 only unless told otherwise: an upstream
+	// given as [::1]:port got 502 for every request ("couldn't find dns
+	// entries for the given domain"), and so did a host name whose only
+	// address is IPv6 (a "localhost" that resolves to ::1, where Node 17
+	// and later listen by default).
+	t.Run("forwards to an upstream on IPv6", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "[::1]:0")
+		if err != nil {
+			t.Skipf("no IPv6 loopback: %v", err)
+		}
+		server := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) { ctx.SetBodyString("over IPv6") }}
+		go func() { _ = server.Serve(ln) }()
+		t.Cleanup(func() { _ = server.Shutdown() })
+		t.Setenv("REQUEST_TIMEOUT", "30s")
+		gateway := startGateway(t, "-upstream", ln.Addr().String())
+
+		resp := call(t, gateway, "GET", "/", "")
+		assert.Equal(t, fasthttp.StatusOK, resp.StatusCode(), "%s", resp.Body())
+		assert.Equal(t, "over IPv6", string(resp.Body()))
+	})
+
 	t.Run("answers 504, not 502, when the budget runs out waiting", func(t *testing.T) {
 		arrived := make(chan struct{}, 1)
 		release := make(chan struct{})
