@@ -49,7 +49,8 @@
 //   - speaks HTTP/1.1 to the upstream, and gives a request without a host
 //     (HTTP/1.0) the upstream's address as Host; it answers in its own
 //     HTTP version, not an HTTP/1.0 upstream's (RFC 9110 §6.2);
-//   - adds no Content-Type to an upstream response that has none;
+//   - adds no Content-Type to a request or an upstream response that has
+//     none, nor a User-Agent to a request;
 //   - removes the caller's X-Envoy-* headers (Envoy's retry and timeout
 //     controls), as Envoy does for external requests, unless
 //     -trust-envoy-headers says the caller is trusted;
@@ -362,6 +363,10 @@ func newGateway(o options, stats *fasttimeout.Stats) fasthttp.RequestHandler {
 		// dials IPv4 only by default, which made an upstream at [::1]:8080,
 		// or a name that resolves to IPv6 only, a 502 for every request.
 		DialDualStack: true,
+		// The caller's User-Agent or none, as net/http's ReverseProxy
+		// sends: not "fasthttp", which the upstream would take for the
+		// caller's.
+		NoDefaultUserAgentHeader: true,
 		// No retry, which would only eat the caller's budget, but the one
 		// of resendIfClosedIdle.
 		MaxIdemponentCallAttempts: 2,
@@ -491,6 +496,9 @@ func forwardTo(upstream fasttimeout.Doer, host string, trustEnvoy bool) fasthttp
 		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 		defer fasthttp.ReleaseRequest(req)
 		ctx.Request.CopyTo(req)
+		// After the copy, which copies the flag: a body sent without
+		// Content-Type goes on without one, not as application/octet-stream.
+		req.Header.SetNoDefaultContentType(true)
 		removeHopByHop(&req.Header)
 		// HTTP/1.1 upstream whatever the caller spoke, as net/http's
 		// ReverseProxy does: an HTTP/1.0 request would close its upstream

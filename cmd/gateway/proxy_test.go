@@ -390,6 +390,38 @@ func TestProxyHeaders(t *testing.T) {
 		}
 	})
 
+	// fasthttp's client writes "User-Agent: fasthttp" into a request
+	// without one, and "Content-Type: application/octet-stream" into one
+	// with a body and none: the upstream took the gateway's defaults for
+	// the caller's (logs, bot rules, content sniffing). net/http's
+	// ReverseProxy takes the same care for its User-Agent.
+	t.Run("adds no User-Agent or Content-Type the caller did not send", func(t *testing.T) {
+		type seen struct{ userAgent, contentType string }
+		got := make(chan seen, 1)
+		upstream := startRawUpstream(t, func(req *fasthttp.Request) string {
+			got <- seen{string(req.Header.UserAgent()), string(req.Header.ContentType())}
+			return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+		})
+		gateway := startGateway(t, "-upstream", upstream)
+
+		for _, tc := range []struct {
+			name, request string
+			want          seen
+		}{
+			{name: "a GET without User-Agent", request: "GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"},
+			{name: "a POST without Content-Type", request: "POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 3\r\n\r\nabc"},
+			{
+				name:    "a POST with both, forwarded as they are",
+				request: "POST / HTTP/1.1\r\nHost: example.com\r\nUser-Agent: curl/8\r\nContent-Type: text/csv\r\nContent-Length: 3\r\n\r\nabc",
+				want:    seen{userAgent: "curl/8", contentType: "text/csv"},
+			},
+		} {
+			resp := rawCall(t, gateway, tc.request)
+			require.Equal(t, fasthttp.StatusOK, resp.StatusCode(), "%s: %s", tc.name, resp.Body())
+			assert.Equal(t, tc.want, <-got, tc.name)
+		}
+	})
+
 	for _, tc := range []struct {
 		name    string
 		args    []string
