@@ -78,7 +78,9 @@
 // environment print one line, pointing to -h, and exit with status 2.
 // Once they are read, every line on stderr carries the time
 // ("gateway: 2006/01/02 15:04:05 listening on ..."), those of a failure
-// to listen or to serve too, which exit with status 1.
+// to listen or to serve too, which exit with status 1. A request or an
+// upstream response whose head cannot be read is logged with the reason,
+// not the head (its Authorization, Cookie or Set-Cookie).
 package main
 
 import (
@@ -285,6 +287,9 @@ func run(ctx context.Context, args []string, stderr io.Writer, listening func(ne
 		IdleTimeout:        time.Minute,
 		MaxRequestBodySize: o.maxBody,
 		ReadBufferSize:     o.maxHeader, // the most of a request's head: 431 beyond
+		// fasthttp would quote a head it cannot read in the log line,
+		// the caller's Authorization and Cookie among it.
+		SecureErrorLogMessage: true,
 	}
 	// One line for the operator, and for scripts that start it on port 0.
 	admission := "adaptive concurrency limit"
@@ -382,6 +387,9 @@ func newGateway(o options, stats *fasttimeout.Stats) fasthttp.RequestHandler {
 		// The most of a response's head: 502 beyond, as from nginx past
 		// proxy_buffer_size.
 		ReadBufferSize: o.maxHeader,
+		// The log line of a response head it cannot read says why, without
+		// quoting it (the upstream's Set-Cookie, say).
+		SecureErrorLogMessage: true,
 	}
 	upstream.RetryIfErr = resendIfClosedIdle(upstream)
 	proxy := fasttimeout.New(forwardTo(upstream, o.upstream, o.trustEnvoy), fasttimeout.Config{

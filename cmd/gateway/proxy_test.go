@@ -930,3 +930,52 @@ func TestProxyContextEndsBeforeTheUpstreamCall(t *testing.T) {
 		})
 	}
 }
+
+// fasthttp quotes the head of a request or response it cannot read in its
+// error, up to about 400 bytes: the gateway's log got the callers'
+// Authorization and Cookie headers from any malformed request, and an
+// upstream's Set-Cookie from a malformed or oversized response head.
+func TestProxyLogsNoHeaderValues(t *testing.T) {
+	const secret = "s3cret-token"
+	upstream := startRawUpstream(t, func(req *fasthttp.Request) string {
+		if string(req.URI().Path()) == "/big" {
+			return paddedHead(defaultMaxHeader+1, "HTTP/1.1 200 OK", "Set-Cookie: session="+secret+"\r\n", "Content-Length: 2\r\n") + "ok"
+		}
+		return "HTTP/1.1 200 OK\r\nSet-Cookie: session=" + secret + "\r\nno colon here\r\nContent-Length: 2\r\n\r\nok"
+	})
+	for _, tc := range []struct {
+		name    string
+		request string
+		status  int
+		logged  string // what the line says instead
+	}{
+		{
+			name:    "a malformed request",
+			request: "GET / HTTP/1.1\r\nHost: example.com\r\nAuthorization: Bearer " + secret + "\r\nno colon here\r\n\r\n",
+			status:  fasthttp.StatusBadRequest,
+			logged:  "error when reading request headers",
+		},
+		{
+			name:    "a malformed upstream response",
+			request: "GET / HTTP/1.1\r\nHost: example.com\r\n\r\n",
+			status:  fasthttp.StatusBadGateway,
+			logged:  "upstream: error when reading response headers",
+		},
+		{
+			name:    "an upstream response's head over -max-header-bytes",
+			request: "GET /big HTTP/1.1\r\nHost: example.com\r\n\r\n",
+			status:  fasthttp.StatusBadGateway,
+			logged:  "upstream: error when reading response headers",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			gateway, stderr := startGatewayLogged(t, "-upstream", upstream)
+			resp := rawCall(t, gateway, tc.request)
+			assert.Equal(t, tc.status, resp.StatusCode(), "%s", resp.Body())
+			// The server logs a request it could not read once it has
+			// answered it.
+			waitFor(t, "the log line", func() bool { return strings.Contains(stderr.String(), tc.logged) })
+			assert.NotContains(t, stderr.String(), secret)
+		})
+	}
+}
