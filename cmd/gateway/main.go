@@ -538,7 +538,7 @@ func forwardTo(upstream fasttimeout.Doer, host string, trustEnvoy bool) fasthttp
 			answerJSON(ctx, fasthttp.StatusServiceUnavailable, `{"detail":"Server shutting down, retry later"}`)
 			ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, "1")
 		case err != nil:
-			ctx.Logger().Printf("upstream: %v", err)
+			ctx.Logger().Printf("upstream: %v", upstreamFailure(err))
 			answerJSON(ctx, fasthttp.StatusBadGateway, `{"detail":"Upstream unavailable"}`)
 		default:
 			removeHopByHop(&resp.Header)
@@ -575,6 +575,18 @@ func forwardTo(upstream fasttimeout.Doer, host string, trustEnvoy bool) fasthttp
 		}
 		fasthttp.ReleaseResponse(resp)
 	}
+}
+
+// upstreamFailure says why the upstream call failed, for the log line of a
+// 502: fasthttp's own words for a response head over the client's read
+// buffer ask to "increase readbuffersize", which the operator knows as
+// -max-header-bytes.
+func upstreamFailure(err error) string {
+	var small *fasthttp.ErrSmallBuffer
+	if errors.As(err, &small) {
+		return "response head over -max-header-bytes"
+	}
+	return err.Error()
 }
 
 // setForwardedFor appends ip to h's X-Forwarded-For chain, joining the
