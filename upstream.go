@@ -8,11 +8,29 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-// Doer sends an HTTP request to an upstream. *fasthttp.Client,
-// *fasthttp.HostClient, *fasthttp.LBClient and *fasthttp.PipelineClient
-// implement it.
+// Doer sends an HTTP request to an upstream: the client [Do] calls.
+// *fasthttp.Client, *fasthttp.HostClient, *fasthttp.LBClient and
+// *fasthttp.PipelineClient implement it; a wrapper of one (for metrics,
+// say) must keep the contract of each method below, which Do relies on.
 type Doer interface {
+	// Do sends req and fills resp with the upstream's answer, bounded only
+	// by the client's own timeouts, if any; [Do] calls it, with req as
+	// given, for a request that has no deadline. It returns once the call
+	// is over: req and resp are then the caller's again, but for a
+	// response body the client streams (StreamResponseBody), which holds
+	// the connection until the caller closes it. After an error, resp
+	// holds no answer to forward.
 	Do(req *fasthttp.Request, resp *fasthttp.Response) error
+	// DoDeadline is Do bounded by deadline: if no answer has come by then,
+	// it returns fasthttp.ErrTimeout, or the error the deadline caused (a
+	// wait for a free connection or a dial cut short), at deadline or
+	// soon after. [Do] calls it with the time the request has left and
+	// takes any error returned at or after deadline for that time having
+	// run out ([ErrTimeout]). So an implementation must not stretch
+	// deadline (a retry that resets the timeout does: see Do) nor end a
+	// call for it before it has passed; a timeout of its own that comes
+	// earlier (a ReadTimeout shorter than the time left) is its error,
+	// which Do returns unchanged.
 	DoDeadline(req *fasthttp.Request, resp *fasthttp.Response, deadline time.Time) error
 }
 
