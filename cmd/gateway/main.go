@@ -19,11 +19,14 @@
 //     as net.Dial does (fasthttp's client dials IPv4 only by default);
 //   - waits for a free upstream connection (at most -max-conns) within the
 //     request's budget, and answers 504 if the budget runs out first;
+//   - checks a pooled upstream connection for a close by the upstream
+//     while idle (a keep-alive timeout shorter than the gateway's 10 s, or
+//     a restart) before it sends a request on it, and sends the request,
+//     whatever its method, on a new connection then;
 //   - sends an idempotent request (GET, HEAD, OPTIONS, TRACE, PUT, DELETE)
-//     once more, on a new connection, when the upstream closed its
-//     connection without answering (one it had closed while idle: a
-//     keep-alive timeout shorter than the gateway's 10 s, or a restart);
-//     any other request gets 502 then, and no request is retried otherwise;
+//     once more, on a new connection, when the upstream closed the
+//     connection without answering it; any other request gets 502 then,
+//     and no request is retried otherwise;
 //   - answers 504 with one body, {"detail":"Request processing time exceeded
 //     limit"}, whether the deadline is seen by the middleware or by the
 //     upstream call, 503 with Retry-After to a request that finds the
@@ -367,7 +370,9 @@ func newGateway(o options, stats *fasttimeout.Stats) fasthttp.RequestHandler {
 		// Every address of the host, IPv6 too, as net.Dial would: fasthttp
 		// dials IPv4 only by default, which made an upstream at [::1]:8080,
 		// or a name that resolves to IPv6 only, a 502 for every request.
-		DialDualStack: true,
+		// Each connection is checked for a close by the upstream before it
+		// is used again (see idleCheckedConn).
+		DialTimeout: dialUpstream,
 		// The caller's User-Agent or none, as net/http's ReverseProxy
 		// sends: not "fasthttp", which the upstream would take for the
 		// caller's.
@@ -410,17 +415,23 @@ func newGateway(o options, stats *fasttimeout.Stats) fasthttp.RequestHandler {
 }
 
 // resendIfClosedIdle is upstream's RetryIfErr: a request that found its
-// connection closed by the upstream (no answer, or a reset) is sent once
-// more, on a new connection, if its method is idempotent (RFC 9110 §9.2.2
-// allows that after a connection failure). The connection was most likely
-// one the upstream closed while it sat idle in the pool, its keep-alive
-// timeout being shorter than the client's 10 s (Node's is 5 s), or the
-// upstream having restarted; the other idle ones may be closed as well, so
-// they are dropped and the retry dials. A request that is not idempotent
-// gets 502: the upstream may have acted on it. The retry keeps the
-// request's deadline.
+// connection closed by the upstream is sent once more, on a new
+// connection. The connection was most likely one the upstream closed while
+// it sat idle in the pool, its keep-alive timeout being shorter than the
+// client's 10 s (Node's is 5 s), or the upstream having restarted; the
+// other idle ones may be closed as well, so they are dropped and the retry
+// dials. A request not written because the close was found first
+// (errIdleConnUnusable) is sent again whatever its method; one written and
+// then left without an answer (the close came as it went out, or a reset)
+// only if its method is idempotent (RFC 9110 §9.2.2 allows that after a
+// connection failure): any other gets 502, as the upstream may have acted
+// on it. The retry keeps the request's deadline.
 func resendIfClosedIdle(upstream *fasthttp.HostClient) fasthttp.RetryIfErrFunc {
 	return func(req *fasthttp.Request, _ int, err error) (resetTimeout, retry bool) {
+		if errors.Is(err, errIdleConnUnusable) {
+			upstream.CloseIdleConnections()
+			return false, true
+		}
 		// fasthttp reports a connection closed before any answer as io.EOF
 		// here, and as ErrConnectionClosed once it gives up.
 		closed := err == io.EOF || errors.Is(err, fasthttp.ErrConnectionClosed) ||

@@ -619,37 +619,93 @@ func TestProxyUpstreamConnections(t *testing.T) {
 	})
 
 	// An upstream whose keep-alive timeout is shorter than the gateway's
-	// idle one (Node's is 5 s, fasthttp's client keeps 10 s), or that
-	// restarted, has closed connections the gateway still holds idle.
-	for _, tc := range []struct {
-		method string
-		want   int
-	}{
-		{method: "GET", want: fasthttp.StatusOK},          // idempotent: sent again on a new connection
-		{method: "DELETE", want: fasthttp.StatusOK},       // as is every idempotent method
-		{method: "POST", want: fasthttp.StatusBadGateway}, // the upstream may have acted on it: never sent twice
-	} {
-		t.Run("a "+tc.method+" on a connection the upstream closed while idle", func(t *testing.T) {
-			var accepted atomic.Int64
+	// idle one (gunicorn's is 2 s, Node's 5 s, fasthttp's client keeps
+	// 10 s), or that restarted, has closed connections the gateway still
+	// holds idle. The gateway sent the next request on one, and every
+	// method but the idempotent ones, which it sent again, got 502: a POST
+	// after a few seconds of quiet failed every time. It now finds the
+	// close before it writes the request, which any method may then take
+	// to a new connection.
+	for _, method := range []string{"GET", "DELETE", "POST"} {
+		t.Run("a "+method+" on a connection the upstream closed while idle", func(t *testing.T) {
+			var accepted, requests atomic.Int64
+			closed := make(chan struct{}, 1)
 			upstream := serveLoopback(t, func(c net.Conn) {
-				defer c.Close() // after one answer, without saying so
 				accepted.Add(1)
 				_ = c.SetDeadline(time.Now().Add(waitTimeout))
 				var req fasthttp.Request
 				if req.Read(bufio.NewReader(c)) == nil {
+					requests.Add(1)
 					_, _ = c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
 				}
+				_ = c.Close() // after one answer, without saying so
+				closed <- struct{}{}
 			})
+			dialed := make(chan net.Conn, 2)
+			testHookDialed = func(c net.Conn) {
+				select {
+				case dialed <- c:
+				default: // only the first is looked at
+				}
+			}
+			t.Cleanup(func() { testHookDialed = nil })
 			t.Setenv("REQUEST_TIMEOUT", "30s")
 			gateway := startGateway(t, "-upstream", upstream)
 
 			require.Equal(t, fasthttp.StatusOK, call(t, gateway, "GET", "/", "").StatusCode())
-			resp := call(t, gateway, tc.method, "/", "")
-			assert.Equal(t, tc.want, resp.StatusCode(), "%s", resp.Body())
-			if tc.want == fasthttp.StatusOK {
-				assert.Equal(t, "ok", string(resp.Body()))
-				assert.Equal(t, int64(2), accepted.Load(), "one new connection")
+			// The gateway's end of the connection has taken in the
+			// upstream's close: the request below comes after it, not
+			// during it (an upstream that closes a connection as a request
+			// goes out on it is the case below).
+			<-closed
+			var pooled net.Conn
+			select {
+			case pooled = <-dialed:
+			case <-time.After(waitTimeout):
+				t.Fatal("the gateway dialled the upstream, but not through dialUpstream")
 			}
+			waitFor(t, "the close to reach the gateway", func() bool { return !idleConnUsable(pooled) })
+
+			resp := call(t, gateway, method, "/", "")
+			assert.Equal(t, fasthttp.StatusOK, resp.StatusCode(), "%s", resp.Body())
+			assert.Equal(t, "ok", string(resp.Body()))
+			assert.Equal(t, int64(2), accepted.Load(), "one new connection")
+			assert.Equal(t, int64(2), requests.Load(), "the second request sent once")
+		})
+	}
+
+	// An upstream that closes the connection once it has read a request,
+	// without an answer: as one whose keep-alive timeout ran out just as
+	// the request came, or one that crashed on it. The upstream may have
+	// acted on it, so only an idempotent request is sent again.
+	for _, tc := range []struct {
+		method string
+		want   int
+		sent   int64
+	}{
+		{method: "GET", want: fasthttp.StatusOK, sent: 2},
+		{method: "POST", want: fasthttp.StatusBadGateway, sent: 1}, // never sent twice
+	} {
+		t.Run("a "+tc.method+" the upstream closed its connection on", func(t *testing.T) {
+			var sent atomic.Int64
+			upstream := serveLoopback(t, func(c net.Conn) {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(waitTimeout))
+				var req fasthttp.Request
+				if req.Read(bufio.NewReader(c)) != nil {
+					return
+				}
+				if string(req.URI().Path()) == "/close" && sent.Add(1) == 1 {
+					return // the first one read, no answer
+				}
+				_, _ = c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+			})
+			t.Setenv("REQUEST_TIMEOUT", "30s")
+			gateway := startGateway(t, "-upstream", upstream)
+
+			resp := call(t, gateway, tc.method, "/close", "")
+			assert.Equal(t, tc.want, resp.StatusCode(), "%s", resp.Body())
+			assert.Equal(t, tc.sent, sent.Load(), "times the upstream read it")
 		})
 	}
 
