@@ -84,6 +84,13 @@
 // to listen or to serve too, which exit with status 1. A request or an
 // upstream response whose head cannot be read is logged with the reason,
 // not the head (its Authorization, Cookie or Set-Cookie).
+//
+// SIGINT or SIGTERM shuts the gateway down gracefully, waiting up to 10 s
+// for open connections; a second one during that wait stops it at once.
+// The exit status is 0 after a clean stop, 1 when the server failed or
+// connections were still open when the wait ended, 2 on bad flags or
+// environment, and 128 plus the number of the second signal (130 for
+// SIGINT, 143 for SIGTERM) when it stopped at once.
 package main
 
 import (
@@ -117,9 +124,32 @@ var stats = new(fasttimeout.Stats)
 func init() { expvar.Publish("fasttimeout", stats) }
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	// Room for both signals, should they come before stopOnSignals reads
+	// the first: Notify drops what does not fit.
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancel(context.Background())
+	go stopOnSignals(signals, cancel, log.New(os.Stderr, "gateway: ", log.LstdFlags))
 	os.Exit(run(ctx, os.Args[1:], os.Stderr, nil))
+}
+
+// stopOnSignals cancels the run at the first signal, which shuts the
+// gateway down gracefully, and ends the process at the second, without
+// waiting for open connections: the grace period can last 10 s, and a
+// second Ctrl-C means the user wants out now. The exit status is 128 plus
+// the signal's number (130 for SIGINT, 143 for SIGTERM), what a shell
+// reports for a process that signal killed. (The demo, a module of its
+// own, has its own copy.)
+func stopOnSignals(signals <-chan os.Signal, cancel context.CancelFunc, logger *log.Logger) {
+	<-signals
+	cancel()
+	sig := <-signals
+	logger.Printf("%v again: stopping at once, open connections abandoned", sig)
+	code := 1
+	if s, ok := sig.(syscall.Signal); ok {
+		code = 128 + int(s)
+	}
+	os.Exit(code)
 }
 
 // options are the gateway's settings, from flags and environment.
@@ -178,12 +208,22 @@ Request-Timeout (less -margin): 504 past it, 502 if the upstream fails,
 and, unless -adaptive=false, 503 beyond an adaptive concurrency limit.
 Counters at /debug/vars.
 
+SIGINT or SIGTERM shuts it down, waiting up to %v for open connections;
+a second one during that wait stops it at once.
+
 Environment:
   %s  request timeout, seconds (5, 2.5) or a Go duration (500ms, 1m);
                    unset or empty means %v; a client has as long to read its answer
 
+Exit status:
+  0        stopped, every connection closed within the wait (or -h)
+  1        the server failed (could not listen, say), or connections were
+           still open when the wait ended
+  2        bad flag or environment
+  130, 143 a second SIGINT (130) or SIGTERM (143) stopped it at once
+
 Flags:
-`, timeoutEnv, fasttimeout.DefaultTimeout)
+`, shutdownGrace, timeoutEnv, fasttimeout.DefaultTimeout)
 			fs.SetOutput(stderr)
 			fs.PrintDefaults()
 		}
@@ -309,6 +349,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, listening func(ne
 	select {
 	case err = <-served:
 	case <-ctx.Done():
+		logger.Printf("shutting down, waiting up to %v for open connections", shutdownGrace)
 		// Responses being written end within WriteTimeout; the grace
 		// bounds the wait whatever happens.
 		shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownGrace)

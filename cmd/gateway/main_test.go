@@ -280,6 +280,8 @@ func TestBadInput(t *testing.T) {
 			"[-max-header-bytes bytes]", "-max-header-bytes bytes", "431", "502", "(default 4096)",
 			"-trust-envoy-headers",
 			"-adaptive", "(default true)",
+			"a second one during that wait stops it at once",
+			"Exit status:", "a second SIGINT (130) or SIGTERM (143)",
 		} {
 			assert.Contains(t, help, want)
 		}
