@@ -79,8 +79,13 @@ func startChildFiles(scenario, variant string, extra []*os.File, stderr io.Write
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
+	trackChild(cmd.Process)
 	c := &child{cmd: cmd, exited: make(chan struct{}), in: in, out: bufio.NewReader(outPipe), stderr: stderr}
-	go func() { _ = cmd.Wait(); close(c.exited) }()
+	go func() {
+		_ = cmd.Wait()
+		untrackChild(cmd.Process)
+		close(c.exited)
+	}()
 	line, err := c.out.ReadString('\n')
 	if err != nil {
 		c.stop()
@@ -88,6 +93,48 @@ func startChildFiles(scenario, variant string, extra []*os.File, stderr io.Write
 	}
 	c.addr = line[:len(line)-1]
 	return c, nil
+}
+
+// children are the server child processes started and not yet exited, for
+// killChildren.
+var children struct {
+	mu     sync.Mutex
+	procs  map[*os.Process]bool
+	killed bool // killChildren has run: a child started since is killed at once
+}
+
+// trackChild records p, a server child just started, until untrackChild.
+func trackChild(p *os.Process) {
+	children.mu.Lock()
+	defer children.mu.Unlock()
+	if children.killed {
+		_ = p.Kill()
+		return
+	}
+	if children.procs == nil {
+		children.procs = map[*os.Process]bool{}
+	}
+	children.procs[p] = true
+}
+
+// untrackChild forgets p, which has exited.
+func untrackChild(p *os.Process) {
+	children.mu.Lock()
+	defer children.mu.Unlock()
+	delete(children.procs, p)
+}
+
+// killChildren kills every server child still running, and any started
+// afterwards, for a process about to exit without stopping them in
+// order: closing their input, as the process's exit does, ends them only
+// once they read it, which a child busy or stopped may not do for long.
+func killChildren() {
+	children.mu.Lock()
+	defer children.mu.Unlock()
+	children.killed = true
+	for p := range children.procs {
+		_ = p.Kill()
+	}
 }
 
 // stats asks the server for its counters; reset also restarts its peaks.

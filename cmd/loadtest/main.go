@@ -45,6 +45,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -94,7 +95,8 @@ const usage = `usage: loadtest [flags]
 
 Compares fasttimeout with fasthttp.TimeoutWithCodeHandler, http.TimeoutHandler
 and bare servers over 127.0.0.1. Markdown report on stdout, progress on stderr.
-Counts and loads are read in decimal ("010" is 10).
+Counts and loads are read in decimal ("010" is 10). Ctrl-C stops the run;
+a second Ctrl-C stops it at once, killing its server children (exit status 130).
 
 flags:
 `
@@ -385,9 +387,34 @@ func main() {
 		}
 		return
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	code := command(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
+	// Room for both signals, should they come before stopOnSignals reads
+	// the first: Notify drops what does not fit.
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, os.Interrupt)
+	ctx, cancel := context.WithCancel(context.Background())
+	go stopOnSignals(signals, cancel, os.Stderr)
+	os.Exit(command(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// stopOnSignals cancels the run at the first Ctrl-C (SIGINT), which ends
+// the cell under way and stops its server child: up to a load client's
+// 10 s for a request in flight, then up to 5 s (the overload's 1 s, 30 s
+// while it writes a profile) for the child to exit. At the second, it
+// kills the server children still running and ends the process at once,
+// with 130 (128 plus SIGINT's number), what a shell reports for a process
+// that signal killed: a second Ctrl-C means the user wants out now, and
+// the children must not outlive the run.
+func stopOnSignals(signals <-chan os.Signal, cancel context.CancelFunc, stderr io.Writer) {
+	sig := <-signals
+	cancel()
+	progressTo(stderr, "loadtest: %v: stopping the run and its server children (again to stop at once)", sig)
+	sig = <-signals
+	killChildren()
+	progressTo(stderr, "loadtest: %v again: stopping at once, server children killed", sig)
+	code := 1
+	if s, ok := sig.(syscall.Signal); ok {
+		code = 128 + int(s)
+	}
 	os.Exit(code)
 }
 
