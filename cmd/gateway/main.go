@@ -12,7 +12,8 @@
 //
 // gateway -h lists the flags with their defaults: -addr 127.0.0.1:8081,
 // -upstream 127.0.0.1:8080, -margin 5ms, -max-late 1000, -max-conns 512,
-// -max-body 4194304 (4 MiB), -max-header-bytes 4096, -adaptive=true.
+// -max-body 4194304 (4 MiB), -max-header-bytes 4096, -adaptive=true;
+// -margin must be less than REQUEST_TIMEOUT.
 //
 // As a proxy it:
 //   - dials the upstream at any of its addresses, IPv6 too ([::1]:8080),
@@ -187,7 +188,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.SetOutput(io.Discard) // errors are reported in one line by run
 	fs.StringVar(&o.addr, "addr", "127.0.0.1:8081", "listen on this `host:port` (port 0: any free one)")
 	fs.StringVar(&o.upstream, "upstream", "127.0.0.1:8080", "forward to this `host:port` (a numeric port)")
-	fs.DurationVar(&o.margin, "margin", 5*time.Millisecond, "taken off a caller's deadline to leave time for the answer, a Go `duration` (5ms, 0.5s)")
+	fs.DurationVar(&o.margin, "margin", 5*time.Millisecond, "taken off a caller's deadline to leave time for the answer, a Go `duration` (5ms, 0.5s), less than REQUEST_TIMEOUT")
 	o.maxLate, o.maxConns, o.maxBody, o.maxHeader = 1000, fasthttp.DefaultMaxConnsPerHost, fasthttp.DefaultMaxRequestBodySize, defaultMaxHeader
 	fs.Var((*decimal)(&o.maxLate), "max-late", "answer 503 while `n` handlers run past their deadline (0: no cap)")
 	fs.Var((*decimal)(&o.maxConns), "max-conns", "at most `n` upstream connections; a request waits for one within its budget (504 if none comes in time)")
@@ -270,7 +271,17 @@ Flags:
 	}
 	var err error
 	o.timeout, err = fasttimeout.TimeoutFromEnv(timeoutEnv, fasttimeout.DefaultTimeout)
-	return o, err
+	if err != nil {
+		return o, err
+	}
+	// The margin is time for the answer to travel back. One of the
+	// timeout or more would spend at once the budget of every caller
+	// that has no more time than the gateway gives itself: 504 without
+	// calling the upstream, for each request that carries a deadline.
+	if o.margin >= o.timeout {
+		return o, fmt.Errorf("-margin must be less than %s (%v), got %v", timeoutEnv, o.timeout, o.margin)
+	}
+	return o, nil
 }
 
 // decimal is a count given as a flag: decimal digits only, unlike

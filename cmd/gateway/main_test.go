@@ -214,6 +214,13 @@ func TestBadInput(t *testing.T) {
 		{name: "unknown flag", args: []string{"-bogus"}, want: "flag provided but not defined: -bogus"},
 		{name: "negative margin", args: []string{"-margin", "-1s"}, want: "-margin must not be negative"},
 		{name: "margin not a duration", args: []string{"-margin", "soon"}, want: "invalid value"},
+		// A margin of the timeout or more spends at once the budget of
+		// every caller that has no more time than the gateway: 504s for
+		// nothing. The free port: a gateway that wrongly starts must not
+		// fail for want of 8081.
+		{name: "margin of an hour", args: []string{"-addr", "127.0.0.1:0", "-margin", "1h"}, want: "-margin must be less than REQUEST_TIMEOUT (5s), got 1h0m0s"},
+		{name: "margin of the timeout", env: "2", args: []string{"-addr", "127.0.0.1:0", "-margin", "2s"}, want: "-margin must be less than REQUEST_TIMEOUT (2s), got 2s"},
+		{name: "default margin over a tiny timeout", env: "5ms", args: []string{"-addr", "127.0.0.1:0"}, want: "-margin must be less than REQUEST_TIMEOUT (5ms), got 5ms"},
 		{name: "negative cap", args: []string{"-max-late", "-1"}, want: "-max-late must not be negative"},
 		{name: "no upstream connections", args: []string{"-max-conns", "0"}, want: "-max-conns must be positive"},
 		{name: "no request body", args: []string{"-max-body", "0"}, want: "-max-body must be positive"},
@@ -273,7 +280,7 @@ func TestBadInput(t *testing.T) {
 			"unset or empty means 5s",
 			"-addr host:port", `(default "127.0.0.1:8081")`,
 			"-upstream host:port", `(default "127.0.0.1:8080")`,
-			"-margin duration", "a Go duration", "(default 5ms)",
+			"-margin duration", "a Go duration", "less than REQUEST_TIMEOUT", "(default 5ms)",
 			"-max-late n", "(default 1000)",
 			"-max-conns n", "(default 512)",
 			"-max-body bytes", "4 MiB", "(default 4194304)",
