@@ -13,7 +13,8 @@
 // gateway -h lists the flags with their defaults: -addr 127.0.0.1:8081,
 // -upstream 127.0.0.1:8080, -margin 5ms, -max-late 1000, -max-conns 512,
 // -max-body 4194304 (4 MiB), -max-header-bytes 4096, -adaptive=true;
-// -margin must be less than REQUEST_TIMEOUT.
+// -margin must be less than REQUEST_TIMEOUT, and -upstream must not be the
+// gateway's own -addr.
 //
 // As a proxy it:
 //   - dials the upstream at any of its addresses, IPv6 too ([::1]:8080),
@@ -187,7 +188,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // errors are reported in one line by run
 	fs.StringVar(&o.addr, "addr", "127.0.0.1:8081", "listen on this `host:port` (port 0: any free one)")
-	fs.StringVar(&o.upstream, "upstream", "127.0.0.1:8080", "forward to this `host:port` (a numeric port)")
+	fs.StringVar(&o.upstream, "upstream", "127.0.0.1:8080", "forward to this `host:port` (a numeric port; not the gateway's own -addr)")
 	fs.DurationVar(&o.margin, "margin", 5*time.Millisecond, "taken off a caller's deadline to leave time for the answer, a Go `duration` (5ms, 0.5s), less than REQUEST_TIMEOUT")
 	o.maxLate, o.maxConns, o.maxBody, o.maxHeader = 1000, fasthttp.DefaultMaxConnsPerHost, fasthttp.DefaultMaxRequestBodySize, defaultMaxHeader
 	fs.Var((*decimal)(&o.maxLate), "max-late", "answer 503 while `n` handlers run past their deadline (0: no cap)")
@@ -269,6 +270,9 @@ Flags:
 			return o, fmt.Errorf("%s wants a port number from %d to 65535, got %q", name, lowest, hostport)
 		}
 	}
+	if forwardsToItself(o.addr, o.upstream) {
+		return o, fmt.Errorf("-upstream %s is the gateway's own -addr %s: each request would come back to it", o.upstream, o.addr)
+	}
 	var err error
 	o.timeout, err = fasttimeout.TimeoutFromEnv(timeoutEnv, fasttimeout.DefaultTimeout)
 	if err != nil {
@@ -282,6 +286,30 @@ Flags:
 		return o, fmt.Errorf("-margin must be less than %s (%v), got %v", timeoutEnv, o.timeout, o.margin)
 	}
 	return o, nil
+}
+
+// forwardsToItself tells whether upstream, a valid host:port, is addr, the
+// gateway's own: the same port (not 0) and the same host, or a loopback or
+// unspecified one (localhost too) while the gateway listens on every
+// address. Such a gateway sends each request back to itself, turn after
+// turn, an upstream connection held at each, until the request's time runs
+// out: a 504 for every request. Other names are not resolved.
+func forwardsToItself(addr, upstream string) bool {
+	host, port, _ := net.SplitHostPort(addr)
+	upHost, upPort, _ := net.SplitHostPort(upstream)
+	p, _ := strconv.ParseUint(port, 10, 16)
+	upP, _ := strconv.ParseUint(upPort, 10, 16)
+	if p == 0 || p != upP {
+		return false
+	}
+	ip, upIP := net.ParseIP(host), net.ParseIP(upHost)
+	switch {
+	case strings.EqualFold(host, upHost), ip != nil && ip.Equal(upIP):
+		return true
+	case host == "" || ip.IsUnspecified():
+		return strings.EqualFold(upHost, "localhost") || upIP.IsLoopback() || upIP.IsUnspecified()
+	}
+	return false
 }
 
 // decimal is a count given as a flag: decimal digits only, unlike

@@ -248,6 +248,12 @@ func TestBadInput(t *testing.T) {
 		// ":8080:80", and every request would be a 502.
 		{name: "upstream without host", args: []string{"-upstream", ":8080"}, want: `-upstream wants a host before its port (127.0.0.1:8080, say), got ":8080"`},
 		{name: "addr and upstream both bad: the first flag's error", args: []string{"-addr", "nope", "-upstream", "nope"}, want: `-addr wants host:port, got "nope"`},
+		// The gateway would forward each request to itself until its time
+		// ran out: a 504 for every request.
+		{name: "upstream is addr", args: []string{"-addr", "127.0.0.1:8081", "-upstream", "127.0.0.1:8081"}, want: "-upstream 127.0.0.1:8081 is the gateway's own -addr 127.0.0.1:8081: each request would come back to it"},
+		{name: "upstream is addr, written otherwise", args: []string{"-addr", "[::ffff:127.0.0.1]:08081", "-upstream", "127.0.0.1:8081"}, want: "is the gateway's own -addr"},
+		{name: "upstream is localhost, addr every address", args: []string{"-addr", ":8081", "-upstream", "localhost:8081"}, want: "-upstream localhost:8081 is the gateway's own -addr :8081"},
+		{name: "upstream is loopback, addr every IPv6 address", args: []string{"-addr", "[::]:8081", "-upstream", "[::1]:8081"}, want: "is the gateway's own -addr"},
 		{name: "addr port out of range", args: []string{"-addr", "127.0.0.1:99999"}, want: "-addr wants a port number"},
 		{name: "extra argument", args: []string{"serve"}, want: `unexpected argument "serve"`},
 		{name: "REQUEST_TIMEOUT garbage", env: "abc", want: `REQUEST_TIMEOUT="abc"`},
@@ -413,4 +419,28 @@ func TestOptions(t *testing.T) {
 		assert.Equal(t, fasthttp.StatusOK, resp.StatusCode())
 		assert.Equal(t, "up", string(resp.Body()))
 	})
+}
+
+func TestForwardsToItself(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		addr, upstream string
+		want           bool
+	}{
+		{"127.0.0.1:8081", "127.0.0.1:8081", true},
+		{"localhost:8081", "LOCALHOST:8081", true},
+		{"127.0.0.1:8081", "[::ffff:127.0.0.1]:8081", true},
+		{":8081", "127.0.0.1:8081", true},
+		{"0.0.0.0:8081", "[::1]:8081", true},
+		{"[::]:8081", "localhost:8081", true},
+		{":8081", "0.0.0.0:8081", true},
+		{"127.0.0.1:8081", "127.0.0.1:8080", false}, // the defaults
+		{"127.0.0.1:0", "127.0.0.1:8080", false},    // any free port: not the upstream's, which is taken
+		{"127.0.0.1:8081", "127.0.0.2:8081", false}, // another address
+		{"127.0.0.1:8081", "localhost:8081", false}, // localhost may be ::1, another listener's
+		{":8081", "192.0.2.1:8081", false},          // names and other addresses are not resolved
+		{"[::1]:8081", "example.com:8081", false},   // nor compared
+	} {
+		assert.Equal(t, tc.want, forwardsToItself(tc.addr, tc.upstream), "-addr %s -upstream %s", tc.addr, tc.upstream)
+	}
 }
