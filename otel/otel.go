@@ -30,6 +30,8 @@ package fasttimeoutotel
 import (
 	"context"
 	"errors"
+	"fmt"
+	"reflect"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -127,7 +129,9 @@ type request struct {
 // StatusClientClosedRequest answer, which is why Config.StatusCode should
 // not be 499), with AttrTimeout and AttrLateness 0 as
 // the handler's deadline is its RequestCtx's to read, and ends the span:
-// the handler, when it starts, runs without recording.
+// the handler, when it starts, runs without recording. A panic going through
+// is not recorded: a middleware calling Attach records it as it sees fit,
+// as [Middleware] does.
 func Attach(ctx *fasthttp.RequestCtx, c context.Context) (end func()) {
 	_, end = attach(ctx, c)
 	return end
@@ -246,7 +250,12 @@ func (r *request) release() {
 // the request) and http.response.status_code, that of the timeout response
 // for a request answered at its deadline. A 5xx answer sets error.type to
 // its status code ("504") and the status to Error, with fasttimeout's cause
-// as description when the answer is fasttimeout's.
+// as description when the answer is fasttimeout's. A panic that goes through
+// it (one in time: fasttimeout passes a late one to Config.OnPanic) is
+// recorded as an "exception" event with exception.type and
+// exception.message, error.type the exception's type and the status Error,
+// and goes on with its value, to a recover middleware outside or the crash;
+// the span has no http.response.status_code then, none having been sent.
 func Middleware(next fasthttp.RequestHandler, tracer trace.Tracer) fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
 		name, attrs := methodAttributes(ctx.Method())
@@ -259,9 +268,53 @@ func Middleware(next fasthttp.RequestHandler, tracer trace.Tracer) fasthttp.Requ
 			trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(attrs...))
 		r, end := attach(ctx, c)
 		defer end()
+		returned := false
+		defer func() {
+			if returned {
+				return
+			}
+			// recover must be called here, by the deferred function itself.
+			// nil is runtime.Goexit going on (fasttimeout.New turns a
+			// panic(nil) under GODEBUG=panicnil=1 into one or the other).
+			if v := recover(); v != nil {
+				r.recordPanic(v)
+				panic(v) // on the panicking stack: the crash shows where it began
+			}
+		}()
 		next(ctx)
+		returned = true
 		r.recordStatusCode(ctx)
 	}
+}
+
+// recordPanic records the panic v that goes through the middleware, one
+// in time (fasttimeout passes a late handler's to Config.OnPanic), as the
+// conventions record an exception: an "exception" event with
+// exception.type and exception.message, error.type the exception's type
+// (no response was sent), and the status Error. Without a stack trace: in
+// racing mode the stack is where fasttimeout raised the panic again on the
+// server goroutine, not the handler's.
+func (r *request) recordPanic(v any) {
+	if !r.span.IsRecording() {
+		return
+	}
+	typ, msg := typeName(v), fmt.Sprint(v)
+	r.span.AddEvent("exception", trace.WithAttributes(
+		attribute.String("exception.type", typ),
+		attribute.String("exception.message", msg)))
+	r.span.SetAttributes(attribute.String("error.type", typ))
+	r.span.SetStatus(codes.Error, "panic: "+msg)
+}
+
+// typeName is the fully qualified name of v's type, as the conventions
+// name an exception's type: "net/http.MaxBytesError", or "*errors.errorString"
+// and "string" for a type without a name or of no package.
+func typeName(v any) string {
+	t := reflect.TypeOf(v)
+	if t.Name() == "" || t.PkgPath() == "" {
+		return t.String()
+	}
+	return t.PkgPath() + "." + t.Name()
 }
 
 // methodAttributes returns the span name and method attributes of a
