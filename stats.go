@@ -130,7 +130,7 @@ type Counters struct {
 	// BadQueueHeaders is the number of requests read with
 	// Config.HonorQueueHeaders of which at least one value (any line) of
 	// X-Request-Start, X-Queue-Start or X-Amzn-Trace-Id was malformed or
-	// more than an hour from now, and ignored; once per request, however
+	// more than an hour away from now, and ignored; once per request, however
 	// many. A bad value counts even beside a valid one that gave the
 	// request's start, a bad trace id beside a valid time stamp included,
 	// although that trace id would not have been used: the counter tells

@@ -114,9 +114,9 @@ func NewCollector(stats *fasttimeout.Stats, constLabels prometheus.Labels) *Coll
 	return &Collector{
 		stats: stats,
 		counters: []counterMetric{
-			counter(metricRequestsTotal, "Requests that entered the fasttimeout middleware.",
+			counter(metricRequestsTotal, "Requests that entered the fasttimeout middleware, those skipped (Skip) included.",
 				func(c fasttimeout.Counters) int64 { return c.Requests }),
-			gauge(metricInFlightHandlers, "Handlers running now under fasttimeout, late ones included.",
+			gauge(metricInFlightHandlers, "Handlers running now under fasttimeout, late ones included, those of skipped requests (Skip) not.",
 				func(c fasttimeout.Counters) int64 { return c.InFlight }),
 			counter(metricTimeoutsTotal, "Requests answered with the timeout response because their deadline passed, spent budgets included.",
 				func(c fasttimeout.Counters) int64 { return c.Timeouts }),
@@ -124,7 +124,7 @@ func NewCollector(stats *fasttimeout.Stats, constLabels prometheus.Labels) *Coll
 				func(c fasttimeout.Counters) int64 { return c.LateRunning }),
 			counter(metricLateFinishedTotal, "Handlers that returned after their deadline or their client's hang-up.",
 				func(c fasttimeout.Counters) int64 { return c.LateFinished }),
-			counter(metricPanicsTotal, "Handler panics (runtime.Goexit calls included), before or after the deadline, and panics of Skip and TimeoutFunc.",
+			counter(metricPanicsTotal, "Panics and runtime.Goexit calls of handlers, before or after the deadline, and of Skip and TimeoutFunc.",
 				func(c fasttimeout.Counters) int64 { return c.Panics }),
 			counter(metricShedTotal, "Requests refused with 503 because MaxLateHandlers handlers were running late.",
 				func(c fasttimeout.Counters) int64 { return c.Shed }),
@@ -145,7 +145,7 @@ func NewCollector(stats *fasttimeout.Stats, constLabels prometheus.Labels) *Coll
 				func(c fasttimeout.Counters) int64 { return c.ConcurrencyLimit }),
 			gauge(metricWaiting, "Requests waiting for a slot under the concurrency limit now.",
 				func(c fasttimeout.Counters) int64 { return c.Waiting }),
-			counter(metricBadQueueHeadersTotal, "Requests whose X-Request-Start, X-Queue-Start or X-Amzn-Trace-Id was malformed or absurd, and ignored.",
+			counter(metricBadQueueHeadersTotal, "Requests read with HonorQueueHeaders with an X-Request-Start, X-Queue-Start or X-Amzn-Trace-Id value malformed or more than an hour away from now, and ignored; once per request.",
 				func(c fasttimeout.Counters) int64 { return c.BadQueueHeaders }),
 		},
 		rejected: prometheus.NewDesc(metricRejectedTotal,
@@ -154,7 +154,7 @@ func NewCollector(stats *fasttimeout.Stats, constLabels prometheus.Labels) *Coll
 				fasttimeout.RejectedQueueTimeout+" (waited their share of their budget without a slot), "+
 				fasttimeout.RejectedLateHandlers+" (MaxLateHandlers handlers were running late; also in "+metricShedTotal+").",
 			[]string{"reason"}, constLabels),
-		lateness:  histogram(metricAnswerLatenessSeconds, "How long after its deadline each timeout response was sent."),
+		lateness:  histogram(metricAnswerLatenessSeconds, "How long after its deadline each timeout response was sent, spent budgets not included."),
 		lateRun:   histogram(metricLateRunSeconds, "How long handlers ran past their deadline, or their client's hang-up, before they returned."),
 		queueWait: histogram(metricQueueWaitSeconds, "How long requests waited for a slot under the concurrency limit, whether they got one or were refused."),
 	}

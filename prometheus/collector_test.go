@@ -564,6 +564,38 @@ func TestCollectorFollowsPrometheusConventions(t *testing.T) {
 	}
 }
 
+// Each help text says what the Stats godoc says is counted, in short: who
+// is left out (Skip), what a bad queue header is (a value malformed or more
+// than an hour from now, any line, once per request, read only with
+// HonorQueueHeaders), whose runtime.Goexit counts as a panic, and what the
+// answer lateness leaves out.
+func TestCollectorHelpSaysWhatIsCounted(t *testing.T) {
+	t.Parallel()
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(fasttimeoutprom.NewCollector(new(fasttimeout.Stats), nil))
+	families, err := registry.Gather()
+	require.NoError(t, err)
+	help := map[string]string{}
+	for _, f := range families {
+		help[f.GetName()] = f.GetHelp()
+	}
+	for _, tc := range []struct {
+		metric string
+		says   []string
+	}{
+		{"fasttimeout_requests_total", []string{"Skip", "included"}},
+		{"fasttimeout_in_flight_handlers", []string{"late ones included", "Skip", "not"}},
+		{"fasttimeout_panics_total", []string{"runtime.Goexit calls of handlers", "and of Skip and TimeoutFunc"}},
+		{"fasttimeout_bad_queue_headers_total", []string{"HonorQueueHeaders", "X-Request-Start, X-Queue-Start or X-Amzn-Trace-Id",
+			"malformed or more than an hour away from now", "once per request"}},
+		{"fasttimeout_answer_lateness_seconds", []string{"spent budgets not included"}},
+	} {
+		for _, s := range tc.says {
+			assert.Contains(t, help[tc.metric], s, tc.metric)
+		}
+	}
+}
+
 func TestCollectorSeveralStatsInOneRegistry(t *testing.T) {
 	t.Parallel()
 	api, admin := new(fasttimeout.Stats), new(fasttimeout.Stats)

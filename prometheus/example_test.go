@@ -49,7 +49,7 @@ func ExampleNewCollector() {
 	fmt.Print(strings.ReplaceAll(string(text), "\n\n", "\n"))
 	// Output:
 	// status 504
-	// # HELP fasttimeout_requests_total Requests that entered the fasttimeout middleware.
+	// # HELP fasttimeout_requests_total Requests that entered the fasttimeout middleware, those skipped (Skip) included.
 	// # TYPE fasttimeout_requests_total counter
 	// fasttimeout_requests_total{handler="api"} 1
 	// # HELP fasttimeout_timeouts_total Requests answered with the timeout response because their deadline passed, spent budgets included.
