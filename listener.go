@@ -49,6 +49,13 @@ const (
 // listener returned it, not wrapped, so the watch of clients for hang-ups,
 // which needs its descriptor, works as without RetryListener.
 //
+// The net package's listeners return a connection or an error; a wrapped
+// custom one (proxy protocol, TLS) may not. A connection returned together
+// with an error is closed, since no server uses it, and the error handled
+// as above. Neither a connection nor an error, which fasthttp would take
+// for an open connection that never closes (its Shutdown would wait
+// forever), is retried after the delay, as a lack of resources is.
+//
 // Each failure is reported through logger, unless it is nil (pass the
 // server's Logger, if it has one): the first at once, then at most one line
 // a second, which counts the failures since the line before.
@@ -70,6 +77,10 @@ func RetryListener(ln net.Listener, logger fasthttp.Logger) net.Listener {
 		now:        time.Now,
 	}
 }
+
+// errNoConnection is logged when the wrapped listener's Accept returns
+// neither a connection nor an error.
+var errNoConnection = errors.New("listener returned neither a connection nor an error")
 
 // retryListener is the listener RetryListener returns.
 type retryListener struct {
@@ -93,9 +104,23 @@ func (l *retryListener) Accept() (net.Conn, error) {
 	var delay time.Duration
 	for {
 		conn, err := l.Listener.Accept()
+		if conn != nil && err != nil {
+			// The net package never returns both, but a wrapped listener
+			// (proxy protocol, TLS) may; no server uses a connection
+			// returned with an error (fasthttp and net/http drop it), and
+			// its descriptor would be lost.
+			_ = conn.Close()
+			conn = nil
+		}
 		switch {
-		case err == nil:
+		case conn != nil:
 			return conn, nil
+		case err == nil:
+			// Neither: fasthttp would count the nil connection open and
+			// hand it to a worker as its signal to stop, and Shutdown would
+			// wait for it forever. Retried with the backoff, so that a
+			// listener that keeps doing so is not spun on.
+			err = errNoConnection
 		case connectionAcceptError(err):
 			// That connection's failure, not the listener's, and that
 			// connection is gone from the queue: the next one may be
@@ -104,7 +129,7 @@ func (l *retryListener) Accept() (net.Conn, error) {
 			l.report(err, 0)
 			continue
 		case !resourceAcceptError(err):
-			return conn, err
+			return nil, err
 		}
 		delay = l.nextDelay(delay)
 		l.report(err, delay)

@@ -3,6 +3,7 @@
 package fasttimeout
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -381,4 +382,127 @@ func TestRetryListener_keeps_hangup_detection(t *testing.T) {
 		t.Fatal("the handler's context did not end")
 	}
 	require.EqualValues(t, 1, stats.Snapshot().ClientGone)
+}
+
+// acceptResult is what a scriptedListener's Accept returns.
+type acceptResult struct {
+	conn net.Conn
+	err  error
+}
+
+// scriptedListener returns the results of its script, one a call, then
+// waits for Close, as a wrapped custom listener (proxy protocol, TLS) may
+// that breaks net.Listener's habits: a connection together with an error,
+// or neither.
+type scriptedListener struct {
+	script    []acceptResult
+	calls     atomic.Int64
+	closed    chan struct{}
+	closeOnce sync.Once
+}
+
+func (l *scriptedListener) Accept() (net.Conn, error) {
+	if n := int(l.calls.Add(1)) - 1; n < len(l.script) {
+		return l.script[n].conn, l.script[n].err
+	}
+	<-l.closed
+	return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: fakeAddr, Err: net.ErrClosed}
+}
+
+func (l *scriptedListener) Close() error {
+	l.closeOnce.Do(func() { close(l.closed) })
+	return nil
+}
+
+func (l *scriptedListener) Addr() net.Addr { return fakeAddr }
+
+// closeCountingConn counts its Close calls.
+type closeCountingConn struct {
+	net.Conn
+	closes atomic.Int64
+}
+
+func (c *closeCountingConn) Close() error {
+	c.closes.Add(1)
+	return c.Conn.Close()
+}
+
+// A connection a wrapped listener returns together with an error is
+// closed, whether the error is retried or returned: no server uses it
+// (fasthttp and net/http drop it), so its descriptor, the very resource
+// RetryListener guards, was lost. Neither a connection nor an error, on
+// which fasthttp would serve a nil connection and crash, is retried after
+// the backoff, and logged.
+func TestRetryListener_a_wrapped_listener_s_odd_results(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name     string
+		err      error // with the odd connection; nil: (nil, nil)
+		retried  bool
+		wantLine string
+	}{
+		{name: "a_connection_with_a_resource_error_is_closed_and_retried", err: acceptErr(syscall.EMFILE), retried: true,
+			wantLine: fmt.Sprintf("fasttimeout: accept: %v; retrying in 1ns", acceptErr(syscall.EMFILE))},
+		{name: "a_connection_with_a_connection_s_error_is_closed_and_retried", err: acceptErr(syscall.ECONNABORTED), retried: true,
+			wantLine: fmt.Sprintf("fasttimeout: accept: %v; retrying at once", acceptErr(syscall.ECONNABORTED))},
+		{name: "a_connection_with_another_error_is_closed_and_the_error_returned", err: errors.New("proxy header: malformed")},
+		{name: "neither_a_connection_nor_an_error_is_retried", retried: true,
+			wantLine: "fasttimeout: accept: listener returned neither a connection nor an error; retrying in 1ns"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			oddClient, oddServer := net.Pipe()
+			client, server := net.Pipe()
+			t.Cleanup(func() { _ = oddClient.Close(); _ = oddServer.Close(); _ = client.Close(); _ = server.Close() })
+			odd := &closeCountingConn{Conn: oddServer}
+			first := acceptResult{conn: odd, err: tc.err}
+			if tc.err == nil {
+				first = acceptResult{}
+			}
+			inner := &scriptedListener{script: []acceptResult{first, {conn: server}}, closed: make(chan struct{})}
+			logger := new(lineLogger)
+			l := newQuickRetryListener(inner, logger)
+
+			conn, err := l.Accept()
+			if tc.retried {
+				require.NoError(t, err)
+				require.Same(t, server, conn, "the next connection")
+				require.EqualValues(t, 2, inner.calls.Load())
+				require.Equal(t, []string{tc.wantLine}, logger.logged())
+			} else {
+				require.Equal(t, tc.err, err, "returned as is")
+				require.Nil(t, conn, "the closed connection is not returned")
+				require.EqualValues(t, 1, inner.calls.Load())
+			}
+			if tc.err != nil {
+				require.EqualValues(t, 1, odd.closes.Load(), "the connection returned with an error is closed")
+			}
+		})
+	}
+}
+
+// Through a real server: a wrapped listener's (nil, nil) is not passed on.
+// fasthttp counted it as an open connection and handed it to a worker,
+// for which a nil connection is the signal to stop: it never closed, and
+// Shutdown waited for it forever (with MaxConnsPerIP, the nil connection's
+// address crashes the process). The connection after it is served.
+func TestRetryListener_serves_after_neither_a_connection_nor_an_error(t *testing.T) {
+	t.Parallel()
+	client, server := net.Pipe()
+	t.Cleanup(func() { _ = client.Close(); _ = server.Close() })
+	inner := &scriptedListener{script: []acceptResult{{}, {}, {conn: server}}, closed: make(chan struct{})}
+	l := newQuickRetryListener(inner, nil)
+	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) { ctx.SetBodyString("ok") }}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+
+	require.NoError(t, client.SetDeadline(time.Now().Add(listenerBound)))
+	_, err := client.Write([]byte("GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"))
+	require.NoError(t, err)
+	answer, err := io.ReadAll(client)
+	require.NoError(t, err)
+	require.Contains(t, string(answer), "HTTP/1.1 200 OK")
+	require.True(t, bytes.HasSuffix(answer, []byte("ok")), "%q", answer)
+	require.GreaterOrEqual(t, inner.calls.Load(), int64(3), "both retried")
+	shutdownWithin(t, srv, served)
 }
