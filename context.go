@@ -366,6 +366,18 @@ func (b *requestContext) moveBack(moved, old int64) {
 	}
 }
 
+// ownerRunning reports whether the call whose context b is (owner) is still
+// running in b's generation: not timed out, gone nor finished. The lock of
+// b's shard is held.
+func (b *requestContext) ownerRunning() bool {
+	c := b.owner
+	if c == nil {
+		return false
+	}
+	s := c.state.Load()
+	return s&phaseMask == callRunning && s&^(generation-1) == b.gen
+}
+
 // expire ends the context if its deadline is not after t, and reports
 // whether it has ended. A context of a cooperative call (owner) ends
 // through the call's timeout (see call.expire), so that its cause and the

@@ -947,3 +947,41 @@ func TestCooperative_expiry_and_a_stalled_hang_up_agree(t *testing.T) {
 	assert.EqualValues(t, 1, got.Timeouts)
 	assert.Zero(t, got.ClientGone)
 }
+
+// An inner New's handler that took its context, inside an outer New whose
+// client hangs up before the inner deadline, and that hangs, ignoring its
+// context: the hang-up ends the inner context (follow), but only the outer
+// call is gone; the inner one runs on and is late from its own deadline, as
+// it is when the outer call times out. The housekeeper stopped watching the
+// inner context at the hang-up, so nothing timed the inner call out: it
+// held its admission slot, not late, until it returned.
+func TestNested_inner_call_after_the_clients_hang_up_times_out_at_its_deadline(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []Mode{Racing, Cooperative} {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			outerStats, innerStats := new(Stats), new(Stats)
+			entered, release := make(chan *call, 1), make(chan struct{})
+			inner := New(func(ctx *fasthttp.RequestCtx) {
+				Context(ctx) // and ignores it
+				entered <- rootCall(ctx)
+				<-release
+			}, Config{Mode: Cooperative, Timeout: actInTime, Stats: innerStats, AdaptiveConcurrency: true})
+			addr := serveTCP(t, New(inner, Config{Mode: mode, Timeout: time.Hour, Stats: outerStats}))
+			t.Cleanup(func() { close(release) }) // before serveTCP's shutdown
+
+			conn, err := net.Dial("tcp", addr)
+			require.NoError(t, err)
+			_, err = conn.Write([]byte("GET / HTTP/1.1\r\nHost: test\r\n\r\n"))
+			require.NoError(t, err)
+			root := receive(t, entered, "the inner handler")
+			require.True(t, waitFor(func() bool { return root.watch.Load()&watchMask == watchRegistered }), "the outer call watches its client")
+			require.NoError(t, conn.Close())
+			require.Eventually(t, func() bool { return outerStats.Snapshot().ClientGone == 1 }, hangupWait, time.Millisecond)
+			require.Eventually(t, func() bool {
+				got := innerStats.Snapshot()
+				return got.Timeouts == 1 && got.LateRunning == 1
+			}, hangupWait, time.Millisecond, "the inner call is late from its deadline: %+v", innerStats.Snapshot())
+		})
+	}
+}

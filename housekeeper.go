@@ -200,10 +200,13 @@ func (h *housekeeper) expireContexts(t int64) (busy bool) {
 			case shutdown.closed(b.serverDone):
 				h.unwatchLocked(s, b)
 				b.cancel(context.Canceled, &shutdownCause)
-			case b.causes.Load() == &goneCause && b.call == nil:
-				// Ended by its client's hang-up while its handler runs on:
-				// no deadline nor shutdown can change it, and it would keep
-				// the housekeeper ticking until its deadline.
+			case b.causes.Load() == &goneCause && b.call == nil && !b.ownerRunning():
+				// Ended by its client's hang-up while its handler runs on,
+				// its call gone: no deadline nor shutdown can change it, and
+				// it would keep the housekeeper ticking until its deadline.
+				// An inner New's context ends with the outer call's
+				// hang-up (follow) while its own call runs on, to time out
+				// at its deadline (call.expire): that one stays.
 				h.unwatchLocked(s, b)
 			default:
 				if c := b.call; c != nil {
