@@ -75,6 +75,49 @@ func ExampleNew_cooperative() {
 	// Output: 503 try again later
 }
 
+// MaxConcurrency bounds how many handlers run at once (AdaptiveConcurrency
+// makes the bound follow the handlers' latency). A request beyond it waits
+// for a slot for a tenth of its budget, then gets 503 with Retry-After
+// without running; RejectReason tells a middleware around New why.
+func ExampleConfig_maxConcurrency() {
+	started, release := make(chan struct{}), make(chan struct{})
+	h := func(ctx *fasthttp.RequestCtx) {
+		if string(ctx.Path()) == "/report" {
+			close(started)
+			<-release // holds the only slot
+		}
+		ctx.SetBodyString("done")
+	}
+	limited := fasttimeout.New(h, fasttimeout.Config{Timeout: 2 * time.Second, MaxConcurrency: 1})
+	client, stop := startExampleServer(func(ctx *fasthttp.RequestCtx) {
+		limited(ctx)
+		if reason := fasttimeout.RejectReason(ctx); reason != "" {
+			fmt.Println("refused:", reason)
+		}
+	})
+	defer stop()
+
+	report := make(chan struct{})
+	go func() {
+		get(client, "http://example/report")
+		close(report)
+	}()
+	<-started
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.SetRequestURI("http://example/status")
+	if err := client.Do(req, resp); err != nil {
+		fmt.Println(err)
+	}
+	fmt.Println(resp.StatusCode(), string(resp.Header.Peek("Retry-After")))
+	close(release)
+	<-report
+	// Output:
+	// refused: queue_timeout
+	// 503 1
+}
+
 // Context gives the handler a context.Context with the request's deadline,
 // to pass to database drivers and HTTP clients; it says why it ended.
 func ExampleContext() {
