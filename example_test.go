@@ -118,6 +118,33 @@ func ExampleConfig_maxConcurrency() {
 	// 503 1
 }
 
+// Extend gives a request more time from inside its handler, for a step
+// known to be slow that the timeout was not set for; Remaining says how
+// much is left.
+func ExampleExtend() {
+	release := make(chan struct{})
+	defer close(release)
+	h := func(ctx *fasthttp.RequestCtx) {
+		if string(ctx.QueryArgs().Peek("format")) == "pdf" {
+			fasttimeout.Extend(ctx, time.Hour) // rendering a PDF takes long
+			left, _ := fasttimeout.Remaining(ctx)
+			ctx.SetBodyString(fmt.Sprintf("rendered, %v left", left.Round(time.Minute)))
+			return
+		}
+		<-release // slow work that ignores its context
+	}
+	client, stop := startExampleServer(fasttimeout.New(h, fasttimeout.Config{
+		Timeout: time.Second,
+	}))
+	defer stop()
+
+	fmt.Println(get(client, "http://example/report?format=pdf"))
+	fmt.Println(get(client, "http://example/report"))
+	// Output:
+	// 200 rendered, 1h0m0s left
+	// 504 {"detail":"Request processing time exceeded limit"}
+}
+
 // Context gives the handler a context.Context with the request's deadline,
 // to pass to database drivers and HTTP clients; it says why it ended.
 func ExampleContext() {
