@@ -122,15 +122,16 @@ type Config struct {
 	Mode Mode
 
 	// Precision is the period of the middleware's housekeeping goroutine
-	// while it watches the contexts of cooperative requests, which it
-	// cancels at their deadline (between the deadline and about one
-	// Precision after it) or at server shutdown. Racing requests do not
-	// depend on it: each has a timer for its deadline. With only racing
-	// requests in flight, and cooperative ones whose deadline is off
-	// (Disarm) and whose hang-up watch has started (see HangupDelay), the
-	// housekeeping goroutine rests, waking every 100 ms to end their
-	// contexts at server shutdown and retire idle workers. Smaller values
-	// cancel closer to the deadline and cost more CPU; values above 100 ms
+	// while it watches the contexts of cooperative requests: it times such
+	// a request out at its deadline, which ends the context (between the
+	// deadline and about one Precision after it), and cancels the context
+	// at server shutdown. Racing requests do not depend on it: each has a
+	// timer for its deadline. With only racing requests in flight, and
+	// cooperative ones whose deadline is off (Disarm) and whose hang-up
+	// watch has started (see HangupDelay), the housekeeping goroutine
+	// rests, waking every 100 ms to end their contexts at server shutdown
+	// and retire idle workers. Smaller values time out closer to the
+	// deadline and cost more CPU; values above 100 ms
 	// tick every 100 ms, as a rest does. Zero means DefaultPrecision (1 ms);
 	// values below 100 µs panic in New.
 	Precision time.Duration
