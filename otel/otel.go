@@ -117,7 +117,9 @@ type request struct {
 // [Handler]. Call it on the server goroutine before the request reaches
 // fasttimeout.New, and call the returned end on the same goroutine once that
 // call has returned, in place of span.End: it records EventRejected if the
-// middleware refused the request (the handler, and so [Handler], never ran),
+// middleware refused the request (the handler, and so [Handler], never ran;
+// inside nested fasttimeout.News, an inner one's refusal too, as
+// fasttimeout.RejectReason reports it),
 // EventTimeout or EventClientGone if it answered so after Handler's next
 // had returned in time (what ran after it inside fasttimeout.New took the
 // request past its deadline, or outlived its client), and the span ends
