@@ -51,7 +51,10 @@ type Counters struct {
 	// Config.Stats is set.
 	InFlight int64 `json:"in_flight"`
 	// Timeouts is the number of requests answered with the timeout
-	// response because their deadline passed, spent budgets included.
+	// response because their deadline passed, spent budgets included. A
+	// cooperative handler that asked for its context (Context, Do) counts
+	// from its deadline on, although the timeout response goes out only
+	// when it returns.
 	Timeouts int64 `json:"timeouts"`
 	// LateRunning is the number of handlers still running after their
 	// deadline, or after their client hung up. In cooperative mode a
