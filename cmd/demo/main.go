@@ -55,14 +55,13 @@ import (
 	"log"
 	"net"
 	"os"
-	"os/signal"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/fasttimeout/fasttimeout"
+	"github.com/fasttimeout/fasttimeout/internal/signalstop"
 	"github.com/valyala/fasthttp"
 )
 
@@ -74,31 +73,8 @@ const (
 )
 
 func main() {
-	// Room for both signals, should they come before stopOnSignals reads
-	// the first: Notify drops what does not fit.
-	signals := make(chan os.Signal, 2)
-	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
-	ctx, cancel := context.WithCancel(context.Background())
-	go stopOnSignals(signals, cancel, log.New(os.Stderr, "demo: ", log.LstdFlags))
+	ctx := signalstop.Context(log.New(os.Stderr, "demo: ", log.LstdFlags))
 	os.Exit(run(ctx, os.Args[1:], os.Stderr))
-}
-
-// stopOnSignals cancels the run at the first signal, which shuts the demo
-// down gracefully, and ends the process at the second, without waiting
-// for open connections: the grace period can last 10 s, and a second
-// Ctrl-C means the user wants out now. The exit status is 128 plus the
-// signal's number (130 for SIGINT, 143 for SIGTERM), what a shell reports
-// for a process that signal killed.
-func stopOnSignals(signals <-chan os.Signal, cancel context.CancelFunc, logger *log.Logger) {
-	<-signals
-	cancel()
-	sig := <-signals
-	logger.Printf("%v again: stopping at once, open connections abandoned", sig)
-	code := 1
-	if s, ok := sig.(syscall.Signal); ok {
-		code = 128 + int(s)
-	}
-	os.Exit(code)
 }
 
 // options is the demo's configuration, from flags and environment.
