@@ -282,7 +282,7 @@ func (c *call) expire(b *requestContext, t int64) bool {
 	// no earlier than the inner call's own deadline, passed too.
 	for {
 		s := c.state.Load()
-		if s&phaseMask != callRunning || s&^(generation-1) != b.gen {
+		if !b.runningIn(s) {
 			b.mu.Unlock()
 			return ended
 		}

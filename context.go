@@ -370,11 +370,12 @@ func (b *requestContext) moveBack(moved, old int64) {
 // running in b's generation: not timed out, gone nor finished. The lock of
 // b's shard is held.
 func (b *requestContext) ownerRunning() bool {
-	c := b.owner
-	if c == nil {
-		return false
-	}
-	s := c.state.Load()
+	return b.owner != nil && b.runningIn(b.owner.state.Load())
+}
+
+// runningIn reports whether s, a state word of b's owner, is running in b's
+// generation.
+func (b *requestContext) runningIn(s uint64) bool {
 	return s&phaseMask == callRunning && s&^(generation-1) == b.gen
 }
 

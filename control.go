@@ -336,8 +336,9 @@ var testHookLookup atomic.Pointer[func(*fasthttp.RequestCtx)]
 // the new one, or first times the call out against the context's old one
 // (see call.expire), and the move fails, the call's deadline going back to
 // the context's, which no longer changes. The call's deadline is stored
-// before the context is looked for, as call.context expects. A move later counts the handler among the moved ones (see
-// countMoved), as the racing paths of disarm and extend do.
+// before the context is looked for, as call.context expects. A move later
+// counts the handler among the moved ones (see countMoved), as the racing
+// paths of disarm and extend do.
 func (c *call) moveDeadline(move func(int64) (int64, bool)) bool {
 	for {
 		old := c.deadline.Load()
