@@ -1,41 +1,37 @@
 // Package fasttimeout bounds the time a fasthttp request handler may take.
 //
 // A load balancer gives up on a request after a few seconds, but the
-// application behind it keeps working on a request nobody waits for any more.
-// [New] wraps a [fasthttp.RequestHandler] so that at the deadline the client
-// gets a clear timeout response (504 with a small JSON body by default), the
-// handler's [context.Context] (see [Context]) is cancelled with
-// [ErrTimeout] as its cause so cooperative code stops, and the server stays
-// healthy.
+// application behind it keeps working for nobody. [New] wraps a
+// [fasthttp.RequestHandler] so that at the deadline the client gets a clear
+// timeout response (504 with a small JSON body by default), the handler's
+// [context.Context] (see [Context]) is cancelled with cause [ErrTimeout] so
+// cooperative code stops, and the server stays healthy.
 //
 // Two modes are offered:
 //
 //   - [Racing] (the default) runs the handler on a pooled worker goroutine and
 //     answers at the deadline even if the handler ignores its context. The
-//     handler that is still running (a "late" handler) keeps its
+//     handler still running (a "late" handler) keeps its
 //     [fasthttp.RequestCtx]; nothing it writes afterwards reaches any client.
 //   - [Cooperative] runs the handler inline and only cancels its context; if
 //     the handler returns after the deadline its response is replaced by the
 //     timeout response. It costs almost nothing, but bounds only handlers that
 //     honour their context.
 //
-// A handler that returns or panics after its deadline is late in both modes,
-// whichever goroutine gets to run first: the decision compares times. In
-// racing mode each request's deadline is armed on a runtime timer of its
-// worker, so no goroutine shared by all requests can make every answer late.
+// Whether a handler is late is decided by comparing times, not by which
+// goroutine runs first; each racing request has its own deadline timer.
 //
 // When the client hangs up while its handler runs (Linux), the context is
-// cancelled with [ErrClientGone] as its cause and the handler is late from
-// then on; see [Config.IgnoreHangups].
+// cancelled with cause [ErrClientGone] and the handler is late from then on;
+// see [Config.IgnoreHangups].
 //
-// Under overload, when clients send more than the server can do, bounding
-// each request is not enough: every request gets a thin slice of the
-// machine and most of them time out. [Config.AdaptiveConcurrency] admits
-// only as many handlers as keep latency near its unloaded level, lets the
-// others wait briefly (newest first once a queue persists) and refuses the
-// rest at once with 503 and Retry-After, without running them. A request's
-// age counts against its budget: from the time the server read it, or, with
-// [Config.HonorQueueHeaders], from the time the proxy in front saw it.
+// Under overload, bounding each request is not enough: every request gets a
+// thin slice of the machine and most time out. [Config.AdaptiveConcurrency]
+// admits only as many handlers as keep latency near its unloaded level, lets
+// the others wait briefly (newest first once a queue persists) and refuses
+// the rest at once with 503 and Retry-After. A request's age counts against
+// its budget: from when the server read it, or with
+// [Config.HonorQueueHeaders] from when the proxy in front saw it.
 //
 // The API at a glance:
 //

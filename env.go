@@ -10,22 +10,19 @@ import (
 	"time"
 )
 
-// Bounds of what TimeoutFromEnv accepts. Beyond a day a request timeout is a
-// typo, and beyond ~292 years it overflows time.Duration. Below a
-// millisecond a request times out before a trivial handler can answer
-// (REQUEST_TIMEOUT=1ns timed out 4 of 5 trivial requests): it is a unit
-// mistake, not a timeout.
+// Bounds of what TimeoutFromEnv accepts: beyond a day a request timeout is a
+// typo; below a millisecond it is a unit mistake, timing out even a trivial
+// handler.
 const (
 	minEnvTimeout = time.Millisecond
 	maxEnvTimeout = 24 * time.Hour
 )
 
 // TimeoutFromEnv reads a timeout from the environment variable name, such as
-// REQUEST_TIMEOUT. It accepts a number of seconds ("5", "2.5") or a Go
-// duration ("500ms", "1m30s"). An unset or empty (blank) variable gives def.
-// Anything else (text that is neither, a zero, negative or non-finite value,
-// less than 1 ms or more than 24 hours) is an error naming the variable and
-// its value, and the limit for a value out of range.
+// REQUEST_TIMEOUT: a number of seconds ("5", "2.5") or a Go duration
+// ("500ms", "1m30s"). An unset or blank variable gives def. Anything else
+// (neither form, zero, negative, non-finite, under 1 ms or over 24 hours) is
+// an error naming the variable, its value and any limit exceeded.
 func TimeoutFromEnv(name string, def time.Duration) (time.Duration, error) {
 	raw, ok := os.LookupEnv(name)
 	if !ok || strings.TrimSpace(raw) == "" {
@@ -38,8 +35,7 @@ func TimeoutFromEnv(name string, def time.Duration) (time.Duration, error) {
 	return d, nil
 }
 
-// errNotATimeout is ParseTimeout's error for text that is neither a number
-// of seconds nor a Go duration.
+// errNotATimeout is ParseTimeout's error for text of neither form.
 var errNotATimeout = errors.New("want seconds (5, 2.5) or a Go duration (500ms, 1m)")
 
 // ParseTimeout parses a timeout as TimeoutFromEnv does: a decimal number of
@@ -47,14 +43,12 @@ var errNotATimeout = errors.New("want seconds (5, 2.5) or a Go duration (500ms, 
 // spaces or not, from 1 ms to 24 hours.
 func ParseTimeout(s string) (time.Duration, error) {
 	s = strings.TrimSpace(s)
-	// strconv.ParseFloat also reads Go's literal forms, "1_000" and hex
-	// ("0x1p4"): a timeout written so is a typo more likely than meant.
+	// ParseFloat also reads "1_000" and hex ("0x1p4"): likely typos here.
 	if strings.ContainsAny(s, "_xX") {
 		return 0, errNotATimeout
 	}
 	var d time.Duration
-	// A number beyond float64 ("1e400") is ±Inf with ErrRange: out of
-	// range, not malformed.
+	// Beyond float64 ("1e400") is ±Inf with ErrRange: out of range, not malformed.
 	if secs, err := strconv.ParseFloat(s, 64); err == nil || errors.Is(err, strconv.ErrRange) {
 		switch {
 		case math.IsNaN(secs) || math.IsInf(secs, 0) && err == nil:
@@ -69,15 +63,13 @@ func ParseTimeout(s string) (time.Duration, error) {
 		case secs > maxEnvTimeout.Seconds():
 			return 0, fmt.Errorf("more than %v", maxEnvTimeout)
 		}
-		// Rounded, not truncated: 8.2*1e9 falls just short of 8.2e9 in
-		// floating point, and "8.2" must be 8.2s, as "8.2s" is.
+		// Rounded: 8.2*1e9 falls just short of 8.2e9, and "8.2" must be 8.2s.
 		d = time.Duration(math.Round(secs * float64(time.Second)))
 	} else if d, err = time.ParseDuration(s); err != nil {
 		if !isDuration(s) {
 			return 0, errNotATimeout
 		}
-		// Well formed, so beyond time.Duration's ~292 years ("2562048h"),
-		// which ParseDuration calls an invalid duration.
+		// Well formed, so it overflows time.Duration ("2562048h").
 		if s[0] == '-' {
 			return 0, fmt.Errorf("must be positive")
 		}
@@ -94,17 +86,15 @@ func ParseTimeout(s string) (time.Duration, error) {
 	return d, nil
 }
 
-// underflows reports whether s, a number that strconv.ParseFloat read as
-// +0, has a digit other than 0 before its exponent: a positive value too
-// small for a float64, not a zero.
+// underflows reports whether s, which ParseFloat read as +0, has a nonzero
+// mantissa digit: a positive value too small for a float64, not a zero.
 func underflows(s string) bool {
 	mantissa, _, _ := strings.Cut(strings.ToLower(s), "e")
 	return !strings.HasPrefix(s, "-") && strings.ContainsAny(mantissa, "123456789")
 }
 
-// isDuration reports whether s has the syntax time.ParseDuration accepts,
-// which rejects such a string only when its value overflows time.Duration:
-// with every digit a 0 it cannot.
+// isDuration reports whether s has ParseDuration's syntax, checked with every
+// digit turned to 0 so that no value can overflow.
 func isDuration(s string) bool {
 	_, err := time.ParseDuration(strings.Map(func(r rune) rune {
 		if '0' <= r && r <= '9' {
