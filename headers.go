@@ -11,14 +11,13 @@ import (
 // Deadline headers a caller may send (see Config.HonorDeadlineHeaders).
 // Their sources are listed in docs/deadline-headers.md.
 const (
-	// HeaderGRPCTimeout carries a gRPC deadline in the gRPC wire format
-	// (gRPC over HTTP/2, "Timeout"): 1 to 8 ASCII digits and a unit, H
-	// (hours), M (minutes), S (seconds), m (milliseconds), u (microseconds)
-	// or n (nanoseconds): "250m", "5S".
+	// HeaderGRPCTimeout carries a gRPC deadline in its wire format (gRPC
+	// over HTTP/2, "Timeout"): 1 to 8 ASCII digits and a unit, H, M, S, m,
+	// u or n (hours to nanoseconds): "250m", "5S".
 	HeaderGRPCTimeout = "Grpc-Timeout"
-	// HeaderEnvoyExpectedTimeout carries the time in whole milliseconds that
-	// an Envoy proxy gives the request: "1500". Envoy never sends 0 for a
-	// spent budget (it sends 1); 0 means no timeout, and gives no budget.
+	// HeaderEnvoyExpectedTimeout carries the whole milliseconds an Envoy
+	// proxy gives the request: "1500". 0 means no timeout (Envoy sends 1 for
+	// a spent budget), and gives no budget.
 	HeaderEnvoyExpectedTimeout = "X-Envoy-Expected-Rq-Timeout-Ms"
 	// HeaderRequestTimeout carries a number of seconds
 	// (draft-thomson-hybi-http-timeout-00 defines whole seconds; a decimal
@@ -26,16 +25,14 @@ const (
 	HeaderRequestTimeout = "Request-Timeout"
 )
 
-// maxBudget is the longest budget a deadline header gives: a longer value
-// is valid (gRPC allows 99999999H, and grpc-go sends 108000S and more), but
-// a request timeout beyond a day is not shorter than any configured one, so
-// it counts as a day and the arithmetic stays far from overflow.
+// maxBudget is the longest budget a deadline header gives. Longer values are
+// valid (grpc-go sends 108000S and more), but a day is beyond any configured
+// request timeout, so they count as a day, far from overflow.
 const maxBudget = 24 * time.Hour
 
-// deadlineHeader is one spelling of a deadline header, as fasthttp stores
-// it: canonical when the server normalizes header names (the default), or
-// lower case, as Envoy and gRPC send them, for servers with
-// DisableHeaderNamesNormalizing.
+// deadlineHeader is one spelling of a deadline header as fasthttp stores it:
+// canonical (the default), or lower case, as Envoy and gRPC send them, for
+// servers with DisableHeaderNamesNormalizing.
 type deadlineHeader struct {
 	name       string
 	key        []byte // name, for the cheap look-up of a first line
@@ -55,26 +52,20 @@ var deadlineHeaders = [...]deadlineHeader{
 }
 
 // incomingBudget returns the time the caller gives this request: the
-// smallest valid value among all lines of grpc-timeout,
-// X-Envoy-Expected-Rq-Timeout-Ms and Request-Timeout. The smallest, not the
-// first, because an outer proxy's shorter budget (Envoy passes a caller's
-// grpc-timeout on untouched) must not be replaced by a longer one a caller
-// sent. found reports that a valid budget was present; malformed that some
-// value was not valid (empty, a sign, spaces, non-ASCII digits, a number
-// that overflows) and was ignored. A found budget is within [0, 24h] (a
-// longer one counts as 24h); 0 means the caller's time is already spent.
-// X-Envoy-Expected-Rq-Timeout-Ms: 0 means "no timeout" to Envoy and gives
-// no budget.
+// smallest valid value among all lines of the deadline headers, not the
+// first, since an outer proxy's shorter budget (Envoy passes a caller's
+// grpc-timeout on) must win over a longer one the caller sent. found reports
+// a valid budget, within [0, 24h], 0 meaning spent; malformed that some
+// value (empty, signed, spaced, non-ASCII digits, overflowing) was ignored.
 //
-// A Request-Timeout of whole seconds is taken as rounded down, as Do and the
-// draft that defines it write it: a finer header within the second above it
-// ("2" beside 2999 ms) gives the budget, so that each hop of a chain of
-// proxies does not lose up to a second; a finer header beyond that second
-// is not the same budget, and the whole seconds, the smaller, win.
+// A whole-seconds Request-Timeout is taken as rounded down, as Do and its
+// draft write it: a finer header within the second above ("2" beside
+// 2999 ms) gives the budget, so that each hop of a proxy chain does not lose
+// up to a second; one beyond that second is another budget, and the
+// smaller whole seconds win.
 //
-// It does not allocate. Header names are looked up as stored, without
-// normalizing them again: in canonical form, and in lower case for servers
-// that keep header names as received.
+// It does not allocate. Names are looked up as stored: canonical, and lower
+// case for servers that keep names as received.
 func incomingBudget(h *fasthttp.RequestHeader) (budget time.Duration, found, malformed bool) {
 	raw := keepsNames(h)
 	var whole time.Duration // the least whole-seconds Request-Timeout
@@ -82,7 +73,7 @@ func incomingBudget(h *fasthttp.RequestHeader) (budget time.Duration, found, mal
 	for i := range deadlineHeaders {
 		dh := &deadlineHeaders[i]
 		// PeekCanonical finds a first line without copying the name: most
-		// requests have none, and PeekAll costs about four times as much.
+		// requests have none, and PeekAll costs four times as much.
 		if dh.lower && !raw || h.PeekCanonical(dh.key) == nil {
 			continue
 		}
@@ -108,10 +99,9 @@ func incomingBudget(h *fasthttp.RequestHeader) (budget time.Duration, found, mal
 }
 
 // keepsNames reports whether h keeps header names as received
-// (Server.DisableHeaderNamesNormalizing) instead of storing them in canonical
-// form: only then can a lower-case name be stored. RequestHeader has no
-// getter for it, but DisableNormalizing returns the previous setting, which
-// is then restored.
+// (Server.DisableHeaderNamesNormalizing), so that a lower-case name can be
+// stored. There is no getter: DisableNormalizing returns the old setting,
+// which is then restored.
 func keepsNames(h *fasthttp.RequestHeader) bool {
 	if h.DisableNormalizing() {
 		return true
@@ -120,9 +110,8 @@ func keepsNames(h *fasthttp.RequestHeader) bool {
 	return false
 }
 
-// parseGRPCTimeout parses a grpc-timeout value: 1 to 8 ASCII digits and a
-// unit (H, M, S, m, u, n); ok is false for anything else. More than
-// maxBudget counts as maxBudget.
+// parseGRPCTimeout parses a grpc-timeout value (see HeaderGRPCTimeout),
+// capped at maxBudget.
 func parseGRPCTimeout(v []byte) (d time.Duration, ok bool) {
 	n := len(v) - 1
 	if n < 1 || n > 8 {
@@ -159,11 +148,11 @@ func parseGRPCTimeout(v []byte) (d time.Duration, ok bool) {
 }
 
 // maxWhole bounds the whole numbers of the Envoy and Request-Timeout
-// headers: a longer number is not a value but an overflow, and malformed.
+// headers: beyond it a number would overflow, and is malformed.
 const maxWhole = (math.MaxInt64 - 9) / 10
 
-// parseEnvoyTimeout parses a whole, non-negative number of milliseconds.
-// More than maxBudget counts as maxBudget.
+// parseEnvoyTimeout parses a whole, non-negative number of milliseconds,
+// capped at maxBudget.
 func parseEnvoyTimeout(v []byte) (d time.Duration, ok bool) {
 	if len(v) == 0 {
 		return 0, false
@@ -178,10 +167,8 @@ func parseEnvoyTimeout(v []byte) (d time.Duration, ok bool) {
 	return min(time.Duration(x), maxBudget/time.Millisecond) * time.Millisecond, true
 }
 
-// parseRequestTimeout parses a non-negative number of seconds, whole ("5")
-// or decimal ("2.5", ".5", "5."), with at least one digit. Digits beyond
-// the ninth after the point are below a nanosecond and ignored. More than
-// maxBudget counts as maxBudget.
+// parseRequestTimeout parses a number of seconds (see parseDecimal), capped
+// at maxBudget.
 func parseRequestTimeout(v []byte) (d time.Duration, ok bool) {
 	const maxSeconds = int64(maxBudget / time.Second)
 	secs, nanos, ok := parseDecimal(v)
@@ -196,8 +183,8 @@ func parseRequestTimeout(v []byte) (d time.Duration, ok bool) {
 
 // parseDecimal parses a non-negative decimal, whole ("5") or with a point
 // ("2.5", ".5", "5."), with at least one digit, into its whole part and its
-// fraction in billionths. Digits beyond the ninth after the point are
-// ignored; a whole part that could overflow is not valid.
+// fraction in billionths, ignoring digits beyond the ninth after the point.
+// A whole part that could overflow is invalid.
 func parseDecimal(v []byte) (whole, billionths int64, ok bool) {
 	digits, point := 0, -1
 	scale := int64(1e9)

@@ -8,9 +8,8 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-// maxQueueSkew bounds how far a proxy's start time may be from now: a value
-// further away, in the past or the future, is not a queue time but a wrong
-// unit, a broken clock or a forged header, and is ignored.
+// maxQueueSkew bounds how far a proxy's start time may be from now: beyond
+// it, either way, is a wrong unit, a broken clock or a forged header.
 const maxQueueSkew = time.Hour
 
 // queueHeader is one spelling of a header that carries a request's start
@@ -31,45 +30,20 @@ var queueHeaders = [...]queueHeader{
 	{name: "x-amzn-trace-id", key: []byte("x-amzn-trace-id"), lower: true, trace: true},
 }
 
-// requestStart returns when the proxy in front first saw the request, read from
-// all lines of X-Request-Start, X-Queue-Start and X-Amzn-Trace-Id. The
-// earliest valid time stamp (X-Request-Start or X-Queue-Start) wins; the
-// earliest valid trace id counts only when there is none. A time stamp is
-// set by a proxy the operator runs, to the millisecond; a trace id may be
-// the caller's, passed on through such a proxy, and its Root the start of
-// a whole trace that would make the request look up to an hour old. found
-// reports that a valid start was present; malformed that some value, of
-// either kind and even beside a valid one, was not valid, or more than an
-// hour away from now, and was ignored.
-//
-// X-Request-Start and X-Queue-Start hold a time stamp, optionally after
-// "t=", of digits with an optional fraction after a point: nginx's
-// "t=1700000000.123" (seconds), Heroku's "1700000000123" (milliseconds),
-// Apache's "t=1700000000123456" (microseconds), or nanoseconds. The unit is
-// the one that puts the value within an hour of now. Whole seconds
-// ("t=1700000000") count from the end of their second, as a trace id's do.
-//
-// X-Amzn-Trace-Id holds the epoch seconds at which an AWS load balancer saw
-// the request: in its Self field, which the load balancer adds or updates
-// when the header came with a Root, or else in Root, which it made itself
-// ("Root=1-<8 hex digits>-<24 hex digits>"). A Root that came with the
-// request can be the start of a whole trace, older than this request, so it
-// is not used when Self is there. Whole seconds are rounded up to the end
-// of their second, so the age is never overestimated.
-//
-// A start after now (clock skew) counts as now. start is now minus the
-// request's age, so it keeps now's monotonic clock reading. It does not
-// allocate.
+// requestStart returns when the proxy in front first saw the request, from
+// all lines of X-Request-Start, X-Queue-Start and X-Amzn-Trace-Id, as
+// Config.HonorQueueHeaders describes; found reports a valid start, malformed
+// that some value was ignored. start is now minus the age, keeping now's
+// monotonic reading. It does not allocate.
 func requestStart(h *fasthttp.RequestHeader, now time.Time) (start time.Time, found, malformed bool) {
 	nowNs := now.UnixNano()
-	// The earliest valid start of the time stamps, and of the trace ids:
-	// every value is read, so that a malformed one is counted either way.
+	// Every value is read, so that a malformed one is counted either way.
 	var stamp, trace int64
 	var stampFound, traceFound bool
 	raw := keepsNames(h)
 	for i := range queueHeaders {
 		qh := &queueHeaders[i]
-		// As in incomingBudget: most requests have none of these headers.
+		// Cheap first look, as in incomingBudget.
 		if qh.lower && !raw || h.PeekCanonical(qh.key) == nil {
 			continue
 		}
@@ -102,23 +76,18 @@ func requestStart(h *fasthttp.RequestHeader, now time.Time) (start time.Time, fo
 	return time.Time{}, false, malformed
 }
 
-// requestStartUnits are the units a request start may be written in, tried
-// in this order: the first that puts the value within an hour of now wins.
-// They are a thousand times apart, so at most one does for any now later
-// than an hour after 1970.
+// requestStartUnits are tried in order; the first that puts the value within
+// an hour of now wins; a thousand times apart, at most one can (for any now
+// past 1970's first hour).
 var requestStartUnits = [...]int64{
 	int64(time.Second), int64(time.Millisecond), int64(time.Microsecond), int64(time.Nanosecond),
 }
 
 // parseRequestStart parses an X-Request-Start or X-Queue-Start value into
-// Unix nanoseconds, no later than now; ok is false if it is not valid or is
-// more than an hour away from now in every unit. Digits beyond the ninth
-// after the point are below a nanosecond of a second and ignored. A whole
-// number of seconds, with no digit after the point, is taken at the end of
-// its second, as a trace id's seconds are (see requestStart): the proxy saw
-// the request somewhere in that second, and taking its beginning would age
-// the request by up to a second more than it waited. A finer unit's whole
-// number is off by less than a millisecond, and taken as it is.
+// Unix nanoseconds, no later than now; ok is false if it is invalid or over
+// an hour away in every unit. Digits beyond the ninth after the point are
+// ignored. Whole seconds are taken at the end of their second, so that the
+// age is never overestimated; a finer unit's is off by under a millisecond.
 func parseRequestStart(v []byte, now int64) (t int64, ok bool) {
 	if len(v) >= 2 && v[0] == 't' && v[1] == '=' {
 		v = v[2:]
@@ -151,12 +120,12 @@ var (
 )
 
 // parseTraceStart parses an X-Amzn-Trace-Id value into Unix nanoseconds at
-// the end of the second of its Self field, or of its Root field if it has
-// no Self, no later than now; ok is false if that field is missing, not
-// valid (an empty or bare one, "Self=" or "Self", included), or more than
-// an hour away from now. Of repeated fields, the first counts. Fields are
-// separated by ';'; spaces around them are ignored, but not around a
-// field's '=', which AWS never writes ("Root = 1-…" is no Root).
+// the end of the second of its Self field (which an AWS load balancer sets
+// when the header came with a Root), else its Root, no later than now;
+// ok is false if that field is missing, invalid ("Self=" and a bare "Self"
+// included) or over an hour away. Of repeated fields, the first counts.
+// Spaces around ';'-separated fields are ignored, but not around '=', which
+// AWS never writes ("Root = 1-…" is no Root).
 func parseTraceStart(v []byte, now int64) (t int64, ok bool) {
 	var self, root []byte
 	for len(v) > 0 {
@@ -164,8 +133,8 @@ func parseTraceStart(v []byte, now int64) (t int64, ok bool) {
 		field, v, _ = bytes.Cut(v, semicolon)
 		name, value, _ := bytes.Cut(bytes.TrimSpace(field), equals)
 		if value == nil {
-			// A bare "Self" or "Root" is that field, and not a valid one:
-			// left nil, it would let the older Root, or a later Root, count.
+			// A bare "Self" or "Root" is that field, invalid: left nil, it
+			// would let the Root, or a later one, count.
 			value = name[:0]
 		}
 		switch string(name) { // does not allocate
@@ -195,9 +164,8 @@ func parseTraceStart(v []byte, now int64) (t int64, ok bool) {
 }
 
 // traceSeconds returns the epoch seconds of a trace id "1-<8 hex digits of
-// seconds>-<hex id>". The id has 24 hex digits, but the AWS documentation's
-// own example of a Self field has 23, so 1 to 24 are accepted: only the
-// seconds are used.
+// seconds>-<hex id>". 1 to 24 id digits are accepted: AWS's own example of a
+// Self field has 23 of the 24, and only the seconds are used.
 func traceSeconds(id []byte) (secs int64, ok bool) {
 	const head = len("1-01234567-")
 	if len(id) <= head || len(id) > head+24 || id[0] != '1' || id[1] != '-' || id[head-1] != '-' {
@@ -231,8 +199,8 @@ func hexDigit(c byte) (int64, bool) {
 	return 0, false
 }
 
-// nearNow reports whether t is within maxQueueSkew of now, in either
-// direction, without overflowing for any two values.
+// nearNow reports whether t is within maxQueueSkew of now, either way,
+// without overflow.
 func nearNow(t, now int64) bool {
 	if t >= now {
 		return uint64(t)-uint64(now) <= uint64(maxQueueSkew)
