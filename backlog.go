@@ -8,52 +8,37 @@ import (
 	"time"
 )
 
-// The backlog in front of the middleware.
+// The backlog in front of the middleware (see docs/overload.md).
 //
-// On a process whose CPU is saturated, requests wait before the middleware
-// sees them: the goroutine of their connection waits in the Go scheduler's
-// run queue before it can read them, and fasthttp stamps ctx.Time only once
-// it has. Handing an admitted request to its worker is immediate (the
-// worker runs next), so the handlers themselves do not wait, and the
-// adaptive limit sees a fine latency while every request arrives stale: on
-// one P, a CPU-bound server sent twice its capacity answered almost nothing
-// in time, its limit never binding.
+// On a saturated CPU, requests wait in the Go scheduler's run queue before
+// their connection's goroutine reads them and fasthttp stamps ctx.Time. The
+// handlers themselves do not wait (an admitted request's worker runs next),
+// so the adaptive limit sees a fine latency while every request arrives
+// stale, and never binds.
 //
-// That wait is what the runtime reports as /sched/latencies:seconds. When
-// the 90th percentile of it stays above a target (a twentieth of the
-// timeout, between 20 and 250 ms) for two intervals of backlogInterval, new
-// requests are refused at once with a probability that grows while the wait
-// stays above the target and falls while it is below (an interval without
-// requests included), in proportion to the gap: a proportional controller,
-// as PIE (RFC 8033) is for a router's queue. Refusing costs microseconds, a
-// handler milliseconds, so the CPU goes back to requests that can still be
-// answered in time, and the run queue drains.
-//
-// A proportional controller lags, and overshoots both ways: the run queue
-// fills while the probability climbs, drains at once when it is high, and
-// the core idles while it comes down. So it is steered around what the rates
-// say must be refused, 1 - capacity/arrivals: at least that while the run
-// queue is long and its wait above the target, at most that once it has
-// drained. The capacity is the rate of answers in time measured while the
-// run queue was so backed up (the CPU saturated, so that rate is what the
-// machine can do); the arrivals, their rate averaged over a second.
+// So when the 90th percentile of /sched/latencies:seconds stays above a
+// target (a twentieth of the timeout, within 20-250 ms) for two intervals,
+// new requests are refused at once with a probability that moves in
+// proportion to the gap each interval, as PIE (RFC 8033) does: refusing
+// costs microseconds, a handler milliseconds, so the run queue drains. A
+// proportional controller lags and overshoots both ways, so the probability
+// is kept at least 1 - capacity/arrivals while the run queue is backed up,
+// and at most that once it has drained; capacity is the rate of answers in
+// time while backed up (the CPU saturated), arrivals their rate over a
+// second.
 const (
 	backlogInterval = 50 * time.Millisecond
-	// shedStep is how much the probability of refusal moves per interval
-	// for a wait one target away from the target.
+	// shedStep is the probability's move per interval for a wait one target
+	// above the target.
 	shedStep = 0.05
 	// maxShed leaves some requests through, to keep measuring.
 	maxShed = 0.95
-	// saturatedRunnable is the run queue's length from which, with a wait
-	// above the target, an interval's rate of answers in time is taken as
-	// the capacity; idleRunnable the length at or under which the run
-	// queue counts as drained.
+	// The run queue is backed up from saturatedRunnable (with a wait above
+	// the target), and drained at idleRunnable or under.
 	saturatedRunnable = 16
 	idleRunnable      = 1
-	// capacityWeight and arrivalWeight are the weights of a new interval
-	// in the moving averages of the capacity and of the arrival rate: the
-	// latter spans a second, longer than the run queue takes to fill and
-	// drain.
+	// Weights of a new interval in the moving averages; the arrival rate's
+	// spans a second, longer than the run queue takes to fill and drain.
 	capacityWeight = 0.3
 	arrivalWeight  = 0.05
 )
@@ -61,20 +46,18 @@ const (
 // runQueue reads the scheduler's latency for all the limiters of the
 // process, at most once per backlogInterval.
 var runQueue struct {
-	mu      sync.Mutex
-	at      atomic.Int64 // when last read
-	latency atomic.Int64 // the 90th percentile over the interval before, ns
-	lasting atomic.Int64 // the lesser of the two
-	// runnable is the number of goroutines waiting to run at the last read.
-	runnable atomic.Int64
+	mu       sync.Mutex
+	at       atomic.Int64 // when last read
+	latency  atomic.Int64 // the 90th percentile over the interval before, ns
+	lasting  atomic.Int64 // the lesser of the two
+	runnable atomic.Int64 // goroutines waiting to run at the last read
 	sample   [2]metrics.Sample
 	prev     []uint64 // the histogram's counts at the last read
 }
 
-// readBacklog returns the 90th percentile of the time goroutines waited to
-// run, the lesser of the last two intervals' (as CoDel, it looks at a wait
-// that lasts, not at a burst that the queue absorbs), and the number of
-// goroutines waiting to run.
+// readBacklog returns the 90th percentile of the run queue's wait, the
+// lesser of the last two intervals' (as CoDel, a wait that lasts, not a
+// burst), and the number of goroutines waiting to run.
 func readBacklog(t int64) (latency, runnable int64) {
 	if stale(t) && runQueue.mu.TryLock() {
 		if stale(t) {
@@ -89,19 +72,17 @@ func readBacklog(t int64) (latency, runnable int64) {
 	return runQueue.lasting.Load(), runQueue.runnable.Load()
 }
 
-// stale reports whether the run queue's last reading is due again at t:
-// backlogInterval old, or stamped later than t, which only a limiter on a
-// made-up clock (a test's) can do, and which would otherwise stop every
-// other limiter of the process from reading it again.
+// stale reports whether the run queue is due for a read at t: the last is
+// backlogInterval old, or later than t (a test's made-up clock), which would
+// otherwise stop every other limiter from reading it again.
 func stale(t int64) bool {
 	d := t - runQueue.at.Load()
 	return d >= int64(backlogInterval) || d < 0
 }
 
-// readRunQueue reads the histogram of scheduling latencies and returns the
-// 90th percentile of what was added to it since the last read (the upper
-// bound of its bucket), and the number of goroutines waiting to run now.
-// runQueue.mu is held. It allocates only the first time.
+// readRunQueue returns the 90th percentile (its bucket's upper bound) of the
+// scheduling latencies since the last read, and the goroutines waiting to run
+// now. runQueue.mu is held. It allocates only the first time.
 func readRunQueue() (p90ns, runnable int64) {
 	s := &runQueue.sample[0]
 	s.Name = "/sched/latencies:seconds"
@@ -140,19 +121,16 @@ func readRunQueue() (p90ns, runnable int64) {
 	return int64(p90 * float64(time.Second)), runnable
 }
 
-// backlogTarget is the run queue's wait above which requests are refused,
-// for a middleware whose timeout is timeout.
+// backlogTarget is the run queue's wait above which requests are refused.
 func backlogTarget(timeout time.Duration) int64 {
 	return int64(min(max(timeout/20, 20*time.Millisecond), 250*time.Millisecond))
 }
 
-// nextShed returns the probability of refusal (in 1/2³² units) after dt
-// nanoseconds, at least an interval, in which the run queue's wait was
-// latency, against target. Under the target it falls by as many steps as
-// intervals passed: requests that did not come to move it would have, and
-// a server idle since an overload must not refuse its next requests for
-// it. Over the target, by one step: requests that did not come needed no
-// refusing.
+// nextShed returns the probability of refusal (in 1/2³² units) after dt ns,
+// at least an interval, of a run queue wait of latency against target.
+// Under the target it falls a step per interval passed, so that a server
+// idle since an overload does not refuse its next requests; over it, it
+// rises one step only, as requests that did not come needed no refusing.
 func nextShed(p uint32, latency, target, dt int64) uint32 {
 	gap := min(float64(latency-target)/float64(target), 4)
 	if gap < 0 {
@@ -174,33 +152,29 @@ func (l *limiter) updateShed(t int64) {
 	}
 	l.shedAt.Store(t)
 	latency, runnable := readBacklog(t)
-	// The arrivals are the requests that came to acquire, where the
-	// refusals apply: slots taken and refusals. Those answered before it
-	// (spent on arrival, MaxLateHandlers) use no handler, and counted they
-	// would have the rest refused for them. Taken slots wrap at 2³²: only
-	// their difference over an interval counts.
+	// Arrivals are the requests that reached acquire, where refusals apply:
+	// those answered before (spent, MaxLateHandlers) use no handler. Taken
+	// slots wrap at 2³²: only their difference counts.
 	arrivals, served := int64(l.taken())+l.refused.Load(), l.served.Load()
 	arrived := int64(uint32(arrivals - l.lastArrivals))
 	l.shed.Store(l.nextShedLocked(latency, runnable, dt, arrived, served-l.lastServed))
 	l.lastArrivals, l.lastServed = arrivals, served
 }
 
-// nextShedLocked returns the next probability of refusal after an interval
-// of dt nanoseconds in which the run queue's wait was latency, its length at
-// the end runnable, and arrived requests arrived and served were answered in
-// time. l.shedMu is held.
+// nextShedLocked returns the next probability of refusal after dt ns in
+// which the run queue's wait was latency, its length at the end runnable,
+// arrived requests arrived and served were answered in time. l.shedMu is
+// held.
 func (l *limiter) nextShedLocked(latency, runnable, dt, arrived, served int64) uint32 {
 	p := nextShed(l.shed.Load(), latency, l.shedTarget, dt)
 	if dt > 4*int64(backlogInterval) {
 		return p // no request for a while: the counts say nothing of now
 	}
-	// Requests reach the middleware when the run queue lets their
-	// connection's goroutine run: few while it fills, a burst as it
-	// drains. Over a second they come at the rate they were sent.
+	// Requests arrive in bursts as the run queue drains; over a second, at
+	// the rate they were sent.
 	average(&l.arrivalRate, float64(arrived)/float64(dt), arrivalWeight)
-	// Backed up: a long run queue, and a long wait in it. Many arrivals
-	// make the run queue long at any instant; the rate served then is not
-	// the capacity, and refusing by it would keep it where it is.
+	// A long run queue alone is many arrivals, not saturation: the rate
+	// served then is not the capacity.
 	backedUp := runnable >= saturatedRunnable && latency >= l.shedTarget
 	if backedUp {
 		average(&l.capacity, float64(served)/float64(dt), capacityWeight)
