@@ -4,12 +4,10 @@ package fasttimeout
 
 import "syscall"
 
-// retriedAcceptErrors are the errors of accept that say the process or the
-// system is out of a resource for now (descriptors, socket buffers,
-// memory). Each passes, closing connections frees descriptors, but not at
-// once: Accept waits before it tries again. They are matched with
-// errors.Is, so the net package's wrapping (*net.OpError,
-// *os.SyscallError) does not matter.
+// retriedAcceptErrors say the process or system is out of a resource for
+// now (descriptors, socket buffers, memory): it passes, but not at once, so
+// Accept waits before it tries again. Matched with errors.Is, through the
+// net package's wrapping.
 var retriedAcceptErrors = [...]error{
 	syscall.EMFILE,  // the process's descriptor limit (RLIMIT_NOFILE)
 	syscall.ENFILE,  // the system's descriptor limit
@@ -17,9 +15,8 @@ var retriedAcceptErrors = [...]error{
 	syscall.ENOMEM,  // no kernel memory
 }
 
-// abortedAcceptErrors say that the connection accept was taking went away
-// before it was taken: the client's business, and the next connection may
-// be fine, so Accept tries again at once (see pendingAcceptErrors).
+// abortedAcceptErrors say the connection accept was taking went away first:
+// Accept tries again at once (see pendingAcceptErrors).
 var abortedAcceptErrors = [...]error{
 	syscall.ECONNABORTED,
 }

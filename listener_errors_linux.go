@@ -2,11 +2,10 @@ package fasttimeout
 
 import "syscall"
 
-// pendingAcceptErrors are the network errors that Linux's accept returns
-// for a connection that failed while it waited in the listen queue. They
-// are that connection's, not the listener's: accept(2) says to "treat them
-// like EAGAIN by retrying". The net package retries ECONNABORTED itself
-// but returns these, and fasthttp's Serve would end at the first.
+// pendingAcceptErrors are the network errors Linux's accept returns for a
+// connection that failed in the listen queue: accept(2) says to "treat them
+// like EAGAIN by retrying". The net package retries ECONNABORTED itself but
+// returns these, and fasthttp's Serve would end at the first.
 var pendingAcceptErrors = [...]error{
 	syscall.ENETDOWN,
 	syscall.EPROTO,
