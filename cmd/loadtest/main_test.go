@@ -342,13 +342,14 @@ func TestParseFlags_documented_command_lines_run(t *testing.T) {
 		"-scenarios storm -variants fasthttp-bare,fasthttp-TimeoutWithCodeHandler,fasttimeout-race",
 		// docs/overload.md
 		"-scenarios overload",
-		"-scenarios overload -overload-variants fasthttp-Concurrency,fasttimeout-race-adaptive,fasttimeout-cooperative-adaptive -overload-loads 2,4,10",
-		"-scenarios overload -overload-workloads cpu -overload-loads 0.5,4,10",
 		"-scenarios overload -overload-loads 4 -overload-workloads cpu -cell-warmup 1ms -cell 1s -overload-variants fasthttp-Concurrency,fasttimeout-race-adaptive,fasttimeout-cooperative-adaptive",
-		"-scenarios overload -overload-workloads downstream -overload-loads 1,2,4 -overload-sweep 64 -overload-variants fasthttp-Concurrency,fasttimeout-race-adaptive,fasttimeout-cooperative-adaptive",
+		"-scenarios overload -overload-loads 0.5,2,4,10 -overload-variants fasthttp-Concurrency,fasthttp-TimeoutWithCodeHandler,fasttimeout-race-adaptive,fasttimeout-cooperative-adaptive",
 		"-scenarios overload -overload-workloads downstream -overload-loads 1,2,4 -overload-sweep 32 -overload-variants fasthttp-Concurrency,fasttimeout-race-adaptive,fasttimeout-cooperative-adaptive",
+		"-scenarios overload -overload-workloads downstream -overload-loads 2,4 -overload-sweep 32 -cell-warmup 0s -cell 2s -overload-variants fasthttp-Concurrency,fasttimeout-race-adaptive,fasttimeout-cooperative-adaptive",
+		"-scenarios overload -overload-workloads downstream -overload-loads 1,2,4 -overload-sweep 64 -overload-variants fasthttp-Concurrency,fasttimeout-race-adaptive,fasttimeout-cooperative-adaptive",
 		"-scenarios overload -overload-workloads cpu -overload-loads 2,4,10 -overload-sweep 128 -overload-variants fasthttp-Concurrency,fasttimeout-race-adaptive,fasttimeout-cooperative-adaptive",
 		"-scenarios overload -overload-workloads cpu -overload-loads 4,10 -overload-sweep 128 -overload-variants fasthttp-Concurrency,fasttimeout-race-adaptive,fasttimeout-cooperative-adaptive",
+		"-scenarios overload -overload-workloads cpu -overload-loads 4 -overload-sweep 8 -overload-variants fasttimeout-race-adaptive,fasttimeout-race-adaptive-queuestart",
 		// docs/hangups.md
 		"-scenarios hangup -hangup-rounds 16",
 		// .ci/run
