@@ -12,12 +12,11 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-// States of a call, in the low 4 bits of call.state; the 4 bits above
-// count the moves of its deadline (Extend), and the bits above those are
-// its generation, which counts the requests the call has served (see
-// call.begin), so that a compare-and-swap against an earlier request's
-// state fails. Every transition is a compare-and-swap within one
-// generation:
+// States of a call: the phase in the low 4 bits of call.state, the count of
+// its deadline's moves (Extend) in the next 4, and above them its
+// generation, the requests it has served (see begin), so that a
+// compare-and-swap against an earlier request's state fails. Every
+// transition is a compare-and-swap within one generation:
 //
 //	begin (server goroutine)
 //	  |
@@ -36,31 +35,22 @@ import (
 //
 // Who makes each transition:
 //
-//   - running -> timedOut: the deadline has passed, as seen by the call's
-//     timer (worker.fire), by its handler returning or panicking late
-//     (worker.serve), by a cooperative handler's return
-//     (finishCooperative), by the housekeeper's tick, for a cooperative
-//     call whose context it watches (call.expire), or by a hang-up after
-//     it (worker.hungUp, call.hungUp). A disarmed call never times out.
-//   - running, disarmed or moving -> finished: the handler returned or
-//     panicked in time (worker.serve, finishCooperative).
-//   - running, disarmed or moving -> gone: the hang-up watch saw the client
-//     leave (call.onGone).
+//   - running -> timedOut, past the deadline: the timer (worker.fire), a late
+//     return or panic (worker.serve, finishCooperative), the housekeeper
+//     (call.expire), a late hang-up (worker.hungUp, call.hungUp).
+//   - running, disarmed or moving -> finished (worker.serve,
+//     finishCooperative) or gone (the hang-up watch, call.onGone).
 //   - running -> disarmed (Disarm), for good; running -> moving -> running
-//     (Extend), holding the timer off while the deadline moves, and
-//     counting the move, so that a timer that saw the old deadline before
-//     the move cannot time the call out after it. Only in racing mode: a
-//     cooperative call keeps running, and its deadline moves by
-//     compare-and-swap (see call.moveDeadline).
+//     (Extend), which holds the timer off and counts the move, so that a
+//     timer that saw the old deadline fails. Racing mode only: a
+//     cooperative call's deadline moves by compare-and-swap (moveDeadline).
 //
-// finished, timedOut and gone are final until begin starts the call's next
-// request. Exactly one path gets there, through call.settle (call.expire
-// for the housekeeper), and in racing mode only that one signals the server
-// goroutine, on worker.done. A cooperative handler runs on the server
-// goroutine, so nobody signals it: finishCooperative settles the call
-// itself, and finds it gone or timed out if the hang-up or the housekeeper
-// came first. Whoever decides ends the call's context with the decision's
-// cause, so the two always agree.
+// finished, timedOut and gone are final until begin starts the next
+// request. Exactly one path gets there, through settle (expire for the
+// housekeeper), which ends the call's context with the same cause; in
+// racing mode that path alone signals the server goroutine (worker.done).
+// A cooperative call is settled by finishCooperative, on the server
+// goroutine, unless the hang-up or the housekeeper came first.
 const (
 	callFinished uint64 = iota
 	callRunning
@@ -101,63 +91,51 @@ type call struct {
 	admitted int64                          // when it got its concurrency slot, or started without a limit
 	slot     atomic.Uint32                  // slotHeld, slotMoved or slotReleased: the slot's part in the adaptive limit's count of moved handlers
 
-	// What a racing call's timers run (worker.fire), which extend runs
-	// itself for a deadline that passed while it moved.
+	// What a racing call's timers run (worker.fire); extend runs it for a
+	// deadline that passed while it moved.
 	onDeadline func()
 
-	// The outermost call of a request is the one in its user values, for
-	// the whole request: current is the innermost call, inside nested News,
-	// or itself. Its moves serialises Disarm and Extend, the start and end
-	// of the inner calls, and the look-ups of an inner call from other
-	// goroutines of the handler; Disarm and Extend of the outermost call
-	// alone only read-lock it, beside each other (see hold). Under it each
-	// call's movedFrom keeps its deadline from before the move in progress,
-	// and slotFrom its slot's part in the adaptive limit (see moveNested).
+	// On the outermost call, the one in the user values: current is the
+	// innermost call, or itself, and moves serialises Disarm and Extend
+	// with the start and end of inner calls and with other goroutines'
+	// look-ups of an inner call (see hold). Under it, movedFrom and slotFrom
+	// keep each call's deadline and slot from before a move (moveNested).
 	current   atomic.Pointer[call]
 	moves     sync.RWMutex
 	movedFrom int64
 	slotFrom  uint32
 
-	// unrun, on the outermost call, is why an inner New last answered the
-	// request without running its handler (an index in unrunReasons; 0:
-	// none), kept here rather than in the user values, which other
-	// goroutines of the handler read meanwhile (see markUnrun). end stores
-	// it there.
+	// unrun, on the outermost call, is why an inner New last answered
+	// without running its handler (index in unrunReasons, 0: none); kept
+	// off the user values, which other goroutines read (markUnrun), until end.
 	unrun atomic.Uint32
 
-	// Watching the client for a hang-up (hangup.go). conn is written by
-	// begin before watch is, and read only by whoever moves watch from
-	// watchPending to watchRegistering for its generation.
+	// The hang-up watch (hangup.go). begin writes conn before watch; only
+	// whoever moves watch from watchPending to watchRegistering reads it.
 	conn    net.Conn
 	watch   atomic.Uint64 // watch phase (low 2 bits) and the call's generation
 	watchAt atomic.Int64  // when watching starts
 	hangup  hangupHandle  // the registration, owned by whoever holds watchRegistering
 	onGone  func()        // the hang-up callback, made once per call
 
-	// Set by the worker before it signals, read by the server goroutine
-	// after: the channel orders them.
+	// Set by the worker before it signals done; read by the server after.
 	panicked   bool
 	panicValue any
 
 	returned bool // an inline call's handler returned, rather than panicked or called runtime.Goexit
 }
 
-// begin starts the call for ctx, as admit let it (see middleware.admit),
-// and makes Context find it. Inside another New's handler (outer not nil),
-// the call keeps the earlier of the two deadlines.
-//
-// The request's user values keep its outermost call throughout: an inner
-// call is found through that call's current, which begin and end change
-// under its moves. Changing a user value would race with another
-// goroutine of the handler looking up the call (a heartbeat's Extend), and
-// that goroutine could go on with an inner call ended meanwhile, back in
-// the pool for another request.
+// begin starts the call for ctx, as middleware.admit let it, and makes
+// Context find it. Inside another New's handler (outer not nil), the call
+// keeps the earlier of the two deadlines. An inner call is found through the
+// outermost call's current, not a user value: changing that would race
+// with another goroutine's look-up (a heartbeat's Extend), which could go
+// on with an inner call already ended and back in the pool.
 func (c *call) begin(ctx *fasthttp.RequestCtx, outer *call, start, deadline, admitted int64) {
 	c.ctx, c.connID, c.start, c.admitted = ctx, ctx.ConnID(), start, admitted
 	var root *call
 	if outer != nil {
-		// Locked first: a move of the enclosing deadlines on another
-		// goroutine is not halfway (see moveNested) when this one is read.
+		// Locked first: no move of the enclosing deadlines is halfway.
 		root = outer.root()
 		root.moves.Lock()
 		c.outer = outer
@@ -169,9 +147,8 @@ func (c *call) begin(ctx *fasthttp.RequestCtx, outer *call, start, deadline, adm
 	}
 	state := c.state.Load()&^(generation-1) + generation | callRunning
 	c.beginWatch(ctx, start, state/generation)
-	// The deadline is stored before the new generation is: whoever sees
-	// this call running sees its deadline, and a compare-and-swap against
-	// a generation seen earlier fails (see settle).
+	// The deadline before the generation: whoever sees the call running
+	// sees its deadline.
 	c.state.Store(state)
 	if root != nil {
 		root.current.Store(c)
@@ -187,9 +164,8 @@ func (c *call) begin(ctx *fasthttp.RequestCtx, outer *call, start, deadline, adm
 	ctx.SetUserValue(callKey{}, c)
 }
 
-// root returns the outermost call of c's request: c, or the call of the
-// outermost New around it. Only the goroutine running c's handler, or one
-// holding the root's moves, may call it.
+// root returns the outermost call of c's request. Only the goroutine
+// running c's handler, or one holding the root's moves, may call it.
 func (c *call) root() *call {
 	for c.outer != nil {
 		c = c.outer
@@ -197,9 +173,8 @@ func (c *call) root() *call {
 	return c
 }
 
-// inline reports whether the call's handler runs on the goroutine that
-// called the middleware (cooperative mode, or inside another New): such
-// calls are pooled without timers, a worker's are made with them.
+// inline reports whether the handler runs on the goroutine that called the
+// middleware (cooperative mode, or inside another New): it has no timers.
 func (c *call) inline() bool { return c.timer == nil }
 
 // syncContext gives the call's context, if any, the call's deadline, and
@@ -212,30 +187,19 @@ func (c *call) syncContext() bool {
 // phase returns the call's state without its generation.
 func (c *call) phase() uint64 { return c.state.Load() & phaseMask }
 
-// decided reports whether the call's race is over: finished, timed out or
-// gone.
+// decided reports whether the call is finished, timed out or gone.
 func (c *call) decided() bool {
 	p := c.phase()
 	return p == callFinished || p == callTimedOut || p == callGone
 }
 
-// settle decides the request's race at t with outcome: callTimedOut (its
-// deadline has passed), callFinished (its handler returned or panicked in
-// time) or callGone (its client hung up). It is the one place that decides
-// a request's fate, whoever gets there first (see the states above), and
-// reports whether this caller decided it; exactly one does per request.
-//
-// Deciding does what follows from the outcome: a timeout is counted (and is
-// a drop for the adaptive limit), and after a timeout or a hang-up the
-// handler is late and its context cancelled with the cause. In racing mode
-// the winner signals the server goroutine after settle: a returning handler
-// gives its concurrency slot back first.
+// settle decides the request's outcome at t, the one place that does (see
+// the states above), and reports whether this caller did.
 //
 // Only a running call times out, and only if its deadline is not after t (a
 // timer armed for an earlier request sees this one's later deadline); a
-// disarmed or moving one can still finish or lose its client. A state that
-// only changed between running and moving (Extend) decides nothing: look
-// again.
+// disarmed or moving one can still finish or lose its client. A change only
+// between running and moving (Extend) decides nothing: look again.
 func (c *call) settle(outcome uint64, t int64) bool {
 	for {
 		s := c.state.Load()
@@ -255,20 +219,14 @@ func (c *call) settle(outcome uint64, t int64) bool {
 	}
 }
 
-// expire is settle(callTimedOut, t) for the housekeeper, which watches the
-// context b of a cooperative call and finds its deadline not after t (see
-// housekeeper.expireContexts). It decides under b's lock, against b's
-// deadline: a move of a cooperative call's deadline gives it to b under
-// that lock (see moveDeadline), so the move and the timeout come one after
-// the other, whichever goroutine runs late. Only a running call times out;
-// one already decided (its handler returned, its client hung up) is left
-// to whoever decided it, which ends b with its own cause. It reports
-// whether b has ended.
-//
-// The housekeeper holds the lock of b's shard: until the call's end has
-// taken b out of it (call.end), the call is b's request's, not back in the
-// pool. A context made after that end (Context on a goroutine the handler
-// left running) is another generation's, and times nothing out.
+// expire is settle(callTimedOut, t) for the housekeeper, which finds the
+// deadline of b, a cooperative call's context, passed. It decides under b's
+// lock against b's deadline, which moveDeadline updates under that lock, so
+// a move and the timeout come one after the other however late either runs.
+// A call already decided is left to whoever decided it, which ends b with
+// its cause. It reports whether b has ended. The caller holds b's shard
+// lock, so the call stays b's request's until end takes b out of the shard;
+// a context made after that end is of another generation.
 func (c *call) expire(b *requestContext, t int64) bool {
 	b.mu.Lock()
 	deadline := b.deadline.Load()
@@ -277,9 +235,9 @@ func (c *call) expire(b *requestContext, t int64) bool {
 		b.mu.Unlock()
 		return ended
 	}
-	// An ended context's call may still be running: an inner New's
-	// context ends with the outer call's timeout (see follow), which comes
-	// no earlier than the inner call's own deadline, passed too.
+	// b may have ended while its call runs on: an inner New's context
+	// ends with the outer call's timeout (follow), past the inner
+	// deadline too.
 	for {
 		s := c.state.Load()
 		if !b.runningIn(s) {
@@ -294,9 +252,10 @@ func (c *call) expire(b *requestContext, t int64) bool {
 	}
 }
 
-// settled does what follows from settle's decision of the call's race at t,
-// for generation gen (see settle): the call timed out (at its deadline,
-// overAt) or lost its client (at overAt, which is t).
+// settled does what follows settle's decision for generation gen: a
+// timeout is counted (a drop for the adaptive limit), and after a timeout or
+// a hang-up the handler is late from overAt (the deadline, or t) and its
+// context cancelled with the cause.
 func (c *call) settled(outcome uint64, t, overAt int64, gen uint64) {
 	if outcome != callFinished {
 		if hook := testHookSettled.Load(); hook != nil {
@@ -324,9 +283,9 @@ func (c *call) settled(outcome uint64, t, overAt int64, gen uint64) {
 }
 
 // settleOrTimeOut settles the call at t with outcome (callFinished or
-// callGone), unless its deadline has passed by then: late is late, even if
-// its timer has not run yet (a loaded or stalled process), and the call
-// times out. It reports whether this caller settled the call, either way.
+// callGone), or times it out if its deadline has passed by t: late is late,
+// even if its timer has not run yet (a loaded or stalled process). It
+// reports whether this caller settled the call.
 func (c *call) settleOrTimeOut(outcome uint64, t int64) bool {
 	if hook := testHookSettling.Load(); hook != nil {
 		(*hook)(c, outcome, t)
@@ -334,18 +293,14 @@ func (c *call) settleOrTimeOut(outcome uint64, t int64) bool {
 	return c.settle(callTimedOut, t) || c.settle(outcome, t)
 }
 
-// testHookSettling, set only by tests, runs in settleOrTimeOut before it
-// settles the call with outcome at t: where the goroutine that read t (a
-// cooperative handler's return, a hang-up) may stall while the deadline
-// passes.
+// testHookSettling, set only by tests, runs in settleOrTimeOut after t is
+// read, where its goroutine may stall past the deadline.
 var testHookSettling atomic.Pointer[func(c *call, outcome uint64, t int64)]
 
-// awaitCounted waits, on a late handler's return, until whoever settled its
-// call late (its timer, the housekeeper or the hang-up callback, on their
-// own goroutines) has done what settle does after its compare-and-swap: a
-// handler returning right after it would read an overAt not yet stored,
-// take LateRunning below zero and leave InFlight before the timeout is
-// counted. The wait is a few atomic operations long.
+// awaitCounted waits, on a late handler's return, until whoever settled the
+// call on another goroutine has run settled: else the return would read an
+// overAt not yet stored, take LateRunning below zero and leave InFlight
+// before the timeout is counted. The wait is a few atomic operations long.
 func (c *call) awaitCounted() {
 	gen := c.state.Load() &^ (generation - 1)
 	hooked := false
@@ -358,16 +313,13 @@ func (c *call) awaitCounted() {
 	}
 }
 
-// testHookSettled, set only by tests, runs in settle between the
-// compare-and-swap that times a call out (or loses its client) and what
-// follows from it.
+// testHookSettled, set only by tests, runs between settle's decision of a
+// timeout or hang-up and what follows from it.
 var testHookSettled atomic.Pointer[func(c *call, outcome uint64)]
 
-// becomeLate does what a call that has just timed out (or lost its client)
-// at overAt needs: its handler counts as late from then on, and its context
-// is cancelled with err and causes. The context is cancelled before the
-// server goroutine is signalled: from then on, the worker may be recycled
-// (see worker.owners) and c.bridge be another request's.
+// becomeLate counts the handler late from overAt and cancels its context
+// with err and causes, before the server goroutine is signalled: from then
+// on the worker may be recycled (worker.owners) and c.bridge another's.
 func (c *call) becomeLate(overAt int64, err error, causes *context.Context) {
 	c.overAt.Store(overAt)
 	c.m.late.Add(1)
@@ -389,9 +341,8 @@ func (c *call) context() context.Context {
 		(*hook)(c)
 	}
 	if c.outer != nil {
-		// Inside another New, whose hang-up watch, if it watches, is the
-		// request's only one (see beginWatch), its context's end is this
-		// one's too.
+		// The outer context's end (its hang-up watch is the request's
+		// only one, see beginWatch) is this one's too.
 		b.follow(c.outer.context().(*requestContext))
 	}
 	if !c.bridge.CompareAndSwap(nil, b) {
@@ -411,8 +362,7 @@ func (c *call) context() context.Context {
 		b.cancel(context.Canceled, &goneCause) // as above, for a hang-up
 	default:
 		if c.inline() {
-			// The housekeeper times the call out at the deadline (see
-			// call.expire).
+			// The housekeeper times the call out at the deadline (expire).
 			b.owner, b.gen = c, c.state.Load()&^(generation-1)
 			if c.watch.Load()&watchMask == watchPending {
 				b.call = c // the housekeeper starts the call's watch
@@ -425,28 +375,23 @@ func (c *call) context() context.Context {
 	return b
 }
 
-// testHookContext, set only by tests, runs in call.context between making
-// the context and publishing it, where Disarm or Extend may move the
-// deadline.
+// testHookContext, set only by tests, runs in call.context before it
+// publishes the context, where Disarm or Extend may come.
 var testHookContext atomic.Pointer[func(*call)]
 
 // end cancels the call's context, if any, once the handler has returned,
 // and gives Context back to the enclosing New, if any. The outermost call
-// leaves in the user values why an inner New refused the request, if one
-// did, for RejectReason and SpentBudget after the middleware has returned;
-// not for a racing call that timed out or lost its client, whose
-// RequestCtx they do not read (see answeredUnrun).
-//
-// A racing call that timed out or lost its client ends only when both its
-// server goroutine and its late handler are done with ctx (see
-// middleware.disown): until then OnTimeout or OnHangup may read ctx's user
-// values, and Context find the call.
+// leaves in the user values why an inner New refused the request, for
+// RejectReason and SpentBudget, unless it raced and timed out or lost its
+// client (see answeredUnrun). Such a racing call ends only once its server
+// goroutine and its late handler are both done with ctx (middleware.disown):
+// until then OnTimeout or OnHangup may read its user values and Context
+// find the call.
 func (c *call) end() {
 	inner := c.outer != nil
 	if inner {
-		// Under the moves' lock: a goroutine holding it (see hold) may be
-		// using c, which goes back to the pool once it has ended. From
-		// then on no other goroutine finds c, nor makes its context.
+		// Under moves: a goroutine holding it (hold) may be using c, which
+		// goes back to the pool once ended; from then on none finds c.
 		root := c.root()
 		root.moves.Lock()
 		root.current.Store(c.outer)
