@@ -13,8 +13,7 @@ import (
 var callPool sync.Pool
 
 // serveCooperative is the handler New returns in cooperative mode: the
-// handler runs on the server goroutine, and finishCooperative settles the
-// call when it returns.
+// handler runs on the server goroutine (see finishCooperative).
 func (m *middleware) serveCooperative(ctx *fasthttp.RequestCtx) {
 	outer := lookup(ctx)
 	start, deadline, admitted, run := m.admit(ctx, outer)
@@ -41,17 +40,14 @@ func (m *middleware) serveInline(ctx *fasthttp.RequestCtx, outer *call, start, d
 }
 
 // finishCooperative runs, deferred, when a cooperative handler returns or
-// panics. As in racing mode, a panic in time goes on with its value; a
-// handler that returns or panics after its deadline, or its client's
-// hang-up, is late: its panic goes to OnPanic, and the client gets the
-// timeout response (or nothing, if it is gone).
-//
-// A handler that calls runtime.Goexit ends the server goroutine, and
-// fasthttp then never answers the request nor closes its connection: it is
-// counted as a panic, and the outermost New closes the connection, so that
-// the client learns at once and the descriptor is not lost. (Racing mode
-// re-raises it as a panic on the server goroutine instead; here that would
-// crash the process where fasthttp alone would not.)
+// panics, and settles the call. As in racing mode, a panic in time goes on;
+// a handler that returns or panics after its deadline or its client's
+// hang-up is late: its panic goes to OnPanic, and the client gets the
+// timeout response (or nothing, if gone). A handler's runtime.Goexit ends
+// the server goroutine, and fasthttp then neither answers nor closes the
+// connection: it counts as a panic, and the outermost New closes the
+// connection so the client learns at once and the descriptor is not lost
+// (re-raising it, as racing mode does, would crash the process here).
 func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 	v := recover()
 	goexit := v == nil && !c.returned
@@ -63,9 +59,8 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 	}
 	defer m.leaveFlight(c.connID) // last, even when the panic goes on
 	t := now()
-	// Settle the call before its watch ends: from then on, a hang-up no
-	// longer changes it. If the housekeeper timed it out, or its client
-	// hung up, wait until that is counted, as a racing late handler does.
+	// Settled before the watch ends, after which a hang-up changes nothing;
+	// if another goroutine settled it, wait until that is counted.
 	if !c.settleOrTimeOut(callFinished, t) {
 		c.awaitCounted()
 	}
@@ -85,10 +80,9 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 	if !late {
 		return
 	}
-	// Counted and answered before any callback runs, as in racing mode: one
-	// that panics must not leave the handler late for good (LateRunning,
-	// and MaxLateHandlers shedding every later request), nor let its
-	// response or its hijack handler reach the client.
+	// Counted and answered before any callback, which may panic: the
+	// handler must not stay late for good (LateRunning, MaxLateHandlers
+	// shedding), nor its response or hijack handler reach the client.
 	lateBy := time.Duration(t - overAt)
 	m.countLateReturn(lateBy)
 	ctx.Hijack(nil)
@@ -100,8 +94,7 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 		m.writeTimeoutResponse(&ctx.Response)
 	}
 	// The outermost New closes the connection after a callback's Goexit
-	// too (see endCallback); after the handler's, the deferred closeConn
-	// above does.
+	// (endCallback); after the handler's, the deferred closeConn does.
 	runCallback(ctx, c.outer == nil && !goexit, nil, func() {
 		if v != nil {
 			var stack []byte
@@ -138,11 +131,9 @@ func (c *call) recycle() {
 	callPool.Put(c)
 }
 
-// hungUp is the hang-up callback (call.onGone) of a cooperative call, whose
-// handler finds the call settled when it returns. Past the deadline the
-// hang-up times the call out, unless its return or, for a call with a
-// context, the housekeeper's tick (call.expire) has already: the call has
-// no timer of its own.
+// hungUp is a cooperative call's hang-up callback (call.onGone). The call
+// has no timer, so past the deadline the hang-up times it out, unless the
+// handler's return or the housekeeper (call.expire) did.
 func (c *call) hungUp() {
 	c.settleOrTimeOut(callGone, now())
 }

@@ -14,34 +14,29 @@ const (
 	// restPeriod is how often a housekeeper with no context to watch wakes
 	// up to watch for shutdown and retire idle workers.
 	restPeriod = 100 * time.Millisecond
-	// contextShards is the number of locks the watched contexts are spread
-	// over, by connection: with one lock, the two registrations of every
-	// cooperative request that calls Context contend across cores.
+	// contextShards is how many locks the watched contexts are spread over,
+	// by connection: one lock, taken twice by every cooperative request that
+	// calls Context, would be contended across cores.
 	contextShards = 64
 )
 
 // housekeeper is the one goroutine per middleware that times out
-// cooperative calls with a context at their deadline, which ends the
-// context (see call.expire), and starts the hang-up watch of their clients,
-// cancels contexts at server shutdown, and retires idle workers. It keeps no
-// time for racing requests: each has its own timer (see worker.fire). It
-// runs only while the middleware has workers or watched contexts, ticking
-// every precision while a watched context has a deadline or a hang-up watch
-// to start and resting otherwise, and exits once everything is idle and
-// retired. A disarmed context (no deadline) needs only the rest's look for
-// shutdown: whatever gives a watched context a deadline again, or watches
-// a new one, ends the rest (nudge).
+// cooperative calls with a context at their deadline (call.expire), starts
+// their clients' hang-up watch, cancels contexts at server shutdown and
+// retires idle workers; racing calls have their own timers (worker.fire).
+// It runs only while there are workers or watched contexts, ticking every
+// precision while a watched context has a deadline or a watch to start, and
+// resting otherwise (a disarmed one needs only a look for shutdown).
 type housekeeper struct {
 	precision time.Duration
 
 	idle idleWorkers
 
-	// snapshot holds every live worker, idle or busy, for the housekeeper to scan
-	// without locking; it is replaced, under mu, when workers start or exit.
+	// snapshot holds every live worker, to scan without locking; replaced
+	// under mu when workers start or exit.
 	snapshot atomic.Pointer[[]*worker]
 
-	// The contexts whose deadline or shutdown is watched, spread over
-	// shards by connection.
+	// The watched contexts, by connection.
 	shards [contextShards]contextShard
 
 	mu      sync.Mutex  // guards starting and stopping the goroutine, and the worker registry
@@ -58,13 +53,9 @@ type contextShard struct {
 	_        [64]byte // the fields above never share a cache line with a neighbour's, locked from another core
 }
 
-// newHousekeeper returns a housekeeper that ticks every precision while it
-// watches contexts. It starts its goroutine only when needed.
-//
-// It never ticks less often than when it rests: its first tick, and the
-// ticks while it watches contexts, are also when it looks at racing calls
-// for shutdown and retires idle workers, which must not wait for a
-// Precision of minutes.
+// newHousekeeper returns a housekeeper that, while it watches contexts,
+// ticks every precision but no less often than it rests: its ticks also
+// look for shutdown and retire idle workers. It starts its goroutine lazily.
 func newHousekeeper(precision time.Duration) *housekeeper {
 	return &housekeeper{precision: min(precision, restPeriod), wake: make(chan struct{}, 1)}
 }
@@ -79,10 +70,9 @@ func (h *housekeeper) startLocked() {
 	}
 }
 
-// nudge ends a rest, so a context watched now, or whose deadline has come
-// back (see call.moveBack), is checked at full precision. Call it after the
-// context's deadline is stored: a housekeeper about to rest looks at the
-// contexts once more after flagging it (see run).
+// nudge ends a rest, so a context watched now, or whose deadline came back
+// (call.moveBack), is checked at full precision. Call it after storing the
+// deadline: a housekeeper about to rest looks once more after flagging it.
 func (h *housekeeper) nudge() {
 	if h.resting.Load() && h.resting.CompareAndSwap(true, false) {
 		select {
@@ -117,13 +107,11 @@ func (h *housekeeper) run() {
 		switch {
 		case busy && h.resting.CompareAndSwap(true, false):
 			// A rest's look found a context that needs ticks and did not
-			// nudge: tick at full precision all the same, rather than
-			// cancel it up to a rest late.
+			// nudge: tick at full precision rather than be a rest late.
 			ticker.Reset(h.precision)
 		case !busy && !h.resting.Load():
 			// Rest, then look once more: a context watched, or given its
-			// deadline back, before the flag was set did not nudge, and
-			// must be seen now.
+			// deadline back, before the flag was set did not nudge.
 			h.resting.Store(true)
 			if h.expireContexts(now()) {
 				h.resting.Store(false)
@@ -135,10 +123,8 @@ func (h *housekeeper) run() {
 }
 
 // cancelRacingAtShutdown cancels the contexts of racing calls whose server
-// is shutting down. Deadlines are not its business: each racing call has its
-// own timer (see worker.fire); so racing calls alone never keep the
-// housekeeper from resting, and shutdown reaches their contexts within a
-// rest period.
+// is shutting down, within a rest: their deadlines are their timers'
+// (worker.fire), so they never keep the housekeeper from resting.
 func (h *housekeeper) cancelRacingAtShutdown(t int64) {
 	workers := h.snapshot.Load()
 	if workers == nil {
@@ -183,10 +169,9 @@ func (s *serverWatch) closed(done <-chan struct{}) bool {
 }
 
 // expireContexts cancels the watched contexts whose deadline has passed or
-// whose server is shutting down, and starts the hang-up watch of those
-// whose time has come. It reports whether any that remain watched has a
-// deadline or a hang-up watch still to start, and so needs a tick every
-// precision; disarmed ones need only a look for shutdown every rest.
+// whose server is shutting down, and starts the hang-up watches that are
+// due. It reports whether one still watched has a deadline or a watch to
+// start, and so needs a tick every precision.
 func (h *housekeeper) expireContexts(t int64) (busy bool) {
 	var shutdown serverWatch
 	for i := range h.shards {
@@ -201,12 +186,10 @@ func (h *housekeeper) expireContexts(t int64) (busy bool) {
 				h.unwatchLocked(s, b)
 				b.cancel(context.Canceled, &shutdownCause)
 			case b.causes.Load() == &goneCause && b.call == nil && !b.ownerRunning():
-				// Ended by its client's hang-up while its handler runs on,
-				// its call gone: no deadline nor shutdown can change it, and
-				// it would keep the housekeeper ticking until its deadline.
-				// An inner New's context ends with the outer call's
-				// hang-up (follow) while its own call runs on, to time out
-				// at its deadline (call.expire): that one stays.
+				// Ended by a hang-up, its call gone: nothing can change it,
+				// and it would keep the housekeeper ticking. An inner New's
+				// context ended by the outer hang-up (follow) stays: its own
+				// call runs on, to time out at its deadline (call.expire).
 				h.unwatchLocked(s, b)
 			default:
 				if c := b.call; c != nil {
@@ -215,7 +198,6 @@ func (h *housekeeper) expireContexts(t int64) (busy bool) {
 						b.call = nil // started, or never will be
 					}
 				}
-				// A disarmed context needs only the rest's look for shutdown.
 				busy = busy || b.deadline.Load() != noDeadline || b.call != nil
 				j++
 			}
@@ -240,9 +222,8 @@ func (h *housekeeper) retireIdle(t int64) bool {
 	if len(h.workersLocked()) > 0 {
 		return true
 	}
-	// Stop, then look at every shard: a context watched meanwhile either
-	// is seen here, or its watch finds the goroutine stopped and starts
-	// another.
+	// Stop, then look at every shard: a context watched meanwhile is seen
+	// here, or its watch finds the goroutine stopped and starts another.
 	h.running.Store(false)
 	for i := range h.shards {
 		s := &h.shards[i]
@@ -257,9 +238,8 @@ func (h *housekeeper) retireIdle(t int64) bool {
 	return false
 }
 
-// watch makes the housekeeper end b at its deadline (through its call's
-// timeout, see requestContext.expire) or at server shutdown. b.shard is set
-// before b is shared.
+// watch makes the housekeeper end b at its deadline (through its call, see
+// requestContext.expire) or at server shutdown. b.shard is already set.
 func (h *housekeeper) watch(b *requestContext) {
 	if t := now(); b.deadline.Load() <= t && b.expire(t) {
 		return
@@ -269,9 +249,8 @@ func (h *housekeeper) watch(b *requestContext) {
 	b.slot = len(s.contexts)
 	s.contexts = append(s.contexts, b)
 	s.mu.Unlock()
-	// Only now look for the goroutine: one about to stop or to rest locks
-	// this shard after flagging it (see retireIdle and run), so either it
-	// sees b or this sees the flag.
+	// Only now look for the goroutine: one about to stop or rest locks this
+	// shard after flagging it (retireIdle, run), so it sees b or this the flag.
 	if !h.running.Load() {
 		h.mu.Lock()
 		h.startLocked()

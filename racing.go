@@ -10,13 +10,10 @@ import (
 )
 
 // serveRacing is the handler New returns in racing mode: it runs the handler
-// on a worker and answers with what settles the call first (see the states
-// of a call in call.go).
-//
-// Inside another New's handler it runs the handler inline, as cooperative
-// mode does: only the outermost New races, so that the request's RequestCtx
-// is answered once and then left to the late handler alone, with no inner
-// timeout answer or late writes racing the outer answer.
+// on a worker and answers with whatever settles the call first (call.go).
+// Inside another New's handler it runs inline: only the outermost New races,
+// so the RequestCtx is answered once, with no inner timeout answer or late
+// writes racing the outer one.
 func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 	outer := lookup(ctx)
 	start, deadline, admitted, run := m.admit(ctx, outer)
@@ -34,12 +31,10 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 	c.begin(ctx, nil, start, deadline, admitted)
 	busy := admitted-w.returnedAt < int64(busyGap) || testAllBusy.Load()
 	w.arm(c.nextWake()-admitted, busy)
-	// ctx.Logger() fills in ctx's logger on its first call: here, before
-	// the handoff, so that OnTimeout or OnHangup here and the late handler
-	// (or the log of its panic) on the worker, which may call it at once,
-	// only read it. Not on a RequestCtx that no server nor Init set up
-	// (ConnID 0, a unit test's &fasthttp.RequestCtx{}): Logger would
-	// dereference nil.
+	// Logger fills in ctx's logger on its first call: before the handoff,
+	// so that OnTimeout, OnHangup and the late handler (or its panic's log)
+	// only read it. Not without a server or Init (ConnID 0, a unit test's
+	// &fasthttp.RequestCtx{}): Logger would dereference nil.
 	if connID != 0 {
 		ctx.Logger()
 	}
@@ -66,10 +61,9 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 	}
 	c.ctx = nil
 	c.conn = nil
-	// Last used at the request's admission, which saves a clock reading:
-	// the worker is retired at most the handler's run early. Not at its
-	// start, which with HonorQueueHeaders may be minutes ago, when the proxy
-	// saw it: the housekeeper's next pass would retire it.
+	// Last used at admission, which saves a clock reading (retired at most
+	// the handler's run early); not at start, which with HonorQueueHeaders
+	// may be minutes old and would get it retired at once.
 	if !c.panicked {
 		m.releaseWorker(w, connID, admitted)
 		return
@@ -111,17 +105,14 @@ type worker struct {
 	poked    atomic.Bool   // a true waits on done
 	lastUsed atomic.Int64  // when it last went idle; read by the housekeeper to retire it
 
-	// owners counts who still holds a timed-out call (or one whose client
-	// hung up): its server goroutine, until it has taken the signal on done
-	// and answered, and its late handler, until it returns. The last one
-	// returns the worker to the pool, so that no stale signal or late write
-	// can reach the next call.
+	// owners counts who holds a call that timed out or lost its client: the
+	// server goroutine until it has answered, the late handler until it
+	// returns. The last frees the worker, so that no stale signal or late
+	// write reaches the next call.
 	owners atomic.Int32
 	dead   bool // the goroutine called runtime.Goexit; set before owners drops
 
-	// returnedAt is when the last handler the worker ran returned: set by
-	// the worker, read by the server goroutine of its next call.
-	returnedAt int64
+	returnedAt int64 // when its last handler returned; read by the next call's server goroutine
 
 	removed bool // gone from the housekeeper's registry; guarded by housekeeper.mu
 }
@@ -136,30 +127,24 @@ func (w *worker) loop() {
 	}
 }
 
-// busyGap is the longest pause between a connection's requests for which
-// its worker's timer is kept armed from one request to the next (see
-// worker.arm).
+// busyGap is the longest pause between a connection's requests that keeps
+// its worker's timer armed from one to the next (see worker.arm).
 const busyGap = time.Millisecond
 
-// arm makes sure the worker's timer goes off no later than d from the
-// current call's admission: at its deadline, or sooner to watch its client.
-// A runtime timer per call, not a shared checker, which under load is late
-// for every answer it owes. d counts from admit's reading of the clock (a
-// new one costs a tenth of the fast path on some machines), so the timer
-// goes off as much later as the deadline headers, TimeoutFunc and taking a
-// worker took.
+// arm makes the worker's timer go off no later than d after the call's
+// admission: at its deadline, or sooner to watch its client. A runtime
+// timer per call, not a shared checker, which under load is late for every
+// answer it owes. d counts from admit's clock reading (another costs a tenth
+// of the fast path on some machines), so the timer is late by what the
+// deadline headers, TimeoutFunc and taking a worker took.
 //
-// A reset and a stop of a runtime timer per request cost a fifth of the
-// racing path. On a busy connection, whose requests follow each other
-// within busyGap, the server goroutine stops the timer no more, and the
-// next call keeps it if it goes off no later than that call needs: each
-// call's wake is later than the one before. The timer then goes off early
-// for a later call, which sends the server goroutine a signal to arm it
-// again (see fire and await): about once per HangupDelay on a busy
-// connection whose client is watched, once per timeout on one that is not,
-// in place of a reset and a stop per request. A connection that pauses longer
-// costs one timer that goes off for nothing per pause, so a quiet one has
-// its timer reset and stopped per request, as before.
+// A timer reset and stop per request cost a fifth of the racing path. On a
+// busy connection (requests within busyGap) the timer is not stopped, and
+// the next call keeps it if it goes off no later than that call needs; gone
+// off early, it signals the server goroutine to arm it again (see fire and
+// await): about once per HangupDelay if the client is watched, once per
+// timeout if not. On a quieter connection a kept timer would go off for
+// nothing once per pause, so it is reset and stopped per request.
 func (w *worker) arm(d int64, busy bool) {
 	c := &w.call
 	if !busy {
@@ -169,9 +154,8 @@ func (w *worker) arm(d int64, busy bool) {
 	if at := c.timerAt.Load(); at > 0 && at <= c.admitted+d {
 		return
 	}
-	// Unknown until reset: fire, which may run before the reading below on
-	// a stalled goroutine, marks the timer gone off, and the
-	// compare-and-swap then leaves it so.
+	// Unknown until reset: if fire runs before the compare-and-swap below
+	// (a stalled goroutine), its mark of the timer gone off stays.
 	c.timerAt.Store(0)
 	w.timer.Reset(time.Duration(d))
 	if hook := testHookArmed.Load(); hook != nil {
@@ -180,26 +164,21 @@ func (w *worker) arm(d int64, busy bool) {
 	c.timerAt.CompareAndSwap(0, now()+d) // no earlier than it goes off
 }
 
-// testAllBusy, set only by tests, makes every connection busy (see
-// worker.arm), however long it pauses between requests.
+// testAllBusy, set only by tests, makes every connection busy (see arm).
 var testAllBusy atomic.Bool
 
-// testHookArmed, set only by tests, runs in worker.arm between the reset of
-// a busy connection's timer and the note of when it goes off.
+// testHookArmed, set only by tests, runs in arm between reset and timerAt.
 var testHookArmed atomic.Pointer[func(*call)]
 
-// disarmTimer stops the worker's timer, which then holds nothing for the
-// next call.
+// disarmTimer stops the worker's timer: it holds nothing for the next call.
 func (w *worker) disarmTimer() {
 	w.timer.Stop()
 	w.call.timerAt.Store(0)
 }
 
-// await waits until whoever decided the race of the worker's call is done
-// with it. The signals on done that come before are the timer's, gone off
-// early for it (see arm): it is armed again. One such signal may be an
-// earlier call's, sent as that call ended; arming the timer again is then
-// only unneeded.
+// await waits for the signal of whoever decided the call's race. Signals
+// before it are the timer's, gone off early (see arm), and arm it again;
+// one may be an earlier call's, sent as it ended, and only re-arms needlessly.
 func (w *worker) await() {
 	c := &w.call
 	for <-w.done {
@@ -211,17 +190,14 @@ func (w *worker) await() {
 	}
 }
 
-// testHookRearmed, set only by tests, runs in worker.await after each
-// signal that came before the race's end.
+// testHookRearmed, set only by tests, runs in await after each early signal.
 var testHookRearmed atomic.Pointer[func(*call)]
 
 // fire runs when a timer of the worker's call goes off: at the deadline it
-// times the call out; sooner, it starts the hang-up watch (see startWatch),
-// or, if it is too soon for that too (a timer a busy connection's earlier
-// call armed, see arm), signals the server goroutine to arm it again. It
-// may be an earlier call's timer, fired as that call finished: settle then
-// finds the current call's deadline ahead, or another generation, and an
-// extra signal only makes the server goroutine look again.
+// times the call out; sooner, it starts the hang-up watch (startWatch) or,
+// too soon for that (a busy connection's earlier timer, see arm), signals
+// the server goroutine to arm it again. An earlier call's timer settles
+// nothing here, and an extra signal only makes the server look again.
 func (w *worker) fire() {
 	c := &w.call
 	c.timerAt.Store(-1) // gone off: it holds nothing for a later call
@@ -233,9 +209,8 @@ func (w *worker) fire() {
 	if c.startWatch(t) || c.decided() {
 		return
 	}
-	// At most one such signal waits on done, beside at most one decision,
-	// so that no send on done blocks: not the hang-up callback's, which
-	// runs under the watcher's lock, for every connection.
+	// At most one such signal waits on done, beside one decision, so no send
+	// blocks: the hang-up callback's runs under the watcher's shared lock.
 	if w.poked.CompareAndSwap(false, true) {
 		w.done <- true
 	}
@@ -252,11 +227,9 @@ func (w *worker) serve() (alive bool) {
 		if !returned {
 			c.panicked = true
 			if c.panicValue = recover(); c.panicValue == nil {
-				// Only runtime.Goexit unwinds without a value; it ends
-				// this goroutine once the deferred calls have run. Or,
-				// with GODEBUG=panicnil=1, a panic(nil), which recover
-				// has just stopped: the worker is forgotten all the
-				// same, and ends when serve returns.
+				// No value: runtime.Goexit, which ends this goroutine
+				// after the deferred calls, or (GODEBUG=panicnil=1) a
+				// panic(nil) recovered here; the worker ends either way.
 				goexit = true
 				c.panicValue = errGoexit
 				m.housekeeper.dropWorker(w)
@@ -264,9 +237,8 @@ func (w *worker) serve() (alive bool) {
 			m.stats.panics.Add(1)
 		}
 		alive = !goexit
-		// Late is late, timer or not (see call.settleOrTimeOut). The slot
-		// goes back before the server goroutine is signalled: from then on
-		// the call may be another request's.
+		// Late is late, timer or not (see settleOrTimeOut). The slot goes
+		// back before the signal: then the call may be another request's.
 		t := now()
 		w.returnedAt = t
 		if c.settle(callTimedOut, t) {
@@ -300,17 +272,16 @@ func (m *middleware) lateReturn(w *worker, stack []byte, goexit bool) {
 	late := time.Duration(now() - c.overAt.Load())
 	m.countLateReturn(late)
 	reported := false
-	// Deferred: a callback that calls runtime.Goexit ends this goroutine
-	// (one that panics ends the process), and the call must still end.
+	// Deferred: a callback's runtime.Goexit ends this goroutine (a panic
+	// ends the process), and the call must still end.
 	defer func() {
 		if !reported && !goexit {
 			goexit = true
 			m.housekeeper.dropWorker(w)
 		}
-		// fasthttp never resets a timed-out RequestCtx; release what the
-		// late response holds, above all a body stream writer's
-		// goroutine, which would otherwise block forever on a pipe nobody
-		// reads.
+		// fasthttp never resets a timed-out RequestCtx: release what the
+		// late response holds, above all a body stream writer's goroutine,
+		// which would block forever on a pipe nobody reads.
 		ctx.Response.Reset()
 		c.panicked, c.panicValue = false, nil
 		w.dead = goexit
@@ -325,11 +296,10 @@ func (m *middleware) lateReturn(w *worker, stack []byte, goexit bool) {
 	reported = true
 }
 
-// disown gives up one hold on a timed-out call's worker (see worker.owners).
-// The last one ends the call, which both may read until then, returns the
-// worker to the pool and counts the request out of InFlight, once both the
-// server goroutine's part (AnswerLateness, OnTimeout or OnHangup) and the
-// late handler's are counted (see leaveFlight).
+// disown gives up one hold on a timed-out call's worker (worker.owners).
+// The last ends the call, returns the worker to the pool and counts the
+// request out of InFlight, once the server goroutine's part (AnswerLateness,
+// OnTimeout or OnHangup) and the late handler's are both counted.
 func (m *middleware) disown(w *worker, connID uint64) {
 	if w.owners.Add(-1) != 0 {
 		return
@@ -373,10 +343,9 @@ func (m *middleware) releaseWorker(w *worker, connID uint64, t int64) {
 const idleSlots = 256
 
 // idleWorkers keeps the workers waiting for a call. A connection's requests
-// go to the slot of its connection ID, so the fast path takes and returns a
-// worker with one atomic swap each and no lock, mostly reusing the worker of
-// the connection's previous request. Workers that do not fit a slot wait in
-// a shared LIFO stack.
+// use the slot of its ID, so the fast path takes and returns a worker with
+// one atomic swap each, mostly the connection's previous one; the overflow
+// waits in a shared LIFO stack.
 type idleWorkers struct {
 	slots [idleSlots]struct {
 		w atomic.Pointer[worker]
@@ -435,7 +404,5 @@ func (p *idleWorkers) takeStale(t int64) []*worker {
 	return stale
 }
 
-// testHookAwaitCounted, set only by tests, runs on a late handler's return
-// when it finds that the goroutine that settled its call (the timer, or the
-// hang-up callback) has not yet counted it.
+// testHookAwaitCounted, set only by tests, runs in awaitCounted if it waits.
 var testHookAwaitCounted atomic.Pointer[func(*call)]
