@@ -9,40 +9,36 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-// Context returns the standard context of a request. Every call within one
-// request returns the same context. Context never panics, not even for a
-// zero fasthttp.RequestCtx; for a nil one it returns context.Background().
+// Context returns the standard context of a request; every call within one
+// request returns the same one. It never panics, not even for a zero
+// fasthttp.RequestCtx, and returns context.Background() for a nil one.
 //
-// Inside a handler wrapped by [New], the context's Deadline is the request's
-// deadline. Done is closed at the deadline (Err [context.DeadlineExceeded],
+// Inside a handler wrapped by [New], its Deadline is the request's deadline.
+// Done is closed at the deadline (Err [context.DeadlineExceeded],
 // [context.Cause] [ErrTimeout]), when the server shuts down (Err
 // [context.Canceled], Cause [ErrShutdown]), when the client hangs up (Err
 // context.Canceled, Cause [ErrClientGone]; see Config.IgnoreHangups), or
-// when the handler returns (Err context.Canceled). Value looks up the
-// request's user values (ctx.UserValue) while the handler runs, and returns
-// nil once it has returned. The first call allocates the context, so
-// requests that never call Context do not pay for it. No goroutine is
-// started per request, nor per context derived directly from it
-// (context.WithCancel, WithTimeout, AfterFunc); one derived under a layer
-// of the standard library's own, such as context.WithValue, takes a
-// goroutine, as under any context that is not the standard library's.
+// when the handler returns (Err context.Canceled). Value returns the
+// request's user values (ctx.UserValue) while the handler runs, nil after.
+// The context is allocated on first use, and no goroutine is started per
+// request nor per context derived directly from it (context.WithCancel,
+// WithTimeout, AfterFunc); one derived under another layer, such as
+// context.WithValue, takes a goroutine, as under any non-standard context.
 // Inside nested News it is the innermost one's while that New's handler
-// runs, for every goroutine of the request (one of an enclosing handler
-// too), and ends when that handler returns.
+// runs, for every goroutine of the request (an enclosing handler's too),
+// and ends when that handler returns.
 //
-// A handler that returns without writing when its context ends sends
-// fasthttp's default, an empty 200: at the deadline the middleware replaces
-// it, but on server shutdown (Cause ErrShutdown) the handler should answer
-// itself, with a 503 say.
+// A handler that returns without writing when its context ends sends an
+// empty 200: the middleware replaces it at the deadline, but on shutdown
+// (Cause ErrShutdown) the handler should answer itself, a 503 say.
 //
-// Outside New, the context has no deadline and is cancelled when the server
-// shuts down, with cause ErrShutdown; each context derived from it takes a
-// goroutine. Asked for after New answered the request without running it,
-// its budget spent (see SpentBudget), it is already done, with cause
-// ErrTimeout. Its Value returns nil once fasthttp has reset the request for
-// the next one. The first call stores it in the request's user values, so,
-// as for any RequestCtx method that writes, call it on one goroutine at a
-// time.
+// Outside New, the context has no deadline and is cancelled at server
+// shutdown with cause ErrShutdown; each context derived from it takes a
+// goroutine. After New answered the request without running it, its budget
+// spent (see SpentBudget), it is already done, with cause ErrTimeout. Its
+// Value returns nil once fasthttp has reset the request. The first call
+// stores it in the user values, so, as for any RequestCtx method that
+// writes, call it on one goroutine at a time.
 func Context(ctx *fasthttp.RequestCtx) context.Context {
 	if ctx == nil {
 		return context.Background()
@@ -67,9 +63,8 @@ func Context(ctx *fasthttp.RequestCtx) context.Context {
 }
 
 // setFirstUserValue stores value under key ahead of ctx's other user
-// values. Resetting a request closes and clears them in order: the context's
-// Close must come first, or a Value call meanwhile reads values being
-// cleared (a data race). Only the first call of a request pays for it.
+// values: a reset closes and clears them in order, and the context's Close
+// must come first, or a Value call meanwhile reads values being cleared.
 func setFirstUserValue(ctx *fasthttp.RequestCtx, key, value any) {
 	var keys, values []any
 	ctx.VisitUserValuesAll(func(k, v any) {
@@ -84,13 +79,11 @@ func setFirstUserValue(ctx *fasthttp.RequestCtx, key, value any) {
 	}
 }
 
-// outsideKey is the user value that holds the context Context made outside
-// New, as an *outsideEnd.
+// outsideKey is the user-value key of the *outsideEnd Context made outside New.
 type outsideKey struct{}
 
 // outsideEnd is a context made outside New, as a user value: fasthttp
-// closes the user values that are io.Closers when it resets the request,
-// the only word of the request's end that a context outside New gets.
+// closes io.Closer user values at reset, its only word of the request's end.
 type outsideEnd requestContext
 
 // Close stops the context's Value from reading the RequestCtx.
@@ -99,10 +92,9 @@ func (e *outsideEnd) Close() error {
 	return nil
 }
 
-// Shared, already cancelled contexts that carry the causes. context.Cause
-// asks a context for the standard library's cancelCtx through Value; a
-// request context answers the keys it does not know from one of these once it
-// is cancelled, so Cause works without an allocation per request.
+// Shared, cancelled contexts that carry the causes: context.Cause asks
+// Value for the standard library's cancelCtx, which a cancelled request
+// context answers from one of these, without an allocation per request.
 var (
 	timeoutCause  = cancelledWith(ErrTimeout)
 	shutdownCause = cancelledWith(ErrShutdown)
@@ -116,8 +108,7 @@ func cancelledWith(cause error) context.Context {
 	return ctx
 }
 
-// closedChan is the Done channel of a context cancelled before Done was
-// first called.
+// closedChan is the Done of a context cancelled before Done was called.
 var closedChan = func() chan struct{} {
 	ch := make(chan struct{})
 	close(ch)
@@ -134,9 +125,8 @@ type requestContext struct {
 	causes     atomic.Pointer[context.Context] // &timeoutCause, &shutdownCause or &goneCause once cancelled with one
 	outside    bool                            // made outside New: ends only with the server
 
-	// Watched by the housekeeper (cooperative mode): in the shard of the
-	// housekeeper's contexts chosen by its connection, set before the
-	// context is shared; the rest is guarded by that shard's lock.
+	// Watched by the housekeeper (cooperative mode): shard, by connection,
+	// is set before the context is shared; the rest is under its lock.
 	shard uint8
 	slot  int    // index in the shard's contexts while watched, else -1
 	owner *call  // whose context it is, which the housekeeper times out at the deadline; nil once unwatched
@@ -158,8 +148,7 @@ type afterFunc struct {
 	inline bool
 }
 
-// newRequestContext returns the context of request ctx, with deadline, not
-// yet watched by any housekeeper.
+// newRequestContext returns ctx's context with deadline, not yet watched.
 func newRequestContext(ctx *fasthttp.RequestCtx, deadline int64) *requestContext {
 	b := &requestContext{serverDone: serverDone(ctx), slot: -1}
 	b.request.Store(ctx)
@@ -168,8 +157,7 @@ func newRequestContext(ctx *fasthttp.RequestCtx, deadline int64) *requestContext
 }
 
 // serverDone returns the channel fasthttp closes when ctx's server shuts
-// down, or nil for a RequestCtx without a server (fasthttp issue #2026:
-// ctx.Done panics on a zero RequestCtx).
+// down, or nil without a server (ctx.Done panics then, fasthttp #2026).
 func serverDone(ctx *fasthttp.RequestCtx) (done <-chan struct{}) {
 	defer func() { _ = recover() }()
 	return ctx.Done()
@@ -221,9 +209,8 @@ func (b *requestContext) Err() error {
 }
 
 // Value returns the request's user value for key while the request runs.
-// Once the context is cancelled with a cause, the keys context.Cause asks for
-// are answered first, from the cause's context, so that the goroutines of
-// derived contexts never read the RequestCtx.
+// Once cancelled with a cause, it answers context.Cause's keys from the
+// cause's context, so derived contexts' goroutines never read the RequestCtx.
 func (b *requestContext) Value(key any) any {
 	causes := b.causes.Load()
 	if causes == nil && b.outside && b.Err() != nil {
@@ -242,17 +229,15 @@ func (b *requestContext) Value(key any) any {
 	return nil
 }
 
-// detach stops Value from reading the RequestCtx; once it returns, no
-// Value call is reading it.
+// detach stops Value from reading the RequestCtx, and waits for those that are.
 func (b *requestContext) detach() {
 	b.valueMu.Lock()
 	b.request.Store(nil)
 	b.valueMu.Unlock()
 }
 
-// AfterFunc calls f in its own goroutine once the context is done. Having
-// it lets context.WithCancel and friends derive from this context without
-// starting a goroutine each.
+// AfterFunc calls f in its own goroutine once the context is done; with it,
+// context.WithCancel and friends derive from this one without a goroutine.
 func (b *requestContext) AfterFunc(f func()) (stop func() bool) {
 	if b.outside {
 		return b.afterShutdown(f)
@@ -286,12 +271,10 @@ func (b *requestContext) afterFunc(f func(), inline bool) (stop func() bool) {
 }
 
 // follow makes b end when outer ends, with outer's error and cause, until
-// unfollow. It is called before b is shared: if outer has ended, b starts
-// done, as a standard library context with a done parent does. Later, b
-// ends within outer's cancel, not on a goroutine of its own: a racing outer
+// unfollow. Called before b is shared: if outer has ended, b starts done.
+// Later b ends within outer's cancel, not on a goroutine: a racing outer
 // call cancels its context before its server goroutine answers, and
-// OnTimeout or OnHangup, whose Context is the innermost call's, must find b
-// ended too.
+// OnTimeout or OnHangup (innermost Context) must find b ended too.
 func (b *requestContext) follow(outer *requestContext) {
 	end := func() {
 		outer.mu.Lock()
@@ -314,10 +297,9 @@ func (b *requestContext) unfollow() {
 	}
 }
 
-// afterShutdown is AfterFunc for a context made outside New: nothing
-// cancels it but its server's shutdown, which closes serverDone without
-// going through cancel, so a goroutine waits for that, as the standard
-// library's would for a context without AfterFunc.
+// afterShutdown is AfterFunc for a context made outside New: only its
+// server's shutdown ends it, closing serverDone without cancel, so a
+// goroutine waits for that, as the standard library's would.
 func (b *requestContext) afterShutdown(f func()) (stop func() bool) {
 	var decided atomic.Bool
 	stopped := make(chan struct{})
@@ -341,9 +323,9 @@ func (b *requestContext) afterShutdown(f func()) (stop func() bool) {
 	}
 }
 
-// syncDeadline gives a context that is not cancelled yet the deadline its
-// call has now, and reports whether it did. Reading it under the lock means
-// that of two moves, the last to sync leaves the latest deadline.
+// syncDeadline gives a context not yet cancelled its call's deadline, and
+// reports whether it did. Read under the lock: of two moves, the last to
+// sync leaves the latest deadline.
 func (b *requestContext) syncDeadline(deadline *atomic.Int64) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -354,10 +336,9 @@ func (b *requestContext) syncDeadline(deadline *atomic.Int64) bool {
 	return true
 }
 
-// moveBack gives the context back the deadline old, which an undone move
-// (see call.moveBack) changed to moved, even if it has ended since: a
-// context that ended with the request is not left saying its deadline
-// was later.
+// moveBack gives the context back the deadline old that an undone move
+// (call.moveBack) changed to moved, even if it has ended since, so that it
+// does not claim a later deadline.
 func (b *requestContext) moveBack(moved, old int64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -366,9 +347,8 @@ func (b *requestContext) moveBack(moved, old int64) {
 	}
 }
 
-// ownerRunning reports whether the call whose context b is (owner) is still
-// running in b's generation: not timed out, gone nor finished. The lock of
-// b's shard is held.
+// ownerRunning reports whether b's owner still runs in b's generation. The
+// lock of b's shard is held.
 func (b *requestContext) ownerRunning() bool {
 	return b.owner != nil && b.runningIn(b.owner.state.Load())
 }
@@ -380,10 +360,9 @@ func (b *requestContext) runningIn(s uint64) bool {
 }
 
 // expire ends the context if its deadline is not after t, and reports
-// whether it has ended. A context of a cooperative call (owner) ends
-// through the call's timeout (see call.expire), so that its cause and the
-// call's outcome agree; one without a call is cancelled. Checking under the
-// lock means a deadline moved concurrently (syncDeadline) is never missed.
+// whether it has ended: through its owner's timeout (call.expire), so cause
+// and outcome agree, or, without one, by cancel. Checked under the lock, so
+// a concurrent move (syncDeadline) is never missed.
 func (b *requestContext) expire(t int64) bool {
 	if c := b.owner; c != nil {
 		return c.expire(b, t)

@@ -10,39 +10,32 @@ import (
 
 // Disarm switches off the deadline of the request ctx, from inside its
 // handler: the middleware no longer answers it with the timeout response,
-// and its context (see [Context]) loses its deadline but is still cancelled
-// when the server shuts down or the handler returns. Use it in a handler
-// that works past its timeout on purpose: a long poll, a slow start of an
-// event stream. In cooperative mode a disarmed request no longer keeps
-// the middleware's housekeeping goroutine ticking every Config.Precision:
-// its context, as a racing request's, learns of the server's shutdown
-// within 100 ms.
+// and its context (see [Context]) loses its deadline but still ends at
+// server shutdown or when the handler returns. Use it in a handler that
+// works past its timeout on purpose: a long poll, a slow start of an event
+// stream. In cooperative mode a disarmed request no longer keeps the
+// housekeeping goroutine ticking every Config.Precision: its context, as a
+// racing request's, learns of the server's shutdown within 100 ms.
 //
-// A body stream writer (ctx.SetBodyStreamWriter) and a hijack handler
-// (ctx.Hijack) do their work after the handler has returned (fasthttp
-// starts a stream writer's goroutine at once, but sends what it writes only
-// then), so the middleware never bounds them, disarmed or not, and the
-// request's context ends when the handler returns: the server's
-// WriteTimeout and IdleTimeout bound them.
+// A body stream writer (ctx.SetBodyStreamWriter, whose output is sent only
+// once the handler has returned) and a hijack handler (ctx.Hijack) outlive
+// the handler and its context: the middleware never bounds them, disarmed
+// or not; the server's WriteTimeout and IdleTimeout do.
 //
 // A disarmed handler keeps its concurrency slot (Config.MaxConcurrency)
 // until it returns. The adaptive limit (Config.AdaptiveConcurrency) keeps
 // room beyond such handlers, as beyond late ones, and takes no latency
-// sample from their return; the same goes for a handler that called
-// Extend.
+// sample from their return; so too for a handler that called Extend.
 //
-// Disarm reports whether the deadline is now off: false, and nothing
-// changes, if ctx is not bounded by New, its deadline has passed (whether or
-// not the timeout has been answered yet) or its client has hung up. Inside
-// nested News it switches off every one's deadline, or, if one of them
-// cannot be, none.
+// Disarm reports whether the deadline is now off: false, changing nothing,
+// if ctx is not bounded by New, its deadline has passed (answered yet or
+// not) or its client has hung up. Inside nested News it switches off every
+// one's deadline, or, if one cannot be, none.
 //
-// A context derived from the request's with a deadline of its own later
-// than the request's (context.WithTimeout, WithDeadline), before Disarm or
-// [Extend], loses that deadline: the standard library makes it a plain
-// cancel context, which takes its parent's deadline, since a parent's
-// deadline never moves there. After Disarm it has none, after Extend the
-// request's new one. Derive such contexts after moving the deadline.
+// A context derived before Disarm or [Extend] with a later deadline of its
+// own (context.WithTimeout, WithDeadline) loses it: the standard library,
+// for which a parent's deadline never moves, made it a plain cancel context
+// with the parent's. Derive such contexts after moving the deadline.
 func Disarm(ctx *fasthttp.RequestCtx) bool {
 	c, root, h := hold(ctx, true)
 	if c == nil {
@@ -56,23 +49,19 @@ func Disarm(ctx *fasthttp.RequestCtx) bool {
 }
 
 // Extend moves the deadline of the request ctx d later, from inside its
-// handler; the context's Deadline moves with it, unless the context has
-// ended already (at the server's shutdown). It reports false, and
-// changes nothing, if ctx is not bounded by New, d is negative, its
-// deadline has passed (whether or not the timeout has been answered yet),
-// its client has hung up, or it has been disarmed. A d of zero moves
-// nothing and reports whether the deadline could still move.
-// Inside nested News every one's deadline moves, or, if one of them cannot,
-// none does (an enclosing New disarmed before the inner one began has no
-// deadline to move, and is left so). A handler whose deadline moved later
-// counts, for the adaptive limit, as a disarmed one does (see Disarm). A
-// context derived earlier with a later deadline of its own loses it (see
-// Disarm).
+// handler; the context's Deadline moves with it unless the context has
+// ended (at server shutdown). It reports false, changing nothing, if ctx is
+// not bounded by New, d is negative, the deadline has passed (answered yet
+// or not), the client has hung up, or the deadline is disarmed. A d of zero
+// moves nothing and reports whether the deadline could still move. Inside
+// nested News every one's deadline moves, or, if one cannot, none does (an
+// enclosing New disarmed before the inner one began is skipped). For the
+// adaptive limit, a handler whose deadline moved later counts as a disarmed
+// one; a context derived earlier with a later deadline loses it (see Disarm).
 //
-// Call it, as Disarm, while the handler runs: from the handler, or from a
-// goroutine that the handler waits for. A late handler's goroutines may
-// call it too (it reports false). Once the handler has returned, ctx is
-// fasthttp's again, as for any use of it, and may already carry the
+// Call it, as Disarm, while the handler runs: from the handler or from a
+// goroutine it waits for (a late handler's goroutines get false). Once the
+// handler has returned, ctx is fasthttp's again and may already carry the
 // connection's next request, whose deadline Extend would move.
 func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
 	if d < 0 {
@@ -89,21 +78,15 @@ func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
 	return c.extend(d)
 }
 
-// moveNested moves the deadline of call c, inside nested News, and of each
-// enclosing call with move, innermost first, and reports whether every one
-// moved. Enclosing calls disarmed before c began are skipped if skipDisarmed
-// (Extend: no deadline to move). If one cannot move (its deadline passed,
-// or its client hung up, since the one inside it moved), those already
-// moved are moved back and no longer counted among the moved handlers, so
-// that a handler told false does not find a deadline moved inside
-// (Remaining, its context's Deadline) while the request times out outside.
-// They are all inline calls: only the outermost can race, and it moves last.
-//
-// The nested moves of one request are serialised on its outermost call's
-// lock, which the caller holds (see hold): between a move and its
-// undoing, no other Disarm or Extend can move the same deadlines, nor an
-// inner call start with one of them, so moving back is restoring the
-// deadline each had.
+// moveNested moves with move the deadline of c, inside nested News, and of
+// each enclosing call, innermost first (the outermost, which alone can race,
+// last), and reports whether all moved. skipDisarmed skips enclosing calls
+// disarmed before c began (Extend: nothing to move). If one cannot move,
+// those already moved are moved back and uncounted, so a handler told false
+// does not see a moved deadline inside (Remaining, its context's Deadline)
+// while the request times out outside. The caller holds the outermost
+// call's moves (see hold), so no other move nor inner call's start comes
+// between a move and its undoing: moving back restores each deadline.
 func (c *call) moveNested(skipDisarmed bool, move func(*call) bool) bool {
 	for l := c; l != nil; l = l.outer {
 		l.movedFrom = l.deadline.Load()
@@ -124,15 +107,12 @@ func (c *call) moveNested(skipDisarmed bool, move func(*call) bool) bool {
 	return true
 }
 
-// moveBack gives the call the deadline old it had before a move that is
-// being undone (see extend and moveNested), and its context too, even if
-// that has ended since: the deadline goes back, never later, so a handler
-// that returns after its context's end is still late. No other move can
-// come meanwhile: the call is gone, or the nested moves' lock is held.
-//
-// The housekeeper, which watches an inline call's context, may have gone to
-// rest while the deadline was off (Disarm): it is woken for the deadline
-// back.
+// moveBack gives the call back the deadline old it had before a move being
+// undone (extend, moveNested), and its context too, even if that has ended
+// since: never later, so a handler returning after its context's end is
+// still late. No other move comes meanwhile: the call is gone, or the nested
+// moves' lock is held. A housekeeper watching an inline call's context may
+// have gone to rest while the deadline was off (Disarm): it is woken.
 func (c *call) moveBack(old int64) {
 	moved := c.deadline.Swap(old)
 	if b := c.bridge.Load(); b != nil && moved != old {
@@ -175,9 +155,8 @@ func (c *call) extend(d time.Duration) bool {
 		})
 	}
 	for {
-		// Late is late, timer or not (see settleOrTimeOut). Otherwise hold
-		// the timer off (callMoving) while the deadline moves, so that it
-		// never times the call out against a deadline being replaced.
+		// Late is late (see settleOrTimeOut); else hold the timer off
+		// (callMoving) while the deadline is replaced.
 		s := c.state.Load()
 		switch p := s & phaseMask; {
 		case p == callMoving:
@@ -203,13 +182,11 @@ func (c *call) extend(d time.Duration) bool {
 		// old deadline before the move fails its compare-and-swap.
 		moved := s&^(movesMask|phaseMask) | (s+moveStep)&movesMask | callRunning
 		if !c.state.CompareAndSwap(s&^phaseMask|callMoving, moved) {
-			// The client hung up meanwhile (or the handler returned, on
-			// another goroutine): the request is over, and the move did
-			// not happen, as in cooperative mode, whose move fails on the
-			// context the hang-up ended. A gone call stays its late
-			// handler's until it returns, so its deadline can go back; a
-			// finished one may already serve the next request, gone in its
-			// turn: only this generation's is moved back.
+			// The client hung up meanwhile, or the handler returned on
+			// another goroutine: the move did not happen. A gone call is
+			// still its late handler's, so its deadline goes back; a
+			// finished one may already serve the next request (gone in its
+			// turn): only this generation's goes back.
 			if cur := c.state.Load(); cur&phaseMask == callGone && cur&^(generation-1) == s&^(generation-1) {
 				c.moveBack(old)
 			}
@@ -218,9 +195,8 @@ func (c *call) extend(d time.Duration) bool {
 		if d > 0 {
 			c.countMoved()
 		}
-		// The timer armed above may have gone off before the call was
-		// running again, found it moving and settled nothing: if the new
-		// deadline has passed by now, do what it would have.
+		// The timer armed above may have gone off while the call was moving
+		// and settled nothing: if the new deadline has passed, do its part.
 		if c.deadline.Load() <= now() {
 			c.onDeadline()
 		}
@@ -268,8 +244,7 @@ func rootCall(ctx *fasthttp.RequestCtx) *call {
 	return c
 }
 
-// holding says how hold holds the outermost call's moves: not at all, read
-// locked, or locked.
+// holding says how hold holds the outermost call's moves.
 type holding uint8
 
 const (
@@ -278,22 +253,17 @@ const (
 	heldAll
 )
 
-// hold returns the call of the request ctx, as lookup does, for any
-// goroutine of its handler, with root, the request's outermost call, and
-// how it holds root's moves until the caller gives them back with
-// root.unhold(h).
-//
-// Inside nested News it locks them and returns the innermost call: until
-// then that call cannot end (and go back to the pool, to serve another
-// request). Outside them a look (Remaining, Context, Do) holds nothing: the
-// outermost call lasts as long as the handler, and an inner call that
-// starts meanwhile only narrows its deadline, which a look may miss. A move
-// (Disarm, Extend: toMove) may not: an inner New that starts takes the
-// enclosing deadline as it stands, and a move of the outermost call alone,
-// looked up before that start, would report true and leave the inner call
-// the old deadline, at which the request would still time out. So a move
-// read-locks them even there: moves on several goroutines of the handler
-// still run side by side, but never beside an inner call's start.
+// hold returns the call of the request ctx, as lookup does but for any
+// goroutine of its handler, with root, the outermost call, and how it holds
+// root's moves until root.unhold(h). Inside nested News it locks them, so
+// the innermost call cannot end and go back to the pool meanwhile. Outside,
+// a look (Remaining, Context, Do) holds nothing: the outermost call lasts as
+// long as the handler, and an inner call starting meanwhile only narrows
+// the deadline. A move (Disarm, Extend: toMove) read-locks them even there:
+// an inner New takes the enclosing deadline as it stands at its start, so a
+// move of the outermost call alone, looked up before that start, would
+// report true yet leave the inner call the old deadline. Moves still run
+// side by side, but never beside an inner call's start.
 func hold(ctx *fasthttp.RequestCtx, toMove bool) (c, root *call, h holding) {
 	if root = rootCall(ctx); root == nil {
 		return nil, nil, heldNot
@@ -324,21 +294,16 @@ func (c *call) unhold(h holding) {
 	}
 }
 
-// testHookLookup, set only by tests, runs in hold once it has found the
-// request's outermost call, before it looks at the innermost one: where,
-// inside nested News, an inner call may start or end.
+// testHookLookup, set only by tests, runs in hold between finding the
+// outermost call and the innermost one, where an inner call may start or end.
 var testHookLookup atomic.Pointer[func(*fasthttp.RequestCtx)]
 
 // moveDeadline changes a cooperative call's deadline to move(deadline),
-// unless it has passed or move says no. Moves on several goroutines of the
-// handler each compare-and-swap the call's deadline, then give the context,
-// if any, the call's latest, under its lock: the housekeeper either sees
-// the new one, or first times the call out against the context's old one
-// (see call.expire), and the move fails, the call's deadline going back to
-// the context's, which no longer changes. The call's deadline is stored
-// before the context is looked for, as call.context expects. A move later
-// counts the handler among the moved ones (see countMoved), as the racing
-// paths of disarm and extend do.
+// unless it has passed or move says no, and counts a later one as moved.
+// Each move compare-and-swaps the call's deadline, then (as call.context
+// expects) gives the context, if any, the latest under its lock: the
+// housekeeper either sees the new one, or first times the call out against
+// the old one (call.expire), and the move fails.
 func (c *call) moveDeadline(move func(int64) (int64, bool)) bool {
 	for {
 		old := c.deadline.Load()
@@ -358,18 +323,15 @@ func (c *call) moveDeadline(move func(int64) (int64, bool)) bool {
 		// A context ended by the server's shutdown leaves the deadline
 		// alone: the move stands, as in racing mode.
 		if b := c.bridge.Load(); b != nil && !b.syncDeadline(&c.deadline) && b.causes.Load() != &shutdownCause {
-			// The context has ended with its deadline: go back to that,
-			// not to old; of several failed moves, the last to go back
-			// would leave its own old, later than the deadline the
-			// housekeeper expired the context at.
+			// The context ended with its deadline: go back to that, not to
+			// old, which for the last of several failed moves is later than
+			// the deadline the context expired at.
 			c.deadline.Store(b.deadline.Load())
 			return false
 		}
 		if p := c.phase(); p == callTimedOut || p == callGone {
-			// Decided meanwhile, the context not ended yet: the
-			// housekeeper timed the call out against the old deadline
-			// (see call.expire), or the client hung up. The move did not
-			// happen.
+			// Timed out against the old deadline (call.expire), or hung
+			// up, before the context ended: the move did not happen.
 			c.moveBack(old)
 			return false
 		}
@@ -380,13 +342,10 @@ func (c *call) moveDeadline(move func(int64) (int64, bool)) bool {
 	}
 }
 
-// testHookMove, set only by tests, runs in moveDeadline and in a racing
-// call's extend between their store of the call's deadline and their sync
-// of the context, where other moves, the housekeeper's expiry and the
-// client's hang-up may come.
+// testHookMove, set only by tests, runs in moveDeadline and a racing extend
+// between storing the call's deadline and syncing the context, where other
+// moves, the housekeeper's expiry and a hang-up may come.
 var testHookMove atomic.Pointer[func(*call)]
 
-// testHookMoved, set only by tests, runs in a racing call's extend once the
-// timer is armed for the new deadline and before the call is running again,
-// where that timer may go off.
+// testHookMoved, set only by tests, runs in extend once the timer is re-armed.
 var testHookMoved atomic.Pointer[func(*call)]
