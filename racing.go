@@ -43,7 +43,8 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 	w.await()
 	c.unwatchClient()
 	if !busy || c.phase() != callFinished {
-		w.disarmTimer()
+		w.timer.Stop()
+		c.timerAt.Store(0) // it holds nothing for the next call
 	}
 
 	switch c.phase() {
@@ -169,12 +170,6 @@ var testAllBusy atomic.Bool
 
 // testHookArmed, set only by tests, runs in arm between reset and timerAt.
 var testHookArmed atomic.Pointer[func(*call)]
-
-// disarmTimer stops the worker's timer: it holds nothing for the next call.
-func (w *worker) disarmTimer() {
-	w.timer.Stop()
-	w.call.timerAt.Store(0)
-}
 
 // await waits for the signal of whoever decided the call's race. Signals
 // before it are the timer's, gone off early (see arm), and arm it again;
