@@ -433,7 +433,7 @@ func TestMiddlewareRecordsRejection(t *testing.T) {
 
 // A request whose budget is spent on arrival gets the timeout response
 // without running, so Handler never sees it; Middleware records it as a
-// timeout at once. Its span had no event and status Unset.
+// timeout at once (an event, status Error).
 func TestMiddlewareRecordsSpentBudget(t *testing.T) {
 	t.Parallel()
 	tt := serveTraced(t, fasttimeout.Config{Timeout: time.Second, HonorDeadlineHeaders: true}, sdktrace.AlwaysSample())
@@ -454,8 +454,8 @@ func TestMiddlewareRecordsSpentBudget(t *testing.T) {
 // A handler that returns just past its deadline, before its context is
 // cancelled (here a cooperative context, cancelled by a housekeeper that
 // ticks every 100 ms, the longest tick a Precision of a second gets), is
-// late: the client gets the timeout response. Its span had no event, since
-// the context had not ended.
+// late: the client gets the timeout response. Its span records the timeout
+// and the late return, although the context had not ended.
 func TestHandlerRecordsAReturnPastTheDeadlineBeforeTheContextEnds(t *testing.T) {
 	t.Parallel()
 	tt := serveTraced(t, fasttimeout.Config{Timeout: 20 * time.Millisecond, Mode: fasttimeout.Cooperative, Precision: time.Second},
@@ -504,10 +504,10 @@ func TestMiddlewareLeavesATimedOutRequestAlone(t *testing.T) {
 // Middleware's server span follows OpenTelemetry's HTTP semantic
 // conventions: the status code sent (for a timeout, the timeout response's,
 // not the late handler's), the status Error for a 5xx answer without
-// overwriting the cause fasttimeout recorded, with error.type (which was
-// left out: the conventions require it of a request that ended with an
-// error, and a 5xx answer is one), and a method it does not know
-// as _OTHER, so that a client cannot make up span names.
+// overwriting the cause fasttimeout recorded, with error.type (the
+// conventions require it of a request that ended with an error, and a 5xx
+// answer is one), and a method it does not know as _OTHER, so that a
+// client cannot make up span names.
 func TestMiddlewareFollowsHTTPConventions(t *testing.T) {
 	t.Parallel()
 	tests := []struct {

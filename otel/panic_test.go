@@ -28,8 +28,8 @@ type panicValue struct{ reason string }
 // records the panic as OpenTelemetry's conventions record an exception (an
 // "exception" event with exception.type and exception.message, error.type
 // the exception's type, the status Error), once, and the panic reaches the
-// recover middleware with its own value. It had none of these: the span
-// ended with no status and no error.type, as if nothing had happened.
+// recover middleware with its own value: a span ended with no status and
+// no error.type would look as if nothing had happened.
 func TestMiddlewareRecordsAPanicInTime(t *testing.T) {
 	t.Parallel()
 	boom := errors.New("boom")
