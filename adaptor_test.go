@@ -142,7 +142,7 @@ func (f nilSafeFunc) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 // after a slow start) must not get it: fasthttpadaptor hands the handler
 // the connection at once, and the server has answered the request with the
 // timeout response and reads the next one from that connection. What the
-// handler wrote there used to reach the client as the answer to its next
+// handler wrote there would reach the client as the answer to its next
 // request.
 func TestNetHTTPHandler_a_late_Hijack_does_not_take_the_connection(t *testing.T) {
 	t.Parallel()

@@ -33,12 +33,12 @@ func TestNextShed(t *testing.T) {
 }
 
 // TestNextShed_after_an_idle_spell: the probability moves only when a
-// request comes. It fell by one step per request, however long the wait
-// had stayed under the target since: a server left idle for an hour after
-// an overload refused nine in ten of its next requests, and kept refusing
-// some for its next twenty (for minutes, at a request every few seconds).
-// Under the target it falls by a step per interval passed; over it, by one
-// step still.
+// request comes. Under the target it falls by a step per interval passed;
+// over it, by one step. Falling by one step per request, however long the
+// wait had stayed under the target since, a server left idle for an hour
+// after an overload would refuse nine in ten of its next requests, and
+// keep refusing some for its next twenty (for minutes, at a request every
+// few seconds).
 func TestNextShed_after_an_idle_spell(t *testing.T) {
 	t.Parallel()
 	const target = int64(50 * time.Millisecond)

@@ -19,7 +19,7 @@ func TestResolve_rounds_RetryAfter_up_to_whole_seconds(t *testing.T) {
 		{time.Second, "1"},
 		{1500 * time.Millisecond, "2"},
 		{3 * time.Second, "3"},
-		{math.MaxInt64, "9223372037"}, // adding a second first overflowed: "-9223372035"
+		{math.MaxInt64, "9223372037"}, // adding a second first would overflow: "-9223372035"
 	} {
 		got := Config{RetryAfter: tc.retryAfter}.resolve().retryAfterHeader
 		assert.Equal(t, tc.want, got, "RetryAfter %v", tc.retryAfter)

@@ -16,10 +16,10 @@ import (
 // One goroutine of a handler makes the request's context while another
 // moves its deadline: Disarm or Extend runs after the context was made with
 // the old deadline and before it was published, so it cannot find it. The
-// context must still end up with the new deadline: before the fix it kept
-// the old one, and in cooperative mode the housekeeper cancelled it at that
-// deadline with ErrTimeout while the request, extended, went on and
-// answered 200. Not parallel: it sets the process's test hook.
+// context must still end up with the new deadline: with the old one, in
+// cooperative mode the housekeeper would cancel it at that deadline with
+// ErrTimeout while the request, extended, went on and answered 200. Not
+// parallel: it sets the process's test hook.
 func TestContext_made_while_the_deadline_moves_gets_the_new_one(t *testing.T) {
 	const timeout = 2 * time.Second
 	for _, mode := range []Mode{Racing, Cooperative} {
@@ -74,10 +74,10 @@ func TestContext_made_while_the_deadline_moves_gets_the_new_one(t *testing.T) {
 }
 
 // A racing call's timer reads the state and the deadline, then
-// compare-and-swaps the state to timedOut. An Extend that ran entirely in
-// between used to leave the state word as it was (running -> moving ->
-// running), so the timer timed the call out against the deadline from
-// before the move. Each move now changes the word, within the generation.
+// compare-and-swaps the state to timedOut. An Extend that runs entirely in
+// between must change the state word, within the generation: left as it
+// was (running -> moving -> running), the timer would time the call out
+// against the deadline from before the move.
 func TestExtend_changes_the_state_word(t *testing.T) {
 	t.Parallel()
 	type seen struct {
@@ -128,11 +128,11 @@ func getOnce(t *testing.T, h fasthttp.RequestHandler) {
 // handler, each swap the call's deadline (D0 -> D1, then D1 -> D2) before
 // giving it to the context, and the housekeeper expires the context at D0
 // in between. Both moves fail; the first one's way back (D1 -> D0) fails,
-// the deadline being D2 by then, and the second one's (D2 -> D1) used to
-// succeed: the call was left at D1 while its context said ErrTimeout, so
-// the handler, returning before D1, was not timed out, its response went
-// out and no timeout was counted. A failed move now leaves the deadline the
-// context ended at. Not parallel: it sets the process's test hook.
+// the deadline being D2 by then, and the second one's (D2 -> D1) must leave
+// the deadline the context ended at: a call left at D1 while its context
+// says ErrTimeout would let the handler, returning before D1, go without a
+// timeout, its response out and no timeout counted. Not parallel: it sets
+// the process's test hook.
 func TestExtend_beside_another_move_as_the_context_expires_times_out(t *testing.T) {
 	const timeout = 100 * time.Millisecond
 	for _, second := range []string{"Extend", "Disarm"} {
@@ -234,13 +234,13 @@ func getResponse(t *testing.T, h fasthttp.RequestHandler) *fasthttp.Response {
 }
 
 // Inside nested News, Extend and Disarm move the inner deadline, then the
-// outer one. When the outer one could not move, its deadline having passed
-// in between (here: the test hook holds the inner move until the outer
-// request has timed out), they reported false but left the inner deadline
-// moved: Remaining and the inner context said an hour was left (or no
-// deadline) while the request timed out, and the inner New, its handler
-// returning "in time", counted no timeout. A move that fails at any level
-// now moves none. Not parallel: it sets the process's test hook.
+// outer one. When the outer one cannot move, its deadline having passed in
+// between (here: the test hook holds the inner move until the outer
+// request has timed out), they report false and move none: an inner
+// deadline left moved would have Remaining and the inner context say an
+// hour is left (or no deadline) while the request timed out, and the inner
+// New, its handler returning "in time", count no timeout. Not parallel: it
+// sets the process's test hook.
 func TestNested_move_that_fails_outside_moves_nothing_inside(t *testing.T) {
 	const hookWait = 10 * time.Second // a hang detector, not a speed requirement
 	for _, mode := range []Mode{Racing, Cooperative} {
@@ -311,9 +311,9 @@ func TestNested_move_that_fails_outside_moves_nothing_inside(t *testing.T) {
 // A racing call's Extend arms the timer for the new deadline while the call
 // is moving, then makes it running again. A process that runs the timer
 // before that (the extending goroutine stalled, or a short Extend close to
-// the deadline) found the call moving and settled nothing, and nothing
-// armed the timer again: the request was never timed out, its context never
-// ended, and the client waited for as long as the handler ran. Here the test
+// the deadline) finds the call moving and settles nothing; the request
+// must still time out at the new deadline, else its context never ends and
+// the client waits for as long as the handler runs. Here the test
 // hook holds the move until the new deadline has passed and runs the timer's
 // function then, as the runtime would. Not parallel: it sets the process's
 // test hook.
@@ -433,11 +433,11 @@ func TestNested_undone_Disarm_wakes_the_housekeeper(t *testing.T) {
 // Inside nested News, a goroutine that the outer handler waits for (a
 // heartbeat, say) calls Extend while the outer handler calls an inner New,
 // whose call ends between the goroutine's look-up and its move. The move
-// used to act on the inner call, ended and back in the pool (where another
-// connection's request may take it): Extend reported true while the
-// request's deadline, the outer one, had not moved, and the request timed
-// out at it. Now the move finds the call the request has then, the outer
-// one. Not parallel: it sets the process's test hook.
+// must find the call the request has then, the outer one: acting on the
+// inner call, ended and back in the pool (where another connection's
+// request may take it), Extend would report true while the request's
+// deadline, the outer one, had not moved, and the request would time out
+// at it. Not parallel: it sets the process's test hook.
 func TestNested_Extend_from_a_goroutine_as_the_inner_New_ends(t *testing.T) {
 	const timeout = 2 * time.Second
 	for _, mode := range []Mode{Racing, Cooperative} {
@@ -489,12 +489,12 @@ func TestNested_Extend_from_a_goroutine_as_the_inner_New_ends(t *testing.T) {
 // Inside nested News, a goroutine that the outer handler waits for moves
 // the deadline (Disarm, Extend) while the outer handler calls an inner New,
 // which starts between the goroutine's look-up of the call, the outer one
-// then, and its move. The move used to act on the outer call alone, and
-// report true, while the inner call had already taken the outer's old
-// deadline as its own: the request still timed out at that deadline, in
-// the inner New. Now the move finds the call the request has then, the
-// inner one, and moves every deadline. Not parallel: it sets the process's
-// test hook.
+// then, and its move. The move must find the call the request has then,
+// the inner one, and move every deadline: acting on the outer call alone,
+// it would report true while the inner call had already taken the outer's
+// old deadline as its own, and the request would still time out at that
+// deadline, in the inner New. Not parallel: it sets the process's test
+// hook.
 func TestNested_move_from_a_goroutine_as_an_inner_New_starts(t *testing.T) {
 	for _, mode := range []Mode{Racing, Cooperative} {
 		for _, tc := range []struct {
@@ -559,9 +559,9 @@ func TestNested_move_from_a_goroutine_as_an_inner_New_starts(t *testing.T) {
 // yet) passed and times the call out; the move then gives the context its
 // new deadline before the timeout has ended it. The move must fail, as it
 // does when it finds the context ended: the request timed out. Without the
-// move's look at the call's state, Extend reported true and left the call
-// and its context an hour more while the request was answered 504. Not
-// parallel: it sets the process's test hooks.
+// move's look at the call's state, Extend would report true and leave the
+// call and its context an hour more while the request was answered 504.
+// Not parallel: it sets the process's test hooks.
 func TestExtend_as_the_housekeeper_times_the_call_out_fails(t *testing.T) {
 	const hookWait = 10 * time.Second // a hang detector, not a speed requirement
 	type seen struct {

@@ -13,11 +13,10 @@ import (
 )
 
 // The client of a racing request hangs up while Extend moves its deadline
-// (the call is callMoving, and the hang-up settles it gone). Extend used to
-// report true, the request over, with the deadline it reported moved: a
-// handler told so works on for nobody, and cooperative mode reports false
-// for the same hang-up. It now reports false and leaves the deadline as it
-// was, in both modes. Not parallel: it sets the process's test hook.
+// (the call is callMoving, and the hang-up settles it gone). Extend reports
+// false and leaves the deadline as it was, in both modes: a handler told
+// true, the request over, would work on for nobody. Not parallel: it sets
+// the process's test hook.
 func TestExtend_hang_up_while_the_deadline_moves_reports_false(t *testing.T) {
 	for _, mode := range []Mode{Racing, Cooperative} {
 		t.Run(mode.String(), func(t *testing.T) {

@@ -157,11 +157,11 @@ func TestDisarm(t *testing.T) {
 }
 
 // A handler's goroutine extends the deadline again and again (a heartbeat)
-// while the handler disarms it. Disarm used to take an Extend in progress
-// for a disarmed call and report true while the Extend then put a deadline
-// back (racing mode, in most of 2 000 requests), or lose its store to the
-// Extend's (cooperative mode): a handler that disarmed to work past its
-// timeout then got the timeout response.
+// while the handler disarms it. Disarm must neither take an Extend in
+// progress for a disarmed call and report true while the Extend then puts
+// a deadline back (racing mode), nor lose its store to the Extend's
+// (cooperative mode): a handler that disarmed to work past its timeout
+// would get the timeout response.
 func TestDisarm_beside_a_heartbeat_Extend(t *testing.T) {
 	t.Parallel()
 	for _, mode := range allModes {

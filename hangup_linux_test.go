@@ -430,8 +430,8 @@ func (c *freshConn) NetConn() net.Conn { return &freshSock{c.TCPConn} }
 type freshSock struct{ *net.TCPConn }
 
 // A watched connection's slot is never swept, even if nothing else holds
-// the object it is keyed by: its hang-up used to be lost, and its watch
-// counted forever, so the watcher goroutine never exited.
+// the object it is keyed by: else its hang-up is lost, and its watch
+// counted forever, so the watcher goroutine never exits.
 func TestHangupSweepKeepsAWatchedConnection(t *testing.T) {
 	t.Parallel()
 	var w hangupWatcher
@@ -709,8 +709,8 @@ func TestHangupRemoveRacesEvent(t *testing.T) {
 // The call's end looks at its watch (pending), then the call's timer
 // starts the watch, then the end's compare-and-swap fails: the end must
 // look again and remove the registration, or it outlives its call (and
-// its callback can reach the worker's next call). Before the fix the
-// registration stayed. Not parallel: it sets the process's test hook.
+// its callback can reach the worker's next call). Not parallel: it sets
+// the process's test hook.
 func TestUnwatchClient_removes_a_registration_made_as_it_looks(t *testing.T) {
 	ln := tcpListener(t)
 	server, _ := tcpPair(t, ln)
@@ -871,9 +871,7 @@ func connFD(conn net.Conn) (int, bool) {
 // hang-up callback then stalls past the deadline (a loaded or stalled
 // process) meets the housekeeper's expiry of the request's context: one of
 // the two decides the request, and its context ends with that decision's
-// cause. Before the fix the housekeeper cancelled the context as timed out
-// outside call.settle, and the callback then settled the call as gone:
-// OnHangup ran, and a hang-up was counted, while the context said
+// cause: not OnHangup run and a hang-up counted while the context says
 // ErrTimeout. Not parallel: it sets the process's test hook.
 func TestCooperative_expiry_and_a_stalled_hang_up_agree(t *testing.T) {
 	type report struct {
@@ -952,9 +950,9 @@ func TestCooperative_expiry_and_a_stalled_hang_up_agree(t *testing.T) {
 // client hangs up before the inner deadline, and that hangs, ignoring its
 // context: the hang-up ends the inner context (follow), but only the outer
 // call is gone; the inner one runs on and is late from its own deadline, as
-// it is when the outer call times out. The housekeeper stopped watching the
-// inner context at the hang-up, so nothing timed the inner call out: it
-// held its admission slot, not late, until it returned.
+// it is when the outer call times out: if the housekeeper stopped watching
+// the inner context at the hang-up, nothing would time the inner call out,
+// and it would hold its admission slot, not late, until it returned.
 func TestNested_inner_call_after_the_clients_hang_up_times_out_at_its_deadline(t *testing.T) {
 	t.Parallel()
 	for _, mode := range []Mode{Racing, Cooperative} {

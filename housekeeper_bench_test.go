@@ -49,8 +49,8 @@ func BenchmarkDeadlineTimer(b *testing.B) {
 // BenchmarkNow is one reading of the monotonic clock. The racing fast path
 // reads it three times per request (at admission, at the handler's return,
 // and in the runtime's timer reset), twice on a busy connection that keeps
-// its timer (see worker.arm), and did four times: on some virtual machines
-// a reading is a sizeable share of the path.
+// its timer (see worker.arm): on some virtual machines a reading is a
+// sizeable share of the path.
 func BenchmarkNow(b *testing.B) {
 	var sum int64
 	for b.Loop() {

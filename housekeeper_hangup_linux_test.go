@@ -14,8 +14,9 @@ import (
 // TestHousekeeper_rests_once_a_hung_up_context_has_ended: a cooperative
 // request whose client hung up has its context ended (ErrClientGone) while
 // its handler, which ignores it, runs on. Nothing can change that context
-// any more, yet it stayed watched, and kept the housekeeper ticking every
-// Precision, until its deadline (an hour here) or its handler's return.
+// any more, so it is no longer watched: else it would keep the housekeeper
+// ticking every Precision until its deadline (an hour here) or its
+// handler's return.
 func TestHousekeeper_rests_once_a_hung_up_context_has_ended(t *testing.T) {
 	t.Parallel()
 	type started struct {

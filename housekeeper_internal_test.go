@@ -159,11 +159,10 @@ func (h *housekeeper) watched(b *requestContext) bool {
 // TestHousekeeper_rests_while_only_disarmed_contexts_are_watched: a
 // cooperative request that disarmed its deadline (a long poll, a stream)
 // has its context watched, for shutdown, which a rest's look every 100 ms
-// reaches as it does racing calls; yet the housekeeper ticked every
-// Precision, a thousand wake-ups a second, for as long as the handler ran.
-// It rests now, once the request's hang-up watch has started, and a
-// request whose context has a deadline wakes it until that request is
-// over.
+// reaches as it does racing calls: the housekeeper rests once the
+// request's hang-up watch has started, rather than tick every Precision, a
+// thousand wake-ups a second, for as long as the handler runs; a request
+// whose context has a deadline wakes it until that request is over.
 func TestHousekeeper_rests_while_only_disarmed_contexts_are_watched(t *testing.T) {
 	t.Parallel()
 	type started struct {
@@ -314,11 +313,9 @@ func TestHousekeeper_a_rest_ends_for_a_deadline_that_did_not_nudge(t *testing.T)
 // A cooperative handler that returns before its deadline, on a server
 // goroutine that then stalls past it (a loaded or stalled process), meets
 // the housekeeper's expiry of its context: one of the two decides the
-// request, and the context ends with that decision's cause. Before the fix
-// the housekeeper cancelled the context as timed out outside call.settle,
-// and the return then settled the call as finished: the handler's 200 went
-// out, no timeout was counted, and the context said ErrTimeout. Not
-// parallel: it sets the process's test hook.
+// request, and the context ends with that decision's cause: not the
+// handler's 200 out and no timeout counted while the context says
+// ErrTimeout. Not parallel: it sets the process's test hook.
 func TestCooperative_expiry_and_a_stalled_return_agree(t *testing.T) {
 	stats := new(Stats)
 	contexts := make(chan context.Context, 1)

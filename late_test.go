@@ -334,9 +334,9 @@ func TestLate_cooperative_hijack_does_not_take_the_connection(t *testing.T) {
 }
 
 // In racing mode OnTimeout runs beside the late handler, whose return must
-// leave ctx as OnTimeout sees it: the late return used to remove the call
-// from ctx's user values, a data race with OnTimeout reading them, after
-// which Context in OnTimeout gave a new context that never ends. The next
+// leave ctx as OnTimeout sees it: removing the call from ctx's user values
+// would race with OnTimeout reading them, and Context in OnTimeout would
+// then give a new context that never ends. The next
 // request on the connection, likely on the same worker, must not inherit
 // the context OnTimeout asked for.
 func TestLate_return_leaves_ctx_to_OnTimeout(t *testing.T) {

@@ -180,8 +180,8 @@ func TestRetryListener_accept(t *testing.T) {
 
 // The failure of the connection accept was taking (ECONNABORTED, or on
 // Linux a queued connection's network error) is that connection's: Accept
-// tries again at once, as accept(2) says, where it waited the backoff, and
-// held up the good connections behind it. A lack of resources still waits.
+// tries again at once, as accept(2) says, rather than wait the backoff and
+// hold up the good connections behind it. A lack of resources still waits.
 func TestRetryListener_retries_a_connection_s_failure_at_once(t *testing.T) {
 	t.Parallel()
 	errs := []error{acceptErr(syscall.ECONNABORTED)}
@@ -429,10 +429,10 @@ func (c *closeCountingConn) Close() error {
 
 // A connection a wrapped listener returns together with an error is
 // closed, whether the error is retried or returned: no server uses it
-// (fasthttp and net/http drop it), so its descriptor, the very resource
-// RetryListener guards, was lost. Neither a connection nor an error, on
-// which fasthttp would serve a nil connection and crash, is retried after
-// the backoff, and logged.
+// (fasthttp and net/http drop it): left open, its descriptor, the very
+// resource RetryListener guards, would be lost. Neither a connection nor
+// an error, on which fasthttp would serve a nil connection and crash, is
+// retried after the backoff, and logged.
 func TestRetryListener_a_wrapped_listener_s_odd_results(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {

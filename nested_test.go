@@ -19,13 +19,13 @@ import (
 // Extend, its client hanging up) applies to the request as a whole.
 
 // A New inside another New's handler, its handler ignoring its context
-// and writing past both deadlines. Both used to race on the RequestCtx: the
-// inner one answered with its timeout response and returned, and the outer
-// one then ended the request (its user values, and Response.Reset in its
-// late return) while the inner late handler still wrote: data races under
-// -race, and a pooled body buffer shared with the late handler. Only the
-// outermost New races now; an inner one bounds its handler as cooperative
-// mode does. Either way the client gets one timeout response.
+// and writing past both deadlines. Only the outermost New races; an inner
+// one bounds its handler as cooperative mode does. Were both to race on
+// the RequestCtx, the outer one would end the request (its user values,
+// and Response.Reset in its late return) while the inner late handler
+// still wrote: data races under -race, and a pooled body buffer shared
+// with the late handler. Whatever the outer mode, the client gets one
+// timeout response.
 func TestNested_answers_once(t *testing.T) {
 	t.Parallel()
 	for _, outerMode := range allModes {
@@ -91,8 +91,8 @@ func TestNested_keeps_the_earlier_deadline(t *testing.T) {
 }
 
 // Disarm and Extend inside nested News move every deadline that bounds the
-// request: they used to move only the inner one and report true, and the
-// outer New then answered with its timeout response at its own deadline
+// request: moving only the inner one and reporting true, they would leave
+// the outer New to answer with its timeout response at its own deadline
 // while the handler's context stayed live.
 func TestNested_Disarm_and_Extend_move_every_deadline(t *testing.T) {
 	t.Parallel()
@@ -139,9 +139,8 @@ func TestNested_Disarm_and_Extend_move_every_deadline(t *testing.T) {
 }
 
 // A hang-up is watched by the outermost New alone, and ends the contexts
-// of the inner ones too. The inner one's watch used to replace the
-// outer's (a connection has one), and its end left the outer request
-// unwatched.
+// of the inner ones too: an inner one's watch would replace the outer's (a
+// connection has one), and its end leave the outer request unwatched.
 func TestNested_hangup_reaches_every_context(t *testing.T) {
 	requireHangups(t)
 	t.Parallel()
@@ -195,9 +194,9 @@ func TestNested_hangup_reaches_every_context(t *testing.T) {
 
 // An outer New that ignores hang-ups (IgnoreHangups) leaves the watch to
 // an inner one that does not: its client's hang-up ends the inner context
-// and counts in the inner New's Stats only. The inner watch used to be
-// skipped because an outer New existed, whether it watched or not: the
-// inner handler waited for nobody.
+// and counts in the inner New's Stats only. Skipped because an outer New
+// exists, whether it watches or not, the inner watch would leave the inner
+// handler waiting for nobody.
 func TestNested_inner_watches_when_the_outer_ignores_hangups(t *testing.T) {
 	requireHangups(t)
 	t.Parallel()
@@ -235,9 +234,9 @@ func TestNested_inner_watches_when_the_outer_ignores_hangups(t *testing.T) {
 // TestNested_context_of_an_ended_request_starts_done: an inner handler that
 // asks for its context only after the outer one has ended (here by the
 // server's shutdown) gets a context already done, with the outer one's
-// cause, as a standard library context derived from a done parent is. It
-// used to learn of the end a goroutine later, and could start work for a
-// request that had ended.
+// cause, as a standard library context derived from a done parent is:
+// learning of the end a goroutine later, it could start work for a request
+// that had ended.
 func TestNested_context_of_an_ended_request_starts_done(t *testing.T) {
 	t.Parallel()
 	for _, mode := range allModes {
@@ -278,11 +277,11 @@ func TestNested_context_of_an_ended_request_starts_done(t *testing.T) {
 
 // OnTimeout of an outer racing New, around an inner New whose handler is
 // still running (late), asks for the request's context: Context finds the
-// inner call, whose context followed the outer one's end on a goroutine of
-// its own, so OnTimeout often found it not done yet (Err and Cause nil; 10
-// of 20 runs without -race, 9 of 20 with it). The inner contexts now end
-// with the outer one, before its server goroutine is told. Cooperative: the
-// inner New has returned before the outer one's OnTimeout runs.
+// inner call, whose context must end with the outer one, before its server
+// goroutine is told; following the outer one's end on a goroutine of its
+// own, it would often be found not done yet (Err and Cause nil).
+// Cooperative: the inner New has returned before the outer one's OnTimeout
+// runs.
 func TestNested_OnTimeout_sees_the_request_context_ended(t *testing.T) {
 	t.Parallel()
 	for _, outerMode := range allModes {
@@ -350,11 +349,11 @@ func TestNested_OnHangup_sees_the_request_context_ended(t *testing.T) {
 
 // A goroutine that the outer handler waits for (a heartbeat that extends
 // the deadline, say) calls Extend, Remaining and Context while the outer
-// handler calls an inner New over and over. Each start and end of the inner
-// call used to change the request's user value that these look the call up
-// in: a data race under -race, and a look-up could go on with an inner call
-// already ended, back in the pool for another request. The user value now
-// keeps the outermost call, and an inner call is found through it.
+// handler calls an inner New over and over. The request's user value that
+// these look the call up in keeps the outermost call, and an inner call is
+// found through it: changed at each start and end of the inner call, it
+// would be a data race under -race, and a look-up could go on with an inner
+// call already ended, back in the pool for another request.
 func TestNested_goroutine_of_the_outer_handler_beside_inner_News(t *testing.T) {
 	t.Parallel()
 	for _, mode := range allModes {
@@ -406,8 +405,8 @@ func TestNested_goroutine_of_the_outer_handler_beside_inner_News(t *testing.T) {
 // An inner New that refuses the request (its admission's 503, or the
 // timeout response of a spent budget) while a goroutine of the outer
 // handler looks up the request's call (a heartbeat calling Remaining and
-// Extend). Writing the refusal into the request's user values, as it was,
-// raced with that goroutine's reading them (a data race under -race). A
+// Extend), without a data race under -race (writing the refusal into the
+// request's user values would race with that goroutine's reading them). A
 // middleware around the inner New and one around the outermost both see
 // the refusal, which is the request's answer.
 func TestNested_inner_refusal_beside_a_goroutine_of_the_outer_handler(t *testing.T) {

@@ -335,8 +335,8 @@ func TestTimeout_OnTimeout_panic_leaves_the_late_handler_its_ctx(t *testing.T) {
 
 // A panicking OnPanic reaches a recover around a cooperative middleware, as
 // a panicking OnTimeout does; the late return it reports is counted all the
-// same. It was counted only after OnPanic: LateRunning stayed up for good
-// and, with MaxLateHandlers, every later request was shed.
+// same: counted only after OnPanic, LateRunning would stay up for good
+// and, with MaxLateHandlers, every later request be shed.
 func TestPanics_cooperative_OnPanic_panic_still_counts_the_late_return(t *testing.T) {
 	t.Parallel()
 	recovered := make(chan any, 1)
@@ -420,8 +420,8 @@ func TestPanics_Goexit_in_a_late_callback_on_a_worker(t *testing.T) {
 
 // Skip and TimeoutFunc run before the request has any outcome in Stats. One
 // that panics is counted as a panic, and its panic goes up the server
-// goroutine as a handler's in time does; the request was counted in
-// Requests and nowhere else, a failure that Stats showed as a success.
+// goroutine as a handler's in time does, so that Stats do not show the
+// failure as a success (counted in Requests and nowhere else).
 func TestPanics_in_Skip_or_TimeoutFunc_count_as_panics(t *testing.T) {
 	for _, mode := range allModes {
 		for _, callback := range []string{"Skip", "TimeoutFunc"} {
@@ -462,9 +462,9 @@ func TestPanics_in_Skip_or_TimeoutFunc_count_as_panics(t *testing.T) {
 
 // A Config callback that calls runtime.Goexit (t.FailNow in a test's
 // callback, say) on the server goroutine ends it, after which fasthttp
-// neither answers the request nor closes its connection: its client
-// waited for an answer until its own timeout (one that had hung up, for
-// good), and the server held the descriptor. The connection is closed, as
+// neither answers the request nor closes its connection: its client would
+// wait for an answer until its own timeout (one that had hung up, for
+// good), and the server hold the descriptor. The connection is closed, as
 // after a cooperative handler's Goexit, and the request is counted out.
 func TestPanics_Goexit_in_a_callback_on_the_server_goroutine_closes_the_connection(t *testing.T) {
 	type goexitCase struct {
@@ -550,11 +550,11 @@ func TestPanics_Goexit_in_a_callback_on_the_server_goroutine_closes_the_connecti
 
 // TestPanics_panic_nil_under_panicnil runs itself again in a child process
 // with GODEBUG=panicnil=1, where a handler's panic(nil) recovers as nil,
-// as a runtime.Goexit does. The raced handler's worker took it for a Goexit
-// and forgot itself, but its goroutine lived on, waiting for work that
-// never came: one goroutine leaked per such panic. The server goroutine
-// re-raises it as a Goexit, the only value it can tell apart. The child's
-// TestMain fails it if a goroutine outlives its test.
+// as a runtime.Goexit does. The raced handler's worker must not take it for
+// a Goexit and forget itself while its goroutine lives on, waiting for work
+// that never comes: one goroutine leaked per such panic. The server
+// goroutine re-raises it as a Goexit, the only value it can tell apart. The
+// child's TestMain fails it if a goroutine outlives its test.
 func TestPanics_panic_nil_under_panicnil(t *testing.T) {
 	t.Parallel()
 	if !godebugtest.Child(t, "panicnil=1") {

@@ -96,8 +96,9 @@ func TestShutdown(t *testing.T) {
 // TestShutdown_disarm_and_extend_after_shutdown: a server shutting down
 // ends the contexts of running requests, not their deadlines. A handler
 // that learns of the shutdown and then disarms its deadline, to finish its
-// work, answers itself in both modes; cooperative mode took the context's
-// end for a deadline that had passed, refused the Disarm and answered 504.
+// work, answers itself in both modes: cooperative mode must not take the
+// context's end for a deadline that had passed, refuse the Disarm and
+// answer 504.
 func TestShutdown_disarm_and_extend_after_shutdown(t *testing.T) {
 	for _, mode := range allModes {
 		t.Run(mode.String(), func(t *testing.T) {
@@ -153,9 +154,9 @@ func TestShutdown_disarm_and_extend_after_shutdown(t *testing.T) {
 // TestShutdown_reaches_racing_contexts_whatever_the_Precision: racing
 // requests do not depend on Config.Precision (see its doc): with only
 // racing requests in flight the housekeeping goroutine rests, waking every
-// 100 ms to watch for shutdown. A Precision above that made it wait a whole
-// Precision before its first look, so a racing context learnt of the
-// shutdown only then (here an hour later), and idle workers outlived it too.
+// 100 ms to watch for shutdown, whatever the Precision: waiting a whole
+// Precision before its first look, a racing context would learn of the
+// shutdown only then (here an hour later), and idle workers outlive it too.
 func TestShutdown_reaches_racing_contexts_whatever_the_Precision(t *testing.T) {
 	for _, precision := range []time.Duration{fasttimeout.DefaultPrecision, time.Hour} {
 		t.Run(precision.String(), func(t *testing.T) {

@@ -118,8 +118,7 @@ func (c *stallChild) stall(t *testing.T, d time.Duration) {
 
 // A process stopped while its handlers sleep past their deadline wakes up
 // with every timer due at once: the handlers' sleeps and the deadlines. The
-// handlers' own responses must not get through, whichever runs first. On
-// 2e568c9, racing mode let several of them through.
+// handlers' own responses must not get through, whichever runs first.
 func TestLate_process_stall(t *testing.T) {
 	for _, mode := range []string{"racing", "cooperative"} {
 		t.Run(mode, func(t *testing.T) {
@@ -280,10 +279,10 @@ func runAdmissionStallServer(mode string) {
 // request runs: each waited past its deadline (/short) or past its share of
 // it (/long) by the time a slot came free. Each request gets one answer,
 // its own on its connection, the slots all come back (admissionStallLimit
-// requests run at once afterwards), and Stats add up. Before a freed slot
-// was handed over by comparing the waiter's end of wait with the clock,
-// /long requests ran after the stall whenever a held handler's return ran
-// before their timers (14 of 20 runs).
+// requests run at once afterwards), and Stats add up. A freed slot is
+// handed over by comparing the waiter's end of wait with the clock: else
+// /long requests would run after the stall whenever a held handler's
+// return ran before their timers.
 func TestAdmission_process_stall(t *testing.T) {
 	for _, mode := range []string{"racing", "cooperative"} {
 		t.Run(mode, func(t *testing.T) {

@@ -14,13 +14,14 @@ import (
 // The timer that times a racing call out wins the call's compare-and-swap
 // (settle) and only then counts the timeout and marks the handler late
 // (becomeLate: overAt, LateRunning, its context). A handler returning in
-// between found the call timed out and went on with its late return: it
-// read an overAt never stored for this request (OnLateReturn and the LateRun
-// histogram got the time since the process started, or since the worker's
-// previous timeout), took LateRunning below zero, and left InFlight before
-// the timeout was counted, against Snapshot's promise. Here the timer is
-// held between the two while the handler returns. Not parallel: it sets the
-// process's test hooks.
+// between finds the call timed out and goes on with its late return, which
+// must wait for those: else it reads an overAt never stored for this
+// request (OnLateReturn and the LateRun histogram get the time since the
+// process started, or since the worker's previous timeout), takes
+// LateRunning below zero, and leaves InFlight before the timeout is
+// counted, against Snapshot's promise. Here the timer is held between the
+// two while the handler returns. Not parallel: it sets the process's test
+// hooks.
 func TestStats_a_late_return_waits_for_its_timeout_to_be_counted(t *testing.T) {
 	stats := new(Stats)
 	settled, resume, returnNow := make(chan struct{}), make(chan struct{}), make(chan struct{})

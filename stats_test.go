@@ -166,8 +166,7 @@ func goroutineID() string {
 // OnTimeout (or OnHangup), while its late handler returns on its worker:
 // the request leaves InFlight only once both are done, so that a snapshot
 // whose InFlight is zero has it counted in full, whichever finishes first.
-// Here the late handler returns while OnTimeout (OnHangup) still runs. Its
-// return used to take InFlight to zero at once.
+// Here the late handler returns while OnTimeout (OnHangup) still runs.
 func TestStats_InFlight_falls_after_the_racing_answer(t *testing.T) {
 	t.Parallel()
 	for _, over := range []string{"timeout", "hang-up"} {

@@ -186,7 +186,8 @@ func newStressServer(t testing.TB, count *stressCounters) *stressServer {
 		add("/ignore/"+d, "ignore", 8, expectTimeout, 0, d+"ms", gated)
 		add("/panic-after/"+d, "panic-after", 3, expectTimeout, 0, d+"ms", gated)
 		// Not gated: a honouring handler returns the moment its context
-		// ends, racing the timeout answer (the path of the stale-signal bug).
+		// ends, racing the timeout answer (see
+		// TestTimeout_stale_signal_never_reaches_a_recycled_worker).
 		add("/honour/"+d, "honour", 6, expectTimeout, 0, d+"ms", plain)
 		add("/racy/"+d, "racy", 6, expectEither, 200, d+"ms", plain)
 		add("/disarm-stream/"+d, "stream", 3, expectEither, 200, d+"ms", plain)

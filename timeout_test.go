@@ -155,8 +155,8 @@ func TestTimeout_racing_answers_at_the_deadline_while_the_handler_still_runs(t *
 // fasthttp.CompressHandler around the middleware compresses what the
 // handler returned by New leaves in ctx.Response. After a racing timeout that
 // is the late handler's response, still being written: fasthttp 1.79 leaves
-// a timed-out RequestCtx alone there, and the race detector catches the
-// compression of an earlier fasthttp racing the late handler's writes.
+// a timed-out RequestCtx alone there, and the race detector catches a
+// fasthttp that compresses it, racing the late handler's writes.
 func TestTimeout_under_CompressHandler(t *testing.T) {
 	t.Parallel()
 	for _, mode := range allModes {
@@ -321,11 +321,11 @@ func TestNew_copies_the_configured_body(t *testing.T) {
 
 // A handler that honours its context returns as soon as its context is
 // cancelled at the deadline, which happens before the server goroutine is
-// signalled. The late handler could then hand its worker back to the pool,
-// another request take it, and that request's server goroutine receive the
-// stale timeout signal: it treated its own call as finished while the worker
-// ran it (a data race on call.ctx, a timed-out request answered with the late
-// handler's response, a crash). Regression test for that bug.
+// signalled. The late handler may then hand its worker back to the pool,
+// and another request take it: that request's server goroutine must not
+// receive the stale timeout signal, or it treats its own call as finished
+// while the worker runs it (a data race on call.ctx, a timed-out request
+// answered with the late handler's response, a crash).
 func TestTimeout_stale_signal_never_reaches_a_recycled_worker(t *testing.T) {
 	var wrong atomic.Int64
 	h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
