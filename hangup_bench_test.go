@@ -18,7 +18,7 @@ import (
 
 // The hang-up watcher's costs:
 //
-//	go test -run '^$' -bench 'Hangup' -benchtime 300x
+//	go test -run '^$' -bench 'Hangup' -benchtime 2000x .
 //
 // AddRemove is one watch and its removal on a live, registered connection.
 // Notice is the delay from a client's close to the callback (p50 and max
