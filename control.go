@@ -37,15 +37,7 @@ import (
 // for which a parent's deadline never moves, made it a plain cancel context
 // with the parent's. Derive such contexts after moving the deadline.
 func Disarm(ctx *fasthttp.RequestCtx) bool {
-	c, root, h := hold(ctx, true)
-	if c == nil {
-		return false
-	}
-	defer root.unhold(h)
-	if c.outer != nil {
-		return c.moveNested(false, (*call).disarm)
-	}
-	return c.disarm()
+	return move(ctx, false, (*call).disarm)
 }
 
 // Extend moves the deadline of the request ctx d later, from inside its
@@ -67,15 +59,21 @@ func Extend(ctx *fasthttp.RequestCtx, d time.Duration) bool {
 	if d < 0 {
 		return false
 	}
+	return move(ctx, true, func(c *call) bool { return c.extend(d) })
+}
+
+// move moves with f the deadline of the request ctx, holding its moves (see
+// hold), and inside nested News every one's (see moveNested).
+func move(ctx *fasthttp.RequestCtx, skipDisarmed bool, f func(*call) bool) bool {
 	c, root, h := hold(ctx, true)
 	if c == nil {
 		return false
 	}
 	defer root.unhold(h)
 	if c.outer != nil {
-		return c.moveNested(true, func(c *call) bool { return c.extend(d) })
+		return c.moveNested(skipDisarmed, f)
 	}
-	return c.extend(d)
+	return f(c)
 }
 
 // moveNested moves with move the deadline of c, inside nested News, and of
