@@ -11,38 +11,29 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-// Admission by a concurrency limit (Config.AdaptiveConcurrency and
-// Config.MaxConcurrency); docs/overload.md gives the measurements behind
-// each choice.
-//
-// The limit counts handlers that hold a slot, from admission until they
-// return, late or not: a late handler that ignores its context still burns
-// CPU. Below the limit a slot costs one compare-and-swap. Beyond it a
-// request waits at most a tenth of its remaining budget; a freed slot goes
-// to the oldest waiter, or to the newest once the queue has stayed
-// non-empty for lifoAfter (adaptive LIFO, as in Facebook's "Fail at
+// Admission by a concurrency limit (Config.AdaptiveConcurrency,
+// Config.MaxConcurrency; docs/overload.md has the measurements). A handler
+// holds a slot from admission until it returns, late or not: a late handler
+// that ignores its context still burns CPU. Below the limit a slot costs one
+// compare-and-swap; beyond it a request waits in the queue (queue.go), where
+// a freed slot goes to the oldest waiter, or to the newest once the queue
+// has stayed non-empty for lifoAfter (adaptive LIFO, Facebook's "Fail at
 // Scale"): the oldest waiters' callers are the likeliest to have given up.
-//
-// The adaptive limit (adaptive.go) moves the limit by the latency of the
-// handlers; the queue (queue.go) holds the requests beyond it.
+// adaptive.go moves the limit by the handlers' latency.
 type limiter struct {
-	// slots is written by every request; the fields read on the fast
-	// path, written rarely, are kept off its cache line, as are the
-	// window's, so that cores do not take the line from each other more
-	// than they must. It packs two counters, so that taking a slot is one
-	// atomic operation: the handlers holding a slot (the low 32 bits, see
-	// holding) and the slots taken so far (the high 32 bits, wrapping),
-	// with which the backlog's refusals count arrivals (backlog.go).
+	// slots packs two counters, so that taking a slot is one atomic
+	// operation: the handlers holding one (low 32 bits) and the slots taken
+	// so far (high 32 bits, wrapping), the backlog's count of arrivals.
+	// Every request writes it: the rarely written fields the fast path
+	// reads, and the window's, are kept off its cache line.
 	slots   atomic.Int64
 	_       [56]byte
 	limit   atomic.Int64
 	waiting atomic.Int64  // requests in the queue; read on the fast path
 	every   atomic.Uint32 // a returning handler is a sample with probability 1/(every+1)
-	// rng, if set, draws the samples and the backlog's refusals (see
-	// random): tests on a fake clock seed it, so that they give the same
-	// figures on every run. Set before the limiter is used, and then only
-	// by tests whose limiter one goroutine drives: a rand.Rand is not safe
-	// for concurrent use.
+	// rng, if set, draws the samples and the backlog's refusals, seeded by
+	// tests on a fake clock for repeatable figures: set before use, only by
+	// tests whose limiter one goroutine drives (rand.Rand is not goroutine-safe).
 	rng *rand.Rand
 
 	stats    *Stats
@@ -72,43 +63,34 @@ type limiter struct {
 	adapting    sync.Mutex // held by the goroutine closing a window
 	minRTT      int64      // guarded by adapting
 	probed      bool       // minRTT is a probe's median, kept until the next probe; guarded by adapting
-	// ssthresh is the limit that latency over the target, or timeouts,
-	// last brought the limit back to: the slow start stops there. 0: none
-	// yet. Guarded by adapting.
-	ssthresh int64
-	// doubledAt is when the slow start last doubled the limit. Guarded by
-	// adapting.
-	doubledAt int64
+	// ssthresh, where the slow start stops, is the limit that latency over
+	// the target, or timeouts, last brought it back to; 0: none yet.
+	ssthresh  int64 // guarded by adapting
+	doubledAt int64 // when the slow start last doubled the limit; guarded by adapting
 	// loweredAt is when a window last lowered the limit: only handlers
-	// admitted since may lower it again (see byLatency and drop). Written
-	// with adapting held.
+	// admitted since lower it again (byLatency, drop); written under adapting.
 	loweredAt atomic.Int64
 
 	// A probe holds the limit at its floor for a window to measure the
 	// unloaded latency (see adapt).
-	probeFrom   atomic.Int64 // when the current probe began; 0: none
-	probeYields atomic.Bool  // the probe began without load, and ends for a request it would refuse (see yieldProbe)
-	restore     int64        // the limit after the probe; guarded by adapting
-	nextProbe   int64        // guarded by adapting
-	probedAt    int64        // when the last probe ended; guarded by adapting
-	// restoreEvery is the sampling rate after the probe, which samples
-	// every return (see adapt). Guarded by adapting.
-	restoreEvery uint32
-	// probeOwed: a probe gave way (yieldProbe), and the next window in
-	// which requests queue probes again, this time under load: a server
-	// started straight into overload would otherwise take its loaded
-	// latency for the unloaded one until the next regular probe. Guarded
-	// by adapting.
-	probeOwed bool
+	probeFrom    atomic.Int64 // when the current probe began; 0: none
+	probeYields  atomic.Bool  // the probe began without load, and ends for a request it would refuse (see yieldProbe)
+	restore      int64        // the limit after the probe; guarded by adapting
+	nextProbe    int64        // guarded by adapting
+	probedAt     int64        // when the last probe ended; guarded by adapting
+	restoreEvery uint32       // the sampling rate after the probe, which samples every return; guarded by adapting
+	// probeOwed: a probe gave way (yieldProbe), so the next window in which
+	// requests queue probes again, under load, or a server started into
+	// overload takes its loaded latency for the unloaded one till the next.
+	probeOwed bool // guarded by adapting
 
 	// Refusals for the backlog in front of the middleware (backlog.go).
 	shed       atomic.Uint32 // probability of refusing a request at once, in 1/2³² units
 	shedAt     atomic.Int64  // when shed was last moved
 	shedMu     sync.Mutex    // held by the goroutine moving shed (updateShed)
 	shedTarget int64         // the run queue's wait above which shed rises (backlogTarget)
-	// The counts behind the capacity estimate: the requests refused, and
-	// the handlers that returned in time (the samples, weighted by the
-	// sampling rate).
+	// The capacity estimate's counts: requests refused, and handlers that
+	// returned in time (the samples, weighted by the sampling rate).
 	refused atomic.Int64
 	served  atomic.Int64
 	// Guarded by shedMu: the capacity in answers in time per nanosecond,
@@ -135,9 +117,8 @@ const (
 	// maxWindow closes a window with fewer samples, or only timeouts.
 	maxWindow = 4 * minWindow
 	// probeEvery is how often, under sustained load, the limit drops to its
-	// floor for a window to measure the unloaded latency again (plus up to
-	// a quarter more, so that servers started together do not probe
-	// together).
+	// floor for a window to measure the unloaded latency again, plus up to
+	// a quarter so that servers started together do not probe together.
 	probeEvery = 30 * time.Second
 	// earlyProbeEvery bounds the probes called by latency that rose while
 	// the limit did not bind.
@@ -145,9 +126,8 @@ const (
 	// waitShare: a request waits for a slot for at most 1/waitShare of its
 	// remaining budget, leaving the rest to its handler.
 	waitShare = 10
-	// minWait: a request whose share is shorter is refused at once, and
-	// one whose caller gives up sooner (MaxQueueAge) gets the timeout
-	// response at once.
+	// minWait: a request with a shorter share is refused at once; one whose
+	// caller gives up sooner (MaxQueueAge) gets the timeout response.
 	minWait = 100 * time.Microsecond
 	// lifoAfter is how long the queue must have stayed non-empty for the
 	// newest waiter to be served first.
@@ -156,20 +136,17 @@ const (
 	// adaptive limit tolerates: for handlers of microseconds, scheduling
 	// noise doubles the latency without any congestion worth a refusal.
 	latencySlack = time.Millisecond
-	// minQueue is the least number of waiters the queue holds; otherwise
-	// twice the ceiling of the limit. Waiters cost little (their
-	// connection's goroutine exists anyway), and their wait is bounded by
-	// their budget, so a burst waits rather than being refused.
+	// minQueue is the least the queue holds, else twice the limit's
+	// ceiling: a waiter costs little (its connection's goroutine exists
+	// anyway) and waits a bounded time, so a burst waits rather than fails.
 	minQueue = 32
 )
 
-// newLimiter returns a limiter of max slots (with adaptive, the ceiling of
-// its limit) for a middleware with timeout, counting in stats; late counts
-// the middleware's handlers running late.
+// newLimiter returns a limiter of max slots (adaptive: its limit's ceiling)
+// for a middleware with timeout, counting in stats and its late handlers in late.
 func newLimiter(max int64, adaptive bool, timeout time.Duration, stats *Stats, late *atomic.Int64) *limiter {
-	// No more handlers than slots can count (32 bits) ever hold a slot, so
-	// a greater limit says no more; and Stats sums the limits of the
-	// middlewares sharing it, which two of math.MaxInt overflowed.
+	// A greater limit says no more (see maxLimit), and Stats sums the
+	// limits of the middlewares sharing it: two of math.MaxInt would overflow.
 	max = min(max, maxLimit)
 	l := &limiter{stats: stats, adaptive: adaptive, floor: max, ceiling: max, late: late, shedTarget: backlogTarget(timeout)}
 	if adaptive {
@@ -187,20 +164,17 @@ func newLimiter(max int64, adaptive bool, timeout time.Duration, stats *Stats, l
 	l.limit.Store(limit)
 	l.share = &limitShare{stats: stats}
 	l.share.add(limit)
-	// Once nothing can reach the limiter (its middleware's handler dropped,
-	// say on a configuration reload, its requests over and its workers
-	// retired), its limit no longer counts in Stats; the handler built
-	// again in its place counts its own. The cleanup's argument, the share,
-	// points to neither the limiter nor its middleware (which late points
-	// into): either would keep the limiter reachable, and the cleanup
-	// would never run.
+	// Once nothing reaches the limiter (its handler dropped on a reload,
+	// its requests over, its workers retired), its limit leaves Stats; the
+	// handler built in its place counts its own. The share points to neither
+	// the limiter nor its middleware (into which late points): either would
+	// keep the limiter reachable, and the cleanup would never run.
 	runtime.AddCleanup(l, (*limitShare).withdraw, l.share)
 	return l
 }
 
-// limitShare is what a limiter's limit adds to Stats.limit, kept apart
-// from the limiter so that the cleanup that withdraws it once the limiter
-// is unreachable does not keep the limiter alive (see newLimiter).
+// limitShare is what a limiter's limit adds to Stats.limit, apart from
+// the limiter for the cleanup that withdraws it (see newLimiter).
 type limitShare struct {
 	stats *Stats
 	added atomic.Int64
@@ -218,13 +192,12 @@ func (s *limitShare) withdraw() {
 	s.stats.limit.Add(-s.added.Load())
 }
 
-// maxLimit is the greatest limit: the handlers holding a slot are counted
-// in 32 bits.
+// maxLimit is the greatest limit: the handlers holding a slot count in 32 bits.
 const maxLimit = math.MaxUint32
 
-// A slot taken adds oneSlot to limiter.slots, and one given back subtracts
-// one: the handlers holding a slot never go below zero, so nothing borrows
-// from the count of slots taken.
+// A slot taken adds oneSlot to limiter.slots, one given back subtracts 1:
+// the handlers holding one never go below zero, so nothing borrows from the
+// count of slots taken.
 const oneSlot = 1<<32 + 1
 
 // holding returns the number of handlers holding a slot.
@@ -250,14 +223,13 @@ func (l *limiter) tryAcquire() bool {
 	}
 }
 
-// acquire takes a slot for request ctx, whose deadline is deadline, at t,
-// waiting for one if needed, but not past giveUp, when its caller gives up
-// (Config.MaxQueueAge; noDeadline without it). It returns how long the
-// request waited, and the reason it was refused, or "" once it holds a
-// slot, or spentBudget, for the timeout response, if it stopped waiting at
-// giveUp or giveUp left it no time to wait (less than minWait). A request
-// still waiting when its server shuts down is refused then: its handler
-// would only start to be cancelled, and the shutdown waits for its answer.
+// acquire takes a slot for request ctx with deadline at t, waiting if
+// needed, but not past giveUp, when its caller gives up (Config.MaxQueueAge;
+// else noDeadline). It returns how long the request waited, and why it was
+// refused: "" once it holds a slot; spentBudget, for the timeout response,
+// if it stopped at giveUp or giveUp left it no time to wait. A request
+// still waiting at server shutdown is refused: its handler would only start
+// to be cancelled, and the shutdown waits for its answer.
 func (l *limiter) acquire(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (waited time.Duration, reason string) {
 	if l.adaptive {
 		if t-l.shedAt.Load() >= int64(backlogInterval) {
@@ -267,8 +239,7 @@ func (l *limiter) acquire(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (
 			return 0, l.refuse(RejectedQueueFull) // the run queue is backed up
 		}
 	}
-	// Waiters come first: a newcomer takes a free slot only when nobody
-	// waits for one.
+	// Waiters first: a newcomer takes a free slot only if nobody waits.
 	if l.waiting.Load() == 0 && l.tryAcquire() {
 		return 0, ""
 	}
@@ -287,8 +258,8 @@ func (l *limiter) refuse(reason string) string {
 	return reason
 }
 
-// release gives back the slot of a handler that returned at t. rtt is its
-// latency from admission, a sample if the handler returned in time.
+// release gives back the slot of a handler that returned at t; rtt, its
+// latency from admission, is a sample if it returned in time.
 func (l *limiter) release(t int64, rtt time.Duration, inTime bool) {
 	l.slots.Add(-1)
 	if l.waiting.Load() > 0 {
@@ -305,8 +276,8 @@ func (l *limiter) release(t int64, rtt time.Duration, inTime bool) {
 		case every == 0:
 			sampled = true
 		case l.rng == nil:
-			// random, written out: as a call (too big to inline) it
-			// cost the fast path a nanosecond in BenchmarkAdmission.
+			// random, by hand: the call (too big to inline) costs the
+			// fast path a nanosecond in BenchmarkAdmission.
 			sampled = rand.Uint32()&every == 0
 		default:
 			sampled = l.rng.Uint32()&every == 0

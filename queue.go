@@ -18,8 +18,7 @@ type waiter struct {
 	until      int64 // when its wait runs out: its share of the budget spent
 	inQueue    bool  // guarded by limiter.mu
 	// evicted: it gave way to a newcomer in a full queue before its wait
-	// was over. Written under limiter.mu before ready is sent, read once
-	// ready is received.
+	// was over. Written under limiter.mu before ready is sent, read after.
 	evicted bool
 }
 
@@ -29,10 +28,9 @@ var waiterPool = sync.Pool{New: func() any {
 	return w
 }}
 
-// stopTimer stops w's timer and empties its channel. With Go's timers
-// before 1.23 (GODEBUG=asynctimerchan=1) a tick that came while the slot was
-// handed over stays in the channel, and the next request to take w from the
-// pool would find its wait over at once and be refused.
+// stopTimer stops w's timer and empties its channel: with pre-1.23 timers
+// (GODEBUG=asynctimerchan=1) a tick that came as the slot was handed over
+// stays there, and the next request to take w from the pool is refused.
 func (w *waiter) stopTimer() {
 	if !w.timer.Stop() {
 		select {
@@ -42,32 +40,26 @@ func (w *waiter) stopTimer() {
 	}
 }
 
-// wait is acquire's slow path, for request ctx that could not take a slot
-// at once at t (none free, or others waiting): unless a slot is free by the
-// time it holds the queue's lock, it queues the request for at most its
-// share of the time left until deadline, or until giveUp if sooner, and
-// returns as acquire does. A request that cannot wait minWait by the clock
-// as it holds the queue's lock is not queued (nor counted in Stats.Queued):
-// it is refused, or, if giveUp is that close, answered as acquire does at
-// giveUp.
+// wait is acquire's slow path, for request ctx that found no free slot at
+// t, or others waiting: unless one is free once it holds the queue's lock,
+// it queues the request for at most its share of the time left to deadline,
+// or until giveUp if sooner, and returns as acquire does. One that cannot
+// wait minWait by then is not queued (nor counted in Stats.Queued): it is
+// refused, or, if giveUp is that close, answered as at giveUp.
 func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (waited time.Duration, reason string) {
 	if l.adaptive {
-		// No window closed for long: late handlers may hold every slot.
-		// By the clock, not t: after a stall since the arrival (a slow
-		// TimeoutFunc), a window that fell due meanwhile stayed open, and
-		// the request queued behind the late handlers where closing it
-		// keeps room beside them; and one closed at t started the next
-		// window (a probe, the once-per-latency count) before handlers
-		// admitted during the stall.
+		// No window closed for long: late handlers may hold every slot. By
+		// the clock (see dispatchLocked): a window due during a stall
+		// closes, keeping room beside them, and the next (a probe, the
+		// once-per-latency count) starts after handlers admitted meanwhile.
 		if clock := max(t, now()); clock-l.windowStart.Load() >= int64(maxWindow) {
 			l.adapt(clock)
 		}
 	}
 	maxWait := time.Duration(deadline-t) / waitShare
-	// A probe without load holds the limit at its floor: it gives way to
-	// the first request it would refuse (yieldProbe), and a request it held
-	// back that gave up its place at the same time must not be refused for
-	// coming second.
+	// A probe without load gives way to the first request it would refuse
+	// (yieldProbe); one it held back that gave up at the same time must not
+	// be refused for coming second.
 	heldByProbe := l.probeYields.Load()
 	l.mu.Lock()
 	// Counted before the slot is looked at again: a handler returning now
@@ -79,19 +71,15 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (wai
 		l.mu.Unlock()
 		return 0, ""
 	}
-	// The queue goes by the clock as its lock is held, as dispatchLocked
-	// does (the later of the two readings): t was read on arrival, and
-	// after a stall since (a wait for the lock, a slow TimeoutFunc) a
-	// request whose wait had run out would be queued, only to be refused
-	// as it was, a full queue that had stayed busy for lifoAfter would
-	// refuse the newcomer rather than evict its oldest waiter, and a queue
-	// the newcomer starts would count as busy from before it came.
+	// By the clock, as dispatchLocked: with t, a request whose wait had run
+	// out would be queued only to be refused, a full queue busy for
+	// lifoAfter would refuse the newcomer rather than evict its oldest, and
+	// a queue it starts would count as busy from before it came.
 	clock := max(t, now())
 	if giveUp-clock < int64(minWait) {
-		// Its caller gives up before it could wait: it would leave the
-		// queue at once with the timeout response, counted as queued.
-		// First, as admit answers a request past MaxQueueAge before it
-		// asks the limit, and as a wait ends at giveUp.
+		// Its caller gives up before it could wait: the timeout response,
+		// not queued for nothing. Before the share, as admit answers past
+		// MaxQueueAge before it asks the limit, and a wait ends at giveUp.
 		l.waiting.Add(-1)
 		l.mu.Unlock()
 		l.refused.Add(1) // an arrival turned away, for the backlog; not a 503
@@ -110,10 +98,9 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (wai
 			l.mu.Unlock()
 			return 0, l.refuse(RejectedQueueFull)
 		}
-		// Newest first: the oldest waiter gives way to the newcomer. One
-		// whose wait is over by the clock is refused as its timer, due as
-		// well, would have it refused (queue_timeout, or the timeout
-		// response at giveUp): the eviction only came first.
+		// Newest first: the oldest waiter gives way, evicted unless its wait
+		// is over by the clock: then it is refused as its timer, due as
+		// well, would have it (the eviction only came first).
 		oldest := l.head
 		l.remove(oldest)
 		oldest.evicted = clock < oldest.until
@@ -133,12 +120,9 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (wai
 	if hook := testHookQueued.Load(); hook != nil {
 		(*hook)(l, w.ready, deadline)
 	}
-	// The wait ends at until by the clock, as dispatchLocked has it: set
-	// for waitFor from now, the timer would count from after a stall since
-	// the clock was read (the goroutine descheduled as it released the
-	// lock, a stopped process), and answer that much late a request that
-	// dispatch already refuses. Due already, it fires at once. The later
-	// of the two readings, as in dispatchLocked.
+	// Until by the clock, as dispatchLocked: set for waitFor, the timer
+	// would answer late by a stall since the clock was read (descheduled at
+	// the unlock, a stopped process) a request dispatch already refuses.
 	armFor := time.Duration(w.until - max(t, now()))
 	if hook := testHookWaitArmed.Load(); hook != nil {
 		(*hook)(l, w.until, armFor)
@@ -167,8 +151,7 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (wai
 		return waited, ""
 	case evicted:
 		// Refused for a full queue with time left to wait: its goroutine
-		// running late since (past its share, or past giveUp) does not
-		// make that a timeout.
+		// running late since does not make that a timeout.
 		return waited, l.refuse(RejectedQueueFull)
 	case t+int64(waited) >= giveUp && !closed(shutdown):
 		l.refused.Add(1) // an arrival turned away, for the backlog; not a 503
@@ -198,9 +181,8 @@ func closed(ch <-chan struct{}) bool {
 	}
 }
 
-// testHookQueueTimedOut, set only by tests, runs in wait once a request has
-// left the queue at the end of its wait, before it looks for a probe that
-// would give way to it.
+// testHookQueueTimedOut, set only by tests, runs in wait once a request's
+// wait has run out, before yieldProbe.
 var testHookQueueTimedOut atomic.Pointer[func(*limiter)]
 
 // testHookDispatching, set only by tests, runs in dispatchLocked, with l.mu
@@ -213,8 +195,7 @@ var testHookDispatching atomic.Pointer[func(*limiter)]
 var testHookQueued atomic.Pointer[func(l *limiter, ready chan bool, deadline int64)]
 
 // testHookWaitArmed, set only by tests, runs in wait as a queued request's
-// timer is set: until is when its wait ends, and d the duration the timer
-// is set for.
+// timer is set for d, to end its wait at until.
 var testHookWaitArmed atomic.Pointer[func(l *limiter, until int64, d time.Duration)]
 
 // leave takes waiter w out of the queue, unless it was handed a slot or
@@ -230,14 +211,13 @@ func (l *limiter) leave(w *waiter) (granted bool) {
 	return <-w.ready // handed a slot or evicted as it gave up
 }
 
-// dispatchLocked hands free slots to waiters. A waiter whose wait has run
-// out gets none: it leaves the queue refused, as its timer, due as well,
-// would have it leave (after a stall, or on a starved process, both are due
-// at once, and which goroutine runs first must not decide). That goes by
-// the clock as the queue's lock is held: t, the caller's reading, was
-// taken before, and a stall in between (or the wait for the lock) would
-// hand a slot to a waiter whose wait is over; the later of the two counts
-// (the tests' fake clocks run ahead of the real one). l.mu is held.
+// dispatchLocked hands free slots to waiters; l.mu is held. A waiter whose
+// wait has run out gets none: it leaves refused, as its timer, due as well,
+// would have it (after a stall, or on a starved process, both are due, and
+// which goroutine runs first must not decide). The queue goes by the clock
+// under its lock, or t if later (tests' fake clocks run ahead): t, the
+// caller's reading, is stale after a stall (a slow TimeoutFunc, the lock's
+// wait) and would hand a slot to a waiter whose wait is over.
 func (l *limiter) dispatchLocked(t int64) {
 	if hook := testHookDispatching.Load(); hook != nil {
 		(*hook)(l)
