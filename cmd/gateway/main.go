@@ -265,11 +265,14 @@ Flags:
 }
 
 // forwardsToItself tells whether upstream, a valid host:port, is addr, the
-// gateway's own: the same port (not 0) and the same host, or a loopback or
+// gateway's own: the same port (not 0) and the same host, a loopback or
 // unspecified one (localhost too) while the gateway listens on every
-// address. Such a gateway sends each request back to itself, turn after
-// turn, an upstream connection held at each, until the request's time runs
-// out: a 504 for every request. Other names are not resolved.
+// address, or localhost while it listens on a loopback address (fasthttp
+// dials a name's addresses in turn, so some connections come back even if
+// another server has the other family's loopback). Such a gateway sends
+// each request back to itself, turn after turn, an upstream connection held
+// at each, until the request's time runs out: a 504 for every request.
+// Other names are not resolved.
 func forwardsToItself(addr, upstream string) bool {
 	host, port, _ := net.SplitHostPort(addr)
 	upHost, upPort, _ := net.SplitHostPort(upstream)
@@ -285,7 +288,7 @@ func forwardsToItself(addr, upstream string) bool {
 	case host == "" || ip.IsUnspecified():
 		return strings.EqualFold(upHost, "localhost") || upIP.IsLoopback() || upIP.IsUnspecified()
 	}
-	return false
+	return ip.IsLoopback() && strings.EqualFold(upHost, "localhost")
 }
 
 // decimal is a count given as a flag: decimal digits only, unlike

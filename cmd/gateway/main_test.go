@@ -253,6 +253,7 @@ func TestBadInput(t *testing.T) {
 		{name: "upstream is addr", args: []string{"-addr", "127.0.0.1:8081", "-upstream", "127.0.0.1:8081"}, want: "-upstream 127.0.0.1:8081 is the gateway's own -addr 127.0.0.1:8081: each request would come back to it"},
 		{name: "upstream is addr, written otherwise", args: []string{"-addr", "[::ffff:127.0.0.1]:08081", "-upstream", "127.0.0.1:8081"}, want: "is the gateway's own -addr"},
 		{name: "upstream is localhost, addr every address", args: []string{"-addr", ":8081", "-upstream", "localhost:8081"}, want: "-upstream localhost:8081 is the gateway's own -addr :8081"},
+		{name: "upstream is localhost, addr loopback", args: []string{"-addr", "127.0.0.1:8081", "-upstream", "LOCALHOST:8081"}, want: "-upstream LOCALHOST:8081 is the gateway's own -addr 127.0.0.1:8081"},
 		{name: "upstream is loopback, addr every IPv6 address", args: []string{"-addr", "[::]:8081", "-upstream", "[::1]:8081"}, want: "is the gateway's own -addr"},
 		{name: "addr port out of range", args: []string{"-addr", "127.0.0.1:99999"}, want: "-addr wants a port number"},
 		{name: "extra argument", args: []string{"serve"}, want: `unexpected argument "serve"`},
@@ -437,7 +438,10 @@ func TestForwardsToItself(t *testing.T) {
 		{"127.0.0.1:8081", "127.0.0.1:8080", false}, // the defaults
 		{"127.0.0.1:0", "127.0.0.1:8080", false},    // any free port: not the upstream's, which is taken
 		{"127.0.0.1:8081", "127.0.0.2:8081", false}, // another address
-		{"127.0.0.1:8081", "localhost:8081", false}, // localhost may be ::1, another listener's
+		{"127.0.0.1:8081", "localhost:8081", true},  // dialled in turn with ::1: some connections come back
+		{"[::1]:8081", "LocalHost:8081", true},
+		{"127.0.0.1:8081", "localhost:8080", false}, // another port
+		{"192.0.2.1:8081", "localhost:8081", false}, // not a loopback address
 		{":8081", "192.0.2.1:8081", false},          // names and other addresses are not resolved
 		{"[::1]:8081", "example.com:8081", false},   // nor compared
 	} {
