@@ -95,8 +95,9 @@ const usage = `usage: loadtest [flags]
 
 Compares fasttimeout with fasthttp.TimeoutWithCodeHandler, http.TimeoutHandler
 and bare servers over 127.0.0.1. Markdown report on stdout, progress on stderr.
-Counts and loads are read in decimal ("010" is 10). Ctrl-C stops the run;
-a second Ctrl-C stops it at once, killing its server children (exit status 130).
+Counts and loads are read in decimal ("010" is 10). Ctrl-C (SIGINT) or SIGTERM
+stops the run; a second one stops it at once, killing its server children
+(exit status 130 for SIGINT, 143 for SIGTERM).
 
 flags:
 `
@@ -390,20 +391,20 @@ func main() {
 	// Room for both signals, should they come before stopOnSignals reads
 	// the first: Notify drops what does not fit.
 	signals := make(chan os.Signal, 2)
-	signal.Notify(signals, os.Interrupt)
+	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
 	ctx, cancel := context.WithCancel(context.Background())
 	go stopOnSignals(signals, cancel, os.Stderr)
 	os.Exit(command(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 
-// stopOnSignals cancels the run at the first Ctrl-C (SIGINT), which ends
-// the cell under way and stops its server child: up to a load client's
-// 10 s for a request in flight, then up to 5 s (the overload's 1 s, 30 s
-// while it writes a profile) for the child to exit. At the second, it
-// kills the server children still running and ends the process at once,
-// with 130 (128 plus SIGINT's number), what a shell reports for a process
-// that signal killed: a second Ctrl-C means the user wants out now, and
-// the children must not outlive the run.
+// stopOnSignals cancels the run at the first Ctrl-C (SIGINT) or SIGTERM
+// (kill, a CI timeout), which ends the cell under way and stops its server
+// child: up to a load client's 10 s for a request in flight, then up to 5 s
+// (the overload's 1 s, 30 s while it writes a profile) for the child to
+// exit. At the second, it kills the server children still running and ends
+// the process at once, with 128 plus the signal's number (130, 143), what a
+// shell reports for a process that signal killed: a second signal means
+// the user wants out now, and the children must not outlive the run.
 func stopOnSignals(signals <-chan os.Signal, cancel context.CancelFunc, stderr io.Writer) {
 	sig := <-signals
 	cancel()

@@ -17,15 +17,57 @@ import (
 )
 
 // signalBound only turns a hang into a failure: a run that ignored the
-// second Ctrl-C exits after its load client's 10 s and its child's 5 s.
+// second signal exits after its load client's 10 s and its child's 5 s.
 const signalBound = 60 * time.Second
 
-// TestProcess_secondInterrupt runs the load test as a child process, its
+// TestProcess_secondSignal runs the load test as a child process, its
 // server child stopped (SIGSTOP) in the middle of a storm cell, as one busy
 // or stuck would be: closing its input does not end it, and the first
-// Ctrl-C's orderly stop waits for it. A second Ctrl-C must end the run at
-// once with 130 and kill the server child, not leave it behind.
-func TestProcess_secondInterrupt(t *testing.T) {
+// signal's orderly stop waits for it. A second Ctrl-C (SIGINT), or a second
+// SIGTERM (kill, a CI timeout), must end the run at once with 128 plus its
+// number and kill the server child, not leave it behind.
+func TestProcess_secondSignal(t *testing.T) {
+	bin := buildLoadtest(t)
+	for _, tc := range []struct {
+		sig  syscall.Signal
+		code int
+	}{
+		{syscall.SIGINT, 130},
+		{syscall.SIGTERM, 143},
+	} {
+		t.Run(tc.sig.String(), func(t *testing.T) {
+			t.Parallel()
+			lt := startStorm(t, bin)
+			if err := syscall.Kill(lt.server, syscall.SIGSTOP); err != nil {
+				t.Fatal(err)
+			}
+			if err := lt.cmd.Process.Signal(tc.sig); err != nil {
+				t.Fatal(err)
+			}
+			waitForLine(t, lt.lines, tc.sig.String()+": stopping the run", &lt.stderr)
+			if err := lt.cmd.Process.Signal(tc.sig); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-lt.exited:
+			case <-time.After(signalBound):
+				t.Fatalf("the load test did not exit within %v: %s", signalBound, lt.stderr.String())
+			}
+			if code := lt.cmd.ProcessState.ExitCode(); code != tc.code {
+				t.Fatalf("exit status %d, want %d: %s", code, tc.code, lt.stderr.String())
+			}
+			if want := "loadtest: " + tc.sig.String() + " again: stopping at once, server children killed"; !strings.Contains(lt.stderr.String(), want) {
+				t.Errorf("no line %q: %s", want, lt.stderr.String())
+			}
+			waitFor(t, "the server child to be gone", func() bool { return !running(lt.server) })
+		})
+	}
+}
+
+// buildLoadtest builds the load test into a temporary directory, skipping
+// where the tests that run it cannot.
+func buildLoadtest(t *testing.T) string {
+	t.Helper()
 	if runtime.GOOS != "linux" {
 		t.Skip("finds the server child in /proc")
 	}
@@ -37,9 +79,26 @@ func TestProcess_secondInterrupt(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v: %s", err, out)
 	}
-	// One slow connection: the storm's handlers wait 200 ms each, so the
-	// cell costs next to no CPU for the hour it would last.
-	cmd := exec.Command(bin, "-scenarios", "storm", "-variants", "fasthttp-bare", "-storm-conns", "1", "-warmup", "0", "-duration", "1h")
+	return bin
+}
+
+// loadtestProcess is a load test run as a child process of the test.
+type loadtestProcess struct {
+	cmd    *exec.Cmd
+	exited chan struct{} // closed once cmd has been waited for
+	server int           // its server child's pid
+	lines  chan string   // its stderr's lines, as they come (some may be dropped)
+	stderr lockedBuffer  // every line of its stderr
+}
+
+// startStorm starts bin on a storm cell of one slow connection, which
+// costs next to no CPU for the hour it would last, and returns once its
+// server child listens: the child then tells its address, and the cell's
+// load starts. Both processes are killed at the end of the test.
+func startStorm(t *testing.T, bin string) *loadtestProcess {
+	t.Helper()
+	lt := &loadtestProcess{exited: make(chan struct{}), lines: make(chan string, 64)}
+	lt.cmd = exec.Command(bin, "-scenarios", "storm", "-variants", "fasthttp-bare", "-storm-conns", "1", "-warmup", "0", "-duration", "1h")
 	// A pipe of our own rather than StderrPipe, which Wait would wait
 	// for: the server child writes to it too, and a child left behind
 	// would hold it open after the load test has exited.
@@ -47,70 +106,42 @@ func TestProcess_secondInterrupt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd.Stderr = w
-	err = cmd.Start()
+	lt.cmd.Stderr = w
+	err = lt.cmd.Start()
 	_ = w.Close()
 	if err != nil {
 		_ = pipe.Close()
 		t.Fatal(err)
 	}
-	var stderr lockedBuffer
-	lines := make(chan string, 64)
 	go func() {
 		sc := bufio.NewScanner(pipe)
 		for sc.Scan() {
-			stderr.WriteString(sc.Text() + "\n")
+			lt.stderr.WriteString(sc.Text() + "\n")
 			select {
-			case lines <- sc.Text():
+			case lt.lines <- sc.Text():
 			default:
 			}
 		}
 	}()
-	exited := make(chan struct{})
 	go func() {
-		defer close(exited)
-		_ = cmd.Wait()
+		defer close(lt.exited)
+		_ = lt.cmd.Wait()
 	}()
-	var server int // the server child's pid, once found
 	t.Cleanup(func() {
-		if server != 0 {
-			_ = syscall.Kill(server, syscall.SIGKILL) // a test that failed leaves none behind
+		if lt.server != 0 {
+			_ = syscall.Kill(lt.server, syscall.SIGKILL) // a test that failed leaves none behind
 		}
-		_ = cmd.Process.Kill()
-		<-exited
+		_ = lt.cmd.Process.Kill()
+		<-lt.exited
 		_ = pipe.Close()
 	})
-
-	// The server child, once it listens: it then tells its address, and
-	// the cell's load starts.
 	waitFor(t, "the server child to listen", func() bool {
-		if server == 0 {
-			server = childOf(cmd.Process.Pid)
+		if lt.server == 0 {
+			lt.server = childOf(lt.cmd.Process.Pid)
 		}
-		return server != 0 && hasSocket(server)
+		return lt.server != 0 && hasSocket(lt.server)
 	})
-	if err := syscall.Kill(server, syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Process.Signal(os.Interrupt); err != nil {
-		t.Fatal(err)
-	}
-	waitForLine(t, lines, "interrupt: stopping the run", &stderr)
-	if err := cmd.Process.Signal(os.Interrupt); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-exited:
-	case <-time.After(signalBound):
-		t.Fatalf("the load test did not exit within %v: %s", signalBound, stderr.String())
-	}
-	if code := cmd.ProcessState.ExitCode(); code != 130 {
-		t.Fatalf("exit status %d, want 130: %s", code, stderr.String())
-	}
-	if !strings.Contains(stderr.String(), "loadtest: interrupt again: stopping at once, server children killed") {
-		t.Errorf("no line for the second Ctrl-C: %s", stderr.String())
-	}
-	waitFor(t, "the server child to be gone", func() bool { return !running(server) })
+	return lt
 }
 
 // childOf returns the pid of a child process of parent, or 0.
