@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -68,6 +69,7 @@ func startChildFiles(scenario, variant string, extra []*os.File, stderr io.Write
 	cmd.Env = append(os.Environ(), serveEnv+"="+scenario+"/"+variant)
 	cmd.Stderr = stderr
 	cmd.ExtraFiles = extra
+	cmd.SysProcAttr = childAttr()
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err
@@ -76,16 +78,27 @@ func startChildFiles(scenario, variant string, extra []*os.File, stderr io.Write
 	if err != nil {
 		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	trackChild(cmd.Process)
 	c := &child{cmd: cmd, exited: make(chan struct{}), in: in, out: bufio.NewReader(outPipe), stderr: stderr}
+	started := make(chan error, 1)
 	go func() {
+		// Pdeathsig kills the child when the thread that started it exits,
+		// as the runtime ends one a goroutine leaves locked: this goroutine
+		// holds its thread, locked, until the child has exited.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		trackChild(cmd.Process)
+		started <- nil
 		_ = cmd.Wait()
 		untrackChild(cmd.Process)
 		close(c.exited)
 	}()
+	if err := <-started; err != nil {
+		return nil, err
+	}
 	line, err := c.out.ReadString('\n')
 	if err != nil {
 		c.stop()

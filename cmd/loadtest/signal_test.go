@@ -64,6 +64,29 @@ func TestProcess_secondSignal(t *testing.T) {
 	}
 }
 
+// TestProcess_killed_hard_leaves_no_server_child kills the load test with
+// SIGKILL, which it cannot catch, in the middle of a storm cell, its server
+// child stopped (SIGSTOP) as one busy or stuck would be: such a child does
+// not read the end of its input, and must not outlive the load test. Nor
+// may it share the load test's process group, where a terminal's Ctrl-C
+// would reach it too, rather than the load test alone, which stops it in
+// order.
+func TestProcess_killed_hard_leaves_no_server_child(t *testing.T) {
+	lt := startStorm(t, buildLoadtest(t))
+	if pgid, err := syscall.Getpgid(lt.server); err != nil || pgid != lt.server {
+		t.Errorf("the server child's process group is %d (%v), want its own, %d", pgid, err, lt.server)
+	}
+	if err := syscall.Kill(lt.server, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	if err := lt.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	// A zombie left to a parent that does not reap (a container's init)
+	// has exited too: running, not syscall.Kill(pid, 0), which finds it.
+	waitFor(t, "the server child to be gone", func() bool { return !running(lt.server) })
+}
+
 // buildLoadtest builds the load test into a temporary directory, skipping
 // where the tests that run it cannot.
 func buildLoadtest(t *testing.T) string {
