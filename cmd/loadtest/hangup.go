@@ -239,7 +239,7 @@ func runHangup(ctx context.Context, o options, rep *report) (failed int, err err
 		on, off, diff, err := measureHangup(ctx, v, cfg, o.warmup, o.stderr)
 		if err != nil {
 			failed++
-			o.progress("  hangup     %-32s: FAILED: %v", v, err)
+			o.progress("  hangup     %-32s: %s", v, failure(ctx, err))
 			on = hangupRow{Variant: v, Watch: true, Error: err.Error()}
 			off = hangupRow{Variant: v, Error: err.Error()}
 		} else {

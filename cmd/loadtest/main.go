@@ -96,8 +96,9 @@ const usage = `usage: loadtest [flags]
 Compares fasttimeout with fasthttp.TimeoutWithCodeHandler, http.TimeoutHandler
 and bare servers over 127.0.0.1. Markdown report on stdout, progress on stderr.
 Counts and loads are read in decimal ("010" is 10). Ctrl-C (SIGINT) or SIGTERM
-stops the run; a second one stops it at once, killing its server children
-(exit status 130 for SIGINT, 143 for SIGTERM).
+stops the run, without a report;
+a second one stops it at once, killing its server children. Either way, the
+exit status is 128 plus the signal's number (130 for SIGINT, 143 for SIGTERM).
 
 flags:
 `
@@ -392,7 +393,7 @@ func main() {
 	// the first: Notify drops what does not fit.
 	signals := make(chan os.Signal, 2)
 	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancelCause(context.Background())
 	go stopOnSignals(signals, cancel, os.Stderr)
 	os.Exit(command(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -405,23 +406,36 @@ func main() {
 // the process at once, with 128 plus the signal's number (130, 143), what a
 // shell reports for a process that signal killed: a second signal means
 // the user wants out now, and the children must not outlive the run.
-func stopOnSignals(signals <-chan os.Signal, cancel context.CancelFunc, stderr io.Writer) {
+func stopOnSignals(signals <-chan os.Signal, cancel context.CancelCauseFunc, stderr io.Writer) {
 	sig := <-signals
-	cancel()
+	cancel(interrupted{sig})
 	progressTo(stderr, "loadtest: %v: stopping the run and its server children (again to stop at once)", sig)
 	sig = <-signals
 	killChildren()
 	progressTo(stderr, "loadtest: %v again: stopping at once, server children killed", sig)
-	code := 1
-	if s, ok := sig.(syscall.Signal); ok {
-		code = 128 + int(s)
+	os.Exit(interrupted{sig}.status())
+}
+
+// interrupted is the cause of a run stopped by a signal: no server failed.
+type interrupted struct{ sig os.Signal }
+
+func (e interrupted) Error() string {
+	return fmt.Sprintf("%v: the run stopped before its end, no report", e.sig)
+}
+
+// status is the exit status of a process that sig stopped: 128 plus its
+// number, as a shell reports for a process that signal killed.
+func (e interrupted) status() int {
+	if s, ok := e.sig.(syscall.Signal); ok {
+		return 128 + int(s)
 	}
-	os.Exit(code)
+	return 1
 }
 
 // command runs the load test that args (without the program name) ask
 // for, and returns the exit status: 0 with the usage on stderr for -h, 2
-// with one line on stderr for a bad command line, 1 if the run failed.
+// with one line on stderr for a bad command line, 1 if the run failed,
+// 128 plus the signal's number if one stopped it (ctx's cause).
 func command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if _, ok := stderr.(*os.File); !ok {
 		// The progress lines and the children's messages come from
@@ -444,6 +458,10 @@ func command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if err := run(ctx, o, stdout); err != nil {
 		fmt.Fprintln(stderr, "loadtest:", err)
+		var stop interrupted
+		if errors.As(err, &stop) {
+			return stop.status()
+		}
 		return 1
 	}
 	return 0
@@ -489,6 +507,9 @@ func run(ctx context.Context, o options, stdout io.Writer) error {
 			continue
 		}
 		n, err := s.run(ctx, o, &rep)
+		if ctx.Err() != nil {
+			return context.Cause(ctx) // the cell under way was cut short, not failed
+		}
 		if err != nil {
 			return err
 		}

@@ -361,7 +361,7 @@ func runOverload(ctx context.Context, o options, rep *report) (failed int, err e
 		if v, _ := findOverloadVariant(c.variant); row.Error != "" && (!row.Crashed || v.fasttimeout) {
 			failed++
 		}
-		o.progress("  overload   %s", row.progressLine())
+		o.progress("  overload   %s", row.progressLine(ctx.Err() != nil))
 		return row
 	}
 	for _, wl := range cfg.Workloads {

@@ -242,12 +242,17 @@ func (r overloadRow) name() string {
 // or its server crashed, which is a result too.
 func (r overloadRow) measured() bool { return r.Error == "" || r.Crashed }
 
-func (r overloadRow) progressLine() string {
+// progressLine is the row's progress line; interrupted: the run's stop
+// cut the cell short.
+func (r overloadRow) progressLine(interrupted bool) string {
 	load := "sweep"
 	if r.Load > 0 {
 		load = fmt.Sprintf("%gx", r.Load)
 	}
-	if !r.measured() {
+	switch {
+	case interrupted:
+		return fmt.Sprintf("%-10s %-5s %-36s %-7s: interrupted", r.Workload, load, r.name(), r.Handler)
+	case !r.measured():
 		return fmt.Sprintf("%-10s %-5s %-36s %-7s: FAILED: %s", r.Workload, load, r.name(), r.Handler, r.Error)
 	}
 	crashed := ""

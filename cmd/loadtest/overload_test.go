@@ -1194,3 +1194,21 @@ func TestTakeSnapshot_reads_the_time_after_the_counters(t *testing.T) {
 		t.Errorf("%d snapshots of 500 read a sample taken after their time", late)
 	}
 }
+
+// An overload cell cut short by the run's stop says so, whatever its row
+// holds (a server that died of the stop, say), and not FAILED or CRASHED.
+func TestOverloadRow_progressLine_interrupted(t *testing.T) {
+	t.Parallel()
+	for _, row := range []overloadRow{
+		{Workload: workloadCPU, Variant: olConcurrency, Load: 4, Error: "context canceled"},
+		{Workload: workloadCPU, Variant: olConcurrency, Load: 4, Error: "context canceled", Crashed: true},
+	} {
+		line := row.progressLine(true)
+		if !strings.HasSuffix(line, ": interrupted") || strings.Contains(line, "FAILED") || strings.Contains(line, "CRASHED") {
+			t.Errorf("%+v: %q, want the cell interrupted", row, line)
+		}
+		if line := row.progressLine(false); !strings.Contains(line, "FAILED") && !strings.Contains(line, "CRASHED") {
+			t.Errorf("%+v: %q, want the failure, the run not being stopped", row, line)
+		}
+	}
+}

@@ -46,6 +46,15 @@ var allScenarios = func() []string {
 	return out
 }()
 
+// failure is what a cell's progress line says of its error: "interrupted"
+// once the run is stopped, which cut the cell short, else FAILED.
+func failure(ctx context.Context, err error) string {
+	if ctx.Err() != nil {
+		return "interrupted"
+	}
+	return "FAILED: " + err.Error()
+}
+
 // perCell is what a cell costs besides its load: the child's start,
 // dialling, snapshots.
 const perCell = 250 * time.Millisecond
@@ -80,7 +89,7 @@ func (throughputScenario) run(ctx context.Context, o options, rep *report) (fail
 			if err != nil {
 				row = throughputRow{Variant: v, Conns: conns, Error: err.Error()}
 				failed++
-				o.progress("  throughput %-32s %5d conns: FAILED: %v", v, conns, err)
+				o.progress("  throughput %-32s %5d conns: %s", v, conns, failure(ctx, err))
 			} else {
 				o.progress("  throughput %-32s %5d conns: %8.0f req/s", v, conns, row.ReqPerSec)
 			}
@@ -130,7 +139,7 @@ func (stormScenario) run(ctx context.Context, o options, rep *report) (failed in
 		if err != nil {
 			row = stormRow{Variant: v, Conns: o.stormConns, Error: err.Error()}
 			failed++
-			o.progress("  storm      %-32s %5d conns: FAILED: %v", v, o.stormConns, err)
+			o.progress("  storm      %-32s %5d conns: %s", v, o.stormConns, failure(ctx, err))
 		} else {
 			o.progress("  storm      %-32s %5d conns: lateness p99 %.2f ms", v, o.stormConns, row.LatenessP99Ms)
 		}
@@ -190,7 +199,7 @@ func (burstScenario) run(ctx context.Context, o options, rep *report) (failed in
 				row.Error = err.Error()
 			}
 			failed++
-			o.progress("  burst      %-32s %5d conns: FAILED: %v", v, o.burstConns, err)
+			o.progress("  burst      %-32s %5d conns: %s", v, o.burstConns, failure(ctx, err))
 		} else {
 			o.progress("  burst      %-32s %5d conns: lateness p99 %.2f ms, max %.2f ms, own 200s after deadline %d, re-raised panics %d",
 				v, o.burstConns, row.LatenessP99Ms, row.LatenessMaxMs, row.OwnAfterDeadline, row.EscapedPanics)

@@ -3,10 +3,12 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -85,6 +87,56 @@ func TestProcess_killed_hard_leaves_no_server_child(t *testing.T) {
 	// A zombie left to a parent that does not reap (a container's init)
 	// has exited too: running, not syscall.Kill(pid, 0), which finds it.
 	waitFor(t, "the server child to be gone", func() bool { return !running(lt.server) })
+}
+
+// TestCommand_a_stopped_run_reports_no_failure stops a run (its context
+// cancelled, as the first signal does) while a cell is under way, its
+// server child listening and an hour of load ahead: the cell is
+// interrupted, not FAILED, the run writes no report, and the exit status is
+// the signal's, not 1, which says a server failed.
+//
+// Not parallel: the server child is found as this process's only child.
+func TestCommand_a_stopped_run_reports_no_failure(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("finds the server child in /proc")
+	}
+	for _, args := range [][]string{
+		{"-scenarios", "throughput", "-variants", "fasthttp-bare", "-conns", "1", "-warmup", "1h", "-duration", "1h"},
+		{"-scenarios", "storm", "-variants", "fasthttp-bare", "-storm-conns", "1", "-warmup", "1h", "-duration", "1h"},
+		{"-scenarios", "burst", "-variants", "fasttimeout-race", "-burst-shared=false", "-burst-conns", "1", "-burst-requests", "1000"},
+		{"-scenarios", "hangup", "-variants", "fasttimeout-race", "-hangup-conns", "1", "-hangup-rounds", "1", "-warmup", "1h", "-duration", "1h"},
+	} {
+		t.Run(args[1], func(t *testing.T) {
+			ctx, cancel := context.WithCancelCause(context.Background())
+			code := make(chan int, 1)
+			var stdout, stderr lockedBuffer
+			go func() { code <- command(ctx, args, &stdout, &stderr) }()
+			waitFor(t, "the server child to listen", func() bool {
+				server := childOf(os.Getpid())
+				return server != 0 && hasSocket(server)
+			})
+			cancel(interrupted{syscall.SIGINT})
+			select {
+			case c := <-code:
+				if c != 130 {
+					t.Errorf("exit status %d, want 130", c)
+				}
+			case <-time.After(signalBound):
+				t.Fatalf("the run did not stop within %v: %s", signalBound, stderr.String())
+			}
+			// The cell's line: "  storm      fasthttp-bare    1 conns: interrupted".
+			cell := regexp.MustCompile(`(?m)^  ` + args[1] + ` +` + args[3] + ` .*: interrupted$`)
+			if !cell.MatchString(stderr.String()) || strings.Contains(stderr.String(), "FAILED") || strings.Contains(stderr.String(), "failed") {
+				t.Errorf("stderr %q, want the cell interrupted, nothing failed", stderr.String())
+			}
+			if !strings.HasSuffix(stderr.String(), "loadtest: interrupt: the run stopped before its end, no report\n") {
+				t.Errorf("stderr %q, want the stop as its last line", stderr.String())
+			}
+			if stdout.String() != "" {
+				t.Errorf("stdout %q, want no report", stdout.String())
+			}
+		})
+	}
 }
 
 // buildLoadtest builds the load test into a temporary directory, skipping
@@ -241,6 +293,12 @@ func waitForLine(t *testing.T, lines <-chan string, want string, stderr *lockedB
 type lockedBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
 }
 
 func (b *lockedBuffer) WriteString(s string) {
