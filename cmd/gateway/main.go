@@ -24,7 +24,8 @@
 //   - checks a pooled upstream connection for a close by the upstream
 //     while idle (a keep-alive timeout shorter than the gateway's 10 s, or
 //     a restart) before it sends a request on it, and sends the request,
-//     whatever its method, on a new connection then;
+//     whatever its method, on the next one then (checked too), or on a new
+//     one after a second closed one;
 //   - sends an idempotent request (GET, HEAD, OPTIONS, TRACE, PUT, DELETE)
 //     once more, on a new connection, when the upstream closed the
 //     connection without answering it; any other request gets 502 then,
@@ -436,9 +437,9 @@ func newGateway(o options, stats *fasttimeout.Stats) fasthttp.RequestHandler {
 		// sends: not "fasthttp", which the upstream would take for the
 		// caller's.
 		NoDefaultUserAgentHeader: true,
-		// No retry, which would only eat the caller's budget, but the one
+		// No retry, which would only eat the caller's budget, but those
 		// of resendIfClosedIdle.
-		MaxIdemponentCallAttempts: 2,
+		MaxIdemponentCallAttempts: 3,
 		MaxConns:                  o.maxConns,
 		// Wait for a free connection rather than fail at once (502 would
 		// claim the upstream misbehaved): the request's deadline, never
@@ -474,30 +475,36 @@ func newGateway(o options, stats *fasttimeout.Stats) fasthttp.RequestHandler {
 }
 
 // resendIfClosedIdle is upstream's RetryIfErr: a request that found its
-// connection closed by the upstream is sent once more, on a new
-// connection. The connection was most likely one the upstream closed while
-// it sat idle in the pool, its keep-alive timeout being shorter than the
-// client's 10 s (Node's is 5 s), or the upstream having restarted; the
-// other idle ones may be closed as well, so they are dropped and the retry
-// dials. A request not written because the close was found first
-// (errIdleConnUnusable) is sent again whatever its method; one written and
-// then left without an answer (the close came as it went out, or a reset)
-// only if its method is idempotent (RFC 9110 §9.2.2 allows that after a
+// connection closed by the upstream is sent again, on another connection.
+// The connection was most likely one the upstream closed while it sat idle
+// in the pool, its keep-alive timeout being shorter than the client's 10 s
+// (Node's is 5 s), or the upstream having restarted. A request not written
+// because the close was found first (errIdleConnUnusable) is sent again
+// whatever its method, on the next pooled connection: fasthttp has closed
+// the one that failed, and each other is checked in turn, but a second
+// closed one says the upstream restarted, so the rest are dropped and the
+// last try dials. One written and then left without an answer (the close
+// came as it went out, or a reset) at its first try is sent once more only
+// if its method is idempotent (RFC 9110 §9.2.2 allows that after a
 // connection failure): any other gets 502, as the upstream may have acted
 // on it. The retry keeps the request's deadline.
 func resendIfClosedIdle(upstream *fasthttp.HostClient) fasthttp.RetryIfErrFunc {
-	return func(req *fasthttp.Request, _ int, err error) (resetTimeout, retry bool) {
+	return func(req *fasthttp.Request, attempts int, err error) (resetTimeout, retry bool) {
 		if errors.Is(err, errIdleConnUnusable) {
-			upstream.CloseIdleConnections()
+			if attempts > 1 {
+				upstream.CloseIdleConnections()
+			}
 			return false, true
 		}
 		// fasthttp reports a connection closed before any answer as io.EOF
 		// here, and as ErrConnectionClosed once it gives up.
 		closed := err == io.EOF || errors.Is(err, fasthttp.ErrConnectionClosed) ||
 			errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
-		if !closed {
+		if !closed || attempts > 1 {
 			return false, false
 		}
+		// A close the peek could not see (nor any, where there is no
+		// peek): the other idle connections may be closed too.
 		upstream.CloseIdleConnections()
 		switch string(req.Header.Method()) {
 		case fasthttp.MethodGet, fasthttp.MethodHead, fasthttp.MethodOptions, fasthttp.MethodTrace,

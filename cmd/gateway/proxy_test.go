@@ -674,19 +674,138 @@ func TestProxyUpstreamConnections(t *testing.T) {
 		})
 	}
 
+	// Several connections idle in the pool, and the upstream closes one
+	// (its keep-alive timeout) or all (a restart). The gateway dropped
+	// every idle connection at the first closed one it found, and dialled
+	// for each of them afterwards; it now drops that one alone (fasthttp
+	// closes it) and sends the request on the next pooled one, checked as
+	// well, but after a second closed one drops the rest and dials. The
+	// requests go one at a time on connections the test closes
+	// (Connection: close): the gateway has put its upstream connection
+	// back in the pool before it closes the client's. Three of them then
+	// take the pooled connections in turn (fasthttp's default, FIFO), or
+	// the same one (LIFO): either way the fourth goes on the first's.
+	for _, tc := range []struct {
+		close   string // "one": the connection of the first of three requests; "all"
+		dialled int64  // connections the upstream accepts in all
+	}{
+		{close: "one", dialled: 3},
+		{close: "all", dialled: 4},
+	} {
+		t.Run("a POST after the upstream closed "+tc.close+" of 3 idle connections", func(t *testing.T) {
+			const pooled = 3
+			var (
+				accepted atomic.Int64
+				mu       sync.Mutex
+				conns    []net.Conn // the upstream's
+				served   []net.Conn // the connection of each request after the held ones
+				held     = make(chan struct{}, pooled)
+				release  = make(chan struct{})
+			)
+			upstream := serveLoopback(t, func(c net.Conn) {
+				accepted.Add(1)
+				mu.Lock()
+				conns = append(conns, c)
+				mu.Unlock()
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(waitTimeout))
+				br := bufio.NewReader(c)
+				for {
+					var req fasthttp.Request
+					if req.Read(br) != nil {
+						return
+					}
+					if string(req.URI().Path()) == "/hold" {
+						held <- struct{}{}
+						<-release
+					} else {
+						mu.Lock()
+						served = append(served, c)
+						mu.Unlock()
+					}
+					if _, err := c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")); err != nil {
+						return
+					}
+					// After the answer, without saying so.
+					mu.Lock()
+					switch string(req.URI().Path()) {
+					case "/close-one":
+						_ = served[0].Close()
+					case "/close-all":
+						for _, c := range conns {
+							_ = c.Close()
+						}
+					}
+					mu.Unlock()
+				}
+			})
+			var dialled []net.Conn // the gateway's
+			testHookDialed = func(c net.Conn) {
+				mu.Lock()
+				dialled = append(dialled, c)
+				mu.Unlock()
+			}
+			t.Cleanup(func() { testHookDialed = nil })
+			t.Setenv("REQUEST_TIMEOUT", "30s")
+			gateway := startGateway(t, "-upstream", upstream)
+			exchange := func(method, path string) string {
+				return rawExchange(t, gateway, method+" "+path+" HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n")
+			}
+
+			// Three requests at once, held until all three are in: three
+			// upstream connections, idle once they are answered.
+			answers := make(chan string, pooled)
+			for range pooled {
+				go func() { answers <- exchange("GET", "/hold") }()
+			}
+			for range pooled {
+				<-held
+			}
+			close(release)
+			for range pooled {
+				require.Contains(t, <-answers, "200 OK")
+			}
+			for _, path := range []string{"/", "/", "/close-" + tc.close} {
+				require.Contains(t, exchange("GET", path), "200 OK")
+			}
+			want := 1
+			if tc.close == "all" {
+				want = pooled
+			}
+			waitFor(t, "the closes to reach the gateway", func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				closed := 0
+				for _, c := range dialled {
+					if !idleConnUsable(c) {
+						closed++
+					}
+				}
+				return closed == want
+			})
+
+			answer := exchange("POST", "/")
+			assert.Contains(t, answer, "200 OK")
+			assert.True(t, strings.HasSuffix(answer, "\r\n\r\nok"), "%s", answer)
+			assert.Equal(t, tc.dialled, accepted.Load(), "connections the upstream accepted")
+		})
+	}
+
 	// An upstream that closes the connection once it has read a request,
 	// without an answer: as one whose keep-alive timeout ran out just as
 	// the request came, or one that crashed on it. The upstream may have
-	// acted on it, so only an idempotent request is sent again.
+	// acted on it, so only an idempotent request is sent again, once.
 	for _, tc := range []struct {
 		method string
+		closes int64 // the first closes requests read get no answer
 		want   int
 		sent   int64
 	}{
-		{method: "GET", want: fasthttp.StatusOK, sent: 2},
-		{method: "POST", want: fasthttp.StatusBadGateway, sent: 1}, // never sent twice
+		{method: "GET", closes: 1, want: fasthttp.StatusOK, sent: 2},
+		{method: "POST", closes: 1, want: fasthttp.StatusBadGateway, sent: 1}, // never sent twice
+		{method: "GET", closes: 3, want: fasthttp.StatusBadGateway, sent: 2},  // nor thrice
 	} {
-		t.Run("a "+tc.method+" the upstream closed its connection on", func(t *testing.T) {
+		t.Run(fmt.Sprintf("a %s the upstream closed %d connections on", tc.method, tc.closes), func(t *testing.T) {
 			var sent atomic.Int64
 			upstream := serveLoopback(t, func(c net.Conn) {
 				defer c.Close()
@@ -695,8 +814,8 @@ func TestProxyUpstreamConnections(t *testing.T) {
 				if req.Read(bufio.NewReader(c)) != nil {
 					return
 				}
-				if string(req.URI().Path()) == "/close" && sent.Add(1) == 1 {
-					return // the first one read, no answer
+				if string(req.URI().Path()) == "/close" && sent.Add(1) <= tc.closes {
+					return // read, no answer
 				}
 				_, _ = c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
 			})
