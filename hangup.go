@@ -1,6 +1,7 @@
 package fasttimeout
 
 import (
+	"context"
 	"errors"
 	"runtime"
 	"sync/atomic"
@@ -69,7 +70,7 @@ func (c *call) beginWatch(ctx *fasthttp.RequestCtx, start int64, gen uint64) {
 	// Inside another New only the outermost that watches does: a
 	// connection has one watch, and its hang-up reaches the inner context
 	// through the outer's (call.context).
-	if c.m.watchHangups && c.conn != nil && !c.watchedOutside() {
+	if c.m.watchHangups && c.conn != nil && !watchedOutside(c.outer) {
 		phase = watchPending
 		at := c.admitted + int64(HangupDelay)
 		if deadline := c.deadline.Load(); deadline-start < int64(minWatchedTimeout) {
@@ -84,11 +85,11 @@ func (c *call) beginWatch(ctx *fasthttp.RequestCtx, start int64, gen uint64) {
 	c.watch.Store(gen*watchGen | phase)
 }
 
-// watchedOutside reports whether an enclosing New watches the call's
-// client: one whose Config.IgnoreHangups is set leaves that to the New
-// inside it.
-func (c *call) watchedOutside() bool {
-	for o := c.outer; o != nil; o = o.outer {
+// watchedOutside reports whether a New around a request watches its
+// client, outer being the call of the innermost (nil: none): one whose
+// Config.IgnoreHangups is set leaves that to the New inside it.
+func watchedOutside(outer *call) bool {
+	for o := outer; o != nil; o = o.outer {
 		if o.m.watchHangups {
 			return true
 		}
@@ -265,6 +266,25 @@ func (m *middleware) answerGone(ctx *fasthttp.RequestCtx, c *call) {
 	if m.OnHangup != nil {
 		// A Goexit closes the connection, as the 499 would.
 		runCallback(ctx, true, nil, func() { m.OnHangup(ctx, time.Duration(c.overAt.Load()-c.start)) })
+	}
+}
+
+// answerLeft answers the request ctx, which arrived at start and whose
+// client hung up while it waited for a slot, as one whose client hangs up
+// while its handler runs, without running the handler. outer is the call
+// of an enclosing New, if any.
+func (m *middleware) answerLeft(ctx *fasthttp.RequestCtx, outer *call, start int64) {
+	m.stats.clientGone.Add(1)
+	writeGoneResponse(&ctx.Response)
+	if outer == nil && ctx.UserValue(outsideKey{}) == nil {
+		// Context, in OnHangup and around New, is done as after a hang-up
+		// while the handler runs (inside New, it is the outer call's).
+		b := newRequestContext(ctx, noDeadline)
+		b.cancel(context.Canceled, &goneCause)
+		setFirstUserValue(ctx, outsideKey{}, (*outsideEnd)(b))
+	}
+	if m.OnHangup != nil {
+		runCallback(ctx, outer == nil, nil, func() { m.OnHangup(ctx, time.Duration(now()-start)) })
 	}
 }
 

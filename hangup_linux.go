@@ -345,6 +345,30 @@ func (w *hangupWatcher) dispatch(idx, gen uint32) {
 	}
 }
 
+// peerGone reports whether conn's peer has closed or reset it, by one look
+// at its socket that neither blocks nor consumes anything: the end of the
+// stream (a half-close counts, as for the watch) or a reset. Bytes pending
+// (a pipelined request) or none yet are a live peer, and so is a
+// connection without a descriptor. SyscallConn allocates anyway, so the
+// closure is not worth avoiding.
+func peerGone(conn net.Conn) bool {
+	sock, _, ok := socketOf(conn)
+	if !ok {
+		return false
+	}
+	rc, err := sock.SyscallConn()
+	if err != nil {
+		return false
+	}
+	gone := false
+	_ = rc.Control(func(fd uintptr) {
+		var b [1]byte
+		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		gone = n == 0 && err == nil || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+	})
+	return gone
+}
+
 var netConnType = reflect.TypeFor[net.Conn]()
 
 // socketOf finds the socket under conn and the first byte of the object

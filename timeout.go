@@ -82,8 +82,9 @@ type middleware struct {
 // request to bound, it returns when the request arrived (start), its
 // deadline, and when it got its slot under the concurrency limit
 // (admitted, now if there is no limit); run is false for a request already
-// answered (refused, or out of budget) or skipped. outer is the call of an
-// enclosing New, if any, whose deadline bounds this request's.
+// answered (refused, out of budget, or its client gone while it waited) or
+// skipped. outer is the call of an enclosing New, if any, whose deadline
+// bounds this request's.
 func (m *middleware) admit(ctx *fasthttp.RequestCtx, outer *call) (start, deadline, admitted int64, run bool) {
 	if m.countRequests {
 		m.stats.requests.add(ctx.ConnID(), 1)
@@ -128,6 +129,14 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx, outer *call) (start, deadli
 				m.limiter.drop(admitted, admitted)
 			}
 			m.answerSpent(ctx, outer)
+			return 0, 0, 0, false
+		}
+		if waited > 0 && m.watchHangups && !watchedOutside(outer) && peerGone(ctx.Conn()) {
+			// Its client hung up while it waited (or the load balancer in
+			// front did, having answered for it): the handler would run
+			// for nobody. Neither a latency nor a timeout to the limit.
+			m.limiter.release(admitted, 0, false)
+			m.answerLeft(ctx, outer, start)
 			return 0, 0, 0, false
 		}
 		if m.countRequests {
