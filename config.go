@@ -208,7 +208,10 @@ type Config struct {
 	// counts it), the context is cancelled with cause ErrClientGone and the
 	// handler is late, as after a timeout: counted in Stats.ClientGone and
 	// LateRunning, capped by MaxLateHandlers, reported to OnLateReturn, its
-	// response going nowhere.
+	// response going nowhere. A request that waited for a slot under the
+	// concurrency limit has its connection looked at once as it gets it:
+	// if the client is gone, it gets 499 without running, counted in
+	// ClientGone, neither a latency nor a timeout to the adaptive limit.
 	//
 	// Watching needs epoll and the connection's descriptor: Linux only, for
 	// TCP, Unix and TLS connections, and wrappers that expose theirs through
@@ -224,8 +227,10 @@ type Config struct {
 	// handler ran, with how long after the request's start: in racing mode
 	// on the server goroutine as soon as the hang-up is seen (the handler
 	// may still run: ctx is off limits as for OnTimeout), in cooperative
-	// mode when the handler returns. Context(ctx) is done with cause
-	// ErrClientGone. Never called with IgnoreHangups.
+	// mode when the handler returns, and for a request found gone as it got
+	// its slot under the concurrency limit (see IgnoreHangups), which never
+	// ran. Context(ctx) is done with cause ErrClientGone. Never called with
+	// IgnoreHangups.
 	OnHangup func(ctx *fasthttp.RequestCtx, after time.Duration)
 
 	// AdaptiveConcurrency admits requests under an adaptive concurrency
@@ -242,9 +247,11 @@ type Config struct {
 	// Retry-After and ShedBody, without running (Stats.Rejected). When the
 	// CPU is so saturated that requests wait in the Go scheduler's run queue
 	// before they are read, a share of new requests is refused the same
-	// way, steered by that wait against a twentieth of Timeout. Below the
-	// limit admission costs a few atomic operations and no allocation. Off
-	// by default; MaxConcurrency is the ceiling. See docs/overload.md.
+	// way, steered by that wait against a twentieth of Timeout. One whose
+	// client hung up while it waited does not run either (see
+	// IgnoreHangups). Below the limit admission costs a few atomic
+	// operations and no allocation. Off by default; MaxConcurrency is the
+	// ceiling. See docs/overload.md.
 	AdaptiveConcurrency bool
 
 	// MaxConcurrency caps the handlers running at once, late ones included:

@@ -82,7 +82,9 @@ type Counters struct {
 	// too.
 	SpentBudgets int64 `json:"spent_budgets"`
 	// ClientGone is the number of requests whose client hung up while
-	// their handler ran (see Config.IgnoreHangups). They are not timeouts.
+	// their handler ran, or while they waited for a slot under the
+	// concurrency limit, which then never ran (see Config.IgnoreHangups).
+	// They are not timeouts.
 	ClientGone int64 `json:"client_gone"`
 	// UnwatchedClients is the number of requests whose connection was to
 	// be watched for a hang-up (their handler ran past HangupDelay) but
