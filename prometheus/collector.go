@@ -132,7 +132,7 @@ func NewCollector(stats *fasttimeout.Stats, constLabels prometheus.Labels) *Coll
 				func(c fasttimeout.Counters) int64 { return c.BadDeadlineHeaders }),
 			counter(metricSpentBudgetsTotal, "Requests answered with the timeout response without running: the caller's budget was spent, the request was (or grew, waiting for a slot) older than MaxQueueAge, or its deadline passed before it could start.",
 				func(c fasttimeout.Counters) int64 { return c.SpentBudgets }),
-			counter(metricClientGoneTotal, "Requests whose client hung up while their handler ran.",
+			counter(metricClientGoneTotal, "Requests whose client hung up while their handler ran, or while they waited for a slot (then not run).",
 				func(c fasttimeout.Counters) int64 { return c.ClientGone }),
 			counter(metricUnwatchedClientsTotal, "Requests whose connection could not be watched for a hang-up (no socket, or refused by the kernel); always zero on systems other than Linux, which watch nothing.",
 				func(c fasttimeout.Counters) int64 { return c.UnwatchedClients }),
