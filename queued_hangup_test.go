@@ -77,7 +77,9 @@ func readStatus(t *testing.T, conn net.Conn, br *bufio.Reader) (int, bool) {
 // timeout to the adaptive limit, its slot free for the next request. A
 // client that is still there (its next request pipelined behind, unread)
 // is served, and so is one gone with IgnoreHangups. Inside a New that
-// ignores hang-ups, the inner New looks, and the outer one sends its 499.
+// ignores hang-ups, the inner New looks, and the outer one sends its 499;
+// inside one that watches, the inner New leaves the hang-up to it: counted
+// once.
 func TestAdmission_a_queued_request_whose_client_hung_up_does_not_run(t *testing.T) {
 	if !hangupSupported {
 		t.Skip("hang-ups are seen on Linux only")
@@ -93,11 +95,13 @@ func TestAdmission_a_queued_request_whose_client_hung_up_does_not_run(t *testing
 		adaptive  bool
 		ignore    bool // IgnoreHangups
 		nested    bool // inside a New that ignores hang-ups
+		watched   bool // inside a New that watches them
 		wantsGone bool
 	}
 	rows := []row{
 		{name: "pipelined", adaptive: true},
 		{name: "ignored", hangup: "close", ignore: true},
+		{name: "close/watched outside", hangup: "close", nested: true, watched: true},
 	}
 	for _, h := range []string{"close", "reset", "half-close"} {
 		rows = append(rows,
@@ -127,11 +131,15 @@ func TestAdmission_a_queued_request_whose_client_hung_up_does_not_run(t *testing
 				answered := make(chan int, 4) // the statuses the outermost handler leaves
 				if tc.nested {
 					inner := h
-					outer := New(func(ctx *fasthttp.RequestCtx) { inner(ctx) },
-						Config{Timeout: 5 * time.Minute, Mode: mode, Stats: stats, IgnoreHangups: true})
+					outer := New(func(ctx *fasthttp.RequestCtx) {
+						if tc.watched {
+							Context(ctx) // watched in cooperative mode too
+						}
+						inner(ctx)
+					}, Config{Timeout: 5 * time.Minute, Mode: mode, Stats: stats, IgnoreHangups: !tc.watched})
 					h = func(ctx *fasthttp.RequestCtx) {
 						outer(ctx)
-						if string(ctx.Path()) == "/second" {
+						if string(ctx.Path()) == "/second" && !tc.watched { // a racing New gone owns no ctx
 							answered <- ctx.Response.StatusCode()
 						}
 					}
@@ -152,6 +160,9 @@ func TestAdmission_a_queued_request_whose_client_hung_up_does_not_run(t *testing
 					require.NoError(t, hangups[tc.hangup](second))
 					// The hang-up has reached the server's socket.
 					require.Eventually(t, func() bool { return peerGone(server.(net.Conn)) }, queuedBound, time.Millisecond)
+					if tc.watched {
+						require.Eventually(t, func() bool { return stats.Snapshot().ClientGone == 1 }, queuedBound, time.Millisecond, "the outer New's watch")
+					}
 				}
 				l := s.limiter.Load()
 				free()
@@ -185,7 +196,11 @@ func TestAdmission_a_queued_request_whose_client_hung_up_does_not_run(t *testing
 
 				got := stats.Snapshot()
 				ran := int64(s.runs.Load())
-				if tc.wantsGone {
+				switch {
+				case tc.watched:
+					assert.EqualValues(t, 3, ran, "the inner New does not look")
+					assert.EqualValues(t, 1, got.ClientGone, "counted once, by the outer New")
+				case tc.wantsGone:
 					assert.EqualValues(t, 2, ran, "the second handler never ran")
 					if assert.EqualValues(t, 1, got.ClientGone) {
 						seen := receive(t, hangupsSeen, "OnHangup")
@@ -197,7 +212,7 @@ func TestAdmission_a_queued_request_whose_client_hung_up_does_not_run(t *testing
 							assert.ErrorIs(t, seen.cause, ErrClientGone)
 						}
 					}
-				} else {
+				default:
 					want := 3 // first, second, next
 					if tc.hangup == "" {
 						want = 4 // and the pipelined third
