@@ -67,8 +67,13 @@ func getAsync(t *testing.T, client *fasthttp.Client, path string) <-chan int {
 // address; the test's cleanup shuts it down.
 func serveTCP(t testing.TB, h fasthttp.RequestHandler) string {
 	t.Helper()
+	return serveTCPWith(t, &fasthttp.Server{Handler: h, ReadTimeout: 30 * time.Second})
+}
+
+// serveTCPWith runs srv on 127.0.0.1 as serveTCP does.
+func serveTCPWith(t testing.TB, srv *fasthttp.Server) string {
+	t.Helper()
 	ln := tcpListener(t)
-	srv := &fasthttp.Server{Handler: h, ReadTimeout: 30 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	t.Cleanup(func() {

@@ -3,7 +3,6 @@ package fasttimeout
 import (
 	"bufio"
 	"context"
-	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -24,23 +23,12 @@ const queuedBound = 30 * time.Second
 // address: the tests look at it as the middleware would.
 func serveConns(t *testing.T, h fasthttp.RequestHandler) (string, *sync.Map) {
 	t.Helper()
-	ln := tcpListener(t)
 	conns := new(sync.Map)
-	srv := &fasthttp.Server{Handler: h, ReadTimeout: queuedBound, ConnState: func(c net.Conn, s fasthttp.ConnState) {
+	return serveTCPWith(t, &fasthttp.Server{Handler: h, ReadTimeout: queuedBound, ConnState: func(c net.Conn, s fasthttp.ConnState) {
 		if s == fasthttp.StateNew {
 			conns.Store(c.RemoteAddr().String(), c)
 		}
-	}}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	t.Cleanup(func() {
-		require.NoError(t, srv.Shutdown())
-		ln.Close()
-		if err := <-served; err != nil && !errors.Is(err, net.ErrClosed) {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	return ln.Addr().String(), conns
+	}}), conns
 }
 
 // dialGet opens a connection to addr and sends GET path on it.
