@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/valyala/fasthttp"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
@@ -57,8 +58,18 @@ func endedSpan(t *testing.T, ended <-chan sdktrace.ReadOnlySpan, what string) sd
 	}
 }
 
+// spanAttrs returns the span's attributes by key.
+func spanAttrs(span sdktrace.ReadOnlySpan) map[attribute.Key]attribute.Value {
+	m := map[attribute.Key]attribute.Value{}
+	for _, kv := range span.Attributes() {
+		m[kv.Key] = kv.Value
+	}
+	return m
+}
+
 // A client that hangs up gives the span a client-gone event, then the late
-// return of the handler, which honours its context.
+// return of the handler, which honours its context. The request failed, if
+// with a 4xx: the span says why in error.type.
 func TestHandlerRecordsClientGone(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("hang-ups are watched on Linux only")
@@ -81,6 +92,7 @@ func TestHandlerRecordsClientGone(t *testing.T) {
 		assert.Equal(t, []string{fasttimeoutotel.EventClientGone, fasttimeoutotel.EventLateReturn}, eventNames(span), mode)
 		assert.Equal(t, codes.Error, span.Status().Code)
 		assert.Equal(t, fasttimeout.ErrClientGone.Error(), attrs(span.Events()[0])[fasttimeoutotel.AttrCause].AsString())
+		assert.Equal(t, fasttimeoutotel.EventClientGone, spanAttrs(span)["error.type"].AsString(), mode)
 		shutdown()
 	}
 	require.NoError(t, provider.Shutdown(context.Background()))
@@ -111,6 +123,7 @@ func TestAttachRecordsClientGoneBeforeTheHandlerStarts(t *testing.T) {
 	assert.Equal(t, []string{fasttimeoutotel.EventClientGone}, eventNames(span))
 	assert.Equal(t, codes.Error, span.Status().Code)
 	assert.Equal(t, fasttimeout.ErrClientGone.Error(), attrs(span.Events()[0])[fasttimeoutotel.AttrCause].AsString())
+	assert.Equal(t, fasttimeoutotel.EventClientGone, spanAttrs(span)["error.type"].AsString())
 	close(start)
 	<-returned
 	select {
@@ -148,6 +161,7 @@ func TestMiddlewareRecordsClientGoneAfterHandlerReturned(t *testing.T) {
 		span := endedSpan(t, ended, mode.String())
 		require.Equal(t, []string{fasttimeoutotel.EventClientGone}, eventNames(span), mode)
 		assert.Equal(t, codes.Error, span.Status().Code, mode)
+		assert.Equal(t, fasttimeoutotel.EventClientGone, spanAttrs(span)["error.type"].AsString(), mode)
 		// The minute Handler's next had when it started (racing mode
 		// recorded 0, as for a handler that never started).
 		timeout := attrs(span.Events()[0])[fasttimeoutotel.AttrTimeout].AsFloat64()

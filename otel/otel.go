@@ -40,6 +40,7 @@ import (
 	"github.com/valyala/fasthttp"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -398,14 +399,16 @@ func Context(ctx *fasthttp.RequestCtx) context.Context {
 // When the request's context ends while next runs, an event named after the
 // cause (EventTimeout, EventShutdown, EventClientGone or EventCancelled)
 // is recorded with AttrCause, AttrTimeout and AttrLateness, and the span's
-// status is set to Error with the cause as description. When next returns
-// after that, EventLateReturn is recorded with the same attributes, its
-// lateness measured at the return. A next that returns past its deadline
-// before the context has ended (a timer or a cooperative tick not run yet)
-// gets EventTimeout and EventLateReturn at its return, as the middleware
-// answers it with the timeout response. Inside nested fasttimeout.News,
-// each with its Handler, the request's end and the return after it are
-// recorded once, by the first Handler whose context ended.
+// status is set to Error with the cause as description (for a hang-up,
+// error.type to EventClientGone's name too: its 499 is no error code for a
+// server span). When next returns after that, EventLateReturn is recorded
+// with the same attributes, its lateness measured at the return. A next
+// that returns past its deadline before the context has ended (a timer or
+// a cooperative tick not run yet) gets EventTimeout and EventLateReturn at
+// its return, as the middleware answers it with the timeout response.
+// Inside nested fasttimeout.News, each with its Handler, the request's end
+// and the return after it are recorded once, by the first Handler whose
+// context ended.
 func Handler(next fasthttp.RequestHandler) fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
 		r, _ := ctx.UserValue(contextKey{}).(*request)
@@ -479,6 +482,11 @@ func (r *request) record(e endOfContext, timeout time.Duration) (endOfContext, b
 	}
 	r.span.AddEvent(e.event, trace.WithAttributes(e.attributes(timeout, e.at)...))
 	r.span.SetStatus(codes.Error, e.cause.Error())
+	if e.event == EventClientGone {
+		// The conventions want error.type of a request cancelled before
+		// its answer, although a 499 is no error code for a server span.
+		r.span.SetAttributes(semconv.ErrorTypeKey.String(EventClientGone))
+	}
 	return e, true
 }
 
