@@ -258,7 +258,10 @@ func (r *request) release() {
 // recorded as an "exception" event with exception.type and
 // exception.message, error.type the exception's type and the status Error,
 // and goes on with its value, to a recover middleware outside or the crash;
-// the span has no http.response.status_code then, none having been sent.
+// the span has no http.response.status_code then, none having been sent. A
+// runtime.Goexit going through it (a cooperative handler's: racing mode
+// raises it again as a panic) sets error.type "runtime.Goexit" and the
+// status Error.
 func Middleware(next fasthttp.RequestHandler, tracer trace.Tracer) fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
 		name, attrs := methodAttributes(ctx.Method())
@@ -278,11 +281,14 @@ func Middleware(next fasthttp.RequestHandler, tracer trace.Tracer) fasthttp.Requ
 			}
 			// recover must be called here, by the deferred function itself.
 			// nil is runtime.Goexit going on (fasttimeout.New turns a
-			// panic(nil) under GODEBUG=panicnil=1 into one or the other).
+			// panic(nil) under GODEBUG=panicnil=1 into one or the other),
+			// which leaves the request unanswered as a panic does.
 			if v := recover(); v != nil {
 				r.recordPanic(v)
 				panic(v) // on the panicking stack: the crash shows where it began
 			}
+			r.span.SetAttributes(semconv.ErrorTypeKey.String("runtime.Goexit"))
+			r.span.SetStatus(codes.Error, "runtime.Goexit")
 		}()
 		next(ctx)
 		returned = true

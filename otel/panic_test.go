@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"runtime"
 	"testing"
 	"time"
 
@@ -114,6 +115,48 @@ func TestMiddlewareRecordsAPanicInTime(t *testing.T) {
 			// middleware's 500 is its own, not the span's to state.
 			_, ok := got["http.response.status_code"]
 			assert.False(t, ok, "http.response.status_code set")
+		})
+	}
+}
+
+// A handler that calls runtime.Goexit in time ends its request without an
+// answer, as a panic does, and its span must say so: status Error and a
+// stable error.type. In cooperative mode the Goexit goes through Middleware
+// as such (recover returns nil), and the span ended with status Unset, as
+// if all had gone well. Racing mode re-raises it on the server goroutine as
+// a panic of fasttimeout's, recorded as any panic.
+func TestMiddlewareRecordsAGoexit(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name     string
+		mode     fasttimeout.Mode
+		wantType string
+	}{
+		{name: "racing", mode: fasttimeout.Racing, wantType: "*errors.errorString"},
+		{name: "cooperative", mode: fasttimeout.Cooperative, wantType: "runtime.Goexit"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ended := make(chan sdktrace.ReadOnlySpan, 10)
+			provider := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(endSignal{ended}))
+			// An hour: the Goexit is in time however loaded the machine.
+			traced := fasttimeoutotel.Middleware(fasttimeout.New(fasttimeoutotel.Handler(func(*fasthttp.RequestCtx) {
+				runtime.Goexit()
+			}), fasttimeout.Config{Timeout: time.Hour, Mode: tc.mode}), provider.Tracer("test"))
+			addr, shutdown := serveTCP(t, func(ctx *fasthttp.RequestCtx) {
+				defer func() { _ = recover() }() // racing mode's panic
+				traced(ctx)
+			})
+			client := &fasthttp.Client{Dial: func(string) (net.Conn, error) { return net.Dial("tcp", addr) }, MaxIdemponentCallAttempts: 1}
+			_, _, _ = client.GetTimeout(nil, "http://app/", 10*time.Second) // an empty 200 or a closed connection
+
+			span := endedSpan(t, ended, tc.name)
+			assert.Equal(t, codes.Error, span.Status().Code)
+			assert.Equal(t, tc.wantType, spanAttrs(span)["error.type"].AsString())
+			client.CloseIdleConnections()
+			shutdown()
+			require.NoError(t, provider.Shutdown(context.Background()))
 		})
 	}
 }
