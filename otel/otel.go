@@ -132,31 +132,50 @@ type request struct {
 // StatusClientClosedRequest answer, which is why Config.StatusCode should
 // not be 499), with AttrTimeout and AttrLateness 0 as
 // the handler's deadline is its RequestCtx's to read, and ends the span:
-// the handler, when it starts, runs without recording. A panic going through
-// is not recorded: a middleware calling Attach records it as it sees fit,
-// as [Middleware] does.
+// the handler, when it starts, runs without recording.
+//
+// Deferred (defer end()), end also records a panic going through as
+// [Middleware] does, and lets it go on with its value. Called from a
+// deferred function of yours it cannot see the panic (recover sees it only
+// when called by the deferred function itself): record it there as you see
+// fit.
 func Attach(ctx *fasthttp.RequestCtx, c context.Context) (end func()) {
-	_, end = attach(ctx, c)
-	return end
+	r := attach(ctx, c)
+	return func() { r.finish(ctx, recover()) } // recover called by the deferred function itself
 }
 
-// attach is Attach, returning the request it attached as well.
-func attach(ctx *fasthttp.RequestCtx, c context.Context) (*request, func()) {
+// attach makes the span of c the request's span, and returns the request.
+func attach(ctx *fasthttp.RequestCtx, c context.Context) *request {
 	r := &request{span: trace.SpanFromContext(c)}
 	r.holds.Store(1)
 	ctx.SetUserValue(contextKey{}, r)
-	return r, func() {
-		// A request answered with a timeout response now belongs to its
-		// late handler, which may still change its RequestCtx: only the
-		// response the middleware sent is read.
-		if resp := ctx.LastTimeoutErrorResponse(); resp != nil {
-			r.endAnswered(resp.StatusCode())
-			return
-		}
-		r.recordRejection(ctx)
-		r.recordEndAfterReturn()
-		r.release()
+	return r
+}
+
+// finish records the panic v going through the middleware's call, if v is
+// not nil, does what Attach's end does and lets the panic go on.
+func (r *request) finish(ctx *fasthttp.RequestCtx, v any) {
+	if v != nil {
+		r.recordPanic(v)
 	}
+	r.end(ctx)
+	if v != nil {
+		panic(v) // on the panicking stack: the crash shows where it began
+	}
+}
+
+// end is Attach's end, but for the panic.
+func (r *request) end(ctx *fasthttp.RequestCtx) {
+	// A request answered with a timeout response now belongs to its late
+	// handler, which may still change its RequestCtx: only the response
+	// the middleware sent is read.
+	if resp := ctx.LastTimeoutErrorResponse(); resp != nil {
+		r.endAnswered(resp.StatusCode())
+		return
+	}
+	r.recordRejection(ctx)
+	r.recordEndAfterReturn()
+	r.release()
 }
 
 // recordEndAfterReturn records the timeout, or the client's hang-up, that
@@ -272,23 +291,20 @@ func Middleware(next fasthttp.RequestHandler, tracer trace.Tracer) fasthttp.Requ
 		attrs = append(attrs, attribute.String("url.path", string(ctx.Path())), attribute.String("url.scheme", scheme))
 		c, _ := tracer.Start(context.Background(), name,
 			trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(attrs...))
-		r, end := attach(ctx, c)
-		defer end()
+		r := attach(ctx, c)
 		returned := false
 		defer func() {
-			if returned {
-				return
-			}
 			// recover must be called here, by the deferred function itself.
-			// nil is runtime.Goexit going on (fasttimeout.New turns a
-			// panic(nil) under GODEBUG=panicnil=1 into one or the other),
-			// which leaves the request unanswered as a panic does.
-			if v := recover(); v != nil {
-				r.recordPanic(v)
-				panic(v) // on the panicking stack: the crash shows where it began
+			// nil before next returned is runtime.Goexit going on
+			// (fasttimeout.New turns a panic(nil) under GODEBUG=panicnil=1
+			// into one or the other), which leaves the request unanswered
+			// as a panic does.
+			v := recover()
+			if v == nil && !returned {
+				r.span.SetAttributes(semconv.ErrorTypeKey.String("runtime.Goexit"))
+				r.span.SetStatus(codes.Error, "runtime.Goexit")
 			}
-			r.span.SetAttributes(semconv.ErrorTypeKey.String("runtime.Goexit"))
-			r.span.SetStatus(codes.Error, "runtime.Goexit")
+			r.finish(ctx, v)
 		}()
 		next(ctx)
 		returned = true

@@ -30,13 +30,15 @@ type panicValue struct{ reason string }
 // "exception" event with exception.type and exception.message, error.type
 // the exception's type, the status Error), once, and the panic reaches the
 // recover middleware with its own value: a span ended with no status and
-// no error.type would look as if nothing had happened.
+// no error.type would look as if nothing had happened. So too for a span of
+// Attach's whose end is deferred, as its godoc shows it.
 func TestMiddlewareRecordsAPanicInTime(t *testing.T) {
 	t.Parallel()
 	boom := errors.New("boom")
 	tests := []struct {
 		name     string
 		mode     fasttimeout.Mode
+		attach   bool // the span is Attach's, with defer end(), not Middleware's
 		value    any
 		wantType string
 		wantMsg  string
@@ -46,6 +48,8 @@ func TestMiddlewareRecordsAPanicInTime(t *testing.T) {
 		{name: "racing_a_named_type", value: panicValue{"boom"},
 			wantType: "github.com/fasttimeout/fasttimeout/otel_test.panicValue", wantMsg: "{boom}"},
 		{name: "cooperative_an_error", mode: fasttimeout.Cooperative, value: boom, wantType: "*errors.errorString", wantMsg: "boom"},
+		{name: "Attach_racing_an_error", attach: true, value: boom, wantType: "*errors.errorString", wantMsg: "boom"},
+		{name: "Attach_cooperative_a_string", mode: fasttimeout.Cooperative, attach: true, value: "boom", wantType: "string", wantMsg: "boom"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -61,6 +65,14 @@ func TestMiddlewareRecordsAPanicInTime(t *testing.T) {
 				panic(tc.value)
 			}), fasttimeout.Config{Timeout: time.Hour, Mode: tc.mode})
 			traced := fasttimeoutotel.Middleware(handler, provider.Tracer("test"))
+			if tc.attach {
+				traced = func(ctx *fasthttp.RequestCtx) {
+					c, _ := provider.Tracer("test").Start(context.Background(), "GET")
+					end := fasttimeoutotel.Attach(ctx, c)
+					defer end()
+					handler(ctx)
+				}
+			}
 			server := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
 				defer func() {
 					if v := recover(); v != nil {
