@@ -31,8 +31,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"reflect"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -268,9 +270,12 @@ func (r *request) release() {
 // after the request's method, or "HTTP" for a method other than the nine of
 // HTTP (GET to TRACE, in capitals), whose http.request.method is then _OTHER
 // and http.request.method_original the method sent, so that clients cannot
-// make up span names; it has url.path, url.scheme (as the server received
-// the request) and http.response.status_code, that of the timeout response
-// for a request answered at its deadline. A 5xx answer sets error.type to
+// make up span names; it has url.path, url.query if any, url.scheme (as the
+// server received the request), server.address and server.port (of the Host
+// header, else of the local address), client.address (the connection's
+// peer, not X-Forwarded-For, which anyone can send), user_agent.original if
+// any, and http.response.status_code, that of the timeout response for a
+// request answered at its deadline. A 5xx answer sets error.type to
 // its status code ("504") and the status to Error, with fasttimeout's cause
 // as description when the answer is fasttimeout's. A panic that goes through
 // it (one in time: fasttimeout passes a late one to Config.OnPanic) is
@@ -289,6 +294,7 @@ func Middleware(next fasthttp.RequestHandler, tracer trace.Tracer) fasthttp.Requ
 			scheme = "https"
 		}
 		attrs = append(attrs, attribute.String("url.path", string(ctx.Path())), attribute.String("url.scheme", scheme))
+		attrs = appendRequestAttributes(attrs, ctx)
 		c, _ := tracer.Start(context.Background(), name,
 			trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(attrs...))
 		r := attach(ctx, c)
@@ -346,7 +352,7 @@ func typeName(v any) string {
 // request with method: the method itself if it is one of HTTP's, "HTTP"
 // and _OTHER otherwise (the conventions' http.request.method).
 func methodAttributes(method []byte) (name string, attrs []attribute.KeyValue) {
-	attrs = make([]attribute.KeyValue, 0, 5) // room for the caller's url.path and url.scheme
+	attrs = make([]attribute.KeyValue, 0, 9) // room for the caller's url.* and the request's
 	switch string(method) {
 	case fasthttp.MethodGet, fasthttp.MethodHead, fasthttp.MethodPost, fasthttp.MethodPut,
 		fasthttp.MethodPatch, fasthttp.MethodDelete, fasthttp.MethodConnect,
@@ -357,6 +363,35 @@ func methodAttributes(method []byte) (name string, attrs []attribute.KeyValue) {
 	return "HTTP", append(attrs,
 		attribute.String("http.request.method", "_OTHER"),
 		attribute.String("http.request.method_original", string(method)))
+}
+
+// appendRequestAttributes appends to attrs the request's url.query,
+// server.address and server.port (of the request target's host, as the Host
+// header or an absolute-form target gives it, else of the local address),
+// client.address and user_agent.original, each one it has.
+func appendRequestAttributes(attrs []attribute.KeyValue, ctx *fasthttp.RequestCtx) []attribute.KeyValue {
+	if query := ctx.URI().QueryString(); len(query) > 0 {
+		attrs = append(attrs, semconv.URLQuery(string(query)))
+	}
+	if host := string(ctx.Host()); host != "" {
+		// A port follows the last colon, unless it is an IPv6 address's.
+		if i := strings.LastIndexByte(host, ':'); i > strings.LastIndexByte(host, ']') {
+			if port, err := strconv.Atoi(host[i+1:]); err == nil {
+				attrs = append(attrs, semconv.ServerPort(port))
+			}
+			host = host[:i]
+		}
+		attrs = append(attrs, semconv.ServerAddress(strings.Trim(host, "[]")))
+	} else if local, ok := ctx.LocalAddr().(*net.TCPAddr); ok {
+		attrs = append(attrs, semconv.ServerAddress(local.IP.String()), semconv.ServerPort(local.Port))
+	}
+	if peer, ok := ctx.RemoteAddr().(*net.TCPAddr); ok {
+		attrs = append(attrs, semconv.ClientAddress(peer.IP.String()))
+	}
+	if agent := ctx.UserAgent(); len(agent) > 0 {
+		attrs = append(attrs, semconv.UserAgentOriginal(string(agent)))
+	}
+	return attrs
 }
 
 // recordStatusCode records the status the request was answered with, once
