@@ -293,7 +293,7 @@ func Middleware(next fasthttp.RequestHandler, tracer trace.Tracer) fasthttp.Requ
 		if ctx.IsTLS() {
 			scheme = "https"
 		}
-		attrs = append(attrs, attribute.String("url.path", string(ctx.Path())), attribute.String("url.scheme", scheme))
+		attrs = append(attrs, semconv.URLPath(string(ctx.Path())), semconv.URLScheme(scheme))
 		attrs = appendRequestAttributes(attrs, ctx)
 		c, _ := tracer.Start(context.Background(), name,
 			trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(attrs...))
@@ -330,10 +330,10 @@ func (r *request) recordPanic(v any) {
 		return
 	}
 	typ, msg := typeName(v), fmt.Sprint(v)
-	r.span.AddEvent("exception", trace.WithAttributes(
-		attribute.String("exception.type", typ),
-		attribute.String("exception.message", msg)))
-	r.span.SetAttributes(attribute.String("error.type", typ))
+	r.span.AddEvent(semconv.ExceptionEventName, trace.WithAttributes(
+		semconv.ExceptionType(typ),
+		semconv.ExceptionMessage(msg)))
+	r.span.SetAttributes(semconv.ErrorTypeKey.String(typ))
 	r.span.SetStatus(codes.Error, "panic: "+msg)
 }
 
@@ -358,11 +358,11 @@ func methodAttributes(method []byte) (name string, attrs []attribute.KeyValue) {
 		fasthttp.MethodPatch, fasthttp.MethodDelete, fasthttp.MethodConnect,
 		fasthttp.MethodOptions, fasthttp.MethodTrace:
 		name = string(method)
-		return name, append(attrs, attribute.String("http.request.method", name))
+		return name, append(attrs, semconv.HTTPRequestMethodKey.String(name))
 	}
 	return "HTTP", append(attrs,
-		attribute.String("http.request.method", "_OTHER"),
-		attribute.String("http.request.method_original", string(method)))
+		semconv.HTTPRequestMethodOther,
+		semconv.HTTPRequestMethodOriginal(string(method)))
 }
 
 // appendRequestAttributes appends to attrs the request's url.query,
@@ -424,11 +424,10 @@ func (r *request) recordStatusCode(ctx *fasthttp.RequestCtx) {
 // side, and name the status code as its value then.
 func (r *request) setStatusCode(status int) {
 	if status < fasthttp.StatusInternalServerError {
-		r.span.SetAttributes(attribute.Int("http.response.status_code", status))
+		r.span.SetAttributes(semconv.HTTPResponseStatusCode(status))
 		return
 	}
-	r.span.SetAttributes(attribute.Int("http.response.status_code", status),
-		attribute.String("error.type", strconv.Itoa(status)))
+	r.span.SetAttributes(semconv.HTTPResponseStatusCode(status), semconv.ErrorTypeKey.String(strconv.Itoa(status)))
 }
 
 // Context returns fasttimeout.Context(ctx) carrying the request's span, for
