@@ -3,6 +3,7 @@ package fasttimeout
 import (
 	"errors"
 	"net"
+	"reflect"
 	"slices"
 	"sync"
 	"time"
@@ -45,7 +46,8 @@ const (
 // connection and an error: the connection is closed, as no server uses it,
 // and the error handled as above. Neither, which fasthttp would take for a
 // connection that never closes (Shutdown would wait forever), is retried
-// after the delay.
+// after the delay, and so is a typed nil connection such as
+// (*net.TCPConn)(nil), whose methods panic.
 //
 // Failures are reported through logger unless it is nil (pass the server's
 // Logger): the first at once, then at most one line a second, counting the
@@ -94,7 +96,9 @@ func (l *retryListener) Accept() (net.Conn, error) {
 	var delay time.Duration
 	for {
 		conn, err := l.Listener.Accept()
-		if conn != nil && err != nil {
+		if isNilConn(conn) {
+			conn = nil
+		} else if err != nil {
 			// No server uses it (see RetryListener), and its descriptor
 			// would be lost.
 			_ = conn.Close()
@@ -105,8 +109,9 @@ func (l *retryListener) Accept() (net.Conn, error) {
 			return conn, nil
 		case err == nil:
 			// Neither: fasthttp would count the nil connection open (and
-			// hand it to a worker as a stop signal). With the backoff, so
-			// that a listener that keeps doing so is not spun on.
+			// hand it to a worker as a stop signal), or read a typed nil and
+			// panic. With the backoff, so that a listener that keeps doing
+			// so is not spun on.
 			err = errNoConnection
 		case connectionAcceptError(err):
 			// That connection's failure, and it is gone from the queue:
@@ -179,6 +184,17 @@ func (l *retryListener) closedError() error {
 		e.Net, e.Addr = addr.Network(), addr
 	}
 	return e
+}
+
+// isNilConn reports whether conn is nil or holds a nil pointer, whose
+// methods may panic. Only reflect sees a nil pointer of any type; it costs
+// nanoseconds, against the accept's system call.
+func isNilConn(conn net.Conn) bool {
+	if conn == nil {
+		return true
+	}
+	v := reflect.ValueOf(conn)
+	return v.Kind() == reflect.Pointer && v.IsNil()
 }
 
 // resourceAcceptError reports whether Accept waits and retries after err.

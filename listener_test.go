@@ -432,12 +432,15 @@ func (c *closeCountingConn) Close() error {
 // (fasthttp and net/http drop it): left open, its descriptor, the very
 // resource RetryListener guards, would be lost. Neither a connection nor
 // an error, on which fasthttp would serve a nil connection and crash, is
-// retried after the backoff, and logged.
+// retried after the backoff, and logged. A typed nil (a nil pointer in the
+// net.Conn) is no connection: its methods may panic, so it is neither closed
+// nor returned.
 func TestRetryListener_a_wrapped_listener_s_odd_results(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		name     string
-		err      error // with the odd connection; nil: (nil, nil)
+		typedNil net.Conn // in place of the odd connection
+		err      error    // with the odd connection; nil with neither typedNil: (nil, nil)
 		retried  bool
 		wantLine string
 	}{
@@ -448,6 +451,12 @@ func TestRetryListener_a_wrapped_listener_s_odd_results(t *testing.T) {
 		{name: "a_connection_with_another_error_is_closed_and_the_error_returned", err: errors.New("proxy header: malformed")},
 		{name: "neither_a_connection_nor_an_error_is_retried", retried: true,
 			wantLine: "fasttimeout: accept: listener returned neither a connection nor an error; retrying in 1ns"},
+		{name: "a_typed_nil_TCPConn_is_retried", typedNil: (*net.TCPConn)(nil), retried: true,
+			wantLine: "fasttimeout: accept: listener returned neither a connection nor an error; retrying in 1ns"},
+		{name: "a_typed_nil_custom_connection_with_a_resource_error_is_retried", typedNil: (*closeCountingConn)(nil),
+			err: acceptErr(syscall.EMFILE), retried: true,
+			wantLine: fmt.Sprintf("fasttimeout: accept: %v; retrying in 1ns", acceptErr(syscall.EMFILE))},
+		{name: "a_typed_nil_TCPConn_with_another_error_returns_the_error", typedNil: (*net.TCPConn)(nil), err: io.ErrUnexpectedEOF},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -456,7 +465,9 @@ func TestRetryListener_a_wrapped_listener_s_odd_results(t *testing.T) {
 			t.Cleanup(func() { _ = oddClient.Close(); _ = oddServer.Close(); _ = client.Close(); _ = server.Close() })
 			odd := &closeCountingConn{Conn: oddServer}
 			first := acceptResult{conn: odd, err: tc.err}
-			if tc.err == nil {
+			if tc.typedNil != nil {
+				first.conn = tc.typedNil
+			} else if tc.err == nil {
 				first = acceptResult{}
 			}
 			inner := &scriptedListener{script: []acceptResult{first, {conn: server}}, closed: make(chan struct{})}
@@ -474,35 +485,48 @@ func TestRetryListener_a_wrapped_listener_s_odd_results(t *testing.T) {
 				require.Nil(t, conn, "the closed connection is not returned")
 				require.EqualValues(t, 1, inner.calls.Load())
 			}
-			if tc.err != nil {
+			if tc.err != nil && tc.typedNil == nil {
 				require.EqualValues(t, 1, odd.closes.Load(), "the connection returned with an error is closed")
 			}
 		})
 	}
 }
 
-// Through a real server: a wrapped listener's (nil, nil) is not passed on.
-// fasthttp counted it as an open connection and handed it to a worker,
-// for which a nil connection is the signal to stop: it never closed, and
-// Shutdown waited for it forever (with MaxConnsPerIP, the nil connection's
-// address crashes the process). The connection after it is served.
-func TestRetryListener_serves_after_neither_a_connection_nor_an_error(t *testing.T) {
+// Through a real server: a wrapped listener's (nil, nil), or a typed nil
+// connection with no error, is not passed on. fasthttp counted the
+// untyped nil as an open connection and handed it to a worker, for which a
+// nil connection is the signal to stop: it never closed, and Shutdown
+// waited for it forever (with MaxConnsPerIP, the nil connection's address
+// crashes the process). A worker reads a typed nil, and the nil pointer
+// panics, crashing the process. The connection after it is served.
+func TestRetryListener_serves_after_a_nil_connection(t *testing.T) {
 	t.Parallel()
-	client, server := net.Pipe()
-	t.Cleanup(func() { _ = client.Close(); _ = server.Close() })
-	inner := &scriptedListener{script: []acceptResult{{}, {}, {conn: server}}, closed: make(chan struct{})}
-	l := newQuickRetryListener(inner, nil)
-	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) { ctx.SetBodyString("ok") }}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(l) }()
+	for _, tc := range []struct {
+		name string
+		nil  net.Conn
+	}{
+		{name: "neither_a_connection_nor_an_error"},
+		{name: "a_typed_nil_TCPConn", nil: (*net.TCPConn)(nil)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			client, server := net.Pipe()
+			t.Cleanup(func() { _ = client.Close(); _ = server.Close() })
+			inner := &scriptedListener{script: []acceptResult{{conn: tc.nil}, {conn: tc.nil}, {conn: server}}, closed: make(chan struct{})}
+			l := newQuickRetryListener(inner, nil)
+			srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) { ctx.SetBodyString("ok") }}
+			served := make(chan error, 1)
+			go func() { served <- srv.Serve(l) }()
 
-	require.NoError(t, client.SetDeadline(time.Now().Add(listenerBound)))
-	_, err := client.Write([]byte("GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"))
-	require.NoError(t, err)
-	answer, err := io.ReadAll(client)
-	require.NoError(t, err)
-	require.Contains(t, string(answer), "HTTP/1.1 200 OK")
-	require.True(t, bytes.HasSuffix(answer, []byte("ok")), "%q", answer)
-	require.GreaterOrEqual(t, inner.calls.Load(), int64(3), "both retried")
-	shutdownWithin(t, srv, served)
+			require.NoError(t, client.SetDeadline(time.Now().Add(listenerBound)))
+			_, err := client.Write([]byte("GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"))
+			require.NoError(t, err)
+			answer, err := io.ReadAll(client)
+			require.NoError(t, err)
+			require.Contains(t, string(answer), "HTTP/1.1 200 OK")
+			require.True(t, bytes.HasSuffix(answer, []byte("ok")), "%q", answer)
+			require.GreaterOrEqual(t, inner.calls.Load(), int64(3), "both retried")
+			shutdownWithin(t, srv, served)
+		})
+	}
 }
