@@ -32,15 +32,17 @@ const (
 //	...
 //	err = server.Serve(fasttimeout.RetryListener(ln, logger))
 //
-// After EMFILE, ENFILE, ENOBUFS or ENOMEM, Accept waits and tries again, 5 ms
-// doubling up to 1 s as net/http's Server.Serve does, from 5 ms on each call.
-// After a failure of the connection it was taking (ECONNABORTED, or on Linux
+// After EMFILE, ENFILE, ENOBUFS, ENOMEM or EAGAIN (on Linux also ENOSR or
+// EPERM), Accept waits and tries again, 5 ms doubling up to 1 s as net/http's
+// Server.Serve does, from 5 ms on each call. After a failure of the
+// connection it was taking (ECONNABORTED, ECONNRESET, ETIMEDOUT, or on Linux
 // ENETDOWN, EPROTO, ENOPROTOOPT, EHOSTDOWN, ENONET, EHOSTUNREACH, EOPNOTSUPP
-// or ENETUNREACH of one that failed in the listen queue), it tries again at
-// once, as accept(2) says. Errors are matched with errors.Is on syscall's
-// errnos (not Winsock's codes or Plan 9's strings); any other is returned as
-// is. Connections are returned unwrapped, so the hang-up watch, which needs
-// their descriptor, works.
+// or ENETUNREACH of one that failed in the listen queue) or EINTR, it tries
+// again at once, as accept(2) says. Errors are matched with errors.Is on
+// syscall's errnos (not Winsock's codes or Plan 9's strings, nor a Temporary
+// method); any other, such as a listener's deadline or [net.ErrClosed], is
+// returned as is. Connections are returned unwrapped, so the hang-up watch,
+// which needs their descriptor, works.
 //
 // A wrapped custom listener (proxy protocol, TLS) may return both a
 // connection and an error: the connection is closed, as no server uses it,
@@ -199,7 +201,8 @@ func isNilConn(conn net.Conn) bool {
 
 // resourceAcceptError reports whether Accept waits and retries after err.
 func resourceAcceptError(err error) bool {
-	return slices.ContainsFunc(retriedAcceptErrors[:], func(target error) bool { return errors.Is(err, target) })
+	is := func(target error) bool { return errors.Is(err, target) }
+	return slices.ContainsFunc(retriedAcceptErrors[:], is) || slices.ContainsFunc(linuxRetriedAcceptErrors[:], is)
 }
 
 // connectionAcceptError reports whether Accept retries after err at once:

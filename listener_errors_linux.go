@@ -16,3 +16,13 @@ var pendingAcceptErrors = [...]error{
 	syscall.EOPNOTSUPP,
 	syscall.ENETUNREACH,
 }
+
+// linuxRetriedAcceptErrors are accept(2)'s other passing errors, waited out
+// as retriedAcceptErrors: EPERM is a connection's (firewall rules forbid it),
+// but a sandbox that forbids accept returns it on every call, and a wait
+// does not spin on that. ESOCKTNOSUPPORT and EPROTONOSUPPORT, of the
+// socket's type, would not pass: they are returned.
+var linuxRetriedAcceptErrors = [...]error{
+	syscall.ENOSR, // out of STREAMS resources
+	syscall.EPERM,
+}

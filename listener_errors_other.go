@@ -2,6 +2,6 @@
 
 package fasttimeout
 
-// pendingAcceptErrors is empty outside Linux, whose accept alone returns a
-// queued connection's network errors (see listener_errors_linux.go).
-var pendingAcceptErrors [0]error
+// pendingAcceptErrors and linuxRetriedAcceptErrors are empty outside Linux,
+// whose accept alone returns them (see listener_errors_linux.go).
+var pendingAcceptErrors, linuxRetriedAcceptErrors [0]error

@@ -266,22 +266,34 @@ func runEMFILEChild(mode string) {
 }
 
 // On Linux, accept returns the network error of a connection that failed
-// in the listen queue; the listener is fine, and the next accept is served.
-func TestRetryListener_retries_a_queued_connection_s_network_error(t *testing.T) {
+// in the listen queue; the listener is fine, and the next accept is served
+// at once. ENOSR and EPERM (firewall rules forbid the connection), also in
+// accept(2), are waited out.
+func TestRetryListener_retries_Linux_s_accept_errors(t *testing.T) {
 	t.Parallel()
-	for _, errno := range []syscall.Errno{
-		syscall.ENETDOWN, syscall.EPROTO, syscall.ENOPROTOOPT, syscall.EHOSTDOWN,
-		syscall.ENONET, syscall.EHOSTUNREACH, syscall.EOPNOTSUPP, syscall.ENETUNREACH,
+	for _, tc := range []struct {
+		errno  syscall.Errno
+		atOnce bool
+	}{
+		{syscall.ENETDOWN, true}, {syscall.EPROTO, true}, {syscall.ENOPROTOOPT, true}, {syscall.EHOSTDOWN, true},
+		{syscall.ENONET, true}, {syscall.EHOSTUNREACH, true}, {syscall.EOPNOTSUPP, true}, {syscall.ENETUNREACH, true},
+		{syscall.ENOSR, false}, {syscall.EPERM, false},
 	} {
-		t.Run(errno.Error(), func(t *testing.T) {
+		t.Run(tc.errno.Error(), func(t *testing.T) {
 			t.Parallel()
 			client, server := net.Pipe()
 			t.Cleanup(func() { _ = client.Close(); _ = server.Close() })
-			inner := newFakeListener([]error{acceptErr(errno)}, server, nil)
-			conn, err := newQuickRetryListener(inner, nil).Accept()
+			inner := newFakeListener([]error{acceptErr(tc.errno)}, server, nil)
+			logger := new(lineLogger)
+			conn, err := newQuickRetryListener(inner, logger).Accept()
 			require.NoError(t, err)
 			require.Same(t, server, conn)
 			require.EqualValues(t, 2, inner.calls.Load(), "one retry")
+			when := "in 1ns"
+			if tc.atOnce {
+				when = "at once"
+			}
+			require.Equal(t, []string{fmt.Sprintf("fasttimeout: accept: %v; retrying %s", acceptErr(tc.errno), when)}, logger.logged())
 		})
 	}
 }

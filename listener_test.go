@@ -108,26 +108,37 @@ func newQuickRetryListener(inner net.Listener, logger fasthttp.Logger) *retryLis
 	return l
 }
 
+// Accept waits out a lack of resources, retries a failure of the
+// connection it was taking at once, and returns any other error as is,
+// net.ErrClosed (the listener's end) however it is wrapped.
 func TestRetryListener_accept(t *testing.T) {
 	t.Parallel()
 	emfile := acceptErr(syscall.EMFILE)
 	for _, tc := range []struct {
 		name    string
 		errs    []error
+		atOnce  bool  // errs[0] is retried at once, not after the backoff
 		wantErr error // nil: the connection after errs
 	}{
 		{name: "EMFILE_is_retried", errs: []error{emfile, emfile, emfile}},
 		{name: "ENFILE_is_retried", errs: []error{acceptErr(syscall.ENFILE)}},
 		{name: "ENOBUFS_is_retried", errs: []error{acceptErr(syscall.ENOBUFS)}},
 		{name: "ENOMEM_is_retried", errs: []error{acceptErr(syscall.ENOMEM)}},
-		{name: "ECONNABORTED_is_retried", errs: []error{acceptErr(syscall.ECONNABORTED)}},
+		{name: "EAGAIN_is_retried", errs: []error{acceptErr(syscall.EAGAIN)}},
+		{name: "ECONNABORTED_is_retried_at_once", errs: []error{acceptErr(syscall.ECONNABORTED)}, atOnce: true},
+		{name: "ECONNRESET_is_retried_at_once", errs: []error{acceptErr(syscall.ECONNRESET)}, atOnce: true},
+		{name: "ETIMEDOUT_is_retried_at_once", errs: []error{acceptErr(syscall.ETIMEDOUT)}, atOnce: true},
+		{name: "EINTR_is_retried_at_once", errs: []error{acceptErr(syscall.EINTR)}, atOnce: true},
 		{name: "a_bare_errno_is_retried", errs: []error{syscall.EMFILE}},
 		{name: "a_mix_is_retried", errs: []error{emfile, acceptErr(syscall.ENOBUFS), acceptErr(syscall.ECONNABORTED), emfile}},
 		{name: "no_error_returns_the_connection", errs: nil},
 		{name: "EINVAL_is_returned", errs: []error{acceptErr(syscall.EINVAL)}, wantErr: acceptErr(syscall.EINVAL)},
-		{name: "ECONNRESET_is_returned", errs: []error{acceptErr(syscall.ECONNRESET)}, wantErr: acceptErr(syscall.ECONNRESET)},
+		{name: "EBADF_is_returned", errs: []error{acceptErr(syscall.EBADF)}, wantErr: acceptErr(syscall.EBADF)},
 		{name: "a_timeout_is_returned", errs: []error{acceptErr(os.ErrDeadlineExceeded)}, wantErr: acceptErr(os.ErrDeadlineExceeded)},
 		{name: "a_closed_listener_is_returned", errs: []error{acceptErr(net.ErrClosed)}, wantErr: acceptErr(net.ErrClosed)},
+		{name: "a_bare_net.ErrClosed_is_returned", errs: []error{net.ErrClosed}, wantErr: net.ErrClosed},
+		{name: "a_wrapped_net.ErrClosed_is_returned", errs: []error{fmt.Errorf("proxy: %w", net.ErrClosed)}, wantErr: fmt.Errorf("proxy: %w", net.ErrClosed)},
+		{name: "a_closed_listener_after_retries_is_returned", errs: []error{emfile, acceptErr(syscall.ECONNABORTED), acceptErr(net.ErrClosed)}, wantErr: acceptErr(net.ErrClosed)},
 		{name: "io.EOF_is_returned", errs: []error{io.EOF}, wantErr: io.EOF},
 		{name: "any_other_error_is_returned", errs: []error{errors.New("boom")}, wantErr: errors.New("boom")},
 		{name: "an_error_after_retries_is_returned", errs: []error{emfile, emfile, acceptErr(syscall.EINVAL)}, wantErr: acceptErr(syscall.EINVAL)},
@@ -169,7 +180,7 @@ func TestRetryListener_accept(t *testing.T) {
 				}
 				require.Len(t, lines, 1, "the failures within a second make one line")
 				when := "in 1ns"
-				if connectionAcceptError(tc.errs[0]) {
+				if tc.atOnce {
 					when = "at once"
 				}
 				require.Equal(t, fmt.Sprintf("fasttimeout: accept: %v; retrying %s", tc.errs[0], when), lines[0])
@@ -178,13 +189,14 @@ func TestRetryListener_accept(t *testing.T) {
 	}
 }
 
-// The failure of the connection accept was taking (ECONNABORTED, or on
-// Linux a queued connection's network error) is that connection's: Accept
-// tries again at once, as accept(2) says, rather than wait the backoff and
-// hold up the good connections behind it. A lack of resources still waits.
+// The failure of the connection accept was taking (ECONNABORTED,
+// ECONNRESET, ETIMEDOUT, or on Linux a queued connection's network error)
+// is that connection's, and EINTR a signal's: Accept tries again at once,
+// as accept(2) says, rather than wait the backoff and hold up the good
+// connections behind it. A lack of resources still waits.
 func TestRetryListener_retries_a_connection_s_failure_at_once(t *testing.T) {
 	t.Parallel()
-	errs := []error{acceptErr(syscall.ECONNABORTED)}
+	errs := []error{acceptErr(syscall.ECONNABORTED), acceptErr(syscall.ECONNRESET), acceptErr(syscall.ETIMEDOUT), acceptErr(syscall.EINTR)}
 	for _, errno := range pendingAcceptErrors {
 		errs = append(errs, acceptErr(errno))
 	}
