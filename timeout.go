@@ -21,36 +21,35 @@ var ErrShutdown = errors.New("fasttimeout: server shutting down")
 //
 // If h returns before the deadline, its response goes out exactly as h wrote
 // it. At the deadline the client gets the timeout response (by default 504
-// Gateway Timeout with Content-Type application/json and body
-// {"detail":"Request processing time exceeded limit"}), the context that
-// [Context] returns for the request is cancelled with cause [ErrTimeout],
-// and the connection stays usable for its next request.
+// Gateway Timeout, Content-Type application/json, body
+// {"detail":"Request processing time exceeded limit"}), the request's
+// [Context] is cancelled with cause [ErrTimeout], and the connection stays
+// usable for its next request.
 //
 // In [Racing] mode (the default) h runs on a pooled worker goroutine. A
 // handler still running at the deadline keeps its *fasthttp.RequestCtx until
 // it returns; fasthttp gives the connection a fresh one, so nothing the late
 // handler writes reaches any client. A panic in h before the deadline is
 // re-raised on the server goroutine with its original value; after the
-// deadline (or the client's hang-up) it is passed to Config.OnPanic and the
+// deadline (or the client's hang-up) it goes to Config.OnPanic and the
 // process goes on. A middleware around the returned handler must leave a
 // timed-out ctx alone (ctx.LastTimeoutErrorResponse() != nil), as
 // fasthttp.CompressHandler does: the late handler may still be using it.
 //
 // In [Cooperative] mode h runs on the server goroutine; only its context is
-// cancelled at the deadline, and a response written after the deadline is
-// replaced by the timeout response. Panics are handled as in racing mode. A
-// handler that calls runtime.Goexit ends the server goroutine, after which
-// fasthttp would neither answer nor close the connection: the middleware
-// closes it (racing mode re-raises it as a panic). It does the same in both
-// modes when a Config callback on the server goroutine calls
-// runtime.Goexit (t.FailNow in a test's callback, say): any but OnPanic and
-// OnLateReturn, which in racing mode run on the worker.
+// cancelled at the deadline, and a response written after it is replaced by
+// the timeout response. Panics are handled as in racing mode. After a
+// runtime.Goexit on the server goroutine, by h or, in either mode, by a
+// Config callback (any but OnPanic and OnLateReturn, which in racing mode
+// run on the worker; t.FailNow in a test's, say), fasthttp would neither
+// answer nor close the connection: the middleware closes it (racing mode
+// re-raises h's Goexit as a panic).
 //
 // Inside the handler of another New, h keeps the earlier of the two
-// deadlines and, whatever the mode, runs as in cooperative mode on the
-// goroutine it is called on: only the outermost New races, and only it
-// watches for the client's hang-up, which ends the inner contexts too.
-// [Disarm] and [Extend] move the deadlines of all of them.
+// deadlines and, whatever the mode, runs cooperatively on the calling
+// goroutine: only the outermost New races, and only it watches for the
+// client's hang-up, which ends the inner contexts too. [Disarm] and [Extend]
+// move the deadlines of all of them.
 //
 // New panics, with a message starting "fasttimeout: ", if h is nil or cfg is
 // invalid (see [Config]).
@@ -69,7 +68,8 @@ func New(h fasthttp.RequestHandler, cfg Config) fasthttp.RequestHandler {
 	return m.serveRacing
 }
 
-// middleware is one New's state, shared by all its requests.
+// middleware is one New's state, shared by all its requests. In its
+// methods, outer is the call of an enclosing New (nil: none).
 type middleware struct {
 	settings
 	handler     fasthttp.RequestHandler
@@ -78,13 +78,10 @@ type middleware struct {
 	late        atomic.Int64 // handlers of this middleware running past their deadline
 }
 
-// admit decides what happens to a request before its handler runs. For a
-// request to bound, it returns when the request arrived (start), its
-// deadline, and when it got its slot under the concurrency limit
-// (admitted, now if there is no limit); run is false for a request already
-// answered (refused, out of budget, or its client gone while it waited) or
-// skipped. outer is the call of an enclosing New, if any, whose deadline
-// bounds this request's.
+// admit decides what happens to a request before its handler runs: run is
+// false for one answered already (refused, out of budget, its client gone
+// while it waited) or skipped. Otherwise it returns when the request arrived,
+// its deadline, and when it got its slot (now without a limit).
 func (m *middleware) admit(ctx *fasthttp.RequestCtx, outer *call) (start, deadline, admitted int64, run bool) {
 	if m.countRequests {
 		m.stats.requests.add(ctx.ConnID(), 1)
@@ -120,10 +117,9 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx, outer *call) (start, deadli
 		}
 		admitted += int64(waited)
 		if m.spent(start, deadline, admitted) {
-			// Handed a slot as its budget ran out, or its goroutine ran
-			// that late: the handler would start cancelled. Or it waited
-			// past MaxQueueAge: it would run for a caller that has given
-			// up. It is a timeout to the adaptive limit, as if it had run.
+			// Handed a slot as its budget ran out (or its goroutine ran that
+			// late), or past MaxQueueAge: the handler would start cancelled,
+			// or run for a caller gone. A timeout to the limit, as if it ran.
 			m.limiter.release(admitted, 0, false)
 			if m.limiter.adaptive {
 				m.limiter.drop(admitted, admitted)
@@ -132,9 +128,8 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx, outer *call) (start, deadli
 			return 0, 0, 0, false
 		}
 		if waited > 0 && m.watchHangups && !watchedOutside(outer) && peerGone(ctx.Conn()) {
-			// Its client hung up while it waited (or the load balancer in
-			// front did, having answered for it): the handler would run
-			// for nobody. Neither a latency nor a timeout to the limit.
+			// Its client (or the load balancer in front, answering for it)
+			// hung up while it waited: neither a latency nor a timeout.
 			m.limiter.release(admitted, 0, false)
 			m.answerLeft(ctx, outer, start)
 			return 0, 0, 0, false
@@ -149,9 +144,8 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx, outer *call) (start, deadli
 	return start, deadline, admitted, true
 }
 
-// spent reports whether a request that arrived at start, with deadline, is
-// over at t, before its handler starts: its deadline has passed, or it is
-// older than MaxQueueAge, its caller's patience.
+// spent reports whether a request that arrived at start is over at t before
+// its handler starts: past deadline, or older than MaxQueueAge.
 func (m *middleware) spent(start, deadline, t int64) bool {
 	return deadline <= t || t > m.giveUp(start)
 }
@@ -166,14 +160,13 @@ func (m *middleware) giveUp(start int64) int64 {
 }
 
 // arrival returns when the request ctx, reaching the middleware at t,
-// arrived: when the server read it or, with HonorQueueHeaders, when the
+// arrived: when the server read it (its goroutine may run much later under
+// load, and that wait is on the budget) or, with HonorQueueHeaders, when the
 // proxy in front saw it, whichever is earlier.
 func (m *middleware) arrival(ctx *fasthttp.RequestCtx, t int64) int64 {
 	start := t
-	// The server read the request at ctx.Time(); under load its goroutine
-	// may have run much later, and that wait counts against the budget. A
-	// RequestCtx set up by hand (Init) has no such time: it equals its
-	// ConnTime, and may be old.
+	// A RequestCtx set up by hand (Init) has no read time: ctx.Time() is
+	// its ConnTime, which may be old.
 	if arrived := ctx.Time(); arrived.After(ctx.ConnTime()) {
 		start = min(start, int64(arrived.Sub(epoch)))
 	}
@@ -193,8 +186,7 @@ func (m *middleware) arrival(ctx *fasthttp.RequestCtx, t int64) int64 {
 // requestDeadline returns the deadline of the request ctx, which arrived
 // at start and reaches the middleware at t: its timeout (TimeoutFunc's, or
 // Timeout) after start, or sooner for a caller's budget
-// (HonorDeadlineHeaders) or the deadline of outer, the call of an
-// enclosing New.
+// (HonorDeadlineHeaders) or outer's deadline.
 func (m *middleware) requestDeadline(ctx *fasthttp.RequestCtx, start, t int64, outer *call) int64 {
 	timeout := m.Timeout
 	if m.TimeoutFunc != nil {
@@ -213,17 +205,15 @@ func (m *middleware) requestDeadline(ctx *fasthttp.RequestCtx, start, t int64, o
 		}
 	}
 	if outer != nil {
-		// Inside another New the request keeps the earlier deadline (see
-		// call.begin): its wait for a slot is a share of what is left of
-		// that, and a budget already spent there is spent here too.
+		// Already here, not only in call.begin: the wait for a slot is a
+		// share of what is left, and a budget spent outside is spent here.
 		deadline = min(deadline, outer.deadline.Load())
 	}
 	return deadline
 }
 
 // answerSpent answers the request ctx with the timeout response without
-// running its handler: its budget was spent when it arrived (see
-// SpentBudget). outer is the call of an enclosing New, if any.
+// running its handler, its budget spent (see SpentBudget).
 func (m *middleware) answerSpent(ctx *fasthttp.RequestCtx, outer *call) {
 	m.stats.timeouts.Add(1)
 	m.stats.spentBudgets.Add(1)
@@ -234,10 +224,9 @@ func (m *middleware) answerSpent(ctx *fasthttp.RequestCtx, outer *call) {
 	}
 }
 
-// skips reports whether Config.Skip exempts the request ctx; outer is the
-// call of an enclosing New, if any. A Skip that panics or calls
-// runtime.Goexit leaves the request no other outcome in Stats: it is
-// counted in Panics, as a handler's panic would be.
+// skips reports whether Config.Skip exempts the request ctx. A Skip that
+// panics or calls runtime.Goexit is counted in Panics, as a handler's panic
+// would be: it leaves the request no other outcome in Stats.
 func (m *middleware) skips(ctx *fasthttp.RequestCtx, outer *call) (skip bool) {
 	runCallback(ctx, outer == nil, &m.stats.panics, func() { skip = m.Skip(ctx) })
 	return skip
@@ -252,8 +241,7 @@ func (m *middleware) timeoutOf(ctx *fasthttp.RequestCtx, outer *call) (d time.Du
 
 // runCallback runs f, which calls a Config callback on the server goroutine
 // of the request ctx, and sees to the request if the callback does not
-// return (see endCallback). f does not escape: calling it allocates
-// nothing.
+// return (see endCallback). f does not escape: it allocates nothing.
 func runCallback(ctx *fasthttp.RequestCtx, outermost bool, panics *atomic.Int64, f func()) {
 	returned := false
 	defer endCallback(ctx, outermost, &returned, panics)
@@ -261,18 +249,14 @@ func runCallback(ctx *fasthttp.RequestCtx, outermost bool, panics *atomic.Int64,
 	returned = true
 }
 
-// endCallback runs, deferred, after a Config callback that ran on the
-// server goroutine of the request ctx (see runCallback); returned reports
-// whether the callback returned. One that did not is counted in panics, if
-// not nil (see skips). A panic goes on with its value, as a handler's in
-// time does. After a runtime.Goexit the outermost New closes the
-// connection, as for a cooperative handler's (see finishCooperative);
-// inside another New the Goexit goes on to the enclosing one, which takes
-// it for its handler's.
-//
-// With GODEBUG=panicnil=1, a panic(nil) looks like a Goexit here: the
-// connection is closed, and since recover has stopped that panic, the
-// server goroutine goes on as if the callback had returned its zero values.
+// endCallback, deferred by runCallback, sees to a callback that did not
+// return: it is counted in panics, if not nil; a panic goes on with its
+// value, as a handler's in time does; after a runtime.Goexit the outermost
+// New closes the connection, as for a cooperative handler's (see
+// finishCooperative), and an inner one lets it go on to the enclosing New,
+// which takes it for its handler's. With GODEBUG=panicnil=1 a panic(nil)
+// looks like a Goexit: the connection is closed, and as recover stopped the
+// panic, the callback seems to have returned its zero values.
 func endCallback(ctx *fasthttp.RequestCtx, outermost bool, returned *bool, panics *atomic.Int64) {
 	if *returned {
 		return
@@ -297,12 +281,10 @@ func (m *middleware) countLateReturn(late time.Duration) {
 	m.stats.lateRun.observe(late)
 }
 
-// leaveFlight counts a handler out of Stats.InFlight, the last thing done
-// for it: after counting it late and the callbacks about it and, for a
-// racing call that timed out or lost its client, after its server
-// goroutine has answered too (see disown). So a snapshot whose InFlight is
-// zero has every earlier request fully counted (see Stats.Snapshot).
-// connID is the request's connection, whose stripe admit added to.
+// leaveFlight counts a handler out of Stats.InFlight on connID's stripe,
+// last of all (see Stats.Snapshot): after counting it late and its callbacks
+// and, for a racing call that timed out or lost its client, after its server
+// goroutine has answered (see disown).
 func (m *middleware) leaveFlight(connID uint64) {
 	if m.countRequests {
 		m.stats.inFlight.add(connID, -1)
@@ -322,10 +304,9 @@ func (m *middleware) release(c *call, t int64, inTime bool) {
 }
 
 // States of call.slot. A handler whose deadline Disarm or Extend moved (a
-// long poll, an event stream) holds its slot as a late one does, for as
-// long as it chose: the adaptive limit keeps room beyond both (see
-// limiter.lateFloor), or a few long polls would refuse every request for
-// as long as they ran.
+// long poll, an event stream) holds its slot as long as it chose, as a late
+// one does: the adaptive limit keeps room beyond both (limiter.lateFloor),
+// or a few long polls would refuse every request while they ran.
 const (
 	slotHeld     uint32 = iota // admitted (or no limit), deadline as set
 	slotMoved                  // counted in limiter.moved
@@ -333,18 +314,16 @@ const (
 )
 
 // countMoved counts call c, whose deadline Disarm or Extend has just moved,
-// among the moved handlers until release, or until it is late. The
-// compare-and-swap keeps a move from another goroutine of the handler,
-// racing its return, from counting a slot already given back.
+// as moved until release or until it is late. The compare-and-swap keeps a
+// move racing the handler's return from counting a slot given back.
 func (c *call) countMoved() {
 	l := c.m.limiter
 	if l == nil || !l.adaptive || !c.slot.CompareAndSwap(slotHeld, slotMoved) {
 		return
 	}
 	l.moved.Add(1)
-	// A hang-up (or, after a short Extend, the deadline) that made the
-	// call late meanwhile may have looked for it before it was counted:
-	// either that look or this one sees the other's write.
+	// A hang-up (or, after a short Extend, the deadline) making the call late
+	// may have looked before this count: then this look sees its write.
 	if p := c.phase(); p == callTimedOut || p == callGone {
 		c.uncountMoved()
 	}
@@ -362,48 +341,45 @@ func (c *call) uncountMoved() {
 // running its handler. They are also the values of the "reason" label of the
 // Prometheus adaptor's rejected-requests counter.
 const (
-	// RejectedLateHandlers: Config.MaxLateHandlers handlers were running
-	// late.
+	// RejectedLateHandlers: Config.MaxLateHandlers handlers were running late.
 	RejectedLateHandlers = "late_handlers"
 	// RejectedQueueFull: the concurrency limit was reached and the queue was
-	// full (the request came to a full queue, or, waiting in one that had
-	// stayed busy, gave way to a newer request before its wait was over),
-	// the request's budget left no time to wait, or the server shut down
-	// while it waited; or, with Config.AdaptiveConcurrency, the process's
-	// CPU is so saturated that requests wait too long to be read at all.
+	// full (on arrival, or a waiter in a queue that had stayed busy gave
+	// way to a newer request), the request's budget left no time to wait,
+	// or the server shut down while it waited; or, with
+	// Config.AdaptiveConcurrency, the CPU is so saturated that requests wait
+	// too long to be read at all.
 	RejectedQueueFull = "queue_full"
 	// RejectedQueueTimeout: the request waited its share of its budget for
 	// a slot under the concurrency limit without getting one.
 	RejectedQueueTimeout = "queue_timeout"
 )
 
-// rejectKey is the user-value key under which the reason of a refusal, or
-// spentBudget, is stored.
+// rejectKey is the user-value key of a refusal's reason, or spentBudget.
 type rejectKey struct{}
 
-// spentBudget marks under rejectKey a request answered with the timeout
-// response without running (see SpentBudget).
+// spentBudget marks a request answered with the timeout response without
+// running (see SpentBudget).
 const spentBudget = "spent_budget"
 
 // RejectReason returns why the middleware refused the request ctx with 503
-// Service Unavailable without running its handler (one of RejectedLateHandlers,
-// RejectedQueueFull and RejectedQueueTimeout), or "" if it did not. Call it
-// after the handler returned by New has returned, from a middleware around it
-// (to log or trace refusals, say).
+// Service Unavailable without running its handler (RejectedLateHandlers,
+// RejectedQueueFull or RejectedQueueTimeout), or "" if it did not. Call it
+// after the handler returned by New has returned, from a middleware around
+// it (to log or trace refusals, say).
 //
 // A request answered with the timeout response was not refused: after a
-// racing timeout its RequestCtx belongs to the late handler, which may
-// still write it, so RejectReason does not look at its user values then.
+// racing timeout its RequestCtx belongs to the late handler, which may still
+// write it, so RejectReason does not look at its user values then.
 //
-// Inside nested News a refusal by an inner New is the request's, although
-// the News around it ran their handlers: RejectReason returns its reason
-// in a middleware around that inner New, in the handlers around it once it
-// has returned, and in a middleware around any enclosing New, unless the
-// outermost New answered the request at its deadline or its client's
-// hang-up in racing mode (as above). The client gets the inner New's 503
-// unless a handler around it writes over it. If several News refused the
-// request (a handler that calls an inner New more than once), RejectReason
-// returns the last one's reason.
+// Inside nested News an inner New's refusal is the request's, though the
+// News around it ran their handlers: RejectReason returns its reason around
+// that inner New, in the handlers around it once it has returned, and
+// around any enclosing New, unless the outermost answered the request at
+// its deadline or its client's hang-up in racing mode (as above). The client
+// gets the inner New's 503 unless a handler around it writes over it. If
+// several News refused the request (a handler calling an inner New more
+// than once), RejectReason returns the last one's reason.
 func RejectReason(ctx *fasthttp.RequestCtx) string {
 	if reason := answeredUnrun(ctx); reason != spentBudget {
 		return reason
@@ -424,10 +400,9 @@ func SpentBudget(ctx *fasthttp.RequestCtx) bool {
 }
 
 // answeredUnrun returns why the middleware answered ctx without running its
-// handler (a RejectReason, or spentBudget), or "", reading no user value
-// of a timed-out RequestCtx (see RejectReason). While an outermost New's
-// handler runs, an inner New's refusal is on that New's call (see
-// markUnrun).
+// handler (a RejectReason, or spentBudget), or "", reading no user value of
+// a timed-out RequestCtx. While an outermost New's handler runs, an inner
+// New's mark is on the outermost call (see markUnrun).
 func answeredUnrun(ctx *fasthttp.RequestCtx) string {
 	if ctx == nil || ctx.LastTimeoutErrorResponse() != nil {
 		return ""
@@ -444,14 +419,12 @@ func answeredUnrun(ctx *fasthttp.RequestCtx) string {
 // unrunReasons are the values of call.unrun.
 var unrunReasons = [...]string{"", RejectedLateHandlers, RejectedQueueFull, RejectedQueueTimeout, spentBudget}
 
-// markUnrun records that ctx was answered without running its handler,
-// and why: reason, a RejectReason or spentBudget. Inside another New
-// (outer not nil) it records it on the request's outermost call, which
-// leaves it in the user values when it ends (see call.end): meanwhile a
-// goroutine of an enclosing handler may be reading them, looking up the
-// call (see call.begin), and a write there would race with it. An inner
-// New runs on the goroutine of the handler around it, so outer.root is
-// its to call.
+// markUnrun records that ctx was answered without running its handler, and
+// why (a RejectReason or spentBudget). Inside another New it goes on the
+// outermost call, which moves it to the user values when it ends (call.end):
+// until then an enclosing handler's goroutine may be reading them to look up
+// the call (call.begin), and a write would race. An inner New runs on the
+// goroutine of the handler around it, so outer.root is its to call.
 func markUnrun(ctx *fasthttp.RequestCtx, outer *call, reason string) {
 	if outer == nil {
 		ctx.SetUserValue(rejectKey{}, reason)
@@ -465,8 +438,7 @@ func markUnrun(ctx *fasthttp.RequestCtx, outer *call, reason string) {
 	}
 }
 
-// reject answers ctx with the 503 of a refused request; outer is the call
-// of an enclosing New, if any.
+// reject answers ctx with the 503 of a refused request.
 func (m *middleware) reject(ctx *fasthttp.RequestCtx, outer *call, reason string) {
 	m.writeShedResponse(&ctx.Response)
 	markUnrun(ctx, outer, reason)
@@ -479,9 +451,8 @@ func (m *middleware) reportPanic(ctx *fasthttp.RequestCtx, v any, stack []byte) 
 		m.OnPanic(ctx, v, stack)
 		return
 	}
-	// As net/http's server does: http.ErrAbortHandler aborts a response on
-	// purpose (httputil.ReverseProxy panics with it when its copy fails),
-	// and logging its stack would only make noise.
+	// As in net/http: http.ErrAbortHandler aborts a response on purpose
+	// (httputil.ReverseProxy's failed copy); its stack would be noise.
 	if v == http.ErrAbortHandler {
 		return
 	}
