@@ -12,8 +12,8 @@ import (
 
 // ErrClientGone is the [context.Cause] of a request context cancelled
 // because the client hung up (closed or reset its connection) while the
-// handler ran. Its Err is [context.Canceled], as with net/http. Use it with
-// errors.Is.
+// handler ran, or while the request waited for a slot. Its Err is
+// [context.Canceled], as with net/http. Use it with errors.Is.
 var ErrClientGone = errors.New("fasttimeout: client gone")
 
 // HangupDelay is how long a request's handler runs before its connection
@@ -21,29 +21,24 @@ var ErrClientGone = errors.New("fasttimeout: client gone")
 // that finish sooner cost nothing more; most requests do.
 const HangupDelay = 5 * time.Millisecond
 
-// minWatchedTimeout is the shortest timeout whose requests are watched
-// from HangupDelay on. A hang-up can save a request with a shorter timeout
-// little work, while a storm of such requests, all watched at once, costs
-// the CPU their timeout answers need (docs/hangups.md). Such a request is
-// watched only if it runs past its original deadline, which it can only
-// after Disarm or Extend.
+// minWatchedTimeout is the shortest timeout watched from HangupDelay on: a
+// hang-up saves a shorter one little work, while a storm of them, all watched
+// at once, costs the CPU their timeout answers need (docs/hangups.md). A
+// shorter one is watched only past its deadline (after Disarm or Extend).
 const minWatchedTimeout = 100 * time.Millisecond
 
 // StatusClientClosedRequest is the status of the answer to a request whose
 // client hung up: 499, the code nginx logs for the same event. Nobody reads
-// it, unless the client only half-closed its side; the connection is closed
-// after it.
+// it unless the client only half-closed; the connection is closed after it.
 const StatusClientClosedRequest = 499
 
 // Phases of call.watch, the one hang-up watch of both modes. A call starts
-// pending (or ended, when it is not to be watched). Once HangupDelay has
-// passed, startWatch moves it to registering, registers the connection and
-// moves it to registered: in racing mode on the call's timer, in
-// cooperative mode on the housekeeper's tick, for a request that has a
-// context: its handler asked for it, or called Do (see watchForUpstream);
-// nothing else could stop its handler or its upstream calls. The server
-// goroutine moves it to ended when the call is over, waiting out a
-// registration in progress, and removes the registration if there is one.
+// pending (ended if not to be watched). Once HangupDelay has passed,
+// startWatch registers the connection (registering, then registered): in
+// racing mode on the call's timer, in cooperative mode on the housekeeper's
+// tick and only for a request with a context (see watchForUpstream), as
+// nothing else could stop its handler or upstream calls. unwatchClient ends
+// it, waiting out a registration in progress.
 const (
 	watchPending uint64 = iota
 	watchRegistering
@@ -54,30 +49,21 @@ const (
 	watchGen  = watchMask + 1
 )
 
-// beginWatch prepares the watch of the call's client for its generation
-// gen. A request without a connection (ctx.Conn() nil) is not watched; one
-// whose connection has no descriptor (an in-memory one) is found out at
-// registration, once HangupDelay has passed.
-//
-// The delay counts from when the handler starts (c.admitted), not from
-// when the request arrived: a request that waited in a queue, or that a
-// proxy's X-Request-Start makes old, still mostly finishes within it, and
-// under overload watching all of them at once would cost the CPU their
-// answers need.
+// beginWatch prepares the watch of the call's client for generation gen. A
+// request without a connection is not watched; one whose connection has no
+// descriptor (in-memory) is found out at registration. HangupDelay counts
+// from the handler's start (c.admitted), not the request's arrival: one that
+// queued, or that X-Request-Start makes old, still mostly finishes within
+// it, and watching all such at once under overload costs CPU.
 func (c *call) beginWatch(ctx *fasthttp.RequestCtx, start int64, gen uint64) {
 	c.conn = ctx.Conn()
 	phase := watchEnded
-	// Inside another New only the outermost that watches does: a
-	// connection has one watch, and its hang-up reaches the inner context
-	// through the outer's (call.context).
+	// Only the outermost New that watches does: a connection has one watch.
 	if c.m.watchHangups && c.conn != nil && !watchedOutside(c.outer) {
 		phase = watchPending
 		at := c.admitted + int64(HangupDelay)
 		if deadline := c.deadline.Load(); deadline-start < int64(minWatchedTimeout) {
-			// A short timeout: its deadline comes first and ends the
-			// request, unwatched. Only a handler that moved its deadline
-			// (Disarm, Extend: a long poll) gets there, and then it runs
-			// on, and its client must be watched like any other's.
+			// Watched only past its deadline (see minWatchedTimeout).
 			at = max(at, deadline)
 		}
 		c.watchAt.Store(at)
@@ -107,28 +93,25 @@ func (c *call) nextWake() int64 {
 	return deadline
 }
 
-// rearm sets the timer that holds a racing call's next wake to it, once a
-// registration in progress has finished arming c.later itself (see
-// startWatch): Extend and Disarm, which move the deadline, must have the
-// last word.
+// rearm sets a racing call's timer to its next wake, once a registration in
+// progress has finished arming c.later itself (see startWatch): Extend and
+// Disarm, which move the deadline, must have the last word.
 func (c *call) rearm() {
 	if c.settledWatch()&watchMask == watchRegistered {
 		c.later.Reset(time.Duration(c.deadline.Load() - now()))
 		return
 	}
 	c.timer.Reset(time.Duration(c.nextWake() - now()))
-	// No longer as the fast path armed it. After the reset, and not 0: an
-	// arm in progress on the server goroutine (Extend or Disarm from a
-	// goroutine an earlier request left holding the RequestCtx, see Extend)
-	// must not note the timer armed for the deadline it read when this
-	// reset came after its own.
+	// No longer as the fast path armed it: -1 after the reset, as 0 would let
+	// an arm in progress on the server goroutine (this being a goroutine an
+	// earlier request left holding the RequestCtx, see Extend) note the timer
+	// armed for the deadline it read when this reset came after its own.
 	c.timerAt.Store(-1)
 }
 
-// rearmRunning arms the timer of a racing call that has not been decided
-// for its next wake (see worker.await). A move of its deadline (Extend,
-// Disarm) has the last word: rearm again if one came meanwhile, and leave
-// one in progress to arm the timer itself.
+// rearmRunning arms the timer of a racing call not yet decided for its next
+// wake (see worker.await). A move of its deadline has the last word: rearm
+// again if one came meanwhile, and leave one in progress to arm it.
 func (c *call) rearmRunning() {
 	for {
 		s := c.state.Load()
@@ -146,18 +129,15 @@ func (c *call) rearmRunning() {
 	}
 }
 
-// startWatch starts watching the client of a call that has run
-// HangupDelay at t, if its watch is still pending. It may run for an
-// earlier call (a racing call's timer may be an earlier call's): the
+// startWatch starts watching the client of a call that has run HangupDelay
+// at t, if its watch is still pending, and reports whether it did. It may run
+// for an earlier call (a racing call's timer may be an earlier call's): the
 // compare-and-swap on watch, which carries the generation, settles that.
 //
-// A racing call's deadline then goes to a second timer, c.later, rather
-// than back to c.timer: moving a runtime timer earlier than where it stands
-// makes the runtime sort its whole heap again, and c.timer, stopped at a
-// long deadline by the previous call, would be moved to HangupDelay by the
-// next. So each timer of a worker only moves later from call to call.
-//
-// It reports whether it started the watch.
+// A racing call's deadline then goes to a second timer, c.later: moving a
+// runtime timer earlier than where it stands makes the runtime sort its
+// whole heap again, and c.timer, stopped at a long deadline by the previous
+// call, would move to HangupDelay for the next. So each only moves later.
 func (c *call) startWatch(t int64) bool {
 	s := c.watch.Load()
 	if s&watchMask != watchPending || t < c.watchAt.Load() ||
@@ -175,17 +155,14 @@ func (c *call) startWatch(t int64) bool {
 	return true
 }
 
-// watchForUpstream has the client of a cooperative request watched when
-// its handler calls Do without having asked for its context: only a
-// context's request is watched in cooperative mode (see call.context),
-// and Do stops calling upstreams for a client that is gone only if a watch
-// sees it go. It makes the context Context would make, once per request;
-// a racing call's timer starts its watch itself.
+// watchForUpstream has a cooperative request's client watched, by making
+// the context Context would (once per request), when its handler calls Do
+// without having asked for it: Do stops calling upstreams for a gone client
+// only if a watch sees it go. A racing call's timer starts its watch itself.
 func (c *call) watchForUpstream() {
 	for o := c; o != nil; o = o.outer {
 		if o.watch.Load()&watchMask == watchPending { // o is the call that watches
-			// Not for a timeout too short to be watched (see beginWatch),
-			// unless the handler moved its deadline past the watch's start.
+			// Not a short timeout's (minWatchedTimeout) till its deadline moved.
 			if o.inline() && o.bridge.Load() == nil && o.watchAt.Load() < o.deadline.Load() {
 				c.context()
 			}
@@ -195,8 +172,7 @@ func (c *call) watchForUpstream() {
 }
 
 // unwatchClient ends the watch of a call's client, on the server goroutine
-// once the call is decided. A request over before HangupDelay pays one
-// compare-and-swap.
+// once the call is decided: one compare-and-swap before HangupDelay.
 func (c *call) unwatchClient() {
 	s := c.watch.Load()
 	if hook := testHookUnwatch.Load(); hook != nil {
@@ -218,8 +194,7 @@ func (c *call) unwatchClient() {
 }
 
 // settledWatch returns the call's watch word once no registration is in
-// progress: a registration takes a map look-up, or one system call for a
-// connection's first, so waiting is short.
+// progress, a short wait: a map look-up, or a connection's first syscall.
 func (c *call) settledWatch() uint64 {
 	s := c.watch.Load()
 	for s&watchMask == watchRegistering {
@@ -229,20 +204,17 @@ func (c *call) settledWatch() uint64 {
 	return s
 }
 
-// testHookUnwatch, set only by tests, runs in unwatchClient between its
-// first look at the watch and its compare-and-swap, where the call's timer
-// may start the watch.
+// testHookUnwatch, set only by tests, runs in unwatchClient between its look
+// at the watch and its compare-and-swap, where the timer may start the watch.
 var testHookUnwatch atomic.Pointer[func(*call)]
 
-// hungUp is the hang-up callback (call.onGone) of a worker's calls: the
-// call's context is cancelled with cause ErrClientGone, and its handler is
-// late from now on, as after a timeout, but the request is not counted as a
-// timeout. Past the deadline, though, the request has timed out, even if
-// its timer has not run yet (a loaded or stalled process): late is late.
-// It runs on the watcher's goroutine, never after unwatchClient has removed
-// the registration, so the call is the one that was registered. A
-// cooperative call's onGone only settles it: its handler runs on the server
-// goroutine, which finds the call settled when it returns.
+// hungUp is the hang-up callback (call.onGone) of a worker's calls, run on
+// the watcher's goroutine, never after unwatchClient removed the
+// registration: the call is the one registered. Its context is cancelled
+// with cause ErrClientGone and its handler is late from now on, as after a
+// timeout, though not counted as one; past the deadline it has timed out,
+// even if its timer has not run (a loaded or stalled process). A cooperative
+// call's onGone only settles it, for the server goroutine to find.
 func (w *worker) hungUp() {
 	if w.call.settleOrTimeOut(callGone, now()) {
 		w.done <- false // the server goroutine answers the timeout, or moves on
@@ -257,8 +229,7 @@ func writeGoneResponse(resp *fasthttp.Response) {
 }
 
 // answerGone ends a racing request whose client hung up. As at a timeout,
-// fasthttp gives the connection a new RequestCtx, so the late handler keeps
-// its own.
+// the late handler keeps its RequestCtx and the connection gets a new one.
 func (m *middleware) answerGone(ctx *fasthttp.RequestCtx, c *call) {
 	resp := fasthttp.AcquireResponse()
 	writeGoneResponse(resp)
@@ -270,9 +241,8 @@ func (m *middleware) answerGone(ctx *fasthttp.RequestCtx, c *call) {
 }
 
 // answerLeft answers the request ctx, which arrived at start and whose
-// client hung up while it waited for a slot, as one whose client hangs up
-// while its handler runs, without running the handler. outer is the call
-// of an enclosing New, if any.
+// client hung up while it waited for a slot, as a hang-up while its handler
+// ran would be, without running it.
 func (m *middleware) answerLeft(ctx *fasthttp.RequestCtx, outer *call, start int64) {
 	m.stats.clientGone.Add(1)
 	writeGoneResponse(&ctx.Response)

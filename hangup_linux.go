@@ -12,42 +12,36 @@ import (
 	"weak"
 )
 
-// hangupSupported reports whether this system can watch connections for the
-// peer's hang-up.
+// hangupSupported reports that this system can watch for the peer's hang-up.
 const hangupSupported = true
 
-// hangupEvents is what a connection's registration asks for. Never EPOLLIN:
-// a pipelined request waiting unread in the socket must not look like a
-// hang-up. EPOLLRDHUP is the peer's FIN (a half-close counts as gone, as in
-// net/http); EPOLLHUP and EPOLLERR, reported by the kernel anyway, are the
-// RST. Edge-triggered (EPOLLET, negative in package syscall), and
-// registered once per connection: the later requests of a keep-alive
-// connection are watched without a system call.
+// hangupEvents is what a registration asks for: never EPOLLIN, or a
+// pipelined request waiting unread would look like a hang-up. EPOLLRDHUP is
+// the peer's FIN (a half-close counts as gone, as in net/http); EPOLLHUP and
+// EPOLLERR, reported anyway, the RST. Edge-triggered (EPOLLET, negative in
+// package syscall) and registered once per connection: a keep-alive
+// connection's later requests are watched without a system call.
 const hangupEvents uint32 = syscall.EPOLLRDHUP | syscall.EPOLLHUP | syscall.EPOLLERR | 1<<31
 
-// hangupIdleWait bounds each wait for events: when nothing has been watched
-// for a whole wait, the watcher goroutine exits, so an idle process keeps
-// none (and goleak sees nothing left). A wake-up per wait while busy costs
-// nothing measurable; no eventfd is needed.
+// hangupIdleWait bounds each wait for events: after a whole wait with
+// nothing watched the watcher goroutine exits, so an idle process keeps none.
+// A wake-up per wait while busy costs nothing measurable; no eventfd needed.
 const hangupIdleWait = 250 * time.Millisecond
 
-// minSweep is the number of registered connections below which the
-// watcher does not look for collected ones.
+// minSweep is the fewest registered connections at which a registration sweeps.
 const minSweep = 1024
 
-// hangupHandle names one watch: a slot index and the number of the watch on
-// that slot. The zero handle is never issued (numbers start at 1), so
-// removing it does nothing.
+// hangupHandle names one watch: a slot index and the watch's number on that
+// slot, from 1, so that the zero handle is never issued.
 type hangupHandle struct {
 	slot uint32
 	seq  uint32
 }
 
-// hangupSlot is one connection's registration in the epoll set, kept from
-// the connection's first watch until the connection is garbage (see sweep)
-// or the watcher stops. Its events carry its index and gen, and are
-// dropped once the slot serves another connection: a closed descriptor
-// whose number is reused can never reach a newer registration.
+// hangupSlot is one connection's registration in the epoll set, from its
+// first watch until it is garbage (see sweep) or the watcher stops. Its
+// events carry its index and gen, dropped once the slot serves another: a
+// closed descriptor's reused number never reaches a newer registration.
 type hangupSlot struct {
 	conn   weak.Pointer[byte] // the connection served; conns has its address
 	gen    uint32             // advanced each time the slot serves a new connection
@@ -60,24 +54,21 @@ type hangupSlot struct {
 }
 
 // hangupWatcher watches connections for their peer's hang-up with one epoll
-// set and one goroutine waiting for its events, started by the first watch
-// and gone about hangupIdleWait after the last one is removed. The set
-// stays, with the registrations of live connections: events that come
-// meanwhile wait in it for the goroutine's next start. The zero value is
-// ready to use. All state is guarded by mu, held also while a callback
-// runs: that is what makes remove final.
+// set and one goroutine waiting on it, started by the first watch and gone
+// about hangupIdleWait after the last is removed; the set keeps its
+// registrations, and events wait there for its next start. The zero value is
+// ready to use. mu guards all and is held while a callback runs: that is
+// what makes remove final.
 type hangupWatcher struct {
 	mu      sync.Mutex
 	running bool // the goroutine is alive
 	epfd    int  // the epoll set, once conns is made
-	// The epoll set as a file in Go's network poller, which keeps it
-	// open, and its descriptor.
+	// The epoll set as a file in Go's network poller, which keeps it open.
 	epoll *os.File
 	rc    syscall.RawConn
 	slots []*hangupSlot
 	free  []uint32
-	// Registered connections, by address, and their slots; nil until
-	// the epoll set exists.
+	// Registered connections' slots by address; nil until the set exists.
 	conns   map[uintptr]uint32
 	sweepAt int // len(conns) at which to sweep
 	active  int // watches not yet removed
@@ -86,21 +77,18 @@ type hangupWatcher struct {
 // clientHangups is the process's watcher.
 var clientHangups hangupWatcher
 
-// add watches conn until remove: when its peer closes (FIN, including a
-// half-close) or resets the connection, onGone is called once, on the
-// watcher's goroutine, with the watcher's lock held: it must be quick, must
-// not block and must not call add or remove (it would deadlock). Pass a
-// func value built once (per pooled call, say), not a new closure per
-// request.
+// add watches conn until remove: when its peer closes (FIN, a half-close
+// included) or resets it, onGone is called once, on the watcher's goroutine
+// with its lock held, so it must be quick, must not block and must not call
+// add or remove (a deadlock). Pass a func value built once (per pooled call,
+// say), not a closure per request.
 //
-// A connection's first watch registers it with one system call; later
-// watches of the same connection cost a map look-up. A peer already gone
-// when add is called is reported at once. A connection has at most one
-// watch at a time: a second add replaces the first. The result is false,
-// and nothing is watched, when conn has no descriptor (in-memory
-// connections), a first watch finds it closed, or the system refuses. A
-// registered connection closed by this process is taken out of the epoll
-// set by the kernel; a watch of it then never fires.
+// A connection's first watch registers it with one system call; later ones
+// cost a map look-up. A peer already gone is reported at once. A second add
+// of a connection replaces its watch. The result is false, and nothing
+// watched, when conn has no descriptor (in-memory), a first watch finds it
+// closed, or the system refuses. A registered connection this process
+// closes leaves the epoll set: its watch never fires.
 func (w *hangupWatcher) add(conn net.Conn, onGone func()) (hangupHandle, bool) {
 	sock, p, ok := socketOf(conn)
 	if !ok || onGone == nil {
@@ -164,9 +152,8 @@ func (w *hangupWatcher) register(sock syscall.Conn, p *byte, addr uintptr) (uint
 	return idx, true
 }
 
-// ctl runs epoll_ctl for sock's descriptor. Inside Control the descriptor
-// cannot be closed, so the number given is this connection's and no one
-// else's.
+// ctl runs epoll_ctl for sock's descriptor inside Control, where it cannot
+// be closed: the number given is this connection's.
 func ctl(sock syscall.Conn, epfd, op int, ev *syscall.EpollEvent) error {
 	rc, err := sock.SyscallConn()
 	if err != nil {
@@ -180,11 +167,10 @@ func ctl(sock syscall.Conn, epfd, op int, ev *syscall.EpollEvent) error {
 	return ctlErr
 }
 
-// remove ends the watch h. When it returns, its callback has either
-// completed or will never be called, even if the hang-up was being reported
-// at that moment. It is idempotent, does nothing for the zero handle or a
-// watch replaced since, and is safe after the connection was closed. The
-// connection stays registered, for its next watch.
+// remove ends the watch h: when it returns, its callback has completed or
+// will never be called, even if the hang-up was being reported meanwhile.
+// It does nothing for the zero handle or a watch removed or replaced since,
+// is safe after the connection closed, and leaves it registered.
 func (w *hangupWatcher) remove(h hangupHandle) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -199,10 +185,9 @@ func (w *hangupWatcher) remove(h hangupHandle) {
 	w.active--
 }
 
-// sweep frees the slots of connections that are garbage: their descriptor
-// was closed, which took them out of the epoll set. It runs when the number
-// of registered connections has doubled since the last sweep, so its cost
-// per registration is constant. w.mu is held.
+// sweep frees the slots of garbage connections, whose closed descriptor
+// left the epoll set. Run once the registered connections have doubled since
+// the last, it costs a constant per registration. w.mu is held.
 func (w *hangupWatcher) sweep() {
 	for addr, idx := range w.conns {
 		if w.slots[idx].conn.Value() == nil {
@@ -213,8 +198,7 @@ func (w *hangupWatcher) sweep() {
 	w.sweepAt = max(2*len(w.conns), minSweep)
 }
 
-// start starts the goroutine, and creates the epoll set the first time;
-// w.mu is held.
+// start starts the goroutine, and the epoll set the first time; w.mu is held.
 func (w *hangupWatcher) start() bool {
 	if w.conns == nil {
 		epoll, rc, epfd, err := newEpoll()
@@ -228,13 +212,11 @@ func (w *hangupWatcher) start() bool {
 	return true
 }
 
-// newEpoll creates an epoll set in Go's network poller: an epoll set is
-// readable while it has events, so the watcher's goroutine can wait for
-// them parked, as for a socket, instead of in epoll_wait. A goroutine in a
-// blocking system call keeps its P until the runtime's monitor takes it
-// back, which under load can be 10 ms: on a server with one P, every
-// request waits meanwhile. The descriptor is returned too: the file's Fd
-// method would put it back in blocking mode.
+// newEpoll creates an epoll set in Go's network poller (it is readable
+// while it has events), so the watcher waits parked, not in a blocking
+// epoll_wait: that keeps its P until the runtime's monitor takes it back, up
+// to 10 ms under load, while on one P every request waits. It returns the
+// descriptor too: the file's Fd method would put it back in blocking mode.
 func newEpoll() (*os.File, syscall.RawConn, int, error) {
 	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 	if err != nil {
@@ -275,18 +257,16 @@ func (w *hangupWatcher) allocSlot() uint32 {
 	return idx
 }
 
-// freeSlot makes the slot reusable; its generation moves on at the next
-// allocation, so its old events stay dead. Its watch number runs on, so
-// that old handles do too. w.mu is held.
+// freeSlot makes the slot reusable (w.mu held); its gen moves on at the next
+// allocation and its seq runs on, so old events and handles stay dead.
 func (w *hangupWatcher) freeSlot(idx uint32) {
 	s := w.slots[idx]
 	s.conn, s.onGone, s.pin, s.armed, s.gone = weak.Pointer[byte]{}, nil, nil, false, false
 	w.free = append(w.free, idx)
 }
 
-// run waits for hang-ups on the epoll set until a whole wait passes with
-// nothing watched, then frees the slots of connections that are garbage and
-// exits.
+// run waits for hang-ups until a whole wait passes with nothing watched,
+// then sweeps and exits.
 func (w *hangupWatcher) run(epoll *os.File, rc syscall.RawConn) {
 	var events [128]syscall.EpollEvent
 	for {
@@ -328,8 +308,7 @@ func (w *hangupWatcher) run(epoll *os.File, rc syscall.RawConn) {
 }
 
 // dispatch notes the hang-up an event reports, if its slot still serves the
-// connection it was registered for, and calls the callback of the watch
-// that is on, unless it has run already; w.mu is held.
+// connection registered, and calls the watch's callback once; w.mu is held.
 func (w *hangupWatcher) dispatch(idx, gen uint32) {
 	if int(idx) >= len(w.slots) {
 		return
@@ -345,12 +324,10 @@ func (w *hangupWatcher) dispatch(idx, gen uint32) {
 	}
 }
 
-// peerGone reports whether conn's peer has closed or reset it, by one look
-// at its socket that neither blocks nor consumes anything: the end of the
-// stream (a half-close counts, as for the watch) or a reset. Bytes pending
-// (a pipelined request) or none yet are a live peer, and so is a
-// connection without a descriptor. SyscallConn allocates anyway, so the
-// closure is not worth avoiding.
+// peerGone reports whether conn's peer has closed (a half-close counts) or
+// reset it, by one look at its socket that neither blocks nor consumes:
+// bytes pending (a pipelined request) or none yet, or no descriptor, are a
+// live peer. SyscallConn allocates anyway: the closure is not worth avoiding.
 func peerGone(conn net.Conn) bool {
 	sock, _, ok := socketOf(conn)
 	if !ok {
@@ -372,13 +349,11 @@ func peerGone(conn net.Conn) bool {
 var netConnType = reflect.TypeFor[net.Conn]()
 
 // socketOf finds the socket under conn and the first byte of the object
-// that holds it, which names the connection while it lives: it unwraps
-// NetConn() (tls.Conn, listener wrappers), Raw() (github.com/pires/
-// go-proxyproto's Conn, for servers behind a load balancer speaking the
-// PROXY protocol) and fasthttp's MaxConnsPerIP
-// wrapper (see embeddedConn) as long as it can, down to a pointer that
-// implements syscall.Conn. The depth is bounded in case a wrapper returns
-// itself.
+// holding it, which names the connection while it lives, unwrapping NetConn()
+// (tls.Conn, listener wrappers), Raw() (github.com/pires/go-proxyproto, for
+// the PROXY protocol) and fasthttp's MaxConnsPerIP wrapper (embeddedConn)
+// down to a pointer implementing syscall.Conn, at a bounded depth in case a
+// wrapper returns itself.
 func socketOf(conn net.Conn) (syscall.Conn, *byte, bool) {
 	for range 16 {
 		if conn == nil {
@@ -395,7 +370,7 @@ func socketOf(conn net.Conn) (syscall.Conn, *byte, bool) {
 			conn = nc.NetConn()
 			continue
 		}
-		if rc, ok := conn.(interface{ Raw() net.Conn }); ok { // PROXY protocol (go-proxyproto)
+		if rc, ok := conn.(interface{ Raw() net.Conn }); ok {
 			conn = rc.Raw()
 			continue
 		}
@@ -409,12 +384,9 @@ func socketOf(conn net.Conn) (syscall.Conn, *byte, bool) {
 }
 
 // embeddedConn returns the net.Conn that conn, a pointer to a struct, embeds
-// as its field Conn. That is the shape of fasthttp's MaxConnsPerIP wrapper
-// (perIPConn, unexported, embedding net.Conn and overriding only Close),
-// which hides both syscall.Conn and NetConn; its TLS twin embeds *tls.Conn
-// and so has NetConn already. Reading an exported field through reflect is
-// safe and needs no unsafe; the test with MaxConnsPerIP notices if fasthttp
-// ever changes the shape.
+// as its field Conn, read by reflect without unsafe: fasthttp's MaxConnsPerIP
+// wrapper (perIPConn) hides syscall.Conn and NetConn so (its TLS twin embeds
+// *tls.Conn, with NetConn); the MaxConnsPerIP test notices if that changes.
 func embeddedConn(conn net.Conn) (net.Conn, bool) {
 	v := reflect.ValueOf(conn)
 	if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Kind() != reflect.Struct {

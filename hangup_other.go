@@ -4,9 +4,8 @@ package fasttimeout
 
 import "net"
 
-// hangupSupported reports whether this system can watch connections for the
-// peer's hang-up. Only Linux can for now (epoll's EPOLLRDHUP); elsewhere
-// nothing is watched and a client's hang-up goes unnoticed, as before.
+// hangupSupported reports whether this system can watch for the peer's
+// hang-up: only Linux can (EPOLLRDHUP); elsewhere a hang-up goes unnoticed.
 const hangupSupported = false
 
 // hangupHandle names one registration; none is ever issued here.
