@@ -12,8 +12,7 @@ import (
 // for concurrent use. *Stats satisfies expvar.Var, so it can be published
 // with expvar.Publish("fasttimeout", stats).
 type Stats struct {
-	// Counted for every request, so spread over cache lines (see
-	// stripedCounter); the rest only on slow paths.
+	// Counted for every request (see stripedCounter); the rest on slow paths.
 	requests stripedCounter
 	inFlight stripedCounter
 	admitted stripedCounter
@@ -42,33 +41,28 @@ type Stats struct {
 
 // Counters is a snapshot of the counters of [Stats].
 type Counters struct {
-	// Requests is the number of requests that entered the middleware,
-	// those exempted by Config.Skip included. It is counted only when
-	// Config.Stats is set.
+	// Requests is the number of requests that entered the middleware, those
+	// exempted by Config.Skip included; counted only with Config.Stats set.
 	Requests int64 `json:"requests"`
 	// InFlight is the number of handlers running now, late ones included,
-	// but not those exempted by Config.Skip. It is counted only when
-	// Config.Stats is set.
+	// not those exempted by Config.Skip; counted only with Config.Stats set.
 	InFlight int64 `json:"in_flight"`
-	// Timeouts is the number of requests answered with the timeout
-	// response because their deadline passed, spent budgets included. A
-	// cooperative handler that asked for its context (Context, Do) counts
-	// from its deadline on, although the timeout response goes out only
-	// when it returns.
+	// Timeouts is the number of requests answered with the timeout response
+	// because their deadline passed, spent budgets included. A cooperative
+	// handler that asked for its context (Context, Do) counts from its
+	// deadline, though the response goes out when it returns.
 	Timeouts int64 `json:"timeouts"`
 	// LateRunning is the number of handlers still running after their
-	// deadline, or after their client hung up. In cooperative mode a
-	// handler that never asked for its context (Context, Do) is found late
-	// only when it returns; one that did is late from its context's end at
-	// the deadline.
+	// deadline, or after their client hung up. In cooperative mode a handler
+	// that never asked for its context (Context, Do) is found late only when
+	// it returns; one that did, from the deadline.
 	LateRunning int64 `json:"late_running"`
 	// LateFinished is the number of handlers that returned after their
 	// deadline, or after their client hung up.
 	LateFinished int64 `json:"late_finished"`
-	// Panics is the number of panics seen, calls of runtime.Goexit
-	// included: of handlers, before or after the deadline, and of
-	// Config.Skip and Config.TimeoutFunc, which leave their request no
-	// other outcome.
+	// Panics is the number of panics, runtime.Goexit included, of handlers
+	// (before or after the deadline) and of Config.Skip and
+	// Config.TimeoutFunc, which leave their request no other outcome.
 	Panics int64 `json:"panics"`
 	// Shed is the number of requests refused with 503 because
 	// Config.MaxLateHandlers handlers were running late.
@@ -78,35 +72,30 @@ type Counters struct {
 	BadDeadlineHeaders int64 `json:"bad_deadline_headers"`
 	// SpentBudgets is the number of requests answered with the timeout
 	// response without running the handler, their budget spent before it
-	// could start (see SpentBudget for how). They are counted in Timeouts
-	// too.
+	// could start (see SpentBudget); counted in Timeouts too.
 	SpentBudgets int64 `json:"spent_budgets"`
-	// ClientGone is the number of requests whose client hung up while
-	// their handler ran, or while they waited for a slot under the
-	// concurrency limit, which then never ran (see Config.IgnoreHangups).
-	// They are not timeouts.
+	// ClientGone is the number of requests whose client hung up while their
+	// handler ran, or while they waited for a slot (then it never ran; see
+	// Config.IgnoreHangups). They are not timeouts.
 	ClientGone int64 `json:"client_gone"`
-	// UnwatchedClients is the number of requests whose connection was to
-	// be watched for a hang-up (their handler ran past HangupDelay) but
-	// could not be: it has no socket (an in-memory connection, or a
-	// wrapper that hides it), or the kernel refused. Their client's
-	// hang-up goes unnoticed. Elsewhere than on Linux nothing is watched
-	// and this stays zero.
+	// UnwatchedClients is the number of requests whose connection was to be
+	// watched for a hang-up (their handler ran past HangupDelay) but could
+	// not be, their client's hang-up unnoticed: no socket (an in-memory
+	// connection, or a wrapper hiding it), or the kernel refused. Elsewhere
+	// than on Linux nothing is watched and this stays zero.
 	UnwatchedClients int64 `json:"unwatched_clients,omitempty"`
 
 	// Admitted is the number of requests that got a slot under the
 	// concurrency limit (see Config.AdaptiveConcurrency and
 	// Config.MaxConcurrency), at once or after waiting.
 	Admitted int64 `json:"admitted,omitempty"`
-	// Queued is the number of requests that waited for a slot, whether
-	// they got one or not. A request whose budget, or MaxQueueAge, left it
-	// no time to wait (under 100 µs) by the time it reached the queue is
-	// not queued: it is refused, or answered with the timeout response, at
-	// once.
+	// Queued is the number of requests that waited for a slot, whether they
+	// got one or not. One whose budget, or MaxQueueAge, left it no time to
+	// wait (under 100 µs) is not queued: it is refused, or answered with the
+	// timeout response, at once.
 	Queued int64 `json:"queued,omitempty"`
-	// Rejected is the number of requests refused with 503 by the
-	// concurrency limit, without running: RejectedFull plus
-	// RejectedQueueTimeout.
+	// Rejected is the number of requests refused with 503 by the concurrency
+	// limit, without running: RejectedFull plus RejectedQueueTimeout.
 	Rejected int64 `json:"rejected,omitempty"`
 	// RejectedFull counts the requests refused with reason
 	// RejectedQueueFull: a full queue, a budget that left no time to wait,
@@ -114,42 +103,38 @@ type Counters struct {
 	// RejectedQueueFull for each).
 	RejectedFull int64 `json:"rejected_full,omitempty"`
 	// RejectedQueueTimeout counts the requests refused with reason
-	// RejectedQueueTimeout: they waited their share of their budget
-	// without getting a slot.
+	// RejectedQueueTimeout: they waited their share of their budget in vain.
 	RejectedQueueTimeout int64 `json:"rejected_queue_timeout,omitempty"`
 	// ConcurrencyLimit is the current concurrency limit, summed over the
 	// middlewares sharing this Stats (nested ones too: each has its own
-	// limit); zero without a limit. A middleware counts from New on, for
-	// as long as anything can reach it: a handler built again with New on
-	// the same Stats (on a configuration reload, say) adds its limit to the
-	// old one's until the old one is garbage collected. That is once its
-	// handler is dropped by whatever held it (a stopped fasthttp.Server
-	// holds it until its worker pool next looks, MaxIdleWorkerDuration
-	// later), its requests are over, late handlers included, and its idle
-	// workers have retired (about a second after their last request): the
-	// next few garbage collections find it, which on an idle process the
-	// runtime forces every two minutes.
+	// limit); zero without a limit. A middleware counts from New for as long
+	// as anything can reach it: a handler built again on the same Stats (on
+	// a configuration reload, say) adds its limit to the old one's until the
+	// old one is garbage collected, once whatever held its handler drops it
+	// (a stopped fasthttp.Server, when its worker pool next looks,
+	// MaxIdleWorkerDuration later), its requests, late handlers included,
+	// are over and its idle workers have retired (about a second after their
+	// last request): the next few collections, forced every two minutes on an
+	// idle process, find it.
 	ConcurrencyLimit int64 `json:"concurrency_limit,omitempty"`
 	// Waiting is the number of requests waiting for a slot now.
 	Waiting int64 `json:"waiting,omitempty"`
 	// BadQueueHeaders is the number of requests read with
-	// Config.HonorQueueHeaders of which at least one value (any line) of
-	// X-Request-Start, X-Queue-Start or X-Amzn-Trace-Id was malformed or
-	// more than an hour away from now, and ignored; once per request, however
-	// many. A bad value counts even beside a valid one that gave the
-	// request's start, a bad trace id beside a valid time stamp included,
-	// although that trace id would not have been used: the counter tells
-	// that something sends such values, not that a request's age went
-	// unread. Requests skipped (Skip) or shed (MaxLateHandlers) are not
-	// read, so never counted.
+	// Config.HonorQueueHeaders with a value (any line) of X-Request-Start,
+	// X-Queue-Start or X-Amzn-Trace-Id malformed or more than an hour from
+	// now, and ignored; once per request, however many. A bad value counts
+	// even beside a valid one that gave the request's start (a bad, unused
+	// trace id beside a valid time stamp too): it tells that something sends
+	// such values, not that an age went unread. Requests skipped (Skip) or
+	// shed (MaxLateHandlers) are not read, so never counted.
 	BadQueueHeaders int64 `json:"bad_queue_headers,omitempty"`
 }
 
-// Snapshot returns the current counters. Each counter is read atomically,
-// but not all of them at the same instant. InFlight is read first, and a
-// handler leaves it only once everything about it is counted: in a
-// snapshot whose InFlight is zero, every handler that ran before it is
-// counted in full (LateFinished, Panics, ClientGone and the rest).
+// Snapshot returns the current counters, each read atomically, not all at
+// the same instant. InFlight is read first, and a handler leaves it only
+// once all about it is counted: in a snapshot whose InFlight is zero, every
+// handler that ran before is counted in full (LateFinished, Panics,
+// ClientGone and the rest).
 func (s *Stats) Snapshot() Counters {
 	inFlight := s.inFlight.load()
 	full, timedOut := s.rejectedFull.Load(), s.rejectedTimeout.Load() // Rejected is their sum in every snapshot
@@ -183,25 +168,22 @@ func (s *Stats) Snapshot() Counters {
 func (s *Stats) AnswerLateness() Histogram { return s.answerLateness.snapshot() }
 
 // LateRun returns the histogram of how long handlers ran past their
-// deadline (or past their client's hang-up) before they returned: the work
-// done for nobody. A handler that honours its context shows up in the first
-// buckets.
+// deadline (or their client's hang-up): the work done for nobody. A handler
+// that honours its context shows up in the first buckets.
 func (s *Stats) LateRun() Histogram { return s.lateRun.snapshot() }
 
 // QueueWait returns the histogram of how long requests waited for a slot
 // under the concurrency limit, whether they got one or were refused.
 func (s *Stats) QueueWait() Histogram { return s.queueWait.snapshot() }
 
-// counterStripes is the number of cache lines a counter of every request
-// is spread over.
+// counterStripes is the number of cache lines a stripedCounter spans.
 const counterStripes = 16
 
-// stripedCounter is a counter that every request updates, spread over
-// cache lines by connection: one shared line, added to by every core, costs
-// each request more the more cores there are (BenchmarkStats). A request
-// adds to and takes from the same stripe, so no stripe ever counts below
-// zero, and a read that finds every stripe at zero saw each request that
-// had started by then also end.
+// stripedCounter is a counter every request updates, spread over cache
+// lines by connection: one line shared by every core costs each request
+// more the more cores there are (BenchmarkStats). A request adds to and
+// takes from one stripe, so none counts below zero, and a read finding all
+// at zero saw each request started by then also end.
 type stripedCounter struct {
 	stripes [counterStripes]struct {
 		n atomic.Int64
@@ -222,10 +204,10 @@ func (c *stripedCounter) load() (n int64) {
 	return n
 }
 
-// String returns the counters as a JSON object, as expvar expects.
-// UnwatchedClients and the counters of admission (Admitted to
-// BadQueueHeaders) are left out while they are zero, as they stay on Linux
-// over TCP, and without a concurrency limit and queue headers.
+// String returns the counters as a JSON object, as expvar expects, leaving
+// out UnwatchedClients and the admission counters (Admitted to
+// BadQueueHeaders) while zero, as they stay on Linux over TCP and without a
+// concurrency limit or queue headers.
 func (s *Stats) String() string {
 	b, err := json.Marshal(s.Snapshot())
 	if err != nil { // cannot happen: Counters holds only integers
@@ -234,10 +216,9 @@ func (s *Stats) String() string {
 	return string(b)
 }
 
-// histogramBounds are the upper bounds of the buckets of the histograms of
-// Stats, from 100 µs to 10 minutes: a timeout answer a tick late and a
-// handler that ignores its context for minutes both land in a bucket of
-// their own.
+// histogramBounds are the buckets' upper bounds of Stats' histograms: a
+// timeout answer a tick late and a handler ignoring its context for minutes
+// both land in a bucket of their own.
 var histogramBounds = [...]time.Duration{
 	100 * time.Microsecond, 250 * time.Microsecond, 500 * time.Microsecond,
 	time.Millisecond, 2500 * time.Microsecond, 5 * time.Millisecond,
@@ -264,9 +245,8 @@ type Histogram struct {
 	Sum time.Duration
 }
 
-// histogram records durations with one atomic add per bucket hit and one
-// for the sum; only slow paths (timeouts, late returns) record, so requests
-// that finish in time never touch it.
+// histogram records durations with one atomic add for the bucket and one
+// for the sum, on slow paths only (timeouts, late returns).
 type histogram struct {
 	counts [len(histogramBounds) + 1]atomic.Int64
 	sum    atomic.Int64
@@ -280,10 +260,9 @@ func (h *histogram) observe(d time.Duration) {
 		i++
 	}
 	h.counts[i].Add(1)
-	// Past the ~292 years a Duration holds (a year of thirty late handlers
-	// a second, each 10 s late), the sum stays at its most rather than
-	// wrap, so that a Prometheus _sum never falls (see snapshot, for an add
-	// in between).
+	// Past the ~292 years a Duration holds (a year of thirty late handlers a
+	// second, each 10 s late), the sum stays at its most, not wrapping, so a
+	// Prometheus _sum never falls (snapshot sees to an add in between).
 	if h.sum.Add(int64(d)) < 0 {
 		h.sum.Store(math.MaxInt64)
 	}
