@@ -66,7 +66,7 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 	}
 	c.unwatchClient()
 	over, overAt, start := c.phase(), c.overAt.Load(), c.start
-	m.release(c, t, over == callFinished)
+	m.release(c, t, over == callFinished && c.returned) // a panic's latency says nothing of congestion
 	// Ended after the callbacks below, as in racing mode: Context in
 	// OnTimeout or OnHangup is the request's, ended with its cause.
 	defer c.recycle()

@@ -240,7 +240,7 @@ func (w *worker) serve() (alive bool) {
 			m.release(c, t, false)
 			w.done <- false
 		} else if c.settle(callFinished, t) {
-			m.release(c, t, true)
+			m.release(c, t, !c.panicked) // a panic's latency says nothing of congestion
 			c.end()
 			m.leaveFlight(c.connID)
 			w.done <- false
