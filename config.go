@@ -238,10 +238,10 @@ type Config struct {
 	// capacity instead of giving every request a thin slice of CPU until all
 	// time out. The limit counts every running handler, late ones included
 	// (as MaxLateHandlers counts them), keeps a few slots beyond those late
-	// handlers and long polls (see Disarm) hold, falls when latency grows
-	// well past its unloaded level (or, with no handler in time, when
-	// requests time out), and grows while latency stays near it and the
-	// limit is reached. A request beyond the limit waits for a slot at most
+	// handlers and long polls (see Disarm) hold, falls when the latency of
+	// handlers that return in time (not by a panic) grows well past its
+	// unloaded level (or, with no handler in time, when requests time
+	// out), and grows while latency stays near it and the limit is reached. A request beyond the limit waits for a slot at most
 	// a tenth of its remaining budget and not past MaxQueueAge, newest first
 	// under overload; one that cannot start in time gets 503 at once, with
 	// Retry-After and ShedBody, without running (Stats.Rejected). When the
