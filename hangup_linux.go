@@ -325,9 +325,11 @@ func (w *hangupWatcher) dispatch(idx, gen uint32) {
 }
 
 // peerGone reports whether conn's peer has closed (a half-close counts) or
-// reset it, by one look at its socket that neither blocks nor consumes:
-// bytes pending (a pipelined request) or none yet, or no descriptor, are a
-// live peer. SyscallConn allocates anyway: the closure is not worth avoiding.
+// reset it, by one look at its socket for the events the watch asks for,
+// neither blocking nor consuming: a FIN counts even behind bytes pending (a
+// TLS client's close_notify); bytes alone (a pipelined request), none, or
+// no descriptor are a live peer. SyscallConn allocates anyway: the closure
+// is not worth avoiding.
 func peerGone(conn net.Conn) bool {
 	sock, _, ok := socketOf(conn)
 	if !ok {
@@ -339,9 +341,13 @@ func peerGone(conn net.Conn) bool {
 	}
 	gone := false
 	_ = rc.Control(func(fd uintptr) {
-		var b [1]byte
-		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		gone = n == 0 && err == nil || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+		p := struct { // struct pollfd
+			fd              int32
+			events, revents int16
+		}{fd: int32(fd), events: int16(hangupEvents & 0xffff)} // less EPOLLET
+		var ts syscall.Timespec // no wait
+		n, _, errno := syscall.Syscall6(syscall.SYS_PPOLL, uintptr(unsafe.Pointer(&p)), 1, uintptr(unsafe.Pointer(&ts)), 0, 0, 0)
+		gone = errno == 0 && n == 1
 	})
 	return gone
 }
