@@ -229,8 +229,9 @@ type Config struct {
 	// may still run: ctx is off limits as for OnTimeout), in cooperative
 	// mode when the handler returns, and for a request found gone as it got
 	// its slot under the concurrency limit (see IgnoreHangups), which never
-	// ran. Context(ctx) is done with cause ErrClientGone. Never called with
-	// IgnoreHangups.
+	// ran. Context(ctx) is done with cause ErrClientGone; for one that never
+	// ran, not inside another New (it is the enclosing New's) nor if it was
+	// asked for before (see Context). Never called with IgnoreHangups.
 	OnHangup func(ctx *fasthttp.RequestCtx, after time.Duration)
 
 	// AdaptiveConcurrency admits requests under an adaptive concurrency

@@ -34,9 +34,11 @@ import (
 //
 // Outside New, the context has no deadline and is cancelled at server
 // shutdown with cause ErrShutdown; each context derived from it takes a
-// goroutine. After New answered the request without running it, its budget
-// spent (see SpentBudget), it is already done, with cause ErrTimeout, or,
-// its client gone while it waited for a slot, with cause ErrClientGone. Its
+// goroutine. Asked for first after New answered the request without
+// running it, its budget spent (see SpentBudget), it is already done, with
+// cause ErrTimeout, or, its client gone while it waited for a slot, with
+// cause ErrClientGone; one asked for before (by a handler around New, Skip
+// or TimeoutFunc) still ends only at shutdown. Its
 // Value returns nil once fasthttp has reset the request. The first call
 // stores it in the user values, so, as for any RequestCtx method that
 // writes, call it on one goroutine at a time.
