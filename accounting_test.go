@@ -34,6 +34,7 @@ type accountingKind struct {
 	headers func(*fasthttp.RequestHeader) // sets what its client sends, if not nil
 	badHdrs bool                          // its deadline and queue headers are malformed: counted, then ignored
 	hangUp  bool                          // its client hangs up once the handler has started
+	leaves  bool                          // its client hangs up once it has sent it: it may be waiting for a slot
 	handler func(a *accounting, ctx *fasthttp.RequestCtx)
 }
 
@@ -120,6 +121,11 @@ var accountingKinds = []accountingKind{
 			close(started.(chan struct{}))
 		}
 		<-c.Done()
+	}},
+	// Its client hangs up at once: under a limit, it is answered 499
+	// without running if it waited for a slot (LeftWaiting), run if not.
+	{name: "leave", weight: 4, timeout: waitTimeout, leaves: true, handler: func(_ *accounting, ctx *fasthttp.RequestCtx) {
+		ctx.SetBodyString("leave")
 	}},
 }
 
@@ -345,13 +351,14 @@ type accountingCase struct {
 // TestStats_nothing_lost drives a seeded mix of requests (in time, late,
 // honouring their context or not, panicking, calling runtime.Goexit, Disarm
 // or Extend, skipped, failing in Skip or TimeoutFunc, spent on arrival, with
-// malformed headers, refused by a limit, shed, and clients hanging up)
+// malformed headers, refused by a limit, shed, and clients hanging up while
+// their request runs or waits for a slot)
 // concurrently through a real server, then, once it is quiet, checks that
 // Stats accounts for every request once: every request that entered ends
 // in exactly one of handler run, skipped, failed in Skip or TimeoutFunc,
-// shed, refused and spent, and each counter agrees with the answers the
-// clients got, the callbacks, the histograms that shadow it and the other
-// counters. Which outcome each request has depends on the machine's timing;
+// shed, refused, spent and left waiting, and each counter agrees with the
+// answers the clients got, the callbacks, the histograms that shadow it and
+// the other counters. Which outcome each request has depends on the machine's timing;
 // the identities do not.
 func TestStats_nothing_lost(t *testing.T) {
 	t.Parallel()
@@ -451,7 +458,7 @@ func runAccountingCase(t *testing.T, tc accountingCase, seed uint64, connections
 					go func() { shutdownDone <- server.shutdown() }()
 				}
 				k := pick(rng)
-				if k.hangUp && runtime.GOOS != "linux" {
+				if (k.hangUp || k.leaves) && runtime.GOOS != "linux" {
 					k = &accountingKinds[0] // hang-ups are watched on Linux only
 				}
 				path := "/" + k.name
@@ -473,6 +480,11 @@ func runAccountingCase(t *testing.T, tc accountingCase, seed uint64, connections
 				if err := c.send(path, k, id); err != nil {
 					failed("%s: send: %v", path, err)
 					return
+				}
+				if k.leaves {
+					c.close()
+					hungUp.Add(1)
+					continue
 				}
 				var resp fasthttp.Response
 				read := make(chan error, 1)
@@ -528,8 +540,8 @@ func runAccountingCase(t *testing.T, tc accountingCase, seed uint64, connections
 
 	// Where every request ended.
 	assert.Equal(t, a.entered.Load(), s.Requests, "Requests: every call of a middleware")
-	assert.Equal(t, s.Requests, a.ran.Load()+a.skipped.Load()+a.unrun.Load()+s.Shed+s.Rejected+s.SpentBudgets,
-		"Requests = handlers run + skipped + Skip or TimeoutFunc panicked + shed + rejected + spent budgets")
+	assert.Equal(t, s.Requests, a.ran.Load()+a.skipped.Load()+a.unrun.Load()+s.Shed+s.Rejected+s.SpentBudgets+s.LeftWaiting,
+		"Requests = handlers run + skipped + Skip or TimeoutFunc panicked + shed + rejected + spent budgets + left waiting")
 	assert.Equal(t, s.RejectedFull+s.RejectedQueueTimeout, s.Rejected, "Rejected = RejectedFull + RejectedQueueTimeout")
 	assert.Equal(t, a.shed.Load(), s.Shed, "Shed: RejectReason late_handlers")
 	assert.Equal(t, a.full.Load(), s.RejectedFull, "RejectedFull: RejectReason queue_full")
@@ -539,11 +551,12 @@ func runAccountingCase(t *testing.T, tc accountingCase, seed uint64, connections
 	if tc.maxConcurrency > 0 || tc.adaptive {
 		assert.Equal(t, a.ran.Load(), s.Admitted, "Admitted: every handler run under the limit")
 		assert.Equal(t, s.Queued, queueWait.Count, "QueueWait: one observation per request queued")
-		assert.GreaterOrEqual(t, s.Queued, s.RejectedQueueTimeout, "a queue timeout waited in the queue")
+		assert.GreaterOrEqual(t, s.Queued, s.RejectedQueueTimeout+s.LeftWaiting, "a queue timeout, and a request left waiting, waited in the queue")
 	} else {
 		assert.Zero(t, s.Admitted)
 		assert.Zero(t, s.Queued)
 		assert.Zero(t, s.Rejected)
+		assert.Zero(t, s.LeftWaiting)
 		assert.Zero(t, queueWait.Count)
 	}
 	if tc.maxLateHandlers == 0 {
@@ -557,8 +570,8 @@ func runAccountingCase(t *testing.T, tc accountingCase, seed uint64, connections
 	assert.Equal(t, s.Timeouts-s.SpentBudgets, lateness.Count, "AnswerLateness: every timeout answer but spent budgets")
 	assert.Equal(t, a.goneAnswers.Load(), s.ClientGone, "ClientGone: answered with 499")
 	assert.Equal(t, a.onHangup.Load(), s.ClientGone, "ClientGone: OnHangup calls")
-	assert.Equal(t, s.Timeouts-s.SpentBudgets+s.ClientGone, s.LateFinished,
-		"LateFinished: every handler timed out while running, or whose client left")
+	assert.Equal(t, s.Timeouts-s.SpentBudgets+s.ClientGone-s.LeftWaiting, s.LateFinished,
+		"LateFinished: every handler timed out while running, or whose client left while it ran")
 	assert.Equal(t, s.LateFinished, lateRun.Count, "LateRun: one observation per late return")
 	assert.Equal(t, s.LateFinished, a.onLateReturn.Load(), "LateFinished: OnLateReturn calls")
 	assert.Equal(t, a.thrown.Load(), s.Panics, "Panics: every panic and runtime.Goexit of a handler, Skip or TimeoutFunc")
@@ -602,7 +615,7 @@ func scrapeWhileRunning(stats *fasttimeout.Stats, stop <-chan struct{}) []string
 		return map[string]int64{
 			"Requests": c.Requests, "Timeouts": c.Timeouts, "LateFinished": c.LateFinished, "Panics": c.Panics,
 			"Shed": c.Shed, "BadDeadlineHeaders": c.BadDeadlineHeaders, "SpentBudgets": c.SpentBudgets,
-			"ClientGone": c.ClientGone, "Admitted": c.Admitted, "Queued": c.Queued, "Rejected": c.Rejected,
+			"ClientGone": c.ClientGone, "LeftWaiting": c.LeftWaiting, "Admitted": c.Admitted, "Queued": c.Queued, "Rejected": c.Rejected,
 			"RejectedFull": c.RejectedFull, "RejectedQueueTimeout": c.RejectedQueueTimeout,
 			"BadQueueHeaders": c.BadQueueHeaders,
 			"AnswerLateness":  stats.AnswerLateness().Count, "LateRun": stats.LateRun().Count,

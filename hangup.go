@@ -245,6 +245,7 @@ func (m *middleware) answerGone(ctx *fasthttp.RequestCtx, c *call) {
 // ran would be, without running it.
 func (m *middleware) answerLeft(ctx *fasthttp.RequestCtx, outer *call, start int64) {
 	m.stats.clientGone.Add(1)
+	m.stats.leftWaiting.Add(1)
 	writeGoneResponse(&ctx.Response)
 	if outer == nil && ctx.UserValue(outsideKey{}) == nil {
 		// Context, in OnHangup and around New, is done as after a hang-up

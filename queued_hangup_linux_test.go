@@ -68,7 +68,9 @@ func TestAdmission_a_queued_request_whose_TLS_client_closed_does_not_run(t *test
 			assert.Equal(t, fasthttp.StatusOK, status, "the slot is free")
 
 			assert.EqualValues(t, 2, s.runs.Load(), "the second handler never ran")
-			assert.EqualValues(t, 1, stats.Snapshot().ClientGone)
+			got := stats.Snapshot()
+			assert.EqualValues(t, 1, got.ClientGone)
+			assert.EqualValues(t, 1, got.LeftWaiting)
 		})
 	}
 }

@@ -61,8 +61,9 @@ func readStatus(t *testing.T, conn net.Conn, br *bufio.Reader) (int, bool) {
 
 // A request that waits for the only slot, whose client hangs up meanwhile
 // (FIN, RST, half-close), is answered 499 without running when the slot
-// comes: counted in ClientGone, told to OnHangup, neither a latency nor a
-// timeout to the adaptive limit, its slot free for the next request. A
+// comes: counted in ClientGone and LeftWaiting, told to OnHangup, neither
+// a latency nor a timeout to the adaptive limit, its slot free for the next
+// request. A
 // client that is still there (its next request pipelined behind, unread)
 // is served, and so is one gone with IgnoreHangups. Inside a New that
 // ignores hang-ups, the inner New looks, and the outer one sends its 499;
@@ -188,8 +189,10 @@ func TestAdmission_a_queued_request_whose_client_hung_up_does_not_run(t *testing
 				case tc.watched:
 					assert.EqualValues(t, 3, ran, "the inner New does not look")
 					assert.EqualValues(t, 1, got.ClientGone, "counted once, by the outer New")
+					assert.Zero(t, got.LeftWaiting)
 				case tc.wantsGone:
 					assert.EqualValues(t, 2, ran, "the second handler never ran")
+					assert.EqualValues(t, 1, got.LeftWaiting)
 					if assert.EqualValues(t, 1, got.ClientGone) {
 						seen := receive(t, hangupsSeen, "OnHangup")
 						assert.Positive(t, seen.after)
@@ -207,6 +210,7 @@ func TestAdmission_a_queued_request_whose_client_hung_up_does_not_run(t *testing
 					}
 					assert.EqualValues(t, want, ran)
 					assert.Zero(t, got.ClientGone)
+					assert.Zero(t, got.LeftWaiting)
 				}
 				assert.Empty(t, hangupsSeen, "OnHangup once at most")
 				assert.Zero(t, got.Timeouts)

@@ -25,6 +25,7 @@ type Stats struct {
 	badDeadlineHeaders atomic.Int64
 	spentBudgets       atomic.Int64
 	clientGone         atomic.Int64
+	leftWaiting        atomic.Int64
 	unwatchedClients   atomic.Int64
 
 	queued          atomic.Int64
@@ -75,8 +76,8 @@ type Counters struct {
 	// could start (see SpentBudget); counted in Timeouts too.
 	SpentBudgets int64 `json:"spent_budgets"`
 	// ClientGone is the number of requests whose client hung up while their
-	// handler ran, or while they waited for a slot (then it never ran; see
-	// Config.IgnoreHangups). They are not timeouts.
+	// handler ran, or while they waited for a slot (then it never ran: see
+	// LeftWaiting). They are not timeouts.
 	ClientGone int64 `json:"client_gone"`
 	// UnwatchedClients is the number of requests whose connection was to be
 	// watched for a hang-up (their handler ran past HangupDelay) but could
@@ -85,9 +86,11 @@ type Counters struct {
 	// than on Linux nothing is watched and this stays zero.
 	UnwatchedClients int64 `json:"unwatched_clients,omitempty"`
 
-	// Admitted is the number of requests that got a slot under the
+	// Admitted is the number of requests whose handler ran under the
 	// concurrency limit (see Config.AdaptiveConcurrency and
-	// Config.MaxConcurrency), at once or after waiting.
+	// Config.MaxConcurrency), having got a slot at once or after waiting;
+	// not those answered without running once they got it (SpentBudgets,
+	// LeftWaiting).
 	Admitted int64 `json:"admitted,omitempty"`
 	// Queued is the number of requests that waited for a slot, whether they
 	// got one or not. One whose budget, or MaxQueueAge, left it no time to
@@ -105,6 +108,10 @@ type Counters struct {
 	// RejectedQueueTimeout counts the requests refused with reason
 	// RejectedQueueTimeout: they waited their share of their budget in vain.
 	RejectedQueueTimeout int64 `json:"rejected_queue_timeout,omitempty"`
+	// LeftWaiting is the number of requests whose client hung up while
+	// they waited for a slot, answered 499 without running; counted in
+	// ClientGone too.
+	LeftWaiting int64 `json:"left_waiting,omitempty"`
 	// ConcurrencyLimit is the current concurrency limit, summed over the
 	// middlewares sharing this Stats (nested ones too: each has its own
 	// limit); zero without a limit. A middleware counts from New for as long
@@ -138,6 +145,8 @@ type Counters struct {
 func (s *Stats) Snapshot() Counters {
 	inFlight := s.inFlight.load()
 	full, timedOut := s.rejectedFull.Load(), s.rejectedTimeout.Load() // Rejected is their sum in every snapshot
+	// Read before ClientGone, added to after it: never above it.
+	left := s.leftWaiting.Load()
 	return Counters{
 		Requests:           s.requests.load(),
 		InFlight:           inFlight,
@@ -156,6 +165,7 @@ func (s *Stats) Snapshot() Counters {
 		Rejected:             full + timedOut,
 		RejectedFull:         full,
 		RejectedQueueTimeout: timedOut,
+		LeftWaiting:          left,
 		ConcurrencyLimit:     s.limit.Load(),
 		Waiting:              s.waiting.Load(),
 		BadQueueHeaders:      s.badQueueHeaders.Load(),
