@@ -74,6 +74,7 @@ const (
 
 	metricAdmittedTotal        = "fasttimeout_admitted_total"
 	metricQueuedTotal          = "fasttimeout_queued_total"
+	metricLeftWaitingTotal     = "fasttimeout_left_waiting_total"
 	metricRejectedTotal        = "fasttimeout_rejected_total"
 	metricConcurrencyLimit     = "fasttimeout_concurrency_limit"
 	metricWaiting              = "fasttimeout_waiting"
@@ -132,15 +133,17 @@ func NewCollector(stats *fasttimeout.Stats, constLabels prometheus.Labels) *Coll
 				func(c fasttimeout.Counters) int64 { return c.BadDeadlineHeaders }),
 			counter(metricSpentBudgetsTotal, "Requests answered with the timeout response without running: the caller's budget was spent, the request was (or grew, waiting for a slot) older than MaxQueueAge, or its deadline passed before it could start.",
 				func(c fasttimeout.Counters) int64 { return c.SpentBudgets }),
-			counter(metricClientGoneTotal, "Requests whose client hung up while their handler ran, or while they waited for a slot (then not run).",
+			counter(metricClientGoneTotal, "Requests whose client hung up while their handler ran, or while they waited for a slot (then not run: "+metricLeftWaitingTotal+").",
 				func(c fasttimeout.Counters) int64 { return c.ClientGone }),
 			counter(metricUnwatchedClientsTotal, "Requests whose connection could not be watched for a hang-up (no socket, or refused by the kernel); always zero on systems other than Linux, which watch nothing.",
 				func(c fasttimeout.Counters) int64 { return c.UnwatchedClients }),
 
-			counter(metricAdmittedTotal, "Requests that got a slot under the concurrency limit, at once or after waiting.",
+			counter(metricAdmittedTotal, "Requests whose handler ran under the concurrency limit, having got a slot at once or after waiting; not those answered without running once they got it.",
 				func(c fasttimeout.Counters) int64 { return c.Admitted }),
 			counter(metricQueuedTotal, "Requests that waited for a slot under the concurrency limit, whether they got one or not; not those left no time to wait.",
 				func(c fasttimeout.Counters) int64 { return c.Queued }),
+			counter(metricLeftWaitingTotal, "Requests whose client hung up while they waited for a slot under the concurrency limit, answered 499 without running; also in "+metricClientGoneTotal+".",
+				func(c fasttimeout.Counters) int64 { return c.LeftWaiting }),
 			gauge(metricConcurrencyLimit, "The current concurrency limit, summed over the middlewares sharing the Stats (nested ones too, each counted from New on until it is garbage collected); 0 without a limit.",
 				func(c fasttimeout.Counters) int64 { return c.ConcurrencyLimit }),
 			gauge(metricWaiting, "Requests waiting for a slot under the concurrency limit now.",

@@ -231,6 +231,7 @@ func metrics(set map[string]float64) map[string]float64 {
 
 		"fasttimeout_admitted_total":               0,
 		"fasttimeout_queued_total":                 0,
+		"fasttimeout_left_waiting_total":           0,
 		rejected(fasttimeout.RejectedQueueFull):    0,
 		rejected(fasttimeout.RejectedQueueTimeout): 0,
 		rejected(fasttimeout.RejectedLateHandlers): 0,
@@ -551,10 +552,10 @@ func TestCollectorFollowsPrometheusConventions(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, problems)
 
-	// 19 series of their own and the 3 reasons of fasttimeout_rejected_total.
+	// 20 series of their own and the 3 reasons of fasttimeout_rejected_total.
 	count, err := testutil.GatherAndCount(registry)
 	require.NoError(t, err)
-	require.Equal(t, 22, count)
+	require.Equal(t, 23, count)
 
 	families, err := registry.Gather()
 	require.NoError(t, err)
@@ -589,6 +590,8 @@ func TestCollectorHelpSaysWhatIsCounted(t *testing.T) {
 		{"fasttimeout_bad_queue_headers_total", []string{"HonorQueueHeaders", "X-Request-Start, X-Queue-Start or X-Amzn-Trace-Id",
 			"malformed or more than an hour away from now", "once per request"}},
 		{"fasttimeout_answer_lateness_seconds", []string{"spent budgets not included"}},
+		{"fasttimeout_left_waiting_total", []string{"hung up while they waited for a slot", "without running", "also in fasttimeout_client_gone_total"}},
+		{"fasttimeout_admitted_total", []string{"handler ran", "not those answered without running"}},
 	} {
 		for _, s := range tc.says {
 			assert.Contains(t, help[tc.metric], s, tc.metric)
