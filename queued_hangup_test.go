@@ -67,8 +67,9 @@ func readStatus(t *testing.T, conn net.Conn, br *bufio.Reader) (int, bool) {
 // client that is still there (its next request pipelined behind, unread)
 // is served, and so is one gone with IgnoreHangups. Inside a New that
 // ignores hang-ups, the inner New looks, and the outer one sends its 499;
-// inside one that watches, the inner New leaves the hang-up to it: counted
-// once.
+// inside one that watches, the inner New leaves the look to it, but does
+// not run a request the outer New has seen gone: each counts its own, the
+// outer a hang-up while its handler ran, the inner one left waiting.
 func TestAdmission_a_queued_request_whose_client_hung_up_does_not_run(t *testing.T) {
 	if !hangupSupported {
 		t.Skip("hang-ups are seen on Linux only")
@@ -176,7 +177,7 @@ func TestAdmission_a_queued_request_whose_client_hung_up_does_not_run(t *testing
 				}
 				// The second request is over: run, or answered.
 				require.Eventually(t, func() bool {
-					return s.runs.Load() >= 2 || stats.Snapshot().ClientGone > 0
+					return s.runs.Load() >= 2 || stats.Snapshot().LeftWaiting > 0
 				}, queuedBound, time.Millisecond)
 				third := dialGet(t, addr, "/next")
 				status, _ = readStatus(t, third, bufio.NewReader(third))
@@ -187,9 +188,11 @@ func TestAdmission_a_queued_request_whose_client_hung_up_does_not_run(t *testing
 				ran := int64(s.runs.Load())
 				switch {
 				case tc.watched:
-					assert.EqualValues(t, 3, ran, "the inner New does not look")
-					assert.EqualValues(t, 1, got.ClientGone, "counted once, by the outer New")
-					assert.Zero(t, got.LeftWaiting)
+					assert.EqualValues(t, 2, ran, "the second handler never ran")
+					assert.EqualValues(t, 2, got.ClientGone, "the outer New's and the inner New's")
+					assert.EqualValues(t, 1, got.LeftWaiting, "the inner New's")
+					// Context is the outer call's, whose watch saw the hang-up.
+					assert.ErrorIs(t, receive(t, hangupsSeen, "OnHangup").cause, ErrClientGone)
 				case tc.wantsGone:
 					assert.EqualValues(t, 2, ran, "the second handler never ran")
 					assert.EqualValues(t, 1, got.LeftWaiting)
