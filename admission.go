@@ -80,8 +80,9 @@ type limiter struct {
 	probedAt     int64        // when the last probe ended; guarded by adapting
 	restoreEvery uint32       // the sampling rate after the probe, which samples every return; guarded by adapting
 	// probeOwed: a probe gave way (yieldProbe), so the next window in which
-	// requests queue probes again, under load, or a server started into
-	// overload takes its loaded latency for the unloaded one till the next.
+	// requests queue probes again, under load; else a server started into
+	// overload would take its loaded latency for the unloaded one till the
+	// next probe.
 	probeOwed bool // guarded by adapting
 
 	// Refusals for the backlog in front of the middleware (backlog.go).

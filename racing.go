@@ -205,7 +205,8 @@ func (w *worker) fire() {
 		return
 	}
 	// At most one such signal waits on done, beside one decision, so no send
-	// blocks: the hang-up callback's runs under the watcher's shared lock.
+	// blocks: the hang-up callback's runs holding hangupWatcher.mu, a Mutex
+	// all watched connections share, which a blocked send would stall.
 	if w.poked.CompareAndSwap(false, true) {
 		w.done <- true
 	}
