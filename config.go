@@ -211,7 +211,8 @@ type Config struct {
 	// response going nowhere. A request that waited for a slot under the
 	// concurrency limit has its connection looked at once as it gets it:
 	// if the client is gone, it gets 499 without running, counted in
-	// ClientGone, neither a latency nor a timeout to the adaptive limit.
+	// ClientGone and LeftWaiting, neither a latency nor a timeout to the
+	// adaptive limit.
 	//
 	// Watching needs epoll and the connection's descriptor: Linux only, for
 	// TCP, Unix and TLS connections, and wrappers that expose theirs through
