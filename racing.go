@@ -27,7 +27,9 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 	connID := ctx.ConnID()
 	w := m.acquireWorker(connID, admitted)
 	c := &w.call
-	w.owners.Store(2)
+	if w.owners.Load() != 2 { // 2 still, unless the last call timed out or lost its client
+		w.owners.Store(2)
+	}
 	c.begin(ctx, nil, start, deadline, admitted)
 	busy := admitted-w.returnedAt < int64(busyGap) || testAllBusy.Load()
 	w.arm(c.nextWake()-admitted, busy)
