@@ -406,7 +406,10 @@ func (c *call) end() {
 			c.ctx.SetUserValue(rejectKey{}, unrunReasons[r])
 		}
 	}
-	if b := c.bridge.Swap(nil); b != nil {
+	// Not a swap: most calls have no context, and a load writes nothing.
+	// Context sets bridge only from nil, and only end clears it.
+	if b := c.bridge.Load(); b != nil {
+		c.bridge.Store(nil)
 		if inner {
 			b.detach() // made before the switch above, on any goroutine
 		}
