@@ -54,11 +54,15 @@ func Context(ctx *fasthttp.RequestCtx) context.Context {
 		return (*requestContext)(e)
 	}
 	b := newRequestContext(ctx, noDeadline)
-	if SpentBudget(ctx) {
-		// For OnTimeout and the middlewares around New, the request has
-		// timed out, as one answered at its deadline has.
+	// For OnTimeout, OnHangup and the middlewares around New, a request
+	// answered without running has timed out, or lost its client, as one
+	// answered at its deadline or its client's hang-up has.
+	switch answeredUnrun(ctx) {
+	case spentBudget:
 		b.cancel(context.DeadlineExceeded, &timeoutCause)
-	} else {
+	case leftWaiting:
+		b.cancel(context.Canceled, &goneCause)
+	default:
 		b.outside = true
 	}
 	setFirstUserValue(ctx, outsideKey{}, (*outsideEnd)(b))

@@ -1,7 +1,6 @@
 package fasttimeout
 
 import (
-	"context"
 	"errors"
 	"runtime"
 	"sync/atomic"
@@ -247,12 +246,10 @@ func (m *middleware) answerLeft(ctx *fasthttp.RequestCtx, outer *call, start int
 	m.stats.clientGone.Add(1)
 	m.stats.leftWaiting.Add(1)
 	writeGoneResponse(&ctx.Response)
-	if outer == nil && ctx.UserValue(outsideKey{}) == nil {
-		// Context, in OnHangup and around New, is done as after a hang-up
-		// while the handler runs (inside New, it is the outer call's).
-		b := newRequestContext(ctx, noDeadline)
-		b.cancel(context.Canceled, &goneCause)
-		setFirstUserValue(ctx, outsideKey{}, (*outsideEnd)(b))
+	if outer == nil {
+		// For Context, in OnHangup and around New (inside another New,
+		// Context is the enclosing call's).
+		markUnrun(ctx, nil, leftWaiting)
 	}
 	if m.OnHangup != nil {
 		runCallback(ctx, outer == nil, nil, func() { m.OnHangup(ctx, time.Duration(now()-start)) })

@@ -357,12 +357,17 @@ const (
 	RejectedQueueTimeout = "queue_timeout"
 )
 
-// rejectKey is the user-value key of a refusal's reason, or spentBudget.
+// rejectKey is the user-value key of a refusal's reason, spentBudget or
+// leftWaiting.
 type rejectKey struct{}
 
 // spentBudget marks a request answered with the timeout response without
-// running (see SpentBudget).
-const spentBudget = "spent_budget"
+// running (see SpentBudget), leftWaiting one whose client hung up while it
+// waited for a slot (see Stats.LeftWaiting).
+const (
+	spentBudget = "spent_budget"
+	leftWaiting = "left_waiting"
+)
 
 // RejectReason returns why the middleware refused the request ctx with 503
 // Service Unavailable without running its handler (RejectedLateHandlers,
@@ -383,7 +388,7 @@ const spentBudget = "spent_budget"
 // several News refused the request (a handler calling an inner New more
 // than once), RejectReason returns the last one's reason.
 func RejectReason(ctx *fasthttp.RequestCtx) string {
-	if reason := answeredUnrun(ctx); reason != spentBudget {
+	if reason := answeredUnrun(ctx); reason != spentBudget && reason != leftWaiting {
 		return reason
 	}
 	return ""
@@ -402,8 +407,8 @@ func SpentBudget(ctx *fasthttp.RequestCtx) bool {
 }
 
 // answeredUnrun returns why the middleware answered ctx without running its
-// handler (a RejectReason, or spentBudget), or "", reading no user value of
-// a timed-out RequestCtx. While an outermost New's handler runs, an inner
+// handler (a RejectReason, spentBudget or leftWaiting), or "", reading no
+// user value of a timed-out RequestCtx. While an outermost New's handler runs, an inner
 // New's mark is on the outermost call (see markUnrun).
 func answeredUnrun(ctx *fasthttp.RequestCtx) string {
 	if ctx == nil || ctx.LastTimeoutErrorResponse() != nil {
@@ -422,11 +427,12 @@ func answeredUnrun(ctx *fasthttp.RequestCtx) string {
 var unrunReasons = [...]string{"", RejectedLateHandlers, RejectedQueueFull, RejectedQueueTimeout, spentBudget}
 
 // markUnrun records that ctx was answered without running its handler, and
-// why (a RejectReason or spentBudget). Inside another New it goes on the
-// outermost call, which moves it to the user values when it ends (call.end):
-// until then an enclosing handler's goroutine may be reading them to look up
-// the call (call.begin), and a write would race. An inner New runs on the
-// goroutine of the handler around it, so outer.root is its to call.
+// why (a RejectReason, spentBudget or leftWaiting). Inside another New it
+// goes on the outermost call, which moves it to the user values when it
+// ends (call.end): until then an enclosing handler's goroutine may be
+// reading them to look up the call (call.begin), and a write would race. An
+// inner New runs on the goroutine of the handler around it, so outer.root
+// is its to call.
 func markUnrun(ctx *fasthttp.RequestCtx, outer *call, reason string) {
 	if outer == nil {
 		ctx.SetUserValue(rejectKey{}, reason)
