@@ -152,19 +152,23 @@ func (w *hangupWatcher) register(sock syscall.Conn, p *byte, addr uintptr) (uint
 	return idx, true
 }
 
-// ctl runs epoll_ctl for sock's descriptor inside Control, where it cannot
-// be closed: the number given is this connection's.
+// ctl runs epoll_ctl for sock's descriptor (see withFD).
 func ctl(sock syscall.Conn, epfd, op int, ev *syscall.EpollEvent) error {
+	var ctlErr error
+	if err := withFD(sock, func(fd uintptr) { ctlErr = syscall.EpollCtl(epfd, op, int(fd), ev) }); err != nil {
+		return err
+	}
+	return ctlErr
+}
+
+// withFD runs f with sock's descriptor inside Control, where it cannot be
+// closed: the number f is given is this connection's.
+func withFD(sock syscall.Conn, f func(fd uintptr)) error {
 	rc, err := sock.SyscallConn()
 	if err != nil {
 		return err
 	}
-	var ctlErr error
-	err = rc.Control(func(fd uintptr) { ctlErr = syscall.EpollCtl(epfd, op, int(fd), ev) })
-	if err != nil {
-		return err
-	}
-	return ctlErr
+	return rc.Control(f)
 }
 
 // remove ends the watch h: when it returns, its callback has completed or
@@ -328,19 +332,14 @@ func (w *hangupWatcher) dispatch(idx, gen uint32) {
 // reset it, by one look at its socket for the events the watch asks for,
 // neither blocking nor consuming: a FIN counts even behind bytes pending (a
 // TLS client's close_notify); bytes alone (a pipelined request), none, or
-// no descriptor are a live peer. SyscallConn allocates anyway: the closure
-// is not worth avoiding.
+// no descriptor are a live peer.
 func peerGone(conn net.Conn) bool {
 	sock, _, ok := socketOf(conn)
 	if !ok {
 		return false
 	}
-	rc, err := sock.SyscallConn()
-	if err != nil {
-		return false
-	}
 	gone := false
-	_ = rc.Control(func(fd uintptr) {
+	_ = withFD(sock, func(fd uintptr) {
 		p := struct { // struct pollfd
 			fd              int32
 			events, revents int16
