@@ -73,7 +73,13 @@ func serveTCP(t testing.TB, h fasthttp.RequestHandler) string {
 // serveTCPWith runs srv on 127.0.0.1 as serveTCP does.
 func serveTCPWith(t testing.TB, srv *fasthttp.Server) string {
 	t.Helper()
-	ln := tcpListener(t)
+	return serveOn(t, srv, tcpListener(t))
+}
+
+// serveOn runs srv on ln (a TLS listener over tcpListener, say) until the
+// test's cleanup, and returns ln's address.
+func serveOn(t testing.TB, srv *fasthttp.Server, ln net.Listener) string {
+	t.Helper()
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	t.Cleanup(func() {

@@ -26,23 +26,11 @@ func TestAdmission_a_queued_request_whose_TLS_client_closed_does_not_run(t *test
 			s := newSlotHolder()
 			h := New(s.serve, Config{Timeout: 5 * time.Minute, Mode: mode, Stats: stats, MaxConcurrency: 1})
 			ln := tls.NewListener(tcpListener(t), &tls.Config{Certificates: []tls.Certificate{selfSignedCert(t)}})
-			conns := new(sync.Map) // the server's end of each connection, by the client's address
-			srv := &fasthttp.Server{Handler: h, ReadTimeout: queuedBound, ConnState: func(c net.Conn, st fasthttp.ConnState) {
-				if st == fasthttp.StateNew {
-					conns.Store(c.RemoteAddr().String(), c)
-				}
-			}}
-			served := make(chan error, 1)
-			go func() { served <- srv.Serve(ln) }()
-			t.Cleanup(func() {
-				require.NoError(t, srv.Shutdown())
-				ln.Close()
-				<-served
-			})
+			addr, conns := serveConns(t, ln, h)
 			free := sync.OnceFunc(func() { close(s.release) })
 			t.Cleanup(free)
 			dial := func(path string) *tls.Conn {
-				c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{InsecureSkipVerify: true})
+				c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true})
 				require.NoError(t, err)
 				t.Cleanup(func() { c.Close() })
 				get(t, c, path)

@@ -18,17 +18,17 @@ import (
 // fails them, and only a wait that can never end reaches it.
 const queuedBound = 30 * time.Second
 
-// serveConns serves h on 127.0.0.1 until the test's cleanup and returns
-// its address and the server's end of each connection, by the client's
+// serveConns serves h on ln until the test's cleanup and returns its
+// address and the server's end of each connection, by the client's
 // address: the tests look at it as the middleware would.
-func serveConns(t *testing.T, h fasthttp.RequestHandler) (string, *sync.Map) {
+func serveConns(t *testing.T, ln net.Listener, h fasthttp.RequestHandler) (string, *sync.Map) {
 	t.Helper()
 	conns := new(sync.Map)
-	return serveTCPWith(t, &fasthttp.Server{Handler: h, ReadTimeout: queuedBound, ConnState: func(c net.Conn, s fasthttp.ConnState) {
+	return serveOn(t, &fasthttp.Server{Handler: h, ReadTimeout: queuedBound, ConnState: func(c net.Conn, s fasthttp.ConnState) {
 		if s == fasthttp.StateNew {
 			conns.Store(c.RemoteAddr().String(), c)
 		}
-	}}), conns
+	}}, ln), conns
 }
 
 // dialGet opens a connection to addr and sends GET path on it.
@@ -134,7 +134,7 @@ func TestAdmission_a_queued_request_whose_client_hung_up_does_not_run(t *testing
 						}
 					}
 				}
-				addr, conns := serveConns(t, h)
+				addr, conns := serveConns(t, tcpListener(t), h)
 				free := sync.OnceFunc(func() { close(s.release) })
 				t.Cleanup(free) // before the server's shutdown, should the test fail first
 
@@ -249,7 +249,7 @@ func TestAdmission_a_request_that_did_not_wait_is_not_looked_at(t *testing.T) {
 					return 0
 				},
 			})
-			addr, _ := serveConns(t, h)
+			addr, _ := serveConns(t, tcpListener(t), h)
 			conn := dialGet(t, addr, "/")
 			require.NoError(t, conn.CloseWrite())
 			status, _ := readStatus(t, conn, bufio.NewReader(conn))
