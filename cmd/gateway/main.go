@@ -28,8 +28,9 @@
 //     one after a second closed one;
 //   - sends an idempotent request (GET, HEAD, OPTIONS, TRACE, PUT, DELETE)
 //     once more, on a new connection, when the upstream closed the
-//     connection without answering it; any other request gets 502 then,
-//     and no request is retried otherwise;
+//     connection without answering it, whether or not the check found
+//     closed ones before; any other request gets 502 then, and no request
+//     is retried otherwise;
 //   - answers 504 with one body, {"detail":"Request processing time exceeded
 //     limit"}, whether the deadline is seen by the middleware or by the
 //     upstream call, 503 with Retry-After to a request that finds the
@@ -438,8 +439,9 @@ func newGateway(o options, stats *fasttimeout.Stats) fasthttp.RequestHandler {
 		// caller's.
 		NoDefaultUserAgentHeader: true,
 		// No retry, which would only eat the caller's budget, but those
-		// of resendIfClosedIdle.
-		MaxIdemponentCallAttempts: 3,
+		// of resendIfClosedIdle: two tries the peek stops (nothing sent),
+		// and two sends of an idempotent request.
+		MaxIdemponentCallAttempts: 4,
 		MaxConns:                  o.maxConns,
 		// Wait for a free connection rather than fail at once (502 would
 		// claim the upstream misbehaved): the request's deadline, never
@@ -483,11 +485,14 @@ func newGateway(o options, stats *fasttimeout.Stats) fasthttp.RequestHandler {
 // whatever its method, on the next pooled connection: fasthttp has closed
 // the one that failed, and each other is checked in turn, but a second
 // closed one says the upstream restarted, so the rest are dropped and the
-// last try dials. One written and then left without an answer (the close
-// came as it went out, or a reset) at its first try is sent once more only
-// if its method is idempotent (RFC 9110 §9.2.2 allows that after a
+// next try dials. One written and then left without an answer (the close
+// came as it went out, or a reset) is sent once more, on a new connection,
+// only if its method is idempotent (RFC 9110 §9.2.2 allows that after a
 // connection failure): any other gets 502, as the upstream may have acted
-// on it. The retry keeps the request's deadline.
+// on it. The tries stopped before a write do not count against that one
+// resend: a restart's closes can reach the gateway one after another, the
+// peek finding the first and the next crossing the request. The retry
+// keeps the request's deadline.
 func resendIfClosedIdle(upstream *fasthttp.HostClient) fasthttp.RetryIfErrFunc {
 	return func(req *fasthttp.Request, attempts int, err error) (resetTimeout, retry bool) {
 		if errors.Is(err, errIdleConnUnusable) {
@@ -500,7 +505,7 @@ func resendIfClosedIdle(upstream *fasthttp.HostClient) fasthttp.RetryIfErrFunc {
 		// here, and as ErrConnectionClosed once it gives up.
 		closed := err == io.EOF || errors.Is(err, fasthttp.ErrConnectionClosed) ||
 			errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
-		if !closed || attempts > 1 {
+		if !closed || req.UserValue(lostOnce{}) != nil {
 			return false, false
 		}
 		// A close the peek could not see (nor any, where there is no
@@ -509,11 +514,17 @@ func resendIfClosedIdle(upstream *fasthttp.HostClient) fasthttp.RetryIfErrFunc {
 		switch string(req.Header.Method()) {
 		case fasthttp.MethodGet, fasthttp.MethodHead, fasthttp.MethodOptions, fasthttp.MethodTrace,
 			fasthttp.MethodPut, fasthttp.MethodDelete:
+			req.SetUserValue(lostOnce{}, true)
 			return false, true
 		}
 		return false, false
 	}
 }
+
+// lostOnce is the key of the user value that marks a request the upstream
+// has left without an answer once: resendIfClosedIdle does not resend it
+// again. Releasing the request clears it.
+type lostOnce struct{}
 
 // hopByHop are the headers that concern one connection, not the request
 // (RFC 9110 §7.6.1, and the older Keep-Alive and Proxy-Connection), besides

@@ -675,7 +675,7 @@ func TestProxyUpstreamConnections(t *testing.T) {
 	}
 
 	// Several connections idle in the pool, and the upstream closes one
-	// (its keep-alive timeout) or all (a restart). The gateway dropped
+	// (its keep-alive timeout), two or all (a restart). The gateway dropped
 	// every idle connection at the first closed one it found, and dialled
 	// for each of them afterwards; it now drops that one alone (fasthttp
 	// closes it) and sends the request on the next pooled one, checked as
@@ -683,25 +683,48 @@ func TestProxyUpstreamConnections(t *testing.T) {
 	// requests go one at a time on connections the test closes
 	// (Connection: close): the gateway has put its upstream connection
 	// back in the pool before it closes the client's. Three of them then
-	// take the pooled connections in turn (fasthttp's default, FIFO), or
-	// the same one (LIFO): either way the fourth goes on the first's.
+	// take the pooled connections in turn (fasthttp's default, FIFO), so
+	// that the last request goes on the first's, then the second's.
+	//
+	// A restart's closes may reach the gateway one after another: the peek
+	// finds the first, and the next crosses the request written on its
+	// connection, which gets no answer (lose: the upstream closes them all
+	// as it reads the request). A GET is sent once more then, on a new
+	// connection, however many tries the peek stopped before: after two,
+	// the one lost is the first on a new connection, and the resend a
+	// fourth try. It got 502 when the peek had stopped a try, since only a
+	// first try was resent.
 	for _, tc := range []struct {
-		close   string // "one": the connection of the first of three requests; "all"
+		name    string
+		close   string // "one": the connection of the first of three requests; "two": of the first two; "all"
+		method  string // of the last request
+		lose    bool   // the upstream restarts as the last request reaches it: no answer
 		dialled int64  // connections the upstream accepts in all
+		sent    int64  // times the upstream reads the last request
 	}{
-		{close: "one", dialled: 3},
-		{close: "all", dialled: 4},
+		{name: "a POST after the upstream closed one of 3 idle connections", close: "one", method: "POST", dialled: 3, sent: 1},
+		{name: "a POST after the upstream closed all of 3 idle connections", close: "all", method: "POST", dialled: 4, sent: 1},
+		{name: "a GET after the upstream closed one of 3 idle connections, and the next as it went out", close: "one", method: "GET", lose: true, dialled: 4, sent: 2},
+		{name: "a GET after the upstream closed two of 3 idle connections, and a new one as it went out", close: "two", method: "GET", lose: true, dialled: 5, sent: 2},
 	} {
-		t.Run("a POST after the upstream closed "+tc.close+" of 3 idle connections", func(t *testing.T) {
+		t.Run(tc.name, func(t *testing.T) {
 			const pooled = 3
 			var (
 				accepted atomic.Int64
+				sent     atomic.Int64
 				mu       sync.Mutex
 				conns    []net.Conn // the upstream's
 				served   []net.Conn // the connection of each request after the held ones
 				held     = make(chan struct{}, pooled)
 				release  = make(chan struct{})
 			)
+			closeAll := func() {
+				mu.Lock()
+				defer mu.Unlock()
+				for _, c := range conns {
+					_ = c.Close()
+				}
+			}
 			upstream := serveLoopback(t, func(c net.Conn) {
 				accepted.Add(1)
 				mu.Lock()
@@ -715,10 +738,16 @@ func TestProxyUpstreamConnections(t *testing.T) {
 					if req.Read(br) != nil {
 						return
 					}
-					if string(req.URI().Path()) == "/hold" {
+					switch string(req.URI().Path()) {
+					case "/hold":
 						held <- struct{}{}
 						<-release
-					} else {
+					case "/last":
+						if sent.Add(1) == 1 && tc.lose {
+							closeAll()
+							return
+						}
+					default:
 						mu.Lock()
 						served = append(served, c)
 						mu.Unlock()
@@ -727,16 +756,17 @@ func TestProxyUpstreamConnections(t *testing.T) {
 						return
 					}
 					// After the answer, without saying so.
-					mu.Lock()
 					switch string(req.URI().Path()) {
-					case "/close-one":
+					case "/close-one", "/close-two":
+						mu.Lock()
 						_ = served[0].Close()
-					case "/close-all":
-						for _, c := range conns {
-							_ = c.Close()
+						if string(req.URI().Path()) == "/close-two" {
+							_ = served[1].Close()
 						}
+						mu.Unlock()
+					case "/close-all":
+						closeAll()
 					}
-					mu.Unlock()
 				}
 			})
 			var dialled []net.Conn // the gateway's
@@ -768,10 +798,7 @@ func TestProxyUpstreamConnections(t *testing.T) {
 			for _, path := range []string{"/", "/", "/close-" + tc.close} {
 				require.Contains(t, exchange("GET", path), "200 OK")
 			}
-			want := 1
-			if tc.close == "all" {
-				want = pooled
-			}
+			want := map[string]int{"one": 1, "two": 2, "all": pooled}[tc.close]
 			waitFor(t, "the closes to reach the gateway", func() bool {
 				mu.Lock()
 				defer mu.Unlock()
@@ -784,10 +811,11 @@ func TestProxyUpstreamConnections(t *testing.T) {
 				return closed == want
 			})
 
-			answer := exchange("POST", "/")
+			answer := exchange(tc.method, "/last")
 			assert.Contains(t, answer, "200 OK")
 			assert.True(t, strings.HasSuffix(answer, "\r\n\r\nok"), "%s", answer)
 			assert.Equal(t, tc.dialled, accepted.Load(), "connections the upstream accepted")
+			assert.Equal(t, tc.sent, sent.Load(), "times the upstream read it")
 		})
 	}
 
