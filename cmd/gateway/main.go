@@ -26,8 +26,8 @@
 //     a restart) before it sends a request on it, and sends the request,
 //     whatever its method, on the next one then (checked too), or on a new
 //     one after a second closed one;
-//   - sends an idempotent request (GET, HEAD, OPTIONS, TRACE, PUT, DELETE)
-//     once more, on a new connection, when the upstream closed the
+//   - sends an idempotent request (GET, HEAD, OPTIONS, TRACE, PUT, DELETE,
+//     QUERY) once more, on a new connection, when the upstream closed the
 //     connection without answering it, whether or not the check found
 //     closed ones before; any other request gets 502 then, and no request
 //     is retried otherwise;
@@ -488,8 +488,9 @@ func newGateway(o options, stats *fasttimeout.Stats) fasthttp.RequestHandler {
 // next try dials. One written and then left without an answer (the close
 // came as it went out, or a reset) is sent once more, on a new connection,
 // only if its method is idempotent (RFC 9110 §9.2.2 allows that after a
-// connection failure): any other gets 502, as the upstream may have acted
-// on it. The tries stopped before a write do not count against that one
+// connection failure; QUERY is too, RFC 10008, and fasthttp's own retry
+// takes it so): any other gets 502, as the upstream may have acted on it.
+// The tries stopped before a write do not count against that one
 // resend: a restart's closes can reach the gateway one after another, the
 // peek finding the first and the next crossing the request. The retry
 // keeps the request's deadline.
@@ -513,7 +514,7 @@ func resendIfClosedIdle(upstream *fasthttp.HostClient) fasthttp.RetryIfErrFunc {
 		upstream.CloseIdleConnections()
 		switch string(req.Header.Method()) {
 		case fasthttp.MethodGet, fasthttp.MethodHead, fasthttp.MethodOptions, fasthttp.MethodTrace,
-			fasthttp.MethodPut, fasthttp.MethodDelete:
+			fasthttp.MethodPut, fasthttp.MethodDelete, fasthttp.MethodQuery:
 			req.SetUserValue(lostOnce{}, true)
 			return false, true
 		}

@@ -830,6 +830,7 @@ func TestProxyUpstreamConnections(t *testing.T) {
 		sent   int64
 	}{
 		{method: "GET", closes: 1, want: fasthttp.StatusOK, sent: 2},
+		{method: "QUERY", closes: 1, want: fasthttp.StatusOK, sent: 2},        // idempotent too (RFC 10008)
 		{method: "POST", closes: 1, want: fasthttp.StatusBadGateway, sent: 1}, // never sent twice
 		{method: "GET", closes: 3, want: fasthttp.StatusBadGateway, sent: 2},  // nor thrice
 	} {
