@@ -28,6 +28,7 @@
 package fasttimeoutotel
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -270,12 +271,14 @@ func (r *request) release() {
 // after the request's method, or "HTTP" for a method other than the nine of
 // HTTP (GET to TRACE, in capitals), whose http.request.method is then _OTHER
 // and http.request.method_original the method sent, so that clients cannot
-// make up span names; it has url.path, url.query if any, url.scheme (as the
-// server received the request), server.address and server.port (of the Host
-// header, else of the local address), client.address (the connection's
-// peer, not X-Forwarded-For, which anyone can send), user_agent.original if
-// any, and http.response.status_code, that of the timeout response for a
-// request answered at its deadline. A 5xx answer sets error.type to
+// make up span names; it has url.path, url.query if any (the values of
+// sensitive keys, such as sig and X-Amz-Signature, REDACTED as the
+// conventions ask), url.scheme (as the server received the request),
+// server.address and server.port (of the Host header, else of the local
+// address), client.address (the connection's peer, not X-Forwarded-For,
+// which anyone can send), user_agent.original if any, and
+// http.response.status_code, that of the timeout response for a request
+// answered at its deadline. A 5xx answer sets error.type to
 // its status code ("504") and the status to Error, with fasttimeout's cause
 // as description when the answer is fasttimeout's. A panic that goes through
 // it (one in time: fasttimeout passes a late one to Config.OnPanic) is
@@ -371,7 +374,7 @@ func methodAttributes(method []byte) (name string, attrs []attribute.KeyValue) {
 // client.address and user_agent.original, each one it has.
 func appendRequestAttributes(attrs []attribute.KeyValue, ctx *fasthttp.RequestCtx) []attribute.KeyValue {
 	if query := ctx.URI().QueryString(); len(query) > 0 {
-		attrs = append(attrs, semconv.URLQuery(string(query)))
+		attrs = append(attrs, semconv.URLQuery(redactedQuery(query)))
 	}
 	if host := string(ctx.Host()); host != "" {
 		// A port follows the last colon, unless it is an IPv6 address's.
@@ -392,6 +395,90 @@ func appendRequestAttributes(attrs []attribute.KeyValue, ctx *fasthttp.RequestCt
 		attrs = append(attrs, semconv.UserAgentOriginal(string(agent)))
 	}
 	return attrs
+}
+
+// redactedQuery returns the query string query as url.query records it:
+// with the value of each key of sensitiveQueryKey replaced by "REDACTED", as
+// the HTTP conventions ask, the key kept as sent. An empty value, or a key
+// without one, has nothing to hide and is left as it is. A query without
+// such a value, most of them, costs only its conversion to a string.
+func redactedQuery(query []byte) string {
+	var b strings.Builder // grown at the first value to redact
+	copied := 0           // query[:copied] is in b
+	for start := 0; start < len(query); {
+		end := len(query)
+		if i := bytes.IndexByte(query[start:], '&'); i >= 0 {
+			end = start + i
+		}
+		// The value, if any, follows the first '=' of the pair.
+		if eq := bytes.IndexByte(query[start:end], '='); eq >= 0 && start+eq+1 < end && sensitiveQueryKey(query[start:start+eq]) {
+			if copied == 0 {
+				b.Grow(len(query) + len(redacted))
+			}
+			b.Write(query[copied : start+eq+1])
+			b.WriteString(redacted)
+			copied = end
+		}
+		start = end + 1
+	}
+	if copied == 0 {
+		return string(query)
+	}
+	b.Write(query[copied:])
+	return b.String()
+}
+
+// redacted replaces a sensitive value in url.query.
+const redacted = "REDACTED"
+
+// sensitiveQueryKey reports whether the query key key, as sent, names a
+// value url.query must not show: one the HTTP conventions list
+// (X-Amz-Signature, X-Amz-Credential, X-Amz-Security-Token, sig,
+// X-Goog-Signature), or AWSAccessKeyId and Signature, which they listed
+// before and AWS's presigned URLs of signature version 2 still carry. The
+// key is decoded as fasthttp decodes it for the handler ("%73ig" and
+// "si%67" are sig to it, so to a leak too), and matched case-sensitively,
+// as the conventions ask.
+func sensitiveQueryKey(key []byte) bool {
+	var name [len("X-Amz-Security-Token")]byte // the longest: a longer key is none of them
+	n := 0
+	for i := 0; i < len(key); i++ {
+		if n == len(name) {
+			return false
+		}
+		c := key[i]
+		switch {
+		case c == '+':
+			c = ' '
+		case c == '%' && i+2 < len(key) && isHex(key[i+1]) && isHex(key[i+2]):
+			c = unhex(key[i+1])<<4 | unhex(key[i+2])
+			i += 2
+		}
+		name[n] = c
+		n++
+	}
+	switch string(name[:n]) {
+	case "X-Amz-Signature", "X-Amz-Credential", "X-Amz-Security-Token", "sig", "X-Goog-Signature",
+		"AWSAccessKeyId", "Signature":
+		return true
+	}
+	return false
+}
+
+// isHex reports whether c is a hexadecimal digit.
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+// unhex is the value of the hexadecimal digit c.
+func unhex(c byte) byte {
+	switch {
+	case c <= '9':
+		return c - '0'
+	case c >= 'a':
+		return c - 'a' + 10
+	}
+	return c - 'A' + 10
 }
 
 // recordStatusCode records the status the request was answered with, once
