@@ -57,7 +57,8 @@ const (
 	// handler runs (cause fasttimeout.ErrShutdown).
 	EventShutdown = "fasttimeout.shutdown"
 	// EventClientGone is recorded when the client hangs up while the handler
-	// runs (cause fasttimeout.ErrClientGone).
+	// runs (cause fasttimeout.ErrClientGone), or while the request waits for
+	// a slot (see fasttimeout.Stats.LeftWaiting).
 	EventClientGone = "fasttimeout.client_gone"
 	// EventCancelled is recorded when the request's context ends with any
 	// other cause.
@@ -129,6 +130,14 @@ type request struct {
 // request past its deadline, or outlived its client), and the span ends
 // then, or when a late handler returns.
 //
+// A request whose client hung up while it waited for a slot, which the
+// middleware answered with fasttimeout.StatusClientClosedRequest without
+// running the handler, gets EventClientGone from end too, with AttrTimeout
+// and AttrLateness 0. End learns why from fasttimeout.Context(ctx), done
+// then with cause ErrClientGone, asked for only for a 499: not if a
+// middleware around fasttimeout.New asked for that context before, as it
+// then ends only at shutdown.
+//
 // On a starved process a racing handler may start only after the
 // middleware has answered at its deadline or at its client's hang-up. End
 // then records that answer itself (EventTimeout, or EventClientGone for a
@@ -178,6 +187,7 @@ func (r *request) end(ctx *fasthttp.RequestCtx) {
 	}
 	r.recordRejection(ctx)
 	r.recordEndAfterReturn()
+	r.recordLeftWaiting(ctx)
 	r.release()
 }
 
@@ -191,6 +201,22 @@ func (r *request) recordEndAfterReturn() {
 	}
 	if cause := context.Cause(c); errors.Is(cause, fasttimeout.ErrTimeout) || errors.Is(cause, fasttimeout.ErrClientGone) {
 		r.record(endOf(c, time.Now()), r.timeout)
+	}
+}
+
+// recordLeftWaiting records the hang-up of a client that left while its
+// request waited for a slot, which the middleware answered with
+// StatusClientClosedRequest without running the handler (so that Handler
+// never saw it), as Handler records a hang-up while the handler runs.
+// Nothing but fasttimeout.Context, done with cause ErrClientGone for such a
+// request, says why; it is asked only for a 499 with nothing recorded yet,
+// at no cost to other requests.
+func (r *request) recordLeftWaiting(ctx *fasthttp.RequestCtx) {
+	if r.failed.Load() || ctx.Response.StatusCode() != fasttimeout.StatusClientClosedRequest || !r.span.IsRecording() {
+		return
+	}
+	if c := fasttimeout.Context(ctx); errors.Is(context.Cause(c), fasttimeout.ErrClientGone) {
+		r.record(endOf(c, time.Now()), 0)
 	}
 }
 
