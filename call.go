@@ -2,7 +2,6 @@ package fasttimeout
 
 import (
 	"context"
-	"errors"
 	"net"
 	"runtime"
 	"sync"
@@ -64,10 +63,6 @@ const (
 	movesMask  = 0xf0
 	generation = 0x100
 )
-
-// errGoexit is re-raised on the server goroutine when a raced handler calls
-// runtime.Goexit, which would otherwise leave the request unanswered.
-var errGoexit = errors.New("fasttimeout: handler called runtime.Goexit")
 
 // callKey is the user-value key under which a request's call is stored.
 type callKey struct{}

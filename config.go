@@ -135,7 +135,8 @@ type Config struct {
 
 	// OnPanic, if set, receives the value and stack of a panic of a handler
 	// that has already timed out or whose client has hung up, on the
-	// handler's goroutine. Nil logs both with ctx.Logger(), except
+	// handler's goroutine (ErrHandlerGoexit and no stack for a
+	// runtime.Goexit). Nil logs both with ctx.Logger(), except
 	// http.ErrAbortHandler, which net/http does not log either. A panic
 	// before the deadline and any hang-up is re-raised on the server
 	// goroutine with its original value instead. OnPanic and OnLateReturn

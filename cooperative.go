@@ -52,7 +52,7 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 	v := recover()
 	goexit := v == nil && !c.returned
 	if goexit {
-		v = errGoexit
+		v = ErrHandlerGoexit
 		if c.outer == nil {
 			defer closeConn(ctx) // after the callbacks, which may read ctx
 		}

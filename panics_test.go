@@ -127,7 +127,7 @@ func TestPanics(t *testing.T) {
 		defer c.close()
 
 		require.Equal(t, fasthttp.StatusInternalServerError, c.get(t, "/goexit", "S0000000000000001").StatusCode())
-		require.ErrorContains(t, receive(t, recovered, "the re-raised Goexit").(error), "Goexit")
+		require.ErrorIs(t, receive(t, recovered, "the re-raised Goexit").(error), fasttimeout.ErrHandlerGoexit)
 		requireOwnResponse(t, c.get(t, "/fast", "S0000000000000002"), "fast", "S0000000000000002")
 	})
 
@@ -168,7 +168,7 @@ func TestPanics(t *testing.T) {
 		defer c.close()
 
 		require.Equal(t, fasthttp.StatusInternalServerError, c.get(t, "/goexit", "S0000000000000001").StatusCode())
-		require.ErrorContains(t, receive(t, recovered, "the Goexit re-raised").(error), "Goexit")
+		require.ErrorIs(t, receive(t, recovered, "the Goexit re-raised").(error), fasttimeout.ErrHandlerGoexit)
 		requireOwnResponse(t, c.get(t, "/fast", "S0000000000000002"), "fast", "S0000000000000002")
 		require.EqualValues(t, 1, stats.Snapshot().Panics)
 	})
@@ -190,7 +190,7 @@ func TestPanics(t *testing.T) {
 		defer c.close()
 
 		requireTimeoutResponse(t, c.get(t, "/goexit", "S0000000000000001"))
-		require.ErrorContains(t, receive(t, reports, "late Goexit for OnPanic").(error), "Goexit")
+		require.ErrorIs(t, receive(t, reports, "late Goexit for OnPanic").(error), fasttimeout.ErrHandlerGoexit)
 		require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == 0 }, stressBound, 5*time.Millisecond)
 		requireOwnResponse(t, c.get(t, "/fast", "S0000000000000002"), "fast", "S0000000000000002")
 	})
@@ -570,5 +570,5 @@ func TestPanics_panic_nil_under_panicnil(t *testing.T) {
 		h(&ctx)
 		return nil
 	}()
-	require.ErrorContains(t, recovered.(error), "Goexit")
+	require.ErrorIs(t, recovered.(error), fasttimeout.ErrHandlerGoexit)
 }

@@ -73,7 +73,7 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 	}
 	v := c.panicValue
 	c.panicked, c.panicValue = false, nil
-	if v != errGoexit { // a worker that called Goexit is gone
+	if v != ErrHandlerGoexit { // a worker that called Goexit is gone
 		m.releaseWorker(w, connID, admitted)
 	}
 	panic(v)
@@ -229,7 +229,7 @@ func (w *worker) serve() (alive bool) {
 				// after the deferred calls, or (GODEBUG=panicnil=1) a
 				// panic(nil) recovered here; the worker ends either way.
 				goexit = true
-				c.panicValue = errGoexit
+				c.panicValue = ErrHandlerGoexit
 				m.housekeeper.dropWorker(w)
 			}
 			m.stats.panics.Add(1)

@@ -17,6 +17,18 @@ var ErrTimeout = errors.New("fasttimeout: request timed out")
 // its server is shutting down.
 var ErrShutdown = errors.New("fasttimeout: server shutting down")
 
+// ErrHandlerGoexit is the panic value that stands for a handler's
+// runtime.Goexit. A handler running on a racing New's worker (in racing
+// mode, or inside the handler of a racing New) that calls runtime.Goexit
+// before its deadline and any hang-up ends only that goroutine: the server
+// goroutine then panics with ErrHandlerGoexit in its place, or the request
+// would go unanswered (a cooperative New's Goexit goes up the server
+// goroutine as such). A handler that calls it after its deadline or its
+// client's hang-up, in either mode, gives Config.OnPanic ErrHandlerGoexit,
+// with no stack. A middleware around New that records panics compares a
+// recovered value with it to tell a Goexit from a panic.
+var ErrHandlerGoexit = errors.New("fasttimeout: handler called runtime.Goexit")
+
 // New returns a handler that runs h with a deadline of cfg.Timeout.
 //
 // If h returns before the deadline, its response goes out exactly as h wrote
@@ -43,7 +55,7 @@ var ErrShutdown = errors.New("fasttimeout: server shutting down")
 // Config callback (any but OnPanic and OnLateReturn, which in racing mode
 // run on the worker; t.FailNow in a test's, say), fasthttp would neither
 // answer nor close the connection: the middleware closes it (racing mode
-// re-raises h's Goexit as a panic).
+// re-raises h's Goexit as a panic of [ErrHandlerGoexit]).
 //
 // Inside the handler of another New, h keeps the earlier of the two
 // deadlines and, whatever the mode, runs cooperatively on the calling
