@@ -165,9 +165,15 @@ func attach(ctx *fasthttp.RequestCtx, c context.Context) *request {
 }
 
 // finish records the panic v going through the middleware's call, if v is
-// not nil, does what Attach's end does and lets the panic go on.
+// not nil, does what Attach's end does and lets the panic go on. The panic
+// of fasttimeout.ErrHandlerGoexit is a racing handler's runtime.Goexit,
+// raised again on the server goroutine: it is recorded as a Goexit.
 func (r *request) finish(ctx *fasthttp.RequestCtx, v any) {
-	if v != nil {
+	switch {
+	case v == nil:
+	case v == any(fasttimeout.ErrHandlerGoexit):
+		r.recordGoexit()
+	default:
 		r.recordPanic(v)
 	}
 	r.end(ctx)
@@ -312,9 +318,10 @@ func (r *request) release() {
 // exception.message, error.type the exception's type and the status Error,
 // and goes on with its value, to a recover middleware outside or the crash;
 // the span has no http.response.status_code then, none having been sent. A
-// runtime.Goexit going through it (a cooperative handler's: racing mode
-// raises it again as a panic) sets error.type "runtime.Goexit" and the
-// status Error.
+// runtime.Goexit going through it (a cooperative handler's), or the panic
+// of fasttimeout.ErrHandlerGoexit with which racing mode raises a handler's
+// Goexit again on the server goroutine, sets error.type "runtime.Goexit"
+// and the status Error, with no "exception" event; the panic goes on.
 func Middleware(next fasthttp.RequestHandler, tracer trace.Tracer) fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
 		name, attrs := methodAttributes(ctx.Method())
@@ -336,8 +343,7 @@ func Middleware(next fasthttp.RequestHandler, tracer trace.Tracer) fasthttp.Requ
 			// as a panic does.
 			v := recover()
 			if v == nil && !returned {
-				r.span.SetAttributes(semconv.ErrorTypeKey.String("runtime.Goexit"))
-				r.span.SetStatus(codes.Error, "runtime.Goexit")
+				r.recordGoexit()
 			}
 			r.finish(ctx, v)
 		}()
@@ -364,6 +370,17 @@ func (r *request) recordPanic(v any) {
 		semconv.ExceptionMessage(msg)))
 	r.span.SetAttributes(semconv.ErrorTypeKey.String(typ))
 	r.span.SetStatus(codes.Error, "panic: "+msg)
+}
+
+// recordGoexit records a runtime.Goexit that goes through the middleware
+// (a handler's, in time): error.type "runtime.Goexit" and the status Error,
+// without an "exception" event, as it is none.
+func (r *request) recordGoexit() {
+	if !r.span.IsRecording() {
+		return
+	}
+	r.span.SetAttributes(semconv.ErrorTypeKey.String("runtime.Goexit"))
+	r.span.SetStatus(codes.Error, "runtime.Goexit")
 }
 
 // typeName is the fully qualified name of v's type, as the conventions
