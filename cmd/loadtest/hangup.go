@@ -233,13 +233,16 @@ func runHangup(ctx context.Context, o options, rep *report) (failed int, err err
 	rep.Hangup = &hangupReport{Config: cfg}
 	raiseFileLimit()
 	for _, v := range hangupVariants(o.variants) {
-		if err := ctx.Err(); err != nil {
-			return failed, err
+		if ctx.Err() != nil {
+			return failed, rep.stop(ctx, scenarioHangup, v)
 		}
 		on, off, diff, err := measureHangup(ctx, v, cfg, o.warmup, o.stderr)
 		if err != nil {
-			failed++
 			o.progress("  hangup     %-32s: %s", v, failure(ctx, err))
+			if ctx.Err() != nil {
+				return failed, rep.stop(ctx, scenarioHangup, v) // cut short: no result
+			}
+			failed++
 			on = hangupRow{Variant: v, Watch: true, Error: err.Error()}
 			off = hangupRow{Variant: v, Error: err.Error()}
 		} else {

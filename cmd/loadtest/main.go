@@ -96,8 +96,10 @@ const usage = `usage: loadtest [flags]
 Compares fasttimeout with fasthttp.TimeoutWithCodeHandler, http.TimeoutHandler
 and bare servers over 127.0.0.1. Markdown report on stdout, progress on stderr.
 Counts and loads are read in decimal ("010" is 10). Ctrl-C (SIGINT) or SIGTERM
-stops the run, without a report;
-a second one stops it at once, killing its server children. Either way, the
+stops the run at the cell under way: it writes the report of the cells
+finished before it (and its -chart), marked as interrupted at that cell;
+a second one stops it at once, killing its server children, without a report.
+Either way, the
 exit status is 128 plus the signal's number (130 for SIGINT, 143 for SIGTERM).
 
 flags:
@@ -400,9 +402,9 @@ func main() {
 
 // stopOnSignals cancels the run at the first Ctrl-C (SIGINT) or SIGTERM
 // (kill, a CI timeout), which ends the cell under way and stops its server
-// child: up to a load client's 10 s for a request in flight, then up to 5 s
-// (the overload's 1 s, 30 s while it writes a profile) for the child to
-// exit. At the second, it kills the server children still running and ends
+// child (up to a load client's 10 s for a request in flight, then up to 5 s,
+// the overload's 1 s, 30 s while it writes a profile, for the child to
+// exit), and then writes the report of the cells finished before it. At the second, it kills the server children still running and ends
 // the process at once, with 128 plus the signal's number (130, 143), what a
 // shell reports for a process that signal killed: a second signal means
 // the user wants out now, and the children must not outlive the run.
@@ -420,7 +422,7 @@ func stopOnSignals(signals <-chan os.Signal, cancel context.CancelCauseFunc, std
 type interrupted struct{ sig os.Signal }
 
 func (e interrupted) Error() string {
-	return fmt.Sprintf("%v: the run stopped before its end, no report", e.sig)
+	return fmt.Sprintf("%v: the run stopped before its end, its report holds the cells finished", e.sig)
 }
 
 // status is the exit status of a process that sig stopped: 128 plus its
@@ -508,7 +510,16 @@ func run(ctx context.Context, o options, stdout io.Writer) error {
 		}
 		n, err := s.run(ctx, o, &rep)
 		if ctx.Err() != nil {
-			return context.Cause(ctx) // the cell under way was cut short, not failed
+			// The cell under way was cut short, not failed: the report
+			// holds what was finished, and the run ends with the signal.
+			if rep.Interrupted == nil { // after the scenario's last cell
+				_ = rep.stop(ctx, s.name(), "")
+			}
+			rep.TotalSeconds = time.Since(start).Seconds()
+			if err := writeReport(o, rep, stdout); err != nil {
+				o.progress("loadtest: %v", err)
+			}
+			return context.Cause(ctx)
 		}
 		if err != nil {
 			return err

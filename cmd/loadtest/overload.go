@@ -354,33 +354,55 @@ func runOverload(ctx context.Context, o options, rep *report) (failed int, err e
 	cfg.ChunkIters, cfg.ChunkUs = iters, float64(took)/1e3
 	o.progress("  overload: a unit of CPU work is %d iterations, %.1f µs at best", iters, cfg.ChunkUs)
 	rep.Overload = &overloadReport{Config: cfg}
-	measure := func(c overloadCell) overloadRow {
-		row := measureOverloadCell(ctx, cfg, c, o.stderr)
+	// stop ends the run at cell, cut short or yet to start: the workload
+	// under way, once its capacity is known, is kept with the cells it
+	// finished, and the goals are checked on what was measured.
+	stop := func(w *overloadWorkload, cell string) (int, error) {
+		if w != nil {
+			w.fillShares()
+			rep.Overload.Workloads = append(rep.Overload.Workloads, *w)
+		}
+		rep.Overload.Goals = overloadGoals(rep.Overload.Workloads, cfg.timeout())
+		if len(rep.Overload.Workloads) == 0 {
+			rep.Overload = nil // nothing measured: no section
+		}
+		return failed, rep.stop(ctx, scenarioOverload, cell)
+	}
+	// measure runs cell c; cut: the run's stop cut it short, and it is
+	// no result.
+	measure := func(c overloadCell) (row overloadRow, cut bool) {
+		row = measureOverloadCell(ctx, cfg, c, o.stderr)
+		cut = row.Error != "" && ctx.Err() != nil
 		// A baseline server that dies under overload is a result; the
 		// run fails if anything else goes wrong, or if fasttimeout dies.
-		if v, _ := findOverloadVariant(c.variant); row.Error != "" && (!row.Crashed || v.fasttimeout) {
+		if v, _ := findOverloadVariant(c.variant); !cut && row.Error != "" && (!row.Crashed || v.fasttimeout) {
 			failed++
 		}
-		o.progress("  overload   %s", row.progressLine(ctx.Err() != nil))
-		return row
+		o.progress("  overload   %s", row.progressLine(cut))
+		return row, cut
 	}
 	for _, wl := range cfg.Workloads {
 		w := overloadWorkload{Name: wl, Nominal: cfg.nominalCapacity(wl)}
 		est, err := estimateCapacity(ctx, cfg, wl, o.stderr)
 		if err != nil {
 			if ctx.Err() != nil {
-				return failed, ctx.Err()
+				return stop(nil, wl+", capacity estimate")
 			}
 			o.progress("  overload   %s: the closed-loop estimate failed (%v), the nominal capacity is used", wl, err)
 			est = w.Nominal
 		}
 		w.Estimate = est
 		for _, n := range cfg.Sweep {
-			if err := ctx.Err(); err != nil {
-				return failed, err
+			c := overloadCell{workload: wl, variant: olConcurrency, concurrency: n,
+				rate: sweepLoad * w.Estimate, measure: cfg.cell(), seed: sweepSeed}
+			if ctx.Err() != nil {
+				return stop(nil, c.String())
 			}
-			w.Sweep = append(w.Sweep, measure(overloadCell{workload: wl, variant: olConcurrency, concurrency: n,
-				rate: sweepLoad * w.Estimate, measure: cfg.cell(), seed: sweepSeed}))
+			row, cut := measure(c)
+			if cut {
+				return stop(nil, c.String())
+			}
+			w.Sweep = append(w.Sweep, row)
 		}
 		w.pickCapacity()
 		o.progress("  overload   %s: capacity %.0f/s (Concurrency=%d; first estimate %.0f/s closed-loop, nominal %.0f/s)",
@@ -389,11 +411,16 @@ func runOverload(ctx context.Context, o options, rep *report) (failed int, err e
 			for _, name := range cfg.Variants {
 				v, _ := findOverloadVariant(name)
 				for _, honour := range v.handlerKinds(cfg.Smoke) {
-					if err := ctx.Err(); err != nil {
-						return failed, err
+					c := overloadCell{workload: wl, variant: name, honour: honour,
+						concurrency: w.BestConcurrency, load: load, rate: load * w.Capacity, measure: cfg.cellAt(load), seed: uint64(li + 1)}
+					if ctx.Err() != nil {
+						return stop(&w, c.String())
 					}
-					w.Rows = append(w.Rows, measure(overloadCell{workload: wl, variant: name, honour: honour,
-						concurrency: w.BestConcurrency, load: load, rate: load * w.Capacity, measure: cfg.cellAt(load), seed: uint64(li + 1)}))
+					row, cut := measure(c)
+					if cut {
+						return stop(&w, c.String())
+					}
+					w.Rows = append(w.Rows, row)
 				}
 			}
 		}
@@ -406,11 +433,15 @@ func runOverload(ctx context.Context, o options, rep *report) (failed int, err e
 			for _, name := range soakVariants(cfg.Variants) {
 				v, _ := findOverloadVariant(name)
 				for _, honour := range v.handlerKinds(false) {
-					if err := ctx.Err(); err != nil {
-						return failed, err
+					c := overloadCell{workload: w.Name, variant: name, honour: honour, concurrency: w.BestConcurrency,
+						load: 10, rate: 10 * w.Capacity, measure: time.Duration(cfg.SoakMs) * time.Millisecond, seed: 10}
+					if ctx.Err() != nil {
+						return failed, rep.stop(ctx, scenarioOverload, "soak: "+c.String())
 					}
-					row := measure(overloadCell{workload: w.Name, variant: name, honour: honour, concurrency: w.BestConcurrency,
-						load: 10, rate: 10 * w.Capacity, measure: time.Duration(cfg.SoakMs) * time.Millisecond, seed: 10})
+					row, cut := measure(c)
+					if cut {
+						return failed, rep.stop(ctx, scenarioOverload, "soak: "+c.String())
+					}
 					row.GoodputShare = share0(row.GoodputPerSec, w.Capacity)
 					rep.Overload.Soak = append(rep.Overload.Soak, row)
 				}
@@ -418,6 +449,17 @@ func runOverload(ctx context.Context, o options, rep *report) (failed int, err e
 		}
 	}
 	return failed, nil
+}
+
+// String names the cell as its progress line does: workload, load (or
+// the sweep), variant and handler.
+func (c overloadCell) String() string {
+	r := c.row()
+	load := "sweep"
+	if r.Load > 0 {
+		load = fmt.Sprintf("%gx", r.Load)
+	}
+	return fmt.Sprintf("%s, %s, %s, %s", r.Workload, load, r.name(), r.Handler)
 }
 
 // soakVariants are the selected variants with admission, which the soak

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -19,6 +21,30 @@ type report struct {
 	BurstRows    []burstRow      `json:"burst,omitempty"`
 	Hangup       *hangupReport   `json:"hangup,omitempty"`
 	Overload     *overloadReport `json:"overload,omitempty"`
+	// Interrupted is set when a signal stopped the run: the report then
+	// holds only the cells finished before it.
+	Interrupted *interruption `json:"interrupted,omitempty"`
+}
+
+// interruption says where a signal stopped the run: at a cell it cut short
+// or that had yet to start, which the report leaves out, as it does every
+// cell after it.
+type interruption struct {
+	Signal   string `json:"signal"`
+	Scenario string `json:"scenario"`
+	Cell     string `json:"cell"` // empty: after the scenario's last cell
+}
+
+// stop marks rep as stopped at cell of scenario by ctx's cancellation (the
+// signal its cause names), and returns ctx's error, which ends the run.
+func (rep *report) stop(ctx context.Context, scenario, cell string) error {
+	var sig interrupted
+	why := context.Cause(ctx).Error()
+	if errors.As(context.Cause(ctx), &sig) {
+		why = sig.sig.String()
+	}
+	rep.Interrupted = &interruption{Signal: why, Scenario: scenario, Cell: cell}
+	return ctx.Err()
 }
 
 type machine struct {
@@ -233,6 +259,14 @@ func percentiles(values []int64, qs ...float64) []float64 {
 // writeMarkdown writes the report's tables, scenario by scenario.
 func writeMarkdown(w io.Writer, rep report) error {
 	var b strings.Builder
+	switch s := rep.Interrupted; {
+	case s != nil && s.Cell == "":
+		fmt.Fprintf(&b, "**Interrupted** (%s) after the last cell of the %s scenario: this report holds the cells finished before it; those after it were not measured.\n\n",
+			s.Signal, s.Scenario)
+	case s != nil:
+		fmt.Fprintf(&b, "**Interrupted** (%s) in the %s scenario at %s: this report holds the cells finished before it; that cell and the ones after it were not measured.\n\n",
+			s.Signal, s.Scenario, s.Cell)
+	}
 	if len(rep.Throughput) > 0 || len(rep.StormRows) > 0 {
 		fmt.Fprintf(&b, "Machine: %s. Each cell: %s of keep-alive load after %s of warm-up; run took %.0f s.\n\n",
 			rep.Machine, rep.Duration, rep.Warmup, rep.TotalSeconds)

@@ -140,6 +140,37 @@ func TestWriteMarkdown(t *testing.T) {
 	}
 }
 
+// An interrupted run's report says first where it stopped: at a cell, or
+// after a scenario's last one, as the signal came between two scenarios.
+func TestWriteMarkdown_an_interrupted_run(t *testing.T) {
+	t.Parallel()
+	rows := []throughputRow{{Variant: fasthttpBare, Conns: 64, ReqPerSec: 1000}}
+	for _, tc := range []struct {
+		at   interruption
+		want string
+	}{
+		{interruption{Signal: "interrupt", Scenario: scenarioStorm, Cell: "fasttimeout-race, 64 conns"},
+			"**Interrupted** (interrupt) in the storm scenario at fasttimeout-race, 64 conns: this report holds the cells finished before it; that cell and the ones after it were not measured.\n\nMachine: "},
+		{interruption{Signal: "terminated", Scenario: scenarioThroughput},
+			"**Interrupted** (terminated) after the last cell of the throughput scenario: this report holds the cells finished before it; those after it were not measured.\n\nMachine: "},
+	} {
+		var b bytes.Buffer
+		if err := writeMarkdown(&b, report{Throughput: rows, Interrupted: &tc.at}); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(b.String(), tc.want) || !strings.Contains(b.String(), "| fasthttp-bare | 64 | 1000 |") {
+			t.Errorf("markdown:\n%s\nwant it to start with %q, then the throughput row", b.String(), tc.want)
+		}
+	}
+	var b bytes.Buffer
+	if err := writeMarkdown(&b, report{Throughput: rows}); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(b.String(), "Interrupted") {
+		t.Errorf("a finished run's markdown says it was interrupted:\n%s", b.String())
+	}
+}
+
 // requireFlagErrors checks that each of bads is refused by parseFlags with a
 // one-line error.
 func requireFlagErrors(t *testing.T, bads [][]string) {

@@ -82,14 +82,18 @@ func (throughputScenario) run(ctx context.Context, o options, rep *report) (fail
 	defer fillRatios(rep.Throughput)
 	for _, conns := range o.conns {
 		for _, v := range o.variants {
-			if err := ctx.Err(); err != nil {
-				return failed, err
+			cell := fmt.Sprintf("%s, %d conns", v, conns)
+			if ctx.Err() != nil {
+				return failed, rep.stop(ctx, scenarioThroughput, cell)
 			}
 			row, err := measureThroughput(ctx, v, conns, o.warmup, o.duration, o.stderr)
 			if err != nil {
+				o.progress("  throughput %-32s %5d conns: %s", v, conns, failure(ctx, err))
+				if ctx.Err() != nil {
+					return failed, rep.stop(ctx, scenarioThroughput, cell) // cut short: no result
+				}
 				row = throughputRow{Variant: v, Conns: conns, Error: err.Error()}
 				failed++
-				o.progress("  throughput %-32s %5d conns: %s", v, conns, failure(ctx, err))
 			} else {
 				o.progress("  throughput %-32s %5d conns: %8.0f req/s", v, conns, row.ReqPerSec)
 			}
@@ -132,14 +136,18 @@ func (stormScenario) estimate(o options) time.Duration {
 
 func (stormScenario) run(ctx context.Context, o options, rep *report) (failed int, err error) {
 	for _, v := range stormVariants(o.variants) {
-		if err := ctx.Err(); err != nil {
-			return failed, err
+		cell := fmt.Sprintf("%s, %d conns", v, o.stormConns)
+		if ctx.Err() != nil {
+			return failed, rep.stop(ctx, scenarioStorm, cell)
 		}
 		row, err := measureStorm(ctx, v, o.stormConns, o.warmup, o.duration, o.stderr)
 		if err != nil {
+			o.progress("  storm      %-32s %5d conns: %s", v, o.stormConns, failure(ctx, err))
+			if ctx.Err() != nil {
+				return failed, rep.stop(ctx, scenarioStorm, cell) // cut short: no result
+			}
 			row = stormRow{Variant: v, Conns: o.stormConns, Error: err.Error()}
 			failed++
-			o.progress("  storm      %-32s %5d conns: %s", v, o.stormConns, failure(ctx, err))
 		} else {
 			o.progress("  storm      %-32s %5d conns: lateness p99 %.2f ms", v, o.stormConns, row.LatenessP99Ms)
 		}
@@ -190,16 +198,20 @@ func (burstScenario) estimate(o options) time.Duration {
 
 func (burstScenario) run(ctx context.Context, o options, rep *report) (failed int, err error) {
 	for _, v := range burstVariants(o.variants) {
-		if err := ctx.Err(); err != nil {
-			return failed, err
+		cell := fmt.Sprintf("%s, %d conns", v, o.burstConns)
+		if ctx.Err() != nil {
+			return failed, rep.stop(ctx, scenarioBurst, cell)
 		}
 		row, err := measureBurst(ctx, v, o.burstConns, o.burstReqs, o.shared, o.stderr)
 		if err != nil {
+			o.progress("  burst      %-32s %5d conns: %s", v, o.burstConns, failure(ctx, err))
+			if ctx.Err() != nil {
+				return failed, rep.stop(ctx, scenarioBurst, cell) // cut short: no result
+			}
 			if row.Error == "" {
 				row.Error = err.Error()
 			}
 			failed++
-			o.progress("  burst      %-32s %5d conns: %s", v, o.burstConns, failure(ctx, err))
 		} else {
 			o.progress("  burst      %-32s %5d conns: lateness p99 %.2f ms, max %.2f ms, own 200s after deadline %d, re-raised panics %d",
 				v, o.burstConns, row.LatenessP99Ms, row.LatenessMaxMs, row.OwnAfterDeadline, row.EscapedPanics)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -66,6 +67,84 @@ func TestProcess_secondSignal(t *testing.T) {
 	}
 }
 
+// TestProcess_a_signal_writes_the_report_of_the_cells_finished runs the
+// load test as a child process on a throughput cell, then a burst of one
+// connection sending 1000 requests, which lasts seconds, and sends it
+// SIGINT or SIGTERM once the throughput cell's progress line is out: it
+// must write the report of that cell (Markdown, or JSON and its chart),
+// marked as interrupted in the burst, and exit with 128 plus the signal's
+// number without running the burst to its end. The JSON is read again by
+// -render, which says so too.
+func TestProcess_a_signal_writes_the_report_of_the_cells_finished(t *testing.T) {
+	bin := buildLoadtest(t)
+	for _, tc := range []struct {
+		sig  syscall.Signal
+		code int
+		json bool
+	}{
+		{syscall.SIGINT, 130, false},
+		{syscall.SIGTERM, 143, true},
+	} {
+		t.Run(tc.sig.String(), func(t *testing.T) {
+			t.Parallel()
+			args := []string{"-smoke", "-scenarios", "throughput,burst", "-variants", ftRace, "-conns", "1", "-burst-conns", "1", "-burst-requests", "1000"}
+			chart := filepath.Join(t.TempDir(), "chart.png")
+			if tc.json {
+				args = append(args, "-json", "-chart", chart)
+			}
+			lt := startLoadtest(t, bin, args...)
+			waitForLine(t, lt.lines, "  throughput "+ftRace, &lt.stderr)
+			if err := lt.cmd.Process.Signal(tc.sig); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-lt.exited:
+			case <-time.After(signalBound):
+				t.Fatalf("the load test did not exit within %v: %s", signalBound, lt.stderr.String())
+			}
+			if code := lt.cmd.ProcessState.ExitCode(); code != tc.code {
+				t.Fatalf("exit status %d, want %d: %s", code, tc.code, lt.stderr.String())
+			}
+			if want := "loadtest: " + tc.sig.String() + ": the run stopped before its end, its report holds the cells finished\n"; !strings.HasSuffix(lt.stderr.String(), want) {
+				t.Errorf("stderr %q, want %q as its last line", lt.stderr.String(), want)
+			}
+			want := "**Interrupted** (" + tc.sig.String() + ") in the burst scenario at " + ftRace + ", 1 conns: "
+			markdown := lt.stdout.String()
+			if tc.json {
+				type at struct{ Signal, Scenario, Cell string }
+				var rep report
+				var marked struct {
+					Interrupted *at `json:"interrupted"`
+				}
+				if err := errors.Join(json.Unmarshal([]byte(markdown), &rep), json.Unmarshal([]byte(markdown), &marked)); err != nil {
+					t.Fatalf("stdout %q: %v", markdown, err)
+				}
+				if got := marked.Interrupted; got == nil || *got != (at{Signal: tc.sig.String(), Scenario: scenarioBurst, Cell: ftRace + ", 1 conns"}) {
+					t.Errorf("interrupted %+v, want at the burst of %s", got, ftRace)
+				}
+				if len(rep.Throughput) != 1 || rep.Throughput[0].Error != "" || rep.Throughput[0].Requests == 0 || len(rep.BurstRows) != 0 {
+					t.Errorf("throughput %+v, burst %+v: want the throughput cell, no burst", rep.Throughput, rep.BurstRows)
+				}
+				if _, err := os.Stat(chart); err != nil {
+					t.Errorf("no chart: %v", err)
+				}
+				saved := filepath.Join(t.TempDir(), "report.json")
+				if err := os.WriteFile(saved, []byte(markdown), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				var rendered strings.Builder
+				if err := run(context.Background(), options{render: saved}, &rendered); err != nil {
+					t.Fatal(err)
+				}
+				markdown = rendered.String()
+			}
+			if !strings.HasPrefix(markdown, want) || !strings.Contains(markdown, "| "+ftRace+" | 1 | ") || strings.Contains(markdown, "### Burst") {
+				t.Errorf("report %q, want it to start with %q, with the throughput cell and no burst", markdown, want)
+			}
+		})
+	}
+}
+
 // TestProcess_killed_hard_leaves_no_server_child kills the load test with
 // SIGKILL, which it cannot catch, in the middle of a storm cell, its server
 // child stopped (SIGSTOP) as one busy or stuck would be: such a child does
@@ -92,20 +171,25 @@ func TestProcess_killed_hard_leaves_no_server_child(t *testing.T) {
 // TestCommand_a_stopped_run_reports_no_failure stops a run (its context
 // cancelled, as the first signal does) while a cell is under way, its
 // server child listening and an hour of load ahead: the cell is
-// interrupted, not FAILED, the run writes no report, and the exit status is
-// the signal's, not 1, which says a server failed.
+// interrupted, not FAILED, the run's report says it stopped there and has
+// no cell, and the exit status is the signal's, not 1, which says a
+// server failed.
 //
 // Not parallel: the server child is found as this process's only child.
 func TestCommand_a_stopped_run_reports_no_failure(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("finds the server child in /proc")
 	}
-	for _, args := range [][]string{
-		{"-scenarios", "throughput", "-variants", "fasthttp-bare", "-conns", "1", "-warmup", "1h", "-duration", "1h"},
-		{"-scenarios", "storm", "-variants", "fasthttp-bare", "-storm-conns", "1", "-warmup", "1h", "-duration", "1h"},
-		{"-scenarios", "burst", "-variants", "fasttimeout-race", "-burst-shared=false", "-burst-conns", "1", "-burst-requests", "1000"},
-		{"-scenarios", "hangup", "-variants", "fasttimeout-race", "-hangup-conns", "1", "-hangup-rounds", "1", "-warmup", "1h", "-duration", "1h"},
+	for _, tc := range []struct {
+		args []string
+		cell string // where the report says the run stopped
+	}{
+		{[]string{"-scenarios", "throughput", "-variants", "fasthttp-bare", "-conns", "1", "-warmup", "1h", "-duration", "1h"}, "fasthttp-bare, 1 conns"},
+		{[]string{"-scenarios", "storm", "-variants", "fasthttp-bare", "-storm-conns", "1", "-warmup", "1h", "-duration", "1h"}, "fasthttp-bare, 1 conns"},
+		{[]string{"-scenarios", "burst", "-variants", "fasttimeout-race", "-burst-shared=false", "-burst-conns", "1", "-burst-requests", "1000"}, "fasttimeout-race, 1 conns"},
+		{[]string{"-scenarios", "hangup", "-variants", "fasttimeout-race", "-hangup-conns", "1", "-hangup-rounds", "1", "-warmup", "1h", "-duration", "1h"}, "fasttimeout-race"},
 	} {
+		args := tc.args
 		t.Run(args[1], func(t *testing.T) {
 			ctx, cancel := context.WithCancelCause(context.Background())
 			code := make(chan int, 1)
@@ -129,11 +213,12 @@ func TestCommand_a_stopped_run_reports_no_failure(t *testing.T) {
 			if !cell.MatchString(stderr.String()) || strings.Contains(stderr.String(), "FAILED") || strings.Contains(stderr.String(), "failed") {
 				t.Errorf("stderr %q, want the cell interrupted, nothing failed", stderr.String())
 			}
-			if !strings.HasSuffix(stderr.String(), "loadtest: interrupt: the run stopped before its end, no report\n") {
+			if !strings.HasSuffix(stderr.String(), "loadtest: interrupt: the run stopped before its end, its report holds the cells finished\n") {
 				t.Errorf("stderr %q, want the stop as its last line", stderr.String())
 			}
-			if stdout.String() != "" {
-				t.Errorf("stdout %q, want no report", stdout.String())
+			want := "**Interrupted** (interrupt) in the " + args[1] + " scenario at " + tc.cell + ": "
+			if !strings.HasPrefix(stdout.String(), want) || strings.Contains(stdout.String(), "###") {
+				t.Errorf("stdout %q, want a report that starts with %q and has no table", stdout.String(), want)
 			}
 		})
 	}
@@ -164,6 +249,7 @@ type loadtestProcess struct {
 	server int           // its server child's pid
 	lines  chan string   // its stderr's lines, as they come (some may be dropped)
 	stderr lockedBuffer  // every line of its stderr
+	stdout lockedBuffer  // its stdout, whole once exited is closed
 }
 
 // startStorm starts bin on a storm cell of one slow connection, which
@@ -172,8 +258,24 @@ type loadtestProcess struct {
 // load starts. Both processes are killed at the end of the test.
 func startStorm(t *testing.T, bin string) *loadtestProcess {
 	t.Helper()
+	lt := startLoadtest(t, bin, "-scenarios", "storm", "-variants", "fasthttp-bare", "-storm-conns", "1", "-warmup", "0", "-duration", "1h")
+	waitFor(t, "the server child to listen", func() bool {
+		if lt.server == 0 {
+			lt.server = childOf(lt.cmd.Process.Pid)
+		}
+		return lt.server != 0 && hasSocket(lt.server)
+	})
+	return lt
+}
+
+// startLoadtest starts bin with args; it and the server child it has in
+// lt.server are killed at the end of the test.
+func startLoadtest(t *testing.T, bin string, args ...string) *loadtestProcess {
+	t.Helper()
 	lt := &loadtestProcess{exited: make(chan struct{}), lines: make(chan string, 64)}
-	lt.cmd = exec.Command(bin, "-scenarios", "storm", "-variants", "fasthttp-bare", "-storm-conns", "1", "-warmup", "0", "-duration", "1h")
+	lt.cmd = exec.Command(bin, args...)
+	// The server children have pipes of their own for their stdout.
+	lt.cmd.Stdout = &lt.stdout
 	// A pipe of our own rather than StderrPipe, which Wait would wait
 	// for: the server child writes to it too, and a child left behind
 	// would hold it open after the load test has exited.
@@ -209,12 +311,6 @@ func startStorm(t *testing.T, bin string) *loadtestProcess {
 		_ = lt.cmd.Process.Kill()
 		<-lt.exited
 		_ = pipe.Close()
-	})
-	waitFor(t, "the server child to listen", func() bool {
-		if lt.server == 0 {
-			lt.server = childOf(lt.cmd.Process.Pid)
-		}
-		return lt.server != 0 && hasSocket(lt.server)
 	})
 	return lt
 }
@@ -311,4 +407,44 @@ func (b *lockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// An overload run stopped in a load's cell, after its workload's capacity
+// sweep, keeps that workload in its report, with its sweep and capacity,
+// and says at which cell it stopped: below 1x capacity a cell lasts -cell
+// ÷ load², here 100 s, while the sweep's last 10 ms.
+//
+// Not parallel: its server children would be found by the tests that take
+// theirs for this process's only child.
+func TestCommand_an_overload_stopped_after_its_sweep_keeps_it(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the overload's capacity estimate and sweep")
+	}
+	args := []string{"-smoke", "-json", "-scenarios", "overload", "-overload-workloads", "cpu", "-overload-variants", "fasttimeout-race-adaptive",
+		"-overload-loads", "0.01", "-cell", "10ms"}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	code := make(chan int, 1)
+	var stdout, stderr lockedBuffer
+	go func() { code <- command(ctx, args, &stdout, &stderr) }()
+	waitFor(t, "the capacity to be known", func() bool { return strings.Contains(stderr.String(), "  overload   cpu: capacity ") })
+	cancel(interrupted{syscall.SIGINT})
+	select {
+	case c := <-code:
+		if c != 130 {
+			t.Errorf("exit status %d, want 130: %s", c, stderr.String())
+		}
+	case <-time.After(signalBound):
+		t.Fatalf("the run did not stop within %v: %s", signalBound, stderr.String())
+	}
+	var rep report
+	if err := json.Unmarshal([]byte(stdout.String()), &rep); err != nil {
+		t.Fatalf("stdout %q: %v", stdout.String(), err)
+	}
+	if got, want := rep.Interrupted, (interruption{Signal: "interrupt", Scenario: scenarioOverload, Cell: "cpu, 0.01x, fasttimeout-race-adaptive, honours"}); got == nil || *got != want {
+		t.Errorf("interrupted %+v, want %+v", got, want)
+	}
+	if rep.Overload == nil || len(rep.Overload.Workloads) != 1 || len(rep.Overload.Workloads[0].Sweep) != 1 ||
+		rep.Overload.Workloads[0].Capacity == 0 || len(rep.Overload.Workloads[0].Rows) != 0 {
+		t.Errorf("overload %+v, want the cpu workload with its sweep and capacity and no cell", rep.Overload)
+	}
 }
