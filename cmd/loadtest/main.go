@@ -97,10 +97,11 @@ Compares fasttimeout with fasthttp.TimeoutWithCodeHandler, http.TimeoutHandler
 and bare servers over 127.0.0.1. Markdown report on stdout, progress on stderr.
 Counts and loads are read in decimal ("010" is 10). Ctrl-C (SIGINT) or SIGTERM
 stops the run at the cell under way: it writes the report of the cells
-finished before it (and its -chart), marked as interrupted at that cell;
-a second one stops it at once, killing its server children, without a report.
-Either way, the
-exit status is 128 plus the signal's number (130 for SIGINT, 143 for SIGTERM).
+finished before it (and its -chart), marked as interrupted at that cell. A
+second one stops it at once, without a report, killing its server children.
+Either way, the exit status is 128 plus the signal's number (130 for SIGINT,
+143 for SIGTERM). Ctrl-Z (SIGTSTP) stops the server children with the run,
+and fg or bg (SIGCONT) resumes them; the cell under way measures the pause.
 
 flags:
 `
@@ -397,6 +398,7 @@ func main() {
 	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
 	ctx, cancel := context.WithCancelCause(context.Background())
 	go stopOnSignals(signals, cancel, os.Stderr)
+	suspendWithChildren()
 	os.Exit(command(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 

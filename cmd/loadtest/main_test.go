@@ -272,7 +272,7 @@ func TestCommand_h_writes_the_usage_to_its_stderr(t *testing.T) {
 			if code := command(ctx, args, &stdout, &stderr); code != 0 {
 				t.Errorf("exit %d, want 0; stderr %q", code, stderr.String())
 			}
-			for _, want := range []string{"usage: loadtest [flags]", "it writes the report of the cells\nfinished before it (and its -chart), marked as interrupted at that cell", "a second one stops it at once, killing its server children", "exit status is 128 plus the signal's number (130 for SIGINT, 143 for SIGTERM)", "\n  -overload-loads string\n", "\n  -duration duration\n"} {
+			for _, want := range []string{"usage: loadtest [flags]", "it writes the report of the cells\nfinished before it (and its -chart), marked as interrupted at that cell", "second one stops it at once, without a report, killing its server children", "exit status is 128 plus the signal's number (130 for SIGINT,\n143 for SIGTERM)", "Ctrl-Z (SIGTSTP) stops the server children with the run", "\n  -overload-loads string\n", "\n  -duration duration\n"} {
 				if !strings.Contains(stderr.String(), want) {
 					t.Errorf("stderr %q, want the usage, with %q", stderr.String(), want)
 				}

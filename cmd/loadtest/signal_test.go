@@ -145,6 +145,37 @@ func TestProcess_a_signal_writes_the_report_of_the_cells_finished(t *testing.T) 
 	}
 }
 
+// TestProcess_ctrl_Z_stops_the_server_children_too sends the load test, in
+// the middle of a storm cell, the SIGTSTP of a terminal's Ctrl-Z, which
+// reaches it alone, its server child being in a process group of its own:
+// the child must be stopped with it, not left running, and resumed with it
+// by the SIGCONT of the shell's fg or bg. The run then goes on: a SIGINT
+// stops it as usual.
+func TestProcess_ctrl_Z_stops_the_server_children_too(t *testing.T) {
+	lt := startStorm(t, buildLoadtest(t))
+	if err := lt.cmd.Process.Signal(syscall.SIGTSTP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the load test to be stopped", func() bool { return procState(lt.cmd.Process.Pid) == 'T' })
+	waitFor(t, "the server child to be stopped", func() bool { return procState(lt.server) == 'T' })
+	if err := lt.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the load test to be resumed", func() bool { return procState(lt.cmd.Process.Pid) != 'T' })
+	waitFor(t, "the server child to be resumed", func() bool { return procState(lt.server) != 'T' })
+	if err := lt.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-lt.exited:
+	case <-time.After(signalBound):
+		t.Fatalf("the load test did not exit within %v: %s", signalBound, lt.stderr.String())
+	}
+	if code := lt.cmd.ProcessState.ExitCode(); code != 130 {
+		t.Fatalf("exit status %d, want 130: %s", code, lt.stderr.String())
+	}
+}
+
 // TestProcess_killed_hard_leaves_no_server_child kills the load test with
 // SIGKILL, which it cannot catch, in the middle of a storm cell, its server
 // child stopped (SIGSTOP) as one busy or stuck would be: such a child does
@@ -357,6 +388,17 @@ func running(pid int) bool {
 	}
 	i := bytes.LastIndexByte(b, ')')
 	return err != nil || i < 0 || !bytes.HasPrefix(b[i+1:], []byte(" Z"))
+}
+
+// procState is process pid's state in /proc/PID/stat: 'R' running, 'S'
+// sleeping, 'T' stopped, 'Z' a zombie..., or 0 if it cannot be read.
+func procState(pid int) byte {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	i := bytes.LastIndexByte(b, ')')
+	if err != nil || i < 0 || len(b) < i+3 {
+		return 0
+	}
+	return b[i+2]
 }
 
 // waitFor polls cond until it holds, failing the test after signalBound.
