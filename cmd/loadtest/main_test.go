@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -301,6 +302,24 @@ func TestCommand_writes_its_progress_to_its_stderr(t *testing.T) {
 	}
 	if !strings.Contains(stdout.String(), "| fasthttp-bare | 1 |") {
 		t.Errorf("stdout %q, want the report's row", stdout.String())
+	}
+}
+
+// A throughput row gives its requests/s over fasthttp-bare's at the same
+// connection count: 1 for fasthttp-bare itself. Two cells of 10 ms.
+func TestCommand_throughput_rows_have_their_ratio_to_fasthttp_bare(t *testing.T) {
+	t.Parallel()
+	var stdout, stderr strings.Builder
+	args := []string{"-json", "-scenarios", "throughput", "-variants", fasthttpBare + "," + ftRace, "-conns", "1", "-duration", "10ms", "-warmup", "0"}
+	if code := command(context.Background(), args, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d; stderr %q", code, stderr.String())
+	}
+	var rep report
+	if err := json.Unmarshal([]byte(stdout.String()), &rep); err != nil {
+		t.Fatalf("stdout %q: %v", stdout.String(), err)
+	}
+	if len(rep.Throughput) != 2 || rep.Throughput[0].VsFasthttpBare != 1 || rep.Throughput[1].VsFasthttpBare <= 0 {
+		t.Errorf("throughput %+v, want fasthttp-bare at 1x itself and %s at some ratio of it", rep.Throughput, ftRace)
 	}
 }
 

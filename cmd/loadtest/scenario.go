@@ -79,7 +79,9 @@ func (throughputScenario) estimate(o options) time.Duration {
 }
 
 func (throughputScenario) run(ctx context.Context, o options, rep *report) (failed int, err error) {
-	defer fillRatios(rep.Throughput)
+	// The rows as they are on return, interrupted or not: a deferred
+	// call's arguments are read at the defer, when there are none yet.
+	defer func() { fillRatios(rep.Throughput) }()
 	for _, conns := range o.conns {
 		for _, v := range o.variants {
 			cell := fmt.Sprintf("%s, %d conns", v, conns)
