@@ -69,7 +69,9 @@ func readStatus(t *testing.T, conn net.Conn, br *bufio.Reader) (int, bool) {
 // ignores hang-ups, the inner New looks, and the outer one sends its 499;
 // inside one that watches, the inner New leaves the look to it, but does
 // not run a request the outer New has seen gone: each counts its own, the
-// outer a hang-up while its handler ran, the inner one left waiting.
+// outer a hang-up while its handler ran, the inner one left waiting. Inside
+// one that watches but has not started to (a cooperative handler that never
+// asked for Context), the inner New looks, as nobody else has.
 func TestAdmission_a_queued_request_whose_client_hung_up_does_not_run(t *testing.T) {
 	if !hangupSupported {
 		t.Skip("hang-ups are seen on Linux only")
@@ -86,6 +88,7 @@ func TestAdmission_a_queued_request_whose_client_hung_up_does_not_run(t *testing
 		ignore    bool // IgnoreHangups
 		nested    bool // inside a New that ignores hang-ups
 		watched   bool // inside a New that watches them
+		unstarted bool // inside a cooperative New that watches them, whose handler never asks for Context: its watch never starts
 		wantsGone bool
 	}
 	rows := []row{
@@ -97,10 +100,14 @@ func TestAdmission_a_queued_request_whose_client_hung_up_does_not_run(t *testing
 		rows = append(rows,
 			row{name: h, hangup: h, wantsGone: true},
 			row{name: h + "/adaptive", hangup: h, adaptive: true, wantsGone: true},
-			row{name: h + "/nested", hangup: h, nested: true, wantsGone: true})
+			row{name: h + "/nested", hangup: h, nested: true, wantsGone: true},
+			row{name: h + "/watched outside, unstarted", hangup: h, nested: true, watched: true, unstarted: true, wantsGone: true})
 	}
 	for _, mode := range []Mode{Racing, Cooperative} {
 		for _, tc := range rows {
+			if tc.unstarted && mode == Racing {
+				continue // its watch starts on its timer, HangupDelay in: the scheduler says when
+			}
 			t.Run(mode.String()+"/"+tc.name, func(t *testing.T) {
 				t.Parallel()
 				stats := new(Stats)
@@ -114,7 +121,11 @@ func TestAdmission_a_queued_request_whose_client_hung_up_does_not_run(t *testing
 					Timeout: 5 * time.Minute, Mode: mode, Stats: stats, MaxConcurrency: 1,
 					AdaptiveConcurrency: tc.adaptive, IgnoreHangups: tc.ignore,
 					OnHangup: func(ctx *fasthttp.RequestCtx, after time.Duration) {
-						hangupsSeen <- hangup{after, context.Cause(Context(ctx))}
+						seen := hangup{after: after}
+						if !tc.unstarted { // the outer New's context, whose watch would start
+							seen.cause = context.Cause(Context(ctx))
+						}
+						hangupsSeen <- seen
 					},
 				}
 				h := New(s.serve, cfg)
@@ -122,14 +133,16 @@ func TestAdmission_a_queued_request_whose_client_hung_up_does_not_run(t *testing
 				if tc.nested {
 					inner := h
 					outer := New(func(ctx *fasthttp.RequestCtx) {
-						if tc.watched {
+						if tc.watched && !tc.unstarted {
 							Context(ctx) // watched in cooperative mode too
 						}
 						inner(ctx)
 					}, Config{Timeout: 5 * time.Minute, Mode: mode, Stats: stats, IgnoreHangups: !tc.watched})
 					h = func(ctx *fasthttp.RequestCtx) {
 						outer(ctx)
-						if string(ctx.Path()) == "/second" && !tc.watched { // a racing New gone owns no ctx
+						// Not after the watch of the outer New saw the hang-up:
+						// a racing one gone owns no ctx.
+						if string(ctx.Path()) == "/second" && (!tc.watched || tc.unstarted) {
 							answered <- ctx.Response.StatusCode()
 						}
 					}
@@ -150,7 +163,7 @@ func TestAdmission_a_queued_request_whose_client_hung_up_does_not_run(t *testing
 					require.NoError(t, hangups[tc.hangup](second))
 					// The hang-up has reached the server's socket.
 					require.Eventually(t, func() bool { return peerGone(server.(net.Conn)) }, queuedBound, time.Millisecond)
-					if tc.watched {
+					if tc.watched && !tc.unstarted {
 						require.Eventually(t, func() bool { return stats.Snapshot().ClientGone == 1 }, queuedBound, time.Millisecond, "the outer New's watch")
 					}
 				}
@@ -187,7 +200,7 @@ func TestAdmission_a_queued_request_whose_client_hung_up_does_not_run(t *testing
 				got := stats.Snapshot()
 				ran := int64(s.runs.Load())
 				switch {
-				case tc.watched:
+				case tc.watched && !tc.unstarted:
 					assert.EqualValues(t, 2, ran, "the second handler never ran")
 					assert.EqualValues(t, 2, got.ClientGone, "the outer New's and the inner New's")
 					assert.EqualValues(t, 1, got.LeftWaiting, "the inner New's")
@@ -200,7 +213,7 @@ func TestAdmission_a_queued_request_whose_client_hung_up_does_not_run(t *testing
 						seen := receive(t, hangupsSeen, "OnHangup")
 						assert.Positive(t, seen.after)
 						if tc.nested {
-							// Context is the outer call's, which ignores hang-ups.
+							// Context is the outer call's, which does not watch.
 							assert.Equal(t, StatusClientClosedRequest, receive(t, answered, "the outer New's answer"))
 						} else {
 							assert.ErrorIs(t, seen.cause, ErrClientGone)
