@@ -57,7 +57,9 @@ const (
 //
 // Close closes the wrapped listener and ends a wait at once: Accept returns a
 // *net.OpError wrapping [net.ErrClosed], which Serve takes for the
-// listener's end (it returns nil). Addr is the wrapped listener's.
+// listener's end (it returns nil), and so it does from then on if the
+// wrapped listener goes on returning an error it retries. Addr is the
+// wrapped listener's.
 // RetryListener panics if ln is nil.
 func RetryListener(ln net.Listener, logger fasthttp.Logger) net.Listener {
 	if ln == nil {
@@ -117,8 +119,13 @@ func (l *retryListener) Accept() (net.Conn, error) {
 			err = errNoConnection
 		case connectionAcceptError(err):
 			// That connection's failure, and it is gone from the queue:
-			// waiting would hold up the good ones behind it.
+			// waiting would hold up the good ones behind it. Unless Close
+			// was called: a wrapper that goes on failing so, rather than
+			// say it is closed, would be tried again forever.
 			l.report(err, 0)
+			if l.isClosed() {
+				return nil, l.closedError()
+			}
 			continue
 		case !resourceAcceptError(err):
 			return nil, err
@@ -139,6 +146,16 @@ func (l *retryListener) Accept() (net.Conn, error) {
 func (l *retryListener) Close() error {
 	l.closeOnce.Do(func() { close(l.closed) })
 	return l.Listener.Close()
+}
+
+// isClosed reports whether Close has been called.
+func (l *retryListener) isClosed() bool {
+	select {
+	case <-l.closed:
+		return true
+	default:
+		return false
+	}
 }
 
 // nextDelay returns the delay before the next try, after prev (zero at

@@ -31,11 +31,13 @@ var fakeAddr = &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8080}
 // fakeListener is a listener whose Accept follows a script: the errors in
 // errs, one a call, then conn (if not nil), then err forever (if not nil);
 // after that it waits for Close. Once closed, Accept returns what a closed
-// net listener returns. Accept must be called by one goroutine at a time.
+// net listener returns, unless deaf is set. Accept must be called by one
+// goroutine at a time.
 type fakeListener struct {
 	errs []error
 	conn net.Conn
 	err  error
+	deaf atomic.Bool // while set, Close is not seen: the script goes on, as with a wrapper that never says it is closed
 
 	calls     atomic.Int64
 	called    chan struct{} // a token per call, if not nil; dropped when full
@@ -55,7 +57,9 @@ func (l *fakeListener) Accept() (net.Conn, error) {
 	}
 	select {
 	case <-l.closed:
-		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: fakeAddr, Err: net.ErrClosed}
+		if !l.deaf.Load() {
+			return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: fakeAddr, Err: net.ErrClosed}
+		}
 	default:
 	}
 	switch {
@@ -266,49 +270,71 @@ func TestRetryListener_log_is_rate_limited(t *testing.T) {
 	}, logger.logged())
 }
 
-// Close ends a wait between tries at once (the delay here is an hour), and
-// the waiting Accept says the listener is closed, as a closed net listener
-// does.
-func TestRetryListener_Close_ends_the_wait(t *testing.T) {
+// Close ends Accept at once, which says the listener is closed, as a closed
+// net listener does: during a wait between tries (the delay here is an
+// hour), and with a wrapped listener that goes on failing after Close
+// rather than say it is closed (deaf), whether Accept would try again at
+// once or after a wait.
+func TestRetryListener_Close_ends_Accept(t *testing.T) {
 	t.Parallel()
-	inner := newFakeListener(nil, nil, acceptErr(syscall.EMFILE))
-	l := RetryListener(inner, nil).(*retryListener)
-	l.firstDelay, l.maxDelay = time.Hour, time.Hour
-	type accepted struct {
-		conn net.Conn
+	for _, tc := range []struct {
+		name string
 		err  error
-	}
-	done := make(chan accepted, 1)
-	go func() {
-		conn, err := l.Accept()
-		done <- accepted{conn, err}
-	}()
-	select {
-	case <-inner.called:
-	case <-time.After(listenerBound):
-		t.Fatal("Accept did not call the wrapped listener")
-	}
+		deaf bool
+	}{
+		{name: "during_a_wait", err: acceptErr(syscall.EMFILE)},
+		{name: "deaf/ECONNABORTED", err: acceptErr(syscall.ECONNABORTED), deaf: true},
+		{name: "deaf/ECONNRESET", err: acceptErr(syscall.ECONNRESET), deaf: true},
+		{name: "deaf/ETIMEDOUT", err: acceptErr(syscall.ETIMEDOUT), deaf: true},
+		{name: "deaf/EINTR", err: acceptErr(syscall.EINTR), deaf: true},
+		{name: "deaf/EMFILE", err: acceptErr(syscall.EMFILE), deaf: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			inner := newFakeListener(nil, nil, tc.err)
+			if tc.deaf {
+				inner.deaf.Store(true)
+				t.Cleanup(func() { inner.deaf.Store(false) }) // ends an Accept that did not
+			}
+			l := RetryListener(inner, nil).(*retryListener)
+			l.firstDelay, l.maxDelay = time.Hour, time.Hour
+			type accepted struct {
+				conn net.Conn
+				err  error
+			}
+			done := make(chan accepted, 1)
+			go func() {
+				conn, err := l.Accept()
+				done <- accepted{conn, err}
+			}()
+			select {
+			case <-inner.called:
+			case <-time.After(listenerBound):
+				t.Fatal("Accept did not call the wrapped listener")
+			}
 
-	require.NoError(t, l.Close())
-	var got accepted
-	select {
-	case got = <-done:
-	case <-time.After(listenerBound):
-		t.Fatal("Accept still waits after Close")
+			require.NoError(t, l.Close())
+			var got accepted
+			select {
+			case got = <-done:
+			case <-time.After(listenerBound):
+				t.Fatalf("Accept goes on after Close (%d tries)", inner.calls.Load())
+			}
+			require.Nil(t, got.conn)
+			require.ErrorIs(t, got.err, net.ErrClosed)
+			var opErr *net.OpError
+			require.ErrorAs(t, got.err, &opErr)
+			require.Equal(t, "accept", opErr.Op)
+			require.Equal(t, fakeAddr, opErr.Addr)
+			require.Contains(t, got.err.Error(), "use of closed network connection", "what fasthttp looks for")
+			select {
+			case <-inner.closed:
+			default:
+				t.Error("the wrapped listener is not closed")
+			}
+			require.Equal(t, fakeAddr, l.Addr())
+		})
 	}
-	require.Nil(t, got.conn)
-	require.ErrorIs(t, got.err, net.ErrClosed)
-	var opErr *net.OpError
-	require.ErrorAs(t, got.err, &opErr)
-	require.Equal(t, "accept", opErr.Op)
-	require.Equal(t, fakeAddr, opErr.Addr)
-	require.Contains(t, got.err.Error(), "use of closed network connection", "what fasthttp looks for")
-	select {
-	case <-inner.closed:
-	default:
-		t.Error("the wrapped listener is not closed")
-	}
-	require.Equal(t, fakeAddr, l.Addr())
 }
 
 // fasthttp's Shutdown closes the listener: Serve returns nil, as after any
