@@ -21,6 +21,8 @@ import (
 //	go test -run '^$' -bench 'Hangup' -benchtime 2000x .
 //
 // AddRemove is one watch and its removal on a live, registered connection.
+// PeerGone is the look at a queued request's live connection as it gets
+// its slot.
 // Notice is the delay from a client's close to the callback (p50 and max
 // over b.N closes). Idle10k holds 10 000 registrations (the clients in a
 // child process: one process may not have 20 000 descriptors) and reports
@@ -38,6 +40,16 @@ func BenchmarkHangupAddRemove(b *testing.B) {
 			b.Fatal("not watched")
 		}
 		w.remove(h)
+	}
+}
+
+func BenchmarkHangupPeerGone(b *testing.B) {
+	s, _ := tcpPair(b, tcpListener(b))
+	b.ReportAllocs()
+	for b.Loop() {
+		if peerGone(s) {
+			b.Fatal("a live client seen gone")
+		}
 	}
 }
 

@@ -338,17 +338,40 @@ func peerGone(conn net.Conn) bool {
 	if !ok {
 		return false
 	}
-	gone := false
-	_ = withFD(sock, func(fd uintptr) {
-		p := struct { // struct pollfd
-			fd              int32
-			events, revents int16
-		}{fd: int32(fd), events: int16(hangupEvents & 0xffff)} // less EPOLLET
-		var ts syscall.Timespec // no wait
-		n, _, errno := syscall.Syscall6(syscall.SYS_PPOLL, uintptr(unsafe.Pointer(&p)), 1, uintptr(unsafe.Pointer(&ts)), 0, 0, 0)
-		gone = errno == 0 && n == 1
-	})
+	l := peerLooks.Get().(*peerLook)
+	l.gone = false
+	_ = withFD(sock, l.poll)
+	gone := l.gone
+	peerLooks.Put(l)
 	return gone
+}
+
+// peerLook is one look of peerGone's at a descriptor. A func given to
+// Control, an interface's method, escapes: a closure per look would cost two
+// allocations, itself and the result it writes, where a pooled peerLook's
+// method value, made once, costs none. SyscallConn's RawConn remains, one a
+// look.
+type peerLook struct {
+	gone bool
+	poll func(fd uintptr) // look, bound to this peerLook
+}
+
+// peerLooks holds the peerLooks not in use.
+var peerLooks = sync.Pool{New: func() any {
+	l := new(peerLook)
+	l.poll = l.look
+	return l
+}}
+
+// look polls fd once, without waiting, for the events the watch asks for.
+func (l *peerLook) look(fd uintptr) {
+	p := struct { // struct pollfd
+		fd              int32
+		events, revents int16
+	}{fd: int32(fd), events: int16(hangupEvents & 0xffff)} // less EPOLLET
+	var ts syscall.Timespec // no wait
+	n, _, errno := syscall.Syscall6(syscall.SYS_PPOLL, uintptr(unsafe.Pointer(&p)), 1, uintptr(unsafe.Pointer(&ts)), 0, 0, 0)
+	l.gone = errno == 0 && n == 1
 }
 
 var netConnType = reflect.TypeFor[net.Conn]()
