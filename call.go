@@ -12,10 +12,12 @@ import (
 )
 
 // States of a call: the phase in the low 4 bits of call.state, the count of
-// its deadline's moves (Extend) in the next 4, and above them its
+// its deadline's moves (Extend) in the next 24, and above them its
 // generation, the requests it has served (see begin), so that a
-// compare-and-swap against an earlier request's state fails. Every
-// transition is a compare-and-swap within one generation:
+// compare-and-swap against an earlier request's state fails. The moves wrap
+// only after 16 million Extends while a timer is stalled between its look
+// and its compare-and-swap; the generation, after 68 billion requests on
+// one call. Every transition is a compare-and-swap within one generation:
 //
 //	begin (server goroutine)
 //	  |
@@ -60,8 +62,8 @@ const (
 
 	phaseMask  = 0x0f
 	moveStep   = phaseMask + 1 // one move of the deadline
-	movesMask  = 0xf0
-	generation = 0x100
+	movesMask  = 0xffffff0
+	generation = 0x10000000
 )
 
 // callKey is the user-value key under which a request's call is stored.

@@ -81,16 +81,19 @@ func TestContext_made_while_the_deadline_moves_gets_the_new_one(t *testing.T) {
 func TestExtend_changes_the_state_word(t *testing.T) {
 	t.Parallel()
 	type seen struct {
-		before, after uint64
-		moved         bool
+		before, after  uint64
+		moved, wrapped bool
 	}
 	got := make(chan seen, 1)
 	getOnce(t, New(func(ctx *fasthttp.RequestCtx) {
 		c := lookup(ctx)
 		var s seen
 		s.before = c.state.Load()
-		for range 20 { // past the 16 moves the word counts: they wrap
+		for i := range 300 {
 			s.moved = Extend(ctx, time.Millisecond)
+			if i+1 == 16 || i+1 == 256 { // where a 4-bit or an 8-bit count would wrap
+				s.wrapped = s.wrapped || c.state.Load() == s.before
+			}
 		}
 		s.after = c.state.Load()
 		got <- s
@@ -100,7 +103,8 @@ func TestExtend_changes_the_state_word(t *testing.T) {
 	require.True(t, s.moved)
 	assert.Equal(t, callRunning, s.after&phaseMask, "running again")
 	assert.Equal(t, s.before/generation, s.after/generation, "the same generation")
-	assert.Equal(t, uint64(20*moveStep)&movesMask, (s.after-s.before)&movesMask, "twenty moves counted")
+	assert.Equal(t, uint64(300*moveStep), (s.after-s.before)&movesMask, "three hundred moves counted")
+	assert.False(t, s.wrapped, "the state word came back to what a stalled timer read")
 }
 
 // getOnce sends one GET to h on a fasthttp server over an in-memory
