@@ -834,7 +834,7 @@ func TestRender(t *testing.T) {
 // too.
 func TestRender_the_saved_reports(t *testing.T) {
 	t.Parallel()
-	for _, name := range []string{"overload", "overload-10x", "overload-soak-queuestart"} {
+	for _, name := range []string{"overload", "overload-10x", "overload-half", "overload-soak-queuestart"} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			want, err := os.ReadFile(filepath.Join("testdata", name+".md"))
