@@ -51,14 +51,7 @@ func TestProcess_secondSignal(t *testing.T) {
 			if err := lt.cmd.Process.Signal(tc.sig); err != nil {
 				t.Fatal(err)
 			}
-			select {
-			case <-lt.exited:
-			case <-time.After(signalBound):
-				t.Fatalf("the load test did not exit within %v: %s", signalBound, lt.stderr.String())
-			}
-			if code := lt.cmd.ProcessState.ExitCode(); code != tc.code {
-				t.Fatalf("exit status %d, want %d: %s", code, tc.code, lt.stderr.String())
-			}
+			lt.waitExit(t, tc.code)
 			if want := "loadtest: " + tc.sig.String() + " again: stopping at once, server children killed"; !strings.Contains(lt.stderr.String(), want) {
 				t.Errorf("no line %q: %s", want, lt.stderr.String())
 			}
@@ -97,14 +90,7 @@ func TestProcess_a_signal_writes_the_report_of_the_cells_finished(t *testing.T) 
 			if err := lt.cmd.Process.Signal(tc.sig); err != nil {
 				t.Fatal(err)
 			}
-			select {
-			case <-lt.exited:
-			case <-time.After(signalBound):
-				t.Fatalf("the load test did not exit within %v: %s", signalBound, lt.stderr.String())
-			}
-			if code := lt.cmd.ProcessState.ExitCode(); code != tc.code {
-				t.Fatalf("exit status %d, want %d: %s", code, tc.code, lt.stderr.String())
-			}
+			lt.waitExit(t, tc.code)
 			if want := "loadtest: " + tc.sig.String() + ": the run stopped before its end, its report holds the cells finished\n"; !strings.HasSuffix(lt.stderr.String(), want) {
 				t.Errorf("stderr %q, want %q as its last line", lt.stderr.String(), want)
 			}
@@ -166,14 +152,7 @@ func TestProcess_ctrl_Z_stops_the_server_children_too(t *testing.T) {
 	if err := lt.cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-lt.exited:
-	case <-time.After(signalBound):
-		t.Fatalf("the load test did not exit within %v: %s", signalBound, lt.stderr.String())
-	}
-	if code := lt.cmd.ProcessState.ExitCode(); code != 130 {
-		t.Fatalf("exit status %d, want 130: %s", code, lt.stderr.String())
-	}
+	lt.waitExit(t, 130)
 }
 
 // TestProcess_killed_hard_leaves_no_server_child kills the load test with
@@ -402,6 +381,20 @@ func procState(pid int) byte {
 }
 
 // waitFor polls cond until it holds, failing the test after signalBound.
+// waitExit waits up to signalBound for the load test to exit, with the
+// status code.
+func (lt *loadtestProcess) waitExit(t *testing.T, code int) {
+	t.Helper()
+	select {
+	case <-lt.exited:
+	case <-time.After(signalBound):
+		t.Fatalf("the load test did not exit within %v: %s", signalBound, lt.stderr.String())
+	}
+	if got := lt.cmd.ProcessState.ExitCode(); got != code {
+		t.Fatalf("exit status %d, want %d: %s", got, code, lt.stderr.String())
+	}
+}
+
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	for end := time.Now().Add(signalBound); !cond(); time.Sleep(10 * time.Millisecond) {
