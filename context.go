@@ -35,7 +35,8 @@ import (
 // Outside New, the context has no deadline and is cancelled at server
 // shutdown with cause ErrShutdown; each context derived from it takes a
 // goroutine. Asked for first after New answered the request without
-// running it, its budget spent (see SpentBudget), it is already done, with
+// running it (inside nested News, an inner New, once the outermost has
+// returned), its budget spent (see SpentBudget), it is already done, with
 // cause ErrTimeout, or, its client gone while it waited for a slot, with
 // cause ErrClientGone; one asked for before (by a handler around New, Skip
 // or TimeoutFunc) still ends only at shutdown. Its

@@ -259,11 +259,10 @@ func (m *middleware) answerLeft(ctx *fasthttp.RequestCtx, outer *call, start int
 	m.stats.clientGone.Add(1)
 	m.stats.leftWaiting.Add(1)
 	writeGoneResponse(&ctx.Response)
-	if outer == nil {
-		// For Context, in OnHangup and around New (inside another New,
-		// Context is the enclosing call's).
-		markUnrun(ctx, nil, leftWaiting)
-	}
+	// For Context, in OnHangup and around New; inside another New, around
+	// the outermost once it has returned (in OnHangup, Context is the
+	// enclosing call's), as for a spent budget.
+	markUnrun(ctx, outer, leftWaiting)
 	if m.OnHangup != nil {
 		runCallback(ctx, outer == nil, nil, func() { m.OnHangup(ctx, time.Duration(now()-start)) })
 	}

@@ -129,7 +129,11 @@ func TestAdmission_a_queued_request_whose_client_hung_up_does_not_run(t *testing
 					},
 				}
 				h := New(s.serve, cfg)
-				answered := make(chan int, 4) // the statuses the outermost handler leaves
+				type answer struct {
+					status int
+					cause  error // of Context around the outermost New
+				}
+				answered := make(chan answer, 4) // what the outermost handler leaves
 				if tc.nested {
 					inner := h
 					outer := New(func(ctx *fasthttp.RequestCtx) {
@@ -143,7 +147,7 @@ func TestAdmission_a_queued_request_whose_client_hung_up_does_not_run(t *testing
 						// Not after the watch of the outer New saw the hang-up:
 						// a racing one gone owns no ctx.
 						if string(ctx.Path()) == "/second" && (!tc.watched || tc.unstarted) {
-							answered <- ctx.Response.StatusCode()
+							answered <- answer{ctx.Response.StatusCode(), context.Cause(Context(ctx))}
 						}
 					}
 				}
@@ -213,8 +217,11 @@ func TestAdmission_a_queued_request_whose_client_hung_up_does_not_run(t *testing
 						seen := receive(t, hangupsSeen, "OnHangup")
 						assert.Positive(t, seen.after)
 						if tc.nested {
-							// Context is the outer call's, which does not watch.
-							assert.Equal(t, StatusClientClosedRequest, receive(t, answered, "the outer New's answer"))
+							// Context is the outer call's, which does not watch;
+							// around it, the inner New's answer is the request's.
+							got := receive(t, answered, "the outer New's answer")
+							assert.Equal(t, StatusClientClosedRequest, got.status)
+							assert.ErrorIs(t, got.cause, ErrClientGone, "Context around the outermost New")
 						} else {
 							assert.ErrorIs(t, seen.cause, ErrClientGone)
 						}

@@ -438,7 +438,7 @@ func answeredUnrun(ctx *fasthttp.RequestCtx) string {
 }
 
 // unrunReasons are the values of call.unrun.
-var unrunReasons = [...]string{"", RejectedLateHandlers, RejectedQueueFull, RejectedQueueTimeout, spentBudget}
+var unrunReasons = [...]string{"", RejectedLateHandlers, RejectedQueueFull, RejectedQueueTimeout, spentBudget, leftWaiting}
 
 // markUnrun records that ctx was answered without running its handler, and
 // why (a RejectReason, spentBudget or leftWaiting). Inside another New it

@@ -131,12 +131,13 @@ type request struct {
 // then, or when a late handler returns.
 //
 // A request whose client hung up while it waited for a slot, which the
-// middleware answered with fasttimeout.StatusClientClosedRequest without
-// running the handler, gets EventClientGone from end too, with AttrTimeout
-// and AttrLateness 0. End learns why from fasttimeout.Context(ctx), done
-// then with cause ErrClientGone, asked for only for a 499: not if a
-// middleware around fasttimeout.New asked for that context before, as it
-// then ends only at shutdown.
+// middleware (inside nested fasttimeout.News, an inner one) answered with
+// fasttimeout.StatusClientClosedRequest without running the handler, gets
+// EventClientGone from end too, with AttrTimeout and AttrLateness 0. End
+// learns why from fasttimeout.Context(ctx), done then with cause
+// ErrClientGone, asked for only for a 499: not if a middleware around
+// fasttimeout.New asked for that context before, as it then ends only at
+// shutdown.
 //
 // On a starved process a racing handler may start only after the
 // middleware has answered at its deadline or at its client's hang-up. End

@@ -38,23 +38,38 @@ func peerClosed(t *testing.T, conn net.Conn) bool {
 // its span gets what a hang-up while the handler runs gets, the client-gone
 // event (with timeout 0: no handler started), error.type and the status
 // Error. It had only http.response.status_code 499, as if all had gone
-// well.
+// well. So too inside a cooperative New whose watch has not started (its
+// handler never asked for Context), where the inner New answers the 499
+// and the outer one returns it as its handler's.
 func TestAttachRecordsClientGoneWhileQueued(t *testing.T) {
 	t.Parallel()
+	type row struct {
+		name   string
+		mode   fasttimeout.Mode
+		nested bool // inside a cooperative New that watches hang-ups
+	}
+	var rows []row
 	for _, mode := range []fasttimeout.Mode{fasttimeout.Racing, fasttimeout.Cooperative} {
-		t.Run(mode.String(), func(t *testing.T) {
+		rows = append(rows, row{mode.String(), mode, false}, row{mode.String() + "/nested", mode, true})
+	}
+	for _, tc := range rows {
+		mode := tc.mode
+		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			ended := make(chan sdktrace.ReadOnlySpan, 2)
 			provider := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(endSignal{ended}))
 			stats := new(fasttimeout.Stats)
 			entered, release := make(chan struct{}), make(chan struct{})
-			traced := fasttimeoutotel.Middleware(fasttimeout.New(fasttimeoutotel.Handler(func(ctx *fasthttp.RequestCtx) {
+			limited := fasttimeout.New(fasttimeoutotel.Handler(func(ctx *fasthttp.RequestCtx) {
 				if string(ctx.Path()) == "/first" {
 					close(entered)
 					<-release // holds the slot
 				}
-			}), fasttimeout.Config{Timeout: 5 * time.Minute, Mode: mode, MaxConcurrency: 1, Stats: stats}),
-				provider.Tracer("test"))
+			}), fasttimeout.Config{Timeout: 5 * time.Minute, Mode: mode, MaxConcurrency: 1, Stats: stats})
+			if tc.nested {
+				limited = fasttimeout.New(limited, fasttimeout.Config{Timeout: 5 * time.Minute, Mode: fasttimeout.Cooperative})
+			}
+			traced := fasttimeoutotel.Middleware(limited, provider.Tracer("test"))
 			queuedConn := make(chan net.Conn, 1) // the server's end of the queued request's connection
 			addr, shutdown := serveTCP(t, func(ctx *fasthttp.RequestCtx) {
 				if string(ctx.Path()) == "/second" {
