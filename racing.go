@@ -71,9 +71,11 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 		m.releaseWorker(w, connID, admitted)
 		return
 	}
-	v := c.panicValue
-	c.panicked, c.panicValue = false, nil
-	if v != ErrHandlerGoexit { // a worker that called Goexit is gone
+	v, exited := c.panicValue, c.exited
+	c.panicked, c.panicValue, c.exited = false, nil, false
+	// A worker that called Goexit is gone; one whose handler panicked with
+	// ErrHandlerGoexit itself lives on.
+	if !exited {
 		m.releaseWorker(w, connID, admitted)
 	}
 	panic(v)
@@ -229,7 +231,7 @@ func (w *worker) serve() (alive bool) {
 				// after the deferred calls, or (GODEBUG=panicnil=1) a
 				// panic(nil) recovered here; the worker ends either way.
 				goexit = true
-				c.panicValue = ErrHandlerGoexit
+				c.panicValue, c.exited = ErrHandlerGoexit, true
 				m.housekeeper.dropWorker(w)
 			}
 			m.stats.panics.Add(1)
@@ -281,7 +283,7 @@ func (m *middleware) lateReturn(w *worker, stack []byte, goexit bool) {
 		// late response holds, above all a body stream writer's goroutine,
 		// which would block forever on a pipe nobody reads.
 		ctx.Response.Reset()
-		c.panicked, c.panicValue = false, nil
+		c.panicked, c.panicValue, c.exited = false, nil, false
 		w.dead = goexit
 		m.disown(w, ctx.ConnID())
 	}()
