@@ -82,19 +82,6 @@ func watchedOutside(outer *call) bool {
 	return false
 }
 
-// watchingOutside reports whether the New around a request that watches
-// its client (see watchedOutside) has started to, outer being the call of
-// the innermost: until then nobody looks. A cooperative call's watch starts
-// only for a request with a context, a racing call's after HangupDelay.
-func watchingOutside(outer *call) bool {
-	for o := outer; o != nil; o = o.outer {
-		if o.watch.Load()&watchMask == watchRegistered {
-			return true
-		}
-	}
-	return false
-}
-
 // nextWake returns when the call's timer must go off next: at its deadline,
 // or sooner to start watching the client.
 func (c *call) nextWake() int64 {

@@ -77,3 +77,55 @@ func closeWait(t *testing.T, c *tls.Conn) bool {
 	const tcpCloseWait = 8 // include/net/tcp_states.h
 	return (*[4]byte)(unsafe.Pointer(&info))[0] == tcpCloseWait
 }
+
+// Inside a New whose watch of the client has started, the inner New looks
+// at a queued request's client itself too: the watch sees a hang-up only
+// once its goroutine runs, which on a loaded process may be after the slot
+// came, and the inner handler would then run for a client gone. Here the
+// test holds the watcher's lock from before the hang-up until the inner New
+// has decided, as such a stall would. Not parallel: the watcher is the
+// process's.
+func TestAdmission_a_queued_request_inside_a_watching_New_is_looked_at(t *testing.T) {
+	for _, mode := range []Mode{Racing, Cooperative} {
+		t.Run(mode.String(), func(t *testing.T) {
+			stats := new(Stats)
+			s := newSlotHolder()
+			outerCalls := make(chan *call, 2)
+			inner := New(s.serve, Config{Timeout: 5 * time.Minute, Mode: mode, Stats: stats, MaxConcurrency: 1})
+			outer := New(func(ctx *fasthttp.RequestCtx) {
+				Context(ctx) // watched in cooperative mode too
+				outerCalls <- lookup(ctx)
+				inner(ctx)
+			}, Config{Timeout: 5 * time.Minute, Mode: mode})
+			addr, conns := serveConns(t, tcpListener(t), outer)
+			free := sync.OnceFunc(func() { close(s.release) })
+			t.Cleanup(free) // before the server's shutdown, should the test fail first
+
+			first := dialGet(t, addr, "/first")
+			receive(t, outerCalls, "the first request's outer call")
+			require.Eventually(t, func() bool { return s.runs.Load() == 1 }, queuedBound, time.Millisecond, "the first handler holds the slot")
+			second := dialGet(t, addr, "/second")
+			c := receive(t, outerCalls, "the second request's outer call")
+			require.Eventually(t, func() bool { return stats.Snapshot().Queued == 1 }, queuedBound, time.Millisecond, "the second request waits")
+			require.Eventually(t, func() bool { return c.watch.Load()&watchMask == watchRegistered }, queuedBound, time.Millisecond,
+				"the outer New watches the second request's client")
+
+			clientHangups.mu.Lock() // the watcher stalls
+			unlock := sync.OnceFunc(clientHangups.mu.Unlock)
+			t.Cleanup(unlock)
+			server, ok := conns.Load(second.LocalAddr().String())
+			require.True(t, ok)
+			require.NoError(t, second.Close())
+			require.Eventually(t, func() bool { return peerGone(server.(net.Conn)) }, queuedBound, time.Millisecond, "the hang-up reached the server's socket")
+			free()
+			require.Eventually(t, func() bool { return s.runs.Load() >= 2 || stats.Snapshot().LeftWaiting > 0 }, queuedBound, time.Millisecond,
+				"the second request is run or answered")
+			unlock()
+
+			status, _ := readStatus(t, first, bufio.NewReader(first))
+			assert.Equal(t, fasthttp.StatusOK, status)
+			assert.EqualValues(t, 1, s.runs.Load(), "the second handler never ran")
+			assert.EqualValues(t, 1, stats.Snapshot().LeftWaiting)
+		})
+	}
+}

@@ -67,11 +67,11 @@ func readStatus(t *testing.T, conn net.Conn, br *bufio.Reader) (int, bool) {
 // client that is still there (its next request pipelined behind, unread)
 // is served, and so is one gone with IgnoreHangups. Inside a New that
 // ignores hang-ups, the inner New looks, and the outer one sends its 499;
-// inside one that watches, the inner New leaves the look to it, but does
-// not run a request the outer New has seen gone: each counts its own, the
-// outer a hang-up while its handler ran, the inner one left waiting. Inside
-// one that watches but has not started to (a cooperative handler that never
-// asked for Context), the inner New looks, as nobody else has.
+// inside one that watches, the inner New does not run a request the outer
+// New has seen gone: each counts its own, the outer a hang-up while its
+// handler ran, the inner one left waiting. Inside one that watches but has
+// not started to (a cooperative handler that never asked for Context), the
+// inner New looks, as nobody else has.
 func TestAdmission_a_queued_request_whose_client_hung_up_does_not_run(t *testing.T) {
 	if !hangupSupported {
 		t.Skip("hang-ups are seen on Linux only")

@@ -139,13 +139,13 @@ func (m *middleware) admit(ctx *fasthttp.RequestCtx, outer *call) (start, deadli
 			m.answerSpent(ctx, outer)
 			return 0, 0, 0, false
 		}
-		if waited > 0 && m.watchHangups && (outer.clientGone() || !watchingOutside(outer) && peerGone(ctx.Conn())) {
+		if waited > 0 && m.watchHangups && (outer.clientGone() || peerGone(ctx.Conn())) {
 			// Its client (or the load balancer in front, answering for it)
 			// hung up while it waited: neither a latency nor a timeout.
-			// Inside a New whose watch has started, that New looks, and
-			// answers 499; this one only does not run what it has seen
-			// gone. Before that (a cooperative handler that never asked
-			// for Context, or within HangupDelay) nobody has: this one looks.
+			// Inside a New that watches, this one looks too: that watch
+			// may not have started (a cooperative handler that never asked
+			// for Context, or within HangupDelay), or its goroutine not yet
+			// run since the hang-up.
 			m.limiter.release(admitted, 0, false)
 			m.answerLeft(ctx, outer, start)
 			return 0, 0, 0, false
