@@ -455,11 +455,7 @@ func runOverload(ctx context.Context, o options, rep *report) (failed int, err e
 // the sweep), variant and handler.
 func (c overloadCell) String() string {
 	r := c.row()
-	load := "sweep"
-	if r.Load > 0 {
-		load = fmt.Sprintf("%gx", r.Load)
-	}
-	return fmt.Sprintf("%s, %s, %s, %s", r.Workload, load, r.name(), r.Handler)
+	return fmt.Sprintf("%s, %s, %s, %s", r.Workload, r.loadLabel(), r.name(), r.Handler)
 }
 
 // soakVariants are the selected variants with admission, which the soak

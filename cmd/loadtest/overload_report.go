@@ -245,10 +245,7 @@ func (r overloadRow) measured() bool { return r.Error == "" || r.Crashed }
 // progressLine is the row's progress line; interrupted: the run's stop
 // cut the cell short.
 func (r overloadRow) progressLine(interrupted bool) string {
-	load := "sweep"
-	if r.Load > 0 {
-		load = fmt.Sprintf("%gx", r.Load)
-	}
+	load := r.loadLabel()
 	switch {
 	case interrupted:
 		return fmt.Sprintf("%-10s %-5s %-36s %-7s: interrupted", r.Workload, load, r.name(), r.Handler)
@@ -262,6 +259,15 @@ func (r overloadRow) progressLine(interrupted bool) string {
 	return fmt.Sprintf("%-10s %-5s %-36s %-7s: offered %5.0f/s, sent %5.0f/s, goodput %5.0f/s, wasted %3.0f%%, p99 %6.1f ms, 503 %d, 504 %d, gave up %d, connect errors %d, not sent %d",
 		r.Workload, load, r.name(), r.Handler, r.OfferedPerSec, r.SentPerSec, r.GoodputPerSec, 100*r.WastedShare, r.P99Ms,
 		r.Rejected, r.Timeouts, r.GiveUps, r.ConnectErrors, r.notSent()) + crashed
+}
+
+// loadLabel is the row's load as the progress lines name it: "sweep" for
+// a cell of the capacity sweep, else the load ("4x").
+func (r overloadRow) loadLabel() string {
+	if r.Load > 0 {
+		return fmt.Sprintf("%gx", r.Load)
+	}
+	return "sweep"
 }
 
 // The goals, checked for each variant with admission, workload and
