@@ -27,7 +27,7 @@ func TestPanics_racing_panic_of_ErrHandlerGoexit_keeps_the_worker(t *testing.T) 
 	}, Config{Timeout: 5 * time.Minute, Mode: Racing, IgnoreHangups: true})
 	recovered := make(chan any, 1)
 	ln := fasthttputil.NewInmemoryListener()
-	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+	serveOn(t, &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
 		defer func() {
 			if v := recover(); v != nil { // re-raised in time on the server goroutine
 				recovered <- v
@@ -35,16 +35,10 @@ func TestPanics_racing_panic_of_ErrHandlerGoexit_keeps_the_worker(t *testing.T) 
 			}
 		}()
 		h(ctx)
-	}}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
+	}}, ln)
 	conn, err := ln.Dial()
 	require.NoError(t, err)
-	t.Cleanup(func() {
-		_ = conn.Close()
-		require.NoError(t, srv.Shutdown())
-		require.NoError(t, <-served)
-	})
+	t.Cleanup(func() { _ = conn.Close() }) // before serveOn's Shutdown, which waits for it
 	br := bufio.NewReader(conn)
 	var resp fasthttp.Response
 	for _, path := range []string{"/panics", "/returns"} { // one connection: its worker is the one idle
