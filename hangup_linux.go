@@ -384,29 +384,25 @@ var netConnType = reflect.TypeFor[net.Conn]()
 // wrapper returns itself.
 func socketOf(conn net.Conn) (syscall.Conn, *byte, bool) {
 	for range 16 {
-		if conn == nil {
-			break
-		}
-		if sc, ok := conn.(syscall.Conn); ok {
-			v := reflect.ValueOf(sc)
+		switch c := conn.(type) {
+		case nil:
+			return nil, nil, false
+		case syscall.Conn:
+			v := reflect.ValueOf(c)
 			if v.Kind() != reflect.Pointer || v.IsNil() {
-				break
+				return nil, nil, false
 			}
-			return sc, (*byte)(v.UnsafePointer()), true
+			return c, (*byte)(v.UnsafePointer()), true
+		case interface{ NetConn() net.Conn }:
+			conn = c.NetConn()
+		case interface{ Raw() net.Conn }:
+			conn = c.Raw()
+		default:
+			var ok bool
+			if conn, ok = embeddedConn(conn); !ok {
+				return nil, nil, false
+			}
 		}
-		if nc, ok := conn.(interface{ NetConn() net.Conn }); ok {
-			conn = nc.NetConn()
-			continue
-		}
-		if rc, ok := conn.(interface{ Raw() net.Conn }); ok {
-			conn = rc.Raw()
-			continue
-		}
-		inner, ok := embeddedConn(conn)
-		if !ok {
-			break
-		}
-		conn = inner
 	}
 	return nil, nil, false
 }
