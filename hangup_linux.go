@@ -40,11 +40,11 @@ type hangupHandle struct {
 
 // hangupSlot is one connection's registration in the epoll set, from its
 // first watch until it is garbage (see sweep) or the watcher stops. Its
-// events carry its index and gen, dropped once the slot serves another: a
-// closed descriptor's reused number never reaches a newer registration.
+// events carry its index and gen, dropped once the slot is freed: a closed
+// descriptor's reused number never reaches a newer registration.
 type hangupSlot struct {
 	conn   weak.Pointer[byte] // the connection served; conns has its address
-	gen    uint32             // advanced each time the slot serves a new connection
+	gen    uint32             // advanced each time the slot is freed
 	seq    uint32             // the number of the slot's latest watch
 	onGone func()             // the watch's callback; nil when no watch is on
 	pin    *byte              // conn, held while a watch is on, so that a sweep never frees a watched slot
@@ -244,28 +244,24 @@ func newEpoll() (*os.File, syscall.RawConn, int, error) {
 }
 
 // allocSlot returns a free slot's index, its generation already advanced
-// past every event issued for it; w.mu is held.
+// past every event issued for it (see freeSlot); w.mu is held.
 func (w *hangupWatcher) allocSlot() uint32 {
-	var idx uint32
 	if n := len(w.free); n > 0 {
-		idx = w.free[n-1]
+		idx := w.free[n-1]
 		w.free = w.free[:n-1]
-	} else {
-		idx = uint32(len(w.slots))
-		w.slots = append(w.slots, &hangupSlot{})
+		return idx
 	}
-	s := w.slots[idx]
-	if s.gen++; s.gen == 0 {
-		s.gen = 1 // an event carrying 0 is never issued
-	}
-	return idx
+	w.slots = append(w.slots, &hangupSlot{})
+	return uint32(len(w.slots) - 1)
 }
 
-// freeSlot makes the slot reusable (w.mu held); its gen moves on at the next
-// allocation and its seq runs on, so old events and handles stay dead.
+// freeSlot makes the slot reusable (w.mu held); its gen moves on, so the
+// events issued for it are stale from now on, and its seq runs on, so its
+// handles stay dead.
 func (w *hangupWatcher) freeSlot(idx uint32) {
 	s := w.slots[idx]
 	s.conn, s.onGone, s.pin, s.armed, s.gone = weak.Pointer[byte]{}, nil, nil, false, false
+	s.gen++
 	w.free = append(w.free, idx)
 }
 
@@ -318,8 +314,8 @@ func (w *hangupWatcher) dispatch(idx, gen uint32) {
 		return
 	}
 	s := w.slots[idx]
-	if s.gen != gen || s.conn == (weak.Pointer[byte]{}) {
-		return // stale: the slot was freed, or serves a newer connection
+	if s.gen != gen {
+		return // stale: the slot was freed, and may serve a newer connection
 	}
 	s.gone = true
 	if s.armed {
