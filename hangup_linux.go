@@ -309,10 +309,9 @@ func (w *hangupWatcher) run(epoll *os.File, rc syscall.RawConn) {
 
 // dispatch notes the hang-up an event reports, if its slot still serves the
 // connection registered, and calls the watch's callback once; w.mu is held.
+// The event's index is a slot's: only register puts one in the set, and
+// slots never shrinks.
 func (w *hangupWatcher) dispatch(idx, gen uint32) {
-	if int(idx) >= len(w.slots) {
-		return
-	}
 	s := w.slots[idx]
 	if s.gen != gen {
 		return // stale: the slot was freed, and may serve a newer connection
