@@ -204,31 +204,28 @@ func (w *hangupWatcher) sweep() {
 
 // start starts the goroutine, and the epoll set the first time; w.mu is held.
 func (w *hangupWatcher) start() bool {
-	if w.conns == nil {
-		epoll, rc, epfd, err := newEpoll()
-		if err != nil {
-			return false
-		}
-		w.epoll, w.rc, w.epfd, w.conns = epoll, rc, epfd, make(map[uintptr]uint32)
+	if w.conns == nil && !w.openEpoll() {
+		return false
 	}
 	w.running = true
 	go w.run(w.epoll, w.rc)
 	return true
 }
 
-// newEpoll creates an epoll set in Go's network poller (it is readable
-// while it has events), so the watcher waits parked, not in a blocking
-// epoll_wait: that keeps its P until the runtime's monitor takes it back, up
-// to 10 ms under load, while on one P every request waits. It returns the
-// descriptor too: the file's Fd method would put it back in blocking mode.
-func newEpoll() (*os.File, syscall.RawConn, int, error) {
+// openEpoll creates the watcher's epoll set in Go's network poller (it is
+// readable while it has events), so the watcher waits parked, not in a
+// blocking epoll_wait: that keeps its P until the runtime's monitor takes it
+// back, up to 10 ms under load, while on one P every request waits. It keeps
+// the descriptor too: the file's Fd method would put it back in blocking
+// mode. It reports whether it made the set; w.mu is held.
+func (w *hangupWatcher) openEpoll() bool {
 	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 	if err != nil {
-		return nil, nil, 0, err
+		return false
 	}
 	if err := syscall.SetNonblock(epfd, true); err != nil {
 		syscall.Close(epfd)
-		return nil, nil, 0, err
+		return false
 	}
 	// A non-blocking descriptor goes to the network poller.
 	f := os.NewFile(uintptr(epfd), "epoll")
@@ -238,9 +235,10 @@ func newEpoll() (*os.File, syscall.RawConn, int, error) {
 	}
 	if err != nil {
 		f.Close()
-		return nil, nil, 0, err
+		return false
 	}
-	return f, rc, epfd, nil
+	w.epoll, w.rc, w.epfd, w.conns = f, rc, epfd, make(map[uintptr]uint32)
+	return true
 }
 
 // allocSlot returns a free slot's index, its generation already advanced
