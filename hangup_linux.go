@@ -65,7 +65,6 @@ type hangupWatcher struct {
 	epfd    int  // the epoll set, once conns is made
 	// The epoll set as a file in Go's network poller, which keeps it open.
 	epoll *os.File
-	rc    syscall.RawConn
 	slots []*hangupSlot
 	free  []uint32
 	// Registered connections' slots by address; nil until the set exists.
@@ -208,7 +207,7 @@ func (w *hangupWatcher) start() bool {
 		return false
 	}
 	w.running = true
-	go w.run(w.epoll, w.rc)
+	go w.run(w.epoll)
 	return true
 }
 
@@ -229,15 +228,11 @@ func (w *hangupWatcher) openEpoll() bool {
 	}
 	// A non-blocking descriptor goes to the network poller.
 	f := os.NewFile(uintptr(epfd), "epoll")
-	rc, err := f.SyscallConn()
-	if err == nil {
-		err = f.SetReadDeadline(time.Time{}) // fails if the poller refused it
-	}
-	if err != nil {
+	if err := f.SetReadDeadline(time.Time{}); err != nil { // fails if the poller refused it
 		f.Close()
 		return false
 	}
-	w.epoll, w.rc, w.epfd, w.conns = f, rc, epfd, make(map[uintptr]uint32)
+	w.epoll, w.epfd, w.conns = f, epfd, make(map[uintptr]uint32)
 	return true
 }
 
@@ -265,7 +260,8 @@ func (w *hangupWatcher) freeSlot(idx uint32) {
 
 // run waits for hang-ups until a whole wait passes with nothing watched,
 // then sweeps and exits.
-func (w *hangupWatcher) run(epoll *os.File, rc syscall.RawConn) {
+func (w *hangupWatcher) run(epoll *os.File) {
+	rc, _ := epoll.SyscallConn() // fails only for a nil *os.File
 	var events [128]syscall.EpollEvent
 	for {
 		var n int
