@@ -275,9 +275,10 @@ func (w *hangupWatcher) run(epoll *os.File) {
 				// No event yet: park until the set is readable.
 				return n > 0 || err != nil
 			})
-			if errors.Is(readErr, os.ErrDeadlineExceeded) {
-				n = 0 // a whole wait without events
-			} else if readErr != nil {
+			// Past the deadline, a whole wait without events: n is 0, as
+			// Read fails only before a call of the func or after one that
+			// returned false.
+			if readErr != nil && !errors.Is(readErr, os.ErrDeadlineExceeded) {
 				err = readErr
 			}
 		}
