@@ -375,8 +375,6 @@ var netConnType = reflect.TypeFor[net.Conn]()
 func socketOf(conn net.Conn) (syscall.Conn, *byte, bool) {
 	for range 16 {
 		switch c := conn.(type) {
-		case nil:
-			return nil, nil, false
 		case syscall.Conn:
 			v := reflect.ValueOf(c)
 			if v.Kind() != reflect.Pointer || v.IsNil() {
@@ -387,7 +385,7 @@ func socketOf(conn net.Conn) (syscall.Conn, *byte, bool) {
 			conn = c.NetConn()
 		case interface{ Raw() net.Conn }:
 			conn = c.Raw()
-		default:
+		default: // nil too, which embeds nothing
 			var ok bool
 			if conn, ok = embeddedConn(conn); !ok {
 				return nil, nil, false
