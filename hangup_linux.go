@@ -364,8 +364,6 @@ func (l *peerLook) look(fd uintptr) {
 	l.gone = errno == 0 && n == 1
 }
 
-var netConnType = reflect.TypeFor[net.Conn]()
-
 // socketOf finds the socket under conn and the first byte of the object
 // holding it, which names the connection while it lives, unwrapping NetConn()
 // (tls.Conn, listener wrappers), Raw() (github.com/pires/go-proxyproto, for
@@ -405,7 +403,7 @@ func embeddedConn(conn net.Conn) (net.Conn, bool) {
 		return nil, false
 	}
 	f, ok := v.Elem().Type().FieldByName("Conn")
-	if !ok || !f.Anonymous || f.Type != netConnType || len(f.Index) != 1 {
+	if !ok || !f.Anonymous || f.Type != reflect.TypeFor[net.Conn]() || len(f.Index) != 1 {
 		return nil, false
 	}
 	inner, _ := v.Elem().Field(f.Index[0]).Interface().(net.Conn)
