@@ -329,9 +329,8 @@ func peerGone(conn net.Conn) bool {
 		return false
 	}
 	l := peerLooks.Get().(*peerLook)
-	l.gone = false
-	_ = withFD(sock, l.poll)
-	gone := l.gone
+	// l.gone is this look's only if withFD called it: its error says not.
+	gone := withFD(sock, l.poll) == nil && l.gone
 	peerLooks.Put(l)
 	return gone
 }
