@@ -248,9 +248,30 @@ func (b *requestContext) detach() {
 // context.WithCancel and friends derive from this one without a goroutine.
 func (b *requestContext) AfterFunc(f func()) (stop func() bool) {
 	if b.outside {
-		return b.afterShutdown(f)
+		// Only its server's shutdown ends it, closing serverDone without
+		// cancel: the standard library's AfterFunc waits for that on a
+		// goroutine, as for any context of its own kind.
+		return context.AfterFunc(serverShutdown{context.Background(), b.serverDone}, f)
 	}
 	return b.afterFunc(f, false)
+}
+
+// serverShutdown is a context made outside New as the standard library's
+// AfterFunc sees it: done at its server's shutdown, without values (whose
+// look-up would read the RequestCtx on whichever goroutine calls stop) and
+// without an AfterFunc method (which would call back here).
+type serverShutdown struct {
+	context.Context // Background: no deadline, no values
+	done            <-chan struct{}
+}
+
+func (s serverShutdown) Done() <-chan struct{} { return s.done }
+
+func (s serverShutdown) Err() error {
+	if closed(s.done) {
+		return context.Canceled
+	}
+	return nil
 }
 
 // afterFunc is AfterFunc for a context made inside New; f runs on the
@@ -302,32 +323,6 @@ func (b *requestContext) follow(outer *requestContext) {
 func (b *requestContext) unfollow() {
 	if b.stopFollow != nil {
 		b.stopFollow()
-	}
-}
-
-// afterShutdown is AfterFunc for a context made outside New: only its
-// server's shutdown ends it, closing serverDone without cancel, so a
-// goroutine waits for that, as the standard library's would.
-func (b *requestContext) afterShutdown(f func()) (stop func() bool) {
-	var decided atomic.Bool
-	stopped := make(chan struct{})
-	if b.serverDone != nil {
-		go func() {
-			select {
-			case <-b.serverDone:
-				if decided.CompareAndSwap(false, true) {
-					f()
-				}
-			case <-stopped:
-			}
-		}()
-	}
-	return func() bool {
-		if !decided.CompareAndSwap(false, true) {
-			return false
-		}
-		close(stopped)
-		return true
 	}
 }
 
