@@ -300,23 +300,14 @@ func (b *requestContext) afterFunc(f func(), inline bool) (stop func() bool) {
 }
 
 // follow makes b end when outer ends, with outer's error and cause, until
-// unfollow. Called before b is shared: if outer has ended, b starts done.
-// Later b ends within outer's cancel, not on a goroutine: a racing outer
-// call cancels its context before its server goroutine answers, and
-// OnTimeout or OnHangup (innermost Context) must find b ended too.
+// unfollow. Called before b is shared: if outer has ended, b starts done
+// (afterFunc runs an inline function at once on an ended context). Later b
+// ends within outer's cancel, not on a goroutine: a racing outer call
+// cancels its context before its server goroutine answers, and OnTimeout or
+// OnHangup (innermost Context) must find b ended too. Either way outer's
+// error and cause are set by then.
 func (b *requestContext) follow(outer *requestContext) {
-	end := func() {
-		outer.mu.Lock()
-		err, causes := outer.err, outer.causes.Load()
-		outer.mu.Unlock()
-		if err != nil {
-			b.cancel(err, causes)
-		}
-	}
-	end()
-	if b.Err() == nil {
-		b.stopFollow = outer.afterFunc(end, true)
-	}
+	b.stopFollow = outer.afterFunc(func() { b.cancel(outer.Err(), outer.causes.Load()) }, true)
 }
 
 // unfollow undoes follow, if it was called.
