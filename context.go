@@ -206,12 +206,8 @@ func (b *requestContext) Err() error {
 	b.mu.Lock()
 	err := b.err
 	b.mu.Unlock()
-	if err == nil && b.outside && b.serverDone != nil {
-		select {
-		case <-b.serverDone:
-			return context.Canceled
-		default:
-		}
+	if err == nil && b.outside && closed(b.serverDone) { // never, for a nil serverDone
+		return context.Canceled
 	}
 	return err
 }
