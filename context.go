@@ -190,12 +190,8 @@ func (b *requestContext) Done() <-chan struct{} {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.done == nil {
-		if b.err != nil {
-			b.done = closedChan
-		} else {
-			b.done = make(chan struct{})
-		}
+	if b.done == nil { // not cancelled yet: cancelLocked sets done
+		b.done = make(chan struct{})
 		b.hasDone.Store(true)
 	}
 	return b.done
