@@ -2,6 +2,7 @@ package fasttimeout
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -281,13 +282,11 @@ func (b *requestContext) afterFunc(f func(), inline bool) (stop func() bool) {
 	return func() bool {
 		b.mu.Lock()
 		defer b.mu.Unlock()
-		for i, x := range b.afterFuncs {
-			if x == a {
-				b.afterFuncs = append(b.afterFuncs[:i], b.afterFuncs[i+1:]...)
-				return true
-			}
+		i := slices.Index(b.afterFuncs, a) // -1 once run (cancel took them all) or stopped
+		if i >= 0 {
+			b.afterFuncs = slices.Delete(b.afterFuncs, i, i+1)
 		}
-		return false
+		return i >= 0
 	}
 }
 
