@@ -117,8 +117,7 @@ type call struct {
 
 	// Set by the worker before it signals done; read by the server after.
 	panicked   bool
-	panicValue any
-	exited     bool // the panic stands for the handler's runtime.Goexit: the worker is gone
+	panicValue any // ErrHandlerGoexit for a runtime.Goexit, which ends the worker (worker.dead)
 
 	returned bool // an inline call's handler returned, rather than panicked or called runtime.Goexit
 }

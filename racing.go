@@ -71,11 +71,11 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 		m.releaseWorker(w, connID, admitted)
 		return
 	}
-	v, exited := c.panicValue, c.exited
-	c.panicked, c.panicValue, c.exited = false, nil, false
+	v := c.panicValue
+	c.panicked, c.panicValue = false, nil
 	// A worker that called Goexit is gone; one whose handler panicked with
 	// ErrHandlerGoexit itself lives on.
-	if !exited {
+	if !w.dead {
 		m.releaseWorker(w, connID, admitted)
 	}
 	panic(v)
@@ -115,7 +115,10 @@ type worker struct {
 	// returns. The last frees the worker, so that no stale signal or late
 	// write reaches the next call.
 	owners atomic.Int32
-	dead   bool // the goroutine called runtime.Goexit; set before owners drops
+	// The goroutine is ending (a runtime.Goexit of the handler or of a late
+	// callback, see serve and lateReturn) and never serves again, so nothing
+	// resets it. Set before done is signalled or owners drops.
+	dead bool
 
 	returnedAt int64 // when its last handler returned; read by the next call's server goroutine
 
@@ -223,20 +226,18 @@ func (w *worker) serve() (alive bool) {
 	m := c.m
 	returned := false
 	defer func() {
-		goexit := false
 		if !returned {
 			c.panicked = true
 			if c.panicValue = recover(); c.panicValue == nil {
 				// No value: runtime.Goexit, which ends this goroutine
 				// after the deferred calls, or (GODEBUG=panicnil=1) a
 				// panic(nil) recovered here; the worker ends either way.
-				goexit = true
-				c.panicValue, c.exited = ErrHandlerGoexit, true
+				c.panicValue, w.dead = ErrHandlerGoexit, true
 				m.housekeeper.dropWorker(w)
 			}
 			m.stats.panics.Add(1)
 		}
-		alive = !goexit
+		alive = !w.dead
 		// Late is late, timer or not (see settleOrTimeOut). The slot goes
 		// back before the signal: then the call may be another request's.
 		t := now()
@@ -254,10 +255,10 @@ func (w *worker) serve() (alive bool) {
 			m.release(c, t, false) // settled already: by the timer, or the hang-up callback
 		}
 		var stack []byte
-		if c.panicked && !goexit {
+		if c.panicked && !w.dead {
 			stack = debug.Stack() // still the panicking stack: deferred calls run on it
 		}
-		m.lateReturn(w, stack, goexit)
+		m.lateReturn(w, stack)
 	}()
 	m.handler(c.ctx)
 	returned = true
@@ -265,7 +266,7 @@ func (w *worker) serve() (alive bool) {
 }
 
 // lateReturn runs on a worker whose handler returned after its deadline.
-func (m *middleware) lateReturn(w *worker, stack []byte, goexit bool) {
+func (m *middleware) lateReturn(w *worker, stack []byte) {
 	c := &w.call
 	c.awaitCounted()
 	ctx := c.ctx
@@ -275,16 +276,15 @@ func (m *middleware) lateReturn(w *worker, stack []byte, goexit bool) {
 	// Deferred: a callback's runtime.Goexit ends this goroutine (a panic
 	// ends the process), and the call must still end.
 	defer func() {
-		if !reported && !goexit {
-			goexit = true
+		if !reported && !w.dead {
+			w.dead = true
 			m.housekeeper.dropWorker(w)
 		}
 		// fasthttp never resets a timed-out RequestCtx: release what the
 		// late response holds, above all a body stream writer's goroutine,
 		// which would block forever on a pipe nobody reads.
 		ctx.Response.Reset()
-		c.panicked, c.panicValue, c.exited = false, nil, false
-		w.dead = goexit
+		c.panicked, c.panicValue = false, nil
 		m.disown(w, ctx.ConnID())
 	}()
 	if c.panicked {
