@@ -249,34 +249,42 @@ func (c *call) expire(b *requestContext, t int64) bool {
 	}
 }
 
-// settled does what follows settle's decision for generation gen: a
-// timeout is counted (a drop for the adaptive limit), and after a timeout or
-// a hang-up the handler is late from overAt (the deadline, or t) and its
-// context cancelled with the cause.
+// settled does what follows settle's decision for generation gen. After a
+// timeout or a hang-up the handler is late from overAt (the deadline, or t)
+// and its context is cancelled with the cause, before the server goroutine
+// is signalled: from then on the worker may be recycled (worker.owners) and
+// c.bridge another's. A timeout is counted, and a drop for the adaptive
+// limit.
 func (c *call) settled(outcome uint64, t, overAt int64, gen uint64) {
-	if outcome != callFinished {
-		if hook := testHookSettled.Load(); hook != nil {
-			(*hook)(c, outcome)
-		}
+	if outcome == callFinished {
+		return
 	}
-	switch outcome {
-	case callTimedOut:
+	if hook := testHookSettled.Load(); hook != nil {
+		(*hook)(c, outcome)
+	}
+	err, causes := context.Canceled, &goneCause
+	if outcome == callTimedOut {
 		c.m.stats.timeouts.Add(1)
-		// Read first: once becomeLate has cancelled the context, the call
-		// may be another request's.
-		l, admitted := c.m.limiter, c.admitted
-		c.becomeLate(overAt, context.DeadlineExceeded, &timeoutCause)
-		// The drop after becomeLate: a window it closes counts this handler
-		// among the late ones, beyond which the limit keeps room.
-		if l != nil && l.adaptive {
-			l.drop(t, admitted)
-		}
-		c.counted.Store(gen)
-	case callGone:
+		err, causes = context.DeadlineExceeded, &timeoutCause
+	} else {
 		c.m.stats.clientGone.Add(1)
-		c.becomeLate(overAt, context.Canceled, &goneCause)
-		c.counted.Store(gen)
 	}
+	// Read first: once the context is cancelled, the call may be another
+	// request's.
+	l, admitted := c.m.limiter, c.admitted
+	c.overAt.Store(overAt)
+	c.m.late.Add(1)
+	c.m.stats.lateRunning.Add(1)
+	c.uncountMoved() // counted as late from now on, not twice
+	if b := c.bridge.Load(); b != nil {
+		b.cancel(err, causes)
+	}
+	// The drop after the late count: a window it closes counts this
+	// handler among the late ones, beyond which the limit keeps room.
+	if outcome == callTimedOut && l != nil && l.adaptive {
+		l.drop(t, admitted)
+	}
+	c.counted.Store(gen)
 }
 
 // settleOrTimeOut settles the call at t with outcome (callFinished or
@@ -313,19 +321,6 @@ func (c *call) awaitCounted() {
 // testHookSettled, set only by tests, runs between settle's decision of a
 // timeout or hang-up and what follows from it.
 var testHookSettled atomic.Pointer[func(c *call, outcome uint64)]
-
-// becomeLate counts the handler late from overAt and cancels its context
-// with err and causes, before the server goroutine is signalled: from then
-// on the worker may be recycled (worker.owners) and c.bridge another's.
-func (c *call) becomeLate(overAt int64, err error, causes *context.Context) {
-	c.overAt.Store(overAt)
-	c.m.late.Add(1)
-	c.m.stats.lateRunning.Add(1)
-	c.uncountMoved() // counted as late from now on, not twice
-	if b := c.bridge.Load(); b != nil {
-		b.cancel(err, causes)
-	}
-}
 
 // context returns the call's context, creating it on first use.
 func (c *call) context() context.Context {
