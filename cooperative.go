@@ -70,14 +70,13 @@ func (m *middleware) finishCooperative(c *call, ctx *fasthttp.RequestCtx) {
 	// Ended after the callbacks below, as in racing mode: Context in
 	// OnTimeout or OnHangup is the request's, ended with its cause.
 	defer c.recycle()
-	late := over == callTimedOut || over == callGone
 	if v != nil {
 		m.stats.panics.Add(1)
-		if !late && !goexit {
+	}
+	if over == callFinished { // in time: not timed out, not gone
+		if v != nil && !goexit {
 			panic(v)
 		}
-	}
-	if !late {
 		return
 	}
 	// Counted and answered before any callback, which may panic: the
