@@ -228,25 +228,18 @@ func (c *call) expire(b *requestContext, t int64) bool {
 	b.mu.Lock()
 	deadline := b.deadline.Load()
 	ended := b.err != nil
-	if deadline > t {
-		b.mu.Unlock()
-		return ended
-	}
 	// b may have ended while its call runs on: an inner New's context
 	// ends with the outer call's timeout (follow), past the inner
 	// deadline too.
-	for {
-		s := c.state.Load()
-		if !b.runningIn(s) {
-			b.mu.Unlock()
-			return ended
-		}
+	for s := c.state.Load(); deadline <= t && b.runningIn(s); s = c.state.Load() {
 		if c.state.CompareAndSwap(s, s&^phaseMask|callTimedOut) {
 			b.mu.Unlock()
 			c.settled(callTimedOut, t, deadline, s&^(generation-1))
 			return true
 		}
 	}
+	b.mu.Unlock()
+	return ended
 }
 
 // settled does what follows settle's decision for generation gen. After a
