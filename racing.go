@@ -49,17 +49,16 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 		c.timerAt.Store(0) // it holds nothing for the next call
 	}
 
-	switch c.phase() {
-	case callTimedOut:
-		// Deferred: OnTimeout may panic, and the worker must still go back
-		// to the pool once its late handler returns.
+	if p := c.phase(); p != callFinished { // timed out or gone: late
+		// Deferred: OnTimeout or OnHangup may panic, and the worker must
+		// still go back to the pool once its late handler returns.
 		defer m.disown(w, connID)
+		if p == callGone {
+			m.answerGone(ctx, c)
+			return
+		}
 		m.stats.answerLateness.observe(time.Duration(now() - c.deadline.Load()))
 		m.answerTimeout(ctx)
-		return
-	case callGone:
-		defer m.disown(w, connID) // as above, for OnHangup
-		m.answerGone(ctx, c)
 		return
 	}
 	c.ctx = nil
