@@ -2,6 +2,7 @@ package fasttimeout
 
 import (
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -367,8 +368,7 @@ func (p *idleWorkers) get(connID uint64) *worker {
 		return nil
 	}
 	w := p.stack[n-1]
-	p.stack[n-1] = nil
-	p.stack = p.stack[:n-1]
+	p.stack = slices.Delete(p.stack, n-1, n) // which zeroes the slot for the GC
 	return w
 }
 
@@ -398,8 +398,7 @@ func (p *idleWorkers) takeStale(t int64) []*worker {
 		n++
 	}
 	stale = append(stale, p.stack[:n]...)
-	p.stack = append(p.stack[:0], p.stack[n:]...)
-	clear(p.stack[len(p.stack):cap(p.stack)]) // drop references for the GC
+	p.stack = slices.Delete(p.stack, 0, n) // which zeroes the vacated tail for the GC
 	return stale
 }
 
