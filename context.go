@@ -244,28 +244,23 @@ func (b *requestContext) AfterFunc(f func()) (stop func() bool) {
 		// Only its server's shutdown ends it, closing serverDone without
 		// cancel: the standard library's AfterFunc waits for that on a
 		// goroutine, as for any context of its own kind.
-		return context.AfterFunc(serverShutdown{context.Background(), b.serverDone}, f)
+		return context.AfterFunc(serverShutdown{context.Background(), b}, f)
 	}
 	return b.afterFunc(f, false)
 }
 
 // serverShutdown is a context made outside New as the standard library's
-// AfterFunc sees it: done at its server's shutdown, without values (whose
-// look-up would read the RequestCtx on whichever goroutine calls stop) and
-// without an AfterFunc method (which would call back here).
+// AfterFunc sees it: its Done and Err, without values (whose look-up would
+// read the RequestCtx on whichever goroutine calls stop) and without an
+// AfterFunc method (which would call back here).
 type serverShutdown struct {
 	context.Context // Background: no deadline, no values
-	done            <-chan struct{}
+	b               *requestContext
 }
 
-func (s serverShutdown) Done() <-chan struct{} { return s.done }
+func (s serverShutdown) Done() <-chan struct{} { return s.b.Done() }
 
-func (s serverShutdown) Err() error {
-	if closed(s.done) {
-		return context.Canceled
-	}
-	return nil
-}
+func (s serverShutdown) Err() error { return s.b.Err() }
 
 // afterFunc is AfterFunc for a context made inside New; f runs on the
 // goroutine that cancels the context if inline, else on its own.
