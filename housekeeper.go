@@ -158,12 +158,7 @@ type serverWatch struct {
 func (s *serverWatch) closed(done <-chan struct{}) bool {
 	if done != s.last {
 		s.last = done
-		select {
-		case <-done:
-			s.isDone = true
-		default:
-			s.isDone = false
-		}
+		s.isDone = closed(done)
 	}
 	return s.isDone
 }
