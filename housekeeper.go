@@ -133,10 +133,8 @@ func (h *housekeeper) cancelRacingAtShutdown(t int64) {
 	var shutdown serverWatch
 	for _, w := range *workers {
 		c := &w.call
-		switch c.phase() {
-		case callRunning, callDisarmed, callMoving:
-		default:
-			continue
+		if c.decided() {
+			continue // finished, timed out or gone: its context, if any, has ended
 		}
 		if c.deadline.Load() <= t {
 			continue // timed out, even if its timer has not run yet: the timer's cause
