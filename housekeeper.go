@@ -33,7 +33,7 @@ type housekeeper struct {
 	idle idleWorkers
 
 	// snapshot holds every live worker, to scan without locking; replaced
-	// under mu when workers start or exit.
+	// under mu when workers start or exit. Never nil (see newHousekeeper).
 	snapshot atomic.Pointer[[]*worker]
 
 	// The watched contexts, by connection.
@@ -57,7 +57,9 @@ type contextShard struct {
 // ticks every precision but no less often than it rests: its ticks also
 // look for shutdown and retire idle workers. It starts its goroutine lazily.
 func newHousekeeper(precision time.Duration) *housekeeper {
-	return &housekeeper{precision: min(precision, restPeriod), wake: make(chan struct{}, 1)}
+	h := &housekeeper{precision: min(precision, restPeriod), wake: make(chan struct{}, 1)}
+	h.snapshot.Store(new([]*worker))
+	return h
 }
 
 // startLocked starts the housekeeper goroutine if it is not running. h.mu
@@ -126,12 +128,8 @@ func (h *housekeeper) run() {
 // is shutting down, within a rest: their deadlines are their timers'
 // (worker.fire), so they never keep the housekeeper from resting.
 func (h *housekeeper) cancelRacingAtShutdown(t int64) {
-	workers := h.snapshot.Load()
-	if workers == nil {
-		return
-	}
 	var shutdown serverWatch
-	for _, w := range *workers {
+	for _, w := range *h.snapshot.Load() {
 		c := &w.call
 		if c.decided() {
 			continue // finished, timed out or gone: its context, if any, has ended
@@ -212,7 +210,7 @@ func (h *housekeeper) retireIdle(t int64) bool {
 	if len(retired) > 0 {
 		h.removeWorkersLocked(retired...)
 	}
-	if len(h.workersLocked()) > 0 {
+	if len(*h.snapshot.Load()) > 0 {
 		return true
 	}
 	// Stop, then look at every shard: a context watched meanwhile is seen
@@ -283,7 +281,7 @@ func (h *housekeeper) addWorker(w *worker) {
 	defer h.mu.Unlock()
 	// Append in place when there is room: a scan of an earlier snapshot
 	// never reads past its own length, so it cannot see the new slot.
-	workers := append(h.workersLocked(), w)
+	workers := append(*h.snapshot.Load(), w)
 	h.snapshot.Store(&workers)
 	h.startLocked()
 }
@@ -294,7 +292,7 @@ func (h *housekeeper) removeWorkersLocked(gone ...*worker) {
 		w.removed = true
 	}
 	// A new array: the housekeeper may be scanning the current one.
-	old := h.workersLocked()
+	old := *h.snapshot.Load()
 	workers := make([]*worker, 0, len(old))
 	for _, w := range old {
 		if !w.removed {
@@ -302,14 +300,6 @@ func (h *housekeeper) removeWorkersLocked(gone ...*worker) {
 		}
 	}
 	h.snapshot.Store(&workers)
-}
-
-// workersLocked returns the registered workers. h.mu is held.
-func (h *housekeeper) workersLocked() []*worker {
-	if workers := h.snapshot.Load(); workers != nil {
-		return *workers
-	}
-	return nil
 }
 
 // dropWorker forgets a worker whose goroutine is ending.
