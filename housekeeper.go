@@ -2,6 +2,7 @@ package fasttimeout
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -292,13 +293,8 @@ func (h *housekeeper) removeWorkersLocked(gone ...*worker) {
 		w.removed = true
 	}
 	// A new array: the housekeeper may be scanning the current one.
-	old := *h.snapshot.Load()
-	workers := make([]*worker, 0, len(old))
-	for _, w := range old {
-		if !w.removed {
-			workers = append(workers, w)
-		}
-	}
+	workers := slices.Clone(*h.snapshot.Load())
+	workers = slices.DeleteFunc(workers, func(w *worker) bool { return w.removed })
 	h.snapshot.Store(&workers)
 }
 
