@@ -202,8 +202,5 @@ func hexDigit(c byte) (int64, bool) {
 // nearNow reports whether t is within maxQueueSkew of now, either way,
 // without overflow.
 func nearNow(t, now int64) bool {
-	if t >= now {
-		return uint64(t)-uint64(now) <= uint64(maxQueueSkew)
-	}
-	return uint64(now)-uint64(t) <= uint64(maxQueueSkew)
+	return uint64(max(t, now))-uint64(min(t, now)) <= uint64(maxQueueSkew)
 }
