@@ -153,11 +153,8 @@ func parseTraceStart(v []byte, now int64) (t int64, ok bool) {
 		id = root
 	}
 	secs, ok := traceSeconds(id)
-	if !ok {
-		return 0, false
-	}
 	t = (secs + 1) * int64(time.Second) // the end of that second
-	if !nearNow(t, now) {
+	if !ok || !nearNow(t, now) {
 		return 0, false
 	}
 	return min(t, now), true
