@@ -19,15 +19,17 @@ type queueHeader struct {
 	key   []byte // name, for the cheap look-up of a first line
 	lower bool   // looked up only in headers that keep names as received
 	trace bool   // an AWS trace id, not a time stamp
+	// parse returns a value's time in Unix nanoseconds, and whether it is valid.
+	parse func(v []byte, now int64) (t int64, ok bool)
 }
 
 var queueHeaders = [...]queueHeader{
-	{name: "X-Request-Start", key: []byte("X-Request-Start")},
-	{name: "X-Queue-Start", key: []byte("X-Queue-Start")},
-	{name: "X-Amzn-Trace-Id", key: []byte("X-Amzn-Trace-Id"), trace: true},
-	{name: "x-request-start", key: []byte("x-request-start"), lower: true},
-	{name: "x-queue-start", key: []byte("x-queue-start"), lower: true},
-	{name: "x-amzn-trace-id", key: []byte("x-amzn-trace-id"), lower: true, trace: true},
+	{name: "X-Request-Start", key: []byte("X-Request-Start"), parse: parseRequestStart},
+	{name: "X-Queue-Start", key: []byte("X-Queue-Start"), parse: parseRequestStart},
+	{name: "X-Amzn-Trace-Id", key: []byte("X-Amzn-Trace-Id"), trace: true, parse: parseTraceStart},
+	{name: "x-request-start", key: []byte("x-request-start"), lower: true, parse: parseRequestStart},
+	{name: "x-queue-start", key: []byte("x-queue-start"), lower: true, parse: parseRequestStart},
+	{name: "x-amzn-trace-id", key: []byte("x-amzn-trace-id"), lower: true, trace: true, parse: parseTraceStart},
 }
 
 // requestStart returns when the proxy in front first saw the request, from
@@ -48,13 +50,7 @@ func requestStart(h *fasthttp.RequestHeader, now time.Time) (start time.Time, fo
 			continue
 		}
 		for _, v := range h.PeekAll(qh.name) {
-			var t int64
-			var ok bool
-			if qh.trace {
-				t, ok = parseTraceStart(v, nowNs)
-			} else {
-				t, ok = parseRequestStart(v, nowNs)
-			}
+			t, ok := qh.parse(v, nowNs)
 			switch {
 			case !ok:
 				malformed = true
