@@ -3,6 +3,7 @@ package fasttimeout
 import (
 	"encoding/json"
 	"math"
+	"slices"
 	"sync/atomic"
 	"time"
 )
@@ -265,10 +266,7 @@ type histogram struct {
 // observe records d, a negative one as zero.
 func (h *histogram) observe(d time.Duration) {
 	d = max(d, 0)
-	i := 0
-	for i < len(histogramBounds) && d > histogramBounds[i] {
-		i++
-	}
+	i, _ := slices.BinarySearch(histogramBounds[:], d) // the first bound not below d
 	h.counts[i].Add(1)
 	// Past the ~292 years a Duration holds (a year of thirty late handlers a
 	// second, each 10 s late), the sum stays at its most, not wrapping, so a
