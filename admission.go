@@ -150,11 +150,9 @@ func newLimiter(max int64, adaptive bool, timeout time.Duration, stats *Stats, l
 	// limits of the middlewares sharing it: two of math.MaxInt would overflow.
 	max = min(max, maxLimit)
 	l := &limiter{stats: stats, adaptive: adaptive, floor: max, ceiling: max, late: late, shedTarget: backlogTarget(timeout)}
-	if adaptive {
-		l.floor = min(limitFloor, max)
-	}
 	limit := max
 	if adaptive {
+		l.floor = min(limitFloor, max)
 		// Start with a probe: the unloaded latency measured under
 		// load would be the loaded one.
 		limit = l.floor
