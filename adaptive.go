@@ -269,10 +269,12 @@ func (l *limiter) lateFloor() int64 {
 	return min(l.floor+l.late.Load()+l.moved.Load(), l.ceiling)
 }
 
-// setLimit moves the limit, and hands the slots it frees to waiters.
+// setLimit moves the limit, counts the move in Stats as the limiter's
+// share, and hands the slots it frees to waiters.
 func (l *limiter) setLimit(limit, t int64) {
 	old := l.limit.Swap(limit)
-	l.share.add(limit - old)
+	l.share.Add(limit - old)
+	l.stats.limit.Add(limit - old)
 	if limit > old && l.waiting.Load() > 0 {
 		l.mu.Lock()
 		l.dispatchLocked(t)

@@ -36,8 +36,10 @@ type limiter struct {
 	// tests whose limiter one goroutine drives (rand.Rand is not goroutine-safe).
 	rng *rand.Rand
 
-	stats    *Stats
-	share    *limitShare // what the limit adds to stats, withdrawn once the limiter is unreachable
+	stats *Stats
+	// share is what the limit adds to stats.limit, apart from the limiter
+	// for the cleanup that withdraws it once the limiter is unreachable.
+	share    *atomic.Int64
 	adaptive bool
 	floor    int64
 	ceiling  int64
@@ -149,7 +151,7 @@ func newLimiter(max int64, adaptive bool, timeout time.Duration, stats *Stats, l
 	// A greater limit says no more (see maxLimit), and Stats sums the
 	// limits of the middlewares sharing it: two of math.MaxInt would overflow.
 	max = min(max, maxLimit)
-	l := &limiter{stats: stats, adaptive: adaptive, floor: max, ceiling: max, late: late, shedTarget: backlogTarget(timeout)}
+	l := &limiter{stats: stats, share: new(atomic.Int64), adaptive: adaptive, floor: max, ceiling: max, late: late, shedTarget: backlogTarget(timeout)}
 	limit := max
 	if adaptive {
 		l.floor = min(limitFloor, max)
@@ -160,35 +162,15 @@ func newLimiter(max int64, adaptive bool, timeout time.Duration, stats *Stats, l
 		l.probeFrom.Store(1)
 		l.probeYields.Store(true)
 	}
-	l.limit.Store(limit)
-	l.share = &limitShare{stats: stats}
-	l.share.add(limit)
+	l.setLimit(limit, 0) // from 0, counted in Stats; nobody waits yet
 	// Once nothing reaches the limiter (its handler dropped on a reload,
-	// its requests over, its workers retired), its limit leaves Stats; the
-	// handler built in its place counts its own. The share points to neither
-	// the limiter nor its middleware (into which late points): either would
-	// keep the limiter reachable, and the cleanup would never run.
-	runtime.AddCleanup(l, (*limitShare).withdraw, l.share)
+	// its requests over, its workers retired), no setLimit runs or ever
+	// will, and its share leaves Stats; the handler built in its place
+	// counts its own. The cleanup refers to neither the limiter nor its
+	// middleware (into which late points): either would keep the limiter
+	// reachable, and the cleanup would never run.
+	runtime.AddCleanup(l, func(share *atomic.Int64) { stats.limit.Add(-share.Load()) }, l.share)
 	return l
-}
-
-// limitShare is what a limiter's limit adds to Stats.limit, apart from
-// the limiter for the cleanup that withdraws it (see newLimiter).
-type limitShare struct {
-	stats *Stats
-	added atomic.Int64
-}
-
-// add adds d to the limit counted in Stats, as the limiter's.
-func (s *limitShare) add(d int64) {
-	s.added.Add(d)
-	s.stats.limit.Add(d)
-}
-
-// withdraw takes out of Stats what the limiter's limit added, once the
-// limiter is unreachable: then no setLimit runs or ever will.
-func (s *limitShare) withdraw() {
-	s.stats.limit.Add(-s.added.Load())
 }
 
 // maxLimit is the greatest limit: the handlers holding a slot count in 32 bits.
