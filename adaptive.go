@@ -100,23 +100,21 @@ func (l *limiter) adapt(t int64) {
 		l.setLimit(max(l.limit.Load(), l.lateFloor()), t)
 		return
 	}
-	// The k latencies written, rtts, and among them fresh ones (admitted
+	// The latencies written, rtts, and among them fresh ones (admitted
 	// since the limit last fell). A return counts itself before it writes
 	// its latency, so a slot may still hold an earlier window's, or 0:
 	// adapt empties every slot it reads and skips the empty ones.
-	var rtts, fresh [windowSamples]int64
+	var rttsBuf, freshBuf [windowSamples]int64
+	rtts, fresh := rttsBuf[:0], freshBuf[:0]
 	lowered := l.loweredAt.Load()
-	k, nFresh := 0, 0
 	for i := range windowSamples {
 		rtt := l.samples[i].Swap(0)
 		if rtt == 0 || int64(i) >= n {
 			continue
 		}
-		rtts[k] = rtt
-		k++
+		rtts = append(rtts, rtt)
 		if l.admittedAt[i].Load() >= lowered {
-			fresh[nFresh] = rtt
-			nFresh++
+			fresh = append(fresh, rtt)
 		}
 	}
 	// About one full window per minWindow: sample less when it fills
@@ -139,8 +137,8 @@ func (l *limiter) adapt(t int64) {
 	queued := l.queuedInWin.Swap(false)
 
 	if probing {
-		if k > 0 {
-			l.minRTT = medianOf(rtts[:k])
+		if len(rtts) > 0 {
+			l.minRTT = medianOf(rtts)
 			l.probed = true
 			l.endProbe(t, l.restore)
 		} else {
@@ -153,9 +151,9 @@ func (l *limiter) adapt(t int64) {
 	probe := binding && t >= l.nextProbe || l.probeOwed && queued
 	next := float64(limit)
 	switch {
-	case k > 0:
+	case len(rtts) > 0:
 		var early bool
-		next, early = l.byLatency(limit, rtts[:k], fresh[:nFresh], start, t, binding, queued)
+		next, early = l.byLatency(limit, rtts, fresh, start, t, binding, queued)
 		probe = probe || early
 	case n > 0:
 		// Returns, but no latency written yet: nothing to go by.
