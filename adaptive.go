@@ -2,6 +2,7 @@ package fasttimeout
 
 import (
 	"math"
+	"slices"
 	"sync/atomic"
 	"time"
 )
@@ -280,13 +281,8 @@ func (l *limiter) setLimit(limit, t int64) {
 	}
 }
 
-// medianOf returns the median of s, reordering it by insertion sort (s is
-// short).
+// medianOf returns the median of s, sorting it.
 func medianOf(s []int64) int64 {
-	for i := 1; i < len(s); i++ {
-		for j := i; j > 0 && s[j] < s[j-1]; j-- {
-			s[j], s[j-1] = s[j-1], s[j]
-		}
-	}
+	slices.Sort(s)
 	return s[len(s)/2]
 }
