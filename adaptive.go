@@ -141,7 +141,7 @@ func (l *limiter) adapt(t int64) {
 		if len(rtts) > 0 {
 			l.minRTT = medianOf(rtts)
 			l.probed = true
-			l.endProbe(t, l.restore)
+			l.endProbe(t)
 		} else {
 			l.setLimit(max(l.limit.Load(), l.lateFloor()), t) // probe beside the late handlers
 		}
@@ -241,15 +241,15 @@ func (l *limiter) yieldProbe(t int64, held bool) bool {
 	if l.probeYields.Load() && l.probeFrom.Load() != 0 {
 		l.probeOwed = true
 		l.queuedInWin.Store(false) // only what queues from now on
-		l.endProbe(t, l.restore)
+		l.endProbe(t)
 	}
 	l.probeYields.Store(false)
 	return true
 }
 
-// endProbe ends the current probe at t, the limit going to limit, and
-// schedules the next one. l.adapting is held.
-func (l *limiter) endProbe(t, limit int64) {
+// endProbe ends the current probe at t, the limit going back to l.restore,
+// and schedules the next one. l.adapting is held.
+func (l *limiter) endProbe(t int64) {
 	l.probeFrom.Store(0)
 	l.probeYields.Store(false)
 	if hook := testHookProbeEnding.Load(); hook != nil {
@@ -259,7 +259,7 @@ func (l *limiter) endProbe(t, limit int64) {
 	l.probedAt = t
 	l.nextProbe = t + int64(probeEvery) + t%int64(probeEvery/4)
 	// Not under the handlers that went late or moved during the probe.
-	l.setLimit(max(limit, l.lateFloor()), t)
+	l.setLimit(max(l.restore, l.lateFloor()), t)
 }
 
 // lateFloor is the least the adaptive limit falls to: limitFloor slots beyond
