@@ -85,19 +85,18 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (wai
 		l.refused.Add(1) // an arrival turned away, for the backlog; not a 503
 		return 0, spentBudget
 	}
-	if t+int64(maxWait)-clock < int64(minWait) {
+	// Twice the ceiling, which saturates: math.MaxInt, "no ceiling", would
+	// overflow to a negative and leave minQueue.
+	full := l.queued >= max(2*int(min(l.ceiling, math.MaxInt/2)), minQueue)
+	// Refused if it cannot wait minWait of its share, or if the queue is
+	// full and not serving the newest first (lifo), which has the oldest
+	// give way.
+	if t+int64(maxWait)-clock < int64(minWait) || full && !l.lifo(clock) {
 		l.waiting.Add(-1)
 		l.mu.Unlock()
 		return 0, l.refuse(RejectedQueueFull)
 	}
-	// Twice the ceiling, which saturates: math.MaxInt, "no ceiling", would
-	// overflow to a negative and leave minQueue.
-	if l.queued >= max(2*int(min(l.ceiling, math.MaxInt/2)), minQueue) {
-		if !l.lifo(clock) {
-			l.waiting.Add(-1)
-			l.mu.Unlock()
-			return 0, l.refuse(RejectedQueueFull)
-		}
+	if full {
 		// Newest first: the oldest waiter gives way, evicted unless its wait
 		// is over by the clock: then it is refused as its timer, due as
 		// well, would have it (the eviction only came first).
