@@ -227,16 +227,13 @@ func (l *limiter) dispatchLocked(t int64) {
 		if l.lifo(t) {
 			w = l.tail
 		}
-		if t >= w.until {
-			l.remove(w)
-			w.ready <- false
-			continue
-		}
-		if !l.tryAcquire() {
+		// One whose wait has run out leaves refused; the others need a slot.
+		over := t >= w.until
+		if !over && !l.tryAcquire() {
 			return
 		}
 		l.remove(w)
-		w.ready <- true
+		w.ready <- !over
 	}
 }
 
