@@ -227,13 +227,15 @@ func (l *limiter) acquire(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (
 	return l.wait(ctx, t, deadline, giveUp)
 }
 
-// refuse counts a refusal for reason, for the backlog's arrivals and in
-// Stats, and returns reason.
+// refuse counts a refusal for reason, for the backlog's arrivals and, if a
+// 503, in Stats, and returns reason. A spentBudget is no 503: the middleware
+// counts its timeout response.
 func (l *limiter) refuse(reason string) string {
 	l.refused.Add(1)
-	if reason == RejectedQueueTimeout {
+	switch reason {
+	case RejectedQueueTimeout:
 		l.stats.rejectedTimeout.Add(1)
-	} else {
+	case RejectedQueueFull:
 		l.stats.rejectedFull.Add(1)
 	}
 	return reason

@@ -82,8 +82,7 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (wai
 		// MaxQueueAge before it asks the limit, and a wait ends at giveUp.
 		l.waiting.Add(-1)
 		l.mu.Unlock()
-		l.refused.Add(1) // an arrival turned away, for the backlog; not a 503
-		return 0, spentBudget
+		return 0, l.refuse(spentBudget)
 	}
 	// Twice the ceiling, which saturates: math.MaxInt, "no ceiling", would
 	// overflow to a negative and leave minQueue.
@@ -153,8 +152,7 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (wai
 		// running late since does not make that a timeout.
 		return waited, l.refuse(RejectedQueueFull)
 	case t+int64(waited) >= giveUp && !closed(shutdown):
-		l.refused.Add(1) // an arrival turned away, for the backlog; not a 503
-		return waited, spentBudget
+		return waited, l.refuse(spentBudget)
 	// Out of the queue as its server shuts down, a request is refused
 	// however long it waited: a probe giving way would admit it.
 	case waited >= maxWait && !closed(shutdown):
