@@ -193,9 +193,8 @@ func (l *limiter) byLatency(limit int64, rtts, fresh []int64, start, t int64, bi
 		l.minRTT = median
 	}
 	target := max(l.minRTT+l.minRTT/2, l.minRTT+int64(latencySlack))
-	if !binding && median > target && t-l.probedAt >= int64(earlyProbeEvery) {
-		probe = true // slower, or loaded below the limit
-	}
+	// Over the target without binding: slower, or loaded below the limit.
+	probe = !binding && median > target && t-l.probedAt >= int64(earlyProbeEvery)
 	gradient := min(max(float64(target)/float64(median), 0.5), 1)
 	if gradient < 1 && len(fresh) < len(rtts) {
 		// Only fresh latencies may lower it (see the top of the file).
