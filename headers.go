@@ -3,6 +3,7 @@ package fasttimeout
 import (
 	"bytes"
 	"math"
+	"strings"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -117,23 +118,11 @@ func parseGRPCTimeout(v []byte) (d time.Duration, ok bool) {
 	if n < 1 || n > 8 {
 		return 0, false
 	}
-	var unit time.Duration
-	switch v[n] {
-	case 'H':
-		unit = time.Hour
-	case 'M':
-		unit = time.Minute
-	case 'S':
-		unit = time.Second
-	case 'm':
-		unit = time.Millisecond
-	case 'u':
-		unit = time.Microsecond
-	case 'n':
-		unit = time.Nanosecond
-	default:
+	u := strings.IndexByte(grpcUnitLetters, v[n])
+	if u < 0 {
 		return 0, false
 	}
+	unit := grpcUnits[u]
 	var x int64 // at most 99,999,999: no overflow
 	for _, c := range v[:n] {
 		if c < '0' || c > '9' {
@@ -146,6 +135,12 @@ func parseGRPCTimeout(v []byte) (d time.Duration, ok bool) {
 	}
 	return time.Duration(x) * unit, true
 }
+
+// grpcUnitLetters are the units of grpc-timeout, hours to nanoseconds, and
+// grpcUnits their values, in the same order.
+const grpcUnitLetters = "HMSmun"
+
+var grpcUnits = [len(grpcUnitLetters)]time.Duration{time.Hour, time.Minute, time.Second, time.Millisecond, time.Microsecond, time.Nanosecond}
 
 // maxWhole bounds the whole numbers of the Envoy and Request-Timeout
 // headers: beyond it a number would overflow, and is malformed.
