@@ -119,17 +119,12 @@ func parseGRPCTimeout(v []byte) (d time.Duration, ok bool) {
 		return 0, false
 	}
 	u := strings.IndexByte(grpcUnitLetters, v[n])
-	if u < 0 {
+	// 1 to 8 digits and no point, which parseDecimal would take: no overflow.
+	x, _, ok := parseDecimal(v[:n])
+	if u < 0 || !ok || bytes.IndexByte(v[:n], '.') >= 0 {
 		return 0, false
 	}
 	unit := grpcUnits[u]
-	var x int64 // at most 99,999,999: no overflow
-	for _, c := range v[:n] {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		x = x*10 + int64(c-'0')
-	}
 	if x > int64(maxBudget/unit) {
 		return maxBudget, true
 	}
@@ -142,24 +137,18 @@ const grpcUnitLetters = "HMSmun"
 
 var grpcUnits = [len(grpcUnitLetters)]time.Duration{time.Hour, time.Minute, time.Second, time.Millisecond, time.Microsecond, time.Nanosecond}
 
-// maxWhole bounds the whole numbers of the Envoy and Request-Timeout
-// headers: beyond it a number would overflow, and is malformed.
+// maxWhole bounds the whole part of the numbers parseDecimal reads: beyond
+// it a number would overflow, and is malformed.
 const maxWhole = (math.MaxInt64 - 9) / 10
 
 // parseEnvoyTimeout parses a whole, non-negative number of milliseconds,
 // capped at maxBudget.
 func parseEnvoyTimeout(v []byte) (d time.Duration, ok bool) {
-	if len(v) == 0 {
+	ms, _, ok := parseDecimal(v)
+	if !ok || bytes.IndexByte(v, '.') >= 0 { // whole: no point
 		return 0, false
 	}
-	var x int64
-	for _, c := range v {
-		if c < '0' || c > '9' || x > maxWhole { // checked at each digit: x never overflows
-			return 0, false
-		}
-		x = x*10 + int64(c-'0')
-	}
-	return min(time.Duration(x), maxBudget/time.Millisecond) * time.Millisecond, true
+	return min(time.Duration(ms), maxBudget/time.Millisecond) * time.Millisecond, true
 }
 
 // parseRequestTimeout parses a number of seconds (see parseDecimal), capped
