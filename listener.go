@@ -100,17 +100,15 @@ func (l *retryListener) Accept() (net.Conn, error) {
 	var delay time.Duration
 	for {
 		conn, err := l.Listener.Accept()
-		if isNilConn(conn) {
-			conn = nil
-		} else if err != nil {
+		if !isNilConn(conn) {
+			if err == nil {
+				return conn, nil
+			}
 			// No server uses it (see RetryListener), and its descriptor
 			// would be lost.
 			_ = conn.Close()
-			conn = nil
 		}
 		switch {
-		case conn != nil:
-			return conn, nil
 		case err == nil:
 			// Neither: fasthttp would count the nil connection open (and
 			// hand it to a worker as a stop signal), or read a typed nil and
