@@ -121,7 +121,7 @@ func (l *retryListener) Accept() (net.Conn, error) {
 			// was called: a wrapper that goes on failing so, rather than
 			// say it is closed, would be tried again forever.
 			l.report(err, 0)
-			if l.isClosed() {
+			if closed(l.closed) {
 				return nil, l.closedError()
 			}
 			continue
@@ -144,16 +144,6 @@ func (l *retryListener) Accept() (net.Conn, error) {
 func (l *retryListener) Close() error {
 	l.closeOnce.Do(func() { close(l.closed) })
 	return l.Listener.Close()
-}
-
-// isClosed reports whether Close has been called.
-func (l *retryListener) isClosed() bool {
-	select {
-	case <-l.closed:
-		return true
-	default:
-		return false
-	}
 }
 
 // nextDelay returns the delay before the next try, after prev (zero at
