@@ -312,10 +312,8 @@ const minPrecision = 100 * time.Microsecond
 // resolve checks cfg and fills in its defaults. It panics on a
 // configuration that cannot work, naming the field and the value.
 func (cfg Config) resolve() settings {
-	switch {
-	case cfg.Timeout < 0:
-		panic(fmt.Sprintf("fasttimeout: Config.Timeout must not be negative, got %v", cfg.Timeout))
-	case cfg.Timeout == 0:
+	mustNotBeNegative("Timeout", cfg.Timeout)
+	if cfg.Timeout == 0 {
 		cfg.Timeout = DefaultTimeout
 	}
 	switch {
@@ -355,25 +353,15 @@ func (cfg Config) resolve() settings {
 	case cfg.Precision < minPrecision:
 		panic(fmt.Sprintf("fasttimeout: Config.Precision must be at least %v, got %v", minPrecision, cfg.Precision))
 	}
-	if cfg.DeadlineMargin < 0 {
-		panic(fmt.Sprintf("fasttimeout: Config.DeadlineMargin must not be negative, got %v", cfg.DeadlineMargin))
-	}
-	if cfg.MaxLateHandlers < 0 {
-		panic(fmt.Sprintf("fasttimeout: Config.MaxLateHandlers must not be negative, got %d", cfg.MaxLateHandlers))
-	}
-	switch {
-	case cfg.MaxConcurrency < 0:
-		panic(fmt.Sprintf("fasttimeout: Config.MaxConcurrency must not be negative, got %d", cfg.MaxConcurrency))
-	case cfg.MaxConcurrency == 0 && cfg.AdaptiveConcurrency:
+	mustNotBeNegative("DeadlineMargin", cfg.DeadlineMargin)
+	mustNotBeNegative("MaxLateHandlers", cfg.MaxLateHandlers)
+	mustNotBeNegative("MaxConcurrency", cfg.MaxConcurrency)
+	if cfg.MaxConcurrency == 0 && cfg.AdaptiveConcurrency {
 		cfg.MaxConcurrency = DefaultMaxConcurrency
 	}
-	if cfg.MaxQueueAge < 0 {
-		panic(fmt.Sprintf("fasttimeout: Config.MaxQueueAge must not be negative, got %v", cfg.MaxQueueAge))
-	}
-	switch {
-	case cfg.RetryAfter < 0:
-		panic(fmt.Sprintf("fasttimeout: Config.RetryAfter must not be negative, got %v", cfg.RetryAfter))
-	case cfg.RetryAfter == 0:
+	mustNotBeNegative("MaxQueueAge", cfg.MaxQueueAge)
+	mustNotBeNegative("RetryAfter", cfg.RetryAfter)
+	if cfg.RetryAfter == 0 {
 		cfg.RetryAfter = time.Second
 	}
 	s := settings{
@@ -387,6 +375,14 @@ func (cfg Config) resolve() settings {
 		s.stats = new(Stats)
 	}
 	return s
+}
+
+// mustNotBeNegative panics, naming the Config field and its value v, if v
+// is negative.
+func mustNotBeNegative[T int | time.Duration](field string, v T) {
+	if v < 0 {
+		panic(fmt.Sprintf("fasttimeout: Config.%s must not be negative, got %v", field, v))
+	}
 }
 
 // hasNoBody reports whether a response of status code has no body: fasthttp
