@@ -3,6 +3,7 @@ package fasttimeout
 import (
 	"errors"
 	"net/http"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -437,7 +438,8 @@ func answeredUnrun(ctx *fasthttp.RequestCtx) string {
 	return mark
 }
 
-// unrunReasons are the values of call.unrun.
+// unrunReasons are the values of call.unrun, which holds the index of one
+// (0: none). Every reason markUnrun is given is among them.
 var unrunReasons = [...]string{"", RejectedLateHandlers, RejectedQueueFull, RejectedQueueTimeout, spentBudget, leftWaiting}
 
 // markUnrun records that ctx was answered without running its handler, and
@@ -452,12 +454,7 @@ func markUnrun(ctx *fasthttp.RequestCtx, outer *call, reason string) {
 		ctx.SetUserValue(rejectKey{}, reason)
 		return
 	}
-	for i, r := range unrunReasons {
-		if r == reason && i != 0 {
-			outer.root().unrun.Store(uint32(i))
-			return
-		}
-	}
+	outer.root().unrun.Store(uint32(slices.Index(unrunReasons[:], reason)))
 }
 
 // reject answers ctx with the 503 of a refused request.
