@@ -46,15 +46,15 @@ const (
 	Cooperative
 )
 
+// modeNames are the Modes' names, by value, for String and UnmarshalText.
+var modeNames = [...]string{Racing: "racing", Cooperative: "cooperative"}
+
 // String returns "racing", "cooperative", or "Mode(n)" for any other value.
 func (m Mode) String() string {
-	switch m {
-	case Racing:
-		return "racing"
-	case Cooperative:
-		return "cooperative"
+	if m < 0 || int(m) >= len(modeNames) {
+		return fmt.Sprintf("Mode(%d)", int(m))
 	}
-	return fmt.Sprintf("Mode(%d)", int(m))
+	return modeNames[m]
 }
 
 // MarshalText returns String's name, so that a Mode can be a flag
@@ -68,15 +68,13 @@ func (m Mode) MarshalText() ([]byte, error) {
 
 // UnmarshalText sets m from "racing" or "cooperative".
 func (m *Mode) UnmarshalText(text []byte) error {
-	switch string(text) {
-	case "racing":
-		*m = Racing
-	case "cooperative":
-		*m = Cooperative
-	default:
-		return fmt.Errorf("fasttimeout: mode must be racing or cooperative, got %q", text)
+	for mode, name := range modeNames {
+		if string(text) == name {
+			*m = Mode(mode)
+			return nil
+		}
 	}
-	return nil
+	return fmt.Errorf("fasttimeout: mode must be racing or cooperative, got %q", text)
 }
 
 // Config configures [New]. The zero value works: racing mode, a 5 s timeout
