@@ -331,16 +331,15 @@ func (cfg Config) resolve() settings {
 	default:
 		cfg.Body = append([]byte{}, cfg.Body...) // the caller may reuse its slice
 	}
-	if cfg.ContentType == "" {
-		// No body, no type: writeTimeoutResponse then clears Content-Type.
-		if len(cfg.Body) > 0 {
-			cfg.ContentType = DefaultContentType
-		}
-	} else if i := strings.IndexFunc(cfg.ContentType, isControl); i >= 0 {
+	if i := strings.IndexFunc(cfg.ContentType, isControl); i >= 0 {
 		// fasthttp would send line breaks as spaces and other control
 		// characters as they are, which clients reject.
 		panic(fmt.Sprintf("fasttimeout: Config.ContentType must not hold a control character (%q at byte %d), got %q",
 			cfg.ContentType[i], i, cfg.ContentType))
+	}
+	// No body, no type: writeTimeoutResponse then clears Content-Type.
+	if cfg.ContentType == "" && len(cfg.Body) > 0 {
+		cfg.ContentType = DefaultContentType
 	}
 	if cfg.Mode != Racing && cfg.Mode != Cooperative {
 		panic(fmt.Sprintf("fasttimeout: Config.Mode must be Racing or Cooperative, got %v", cfg.Mode))
