@@ -70,10 +70,8 @@ func cannotServe(h http.Handler) bool {
 		return f == nil
 	}
 	v := reflect.ValueOf(h)
-	return v.Kind() == reflect.Pointer && v.IsNil() && v.Type().Elem().Implements(handlerType)
+	return v.Kind() == reflect.Pointer && v.IsNil() && v.Type().Elem().Implements(reflect.TypeFor[http.Handler]())
 }
-
-var handlerType = reflect.TypeFor[http.Handler]()
 
 // removeMultipartFiles removes the temporary files of r's multipart form, as
 // net/http does after the handler.
