@@ -170,27 +170,25 @@ func parseRequestTimeout(v []byte) (d time.Duration, ok bool) {
 // fraction in billionths, ignoring digits beyond the ninth after the point.
 // A whole part that could overflow is invalid.
 func parseDecimal(v []byte) (whole, billionths int64, ok bool) {
-	digits, point := 0, -1
+	point := false
 	scale := int64(1e9)
-	for i, c := range v {
+	for _, c := range v {
 		switch {
-		case c == '.' && point < 0:
-			point = i
+		case c == '.' && !point:
+			point = true
 		case c < '0' || c > '9':
 			return 0, 0, false
-		case point < 0:
+		case !point:
 			if whole > maxWhole { // whole never overflows
 				return 0, 0, false
 			}
 			whole = whole*10 + int64(c-'0')
-			digits++
-		default:
-			if scale > 1 {
-				scale /= 10
-				billionths += int64(c-'0') * scale
-			}
-			digits++
+		case scale > 1: // else a digit beyond the ninth after the point
+			scale /= 10
+			billionths += int64(c-'0') * scale
 		}
 	}
-	return whole, billionths, digits > 0
+	// Every byte but one point is a digit: there is one unless v is empty
+	// or a lone point.
+	return whole, billionths, len(v) > 0 && string(v) != "."
 }
