@@ -361,10 +361,16 @@ func (cfg Config) resolve() settings {
 	if cfg.RetryAfter == 0 {
 		cfg.RetryAfter = time.Second
 	}
+	// Rounded up without the overflow of adding a second less a nanosecond
+	// first.
+	retryAfter := int64(cfg.RetryAfter / time.Second)
+	if cfg.RetryAfter%time.Second > 0 {
+		retryAfter++
+	}
 	s := settings{
 		Config:           cfg,
 		stats:            cfg.Stats,
-		retryAfterHeader: strconv.FormatInt(ceilSeconds(cfg.RetryAfter), 10),
+		retryAfterHeader: strconv.FormatInt(retryAfter, 10),
 		countRequests:    cfg.Stats != nil,
 		watchHangups:     hangupSupported && !cfg.IgnoreHangups,
 	}
@@ -392,16 +398,6 @@ func hasNoBody(code int) bool {
 // isControl reports whether r is a control character that a header value
 // must not hold (RFC 9110 §5.5: a tab is allowed).
 func isControl(r rune) bool { return r < ' ' && r != '\t' || r == 0x7f }
-
-// ceilSeconds returns d in whole seconds, rounded up, without the overflow
-// of adding a second less a nanosecond first.
-func ceilSeconds(d time.Duration) int64 {
-	s := int64(d / time.Second)
-	if d%time.Second > 0 {
-		s++
-	}
-	return s
-}
 
 // writeTimeoutResponse fills resp with the configured timeout response. An
 // empty ContentType clears any that resp had.
