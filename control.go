@@ -162,8 +162,7 @@ func (c *call) extend(d time.Duration) bool {
 			continue
 		case p != callRunning || c.deadline.Load() <= now():
 			return false
-		}
-		if !c.state.CompareAndSwap(s, s&^phaseMask|callMoving) {
+		case !c.state.CompareAndSwap(s, s&^phaseMask|callMoving):
 			continue
 		}
 		old := c.deadline.Load()
