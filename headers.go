@@ -69,8 +69,7 @@ var deadlineHeaders = [...]deadlineHeader{
 // case for servers that keep names as received.
 func incomingBudget(h *fasthttp.RequestHeader) (budget time.Duration, found, malformed bool) {
 	raw := keepsNames(h)
-	var whole time.Duration // the least whole-seconds Request-Timeout
-	foundWhole := false
+	whole := time.Duration(math.MaxInt64) // the least whole-seconds Request-Timeout; MaxInt64: none
 	for i := range deadlineHeaders {
 		dh := &deadlineHeaders[i]
 		// PeekCanonical finds a first line without copying the name: most
@@ -85,15 +84,13 @@ func incomingBudget(h *fasthttp.RequestHeader) (budget time.Duration, found, mal
 				malformed = true
 			case d == 0 && dh.zeroIsNone:
 			case dh.seconds && bytes.IndexByte(v, '.') < 0:
-				if !foundWhole || d < whole {
-					whole, foundWhole = d, true
-				}
+				whole = min(whole, d)
 			case !found || d < budget:
 				budget, found = d, true
 			}
 		}
 	}
-	if foundWhole && (!found || budget >= whole+time.Second) {
+	if whole != math.MaxInt64 && (!found || budget >= whole+time.Second) {
 		budget, found = whole, true
 	}
 	return budget, found, malformed
