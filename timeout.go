@@ -439,7 +439,7 @@ func answeredUnrun(ctx *fasthttp.RequestCtx) string {
 }
 
 // unrunReasons are the values of call.unrun, which holds the index of one
-// (0: none). Every reason markUnrun is given is among them.
+// (0: none).
 var unrunReasons = [...]string{"", RejectedLateHandlers, RejectedQueueFull, RejectedQueueTimeout, spentBudget, leftWaiting}
 
 // markUnrun records that ctx was answered without running its handler, and
@@ -454,7 +454,9 @@ func markUnrun(ctx *fasthttp.RequestCtx, outer *call, reason string) {
 		ctx.SetUserValue(rejectKey{}, reason)
 		return
 	}
-	outer.root().unrun.Store(uint32(slices.Index(unrunReasons[:], reason)))
+	if i := slices.Index(unrunReasons[:], reason); i > 0 { // a reason not listed is dropped, not stored as an index out of range
+		outer.root().unrun.Store(uint32(i))
+	}
 }
 
 // reject answers ctx with the 503 of a refused request.
