@@ -13,7 +13,7 @@ import (
 
 // The timer that times a racing call out wins the call's compare-and-swap
 // (settle) and only then counts the timeout and marks the handler late
-// (becomeLate: overAt, LateRunning, its context). A handler returning in
+// (settled: overAt, LateRunning, its context). A handler returning in
 // between finds the call timed out and goes on with its late return, which
 // must wait for those: else it reads an overAt never stored for this
 // request (OnLateReturn and the LateRun histogram get the time since the
