@@ -329,8 +329,11 @@ func peerGone(conn net.Conn) bool {
 		return false
 	}
 	l := peerLooks.Get().(*peerLook)
-	// l.gone is this look's only if withFD called it: its error says not.
-	gone := withFD(sock, l.poll) == nil && l.gone
+	// Reset first: a pooled look holds an earlier one's result, and a
+	// RawConn's Control may return nil without running l.poll.
+	l.gone = false
+	_ = withFD(sock, l.poll)
+	gone := l.gone
 	peerLooks.Put(l)
 	return gone
 }

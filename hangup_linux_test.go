@@ -535,6 +535,35 @@ func TestHangupNoDescriptor(t *testing.T) {
 	require.False(t, ok, "closed connection watched")
 }
 
+// silentConn is a live socket whose RawConn's Control returns nil without
+// running its func: a custom syscall.Conn that the contract of RawConn does
+// not rule out.
+type silentConn struct{ *net.TCPConn }
+
+func (c *silentConn) SyscallConn() (syscall.RawConn, error) { return silentRawConn{}, nil }
+
+type silentRawConn struct{}
+
+func (silentRawConn) Control(func(fd uintptr)) error    { return nil }
+func (silentRawConn) Read(func(fd uintptr) bool) error  { return nil }
+func (silentRawConn) Write(func(fd uintptr) bool) error { return nil }
+
+// peerGone answers from its own look only: a pooled look that last saw a
+// gone peer must not make a connection whose look did not run seen gone
+// too (timeout.go would then drop a live client's queued request).
+func TestPeerGone_never_reads_an_earlier_look(t *testing.T) {
+	ln := tcpListener(t)
+	gone, client := tcpPair(t, ln)
+	require.NoError(t, client.Close())
+	require.True(t, waitFor(func() bool { return peerGone(gone) }), "the hang-up reached the socket")
+	live, _ := tcpPair(t, ln)
+	silent := &silentConn{live}
+	for range 1000 {
+		require.True(t, peerGone(gone), "the gone peer")
+		require.False(t, peerGone(silent), "a connection whose look did not run, after a look at a gone peer")
+	}
+}
+
 // Through fasthttp's MaxConnsPerIP wrapper, ctx.Conn() hides the socket;
 // socketOf finds it (perIPConn through its embedded Conn, perIPTLSConn
 // through the NetConn of the *tls.Conn it embeds), and the handler's
