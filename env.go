@@ -75,18 +75,20 @@ func ParseTimeout(s string) (time.Duration, error) {
 		return 0, fmt.Errorf("more than %v", maxEnvTimeout)
 	}
 	switch {
+	case d < minEnvTimeout && (d > 0 || underflows(s)):
+		// Also a positive duration that rounds to 0 ns ("0.1ns").
+		return 0, fmt.Errorf("less than the minimum of %v", minEnvTimeout)
 	case d <= 0:
 		return 0, fmt.Errorf("must be positive")
-	case d < minEnvTimeout:
-		return 0, fmt.Errorf("less than the minimum of %v", minEnvTimeout)
 	case d > maxEnvTimeout:
 		return 0, fmt.Errorf("more than %v", maxEnvTimeout)
 	}
 	return d, nil
 }
 
-// underflows reports whether s, which ParseFloat read as +0, has a nonzero
-// mantissa digit: a positive value too small for a float64, not a zero.
+// underflows reports whether s, which ParseFloat or ParseDuration read as
+// 0, has a nonzero mantissa digit and no minus sign: a positive value too
+// small for a float64 or a time.Duration, not a zero.
 func underflows(s string) bool {
 	mantissa, _, _ := strings.Cut(strings.ToLower(s), "e")
 	return !strings.HasPrefix(s, "-") && strings.ContainsAny(mantissa, "123456789")

@@ -111,6 +111,11 @@ func TestParseTimeout(t *testing.T) {
 		{in: "+1e-400", wantErr: "less than the minimum of 1ms"},
 		{in: "-1e-400", wantErr: "must be positive"},
 		{in: "0e-400", wantErr: "must be positive"},
+		// A positive duration that rounds to 0 ns is below the minimum too.
+		{in: "0.0000000001s", wantErr: "less than the minimum of 1ms"},
+		{in: "0.1ns", wantErr: "less than the minimum of 1ms"},
+		{in: "-0.1ns", wantErr: "must be positive"},
+		{in: "0.0ns", wantErr: "must be positive"},
 		// Beyond time.Duration (~292 years) a well-formed duration is out
 		// of range, not malformed.
 		{in: "2562048h", wantErr: "more than 24h"},
