@@ -412,8 +412,10 @@ func main() {
 // the user wants out now, and the children must not outlive the run.
 func stopOnSignals(signals <-chan os.Signal, cancel context.CancelCauseFunc, stderr io.Writer) {
 	sig := <-signals
-	cancel(interrupted{sig})
+	// Said before the cancel, after which the run may write its last line
+	// and exit: this one must not come after it, nor be lost.
 	progressTo(stderr, "loadtest: %v: stopping the run and its server children (again to stop at once)", sig)
+	cancel(interrupted{sig})
 	sig = <-signals
 	killChildren()
 	progressTo(stderr, "loadtest: %v again: stopping at once, server children killed", sig)

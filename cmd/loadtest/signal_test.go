@@ -52,8 +52,8 @@ func TestProcess_secondSignal(t *testing.T) {
 				t.Fatal(err)
 			}
 			lt.waitExit(t, tc.code)
-			if want := "loadtest: " + tc.sig.String() + " again: stopping at once, server children killed"; !strings.Contains(lt.stderr.String(), want) {
-				t.Errorf("no line %q: %s", want, lt.stderr.String())
+			if want, stderr := "loadtest: "+tc.sig.String()+" again: stopping at once, server children killed", lt.wholeStderr(t); !strings.Contains(stderr, want) {
+				t.Errorf("no line %q: %s", want, stderr)
 			}
 			waitFor(t, "the server child to be gone", func() bool { return !running(lt.server) })
 		})
@@ -91,8 +91,8 @@ func TestProcess_a_signal_writes_the_report_of_the_cells_finished(t *testing.T) 
 				t.Fatal(err)
 			}
 			lt.waitExit(t, tc.code)
-			if want := "loadtest: " + tc.sig.String() + ": the run stopped before its end, its report holds the cells finished\n"; !strings.HasSuffix(lt.stderr.String(), want) {
-				t.Errorf("stderr %q, want %q as its last line", lt.stderr.String(), want)
+			if want, stderr := "loadtest: "+tc.sig.String()+": the run stopped before its end, its report holds the cells finished\n", lt.wholeStderr(t); !strings.HasSuffix(stderr, want) {
+				t.Errorf("stderr %q, want %q as its last line", stderr, want)
 			}
 			want := "**Interrupted** (" + tc.sig.String() + ") in the burst scenario at " + ftRace + ", 1 conns: "
 			markdown := lt.stdout.String()
@@ -258,8 +258,12 @@ type loadtestProcess struct {
 	exited chan struct{} // closed once cmd has been waited for
 	server int           // its server child's pid
 	lines  chan string   // its stderr's lines, as they come (some may be dropped)
-	stderr lockedBuffer  // every line of its stderr
-	stdout lockedBuffer  // its stdout, whole once exited is closed
+	stderr lockedBuffer  // every line of its stderr, whole once stderrEOF is closed
+	// Closed once its stderr reaches end of file: when it and its server
+	// children have exited, after its last line, which the reader may
+	// still be copying when exited is closed.
+	stderrEOF chan struct{}
+	stdout    lockedBuffer // its stdout, whole once exited is closed
 }
 
 // startStorm starts bin on a storm cell of one slow connection, which
@@ -282,7 +286,7 @@ func startStorm(t *testing.T, bin string) *loadtestProcess {
 // lt.server are killed at the end of the test.
 func startLoadtest(t *testing.T, bin string, args ...string) *loadtestProcess {
 	t.Helper()
-	lt := &loadtestProcess{exited: make(chan struct{}), lines: make(chan string, 64)}
+	lt := &loadtestProcess{exited: make(chan struct{}), lines: make(chan string, 64), stderrEOF: make(chan struct{})}
 	lt.cmd = exec.Command(bin, args...)
 	// The server children have pipes of their own for their stdout.
 	lt.cmd.Stdout = &lt.stdout
@@ -301,6 +305,7 @@ func startLoadtest(t *testing.T, bin string, args ...string) *loadtestProcess {
 		t.Fatal(err)
 	}
 	go func() {
+		defer close(lt.stderrEOF)
 		sc := bufio.NewScanner(pipe)
 		for sc.Scan() {
 			lt.stderr.WriteString(sc.Text() + "\n")
@@ -393,6 +398,18 @@ func (lt *loadtestProcess) waitExit(t *testing.T, code int) {
 	if got := lt.cmd.ProcessState.ExitCode(); got != code {
 		t.Fatalf("exit status %d, want %d: %s", got, code, lt.stderr.String())
 	}
+}
+
+// wholeStderr returns everything the load test wrote on stderr, once it has
+// exited (waitExit) and the pipe has reached its end.
+func (lt *loadtestProcess) wholeStderr(t *testing.T) string {
+	t.Helper()
+	select {
+	case <-lt.stderrEOF:
+	case <-time.After(signalBound):
+		t.Fatalf("stderr still open %v after the load test exited (a server child left behind?): %s", signalBound, lt.stderr.String())
+	}
+	return lt.stderr.String()
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
