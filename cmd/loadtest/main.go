@@ -406,8 +406,9 @@ func main() {
 // (kill, a CI timeout), which ends the cell under way and stops its server
 // child (up to a load client's 10 s for a request in flight, then up to 5 s,
 // the overload's 1 s, 30 s while it writes a profile, for the child to
-// exit), and then writes the report of the cells finished before it. At the second, it kills the server children still running and ends
-// the process at once, with 128 plus the signal's number (130, 143), what a
+// exit), and then writes the report of the cells finished before it. At the
+// second, it kills the server children still running and ends the process
+// at once, with 128 plus the signal's number (130, 143), what a
 // shell reports for a process that signal killed: a second signal means
 // the user wants out now, and the children must not outlive the run.
 func stopOnSignals(signals <-chan os.Signal, cancel context.CancelCauseFunc, stderr io.Writer) {
