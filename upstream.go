@@ -102,7 +102,7 @@ func Do(ctx *fasthttp.RequestCtx, c Doer, req *fasthttp.Request, resp *fasthttp.
 	// timeouts, which may come with time left. fasthttp's clients never
 	// derive an earlier deadline from this one.
 	if err != nil && !time.Now().Before(deadline) {
-		return &upstreamTimeoutError{err: err}
+		return upstreamTimedOut(err)
 	}
 	return err
 }
@@ -173,34 +173,42 @@ var (
 )
 
 // errBudgetSpent is returned by Do when no time is left for the upstream.
-var errBudgetSpent error = &upstreamTimeoutError{}
+var errBudgetSpent = upstreamTimedOut(nil)
 
 // Do's errors for a context ended otherwise than by its deadline.
 var (
-	errClientLeft   error = &upstreamCancelledError{cause: ErrClientGone}
-	errShuttingDown error = &upstreamCancelledError{cause: ErrShutdown}
+	errClientLeft   error = &upstreamCancelledError{[2]error{context.Canceled, ErrClientGone}}
+	errShuttingDown error = &upstreamCancelledError{[2]error{context.Canceled, ErrShutdown}}
 )
 
 // upstreamCancelledError is an upstream call not made because the request's
-// context was cancelled with cause; it matches context.Canceled and cause.
+// context was cancelled with a cause; it matches context.Canceled and the
+// cause. Like upstreamTimeoutError, it keeps what Unwrap returns: errors.Is
+// asks for it at every look, and a gateway may look several times per
+// failed call.
 type upstreamCancelledError struct {
-	cause error
+	errs [2]error // context.Canceled, then the cause
 }
 
 // Error says that the upstream was not called, and why.
 func (e *upstreamCancelledError) Error() string {
-	return "fasttimeout: upstream not called: " + e.cause.Error()
+	return "fasttimeout: upstream not called: " + e.errs[1].Error()
 }
 
 // Unwrap returns context.Canceled and the cause.
-func (e *upstreamCancelledError) Unwrap() []error {
-	return []error{context.Canceled, e.cause}
-}
+func (e *upstreamCancelledError) Unwrap() []error { return e.errs[:] }
 
 // upstreamTimeoutError is an upstream call out of the request's time; it
 // matches ErrTimeout, and the client's error if any.
 type upstreamTimeoutError struct {
-	err error // the client's error, or nil if the upstream was not called
+	err  error    // the client's error, or nil if the upstream was not called
+	errs [2]error // ErrTimeout, then err
+}
+
+// upstreamTimedOut returns the error of an upstream call out of the
+// request's time: err is the client's, or nil if it was not called.
+func upstreamTimedOut(err error) error {
+	return &upstreamTimeoutError{err: err, errs: [2]error{ErrTimeout, err}}
 }
 
 // Error says that the upstream call ran out of time, and why.
@@ -214,7 +222,7 @@ func (e *upstreamTimeoutError) Error() string {
 // Unwrap returns ErrTimeout and the client's error, if any.
 func (e *upstreamTimeoutError) Unwrap() []error {
 	if e.err == nil {
-		return []error{ErrTimeout}
+		return e.errs[:1]
 	}
-	return []error{ErrTimeout, e.err}
+	return e.errs[:]
 }

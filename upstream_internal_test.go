@@ -1,6 +1,8 @@
 package fasttimeout
 
 import (
+	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -46,6 +48,37 @@ func TestDo_makes_a_context_only_for_a_watch_that_can_start(t *testing.T) {
 			ctx.Init(new(fasthttp.Request), nil, nil) // a connection, as far as the watch can tell
 			h(&ctx)
 			assert.Equal(t, tc.want, <-made)
+		})
+	}
+}
+
+// errors.Is asks an error's Unwrap at every look, and a gateway may look
+// several times per failed call (ErrTimeout for a 504, its client's own
+// errors for a 502): Do's errors answer without allocating.
+func TestDo_errors_match_without_allocating(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		is   []error // what it matches
+		not  error   // what it does not
+	}{
+		{name: "no time left", err: errBudgetSpent, is: []error{ErrTimeout}, not: context.Canceled},
+		{name: "the upstream out of time", err: upstreamTimedOut(fasthttp.ErrTimeout), is: []error{ErrTimeout, fasthttp.ErrTimeout}, not: context.Canceled},
+		{name: "the client gone", err: errClientLeft, is: []error{ErrClientGone, context.Canceled}, not: ErrTimeout},
+		{name: "the server shutting down", err: errShuttingDown, is: []error{ErrShutdown, context.Canceled}, not: ErrTimeout},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, target := range tc.is {
+				assert.ErrorIs(t, tc.err, target)
+			}
+			assert.NotErrorIs(t, tc.err, tc.not)
+			allocs := testing.AllocsPerRun(100, func() {
+				for _, target := range tc.is {
+					_ = errors.Is(tc.err, target)
+				}
+				_ = errors.Is(tc.err, tc.not)
+			})
+			assert.Zero(t, allocs)
 		})
 	}
 }
