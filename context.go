@@ -124,19 +124,20 @@ var closedChan = func() chan struct{} {
 	return ch
 }()
 
-// requestContext is the context.Context of one request.
+// requestContext is the context.Context of one request. One is allocated
+// per request that asks for it: outside and shard sit in hasDone's padding,
+// which keeps it in the 160-byte size class, not 176.
 type requestContext struct {
 	request    atomic.Pointer[fasthttp.RequestCtx] // source of Value; nil once the request is over
 	deadline   atomic.Int64                        // nanoseconds since epoch, or noDeadline
 	serverDone <-chan struct{}
 	hasDone    atomic.Bool                     // done is set; it never changes after
+	outside    bool                            // made outside New: ends only with the server
+	shard      uint8                           // the housekeeper's shard that watches it, by connection; set before it is shared
 	done       chan struct{}                   // made on the first Done call, under mu
 	causes     atomic.Pointer[context.Context] // &timeoutCause, &shutdownCause or &goneCause once cancelled with one
-	outside    bool                            // made outside New: ends only with the server
 
-	// Watched by the housekeeper (cooperative mode): shard, by connection,
-	// is set before the context is shared; the rest is under its lock.
-	shard uint8
+	// Watched by the housekeeper (cooperative mode), under its shard's lock.
 	slot  int    // index in the shard's contexts while watched, else -1
 	owner *call  // whose context it is, which the housekeeper times out at the deadline; nil once unwatched
 	gen   uint64 // owner's generation (see call.begin): a context made after its request ended times out no other
