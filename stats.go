@@ -142,22 +142,27 @@ type Counters struct {
 // the same instant. InFlight is read first, and a handler leaves it only
 // once all about it is counted: in a snapshot whose InFlight is zero, every
 // handler that ran before is counted in full (LateFinished, Panics,
-// ClientGone and the rest).
+// ClientGone and the rest). A count that is part of another (SpentBudgets
+// of Timeouts, LeftWaiting of ClientGone) never exceeds it, and a late
+// handler is never counted both running and finished.
 func (s *Stats) Snapshot() Counters {
 	inFlight := s.inFlight.load()
 	full, timedOut := s.rejectedFull.Load(), s.rejectedTimeout.Load() // Rejected is their sum in every snapshot
-	// Read before ClientGone, added to after it: never above it.
-	left := s.leftWaiting.Load()
+	// Each part read before its whole, which is added to first: never above
+	// it. And a late handler's return is counted out of LateRunning before
+	// it is counted in LateFinished: read in the other order, it is never
+	// in both.
+	left, spent, lateFinished := s.leftWaiting.Load(), s.spentBudgets.Load(), s.lateFinished.Load()
 	return Counters{
 		Requests:           s.requests.load(),
 		InFlight:           inFlight,
 		Timeouts:           s.timeouts.Load(),
 		LateRunning:        s.lateRunning.Load(),
-		LateFinished:       s.lateFinished.Load(),
+		LateFinished:       lateFinished,
 		Panics:             s.panics.Load(),
 		Shed:               s.shed.Load(),
 		BadDeadlineHeaders: s.badDeadlineHeaders.Load(),
-		SpentBudgets:       s.spentBudgets.Load(),
+		SpentBudgets:       spent,
 		ClientGone:         s.clientGone.Load(),
 		UnwatchedClients:   s.unwatchedClients.Load(),
 

@@ -225,3 +225,40 @@ func TestStats_InFlight_falls_after_the_racing_answer(t *testing.T) {
 		})
 	}
 }
+
+// A snapshot is read counter by counter while requests are counted, as a
+// scraper reads it; still, a count that is part of another never exceeds
+// it: SpentBudgets of Timeouts, which the middleware adds to first. Spent
+// budgets are answered (grpc-timeout 0S) as fast as a goroutine can, while
+// another takes snapshots; bounded by counts, not by time.
+func TestStats_a_snapshot_never_counts_a_part_above_its_whole(t *testing.T) {
+	t.Parallel()
+	stats := new(fasttimeout.Stats)
+	h := fasttimeout.New(func(*fasthttp.RequestCtx) { t.Error("a spent budget ran") },
+		fasttimeout.Config{Timeout: time.Minute, Stats: stats, HonorDeadlineHeaders: true})
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		var req fasthttp.Request
+		req.Header.Set(fasttimeout.HeaderGRPCTimeout, "0S")
+		var ctx fasthttp.RequestCtx
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			ctx.Init(&req, nil, nil)
+			h(&ctx)
+		}
+	})
+	defer wg.Wait()
+	defer close(stop)
+	for range 200_000 {
+		c := stats.Snapshot()
+		if c.SpentBudgets > c.Timeouts {
+			t.Fatalf("SpentBudgets %d above Timeouts %d", c.SpentBudgets, c.Timeouts)
+		}
+	}
+	require.Positive(t, stats.Snapshot().SpentBudgets, "no spent budget answered")
+}
