@@ -301,9 +301,10 @@ func (r *request) release() {
 // caller's context in its own middleware and calls Attach.
 //
 // The span follows OpenTelemetry's HTTP semantic conventions: it is named
-// after the request's method, or "HTTP" for a method other than the nine of
-// HTTP (GET to TRACE, in capitals), whose http.request.method is then _OTHER
-// and http.request.method_original the method sent, so that clients cannot
+// after the request's method, or "HTTP" for a method other than the ten the
+// conventions know (RFC 9110's eight, PATCH and QUERY, in capitals), whose
+// http.request.method is then _OTHER and http.request.method_original the
+// method the client sent, as the conventions ask, so that clients cannot
 // make up span names; it has url.path, url.query if any (the values of
 // sensitive keys, such as sig and X-Amz-Signature, REDACTED as the
 // conventions ask), url.scheme (as the server received the request),
@@ -396,14 +397,15 @@ func typeName(v any) string {
 }
 
 // methodAttributes returns the span name and method attributes of a
-// request with method: the method itself if it is one of HTTP's, "HTTP"
+// request with method: the method itself if the conventions know it, "HTTP"
 // and _OTHER otherwise (the conventions' http.request.method).
 func methodAttributes(method []byte) (name string, attrs []attribute.KeyValue) {
 	attrs = make([]attribute.KeyValue, 0, 9) // room for the caller's url.* and the request's
 	switch string(method) {
 	case fasthttp.MethodGet, fasthttp.MethodHead, fasthttp.MethodPost, fasthttp.MethodPut,
 		fasthttp.MethodPatch, fasthttp.MethodDelete, fasthttp.MethodConnect,
-		fasthttp.MethodOptions, fasthttp.MethodTrace:
+		fasthttp.MethodOptions, fasthttp.MethodTrace,
+		"QUERY": // semconv.HTTPRequestMethodQuery: the conventions know it too
 		name = string(method)
 		return name, append(attrs, semconv.HTTPRequestMethodKey.String(name))
 	}

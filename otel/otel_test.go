@@ -532,6 +532,9 @@ func TestMiddlewareFollowsHTTPConventions(t *testing.T) {
 			wantCode: codes.Error, wantDesc: fasttimeout.ErrTimeout.Error()},
 		{name: "a_spent_budget", method: "GET", path: "/fast", header: []string{"grpc-timeout", "0S"}, wantStatus: 504, wantName: "GET", wantMethod: "GET",
 			wantCode: codes.Error, wantDesc: fasttimeout.ErrTimeout.Error()},
+		// The conventions (semconv v1.43.0, which this module imports)
+		// know QUERY beside RFC 9110's methods and PATCH.
+		{name: "QUERY", method: "QUERY", path: "/fast", wantStatus: 200, wantName: "QUERY", wantMethod: "QUERY", wantCode: codes.Unset},
 		{name: "an_unknown_method", method: "FOO", path: "/fast", wantStatus: 200, wantName: "HTTP", wantMethod: "_OTHER", wantOrig: "FOO", wantCode: codes.Unset},
 		{name: "a_method_in_lower_case", method: "get", path: "/fast", wantStatus: 200, wantName: "HTTP", wantMethod: "_OTHER", wantOrig: "get", wantCode: codes.Unset},
 	}
