@@ -176,6 +176,11 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect reads the Stats and sends their current values.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	// The histograms before the counters, and all before the first send:
+	// an event is counted (a timeout in Timeouts, a late return in
+	// LateFinished, a wait in Queued) before it is observed, so a histogram
+	// read first never holds an observation its counter misses.
+	lateness, lateRun, queueWait := c.stats.AnswerLateness(), c.stats.LateRun(), c.stats.QueueWait()
 	counters := c.stats.Snapshot()
 	for _, m := range c.counters {
 		ch <- prometheus.MustNewConstMetric(m.desc, m.valueType, float64(m.value(counters)))
@@ -183,9 +188,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for _, r := range rejectedBy {
 		ch <- prometheus.MustNewConstMetric(c.rejected, prometheus.CounterValue, float64(r.value(counters)), r.reason)
 	}
-	ch <- constHistogram(c.lateness, c.stats.AnswerLateness())
-	ch <- constHistogram(c.lateRun, c.stats.LateRun())
-	ch <- constHistogram(c.queueWait, c.stats.QueueWait())
+	ch <- constHistogram(c.lateness, lateness)
+	ch <- constHistogram(c.lateRun, lateRun)
+	ch <- constHistogram(c.queueWait, queueWait)
 }
 
 // constHistogram converts h, in seconds, with cumulative buckets as
