@@ -116,6 +116,12 @@ type request struct {
 	// span's status to Error with fasttimeout's cause: Middleware must not
 	// overwrite it, and no second end is recorded (see record).
 	failed atomic.Bool
+
+	// endEvent is the event of the end recorded, set by the record that set
+	// failed; status the status code Middleware recorded (0 under Attach
+	// alone). Both are read by the last release (see errorTypeOfEnd).
+	endEvent string
+	status   int
 }
 
 // Attach makes the span of c (trace.SpanFromContext) the request's span for
@@ -291,7 +297,21 @@ func (r *request) release() {
 		}
 		r.record(endBy(c, cause, time.Now()), timeout)
 	}
+	r.errorTypeOfEnd()
 	r.span.End()
+}
+
+// errorTypeOfEnd sets error.type, which the conventions require of a span
+// that ended with an error, to the event of the end recorded, if Middleware
+// answered with a status under 500: one of 500 or more is error.type
+// already (see setStatusCode), but a timeout answered with a 408 or a 200
+// (Config.StatusCode), or a shutdown answered with a 200, has the status
+// Error and would have no error.type. Called by the last release, after
+// every record and Middleware's status code.
+func (r *request) errorTypeOfEnd() {
+	if r.endEvent != "" && r.status != 0 && r.status < fasthttp.StatusInternalServerError {
+		r.span.SetAttributes(semconv.ErrorTypeKey.String(r.endEvent))
+	}
 }
 
 // Middleware starts a server span for each request, with tracer, attaches
@@ -314,7 +334,9 @@ func (r *request) release() {
 // http.response.status_code, that of the timeout response for a request
 // answered at its deadline. A 5xx answer sets error.type to
 // its status code ("504") and the status to Error, with fasttimeout's cause
-// as description when the answer is fasttimeout's. A panic that goes through
+// as description when the answer is fasttimeout's; under 500 (a timeout
+// answered with a Config.StatusCode of 408, say), an end fasttimeout recorded
+// sets error.type to its event's name. A panic that goes through
 // it (one in time: fasttimeout passes a late one to Config.OnPanic) is
 // recorded as an "exception" event with exception.type and
 // exception.message, error.type the exception's type and the status Error,
@@ -556,6 +578,7 @@ func (r *request) recordStatusCode(ctx *fasthttp.RequestCtx) {
 // a request that ended with an error, which a 5xx answer is on the server
 // side, and name the status code as its value then.
 func (r *request) setStatusCode(status int) {
+	r.status = status // read by the last release, after Middleware's
 	if status < fasthttp.StatusInternalServerError {
 		r.span.SetAttributes(semconv.HTTPResponseStatusCode(status))
 		return
@@ -669,6 +692,7 @@ func (r *request) record(e endOfContext, timeout time.Duration) (endOfContext, b
 	if !r.failed.CompareAndSwap(false, true) {
 		return e, false
 	}
+	r.endEvent = e.event // read by the last release, which waits for this record
 	r.span.AddEvent(e.event, trace.WithAttributes(e.attributes(timeout, e.at)...))
 	r.span.SetStatus(codes.Error, e.cause.Error())
 	if e.event == EventClientGone {
