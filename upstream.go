@@ -88,14 +88,17 @@ const minUpstreamBudget = time.Millisecond
 // (cooperative, or inside a New that ignores hang-ups), which makes the
 // request's context for the watch.
 func Do(ctx *fasthttp.RequestCtx, c Doer, req *fasthttp.Request, resp *fasthttp.Response) error {
-	left, bounded, err := upstreamBudget(ctx, &req.Header)
+	at, left, bounded, err := upstreamBudget(ctx, &req.Header)
 	if err != nil {
 		return err
 	}
 	if !bounded {
 		return c.Do(req, resp)
 	}
-	deadline := time.Now().Add(left)
+	// The request's deadline itself (or the carried one), not the time left
+	// added to the clock again, which would give the upstream what passed
+	// in between on top.
+	deadline := epoch.Add(time.Duration(at))
 	setBudgetHeaders(&req.Header, left)
 	err = c.DoDeadline(req, resp, deadline)
 	// By the clock, not the error: fasthttp.ErrTimeout is also c's own
@@ -107,13 +110,14 @@ func Do(ctx *fasthttp.RequestCtx, c Doer, req *fasthttp.Request, resp *fasthttp.
 	return err
 }
 
-// upstreamBudget returns the upstream's budget for the request ctx whose
-// outgoing headers are h; bounded false for no deadline; or the error Do
-// returns without calling. It holds the call (see hold) only meanwhile.
-func upstreamBudget(ctx *fasthttp.RequestCtx, h *fasthttp.RequestHeader) (left time.Duration, bounded bool, err error) {
+// upstreamBudget returns the upstream's deadline for the request ctx whose
+// outgoing headers are h, at (as now counts), and the time left until it;
+// bounded false for no deadline; or the error Do returns without calling.
+// It holds the call (see hold) only meanwhile.
+func upstreamBudget(ctx *fasthttp.RequestCtx, h *fasthttp.RequestHeader) (at int64, left time.Duration, bounded bool, err error) {
 	call, root, held := hold(ctx, false)
 	if call == nil {
-		return 0, false, nil
+		return 0, 0, false, nil
 	}
 	defer root.unhold(held)
 	call.watchForUpstream()
@@ -122,22 +126,22 @@ func upstreamBudget(ctx *fasthttp.RequestCtx, h *fasthttp.RequestHeader) (left t
 	// deadline (then even with a budget too short to call), else the
 	// cause stays the timeout.
 	if call.clientGone() {
-		return 0, false, errClientLeft
+		return 0, 0, false, errClientLeft
 	}
-	left, ok := call.remaining()
-	if (!ok || left > 0) && closed(serverDone(ctx)) {
-		return 0, false, errShuttingDown
+	at, t := call.deadline.Load(), now()
+	if (at == noDeadline || at > t) && closed(serverDone(ctx)) {
+		return 0, 0, false, errShuttingDown
 	}
-	if !ok {
-		return 0, false, nil
+	if at == noDeadline {
+		return 0, 0, false, nil
 	}
 	if carried, found, _ := incomingBudget(h); found {
-		left = min(left, carried)
+		at = min(at, t+int64(carried))
 	}
-	if left < minUpstreamBudget {
-		return 0, false, errBudgetSpent
+	if left = time.Duration(at - t); left < minUpstreamBudget {
+		return 0, 0, false, errBudgetSpent
 	}
-	return left, true, nil
+	return at, left, true, nil
 }
 
 // setBudgetHeaders writes budget into h's deadline headers (see Do),

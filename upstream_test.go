@@ -194,6 +194,57 @@ func TestDo(t *testing.T) {
 		}
 	})
 
+	// The deadline Do gives the client is the request's own, not the time
+	// left measured some instructions earlier and added to the clock again:
+	// whatever passes in between (a preemption, a GC assist) would be given
+	// to the upstream on top of the request's time.
+	t.Run("gives the upstream no deadline later than the request's", func(t *testing.T) {
+		t.Parallel()
+		for _, tc := range []struct {
+			name   string
+			mode   fasttimeout.Mode
+			nested bool
+			extend bool
+		}{
+			{name: "racing", mode: fasttimeout.Racing},
+			{name: "cooperative", mode: fasttimeout.Cooperative},
+			{name: "inside another New", mode: fasttimeout.Racing, nested: true},
+			{name: "after Extend", mode: fasttimeout.Cooperative, extend: true},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				t.Parallel()
+				type deadlines struct{ request, upstream time.Time }
+				got := make(chan deadlines, 1)
+				var h fasthttp.RequestHandler = func(ctx *fasthttp.RequestCtx) {
+					if tc.extend {
+						assert.True(t, fasttimeout.Extend(ctx, time.Minute))
+					}
+					request, ok := fasttimeout.Context(ctx).Deadline()
+					assert.True(t, ok, "the request has a deadline")
+					var upstream time.Time
+					req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+					defer fasthttp.ReleaseRequest(req)
+					defer fasthttp.ReleaseResponse(resp)
+					assert.NoError(t, fasttimeout.Do(ctx, doerFunc(func(_ *fasthttp.Request, _ *fasthttp.Response, deadline time.Time) error {
+						upstream = deadline
+						return nil
+					}), req, resp))
+					got <- deadlines{request, upstream}
+				}
+				h = fasttimeout.New(h, fasttimeout.Config{Timeout: time.Minute, Mode: tc.mode})
+				if tc.nested {
+					h = fasttimeout.New(h, fasttimeout.Config{Timeout: 2 * time.Minute})
+				}
+				s := serve(t, h)
+				code, _, _ := s.get(t, "/")
+				require.Equal(t, fasthttp.StatusOK, code)
+				d := receive(t, got, "the deadlines")
+				assert.False(t, d.upstream.After(d.request), "upstream deadline %s after the request's",
+					d.upstream.Sub(d.request))
+			})
+		}
+	})
+
 	t.Run("does not call the upstream when the carried deadline is spent", func(t *testing.T) {
 		t.Parallel()
 		var calls atomic.Int64
