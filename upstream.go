@@ -81,7 +81,9 @@ const minUpstreamBudget = time.Millisecond
 // ended: fasthttp's clients take no context.
 //
 // If ctx has no deadline (not bounded by New, or after [Disarm]), Do is
-// c.Do(req, resp) and req is unchanged; a hang-up or shutdown still stops it.
+// c.Do(req, resp) and req is unchanged; after Disarm, a hang-up or shutdown
+// still stops it as above, but outside New (Config.Skip's requests too)
+// nothing does.
 //
 // Do allocates only for an error matching ErrTimeout, or on the first Do or
 // Context of a request watched by a New that runs its handler inline

@@ -423,6 +423,47 @@ func TestDo(t *testing.T) {
 		}
 	})
 
+	// Outside New there is no call to look at: Do is c.Do, shutdown or not
+	// (its godoc said that a shutdown still stopped it).
+	t.Run("calls the upstream during a shutdown outside New", func(t *testing.T) {
+		t.Parallel()
+		for _, tc := range []struct {
+			name string
+			wrap func(fasthttp.RequestHandler) fasthttp.RequestHandler
+		}{
+			{name: "no New", wrap: func(h fasthttp.RequestHandler) fasthttp.RequestHandler { return h }},
+			{name: "skipped by New", wrap: func(h fasthttp.RequestHandler) fasthttp.RequestHandler {
+				return fasttimeout.New(h, fasttimeout.Config{Timeout: time.Minute, Skip: func(*fasthttp.RequestCtx) bool { return true }})
+			}},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				t.Parallel()
+				var calls atomic.Int64
+				upstream := serve(t, echoBudget(&calls))
+				errs := make(chan error, 1)
+				proxy := proxyTo(upstream.client, errs)
+				started := make(chan struct{}, 1)
+				gateway := startStressLoopback(t, tc.wrap(func(ctx *fasthttp.RequestCtx) {
+					c := fasttimeout.Context(ctx)
+					started <- struct{}{}
+					select {
+					case <-c.Done(): // the shutdown
+					case <-time.After(stressBound):
+					}
+					proxy(ctx)
+				}))
+
+				sendRaw(t, gateway.addr, rawRequest("/"))
+				receive(t, started, "the handler's start")
+				shutdown := make(chan error, 1)
+				go func() { shutdown <- gateway.shutdown() }()
+				assert.NoError(t, receive(t, errs, "the proxy's error"))
+				assert.Equal(t, int64(1), calls.Load(), "upstream calls")
+				assert.NoError(t, receive(t, shutdown, "the end of the shutdown"))
+			})
+		}
+	})
+
 	t.Run("passes other upstream errors through unchanged", func(t *testing.T) {
 		t.Parallel()
 		errs := make(chan error, 1)
