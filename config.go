@@ -84,7 +84,8 @@ type Config struct {
 	// Timeout bounds each request, measured from its arrival: fasthttp's
 	// ctx.Time(), or with HonorQueueHeaders when the proxy in front first
 	// saw it. Time spent waiting for a concurrency slot counts. Zero means
-	// DefaultTimeout (5 s); a negative value panics in New.
+	// DefaultTimeout (5 s); a negative value, or one under 1 ms (a unit
+	// mistake: Timeout: 5 is 5 ns), panics in New.
 	Timeout time.Duration
 
 	// StatusCode is the status of the timeout response. Zero means
@@ -311,8 +312,12 @@ const minPrecision = 100 * time.Microsecond
 // configuration that cannot work, naming the field and the value.
 func (cfg Config) resolve() settings {
 	mustNotBeNegative("Timeout", cfg.Timeout)
-	if cfg.Timeout == 0 {
+	switch {
+	case cfg.Timeout == 0:
 		cfg.Timeout = DefaultTimeout
+	case cfg.Timeout < minTimeout:
+		panic(fmt.Sprintf("fasttimeout: Config.Timeout must be at least %v, as TimeoutFromEnv's, got %v (a bare number counts nanoseconds)",
+			minTimeout, cfg.Timeout))
 	}
 	switch {
 	case cfg.StatusCode == 0:

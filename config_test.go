@@ -29,6 +29,10 @@ func TestNew_rejects_bad_configuration(t *testing.T) {
 	}{
 		{"nil_handler", nil, fasttimeout.Config{}, "New needs a handler, got nil"},
 		{"negative_timeout", ok, fasttimeout.Config{Timeout: -time.Second}, "Config.Timeout must not be negative, got -1s"},
+		// A bare number is nanoseconds: 5 meant as seconds would time out
+		// every request.
+		{"timeout_as_a_bare_number", ok, fasttimeout.Config{Timeout: 5}, "Config.Timeout must be at least 1ms, as TimeoutFromEnv's, got 5ns"},
+		{"timeout_under_a_millisecond", ok, fasttimeout.Config{Timeout: 999 * time.Microsecond}, "got 999µs"},
 		{"status_below_100", ok, fasttimeout.Config{StatusCode: 42}, "Config.StatusCode must be a final HTTP status (200-599), got 42"},
 		{"status_informational", ok, fasttimeout.Config{StatusCode: fasthttp.StatusContinue}, "Config.StatusCode must be a final HTTP status (200-599), got 100"},
 		{"status_199", ok, fasttimeout.Config{StatusCode: 199}, "got 199"},

@@ -10,11 +10,12 @@ import (
 	"time"
 )
 
-// Bounds of what TimeoutFromEnv accepts: beyond a day a request timeout is a
-// typo; below a millisecond it is a unit mistake, timing out even a trivial
-// handler.
+// Bounds of a request timeout: below a millisecond it is a unit mistake
+// (Config{Timeout: 5} is 5 ns), timing out even a trivial handler, which
+// New refuses as TimeoutFromEnv does; beyond a day, for TimeoutFromEnv, a
+// typo.
 const (
-	minEnvTimeout = time.Millisecond
+	minTimeout    = time.Millisecond
 	maxEnvTimeout = 24 * time.Hour
 )
 
@@ -53,10 +54,10 @@ func ParseTimeout(s string) (time.Duration, error) {
 		switch {
 		case math.IsNaN(secs) || math.IsInf(secs, 0) && err == nil:
 			return 0, fmt.Errorf("not a finite number of seconds")
-		case secs == 0 && underflows(s), secs > 0 && secs < minEnvTimeout.Seconds():
+		case secs == 0 && underflows(s), secs > 0 && secs < minTimeout.Seconds():
 			// A positive number below float64's least ("1e-400") reads as
 			// 0; checked before rounding to nanoseconds, which may give 0.
-			return 0, fmt.Errorf("less than the minimum of %v", minEnvTimeout)
+			return 0, fmt.Errorf("less than the minimum of %v", minTimeout)
 		case secs <= 0:
 			return 0, fmt.Errorf("must be positive")
 		case secs > maxEnvTimeout.Seconds():
@@ -75,9 +76,9 @@ func ParseTimeout(s string) (time.Duration, error) {
 		return 0, fmt.Errorf("more than %v", maxEnvTimeout)
 	}
 	switch {
-	case d < minEnvTimeout && (d > 0 || underflows(s)):
+	case d < minTimeout && (d > 0 || underflows(s)):
 		// Also a positive duration that rounds to 0 ns ("0.1ns").
-		return 0, fmt.Errorf("less than the minimum of %v", minEnvTimeout)
+		return 0, fmt.Errorf("less than the minimum of %v", minTimeout)
 	case d <= 0:
 		return 0, fmt.Errorf("must be positive")
 	case d > maxEnvTimeout:
