@@ -248,8 +248,18 @@ Flags:
 			return o, fmt.Errorf("%s wants a port number from %d to 65535, got %q", name, lowest, hostport)
 		}
 	}
-	if forwardsToItself(o.addr, o.upstream) {
-		return o, fmt.Errorf("-upstream %s is the gateway's own -addr %s: each request would come back to it", o.upstream, o.addr)
+	// A name in -addr (localhost) is compared as the address Listen will
+	// take for it, which ResolveTCPAddr gives: "-addr localhost:8080" with
+	// the default -upstream 127.0.0.1:8080 is a loop. One that does not
+	// resolve is left to Listen to report.
+	listenAddr, resolved := o.addr, ""
+	if host, _, _ := net.SplitHostPort(o.addr); host != "" && net.ParseIP(host) == nil {
+		if a, err := net.ResolveTCPAddr("tcp", o.addr); err == nil {
+			listenAddr, resolved = a.String(), " ("+a.String()+")"
+		}
+	}
+	if forwardsToItself(listenAddr, o.upstream) {
+		return o, fmt.Errorf("-upstream %s is the gateway's own -addr %s%s: each request would come back to it", o.upstream, o.addr, resolved)
 	}
 	var err error
 	o.timeout, err = fasttimeout.TimeoutFromEnv(timeoutEnv, fasttimeout.DefaultTimeout)
@@ -274,7 +284,8 @@ Flags:
 // another server has the other family's loopback). Such a gateway sends
 // each request back to itself, turn after turn, an upstream connection held
 // at each, until the request's time runs out: a 504 for every request.
-// Other names are not resolved.
+// Other names are not resolved (parseOptions resolves a name in -addr,
+// as Listen does, before it calls this).
 func forwardsToItself(addr, upstream string) bool {
 	host, port, _ := net.SplitHostPort(addr)
 	upHost, upPort, _ := net.SplitHostPort(upstream)

@@ -255,6 +255,9 @@ func TestBadInput(t *testing.T) {
 		{name: "upstream is localhost, addr every address", args: []string{"-addr", ":8081", "-upstream", "localhost:8081"}, want: "-upstream localhost:8081 is the gateway's own -addr :8081"},
 		{name: "upstream is localhost, addr loopback", args: []string{"-addr", "127.0.0.1:8081", "-upstream", "LOCALHOST:8081"}, want: "-upstream LOCALHOST:8081 is the gateway's own -addr 127.0.0.1:8081"},
 		{name: "upstream is loopback, addr every IPv6 address", args: []string{"-addr", "[::]:8081", "-upstream", "[::1]:8081"}, want: "is the gateway's own -addr"},
+		// Listen takes localhost's IPv4 address, 127.0.0.1 (the name
+		// resolves to it here, as /etc/hosts has it nearly everywhere).
+		{name: "upstream is addr, addr named localhost", args: []string{"-addr", "localhost:8081", "-upstream", "127.0.0.1:8081"}, want: "-upstream 127.0.0.1:8081 is the gateway's own -addr localhost:8081 (127.0.0.1:8081)"},
 		{name: "addr port out of range", args: []string{"-addr", "127.0.0.1:99999"}, want: "-addr wants a port number"},
 		{name: "extra argument", args: []string{"serve"}, want: `unexpected argument "serve"`},
 		{name: "REQUEST_TIMEOUT garbage", env: "abc", want: `REQUEST_TIMEOUT="abc"`},
