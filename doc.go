@@ -35,7 +35,8 @@
 //
 // The API at a glance:
 //
-//   - [New] and [Config]: the middleware and its settings; [Mode].
+//   - [New] and [Config]: the middleware and its settings; [Mode]; the
+//     defaults, [DefaultTimeout] and its neighbours.
 //   - [Context], [Remaining], [Disarm], [Extend]: what a handler may ask or
 //     change about its own deadline.
 //   - [Do] and [Doer]: an upstream call bounded by the request's deadline;
@@ -48,10 +49,12 @@
 //   - [RetryListener]: a listener for Serve that rides out EMFILE and other
 //     accept errors of a connection flood instead of ending the server.
 //   - [Stats], [Counters], [Histogram]: counters for expvar, Prometheus or
-//     OpenTelemetry; [RejectReason]: why a request was refused;
-//     [SpentBudget]: whether it was answered without running, out of time.
+//     OpenTelemetry; [RejectReason]: why a request was refused
+//     ([RejectedLateHandlers] and its neighbours); [SpentBudget]: whether it
+//     was answered without running, out of time.
 //   - [ErrTimeout], [ErrShutdown], [ErrClientGone]: the causes of a
-//     cancelled request context; [HangupDelay] and
+//     cancelled request context; [ErrHandlerGoexit]: the panic value of a
+//     racing handler's runtime.Goexit; [HangupDelay] and
 //     [StatusClientClosedRequest]: when a client is watched, and the status
 //     of a request whose client left.
 package fasttimeout
