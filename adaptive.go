@@ -221,11 +221,11 @@ func (l *limiter) byLatency(limit int64, rtts, fresh []int64, start, t int64, bi
 }
 
 // yieldProbe ends a probe that began without load (at start, or called
-// early) for a request it would otherwise refuse, and reports whether it
-// found one on (now over): such a probe stops measuring rather than cost the
-// server requests. A probe under load does not yield (requests are refused
-// then anyway); the next window in which requests queue probes again
-// (probeOwed).
+// early) for a request it would otherwise refuse, or held past MaxQueueAge
+// (see wait), and reports whether it found one on (now over): such a probe
+// stops measuring rather than cost the server requests. A probe under load
+// does not yield (requests are refused then anyway); the next window in
+// which requests queue probes again (probeOwed).
 //
 // held: the request queued behind such a probe, and is let through (true)
 // once it is over, whoever ended it. It waits on the adapting lock for an

@@ -152,6 +152,10 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (wai
 		// running late since does not make that a timeout.
 		return waited, l.refuse(RejectedQueueFull)
 	case t+int64(waited) >= giveUp && !closed(shutdown):
+		// Its caller gave up: it gets the timeout response, but a probe
+		// without load that held it back gives way as for a refusal, or
+		// it would hold back every request until its handlers return.
+		l.yieldProbe(t+int64(waited), heldByProbe)
 		return waited, l.refuse(spentBudget)
 	// Out of the queue as its server shuts down, a request is refused
 	// however long it waited: a probe giving way would admit it.
