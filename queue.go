@@ -86,7 +86,15 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (wai
 	}
 	// Twice the ceiling, which saturates: math.MaxInt, "no ceiling", would
 	// overflow to a negative and leave minQueue.
-	full := l.queued >= max(2*int(min(l.ceiling, math.MaxInt/2)), minQueue)
+	capacity := max(2*int(min(l.ceiling, math.MaxInt/2)), minQueue)
+	full := l.queued >= capacity
+	if full && !l.lifo(clock) {
+		// Oldest first, as dispatch serves them: those whose wait is over
+		// by the clock leave refused, as their timers, due, would have it.
+		// Whether their goroutines ran first must not refuse the newcomer.
+		l.dispatchLocked(clock)
+		full = l.queued >= capacity
+	}
 	// Refused if it cannot wait minWait of its share, or if the queue is
 	// full and not serving the newest first (lifo), which has the oldest
 	// give way.
