@@ -323,8 +323,9 @@ func TestHangup_late_handler_after_a_hang_up(t *testing.T) {
 	assert.Equal(t, "fast", string(other.get(t, "/fast", "S0000000000000002").Body()))
 }
 
-// Hang-ups are seen through TLS and through fasthttp's MaxConnsPerIP
-// wrapper, which both hide the socket.
+// Hang-ups are seen through TLS, through fasthttp's MaxConnsPerIP wrapper
+// and through a listener's wrapper that embeds the connection by value,
+// which all hide the socket.
 func TestHangup_through_wrapped_connections(t *testing.T) {
 	requireHangups(t)
 	for _, tc := range []struct {
@@ -344,6 +345,9 @@ func TestHangup_through_wrapped_connections(t *testing.T) {
 		{"MaxConnsPerIP", func(_ *testing.T, s *fasthttp.Server, ln net.Listener) (net.Listener, func(string) (net.Conn, error)) {
 			s.MaxConnsPerIP = 10
 			return ln, func(addr string) (net.Conn, error) { return net.Dial("tcp", addr) }
+		}},
+		{"wrapper embedding the connection, by value", func(_ *testing.T, _ *fasthttp.Server, ln net.Listener) (net.Listener, func(string) (net.Conn, error)) {
+			return valueWrapListener{ln}, func(addr string) (net.Conn, error) { return net.Dial("tcp", addr) }
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -374,6 +378,21 @@ func TestHangup_through_wrapped_connections(t *testing.T) {
 		})
 	}
 }
+
+// valueWrapListener wraps each connection it accepts in a valueWrapConn, by
+// value: a wrapper that embeds the connection, as Config.IgnoreHangups says
+// is seen through, without being a pointer.
+type valueWrapListener struct{ net.Listener }
+
+func (l valueWrapListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return valueWrapConn{c}, nil
+}
+
+type valueWrapConn struct{ net.Conn }
 
 // Hang-ups are seen on Unix sockets too (a server behind a proxy on the same
 // host, say), as Config.IgnoreHangups says: a close, and a half-close,

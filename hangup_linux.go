@@ -395,19 +395,24 @@ func socketOf(conn net.Conn) (syscall.Conn, *byte, bool) {
 	return nil, nil, false
 }
 
-// embeddedConn returns the net.Conn that conn, a pointer to a struct, embeds
-// as its field Conn, read by reflect without unsafe: fasthttp's MaxConnsPerIP
-// wrapper (perIPConn) hides syscall.Conn and NetConn so (its TLS twin embeds
-// *tls.Conn, with NetConn); the MaxConnsPerIP test notices if that changes.
+// embeddedConn returns the net.Conn that conn, a struct or a pointer to one,
+// embeds as its field Conn, read by reflect without unsafe: fasthttp's
+// MaxConnsPerIP wrapper (perIPConn) hides syscall.Conn and NetConn so (its
+// TLS twin embeds *tls.Conn, with NetConn); the MaxConnsPerIP test notices
+// if that changes. A listener's wrapper may embed it by value too: the
+// connection inside, not the copy, is then what names it.
 func embeddedConn(conn net.Conn) (net.Conn, bool) {
 	v := reflect.ValueOf(conn)
-	if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Kind() != reflect.Struct {
+	if v.Kind() == reflect.Pointer && !v.IsNil() {
+		v = v.Elem()
+	}
+	if v.Kind() != reflect.Struct {
 		return nil, false
 	}
-	f, ok := v.Elem().Type().FieldByName("Conn")
+	f, ok := v.Type().FieldByName("Conn")
 	if !ok || !f.Anonymous || f.Type != reflect.TypeFor[net.Conn]() || len(f.Index) != 1 {
 		return nil, false
 	}
-	inner, _ := v.Elem().Field(f.Index[0]).Interface().(net.Conn)
+	inner, _ := v.Field(f.Index[0]).Interface().(net.Conn)
 	return inner, inner != nil
 }
