@@ -45,15 +45,20 @@ import (
 // no longer gives way, before the limit is restored.
 var testHookProbeEnding atomic.Pointer[func(*limiter)]
 
+// testHookCounted, set only by tests, runs in sample and drop once the
+// event is counted in its window, before it looks at the window's start.
+var testHookCounted atomic.Pointer[func(*limiter)]
+
 // sample records the latency of a handler that returned in time.
 func (l *limiter) sample(t int64, rtt time.Duration) {
 	if p := l.probeFrom.Load(); p != 0 && t-int64(rtt) < p {
 		return // admitted before the probe: its latency is the load's
 	}
 	i := l.count.Add(1) - 1
-	if i == 0 && l.drops.Load() == 0 {
-		l.windowStart.Store(t) // the window starts with its first event, not after an idle spell
+	if hook := testHookCounted.Load(); hook != nil {
+		(*hook)(l)
 	}
+	l.openWindow(t)
 	if i < windowSamples {
 		l.admittedAt[i].Store(t - int64(rtt))
 		l.samples[i].Store(int64(max(rtt, 1)))
@@ -69,18 +74,42 @@ func (l *limiter) drop(t, admitted int64) {
 	if admitted >= l.loweredAt.Load() {
 		l.freshDrops.Add(1)
 	}
-	if l.drops.Add(1) == 1 && l.count.Load() == 0 {
-		l.windowStart.Store(t)
+	l.drops.Add(1)
+	if hook := testHookCounted.Load(); hook != nil {
+		(*hook)(l)
 	}
+	l.openWindow(t)
 	if l.windowDone(l.count.Load(), t) {
 		l.adapt(t)
 	}
 }
 
+// openWindow starts the current window at t, an event's time, unless an
+// event has already started it: the window starts with its first event, not
+// after an idle spell. By a compare-and-swap on the start, not by the order
+// in which events count themselves: an event counted second, on another
+// core, may look at the start before the first has set it, and it took the
+// idle spell's for the window's and closed the window on those two events.
+func (l *limiter) openWindow(t int64) {
+	if s := l.windowStart.Load(); s < 0 {
+		l.windowStart.CompareAndSwap(s, t)
+	}
+}
+
+// windowFrom returns when the current window started, or, before its first
+// event, when the last one closed (see limiter.windowStart).
+func (l *limiter) windowFrom() int64 {
+	s := l.windowStart.Load()
+	if s < 0 {
+		return ^s
+	}
+	return s
+}
+
 // windowDone reports whether a window with n samples is complete at t: full,
 // or long enough for a median, or so long that what it has must do.
 func (l *limiter) windowDone(n, t int64) bool {
-	elapsed := time.Duration(t - l.windowStart.Load())
+	elapsed := time.Duration(t - l.windowFrom())
 	return n >= windowSamples || n >= minWindowSamples && elapsed >= minWindow || elapsed >= maxWindow
 }
 
@@ -97,7 +126,7 @@ func (l *limiter) adapt(t int64) {
 	if n == 0 && drops == 0 {
 		// Nothing returned or timed out for a whole window: hanging
 		// handlers may hold every slot.
-		l.windowStart.Store(t)
+		l.windowStart.Store(^t) // started by its first event
 		l.setLimit(max(l.limit.Load(), l.lateFloor()), t)
 		return
 	}
@@ -122,7 +151,7 @@ func (l *limiter) adapt(t int64) {
 	// sooner, more when later. Not in a probe, which samples every return.
 	probing := l.probeFrom.Load() != 0
 	every := l.every.Load()
-	start := l.windowStart.Load()
+	start := l.windowFrom()
 	switch elapsed := time.Duration(t - start); {
 	case probing:
 	case n >= windowSamples && elapsed < minWindow/2:
@@ -133,7 +162,7 @@ func (l *limiter) adapt(t int64) {
 	l.count.Store(0)
 	l.drops.Store(0)
 	l.freshDrops.Store(0)
-	l.windowStart.Store(t)
+	l.windowStart.Store(^t) // started by its first event
 	peak := l.peak.Swap(l.holding())
 	queued := l.queuedInWin.Swap(false)
 

@@ -61,6 +61,9 @@ type limiter struct {
 	freshDrops  atomic.Int64                // timeouts of handlers admitted at or after loweredAt
 	peak        atomic.Int64                // most handlers running at once
 	queuedInWin atomic.Bool                 // a request waited
+	// windowStart is when the first event (a return in time, a timeout) of
+	// the current window came; before it, ^t, t being when the last window
+	// closed (times are not negative). See openWindow and windowFrom.
 	windowStart atomic.Int64
 	adapting    sync.Mutex // held by the goroutine closing a window
 	minRTT      int64      // guarded by adapting
@@ -152,6 +155,7 @@ func newLimiter(max int64, adaptive bool, timeout time.Duration, stats *Stats, l
 	// limits of the middlewares sharing it: two of math.MaxInt would overflow.
 	max = min(max, maxLimit)
 	l := &limiter{stats: stats, share: new(atomic.Int64), adaptive: adaptive, floor: max, ceiling: max, late: late, shedTarget: backlogTarget(timeout)}
+	l.windowStart.Store(^0) // no event yet, since 0
 	limit := max
 	if adaptive {
 		l.floor = min(limitFloor, max)

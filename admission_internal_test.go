@@ -316,7 +316,7 @@ func TestLimiter_a_probe_under_load_lasts_three_latencies(t *testing.T) {
 				continue
 			}
 			// As wait does before it queues a request.
-			if clock-l.windowStart.Load() >= int64(maxWindow) {
+			if clock-l.windowFrom() >= int64(maxWindow) {
 				l.adapt(clock)
 			}
 			refused++ // or queued for a floor that admits 4 a latency
@@ -605,7 +605,7 @@ func (o *openLoad) step(clock int64, arrivals int, returns func(a int64) int64) 
 	for range arrivals {
 		if !o.l.tryAcquire() {
 			o.l.queuedInWin.Store(true)
-			if clock-o.l.windowStart.Load() >= int64(maxWindow) {
+			if clock-o.l.windowFrom() >= int64(maxWindow) {
 				o.l.adapt(clock)
 			}
 			o.refused++
@@ -774,8 +774,8 @@ func TestLimiter_a_minority_of_fast_requests_is_not_the_unloaded_latency(t *test
 // written yet: 0 in a limiter's first window, which its probe at start
 // took for the unloaded latency, or the latency the slot held in an earlier
 // window, which cut the limit. Here the first of two returns stops where it
-// has counted itself (the first thing sample does), and the second closes
-// the window: its first event was at least maxWindow ago.
+// has counted itself and started the window (the first things sample does),
+// and the second, maxWindow later, closes the window.
 func TestLimiter_a_window_reads_only_the_latencies_written(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
@@ -812,9 +812,11 @@ func TestLimiter_a_window_reads_only_the_latencies_written(t *testing.T) {
 			require.True(t, l.tryAcquire())
 			require.True(t, l.tryAcquire())
 			// The first handler returns: sample counts it in the window,
-			// and stops before writing its latency.
+			// starts the window, and stops before writing its latency.
 			l.slots.Add(-1)
 			l.count.Add(1)
+			l.openWindow(clock)
+			clock += int64(maxWindow)
 			l.release(clock, 2*time.Millisecond, true) // the second returns and closes the window
 			require.Zero(t, l.count.Load(), "the window closed")
 			assert.Zero(t, l.probeFrom.Load(), "no probe")
@@ -1169,7 +1171,7 @@ func TestLimiter_a_newcomer_stalled_past_a_windows_end_closes_it_by_the_clock(t 
 			_, reason := l.acquire(nil, at, at+int64(time.Second), noDeadline)
 			assert.Empty(t, reason, "a request finds the slots beyond the late handlers")
 			assert.Equal(t, limit+limitFloor, l.limit.Load())
-			assert.GreaterOrEqual(t, l.windowStart.Load(), resumed, "the next window starts by the clock, %v early", time.Duration(resumed-l.windowStart.Load()))
+			assert.GreaterOrEqual(t, l.windowFrom(), resumed, "the next window starts by the clock, %v early", time.Duration(resumed-l.windowFrom()))
 		})
 	}
 }

@@ -187,7 +187,7 @@ func heldRequest(t *testing.T) (*fasthttp.RequestCtx, func()) {
 // step runs one random operation and checks the invariants after it.
 func (m *limiterModel) step(step int) {
 	l := m.l
-	limitBefore, holdingBefore, windowBefore := l.limit.Load(), l.holding(), l.windowStart.Load()
+	limitBefore, holdingBefore, windowBefore := l.limit.Load(), l.holding(), l.windowFrom()
 	queueBefore := slices.Clone(m.queue)
 	busyBefore := m.busySince
 	var newcomer *modelWaiter
@@ -606,7 +606,7 @@ func (m *limiterModel) check(limitBefore, holdingBefore, windowBefore int64) {
 	// A window closed (adapt stores its end, and empties the counts): at
 	// the step's clock, or on the real clock after it (wait closes one by
 	// the clock as it runs).
-	if ws := l.windowStart.Load(); ws != windowBefore && ws >= m.clock && l.count.Load() == 0 && l.drops.Load() == 0 {
+	if ws := l.windowFrom(); ws != windowBefore && ws >= m.clock && l.count.Load() == 0 && l.drops.Load() == 0 {
 		assert.GreaterOrEqual(t, limit, l.lateFloor(), "limit %d as the window closed with %d late and %d moved handlers", limit, m.late.Load(), m.moved)
 	}
 }
@@ -616,7 +616,7 @@ func (m *limiterModel) check(limitBefore, holdingBefore, windowBefore int64) {
 func (m *limiterModel) drain() {
 	if !m.down {
 		m.shutDown()
-		m.check(m.l.limit.Load(), m.l.holding(), m.l.windowStart.Load())
+		m.check(m.l.limit.Load(), m.l.holding(), m.l.windowFrom())
 	}
 	for len(m.handlers) > 0 {
 		m.returnHandler(m.handlers[0].state)

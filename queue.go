@@ -52,7 +52,7 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (wai
 		// the clock (see dispatchLocked): a window due during a stall
 		// closes, keeping room beside them, and the next (a probe, the
 		// once-per-latency count) starts after handlers admitted meanwhile.
-		if clock := max(t, now()); clock-l.windowStart.Load() >= int64(maxWindow) {
+		if clock := max(t, now()); clock-l.windowFrom() >= int64(maxWindow) {
 			l.adapt(clock)
 		}
 	}

@@ -1,0 +1,57 @@
+package fasttimeout
+
+import (
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestLimiter_a_window_after_an_idle_spell_starts_with_its_first_event: a
+// window that had no event for a while starts with its first one, a return
+// in time or a timeout, not after the idle spell. The first event set the
+// start after counting itself, so a second one counted in between, on
+// another core, went by the start of the idle spell and closed the window
+// at once on those two events: whether two slow returns after a quiet
+// spell halved the limit and called a probe, or two timeouts halved it,
+// depended on which goroutine ran first. Not parallel: testHookCounted is
+// the process's.
+func TestLimiter_a_window_after_an_idle_spell_starts_with_its_first_event(t *testing.T) {
+	const slow = 50 * time.Millisecond // over the target of the unloaded latency, 2 ms
+	events := map[string]func(l *limiter, t int64){
+		"return": func(l *limiter, t int64) { l.sample(t, slow) },
+		"timeout": func(l *limiter, t int64) {
+			l.late.Add(1) // as settle counts it before the drop
+			l.drop(t, t-int64(time.Second))
+		},
+	}
+	for _, first := range []string{"return", "timeout"} {
+		for _, second := range []string{"return", "timeout"} {
+			t.Run(first+" then "+second, func(t *testing.T) {
+				l := seeded(newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64)))
+				clock := warm(t, l, int64(time.Hour))
+				clock += int64(maxWindow)
+				l.adapt(clock) // the last window closes
+				require.Zero(t, l.count.Load()+l.drops.Load(), "a new window, empty")
+				limit := l.limit.Load()
+				clock += int64(10 * time.Second) // idle
+				var nested atomic.Bool
+				hook := func(hooked *limiter) {
+					// The second event comes on another core just as the
+					// first has counted itself.
+					if hooked == l && !nested.Swap(true) {
+						events[second](l, clock+int64(time.Microsecond))
+					}
+				}
+				testHookCounted.Store(&hook)
+				t.Cleanup(func() { testHookCounted.Store(nil) })
+				events[first](l, clock)
+				require.True(t, nested.Load(), "the second event ran")
+				assert.Equal(t, int64(2), l.count.Load()+l.drops.Load(), "the window of the two events, a microsecond long, is still open")
+				assert.Equal(t, limit, l.limit.Load(), "the limit, which two events cannot move")
+			})
+		}
+	}
+}
