@@ -28,9 +28,12 @@ import (
 //     latency is out of sight): the limit halves. Hang-ups are neither: the
 //     client's patience says nothing about the server.
 //   - Late handlers, and handlers that moved their deadline (Disarm, Extend:
-//     their latency is their choice), hold slots but give no samples; the
-//     limit keeps limitFloor slots beyond theirs (lateFloor), else nothing
+//     their latency is their choice), hold slots but give no samples; each
+//     window leaves limitFloor slots beyond theirs (lateFloor), else nothing
 //     would be admitted, return or time out, and it would never move again.
+//     Not at once, but as a window closes: with no return in time and no
+//     timeout, when a request finds no slot maxWindow after the last close
+//     (see wait).
 //   - minRTT is the median latency of a probe, as in Envoy: one window at the
 //     floor at start and every probeEvery under sustained load, sampling
 //     every return but none admitted before it; it stands until the next
@@ -290,8 +293,9 @@ func (l *limiter) endProbe(t int64) {
 	l.setLimit(max(l.restore, l.lateFloor()), t)
 }
 
-// lateFloor is the least the adaptive limit falls to: limitFloor slots beyond
-// those of late and moved handlers, within the ceiling.
+// lateFloor is the least a window (or a probe's end) sets the adaptive limit
+// to: limitFloor slots beyond those of late and moved handlers, within the
+// ceiling. Handlers going late or moving in between do not raise it.
 func (l *limiter) lateFloor() int64 {
 	return min(l.floor+l.late.Load()+l.moved.Load(), l.ceiling)
 }
