@@ -93,9 +93,12 @@ func (l *limiter) drop(t, admitted int64) {
 // in which events count themselves: an event counted second, on another
 // core, may look at the start before the first has set it, and it took the
 // idle spell's for the window's and closed the window on those two events.
+// Not before the last close: an event that read its time before it (its
+// goroutine descheduled, the process stalled) would make the window due
+// that much early.
 func (l *limiter) openWindow(t int64) {
 	if s := l.windowStart.Load(); s < 0 {
-		l.windowStart.CompareAndSwap(s, t)
+		l.windowStart.CompareAndSwap(s, max(t, ^s))
 	}
 }
 

@@ -55,3 +55,23 @@ func TestLimiter_a_window_after_an_idle_spell_starts_with_its_first_event(t *tes
 		}
 	}
 }
+
+// TestLimiter_a_window_starts_no_earlier_than_the_last_closed: a return read
+// its time before the last window closed, and counted itself after (its
+// goroutine descheduled in between, or the whole process stalled): it
+// started the new window at its time, before the close, so the window was
+// due that much early, and the next return closed it on those two.
+func TestLimiter_a_window_starts_no_earlier_than_the_last_closed(t *testing.T) {
+	t.Parallel()
+	l := seeded(newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64)))
+	clock := warm(t, l, int64(time.Hour))
+	clock += int64(maxWindow)
+	l.adapt(clock) // the last window closes
+	require.Zero(t, l.count.Load()+l.drops.Load(), "a new window, empty")
+	limit := l.limit.Load()
+	const stale = 3 * maxWindow / 4
+	l.sample(clock-int64(stale), 50*time.Millisecond)             // read its time before the close
+	l.sample(clock+int64(maxWindow-stale)+1, 50*time.Millisecond) // a quarter of a window after the close
+	assert.Equal(t, int64(2), l.count.Load(), "the window, open for a quarter of maxWindow, is still open")
+	assert.Equal(t, limit, l.limit.Load(), "the limit, which two returns cannot move")
+}
