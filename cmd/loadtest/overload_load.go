@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -61,7 +62,7 @@ const (
 	outGiveUp                   // no answer by the deadline: the client closed its connection
 	outConnect                  // the connection could not be opened by the deadline
 	outConnError                // the connection failed while the request was out
-	outDropped                  // not sent: every connection of the generator was busy
+	outDropped                  // not sent: every connection of the generator was busy, or it could not open one
 	outUnsent                   // not sent: picked up by a worker only after its deadline
 	outMismatch                 // the answer carried another request's id: answered twice, or crossed
 	outCut                      // still out when the run ended
@@ -401,8 +402,14 @@ func (w *loadWorker) send(a arrival) {
 			// as an unanswered request then is: not the server's
 			// failure to accept.
 			o := outConnect
-			if w.g.isStopped() {
+			switch {
+			case w.g.isStopped():
 				o = outCut
+			case noLocalSocket(err):
+				// The generator's own want of a descriptor or a
+				// port: no connection for it, as when all are
+				// busy, and nothing the server did.
+				o = outDropped
 			}
 			w.record(a, o, 0, lag)
 			return
@@ -442,6 +449,18 @@ func (w *loadWorker) send(a arrival) {
 	case err != nil, o == outMismatch, w.resp.ConnectionClose():
 		w.drop(false)
 	}
+}
+
+// noLocalSocket tells whether a dial failed on this side, before it could
+// reach the server: out of file descriptors (the process's or the
+// system's), local ports or socket buffers.
+func noLocalSocket(err error) bool {
+	for _, errno := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.EADDRNOTAVAIL, syscall.ENOBUFS} {
+		if errors.Is(err, errno) {
+			return true
+		}
+	}
+	return false
 }
 
 // classify tells what became of a request from the error of its exchange

@@ -104,7 +104,7 @@ type overloadRow struct {
 	GiveUps       int64 `json:"give_ups"` // no answer by the deadline
 	ConnectErrors int64 `json:"connect_errors"`
 	ConnErrors    int64 `json:"conn_errors"`
-	Dropped       int64 `json:"dropped"`    // not sent: all connections busy
+	Dropped       int64 `json:"dropped"`    // not sent: all connections busy, or none could be opened
 	Unsent        int64 `json:"unsent"`     // not sent: picked up only after the deadline
 	Mismatched    int64 `json:"mismatched"` // an answer with another request's id
 	Cut           int64 `json:"cut"`        // still out when the cell ended
