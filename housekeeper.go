@@ -138,7 +138,9 @@ func (h *housekeeper) cancelRacingAtShutdown(t int64) {
 		if c.deadline.Load() <= t {
 			continue // timed out, even if its timer has not run yet: the timer's cause
 		}
-		if b := c.bridge.Load(); b != nil && shutdown.closed(b.serverDone) {
+		// Against when the shutdown was seen, not t: a scan that stalled
+		// past the deadline may see a shutdown that came after it.
+		if b := c.bridge.Load(); b != nil && shutdown.closed(b.serverDone) && c.deadline.Load() > shutdown.at {
 			b.cancel(context.Canceled, &shutdownCause)
 		}
 	}
@@ -149,13 +151,16 @@ func (h *housekeeper) cancelRacingAtShutdown(t int64) {
 type serverWatch struct {
 	last   <-chan struct{}
 	isDone bool
+	at     int64 // when last was seen closed: the shutdown came no later
 }
 
 // closed reports whether done is closed.
 func (s *serverWatch) closed(done <-chan struct{}) bool {
 	if done != s.last {
 		s.last = done
-		s.isDone = closed(done)
+		if s.isDone = closed(done); s.isDone {
+			s.at = now()
+		}
 	}
 	return s.isDone
 }
@@ -175,8 +180,13 @@ func (h *housekeeper) expireContexts(t int64) (busy bool) {
 			case b.deadline.Load() <= t && b.expire(t):
 				h.unwatchLocked(s, b)
 			case shutdown.closed(b.serverDone):
+				// A deadline passed by when the shutdown was seen (a tick
+				// that stalled since t) came first: the call timed out.
+				expired := b.deadline.Load() <= shutdown.at && b.expire(shutdown.at)
 				h.unwatchLocked(s, b)
-				b.cancel(context.Canceled, &shutdownCause)
+				if !expired {
+					b.cancel(context.Canceled, &shutdownCause)
+				}
 			case b.causes.Load() == &goneCause && b.call == nil && !b.ownerRunning():
 				// Ended by a hang-up, its call gone: nothing can change it,
 				// and it would keep the housekeeper ticking. An inner New's
