@@ -377,64 +377,32 @@ func TestDo(t *testing.T) {
 		}
 	})
 
-	t.Run("does not call the upstream once the server is shutting down", func(t *testing.T) {
+	// Inside New, Do does not call the upstream once the server is shutting
+	// down. Outside New there is no call to look at: Do is c.Do, shutdown
+	// or not (its godoc once said that a shutdown still stopped it).
+	t.Run("calls the upstream during a shutdown only outside New", func(t *testing.T) {
 		t.Parallel()
+		inside := func(h fasthttp.RequestHandler) fasthttp.RequestHandler {
+			return fasttimeout.New(h, fasttimeout.Config{Timeout: time.Minute})
+		}
 		for _, tc := range []struct {
 			name    string
+			wrap    func(fasthttp.RequestHandler) fasthttp.RequestHandler
 			request string
+			calls   bool // the upstream is called, and Do returns its nil error
 		}{
-			{name: "with time left", request: rawRequest("/")},
+			{name: "with time left", wrap: inside, request: rawRequest("/")},
 			// The request's deadline is a minute away: the shutdown, not a
 			// timeout, ends its context, however little of the caller's
 			// budget the outgoing request carries.
 			{
-				name:    "with under a millisecond left for the upstream",
+				name: "with under a millisecond left for the upstream", wrap: inside,
 				request: "GET / HTTP/1.1\r\nHost: hangup.test\r\ngrpc-timeout: 500u\r\n\r\n",
 			},
-		} {
-			t.Run(tc.name, func(t *testing.T) {
-				t.Parallel()
-				var calls atomic.Int64
-				upstream := serve(t, echoBudget(&calls))
-				errs := make(chan error, 1)
-				proxy := proxyTo(upstream.client, errs)
-				started := make(chan struct{}, 1)
-				gateway := startStressLoopback(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
-					c := fasttimeout.Context(ctx)
-					started <- struct{}{}
-					select {
-					case <-c.Done(): // the shutdown
-					case <-time.After(stressBound):
-					}
-					proxy(ctx)
-				}, fasttimeout.Config{Timeout: time.Minute}))
-
-				sendRaw(t, gateway.addr, tc.request)
-				receive(t, started, "the handler's start")
-				shutdown := make(chan error, 1)
-				go func() { shutdown <- gateway.shutdown() }()
-				err := receive(t, errs, "the proxy's error")
-				assert.ErrorIs(t, err, fasttimeout.ErrShutdown)
-				assert.ErrorIs(t, err, context.Canceled, "as the context's Err")
-				assert.NotErrorIs(t, err, fasttimeout.ErrTimeout)
-				assert.Zero(t, calls.Load(), "upstream calls")
-				assert.NoError(t, receive(t, shutdown, "the end of the shutdown"))
-			})
-		}
-	})
-
-	// Outside New there is no call to look at: Do is c.Do, shutdown or not
-	// (its godoc said that a shutdown still stopped it).
-	t.Run("calls the upstream during a shutdown outside New", func(t *testing.T) {
-		t.Parallel()
-		for _, tc := range []struct {
-			name string
-			wrap func(fasthttp.RequestHandler) fasthttp.RequestHandler
-		}{
-			{name: "no New", wrap: func(h fasthttp.RequestHandler) fasthttp.RequestHandler { return h }},
+			{name: "no New", wrap: func(h fasthttp.RequestHandler) fasthttp.RequestHandler { return h }, request: rawRequest("/"), calls: true},
 			{name: "skipped by New", wrap: func(h fasthttp.RequestHandler) fasthttp.RequestHandler {
 				return fasttimeout.New(h, fasttimeout.Config{Timeout: time.Minute, Skip: func(*fasthttp.RequestCtx) bool { return true }})
-			}},
+			}, request: rawRequest("/"), calls: true},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				t.Parallel()
@@ -453,12 +421,20 @@ func TestDo(t *testing.T) {
 					proxy(ctx)
 				}))
 
-				sendRaw(t, gateway.addr, rawRequest("/"))
+				sendRaw(t, gateway.addr, tc.request)
 				receive(t, started, "the handler's start")
 				shutdown := make(chan error, 1)
 				go func() { shutdown <- gateway.shutdown() }()
-				assert.NoError(t, receive(t, errs, "the proxy's error"))
-				assert.Equal(t, int64(1), calls.Load(), "upstream calls")
+				err := receive(t, errs, "the proxy's error")
+				if tc.calls {
+					assert.NoError(t, err)
+					assert.Equal(t, int64(1), calls.Load(), "upstream calls")
+				} else {
+					assert.ErrorIs(t, err, fasttimeout.ErrShutdown)
+					assert.ErrorIs(t, err, context.Canceled, "as the context's Err")
+					assert.NotErrorIs(t, err, fasttimeout.ErrTimeout)
+					assert.Zero(t, calls.Load(), "upstream calls")
+				}
 				assert.NoError(t, receive(t, shutdown, "the end of the shutdown"))
 			})
 		}
