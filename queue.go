@@ -93,7 +93,13 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (wai
 		// by the clock leave refused, as their timers, due, would have it.
 		// Whether their goroutines ran first must not refuse the newcomer.
 		l.dispatchLocked(clock)
-		full = l.queued >= capacity
+		if full = l.queued >= capacity; full {
+			// Dispatch stops at the oldest that still has time: those
+			// behind it with shorter budgets (TimeoutFunc, deadline
+			// headers) may be over too.
+			l.refuseOverLocked(clock)
+			full = l.queued >= capacity
+		}
 	}
 	// Refused if it cannot wait minWait of its share, or if the queue is
 	// full and not serving the newest first (lifo), which has the oldest
@@ -244,6 +250,20 @@ func (l *limiter) dispatchLocked(t int64) {
 		}
 		l.remove(w)
 		w.ready <- !over
+	}
+}
+
+// refuseOverLocked takes every waiter whose wait is over at t out of the
+// queue, refused as dispatchLocked refuses one, wherever it stands: a full
+// queue scans it whole, only while it is young (not lifo). l.mu is held.
+func (l *limiter) refuseOverLocked(t int64) {
+	for w := l.head; w != nil; {
+		next := w.next
+		if t >= w.until {
+			l.remove(w)
+			w.ready <- false
+		}
+		w = next
 	}
 }
 
