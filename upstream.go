@@ -207,27 +207,26 @@ func (e *upstreamCancelledError) Unwrap() []error { return e.errs[:] }
 // upstreamTimeoutError is an upstream call out of the request's time; it
 // matches ErrTimeout, and the client's error if any.
 type upstreamTimeoutError struct {
-	err  error    // the client's error, or nil if the upstream was not called
-	errs [2]error // ErrTimeout, then err
+	errs [2]error // ErrTimeout, then the client's error, or nil if the upstream was not called
 }
 
 // upstreamTimedOut returns the error of an upstream call out of the
 // request's time: err is the client's, or nil if it was not called.
 func upstreamTimedOut(err error) error {
-	return &upstreamTimeoutError{err: err, errs: [2]error{ErrTimeout, err}}
+	return &upstreamTimeoutError{[2]error{ErrTimeout, err}}
 }
 
 // Error says that the upstream call ran out of time, and why.
 func (e *upstreamTimeoutError) Error() string {
-	if e.err == nil {
+	if e.errs[1] == nil {
 		return "fasttimeout: no time left for the upstream call: request timed out"
 	}
-	return "fasttimeout: upstream call out of time: " + e.err.Error()
+	return "fasttimeout: upstream call out of time: " + e.errs[1].Error()
 }
 
 // Unwrap returns ErrTimeout and the client's error, if any.
 func (e *upstreamTimeoutError) Unwrap() []error {
-	if e.err == nil {
+	if e.errs[1] == nil {
 		return e.errs[:1]
 	}
 	return e.errs[:]
