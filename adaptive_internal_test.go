@@ -30,12 +30,7 @@ func TestLimiter_a_window_after_an_idle_spell_starts_with_its_first_event(t *tes
 	for _, first := range []string{"return", "timeout"} {
 		for _, second := range []string{"return", "timeout"} {
 			t.Run(first+" then "+second, func(t *testing.T) {
-				l := seeded(newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64)))
-				clock := warm(t, l, int64(time.Hour))
-				clock += int64(maxWindow)
-				l.adapt(clock) // the last window closes
-				require.Zero(t, l.count.Load()+l.drops.Load(), "a new window, empty")
-				limit := l.limit.Load()
+				l, clock, limit := afterAClose(t)
 				clock += int64(10 * time.Second) // idle
 				var nested atomic.Bool
 				hook := func(hooked *limiter) {
@@ -63,15 +58,21 @@ func TestLimiter_a_window_after_an_idle_spell_starts_with_its_first_event(t *tes
 // due that much early, and the next return closed it on those two.
 func TestLimiter_a_window_starts_no_earlier_than_the_last_closed(t *testing.T) {
 	t.Parallel()
-	l := seeded(newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64)))
-	clock := warm(t, l, int64(time.Hour))
-	clock += int64(maxWindow)
-	l.adapt(clock) // the last window closes
-	require.Zero(t, l.count.Load()+l.drops.Load(), "a new window, empty")
-	limit := l.limit.Load()
+	l, clock, limit := afterAClose(t)
 	const stale = 3 * maxWindow / 4
 	l.sample(clock-int64(stale), 50*time.Millisecond)             // read its time before the close
 	l.sample(clock+int64(maxWindow-stale)+1, 50*time.Millisecond) // a quarter of a window after the close
 	assert.Equal(t, int64(2), l.count.Load(), "the window, open for a quarter of maxWindow, is still open")
 	assert.Equal(t, limit, l.limit.Load(), "the limit, which two returns cannot move")
+}
+
+// afterAClose returns a warmed adaptive limiter whose last window has just
+// closed, at clock, and its limit then.
+func afterAClose(t *testing.T) (l *limiter, clock, limit int64) {
+	t.Helper()
+	l = seeded(newLimiter(1000, true, time.Second, new(Stats), new(atomic.Int64)))
+	clock = warm(t, l, int64(time.Hour)) + int64(maxWindow)
+	l.adapt(clock) // the last window closes
+	require.Zero(t, l.count.Load()+l.drops.Load(), "a new window, empty")
+	return l, clock, l.limit.Load()
 }
