@@ -1,6 +1,7 @@
 package fasttimeout
 
 import (
+	"cmp"
 	"fmt"
 	"strconv"
 	"strings"
@@ -312,17 +313,13 @@ const minPrecision = 100 * time.Microsecond
 // configuration that cannot work, naming the field and the value.
 func (cfg Config) resolve() settings {
 	mustNotBeNegative("Timeout", cfg.Timeout)
-	switch {
-	case cfg.Timeout == 0:
-		cfg.Timeout = DefaultTimeout
-	case cfg.Timeout < minTimeout:
+	cfg.Timeout = cmp.Or(cfg.Timeout, DefaultTimeout)
+	if cfg.Timeout < minTimeout {
 		panic(fmt.Sprintf("fasttimeout: Config.Timeout must be at least %v, as TimeoutFromEnv's, got %v (a bare number counts nanoseconds)",
 			minTimeout, cfg.Timeout))
 	}
-	switch {
-	case cfg.StatusCode == 0:
-		cfg.StatusCode = DefaultStatusCode
-	case cfg.StatusCode < 200 || cfg.StatusCode > 599:
+	cfg.StatusCode = cmp.Or(cfg.StatusCode, DefaultStatusCode)
+	if cfg.StatusCode < 200 || cfg.StatusCode > 599 {
 		panic(fmt.Sprintf("fasttimeout: Config.StatusCode must be a final HTTP status (200-599), got %d", cfg.StatusCode))
 	}
 	switch {
@@ -349,10 +346,8 @@ func (cfg Config) resolve() settings {
 	if cfg.Mode != Racing && cfg.Mode != Cooperative {
 		panic(fmt.Sprintf("fasttimeout: Config.Mode must be Racing or Cooperative, got %v", cfg.Mode))
 	}
-	switch {
-	case cfg.Precision == 0:
-		cfg.Precision = DefaultPrecision
-	case cfg.Precision < minPrecision:
+	cfg.Precision = cmp.Or(cfg.Precision, DefaultPrecision)
+	if cfg.Precision < minPrecision {
 		panic(fmt.Sprintf("fasttimeout: Config.Precision must be at least %v, got %v", minPrecision, cfg.Precision))
 	}
 	mustNotBeNegative("DeadlineMargin", cfg.DeadlineMargin)
@@ -363,9 +358,7 @@ func (cfg Config) resolve() settings {
 	}
 	mustNotBeNegative("MaxQueueAge", cfg.MaxQueueAge)
 	mustNotBeNegative("RetryAfter", cfg.RetryAfter)
-	if cfg.RetryAfter == 0 {
-		cfg.RetryAfter = time.Second
-	}
+	cfg.RetryAfter = cmp.Or(cfg.RetryAfter, time.Second)
 	// Rounded up without the overflow of adding a second less a nanosecond
 	// first.
 	retryAfter := int64(cfg.RetryAfter / time.Second)

@@ -26,7 +26,7 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	connID := ctx.ConnID()
-	w := m.acquireWorker(connID, admitted)
+	w := m.acquireWorker(connID)
 	c := &w.call
 	if w.owners.Load() != 2 { // 2 still, unless the last call timed out or lost its client
 		w.owners.Store(2)
@@ -62,8 +62,7 @@ func (m *middleware) serveRacing(ctx *fasthttp.RequestCtx) {
 		m.answerTimeout(ctx)
 		return
 	}
-	c.ctx = nil
-	c.conn = nil
+	c.ctx, c.conn = nil, nil
 	// Last used at admission, which saves a clock reading (retired at most
 	// the handler's run early); not at start, which with HonorQueueHeaders
 	// may be minutes old and would get it retired at once.
@@ -314,12 +313,11 @@ func (m *middleware) disown(w *worker, connID uint64) {
 }
 
 // acquireWorker takes an idle worker, or starts one.
-func (m *middleware) acquireWorker(connID uint64, t int64) *worker {
+func (m *middleware) acquireWorker(connID uint64) *worker {
 	if w := m.housekeeper.idle.get(connID); w != nil {
 		return w
 	}
 	w := &worker{work: make(chan struct{}, 1), done: make(chan bool, 2)}
-	w.lastUsed.Store(t)
 	w.m = m
 	w.timer = time.AfterFunc(time.Hour, w.fire)
 	w.timer.Stop()

@@ -240,7 +240,7 @@ func TestRacing_a_signal_on_done_never_blocks_its_sender(t *testing.T) {
 	t.Parallel()
 	m := &middleware{settings: Config{Timeout: time.Minute}.resolve()}
 	m.housekeeper = newHousekeeper(m.Precision)
-	w := m.acquireWorker(1, now())
+	w := m.acquireWorker(1)
 	defer m.releaseWorker(w, 1, 0) // idle since long ago: the housekeeper retires it
 	c := &w.call
 	t0 := now()
