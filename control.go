@@ -210,11 +210,6 @@ func Remaining(ctx *fasthttp.RequestCtx) (left time.Duration, ok bool) {
 		return 0, false
 	}
 	defer root.unhold(h)
-	return c.remaining()
-}
-
-// remaining is Remaining for the request of call c.
-func (c *call) remaining() (left time.Duration, ok bool) {
 	d := c.deadline.Load()
 	if d == noDeadline {
 		return 0, false
