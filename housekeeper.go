@@ -132,11 +132,11 @@ func (h *housekeeper) cancelRacingAtShutdown(t int64) {
 	var shutdown serverWatch
 	for _, w := range *h.snapshot.Load() {
 		c := &w.call
-		if c.decided() {
-			continue // finished, timed out or gone: its context, if any, has ended
-		}
-		if c.deadline.Load() <= t {
-			continue // timed out, even if its timer has not run yet: the timer's cause
+		// Skipped if finished, timed out or gone (its context, if any, has
+		// ended), or timed out, even if its timer has not run yet (the
+		// timer's cause).
+		if c.decided() || c.deadline.Load() <= t {
+			continue
 		}
 		// Against when the shutdown was seen, not t: a scan that stalled
 		// past the deadline may see a shutdown that came after it.
