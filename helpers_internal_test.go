@@ -3,6 +3,7 @@ package fasttimeout
 import (
 	"errors"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -49,6 +50,31 @@ func serveInMemory(t *testing.T, h fasthttp.RequestHandler) *fasthttp.Client {
 		require.NoError(t, <-served)
 	})
 	return client
+}
+
+// serveInMemoryToShutdown serves h as serveInMemory does, for a test that
+// shuts the server down itself while a request runs: shutdown starts the
+// shutdown, once, and returns where its result comes. The test's cleanup
+// starts it too, if the test did not, then waits for it and for Serve.
+func serveInMemoryToShutdown(t *testing.T, h fasthttp.RequestHandler) (client *fasthttp.Client, shutdown func() <-chan error) {
+	t.Helper()
+	ln := fasthttputil.NewInmemoryListener()
+	server := &fasthttp.Server{Handler: h}
+	served := make(chan error, 1)
+	go func() { served <- server.Serve(ln) }()
+	client = &fasthttp.Client{Dial: func(string) (net.Conn, error) { return ln.Dial() }, MaxIdemponentCallAttempts: 1}
+	shutdown = sync.OnceValue(func() <-chan error {
+		done := make(chan error, 1)
+		go func() { done <- server.Shutdown() }()
+		return done
+	})
+	t.Cleanup(func() {
+		done := shutdown()
+		client.CloseIdleConnections()
+		assert.NoError(t, receive(t, done, "the shutdown"))
+		assert.NoError(t, receive(t, served, "the end of Serve"))
+	})
+	return client, shutdown
 }
 
 // getAsync sends GET path with client on a goroutine of its own and

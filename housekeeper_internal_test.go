@@ -3,7 +3,6 @@ package fasttimeout
 import (
 	"context"
 	"fmt"
-	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,7 +11,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/valyala/fasthttp"
-	"github.com/valyala/fasthttp/fasthttputil"
 )
 
 // TestHousekeeper_watch_racing_its_stop races a context's watch against
@@ -54,56 +52,6 @@ func TestHousekeeper_watch_racing_its_stop(t *testing.T) {
 		require.Eventually(t, func() bool { return !h.running.Load() }, 30*time.Second, time.Millisecond)
 	}
 	t.Logf("%d of %d rounds stopped the housekeeper before the watch", len(started), rounds)
-}
-
-// TestHousekeeper_shutdown_after_a_racing_deadline: a racing request whose
-// deadline has passed has timed out, even if its timer has not run yet (a
-// starved or stopped process: here the test stops it). A shutdown seen
-// meanwhile must not end its context with ErrShutdown: the client gets the
-// timeout response, and the context's cause says so, as in cooperative
-// mode, whose housekeeper looks at the deadline first.
-func TestHousekeeper_shutdown_after_a_racing_deadline(t *testing.T) {
-	t.Parallel()
-	past := make(chan struct{})
-	causes := make(chan error, 1)
-	var stats Stats
-	h := New(func(ctx *fasthttp.RequestCtx) {
-		call := lookup(ctx)
-		call.timer.Stop() // the timer is late
-		c := Context(ctx)
-		deadline, _ := c.Deadline()
-		for time.Now().Before(deadline) {
-			<-time.After(time.Until(deadline))
-		}
-		close(past)
-		<-ctx.Done()                                     // the server is shutting down
-		call.m.housekeeper.cancelRacingAtShutdown(now()) // a scan sees it before the timer runs
-		call.timer.Reset(0)
-		<-c.Done()
-		causes <- context.Cause(c)
-	}, Config{Timeout: actInTime, IgnoreHangups: true, Stats: &stats}) // the handler must run
-
-	ln := fasthttputil.NewInmemoryListener()
-	server := &fasthttp.Server{Handler: h}
-	served := make(chan error, 1)
-	go func() { served <- server.Serve(ln) }()
-	client := &fasthttp.Client{Dial: func(string) (net.Conn, error) { return ln.Dial() }}
-	answered := make(chan int, 1)
-	go func() {
-		status, _, err := client.Get(nil, "http://test/")
-		assert.NoError(t, err)
-		answered <- status
-	}()
-	receive(t, past, "the handler past its deadline")
-	shutdown := make(chan error, 1)
-	go func() { shutdown <- server.Shutdown() }()
-
-	require.ErrorIs(t, receive(t, causes, "the context's cause"), ErrTimeout)
-	require.Equal(t, DefaultStatusCode, receive(t, answered, "the answer"))
-	require.EqualValues(t, 1, stats.Snapshot().Timeouts)
-	client.CloseIdleConnections()
-	require.NoError(t, receive(t, shutdown, "the shutdown"))
-	require.NoError(t, <-served)
 }
 
 // TestHousekeeper_a_worker_is_last_used_when_its_request_ran: with
@@ -237,29 +185,15 @@ func TestHousekeeper_shutdown_ends_a_disarmed_context_while_it_rests(t *testing.
 		ctx.Error("shutting down", fasthttp.StatusServiceUnavailable)
 	}, Config{Timeout: time.Hour, Mode: Cooperative})
 
-	ln := fasthttputil.NewInmemoryListener()
-	server := &fasthttp.Server{Handler: h}
-	served := make(chan error, 1)
-	go func() { served <- server.Serve(ln) }()
-	client := &fasthttp.Client{Dial: func(string) (net.Conn, error) { return ln.Dial() }, MaxIdemponentCallAttempts: 1}
-	answered := make(chan int, 1)
-	go func() {
-		status, _, err := client.Get(nil, "http://test/")
-		assert.NoError(t, err)
-		answered <- status
-	}()
-	shutdown := make(chan error, 1)
-	shut := sync.OnceFunc(func() { go func() { shutdown <- server.Shutdown() }() })
+	client, shutdown := serveInMemoryToShutdown(t, h)
+	answered := getAsync(t, client, "/")
 	t.Cleanup(func() { // also when the test fails before the shutdown
-		shut()
+		shutdown()
 		assert.Equal(t, fasthttp.StatusServiceUnavailable, receive(t, answered, "the answer"))
-		client.CloseIdleConnections()
-		assert.NoError(t, receive(t, shutdown, "the shutdown"))
-		assert.NoError(t, receive(t, served, "the end of Serve"))
 	})
 	hk := receive(t, housekeepers, "the handler's start")
 	require.Eventually(t, hk.resting.Load, 10*time.Second, time.Millisecond, "the housekeeper rests with only a disarmed context watched")
-	shut()
+	shutdown()
 
 	e := receive(t, endings, "the end of the disarmed context")
 	require.ErrorIs(t, e.err, context.Canceled)
