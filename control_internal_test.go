@@ -113,17 +113,10 @@ func TestExtend_changes_the_state_word(t *testing.T) {
 func getOnce(t *testing.T, h fasthttp.RequestHandler) {
 	t.Helper()
 	ln := fasthttputil.NewInmemoryListener()
-	srv := &fasthttp.Server{Handler: h}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
+	serveOn(t, &fasthttp.Server{Handler: h}, ln)
 	conn, err := ln.Dial()
 	require.NoError(t, err)
-	t.Cleanup(func() {
-		_ = conn.Close()
-		require.NoError(t, srv.Shutdown())
-		_ = ln.Close()
-		<-served
-	})
+	t.Cleanup(func() { _ = conn.Close() }) // before serveOn's Shutdown, which waits for it
 	_, err = conn.Write([]byte("GET / HTTP/1.1\r\nHost: test\r\n\r\n"))
 	require.NoError(t, err)
 }
