@@ -197,11 +197,8 @@ func (l *retryListener) closedError() error {
 // methods may panic. Only reflect sees a nil pointer of any type; it costs
 // nanoseconds, against the accept's system call.
 func isNilConn(conn net.Conn) bool {
-	if conn == nil {
-		return true
-	}
 	v := reflect.ValueOf(conn)
-	return v.Kind() == reflect.Pointer && v.IsNil()
+	return conn == nil || v.Kind() == reflect.Pointer && v.IsNil()
 }
 
 // resourceAcceptError reports whether Accept waits and retries after err.
