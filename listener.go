@@ -130,11 +130,9 @@ func (l *retryListener) Accept() (net.Conn, error) {
 		}
 		delay = l.nextDelay(delay)
 		l.report(err, delay)
-		timer := time.NewTimer(delay)
 		select {
-		case <-timer.C:
+		case <-time.After(delay):
 		case <-l.closed:
-			timer.Stop()
 			return nil, l.closedError()
 		}
 	}
