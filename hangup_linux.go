@@ -329,13 +329,12 @@ func peerGone(conn net.Conn) bool {
 		return false
 	}
 	l := peerLooks.Get().(*peerLook)
+	defer peerLooks.Put(l)
 	// Reset first: a pooled look holds an earlier one's result, and a
 	// RawConn's Control may return nil without running l.poll.
 	l.gone = false
 	_ = withFD(sock, l.poll)
-	gone := l.gone
-	peerLooks.Put(l)
-	return gone
+	return l.gone
 }
 
 // peerLook is one look of peerGone's at a descriptor. A func given to
