@@ -40,8 +40,9 @@ var queueHeaders = [...]queueHeader{
 func requestStart(h *fasthttp.RequestHeader, now time.Time) (start time.Time, found, malformed bool) {
 	nowNs := now.UnixNano()
 	// Every value is read, so that a malformed one is counted either way.
-	var stamp, trace int64
-	var stampFound, traceFound bool
+	// The earliest valid time stamp and trace id; MaxInt64: none (a valid
+	// one is no later than now).
+	stamp, trace := int64(math.MaxInt64), int64(math.MaxInt64)
 	raw := keepsNames(h)
 	for i := range queueHeaders {
 		qh := &queueHeaders[i]
@@ -55,18 +56,16 @@ func requestStart(h *fasthttp.RequestHeader, now time.Time) (start time.Time, fo
 			case !ok:
 				malformed = true
 			case qh.trace:
-				if !traceFound || t < trace {
-					trace, traceFound = t, true
-				}
-			case !stampFound || t < stamp:
-				stamp, stampFound = t, true
+				trace = min(trace, t)
+			default:
+				stamp = min(stamp, t)
 			}
 		}
 	}
 	switch {
-	case stampFound:
+	case stamp != math.MaxInt64:
 		return now.Add(-time.Duration(nowNs - stamp)), true, malformed
-	case traceFound:
+	case trace != math.MaxInt64:
 		return now.Add(-time.Duration(nowNs - trace)), true, malformed
 	}
 	return time.Time{}, false, malformed
