@@ -164,14 +164,12 @@ func traceSeconds(id []byte) (secs int64, ok bool) {
 		return 0, false
 	}
 	for i, c := range id[2:] {
-		if i == head-3 {
-			continue // the '-' checked above
-		}
 		d, ok := hexDigit(c)
-		if !ok {
+		switch {
+		case i == head-3: // the '-' checked above
+		case !ok:
 			return 0, false
-		}
-		if i < head-3 {
+		case i < head-3:
 			secs = secs<<4 | d
 		}
 	}
