@@ -156,17 +156,17 @@ func newLimiter(max int64, adaptive bool, timeout time.Duration, stats *Stats, l
 	max = min(max, maxLimit)
 	l := &limiter{stats: stats, share: new(atomic.Int64), adaptive: adaptive, floor: max, ceiling: max, late: late, shedTarget: backlogTarget(timeout)}
 	l.windowStart.Store(^0) // no event yet, since 0
-	limit := max
 	if adaptive {
+		// Start with a probe, at the floor: the unloaded latency measured
+		// under load would be the loaded one.
 		l.floor = min(limitFloor, max)
-		// Start with a probe: the unloaded latency measured under
-		// load would be the loaded one.
-		limit = l.floor
 		l.restore = min(initialLimit, max)
 		l.probeFrom.Store(1)
 		l.probeYields.Store(true)
 	}
-	l.setLimit(limit, 0) // from 0, counted in Stats; nobody waits yet
+	// Adaptive, the probe's floor; static, max, its floor and ceiling. From
+	// 0, counted in Stats; nobody waits yet.
+	l.setLimit(l.floor, 0)
 	// Once nothing reaches the limiter (its handler dropped on a reload,
 	// its requests over, its workers retired), no setLimit runs or ever
 	// will, and its share leaves Stats; the handler built in its place
