@@ -121,8 +121,7 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (wai
 	w := waiterPool.Get().(*waiter)
 	// Not past its caller's patience: beyond it the request would only get
 	// the timeout response, and hold its place in the queue until then.
-	waitFor := min(maxWait, time.Duration(giveUp-t))
-	w.until = t + int64(waitFor)
+	w.until = t + int64(min(maxWait, time.Duration(giveUp-t)))
 	l.push(w, clock)
 	l.stats.queued.Add(1)
 	l.queuedInWin.Store(true)
@@ -132,7 +131,7 @@ func (l *limiter) wait(ctx *fasthttp.RequestCtx, t, deadline, giveUp int64) (wai
 	if hook := testHookQueued.Load(); hook != nil {
 		(*hook)(l, w.ready, deadline)
 	}
-	// Until by the clock, as dispatchLocked: set for waitFor, the timer
+	// Until by the clock, as dispatchLocked: set for until-t, the timer
 	// would answer late by a stall since the clock was read (descheduled at
 	// the unlock, a stopped process) a request dispatch already refuses.
 	armFor := time.Duration(w.until - max(t, now()))
