@@ -108,12 +108,6 @@ func parseRequestStart(v []byte, now int64) (t int64, ok bool) {
 	return 0, false
 }
 
-// The separators of trace id fields, for bytes.Cut.
-var (
-	semicolon = []byte{';'}
-	equals    = []byte{'='}
-)
-
 // parseTraceStart parses an X-Amzn-Trace-Id value into Unix nanoseconds at
 // the end of the second of its Self field (which an AWS load balancer sets
 // when the header came with a Root), else its Root, no later than now;
@@ -125,8 +119,8 @@ func parseTraceStart(v []byte, now int64) (t int64, ok bool) {
 	var self, root []byte
 	for len(v) > 0 {
 		var field []byte
-		field, v, _ = bytes.Cut(v, semicolon)
-		name, value, _ := bytes.Cut(bytes.TrimSpace(field), equals)
+		field, v, _ = bytes.Cut(v, []byte(";"))
+		name, value, _ := bytes.Cut(bytes.TrimSpace(field), []byte("="))
 		if value == nil {
 			// A bare "Self" or "Root" is that field, invalid: left nil, it
 			// would let the Root, or a later one, count.
