@@ -84,9 +84,7 @@ var requestStartUnits = [...]int64{
 // ignored. Whole seconds are taken at the end of their second, so that the
 // age is never overestimated; a finer unit's is off by under a millisecond.
 func parseRequestStart(v []byte, now int64) (t int64, ok bool) {
-	if len(v) >= 2 && v[0] == 't' && v[1] == '=' {
-		v = v[2:]
-	}
+	v = bytes.TrimPrefix(v, []byte("t="))
 	whole, frac, ok := parseDecimal(v) // frac: of one unit, in billionths
 	if !ok {
 		return 0, false
