@@ -66,6 +66,7 @@ func FuzzTimeoutFromEnv(f *testing.F) {
 			// A number of seconds: the duration is that number, to within
 			// rounding to nanoseconds.
 			require.InDelta(t, secs, d.Seconds(), 1e-6, "seconds %q", value)
+			require.GreaterOrEqual(t, secs, time.Millisecond.Seconds(), "no number below the minimum, though it rounds to it")
 		}
 	})
 }

@@ -105,6 +105,10 @@ func TestParseTimeout(t *testing.T) {
 		{in: "999µs", wantErr: "less than the minimum of 1ms"},
 		{in: "0.0005", wantErr: "less than the minimum of 1ms"},
 		{in: "1e-9", wantErr: "less than the minimum of 1ms"},
+		// Below the minimum, though rounding to nanoseconds would give it.
+		{in: "0.0009999995", wantErr: "less than the minimum of 1ms"},
+		{in: "0.0009999999", wantErr: "less than the minimum of 1ms"},
+		{in: "0.0009999999999999999", wantErr: "less than the minimum of 1ms"}, // float64's last below 0.001
 		// Below float64's least positive value the number reads as 0: it is
 		// still positive, and below the minimum.
 		{in: "1e-400", wantErr: "less than the minimum of 1ms"},
