@@ -17,9 +17,10 @@ var callPool sync.Pool
 func (m *middleware) serveCooperative(ctx *fasthttp.RequestCtx) {
 	outer := lookup(ctx)
 	start, deadline, admitted, run := m.admit(ctx, outer)
-	if run {
-		m.serveInline(ctx, outer, start, deadline, admitted)
+	if !run {
+		return
 	}
+	m.serveInline(ctx, outer, start, deadline, admitted)
 }
 
 // serveInline runs the handler on this goroutine, as a cooperative call
