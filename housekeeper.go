@@ -132,9 +132,9 @@ func (h *housekeeper) cancelRacingAtShutdown(t int64) {
 	var shutdown serverWatch
 	for _, w := range *h.snapshot.Load() {
 		c := &w.call
-		// Skipped if finished, timed out or gone (its context, if any, has
-		// ended), or timed out, even if its timer has not run yet (the
-		// timer's cause).
+		// Skipped: decided (its context, if any, has ended), or past its
+		// deadline, timed out even if its timer has not run yet (the
+		// timer gives the cause).
 		if c.decided() || c.deadline.Load() <= t {
 			continue
 		}
