@@ -178,54 +178,39 @@ var (
 	requestTimeoutKey = []byte(HeaderRequestTimeout)
 )
 
-// errBudgetSpent is returned by Do when no time is left for the upstream.
-var errBudgetSpent = upstreamTimedOut(nil)
-
-// Do's errors for a context ended otherwise than by its deadline.
+// Do's errors other than the upstream running out of time
+// (upstreamTimedOut): no time left to call it, or a context ended otherwise
+// than by its deadline, which matches context.Canceled and the cause.
 var (
-	errClientLeft   error = &upstreamCancelledError{[2]error{context.Canceled, ErrClientGone}}
-	errShuttingDown error = &upstreamCancelledError{[2]error{context.Canceled, ErrShutdown}}
+	errBudgetSpent  error = &upstreamError{"fasttimeout: no time left for the upstream call: request timed out", [2]error{ErrTimeout}}
+	errClientLeft   error = &upstreamError{"fasttimeout: upstream not called: ", [2]error{context.Canceled, ErrClientGone}}
+	errShuttingDown error = &upstreamError{"fasttimeout: upstream not called: ", [2]error{context.Canceled, ErrShutdown}}
 )
 
-// upstreamCancelledError is an upstream call not made because the request's
-// context was cancelled with a cause; it matches context.Canceled and the
-// cause. Like upstreamTimeoutError, it keeps what Unwrap returns: errors.Is
+// upstreamTimedOut returns the error of an upstream call out of the
+// request's time, err being the client's: it matches ErrTimeout and err.
+func upstreamTimedOut(err error) error {
+	return &upstreamError{"fasttimeout: upstream call out of time: ", [2]error{ErrTimeout, err}}
+}
+
+// upstreamError is an error of Do: it keeps what Unwrap returns, as errors.Is
 // asks for it at every look, and a gateway may look several times per
 // failed call.
-type upstreamCancelledError struct {
-	errs [2]error // context.Canceled, then the cause
+type upstreamError struct {
+	what string   // the message, before the second error's if any
+	errs [2]error // ErrTimeout or context.Canceled, then the client's error or the cause, or nil
 }
 
-// Error says that the upstream was not called, and why.
-func (e *upstreamCancelledError) Error() string {
-	return "fasttimeout: upstream not called: " + e.errs[1].Error()
-}
-
-// Unwrap returns context.Canceled and the cause.
-func (e *upstreamCancelledError) Unwrap() []error { return e.errs[:] }
-
-// upstreamTimeoutError is an upstream call out of the request's time; it
-// matches ErrTimeout, and the client's error if any.
-type upstreamTimeoutError struct {
-	errs [2]error // ErrTimeout, then the client's error, or nil if the upstream was not called
-}
-
-// upstreamTimedOut returns the error of an upstream call out of the
-// request's time: err is the client's, or nil if it was not called.
-func upstreamTimedOut(err error) error {
-	return &upstreamTimeoutError{[2]error{ErrTimeout, err}}
-}
-
-// Error says that the upstream call ran out of time, and why.
-func (e *upstreamTimeoutError) Error() string {
+// Error says what happened, and why.
+func (e *upstreamError) Error() string {
 	if e.errs[1] == nil {
-		return "fasttimeout: no time left for the upstream call: request timed out"
+		return e.what
 	}
-	return "fasttimeout: upstream call out of time: " + e.errs[1].Error()
+	return e.what + e.errs[1].Error()
 }
 
-// Unwrap returns ErrTimeout and the client's error, if any.
-func (e *upstreamTimeoutError) Unwrap() []error {
+// Unwrap returns the errors e matches.
+func (e *upstreamError) Unwrap() []error {
 	if e.errs[1] == nil {
 		return e.errs[:1]
 	}
