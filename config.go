@@ -323,15 +323,15 @@ func (cfg Config) resolve() settings {
 		panic(fmt.Sprintf("fasttimeout: Config.StatusCode must be a final HTTP status (200-599), got %d", cfg.StatusCode))
 	}
 	switch {
-	case cfg.Body == nil && hasNoBody(cfg.StatusCode):
-		cfg.Body = []byte{}
-	case cfg.Body == nil:
+	case cfg.Body == nil && !hasNoBody(cfg.StatusCode):
 		cfg.Body = []byte(DefaultBody)
 	case len(cfg.Body) > 0 && hasNoBody(cfg.StatusCode):
 		panic(fmt.Sprintf("fasttimeout: Config.StatusCode %d has no body, so Config.Body must be empty, got %d bytes",
 			cfg.StatusCode, len(cfg.Body)))
 	default:
-		cfg.Body = append([]byte{}, cfg.Body...) // the caller may reuse its slice
+		// A copy: the caller may reuse its slice. An unset Body of a status
+		// without one becomes empty.
+		cfg.Body = append([]byte{}, cfg.Body...)
 	}
 	if i := strings.IndexFunc(cfg.ContentType, isControl); i >= 0 {
 		// fasthttp would send line breaks as spaces and other control
