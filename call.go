@@ -206,11 +206,12 @@ func (c *call) settle(outcome uint64, t int64) bool {
 			return false
 		}
 		if c.state.CompareAndSwap(s, s&^phaseMask|outcome) {
-			overAt := t
-			if outcome == callTimedOut {
-				overAt = c.deadline.Load()
+			switch gen := s &^ (generation - 1); outcome {
+			case callTimedOut:
+				c.settled(outcome, t, c.deadline.Load(), gen)
+			case callGone:
+				c.settled(outcome, t, t, gen)
 			}
-			c.settled(outcome, t, overAt, s&^(generation-1))
 			return true
 		}
 	}
@@ -242,16 +243,13 @@ func (c *call) expire(b *requestContext, t int64) bool {
 	return ended
 }
 
-// settled does what follows settle's decision for generation gen. After a
-// timeout or a hang-up the handler is late from overAt (the deadline, or t)
-// and its context is cancelled with the cause, before the server goroutine
-// is signalled: from then on the worker may be recycled (worker.owners) and
-// c.bridge another's. A timeout is counted, and a drop for the adaptive
-// limit.
+// settled does what follows settle's decision of a timeout or a hang-up
+// (callTimedOut or callGone) for generation gen: the handler is late from
+// overAt (the deadline, or t) and its context is cancelled with the cause,
+// before the server goroutine is signalled: from then on the worker may be
+// recycled (worker.owners) and c.bridge another's. A timeout is counted, and
+// a drop for the adaptive limit. A call finished in time needs none of it.
 func (c *call) settled(outcome uint64, t, overAt int64, gen uint64) {
-	if outcome == callFinished {
-		return
-	}
 	if hook := testHookSettled.Load(); hook != nil {
 		(*hook)(c, outcome)
 	}
