@@ -317,8 +317,7 @@ func (m *middleware) acquireWorker(connID uint64) *worker {
 	if w := m.housekeeper.idle.get(connID); w != nil {
 		return w
 	}
-	w := &worker{work: make(chan struct{}, 1), done: make(chan bool, 2)}
-	w.m = m
+	w := &worker{call: call{m: m}, work: make(chan struct{}, 1), done: make(chan bool, 2)}
 	w.timer = time.AfterFunc(time.Hour, w.fire)
 	w.timer.Stop()
 	w.later = time.AfterFunc(time.Hour, w.fire)
