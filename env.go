@@ -54,11 +54,11 @@ func ParseTimeout(s string) (time.Duration, error) {
 		switch {
 		case math.IsNaN(secs) || math.IsInf(secs, 0) && err == nil:
 			return 0, fmt.Errorf("not a finite number of seconds")
-		case secs > 0 && secs < minTimeout.Seconds():
-			// Before rounding to nanoseconds, which would give the minimum
-			// to a number just below it ("0.0009999999").
+		case secs == 0 && underflows(s), secs > 0 && secs < minTimeout.Seconds():
+			// A positive number below float64's least ("1e-400") reads as
+			// 0; checked before rounding to nanoseconds, which may give 0.
 			return 0, fmt.Errorf("less than the minimum of %v", minTimeout)
-		case secs <= 0 && !underflows(s): // "1e-400" reads as 0: below the minimum, checked below
+		case secs <= 0:
 			return 0, fmt.Errorf("must be positive")
 		case secs > maxEnvTimeout.Seconds():
 			return 0, fmt.Errorf("more than %v", maxEnvTimeout)
