@@ -189,9 +189,10 @@ type Config struct {
 	// Service Unavailable at once, with Retry-After and a JSON body, so
 	// goroutines and memory stay bounded. In cooperative mode a handler
 	// that asked for its context (Context, Do) counts from the context's end
-	// at the deadline; one that did not is found late only when it returns,
-	// so counts while it runs only after a hang-up. Zero means no cap;
-	// negative values panic in New.
+	// at the deadline or its client's hang-up; one that did not is found
+	// late only when it returns (its client is not watched either), so it
+	// never counts while it runs. Zero means no cap; negative values panic
+	// in New.
 	MaxLateHandlers int
 
 	// RetryAfter is the Retry-After of the 503 sent by MaxLateHandlers or the

@@ -49,7 +49,9 @@ const minUpstreamBudget = time.Millisecond
 //   - X-Envoy-Expected-Rq-Timeout-Ms, always: whole milliseconds, rounded
 //     down, which a server wrapped by [New] with
 //     Config.HonorDeadlineHeaders takes into account;
-//   - grpc-timeout, if req has one: rewritten to whole milliseconds ("250m");
+//   - grpc-timeout, if req has one: rewritten, rounded down, to whole
+//     milliseconds ("250m"), or to whole seconds once the milliseconds
+//     would take more than the 8 digits the format allows (about 28 hours);
 //   - Request-Timeout, if req has one: rewritten to whole seconds, rounded
 //     down (as its draft, draft-thomson-hybi-http-timeout-00, counts), and
 //     removed under a second, since 0 would claim the time is spent.
