@@ -244,12 +244,17 @@ type stressLoopback struct {
 	shutErr  error
 }
 
-func startStressLoopback(t testing.TB, h fasthttp.RequestHandler) *stressLoopback {
+// startStressLoopback serves h on a new server, set up further by each of
+// configure before it serves; the test's cleanup shuts it down.
+func startStressLoopback(t testing.TB, h fasthttp.RequestHandler, configure ...func(*fasthttp.Server)) *stressLoopback {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	s := &stressLoopback{ln: &countingListener{Listener: ln}, addr: ln.Addr().String(), served: make(chan error, 1), logs: &stressLog{}}
 	s.server = &fasthttp.Server{Handler: h, Logger: s.logs, ReadTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute}
+	for _, f := range configure {
+		f(s.server)
+	}
 	go func() { s.served <- s.server.Serve(s.ln) }()
 	t.Cleanup(func() { assert.NoError(t, s.shutdown()) })
 	return s

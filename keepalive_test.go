@@ -1,8 +1,13 @@
 // A connection is reused after a timeout and after a late handler, in both
-// modes: the next request on it gets its own answer.
+// modes: the next request on it gets its own answer. With a streamed request
+// body a racing timeout closes it instead.
 package fasttimeout_test
 
 import (
+	"bytes"
+	"fmt"
+	"io"
+	"sync"
 	"testing"
 	"time"
 
@@ -65,6 +70,77 @@ func TestKeepAlive(t *testing.T) {
 			require.Zero(t, got.LateRunning)
 			require.EqualValues(t, 1, got.Timeouts)
 			require.EqualValues(t, 1, got.LateFinished)
+		})
+	}
+}
+
+// With Server.StreamRequestBody a late racing handler may still be reading
+// its body from the connection, so the timeout response closes it (fasthttp
+// does, for an answer given with TimeoutErrorWithResponse): nothing the
+// client sends next can reach that handler as its body. A cooperative
+// timeout is answered once the handler has returned, and the connection
+// serves the next request.
+func TestKeepAlive_streamed_request_body(t *testing.T) {
+	const bodySize = 256 << 10
+	for _, tc := range []struct {
+		name   string
+		mode   fasttimeout.Mode
+		closes bool
+	}{
+		{"racing_timeout_closes_the_connection", fasttimeout.Racing, true},
+		{"cooperative_timeout_keeps_the_connection", fasttimeout.Cooperative, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			answered := make(chan struct{})
+			var answerOnce sync.Once
+			read := make(chan []byte, 1)
+			h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				if string(ctx.Path()) != "/upload" {
+					replyWithSecret(ctx, "fast", string(ctx.Request.Header.Peek("X-Secret")))
+					return
+				}
+				body := ctx.RequestBodyStream()
+				got, _ := io.ReadAll(io.LimitReader(body, 1<<10))
+				if tc.mode == fasttimeout.Racing {
+					<-answered // late, its body still on the connection
+				} else {
+					<-fasttimeout.Context(ctx).Done()
+				}
+				rest, _ := io.ReadAll(body) // ends with an error once the connection is closed
+				read <- append(got, rest...)
+			}, fasttimeout.Config{Timeout: actInTime, TimeoutFunc: onlyTimingOut("/upload"), Mode: tc.mode, // /upload must run
+				OnTimeout: func(*fasthttp.RequestCtx, *fasthttp.Response) { answerOnce.Do(func() { close(answered) }) }})
+			server := startStressLoopback(t, h, func(s *fasthttp.Server) { s.StreamRequestBody = true })
+			c, err := dialStress(server.addr)
+			require.NoError(t, err)
+			defer c.close()
+
+			require.NoError(t, c.conn.SetDeadline(time.Now().Add(stressBound)))
+			// Written on another goroutine: a racing server never reads all
+			// of it, and the write ends only as the connection closes.
+			written := make(chan error, 1)
+			go func() {
+				_, err := fmt.Fprintf(c.conn, "POST /upload HTTP/1.1\r\nHost: stream.test\r\nContent-Length: %d\r\n\r\n%s", bodySize, bytes.Repeat([]byte{'a'}, bodySize))
+				written <- err
+			}()
+			require.NoError(t, c.resp.Read(c.br))
+			requireTimeoutResponse(t, &c.resp)
+			require.Equal(t, tc.closes, c.resp.ConnectionClose(), "Connection: close on the timeout response")
+
+			got := receive(t, read, "the handler's read of its body")
+			require.NotEmpty(t, got)
+			require.Equal(t, len(got), bytes.Count(got, []byte{'a'}), "the handler read only its own body")
+			if tc.closes {
+				require.Error(t, c.do("/fast", "S0000000000000001"), "a request on the closed connection")
+				c.close()
+				<-written // ended by the close, if not before
+				return
+			}
+			require.NoError(t, receive(t, written, "the whole body written"))
+			require.Len(t, got, bodySize, "the cooperative handler read its whole body")
+			requireOwnResponse(t, c.get(t, "/fast", "S0000000000000002"), "fast", "S0000000000000002")
+			require.EqualValues(t, 1, server.ln.accepted.Load(), "one connection for both requests")
 		})
 	}
 }
