@@ -416,3 +416,48 @@ func TestLate_OnTimeout_sees_the_request_context_ended(t *testing.T) {
 		}
 	}
 }
+
+// A late racing handler keeps its own RequestCtx until it returns: once its
+// request has been answered with the timeout response and the connection
+// has served the next request, it still reads its own request (path,
+// headers, query, user values) and writes into its own response, while the
+// connection's next request has its own RequestCtx and answer.
+func TestLate_handler_keeps_its_own_RequestCtx_while_the_connection_serves_on(t *testing.T) {
+	t.Parallel()
+	type seen struct {
+		path, header, query, userValue, body string
+	}
+	nextServed := make(chan struct{})
+	seenByLate := make(chan seen, 1)
+	h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+		secret := string(ctx.Request.Header.Peek("X-Secret"))
+		if string(ctx.Path()) != "/slow" {
+			replyWithSecret(ctx, "fast", secret)
+			return
+		}
+		ctx.SetUserValue("secret", secret)
+		<-nextServed // late: answered, and the connection has served another request
+		replyWithSecret(ctx, "late", string(ctx.QueryArgs().Peek("secret")))
+		userValue, _ := ctx.UserValue("secret").(string)
+		seenByLate <- seen{
+			path:      string(ctx.Path()),
+			header:    string(ctx.Request.Header.Peek("X-Secret")),
+			query:     string(ctx.QueryArgs().Peek("secret")),
+			userValue: userValue,
+			body:      string(ctx.Response.Body()),
+		}
+	}, fasttimeout.Config{Timeout: actInTime, TimeoutFunc: onlyTimingOut("/slow")}) // /slow must run
+	server := startStressLoopback(t, h)
+	c, err := dialStress(server.addr)
+	require.NoError(t, err)
+	defer c.close()
+
+	const slow = "S0000000000000001"
+	requireTimeoutResponse(t, c.get(t, "/slow", slow))
+	requireOwnResponse(t, c.get(t, "/fast", "S0000000000000002"), "fast", "S0000000000000002")
+	close(nextServed)
+	require.Equal(t, seen{path: "/slow", header: slow, query: slow, userValue: slow, body: ownBody("late", slow)},
+		receive(t, seenByLate, "what the late handler read from its RequestCtx"))
+	requireOwnResponse(t, c.get(t, "/fast", "S0000000000000003"), "fast", "S0000000000000003")
+	require.EqualValues(t, 1, server.ln.accepted.Load(), "one connection for all requests")
+}
