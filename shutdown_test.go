@@ -4,6 +4,7 @@ package fasttimeout_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -188,5 +189,56 @@ func TestShutdown_reaches_racing_contexts_whatever_the_Precision(t *testing.T) {
 			requireOwnResponse(t, &c.resp, "bye", "S0000000000000001")
 			require.NoError(t, receive(t, shutdown, "the shutdown"))
 		})
+	}
+}
+
+// A handler whose context ends with ErrShutdown answers for itself, in both
+// modes: one that returns without writing sends an empty 200, since the
+// middleware answers only timeouts; one that answers 503 itself, as the
+// README advises, sends its 503.
+func TestShutdown_a_handler_that_writes_nothing_sends_an_empty_200(t *testing.T) {
+	for _, mode := range allModes {
+		for _, tc := range []struct {
+			name       string
+			answer503  bool
+			wantStatus int
+			wantBody   string
+		}{
+			{"returns_without_writing", false, fasthttp.StatusOK, ""},
+			{"answers_503_itself", true, fasthttp.StatusServiceUnavailable, "shutting down"},
+		} {
+			t.Run(tc.name+"/"+mode.String(), func(t *testing.T) {
+				t.Parallel()
+				started := make(chan struct{}, 1)
+				causes := make(chan error, 1)
+				h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+					c := fasttimeout.Context(ctx)
+					started <- struct{}{}
+					select {
+					case <-c.Done():
+					case <-time.After(stressBound):
+					}
+					causes <- context.Cause(c)
+					if tc.answer503 && errors.Is(context.Cause(c), fasttimeout.ErrShutdown) {
+						ctx.Error("shutting down", fasthttp.StatusServiceUnavailable)
+					}
+				}, fasttimeout.Config{Timeout: time.Minute, Mode: mode})
+				server := startStressLoopback(t, h)
+				c, err := dialStress(server.addr)
+				require.NoError(t, err)
+				defer c.close()
+				answered := make(chan error, 1)
+				go func() { answered <- c.do("/", "S0000000000000001") }()
+				receive(t, started, "the handler's start")
+				shutdown := make(chan error, 1)
+				go func() { shutdown <- server.shutdown() }()
+
+				require.ErrorIs(t, receive(t, causes, "the context's end"), fasttimeout.ErrShutdown)
+				require.NoError(t, receive(t, answered, "the answer"))
+				require.Equal(t, tc.wantStatus, c.resp.StatusCode())
+				require.Equal(t, tc.wantBody, string(c.resp.Body()))
+				require.NoError(t, receive(t, shutdown, "the shutdown"))
+			})
+		}
 	}
 }
