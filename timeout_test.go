@@ -2,6 +2,7 @@ package fasttimeout_test
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"runtime"
 	"strings"
@@ -222,6 +223,65 @@ func TestTimeout_cooperative_replaces_a_late_response(t *testing.T) {
 	assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
 	assert.Equal(t, fasttimeout.DefaultBody, string(resp.Body()))
 	assert.Equal(t, int64(1), stats.Snapshot().Timeouts)
+}
+
+// In cooperative mode a request is timed out at its deadline only if its
+// handler asked for its context: /asks, whose deadline comes a second after
+// /never's, is timed out (its context cancelled with ErrTimeout, counted
+// late) while both still run, and /never, which never called Context or Do,
+// is not; it is found late when it returns. Both get the timeout response.
+func TestTimeout_cooperative_times_out_at_the_deadline_only_a_handler_that_asked_for_its_context(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	free := func() { releaseOnce.Do(func() { close(release) }) }
+	defer free() // before the server's shutdown, which waits for the handlers, even on a failure
+	started := make(chan string, 2)
+	causes := make(chan error, 1)
+	stats := new(fasttimeout.Stats)
+	h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+		if string(ctx.Path()) == "/asks" {
+			c := fasttimeout.Context(ctx)
+			started <- "/asks"
+			<-c.Done()
+			causes <- context.Cause(c)
+		} else {
+			started <- "/never"
+		}
+		<-release // ignores its context, or stops looking at it
+		ctx.SetBodyString("too late")
+	}, fasttimeout.Config{Mode: fasttimeout.Cooperative, Stats: stats,
+		// Both must run: their budgets not spent on arrival. /asks, sent
+		// after /never has started, has the later deadline.
+		TimeoutFunc: func(ctx *fasthttp.RequestCtx) time.Duration {
+			if string(ctx.Path()) == "/asks" {
+				return 2 * actInTime
+			}
+			return actInTime
+		}})
+	s := serve(t, h)
+	statuses := make(chan int, 2)
+	go func() { statuses <- s.status(t, "/never") }()
+	require.Equal(t, "/never", receive(t, started, "the start of /never"))
+	go func() { statuses <- s.status(t, "/asks") }()
+	require.Equal(t, "/asks", receive(t, started, "the start of /asks"))
+
+	// /asks timed out at its deadline, past /never's.
+	require.ErrorIs(t, receive(t, causes, "the end of the context of /asks"), fasttimeout.ErrTimeout)
+	require.Eventually(t, func() bool { return stats.Snapshot().LateRunning >= 1 }, stressBound, time.Millisecond)
+	got := stats.Snapshot()
+	require.EqualValues(t, 1, got.Timeouts, "only /asks timed out at its deadline")
+	require.EqualValues(t, 1, got.LateRunning, "only /asks is late while both run")
+	require.Len(t, statuses, 0, "no answer before the handlers return")
+
+	free()
+	require.Equal(t, fasthttp.StatusGatewayTimeout, receive(t, statuses, "an answer"))
+	require.Equal(t, fasthttp.StatusGatewayTimeout, receive(t, statuses, "the other answer"))
+	require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, stressBound, time.Millisecond)
+	got = stats.Snapshot()
+	require.EqualValues(t, 2, got.Timeouts, "/never found late when it returned")
+	require.EqualValues(t, 2, got.LateFinished)
+	require.Zero(t, got.LateRunning)
 }
 
 func TestTimeout_configured_response(t *testing.T) {
