@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"runtime"
 	"strings"
 	"sync"
@@ -109,6 +110,75 @@ func TestTimeout_fast_handler_streams_its_body(t *testing.T) {
 			assert.Equal(t, 100, strings.Count(string(got.Body()), "\n"))
 			assert.True(t, strings.HasPrefix(string(got.Body()), "line 0\nline 1\n"))
 		})
+	}
+}
+
+// A body stream writer and a hijack handler run after the handler has
+// returned in time: unbounded, they write past the request's deadline and
+// the client gets what they wrote, not the timeout response; and the
+// request's context has ended by then, with the handler's return, not with
+// ErrTimeout.
+func TestTimeout_stream_writer_and_hijack_handler_run_unbounded_with_their_context_ended(t *testing.T) {
+	t.Parallel()
+	const late = "written past the deadline"
+	type seen struct {
+		err, cause error
+		past       bool
+	}
+	// pastTheDeadline waits, in a stream writer or hijack handler, for the
+	// request's context to end and its deadline to pass, and says what it saw.
+	pastTheDeadline := func(c context.Context, deadline time.Time) seen {
+		select {
+		case <-c.Done():
+		case <-time.After(stressBound):
+		}
+		v := seen{err: c.Err(), cause: context.Cause(c)}
+		for time.Now().Before(deadline) {
+			<-time.After(time.Until(deadline))
+		}
+		v.past = true
+		return v
+	}
+	for _, mode := range allModes {
+		for _, kind := range []string{"stream_writer", "hijack_handler"} {
+			t.Run(kind+"/"+mode.String(), func(t *testing.T) {
+				t.Parallel()
+				seenc := make(chan seen, 1)
+				stats := new(fasttimeout.Stats)
+				h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+					c := fasttimeout.Context(ctx)
+					deadline, ok := c.Deadline()
+					if !assert.True(t, ok, "the request has a deadline") {
+						return
+					}
+					if kind == "stream_writer" {
+						ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
+							seenc <- pastTheDeadline(c, deadline)
+							_, _ = w.WriteString(late)
+						})
+						return
+					}
+					ctx.HijackSetNoResponse(true)
+					ctx.Hijack(func(conn net.Conn) {
+						seenc <- pastTheDeadline(c, deadline)
+						_, _ = fmt.Fprintf(conn, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(late), late)
+					})
+				}, fasttimeout.Config{Timeout: actInTime, Mode: mode, Stats: stats}) // the handler must return in time
+				server := startStressLoopback(t, h)
+				c, err := dialStress(server.addr)
+				require.NoError(t, err)
+				defer c.close()
+
+				resp := c.get(t, "/", "S0000000000000001")
+				v := receive(t, seenc, "what the "+kind+" saw")
+				require.Equal(t, fasthttp.StatusOK, resp.StatusCode())
+				require.Equal(t, late, string(resp.Body()))
+				require.True(t, v.past)
+				require.ErrorIs(t, v.err, context.Canceled, "the context ended with the handler's return")
+				require.NotErrorIs(t, v.cause, fasttimeout.ErrTimeout)
+				require.Zero(t, stats.Snapshot().Timeouts)
+			})
+		}
 	}
 }
 
