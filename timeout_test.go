@@ -485,3 +485,34 @@ func TestTimeout_stale_signal_never_reaches_a_recycled_worker(t *testing.T) {
 	wg.Wait()
 	assert.Zero(t, wrong.Load(), "requests not answered with the timeout response")
 }
+
+// Racing mode hands the request to a worker goroutine; cooperative mode
+// runs the handler inline, on the server goroutine that called the
+// middleware.
+func TestTimeout_where_the_handler_runs(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			type seen struct{ server, handler string }
+			seenc := make(chan seen, 1)
+			var handler string
+			h := fasttimeout.New(func(*fasthttp.RequestCtx) { handler = goroutineID() },
+				fasttimeout.Config{Timeout: waitTimeout, Mode: mode}) // answered by the handler
+			s := serve(t, func(ctx *fasthttp.RequestCtx) {
+				server := goroutineID()
+				h(ctx)
+				seenc <- seen{server, handler} // the handler has returned: its write is seen
+			})
+			assert.Equal(t, fasthttp.StatusOK, do(t, s, "GET", "/").StatusCode())
+			got := receive(t, seenc, "the goroutines of the server and the handler")
+			require.NotEmpty(t, got.server)
+			require.NotEmpty(t, got.handler)
+			if mode == fasttimeout.Cooperative {
+				require.Equal(t, got.server, got.handler, "the cooperative handler runs on the server goroutine")
+			} else {
+				require.NotEqual(t, got.server, got.handler, "the racing handler runs on a worker goroutine")
+			}
+		})
+	}
+}
