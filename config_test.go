@@ -301,3 +301,28 @@ func TestSkip(t *testing.T) {
 		})
 	}
 }
+
+// TestNew_zero_Timeout_means_DefaultTimeout reads the deadline a handler
+// gets from a zero Config: DefaultTimeout after the request's arrival
+// (fasthttp's ctx.Time()), in both modes.
+func TestNew_zero_Timeout_means_DefaultTimeout(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			timeout := make(chan time.Duration, 1)
+			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				deadline, ok := fasttimeout.Context(ctx).Deadline()
+				if !ok {
+					timeout <- -1
+					return
+				}
+				timeout <- deadline.Sub(ctx.Time())
+			}, fasttimeout.Config{Mode: mode}))
+			status, _, _ := s.get(t, "/")
+			assert.Equal(t, fasthttp.StatusOK, status)
+			assert.Equal(t, fasttimeout.DefaultTimeout, receive(t, timeout, "the handler's deadline"))
+			assert.Equal(t, 5*time.Second, fasttimeout.DefaultTimeout, "the documented 5 s")
+		})
+	}
+}
