@@ -326,3 +326,20 @@ func TestNew_zero_Timeout_means_DefaultTimeout(t *testing.T) {
 		})
 	}
 }
+
+// TestNew_StatusCode_range_ends_are_accepted: StatusCode takes every final
+// status, 200 to 599 inclusive (TestNew_rejects_bad_configuration has the
+// 199 and 600 beyond them); a timeout then answers with it.
+func TestNew_StatusCode_range_ends_are_accepted(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		for _, code := range []int{fasthttp.StatusOK, 599} {
+			t.Run(fmt.Sprintf("%s_%d", mode, code), func(t *testing.T) {
+				t.Parallel()
+				head, body := rawTimeoutResponse(t, fasttimeout.Config{Mode: mode, StatusCode: code})
+				assert.True(t, strings.HasPrefix(head, fmt.Sprintf("HTTP/1.1 %d ", code)), "status line of %q", head)
+				assert.Equal(t, fasttimeout.DefaultBody, body)
+			})
+		}
+	}
+}
