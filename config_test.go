@@ -343,3 +343,27 @@ func TestNew_StatusCode_range_ends_are_accepted(t *testing.T) {
 		}
 	}
 }
+
+// TestNew_Body_nil_or_empty reads the timeout response's body off the
+// wire: a nil Body means DefaultBody, an empty non-nil one an empty body.
+func TestNew_Body_nil_or_empty(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		for _, tc := range []struct {
+			name string
+			body []byte
+			want string
+		}{
+			{"nil", nil, fasttimeout.DefaultBody},
+			{"empty", []byte{}, ""},
+		} {
+			t.Run(tc.name+"_"+mode.String(), func(t *testing.T) {
+				t.Parallel()
+				head, body := rawTimeoutResponse(t, fasttimeout.Config{Mode: mode, Body: tc.body})
+				assert.True(t, strings.HasPrefix(head, "HTTP/1.1 504 "), "status line of %q", head)
+				assert.Equal(t, tc.want, body)
+				assert.Contains(t, head, fmt.Sprintf("\r\nContent-Length: %d\r\n", len(tc.want)))
+			})
+		}
+	}
+}
