@@ -301,3 +301,28 @@ func TestContext_outside_Value_while_fasthttp_resets_the_request(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestContext_cooperative_Precision_above_100ms_ticks_every_100ms: the
+// housekeeper that ends cooperative contexts ticks at most every 100 ms,
+// whatever the Precision (see Config.Precision): with an hour's, a context
+// still ends at its deadline, with cause ErrTimeout, not an hour later.
+func TestContext_cooperative_Precision_above_100ms_ticks_every_100ms(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	cause := make(chan error, 1)
+	s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+		c := fasttimeout.Context(ctx)
+		select {
+		case <-c.Done():
+			cause <- context.Cause(c)
+		case <-release: // the test's end: the context never ended
+			cause <- nil
+		}
+	}, fasttimeout.Config{Mode: fasttimeout.Cooperative, Timeout: shortTimeout, Precision: time.Hour}))
+	t.Cleanup(func() { close(release) }) // before the server's shutdown, which waits for the handler
+	// The client's own bound (waitTimeout) fails the test if the context
+	// waits for an hour's tick.
+	resp := do(t, s, "GET", "/")
+	assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
+	assert.ErrorIs(t, receive(t, cause, "the handler's report"), fasttimeout.ErrTimeout)
+}
