@@ -327,3 +327,26 @@ func TestHonorDeadlineHeaders_lower_case_names_on_a_server_that_keeps_names(t *t
 	}
 	assert.False(t, called.Load(), "a spent budget is answered without running the handler")
 }
+
+// TestDeadlineMargin_is_ignored_without_HonorDeadlineHeaders: the margin is
+// taken off a caller's budget only; without HonorDeadlineHeaders the
+// deadline is the configured timeout after arrival, to the nanosecond,
+// whatever the margin and the headers sent.
+func TestDeadlineMargin_is_ignored_without_HonorDeadlineHeaders(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			timeout := make(chan time.Duration, 1)
+			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				deadline, ok := fasttimeout.Context(ctx).Deadline()
+				assert.True(t, ok)
+				timeout <- deadline.Sub(ctx.Time())
+			}, fasttimeout.Config{Timeout: time.Minute, Mode: mode, DeadlineMargin: 30 * time.Second}))
+
+			resp := send(t, s, "grpc-timeout", "60S")
+			require.Equal(t, fasthttp.StatusOK, resp.StatusCode())
+			assert.Equal(t, time.Minute, receive(t, timeout, "the handler's deadline"))
+		})
+	}
+}
