@@ -112,3 +112,60 @@ func TestMaxLateHandlers(t *testing.T) {
 		assert.Zero(t, stats.Snapshot().Shed)
 	})
 }
+
+// TestMaxLateHandlers_cooperative_counts_only_handlers_that_asked: in
+// cooperative mode a handler that asked for its context counts as late (in
+// LateRunning, against MaxLateHandlers) and timed out (Timeouts) from its
+// deadline, though its response goes out when it returns; one that never
+// asked is found late only when it returns, and never counts while it runs.
+func TestMaxLateHandlers_cooperative_counts_only_handlers_that_asked(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	ignoring := make(chan struct{}, 1)
+	asked := make(chan struct{}, 1)
+	stats := new(fasttimeout.Stats)
+	s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+		switch string(ctx.Path()) {
+		case "/ignores": // never asks for its context
+			ignoring <- struct{}{}
+			<-release
+		case "/asks":
+			<-fasttimeout.Context(ctx).Done()
+			asked <- struct{}{}
+			<-release
+		}
+	}, fasttimeout.Config{
+		Mode: fasttimeout.Cooperative, Timeout: shortTimeout,
+		TimeoutFunc:     onlyTimingOut("/ignores", "/asks"), // /ok must not time out on a stalled machine
+		MaxLateHandlers: 2, Stats: stats,
+	}))
+	t.Cleanup(func() { close(release) }) // before the server's shutdown, which waits for the handlers
+
+	answers := make(chan int, 2)
+	go func() { answers <- s.status(t, "/ignores") }()
+	receive(t, ignoring, "the ignoring handler's start")
+	// Arriving later, /asks has the later deadline: once its context has
+	// ended, /ignores is past its own deadline too.
+	go func() { answers <- s.status(t, "/asks") }()
+	receive(t, asked, "the end of the asking handler's context")
+
+	require.Eventually(t, func() bool { return stats.Snapshot().LateRunning > 0 }, stressBound, time.Millisecond)
+	c := stats.Snapshot()
+	assert.Equal(t, int64(1), c.LateRunning, "only the handler that asked counts while it runs")
+	assert.Equal(t, int64(1), c.Timeouts, "the handler that asked counts from its deadline")
+	// Below the cap of 2: the ignoring handler does not count against it.
+	status, _, _ := s.get(t, "/ok")
+	assert.Equal(t, fasthttp.StatusOK, status)
+	assert.Zero(t, stats.Snapshot().Shed)
+
+	release <- struct{}{} // one of them returns
+	release <- struct{}{} // and the other
+	for range 2 {
+		assert.Equal(t, fasthttp.StatusGatewayTimeout, receive(t, answers, "the answer to a late request"))
+	}
+	require.Eventually(t, func() bool { return stats.Snapshot().InFlight == 0 }, stressBound, time.Millisecond)
+	c = stats.Snapshot()
+	assert.Zero(t, c.LateRunning)
+	assert.Equal(t, int64(2), c.LateFinished, "both found late once they returned")
+	assert.Equal(t, int64(2), c.Timeouts)
+}
