@@ -262,3 +262,37 @@ func TestStats_a_snapshot_never_counts_a_part_above_its_whole(t *testing.T) {
 	}
 	require.Positive(t, stats.Snapshot().SpentBudgets, "no spent budget answered")
 }
+
+// TestStats_shared_by_several_middlewares: one Stats may serve several
+// middlewares, and nested News sharing one each count the request (see
+// Config.Stats).
+func TestStats_shared_by_several_middlewares(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			stats := new(fasttimeout.Stats)
+			cfg := fasttimeout.Config{Mode: mode, Timeout: waitTimeout, Stats: stats}
+			ok := func(ctx *fasthttp.RequestCtx) { ctx.SetBodyString("ok") }
+			nested := fasttimeout.New(fasttimeout.New(ok, cfg), cfg)
+			other := fasttimeout.New(ok, cfg)
+			s := serve(t, func(ctx *fasthttp.RequestCtx) {
+				if string(ctx.Path()) == "/nested" {
+					nested(ctx)
+					return
+				}
+				other(ctx)
+			})
+
+			status, body, _ := s.get(t, "/nested")
+			require.Equal(t, fasthttp.StatusOK, status)
+			require.Equal(t, "ok", body)
+			assert.Equal(t, int64(2), stats.Snapshot().Requests, "each of the nested News counts the request")
+			status, _, _ = s.get(t, "/other")
+			require.Equal(t, fasthttp.StatusOK, status)
+			c := stats.Snapshot()
+			assert.Equal(t, int64(3), c.Requests, "the other middleware counts into the same Stats")
+			assert.Zero(t, c.InFlight)
+		})
+	}
+}
