@@ -572,3 +572,31 @@ func TestPanics_panic_nil_under_panicnil(t *testing.T) {
 	}()
 	require.ErrorIs(t, recovered.(error), fasttimeout.ErrHandlerGoexit)
 }
+
+// TestPanics_OnTimeout_panic_in_racing_mode_still_answers_with_resp: a
+// panic in OnTimeout goes up the server goroutine with its value, as a
+// handler's would, and in racing mode the request is answered all the
+// same with resp, as OnTimeout left it (see Config.OnTimeout).
+func TestPanics_OnTimeout_panic_in_racing_mode_still_answers_with_resp(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	recovered := make(chan any, 1)
+	wrapped := fasttimeout.New(func(*fasthttp.RequestCtx) { <-release }, fasttimeout.Config{
+		Timeout: shortTimeout,
+		OnTimeout: func(_ *fasthttp.RequestCtx, resp *fasthttp.Response) {
+			resp.Header.Set("X-Request-Id", "r-1")
+			panic("OnTimeout bug")
+		},
+	})
+	s := serve(t, func(ctx *fasthttp.RequestCtx) {
+		defer func() { recovered <- recover() }() // and leaves ctx alone
+		wrapped(ctx)
+	})
+	t.Cleanup(func() { close(release) }) // before the server's shutdown
+
+	resp := do(t, s, "GET", "/")
+	assert.Equal(t, "OnTimeout bug", receive(t, recovered, "the recovered panic"))
+	assert.Equal(t, fasttimeout.DefaultStatusCode, resp.StatusCode())
+	assert.Equal(t, fasttimeout.DefaultBody, string(resp.Body()))
+	assert.Equal(t, "r-1", string(resp.Header.Peek("X-Request-Id")), "what OnTimeout set before it panicked")
+}
