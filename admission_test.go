@@ -1071,3 +1071,38 @@ func TestAdmission_on_one_P_refuses_rather_than_runs_late(t *testing.T) {
 		}
 	}
 }
+
+// TestAdmission_the_wait_for_a_slot_counts_against_the_timeout: a request
+// that waited for a slot under the concurrency limit has the deadline its
+// arrival gave it, Timeout after ctx.Time(), not Timeout after it got the
+// slot (see Config.Timeout).
+func TestAdmission_the_wait_for_a_slot_counts_against_the_timeout(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			b := newBlocker()
+			timeout := make(chan time.Duration, 1)
+			stats := new(fasttimeout.Stats)
+			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+				if string(ctx.Path()) == "/queued" {
+					deadline, ok := fasttimeout.Context(ctx).Deadline()
+					assert.True(t, ok)
+					timeout <- deadline.Sub(ctx.Time())
+				}
+				b.handle(ctx)
+			}, fasttimeout.Config{Mode: mode, Timeout: time.Minute, MaxConcurrency: 1, Stats: stats}))
+			t.Cleanup(b.free) // before the server's shutdown, should the test fail first
+
+			held := async(t, s, "/block")
+			receive(t, b.entered, "the blocking handler's start")
+			queued := async(t, s, "/queued")
+			require.Eventually(t, func() bool { return stats.Snapshot().Waiting == 1 }, stressBound, time.Millisecond)
+			b.free()
+			assert.Equal(t, fasthttp.StatusOK, receive(t, held, "the blocking request's answer").StatusCode())
+			assert.Equal(t, fasthttp.StatusOK, receive(t, queued, "the queued request's answer").StatusCode())
+			assert.Equal(t, time.Minute, receive(t, timeout, "the queued handler's deadline"), "counted from arrival")
+			assert.Equal(t, int64(1), stats.Snapshot().Queued)
+		})
+	}
+}
