@@ -318,7 +318,7 @@ func TestContext_cooperative_Precision_above_100ms_ticks_every_100ms(t *testing.
 		case <-release: // the test's end: the context never ended
 			cause <- nil
 		}
-	}, fasttimeout.Config{Mode: fasttimeout.Cooperative, Timeout: shortTimeout, Precision: time.Hour}))
+	}, fasttimeout.Config{Mode: fasttimeout.Cooperative, Timeout: actInTime, Precision: time.Hour})) // the handler must run
 	t.Cleanup(func() { close(release) }) // before the server's shutdown, which waits for the handler
 	// The client's own bound (waitTimeout) fails the test if the context
 	// waits for an hour's tick.

@@ -582,7 +582,7 @@ func TestPanics_OnTimeout_panic_in_racing_mode_still_answers_with_resp(t *testin
 	release := make(chan struct{})
 	recovered := make(chan any, 1)
 	wrapped := fasttimeout.New(func(*fasthttp.RequestCtx) { <-release }, fasttimeout.Config{
-		Timeout: shortTimeout,
+		Timeout: actInTime, // the handler must run: a racing timeout, not a spent budget
 		OnTimeout: func(_ *fasthttp.RequestCtx, resp *fasthttp.Response) {
 			resp.Header.Set("X-Request-Id", "r-1")
 			panic("OnTimeout bug")
