@@ -1084,11 +1084,10 @@ func TestAdmission_the_wait_for_a_slot_counts_against_the_timeout(t *testing.T) 
 			b := newBlocker()
 			timeout := make(chan time.Duration, 1)
 			stats := new(fasttimeout.Stats)
+			report := reportTimeout(timeout)
 			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
 				if string(ctx.Path()) == "/queued" {
-					deadline, ok := fasttimeout.Context(ctx).Deadline()
-					assert.True(t, ok)
-					timeout <- deadline.Sub(ctx.Time())
+					report(ctx)
 				}
 				b.handle(ctx)
 			}, fasttimeout.Config{Mode: mode, Timeout: time.Minute, MaxConcurrency: 1, Stats: stats}))

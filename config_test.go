@@ -311,14 +311,7 @@ func TestNew_zero_Timeout_means_DefaultTimeout(t *testing.T) {
 		t.Run(mode.String(), func(t *testing.T) {
 			t.Parallel()
 			timeout := make(chan time.Duration, 1)
-			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
-				deadline, ok := fasttimeout.Context(ctx).Deadline()
-				if !ok {
-					timeout <- -1
-					return
-				}
-				timeout <- deadline.Sub(ctx.Time())
-			}, fasttimeout.Config{Mode: mode}))
+			s := serve(t, fasttimeout.New(reportTimeout(timeout), fasttimeout.Config{Mode: mode}))
 			status, _, _ := s.get(t, "/")
 			assert.Equal(t, fasthttp.StatusOK, status)
 			assert.Equal(t, fasttimeout.DefaultTimeout, receive(t, timeout, "the handler's deadline"))

@@ -338,11 +338,7 @@ func TestDeadlineMargin_is_ignored_without_HonorDeadlineHeaders(t *testing.T) {
 		t.Run(mode.String(), func(t *testing.T) {
 			t.Parallel()
 			timeout := make(chan time.Duration, 1)
-			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
-				deadline, ok := fasttimeout.Context(ctx).Deadline()
-				assert.True(t, ok)
-				timeout <- deadline.Sub(ctx.Time())
-			}, fasttimeout.Config{Timeout: time.Minute, Mode: mode, DeadlineMargin: 30 * time.Second}))
+			s := serve(t, fasttimeout.New(reportTimeout(timeout), fasttimeout.Config{Timeout: time.Minute, Mode: mode, DeadlineMargin: 30 * time.Second}))
 
 			resp := send(t, s, "grpc-timeout", "60S")
 			require.Equal(t, fasthttp.StatusOK, resp.StatusCode())

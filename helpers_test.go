@@ -141,6 +141,20 @@ func onlyTimingOut(paths ...string) func(*fasthttp.RequestCtx) time.Duration {
 
 var allModes = []fasttimeout.Mode{fasttimeout.Racing, fasttimeout.Cooperative}
 
+// reportTimeout returns a handler that sends on timeouts the timeout each
+// request was given: its context's deadline less its arrival (ctx.Time()),
+// or -1 without a deadline.
+func reportTimeout(timeouts chan<- time.Duration) fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		deadline, ok := fasttimeout.Context(ctx).Deadline()
+		if !ok {
+			timeouts <- -1
+			return
+		}
+		timeouts <- deadline.Sub(ctx.Time())
+	}
+}
+
 func do(t testing.TB, s *testServer, method, path string) *fasthttp.Response {
 	t.Helper()
 	req := fasthttp.AcquireRequest()

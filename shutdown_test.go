@@ -162,32 +162,10 @@ func TestShutdown_reaches_racing_contexts_whatever_the_Precision(t *testing.T) {
 	for _, precision := range []time.Duration{fasttimeout.DefaultPrecision, time.Hour} {
 		t.Run(precision.String(), func(t *testing.T) {
 			t.Parallel()
-			started := make(chan struct{}, 1)
-			causes := make(chan error, 1)
-			h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
-				c := fasttimeout.Context(ctx)
-				started <- struct{}{}
-				select {
-				case <-c.Done():
-				case <-time.After(stressBound):
-				}
-				causes <- context.Cause(c)
+			resp := answerAtShutdown(t, fasttimeout.Config{Timeout: time.Hour, Precision: precision}, func(ctx *fasthttp.RequestCtx, _ error) {
 				replyWithSecret(ctx, "bye", string(ctx.Request.Header.Peek("X-Secret")))
-			}, fasttimeout.Config{Timeout: time.Hour, Precision: precision})
-			server := startStressLoopback(t, h)
-			c, err := dialStress(server.addr)
-			require.NoError(t, err)
-			defer c.close()
-			answered := make(chan error, 1)
-			go func() { answered <- c.do("/", "S0000000000000001") }()
-			receive(t, started, "the handler's start")
-			shutdown := make(chan error, 1)
-			go func() { shutdown <- server.shutdown() }()
-
-			require.ErrorIs(t, receive(t, causes, "the context's end"), fasttimeout.ErrShutdown)
-			require.NoError(t, receive(t, answered, "the answer"))
-			requireOwnResponse(t, &c.resp, "bye", "S0000000000000001")
-			require.NoError(t, receive(t, shutdown, "the shutdown"))
+			})
+			requireOwnResponse(t, resp, "bye", "S0000000000000001")
 		})
 	}
 }
@@ -209,36 +187,49 @@ func TestShutdown_a_handler_that_writes_nothing_sends_an_empty_200(t *testing.T)
 		} {
 			t.Run(tc.name+"/"+mode.String(), func(t *testing.T) {
 				t.Parallel()
-				started := make(chan struct{}, 1)
-				causes := make(chan error, 1)
-				h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
-					c := fasttimeout.Context(ctx)
-					started <- struct{}{}
-					select {
-					case <-c.Done():
-					case <-time.After(stressBound):
-					}
-					causes <- context.Cause(c)
-					if tc.answer503 && errors.Is(context.Cause(c), fasttimeout.ErrShutdown) {
+				resp := answerAtShutdown(t, fasttimeout.Config{Timeout: time.Minute, Mode: mode}, func(ctx *fasthttp.RequestCtx, cause error) {
+					if tc.answer503 && errors.Is(cause, fasttimeout.ErrShutdown) {
 						ctx.Error("shutting down", fasthttp.StatusServiceUnavailable)
 					}
-				}, fasttimeout.Config{Timeout: time.Minute, Mode: mode})
-				server := startStressLoopback(t, h)
-				c, err := dialStress(server.addr)
-				require.NoError(t, err)
-				defer c.close()
-				answered := make(chan error, 1)
-				go func() { answered <- c.do("/", "S0000000000000001") }()
-				receive(t, started, "the handler's start")
-				shutdown := make(chan error, 1)
-				go func() { shutdown <- server.shutdown() }()
-
-				require.ErrorIs(t, receive(t, causes, "the context's end"), fasttimeout.ErrShutdown)
-				require.NoError(t, receive(t, answered, "the answer"))
-				require.Equal(t, tc.wantStatus, c.resp.StatusCode())
-				require.Equal(t, tc.wantBody, string(c.resp.Body()))
-				require.NoError(t, receive(t, shutdown, "the shutdown"))
+				})
+				require.Equal(t, tc.wantStatus, resp.StatusCode())
+				require.Equal(t, tc.wantBody, string(resp.Body()))
 			})
 		}
 	}
+}
+
+// answerAtShutdown serves over TCP a handler, wrapped by New with cfg, that
+// waits for its context to end and then calls answer with its cause. It
+// sends the handler one request and shuts the server down once the handler
+// has started; it checks that the context ended with ErrShutdown and that
+// the shutdown and the request succeeded, and returns the response.
+func answerAtShutdown(t *testing.T, cfg fasttimeout.Config, answer func(ctx *fasthttp.RequestCtx, cause error)) *fasthttp.Response {
+	t.Helper()
+	started := make(chan struct{}, 1)
+	causes := make(chan error, 1)
+	h := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+		c := fasttimeout.Context(ctx)
+		started <- struct{}{}
+		select {
+		case <-c.Done():
+		case <-time.After(stressBound):
+		}
+		causes <- context.Cause(c)
+		answer(ctx, context.Cause(c))
+	}, cfg)
+	server := startStressLoopback(t, h)
+	c, err := dialStress(server.addr)
+	require.NoError(t, err)
+	t.Cleanup(c.close) // before the server's shutdown, as a defer in the test would
+	answered := make(chan error, 1)
+	go func() { answered <- c.do("/", "S0000000000000001") }()
+	receive(t, started, "the handler's start")
+	shutdown := make(chan error, 1)
+	go func() { shutdown <- server.shutdown() }()
+
+	require.ErrorIs(t, receive(t, causes, "the context's end"), fasttimeout.ErrShutdown)
+	require.NoError(t, receive(t, answered, "the answer"))
+	require.NoError(t, receive(t, shutdown, "the shutdown"))
+	return &c.resp
 }
