@@ -134,7 +134,7 @@ func TestKeepAlive_streamed_request_body(t *testing.T) {
 			if tc.closes {
 				require.Error(t, c.do("/fast", "S0000000000000001"), "a request on the closed connection")
 				c.close()
-				<-written // ended by the close, if not before
+				receive(t, written, "the end of the body's write") // ended by the close, if not before
 				return
 			}
 			require.NoError(t, receive(t, written, "the whole body written"))
