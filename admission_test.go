@@ -54,6 +54,47 @@ func rejectRecorder(h fasthttp.RequestHandler, reasons chan<- string) fasthttp.R
 	}
 }
 
+// recording wraps a handler in rejectRecorder(…, reasons), for serveBlocker.
+func recording(reasons chan<- string) func(fasthttp.RequestHandler) fasthttp.RequestHandler {
+	return func(h fasthttp.RequestHandler) fasthttp.RequestHandler { return rejectRecorder(h, reasons) }
+}
+
+// serveBlocker serves a new blocker's handler behind New(cfg), cfg counting
+// in a new Stats, wrapped in each of wrap in turn (a rejectRecorder, say).
+// The blocker is freed when the test ends, before the server's shutdown,
+// which waits for the handlers, should the test fail before it frees it.
+func serveBlocker(t *testing.T, cfg fasttimeout.Config, wrap ...func(fasthttp.RequestHandler) fasthttp.RequestHandler) (*blocker, *fasttimeout.Stats, *testServer) {
+	t.Helper()
+	b := newBlocker()
+	cfg.Stats = new(fasttimeout.Stats)
+	h := fasttimeout.New(b.handle, cfg)
+	for _, w := range wrap {
+		h = w(h)
+	}
+	s := serve(t, h)
+	t.Cleanup(b.free) // cleanups run last first: before serve's
+	return b, cfg.Stats, s
+}
+
+// hold sends /block to s and waits for its handler to start: it holds its
+// slot until b is freed. It returns the answer to come.
+func (b *blocker) hold(t *testing.T, s *testServer) <-chan *fasthttp.Response {
+	t.Helper()
+	held := async(t, s, "/block")
+	receive(t, b.entered, "the start of /block")
+	return held
+}
+
+// freeHeld frees b and checks that each of the /block requests it held is
+// answered 200.
+func (b *blocker) freeHeld(t *testing.T, held ...<-chan *fasthttp.Response) {
+	t.Helper()
+	b.free()
+	for _, h := range held {
+		assert.Equal(t, fasthttp.StatusOK, receive(t, h, "the answer to /block").StatusCode())
+	}
+}
+
 // async sends GET path and delivers the response later.
 func async(t *testing.T, s *testServer, path string) <-chan *fasthttp.Response {
 	t.Helper()
@@ -77,15 +118,12 @@ func TestAdmission_refusal_does_not_run_the_handler(t *testing.T) {
 	for _, mode := range allModes {
 		t.Run(mode.String(), func(t *testing.T) {
 			t.Parallel()
-			b := newBlocker()
-			stats := new(fasttimeout.Stats)
 			reasons := make(chan string, 10)
-			h := fasttimeout.New(b.handle, fasttimeout.Config{
+			b, stats, s := serveBlocker(t, fasttimeout.Config{
 				Mode:           mode,
 				Timeout:        waitTimeout,
 				MaxConcurrency: 1,
 				RetryAfter:     3 * time.Second,
-				Stats:          stats,
 				// A short budget for /short: it may wait 20 ms for a slot
 				// (a tenth). Much shorter, and a loaded machine stalling
 				// the test for it would refuse /short for another reason.
@@ -95,10 +133,8 @@ func TestAdmission_refusal_does_not_run_the_handler(t *testing.T) {
 					}
 					return 0
 				},
-			})
-			s := serve(t, rejectRecorder(h, reasons))
-			held := async(t, s, "/block")
-			<-b.entered
+			}, recording(reasons))
+			held := b.hold(t, s)
 
 			resp := do(t, s, "GET", "/short")
 			assert.Equal(t, fasthttp.StatusServiceUnavailable, resp.StatusCode())
@@ -107,8 +143,7 @@ func TestAdmission_refusal_does_not_run_the_handler(t *testing.T) {
 			assert.Equal(t, fasttimeout.RejectedQueueTimeout, receive(t, reasons, "the refusal's reason"))
 			assert.Equal(t, int64(1), b.ran.Load(), "the refused request did not run")
 
-			close(b.release)
-			assert.Equal(t, fasthttp.StatusOK, (<-held).StatusCode())
+			b.freeHeld(t, held)
 			assert.Equal(t, fasthttp.StatusOK, do(t, s, "GET", "/short").StatusCode(), "the slot is free again")
 			got := stats.Snapshot()
 			assert.Equal(t, int64(2), got.Admitted)
@@ -128,18 +163,12 @@ func TestAdmission_a_waiting_request_takes_the_freed_slot(t *testing.T) {
 	for _, mode := range allModes {
 		t.Run(mode.String(), func(t *testing.T) {
 			t.Parallel()
-			b := newBlocker()
-			stats := new(fasttimeout.Stats)
-			s := serve(t, fasttimeout.New(b.handle, fasttimeout.Config{
-				Mode: mode, Timeout: waitTimeout, MaxConcurrency: 1, Stats: stats,
-			}))
-			held := async(t, s, "/block")
-			<-b.entered
+			b, stats, s := serveBlocker(t, fasttimeout.Config{Mode: mode, Timeout: waitTimeout, MaxConcurrency: 1})
+			held := b.hold(t, s)
 			queued := async(t, s, "/")
 			require.Eventually(t, func() bool { return stats.Snapshot().Waiting == 1 }, waitTimeout, time.Millisecond)
 			assert.Equal(t, int64(1), b.ran.Load(), "it waits without running")
-			close(b.release)
-			assert.Equal(t, fasthttp.StatusOK, (<-held).StatusCode())
+			b.freeHeld(t, held)
 			assert.Equal(t, fasthttp.StatusOK, (<-queued).StatusCode())
 			got := stats.Snapshot()
 			assert.Equal(t, int64(2), got.Admitted)
@@ -159,15 +188,9 @@ func TestAdmission_a_waiting_request_is_refused_at_shutdown(t *testing.T) {
 	for _, mode := range allModes {
 		t.Run(mode.String(), func(t *testing.T) {
 			t.Parallel()
-			b := newBlocker()
-			stats := new(fasttimeout.Stats)
 			reasons := make(chan string, 1)
-			s := serve(t, rejectRecorder(fasttimeout.New(b.handle, fasttimeout.Config{
-				Mode: mode, Timeout: 10 * time.Minute, MaxConcurrency: 1, Stats: stats,
-			}), reasons))
-			t.Cleanup(b.free)
-			held := async(t, s, "/block")
-			<-b.entered
+			b, stats, s := serveBlocker(t, fasttimeout.Config{Mode: mode, Timeout: 10 * time.Minute, MaxConcurrency: 1}, recording(reasons))
+			held := b.hold(t, s)
 			queued := async(t, s, "/")
 			require.Eventually(t, func() bool { return stats.Snapshot().Waiting == 1 }, waitTimeout, time.Millisecond)
 			stopped := make(chan struct{})
@@ -179,8 +202,7 @@ func TestAdmission_a_waiting_request_is_refused_at_shutdown(t *testing.T) {
 			assert.Equal(t, fasthttp.StatusServiceUnavailable, resp.StatusCode(), "%s", resp.Body())
 			assert.Equal(t, fasttimeout.RejectedQueueFull, receive(t, reasons, "the refusal"))
 			assert.Equal(t, int64(1), b.ran.Load(), "the handler of the waiting request never ran")
-			b.free()
-			assert.Equal(t, fasthttp.StatusOK, (<-held).StatusCode())
+			b.freeHeld(t, held)
 			receive(t, stopped, "the end of the shutdown")
 			got := stats.Snapshot()
 			assert.Equal(t, int64(1), got.RejectedFull)
@@ -194,11 +216,9 @@ func TestAdmission_a_waiting_request_is_refused_at_shutdown(t *testing.T) {
 // so it keeps its slot until it returns.
 func TestAdmission_late_handlers_hold_their_slots(t *testing.T) {
 	t.Parallel()
-	b := newBlocker()
-	stats := new(fasttimeout.Stats)
-	s := serve(t, fasttimeout.New(b.handle, fasttimeout.Config{
+	b, stats, s := serveBlocker(t, fasttimeout.Config{
 		// /block must run to hold the slot, its budget not spent on arrival.
-		Timeout: actInTime, MaxConcurrency: 1, Stats: stats,
+		Timeout: actInTime, MaxConcurrency: 1,
 		// The other requests must not time out on a stalled machine: they
 		// wait 100 ms for the slot (a tenth), then are refused.
 		TimeoutFunc: func(ctx *fasthttp.RequestCtx) time.Duration {
@@ -207,11 +227,11 @@ func TestAdmission_late_handlers_hold_their_slots(t *testing.T) {
 			}
 			return time.Second
 		},
-	}))
+	})
 	assert.Equal(t, fasthttp.StatusGatewayTimeout, do(t, s, "GET", "/block").StatusCode())
 	receive(t, b.entered, "the start of /block")
 	assert.Equal(t, fasthttp.StatusServiceUnavailable, do(t, s, "GET", "/").StatusCode(), "the late handler holds the only slot")
-	close(b.release)
+	b.free()
 	require.Eventually(t, func() bool { return stats.Snapshot().LateRunning == 0 }, waitTimeout, time.Millisecond)
 	assert.Equal(t, fasthttp.StatusOK, do(t, s, "GET", "/").StatusCode())
 	assert.Equal(t, int64(2), b.ran.Load())
@@ -227,13 +247,11 @@ func TestAdmission_sleeping_late_handlers_do_not_refuse_traffic(t *testing.T) {
 	for _, mode := range allModes {
 		t.Run(mode.String(), func(t *testing.T) {
 			t.Parallel()
-			b := newBlocker()
-			stats := new(fasttimeout.Stats)
-			s := serve(t, fasttimeout.New(b.handle, fasttimeout.Config{
+			b, stats, s := serveBlocker(t, fasttimeout.Config{
 				// A long timeout: on a loaded machine a short one would
 				// let the run queue's wait refuse requests (backlog.go).
-				Mode: mode, Timeout: 5 * time.Second, AdaptiveConcurrency: true, Stats: stats,
-			}))
+				Mode: mode, Timeout: 5 * time.Second, AdaptiveConcurrency: true,
+			})
 
 			var fast sync.WaitGroup
 			var statuses sync.Map
@@ -276,7 +294,7 @@ func TestAdmission_sleeping_late_handlers_do_not_refuse_traffic(t *testing.T) {
 			require.Eventually(t, func() bool { return stats.Snapshot().Requests > before+500 }, waitTimeout, time.Millisecond)
 			close(stop)
 			fast.Wait()
-			close(b.release)
+			b.free()
 			for _, r := range held {
 				<-r
 			}
@@ -585,16 +603,14 @@ func TestAdmission_inner_wait_is_bounded_by_the_outer_deadline(t *testing.T) {
 			})
 			s := serve(t, outer)
 			t.Cleanup(b.free) // before the server's shutdown, should the test fail
-			held := async(t, s, "/block")
-			receive(t, b.entered, "the start of /block")
+			held := b.hold(t, s)
 
 			resp := receive(t, async(t, s, "/"), "the answer to /")
 			require.Equal(t, fasthttp.StatusServiceUnavailable, resp.StatusCode(), "refused within the outer budget: %s", resp.Body())
 			assert.Equal(t, fasttimeout.RejectedQueueTimeout, receive(t, reasons, "the refusal"))
 			assert.Equal(t, int64(1), b.ran.Load(), "the refused request did not run")
 
-			b.free()
-			assert.Equal(t, fasthttp.StatusOK, receive(t, held, "the answer to /block").StatusCode())
+			b.freeHeld(t, held)
 			assert.Zero(t, stats.Snapshot().Waiting)
 		})
 	}
@@ -681,10 +697,7 @@ func TestAdmission_long_polls_never_hold_every_slot(t *testing.T) {
 				require.Eventually(t, func() bool {
 					return do(t, s, "GET", "/").StatusCode() == fasthttp.StatusOK
 				}, waitTimeout, time.Millisecond, "a request beside the polls")
-				b.free()
-				for _, r := range held {
-					assert.Equal(t, fasthttp.StatusOK, (<-r).StatusCode())
-				}
+				b.freeHeld(t, held...)
 			})
 		}
 	}
@@ -768,19 +781,15 @@ func TestAdmission_a_request_its_caller_gave_up_on_while_it_waited_does_not_run(
 	for _, mode := range allModes {
 		t.Run(mode.String(), func(t *testing.T) {
 			t.Parallel()
-			b := newBlocker()
-			stats := new(fasttimeout.Stats)
 			var onTimeout atomic.Int64
-			s := serve(t, fasttimeout.New(b.handle, fasttimeout.Config{
+			b, stats, s := serveBlocker(t, fasttimeout.Config{
 				// Minutes of budget: the wait for the slot (a tenth of
 				// what is left) does not run out before the test frees it.
-				Mode: mode, Timeout: 10 * time.Minute, MaxConcurrency: 1, Stats: stats,
+				Mode: mode, Timeout: 10 * time.Minute, MaxConcurrency: 1,
 				HonorQueueHeaders: true, MaxQueueAge: maxAge,
 				OnTimeout: func(*fasthttp.RequestCtx, *fasthttp.Response) { onTimeout.Add(1) },
-			}))
-			t.Cleanup(b.free) // before the server's shutdown, should the test fail
-			held := async(t, s, "/block")
-			receive(t, b.entered, "the start of /block")
+			})
+			held := b.hold(t, s)
 
 			// Half a second short of MaxQueueAge when sent; past it when
 			// the slot frees. (Should a stalled machine bring it to the
@@ -833,20 +842,16 @@ func TestAdmission_a_waiter_whose_caller_gave_up_leaves_the_queue(t *testing.T) 
 	for _, mode := range allModes {
 		t.Run(mode.String(), func(t *testing.T) {
 			t.Parallel()
-			b := newBlocker()
-			stats := new(fasttimeout.Stats)
 			var onTimeout atomic.Int64
 			reasons := make(chan string, 2)
-			s := serve(t, rejectRecorder(fasttimeout.New(b.handle, fasttimeout.Config{
+			b, stats, s := serveBlocker(t, fasttimeout.Config{
 				// Its share of ten minutes, less what it is old, is a
 				// minute: far beyond the test's wait for its answer.
-				Mode: mode, Timeout: 15 * time.Minute, MaxConcurrency: 1, Stats: stats,
+				Mode: mode, Timeout: 15 * time.Minute, MaxConcurrency: 1,
 				HonorQueueHeaders: true, MaxQueueAge: maxAge,
 				OnTimeout: func(*fasthttp.RequestCtx, *fasthttp.Response) { onTimeout.Add(1) },
-			}), reasons))
-			t.Cleanup(b.free) // before the server's shutdown
-			held := async(t, s, "/block")
-			receive(t, b.entered, "the start of /block")
+			}, recording(reasons))
+			held := b.hold(t, s)
 
 			// Young enough to queue when sent, its caller gives up while
 			// it waits, the slot still held.
@@ -871,8 +876,7 @@ func TestAdmission_a_waiter_whose_caller_gave_up_leaves_the_queue(t *testing.T) 
 			assert.Equal(t, int64(1), onTimeout.Load())
 			assert.Empty(t, reasons, "no refusal")
 
-			b.free()
-			assert.Equal(t, fasthttp.StatusOK, receive(t, held, "the answer to /block").StatusCode())
+			b.freeHeld(t, held)
 			assert.Equal(t, int64(1), b.ran.Load(), "only /block ran")
 		})
 	}
@@ -892,21 +896,16 @@ func TestAdmission_a_probe_without_load_gives_way_to_a_request_past_MaxQueueAge(
 	for _, mode := range allModes {
 		t.Run(mode.String(), func(t *testing.T) {
 			t.Parallel()
-			b := newBlocker()
-			stats := new(fasttimeout.Stats)
-			s := serve(t, fasttimeout.New(b.handle, fasttimeout.Config{
+			b, stats, s := serveBlocker(t, fasttimeout.Config{
 				Mode: mode,
 				// A waiter's share is a second; its caller gives up sooner.
 				Timeout:             10 * time.Second,
 				MaxQueueAge:         200 * time.Millisecond,
 				AdaptiveConcurrency: true,
-				Stats:               stats,
-			}))
-			t.Cleanup(b.free) // before the server's shutdown, should the test fail
+			})
 			var held []<-chan *fasthttp.Response
 			for range 4 { // the probe's slots
-				held = append(held, async(t, s, "/block"))
-				receive(t, b.entered, "the start of /block")
+				held = append(held, b.hold(t, s))
 			}
 			require.Equal(t, int64(4), stats.Snapshot().ConcurrencyLimit, "the starting probe")
 
@@ -919,10 +918,7 @@ func TestAdmission_a_probe_without_load_gives_way_to_a_request_past_MaxQueueAge(
 			resp = do(t, s, "GET", "/")
 			assert.Equal(t, fasthttp.StatusOK, resp.StatusCode(), "the probe gave way: %s; %+v", resp.Body(), stats.Snapshot())
 
-			b.free()
-			for _, h := range held {
-				assert.Equal(t, fasthttp.StatusOK, receive(t, h, "the answer to /block").StatusCode())
-			}
+			b.freeHeld(t, held...)
 		})
 	}
 }
@@ -1093,12 +1089,10 @@ func TestAdmission_the_wait_for_a_slot_counts_against_the_timeout(t *testing.T) 
 			}, fasttimeout.Config{Mode: mode, Timeout: time.Minute, MaxConcurrency: 1, Stats: stats}))
 			t.Cleanup(b.free) // before the server's shutdown, should the test fail first
 
-			held := async(t, s, "/block")
-			receive(t, b.entered, "the blocking handler's start")
+			held := b.hold(t, s)
 			queued := async(t, s, "/queued")
 			require.Eventually(t, func() bool { return stats.Snapshot().Waiting == 1 }, stressBound, time.Millisecond)
-			b.free()
-			assert.Equal(t, fasthttp.StatusOK, receive(t, held, "the blocking request's answer").StatusCode())
+			b.freeHeld(t, held)
 			assert.Equal(t, fasthttp.StatusOK, receive(t, queued, "the queued request's answer").StatusCode())
 			assert.Equal(t, time.Minute, receive(t, timeout, "the queued handler's deadline"), "counted from arrival")
 			assert.Equal(t, int64(1), stats.Snapshot().Queued)
