@@ -95,6 +95,48 @@ func (b *blocker) freeHeld(t *testing.T, held ...<-chan *fasthttp.Response) {
 	}
 }
 
+// getWithHeaders sends GET / with the headers given, each a name and then
+// its value, and returns the response.
+func getWithHeaders(t *testing.T, s *testServer, header ...string) *fasthttp.Response {
+	t.Helper()
+	req := fasthttp.AcquireRequest()
+	defer fasthttp.ReleaseRequest(req)
+	req.SetRequestURI("http://test/")
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Add(header[i], header[i+1])
+	}
+	resp := new(fasthttp.Response)
+	require.NoError(t, s.client.DoTimeout(req, resp, waitTimeout))
+	return resp
+}
+
+// seenDeadline is a handler's context's deadline and when it read it.
+type seenDeadline struct{ deadline, at time.Time }
+
+// queueAgeServer runs, behind New with HonorQueueHeaders, a handler that
+// counts its runs and sends on seen what it read of its deadline.
+type queueAgeServer struct {
+	*testServer
+	stats *fasttimeout.Stats
+	ran   atomic.Int64
+	seen  chan seenDeadline
+}
+
+// serveQueueAge serves a queueAgeServer whose New has timeout and
+// maxQueueAge.
+func serveQueueAge(t *testing.T, timeout, maxQueueAge time.Duration) *queueAgeServer {
+	t.Helper()
+	q := &queueAgeServer{stats: new(fasttimeout.Stats), seen: make(chan seenDeadline, 1)}
+	q.testServer = serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
+		q.ran.Add(1)
+		deadline, _ := fasttimeout.Context(ctx).Deadline()
+		q.seen <- seenDeadline{deadline, time.Now()}
+	}, fasttimeout.Config{
+		Timeout: timeout, HonorQueueHeaders: true, MaxQueueAge: maxQueueAge, Stats: q.stats,
+	}))
+	return q
+}
+
 // async sends GET path and delivers the response later.
 func async(t *testing.T, s *testServer, path string) <-chan *fasthttp.Response {
 	t.Helper()
@@ -356,32 +398,19 @@ func TestAdmission_queue_headers(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			stats := new(fasttimeout.Stats)
-			var ran atomic.Int64
-			left := make(chan time.Duration, 1)
-			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
-				ran.Add(1)
-				deadline, _ := fasttimeout.Context(ctx).Deadline()
-				left <- time.Until(deadline)
-			}, fasttimeout.Config{
-				Timeout: 10 * time.Second, HonorQueueHeaders: true, MaxQueueAge: 8 * time.Second, Stats: stats,
-			}))
-			req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
-			defer fasthttp.ReleaseRequest(req)
-			defer fasthttp.ReleaseResponse(resp)
-			req.SetRequestURI("http://test/")
-			req.Header.Set(c.header, c.value())
-			require.NoError(t, s.client.DoTimeout(req, resp, waitTimeout))
-			got := stats.Snapshot()
+			q := serveQueueAge(t, 10*time.Second, 8*time.Second)
+			resp := getWithHeaders(t, q.testServer, c.header, c.value())
+			got := q.stats.Snapshot()
 			assert.Equal(t, c.bad, got.BadQueueHeaders)
 			assert.Equal(t, c.spent, got.SpentBudgets)
 			if !c.runs {
 				assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
-				assert.Zero(t, ran.Load(), "a request its caller gave up on does not run")
+				assert.Zero(t, q.ran.Load(), "a request its caller gave up on does not run")
 				return
 			}
 			require.Equal(t, fasthttp.StatusOK, resp.StatusCode())
-			d := receive(t, left, "the handler's Remaining") // sent before the handler returned
+			seen := receive(t, q.seen, "the handler's Remaining") // sent before the handler returned
+			d := seen.deadline.Sub(seen.at)
 			assert.LessOrEqual(t, d, c.maxLeft)
 			assert.GreaterOrEqual(t, d, c.minLeft)
 		})
@@ -389,12 +418,7 @@ func TestAdmission_queue_headers(t *testing.T) {
 	t.Run("ignored unless enabled", func(t *testing.T) {
 		t.Parallel()
 		s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {}, fasttimeout.Config{MaxQueueAge: time.Second}))
-		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
-		defer fasthttp.ReleaseRequest(req)
-		defer fasthttp.ReleaseResponse(resp)
-		req.SetRequestURI("http://test/")
-		req.Header.Set("X-Request-Start", nginx(ago(time.Hour/2))())
-		require.NoError(t, s.client.DoTimeout(req, resp, waitTimeout))
+		resp := getWithHeaders(t, s, "X-Request-Start", nginx(ago(time.Hour/2))())
 		assert.Equal(t, fasthttp.StatusOK, resp.StatusCode())
 	})
 }
@@ -457,37 +481,25 @@ func TestAdmission_queue_headers_a_time_stamp_wins_over_a_trace_id(t *testing.T)
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			stats := new(fasttimeout.Stats)
-			var ran atomic.Int64
-			deadlines := make(chan time.Time, 1)
-			s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
-				ran.Add(1)
-				deadline, _ := fasttimeout.Context(ctx).Deadline()
-				deadlines <- deadline
-			}, fasttimeout.Config{
-				Timeout: timeout, HonorQueueHeaders: true, MaxQueueAge: maxQueueAge, Stats: stats,
-			}))
-			req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
-			defer fasthttp.ReleaseRequest(req)
-			defer fasthttp.ReleaseResponse(resp)
-			req.SetRequestURI("http://test/")
+			q := serveQueueAge(t, timeout, maxQueueAge)
 			sent := time.Now()
+			var headers []string
 			for _, h := range c.headers {
-				req.Header.Add(h.name, h.value(sent))
+				headers = append(headers, h.name, h.value(sent))
 			}
-			require.NoError(t, s.client.DoTimeout(req, resp, waitTimeout))
+			resp := getWithHeaders(t, q.testServer, headers...)
 			done := time.Now()
-			got := stats.Snapshot()
+			got := q.stats.Snapshot()
 			assert.Equal(t, c.bad, got.BadQueueHeaders, "BadQueueHeaders")
 			if !c.runs {
 				assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode())
 				assert.Equal(t, int64(1), got.SpentBudgets, "SpentBudgets")
-				assert.Zero(t, ran.Load(), "a request the trace id makes half an hour old does not run")
+				assert.Zero(t, q.ran.Load(), "a request the trace id makes half an hour old does not run")
 				return
 			}
 			require.Equal(t, fasthttp.StatusOK, resp.StatusCode(), "a request the time stamp makes %v old runs", stampAge)
 			assert.Zero(t, got.SpentBudgets, "SpentBudgets")
-			deadline := receive(t, deadlines, "the handler's deadline")
+			deadline := receive(t, q.seen, "the handler's deadline").deadline
 			// The time stamp, in milliseconds, is at most 1 ms before
 			// sent-stampAge; the middleware reads the wall clock (for the
 			// header) after its own, at most done-sent later.
@@ -857,12 +869,7 @@ func TestAdmission_a_waiter_whose_caller_gave_up_leaves_the_queue(t *testing.T) 
 			// it waits, the slot still held.
 			// Whole milliseconds, as the header says it.
 			sentAt := time.UnixMilli(time.Now().Add(-maxAge + 200*time.Millisecond).UnixMilli())
-			req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
-			defer fasthttp.ReleaseRequest(req)
-			defer fasthttp.ReleaseResponse(resp)
-			req.SetRequestURI("http://test/")
-			req.Header.Set("X-Request-Start", fmt.Sprint(sentAt.UnixMilli()))
-			require.NoError(t, s.client.DoTimeout(req, resp, waitTimeout))
+			resp := getWithHeaders(t, s, "X-Request-Start", fmt.Sprint(sentAt.UnixMilli()))
 			answeredAt := time.Now()
 
 			assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode(), "%s", resp.Body())
