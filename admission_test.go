@@ -85,6 +85,25 @@ func (b *blocker) hold(t *testing.T, s *testServer) <-chan *fasthttp.Response {
 	return held
 }
 
+// innerBlocker is a new blocker's handler behind a cooperative New with an
+// hour's timeout and one slot, counting in a new Stats: the inner New of
+// tests whose outer New calls it.
+func innerBlocker() (*blocker, *fasttimeout.Stats, fasthttp.RequestHandler) {
+	b, stats := newBlocker(), new(fasttimeout.Stats)
+	return b, stats, fasttimeout.New(b.handle, fasttimeout.Config{
+		Mode: fasttimeout.Cooperative, Timeout: time.Hour, MaxConcurrency: 1, Stats: stats,
+	})
+}
+
+// queueBehind sends GET path to s and waits until stats sees it waiting for
+// a slot. It returns the answer to come.
+func queueBehind(t *testing.T, s *testServer, stats *fasttimeout.Stats, path string) <-chan *fasthttp.Response {
+	t.Helper()
+	queued := async(t, s, path)
+	require.Eventually(t, func() bool { return stats.Snapshot().Waiting == 1 }, waitTimeout, time.Millisecond)
+	return queued
+}
+
 // freeHeld frees b and checks that each of the /block requests it held is
 // answered 200.
 func (b *blocker) freeHeld(t *testing.T, held ...<-chan *fasthttp.Response) {
@@ -137,14 +156,18 @@ func serveQueueAge(t *testing.T, timeout, maxQueueAge time.Duration) *queueAgeSe
 	return q
 }
 
-// async sends GET path and delivers the response later.
-func async(t *testing.T, s *testServer, path string) <-chan *fasthttp.Response {
+// async sends GET path, with the headers given, each a name and then its
+// value, and delivers the response later.
+func async(t *testing.T, s *testServer, path string, header ...string) <-chan *fasthttp.Response {
 	t.Helper()
 	out := make(chan *fasthttp.Response, 1)
 	go func() {
 		req := fasthttp.AcquireRequest()
 		defer fasthttp.ReleaseRequest(req)
 		req.SetRequestURI("http://test" + path)
+		for i := 0; i+1 < len(header); i += 2 {
+			req.Header.Add(header[i], header[i+1])
+		}
 		resp := new(fasthttp.Response)
 		if err := s.client.DoTimeout(req, resp, waitTimeout); err != nil {
 			resp.SetStatusCode(599)
@@ -207,8 +230,7 @@ func TestAdmission_a_waiting_request_takes_the_freed_slot(t *testing.T) {
 			t.Parallel()
 			b, stats, s := serveBlocker(t, fasttimeout.Config{Mode: mode, Timeout: waitTimeout, MaxConcurrency: 1})
 			held := b.hold(t, s)
-			queued := async(t, s, "/")
-			require.Eventually(t, func() bool { return stats.Snapshot().Waiting == 1 }, waitTimeout, time.Millisecond)
+			queued := queueBehind(t, s, stats, "/")
 			assert.Equal(t, int64(1), b.ran.Load(), "it waits without running")
 			b.freeHeld(t, held)
 			assert.Equal(t, fasthttp.StatusOK, (<-queued).StatusCode())
@@ -233,8 +255,7 @@ func TestAdmission_a_waiting_request_is_refused_at_shutdown(t *testing.T) {
 			reasons := make(chan string, 1)
 			b, stats, s := serveBlocker(t, fasttimeout.Config{Mode: mode, Timeout: 10 * time.Minute, MaxConcurrency: 1}, recording(reasons))
 			held := b.hold(t, s)
-			queued := async(t, s, "/")
-			require.Eventually(t, func() bool { return stats.Snapshot().Waiting == 1 }, waitTimeout, time.Millisecond)
+			queued := queueBehind(t, s, stats, "/")
 			stopped := make(chan struct{})
 			go func() {
 				defer close(stopped)
@@ -595,12 +616,8 @@ func TestAdmission_inner_wait_is_bounded_by_the_outer_deadline(t *testing.T) {
 	for _, outerMode := range allModes {
 		t.Run(outerMode.String(), func(t *testing.T) {
 			t.Parallel()
-			b := newBlocker()
-			stats := new(fasttimeout.Stats)
+			b, stats, inner := innerBlocker()
 			reasons := make(chan string, 10)
-			inner := fasttimeout.New(b.handle, fasttimeout.Config{
-				Mode: fasttimeout.Cooperative, Timeout: time.Hour, MaxConcurrency: 1, Stats: stats,
-			})
 			outer := fasttimeout.New(rejectRecorder(inner, reasons), fasttimeout.Config{
 				Mode: outerMode,
 				// /block holds the inner slot without timing out; / has
@@ -638,11 +655,7 @@ func TestAdmission_inner_New_after_the_outer_deadline_does_not_run(t *testing.T)
 	for _, outerMode := range allModes {
 		t.Run(outerMode.String(), func(t *testing.T) {
 			t.Parallel()
-			b := newBlocker()
-			stats := new(fasttimeout.Stats)
-			inner := fasttimeout.New(b.handle, fasttimeout.Config{
-				Mode: fasttimeout.Cooperative, Timeout: time.Hour, MaxConcurrency: 1, Stats: stats,
-			})
+			b, stats, inner := innerBlocker()
 			returned := make(chan struct{})
 			outer := fasttimeout.New(func(ctx *fasthttp.RequestCtx) {
 				defer close(returned)
@@ -807,18 +820,7 @@ func TestAdmission_a_request_its_caller_gave_up_on_while_it_waited_does_not_run(
 			// the slot frees. (Should a stalled machine bring it to the
 			// middleware only after that, it is answered the same way.)
 			sentAt := time.Now().Add(-maxAge + 500*time.Millisecond)
-			answer := make(chan *fasthttp.Response, 1)
-			go func() {
-				req, resp := fasthttp.AcquireRequest(), new(fasthttp.Response)
-				defer fasthttp.ReleaseRequest(req)
-				req.SetRequestURI("http://test/")
-				req.Header.Set("X-Request-Start", fmt.Sprint(sentAt.UnixMilli()))
-				if err := s.client.DoTimeout(req, resp, waitTimeout); err != nil {
-					resp.SetStatusCode(599)
-					resp.SetBodyString(err.Error())
-				}
-				answer <- resp
-			}()
+			answer := async(t, s, "/", "X-Request-Start", fmt.Sprint(sentAt.UnixMilli()))
 			for gaveUp := sentAt.Add(maxAge); time.Now().Before(gaveUp.Add(time.Millisecond)); {
 				time.Sleep(time.Until(gaveUp.Add(time.Millisecond))) // until the caller has given up, not a guess
 			}
