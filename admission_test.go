@@ -114,21 +114,6 @@ func (b *blocker) freeHeld(t *testing.T, held ...<-chan *fasthttp.Response) {
 	}
 }
 
-// getWithHeaders sends GET / with the headers given, each a name and then
-// its value, and returns the response.
-func getWithHeaders(t *testing.T, s *testServer, header ...string) *fasthttp.Response {
-	t.Helper()
-	req := fasthttp.AcquireRequest()
-	defer fasthttp.ReleaseRequest(req)
-	req.SetRequestURI("http://test/")
-	for i := 0; i+1 < len(header); i += 2 {
-		req.Header.Add(header[i], header[i+1])
-	}
-	resp := new(fasthttp.Response)
-	require.NoError(t, s.client.DoTimeout(req, resp, waitTimeout))
-	return resp
-}
-
 // seenDeadline is a handler's context's deadline and when it read it.
 type seenDeadline struct{ deadline, at time.Time }
 
@@ -420,7 +405,7 @@ func TestAdmission_queue_headers(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			q := serveQueueAge(t, 10*time.Second, 8*time.Second)
-			resp := getWithHeaders(t, q.testServer, c.header, c.value())
+			resp := send(t, q.testServer, c.header, c.value())
 			got := q.stats.Snapshot()
 			assert.Equal(t, c.bad, got.BadQueueHeaders)
 			assert.Equal(t, c.spent, got.SpentBudgets)
@@ -439,7 +424,7 @@ func TestAdmission_queue_headers(t *testing.T) {
 	t.Run("ignored unless enabled", func(t *testing.T) {
 		t.Parallel()
 		s := serve(t, fasttimeout.New(func(ctx *fasthttp.RequestCtx) {}, fasttimeout.Config{MaxQueueAge: time.Second}))
-		resp := getWithHeaders(t, s, "X-Request-Start", nginx(ago(time.Hour/2))())
+		resp := send(t, s, "X-Request-Start", nginx(ago(time.Hour/2))())
 		assert.Equal(t, fasthttp.StatusOK, resp.StatusCode())
 	})
 }
@@ -508,7 +493,7 @@ func TestAdmission_queue_headers_a_time_stamp_wins_over_a_trace_id(t *testing.T)
 			for _, h := range c.headers {
 				headers = append(headers, h.name, h.value(sent))
 			}
-			resp := getWithHeaders(t, q.testServer, headers...)
+			resp := send(t, q.testServer, headers...)
 			done := time.Now()
 			got := q.stats.Snapshot()
 			assert.Equal(t, c.bad, got.BadQueueHeaders, "BadQueueHeaders")
@@ -871,7 +856,7 @@ func TestAdmission_a_waiter_whose_caller_gave_up_leaves_the_queue(t *testing.T) 
 			// it waits, the slot still held.
 			// Whole milliseconds, as the header says it.
 			sentAt := time.UnixMilli(time.Now().Add(-maxAge + 200*time.Millisecond).UnixMilli())
-			resp := getWithHeaders(t, s, "X-Request-Start", fmt.Sprint(sentAt.UnixMilli()))
+			resp := send(t, s, "X-Request-Start", fmt.Sprint(sentAt.UnixMilli()))
 			answeredAt := time.Now()
 
 			assert.Equal(t, fasthttp.StatusGatewayTimeout, resp.StatusCode(), "%s", resp.Body())

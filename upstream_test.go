@@ -63,7 +63,7 @@ func send(t testing.TB, s *testServer, kv ...string) *fasthttp.Response {
 	for i := 0; i < len(kv); i += 2 {
 		req.Header.Add(kv[i], kv[i+1]) // Add: a name may come more than once
 	}
-	require.NoError(t, s.client.DoTimeout(req, resp, 10*time.Second))
+	require.NoError(t, s.client.DoTimeout(req, resp, waitTimeout))
 	return resp
 }
 
